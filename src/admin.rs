@@ -1,0 +1,173 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/decide?ip=`.
+//!
+//! Separate from the ingest listeners (plain HTTP/1.1, meant for loopback or
+//! a private network) so scraping and probing never compete with uploads.
+//! `/decide` runs the exact decision code the proxy runs, against the current
+//! snapshot and live health, and explains it as JSON.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::decision::decide;
+use crate::server::stopped;
+use crate::state::Shared;
+
+/// Serves the admin listener until `stop` turns true.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            let mut conn = pin!(http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Answers one admin request (bodies are ignored: every route is a GET).
+pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/decide" => decide_route(shared, req.uri().query().unwrap_or("")),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics /healthz /readyz /decide?ip=\n",
+        ),
+    }
+}
+
+fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
+    let ip = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ip="))
+        .map(percent_decode)
+        .and_then(|s| s.parse::<IpAddr>().ok());
+    let Some(ip) = ip else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "want ?ip=<IPv4 or IPv6 address>"}),
+        );
+    };
+    let state = shared.state();
+    let policy = &state.config.policy;
+    let health = &state.health;
+    let decision = decide(
+        &state.geo,
+        policy,
+        ip,
+        state.next_turn(),
+        |u| health.is_up(u),
+        |j| health.retry_after(crate::proxy::permitted_upstreams(&state, j)),
+    );
+    json(
+        StatusCode::OK,
+        &decision.explain(policy, |u| health.is_up(u)),
+    )
+}
+
+/// Decodes `%3A`-style escapes (IPv6 colons); invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_escapes() {
+        assert_eq!(percent_decode("2001%3Adb8%3A%3A1"), "2001:db8::1");
+        assert_eq!(percent_decode("1.2.3.4"), "1.2.3.4");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,321 @@
+//! The command line: `demo`, `serve`, `check-config`, `decide`, `geoip build`.
+//!
+//! Each command maps its outcome to an exit code: 0 success, 1 a runtime
+//! failure, 2 an invalid configuration or input.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat};
+use crate::decision::decide;
+use crate::geo::Geo;
+use crate::metrics::Metrics;
+use crate::state::{Shared, State};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "residency-proxy",
+    version,
+    about = "TLS reverse proxy that stores each upload only in a jurisdiction its origin permits"
+)]
+pub struct Cli {
+    /// Log format; defaults to the config's `[log] format`, else text.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Log filter (tracing-subscriber EnvFilter syntax); `RUST_LOG` also works.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a complete local setup in one process: self-signed TLS, a bundled
+    /// GeoIP database, three data-centre sinks (zurich=ch, frankfurt=eu,
+    /// virginia=us); prints curl commands to try.
+    Demo {
+        /// Port of the TLS ingest listener (127.0.0.1).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Port of the admin listener (127.0.0.1).
+        #[arg(long, default_value_t = 9900)]
+        admin_port: u16,
+    },
+    /// Run the proxy.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration (including certificates and the GeoIP
+    /// database) and print the routing table; exits 2 listing every error.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Offline what-if: country, jurisdiction, permitted data centres and the
+    /// decision for each address (all upstreams assumed up).
+    Decide {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ips: Vec<IpAddr>,
+    },
+    /// GeoIP database tools.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GeoipCommand {
+    /// Build a Country-type MaxMind DB from `network,country` CSV rows
+    /// (IPv4 and IPv6; an optional header row; `#` comments).
+    Build {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Build time stored in the metadata (Unix seconds); default now.
+        #[arg(long)]
+        build_epoch: Option<u64>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Demo { port, admin_port } => {
+            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            block_on(crate::demo::run(port, admin_port))
+        }
+        Command::Serve { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(report) => return config_error(report),
+            };
+            init_tracing(format.unwrap_or(config.log_format), &cli.log_level);
+            block_on(serve(config, shutdown_signal()))
+        }
+        Command::CheckConfig { config } => check_config(config),
+        Command::Decide { config, ips } => decide_offline(config, &ips),
+        Command::Geoip {
+            command:
+                GeoipCommand::Build {
+                    csv,
+                    out,
+                    build_epoch,
+                },
+        } => {
+            let epoch = build_epoch.unwrap_or_else(now_epoch);
+            match crate::geo::build::build_file(&csv, &out, epoch) {
+                Ok(s) => {
+                    println!(
+                        "wrote {}: {} networks, {} countries, {} bytes, build_epoch {epoch}",
+                        out.display(),
+                        s.networks,
+                        s.countries,
+                        s.bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", csv.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// Builds the state, binds every listener and serves until `shutdown`.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let state = State::build(config)?;
+    let shared = Shared::new(state, Metrics::new()?);
+    let bound = crate::server::bind(shared).await?;
+    for addr in bound.addresses() {
+        tracing::info!(%addr, "ingest listener ready (TLS)");
+    }
+    if let Some(addr) = bound.admin_address() {
+        tracing::info!(%addr, "admin listener ready: /metrics /healthz /readyz /decide?ip=");
+    }
+    bound.run(shutdown).await;
+    Ok(())
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(report) => return config_error(report),
+    };
+    let table = config.policy.routing_table();
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "listener {} (proxy_protocol {}, {} certificate(s), mTLS {})",
+                l.address,
+                if l.proxy_protocol { "required" } else { "off" },
+                l.certificates.len(),
+                if l.client_ca.is_some() { "on" } else { "off" }
+            )
+        })
+        .collect();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return runtime_error(e.into()),
+    };
+    // Certificates, keys and the GeoIP database are loaded exactly as `serve` would.
+    let built = rt.block_on(async { State::build(config) });
+    match built {
+        Ok(state) => {
+            for l in listeners {
+                println!("{l}");
+            }
+            println!("admin {}", state.config.admin.address);
+            println!(
+                "geoip {} ({}, built {})",
+                state.config.geoip.database.display(),
+                state.geo.database_type(),
+                state.geo.build_epoch()
+            );
+            print!("{table}");
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(mut report) => {
+            report.file = path.display().to_string();
+            config_error(report)
+        }
+    }
+}
+
+fn decide_offline(path: PathBuf, ips: &[IpAddr]) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(report) => return config_error(report),
+    };
+    let geo = match Geo::open(&config.geoip.database, config.geoip.overrides.clone()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for ip in ips {
+        let d = decide(
+            &geo,
+            &config.policy,
+            *ip,
+            0,
+            |_| true,
+            |_| Default::default(),
+        );
+        let explained = d.explain(&config.policy, |_| true);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explained).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn config_error(report: crate::config::ConfigReport) -> ExitCode {
+    eprintln!("error: {report}");
+    ExitCode::from(2)
+}
+
+fn runtime_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(1)
+}
+
+fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return runtime_error(e.into()),
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast::<crate::config::ConfigReport>() {
+            Ok(report) => config_error(report),
+            Err(e) => runtime_error(e),
+        },
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,97 @@
+//! ISO 3166-1 alpha-2 country codes as a two-byte `Copy` type.
+//!
+//! Countries flow through the hot path (GeoIP lookup → jurisdiction table), so
+//! they are parsed once into [`Country`] and never allocated again. Only codes
+//! that ISO 3166-1 assigns (plus `XK`, which MaxMind uses for Kosovo) parse:
+//! a typo such as `"UK"` in a policy is a load-time error, not a silent miss.
+
+use std::fmt;
+
+/// An upper-case, officially assigned ISO 3166-1 alpha-2 code.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country([u8; 2]);
+
+/// Every officially assigned alpha-2 code, plus XK (Kosovo, user-assigned but
+/// used by GeoIP vendors).
+const ASSIGNED: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ \
+BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
+CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
+DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR \
+GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY \
+HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP \
+KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY \
+MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ \
+NA NC NE NF NG NI NL NO NP NR NU NZ OM \
+PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW \
+SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ \
+TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ \
+VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
+
+impl Country {
+    /// Parses a code case-insensitively; `None` unless ISO assigns it.
+    pub fn parse(code: &str) -> Option<Country> {
+        let bytes = code.as_bytes();
+        if bytes.len() != 2 || !bytes.iter().all(u8::is_ascii_alphabetic) {
+            return None;
+        }
+        let upper = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
+        ASSIGNED
+            .as_bytes()
+            .chunks(3)
+            .any(|c| c[..2] == upper)
+            .then_some(Country(upper))
+    }
+
+    /// The code as a `&str` (always two upper-case ASCII letters).
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII letters by construction.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    /// A dense index in `0..676`, for table lookups without hashing.
+    pub fn index(self) -> usize {
+        usize::from(self.0[0] - b'A') * 26 + usize::from(self.0[1] - b'A')
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_assigned_codes_only() {
+        assert_eq!(
+            Country::parse("ch").map(|c| c.to_string()),
+            Some("CH".into())
+        );
+        assert!(Country::parse("GB").is_some());
+        assert!(Country::parse("XK").is_some());
+        assert!(Country::parse("UK").is_none(), "UK is not ISO 3166 (GB is)");
+        assert!(Country::parse("EU").is_none());
+        assert!(Country::parse("C").is_none());
+        assert!(Country::parse("CHE").is_none());
+        assert!(Country::parse("C1").is_none());
+        assert!(Country::parse("ÄÖ").is_none());
+    }
+
+    #[test]
+    fn index_is_dense_and_distinct() {
+        let a = Country::parse("AD").map(Country::index);
+        let z = Country::parse("ZW").map(Country::index);
+        assert_eq!(a, Some(3));
+        assert_eq!(z, Some(25 * 26 + 22));
+        assert_eq!(ASSIGNED.split_whitespace().count(), 250);
+    }
+}

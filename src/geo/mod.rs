@@ -1,0 +1,208 @@
+//! GeoIP: client address → country.
+//!
+//! A MaxMind DB (GeoIP2/GeoLite2 Country, City or Enterprise layout) read
+//! through `maxminddb` from memory. The file is read whole at load time rather
+//! than memory-mapped: `maxminddb`'s `open_mmap` is `unsafe` (a file truncated
+//! under a map faults the process, as nginx's module did on in-place updates),
+//! the crate forbids `unsafe`, and a Country database is a few MiB. Operator
+//! overrides (`[[geoip.overrides]]`) are consulted first, longest prefix wins.
+//! The per-request lookup decodes `country.iso_code` as a borrowed `&str` and
+//! returns a `Copy` [`Country`]: no allocation on the hot path.
+//!
+//! [`build`] writes Country-type databases (the `geoip build` command, test
+//! fixtures and the demo).
+
+pub mod build;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use maxminddb::{PathElement, Reader};
+
+use crate::country::Country;
+use crate::origin::canonical_net;
+
+/// Where a country answer came from; the `result` label of
+/// `residency_geoip_lookups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    Override,
+    Hit,
+    Miss,
+}
+
+impl LookupResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupResult::Override => "override",
+            LookupResult::Hit => "hit",
+            LookupResult::Miss => "miss",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("{path}: cannot open GeoIP database: {source}")]
+    Open {
+        path: String,
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("{path}: database type `{found}` has no country data (want a Country, City or Enterprise database)")]
+    WrongType { path: String, found: String },
+}
+
+/// A loaded GeoIP database with its overrides.
+pub struct Geo {
+    reader: Reader<Vec<u8>>,
+    /// Sorted by prefix length, longest first: the first match wins.
+    overrides: Vec<(IpNet, Country)>,
+    database_type: String,
+}
+
+impl std::fmt::Debug for Geo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Geo")
+            .field("database_type", &self.database_type)
+            .field("build_epoch", &self.build_epoch())
+            .field("overrides", &self.overrides.len())
+            .finish()
+    }
+}
+
+impl Geo {
+    /// Reads a database file and checks its type.
+    pub fn open(path: &Path, overrides: Vec<(IpNet, Country)>) -> Result<Geo, GeoError> {
+        let label = path.display().to_string();
+        let reader = Reader::open_readfile(path).map_err(|source| GeoError::Open {
+            path: label.clone(),
+            source,
+        })?;
+        Self::new(reader, overrides, label)
+    }
+
+    /// A database held in memory (demo, tests).
+    pub fn from_bytes(bytes: Vec<u8>, overrides: Vec<(IpNet, Country)>) -> Result<Geo, GeoError> {
+        let reader = Reader::from_source(bytes).map_err(|source| GeoError::Open {
+            path: "<memory>".into(),
+            source,
+        })?;
+        Self::new(reader, overrides, "<memory>".into())
+    }
+
+    fn new(
+        reader: Reader<Vec<u8>>,
+        mut overrides: Vec<(IpNet, Country)>,
+        path: String,
+    ) -> Result<Geo, GeoError> {
+        let database_type = reader.metadata().database_type.clone();
+        if !["Country", "City", "Enterprise"]
+            .iter()
+            .any(|t| database_type.contains(t))
+        {
+            return Err(GeoError::WrongType {
+                path,
+                found: database_type,
+            });
+        }
+        for (net, _) in &mut overrides {
+            *net = canonical_net(*net);
+        }
+        overrides.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        Ok(Geo {
+            reader,
+            overrides,
+            database_type,
+        })
+    }
+
+    /// The country of a (canonical) address. A database record without a
+    /// `country` (anycast, satellite) is a miss: we never fall back to
+    /// `registered_country`.
+    pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
+        let addr = addr.to_canonical();
+        if let Some((_, c)) = self.overrides.iter().find(|(net, _)| net.contains(&addr)) {
+            return (Some(*c), LookupResult::Override);
+        }
+        const PATH: [PathElement<'static>; 2] =
+            [PathElement::Key("country"), PathElement::Key("iso_code")];
+        let code: Option<&str> = match self.reader.lookup(addr).and_then(|r| r.decode_path(&PATH)) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::warn!(error = %e, "GeoIP lookup failed; treating the origin as unknown");
+                None
+            }
+        };
+        match code.and_then(Country::parse) {
+            Some(c) => (Some(c), LookupResult::Hit),
+            None => (None, LookupResult::Miss),
+        }
+    }
+
+    /// The database's `build_epoch` (seconds since the Unix epoch).
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    pub fn database_type(&self) -> &str {
+        &self.database_type
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use build::{build_country_db, Row};
+
+    fn geo(overrides: &[(&str, &str)]) -> Geo {
+        let rows = vec![
+            Row {
+                network: "192.0.2.0/24".parse().unwrap(),
+                country: "CH".into(),
+            },
+            Row {
+                network: "2001:db8::/32".parse().unwrap(),
+                country: "DE".into(),
+            },
+        ];
+        let db = build_country_db(&rows, 1_700_000_000).unwrap();
+        let ov = overrides
+            .iter()
+            .map(|(n, c)| (n.parse().unwrap(), Country::parse(c).unwrap()))
+            .collect();
+        Geo::from_bytes(db, ov).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lookups() {
+        let g = geo(&[
+            ("192.0.2.128/25", "LI"),
+            ("192.0.2.0/16", "AT"),
+            ("192.0.2.200/32", "FR"),
+        ]);
+        let c = |s: &str| g.lookup(ip(s));
+        let ch = Country::parse("CH");
+        assert_eq!(
+            c("192.0.2.1"),
+            (Country::parse("AT"), LookupResult::Override)
+        );
+        assert_eq!(
+            c("192.0.2.130"),
+            (Country::parse("LI"), LookupResult::Override)
+        );
+        assert_eq!(
+            c("192.0.2.200"),
+            (Country::parse("FR"), LookupResult::Override)
+        );
+        assert_eq!(c("2001:db8::1"), (Country::parse("DE"), LookupResult::Hit));
+        assert_eq!(c("198.51.100.1"), (None, LookupResult::Miss));
+        let g = geo(&[]);
+        assert_eq!(g.lookup(ip("::ffff:192.0.2.9")), (ch, LookupResult::Hit));
+        assert_eq!(g.build_epoch(), 1_700_000_000);
+    }
+}

@@ -1,0 +1,199 @@
+//! Every metric the proxy exports, declared once, with help text.
+//!
+//! Metrics live in an explicit [`prometheus::Registry`] owned by [`Metrics`]
+//! (never the global default registry), so tests and several proxies in one
+//! process do not share counters. Label values come only from closed sets:
+//! configuration names (jurisdictions, data centres) and the fixed reasons in
+//! this file, never addresses or paths.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Label value when a request never reached a jurisdiction or data centre.
+pub const NONE: &str = "none";
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub request_body_bytes: IntCounterVec,
+    pub geoip_lookups: IntCounterVec,
+    pub geoip_build_timestamp: IntGauge,
+    pub datacenter_up: IntGaugeVec,
+    pub tls_handshakes: IntCounterVec,
+    pub connections_active: IntGauge,
+    pub connections_rejected: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, label: &str| -> Result<HistogramVec, prometheus::Error> {
+                let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+                let h = HistogramVec::new(opts, &[label])?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let requests = counter(
+            "residency_requests_total",
+            "Requests answered, by origin jurisdiction, data centre and status class.",
+            &["jurisdiction", "datacenter", "status_class"],
+        )?;
+        let rejections = counter(
+            "residency_rejections_total",
+            "Requests refused by the proxy itself, by reason.",
+            &["reason"],
+        )?;
+        let request_duration = histogram(
+            "residency_request_duration_seconds",
+            "Time from request head to response head, by origin jurisdiction.",
+            "jurisdiction",
+        )?;
+        let upstream_duration = histogram(
+            "residency_upstream_duration_seconds",
+            "Time from sending to an upstream until its response head, by data centre.",
+            "datacenter",
+        )?;
+        let request_body_bytes = counter(
+            "residency_request_body_bytes_total",
+            "Request body bytes forwarded, by origin jurisdiction.",
+            &["jurisdiction"],
+        )?;
+        let geoip_lookups = counter(
+            "residency_geoip_lookups_total",
+            "GeoIP lookups by result: hit, miss, override.",
+            &["result"],
+        )?;
+        let geoip_build_timestamp = IntGauge::new(
+            "residency_geoip_database_build_timestamp_seconds",
+            "Build time of the loaded GeoIP database (Unix seconds).",
+        )?;
+        registry.register(Box::new(geoip_build_timestamp.clone()))?;
+        let datacenter_up = IntGaugeVec::new(
+            Opts::new(
+                "residency_datacenter_up",
+                "1 when the data centre has at least one upstream considered up.",
+            ),
+            &["datacenter", "jurisdiction"],
+        )?;
+        registry.register(Box::new(datacenter_up.clone()))?;
+        let tls_handshakes = counter(
+            "residency_tls_handshakes_total",
+            "TLS handshakes by result: success, failure, timeout.",
+            &["result"],
+        )?;
+        let connections_active = IntGauge::new(
+            "residency_connections_active",
+            "Client connections currently open on the ingest listeners.",
+        )?;
+        registry.register(Box::new(connections_active.clone()))?;
+        let connections_rejected = counter(
+            "residency_connections_rejected_total",
+            "Connections closed before TLS, by reason (PROXY header missing, invalid or untrusted; connection limit).",
+            &["reason"],
+        )?;
+        let upstream_retries = counter(
+            "residency_upstream_retries_total",
+            "Requests retried on another permitted upstream, by reason.",
+            &["reason"],
+        )?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        Ok(Metrics {
+            registry,
+            requests,
+            rejections,
+            request_duration,
+            upstream_duration,
+            request_body_bytes,
+            geoip_lookups,
+            geoip_build_timestamp,
+            datacenter_up,
+            tls_handshakes,
+            connections_active,
+            connections_rejected,
+            upstream_retries,
+        })
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// `2xx`, `4xx`, … for the `status_class` label.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_name_is_exported() {
+        let m = Metrics::new().unwrap();
+        m.requests.with_label_values(&["ch", "zurich", "2xx"]).inc();
+        m.rejections.with_label_values(&["origin_unknown"]).inc();
+        m.request_duration.with_label_values(&["ch"]).observe(0.01);
+        m.upstream_duration
+            .with_label_values(&["zurich"])
+            .observe(0.01);
+        m.request_body_bytes.with_label_values(&["ch"]).inc_by(5);
+        m.geoip_lookups.with_label_values(&["hit"]).inc();
+        m.datacenter_up.with_label_values(&["zurich", "ch"]).set(1);
+        m.tls_handshakes.with_label_values(&["success"]).inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "residency_requests_total{datacenter=\"zurich\",jurisdiction=\"ch\",status_class=\"2xx\"} 1",
+            "residency_rejections_total{reason=\"origin_unknown\"} 1",
+            "residency_request_duration_seconds_bucket",
+            "residency_upstream_duration_seconds_bucket",
+            "residency_request_body_bytes_total{jurisdiction=\"ch\"} 5",
+            "residency_geoip_lookups_total{result=\"hit\"} 1",
+            "residency_geoip_database_build_timestamp_seconds",
+            "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"} 1",
+            "residency_tls_handshakes_total{result=\"success\"} 1",
+            "residency_connections_active",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Everything that can end a request without an upstream's answer.
+//!
+//! Each [`Failure`] knows its status, its fixed `reason` (the JSON body's
+//! `error` and the `reason` label of `residency_rejections_total`) and who
+//! caused it. The client gets a short fixed body; details go to the log.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Who is responsible for a failure (logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Culprit {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Ambiguous request framing (smuggling attempt) or an unusable request.
+    BadRequest,
+    BadForwardedHeader,
+    OriginUnknown,
+    OriginNotPermitted,
+    NoHealthyDatacenter {
+        retry_after: Duration,
+    },
+    BodyTooLarge,
+    BodyTimeout,
+    ClientAborted,
+    UpstreamUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+}
+
+impl Failure {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Failure::BadRequest | Failure::BadForwardedHeader | Failure::ClientAborted => {
+                StatusCode::BAD_REQUEST
+            }
+            Failure::OriginUnknown | Failure::OriginNotPermitted => {
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS
+            }
+            Failure::NoHealthyDatacenter { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
+            Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::BadRequest => "bad_request",
+            Failure::BadForwardedHeader => "bad_forwarded_header",
+            Failure::OriginUnknown => "origin_unknown",
+            Failure::OriginNotPermitted => "origin_not_permitted",
+            Failure::NoHealthyDatacenter { .. } => "no_healthy_datacenter",
+            Failure::BodyTooLarge => "body_too_large",
+            Failure::BodyTimeout => "request_body_timeout",
+            Failure::ClientAborted => "client_aborted",
+            Failure::UpstreamUnavailable => "upstream_unavailable",
+            Failure::UpstreamError => "upstream_error",
+            Failure::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn culprit(self) -> Culprit {
+        match self {
+            Failure::BadRequest
+            | Failure::BadForwardedHeader
+            | Failure::BodyTooLarge
+            | Failure::BodyTimeout
+            | Failure::ClientAborted
+            | Failure::OriginUnknown
+            | Failure::OriginNotPermitted => Culprit::Client,
+            Failure::NoHealthyDatacenter { .. }
+            | Failure::UpstreamUnavailable
+            | Failure::UpstreamError
+            | Failure::UpstreamTimeout => Culprit::Upstream,
+        }
+    }
+
+    /// The client-facing response: status, `{"error", "request_id"}` body and,
+    /// for 503, `Retry-After` in whole seconds (at least 1).
+    pub fn response(self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": self.reason(),
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Failure::NoHealthyDatacenter { retry_after } = self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_bodies() {
+        let id = HeaderValue::from_static("r1");
+        let r = Failure::OriginUnknown.response(&id);
+        assert_eq!(r.status(), 451);
+        let r = Failure::NoHealthyDatacenter {
+            retry_after: Duration::from_millis(2500),
+        }
+        .response(&id);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "3");
+        let r = Failure::NoHealthyDatacenter {
+            retry_after: Duration::ZERO,
+        }
+        .response(&id);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(Failure::UpstreamTimeout.status(), 504);
+        assert_eq!(Failure::BodyTooLarge.status(), 413);
+    }
+}

@@ -1,0 +1,232 @@
+//! Header rewriting in both directions.
+//!
+//! Upstream requests lose hop-by-hop headers (RFC 9110 §7.6.1, plus any named
+//! in `Connection`) and every client-sent `Residency-*` header, then gain
+//! `X-Forwarded-For` (appended when it came from a trusted proxy, replaced
+//! otherwise), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`,
+//! `Residency-Origin-Country` and `Residency-Jurisdiction`. Responses lose
+//! hop-by-hop headers and gain `Residency-Jurisdiction`,
+//! `Residency-Datacenter` and `X-Request-Id`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const RESIDENCY_ORIGIN_COUNTRY: HeaderName =
+    HeaderName::from_static("residency-origin-country");
+pub const RESIDENCY_JURISDICTION: HeaderName = HeaderName::from_static("residency-jurisdiction");
+pub const RESIDENCY_DATACENTER: HeaderName = HeaderName::from_static("residency-datacenter");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// What the upstream is told about the upload.
+pub struct Forwarded<'a> {
+    pub request_id: &'a HeaderValue,
+    /// Original `X-Forwarded-For` is kept only when a trusted proxy sent it.
+    pub xff_trusted: bool,
+    /// The address appended to `X-Forwarded-For`: our TCP peer, or the
+    /// client named by the PROXY header.
+    pub hop: IpAddr,
+    pub country: &'a str,
+    pub jurisdiction: &'a str,
+    pub host: Option<HeaderValue>,
+}
+
+/// Rewrites a client request's headers for the upstream.
+pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    strip_hop_by_hop(headers);
+    strip_residency(headers);
+    headers.remove(header::HOST);
+    headers.remove(X_FORWARDED_HOST);
+    headers.remove(X_FORWARDED_PROTO);
+
+    let previous: Vec<HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().cloned().collect();
+    headers.remove(X_FORWARDED_FOR);
+    let mut chain = String::new();
+    if f.xff_trusted {
+        for v in previous.iter().filter_map(|v| v.to_str().ok()) {
+            chain.push_str(v);
+            chain.push_str(", ");
+        }
+    }
+    chain.push_str(&f.hop.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Some(host) = &f.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    headers.insert(X_REQUEST_ID, f.request_id.clone());
+    if let Ok(v) = HeaderValue::from_str(f.country) {
+        headers.insert(RESIDENCY_ORIGIN_COUNTRY, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(f.jurisdiction) {
+        headers.insert(RESIDENCY_JURISDICTION, v);
+    }
+}
+
+/// Removes every `Residency-*` header (clients must not be able to set them).
+pub fn strip_residency(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("residency-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Adds the headers every response carries.
+pub fn to_client(
+    headers: &mut HeaderMap,
+    request_id: &HeaderValue,
+    jurisdiction: Option<&str>,
+    datacenter: Option<&str>,
+) {
+    strip_hop_by_hop(headers);
+    strip_residency(headers);
+    headers.insert(X_REQUEST_ID, request_id.clone());
+    if let Some(v) = jurisdiction.and_then(|j| HeaderValue::from_str(j).ok()) {
+        headers.insert(RESIDENCY_JURISDICTION, v);
+    }
+    if let Some(v) = datacenter.and_then(|d| HeaderValue::from_str(d).ok()) {
+        headers.insert(RESIDENCY_DATACENTER, v);
+    }
+}
+
+/// Request framing that could smuggle a second request past a proxy:
+/// both `Content-Length` and `Transfer-Encoding`, several
+/// `Transfer-Encoding` headers, or one other than exactly `chunked`.
+pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    match te.as_slice() {
+        [] => headers.get_all(header::CONTENT_LENGTH).iter().count() > 1,
+        [one] => {
+            headers.contains_key(header::CONTENT_LENGTH)
+                || !one.as_bytes().eq_ignore_ascii_case(b"chunked")
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn upstream_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("residency-jurisdiction", "ch"),
+            ("Residency-Datacenter", "zurich"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-request-id", "client-chosen"),
+            ("host", "ingest.example.com"),
+            ("content-type", "application/json"),
+        ]);
+        let id = HeaderValue::from_static("abc");
+        let f = Forwarded {
+            request_id: &id,
+            xff_trusted: true,
+            hop: "10.0.0.1".parse().unwrap(),
+            country: "DE",
+            jurisdiction: "eu",
+            host: h.get(header::HOST).cloned(),
+        };
+        to_upstream(&mut h, &f);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none() && h.get("host").is_none());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "ingest.example.com");
+        assert_eq!(h["x-request-id"], "abc");
+        assert_eq!(h["residency-origin-country"], "DE");
+        assert_eq!(h["residency-jurisdiction"], "eu");
+        assert!(h.get("residency-datacenter").is_none());
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn untrusted_forwarded_for_is_replaced() {
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
+        let id = HeaderValue::from_static("abc");
+        let f = Forwarded {
+            request_id: &id,
+            xff_trusted: false,
+            hop: "203.0.113.5".parse().unwrap(),
+            country: "US",
+            jurisdiction: "us",
+            host: None,
+        };
+        to_upstream(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5");
+    }
+
+    #[test]
+    fn framing() {
+        assert!(!ambiguous_framing(&map(&[("content-length", "5")])));
+        assert!(!ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+        assert!(ambiguous_framing(&map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5")
+        ])));
+        assert!(ambiguous_framing(&map(&[(
+            "transfer-encoding",
+            "gzip, chunked"
+        )])));
+        assert!(ambiguous_framing(&map(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(ambiguous_framing(&map(&[
+            ("content-length", "5"),
+            ("content-length", "6")
+        ])));
+    }
+}

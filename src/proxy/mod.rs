@@ -1,0 +1,220 @@
+//! The request path: from a parsed client request to a response.
+//!
+//! [`handle`] gathers the inputs (TCP peer, PROXY source, headers), resolves
+//! the client address ([`crate::origin`]), takes the residency decision
+//! ([`crate::decision`]), and then either refuses with a [`Failure`] or hands
+//! the upload to [`forward`]. It adds the response headers every answer
+//! carries, updates metrics and writes the one access-log line per request.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::decision::{decide, Outcome};
+use crate::metrics::{status_class, NONE};
+use crate::origin::{self, AddressSource};
+use crate::policy::JurisdictionId;
+use crate::state::{Shared, State};
+pub use error::Failure;
+
+/// The response body: the upstream's, streamed, or our own small one.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What the accept loop knows about a client connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The client address from the PROXY header, on listeners that require one.
+    pub proxy_source: Option<IpAddr>,
+    /// Index into `config.listeners`.
+    pub listener: usize,
+}
+
+/// Fields of the access-log line, filled in as the request progresses.
+struct Access {
+    source: Option<AddressSource>,
+    country: Option<String>,
+    jurisdiction: Option<JurisdictionId>,
+    datacenter: Option<String>,
+    reason: Option<&'static str>,
+}
+
+/// Serves one request. Never fails: every problem becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let id = shared.ids.next();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut access = Access {
+        source: None,
+        country: None,
+        jurisdiction: None,
+        datacenter: None,
+        reason: None,
+    };
+    let (mut resp, bytes) = match route(&shared, &state, &conn, req, &id, &mut access).await {
+        Ok((resp, bytes)) => (resp.map(Either::Left), bytes),
+        Err((failure, bytes)) => {
+            access.reason = Some(failure.reason());
+            shared
+                .metrics
+                .rejections
+                .with_label_values(&[failure.reason()])
+                .inc();
+            (failure.response(&id).map(Either::Right), bytes)
+        }
+    };
+
+    let policy = &state.config.policy;
+    let jurisdiction = access
+        .jurisdiction
+        .map(|j| policy.jurisdiction(j).name.as_str());
+    headers::to_client(
+        resp.headers_mut(),
+        &id,
+        jurisdiction,
+        access.datacenter.as_deref(),
+    );
+
+    let status = resp.status();
+    let elapsed = started.elapsed();
+    let m = &shared.metrics;
+    let j_label = jurisdiction.unwrap_or(NONE);
+    m.requests
+        .with_label_values(&[
+            j_label,
+            access.datacenter.as_deref().unwrap_or(NONE),
+            status_class(status),
+        ])
+        .inc();
+    m.request_duration
+        .with_label_values(&[j_label])
+        .observe(elapsed.as_secs_f64());
+    if bytes > 0 {
+        m.request_body_bytes
+            .with_label_values(&[j_label])
+            .inc_by(bytes);
+    }
+    tracing::info!(
+        target: "residency_proxy::access",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %method,
+        path = %path,
+        client_source = access.source.map(AddressSource::as_str).unwrap_or(NONE),
+        country = access.country.as_deref().unwrap_or(NONE),
+        jurisdiction = j_label,
+        datacenter = access.datacenter.as_deref().unwrap_or(NONE),
+        status = status.as_u16(),
+        reason = access.reason.unwrap_or(""),
+        bytes,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(resp)
+}
+
+type Routed = Result<(Response<Incoming>, u64), (Failure, u64)>;
+
+async fn route(
+    shared: &Shared,
+    state: &State,
+    conn: &Conn,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+    access: &mut Access,
+) -> Routed {
+    let config = &state.config;
+    let listener = &config.listeners[conn.listener];
+    if headers::ambiguous_framing(req.headers()) {
+        return Err((Failure::BadRequest, 0));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.limits.max_body_bytes) {
+        return Err((Failure::BodyTooLarge, 0));
+    }
+
+    let xff = req.headers().get_all(headers::X_FORWARDED_FOR);
+    let origin = origin::resolve(
+        conn.peer.ip(),
+        conn.proxy_source,
+        xff.iter(),
+        &listener.trusted_proxies,
+    )
+    .map_err(|_| (Failure::BadForwardedHeader, 0))?;
+    access.source = Some(origin.source);
+
+    let policy = &config.policy;
+    let health = &state.health;
+    let decision = decide(
+        &state.geo,
+        policy,
+        origin.addr,
+        state.next_turn(),
+        |u| health.is_up(u),
+        |j| health.retry_after(permitted_upstreams(state, j)),
+    );
+    shared
+        .metrics
+        .geoip_lookups
+        .with_label_values(&[decision.lookup.as_str()])
+        .inc();
+    access.country = decision.country.map(|c| c.to_string());
+    access.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
+    let upstream = match decision.outcome {
+        Outcome::Forward(u) => u,
+        Outcome::Refuse(f) => return Err((f, 0)),
+    };
+    let Some((jurisdiction, _)) = decision.jurisdiction else {
+        return Err((Failure::OriginUnknown, 0));
+    };
+
+    let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
+    let xff_trusted =
+        conn.proxy_source.is_none() && listener.trusted_proxies.contains(conn.peer.ip());
+    let country = decision
+        .country
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let target = forward::Target {
+        jurisdiction,
+        upstream,
+        request_id: id,
+        hop,
+        xff_trusted,
+        country: &country,
+    };
+    forward::forward(shared, state, target, req, &mut access.datacenter).await
+}
+
+/// Every upstream of every data centre permitted for `j`.
+pub fn permitted_upstreams(
+    state: &State,
+    j: JurisdictionId,
+) -> impl Iterator<Item = crate::policy::UpstreamId> + '_ {
+    let policy = &state.config.policy;
+    policy
+        .permitted(j)
+        .iter()
+        .flat_map(|g| g.datacenters.iter())
+        .flat_map(move |d| policy.datacenter(*d).upstreams.iter().copied())
+}

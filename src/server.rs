@@ -1,0 +1,371 @@
+//! Listeners and the connection lifecycle.
+//!
+//! [`bind`] opens every socket first (so tests and the demo can bind port 0
+//! and read the addresses); [`Bound::run`] then serves until the shutdown
+//! future resolves. Each accepted connection runs in its own task through
+//! named, bounded phases:
+//!
+//! 1. admission — a connection-limit permit, or the connection is closed;
+//! 2. `proxy_header` — on `proxy_protocol = "required"` listeners, only from
+//!    `trusted_proxies`, within the handshake deadline;
+//! 3. `tls_handshake` — rustls with the listener's SNI-aware config;
+//! 4. HTTP — hyper-util's auto builder (HTTP/1.1 and h2) with a timer, so the
+//!    request-head deadline is enforced, bounded header sizes and streams, and
+//!    an idle watchdog that closes connections with nothing in flight.
+//!
+//! On shutdown, accepting stops, every connection is asked to finish
+//! gracefully, and `run` waits up to `timeouts.shutdown_grace` for them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::admin;
+use crate::proxy::{self, Conn};
+use crate::proxy_protocol::{self, Prefixed};
+use crate::state::Shared;
+
+/// Sockets bound and ready to serve.
+pub struct Bound {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    admin: TcpListener,
+}
+
+/// Binds every ingest listener and the admin listener of the current state.
+pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
+    let state = shared.state();
+    let mut listeners = Vec::new();
+    for l in &state.config.listeners {
+        let socket = TcpListener::bind(l.address).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding listener {}: {e}", l.address))
+        })?;
+        listeners.push(socket);
+    }
+    let admin = TcpListener::bind(state.config.admin.address)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding admin listener {}: {e}", state.config.admin.address),
+            )
+        })?;
+    Ok(Bound {
+        shared,
+        listeners,
+        admin,
+    })
+}
+
+impl Bound {
+    /// The ingest listeners' local addresses, in config order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = self.shared.state();
+        let limits = state.config.limits;
+        let grace = state.config.timeouts.shutdown_grace;
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let mut tasks = Vec::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let permits = permits.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(accept_loop(
+                shared, index, listener, permits, stop,
+            )));
+        }
+        tasks.push(tokio::spawn(admin::serve(
+            self.shared.clone(),
+            self.admin,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(refresh_gauges(
+            self.shared.clone(),
+            stop_rx.clone(),
+        )));
+
+        shutdown.await;
+        tracing::info!("shutting down: readiness off, accepting stopped, draining connections");
+        self.shared.set_ready(false);
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+        match drained {
+            Ok(_) => tracing::info!("all connections finished"),
+            Err(_) => tracing::warn!(
+                phase = "shutdown_grace",
+                "timeout: closing remaining connections"
+            ),
+        };
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .connections_rejected
+                .with_label_values(&["connection_limit"])
+                .inc();
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            shared.clone(),
+            index,
+            stream,
+            peer,
+            permit,
+            stop.clone(),
+        ));
+    }
+}
+
+/// Counts the connection as active while alive.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.dec();
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    index: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    shared.metrics.connections_active.inc();
+    let _active = ActiveGuard(shared.clone());
+    // One snapshot for the whole connection.
+    let state = shared.state();
+    let listener = &state.config.listeners[index];
+    let timeouts = state.config.timeouts;
+    let limits = state.config.limits;
+    let metrics = &shared.metrics;
+
+    let (proxy_source, io) = if listener.proxy_protocol {
+        if !listener.trusted_proxies.contains(peer.ip()) {
+            metrics
+                .connections_rejected
+                .with_label_values(&["proxy_untrusted_peer"])
+                .inc();
+            tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
+            return;
+        }
+        match tokio::time::timeout(timeouts.tls_handshake, proxy_protocol::read_header(stream))
+            .await
+        {
+            Ok(Ok((source, io))) => (Some(source.unwrap_or(peer.ip().to_canonical())), io),
+            Ok(Err(e)) => {
+                metrics
+                    .connections_rejected
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed");
+                return;
+            }
+            Err(_) => {
+                metrics
+                    .connections_rejected
+                    .with_label_values(&["proxy_header_timeout"])
+                    .inc();
+                tracing::warn!(peer = %peer, phase = "proxy_header", "timeout");
+                return;
+            }
+        }
+    } else {
+        (None, Prefixed::new(bytes::Bytes::new(), stream))
+    };
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(state.tls[index].clone());
+    let tls = match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => {
+            metrics.tls_handshakes.with_label_values(&["success"]).inc();
+            tls
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshakes.with_label_values(&["failure"]).inc();
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics.tls_handshakes.with_label_values(&["timeout"]).inc();
+            tracing::debug!(peer = %peer, phase = "tls_handshake", "timeout");
+            return;
+        }
+    };
+
+    let conn = Arc::new(Conn {
+        peer,
+        proxy_source,
+        listener: index,
+    });
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let busy = activity.begin();
+            let fut = proxy::handle(shared.clone(), state.clone(), conn.clone(), req);
+            async move {
+                let resp = fut.await;
+                drop(busy);
+                resp
+            }
+        })
+    };
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.request_head)
+        .max_buf_size(limits.max_request_head_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_head_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_pending_accept_reset_streams(Some(20))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let mut served = pin!(builder.serve_connection(TokioIo::new(tls), service));
+    let mut idle = pin!(activity.idle(timeouts.keepalive_idle));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = stopped(&mut stop), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = idle.as_mut(), if !closing => {
+                tracing::debug!(peer = %peer, phase = "keepalive_idle", "timeout");
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had nothing in flight for `idle`.
+    async fn idle(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let quiet_for = self
+                .now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= idle_ms {
+                return;
+            }
+            let wait = idle_ms.saturating_sub(quiet_for).max(100);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+}
+
+/// Keeps `residency_datacenter_up` current as passive down-marks expire.
+async fn refresh_gauges(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.refresh_gauges(),
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

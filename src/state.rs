@@ -1,0 +1,172 @@
+//! The loaded world, as one swappable snapshot.
+//!
+//! [`State`] holds everything a request needs — configuration, policy, GeoIP
+//! database, TLS server configs, the upstream client and health table — and is
+//! built aside, fully validated, before it is used. [`Shared`] holds the
+//! current snapshot behind an `ArcSwap`; a connection loads one snapshot and
+//! keeps it, so a future reload never changes the rules under an in-flight
+//! request. Metrics, readiness and request ids outlive snapshots.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::{Config, ConfigReport};
+use crate::geo::Geo;
+use crate::metrics::Metrics;
+use crate::tls;
+use crate::upstream::{self, Health, UpstreamClient};
+
+pub struct State {
+    pub config: Config,
+    pub geo: Geo,
+    /// One server config per listener, in `config.listeners` order.
+    pub tls: Vec<Arc<rustls::ServerConfig>>,
+    pub client: UpstreamClient,
+    pub health: Health,
+    turn: AtomicUsize,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("geo", &self.geo)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Loads certificates and the GeoIP database named by `config`,
+    /// reporting every failure at once.
+    pub fn build(config: Config) -> Result<State, ConfigReport> {
+        let mut report = ConfigReport::new("state");
+        let geo = Geo::open(&config.geoip.database, config.geoip.overrides.clone())
+            .map_err(|e| report.push("geoip.database", e))
+            .ok();
+        let mut server_configs = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let key = format!("listeners[{i}].tls");
+            let certs: Result<Vec<_>, _> = l
+                .certificates
+                .iter()
+                .map(|c| tls::load_cert_source(&c.cert, &c.key))
+                .collect();
+            let ca = l.client_ca.as_ref().map(std::fs::read).transpose();
+            match (certs, ca) {
+                (Ok(certs), Ok(ca)) => match tls::server_config(&certs, ca.as_deref()) {
+                    Ok(c) => server_configs.push(c),
+                    Err(e) => report.push(key, e),
+                },
+                (Err(e), _) => report.push(key, e),
+                (_, Err(e)) => report.push(format!("{key}.client_ca"), e),
+            }
+        }
+        let ca = match &config.upstream.ca {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| report.push("upstream.ca", format!("{}: {e}", path.display())))
+                .ok(),
+            None => None,
+        };
+        let client = upstream::client(&config.upstream, &config.timeouts, ca.as_deref())
+            .map_err(|e| report.push("upstream.ca", e))
+            .ok();
+        let health = Health::new(config.policy.upstreams.len(), config.upstream.down_for);
+        let state = match (geo, client) {
+            (Some(geo), Some(client)) if report.is_empty() => Some(State {
+                config,
+                geo,
+                tls: server_configs,
+                client,
+                health,
+                turn: AtomicUsize::new(0),
+            }),
+            _ => None,
+        };
+        report.finish(state)
+    }
+
+    /// The next load-sharing turn.
+    pub fn next_turn(&self) -> usize {
+        self.turn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What outlives a snapshot: the current state, metrics, readiness, ids.
+pub struct Shared {
+    state: ArcSwap<State>,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    pub ids: RequestIds,
+}
+
+impl Shared {
+    pub fn new(state: State, metrics: Metrics) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
+            metrics,
+            ready: AtomicBool::new(false),
+            ids: RequestIds::new(),
+        });
+        shared.refresh_gauges();
+        shared.ready.store(true, Ordering::Release);
+        shared
+    }
+
+    /// The current snapshot; hold it for the whole connection or request.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Re-reads health and the database into the gauges.
+    pub fn refresh_gauges(&self) {
+        let state = self.state();
+        let policy = &state.config.policy;
+        self.metrics
+            .geoip_build_timestamp
+            .set(i64::try_from(state.geo.build_epoch()).unwrap_or(i64::MAX));
+        for dc in &policy.datacenters {
+            let up = dc.upstreams.iter().any(|u| state.health.is_up(*u));
+            self.metrics
+                .datacenter_up
+                .with_label_values(&[
+                    dc.name.as_str(),
+                    policy.jurisdiction(dc.jurisdiction).name.as_str(),
+                ])
+                .set(i64::from(up));
+        }
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, 32 hex digits.
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let mut seed = [0u8; 8];
+        // A failing system RNG leaves the prefix zero: ids stay unique per process.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        RequestIds {
+            prefix: u64::from_le_bytes(seed),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:016x}{:016x}", self.prefix, n);
+        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
