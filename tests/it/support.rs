@@ -1,0 +1,588 @@
+//! The small layer every integration test stands on: real files in a temp
+//! directory (rcgen certificate, mmdb built by the project), real recording
+//! upstream servers on 127.0.0.1:0, the real proxy in-process, and a real
+//! TLS client speaking HTTP/1.1 or h2 from a chosen loopback address.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use residency_proxy::config::Config;
+use residency_proxy::metrics::Metrics;
+use residency_proxy::state::{Shared, State};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// GeoIP rows for the tests (documentation ranges plus loopback peers).
+pub const GEOIP_CSV: &str = "network,country
+192.0.2.0/24,CH
+198.51.100.0/24,DE
+203.0.113.0/25,US
+203.0.113.128/26,JP
+203.0.113.192/26,GB
+2001:db8:c0::/48,CH
+127.0.0.3/32,US
+";
+
+pub const CH: &str = "192.0.2.10";
+pub const DE: &str = "198.51.100.20";
+pub const US: &str = "203.0.113.30";
+pub const JP: &str = "203.0.113.140";
+pub const GB: &str = "203.0.113.200";
+pub const UNKNOWN: &str = "100.64.0.1";
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rp-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One request as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: http::Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP/1.1 upstream that records every complete request and answers
+/// 201 after reading the whole body.
+#[derive(Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// Notified when a request's first body bytes arrive.
+    pub first_bytes: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            first_bytes: Arc::new(Notify::new()),
+        };
+        let server = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| server.clone().record(req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    async fn record(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let (parts, mut body) = req.into_parts();
+        let mut data = Vec::new();
+        let mut notified = false;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Ok(status(StatusCode::BAD_REQUEST, "body failed"));
+            };
+            if let Some(d) = frame.data_ref() {
+                if !notified && !d.is_empty() {
+                    self.first_bytes.notify_one();
+                    notified = true;
+                }
+                data.extend_from_slice(d);
+            }
+        }
+        let n = data.len();
+        self.received.lock().unwrap().push(Received {
+            method: parts.method,
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            headers: parts.headers,
+            body: Bytes::from(data),
+        });
+        Ok(status(
+            StatusCode::CREATED,
+            &format!("stored {n} bytes in {}", self.name),
+        ))
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream received a request")
+    }
+}
+
+fn status(code: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_string())));
+    *r.status_mut() = code;
+    r
+}
+
+/// A running proxy with its upstreams.
+pub struct Proxy {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// PEM of the default certificate (and of the second one, if any).
+    pub certs: Vec<String>,
+    pub config_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a test proxy looks like. Data centres: (name, jurisdiction, priority, live).
+pub struct Setup {
+    pub datacenters: Vec<(&'static str, &'static str, u32, bool)>,
+    pub listener_extra: String,
+    pub extra: String,
+    pub trusted: Vec<&'static str>,
+    pub second_cert: Option<Vec<&'static str>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            datacenters: vec![
+                ("zurich", "ch", 1, true),
+                ("frankfurt", "eu", 1, true),
+                ("london", "uk", 2, true),
+                ("virginia", "us", 1, true),
+            ],
+            listener_extra: String::new(),
+            extra: String::new(),
+            trusted: vec!["127.0.0.1"],
+            second_cert: None,
+        }
+    }
+}
+
+pub const POLICY: &str = r#"
+[jurisdictions.ch]
+countries = ["CH", "LI"]
+[jurisdictions.eu]
+countries = ["AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"]
+[jurisdictions.uk]
+countries = ["GB"]
+store_in = ["uk", "eu"]
+[jurisdictions.us]
+countries = ["US"]
+"#;
+
+impl Proxy {
+    pub async fn start(setup: Setup) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
+        std::fs::write(dir.path().join("a.key"), &key).unwrap();
+        let mut certs = vec![cert];
+        let mut cert_list = r#"{ cert = "a.pem", key = "a.key" }"#.to_string();
+        if let Some(names) = &setup.second_cert {
+            let (cert, key) = residency_proxy::tls::self_signed(names).unwrap();
+            std::fs::write(dir.path().join("b.pem"), &cert).unwrap();
+            std::fs::write(dir.path().join("b.key"), &key).unwrap();
+            certs.push(cert);
+            cert_list.push_str(r#", { cert = "b.pem", key = "b.key" }"#);
+        }
+        let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
+        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
+
+        let mut upstreams = BTreeMap::new();
+        let mut dcs = String::new();
+        for (name, jurisdiction, priority, live) in &setup.datacenters {
+            let addr = if *live {
+                let up = Upstream::start(name).await;
+                let addr = up.addr;
+                upstreams.insert(name.to_string(), up);
+                addr
+            } else {
+                closed_port().await
+            };
+            dcs.push_str(&format!(
+                "\n[datacenters.{name}]\njurisdiction = \"{jurisdiction}\"\npriority = {priority}\nupstreams = [\"http://{addr}\"]\n"
+            ));
+        }
+        let trusted: Vec<String> = setup.trusted.iter().map(|t| format!("\"{t}\"")).collect();
+        let toml = format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+trusted_proxies = [{trusted}]
+{listener_extra}
+[listeners.tls]
+certificates = [{cert_list}]
+
+[admin]
+address = "127.0.0.1:0"
+
+[geoip]
+database = "geo.mmdb"
+{POLICY}
+{dcs}
+{extra}
+"#,
+            trusted = trusted.join(", "),
+            listener_extra = setup.listener_extra,
+            extra = setup.extra,
+        );
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
+        let shared = Shared::new(state, Metrics::new().unwrap());
+        let bound = residency_proxy::server::bind(shared).await.unwrap();
+        let addr = bound.addresses()[0];
+        let admin = bound.admin_address().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            dir,
+            addr,
+            admin,
+            upstreams,
+            certs,
+            config_path,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> &Upstream {
+        &self.upstreams[name]
+    }
+
+    /// Requests each upstream received, by name.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.upstreams
+            .iter()
+            .map(|(k, u)| (k.clone(), u.count()))
+            .collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, &self.certs)
+    }
+
+    /// GET on the admin listener; returns status and body text.
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Stops the proxy and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// A loopback port with nothing listening (connections are refused).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Http {
+    One,
+    Two,
+}
+
+/// A TLS client with knobs for what the proxy should see.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub roots: Vec<String>,
+    pub version: Http,
+    /// Source address to connect from (e.g. 127.0.0.2 for an untrusted peer).
+    pub from: IpAddr,
+    /// `None`: connect by IP, which sends no SNI.
+    pub sni: Option<String>,
+    /// Bytes written before the TLS handshake (a PROXY header).
+    pub preamble: Vec<u8>,
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer_cert: Vec<u8>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, roots: &[String]) -> Client {
+        Client {
+            addr,
+            roots: roots.to_vec(),
+            version: Http::One,
+            from: "127.0.0.1".parse().unwrap(),
+            sni: Some("localhost".into()),
+            preamble: Vec::new(),
+        }
+    }
+
+    pub fn h2(mut self) -> Client {
+        self.version = Http::Two;
+        self
+    }
+
+    pub fn version(mut self, v: Http) -> Client {
+        self.version = v;
+        self
+    }
+
+    pub fn from(mut self, ip: &str) -> Client {
+        self.from = ip.parse().unwrap();
+        self
+    }
+
+    pub fn sni(mut self, name: Option<&str>) -> Client {
+        self.sni = name.map(str::to_string);
+        self
+    }
+
+    pub fn preamble(mut self, bytes: Vec<u8>) -> Client {
+        self.preamble = bytes;
+        self
+    }
+
+    fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in &self.roots {
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(residency_proxy::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = match self.version {
+            Http::One => vec![b"http/1.1".to_vec()],
+            Http::Two => vec![b"h2".to_vec()],
+        };
+        Arc::new(config)
+    }
+
+    /// Opens a TLS connection, or returns the error that stopped it.
+    pub async fn connect(
+        &self,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        use tokio::io::AsyncWriteExt;
+        let socket = match self.from {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(self.from, 0))?;
+        let mut tcp = socket.connect(self.addr).await?;
+        if !self.preamble.is_empty() {
+            tcp.write_all(&self.preamble).await?;
+        }
+        let name = match &self.sni {
+            Some(n) => ServerName::try_from(n.clone()).unwrap(),
+            None => ServerName::IpAddress(self.addr.ip().into()),
+        };
+        tokio_rustls::TlsConnector::from(self.tls_config())
+            .connect(name, tcp)
+            .await
+    }
+
+    /// Sends one request with a complete body.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let body: Body = Full::new(body.into()).map_err(|e| match e {}).boxed();
+        self.send_body(method, path, headers, body)
+            .await
+            .expect("request completes")
+    }
+
+    /// POSTs `body` as if from client `origin` (via X-Forwarded-For).
+    pub async fn upload_from(&self, origin: &str, body: &str) -> Reply {
+        self.send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", origin)],
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// Sends one request with any body; errors are returned, not panicked on.
+    pub async fn send_body(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Result<Reply, BoxError> {
+        let tls = self.connect().await?;
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let mut req = Request::builder().method(method);
+        req = match self.version {
+            Http::One => req.uri(path).header("host", "localhost"),
+            Http::Two => req.uri(format!("https://localhost{path}")),
+        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body)?;
+        let io = TokioIo::new(tls);
+        let resp = match self.version {
+            Http::One => {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                send.send_request(req).await?
+            }
+            Http::Two => {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(conn);
+                send.send_request(req).await?
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            peer_cert,
+            alpn,
+        })
+    }
+}
+
+/// A request body fed chunk by chunk from a channel.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// A streaming body and the sender that feeds it.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, ChannelBody(rx).boxed())
+}
+
+/// `residency_*` metric lines of an exposition, for assertions.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
