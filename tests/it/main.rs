@@ -8,3 +8,4 @@ mod refusals;
 mod streaming;
 mod tls;
 mod cli;
+mod upstream_tls;
