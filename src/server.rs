@@ -10,8 +10,9 @@
 //!    `trusted_proxies`, within the handshake deadline;
 //! 3. `tls_handshake` — rustls with the listener's SNI-aware config;
 //! 4. HTTP — hyper-util's auto builder (HTTP/1.1 and h2) with a timer, so the
-//!    request-head deadline is enforced, bounded header sizes and streams, and
-//!    an idle watchdog that closes connections with nothing in flight.
+//!    HTTP/1 request-head deadline is enforced, bounded header sizes and
+//!    streams, and a watchdog that closes connections that send no first
+//!    request within `request_head` or sit idle for `keepalive_idle`.
 //!
 //! On shutdown, accepting stops, every connection is asked to finish
 //! gracefully, and `run` waits up to `timeouts.shutdown_grace` for them.
@@ -19,7 +20,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -281,7 +282,7 @@ async fn connection(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let mut served = pin!(builder.serve_connection(TokioIo::new(tls), service));
-    let mut idle = pin!(activity.idle(timeouts.keepalive_idle));
+    let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -309,6 +310,10 @@ struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Set by the first request; until then the connection gets only the
+    /// request-head deadline (hyper-util's protocol sniffing has none).
+    started: AtomicBool,
+    first_request: tokio::sync::Notify,
 }
 
 struct Busy(Arc<Activity>);
@@ -326,6 +331,8 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            first_request: tokio::sync::Notify::new(),
         }
     }
 
@@ -335,21 +342,35 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !self.started.swap(true, Ordering::Relaxed) {
+            self.first_request.notify_one();
+        }
         Busy(self.clone())
     }
 
-    /// Resolves once the connection has had nothing in flight for `idle`.
-    async fn idle(&self, idle: Duration) {
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    /// Resolves once the connection has had nothing in flight for `idle`,
+    /// or has not started a first request within `first`.
+    async fn idle(&self, first: Duration, idle: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         loop {
+            let started = self.started.load(Ordering::Relaxed);
+            let idle_ms = if started { ms(idle) } else { ms(first) };
             let quiet_for = self
                 .now_ms()
                 .saturating_sub(self.last_ms.load(Ordering::Relaxed));
             if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= idle_ms {
                 return;
             }
-            let wait = idle_ms.saturating_sub(quiet_for).max(100);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let wait = Duration::from_millis(idle_ms.saturating_sub(quiet_for).max(100));
+            if started {
+                tokio::time::sleep(wait).await;
+            } else {
+                // The first request switches to the keep-alive deadline.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.first_request.notified() => {}
+                }
+            }
         }
     }
 }

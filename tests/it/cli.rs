@@ -1,1 +1,502 @@
-//! (being written)
+//! The command line, run as the real binary: `check-config` reports every
+//! problem at once and validates the shipped example, `geoip build` writes
+//! databases libmaxminddb agrees with, `decide` explains decisions, and
+//! environment variables override the file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_residency-proxy");
+
+/// Runs the binary with `args` and extra environment variables.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    // The tests choose every override themselves.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RESIDENCY_PROXY") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("run residency-proxy")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+/// Writes a self-signed certificate and its key.
+fn write_cert(cert: &Path, key: &Path, names: &[&str]) {
+    let (c, k) = residency_proxy::tls::self_signed(names).unwrap();
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(cert, c).unwrap();
+    std::fs::write(key, k).unwrap();
+}
+
+/// Writes a GeoIP database built from support's CSV.
+fn write_db(path: &Path) {
+    let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
+    let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+    std::fs::write(path, db).unwrap();
+}
+
+/// A valid configuration (certificate, database, file) in a temp dir; the
+/// upstreams need not be live for `check-config` and `decide`.
+fn valid_config(database: Option<&Path>) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("cli");
+    write_cert(
+        &dir.path().join("a.pem"),
+        &dir.path().join("a.key"),
+        &["localhost"],
+    );
+    let database = match database {
+        Some(db) => db.to_path_buf(),
+        None => {
+            let db = dir.path().join("geo.mmdb");
+            write_db(&db);
+            db
+        }
+    };
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:8443"
+[listeners.tls]
+certificates = [{{ cert = "a.pem", key = "a.key" }}]
+
+[admin]
+address = "127.0.0.1:9900"
+
+[geoip]
+database = "{}"
+{POLICY}
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://10.1.0.10:8080"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["https://ingest.fra.example.com"]
+[datacenters.london]
+jurisdiction = "uk"
+priority = 2
+upstreams = ["https://ingest.lon.example.com"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["https://ingest.iad.example.com"]
+"#,
+        path(&database)
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, toml).unwrap();
+    (dir, config)
+}
+
+#[test]
+fn check_config_lists_every_problem() {
+    let dir = TempDir::new("cli-bad");
+    write_cert(
+        &dir.path().join("a.pem"),
+        &dir.path().join("a.key"),
+        &["localhost"],
+    );
+    write_db(&dir.path().join("geo.mmdb"));
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[listeners]]
+address = "0.0.0.0:9443"
+proxy_protocol = "required"
+[listeners.tls]
+certificates = [{ cert = "certs/missing.pem", key = "a.key" }]
+
+[[listeners]]
+address = "0.0.0.0:8443"
+trusted_proxies = ["10.0.0.0/33"]
+[listeners.tls]
+certificates = [{ cert = "a.pem", key = "a.key" }]
+
+[geoip]
+database = "geo.mmdb"
+
+[jurisdictions.ch]
+countries = ["CH", "LI"]
+[jurisdictions.eu]
+countries = ["DE", "FR", "CH"]
+[jurisdictions.uk]
+countries = ["GB", "UK"]
+store_in = ["uk", "europe"]
+[jurisdictions.us]
+countries = ["US"]
+
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://10.1.0.10:8080"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["ftp://ingest.fra.example.com"]
+[datacenters.london]
+jurisdiction = "uk"
+upstreams = ["https://ingest.lon.example.com"]
+"#,
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no routing table: {}",
+        text(&out.stdout)
+    );
+    let expected = [
+        // a bad country code
+        ("jurisdictions.uk.countries", "`UK` is not an ISO 3166-1"),
+        // a country in two jurisdictions
+        (
+            "jurisdictions.eu.countries",
+            "CH is already in jurisdiction `ch`",
+        ),
+        // store_in naming a missing jurisdiction
+        (
+            "jurisdictions.uk.store_in",
+            "no jurisdiction named `europe`",
+        ),
+        // a jurisdiction with no data centre
+        ("jurisdictions.us.store_in", "no data centre is in us"),
+        // proxy_protocol = "required" without trusted_proxies
+        (
+            "listeners[0].trusted_proxies",
+            "proxy_protocol = \"required\"",
+        ),
+        // a bad CIDR
+        ("listeners[1].trusted_proxies[0]", "`10.0.0.0/33`"),
+        // a bad URL
+        (
+            "datacenters.frankfurt.upstreams[0]",
+            "scheme must be http or https",
+        ),
+        // a missing certificate file
+        ("listeners[0].tls.certificates[0].cert", "missing.pem"),
+    ];
+    for (key, message) in expected {
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("- {key}: ")))
+            .unwrap_or_else(|| panic!("no problem reported for {key}:\n{stderr}"));
+        assert!(
+            line.contains(message),
+            "{key}: want {message:?} in {line:?}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("{} problems", expected.len())),
+        "exactly the {} problems above:\n{stderr}",
+        expected.len()
+    );
+}
+
+#[test]
+fn example_config_validates() {
+    let example = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"));
+    let text_of_example =
+        std::fs::read_to_string(example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    // The example names its files relative to itself; provide them.
+    let dir = TempDir::new("cli-example");
+    let copy = dir.path().join("example.toml");
+    std::fs::write(&copy, &text_of_example).unwrap();
+    for (stem, names) in [
+        ("ingest", &["ingest.example.com"][..]),
+        ("eu-ingest", &["eu.ingest.example.com"][..]),
+    ] {
+        let cert = format!("certs/{stem}.pem");
+        let key = format!("certs/{stem}.key");
+        assert!(
+            text_of_example.contains(&format!("\"{cert}\"")),
+            "example.toml references {cert}"
+        );
+        assert!(
+            text_of_example.contains(&format!("\"{key}\"")),
+            "example.toml references {key}"
+        );
+        write_cert(&dir.path().join(&cert), &dir.path().join(&key), names);
+    }
+    assert!(text_of_example.contains("\"GeoLite2-Country.mmdb\""));
+    write_db(&dir.path().join("GeoLite2-Country.mmdb"));
+
+    let out = run(&["check-config", "--config", path(&copy)], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    for want in [
+        "configuration OK",
+        "jurisdiction ch",
+        "jurisdiction eu",
+        "jurisdiction uk",
+        "jurisdiction us",
+        "listener 0.0.0.0:8443 (proxy_protocol off, 2 certificate(s), mTLS off)",
+        "listener 0.0.0.0:9443 (proxy_protocol required, 1 certificate(s), mTLS off)",
+        "admin 127.0.0.1:9900",
+        "unknown origin: reject (451)",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+}
+
+/// The `country.iso_code` libmaxminddb finds for `ip`; `None` on a miss.
+fn mmdblookup(db: &Path, ip: &str) -> Option<String> {
+    let out = Command::new("mmdblookup")
+        .args(["--file", path(db), "--ip", ip, "country", "iso_code"])
+        .output()
+        .expect("mmdblookup must be installed (Debian package mmdb-bin)");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    if !out.status.success() {
+        assert!(
+            stdout.contains("Could not find an entry")
+                || stderr.contains("Could not find an entry"),
+            "mmdblookup {ip} failed: {}\n{stdout}{stderr}",
+            out.status
+        );
+        return None;
+    }
+    let code = stdout
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("mmdblookup {ip}: no string in {stdout:?}"));
+    assert!(stdout.contains("<utf8_string>"), "{stdout}");
+    Some(code.to_string())
+}
+
+/// Runs `decide` for `ips`; one JSON explanation per address, in order.
+fn decide(config: &Path, ips: &[&str]) -> Vec<Value> {
+    let mut args = vec!["decide", "--config", path(config)];
+    args.extend_from_slice(ips);
+    let out = run(&args, &[]);
+    assert!(
+        out.status.success(),
+        "decide: {}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let values: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("decide prints JSON");
+    assert_eq!(values.len(), ips.len(), "{}", text(&out.stdout));
+    values
+}
+
+#[test]
+fn geoip_build_agrees_with_libmaxminddb_and_decide() {
+    let dir = TempDir::new("cli-geoip");
+    let csv = dir.path().join("networks.csv");
+    let db = dir.path().join("networks.mmdb");
+    std::fs::write(
+        &csv,
+        "network,country
+# nested networks: the more specific wins
+192.0.2.0/24,CH
+192.0.2.128/25,LI
+198.51.100.0/24,DE
+198.51.100.77,FR
+203.0.113.0/24,US
+10.0.0.0/8,GB
+2001:db8::/32,DE
+2001:db8:c0::/48,CH
+2001:db8:c0:1::/64,LI
+2a02:1234::/32,US
+",
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "geoip",
+            "build",
+            "--csv",
+            path(&csv),
+            "--out",
+            path(&db),
+            "--build-epoch",
+            "1750000000",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "geoip build: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("build_epoch 1750000000"));
+    let (_cfg_dir, config) = valid_config(Some(&db));
+
+    let cases: [(&str, Option<&str>); 21] = [
+        ("192.0.2.1", Some("CH")),
+        ("192.0.2.127", Some("CH")),
+        ("192.0.2.128", Some("LI")),
+        ("192.0.2.255", Some("LI")),
+        ("198.51.100.76", Some("DE")),
+        ("198.51.100.77", Some("FR")),
+        ("198.51.100.78", Some("DE")),
+        ("203.0.113.30", Some("US")),
+        ("10.255.255.255", Some("GB")),
+        ("11.0.0.0", None),
+        ("192.0.3.0", None),
+        ("2001:db8::1", Some("DE")),
+        ("2001:db8:c0::5", Some("CH")),
+        ("2001:db8:c0:1::5", Some("LI")),
+        ("2001:db8:c1::1", Some("DE")),
+        ("2a02:1234:ffff::1", Some("US")),
+        ("2a02:1235::1", None),
+        ("::ffff:192.0.2.10", Some("CH")),
+        ("::ffff:198.51.100.77", Some("FR")),
+        ("::ffff:100.64.0.1", None),
+        // IPv4-compatible (deprecated): IPv4 lives at ::a.b.c.d in the tree.
+        ("::192.0.2.10", Some("CH")),
+    ];
+    let ips: Vec<&str> = cases.iter().map(|(ip, _)| *ip).collect();
+    let decided = decide(&config, &ips);
+    for ((ip, want), explained) in cases.iter().zip(&decided) {
+        let libmaxminddb = mmdblookup(&db, ip);
+        let ours = explained["country"].as_str();
+        assert_eq!(libmaxminddb.as_deref(), *want, "mmdblookup {ip}");
+        assert_eq!(ours, *want, "decide {ip}: {explained}");
+        let source = if want.is_some() { "hit" } else { "miss" };
+        assert_eq!(explained["country_source"], source, "{ip}");
+    }
+}
+
+#[test]
+fn decide_explains_each_address() {
+    let (_dir, config) = valid_config(None);
+    let got = decide(&config, &[CH, US, UNKNOWN, JP, GB, "::ffff:192.0.2.10"]);
+    let names = |v: &Value| -> Vec<String> {
+        v["permitted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["datacenter"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let ch = &got[0];
+    assert_eq!(ch["ip"], CH);
+    assert_eq!(ch["country"], "CH");
+    assert_eq!(ch["jurisdiction"], "ch");
+    assert_eq!(ch["store_in"], serde_json::json!(["ch"]));
+    assert_eq!(names(ch), ["zurich"]);
+    assert_eq!(ch["decision"], "forward");
+    assert_eq!(ch["datacenter"], "zurich");
+    assert_eq!(ch["upstream"], "http://10.1.0.10:8080/");
+    assert_eq!(ch["status"], Value::Null);
+
+    let us = &got[1];
+    assert_eq!(us["country"], "US");
+    assert_eq!(us["jurisdiction"], "us");
+    assert_eq!(names(us), ["virginia"]);
+    assert_eq!(us["decision"], "forward");
+    assert_eq!(us["datacenter"], "virginia");
+
+    let unknown = &got[2];
+    assert_eq!(unknown["country"], Value::Null);
+    assert_eq!(unknown["country_source"], "miss");
+    assert_eq!(unknown["jurisdiction"], Value::Null);
+    assert_eq!(names(unknown), Vec::<String>::new());
+    assert_eq!(unknown["decision"], "refuse");
+    assert_eq!(unknown["datacenter"], Value::Null);
+    assert_eq!(unknown["reason"], "origin_unknown");
+    assert_eq!(unknown["status"], 451);
+
+    let jp = &got[3];
+    assert_eq!(jp["country"], "JP");
+    assert_eq!(jp["jurisdiction"], Value::Null);
+    assert_eq!(jp["decision"], "refuse");
+    assert_eq!(jp["reason"], "origin_not_permitted");
+    assert_eq!(jp["status"], 451);
+
+    // uk may store in uk (priority 2) and eu (priority 1): eu is preferred.
+    let gb = &got[4];
+    assert_eq!(gb["jurisdiction"], "uk");
+    assert_eq!(gb["store_in"], serde_json::json!(["uk", "eu"]));
+    assert_eq!(names(gb), ["frankfurt", "london"]);
+    assert_eq!(gb["permitted"][0]["priority"], 1);
+    assert_eq!(gb["permitted"][1]["priority"], 2);
+    assert_eq!(gb["datacenter"], "frankfurt");
+
+    let mapped = &got[5];
+    assert_eq!(mapped["ip"], CH, "IPv4-mapped addresses are canonicalised");
+    assert_eq!(mapped["datacenter"], "zurich");
+
+    // Not an address: a usage error.
+    let out = run(&["decide", "--config", path(&config), "not-an-ip"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["help"],
+        &["demo", "--help"],
+        &["serve", "--help"],
+        &["check-config", "--help"],
+        &["decide", "--help"],
+        &["geoip", "--help"],
+        &["geoip", "build", "--help"],
+    ] {
+        let out = run(args, &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("residency-proxy "));
+    let out = run(&["no-such-command"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let (_dir, config) = valid_config(None);
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("admin 127.0.0.1:9900\n"));
+
+    let out = run(
+        &["check-config", "--config", path(&config)],
+        &[("RESIDENCY_PROXY__ADMIN__ADDRESS", "127.0.0.1:1")],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("admin 127.0.0.1:1\n"), "{stdout}");
+    assert!(stdout.contains("configuration OK"));
+
+    // An invalid override is reported under its key.
+    let out = run(
+        &["check-config", "--config", path(&config)],
+        &[("RESIDENCY_PROXY__ADMIN__ADDRESS", "nowhere")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("admin.address: `nowhere`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

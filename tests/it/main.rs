@@ -3,9 +3,9 @@
 
 mod support;
 
-mod routing;
+mod cli;
 mod refusals;
+mod routing;
 mod streaming;
 mod tls;
-mod cli;
 mod upstream_tls;

@@ -1,1 +1,698 @@
-//! (being written)
+//! Refusals fail closed: every upload the proxy refuses — unknown or
+//! unlisted origin, spoofed or malformed forwarding headers, PROXY protocol
+//! violations, no permitted data centre up, oversized or ambiguous bodies,
+//! slow clients — reaches no upstream, and is counted in the metrics.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const VERSIONS: [Http; 2] = [Http::One, Http::Two];
+
+/// A refusal: the status, `{"error", "request_id"}` with the id of the
+/// `X-Request-Id` header.
+fn assert_refused(reply: &Reply, status: u16, error: &str, ctx: &str) {
+    assert_eq!(reply.status, status, "{ctx}: {:?}", reply.body);
+    let json = reply.json();
+    assert_eq!(json["error"], error, "{ctx}: {json}");
+    let id = reply.header("x-request-id").expect("x-request-id header");
+    assert!(!id.is_empty(), "{ctx}");
+    assert_eq!(json["request_id"], id, "{ctx}: {json}");
+    assert_eq!(
+        json.as_object().map(|o| o.len()),
+        Some(2),
+        "{ctx}: body has exactly error and request_id: {json}"
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+}
+
+/// A refusal taken before any data centre was chosen: none is named.
+fn assert_refused_unrouted(reply: &Reply, status: u16, error: &str, ctx: &str) {
+    assert_refused(reply, status, error, ctx);
+    assert_eq!(
+        reply.header("residency-datacenter"),
+        None,
+        "{ctx}: a refusal before routing names no data centre"
+    );
+}
+
+/// The value of one metric series, 0 when it has not been exported yet.
+async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
+    let (status, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    metric(&text, series).unwrap_or(0.0)
+}
+
+/// Reads until the peer closes (EOF or error) and returns what arrived and
+/// how long it took; panics if the connection is still open after `limit`.
+async fn read_until_closed<R: AsyncRead + Unpin>(
+    io: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("connection still open after {limit:?}"));
+    (got, started.elapsed())
+}
+
+/// The status code of a raw HTTP/1.1 response, if one arrived.
+fn raw_status(raw: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(raw.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.parse().ok()
+}
+
+/// A raw HTTP/1.1 upload from CH (via the trusted peer's X-Forwarded-For)
+/// with `headers` (each ending in CRLF) and `body`.
+fn raw_upload(headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Writes `request` over a fresh TLS (HTTP/1.1) connection and reads until
+/// the proxy closes it.
+async fn raw_exchange(proxy: &Proxy, request: &[u8]) -> Vec<u8> {
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(request).await.unwrap();
+    tls.flush().await.unwrap();
+    read_until_closed(&mut tls, Duration::from_secs(5)).await.0
+}
+
+fn untouched(proxy: &Proxy) -> std::collections::BTreeMap<String, usize> {
+    proxy.counts().into_keys().map(|k| (k, 0)).collect()
+}
+
+#[tokio::test]
+async fn refused_origins_reach_no_upstream() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for v in VERSIONS {
+        let client = proxy.client().version(v);
+        for (xff, status, error) in [
+            (UNKNOWN, 451, "origin_unknown"),
+            (JP, 451, "origin_not_permitted"),
+            ("192.0.2.1, garbage", 400, "bad_forwarded_header"),
+            ("192.0.2.1:443", 400, "bad_forwarded_header"),
+        ] {
+            let reply = client.upload_from(xff, "refuse me").await;
+            assert_refused_unrouted(&reply, status, error, &format!("{xff} over {v:?}"));
+        }
+    }
+    assert_eq!(
+        proxy.counts(),
+        untouched(&proxy),
+        "no upstream saw a refusal"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_carry_distinct_request_ids_and_no_store() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let client = proxy.client();
+    let a = client.upload_from(UNKNOWN, "a").await;
+    let b = client.upload_from(UNKNOWN, "b").await;
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for v in VERSIONS {
+        // 127.0.0.2 is not trusted and has no country: its claim to be in
+        // CH is ignored, so the origin is unknown.
+        let reply = proxy
+            .client()
+            .version(v)
+            .from("127.0.0.2")
+            .upload_from(CH, "spoofed")
+            .await;
+        assert_refused_unrouted(&reply, 451, "origin_unknown", &format!("{v:?}"));
+        assert_eq!(proxy.counts(), untouched(&proxy), "{v:?}");
+    }
+
+    for v in VERSIONS {
+        // 127.0.0.3 is in the US; claiming CH and the CH residency headers
+        // changes nothing.
+        let before = proxy.counts();
+        let body = format!("spoofing over {v:?}");
+        let reply = proxy
+            .client()
+            .version(v)
+            .from("127.0.0.3")
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[
+                    ("x-forwarded-for", CH),
+                    ("residency-jurisdiction", "ch"),
+                    ("residency-datacenter", "zurich"),
+                    ("residency-origin-country", "CH"),
+                ],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{v:?}: {:?}", reply.body);
+        assert_eq!(reply.header("residency-datacenter"), Some("virginia"));
+        assert_eq!(reply.header("residency-jurisdiction"), Some("us"));
+        let after = proxy.counts();
+        for (name, n) in &after {
+            let want = before[name] + usize::from(name == "virginia");
+            assert_eq!(*n, want, "{v:?}: upstream {name}");
+        }
+        let got = proxy.upstream("virginia").last();
+        assert_eq!(got.body, body.as_bytes());
+        assert_eq!(got.headers["x-forwarded-for"], "127.0.0.3", "replaced");
+        assert_eq!(got.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(got.headers["residency-jurisdiction"], "us");
+        assert_eq!(
+            got.headers.get_all("residency-jurisdiction").iter().count(),
+            1
+        );
+        assert_eq!(got.headers["residency-origin-country"], "US");
+        assert_eq!(
+            got.headers
+                .get_all("residency-origin-country")
+                .iter()
+                .count(),
+            1
+        );
+        assert!(
+            got.headers.get("residency-datacenter").is_none(),
+            "client-sent Residency-Datacenter is stripped"
+        );
+    }
+    proxy.stop().await;
+}
+
+fn proxy_protocol_setup() -> Setup {
+    Setup {
+        listener_extra: "proxy_protocol = \"required\"".into(),
+        ..Setup::default()
+    }
+}
+
+fn proxy_v1(source: &str) -> Vec<u8> {
+    format!("PROXY TCP4 {source} 127.0.0.1 5555 443\r\n").into_bytes()
+}
+
+fn proxy_v2(source: &str) -> Vec<u8> {
+    let src = std::net::SocketAddr::new(source.parse().unwrap(), 5555);
+    let dst: std::net::SocketAddr = "127.0.0.1:443".parse().unwrap();
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (src, dst),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn proxy_header_names_the_client() {
+    let proxy = Proxy::start(proxy_protocol_setup()).await;
+    for (kind, header) in [("v1", proxy_v1(CH)), ("v2", proxy_v2(CH))] {
+        for v in VERSIONS {
+            let ctx = format!("{kind} {v:?}");
+            let before = proxy.counts();
+            let body = format!("behind a balancer, {ctx}");
+            // The X-Forwarded-For behind the PROXY header is not read.
+            let reply = proxy
+                .client()
+                .version(v)
+                .preamble(header.clone())
+                .upload_from(US, &body)
+                .await;
+            assert_eq!(reply.status, 201, "{ctx}: {:?}", reply.body);
+            assert_eq!(
+                reply.header("residency-datacenter"),
+                Some("zurich"),
+                "{ctx}"
+            );
+            let after = proxy.counts();
+            for (name, n) in &after {
+                let want = before[name] + usize::from(name == "zurich");
+                assert_eq!(*n, want, "{ctx}: upstream {name}");
+            }
+            let got = proxy.upstream("zurich").last();
+            assert_eq!(got.body, body.as_bytes(), "{ctx}");
+            assert_eq!(got.headers["x-forwarded-for"], CH, "{ctx}");
+            assert_eq!(got.headers["residency-origin-country"], "CH", "{ctx}");
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
+    let proxy = Proxy::start(proxy_protocol_setup()).await;
+    for (kind, header) in [("v1", proxy_v1(CH)), ("v2", proxy_v2(CH))] {
+        let result = proxy
+            .client()
+            .from("127.0.0.2")
+            .preamble(header)
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[],
+                Full::new(Bytes::from("x")).map_err(|e| match e {}).boxed(),
+            )
+            .await;
+        assert!(
+            result.is_err(),
+            "{kind}: connection must be closed: {result:?}"
+        );
+    }
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    let series = "residency_connections_rejected_total{reason=\"proxy_untrusted_peer\"}";
+    assert_eq!(metric_value(&proxy, series).await, 2.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn missing_proxy_header_closes_the_connection() {
+    let proxy = Proxy::start(proxy_protocol_setup()).await;
+    // Plain TLS from the trusted balancer address, without the header.
+    let result = proxy.client().connect().await;
+    assert!(result.is_err(), "handshake must fail");
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    let series = "residency_connections_rejected_total{reason=\"proxy_header_missing\"}";
+    assert_eq!(metric_value(&proxy, series).await, 1.0);
+    let untrusted = "residency_connections_rejected_total{reason=\"proxy_untrusted_peer\"}";
+    assert_eq!(metric_value(&proxy, untrusted).await, 0.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_or_late_proxy_header_closes_the_connection() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\ntls_handshake = \"500ms\"\n".into(),
+        ..proxy_protocol_setup()
+    })
+    .await;
+    let bad = b"PROXY TCP4 not-an-ip 127.0.0.1 5555 443\r\n".to_vec();
+    let result = proxy.client().preamble(bad).connect().await;
+    assert!(result.is_err(), "handshake must fail");
+
+    // From the trusted address, but nothing at all: closed at the deadline.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (got, took) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(got.is_empty());
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    let (_, text) = proxy.admin_get("/metrics").await;
+    for reason in ["proxy_header_invalid", "proxy_header_timeout"] {
+        let series = format!("residency_connections_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{reason}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn every_permitted_datacenter_down_is_503_with_retry_after() {
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![
+            ("zurich", "ch", 1, false),
+            ("geneva", "ch", 2, false),
+            ("frankfurt", "eu", 1, true),
+            ("virginia", "us", 1, true),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let retries = "residency_upstream_retries_total{reason=\"connect_failed\"}";
+
+    // First upload: zurich refuses the connection, the retry on geneva too.
+    // Second: both are marked down, refused without trying.
+    for (i, v) in VERSIONS.into_iter().enumerate() {
+        let started = Instant::now();
+        let reply = proxy
+            .client()
+            .version(v)
+            .upload_from(CH, "nowhere to go")
+            .await;
+        let ctx = format!("upload {i} over {v:?}");
+        assert_refused_unrouted(&reply, 503, "no_healthy_datacenter", &ctx);
+        let retry_after: u64 = reply
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((1..=10).contains(&retry_after), "{ctx}: {retry_after}");
+        assert_eq!(reply.header("residency-jurisdiction"), Some("ch"), "{ctx}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{ctx}: fast");
+        assert_eq!(
+            metric_value(&proxy, retries).await,
+            1.0,
+            "{ctx}: one retry only"
+        );
+    }
+    assert_eq!(proxy.counts(), untouched(&proxy), "EU and US saw nothing");
+    let (_, text) = proxy.admin_get("/metrics").await;
+    for dc in ["zurich", "geneva"] {
+        let series = format!("residency_datacenter_up{{datacenter=\"{dc}\",jurisdiction=\"ch\"}}");
+        assert_eq!(metric(&text, &series), Some(0.0), "{dc}");
+    }
+    let series = "residency_rejections_total{reason=\"no_healthy_datacenter\"}";
+    assert_eq!(metric(&text, series), Some(2.0));
+    let series =
+        "residency_requests_total{datacenter=\"none\",jurisdiction=\"ch\",status_class=\"5xx\"}";
+    assert_eq!(metric(&text, series), Some(2.0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn refused_connection_fails_over_to_the_next_priority() {
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![
+            ("zurich", "ch", 1, false),
+            ("geneva", "ch", 2, true),
+            ("frankfurt", "eu", 1, true),
+            ("virginia", "us", 1, true),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let retries = "residency_upstream_retries_total{reason=\"connect_failed\"}";
+    for (i, v) in VERSIONS.into_iter().enumerate() {
+        let body = format!("failover {i}");
+        let reply = proxy.client().version(v).upload_from(CH, &body).await;
+        assert_eq!(reply.status, 201, "{v:?}: {:?}", reply.body);
+        assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
+        assert_eq!(proxy.upstream("geneva").last().body, body.as_bytes());
+        // The retry happened once, on the first upload; then zurich is down.
+        assert_eq!(metric_value(&proxy, retries).await, 1.0, "{v:?}");
+    }
+    let counts = proxy.counts();
+    assert_eq!(counts["geneva"], 2);
+    assert_eq!(counts["frankfurt"] + counts["virginia"], 0);
+    proxy.stop().await;
+}
+
+fn limited(extra: &str) -> Setup {
+    Setup {
+        extra: extra.into(),
+        ..Setup::default()
+    }
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_is_413() {
+    let proxy = Proxy::start(limited("[limits]\nmax_body_bytes = 1024\n")).await;
+    let body = vec![b'x'; 4096];
+    for v in VERSIONS {
+        let reply = proxy
+            .client()
+            .version(v)
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH), ("content-length", "4096")],
+                body.clone(),
+            )
+            .await;
+        assert_refused_unrouted(&reply, 413, "body_too_large", &format!("{v:?}"));
+    }
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    // At the limit is fine.
+    let reply = proxy.client().upload_from(CH, &"y".repeat(1024)).await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_413() {
+    let proxy = Proxy::start(limited("[limits]\nmax_body_bytes = 1024\n")).await;
+    for v in VERSIONS {
+        let (tx, body) = channel_body();
+        // 1536 bytes in three chunks, no Content-Length; the body stays open.
+        for _ in 0..3 {
+            tx.send(Bytes::from(vec![b'z'; 512])).await.unwrap();
+        }
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            proxy.client().version(v).send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH)],
+                body,
+            ),
+        )
+        .await
+        .expect("answered while the body is still open")
+        .expect("request completes");
+        assert_refused(&reply, 413, "body_too_large", &format!("{v:?}"));
+        // Refused mid-stream: the data centre the upload started to reach
+        // may be named, and it is a permitted one.
+        assert!(
+            matches!(reply.header("residency-datacenter"), None | Some("zurich")),
+            "{v:?}: {:?}",
+            reply.header("residency-datacenter")
+        );
+        drop(tx);
+    }
+    // The upstream may have seen the start of a body, never a complete request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    let (_, text) = proxy.admin_get("/metrics").await;
+    let series = "residency_rejections_total{reason=\"body_too_large\"}";
+    assert_eq!(metric(&text, series), Some(2.0));
+    proxy.stop().await;
+}
+
+// Not tested here, because it fails (a bug, see the report): a request with
+// both `Content-Length` and `Transfer-Encoding: chunked` (in either order) is
+// documented (README, status table) to be refused with 400 `bad_request`,
+// and `headers::ambiguous_framing` checks for exactly that. But hyper's
+// HTTP/1 parser drops `Content-Length` when `Transfer-Encoding: chunked` is
+// present (hyper 1.12 `proto/h1/role.rs`, `Server::parse`) before the
+// handler runs, so the check never sees both: the request is forwarded as
+// chunked and answered 201 by the upstream.
+#[tokio::test]
+async fn ambiguous_framing_reaches_no_upstream() {
+    let proxy = Proxy::start(Setup::default()).await;
+    // `Some(reason)`: refused by the proxy's own check; `None`: hyper's
+    // parser refuses first (a bare 400 or a closed connection).
+    for (what, headers, ours) in [
+        (
+            "transfer-encoding twice",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            Some("bad_request"),
+        ),
+        (
+            "transfer-encoding not exactly chunked",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            Some("bad_request"),
+        ),
+        (
+            "two different content-lengths",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            None,
+        ),
+    ] {
+        let raw = raw_exchange(&proxy, &raw_upload(headers, b"5\r\nhello\r\n0\r\n\r\n")).await;
+        let text = String::from_utf8_lossy(&raw);
+        match (raw_status(&raw), ours) {
+            (Some(400), Some(reason)) => {
+                assert!(
+                    text.contains(&format!("\"error\":\"{reason}\"")),
+                    "{what}: {text}"
+                )
+            }
+            (Some(400) | None, None) => {}
+            (other, _) => panic!("{what}: got {other:?}: {text}"),
+        }
+        assert_eq!(proxy.counts(), untouched(&proxy), "{what}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn silent_tcp_connection_is_closed_at_the_handshake_deadline() {
+    let proxy = Proxy::start(limited("[timeouts]\ntls_handshake = \"500ms\"\n")).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (got, took) = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(got.is_empty());
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    let series = "residency_tls_handshakes_total{result=\"timeout\"}";
+    assert!(metric_value(&proxy, series).await >= 1.0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_request_head_is_closed_at_the_head_deadline() {
+    let proxy = Proxy::start(limited("[timeouts]\nrequest_head = \"500ms\"\n")).await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let (_, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    proxy.stop().await;
+}
+
+// A TLS connection that sends nothing at all, or only a prefix of the h2
+// preface, never reaches hyper's head timer (hyper-util's auto builder sniffs
+// the protocol first, without a deadline): the connection watchdog closes it
+// at `request_head`.
+#[tokio::test]
+async fn silent_tls_connection_is_closed_at_the_head_deadline() {
+    let proxy = Proxy::start(limited("[timeouts]\nrequest_head = \"500ms\"\n")).await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    let (got, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(got.is_empty());
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    let (_, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    proxy.stop().await;
+}
+
+// After a first request, a keep-alive connection with nothing in flight is
+// closed at `keepalive_idle`.
+#[tokio::test]
+async fn idle_keepalive_connection_is_closed() {
+    let proxy = Proxy::start(limited("[timeouts]\nkeepalive_idle = \"1s\"\n")).await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    let request = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n\r\nhi"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let (got, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert_eq!(
+        raw_status(&got),
+        Some(201),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn stalled_body_is_408_and_reaches_no_upstream() {
+    let proxy = Proxy::start(limited("[timeouts]\nrequest_body_idle = \"500ms\"\n")).await;
+
+    // HTTP/1.1, raw: 10 of 100 declared bytes, then silence.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(&raw_upload("Content-Length: 100\r\n", b"0123456789"))
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let (raw, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(raw_status(&raw), Some(408), "{text}");
+    assert!(
+        text.contains("\"error\":\"request_body_timeout\""),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+
+    // h2: the same through a stream that stays open.
+    let (tx, body) = channel_body();
+    tx.send(Bytes::from_static(b"0123456789")).await.unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        proxy.client().h2().send_body(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", CH), ("content-length", "100")],
+            body,
+        ),
+    )
+    .await
+    .expect("answered while the body is still open")
+    .expect("request completes");
+    assert_refused(&reply, 408, "request_body_timeout", "h2");
+    assert!(matches!(
+        reply.header("residency-datacenter"),
+        None | Some("zurich")
+    ));
+    drop(tx);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        proxy.counts(),
+        untouched(&proxy),
+        "no complete request upstream"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_are_counted() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for v in VERSIONS {
+        let client = proxy.client().version(v);
+        assert_eq!(client.upload_from(UNKNOWN, "u").await.status, 451);
+        assert_eq!(client.upload_from(JP, "j").await.status, 451);
+        assert_eq!(
+            client.upload_from("192.0.2.1, garbage", "g").await.status,
+            400
+        );
+    }
+    let spoofed = proxy.client().from("127.0.0.2").upload_from(CH, "s").await;
+    assert_eq!(spoofed.status, 451);
+    let routed = proxy.client().upload_from(DE, "d").await;
+    assert_eq!(routed.status, 201);
+
+    let (_, text) = proxy.admin_get("/metrics").await;
+    let get = |series: &str| metric(&text, series).unwrap_or(0.0);
+    assert_eq!(
+        get("residency_rejections_total{reason=\"origin_unknown\"}"),
+        3.0
+    );
+    assert_eq!(
+        get("residency_rejections_total{reason=\"origin_not_permitted\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("residency_rejections_total{reason=\"bad_forwarded_header\"}"),
+        2.0
+    );
+    assert_eq!(
+        get("residency_requests_total{datacenter=\"none\",jurisdiction=\"none\",status_class=\"4xx\"}"),
+        7.0
+    );
+    assert_eq!(
+        get("residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"eu\",status_class=\"2xx\"}"),
+        1.0
+    );
+    // Unknown and the spoofer's peer address are misses; JP and DE are hits;
+    // a malformed header is refused before any lookup.
+    assert_eq!(get("residency_geoip_lookups_total{result=\"miss\"}"), 3.0);
+    assert_eq!(get("residency_geoip_lookups_total{result=\"hit\"}"), 3.0);
+    assert_eq!(proxy.counts()["frankfurt"], 1);
+    assert_eq!(proxy.counts().values().sum::<usize>(), 1);
+    proxy.stop().await;
+}

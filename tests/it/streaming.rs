@@ -1,1 +1,293 @@
-//! (being written)
+//! Uploads stream through the proxy: the upstream sees the first bytes while
+//! the client is still sending, the body arrives byte for byte, and the
+//! proxy's memory does not grow with the size of the body.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::support::*;
+
+const CHUNK: usize = 64 * 1024;
+const MIB: usize = 1024 * 1024;
+
+/// A deterministic pseudo-random pattern (xorshift64*), `len` bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// FNV-1a, to print and compare bodies without dumping them.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Sends `data` in 64 KiB chunks through a streaming body. After `pause_after`
+/// bytes it waits (at most 10 s) for the upstream's first-bytes notification
+/// before sending the rest.
+async fn streamed_upload(proxy: &Proxy, version: Http, data: Bytes, pause_after: usize) {
+    let zurich = proxy.upstream("zurich").clone();
+    let before = zurich.count();
+    let (tx, body) = channel_body();
+    let client = proxy.client().version(version);
+    let request = tokio::spawn(async move {
+        client
+            .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+            .await
+    });
+
+    let mut sent = 0;
+    let mut waited = false;
+    while sent < data.len() {
+        if !waited && sent >= pause_after {
+            tokio::time::timeout(Duration::from_secs(10), zurich.first_bytes.notified())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{version:?}: upstream saw no body bytes within 10 s although the \
+                         client had sent {sent} of {} bytes",
+                        data.len()
+                    )
+                });
+            // Nothing complete has reached the upstream yet: the client still
+            // holds the rest of the body.
+            assert_eq!(zurich.count(), before, "{version:?}: upload finished early");
+            waited = true;
+        }
+        let end = (sent + CHUNK).min(data.len());
+        tx.send(data.slice(sent..end))
+            .await
+            .expect("request body is still being read");
+        sent = end;
+    }
+    assert!(waited, "the pause point lies inside the body");
+    drop(tx);
+
+    let reply = tokio::time::timeout(Duration::from_secs(60), request)
+        .await
+        .expect("upload finished within 60 s")
+        .unwrap()
+        .expect("upload completes");
+    assert_eq!(reply.status, 201, "{version:?}: {:?}", reply.body);
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(zurich.count(), before + 1);
+    let got = zurich.last();
+    assert_eq!(got.body.len(), data.len(), "{version:?}: body length");
+    assert_eq!(fnv1a(&got.body), fnv1a(&data), "{version:?}: body checksum");
+    assert!(got.body == data, "{version:?}: body differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sees_first_bytes_before_the_client_sends_its_last() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let data = Bytes::from(pattern(0x5eed, 10 * MIB));
+    for version in [Http::One, Http::Two] {
+        streamed_upload(&proxy, version, data.clone(), MIB).await;
+    }
+    // Nothing went anywhere else.
+    let counts = proxy.counts();
+    assert_eq!(counts["zurich"], 2);
+    assert_eq!(
+        counts["frankfurt"] + counts["london"] + counts["virginia"],
+        0
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Memory: the real binary as a subprocess
+// ---------------------------------------------------------------------------
+
+/// Kills and reaps the child when dropped (also when the test panics).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `VmHWM` and `VmRSS` of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// GET `/readyz` on the admin listener; true on 200.
+fn ready(admin: SocketAddr) -> bool {
+    let Ok(mut s) = StdStream::connect_timeout(&admin, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// Uploads `len` bytes (a repeated pseudo-random 64 KiB chunk) from CH.
+async fn upload(client: &Client, chunk: &Bytes, len: usize) {
+    let (tx, body) = channel_body();
+    let c = client.clone();
+    let request = tokio::spawn(async move {
+        c.send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+            .await
+    });
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        tx.send(chunk.slice(..n)).await.expect("body still read");
+        sent += n;
+    }
+    drop(tx);
+    let reply = tokio::time::timeout(Duration::from_secs(120), request)
+        .await
+        .expect("upload finished within 120 s")
+        .unwrap()
+        .expect("upload completes");
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    // The sink reports what it stored.
+    assert_eq!(reply.json()["bytes"], len, "{:?}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_memory_does_not_grow_with_body_size() {
+    let dir = TempDir::new("memory");
+    let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("a.key"), &key).unwrap();
+    let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
+    let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+    std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
+    // A sink that counts the body and discards it: the test process holds
+    // no uploads either.
+    let sink = residency_proxy::demo::spawn_sink("zurich").await.unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        r#"
+[[listeners]]
+address = "{addr}"
+trusted_proxies = ["127.0.0.1"]
+[listeners.tls]
+certificates = [{{ cert = "a.pem", key = "a.key" }}]
+
+[admin]
+address = "{admin}"
+
+[geoip]
+database = "geo.mmdb"
+{POLICY}
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://{sink}"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["http://{sink}"]
+[datacenters.london]
+jurisdiction = "uk"
+upstreams = ["http://{sink}"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://{sink}"]
+"#
+    );
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("proxy.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .args(["--log-level", "warn", "serve", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start residency-proxy serve");
+    let mut child = Killed(child);
+    let pid = child.0.id();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready(admin) {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "proxy exited with {status}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy not ready within 20 s: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let certs = vec![cert];
+    let chunk = Bytes::from(pattern(7, CHUNK));
+    let h1 = Client::new(addr, &certs);
+    let h2 = Client::new(addr, &certs).h2();
+
+    // Warm-up: allocator arenas, TLS and HTTP buffers, the upstream pool.
+    upload(&h1, &chunk, 8 * MIB).await;
+    upload(&h2, &chunk, 8 * MIB).await;
+    let (hwm_before, rss_before) = memory_kib(pid);
+
+    let uploads = 10;
+    let size = 10 * MIB;
+    for i in 0..uploads {
+        let client = if i % 2 == 0 { &h1 } else { &h2 };
+        upload(client, &chunk, size).await;
+    }
+    let (hwm_after, rss_after) = memory_kib(pid);
+    let grew_kib = hwm_after.saturating_sub(hwm_before);
+    println!(
+        "proxy memory (KiB): after warm-up VmHWM {hwm_before} VmRSS {rss_before}; \
+         after {uploads} x {} MiB uploads VmHWM {hwm_after} VmRSS {rss_after}; \
+         VmHWM grew {grew_kib} KiB",
+        size / MIB
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "proxy exited during the test: {}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(
+        grew_kib < 24 * 1024,
+        "the proxy's peak memory grew by {grew_kib} KiB over {uploads} uploads of {} MiB",
+        size / MIB
+    );
+}

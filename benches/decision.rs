@@ -1,0 +1,98 @@
+//! Micro-benchmarks of the per-request hot path that involves no I/O:
+//! client-address resolution, GeoIP lookup, and the whole residency decision.
+//!
+//! `cargo bench --bench decision`
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::HeaderValue;
+use residency_proxy::config::Config;
+use residency_proxy::country::Country;
+use residency_proxy::decision::decide;
+use residency_proxy::geo::build::{build_country_db, Row};
+use residency_proxy::geo::Geo;
+use residency_proxy::origin::{self, TrustedProxies};
+
+/// A database shaped like a real one: thousands of networks in both families.
+fn geo() -> Geo {
+    let codes = ["CH", "DE", "FR", "US", "GB", "JP", "AT", "NL"];
+    let mut rows = Vec::new();
+    for i in 0..4096u32 {
+        let v4 = IpAddr::from(((i + 1) << 20).to_be_bytes());
+        rows.push(Row {
+            network: ipnet::IpNet::new(v4, 12).unwrap().trunc(),
+            country: codes[i as usize % codes.len()].into(),
+        });
+        let v6: IpAddr = format!("2001:{:x}::", 0x1000 + i).parse().unwrap();
+        rows.push(Row {
+            network: ipnet::IpNet::new(v6, 32).unwrap(),
+            country: codes[(i as usize + 3) % codes.len()].into(),
+        });
+    }
+    let db = build_country_db(&rows, 1).unwrap();
+    let overrides = vec![(
+        "10.20.0.0/16".parse().unwrap(),
+        Country::parse("CH").unwrap(),
+    )];
+    Geo::from_bytes(db, overrides).unwrap()
+}
+
+fn config() -> Config {
+    let dir = std::env::temp_dir().join(format!("rp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["c.pem", "c.key", "g.mmdb"] {
+        std::fs::write(dir.join(f), "x").unwrap();
+    }
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
+        .unwrap();
+    // Keep the example's policy; point its files at placeholders (the
+    // benchmark never opens them).
+    let text = text
+        .replace("certs/ingest.pem", "c.pem")
+        .replace("certs/ingest.key", "c.key")
+        .replace("certs/eu-ingest.pem", "c.pem")
+        .replace("certs/eu-ingest.key", "c.key")
+        .replace("GeoLite2-Country.mmdb", "g.mmdb");
+    let config = Config::from_toml(&text, &dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    config
+}
+
+fn bench(c: &mut Criterion) {
+    let geo = geo();
+    let config = config();
+    let policy = &config.policy;
+    let ch: IpAddr = "0.16.0.1".parse().unwrap(); // first row: CH
+    let v6: IpAddr = "2001:1003::1".parse().unwrap();
+
+    c.bench_function("geo_lookup_v4", |b| b.iter(|| geo.lookup(black_box(ch))));
+    c.bench_function("geo_lookup_v6", |b| b.iter(|| geo.lookup(black_box(v6))));
+    let mut turn = 0usize;
+    c.bench_function("decide", |b| {
+        b.iter(|| {
+            turn = turn.wrapping_add(1);
+            decide(
+                &geo,
+                policy,
+                black_box(ch),
+                turn,
+                |_| true,
+                |_| Default::default(),
+            )
+        })
+    });
+
+    let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+    let xff = [HeaderValue::from_static(
+        "198.51.100.7, 192.0.2.1, 10.1.2.3",
+    )];
+    let peer: IpAddr = "10.0.0.1".parse().unwrap();
+    c.bench_function("origin_resolve_xff", |b| {
+        b.iter(|| origin::resolve(black_box(peer), None, xff.iter(), &trusted))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
