@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/decide?ip=`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/decide?ip=`, and
+//! `POST /datacenters/{name}/drain` / `/undrain`.
 //!
 //! Separate from the ingest listeners (plain HTTP/1.1, meant for loopback or
 //! a private network) so scraping and probing never compete with uploads.
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::decision::decide;
+use crate::policy::DatacenterId;
 use crate::server::stopped;
 use crate::state::Shared;
 
@@ -61,12 +63,19 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
     }
 }
 
-/// Answers one admin request (bodies are ignored: every route is a GET).
+/// Answers one admin request (request bodies are never read).
 pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/datacenters/") {
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        return drain_route(shared, rest);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             resp.headers_mut().insert(
@@ -76,14 +85,82 @@ pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/readyz" => readyz(shared),
         "/decide" => decide_route(shared, req.uri().query().unwrap_or("")),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics /healthz /readyz /decide?ip=\n",
         ),
     }
+}
+
+/// `ready` or `not ready`, then one line per data centre: up, down, drained.
+fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    let state = shared.state();
+    let policy = &state.config.policy;
+    let ready = shared.is_ready();
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    for (i, dc) in policy.datacenters.iter().enumerate() {
+        let healthy = dc.upstreams.iter().any(|u| state.health.is_healthy(*u));
+        let drained = state.health.is_drained(DatacenterId(i));
+        let status = match (healthy, drained) {
+            (_, true) => "drained",
+            (true, false) => "up",
+            (false, false) => "down",
+        };
+        body.push_str(&format!("datacenter {}: {status}\n", dc.name));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// `POST /datacenters/{name}/drain` and `/undrain`.
+fn drain_route(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
+    let (name, drained) = match rest.rsplit_once('/') {
+        Some((name, "drain")) => (name, true),
+        Some((name, "undrain")) => (name, false),
+        _ => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "want /datacenters/{name}/drain or /undrain"}),
+            )
+        }
+    };
+    let state = shared.state();
+    let Some(i) = state
+        .config
+        .policy
+        .datacenters
+        .iter()
+        .position(|d| d.name == name)
+    else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no data centre named `{name}`")}),
+        );
+    };
+    state.health.set_drained(DatacenterId(i), drained);
+    shared.refresh_gauges();
+    tracing::info!(
+        datacenter = name,
+        drained,
+        "data centre {}",
+        if drained { "drained" } else { "undrained" }
+    );
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"datacenter": name, "drained": drained}),
+    )
 }
 
 fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {

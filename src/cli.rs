@@ -71,6 +71,13 @@ pub enum Command {
         #[arg(required = true)]
         ips: Vec<IpAddr>,
     },
+    /// A reference ingestion server for drills and local development: serves
+    /// several named data centres on several ports, records every upload and
+    /// can be told to fail.
+    Sink(crate::sink::SinkArgs),
+    /// Open-loop HTTPS load with an origin mix and a chaos schedule; reconciles
+    /// with the sinks and reports residency violations and lost uploads.
+    Loadtest(crate::loadtest::LoadtestArgs),
     /// GeoIP database tools.
     Geoip {
         #[command(subcommand)]
@@ -111,6 +118,14 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             init_tracing(format.unwrap_or(config.log_format), &cli.log_level);
             block_on(serve(config, shutdown_signal()))
+        }
+        Command::Sink(args) => {
+            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            block_on(crate::sink::run(args, shutdown_signal()))
+        }
+        Command::Loadtest(args) => {
+            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            block_on(crate::loadtest::run(args))
         }
         Command::CheckConfig { config } => check_config(config),
         Command::Decide { config, ips } => decide_offline(config, &ips),

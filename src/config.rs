@@ -39,6 +39,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
+    pub health: HealthSettings,
     pub log_format: LogFormat,
 }
 
@@ -119,10 +120,39 @@ impl Default for Limits {
 pub struct UpstreamSettings {
     /// PEM bundle used instead of the system roots for `https` upstreams.
     pub ca: Option<PathBuf>,
-    /// How long an upstream that refused a connection is considered down.
-    pub down_for: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Bodies up to this size with an `Idempotency-Key` are kept for replay.
+    pub replay_limit_bytes: usize,
+}
+
+/// Active checks and passive ejection (see `upstream::health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Path probed with GET on every upstream; `None` disables active checks.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Consecutive failed requests that eject an upstream.
+    pub passive_failures: u32,
+    /// How long an ejected upstream is skipped.
+    pub down_for: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            path: Some("/healthz".into()),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            passive_failures: 3,
+            down_for: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,6 +186,8 @@ pub struct RawConfig {
     pub limits: BTreeMap<String, String>,
     #[serde(default)]
     pub upstream: RawUpstream,
+    #[serde(default)]
+    pub health: BTreeMap<String, String>,
     #[serde(default)]
     pub log: RawLog,
 }
@@ -234,9 +266,9 @@ pub struct RawDatacenter {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub ca: Option<String>,
-    pub down_for: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<String>,
+    pub replay_limit_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -372,6 +404,7 @@ impl Config {
         let timeouts = timeouts(&raw.timeouts, r);
         let limits = limits(&raw.limits, r);
         let upstream = upstream(&raw.upstream, base, r);
+        let health = health(&raw.health, r);
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -393,6 +426,7 @@ impl Config {
                 timeouts,
                 limits,
                 upstream: upstream?,
+                health,
                 log_format,
             })
         })();
@@ -584,29 +618,85 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
                 Duration::from_secs(default)
             }
         };
-    let down_for = duration(&raw.down_for, "upstream.down_for", 10, r);
     let pool_idle_timeout = duration(&raw.pool_idle_timeout, "upstream.pool_idle_timeout", 90, r);
-    let pool_max_idle_per_host = match raw.pool_max_idle_per_host.as_deref().map(str::parse) {
-        None => 32,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
-            r.push(
-                "upstream.pool_max_idle_per_host",
-                "not a non-negative integer",
-            );
-            32
-        }
-    };
+    let count =
+        |value: &Option<String>, key: &str, default: usize, r: &mut ConfigReport| match value
+            .as_deref()
+            .map(|v| v.trim().replace('_', "").parse::<usize>())
+        {
+            None => default,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                r.push(key, "not a non-negative integer");
+                default
+            }
+        };
+    let pool_max_idle_per_host = count(
+        &raw.pool_max_idle_per_host,
+        "upstream.pool_max_idle_per_host",
+        32,
+        r,
+    );
+    let replay_limit_bytes = count(
+        &raw.replay_limit_bytes,
+        "upstream.replay_limit_bytes",
+        64 * 1024,
+        r,
+    );
+    if replay_limit_bytes > 16 * 1024 * 1024 {
+        r.push(
+            "upstream.replay_limit_bytes",
+            "at most 16777216: replayable bodies are held in memory",
+        );
+    }
     let ca = match &raw.ca {
         Some(ca) => Some(file(ca, "upstream.ca", base, r)?),
         None => None,
     };
     Some(UpstreamSettings {
         ca,
-        down_for,
         pool_idle_timeout,
         pool_max_idle_per_host,
+        replay_limit_bytes,
     })
+}
+
+fn health(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> HealthSettings {
+    let mut h = HealthSettings::default();
+    for (name, value) in raw {
+        let key = format!("health.{name}");
+        let duration = || parse_duration(value).filter(|d| !d.is_zero());
+        let count = || value.trim().parse::<u32>().ok().filter(|n| *n > 0);
+        let bad_duration = "not a positive duration such as \"500ms\", \"2s\"";
+        match name.as_str() {
+            "path" if value.is_empty() || value == "off" => h.path = None,
+            "path" if value.starts_with('/') => h.path = Some(value.clone()),
+            "path" => r.push(key, "must start with '/' (or be \"off\")"),
+            "interval" => match duration() {
+                Some(d) => h.interval = d,
+                None => r.push(key, bad_duration),
+            },
+            "timeout" => match duration() {
+                Some(d) => h.timeout = d,
+                None => r.push(key, bad_duration),
+            },
+            "down_for" => match duration() {
+                Some(d) => h.down_for = d,
+                None => r.push(key, bad_duration),
+            },
+            "healthy_threshold" | "unhealthy_threshold" | "passive_failures" => match count() {
+                Some(n) if name == "healthy_threshold" => h.healthy_threshold = n,
+                Some(n) if name == "unhealthy_threshold" => h.unhealthy_threshold = n,
+                Some(n) => h.passive_failures = n,
+                None => r.push(key, "must be a positive integer"),
+            },
+            _ => r.push(key, "unknown health setting"),
+        }
+    }
+    if h.timeout > h.interval {
+        r.push("health.timeout", "must not exceed health.interval");
+    }
+    h
 }
 
 // ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub geoip_lookups: IntCounterVec,
     pub geoip_build_timestamp: IntGauge,
     pub datacenter_up: IntGaugeVec,
+    pub datacenter_drained: IntGaugeVec,
+    pub upstream_up: IntGaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_rejected: IntCounterVec,
@@ -94,11 +96,27 @@ impl Metrics {
         let datacenter_up = IntGaugeVec::new(
             Opts::new(
                 "residency_datacenter_up",
-                "1 when the data centre has at least one upstream considered up.",
+                "1 when at least one of the data centre's upstreams is healthy (drain not considered).",
             ),
             &["datacenter", "jurisdiction"],
         )?;
         registry.register(Box::new(datacenter_up.clone()))?;
+        let datacenter_drained = IntGaugeVec::new(
+            Opts::new(
+                "residency_datacenter_drained",
+                "1 while an operator has drained the data centre (no new requests).",
+            ),
+            &["datacenter"],
+        )?;
+        registry.register(Box::new(datacenter_drained.clone()))?;
+        let upstream_up = IntGaugeVec::new(
+            Opts::new(
+                "residency_upstream_up",
+                "1 when the upstream passes active checks and is not ejected.",
+            ),
+            &["datacenter", "upstream"],
+        )?;
+        registry.register(Box::new(upstream_up.clone()))?;
         let tls_handshakes = counter(
             "residency_tls_handshakes_total",
             "TLS handshakes by result: success, failure, timeout.",
@@ -134,6 +152,8 @@ impl Metrics {
             geoip_lookups,
             geoip_build_timestamp,
             datacenter_up,
+            datacenter_drained,
+            upstream_up,
             tls_handshakes,
             connections_active,
             connections_rejected,

@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigReport};
 use crate::geo::Geo;
 use crate::metrics::Metrics;
 use crate::tls;
-use crate::upstream::{self, Health, UpstreamClient};
+use crate::upstream::{self, Health, ProbeClient, UpstreamClient};
 
 pub struct State {
     pub config: Config,
@@ -25,6 +25,7 @@ pub struct State {
     /// One server config per listener, in `config.listeners` order.
     pub tls: Vec<Arc<rustls::ServerConfig>>,
     pub client: UpstreamClient,
+    pub probes: ProbeClient,
     pub health: Health,
     turn: AtomicUsize,
 }
@@ -69,16 +70,17 @@ impl State {
                 .ok(),
             None => None,
         };
-        let client = upstream::client(&config.upstream, &config.timeouts, ca.as_deref())
+        let clients = upstream::clients(&config.upstream, &config.timeouts, ca.as_deref())
             .map_err(|e| report.push("upstream.ca", e))
             .ok();
-        let health = Health::new(config.policy.upstreams.len(), config.upstream.down_for);
-        let state = match (geo, client) {
-            (Some(geo), Some(client)) if report.is_empty() => Some(State {
+        let health = Health::new(&config.policy, config.health.clone());
+        let state = match (geo, clients) {
+            (Some(geo), Some((client, probes))) if report.is_empty() => Some(State {
                 config,
                 geo,
                 tls: server_configs,
                 client,
+                probes,
                 health,
                 turn: AtomicUsize::new(0),
             }),

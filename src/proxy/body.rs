@@ -1,24 +1,29 @@
-//! The request body as it streams upstream.
+//! The request body as it travels upstream.
 //!
-//! [`ForwardBody`] passes the client's frames through one at a time (nothing
-//! is buffered whole) while enforcing the body limit and an idle deadline
-//! between frames, counting bytes and signalling the end of the body, after
-//! which the upstream-response deadline starts.
+//! The client's body waits in a shared [`BodySlot`] until an upstream
+//! connection first asks for data. If that connection fails before asking,
+//! the slot was never touched: provably no byte reached that upstream, and
+//! the same body can go to another permitted upstream.
 //!
-//! The client's body sits in a shared [`BodySlot`] until the upstream
-//! connection first asks for data. If the connection fails before that, the
-//! slot is still full: provably no byte reached that upstream, and the same
-//! body can be offered to another permitted upstream.
+//! A request with an `Idempotency-Key` whose body fits the replay limit is
+//! read whole first ([`BodySlot::buffer_for_replay`], at most 64 KiB by
+//! default) and each attempt sends a copy ([`ForwardBody::replay`]); that is
+//! the only buffering. Everything else streams frame by frame
+//! ([`ForwardBody::stream`]), with the body limit, an idle deadline between
+//! frames and byte counting enforced while reading. Either kind signals when
+//! it has been sent completely; the upstream-response deadline starts then.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -57,31 +62,48 @@ impl BodyError {
     }
 }
 
+/// What is left of the client's body: chunks already read, then the stream.
+#[derive(Debug)]
+struct Source {
+    prefix: VecDeque<Bytes>,
+    rest: Incoming,
+}
+
 /// The client's body, shared between delivery attempts.
 #[derive(Debug)]
 pub struct BodySlot {
-    body: Mutex<Option<Incoming>>,
+    source: Mutex<Option<Source>>,
+    taken: AtomicBool,
     hint: SizeHint,
+    limit: u64,
+    idle: Duration,
     bytes: AtomicU64,
     failure: AtomicU8,
 }
 
 impl BodySlot {
-    pub fn new(body: Incoming) -> Arc<BodySlot> {
+    /// `limit`: the body-size limit; `idle`: the longest gap between frames.
+    pub fn new(body: Incoming, limit: u64, idle: Duration) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
-            body: Mutex::new(Some(body)),
+            source: Mutex::new(Some(Source {
+                prefix: VecDeque::new(),
+                rest: body,
+            })),
+            taken: AtomicBool::new(false),
+            limit,
+            idle,
             bytes: AtomicU64::new(0),
             failure: AtomicU8::new(0),
         })
     }
 
-    /// True while no attempt has started reading the body.
+    /// True while no upstream connection has asked for the body.
     pub fn untouched(&self) -> bool {
-        self.body.lock().map(|b| b.is_some()).unwrap_or(false)
+        !self.taken.load(Ordering::Acquire)
     }
 
-    /// Body bytes passed upstream so far.
+    /// Body bytes read from the client so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -91,55 +113,130 @@ impl BodySlot {
         BodyError::from_code(self.failure.load(Ordering::Relaxed))
     }
 
-    fn take(&self) -> Option<Incoming> {
-        self.body.lock().ok().and_then(|mut b| b.take())
-    }
-
     fn fail(&self, e: BodyError) -> BodyError {
         let _ = self
             .failure
             .compare_exchange(0, e.code(), Ordering::Relaxed, Ordering::Relaxed);
         e
     }
+
+    /// Counts `len` bytes read from the client against the limit.
+    fn count(&self, len: usize) -> Result<(), BodyError> {
+        let len = len as u64;
+        let total = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if total > self.limit {
+            return Err(self.fail(BodyError::TooLarge));
+        }
+        Ok(())
+    }
+
+    /// Reads the body while it fits in `replay_limit` bytes. Returns the
+    /// whole body when it does (every attempt can then send a copy); `None`
+    /// when it is larger, in which case what was read stays in front of the
+    /// rest and the body streams as usual.
+    pub async fn buffer_for_replay(&self, replay_limit: usize) -> Result<Option<Bytes>, BodyError> {
+        let Some(mut source) = self.source.lock().ok().and_then(|mut s| s.take()) else {
+            return Err(BodyError::Gone);
+        };
+        let mut read = 0usize;
+        let result = loop {
+            let frame = match tokio::time::timeout(self.idle, source.rest.frame()).await {
+                Err(_) => break Err(self.fail(BodyError::IdleTimeout)),
+                Ok(None) => break Ok(true),
+                Ok(Some(Err(_))) => break Err(self.fail(BodyError::Client)),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            }; // trailers are dropped
+            if let Err(e) = self.count(data.len()) {
+                break Err(e);
+            }
+            read += data.len();
+            source.prefix.push_back(data);
+            if read > replay_limit {
+                break Ok(false);
+            }
+        };
+        match result {
+            Ok(true) => {
+                let mut all = BytesMut::with_capacity(read);
+                for chunk in &source.prefix {
+                    all.extend_from_slice(chunk);
+                }
+                Ok(Some(all.freeze()))
+            }
+            Ok(false) => {
+                if let Ok(mut slot) = self.source.lock() {
+                    *slot = Some(source);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take(&self) -> Option<Source> {
+        self.taken.store(true, Ordering::Release);
+        self.source.lock().ok().and_then(|mut s| s.take())
+    }
 }
 
-/// One delivery attempt's view of the body.
+enum Kind {
+    Stream {
+        slot: Arc<BodySlot>,
+        source: Option<Source>,
+        timer: Option<Pin<Box<Sleep>>>,
+    },
+    Replay(Option<Bytes>),
+}
+
+/// One delivery attempt's body.
 pub struct ForwardBody {
-    slot: Arc<BodySlot>,
-    inner: Option<Incoming>,
-    limit: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    kind: Kind,
+    hint: SizeHint,
     done: Option<oneshot::Sender<()>>,
     ended: bool,
 }
 
 impl ForwardBody {
-    /// Returns the body and a receiver that resolves when it has been sent
-    /// completely (or dropped).
-    pub fn new(
-        slot: Arc<BodySlot>,
-        limit: u64,
-        idle: Duration,
-    ) -> (ForwardBody, oneshot::Receiver<()>) {
+    /// Streams the client's body from `slot`. The receiver resolves when the
+    /// body has been sent completely (or the body is dropped).
+    pub fn stream(slot: Arc<BodySlot>) -> (ForwardBody, oneshot::Receiver<()>) {
+        let hint = slot.hint;
+        Self::new(
+            Kind::Stream {
+                slot,
+                source: None,
+                timer: None,
+            },
+            hint,
+        )
+    }
+
+    /// Sends a copy of a body read whole for replay.
+    pub fn replay(body: Bytes) -> (ForwardBody, oneshot::Receiver<()>) {
+        let hint = SizeHint::with_exact(body.len() as u64);
+        Self::new(Kind::Replay(Some(body)), hint)
+    }
+
+    fn new(kind: Kind, hint: SizeHint) -> (ForwardBody, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let body = ForwardBody {
-            slot,
-            inner: None,
-            limit,
-            idle,
-            timer: None,
+            kind,
+            hint,
             done: Some(tx),
             ended: false,
         };
         (body, rx)
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.ended = true;
         if let Some(done) = self.done.take() {
             let _ = done.send(());
         }
+        Poll::Ready(None)
     }
 }
 
@@ -155,41 +252,47 @@ impl Body for ForwardBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.inner.is_none() {
-            match this.slot.take() {
-                Some(body) => this.inner = Some(body),
-                None => return Poll::Ready(Some(Err(BodyError::Gone))),
+        let (slot, source, timer) = match &mut this.kind {
+            Kind::Replay(body) => {
+                return match body.take().filter(|b| !b.is_empty()) {
+                    Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                    None => this.finish(),
+                };
             }
+            Kind::Stream {
+                slot,
+                source,
+                timer,
+            } => (slot, source, timer),
+        };
+        if source.is_none() {
+            *source = slot.take();
         }
-        let Some(inner) = this.inner.as_mut() else {
+        let Some(src) = source.as_mut() else {
             return Poll::Ready(Some(Err(BodyError::Gone)));
         };
-        match Pin::new(inner).poll_frame(cx) {
+        if let Some(chunk) = src.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match Pin::new(&mut src.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    let total = this.slot.bytes.fetch_add(len, Ordering::Relaxed) + len;
-                    if total > this.limit {
-                        return Poll::Ready(Some(Err(this.slot.fail(BodyError::TooLarge))));
+                    if let Err(e) = slot.count(data.len()) {
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
-                if let Some(timer) = this.timer.as_mut() {
-                    timer.as_mut().reset(Instant::now() + this.idle);
+                if let Some(timer) = timer.as_mut() {
+                    timer.as_mut().reset(Instant::now() + slot.idle);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.slot.fail(BodyError::Client)))),
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(slot.fail(BodyError::Client)))),
+            Poll::Ready(None) => this.finish(),
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let idle = slot.idle;
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(this.slot.fail(BodyError::IdleTimeout))))
+                Poll::Ready(Some(Err(slot.fail(BodyError::IdleTimeout))))
             }
         }
     }
@@ -199,10 +302,7 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(inner) => inner.size_hint(),
-            None => self.slot.hint,
-        }
+        self.hint
     }
 }
 

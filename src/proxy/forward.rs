@@ -2,18 +2,28 @@
 //!
 //! The request is rebuilt for the upstream (HTTP/1.1, the upstream's base
 //! URL joined with the client's path and query, rewritten headers) and its
-//! body streams through [`ForwardBody`]. The upstream-response deadline
-//! starts when the body has been sent completely; the body itself is guarded
-//! by its idle deadline and size limit.
+//! body goes through [`ForwardBody`]. The upstream-response deadline starts
+//! when the body has been sent completely; the body itself is guarded by its
+//! idle deadline and size limit.
 //!
-//! Retry is narrow on purpose: only when connecting failed *and* the body
-//! slot is untouched (provably nothing reached the upstream), once, on
-//! another upstream picked from the same permitted set. Every other failure
-//! is a 502/504 after exactly one delivery attempt.
+//! Retries are narrow on purpose. A request is offered to another upstream
+//! from the same permitted set, once, only when
+//!
+//! * provably nothing reached the first one: connecting (TCP or TLS) failed
+//!   and the body slot is untouched — `connect_failed` / `tls_failed`; a
+//!   pooled connection found closed before the request was written is
+//!   retried by hyper-util's pool itself; or
+//! * the request carries an `Idempotency-Key` and its body fits
+//!   `upstream.replay_limit_bytes`, so a copy can be sent — after any
+//!   failure, a timeout or a 5xx (`idempotent_replay`).
+//!
+//! Every other failure is answered 502/504 (a 5xx is passed through) after
+//! exactly one delivery attempt.
 
 use std::net::IpAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -22,6 +32,9 @@ use super::error::Failure;
 use super::headers::{self, Forwarded};
 use crate::policy::{JurisdictionId, UpstreamId};
 use crate::state::{Shared, State};
+
+/// At most this many delivery attempts per request.
+const MAX_ATTEMPTS: u32 = 2;
 
 /// Where an upload goes and what the upstream is told about it.
 pub struct Target<'a> {
@@ -33,9 +46,21 @@ pub struct Target<'a> {
     pub country: &'a str,
 }
 
+/// How one attempt ended, when it did not produce a usable response.
+enum Attempt {
+    Answered(Response<Incoming>),
+    /// A response the client will get unless a replay is possible (5xx).
+    ServerError(Response<Incoming>),
+    Failed {
+        failure: Failure,
+        unsent: Option<&'static str>,
+    },
+}
+
 /// Forwards `req`; on success returns the upstream's response (body still
-/// streaming) and the number of body bytes sent. `datacenter` is set to the
-/// data centre that answered, for the response headers and the log.
+/// streaming) and the number of body bytes read from the client.
+/// `datacenter` is set to the data centre that answered, for the response
+/// headers and the log.
 pub async fn forward(
     shared: &Shared,
     state: &State,
@@ -43,8 +68,9 @@ pub async fn forward(
     req: Request<Incoming>,
     datacenter: &mut Option<String>,
 ) -> Result<(Response<Incoming>, u64), (Failure, u64)> {
-    let policy = &state.config.policy;
-    let timeouts = &state.config.timeouts;
+    let config = &state.config;
+    let policy = &config.policy;
+    let health = &state.health;
     let (parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -52,6 +78,11 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let idempotent = parts.headers.contains_key("idempotency-key");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut upstream_headers = parts.headers;
     let j = target.jurisdiction;
     headers::to_upstream(
@@ -70,28 +101,40 @@ pub async fn forward(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let slot = BodySlot::new(body);
-    let mut upstream = target.upstream;
-    let mut retried = false;
+    let slot = BodySlot::new(
+        body,
+        config.limits.max_body_bytes,
+        config.timeouts.request_body_idle,
+    );
+    let replay_limit = config.upstream.replay_limit_bytes;
+    let replay: Option<Bytes> = if idempotent && declared.is_none_or(|n| n <= replay_limit as u64) {
+        slot.buffer_for_replay(replay_limit)
+            .await
+            .map_err(|e| (body_failure(e), slot.bytes()))?
+    } else {
+        None
+    };
 
+    let mut upstream = target.upstream;
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         // Defence in depth: the pick already guarantees this.
         if !policy.is_permitted(j, upstream) {
             tracing::error!(
                 upstream = upstream.0,
                 "refusing to forward outside the permitted set"
             );
-            return Err((Failure::UpstreamError, 0));
+            return Err((Failure::UpstreamError, slot.bytes()));
         }
-        let dc = policy.datacenter_of(upstream);
-        *datacenter = Some(dc.name.clone());
+        let dc = &policy.datacenter_of(upstream).name;
+        *datacenter = Some(dc.clone());
         let uri = upstream_uri(&policy.upstream(upstream).uri, path)
             .map_err(|_| (Failure::BadRequest, 0))?;
-        let (body, sent) = ForwardBody::new(
-            slot.clone(),
-            state.config.limits.max_body_bytes,
-            timeouts.request_body_idle,
-        );
+        let (body, sent) = match &replay {
+            Some(bytes) => ForwardBody::replay(bytes.clone()),
+            None => ForwardBody::stream(slot.clone()),
+        };
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -99,71 +142,139 @@ pub async fn forward(
         *request.headers_mut() = upstream_headers.clone();
 
         let started = Instant::now();
-        let response_deadline = async {
-            let _ = sent.await;
-            tokio::time::sleep(timeouts.upstream_response).await;
-        };
-        let result = tokio::select! {
-            r = state.client.request(request) => r,
-            () = response_deadline => {
-                tracing::warn!(request_id = target.request_id.to_str().unwrap_or_default(), datacenter = %dc.name, phase = "upstream_response", "timeout");
-                return Err((Failure::UpstreamTimeout, slot.bytes()));
-            }
-        };
-        let error = match result {
-            Ok(resp) => {
-                shared
-                    .metrics
-                    .upstream_duration
-                    .with_label_values(&[dc.name.as_str()])
-                    .observe(started.elapsed().as_secs_f64());
+        let attempt = send(state, request, sent, &slot, target.request_id, dc).await;
+        shared
+            .metrics
+            .upstream_duration
+            .with_label_values(&[dc.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(e) = slot.failure() {
+            return Err((body_failure(e), slot.bytes()));
+        }
+        let (fallback, unsent) = match attempt {
+            Attempt::Answered(resp) => {
+                health.record_success(upstream);
                 return Ok((resp, slot.bytes()));
             }
-            Err(e) => e,
+            Attempt::ServerError(resp) => {
+                health.record_failure(upstream);
+                (Ok(resp), None)
+            }
+            Attempt::Failed { failure, unsent } => {
+                if unsent.is_some() {
+                    health.eject(upstream);
+                } else {
+                    health.record_failure(upstream);
+                }
+                (Err(failure), unsent)
+            }
         };
-        if let Some(body_error) = slot.failure() {
-            let failure = match body_error {
-                BodyError::TooLarge => Failure::BodyTooLarge,
-                BodyError::IdleTimeout => Failure::BodyTimeout,
-                BodyError::Client | BodyError::Gone => Failure::ClientAborted,
-            };
-            return Err((failure, slot.bytes()));
-        }
-        tracing::warn!(
-            request_id = target.request_id.to_str().unwrap_or_default(),
-            datacenter = %dc.name,
-            upstream = %policy.upstream(upstream).uri,
-            error = %error_chain(&error),
-            connect = error.is_connect(),
-            "upstream request failed"
-        );
-        if !error.is_connect() {
-            return Err((Failure::UpstreamError, slot.bytes()));
-        }
-        state.health.mark_down(upstream);
         shared.refresh_gauges();
-        if !slot.untouched() {
-            return Err((Failure::UpstreamUnavailable, slot.bytes()));
-        }
-        let health = &state.health;
-        match policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u)) {
-            Some(next) if !retried => {
+        let reason = match (unsent, &replay) {
+            (Some(reason), _) => reason,
+            (None, Some(_)) => "idempotent_replay",
+            (None, None) => {
+                return fallback
+                    .map(|r| (r, slot.bytes()))
+                    .map_err(|f| (f, slot.bytes()))
+            }
+        };
+        let next = policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u));
+        match next {
+            Some(next) if attempts < MAX_ATTEMPTS => {
+                tracing::info!(request_id = target.request_id.to_str().unwrap_or_default(), from = %dc, reason, "retrying on another permitted upstream");
                 shared
                     .metrics
                     .upstream_retries
-                    .with_label_values(&["connect_failed"])
+                    .with_label_values(&[reason])
                     .inc();
-                retried = true;
                 upstream = next;
             }
-            Some(_) => return Err((Failure::UpstreamUnavailable, 0)),
-            None => {
+            None if unsent.is_some() => {
+                // Nothing was sent and nothing permitted is up any more.
                 *datacenter = None;
                 let retry_after = health.retry_after(super::permitted_upstreams(state, j));
-                return Err((Failure::NoHealthyDatacenter { retry_after }, 0));
+                return Err((Failure::NoHealthyDatacenter { retry_after }, slot.bytes()));
+            }
+            _ => {
+                return fallback
+                    .map(|r| (r, slot.bytes()))
+                    .map_err(|f| (f, slot.bytes()))
             }
         }
     }
+}
+
+/// One delivery attempt, bounded by the upstream-response deadline, which
+/// starts when the body has been sent.
+async fn send(
+    state: &State,
+    request: Request<ForwardBody>,
+    sent: tokio::sync::oneshot::Receiver<()>,
+    slot: &BodySlot,
+    request_id: &HeaderValue,
+    dc: &str,
+) -> Attempt {
+    let deadline = state.config.timeouts.upstream_response;
+    let response_deadline = async {
+        let _ = sent.await;
+        tokio::time::sleep(deadline).await;
+    };
+    let id = request_id.to_str().unwrap_or_default();
+    let result = tokio::select! {
+        r = state.client.request(request) => r,
+        () = response_deadline => {
+            tracing::warn!(request_id = id, datacenter = dc, phase = "upstream_response", "timeout");
+            return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None };
+        }
+    };
+    match result {
+        Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
+        Ok(resp) => Attempt::Answered(resp),
+        Err(e) => {
+            let tls = is_tls_error(&e);
+            tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+            let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
+                "tls_failed"
+            } else {
+                "connect_failed"
+            });
+            let failure = if e.is_connect() {
+                Failure::UpstreamUnavailable
+            } else {
+                Failure::UpstreamError
+            };
+            Attempt::Failed { failure, unsent }
+        }
+    }
+}
+
+fn body_failure(e: BodyError) -> Failure {
+    match e {
+        BodyError::TooLarge => Failure::BodyTooLarge,
+        BodyError::IdleTimeout => Failure::BodyTimeout,
+        BodyError::Client | BodyError::Gone => Failure::ClientAborted,
+    }
+}
+
+/// True when a rustls error is somewhere in the chain.
+fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// `https://host:port/prefix` + `/path?query`.

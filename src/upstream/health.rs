@@ -1,0 +1,291 @@
+//! Whether each upstream may receive traffic.
+//!
+//! Three inputs decide it, all lock-free:
+//!
+//! * **Active checks** (`upstream::check`): an upstream goes down after
+//!   `unhealthy_threshold` consecutive failed probes and comes back after
+//!   `healthy_threshold` consecutive successes. Upstreams start up.
+//! * **Passive ejection**: a failed connection ejects the upstream at once;
+//!   `passive_failures` consecutive failed requests (errors, 5xx, timeouts)
+//!   eject it too. Ejection lasts `down_for`, then the upstream is tried again.
+//! * **Drain**: an operator takes a whole data centre out of rotation; no new
+//!   request goes there, in-flight ones finish.
+//!
+//! The clock is tokio's, so tests drive it with a paused clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::HealthSettings;
+use crate::policy::{DatacenterId, Policy, UpstreamId};
+
+#[derive(Debug, Default)]
+struct Upstream {
+    datacenter: usize,
+    active_up: AtomicBool,
+    active_successes: AtomicU32,
+    active_failures: AtomicU32,
+    passive_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the upstream is ejected.
+    ejected_until: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    settings: HealthSettings,
+    upstreams: Vec<Upstream>,
+    drained: Vec<AtomicBool>,
+}
+
+/// A change of an upstream's active state, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    WentDown,
+    CameUp,
+}
+
+impl Health {
+    pub fn new(policy: &Policy, settings: HealthSettings) -> Health {
+        Health {
+            epoch: Instant::now(),
+            settings,
+            upstreams: policy
+                .upstreams
+                .iter()
+                .map(|u| Upstream {
+                    datacenter: u.datacenter.0,
+                    active_up: AtomicBool::new(true),
+                    ..Upstream::default()
+                })
+                .collect(),
+            drained: policy
+                .datacenters
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    pub fn settings(&self) -> &HealthSettings {
+        &self.settings
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// May this upstream receive a new request now?
+    pub fn is_up(&self, u: UpstreamId) -> bool {
+        self.is_healthy(u)
+            && self
+                .upstreams
+                .get(u.0)
+                .is_some_and(|x| !self.drained[x.datacenter].load(Ordering::Relaxed))
+    }
+
+    /// Healthy by checks and not ejected (drain not considered).
+    pub fn is_healthy(&self, u: UpstreamId) -> bool {
+        self.upstreams.get(u.0).is_some_and(|x| {
+            x.active_up.load(Ordering::Relaxed)
+                && x.ejected_until.load(Ordering::Relaxed) <= self.now_ms()
+        })
+    }
+
+    /// Records one active probe result; returns a transition if the state changed.
+    pub fn record_probe(&self, u: UpstreamId, ok: bool) -> Option<Transition> {
+        let x = self.upstreams.get(u.0)?;
+        if ok {
+            x.active_failures.store(0, Ordering::Relaxed);
+            let n = x.active_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= self.settings.healthy_threshold && !x.active_up.swap(true, Ordering::Relaxed) {
+                return Some(Transition::CameUp);
+            }
+        } else {
+            x.active_successes.store(0, Ordering::Relaxed);
+            let n = x.active_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= self.settings.unhealthy_threshold && x.active_up.swap(false, Ordering::Relaxed)
+            {
+                return Some(Transition::WentDown);
+            }
+        }
+        None
+    }
+
+    /// A request to `u` succeeded (any response below 500).
+    pub fn record_success(&self, u: UpstreamId) {
+        if let Some(x) = self.upstreams.get(u.0) {
+            x.passive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to `u` failed after connecting; ejects after
+    /// `passive_failures` in a row. Returns true if it ejected.
+    pub fn record_failure(&self, u: UpstreamId) -> bool {
+        let Some(x) = self.upstreams.get(u.0) else {
+            return false;
+        };
+        let n = x.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.settings.passive_failures {
+            self.eject(u);
+            return true;
+        }
+        false
+    }
+
+    /// Ejects `u` for `down_for` (a connection to it failed).
+    pub fn eject(&self, u: UpstreamId) {
+        let down_for = u64::try_from(self.settings.down_for.as_millis()).unwrap_or(u64::MAX);
+        if let Some(x) = self.upstreams.get(u.0) {
+            x.passive_failures.store(0, Ordering::Relaxed);
+            // Never 0: 0 means "not ejected" even at the epoch.
+            let until = self.now_ms().saturating_add(down_for).max(1);
+            x.ejected_until.store(until, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_drained(&self, dc: DatacenterId, drained: bool) {
+        if let Some(d) = self.drained.get(dc.0) {
+            d.store(drained, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_drained(&self, dc: DatacenterId) -> bool {
+        self.drained
+            .get(dc.0)
+            .is_some_and(|d| d.load(Ordering::Relaxed))
+    }
+
+    /// How long until the earliest ejected upstream of `ups` is tried again
+    /// (for `Retry-After`); the check interval when they are down by checks.
+    pub fn retry_after(&self, ups: impl Iterator<Item = UpstreamId>) -> Duration {
+        let now = self.now_ms();
+        let soonest = ups
+            .filter_map(|u| self.upstreams.get(u.0))
+            .map(|x| {
+                let ejected = x.ejected_until.load(Ordering::Relaxed).saturating_sub(now);
+                if x.active_up.load(Ordering::Relaxed) {
+                    ejected
+                } else {
+                    ejected
+                        .max(u64::try_from(self.settings.interval.as_millis()).unwrap_or(u64::MAX))
+                }
+            })
+            .min()
+            .unwrap_or(0);
+        Duration::from_millis(soonest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn health() -> (Health, Policy) {
+        let dir = std::env::temp_dir().join(format!("rp-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "c.key", "g.mmdb"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let toml = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[geoip]
+database = "g.mmdb"
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+[datacenters.geneva]
+jurisdiction = "ch"
+priority = 2
+upstreams = ["http://127.0.0.1:3"]
+[health]
+healthy_threshold = 2
+unhealthy_threshold = 3
+passive_failures = 2
+down_for = "10s"
+"#;
+        let config = Config::from_toml(toml, &dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (Health::new(&config.policy, config.health), config.policy)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_after_n_failed_probes_up_after_m_successes() {
+        let (h, _) = health();
+        let u = UpstreamId(0);
+        assert!(h.is_up(u), "upstreams start up");
+        assert_eq!(h.record_probe(u, false), None);
+        assert_eq!(h.record_probe(u, false), None);
+        assert!(h.is_up(u));
+        assert_eq!(h.record_probe(u, false), Some(Transition::WentDown));
+        assert!(!h.is_up(u));
+        assert_eq!(h.record_probe(u, false), None, "already down");
+        assert_eq!(h.record_probe(u, true), None);
+        assert!(!h.is_up(u));
+        assert_eq!(
+            h.record_probe(u, false),
+            None,
+            "a failure resets the success run"
+        );
+        assert_eq!(h.record_probe(u, true), None);
+        assert_eq!(h.record_probe(u, true), Some(Transition::CameUp));
+        assert!(h.is_up(u));
+        assert!(h.is_up(UpstreamId(1)), "other upstreams unaffected");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_ejection_lasts_down_for() {
+        let (h, _) = health();
+        let u = UpstreamId(1);
+        assert!(!h.record_failure(u));
+        h.record_success(u);
+        assert!(!h.record_failure(u), "success resets the failure run");
+        assert!(h.record_failure(u), "two in a row eject");
+        assert!(!h.is_up(u));
+        assert_eq!(h.retry_after([u].into_iter()), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(!h.is_up(u));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(h.is_up(u));
+        h.eject(u);
+        assert!(!h.is_up(u), "a failed connection ejects at once");
+        assert!(!h.is_up(UpstreamId(9)), "unknown upstreams are never up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_and_undrain() {
+        let (h, policy) = health();
+        let zurich = DatacenterId(
+            policy
+                .datacenters
+                .iter()
+                .position(|d| d.name == "zurich")
+                .unwrap(),
+        );
+        let zurich_ups = policy.datacenter(zurich).upstreams.clone();
+        h.set_drained(zurich, true);
+        assert!(h.is_drained(zurich));
+        for u in &zurich_ups {
+            assert!(!h.is_up(*u), "drained: no new requests");
+            assert!(h.is_healthy(*u), "but still healthy");
+        }
+        let ch = crate::policy::JurisdictionId(0);
+        let picked = policy.pick(ch, 0, |u| h.is_up(u)).unwrap();
+        assert_eq!(
+            policy.datacenter_of(picked).name,
+            "geneva",
+            "traffic spills to priority 2"
+        );
+        h.set_drained(zurich, false);
+        let picked = policy.pick(ch, 0, |u| h.is_up(u)).unwrap();
+        assert_eq!(policy.datacenter_of(picked).name, "zurich");
+    }
+}
