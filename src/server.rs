@@ -106,6 +106,10 @@ impl Bound {
             self.shared.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::upstream::check::run(
+            self.shared.clone(),
+            stop_rx.clone(),
+        )));
 
         shutdown.await;
         tracing::info!("shutting down: readiness off, accepting stopped, draining connections");

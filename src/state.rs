@@ -136,15 +136,21 @@ impl Shared {
         self.metrics
             .geoip_build_timestamp
             .set(i64::try_from(state.geo.build_epoch()).unwrap_or(i64::MAX));
-        for dc in &policy.datacenters {
-            let up = dc.upstreams.iter().any(|u| state.health.is_up(*u));
-            self.metrics
-                .datacenter_up
-                .with_label_values(&[
-                    dc.name.as_str(),
-                    policy.jurisdiction(dc.jurisdiction).name.as_str(),
-                ])
-                .set(i64::from(up));
+        let health = &state.health;
+        let m = &self.metrics;
+        for (i, dc) in policy.datacenters.iter().enumerate() {
+            let name = dc.name.as_str();
+            let up = dc.upstreams.iter().any(|u| health.is_healthy(*u));
+            let j = policy.jurisdiction(dc.jurisdiction).name.as_str();
+            m.datacenter_up.with_label_values(&[name, j]).set(i64::from(up));
+            let drained = health.is_drained(crate::policy::DatacenterId(i));
+            m.datacenter_drained.with_label_values(&[name]).set(i64::from(drained));
+            for u in &dc.upstreams {
+                let uri = policy.upstream(*u).uri.to_string();
+                m.upstream_up
+                    .with_label_values(&[name, uri.as_str()])
+                    .set(i64::from(health.is_healthy(*u)));
+            }
         }
     }
 }

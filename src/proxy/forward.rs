@@ -257,22 +257,18 @@ fn body_failure(e: BodyError) -> Failure {
     }
 }
 
-/// True when a rustls error is somewhere in the chain.
+/// True when a rustls error is somewhere in the chain. `io::Error` hides
+/// its payload from `source()`, so it is unwrapped with `get_ref()`.
 fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
         if err.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        next = err.source();
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     false
 }

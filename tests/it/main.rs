@@ -9,3 +9,5 @@ mod routing;
 mod streaming;
 mod tls;
 mod upstream_tls;
+mod retries;
+mod health;

@@ -327,12 +327,19 @@ database = "geo.mmdb"
 
     /// GET on the admin listener; returns status and body text.
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        self.admin_request("GET", path).await
+    }
+
+    /// Any method on the admin listener; returns status and body text.
+    pub async fn admin_request(&self, method: &str, path: &str) -> (StatusCode, String) {
         let stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
         tokio::spawn(conn);
-        let req = Request::get(path)
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "admin")
             .body(Full::new(Bytes::new()))
             .unwrap();

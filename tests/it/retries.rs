@@ -1,0 +1,197 @@
+//! The retry matrix: each failure point × body under/over the replay limit ×
+//! with/without `Idempotency-Key`, proven by what the upstreams themselves
+//! saw. The failing data centre is `zurich` (priority 1); `geneva`
+//! (priority 2, same jurisdiction) is healthy and records every delivery.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    ConnectRefused,
+    TlsFailure,
+    ClosedBeforeRead,
+    ClosedMidBody,
+    ClosedAfterBody,
+    ServerError,
+}
+
+/// What a faulty upstream saw.
+#[derive(Default)]
+struct Seen {
+    connections: AtomicUsize,
+    /// Requests whose head arrived (a delivery attempt).
+    heads: AtomicUsize,
+}
+
+/// Starts an upstream that fails in the given way; returns its URL.
+async fn faulty(fault: Fault, seen: Arc<Seen>) -> String {
+    if fault == Fault::ConnectRefused {
+        return format!("http://{}", closed_port().await);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            seen.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if fault == Fault::TlsFailure {
+                    let _ = tcp.write_all(b"this is not TLS\r\n\r\n").await;
+                    return;
+                }
+                if fault == Fault::ClosedBeforeRead {
+                    return; // dropped: nothing read
+                }
+                let Some((head, mut body_read, length)) = read_head(&mut tcp).await else { return };
+                if head.starts_with("GET /healthz") {
+                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    return;
+                }
+                seen.heads.fetch_add(1, Ordering::SeqCst);
+                if fault == Fault::ClosedMidBody {
+                    return; // close with the rest of the body unread
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                while body_read < length {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body_read += n,
+                    }
+                }
+                if fault == Fault::ServerError {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy")
+                        .await;
+                }
+                // ClosedAfterBody: the whole body was read; close without answering.
+            });
+        }
+    });
+    let scheme = if fault == Fault::TlsFailure { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// Reads an HTTP/1.1 request head; returns it, the body bytes already read
+/// past it, and the declared Content-Length.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<(String, usize, usize)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tcp.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return Some((head, buf.len() - end - 4, length));
+        }
+    }
+}
+
+/// Runs one cell of the matrix and checks the outcome.
+async fn cell(fault: Fault, body_len: usize, with_key: bool) {
+    let seen = Arc::new(Seen::default());
+    let url = faulty(fault, seen.clone()).await;
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![("geneva", "ch", 2, true), ("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
+        extra: format!(
+            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{url}\"]\n\n[health]\npath = \"off\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
+    let mut headers = vec![("x-forwarded-for", CH)];
+    if with_key {
+        headers.push(("idempotency-key", "upload-42"));
+    }
+    let reply = proxy.client().send("POST", "/v1/telemetry", &headers, body.clone()).await;
+
+    let provably_unsent = matches!(fault, Fault::ConnectRefused | Fault::TlsFailure);
+    let replayable = with_key && body_len <= 64 * 1024;
+    let retried = provably_unsent || replayable;
+    let what = format!("{fault:?}, {body_len} bytes, key {with_key}");
+    let geneva = proxy.upstream("geneva");
+    if retried {
+        assert_eq!(reply.status, 201, "{what}: {:?}", reply.body);
+        assert_eq!(reply.header("residency-datacenter"), Some("geneva"), "{what}");
+        assert_eq!(geneva.count(), 1, "{what}: exactly one delivery to geneva");
+        assert_eq!(geneva.last().body, body, "{what}: byte-identical");
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        let reason = match fault {
+            Fault::ConnectRefused => "connect_failed",
+            Fault::TlsFailure => "tls_failed",
+            _ => "idempotent_replay",
+        };
+        let label = format!("residency_upstream_retries_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &label), Some(1.0), "{what}");
+    } else {
+        let want = if fault == Fault::ServerError { 503 } else { 502 };
+        assert_eq!(reply.status, want, "{what}: {:?}", reply.body);
+        assert_eq!(geneva.count(), 0, "{what}: never re-sent");
+    }
+    // The failing upstream's own record: how many times the request reached it.
+    let heads = seen.heads.load(Ordering::SeqCst);
+    let connections = seen.connections.load(Ordering::SeqCst);
+    match fault {
+        Fault::ConnectRefused => assert_eq!(connections, 0, "{what}"),
+        Fault::TlsFailure | Fault::ClosedBeforeRead => assert_eq!(heads, 0, "{what}"),
+        _ => assert_eq!(heads, 1, "{what}: exactly one delivery attempt to zurich"),
+    }
+    if !matches!(fault, Fault::ConnectRefused) {
+        assert_eq!(connections, 1, "{what}: one connection to zurich");
+    }
+    assert_eq!(proxy.upstream("frankfurt").count(), 0, "{what}: never outside the permitted set");
+    proxy.stop().await;
+}
+
+async fn matrix(fault: Fault) {
+    for body_len in [1024, 128 * 1024] {
+        for with_key in [false, true] {
+            cell(fault, body_len, with_key).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_refused_is_always_retried() {
+    matrix(Fault::ConnectRefused).await;
+}
+
+#[tokio::test]
+async fn tls_failure_is_always_retried() {
+    matrix(Fault::TlsFailure).await;
+}
+
+#[tokio::test]
+async fn closed_before_any_byte_read_is_retried_only_when_replayable() {
+    matrix(Fault::ClosedBeforeRead).await;
+}
+
+#[tokio::test]
+async fn closed_mid_body_is_retried_only_when_replayable() {
+    matrix(Fault::ClosedMidBody).await;
+}
+
+#[tokio::test]
+async fn closed_after_the_body_is_retried_only_when_replayable() {
+    matrix(Fault::ClosedAfterBody).await;
+}
+
+#[tokio::test]
+async fn server_error_is_retried_only_when_replayable() {
+    matrix(Fault::ServerError).await;
+}
