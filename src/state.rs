@@ -142,9 +142,13 @@ impl Shared {
             let name = dc.name.as_str();
             let up = dc.upstreams.iter().any(|u| health.is_healthy(*u));
             let j = policy.jurisdiction(dc.jurisdiction).name.as_str();
-            m.datacenter_up.with_label_values(&[name, j]).set(i64::from(up));
+            m.datacenter_up
+                .with_label_values(&[name, j])
+                .set(i64::from(up));
             let drained = health.is_drained(crate::policy::DatacenterId(i));
-            m.datacenter_drained.with_label_values(&[name]).set(i64::from(drained));
+            m.datacenter_drained
+                .with_label_values(&[name])
+                .set(i64::from(drained));
             for u in &dc.upstreams {
                 let uri = policy.upstream(*u).uri.to_string();
                 m.upstream_up

@@ -38,7 +38,12 @@ async fn wait_for_metric(proxy: &Proxy, line: &str, value: f64) {
 #[tokio::test]
 async fn active_checks_take_a_dead_datacenter_out_before_any_request() {
     let proxy = Proxy::start(two_ch_datacenters(false)).await;
-    wait_for_metric(&proxy, "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"}", 0.0).await;
+    wait_for_metric(
+        &proxy,
+        "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"}",
+        0.0,
+    )
+    .await;
     let (status, ready) = proxy.admin_get("/readyz").await;
     assert_eq!(status, 200);
     assert!(ready.contains("datacenter zurich: down"), "{ready}");
@@ -49,11 +54,17 @@ async fn active_checks_take_a_dead_datacenter_out_before_any_request() {
     assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
     let (_, metrics) = proxy.admin_get("/metrics").await;
     assert_eq!(
-        metric(&metrics, "residency_upstream_retries_total{reason=\"connect_failed\"}"),
+        metric(
+            &metrics,
+            "residency_upstream_retries_total{reason=\"connect_failed\"}"
+        ),
         None,
         "no request was sent to the dead data centre"
     );
-    assert_eq!(proxy.upstream("frankfurt").count() + proxy.upstream("virginia").count(), 0);
+    assert_eq!(
+        proxy.upstream("frankfurt").count() + proxy.upstream("virginia").count(),
+        0
+    );
     proxy.stop().await;
 }
 
@@ -61,7 +72,13 @@ async fn active_checks_take_a_dead_datacenter_out_before_any_request() {
 async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
     let proxy = Proxy::start(two_ch_datacenters(true)).await;
     let client = proxy.client();
-    assert_eq!(client.upload_from(CH, "a").await.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(
+        client
+            .upload_from(CH, "a")
+            .await
+            .header("residency-datacenter"),
+        Some("zurich")
+    );
 
     // An upload in flight to zurich when the drain starts still finishes there.
     let zurich = proxy.upstream("zurich");
@@ -71,44 +88,109 @@ async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
     let inflight = {
         let client = client.clone();
         tokio::spawn(async move {
-            client.send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body).await
+            client
+                .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                .await
         })
     };
     tx.send(Bytes::from_static(b"first half, ")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), proxy.upstream("zurich").first_bytes.notified())
-        .await
-        .expect("zurich sees the in-flight upload");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        proxy.upstream("zurich").first_bytes.notified(),
+    )
+    .await
+    .expect("zurich sees the in-flight upload");
 
-    let (status, text) = proxy.admin_request("POST", "/datacenters/zurich/drain").await;
+    let (status, text) = proxy
+        .admin_request("POST", "/datacenters/zurich/drain")
+        .await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(client.upload_from(CH, "b").await.header("residency-datacenter"), Some("geneva"));
+    assert_eq!(
+        client
+            .upload_from(CH, "b")
+            .await
+            .header("residency-datacenter"),
+        Some("geneva")
+    );
     tx.send(Bytes::from_static(b"second half")).await.unwrap();
     drop(tx);
     let reply = inflight.await.unwrap().unwrap();
     assert_eq!(reply.status, 201);
-    assert_eq!(reply.header("residency-datacenter"), Some("zurich"), "in-flight request finished where it started");
-    assert_eq!(proxy.upstream("zurich").last().body, "first half, second half");
+    assert_eq!(
+        reply.header("residency-datacenter"),
+        Some("zurich"),
+        "in-flight request finished where it started"
+    );
+    assert_eq!(
+        proxy.upstream("zurich").last().body,
+        "first half, second half"
+    );
 
     let (_, ready) = proxy.admin_get("/readyz").await;
     assert!(ready.contains("datacenter zurich: drained"), "{ready}");
     let (_, metrics) = proxy.admin_get("/metrics").await;
-    assert_eq!(metric(&metrics, "residency_datacenter_drained{datacenter=\"zurich\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "residency_datacenter_drained{datacenter=\"zurich\"}"
+        ),
+        Some(1.0)
+    );
 
     // Draining geneva too leaves CH with nothing: 503, never another jurisdiction.
-    assert_eq!(proxy.admin_request("POST", "/datacenters/geneva/drain").await.0, 200);
+    assert_eq!(
+        proxy
+            .admin_request("POST", "/datacenters/geneva/drain")
+            .await
+            .0,
+        200
+    );
     let reply = client.upload_from(CH, "c").await;
     assert_eq!(reply.status, 503);
     assert!(reply.header("retry-after").is_some());
-    assert_eq!(proxy.upstream("frankfurt").count() + proxy.upstream("virginia").count(), 0);
+    assert_eq!(
+        proxy.upstream("frankfurt").count() + proxy.upstream("virginia").count(),
+        0
+    );
 
     for dc in ["zurich", "geneva"] {
-        assert_eq!(proxy.admin_request("POST", &format!("/datacenters/{dc}/undrain")).await.0, 200);
+        assert_eq!(
+            proxy
+                .admin_request("POST", &format!("/datacenters/{dc}/undrain"))
+                .await
+                .0,
+            200
+        );
     }
-    assert_eq!(client.upload_from(CH, "d").await.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(
+        client
+            .upload_from(CH, "d")
+            .await
+            .header("residency-datacenter"),
+        Some("zurich")
+    );
     let (_, metrics) = proxy.admin_get("/metrics").await;
-    assert_eq!(metric(&metrics, "residency_datacenter_drained{datacenter=\"zurich\"}"), Some(0.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "residency_datacenter_drained{datacenter=\"zurich\"}"
+        ),
+        Some(0.0)
+    );
 
-    assert_eq!(proxy.admin_request("POST", "/datacenters/mars/drain").await.0, 404);
-    assert_eq!(proxy.admin_request("GET", "/datacenters/zurich/drain").await.0, 405);
+    assert_eq!(
+        proxy
+            .admin_request("POST", "/datacenters/mars/drain")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        proxy
+            .admin_request("GET", "/datacenters/zurich/drain")
+            .await
+            .0,
+        405
+    );
     proxy.stop().await;
 }

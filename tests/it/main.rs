@@ -4,10 +4,10 @@
 mod support;
 
 mod cli;
+mod health;
 mod refusals;
+mod retries;
 mod routing;
 mod streaming;
 mod tls;
 mod upstream_tls;
-mod retries;
-mod health;

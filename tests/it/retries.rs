@@ -38,7 +38,9 @@ async fn faulty(fault: Fault, seen: Arc<Seen>) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             seen.connections.fetch_add(1, Ordering::SeqCst);
             let seen = seen.clone();
             tokio::spawn(async move {
@@ -49,9 +51,13 @@ async fn faulty(fault: Fault, seen: Arc<Seen>) -> String {
                 if fault == Fault::ClosedBeforeRead {
                     return; // dropped: nothing read
                 }
-                let Some((head, mut body_read, length)) = read_head(&mut tcp).await else { return };
+                let Some((head, mut body_read, length)) = read_head(&mut tcp).await else {
+                    return;
+                };
                 if head.starts_with("GET /healthz") {
-                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
                     return;
                 }
                 seen.heads.fetch_add(1, Ordering::SeqCst);
@@ -74,7 +80,11 @@ async fn faulty(fault: Fault, seen: Arc<Seen>) -> String {
             });
         }
     });
-    let scheme = if fault == Fault::TlsFailure { "https" } else { "http" };
+    let scheme = if fault == Fault::TlsFailure {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{addr}")
 }
 
@@ -93,7 +103,11 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<(String, usize, us
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             let length = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             return Some((head, buf.len() - end - 4, length));
@@ -118,7 +132,10 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
     if with_key {
         headers.push(("idempotency-key", "upload-42"));
     }
-    let reply = proxy.client().send("POST", "/v1/telemetry", &headers, body.clone()).await;
+    let reply = proxy
+        .client()
+        .send("POST", "/v1/telemetry", &headers, body.clone())
+        .await;
 
     let provably_unsent = matches!(fault, Fault::ConnectRefused | Fault::TlsFailure);
     let replayable = with_key && body_len <= 64 * 1024;
@@ -127,7 +144,11 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
     let geneva = proxy.upstream("geneva");
     if retried {
         assert_eq!(reply.status, 201, "{what}: {:?}", reply.body);
-        assert_eq!(reply.header("residency-datacenter"), Some("geneva"), "{what}");
+        assert_eq!(
+            reply.header("residency-datacenter"),
+            Some("geneva"),
+            "{what}"
+        );
         assert_eq!(geneva.count(), 1, "{what}: exactly one delivery to geneva");
         assert_eq!(geneva.last().body, body, "{what}: byte-identical");
         let (_, metrics) = proxy.admin_get("/metrics").await;
@@ -139,7 +160,11 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
         let label = format!("residency_upstream_retries_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&metrics, &label), Some(1.0), "{what}");
     } else {
-        let want = if fault == Fault::ServerError { 503 } else { 502 };
+        let want = if fault == Fault::ServerError {
+            503
+        } else {
+            502
+        };
         assert_eq!(reply.status, want, "{what}: {:?}", reply.body);
         assert_eq!(geneva.count(), 0, "{what}: never re-sent");
     }
@@ -154,7 +179,11 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
     if !matches!(fault, Fault::ConnectRefused) {
         assert_eq!(connections, 1, "{what}: one connection to zurich");
     }
-    assert_eq!(proxy.upstream("frankfurt").count(), 0, "{what}: never outside the permitted set");
+    assert_eq!(
+        proxy.upstream("frankfurt").count(),
+        0,
+        "{what}: never outside the permitted set"
+    );
     proxy.stop().await;
 }
 
