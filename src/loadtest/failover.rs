@@ -1,0 +1,156 @@
+//! Time from each fault to the first successful failover.
+//!
+//! For a chaos event that breaks data centre D (refuse, hang, error, drain)
+//! applied at T: the jurisdictions "going to D" are those with an upload
+//! acknowledged by D since D's previous chaos event (or the start) and
+//! before T. The failover is the first upload of one of them, scheduled at
+//! or after T, acknowledged by another data centre before D's next event;
+//! its time is that upload's completion minus T. Uploads of those
+//! jurisdictions scheduled in between that were not acknowledged are
+//! counted as failed before failover.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::chaos::Applied;
+use super::generator::Outcome;
+use super::plan::Plan;
+use super::spec::ChaosEvent;
+
+/// The failover after one breaking event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failover {
+    pub datacenter: String,
+    /// The jurisdictions D had been storing just before the event.
+    pub jurisdictions: Vec<String>,
+    /// `None` (JSON `null`): no failover was seen; `note` says why.
+    pub time_to_failover_ms: Option<f64>,
+    /// The data centre that acknowledged the first failed-over upload.
+    pub answered_by: Option<String>,
+    /// Uploads of those jurisdictions scheduled after the event and before
+    /// the failover (or D's next event) that were not acknowledged.
+    pub failed_before_failover: u64,
+    pub note: Option<String>,
+}
+
+/// One entry per event: `None` for events that do not break a data centre.
+pub fn failovers(
+    plan: &Plan,
+    applied: &[Applied],
+    outcomes: &[Outcome],
+    stored_in: &HashMap<u64, String>,
+) -> Vec<Option<Failover>> {
+    let events = &plan.chaos;
+    events
+        .iter()
+        .enumerate()
+        .map(|(k, event)| {
+            let breaks = event.action.breaks();
+            breaks.then(|| one(plan, events, applied, k, outcomes, stored_in))
+        })
+        .collect()
+}
+
+/// The data centre that acknowledged an upload: the response header, else
+/// where a sink recorded it.
+fn dc_of<'a>(o: &'a Outcome, stored_in: &'a HashMap<u64, String>) -> Option<&'a str> {
+    o.datacenter()
+        .or_else(|| stored_in.get(&o.index).map(String::as_str))
+}
+
+fn one(
+    plan: &Plan,
+    events: &[ChaosEvent],
+    applied: &[Applied],
+    k: usize,
+    outcomes: &[Outcome],
+    stored_in: &HashMap<u64, String>,
+) -> Failover {
+    let event = &events[k];
+    let dc = event.action.datacenter().to_string();
+    let mut result = Failover {
+        datacenter: dc.clone(),
+        jurisdictions: Vec::new(),
+        time_to_failover_ms: None,
+        answered_by: None,
+        failed_before_failover: 0,
+        note: None,
+    };
+    let Some(t) = applied
+        .get(k)
+        .and_then(|a| a.applied_at_s)
+        .map(Duration::from_secs_f64)
+    else {
+        result.note = Some("the event was not applied".into());
+        return result;
+    };
+    let same_dc = |e: &&ChaosEvent| e.action.datacenter() == dc;
+    let start = events[..k]
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, e)| same_dc(e))
+        .map(|(i, e)| {
+            applied
+                .get(i)
+                .and_then(|a| a.applied_at_s)
+                .map_or(e.at, Duration::from_secs_f64)
+        })
+        .unwrap_or(Duration::ZERO);
+    let end = events[k + 1..].iter().find(same_dc).map(|e| e.at);
+
+    let going: BTreeSet<usize> = outcomes
+        .iter()
+        .filter(|o| o.acknowledged())
+        .filter(|o| o.finished().is_some_and(|f| f >= start && f < t))
+        .filter(|o| dc_of(o, stored_in) == Some(dc.as_str()))
+        .map(|o| o.jurisdiction)
+        .collect();
+    result.jurisdictions = going
+        .iter()
+        .map(|j| plan.mix[*j].jurisdiction.clone())
+        .collect();
+    if going.is_empty() {
+        result.note = Some(format!(
+            "{dc} acknowledged no upload between {:.1}s and the event: nothing had to fail over",
+            start.as_secs_f64()
+        ));
+        return result;
+    }
+
+    let before_end = |f: Duration| end.is_none_or(|e| f < e);
+    let relevant = || {
+        outcomes
+            .iter()
+            .filter(|o| o.scheduled >= t && going.contains(&o.jurisdiction))
+    };
+    let first = relevant()
+        .filter(|o| o.acknowledged())
+        .filter_map(|o| Some((o.finished()?, dc_of(o, stored_in)?)))
+        .filter(|(f, other)| *other != dc && before_end(*f))
+        .min_by_key(|(f, _)| *f);
+    let until = first.as_ref().map(|(f, _)| *f).or(end);
+    result.failed_before_failover = relevant()
+        .filter(|o| !o.acknowledged())
+        .filter(|o| until.is_none_or(|u| o.scheduled < u))
+        .count() as u64;
+    match first {
+        Some((finished, other)) => {
+            result.time_to_failover_ms = Some(finished.saturating_sub(t).as_secs_f64() * 1000.0);
+            result.answered_by = Some(other.to_string());
+        }
+        None => {
+            let until = match end {
+                Some(e) => format!(" before {dc}'s next event at {:.1}s", e.as_secs_f64()),
+                None => " until the end of the run".into(),
+            };
+            result.note = Some(format!(
+                "no upload of {} was acknowledged by another data centre{until}",
+                result.jurisdictions.join(", ")
+            ));
+        }
+    }
+    result
+}

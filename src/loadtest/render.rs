@@ -1,0 +1,197 @@
+//! The human-readable summary of a [`Report`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::report::{Counts, LatencySummary, Report};
+
+impl Report {
+    /// A summary for people: totals, the residency checks, chaos and
+    /// failover, and latency per phase and per jurisdiction.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let o = &mut out;
+        let _ = writeln!(
+            o,
+            "loadtest {} -> {} (convey {})",
+            self.run_id, self.target, self.convey
+        );
+        let _ = writeln!(
+            o,
+            "schedule: {}/s for {}s = {} uploads of {} bytes; run took {:.1}s",
+            self.rate_per_s, self.duration_s, self.scheduled, self.body_size, self.elapsed_s
+        );
+        let _ = writeln!(
+            o,
+            "sent {}  acknowledged {}  failed {}  not sent (overload) {}",
+            self.sent, self.acknowledged, self.failed, self.not_sent_overload
+        );
+        let statuses: BTreeMap<String, u64> = self
+            .by_status
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        line(o, "by status", &statuses);
+        line(o, "failed by reason", &self.failed_by_reason);
+        for (reason, example) in &self.failure_examples {
+            let _ = writeln!(o, "  {reason}, e.g.: {example}");
+        }
+        line(
+            o,
+            "acknowledged by data centre (header)",
+            &self.acknowledged_by_datacenter,
+        );
+        line(
+            o,
+            "stored by data centre (sink records)",
+            &self.stored_by_datacenter,
+        );
+        let _ = writeln!(o);
+        if let Some(e) = &self.reconcile_error {
+            let _ = writeln!(o, "RECONCILIATION FAILED: {e}");
+        }
+        let _ = writeln!(
+            o,
+            "residency violations:       {}",
+            self.residency_violations
+        );
+        for v in &self.violation_samples {
+            let _ = writeln!(
+                o,
+                "  {} from {} stored in {} ({})",
+                v.upload_id,
+                v.origin_jurisdiction,
+                v.datacenter,
+                v.datacenter_jurisdiction
+                    .as_deref()
+                    .unwrap_or("not in the policy")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "acknowledged but missing:   {}",
+            self.acknowledged_missing
+        );
+        for id in &self.missing_samples {
+            let _ = writeln!(o, "  {id}");
+        }
+        let _ = writeln!(
+            o,
+            "duplicates {}  checksum mismatches {}  stored but not acknowledged {}  jurisdiction mismatches {}  unknown ids {}",
+            self.duplicates,
+            self.checksum_mismatches,
+            self.stored_not_acknowledged,
+            self.jurisdiction_mismatches,
+            self.unknown_uploads
+        );
+        if !self.chaos.is_empty() {
+            let _ = writeln!(o, "\nchaos:");
+        }
+        for c in &self.chaos {
+            let a = &c.applied;
+            let when = match a.applied_at_s {
+                Some(t) => format!("applied at {t:.2}s"),
+                None => format!(
+                    "NOT APPLIED: {}",
+                    a.detail.as_deref().unwrap_or("unknown error")
+                ),
+            };
+            let _ = writeln!(o, "  {:<24} {when}", a.event);
+            if let Some(f) = &c.failover {
+                let text = match (f.time_to_failover_ms, &f.answered_by) {
+                    (Some(ms), Some(by)) => format!(
+                        "failover of {} to {by} after {ms:.1} ms ({} failed before)",
+                        f.jurisdictions.join(", "),
+                        f.failed_before_failover
+                    ),
+                    _ => format!(
+                        "failover: none ({})",
+                        f.note.as_deref().unwrap_or("not observed")
+                    ),
+                };
+                let _ = writeln!(o, "  {:<24} {text}", "");
+            }
+        }
+        for r in &self.restored {
+            let state = if r.ok { "ok" } else { "FAILED" };
+            let detail = r.detail.as_deref().unwrap_or("");
+            let _ = writeln!(o, "  {:<24} {state} {detail}", r.event);
+        }
+        let all = Counts {
+            scheduled: self.scheduled,
+            sent: self.sent,
+            acknowledged: self.acknowledged,
+            failed: self.failed,
+            not_sent_overload: self.not_sent_overload,
+        };
+        let mut rows: Vec<(String, &Counts, &LatencySummary)> = Vec::new();
+        for p in &self.phases {
+            let label = match &p.started_by {
+                Some(e) => format!("phase {} {e}", p.index),
+                None => format!("phase {} start", p.index),
+            };
+            rows.push((label, &p.counts, &p.latency));
+        }
+        for (name, j) in &self.jurisdictions {
+            rows.push((format!("jurisdiction {name}"), &j.counts, &j.latency));
+        }
+        rows.push(("all".into(), &all, &self.latency));
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "\nlatency from scheduled time, every outcome (ms):\n  {:<width$} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            "", "sent", "acked", "failed", "no-send", "p50", "p99", "p99.9", "max"
+        );
+        for (label, counts, latency) in rows {
+            row(o, &label, width, counts, latency);
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(o);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "WARNING: {w}");
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nPASS: 0 residency violations, 0 acknowledged uploads missing"
+            );
+        } else {
+            let _ = writeln!(o, "\nFAIL: {}", problems.join("; "));
+        }
+        out
+    }
+}
+
+fn line(o: &mut String, label: &str, map: &BTreeMap<String, u64>) {
+    let items: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let items = if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(", ")
+    };
+    let _ = writeln!(o, "{label}: {items}");
+}
+
+fn row(o: &mut String, label: &str, width: usize, c: &Counts, l: &LatencySummary) {
+    let ms = |us: u64| {
+        if l.count == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", us as f64 / 1000.0)
+        }
+    };
+    let _ = writeln!(
+        o,
+        "  {label:<width$} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        c.sent,
+        c.acknowledged,
+        c.failed,
+        c.not_sent_overload,
+        ms(l.p50_us),
+        ms(l.p99_us),
+        ms(l.p99_9_us),
+        ms(l.max_us)
+    );
+}

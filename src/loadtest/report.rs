@@ -1,0 +1,375 @@
+//! The [`Report`] of a run: counts, reconciliation, chaos and failover,
+//! and latency from HDR histograms (microseconds, 3 significant figures)
+//! per phase and per jurisdiction. [`Report::render_text`] (in `render.rs`)
+//! prints it for people; `serde` for machines.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::chaos::Applied;
+use super::failover::{failovers, Failover};
+use super::generator::{Generated, Outcome, Sent};
+use super::plan::Plan;
+use super::reconcile::{Reconciled, Violation};
+use super::spec::Convey;
+use super::upload::RunId;
+
+/// The result of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Upload ids are `lt-{run_id}-{index}`.
+    pub run_id: String,
+    pub target: String,
+    pub convey: Convey,
+    pub rate_per_s: f64,
+    pub duration_s: f64,
+    pub body_size: usize,
+    /// From the start of the run to the end of the drain.
+    pub elapsed_s: f64,
+    pub scheduled: u64,
+    pub sent: u64,
+    /// 2xx, response read.
+    pub acknowledged: u64,
+    /// Sent but not acknowledged: non-2xx, transport errors, timeouts,
+    /// unfinished at the drain timeout. `sent == acknowledged + failed`.
+    pub failed: u64,
+    pub not_sent_overload: u64,
+    pub by_status: BTreeMap<u16, u64>,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// The first error message seen for each transport-failure reason.
+    pub failure_examples: BTreeMap<String, String>,
+    /// From the `Residency-Datacenter` header of acknowledged uploads.
+    pub acknowledged_by_datacenter: BTreeMap<String, u64>,
+    /// From the sinks' records of this run.
+    pub stored_by_datacenter: BTreeMap<String, u64>,
+    /// Must be 0.
+    pub residency_violations: u64,
+    pub violation_samples: Vec<Violation>,
+    /// Must be 0.
+    pub acknowledged_missing: u64,
+    pub missing_samples: Vec<String>,
+    pub duplicates: u64,
+    pub checksum_mismatches: u64,
+    pub stored_not_acknowledged: u64,
+    pub jurisdiction_mismatches: u64,
+    pub unknown_uploads: u64,
+    /// Set when the sinks' records could not be read: nothing was verified.
+    pub reconcile_error: Option<String>,
+    pub chaos: Vec<ChaosReport>,
+    /// Actions that set data centres back to normal after the run.
+    pub restored: Vec<Applied>,
+    /// Every outcome (2xx, error, timeout), from its scheduled time.
+    pub latency: LatencySummary,
+    pub phases: Vec<PhaseReport>,
+    pub jurisdictions: BTreeMap<String, JurisdictionReport>,
+    /// Things that make the run weaker evidence without failing it (nothing
+    /// acknowledged, overload, chaos not applied, …).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChaosReport {
+    #[serde(flatten)]
+    pub applied: Applied,
+    /// For events that break a data centre.
+    pub failover: Option<Failover>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p99_9_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub scheduled: u64,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub not_sent_overload: u64,
+}
+
+/// Phase `n` runs from the `n`th chaos event to the next (phase 0 from the
+/// start); uploads belong to the phase they were scheduled in.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub index: usize,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// The chaos event that began it (`None` for phase 0).
+    pub started_by: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub latency: LatencySummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JurisdictionReport {
+    pub weight: u32,
+    pub origins: Vec<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub latency: LatencySummary,
+}
+
+impl Report {
+    /// Why the run failed its checks (empty: passed).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(e) = &self.reconcile_error {
+            p.push(format!("could not reconcile with the sinks: {e}"));
+        }
+        if self.residency_violations > 0 {
+            p.push(format!(
+                "{} residency violation(s)",
+                self.residency_violations
+            ));
+        }
+        if self.acknowledged_missing > 0 {
+            p.push(format!(
+                "{} acknowledged upload(s) missing from the sinks",
+                self.acknowledged_missing
+            ));
+        }
+        p
+    }
+
+    pub fn passed(&self) -> bool {
+        self.problems().is_empty()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 1 h at 3 significant figures: constant, valid bounds.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn summary(h: &Histogram<u64>) -> LatencySummary {
+    if h.is_empty() {
+        return LatencySummary::default();
+    }
+    LatencySummary {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        p99_9_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+    }
+}
+
+/// One histogram and its counts.
+struct Bucket {
+    counts: Counts,
+    latency: Histogram<u64>,
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        Bucket {
+            counts: Counts::default(),
+            latency: histogram(),
+        }
+    }
+
+    fn add(&mut self, o: &Outcome) {
+        let c = &mut self.counts;
+        c.scheduled += 1;
+        match &o.result {
+            Sent::NotSent => c.not_sent_overload += 1,
+            Sent::Unfinished => {
+                c.sent += 1;
+                c.failed += 1;
+            }
+            Sent::Done { finished, .. } => {
+                c.sent += 1;
+                if o.acknowledged() {
+                    c.acknowledged += 1;
+                } else {
+                    c.failed += 1;
+                }
+                let us = finished.saturating_sub(o.scheduled).as_micros();
+                self.latency
+                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+            }
+        }
+    }
+}
+
+/// Puts a run's pieces together.
+pub fn build(
+    plan: &Plan,
+    run: &RunId,
+    generated: &Generated,
+    applied: Vec<Applied>,
+    restored: Vec<Applied>,
+    reconciled: Result<Reconciled, String>,
+) -> Report {
+    let outcomes = &generated.outcomes;
+    let (reconciled, reconcile_error) = match reconciled {
+        Ok(r) => (r, None),
+        Err(e) => (Reconciled::default(), Some(e)),
+    };
+    let boundaries: Vec<Duration> = plan.chaos.iter().map(|e| e.at).collect();
+    let mut total = Bucket::new();
+    let mut phases: Vec<Bucket> = (0..=boundaries.len()).map(|_| Bucket::new()).collect();
+    let mut by_j: Vec<Bucket> = plan.mix.iter().map(|_| Bucket::new()).collect();
+    let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut failed_by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failure_examples: BTreeMap<String, String> = BTreeMap::new();
+    let mut acknowledged_by_datacenter: BTreeMap<String, u64> = BTreeMap::new();
+    for o in outcomes {
+        total.add(o);
+        phases[boundaries.partition_point(|b| *b <= o.scheduled)].add(o);
+        if let Some(b) = by_j.get_mut(o.jurisdiction) {
+            b.add(o);
+        }
+        match &o.result {
+            Sent::NotSent => {}
+            Sent::Unfinished => *failed_by_reason.entry("unfinished".into()).or_default() += 1,
+            Sent::Done { answer, .. } => {
+                if let Some(s) = answer.status {
+                    *by_status.entry(s).or_default() += 1;
+                }
+                match &answer.failure {
+                    Some(reason) => {
+                        *failed_by_reason.entry(reason.clone()).or_default() += 1;
+                        if let Some(detail) = &answer.detail {
+                            failure_examples
+                                .entry(reason.clone())
+                                .or_insert_with(|| detail.clone());
+                        }
+                    }
+                    None => {
+                        let dc = answer.datacenter.as_deref().unwrap_or("(no header)");
+                        *acknowledged_by_datacenter
+                            .entry(dc.to_string())
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let fo = failovers(plan, &applied, outcomes, &reconciled.stored_in);
+    let chaos = applied
+        .into_iter()
+        .zip(fo.into_iter().chain(std::iter::repeat(None)))
+        .map(|(applied, failover)| ChaosReport { applied, failover })
+        .collect();
+    let phases = phases
+        .iter()
+        .enumerate()
+        .map(|(i, b)| PhaseReport {
+            index: i,
+            start_s: if i == 0 {
+                0.0
+            } else {
+                boundaries[i - 1].as_secs_f64()
+            },
+            end_s: boundaries
+                .get(i)
+                .copied()
+                .unwrap_or(plan.duration)
+                .as_secs_f64(),
+            started_by: (i > 0).then(|| plan.chaos[i - 1].to_string()),
+            counts: b.counts,
+            latency: summary(&b.latency),
+        })
+        .collect();
+    let jurisdictions = plan
+        .mix
+        .iter()
+        .zip(&by_j)
+        .map(|(m, b)| {
+            let origins = plan
+                .origins
+                .get(&m.jurisdiction)
+                .map(|l| l.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            let report = JurisdictionReport {
+                weight: m.weight,
+                origins,
+                counts: b.counts,
+                latency: summary(&b.latency),
+            };
+            (m.jurisdiction.clone(), report)
+        })
+        .collect();
+    let c = total.counts;
+    let mut report = Report {
+        run_id: run.id.clone(),
+        target: plan.target.to_string(),
+        convey: plan.convey,
+        rate_per_s: plan.rate,
+        duration_s: plan.duration.as_secs_f64(),
+        body_size: plan.body_size,
+        elapsed_s: generated.elapsed.as_secs_f64(),
+        scheduled: c.scheduled,
+        sent: c.sent,
+        acknowledged: c.acknowledged,
+        failed: c.failed,
+        not_sent_overload: c.not_sent_overload,
+        by_status,
+        failed_by_reason,
+        failure_examples,
+        acknowledged_by_datacenter,
+        stored_by_datacenter: reconciled.stored_by_datacenter,
+        residency_violations: reconciled.violations,
+        violation_samples: reconciled.violation_samples,
+        acknowledged_missing: reconciled.acknowledged_missing,
+        missing_samples: reconciled.missing_samples,
+        duplicates: reconciled.duplicates,
+        checksum_mismatches: reconciled.checksum_mismatches,
+        stored_not_acknowledged: reconciled.stored_not_acknowledged,
+        jurisdiction_mismatches: reconciled.jurisdiction_mismatches,
+        unknown_uploads: reconciled.unknown_uploads,
+        reconcile_error,
+        chaos,
+        restored,
+        latency: summary(&total.latency),
+        phases,
+        jurisdictions,
+        warnings: Vec::new(),
+    };
+    report.warnings = warnings(&report, plan);
+    report
+}
+
+fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
+    let mut w = Vec::new();
+    if r.sent > 0 && r.acknowledged == 0 {
+        w.push("no upload was acknowledged: the residency checks had nothing to check".into());
+    }
+    if r.not_sent_overload > 0 {
+        w.push(format!(
+            "{} upload(s) not sent: {} were already in flight (the target, or this generator, could not keep up with {}/s)",
+            r.not_sent_overload, plan.max_in_flight, plan.rate
+        ));
+    }
+    if let Some(n) = r.failed_by_reason.get("unfinished") {
+        w.push(format!(
+            "{n} upload(s) still in flight at the drain timeout ({:?})",
+            plan.drain_timeout
+        ));
+    }
+    for a in r.chaos.iter().map(|c| &c.applied).chain(&r.restored) {
+        if !a.ok {
+            let why = a.detail.as_deref().unwrap_or("unknown error");
+            w.push(format!("chaos {} was not applied: {why}", a.event));
+        }
+    }
+    if r.jurisdiction_mismatches > 0 {
+        w.push(format!(
+            "{} record(s) name another jurisdiction than the upload was sent for: check the --origin addresses against the proxy's GeoIP database",
+            r.jurisdiction_mismatches
+        ));
+    }
+    w
+}

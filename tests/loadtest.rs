@@ -1,0 +1,883 @@
+//! Tests of `residency-proxy loadtest`: parsing of its specs and command
+//! line, the open-loop schedule on tokio's paused clock, reconciliation and
+//! failover on synthetic outcomes, and end-to-end drills against the real
+//! proxy (in-process, loopback only) with a small fake sink that records
+//! uploads and serves the sink admin API.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use residency_proxy::cli::{Cli, Command};
+use residency_proxy::config::Config;
+use residency_proxy::loadtest::chaos::Applied;
+use residency_proxy::loadtest::failover::failovers;
+use residency_proxy::loadtest::generator::{Outcome, Sent};
+use residency_proxy::loadtest::plan::is_loopback_host;
+use residency_proxy::loadtest::reconcile::{parse_records, reconcile};
+use residency_proxy::loadtest::schedule::{drive, Schedule};
+use residency_proxy::loadtest::upload::{body_for, hex, sha256, Answer, RunId};
+use residency_proxy::loadtest::{
+    execute, ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec, Plan,
+    Trust,
+};
+use residency_proxy::metrics::Metrics;
+use residency_proxy::policy::Policy;
+use residency_proxy::state::{Shared, State};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+
+const CH: &str = "192.0.2.10";
+const DE: &str = "198.51.100.20";
+
+// ---------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mix_parses_and_explains_mistakes() {
+    let mix: Mix = "ch=40, eu=40,us=20".parse().unwrap();
+    let names: Vec<(&str, u32)> = mix
+        .0
+        .iter()
+        .map(|m| (m.jurisdiction.as_str(), m.weight))
+        .collect();
+    assert_eq!(names, [("ch", 40), ("eu", 40), ("us", 20)]);
+    let err = |s: &str| s.parse::<Mix>().unwrap_err();
+    assert!(
+        err("ch").contains("expected JURISDICTION=WEIGHT"),
+        "{}",
+        err("ch")
+    );
+    assert!(err("ch=x").contains("non-negative integer"));
+    assert!(err("ch=1,ch=2").contains("appears twice"));
+    assert!(err("ch=0,eu=0").contains("every weight"));
+    assert!(err("CH=1").contains("not a jurisdiction name"));
+    assert!(err("").contains("empty"));
+}
+
+#[test]
+fn origins_parse_ipv4_and_ipv6() {
+    let o: OriginSpec = "ch=192.0.2.10".parse().unwrap();
+    assert_eq!(o.jurisdiction, "ch");
+    assert_eq!(o.address, "192.0.2.10".parse::<IpAddr>().unwrap());
+    let v6: OriginSpec = "eu=[2001:db8::1]".parse().unwrap();
+    assert_eq!(v6.address, "2001:db8::1".parse::<IpAddr>().unwrap());
+    let mapped: OriginSpec = "eu=::ffff:198.51.100.1".parse().unwrap();
+    assert_eq!(mapped.address, "198.51.100.1".parse::<IpAddr>().unwrap());
+    let err = "ch=nope".parse::<OriginSpec>().unwrap_err();
+    assert!(err.contains("not an IPv4 or IPv6 address"), "{err}");
+    let err = "192.0.2.1".parse::<OriginSpec>().unwrap_err();
+    assert!(err.contains("JURISDICTION=ADDRESS"), "{err}");
+}
+
+#[test]
+fn chaos_specs_parse_round_trip_and_explain_mistakes() {
+    let e: ChaosEvent = "20s:zurich=refuse".parse().unwrap();
+    assert_eq!(e.at, Duration::from_secs(20));
+    assert_eq!(
+        e.action,
+        ChaosAction::Mode {
+            datacenter: "zurich".into(),
+            mode: DatacenterMode::Refuse
+        }
+    );
+    assert!(e.action.breaks());
+    for (spec, breaks) in [
+        ("40s:zurich=normal", false),
+        ("25s:zurich=hang", true),
+        ("500ms:zurich=slow", false),
+        ("35s:geneva=error", true),
+        ("45s:drain=geneva", true),
+        ("50s:undrain=geneva", false),
+        ("2m:frankfurt=refuse", true),
+    ] {
+        let e: ChaosEvent = spec.parse().unwrap();
+        assert_eq!(e.action.breaks(), breaks, "{spec}");
+        let again: ChaosEvent = e.to_string().parse().unwrap();
+        assert_eq!(again, e, "{spec} round trip via {e}");
+    }
+    let drain: ChaosEvent = "45s:drain=geneva".parse().unwrap();
+    assert_eq!(
+        drain.action,
+        ChaosAction::Drain {
+            datacenter: "geneva".into()
+        }
+    );
+    let err = |s: &str| s.parse::<ChaosEvent>().unwrap_err();
+    assert!(err("zurich=refuse").contains("expected TIME:DATACENTER=MODE"));
+    assert!(err("20x:zurich=refuse").contains("is not a duration"));
+    assert!(err("20s:zurich=explode").contains("unknown mode `explode`"));
+    assert!(err("20s:zurich").contains("expected TIME:DATACENTER=MODE"));
+    assert!(err("20s:drain=").contains("not a data centre name"));
+}
+
+/// `residency-proxy loadtest ARGS` parsed; `ARGS` split on whitespace.
+fn parse(args: &str) -> Result<residency_proxy::loadtest::LoadtestOptions, String> {
+    let argv = ["residency-proxy", "loadtest"]
+        .into_iter()
+        .chain(args.split_whitespace());
+    match Cli::try_parse_from(argv)
+        .map_err(|e| e.to_string())?
+        .command
+    {
+        Command::Loadtest(args) => Ok(*args.options),
+        other => panic!("not the loadtest command: {other:?}"),
+    }
+}
+
+#[test]
+fn command_line_parses_and_rejects() {
+    let args = parse(
+        "--config proxy.toml --rate 250 --duration 90s --mix ch=40,eu=60 \
+         --origin ch=192.0.2.10 --origin ch=192.0.2.11 --origin eu=198.51.100.20 \
+         --convey proxy-v2 --chaos 20s:zurich=refuse --chaos 45s:drain=geneva \
+         --sink-admin http://127.0.0.1:9100 --sink-admin http://127.0.0.1:9101 \
+         --insecure --idempotency-key",
+    )
+    .unwrap();
+    assert_eq!(args.rate, 250.0);
+    assert_eq!(args.duration, Duration::from_secs(90));
+    assert_eq!(args.origins.len(), 3);
+    assert_eq!(args.convey, Convey::ProxyV2);
+    assert_eq!(args.chaos.len(), 2);
+    assert_eq!(args.sink_admin.len(), 2);
+    assert_eq!((args.max_in_flight, args.body_size), (10_000, 1024));
+    assert!(args.insecure && args.idempotency_key);
+    assert_eq!(args.target, "https://127.0.0.1:8443/v1/telemetry");
+    let defaults = parse("--config p.toml --mix ch=1 --origin ch=192.0.2.1").unwrap();
+    assert_eq!(defaults.sink_admin, ["http://127.0.0.1:9100"]);
+    assert_eq!(defaults.convey, Convey::Xff);
+
+    let base = "--config p.toml --mix ch=1 --origin ch=192.0.2.1";
+    let e = parse(&format!("{base} --chaos soon:zurich=refuse")).unwrap_err();
+    assert!(e.contains("is not a duration"), "{e}");
+    let e = parse(&format!("{base} --ca x.pem --insecure")).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = parse(&format!("{base} --convey carrier-pigeon")).unwrap_err();
+    assert!(e.contains("xff") && e.contains("proxy-v2"), "{e}");
+    let e = parse("--config p.toml --mix ch=1").unwrap_err();
+    assert!(e.contains("--origin"), "{e}");
+}
+
+#[test]
+fn loopback_hosts() {
+    for h in [
+        "127.0.0.1",
+        "127.3.2.1",
+        "[::1]",
+        "::1",
+        "localhost",
+        "LocalHost",
+        "::ffff:127.0.0.1",
+    ] {
+        assert!(is_loopback_host(h), "{h}");
+    }
+    for h in [
+        "10.0.0.1",
+        "192.0.2.1",
+        "example.com",
+        "[2001:db8::1]",
+        "localhost.example",
+    ] {
+        assert!(!is_loopback_host(h), "{h}");
+    }
+}
+
+#[test]
+fn plans_are_validated_as_a_whole() {
+    let fx = Fixture::files();
+    let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    plan.validate().unwrap();
+
+    let mut remote = plan.clone();
+    remote.target = "https://10.1.2.3:8443/v1/telemetry".parse().unwrap();
+    remote.sink_admin = vec!["http://sink.example:9100".parse().unwrap()];
+    let e = format!("{:#}", remote.validate().unwrap_err());
+    assert!(
+        e.contains("10.1.2.3") && e.contains("--allow-remote"),
+        "{e}"
+    );
+    assert!(e.contains("sink.example"), "{e}");
+    remote.allow_remote = true;
+    remote.validate().unwrap();
+
+    let mut bad = plan.clone();
+    bad.mix.push(MixEntry {
+        jurisdiction: "us".into(),
+        weight: 1,
+    });
+    bad.chaos = vec![
+        "2s:nowhere=refuse".parse().unwrap(),
+        "9s:zurich=refuse".parse().unwrap(),
+        "1s:drain=zurich".parse().unwrap(),
+    ];
+    bad.rate = 0.0;
+    let e = format!("{:#}", bad.validate().unwrap_err());
+    for needle in [
+        "no jurisdiction `us`",
+        "no --origin us=ADDRESS",
+        "no data centre `nowhere`",
+        "after the end of the run",
+        "needs --proxy-admin",
+        "rate",
+    ] {
+        assert!(e.contains(needle), "missing {needle:?} in {e}");
+    }
+    // Sorted by time once valid.
+    let mut sorted = plan.clone();
+    sorted.chaos = vec![
+        "2s:zurich=normal".parse().unwrap(),
+        "1s:zurich=error".parse().unwrap(),
+    ];
+    sorted.validate().unwrap();
+    assert_eq!(sorted.chaos[0].at, Duration::from_secs(1));
+}
+
+// ---------------------------------------------------------------------------
+// Open-loop scheduling (paused clock)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn uploads_start_on_schedule_whatever_the_response_latency() {
+    let schedule = Schedule::new(50.0, Duration::from_secs(2));
+    assert_eq!(schedule.count(), 100);
+    assert_eq!(Schedule::new(100.0, Duration::from_secs(3)).count(), 300);
+    assert_eq!(Schedule::new(0.1, Duration::from_secs(30)).count(), 3);
+    let limiter = Arc::new(Semaphore::new(1000));
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let s = Arc::clone(&starts);
+    drive(&schedule, t0, &limiter, move |tick| {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            s.lock()
+                .unwrap()
+                .push((tick.index, tick.scheduled, Instant::now()));
+            // Every response takes a full second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(tick.permit);
+        });
+    })
+    .await;
+    // The driver never waited for a response: it ended at the last due time.
+    assert_eq!(t0.elapsed(), schedule.offset(99));
+    // ~50 responses (1 s at 50/s) were still outstanding meanwhile.
+    let in_flight = 1000 - limiter.available_permits();
+    assert!((50..=51).contains(&in_flight), "{in_flight} in flight");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts.len(), 100);
+    for (i, scheduled, started) in starts.iter() {
+        assert_eq!(*scheduled, t0 + Duration::from_millis(i * 20), "upload {i}");
+        assert_eq!(started, scheduled, "upload {i} started late");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn uploads_over_the_in_flight_cap_are_counted_not_skipped() {
+    let schedule = Schedule::new(10.0, Duration::from_secs(2));
+    let limiter = Arc::new(Semaphore::new(5));
+    let (mut sent, mut not_sent, mut ticks) = (0, 0, Vec::new());
+    drive(&schedule, Instant::now(), &limiter, |tick| {
+        ticks.push(tick.index);
+        match tick.permit {
+            Some(permit) => {
+                sent += 1;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(750)).await;
+                    drop(permit);
+                });
+            }
+            None => not_sent += 1,
+        }
+    })
+    .await;
+    assert_eq!(
+        ticks,
+        (0..20).collect::<Vec<u64>>(),
+        "every upload got a tick"
+    );
+    assert_eq!(sent + not_sent, 20);
+    // 0.0–0.4 s fill the 5 slots; 0.5, 0.6 and 0.7 s find none free.
+    assert!(not_sent >= 3, "not sent {not_sent}");
+    assert!(sent >= 5, "sent {sent}");
+}
+
+// ---------------------------------------------------------------------------
+// Reconciliation and failover on synthetic outcomes
+// ---------------------------------------------------------------------------
+
+fn done(
+    index: u64,
+    j: usize,
+    run: &RunId,
+    at_ms: u64,
+    took_ms: u64,
+    status: u16,
+    dc: Option<&str>,
+) -> Outcome {
+    let ok = (200..300).contains(&status);
+    Outcome {
+        index,
+        jurisdiction: j,
+        origin: if j == 0 { CH } else { DE }.parse().unwrap(),
+        scheduled: Duration::from_millis(at_ms),
+        result: Sent::Done {
+            answer: Answer {
+                status: Some(status),
+                failure: (!ok).then(|| format!("{status}")),
+                datacenter: dc.map(str::to_string),
+                detail: None,
+            },
+            finished: Duration::from_millis(at_ms + took_ms),
+            sha256: sha256(&body_for(run, index, 1024)),
+        },
+    }
+}
+
+fn record(run: &RunId, index: u64, dc: &str, sha: Option<&str>, request: &str) -> Value {
+    let real = hex(&sha256(&body_for(run, index, 1024)));
+    json!({
+        "datacenter": dc, "upload_id": run.upload_id(index), "request_id": request,
+        "sha256": sha.unwrap_or(&real), "bytes": 1024, "origin_country": "CH",
+        "jurisdiction": "ch", "received_at_ms": 1_750_000_000_000u64 + index,
+    })
+}
+
+#[test]
+fn reconciliation_finds_violations_missing_and_duplicates() {
+    let fx = Fixture::files();
+    let plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    let run = RunId::new();
+    let outcomes = vec![
+        done(0, 0, &run, 0, 5, 201, Some("zurich")),
+        done(1, 1, &run, 10, 5, 201, Some("frankfurt")),
+        done(2, 0, &run, 20, 5, 201, Some("zurich")),
+        done(3, 0, &run, 30, 5, 502, None),
+        done(4, 0, &run, 40, 5, 201, Some("zurich")),
+        Outcome {
+            index: 5,
+            jurisdiction: 0,
+            origin: CH.parse().unwrap(),
+            scheduled: Duration::from_millis(50),
+            result: Sent::NotSent,
+        },
+    ];
+    let records = json!([
+        record(&run, 0, "zurich", None, "a"),
+        record(&run, 1, "frankfurt", None, "b"),
+        record(&run, 1, "frankfurt", None, "b2"),
+        // 2: acknowledged, never stored.
+        record(&run, 3, "frankfurt", None, "c"),
+        record(&run, 4, "zurich", Some("00ff"), "d"),
+        // Other traffic and ids this run never scheduled.
+        {"datacenter": "zurich", "upload_id": "someone-else", "sha256": "x"},
+        {"datacenter": "zurich", "upload_id": run.upload_id(99), "sha256": "x"},
+    ]);
+    let records = parse_records(records.to_string().as_bytes()).unwrap();
+    let r = reconcile(&plan, &run, &outcomes, &records);
+    assert_eq!(r.violations, 1, "ch upload 3 stored in frankfurt");
+    assert_eq!(r.violation_samples[0].upload_id, run.upload_id(3));
+    assert_eq!(
+        r.violation_samples[0].datacenter_jurisdiction.as_deref(),
+        Some("eu")
+    );
+    assert_eq!(
+        r.acknowledged_missing, 2,
+        "2 never stored, 4 stored with the wrong digest"
+    );
+    assert_eq!(r.missing_samples, [run.upload_id(2), run.upload_id(4)]);
+    assert_eq!(r.checksum_mismatches, 1);
+    assert_eq!(r.duplicates, 1);
+    assert_eq!(r.stored_not_acknowledged, 1);
+    assert_eq!(r.unknown_uploads, 1);
+    assert_eq!(r.stored_by_datacenter["frankfurt"], 3);
+    assert_eq!(r.stored_by_datacenter["zurich"], 2);
+}
+
+#[test]
+fn failover_time_is_measured_from_the_fault() {
+    let fx = Fixture::files();
+    let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    plan.chaos = vec![
+        "1s:zurich=error".parse().unwrap(),
+        "2s:frankfurt=slow".parse().unwrap(),
+        "3s:drain=frankfurt".parse().unwrap(),
+    ];
+    let run = RunId::new();
+    let mut outcomes = Vec::new();
+    let mut i = 0;
+    let mut push = |at: u64, status: u16, dc: Option<&str>, j: usize| {
+        outcomes.push(done(i, j, &run, at, 10, status, dc));
+        i += 1;
+    };
+    for at in (0..1000).step_by(100) {
+        push(at, 201, Some("zurich"), 0);
+    }
+    push(1000, 502, None, 0);
+    push(1100, 502, None, 0);
+    push(1200, 502, None, 0);
+    push(1300, 201, Some("geneva"), 0);
+    push(1400, 201, Some("geneva"), 0);
+    let applied = |at: f64| Applied {
+        event: String::new(),
+        at_s: at,
+        applied_at_s: Some(at),
+        ok: true,
+        via: None,
+        detail: None,
+    };
+    let applied = [applied(1.0), applied(2.0), applied(3.0)];
+    let f = failovers(&plan, &applied, &outcomes, &Default::default());
+    assert_eq!(f.len(), 3);
+    let zurich = f[0].as_ref().expect("refuse breaks zurich");
+    assert_eq!(zurich.jurisdictions, ["ch"]);
+    assert_eq!(zurich.answered_by.as_deref(), Some("geneva"));
+    assert_eq!(zurich.time_to_failover_ms, Some(310.0));
+    assert_eq!(zurich.failed_before_failover, 3);
+    assert!(f[1].is_none(), "slow does not break");
+    let frankfurt = f[2].as_ref().unwrap();
+    assert_eq!(frankfurt.time_to_failover_ms, None);
+    assert!(frankfurt
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("acknowledged no upload"));
+}
+
+// ---------------------------------------------------------------------------
+// End to end: the real proxy, a fake sink, 3 s at 100/s
+// ---------------------------------------------------------------------------
+
+fn assert_clean(report: &residency_proxy::loadtest::Report) {
+    let text = report.render_text();
+    println!("{text}");
+    assert_eq!(report.residency_violations, 0, "{text}");
+    assert_eq!(report.acknowledged_missing, 0, "{text}");
+    assert!(report.reconcile_error.is_none(), "{text}");
+    assert!(report.passed() && text.contains("PASS"), "{text}");
+    assert_eq!(report.acknowledged + report.failed, report.sent, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_over_x_forwarded_for() {
+    let sink = FakeSink::start().await;
+    let drill = Drill::start(&sink.datacenters).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.chaos = vec![
+        "1s:frankfurt=slow".parse().unwrap(),
+        "2s:frankfurt=normal".parse().unwrap(),
+    ];
+    let report = execute(plan, false).await.unwrap();
+    assert_clean(&report);
+    assert_eq!((report.scheduled, report.sent), (300, 300));
+    assert_eq!(report.acknowledged, report.sent, "{}", report.render_text());
+    assert_eq!((report.not_sent_overload, report.duplicates), (0, 0));
+    assert_eq!(report.by_status.get(&201), Some(&300));
+    let header: u64 = report.acknowledged_by_datacenter.values().sum();
+    let stored: u64 = report.stored_by_datacenter.values().sum();
+    assert_eq!((header, stored), (300, 300));
+    assert!(report.stored_by_datacenter["zurich"] > 0);
+    assert!(report.stored_by_datacenter["frankfurt"] > 0);
+    assert!(!report.stored_by_datacenter.contains_key("geneva"));
+    assert_eq!(report.phases.len(), 3);
+    assert!(report
+        .chaos
+        .iter()
+        .all(|c| c.applied.ok && c.failover.is_none()));
+    let j = &report.jurisdictions;
+    assert_eq!(j["ch"].counts.sent + j["eu"].counts.sent, 300);
+    assert!(report.latency.count == 300 && report.latency.p50_us > 0);
+    assert_eq!(sink.mode("frankfurt"), "normal");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["residency_violations"], 0);
+    assert_eq!(json["acknowledged_missing"], 0);
+    assert_eq!(json["convey"], "xff");
+    drill.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_over_proxy_protocol_v2_from_the_command_line() {
+    let sink = FakeSink::start().await;
+    let drill = Drill::start(&sink.datacenters).await;
+    let args = parse(&format!(
+        "--config {config} --target https://127.0.0.1:{port}/v1/telemetry \
+         --rate 100 --duration 3s --mix ch=1,eu=1 --convey proxy-v2 \
+         --origin ch={CH} --origin ch=192.0.2.77 --origin eu={DE} \
+         --ca {ca} --sink-admin http://{admin} --idempotency-key \
+         --drain-timeout 5s --request-timeout 5s --no-progress",
+        config = drill.fx.config_path.display(),
+        port = drill.proxy_v2.port(),
+        ca = drill.fx.dir.join("a.pem").display(),
+        admin = sink.admin,
+    ))
+    .unwrap();
+    let args = residency_proxy::loadtest::LoadtestArgs {
+        options: Box::new(args),
+    };
+    let plan = Plan::from_args(&args).unwrap();
+    assert!(matches!(plan.trust, Trust::CaPem(_)));
+    assert_eq!(plan.origins["ch"].len(), 2);
+    let report = execute(plan, false).await.unwrap();
+    assert_clean(&report);
+    assert_eq!(report.sent, 300);
+    assert_eq!(report.acknowledged, report.sent, "{}", report.render_text());
+    assert_eq!(
+        report.jurisdiction_mismatches, 0,
+        "the proxy read the PROXY source"
+    );
+    assert!(report.stored_by_datacenter["zurich"] > 0);
+    assert!(report.stored_by_datacenter["frankfurt"] > 0);
+    drill.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_measures_failover_when_a_datacenter_errors() {
+    let sink = FakeSink::start().await;
+    let drill = Drill::start(&sink.datacenters).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.mix = "ch=1".parse::<Mix>().unwrap().0;
+    plan.chaos = vec!["1s:zurich=error".parse().unwrap()];
+    let report = execute(plan, false).await.unwrap();
+    assert_clean(&report);
+    let text = report.render_text();
+    let failover = report.chaos[0]
+        .failover
+        .as_ref()
+        .expect("error breaks zurich");
+    assert_eq!(failover.jurisdictions, ["ch"], "{text}");
+    assert_eq!(failover.answered_by.as_deref(), Some("geneva"), "{text}");
+    assert!(failover.time_to_failover_ms.is_some(), "{text}");
+    assert!(report.stored_by_datacenter["geneva"] > 0, "{text}");
+    assert_eq!(report.restored.len(), 1, "{text}");
+    assert!(report.restored[0].ok, "{text}");
+    assert_eq!(sink.mode("zurich"), "normal");
+    drill.stop().await;
+}
+
+/// The reference sink (`crate::sink`), the proxy's drain API and a refused
+/// data centre: uploads fail over, and nothing lands outside its jurisdiction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_with_the_reference_sink_refuse_and_drain() {
+    use residency_proxy::sink::{Mode, Sink};
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let names = ["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), local));
+    let sink = Sink::start(&names, local).await.unwrap();
+    let drill = Drill::start(&sink.datacenters()).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin_addr());
+    plan.proxy_admin = Some(format!("http://{}", drill.admin).parse().unwrap());
+    plan.chaos = vec![
+        "1s:zurich=refuse".parse().unwrap(),
+        "2s:drain=frankfurt".parse().unwrap(),
+        "2500ms:undrain=frankfurt".parse().unwrap(),
+    ];
+    let report = execute(plan, false).await.unwrap();
+    assert_clean(&report);
+    let text = report.render_text();
+    assert!(report.chaos.iter().all(|c| c.applied.ok), "{text}");
+    let zurich = report.chaos[0].failover.as_ref().unwrap();
+    assert_eq!(zurich.answered_by.as_deref(), Some("geneva"), "{text}");
+    let frankfurt = report.chaos[1].failover.as_ref().unwrap();
+    assert_eq!(
+        frankfurt.time_to_failover_ms, None,
+        "eu has nowhere else: {text}"
+    );
+    assert!(frankfurt.note.as_deref().unwrap().contains("eu"), "{text}");
+    assert!(
+        report.failed_by_reason.keys().any(|r| r.starts_with("503")),
+        "{text}"
+    );
+    assert_eq!(report.restored.len(), 1, "zurich back to normal: {text}");
+    assert_eq!(sink.mode("zurich"), Some(Mode::Normal));
+    drill.stop().await;
+    sink.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Harness: config files, the real proxy in-process, a fake sink
+// ---------------------------------------------------------------------------
+
+/// Files of a proxy configuration (removed on drop) and its policy.
+struct Fixture {
+    dir: PathBuf,
+    config_path: PathBuf,
+    cert: String,
+    policy: Policy,
+}
+
+impl Fixture {
+    /// Jurisdictions ch (CH) and eu (DE); zurich (ch, priority 1), geneva
+    /// (ch, priority 2) and frankfurt (eu), at `upstreams`' addresses; an
+    /// XFF listener and a PROXY-v2 listener, both trusting 127.0.0.1.
+    fn write(upstreams: &[(String, SocketAddr)]) -> Fixture {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rp-loadtest-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(dir.join("a.pem"), &cert).unwrap();
+        std::fs::write(dir.join("a.key"), &key).unwrap();
+        let csv = "network,country\n192.0.2.0/24,CH\n198.51.100.0/24,DE\n";
+        let rows = residency_proxy::geo::build::parse_csv(csv).unwrap();
+        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        std::fs::write(dir.join("geo.mmdb"), db).unwrap();
+        let addr = |name: &str| upstreams.iter().find(|(n, _)| n == name).unwrap().1;
+        let listener = |extra: &str| {
+            format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1\"]\n{extra}
+[listeners.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n"
+            )
+        };
+        let dc = |name: &str, j: &str, priority: u32| {
+            format!(
+                "[datacenters.{name}]\njurisdiction = \"{j}\"\npriority = {priority}\nupstreams = [\"http://{}\"]\n",
+                addr(name)
+            )
+        };
+        let toml = [
+            listener(""),
+            listener("proxy_protocol = \"required\""),
+            "[admin]\naddress = \"127.0.0.1:0\"\n[geoip]\ndatabase = \"geo.mmdb\"\n".into(),
+            "[timeouts]\nshutdown_grace = \"1s\"\n".into(),
+            "[jurisdictions.ch]\ncountries = [\"CH\"]\n[jurisdictions.eu]\ncountries = [\"DE\"]\n"
+                .into(),
+            dc("zurich", "ch", 1),
+            dc("geneva", "ch", 2),
+            dc("frankfurt", "eu", 1),
+        ]
+        .concat();
+        let config_path = dir.join("proxy.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let policy = Config::load(&config_path)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .policy;
+        Fixture {
+            dir,
+            config_path,
+            cert,
+            policy,
+        }
+    }
+
+    /// Config files only (upstreams that are never contacted).
+    fn files() -> Fixture {
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        Fixture::write(&["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), nowhere)))
+    }
+
+    /// 3 s at 100/s, ch and eu half each, trusting the fixture's certificate.
+    fn plan(&self, target: &str) -> Plan {
+        let mut plan = Plan::new(target.parse().unwrap(), self.policy.clone());
+        plan.rate = 100.0;
+        plan.duration = Duration::from_secs(3);
+        plan.trust = Trust::CaPem(self.cert.clone().into_bytes());
+        plan.mix = "ch=1,eu=1".parse::<Mix>().unwrap().0;
+        plan.origins.insert("ch".into(), vec![CH.parse().unwrap()]);
+        plan.origins.insert("eu".into(), vec![DE.parse().unwrap()]);
+        plan.request_timeout = Duration::from_secs(5);
+        plan.drain_timeout = Duration::from_secs(5);
+        plan
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real proxy, in-process, in front of the given data centres.
+struct Drill {
+    fx: Fixture,
+    xff: SocketAddr,
+    proxy_v2: SocketAddr,
+    admin: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drill {
+    async fn start(datacenters: &[(String, SocketAddr)]) -> Drill {
+        let fx = Fixture::write(datacenters);
+        let config = Config::load(&fx.config_path).unwrap_or_else(|e| panic!("{e}"));
+        let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
+        let shared = Shared::new(state, Metrics::new().unwrap());
+        let bound = residency_proxy::server::bind(shared).await.unwrap();
+        let (xff, proxy_v2) = (bound.addresses()[0], bound.addresses()[1]);
+        let admin = bound.admin_address().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = stopped.await;
+        }));
+        Drill {
+            fx,
+            xff,
+            proxy_v2,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    fn plan(&self, convey: Convey, sink_admin: SocketAddr) -> Plan {
+        let listener = match convey {
+            Convey::Xff => self.xff,
+            Convey::ProxyV2 => self.proxy_v2,
+        };
+        let mut plan = self.fx.plan(&format!("https://{listener}/v1/telemetry"));
+        plan.convey = convey;
+        plan.sink_admin = vec![format!("http://{sink_admin}").parse().unwrap()];
+        plan
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+type Records = Arc<Mutex<Vec<Value>>>;
+type Modes = Arc<Mutex<HashMap<String, String>>>;
+
+/// zurich, geneva and frankfurt on their own ports, recording every upload
+/// (or failing, by mode: error → 500, slow → +30 ms, hang), and an admin
+/// port with `GET /records` and `POST /datacenters/{name}/mode`.
+struct FakeSink {
+    admin: SocketAddr,
+    datacenters: Vec<(String, SocketAddr)>,
+    modes: Modes,
+}
+
+impl FakeSink {
+    async fn start() -> FakeSink {
+        let records: Records = Arc::default();
+        let modes: Modes = Arc::default();
+        let mut datacenters = Vec::new();
+        for name in ["zurich", "geneva", "frankfurt"] {
+            modes.lock().unwrap().insert(name.into(), "normal".into());
+            let (dc, r, m) = (name.to_string(), records.clone(), modes.clone());
+            let addr = serve(move |req| store(dc.clone(), r.clone(), m.clone(), req)).await;
+            datacenters.push((name.to_string(), addr));
+        }
+        let (r, m) = (records.clone(), modes.clone());
+        let admin = serve(move |req| admin(r.clone(), m.clone(), req)).await;
+        FakeSink {
+            admin,
+            datacenters,
+            modes,
+        }
+    }
+
+    fn mode(&self, dc: &str) -> String {
+        self.modes.lock().unwrap()[dc].clone()
+    }
+}
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let fut = h(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn store(
+    dc: String,
+    records: Records,
+    modes: Modes,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        return reply(StatusCode::OK, "ok");
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (upload_id, request_id) = (header("x-upload-id"), header("x-request-id"));
+    let (country, jurisdiction) = (
+        header("residency-origin-country"),
+        header("residency-jurisdiction"),
+    );
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return reply(StatusCode::BAD_REQUEST, "body failed");
+    };
+    let mode = modes.lock().unwrap()[&dc].clone();
+    match mode.as_str() {
+        "error" => return reply(StatusCode::INTERNAL_SERVER_ERROR, "chaos: error"),
+        "hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
+        "slow" => tokio::time::sleep(Duration::from_millis(30)).await,
+        _ => {}
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    records.lock().unwrap().push(json!({
+        "datacenter": dc, "upload_id": upload_id, "request_id": request_id,
+        "sha256": hex(&sha256(&body)), "bytes": body.len(), "origin_country": country,
+        "jurisdiction": jurisdiction, "received_at_ms": now.as_millis() as u64,
+    }));
+    reply(StatusCode::CREATED, "stored")
+}
+
+async fn admin(records: Records, modes: Modes, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if req.method() == Method::GET && path == "/records" {
+        let all = Value::Array(records.lock().unwrap().clone());
+        return reply(StatusCode::OK, all.to_string());
+    }
+    let name = path
+        .strip_prefix("/datacenters/")
+        .and_then(|p| p.strip_suffix("/mode"));
+    let Some(name) = name
+        .filter(|n| modes.lock().unwrap().contains_key(*n))
+        .map(str::to_string)
+    else {
+        return reply(StatusCode::NOT_FOUND, "no such data centre");
+    };
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mode: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(mode) = mode["mode"].as_str() else {
+        return reply(StatusCode::BAD_REQUEST, "want {\"mode\": ...}");
+    };
+    modes.lock().unwrap().insert(name, mode.to_string());
+    reply(StatusCode::OK, "ok")
+}
