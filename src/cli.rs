@@ -26,9 +26,10 @@ pub struct Cli {
     /// Log format; defaults to the config's `[log] format`, else text.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
-    /// Log filter (tracing-subscriber EnvFilter syntax); `RUST_LOG` also works.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log filter (tracing-subscriber EnvFilter syntax; default `info`, for
+    /// `drill` and `loadtest` `warn`); `RUST_LOG` also works.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,6 +79,9 @@ pub enum Command {
     /// Open-loop HTTPS load with an origin mix and a chaos schedule; reconciles
     /// with the sinks and reports residency violations and lost uploads.
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// A ready-made regional-failover drill in one process: sinks, the proxy
+    /// and the load generator with a chaos schedule; prints the report.
+    Drill(Box<crate::drill::DrillArgs>),
     /// GeoIP database tools.
     Geoip {
         #[command(subcommand)]
@@ -102,13 +106,18 @@ pub enum GeoipCommand {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    let quiet = matches!(cli.command, Command::Drill(_) | Command::Loadtest(_));
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
     let format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
     });
     match cli.command {
         Command::Demo { port, admin_port } => {
-            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            init_tracing(format.unwrap_or_default(), &level);
             block_on(crate::demo::run(port, admin_port))
         }
         Command::Serve { config } => {
@@ -116,16 +125,20 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(report) => return config_error(report),
             };
-            init_tracing(format.unwrap_or(config.log_format), &cli.log_level);
+            init_tracing(format.unwrap_or(config.log_format), &level);
             block_on(serve(config, shutdown_signal()))
         }
         Command::Sink(args) => {
-            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            init_tracing(format.unwrap_or_default(), &level);
             block_on(crate::sink::run(args, shutdown_signal()))
         }
         Command::Loadtest(args) => {
-            init_tracing(format.unwrap_or_default(), &cli.log_level);
+            init_tracing(format.unwrap_or_default(), &level);
             block_on(crate::loadtest::run(args))
+        }
+        Command::Drill(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            block_on(crate::drill::run(*args))
         }
         Command::CheckConfig { config } => check_config(config),
         Command::Decide { config, ips } => decide_offline(config, &ips),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod country;
 pub mod decision;
 pub mod demo;
+pub mod drill;
 pub mod geo;
 pub mod loadtest;
 pub mod metrics;

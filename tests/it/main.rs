@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod drill;
 mod health;
 mod refusals;
 mod retries;

@@ -1,0 +1,74 @@
+//! The end-to-end failover drill: sinks, proxy and load generator, with the
+//! preferred CH data centre killed mid-load. Bounded: 16 s of load.
+
+use std::time::Duration;
+
+use residency_proxy::drill::{drill, DrillArgs};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
+    let dir = crate::support::TempDir::new("drill");
+    let args = DrillArgs {
+        duration: Duration::from_secs(16),
+        rate: 150.0,
+        // Kill zurich at 4 s, restore at 8 s; then kill both CH data
+        // centres at 10 s (CH must get 503s, never another jurisdiction);
+        // restore at 13 s.
+        chaos: [
+            "4s:zurich=refuse",
+            "8s:zurich=normal",
+            "10s:zurich=refuse",
+            "10s:geneva=refuse",
+            "13s:zurich=normal",
+            "13s:geneva=normal",
+        ]
+        .map(String::from)
+        .to_vec(),
+        dir: Some(dir.path().to_path_buf()),
+        no_progress: true,
+        ..DrillArgs::default()
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), drill(args))
+        .await
+        .expect("the drill is bounded")
+        .expect("the drill ran");
+    let text = report.render_text();
+    assert!(report.sent > 2000, "{text}");
+    assert_eq!(report.residency_violations, 0, "{text}");
+    assert_eq!(report.acknowledged_missing, 0, "{text}");
+    assert_eq!(report.reconcile_error, None, "{text}");
+    assert!(report.passed(), "{text}");
+
+    // CH traffic moved to geneva within 2 s of zurich being killed.
+    let kill = &report.chaos[0];
+    assert!(kill.applied.ok, "{text}");
+    let failover = kill
+        .failover
+        .as_ref()
+        .expect("a failover report for the kill");
+    let ms = failover.time_to_failover_ms.expect("CH failed over");
+    assert!(ms < 2000.0, "failover took {ms} ms\n{text}");
+    assert_eq!(failover.answered_by.as_deref(), Some("geneva"), "{text}");
+    assert!(
+        report
+            .stored_by_datacenter
+            .get("geneva")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{text}"
+    );
+
+    // With both CH data centres down, CH uploads were refused with 503.
+    assert!(
+        report.by_status.get(&503).copied().unwrap_or(0) > 0,
+        "{text}"
+    );
+    // The EU and US data centres stored exactly what EU and US acknowledged
+    // (a CH upload stored there would also be a residency violation).
+    for (dc, j) in [("frankfurt", "eu"), ("virginia", "us")] {
+        let stored = report.stored_by_datacenter.get(dc).copied().unwrap_or(0);
+        let acked = report.jurisdictions[j].counts.acknowledged;
+        assert_eq!(stored, acked, "{dc}: {text}");
+    }
+}
