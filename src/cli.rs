@@ -120,13 +120,13 @@ pub fn run(cli: Cli) -> ExitCode {
             init_tracing(format.unwrap_or_default(), &level);
             block_on(crate::demo::run(port, admin_port))
         }
-        Command::Serve { config } => {
-            let config = match Config::load(&config) {
+        Command::Serve { config: path } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(report) => return config_error(report),
             };
             init_tracing(format.unwrap_or(config.log_format), &level);
-            block_on(serve(config, shutdown_signal()))
+            block_on(serve_watching(config, path, shutdown_signal()))
         }
         Command::Sink(args) => {
             init_tracing(format.unwrap_or_default(), &level);
@@ -173,9 +173,29 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Builds the state, binds every listener and serves until `shutdown`.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve_inner(config, None, shutdown).await
+}
+
+/// As [`serve`], reloading from `path` on SIGHUP and when watched files change.
+pub async fn serve_watching(
+    config: Config,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve_inner(config, Some(path), shutdown).await
+}
+
+async fn serve_inner(
+    config: Config,
+    path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let state = State::build(config)?;
     let shared = Shared::new(state, Metrics::new()?);
-    let bound = crate::server::bind(shared).await?;
+    let mut bound = crate::server::bind(shared).await?;
+    if let Some(path) = path {
+        bound = bound.watch(path);
+    }
     for addr in bound.addresses() {
         tracing::info!(%addr, "ingest listener ready (TLS)");
     }

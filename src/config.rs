@@ -41,6 +41,8 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub health: HealthSettings,
     pub log_format: LogFormat,
+    /// The file this was loaded from (watched for hot reload).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,11 @@ pub struct Admin {
 pub struct Geoip {
     pub database: PathBuf,
     pub overrides: Vec<(IpNet, Country)>,
+    /// Addresses whose country a new database must confirm before a reload
+    /// is accepted (checked after overrides, like real requests).
+    pub canaries: Vec<(std::net::IpAddr, Country)>,
+    /// Older databases make the proxy not ready.
+    pub max_age: Option<Duration>,
 }
 
 /// Every phase of a connection and an upload has a named deadline.
@@ -80,6 +87,10 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     pub keepalive_idle: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, readiness is false this long before accepting stops.
+    pub shutdown_delay: Duration,
+    /// How often watched files are checked for changes (0 = off).
+    pub reload_poll: Duration,
 }
 
 impl Default for Timeouts {
@@ -92,6 +103,8 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(60),
             keepalive_idle: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
+            reload_poll: Duration::from_secs(2),
         }
     }
 }
@@ -229,6 +242,16 @@ pub struct RawGeoip {
     pub database: Option<String>,
     #[serde(default)]
     pub overrides: Vec<RawOverride>,
+    #[serde(default)]
+    pub canaries: Vec<RawCanary>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub address: String,
+    pub country: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,7 +391,9 @@ impl Config {
             .and_then(|c| c.try_deserialize::<RawConfig>());
         let raw = merged.map_err(|e| single(&source, "config", e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_raw(raw, base, &source)
+        let mut config = Self::from_raw(raw, base, &source)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses TOML text (no environment overrides); paths relative to `base`.
@@ -428,6 +453,7 @@ impl Config {
                 upstream: upstream?,
                 health,
                 log_format,
+                source: None,
             })
         })();
         report.finish(config)
@@ -544,9 +570,36 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
             overrides.push((net, country));
         }
     }
+    let mut canaries = Vec::new();
+    for (i, c) in raw.canaries.iter().enumerate() {
+        let key = format!("geoip.canaries[{i}]");
+        let addr = c.address.trim().parse::<std::net::IpAddr>();
+        let country = Country::parse(&c.country);
+        match (addr, country) {
+            (Ok(a), Some(country)) => canaries.push((a.to_canonical(), country)),
+            (Err(_), _) => r.push(
+                format!("{key}.address"),
+                format!("`{}` is not an IP address", c.address),
+            ),
+            (_, None) => r.push(
+                format!("{key}.country"),
+                format!("`{}` is not an ISO 3166-1 alpha-2 code", c.country),
+            ),
+        }
+    }
+    let max_age = match raw.max_age.as_deref().map(parse_duration) {
+        None => None,
+        Some(Some(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
+            r.push("geoip.max_age", "not a positive duration such as \"30d\"");
+            None
+        }
+    };
     Some(Geoip {
         database: database?,
         overrides,
+        canaries,
+        max_age,
     })
 }
 
@@ -561,6 +614,17 @@ fn timeouts(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> Timeouts {
             "upstream_response" => &mut t.upstream_response,
             "keepalive_idle" => &mut t.keepalive_idle,
             "shutdown_grace" => &mut t.shutdown_grace,
+            "shutdown_delay" | "reload_poll" => {
+                match parse_duration(value) {
+                    Some(d) if name == "shutdown_delay" => t.shutdown_delay = d,
+                    Some(d) => t.reload_poll = d,
+                    None => r.push(
+                        format!("timeouts.{name}"),
+                        format!("`{value}` is not a duration such as \"5s\" (\"0s\" = off)"),
+                    ),
+                }
+                continue;
+            }
             _ => {
                 r.push(format!("timeouts.{name}"), "unknown timeout");
                 continue;
@@ -727,7 +791,7 @@ pub fn parse_net(text: &str) -> Option<IpNet> {
     Some(crate::origin::canonical_net(net.trunc()))
 }
 
-/// `"500ms"`, `"10s"`, `"2m"`, `"1h"`; a bare number is seconds.
+/// `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"30d"`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
@@ -740,6 +804,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "" | "s" => Some(Duration::from_secs(n)),
         "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
         "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        "d" => Some(Duration::from_secs(n.checked_mul(86_400)?)),
         _ => None,
     }
 }
@@ -772,7 +837,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("5w"), None);
         assert_eq!(parse_duration(""), None);
     }
 

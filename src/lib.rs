@@ -23,6 +23,7 @@ pub mod origin;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod server;
 pub mod sink;
 pub mod state;

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     pub connections_rejected: IntCounterVec,
     pub upstream_retries: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub policy_info: IntGaugeVec,
+    pub geoip_age: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,6 +140,24 @@ impl Metrics {
             "Requests retried on another permitted upstream, by reason.",
             &["reason"],
         )?;
+        let reloads = counter(
+            "residency_reloads_total",
+            "Reloads of configuration, certificates and GeoIP database, by result: success, failure.",
+            &["result"],
+        )?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "residency_policy_info",
+                "Always 1; `hash` is the SHA-256 of the active routing policy.",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(policy_info.clone()))?;
+        let geoip_age = IntGauge::new(
+            "residency_geoip_database_age_seconds",
+            "Age of the loaded GeoIP database (now minus its build time).",
+        )?;
+        registry.register(Box::new(geoip_age.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -158,6 +179,9 @@ impl Metrics {
             connections_active,
             connections_rejected,
             upstream_retries,
+            reloads,
+            policy_info,
+            geoip_age,
         })
     }
 

@@ -171,6 +171,34 @@ impl Policy {
         self.datacenter(self.upstreams[u.0].datacenter)
     }
 
+    /// SHA-256 (hex) of a canonical text form of the policy: jurisdictions,
+    /// countries, `store_in`, `unknown_origin`, data centres, priorities and
+    /// upstream URLs. Equal policies hash equally whatever the file layout.
+    pub fn hash(&self) -> String {
+        let mut text = self.routing_table();
+        for dc in &self.datacenters {
+            let _ = write!(
+                text,
+                "datacenter {} {} {}",
+                dc.name,
+                self.jurisdiction(dc.jurisdiction).name,
+                dc.priority
+            );
+            for u in &dc.upstreams {
+                let _ = write!(text, " {}", self.upstream(*u).uri);
+            }
+            text.push('\n');
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        digest
+            .as_ref()
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
+    }
+
     /// The routing table printed by `check-config`.
     pub fn routing_table(&self) -> String {
         let mut out = String::new();

@@ -41,6 +41,8 @@ pub struct Bound {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
     admin: TcpListener,
+    /// The config file to watch for hot reload, if any.
+    config_path: Option<std::path::PathBuf>,
 }
 
 /// Binds every ingest listener and the admin listener of the current state.
@@ -65,6 +67,7 @@ pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
         shared,
         listeners,
         admin,
+        config_path: None,
     })
 }
 
@@ -79,6 +82,12 @@ impl Bound {
 
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// Reload from `path` on SIGHUP and when watched files change.
+    pub fn watch(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Serves until `shutdown` resolves, then drains.
@@ -111,9 +120,25 @@ impl Bound {
             stop_rx.clone(),
         )));
 
+        if let Some(path) = self.config_path {
+            tasks.push(tokio::spawn(crate::reload::run(
+                self.shared.clone(),
+                path,
+                stop_rx.clone(),
+            )));
+        }
+
         shutdown.await;
-        tracing::info!("shutting down: readiness off, accepting stopped, draining connections");
         self.shared.set_ready(false);
+        let delay = self.shared.state().config.timeouts.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutting down: readiness off; still accepting while load balancers notice"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("shutting down: accepting stopped, draining connections");
         let _ = stop_tx.send(true);
         for t in tasks {
             let _ = t.await;
@@ -259,7 +284,8 @@ async fn connection(
         let shared = shared.clone();
         service_fn(move |req| {
             let busy = activity.begin();
-            let fut = proxy::handle(shared.clone(), state.clone(), conn.clone(), req);
+            // Each request runs on the snapshot current when it starts.
+            let fut = proxy::handle(shared.clone(), shared.state(), conn.clone(), req);
             async move {
                 let resp = fut.await;
                 drop(busy);

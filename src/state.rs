@@ -27,6 +27,10 @@ pub struct State {
     pub client: UpstreamClient,
     pub probes: ProbeClient,
     pub health: Health,
+    /// `Policy::hash` of `config.policy`, computed once.
+    pub policy_hash: String,
+    /// The files this state was built from, as they were before reading.
+    pub files: crate::reload::Fingerprint,
     turn: AtomicUsize,
 }
 
@@ -43,6 +47,7 @@ impl State {
     /// reporting every failure at once.
     pub fn build(config: Config) -> Result<State, ConfigReport> {
         let mut report = ConfigReport::new("state");
+        let files = crate::reload::fingerprint(&config);
         let geo = Geo::open(&config.geoip.database, config.geoip.overrides.clone())
             .map_err(|e| report.push("geoip.database", e))
             .ok();
@@ -74,6 +79,7 @@ impl State {
             .map_err(|e| report.push("upstream.ca", e))
             .ok();
         let health = Health::new(&config.policy, config.health.clone());
+        let policy_hash = config.policy.hash();
         let state = match (geo, clients) {
             (Some(geo), Some((client, probes))) if report.is_empty() => Some(State {
                 config,
@@ -82,6 +88,8 @@ impl State {
                 client,
                 probes,
                 health,
+                policy_hash,
+                files,
                 turn: AtomicUsize::new(0),
             }),
             _ => None,
@@ -121,8 +129,33 @@ impl Shared {
         self.state.load_full()
     }
 
+    /// Ready: loaded, not shutting down, and the GeoIP database no older
+    /// than `geoip.max_age`.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.geoip_too_old(&self.state())
+    }
+
+    fn geoip_too_old(&self, state: &State) -> bool {
+        state
+            .config
+            .geoip
+            .max_age
+            .is_some_and(|max| geoip_age(state) > max.as_secs())
+    }
+
+    /// Installs a new snapshot: new connections and requests use it; those
+    /// in flight finish on the one they started with.
+    pub fn replace(&self, state: State) {
+        let old = self.state();
+        state
+            .health
+            .inherit(&state.config.policy, &old.health, &old.config.policy);
+        self.state.store(Arc::new(state));
+        let m = &self.metrics;
+        m.datacenter_up.reset();
+        m.datacenter_drained.reset();
+        m.upstream_up.reset();
+        self.refresh_gauges();
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -133,6 +166,14 @@ impl Shared {
     pub fn refresh_gauges(&self) {
         let state = self.state();
         let policy = &state.config.policy;
+        self.metrics
+            .geoip_age
+            .set(i64::try_from(geoip_age(&state)).unwrap_or(i64::MAX));
+        self.metrics.policy_info.reset();
+        self.metrics
+            .policy_info
+            .with_label_values(&[state.policy_hash.as_str()])
+            .set(1);
         self.metrics
             .geoip_build_timestamp
             .set(i64::try_from(state.geo.build_epoch()).unwrap_or(i64::MAX));
@@ -157,6 +198,15 @@ impl Shared {
             }
         }
     }
+}
+
+/// Seconds since the GeoIP database was built (0 if built in the future).
+fn geoip_age(state: &State) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    now.saturating_sub(state.geo.build_epoch())
 }
 
 /// Request ids: a random per-process prefix and a counter, 32 hex digits.

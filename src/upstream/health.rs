@@ -146,6 +146,57 @@ impl Health {
         }
     }
 
+    /// Carries state over from the previous snapshot on reload: drains by
+    /// data-centre name; check results and ejections by (data centre,
+    /// upstream URL). Upstreams new to the policy start up.
+    pub fn inherit(&self, policy: &Policy, old: &Health, old_policy: &Policy) {
+        let old_now = old.now_ms();
+        let now = self.now_ms();
+        for (i, dc) in policy.datacenters.iter().enumerate() {
+            let Some(j) = old_policy
+                .datacenters
+                .iter()
+                .position(|d| d.name == dc.name)
+            else {
+                continue;
+            };
+            self.set_drained(DatacenterId(i), old.is_drained(DatacenterId(j)));
+            for u in &dc.upstreams {
+                let uri = &policy.upstream(*u).uri;
+                let same = old_policy.datacenters[j]
+                    .upstreams
+                    .iter()
+                    .find(|o| old_policy.upstream(**o).uri == *uri);
+                let (Some(o), Some(x)) = (
+                    same.and_then(|o| old.upstreams.get(o.0)),
+                    self.upstreams.get(u.0),
+                ) else {
+                    continue;
+                };
+                x.active_up
+                    .store(o.active_up.load(Ordering::Relaxed), Ordering::Relaxed);
+                x.active_successes.store(
+                    o.active_successes.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                x.active_failures
+                    .store(o.active_failures.load(Ordering::Relaxed), Ordering::Relaxed);
+                x.passive_failures.store(
+                    o.passive_failures.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                let remaining = o
+                    .ejected_until
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(old_now);
+                if remaining > 0 {
+                    x.ejected_until
+                        .store(now.saturating_add(remaining).max(1), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     pub fn set_drained(&self, dc: DatacenterId, drained: bool) {
         if let Some(d) = self.drained.get(dc.0) {
             d.store(drained, Ordering::Relaxed);

@@ -7,6 +7,7 @@ mod cli;
 mod drill;
 mod health;
 mod refusals;
+mod reload;
 mod retries;
 mod routing;
 mod streaming;

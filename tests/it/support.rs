@@ -186,6 +186,7 @@ pub struct Proxy {
     /// PEM of the default certificate (and of the second one, if any).
     pub certs: Vec<String>,
     pub config_path: PathBuf,
+    pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -290,7 +291,10 @@ database = "geo.mmdb"
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
         let shared = Shared::new(state, Metrics::new().unwrap());
-        let bound = residency_proxy::server::bind(shared).await.unwrap();
+        let bound = residency_proxy::server::bind(shared.clone())
+            .await
+            .unwrap()
+            .watch(config_path.clone());
         let addr = bound.addresses()[0];
         let admin = bound.admin_address().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -304,6 +308,7 @@ database = "geo.mmdb"
             upstreams,
             certs,
             config_path,
+            shared,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,276 @@
+//! Hot reload under continuous load: a new certificate, a new GeoIP database
+//! and a new policy are picked up with zero failed requests; a corrupt
+//! database, a broken config, a certificate with the wrong key and a failing
+//! GeoIP canary each leave the old state serving, and are counted.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::support::*;
+
+const FAST: &str = "\n[timeouts]\nreload_poll = \"100ms\"\n";
+
+/// Replaces a file atomically (write aside, rename), as operators should.
+fn replace(path: &Path, bytes: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+async fn reloads(proxy: &Proxy, result: &str) -> f64 {
+    let (_, text) = proxy.admin_get("/metrics").await;
+    metric(
+        &text,
+        &format!("residency_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Polls `check` every 50 ms for up to 5 s.
+async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn db(rows: &str) -> Vec<u8> {
+    let rows = residency_proxy::geo::build::parse_csv(rows).unwrap();
+    residency_proxy::geo::build::build_country_db(&rows, 1_760_000_000).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_database_and_policy_reload_under_load_without_a_failed_request() {
+    let mut proxy = Proxy::start(Setup {
+        extra: FAST.into(),
+        ..Setup::default()
+    })
+    .await;
+    let (new_cert, new_key) =
+        residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    proxy.certs.push(new_cert.clone());
+    let client = proxy.client();
+
+    // Continuous load: a new TLS connection per upload, from CH, DE and GB.
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (client, stop, statuses) = (client.clone(), stop.clone(), statuses.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let origin = [CH, DE, GB][i % 3];
+                let reply = client
+                    .send_body(
+                        "POST",
+                        "/v1/telemetry",
+                        &[("x-forwarded-for", origin)],
+                        body(format!("load {i}")),
+                    )
+                    .await;
+                let status = reply.map(|r| r.status.as_u16()).unwrap_or(0);
+                statuses.lock().unwrap().push(status);
+                i += 1;
+            }
+        })
+    };
+    let (_, before) = proxy.admin_get("/metrics").await;
+    let hash_before = before
+        .lines()
+        .find(|l| l.starts_with("residency_policy_info"))
+        .unwrap()
+        .to_string();
+
+    // 1. A new certificate: new connections present it.
+    replace(&proxy.dir.path().join("a.key"), &new_key);
+    replace(&proxy.dir.path().join("a.pem"), &new_cert);
+    let want = der(&new_cert);
+    eventually("the new certificate is served", async || {
+        client
+            .send("GET", "/x", &[("x-forwarded-for", UNKNOWN)], "")
+            .await
+            .peer_cert
+            == want
+    })
+    .await;
+
+    // 2. A new GeoIP database: 198.51.100.0/24 moves from DE to CH.
+    assert_eq!(
+        client
+            .upload_from(DE, "before")
+            .await
+            .header("residency-datacenter"),
+        Some("frankfurt")
+    );
+    replace(
+        &proxy.dir.path().join("geo.mmdb"),
+        db(&GEOIP_CSV.replace("198.51.100.0/24,DE", "198.51.100.0/24,CH")),
+    );
+    eventually("the DE address now lands in zurich", async || {
+        client
+            .upload_from(DE, "after")
+            .await
+            .header("residency-datacenter")
+            == Some("zurich")
+    })
+    .await;
+
+    // 3. A new policy: the UK may no longer be stored in the EU.
+    assert_eq!(
+        client
+            .upload_from(GB, "before")
+            .await
+            .header("residency-datacenter"),
+        Some("frankfurt")
+    );
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    replace(
+        &proxy.config_path,
+        config.replace("store_in = [\"uk\", \"eu\"]", "store_in = [\"uk\"]"),
+    );
+    eventually("GB now lands in london", async || {
+        client
+            .upload_from(GB, "after")
+            .await
+            .header("residency-datacenter")
+            == Some("london")
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(statuses.len() > 20, "{} uploads under load", statuses.len());
+    assert!(
+        statuses.iter().all(|s| *s == 201),
+        "failed requests during reloads: {statuses:?}"
+    );
+    assert!(reloads(&proxy, "success").await >= 3.0);
+    // (A poll between the key and the certificate renames may see a
+    // mismatched pair and fail that one reload; the old state keeps serving.)
+    let (_, after) = proxy.admin_get("/metrics").await;
+    let hash_after = after
+        .lines()
+        .find(|l| l.starts_with("residency_policy_info"))
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        hash_before, hash_after,
+        "residency_policy_info follows the policy"
+    );
+    proxy.stop().await;
+}
+
+fn body(text: String) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes::Bytes::from(text))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+#[tokio::test]
+async fn bad_reloads_keep_the_old_state_serving() {
+    let proxy = Proxy::start(Setup {
+        extra: FAST.into(),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    let original_cert = der(&proxy.certs[0]);
+    let dir = proxy.dir.path().to_path_buf();
+    let good_config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let still_serving = async || {
+        let reply = client.upload_from(CH, "still here").await;
+        assert_eq!(reply.status, 201);
+        assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+        assert_eq!(reply.peer_cert, original_cert);
+    };
+    let mut failures = 0.0;
+
+    // A corrupt database.
+    replace(&dir.join("geo.mmdb"), b"this is not a MaxMind database");
+    failures += 1.0;
+    eventually("corrupt database counted", async || {
+        reloads(&proxy, "failure").await == failures
+    })
+    .await;
+    still_serving().await;
+
+    // A broken config (also restores nothing: the database is still corrupt,
+    // so put a good one back first and let that reload succeed).
+    replace(&dir.join("geo.mmdb"), db(GEOIP_CSV));
+    eventually("good database reloads", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    replace(
+        &proxy.config_path,
+        good_config.replace("countries = [\"GB\"]", "countries = [\"UK\"]"),
+    );
+    failures += 1.0;
+    eventually("broken config counted", async || {
+        reloads(&proxy, "failure").await == failures
+    })
+    .await;
+    still_serving().await;
+    replace(&proxy.config_path, &good_config);
+
+    // A certificate whose key does not match.
+    let (other_cert, _) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
+    replace(&dir.join("a.pem"), &other_cert);
+    failures += 1.0;
+    eventually("wrong key counted", async || {
+        reloads(&proxy, "failure").await == failures
+    })
+    .await;
+    still_serving().await;
+    replace(&dir.join("a.pem"), &proxy.certs[0]);
+
+    // A database that fails an operator's canary (DE address must stay DE).
+    let canary = "\n[[geoip.canaries]]\naddress = \"198.51.100.20\"\ncountry = \"DE\"\n";
+    let with_canary = good_config.replace(
+        "database = \"geo.mmdb\"",
+        &format!("database = \"geo.mmdb\"{canary}"),
+    );
+    replace(&proxy.config_path, &with_canary);
+    let successes = reloads(&proxy, "success").await;
+    eventually("canary config reloads", async || {
+        reloads(&proxy, "success").await > successes
+    })
+    .await;
+    replace(
+        &dir.join("geo.mmdb"),
+        db(&GEOIP_CSV.replace("198.51.100.0/24,DE", "198.51.100.0/24,FR")),
+    );
+    failures += 1.0;
+    eventually("failed canary counted", async || {
+        reloads(&proxy, "failure").await == failures
+    })
+    .await;
+    assert_eq!(
+        client
+            .upload_from(DE, "x")
+            .await
+            .header("residency-datacenter"),
+        Some("frankfurt")
+    );
+    still_serving().await;
+    proxy.stop().await;
+}
