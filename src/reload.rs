@@ -11,7 +11,7 @@
 //! [`reload`] builds the new [`State`] aside and validates it completely —
 //! every config check, certificates parse and match their keys, the database
 //! loads, and every `[[geoip.canaries]]` address maps to its expected
-//! country — before one atomic swap. A failed reload keeps the old state
+//! country (all in `State::build`) — before one atomic swap. A failed reload keeps the old state
 //! serving, logs every reason and counts `residency_reloads_total{result="failure"}`.
 //! Listeners stay bound: a changed address is logged as needing a restart;
 //! adding or removing listeners is refused.
@@ -74,16 +74,6 @@ fn build(shared: &Shared, path: &Path) -> Result<State, ConfigReport> {
         r.file = path.display().to_string();
         r
     })?;
-    for (addr, want) in &state.config.geoip.canaries {
-        let (got, _) = state.geo.lookup(*addr);
-        if got != Some(*want) {
-            let got = got.map_or_else(|| "no country".to_string(), |c| c.to_string());
-            report.push(
-                "geoip.canaries",
-                format!("{addr} should be {want}, the new database says {got}"),
-            );
-        }
-    }
     // Listeners stay where they were bound (port 0 in tests included).
     for (new, bound) in state.config.listeners.iter_mut().zip(&old.config.listeners) {
         new.address = bound.address;

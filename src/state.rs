@@ -51,6 +51,18 @@ impl State {
         let geo = Geo::open(&config.geoip.database, config.geoip.overrides.clone())
             .map_err(|e| report.push("geoip.database", e))
             .ok();
+        if let Some(geo) = &geo {
+            for (addr, want) in &config.geoip.canaries {
+                let (got, _) = geo.lookup(*addr);
+                if got != Some(*want) {
+                    let got = got.map_or_else(|| "no country".to_string(), |c| c.to_string());
+                    report.push(
+                        "geoip.canaries",
+                        format!("{addr} should be {want}, the database says {got}"),
+                    );
+                }
+            }
+        }
         let mut server_configs = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
             let key = format!("listeners[{i}].tls");

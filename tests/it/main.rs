@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod drill;
 mod health;
+mod lifecycle;
 mod refusals;
 mod reload;
 mod retries;

@@ -2,9 +2,8 @@
 //! the client is still sending, the body arrives byte for byte, and the
 //! proxy's memory does not grow with the size of the body.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -111,25 +110,6 @@ async fn upstream_sees_first_bytes_before_the_client_sends_its_last() {
 // Memory: the real binary as a subprocess
 // ---------------------------------------------------------------------------
 
-/// Kills and reaps the child when dropped (also when the test panics).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `VmHWM` and `VmRSS` of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -141,22 +121,6 @@ fn memory_kib(pid: u32) -> (u64, u64) {
             .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
     };
     (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// GET `/readyz` on the admin listener; true on 200.
-fn ready(admin: SocketAddr) -> bool {
-    let Ok(mut s) = StdStream::connect_timeout(&admin, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 /// Uploads `len` bytes (a repeated pseudo-random 64 KiB chunk) from CH.
