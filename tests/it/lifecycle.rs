@@ -1,8 +1,7 @@
 //! The real binary's lifecycle: SIGTERM during a 10 MiB upload lets it
 //! finish, while readiness turns false and new connections are refused.
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,66 +10,21 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_upload_in_flight_finish_and_refuses_new_connections() {
-    let dir = TempDir::new("sigterm");
-    let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
-    std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
-    std::fs::write(dir.path().join("a.key"), &key).unwrap();
-    let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
-    let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
-    std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
     let zurich = Upstream::start("zurich").await;
     let others = Upstream::start("others").await;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        r#"
-[[listeners]]
-address = "{addr}"
-trusted_proxies = ["127.0.0.1"]
-[listeners.tls]
-certificates = [{{ cert = "a.pem", key = "a.key" }}]
-[admin]
-address = "{admin}"
-[geoip]
-database = "geo.mmdb"
-[timeouts]
-shutdown_delay = "1s"
-shutdown_grace = "20s"
-{POLICY}
-[datacenters.zurich]
-jurisdiction = "ch"
-upstreams = ["http://{z}"]
-[datacenters.frankfurt]
-jurisdiction = "eu"
-upstreams = ["http://{o}"]
-[datacenters.virginia]
-jurisdiction = "us"
-upstreams = ["http://{o}"]
-"#,
-        z = zurich.addr,
-        o = others.addr,
-    );
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log_path = dir.path().join("proxy.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
-        .args(["--log-level", "info", "serve", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("start residency-proxy serve");
-    let mut child = Killed(child);
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let extra = "[timeouts]\nshutdown_delay = \"1s\"\nshutdown_grace = \"20s\"\n";
+    let mut proxy = Binary::start("sigterm", &dcs, extra).await;
+    let (addr, admin) = (proxy.addr, proxy.admin);
+    let log_path = proxy.log_path.clone();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready(admin) {
-        assert!(Instant::now() < deadline, "not ready: {}", log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // A 10 MiB upload, first MiB sent.
-    let client = Client::new(addr, &[cert]);
+    let client = proxy.client();
     let (tx, body) = channel_body();
     let upload = {
         let client = client.clone();
@@ -88,7 +42,7 @@ upstreams = ["http://{o}"]
         .await
         .expect("the upstream sees the upload start");
 
-    let pid = child.0.id().to_string();
+    let pid = proxy.pid().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
 
@@ -136,7 +90,7 @@ upstreams = ["http://{o}"]
     // And the process exits cleanly.
     let deadline = Instant::now() + Duration::from_secs(20);
     let code = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = proxy.child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "did not exit: {}", log());

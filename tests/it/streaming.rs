@@ -2,9 +2,7 @@
 //! the client is still sending, the body arrives byte for byte, and the
 //! proxy's memory does not grow with the size of the body.
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -150,80 +148,20 @@ async fn upload(client: &Client, chunk: &Bytes, len: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_memory_does_not_grow_with_body_size() {
-    let dir = TempDir::new("memory");
-    let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
-    std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
-    std::fs::write(dir.path().join("a.key"), &key).unwrap();
-    let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
-    let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
-    std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
     // A sink that counts the body and discards it: the test process holds
     // no uploads either.
     let sink = residency_proxy::demo::spawn_sink("zurich").await.unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        r#"
-[[listeners]]
-address = "{addr}"
-trusted_proxies = ["127.0.0.1"]
-[listeners.tls]
-certificates = [{{ cert = "a.pem", key = "a.key" }}]
-
-[admin]
-address = "{admin}"
-
-[geoip]
-database = "geo.mmdb"
-{POLICY}
-[datacenters.zurich]
-jurisdiction = "ch"
-upstreams = ["http://{sink}"]
-[datacenters.frankfurt]
-jurisdiction = "eu"
-upstreams = ["http://{sink}"]
-[datacenters.london]
-jurisdiction = "uk"
-upstreams = ["http://{sink}"]
-[datacenters.virginia]
-jurisdiction = "us"
-upstreams = ["http://{sink}"]
-"#
-    );
-    let config_path = dir.path().join("proxy.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log_path = dir.path().join("proxy.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
-        .args(["--log-level", "warn", "serve", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("start residency-proxy serve");
-    let mut child = Killed(child);
-    let pid = child.0.id();
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready(admin) {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "proxy exited with {status}: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy not ready within 20 s: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let certs = vec![cert];
+    let dcs = [
+        ("zurich", "ch", sink),
+        ("frankfurt", "eu", sink),
+        ("london", "uk", sink),
+        ("virginia", "us", sink),
+    ];
+    let mut proxy = Binary::start("memory", &dcs, "").await;
+    let pid = proxy.pid();
     let chunk = Bytes::from(pattern(7, CHUNK));
-    let h1 = Client::new(addr, &certs);
-    let h2 = Client::new(addr, &certs).h2();
+    let h1 = proxy.client();
+    let h2 = proxy.client().h2();
 
     // Warm-up: allocator arenas, TLS and HTTP buffers, the upstream pool.
     upload(&h1, &chunk, 8 * MIB).await;
@@ -245,9 +183,9 @@ upstreams = ["http://{sink}"]
         size / MIB
     );
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        proxy.child.0.try_wait().unwrap().is_none(),
         "proxy exited during the test: {}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        proxy.log()
     );
     assert!(
         grew_kib < 24 * 1024,

@@ -643,3 +643,84 @@ pub fn ready(admin: SocketAddr) -> bool {
     let _ = s.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.1 200")
 }
+
+/// The real `residency-proxy serve` in a child process, with fixed free
+/// ports, its own files and its log captured.
+pub struct Binary {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub certs: Vec<String>,
+    pub log_path: PathBuf,
+    pub child: Killed,
+}
+
+impl Binary {
+    /// Starts the binary with `datacenters` (name, jurisdiction, upstream)
+    /// and `extra` TOML, and waits until `/readyz` answers 200.
+    pub async fn start(tag: &str, datacenters: &[(&str, &str, SocketAddr)], extra: &str) -> Binary {
+        let dir = TempDir::new(tag);
+        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
+        std::fs::write(dir.path().join("a.key"), &key).unwrap();
+        let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
+        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = format!(
+            "[[listeners]]\naddress = \"{addr}\"\ntrusted_proxies = [\"127.0.0.1\"]\n[listeners.tls]\n\
+             certificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n[admin]\naddress = \"{admin}\"\n\
+             [geoip]\ndatabase = \"geo.mmdb\"\n{extra}\n{POLICY}\n"
+        );
+        for (name, jurisdiction, upstream) in datacenters {
+            config.push_str(&format!(
+                "[datacenters.{name}]\njurisdiction = \"{jurisdiction}\"\nupstreams = [\"http://{upstream}\"]\n"
+            ));
+        }
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("proxy.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+            .args(["--log-level", "info", "serve", "--config"])
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("start residency-proxy serve");
+        let mut binary = Binary {
+            dir,
+            addr,
+            admin,
+            certs: vec![cert],
+            log_path,
+            child: Killed(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ready(admin) {
+            if let Ok(Some(status)) = binary.child.0.try_wait() {
+                panic!("proxy exited with {status}: {}", binary.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready within 20 s: {}",
+                binary.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        binary
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, &self.certs)
+    }
+}
