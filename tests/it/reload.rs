@@ -230,7 +230,12 @@ async fn bad_reloads_keep_the_old_state_serving() {
     })
     .await;
     still_serving().await;
+    let successes = reloads(&proxy, "success").await;
     replace(&proxy.config_path, &good_config);
+    eventually("the good config reloads", async || {
+        reloads(&proxy, "success").await > successes
+    })
+    .await;
 
     // A certificate whose key does not match.
     let (other_cert, _) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
@@ -241,7 +246,12 @@ async fn bad_reloads_keep_the_old_state_serving() {
     })
     .await;
     still_serving().await;
+    let successes = reloads(&proxy, "success").await;
     replace(&dir.join("a.pem"), &proxy.certs[0]);
+    eventually("the good certificate reloads", async || {
+        reloads(&proxy, "success").await > successes
+    })
+    .await;
 
     // A database that fails an operator's canary (DE address must stay DE).
     let canary = "\n[[geoip.canaries]]\naddress = \"198.51.100.20\"\ncountry = \"DE\"\n";
@@ -249,8 +259,8 @@ async fn bad_reloads_keep_the_old_state_serving() {
         "database = \"geo.mmdb\"",
         &format!("database = \"geo.mmdb\"{canary}"),
     );
-    replace(&proxy.config_path, &with_canary);
     let successes = reloads(&proxy, "success").await;
+    replace(&proxy.config_path, &with_canary);
     eventually("canary config reloads", async || {
         reloads(&proxy, "success").await > successes
     })
