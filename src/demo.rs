@@ -1,28 +1,20 @@
 //! `residency-proxy demo`: the whole product on one machine, in one process.
 //!
 //! Writes a self-signed certificate, a small GeoIP database built from the
-//! CSV below, and a config file into a temporary directory; starts three
-//! in-process data-centre sinks (zurich = ch, frankfurt = eu, virginia = us)
-//! that log every upload they store; then runs the real `serve` path and
+//! CSV below, and a config file into a temporary directory; starts the
+//! reference sink ([`crate::sink`]) with three data centres (zurich = ch,
+//! frankfurt = eu, virginia = us), which logs every upload it stores; then
+//! runs the real `serve` path and
 //! prints curl commands. The demo trusts `X-Forwarded-For` from loopback so
 //! curl can play clients from anywhere.
 //!
 //! The GeoIP fixture uses documentation ranges (RFC 5737 / RFC 3849), not
 //! real allocations.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 
@@ -46,13 +38,18 @@ const SINKS: [(&str, &str); 3] = [("zurich", "ch"), ("frankfurt", "eu"), ("virgi
 pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("residency-proxy-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let specs: Vec<(String, SocketAddr)> =
+        SINKS.iter().map(|(n, _)| (n.to_string(), any)).collect();
+    // Kept alive until the proxy stops: dropping the sink stops it.
+    let sink = crate::sink::Sink::start(&specs, any).await?;
     let mut datacenters = Vec::new();
     for (name, jurisdiction) in SINKS {
         datacenters.push(SiteDatacenter {
             name,
             jurisdiction,
             priority: 1,
-            addr: spawn_sink(name).await?,
+            addr: sink.datacenter_addr(name).context("sink data centre")?,
         });
     }
     let site = Site {
@@ -66,8 +63,10 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     };
     let config_path = write_files(&dir, &site)?;
     let config = Config::load(&config_path)?;
-    print_banner(&dir, port, admin_port);
-    crate::cli::serve(config, crate::cli::shutdown_signal()).await
+    print_banner(&dir, port, admin_port, sink.admin_addr());
+    let served = crate::cli::serve(config, crate::cli::shutdown_signal()).await;
+    sink.stop().await;
+    served
 }
 
 /// A data centre of a generated site.
@@ -149,7 +148,7 @@ action = "reject"
     Ok(path)
 }
 
-fn print_banner(dir: &Path, port: u16, admin_port: u16) {
+fn print_banner(dir: &Path, port: u16, admin_port: u16, sink_admin: SocketAddr) {
     let url = format!("https://127.0.0.1:{port}/v1/telemetry");
     let curl = |ip: &str, what: &str| {
         format!(
@@ -157,7 +156,7 @@ fn print_banner(dir: &Path, port: u16, admin_port: u16) {
         )
     };
     println!(
-        "\nresidency-proxy demo: files in {}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n\nCtrl-C stops the demo.\n",
+        "\nresidency-proxy demo: files in {}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\nCtrl-C stops the demo.\n",
         dir.display(),
         curl("192.0.2.10", "Switzerland → stored in zurich (ch)"),
         curl("198.51.100.20", "Germany → stored in frankfurt (eu)"),
@@ -165,69 +164,4 @@ fn print_banner(dir: &Path, port: u16, admin_port: u16) {
         curl("203.0.113.200", "Japan: in no jurisdiction → 451 origin_not_permitted"),
         curl("100.64.0.1", "not in the GeoIP database → 451 origin_unknown"),
     );
-}
-
-/// A minimal data-centre sink: reads each upload whole, logs where it
-/// landed and answers 201.
-pub async fn spawn_sink(name: &'static str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(move |req| store(name, req));
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-async fn store(
-    name: &'static str,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() == http::Method::GET && req.uri().path() == "/healthz" {
-        // The proxy's active health checks.
-        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
-    }
-    let header = |h: &str| {
-        req.headers()
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned()
-    };
-    let (country, jurisdiction, id) = (
-        header("residency-origin-country"),
-        header("residency-jurisdiction"),
-        header("x-request-id"),
-    );
-    let bytes = match req.into_body().collect().await {
-        Ok(body) => body.to_bytes().len(),
-        Err(e) => {
-            tracing::warn!(datacenter = name, error = %e, "upload body failed");
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::BAD_REQUEST;
-            return Ok(resp);
-        }
-    };
-    tracing::info!(
-        target: "residency_proxy::demo",
-        datacenter = name,
-        request_id = %id,
-        country = %country,
-        jurisdiction = %jurisdiction,
-        bytes,
-        "upload stored"
-    );
-    let body = serde_json::json!({ "stored_in": name, "bytes": bytes, "request_id": id });
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
-    *resp.status_mut() = StatusCode::CREATED;
-    Ok(resp)
 }

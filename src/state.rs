@@ -131,6 +131,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             ids: RequestIds::new(),
         });
+        shared.set_policy_info();
         shared.refresh_gauges();
         shared.ready.store(true, Ordering::Release);
         shared
@@ -167,7 +168,17 @@ impl Shared {
         m.datacenter_up.reset();
         m.datacenter_drained.reset();
         m.upstream_up.reset();
+        self.set_policy_info();
         self.refresh_gauges();
+    }
+
+    /// `residency_policy_info{hash}` for the current snapshot; set when a
+    /// snapshot is installed, not on every refresh.
+    fn set_policy_info(&self) {
+        let info = &self.metrics.policy_info;
+        info.reset();
+        info.with_label_values(&[self.state().policy_hash.as_str()])
+            .set(1);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -181,11 +192,6 @@ impl Shared {
         self.metrics
             .geoip_age
             .set(i64::try_from(geoip_age(&state)).unwrap_or(i64::MAX));
-        self.metrics.policy_info.reset();
-        self.metrics
-            .policy_info
-            .with_label_values(&[state.policy_hash.as_str()])
-            .set(1);
         self.metrics
             .geoip_build_timestamp
             .set(i64::try_from(state.geo.build_epoch()).unwrap_or(i64::MAX));

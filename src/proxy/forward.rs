@@ -151,25 +151,24 @@ pub async fn forward(
         if let Some(e) = slot.failure() {
             return Err((body_failure(e), slot.bytes()));
         }
-        let (fallback, unsent) = match attempt {
+        let (fallback, unsent, ejected) = match attempt {
             Attempt::Answered(resp) => {
                 health.record_success(upstream);
                 return Ok((resp, slot.bytes()));
             }
-            Attempt::ServerError(resp) => {
-                health.record_failure(upstream);
-                (Ok(resp), None)
+            Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
+            Attempt::Failed { failure, unsent } if unsent.is_some() => {
+                health.eject(upstream);
+                (Err(failure), unsent, true)
             }
             Attempt::Failed { failure, unsent } => {
-                if unsent.is_some() {
-                    health.eject(upstream);
-                } else {
-                    health.record_failure(upstream);
-                }
-                (Err(failure), unsent)
+                (Err(failure), unsent, health.record_failure(upstream))
             }
         };
-        shared.refresh_gauges();
+        if ejected {
+            // Only an ejection changes what the gauges show.
+            shared.refresh_gauges();
+        }
         let reason = match (unsent, &replay) {
             (Some(reason), _) => reason,
             (None, Some(_)) => "idempotent_replay",

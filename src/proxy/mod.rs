@@ -21,6 +21,7 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::country::Country;
 use crate::decision::{decide, Outcome};
 use crate::metrics::{status_class, NONE};
 use crate::origin::{self, AddressSource};
@@ -44,7 +45,7 @@ pub struct Conn {
 /// Fields of the access-log line, filled in as the request progresses.
 struct Access {
     source: Option<AddressSource>,
-    country: Option<String>,
+    country: Option<Country>,
     jurisdiction: Option<JurisdictionId>,
     datacenter: Option<String>,
     reason: Option<&'static str>,
@@ -117,7 +118,7 @@ pub async fn handle(
         method = %method,
         path = %path,
         client_source = access.source.map(AddressSource::as_str).unwrap_or(NONE),
-        country = access.country.as_deref().unwrap_or(NONE),
+        country = access.country.as_ref().map_or(NONE, Country::as_str),
         jurisdiction = j_label,
         datacenter = access.datacenter.as_deref().unwrap_or(NONE),
         status = status.as_u16(),
@@ -178,7 +179,7 @@ async fn route(
         .geoip_lookups
         .with_label_values(&[decision.lookup.as_str()])
         .inc();
-    access.country = decision.country.map(|c| c.to_string());
+    access.country = decision.country;
     access.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
     let upstream = match decision.outcome {
         Outcome::Forward(u) => u,
@@ -191,17 +192,14 @@ async fn route(
     let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
     let xff_trusted =
         conn.proxy_source.is_none() && listener.trusted_proxies.contains(conn.peer.ip());
-    let country = decision
-        .country
-        .map(|c| c.to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let country = decision.country;
     let target = forward::Target {
         jurisdiction,
         upstream,
         request_id: id,
         hop,
         xff_trusted,
-        country: &country,
+        country: country.as_ref().map_or("unknown", Country::as_str),
     };
     forward::forward(shared, state, target, req, &mut access.datacenter).await
 }

@@ -162,7 +162,7 @@ fn store(shared: &Shared, dc: &Datacenter, headers: &HeaderMap, upload: Upload) 
         "request_id": record.request_id,
         "upload_id": record.upload_id,
     });
-    tracing::debug!(
+    tracing::info!(
         datacenter = %record.datacenter,
         upload_id = record.upload_id.as_deref().unwrap_or("-"),
         request_id = record.request_id.as_deref().unwrap_or("-"),

@@ -150,7 +150,11 @@ async fn upload(client: &Client, chunk: &Bytes, len: usize) {
 async fn proxy_memory_does_not_grow_with_body_size() {
     // A sink that counts the body and discards it: the test process holds
     // no uploads either.
-    let sink = residency_proxy::demo::spawn_sink("zurich").await.unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sinks = residency_proxy::sink::Sink::start(&[("zurich".to_string(), any)], any)
+        .await
+        .unwrap();
+    let sink = sinks.datacenter_addr("zurich").unwrap();
     let dcs = [
         ("zurich", "ch", sink),
         ("frankfurt", "eu", sink),
