@@ -28,7 +28,16 @@ use crate::server::stopped;
 use crate::state::Shared;
 
 /// Serves the admin listener until `stop` turns true.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    serve_plain(listener, stop, move |req| route(&shared, req)).await;
+}
+
+/// Serves plain HTTP/1.1 on `listener` with a synchronous `answer` until
+/// `stop` turns true (the admin and the transparency listeners).
+pub async fn serve_plain<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, answer: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -41,12 +50,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             },
             () = stopped(&mut stop) => return,
         };
-        let shared = shared.clone();
+        let answer = answer.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                let response = answer(&req);
+                async move { Ok::<_, Infallible>(response) }
             });
             let mut conn = pin!(http1::Builder::new()
                 .timer(TokioTimer::new())

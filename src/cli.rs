@@ -1,4 +1,5 @@
-//! The command line: `demo`, `serve`, `check-config`, `decide`, `geoip build`.
+//! The command line: `demo`, `serve`, `check-config`, `decide`, `geoip
+//! build`, `sink`, `loadtest`, `drill`, `keygen`, `verify`.
 //!
 //! Each command maps its outcome to an exit code: 0 success, 1 a runtime
 //! failure, 2 an invalid configuration or input.
@@ -87,6 +88,21 @@ pub enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// Create the transparency log's Ed25519 signing key: writes OUT.key
+    /// (PKCS#8, mode 0600; `transparency.signing_key`) and OUT.pub (the
+    /// verifier key customers use with `verify --key`).
+    Keygen {
+        /// The log's name; must equal `transparency.origin`.
+        #[arg(long)]
+        name: String,
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a receipt (its signature), its inclusion in the log against a
+    /// signed checkpoint, and the log's consistency with a checkpoint seen
+    /// before. Prints VALID or INVALID and why; exits 0 or 1.
+    Verify(crate::transparency::verify::VerifyArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +157,26 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(crate::drill::run(*args))
         }
         Command::CheckConfig { config } => check_config(config),
+        Command::Keygen { name, out } => keygen(&name, &out),
+        Command::Verify(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            let report = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(crate::transparency::verify::verify(&args)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{report}");
+            if report.valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Decide { config, ips } => decide_offline(config, &ips),
         Command::Geoip {
             command:
@@ -191,7 +227,7 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let state = State::build(config)?;
-    let shared = Shared::new(state, Metrics::new()?);
+    let shared = Shared::new(state, Metrics::new()?)?;
     let mut bound = crate::server::bind(shared).await?;
     if let Some(path) = path {
         bound = bound.watch(path);
@@ -202,8 +238,50 @@ async fn serve_inner(
     if let Some(addr) = bound.admin_address() {
         tracing::info!(%addr, "admin listener ready: /metrics /healthz /readyz /decide?ip=");
     }
+    if let Some(addr) = bound.transparency_address() {
+        tracing::info!(%addr, "transparency log listener ready: /checkpoint /key /proof/inclusion /proof/consistency /records/{{id}}");
+    }
     bound.run(shutdown).await;
     Ok(())
+}
+
+fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
+    use crate::transparency::note::Signer;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !crate::transparency::settings::valid_origin(name) {
+        eprintln!("error: --name `{name}` must be non-empty, without spaces or '+'");
+        return ExitCode::from(2);
+    }
+    let written = (|| -> anyhow::Result<(PathBuf, PathBuf, String)> {
+        let pkcs8 = Signer::generate_pkcs8()?;
+        let signer = Signer::from_pkcs8(name, &pkcs8)?;
+        let key = out.with_extension("key");
+        let public = out.with_extension("pub");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .and_then(|mut f| f.write_all(&pkcs8))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+        let vkey = signer.verifier_key();
+        std::fs::write(&public, format!("{vkey}\n"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
+        Ok((key, public, vkey))
+    })();
+    match written {
+        Ok((key, public, vkey)) => {
+            println!("wrote {} (secret: transparency.signing_key)", key.display());
+            println!("wrote {} (public: give it to customers)", public.display());
+            println!("{vkey}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check_config(path: PathBuf) -> ExitCode {

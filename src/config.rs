@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::country::Country;
 use crate::origin::TrustedProxies;
 use crate::policy::Policy;
+use crate::transparency::settings::{RawTransparency, Transparency};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "RESIDENCY_PROXY";
@@ -41,6 +42,8 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub health: HealthSettings,
     pub log_format: LogFormat,
+    /// The transparency log and receipts; `None` when not configured.
+    pub transparency: Option<Transparency>,
     /// The file this was loaded from (watched for hot reload).
     pub source: Option<PathBuf>,
 }
@@ -203,6 +206,7 @@ pub struct RawConfig {
     pub health: BTreeMap<String, String>,
     #[serde(default)]
     pub log: RawLog,
+    pub transparency: Option<RawTransparency>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -430,6 +434,10 @@ impl Config {
         let limits = limits(&raw.limits, r);
         let upstream = upstream(&raw.upstream, base, r);
         let health = health(&raw.health, r);
+        let transparency = raw
+            .transparency
+            .as_ref()
+            .map(|t| crate::transparency::settings::transparency(t, base, r));
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -453,6 +461,10 @@ impl Config {
                 upstream: upstream?,
                 health,
                 log_format,
+                transparency: match transparency {
+                    Some(t) => Some(t?),
+                    None => None,
+                },
                 source: None,
             })
         })();

@@ -169,7 +169,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let policy = config.policy.clone();
     let cert = std::fs::read(dir.join("drill.pem"))?;
 
-    let shared = Shared::new(State::build(config)?, Metrics::new()?);
+    let shared = Shared::new(State::build(config)?, Metrics::new()?)?;
     let bound = crate::server::bind(shared).await?;
     let proxy = *bound.addresses().first().context("proxy listener")?;
     let admin = bound.admin_address().context("admin listener")?;

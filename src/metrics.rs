@@ -7,9 +7,11 @@
 //! this file, never addresses or paths.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+pub use crate::transparency::log::LogMetrics;
 
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
@@ -33,6 +35,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub geoip_age: IntGauge,
+    /// The transparency log's (zero when it is not configured).
+    pub log: LogMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,6 +162,42 @@ impl Metrics {
             "Age of the loaded GeoIP database (now minus its build time).",
         )?;
         registry.register(Box::new(geoip_age.clone()))?;
+        let plain_counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let log = LogMetrics {
+            appended: plain_counter(
+                "residency_log_records_appended_total",
+                "Decision records appended to the transparency log.",
+            )?,
+            write_errors: plain_counter(
+                "residency_log_write_errors_total",
+                "Decision records that could not be written (the request was refused, or acknowledged without a receipt under on_write_error = \"continue\").",
+            )?,
+            size: gauge(
+                "residency_log_size",
+                "Records in the transparency log (checkpointed or not).",
+            )?,
+            checkpoint_size: gauge(
+                "residency_log_checkpoint_size",
+                "Tree size of the latest signed checkpoint.",
+            )?,
+            checkpoint_timestamp: gauge(
+                "residency_log_checkpoint_timestamp_seconds",
+                "When the latest checkpoint was confirmed to cover every record (Unix seconds).",
+            )?,
+            checkpoint_age: gauge(
+                "residency_log_checkpoint_age_seconds",
+                "Seconds since a checkpoint last covered every record; grows when checkpointing fails.",
+            )?,
+        };
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -182,6 +222,7 @@ impl Metrics {
             reloads,
             policy_info,
             geoip_age,
+            log,
         })
     }
 

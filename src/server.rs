@@ -41,6 +41,8 @@ pub struct Bound {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
     admin: TcpListener,
+    /// The customer-facing transparency log listener, if configured.
+    transparency: Option<TcpListener>,
     /// The config file to watch for hot reload, if any.
     config_path: Option<std::path::PathBuf>,
 }
@@ -63,10 +65,20 @@ pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
                 format!("binding admin listener {}: {e}", state.config.admin.address),
             )
         })?;
+    let transparency = match shared.log.as_ref().and_then(|l| l.settings().address) {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding transparency listener {address}: {e}"),
+            )
+        })?),
+        None => None,
+    };
     Ok(Bound {
         shared,
         listeners,
         admin,
+        transparency,
         config_path: None,
     })
 }
@@ -82,6 +94,11 @@ impl Bound {
 
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// The transparency log listener's address, when there is one.
+    pub fn transparency_address(&self) -> Option<SocketAddr> {
+        self.transparency.as_ref()?.local_addr().ok()
     }
 
     /// Reload from `path` on SIGHUP and when watched files change.
@@ -120,6 +137,18 @@ impl Bound {
             stop_rx.clone(),
         )));
 
+        if let Some(log) = &self.shared.log {
+            tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
+            if let Some(listener) = self.transparency {
+                let log = log.clone();
+                tasks.push(tokio::spawn(admin::serve_plain(
+                    listener,
+                    stop_rx.clone(),
+                    move |req| crate::transparency::http::route(&log, req),
+                )));
+            }
+        }
+
         if let Some(path) = self.config_path {
             tasks.push(tokio::spawn(crate::reload::run(
                 self.shared.clone(),
@@ -152,6 +181,34 @@ impl Bound {
                 "timeout: closing remaining connections"
             ),
         };
+        if let Some(log) = self.shared.log.clone() {
+            // Every record appended is covered by a signed checkpoint.
+            match tokio::task::spawn_blocking(move || log.checkpoint()).await {
+                Ok(Ok(cp)) => tracing::info!(size = cp.size, "final checkpoint signed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
+                Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+            }
+        }
+    }
+}
+
+/// Signs a checkpoint every `checkpoint_interval` (when records were added)
+/// until `stop`; the final one is signed after the connections have drained.
+async fn checkpoints(log: Arc<crate::transparency::log::Log>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(log.settings().checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopped(&mut stop) => return,
+        }
+        let l = log.clone();
+        match tokio::task::spawn_blocking(move || l.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+        log.refresh_age();
     }
 }
 

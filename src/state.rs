@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigReport};
 use crate::geo::Geo;
 use crate::metrics::Metrics;
 use crate::tls;
+use crate::transparency::log::{Log, LogError};
 use crate::upstream::{self, Health, ProbeClient, UpstreamClient};
 
 pub struct State {
@@ -115,26 +116,36 @@ impl State {
     }
 }
 
-/// What outlives a snapshot: the current state, metrics, readiness, ids.
+/// What outlives a snapshot: the current state, metrics, readiness, ids,
+/// the transparency log.
 pub struct Shared {
     state: ArcSwap<State>,
     pub metrics: Metrics,
     ready: AtomicBool,
     pub ids: RequestIds,
+    /// Opened once from the first snapshot's `[transparency]`; a reload
+    /// cannot change it.
+    pub log: Option<Arc<Log>>,
 }
 
 impl Shared {
-    pub fn new(state: State, metrics: Metrics) -> Arc<Shared> {
+    /// Opens the transparency log (when configured) and marks the proxy ready.
+    pub fn new(state: State, metrics: Metrics) -> Result<Arc<Shared>, LogError> {
+        let log = match &state.config.transparency {
+            Some(t) => Some(Log::open(t, metrics.log.clone())?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             metrics,
             ready: AtomicBool::new(false),
             ids: RequestIds::new(),
+            log,
         });
         shared.set_policy_info();
         shared.refresh_gauges();
         shared.ready.store(true, Ordering::Release);
-        shared
+        Ok(shared)
     }
 
     /// The current snapshot; hold it for the whole connection or request.
@@ -227,26 +238,49 @@ fn geoip_age(state: &State) -> u64 {
     now.saturating_sub(state.geo.build_epoch())
 }
 
-/// Request ids: a random per-process prefix and a counter, 32 hex digits.
+/// Request ids: 32 hex digits that cannot be guessed from one another —
+/// a receipt's request id finds its record in the customer-facing log.
+///
+/// Id `n` is the ChaCha20 keystream block for nonce `n` under a random
+/// per-process key: a pseudorandom function of a counter, so ids are
+/// unpredictable and (up to a 2^-128 chance) unique, at the cost of one
+/// ChaCha20 block.
 pub struct RequestIds {
-    prefix: u64,
+    key: ring::aead::LessSafeKey,
     next: AtomicU64,
 }
 
 impl RequestIds {
     fn new() -> RequestIds {
-        let mut seed = [0u8; 8];
-        // A failing system RNG leaves the prefix zero: ids stay unique per process.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        let mut key = [0u8; 32];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
+            // No system RNG: ids stay unique, but become predictable.
+            tracing::warn!("no system random number generator: request ids are predictable");
+        }
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key)
+            .map(ring::aead::LessSafeKey::new)
+            .unwrap_or_else(|_| unreachable!("a 32-byte key is valid for ChaCha20"));
         RequestIds {
-            prefix: u64::from_le_bytes(seed),
+            key,
             next: AtomicU64::new(0),
         }
     }
 
     pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        let mut block = [0u8; 16];
+        let sealed = self.key.seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut block,
+        );
+        if sealed.is_err() {
+            // Cannot happen for 16 bytes; fall back to the bare counter.
+            block[8..].copy_from_slice(&n.to_be_bytes());
+        }
+        HeaderValue::from_str(&crate::hex::encode(&block))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }

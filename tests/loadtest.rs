@@ -716,7 +716,7 @@ impl Drill {
         let fx = Fixture::write(datacenters);
         let config = Config::load(&fx.config_path).unwrap_or_else(|e| panic!("{e}"));
         let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
-        let shared = Shared::new(state, Metrics::new().unwrap());
+        let shared = Shared::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
         let bound = residency_proxy::server::bind(shared).await.unwrap();
         let (xff, proxy_v2) = (bound.addresses()[0], bound.addresses()[1]);
         let admin = bound.admin_address().unwrap();

@@ -53,12 +53,20 @@ pub enum GeoError {
     WrongType { path: String, found: String },
 }
 
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
 /// A loaded GeoIP database with its overrides.
 pub struct Geo {
     reader: Reader<Vec<u8>>,
     /// Sorted by prefix length, longest first: the first match wins.
     overrides: Vec<(IpNet, Country)>,
     database_type: String,
+    /// SHA-256 of the database file, for decision records.
+    sha256: [u8; 32],
 }
 
 impl std::fmt::Debug for Geo {
@@ -75,26 +83,33 @@ impl Geo {
     /// Reads a database file and checks its type.
     pub fn open(path: &Path, overrides: Vec<(IpNet, Country)>) -> Result<Geo, GeoError> {
         let label = path.display().to_string();
-        let reader = Reader::open_readfile(path).map_err(|source| GeoError::Open {
+        let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
+            path: label.clone(),
+            source: maxminddb::MaxMindDbError::Io(e),
+        })?;
+        let sha256 = sha256(&bytes);
+        let reader = Reader::from_source(bytes).map_err(|source| GeoError::Open {
             path: label.clone(),
             source,
         })?;
-        Self::new(reader, overrides, label)
+        Self::new(reader, overrides, label, sha256)
     }
 
     /// A database held in memory (demo, tests).
     pub fn from_bytes(bytes: Vec<u8>, overrides: Vec<(IpNet, Country)>) -> Result<Geo, GeoError> {
+        let sha256 = sha256(&bytes);
         let reader = Reader::from_source(bytes).map_err(|source| GeoError::Open {
             path: "<memory>".into(),
             source,
         })?;
-        Self::new(reader, overrides, "<memory>".into())
+        Self::new(reader, overrides, "<memory>".into(), sha256)
     }
 
     fn new(
         reader: Reader<Vec<u8>>,
         mut overrides: Vec<(IpNet, Country)>,
         path: String,
+        sha256: [u8; 32],
     ) -> Result<Geo, GeoError> {
         let database_type = reader.metadata().database_type.clone();
         if !["Country", "City", "Enterprise"]
@@ -114,6 +129,7 @@ impl Geo {
             reader,
             overrides,
             database_type,
+            sha256,
         })
     }
 
@@ -141,6 +157,11 @@ impl Geo {
     }
 
     /// The database's `build_epoch` (seconds since the Unix epoch).
+    /// SHA-256 of the database file as loaded.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
     pub fn build_epoch(&self) -> u64 {
         self.reader.metadata().build_epoch
     }

@@ -90,9 +90,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::hex::encode as hex;
 
 /// Upload `index`'s jurisdiction (an index into `mix`) and origin address,
 /// drawn by weight, deterministically from the run seed.

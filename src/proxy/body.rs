@@ -25,7 +25,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use ring::digest;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
 
 /// Why the body stopped streaming.
@@ -62,11 +63,36 @@ impl BodyError {
     }
 }
 
+fn digest_bytes(d: digest::Digest) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// What is left of the client's body: chunks already read, then the stream.
-#[derive(Debug)]
 struct Source {
     prefix: VecDeque<Bytes>,
     rest: Incoming,
+    /// SHA-256 of everything read from the client so far, when wanted.
+    digest: Option<Box<digest::Context>>,
+}
+
+impl Source {
+    /// Every chunk read from the client passes here exactly once.
+    fn hash(&mut self, data: &[u8]) {
+        if let Some(d) = &mut self.digest {
+            d.update(data);
+        }
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("prefix", &self.prefix.len())
+            .field("hashing", &self.digest.is_some())
+            .finish()
+    }
 }
 
 /// The client's body, shared between delivery attempts.
@@ -79,23 +105,69 @@ pub struct BodySlot {
     idle: Duration,
     bytes: AtomicU64,
     failure: AtomicU8,
+    /// The body's SHA-256 once the client's body has been read to its end.
+    sha256: Mutex<Option<[u8; 32]>>,
+    /// Woken when the body ends or fails.
+    ended: Notify,
 }
 
 impl BodySlot {
-    /// `limit`: the body-size limit; `idle`: the longest gap between frames.
-    pub fn new(body: Incoming, limit: u64, idle: Duration) -> Arc<BodySlot> {
+    /// `limit`: the body-size limit; `idle`: the longest gap between
+    /// frames; `hash`: compute the body's SHA-256 while it streams.
+    pub fn new(body: Incoming, limit: u64, idle: Duration, hash: bool) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
             source: Mutex::new(Some(Source {
                 prefix: VecDeque::new(),
                 rest: body,
+                digest: hash.then(|| Box::new(digest::Context::new(&digest::SHA256))),
             })),
             taken: AtomicBool::new(false),
             limit,
             idle,
             bytes: AtomicU64::new(0),
             failure: AtomicU8::new(0),
+            sha256: Mutex::new(None),
+            ended: Notify::new(),
         })
+    }
+
+    /// The SHA-256 of the whole body, once it has been read completely
+    /// (hashing must have been asked for).
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        let done = self.sha256.lock().ok().and_then(|d| *d);
+        // A body known to be empty may never be polled at all.
+        done.or_else(|| {
+            (self.hint.exact() == Some(0) && self.bytes() == 0 && self.failure().is_none())
+                .then(|| digest_bytes(digest::digest(&digest::SHA256, b"")))
+        })
+    }
+
+    /// Waits up to `limit` for the body to be read to its end (an upstream
+    /// may answer before it has consumed the whole body) and returns its
+    /// SHA-256; `None` if it failed or did not end in time.
+    pub async fn wait_sha256(&self, limit: Duration) -> Option<[u8; 32]> {
+        let ended = self.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if let Some(d) = self.sha256() {
+            return Some(d);
+        }
+        if self.failure().is_some() {
+            return None;
+        }
+        let _ = tokio::time::timeout(limit, ended).await;
+        self.sha256()
+    }
+
+    /// The client's body was read to its end.
+    fn complete(&self, source: &mut Source) {
+        if let Some(d) = source.digest.take() {
+            if let Ok(mut slot) = self.sha256.lock() {
+                *slot = Some(digest_bytes(d.finish()));
+            }
+        }
+        self.ended.notify_waiters();
     }
 
     /// True while no upstream connection has asked for the body.
@@ -117,6 +189,7 @@ impl BodySlot {
         let _ = self
             .failure
             .compare_exchange(0, e.code(), Ordering::Relaxed, Ordering::Relaxed);
+        self.ended.notify_waiters();
         e
     }
 
@@ -152,6 +225,7 @@ impl BodySlot {
             if let Err(e) = self.count(data.len()) {
                 break Err(e);
             }
+            source.hash(&data);
             read += data.len();
             source.prefix.push_back(data);
             if read > replay_limit {
@@ -160,6 +234,7 @@ impl BodySlot {
         };
         match result {
             Ok(true) => {
+                self.complete(&mut source);
                 let mut all = BytesMut::with_capacity(read);
                 for chunk in &source.prefix {
                     all.extend_from_slice(chunk);
@@ -280,6 +355,7 @@ impl Body for ForwardBody {
                     if let Err(e) = slot.count(data.len()) {
                         return Poll::Ready(Some(Err(e)));
                     }
+                    src.hash(data);
                 }
                 if let Some(timer) = timer.as_mut() {
                     timer.as_mut().reset(Instant::now() + slot.idle);
@@ -287,7 +363,10 @@ impl Body for ForwardBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(slot.fail(BodyError::Client)))),
-            Poll::Ready(None) => this.finish(),
+            Poll::Ready(None) => {
+                slot.complete(src);
+                this.finish()
+            }
             Poll::Pending => {
                 let idle = slot.idle;
                 let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));

@@ -34,6 +34,8 @@ pub enum Failure {
     UpstreamUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    /// The decision record could not be written to the transparency log.
+    LogUnavailable,
 }
 
 impl Failure {
@@ -45,7 +47,9 @@ impl Failure {
             Failure::OriginUnknown | Failure::OriginNotPermitted => {
                 StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS
             }
-            Failure::NoHealthyDatacenter { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoHealthyDatacenter { .. } | Failure::LogUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
@@ -66,6 +70,7 @@ impl Failure {
             Failure::UpstreamUnavailable => "upstream_unavailable",
             Failure::UpstreamError => "upstream_error",
             Failure::UpstreamTimeout => "upstream_timeout",
+            Failure::LogUnavailable => "log_unavailable",
         }
     }
 
@@ -82,6 +87,7 @@ impl Failure {
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
             | Failure::UpstreamTimeout => Culprit::Upstream,
+            Failure::LogUnavailable => Culprit::Proxy,
         }
     }
 
@@ -100,7 +106,12 @@ impl Failure {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Failure::NoHealthyDatacenter { retry_after } = self {
+        let retry_after = match self {
+            Failure::NoHealthyDatacenter { retry_after } => Some(retry_after),
+            Failure::LogUnavailable => Some(Duration::from_secs(1)),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -21,6 +21,7 @@
 //! exactly one delivery attempt.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -58,7 +59,8 @@ enum Attempt {
 }
 
 /// Forwards `req`; on success returns the upstream's response (body still
-/// streaming) and the number of body bytes read from the client.
+/// streaming) and the client's body slot (bytes read, SHA-256 when the
+/// transparency log wants it).
 /// `datacenter` is set to the data centre that answered, for the response
 /// headers and the log.
 pub async fn forward(
@@ -67,7 +69,7 @@ pub async fn forward(
     target: Target<'_>,
     req: Request<Incoming>,
     datacenter: &mut Option<String>,
-) -> Result<(Response<Incoming>, u64), (Failure, u64)> {
+) -> Result<(Response<Incoming>, Arc<BodySlot>), (Failure, u64)> {
     let config = &state.config;
     let policy = &config.policy;
     let health = &state.health;
@@ -105,6 +107,7 @@ pub async fn forward(
         body,
         config.limits.max_body_bytes,
         config.timeouts.request_body_idle,
+        shared.log.is_some(),
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replay: Option<Bytes> = if idempotent && declared.is_none_or(|n| n <= replay_limit as u64) {
@@ -154,7 +157,7 @@ pub async fn forward(
         let (fallback, unsent, ejected) = match attempt {
             Attempt::Answered(resp) => {
                 health.record_success(upstream);
-                return Ok((resp, slot.bytes()));
+                return Ok((resp, slot));
             }
             Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
             Attempt::Failed { failure, unsent } if unsent.is_some() => {
@@ -173,9 +176,8 @@ pub async fn forward(
             (Some(reason), _) => reason,
             (None, Some(_)) => "idempotent_replay",
             (None, None) => {
-                return fallback
-                    .map(|r| (r, slot.bytes()))
-                    .map_err(|f| (f, slot.bytes()))
+                let bytes = slot.bytes();
+                return fallback.map(|r| (r, slot)).map_err(|f| (f, bytes));
             }
         };
         let next = policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u));
@@ -196,9 +198,8 @@ pub async fn forward(
                 return Err((Failure::NoHealthyDatacenter { retry_after }, slot.bytes()));
             }
             _ => {
-                return fallback
-                    .map(|r| (r, slot.bytes()))
-                    .map_err(|f| (f, slot.bytes()))
+                let bytes = slot.bytes();
+                return fallback.map(|r| (r, slot)).map_err(|f| (f, bytes));
             }
         }
     }

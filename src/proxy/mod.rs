@@ -10,11 +10,12 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod witness;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -27,6 +28,7 @@ use crate::metrics::{status_class, NONE};
 use crate::origin::{self, AddressSource};
 use crate::policy::JurisdictionId;
 use crate::state::{Shared, State};
+use crate::transparency::settings::OnWriteError;
 pub use error::Failure;
 
 /// The response body: the upstream's, streamed, or our own small one.
@@ -42,9 +44,11 @@ pub struct Conn {
     pub listener: usize,
 }
 
-/// Fields of the access-log line, filled in as the request progresses.
-struct Access {
+/// Fields of the access-log line (and the decision record), filled in as
+/// the request progresses.
+pub struct Access {
     source: Option<AddressSource>,
+    client: Option<IpAddr>,
     country: Option<Country>,
     jurisdiction: Option<JurisdictionId>,
     datacenter: Option<String>,
@@ -59,26 +63,50 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let received = SystemTime::now();
     let id = shared.ids.next();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let mut access = Access {
         source: None,
+        client: None,
         country: None,
         jurisdiction: None,
         datacenter: None,
         reason: None,
     };
-    let (mut resp, bytes) = match route(&shared, &state, &conn, req, &id, &mut access).await {
-        Ok((resp, bytes)) => (resp.map(Either::Left), bytes),
-        Err((failure, bytes)) => {
+    let routed = route(&shared, &state, &conn, req, &id, &mut access).await;
+    let log = shared.log.as_deref();
+    // (answer, body bytes, receipt, whether a record was written)
+    let (answered, bytes, receipt, recorded) = match routed {
+        Ok((resp, slot)) => {
+            let receipt = match log {
+                Some(log) => {
+                    let facts = witness::Facts::new(&state, &access, &id, received);
+                    witness::answered(log, &facts, &resp, &slot).await
+                }
+                None => Ok(None),
+            };
+            match receipt {
+                Ok(receipt) => (Ok(resp), slot.bytes(), receipt, true),
+                Err(failure) => (Err(failure), slot.bytes(), None, true),
+            }
+        }
+        Err((failure, bytes)) => (Err(failure), bytes, None, false),
+    };
+    let mut resp = match answered {
+        Ok(resp) => resp.map(Either::Left),
+        Err(failure) => {
             access.reason = Some(failure.reason());
             shared
                 .metrics
                 .rejections
                 .with_label_values(&[failure.reason()])
                 .inc();
-            (failure.response(&id).map(Either::Right), bytes)
+            if let Some(log) = log.filter(|_| !recorded) {
+                witness::refused(log, &witness::Facts::new(&state, &access, &id, received));
+            }
+            failure.response(&id).map(Either::Right)
         }
     };
 
@@ -92,6 +120,10 @@ pub async fn handle(
         jurisdiction,
         access.datacenter.as_deref(),
     );
+    if let Some(receipt) = receipt {
+        resp.headers_mut()
+            .insert(crate::transparency::receipt::HEADER, receipt);
+    }
 
     let status = resp.status();
     let elapsed = started.elapsed();
@@ -130,7 +162,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-type Routed = Result<(Response<Incoming>, u64), (Failure, u64)>;
+type Routed = Result<(Response<Incoming>, Arc<body::BodySlot>), (Failure, u64)>;
 
 async fn route(
     shared: &Shared,
@@ -163,6 +195,7 @@ async fn route(
     )
     .map_err(|_| (Failure::BadForwardedHeader, 0))?;
     access.source = Some(origin.source);
+    access.client = Some(origin.addr);
 
     let policy = &config.policy;
     let health = &state.health;
@@ -188,6 +221,12 @@ async fn route(
     let Some((jurisdiction, _)) = decision.jurisdiction else {
         return Err((Failure::OriginUnknown, 0));
     };
+    if let Some(log) = &shared.log {
+        // Nothing is forwarded that could not be acknowledged with a record.
+        if log.failing() && log.settings().on_write_error == OnWriteError::Refuse {
+            return Err((Failure::LogUnavailable, 0));
+        }
+    }
 
     let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
     let xff_trusted =

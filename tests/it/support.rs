@@ -291,7 +291,7 @@ database = "geo.mmdb"
         std::fs::write(&config_path, toml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
-        let shared = Shared::new(state, Metrics::new().unwrap());
+        let shared = Shared::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
         let bound = residency_proxy::server::bind(shared.clone())
             .await
             .unwrap()

@@ -1,0 +1,162 @@
+//! Decision records for the transparency log, and the receipt a stored
+//! upload's response carries.
+//!
+//! Every answer produces one record: uploads the data centre stored (2xx),
+//! uploads it answered otherwise, and refusals. Only a 2xx gets a receipt,
+//! and only once its record is in the log: if the record cannot be written,
+//! the client gets 503 `log_unavailable` instead (unless the operator chose
+//! `on_write_error = "continue"`).
+
+use std::time::SystemTime;
+
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+
+use super::body::BodySlot;
+use super::error::Failure;
+use super::Access;
+use crate::country::Country;
+use crate::state::State;
+use crate::transparency::log::Log;
+use crate::transparency::merkle;
+use crate::transparency::receipt::{self, Receipt};
+use crate::transparency::record::{self, BodyDigest, Client, Database, Outcome, Record};
+use crate::transparency::settings::{OnWriteError, ReceiptMode};
+
+/// What a request was, for its record.
+pub struct Facts<'a> {
+    pub state: &'a State,
+    pub access: &'a Access,
+    pub request_id: &'a HeaderValue,
+    pub received: SystemTime,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(
+        state: &'a State,
+        access: &'a Access,
+        request_id: &'a HeaderValue,
+        received: SystemTime,
+    ) -> Facts<'a> {
+        Facts {
+            state,
+            access,
+            request_id,
+            received,
+        }
+    }
+
+    fn record(&self, log: &Log, outcome: Outcome) -> Record {
+        let state = self.state;
+        let policy = &state.config.policy;
+        let access = self.access;
+        let address = access
+            .client
+            .and_then(|a| record::minimise(a, &log.settings().client_address));
+        Record {
+            v: record::VERSION,
+            request_id: self.request_id.to_str().unwrap_or_default().to_string(),
+            time: record::rfc3339(self.received),
+            outcome,
+            reason: access.reason.map(str::to_string),
+            client: Client {
+                source: access.source.map(|s| s.as_str().to_string()),
+                address,
+            },
+            country: access
+                .country
+                .as_ref()
+                .map(|c| Country::as_str(c).to_string()),
+            jurisdiction: access
+                .jurisdiction
+                .map(|j| policy.jurisdiction(j).name.clone()),
+            datacenter: access.datacenter.clone(),
+            upstream_status: None,
+            body: None,
+            policy_sha256: state.policy_hash.clone(),
+            geoip: Database {
+                build_epoch: state.geo.build_epoch(),
+                sha256: crate::hex::encode(state.geo.sha256()),
+            },
+        }
+    }
+}
+
+/// Records a refusal. A failed write is counted and logged by the log; the
+/// client is being refused anyway.
+pub fn refused(log: &Log, facts: &Facts<'_>) {
+    let _ = log.append(&facts.record(log, Outcome::Refused));
+}
+
+/// Records an upstream answer and returns the `Residency-Receipt` value for
+/// a 2xx (added after the upstream's own `Residency-*` headers are
+/// stripped). A 2xx whose record cannot be written becomes 503
+/// `log_unavailable` (by default).
+pub async fn answered(
+    log: &Log,
+    facts: &Facts<'_>,
+    resp: &Response<Incoming>,
+    slot: &BodySlot,
+) -> Result<Option<HeaderValue>, Failure> {
+    let stored = resp.status().is_success();
+    let mut record = facts.record(
+        log,
+        if stored {
+            Outcome::Stored
+        } else {
+            Outcome::Rejected
+        },
+    );
+    record.upstream_status = Some(resp.status().as_u16());
+    // The data centre may answer before it has read the whole body; a
+    // receipt names the body it got, so wait (bounded) for the end.
+    let idle = facts.state.config.timeouts.request_body_idle;
+    let sha256 = slot.wait_sha256(idle).await;
+    match sha256 {
+        Some(sha256) => {
+            record.body = Some(BodyDigest {
+                sha256: crate::hex::encode(&sha256),
+                bytes: slot.bytes(),
+            })
+        }
+        None if stored => {
+            tracing::warn!(
+                request_id = facts.request_id.to_str().unwrap_or_default(),
+                "the data centre answered 2xx before receiving the whole body: no receipt"
+            );
+            record.outcome = Outcome::Refused;
+            record.reason = Some(Failure::UpstreamError.reason().to_string());
+            let _ = log.append(&record);
+            return Err(Failure::UpstreamError);
+        }
+        None => {}
+    }
+    let appended = match log.append(&record) {
+        Ok(a) => a,
+        Err(_) if stored && log.settings().on_write_error == OnWriteError::Refuse => {
+            return Err(Failure::LogUnavailable)
+        }
+        Err(_) => return Ok(None),
+    };
+    if !stored {
+        return Ok(None);
+    }
+    let settings = log.settings();
+    let signature = match settings.receipts {
+        ReceiptMode::Off => return Ok(None),
+        ReceiptMode::Log => None,
+        ReceiptMode::Signed => {
+            let leaf = merkle::leaf_hash(&appended.bytes);
+            let message = receipt::signed_message(&settings.origin, appended.index, &leaf);
+            Some(log.signer().sign(&message))
+        }
+    };
+    let value = Receipt {
+        log: settings.origin.clone(),
+        index: appended.index,
+        record: appended.bytes,
+        signature,
+    }
+    .encode();
+    Ok(HeaderValue::from_str(&value).ok())
+}
