@@ -245,6 +245,31 @@ async fn serve_inner(
     Ok(())
 }
 
+/// With a file-size limit (`ulimit -f`), a write past it raises SIGXFSZ,
+/// which by default kills the process mid-request. Handling it turns the
+/// write into an `EFBIG` error, which the transparency log reports and
+/// answers by its `on_write_error` policy.
+fn ignore_file_size_signal() {
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm"
+        )
+    ))]
+    {
+        const SIGXFSZ: i32 = 25;
+        // Registration outlives the returned stream.
+        if let Err(e) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        {
+            tracing::warn!(error = %e, "cannot handle SIGXFSZ");
+        }
+    }
+}
+
 fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
     use crate::transparency::note::Signer;
     use std::io::Write as _;
@@ -383,6 +408,7 @@ fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return runtime_error(e.into()),
     };
+    rt.block_on(async { ignore_file_size_signal() });
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast::<crate::config::ConfigReport>() {
@@ -419,8 +445,12 @@ fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr on a full disk, a closed
+    // pipe) is dropped: the default reports it with `eprintln!`, which
+    // panics on the same broken stderr — inside a request.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

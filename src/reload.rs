@@ -14,7 +14,9 @@
 //! country (all in `State::build`) — before one atomic swap. A failed reload keeps the old state
 //! serving, logs every reason and counts `residency_reloads_total{result="failure"}`.
 //! Listeners stay bound: a changed address is logged as needing a restart;
-//! adding or removing listeners is refused.
+//! adding or removing listeners is refused. The transparency log keeps the
+//! `[transparency]` settings it was opened with (a change is logged as
+//! needing a restart).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +81,10 @@ fn build(shared: &Shared, path: &Path) -> Result<State, ConfigReport> {
         new.address = bound.address;
     }
     state.config.admin.address = old.config.admin.address;
+    if state.config.transparency != old.config.transparency {
+        tracing::warn!("[transparency] changed: needs a restart; the log keeps running with the settings it was opened with");
+        state.config.transparency = old.config.transparency.clone();
+    }
     report.finish(Some(state))
 }
 

@@ -193,14 +193,15 @@ impl BodySlot {
         e
     }
 
-    /// Counts `len` bytes read from the client against the limit.
-    fn count(&self, len: usize) -> Result<(), BodyError> {
+    /// Counts `len` bytes read from the client against the limit; returns
+    /// the total so far.
+    fn count(&self, len: usize) -> Result<u64, BodyError> {
         let len = len as u64;
         let total = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
         if total > self.limit {
             return Err(self.fail(BodyError::TooLarge));
         }
-        Ok(())
+        Ok(total)
     }
 
     /// Reads the body while it fits in `replay_limit` bytes. Returns the
@@ -352,10 +353,16 @@ impl Body for ForwardBody {
         match Pin::new(&mut src.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if let Err(e) = slot.count(data.len()) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    let total = match slot.count(data.len()) {
+                        Ok(total) => total,
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
                     src.hash(data);
+                    // With a known length, hyper stops polling once it has
+                    // sent that much: the end is now, not at `None`.
+                    if slot.hint.exact() == Some(total) {
+                        slot.complete(src);
+                    }
                 }
                 if let Some(timer) = timer.as_mut() {
                     timer.as_mut().reset(Instant::now() + slot.idle);

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::http::{ConsistencyProof, InclusionProof};
+use super::http::{ConsistencyProof, Entry, InclusionProof};
 use super::merkle::{self, Hash};
 use super::note::{Checkpoint, Verifier};
 use super::receipt::{self, Receipt};
@@ -28,8 +28,12 @@ pub struct VerifyArgs {
     pub key: String,
     /// A receipt: the `Residency-Receipt` header value (or the whole header
     /// line), `@FILE` to read it from a file, or `-` for stdin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "request_id")]
     pub receipt: Option<String>,
+    /// Instead of a receipt: a request id (`X-Request-Id`); its record is
+    /// fetched from `--log` and proven by inclusion.
+    #[arg(long, requires = "log")]
+    pub request_id: Option<String>,
     /// The log's base URL (its `transparency.address`), to fetch the latest
     /// checkpoint and the proofs.
     #[arg(long)]
@@ -97,9 +101,18 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         None => None,
     };
 
-    let receipt = match &args.receipt {
-        Some(r) => Some(read_receipt(r)?),
-        None => None,
+    let receipt = match (&args.receipt, &args.request_id, &fetcher) {
+        (Some(r), _, _) => Some(read_receipt(r)?),
+        (None, Some(id), Some(f)) => {
+            let entry: Entry = f.json(&format!("/records/{id}")).await?;
+            Some(Receipt {
+                log: verifier.name().to_string(),
+                index: entry.index,
+                record: entry.record.into_bytes(),
+                signature: None,
+            })
+        }
+        _ => None,
     };
     let mut summary = None;
     if let Some(receipt) = &receipt {

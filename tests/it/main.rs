@@ -13,4 +13,5 @@ mod retries;
 mod routing;
 mod streaming;
 mod tls;
+mod transparency;
 mod upstream_tls;

@@ -188,6 +188,8 @@ pub struct Proxy {
     pub certs: Vec<String>,
     pub config_path: PathBuf,
     pub shared: Arc<Shared>,
+    /// The transparency log listener, when `Setup::transparency` is set.
+    pub log_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -199,6 +201,22 @@ pub struct Setup {
     pub extra: String,
     pub trusted: Vec<&'static str>,
     pub second_cert: Option<Vec<&'static str>>,
+    /// Enables the transparency log (key `log.key`, origin [`LOG_ORIGIN`],
+    /// listener on a free port); these lines are added to `[transparency]`.
+    pub transparency: Option<String>,
+}
+
+/// The transparency log's name in test setups.
+pub const LOG_ORIGIN: &str = "test.example/residency-log";
+
+/// Writes a fresh Ed25519 key to `dir/log.key`; returns the verifier key.
+pub fn log_key(dir: &Path) -> String {
+    use residency_proxy::transparency::note::Signer;
+    let pkcs8 = Signer::generate_pkcs8().unwrap();
+    std::fs::write(dir.join("log.key"), &pkcs8).unwrap();
+    Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
+        .unwrap()
+        .verifier_key()
 }
 
 impl Default for Setup {
@@ -214,6 +232,7 @@ impl Default for Setup {
             extra: String::new(),
             trusted: vec!["127.0.0.1"],
             second_cert: None,
+            transparency: None,
         }
     }
 }
@@ -265,6 +284,18 @@ impl Proxy {
             ));
         }
         let trusted: Vec<String> = setup.trusted.iter().map(|t| format!("\"{t}\"")).collect();
+        let mut extra = setup.extra.clone();
+        if let Some(lines) = &setup.transparency {
+            log_key(dir.path());
+            let interval = if lines.contains("checkpoint_interval") {
+                ""
+            } else {
+                "checkpoint_interval = \"50ms\""
+            };
+            extra.push_str(&format!(
+                "\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\naddress = \"127.0.0.1:0\"\n{interval}\n{lines}\n"
+            ));
+        }
         let toml = format!(
             r#"
 [[listeners]]
@@ -285,7 +316,6 @@ database = "geo.mmdb"
 "#,
             trusted = trusted.join(", "),
             listener_extra = setup.listener_extra,
-            extra = setup.extra,
         );
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, toml).unwrap();
@@ -298,6 +328,7 @@ database = "geo.mmdb"
             .watch(config_path.clone());
         let addr = bound.addresses()[0];
         let admin = bound.admin_address().unwrap();
+        let log_addr = bound.transparency_address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.run(async move {
             let _ = stopped.await;
@@ -310,6 +341,7 @@ database = "geo.mmdb"
             certs,
             config_path,
             shared,
+            log_addr,
             stop: Some(stop),
             task: Some(task),
         }
@@ -338,7 +370,34 @@ database = "geo.mmdb"
 
     /// Any method on the admin listener; returns status and body text.
     pub async fn admin_request(&self, method: &str, path: &str) -> (StatusCode, String) {
-        let stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        plain_request(self.admin, method, path).await
+    }
+
+    /// GET on the transparency log listener.
+    pub async fn log_get(&self, path: &str) -> (StatusCode, String) {
+        plain_request(self.log_addr.expect("transparency configured"), "GET", path).await
+    }
+
+    /// The log's base URL for `verify --log`.
+    pub fn log_url(&self) -> String {
+        format!("http://{}", self.log_addr.expect("transparency configured"))
+    }
+
+    /// Stops the proxy and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// One plain HTTP/1.1 request; returns status and body text.
+pub async fn plain_request(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
+    {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -353,16 +412,6 @@ database = "geo.mmdb"
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// Stops the proxy and waits for it to drain.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
     }
 }
 
@@ -659,6 +708,16 @@ impl Binary {
     /// Starts the binary with `datacenters` (name, jurisdiction, upstream)
     /// and `extra` TOML, and waits until `/readyz` answers 200.
     pub async fn start(tag: &str, datacenters: &[(&str, &str, SocketAddr)], extra: &str) -> Binary {
+        Self::start_wrapped(tag, datacenters, extra, &[]).await
+    }
+
+    /// As [`Binary::start`], run under `wrapper` (e.g. `prlimit --fsize=N --`).
+    pub async fn start_wrapped(
+        tag: &str,
+        datacenters: &[(&str, &str, SocketAddr)],
+        extra: &str,
+        wrapper: &[&str],
+    ) -> Binary {
         let dir = TempDir::new(tag);
         let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
@@ -681,7 +740,16 @@ impl Binary {
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("proxy.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        let binary = env!("CARGO_BIN_EXE_residency-proxy");
+        let mut command = match wrapper {
+            [] => std::process::Command::new(binary),
+            [program, args @ ..] => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
+        let child = command
             .args(["--log-level", "info", "serve", "--config"])
             .arg(&config_path)
             .stdin(std::process::Stdio::null())

@@ -1,0 +1,593 @@
+//! Proof of residency end to end: uploads through the proxy get receipts,
+//! receipts and the log's proofs verify against the public key alone, and
+//! any tampering — with a receipt, a checkpoint or a stored record — makes
+//! `verify` say INVALID.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use residency_proxy::transparency::note::{Checkpoint, Signer, Verifier};
+use residency_proxy::transparency::receipt::Receipt;
+use residency_proxy::transparency::record::Record;
+use residency_proxy::transparency::verify::{verify, Report, VerifyArgs};
+
+use crate::support::*;
+
+fn args(key: &str) -> VerifyArgs {
+    VerifyArgs {
+        key: key.to_string(),
+        receipt: None,
+        request_id: None,
+        log: None,
+        checkpoint: None,
+        proof: None,
+        previous: None,
+        consistency_proof: None,
+        save_checkpoint: None,
+        ca: None,
+    }
+}
+
+fn key_of(proxy: &Proxy) -> String {
+    let log = proxy.shared.log.as_ref().expect("log configured");
+    log.signer().verifier_key()
+}
+
+async fn check(args: &VerifyArgs) -> Report {
+    verify(args).await
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    residency_proxy::hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+#[tokio::test]
+async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let body = "cpu=0.93\n".repeat(100);
+    let reply = proxy.client().upload_from(CH, &body).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let header = reply
+        .header("residency-receipt")
+        .expect("a receipt")
+        .to_string();
+    let receipt = Receipt::parse(&header).unwrap();
+    assert_eq!(receipt.log, LOG_ORIGIN);
+    assert!(receipt.signature.is_some(), "receipts = signed by default");
+
+    // What the record says.
+    let record = Record::from_bytes(&receipt.record).unwrap();
+    assert_eq!(record.request_id, reply.header("x-request-id").unwrap());
+    assert_eq!(record.datacenter.as_deref(), Some("zurich"));
+    assert_eq!(record.jurisdiction.as_deref(), Some("ch"));
+    assert_eq!(record.country.as_deref(), Some("CH"));
+    assert_eq!(record.upstream_status, Some(201));
+    assert_eq!(record.client.source.as_deref(), Some("x_forwarded_for"));
+    assert_eq!(
+        record.client.address.as_deref(),
+        Some("192.0.2.0/24"),
+        "minimised"
+    );
+    let digest = record.body.as_ref().unwrap();
+    assert_eq!(digest.bytes, body.len() as u64);
+    assert_eq!(digest.sha256, sha256_hex(body.as_bytes()));
+    assert_eq!(
+        digest.sha256,
+        sha256_hex(&proxy.upstream("zurich").last().body)
+    );
+    let state = proxy.shared.state();
+    assert_eq!(record.policy_sha256, state.policy_hash);
+    let mmdb = std::fs::read(proxy.dir.path().join("geo.mmdb")).unwrap();
+    assert_eq!(record.geoip.sha256, sha256_hex(&mmdb));
+    assert_eq!(record.geoip.build_epoch, 1_750_000_000);
+
+    // Offline, with the public key alone.
+    let mut a = args(&key);
+    a.receipt = Some(header.clone());
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("data centre zurich, jurisdiction ch"),
+        "{text}"
+    );
+
+    // With the log: inclusion in a signed checkpoint.
+    a.log = Some(proxy.log_url());
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+    assert!(report.to_string().contains("inclusion proof"), "{report}");
+
+    // Another log's key: INVALID.
+    let other = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let mut b = args(&other);
+    b.receipt = Some(header.clone());
+    let report = check(&b).await;
+    assert!(!report.valid(), "{report}");
+    assert!(report.to_string().contains("INVALID"), "{report}");
+
+    proxy.stop().await;
+}
+
+/// Changing any single byte of a receipt makes it INVALID.
+#[tokio::test]
+async fn every_byte_of_a_receipt_is_protected() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let reply = proxy.client().upload_from(DE, "x=1").await;
+    let header = reply.header("residency-receipt").unwrap().to_string();
+    proxy.stop().await;
+
+    let bytes = header.as_bytes();
+    let mut checked = 0;
+    for i in 0..bytes.len() {
+        let mut changed = bytes.to_vec();
+        changed[i] = match bytes[i] {
+            b'A' => b'B',
+            c if c.is_ascii_alphanumeric() => b'A',
+            _ => b'Q',
+        };
+        let Ok(text) = String::from_utf8(changed) else {
+            continue;
+        };
+        let mut a = args(&key);
+        a.receipt = Some(text.clone());
+        let report = check(&a).await;
+        assert!(!report.valid(), "byte {i} changed, still VALID: {text}");
+        checked += 1;
+    }
+    assert_eq!(checked, bytes.len());
+}
+
+#[tokio::test]
+async fn log_receipts_need_the_log_and_refusals_are_recorded() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("receipts = \"log\"\nclient_address = \"none\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let reply = proxy.client().upload_from(CH, "x=1").await;
+    let header = reply.header("residency-receipt").unwrap().to_string();
+    let receipt = Receipt::parse(&header).unwrap();
+    assert!(receipt.signature.is_none());
+    let record = Record::from_bytes(&receipt.record).unwrap();
+    assert_eq!(record.client.address, None, "client_address = none");
+
+    let mut a = args(&key);
+    a.receipt = Some(header);
+    let report = check(&a).await;
+    assert!(!report.valid(), "an unsigned receipt alone proves nothing");
+    assert!(report.to_string().contains("no signature"), "{report}");
+    a.log = Some(proxy.log_url());
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+
+    // A refusal is a record too, found by its request id.
+    let refused = proxy.client().upload_from(UNKNOWN, "x=1").await;
+    assert_eq!(refused.status, 451);
+    assert!(refused.header("residency-receipt").is_none());
+    let id = refused.header("x-request-id").unwrap();
+    let (status, body) = proxy.log_get(&format!("/records/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let entry: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let record = Record::from_bytes(entry["record"].as_str().unwrap().as_bytes()).unwrap();
+    assert_eq!(record.outcome.as_str(), "refused");
+    assert_eq!(record.reason.as_deref(), Some("origin_unknown"));
+    assert_eq!(record.datacenter, None);
+
+    // The upload can be verified from its request id alone.
+    let mut c = args(&key);
+    c.log = Some(proxy.log_url());
+    c.request_id = Some(reply.header("x-request-id").unwrap().to_string());
+    let report = check(&c).await;
+    assert!(report.valid(), "{report}");
+
+    let (status, _) = proxy.log_get("/records/0123").await;
+    assert_eq!(status, 404);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let dir = TempDir::new("tlog-verify");
+    for _ in 0..3 {
+        proxy.client().upload_from(CH, "a").await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Save what we saw.
+    let seen = dir.path().join("seen.checkpoint");
+    let mut a = args(&key);
+    a.log = Some(proxy.log_url());
+    a.save_checkpoint = Some(seen.clone());
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+    let note = std::fs::read_to_string(&seen).unwrap();
+
+    // Byte-exact C2SP tlog-checkpoint, signed as a C2SP signed note.
+    let (body, signature) = note.split_once("\n\n").unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], LOG_ORIGIN);
+    let size: u64 = lines[1].parse().unwrap();
+    assert!(size >= 3, "{note}");
+    let root = base64::engine::general_purpose::STANDARD
+        .decode(lines[2])
+        .unwrap();
+    assert_eq!(root.len(), 32);
+    assert_eq!(lines.len(), 3);
+    let prefix = format!("\u{2014} {LOG_ORIGIN} ");
+    let sig_line = signature.strip_suffix('\n').unwrap();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(sig_line.strip_prefix(&prefix).unwrap())
+        .unwrap();
+    assert_eq!(blob.len(), 4 + 64);
+    // Any Ed25519 verifier: ring, over the note text.
+    let verifier = Verifier::parse(&key).unwrap();
+    assert_eq!(blob[..4], verifier.key_id());
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, verifier.public_key())
+        .verify(format!("{body}\n").as_bytes(), &blob[4..])
+        .expect("the checkpoint signature verifies with plain Ed25519");
+
+    // More uploads; the new checkpoint is consistent with the saved one.
+    for _ in 0..5 {
+        proxy.client().upload_from(DE, "b").await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut b = args(&key);
+    b.log = Some(proxy.log_url());
+    b.previous = Some(seen.clone());
+    let report = check(&b).await;
+    assert!(report.valid(), "{report}");
+    assert!(report.to_string().contains("consistency proof"), "{report}");
+
+    // A tampered saved checkpoint is INVALID.
+    let tampered = dir.path().join("tampered.checkpoint");
+    std::fs::write(
+        &tampered,
+        note.replacen(&lines[1].to_string(), &(size + 1).to_string(), 1),
+    )
+    .unwrap();
+    b.previous = Some(tampered.clone());
+    let report = check(&b).await;
+    assert!(!report.valid(), "{report}");
+    let mut c = args(&key);
+    c.checkpoint = Some(tampered);
+    assert!(!check(&c).await.valid());
+
+    // A forged history: a checkpoint of the same size with another root,
+    // signed by the right key, is caught by the consistency proof.
+    let forged_key_dir = TempDir::new("tlog-forge");
+    let signer_bytes = std::fs::read(proxy.dir.path().join("log.key")).unwrap();
+    let signer = Signer::from_pkcs8(LOG_ORIGIN, &signer_bytes).unwrap();
+    let forged = Checkpoint {
+        origin: LOG_ORIGIN.into(),
+        size,
+        root: [7u8; 32],
+        extensions: Vec::new(),
+    }
+    .sign(&signer)
+    .unwrap();
+    let forged_path = forged_key_dir.path().join("forged.checkpoint");
+    std::fs::write(&forged_path, forged).unwrap();
+    b.previous = Some(forged_path);
+    let report = check(&b).await;
+    assert!(!report.valid(), "{report}");
+    assert!(report.to_string().contains("rewrote history"), "{report}");
+    proxy.stop().await;
+}
+
+/// A record altered on disk no longer proves anything: its leaf is not in
+/// the signed tree.
+#[tokio::test]
+async fn a_stored_record_altered_on_disk_fails_verification() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let reply = proxy.client().upload_from(CH, "x=1").await;
+    let id = reply.header("x-request-id").unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let path = proxy.dir.path().join("log").join("records.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&id));
+    // Same length, one byte different: the data centre's name.
+    std::fs::write(&path, text.replace("\"zurich\"", "\"zurick\"")).unwrap();
+    let mut a = args(&key);
+    a.log = Some(proxy.log_url());
+    a.request_id = Some(id);
+    let report = check(&a).await;
+    assert!(!report.valid(), "{report}");
+    assert!(report.to_string().contains("not in the log"), "{report}");
+    proxy.stop().await;
+}
+
+/// Every appended record's metric, and a checkpoint at shutdown.
+#[tokio::test]
+async fn metrics_count_records_and_checkpoints() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..4 {
+        proxy.client().upload_from(CH, "a").await;
+    }
+    proxy.client().upload_from(UNKNOWN, "a").await;
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&text, "residency_log_records_appended_total"),
+        Some(5.0)
+    );
+    assert_eq!(metric(&text, "residency_log_size"), Some(5.0));
+    assert_eq!(metric(&text, "residency_log_write_errors_total"), Some(0.0));
+    let shared = proxy.shared.clone();
+    let path = proxy.dir.path().join("log").join("checkpoint");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let verifier = Verifier::parse(&key_of(&proxy)).unwrap();
+    assert!(Checkpoint::open(&before, &verifier).unwrap().size < 5);
+    // The final checkpoint, at shutdown, covers everything.
+    proxy.stop().await;
+    let note = shared.log.as_ref().unwrap().latest().note.clone();
+    let verifier = Verifier::parse(&shared.log.as_ref().unwrap().signer().verifier_key()).unwrap();
+    assert_eq!(Checkpoint::open(&note, &verifier).unwrap().size, 5);
+    assert_eq!(
+        shared.metrics.log.checkpoint_size.get(),
+        5,
+        "checkpoint size metric"
+    );
+}
+
+/// `[transparency]` for a subprocess proxy, with absolute paths so a
+/// restarted proxy finds the same log.
+fn section(dir: &std::path::Path, log_port: u16, lines: &str) -> String {
+    format!(
+        "[transparency]\ndirectory = \"{}\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"{}\"\n\
+         address = \"127.0.0.1:{log_port}\"\ncheckpoint_interval = \"20ms\"\n{lines}\n",
+        dir.join("log").display(),
+        dir.join("log.key").display()
+    )
+}
+
+/// kill -9 while uploads are being written, then restart on the same log:
+/// every checkpoint issued before the kill is consistent with the new
+/// tree, and every receipt given out before the kill is still included.
+#[tokio::test]
+async fn kill_9_during_writes_keeps_the_tree_consistent_with_every_checkpoint() {
+    let keep = TempDir::new("tlog-kill");
+    let key = log_key(keep.path());
+    let zurich = Upstream::start("zurich").await;
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let log_port = free_port();
+    let proxy = Binary::start("tlog-kill-1", &dcs, &section(keep.path(), log_port, "")).await;
+    let log_url = format!("http://127.0.0.1:{log_port}");
+
+    // Eight writers upload as fast as they can until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let client = proxy.client();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for i in 0..2_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!("writer={w} upload={i}");
+                let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(body)),
+                    |e| match e {},
+                ));
+                let Ok(reply) = client
+                    .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                    .await
+                else {
+                    break;
+                };
+                if let Some(r) = reply.header("residency-receipt") {
+                    receipts.push(r.to_string());
+                }
+            }
+            receipts
+        }));
+    }
+    // Collect checkpoints while they write.
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (status, note) = plain_request(
+            format!("127.0.0.1:{log_port}").parse().unwrap(),
+            "GET",
+            "/checkpoint",
+        )
+        .await;
+        assert_eq!(status, 200);
+        seen.push(note);
+    }
+    let mut proxy = proxy;
+    proxy.child.0.kill().unwrap(); // SIGKILL, mid-write
+    let _ = proxy.child.0.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut receipts = Vec::new();
+    for w in writers {
+        receipts.extend(w.await.unwrap());
+    }
+    let verifier = Verifier::parse(&key).unwrap();
+    let sizes: Vec<u64> = seen
+        .iter()
+        .map(|n| Checkpoint::open(n, &verifier).unwrap().size)
+        .collect();
+    assert!(
+        sizes.last() > sizes.first(),
+        "checkpoints grew while writing: {sizes:?}"
+    );
+    assert!(receipts.len() > 50, "only {} receipts", receipts.len());
+
+    // Restart on the same directory and key.
+    let log_port = free_port();
+    let restarted = Binary::start("tlog-kill-2", &dcs, &section(keep.path(), log_port, "")).await;
+    let log_url2 = format!("http://127.0.0.1:{log_port}");
+    assert_ne!(log_url, log_url2);
+    let reply = restarted
+        .client()
+        .upload_from(CH, "after the restart")
+        .await;
+    assert_eq!(reply.status, 201);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for (i, note) in seen.iter().enumerate() {
+        let path = keep.path().join(format!("seen-{i}.checkpoint"));
+        std::fs::write(&path, note).unwrap();
+        let mut a = args(&key);
+        a.log = Some(log_url2.clone());
+        a.previous = Some(path);
+        let report = check(&a).await;
+        assert!(
+            report.valid(),
+            "checkpoint {i} (size {}): {report}",
+            sizes[i]
+        );
+    }
+    // Every receipt handed out before the kill is in the restarted log.
+    for (i, r) in receipts.iter().enumerate().step_by(7) {
+        let mut a = args(&key);
+        a.log = Some(log_url2.clone());
+        a.receipt = Some(r.clone());
+        let report = check(&a).await;
+        assert!(report.valid(), "receipt {i}: {report}\n{}", restarted.log());
+    }
+}
+
+/// When records cannot be written (here: a file-size limit), uploads are
+/// refused with 503 `log_unavailable`; nothing is acknowledged without its
+/// record, and later uploads are refused before they are forwarded.
+#[tokio::test]
+async fn a_log_that_cannot_be_written_refuses_uploads() {
+    let keep = TempDir::new("tlog-full");
+    log_key(keep.path());
+    let zurich = Upstream::start("zurich").await;
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let log_port = free_port();
+    // About five records fit under the limit.
+    let proxy = Binary::start_wrapped(
+        "tlog-full",
+        &dcs,
+        &section(keep.path(), log_port, ""),
+        &["prlimit", "--fsize=3500", "--"],
+    )
+    .await;
+    let client = proxy.client();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let reply = client
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH)],
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(format!("upload {i}"))),
+                    |e| match e {},
+                )),
+            )
+            .await;
+        let Ok(reply) = reply else {
+            panic!("{reply:?} {}", proxy.log())
+        };
+        if reply.status == 201 {
+            assert!(reply.header("residency-receipt").is_some());
+        } else {
+            assert_eq!(reply.status, 503, "{reply:?}");
+            assert_eq!(reply.json()["error"], "log_unavailable");
+            assert_eq!(reply.header("retry-after"), Some("1"));
+            assert!(reply.header("residency-receipt").is_none());
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let stored = statuses.iter().filter(|s| **s == 201).count();
+    assert!(
+        (2..=8).contains(&stored) && statuses[..stored].iter().all(|s| *s == 201),
+        "{statuses:?}"
+    );
+    // The first refusal reached the data centre (its record failed after
+    // the answer); every later one was refused before forwarding.
+    assert_eq!(zurich.count(), stored + 1, "{statuses:?}");
+    let metrics = std::net::TcpStream::connect(proxy.admin).map(|_| ());
+    assert!(metrics.is_ok());
+    let (_, text) = plain_request(proxy.admin, "GET", "/metrics").await;
+    assert!(
+        metric(&text, "residency_log_write_errors_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "residency_log_records_appended_total"),
+        Some(stored as f64)
+    );
+}
+
+/// `on_write_error = "continue"` keeps acknowledging — without receipts —
+/// and counts every record lost.
+#[tokio::test]
+async fn continue_on_write_error_acknowledges_without_receipts() {
+    let keep = TempDir::new("tlog-cont");
+    log_key(keep.path());
+    let zurich = Upstream::start("zurich").await;
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let log_port = free_port();
+    let proxy = Binary::start_wrapped(
+        "tlog-cont",
+        &dcs,
+        &section(keep.path(), log_port, "on_write_error = \"continue\""),
+        &["prlimit", "--fsize=3500", "--"],
+    )
+    .await;
+    let client = proxy.client();
+    let mut without = 0;
+    for i in 0..12 {
+        let reply = client.upload_from(CH, &format!("upload {i}")).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        if reply.header("residency-receipt").is_none() {
+            without += 1;
+        }
+    }
+    assert!(without >= 4, "{without}");
+    assert_eq!(zurich.count(), 12);
+    let (_, text) = plain_request(proxy.admin, "GET", "/metrics").await;
+    assert_eq!(
+        metric(&text, "residency_log_write_errors_total"),
+        Some(without as f64)
+    );
+}
