@@ -53,6 +53,9 @@ pub enum Command {
         /// Port of the admin listener (127.0.0.1).
         #[arg(long, default_value_t = 9900)]
         admin_port: u16,
+        /// Port of the transparency log listener (127.0.0.1).
+        #[arg(long, default_value_t = 9443)]
+        log_port: u16,
     },
     /// Run the proxy.
     Serve {
@@ -132,9 +135,13 @@ pub fn run(cli: Cli) -> ExitCode {
         LogFormatArg::Json => LogFormat::Json,
     });
     match cli.command {
-        Command::Demo { port, admin_port } => {
+        Command::Demo {
+            port,
+            admin_port,
+            log_port,
+        } => {
             init_tracing(format.unwrap_or_default(), &level);
-            block_on(crate::demo::run(port, admin_port))
+            block_on(crate::demo::run(port, admin_port, log_port))
         }
         Command::Serve { config: path } => {
             let config = match Config::load(&path) {
@@ -349,6 +356,16 @@ fn check_config(path: PathBuf) -> ExitCode {
                 state.geo.database_type(),
                 state.geo.build_epoch()
             );
+            if let Some(t) = &state.config.transparency {
+                println!(
+                    "transparency log {} in {} (receipts {:?}, endpoints {})",
+                    t.origin,
+                    t.directory.display(),
+                    t.receipts,
+                    t.address
+                        .map_or_else(|| "off".to_string(), |a| a.to_string())
+                );
+            }
             print!("{table}");
             println!("configuration OK");
             ExitCode::SUCCESS

@@ -4,8 +4,8 @@
 //! CSV below, and a config file into a temporary directory; starts the
 //! reference sink ([`crate::sink`]) with three data centres (zurich = ch,
 //! frankfurt = eu, virginia = us), which logs every upload it stores; then
-//! runs the real `serve` path and
-//! prints curl commands. The demo trusts `X-Forwarded-For` from loopback so
+//! runs the real `serve` path — with the transparency log and signed
+//! receipts (a fresh key each run) — and prints curl commands. The demo trusts `X-Forwarded-For` from loopback so
 //! curl can play clients from anywhere.
 //!
 //! The GeoIP fixture uses documentation ranges (RFC 5737 / RFC 3849), not
@@ -35,7 +35,10 @@ pub const DEMO_GEOIP_CSV: &str = "network,country
 /// The three data centres of the demo: name, jurisdiction.
 const SINKS: [(&str, &str); 3] = [("zurich", "ch"), ("frankfurt", "eu"), ("virginia", "us")];
 
-pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
+/// The demo log's name (`transparency.origin`).
+const LOG_ORIGIN: &str = "demo.residency-proxy.local/log";
+
+pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("residency-proxy-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let any: SocketAddr = "127.0.0.1:0".parse()?;
@@ -52,6 +55,18 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
             addr: sink.datacenter_addr(name).context("sink data centre")?,
         });
     }
+    // The transparency log: a fresh signing key, receipts signed.
+    let pkcs8 = crate::transparency::note::Signer::generate_pkcs8()?;
+    let signer = crate::transparency::note::Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)?;
+    std::fs::write(dir.join("demo-log.key"), &pkcs8)?;
+    std::fs::write(
+        dir.join("demo-log.pub"),
+        format!("{}\n", signer.verifier_key()),
+    )?;
+    let transparency = format!(
+        "\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"demo-log.key\"\n\
+         address = \"127.0.0.1:{log_port}\"\nreceipts = \"signed\"\n"
+    );
     let site = Site {
         generator: "demo",
         port,
@@ -59,11 +74,11 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
         listener:
             "trusted_proxies = [\"127.0.0.0/8\", \"::1\"]   # the demo lets curl name the client",
         datacenters: &datacenters,
-        extra: "",
+        extra: &transparency,
     };
     let config_path = write_files(&dir, &site)?;
     let config = Config::load(&config_path)?;
-    print_banner(&dir, port, admin_port, sink.admin_addr());
+    print_banner(&dir, port, admin_port, log_port, sink.admin_addr());
     let served = crate::cli::serve(config, crate::cli::shutdown_signal()).await;
     sink.stop().await;
     served
@@ -148,7 +163,8 @@ action = "reject"
     Ok(path)
 }
 
-fn print_banner(dir: &Path, port: u16, admin_port: u16, sink_admin: SocketAddr) {
+fn print_banner(dir: &Path, port: u16, admin_port: u16, log_port: u16, sink_admin: SocketAddr) {
+    let dir = dir.display();
     let url = format!("https://127.0.0.1:{port}/v1/telemetry");
     let curl = |ip: &str, what: &str| {
         format!(
@@ -156,8 +172,7 @@ fn print_banner(dir: &Path, port: u16, admin_port: u16, sink_admin: SocketAddr) 
         )
     };
     println!(
-        "\nresidency-proxy demo: files in {}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\nCtrl-C stops the demo.\n",
-        dir.display(),
+        "\nresidency-proxy demo: files in {dir}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  residency-proxy verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\nCtrl-C stops the demo.\n",
         curl("192.0.2.10", "Switzerland → stored in zurich (ch)"),
         curl("198.51.100.20", "Germany → stored in frankfurt (eu)"),
         curl("203.0.113.30", "United States → stored in virginia (us)"),

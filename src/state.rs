@@ -91,6 +91,22 @@ impl State {
         let clients = upstream::clients(&config.upstream, &config.timeouts, ca.as_deref())
             .map_err(|e| report.push("upstream.ca", e))
             .ok();
+        if let Some(t) = &config.transparency {
+            // The key is read again when the log opens; checked here so
+            // `check-config` catches a wrong file.
+            let key = std::fs::read(&t.signing_key)
+                .map_err(|e| e.to_string())
+                .and_then(|k| {
+                    crate::transparency::note::Signer::from_pkcs8(&t.origin, &k)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = key {
+                report.push(
+                    "transparency.signing_key",
+                    format!("{}: {e}", t.signing_key.display()),
+                );
+            }
+        }
         let health = Health::new(&config.policy, config.health.clone());
         let policy_hash = config.policy.hash();
         let state = match (geo, clients) {

@@ -234,6 +234,19 @@ fn example_config_validates() {
     }
     assert!(text_of_example.contains("\"GeoLite2-Country.mmdb\""));
     write_db(&dir.path().join("GeoLite2-Country.mmdb"));
+    assert!(text_of_example.contains("\"keys/residency-log.key\""));
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let out = run(
+        &[
+            "keygen",
+            "--name",
+            "ingest.example.com/residency-log",
+            "--out",
+            path(&dir.path().join("keys/residency-log")),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     let out = run(&["check-config", "--config", path(&copy)], &[]);
     let stdout = text(&out.stdout);
@@ -253,6 +266,7 @@ fn example_config_validates() {
         "listener 0.0.0.0:9443 (proxy_protocol required, 1 certificate(s), mTLS off)",
         "admin 127.0.0.1:9900",
         "unknown origin: reject (451)",
+        "transparency log ingest.example.com/residency-log in /var/lib/residency-proxy/log (receipts Signed, endpoints 0.0.0.0:9444)",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }

@@ -591,3 +591,91 @@ async fn continue_on_write_error_acknowledges_without_receipts() {
         Some(without as f64)
     );
 }
+
+/// The `keygen` and `verify` commands as a customer runs them.
+#[tokio::test]
+async fn keygen_and_verify_commands() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = env!("CARGO_BIN_EXE_residency-proxy");
+    let dir = TempDir::new("tlog-cli");
+    let out = std::process::Command::new(bin)
+        .args(["keygen", "--name", "cli.example/log", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(dir.path().join("k.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the private key is private");
+    let public = std::fs::read_to_string(dir.path().join("k.pub")).unwrap();
+    assert!(public.starts_with("cli.example/log+"), "{public}");
+    Verifier::parse(public.trim()).unwrap();
+    // Never overwrites a key.
+    let again = std::process::Command::new(bin)
+        .args(["keygen", "--name", "cli.example/log", "--out"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key_file = dir.path().join("log.pub");
+    std::fs::write(&key_file, key_of(&proxy)).unwrap();
+    let reply = proxy.client().upload_from(GB, "uk data").await;
+    assert_eq!(reply.status, 201);
+    let receipt_file = dir.path().join("receipt.txt");
+    std::fs::write(
+        &receipt_file,
+        format!(
+            "residency-receipt: {}\r\n",
+            reply.header("residency-receipt").unwrap()
+        ),
+    )
+    .unwrap();
+    let (k, r) = (key_file.clone(), receipt_file.clone());
+    let verify = move |extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .arg("verify")
+            .arg("--key")
+            .arg(&k)
+            .arg("--receipt")
+            .arg(format!("@{}", r.display()))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let url = proxy.log_url();
+    let (code, stdout) = tokio::task::spawn_blocking(move || verify(&["--log", &url]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("VALID: upload"), "{stdout}");
+    assert!(
+        stdout.contains("jurisdiction uk") && stdout.contains("from GB"),
+        "{stdout}"
+    );
+    // Against another key: exit 1, INVALID.
+    std::fs::write(&key_file, public).unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("verify")
+        .arg("--key")
+        .arg(&key_file)
+        .arg("--receipt")
+        .arg(format!("@{}", receipt_file.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("INVALID: "), "{stdout}");
+    proxy.stop().await;
+}
