@@ -54,7 +54,8 @@ fn config() -> Config {
         .replace("certs/ingest.key", "c.key")
         .replace("certs/eu-ingest.pem", "c.pem")
         .replace("certs/eu-ingest.key", "c.key")
-        .replace("GeoLite2-Country.mmdb", "g.mmdb");
+        .replace("GeoLite2-Country.mmdb", "g.mmdb")
+        .replace("keys/residency-log.key", "c.key");
     let config = Config::from_toml(&text, &dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     config

@@ -27,6 +27,22 @@ SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ \
 TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ \
 VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
 
+/// `ASSIGNED` as a table by [`Country::index`], built at compile time.
+const IS_ASSIGNED: [bool; 676] = {
+    let mut table = [false; 676];
+    let codes = ASSIGNED.as_bytes();
+    let mut i = 0;
+    while i + 1 < codes.len() {
+        if codes[i].is_ascii_uppercase() && codes[i + 1].is_ascii_uppercase() {
+            table[(codes[i] - b'A') as usize * 26 + (codes[i + 1] - b'A') as usize] = true;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    table
+};
+
 impl Country {
     /// Parses a code case-insensitively; `None` unless ISO assigns it.
     pub fn parse(code: &str) -> Option<Country> {
@@ -35,11 +51,8 @@ impl Country {
             return None;
         }
         let upper = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
-        ASSIGNED
-            .as_bytes()
-            .chunks(3)
-            .any(|c| c[..2] == upper)
-            .then_some(Country(upper))
+        let country = Country(upper);
+        IS_ASSIGNED[country.index()].then_some(country)
     }
 
     /// The code as a `&str` (always two upper-case ASCII letters).
@@ -51,6 +64,15 @@ impl Country {
     /// A dense index in `0..676`, for table lookups without hashing.
     pub fn index(self) -> usize {
         usize::from(self.0[0] - b'A') * 26 + usize::from(self.0[1] - b'A')
+    }
+
+    /// The country with this [`Country::index`]; `None` unless ISO assigns it.
+    pub fn from_index(index: usize) -> Option<Country> {
+        if index >= 26 * 26 {
+            return None;
+        }
+        let code = [b'A' + (index / 26) as u8, b'A' + (index % 26) as u8];
+        IS_ASSIGNED[index].then_some(Country(code))
     }
 }
 
@@ -93,5 +115,15 @@ mod tests {
         assert_eq!(a, Some(3));
         assert_eq!(z, Some(25 * 26 + 22));
         assert_eq!(ASSIGNED.split_whitespace().count(), 250);
+        assert_eq!(IS_ASSIGNED.iter().filter(|a| **a).count(), 250);
+        for code in ASSIGNED.split_whitespace() {
+            let c = Country::parse(code).unwrap();
+            assert_eq!(Country::from_index(c.index()), Some(c));
+        }
+        assert_eq!(
+            Country::from_index(Country::parse("GB").unwrap().index() + 1),
+            None
+        );
+        assert_eq!(Country::from_index(676), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod build;
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::IpNet;
 use maxminddb::{PathElement, Reader};
@@ -67,6 +68,57 @@ pub struct Geo {
     database_type: String,
     /// SHA-256 of the database file, for decision records.
     sha256: [u8; 32],
+    cache: RecordCache,
+}
+
+/// The country of recently seen database records, by data-section offset:
+/// a fixed-size, lock-free, direct-mapped cache. A country database has a
+/// few hundred distinct records behind millions of networks, so after
+/// warm-up a lookup is the tree walk alone — no decoding, no parsing.
+/// Collisions just decode again; the cache never holds more than its slots.
+struct RecordCache {
+    slots: Box<[AtomicU64]>,
+}
+
+impl RecordCache {
+    const BITS: u32 = 12;
+    const EMPTY: u64 = u64::MAX;
+    /// `Country::index` values are below 676; this marks "no country".
+    const NO_COUNTRY: u64 = 0xffff;
+
+    fn new() -> RecordCache {
+        RecordCache {
+            slots: (0..1usize << Self::BITS)
+                .map(|_| AtomicU64::new(Self::EMPTY))
+                .collect(),
+        }
+    }
+
+    fn slot(&self, offset: u64) -> &AtomicU64 {
+        let i = offset.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - Self::BITS);
+        &self.slots[i as usize]
+    }
+
+    fn get(&self, offset: usize) -> Option<Option<Country>> {
+        let offset = u64::try_from(offset).ok().filter(|o| *o < 1 << 48)?;
+        let entry = self.slot(offset).load(Ordering::Relaxed);
+        if entry == Self::EMPTY || entry >> 16 != offset {
+            return None;
+        }
+        Some(match entry & 0xffff {
+            Self::NO_COUNTRY => None,
+            index => Some(Country::from_index(index as usize)?),
+        })
+    }
+
+    fn put(&self, offset: usize, country: Option<Country>) {
+        let Some(offset) = u64::try_from(offset).ok().filter(|o| *o < 1 << 48) else {
+            return;
+        };
+        let code = country.map_or(Self::NO_COUNTRY, |c| c.index() as u64);
+        self.slot(offset)
+            .store(offset << 16 | code, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Geo {
@@ -130,6 +182,7 @@ impl Geo {
             overrides,
             database_type,
             sha256,
+            cache: RecordCache::new(),
         })
     }
 
@@ -143,16 +196,26 @@ impl Geo {
         }
         const PATH: [PathElement<'static>; 2] =
             [PathElement::Key("country"), PathElement::Key("iso_code")];
-        let code: Option<&str> = match self.reader.lookup(addr).and_then(|r| r.decode_path(&PATH)) {
-            Ok(code) => code,
+        let found = self.reader.lookup(addr).and_then(|r| {
+            // Many networks share one record: decode each record once.
+            let offset = r.offset();
+            if let Some(cached) = offset.and_then(|o| self.cache.get(o)) {
+                return Ok(cached);
+            }
+            let code: Option<&str> = r.decode_path(&PATH)?;
+            let country = code.and_then(Country::parse);
+            if let Some(o) = offset {
+                self.cache.put(o, country);
+            }
+            Ok(country)
+        });
+        match found {
+            Ok(Some(c)) => (Some(c), LookupResult::Hit),
+            Ok(None) => (None, LookupResult::Miss),
             Err(e) => {
                 tracing::warn!(error = %e, "GeoIP lookup failed; treating the origin as unknown");
-                None
+                (None, LookupResult::Miss)
             }
-        };
-        match code.and_then(Country::parse) {
-            Some(c) => (Some(c), LookupResult::Hit),
-            None => (None, LookupResult::Miss),
         }
     }
 
