@@ -149,7 +149,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(report) => return config_error(report),
             };
             init_tracing(format.unwrap_or(config.log_format), &level);
-            block_on(serve_watching(config, path, shutdown_signal()))
+            let workers = config.worker_threads;
+            block_on_with(workers, serve_watching(config, path, shutdown_signal()))
         }
         Command::Sink(args) => {
             init_tracing(format.unwrap_or_default(), &level);
@@ -418,10 +419,20 @@ fn runtime_error(e: anyhow::Error) -> ExitCode {
 }
 
 fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_with(None, fut)
+}
+
+/// Runs `fut` on a multi-threaded runtime with `workers` threads (default:
+/// one per core).
+fn block_on_with(
+    workers: Option<usize>,
+    fut: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return runtime_error(e.into()),
     };

@@ -44,6 +44,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The transparency log and receipts; `None` when not configured.
     pub transparency: Option<Transparency>,
+    /// Tokio worker threads (`runtime.worker_threads`); default one per core.
+    pub worker_threads: Option<usize>,
     /// The file this was loaded from (watched for hot reload).
     pub source: Option<PathBuf>,
 }
@@ -207,6 +209,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub transparency: Option<RawTransparency>,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub worker_threads: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -438,6 +448,16 @@ impl Config {
             .transparency
             .as_ref()
             .map(|t| crate::transparency::settings::transparency(t, base, r));
+        let worker_threads = match raw.runtime.worker_threads.as_deref() {
+            None => None,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => Some(n),
+                _ => {
+                    r.push("runtime.worker_threads", "must be an integer from 1 to 1024");
+                    None
+                }
+            },
+        };
         let log_format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -465,6 +485,7 @@ impl Config {
                     Some(t) => Some(t?),
                     None => None,
                 },
+                worker_threads,
                 source: None,
             })
         })();
