@@ -453,7 +453,10 @@ impl Config {
             Some(v) => match v.trim().parse::<usize>() {
                 Ok(n) if (1..=1024).contains(&n) => Some(n),
                 _ => {
-                    r.push("runtime.worker_threads", "must be an integer from 1 to 1024");
+                    r.push(
+                        "runtime.worker_threads",
+                        "must be an integer from 1 to 1024",
+                    );
                     None
                 }
             },

@@ -370,6 +370,9 @@ async fn connection(
         .keep_alive_timeout(Duration::from_secs(10));
     let mut served = pin!(builder.serve_connection(TokioIo::new(tls), service));
     let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
+    // Created once: a fresh `stopped` future per wake-up would re-register
+    // with the watch channel on every request.
+    let mut shutdown = pin!(stopped(&mut stop));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -379,7 +382,7 @@ async fn connection(
                 }
                 return;
             }
-            () = stopped(&mut stop), if !closing => {
+            () = shutdown.as_mut(), if !closing => {
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }

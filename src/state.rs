@@ -254,49 +254,71 @@ fn geoip_age(state: &State) -> u64 {
     now.saturating_sub(state.geo.build_epoch())
 }
 
-/// Request ids: 32 hex digits that cannot be guessed from one another —
-/// a receipt's request id finds its record in the customer-facing log.
+/// Request ids: 128 random bits as 32 hex digits — unguessable, because a
+/// receipt's request id finds its record in the customer-facing log.
 ///
-/// Id `n` is the ChaCha20 keystream block for nonce `n` under a random
-/// per-process key: a pseudorandom function of a counter, so ids are
-/// unpredictable and (up to a 2^-128 chance) unique, at the cost of one
-/// ChaCha20 block.
+/// Randomness comes from the system RNG 4 KiB at a time into a per-thread
+/// buffer (256 ids per `getrandom` call) rather than one call per request.
 pub struct RequestIds {
-    key: ring::aead::LessSafeKey,
-    next: AtomicU64,
+    rng: ring::rand::SystemRandom,
+    /// Fallback if the system RNG ever fails: unique, not unguessable.
+    fallback: AtomicU64,
+}
+
+const ID_BYTES: usize = 16;
+const ID_POOL: usize = 4096;
+
+thread_local! {
+    static ID_POOL_BUF: std::cell::RefCell<(Box<[u8; ID_POOL]>, usize)> =
+        std::cell::RefCell::new((Box::new([0; ID_POOL]), ID_POOL));
 }
 
 impl RequestIds {
     fn new() -> RequestIds {
-        let mut key = [0u8; 32];
-        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).is_err() {
-            // No system RNG: ids stay unique, but become predictable.
-            tracing::warn!("no system random number generator: request ids are predictable");
-        }
-        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key)
-            .map(ring::aead::LessSafeKey::new)
-            .unwrap_or_else(|_| unreachable!("a 32-byte key is valid for ChaCha20"));
         RequestIds {
-            key,
-            next: AtomicU64::new(0),
+            rng: ring::rand::SystemRandom::new(),
+            fallback: AtomicU64::new(0),
         }
     }
 
     pub fn next(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&n.to_be_bytes());
-        let mut block = [0u8; 16];
-        let sealed = self.key.seal_in_place_separate_tag(
-            ring::aead::Nonce::assume_unique_for_key(nonce),
-            ring::aead::Aad::empty(),
-            &mut block,
-        );
-        if sealed.is_err() {
-            // Cannot happen for 16 bytes; fall back to the bare counter.
-            block[8..].copy_from_slice(&n.to_be_bytes());
+        let mut id = [0u8; ID_BYTES];
+        let filled = ID_POOL_BUF.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let (buf, used) = &mut *pool;
+            if *used + ID_BYTES > ID_POOL {
+                if ring::rand::SecureRandom::fill(&self.rng, &mut buf[..]).is_err() {
+                    return false;
+                }
+                *used = 0;
+            }
+            id.copy_from_slice(&buf[*used..*used + ID_BYTES]);
+            *used += ID_BYTES;
+            true
+        });
+        if !filled {
+            tracing::warn!("system random number generator failed: request id is predictable");
+            let n = self.fallback.fetch_add(1, Ordering::Relaxed);
+            id[ID_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         }
-        HeaderValue::from_str(&crate::hex::encode(&block))
+        HeaderValue::from_str(&crate::hex::encode(&id))
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_random_hex_and_distinct() {
+        let ids = super::RequestIds::new();
+        let mut seen = std::collections::HashSet::new();
+        // More than one pool's worth, so the refill path runs.
+        for _ in 0..1000 {
+            let id = ids.next();
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), 32);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(seen.insert(text.to_string()), "duplicate {text}");
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! Header rewriting in both directions.
 //!
 //! Upstream requests lose hop-by-hop headers (RFC 9110 §7.6.1, plus any named
-//! in `Connection`) and every client-sent `Residency-*` header, then gain
+//! in `Connection`), every client-sent `Residency-*` header, `Host` and any
+//! `X-Forwarded-Host`/`-Proto`, then gain
 //! `X-Forwarded-For` (appended when it came from a trusted proxy, replaced
 //! otherwise), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`,
 //! `Residency-Origin-Country` and `Residency-Jurisdiction`. Responses lose
-//! hop-by-hop headers and gain `Residency-Jurisdiction`,
+//! hop-by-hop and upstream-sent `Residency-*` headers and gain `Residency-Jurisdiction`,
 //! `Residency-Datacenter` and `X-Request-Id`.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,19 +34,58 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including those listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+/// Names listed in `Connection` (they are hop-by-hop too); usually none.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        .collect()
+}
+
+/// Hop-by-hop (RFC 9110 §7.6.1, `Upgrade` included) or `Residency-*`:
+/// never passed through in either direction.
+fn never_forwarded(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name.as_str().starts_with("residency-")
+}
+
+/// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
+/// sets have nothing to remove, and then nothing is hashed or moved.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(never_forwarded) {
+        return;
+    }
+    let mut names = connection_listed(headers);
+    names.extend(headers.keys().filter(|k| never_forwarded(k)).cloned());
+    for name in names {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+}
+
+/// Appends `ip` in its usual text form; IPv4 without `fmt` machinery (this
+/// runs for every upload).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// What the upstream is told about the upload.
@@ -60,24 +101,35 @@ pub struct Forwarded<'a> {
     pub host: Option<HeaderValue>,
 }
 
-/// Rewrites a client request's headers for the upstream.
+/// Rewrites a client request's headers for the upstream, in one pass: the
+/// headers that survive are moved into a new map, ours are added.
 pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    strip_hop_by_hop(headers);
-    strip_residency(headers);
-    headers.remove(header::HOST);
-    headers.remove(X_FORWARDED_HOST);
-    headers.remove(X_FORWARDED_PROTO);
-
-    let previous: Vec<HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().cloned().collect();
-    headers.remove(X_FORWARDED_FOR);
+    let listed = connection_listed(headers);
+    let client = std::mem::take(headers);
+    let mut out = HeaderMap::with_capacity(client.len() + 7);
     let mut chain = String::new();
-    if f.xff_trusted {
-        for v in previous.iter().filter_map(|v| v.to_str().ok()) {
-            chain.push_str(v);
-            chain.push_str(", ");
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in client {
+        // `None`: another value of the previous name.
+        if let Some(name) = name {
+            current = Some(name);
         }
+        let Some(name) = &current else { continue };
+        if name == X_FORWARDED_FOR {
+            if let (true, Ok(v)) = (f.xff_trusted, value.to_str()) {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+            continue;
+        }
+        let ours = name == header::HOST || name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO;
+        if ours || never_forwarded(name) || listed.contains(name) {
+            continue;
+        }
+        out.append(name.clone(), value);
     }
-    chain.push_str(&f.hop.to_string());
+    *headers = out;
+    push_ip(&mut chain, f.hop);
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -94,18 +146,6 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
 }
 
-/// Removes every `Residency-*` header (clients must not be able to set them).
-pub fn strip_residency(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("residency-"))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
-}
-
 /// Adds the headers every response carries.
 pub fn to_client(
     headers: &mut HeaderMap,
@@ -114,7 +154,6 @@ pub fn to_client(
     datacenter: Option<&str>,
 ) {
     strip_hop_by_hop(headers);
-    strip_residency(headers);
     headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some(v) = jurisdiction.and_then(|j| HeaderValue::from_str(j).ok()) {
         headers.insert(RESIDENCY_JURISDICTION, v);
@@ -203,6 +242,23 @@ mod tests {
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
+    }
+
+    #[test]
+    fn formats_addresses_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.168.100.255",
+            "203.0.113.9",
+            "2001:db8::1",
+            "::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
     }
 
     #[test]
