@@ -242,7 +242,7 @@ fn tree_key(network: &IpNet) -> (u128, u8) {
 /// Returns the database and (distinct networks, distinct countries). Tests
 /// pin `record_size` and put `padding` unreferenced bytes before the data
 /// records to push record values past 24 bits.
-fn build(
+pub(crate) fn build(
     rows: &[Row],
     build_epoch: u64,
     record_size: Option<u16>,

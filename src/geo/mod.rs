@@ -13,6 +13,7 @@
 //! fixtures and the demo).
 
 pub mod build;
+mod tree_index;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -23,6 +24,7 @@ use maxminddb::{PathElement, Reader};
 
 use crate::country::Country;
 use crate::origin::canonical_net;
+use tree_index::{SharedBytes, TreeIndex, Walk};
 
 /// Where a country answer came from; the `result` label of
 /// `residency_geoip_lookups_total`.
@@ -60,11 +62,63 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Overrides as masks, per family, longest prefix first: a match is an AND
+/// and a compare.
+struct Overrides {
+    v4: Vec<(u32, u32, Country)>,
+    v6: Vec<(u128, u128, Country)>,
+}
+
+impl Overrides {
+    fn new(sorted: &[(IpNet, Country)]) -> Overrides {
+        let mut o = Overrides {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        };
+        for (net, country) in sorted {
+            match net {
+                IpNet::V4(n) => {
+                    o.v4.push((u32::from(n.network()), u32::from(n.netmask()), *country))
+                }
+                IpNet::V6(n) => {
+                    o.v6.push((u128::from(n.network()), u128::from(n.netmask()), *country))
+                }
+            }
+        }
+        o
+    }
+
+    fn find(&self, addr: IpAddr) -> Option<Country> {
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                self.v4
+                    .iter()
+                    .find(|(net, mask, _)| a & mask == *net)
+                    .map(|o| o.2)
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                self.v6
+                    .iter()
+                    .find(|(net, mask, _)| a & mask == *net)
+                    .map(|o| o.2)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+}
+
 /// A loaded GeoIP database with its overrides.
 pub struct Geo {
-    reader: Reader<Vec<u8>>,
+    reader: Reader<SharedBytes>,
+    /// Fast walks (see [`tree_index`]); `None` for layouts it declines.
+    index: Option<TreeIndex>,
     /// Sorted by prefix length, longest first: the first match wins.
-    overrides: Vec<(IpNet, Country)>,
+    overrides: Overrides,
     database_type: String,
     /// SHA-256 of the database file, for decision records.
     sha256: [u8; 32],
@@ -139,30 +193,33 @@ impl Geo {
             path: label.clone(),
             source: maxminddb::MaxMindDbError::Io(e),
         })?;
-        let sha256 = sha256(&bytes);
-        let reader = Reader::from_source(bytes).map_err(|source| GeoError::Open {
-            path: label.clone(),
-            source,
-        })?;
-        Self::new(reader, overrides, label, sha256)
+        Self::new(bytes, overrides, label)
     }
 
     /// A database held in memory (demo, tests).
     pub fn from_bytes(bytes: Vec<u8>, overrides: Vec<(IpNet, Country)>) -> Result<Geo, GeoError> {
-        let sha256 = sha256(&bytes);
-        let reader = Reader::from_source(bytes).map_err(|source| GeoError::Open {
-            path: "<memory>".into(),
-            source,
-        })?;
-        Self::new(reader, overrides, "<memory>".into(), sha256)
+        Self::new(bytes, overrides, "<memory>".into())
     }
 
     fn new(
-        reader: Reader<Vec<u8>>,
+        bytes: Vec<u8>,
         mut overrides: Vec<(IpNet, Country)>,
         path: String,
-        sha256: [u8; 32],
     ) -> Result<Geo, GeoError> {
+        let sha256 = sha256(&bytes);
+        let bytes: std::sync::Arc<[u8]> = bytes.into();
+        let reader =
+            Reader::from_source(SharedBytes(bytes.clone())).map_err(|source| GeoError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let meta = reader.metadata();
+        let index = TreeIndex::build(
+            bytes,
+            meta.node_count as usize,
+            meta.record_size,
+            meta.ip_version,
+        );
         let database_type = reader.metadata().database_type.clone();
         if !["Country", "City", "Enterprise"]
             .iter()
@@ -179,10 +236,11 @@ impl Geo {
         overrides.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         Ok(Geo {
             reader,
-            overrides,
+            overrides: Overrides::new(&overrides),
             database_type,
             sha256,
             cache: RecordCache::new(),
+            index,
         })
     }
 
@@ -191,8 +249,23 @@ impl Geo {
     /// `registered_country`.
     pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
         let addr = addr.to_canonical();
-        if let Some((_, c)) = self.overrides.iter().find(|(net, _)| net.contains(&addr)) {
-            return (Some(*c), LookupResult::Override);
+        if let Some(c) = self.overrides.find(addr) {
+            return (Some(c), LookupResult::Override);
+        }
+        if let Some(index) = &self.index {
+            let walked = match addr {
+                IpAddr::V4(a) => index.lookup(u32::from(a)),
+                IpAddr::V6(a) => index.lookup6(u128::from(a)),
+            };
+            match walked {
+                Some(Walk::NotFound) => return (None, LookupResult::Miss),
+                Some(Walk::Data(offset)) => {
+                    if let Some(country) = self.cache.get(offset) {
+                        return Self::answer(country);
+                    }
+                }
+                None => {}
+            }
         }
         const PATH: [PathElement<'static>; 2] =
             [PathElement::Key("country"), PathElement::Key("iso_code")];
@@ -210,12 +283,18 @@ impl Geo {
             Ok(country)
         });
         match found {
-            Ok(Some(c)) => (Some(c), LookupResult::Hit),
-            Ok(None) => (None, LookupResult::Miss),
+            Ok(country) => Self::answer(country),
             Err(e) => {
                 tracing::warn!(error = %e, "GeoIP lookup failed; treating the origin as unknown");
                 (None, LookupResult::Miss)
             }
+        }
+    }
+
+    fn answer(country: Option<Country>) -> (Option<Country>, LookupResult) {
+        match country {
+            Some(c) => (Some(c), LookupResult::Hit),
+            None => (None, LookupResult::Miss),
         }
     }
 
@@ -260,6 +339,109 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// What `maxminddb` alone answers: the reference for the fast paths.
+    fn reference(g: &Geo, addr: IpAddr) -> Option<Country> {
+        const PATH: [PathElement<'static>; 2] =
+            [PathElement::Key("country"), PathElement::Key("iso_code")];
+        let code: Option<&str> = g.reader.lookup(addr).unwrap().decode_path(&PATH).unwrap();
+        code.and_then(Country::parse)
+    }
+
+    /// The /16 index and the record cache answer exactly what `maxminddb`
+    /// does, for every record size, nested networks of every length, and
+    /// addresses on and around every network boundary.
+    #[test]
+    fn fast_paths_agree_with_maxminddb() {
+        let codes = ["CH", "DE", "US", "FR", "JP", "GB"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut rows = Vec::new();
+        for i in 0..600 {
+            let prefix = 8 + (next() % 25) as u8; // /8 … /32
+            let addr = std::net::Ipv4Addr::from(next() as u32);
+            rows.push(build::Row {
+                network: IpNet::new(IpAddr::V4(addr), prefix).unwrap().trunc(),
+                country: codes[i % codes.len()].into(),
+            });
+        }
+        for i in 0..300 {
+            let prefix = 16 + (next() % 113) as u8; // /16 … /128
+                                                    // Mostly under 2001::/16 so networks nest and share prefixes.
+            let addr = (0x2001u128 << 112) | u128::from(next()) << 48 | u128::from(next() >> 16);
+            let addr = if i % 5 == 0 {
+                u128::from(next()) << 64 | u128::from(next())
+            } else {
+                addr
+            };
+            let net = IpNet::new(IpAddr::V6(addr.into()), prefix).unwrap().trunc();
+            // IPv4-mapped space is the IPv4 tree; covered above.
+            if net.contains(&IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)) {
+                continue;
+            }
+            rows.push(build::Row {
+                network: net,
+                country: codes[i % codes.len()].into(),
+            });
+        }
+        rows.sort_by_key(|r| (r.network.network(), r.network.prefix_len()));
+        rows.dedup_by_key(|r| r.network);
+        for (record_size, padding) in [(24, 0), (28, 1 << 24), (32, 1 << 28)] {
+            let (db, _) = build::build(&rows, 1, Some(record_size), padding).unwrap();
+            let g = Geo::from_bytes(db, Vec::new()).unwrap();
+            assert!(g.index.is_some(), "{record_size}-bit records are indexed");
+            let mut probes: Vec<u32> = (0..5000).map(|_| next() as u32).collect();
+            for r in &rows {
+                if let (IpAddr::V4(lo), IpAddr::V4(hi)) =
+                    (r.network.network(), r.network.broadcast())
+                {
+                    let (lo, hi) = (u32::from(lo), u32::from(hi));
+                    probes.extend([lo, hi, lo.wrapping_sub(1), hi.wrapping_add(1)]);
+                }
+            }
+            let mut probes: Vec<IpAddr> =
+                probes.into_iter().map(|p| IpAddr::V4(p.into())).collect();
+            for _ in 0..5000 {
+                probes.push(IpAddr::V6(
+                    ((0x2001u128 << 112) | u128::from(next()) << 48 | u128::from(next())).into(),
+                ));
+            }
+            for r in &rows {
+                if let (IpAddr::V6(lo), IpAddr::V6(hi)) =
+                    (r.network.network(), r.network.broadcast())
+                {
+                    let (lo, hi) = (u128::from(lo), u128::from(hi));
+                    for a in [lo, hi, lo.wrapping_sub(1), hi.wrapping_add(1)] {
+                        probes.push(IpAddr::V6(a.into()));
+                    }
+                }
+            }
+            let index = g.index.as_ref().unwrap();
+            for addr in &probes {
+                let walked = match addr.to_canonical() {
+                    IpAddr::V4(a) => index.lookup(u32::from(a)),
+                    IpAddr::V6(a) => index.lookup6(u128::from(a)),
+                };
+                assert!(walked.is_some(), "the index answers {addr} itself");
+            }
+            for _round in 0..2 {
+                // Twice: the second round answers from the cache.
+                for addr in &probes {
+                    let addr = addr.to_canonical();
+                    assert_eq!(
+                        g.lookup(addr).0,
+                        reference(&g, addr),
+                        "{addr} ({record_size}-bit)"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
