@@ -357,7 +357,8 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.request_head)
         .max_buf_size(limits.max_request_head_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
