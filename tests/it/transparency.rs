@@ -679,3 +679,83 @@ async fn keygen_and_verify_commands() {
     assert!(stdout.starts_with("INVALID: "), "{stdout}");
     proxy.stop().await;
 }
+
+/// An auditor without network access: saved checkpoint and proof files.
+#[tokio::test]
+async fn saved_proof_files_verify_offline() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let key = key_of(&proxy);
+    let dir = TempDir::new("tlog-offline");
+    let mut receipts = Vec::new();
+    for i in 0..5 {
+        let reply = proxy.client().upload_from(CH, &format!("u{i}")).await;
+        receipts.push(reply.header("residency-receipt").unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, first) = proxy.log_get("/checkpoint").await;
+    let first_size = Checkpoint::open(&first, &Verifier::parse(&key).unwrap())
+        .unwrap()
+        .size;
+    for i in 0..3 {
+        proxy.client().upload_from(DE, &format!("v{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, second) = proxy.log_get("/checkpoint").await;
+    let second_size = Checkpoint::open(&second, &Verifier::parse(&key).unwrap())
+        .unwrap()
+        .size;
+    let receipt = Receipt::parse(&receipts[2]).unwrap();
+    let (_, proof) = proxy
+        .log_get(&format!(
+            "/proof/inclusion?index={}&size={second_size}",
+            receipt.index
+        ))
+        .await;
+    let (_, consistency) = proxy
+        .log_get(&format!(
+            "/proof/consistency?from={first_size}&to={second_size}"
+        ))
+        .await;
+    proxy.stop().await; // everything below is offline
+
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let mut a = args(&key);
+    a.receipt = Some(receipts[2].clone());
+    a.checkpoint = Some(file("second.checkpoint", &second));
+    a.proof = Some(file("inclusion.json", &proof));
+    a.previous = Some(file("first.checkpoint", &first));
+    a.consistency_proof = Some(file("consistency.json", &consistency));
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+    assert!(report.to_string().contains("inclusion proof"), "{report}");
+    assert!(report.to_string().contains("consistency proof"), "{report}");
+
+    // One hash of the inclusion proof changed: INVALID.
+    let mut bad: serde_json::Value = serde_json::from_str(&proof).unwrap();
+    if let Some(first_hash) = bad["hashes"][0].as_str() {
+        let flipped = if first_hash.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
+        bad["hashes"][0] = format!("{flipped}{}", &first_hash[1..]).into();
+    }
+    a.proof = Some(file("bad-inclusion.json", &bad.to_string()));
+    let report = check(&a).await;
+    assert!(!report.valid(), "{report}");
+    // A consistency proof for other sizes: INVALID.
+    a.proof = Some(file("inclusion.json", &proof));
+    let mut wrong: serde_json::Value = serde_json::from_str(&consistency).unwrap();
+    wrong["from"] = (first_size - 1).into();
+    a.consistency_proof = Some(file("wrong-consistency.json", &wrong.to_string()));
+    let report = check(&a).await;
+    assert!(!report.valid(), "{report}");
+}
