@@ -80,11 +80,14 @@ fn bench(c: &mut Criterion) {
             black_box(record(i).to_bytes())
         })
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut i = 0u64;
     c.bench_function("log_append", |b| {
         b.iter(|| {
             i += 1;
-            black_box(log.append(&record(i)).unwrap())
+            black_box(rt.block_on(log.append(&record(i))).unwrap())
         })
     });
     let leaf = merkle::leaf_hash(&record(1).to_bytes());
@@ -104,7 +107,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for _ in 0..1000 {
                 i += 1;
-                log.append(&record(i)).unwrap();
+                rt.block_on(log.append(&record(i))).unwrap();
             }
             black_box(log.checkpoint().unwrap())
         })

@@ -104,7 +104,7 @@ pub async fn handle(
                 .with_label_values(&[failure.reason()])
                 .inc();
             if let Some(log) = log.filter(|_| !recorded) {
-                witness::refused(log, &witness::Facts::new(&state, &access, &id, received));
+                witness::refused(log, &witness::Facts::new(&state, &access, &id, received)).await;
             }
             failure.response(&id).map(Either::Right)
         }

@@ -84,8 +84,8 @@ impl<'a> Facts<'a> {
 
 /// Records a refusal. A failed write is counted and logged by the log; the
 /// client is being refused anyway.
-pub fn refused(log: &Log, facts: &Facts<'_>) {
-    let _ = log.append(&facts.record(log, Outcome::Refused));
+pub async fn refused(log: &Log, facts: &Facts<'_>) {
+    let _ = log.append(&facts.record(log, Outcome::Refused)).await;
 }
 
 /// Records an upstream answer and returns the `Residency-Receipt` value for
@@ -126,12 +126,12 @@ pub async fn answered(
             );
             record.outcome = Outcome::Refused;
             record.reason = Some(Failure::UpstreamError.reason().to_string());
-            let _ = log.append(&record);
+            let _ = log.append(&record).await;
             return Err(Failure::UpstreamError);
         }
         None => {}
     }
-    let appended = match log.append(&record) {
+    let appended = match log.append(&record).await {
         Ok(a) => a,
         Err(_) if stored && log.settings().on_write_error == OnWriteError::Refuse => {
             return Err(Failure::LogUnavailable)

@@ -4,9 +4,13 @@
 //! On disk, a directory holds two files:
 //!
 //! * `records.log` — one record (JSON, no newlines inside) per line, only
-//!   ever appended. Leaf `i` is line `i` without its newline. Each append is
-//!   one `write(2)` of the whole line, so a killed process leaves either the
-//!   whole line or, after a power loss, a torn last line.
+//!   ever appended. Leaf `i` is line `i` without its newline. Appends are
+//!   group-committed: the first request to append starts a batch, yields
+//!   once so the records of other ready requests join it, and writes the
+//!   whole batch with one `write(2)`; every request in the batch waits for
+//!   that write before it is answered. A killed process therefore keeps
+//!   every record whose request was acknowledged; a power loss can leave a
+//!   torn last line.
 //! * `checkpoint` — the latest signed checkpoint, replaced atomically
 //!   (write, fsync, rename, fsync the directory). `records.log` is fsynced
 //!   before a checkpoint covering it is written, so every checkpoint ever
@@ -82,9 +86,13 @@ pub struct Appended {
 }
 
 struct Inner {
-    file: File,
-    /// Bytes of `records.log` that hold complete records.
+    /// Bytes of every record appended, written or pending.
     len: u64,
+    /// Records and bytes in `records.log` (the rest is the pending batch).
+    written_size: u64,
+    written_len: u64,
+    /// The batch being formed: records appended but not yet written.
+    pending: Option<(Arc<Batch>, Vec<u8>)>,
     tree: Tree,
     /// Start offset of each record in `records.log`.
     offsets: Vec<u64>,
@@ -93,12 +101,29 @@ struct Inner {
     poisoned: bool,
 }
 
+/// One group commit: its outcome, shared by every request in it.
+struct Batch {
+    start_size: u64,
+    start_len: u64,
+    result: std::sync::OnceLock<Result<(), String>>,
+    done: tokio::sync::Notify,
+}
+
+impl Batch {
+    fn finish(&self, result: Result<(), String>) {
+        let _ = self.result.set(result);
+        self.done.notify_waiters();
+    }
+}
+
 pub struct Log {
     settings: Transparency,
     signer: Signer,
     verifier: Verifier,
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// The append handle; holding its lock orders batch writes.
+    writer: Mutex<File>,
     /// A handle for fsync and reads that need no lock.
     reader: File,
     latest: ArcSwap<Published>,
@@ -200,14 +225,17 @@ impl Log {
             verifier,
             dir,
             inner: Mutex::new(Inner {
-                file,
                 len: replayed.len,
+                written_size: size,
+                written_len: replayed.len,
+                pending: None,
                 tree: replayed.tree,
                 offsets: replayed.offsets,
                 by_id: replayed.by_id,
                 poisoned: false,
             }),
             reader,
+            writer: Mutex::new(file),
             latest: ArcSwap::from_pointee(latest),
             failing: AtomicBool::new(false),
             checkpointing: Mutex::new(()),
@@ -248,59 +276,140 @@ impl Log {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `record` as the next leaf. One `write(2)` per record: a
-    /// killed process keeps every record whose append returned.
-    pub fn append(&self, record: &Record) -> Result<Appended, LogError> {
+    /// Appends `record` as the next leaf and returns once it is written
+    /// (to the page cache: a killed process keeps it; the next checkpoint
+    /// fsyncs it). Records of concurrent requests share one `write(2)`.
+    pub async fn append(&self, record: &Record) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
-        let mut line = Vec::with_capacity(bytes.len() + 1);
-        line.extend_from_slice(&bytes);
-        line.push(b'\n');
-        let mut inner = self.lock();
-        let result = self.write_locked(&mut inner, &line);
-        let index = match result {
-            Ok(()) => {
-                let offset = inner.len;
-                inner.len += line.len() as u64;
-                inner.offsets.push(offset);
-                let index = inner.tree.push(leaf);
-                inner.by_id.insert(id, index);
-                index
-            }
-            Err(e) => {
-                drop(inner);
-                self.failing.store(true, Ordering::Relaxed);
-                self.metrics.write_errors.inc();
-                tracing::error!(error = %e, request_id = %record.request_id, "transparency log write failed");
-                return Err(e);
-            }
+        let joined = {
+            let mut inner = self.lock();
+            self.join(&mut inner, &bytes, leaf, id)
         };
-        drop(inner);
-        self.failing.store(false, Ordering::Relaxed);
-        self.metrics.appended.inc();
-        self.metrics.size.set(index as i64 + 1);
-        Ok(Appended { index, bytes })
+        let (batch, leader, index) = match joined {
+            Ok(j) => j,
+            Err(e) => return Err(self.failed(e, &record.request_id)),
+        };
+        if leader {
+            // Let the other requests that are ready now add their records.
+            tokio::task::yield_now().await;
+            self.flush(&batch);
+        } else {
+            let done = batch.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if batch.result.get().is_none() {
+                done.await;
+            }
+        }
+        match batch.result.get() {
+            Some(Ok(())) => {
+                self.failing.store(false, Ordering::Relaxed);
+                self.metrics.appended.inc();
+                Ok(Appended { index, bytes })
+            }
+            Some(Err(message)) => Err(self.failed(
+                LogError::Io {
+                    path: self.dir.join(RECORDS).display().to_string(),
+                    source: std::io::Error::other(message.clone()),
+                },
+                &record.request_id,
+            )),
+            None => Err(self.failed(LogError::Poisoned, &record.request_id)),
+        }
     }
 
-    fn write_locked(&self, inner: &mut Inner, line: &[u8]) -> Result<(), LogError> {
+    fn failed(&self, e: LogError, request_id: &str) -> LogError {
+        self.failing.store(true, Ordering::Relaxed);
+        self.metrics.write_errors.inc();
+        tracing::error!(error = %e, request_id, "transparency log write failed");
+        e
+    }
+
+    /// Adds a record to the pending batch (starting one if there is none:
+    /// then this request leads it). Returns the batch, leadership and index.
+    fn join(
+        &self,
+        inner: &mut Inner,
+        bytes: &[u8],
+        leaf: Hash,
+        id: u128,
+    ) -> Result<(Arc<Batch>, bool, u64), LogError> {
         if inner.poisoned {
             return Err(LogError::Poisoned);
         }
         if inner.tree.size() >= self.settings.max_records {
             return Err(LogError::Full(inner.tree.size()));
         }
-        if let Err(source) = inner.file.write_all(line) {
-            // Undo a partial write so the file stays a sequence of lines.
-            if inner.file.set_len(inner.len).is_err() {
-                inner.poisoned = true;
+        let leader = inner.pending.is_none();
+        let (start_size, start_len) = (inner.tree.size(), inner.len);
+        let (batch, buf) = inner.pending.get_or_insert_with(|| {
+            let batch = Batch {
+                start_size,
+                start_len,
+                result: std::sync::OnceLock::new(),
+                done: tokio::sync::Notify::new(),
+            };
+            (Arc::new(batch), Vec::with_capacity(4096))
+        });
+        buf.extend_from_slice(bytes);
+        buf.push(b'\n');
+        let batch = batch.clone();
+        let offset = inner.len;
+        inner.len += bytes.len() as u64 + 1;
+        inner.offsets.push(offset);
+        let index = inner.tree.push(leaf);
+        inner.by_id.insert(id, index);
+        self.metrics.size.set(index as i64 + 1);
+        Ok((batch, leader, index))
+    }
+
+    /// Writes `batch` (if it is still pending) with one `write(2)`. On
+    /// failure the file is cut back and every record from the batch's start
+    /// on — including a batch formed meanwhile — is taken out of the tree.
+    fn flush(&self, batch: &Arc<Batch>) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (buf, end_size, end_len) = {
+            let mut inner = self.lock();
+            match inner.pending.take() {
+                Some((b, buf)) if Arc::ptr_eq(&b, batch) => (buf, inner.tree.size(), inner.len),
+                other => {
+                    // Already finished (failed with an earlier batch).
+                    inner.pending = other;
+                    return;
+                }
             }
-            return Err(LogError::Io {
-                path: self.dir.join(RECORDS).display().to_string(),
-                source,
-            });
+        };
+        match writer.write_all(&buf) {
+            Ok(()) => {
+                let mut inner = self.lock();
+                inner.written_size = end_size;
+                inner.written_len = end_len;
+                drop(inner);
+                batch.finish(Ok(()));
+            }
+            Err(e) => {
+                let cut = writer.set_len(batch.start_len);
+                let mut inner = self.lock();
+                if cut.is_err() {
+                    inner.poisoned = true;
+                }
+                let keep = batch.start_size;
+                inner.tree.truncate(keep);
+                inner.offsets.truncate(keep as usize);
+                inner.by_id.retain(|_, i| *i < keep);
+                inner.len = batch.start_len;
+                self.metrics.size.set(keep as i64);
+                let later = inner.pending.take();
+                drop(inner);
+                let message = e.to_string();
+                if let Some((later, _)) = later {
+                    later.finish(Err(message.clone()));
+                }
+                batch.finish(Err(message));
+            }
         }
-        Ok(())
     }
 
     /// The latest signed checkpoint.
@@ -308,16 +417,16 @@ impl Log {
         self.latest.load_full()
     }
 
-    /// Records in the tree (checkpointed or not).
+    /// Records written (checkpointed or not).
     pub fn size(&self) -> u64 {
-        self.lock().tree.size()
+        self.lock().written_size
     }
 
     /// Makes the records so far durable and signs a checkpoint for them
     /// (blocking: call from a blocking thread). A no-op when nothing changed.
     pub fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
-        let size = self.lock().tree.size();
+        let size = self.lock().written_size;
         let latest = self.latest();
         if latest.size == size {
             self.confirmed();
@@ -377,9 +486,16 @@ impl Log {
     pub fn record(&self, index: u64) -> Option<Vec<u8>> {
         let (start, end) = {
             let inner = self.lock();
+            if index >= inner.written_size {
+                return None;
+            }
             let i = usize::try_from(index).ok()?;
             let start = *inner.offsets.get(i)?;
-            let end = inner.offsets.get(i + 1).copied().unwrap_or(inner.len);
+            let end = inner
+                .offsets
+                .get(i + 1)
+                .copied()
+                .unwrap_or(inner.written_len);
             (start, end)
         };
         let mut buf = vec![0u8; usize::try_from(end - start).ok()?.checked_sub(1)?];
@@ -615,13 +731,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn appends_checkpoints_and_serves_records() {
+    #[tokio::test]
+    async fn appends_checkpoints_and_serves_records() {
         let (_dir, settings) = setup("basic");
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.latest().size, 0, "an empty log is checkpointed at open");
         for i in 0..5 {
-            let a = log.append(&record(i)).unwrap();
+            let a = log.append(&record(i)).await.unwrap();
             assert_eq!(a.index, i);
             assert_eq!(a.bytes, record(i).to_bytes());
         }
@@ -638,20 +754,47 @@ mod tests {
         merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
     }
 
-    #[test]
-    fn a_restart_continues_the_same_tree() {
+    #[tokio::test]
+    async fn concurrent_appends_share_writes_and_stay_dense() {
+        let (_dir, settings) = setup("group");
+        let log = Log::open(&settings, metrics()).unwrap();
+        let appends = (0..50).map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(&record(i)).await.unwrap().index })
+        });
+        let mut indexes = Vec::new();
+        for a in appends {
+            indexes.push(a.await.unwrap());
+        }
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..50).collect::<Vec<_>>());
+        assert_eq!(log.size(), 50);
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 50);
+        for i in 0..50 {
+            let bytes = log.record(i).unwrap();
+            let (leaf, path) = log.inclusion_proof(i, 50).unwrap();
+            assert_eq!(leaf, merkle::leaf_hash(&bytes));
+            merkle::verify_inclusion(&leaf, i, 50, &path, &cp.root).unwrap();
+        }
+        let text = std::fs::read_to_string(settings.directory.join(RECORDS)).unwrap();
+        assert_eq!(text.lines().count(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_restart_continues_the_same_tree() {
         let (_dir, settings) = setup("restart");
         let first = {
             let log = Log::open(&settings, metrics()).unwrap();
             for i in 0..7 {
-                log.append(&record(i)).unwrap();
+                log.append(&record(i)).await.unwrap();
             }
             log.checkpoint().unwrap()
         };
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.size(), 7);
         for i in 7..12 {
-            assert_eq!(log.append(&record(i)).unwrap().index, i);
+            assert_eq!(log.append(&record(i)).await.unwrap().index, i);
         }
         let second = log.checkpoint().unwrap();
         let proof = log.consistency_proof(7, 12).unwrap();
@@ -659,14 +802,14 @@ mod tests {
         assert_eq!(log.index_of(&format!("{:032x}", 3)), Some(3));
     }
 
-    #[test]
-    fn records_after_the_last_checkpoint_survive_a_crash() {
+    #[tokio::test]
+    async fn records_after_the_last_checkpoint_survive_a_crash() {
         let (_dir, settings) = setup("crash");
         {
             let log = Log::open(&settings, metrics()).unwrap();
-            log.append(&record(0)).unwrap();
+            log.append(&record(0)).await.unwrap();
             log.checkpoint().unwrap();
-            log.append(&record(1)).unwrap();
+            log.append(&record(1)).await.unwrap();
             // Dropped without a checkpoint: like kill -9 after write(2).
         }
         let log = Log::open(&settings, metrics()).unwrap();
@@ -674,13 +817,13 @@ mod tests {
         assert_eq!(log.latest().size, 2, "recovered records are checkpointed");
     }
 
-    #[test]
-    fn a_torn_tail_is_cut_off() {
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off() {
         let (_dir, settings) = setup("torn");
         {
             let log = Log::open(&settings, metrics()).unwrap();
-            log.append(&record(0)).unwrap();
-            log.append(&record(1)).unwrap();
+            log.append(&record(0)).await.unwrap();
+            log.append(&record(1)).await.unwrap();
             log.checkpoint().unwrap();
         }
         let path = settings.directory.join(RECORDS);
@@ -689,20 +832,20 @@ mod tests {
         drop(f);
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.size(), 2);
-        assert_eq!(log.append(&record(2)).unwrap().index, 2);
+        assert_eq!(log.append(&record(2)).await.unwrap().index, 2);
         drop(log);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with('\n'));
     }
 
-    #[test]
-    fn altered_or_missing_committed_records_refuse_to_open() {
+    #[tokio::test]
+    async fn altered_or_missing_committed_records_refuse_to_open() {
         let (_dir, settings) = setup("tamper");
         {
             let log = Log::open(&settings, metrics()).unwrap();
             for i in 0..3 {
-                log.append(&record(i)).unwrap();
+                log.append(&record(i)).await.unwrap();
             }
             log.checkpoint().unwrap();
         }
@@ -722,8 +865,8 @@ mod tests {
         assert_eq!(Log::open(&settings, metrics()).unwrap().size(), 3);
     }
 
-    #[test]
-    fn another_key_cannot_take_over_a_log() {
+    #[tokio::test]
+    async fn another_key_cannot_take_over_a_log() {
         let (_dir, settings) = setup("key");
         drop(Log::open(&settings, metrics()).unwrap());
         std::fs::write(&settings.signing_key, Signer::generate_pkcs8().unwrap()).unwrap();
@@ -731,16 +874,16 @@ mod tests {
         assert!(e.contains("checkpoint"), "{e}");
     }
 
-    #[test]
-    fn a_full_log_refuses_and_says_so() {
+    #[tokio::test]
+    async fn a_full_log_refuses_and_says_so() {
         let (_dir, mut settings) = setup("full");
         settings.max_records = 2;
         let m = metrics();
         let log = Log::open(&settings, m.clone()).unwrap();
-        log.append(&record(0)).unwrap();
-        log.append(&record(1)).unwrap();
+        log.append(&record(0)).await.unwrap();
+        log.append(&record(1)).await.unwrap();
         assert!(!log.failing());
-        let e = log.append(&record(2)).unwrap_err();
+        let e = log.append(&record(2)).await.unwrap_err();
         assert!(matches!(e, LogError::Full(2)), "{e}");
         assert!(log.failing());
         assert_eq!(m.write_errors.get(), 1);

@@ -79,6 +79,21 @@ impl Tree {
         index
     }
 
+    /// Drops every leaf from `size` on (and the nodes they complete): the
+    /// tree is again what it was at `size` leaves. Used to undo appends whose
+    /// write failed.
+    pub fn truncate(&mut self, size: u64) {
+        let Ok(size) = usize::try_from(size) else {
+            return;
+        };
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            level.truncate(size >> k);
+        }
+        while self.levels.len() > 1 && self.levels.last().is_some_and(Vec::is_empty) {
+            self.levels.pop();
+        }
+    }
+
     /// Number of leaves.
     pub fn size(&self) -> u64 {
         self.levels[0].len() as u64
@@ -343,6 +358,31 @@ pub fn verify_consistency(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn truncate_restores_an_earlier_tree() {
+        let leaves: Vec<super::Hash> = (0u8..40).map(|i| super::leaf_hash(&[i])).collect();
+        for keep in [0u64, 1, 2, 3, 7, 8, 9, 16, 31, 33] {
+            let mut t = super::Tree::new();
+            for l in &leaves {
+                t.push(*l);
+            }
+            t.truncate(keep);
+            let mut fresh = super::Tree::new();
+            for l in &leaves[..keep as usize] {
+                fresh.push(*l);
+            }
+            assert_eq!(t.size(), keep);
+            assert_eq!(t.root(), fresh.root(), "size {keep}");
+            // And it grows on correctly.
+            for l in &leaves[keep as usize..] {
+                t.push(*l);
+                fresh.push(*l);
+            }
+            assert_eq!(t.root(), fresh.root());
+            assert_eq!(t.inclusion_proof(3, 40), fresh.inclusion_proof(3, 40));
+        }
+    }
+
     use super::*;
     use sha2::Sha256;
 
