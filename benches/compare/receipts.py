@@ -106,6 +106,10 @@ def main():
                     closed = b.measure(proxy, sink, lambda: b.wrk(proxy.port, script, args.conns, args.duration))
                     fixed = b.measure(proxy, sink, lambda: b.oha_rate(proxy.port, args.rate, args.conns,
                                                                        args.duration, 1))
+                    for what, m in (("closed-loop", closed), ("fixed-rate", fixed)):
+                        if m["requests"] == 0:
+                            b.die(f"{name}: the proxy answered no request in the {what} run "
+                                  f"(see {b.RUN / 'residency-proxy.receipts.log'})")
                     row = {
                         "round": rnd + 1,
                         "closed_rps": closed["rps"],
@@ -123,7 +127,8 @@ def main():
         sink.stop()
 
     def med(name, key):
-        return statistics.median(r[key] for r in results[name])
+        values = [r[key] for r in results[name] if r[key] is not None]
+        return statistics.median(values) if values else float("nan")
 
     base_closed, base_fixed = med("no log", "closed_cpu_us"), med("no log", "fixed_cpu_us")
     lines = [f"## Proof of residency: CPU per 1 KiB upload ({args.rounds} rounds, median; "

@@ -101,6 +101,19 @@ struct Inner {
     poisoned: bool,
 }
 
+/// Writes the batch its leader started when the leader is done yielding —
+/// or is dropped mid-yield, so a cancelled request cannot stall the log.
+struct FlushOnDrop<'a> {
+    log: &'a Log,
+    batch: &'a Arc<Batch>,
+}
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        self.log.flush(self.batch);
+    }
+}
+
 /// One group commit: its outcome, shared by every request in it.
 struct Batch {
     start_size: u64,
@@ -292,9 +305,16 @@ impl Log {
             Err(e) => return Err(self.failed(e, &record.request_id)),
         };
         if leader {
+            // The batch must be written even if this request is dropped
+            // while it yields (client gone, shutdown): every later record
+            // joins it and waits for it.
+            let flush = FlushOnDrop {
+                log: self,
+                batch: &batch,
+            };
             // Let the other requests that are ready now add their records.
             tokio::task::yield_now().await;
-            self.flush(&batch);
+            drop(flush);
         } else {
             let done = batch.done.notified();
             tokio::pin!(done);
@@ -779,6 +799,27 @@ mod tests {
         }
         let text = std::fs::read_to_string(settings.directory.join(RECORDS)).unwrap();
         assert_eq!(text.lines().count(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_mid_batch_still_writes_it() {
+        let (_dir, settings) = setup("cancel");
+        let log = Log::open(&settings, metrics()).unwrap();
+        // The first append leads a batch and yields; drop it right there,
+        // as hyper does when the client goes away.
+        let first = record(0);
+        tokio::select! {
+            biased;
+            _ = log.append(&first) => panic!("the leader should yield once"),
+            _ = std::future::ready(()) => {}
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), log.append(&record(1)))
+            .await
+            .expect("a dropped leader must not stall later appends")
+            .unwrap();
+        assert_eq!(next.index, 1);
+        assert_eq!(log.size(), 2, "the dropped request's record is written too");
+        assert_eq!(log.record(0).unwrap(), record(0).to_bytes());
     }
 
     #[tokio::test]
