@@ -19,11 +19,11 @@ use residency_proxy::transparency::settings::{
     ClientAddress, OnWriteError, ReceiptMode, Transparency,
 };
 
-fn record(i: u64) -> Record {
+fn record(i: u64) -> Record<'static> {
     Record {
         v: record::VERSION,
-        request_id: format!("{i:032x}"),
-        time: record::rfc3339(std::time::SystemTime::now()),
+        request_id: format!("{i:032x}").into(),
+        time: record::rfc3339(std::time::SystemTime::now()).into(),
         outcome: Outcome::Stored,
         reason: None,
         client: Client {
@@ -31,20 +31,21 @@ fn record(i: u64) -> Record {
             address: record::minimise(
                 "192.0.2.77".parse().unwrap(),
                 &ClientAddress::Prefix { v4: 24, v6: 48 },
-            ),
+            )
+            .map(Into::into),
         },
         country: Some("CH".into()),
         jurisdiction: Some("ch".into()),
         datacenter: Some("zurich".into()),
         upstream_status: Some(201),
         body: Some(BodyDigest {
-            sha256: "ab".repeat(32),
+            sha256: "ab".repeat(32).into(),
             bytes: 1024,
         }),
-        policy_sha256: "cd".repeat(32),
+        policy_sha256: "cd".repeat(32).into(),
         geoip: Database {
             build_epoch: 1_750_000_000,
-            sha256: "ef".repeat(32),
+            sha256: "ef".repeat(32).into(),
         },
     }
 }

@@ -125,6 +125,7 @@ pub struct Geo {
     database_type: String,
     /// SHA-256 of the database file, for decision records.
     sha256: [u8; 32],
+    sha256_hex: String,
     cache: RecordCache,
 }
 
@@ -242,6 +243,7 @@ impl Geo {
             overrides: Overrides::new(&overrides),
             database_type,
             sha256,
+            sha256_hex: crate::hex::encode(&sha256),
             cache: RecordCache::new(),
             index,
         })
@@ -305,6 +307,11 @@ impl Geo {
     /// SHA-256 of the database file as loaded.
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
+    }
+
+    /// [`Geo::sha256`] as lowercase hex.
+    pub fn sha256_hex(&self) -> &str {
+        &self.sha256_hex
     }
 
     pub fn build_epoch(&self) -> u64 {

@@ -7,6 +7,7 @@
 //! the client gets 503 `log_unavailable` instead (unless the operator chose
 //! `on_write_error = "continue"`).
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::{HeaderValue, Response};
@@ -18,7 +19,6 @@ use super::Access;
 use crate::country::Country;
 use crate::state::State;
 use crate::transparency::log::Log;
-use crate::transparency::merkle;
 use crate::transparency::receipt::{self, Receipt};
 use crate::transparency::record::{self, BodyDigest, Client, Database, Outcome, Record};
 use crate::transparency::settings::{OnWriteError, ReceiptMode};
@@ -46,7 +46,7 @@ impl<'a> Facts<'a> {
         }
     }
 
-    fn record(&self, log: &Log, outcome: Outcome) -> Record {
+    fn record(&self, log: &Log, outcome: Outcome) -> Record<'a> {
         let state = self.state;
         let policy = &state.config.policy;
         let access = self.access;
@@ -55,28 +55,28 @@ impl<'a> Facts<'a> {
             .and_then(|a| record::minimise(a, &log.settings().client_address));
         Record {
             v: record::VERSION,
-            request_id: self.request_id.to_str().unwrap_or_default().to_string(),
-            time: record::rfc3339(self.received),
+            request_id: Cow::Borrowed(self.request_id.to_str().unwrap_or_default()),
+            time: Cow::Owned(record::rfc3339(self.received)),
             outcome,
-            reason: access.reason.map(str::to_string),
+            reason: access.reason.map(Cow::Borrowed),
             client: Client {
-                source: access.source.map(|s| s.as_str().to_string()),
-                address,
+                source: access.source.map(|s| Cow::Borrowed(s.as_str())),
+                address: address.map(Cow::Owned),
             },
             country: access
                 .country
                 .as_ref()
-                .map(|c| Country::as_str(c).to_string()),
+                .map(|c| Cow::Borrowed(Country::as_str(c))),
             jurisdiction: access
                 .jurisdiction
-                .map(|j| policy.jurisdiction(j).name.clone()),
-            datacenter: access.datacenter.clone(),
+                .map(|j| Cow::Borrowed(policy.jurisdiction(j).name.as_str())),
+            datacenter: access.datacenter.as_deref().map(Cow::Borrowed),
             upstream_status: None,
             body: None,
-            policy_sha256: state.policy_hash.clone(),
+            policy_sha256: Cow::Borrowed(&state.policy_hash),
             geoip: Database {
                 build_epoch: state.geo.build_epoch(),
-                sha256: crate::hex::encode(state.geo.sha256()),
+                sha256: Cow::Borrowed(state.geo.sha256_hex()),
             },
         }
     }
@@ -115,7 +115,7 @@ pub async fn answered(
     match sha256 {
         Some(sha256) => {
             record.body = Some(BodyDigest {
-                sha256: crate::hex::encode(&sha256),
+                sha256: Cow::Owned(crate::hex::encode(&sha256)),
                 bytes: slot.bytes(),
             })
         }
@@ -125,7 +125,7 @@ pub async fn answered(
                 "the data centre answered 2xx before receiving the whole body: no receipt"
             );
             record.outcome = Outcome::Refused;
-            record.reason = Some(Failure::UpstreamError.reason().to_string());
+            record.reason = Some(Cow::Borrowed(Failure::UpstreamError.reason()));
             let _ = log.append(&record).await;
             return Err(Failure::UpstreamError);
         }
@@ -146,8 +146,7 @@ pub async fn answered(
         ReceiptMode::Off => return Ok(None),
         ReceiptMode::Log => None,
         ReceiptMode::Signed => {
-            let leaf = merkle::leaf_hash(&appended.bytes);
-            let message = receipt::signed_message(&settings.origin, appended.index, &leaf);
+            let message = receipt::signed_message(&settings.origin, appended.index, &appended.leaf);
             Some(log.signer().sign(&message))
         }
     };
@@ -158,5 +157,6 @@ pub async fn answered(
         signature,
     }
     .encode();
-    Ok(HeaderValue::from_str(&value).ok())
+    // Takes the string's buffer as is (after checking it), no copy.
+    Ok(HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok())
 }

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,8 @@ pub struct Published {
 pub struct Appended {
     pub index: u64,
     pub bytes: Vec<u8>,
+    /// The leaf hash of `bytes`.
+    pub leaf: Hash,
 }
 
 struct Inner {
@@ -97,7 +100,7 @@ struct Inner {
     /// Start offset of each record in `records.log`.
     offsets: Vec<u64>,
     /// Request id → leaf index (ids are hex; others are hashed).
-    by_id: HashMap<u128, u64>,
+    by_id: ById,
     poisoned: bool,
 }
 
@@ -292,7 +295,7 @@ impl Log {
     /// Appends `record` as the next leaf and returns once it is written
     /// (to the page cache: a killed process keeps it; the next checkpoint
     /// fsyncs it). Records of concurrent requests share one `write(2)`.
-    pub async fn append(&self, record: &Record) -> Result<Appended, LogError> {
+    pub async fn append(&self, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
@@ -327,7 +330,7 @@ impl Log {
             Some(Ok(())) => {
                 self.failing.store(false, Ordering::Relaxed);
                 self.metrics.appended.inc();
-                Ok(Appended { index, bytes })
+                Ok(Appended { index, bytes, leaf })
             }
             Some(Err(message)) => Err(self.failed(
                 LogError::Io {
@@ -541,6 +544,32 @@ impl Log {
 
 /// The map key for a request id: its value when it is 32 hex digits (ours
 /// always are), otherwise 128 bits of its SHA-256.
+/// Request id → leaf index. The keys are already uniform — request ids
+/// are 128 random bits the proxy draws (a client's `X-Request-Id` is
+/// replaced, never used) and other ids go through SHA-256 in [`id_key`] —
+/// so the map folds the key instead of running SipHash over it.
+type ById = HashMap<u128, u64, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; FNV-1a keeps it correct for anything else.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
 fn id_key(id: &str) -> u128 {
     if id.len() == 32 {
         if let Ok(v) = u128::from_str_radix(id, 16) {
@@ -563,7 +592,7 @@ fn unix_now() -> i64 {
 struct Replayed {
     tree: Tree,
     offsets: Vec<u64>,
-    by_id: HashMap<u128, u64>,
+    by_id: ById,
     /// Bytes holding complete, readable records.
     len: u64,
     file_len: u64,
@@ -583,7 +612,7 @@ fn replay(file: &mut File, path: &Path) -> Result<Replayed, LogError> {
     let mut out = Replayed {
         tree: Tree::new(),
         offsets: Vec::new(),
-        by_id: HashMap::new(),
+        by_id: ById::default(),
         len: 0,
         file_len,
     };
@@ -727,10 +756,10 @@ mod tests {
         crate::metrics::Metrics::new().unwrap().log
     }
 
-    fn record(i: u64) -> Record {
+    fn record(i: u64) -> Record<'static> {
         Record {
             v: 1,
-            request_id: format!("{i:032x}"),
+            request_id: format!("{i:032x}").into(),
             time: "2026-11-28T04:13:14.123Z".into(),
             outcome: Outcome::Stored,
             reason: None,
@@ -743,10 +772,10 @@ mod tests {
             datacenter: Some("zurich".into()),
             upstream_status: Some(201),
             body: None,
-            policy_sha256: "00".repeat(32),
+            policy_sha256: "00".repeat(32).into(),
             geoip: Database {
                 build_epoch: 1,
-                sha256: "11".repeat(32),
+                sha256: "11".repeat(32).into(),
             },
         }
     }

@@ -55,15 +55,18 @@ impl Receipt {
 
     /// The header value.
     pub fn encode(&self) -> String {
-        let mut out = format!(
-            "v=1, log=\"{}\", index={}, record=:{}:",
-            self.log,
-            self.index,
-            STANDARD.encode(&self.record)
-        );
+        let mut out =
+            String::with_capacity(48 + self.log.len() + self.record.len().div_ceil(3) * 4 + 96);
+        out.push_str("v=1, log=\"");
+        out.push_str(&self.log);
+        out.push_str("\", index=");
+        out.push_str(itoa::Buffer::new().format(self.index));
+        out.push_str(", record=:");
+        STANDARD.encode_string(&self.record, &mut out);
+        out.push(':');
         if let Some(sig) = &self.signature {
             out.push_str(", sig=:");
-            out.push_str(&STANDARD.encode(sig));
+            STANDARD.encode_string(sig, &mut out);
             out.push(':');
         }
         out
