@@ -96,6 +96,8 @@ struct Inner {
     written_len: u64,
     /// The batch being formed: records appended but not yet written.
     pending: Option<(Arc<Batch>, Vec<u8>)>,
+    /// Batches written (each one `write(2)`).
+    batches: u64,
     tree: Tree,
     /// Start offset of each record in `records.log`.
     offsets: Vec<u64>,
@@ -245,6 +247,7 @@ impl Log {
                 written_size: size,
                 written_len: replayed.len,
                 pending: None,
+                batches: 0,
                 tree: replayed.tree,
                 offsets: replayed.offsets,
                 by_id: replayed.by_id,
@@ -396,7 +399,10 @@ impl Log {
         let (buf, end_size, end_len) = {
             let mut inner = self.lock();
             match inner.pending.take() {
-                Some((b, buf)) if Arc::ptr_eq(&b, batch) => (buf, inner.tree.size(), inner.len),
+                Some((b, buf)) if Arc::ptr_eq(&b, batch) => {
+                    inner.batches += 1;
+                    (buf, inner.tree.size(), inner.len)
+                }
                 other => {
                     // Already finished (failed with an earlier batch).
                     inner.pending = other;
@@ -807,10 +813,12 @@ mod tests {
     async fn concurrent_appends_share_writes_and_stay_dense() {
         let (_dir, settings) = setup("group");
         let log = Log::open(&settings, metrics()).unwrap();
-        let appends = (0..50).map(|i| {
-            let log = log.clone();
-            tokio::spawn(async move { log.append(&record(i)).await.unwrap().index })
-        });
+        let appends: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(&record(i)).await.unwrap().index })
+            })
+            .collect();
         let mut indexes = Vec::new();
         for a in appends {
             indexes.push(a.await.unwrap());
@@ -828,6 +836,8 @@ mod tests {
         }
         let text = std::fs::read_to_string(settings.directory.join(RECORDS)).unwrap();
         assert_eq!(text.lines().count(), 50);
+        let batches = log.lock().batches;
+        assert!(batches <= 2, "50 concurrent records took {batches} writes");
     }
 
     #[tokio::test]
