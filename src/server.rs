@@ -9,24 +9,27 @@
 //! 2. `proxy_header` — on `proxy_protocol = "required"` listeners, only from
 //!    `trusted_proxies`, within the handshake deadline;
 //! 3. `tls_handshake` — rustls with the listener's SNI-aware config;
-//! 4. HTTP — hyper-util's auto builder (HTTP/1.1 and h2) with a timer, so the
-//!    HTTP/1 request-head deadline is enforced, bounded header sizes and
-//!    streams, and a watchdog that closes connections that send no first
-//!    request within `request_head` or sit idle for `keepalive_idle`.
+//! 4. HTTP — hyper-util's auto builder (HTTP/1.1 and h2) with bounded
+//!    header sizes and streams, and a watchdog that closes connections that
+//!    send no first request within `request_head`, do not complete a later
+//!    HTTP/1 head within `request_head` of its first byte, or sit idle for
+//!    `keepalive_idle`.
 //!
 //! On shutdown, accepting stops, every connection is asked to finish
 //! gracefully, and `run` waits up to `timeouts.shutdown_grace` for them.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -336,6 +339,14 @@ async fn connection(
         listener: index,
     });
     let activity = Arc::new(Activity::new());
+    // HTTP/1 heads are watched from their first byte (hyper's own head
+    // timer also runs while a keep-alive connection is idle, so it is set
+    // to the sum of both deadlines and the watchdog enforces each).
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let tls = Watched {
+        inner: tls,
+        activity: (!h2).then(|| activity.clone()),
+    };
     let service = {
         let activity = activity.clone();
         let shared = shared.clone();
@@ -355,7 +366,11 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.request_head)
+        .header_read_timeout(
+            timeouts
+                .request_head
+                .saturating_add(timeouts.keepalive_idle),
+        )
         .max_buf_size(limits.max_request_head_bytes.max(8192))
         .keep_alive(true)
         .writev(false);
@@ -387,8 +402,13 @@ async fn connection(
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = idle.as_mut(), if !closing => {
-                tracing::debug!(peer = %peer, phase = "keepalive_idle", "timeout");
+            phase = idle.as_mut(), if !closing => {
+                tracing::debug!(peer = %peer, phase, "timeout");
+                if phase == "request_head" {
+                    // Nothing is in flight, and hyper's graceful shutdown
+                    // waits for a head it has started reading: just close.
+                    return;
+                }
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -401,6 +421,11 @@ struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// HTTP/1: bytes of a next request head arrived with nothing in
+    /// flight, since `head_ms`; cleared when that request starts.
+    head_pending: AtomicBool,
+    head_ms: AtomicU64,
+    head_started: tokio::sync::Notify,
     /// Set by the first request; until then the connection gets only the
     /// request-head deadline (hyper-util's protocol sniffing has none).
     started: AtomicBool,
@@ -422,6 +447,9 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            head_pending: AtomicBool::new(false),
+            head_ms: AtomicU64::new(0),
+            head_started: tokio::sync::Notify::new(),
             started: AtomicBool::new(false),
             first_request: tokio::sync::Notify::new(),
         }
@@ -433,28 +461,56 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_pending.store(false, Ordering::Relaxed);
         if !self.started.swap(true, Ordering::Relaxed) {
             self.first_request.notify_one();
         }
         Busy(self.clone())
     }
 
+    /// HTTP/1 bytes were read: with nothing in flight, they start the next
+    /// request head, which then has `request_head` to complete.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.head_pending.swap(true, Ordering::Relaxed)
+        {
+            self.head_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
+        }
+    }
+
     /// Resolves once the connection has had nothing in flight for `idle`,
-    /// or has not started a first request within `first`.
-    async fn idle(&self, first: Duration, idle: Duration) {
+    /// has not started a first request within `first`, or (HTTP/1) has not
+    /// completed a started request head within `first`.
+    async fn idle(&self, first: Duration, idle: Duration) -> &'static str {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         loop {
             let started = self.started.load(Ordering::Relaxed);
-            let idle_ms = if started { ms(idle) } else { ms(first) };
-            let quiet_for = self
-                .now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
-            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= idle_ms {
-                return;
+            let head = started && self.head_pending.load(Ordering::Relaxed);
+            let (since, limit) = if head {
+                (self.head_ms.load(Ordering::Relaxed), ms(first))
+            } else if started {
+                (self.last_ms.load(Ordering::Relaxed), ms(idle))
+            } else {
+                (0, ms(first))
+            };
+            let quiet_for = self.now_ms().saturating_sub(since);
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= limit {
+                return if started && !head {
+                    "keepalive_idle"
+                } else {
+                    "request_head"
+                };
             }
-            let wait = Duration::from_millis(idle_ms.saturating_sub(quiet_for).max(100));
-            if started {
+            let wait = Duration::from_millis(limit.saturating_sub(quiet_for).max(100));
+            if head {
                 tokio::time::sleep(wait).await;
+            } else if started {
+                // A head starting meanwhile has a shorter deadline.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.head_started.notified() => {}
+                }
             } else {
                 // The first request switches to the keep-alive deadline.
                 tokio::select! {
@@ -463,6 +519,62 @@ impl Activity {
                 }
             }
         }
+    }
+}
+
+/// The client stream, telling [`Activity`] when bytes arrive (HTTP/1 only;
+/// `activity` is `None` for h2, whose pings and window updates are not
+/// request heads).
+struct Watched<T> {
+    inner: T,
+    activity: Option<Arc<Activity>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(activity)) = (&result, &this.activity) {
+            if buf.filled().len() > before {
+                activity.read();
+            }
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -599,6 +599,54 @@ async fn idle_keepalive_connection_is_closed() {
     proxy.stop().await;
 }
 
+// Between requests, a keep-alive connection waits `keepalive_idle`, not
+// `request_head` (hyper's own head timer would close it at the latter); a
+// next request head that starts but stalls is still cut at `request_head`.
+#[tokio::test]
+async fn keepalive_connections_wait_keepalive_idle_and_stalled_heads_do_not() {
+    let proxy = Proxy::start(limited(
+        "[timeouts]\nrequest_head = \"500ms\"\nkeepalive_idle = \"4s\"\n",
+    ))
+    .await;
+    let request = |close: &str| {
+        format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
+        )
+    };
+
+    // Idle for three head deadlines, then a second request on the same
+    // connection is answered.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tls.write_all(request("Connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 201").count(), 2, "{text}");
+
+    // A next head that starts and stalls is closed at `request_head`, long
+    // before `keepalive_idle`.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let (got, took) = read_until_closed(&mut tls, Duration::from_secs(8)).await;
+    assert_eq!(raw_status(&got), Some(201));
+    assert!(
+        took < Duration::from_millis(2500),
+        "a stalled head lived {took:?}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn stalled_body_is_408_and_reaches_no_upstream() {
     let proxy = Proxy::start(limited("[timeouts]\nrequest_body_idle = \"500ms\"\n")).await;
