@@ -380,7 +380,7 @@ PARITY = {
         ("upstream idle pool 64", r"^pool_max_idle_per_host = 64"),
         ("body limit 100 MiB", rf"^max_body_bytes = {BODY_LIMIT}"),
         ("client keep-alive 120s", r'^keepalive_idle = "120s"'),
-        ("idle HTTP/1 connections kept 120s (request_head, see the comment)", r'^request_head = "120s"'),
+        ("request head 10s (as nginx client_header_timeout)", r'^request_head = "10s"'),
         ("connections >= 10000", r"^max_connections = [1-9]\d{4,}"),
         ("shared mmdb", r'^database = "bench\.mmdb"'),
     ],
