@@ -66,7 +66,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends `ip` in its usual text form; IPv4 without `fmt` machinery (this
 /// runs for every upload).
-fn push_ip(out: &mut String, ip: IpAddr) {
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {

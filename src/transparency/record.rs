@@ -188,12 +188,7 @@ pub fn minimise(addr: IpAddr, how: &ClientAddress) -> Option<String> {
             match net {
                 IpNet::V4(net) => {
                     let mut out = String::with_capacity(18);
-                    for (i, octet) in net.addr().octets().into_iter().enumerate() {
-                        if i > 0 {
-                            out.push('.');
-                        }
-                        out.push_str(itoa::Buffer::new().format(octet));
-                    }
+                    crate::proxy::headers::push_ip(&mut out, IpAddr::V4(net.addr()));
                     out.push('/');
                     out.push_str(itoa::Buffer::new().format(net.prefix_len()));
                     Some(out)
