@@ -236,7 +236,13 @@ mod tests {
     use crate::config::Config;
 
     fn health() -> (Health, Policy) {
-        let dir = std::env::temp_dir().join(format!("rp-health-{}", std::process::id()));
+        // One directory per test thread: tests run in parallel and each
+        // removes its directory when done.
+        let dir = std::env::temp_dir().join(format!(
+            "rp-health-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["c.pem", "c.key", "g.mmdb"] {
             std::fs::write(dir.join(f), "x").unwrap();
