@@ -30,6 +30,7 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     pub tls_handshakes: IntCounterVec,
     pub connections_active: IntGauge,
+    pub connections_idle: IntGauge,
     pub connections_rejected: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -134,6 +135,11 @@ impl Metrics {
             "Client connections currently open on the ingest listeners.",
         )?;
         registry.register(Box::new(connections_active.clone()))?;
+        let connections_idle = IntGauge::new(
+            "residency_connections_idle",
+            "HTTP/1 keep-alive connections waiting for their next request with their HTTP buffers released.",
+        )?;
+        registry.register(Box::new(connections_idle.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
             "Connections closed before TLS, by reason (PROXY header missing, invalid or untrusted; connection limit).",
@@ -217,6 +223,7 @@ impl Metrics {
             upstream_up,
             tls_handshakes,
             connections_active,
+            connections_idle,
             connections_rejected,
             upstream_retries,
             reloads,
@@ -277,6 +284,7 @@ mod tests {
             "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"} 1",
             "residency_tls_handshakes_total{result=\"success\"} 1",
             "residency_connections_active",
+            "residency_connections_idle",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -123,6 +123,11 @@ impl<T> Prefixed<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Prefixed { prefix, inner }
     }
+
+    /// The stream, and the bytes put back that were not read yet.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {

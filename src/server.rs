@@ -9,11 +9,13 @@
 //! 2. `proxy_header` — on `proxy_protocol = "required"` listeners, only from
 //!    `trusted_proxies`, within the handshake deadline;
 //! 3. `tls_handshake` — rustls with the listener's SNI-aware config;
-//! 4. HTTP — hyper-util's auto builder (HTTP/1.1 and h2) with bounded
+//! 4. HTTP — h2 by ALPN or by its preface, else HTTP/1.1, with bounded
 //!    header sizes and streams, and a watchdog that closes connections that
 //!    send no first request within `request_head`, do not complete a later
 //!    HTTP/1 head within `request_head` of its first byte, or sit idle for
-//!    `keepalive_idle`.
+//!    `keepalive_idle`. An HTTP/1 connection quiet for [`IDLE_RELEASE`]
+//!    drops hyper's buffers and waits with only its TLS state; the next
+//!    request's first bytes start a fresh hyper connection on the stream.
 //!
 //! On shutdown, accepting stops, every connection is asked to finish
 //! gracefully, and `run` waits up to `timeouts.shutdown_grace` for them.
@@ -26,10 +28,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -339,14 +342,6 @@ async fn connection(
         listener: index,
     });
     let activity = Arc::new(Activity::new());
-    // HTTP/1 heads are watched from their first byte (hyper's own head
-    // timer also runs while a keep-alive connection is idle, so it is set
-    // to the sum of both deadlines and the watchdog enforces each).
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let tls = Watched {
-        inner: tls,
-        activity: (!h2).then(|| activity.clone()),
-    };
     let service = {
         let activity = activity.clone();
         let shared = shared.clone();
@@ -354,29 +349,147 @@ async fn connection(
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
             let fut = proxy::handle(shared.clone(), shared.state(), conn.clone(), req);
-            async move {
+            // Boxed: hyper hands a finished HTTP/1 connection's stream back
+            // (to release its buffers while idle) only for Unpin futures.
+            Box::pin(async move {
                 let resp = fut.await;
                 drop(busy);
                 resp
-            }
+            })
         })
     };
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(
-            timeouts
-                .request_head
-                .saturating_add(timeouts.keepalive_idle),
-        )
-        .max_buf_size(limits.max_request_head_bytes.max(8192))
-        .keep_alive(true)
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    // HTTP/1 heads are watched from their first byte (hyper's own head
+    // timer also runs while a keep-alive connection is idle, so it is set
+    // to the sum of both deadlines and the watchdog enforces each).
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut io = Watched {
+        inner: tls,
+        activity: (!h2).then(|| activity.clone()),
+    };
+    let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
+    // Created once: a fresh `stopped` future per wake-up would re-register
+    // with the watch channel on every request.
+    let mut shutdown = pin!(stopped(&mut stop));
+    let mut prefix = Bytes::new();
+
+    if !h2 {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(
+                timeouts
+                    .request_head
+                    .saturating_add(timeouts.keepalive_idle),
+            )
+            .max_buf_size(limits.max_request_head_bytes.max(8192))
+            .keep_alive(true)
+            .writev(false);
+        // Until the first bytes tell HTTP/1 from an h2 preface (h2 without
+        // ALPN, "prior knowledge").
+        let mut sniffing = true;
+        loop {
+            let preface = h2_preface(&prefix);
+            if prefix.is_empty() || (sniffing && preface.is_none()) {
+                // Parked: the connection holds only its TLS state (no hyper
+                // buffers) until the next request's bytes arrive.
+                let mut buf = [0u8; WAKE_READ];
+                let _parked = (!sniffing).then(|| IdleGuard::new(&shared));
+                let read = tokio::select! {
+                    read = io.read(&mut buf) => read,
+                    () = shutdown.as_mut() => {
+                        close(io).await;
+                        return;
+                    }
+                    phase = idle.as_mut() => {
+                        tracing::debug!(peer = %peer, phase, "timeout");
+                        close(io).await;
+                        return;
+                    }
+                };
+                match read {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut joined = BytesMut::with_capacity(prefix.len() + n);
+                        joined.extend_from_slice(&prefix);
+                        joined.extend_from_slice(&buf[..n]);
+                        prefix = joined.freeze();
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                        return;
+                    }
+                }
+                continue;
+            }
+            if sniffing {
+                sniffing = false;
+                if preface == Some(true) {
+                    io.activity = None;
+                    break;
+                }
+            }
+
+            // Serve HTTP/1 until the connection ends, or until it has been
+            // quiet for IDLE_RELEASE after a request, when hyper closes its
+            // idle state and hands the stream back without shutting it.
+            let served_before = activity.requests();
+            let mut served = Box::new(
+                h1.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service.clone()),
+            );
+            let mut quiet = pin!(activity.quiet(served_before, IDLE_RELEASE));
+            let mut closing = false;
+            let mut releasing = false;
+            let result = loop {
+                tokio::select! {
+                    result = std::future::poll_fn(|cx| served.poll_without_shutdown(cx)) => {
+                        break result;
+                    }
+                    () = shutdown.as_mut(), if !closing => {
+                        Pin::new(&mut *served).graceful_shutdown();
+                        closing = true;
+                    }
+                    phase = idle.as_mut(), if !closing => {
+                        tracing::debug!(peer = %peer, phase, "timeout");
+                        if phase == "request_head" {
+                            // Nothing is in flight, and hyper's graceful
+                            // shutdown waits for a head it has started
+                            // reading: just close.
+                            return;
+                        }
+                        Pin::new(&mut *served).graceful_shutdown();
+                        closing = true;
+                    }
+                    () = quiet.as_mut(), if !closing && !releasing => {
+                        Pin::new(&mut *served).graceful_shutdown();
+                        releasing = true;
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                return;
+            }
+            let parts = served.into_parts();
+            let (rest, stream) = parts.io.into_inner().into_parts();
+            if closing || !releasing {
+                // Shut down, idle too long, or the client closed or asked
+                // to: end the stream as hyper would have.
+                close(stream).await;
+                return;
+            }
+            io = stream;
+            prefix = if rest.is_empty() {
+                parts.read_buf
+            } else {
+                let mut joined = BytesMut::from(&parts.read_buf[..]);
+                joined.extend_from_slice(&rest);
+                joined.freeze()
+            };
+        }
+    }
+
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_request_head_bytes).unwrap_or(u32::MAX))
         .initial_stream_window_size(64 * 1024)
@@ -384,11 +497,7 @@ async fn connection(
         .max_pending_accept_reset_streams(Some(20))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let mut served = pin!(builder.serve_connection(TokioIo::new(tls), service));
-    let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
-    // Created once: a fresh `stopped` future per wake-up would re-register
-    // with the watch channel on every request.
-    let mut shutdown = pin!(stopped(&mut stop));
+    let mut served = pin!(h2.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -405,8 +514,6 @@ async fn connection(
             phase = idle.as_mut(), if !closing => {
                 tracing::debug!(peer = %peer, phase, "timeout");
                 if phase == "request_head" {
-                    // Nothing is in flight, and hyper's graceful shutdown
-                    // waits for a head it has started reading: just close.
                     return;
                 }
                 served.as_mut().graceful_shutdown();
@@ -416,10 +523,58 @@ async fn connection(
     }
 }
 
+/// Counts a connection in `residency_connections_idle` while it lives.
+struct IdleGuard<'a>(&'a Shared);
+
+impl<'a> IdleGuard<'a> {
+    fn new(shared: &'a Shared) -> IdleGuard<'a> {
+        shared.metrics.connections_idle.inc();
+        IdleGuard(shared)
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections_idle.dec();
+    }
+}
+
+/// How long an HTTP/1 keep-alive connection with nothing in flight keeps
+/// hyper's read and write buffers (8 KiB each) before releasing them; it
+/// then waits holding only its TLS state, as nginx's keep-alive does.
+const IDLE_RELEASE: Duration = Duration::from_millis(500);
+/// Bytes taken by the read that wakes a parked connection (the h2 preface
+/// is 24); hyper reads the rest of the head itself.
+const WAKE_READ: usize = 128;
+/// How long a closing connection may take to send its TLS close_notify.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The h2 connection preface ("prior knowledge", RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `bytes` start with the h2 preface: `None` while too short to tell.
+fn h2_preface(bytes: &[u8]) -> Option<bool> {
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] != H2_PREFACE[..n] {
+        Some(false)
+    } else if n == H2_PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// Ends a stream politely (TLS close_notify, then FIN), bounded in time.
+async fn close<T: AsyncWrite + Unpin>(mut io: T) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
     last_ms: AtomicU64,
     /// HTTP/1: bytes of a next request head arrived with nothing in
     /// flight, since `head_ms`; cleared when that request starts.
@@ -446,6 +601,7 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
@@ -461,11 +617,39 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
         if !self.started.swap(true, Ordering::Relaxed) {
             self.first_request.notify_one();
         }
         Busy(self.clone())
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once a request has begun after the first `since`, and the
+    /// connection has then had nothing in flight and no head started for
+    /// `after` (HTTP/1: hyper is idle and may hand its stream back).
+    async fn quiet(&self, since: u64, after: Duration) {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let mut wait = after_ms;
+            if self.requests() > since
+                && self.in_flight.load(Ordering::Relaxed) == 0
+                && !self.head_pending.load(Ordering::Relaxed)
+            {
+                let quiet_for = self
+                    .now_ms()
+                    .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+                if quiet_for >= after_ms {
+                    return;
+                }
+                wait = after_ms - quiet_for;
+            }
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        }
     }
 
     /// HTTP/1 bytes were read: with nothing in flight, they start the next

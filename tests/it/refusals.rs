@@ -647,6 +647,96 @@ async fn keepalive_connections_wait_keepalive_idle_and_stalled_heads_do_not() {
     proxy.stop().await;
 }
 
+// An HTTP/1 keep-alive connection quiet for half a second releases hyper's
+// buffers (counted in residency_connections_idle) and wakes on the next
+// request's bytes: heads split anywhere, pipelined requests, a stalled head
+// (cut at `request_head`) and shutdown all behave as on a busy connection.
+#[tokio::test]
+async fn idle_http1_connections_release_their_buffers_and_wake_on_the_next_request() {
+    let proxy = Proxy::start(limited(
+        "[timeouts]\nrequest_head = \"700ms\"\nkeepalive_idle = \"10s\"\n",
+    ))
+    .await;
+    let request = |close: &str| {
+        format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
+        )
+    };
+    let idle = "residency_connections_idle";
+    let park = Duration::from_millis(900);
+    let mut tls = proxy.client().connect().await.unwrap();
+
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
+    assert_eq!(metric_value(&proxy, idle).await, 0.0, "released at once");
+    tokio::time::sleep(park).await;
+    assert_eq!(metric_value(&proxy, idle).await, 1.0, "not released");
+
+    // A head split inside its request line, with a pause.
+    let next = request("");
+    tls.write_all(&next.as_bytes()[..3]).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tls.write_all(&next.as_bytes()[3..]).await.unwrap();
+    assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
+    assert_eq!(metric_value(&proxy, idle).await, 0.0);
+
+    // Two pipelined requests after a release: both answered, in order.
+    tokio::time::sleep(park).await;
+    assert_eq!(metric_value(&proxy, idle).await, 1.0);
+    let two = format!("{}{}", request(""), request("Connection: close\r\n"));
+    tls.write_all(two.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 201").count(), 2, "{text}");
+    assert_eq!(proxy.upstream("zurich").count(), 4);
+
+    // A head that starts after a release and stalls is cut at `request_head`.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
+    tokio::time::sleep(park).await;
+    tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let (got, took) = read_until_closed(&mut tls, Duration::from_secs(8)).await;
+    assert!(
+        took < Duration::from_millis(3000),
+        "a stalled head lived {took:?}"
+    );
+    assert!(!String::from_utf8_lossy(&got).contains("201"));
+
+    // Shutdown closes a released connection at once, with a TLS close_notify.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
+    tokio::time::sleep(park).await;
+    assert_eq!(metric_value(&proxy, idle).await, 1.0);
+    let started = Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    let n = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut [0u8; 64]))
+        .await
+        .expect("closed");
+    assert_eq!(n.unwrap(), 0, "closed without close_notify");
+}
+
+/// One read's worth of answer (a small response arrives in one record).
+async fn answer<R: AsyncRead + Unpin>(tls: &mut R) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 #[tokio::test]
 async fn stalled_body_is_408_and_reaches_no_upstream() {
     let proxy = Proxy::start(limited("[timeouts]\nrequest_body_idle = \"500ms\"\n")).await;

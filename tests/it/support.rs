@@ -441,6 +441,8 @@ pub struct Client {
     pub sni: Option<String>,
     /// Bytes written before the TLS handshake (a PROXY header).
     pub preamble: Vec<u8>,
+    /// Offer the version by ALPN (off: the server must tell by the bytes).
+    pub alpn: bool,
 }
 
 /// What came back.
@@ -472,7 +474,13 @@ impl Client {
             from: "127.0.0.1".parse().unwrap(),
             sni: Some("localhost".into()),
             preamble: Vec::new(),
+            alpn: true,
         }
+    }
+
+    pub fn no_alpn(mut self) -> Client {
+        self.alpn = false;
+        self
     }
 
     pub fn h2(mut self) -> Client {
@@ -515,6 +523,7 @@ impl Client {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         config.alpn_protocols = match self.version {
+            _ if !self.alpn => Vec::new(),
             Http::One => vec![b"http/1.1".to_vec()],
             Http::Two => vec![b"h2".to_vec()],
         };

@@ -143,6 +143,22 @@ async fn alpn_and_protocol_versions() {
     let reply = proxy.client().upload_from(CH, "over http/1.1").await;
     assert_eq!(reply.status, 201, "{:?}", reply.body);
     assert_eq!(reply.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    // Without ALPN the first bytes tell: the h2 preface, or HTTP/1.1.
+    let reply = proxy
+        .client()
+        .h2()
+        .no_alpn()
+        .upload_from(CH, "h2, prior knowledge")
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.alpn, None);
+    let reply = proxy
+        .client()
+        .no_alpn()
+        .upload_from(CH, "http/1.1, no ALPN")
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.alpn, None);
 
     // A client speaking only TLS 1.2, and one speaking only TLS 1.3.
     for (version, want) in [
@@ -158,7 +174,7 @@ async fn alpn_and_protocol_versions() {
         let (status, body) = upload_over(tls).await.unwrap();
         assert_eq!(status, 201, "{want:?}: {body:?}");
     }
-    assert_eq!(proxy.upstream("zurich").count(), 4);
+    assert_eq!(proxy.upstream("zurich").count(), 6);
 
     // Plain HTTP on the TLS port: no HTTP response, the connection closes.
     let answer = raw_exchange(
@@ -185,7 +201,7 @@ async fn alpn_and_protocol_versions() {
     )
     .await;
     assert!(failures >= 2.0, "handshake failures counted: {failures}");
-    assert_eq!(proxy.upstream("zurich").count(), 4, "nothing else arrived");
+    assert_eq!(proxy.upstream("zurich").count(), 6, "nothing else arrived");
     proxy.stop().await;
 }
 
