@@ -482,7 +482,10 @@ async fn connection(
                 return;
             }
             io = stream;
-            prefix = if rest.is_empty() {
+            prefix = if parts.read_buf.is_empty() && rest.is_empty() {
+                // An empty `Bytes` from hyper still owns its 8 KiB buffer.
+                Bytes::new()
+            } else if rest.is_empty() {
                 parts.read_buf
             } else {
                 let mut joined = BytesMut::from(&parts.read_buf[..]);
@@ -547,7 +550,7 @@ impl Drop for IdleGuard<'_> {
 /// How long an HTTP/1 keep-alive connection with nothing in flight keeps
 /// hyper's read and write buffers (8 KiB each) before releasing them; it
 /// then waits holding only its TLS state, as nginx's keep-alive does.
-const IDLE_RELEASE: Duration = Duration::from_millis(500);
+const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// Bytes taken by the read that wakes a parked connection (the h2 preface
 /// is 24); hyper reads the rest of the head itself.
 const WAKE_READ: usize = 128;
