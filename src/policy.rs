@@ -138,8 +138,14 @@ impl Policy {
             if up == 0 {
                 continue;
             }
-            // 32-bit modulo: a fraction of the 64-bit division's cost.
-            let k = (turn as u32 % up as u32) as usize;
+            // The same rotation without a division when `up` is a power of
+            // two (1, 2, 4 upstreams: the usual case); otherwise a 32-bit
+            // modulo, a fraction of the 64-bit division's cost.
+            let k = if up.is_power_of_two() {
+                turn & (up - 1)
+            } else {
+                (turn as u32 % up as u32) as usize
+            };
             if up == all.len() {
                 return all.get(k).copied();
             }
