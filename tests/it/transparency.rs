@@ -209,7 +209,8 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
     let key = key_of(&proxy);
     let dir = TempDir::new("tlog-verify");
     for _ in 0..3 {
-        proxy.client().upload_from(CH, "a").await;
+        let reply = proxy.client().upload_from(CH, "a").await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Save what we saw.
@@ -247,7 +248,8 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
 
     // More uploads; the new checkpoint is consistent with the saved one.
     for _ in 0..5 {
-        proxy.client().upload_from(DE, "b").await;
+        let reply = proxy.client().upload_from(DE, "b").await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut b = args(&key);
