@@ -258,12 +258,20 @@ async fn accept_loop(
     }
 }
 
-/// Counts the connection as active while alive.
-struct ActiveGuard(Arc<Shared>);
+/// Counts something in a gauge while it lives (a connection in
+/// `connections_active`, a parked one in `connections_idle`).
+struct Counted<'a>(&'a prometheus::IntGauge);
 
-impl Drop for ActiveGuard {
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Counted<'a> {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.metrics.connections_active.dec();
+        self.0.dec();
     }
 }
 
@@ -275,8 +283,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    shared.metrics.connections_active.inc();
-    let _active = ActiveGuard(shared.clone());
+    let _active = Counted::new(&shared.metrics.connections_active);
     // One snapshot for the whole connection.
     let state = shared.state();
     let listener = &state.config.listeners[index];
@@ -321,7 +328,7 @@ async fn connection(
     let acceptor = tokio_rustls::TlsAcceptor::from(state.tls[index].clone());
     // The handshake future and the stream are boxed: moved by value they
     // would size every phase of this task, and an idle connection holds
-    // little besides its task (this keeps it near 1 KiB).
+    // little besides its task (this keeps the task near 2 KiB, from 8).
     let handshake = Box::pin(acceptor.accept(io));
     let tls = match tokio::time::timeout(timeouts.tls_handshake, handshake).await {
         Ok(Ok(tls)) => {
@@ -397,7 +404,7 @@ async fn connection(
                 // Parked: the connection holds only its TLS state (no hyper
                 // buffers) until the next request's bytes arrive.
                 let mut buf = [0u8; WAKE_READ];
-                let _parked = (!sniffing).then(|| IdleGuard::new(&shared));
+                let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
                 let read = tokio::select! {
                     read = io.read(&mut buf) => read,
                     () = shutdown.as_mut() => {
@@ -412,12 +419,7 @@ async fn connection(
                 };
                 match read {
                     Ok(0) => return,
-                    Ok(n) => {
-                        let mut joined = BytesMut::with_capacity(prefix.len() + n);
-                        joined.extend_from_slice(&prefix);
-                        joined.extend_from_slice(&buf[..n]);
-                        prefix = joined.freeze();
-                    }
+                    Ok(n) => prefix = concat(prefix, &buf[..n]),
                     Err(e) => {
                         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                         return;
@@ -482,16 +484,9 @@ async fn connection(
                 return;
             }
             io = stream;
-            prefix = if parts.read_buf.is_empty() && rest.is_empty() {
-                // An empty `Bytes` from hyper still owns its 8 KiB buffer.
-                Bytes::new()
-            } else if rest.is_empty() {
-                parts.read_buf
-            } else {
-                let mut joined = BytesMut::from(&parts.read_buf[..]);
-                joined.extend_from_slice(&rest);
-                joined.freeze()
-            };
+            // What hyper read came from the front of our prefix, so the
+            // unread rest follows it.
+            prefix = concat(parts.read_buf, &rest);
         }
     }
 
@@ -531,22 +526,6 @@ async fn connection(
     }
 }
 
-/// Counts a connection in `residency_connections_idle` while it lives.
-struct IdleGuard<'a>(&'a Shared);
-
-impl<'a> IdleGuard<'a> {
-    fn new(shared: &'a Shared) -> IdleGuard<'a> {
-        shared.metrics.connections_idle.inc();
-        IdleGuard(shared)
-    }
-}
-
-impl Drop for IdleGuard<'_> {
-    fn drop(&mut self) {
-        self.0.metrics.connections_idle.dec();
-    }
-}
-
 /// How long an HTTP/1 keep-alive connection with nothing in flight keeps
 /// hyper's read and write buffers (8 KiB each) before releasing them; it
 /// then waits holding only its TLS state, as nginx's keep-alive does.
@@ -572,6 +551,21 @@ fn h2_preface(bytes: &[u8]) -> Option<bool> {
     }
 }
 
+/// `head` then `tail` as one `Bytes`. An empty result is a fresh `Bytes`:
+/// an empty one from hyper still owns its 8 KiB read buffer.
+fn concat(head: Bytes, tail: &[u8]) -> Bytes {
+    match (head.is_empty(), tail.is_empty()) {
+        (true, true) => Bytes::new(),
+        (false, true) => head,
+        _ => {
+            let mut joined = BytesMut::with_capacity(head.len() + tail.len());
+            joined.extend_from_slice(&head);
+            joined.extend_from_slice(tail);
+            joined.freeze()
+        }
+    }
+}
+
 /// Ends a stream politely (TLS close_notify, then FIN), bounded in time.
 async fn close<T: AsyncWrite + Unpin>(mut io: T) {
     let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
@@ -581,7 +575,9 @@ async fn close<T: AsyncWrite + Unpin>(mut io: T) {
 struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
-    /// Requests begun on this connection.
+    /// Requests begun on this connection. Until the first, the connection
+    /// gets only the request-head deadline (`first_request` wakes the
+    /// watchdog when it comes).
     requests: AtomicU64,
     last_ms: AtomicU64,
     /// HTTP/1: bytes of a next request head arrived with nothing in
@@ -589,9 +585,6 @@ struct Activity {
     head_pending: AtomicBool,
     head_ms: AtomicU64,
     head_started: tokio::sync::Notify,
-    /// Set by the first request; until then the connection gets only the
-    /// request-head deadline (hyper-util's protocol sniffing has none).
-    started: AtomicBool,
     first_request: tokio::sync::Notify,
 }
 
@@ -614,7 +607,6 @@ impl Activity {
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
             head_started: tokio::sync::Notify::new(),
-            started: AtomicBool::new(false),
             first_request: tokio::sync::Notify::new(),
         }
     }
@@ -625,9 +617,8 @@ impl Activity {
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
-        if !self.started.swap(true, Ordering::Relaxed) {
+        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
             self.first_request.notify_one();
         }
         Busy(self.clone())
@@ -677,7 +668,7 @@ impl Activity {
     async fn idle(&self, first: Duration, idle: Duration) -> &'static str {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let started = self.started.load(Ordering::Relaxed);
+            let started = self.requests() > 0;
             let head = started && self.head_pending.load(Ordering::Relaxed);
             let (since, limit) = if head {
                 (self.head_ms.load(Ordering::Relaxed), ms(first))

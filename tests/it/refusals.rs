@@ -599,6 +599,14 @@ async fn idle_keepalive_connection_is_closed() {
     proxy.stop().await;
 }
 
+/// A raw keep-alive HTTP/1.1 upload from CH with a 2-byte body; `close` is
+/// an extra header line (CRLF included) or empty.
+fn keepalive_request(close: &str) -> String {
+    format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
+    )
+}
+
 // Between requests, a keep-alive connection waits `keepalive_idle`, not
 // `request_head` (hyper's own head timer would close it at the latter); a
 // next request head that starts but stalls is still cut at `request_head`.
@@ -608,19 +616,16 @@ async fn keepalive_connections_wait_keepalive_idle_and_stalled_heads_do_not() {
         "[timeouts]\nrequest_head = \"500ms\"\nkeepalive_idle = \"4s\"\n",
     ))
     .await;
-    let request = |close: &str| {
-        format!(
-            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
-        )
-    };
 
     // Idle for three head deadlines, then a second request on the same
     // connection is answered.
     let mut tls = proxy.client().connect().await.unwrap();
-    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.write_all(keepalive_request("").as_bytes())
+        .await
+        .unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tls.write_all(request("Connection: close\r\n").as_bytes())
+    tls.write_all(keepalive_request("Connection: close\r\n").as_bytes())
         .await
         .unwrap();
     tls.flush().await.unwrap();
@@ -631,7 +636,9 @@ async fn keepalive_connections_wait_keepalive_idle_and_stalled_heads_do_not() {
     // A next head that starts and stalls is closed at `request_head`, long
     // before `keepalive_idle`.
     let mut tls = proxy.client().connect().await.unwrap();
-    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.write_all(keepalive_request("").as_bytes())
+        .await
+        .unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\n")
@@ -657,22 +664,19 @@ async fn idle_http1_connections_release_their_buffers_and_wake_on_the_next_reque
         "[timeouts]\nrequest_head = \"700ms\"\nkeepalive_idle = \"10s\"\n",
     ))
     .await;
-    let request = |close: &str| {
-        format!(
-            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
-        )
-    };
     let idle = "residency_connections_idle";
     let park = Duration::from_millis(900);
     let mut tls = proxy.client().connect().await.unwrap();
 
-    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.write_all(keepalive_request("").as_bytes())
+        .await
+        .unwrap();
     assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
     tokio::time::sleep(park).await;
     assert_eq!(metric_value(&proxy, idle).await, 1.0, "not released");
 
     // A head split inside its request line, with a pause.
-    let next = request("");
+    let next = keepalive_request("");
     tls.write_all(&next.as_bytes()[..3]).await.unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -684,7 +688,11 @@ async fn idle_http1_connections_release_their_buffers_and_wake_on_the_next_reque
     // Two pipelined requests after a release: both answered, in order.
     tokio::time::sleep(park).await;
     assert_eq!(metric_value(&proxy, idle).await, 1.0);
-    let two = format!("{}{}", request(""), request("Connection: close\r\n"));
+    let two = format!(
+        "{}{}",
+        keepalive_request(""),
+        keepalive_request("Connection: close\r\n")
+    );
     tls.write_all(two.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();
     let (got, _) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
@@ -694,7 +702,9 @@ async fn idle_http1_connections_release_their_buffers_and_wake_on_the_next_reque
 
     // A head that starts after a release and stalls is cut at `request_head`.
     let mut tls = proxy.client().connect().await.unwrap();
-    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.write_all(keepalive_request("").as_bytes())
+        .await
+        .unwrap();
     assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
     tokio::time::sleep(park).await;
     tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHo")
@@ -710,7 +720,9 @@ async fn idle_http1_connections_release_their_buffers_and_wake_on_the_next_reque
 
     // Shutdown closes a released connection at once, with a TLS close_notify.
     let mut tls = proxy.client().connect().await.unwrap();
-    tls.write_all(request("").as_bytes()).await.unwrap();
+    tls.write_all(keepalive_request("").as_bytes())
+        .await
+        .unwrap();
     assert!(answer(&mut tls).await.starts_with("HTTP/1.1 201"));
     tokio::time::sleep(park).await;
     assert_eq!(metric_value(&proxy, idle).await, 1.0);

@@ -144,21 +144,16 @@ async fn alpn_and_protocol_versions() {
     assert_eq!(reply.status, 201, "{:?}", reply.body);
     assert_eq!(reply.alpn.as_deref(), Some(&b"http/1.1"[..]));
     // Without ALPN the first bytes tell: the h2 preface, or HTTP/1.1.
-    let reply = proxy
-        .client()
-        .h2()
-        .no_alpn()
-        .upload_from(CH, "h2, prior knowledge")
-        .await;
-    assert_eq!(reply.status, 201, "{:?}", reply.body);
-    assert_eq!(reply.alpn, None);
-    let reply = proxy
-        .client()
-        .no_alpn()
-        .upload_from(CH, "http/1.1, no ALPN")
-        .await;
-    assert_eq!(reply.status, 201, "{:?}", reply.body);
-    assert_eq!(reply.alpn, None);
+    for version in [Http::Two, Http::One] {
+        let reply = proxy
+            .client()
+            .version(version)
+            .no_alpn()
+            .upload_from(CH, "no ALPN")
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        assert_eq!(reply.alpn, None);
+    }
 
     // A client speaking only TLS 1.2, and one speaking only TLS 1.3.
     for (version, want) in [
