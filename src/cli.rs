@@ -422,14 +422,21 @@ fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     block_on_with(None, fut)
 }
 
-/// Runs `fut` on a multi-threaded runtime with `workers` threads (default:
-/// one per core).
+/// Runs `fut` on a runtime with `workers` threads (default: one per core);
+/// with one, everything runs on the calling thread.
 fn block_on_with(
     workers: Option<usize>,
     fut: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
+    // One worker: tokio's single-threaded scheduler on this thread. The
+    // multi-threaded one would still split the work between this thread
+    // (the accept loops) and its worker, and pay cross-thread wake-ups.
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|&n| n > 1) {
         builder.worker_threads(n);
     }
     let rt = match builder.enable_all().build() {

@@ -337,7 +337,7 @@ def proxy_cmd(proxy):
         return pin + ["nginx", "-e", RUN / "nginx-error.log", "-p", RUN, "-c", RUN / "nginx.conf"]
     if proxy == "haproxy":
         return pin + ["haproxy", "-db", "-f", RUN / "haproxy.cfg"]
-    return ["env", "TOKIO_WORKER_THREADS=1"] + pin + [
+    return pin + [
         RP_BIN, "--log-level", RP_LOG_FILTER, "serve", "--config", RUN / "residency.toml"]
 
 
@@ -383,9 +383,9 @@ PARITY = {
         ("request head 10s (as nginx client_header_timeout)", r'^request_head = "10s"'),
         ("connections >= 10000", r"^max_connections = [1-9]\d{4,}"),
         ("shared mmdb", r'^database = "bench\.mmdb"'),
+        ("one worker thread", r"^worker_threads = 1$"),
     ],
     "residency-proxy.cmd": [
-        ("one worker thread", r"TOKIO_WORKER_THREADS=1"),
         ("access log off", r"residency_proxy::access=off"),
         ("pinned to core 0", rf"taskset -c {PROXY_CORE} "),
     ],

@@ -40,7 +40,7 @@ class Variant(b.Proxy):
         if not b.port_free(self.port):
             b.die(f"port {self.port} is busy")
         self.logf = open(b.RUN / "residency-proxy.receipts.log", "ab")
-        cmd = ["env", "TOKIO_WORKER_THREADS=1", "taskset", "-c", b.PROXY_CORE, str(b.RP_BIN),
+        cmd = ["taskset", "-c", b.PROXY_CORE, str(b.RP_BIN),
                "--log-level", b.RP_LOG_FILTER, "serve", "--config", str(self.config)]
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)

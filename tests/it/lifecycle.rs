@@ -17,7 +17,10 @@ async fn sigterm_lets_an_upload_in_flight_finish_and_refuses_new_connections() {
         ("frankfurt", "eu", others.addr),
         ("virginia", "us", others.addr),
     ];
-    let extra = "[timeouts]\nshutdown_delay = \"1s\"\nshutdown_grace = \"20s\"\n";
+    // One worker: the binary on Tokio's single-threaded scheduler, signals
+    // and shutdown included.
+    let extra = "[runtime]\nworker_threads = 1\n\
+                 [timeouts]\nshutdown_delay = \"1s\"\nshutdown_grace = \"20s\"\n";
     let mut proxy = Binary::start("sigterm", &dcs, extra).await;
     let (addr, admin) = (proxy.addr, proxy.admin);
     let log_path = proxy.log_path.clone();
