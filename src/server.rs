@@ -370,9 +370,10 @@ async fn connection(
         })
     };
 
-    // HTTP/1 heads are watched from their first byte (hyper's own head
-    // timer also runs while a keep-alive connection is idle, so it is set
-    // to the sum of both deadlines and the watchdog enforces each).
+    // HTTP/1 heads are watched from their first byte by `Activity`, which
+    // enforces request_head and keepalive_idle (hyper's own head timer is
+    // left off: it would also run while a keep-alive connection is idle,
+    // and costs a timer entry per request).
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut io = Watched {
         inner: tls,
@@ -386,13 +387,7 @@ async fn connection(
 
     if !h2 {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(
-                timeouts
-                    .request_head
-                    .saturating_add(timeouts.keepalive_idle),
-            )
-            .max_buf_size(limits.max_request_head_bytes.max(8192))
+        h1.max_buf_size(limits.max_request_head_bytes.max(8192))
             .keep_alive(true)
             .writev(false);
         // Until the first bytes tell HTTP/1 from an h2 preface (h2 without
@@ -445,6 +440,7 @@ async fn connection(
             let mut quiet = pin!(activity.quiet(served_before, IDLE_RELEASE));
             let mut closing = false;
             let mut releasing = false;
+            let mut timed_out = false;
             let result = loop {
                 tokio::select! {
                     result = std::future::poll_fn(|cx| served.poll_without_shutdown(cx)) => {
@@ -454,16 +450,21 @@ async fn connection(
                         Pin::new(&mut *served).graceful_shutdown();
                         closing = true;
                     }
-                    phase = idle.as_mut(), if !closing => {
+                    // Also while draining for shutdown: a head started
+                    // then still has only request_head to complete.
+                    phase = idle.as_mut(), if !timed_out => {
                         tracing::debug!(peer = %peer, phase, "timeout");
+                        timed_out = true;
                         if phase == "request_head" {
                             // Nothing is in flight, and hyper's graceful
                             // shutdown waits for a head it has started
                             // reading: just close.
                             return;
                         }
-                        Pin::new(&mut *served).graceful_shutdown();
-                        closing = true;
+                        if !closing {
+                            Pin::new(&mut *served).graceful_shutdown();
+                            closing = true;
+                        }
                     }
                     () = quiet.as_mut(), if !closing && !releasing => {
                         Pin::new(&mut *served).graceful_shutdown();

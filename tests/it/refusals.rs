@@ -553,6 +553,29 @@ async fn stalled_request_head_is_closed_at_the_head_deadline() {
     proxy.stop().await;
 }
 
+// While the proxy drains for shutdown, a head that started and stalls is
+// still closed at `request_head`: draining waits for requests in flight,
+// not for slow heads, and not for `shutdown_grace`.
+#[tokio::test]
+async fn stalled_request_head_does_not_hold_up_shutdown() {
+    let proxy = Proxy::start(limited(
+        "[timeouts]\nrequest_head = \"800ms\"\nshutdown_grace = \"20s\"\nshutdown_delay = \"0s\"\n",
+    ))
+    .await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "shutdown waited {took:?}");
+    let (got, _) = read_until_closed(&mut tls, Duration::from_secs(2)).await;
+    assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1 2"));
+}
+
 // A TLS connection that sends nothing at all, or only a prefix of the h2
 // preface, never reaches hyper's head timer (hyper-util's auto builder sniffs
 // the protocol first, without a deadline): the connection watchdog closes it
