@@ -18,14 +18,16 @@ use crate::geo::Geo;
 use crate::metrics::Metrics;
 use crate::tls;
 use crate::transparency::log::{Log, LogError};
-use crate::upstream::{self, Health, ProbeClient, UpstreamClient};
+use crate::upstream::pool::Pool;
+use crate::upstream::{self, Health, ProbeClient};
 
 pub struct State {
     pub config: Config,
     pub geo: Geo,
     /// One server config per listener, in `config.listeners` order.
     pub tls: Vec<Arc<rustls::ServerConfig>>,
-    pub client: UpstreamClient,
+    /// Pooled connections to the upstreams of this configuration.
+    pub pool: Pool,
     pub probes: ProbeClient,
     pub health: Health,
     /// `Policy::hash` of `config.policy`, computed once.
@@ -88,9 +90,14 @@ impl State {
                 .ok(),
             None => None,
         };
-        let clients = upstream::clients(&config.upstream, &config.timeouts, ca.as_deref())
-            .map_err(|e| report.push("upstream.ca", e))
-            .ok();
+        let clients = upstream::clients(
+            &config.policy,
+            &config.upstream,
+            &config.timeouts,
+            ca.as_deref(),
+        )
+        .map_err(|(key, e)| report.push(key, e))
+        .ok();
         if let Some(t) = &config.transparency {
             // The key is read again when the log opens; checked here so
             // `check-config` catches a wrong file.
@@ -110,11 +117,11 @@ impl State {
         let health = Health::new(&config.policy, config.health.clone());
         let policy_hash = config.policy.hash();
         let state = match (geo, clients) {
-            (Some(geo), Some((client, probes))) if report.is_empty() => Some(State {
+            (Some(geo), Some((pool, probes))) if report.is_empty() => Some(State {
                 config,
                 geo,
                 tls: server_configs,
-                client,
+                pool,
                 probes,
                 health,
                 policy_hash,

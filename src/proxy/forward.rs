@@ -12,7 +12,7 @@
 //! * provably nothing reached the first one: connecting (TCP or TLS) failed
 //!   and the body slot is untouched — `connect_failed` / `tls_failed`; a
 //!   pooled connection found closed before the request was written is
-//!   retried by hyper-util's pool itself; or
+//!   retried on the next connection by the pool itself; or
 //! * the request carries an `Idempotency-Key` and its body fits
 //!   `upstream.replay_limit_bytes`, so a copy can be sent — after any
 //!   failure, a timeout or a 5xx (`idempotent_replay`).
@@ -27,6 +27,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+
+use crate::upstream::pool::Body as UpstreamBody;
 
 use super::body::{BodyError, BodySlot, ForwardBody};
 use super::error::Failure;
@@ -49,9 +51,9 @@ pub struct Target<'a> {
 
 /// How one attempt ended, when it did not produce a usable response.
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<UpstreamBody>),
     /// A response the client will get unless a replay is possible (5xx).
-    ServerError(Response<Incoming>),
+    ServerError(Response<UpstreamBody>),
     Failed {
         failure: Failure,
         unsent: Option<&'static str>,
@@ -69,7 +71,7 @@ pub async fn forward(
     target: Target<'_>,
     req: Request<Incoming>,
     datacenter: &mut Option<String>,
-) -> Result<(Response<Incoming>, Arc<BodySlot>), (Failure, u64)> {
+) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), (Failure, u64)> {
     let config = &state.config;
     let policy = &config.policy;
     let health = &state.health;
@@ -132,7 +134,7 @@ pub async fn forward(
         }
         let dc = &policy.datacenter_of(upstream).name;
         *datacenter = Some(dc.clone());
-        let uri = upstream_uri(&policy.upstream(upstream).uri, path)
+        let uri = upstream_path(&policy.upstream(upstream).uri, path)
             .map_err(|_| (Failure::BadRequest, 0))?;
         let (body, sent) = match &replay {
             Some(bytes) => ForwardBody::replay(bytes.clone()),
@@ -145,7 +147,7 @@ pub async fn forward(
         *request.headers_mut() = upstream_headers.clone();
 
         let started = Instant::now();
-        let attempt = send(state, request, sent, &slot, target.request_id, dc).await;
+        let attempt = send(state, upstream, request, sent, &slot, target.request_id, dc).await;
         shared
             .metrics
             .upstream_duration
@@ -209,6 +211,7 @@ pub async fn forward(
 /// starts when the body has been sent.
 async fn send(
     state: &State,
+    upstream: UpstreamId,
     request: Request<ForwardBody>,
     sent: tokio::sync::oneshot::Receiver<()>,
     slot: &BodySlot,
@@ -222,7 +225,7 @@ async fn send(
     };
     let id = request_id.to_str().unwrap_or_default();
     let result = tokio::select! {
-        r = state.client.request(request) => r,
+        r = state.pool.send(upstream, request) => r,
         () = response_deadline => {
             tracing::warn!(request_id = id, datacenter = dc, phase = "upstream_response", "timeout");
             return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None };
@@ -232,7 +235,7 @@ async fn send(
         Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
         Ok(resp) => Attempt::Answered(resp),
         Err(e) => {
-            let tls = is_tls_error(&e);
+            let tls = e.is_tls();
             tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
             let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
                 "tls_failed"
@@ -257,33 +260,13 @@ fn body_failure(e: BodyError) -> Failure {
     }
 }
 
-/// True when a rustls error is somewhere in the chain. `io::Error` hides
-/// its payload from `source()`, so it is unwrapped with `get_ref()`.
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        next = match err.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    false
-}
-
-/// `https://host:port/prefix` + `/path?query`.
-fn upstream_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
+/// The upstream's path prefix + the client's `/path?query`, origin-form.
+fn upstream_path(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
     let prefix = base.path().trim_end_matches('/');
     let mut pq = String::with_capacity(prefix.len() + path_and_query.len());
     pq.push_str(prefix);
     pq.push_str(path_and_query);
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(pq.parse()?);
-    Ok(Uri::from_parts(parts)?)
+    Ok(Uri::try_from(pq)?)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -305,13 +288,10 @@ mod tests {
     fn joins_base_and_path() {
         let base: Uri = "https://ingest.example.com/v1/".parse().unwrap();
         assert_eq!(
-            upstream_uri(&base, "/upload?x=1").unwrap().to_string(),
-            "https://ingest.example.com/v1/upload?x=1"
+            upstream_path(&base, "/upload?x=1").unwrap().to_string(),
+            "/v1/upload?x=1"
         );
         let base: Uri = "http://127.0.0.1:8080".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&base, "/u").unwrap().to_string(),
-            "http://127.0.0.1:8080/u"
-        );
+        assert_eq!(upstream_path(&base, "/u").unwrap().to_string(), "/u");
     }
 }

@@ -32,7 +32,7 @@ use crate::transparency::settings::OnWriteError;
 pub use error::Failure;
 
 /// The response body: the upstream's, streamed, or our own small one.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<crate::upstream::pool::Body, Full<Bytes>>;
 
 /// What the accept loop knows about a client connection.
 #[derive(Debug, Clone)]
@@ -162,7 +162,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-type Routed = Result<(Response<Incoming>, Arc<body::BodySlot>), (Failure, u64)>;
+type Routed = Result<(Response<crate::upstream::pool::Body>, Arc<body::BodySlot>), (Failure, u64)>;
 
 async fn route(
     shared: &Shared,

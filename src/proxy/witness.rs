@@ -11,7 +11,6 @@ use std::borrow::Cow;
 use std::time::SystemTime;
 
 use http::{HeaderValue, Response};
-use hyper::body::Incoming;
 
 use super::body::BodySlot;
 use super::error::Failure;
@@ -92,10 +91,10 @@ pub async fn refused(log: &Log, facts: &Facts<'_>) {
 /// a 2xx (added after the upstream's own `Residency-*` headers are
 /// stripped). A 2xx whose record cannot be written becomes 503
 /// `log_unavailable` (by default).
-pub async fn answered(
+pub async fn answered<B>(
     log: &Log,
     facts: &Facts<'_>,
-    resp: &Response<Incoming>,
+    resp: &Response<B>,
     slot: &BodySlot,
 ) -> Result<Option<HeaderValue>, Failure> {
     let stored = resp.status().is_success();

@@ -7,6 +7,7 @@ mod cli;
 mod drill;
 mod health;
 mod lifecycle;
+mod pool;
 mod refusals;
 mod reload;
 mod retries;

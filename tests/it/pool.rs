@@ -1,0 +1,245 @@
+//! The upstream connection pool against a raw HTTP/1.1 server that counts
+//! its connections: reuse, chunked ends, stale connections, expiry, the
+//! idle bound, and how failures to connect are told apart.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::BodyExt;
+use residency_proxy::policy::UpstreamId;
+use residency_proxy::proxy::body::ForwardBody;
+use residency_proxy::upstream::pool::{Error, Pool, PoolSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::closed_port;
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `Content-Length` answers, connection kept.
+    Length,
+    /// Chunked answers, connection kept.
+    Chunked,
+    /// Answers, then closes the connection.
+    Close,
+    /// Waits 200 ms before answering.
+    Slow,
+}
+
+/// A raw HTTP/1.1 server: counts accepted and ended connections.
+struct Server {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+}
+
+impl Server {
+    async fn start(mode: Mode) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server {
+            addr: listener.local_addr().unwrap(),
+            accepted: Arc::default(),
+            ended: Arc::default(),
+        };
+        let (accepted, ended) = (server.accepted.clone(), server.ended.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    serve(stream, mode).await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        server
+    }
+
+    /// A pool with this server as its one upstream, over `scheme`.
+    fn pool(&self, scheme: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
+        new_pool(&format!("{scheme}://{}", self.addr), idle_timeout, max_idle)
+    }
+
+    /// Waits (at most 3 s) until `n` connections have ended.
+    async fn wait_ended(&self, n: usize, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while self.ended() < n {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves requests with a `Content-Length` body until the client closes.
+async fn serve(mut stream: TcpStream, mode: Mode) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        let answer: &[u8] = match mode {
+            Mode::Length | Mode::Close | Mode::Slow => {
+                b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+            }
+            Mode::Chunked => {
+                b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n1\r\no\r\n1\r\nk\r\n0\r\n\r\n"
+            }
+        };
+        if let Mode::Slow = mode {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        if let Mode::Close = mode {
+            return;
+        }
+    }
+}
+
+fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
+    let tls = residency_proxy::tls::client_config(None).unwrap();
+    Pool::new(
+        [uri.parse::<Uri>().unwrap()],
+        tls,
+        PoolSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout,
+            max_idle_per_upstream: max_idle,
+        },
+    )
+    .unwrap()
+}
+
+const U: UpstreamId = UpstreamId(0);
+
+fn request() -> Request<ForwardBody> {
+    let (body, _sent) = ForwardBody::replay(Bytes::from_static(b"hello"));
+    Request::post("/v1/telemetry").body(body).unwrap()
+}
+
+/// One request, its body read to the end.
+async fn exchange(pool: &Pool) -> String {
+    let resp = pool.send(U, request()).await.expect("an answer");
+    assert_eq!(resp.status(), 201);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_connection() {
+    for mode in [Mode::Length, Mode::Chunked] {
+        let server = Server::start(mode).await;
+        let pool = server.pool("http", Duration::from_secs(30), 4);
+        for _ in 0..5 {
+            assert_eq!(exchange(&pool).await, "ok");
+            assert_eq!(pool.idle(U), 1, "the connection went back to the pool");
+        }
+        assert_eq!(server.accepted(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_does_not_return_the_connection() {
+    let server = Server::start(Mode::Chunked).await;
+    let pool = server.pool("http", Duration::from_secs(30), 4);
+    let resp = pool.send(U, request()).await.unwrap();
+    drop(resp);
+    assert_eq!(pool.idle(U), 0);
+    assert_eq!(exchange(&pool).await, "ok");
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_are_replaced() {
+    let server = Server::start(Mode::Close).await;
+    let pool = server.pool("http", Duration::from_secs(30), 4);
+    for _ in 0..3 {
+        assert_eq!(exchange(&pool).await, "ok");
+        // Let the connection task see the upstream's close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.accepted(), 3);
+}
+
+#[tokio::test]
+async fn idle_connections_expire_and_close() {
+    let server = Server::start(Mode::Length).await;
+    let pool = server.pool("http", Duration::from_millis(200), 4);
+    exchange(&pool).await;
+    assert_eq!(pool.idle(U), 1);
+    server
+        .wait_ended(1, "an idle connection outlived its timeout")
+        .await;
+    assert_eq!(pool.idle(U), 0);
+    exchange(&pool).await;
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn at_most_max_idle_connections_are_kept() {
+    let server = Server::start(Mode::Slow).await;
+    let pool = server.pool("http", Duration::from_secs(30), 2);
+    let exchanges: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { exchange(&pool).await })
+        })
+        .collect();
+    for e in exchanges {
+        assert_eq!(e.await.unwrap(), "ok");
+    }
+    assert_eq!(server.accepted(), 4);
+    assert_eq!(pool.idle(U), 2);
+    server
+        .wait_ended(2, "connections beyond max_idle stayed open")
+        .await;
+}
+
+#[tokio::test]
+async fn failures_to_connect_are_told_apart() {
+    let closed = closed_port().await;
+    let pool = new_pool(&format!("http://{closed}"), Duration::from_secs(30), 4);
+    let e = pool.send(U, request()).await.unwrap_err();
+    assert!(matches!(e, Error::Connect(_)), "{e}");
+    assert!(e.is_connect() && !e.is_tls());
+
+    // https to a plain HTTP server: the TLS handshake fails.
+    let server = Server::start(Mode::Length).await;
+    let pool = server.pool("https", Duration::from_secs(30), 4);
+    let e = pool.send(U, request()).await.unwrap_err();
+    assert!(matches!(e, Error::Tls(_)), "{e}");
+    assert!(e.is_connect() && e.is_tls());
+}
