@@ -359,11 +359,12 @@ async fn connection(
         service_fn(move |req| {
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
-            let fut = proxy::handle(shared.clone(), shared.state(), conn.clone(), req);
+            let (shared, state, conn) = (shared.clone(), shared.state(), conn.clone());
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
+            // `handle`'s future is created inside the box, not moved in.
             Box::pin(async move {
-                let resp = fut.await;
+                let resp = proxy::handle(shared, state, conn, req).await;
                 drop(busy);
                 resp
             })

@@ -113,7 +113,9 @@ pub async fn forward(
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replay: Option<Bytes> = if idempotent && declared.is_none_or(|n| n <= replay_limit as u64) {
-        slot.buffer_for_replay(replay_limit)
+        // Boxed, as every rarely taken await here: the request's future is
+        // moved whole when hyper boxes it, so it is kept small.
+        Box::pin(slot.buffer_for_replay(replay_limit))
             .await
             .map_err(|e| (body_failure(e), slot.bytes()))?
     } else {

@@ -83,7 +83,8 @@ pub async fn handle(
             let receipt = match log {
                 Some(log) => {
                     let facts = witness::Facts::new(&state, &access, &id, received);
-                    witness::answered(log, &facts, &resp, &slot).await
+                    // Boxed: it would grow every request's future.
+                    Box::pin(witness::answered(log, &facts, &resp, &slot)).await
                 }
                 None => Ok(None),
             };
@@ -104,7 +105,8 @@ pub async fn handle(
                 .with_label_values(&[failure.reason()])
                 .inc();
             if let Some(log) = log.filter(|_| !recorded) {
-                witness::refused(log, &witness::Facts::new(&state, &access, &id, received)).await;
+                let facts = witness::Facts::new(&state, &access, &id, received);
+                Box::pin(witness::refused(log, &facts)).await;
             }
             failure.response(&id).map(Either::Right)
         }

@@ -160,7 +160,8 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect(u).await?;
+        // Boxed: connecting is rare, and its TLS state is large.
+        let mut tx = Box::pin(self.connect(u)).await?;
         let resp = tx.send_request(req).await?;
         Ok(self.wrap(u, tx, resp))
     }
