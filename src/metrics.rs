@@ -6,10 +6,15 @@
 //! configuration names (jurisdictions, data centres) and the fixed reasons in
 //! this file, never addresses or paths.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::geo::LookupResult;
+use crate::policy::{DatacenterId, JurisdictionId, Policy};
 
 pub use crate::transparency::log::LogMetrics;
 
@@ -244,14 +249,109 @@ impl Metrics {
     }
 }
 
-/// `2xx`, `4xx`, … for the `status_class` label.
-pub fn status_class(status: http::StatusCode) -> &'static str {
+/// The per-request metric children of one configuration snapshot, each
+/// resolved on first use and then kept: the request path does no label
+/// hashing and takes no registry lock. Slots are indexed by jurisdiction and
+/// data centre, with one more for "none".
+pub struct RequestMetrics {
+    datacenters: usize,
+    /// `[jurisdiction][datacenter][status class]`
+    requests: Box<[OnceLock<IntCounter>]>,
+    /// `[jurisdiction]`
+    duration: Box<[OnceLock<Histogram>]>,
+    body_bytes: Box<[OnceLock<IntCounter>]>,
+    /// `[datacenter]`
+    upstream_duration: Box<[OnceLock<Histogram>]>,
+    /// `[LookupResult]`
+    geoip: [OnceLock<IntCounter>; 3],
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
+impl RequestMetrics {
+    pub fn new(policy: &Policy) -> RequestMetrics {
+        let (j, d) = (policy.jurisdictions.len() + 1, policy.datacenters.len() + 1);
+        RequestMetrics {
+            datacenters: d,
+            requests: slots(j * d * STATUS_CLASSES.len()),
+            duration: slots(j),
+            body_bytes: slots(j),
+            upstream_duration: slots(d),
+            geoip: Default::default(),
+        }
+    }
+
+    /// One request answered: `residency_requests_total`,
+    /// `residency_request_duration_seconds` and
+    /// `residency_request_body_bytes_total`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answered(
+        &self,
+        metrics: &Metrics,
+        policy: &Policy,
+        jurisdiction: Option<JurisdictionId>,
+        datacenter: Option<DatacenterId>,
+        status: http::StatusCode,
+        seconds: f64,
+        body_bytes: u64,
+    ) {
+        let j = jurisdiction.map_or(self.duration.len() - 1, |j| j.0);
+        let d = datacenter.map_or(self.datacenters - 1, |d| d.0);
+        let class = status_index(status);
+        let j_label = || jurisdiction.map_or(NONE, |j| policy.jurisdiction(j).name.as_str());
+        let d_label = || datacenter.map_or(NONE, |d| policy.datacenter(d).name.as_str());
+        self.requests[(j * self.datacenters + d) * STATUS_CLASSES.len() + class]
+            .get_or_init(|| {
+                metrics
+                    .requests
+                    .with_label_values(&[j_label(), d_label(), STATUS_CLASSES[class]])
+            })
+            .inc();
+        self.duration[j]
+            .get_or_init(|| metrics.request_duration.with_label_values(&[j_label()]))
+            .observe(seconds);
+        if body_bytes > 0 {
+            self.body_bytes[j]
+                .get_or_init(|| metrics.request_body_bytes.with_label_values(&[j_label()]))
+                .inc_by(body_bytes);
+        }
+    }
+
+    /// `residency_upstream_duration_seconds` of data centre `d`.
+    pub fn upstream_duration(
+        &self,
+        metrics: &Metrics,
+        policy: &Policy,
+        d: DatacenterId,
+        seconds: f64,
+    ) {
+        self.upstream_duration[d.0]
+            .get_or_init(|| {
+                let name = policy.datacenter(d).name.as_str();
+                metrics.upstream_duration.with_label_values(&[name])
+            })
+            .observe(seconds);
+    }
+
+    /// `residency_geoip_lookups_total`.
+    pub fn geoip_lookup(&self, metrics: &Metrics, lookup: LookupResult) {
+        self.geoip[lookup as usize]
+            .get_or_init(|| metrics.geoip_lookups.with_label_values(&[lookup.as_str()]))
+            .inc();
+    }
+}
+
+fn status_index(status: http::StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 

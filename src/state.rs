@@ -28,6 +28,8 @@ pub struct State {
     pub tls: Vec<Arc<rustls::ServerConfig>>,
     /// Pooled connections to the upstreams of this configuration.
     pub pool: Pool,
+    /// The per-request metric children for this configuration's names.
+    pub request_metrics: crate::metrics::RequestMetrics,
     pub probes: ProbeClient,
     pub health: Health,
     /// `Policy::hash` of `config.policy`, computed once.
@@ -116,12 +118,14 @@ impl State {
         }
         let health = Health::new(&config.policy, config.health.clone());
         let policy_hash = config.policy.hash();
+        let request_metrics = crate::metrics::RequestMetrics::new(&config.policy);
         let state = match (geo, clients) {
             (Some(geo), Some((pool, probes))) if report.is_empty() => Some(State {
                 config,
                 geo,
                 tls: server_configs,
                 pool,
+                request_metrics,
                 probes,
                 health,
                 policy_hash,

@@ -33,7 +33,7 @@ use crate::upstream::pool::Body as UpstreamBody;
 use super::body::{BodyError, BodySlot, ForwardBody};
 use super::error::Failure;
 use super::headers::{self, Forwarded};
-use crate::policy::{JurisdictionId, UpstreamId};
+use crate::policy::{DatacenterId, JurisdictionId, UpstreamId};
 use crate::state::{Shared, State};
 
 /// At most this many delivery attempts per request.
@@ -70,7 +70,7 @@ pub async fn forward(
     state: &State,
     target: Target<'_>,
     req: Request<Incoming>,
-    datacenter: &mut Option<String>,
+    datacenter: &mut Option<DatacenterId>,
 ) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), (Failure, u64)> {
     let config = &state.config;
     let policy = &config.policy;
@@ -134,8 +134,9 @@ pub async fn forward(
             );
             return Err((Failure::UpstreamError, slot.bytes()));
         }
-        let dc = &policy.datacenter_of(upstream).name;
-        *datacenter = Some(dc.clone());
+        let dc_id = policy.upstream(upstream).datacenter;
+        let dc = &policy.datacenter(dc_id).name;
+        *datacenter = Some(dc_id);
         let uri = upstream_path(&policy.upstream(upstream).uri, path)
             .map_err(|_| (Failure::BadRequest, 0))?;
         let (body, sent) = match &replay {
@@ -150,11 +151,12 @@ pub async fn forward(
 
         let started = Instant::now();
         let attempt = send(state, upstream, request, sent, &slot, target.request_id, dc).await;
-        shared
-            .metrics
-            .upstream_duration
-            .with_label_values(&[dc.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        state.request_metrics.upstream_duration(
+            &shared.metrics,
+            policy,
+            dc_id,
+            started.elapsed().as_secs_f64(),
+        );
         if let Some(e) = slot.failure() {
             return Err((body_failure(e), slot.bytes()));
         }

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::country::Country;
 use crate::decision::{decide, Outcome};
-use crate::metrics::{status_class, NONE};
+use crate::metrics::NONE;
 use crate::origin::{self, AddressSource};
 use crate::policy::JurisdictionId;
 use crate::state::{Shared, State};
@@ -51,7 +51,7 @@ pub struct Access {
     client: Option<IpAddr>,
     country: Option<Country>,
     jurisdiction: Option<JurisdictionId>,
-    datacenter: Option<String>,
+    datacenter: Option<crate::policy::DatacenterId>,
     reason: Option<&'static str>,
 }
 
@@ -116,12 +116,10 @@ pub async fn handle(
     let jurisdiction = access
         .jurisdiction
         .map(|j| policy.jurisdiction(j).name.as_str());
-    headers::to_client(
-        resp.headers_mut(),
-        &id,
-        jurisdiction,
-        access.datacenter.as_deref(),
-    );
+    let datacenter = access
+        .datacenter
+        .map(|d| policy.datacenter(d).name.as_str());
+    headers::to_client(resp.headers_mut(), &id, jurisdiction, datacenter);
     if let Some(receipt) = receipt {
         resp.headers_mut()
             .insert(crate::transparency::receipt::HEADER, receipt);
@@ -129,23 +127,16 @@ pub async fn handle(
 
     let status = resp.status();
     let elapsed = started.elapsed();
-    let m = &shared.metrics;
+    state.request_metrics.answered(
+        &shared.metrics,
+        policy,
+        access.jurisdiction,
+        access.datacenter,
+        status,
+        elapsed.as_secs_f64(),
+        bytes,
+    );
     let j_label = jurisdiction.unwrap_or(NONE);
-    m.requests
-        .with_label_values(&[
-            j_label,
-            access.datacenter.as_deref().unwrap_or(NONE),
-            status_class(status),
-        ])
-        .inc();
-    m.request_duration
-        .with_label_values(&[j_label])
-        .observe(elapsed.as_secs_f64());
-    if bytes > 0 {
-        m.request_body_bytes
-            .with_label_values(&[j_label])
-            .inc_by(bytes);
-    }
     tracing::info!(
         target: "residency_proxy::access",
         request_id = id.to_str().unwrap_or_default(),
@@ -154,7 +145,7 @@ pub async fn handle(
         client_source = access.source.map(AddressSource::as_str).unwrap_or(NONE),
         country = access.country.as_ref().map_or(NONE, Country::as_str),
         jurisdiction = j_label,
-        datacenter = access.datacenter.as_deref().unwrap_or(NONE),
+        datacenter = datacenter.unwrap_or(NONE),
         status = status.as_u16(),
         reason = access.reason.unwrap_or(""),
         bytes,
@@ -209,11 +200,9 @@ async fn route(
         |u| health.is_up(u),
         |j| health.retry_after(permitted_upstreams(state, j)),
     );
-    shared
-        .metrics
-        .geoip_lookups
-        .with_label_values(&[decision.lookup.as_str()])
-        .inc();
+    state
+        .request_metrics
+        .geoip_lookup(&shared.metrics, decision.lookup);
     access.country = decision.country;
     access.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
     let upstream = match decision.outcome {

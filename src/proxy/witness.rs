@@ -69,7 +69,9 @@ impl<'a> Facts<'a> {
             jurisdiction: access
                 .jurisdiction
                 .map(|j| Cow::Borrowed(policy.jurisdiction(j).name.as_str())),
-            datacenter: access.datacenter.as_deref().map(Cow::Borrowed),
+            datacenter: access
+                .datacenter
+                .map(|d| Cow::Borrowed(policy.datacenter(d).name.as_str())),
             upstream_status: None,
             body: None,
             policy_sha256: Cow::Borrowed(&state.policy_hash),

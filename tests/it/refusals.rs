@@ -861,6 +861,18 @@ async fn refusals_are_counted() {
         get("residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"eu\",status_class=\"2xx\"}"),
         1.0
     );
+    assert_eq!(
+        get("residency_request_body_bytes_total{jurisdiction=\"eu\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("residency_request_duration_seconds_count{jurisdiction=\"eu\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("residency_upstream_duration_seconds_count{datacenter=\"frankfurt\"}"),
+        1.0
+    );
     // Unknown and the spoofer's peer address are misses; JP and DE are hits;
     // a malformed header is refused before any lookup.
     assert_eq!(get("residency_geoip_lookups_total{result=\"miss\"}"), 3.0);
