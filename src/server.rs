@@ -280,9 +280,12 @@ async fn connection(
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Shared with requests that outlive the connection (below), so that
+    // draining at shutdown waits for them too.
+    let permit = Arc::new(permit);
     let _active = Counted::new(&shared.metrics.connections_active);
     // One snapshot for the whole connection.
     let state = shared.state();
@@ -360,11 +363,31 @@ async fn connection(
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
             let (shared, state, conn) = (shared.clone(), shared.state(), conn.clone());
+            let permit = shared.log.is_some().then(|| permit.clone());
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
             Box::pin(async move {
-                let resp = proxy::handle(shared, state, conn, req).await;
+                let resp = if let Some(permit) = permit {
+                    // With the transparency log, a request runs in its own
+                    // task: a client that leaves does not cancel a delivery
+                    // in progress, and the upload still gets its record.
+                    let request = tokio::spawn(async move {
+                        let resp = proxy::handle(shared, state, conn, req).await;
+                        drop(permit);
+                        resp
+                    });
+                    match request.await {
+                        Ok(resp) => resp,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // Cancelled: only when the runtime itself goes away.
+                        Err(_) => Ok(proxy::Failure::UpstreamError
+                            .response(&http::HeaderValue::from_static("-"))
+                            .map(http_body_util::Either::Right)),
+                    }
+                } else {
+                    proxy::handle(shared, state, conn, req).await
+                };
                 drop(busy);
                 resp
             })

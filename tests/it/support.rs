@@ -142,6 +142,14 @@ impl Upstream {
             }
         }
         let n = data.len();
+        // A test can make the data centre slow to answer.
+        let delay = parts
+            .headers
+            .get("x-test-answer-delay-ms")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         self.received.lock().unwrap().push(Received {
             method: parts.method,
             path: parts

@@ -3,7 +3,9 @@
 //! any tampering — with a receipt, a checkpoint or a stored record — makes
 //! `verify` say INVALID.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
 
 use base64::Engine as _;
 use residency_proxy::transparency::note::{Checkpoint, Signer, Verifier};
@@ -356,6 +358,48 @@ async fn metrics_count_records_and_checkpoints() {
         5,
         "checkpoint size metric"
     );
+}
+
+// A client that goes away after sending its upload, while the data centre
+// is still answering, does not take the record with it: the upload was
+// stored, so the log says so.
+#[tokio::test]
+async fn an_upload_whose_client_left_before_the_answer_is_still_recorded() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    let request = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\
+         X-Test-Answer-Delay-Ms: 300\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(tls);
+
+    let appended = || async {
+        let (_, text) = proxy.admin_get("/metrics").await;
+        metric(&text, "residency_log_records_appended_total")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while appended().await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "no record for an upload the data centre stored (stored: {})",
+            proxy.upstream("zurich").count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy.upstream("zurich").count(), 1);
+    let log = proxy.shared.log.clone().unwrap();
+    let record = Record::from_bytes(&log.record(0).unwrap()).unwrap();
+    assert_eq!(record.outcome.as_str(), "stored");
+    assert_eq!(record.datacenter.as_deref(), Some("zurich"));
+    assert_eq!(record.body.unwrap().bytes, 5);
+    proxy.stop().await;
 }
 
 /// `[transparency]` for a subprocess proxy, with absolute paths so a
