@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -363,34 +363,16 @@ async fn connection(
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
             let (shared, state, conn) = (shared.clone(), shared.state(), conn.clone());
-            let permit = shared.log.is_some().then(|| permit.clone());
+            let permit = permit.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
-            Box::pin(async move {
-                let resp = if let Some(permit) = permit {
-                    // With the transparency log, a request runs in its own
-                    // task: a client that leaves does not cancel a delivery
-                    // in progress, and the upload still gets its record.
-                    let request = tokio::spawn(async move {
-                        let resp = proxy::handle(shared, state, conn, req).await;
-                        drop(permit);
-                        resp
-                    });
-                    match request.await {
-                        Ok(resp) => resp,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        // Cancelled: only when the runtime itself goes away.
-                        Err(_) => Ok(proxy::Failure::UpstreamError
-                            .response(&http::HeaderValue::from_static("-"))
-                            .map(http_body_util::Either::Right)),
-                    }
-                } else {
-                    proxy::handle(shared, state, conn, req).await
-                };
+            Detached(Some(Box::pin(async move {
+                let resp = proxy::handle(shared, state, conn, req).await;
                 drop(busy);
+                drop(permit);
                 resp
-            })
+            })))
         })
     };
 
@@ -725,6 +707,46 @@ impl Activity {
                     () = tokio::time::sleep(wait) => {}
                     () = self.first_request.notified() => {}
                 }
+            }
+        }
+    }
+}
+
+/// A request's future that is not cancelled with its client: hyper drops
+/// it when the connection (or the h2 stream) goes away, and then it moves
+/// into a task of its own and runs to its end. A delivery in progress
+/// completes and gets its transparency record; a body the client did not
+/// finish still fails as `client_aborted`. The future holds a share of the
+/// connection's permit, so draining at shutdown waits for it. Nothing extra
+/// happens while the client stays.
+struct Detached<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> Future for Detached<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(fut) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = ready!(fut.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(fut));
             }
         }
     }
