@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -730,12 +730,15 @@ where
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(fut) = self.0.as_mut() else {
+        let Some(mut fut) = self.0.take() else {
             return Poll::Pending;
         };
-        let out = ready!(fut.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(out)
+        // Taken out while polled: a future that panics is not detached.
+        let polled = fut.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.0 = Some(fut);
+        }
+        polled
     }
 }
 
