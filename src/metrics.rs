@@ -254,13 +254,12 @@ impl Metrics {
 /// hashing and takes no registry lock. Slots are indexed by jurisdiction and
 /// data centre, with one more for "none".
 pub struct RequestMetrics {
-    datacenters: usize,
     /// `[jurisdiction][datacenter][status class]`
     requests: Box<[OnceLock<IntCounter>]>,
     /// `[jurisdiction]`
     duration: Box<[OnceLock<Histogram>]>,
     body_bytes: Box<[OnceLock<IntCounter>]>,
-    /// `[datacenter]`
+    /// `[datacenter]` (its length is the number of data centres + 1)
     upstream_duration: Box<[OnceLock<Histogram>]>,
     /// `[LookupResult]`
     geoip: [OnceLock<IntCounter>; 3],
@@ -276,7 +275,6 @@ impl RequestMetrics {
     pub fn new(policy: &Policy) -> RequestMetrics {
         let (j, d) = (policy.jurisdictions.len() + 1, policy.datacenters.len() + 1);
         RequestMetrics {
-            datacenters: d,
             requests: slots(j * d * STATUS_CLASSES.len()),
             duration: slots(j),
             body_bytes: slots(j),
@@ -299,12 +297,13 @@ impl RequestMetrics {
         seconds: f64,
         body_bytes: u64,
     ) {
+        let datacenters = self.upstream_duration.len();
         let j = jurisdiction.map_or(self.duration.len() - 1, |j| j.0);
-        let d = datacenter.map_or(self.datacenters - 1, |d| d.0);
+        let d = datacenter.map_or(datacenters - 1, |d| d.0);
         let class = status_index(status);
         let j_label = || jurisdiction.map_or(NONE, |j| policy.jurisdiction(j).name.as_str());
         let d_label = || datacenter.map_or(NONE, |d| policy.datacenter(d).name.as_str());
-        self.requests[(j * self.datacenters + d) * STATUS_CLASSES.len() + class]
+        self.requests[(j * datacenters + d) * STATUS_CLASSES.len() + class]
             .get_or_init(|| {
                 metrics
                     .requests

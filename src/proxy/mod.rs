@@ -26,13 +26,14 @@ use crate::country::Country;
 use crate::decision::{decide, Outcome};
 use crate::metrics::NONE;
 use crate::origin::{self, AddressSource};
-use crate::policy::JurisdictionId;
+use crate::policy::{DatacenterId, JurisdictionId};
 use crate::state::{Shared, State};
 use crate::transparency::settings::OnWriteError;
+use crate::upstream::pool::Body as UpstreamBody;
 pub use error::Failure;
 
 /// The response body: the upstream's, streamed, or our own small one.
-pub type ProxyBody = Either<crate::upstream::pool::Body, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// What the accept loop knows about a client connection.
 #[derive(Debug, Clone)]
@@ -51,7 +52,7 @@ pub struct Access {
     client: Option<IpAddr>,
     country: Option<Country>,
     jurisdiction: Option<JurisdictionId>,
-    datacenter: Option<crate::policy::DatacenterId>,
+    datacenter: Option<DatacenterId>,
     reason: Option<&'static str>,
 }
 
@@ -155,7 +156,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-type Routed = Result<(Response<crate::upstream::pool::Body>, Arc<body::BodySlot>), (Failure, u64)>;
+type Routed = Result<(Response<UpstreamBody>, Arc<body::BodySlot>), (Failure, u64)>;
 
 async fn route(
     shared: &Shared,

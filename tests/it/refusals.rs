@@ -542,15 +542,21 @@ async fn silent_tcp_connection_is_closed_at_the_handshake_deadline() {
 #[tokio::test]
 async fn stalled_request_head_is_closed_at_the_head_deadline() {
     let proxy = Proxy::start(limited("[timeouts]\nrequest_head = \"500ms\"\n")).await;
+    let mut tls = stalled_head(&proxy).await;
+    let (_, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    proxy.stop().await;
+}
+
+/// A TLS connection that sent part of a request head and then nothing.
+async fn stalled_head(proxy: &Proxy) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut tls = proxy.client().connect().await.unwrap();
     tls.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
     tls.flush().await.unwrap();
-    let (_, took) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
-    assert!(took < Duration::from_secs(3), "closed after {took:?}");
-    assert_eq!(proxy.counts(), untouched(&proxy));
-    proxy.stop().await;
+    tls
 }
 
 // While the proxy drains for shutdown, a head that started and stalls is
@@ -562,11 +568,7 @@ async fn stalled_request_head_does_not_hold_up_shutdown() {
         "[timeouts]\nrequest_head = \"800ms\"\nshutdown_grace = \"20s\"\nshutdown_delay = \"0s\"\n",
     ))
     .await;
-    let mut tls = proxy.client().connect().await.unwrap();
-    tls.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    tls.flush().await.unwrap();
+    let mut tls = stalled_head(&proxy).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     proxy.stop().await;

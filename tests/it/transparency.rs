@@ -15,6 +15,15 @@ use residency_proxy::transparency::verify::{verify, Report, VerifyArgs};
 
 use crate::support::*;
 
+/// A proxy with the transparency log on; `lines` go into `[transparency]`.
+async fn with_log(lines: &str) -> Proxy {
+    Proxy::start(Setup {
+        transparency: Some(lines.to_string()),
+        ..Setup::default()
+    })
+    .await
+}
+
 fn args(key: &str) -> VerifyArgs {
     VerifyArgs {
         key: key.to_string(),
@@ -45,11 +54,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 #[tokio::test]
 async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key = key_of(&proxy);
     let body = "cpu=0.93\n".repeat(100);
     let reply = proxy.client().upload_from(CH, &body).await;
@@ -121,11 +126,7 @@ async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
 /// Changing any single byte of a receipt makes it INVALID.
 #[tokio::test]
 async fn every_byte_of_a_receipt_is_protected() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key = key_of(&proxy);
     let reply = proxy.client().upload_from(DE, "x=1").await;
     let header = reply.header("residency-receipt").unwrap().to_string();
@@ -154,11 +155,7 @@ async fn every_byte_of_a_receipt_is_protected() {
 
 #[tokio::test]
 async fn log_receipts_need_the_log_and_refusals_are_recorded() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some("receipts = \"log\"\nclient_address = \"none\"".into()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("receipts = \"log\"\nclient_address = \"none\"").await;
     let key = key_of(&proxy);
     let reply = proxy.client().upload_from(CH, "x=1").await;
     let header = reply.header("residency-receipt").unwrap().to_string();
@@ -203,11 +200,7 @@ async fn log_receipts_need_the_log_and_refusals_are_recorded() {
 
 #[tokio::test]
 async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key = key_of(&proxy);
     let dir = TempDir::new("tlog-verify");
     for _ in 0..3 {
@@ -301,11 +294,7 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
 /// the signed tree.
 #[tokio::test]
 async fn a_stored_record_altered_on_disk_fails_verification() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key = key_of(&proxy);
     let reply = proxy.client().upload_from(CH, "x=1").await;
     let id = reply.header("x-request-id").unwrap().to_string();
@@ -327,11 +316,7 @@ async fn a_stored_record_altered_on_disk_fails_verification() {
 /// Every appended record's metric, and a checkpoint at shutdown.
 #[tokio::test]
 async fn metrics_count_records_and_checkpoints() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some("checkpoint_interval = \"1h\"".into()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("checkpoint_interval = \"1h\"").await;
     for _ in 0..4 {
         proxy.client().upload_from(CH, "a").await;
     }
@@ -365,11 +350,7 @@ async fn metrics_count_records_and_checkpoints() {
 // stored, so the log says so.
 #[tokio::test]
 async fn an_upload_whose_client_left_before_the_answer_is_still_recorded() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some("checkpoint_interval = \"1h\"".into()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("checkpoint_interval = \"1h\"").await;
     let mut tls = proxy.client().connect().await.unwrap();
     let request = format!(
         "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\
@@ -666,11 +647,7 @@ async fn keygen_and_verify_commands() {
         .unwrap();
     assert!(!again.status.success());
 
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key_file = dir.path().join("log.pub");
     std::fs::write(&key_file, key_of(&proxy)).unwrap();
     let reply = proxy.client().upload_from(GB, "uk data").await;
@@ -729,11 +706,7 @@ async fn keygen_and_verify_commands() {
 /// An auditor without network access: saved checkpoint and proof files.
 #[tokio::test]
 async fn saved_proof_files_verify_offline() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = with_log("").await;
     let key = key_of(&proxy);
     let dir = TempDir::new("tlog-offline");
     let mut receipts = Vec::new();
