@@ -174,7 +174,7 @@ def build(raw, meta):
             if p:
                 row["values"][proxy] = {k: p.get(k) for k in (
                     "target_rps", "rps", "p50_ms", "p99_ms", "max_ms", "ok", "non2xx", "errors",
-                    "proxy_core_util", "core1_util")}
+                    "proxy_core_util", "core1_util", "p99_reps_ms")}
                 row["values"][proxy]["cpu_per_req_us"] = per(p.get("proxy_cpu_s"), p.get("requests"), 1e6)
                 row["values"][proxy]["flags"] = flags(p)
         latency.append(row)
@@ -201,6 +201,11 @@ def markdown(res):
              f"{a.get('warmup')} s warm-up. Measurements took {meta.get('elapsed_s')} s"
              + (f", of which {meta['waited_for_quiet_s']} s waiting for other load to stop"
                 if meta.get("waited_for_quiet_s") else "") + ".")
+    sh = meta.get("shield")
+    L.append("")
+    L.append(f"Core 0 shielded: {sh['threads_moved']} other threads moved to core 1 for the run "
+             f"({sh['threads_unmovable']} per-CPU kernel threads stay)." if sh else
+             "Core 0 NOT shielded (--no-shield): other threads may run on the proxy core.")
     L.append("")
     hdr = "| metric | unit | " + " | ".join(px) + " | rp / nginx | rp / haproxy | residency-proxy is |"
     L.append(hdr)
@@ -220,6 +225,9 @@ def markdown(res):
     L.append("### Scenario A latency (1 KiB POST, HTTP/1.1, "
              f"{a.get('conns')} connections; open loop = oha with latency correction)")
     L.append("")
+    L.append("Open-loop points: the run with the median p99 of "
+             f"{a.get('open_reps', 1)}; the p99 of every run in brackets, sorted.")
+    L.append("")
     L.append("| point | " + " | ".join(f"{p} achieved req/s | {p} p50 ms | {p} p99 ms" for p in px) + " |")
     L.append("|---|" + "---|" * (3 * len(px)))
     for row in res["latency"]:
@@ -232,7 +240,9 @@ def markdown(res):
                 cells += ["—"] * 3
                 continue
             w = " ⚠" if v["flags"] else ""
-            cells += [fmt(v["rps"]) + w, fmt(v["p50_ms"]), fmt(v["p99_ms"])]
+            reps = v.get("p99_reps_ms") or []
+            runs = f" ({' / '.join(fmt(x) for x in reps)})" if len(reps) > 1 else ""
+            cells += [fmt(v["rps"]) + w, fmt(v["p50_ms"]), fmt(v["p99_ms"]) + runs]
         L.append(f"| {name} | " + " | ".join(cells) + " |")
     L.append("")
     L.append("Threads / processes seen (max over the run): " + ", ".join(
