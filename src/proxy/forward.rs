@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::upstream::pool::Body as UpstreamBody;
@@ -57,6 +57,8 @@ enum Attempt {
     Failed {
         failure: Failure,
         unsent: Option<&'static str>,
+        /// The request's headers, when the pool handed the unsent request back.
+        headers: Option<HeaderMap>,
     },
 }
 
@@ -87,10 +89,13 @@ pub async fn forward(
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut upstream_headers = parts.headers;
+    // Moved into the first attempt; cloned for each attempt only when a
+    // replay may need them after a sent request failed. An unsent request
+    // comes back from the pool with them.
+    let mut upstream_headers = Some(parts.headers);
     let j = target.jurisdiction;
     headers::to_upstream(
-        &mut upstream_headers,
+        upstream_headers.as_mut().expect("set above"),
         &Forwarded {
             request_id: target.request_id,
             xff_trusted: target.xff_trusted,
@@ -147,7 +152,21 @@ pub async fn forward(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = upstream_headers.clone();
+        let headers = match (&replay, upstream_headers.take()) {
+            (Some(_), Some(h)) => {
+                let copy = h.clone();
+                upstream_headers = Some(h);
+                copy
+            }
+            (None, Some(h)) => h,
+            // Only a retry gets here, and every retry path keeps or gets
+            // back the headers; should one not, the attempt is not made.
+            (_, None) => {
+                tracing::error!("no request headers left for a retry");
+                return Err((Failure::UpstreamError, slot.bytes()));
+            }
+        };
+        *request.headers_mut() = headers;
 
         let started = Instant::now();
         let attempt = send(state, upstream, request, sent, &slot, target.request_id, dc).await;
@@ -166,13 +185,22 @@ pub async fn forward(
                 return Ok((resp, slot));
             }
             Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
-            Attempt::Failed { failure, unsent } if unsent.is_some() => {
+            Attempt::Failed {
+                failure,
+                unsent,
+                headers,
+            } if unsent.is_some() => {
                 health.eject(upstream);
+                if let Some(mut h) = headers {
+                    // Set by the pool for the upstream that failed.
+                    h.remove(header::HOST);
+                    upstream_headers = Some(h);
+                }
                 (Err(failure), unsent, true)
             }
-            Attempt::Failed { failure, unsent } => {
-                (Err(failure), unsent, health.record_failure(upstream))
-            }
+            Attempt::Failed {
+                failure, unsent, ..
+            } => (Err(failure), unsent, health.record_failure(upstream)),
         };
         if ejected {
             // Only an ejection changes what the gauges show.
@@ -229,16 +257,16 @@ async fn send(
     };
     let id = request_id.to_str().unwrap_or_default();
     let result = tokio::select! {
-        r = state.pool.send(upstream, request) => r,
+        r = state.pool.send_or_return(upstream, request) => r,
         () = response_deadline => {
             tracing::warn!(request_id = id, datacenter = dc, phase = "upstream_response", "timeout");
-            return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None };
+            return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
         }
     };
     match result {
         Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
         Ok(resp) => Attempt::Answered(resp),
-        Err(e) => {
+        Err((e, returned)) => {
             let tls = e.is_tls();
             tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
             let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
@@ -251,7 +279,12 @@ async fn send(
             } else {
                 Failure::UpstreamError
             };
-            Attempt::Failed { failure, unsent }
+            let headers = returned.map(|r| r.into_parts().0.headers);
+            Attempt::Failed {
+                failure,
+                unsent,
+                headers,
+            }
         }
     }
 }

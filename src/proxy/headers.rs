@@ -101,43 +101,38 @@ pub struct Forwarded<'a> {
     pub host: Option<HeaderValue>,
 }
 
-/// Rewrites a client request's headers for the upstream, in one pass: the
-/// headers that survive are moved into a new map, ours are added.
+/// Rewrites a client request's headers for the upstream, in place: the
+/// client's map is already hashed, so only what goes is removed (usually
+/// just `Host`) and ours are inserted; `insert` replaces any value the
+/// client sent under the same name.
 pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let listed = connection_listed(headers);
-    let client = std::mem::take(headers);
-    let mut out = HeaderMap::with_capacity(client.len() + 7);
     let mut chain = String::new();
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in client {
-        // `None`: another value of the previous name.
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = &current else { continue };
-        if name == X_FORWARDED_FOR {
-            if let (true, Ok(v)) = (f.xff_trusted, value.to_str()) {
+    if f.xff_trusted {
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            if let Ok(v) = v.to_str() {
                 chain.push_str(v);
                 chain.push_str(", ");
             }
-            continue;
         }
-        let ours = name == header::HOST || name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO;
-        if ours || never_forwarded(name) || listed.contains(name) {
-            continue;
-        }
-        out.append(name.clone(), value);
     }
-    *headers = out;
+    headers.remove(header::HOST);
+    if f.host.is_none() {
+        headers.remove(X_FORWARDED_HOST);
+    }
+    // Hop-by-hop (with any named in `Connection`) and client-sent `Residency-*`.
+    strip_hop_by_hop(headers);
+    headers.reserve(6);
     push_ip(&mut chain, f.hop);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    match HeaderValue::from_str(&chain) {
+        Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+        Err(_) => headers.remove(X_FORWARDED_FOR),
+    };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = &f.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
     headers.insert(X_REQUEST_ID, f.request_id.clone());
+    // (Client-sent ones are gone with the other `Residency-*` headers.)
     if let Ok(v) = HeaderValue::from_str(f.country) {
         headers.insert(RESIDENCY_ORIGIN_COUNTRY, v);
     }
@@ -219,6 +214,8 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get("connection").is_none() && h.get("host").is_none());
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.0.0.1");
+        assert!(h.get("x-request-id").is_some_and(|v| v == "abc"));
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "ingest.example.com");
         assert_eq!(h["x-request-id"], "abc");
@@ -230,7 +227,13 @@ mod tests {
 
     #[test]
     fn untrusted_forwarded_for_is_replaced() {
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("x-forwarded-proto", "http"),
+            ("residency-origin-country", "CH"),
+        ]);
         let id = HeaderValue::from_static("abc");
         let f = Forwarded {
             request_id: &id,
@@ -242,6 +245,13 @@ mod tests {
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        // No Host: the client's X-Forwarded-Host does not pass either.
+        assert!(h.get("x-forwarded-host").is_none());
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["residency-origin-country"], "US");
+        assert_eq!(h.get_all("residency-origin-country").iter().count(), 1);
     }
 
     #[test]

@@ -143,8 +143,19 @@ impl Pool {
     pub async fn send(
         &self,
         u: UpstreamId,
-        mut req: Request<ForwardBody>,
+        req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
+        self.send_or_return(u, req).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Pool::send`], handing the request back when it was never sent
+    /// (`Connect`, `Tls`), so that a retry elsewhere need not have kept a
+    /// copy. Its headers then carry this upstream's `Host`.
+    pub async fn send_or_return(
+        &self,
+        u: UpstreamId,
+        mut req: Request<ForwardBody>,
+    ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
         let inner = &self.inner;
         if !req.headers().contains_key(header::HOST) {
             let host = inner.targets[u.0].authority.clone();
@@ -156,14 +167,19 @@ impl Pool {
                 Err(mut e) => match e.take_message() {
                     // Never written: the upstream had closed this one.
                     Some(unsent) => req = unsent,
-                    None => return Err(Error::Http(e.into_error())),
+                    None => return Err((Error::Http(e.into_error()), None)),
                 },
             }
         }
         // Boxed: connecting is rare, and its TLS state is large.
-        let mut tx = Box::pin(self.connect(u)).await?;
-        let resp = tx.send_request(req).await?;
-        Ok(self.wrap(u, tx, resp))
+        let mut tx = match Box::pin(self.connect(u)).await {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match tx.send_request(req).await {
+            Ok(resp) => Ok(self.wrap(u, tx, resp)),
+            Err(e) => Err((Error::Http(e), None)),
+        }
     }
 
     /// The freshest usable idle connection of `u`, if any.

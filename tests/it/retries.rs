@@ -150,7 +150,15 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
             "{what}"
         );
         assert_eq!(geneva.count(), 1, "{what}: exactly one delivery to geneva");
-        assert_eq!(geneva.last().body, body, "{what}: byte-identical");
+        let got = geneva.last();
+        assert_eq!(got.body, body, "{what}: byte-identical");
+        // The retry carries the rewritten headers, addressed to geneva.
+        let h = |name: &str| got.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(h("host"), Some(geneva.addr.to_string().as_str()), "{what}");
+        assert_eq!(h("x-request-id"), reply.header("x-request-id"), "{what}");
+        assert_eq!(h("residency-jurisdiction"), Some("ch"), "{what}");
+        assert_eq!(h("x-forwarded-proto"), Some("https"), "{what}");
+        assert_eq!(got.headers.get_all("host").iter().count(), 1, "{what}");
         let (_, metrics) = proxy.admin_get("/metrics").await;
         let reason = match fault {
             Fault::ConnectRefused => "connect_failed",
