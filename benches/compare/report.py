@@ -285,6 +285,23 @@ def markdown(res):
     else:
         L.append("No flags: no errors, no interference on core 0, client core never saturated.")
     L.append("")
+    counts = (res.get("counts") or {}).get("results")
+    if counts:
+        base = counts.get("nginx")
+        L.append("")
+        L.append("### Scenario A per request, counted (instructions.py: callgrind, strace; "
+                 "no timing noise)")
+        L.append("")
+        L.append("| proxy | user-space instructions | system calls | instructions / nginx "
+                 "| system calls / nginx |")
+        L.append("|---|---|---|---|---|")
+        for name, r in counts.items():
+            ri = (f"{r['instructions_per_request'] / base['instructions_per_request']:.2f}"
+                  if base else "—")
+            rs = (f"{r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f}"
+                  if base else "—")
+            L.append(f"| {name} | {r['instructions_per_request']:,} | "
+                     f"{r['syscalls_per_request_total']:.2f} | {ri} | {rs} |")
     return "\n".join(L)
 
 
@@ -350,6 +367,10 @@ def main():
     if not raw:
         sys.exit(f"no raw results in {RAW}")
     res = build(raw, meta)
+    counts = OUT / "instructions.json"
+    # Only counts from this run: instructions.py runs after bench.py.
+    if counts.exists() and counts.stat().st_mtime >= (RAW / "meta.json").stat().st_mtime:
+        res["counts"] = json.loads(counts.read_text())
     (OUT / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
     md = markdown(res)
     (OUT / "results.md").write_text(md)

@@ -8,6 +8,7 @@
 #   DURATION=5 benches/compare/run.sh           # shorter points
 #   benches/compare/run.sh --scenarios A,B --proxies nginx,residency-proxy
 #   SKIP_INSTALL=1 SKIP_BUILD=1 benches/compare/run.sh   # reuse what is there
+#   SKIP_INSTRUCTIONS=1 benches/compare/run.sh  # without the callgrind/strace counts
 #
 # Extra arguments go to bench.py (`python3 bench.py --help`). Needs root for
 # apt-get (Debian); runs everything on loopback; bounded by BENCH_TIMEOUT
@@ -31,6 +32,8 @@ if [[ -z "${SKIP_INSTALL:-}" ]]; then
   command -v openssl >/dev/null || pkgs+=(openssl)
   command -v taskset >/dev/null || pkgs+=(util-linux)
   command -v python3 >/dev/null || pkgs+=(python3)
+  command -v valgrind >/dev/null || pkgs+=(valgrind)
+  command -v strace  >/dev/null || pkgs+=(strace)
   if (( ${#pkgs[@]} )); then
     say "apt-get install ${pkgs[*]}"
     SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -73,6 +76,13 @@ set -e
 if (( status != 0 )); then
   say "bench.py failed (exit $status); see $OUT/bench.log"
   exit "$status"
+fi
+# Instruction and system-call counts per request (A): noise-free, ~70 s.
+if [[ -z "${SKIP_INSTRUCTIONS:-}" ]]; then
+  say "counting instructions and system calls per request (instructions.py)"
+  if ! timeout -s INT -k 30 600 python3 "$HERE/instructions.py" > "$OUT/instructions.log" 2>&1; then
+    say "instructions.py failed; see $OUT/instructions.log"
+  fi
 fi
 python3 "$HERE/report.py" "$OUT"
 T2=$(date +%s)
