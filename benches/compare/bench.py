@@ -17,6 +17,7 @@ report.py turns them into results.json / results.md / chart.svg.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -1025,6 +1026,8 @@ def main():
             "residency_proxy_build": {
                 "binary": str(BUILT_RP_BIN),
                 "binary_mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(BUILT_RP_BIN.stat().st_mtime)),
+                # What was measured, whatever git says (SKIP_BUILD=1 runs what is in target/).
+                "binary_sha256": hashlib.sha256(RP_BIN.read_bytes()).hexdigest(),
                 "git_head": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False).stdout.strip(),
                 "uncommitted_changes_in_src": bool(run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"], check=False).stdout.strip())}}
 

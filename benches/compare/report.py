@@ -201,6 +201,12 @@ def markdown(res):
              f"{a.get('warmup')} s warm-up. Measurements took {meta.get('elapsed_s')} s"
              + (f", of which {meta['waited_for_quiet_s']} s waiting for other load to stop"
                 if meta.get("waited_for_quiet_s") else "") + ".")
+    b = meta.get("residency_proxy_build") or {}
+    if b:
+        L.append("")
+        L.append(f"residency-proxy: git {b.get('git_head')}"
+                 + (" with uncommitted changes in src/" if b.get("uncommitted_changes_in_src") else "")
+                 + f", binary built {b.get('binary_mtime')}, sha256 {str(b.get('binary_sha256'))[:16]}.")
     sh = meta.get("shield")
     L.append("")
     L.append(f"Core 0 shielded: {sh['threads_moved']} other threads moved to core 1 for the run "
