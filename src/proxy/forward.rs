@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -105,11 +106,7 @@ pub async fn forward(
             host,
         },
     );
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = parts.uri.path_and_query();
     let slot = BodySlot::new(
         body,
         config.limits.max_body_bytes,
@@ -298,12 +295,20 @@ fn body_failure(e: BodyError) -> Failure {
 }
 
 /// The upstream's path prefix + the client's `/path?query`, origin-form.
-fn upstream_path(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
+fn upstream_path(base: &Uri, client: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
     let prefix = base.path().trim_end_matches('/');
-    let mut pq = String::with_capacity(prefix.len() + path_and_query.len());
-    pq.push_str(prefix);
-    pq.push_str(path_and_query);
-    Ok(Uri::try_from(pq)?)
+    match client {
+        // No prefix (the usual upstream): the client's, already parsed;
+        // cloning it shares its bytes.
+        Some(pq) if prefix.is_empty() => Ok(Uri::from(pq.clone())),
+        _ => {
+            let path_and_query = client.map_or("/", PathAndQuery::as_str);
+            let mut pq = String::with_capacity(prefix.len() + path_and_query.len());
+            pq.push_str(prefix);
+            pq.push_str(path_and_query);
+            Ok(Uri::try_from(pq)?)
+        }
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -323,12 +328,20 @@ mod tests {
 
     #[test]
     fn joins_base_and_path() {
-        let base: Uri = "https://ingest.example.com/v1/".parse().unwrap();
+        let pq = |s: &str| PathAndQuery::try_from(s).unwrap();
+        let join = |base: &str, client: Option<&PathAndQuery>| {
+            upstream_path(&base.parse().unwrap(), client)
+                .unwrap()
+                .to_string()
+        };
+        let upload = pq("/upload?x=1");
         assert_eq!(
-            upstream_path(&base, "/upload?x=1").unwrap().to_string(),
+            join("https://ingest.example.com/v1/", Some(&upload)),
             "/v1/upload?x=1"
         );
-        let base: Uri = "http://127.0.0.1:8080".parse().unwrap();
-        assert_eq!(upstream_path(&base, "/u").unwrap().to_string(), "/u");
+        assert_eq!(join("https://ingest.example.com/v1", None), "/v1/");
+        assert_eq!(join("http://127.0.0.1:8080", Some(&pq("/u"))), "/u");
+        assert_eq!(join("http://127.0.0.1:8080/", Some(&upload)), "/upload?x=1");
+        assert_eq!(join("http://127.0.0.1:8080", None), "/");
     }
 }
