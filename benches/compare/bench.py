@@ -1031,15 +1031,16 @@ def main():
                 "git_head": run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False).stdout.strip(),
                 "uncommitted_changes_in_src": bool(run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"], check=False).stdout.strip())}}
 
-    shield = Shield(int(PROXY_CORE)) if not args.no_shield else None
-    if shield:
-        shield.__enter__()
-        meta["shield"] = shield.summary()
+    shield = None if args.no_shield else Shield(int(PROXY_CORE))
     sink = Sink()
-    sink.start()
     ctx = {}
     a_results = {}
     try:
+        # Inside the try: whatever stops the run gives the threads back.
+        if shield:
+            shield.__enter__()
+            meta["shield"] = shield.summary()
+        sink.start()
         for name in proxies:
             for sc in scenarios:
                 proxy = Proxy(name).start()

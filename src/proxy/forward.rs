@@ -149,19 +149,16 @@ pub async fn forward(
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        let headers = match (&replay, upstream_headers.take()) {
-            (Some(_), Some(h)) => {
-                let copy = h.clone();
-                upstream_headers = Some(h);
-                copy
-            }
-            (None, Some(h)) => h,
-            // Only a retry gets here, and every retry path keeps or gets
-            // back the headers; should one not, the attempt is not made.
-            (_, None) => {
-                tracing::error!("no request headers left for a retry");
-                return Err((Failure::UpstreamError, slot.bytes()));
-            }
+        let headers = if replay.is_some() {
+            upstream_headers.clone()
+        } else {
+            upstream_headers.take()
+        };
+        // `None` only on a retry, and every retry path keeps or gets back
+        // the headers; should one not, the attempt is not made.
+        let Some(headers) = headers else {
+            tracing::error!("no request headers left for a retry");
+            return Err((Failure::UpstreamError, slot.bytes()));
         };
         *request.headers_mut() = headers;
 
@@ -188,10 +185,8 @@ pub async fn forward(
                 headers,
             } if unsent.is_some() => {
                 health.eject(upstream);
-                if let Some(mut h) = headers {
-                    // Set by the pool for the upstream that failed.
-                    h.remove(header::HOST);
-                    upstream_headers = Some(h);
+                if headers.is_some() {
+                    upstream_headers = headers;
                 }
                 (Err(failure), unsent, true)
             }

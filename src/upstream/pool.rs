@@ -148,16 +148,17 @@ impl Pool {
         self.send_or_return(u, req).await.map_err(|(e, _)| e)
     }
 
-    /// [`Pool::send`], handing the request back when it was never sent
-    /// (`Connect`, `Tls`), so that a retry elsewhere need not have kept a
-    /// copy. Its headers then carry this upstream's `Host`.
+    /// [`Pool::send`], handing the request back as it came when it was
+    /// never sent (`Connect`, `Tls`), so that a retry elsewhere need not
+    /// have kept a copy.
     pub async fn send_or_return(
         &self,
         u: UpstreamId,
         mut req: Request<ForwardBody>,
     ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
         let inner = &self.inner;
-        if !req.headers().contains_key(header::HOST) {
+        let own_host = !req.headers().contains_key(header::HOST);
+        if own_host {
             let host = inner.targets[u.0].authority.clone();
             req.headers_mut().insert(header::HOST, host);
         }
@@ -174,7 +175,13 @@ impl Pool {
         // Boxed: connecting is rare, and its TLS state is large.
         let mut tx = match Box::pin(self.connect(u)).await {
             Ok(tx) => tx,
-            Err(e) => return Err((e, Some(req))),
+            Err(e) => {
+                if own_host {
+                    // This upstream's; the next one sets its own.
+                    req.headers_mut().remove(header::HOST);
+                }
+                return Err((e, Some(req)));
+            }
         };
         match tx.send_request(req).await {
             Ok(resp) => Ok(self.wrap(u, tx, resp)),
