@@ -104,6 +104,67 @@ async fn upstream_sees_first_bytes_before_the_client_sends_its_last() {
     proxy.stop().await;
 }
 
+// A data centre may answer before it has read the whole body. It still gets
+// the rest, byte for byte, whether the response reaches the client at once
+// (no transparency log) or waits for the body's end to be recorded (log on,
+// with a receipt naming the whole body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_early_still_gets_the_whole_body() {
+    let data = Bytes::from(pattern(0xea51, 2 * MIB));
+    for log in [false, true] {
+        let setup = Setup {
+            transparency: log.then(String::new),
+            ..Setup::default()
+        };
+        let proxy = Proxy::start(setup).await;
+        let zurich = proxy.upstream("zurich").clone();
+        for version in [Http::One, Http::Two] {
+            let ctx = format!("log {log}, {version:?}");
+            let before = zurich.count();
+            let (tx, body) = channel_body();
+            let client = proxy.client().version(version);
+            let request = tokio::spawn(async move {
+                let headers = [("x-forwarded-for", CH), ("x-test-answer-early", "1")];
+                client
+                    .send_body("POST", "/v1/telemetry", &headers, body)
+                    .await
+            });
+            tx.send(data.slice(..CHUNK)).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), zurich.first_bytes.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{ctx}: no first bytes upstream"));
+            // Let the early answer reach the proxy before the rest is sent.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for chunk in data[CHUNK..].chunks(CHUNK) {
+                tx.send(Bytes::copy_from_slice(chunk))
+                    .await
+                    .unwrap_or_else(|_| panic!("{ctx}: the body stopped being read"));
+            }
+            drop(tx);
+            let reply = tokio::time::timeout(Duration::from_secs(30), request)
+                .await
+                .unwrap_or_else(|_| panic!("{ctx}: no answer within 30 s"))
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert_eq!(reply.status, 201, "{ctx}: {:?}", reply.body);
+            assert_eq!(reply.body, "answered early", "{ctx}");
+            assert_eq!(reply.header("residency-receipt").is_some(), log, "{ctx}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while zurich.count() == before {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{ctx}: the upstream never got the end of the body"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let got = zurich.last();
+            assert_eq!(got.body.len(), data.len(), "{ctx}: body length");
+            assert!(got.body == data, "{ctx}: body differs");
+        }
+        proxy.stop().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Memory: the real binary as a subprocess
 // ---------------------------------------------------------------------------

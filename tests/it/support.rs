@@ -84,7 +84,8 @@ pub struct Received {
 }
 
 /// A real HTTP/1.1 upstream that records every complete request and answers
-/// 201 after reading the whole body.
+/// 201 after reading the whole body (with `x-test-answer-early`, at its
+/// first body bytes, reading and recording the rest after answering).
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
@@ -126,17 +127,36 @@ impl Upstream {
             // The proxy's active health checks: answered, not recorded.
             return Ok(status(StatusCode::OK, "ok"));
         }
+        if req.headers().contains_key("x-test-answer-early") {
+            let (tx, rx) = oneshot::channel();
+            tokio::spawn(self.clone().read_and_record(req, Some(tx)));
+            let _ = rx.await;
+            return Ok(status(StatusCode::CREATED, "answered early"));
+        }
+        Ok(self.read_and_record(req, None).await)
+    }
+
+    /// Reads the body (telling `first` when its first bytes arrive), then
+    /// records the request.
+    async fn read_and_record(
+        self,
+        req: Request<Incoming>,
+        mut first: Option<oneshot::Sender<()>>,
+    ) -> Response<Full<Bytes>> {
         let (parts, mut body) = req.into_parts();
         let mut data = Vec::new();
         let mut notified = false;
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
-                return Ok(status(StatusCode::BAD_REQUEST, "body failed"));
+                return status(StatusCode::BAD_REQUEST, "body failed");
             };
             if let Some(d) = frame.data_ref() {
                 if !notified && !d.is_empty() {
                     self.first_bytes.notify_one();
                     notified = true;
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
+                    }
                 }
                 data.extend_from_slice(d);
             }
@@ -160,10 +180,10 @@ impl Upstream {
             headers: parts.headers,
             body: Bytes::from(data),
         });
-        Ok(status(
+        status(
             StatusCode::CREATED,
             &format!("stored {n} bytes in {}", self.name),
-        ))
+        )
     }
 
     pub fn count(&self) -> usize {
