@@ -817,24 +817,38 @@ def scenario_A(proxy, sink, args, ctx):
     return {"points": points}
 
 
+def cpu_per_req_us(p):
+    return p["proxy_cpu_s"] / p["requests"] * 1e6 if p.get("requests") else float("inf")
+
+
 def open_loop_phase(proxies, sink, args, ctx, results):
-    """A's open-loop points, run after every proxy's closed-loop maximum is
-    known: --open-reps rounds, each starting every proxy afresh in turn and
-    running the 25/50/75 % points. Interleaving the rounds spreads slow drifts
-    of the host (steal time, other tenants) over all proxies instead of
-    handing them to whichever is measured last. Each point reports the run
-    with the median p99; every run's p50/p99 is kept."""
+    """A's rounds, run after every proxy's closed-loop maximum is known (it
+    sets the open-loop rates): --open-reps rounds, each starting every proxy
+    afresh in turn and running a closed-loop point and the 25/50/75 %
+    open-loop points. Interleaving the rounds spreads slow drifts of the host
+    (steal time, other tenants) over all proxies instead of handing them to
+    whichever is measured last. The closed point reports the round with the
+    median CPU per request (the first closed-loop run stays as `capacity`),
+    each open point the round with the median p99; every round's values are
+    kept."""
     cap = args.nginx_capacity or ctx.get("nginx_capacity_rps")
     if not cap:
         log("WARNING: nginx capacity unknown (nginx not measured?); open-loop points skipped")
         return
     runs = {(name, pct): [] for name in proxies for pct in (25, 50, 75)}
+    closed = {name: [] for name in proxies}
     for rnd in range(args.open_reps):
         for name in proxies:
             proxy = Proxy(name).start()
             try:
-                log(f"{name}: scenario A open loop, round {rnd + 1}/{args.open_reps}")
-                wrk(proxy.port, RUN / "post_1k.lua", args.conns, args.warmup)
+                log(f"{name}: scenario A rounds, {rnd + 1}/{args.open_reps}")
+                script = RUN / "post_1k.lua"
+                wrk(proxy.port, script, args.conns, args.warmup)
+                r = measure(proxy, sink, lambda: wrk(proxy.port, script, args.conns, args.duration))
+                r["round"] = rnd + 1
+                closed[name].append(r)
+                log(f"  closed round {rnd + 1}: rps={r.get('rps', 0):.0f} "
+                    f"cpu/req={cpu_per_req_us(r):.1f} us core0_other={r.get('core0_other')}")
                 for pct in (25, 50, 75):
                     rate = max(1, int(cap * pct / 100))
                     r = measure(proxy, sink, lambda: oha_rate(
@@ -847,6 +861,15 @@ def open_loop_phase(proxies, sink, args, ctx, results):
             finally:
                 proxy.stop()
     for name in proxies:
+        if closed[name]:
+            for p in results[name]["points"]:
+                if p["point"] == "closed":
+                    p["point"] = "capacity"
+            reps = sorted(closed[name], key=cpu_per_req_us)
+            r = dict(reps[len(reps) // 2])
+            r["cpu_reps_us"] = [round(cpu_per_req_us(x), 2) for x in reps]
+            r["point"] = "closed"
+            results[name]["points"].append(r)
         for pct in (25, 50, 75):
             reps = sorted(runs[(name, pct)], key=lambda x: x["p99_ms"] if x["p99_ms"] is not None
                           else float("inf"))
@@ -973,7 +996,8 @@ def main():
     ap.add_argument("--open-skip", type=int, default=1,
                     help="seconds dropped from the start of each open-loop point (client connection setup)")
     ap.add_argument("--open-reps", type=int, default=3,
-                    help="runs of each open-loop point; the one with the median p99 is reported (default 3)")
+                    help="interleaved rounds of A's closed-loop and open-loop points; the round with the "
+                         "median CPU per request (closed) or p99 (open) is reported (default 3)")
     ap.add_argument("--no-shield", action="store_true",
                     help="leave other threads on the proxy core (by default they are moved off for the run)")
     ap.add_argument("--nginx-capacity", type=float, default=0,

@@ -228,6 +228,12 @@ def markdown(res):
     L.append("↑ higher is better, ↓ lower is better; ratios are residency-proxy's value divided by the "
              "other's; ⚠ = the point has a flag (listed below).")
     L.append("")
+    reps = {p: (point(res["raw"], p, "A", "closed") or {}).get("cpu_reps_us") for p in px}
+    if any(reps.values()):
+        L.append(f"A's closed-loop rows are the round with the median CPU per request of "
+                 f"{a.get('open_reps', 1)} interleaved rounds; every round, sorted (µs): " + "; ".join(
+                     f"{p} {' / '.join(fmt(x) for x in r)}" for p, r in reps.items() if r) + ".")
+        L.append("")
     L.append("### Scenario A latency (1 KiB POST, HTTP/1.1, "
              f"{a.get('conns')} connections; open loop = oha with latency correction)")
     L.append("")
