@@ -312,7 +312,9 @@ impl RequestIds {
             let n = self.fallback.fetch_add(1, Ordering::Relaxed);
             id[ID_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         }
-        HeaderValue::from_str(&crate::hex::encode(&id))
+        // The hex string's buffer becomes the header value's (no copy).
+        let hex = crate::hex::encode(&id);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(hex.into_bytes()))
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }

@@ -106,7 +106,8 @@ pub struct Forwarded<'a> {
 /// just `Host`) and ours are inserted; `insert` replaces any value the
 /// client sent under the same name.
 pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let mut chain = String::new();
+    // Room for one IPv4 hop without growing; a chain grows once.
+    let mut chain = String::with_capacity(24);
     if f.xff_trusted {
         for v in headers.get_all(X_FORWARDED_FOR) {
             if let Ok(v) = v.to_str() {
@@ -123,7 +124,8 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     strip_hop_by_hop(headers);
     headers.reserve(6);
     push_ip(&mut chain, f.hop);
-    match HeaderValue::from_str(&chain) {
+    // The string's buffer becomes the header value's (no copy).
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(chain.into_bytes())) {
         Ok(v) => headers.insert(X_FORWARDED_FOR, v),
         Err(_) => headers.remove(X_FORWARDED_FOR),
     };
