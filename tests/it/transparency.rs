@@ -48,6 +48,26 @@ async fn check(args: &VerifyArgs) -> Report {
     verify(args).await
 }
 
+/// Waits (at most 10 s) until the published checkpoint covers `size`
+/// records: checkpoints are written every `checkpoint_interval`, later
+/// than that on a loaded machine.
+async fn checkpoint_covers(proxy: &Proxy, key: &str, size: u64) {
+    let verifier = Verifier::parse(key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, note) = proxy.log_get("/checkpoint").await;
+        let seen = Checkpoint::open(&note, &verifier).map(|c| c.size).ok();
+        if seen.is_some_and(|n| n >= size) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of {size} records within 10 s (last: {seen:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     residency_proxy::hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
@@ -207,7 +227,7 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
         let reply = proxy.client().upload_from(CH, "a").await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    checkpoint_covers(&proxy, &key, 3).await;
     // Save what we saw.
     let seen = dir.path().join("seen.checkpoint");
     let mut a = args(&key);
@@ -246,7 +266,7 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
         let reply = proxy.client().upload_from(DE, "b").await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    checkpoint_covers(&proxy, &key, 8).await;
     let mut b = args(&key);
     b.log = Some(proxy.log_url());
     b.previous = Some(seen.clone());
@@ -714,7 +734,7 @@ async fn saved_proof_files_verify_offline() {
         let reply = proxy.client().upload_from(CH, &format!("u{i}")).await;
         receipts.push(reply.header("residency-receipt").unwrap().to_string());
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    checkpoint_covers(&proxy, &key, 5).await;
     let (_, first) = proxy.log_get("/checkpoint").await;
     let first_size = Checkpoint::open(&first, &Verifier::parse(&key).unwrap())
         .unwrap()
@@ -722,7 +742,7 @@ async fn saved_proof_files_verify_offline() {
     for i in 0..3 {
         proxy.client().upload_from(DE, &format!("v{i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    checkpoint_covers(&proxy, &key, 8).await;
     let (_, second) = proxy.log_get("/checkpoint").await;
     let second_size = Checkpoint::open(&second, &Verifier::parse(&key).unwrap())
         .unwrap()
