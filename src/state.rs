@@ -312,9 +312,8 @@ impl RequestIds {
             let n = self.fallback.fetch_add(1, Ordering::Relaxed);
             id[ID_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         }
-        // The hex string's buffer becomes the header value's (no copy).
-        let hex = crate::hex::encode(&id);
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(hex.into_bytes()))
+        // From a `String`, its buffer becomes the value's (no copy).
+        HeaderValue::try_from(crate::hex::encode(&id))
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }

@@ -124,8 +124,8 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     strip_hop_by_hop(headers);
     headers.reserve(6);
     push_ip(&mut chain, f.hop);
-    // The string's buffer becomes the header value's (no copy).
-    match HeaderValue::from_maybe_shared(bytes::Bytes::from(chain.into_bytes())) {
+    // From a `String`, its buffer becomes the value's (no copy).
+    match HeaderValue::try_from(chain) {
         Ok(v) => headers.insert(X_FORWARDED_FOR, v),
         Err(_) => headers.remove(X_FORWARDED_FOR),
     };

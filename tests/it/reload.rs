@@ -39,17 +39,6 @@ async fn reloads(proxy: &Proxy, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Polls `check` every 50 ms for up to 5 s.
-async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 fn db(rows: &str) -> Vec<u8> {
     let rows = residency_proxy::geo::build::parse_csv(rows).unwrap();
     residency_proxy::geo::build::build_country_db(&rows, 1_760_000_000).unwrap()

@@ -83,6 +83,17 @@ pub struct Received {
     pub body: Bytes,
 }
 
+/// Polls `check` every 50 ms for up to 10 s.
+pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
 /// A real HTTP/1.1 upstream that records every complete request and answers
 /// 201 after reading the whole body (with `x-test-answer-early`, at its
 /// first body bytes, reading and recording the rest after answering).
