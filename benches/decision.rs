@@ -8,12 +8,12 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderValue;
+use residency_core::country::Country;
+use residency_core::decision::decide;
+use residency_core::geo::Geo;
+use residency_core::origin::{self, TrustedProxies};
 use residency_proxy::config::Config;
-use residency_proxy::country::Country;
-use residency_proxy::decision::decide;
-use residency_proxy::geo::build::{build_country_db, Row};
-use residency_proxy::geo::Geo;
-use residency_proxy::origin::{self, TrustedProxies};
+use residency_tools::geoip::{build_country_db, Row};
 
 /// A database shaped like a real one: thousands of networks in both families.
 fn geo() -> Geo {

@@ -9,15 +9,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use residency_log::merkle;
+use residency_log::note::Signer;
+use residency_log::receipt::{signed_message, Receipt};
+use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
+use residency_log::settings::{ClientAddress, OnWriteError, ReceiptMode, Transparency};
+use residency_log::storage::Log;
 use residency_proxy::metrics::Metrics;
-use residency_proxy::transparency::log::Log;
-use residency_proxy::transparency::merkle;
-use residency_proxy::transparency::note::Signer;
-use residency_proxy::transparency::receipt::{signed_message, Receipt};
-use residency_proxy::transparency::record::{self, BodyDigest, Client, Database, Outcome, Record};
-use residency_proxy::transparency::settings::{
-    ClientAddress, OnWriteError, ReceiptMode, Transparency,
-};
 
 fn record(i: u64) -> Record<'static> {
     Record {

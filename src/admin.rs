@@ -22,10 +22,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::decision::decide;
-use crate::policy::DatacenterId;
 use crate::server::stopped;
 use crate::state::Shared;
+use residency_core::decision::decide;
+use residency_core::policy::DatacenterId;
 
 /// Serves the admin listener until `stop` turns true.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
@@ -197,7 +197,7 @@ fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
     );
     json(
         StatusCode::OK,
-        &decision.explain(policy, |u| health.is_up(u)),
+        &crate::explain::explain(&decision, policy, |u| health.is_up(u)),
     )
 }
 

@@ -10,7 +10,6 @@
 //! states cannot be represented.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,10 +17,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::country::Country;
-use crate::origin::TrustedProxies;
-use crate::policy::Policy;
-use crate::transparency::settings::{RawTransparency, Transparency};
+use residency_core::country::Country;
+use residency_core::origin::TrustedProxies;
+use residency_core::policy::{Policy, RawDatacenter, RawJurisdiction, RawUnknownOrigin};
+use residency_core::report::{parse_addr, parse_duration, parse_net, ConfigReport};
+use residency_log::settings::{RawTransparency, Transparency};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "RESIDENCY_PROXY";
@@ -277,30 +277,6 @@ pub struct RawOverride {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawJurisdiction {
-    #[serde(default)]
-    pub countries: Vec<String>,
-    pub store_in: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUnknownOrigin {
-    pub action: Option<String>,
-    pub jurisdiction: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDatacenter {
-    pub jurisdiction: Option<String>,
-    pub priority: Option<String>,
-    #[serde(default)]
-    pub upstreams: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub ca: Option<String>,
     pub pool_idle_timeout: Option<String>,
@@ -317,65 +293,6 @@ pub struct RawLog {
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
-
-/// One problem, naming the key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-/// Every problem found in one configuration, reported together.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigReport {
-    /// The file (or other origin) the problems were found in.
-    pub file: String,
-    pub problems: Vec<Problem>,
-}
-
-impl ConfigReport {
-    pub fn new(file: impl Into<String>) -> Self {
-        ConfigReport {
-            file: file.into(),
-            problems: Vec::new(),
-        }
-    }
-
-    pub fn push(&mut self, key: impl Into<String>, message: impl fmt::Display) {
-        self.problems.push(Problem {
-            key: key.into(),
-            message: message.to_string(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.problems.is_empty()
-    }
-
-    /// `Ok(value)` when no problem was recorded, the report otherwise.
-    pub fn finish<T>(self, value: Option<T>) -> Result<T, ConfigReport> {
-        match value {
-            Some(value) if self.is_empty() => Ok(value),
-            _ => Err(self),
-        }
-    }
-}
-
-impl fmt::Display for ConfigReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "{}: {n} problem{}",
-            self.file,
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n  - {}: {}", p.key, p.message)?;
-        }
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Loading
@@ -447,7 +364,7 @@ impl Config {
         let transparency = raw
             .transparency
             .as_ref()
-            .map(|t| crate::transparency::settings::transparency(t, base, r));
+            .map(|t| residency_log::settings::transparency(t, base, r));
         let worker_threads = match raw.runtime.worker_threads.as_deref() {
             None => None,
             Some(v) => match v.trim().parse::<usize>() {
@@ -803,48 +720,6 @@ fn health(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> HealthSetting
 // Small parsers shared with the policy module
 // ---------------------------------------------------------------------------
 
-pub(crate) fn parse_addr(text: &str, key: &str, r: &mut ConfigReport) -> Option<SocketAddr> {
-    match text.trim().parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            r.push(
-                key,
-                format!("`{text}` is not a socket address such as \"0.0.0.0:8443\""),
-            );
-            None
-        }
-    }
-}
-
-/// A CIDR network, or a bare address as a host route. IPv4-mapped IPv6
-/// networks are canonicalised to IPv4.
-pub fn parse_net(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    let net = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => IpNet::from(text.parse::<std::net::IpAddr>().ok()?),
-    };
-    Some(crate::origin::canonical_net(net.trunc()))
-}
-
-/// `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"30d"`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
-        "d" => Some(Duration::from_secs(n.checked_mul(86_400)?)),
-        _ => None,
-    }
-}
-
 /// Resolves `path` against `base` and checks that it is a readable file.
 fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<PathBuf> {
     let resolved = base.join(path);
@@ -858,33 +733,5 @@ fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Path
             r.push(key, format!("{}: {e}", resolved.display()));
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("5w"), None);
-        assert_eq!(parse_duration(""), None);
-    }
-
-    #[test]
-    fn networks() {
-        assert_eq!(parse_net("10.0.0.0/8"), "10.0.0.0/8".parse().ok());
-        assert_eq!(parse_net("10.1.2.3/8"), "10.0.0.0/8".parse().ok());
-        assert_eq!(parse_net("127.0.0.1"), "127.0.0.1/32".parse().ok());
-        assert_eq!(parse_net("::ffff:10.0.0.0/104"), "10.0.0.0/8".parse().ok());
-        assert_eq!(parse_net("10.0.0.0/33"), None);
-        assert_eq!(parse_net("nope"), None);
     }
 }

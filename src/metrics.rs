@@ -13,10 +13,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::geo::LookupResult;
-use crate::policy::{DatacenterId, JurisdictionId, Policy};
+use residency_core::geo::LookupResult;
+use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 
-pub use crate::transparency::log::LogMetrics;
+pub use residency_log::storage::LogMetrics;
 
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
@@ -173,42 +173,7 @@ impl Metrics {
             "Age of the loaded GeoIP database (now minus its build time).",
         )?;
         registry.register(Box::new(geoip_age.clone()))?;
-        let plain_counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let log = LogMetrics {
-            appended: plain_counter(
-                "residency_log_records_appended_total",
-                "Decision records appended to the transparency log.",
-            )?,
-            write_errors: plain_counter(
-                "residency_log_write_errors_total",
-                "Decision records that could not be written (the request was refused, or acknowledged without a receipt under on_write_error = \"continue\").",
-            )?,
-            size: gauge(
-                "residency_log_size",
-                "Records in the transparency log (checkpointed or not).",
-            )?,
-            checkpoint_size: gauge(
-                "residency_log_checkpoint_size",
-                "Tree size of the latest signed checkpoint.",
-            )?,
-            checkpoint_timestamp: gauge(
-                "residency_log_checkpoint_timestamp_seconds",
-                "When the latest checkpoint was confirmed to cover every record (Unix seconds).",
-            )?,
-            checkpoint_age: gauge(
-                "residency_log_checkpoint_age_seconds",
-                "Seconds since a checkpoint last covered every record; grows when checkpointing fails.",
-            )?,
-        };
+        let log = LogMetrics::register(&registry)?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

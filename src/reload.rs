@@ -24,9 +24,10 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigReport};
+use crate::config::Config;
 use crate::server::stopped;
 use crate::state::{Shared, State};
+use residency_core::report::ConfigReport;
 
 /// Loads `path` and, if everything validates, makes it the current state.
 pub fn reload(shared: &Shared, path: &Path) -> Result<(), ConfigReport> {

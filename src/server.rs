@@ -150,7 +150,7 @@ impl Bound {
                 tasks.push(tokio::spawn(admin::serve_plain(
                     listener,
                     stop_rx.clone(),
-                    move |req| crate::transparency::http::route(&log, req),
+                    move |req| crate::log_api::route(&log, req),
                 )));
             }
         }
@@ -200,7 +200,7 @@ impl Bound {
 
 /// Signs a checkpoint every `checkpoint_interval` (when records were added)
 /// until `stop`; the final one is signed after the connections have drained.
-async fn checkpoints(log: Arc<crate::transparency::log::Log>, mut stop: watch::Receiver<bool>) {
+async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(log.settings().checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

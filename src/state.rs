@@ -13,13 +13,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
-use crate::config::{Config, ConfigReport};
-use crate::geo::Geo;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::tls;
-use crate::transparency::log::{Log, LogError};
 use crate::upstream::pool::Pool;
 use crate::upstream::{self, Health, ProbeClient};
+use residency_core::geo::{Geo, GeoError};
+use residency_core::report::ConfigReport;
+use residency_log::storage::{Log, LogError};
 
 pub struct State {
     pub config: Config,
@@ -53,7 +53,7 @@ impl State {
     pub fn build(config: Config) -> Result<State, ConfigReport> {
         let mut report = ConfigReport::new("state");
         let files = crate::reload::fingerprint(&config);
-        let geo = Geo::open(&config.geoip.database, config.geoip.overrides.clone())
+        let geo = open_geo(&config.geoip)
             .map_err(|e| report.push("geoip.database", e))
             .ok();
         if let Some(geo) = &geo {
@@ -74,11 +74,11 @@ impl State {
             let certs: Result<Vec<_>, _> = l
                 .certificates
                 .iter()
-                .map(|c| tls::load_cert_source(&c.cert, &c.key))
+                .map(|c| residency_tls::load_cert_source(&c.cert, &c.key))
                 .collect();
             let ca = l.client_ca.as_ref().map(std::fs::read).transpose();
             match (certs, ca) {
-                (Ok(certs), Ok(ca)) => match tls::server_config(&certs, ca.as_deref()) {
+                (Ok(certs), Ok(ca)) => match residency_tls::server_config(&certs, ca.as_deref()) {
                     Ok(c) => server_configs.push(c),
                     Err(e) => report.push(key, e),
                 },
@@ -106,7 +106,7 @@ impl State {
             let key = std::fs::read(&t.signing_key)
                 .map_err(|e| e.to_string())
                 .and_then(|k| {
-                    crate::transparency::note::Signer::from_pkcs8(&t.origin, &k)
+                    residency_log::note::Signer::from_pkcs8(&t.origin, &k)
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = key {
@@ -242,7 +242,7 @@ impl Shared {
             m.datacenter_up
                 .with_label_values(&[name, j])
                 .set(i64::from(up));
-            let drained = health.is_drained(crate::policy::DatacenterId(i));
+            let drained = health.is_drained(residency_core::policy::DatacenterId(i));
             m.datacenter_drained
                 .with_label_values(&[name])
                 .set(i64::from(drained));
@@ -313,9 +313,19 @@ impl RequestIds {
             id[ID_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         }
         // From a `String`, its buffer becomes the value's (no copy).
-        HeaderValue::try_from(crate::hex::encode(&id))
+        HeaderValue::try_from(residency_core::hex::encode(&id))
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
+}
+
+/// Reads the GeoIP database file `geoip.database` names, with its overrides.
+pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
+    let path = &geoip.database;
+    let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
+        path: path.display().to_string(),
+        source: maxminddb::MaxMindDbError::Io(e),
+    })?;
+    Geo::from_file(path, bytes, geoip.overrides.clone())
 }
 
 #[cfg(test)]

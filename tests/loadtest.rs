@@ -20,22 +20,22 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use residency_core::policy::Policy;
 use residency_proxy::cli::{Cli, Command};
 use residency_proxy::config::Config;
-use residency_proxy::loadtest::chaos::Applied;
-use residency_proxy::loadtest::failover::failovers;
-use residency_proxy::loadtest::generator::{Outcome, Sent};
-use residency_proxy::loadtest::plan::is_loopback_host;
-use residency_proxy::loadtest::reconcile::{parse_records, reconcile};
-use residency_proxy::loadtest::schedule::{drive, Schedule};
-use residency_proxy::loadtest::upload::{body_for, hex, sha256, Answer, RunId};
-use residency_proxy::loadtest::{
+use residency_proxy::metrics::Metrics;
+use residency_proxy::state::{Shared, State};
+use residency_tools::loadtest::chaos::Applied;
+use residency_tools::loadtest::failover::failovers;
+use residency_tools::loadtest::generator::{Outcome, Sent};
+use residency_tools::loadtest::plan::is_loopback_host;
+use residency_tools::loadtest::reconcile::{parse_records, reconcile};
+use residency_tools::loadtest::schedule::{drive, Schedule};
+use residency_tools::loadtest::upload::{body_for, hex, sha256, Answer, RunId};
+use residency_tools::loadtest::{
     execute, ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec, Plan,
     Trust,
 };
-use residency_proxy::metrics::Metrics;
-use residency_proxy::policy::Policy;
-use residency_proxy::state::{Shared, State};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
@@ -127,7 +127,7 @@ fn chaos_specs_parse_round_trip_and_explain_mistakes() {
 }
 
 /// `residency-proxy loadtest ARGS` parsed; `ARGS` split on whitespace.
-fn parse(args: &str) -> Result<residency_proxy::loadtest::LoadtestOptions, String> {
+fn parse(args: &str) -> Result<residency_tools::loadtest::LoadtestOptions, String> {
     let argv = ["residency-proxy", "loadtest"]
         .into_iter()
         .chain(args.split_whitespace());
@@ -464,7 +464,7 @@ fn failover_time_is_measured_from_the_fault() {
 // End to end: the real proxy, a fake sink, 3 s at 100/s
 // ---------------------------------------------------------------------------
 
-fn assert_clean(report: &residency_proxy::loadtest::Report) {
+fn assert_clean(report: &residency_tools::loadtest::Report) {
     let text = report.render_text();
     println!("{text}");
     assert_eq!(report.residency_violations, 0, "{text}");
@@ -527,10 +527,11 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
         admin = sink.admin,
     ))
     .unwrap();
-    let args = residency_proxy::loadtest::LoadtestArgs {
+    let args = residency_tools::loadtest::LoadtestArgs {
         options: Box::new(args),
     };
-    let plan = Plan::from_args(&args).unwrap();
+    let policy = Config::load(&args.options.config).unwrap().policy;
+    let plan = Plan::from_args(&args, policy).unwrap();
     assert!(matches!(plan.trust, Trust::CaPem(_)));
     assert_eq!(plan.origins["ch"].len(), 2);
     let report = execute(plan, false).await.unwrap();
@@ -574,7 +575,7 @@ async fn drill_measures_failover_when_a_datacenter_errors() {
 /// data centre: uploads fail over, and nothing lands outside its jurisdiction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_with_the_reference_sink_refuse_and_drain() {
-    use residency_proxy::sink::{Mode, Sink};
+    use residency_tools::sink::{Mode, Sink};
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let names = ["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), local));
     let sink = Sink::start(&names, local).await.unwrap();
@@ -629,12 +630,12 @@ impl Fixture {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("rp-loadtest-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(dir.join("a.pem"), &cert).unwrap();
         std::fs::write(dir.join("a.key"), &key).unwrap();
         let csv = "network,country\n192.0.2.0/24,CH\n198.51.100.0/24,DE\n";
-        let rows = residency_proxy::geo::build::parse_csv(csv).unwrap();
-        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        let rows = residency_tools::geoip::parse_csv(csv).unwrap();
+        let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
         std::fs::write(dir.join("geo.mmdb"), db).unwrap();
         let addr = |name: &str| upstreams.iter().find(|(n, _)| n == name).unwrap().1;
         let listener = |extra: &str| {

@@ -2,10 +2,10 @@
 //! allocate. Its own test binary: `allocation-counter` replaces the global
 //! allocator with a counting one.
 
+use residency_core::decision::{decide, Outcome};
+use residency_core::geo::{Geo, LookupResult};
 use residency_proxy::config::Config;
-use residency_proxy::decision::{decide, Outcome};
-use residency_proxy::geo::build::{build_country_db, Row};
-use residency_proxy::geo::{Geo, LookupResult};
+use residency_tools::geoip::{build_country_db, Row};
 
 fn geo() -> Geo {
     let rows: Vec<Row> = [
@@ -24,7 +24,7 @@ fn geo() -> Geo {
         db,
         vec![(
             "10.20.0.0/16".parse().unwrap(),
-            residency_proxy::country::Country::parse("CH").unwrap(),
+            residency_core::country::Country::parse("CH").unwrap(),
         )],
     )
     .unwrap()

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use residency_proxy::sink::{Mode, Record, Sink, SinkOptions, Stats};
+use residency_tools::sink::{Mode, Record, Sink, SinkOptions, Stats};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

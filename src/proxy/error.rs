@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use residency_core::decision::Refusal;
 
 /// Who is responsible for a failure (logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,18 @@ pub enum Failure {
     UpstreamTimeout,
     /// The decision record could not be written to the transparency log.
     LogUnavailable,
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Failure {
+        match refusal {
+            Refusal::OriginUnknown => Failure::OriginUnknown,
+            Refusal::OriginNotPermitted => Failure::OriginNotPermitted,
+            Refusal::NoHealthyDatacenter { retry_after } => {
+                Failure::NoHealthyDatacenter { retry_after }
+            }
+        }
+    }
 }
 
 impl Failure {

@@ -34,8 +34,8 @@ use crate::upstream::pool::Body as UpstreamBody;
 use super::body::{BodyError, BodySlot, ForwardBody};
 use super::error::Failure;
 use super::headers::{self, Forwarded};
-use crate::policy::{DatacenterId, JurisdictionId, UpstreamId};
 use crate::state::{Shared, State};
+use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
 /// At most this many delivery attempts per request.
 const MAX_ATTEMPTS: u32 = 2;

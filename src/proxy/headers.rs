@@ -9,7 +9,7 @@
 //! hop-by-hop and upstream-sent `Residency-*` headers and gain `Residency-Jurisdiction`,
 //! `Residency-Datacenter` and `X-Request-Id`.
 
-use std::fmt::Write as _;
+use residency_core::origin::push_ip;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -61,30 +61,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     names.extend(headers.keys().filter(|k| never_forwarded(k)).cloned());
     for name in names {
         headers.remove(name);
-    }
-}
-
-/// Appends `ip` in its usual text form; IPv4 without `fmt` machinery (this
-/// runs for every upload).
-pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The request path: from a parsed client request to a response.
 //!
 //! [`handle`] gathers the inputs (TCP peer, PROXY source, headers), resolves
-//! the client address ([`crate::origin`]), takes the residency decision
-//! ([`crate::decision`]), and then either refuses with a [`Failure`] or hands
+//! the client address ([`residency_core::origin`]), takes the residency decision
+//! ([`residency_core::decision`]), and then either refuses with a [`Failure`] or hands
 //! the upload to [`forward`]. It adds the response headers every answer
 //! carries, updates metrics and writes the one access-log line per request.
 
@@ -22,15 +22,15 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::country::Country;
-use crate::decision::{decide, Outcome};
 use crate::metrics::NONE;
-use crate::origin::{self, AddressSource};
-use crate::policy::{DatacenterId, JurisdictionId};
 use crate::state::{Shared, State};
-use crate::transparency::settings::OnWriteError;
 use crate::upstream::pool::Body as UpstreamBody;
 pub use error::Failure;
+use residency_core::country::Country;
+use residency_core::decision::{decide, Outcome};
+use residency_core::origin::{self, AddressSource};
+use residency_core::policy::{DatacenterId, JurisdictionId};
+use residency_log::settings::OnWriteError;
 
 /// The response body: the upstream's, streamed, or our own small one.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -123,7 +123,7 @@ pub async fn handle(
     headers::to_client(resp.headers_mut(), &id, jurisdiction, datacenter);
     if let Some(receipt) = receipt {
         resp.headers_mut()
-            .insert(crate::transparency::receipt::HEADER, receipt);
+            .insert(residency_log::receipt::HEADER, receipt);
     }
 
     let status = resp.status();
@@ -208,7 +208,7 @@ async fn route(
     access.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
     let upstream = match decision.outcome {
         Outcome::Forward(u) => u,
-        Outcome::Refuse(f) => return Err((f, 0)),
+        Outcome::Refuse(r) => return Err((r.into(), 0)),
     };
     let Some((jurisdiction, _)) = decision.jurisdiction else {
         return Err((Failure::OriginUnknown, 0));
@@ -239,7 +239,7 @@ async fn route(
 pub fn permitted_upstreams(
     state: &State,
     j: JurisdictionId,
-) -> impl Iterator<Item = crate::policy::UpstreamId> + '_ {
+) -> impl Iterator<Item = residency_core::policy::UpstreamId> + '_ {
     let policy = &state.config.policy;
     policy
         .permitted(j)

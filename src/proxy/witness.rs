@@ -15,12 +15,12 @@ use http::{HeaderValue, Response};
 use super::body::BodySlot;
 use super::error::Failure;
 use super::Access;
-use crate::country::Country;
 use crate::state::State;
-use crate::transparency::log::Log;
-use crate::transparency::receipt::{self, Receipt};
-use crate::transparency::record::{self, BodyDigest, Client, Database, Outcome, Record};
-use crate::transparency::settings::{OnWriteError, ReceiptMode};
+use residency_core::country::Country;
+use residency_log::receipt::{self, Receipt};
+use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
+use residency_log::settings::{OnWriteError, ReceiptMode};
+use residency_log::storage::Log;
 
 /// What a request was, for its record.
 pub struct Facts<'a> {
@@ -116,7 +116,7 @@ pub async fn answered<B>(
     match sha256 {
         Some(sha256) => {
             record.body = Some(BodyDigest {
-                sha256: Cow::Owned(crate::hex::encode(&sha256)),
+                sha256: Cow::Owned(residency_core::hex::encode(&sha256)),
                 bytes: slot.bytes(),
             })
         }

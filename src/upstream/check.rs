@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::health::Transition;
-use crate::policy::UpstreamId;
 use crate::server::stopped;
 use crate::state::{Shared, State};
+use residency_core::policy::UpstreamId;
 
 /// Runs active checks until `stop` is set. Does nothing when checks are off.
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

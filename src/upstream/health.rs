@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::HealthSettings;
-use crate::policy::{DatacenterId, Policy, UpstreamId};
+use residency_core::policy::{DatacenterId, Policy, UpstreamId};
 
 #[derive(Debug, Default)]
 struct Upstream {
@@ -334,7 +334,7 @@ down_for = "10s"
             assert!(!h.is_up(*u), "drained: no new requests");
             assert!(h.is_healthy(*u), "but still healthy");
         }
-        let ch = crate::policy::JurisdictionId(0);
+        let ch = residency_core::policy::JurisdictionId(0);
         let picked = policy.pick(ch, 0, |u| h.is_up(u)).unwrap();
         assert_eq!(
             policy.datacenter_of(picked).name,

@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Timeouts, UpstreamSettings};
-use crate::policy::Policy;
-use crate::tls::TlsError;
+use residency_core::policy::Policy;
+use residency_tls::TlsError;
 
 pub mod check;
 pub mod health;
@@ -39,8 +39,8 @@ pub fn clients(
     timeouts: &Timeouts,
     ca_pem: Option<&[u8]>,
 ) -> Result<(pool::Pool, ProbeClient), ClientError> {
-    let tls =
-        crate::tls::client_config(ca_pem).map_err(|e: TlsError| ("upstream.ca", e.to_string()))?;
+    let tls = residency_tls::client_config(ca_pem)
+        .map_err(|e: TlsError| ("upstream.ca", e.to_string()))?;
     let pool = pool::Pool::new(
         policy.upstreams.iter().map(|u| u.uri.clone()),
         tls.clone(),

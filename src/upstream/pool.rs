@@ -34,8 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::policy::UpstreamId;
 use crate::proxy::body::ForwardBody;
+use residency_core::policy::UpstreamId;
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,7 @@ fn path(p: &Path) -> &str {
 
 /// Writes a self-signed certificate and its key.
 fn write_cert(cert: &Path, key: &Path, names: &[&str]) {
-    let (c, k) = residency_proxy::tls::self_signed(names).unwrap();
+    let (c, k) = residency_tls::self_signed(names).unwrap();
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
@@ -46,8 +46,8 @@ fn write_cert(cert: &Path, key: &Path, names: &[&str]) {
 
 /// Writes a GeoIP database built from support's CSV.
 fn write_db(path: &Path) {
-    let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
-    let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+    let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
+    let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
     std::fs::write(path, db).unwrap();
 }
 

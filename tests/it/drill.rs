@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use residency_proxy::drill::{drill, DrillArgs};
+use residency_proxy::cli::drill::{drill, DrillArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {

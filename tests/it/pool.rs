@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::BodyExt;
-use residency_proxy::policy::UpstreamId;
+use residency_core::policy::UpstreamId;
 use residency_proxy::proxy::body::ForwardBody;
 use residency_proxy::upstream::pool::{Error, Pool, PoolSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,7 +130,7 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
 }
 
 fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
-    let tls = residency_proxy::tls::client_config(None).unwrap();
+    let tls = residency_tls::client_config(None).unwrap();
     Pool::new(
         [uri.parse::<Uri>().unwrap()],
         tls,

@@ -40,8 +40,8 @@ async fn reloads(proxy: &Proxy, result: &str) -> f64 {
 }
 
 fn db(rows: &str) -> Vec<u8> {
-    let rows = residency_proxy::geo::build::parse_csv(rows).unwrap();
-    residency_proxy::geo::build::build_country_db(&rows, 1_760_000_000).unwrap()
+    let rows = residency_tools::geoip::parse_csv(rows).unwrap();
+    residency_tools::geoip::build_country_db(&rows, 1_760_000_000).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,8 +51,7 @@ async fn certificate_database_and_policy_reload_under_load_without_a_failed_requ
         ..Setup::default()
     })
     .await;
-    let (new_cert, new_key) =
-        residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let (new_cert, new_key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     proxy.certs.push(new_cert.clone());
     let client = proxy.client();
 
@@ -227,7 +226,7 @@ async fn bad_reloads_keep_the_old_state_serving() {
     .await;
 
     // A certificate whose key does not match.
-    let (other_cert, _) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
+    let (other_cert, _) = residency_tls::self_signed(&["localhost"]).unwrap();
     replace(&dir.join("a.pem"), &other_cert);
     failures += 1.0;
     eventually("wrong key counted", async || {

@@ -206,7 +206,7 @@ async fn proxy_memory_does_not_grow_with_body_size() {
     // A sink that counts the body and discards it: the test process holds
     // no uploads either.
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sinks = residency_proxy::sink::Sink::start(&[("zurich".to_string(), any)], any)
+    let sinks = residency_tools::sink::Sink::start(&[("zurich".to_string(), any)], any)
         .await
         .unwrap();
     let sink = sinks.datacenter_addr("zurich").unwrap();

@@ -250,7 +250,7 @@ pub const LOG_ORIGIN: &str = "test.example/residency-log";
 
 /// Writes a fresh Ed25519 key to `dir/log.key`; returns the verifier key.
 pub fn log_key(dir: &Path) -> String {
-    use residency_proxy::transparency::note::Signer;
+    use residency_log::note::Signer;
     let pkcs8 = Signer::generate_pkcs8().unwrap();
     std::fs::write(dir.join("log.key"), &pkcs8).unwrap();
     Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
@@ -291,20 +291,20 @@ countries = ["US"]
 impl Proxy {
     pub async fn start(setup: Setup) -> Proxy {
         let dir = TempDir::new("proxy");
-        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
         std::fs::write(dir.path().join("a.key"), &key).unwrap();
         let mut certs = vec![cert];
         let mut cert_list = r#"{ cert = "a.pem", key = "a.key" }"#.to_string();
         if let Some(names) = &setup.second_cert {
-            let (cert, key) = residency_proxy::tls::self_signed(names).unwrap();
+            let (cert, key) = residency_tls::self_signed(names).unwrap();
             std::fs::write(dir.path().join("b.pem"), &cert).unwrap();
             std::fs::write(dir.path().join("b.key"), &key).unwrap();
             certs.push(cert);
             cert_list.push_str(r#", { cert = "b.pem", key = "b.key" }"#);
         }
-        let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
-        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
+        let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
         std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
 
         let mut upstreams = BTreeMap::new();
@@ -555,12 +555,11 @@ impl Client {
                 roots.add(cert.unwrap()).unwrap();
             }
         }
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(residency_proxy::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = rustls::ClientConfig::builder_with_provider(residency_tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = match self.version {
             _ if !self.alpn => Vec::new(),
             Http::One => vec![b"http/1.1".to_vec()],
@@ -767,11 +766,11 @@ impl Binary {
         wrapper: &[&str],
     ) -> Binary {
         let dir = TempDir::new(tag);
-        let (cert, key) = residency_proxy::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
         std::fs::write(dir.path().join("a.key"), &key).unwrap();
-        let rows = residency_proxy::geo::build::parse_csv(GEOIP_CSV).unwrap();
-        let db = residency_proxy::geo::build::build_country_db(&rows, 1_750_000_000).unwrap();
+        let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
+        let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
         std::fs::write(dir.path().join("geo.mmdb"), db).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

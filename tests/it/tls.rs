@@ -42,7 +42,7 @@ fn client_config(
     pems: &[String],
     client_cert: Option<(&str, &str)>,
 ) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(residency_proxy::tls::provider())
+    let builder = ClientConfig::builder_with_provider(residency_tls::provider())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots(pems));

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use base64::Engine as _;
-use residency_proxy::transparency::note::{Checkpoint, Signer, Verifier};
-use residency_proxy::transparency::receipt::Receipt;
-use residency_proxy::transparency::record::Record;
-use residency_proxy::transparency::verify::{verify, Report, VerifyArgs};
+use residency_log::note::{Checkpoint, Signer, Verifier};
+use residency_log::receipt::Receipt;
+use residency_log::record::Record;
+use residency_tools::verify::{verify, Report, VerifyArgs};
 
 use crate::support::*;
 
@@ -61,7 +61,7 @@ async fn checkpoint_covers(proxy: &Proxy, key: &str, size: u64) {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    residency_proxy::hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+    residency_core::hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 #[tokio::test]

@@ -12,12 +12,12 @@ use crate::support::*;
 
 /// An HTTPS upstream answering 201 with the body length; returns its port.
 async fn https_upstream(cert_pem: &str, key_pem: &str) -> u16 {
-    let source = residency_proxy::tls::CertSource {
+    let source = residency_tls::CertSource {
         cert_pem: cert_pem.as_bytes().to_vec(),
         key_pem: key_pem.as_bytes().to_vec(),
         label: "upstream".into(),
     };
-    let config = residency_proxy::tls::server_config(&[source], None).unwrap();
+    let config = residency_tls::server_config(&[source], None).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -72,7 +72,7 @@ async fn proxy_with_https_dc(port: u16, ca: Option<&str>, dir: &TempDir) -> Prox
 
 #[tokio::test]
 async fn https_upstream_verified_against_configured_ca() {
-    let (cert, key) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
+    let (cert, key) = residency_tls::self_signed(&["localhost"]).unwrap();
     let port = https_upstream(&cert, &key).await;
     let dir = TempDir::new("upstream-ca");
     let proxy = proxy_with_https_dc(port, Some(&cert), &dir).await;
@@ -85,8 +85,8 @@ async fn https_upstream_verified_against_configured_ca() {
 
 #[tokio::test]
 async fn https_upstream_with_unknown_certificate_is_not_used() {
-    let (cert, key) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
-    let (other_ca, _) = residency_proxy::tls::self_signed(&["localhost"]).unwrap();
+    let (cert, key) = residency_tls::self_signed(&["localhost"]).unwrap();
+    let (other_ca, _) = residency_tls::self_signed(&["localhost"]).unwrap();
     let port = https_upstream(&cert, &key).await;
     let dir = TempDir::new("upstream-ca");
     let proxy = proxy_with_https_dc(port, Some(&other_ca), &dir).await;

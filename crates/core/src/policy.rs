@@ -1,0 +1,543 @@
+//! The residency policy: countries → jurisdictions → permitted data centres.
+//!
+//! This module is where compliance lives. It is pure (no I/O, no clocks) and
+//! meant to be read in one sitting:
+//!
+//! * [`Policy::jurisdiction_for`] maps a country (or its absence) to a
+//!   jurisdiction, applying `[unknown_origin]`, or refuses.
+//! * [`Policy::permitted`] lists, by priority, the data centres whose
+//!   jurisdiction is in the origin jurisdiction's `store_in`. It is computed
+//!   once at load time, so no request can reach a data centre outside it.
+//! * [`Policy::pick`] chooses an upstream from the first priority group that
+//!   has one up, sharing load across the group's data centres and upstreams.
+//!
+//! [`Policy::from_raw`] builds the policy from configuration, reporting every
+//! problem PRODUCT.md lists (countries in two jurisdictions, unknown codes,
+//! dangling `store_in`, a jurisdiction with nowhere to store, bad URLs).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use http::Uri;
+
+use serde::Deserialize;
+
+use crate::country::Country;
+use crate::report::ConfigReport;
+
+// ---------------------------------------------------------------------------
+// The configuration sections the policy is built from (`[jurisdictions.*]`,
+// `[unknown_origin]`, `[datacenters.*]`)
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJurisdiction {
+    #[serde(default)]
+    pub countries: Vec<String>,
+    pub store_in: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnknownOrigin {
+    pub action: Option<String>,
+    pub jurisdiction: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatacenter {
+    pub jurisdiction: Option<String>,
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JurisdictionId(pub usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DatacenterId(pub usize);
+
+/// Index into [`Policy::upstreams`]: one upstream URL of one data centre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamId(pub usize);
+
+#[derive(Debug, Clone)]
+pub struct Jurisdiction {
+    pub name: String,
+    pub countries: Vec<Country>,
+    pub store_in: Vec<JurisdictionId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Datacenter {
+    pub name: String,
+    pub jurisdiction: JurisdictionId,
+    pub priority: u32,
+    pub upstreams: Vec<UpstreamId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub datacenter: DatacenterId,
+    /// Scheme, authority and optional path prefix, e.g. `https://ingest.zrh:443/v1`.
+    pub uri: Uri,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOrigin {
+    Reject,
+    Jurisdiction(JurisdictionId),
+}
+
+/// Data centres sharing one priority within a jurisdiction's permitted set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityGroup {
+    pub priority: u32,
+    pub datacenters: Vec<DatacenterId>,
+    /// Every upstream of those data centres, flattened for [`Policy::pick`].
+    pub upstreams: Vec<UpstreamId>,
+}
+
+/// Why an origin is refused before any data centre is considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginRefusal {
+    /// No country is known for the address.
+    OriginUnknown,
+    /// The country is known but belongs to no jurisdiction.
+    OriginNotPermitted,
+}
+
+/// How the jurisdiction was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// A jurisdiction lists the country.
+    Listed,
+    /// `[unknown_origin] action = "jurisdiction"` applied.
+    UnknownOrigin,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub jurisdictions: Vec<Jurisdiction>,
+    pub datacenters: Vec<Datacenter>,
+    pub upstreams: Vec<Upstream>,
+    pub unknown_origin: UnknownOrigin,
+    /// Dense table indexed by [`Country::index`].
+    by_country: Vec<Option<JurisdictionId>>,
+    /// Per jurisdiction, its permitted data centres grouped by priority.
+    permitted: Vec<Vec<PriorityGroup>>,
+}
+
+impl Policy {
+    /// Step 3: the jurisdiction of an origin country (`None` = unknown).
+    pub fn jurisdiction_for(
+        &self,
+        country: Option<Country>,
+    ) -> Result<(JurisdictionId, Assignment), OriginRefusal> {
+        if let Some(j) = country.and_then(|c| self.by_country[c.index()]) {
+            return Ok((j, Assignment::Listed));
+        }
+        match (self.unknown_origin, country) {
+            (UnknownOrigin::Jurisdiction(j), _) => Ok((j, Assignment::UnknownOrigin)),
+            (UnknownOrigin::Reject, None) => Err(OriginRefusal::OriginUnknown),
+            (UnknownOrigin::Reject, Some(_)) => Err(OriginRefusal::OriginNotPermitted),
+        }
+    }
+
+    /// Step 4: the data centres an origin jurisdiction's data may go to,
+    /// grouped by priority, most preferred first. Never empty (checked at load).
+    pub fn permitted(&self, j: JurisdictionId) -> &[PriorityGroup] {
+        &self.permitted[j.0]
+    }
+
+    /// Step 5: the upstream for the next request. Takes the first priority
+    /// group with any upstream up; within it, `turn` rotates over every up
+    /// upstream of every data centre in the group. `None`: nothing is up.
+    /// Allocation-free: it only walks the permitted set.
+    pub fn pick(
+        &self,
+        j: JurisdictionId,
+        turn: usize,
+        is_up: impl Fn(UpstreamId) -> bool,
+    ) -> Option<UpstreamId> {
+        for group in self.permitted(j) {
+            let all = &group.upstreams;
+            let up = all.iter().filter(|u| is_up(**u)).count();
+            if up == 0 {
+                continue;
+            }
+            // The same rotation without a division when `up` is a power of
+            // two (1, 2, 4 upstreams: the usual case); otherwise a 32-bit
+            // modulo, a fraction of the 64-bit division's cost.
+            let k = if up.is_power_of_two() {
+                turn & (up - 1)
+            } else {
+                (turn as u32 % up as u32) as usize
+            };
+            if up == all.len() {
+                return all.get(k).copied();
+            }
+            return all.iter().copied().filter(|u| is_up(*u)).nth(k);
+        }
+        None
+    }
+
+    /// True when `u` belongs to a data centre permitted for `j`.
+    pub fn is_permitted(&self, j: JurisdictionId, u: UpstreamId) -> bool {
+        let dc = self.upstreams[u.0].datacenter;
+        self.permitted(j)
+            .iter()
+            .any(|g| g.datacenters.contains(&dc))
+    }
+
+    pub fn jurisdiction(&self, j: JurisdictionId) -> &Jurisdiction {
+        &self.jurisdictions[j.0]
+    }
+
+    pub fn datacenter(&self, d: DatacenterId) -> &Datacenter {
+        &self.datacenters[d.0]
+    }
+
+    pub fn upstream(&self, u: UpstreamId) -> &Upstream {
+        &self.upstreams[u.0]
+    }
+
+    /// The datacenter name of an upstream.
+    pub fn datacenter_of(&self, u: UpstreamId) -> &Datacenter {
+        self.datacenter(self.upstreams[u.0].datacenter)
+    }
+
+    /// SHA-256 (hex) of a canonical text form of the policy: jurisdictions,
+    /// countries, `store_in`, `unknown_origin`, data centres, priorities and
+    /// upstream URLs. Equal policies hash equally whatever the file layout.
+    pub fn hash(&self) -> String {
+        let mut text = self.routing_table();
+        for dc in &self.datacenters {
+            let _ = write!(
+                text,
+                "datacenter {} {} {}",
+                dc.name,
+                self.jurisdiction(dc.jurisdiction).name,
+                dc.priority
+            );
+            for u in &dc.upstreams {
+                let _ = write!(text, " {}", self.upstream(*u).uri);
+            }
+            text.push('\n');
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        digest
+            .as_ref()
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
+    }
+
+    /// The routing table printed by `check-config`.
+    pub fn routing_table(&self) -> String {
+        let mut out = String::new();
+        for (i, j) in self.jurisdictions.iter().enumerate() {
+            let countries: Vec<&str> = j.countries.iter().map(Country::as_str).collect();
+            let _ = writeln!(out, "jurisdiction {}", j.name);
+            let _ = writeln!(out, "  countries: {}", countries.join(" "));
+            let store: Vec<&str> = j
+                .store_in
+                .iter()
+                .map(|s| self.jurisdiction(*s).name.as_str())
+                .collect();
+            let _ = writeln!(out, "  store_in:  {}", store.join(", "));
+            for group in self.permitted(JurisdictionId(i)) {
+                let names: Vec<String> = group
+                    .datacenters
+                    .iter()
+                    .map(|d| {
+                        let dc = self.datacenter(*d);
+                        format!("{} ({})", dc.name, self.jurisdiction(dc.jurisdiction).name)
+                    })
+                    .collect();
+                let _ = writeln!(out, "  priority {}: {}", group.priority, names.join(", "));
+            }
+        }
+        let _ = match self.unknown_origin {
+            UnknownOrigin::Reject => writeln!(out, "unknown origin: reject (451)"),
+            UnknownOrigin::Jurisdiction(j) => {
+                writeln!(
+                    out,
+                    "unknown origin: treated as {}",
+                    self.jurisdiction(j).name
+                )
+            }
+        };
+        out
+    }
+
+    /// Builds the policy, pushing every problem into `r`.
+    pub fn from_raw(
+        raw_j: &BTreeMap<String, RawJurisdiction>,
+        raw_unknown: &RawUnknownOrigin,
+        raw_dc: &BTreeMap<String, RawDatacenter>,
+        r: &mut ConfigReport,
+    ) -> Option<Policy> {
+        let problems_before = r.problems.len();
+        if raw_j.is_empty() {
+            r.push("jurisdictions", "at least one jurisdiction is required");
+        }
+        if raw_dc.is_empty() {
+            r.push("datacenters", "at least one data centre is required");
+        }
+        let names: Vec<&String> = raw_j.keys().collect();
+        let id_of = |name: &str| {
+            names
+                .iter()
+                .position(|n| n.as_str() == name)
+                .map(JurisdictionId)
+        };
+        for name in raw_j.keys().chain(raw_dc.keys()) {
+            if !valid_name(name) {
+                r.push(
+                    name.clone(),
+                    "names use lower-case letters, digits, '-' and '_'",
+                );
+            }
+        }
+
+        let mut by_country: Vec<Option<JurisdictionId>> = vec![None; 26 * 26];
+        let mut jurisdictions = Vec::new();
+        for (i, (name, j)) in raw_j.iter().enumerate() {
+            let key = format!("jurisdictions.{name}");
+            let mut countries = Vec::new();
+            for code in &j.countries {
+                let Some(c) = Country::parse(code) else {
+                    r.push(
+                        format!("{key}.countries"),
+                        format!("`{code}` is not an ISO 3166-1 alpha-2 code"),
+                    );
+                    continue;
+                };
+                match by_country[c.index()] {
+                    Some(other) if other.0 != i => r.push(
+                        format!("{key}.countries"),
+                        format!("{c} is already in jurisdiction `{}`", names[other.0]),
+                    ),
+                    _ => {
+                        by_country[c.index()] = Some(JurisdictionId(i));
+                        if !countries.contains(&c) {
+                            countries.push(c);
+                        }
+                    }
+                }
+            }
+            let mut store_in = Vec::new();
+            let default_store = [name.clone()];
+            for target in j.store_in.as_deref().unwrap_or(&default_store) {
+                match id_of(target) {
+                    Some(t) if !store_in.contains(&t) => store_in.push(t),
+                    Some(_) => {}
+                    None => r.push(
+                        format!("{key}.store_in"),
+                        format!("no jurisdiction named `{target}`"),
+                    ),
+                }
+            }
+            if j.store_in.as_ref().is_some_and(Vec::is_empty) {
+                r.push(
+                    format!("{key}.store_in"),
+                    "is empty: data from here could be stored nowhere",
+                );
+            }
+            jurisdictions.push(Jurisdiction {
+                name: name.clone(),
+                countries,
+                store_in,
+            });
+        }
+
+        let unknown_origin = match (
+            raw_unknown.action.as_deref(),
+            raw_unknown.jurisdiction.as_deref(),
+        ) {
+            (None | Some("reject"), None) => UnknownOrigin::Reject,
+            (None | Some("reject"), Some(_)) => {
+                r.push(
+                    "unknown_origin.jurisdiction",
+                    "only allowed with action = \"jurisdiction\"",
+                );
+                UnknownOrigin::Reject
+            }
+            (Some("jurisdiction"), Some(name)) => match id_of(name) {
+                Some(j) => UnknownOrigin::Jurisdiction(j),
+                None => {
+                    r.push(
+                        "unknown_origin.jurisdiction",
+                        format!("no jurisdiction named `{name}`"),
+                    );
+                    UnknownOrigin::Reject
+                }
+            },
+            (Some("jurisdiction"), None) => {
+                r.push(
+                    "unknown_origin.jurisdiction",
+                    "action = \"jurisdiction\" must name one",
+                );
+                UnknownOrigin::Reject
+            }
+            (Some(other), _) => {
+                r.push(
+                    "unknown_origin.action",
+                    format!("`{other}` is not one of \"reject\", \"jurisdiction\""),
+                );
+                UnknownOrigin::Reject
+            }
+        };
+
+        let mut datacenters = Vec::new();
+        let mut upstreams = Vec::new();
+        for (d, (name, dc)) in raw_dc.iter().enumerate() {
+            let key = format!("datacenters.{name}");
+            let jurisdiction = match dc.jurisdiction.as_deref() {
+                None => {
+                    r.push(format!("{key}.jurisdiction"), "missing");
+                    None
+                }
+                Some(j) => {
+                    let id = id_of(j);
+                    if id.is_none() {
+                        r.push(
+                            format!("{key}.jurisdiction"),
+                            format!("no jurisdiction named `{j}`"),
+                        );
+                    }
+                    id
+                }
+            };
+            let priority = match dc.priority.as_deref().map(|p| p.trim().parse::<u32>()) {
+                None => 1,
+                Some(Ok(p)) => p,
+                Some(Err(_)) => {
+                    r.push(format!("{key}.priority"), "not a non-negative integer");
+                    1
+                }
+            };
+            if dc.upstreams.is_empty() {
+                r.push(
+                    format!("{key}.upstreams"),
+                    "at least one upstream URL is required",
+                );
+            }
+            let mut ids = Vec::new();
+            for (i, url) in dc.upstreams.iter().enumerate() {
+                match parse_upstream(url) {
+                    Ok(uri) => {
+                        ids.push(UpstreamId(upstreams.len()));
+                        upstreams.push(Upstream {
+                            datacenter: DatacenterId(d),
+                            uri,
+                        });
+                    }
+                    Err(why) => r.push(format!("{key}.upstreams[{i}]"), format!("`{url}`: {why}")),
+                }
+            }
+            if let Some(jurisdiction) = jurisdiction {
+                datacenters.push(Datacenter {
+                    name: name.clone(),
+                    jurisdiction,
+                    priority,
+                    upstreams: ids,
+                });
+            }
+        }
+
+        let permitted: Vec<Vec<PriorityGroup>> = jurisdictions
+            .iter()
+            .map(|j| permitted_groups(&j.store_in, &datacenters))
+            .collect();
+        for (j, groups) in jurisdictions.iter().zip(&permitted) {
+            if groups.is_empty() && !j.store_in.is_empty() {
+                let store: Vec<&str> = j.store_in.iter().map(|s| names[s.0].as_str()).collect();
+                r.push(
+                    format!("jurisdictions.{}.store_in", j.name),
+                    format!(
+                        "no data centre is in {}: uploads from here could never be stored",
+                        store.join(", ")
+                    ),
+                );
+            }
+        }
+
+        (r.problems.len() == problems_before).then_some(Policy {
+            jurisdictions,
+            datacenters,
+            upstreams,
+            unknown_origin,
+            by_country,
+            permitted,
+        })
+    }
+}
+
+fn permitted_groups(store_in: &[JurisdictionId], dcs: &[Datacenter]) -> Vec<PriorityGroup> {
+    let mut groups = grouped(store_in, dcs);
+    for g in &mut groups {
+        g.upstreams = g
+            .datacenters
+            .iter()
+            .flat_map(|d| dcs[d.0].upstreams.iter().copied())
+            .collect();
+    }
+    groups
+}
+
+fn grouped(store_in: &[JurisdictionId], dcs: &[Datacenter]) -> Vec<PriorityGroup> {
+    let mut allowed: Vec<(u32, DatacenterId)> = dcs
+        .iter()
+        .enumerate()
+        .filter(|(_, dc)| store_in.contains(&dc.jurisdiction))
+        .map(|(i, dc)| (dc.priority, DatacenterId(i)))
+        .collect();
+    allowed.sort();
+    let mut groups: Vec<PriorityGroup> = Vec::new();
+    for (priority, dc) in allowed {
+        match groups.last_mut() {
+            Some(g) if g.priority == priority => g.datacenters.push(dc),
+            _ => groups.push(PriorityGroup {
+                priority,
+                datacenters: vec![dc],
+                upstreams: Vec::new(),
+            }),
+        }
+    }
+    groups
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// An upstream base URL: `http` or `https`, a host, an optional path prefix,
+/// no query, no user info.
+fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
+    let uri: Uri = url.trim().parse().map_err(|_| "not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("scheme must be http or https"),
+    }
+    let authority = uri.authority().ok_or("missing host")?;
+    if authority.as_str().contains('@') {
+        return Err("user info is not allowed");
+    }
+    if uri.query().is_some() {
+        return Err("a query string is not allowed");
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests;

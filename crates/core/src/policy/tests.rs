@@ -1,0 +1,266 @@
+//! Table tests of the pure residency decision (steps 3–5).
+
+use super::*;
+
+/// The policy's sections of a configuration file.
+#[derive(Deserialize)]
+struct Sections {
+    #[serde(default)]
+    jurisdictions: BTreeMap<String, RawJurisdiction>,
+    #[serde(default)]
+    unknown_origin: RawUnknownOrigin,
+    #[serde(default)]
+    datacenters: BTreeMap<String, RawDatacenter>,
+}
+
+/// Through the `config` crate, as the proxy loads files (it hands every
+/// value over as a string).
+fn raw(text: &str) -> Sections {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("test TOML parses")
+}
+
+fn build(text: &str) -> Result<Policy, ConfigReport> {
+    let raw = raw(text);
+    let mut r = ConfigReport::new("test");
+    let p = Policy::from_raw(
+        &raw.jurisdictions,
+        &raw.unknown_origin,
+        &raw.datacenters,
+        &mut r,
+    );
+    r.finish(p)
+}
+
+const POLICY: &str = r#"
+[jurisdictions.ch]
+countries = ["CH", "LI"]
+[jurisdictions.eu]
+countries = ["DE", "FR", "AT"]
+[jurisdictions.uk]
+countries = ["GB"]
+store_in = ["uk", "eu"]
+[jurisdictions.us]
+countries = ["US"]
+
+[datacenters.zurich]
+jurisdiction = "ch"
+priority = 1
+upstreams = ["http://127.0.0.1:1001", "http://127.0.0.1:1002"]
+[datacenters.geneva]
+jurisdiction = "ch"
+priority = 2
+upstreams = ["http://127.0.0.1:1003"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+priority = 1
+upstreams = ["http://127.0.0.1:1004"]
+[datacenters.paris]
+jurisdiction = "eu"
+priority = 1
+upstreams = ["http://127.0.0.1:1005"]
+[datacenters.london]
+jurisdiction = "uk"
+priority = 2
+upstreams = ["https://ingest.lon.example.com"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://127.0.0.1:1007"]
+"#;
+
+fn policy() -> Policy {
+    build(POLICY).unwrap()
+}
+
+fn country(code: &str) -> Option<Country> {
+    Country::parse(code)
+}
+
+fn jname(p: &Policy, c: Option<Country>) -> Result<&str, OriginRefusal> {
+    p.jurisdiction_for(c)
+        .map(|(j, _)| p.jurisdiction(j).name.as_str())
+}
+
+fn dc_names(p: &Policy, j: &str) -> Vec<(u32, Vec<String>)> {
+    let id = JurisdictionId(p.jurisdictions.iter().position(|x| x.name == j).unwrap());
+    p.permitted(id)
+        .iter()
+        .map(|g| {
+            (
+                g.priority,
+                g.datacenters
+                    .iter()
+                    .map(|d| p.datacenter(*d).name.clone())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn jid(p: &Policy, name: &str) -> JurisdictionId {
+    JurisdictionId(p.jurisdictions.iter().position(|x| x.name == name).unwrap())
+}
+
+#[test]
+fn country_to_jurisdiction() {
+    let p = policy();
+    let cases = [
+        ("CH", Ok("ch")),
+        ("LI", Ok("ch")),
+        ("DE", Ok("eu")),
+        ("GB", Ok("uk")),
+        ("US", Ok("us")),
+        ("JP", Err(OriginRefusal::OriginNotPermitted)),
+    ];
+    for (c, want) in cases {
+        assert_eq!(jname(&p, country(c)), want, "{c}");
+    }
+    assert_eq!(jname(&p, None), Err(OriginRefusal::OriginUnknown));
+}
+
+#[test]
+fn unknown_origin_can_name_a_jurisdiction() {
+    let p = build(&format!(
+        "{POLICY}\n[unknown_origin]\naction = \"jurisdiction\"\njurisdiction = \"eu\"\n"
+    ))
+    .unwrap();
+    assert_eq!(jname(&p, None), Ok("eu"));
+    assert_eq!(jname(&p, country("JP")), Ok("eu"));
+    assert_eq!(
+        p.jurisdiction_for(None).map(|x| x.1),
+        Ok(Assignment::UnknownOrigin)
+    );
+    assert_eq!(
+        p.jurisdiction_for(country("CH")).map(|x| x.1),
+        Ok(Assignment::Listed)
+    );
+}
+
+#[test]
+fn store_in_and_priorities() {
+    let p = policy();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        dc_names(&p, "ch"),
+        vec![(1, s(&["zurich"])), (2, s(&["geneva"]))]
+    );
+    assert_eq!(dc_names(&p, "eu"), vec![(1, s(&["frankfurt", "paris"]))]);
+    // uk may store in uk or eu; eu's priority 1 beats london's 2
+    assert_eq!(
+        dc_names(&p, "uk"),
+        vec![(1, s(&["frankfurt", "paris"])), (2, s(&["london"]))]
+    );
+    assert_eq!(dc_names(&p, "us"), vec![(1, s(&["virginia"]))]);
+}
+
+#[test]
+fn pick_prefers_priority_then_shares_load() {
+    let p = policy();
+    let ch = jid(&p, "ch");
+    let all_up = |_| true;
+    let picked: Vec<String> = (0..4)
+        .map(|t| p.upstream(p.pick(ch, t, all_up).unwrap()).uri.to_string())
+        .collect();
+    let (z1, z2) = ("http://127.0.0.1:1001/", "http://127.0.0.1:1002/");
+    assert_eq!(
+        picked,
+        vec![z1, z2, z1, z2],
+        "both zurich upstreams share load"
+    );
+
+    let zurich_down = |u: UpstreamId| p.datacenter_of(u).name != "zurich";
+    assert_eq!(
+        p.datacenter_of(p.pick(ch, 0, zurich_down).unwrap()).name,
+        "geneva"
+    );
+
+    let eu = jid(&p, "eu");
+    let names: Vec<String> = (0..2)
+        .map(|t| p.datacenter_of(p.pick(eu, t, all_up).unwrap()).name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["frankfurt", "paris"],
+        "equal priorities share load"
+    );
+}
+
+#[test]
+fn pick_never_leaves_the_permitted_set() {
+    let p = policy();
+    for j in 0..p.jurisdictions.len() {
+        let j = JurisdictionId(j);
+        for mask in 0u32..(1 << p.upstreams.len()) {
+            let up = |u: UpstreamId| mask & (1 << u.0) != 0;
+            for turn in 0..3 {
+                match p.pick(j, turn, up) {
+                    Some(u) => assert!(p.is_permitted(j, u) && up(u)),
+                    None => {
+                        let any =
+                            p.upstreams.iter().enumerate().any(|(i, _)| {
+                                up(UpstreamId(i)) && p.is_permitted(j, UpstreamId(i))
+                            });
+                        assert!(!any, "a permitted upstream was up but not picked");
+                    }
+                }
+            }
+        }
+    }
+    let us = jid(&p, "us");
+    assert_eq!(
+        p.pick(us, 0, |u| p.datacenter_of(u).name != "virginia"),
+        None
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[jurisdictions.ch]
+countries = ["CH", "XX", "DE"]
+store_in = ["ch", "mars"]
+[jurisdictions.eu]
+countries = ["DE"]
+[jurisdictions.nowhere]
+countries = ["JP"]
+[unknown_origin]
+action = "maybe"
+[datacenters.zurich]
+jurisdiction = "ch"
+priority = "high"
+upstreams = ["ftp://x", "http://ok:80", "not a url"]
+[datacenters.moon]
+jurisdiction = "luna"
+upstreams = []
+"#;
+    let report = build(text).unwrap_err();
+    let text = report.to_string();
+    for needle in [
+        "jurisdictions.ch.countries: `XX` is not an ISO 3166-1 alpha-2 code",
+        "DE is already in jurisdiction `ch`",
+        "jurisdictions.ch.store_in: no jurisdiction named `mars`",
+        "jurisdictions.nowhere.store_in: no data centre is in nowhere",
+        "jurisdictions.eu.store_in: no data centre is in eu",
+        "unknown_origin.action",
+        "datacenters.zurich.priority",
+        "datacenters.zurich.upstreams[0]",
+        "datacenters.zurich.upstreams[2]",
+        "datacenters.moon.jurisdiction: no jurisdiction named `luna`",
+        "datacenters.moon.upstreams: at least one upstream URL",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(report.problems.len() >= 11, "{text}");
+}
+
+#[test]
+fn routing_table_lists_everything() {
+    let table = policy().routing_table();
+    assert!(table.contains("jurisdiction uk"));
+    assert!(table.contains("  priority 1: frankfurt (eu), paris (eu)"));
+    assert!(table.contains("  priority 2: london (uk)"));
+    assert!(table.contains("unknown origin: reject (451)"));
+}

@@ -1,0 +1,17 @@
+//! Proof of residency: decision records in an append-only, verifiable log —
+//! usable without the proxy, by a customer's or an auditor's own tooling.
+//!
+//! Each upload and each refusal becomes a [`record::Record`], a leaf of an
+//! RFC 6962 Merkle tree ([`merkle`]) persisted by [`storage::Log`] and
+//! committed to by periodic checkpoints in the C2SP signed-note format
+//! ([`note`]). A stored upload's response carries a [`receipt`]; [`api`]
+//! holds the JSON shapes of the proof endpoints. [`settings`] is the
+//! `[transparency]` configuration section.
+
+pub mod api;
+pub mod merkle;
+pub mod note;
+pub mod receipt;
+pub mod record;
+pub mod settings;
+pub mod storage;

@@ -1,0 +1,475 @@
+//! TLS configuration for both sides of the proxy, and for its tools.
+//!
+//! This crate owns every rustls decision so the rest of the workspace never has
+//! to make one: the single crypto provider (ring, always passed explicitly,
+//! never the process-wide default), the protocol versions (TLS 1.2 and 1.3),
+//! PEM loading with errors that name the offending file, the listener's
+//! [`ServerConfig`] (SNI-based certificate choice with a default certificate,
+//! ALPN, no 0-RTT, optional mTLS) and the upstream [`ClientConfig`].
+//!
+//! SNI matching uses rustls' own webpki name check
+//! ([`verify_server_name`]), so wildcard and case rules are exactly those a
+//! client applies; no extra dependency or hand-written DER parsing is needed.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use rustls::client::verify_server_name;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    ClientHello, ParsedCertificate, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, InconsistentKeys, RootCertStore, ServerConfig, SupportedProtocolVersion,
+};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The one crypto provider used by every config built here: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+        LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    Arc::clone(&PROVIDER)
+}
+
+/// Errors building TLS configuration. The first field is the file (or
+/// source) concerned; each message is self-contained (it includes the cause
+/// rather than chaining it via `source()`), so logging it with `{}` suffices.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}: cannot read: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0}: invalid PEM: {1}")]
+    Pem(String, pem::Error),
+    #[error("{0}: no certificate found")]
+    NoCertificate(String),
+    #[error("{0}: no private key found")]
+    NoPrivateKey(String),
+    #[error("{0}: unusable private key: {1}")]
+    BadKey(String, rustls::Error),
+    #[error("{0}: unusable certificate: {1}")]
+    BadCertificate(String, rustls::Error),
+    /// (key label, certificate label)
+    #[error("{0}: private key does not match certificate {1}")]
+    KeyMismatch(String, String),
+    #[error("no server certificates configured")]
+    NoServerCertificates,
+    #[error("{0}: no CA certificates")]
+    NoCaCertificates(String),
+    #[error("{0}: invalid CA certificate: {1}")]
+    BadCa(String, rustls::Error),
+    #[error("client_ca: cannot build client certificate verifier: {0}")]
+    ClientVerifier(VerifierBuilderError),
+    #[error("TLS configuration: {0}")]
+    Rustls(rustls::Error),
+    #[error("generating self-signed certificate: {0}")]
+    SelfSigned(rcgen::Error),
+}
+
+/// A certificate chain and its private key, both PEM, plus a label (usually
+/// the certificate path) used in error messages.
+#[derive(Clone, Debug)]
+pub struct CertSource {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub label: String,
+}
+
+/// Reads a certificate chain and key from disk and checks that they parse and
+/// belong together, so that problems are reported with both file names.
+pub fn load_cert_source(cert: &Path, key: &Path) -> Result<CertSource, TlsError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.display().to_string(), e));
+    let source = CertSource {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        label: cert.display().to_string(),
+    };
+    certified_key(&source, &key.display().to_string())?;
+    Ok(source)
+}
+
+/// Parses a [`CertSource`] into a signing-ready [`CertifiedKey`], checking
+/// that the private key matches the end-entity certificate.
+fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, TlsError> {
+    let (label, key_label) = (source.label.clone(), key_label.to_owned());
+    let chain = CertificateDer::pem_slice_iter(&source.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(label.clone(), e))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(label));
+    }
+    let key = match PrivateKeyDer::from_pem_slice(&source.key_pem) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => return Err(TlsError::NoPrivateKey(key_label)),
+        Err(e) => return Err(TlsError::Pem(key_label, e)),
+    };
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::BadKey(key_label.clone(), e))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        // `Unknown`: the key type cannot report its public key; nothing to compare.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::KeyMismatch(key_label, label))
+        }
+        Err(e) => Err(TlsError::BadCertificate(label, e)),
+    }
+}
+
+/// Parses a PEM CA bundle into a root store; an empty bundle is an error.
+fn ca_store(pem: &[u8], label: &str) -> Result<RootCertStore, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem(label.to_owned(), e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCaCertificates(label.to_owned()));
+    }
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store
+            .add(cert)
+            .map_err(|e| TlsError::BadCa(label.to_owned(), e))?;
+    }
+    Ok(store)
+}
+
+/// Picks a certificate by SNI: the first whose SANs cover the requested name
+/// (webpki rules, as a client would check), otherwise the first certificate.
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn new(certs: &[CertSource]) -> Result<Self, TlsError> {
+        if certs.is_empty() {
+            return Err(TlsError::NoServerCertificates);
+        }
+        let certs = certs
+            .iter()
+            .map(|s| Ok(Arc::new(certified_key(s, &format!("{} (key)", s.label))?)))
+            .collect::<Result<_, TlsError>>()?;
+        Ok(Self { certs })
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni.and_then(|sni| ServerName::try_from(sni).ok());
+        let matching = name.and_then(|name| {
+            self.certs.iter().find(|key| {
+                key.end_entity_cert()
+                    .and_then(ParsedCertificate::try_from)
+                    .and_then(|cert| verify_server_name(&cert, &name))
+                    .is_ok()
+            })
+        });
+        if let (None, Some(sni)) = (matching, sni) {
+            tracing::debug!(sni, "no certificate matches SNI; using the default");
+        }
+        matching.or(self.certs.first()).map(Arc::clone)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// Server config: TLS 1.2 + 1.3 only, ALPN ["h2","http/1.1"], no 0-RTT
+/// (`max_early_data_size = 0`), default session resumption.
+///
+/// Certificates are chosen by SNI from each certificate's SANs (DNS names,
+/// incl. wildcard `*.example.com` matching exactly one label; case-insensitive);
+/// the FIRST certificate is the default used when the client sends no SNI
+/// (dialling by IP) or an unknown name — never a failed handshake for missing
+/// SNI.
+///
+/// Optional `client_ca_pem` → mTLS: clients must present a certificate chained
+/// to that CA.
+pub fn server_config(
+    certs: &[CertSource],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = SniResolver::new(certs)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(TlsError::Rustls)?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let roots = Arc::new(ca_store(pem, "client_ca")?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(TlsError::ClientVerifier)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+/// Upstream client config, TLS 1.2 + 1.3. Roots: only `ca_pem` if given,
+/// otherwise the system roots (unreadable system certificates are logged and
+/// skipped). ALPN is left empty for hyper-rustls to set.
+pub fn client_config(ca_pem: Option<&[u8]>) -> Result<ClientConfig, TlsError> {
+    let roots = match ca_pem {
+        Some(pem) => ca_store(pem, "upstream CA bundle")?,
+        None => system_roots(),
+    };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(TlsError::Rustls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "error loading system root certificates");
+    }
+    let mut store = RootCertStore::empty();
+    let (added, ignored) = store.add_parsable_certificates(found.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "ignored unparsable system root certificates");
+    }
+    if added == 0 {
+        tracing::warn!("no system root certificates; upstream TLS verification will fail");
+    }
+    store
+}
+
+/// Demo/test helper: a self-signed certificate for `names` (those that parse
+/// as IP addresses become IP SANs, the rest DNS SANs; the first is also the
+/// subject CN). Returns `(cert_pem, key_pem)`.
+pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
+    let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = rcgen::CertificateParams::new(sans).map_err(TlsError::SelfSigned)?;
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, *first);
+    }
+    let key = rcgen::KeyPair::generate().map_err(TlsError::SelfSigned)?;
+    let cert = params.self_signed(&key).map_err(TlsError::SelfSigned)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::WantsClientCert;
+    use rustls::version::{TLS12, TLS13};
+    use rustls::{ConfigBuilder, ProtocolVersion};
+    use tokio::io::DuplexStream;
+    use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+
+    type Der = CertificateDer<'static>;
+    type Outcome = (
+        std::io::Result<client::TlsStream<DuplexStream>>,
+        std::io::Result<server::TlsStream<DuplexStream>>,
+    );
+
+    fn source(names: &[&str]) -> (CertSource, Der) {
+        let (cert, key) = self_signed(names).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let label = format!("{}.pem", names[0]);
+        (
+            CertSource {
+                cert_pem: cert.into(),
+                key_pem: key.into(),
+                label,
+            },
+            der,
+        )
+    }
+
+    fn two_certs() -> (Vec<CertSource>, Der, Der) {
+        let (s1, d1) = source(&["ingest.example.com", "127.0.0.1"]);
+        let (s2, d2) = source(&["*.eu.example.com"]);
+        (vec![s1, s2], d1, d2)
+    }
+
+    /// A client trusting exactly `roots`, limited to `version`.
+    fn client(
+        roots: &[&Der],
+        version: &'static SupportedProtocolVersion,
+    ) -> ConfigBuilder<ClientConfig, WantsClientCert> {
+        let mut store = RootCertStore::empty();
+        for root in roots {
+            store.add((*root).clone()).unwrap();
+        }
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(store)
+    }
+
+    async fn handshake(server: &Arc<ServerConfig>, client: ClientConfig, name: &str) -> Outcome {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let (c, s) = tokio::io::duplex(1 << 16);
+        tokio::join!(
+            TlsConnector::from(Arc::new(client)).connect(name, c),
+            TlsAcceptor::from(Arc::clone(server)).accept(s)
+        )
+    }
+
+    #[tokio::test]
+    async fn sni_selects_certificate_and_falls_back_to_first() {
+        let (sources, d1, d2) = two_certs();
+        let server = server_config(&sources, None).unwrap();
+        let cfg = client(&[&d1, &d2], &TLS13).with_no_client_auth();
+        // "127.0.0.1": rustls sends no SNI for IP addresses; cert 1 has that IP SAN.
+        for (name, want) in [
+            ("ingest.example.com", &d1),
+            ("INGEST.Example.COM", &d1),
+            ("a.eu.example.com", &d2),
+            ("B.EU.example.com", &d2),
+            ("127.0.0.1", &d1),
+        ] {
+            let (c, s) = handshake(&server, cfg.clone(), name).await;
+            let (c, _) = (c.unwrap(), s.unwrap());
+            assert_eq!(
+                &c.get_ref().1.peer_certificates().unwrap()[0],
+                want,
+                "{name}"
+            );
+        }
+        // Names no certificate covers (wildcards match exactly one label) get
+        // the default; a client would reject it, so check the resolver directly.
+        let resolver = SniResolver::new(&sources).unwrap();
+        for sni in [
+            None,
+            Some("other.example.org"),
+            Some("a.b.eu.example.com"),
+            Some("eu.example.com"),
+        ] {
+            assert_eq!(resolver.pick(sni).unwrap().cert[0], d1, "{sni:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tls13_and_tls12_with_alpn() {
+        let (sources, d1, _) = two_certs();
+        let server = server_config(&sources, None).unwrap();
+        assert_eq!(server.max_early_data_size, 0);
+        for (version, want) in [
+            (&TLS13, ProtocolVersion::TLSv1_3),
+            (&TLS12, ProtocolVersion::TLSv1_2),
+        ] {
+            for (offer, selected) in [
+                (&[&b"h2"[..], b"http/1.1"][..], Some(&b"h2"[..])),
+                (&[&b"http/1.1"[..]][..], Some(&b"http/1.1"[..])),
+                (&[][..], None),
+            ] {
+                let mut cfg = client(&[&d1], version).with_no_client_auth();
+                cfg.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
+                let (c, s) = handshake(&server, cfg, "ingest.example.com").await;
+                let (c, s) = (c.unwrap(), s.unwrap());
+                assert_eq!(c.get_ref().1.protocol_version(), Some(want));
+                assert_eq!(s.get_ref().1.protocol_version(), Some(want));
+                assert_eq!(c.get_ref().1.alpn_protocol(), selected);
+                assert_eq!(s.get_ref().1.alpn_protocol(), selected);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn mtls_requires_client_cert_from_ca() {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["uploader".to_owned()]).unwrap();
+        let signed = (
+            params.signed_by(&key, &ca).unwrap().pem(),
+            key.serialize_pem(),
+        );
+        let stray = self_signed(&["uploader"]).unwrap();
+
+        let (s1, d1) = source(&["ingest.example.com"]);
+        let server = server_config(&[s1], Some(ca.pem().as_bytes())).unwrap();
+        let cases = [(None, false), (Some(&stray), false), (Some(&signed), true)];
+        for version in [&TLS13, &TLS12] {
+            for (auth, accept) in &cases {
+                let cfg = match auth {
+                    None => client(&[&d1], version).with_no_client_auth(),
+                    Some((cert, key)) => {
+                        let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+                        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+                        let builder = client(&[&d1], version);
+                        builder.with_client_auth_cert(chain, key).unwrap()
+                    }
+                };
+                let (_, s) = handshake(&server, cfg, "ingest.example.com").await;
+                assert_eq!(s.is_ok(), *accept, "{version:?} {auth:?}: {s:?}");
+            }
+        }
+        let err = server_config(&[source(&["x"]).0], Some(b"")).unwrap_err();
+        assert_eq!(err.to_string(), "client_ca: no CA certificates");
+    }
+
+    #[test]
+    fn errors_name_the_files() {
+        let dir = std::env::temp_dir().join(format!("residency-proxy-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, _) = source(&["ingest.example.com"]);
+        let (b, _) = source(&["other.example.com"]);
+        let (cert, key) = (dir.join("ingest.pem"), dir.join("ingest.key"));
+        std::fs::write(&cert, &a.cert_pem).unwrap();
+        std::fs::write(&key, &b.key_pem).unwrap();
+        let (cd, kd) = (cert.display(), key.display());
+        let err = |c: &Path, k: &Path| load_cert_source(c, k).unwrap_err().to_string();
+
+        assert_eq!(
+            err(&cert, &key),
+            format!("{kd}: private key does not match certificate {cd}")
+        );
+        assert_eq!(err(&key, &key), format!("{kd}: no certificate found"));
+        assert_eq!(err(&cert, &cert), format!("{cd}: no private key found"));
+        let missing = dir.join("missing.pem");
+        assert!(err(&missing, &key).starts_with(&format!("{}: cannot read: ", missing.display())));
+        std::fs::write(&key, &a.key_pem).unwrap();
+        assert_eq!(load_cert_source(&cert, &key).unwrap().label, cd.to_string());
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let mixed = CertSource {
+            key_pem: b.key_pem,
+            ..a
+        };
+        assert_eq!(
+            server_config(&[mixed], None).unwrap_err().to_string(),
+            "ingest.example.com.pem (key): private key does not match certificate ingest.example.com.pem"
+        );
+        assert!(matches!(
+            server_config(&[], None),
+            Err(TlsError::NoServerCertificates)
+        ));
+    }
+
+    #[tokio::test]
+    async fn client_config_trusts_only_the_given_ca() {
+        let (s1, _) = source(&["ingest.example.com"]);
+        let (s2, _) = source(&["ingest.example.com"]);
+        let server = server_config(std::slice::from_ref(&s1), None).unwrap();
+        let right = client_config(Some(&s1.cert_pem)).unwrap();
+        assert!(right.alpn_protocols.is_empty());
+        let (c, s) = handshake(&server, right, "ingest.example.com").await;
+        assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
+        let wrong = client_config(Some(&s2.cert_pem)).unwrap();
+        let (c, _) = handshake(&server, wrong, "ingest.example.com").await;
+        assert!(c.is_err(), "trusted a certificate outside the CA bundle");
+
+        let err = client_config(Some(b"not pem")).unwrap_err().to_string();
+        assert_eq!(err, "upstream CA bundle: no CA certificates");
+        client_config(None).unwrap();
+    }
+}

@@ -1,0 +1,123 @@
+//! `residency-proxy loadtest`: an open-loop failover drill.
+//!
+//! A run sends HTTPS uploads at a fixed arrival rate (open loop, latency from
+//! each upload's scheduled time, so free of coordinated omission) from a mix
+//! of origin jurisdictions, conveyed by `X-Forwarded-For` or PROXY v2, while
+//! a chaos schedule breaks and repairs data centres through the sink and
+//! proxy admin APIs. At the end it reconciles with the sinks' records and
+//! reports residency violations (uploads stored outside their origin's
+//! permitted data centres) and acknowledged-but-missing uploads — both must
+//! be 0 — plus failures by reason, time to failover and latency per phase
+//! and per jurisdiction.
+//!
+//! Pieces, in the order a run uses them: [`args`] and [`spec`] (the command
+//! line), [`plan`] (what to do, also buildable in code), [`schedule`] (the
+//! arrival times), [`client`] and [`upload`] (the HTTPS requests),
+//! [`generator`] (spawning, counting, draining), [`chaos`] (admin calls),
+//! [`reconcile`], [`failover`] and [`report`] (with `render`).
+//!
+//! Safety: targets and admin URLs must be on loopback unless
+//! `--allow-remote`; every run ends within its duration plus the drain
+//! timeout (plus bounded admin calls).
+
+pub mod args;
+pub mod chaos;
+pub mod client;
+pub mod failover;
+pub mod generator;
+pub mod plan;
+pub mod reconcile;
+mod render;
+pub mod report;
+pub mod schedule;
+pub mod spec;
+pub mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+
+pub use args::{LoadtestArgs, LoadtestOptions};
+pub use plan::{Plan, Trust};
+pub use report::Report;
+pub use spec::{ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec};
+
+use chaos::{Admin, Applied};
+use upload::RunId;
+
+/// Head start between setting up and the first scheduled upload.
+const LEAD: Duration = Duration::from_millis(20);
+
+/// Runs a load test, prints its report (and writes `--json`); fails if any
+/// upload was stored outside its permitted data centres, an acknowledged
+/// upload is missing, or the sinks could not be reconciled.
+/// `policy` is the residency policy of the configuration `--config` names.
+pub async fn run(args: LoadtestArgs, policy: residency_core::policy::Policy) -> anyhow::Result<()> {
+    let plan = Plan::from_args(&args, policy)?;
+    let report = execute(plan, !args.options.no_progress).await?;
+    print!("{}", report.render_text());
+    if let Some(path) = &args.options.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("load test failed: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// Runs `plan` and returns its report (a failed check is in the report, not
+/// an error). With `progress`, prints one line a second to stderr.
+pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
+    plan.validate()?;
+    let clients = client::Clients::build(&plan)?;
+    let plan = Arc::new(plan);
+    let run = RunId::new();
+    let admin = Admin::new();
+    let t0 = Instant::now() + LEAD;
+
+    let chaos_task = tokio::spawn(chaos::run_schedule(
+        plan.chaos.clone(),
+        admin.clone(),
+        plan.sink_admin.clone(),
+        plan.proxy_admin.clone(),
+        t0,
+    ));
+    let generated = generator::run(Arc::clone(&plan), clients, run.clone(), t0, progress).await;
+    let applied = chaos_task.await.context("chaos schedule task")?;
+
+    let mut restored = Vec::new();
+    if plan.restore_after {
+        for action in chaos::restoring(&plan.chaos) {
+            let result =
+                chaos::apply(&admin, &action, &plan.sink_admin, plan.proxy_admin.as_ref()).await;
+            restored.push(restored_entry(&action, t0, result));
+        }
+    }
+
+    let reconciled = reconcile::fetch_records(&admin, &plan.sink_admin)
+        .await
+        .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
+    Ok(report::build(
+        &plan, &run, &generated, applied, restored, reconciled,
+    ))
+}
+
+fn restored_entry(action: &ChaosAction, t0: Instant, result: Result<String, String>) -> Applied {
+    let at = t0.elapsed();
+    let (ok, via, detail) = match result {
+        Ok(via) => (true, Some(via), None),
+        Err(e) => (false, None, Some(e)),
+    };
+    Applied {
+        event: format!("{action} (restore)"),
+        at_s: at.as_secs_f64(),
+        applied_at_s: ok.then_some(at.as_secs_f64()),
+        ok,
+        via,
+        detail,
+    }
+}

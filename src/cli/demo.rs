@@ -1,0 +1,182 @@
+//! `residency-proxy demo`: the whole product on one machine, in one process.
+//!
+//! Writes a self-signed certificate, a small GeoIP database built from the
+//! CSV below, and a config file into a temporary directory; starts the
+//! reference sink ([`residency_tools::sink`]) with three data centres (zurich = ch,
+//! frankfurt = eu, virginia = us), which logs every upload it stores; then
+//! runs the real `serve` path — with the transparency log and signed
+//! receipts (a fresh key each run) — and prints curl commands. The demo trusts `X-Forwarded-For` from loopback so
+//! curl can play clients from anywhere.
+//!
+//! The GeoIP fixture uses documentation ranges (RFC 5737 / RFC 3849), not
+//! real allocations.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+
+/// The demo's GeoIP data: `network,country`.
+pub const DEMO_GEOIP_CSV: &str = "network,country
+# RFC 5737 / RFC 3849 documentation ranges, assigned for the demo only
+192.0.2.0/25,CH
+192.0.2.128/25,LI
+198.51.100.0/25,DE
+198.51.100.128/25,FR
+203.0.113.0/25,US
+203.0.113.128/25,JP
+2001:db8:c0::/48,CH
+2001:db8:de::/48,DE
+2001:db8:05::/48,US
+";
+
+/// The three data centres of the demo: name, jurisdiction.
+const SINKS: [(&str, &str); 3] = [("zurich", "ch"), ("frankfurt", "eu"), ("virginia", "us")];
+
+/// The demo log's name (`transparency.origin`).
+const LOG_ORIGIN: &str = "demo.residency-proxy.local/log";
+
+pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("residency-proxy-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let specs: Vec<(String, SocketAddr)> =
+        SINKS.iter().map(|(n, _)| (n.to_string(), any)).collect();
+    // Kept alive until the proxy stops: dropping the sink stops it.
+    let sink = residency_tools::sink::Sink::start(&specs, any).await?;
+    let mut datacenters = Vec::new();
+    for (name, jurisdiction) in SINKS {
+        datacenters.push(SiteDatacenter {
+            name,
+            jurisdiction,
+            priority: 1,
+            addr: sink.datacenter_addr(name).context("sink data centre")?,
+        });
+    }
+    // The transparency log: a fresh signing key, receipts signed.
+    let pkcs8 = residency_log::note::Signer::generate_pkcs8()?;
+    let signer = residency_log::note::Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)?;
+    std::fs::write(dir.join("demo-log.key"), &pkcs8)?;
+    std::fs::write(
+        dir.join("demo-log.pub"),
+        format!("{}\n", signer.verifier_key()),
+    )?;
+    let transparency = format!(
+        "\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"demo-log.key\"\n\
+         address = \"127.0.0.1:{log_port}\"\nreceipts = \"signed\"\n"
+    );
+    let site = Site {
+        generator: "demo",
+        port,
+        admin_port,
+        listener:
+            "trusted_proxies = [\"127.0.0.0/8\", \"::1\"]   # the demo lets curl name the client",
+        datacenters: &datacenters,
+        extra: &transparency,
+    };
+    let config_path = write_files(&dir, &site)?;
+    let config = Config::load(&config_path)?;
+    print_banner(&dir, port, admin_port, log_port, sink.admin_addr());
+    let served = crate::cli::serve(config, crate::cli::shutdown_signal()).await;
+    sink.stop().await;
+    served
+}
+
+/// A data centre of a generated site.
+#[derive(Debug, Clone)]
+pub struct SiteDatacenter {
+    pub name: &'static str,
+    pub jurisdiction: &'static str,
+    pub priority: u32,
+    pub addr: SocketAddr,
+}
+
+/// A complete local setup: one TLS listener on 127.0.0.1, the admin
+/// listener, the bundled GeoIP database, the ch / eu / us policy and the
+/// given data centres. Used by `demo` and `drill`.
+#[derive(Debug)]
+pub struct Site<'a> {
+    /// Names the generated files and the config's header comment.
+    pub generator: &'static str,
+    pub port: u16,
+    pub admin_port: u16,
+    /// Extra lines inside `[[listeners]]` (trusted proxies, PROXY protocol).
+    pub listener: &'a str,
+    pub datacenters: &'a [SiteDatacenter],
+    /// Appended to the config (timeouts, health, …).
+    pub extra: &'a str,
+}
+
+/// Writes certificate, GeoIP database and config into `dir`; returns the
+/// config path.
+pub fn write_files(dir: &Path, site: &Site<'_>) -> anyhow::Result<PathBuf> {
+    let g = site.generator;
+    let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
+    std::fs::write(dir.join(format!("{g}.pem")), cert)?;
+    std::fs::write(dir.join(format!("{g}.key")), key)?;
+    let rows = residency_tools::geoip::parse_csv(DEMO_GEOIP_CSV)?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    std::fs::write(
+        dir.join(format!("{g}.mmdb")),
+        residency_tools::geoip::build_country_db(&rows, epoch)?,
+    )?;
+    let (port, admin_port, listener) = (site.port, site.admin_port, site.listener);
+    let mut toml = format!(
+        r#"# Generated by `residency-proxy {g}`.
+[[listeners]]
+address = "127.0.0.1:{port}"
+{listener}
+[listeners.tls]
+certificates = [{{ cert = "{g}.pem", key = "{g}.key" }}]
+
+[admin]
+address = "127.0.0.1:{admin_port}"
+
+[geoip]
+database = "{g}.mmdb"
+
+[jurisdictions.ch]
+countries = ["CH", "LI"]
+[jurisdictions.eu]
+countries = ["AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK"]
+[jurisdictions.us]
+countries = ["US"]
+
+[unknown_origin]
+action = "reject"
+"#
+    );
+    for dc in site.datacenters {
+        toml.push_str(&format!(
+            "\n[datacenters.{}]\njurisdiction = \"{}\"\npriority = {}\nupstreams = [\"http://{}\"]\n",
+            dc.name, dc.jurisdiction, dc.priority, dc.addr
+        ));
+    }
+    toml.push_str(site.extra);
+    let path = dir.join(format!("{g}.toml"));
+    std::fs::write(&path, toml)?;
+    Ok(path)
+}
+
+fn print_banner(dir: &Path, port: u16, admin_port: u16, log_port: u16, sink_admin: SocketAddr) {
+    let dir = dir.display();
+    let url = format!("https://127.0.0.1:{port}/v1/telemetry");
+    let curl = |ip: &str, what: &str| {
+        format!(
+            "  # {what}\n  curl -sk {url} -H 'X-Forwarded-For: {ip}' --data-binary 'cpu=0.93' -i\n"
+        )
+    };
+    println!(
+        "\nresidency-proxy demo: files in {dir}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  residency-proxy verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\nCtrl-C stops the demo.\n",
+        curl("192.0.2.10", "Switzerland → stored in zurich (ch)"),
+        curl("198.51.100.20", "Germany → stored in frankfurt (eu)"),
+        curl("203.0.113.30", "United States → stored in virginia (us)"),
+        curl("203.0.113.200", "Japan: in no jurisdiction → 451 origin_not_permitted"),
+        curl("100.64.0.1", "not in the GeoIP database → 451 origin_unknown"),
+    );
+}

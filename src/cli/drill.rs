@@ -1,0 +1,233 @@
+//! `residency-proxy drill`: a ready-made regional-failover drill in one
+//! command.
+//!
+//! Starts, in one process, a sink with four data centres (zurich = ch
+//! priority 1, geneva = ch priority 2, frankfurt = eu, virginia = us), the
+//! proxy in front of them (fast health checks, PROXY v2 or X-Forwarded-For
+//! from the load generator), and the load generator with an origin mix of
+//! ch=40, eu=40, us=20 and a chaos schedule that kills, blackholes and drains
+//! the preferred CH data centre. Then it prints the load generator's report:
+//! residency violations and acknowledged-but-missing uploads must be 0.
+//!
+//! The files it generates (certificate, GeoIP database, `drill.toml`) stay in
+//! `--dir` so the same setup can be rerun as separate processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::cli::demo::{write_files, Site, SiteDatacenter};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::{Shared, State};
+use residency_core::report::parse_duration;
+use residency_tools::loadtest::{self, Convey, Plan, Report};
+use residency_tools::sink::Sink;
+
+/// Command-line arguments of `residency-proxy drill`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrillArgs {
+    /// How long uploads are generated.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    pub duration: Duration,
+    /// Uploads per second (open loop).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Body size of each upload in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub body_size: usize,
+    /// How the load generator names the client: `proxy-v2` or `xff`.
+    #[arg(long, default_value = "proxy-v2")]
+    pub convey: Convey,
+    /// Send each upload's id as `Idempotency-Key` (enables replay retries).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub idempotency_key: bool,
+    /// Override the chaos schedule (`TIME:ACTION`, as for `loadtest`); the
+    /// default kills, blackholes and drains zurich at fixed fractions of the run.
+    #[arg(long)]
+    pub chaos: Vec<String>,
+    /// Directory for the generated files (default: a new temporary one).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress line every second.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}` is not a duration such as \"20s\""))
+}
+
+impl Default for DrillArgs {
+    fn default() -> Self {
+        DrillArgs {
+            duration: Duration::from_secs(60),
+            rate: 200.0,
+            body_size: 1024,
+            convey: Convey::ProxyV2,
+            idempotency_key: true,
+            chaos: Vec::new(),
+            dir: None,
+            json: None,
+            no_progress: false,
+        }
+    }
+}
+
+/// The default schedule, as fractions of the run: kill zurich (connections
+/// refused), restore it, blackhole it (accepts, never answers), restore,
+/// drain it through the proxy's admin API, undrain.
+const SCHEDULE: [(f64, &str); 6] = [
+    (0.20, "zurich=refuse"),
+    (0.35, "zurich=normal"),
+    (0.50, "zurich=hang"),
+    (0.65, "zurich=normal"),
+    (0.75, "drain=zurich"),
+    (0.90, "undrain=zurich"),
+];
+
+/// Health and timeouts that make failover quick and visible in a drill.
+const DRILL_TUNING: &str = r#"
+[health]
+path = "/healthz"
+interval = "250ms"
+timeout = "200ms"
+unhealthy_threshold = 2
+healthy_threshold = 2
+passive_failures = 3
+down_for = "2s"
+
+[timeouts]
+upstream_connect = "500ms"
+upstream_response = "3s"
+"#;
+
+/// Runs the drill, prints the report, fails if the report does.
+pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
+    let json = args.json.clone();
+    let report = drill(args).await?;
+    println!("{}", report.render_text());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !report.passed() {
+        anyhow::bail!("drill failed: {}", report.problems().join("; "));
+    }
+    Ok(())
+}
+
+/// Sets up sink and proxy, runs the load, tears everything down.
+pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("residency-proxy-drill-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let names = ["zurich", "geneva", "frankfurt", "virginia"];
+    let specs: Vec<(String, SocketAddr)> = names.iter().map(|n| (n.to_string(), any)).collect();
+    let sink = Sink::start(&specs, any).await?;
+    let dcs: Vec<SiteDatacenter> = [
+        ("zurich", "ch", 1),
+        ("geneva", "ch", 2),
+        ("frankfurt", "eu", 1),
+        ("virginia", "us", 1),
+    ]
+    .into_iter()
+    .map(|(name, jurisdiction, priority)| {
+        let addr = sink.datacenter_addr(name).context("sink data centre")?;
+        Ok(SiteDatacenter {
+            name,
+            jurisdiction,
+            priority,
+            addr,
+        })
+    })
+    .collect::<anyhow::Result<_>>()?;
+    let listener = match args.convey {
+        Convey::ProxyV2 => "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1\"]",
+        Convey::Xff => "trusted_proxies = [\"127.0.0.1\"]",
+    };
+    let site = Site {
+        generator: "drill",
+        port: 0,
+        admin_port: 0,
+        listener,
+        datacenters: &dcs,
+        extra: DRILL_TUNING,
+    };
+    let config_path = write_files(&dir, &site)?;
+    let config = Config::load(&config_path)?;
+    let policy = config.policy.clone();
+    let cert = std::fs::read(dir.join("drill.pem"))?;
+
+    let shared = Shared::new(State::build(config)?, Metrics::new()?)?;
+    let bound = crate::server::bind(shared).await?;
+    let proxy = *bound.addresses().first().context("proxy listener")?;
+    let admin = bound.admin_address().context("admin listener")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.run(async move {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%proxy, %admin, sink = %sink.admin_addr(), dir = %dir.display(), "drill: proxy and sinks up");
+
+    let mut plan = Plan::new(format!("https://{proxy}/v1/telemetry").parse()?, policy);
+    plan.rate = args.rate;
+    plan.duration = args.duration;
+    plan.body_size = args.body_size;
+    plan.idempotency_key = args.idempotency_key;
+    plan.trust = loadtest::Trust::CaPem(cert);
+    plan.convey = args.convey;
+    plan.mix = "ch=40,eu=40,us=20"
+        .parse::<loadtest::Mix>()
+        .map_err(anyhow::Error::msg)?
+        .0;
+    plan.origins = [
+        ("ch", vec!["192.0.2.10", "192.0.2.11", "192.0.2.130"]),
+        ("eu", vec!["198.51.100.20", "198.51.100.140"]),
+        ("us", vec!["203.0.113.30"]),
+    ]
+    .into_iter()
+    .map(|(j, ips)| {
+        Ok((
+            j.to_string(),
+            ips.into_iter()
+                .map(str::parse)
+                .collect::<Result<Vec<_>, _>>()?,
+        ))
+    })
+    .collect::<anyhow::Result<_>>()?;
+    plan.sink_admin = vec![format!("http://{}", sink.admin_addr()).parse()?];
+    plan.proxy_admin = Some(format!("http://{admin}").parse()?);
+    let chaos: Vec<String> = if args.chaos.is_empty() {
+        let secs = args.duration.as_secs_f64();
+        SCHEDULE
+            .iter()
+            .map(|(at, action)| format!("{}ms:{action}", (secs * at * 1000.0).round()))
+            .collect()
+    } else {
+        args.chaos.clone()
+    };
+    plan.chaos = chaos
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|e: String| anyhow::anyhow!("--chaos {c}: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let report = loadtest::execute(plan, !args.no_progress).await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    sink.stop().await;
+    report
+}

@@ -1,0 +1,518 @@
+//! The command line: `demo`, `serve`, `check-config`, `decide`, `geoip
+//! build`, `sink`, `loadtest`, `drill`, `keygen`, `verify`.
+//!
+//! Each command maps its outcome to an exit code: 0 success, 1 a runtime
+//! failure, 2 an invalid configuration or input.
+
+pub mod demo;
+pub mod drill;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::state::{Shared, State};
+use residency_core::decision::decide;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "residency-proxy",
+    version,
+    about = "TLS reverse proxy that stores each upload only in a jurisdiction its origin permits"
+)]
+pub struct Cli {
+    /// Log format; defaults to the config's `[log] format`, else text.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// Log filter (tracing-subscriber EnvFilter syntax; default `info`, for
+    /// `drill` and `loadtest` `warn`); `RUST_LOG` also works.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a complete local setup in one process: self-signed TLS, a bundled
+    /// GeoIP database, three data-centre sinks (zurich=ch, frankfurt=eu,
+    /// virginia=us); prints curl commands to try.
+    Demo {
+        /// Port of the TLS ingest listener (127.0.0.1).
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Port of the admin listener (127.0.0.1).
+        #[arg(long, default_value_t = 9900)]
+        admin_port: u16,
+        /// Port of the transparency log listener (127.0.0.1).
+        #[arg(long, default_value_t = 9443)]
+        log_port: u16,
+    },
+    /// Run the proxy.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration (including certificates and the GeoIP
+    /// database) and print the routing table; exits 2 listing every error.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Offline what-if: country, jurisdiction, permitted data centres and the
+    /// decision for each address (all upstreams assumed up).
+    Decide {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ips: Vec<IpAddr>,
+    },
+    /// A reference ingestion server for drills and local development: serves
+    /// several named data centres on several ports, records every upload and
+    /// can be told to fail.
+    Sink(residency_tools::sink::SinkArgs),
+    /// Open-loop HTTPS load with an origin mix and a chaos schedule; reconciles
+    /// with the sinks and reports residency violations and lost uploads.
+    Loadtest(residency_tools::loadtest::LoadtestArgs),
+    /// A ready-made regional-failover drill in one process: sinks, the proxy
+    /// and the load generator with a chaos schedule; prints the report.
+    Drill(Box<crate::cli::drill::DrillArgs>),
+    /// GeoIP database tools.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
+    /// Create the transparency log's Ed25519 signing key: writes OUT.key
+    /// (PKCS#8, mode 0600; `transparency.signing_key`) and OUT.pub (the
+    /// verifier key customers use with `verify --key`).
+    Keygen {
+        /// The log's name; must equal `transparency.origin`.
+        #[arg(long)]
+        name: String,
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a receipt (its signature), its inclusion in the log against a
+    /// signed checkpoint, and the log's consistency with a checkpoint seen
+    /// before. Prints VALID or INVALID and why; exits 0 or 1.
+    Verify(residency_tools::verify::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GeoipCommand {
+    /// Build a Country-type MaxMind DB from `network,country` CSV rows
+    /// (IPv4 and IPv6; an optional header row; `#` comments).
+    Build {
+        #[arg(long)]
+        csv: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Build time stored in the metadata (Unix seconds); default now.
+        #[arg(long)]
+        build_epoch: Option<u64>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let quiet = matches!(cli.command, Command::Drill(_) | Command::Loadtest(_));
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
+    let format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Demo {
+            port,
+            admin_port,
+            log_port,
+        } => {
+            init_tracing(format.unwrap_or_default(), &level);
+            block_on(crate::cli::demo::run(port, admin_port, log_port))
+        }
+        Command::Serve { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(report) => return config_error(report),
+            };
+            init_tracing(format.unwrap_or(config.log_format), &level);
+            let workers = config.worker_threads;
+            block_on_with(workers, serve_watching(config, path, shutdown_signal()))
+        }
+        Command::Sink(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            block_on(residency_tools::sink::run(args, shutdown_signal()))
+        }
+        Command::Loadtest(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            let policy = match Config::load(&args.options.config) {
+                Ok(c) => c.policy,
+                Err(report) => return config_error(report),
+            };
+            block_on(residency_tools::loadtest::run(args, policy))
+        }
+        Command::Drill(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            block_on(crate::cli::drill::run(*args))
+        }
+        Command::CheckConfig { config } => check_config(config),
+        Command::Keygen { name, out } => keygen(&name, &out),
+        Command::Verify(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            let report = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(residency_tools::verify::verify(&args)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            print!("{report}");
+            if report.valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Decide { config, ips } => decide_offline(config, &ips),
+        Command::Geoip {
+            command:
+                GeoipCommand::Build {
+                    csv,
+                    out,
+                    build_epoch,
+                },
+        } => {
+            let epoch = build_epoch.unwrap_or_else(now_epoch);
+            match residency_tools::geoip::build_file(&csv, &out, epoch) {
+                Ok(s) => {
+                    println!(
+                        "wrote {}: {} networks, {} countries, {} bytes, build_epoch {epoch}",
+                        out.display(),
+                        s.networks,
+                        s.countries,
+                        s.bytes
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", csv.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// Builds the state, binds every listener and serves until `shutdown`.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve_inner(config, None, shutdown).await
+}
+
+/// As [`serve`], reloading from `path` on SIGHUP and when watched files change.
+pub async fn serve_watching(
+    config: Config,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve_inner(config, Some(path), shutdown).await
+}
+
+async fn serve_inner(
+    config: Config,
+    path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = State::build(config)?;
+    let shared = Shared::new(state, Metrics::new()?)?;
+    let mut bound = crate::server::bind(shared).await?;
+    if let Some(path) = path {
+        bound = bound.watch(path);
+    }
+    for addr in bound.addresses() {
+        tracing::info!(%addr, "ingest listener ready (TLS)");
+    }
+    if let Some(addr) = bound.admin_address() {
+        tracing::info!(%addr, "admin listener ready: /metrics /healthz /readyz /decide?ip=");
+    }
+    if let Some(addr) = bound.transparency_address() {
+        tracing::info!(%addr, "transparency log listener ready: /checkpoint /key /proof/inclusion /proof/consistency /records/{{id}}");
+    }
+    bound.run(shutdown).await;
+    Ok(())
+}
+
+/// With a file-size limit (`ulimit -f`), a write past it raises SIGXFSZ,
+/// which by default kills the process mid-request. Handling it turns the
+/// write into an `EFBIG` error, which the transparency log reports and
+/// answers by its `on_write_error` policy.
+fn ignore_file_size_signal() {
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm"
+        )
+    ))]
+    {
+        const SIGXFSZ: i32 = 25;
+        // Registration outlives the returned stream.
+        if let Err(e) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        {
+            tracing::warn!(error = %e, "cannot handle SIGXFSZ");
+        }
+    }
+}
+
+fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
+    use residency_log::note::Signer;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !residency_log::settings::valid_origin(name) {
+        eprintln!("error: --name `{name}` must be non-empty, without spaces or '+'");
+        return ExitCode::from(2);
+    }
+    let written = (|| -> anyhow::Result<(PathBuf, PathBuf, String)> {
+        let pkcs8 = Signer::generate_pkcs8()?;
+        let signer = Signer::from_pkcs8(name, &pkcs8)?;
+        let key = out.with_extension("key");
+        let public = out.with_extension("pub");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .and_then(|mut f| f.write_all(&pkcs8))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+        let vkey = signer.verifier_key();
+        std::fs::write(&public, format!("{vkey}\n"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
+        Ok((key, public, vkey))
+    })();
+    match written {
+        Ok((key, public, vkey)) => {
+            println!("wrote {} (secret: transparency.signing_key)", key.display());
+            println!("wrote {} (public: give it to customers)", public.display());
+            println!("{vkey}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(report) => return config_error(report),
+    };
+    let table = config.policy.routing_table();
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "listener {} (proxy_protocol {}, {} certificate(s), mTLS {})",
+                l.address,
+                if l.proxy_protocol { "required" } else { "off" },
+                l.certificates.len(),
+                if l.client_ca.is_some() { "on" } else { "off" }
+            )
+        })
+        .collect();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return runtime_error(e.into()),
+    };
+    // Certificates, keys and the GeoIP database are loaded exactly as `serve` would.
+    let built = rt.block_on(async { State::build(config) });
+    match built {
+        Ok(state) => {
+            for l in listeners {
+                println!("{l}");
+            }
+            println!("admin {}", state.config.admin.address);
+            println!(
+                "geoip {} ({}, built {})",
+                state.config.geoip.database.display(),
+                state.geo.database_type(),
+                state.geo.build_epoch()
+            );
+            if let Some(t) = &state.config.transparency {
+                println!(
+                    "transparency log {} in {} (receipts {:?}, endpoints {})",
+                    t.origin,
+                    t.directory.display(),
+                    t.receipts,
+                    t.address
+                        .map_or_else(|| "off".to_string(), |a| a.to_string())
+                );
+            }
+            print!("{table}");
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(mut report) => {
+            report.file = path.display().to_string();
+            config_error(report)
+        }
+    }
+}
+
+fn decide_offline(path: PathBuf, ips: &[IpAddr]) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(report) => return config_error(report),
+    };
+    let geo = match crate::state::open_geo(&config.geoip) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for ip in ips {
+        let d = decide(
+            &geo,
+            &config.policy,
+            *ip,
+            0,
+            |_| true,
+            |_| Default::default(),
+        );
+        let explained = crate::explain::explain(&d, &config.policy, |_| true);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explained).unwrap_or_default()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn config_error(report: residency_core::report::ConfigReport) -> ExitCode {
+    eprintln!("error: {report}");
+    ExitCode::from(2)
+}
+
+fn runtime_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(1)
+}
+
+fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    block_on_with(None, fut)
+}
+
+/// Runs `fut` on a runtime with `workers` threads (default: one per core);
+/// with one, everything runs on the calling thread.
+fn block_on_with(
+    workers: Option<usize>,
+    fut: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    // One worker: tokio's single-threaded scheduler on this thread. The
+    // multi-threaded one would still split the work between this thread
+    // (the accept loops) and its worker, and pay cross-thread wake-ups.
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|&n| n > 1) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return runtime_error(e.into()),
+    };
+    rt.block_on(async { ignore_file_size_signal() });
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast::<residency_core::report::ConfigReport>() {
+            Ok(report) => config_error(report),
+            Err(e) => runtime_error(e),
+        },
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr on a full disk, a closed
+    // pipe) is dropped: the default reports it with `eprintln!`, which
+    // panics on the same broken stderr — inside a request.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn now_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

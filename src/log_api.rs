@@ -1,0 +1,146 @@
+//! The customer-facing log endpoints (`transparency.address`).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /checkpoint` | the latest signed checkpoint (C2SP tlog-checkpoint, text) |
+//! | `GET /key` | the verifier key, `name+keyid+base64` |
+//! | `GET /proof/inclusion?index=N[&size=M]` | audit path for leaf N in the tree of M leaves (default: the latest checkpoint's size) |
+//! | `GET /proof/consistency?from=A[&to=B]` | consistency proof from size A to B (default: the latest checkpoint's size) |
+//! | `GET /records/{request_id}` | the record for a request id and its leaf index |
+//! | `GET /entries/{index}` | the record at a leaf index |
+//!
+//! Hashes are lowercase hex; records are given as the exact logged text.
+//! Only sizes up to the latest checkpoint are served: a proof is useful
+//! only against a signed tree head.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
+use residency_log::merkle::Hash;
+use residency_log::storage::Log;
+use serde::Serialize;
+
+/// Answers one request (bodies are never read).
+pub fn route<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+    }
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let latest = log.latest();
+    match path {
+        "/checkpoint" => text(latest.note.clone()),
+        "/key" => text(format!("{}\n", log.signer().verifier_key())),
+        "/proof/inclusion" => {
+            let (Some(index), size) = (param(query, "index"), param(query, "size")) else {
+                return error(StatusCode::BAD_REQUEST, "index=N is required");
+            };
+            let size = size.unwrap_or(latest.size);
+            if size > latest.size {
+                return error(StatusCode::NOT_FOUND, &not_signed(size, latest.size));
+            }
+            match log.inclusion_proof(index, size) {
+                Some((leaf, path)) => json(&InclusionProof {
+                    index,
+                    size,
+                    leaf_hash: residency_core::hex::encode(&leaf),
+                    hashes: hexes(&path),
+                }),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("index {index} is not in the tree of size {size}"),
+                ),
+            }
+        }
+        "/proof/consistency" => {
+            let Some(from) = param(query, "from") else {
+                return error(StatusCode::BAD_REQUEST, "from=A is required");
+            };
+            let to = param(query, "to").unwrap_or(latest.size);
+            if to > latest.size {
+                return error(StatusCode::NOT_FOUND, &not_signed(to, latest.size));
+            }
+            match log.consistency_proof(from, to) {
+                Some(path) => json(&ConsistencyProof {
+                    from,
+                    to,
+                    hashes: hexes(&path),
+                }),
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("need 0 < from <= to; got from={from} to={to}"),
+                ),
+            }
+        }
+        _ => {
+            let index = if let Some(id) = path.strip_prefix("/records/") {
+                log.index_of(id)
+            } else if let Some(i) = path.strip_prefix("/entries/") {
+                i.parse::<u64>().ok()
+            } else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "try /checkpoint /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
+                );
+            };
+            match index.and_then(|i| Some((i, log.record(i)?))) {
+                Some((index, bytes)) => json(&Entry {
+                    index,
+                    record: String::from_utf8_lossy(&bytes).into_owned(),
+                }),
+                None => error(StatusCode::NOT_FOUND, "no such record"),
+            }
+        }
+    }
+}
+
+fn not_signed(size: u64, latest: u64) -> String {
+    format!("no signed checkpoint covers size {size} yet (latest: {latest}); retry after the next checkpoint")
+}
+
+fn hexes(path: &[Hash]) -> Vec<String> {
+    path.iter()
+        .map(|h| residency_core::hex::encode(h))
+        .collect()
+}
+
+/// `name=value` from a query string, as an integer.
+fn param(query: &str, name: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn text(body: String) -> Response<Full<Bytes>> {
+    respond(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        body.into_bytes(),
+    )
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", body)
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    respond(status, "application/json", body.into_bytes())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}
