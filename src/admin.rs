@@ -6,87 +6,40 @@
 //! `/decide` runs the exact decision code the proxy runs, against the current
 //! snapshot and live health, and explains it as JSON.
 
-use std::convert::Infallible;
 use std::net::IpAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::stopped;
-use crate::state::Shared;
+use crate::state::Instance;
 use residency_core::decision::decide;
 use residency_core::policy::DatacenterId;
 
 /// Serves the admin listener until `stop` turns true.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    serve_plain(listener, stop, move |req| route(&shared, req)).await;
-}
-
-/// Serves plain HTTP/1.1 on `listener` with a synchronous `answer` until
-/// `stop` turns true (the admin and the transparency listeners).
-pub async fn serve_plain<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, answer: F)
-where
-    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
-{
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        };
-        let answer = answer.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = answer(&req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let mut conn = pin!(http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
+pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::plain_http::serve(listener, stop, move |req| answer(&instance, req)).await;
 }
 
 /// Answers one admin request (request bodies are never read).
-pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/datacenters/") {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
         }
-        return drain_route(shared, rest);
+        return drain(instance, rest);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match path {
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            let mut resp = Response::new(Full::new(Bytes::from(instance.metrics.render())));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -94,8 +47,8 @@ pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readyz(shared),
-        "/decide" => decide_route(shared, req.uri().query().unwrap_or("")),
+        "/readyz" => readyz(instance),
+        "/decide" => explain_decision(instance, req.uri().query().unwrap_or("")),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics /healthz /readyz /decide?ip=\n",
@@ -104,10 +57,10 @@ pub fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 }
 
 /// `ready` or `not ready`, then one line per data centre: up, down, drained.
-fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
-    let state = shared.state();
+fn readyz(instance: &Instance) -> Response<Full<Bytes>> {
+    let state = instance.snapshot();
     let policy = &state.config.policy;
-    let ready = shared.is_ready();
+    let ready = instance.is_ready();
     let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
     for (i, dc) in policy.datacenters.iter().enumerate() {
         let healthy = dc.upstreams.iter().any(|u| state.health.is_healthy(*u));
@@ -134,7 +87,7 @@ fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
 }
 
 /// `POST /datacenters/{name}/drain` and `/undrain`.
-fn drain_route(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
+fn drain(instance: &Instance, rest: &str) -> Response<Full<Bytes>> {
     let (name, drained) = match rest.rsplit_once('/') {
         Some((name, "drain")) => (name, true),
         Some((name, "undrain")) => (name, false),
@@ -145,7 +98,7 @@ fn drain_route(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
             )
         }
     };
-    let state = shared.state();
+    let state = instance.snapshot();
     let Some(i) = state
         .config
         .policy
@@ -159,7 +112,7 @@ fn drain_route(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
         );
     };
     state.health.set_drained(DatacenterId(i), drained);
-    shared.refresh_gauges();
+    instance.refresh_gauges();
     tracing::info!(
         datacenter = name,
         drained,
@@ -172,7 +125,7 @@ fn drain_route(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
     )
 }
 
-fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
+fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
     let ip = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("ip="))
@@ -184,7 +137,7 @@ fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
             &serde_json::json!({"error": "want ?ip=<IPv4 or IPv6 address>"}),
         );
     };
-    let state = shared.state();
+    let state = instance.snapshot();
     let policy = &state.config.policy;
     let health = &state.health;
     let decision = decide(
@@ -193,7 +146,7 @@ fn decide_route(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
         ip,
         state.next_turn(),
         |u| health.is_up(u),
-        |j| health.retry_after(crate::proxy::permitted_upstreams(&state, j)),
+        |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
     );
     json(
         StatusCode::OK,

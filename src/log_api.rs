@@ -22,7 +22,7 @@ use residency_log::storage::Log;
 use serde::Serialize;
 
 /// Answers one request (bodies are never read).
-pub fn route<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
+pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
     }

@@ -8,10 +8,10 @@
 //! for ConfigMaps and Secrets (`..data` → new directory) are seen as changes
 //! of every file in them.
 //!
-//! [`reload`] builds the new [`State`] aside and validates it completely —
+//! [`reload`] builds the new [`Snapshot`] aside and validates it completely —
 //! every config check, certificates parse and match their keys, the database
 //! loads, and every `[[geoip.canaries]]` address maps to its expected
-//! country (all in `State::build`) — before one atomic swap. A failed reload keeps the old state
+//! country (all in `Snapshot::build`) — before one atomic swap. A failed reload keeps the old state
 //! serving, logs every reason and counts `residency_reloads_total{result="failure"}`.
 //! Listeners stay bound: a changed address is logged as needing a restart;
 //! adding or removing listeners is refused. The transparency log keeps the
@@ -20,34 +20,42 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::server::stopped;
-use crate::state::{Shared, State};
+use crate::files::{fingerprint, Fingerprint};
+use crate::shutdown::stopped;
+use crate::state::{Instance, Snapshot};
 use residency_core::report::ConfigReport;
 
 /// Loads `path` and, if everything validates, makes it the current state.
-pub fn reload(shared: &Shared, path: &Path) -> Result<(), ConfigReport> {
-    let result = build(shared, path);
+pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
+    let result = build(instance, path);
     match &result {
         Ok(state) => {
-            shared.metrics.reloads.with_label_values(&["success"]).inc();
+            instance
+                .metrics
+                .reloads
+                .with_label_values(&["success"])
+                .inc();
             tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
         }
         Err(report) => {
-            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            instance
+                .metrics
+                .reloads
+                .with_label_values(&["failure"])
+                .inc();
             tracing::error!(problems = %report, "reload failed; the previous state keeps serving");
         }
     }
-    result.map(|state| shared.replace(state))
+    result.map(|state| instance.replace(state))
 }
 
-fn build(shared: &Shared, path: &Path) -> Result<State, ConfigReport> {
+fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     let config = Config::load(path)?;
-    let old = shared.state();
+    let old = instance.snapshot();
     let mut report = ConfigReport::new(path.display().to_string());
     if config.listeners.len() != old.config.listeners.len() {
         report.push(
@@ -73,7 +81,7 @@ fn build(shared: &Shared, path: &Path) -> Result<State, ConfigReport> {
     if config.admin.address != old.config.admin.address && old.config.admin.address.port() != 0 {
         tracing::warn!(configured = %config.admin.address, bound = %old.config.admin.address, "admin address changed: needs a restart");
     }
-    let mut state = State::build(config).map_err(|mut r| {
+    let mut state = Snapshot::build(config).map_err(|mut r| {
         r.file = path.display().to_string();
         r
     })?;
@@ -90,12 +98,12 @@ fn build(shared: &Shared, path: &Path) -> Result<State, ConfigReport> {
 }
 
 /// Watches for SIGHUP and file changes until `stop` is set.
-pub async fn run(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receiver<bool>) {
-    let poll = shared.state().config.timeouts.reload_poll;
+pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let poll = instance.snapshot().config.timeouts.reload_poll;
     let mut hup = hangup();
     // What the running state was built from: a change made while it was
     // being built or before this task first ran is still seen.
-    let mut seen = shared.state().files.clone();
+    let mut seen = instance.snapshot().files.clone();
     let mut tick = tokio::time::interval(if poll.is_zero() {
         std::time::Duration::from_secs(3600)
     } else {
@@ -112,7 +120,7 @@ pub async fn run(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receiver<b
             if poll.is_zero() {
                 continue;
             }
-            let now = watched(&shared, &path);
+            let now = watched(&instance, &path);
             if now == seen {
                 continue;
             }
@@ -120,54 +128,23 @@ pub async fn run(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receiver<b
         } else {
             tracing::info!(trigger = "SIGHUP", "reloading");
         }
-        let _ = reload(&shared, &path);
+        let _ = reload(&instance, &path);
         // A broken file is retried only when something changes again.
-        seen = watched(&shared, &path);
+        seen = watched(&instance, &path);
     }
 }
 
 /// The fingerprint of the files the config at `path` names, or, while it
 /// does not load, of the config file and the current state's files.
-fn watched(shared: &Shared, path: &Path) -> Fingerprint {
+fn watched(instance: &Instance, path: &Path) -> Fingerprint {
     match Config::load(path) {
         Ok(config) => fingerprint(&config),
         Err(_) => {
-            let mut config = shared.state().config.clone();
+            let mut config = instance.snapshot().config.clone();
             config.source = Some(path.to_path_buf());
             fingerprint(&config)
         }
     }
-}
-
-/// What identifies the current content of every file the state was built
-/// from: resolved path, modification time, length, inode.
-pub type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
-
-/// Fingerprints the config's source file and every file it names.
-pub fn fingerprint(config: &Config) -> Fingerprint {
-    let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
-    files.push(config.geoip.database.clone());
-    for l in &config.listeners {
-        for c in &l.certificates {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
-        }
-        files.extend(l.client_ca.iter().cloned());
-    }
-    files.extend(config.upstream.ca.iter().cloned());
-    files
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok().map(|m| {
-                #[cfg(unix)]
-                let ino = std::os::unix::fs::MetadataExt::ino(&m);
-                #[cfg(not(unix))]
-                let ino = 0;
-                (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), ino)
-            });
-            (std::fs::canonicalize(&f).unwrap_or(f), meta)
-        })
-        .collect()
 }
 
 #[cfg(unix)]

@@ -40,11 +40,12 @@ use tokio::time::Instant;
 use crate::admin;
 use crate::proxy::{self, Conn};
 use crate::proxy_protocol::{self, Prefixed};
-use crate::state::Shared;
+use crate::shutdown::stopped;
+use crate::state::Instance;
 
 /// Sockets bound and ready to serve.
 pub struct Bound {
-    shared: Arc<Shared>,
+    instance: Arc<Instance>,
     listeners: Vec<TcpListener>,
     admin: TcpListener,
     /// The customer-facing transparency log listener, if configured.
@@ -54,8 +55,8 @@ pub struct Bound {
 }
 
 /// Binds every ingest listener and the admin listener of the current state.
-pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
-    let state = shared.state();
+pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
+    let state = instance.snapshot();
     let mut listeners = Vec::new();
     for l in &state.config.listeners {
         let socket = TcpListener::bind(l.address).await.map_err(|e| {
@@ -71,7 +72,7 @@ pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
                 format!("binding admin listener {}: {e}", state.config.admin.address),
             )
         })?;
-    let transparency = match shared.log.as_ref().and_then(|l| l.settings().address) {
+    let transparency = match instance.log.as_ref().and_then(|l| l.settings().address) {
         Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -81,7 +82,7 @@ pub async fn bind(shared: Arc<Shared>) -> std::io::Result<Bound> {
         None => None,
     };
     Ok(Bound {
-        shared,
+        instance,
         listeners,
         admin,
         transparency,
@@ -116,56 +117,56 @@ impl Bound {
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let state = self.shared.state();
+        let state = self.instance.snapshot();
         let limits = state.config.limits;
         let grace = state.config.timeouts.shutdown_grace;
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let mut tasks = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
-            let shared = self.shared.clone();
+            let instance = self.instance.clone();
             let permits = permits.clone();
             let stop = stop_rx.clone();
             tasks.push(tokio::spawn(accept_loop(
-                shared, index, listener, permits, stop,
+                instance, index, listener, permits, stop,
             )));
         }
         tasks.push(tokio::spawn(admin::serve(
-            self.shared.clone(),
+            self.instance.clone(),
             self.admin,
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(refresh_gauges(
-            self.shared.clone(),
+            self.instance.clone(),
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(crate::upstream::check::run(
-            self.shared.clone(),
+        tasks.push(tokio::spawn(crate::probes::run(
+            self.instance.clone(),
             stop_rx.clone(),
         )));
 
-        if let Some(log) = &self.shared.log {
+        if let Some(log) = &self.instance.log {
             tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
             if let Some(listener) = self.transparency {
                 let log = log.clone();
-                tasks.push(tokio::spawn(admin::serve_plain(
+                tasks.push(tokio::spawn(crate::plain_http::serve(
                     listener,
                     stop_rx.clone(),
-                    move |req| crate::log_api::route(&log, req),
+                    move |req| crate::log_api::answer(&log, req),
                 )));
             }
         }
 
         if let Some(path) = self.config_path {
             tasks.push(tokio::spawn(crate::reload::run(
-                self.shared.clone(),
+                self.instance.clone(),
                 path,
                 stop_rx.clone(),
             )));
         }
 
         shutdown.await;
-        self.shared.set_ready(false);
-        let delay = self.shared.state().config.timeouts.shutdown_delay;
+        self.instance.set_ready(false);
+        let delay = self.instance.snapshot().config.timeouts.shutdown_delay;
         if !delay.is_zero() {
             tracing::info!(
                 ?delay,
@@ -187,7 +188,7 @@ impl Bound {
                 "timeout: closing remaining connections"
             ),
         };
-        if let Some(log) = self.shared.log.clone() {
+        if let Some(log) = self.instance.log.clone() {
             // Every record appended is covered by a signed checkpoint.
             match tokio::task::spawn_blocking(move || log.checkpoint()).await {
                 Ok(Ok(cp)) => tracing::info!(size = cp.size, "final checkpoint signed"),
@@ -219,7 +220,7 @@ async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Rec
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    instance: Arc<Instance>,
     index: usize,
     listener: TcpListener,
     permits: Arc<Semaphore>,
@@ -239,7 +240,7 @@ async fn accept_loop(
             () = stopped(&mut stop) => return,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared
+            instance
                 .metrics
                 .connections_rejected
                 .with_label_values(&["connection_limit"])
@@ -248,7 +249,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
-            shared.clone(),
+            instance.clone(),
             index,
             stream,
             peer,
@@ -276,7 +277,7 @@ impl Drop for Counted<'_> {
 }
 
 async fn connection(
-    shared: Arc<Shared>,
+    instance: Arc<Instance>,
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
@@ -286,13 +287,14 @@ async fn connection(
     // Shared with requests that outlive the connection (below), so that
     // draining at shutdown waits for them too.
     let permit = Arc::new(permit);
-    let _active = Counted::new(&shared.metrics.connections_active);
-    // One snapshot for the whole connection.
-    let state = shared.state();
+    let _active = Counted::new(&instance.metrics.connections_active);
+    // The listener settings this connection was accepted with (each
+    // request loads the snapshot current when it starts).
+    let state = instance.snapshot();
     let listener = &state.config.listeners[index];
     let timeouts = state.config.timeouts;
     let limits = state.config.limits;
-    let metrics = &shared.metrics;
+    let metrics = &instance.metrics;
 
     let (proxy_source, io) = if listener.proxy_protocol {
         if !listener.trusted_proxies.contains(peer.ip()) {
@@ -358,17 +360,17 @@ async fn connection(
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
-        let shared = shared.clone();
+        let instance = instance.clone();
         service_fn(move |req| {
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
-            let (shared, state, conn) = (shared.clone(), shared.state(), conn.clone());
+            let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
             let permit = permit.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
             Detached(Some(Box::pin(async move {
-                let resp = proxy::handle(shared, state, conn, req).await;
+                let resp = proxy::handle(instance, state, conn, req).await;
                 drop(busy);
                 drop(permit);
                 resp
@@ -812,17 +814,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 /// Keeps `residency_datacenter_up` current as passive down-marks expire.
-async fn refresh_gauges(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn refresh_gauges(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.refresh_gauges(),
+            _ = tick.tick() => instance.refresh_gauges(),
             () = stopped(&mut stop) => return,
         }
     }
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

@@ -1,11 +1,13 @@
 //! The loaded world, as one swappable snapshot.
 //!
-//! [`State`] holds everything a request needs — configuration, policy, GeoIP
-//! database, TLS server configs, the upstream client and health table — and is
-//! built aside, fully validated, before it is used. [`Shared`] holds the
-//! current snapshot behind an `ArcSwap`; a connection loads one snapshot and
-//! keeps it, so a future reload never changes the rules under an in-flight
-//! request. Metrics, readiness and request ids outlive snapshots.
+//! [`Snapshot`] holds everything a request needs — configuration, policy, GeoIP
+//! database, TLS server configs, the upstream pool and health table — and is
+//! built aside, fully validated, before it is used. An [`Instance`] is one
+//! running proxy: the current snapshot behind an `ArcSwap`, and what outlives
+//! snapshots (metrics, readiness, request ids, the transparency log). Each
+//! request loads the snapshot current when it starts and keeps it, so a
+//! reload never changes the rules under an in-flight request; a connection
+//! keeps the listener settings and TLS config it was accepted with.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,12 +18,12 @@ use http::HeaderValue;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::pool::Pool;
-use crate::upstream::{self, Health, ProbeClient};
+use crate::upstream::{self, Health};
 use residency_core::geo::{Geo, GeoError};
 use residency_core::report::ConfigReport;
 use residency_log::storage::{Log, LogError};
 
-pub struct State {
+pub struct Snapshot {
     pub config: Config,
     pub geo: Geo,
     /// One server config per listener, in `config.listeners` order.
@@ -30,29 +32,28 @@ pub struct State {
     pub pool: Pool,
     /// The per-request metric children for this configuration's names.
     pub request_metrics: crate::metrics::RequestMetrics,
-    pub probes: ProbeClient,
     pub health: Health,
     /// `Policy::hash` of `config.policy`, computed once.
     pub policy_hash: String,
     /// The files this state was built from, as they were before reading.
-    pub files: crate::reload::Fingerprint,
+    pub files: crate::files::Fingerprint,
     turn: AtomicUsize,
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
+        f.debug_struct("Snapshot")
             .field("geo", &self.geo)
             .finish_non_exhaustive()
     }
 }
 
-impl State {
+impl Snapshot {
     /// Loads certificates and the GeoIP database named by `config`,
     /// reporting every failure at once.
-    pub fn build(config: Config) -> Result<State, ConfigReport> {
+    pub fn build(config: Config) -> Result<Snapshot, ConfigReport> {
         let mut report = ConfigReport::new("state");
-        let files = crate::reload::fingerprint(&config);
+        let files = crate::files::fingerprint(&config);
         let geo = open_geo(&config.geoip)
             .map_err(|e| report.push("geoip.database", e))
             .ok();
@@ -92,7 +93,7 @@ impl State {
                 .ok(),
             None => None,
         };
-        let clients = upstream::clients(
+        let pool = upstream::pool(
             &config.policy,
             &config.upstream,
             &config.timeouts,
@@ -119,14 +120,13 @@ impl State {
         let health = Health::new(&config.policy, config.health.clone());
         let policy_hash = config.policy.hash();
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy);
-        let state = match (geo, clients) {
-            (Some(geo), Some((pool, probes))) if report.is_empty() => Some(State {
+        let state = match (geo, pool) {
+            (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {
                 config,
                 geo,
                 tls: server_configs,
                 pool,
                 request_metrics,
-                probes,
                 health,
                 policy_hash,
                 files,
@@ -143,10 +143,10 @@ impl State {
     }
 }
 
-/// What outlives a snapshot: the current state, metrics, readiness, ids,
+/// One running proxy: the current snapshot, and what outlives it: metrics, readiness, ids,
 /// the transparency log.
-pub struct Shared {
-    state: ArcSwap<State>,
+pub struct Instance {
+    current: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     ready: AtomicBool,
     pub ids: RequestIds,
@@ -155,38 +155,38 @@ pub struct Shared {
     pub log: Option<Arc<Log>>,
 }
 
-impl Shared {
+impl Instance {
     /// Opens the transparency log (when configured) and marks the proxy ready.
-    pub fn new(state: State, metrics: Metrics) -> Result<Arc<Shared>, LogError> {
+    pub fn new(state: Snapshot, metrics: Metrics) -> Result<Arc<Instance>, LogError> {
         let log = match &state.config.transparency {
             Some(t) => Some(Log::open(t, metrics.log.clone())?),
             None => None,
         };
-        let shared = Arc::new(Shared {
-            state: ArcSwap::from_pointee(state),
+        let instance = Arc::new(Instance {
+            current: ArcSwap::from_pointee(state),
             metrics,
             ready: AtomicBool::new(false),
             ids: RequestIds::new(),
             log,
         });
-        shared.set_policy_info();
-        shared.refresh_gauges();
-        shared.ready.store(true, Ordering::Release);
-        Ok(shared)
+        instance.set_policy_info();
+        instance.refresh_gauges();
+        instance.ready.store(true, Ordering::Release);
+        Ok(instance)
     }
 
     /// The current snapshot; hold it for the whole connection or request.
-    pub fn state(&self) -> Arc<State> {
-        self.state.load_full()
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// Ready: loaded, not shutting down, and the GeoIP database no older
     /// than `geoip.max_age`.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.geoip_too_old(&self.state())
+        self.ready.load(Ordering::Acquire) && !self.geoip_too_old(&self.snapshot())
     }
 
-    fn geoip_too_old(&self, state: &State) -> bool {
+    fn geoip_too_old(&self, state: &Snapshot) -> bool {
         state
             .config
             .geoip
@@ -196,12 +196,12 @@ impl Shared {
 
     /// Installs a new snapshot: new connections and requests use it; those
     /// in flight finish on the one they started with.
-    pub fn replace(&self, state: State) {
-        let old = self.state();
+    pub fn replace(&self, state: Snapshot) {
+        let old = self.snapshot();
         state
             .health
             .inherit(&state.config.policy, &old.health, &old.config.policy);
-        self.state.store(Arc::new(state));
+        self.current.store(Arc::new(state));
         let m = &self.metrics;
         m.datacenter_up.reset();
         m.datacenter_drained.reset();
@@ -215,7 +215,7 @@ impl Shared {
     fn set_policy_info(&self) {
         let info = &self.metrics.policy_info;
         info.reset();
-        info.with_label_values(&[self.state().policy_hash.as_str()])
+        info.with_label_values(&[self.snapshot().policy_hash.as_str()])
             .set(1);
     }
 
@@ -225,7 +225,7 @@ impl Shared {
 
     /// Re-reads health and the database into the gauges.
     pub fn refresh_gauges(&self) {
-        let state = self.state();
+        let state = self.snapshot();
         let policy = &state.config.policy;
         self.metrics
             .geoip_age
@@ -257,7 +257,7 @@ impl Shared {
 }
 
 /// Seconds since the GeoIP database was built (0 if built in the future).
-fn geoip_age(state: &State) -> u64 {
+fn geoip_age(state: &Snapshot) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -24,7 +24,7 @@ use residency_core::policy::Policy;
 use residency_proxy::cli::{Cli, Command};
 use residency_proxy::config::Config;
 use residency_proxy::metrics::Metrics;
-use residency_proxy::state::{Shared, State};
+use residency_proxy::state::{Instance, Snapshot};
 use residency_tools::loadtest::chaos::Applied;
 use residency_tools::loadtest::failover::failovers;
 use residency_tools::loadtest::generator::{Outcome, Sent};
@@ -716,9 +716,10 @@ impl Drill {
     async fn start(datacenters: &[(String, SocketAddr)]) -> Drill {
         let fx = Fixture::write(datacenters);
         let config = Config::load(&fx.config_path).unwrap_or_else(|e| panic!("{e}"));
-        let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
-        let shared = Shared::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
-        let bound = residency_proxy::server::bind(shared).await.unwrap();
+        let state = Snapshot::build(config).unwrap_or_else(|e| panic!("{e}"));
+        let instance =
+            Instance::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        let bound = residency_proxy::server::bind(instance).await.unwrap();
         let (xff, proxy_v2) = (bound.addresses()[0], bound.addresses()[1]);
         let admin = bound.admin_address().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

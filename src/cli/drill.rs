@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use crate::cli::demo::{write_files, Site, SiteDatacenter};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::state::{Shared, State};
+use crate::state::{Instance, Snapshot};
 use residency_core::report::parse_duration;
 use residency_tools::loadtest::{self, Convey, Plan, Report};
 use residency_tools::sink::Sink;
@@ -170,8 +170,8 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let policy = config.policy.clone();
     let cert = std::fs::read(dir.join("drill.pem"))?;
 
-    let shared = Shared::new(State::build(config)?, Metrics::new()?)?;
-    let bound = crate::server::bind(shared).await?;
+    let instance = Instance::new(Snapshot::build(config)?, Metrics::new()?)?;
+    let bound = crate::server::bind(instance).await?;
     let proxy = *bound.addresses().first().context("proxy listener")?;
     let admin = bound.admin_address().context("admin listener")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

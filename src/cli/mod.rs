@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
-use crate::state::{Shared, State};
+use crate::state::{Instance, Snapshot};
 use residency_core::decision::decide;
 
 #[derive(Debug, Parser)]
@@ -240,9 +240,9 @@ async fn serve_inner(
     path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let state = State::build(config)?;
-    let shared = Shared::new(state, Metrics::new()?)?;
-    let mut bound = crate::server::bind(shared).await?;
+    let state = Snapshot::build(config)?;
+    let instance = Instance::new(state, Metrics::new()?)?;
+    let mut bound = crate::server::bind(instance).await?;
     if let Some(path) = path {
         bound = bound.watch(path);
     }
@@ -350,7 +350,7 @@ fn check_config(path: PathBuf) -> ExitCode {
         Err(e) => return runtime_error(e.into()),
     };
     // Certificates, keys and the GeoIP database are loaded exactly as `serve` would.
-    let built = rt.block_on(async { State::build(config) });
+    let built = rt.block_on(async { Snapshot::build(config) });
     match built {
         Ok(state) => {
             for l in listeners {

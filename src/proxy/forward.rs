@@ -31,10 +31,10 @@ use hyper::body::Incoming;
 
 use crate::upstream::pool::Body as UpstreamBody;
 
-use super::body::{BodyError, BodySlot, ForwardBody};
 use super::error::Failure;
 use super::headers::{self, Forwarded};
-use crate::state::{Shared, State};
+use crate::state::{Instance, Snapshot};
+use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
 /// At most this many delivery attempts per request.
@@ -69,8 +69,8 @@ enum Attempt {
 /// `datacenter` is set to the data centre that answered, for the response
 /// headers and the log.
 pub async fn forward(
-    shared: &Shared,
-    state: &State,
+    instance: &Instance,
+    state: &Snapshot,
     target: Target<'_>,
     req: Request<Incoming>,
     datacenter: &mut Option<DatacenterId>,
@@ -111,7 +111,7 @@ pub async fn forward(
         body,
         config.limits.max_body_bytes,
         config.timeouts.request_body_idle,
-        shared.log.is_some(),
+        instance.log.is_some(),
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replay: Option<Bytes> = if idempotent && declared.is_none_or(|n| n <= replay_limit as u64) {
@@ -165,7 +165,7 @@ pub async fn forward(
         let started = Instant::now();
         let attempt = send(state, upstream, request, sent, &slot, target.request_id, dc).await;
         state.request_metrics.upstream_duration(
-            &shared.metrics,
+            &instance.metrics,
             policy,
             dc_id,
             started.elapsed().as_secs_f64(),
@@ -196,7 +196,7 @@ pub async fn forward(
         };
         if ejected {
             // Only an ejection changes what the gauges show.
-            shared.refresh_gauges();
+            instance.refresh_gauges();
         }
         let reason = match (unsent, &replay) {
             (Some(reason), _) => reason,
@@ -210,7 +210,7 @@ pub async fn forward(
         match next {
             Some(next) if attempts < MAX_ATTEMPTS => {
                 tracing::info!(request_id = target.request_id.to_str().unwrap_or_default(), from = %dc, reason, "retrying on another permitted upstream");
-                shared
+                instance
                     .metrics
                     .upstream_retries
                     .with_label_values(&[reason])
@@ -220,7 +220,7 @@ pub async fn forward(
             None if unsent.is_some() => {
                 // Nothing was sent and nothing permitted is up any more.
                 *datacenter = None;
-                let retry_after = health.retry_after(super::permitted_upstreams(state, j));
+                let retry_after = health.retry_after(state.config.policy.permitted_upstreams(j));
                 return Err((Failure::NoHealthyDatacenter { retry_after }, slot.bytes()));
             }
             _ => {
@@ -234,7 +234,7 @@ pub async fn forward(
 /// One delivery attempt, bounded by the upstream-response deadline, which
 /// starts when the body has been sent.
 async fn send(
-    state: &State,
+    state: &Snapshot,
     upstream: UpstreamId,
     request: Request<ForwardBody>,
     sent: tokio::sync::oneshot::Receiver<()>,

@@ -6,11 +6,10 @@
 //! the upload to [`forward`]. It adds the response headers every answer
 //! carries, updates metrics and writes the one access-log line per request.
 
-pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod witness;
+pub mod recording;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +22,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::metrics::NONE;
-use crate::state::{Shared, State};
+use crate::state::{Instance, Snapshot};
 use crate::upstream::pool::Body as UpstreamBody;
 pub use error::Failure;
 use residency_core::country::Country;
@@ -47,7 +46,7 @@ pub struct Conn {
 
 /// Fields of the access-log line (and the decision record), filled in as
 /// the request progresses.
-pub struct Access {
+pub struct Findings {
     source: Option<AddressSource>,
     client: Option<IpAddr>,
     country: Option<Country>,
@@ -58,17 +57,17 @@ pub struct Access {
 
 /// Serves one request. Never fails: every problem becomes a response.
 pub async fn handle(
-    shared: Arc<Shared>,
-    state: Arc<State>,
+    instance: Arc<Instance>,
+    state: Arc<Snapshot>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let received = SystemTime::now();
-    let id = shared.ids.next();
+    let id = instance.ids.next();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut access = Access {
+    let mut findings = Findings {
         source: None,
         client: None,
         country: None,
@@ -76,16 +75,16 @@ pub async fn handle(
         datacenter: None,
         reason: None,
     };
-    let routed = route(&shared, &state, &conn, req, &id, &mut access).await;
-    let log = shared.log.as_deref();
+    let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
+    let log = instance.log.as_deref();
     // (answer, body bytes, receipt, whether a record was written)
     let (answered, bytes, receipt, recorded) = match routed {
         Ok((resp, slot)) => {
             let receipt = match log {
                 Some(log) => {
-                    let facts = witness::Facts::new(&state, &access, &id, received);
+                    let context = recording::RecordContext::new(&state, &findings, &id, received);
                     // Boxed: it would grow every request's future.
-                    Box::pin(witness::answered(log, &facts, &resp, &slot)).await
+                    Box::pin(recording::answered(log, &context, &resp, &slot)).await
                 }
                 None => Ok(None),
             };
@@ -99,25 +98,25 @@ pub async fn handle(
     let mut resp = match answered {
         Ok(resp) => resp.map(Either::Left),
         Err(failure) => {
-            access.reason = Some(failure.reason());
-            shared
+            findings.reason = Some(failure.reason());
+            instance
                 .metrics
                 .rejections
                 .with_label_values(&[failure.reason()])
                 .inc();
             if let Some(log) = log.filter(|_| !recorded) {
-                let facts = witness::Facts::new(&state, &access, &id, received);
-                Box::pin(witness::refused(log, &facts)).await;
+                let context = recording::RecordContext::new(&state, &findings, &id, received);
+                Box::pin(recording::refused(log, &context)).await;
             }
             failure.response(&id).map(Either::Right)
         }
     };
 
     let policy = &state.config.policy;
-    let jurisdiction = access
+    let jurisdiction = findings
         .jurisdiction
         .map(|j| policy.jurisdiction(j).name.as_str());
-    let datacenter = access
+    let datacenter = findings
         .datacenter
         .map(|d| policy.datacenter(d).name.as_str());
     headers::to_client(resp.headers_mut(), &id, jurisdiction, datacenter);
@@ -129,10 +128,10 @@ pub async fn handle(
     let status = resp.status();
     let elapsed = started.elapsed();
     state.request_metrics.answered(
-        &shared.metrics,
+        &instance.metrics,
         policy,
-        access.jurisdiction,
-        access.datacenter,
+        findings.jurisdiction,
+        findings.datacenter,
         status,
         elapsed.as_secs_f64(),
         bytes,
@@ -143,12 +142,12 @@ pub async fn handle(
         request_id = id.to_str().unwrap_or_default(),
         method = %method,
         path = %path,
-        client_source = access.source.map(AddressSource::as_str).unwrap_or(NONE),
-        country = access.country.as_ref().map_or(NONE, Country::as_str),
+        client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
+        country = findings.country.as_ref().map_or(NONE, Country::as_str),
         jurisdiction = j_label,
         datacenter = datacenter.unwrap_or(NONE),
         status = status.as_u16(),
-        reason = access.reason.unwrap_or(""),
+        reason = findings.reason.unwrap_or(""),
         bytes,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
@@ -156,15 +155,16 @@ pub async fn handle(
     Ok(resp)
 }
 
-type Routed = Result<(Response<UpstreamBody>, Arc<body::BodySlot>), (Failure, u64)>;
+type Routed =
+    Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), (Failure, u64)>;
 
-async fn route(
-    shared: &Shared,
-    state: &State,
+async fn decide_and_forward(
+    instance: &Instance,
+    state: &Snapshot,
     conn: &Conn,
     req: Request<Incoming>,
     id: &HeaderValue,
-    access: &mut Access,
+    findings: &mut Findings,
 ) -> Routed {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
@@ -188,8 +188,8 @@ async fn route(
         &listener.trusted_proxies,
     )
     .map_err(|_| (Failure::BadForwardedHeader, 0))?;
-    access.source = Some(origin.source);
-    access.client = Some(origin.addr);
+    findings.source = Some(origin.source);
+    findings.client = Some(origin.addr);
 
     let policy = &config.policy;
     let health = &state.health;
@@ -199,13 +199,13 @@ async fn route(
         origin.addr,
         state.next_turn(),
         |u| health.is_up(u),
-        |j| health.retry_after(permitted_upstreams(state, j)),
+        |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
     );
     state
         .request_metrics
-        .geoip_lookup(&shared.metrics, decision.lookup);
-    access.country = decision.country;
-    access.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
+        .geoip_lookup(&instance.metrics, decision.lookup);
+    findings.country = decision.country;
+    findings.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
     let upstream = match decision.outcome {
         Outcome::Forward(u) => u,
         Outcome::Refuse(r) => return Err((r.into(), 0)),
@@ -213,7 +213,7 @@ async fn route(
     let Some((jurisdiction, _)) = decision.jurisdiction else {
         return Err((Failure::OriginUnknown, 0));
     };
-    if let Some(log) = &shared.log {
+    if let Some(log) = &instance.log {
         // Nothing is forwarded that could not be acknowledged with a record.
         if log.failing() && log.settings().on_write_error == OnWriteError::Refuse {
             return Err((Failure::LogUnavailable, 0));
@@ -232,18 +232,5 @@ async fn route(
         xff_trusted,
         country: country.as_ref().map_or("unknown", Country::as_str),
     };
-    forward::forward(shared, state, target, req, &mut access.datacenter).await
-}
-
-/// Every upstream of every data centre permitted for `j`.
-pub fn permitted_upstreams(
-    state: &State,
-    j: JurisdictionId,
-) -> impl Iterator<Item = residency_core::policy::UpstreamId> + '_ {
-    let policy = &state.config.policy;
-    policy
-        .permitted(j)
-        .iter()
-        .flat_map(|g| g.datacenters.iter())
-        .flat_map(move |d| policy.datacenter(*d).upstreams.iter().copied())
+    forward::forward(instance, state, target, req, &mut findings.datacenter).await
 }

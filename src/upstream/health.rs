@@ -2,7 +2,7 @@
 //!
 //! Three inputs decide it, all lock-free:
 //!
-//! * **Active checks** (`upstream::check`): an upstream goes down after
+//! * **Active checks** (`crate::probes`): an upstream goes down after
 //!   `unhealthy_threshold` consecutive failed probes and comes back after
 //!   `healthy_threshold` consecutive successes. Upstreams start up.
 //! * **Passive ejection**: a failed connection ejects the upstream at once;

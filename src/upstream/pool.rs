@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::proxy::body::ForwardBody;
+use super::body::ForwardBody;
 use residency_core::policy::UpstreamId;
 
 /// Why a request got no response.
@@ -250,7 +250,7 @@ impl Pool {
         resp.map(|inner| Body {
             inner,
             ended: false,
-            back: Some(Back {
+            lease: Some(Lease {
                 pool: self.clone(),
                 u,
                 tx,
@@ -342,8 +342,9 @@ fn target(uri: &Uri) -> Result<Target, String> {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// Where a connection goes back once its response is read.
-struct Back {
+/// The pooled connection a response body holds, returned to the pool once the
+/// body has been read to the end.
+struct Lease {
     pool: Pool,
     u: UpstreamId,
     tx: SendRequest<ForwardBody>,
@@ -355,7 +356,7 @@ pub struct Body {
     inner: Incoming,
     /// The body ended (`is_end_stream` alone misses a chunked body's end).
     ended: bool,
-    back: Option<Back>,
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for Body {
@@ -393,9 +394,9 @@ impl HttpBody for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        if let Some(back) = self.back.take() {
+        if let Some(lease) = self.lease.take() {
             if self.ended || self.inner.is_end_stream() {
-                back.pool.put(back.u, back.tx);
+                lease.pool.put(lease.u, lease.tx);
             }
         }
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::BodyExt;
 use residency_core::policy::UpstreamId;
-use residency_proxy::proxy::body::ForwardBody;
+use residency_proxy::upstream::body::ForwardBody;
 use residency_proxy::upstream::pool::{Error, Pool, PoolSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

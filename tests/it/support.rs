@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use residency_proxy::config::Config;
 use residency_proxy::metrics::Metrics;
-use residency_proxy::state::{Shared, State};
+use residency_proxy::state::{Instance, Snapshot};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -226,7 +226,7 @@ pub struct Proxy {
     /// PEM of the default certificate (and of the second one, if any).
     pub certs: Vec<String>,
     pub config_path: PathBuf,
-    pub shared: Arc<Shared>,
+    pub instance: Arc<Instance>,
     /// The transparency log listener, when `Setup::transparency` is set.
     pub log_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
@@ -359,9 +359,10 @@ database = "geo.mmdb"
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, toml).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-        let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
-        let shared = Shared::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
-        let bound = residency_proxy::server::bind(shared.clone())
+        let state = Snapshot::build(config).unwrap_or_else(|e| panic!("{e}"));
+        let instance =
+            Instance::new(state, Metrics::new().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        let bound = residency_proxy::server::bind(instance.clone())
             .await
             .unwrap()
             .watch(config_path.clone());
@@ -379,7 +380,7 @@ database = "geo.mmdb"
             upstreams,
             certs,
             config_path,
-            shared,
+            instance,
             log_addr,
             stop: Some(stop),
             task: Some(task),

@@ -40,7 +40,7 @@ fn args(key: &str) -> VerifyArgs {
 }
 
 fn key_of(proxy: &Proxy) -> String {
-    let log = proxy.shared.log.as_ref().expect("log configured");
+    let log = proxy.instance.log.as_ref().expect("log configured");
     log.signer().verifier_key()
 }
 
@@ -99,7 +99,7 @@ async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
         digest.sha256,
         sha256_hex(&proxy.upstream("zurich").last().body)
     );
-    let state = proxy.shared.state();
+    let state = proxy.instance.snapshot();
     assert_eq!(record.policy_sha256, state.policy_hash);
     let mmdb = std::fs::read(proxy.dir.path().join("geo.mmdb")).unwrap();
     assert_eq!(record.geoip.sha256, sha256_hex(&mmdb));
@@ -340,18 +340,19 @@ async fn metrics_count_records_and_checkpoints() {
     );
     assert_eq!(metric(&text, "residency_log_size"), Some(5.0));
     assert_eq!(metric(&text, "residency_log_write_errors_total"), Some(0.0));
-    let shared = proxy.shared.clone();
+    let instance = proxy.instance.clone();
     let path = proxy.dir.path().join("log").join("checkpoint");
     let before = std::fs::read_to_string(&path).unwrap();
     let verifier = Verifier::parse(&key_of(&proxy)).unwrap();
     assert!(Checkpoint::open(&before, &verifier).unwrap().size < 5);
     // The final checkpoint, at shutdown, covers everything.
     proxy.stop().await;
-    let note = shared.log.as_ref().unwrap().latest().note.clone();
-    let verifier = Verifier::parse(&shared.log.as_ref().unwrap().signer().verifier_key()).unwrap();
+    let note = instance.log.as_ref().unwrap().latest().note.clone();
+    let verifier =
+        Verifier::parse(&instance.log.as_ref().unwrap().signer().verifier_key()).unwrap();
     assert_eq!(Checkpoint::open(&note, &verifier).unwrap().size, 5);
     assert_eq!(
-        shared.metrics.log.checkpoint_size.get(),
+        instance.metrics.log.checkpoint_size.get(),
         5,
         "checkpoint size metric"
     );
@@ -387,7 +388,7 @@ async fn an_upload_whose_client_left_before_the_answer_is_still_recorded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(proxy.upstream("zurich").count(), 1);
-    let log = proxy.shared.log.clone().unwrap();
+    let log = proxy.instance.log.clone().unwrap();
     let record = Record::from_bytes(&log.record(0).unwrap()).unwrap();
     assert_eq!(record.outcome.as_str(), "stored");
     assert_eq!(record.datacenter.as_deref(), Some("zurich"));

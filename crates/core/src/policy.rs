@@ -153,6 +153,14 @@ impl Policy {
         &self.permitted[j.0]
     }
 
+    /// Every upstream of every data centre permitted for `j`.
+    pub fn permitted_upstreams(&self, j: JurisdictionId) -> impl Iterator<Item = UpstreamId> + '_ {
+        self.permitted(j)
+            .iter()
+            .flat_map(|g| g.datacenters.iter())
+            .flat_map(move |d| self.datacenter(*d).upstreams.iter().copied())
+    }
+
     /// Step 5: the upstream for the next request. Takes the first priority
     /// group with any upstream up; within it, `turn` rotates over every up
     /// upstream of every data centre in the group. `None`: nothing is up.

@@ -12,6 +12,7 @@
 mod admin;
 mod datacenter;
 pub mod model;
+mod serve;
 mod upload;
 
 use std::future::Future;
@@ -226,12 +227,8 @@ impl Sink {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::channel(1);
         for dc in &shared.datacenters {
-            let task = datacenter::accept_loop(
-                shared.clone(),
-                dc.clone(),
-                stop_rx.clone(),
-                done_tx.clone(),
-            );
+            let task =
+                serve::accept_loop(shared.clone(), dc.clone(), stop_rx.clone(), done_tx.clone());
             tokio::spawn(task);
         }
         tokio::spawn(admin::serve(

@@ -1,24 +1,31 @@
 //! Active health checks: every `health.interval`, a GET of `health.path` on
 //! every upstream, concurrently, each bounded by `health.timeout`. A 2xx is a
 //! success; anything else (status, error, timeout) a failure. Results feed
-//! [`super::Health::record_probe`]; transitions are logged and the gauges
+//! [`Health::record_probe`]; transitions are logged and the gauges
 //! refreshed. The task ends promptly when the shutdown flag is set.
+//!
+//! Probes go through the upstream pool ([`crate::upstream::pool`]), like
+//! uploads: the same connect path, TLS settings and `upstream_connect`
+//! deadline, and a passing probe leaves a warm connection behind.
+//!
+//! [`Health::record_probe`]: crate::upstream::Health::record_probe
 
 use std::sync::Arc;
 
-use http::{Request, Uri};
-use http_body_util::Empty;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::health::Transition;
-use crate::server::stopped;
-use crate::state::{Shared, State};
+use crate::shutdown::stopped;
+use crate::state::{Instance, Snapshot};
+use crate::upstream::body::ForwardBody;
+use crate::upstream::health::Transition;
 use residency_core::policy::UpstreamId;
 
 /// Runs active checks until `stop` is set. Does nothing when checks are off.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let interval = shared.state().health.settings().interval;
+pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
+    let interval = instance.snapshot().health.settings().interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -26,7 +33,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             () = stopped(&mut stop) => return,
         }
-        let state = shared.state();
+        let state = instance.snapshot();
         let Some(path) = state.health.settings().path.clone() else {
             // Checks are off; keep the loop so a reload could turn them on.
             continue;
@@ -67,32 +74,40 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         }
         if changed {
-            shared.refresh_gauges();
+            instance.refresh_gauges();
         }
     }
 }
 
-/// One probe: true on a 2xx within the timeout.
-async fn probe(state: &State, u: UpstreamId, path: &str) -> bool {
-    let base = &state.config.policy.upstream(u).uri;
-    let prefix = base.path().trim_end_matches('/');
-    let Ok(uri) = format!(
-        "{}://{}{prefix}{path}",
-        base.scheme_str().unwrap_or("http"),
-        base.authority().map(|a| a.as_str()).unwrap_or_default()
-    )
-    .parse::<Uri>() else {
-        return false;
-    };
-    let Ok(req) = Request::get(uri)
-        .header("user-agent", "residency-proxy-health")
-        .body(Empty::new())
-    else {
-        return false;
+/// One probe: true on a 2xx within the timeout (the answer's body is read,
+/// within the same timeout, so the connection can serve the next request).
+async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
+    let prefix = state
+        .config
+        .policy
+        .upstream(u)
+        .uri
+        .path()
+        .trim_end_matches('/');
+    let mut req = Request::new(ForwardBody::empty());
+    *req.method_mut() = Method::GET;
+    match format!("{prefix}{path}").parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return false,
+    }
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("residency-proxy-health"),
+    );
+    let exchange = async {
+        let resp = state.pool.send(u, req).await.ok()?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await.ok()?;
+        Some(ok)
     };
     let timeout = state.health.settings().timeout;
-    match tokio::time::timeout(timeout, state.probes.request(req)).await {
-        Ok(Ok(resp)) => resp.status().is_success(),
-        _ => false,
-    }
+    matches!(
+        tokio::time::timeout(timeout, exchange).await,
+        Ok(Some(true))
+    )
 }

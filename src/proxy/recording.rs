@@ -12,10 +12,10 @@ use std::time::SystemTime;
 
 use http::{HeaderValue, Response};
 
-use super::body::BodySlot;
 use super::error::Failure;
-use super::Access;
-use crate::state::State;
+use super::Findings;
+use crate::state::Snapshot;
+use crate::upstream::body::BodySlot;
 use residency_core::country::Country;
 use residency_log::receipt::{self, Receipt};
 use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
@@ -23,23 +23,23 @@ use residency_log::settings::{OnWriteError, ReceiptMode};
 use residency_log::storage::Log;
 
 /// What a request was, for its record.
-pub struct Facts<'a> {
-    pub state: &'a State,
-    pub access: &'a Access,
+pub struct RecordContext<'a> {
+    pub state: &'a Snapshot,
+    pub findings: &'a Findings,
     pub request_id: &'a HeaderValue,
     pub received: SystemTime,
 }
 
-impl<'a> Facts<'a> {
+impl<'a> RecordContext<'a> {
     pub fn new(
-        state: &'a State,
-        access: &'a Access,
+        state: &'a Snapshot,
+        findings: &'a Findings,
         request_id: &'a HeaderValue,
         received: SystemTime,
-    ) -> Facts<'a> {
-        Facts {
+    ) -> RecordContext<'a> {
+        RecordContext {
             state,
-            access,
+            findings,
             request_id,
             received,
         }
@@ -48,8 +48,8 @@ impl<'a> Facts<'a> {
     fn record(&self, log: &Log, outcome: Outcome) -> Record<'a> {
         let state = self.state;
         let policy = &state.config.policy;
-        let access = self.access;
-        let address = access
+        let findings = self.findings;
+        let address = findings
             .client
             .and_then(|a| record::minimise(a, &log.settings().client_address));
         Record {
@@ -57,19 +57,19 @@ impl<'a> Facts<'a> {
             request_id: Cow::Borrowed(self.request_id.to_str().unwrap_or_default()),
             time: Cow::Owned(record::rfc3339(self.received)),
             outcome,
-            reason: access.reason.map(Cow::Borrowed),
+            reason: findings.reason.map(Cow::Borrowed),
             client: Client {
-                source: access.source.map(|s| Cow::Borrowed(s.as_str())),
+                source: findings.source.map(|s| Cow::Borrowed(s.as_str())),
                 address: address.map(Cow::Owned),
             },
-            country: access
+            country: findings
                 .country
                 .as_ref()
                 .map(|c| Cow::Borrowed(Country::as_str(c))),
-            jurisdiction: access
+            jurisdiction: findings
                 .jurisdiction
                 .map(|j| Cow::Borrowed(policy.jurisdiction(j).name.as_str())),
-            datacenter: access
+            datacenter: findings
                 .datacenter
                 .map(|d| Cow::Borrowed(policy.datacenter(d).name.as_str())),
             upstream_status: None,
@@ -85,8 +85,8 @@ impl<'a> Facts<'a> {
 
 /// Records a refusal. A failed write is counted and logged by the log; the
 /// client is being refused anyway.
-pub async fn refused(log: &Log, facts: &Facts<'_>) {
-    let _ = log.append(&facts.record(log, Outcome::Refused)).await;
+pub async fn refused(log: &Log, context: &RecordContext<'_>) {
+    let _ = log.append(&context.record(log, Outcome::Refused)).await;
 }
 
 /// Records an upstream answer and returns the `Residency-Receipt` value for
@@ -95,12 +95,12 @@ pub async fn refused(log: &Log, facts: &Facts<'_>) {
 /// `log_unavailable` (by default).
 pub async fn answered<B>(
     log: &Log,
-    facts: &Facts<'_>,
+    context: &RecordContext<'_>,
     resp: &Response<B>,
     slot: &BodySlot,
 ) -> Result<Option<HeaderValue>, Failure> {
     let stored = resp.status().is_success();
-    let mut record = facts.record(
+    let mut record = context.record(
         log,
         if stored {
             Outcome::Stored
@@ -111,7 +111,7 @@ pub async fn answered<B>(
     record.upstream_status = Some(resp.status().as_u16());
     // The data centre may answer before it has read the whole body; a
     // receipt names the body it got, so wait (bounded) for the end.
-    let idle = facts.state.config.timeouts.request_body_idle;
+    let idle = context.state.config.timeouts.request_body_idle;
     let sha256 = slot.wait_sha256(idle).await;
     match sha256 {
         Some(sha256) => {
@@ -122,7 +122,7 @@ pub async fn answered<B>(
         }
         None if stored => {
             tracing::warn!(
-                request_id = facts.request_id.to_str().unwrap_or_default(),
+                request_id = context.request_id.to_str().unwrap_or_default(),
                 "the data centre answered 2xx before receiving the whole body: no receipt"
             );
             record.outcome = Outcome::Refused;

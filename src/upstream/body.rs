@@ -290,6 +290,11 @@ impl ForwardBody {
         )
     }
 
+    /// No body at all (health probes).
+    pub fn empty() -> ForwardBody {
+        Self::replay(Bytes::new()).0
+    }
+
     /// Sends a copy of a body read whole for replay.
     pub fn replay(body: Bytes) -> (ForwardBody, oneshot::Receiver<()>) {
         let hint = SizeHint::with_exact(body.len() as u64);

@@ -1,0 +1,60 @@
+//! A small plain-HTTP/1.1 listener for synchronous answers: the admin
+//! endpoints and the customer-facing log endpoints. Each connection gets
+//! hyper's head timer; at shutdown, connections finish their current
+//! response (at most 5 s).
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::shutdown::stopped;
+
+/// Serves plain HTTP/1.1 on `listener` with a synchronous `answer` until
+/// `stop` turns true (the admin and the transparency listeners).
+pub async fn serve<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, answer: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let answer = answer.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = answer(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let mut conn = pin!(http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
