@@ -26,8 +26,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{header, HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use crate::upstream::pool::Body as UpstreamBody;
 
@@ -35,6 +36,7 @@ use super::error::Failure;
 use super::headers::{self, Forwarded};
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
+use crate::upstream::Health;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
 /// At most this many delivery attempts per request.
@@ -63,50 +65,84 @@ enum Attempt {
     },
 }
 
-/// Forwards `req`; on success returns the upstream's response (body still
-/// streaming) and the client's body slot (bytes read, SHA-256 when the
-/// transparency log wants it).
-/// `datacenter` is set to the data centre that answered, for the response
-/// headers and the log.
-pub async fn forward(
+/// What every delivery attempt of one upload shares.
+struct Upload {
+    method: Method,
+    /// The client's request target; its path and query go upstream.
+    uri: Uri,
+    /// Rewritten for the upstream. Moved into the first attempt; cloned for
+    /// each attempt only when a replay may need them after a sent request
+    /// failed. An unsent request comes back from the pool with them.
+    headers: Option<HeaderMap>,
+    slot: Arc<BodySlot>,
+    /// The whole body, read first for an idempotent replay.
+    replay: Option<Bytes>,
+}
+
+impl Upload {
+    /// The request for one attempt on `upstream`, with the signal that its
+    /// body has been sent. `None` when no headers are left for a retry (every
+    /// retry path keeps or gets them back, so this is a bug, refused).
+    fn attempt(
+        &mut self,
+        base: &Uri,
+    ) -> Result<(Request<ForwardBody>, oneshot::Receiver<()>), Failure> {
+        let uri =
+            upstream_path(base, self.uri.path_and_query()).map_err(|_| Failure::BadRequest)?;
+        let (body, sent) = match &self.replay {
+            Some(bytes) => ForwardBody::replay(bytes.clone()),
+            None => ForwardBody::stream(self.slot.clone()),
+        };
+        let headers = if self.replay.is_some() {
+            self.headers.clone()
+        } else {
+            self.headers.take()
+        };
+        let Some(headers) = headers else {
+            tracing::error!("no request headers left for a retry");
+            return Err(Failure::UpstreamError);
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Ok((request, sent))
+    }
+}
+
+/// Rewrites the client's request for the upstream and sets up its body: a
+/// slot to stream from, or (idempotent and small enough) read whole first.
+async fn prepare(
     instance: &Instance,
     state: &Snapshot,
-    target: Target<'_>,
+    target: &Target<'_>,
     req: Request<Incoming>,
-    datacenter: &mut Option<DatacenterId>,
-) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), (Failure, u64)> {
+) -> Result<Upload, (Failure, u64)> {
     let config = &state.config;
-    let policy = &config.policy;
-    let health = &state.health;
     let (parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    let mut headers = parts.headers;
+    let host = headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let idempotent = parts.headers.contains_key("idempotency-key");
-    let declared = parts
-        .headers
+    let idempotent = headers.contains_key("idempotency-key");
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    // Moved into the first attempt; cloned for each attempt only when a
-    // replay may need them after a sent request failed. An unsent request
-    // comes back from the pool with them.
-    let mut upstream_headers = Some(parts.headers);
-    let j = target.jurisdiction;
     headers::to_upstream(
-        upstream_headers.as_mut().expect("set above"),
+        &mut headers,
         &Forwarded {
             request_id: target.request_id,
             xff_trusted: target.xff_trusted,
             hop: target.hop,
             country: target.country,
-            jurisdiction: &policy.jurisdiction(j).name,
+            jurisdiction: &config.policy.jurisdiction(target.jurisdiction).name,
             host,
         },
     );
-    let path = parts.uri.path_and_query();
     let slot = BodySlot::new(
         body,
         config.limits.max_body_bytes,
@@ -123,7 +159,31 @@ pub async fn forward(
     } else {
         None
     };
+    Ok(Upload {
+        method: parts.method,
+        uri: parts.uri,
+        headers: Some(headers),
+        slot,
+        replay,
+    })
+}
 
+/// Forwards `req`; on success returns the upstream's response (body still
+/// streaming) and the client's body slot (bytes read, SHA-256 when the
+/// transparency log wants it).
+/// `datacenter` is set to the data centre that answered, for the response
+/// headers and the log.
+pub async fn forward(
+    instance: &Instance,
+    state: &Snapshot,
+    target: Target<'_>,
+    req: Request<Incoming>,
+    datacenter: &mut Option<DatacenterId>,
+) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), (Failure, u64)> {
+    let policy = &state.config.policy;
+    let health = &state.health;
+    let j = target.jurisdiction;
+    let mut upload = prepare(instance, state, &target, req).await?;
     let mut upstream = target.upstream;
     let mut attempts = 0;
     loop {
@@ -134,76 +194,45 @@ pub async fn forward(
                 upstream = upstream.0,
                 "refusing to forward outside the permitted set"
             );
-            return Err((Failure::UpstreamError, slot.bytes()));
+            return Err((Failure::UpstreamError, upload.slot.bytes()));
         }
         let dc_id = policy.upstream(upstream).datacenter;
         let dc = &policy.datacenter(dc_id).name;
         *datacenter = Some(dc_id);
-        let uri = upstream_path(&policy.upstream(upstream).uri, path)
-            .map_err(|_| (Failure::BadRequest, 0))?;
-        let (body, sent) = match &replay {
-            Some(bytes) => ForwardBody::replay(bytes.clone()),
-            None => ForwardBody::stream(slot.clone()),
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        let headers = if replay.is_some() {
-            upstream_headers.clone()
-        } else {
-            upstream_headers.take()
-        };
-        // `None` only on a retry, and every retry path keeps or gets back
-        // the headers; should one not, the attempt is not made.
-        let Some(headers) = headers else {
-            tracing::error!("no request headers left for a retry");
-            return Err((Failure::UpstreamError, slot.bytes()));
-        };
-        *request.headers_mut() = headers;
+        let (request, sent) = upload
+            .attempt(&policy.upstream(upstream).uri)
+            .map_err(|f| (f, upload.slot.bytes()))?;
 
         let started = Instant::now();
-        let attempt = send(state, upstream, request, sent, &slot, target.request_id, dc).await;
+        let attempt = send(
+            state,
+            upstream,
+            request,
+            sent,
+            &upload.slot,
+            target.request_id,
+            dc,
+        )
+        .await;
         state.request_metrics.upstream_duration(
             &instance.metrics,
             policy,
             dc_id,
             started.elapsed().as_secs_f64(),
         );
-        if let Some(e) = slot.failure() {
-            return Err((body_failure(e), slot.bytes()));
+        if let Some(e) = upload.slot.failure() {
+            return Err((body_failure(e), upload.slot.bytes()));
         }
-        let (fallback, unsent, ejected) = match attempt {
-            Attempt::Answered(resp) => {
-                health.record_success(upstream);
-                return Ok((resp, slot));
-            }
-            Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
-            Attempt::Failed {
-                failure,
-                unsent,
-                headers,
-            } if unsent.is_some() => {
-                health.eject(upstream);
-                if headers.is_some() {
-                    upstream_headers = headers;
-                }
-                (Err(failure), unsent, true)
-            }
-            Attempt::Failed {
-                failure, unsent, ..
-            } => (Err(failure), unsent, health.record_failure(upstream)),
+        let (fallback, unsent) = match settle(instance, health, upstream, attempt, &mut upload) {
+            Settled::Answered(resp) => return Ok((resp, upload.slot)),
+            Settled::Unanswered { fallback, unsent } => (fallback, unsent),
         };
-        if ejected {
-            // Only an ejection changes what the gauges show.
-            instance.refresh_gauges();
-        }
-        let reason = match (unsent, &replay) {
+        let reason = match (unsent, &upload.replay) {
             (Some(reason), _) => reason,
             (None, Some(_)) => "idempotent_replay",
             (None, None) => {
-                let bytes = slot.bytes();
-                return fallback.map(|r| (r, slot)).map_err(|f| (f, bytes));
+                let bytes = upload.slot.bytes();
+                return fallback.map(|r| (r, upload.slot)).map_err(|f| (f, bytes));
             }
         };
         let next = policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u));
@@ -221,14 +250,66 @@ pub async fn forward(
                 // Nothing was sent and nothing permitted is up any more.
                 *datacenter = None;
                 let retry_after = health.retry_after(state.config.policy.permitted_upstreams(j));
-                return Err((Failure::NoHealthyDatacenter { retry_after }, slot.bytes()));
+                return Err((
+                    Failure::NoHealthyDatacenter { retry_after },
+                    upload.slot.bytes(),
+                ));
             }
             _ => {
-                let bytes = slot.bytes();
-                return fallback.map(|r| (r, slot)).map_err(|f| (f, bytes));
+                let bytes = upload.slot.bytes();
+                return fallback.map(|r| (r, upload.slot)).map_err(|f| (f, bytes));
             }
         }
     }
+}
+
+/// An attempt's outcome once health has been told.
+enum Settled {
+    /// A usable answer: it goes to the client.
+    Answered(Response<UpstreamBody>),
+    Unanswered {
+        /// What the client gets if no retry is made.
+        fallback: Result<Response<UpstreamBody>, Failure>,
+        /// `Some(why)`: the request never reached the upstream.
+        unsent: Option<&'static str>,
+    },
+}
+
+/// Feeds an attempt's outcome to health (a failed connection ejects the
+/// upstream; an unsent request's headers go back to the upload).
+fn settle(
+    instance: &Instance,
+    health: &Health,
+    upstream: UpstreamId,
+    attempt: Attempt,
+    upload: &mut Upload,
+) -> Settled {
+    let (fallback, unsent, ejected) = match attempt {
+        Attempt::Answered(resp) => {
+            health.record_success(upstream);
+            return Settled::Answered(resp);
+        }
+        Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
+        Attempt::Failed {
+            failure,
+            unsent,
+            headers,
+        } if unsent.is_some() => {
+            health.eject(upstream);
+            if headers.is_some() {
+                upload.headers = headers;
+            }
+            (Err(failure), unsent, true)
+        }
+        Attempt::Failed {
+            failure, unsent, ..
+        } => (Err(failure), unsent, health.record_failure(upstream)),
+    };
+    if ejected {
+        // Only an ejection changes what the gauges show.
+        instance.refresh_gauges();
+    }
+    Settled::Unanswered { fallback, unsent }
 }
 
 /// One delivery attempt, bounded by the upstream-response deadline, which

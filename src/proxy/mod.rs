@@ -76,41 +76,8 @@ pub async fn handle(
         reason: None,
     };
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
-    let log = instance.log.as_deref();
-    // (answer, body bytes, receipt, whether a record was written)
-    let (answered, bytes, receipt, recorded) = match routed {
-        Ok((resp, slot)) => {
-            let receipt = match log {
-                Some(log) => {
-                    let context = recording::RecordContext::new(&state, &findings, &id, received);
-                    // Boxed: it would grow every request's future.
-                    Box::pin(recording::answered(log, &context, &resp, &slot)).await
-                }
-                None => Ok(None),
-            };
-            match receipt {
-                Ok(receipt) => (Ok(resp), slot.bytes(), receipt, true),
-                Err(failure) => (Err(failure), slot.bytes(), None, true),
-            }
-        }
-        Err((failure, bytes)) => (Err(failure), bytes, None, false),
-    };
-    let mut resp = match answered {
-        Ok(resp) => resp.map(Either::Left),
-        Err(failure) => {
-            findings.reason = Some(failure.reason());
-            instance
-                .metrics
-                .rejections
-                .with_label_values(&[failure.reason()])
-                .inc();
-            if let Some(log) = log.filter(|_| !recorded) {
-                let context = recording::RecordContext::new(&state, &findings, &id, received);
-                Box::pin(recording::refused(log, &context)).await;
-            }
-            failure.response(&id).map(Either::Right)
-        }
-    };
+    let (mut resp, bytes, receipt) =
+        respond(&instance, &state, &mut findings, &id, received, routed).await;
 
     let policy = &state.config.policy;
     let jurisdiction = findings
@@ -153,6 +120,56 @@ pub async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+/// The client's response for what [`decide_and_forward`] produced, after
+/// the decision record is written (with the transparency log on): the
+/// upstream's answer, or the refusal. Returns it with the body bytes read
+/// and the receipt for a stored upload.
+async fn respond(
+    instance: &Instance,
+    state: &Snapshot,
+    findings: &mut Findings,
+    id: &HeaderValue,
+    received: SystemTime,
+    routed: Routed,
+) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
+    let log = instance.log.as_deref();
+    // (answer, body bytes, receipt, whether a record was written)
+    let (answered, bytes, receipt, recorded) = match routed {
+        Ok((resp, slot)) => {
+            let receipt = match log {
+                Some(log) => {
+                    let context = recording::RecordContext::new(state, findings, id, received);
+                    // Boxed: it would grow every request's future.
+                    Box::pin(recording::answered(log, &context, &resp, &slot)).await
+                }
+                None => Ok(None),
+            };
+            match receipt {
+                Ok(receipt) => (Ok(resp), slot.bytes(), receipt, true),
+                Err(failure) => (Err(failure), slot.bytes(), None, true),
+            }
+        }
+        Err((failure, bytes)) => (Err(failure), bytes, None, false),
+    };
+    let resp = match answered {
+        Ok(resp) => resp.map(Either::Left),
+        Err(failure) => {
+            findings.reason = Some(failure.reason());
+            instance
+                .metrics
+                .rejections
+                .with_label_values(&[failure.reason()])
+                .inc();
+            if let Some(log) = log.filter(|_| !recorded) {
+                let context = recording::RecordContext::new(state, findings, id, received);
+                Box::pin(recording::refused(log, &context)).await;
+            }
+            failure.response(id).map(Either::Right)
+        }
+    };
+    (resp, bytes, receipt)
 }
 
 type Routed =

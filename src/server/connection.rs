@@ -1,0 +1,713 @@
+//! One client connection, from accept to close, in named and bounded
+//! phases: `proxy_header`, `tls_handshake`, then HTTP/1.1 (parked between
+//! requests, holding no hyper buffers) or HTTP/2. A watchdog (`Activity`)
+//! enforces `request_head` and `keepalive_idle`; a request whose client
+//! leaves mid-delivery is `Detached` so that its delivery and record finish.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{service_fn, HttpService};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use crate::config::{Limits, Listener};
+use crate::metrics::Metrics;
+use crate::proxy::{self, Conn, ProxyBody};
+use crate::proxy_protocol::{self, Prefixed};
+use crate::shutdown::stopped;
+use crate::state::Instance;
+
+/// Counts something in a gauge while it lives (a connection in
+/// `connections_active`, a parked one in `connections_idle`).
+pub(super) struct Counted<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Counted<'a> {
+    pub(super) fn new(gauge: &'a prometheus::IntGauge) -> Counted<'a> {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one accepted connection through its phases: PROXY header (on
+/// `required` listeners), TLS handshake, then HTTP/1.1 — parked between
+/// requests — or HTTP/2. Every phase is bounded; the task ends when the
+/// connection does.
+pub(super) async fn serve(
+    instance: Arc<Instance>,
+    index: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Shared with requests that outlive the connection (below), so that
+    // draining at shutdown waits for them too.
+    let permit = Arc::new(permit);
+    let metrics = &instance.metrics;
+    let _active = Counted::new(&metrics.connections_active);
+    // The listener settings this connection was accepted with (each
+    // request loads the snapshot current when it starts).
+    let state = instance.snapshot();
+    let listener = &state.config.listeners[index];
+    let timeouts = state.config.timeouts;
+    let limits = state.config.limits;
+
+    let admitted = proxy_header(metrics, listener, timeouts.tls_handshake, stream, peer);
+    let Some((proxy_source, io)) = admitted.await else {
+        return;
+    };
+    let Some(tls) = handshake(metrics, &state.tls[index], timeouts.tls_handshake, io, peer).await
+    else {
+        return;
+    };
+    let conn = Arc::new(Conn {
+        peer,
+        proxy_source,
+        listener: index,
+    });
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        let instance = instance.clone();
+        service_fn(move |req| {
+            let busy = activity.begin();
+            // Each request runs on the snapshot current when it starts.
+            let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
+            let permit = permit.clone();
+            // Boxed: hyper hands a finished HTTP/1 connection's stream back
+            // (to release its buffers while idle) only for Unpin futures.
+            // `handle`'s future is created inside the box, not moved in.
+            Detached(Some(Box::pin(async move {
+                let resp = proxy::handle(instance, state, conn, req).await;
+                drop(busy);
+                drop(permit);
+                resp
+            })))
+        })
+    };
+
+    // HTTP/1 heads are watched from their first byte by `Activity`, which
+    // enforces request_head and keepalive_idle (hyper's own head timer is
+    // left off: it would also run while a keep-alive connection is idle,
+    // and costs a timer entry per request).
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = Watched {
+        inner: tls,
+        activity: (!h2).then(|| activity.clone()),
+    };
+    let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
+    // Created once: a fresh `stopped` future per wake-up would re-register
+    // with the watch channel on every request.
+    let mut shutdown = pin!(stopped(&mut stop));
+    let (io, prefix) = if h2 {
+        (io, Bytes::new())
+    } else {
+        let phases = Phases {
+            idle: idle.as_mut(),
+            shutdown: shutdown.as_mut(),
+        };
+        let served = serve_http1(io, &service, &activity, limits, metrics, peer, phases);
+        match served.await {
+            Some(h2_without_alpn) => h2_without_alpn,
+            None => return,
+        }
+    };
+    let phases = Phases {
+        idle: idle.as_mut(),
+        shutdown: shutdown.as_mut(),
+    };
+    serve_http2(io, prefix, service, limits, peer, phases).await;
+}
+
+/// The TLS stream of an accepted connection. Boxed: moved by value it would
+/// size every phase of the connection's task, and an idle connection holds
+/// little besides its task (this keeps the task near 2 KiB, from 8).
+type Tls = Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>;
+
+/// The deadlines every HTTP phase selects on: the watchdog (`request_head`
+/// or `keepalive_idle`, named by its output) and the shutdown flag.
+struct Phases<'a, I, S> {
+    idle: Pin<&'a mut I>,
+    shutdown: Pin<&'a mut S>,
+}
+
+/// The PROXY phase: on `required` listeners, the peer must be a trusted
+/// proxy and its header must arrive within `deadline`. Returns the client
+/// address it names and the stream (with any bytes read past the header
+/// put back in front), or `None` when the connection was refused (counted
+/// and logged).
+async fn proxy_header(
+    metrics: &Metrics,
+    listener: &Listener,
+    deadline: Duration,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Option<IpAddr>, Prefixed<TcpStream>)> {
+    if !listener.proxy_protocol {
+        return Some((None, Prefixed::new(Bytes::new(), stream)));
+    }
+    let reject = |reason: &str| {
+        metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
+    };
+    if !listener.trusted_proxies.contains(peer.ip()) {
+        reject("proxy_untrusted_peer");
+        tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
+        return None;
+    }
+    match tokio::time::timeout(deadline, proxy_protocol::read_header(stream)).await {
+        Ok(Ok((source, io))) => Some((Some(source.unwrap_or(peer.ip().to_canonical())), io)),
+        Ok(Err(e)) => {
+            reject(e.reason());
+            tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed");
+            None
+        }
+        Err(_) => {
+            reject("proxy_header_timeout");
+            tracing::warn!(peer = %peer, phase = "proxy_header", "timeout");
+            None
+        }
+    }
+}
+
+/// The TLS phase, bounded by `deadline`; counted by result.
+async fn handshake(
+    metrics: &Metrics,
+    config: &Arc<rustls::ServerConfig>,
+    deadline: Duration,
+    io: Prefixed<TcpStream>,
+    peer: SocketAddr,
+) -> Option<Tls> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+    // Boxed, like the stream it yields.
+    let handshake = Box::pin(acceptor.accept(io));
+    match tokio::time::timeout(deadline, handshake).await {
+        Ok(Ok(tls)) => {
+            metrics.tls_handshakes.with_label_values(&["success"]).inc();
+            Some(Box::new(tls))
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshakes.with_label_values(&["failure"]).inc();
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics.tls_handshakes.with_label_values(&["timeout"]).inc();
+            tracing::debug!(peer = %peer, phase = "tls_handshake", "timeout");
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 until the connection ends (`None`), or, when its first bytes
+/// are the h2 preface (HTTP/2 without ALPN), the stream and those bytes.
+/// Between requests the connection is parked: once quiet for
+/// [`IDLE_RELEASE`], hyper's buffers are released and one small read waits
+/// for the next request, whose bytes start a fresh hyper connection.
+async fn serve_http1<S, I, D>(
+    mut io: Watched<Tls>,
+    service: &S,
+    activity: &Arc<Activity>,
+    limits: Limits,
+    metrics: &Metrics,
+    peer: SocketAddr,
+    mut phases: Phases<'_, I, D>,
+) -> Option<(Watched<Tls>, Bytes)>
+where
+    S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: Future<Output = &'static str>,
+    D: Future<Output = ()>,
+{
+    let mut h1 = http1::Builder::new();
+    h1.max_buf_size(limits.max_request_head_bytes.max(8192))
+        .keep_alive(true)
+        .writev(false);
+    let mut prefix = Bytes::new();
+    // Until the first bytes tell HTTP/1 from an h2 preface (h2 without
+    // ALPN, "prior knowledge").
+    let mut sniffing = true;
+    loop {
+        let preface = h2_preface(&prefix);
+        if prefix.is_empty() || (sniffing && preface.is_none()) {
+            // Parked: the connection holds only its TLS state (no hyper
+            // buffers) until the next request's bytes arrive.
+            let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
+            let more = park(&mut io, peer, &mut phases).await?;
+            prefix = concat(prefix, &more);
+            continue;
+        }
+        if sniffing {
+            sniffing = false;
+            if preface == Some(true) {
+                io.activity = None;
+                return Some((io, prefix));
+            }
+        }
+        let (stream, rest) =
+            serve_until_quiet(&h1, prefix, io, service, activity, peer, &mut phases).await?;
+        io = stream;
+        prefix = rest;
+    }
+}
+
+/// Waits, holding no HTTP buffers, for a parked connection's next bytes
+/// (at most [`WAKE_READ`]); `None` when it ends, times out or shuts down.
+async fn park<I, D>(
+    io: &mut Watched<Tls>,
+    peer: SocketAddr,
+    phases: &mut Phases<'_, I, D>,
+) -> Option<Vec<u8>>
+where
+    I: Future<Output = &'static str>,
+    D: Future<Output = ()>,
+{
+    let mut buf = [0u8; WAKE_READ];
+    let read = tokio::select! {
+        read = io.read(&mut buf) => read,
+        () = phases.shutdown.as_mut() => {
+            close(io).await;
+            return None;
+        }
+        phase = phases.idle.as_mut() => {
+            tracing::debug!(peer = %peer, phase, "timeout");
+            close(io).await;
+            return None;
+        }
+    };
+    match read {
+        Ok(0) => None,
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            None
+        }
+    }
+}
+
+/// Serves HTTP/1 until the connection ends (`None`), or until it has been
+/// quiet for [`IDLE_RELEASE`] after a request, when hyper closes its idle
+/// state and hands the stream back unshut, with the bytes it had read past
+/// the last request.
+async fn serve_until_quiet<S, I, D>(
+    h1: &http1::Builder,
+    prefix: Bytes,
+    io: Watched<Tls>,
+    service: &S,
+    activity: &Arc<Activity>,
+    peer: SocketAddr,
+    phases: &mut Phases<'_, I, D>,
+) -> Option<(Watched<Tls>, Bytes)>
+where
+    S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: Future<Output = &'static str>,
+    D: Future<Output = ()>,
+{
+    let served_before = activity.requests();
+    let mut served =
+        Box::new(h1.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service.clone()));
+    let mut quiet = pin!(activity.quiet(served_before, IDLE_RELEASE));
+    let mut closing = false;
+    let mut releasing = false;
+    let mut timed_out = false;
+    let result = loop {
+        tokio::select! {
+            result = std::future::poll_fn(|cx| served.poll_without_shutdown(cx)) => {
+                break result;
+            }
+            () = phases.shutdown.as_mut(), if !closing => {
+                Pin::new(&mut *served).graceful_shutdown();
+                closing = true;
+            }
+            // Also while draining for shutdown: a head started
+            // then still has only request_head to complete.
+            phase = phases.idle.as_mut(), if !timed_out => {
+                tracing::debug!(peer = %peer, phase, "timeout");
+                timed_out = true;
+                if phase == "request_head" {
+                    // Nothing is in flight, and hyper's graceful
+                    // shutdown waits for a head it has started
+                    // reading: just close.
+                    return None;
+                }
+                if !closing {
+                    Pin::new(&mut *served).graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = quiet.as_mut(), if !closing && !releasing => {
+                Pin::new(&mut *served).graceful_shutdown();
+                releasing = true;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        return None;
+    }
+    let parts = served.into_parts();
+    let (rest, stream) = parts.io.into_inner().into_parts();
+    if closing || !releasing {
+        // Shut down, idle too long, or the client closed or asked
+        // to: end the stream as hyper would have.
+        close(stream).await;
+        return None;
+    }
+    // What hyper read came from the front of our prefix, so the
+    // unread rest follows it.
+    Some((stream, concat(parts.read_buf, &rest)))
+}
+
+/// HTTP/2 until the connection ends: bounded streams, windows and header
+/// lists, pings for dead peers; GOAWAY at shutdown or when idle too long.
+async fn serve_http2<S, I, D>(
+    io: Watched<Tls>,
+    prefix: Bytes,
+    service: S,
+    limits: Limits,
+    peer: SocketAddr,
+    mut phases: Phases<'_, I, D>,
+) where
+    S: HttpService<Incoming, ResBody = ProxyBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: Http2ServerConnExec<S::Future, ProxyBody>,
+    I: Future<Output = &'static str>,
+    D: Future<Output = ()>,
+{
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_head_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_pending_accept_reset_streams(Some(20))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let mut served =
+        Box::pin(h2.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = phases.shutdown.as_mut(), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            phase = phases.idle.as_mut(), if !closing => {
+                tracing::debug!(peer = %peer, phase, "timeout");
+                if phase == "request_head" {
+                    return;
+                }
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// How long an HTTP/1 keep-alive connection with nothing in flight keeps
+/// hyper's read and write buffers (8 KiB each) before releasing them; it
+/// then waits holding only its TLS state, as nginx's keep-alive does.
+const IDLE_RELEASE: Duration = Duration::from_millis(100);
+/// Bytes taken by the read that wakes a parked connection (the h2 preface
+/// is 24); hyper reads the rest of the head itself.
+const WAKE_READ: usize = 128;
+/// How long a closing connection may take to send its TLS close_notify.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The h2 connection preface ("prior knowledge", RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `bytes` start with the h2 preface: `None` while too short to tell.
+fn h2_preface(bytes: &[u8]) -> Option<bool> {
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] != H2_PREFACE[..n] {
+        Some(false)
+    } else if n == H2_PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// `head` then `tail` as one `Bytes`. An empty result is a fresh `Bytes`:
+/// an empty one from hyper still owns its 8 KiB read buffer.
+fn concat(head: Bytes, tail: &[u8]) -> Bytes {
+    match (head.is_empty(), tail.is_empty()) {
+        (true, true) => Bytes::new(),
+        (false, true) => head,
+        _ => {
+            let mut joined = BytesMut::with_capacity(head.len() + tail.len());
+            joined.extend_from_slice(&head);
+            joined.extend_from_slice(tail);
+            joined.freeze()
+        }
+    }
+}
+
+/// Ends a stream politely (TLS close_notify, then FIN), bounded in time.
+async fn close<T: AsyncWrite + Unpin>(mut io: T) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Requests begun on this connection. Until the first, the connection
+    /// gets only the request-head deadline (`first_request` wakes the
+    /// watchdog when it comes).
+    requests: AtomicU64,
+    last_ms: AtomicU64,
+    /// HTTP/1: bytes of a next request head arrived with nothing in
+    /// flight, since `head_ms`; cleared when that request starts.
+    head_pending: AtomicBool,
+    head_ms: AtomicU64,
+    head_started: tokio::sync::Notify,
+    first_request: tokio::sync::Notify,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            head_pending: AtomicBool::new(false),
+            head_ms: AtomicU64::new(0),
+            head_started: tokio::sync::Notify::new(),
+            first_request: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_pending.store(false, Ordering::Relaxed);
+        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first_request.notify_one();
+        }
+        Busy(self.clone())
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once a request has begun after the first `since`, and the
+    /// connection has then had nothing in flight and no head started for
+    /// `after` (HTTP/1: hyper is idle and may hand its stream back).
+    async fn quiet(&self, since: u64, after: Duration) {
+        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let mut wait = after_ms;
+            if self.requests() > since
+                && self.in_flight.load(Ordering::Relaxed) == 0
+                && !self.head_pending.load(Ordering::Relaxed)
+            {
+                let quiet_for = self
+                    .now_ms()
+                    .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+                if quiet_for >= after_ms {
+                    return;
+                }
+                wait = after_ms - quiet_for;
+            }
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+        }
+    }
+
+    /// HTTP/1 bytes were read: with nothing in flight, they start the next
+    /// request head, which then has `request_head` to complete.
+    fn read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.head_pending.swap(true, Ordering::Relaxed)
+        {
+            self.head_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
+        }
+    }
+
+    /// Resolves once the connection has had nothing in flight for `idle`,
+    /// has not started a first request within `first`, or (HTTP/1) has not
+    /// completed a started request head within `first`.
+    async fn idle(&self, first: Duration, idle: Duration) -> &'static str {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let started = self.requests() > 0;
+            let head = started && self.head_pending.load(Ordering::Relaxed);
+            let (since, limit) = if head {
+                (self.head_ms.load(Ordering::Relaxed), ms(first))
+            } else if started {
+                (self.last_ms.load(Ordering::Relaxed), ms(idle))
+            } else {
+                (0, ms(first))
+            };
+            let quiet_for = self.now_ms().saturating_sub(since);
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= limit {
+                return if started && !head {
+                    "keepalive_idle"
+                } else {
+                    "request_head"
+                };
+            }
+            let wait = Duration::from_millis(limit.saturating_sub(quiet_for).max(100));
+            if head {
+                tokio::time::sleep(wait).await;
+            } else if started {
+                // A head starting meanwhile has a shorter deadline.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.head_started.notified() => {}
+                }
+            } else {
+                // The first request switches to the keep-alive deadline.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.first_request.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// A request's future that is not cancelled with its client: hyper drops
+/// it when the connection (or the h2 stream) goes away, and then it moves
+/// into a task of its own and runs to its end. A delivery in progress
+/// completes and gets its transparency record; a body the client did not
+/// finish still fails as `client_aborted`. The future holds a share of the
+/// connection's permit, so draining at shutdown waits for it. Nothing extra
+/// happens while the client stays.
+struct Detached<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> Future for Detached<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(mut fut) = self.0.take() else {
+            return Poll::Pending;
+        };
+        // Taken out while polled: a future that panics is not detached.
+        let polled = fut.as_mut().poll(cx);
+        if polled.is_pending() {
+            self.0 = Some(fut);
+        }
+        polled
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detached<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(fut) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(fut));
+            }
+        }
+    }
+}
+
+/// The client stream, telling [`Activity`] when bytes arrive (HTTP/1 only;
+/// `activity` is `None` for h2, whose pings and window updates are not
+/// request heads).
+struct Watched<T> {
+    inner: T,
+    activity: Option<Arc<Activity>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(activity)) = (&result, &this.activity) {
+            if buf.filled().len() > before {
+                activity.read();
+            }
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,264 @@
+//! Listeners and the connection lifecycle.
+//!
+//! [`bind`] opens every socket first (so tests and the demo can bind port 0
+//! and read the addresses); [`Bound::run`] then serves until the shutdown
+//! future resolves. Each accepted connection runs in its own task through
+//! named, bounded phases:
+//!
+//! 1. admission — a connection-limit permit, or the connection is closed;
+//! 2. `proxy_header` — on `proxy_protocol = "required"` listeners, only from
+//!    `trusted_proxies`, within the handshake deadline;
+//! 3. `tls_handshake` — rustls with the listener's SNI-aware config;
+//! 4. HTTP — h2 by ALPN or by its preface, else HTTP/1.1, with bounded
+//!    header sizes and streams, and a watchdog that closes connections that
+//!    send no first request within `request_head`, do not complete a later
+//!    HTTP/1 head within `request_head` of its first byte, or sit idle for
+//!    `keepalive_idle`. An HTTP/1 connection quiet for `IDLE_RELEASE`
+//!    drops hyper's buffers and waits with only its TLS state; the next
+//!    request's first bytes start a fresh hyper connection on the stream.
+//!
+//! The phases of one connection are in [`connection`].
+//!
+//! On shutdown, accepting stops, every connection is asked to finish
+//! gracefully, and `run` waits up to `timeouts.shutdown_grace` for them.
+
+mod connection;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::admin;
+use crate::shutdown::stopped;
+use crate::state::Instance;
+
+/// Sockets bound and ready to serve.
+pub struct Bound {
+    instance: Arc<Instance>,
+    listeners: Vec<TcpListener>,
+    admin: TcpListener,
+    /// The customer-facing transparency log listener, if configured.
+    transparency: Option<TcpListener>,
+    /// The config file to watch for hot reload, if any.
+    config_path: Option<std::path::PathBuf>,
+}
+
+/// Binds every ingest listener and the admin listener of the current state.
+pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
+    let state = instance.snapshot();
+    let mut listeners = Vec::new();
+    for l in &state.config.listeners {
+        let socket = TcpListener::bind(l.address).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding listener {}: {e}", l.address))
+        })?;
+        listeners.push(socket);
+    }
+    let admin = TcpListener::bind(state.config.admin.address)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding admin listener {}: {e}", state.config.admin.address),
+            )
+        })?;
+    let transparency = match instance.log.as_ref().and_then(|l| l.settings().address) {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("binding transparency listener {address}: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(Bound {
+        instance,
+        listeners,
+        admin,
+        transparency,
+        config_path: None,
+    })
+}
+
+impl Bound {
+    /// The ingest listeners' local addresses, in config order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    /// The transparency log listener's address, when there is one.
+    pub fn transparency_address(&self) -> Option<SocketAddr> {
+        self.transparency.as_ref()?.local_addr().ok()
+    }
+
+    /// Reload from `path` on SIGHUP and when watched files change.
+    pub fn watch(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = self.instance.snapshot();
+        let limits = state.config.limits;
+        let grace = state.config.timeouts.shutdown_grace;
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let mut tasks = Vec::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let instance = self.instance.clone();
+            let permits = permits.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(accept_loop(
+                instance, index, listener, permits, stop,
+            )));
+        }
+        tasks.push(tokio::spawn(admin::serve(
+            self.instance.clone(),
+            self.admin,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(refresh_gauges(
+            self.instance.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::probes::run(
+            self.instance.clone(),
+            stop_rx.clone(),
+        )));
+
+        if let Some(log) = &self.instance.log {
+            tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
+            if let Some(listener) = self.transparency {
+                let log = log.clone();
+                tasks.push(tokio::spawn(crate::plain_http::serve(
+                    listener,
+                    stop_rx.clone(),
+                    move |req| crate::log_api::answer(&log, req),
+                )));
+            }
+        }
+
+        if let Some(path) = self.config_path {
+            tasks.push(tokio::spawn(crate::reload::run(
+                self.instance.clone(),
+                path,
+                stop_rx.clone(),
+            )));
+        }
+
+        shutdown.await;
+        self.instance.set_ready(false);
+        let delay = self.instance.snapshot().config.timeouts.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutting down: readiness off; still accepting while load balancers notice"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("shutting down: accepting stopped, draining connections");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+        match drained {
+            Ok(_) => tracing::info!("all connections finished"),
+            Err(_) => tracing::warn!(
+                phase = "shutdown_grace",
+                "timeout: closing remaining connections"
+            ),
+        };
+        if let Some(log) = self.instance.log.clone() {
+            // Every record appended is covered by a signed checkpoint.
+            match tokio::task::spawn_blocking(move || log.checkpoint()).await {
+                Ok(Ok(cp)) => tracing::info!(size = cp.size, "final checkpoint signed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
+                Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+            }
+        }
+    }
+}
+
+/// Signs a checkpoint every `checkpoint_interval` (when records were added)
+/// until `stop`; the final one is signed after the connections have drained.
+async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(log.settings().checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stopped(&mut stop) => return,
+        }
+        let l = log.clone();
+        match tokio::task::spawn_blocking(move || l.checkpoint()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+        log.refresh_age();
+    }
+}
+
+async fn accept_loop(
+    instance: Arc<Instance>,
+    index: usize,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            instance
+                .metrics
+                .connections_rejected
+                .with_label_values(&["connection_limit"])
+                .inc();
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection::serve(
+            instance.clone(),
+            index,
+            stream,
+            peer,
+            permit,
+            stop.clone(),
+        ));
+    }
+}
+
+/// Keeps `residency_datacenter_up` current as passive down-marks expire.
+async fn refresh_gauges(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => instance.refresh_gauges(),
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
