@@ -2,12 +2,17 @@
 //! proxy runs on.
 //!
 //! Loading happens in two steps. The `config` crate merges the TOML file with
-//! `RESIDENCY_PROXY__SECTION__KEY` environment overrides into [`RawConfig`],
-//! whose fields are strings and options. [`Config::from_raw`] then converts
-//! every field to its real type (`SocketAddr`, `Duration`, `IpNet`, policy ids)
-//! and collects *every* problem into one [`ConfigReport`], each naming its key,
-//! so an operator fixes a broken file in one pass. After loading, invalid
-//! states cannot be represented.
+//! `RESIDENCY_PROXY__SECTION__KEY` environment overrides into [`RawConfig`]:
+//! typed serde structures whose numbers, durations (humantime's syntax) and
+//! enumerations are [`Setting`]s, which keep a value that does not convert
+//! instead of failing, and whose addresses, networks, URLs and paths are
+//! strings. [`Config::from_raw`] then checks and converts every field to its
+//! real type (`SocketAddr`, `IpNet`, files that exist, policy ids), applies
+//! defaults and ranges, and collects *every* problem into one
+//! [`ConfigReport`], each naming its key, so an operator fixes a broken file
+//! in one pass. Only an unknown key or a section of the wrong shape stops
+//! deserialization; that one problem is reported under its key too. After
+//! loading, invalid states cannot be represented.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +25,9 @@ use serde::Deserialize;
 use residency_core::country::Country;
 use residency_core::origin::TrustedProxies;
 use residency_core::policy::{Policy, RawDatacenter, RawJurisdiction, RawUnknownOrigin};
-use residency_core::report::{parse_addr, parse_duration, parse_net, ConfigReport};
+use residency_core::report::{
+    parse_addr, parse_net, ConfigReport, FromSetting, OptionalSetting, Setting,
+};
 use residency_log::settings::{RawTransparency, Transparency};
 
 /// Prefix of environment variables that override config keys.
@@ -180,6 +187,40 @@ pub enum LogFormat {
     Json,
 }
 
+impl FromSetting for LogFormat {
+    const EXPECTED: &'static str = "one of \"text\", \"json\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// `listeners.proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// Connections open with the TLS handshake.
+    #[default]
+    Off,
+    /// A PROXY v1/v2 header must open every connection.
+    Required,
+}
+
+impl FromSetting for ProxyProtocol {
+    const EXPECTED: &'static str = "one of \"off\", \"required\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "off" => Some(ProxyProtocol::Off),
+            "required" => Some(ProxyProtocol::Required),
+            _ => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Raw (serde) configuration
 // ---------------------------------------------------------------------------
@@ -199,13 +240,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub datacenters: BTreeMap<String, RawDatacenter>,
     #[serde(default)]
-    pub timeouts: BTreeMap<String, String>,
+    pub timeouts: RawTimeouts,
     #[serde(default)]
-    pub limits: BTreeMap<String, String>,
+    pub limits: RawLimits,
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
-    pub health: BTreeMap<String, String>,
+    pub health: RawHealth,
     #[serde(default)]
     pub log: RawLog,
     pub transparency: Option<RawTransparency>,
@@ -216,14 +257,53 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
-    pub worker_threads: Option<String>,
+    pub worker_threads: Option<Setting<usize>>,
+}
+
+/// `[timeouts]`; see [`Timeouts`] for the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub tls_handshake: Option<Setting<Duration>>,
+    pub request_head: Option<Setting<Duration>>,
+    pub request_body_idle: Option<Setting<Duration>>,
+    pub upstream_connect: Option<Setting<Duration>>,
+    pub upstream_response: Option<Setting<Duration>>,
+    pub keepalive_idle: Option<Setting<Duration>>,
+    pub shutdown_grace: Option<Setting<Duration>>,
+    pub shutdown_delay: Option<Setting<Duration>>,
+    pub reload_poll: Option<Setting<Duration>>,
+}
+
+/// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
+/// value out of range is reported as such.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_head_bytes: Option<Setting<u64>>,
+    pub max_body_bytes: Option<Setting<u64>>,
+    pub h2_max_concurrent_streams: Option<Setting<u64>>,
+    pub max_connections: Option<Setting<u64>>,
+}
+
+/// `[health]`; see [`HealthSettings`] for the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<Setting<Duration>>,
+    pub timeout: Option<Setting<Duration>>,
+    pub healthy_threshold: Option<Setting<u32>>,
+    pub unhealthy_threshold: Option<Setting<u32>>,
+    pub passive_failures: Option<Setting<u32>>,
+    pub down_for: Option<Setting<Duration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: Option<String>,
-    pub proxy_protocol: Option<String>,
+    pub proxy_protocol: Option<Setting<ProxyProtocol>>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub tls: Option<RawTls>,
@@ -258,7 +338,7 @@ pub struct RawGeoip {
     pub overrides: Vec<RawOverride>,
     #[serde(default)]
     pub canaries: Vec<RawCanary>,
-    pub max_age: Option<String>,
+    pub max_age: Option<Setting<Duration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,20 +359,16 @@ pub struct RawOverride {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub ca: Option<String>,
-    pub pool_idle_timeout: Option<String>,
-    pub pool_max_idle_per_host: Option<String>,
-    pub replay_limit_bytes: Option<String>,
+    pub pool_idle_timeout: Option<Setting<Duration>>,
+    pub pool_max_idle_per_host: Option<Setting<usize>>,
+    pub replay_limit_bytes: Option<Setting<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    pub format: Option<String>,
+    pub format: Option<Setting<LogFormat>>,
 }
-
-// ---------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------
 // Loading
@@ -320,7 +396,7 @@ impl Config {
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>());
-        let raw = merged.map_err(|e| single(&source, "config", e))?;
+        let raw = merged.map_err(|e| deserialize_error(&source, &e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_raw(raw, base, &source)?;
         config.source = Some(path.to_path_buf());
@@ -333,7 +409,7 @@ impl Config {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>())
-            .map_err(|e| single("config", "config", e))?;
+            .map_err(|e| deserialize_error("config", &e))?;
         Self::from_raw(raw, base, "config")
     }
 
@@ -365,30 +441,15 @@ impl Config {
             .transparency
             .as_ref()
             .map(|t| residency_log::settings::transparency(t, base, r));
-        let worker_threads = match raw.runtime.worker_threads.as_deref() {
-            None => None,
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if (1..=1024).contains(&n) => Some(n),
-                _ => {
-                    r.push(
-                        "runtime.worker_threads",
-                        "must be an integer from 1 to 1024",
-                    );
-                    None
-                }
-            },
-        };
-        let log_format = match raw.log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                r.push(
-                    "log.format",
-                    format!("`{other}` is not one of \"text\", \"json\""),
-                );
-                LogFormat::Text
-            }
-        };
+        let worker_threads = raw.runtime.worker_threads.as_ref().and_then(|n| {
+            n.check_is(
+                "runtime.worker_threads",
+                r,
+                "an integer from 1 to 1024",
+                |n| (1..=1024).contains(n),
+            )
+        });
+        let log_format = raw.log.format.check_or(LogFormat::Text, "log.format", r);
 
         let config = (|| {
             Some(Config {
@@ -413,10 +474,73 @@ impl Config {
     }
 }
 
-fn single(source: &str, key: &str, e: config::ConfigError) -> ConfigReport {
+/// The one problem that stops deserialization (a TOML syntax error, an
+/// unknown key, a section of the wrong shape), under the key it concerns when
+/// the `config` crate names it, else under `config`.
+fn deserialize_error(source: &str, e: &config::ConfigError) -> ConfigReport {
+    let (key, message) = error_key(e);
     let mut report = ConfigReport::new(source);
-    report.push(key, e);
+    report.push(key.unwrap_or_else(|| "config".into()), message);
     report
+}
+
+/// The key a `config` error concerns, and its message without the key.
+fn error_key(e: &config::ConfigError) -> (Option<String>, String) {
+    use config::ConfigError;
+    match e {
+        ConfigError::Type {
+            unexpected,
+            expected,
+            key,
+            ..
+        } => (
+            key.as_deref().map(dotted),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => {
+            let (inner, message) = error_key(error);
+            let key = dotted(key);
+            let key = match inner {
+                Some(inner) if inner.starts_with('[') => format!("{key}{inner}"),
+                Some(inner) => format!("{key}.{inner}"),
+                None => key,
+            };
+            (Some(key), message)
+        }
+        ConfigError::NotFound(key) => (Some(dotted(key)), "missing".into()),
+        ConfigError::Message(message) => match unknown_field(message) {
+            Some((field, rest)) => (Some(field.into()), format!("unknown key{rest}")),
+            None => (None, message.clone()),
+        },
+        other => (None, other.to_string()),
+    }
+}
+
+/// serde's "unknown field `foo`, expected one of `a`, `b`": the field and
+/// what follows it (", expected one of `a`, `b`").
+fn unknown_field(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let end = rest.find('`')?;
+    Some((&rest[..end], &rest[end + 1..]))
+}
+
+/// The `config` crate writes `a[0]b` for the key `b` of the first element of
+/// `a`; the report writes `a[0].b`.
+fn dotted(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 2);
+    let mut after_bracket = false;
+    for c in key.chars() {
+        if after_bracket && c != '.' && c != '[' {
+            out.push('.');
+        }
+        after_bracket = c == ']';
+        out.push(c);
+    }
+    out
 }
 
 fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Listener> {
@@ -427,17 +551,10 @@ fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> 
             None
         }
     };
-    let proxy_protocol = match raw.proxy_protocol.as_deref() {
-        None | Some("off") => false,
-        Some("required") => true,
-        Some(other) => {
-            r.push(
-                format!("{key}.proxy_protocol"),
-                format!("`{other}` is not one of \"off\", \"required\""),
-            );
-            false
-        }
-    };
+    let proxy_protocol =
+        raw.proxy_protocol
+            .check_or(ProxyProtocol::Off, &format!("{key}.proxy_protocol"), r)
+            == ProxyProtocol::Required;
     let mut nets = Vec::new();
     for (i, text) in raw.trusted_proxies.iter().enumerate() {
         match parse_net(text) {
@@ -540,14 +657,14 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
             ),
         }
     }
-    let max_age = match raw.max_age.as_deref().map(parse_duration) {
-        None => None,
-        Some(Some(d)) if !d.is_zero() => Some(d),
-        Some(_) => {
-            r.push("geoip.max_age", "not a positive duration such as \"30d\"");
-            None
-        }
-    };
+    let max_age = raw.max_age.as_ref().and_then(|d| {
+        d.check_is(
+            "geoip.max_age",
+            r,
+            "a positive duration such as \"30d\"",
+            |d| !d.is_zero(),
+        )
+    });
     Some(Geoip {
         database: database?,
         overrides,
@@ -556,110 +673,127 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
     })
 }
 
-fn timeouts(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> Timeouts {
-    let mut t = Timeouts::default();
-    for (name, value) in raw {
-        let slot = match name.as_str() {
-            "tls_handshake" => &mut t.tls_handshake,
-            "request_head" => &mut t.request_head,
-            "request_body_idle" => &mut t.request_body_idle,
-            "upstream_connect" => &mut t.upstream_connect,
-            "upstream_response" => &mut t.upstream_response,
-            "keepalive_idle" => &mut t.keepalive_idle,
-            "shutdown_grace" => &mut t.shutdown_grace,
-            "shutdown_delay" | "reload_poll" => {
-                match parse_duration(value) {
-                    Some(d) if name == "shutdown_delay" => t.shutdown_delay = d,
-                    Some(d) => t.reload_poll = d,
-                    None => r.push(
-                        format!("timeouts.{name}"),
-                        format!("`{value}` is not a duration such as \"5s\" (\"0s\" = off)"),
-                    ),
-                }
-                continue;
-            }
-            _ => {
-                r.push(format!("timeouts.{name}"), "unknown timeout");
-                continue;
-            }
-        };
-        match parse_duration(value) {
-            Some(d) if !d.is_zero() => *slot = d,
-            _ => r.push(
-                format!("timeouts.{name}"),
-                format!("`{value}` is not a positive duration such as \"500ms\", \"10s\", \"2m\""),
-            ),
-        }
+fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
+    let RawTimeouts {
+        tls_handshake,
+        request_head,
+        request_body_idle,
+        upstream_connect,
+        upstream_response,
+        keepalive_idle,
+        shutdown_grace,
+        shutdown_delay,
+        reload_poll,
+    } = raw;
+    let d = Timeouts::default();
+    let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
+        value.check_is_or(
+            default,
+            &format!("timeouts.{name}"),
+            r,
+            "a positive duration such as \"500ms\", \"10s\", \"2m\"",
+            |d| !d.is_zero(),
+        )
+    };
+    let or_off = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
+        value.check_is_or(
+            default,
+            &format!("timeouts.{name}"),
+            r,
+            "a duration such as \"5s\" (\"0s\" = off)",
+            |_| true,
+        )
+    };
+    Timeouts {
+        tls_handshake: positive(tls_handshake, "tls_handshake", d.tls_handshake, r),
+        request_head: positive(request_head, "request_head", d.request_head, r),
+        request_body_idle: positive(
+            request_body_idle,
+            "request_body_idle",
+            d.request_body_idle,
+            r,
+        ),
+        upstream_connect: positive(upstream_connect, "upstream_connect", d.upstream_connect, r),
+        upstream_response: positive(
+            upstream_response,
+            "upstream_response",
+            d.upstream_response,
+            r,
+        ),
+        keepalive_idle: positive(keepalive_idle, "keepalive_idle", d.keepalive_idle, r),
+        shutdown_grace: positive(shutdown_grace, "shutdown_grace", d.shutdown_grace, r),
+        shutdown_delay: or_off(shutdown_delay, "shutdown_delay", d.shutdown_delay, r),
+        reload_poll: or_off(reload_poll, "reload_poll", d.reload_poll, r),
     }
-    t
 }
 
-fn limits(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> Limits {
-    let mut l = Limits::default();
-    for (name, value) in raw {
+fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
+    let d = Limits::default();
+    // Parsed as u64, then range-checked: "`x` is not a non-negative integer"
+    // or the range it must be in.
+    let limit = |value: &Option<Setting<u64>>,
+                 name: &str,
+                 range: std::ops::RangeInclusive<u64>,
+                 why: &str,
+                 r: &mut ConfigReport| {
         let key = format!("limits.{name}");
-        let Ok(n) = value.trim().replace('_', "").parse::<u64>() else {
-            r.push(key, format!("`{value}` is not a non-negative integer"));
-            continue;
-        };
-        let as_usize = usize::try_from(n).unwrap_or(usize::MAX);
-        match name.as_str() {
-            "max_request_head_bytes" if (1024..=1024 * 1024).contains(&n) => {
-                l.max_request_head_bytes = as_usize
+        match value.as_ref().map(|v| v.check(&key, r)) {
+            Some(Some(n)) if range.contains(&n) => Some(n),
+            Some(Some(_)) => {
+                r.push(key, why);
+                None
             }
-            "max_request_head_bytes" => r.push(key, "must be between 1024 and 1048576"),
-            "max_body_bytes" if n > 0 => l.max_body_bytes = n,
-            "max_body_bytes" => r.push(key, "must be positive"),
-            "h2_max_concurrent_streams" if (1..=100).contains(&n) => {
-                l.h2_max_concurrent_streams = n as u32
-            }
-            "h2_max_concurrent_streams" => r.push(key, "must be between 1 and 100"),
-            "max_connections" if n > 0 => l.max_connections = as_usize,
-            "max_connections" => r.push(key, "must be positive"),
-            _ => r.push(key, "unknown limit"),
+            _ => None,
         }
+    };
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Limits {
+        max_request_head_bytes: limit(
+            &raw.max_request_head_bytes,
+            "max_request_head_bytes",
+            1024..=1024 * 1024,
+            "must be between 1024 and 1048576",
+            r,
+        )
+        .map_or(d.max_request_head_bytes, to_usize),
+        max_body_bytes: limit(
+            &raw.max_body_bytes,
+            "max_body_bytes",
+            1..=u64::MAX,
+            "must be positive",
+            r,
+        )
+        .unwrap_or(d.max_body_bytes),
+        h2_max_concurrent_streams: limit(
+            &raw.h2_max_concurrent_streams,
+            "h2_max_concurrent_streams",
+            1..=100,
+            "must be between 1 and 100",
+            r,
+        )
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(d.h2_max_concurrent_streams),
+        max_connections: limit(
+            &raw.max_connections,
+            "max_connections",
+            1..=u64::MAX,
+            "must be positive",
+            r,
+        )
+        .map_or(d.max_connections, to_usize),
     }
-    l
 }
 
 fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<UpstreamSettings> {
-    let duration =
-        |value: &Option<String>, key: &str, default: u64, r: &mut ConfigReport| match value
-            .as_deref()
-            .map(parse_duration)
-        {
-            None => Duration::from_secs(default),
-            Some(Some(d)) => d,
-            Some(None) => {
-                r.push(key, "not a duration such as \"500ms\", \"10s\", \"2m\"");
-                Duration::from_secs(default)
-            }
-        };
-    let pool_idle_timeout = duration(&raw.pool_idle_timeout, "upstream.pool_idle_timeout", 90, r);
-    let count =
-        |value: &Option<String>, key: &str, default: usize, r: &mut ConfigReport| match value
-            .as_deref()
-            .map(|v| v.trim().replace('_', "").parse::<usize>())
-        {
-            None => default,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                r.push(key, "not a non-negative integer");
-                default
-            }
-        };
-    let pool_max_idle_per_host = count(
-        &raw.pool_max_idle_per_host,
-        "upstream.pool_max_idle_per_host",
-        32,
-        r,
-    );
-    let replay_limit_bytes = count(
-        &raw.replay_limit_bytes,
-        "upstream.replay_limit_bytes",
-        64 * 1024,
-        r,
-    );
+    let pool_idle_timeout =
+        raw.pool_idle_timeout
+            .check_or(Duration::from_secs(90), "upstream.pool_idle_timeout", r);
+    let pool_max_idle_per_host =
+        raw.pool_max_idle_per_host
+            .check_or(32, "upstream.pool_max_idle_per_host", r);
+    let replay_limit_bytes =
+        raw.replay_limit_bytes
+            .check_or(64 * 1024, "upstream.replay_limit_bytes", r);
     if replay_limit_bytes > 16 * 1024 * 1024 {
         r.push(
             "upstream.replay_limit_bytes",
@@ -678,38 +812,59 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
     })
 }
 
-fn health(raw: &BTreeMap<String, String>, r: &mut ConfigReport) -> HealthSettings {
-    let mut h = HealthSettings::default();
-    for (name, value) in raw {
-        let key = format!("health.{name}");
-        let duration = || parse_duration(value).filter(|d| !d.is_zero());
-        let count = || value.trim().parse::<u32>().ok().filter(|n| *n > 0);
-        let bad_duration = "not a positive duration such as \"500ms\", \"2s\"";
-        match name.as_str() {
-            "path" if value.is_empty() || value == "off" => h.path = None,
-            "path" if value.starts_with('/') => h.path = Some(value.clone()),
-            "path" => r.push(key, "must start with '/' (or be \"off\")"),
-            "interval" => match duration() {
-                Some(d) => h.interval = d,
-                None => r.push(key, bad_duration),
-            },
-            "timeout" => match duration() {
-                Some(d) => h.timeout = d,
-                None => r.push(key, bad_duration),
-            },
-            "down_for" => match duration() {
-                Some(d) => h.down_for = d,
-                None => r.push(key, bad_duration),
-            },
-            "healthy_threshold" | "unhealthy_threshold" | "passive_failures" => match count() {
-                Some(n) if name == "healthy_threshold" => h.healthy_threshold = n,
-                Some(n) if name == "unhealthy_threshold" => h.unhealthy_threshold = n,
-                Some(n) => h.passive_failures = n,
-                None => r.push(key, "must be a positive integer"),
-            },
-            _ => r.push(key, "unknown health setting"),
+fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
+    let d = HealthSettings::default();
+    let duration = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
+        value.check_is_or(
+            default,
+            &format!("health.{name}"),
+            r,
+            "a positive duration such as \"500ms\", \"2s\"",
+            |d| !d.is_zero(),
+        )
+    };
+    let count = |value: &Option<Setting<u32>>, name: &str, default, r: &mut _| {
+        value.check_is_or(
+            default,
+            &format!("health.{name}"),
+            r,
+            "a positive integer",
+            |n| *n > 0,
+        )
+    };
+    let path = match raw.path.as_deref() {
+        None => d.path,
+        Some("" | "off") => None,
+        Some(p) if p.starts_with('/') => Some(p.to_string()),
+        Some(_) => {
+            r.push("health.path", "must start with '/' (or be \"off\")");
+            d.path
         }
-    }
+    };
+    let h = HealthSettings {
+        path,
+        interval: duration(&raw.interval, "interval", d.interval, r),
+        timeout: duration(&raw.timeout, "timeout", d.timeout, r),
+        healthy_threshold: count(
+            &raw.healthy_threshold,
+            "healthy_threshold",
+            d.healthy_threshold,
+            r,
+        ),
+        unhealthy_threshold: count(
+            &raw.unhealthy_threshold,
+            "unhealthy_threshold",
+            d.unhealthy_threshold,
+            r,
+        ),
+        passive_failures: count(
+            &raw.passive_failures,
+            "passive_failures",
+            d.passive_failures,
+            r,
+        ),
+        down_for: duration(&raw.down_for, "down_for", d.down_for, r),
+    };
     if h.timeout > h.interval {
         r.push("health.timeout", "must not exceed health.interval");
     }
@@ -733,5 +888,308 @@ fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Path
             r.push(key, format!("{}: {e}", resolved.display()));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory with the files a minimal configuration names; removed on drop.
+    struct Files(PathBuf);
+
+    impl Files {
+        fn new(name: &str) -> Files {
+            let dir = std::env::temp_dir().join(format!(
+                "rp-config-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["c.pem", "c.key", "g.mmdb"] {
+                std::fs::write(dir.join(f), "x").unwrap();
+            }
+            Files(dir)
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[geoip]
+database = "g.mmdb"
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1"]
+"#;
+
+    fn problems(toml: &str) -> String {
+        let files = Files::new("bad");
+        Config::from_toml(toml, &files.0).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_when_sections_are_absent() {
+        let files = Files::new("defaults");
+        let c = Config::from_toml(MINIMAL, &files.0).unwrap();
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.health, HealthSettings::default());
+        assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.upstream.pool_max_idle_per_host, 32);
+        assert_eq!(c.upstream.replay_limit_bytes, 64 * 1024);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.worker_threads, None);
+        assert_eq!(c.geoip.max_age, None);
+        assert!(!c.listeners[0].proxy_protocol);
+        assert_eq!(c.policy.datacenters[0].priority, 1);
+    }
+
+    #[test]
+    fn typed_values_from_strings_and_integers() {
+        let files = Files::new("typed");
+        let toml = format!(
+            r#"{MINIMAL}
+[timeouts]
+tls_handshake = "1m 30s"
+request_head = 5
+shutdown_delay = "0s"
+reload_poll = "0"
+[limits]
+max_request_head_bytes = "32_768"
+h2_max_concurrent_streams = 50
+[upstream]
+pool_idle_timeout = "2m"
+pool_max_idle_per_host = 4
+replay_limit_bytes = "1024"
+[health]
+path = "off"
+interval = "5s"
+timeout = 2
+healthy_threshold = "3"
+[log]
+format = "json"
+[runtime]
+worker_threads = 2
+"#
+        );
+        let c = Config::from_toml(&toml, &files.0).unwrap();
+        assert_eq!(c.timeouts.tls_handshake, Duration::from_secs(90));
+        assert_eq!(c.timeouts.request_head, Duration::from_secs(5));
+        assert_eq!(c.timeouts.shutdown_delay, Duration::ZERO);
+        assert_eq!(c.timeouts.reload_poll, Duration::ZERO);
+        assert_eq!(c.timeouts.keepalive_idle, Duration::from_secs(60));
+        assert_eq!(c.limits.max_request_head_bytes, 32_768);
+        assert_eq!(c.limits.h2_max_concurrent_streams, 50);
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.upstream.pool_max_idle_per_host, 4);
+        assert_eq!(c.upstream.replay_limit_bytes, 1024);
+        assert_eq!(c.health.path, None);
+        assert_eq!(c.health.interval, Duration::from_secs(5));
+        assert_eq!(c.health.timeout, Duration::from_secs(2));
+        assert_eq!(c.health.healthy_threshold, 3);
+        assert_eq!(c.health.unhealthy_threshold, 2);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.worker_threads, Some(2));
+    }
+
+    #[test]
+    fn environment_overrides_are_strings() {
+        let files = Files::new("env");
+        let path = files.0.join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n[timeouts]\nupstream_connect = 7\n[limits]\nmax_connections = 5\n"),
+        )
+        .unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Option<config::Map<String, String>> {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let c = Config::load_with_env(
+            &path,
+            env(&[
+                ("RESIDENCY_PROXY__TIMEOUTS__UPSTREAM_CONNECT", "1500ms"),
+                ("RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS", "5"),
+                ("RESIDENCY_PROXY__DATACENTERS__ZURICH__PRIORITY", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.upstream_connect, Duration::from_millis(1500));
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.policy.datacenters[0].priority, 3);
+
+        let report = Config::load_with_env(
+            &path,
+            env(&[
+                ("RESIDENCY_PROXY__TIMEOUTS__UPSTREAM_CONNECT", "soon"),
+                ("RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS", "many"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for line in [
+            "- timeouts.upstream_connect: `soon` is not a positive duration",
+            "- limits.max_connections: `many` is not a non-negative integer",
+        ] {
+            assert!(report.contains(line), "missing {line:?} in:\n{report}");
+        }
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let text = problems(&format!(
+            r#"{MINIMAL}
+[timeouts]
+tls_handshake = "0s"
+request_head = "ten"
+reload_poll = "often"
+[limits]
+max_request_head_bytes = 10
+max_body_bytes = "big"
+h2_max_concurrent_streams = 500
+max_connections = 0
+[upstream]
+pool_idle_timeout = "forever"
+pool_max_idle_per_host = -1
+replay_limit_bytes = 100_000_000
+[health]
+path = "healthz"
+interval = "1s"
+timeout = "2s"
+unhealthy_threshold = 0
+down_for = "0s"
+[log]
+format = "yaml"
+[runtime]
+worker_threads = 0
+"#
+        ));
+        for line in [
+            "- timeouts.tls_handshake: `0s` is not a positive duration such as \"500ms\", \"10s\", \"2m\"",
+            "- timeouts.request_head: `ten` is not a positive duration",
+            "- timeouts.reload_poll: `often` is not a duration such as \"5s\" (\"0s\" = off)",
+            "- limits.max_request_head_bytes: must be between 1024 and 1048576",
+            "- limits.max_body_bytes: `big` is not a non-negative integer",
+            "- limits.h2_max_concurrent_streams: must be between 1 and 100",
+            "- limits.max_connections: must be positive",
+            "- upstream.pool_idle_timeout: `forever` is not a duration such as",
+            "- upstream.pool_max_idle_per_host: `-1` is not a non-negative integer",
+            "- upstream.replay_limit_bytes: at most 16777216",
+            "- health.path: must start with '/'",
+            "- health.timeout: must not exceed health.interval",
+            "- health.unhealthy_threshold: `0` is not a positive integer",
+            "- health.down_for: `0s` is not a positive duration such as \"500ms\", \"2s\"",
+            "- log.format: `yaml` is not one of \"text\", \"json\"",
+            "- runtime.worker_threads: `0` is not an integer from 1 to 1024",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.contains(": 16 problems"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_elsewhere_are_reported_with_the_policy() {
+        let text = problems(
+            r#"
+[[listeners]]
+address = "127.0.0.1:0"
+proxy_protocol = "sometimes"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[geoip]
+database = "g.mmdb"
+max_age = "0d"
+[jurisdictions.ch]
+countries = ["CH"]
+[unknown_origin]
+action = "maybe"
+[datacenters.zurich]
+jurisdiction = "ch"
+priority = "high"
+upstreams = ["http://127.0.0.1:1"]
+"#,
+        );
+        for line in [
+            "- listeners[0].proxy_protocol: `sometimes` is not one of \"off\", \"required\"",
+            "- geoip.max_age: `0d` is not a positive duration such as \"30d\"",
+            "- unknown_origin.action: `maybe` is not one of \"reject\", \"jurisdiction\"",
+            "- datacenters.zurich.priority: `high` is not a non-negative integer",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.contains(": 4 problems"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_shapes_name_their_key() {
+        for (toml, line) in [
+            (
+                "[timeouts]\nfoo = \"1s\"",
+                "- timeouts.foo: unknown key, expected one of `tls_handshake`",
+            ),
+            (
+                "[limits]\nmax_bodies = 1",
+                "- limits.max_bodies: unknown key",
+            ),
+            ("[health]\nretries = 1", "- health.retries: unknown key"),
+            (
+                "colour = \"blue\"",
+                "- colour: unknown key, expected one of `listeners`",
+            ),
+            (
+                "[[listeners]]\nport = 1",
+                "- listeners[0].port: unknown key, expected one of `address`",
+            ),
+            (
+                "[datacenters.zurich]\nweight = 1",
+                "- datacenters.zurich.weight: unknown key",
+            ),
+            (
+                "[[listeners]]\n[listeners.tls]\ncertificates = [{ cert = \"c.pem\" }]",
+                "- listeners[0].tls.certificates[0].key: missing",
+            ),
+            (
+                "listeners = \"all\"",
+                "- listeners: invalid type: string \"all\"",
+            ),
+            (
+                "[admin]\naddress = [1]",
+                "- admin.address: invalid type: sequence",
+            ),
+            ("[timeouts\n", "- config: "),
+        ] {
+            let text = problems(toml);
+            assert!(
+                text.contains(line),
+                "{toml:?}: missing {line:?} in:\n{text}"
+            );
+            assert!(text.contains(": 1 problem"), "{text}");
+        }
+    }
+
+    #[test]
+    fn config_keys_are_dotted() {
+        assert_eq!(
+            dotted("listeners[0]tls.certificates[1]key"),
+            "listeners[0].tls.certificates[1].key"
+        );
+        assert_eq!(dotted("a[0][1]"), "a[0][1]");
+        assert_eq!(dotted("timeouts"), "timeouts");
     }
 }

@@ -23,7 +23,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use crate::country::Country;
-use crate::report::ConfigReport;
+use crate::report::{ConfigReport, FromSetting, OptionalSetting, Setting};
 
 // ---------------------------------------------------------------------------
 // The configuration sections the policy is built from (`[jurisdictions.*]`,
@@ -41,15 +41,36 @@ pub struct RawJurisdiction {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUnknownOrigin {
-    pub action: Option<String>,
+    pub action: Option<Setting<UnknownOriginAction>>,
     pub jurisdiction: Option<String>,
+}
+
+/// `[unknown_origin] action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOriginAction {
+    /// Refuse (451) uploads whose country is unknown or in no jurisdiction.
+    Reject,
+    /// Treat them as from `[unknown_origin] jurisdiction`.
+    Jurisdiction,
+}
+
+impl FromSetting for UnknownOriginAction {
+    const EXPECTED: &'static str = "one of \"reject\", \"jurisdiction\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "reject" => Some(UnknownOriginAction::Reject),
+            "jurisdiction" => Some(UnknownOriginAction::Jurisdiction),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatacenter {
     pub jurisdiction: Option<String>,
-    pub priority: Option<String>,
+    pub priority: Option<Setting<u32>>,
     #[serde(default)]
     pub upstreams: Vec<String>,
 }
@@ -365,19 +386,22 @@ impl Policy {
             });
         }
 
-        let unknown_origin = match (
-            raw_unknown.action.as_deref(),
-            raw_unknown.jurisdiction.as_deref(),
-        ) {
-            (None | Some("reject"), None) => UnknownOrigin::Reject,
-            (None | Some("reject"), Some(_)) => {
+        // `None`: absent; `Some(None)`: not an action (reported).
+        let action = raw_unknown
+            .action
+            .as_ref()
+            .map(|a| a.check("unknown_origin.action", r));
+        let unknown_origin = match (action, raw_unknown.jurisdiction.as_deref()) {
+            (Some(None), _) => UnknownOrigin::Reject,
+            (None | Some(Some(UnknownOriginAction::Reject)), None) => UnknownOrigin::Reject,
+            (None | Some(Some(UnknownOriginAction::Reject)), Some(_)) => {
                 r.push(
                     "unknown_origin.jurisdiction",
                     "only allowed with action = \"jurisdiction\"",
                 );
                 UnknownOrigin::Reject
             }
-            (Some("jurisdiction"), Some(name)) => match id_of(name) {
+            (Some(Some(UnknownOriginAction::Jurisdiction)), Some(name)) => match id_of(name) {
                 Some(j) => UnknownOrigin::Jurisdiction(j),
                 None => {
                     r.push(
@@ -387,17 +411,10 @@ impl Policy {
                     UnknownOrigin::Reject
                 }
             },
-            (Some("jurisdiction"), None) => {
+            (Some(Some(UnknownOriginAction::Jurisdiction)), None) => {
                 r.push(
                     "unknown_origin.jurisdiction",
                     "action = \"jurisdiction\" must name one",
-                );
-                UnknownOrigin::Reject
-            }
-            (Some(other), _) => {
-                r.push(
-                    "unknown_origin.action",
-                    format!("`{other}` is not one of \"reject\", \"jurisdiction\""),
                 );
                 UnknownOrigin::Reject
             }
@@ -423,14 +440,7 @@ impl Policy {
                     id
                 }
             };
-            let priority = match dc.priority.as_deref().map(|p| p.trim().parse::<u32>()) {
-                None => 1,
-                Some(Ok(p)) => p,
-                Some(Err(_)) => {
-                    r.push(format!("{key}.priority"), "not a non-negative integer");
-                    1
-                }
-            };
+            let priority = dc.priority.check_or(1, &format!("{key}.priority"), r);
             if dc.upstreams.is_empty() {
                 r.push(
                     format!("{key}.upstreams"),

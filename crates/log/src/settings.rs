@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use residency_core::report::{parse_addr, parse_duration, ConfigReport};
+use residency_core::report::{parse_addr, ConfigReport, FromSetting, OptionalSetting, Setting};
 
 /// What each 2xx upload response carries in `Residency-Receipt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,47 @@ pub enum ReceiptMode {
     /// As `Log`, plus an Ed25519 signature over record and index: verifiable
     /// offline with the public key alone.
     Signed,
+}
+
+impl FromSetting for ReceiptMode {
+    const EXPECTED: &'static str = "one of \"signed\", \"log\", \"off\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "signed" => Some(ReceiptMode::Signed),
+            "log" => Some(ReceiptMode::Log),
+            "off" => Some(ReceiptMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// `client_address`: which [`ClientAddress`] form records use (its
+/// parameters are separate keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddressKind {
+    /// `"prefix"`: [`ClientAddress::Prefix`].
+    Prefix,
+    /// `"hmac"`: [`ClientAddress::Hmac`].
+    Hmac,
+    /// `"none"`: [`ClientAddress::Omit`].
+    Omit,
+    /// `"full"`: [`ClientAddress::Full`].
+    Full,
+}
+
+impl FromSetting for ClientAddressKind {
+    const EXPECTED: &'static str = "one of \"prefix\", \"hmac\", \"none\", \"full\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "prefix" => Some(ClientAddressKind::Prefix),
+            "hmac" => Some(ClientAddressKind::Hmac),
+            "none" => Some(ClientAddressKind::Omit),
+            "full" => Some(ClientAddressKind::Full),
+            _ => None,
+        }
+    }
 }
 
 /// How the client address appears in a record.
@@ -44,6 +85,18 @@ pub enum OnWriteError {
     Refuse,
     /// Acknowledge anyway, without a receipt; `residency_log_write_errors_total` counts it.
     Continue,
+}
+
+impl FromSetting for OnWriteError {
+    const EXPECTED: &'static str = "one of \"refuse\", \"continue\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "refuse" => Some(OnWriteError::Refuse),
+            "continue" => Some(OnWriteError::Continue),
+            _ => None,
+        }
+    }
 }
 
 /// The validated `[transparency]` section.
@@ -72,15 +125,15 @@ pub struct RawTransparency {
     pub directory: Option<String>,
     pub origin: Option<String>,
     pub signing_key: Option<String>,
-    pub receipts: Option<String>,
-    pub checkpoint_interval: Option<String>,
-    pub client_address: Option<String>,
-    pub client_prefix_v4: Option<String>,
-    pub client_prefix_v6: Option<String>,
+    pub receipts: Option<Setting<ReceiptMode>>,
+    pub checkpoint_interval: Option<Setting<Duration>>,
+    pub client_address: Option<Setting<ClientAddressKind>>,
+    pub client_prefix_v4: Option<Setting<u8>>,
+    pub client_prefix_v6: Option<Setting<u8>>,
     pub client_hmac_key: Option<String>,
-    pub on_write_error: Option<String>,
+    pub on_write_error: Option<Setting<OnWriteError>>,
     pub address: Option<String>,
-    pub max_records: Option<String>,
+    pub max_records: Option<Setting<u64>>,
 }
 
 const DEFAULT_MAX_RECORDS: u64 = 20_000_000;
@@ -138,57 +191,32 @@ pub fn transparency(
             None
         }
     };
-    let receipts = match raw.receipts.as_deref() {
-        None | Some("signed") => ReceiptMode::Signed,
-        Some("log") => ReceiptMode::Log,
-        Some("off") => ReceiptMode::Off,
-        Some(other) => {
-            r.push(
-                k("receipts"),
-                format!("`{other}` is not one of \"signed\", \"log\", \"off\""),
-            );
-            ReceiptMode::Signed
-        }
-    };
-    let checkpoint_interval = match raw.checkpoint_interval.as_deref() {
-        None => Duration::from_secs(1),
-        Some(v) => match parse_duration(v).filter(|d| *d >= Duration::from_millis(10)) {
-            Some(d) => d,
-            None => {
-                r.push(
-                    k("checkpoint_interval"),
-                    "not a duration of at least 10ms, such as \"1s\"",
-                );
-                Duration::from_secs(1)
-            }
-        },
-    };
+    let receipts = raw
+        .receipts
+        .check_or(ReceiptMode::Signed, &k("receipts"), r);
+    let checkpoint_interval = raw.checkpoint_interval.check_is_or(
+        Duration::from_secs(1),
+        &k("checkpoint_interval"),
+        r,
+        "a duration of at least 10ms, such as \"1s\"",
+        |d| *d >= Duration::from_millis(10),
+    );
     let client_address = client_address(raw, base, r);
-    let on_write_error = match raw.on_write_error.as_deref() {
-        None | Some("refuse") => OnWriteError::Refuse,
-        Some("continue") => OnWriteError::Continue,
-        Some(other) => {
-            r.push(
-                k("on_write_error"),
-                format!("`{other}` is not one of \"refuse\", \"continue\""),
-            );
-            OnWriteError::Refuse
-        }
-    };
-    let address = match raw.address.as_deref() {
-        Some(a) => Some(parse_addr(a, &k("address"), r)?),
-        None => None,
-    };
-    let max_records = match raw.max_records.as_deref() {
-        None => DEFAULT_MAX_RECORDS,
-        Some(v) => match v.trim().replace('_', "").parse::<u64>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                r.push(k("max_records"), "must be a positive integer");
-                DEFAULT_MAX_RECORDS
-            }
-        },
-    };
+    let on_write_error = raw
+        .on_write_error
+        .check_or(OnWriteError::Refuse, &k("on_write_error"), r);
+    // `Some(None)`: not an address (reported).
+    let address = raw
+        .address
+        .as_deref()
+        .map(|a| parse_addr(a, &k("address"), r));
+    let max_records = raw.max_records.check_is_or(
+        DEFAULT_MAX_RECORDS,
+        &k("max_records"),
+        r,
+        "a positive integer",
+        |n| *n > 0,
+    );
     Some(Transparency {
         directory: directory?,
         origin: origin?,
@@ -197,7 +225,10 @@ pub fn transparency(
         checkpoint_interval,
         client_address: client_address?,
         on_write_error,
-        address,
+        address: match address {
+            Some(a) => Some(a?),
+            None => None,
+        },
         max_records,
     })
 }
@@ -208,26 +239,25 @@ fn client_address(
     r: &mut ConfigReport,
 ) -> Option<ClientAddress> {
     let bits =
-        |value: &Option<String>, key: &str, default: u8, max: u8, r: &mut ConfigReport| match value
-            .as_deref()
-            .map(|v| v.trim().parse::<u8>())
-        {
-            None => default,
-            Some(Ok(n)) if n <= max => n,
-            Some(_) => {
-                r.push(
-                    format!("transparency.{key}"),
-                    format!("must be a prefix length from 0 to {max}"),
-                );
-                default
-            }
+        |value: &Option<Setting<u8>>, key: &str, default: u8, max: u8, r: &mut ConfigReport| {
+            value.check_is_or(
+                default,
+                &format!("transparency.{key}"),
+                r,
+                &format!("a prefix length from 0 to {max}"),
+                |n| *n <= max,
+            )
         };
-    match raw.client_address.as_deref() {
-        None | Some("prefix") => Some(ClientAddress::Prefix {
+    let kind = match &raw.client_address {
+        None => ClientAddressKind::Prefix,
+        Some(kind) => kind.check("transparency.client_address", r)?,
+    };
+    match kind {
+        ClientAddressKind::Prefix => Some(ClientAddress::Prefix {
             v4: bits(&raw.client_prefix_v4, "client_prefix_v4", 24, 32, r),
             v6: bits(&raw.client_prefix_v6, "client_prefix_v6", 48, 128, r),
         }),
-        Some("hmac") => {
+        ClientAddressKind::Hmac => {
             let Some(path) = raw.client_hmac_key.as_deref() else {
                 r.push(
                     "transparency.client_hmac_key",
@@ -254,19 +284,104 @@ fn client_address(
                 }
             }
         }
-        Some("none") => Some(ClientAddress::Omit),
-        Some("full") => Some(ClientAddress::Full),
-        Some(other) => {
-            r.push(
-                "transparency.client_address",
-                format!("`{other}` is not one of \"prefix\", \"hmac\", \"none\", \"full\""),
-            );
-            None
-        }
+        ClientAddressKind::Omit => Some(ClientAddress::Omit),
+        ClientAddressKind::Full => Some(ClientAddress::Full),
     }
 }
 
 /// A signed-note key name: non-empty, no whitespace, no '+'.
 pub fn valid_origin(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting<T: FromSetting>(text: &str) -> Option<Setting<T>> {
+        Some(Setting::from_text(text))
+    }
+
+    #[test]
+    fn defaults_and_typed_values() {
+        let dir = std::env::temp_dir();
+        let raw = RawTransparency {
+            directory: Some("log".into()),
+            origin: Some("ingest.example.com/residency-log".into()),
+            signing_key: Some("no-such-key".into()),
+            ..RawTransparency::default()
+        };
+        let mut r = ConfigReport::new("test");
+        let t = transparency(&raw, &dir, &mut r).expect("only the key file is missing");
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert_eq!(r.problems[0].key, "transparency.signing_key");
+        assert_eq!(t.receipts, ReceiptMode::Signed);
+        assert_eq!(t.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(t.client_address, ClientAddress::Prefix { v4: 24, v6: 48 });
+        assert_eq!(t.on_write_error, OnWriteError::Refuse);
+        assert_eq!(t.max_records, DEFAULT_MAX_RECORDS);
+
+        let raw = RawTransparency {
+            receipts: setting("log"),
+            checkpoint_interval: setting("250ms"),
+            client_prefix_v4: setting("16"),
+            on_write_error: setting("continue"),
+            max_records: setting("1_000"),
+            address: Some("127.0.0.1:9901".into()),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        let t = transparency(&raw, &dir, &mut r).unwrap();
+        assert_eq!(t.receipts, ReceiptMode::Log);
+        assert_eq!(t.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(t.client_address, ClientAddress::Prefix { v4: 16, v6: 48 });
+        assert_eq!(t.on_write_error, OnWriteError::Continue);
+        assert_eq!(t.max_records, 1_000);
+        assert_eq!(t.address, "127.0.0.1:9901".parse().ok());
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let raw = RawTransparency {
+            directory: Some("log".into()),
+            origin: Some("has space".into()),
+            signing_key: None,
+            receipts: setting("always"),
+            checkpoint_interval: setting("1ms"),
+            client_address: setting("prefix"),
+            client_prefix_v4: setting("33"),
+            client_prefix_v6: setting("x"),
+            client_hmac_key: None,
+            on_write_error: setting("ignore"),
+            address: Some("nowhere".into()),
+            max_records: setting("0"),
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
+        let text = r.to_string();
+        for line in [
+            "- transparency.origin: `has space` must be non-empty",
+            "- transparency.signing_key: required",
+            "- transparency.receipts: `always` is not one of \"signed\", \"log\", \"off\"",
+            "- transparency.checkpoint_interval: `1ms` is not a duration of at least 10ms",
+            "- transparency.client_prefix_v4: `33` is not a prefix length from 0 to 32",
+            "- transparency.client_prefix_v6: `x` is not a prefix length from 0 to 128",
+            "- transparency.on_write_error: `ignore` is not one of \"refuse\", \"continue\"",
+            "- transparency.address: `nowhere` is not a socket address",
+            "- transparency.max_records: `0` is not a positive integer",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert_eq!(r.problems.len(), 9, "{text}");
+
+        let raw = RawTransparency {
+            client_address: setting("partial"),
+            ..RawTransparency::default()
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
+        assert!(r.to_string().contains(
+            "- transparency.client_address: `partial` is not one of \"prefix\", \"hmac\", \"none\", \"full\""
+        ));
+    }
 }
