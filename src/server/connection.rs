@@ -255,8 +255,7 @@ where
             // Parked: the connection holds only its TLS state (no hyper
             // buffers) until the next request's bytes arrive.
             let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
-            let more = park(&mut io, peer, &mut phases).await?;
-            prefix = concat(prefix, &more);
+            prefix = park(&mut io, prefix, peer, &mut phases).await?;
             continue;
         }
         if sniffing {
@@ -274,12 +273,14 @@ where
 }
 
 /// Waits, holding no HTTP buffers, for a parked connection's next bytes
-/// (at most [`WAKE_READ`]); `None` when it ends, times out or shuts down.
+/// (at most [`WAKE_READ`], read onto the stack) and returns `prefix` with
+/// them appended; `None` when it ends, times out or shuts down.
 async fn park<I, D>(
     io: &mut Watched<Tls>,
+    prefix: Bytes,
     peer: SocketAddr,
     phases: &mut Phases<'_, I, D>,
-) -> Option<Vec<u8>>
+) -> Option<Bytes>
 where
     I: Future<Output = &'static str>,
     D: Future<Output = ()>,
@@ -299,7 +300,7 @@ where
     };
     match read {
         Ok(0) => None,
-        Ok(n) => Some(buf[..n].to_vec()),
+        Ok(n) => Some(concat(prefix, &buf[..n])),
         Err(e) => {
             tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             None
