@@ -227,33 +227,25 @@ pub async fn forward(
             Settled::Answered(resp) => return Ok((resp, upload.slot)),
             Settled::Unanswered { fallback, unsent } => (fallback, unsent),
         };
+        // Retried only when nothing was sent, or the body can be replayed.
         let reason = match (unsent, &upload.replay) {
-            (Some(reason), _) => reason,
-            (None, Some(_)) => "idempotent_replay",
-            (None, None) => {
-                let bytes = upload.slot.bytes();
-                return fallback.map(|r| (r, upload.slot)).map_err(|f| (f, bytes));
-            }
+            (Some(reason), _) => Some(reason),
+            (None, Some(_)) => Some("idempotent_replay"),
+            (None, None) => None,
         };
-        let next = policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u));
-        match next {
-            Some(next) if attempts < MAX_ATTEMPTS => {
-                tracing::info!(request_id = target.request_id.to_str().unwrap_or_default(), from = %dc, reason, "retrying on another permitted upstream");
-                instance
-                    .metrics
-                    .upstream_retries
-                    .with_label_values(&[reason])
-                    .inc();
+        let next = reason
+            .and_then(|_| policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u)));
+        match (next, reason) {
+            (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
+                count_retry(instance, target.request_id, dc, reason);
                 upstream = next;
             }
-            None if unsent.is_some() => {
+            (None, _) if unsent.is_some() => {
                 // Nothing was sent and nothing permitted is up any more.
                 *datacenter = None;
                 let retry_after = health.retry_after(state.config.policy.permitted_upstreams(j));
-                return Err((
-                    Failure::NoHealthyDatacenter { retry_after },
-                    upload.slot.bytes(),
-                ));
+                let failure = Failure::NoHealthyDatacenter { retry_after };
+                return Err((failure, upload.slot.bytes()));
             }
             _ => {
                 let bytes = upload.slot.bytes();
@@ -261,6 +253,21 @@ pub async fn forward(
             }
         }
     }
+}
+
+fn count_retry(instance: &Instance, request_id: &HeaderValue, from: &str, reason: &'static str) {
+    let request_id = request_id.to_str().unwrap_or_default();
+    tracing::info!(
+        request_id,
+        from,
+        reason,
+        "retrying on another permitted upstream"
+    );
+    instance
+        .metrics
+        .upstream_retries
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// An attempt's outcome once health has been told.

@@ -118,22 +118,18 @@ pub(super) async fn serve(
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
     let mut shutdown = pin!(stopped(&mut stop));
+    let mut phases = Phases {
+        idle: idle.as_mut(),
+        shutdown: shutdown.as_mut(),
+    };
     let (io, prefix) = if h2 {
         (io, Bytes::new())
     } else {
-        let phases = Phases {
-            idle: idle.as_mut(),
-            shutdown: shutdown.as_mut(),
-        };
-        let served = serve_http1(io, &service, &activity, limits, metrics, peer, phases);
+        let served = serve_http1(io, &service, &activity, limits, metrics, peer, &mut phases);
         match served.await {
             Some(h2_without_alpn) => h2_without_alpn,
             None => return,
         }
-    };
-    let phases = Phases {
-        idle: idle.as_mut(),
-        shutdown: shutdown.as_mut(),
     };
     serve_http2(io, prefix, service, limits, peer, phases).await;
 }
@@ -232,7 +228,7 @@ async fn serve_http1<S, I, D>(
     limits: Limits,
     metrics: &Metrics,
     peer: SocketAddr,
-    mut phases: Phases<'_, I, D>,
+    phases: &mut Phases<'_, I, D>,
 ) -> Option<(Watched<Tls>, Bytes)>
 where
     S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin,
@@ -255,7 +251,7 @@ where
             // Parked: the connection holds only its TLS state (no hyper
             // buffers) until the next request's bytes arrive.
             let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
-            prefix = park(&mut io, prefix, peer, &mut phases).await?;
+            prefix = park(&mut io, prefix, peer, phases).await?;
             continue;
         }
         if sniffing {
@@ -266,7 +262,7 @@ where
             }
         }
         let (stream, rest) =
-            serve_until_quiet(&h1, prefix, io, service, activity, peer, &mut phases).await?;
+            serve_until_quiet(&h1, prefix, io, service, activity, peer, phases).await?;
         io = stream;
         prefix = rest;
     }
