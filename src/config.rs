@@ -46,6 +46,8 @@ pub struct Config {
     pub policy: Policy,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// The request methods forwarded (`limits.methods`); others get 405.
+    pub methods: Methods,
     pub upstream: UpstreamSettings,
     pub health: HealthSettings,
     pub log_format: LogFormat,
@@ -284,6 +286,8 @@ pub struct RawLimits {
     pub max_body_bytes: Option<Setting<u64>>,
     pub h2_max_concurrent_streams: Option<Setting<u64>>,
     pub max_connections: Option<Setting<u64>>,
+    /// Request methods forwarded; default `["POST", "PUT"]`.
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[health]`; see [`HealthSettings`] for the defaults.
@@ -435,6 +439,7 @@ impl Config {
         let policy = Policy::from_raw(&raw.jurisdictions, &raw.unknown_origin, &raw.datacenters, r);
         let timeouts = timeouts(&raw.timeouts, r);
         let limits = limits(&raw.limits, r);
+        let methods = methods(raw.limits.methods.as_deref(), r);
         let upstream = upstream(&raw.upstream, base, r);
         let health = health(&raw.health, r);
         let transparency = raw
@@ -459,6 +464,7 @@ impl Config {
                 policy: policy?,
                 timeouts,
                 limits,
+                methods,
                 upstream: upstream?,
                 health,
                 log_format,
@@ -727,6 +733,61 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
     }
 }
 
+/// The request methods the proxy forwards, and the `Allow` header its 405
+/// answers carry (RFC 9110 §15.5.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Methods {
+    allowed: Vec<http::Method>,
+    allow: http::HeaderValue,
+}
+
+impl Default for Methods {
+    fn default() -> Self {
+        Methods {
+            allowed: vec![http::Method::POST, http::Method::PUT],
+            allow: http::HeaderValue::from_static("POST, PUT"),
+        }
+    }
+}
+
+impl Methods {
+    pub fn allows(&self, method: &http::Method) -> bool {
+        self.allowed.contains(method)
+    }
+
+    /// The `Allow` header value: the allowed methods, comma-separated.
+    pub fn allow_header(&self) -> &http::HeaderValue {
+        &self.allow
+    }
+}
+
+/// `limits.methods`: HTTP method tokens; CONNECT (a tunnel) and TRACE (it
+/// reflects the request) are never forwarded.
+fn methods(raw: Option<&[String]>, r: &mut ConfigReport) -> Methods {
+    let Some(raw) = raw else {
+        return Methods::default();
+    };
+    let mut allowed = Vec::new();
+    for (i, text) in raw.iter().enumerate() {
+        let key = format!("limits.methods[{i}]");
+        match http::Method::from_bytes(text.trim().as_bytes()) {
+            Ok(m) if m == http::Method::CONNECT || m == http::Method::TRACE => {
+                r.push(key, format!("`{m}` is never forwarded"));
+            }
+            Ok(m) if !allowed.contains(&m) => allowed.push(m),
+            Ok(_) => {}
+            Err(_) => r.push(key, format!("`{text}` is not an HTTP method")),
+        }
+    }
+    if raw.is_empty() {
+        r.push("limits.methods", "at least one method is required");
+    }
+    let names: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+    let allow = http::HeaderValue::from_str(&names.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("POST, PUT"));
+    Methods { allowed, allow }
+}
+
 fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
     let d = Limits::default();
     // Parsed as u64, then range-checked: "`x` is not a non-negative integer"
@@ -944,6 +1005,7 @@ upstreams = ["http://127.0.0.1:1"]
         let c = Config::from_toml(MINIMAL, &files.0).unwrap();
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.methods, Methods::default());
         assert_eq!(c.health, HealthSettings::default());
         assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(90));
         assert_eq!(c.upstream.pool_max_idle_per_host, 32);
@@ -1101,6 +1163,22 @@ worker_threads = 0
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert!(text.contains(": 16 problems"), "{text}");
+    }
+
+    #[test]
+    fn methods_are_http_tokens_and_never_connect_or_trace() {
+        let text = problems(&format!(
+            "{MINIMAL}\n[limits]\nmethods = [\"POST\", \"TRACE\", \"CONNECT\", \"B@D\"]\n"
+        ));
+        for line in [
+            "- limits.methods[1]: `TRACE` is never forwarded",
+            "- limits.methods[2]: `CONNECT` is never forwarded",
+            "- limits.methods[3]: `B@D` is not an HTTP method",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        let empty = format!("{MINIMAL}\n[limits]\nmethods = []\n");
+        assert!(problems(&empty).contains("- limits.methods: at least one method is required"));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum Culprit {
 pub enum Failure {
     /// Ambiguous request framing (smuggling attempt) or an unusable request.
     BadRequest,
+    /// A method outside `limits.methods` (the 405 carries `Allow`).
+    MethodNotAllowed,
     BadForwardedHeader,
     OriginUnknown,
     OriginNotPermitted,
@@ -64,6 +66,7 @@ impl Failure {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -73,6 +76,7 @@ impl Failure {
     pub fn reason(self) -> &'static str {
         match self {
             Failure::BadRequest => "bad_request",
+            Failure::MethodNotAllowed => "method_not_allowed",
             Failure::BadForwardedHeader => "bad_forwarded_header",
             Failure::OriginUnknown => "origin_unknown",
             Failure::OriginNotPermitted => "origin_not_permitted",
@@ -90,6 +94,7 @@ impl Failure {
     pub fn culprit(self) -> Culprit {
         match self {
             Failure::BadRequest
+            | Failure::MethodNotAllowed
             | Failure::BadForwardedHeader
             | Failure::BodyTooLarge
             | Failure::BodyTimeout

@@ -9,10 +9,12 @@
 //! hop-by-hop and upstream-sent `Residency-*` headers and gain `Residency-Jurisdiction`,
 //! `Residency-Datacenter` and `X-Request-Id`.
 
-use residency_core::origin::push_ip;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Uri, Version};
+use residency_core::origin::push_ip;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -151,6 +153,44 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     }
 }
 
+/// A request whose `Host` breaks RFC 9112 §3.2 or RFC 9113 §8.3.1, to be
+/// answered 400: an HTTP/1.1 request without `Host`; any request with more
+/// than one, or with one that is not a valid `uri-host[:port]` (empty is
+/// valid); an HTTP/2 request whose `Host` names another authority than its
+/// `:authority`.
+pub fn bad_host(version: Version, uri: &Uri, headers: &HeaderMap) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return version == Version::HTTP_11;
+    };
+    if hosts.next().is_some() || !valid_host(host.as_bytes()) {
+        return true;
+    }
+    version == Version::HTTP_2
+        && uri
+            .authority()
+            .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty. `http`'s authority
+/// parser checks the host; userinfo and a non-numeric port are refused here.
+fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    if value.contains(&b'@') || Authority::try_from(value).is_err() {
+        return false;
+    }
+    let after_ipv6 = match value.iter().rposition(|&b| b == b']') {
+        Some(end) => &value[end + 1..],
+        None => value,
+    };
+    match after_ipv6.iter().position(|&b| b == b':') {
+        Some(colon) => after_ipv6[colon + 1..].iter().all(u8::is_ascii_digit),
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +312,58 @@ mod tests {
             ("content-length", "5"),
             ("content-length", "6")
         ])));
+    }
+
+    #[test]
+    fn host_rules() {
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        let origin_form = uri("/v1/telemetry");
+        let h11 = Version::HTTP_11;
+        assert!(
+            bad_host(h11, &origin_form, &map(&[])),
+            "HTTP/1.1 needs Host"
+        );
+        assert!(
+            !bad_host(Version::HTTP_10, &origin_form, &map(&[])),
+            "HTTP/1.0 may omit it"
+        );
+        assert!(!bad_host(
+            h11,
+            &origin_form,
+            &map(&[("host", "ingest.example.com:8443")])
+        ));
+        assert!(!bad_host(
+            h11,
+            &origin_form,
+            &map(&[("host", "[2001:db8::1]:443")])
+        ));
+        assert!(
+            !bad_host(h11, &origin_form, &map(&[("host", "")])),
+            "empty is valid"
+        );
+        for bad in [
+            "a b",
+            "user@ingest.example.com",
+            "ingest.example.com:port",
+            "a/b",
+        ] {
+            assert!(bad_host(h11, &origin_form, &map(&[("host", bad)])), "{bad}");
+        }
+        let two = map(&[("host", "a.example"), ("host", "a.example")]);
+        assert!(bad_host(h11, &origin_form, &two), "two Host lines");
+        let h2 = Version::HTTP_2;
+        let with_authority = uri("https://a.example/v1/telemetry");
+        assert!(!bad_host(h2, &with_authority, &map(&[])));
+        assert!(!bad_host(
+            h2,
+            &with_authority,
+            &map(&[("host", "A.example")])
+        ));
+        assert!(bad_host(
+            h2,
+            &with_authority,
+            &map(&[("host", "b.example")])
+        ));
+        assert!(bad_host(h2, &with_authority, &two));
     }
 }

@@ -166,7 +166,12 @@ async fn respond(
                 let context = recording::RecordContext::new(state, findings, id, received);
                 Box::pin(recording::refused(log, &context)).await;
             }
-            failure.response(id).map(Either::Right)
+            let mut resp = failure.response(id);
+            if failure == Failure::MethodNotAllowed {
+                let allow = state.config.methods.allow_header().clone();
+                resp.headers_mut().insert(header::ALLOW, allow);
+            }
+            resp.map(Either::Right)
         }
     };
     (resp, bytes, receipt)
@@ -185,7 +190,12 @@ async fn decide_and_forward(
 ) -> Routed {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
-    if headers::ambiguous_framing(req.headers()) {
+    if !config.methods.allows(req.method()) {
+        return Err((Failure::MethodNotAllowed, 0));
+    }
+    if headers::ambiguous_framing(req.headers())
+        || headers::bad_host(req.version(), req.uri(), req.headers())
+    {
         return Err((Failure::BadRequest, 0));
     }
     let declared = req

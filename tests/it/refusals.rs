@@ -527,6 +527,80 @@ async fn ambiguous_framing_reaches_no_upstream() {
     proxy.stop().await;
 }
 
+/// Only `limits.methods` are forwarded (default POST and PUT): others,
+/// CONNECT and TRACE among them, get 405 with `Allow` and reach no upstream.
+#[tokio::test]
+async fn methods_outside_the_allow_list_get_405() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for method in ["GET", "DELETE", "PATCH", "TRACE", "OPTIONS"] {
+        let request = format!(
+            "{method} /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_exchange(&proxy, request.as_bytes()).await;
+        let text = String::from_utf8_lossy(&raw).to_lowercase();
+        assert_eq!(raw_status(&raw), Some(405), "{method}: {text}");
+        assert!(
+            text.contains("\r\nallow: post, put\r\n"),
+            "{method}: {text}"
+        );
+        assert!(
+            text.contains("\"error\":\"method_not_allowed\""),
+            "{method}: {text}"
+        );
+    }
+    let raw = raw_exchange(
+        &proxy,
+        b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        raw_status(&raw),
+        Some(405),
+        "CONNECT: {}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    for v in VERSIONS {
+        let reply = proxy.client().version(v).upload_from(CH, "allowed").await;
+        assert_eq!(reply.status, 201, "POST over {v:?}");
+    }
+    proxy.stop().await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, with two, or with an
+/// invalid one is answered 400 and reaches no upstream; HTTP/1.0 may omit it.
+#[tokio::test]
+async fn host_rules_of_rfc_9112_are_enforced() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let request = |version: &str, hosts: &str| {
+        format!(
+            "POST /v1/telemetry {version}\r\n{hosts}X-Forwarded-For: {CH}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+    };
+    for (what, hosts) in [
+        ("no Host", ""),
+        ("two Host lines", "Host: localhost\r\nHost: localhost\r\n"),
+        ("Host with userinfo", "Host: user@localhost\r\n"),
+        ("Host with a bad port", "Host: localhost:https\r\n"),
+        ("Host with a space", "Host: local host\r\n"),
+    ] {
+        let raw = raw_exchange(&proxy, request("HTTP/1.1", hosts).as_bytes()).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(raw_status(&raw), Some(400), "{what}: {text}");
+        assert!(text.contains("\"error\":\"bad_request\""), "{what}: {text}");
+        assert_eq!(proxy.counts(), untouched(&proxy), "{what}");
+    }
+    let raw = raw_exchange(&proxy, request("HTTP/1.0", "").as_bytes()).await;
+    let status = std::str::from_utf8(&raw[..12])
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        status.ends_with(" 201"),
+        "HTTP/1.0 without Host is forwarded: {status}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn silent_tcp_connection_is_closed_at_the_handshake_deadline() {
     let proxy = Proxy::start(limited("[timeouts]\ntls_handshake = \"500ms\"\n")).await;
