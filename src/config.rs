@@ -105,6 +105,9 @@ pub struct Timeouts {
     pub shutdown_delay: Duration,
     /// How often watched files are checked for changes (0 = off).
     pub reload_poll: Duration,
+    /// How long a refused request's unread body is read and discarded so
+    /// that the client gets the answer (0 = not at all).
+    pub discard_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -119,6 +122,7 @@ impl Default for Timeouts {
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             reload_poll: Duration::from_secs(2),
+            discard_body: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +134,9 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
     pub max_connections: usize,
+    /// At most this much of a refused request's unread body is read and
+    /// discarded so that the client gets the answer.
+    pub discard_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -139,6 +146,7 @@ impl Default for Limits {
             max_body_bytes: 100 * 1024 * 1024,
             h2_max_concurrent_streams: 100,
             max_connections: 10_000,
+            discard_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -275,6 +283,7 @@ pub struct RawTimeouts {
     pub shutdown_grace: Option<Setting<Duration>>,
     pub shutdown_delay: Option<Setting<Duration>>,
     pub reload_poll: Option<Setting<Duration>>,
+    pub discard_body: Option<Setting<Duration>>,
 }
 
 /// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
@@ -286,6 +295,7 @@ pub struct RawLimits {
     pub max_body_bytes: Option<Setting<u64>>,
     pub h2_max_concurrent_streams: Option<Setting<u64>>,
     pub max_connections: Option<Setting<u64>>,
+    pub discard_body_bytes: Option<Setting<u64>>,
     /// Request methods forwarded; default `["POST", "PUT"]`.
     pub methods: Option<Vec<String>>,
 }
@@ -690,6 +700,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         shutdown_grace,
         shutdown_delay,
         reload_poll,
+        discard_body,
     } = raw;
     let d = Timeouts::default();
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -730,6 +741,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         shutdown_grace: positive(shutdown_grace, "shutdown_grace", d.shutdown_grace, r),
         shutdown_delay: or_off(shutdown_delay, "shutdown_delay", d.shutdown_delay, r),
         reload_poll: or_off(reload_poll, "reload_poll", d.reload_poll, r),
+        discard_body: or_off(discard_body, "discard_body", d.discard_body, r),
     }
 }
 
@@ -842,6 +854,14 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .map_or(d.max_connections, to_usize),
+        discard_body_bytes: limit(
+            &raw.discard_body_bytes,
+            "discard_body_bytes",
+            0..=u64::MAX,
+            "must be a non-negative integer",
+            r,
+        )
+        .unwrap_or(d.discard_body_bytes),
     }
 }
 

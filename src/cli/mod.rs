@@ -100,7 +100,9 @@ pub enum Command {
         /// The log's name; must equal `transparency.origin`.
         #[arg(long)]
         name: String,
-        /// Path prefix of the two files.
+        /// Path prefix of the two files: `PREFIX.key` and `PREFIX.pub` (a
+        /// dot in the prefix is kept: `ingest.example.com` gives
+        /// `ingest.example.com.key`).
         #[arg(long)]
         out: PathBuf,
     },
@@ -295,8 +297,7 @@ fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
     let written = (|| -> anyhow::Result<(PathBuf, PathBuf, String)> {
         let pkcs8 = Signer::generate_pkcs8()?;
         let signer = Signer::from_pkcs8(name, &pkcs8)?;
-        let key = out.with_extension("key");
-        let public = out.with_extension("pub");
+        let (key, public) = key_paths(out);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -321,6 +322,17 @@ fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `PREFIX.key` and `PREFIX.pub`: the suffixes are appended, never put in
+/// place of a dotted part of the prefix.
+fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
+    let with = |suffix: &str| {
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    (with(".key"), with(".pub"))
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
@@ -514,5 +526,14 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn key_files_append_their_suffix() {
+        let (key, public) = key_paths(std::path::Path::new("keys/ingest.example.com"));
+        assert_eq!(key, PathBuf::from("keys/ingest.example.com.key"));
+        assert_eq!(public, PathBuf::from("keys/ingest.example.com.pub"));
+        let (key, _) = key_paths(std::path::Path::new("residency-log"));
+        assert_eq!(key, PathBuf::from("residency-log.key"));
     }
 }

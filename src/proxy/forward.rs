@@ -37,6 +37,7 @@ use super::headers::{self, Forwarded};
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
 use crate::upstream::Health;
+use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
 /// At most this many delivery attempts per request.
@@ -49,7 +50,7 @@ pub struct Target<'a> {
     pub request_id: &'a HeaderValue,
     pub hop: IpAddr,
     pub xff_trusted: bool,
-    pub country: &'a str,
+    pub country: Option<Country>,
 }
 
 /// How one attempt ended, when it did not produce a usable response.
@@ -138,9 +139,10 @@ async fn prepare(
             request_id: target.request_id,
             xff_trusted: target.xff_trusted,
             hop: target.hop,
-            country: target.country,
+            country: target.country.as_ref().map_or("unknown", Country::as_str),
             jurisdiction: &config.policy.jurisdiction(target.jurisdiction).name,
             host,
+            http2: parts.version == Version::HTTP_2,
         },
     );
     let slot = BodySlot::new(

@@ -77,6 +77,8 @@ pub struct Forwarded<'a> {
     pub country: &'a str,
     pub jurisdiction: &'a str,
     pub host: Option<HeaderValue>,
+    /// The client spoke HTTP/2, where cookies may come as several fields.
+    pub http2: bool,
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -107,6 +109,9 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         Ok(v) => headers.insert(X_FORWARDED_FOR, v),
         Err(_) => headers.remove(X_FORWARDED_FOR),
     };
+    if f.http2 {
+        join_cookies(headers);
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = &f.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -119,6 +124,24 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if let Ok(v) = HeaderValue::from_str(f.jurisdiction) {
         headers.insert(RESIDENCY_JURISDICTION, v);
     }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several
+/// fields; going upstream as HTTP/1.1 they become one, joined by "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    match HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        Ok(v) => headers.insert(header::COOKIE, v),
+        Err(_) => headers.remove(header::COOKIE),
+    };
 }
 
 /// Adds the headers every response carries.
@@ -227,6 +250,7 @@ mod tests {
             country: "DE",
             jurisdiction: "eu",
             host: h.get(header::HOST).cloned(),
+            http2: false,
         };
         to_upstream(&mut h, &f);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
@@ -260,6 +284,7 @@ mod tests {
             country: "US",
             jurisdiction: "us",
             host: None,
+            http2: false,
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
@@ -270,6 +295,28 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["residency-origin-country"], "US");
         assert_eq!(h.get_all("residency-origin-country").iter().count(), 1);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined() {
+        let id = HeaderValue::from_static("abc");
+        for (http2, want) in [(true, 1), (false, 2)] {
+            let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("host", "x")]);
+            let f = Forwarded {
+                request_id: &id,
+                xff_trusted: false,
+                hop: "203.0.113.5".parse().unwrap(),
+                country: "US",
+                jurisdiction: "us",
+                host: None,
+                http2,
+            };
+            to_upstream(&mut h, &f);
+            assert_eq!(h.get_all("cookie").iter().count(), want, "http2 = {http2}");
+            if http2 {
+                assert_eq!(h["cookie"], "a=1; b=2");
+            }
+        }
     }
 
     #[test]

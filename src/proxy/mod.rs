@@ -6,6 +6,7 @@
 //! the upload to [`forward`]. It adds the response headers every answer
 //! carries, updates metrics and writes the one access-log line per request.
 
+pub mod discard;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -16,14 +17,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::metrics::NONE;
 use crate::state::{Instance, Snapshot};
 use crate::upstream::pool::Body as UpstreamBody;
+use discard::RefusalBody;
 pub use error::Failure;
 use residency_core::country::Country;
 use residency_core::decision::{decide, Outcome};
@@ -32,7 +33,7 @@ use residency_core::policy::{DatacenterId, JurisdictionId};
 use residency_log::settings::OnWriteError;
 
 /// The response body: the upstream's, streamed, or our own small one.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, discard::RefusalBody>;
 
 /// What the accept loop knows about a client connection.
 #[derive(Debug, Clone)]
@@ -135,6 +136,8 @@ async fn respond(
     routed: Routed,
 ) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
     let log = instance.log.as_deref();
+    // The request body a refusal before forwarding left unread.
+    let mut body_unread = None;
     // (answer, body bytes, receipt, whether a record was written)
     let (answered, bytes, receipt, recorded) = match routed {
         Ok((resp, slot)) => {
@@ -151,7 +154,14 @@ async fn respond(
                 Err(failure) => (Err(failure), slot.bytes(), None, true),
             }
         }
-        Err((failure, bytes)) => (Err(failure), bytes, None, false),
+        Err(Unrouted {
+            failure,
+            bytes,
+            unread,
+        }) => {
+            body_unread = unread;
+            (Err(failure), bytes, None, false)
+        }
     };
     let resp = match answered {
         Ok(resp) => resp.map(Either::Left),
@@ -171,32 +181,47 @@ async fn respond(
                 let allow = state.config.methods.allow_header().clone();
                 resp.headers_mut().insert(header::ALLOW, allow);
             }
-            resp.map(Either::Right)
+            let limits = &state.config.limits;
+            let bounds = discard::Bounds {
+                bytes: limits.discard_body_bytes,
+                time: state.config.timeouts.discard_body,
+            };
+            resp.map(|answer| Either::Right(RefusalBody::new(answer, body_unread, bounds)))
         }
     };
     (resp, bytes, receipt)
 }
 
-type Routed =
-    Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), (Failure, u64)>;
+type Routed = Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), Unrouted>;
 
-async fn decide_and_forward(
+/// A request that got no upstream answer.
+struct Unrouted {
+    failure: Failure,
+    /// Body bytes read from the client.
+    bytes: u64,
+    /// The body, when the request was refused before it was forwarded.
+    unread: Option<Incoming>,
+}
+
+/// Checks the request and takes the residency decision: where it goes, or
+/// why not. Reads no body.
+fn admit<'a>(
     instance: &Instance,
     state: &Snapshot,
     conn: &Conn,
-    req: Request<Incoming>,
-    id: &HeaderValue,
+    req: &Request<Incoming>,
+    id: &'a HeaderValue,
     findings: &mut Findings,
-) -> Routed {
+) -> Result<forward::Target<'a>, Failure> {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
     if !config.methods.allows(req.method()) {
-        return Err((Failure::MethodNotAllowed, 0));
+        return Err(Failure::MethodNotAllowed);
     }
     if headers::ambiguous_framing(req.headers())
         || headers::bad_host(req.version(), req.uri(), req.headers())
     {
-        return Err((Failure::BadRequest, 0));
+        return Err(Failure::BadRequest);
     }
     let declared = req
         .headers()
@@ -204,7 +229,7 @@ async fn decide_and_forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > config.limits.max_body_bytes) {
-        return Err((Failure::BodyTooLarge, 0));
+        return Err(Failure::BodyTooLarge);
     }
 
     let xff = req.headers().get_all(headers::X_FORWARDED_FOR);
@@ -214,7 +239,7 @@ async fn decide_and_forward(
         xff.iter(),
         &listener.trusted_proxies,
     )
-    .map_err(|_| (Failure::BadForwardedHeader, 0))?;
+    .map_err(|_| Failure::BadForwardedHeader)?;
     findings.source = Some(origin.source);
     findings.client = Some(origin.addr);
 
@@ -235,29 +260,54 @@ async fn decide_and_forward(
     findings.jurisdiction = decision.jurisdiction.map(|(j, _)| j);
     let upstream = match decision.outcome {
         Outcome::Forward(u) => u,
-        Outcome::Refuse(r) => return Err((r.into(), 0)),
+        Outcome::Refuse(r) => return Err(r.into()),
     };
     let Some((jurisdiction, _)) = decision.jurisdiction else {
-        return Err((Failure::OriginUnknown, 0));
+        return Err(Failure::OriginUnknown);
     };
     if let Some(log) = &instance.log {
         // Nothing is forwarded that could not be acknowledged with a record.
         if log.failing() && log.settings().on_write_error == OnWriteError::Refuse {
-            return Err((Failure::LogUnavailable, 0));
+            return Err(Failure::LogUnavailable);
         }
     }
 
     let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
     let xff_trusted =
         conn.proxy_source.is_none() && listener.trusted_proxies.contains(conn.peer.ip());
-    let country = decision.country;
-    let target = forward::Target {
+    Ok(forward::Target {
         jurisdiction,
         upstream,
         request_id: id,
         hop,
         xff_trusted,
-        country: country.as_ref().map_or("unknown", Country::as_str),
+        country: decision.country,
+    })
+}
+
+async fn decide_and_forward(
+    instance: &Instance,
+    state: &Snapshot,
+    conn: &Conn,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+    findings: &mut Findings,
+) -> Routed {
+    let target = match admit(instance, state, conn, &req, id, findings) {
+        Ok(target) => target,
+        Err(failure) => {
+            return Err(Unrouted {
+                failure,
+                bytes: 0,
+                unread: Some(req.into_body()),
+            })
+        }
     };
-    forward::forward(instance, state, target, req, &mut findings.datacenter).await
+    forward::forward(instance, state, target, req, &mut findings.datacenter)
+        .await
+        .map_err(|(failure, bytes)| Unrouted {
+            failure,
+            bytes,
+            unread: None,
+        })
 }

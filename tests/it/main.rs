@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod drill;
+mod early_answers;
 mod health;
 mod lifecycle;
 mod pool;

@@ -126,6 +126,8 @@ pub struct Geo {
     sha256: [u8; 32],
     sha256_hex: String,
     cache: RecordCache,
+    /// An IPv4-only database: an IPv6 client has no country in it.
+    ipv4_only: bool,
 }
 
 /// The country of recently seen database records, by data-section offset:
@@ -223,6 +225,7 @@ impl Geo {
             meta.record_size,
             meta.ip_version,
         );
+        let ipv4_only = meta.ip_version == 4;
         let database_type = reader.metadata().database_type.clone();
         if !["Country", "City", "Enterprise"]
             .iter()
@@ -245,6 +248,7 @@ impl Geo {
             sha256_hex: crate::hex::encode(&sha256),
             cache: RecordCache::new(),
             index,
+            ipv4_only,
         })
     }
 
@@ -270,6 +274,11 @@ impl Geo {
                 }
                 None => {}
             }
+        }
+        if self.ipv4_only && addr.is_ipv6() {
+            // Not an error of the database: an address it cannot know (and
+            // one any client can send, so not worth a log line each).
+            return (None, LookupResult::Miss);
         }
         const PATH: [PathElement<'static>; 2] =
             [PathElement::Key("country"), PathElement::Key("iso_code")];

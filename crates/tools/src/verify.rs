@@ -381,6 +381,9 @@ fn short(hash: &Hash) -> String {
     residency_core::hex::encode(&hash[..8])
 }
 
+/// The largest answer read from a log endpoint.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// GETs from the log's endpoints.
 struct Fetcher {
     base: String,
@@ -415,10 +418,13 @@ impl Fetcher {
             .with_context(|| format!("GET {url}: timed out"))?
             .with_context(|| format!("GET {url}"))?;
         let status = resp.status();
-        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        // Bounded: what the log serves is small (a checkpoint, a proof, a
+        // record); a log that sends more is not one to trust.
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
+        let body = tokio::time::timeout(Duration::from_secs(10), limited.collect())
             .await
             .with_context(|| format!("GET {url}: timed out"))?
-            .with_context(|| format!("GET {url}"))?
+            .map_err(|e| anyhow!("GET {url}: {e} (at most {MAX_RESPONSE_BYTES} bytes are read)"))?
             .to_bytes();
         if !status.is_success() {
             bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));

@@ -1,0 +1,93 @@
+//! Refusals that reach the client.
+//!
+//! A refusal decided before the upload is forwarded (451, 400, 405, 413 by
+//! `Content-Length`, 503) does not need the request body, but closing the
+//! connection — or resetting the HTTP/2 stream — while the client is still
+//! sending it loses the answer: over HTTP/1.1 the kernel answers unread
+//! data with a reset, and HTTP/2 clients such as curl 7.88 drop a response
+//! whose stream is reset before they finished sending. So, as nginx does,
+//! the body is read and thrown away after the answer's head is out, within
+//! `limits.discard_body_bytes` and `timeouts.discard_body`; past either
+//! bound the connection (or stream) is closed as before.
+//!
+//! The discarding starts when hyper first polls the answer's body — its
+//! head has been written then, so hyper sends no `100 Continue` for a body
+//! it will not use — and runs in a task of its own, so the answer ends at
+//! once and an HTTP/1.1 connection whose body was discarded completely stays
+//! open for the next request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+/// How much of a refused request's body is read and discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+/// A refusal's answer body; discards the request body it holds once polled.
+pub struct RefusalBody {
+    answer: Full<Bytes>,
+    unread: Option<(Incoming, Bounds)>,
+}
+
+impl RefusalBody {
+    /// `unread`: the request body the refusal did not read, if any.
+    pub fn new(answer: Full<Bytes>, unread: Option<Incoming>, bounds: Bounds) -> RefusalBody {
+        RefusalBody {
+            answer,
+            unread: unread
+                .filter(|body| !body.is_end_stream())
+                .map(|body| (body, bounds)),
+        }
+    }
+}
+
+impl Body for RefusalBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some((body, bounds)) = self.unread.take() {
+            tokio::spawn(discard(body, bounds));
+        }
+        Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.answer.size_hint()
+    }
+}
+
+/// Reads `body` to its end and drops the data, for at most `bounds`.
+async fn discard(mut body: Incoming, bounds: Bounds) {
+    let mut left = bounds.bytes;
+    let read_all = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n > left {
+                tracing::debug!("refused request's body is over limits.discard_body_bytes");
+                return;
+            }
+            left -= n;
+        }
+    };
+    if tokio::time::timeout(bounds.time, read_all).await.is_err() {
+        tracing::debug!("refused request's body still arriving after timeouts.discard_body");
+    }
+}

@@ -1,0 +1,137 @@
+//! Answers given before the request body was read reach the client.
+//!
+//! A refusal decided before forwarding (here 451: unknown origin) does not
+//! read the upload, but the client is still sending it. The proxy answers,
+//! then reads and discards the body (bounded), so neither a TCP reset
+//! (HTTP/1.1) nor an early stream reset (HTTP/2) takes the answer away.
+//! Checked with Debian's curl, which drops an HTTP/2 response whose stream
+//! is reset while it is still sending (curl 7.88: error 92), and with hyper.
+
+use std::process::Command;
+
+use crate::support::*;
+
+const VERSIONS: [Http; 2] = [Http::One, Http::Two];
+
+/// Body sizes from 1 KiB to 8 MiB; curl sends `Expect: 100-continue` above 1 MiB.
+const SIZES: [usize; 4] = [1024, 300 * 1024, 1024 * 1024, 8 * 1024 * 1024];
+
+/// Runs curl `runs` times (4 at a time) and returns the status codes it printed.
+async fn curl_statuses(
+    proxy: &Proxy,
+    version_flag: &str,
+    body: &std::path::Path,
+    runs: usize,
+) -> Vec<String> {
+    let ca = proxy.dir.path().join("curl-ca.pem");
+    std::fs::write(&ca, &proxy.certs[0]).unwrap();
+    let port = proxy.addr.port();
+    let mut statuses = Vec::new();
+    for batch in (0..runs).collect::<Vec<_>>().chunks(4) {
+        let mut children = Vec::new();
+        for _ in batch {
+            let child = Command::new("curl")
+                .args(["-s", version_flag, "--max-time", "30", "--cacert"])
+                .arg(&ca)
+                .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+                .args(["-H", &format!("X-Forwarded-For: {UNKNOWN}")])
+                .arg("--data-binary")
+                .arg(format!("@{}", body.display()))
+                .args(["-o", "/dev/null", "-w", "%{http_code} %{errormsg}"])
+                .arg(format!("https://localhost:{port}/v1/telemetry"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl runs (apt-get install curl)");
+            children.push(child);
+        }
+        for child in children {
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap();
+            statuses.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_reach_curl_over_http1_and_http2() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for size in SIZES {
+        let body = proxy.dir.path().join(format!("body-{size}"));
+        std::fs::write(&body, vec![b'x'; size]).unwrap();
+        for flag in ["--http1.1", "--http2"] {
+            let statuses = curl_statuses(&proxy, flag, &body, 25).await;
+            let failed: Vec<&String> = statuses.iter().filter(|s| !s.starts_with("451")).collect();
+            assert!(
+                failed.is_empty(),
+                "{size} bytes over {flag}: {} of {} runs did not read 451: {failed:?}",
+                failed.len(),
+                statuses.len()
+            );
+        }
+    }
+    assert_eq!(
+        proxy.counts().values().sum::<usize>(),
+        0,
+        "no upstream saw an upload"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_body_reach_hyper_clients() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for size in SIZES {
+        for v in VERSIONS {
+            for _ in 0..5 {
+                let body = "x".repeat(size);
+                let reply = proxy.client().version(v).upload_from(UNKNOWN, &body).await;
+                assert_eq!(reply.status, 451, "{size} bytes over {v:?}");
+                assert_eq!(reply.json()["error"], "origin_unknown");
+            }
+        }
+    }
+    proxy.stop().await;
+}
+
+/// After a refusal's body has been discarded, the HTTP/1.1 connection serves
+/// the next request.
+#[tokio::test]
+async fn a_discarded_body_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup::default()).await;
+    let mut tls = proxy.client().connect().await.unwrap();
+    let body = "x".repeat(64 * 1024);
+    for origin in [UNKNOWN, CH] {
+        let head = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {origin}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(body.as_bytes()).await.unwrap();
+    }
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_both = async {
+        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < 2 {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_both)
+        .await
+        .expect("both answers within 10 s");
+    let text = String::from_utf8_lossy(&got);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["451", "201"], "{text}");
+    assert_eq!(proxy.upstream("zurich").count(), 1);
+    proxy.stop().await;
+}
