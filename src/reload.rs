@@ -6,7 +6,9 @@
 //! database). Files are polled every `timeouts.reload_poll` by *path*, with
 //! symlinks resolved on every poll, so the directory swaps Kubernetes does
 //! for ConfigMaps and Secrets (`..data` → new directory) are seen as changes
-//! of every file in them.
+//! of every file in them. A poll only stats the files ([`crate::files`]);
+//! nothing is parsed until one changed. The new state is built on Tokio's
+//! blocking pool, never on the workers that serve connections.
 //!
 //! [`reload`] builds the new [`Snapshot`] aside and validates it completely —
 //! every config check, certificates parse and match their keys, the database
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::files::{fingerprint, Fingerprint};
 use crate::shutdown::stopped;
 use crate::state::{Instance, Snapshot};
 use residency_core::report::ConfigReport;
@@ -120,7 +121,7 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
             if poll.is_zero() {
                 continue;
             }
-            let now = watched(&instance, &path);
+            let now = seen.again();
             if now == seen {
                 continue;
             }
@@ -128,22 +129,18 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
         } else {
             tracing::info!(trigger = "SIGHUP", "reloading");
         }
-        let _ = reload(&instance, &path);
-        // A broken file is retried only when something changes again.
-        seen = watched(&instance, &path);
-    }
-}
-
-/// The fingerprint of the files the config at `path` names, or, while it
-/// does not load, of the config file and the current state's files.
-fn watched(instance: &Instance, path: &Path) -> Fingerprint {
-    match Config::load(path) {
-        Ok(config) => fingerprint(&config),
-        Err(_) => {
-            let mut config = instance.snapshot().config.clone();
-            config.source = Some(path.to_path_buf());
-            fingerprint(&config)
-        }
+        // Off the async workers: building reads and hashes the GeoIP
+        // database and parses certificates (with one worker thread, every
+        // connection would wait for it).
+        let (inst, p) = (instance.clone(), path.clone());
+        let reloaded = tokio::task::spawn_blocking(move || reload(&inst, &p)).await;
+        seen = match reloaded {
+            // The files the new state was built from, as they were before
+            // it read them: a change since is seen at the next poll.
+            Ok(Ok(())) => instance.snapshot().files.clone(),
+            // A broken file is retried only when something changes again.
+            _ => seen.again(),
+        };
     }
 }
 
