@@ -137,6 +137,9 @@ pub struct Limits {
     /// At most this much of a refused request's unread body is read and
     /// discarded so that the client gets the answer.
     pub discard_body_bytes: u64,
+    /// At most this many requests whose client left run on to deliver
+    /// their upload (per connection: `h2_max_concurrent_streams`).
+    pub max_detached_requests: usize,
 }
 
 impl Default for Limits {
@@ -147,6 +150,7 @@ impl Default for Limits {
             h2_max_concurrent_streams: 100,
             max_connections: 10_000,
             discard_body_bytes: 16 * 1024 * 1024,
+            max_detached_requests: 1024,
         }
     }
 }
@@ -296,6 +300,7 @@ pub struct RawLimits {
     pub h2_max_concurrent_streams: Option<Setting<u64>>,
     pub max_connections: Option<Setting<u64>>,
     pub discard_body_bytes: Option<Setting<u64>>,
+    pub max_detached_requests: Option<Setting<u64>>,
     /// Request methods forwarded; default `["POST", "PUT"]`.
     pub methods: Option<Vec<String>>,
 }
@@ -862,6 +867,14 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .unwrap_or(d.discard_body_bytes),
+        max_detached_requests: limit(
+            &raw.max_detached_requests,
+            "max_detached_requests",
+            0..=1_000_000,
+            "must be between 0 and 1000000",
+            r,
+        )
+        .map_or(d.max_detached_requests, to_usize),
     }
 }
 

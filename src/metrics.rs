@@ -36,6 +36,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_idle: IntGauge,
+    /// Requests whose client left mid-delivery, running to their end.
+    pub detached: IntGauge,
+    /// Such requests cancelled because a detached-work budget was full.
+    pub detached_cancelled: IntCounter,
     pub connections_rejected: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -145,6 +149,16 @@ impl Metrics {
             "HTTP/1 keep-alive connections waiting for their next request with their HTTP buffers released.",
         )?;
         registry.register(Box::new(connections_idle.clone()))?;
+        let detached = IntGauge::new(
+            "residency_detached_requests",
+            "Requests whose client left (connection closed, HTTP/2 stream reset) while their upload was being delivered, still running so that the delivery completes and is recorded.",
+        )?;
+        registry.register(Box::new(detached.clone()))?;
+        let detached_cancelled = IntCounter::new(
+            "residency_detached_requests_cancelled_total",
+            "Requests whose client left mid-delivery and that were cancelled instead of finishing, because the connection's (h2_max_concurrent_streams) or the process's (limits.max_detached_requests) budget was full.",
+        )?;
+        registry.register(Box::new(detached_cancelled.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
             "Connections closed before TLS, by reason (PROXY header missing, invalid or untrusted; connection limit).",
@@ -194,6 +208,8 @@ impl Metrics {
             tls_handshakes,
             connections_active,
             connections_idle,
+            detached,
+            detached_cancelled,
             connections_rejected,
             upstream_retries,
             reloads,

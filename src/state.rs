@@ -153,6 +153,9 @@ pub struct Instance {
     /// Opened once from the first snapshot's `[transparency]`; a reload
     /// cannot change it.
     pub log: Option<Arc<Log>>,
+    /// Requests running detached from their departed client (see
+    /// `server::connection::Detached`), against `limits.max_detached_requests`.
+    pub detached: AtomicUsize,
 }
 
 impl Instance {
@@ -168,6 +171,7 @@ impl Instance {
             ready: AtomicBool::new(false),
             ids: RequestIds::new(),
             log,
+            detached: AtomicUsize::new(0),
         });
         instance.set_policy_info();
         instance.refresh_gauges();

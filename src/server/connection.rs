@@ -85,6 +85,11 @@ pub(super) async fn serve(
         listener: index,
     });
     let activity = Arc::new(Activity::new());
+    let budget = Arc::new(DetachBudget {
+        instance: instance.clone(),
+        here: AtomicUsize::new(0),
+        per_connection: limits.h2_max_concurrent_streams as usize,
+    });
     let service = {
         let activity = activity.clone();
         let instance = instance.clone();
@@ -93,15 +98,20 @@ pub(super) async fn serve(
             // Each request runs on the snapshot current when it starts.
             let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
             let permit = permit.clone();
+            let budget = budget.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
-            Detached(Some(Box::pin(async move {
+            let fut = Box::pin(async move {
                 let resp = proxy::handle(instance, state, conn, req).await;
                 drop(busy);
                 drop(permit);
                 resp
-            })))
+            });
+            Detached {
+                fut: Some(fut),
+                budget,
+            }
         })
     };
 
@@ -617,9 +627,56 @@ impl Activity {
 /// finish still fails as `client_aborted`. The future holds a share of the
 /// connection's permit, so draining at shutdown waits for it. Nothing extra
 /// happens while the client stays.
-struct Detached<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+///
+/// Bounded: HTTP/2 frees a stream's concurrency slot as soon as it is
+/// reset, so a client could reset streams faster than their deliveries end.
+/// At most `h2_max_concurrent_streams` requests per connection and
+/// `limits.max_detached_requests` per process run detached; beyond either,
+/// a dropped request is cancelled like any future (counted in
+/// `residency_detached_requests_cancelled_total`).
+struct Detached<F: Future + Send + 'static>
 where
-    F::Output: Send + 'static;
+    F::Output: Send + 'static,
+{
+    fut: Option<Pin<Box<F>>>,
+    budget: Arc<DetachBudget>,
+}
+
+/// How many requests of one connection, and of the process, run detached.
+struct DetachBudget {
+    instance: Arc<Instance>,
+    here: AtomicUsize,
+    per_connection: usize,
+}
+
+/// One detached request's place in its budgets, given back when it ends.
+struct DetachedSlot(Arc<DetachBudget>);
+
+impl DetachBudget {
+    fn take(self: &Arc<Self>) -> Option<DetachedSlot> {
+        if self.here.fetch_add(1, Ordering::Relaxed) >= self.per_connection {
+            self.here.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let global = &self.instance.detached;
+        let limit = self.instance.snapshot().config.limits.max_detached_requests;
+        if global.fetch_add(1, Ordering::Relaxed) >= limit {
+            global.fetch_sub(1, Ordering::Relaxed);
+            self.here.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.instance.metrics.detached.inc();
+        Some(DetachedSlot(self.clone()))
+    }
+}
+
+impl Drop for DetachedSlot {
+    fn drop(&mut self) {
+        self.0.here.fetch_sub(1, Ordering::Relaxed);
+        self.0.instance.detached.fetch_sub(1, Ordering::Relaxed);
+        self.0.instance.metrics.detached.dec();
+    }
+}
 
 impl<F: Future + Send + 'static> Future for Detached<F>
 where
@@ -628,13 +685,13 @@ where
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(mut fut) = self.0.take() else {
+        let Some(mut fut) = self.fut.take() else {
             return Poll::Pending;
         };
         // Taken out while polled: a future that panics is not detached.
         let polled = fut.as_mut().poll(cx);
         if polled.is_pending() {
-            self.0 = Some(fut);
+            self.fut = Some(fut);
         }
         polled
     }
@@ -645,9 +702,23 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        if let Some(fut) = self.0.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                drop(runtime.spawn(fut));
+        let Some(fut) = self.fut.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        match self.budget.take() {
+            Some(slot) => drop(runtime.spawn(async move {
+                let out = fut.await;
+                drop(slot);
+                out
+            })),
+            None => {
+                self.budget.instance.metrics.detached_cancelled.inc();
+                tracing::debug!(
+                    "detached-request budget full: a request whose client left is cancelled"
+                );
             }
         }
     }

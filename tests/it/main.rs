@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abuse;
 mod cli;
 mod drill;
 mod early_answers;

@@ -1,0 +1,74 @@
+//! Work a client can start and abandon is bounded.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+async fn metric_now(proxy: &Proxy, series: &str) -> f64 {
+    let (_, text) = proxy.admin_request("GET", "/metrics").await;
+    metric(&text, series).unwrap_or(0.0)
+}
+
+/// HTTP/2 reset storm: 5,000 uploads sent and reset on one connection while
+/// their data centre takes 2 s to answer. A reset frees the stream's slot at
+/// once, so without a budget every one of them would run on upstream; with
+/// it, at most `h2_max_concurrent_streams` (here 50) run detached, the rest
+/// are cancelled and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_storm_is_bounded_by_the_detached_budget() {
+    let setup = Setup {
+        extra: "[limits]\nh2_max_concurrent_streams = 50\n".into(),
+        ..Setup::default()
+    };
+    let proxy = Proxy::start(setup).await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    const STORM: usize = 5_000;
+    let mut peak: f64 = 0.0;
+    let started = std::time::Instant::now();
+    for i in 0..STORM {
+        send.ready().await.expect("connection stays usable");
+        let body: Body = Full::new(Bytes::from_static(b"reset me"))
+            .map_err(|e| match e {})
+            .boxed();
+        let req = Request::post("https://localhost/v1/telemetry")
+            .header("x-forwarded-for", CH)
+            .header("x-test-answer-delay-ms", "2000")
+            .body(body)
+            .unwrap();
+        // Dropped unanswered: hyper resets the stream (RST_STREAM CANCEL).
+        let _ = tokio::time::timeout(Duration::from_millis(2), send.send_request(req)).await;
+        if i % 500 == 499 {
+            peak = peak.max(metric_now(&proxy, "residency_detached_requests").await);
+        }
+    }
+    let storm = started.elapsed();
+    let cancelled = metric_now(&proxy, "residency_detached_requests_cancelled_total").await;
+    assert!(peak <= 50.0, "at most 50 detached at once, saw {peak}");
+    // Every delivery still running ends within its 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let delivered = proxy.upstream("zurich").count();
+    // 50 at a time, each holding its place for the 2 s the data centre
+    // takes (plus the requests answered before their reset: none, at 2 s).
+    let rounds = storm.as_secs_f64() / 2.0 + 2.0;
+    let bound = (50.0 * rounds) as usize;
+    assert!(
+        delivered <= bound,
+        "upstream requests bounded by the budget: {delivered} of {STORM} sent in {storm:?} (bound {bound})"
+    );
+    assert!(
+        cancelled as usize + delivered >= STORM / 2,
+        "the storm reached the proxy: {cancelled} cancelled, {delivered} delivered"
+    );
+    assert_eq!(metric_now(&proxy, "residency_detached_requests").await, 0.0);
+    proxy.stop().await;
+}
