@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
         on_write_error: OnWriteError::Refuse,
         address: None,
         max_records: u64::MAX,
+        max_connections: 256,
     };
     let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
     let signer = Signer::from_pkcs8("bench.example/log", &pkcs8).unwrap();

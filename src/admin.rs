@@ -20,9 +20,19 @@ use crate::state::Instance;
 use residency_core::decision::decide;
 use residency_core::policy::DatacenterId;
 
+/// Connections the admin listener holds at once (scrapers, probes and
+/// operators need few; the rest of the process's file descriptors stay for
+/// uploads).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin listener until `stop` turns true.
 pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::Receiver<bool>) {
-    crate::plain_http::serve(listener, stop, move |req| answer(&instance, req)).await;
+    let cap = crate::plain_http::Cap {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        rejected: (instance.metrics.connections_rejected)
+            .with_label_values(&["admin_connection_limit"]),
+    };
+    crate::plain_http::serve(listener, stop, cap, move |req| answer(&instance, req)).await;
 }
 
 /// Answers one admin request (request bodies are never read).

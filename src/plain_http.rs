@@ -1,10 +1,11 @@
 //! A small plain-HTTP/1.1 listener for synchronous answers: the admin
 //! endpoints and the customer-facing log endpoints. Each connection gets
-//! hyper's head timer; at shutdown, connections finish their current
-//! response (at most 5 s).
+//! hyper's head timer; a listener holds at most its cap of connections; at
+//! shutdown, connections finish their current response (at most 5 s).
 
 use std::convert::Infallible;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,16 +16,24 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::shutdown::stopped;
 
+/// At most how many connections a listener holds; the connection over the
+/// limit is closed at once and `rejected` counts it.
+pub struct Cap {
+    pub max_connections: usize,
+    pub rejected: prometheus::IntCounter,
+}
+
 /// Serves plain HTTP/1.1 on `listener` with a synchronous `answer` until
 /// `stop` turns true (the admin and the transparency listeners).
-pub async fn serve<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, answer: F)
+pub async fn serve<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, cap: Cap, answer: F)
 where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
+    let permits = Arc::new(Semaphore::new(cap.max_connections));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -37,9 +46,14 @@ where
             },
             () = stopped(&mut stop) => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            cap.rejected.inc();
+            continue;
+        };
         let answer = answer.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let response = answer(&req);
                 async move { Ok::<_, Infallible>(response) }

@@ -141,9 +141,15 @@ impl Bound {
             tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
             if let Some(listener) = self.transparency {
                 let log = log.clone();
+                let cap = crate::plain_http::Cap {
+                    max_connections: log.settings().max_connections,
+                    rejected: (self.instance.metrics.connections_rejected)
+                        .with_label_values(&["log_connection_limit"]),
+                };
                 tasks.push(tokio::spawn(crate::plain_http::serve(
                     listener,
                     stop_rx.clone(),
+                    cap,
                     move |req| crate::log_api::answer(&log, req),
                 )));
             }

@@ -72,3 +72,49 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
     assert_eq!(metric_now(&proxy, "residency_detached_requests").await, 0.0);
     proxy.stop().await;
 }
+
+/// The customer-facing log listener holds at most
+/// `transparency.max_connections`: idle connections beyond it are closed at
+/// once and counted, the ones within keep being served, and uploads are
+/// unaffected.
+#[tokio::test]
+async fn the_log_listener_caps_its_connections() {
+    use tokio::io::AsyncReadExt;
+    let proxy = Proxy::start(Setup {
+        transparency: Some("max_connections = 5\n".into()),
+        ..Setup::default()
+    })
+    .await;
+    let addr = proxy.log_addr.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Give the accept loop time to take the five.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..20 {
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "connection {i} over the cap was not closed"
+        );
+    }
+    let rejected = metric_now(
+        &proxy,
+        "residency_connections_rejected_total{reason=\"log_connection_limit\"}",
+    )
+    .await;
+    assert!(rejected >= 20.0, "counted: {rejected}");
+    assert_eq!(
+        proxy.client().upload_from(CH, "still served").await.status,
+        201
+    );
+    drop(idle);
+    eventually("the log listener serves again", async || {
+        proxy.log_get("/checkpoint").await.0 == 200
+    })
+    .await;
+    proxy.stop().await;
+}

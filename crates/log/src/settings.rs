@@ -117,6 +117,9 @@ pub struct Transparency {
     pub address: Option<SocketAddr>,
     /// The log refuses new records beyond this many (memory: ~100 bytes each).
     pub max_records: u64,
+    /// Connections the customer-facing listener holds at once; more are
+    /// closed and counted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,9 +137,11 @@ pub struct RawTransparency {
     pub on_write_error: Option<Setting<OnWriteError>>,
     pub address: Option<String>,
     pub max_records: Option<Setting<u64>>,
+    pub max_connections: Option<Setting<usize>>,
 }
 
 const DEFAULT_MAX_RECORDS: u64 = 20_000_000;
+const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Converts the raw section, pushing every problem onto `r`.
 pub fn transparency(
@@ -217,6 +222,13 @@ pub fn transparency(
         "a positive integer",
         |n| *n > 0,
     );
+    let max_connections = raw.max_connections.check_is_or(
+        DEFAULT_MAX_CONNECTIONS,
+        &k("max_connections"),
+        r,
+        "an integer from 1 to 65536",
+        |n| (1..=65_536).contains(n),
+    );
     Some(Transparency {
         directory: directory?,
         origin: origin?,
@@ -230,6 +242,7 @@ pub fn transparency(
             None => None,
         },
         max_records,
+        max_connections,
     })
 }
 
@@ -320,6 +333,7 @@ mod tests {
         assert_eq!(t.client_address, ClientAddress::Prefix { v4: 24, v6: 48 });
         assert_eq!(t.on_write_error, OnWriteError::Refuse);
         assert_eq!(t.max_records, DEFAULT_MAX_RECORDS);
+        assert_eq!(t.max_connections, DEFAULT_MAX_CONNECTIONS);
 
         let raw = RawTransparency {
             receipts: setting("log"),
@@ -355,6 +369,7 @@ mod tests {
             on_write_error: setting("ignore"),
             address: Some("nowhere".into()),
             max_records: setting("0"),
+            max_connections: setting("0"),
         };
         let mut r = ConfigReport::new("test");
         assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
@@ -369,10 +384,11 @@ mod tests {
             "- transparency.on_write_error: `ignore` is not one of \"refuse\", \"continue\"",
             "- transparency.address: `nowhere` is not a socket address",
             "- transparency.max_records: `0` is not a positive integer",
+            "- transparency.max_connections: `0` is not an integer from 1 to 65536",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert_eq!(r.problems.len(), 9, "{text}");
+        assert_eq!(r.problems.len(), 10, "{text}");
 
         let raw = RawTransparency {
             client_address: setting("partial"),

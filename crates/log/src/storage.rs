@@ -797,6 +797,7 @@ mod tests {
             on_write_error: OnWriteError::Refuse,
             address: None,
             max_records: 1000,
+            max_connections: 256,
         };
         (Dir(dir), settings)
     }
