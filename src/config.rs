@@ -163,6 +163,9 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// Bodies up to this size with an `Idempotency-Key` are kept for replay.
     pub replay_limit_bytes: usize,
+    /// All replayable bodies held at once, in bytes; beyond it a request
+    /// streams without a replay copy.
+    pub replay_budget_bytes: usize,
 }
 
 /// Active checks and passive ejection (see `upstream::health`).
@@ -381,6 +384,7 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<Setting<Duration>>,
     pub pool_max_idle_per_host: Option<Setting<usize>>,
     pub replay_limit_bytes: Option<Setting<usize>>,
+    pub replay_budget_bytes: Option<Setting<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -894,6 +898,13 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
             "at most 16777216: replayable bodies are held in memory",
         );
     }
+    let replay_budget_bytes = raw.replay_budget_bytes.check_is_or(
+        64 * 1024 * 1024,
+        "upstream.replay_budget_bytes",
+        r,
+        "a number of bytes up to 4294967295",
+        |n| u32::try_from(*n).is_ok(),
+    );
     let ca = match &raw.ca {
         Some(ca) => Some(file(ca, "upstream.ca", base, r)?),
         None => None,
@@ -903,6 +914,7 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
         pool_idle_timeout,
         pool_max_idle_per_host,
         replay_limit_bytes,
+        replay_budget_bytes,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub detached: IntGauge,
     /// Such requests cancelled because a detached-work budget was full.
     pub detached_cancelled: IntCounter,
+    /// Idempotent uploads streamed without a replay copy: budget spent.
+    pub replay_budget_exhausted: IntCounter,
     pub connections_rejected: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -159,6 +161,11 @@ impl Metrics {
             "Requests whose client left mid-delivery and that were cancelled instead of finishing, because the connection's (h2_max_concurrent_streams) or the process's (limits.max_detached_requests) budget was full.",
         )?;
         registry.register(Box::new(detached_cancelled.clone()))?;
+        let replay_budget_exhausted = IntCounter::new(
+            "residency_replay_budget_exhausted_total",
+            "Uploads with an Idempotency-Key streamed without a replay copy because upstream.replay_budget_bytes was in use.",
+        )?;
+        registry.register(Box::new(replay_budget_exhausted.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
             "Connections closed before TLS, by reason (PROXY header missing, invalid or untrusted; connection limit).",
@@ -210,6 +217,7 @@ impl Metrics {
             connections_idle,
             detached,
             detached_cancelled,
+            replay_budget_exhausted,
             connections_rejected,
             upstream_retries,
             reloads,

@@ -156,6 +156,9 @@ pub struct Instance {
     /// Requests running detached from their departed client (see
     /// `server::connection::Detached`), against `limits.max_detached_requests`.
     pub detached: AtomicUsize,
+    /// Bytes of idempotent bodies held for replay, against
+    /// `upstream.replay_budget_bytes` (sized from the first snapshot).
+    pub replay_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Instance {
@@ -165,6 +168,9 @@ impl Instance {
             Some(t) => Some(Log::open(t, metrics.log.clone())?),
             None => None,
         };
+        let replay_budget = Arc::new(tokio::sync::Semaphore::new(
+            state.config.upstream.replay_budget_bytes,
+        ));
         let instance = Arc::new(Instance {
             current: ArcSwap::from_pointee(state),
             metrics,
@@ -172,6 +178,7 @@ impl Instance {
             ids: RequestIds::new(),
             log,
             detached: AtomicUsize::new(0),
+            replay_budget,
         });
         instance.set_policy_info();
         instance.refresh_gauges();

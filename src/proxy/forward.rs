@@ -28,7 +28,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::upstream::pool::Body as UpstreamBody;
 
@@ -78,6 +78,8 @@ struct Upload {
     slot: Arc<BodySlot>,
     /// The whole body, read first for an idempotent replay.
     replay: Option<Bytes>,
+    /// Its share of `upstream.replay_budget_bytes`, held while it lives.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Upload {
@@ -152,7 +154,13 @@ async fn prepare(
         instance.log.is_some(),
     );
     let replay_limit = config.upstream.replay_limit_bytes;
-    let replay: Option<Bytes> = if idempotent && declared.is_none_or(|n| n <= replay_limit as u64) {
+    let replayable = idempotent && declared.is_none_or(|n| n <= replay_limit as u64);
+    // Room for the largest body it may hold; with the budget spent, the
+    // upload streams like any other (it can then only be retried unsent).
+    let budget = replayable
+        .then(|| replay_budget(instance, replay_limit))
+        .flatten();
+    let replay: Option<Bytes> = if budget.is_some() {
         // Boxed, as every rarely taken await here: the request's future is
         // moved whole when hyper boxes it, so it is kept small.
         Box::pin(slot.buffer_for_replay(replay_limit))
@@ -166,8 +174,23 @@ async fn prepare(
         uri: parts.uri,
         headers: Some(headers),
         slot,
+        _budget: budget.filter(|_| replay.is_some()),
         replay,
     })
+}
+
+/// `bytes` of the replay budget, or `None` (counted) when it is spent.
+fn replay_budget(instance: &Instance, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let permit = instance
+        .replay_budget
+        .clone()
+        .try_acquire_many_owned(n)
+        .ok();
+    if permit.is_none() {
+        instance.metrics.replay_budget_exhausted.inc();
+    }
+    permit
 }
 
 /// Forwards `req`; on success returns the upstream's response (body still

@@ -118,3 +118,56 @@ async fn the_log_listener_caps_its_connections() {
     .await;
     proxy.stop().await;
 }
+
+/// Idempotent uploads are held for replay only within
+/// `upstream.replay_budget_bytes`; with it spent they stream like any other
+/// upload (and are counted), they are not refused.
+#[tokio::test]
+async fn replay_copies_are_bounded_by_the_budget() {
+    let proxy = Proxy::start(Setup {
+        extra: "[upstream]\nreplay_budget_bytes = 100000\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let series = "residency_replay_budget_exhausted_total";
+    let headers = [("x-forwarded-for", CH), ("idempotency-key", "k1")];
+    // 64 KiB of room (replay_limit_bytes) fits once in 100,000 bytes.
+    let reply = proxy
+        .client()
+        .send("POST", "/v1/telemetry", &headers, "first")
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(metric_now(&proxy, series).await, 0.0, "within the budget");
+    // Two at once: the second finds the budget held by the first.
+    let (tx, body) = channel_body();
+    let client = proxy.client();
+    let held = tokio::spawn(async move {
+        client
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH), ("idempotency-key", "k2")],
+                body,
+            )
+            .await
+    });
+    tx.send(Bytes::from_static(b"part one")).await.unwrap();
+    eventually("the first upload holds its replay room", async || {
+        proxy.instance.replay_budget.available_permits() < 100_000
+    })
+    .await;
+    let reply = proxy
+        .client()
+        .send("POST", "/v1/telemetry", &headers, "second")
+        .await;
+    assert_eq!(reply.status, 201, "streamed without a replay copy");
+    assert_eq!(metric_now(&proxy, series).await, 1.0);
+    drop(tx);
+    assert_eq!(held.await.unwrap().unwrap().status, 201);
+    assert_eq!(
+        proxy.instance.replay_budget.available_permits(),
+        100_000,
+        "all given back"
+    );
+    proxy.stop().await;
+}
