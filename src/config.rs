@@ -108,6 +108,9 @@ pub struct Timeouts {
     /// How long a refused request's unread body is read and discarded so
     /// that the client gets the answer (0 = not at all).
     pub discard_body: Duration,
+    /// While a body is being sent upstream, the longest a blocked write may
+    /// make no progress (the data centre stopped reading).
+    pub upstream_send_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -123,6 +126,7 @@ impl Default for Timeouts {
             shutdown_delay: Duration::ZERO,
             reload_poll: Duration::from_secs(2),
             discard_body: Duration::from_secs(10),
+            upstream_send_idle: Duration::from_secs(30),
         }
     }
 }
@@ -291,6 +295,7 @@ pub struct RawTimeouts {
     pub shutdown_delay: Option<Setting<Duration>>,
     pub reload_poll: Option<Setting<Duration>>,
     pub discard_body: Option<Setting<Duration>>,
+    pub upstream_send_idle: Option<Setting<Duration>>,
 }
 
 /// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
@@ -710,6 +715,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         shutdown_delay,
         reload_poll,
         discard_body,
+        upstream_send_idle,
     } = raw;
     let d = Timeouts::default();
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -751,6 +757,12 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         shutdown_delay: or_off(shutdown_delay, "shutdown_delay", d.shutdown_delay, r),
         reload_poll: or_off(reload_poll, "reload_poll", d.reload_poll, r),
         discard_body: or_off(discard_body, "discard_body", d.discard_body, r),
+        upstream_send_idle: positive(
+            upstream_send_idle,
+            "upstream_send_idle",
+            d.upstream_send_idle,
+            r,
+        ),
     }
 }
 

@@ -28,14 +28,18 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use std::time::Duration;
+
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::upstream::pool::Body as UpstreamBody;
 
 use super::error::Failure;
 use super::headers::{self, Forwarded};
+use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
+use crate::upstream::pool::Watch;
 use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
@@ -344,8 +348,10 @@ fn settle(
     Settled::Unanswered { fallback, unsent }
 }
 
-/// One delivery attempt, bounded by the upstream-response deadline, which
-/// starts when the body has been sent.
+/// One delivery attempt. While the body is being sent, the connection must
+/// take bytes: `upstream_send_idle` without progress on a blocked write
+/// aborts it (504). Once the body is sent, the upstream-response deadline
+/// runs.
 async fn send(
     state: &Snapshot,
     upstream: UpstreamId,
@@ -355,16 +361,13 @@ async fn send(
     request_id: &HeaderValue,
     dc: &str,
 ) -> Attempt {
-    let deadline = state.config.timeouts.upstream_response;
-    let response_deadline = async {
-        let _ = sent.await;
-        tokio::time::sleep(deadline).await;
-    };
+    let timeouts = &state.config.timeouts;
+    let watch = Watch::default();
     let id = request_id.to_str().unwrap_or_default();
     let result = tokio::select! {
-        r = state.pool.send_or_return(upstream, request) => r,
-        () = response_deadline => {
-            tracing::warn!(request_id = id, datacenter = dc, phase = "upstream_response", "timeout");
+        r = state.pool.send_or_return(upstream, request, &watch) => r,
+        phase = deadlines(timeouts, sent, &watch) => {
+            tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
             return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
         }
     };
@@ -392,6 +395,37 @@ async fn send(
             }
         }
     }
+}
+
+/// Resolves with the name of the phase whose deadline passed: the send
+/// phase (no write progress for `upstream_send_idle` while the body is
+/// being sent) or the response phase. One timer, re-armed.
+async fn deadlines(
+    timeouts: &Timeouts,
+    mut sent: oneshot::Receiver<()>,
+    watch: &Watch,
+) -> &'static str {
+    let idle = timeouts.upstream_send_idle;
+    let check = (idle / 4).max(Duration::from_millis(10));
+    let timer = tokio::time::sleep(check);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            _ = &mut sent => break,
+            () = &mut timer => {
+                let blocked = watch.lock().ok().and_then(|w| w.as_ref()?.blocked_for());
+                if blocked.is_some_and(|b| b >= idle) {
+                    return "upstream_send_idle";
+                }
+                timer.as_mut().reset(tokio::time::Instant::now() + check);
+            }
+        }
+    }
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + timeouts.upstream_response);
+    timer.await;
+    "upstream_response"
 }
 
 fn body_failure(e: BodyError) -> Failure {

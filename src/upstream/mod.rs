@@ -20,6 +20,7 @@ use residency_tls::TlsError;
 pub mod body;
 pub mod health;
 pub mod pool;
+pub mod progress;
 
 pub use health::Health;
 

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::body::ForwardBody;
+use super::progress::{Tracked, WriteProgress};
 use residency_core::policy::UpstreamId;
 
 /// Why a request got no response.
@@ -76,8 +77,13 @@ struct Target {
 
 struct Idle {
     tx: SendRequest<ForwardBody>,
+    progress: Arc<WriteProgress>,
     since: Instant,
 }
+
+/// Where [`Pool::send_or_return`] tells which connection's write progress
+/// its request depends on (set again if the request moves to another one).
+pub type Watch = Mutex<Option<Arc<WriteProgress>>>;
 
 struct Inner {
     targets: Vec<Target>,
@@ -145,16 +151,21 @@ impl Pool {
         u: UpstreamId,
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
-        self.send_or_return(u, req).await.map_err(|(e, _)| e)
+        let watch = Mutex::new(None);
+        self.send_or_return(u, req, &watch)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// [`Pool::send`], handing the request back as it came when it was
     /// never sent (`Connect`, `Tls`), so that a retry elsewhere need not
-    /// have kept a copy.
+    /// have kept a copy. `watch` gets the write progress of the connection
+    /// the request goes out on.
     pub async fn send_or_return(
         &self,
         u: UpstreamId,
         mut req: Request<ForwardBody>,
+        watch: &Watch,
     ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
         let inner = &self.inner;
         let own_host = !req.headers().contains_key(header::HOST);
@@ -162,9 +173,10 @@ impl Pool {
             let host = inner.targets[u.0].authority.clone();
             req.headers_mut().insert(header::HOST, host);
         }
-        while let Some(mut tx) = self.checkout(u).await {
+        while let Some((mut tx, progress)) = self.checkout(u).await {
+            set(watch, &progress);
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(u, tx, resp)),
+                Ok(resp) => return Ok(self.wrap(u, tx, progress, resp)),
                 Err(mut e) => match e.take_message() {
                     // Never written: the upstream had closed this one.
                     Some(unsent) => req = unsent,
@@ -173,8 +185,8 @@ impl Pool {
             }
         }
         // Boxed: connecting is rare, and its TLS state is large.
-        let mut tx = match Box::pin(self.connect(u)).await {
-            Ok(tx) => tx,
+        let (mut tx, progress) = match Box::pin(self.connect(u)).await {
+            Ok(connected) => connected,
             Err(e) => {
                 if own_host {
                     // This upstream's; the next one sets its own.
@@ -183,33 +195,44 @@ impl Pool {
                 return Err((e, Some(req)));
             }
         };
+        set(watch, &progress);
         match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(u, tx, resp)),
+            Ok(resp) => Ok(self.wrap(u, tx, progress, resp)),
             Err(e) => Err((Error::Http(e), None)),
         }
     }
 
     /// The freshest usable idle connection of `u`, if any.
-    async fn checkout(&self, u: UpstreamId) -> Option<SendRequest<ForwardBody>> {
+    async fn checkout(
+        &self,
+        u: UpstreamId,
+    ) -> Option<(SendRequest<ForwardBody>, Arc<WriteProgress>)> {
         let inner = &self.inner;
         loop {
-            let Idle { mut tx, since } = inner.idle[u.0].lock().ok()?.pop()?;
+            let Idle {
+                mut tx,
+                progress,
+                since,
+            } = inner.idle[u.0].lock().ok()?.pop()?;
             if since.elapsed() >= inner.idle_timeout || tx.is_closed() {
                 continue;
             }
             if tx.is_ready() {
-                return Some(tx);
+                return Some((tx, progress));
             }
             // Its connection task has not yet taken in the end of the last
             // exchange; bounded, since a wedged connection must not hold
             // the request.
             if let Ok(Ok(())) = tokio::time::timeout(inner.connect_timeout, tx.ready()).await {
-                return Some(tx);
+                return Some((tx, progress));
             }
         }
     }
 
-    async fn connect(&self, u: UpstreamId) -> Result<SendRequest<ForwardBody>, Error> {
+    async fn connect(
+        &self,
+        u: UpstreamId,
+    ) -> Result<(SendRequest<ForwardBody>, Arc<WriteProgress>), Error> {
         let inner = &self.inner;
         let target = &inner.targets[u.0];
         let deadline = tokio::time::Instant::now() + inner.connect_timeout;
@@ -232,19 +255,25 @@ impl Pool {
                 Box::new(tls)
             }
         };
+        let progress = WriteProgress::new();
+        let io = Tracked {
+            inner: io,
+            progress: progress.clone(),
+        };
         let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(tx)
+        Ok((tx, progress))
     }
 
     fn wrap(
         &self,
         u: UpstreamId,
         tx: SendRequest<ForwardBody>,
+        progress: Arc<WriteProgress>,
         resp: Response<Incoming>,
     ) -> Response<Body> {
         resp.map(|inner| Body {
@@ -254,12 +283,13 @@ impl Pool {
                 pool: self.clone(),
                 u,
                 tx,
+                progress,
             }),
         })
     }
 
     /// Keeps `tx` for the next request to `u`, if there is room.
-    fn put(&self, u: UpstreamId, tx: SendRequest<ForwardBody>) {
+    fn put(&self, u: UpstreamId, tx: SendRequest<ForwardBody>, progress: Arc<WriteProgress>) {
         let inner = &self.inner;
         if inner.max_idle == 0 || tx.is_closed() {
             return;
@@ -272,6 +302,7 @@ impl Pool {
         }
         idle.push(Idle {
             tx,
+            progress,
             since: Instant::now(),
         });
         drop(idle);
@@ -288,6 +319,12 @@ impl Pool {
     /// Idle connections kept for `u` (tests, metrics).
     pub fn idle(&self, u: UpstreamId) -> usize {
         self.inner.idle[u.0].lock().map_or(0, |idle| idle.len())
+    }
+}
+
+fn set(watch: &Watch, progress: &Arc<WriteProgress>) {
+    if let Ok(mut w) = watch.lock() {
+        *w = Some(progress.clone());
     }
 }
 
@@ -348,6 +385,7 @@ struct Lease {
     pool: Pool,
     u: UpstreamId,
     tx: SendRequest<ForwardBody>,
+    progress: Arc<WriteProgress>,
 }
 
 /// An upstream response body. Read to its end, it returns its connection to
@@ -396,7 +434,7 @@ impl Drop for Body {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
             if self.ended || self.inner.is_end_stream() {
-                lease.pool.put(lease.u, lease.tx);
+                lease.pool.put(lease.u, lease.tx, lease.progress);
             }
         }
     }

@@ -171,3 +171,55 @@ async fn replay_copies_are_bounded_by_the_budget() {
     );
     proxy.stop().await;
 }
+
+/// A data centre that reads the request head and then stops reading (its
+/// TCP window shuts): the upload is aborted `upstream_send_idle` after the
+/// writes stopped moving, answered 504 `upstream_timeout` and counted as a
+/// failed request of that upstream — it does not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_is_abandoned_after_send_idle() {
+    use tokio::io::AsyncReadExt;
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stuck.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = stuck.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            held.push(s); // open, never read again
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "[datacenters.stuck]\njurisdiction = \"ch\"\npriority = 0\nupstreams = [\"http://{addr}\"]\n\
+             [timeouts]\nupstream_send_idle = \"1s\"\n[health]\npath = \"off\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let body = "x".repeat(48 * 1024 * 1024);
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        proxy.client().upload_from(CH, &body),
+    )
+    .await
+    .expect("the upload does not hang");
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_timeout");
+    // Filling the socket buffers takes a moment; then 1 s of no progress.
+    assert!(took < Duration::from_secs(10), "aborted after {took:?}");
+    assert_eq!(
+        proxy.counts().values().sum::<usize>(),
+        0,
+        "nothing stored elsewhere"
+    );
+    proxy.stop().await;
+}

@@ -1,0 +1,142 @@
+//! Whether an upstream connection is still taking the bytes written to it.
+//!
+//! A data centre that reads a request's head and then stops reading (its
+//! TCP window shut) stalls the upload silently: hyper stops polling the body
+//! while its write buffer is full, so no body deadline runs, and the
+//! response deadline starts only once the body is sent. [`Tracked`] wraps a
+//! connection's stream and notes in its [`WriteProgress`] when a write first
+//! found the socket full, clearing it when bytes move again; the delivery
+//! attempt then gives up after `timeouts.upstream_send_idle` of no progress.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// When the connection's writes last started to block, if they are blocked.
+#[derive(Debug)]
+pub struct WriteProgress {
+    epoch: Instant,
+    /// Milliseconds since `epoch`, plus one; 0: not blocked.
+    blocked_at: AtomicU64,
+}
+
+impl WriteProgress {
+    pub fn new() -> Arc<WriteProgress> {
+        Arc::new(WriteProgress {
+            epoch: Instant::now(),
+            blocked_at: AtomicU64::new(0),
+        })
+    }
+
+    /// How long writes have been blocked; `None` while they are not.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        let at = self.blocked_at.load(Ordering::Relaxed);
+        (at != 0).then(|| {
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at - 1))
+        })
+    }
+
+    fn blocked(&self) {
+        if self.blocked_at.load(Ordering::Relaxed) == 0 {
+            let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.blocked_at.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn moved(&self) {
+        self.blocked_at.store(0, Ordering::Relaxed);
+    }
+
+    fn note<T>(
+        &self,
+        polled: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match &polled {
+            Poll::Pending => self.blocked(),
+            Poll::Ready(Ok(v)) if moved(v) => self.moved(),
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
+/// A stream whose writes report to a [`WriteProgress`].
+pub struct Tracked<T> {
+    pub inner: T,
+    pub progress: Arc<WriteProgress>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress.note(polled, |n| *n > 0)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress.note(polled, |n| *n > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress.note(polled, |_| true)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_until_bytes_move() {
+        let p = WriteProgress::new();
+        assert_eq!(p.blocked_for(), None);
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(p
+            .blocked_for()
+            .is_some_and(|d| d >= Duration::from_millis(15)));
+        // A second Pending keeps the first time.
+        let first = p.blocked_for();
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        assert!(p.blocked_for() >= first);
+        let _ = p.note(Poll::Ready(Ok(0usize)), |n| *n > 0);
+        assert!(p.blocked_for().is_some(), "nothing moved");
+        let _ = p.note(Poll::Ready(Ok(5usize)), |n| *n > 0);
+        assert_eq!(p.blocked_for(), None);
+    }
+}
