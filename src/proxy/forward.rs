@@ -28,7 +28,9 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -398,33 +400,40 @@ async fn send(
 }
 
 /// Resolves with the name of the phase whose deadline passed: the send
-/// phase (no write progress for `upstream_send_idle` while the body is
-/// being sent) or the response phase. One timer, re-armed.
+/// phase (writes to the upstream blocked for `upstream_send_idle` while the
+/// body is being sent) or the response phase. No timer runs in the send
+/// phase until writes block (the connection wakes this when they do).
 async fn deadlines(
     timeouts: &Timeouts,
     mut sent: oneshot::Receiver<()>,
     watch: &Watch,
 ) -> &'static str {
     let idle = timeouts.upstream_send_idle;
-    let check = (idle / 4).max(Duration::from_millis(10));
-    let timer = tokio::time::sleep(check);
-    tokio::pin!(timer);
     loop {
+        let blocked = std::future::poll_fn(|cx| {
+            if Pin::new(&mut sent).poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            // The pool sets the connection before it sends anything.
+            let progress = std::task::ready!(watch.poll_progress(cx));
+            progress.poll_blocked(cx).map(|b| Some((progress, b)))
+        });
+        let Some((progress, blocked)) = blocked.await else {
+            break;
+        };
+        // Blocked: wait out the rest of `idle`, unless the body gets sent.
+        let rest = idle.saturating_sub(blocked);
         tokio::select! {
             _ = &mut sent => break,
-            () = &mut timer => {
-                let blocked = watch.lock().ok().and_then(|w| w.as_ref()?.blocked_for());
-                if blocked.is_some_and(|b| b >= idle) {
+            () = tokio::time::sleep(rest) => {
+                if progress.blocked_for().is_some_and(|b| b >= idle) {
                     return "upstream_send_idle";
                 }
-                timer.as_mut().reset(tokio::time::Instant::now() + check);
+                // Bytes moved meanwhile: watch again.
             }
         }
     }
-    timer
-        .as_mut()
-        .reset(tokio::time::Instant::now() + timeouts.upstream_response);
-    timer.await;
+    tokio::time::sleep(timeouts.upstream_response).await;
     "upstream_response"
 }
 

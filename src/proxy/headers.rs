@@ -201,6 +201,19 @@ fn valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
+    // The usual `name[:port]`, checked without the full parser (this runs
+    // for every request).
+    let (name, port) = match value.iter().position(|&b| b == b':') {
+        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+        None => (value, None),
+    };
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.';
+    if !name.is_empty()
+        && name.iter().all(plain)
+        && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+    {
+        return true;
+    }
     if value.contains(&b'@') || Authority::try_from(value).is_err() {
         return false;
     }

@@ -83,7 +83,24 @@ struct Idle {
 
 /// Where [`Pool::send_or_return`] tells which connection's write progress
 /// its request depends on (set again if the request moves to another one).
-pub type Watch = Mutex<Option<Arc<WriteProgress>>>;
+#[derive(Default)]
+pub struct Watch {
+    progress: Mutex<Option<Arc<WriteProgress>>>,
+    /// Woken when `progress` is set.
+    set: futures_util::task::AtomicWaker,
+}
+
+impl Watch {
+    /// The connection's progress, once the pool has chosen one; until then
+    /// `cx` is woken when it does.
+    pub fn poll_progress(&self, cx: &mut Context<'_>) -> Poll<Arc<WriteProgress>> {
+        self.set.register(cx.waker());
+        match self.progress.lock().ok().and_then(|p| p.clone()) {
+            Some(p) => Poll::Ready(p),
+            None => Poll::Pending,
+        }
+    }
+}
 
 struct Inner {
     targets: Vec<Target>,
@@ -151,7 +168,7 @@ impl Pool {
         u: UpstreamId,
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
-        let watch = Mutex::new(None);
+        let watch = Watch::default();
         self.send_or_return(u, req, &watch)
             .await
             .map_err(|(e, _)| e)
@@ -323,9 +340,10 @@ impl Pool {
 }
 
 fn set(watch: &Watch, progress: &Arc<WriteProgress>) {
-    if let Ok(mut w) = watch.lock() {
+    if let Ok(mut w) = watch.progress.lock() {
         *w = Some(progress.clone());
     }
+    watch.set.wake();
 }
 
 /// Closes expired idle connections until the pool is gone.

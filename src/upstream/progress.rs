@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// When the connection's writes last started to block, if they are blocked.
@@ -23,6 +24,9 @@ pub struct WriteProgress {
     epoch: Instant,
     /// Milliseconds since `epoch`, plus one; 0: not blocked.
     blocked_at: AtomicU64,
+    /// Woken when writes start to block (so a watcher needs no timer until
+    /// then).
+    blocking: AtomicWaker,
 }
 
 impl WriteProgress {
@@ -30,7 +34,20 @@ impl WriteProgress {
         Arc::new(WriteProgress {
             epoch: Instant::now(),
             blocked_at: AtomicU64::new(0),
+            blocking: AtomicWaker::new(),
         })
+    }
+
+    /// Ready with how long writes have been blocked, once they are.
+    pub fn poll_blocked(&self, cx: &mut Context<'_>) -> Poll<Duration> {
+        if let Some(b) = self.blocked_for() {
+            return Poll::Ready(b);
+        }
+        self.blocking.register(cx.waker());
+        match self.blocked_for() {
+            Some(b) => Poll::Ready(b),
+            None => Poll::Pending,
+        }
     }
 
     /// How long writes have been blocked; `None` while they are not.
@@ -47,6 +64,7 @@ impl WriteProgress {
         if self.blocked_at.load(Ordering::Relaxed) == 0 {
             let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             self.blocked_at.store(ms + 1, Ordering::Relaxed);
+            self.blocking.wake();
         }
     }
 
