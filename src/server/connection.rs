@@ -85,11 +85,7 @@ pub(super) async fn serve(
         listener: index,
     });
     let activity = Arc::new(Activity::new());
-    let budget = Arc::new(DetachBudget {
-        instance: instance.clone(),
-        here: AtomicUsize::new(0),
-        per_connection: limits.h2_max_concurrent_streams as usize,
-    });
+    let budget = DetachBudget::new(&instance, &limits);
     let service = {
         let activity = activity.clone();
         let instance = instance.clone();
@@ -128,10 +124,7 @@ pub(super) async fn serve(
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
     let mut shutdown = pin!(stopped(&mut stop));
-    let mut phases = Phases {
-        idle: idle.as_mut(),
-        shutdown: shutdown.as_mut(),
-    };
+    let mut phases = Phases::new(idle.as_mut(), shutdown.as_mut());
     let (io, prefix) = if h2 {
         (io, Bytes::new())
     } else {
@@ -154,6 +147,12 @@ type Tls = Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>;
 struct Phases<'a, I, S> {
     idle: Pin<&'a mut I>,
     shutdown: Pin<&'a mut S>,
+}
+
+impl<'a, I, S> Phases<'a, I, S> {
+    fn new(idle: Pin<&'a mut I>, shutdown: Pin<&'a mut S>) -> Self {
+        Phases { idle, shutdown }
+    }
 }
 
 /// The PROXY phase: on `required` listeners, the peer must be a trusted
@@ -653,6 +652,14 @@ struct DetachBudget {
 struct DetachedSlot(Arc<DetachBudget>);
 
 impl DetachBudget {
+    fn new(instance: &Arc<Instance>, limits: &Limits) -> Arc<DetachBudget> {
+        Arc::new(DetachBudget {
+            instance: instance.clone(),
+            here: AtomicUsize::new(0),
+            per_connection: limits.h2_max_concurrent_streams as usize,
+        })
+    }
+
     fn take(self: &Arc<Self>) -> Option<DetachedSlot> {
         if self.here.fetch_add(1, Ordering::Relaxed) >= self.per_connection {
             self.here.fetch_sub(1, Ordering::Relaxed);
