@@ -111,6 +111,8 @@ pub struct Timeouts {
     /// While a body is being sent upstream, the longest a blocked write may
     /// make no progress (the data centre stopped reading).
     pub upstream_send_idle: Duration,
+    /// The longest an upstream response body may send nothing.
+    pub upstream_response_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -127,6 +129,7 @@ impl Default for Timeouts {
             reload_poll: Duration::from_secs(2),
             discard_body: Duration::from_secs(10),
             upstream_send_idle: Duration::from_secs(30),
+            upstream_response_idle: Duration::from_secs(30),
         }
     }
 }
@@ -296,6 +299,7 @@ pub struct RawTimeouts {
     pub reload_poll: Option<Setting<Duration>>,
     pub discard_body: Option<Setting<Duration>>,
     pub upstream_send_idle: Option<Setting<Duration>>,
+    pub upstream_response_idle: Option<Setting<Duration>>,
 }
 
 /// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
@@ -716,6 +720,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         reload_poll,
         discard_body,
         upstream_send_idle,
+        upstream_response_idle,
     } = raw;
     let d = Timeouts::default();
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -761,6 +766,12 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
             upstream_send_idle,
             "upstream_send_idle",
             d.upstream_send_idle,
+            r,
+        ),
+        upstream_response_idle: positive(
+            upstream_response_idle,
+            "upstream_response_idle",
+            d.upstream_response_idle,
             r,
         ),
     }

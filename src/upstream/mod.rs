@@ -43,6 +43,7 @@ pub fn pool(
             connect_timeout: timeouts.upstream_connect,
             idle_timeout: settings.pool_idle_timeout,
             max_idle_per_upstream: settings.pool_max_idle_per_host,
+            response_idle: timeouts.upstream_response_idle,
         },
     )
     .map_err(|e| ("datacenters", e))

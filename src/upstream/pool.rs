@@ -16,6 +16,7 @@
 //! This replaces hyper-util's general-purpose client on the hot path: no
 //! pool key hashing, no connector clone and no extra task per request.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +110,7 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    response_idle: Duration,
     reaper_started: AtomicBool,
 }
 
@@ -117,6 +119,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_upstream: usize,
+    /// The longest a response body may send nothing (`upstream_response_idle`).
+    pub response_idle: Duration,
 }
 
 /// Pooled HTTP/1.1 connections to every upstream of one configuration.
@@ -156,6 +160,7 @@ impl Pool {
                 connect_timeout: settings.connect_timeout,
                 idle_timeout: settings.idle_timeout,
                 max_idle: settings.max_idle_per_upstream,
+                response_idle: settings.response_idle,
                 reaper_started: AtomicBool::new(false),
             }),
         })
@@ -293,8 +298,11 @@ impl Pool {
         progress: Arc<WriteProgress>,
         resp: Response<Incoming>,
     ) -> Response<Body> {
+        let idle = self.inner.response_idle;
         resp.map(|inner| Body {
             inner,
+            idle,
+            timer: None,
             ended: false,
             lease: Some(Lease {
                 pool: self.clone(),
@@ -410,6 +418,9 @@ struct Lease {
 /// the pool; dropped earlier, the connection closes.
 pub struct Body {
     inner: Incoming,
+    /// `upstream_response_idle`, and its timer once the body waited.
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The body ended (`is_end_stream` alone misses a chunked body's end).
     ended: bool,
     lease: Option<Lease>,
@@ -424,19 +435,51 @@ impl std::fmt::Debug for Body {
     }
 }
 
+/// Why an upstream response body stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    /// Nothing arrived for `timeouts.upstream_response_idle`.
+    #[error("the upstream sent no response body data within upstream_response_idle")]
+    Idle,
+}
+
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                // A timer only once the body has had to wait (a small
+                // answer usually arrives with its head).
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    tracing::warn!(phase = "upstream_response_idle", "timeout");
+                    return Poll::Ready(Some(Err(BodyError::Idle)));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(polled) => {
+                if let Some(timer) = &mut this.timer {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+                if polled.is_none() {
+                    this.ended = true;
+                }
+                Poll::Ready(polled.map(|r| r.map_err(BodyError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -223,3 +223,58 @@ async fn an_upstream_that_stops_reading_is_abandoned_after_send_idle() {
     );
     proxy.stop().await;
 }
+
+/// A data centre that sends its answer's head and part of its body, then
+/// nothing: the proxy gives up after `upstream_response_idle` and ends the
+/// client's response (an error to the client, not a hang).
+#[tokio::test]
+async fn a_stalled_response_body_is_abandoned_after_response_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalling.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = stalling.accept().await {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Head and the 5-byte body, then the partial answer.
+            while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"hello")) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\npartial")
+                .await;
+            held.push(s);
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "[datacenters.stalling]\njurisdiction = \"ch\"\npriority = 0\nupstreams = [\"http://{addr}\"]\n\
+             [timeouts]\nupstream_response_idle = \"1s\"\n[health]\npath = \"off\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let body: Body = http_body_util::Full::new(Bytes::from_static(b"hello"))
+        .map_err(|e| match e {})
+        .boxed();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        proxy
+            .client()
+            .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body),
+    )
+    .await
+    .expect("the response does not hang");
+    let took = started.elapsed();
+    assert!(
+        result.is_err(),
+        "an incomplete body is an error to the client: {result:?}"
+    );
+    assert!(took < Duration::from_secs(5), "abandoned after {took:?}");
+    proxy.stop().await;
+}

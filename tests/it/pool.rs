@@ -138,6 +138,7 @@ fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
             connect_timeout: Duration::from_secs(2),
             idle_timeout,
             max_idle_per_upstream: max_idle,
+            response_idle: Duration::from_secs(30),
         },
     )
     .unwrap()
