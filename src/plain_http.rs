@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::shutdown::stopped;
+use crate::shutdown::{accept, stopped};
 
 /// At most how many connections a listener holds; the connection over the
 /// limit is closed at once and `rejected` counts it.
@@ -35,16 +35,8 @@ where
 {
     let permits = Arc::new(Semaphore::new(cap.max_connections));
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
+        let Some((stream, _)) = accept(&listener, &mut stop).await else {
+            return;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             cap.rejected.inc();

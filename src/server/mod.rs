@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin;
-use crate::shutdown::stopped;
+use crate::shutdown::{accept, stopped};
 use crate::state::Instance;
 
 /// Sockets bound and ready to serve.
@@ -226,17 +226,8 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => return,
+        let Some((stream, peer)) = accept(&listener, &mut stop).await else {
+            return;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             instance

@@ -86,7 +86,7 @@ struct Idle {
 /// its request depends on (set again if the request moves to another one).
 #[derive(Default)]
 pub struct Watch {
-    progress: Mutex<Option<Arc<WriteProgress>>>,
+    progress: arc_swap::ArcSwapOption<WriteProgress>,
     /// Woken when `progress` is set.
     set: futures_util::task::AtomicWaker,
 }
@@ -96,7 +96,7 @@ impl Watch {
     /// `cx` is woken when it does.
     pub fn poll_progress(&self, cx: &mut Context<'_>) -> Poll<Arc<WriteProgress>> {
         self.set.register(cx.waker());
-        match self.progress.lock().ok().and_then(|p| p.clone()) {
+        match self.progress.load_full() {
             Some(p) => Poll::Ready(p),
             None => Poll::Pending,
         }
@@ -348,9 +348,7 @@ impl Pool {
 }
 
 fn set(watch: &Watch, progress: &Arc<WriteProgress>) {
-    if let Ok(mut w) = watch.progress.lock() {
-        *w = Some(progress.clone());
-    }
+    watch.progress.store(Some(progress.clone()));
     watch.set.wake();
 }
 

@@ -9,11 +9,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
 
-async fn metric_now(proxy: &Proxy, series: &str) -> f64 {
-    let (_, text) = proxy.admin_request("GET", "/metrics").await;
-    metric(&text, series).unwrap_or(0.0)
-}
-
 /// HTTP/2 reset storm: 5,000 uploads sent and reset on one connection while
 /// their data centre takes 2 s to answer. A reset frees the stream's slot at
 /// once, so without a budget every one of them would run on upstream; with
@@ -48,11 +43,11 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
         // Dropped unanswered: hyper resets the stream (RST_STREAM CANCEL).
         let _ = tokio::time::timeout(Duration::from_millis(2), send.send_request(req)).await;
         if i % 500 == 499 {
-            peak = peak.max(metric_now(&proxy, "residency_detached_requests").await);
+            peak = peak.max(metric_value(&proxy, "residency_detached_requests").await);
         }
     }
     let storm = started.elapsed();
-    let cancelled = metric_now(&proxy, "residency_detached_requests_cancelled_total").await;
+    let cancelled = metric_value(&proxy, "residency_detached_requests_cancelled_total").await;
     assert!(peak <= 50.0, "at most 50 detached at once, saw {peak}");
     // Every delivery still running ends within its 2 s.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -69,7 +64,10 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
         cancelled as usize + delivered >= STORM / 2,
         "the storm reached the proxy: {cancelled} cancelled, {delivered} delivered"
     );
-    assert_eq!(metric_now(&proxy, "residency_detached_requests").await, 0.0);
+    assert_eq!(
+        metric_value(&proxy, "residency_detached_requests").await,
+        0.0
+    );
     proxy.stop().await;
 }
 
@@ -101,7 +99,7 @@ async fn the_log_listener_caps_its_connections() {
             "connection {i} over the cap was not closed"
         );
     }
-    let rejected = metric_now(
+    let rejected = metric_value(
         &proxy,
         "residency_connections_rejected_total{reason=\"log_connection_limit\"}",
     )
@@ -137,7 +135,7 @@ async fn replay_copies_are_bounded_by_the_budget() {
         .send("POST", "/v1/telemetry", &headers, "first")
         .await;
     assert_eq!(reply.status, 201);
-    assert_eq!(metric_now(&proxy, series).await, 0.0, "within the budget");
+    assert_eq!(metric_value(&proxy, series).await, 0.0, "within the budget");
     // Two at once: the second finds the budget held by the first.
     let (tx, body) = channel_body();
     let client = proxy.client();
@@ -161,7 +159,7 @@ async fn replay_copies_are_bounded_by_the_budget() {
         .send("POST", "/v1/telemetry", &headers, "second")
         .await;
     assert_eq!(reply.status, 201, "streamed without a replay copy");
-    assert_eq!(metric_now(&proxy, series).await, 1.0);
+    assert_eq!(metric_value(&proxy, series).await, 1.0);
     drop(tx);
     assert_eq!(held.await.unwrap().unwrap().status, 201);
     assert_eq!(

@@ -40,13 +40,6 @@ fn assert_refused_unrouted(reply: &Reply, status: u16, error: &str, ctx: &str) {
     );
 }
 
-/// The value of one metric series, 0 when it has not been exported yet.
-async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
-    let (status, text) = proxy.admin_get("/metrics").await;
-    assert_eq!(status, 200);
-    metric(&text, series).unwrap_or(0.0)
-}
-
 /// Reads until the peer closes (EOF or error) and returns what arrived and
 /// how long it took; panics if the connection is still open after `limit`.
 async fn read_until_closed<R: AsyncRead + Unpin>(

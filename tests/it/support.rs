@@ -840,3 +840,10 @@ impl Binary {
         Client::new(self.addr, &self.certs)
     }
 }
+
+/// The value of one metric series, 0 when it has not been exported yet.
+pub async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
+    let (status, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    metric(&text, series).unwrap_or(0.0)
+}
