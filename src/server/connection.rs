@@ -84,8 +84,7 @@ pub(super) async fn serve(
         proxy_source,
         listener: index,
     });
-    let activity = Arc::new(Activity::new());
-    let budget = DetachBudget::new(&instance, &limits);
+    let activity = Arc::new(Activity::new(&instance, &limits));
     let service = {
         let activity = activity.clone();
         let instance = instance.clone();
@@ -94,19 +93,17 @@ pub(super) async fn serve(
             // Each request runs on the snapshot current when it starts.
             let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
             let permit = permit.clone();
-            let budget = budget.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
             let fut = Box::pin(async move {
                 let resp = proxy::handle(instance, state, conn, req).await;
-                drop(busy);
                 drop(permit);
                 resp
             });
             Detached {
                 fut: Some(fut),
-                budget,
+                busy: Some(busy),
             }
         })
     };
@@ -487,6 +484,12 @@ async fn close<T: AsyncWrite + Unpin>(mut io: T) {
 
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {
+    /// For the process-wide detached-request budget and its metrics.
+    instance: Arc<Instance>,
+    /// Requests of this connection running detached, at most `max_detached`
+    /// (`h2_max_concurrent_streams`).
+    detached: AtomicUsize,
+    max_detached: usize,
     epoch: Instant,
     in_flight: AtomicUsize,
     /// Requests begun on this connection. Until the first, the connection
@@ -512,8 +515,11 @@ impl Drop for Busy {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(instance: &Arc<Instance>, limits: &Limits) -> Activity {
         Activity {
+            instance: instance.clone(),
+            detached: AtomicUsize::new(0),
+            max_detached: limits.h2_max_concurrent_streams as usize,
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -638,50 +644,42 @@ where
     F::Output: Send + 'static,
 {
     fut: Option<Pin<Box<F>>>,
-    budget: Arc<DetachBudget>,
+    /// The request's place in its connection's activity (and, detached, in
+    /// the budgets): held until the future ends.
+    busy: Option<Busy>,
 }
 
-/// How many requests of one connection, and of the process, run detached.
-struct DetachBudget {
-    instance: Arc<Instance>,
-    here: AtomicUsize,
-    per_connection: usize,
-}
+/// A detached request's place in the budgets; given back when it ends (its
+/// `Busy` with it).
+struct DetachedBusy(Busy);
 
-/// One detached request's place in its budgets, given back when it ends.
-struct DetachedSlot(Arc<DetachBudget>);
-
-impl DetachBudget {
-    fn new(instance: &Arc<Instance>, limits: &Limits) -> Arc<DetachBudget> {
-        Arc::new(DetachBudget {
-            instance: instance.clone(),
-            here: AtomicUsize::new(0),
-            per_connection: limits.h2_max_concurrent_streams as usize,
-        })
-    }
-
-    fn take(self: &Arc<Self>) -> Option<DetachedSlot> {
-        if self.here.fetch_add(1, Ordering::Relaxed) >= self.per_connection {
-            self.here.fetch_sub(1, Ordering::Relaxed);
-            return None;
+impl Busy {
+    /// Takes a place in the connection's and the process's detached-request
+    /// budgets, or hands itself back when either is full.
+    fn detach(self) -> Result<DetachedBusy, Busy> {
+        let a = &self.0;
+        if a.detached.fetch_add(1, Ordering::Relaxed) >= a.max_detached {
+            a.detached.fetch_sub(1, Ordering::Relaxed);
+            return Err(self);
         }
-        let global = &self.instance.detached;
-        let limit = self.instance.snapshot().config.limits.max_detached_requests;
+        let global = &a.instance.detached;
+        let limit = a.instance.snapshot().config.limits.max_detached_requests;
         if global.fetch_add(1, Ordering::Relaxed) >= limit {
             global.fetch_sub(1, Ordering::Relaxed);
-            self.here.fetch_sub(1, Ordering::Relaxed);
-            return None;
+            a.detached.fetch_sub(1, Ordering::Relaxed);
+            return Err(self);
         }
-        self.instance.metrics.detached.inc();
-        Some(DetachedSlot(self.clone()))
+        a.instance.metrics.detached.inc();
+        Ok(DetachedBusy(self))
     }
 }
 
-impl Drop for DetachedSlot {
+impl Drop for DetachedBusy {
     fn drop(&mut self) {
-        self.0.here.fetch_sub(1, Ordering::Relaxed);
-        self.0.instance.detached.fetch_sub(1, Ordering::Relaxed);
-        self.0.instance.metrics.detached.dec();
+        let a = &(self.0).0;
+        a.detached.fetch_sub(1, Ordering::Relaxed);
+        a.instance.detached.fetch_sub(1, Ordering::Relaxed);
+        a.instance.metrics.detached.dec();
     }
 }
 
@@ -699,6 +697,8 @@ where
         let polled = fut.as_mut().poll(cx);
         if polled.is_pending() {
             self.fut = Some(fut);
+        } else {
+            self.busy = None;
         }
         polled
     }
@@ -715,14 +715,17 @@ where
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        match self.budget.take() {
-            Some(slot) => drop(runtime.spawn(async move {
+        let Some(busy) = self.busy.take() else {
+            return;
+        };
+        match busy.detach() {
+            Ok(detached) => drop(runtime.spawn(async move {
                 let out = fut.await;
-                drop(slot);
+                drop(detached);
                 out
             })),
-            None => {
-                self.budget.instance.metrics.detached_cancelled.inc();
+            Err(busy) => {
+                busy.0.instance.metrics.detached_cancelled.inc();
                 tracing::debug!(
                     "detached-request budget full: a request whose client left is cancelled"
                 );
