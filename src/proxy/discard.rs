@@ -14,23 +14,18 @@
 //! head has been written then, so hyper sends no `100 Continue` for a body
 //! it will not use — and runs in a task of its own, so the answer ends at
 //! once and an HTTP/1.1 connection whose body was discarded completely stays
-//! open for the next request.
+//! open for the next request. A body an upstream stopped reading is
+//! discarded the same way ([`crate::upstream::body`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
-/// How much of a refused request's body is read and discarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub bytes: u64,
-    pub time: Duration,
-}
+pub use crate::upstream::body::{discard, Bounds};
 
 /// A refusal's answer body; discards the request body it holds once polled.
 pub struct RefusalBody {
@@ -70,24 +65,5 @@ impl Body for RefusalBody {
 
     fn size_hint(&self) -> SizeHint {
         self.answer.size_hint()
-    }
-}
-
-/// Reads `body` to its end and drops the data, for at most `bounds`.
-async fn discard(mut body: Incoming, bounds: Bounds) {
-    let mut left = bounds.bytes;
-    let read_all = async {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return };
-            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-            if n > left {
-                tracing::debug!("refused request's body is over limits.discard_body_bytes");
-                return;
-            }
-            left -= n;
-        }
-    };
-    if tokio::time::timeout(bounds.time, read_all).await.is_err() {
-        tracing::debug!("refused request's body still arriving after timeouts.discard_body");
     }
 }

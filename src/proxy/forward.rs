@@ -157,6 +157,10 @@ async fn prepare(
         body,
         config.limits.max_body_bytes,
         config.timeouts.request_body_idle,
+        crate::upstream::body::Bounds {
+            bytes: config.limits.discard_body_bytes,
+            time: config.timeouts.discard_body,
+        },
         instance.log.is_some(),
     );
     let replay_limit = config.upstream.replay_limit_bytes;

@@ -12,6 +12,12 @@
 //! ([`ForwardBody::stream`]), with the body limit, an idle deadline between
 //! frames and byte counting enforced while reading. Either kind signals when
 //! it has been sent completely; the upstream-response deadline starts then.
+//!
+//! What an upstream leaves unread — it answered early and closed, or the
+//! connection failed — and a body no upstream asked for is read and thrown
+//! away within [`Bounds`] (`limits.discard_body_bytes`,
+//! `timeouts.discard_body`), so that the answer the client gets is not lost
+//! to a reset (see `proxy::discard`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -63,6 +69,32 @@ impl BodyError {
     }
 }
 
+/// How much of a request body nobody will use is read and discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub bytes: u64,
+    pub time: Duration,
+}
+
+/// Reads `body` to its end and drops the data, for at most `bounds`.
+pub async fn discard(mut body: Incoming, bounds: Bounds) {
+    let mut left = bounds.bytes;
+    let read_all = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return };
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n > left {
+                tracing::debug!("unused request body is over limits.discard_body_bytes");
+                return;
+            }
+            left -= n;
+        }
+    };
+    if tokio::time::timeout(bounds.time, read_all).await.is_err() {
+        tracing::debug!("unused request body still arriving after timeouts.discard_body");
+    }
+}
+
 fn digest_bytes(d: digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -78,6 +110,16 @@ struct Source {
 }
 
 impl Source {
+    /// Discards what is left of the client's body in a task of its own.
+    fn abandon(self, bounds: Bounds) {
+        if self.rest.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(discard(self.rest, bounds)));
+        }
+    }
+
     /// Every chunk read from the client passes here exactly once.
     fn hash(&mut self, data: &[u8]) {
         if let Some(d) = &mut self.digest {
@@ -103,6 +145,8 @@ pub struct BodySlot {
     hint: SizeHint,
     limit: u64,
     idle: Duration,
+    /// How much of a body left unsent is read and discarded.
+    discard: Bounds,
     bytes: AtomicU64,
     failure: AtomicU8,
     /// The body's SHA-256 once the client's body has been read to its end.
@@ -113,8 +157,15 @@ pub struct BodySlot {
 
 impl BodySlot {
     /// `limit`: the body-size limit; `idle`: the longest gap between
-    /// frames; `hash`: compute the body's SHA-256 while it streams.
-    pub fn new(body: Incoming, limit: u64, idle: Duration, hash: bool) -> Arc<BodySlot> {
+    /// frames; `discard`: how much of a body left unsent is read and
+    /// thrown away; `hash`: compute the body's SHA-256 while it streams.
+    pub fn new(
+        body: Incoming,
+        limit: u64,
+        idle: Duration,
+        discard: Bounds,
+        hash: bool,
+    ) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
             source: Mutex::new(Some(Source {
@@ -125,6 +176,7 @@ impl BodySlot {
             taken: AtomicBool::new(false),
             limit,
             idle,
+            discard,
             bytes: AtomicU64::new(0),
             failure: AtomicU8::new(0),
             sha256: Mutex::new(None),
@@ -255,6 +307,15 @@ impl BodySlot {
     fn take(&self) -> Option<Source> {
         self.taken.store(true, Ordering::Release);
         self.source.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+impl Drop for BodySlot {
+    /// A body no upstream took is discarded, not reset.
+    fn drop(&mut self) {
+        if let Some(source) = self.source.get_mut().ok().and_then(Option::take) {
+            source.abandon(self.discard);
+        }
     }
 }
 
@@ -394,6 +455,23 @@ impl Body for ForwardBody {
 
     fn size_hint(&self) -> SizeHint {
         self.hint
+    }
+}
+
+impl Drop for ForwardBody {
+    /// Dropped before its end (the upstream answered early, or its
+    /// connection failed): the rest of the client's body is discarded.
+    fn drop(&mut self) {
+        if let Kind::Stream { slot, source, .. } = &mut self.kind {
+            // A client that stalled or failed is not waited for.
+            let client_stopped = matches!(
+                slot.failure(),
+                Some(BodyError::IdleTimeout | BodyError::Client)
+            );
+            if let Some(source) = source.take().filter(|_| !client_stopped) {
+                source.abandon(slot.discard);
+            }
+        }
     }
 }
 

@@ -316,7 +316,7 @@ impl Pool {
     /// Keeps `tx` for the next request to `u`, if there is room.
     fn put(&self, u: UpstreamId, tx: SendRequest<ForwardBody>, progress: Arc<WriteProgress>) {
         let inner = &self.inner;
-        if inner.max_idle == 0 || tx.is_closed() {
+        if inner.max_idle == 0 || tx.is_closed() || progress.failed() {
             return;
         }
         let Ok(mut idle) = inner.idle[u.0].lock() else {

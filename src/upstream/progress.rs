@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,6 +27,8 @@ pub struct WriteProgress {
     /// Woken when writes start to block (so a watcher needs no timer until
     /// then).
     blocking: AtomicWaker,
+    /// A write failed: the connection must not carry another request.
+    failed: AtomicBool,
 }
 
 impl WriteProgress {
@@ -35,6 +37,7 @@ impl WriteProgress {
             epoch: Instant::now(),
             blocked_at: AtomicU64::new(0),
             blocking: AtomicWaker::new(),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -60,6 +63,11 @@ impl WriteProgress {
         })
     }
 
+    /// A write to the connection failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
     fn blocked(&self) {
         if self.blocked_at.load(Ordering::Relaxed) == 0 {
             let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
@@ -80,7 +88,15 @@ impl WriteProgress {
         match &polled {
             Poll::Pending => self.blocked(),
             Poll::Ready(Ok(v)) if moved(v) => self.moved(),
-            Poll::Ready(_) => {}
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => {
+                // Kept pending: the reads (polled by the same connection
+                // task) still deliver an answer already sent.
+                tracing::debug!(error = %e, "upstream write failed; reading on");
+                self.failed.store(true, Ordering::Relaxed);
+                self.blocked();
+                return Poll::Pending;
+            }
         }
         polled
     }
@@ -156,5 +172,16 @@ mod tests {
         assert!(p.blocked_for().is_some(), "nothing moved");
         let _ = p.note(Poll::Ready(Ok(5usize)), |n| *n > 0);
         assert_eq!(p.blocked_for(), None);
+    }
+
+    #[test]
+    fn a_failed_write_stays_pending() {
+        let p = WriteProgress::new();
+        let broken = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert!(p
+            .note::<usize>(Poll::Ready(Err(broken)), |n| *n > 0)
+            .is_pending());
+        assert!(p.failed());
+        assert!(p.blocked_for().is_some(), "the send-idle deadline runs");
     }
 }

@@ -21,6 +21,7 @@ async fn curl_statuses(
     proxy: &Proxy,
     version_flag: &str,
     body: &std::path::Path,
+    headers: &[&str],
     runs: usize,
 ) -> Vec<String> {
     let ca = proxy.dir.path().join("curl-ca.pem");
@@ -34,7 +35,7 @@ async fn curl_statuses(
                 .args(["-s", version_flag, "--max-time", "30", "--cacert"])
                 .arg(&ca)
                 .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-                .args(["-H", &format!("X-Forwarded-For: {UNKNOWN}")])
+                .args(headers.iter().flat_map(|h| ["-H", h]))
                 .arg("--data-binary")
                 .arg(format!("@{}", body.display()))
                 .args(["-o", "/dev/null", "-w", "%{http_code} %{errormsg}"])
@@ -62,7 +63,8 @@ async fn refusals_before_the_body_reach_curl_over_http1_and_http2() {
         let body = proxy.dir.path().join(format!("body-{size}"));
         std::fs::write(&body, vec![b'x'; size]).unwrap();
         for flag in ["--http1.1", "--http2"] {
-            let statuses = curl_statuses(&proxy, flag, &body, 25).await;
+            let xff = format!("X-Forwarded-For: {UNKNOWN}");
+            let statuses = curl_statuses(&proxy, flag, &body, &[&xff], 25).await;
             let failed: Vec<&String> = statuses.iter().filter(|s| !s.starts_with("451")).collect();
             assert!(
                 failed.is_empty(),
@@ -133,5 +135,66 @@ async fn a_discarded_body_keeps_the_connection() {
         .collect();
     assert_eq!(statuses, ["451", "201"], "{text}");
     assert_eq!(proxy.upstream("zurich").count(), 1);
+    proxy.stop().await;
+}
+
+/// Setup for data centres that answer early: their 503s must not eject them.
+fn tolerant() -> Setup {
+    Setup {
+        extra: "[health]\npassive_failures = 1000000\n".into(),
+        ..Setup::default()
+    }
+}
+
+/// A data centre that answers before reading the upload and closes the
+/// connection (here 503 at once): the client reads that answer, not a 502
+/// and not a reset. 25 curl runs per body size and HTTP version: 100 per
+/// version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datacentre_early_answers_reach_curl_over_http1_and_http2() {
+    let proxy = Proxy::start(tolerant()).await;
+    for size in SIZES {
+        let body = proxy.dir.path().join(format!("body-{size}"));
+        std::fs::write(&body, vec![b'x'; size]).unwrap();
+        for flag in ["--http1.1", "--http2"] {
+            let headers = [
+                &*format!("X-Forwarded-For: {CH}"),
+                "X-Test-Refuse-Early: 503",
+            ];
+            let statuses = curl_statuses(&proxy, flag, &body, &headers, 25).await;
+            let failed: Vec<&String> = statuses.iter().filter(|s| !s.starts_with("503")).collect();
+            assert!(
+                failed.is_empty(),
+                "{size} bytes over {flag}: {} of {} runs did not read the data centre's 503: {failed:?}",
+                failed.len(),
+                statuses.len()
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datacentre_early_answers_reach_hyper_clients() {
+    let proxy = Proxy::start(tolerant()).await;
+    for size in SIZES {
+        for v in VERSIONS {
+            for _ in 0..5 {
+                let reply = proxy
+                    .client()
+                    .version(v)
+                    .send(
+                        "POST",
+                        "/v1/telemetry",
+                        &[("x-forwarded-for", CH), ("x-test-refuse-early", "413")],
+                        "x".repeat(size),
+                    )
+                    .await;
+                assert_eq!(reply.status, 413, "{size} bytes over {v:?}");
+                assert_eq!(reply.json()["error"], "datacenter_refused");
+                assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+            }
+        }
+    }
     proxy.stop().await;
 }

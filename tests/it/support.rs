@@ -96,7 +96,9 @@ pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
 
 /// A real HTTP/1.1 upstream that records every complete request and answers
 /// 201 after reading the whole body (with `x-test-answer-early`, at its
-/// first body bytes, reading and recording the rest after answering).
+/// first body bytes, reading and recording the rest after answering; with
+/// `x-test-refuse-early: <status>`, at once with that status, closing
+/// without reading the body).
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
@@ -137,6 +139,19 @@ impl Upstream {
         if req.method() == http::Method::GET && req.uri().path() == "/healthz" {
             // The proxy's active health checks: answered, not recorded.
             return Ok(status(StatusCode::OK, "ok"));
+        }
+        // A data centre that refuses at once and closes without reading
+        // the body (hyper closes a connection whose body was not read).
+        let refuse = req
+            .headers()
+            .get("x-test-refuse-early")
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+        if let Some(code) = refuse {
+            let code = StatusCode::from_u16(code).unwrap();
+            let mut r = status(code, r#"{"error":"datacenter_refused"}"#);
+            r.headers_mut()
+                .insert(http::header::CONNECTION, "close".parse().unwrap());
+            return Ok(r);
         }
         if req.headers().contains_key("x-test-answer-early") {
             let (tx, rx) = oneshot::channel();
