@@ -168,6 +168,8 @@ pub struct UpstreamSettings {
     pub ca: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Connections open to one upstream at most, busy and idle.
+    pub max_connections_per_upstream: usize,
     /// Bodies up to this size with an `Idempotency-Key` are kept for replay.
     pub replay_limit_bytes: usize,
     /// All replayable bodies held at once, in bytes; beyond it a request
@@ -392,6 +394,7 @@ pub struct RawUpstream {
     pub ca: Option<String>,
     pub pool_idle_timeout: Option<Setting<Duration>>,
     pub pool_max_idle_per_host: Option<Setting<usize>>,
+    pub max_connections_per_upstream: Option<Setting<usize>>,
     pub replay_limit_bytes: Option<Setting<usize>>,
     pub replay_budget_bytes: Option<Setting<usize>>,
 }
@@ -912,6 +915,13 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
     let pool_max_idle_per_host =
         raw.pool_max_idle_per_host
             .check_or(32, "upstream.pool_max_idle_per_host", r);
+    let max_connections_per_upstream = raw.max_connections_per_upstream.check_is_or(
+        1024,
+        "upstream.max_connections_per_upstream",
+        r,
+        "between 1 and 1000000",
+        |n| (1..=1_000_000).contains(n),
+    );
     let replay_limit_bytes =
         raw.replay_limit_bytes
             .check_or(64 * 1024, "upstream.replay_limit_bytes", r);
@@ -936,6 +946,7 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
         ca,
         pool_idle_timeout,
         pool_max_idle_per_host,
+        max_connections_per_upstream,
         replay_limit_bytes,
         replay_budget_bytes,
     })

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub datacenter_up: IntGaugeVec,
     pub datacenter_drained: IntGaugeVec,
     pub upstream_up: IntGaugeVec,
+    /// Connections open to each upstream (busy and idle).
+    pub upstream_connections: IntGaugeVec,
+    /// Requests refused an upstream because its connection cap was busy.
+    pub upstream_saturated: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_idle: IntGauge,
@@ -136,6 +140,19 @@ impl Metrics {
             &["datacenter", "upstream"],
         )?;
         registry.register(Box::new(upstream_up.clone()))?;
+        let upstream_connections = IntGaugeVec::new(
+            Opts::new(
+                "residency_upstream_connections",
+                "Connections open to the upstream, busy and idle (at most upstream.max_connections_per_upstream).",
+            ),
+            &["datacenter", "upstream"],
+        )?;
+        registry.register(Box::new(upstream_connections.clone()))?;
+        let upstream_saturated = counter(
+            "residency_upstream_saturated_total",
+            "Delivery attempts that found every connection upstream.max_connections_per_upstream allows busy for timeouts.upstream_connect (nothing was sent).",
+            &["datacenter", "upstream"],
+        )?;
         let tls_handshakes = counter(
             "residency_tls_handshakes_total",
             "TLS handshakes by result: success, failure, timeout.",
@@ -212,6 +229,8 @@ impl Metrics {
             datacenter_up,
             datacenter_drained,
             upstream_up,
+            upstream_connections,
+            upstream_saturated,
             tls_handshakes,
             connections_active,
             connections_idle,

@@ -6,7 +6,10 @@
 //!
 //! Probes go through the upstream pool ([`crate::upstream::pool`]), like
 //! uploads: the same connect path, TLS settings and `upstream_connect`
-//! deadline, and a passing probe leaves a warm connection behind.
+//! deadline, and a passing probe leaves a warm connection behind. A probe
+//! does not queue for `upstream.max_connections_per_upstream`: with every
+//! connection busy it uses one of its own beyond the cap, closed
+//! afterwards, so a saturated upstream is not taken for a dead one.
 //!
 //! [`Health::record_probe`]: crate::upstream::Health::record_probe
 
@@ -100,7 +103,7 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         HeaderValue::from_static("residency-proxy-health"),
     );
     let exchange = async {
-        let resp = state.pool.send(u, req).await.ok()?;
+        let resp = state.pool.probe(u, req).await.ok()?;
         let ok = resp.status().is_success();
         resp.into_body().collect().await.ok()?;
         Some(ok)

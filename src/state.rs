@@ -217,6 +217,7 @@ impl Instance {
         m.datacenter_up.reset();
         m.datacenter_drained.reset();
         m.upstream_up.reset();
+        m.upstream_connections.reset();
         self.set_policy_info();
         self.refresh_gauges();
     }
@@ -262,6 +263,9 @@ impl Instance {
                 m.upstream_up
                     .with_label_values(&[name, uri.as_str()])
                     .set(i64::from(health.is_healthy(*u)));
+                m.upstream_connections
+                    .with_label_values(&[name, uri.as_str()])
+                    .set(i64::try_from(state.pool.open(*u)).unwrap_or(i64::MAX));
             }
         }
     }

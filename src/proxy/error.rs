@@ -37,6 +37,9 @@ pub enum Failure {
     UpstreamUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    /// Every connection `upstream.max_connections_per_upstream` allows was
+    /// busy for `timeouts.upstream_connect`.
+    UpstreamSaturated,
     /// The decision record could not be written to the transparency log.
     LogUnavailable,
 }
@@ -62,9 +65,9 @@ impl Failure {
             Failure::OriginUnknown | Failure::OriginNotPermitted => {
                 StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS
             }
-            Failure::NoHealthyDatacenter { .. } | Failure::LogUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Failure::NoHealthyDatacenter { .. }
+            | Failure::LogUnavailable
+            | Failure::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -87,6 +90,7 @@ impl Failure {
             Failure::UpstreamUnavailable => "upstream_unavailable",
             Failure::UpstreamError => "upstream_error",
             Failure::UpstreamTimeout => "upstream_timeout",
+            Failure::UpstreamSaturated => "upstream_saturated",
             Failure::LogUnavailable => "log_unavailable",
         }
     }
@@ -105,7 +109,7 @@ impl Failure {
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
             | Failure::UpstreamTimeout => Culprit::Upstream,
-            Failure::LogUnavailable => Culprit::Proxy,
+            Failure::LogUnavailable | Failure::UpstreamSaturated => Culprit::Proxy,
         }
     }
 
@@ -126,7 +130,7 @@ impl Failure {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let retry_after = match self {
             Failure::NoHealthyDatacenter { retry_after } => Some(retry_after),
-            Failure::LogUnavailable => Some(Duration::from_secs(1)),
+            Failure::LogUnavailable | Failure::UpstreamSaturated => Some(Duration::from_secs(1)),
             _ => None,
         };
         if let Some(retry_after) = retry_after {

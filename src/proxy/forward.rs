@@ -12,7 +12,10 @@
 //! * provably nothing reached the first one: connecting (TCP or TLS) failed
 //!   and the body slot is untouched — `connect_failed` / `tls_failed`; a
 //!   pooled connection found closed before the request was written is
-//!   retried on the next connection by the pool itself; or
+//!   retried on the next connection by the pool itself; or every one of
+//!   `upstream.max_connections_per_upstream` connections stayed busy for
+//!   `timeouts.upstream_connect` — `upstream_saturated` (503 when no other
+//!   upstream takes it; the upstream is not ejected); or
 //! * the request carries an `Idempotency-Key` and its body fits
 //!   `upstream.replay_limit_bytes`, so a copy can be sent — after any
 //!   failure, a timeout or a 5xx (`idempotent_replay`).
@@ -41,7 +44,7 @@ use super::headers::{self, Forwarded};
 use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
-use crate::upstream::pool::Watch;
+use crate::upstream::pool::{Error as PoolError, Watch};
 use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
@@ -258,6 +261,18 @@ pub async fn forward(
         if let Some(e) = upload.slot.failure() {
             return Err((body_failure(e), upload.slot.bytes()));
         }
+        if let Attempt::Failed {
+            failure: Failure::UpstreamSaturated,
+            ..
+        } = &attempt
+        {
+            let uri = policy.upstream(upstream).uri.to_string();
+            instance
+                .metrics
+                .upstream_saturated
+                .with_label_values(&[dc.as_str(), uri.as_str()])
+                .inc();
+        }
         let (fallback, unsent) = match settle(instance, health, upstream, attempt, &mut upload) {
             Settled::Answered(resp) => return Ok((resp, upload.slot)),
             Settled::Unanswered { fallback, unsent } => (fallback, unsent),
@@ -274,6 +289,9 @@ pub async fn forward(
             (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
                 count_retry(instance, target.request_id, dc, reason);
                 upstream = next;
+            }
+            (None, _) if matches!(fallback, Err(Failure::UpstreamSaturated)) => {
+                return Err((Failure::UpstreamSaturated, upload.slot.bytes()));
             }
             (None, _) if unsent.is_some() => {
                 // Nothing was sent and nothing permitted is up any more.
@@ -332,6 +350,17 @@ fn settle(
             return Settled::Answered(resp);
         }
         Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
+        // Our own connection cap, not the upstream's health.
+        Attempt::Failed {
+            failure: failure @ Failure::UpstreamSaturated,
+            unsent,
+            headers,
+        } => {
+            if headers.is_some() {
+                upload.headers = headers;
+            }
+            (Err(failure), unsent, false)
+        }
         Attempt::Failed {
             failure,
             unsent,
@@ -380,6 +409,18 @@ async fn send(
     match result {
         Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
         Ok(resp) => Attempt::Answered(resp),
+        Err((PoolError::Saturated, returned)) => {
+            tracing::warn!(
+                request_id = id,
+                datacenter = dc,
+                "upstream.max_connections_per_upstream reached"
+            );
+            Attempt::Failed {
+                failure: Failure::UpstreamSaturated,
+                unsent: Some("upstream_saturated"),
+                headers: returned.map(|r| r.into_parts().0.headers),
+            }
+        }
         Err((e, returned)) => {
             let tls = e.is_tls();
             tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");

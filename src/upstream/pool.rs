@@ -13,6 +13,12 @@
 //! of it reached the upstream. Connecting (TCP and TLS together) is
 //! bounded by `timeouts.upstream_connect`.
 //!
+//! At most `upstream.max_connections_per_upstream` connections are open to
+//! one upstream (busy and idle; each holds a permit for its lifetime). A
+//! request that finds none idle and no room waits for either, up to
+//! `timeouts.upstream_connect`, and then fails as [`Error::Saturated`]:
+//! nothing was sent, so it may go to another permitted upstream.
+//!
 //! This replaces hyper-util's general-purpose client on the hot path: no
 //! pool key hashing, no connector clone and no extra task per request.
 
@@ -33,6 +39,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use super::body::ForwardBody;
@@ -51,6 +58,10 @@ pub enum Error {
     /// The exchange failed on an established connection.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// `max_connections_per_upstream` connections were busy for the whole
+    /// of `upstream_connect`: nothing was sent.
+    #[error("max_connections_per_upstream connections busy for upstream_connect")]
+    Saturated,
 }
 
 impl Error {
@@ -103,9 +114,19 @@ impl Watch {
     }
 }
 
+/// One upstream's connection limit.
+struct Room {
+    /// One permit per connection that may be open.
+    permits: Arc<Semaphore>,
+    /// Woken when a connection goes back to the idle list.
+    freed: Notify,
+}
+
 struct Inner {
     targets: Vec<Target>,
     idle: Vec<Mutex<Vec<Idle>>>,
+    rooms: Vec<Room>,
+    max_connections: usize,
     tls: TlsConnector,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -121,6 +142,8 @@ pub struct PoolSettings {
     pub max_idle_per_upstream: usize,
     /// The longest a response body may send nothing (`upstream_response_idle`).
     pub response_idle: Duration,
+    /// Connections open to one upstream at most (busy and idle).
+    pub max_connections_per_upstream: usize,
 }
 
 /// Pooled HTTP/1.1 connections to every upstream of one configuration.
@@ -152,10 +175,22 @@ impl Pool {
             .map(|uri| target(&uri))
             .collect::<Result<Vec<_>, _>>()?;
         let idle = targets.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let max_connections = settings
+            .max_connections_per_upstream
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let rooms = targets
+            .iter()
+            .map(|_| Room {
+                permits: Arc::new(Semaphore::new(max_connections)),
+                freed: Notify::new(),
+            })
+            .collect();
         Ok(Pool {
             inner: Arc::new(Inner {
                 targets,
                 idle,
+                rooms,
+                max_connections,
                 tls: TlsConnector::from(Arc::new(tls)),
                 connect_timeout: settings.connect_timeout,
                 idle_timeout: settings.idle_timeout,
@@ -174,7 +209,22 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_or_return(u, req, &watch)
+        self.send_with(u, req, &watch, true)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// An active health probe: like [`Pool::send`], but never waits for
+    /// the connection cap — with every permitted connection busy it opens
+    /// one beyond the cap, closed after its exchange, so that a saturated
+    /// upstream is not taken for a dead one.
+    pub async fn probe(
+        &self,
+        u: UpstreamId,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<Body>, Error> {
+        let watch = Watch::default();
+        self.send_with(u, req, &watch, false)
             .await
             .map_err(|(e, _)| e)
     }
@@ -186,8 +236,20 @@ impl Pool {
     pub async fn send_or_return(
         &self,
         u: UpstreamId,
+        req: Request<ForwardBody>,
+        watch: &Watch,
+    ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
+        self.send_with(u, req, watch, true).await
+    }
+
+    /// `capped`: wait for the connection cap (else open an unpooled
+    /// connection beyond it when it is full).
+    async fn send_with(
+        &self,
+        u: UpstreamId,
         mut req: Request<ForwardBody>,
         watch: &Watch,
+        capped: bool,
     ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
         let inner = &self.inner;
         let own_host = !req.headers().contains_key(header::HOST);
@@ -195,31 +257,55 @@ impl Pool {
             let host = inner.targets[u.0].authority.clone();
             req.headers_mut().insert(header::HOST, host);
         }
-        while let Some((mut tx, progress)) = self.checkout(u).await {
-            set(watch, &progress);
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(u, tx, progress, resp)),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the upstream had closed this one.
-                    Some(unsent) => req = unsent,
-                    None => return Err((Error::Http(e.into_error()), None)),
-                },
-            }
-        }
-        // Boxed: connecting is rare, and its TLS state is large.
-        let (mut tx, progress) = match Box::pin(self.connect(u)).await {
-            Ok(connected) => connected,
-            Err(e) => {
-                if own_host {
-                    // This upstream's; the next one sets its own.
-                    req.headers_mut().remove(header::HOST);
+        let room = &inner.rooms[u.0];
+        let deadline = tokio::time::Instant::now() + inner.connect_timeout;
+        let permit = loop {
+            // Registered before looking, so a connection freed meanwhile
+            // is not missed.
+            let freed = room.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some((mut tx, progress)) = self.checkout(u).await {
+                set(watch, &progress);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),
+                    Err(mut e) => match e.take_message() {
+                        // Never written: the upstream had closed this one.
+                        Some(unsent) => {
+                            req = unsent;
+                            continue;
+                        }
+                        None => return Err((Error::Http(e.into_error()), None)),
+                    },
                 }
-                return Err((e, Some(req)));
             }
+            if let Ok(permit) = room.permits.clone().try_acquire_owned() {
+                break Some(permit);
+            }
+            if !capped {
+                break None;
+            }
+            tokio::select! {
+                permit = room.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => break Some(permit),
+                    Err(_) => return Err((Error::Saturated, Some(unhost(req, own_host)))),
+                },
+                () = &mut freed => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err((Error::Saturated, Some(unhost(req, own_host))));
+                }
+            }
+        };
+        // Only a connection within the cap is pooled afterwards.
+        let pooled = permit.is_some();
+        // Boxed: connecting is rare, and its TLS state is large.
+        let (mut tx, progress) = match Box::pin(self.connect(u, permit)).await {
+            Ok(connected) => connected,
+            Err(e) => return Err((e, Some(unhost(req, own_host)))),
         };
         set(watch, &progress);
         match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(u, tx, progress, resp)),
+            Ok(resp) => Ok(self.wrap(u, tx, progress, resp, pooled)),
             Err(e) => Err((Error::Http(e), None)),
         }
     }
@@ -251,9 +337,11 @@ impl Pool {
         }
     }
 
+    /// A new connection to `u`; it holds `permit` (if any) while it is open.
     async fn connect(
         &self,
         u: UpstreamId,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(SendRequest<ForwardBody>, Arc<WriteProgress>), Error> {
         let inner = &self.inner;
         let target = &inner.targets[u.0];
@@ -287,6 +375,7 @@ impl Pool {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
+            drop(permit);
         });
         Ok((tx, progress))
     }
@@ -297,6 +386,7 @@ impl Pool {
         tx: SendRequest<ForwardBody>,
         progress: Arc<WriteProgress>,
         resp: Response<Incoming>,
+        pooled: bool,
     ) -> Response<Body> {
         let idle = self.inner.response_idle;
         resp.map(|inner| Body {
@@ -304,7 +394,7 @@ impl Pool {
             idle,
             timer: None,
             ended: false,
-            lease: Some(Lease {
+            lease: pooled.then(|| Lease {
                 pool: self.clone(),
                 u,
                 tx,
@@ -331,6 +421,7 @@ impl Pool {
             since: Instant::now(),
         });
         drop(idle);
+        inner.rooms[u.0].freed.notify_one();
         // Started with the first idle connection (a body may be dropped
         // outside the runtime: then the next one starts it).
         if !inner.reaper_started.swap(true, Ordering::Relaxed) {
@@ -345,6 +436,21 @@ impl Pool {
     pub fn idle(&self, u: UpstreamId) -> usize {
         self.inner.idle[u.0].lock().map_or(0, |idle| idle.len())
     }
+
+    /// Connections open to `u`, busy and idle (metrics).
+    pub fn open(&self, u: UpstreamId) -> usize {
+        let inner = &self.inner;
+        inner.max_connections - inner.rooms[u.0].permits.available_permits()
+    }
+}
+
+/// `req` without the `Host` the pool added (`own_host`), for the next
+/// upstream to set its own.
+fn unhost(mut req: Request<ForwardBody>, own_host: bool) -> Request<ForwardBody> {
+    if own_host {
+        req.headers_mut().remove(header::HOST);
+    }
+    req
 }
 
 fn set(watch: &Watch, progress: &Arc<WriteProgress>) {

@@ -13,14 +13,20 @@ use crate::support::*;
 /// their data centre takes 2 s to answer. A reset frees the stream's slot at
 /// once, so without a budget every one of them would run on upstream; with
 /// it, at most `h2_max_concurrent_streams` (here 50) run detached, the rest
-/// are cancelled and counted.
+/// are cancelled and counted; and at most `max_connections_per_upstream`
+/// (here 40) connections are open to the data centre.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_storm_is_bounded_by_the_detached_budget() {
     let setup = Setup {
-        extra: "[limits]\nh2_max_concurrent_streams = 50\n".into(),
+        extra: "[limits]\nh2_max_concurrent_streams = 50\n[upstream]\nmax_connections_per_upstream = 40\n".into(),
         ..Setup::default()
     };
     let proxy = Proxy::start(setup).await;
+    let zurich = format!(
+        "residency_upstream_connections{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
+        proxy.upstream("zurich").addr
+    );
+    let mut peak_connections: f64 = 0.0;
     let tls = proxy.client().h2().connect().await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -42,13 +48,18 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
             .unwrap();
         // Dropped unanswered: hyper resets the stream (RST_STREAM CANCEL).
         let _ = tokio::time::timeout(Duration::from_millis(2), send.send_request(req)).await;
-        if i % 500 == 499 {
+        if i % 250 == 249 {
             peak = peak.max(metric_value(&proxy, "residency_detached_requests").await);
+            peak_connections = peak_connections.max(metric_value(&proxy, &zurich).await);
         }
     }
     let storm = started.elapsed();
     let cancelled = metric_value(&proxy, "residency_detached_requests_cancelled_total").await;
     assert!(peak <= 50.0, "at most 50 detached at once, saw {peak}");
+    assert!(
+        (1.0..=40.0).contains(&peak_connections),
+        "at most 40 upstream connections, saw {peak_connections}"
+    );
     // Every delivery still running ends within its 2 s.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let delivered = proxy.upstream("zurich").count();
@@ -64,10 +75,12 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
         cancelled as usize + delivered >= STORM / 2,
         "the storm reached the proxy: {cancelled} cancelled, {delivered} delivered"
     );
-    assert_eq!(
-        metric_value(&proxy, "residency_detached_requests").await,
-        0.0
-    );
+    // Those that queued for a connection end too (at the latest after
+    // upstream_connect, as 503 upstream_saturated).
+    eventually("no detached request left", async || {
+        metric_value(&proxy, "residency_detached_requests").await == 0.0
+    })
+    .await;
     proxy.stop().await;
 }
 
@@ -274,5 +287,53 @@ async fn a_stalled_response_body_is_abandoned_after_response_idle() {
         "an incomplete body is an error to the client: {result:?}"
     );
     assert!(took < Duration::from_secs(5), "abandoned after {took:?}");
+    proxy.stop().await;
+}
+
+/// With its one allowed connection busy past `upstream_connect`, the only
+/// permitted data centre is saturated: 503 `upstream_saturated` with
+/// `Retry-After`, counted, and the data centre is not marked down.
+#[tokio::test]
+async fn a_saturated_upstream_answers_503_and_stays_up() {
+    let setup = Setup {
+        extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"300ms\"\n[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n".into(),
+        ..Setup::default()
+    };
+    let proxy = Proxy::start(setup).await;
+    let client = proxy.client();
+    let slow = tokio::spawn(async move {
+        client
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH), ("x-test-answer-delay-ms", "1500")],
+                "slow",
+            )
+            .await
+    });
+    proxy.upstream("zurich").first_bytes.notified().await;
+    let reply = proxy.client().upload_from(CH, "fast").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_saturated");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    // Probes every 100 ms do not wait for the busy connection: still up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let up = format!(
+        "residency_upstream_up{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
+        proxy.upstream("zurich").addr
+    );
+    assert_eq!(
+        metric_value(&proxy, &up).await,
+        1.0,
+        "probes pass while saturated"
+    );
+    assert_eq!(slow.await.unwrap().status, 201);
+    let series = format!(
+        "residency_upstream_saturated_total{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
+        proxy.upstream("zurich").addr
+    );
+    assert_eq!(metric_value(&proxy, &series).await, 1.0);
+    // Not ejected: the next upload goes through.
+    assert_eq!(proxy.client().upload_from(CH, "again").await.status, 201);
     proxy.stop().await;
 }

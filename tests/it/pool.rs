@@ -139,6 +139,7 @@ fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
             idle_timeout,
             max_idle_per_upstream: max_idle,
             response_idle: Duration::from_secs(30),
+            max_connections_per_upstream: 1024,
         },
     )
     .unwrap()
@@ -243,4 +244,44 @@ async fn failures_to_connect_are_told_apart() {
     let e = pool.send(U, request()).await.unwrap_err();
     assert!(matches!(e, Error::Tls(_)), "{e}");
     assert!(e.is_connect() && e.is_tls());
+}
+
+/// With one connection allowed, a second request waits for the first to
+/// finish and then reuses its connection; with the first one still busy
+/// past `upstream_connect`, it fails as `Saturated` having sent nothing.
+#[tokio::test]
+async fn the_connection_cap_queues_then_refuses() {
+    let server = Server::start(Mode::Slow).await;
+    let tls = residency_tls::client_config(None).unwrap();
+    let pool = Pool::new(
+        [format!("http://{}", server.addr).parse::<Uri>().unwrap()],
+        tls,
+        PoolSettings {
+            connect_timeout: Duration::from_millis(1000),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_upstream: 4,
+            response_idle: Duration::from_secs(30),
+            max_connections_per_upstream: 1,
+        },
+    )
+    .unwrap();
+    // Waits for the slow (200 ms) first exchange, then shares its connection.
+    let (a, b) = tokio::join!(exchange(&pool), exchange(&pool));
+    assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
+    assert_eq!(server.accepted(), 1, "the cap held: one connection");
+    assert_eq!(pool.open(U), 1);
+
+    // The only connection stays busy (its response body unread).
+    let held = pool.send(U, request()).await.unwrap();
+    let started = std::time::Instant::now();
+    match pool.send_or_return(U, request(), &Default::default()).await {
+        Err((Error::Saturated, Some(_unsent))) => {}
+        other => panic!("expected Saturated with the request back, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(server.accepted(), 1);
+    drop(held);
+    // Closing the busy connection frees its permit.
+    assert_eq!(exchange(&pool).await, "ok");
+    assert_eq!(server.accepted(), 2);
 }
