@@ -32,7 +32,7 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
         rejected: (instance.metrics.connections_rejected)
             .with_label_values(&["admin_connection_limit"]),
     };
-    crate::plain_http::serve(listener, stop, cap, move |req| answer(&instance, req)).await;
+    crate::plain_http::serve(listener, stop, cap, None, move |req| answer(&instance, req)).await;
 }
 
 /// Answers one admin request (request bodies are never read).

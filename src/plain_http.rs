@@ -1,7 +1,8 @@
-//! A small plain-HTTP/1.1 listener for synchronous answers: the admin
-//! endpoints and the customer-facing log endpoints. Each connection gets
-//! hyper's head timer; a listener holds at most its cap of connections; at
-//! shutdown, connections finish their current response (at most 5 s).
+//! A small HTTP/1.1 listener for synchronous answers: the admin endpoints
+//! and the customer-facing log endpoints (optionally over TLS). Each
+//! connection gets hyper's head timer (and a TLS handshake the same 10 s);
+//! a listener holds at most its cap of connections; at shutdown,
+//! connections finish their current response (at most 5 s).
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -15,8 +16,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::{accept, stopped};
 
@@ -27,10 +30,20 @@ pub struct Cap {
     pub rejected: prometheus::IntCounter,
 }
 
-/// Serves plain HTTP/1.1 on `listener` with a synchronous `answer` until
-/// `stop` turns true (the admin and the transparency listeners).
-pub async fn serve<F>(listener: TcpListener, mut stop: watch::Receiver<bool>, cap: Cap, answer: F)
-where
+/// How long a connection may take to send its request head (and, with
+/// TLS, to finish its handshake).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on `listener` — over TLS when `tls` is set — with a
+/// synchronous `answer` until `stop` turns true (the admin and the
+/// transparency listeners).
+pub async fn serve<F>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    cap: Cap,
+    tls: Option<TlsAcceptor>,
+    answer: F,
+) where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     let permits = Arc::new(Semaphore::new(cap.max_connections));
@@ -43,24 +56,41 @@ where
             continue;
         };
         let answer = answer.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
-                let response = answer(&req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let mut conn = pin!(http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+            match tls {
+                None => connection(stream, answer, stop).await,
+                Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => connection(stream, answer, stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+/// One connection: its requests until it ends or `stop` turns true.
+async fn connection<S, F>(stream: S, answer: F, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let service = service_fn(move |req| {
+        let response = answer(&req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut conn = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::shutdown::{accept, stopped};
@@ -41,8 +42,9 @@ pub struct Bound {
     instance: Arc<Instance>,
     listeners: Vec<TcpListener>,
     admin: TcpListener,
-    /// The customer-facing transparency log listener, if configured.
-    transparency: Option<TcpListener>,
+    /// The customer-facing transparency log listener, if configured, and
+    /// its TLS (`[transparency.tls]`).
+    transparency: Option<(TcpListener, Option<TlsAcceptor>)>,
     /// The config file to watch for hot reload, if any.
     config_path: Option<std::path::PathBuf>,
 }
@@ -65,13 +67,18 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
                 format!("binding admin listener {}: {e}", state.config.admin.address),
             )
         })?;
-    let transparency = match instance.log.as_ref().and_then(|l| l.settings().address) {
-        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("binding transparency listener {address}: {e}"),
-            )
-        })?),
+    let log_settings = instance.log.as_ref().map(|l| l.settings());
+    let transparency = match log_settings.and_then(|s| Some((s.address?, &s.tls))) {
+        Some((address, tls)) => {
+            let acceptor = (!tls.is_empty()).then(|| log_tls(tls)).transpose()?;
+            let listener = TcpListener::bind(address).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("binding transparency listener {address}: {e}"),
+                )
+            })?;
+            Some((listener, acceptor))
+        }
         None => None,
     };
     Ok(Bound {
@@ -81,6 +88,23 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
         transparency,
         config_path: None,
     })
+}
+
+/// The log listener's TLS: `[transparency.tls]` certificates (SNI, the first
+/// the default), HTTP/1.1 only. Read once at start.
+fn log_tls(pairs: &[residency_log::settings::CertPair]) -> std::io::Result<TlsAcceptor> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut certs = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let source = residency_tls::load_cert_source(&pair.cert, &pair.key)
+            .map_err(|e| invalid(format!("transparency.tls.certificates[{i}]: {e}")))?;
+        certs.push(source);
+    }
+    let config = residency_tls::server_config(&certs, None)
+        .map_err(|e| invalid(format!("transparency.tls: {e}")))?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Bound {
@@ -98,7 +122,7 @@ impl Bound {
 
     /// The transparency log listener's address, when there is one.
     pub fn transparency_address(&self) -> Option<SocketAddr> {
-        self.transparency.as_ref()?.local_addr().ok()
+        self.transparency.as_ref()?.0.local_addr().ok()
     }
 
     /// Reload from `path` on SIGHUP and when watched files change.
@@ -139,7 +163,7 @@ impl Bound {
 
         if let Some(log) = &self.instance.log {
             tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
-            if let Some(listener) = self.transparency {
+            if let Some((listener, tls)) = self.transparency {
                 let log = log.clone();
                 let cap = crate::plain_http::Cap {
                     max_connections: log.settings().max_connections,
@@ -150,6 +174,7 @@ impl Bound {
                     listener,
                     stop_rx.clone(),
                     cap,
+                    tls,
                     move |req| crate::log_api::answer(&log, req),
                 )));
             }

@@ -791,3 +791,51 @@ async fn saved_proof_files_verify_offline() {
     let report = check(&a).await;
     assert!(!report.valid(), "{report}");
 }
+
+/// `[transparency.tls]`: the log listener speaks HTTPS (and nothing else);
+/// `verify --log https://… --ca` checks a receipt's inclusion through it.
+#[tokio::test]
+async fn the_log_listener_serves_https_when_configured() {
+    let proxy =
+        with_log("[transparency.tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n")
+            .await;
+    let key = key_of(&proxy);
+    let reply = proxy.client().upload_from(CH, "over https").await;
+    assert_eq!(reply.status, 201);
+    let receipt = reply.header("residency-receipt").unwrap().to_string();
+    let ca = proxy.dir.path().join("a.pem");
+    let port = proxy.log_addr.unwrap().port();
+
+    let mut a = args(&key);
+    a.receipt = Some(receipt);
+    a.log = Some(format!("https://localhost:{port}"));
+    a.ca = Some(ca.clone());
+    let mut report = check(&a).await;
+    for _ in 0..100 {
+        if report.valid() {
+            break;
+        }
+        // Until a checkpoint covers the record.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        report = check(&a).await;
+    }
+    assert!(report.valid(), "{report}");
+    assert!(report.to_string().contains("inclusion proof"), "{report}");
+
+    // Plain HTTP gets no answer from a TLS listener.
+    let mut plain = tokio::net::TcpStream::connect(proxy.log_addr.unwrap())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(b"GET /checkpoint HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "no plain-HTTP answer"
+    );
+    proxy.stop().await;
+}

@@ -120,6 +120,31 @@ pub struct Transparency {
     /// Connections the customer-facing listener holds at once; more are
     /// closed and counted.
     pub max_connections: usize,
+    /// `[transparency.tls]`: serve the listener over TLS with these
+    /// certificates (chosen by SNI, the first the default); empty: plain
+    /// HTTP/1.1.
+    pub tls: Vec<CertPair>,
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertPair>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +163,7 @@ pub struct RawTransparency {
     pub address: Option<String>,
     pub max_records: Option<Setting<u64>>,
     pub max_connections: Option<Setting<usize>>,
+    pub tls: Option<RawLogTls>,
 }
 
 const DEFAULT_MAX_RECORDS: u64 = 20_000_000;
@@ -229,6 +255,7 @@ pub fn transparency(
         "an integer from 1 to 65536",
         |n| (1..=65_536).contains(n),
     );
+    let tls = log_tls(raw.tls.as_ref(), address.is_some(), base, r);
     Some(Transparency {
         directory: directory?,
         origin: origin?,
@@ -243,7 +270,52 @@ pub fn transparency(
         },
         max_records,
         max_connections,
+        tls: tls?,
     })
+}
+
+/// `[transparency.tls]`: every certificate and key must be a file.
+fn log_tls(
+    raw: Option<&RawLogTls>,
+    listening: bool,
+    base: &Path,
+    r: &mut ConfigReport,
+) -> Option<Vec<CertPair>> {
+    let Some(raw) = raw else {
+        return Some(Vec::new());
+    };
+    if !listening {
+        r.push(
+            "transparency.tls",
+            "needs transparency.address: there is no log listener to serve over TLS",
+        );
+    }
+    if raw.certificates.is_empty() {
+        r.push(
+            "transparency.tls.certificates",
+            "at least one certificate is required",
+        );
+        return None;
+    }
+    let mut pairs = Vec::new();
+    let mut complete = true;
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let mut file = |name: &str, value: &str| {
+            let path = base.join(value);
+            if !path.is_file() {
+                r.push(
+                    format!("transparency.tls.certificates[{i}].{name}"),
+                    format!("{}: no such file", path.display()),
+                );
+                complete = false;
+            }
+            path
+        };
+        let cert = file("cert", &c.cert);
+        let key = file("key", &c.key);
+        pairs.push(CertPair { cert, key });
+    }
+    complete.then_some(pairs)
 }
 
 fn client_address(
@@ -370,6 +442,7 @@ mod tests {
             address: Some("nowhere".into()),
             max_records: setting("0"),
             max_connections: setting("0"),
+            tls: None,
         };
         let mut r = ConfigReport::new("test");
         assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
@@ -399,5 +472,35 @@ mod tests {
         assert!(r.to_string().contains(
             "- transparency.client_address: `partial` is not one of \"prefix\", \"hmac\", \"none\", \"full\""
         ));
+    }
+
+    #[test]
+    fn log_tls_names_each_missing_file() {
+        let dir = std::env::temp_dir();
+        let raw = RawTransparency {
+            directory: Some("log".into()),
+            origin: Some("ingest.example.com/residency-log".into()),
+            signing_key: Some("no-such-key".into()),
+            tls: Some(RawLogTls {
+                certificates: vec![RawCertPair {
+                    cert: "no-such.pem".into(),
+                    key: "no-such.key".into(),
+                }],
+            }),
+            ..RawTransparency::default()
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(transparency(&raw, &dir, &mut r).is_none());
+        let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "transparency.signing_key",
+                "transparency.tls",
+                "transparency.tls.certificates[0].cert",
+                "transparency.tls.certificates[0].key",
+            ],
+            "{r}"
+        );
     }
 }

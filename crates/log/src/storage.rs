@@ -798,6 +798,7 @@ mod tests {
             address: None,
             max_records: 1000,
             max_connections: 256,
+            tls: Vec::new(),
         };
         (Dir(dir), settings)
     }
