@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
         address: None,
         max_records: u64::MAX,
         max_connections: 256,
+        tls: Vec::new(),
     };
     let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
     let signer = Signer::from_pkcs8("bench.example/log", &pkcs8).unwrap();
