@@ -156,6 +156,16 @@ async fn prepare(
             http2: parts.version == Version::HTTP_2,
         },
     );
+    // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but
+    // another parser may read them differently.
+    if let Some(n) = declared {
+        let padded = headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0');
+        if padded {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     let slot = BodySlot::new(
         body,
         config.limits.max_body_bytes,

@@ -176,6 +176,18 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     }
 }
 
+/// A request-target that is not forwarded (400): asterisk-form and
+/// authority-form (RFC 9112 §3.2.3-4: only for `OPTIONS` and `CONNECT`,
+/// neither of which goes upstream), or one with bytes outside US-ASCII
+/// (not part of the request-target grammar; an upstream's parser may read
+/// them differently).
+pub fn bad_target(uri: &Uri) -> bool {
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    authority_form
+        || uri.path() == "*"
+        || uri.path_and_query().is_some_and(|p| !p.as_str().is_ascii())
+}
+
 /// A request whose `Host` breaks RFC 9112 §3.2 or RFC 9113 §8.3.1, to be
 /// answered 400: an HTTP/1.1 request without `Host`; any request with more
 /// than one, or with one that is not a valid `uri-host[:port]` (empty is

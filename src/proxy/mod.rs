@@ -219,6 +219,7 @@ fn admit<'a>(
         return Err(Failure::MethodNotAllowed);
     }
     if headers::ambiguous_framing(req.headers())
+        || headers::bad_target(req.uri())
         || headers::bad_host(req.version(), req.uri(), req.headers())
     {
         return Err(Failure::BadRequest);

@@ -7,6 +7,7 @@ mod abuse;
 mod cli;
 mod drill;
 mod early_answers;
+mod framing;
 mod health;
 mod lifecycle;
 mod pool;

@@ -1,0 +1,383 @@
+//! The HTTP/1.1 framing corpus: raw requests over real TLS, each with the
+//! statuses the client must read and exactly what the data centre must
+//! receive (method, path and body of each request, in order; nothing for a
+//! refused one). Content-Length and Transfer-Encoding variants, chunk-size
+//! edge cases, obs-fold, bare LF, NUL and CR, Host rules, request-target
+//! forms, methods, `Expect` and pipelining.
+//!
+//! Every case runs on a fresh connection and ends with `Connection: close`
+//! (or an error that closes it), so "what the client read" is everything up
+//! to the proxy's close. Where hyper's parser refuses a request before the
+//! proxy sees it, the status is hyper's bare 400 (or 431, 505) — either
+//! way nothing reaches the data centre.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// What the data centre must have received for one request.
+type Delivery = (&'static str, &'static str, &'static [u8]);
+
+struct Case {
+    name: &'static str,
+    raw: Vec<u8>,
+    /// Status codes of every response the client reads, in order.
+    statuses: &'static [u16],
+    /// Requests the data centre received (method, path, body), in order.
+    upstream: &'static [Delivery],
+}
+
+const PATH: &str = "/v1/telemetry";
+
+/// A POST from CH with `headers` (each ending in CRLF), then `body`.
+fn post(headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// `text` verbatim, with `{CH}` replaced by the CH origin address.
+fn raw(text: &str) -> Vec<u8> {
+    text.replace("{CH}", CH).into_bytes()
+}
+
+/// A keep-alive POST (no `Connection: close`) for pipelining.
+fn keep(headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n{headers}\r\n"
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+const HELLO: &[Delivery] = &[("POST", PATH, b"hello")];
+const EMPTY: &[Delivery] = &[("POST", PATH, b"")];
+const NONE: &[Delivery] = &[];
+
+fn cases() -> Vec<Case> {
+    let cl5 = "Content-Length: 5\r\n";
+    let te = "Transfer-Encoding: chunked\r\n";
+    let case = |name, raw, statuses, upstream| Case {
+        name,
+        raw,
+        statuses,
+        upstream,
+    };
+    vec![
+        // --- Content-Length ---
+        case("cl: exact", post(cl5, b"hello"), &[201], HELLO),
+        case("cl: zero", post("Content-Length: 0\r\n", b""), &[201], EMPTY),
+        case("cl: none, no body", post("", b""), &[201], EMPTY),
+        case("cl: leading zeros", post("Content-Length: 0005\r\n", b"hello"), &[201], HELLO),
+        case("cl: same value twice", post("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"), &[201], HELLO),
+        // RFC 9110 §8.6 lets a recipient accept or refuse a list of equal
+        // values; hyper refuses it.
+        case("cl: list of same values", post("Content-Length: 5, 5\r\n", b"hello"), &[400], NONE),
+        case("cl: two different values", post("Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!"), &[400], NONE),
+        case("cl: list of different values", post("Content-Length: 5, 6\r\n", b"hello!"), &[400], NONE),
+        case("cl: negative", post("Content-Length: -5\r\n", b"hello"), &[400], NONE),
+        case("cl: plus sign", post("Content-Length: +5\r\n", b"hello"), &[400], NONE),
+        case("cl: not a number", post("Content-Length: five\r\n", b"hello"), &[400], NONE),
+        case("cl: hex", post("Content-Length: 0x5\r\n", b"hello"), &[400], NONE),
+        case("cl: inner space", post("Content-Length: 5 5\r\n", b"hello"), &[400], NONE),
+        case("cl: overflow", post("Content-Length: 99999999999999999999999\r\n", b"hello"), &[400], NONE),
+        case("cl: empty value", post("Content-Length: \r\n", b"hello"), &[400], NONE),
+        case(
+            "cl: body shorter than declared, then more bytes never come",
+            // The rest of the connection's bytes after the short body: the
+            // request head of nothing. The proxy waits for the body and
+            // gives up at request_body_idle (here 1 s): 408.
+            post("Content-Length: 10\r\n", b"hello"),
+            &[408],
+            NONE,
+        ),
+        case(
+            "cl: bytes after the declared body are not part of it",
+            post(cl5, b"helloGET / HTTP/1.1\r\n\r\n"),
+            &[201],
+            HELLO,
+        ),
+        // --- Transfer-Encoding: chunked ---
+        case("te: one chunk", post(te, b"5\r\nhello\r\n0\r\n\r\n"), &[201], HELLO),
+        case("te: several chunks", post(te, b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"), &[201], HELLO),
+        case("te: empty body", post(te, b"0\r\n\r\n"), &[201], EMPTY),
+        case("te: upper-case hex size", post(te, b"A\r\n0123456789\r\n0\r\n\r\n"), &[201], &[("POST", PATH, b"0123456789")]),
+        case("te: lower-case hex size", post(te, b"a\r\n0123456789\r\n0\r\n\r\n"), &[201], &[("POST", PATH, b"0123456789")]),
+        case("te: leading zeros in size", post(te, b"0005\r\nhello\r\n0000\r\n\r\n"), &[201], HELLO),
+        case("te: chunk extension", post(te, b"5;ext=1\r\nhello\r\n0\r\n\r\n"), &[201], HELLO),
+        case("te: quoted chunk extension", post(te, b"5;ext=\"a b\"\r\nhello\r\n0\r\n\r\n"), &[201], HELLO),
+        case("te: trailer fields are dropped", post(te, b"5\r\nhello\r\n0\r\nX-Trailer: a\r\n\r\n"), &[201], HELLO),
+        case("te: value upper case", post("Transfer-Encoding: CHUNKED\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[201], HELLO),
+        case("te: non-hex size", post(te, b"g\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: negative size", post(te, b"-5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: size overflow", post(te, b"fffffffffffffffffff\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: size with inner space", post(te, b"5 5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: chunk longer than its size", post(te, b"3\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: missing CRLF after data", post(te, b"5\r\nhelloX\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: empty size line", post(te, b"\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: gzip, chunked", post("Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: chunked, chunked", post("Transfer-Encoding: chunked, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: twice", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: identity", post("Transfer-Encoding: identity\r\n", b"hello"), &[400], NONE),
+        case("te: xchunked", post("Transfer-Encoding: xchunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("te: chunked then gzip", post("Transfer-Encoding: chunked, gzip\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case(
+            "te: in HTTP/1.0",
+            raw("POST /v1/telemetry HTTP/1.0\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            &[400],
+            NONE,
+        ),
+        // --- CL and TE together (smuggling) ---
+        case(
+            "cl.te: the chunked body wins, the smuggled prefix does not pass",
+            // hyper drops Content-Length in favour of chunked framing
+            // (RFC 9112 §6.3); what follows the chunked body is not read.
+            post("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+            &[201],
+            EMPTY,
+        ),
+        case(
+            "te.cl: chunked wins over a short Content-Length",
+            post("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", b"8\r\nSMUGGLED\r\n0\r\n\r\n"),
+            &[201],
+            &[("POST", PATH, b"SMUGGLED")],
+        ),
+        case(
+            "cl + te, keep-alive: the connection is closed after the answer",
+            // RFC 9112 §6.1: such a request MUST close the connection, so a
+            // pipelined request behind it is never served.
+            cat(&[
+                keep("Content-Length: 6\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+                keep("Content-Length: 5\r\nConnection: close\r\n", b"hello"),
+            ]),
+            &[201],
+            EMPTY,
+        ),
+        // --- header syntax ---
+        case("obs-fold in a header", post("X-Folded: a\r\n b\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("obs-fold in Transfer-Encoding", post("Transfer-Encoding: gzip,\r\n chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        case("space before colon", post("Content-Length : 5\r\n", b"hello"), &[400], NONE),
+        case("tab before colon", post("Content-Length\t: 5\r\n", b"hello"), &[400], NONE),
+        case("NUL in a header value", post("X-Nul: a\0b\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("NUL in a header name", post("X-N\0ul: a\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("bare CR in a header value", post("X-Cr: a\rb\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("header line without a colon", post("NoColonHere\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("empty header name", post(": value\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case(
+            "bare LF line endings",
+            // RFC 9112 §2.2: a recipient MAY recognise a lone LF as a line
+            // terminator; hyper (httparse) does, consistently for every line.
+            raw("POST /v1/telemetry HTTP/1.1\nHost: localhost\nX-Forwarded-For: {CH}\nConnection: close\nContent-Length: 5\n\nhello"),
+            &[201],
+            HELLO,
+        ),
+        case(
+            "head over max_request_head_bytes",
+            post(&format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(20_000)), b"hello"),
+            &[431],
+            NONE,
+        ),
+        // --- request line ---
+        case("two spaces after the method", raw("POST  /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("bare CR in the request line", raw("POST /v1/tele\rmetry HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("NUL in the path", raw("POST /v1/tele\0metry HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("HTTP/1.2", raw("POST /v1/telemetry HTTP/1.2\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("HTTP/2.0 in an HTTP/1 request line", raw("POST /v1/telemetry HTTP/2.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("no version", raw("POST /v1/telemetry\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
+        case("lower-case method", raw("post /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[405], NONE),
+        case("unknown method", raw("BREW /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[405], NONE),
+        case("TRACE", raw("TRACE /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n\r\n"), &[405], NONE),
+        case("CONNECT", raw("CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n\r\n"), &[405], NONE),
+        case(
+            "PUT is forwarded",
+            raw("PUT /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"),
+            &[201],
+            &[("PUT", PATH, b"hello")],
+        ),
+        // --- Host (RFC 9112 §3.2) ---
+        case("host: missing", raw("POST /v1/telemetry HTTP/1.1\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("host: twice", post("Host: localhost\r\nContent-Length: 5\r\n", b"hello"), &[400], NONE),
+        case("host: with a space", raw("POST /v1/telemetry HTTP/1.1\r\nHost: local host\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("host: userinfo", raw("POST /v1/telemetry HTTP/1.1\r\nHost: user@localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("host: non-numeric port", raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost:https\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("host: with port", raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost:8443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[201], HELLO),
+        case("host: IPv6 literal", raw("POST /v1/telemetry HTTP/1.1\r\nHost: [::1]:8443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[201], HELLO),
+        case("host: HTTP/1.0 without Host", raw("POST /v1/telemetry HTTP/1.0\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello"), &[201], HELLO),
+        // --- request-target forms ---
+        case(
+            "absolute-form: the path goes upstream",
+            raw("POST https://localhost/v1/telemetry?a=1 HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"),
+            &[201],
+            &[("POST", "/v1/telemetry?a=1", b"hello")],
+        ),
+        case("asterisk-form", raw("POST * HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("authority-form with POST", raw("POST localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case(
+            "query string is kept",
+            raw("POST /v1/telemetry?device=7&x=%20 HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"),
+            &[201],
+            &[("POST", "/v1/telemetry?device=7&x=%20", b"hello")],
+        ),
+        case(
+            "percent-encoded slash is not decoded",
+            raw("POST /v1/a%2Fb HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"),
+            &[201],
+            &[("POST", "/v1/a%2Fb", b"hello")],
+        ),
+        // Not in the request-target grammar; hyper's URI parser drops the
+        // fragment, and what goes upstream is the valid rest.
+        case("fragment in the target is dropped", raw("POST /v1/telemetry#frag HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[201], HELLO),
+        case("non-ASCII byte in the target", raw("POST /v1/t\u{e9}l HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        // --- Expect ---
+        case("expect: 100-continue", post("Expect: 100-continue\r\nContent-Length: 5\r\n", b"hello"), &[100, 201], HELLO),
+        // RFC 9110 §10.1.1: a server MAY answer 417; the expectation goes
+        // to the data centre, which may.
+        case("expect: unknown expectation is passed on", post("Expect: tea\r\nContent-Length: 5\r\n", b"hello"), &[201], HELLO),
+        // --- pipelining ---
+        case(
+            "pipelined: two uploads in order",
+            cat(&[keep(cl5, b"hello"), keep("Content-Length: 5\r\nConnection: close\r\n", b"world")]),
+            &[201, 201],
+            &[("POST", PATH, b"hello"), ("POST", PATH, b"world")],
+        ),
+        case(
+            "pipelined: length then chunked",
+            cat(&[keep(cl5, b"hello"), keep("Transfer-Encoding: chunked\r\nConnection: close\r\n", b"5\r\nworld\r\n0\r\n\r\n")]),
+            &[201, 201],
+            &[("POST", PATH, b"hello"), ("POST", PATH, b"world")],
+        ),
+        case(
+            "pipelined: a refusal, then an upload",
+            cat(&[
+                raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 100.64.0.1\r\nContent-Length: 5\r\n\r\nhello"),
+                keep("Content-Length: 5\r\nConnection: close\r\n", b"world"),
+            ]),
+            &[451, 201],
+            &[("POST", PATH, b"world")],
+        ),
+        case(
+            "pipelined: a bad request ends the connection",
+            cat(&[keep("Content-Length: x\r\n", b"hello"), keep(cl5, b"world")]),
+            &[400],
+            NONE,
+        ),
+        case(
+            "pipelined: three, the last closes",
+            cat(&[keep(cl5, b"hello"), keep(te, b"1\r\n!\r\n0\r\n\r\n"), keep("Content-Length: 0\r\nConnection: close\r\n", b"")]),
+            &[201, 201, 201],
+            &[("POST", PATH, b"hello"), ("POST", PATH, b"!"), ("POST", PATH, b"")],
+        ),
+    ]
+}
+
+/// Every status line the client read, in order.
+fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    // No answer body here contains a status line.
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// Sends `raw` on a fresh TLS connection and reads until the proxy closes.
+async fn exchange(proxy: &Proxy, raw: &[u8]) -> Vec<u8> {
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    // Written in the background: the proxy may answer (and close) before
+    // reading it all.
+    let (mut read, mut write) = tokio::io::split(&mut tls);
+    let send = async {
+        let _ = write.write_all(raw).await;
+        let _ = write.flush().await;
+    };
+    let mut got = Vec::new();
+    let receive = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let both = async { tokio::join!(send, receive) };
+    tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the proxy closes the connection within 10 s");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http1_framing_corpus() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_body_idle = \"1s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = proxy.upstream("zurich");
+    let cases = cases();
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        zurich.received.lock().unwrap().clear();
+        let raw = exchange(&proxy, &case.raw).await;
+        let got = statuses(&raw);
+        let received: Vec<_> = zurich.received.lock().unwrap().clone();
+        let delivered: Vec<(String, String, Vec<u8>)> = received
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.clone(), r.body.to_vec()))
+            .collect();
+        let expected: Vec<(String, String, Vec<u8>)> = case
+            .upstream
+            .iter()
+            .map(|(m, p, b)| (m.to_string(), p.to_string(), b.to_vec()))
+            .collect();
+        if got != case.statuses || delivered != expected {
+            failures.push(format!(
+                "{}: statuses {got:?} (want {:?}); upstream got {:?} (want {:?})\n    {}",
+                case.name,
+                case.statuses,
+                delivered
+                    .iter()
+                    .map(|(m, p, b)| format!("{m} {p} {:?}", String::from_utf8_lossy(b)))
+                    .collect::<Vec<_>>(),
+                case.upstream
+                    .iter()
+                    .map(|(m, p, b)| format!("{m} {p} {:?}", String::from_utf8_lossy(b)))
+                    .collect::<Vec<_>>(),
+                String::from_utf8_lossy(&raw[..raw.len().min(200)]).replace("\r\n", " | "),
+            ));
+        }
+        // The data centre sees one unambiguous framing, never the client's.
+        for r in &received {
+            let te = r.headers.get_all("transfer-encoding").iter().count();
+            let cl: Vec<_> = r.headers.get_all("content-length").iter().collect();
+            let framing_ok = match (te, cl.as_slice()) {
+                (0, [len]) => len.to_str().ok() == Some(&r.body.len().to_string()),
+                (0, []) => r.body.is_empty(),
+                (1, []) => r.headers["transfer-encoding"] == "chunked",
+                _ => false,
+            };
+            if !framing_ok {
+                failures.push(format!("{}: upstream framing {:?}", case.name, r.headers));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    proxy.stop().await;
+}
