@@ -503,6 +503,9 @@ struct Activity {
     head_ms: AtomicU64,
     head_started: tokio::sync::Notify,
     first_request: tokio::sync::Notify,
+    /// Woken when a request begins or ends (for `quiet`, which otherwise
+    /// has nothing to time).
+    settled: tokio::sync::Notify,
 }
 
 struct Busy(Arc<Activity>);
@@ -511,6 +514,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.settled.notify_one();
     }
 }
 
@@ -528,6 +532,7 @@ impl Activity {
             head_ms: AtomicU64::new(0),
             head_started: tokio::sync::Notify::new(),
             first_request: tokio::sync::Notify::new(),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -541,6 +546,7 @@ impl Activity {
         if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
             self.first_request.notify_one();
         }
+        self.settled.notify_one();
         Busy(self.clone())
     }
 
@@ -551,10 +557,18 @@ impl Activity {
     /// Resolves once a request has begun after the first `since`, and the
     /// connection has then had nothing in flight and no head started for
     /// `after` (HTTP/1: hyper is idle and may hand its stream back).
+    ///
+    /// Event-driven: until a request has begun and ended there is nothing
+    /// to time, so it waits for `settled` (a connection that never
+    /// completes a head — slowloris — costs no wake-ups); then one timer
+    /// for the rest of `after`.
     async fn quiet(&self, since: u64, after: Duration) {
         let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let mut wait = after_ms;
+            // Registered before looking, so a change meanwhile is not missed.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
             if self.requests() > since
                 && self.in_flight.load(Ordering::Relaxed) == 0
                 && !self.head_pending.load(Ordering::Relaxed)
@@ -565,9 +579,14 @@ impl Activity {
                 if quiet_for >= after_ms {
                     return;
                 }
-                wait = after_ms - quiet_for;
+                let wait = Duration::from_millis((after_ms - quiet_for).max(10));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = settled => {}
+                }
+            } else {
+                settled.await;
             }
-            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
         }
     }
 
