@@ -135,7 +135,7 @@ async fn respond(
     received: SystemTime,
     routed: Routed,
 ) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
-    let log = instance.log.as_deref();
+    let log = instance.log.as_ref();
     // The request body a refusal before forwarding left unread.
     let mut body_unread = None;
     // (answer, body bytes, receipt, whether a record was written)

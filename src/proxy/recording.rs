@@ -8,6 +8,7 @@
 //! `on_write_error = "continue"`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderValue, Response};
@@ -85,7 +86,7 @@ impl<'a> RecordContext<'a> {
 
 /// Records a refusal. A failed write is counted and logged by the log; the
 /// client is being refused anyway.
-pub async fn refused(log: &Log, context: &RecordContext<'_>) {
+pub async fn refused(log: &Arc<Log>, context: &RecordContext<'_>) {
     let _ = log.append(&context.record(log, Outcome::Refused)).await;
 }
 
@@ -94,7 +95,7 @@ pub async fn refused(log: &Log, context: &RecordContext<'_>) {
 /// stripped). A 2xx whose record cannot be written becomes 503
 /// `log_unavailable` (by default).
 pub async fn answered<B>(
-    log: &Log,
+    log: &Arc<Log>,
     context: &RecordContext<'_>,
     resp: &Response<B>,
     slot: &BodySlot,

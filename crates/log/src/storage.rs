@@ -7,10 +7,12 @@
 //!   ever appended. Leaf `i` is line `i` without its newline. Appends are
 //!   group-committed: the first request to append starts a batch, yields
 //!   once so the records of other ready requests join it, and writes the
-//!   whole batch with one `write(2)`; every request in the batch waits for
-//!   that write before it is answered. A killed process therefore keeps
-//!   every record whose request was acknowledged; a power loss can leave a
-//!   torn last line.
+//!   whole batch with one `write(2)` and one `fdatasync(2)` on a blocking
+//!   thread (requests arriving meanwhile form the next batch); every
+//!   request in the batch waits for both before it is answered. Neither a
+//!   killed process nor a power loss can therefore lose a record whose
+//!   receipt went out, or give its index to another record; a power loss
+//!   can leave a torn last line of a batch nobody was told about.
 //! * `checkpoint` — the latest signed checkpoint, replaced atomically
 //!   (write, fsync, rename, fsync the directory). `records.log` is fsynced
 //!   before a checkpoint covering it is written, so every checkpoint ever
@@ -33,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::merkle::{self, Hash, Tree};
 use crate::note::{Checkpoint, NoteError, Signer, Verifier};
@@ -64,6 +66,8 @@ pub enum LogError {
 #[derive(Clone)]
 pub struct LogMetrics {
     pub appended: IntCounter,
+    /// Seconds each group commit took to write and fsync its batch.
+    pub fsync_seconds: Histogram,
     pub write_errors: IntCounter,
     pub size: IntGauge,
     pub checkpoint_size: IntGauge,
@@ -85,7 +89,18 @@ impl LogMetrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let fsync_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "residency_log_fsync_seconds",
+                "Time to write and fsync one group commit of records (every receipt waits for its batch's).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(fsync_seconds.clone()))?;
         Ok(LogMetrics {
+                fsync_seconds,
                 appended: counter(
                     "residency_log_records_appended_total",
                     "Decision records appended to the transparency log.",
@@ -149,16 +164,19 @@ struct Inner {
     poisoned: bool,
 }
 
-/// Writes the batch its leader started when the leader is done yielding —
-/// or is dropped mid-yield, so a cancelled request cannot stall the log.
+/// Writes the batch its leader started if the leader is dropped while it
+/// yields, so a cancelled request cannot stall the log (the leader that is
+/// not dropped disarms it and writes on a blocking thread instead).
 struct FlushOnDrop<'a> {
     log: &'a Log,
-    batch: &'a Arc<Batch>,
+    batch: Option<&'a Arc<Batch>>,
 }
 
 impl Drop for FlushOnDrop<'_> {
     fn drop(&mut self) {
-        self.log.flush(self.batch);
+        if let Some(batch) = self.batch {
+            self.log.flush(batch);
+        }
     }
 }
 
@@ -338,10 +356,12 @@ impl Log {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `record` as the next leaf and returns once it is written
-    /// (to the page cache: a killed process keeps it; the next checkpoint
-    /// fsyncs it). Records of concurrent requests share one `write(2)`.
-    pub async fn append(&self, record: &Record<'_>) -> Result<Appended, LogError> {
+    /// Appends `record` as the next leaf and returns once it is durable:
+    /// written and fsynced, so no crash can give its index to another
+    /// record after its receipt went out. Records of concurrent requests
+    /// share one `write(2)` and one `fdatasync(2)` (group commit), done on
+    /// a blocking thread; requests arriving meanwhile form the next batch.
+    pub async fn append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
@@ -357,13 +377,20 @@ impl Log {
             // The batch must be written even if this request is dropped
             // while it yields (client gone, shutdown): every later record
             // joins it and waits for it.
-            let flush = FlushOnDrop {
+            let mut flush = FlushOnDrop {
                 log: self,
-                batch: &batch,
+                batch: Some(&batch),
             };
             // Let the other requests that are ready now add their records.
             tokio::task::yield_now().await;
-            drop(flush);
+            flush.batch = None;
+            let (log, b) = (self.clone(), batch.clone());
+            // Runs to its end even if this request is dropped meanwhile.
+            let written = tokio::task::spawn_blocking(move || log.flush(&b)).await;
+            if written.is_err() {
+                // No blocking thread (the runtime is shutting down).
+                self.flush(&batch);
+            }
         } else {
             let done = batch.done.notified();
             tokio::pin!(done);
@@ -434,8 +461,9 @@ impl Log {
         Ok((batch, leader, index))
     }
 
-    /// Writes `batch` (if it is still pending) with one `write(2)`. On
-    /// failure the file is cut back and every record from the batch's start
+    /// Writes `batch` (if it is still pending) with one `write(2)` and
+    /// makes it durable with one `fdatasync(2)` (blocking). On failure the
+    /// file is cut back and every record from the batch's start
     /// on — including a batch formed meanwhile — is taken out of the tree.
     fn flush(&self, batch: &Arc<Batch>) {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -453,7 +481,12 @@ impl Log {
                 }
             }
         };
-        match writer.write_all(&buf) {
+        let started = Instant::now();
+        let written = writer.write_all(&buf).and_then(|()| writer.sync_data());
+        self.metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match written {
             Ok(()) => {
                 let mut inner = self.lock();
                 inner.written_size = end_size;
