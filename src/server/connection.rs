@@ -1,8 +1,26 @@
-//! One client connection, from accept to close, in named and bounded
-//! phases: `proxy_header`, `tls_handshake`, then HTTP/1.1 (parked between
-//! requests, holding no hyper buffers) or HTTP/2. A watchdog (`Activity`)
-//! enforces `request_head` and `keepalive_idle`; a request whose client
-//! leaves mid-delivery is `Detached` so that its delivery and record finish.
+//! One client connection, from accept to close, as a sequence of phases,
+//! each bounded by one deadline:
+//!
+//! ```text
+//! accept ─► proxy_header ─► tls_handshake ─► FirstRequest ─► Busy ⇄ Idle ⇄ Head
+//!                                                              └──► draining
+//! ```
+//!
+//! | phase | ends when | bounded by |
+//! |---|---|---|
+//! | `proxy_header` (`required` listeners) | the PROXY header is read | `tls_handshake` |
+//! | `tls_handshake` | TLS is up (ALPN picks h2 or HTTP/1.1) | `tls_handshake` |
+//! | [`Phase::FirstRequest`] | the first request head is complete | `request_head`, from the handshake |
+//! | [`Phase::Busy`] | no request is in flight | each request's own deadlines (`request_body_idle`, `upstream_*`) |
+//! | [`Phase::Idle`] | a request (HTTP/1: a head's first byte) arrives | `keepalive_idle`; HTTP/1 parks after `IDLE_RELEASE`, holding no hyper buffers |
+//! | [`Phase::Head`] (HTTP/1) | the head is complete | `request_head`, from its first byte |
+//! | draining (shutdown) | the requests in flight end | heads still `request_head`; the process `shutdown_grace` |
+//!
+//! The first two are functions that run to their end ([`proxy_header`],
+//! [`handshake`]); the HTTP phases are tracked by [`Activity`], whose
+//! [`Activity::expired`] is a single timer for the current phase's deadline
+//! and is woken at every transition. A request whose client leaves
+//! mid-delivery is [`Detached`] so that its delivery and record finish.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -117,7 +135,7 @@ pub(super) async fn serve(
         inner: tls,
         activity: (!h2).then(|| activity.clone()),
     };
-    let mut idle = pin!(activity.idle(timeouts.request_head, timeouts.keepalive_idle));
+    let mut idle = pin!(activity.expired(timeouts.request_head, timeouts.keepalive_idle));
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
     let mut shutdown = pin!(stopped(&mut stop));
@@ -482,7 +500,49 @@ async fn close<T: AsyncWrite + Unpin>(mut io: T) {
     let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// The phases of a connection's HTTP life, each bounded by one deadline
+/// (on its `Activity`'s millisecond clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No request yet: the first head must be complete `request_head`
+    /// after the handshake.
+    FirstRequest,
+    /// HTTP/1, nothing in flight, the next head arriving since `since`: it
+    /// has `request_head` from its first byte.
+    Head { since: u64 },
+    /// Requests in flight: each is bounded by its own body and upstream
+    /// deadlines, the connection by none.
+    Busy,
+    /// Nothing in flight since `since`: `keepalive_idle`, then closed
+    /// (HTTP/1 parks after `IDLE_RELEASE` of it).
+    Idle { since: u64 },
+}
+
+impl Phase {
+    /// The deadline's name in logs.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::FirstRequest | Phase::Head { .. } => "request_head",
+            Phase::Busy => "busy",
+            Phase::Idle { .. } => "keepalive_idle",
+        }
+    }
+
+    /// When the phase's deadline passes (ms on the activity's clock).
+    fn deadline(self, request_head: u64, keepalive_idle: u64) -> Option<u64> {
+        match self {
+            Phase::FirstRequest => Some(request_head),
+            Phase::Head { since } => Some(since.saturating_add(request_head)),
+            Phase::Busy => None,
+            Phase::Idle { since } => Some(since.saturating_add(keepalive_idle)),
+        }
+    }
+}
+
+/// One connection's requests: which [`Phase`] it is in, and a wake-up for
+/// every transition, so that its deadlines run as single timers — nothing
+/// polls (a connection stalled in its first head, slowloris, costs no
+/// wake-ups).
 struct Activity {
     /// For the process-wide detached-request budget and its metrics.
     instance: Arc<Instance>,
@@ -492,20 +552,16 @@ struct Activity {
     max_detached: usize,
     epoch: Instant,
     in_flight: AtomicUsize,
-    /// Requests begun on this connection. Until the first, the connection
-    /// gets only the request-head deadline (`first_request` wakes the
-    /// watchdog when it comes).
+    /// Requests begun on this connection.
     requests: AtomicU64,
     last_ms: AtomicU64,
     /// HTTP/1: bytes of a next request head arrived with nothing in
     /// flight, since `head_ms`; cleared when that request starts.
     head_pending: AtomicBool,
     head_ms: AtomicU64,
-    head_started: tokio::sync::Notify,
-    first_request: tokio::sync::Notify,
-    /// Woken when a request begins or ends (for `quiet`, which otherwise
-    /// has nothing to time).
-    settled: tokio::sync::Notify,
+    /// Woken at every phase transition: a request begins or ends, a head
+    /// starts arriving.
+    changed: tokio::sync::Notify,
 }
 
 struct Busy(Arc<Activity>);
@@ -514,8 +570,12 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.settled.notify_one();
+        self.0.changed.notify_waiters();
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Activity {
@@ -530,23 +590,19 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
-            head_started: tokio::sync::Notify::new(),
-            first_request: tokio::sync::Notify::new(),
-            settled: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        millis(self.epoch.elapsed())
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
-        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.first_request.notify_one();
-        }
-        self.settled.notify_one();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
         Busy(self.clone())
     }
 
@@ -554,39 +610,62 @@ impl Activity {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Resolves once a request has begun after the first `since`, and the
-    /// connection has then had nothing in flight and no head started for
-    /// `after` (HTTP/1: hyper is idle and may hand its stream back).
-    ///
-    /// Event-driven: until a request has begun and ended there is nothing
-    /// to time, so it waits for `settled` (a connection that never
-    /// completes a head — slowloris — costs no wake-ups); then one timer
-    /// for the rest of `after`.
-    async fn quiet(&self, since: u64, after: Duration) {
-        let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        loop {
-            // Registered before looking, so a change meanwhile is not missed.
-            let settled = self.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            if self.requests() > since
-                && self.in_flight.load(Ordering::Relaxed) == 0
-                && !self.head_pending.load(Ordering::Relaxed)
-            {
-                let quiet_for = self
-                    .now_ms()
-                    .saturating_sub(self.last_ms.load(Ordering::Relaxed));
-                if quiet_for >= after_ms {
-                    return;
-                }
-                let wait = Duration::from_millis((after_ms - quiet_for).max(10));
+    fn phase(&self) -> Phase {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            Phase::Busy
+        } else if self.requests() == 0 {
+            Phase::FirstRequest
+        } else if self.head_pending.load(Ordering::Relaxed) {
+            Phase::Head {
+                since: self.head_ms.load(Ordering::Relaxed),
+            }
+        } else {
+            Phase::Idle {
+                since: self.last_ms.load(Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Waits for the next phase transition, or until `at` (ms) if given.
+    async fn until_change_or(
+        &self,
+        changed: Pin<&mut tokio::sync::futures::Notified<'_>>,
+        at: Option<u64>,
+    ) {
+        match at {
+            None => changed.await,
+            Some(at) => {
+                let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = settled => {}
+                    () = changed => {}
                 }
-            } else {
-                settled.await;
             }
+        }
+    }
+
+    /// Resolves once a request has begun after the first `since`, and the
+    /// connection has then been idle (no head arriving either) for `after`:
+    /// HTTP/1 hyper is idle and may hand its stream back.
+    async fn quiet(&self, since: u64, after: Duration) {
+        let after = millis(after);
+        loop {
+            // Registered before looking, so a transition meanwhile is not
+            // missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let at = match self.phase() {
+                Phase::Idle { since: idle } if self.requests() > since => {
+                    let at = idle.saturating_add(after);
+                    if self.now_ms() >= at {
+                        return;
+                    }
+                    Some(at)
+                }
+                _ => None,
+            };
+            self.until_change_or(changed, at).await;
         }
     }
 
@@ -597,49 +676,25 @@ impl Activity {
             && !self.head_pending.swap(true, Ordering::Relaxed)
         {
             self.head_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.head_started.notify_one();
+            self.changed.notify_waiters();
         }
     }
 
-    /// Resolves once the connection has had nothing in flight for `idle`,
-    /// has not started a first request within `first`, or (HTTP/1) has not
-    /// completed a started request head within `first`.
-    async fn idle(&self, first: Duration, idle: Duration) -> &'static str {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    /// Resolves with the deadline's name once the current phase outlives
+    /// it: `request_head` (the first head, or a later HTTP/1 head from its
+    /// first byte) or `keepalive_idle`.
+    async fn expired(&self, request_head: Duration, keepalive_idle: Duration) -> &'static str {
+        let (head, idle) = (millis(request_head), millis(keepalive_idle));
         loop {
-            let started = self.requests() > 0;
-            let head = started && self.head_pending.load(Ordering::Relaxed);
-            let (since, limit) = if head {
-                (self.head_ms.load(Ordering::Relaxed), ms(first))
-            } else if started {
-                (self.last_ms.load(Ordering::Relaxed), ms(idle))
-            } else {
-                (0, ms(first))
-            };
-            let quiet_for = self.now_ms().saturating_sub(since);
-            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet_for >= limit {
-                return if started && !head {
-                    "keepalive_idle"
-                } else {
-                    "request_head"
-                };
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let phase = self.phase();
+            let at = phase.deadline(head, idle);
+            if at.is_some_and(|at| self.now_ms() >= at) {
+                return phase.name();
             }
-            let wait = Duration::from_millis(limit.saturating_sub(quiet_for).max(100));
-            if head {
-                tokio::time::sleep(wait).await;
-            } else if started {
-                // A head starting meanwhile has a shorter deadline.
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = self.head_started.notified() => {}
-                }
-            } else {
-                // The first request switches to the keep-alive deadline.
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = self.first_request.notified() => {}
-                }
-            }
+            self.until_change_or(changed, at).await;
         }
     }
 }
