@@ -1350,3 +1350,458 @@ upstreams = ["http://127.0.0.1:1"]
         assert_eq!(dotted("timeouts"), "timeouts");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the loader: no input panics it; every failure is a
+    //! report whose problems each name a key (or are a TOML syntax error
+    //! with its line); a valid file loads the same way every time, and
+    //! blank lines, comments and spacing change nothing.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A valid configuration using every section the existing tests use.
+    const VALID: &str = r#"[[listeners]]
+address = "127.0.0.1:0"
+trusted_proxies = ["10.0.0.0/8"]
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[admin]
+address = "127.0.0.1:9900"
+[geoip]
+database = "g.mmdb"
+overrides = [{ network = "192.0.2.0/24", country = "CH" }]
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1"]
+[timeouts]
+tls_handshake = "1m 30s"
+request_head = 5
+shutdown_delay = "0s"
+reload_poll = "0"
+[limits]
+max_request_head_bytes = "32_768"
+h2_max_concurrent_streams = 50
+methods = ["POST", "PUT"]
+[upstream]
+pool_idle_timeout = "2m"
+pool_max_idle_per_host = 4
+replay_limit_bytes = "1024"
+[health]
+path = "off"
+interval = "5s"
+timeout = 2
+healthy_threshold = "3"
+[log]
+format = "json"
+[runtime]
+worker_threads = 2
+"#;
+
+    const SECTIONS: &[&str] = &[
+        "listeners",
+        "admin",
+        "geoip",
+        "jurisdictions",
+        "unknown_origin",
+        "datacenters",
+        "timeouts",
+        "limits",
+        "upstream",
+        "health",
+        "log",
+        "transparency",
+        "runtime",
+    ];
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A unique directory under the temp dir with the files `VALID` names,
+    /// and one config file in it; removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "rp-config-proptest-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["c.pem", "c.key", "g.mmdb"] {
+                std::fs::write(dir.join(f), "x").unwrap();
+            }
+            Dir(dir)
+        }
+
+        /// Writes `text` as the config file and loads it (no environment).
+        fn load(&self, text: &str) -> (Result<Config, ConfigReport>, String) {
+            let path = self.0.join("proxy.toml");
+            std::fs::write(&path, text).unwrap();
+            let result = Config::load_with_env(&path, Some(config::Map::new()));
+            (result, path.display().to_string())
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A failed load: at least one problem, each naming a key (one that is
+    /// in the text, or a known section, or `config` for a TOML syntax error
+    /// with its line), formatted "FILE: N problem(s)\n  - key: message".
+    /// `names` are table names the text holds escaped.
+    fn check_report(
+        report: &ConfigReport,
+        file: &str,
+        text: &str,
+        names: &[&str],
+    ) -> Result<(), TestCaseError> {
+        let n = report.problems.len();
+        prop_assert!(n > 0, "an error without problems");
+        prop_assert_eq!(&report.file, file);
+        let shown = report.to_string();
+        let head = format!("{file}: {n} problem{}", if n == 1 { "" } else { "s" });
+        prop_assert!(shown.starts_with(&head), "{}", shown);
+        for p in &report.problems {
+            prop_assert!(
+                !p.key.trim().is_empty(),
+                "a problem without a key: {:?}\n{}",
+                p,
+                shown
+            );
+            prop_assert!(
+                shown.contains(&format!("\n  - {}: {}", p.key, p.message)),
+                "{}",
+                shown
+            );
+            let first = p.key.split(['.', '[']).next().unwrap_or_default();
+            if p.key == "config" {
+                prop_assert!(
+                    p.message.contains("TOML parse error at line "),
+                    "an unkeyed problem that is not a syntax error: {:?}",
+                    p
+                );
+            } else {
+                prop_assert!(
+                    SECTIONS.contains(&first)
+                        || text.contains(first)
+                        || names.iter().any(|n| p.key.starts_with(n)),
+                    "problem key {:?} is neither a section nor in the text",
+                    p.key
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A TOML basic string holding `s`.
+    fn toml_string(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Right-hand sides: valid TOML values of every type, and garbage.
+    fn value() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            any::<String>().prop_map(|s| toml_string(&s)),
+            "[a-z0-9 ._:/-]{0,12}".prop_map(|s| toml_string(&s)),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-1000i64..100_000).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| {
+                if f.is_finite() {
+                    format!("{f:?}")
+                } else {
+                    "nan".into()
+                }
+            }),
+            any::<bool>().prop_map(|b| b.to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+        ];
+        let scalar2 = scalar.clone();
+        prop_oneof![
+            4 => scalar,
+            1 => proptest::collection::vec(scalar2.clone(), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(", "))),
+            1 => proptest::collection::vec(("[a-z_]{1,8}", scalar2), 0..3).prop_map(|v| {
+                let fields: Vec<String> = v.iter().map(|(k, x)| format!("{k} = {x}")).collect();
+                format!("{{ {} }}", fields.join(", "))
+            }),
+            1 => "[ -~]{0,20}",
+        ]
+    }
+
+    /// Lines of TOML-ish text: headers of known and random tables, known and
+    /// random keys with any value, and garbage.
+    fn toml_ish() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            prop::sample::select(SECTIONS.to_vec()).prop_map(str::to_string),
+            prop::sample::select(vec![
+                "listeners.tls",
+                "jurisdictions.ch",
+                "datacenters.zurich",
+                "transparency.tls",
+                "datacenters.\"A B\"",
+            ])
+            .prop_map(str::to_string),
+            "[a-z_]{1,10}(\\.[a-z_]{1,10})?",
+        ];
+        let key = prop_oneof![
+            prop::sample::select(vec![
+                "address",
+                "database",
+                "countries",
+                "jurisdiction",
+                "upstreams",
+                "certificates",
+                "priority",
+                "tls_handshake",
+                "methods",
+                "path",
+                "format",
+                "worker_threads",
+                "trusted_proxies",
+                "proxy_protocol",
+                "max_age",
+                "action",
+                "directory",
+                "origin",
+                "overrides",
+            ])
+            .prop_map(str::to_string),
+            "[a-z_]{1,12}",
+        ];
+        let line = prop_oneof![
+            2 => name.clone().prop_map(|n| format!("[{n}]")),
+            1 => name.prop_map(|n| format!("[[{n}]]")),
+            5 => (key, value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            1 => "[ -~]{0,30}",
+        ];
+        proptest::collection::vec(line, 0..20).prop_map(|lines| lines.join("\n"))
+    }
+
+    /// Table names: valid ones, blank ones and any text.
+    fn table_name() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z0-9_-]{1,8}", "[ A-Z.]{0,3}", any::<String>()]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Delete(prop::sample::Index),
+        Duplicate(prop::sample::Index),
+        Replace(prop::sample::Index, String),
+        InsertUnknown(prop::sample::Index, String, String),
+        /// Renames a `[section.name]` table (a jurisdiction, a data centre).
+        RenameTable(prop::sample::Index, String),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let at = any::<prop::sample::Index>;
+        prop_oneof![
+            1 => at().prop_map(Mutation::Delete),
+            1 => at().prop_map(Mutation::Duplicate),
+            3 => (at(), value()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+            1 => (at(), "[a-z_]{1,12}", value()).prop_map(|(i, k, v)| Mutation::InsertUnknown(i, k, v)),
+            1 => (at(), table_name()).prop_map(|(i, n)| Mutation::RenameTable(i, n)),
+        ]
+    }
+
+    fn mutate(text: &str, mutations: &[Mutation]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for m in mutations {
+            if lines.is_empty() {
+                break;
+            }
+            match m {
+                Mutation::Delete(i) => {
+                    lines.remove(i.index(lines.len()));
+                }
+                Mutation::Duplicate(i) => {
+                    let i = i.index(lines.len());
+                    lines.insert(i, lines[i].clone());
+                }
+                Mutation::Replace(i, v) => {
+                    let n = lines.len();
+                    let line = &mut lines[i.index(n)];
+                    if let Some(eq) = line.find(" = ") {
+                        line.replace_range(eq + 3.., v);
+                    }
+                }
+                Mutation::InsertUnknown(i, k, v) => {
+                    lines.insert(i.index(lines.len() + 1), format!("{k} = {v}"));
+                }
+                Mutation::RenameTable(i, name) => {
+                    let tables: Vec<usize> = (0..lines.len())
+                        .filter(|&n| {
+                            lines[n].starts_with("[jurisdictions.")
+                                || lines[n].starts_with("[datacenters.")
+                        })
+                        .collect();
+                    if !tables.is_empty() {
+                        let line = &mut lines[tables[i.index(tables.len())]];
+                        let dot = line.find('.').unwrap();
+                        *line = format!("{}.{}]", &line[..dot], toml_string(name));
+                    }
+                }
+            }
+        }
+        lines.join("\n")
+    }
+
+    /// Blank lines, comments and spacing: the same configuration.
+    #[derive(Debug, Clone)]
+    enum Cosmetic {
+        BlankLine(prop::sample::Index),
+        CommentLine(prop::sample::Index, String),
+        TrailingComment(prop::sample::Index, String),
+        Spacing(prop::sample::Index, String, String),
+    }
+
+    fn cosmetic() -> impl Strategy<Value = Cosmetic> {
+        let at = any::<prop::sample::Index>;
+        let comment = "[^\\x00-\\x08\\x0a-\\x1f\\x7f]{0,20}";
+        prop_oneof![
+            at().prop_map(Cosmetic::BlankLine),
+            (at(), comment).prop_map(|(i, c)| Cosmetic::CommentLine(i, c)),
+            (at(), comment).prop_map(|(i, c)| Cosmetic::TrailingComment(i, c)),
+            (at(), "[ \t]{0,3}", "[ \t]{0,3}").prop_map(|(i, a, b)| Cosmetic::Spacing(i, a, b)),
+        ]
+    }
+
+    fn dress(text: &str, changes: &[Cosmetic]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for c in changes {
+            match c {
+                Cosmetic::BlankLine(i) => lines.insert(i.index(lines.len() + 1), String::new()),
+                Cosmetic::CommentLine(i, c) => {
+                    lines.insert(i.index(lines.len() + 1), format!("# {c}"));
+                }
+                Cosmetic::TrailingComment(i, c) => {
+                    let n = lines.len();
+                    let line = &mut lines[i.index(n)];
+                    if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+                        line.push_str(&format!(" # {c}"));
+                    }
+                }
+                Cosmetic::Spacing(i, a, b) => {
+                    let n = lines.len();
+                    let line = &mut lines[i.index(n)];
+                    if let Some(eq) = line.find(" = ") {
+                        line.replace_range(eq..eq + 3, &format!("{a}={b}"));
+                    }
+                }
+            }
+        }
+        lines.join("\n")
+    }
+
+    /// What a load produced, comparable (`Config` has no `PartialEq`).
+    fn shape(c: &Config) -> String {
+        let mut c = c.clone();
+        c.source = None;
+        format!("{c:?}")
+    }
+
+    #[test]
+    fn valid_config_loads_the_same_every_time() {
+        let dir = Dir::new();
+        let (first, _) = dir.load(VALID);
+        let first = shape(&first.unwrap());
+        for _ in 0..3 {
+            assert_eq!(shape(&dir.load(VALID).0.unwrap()), first);
+            let path = dir.0.join("proxy.toml");
+            assert_eq!(shape(&Config::load(&path).unwrap()), first);
+            assert_eq!(shape(&Config::from_toml(VALID, &dir.0).unwrap()), first);
+        }
+    }
+
+    /// Was reported under an empty key ("  - : names use lower-case
+    /// letters…"): a jurisdiction or data centre with a blank name. Invalid
+    /// names are now reported under their table, quoted as TOML does.
+    #[test]
+    fn a_blank_table_name_is_reported_under_its_table() {
+        let dir = Dir::new();
+        let text = VALID.replace("[jurisdictions.ch]", "[jurisdictions.\"\"]");
+        let report = dir.load(&text).0.unwrap_err();
+        for p in &report.problems {
+            assert!(!p.key.trim().is_empty(), "{report}");
+        }
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.key == "jurisdictions.\"\""),
+            "{report}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        /// TOML-ish text: no panic; a failure names its keys.
+        #[test]
+        fn arbitrary_text(text in toml_ish()) {
+            let dir = Dir::new();
+            let (result, file) = dir.load(&text);
+            if let Err(report) = &result {
+                check_report(report, &file, &text, &[])?;
+            }
+            match Config::from_toml(&text, &dir.0) {
+                Ok(_) => prop_assert!(result.is_ok(), "from_toml accepts what load refuses"),
+                Err(report) => check_report(&report, "config", &text, &[])?,
+            }
+        }
+
+        /// Mutations of a valid file: no panic; a failure names its keys.
+        #[test]
+        fn mutated_valid_config(mutations in proptest::collection::vec(mutation(), 1..4)) {
+            let dir = Dir::new();
+            let text = mutate(VALID, &mutations);
+            let (result, file) = dir.load(&text);
+            let names: Vec<&str> = mutations
+                .iter()
+                .filter_map(|m| match m {
+                    Mutation::RenameTable(_, name) => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let Err(report) = &result {
+                check_report(report, &file, &text, &names)?;
+            }
+        }
+
+        /// Blank lines, comments and spacing change nothing.
+        #[test]
+        fn cosmetic_changes_are_stable(changes in proptest::collection::vec(cosmetic(), 0..6)) {
+            let dir = Dir::new();
+            let want = shape(&dir.load(VALID).0.unwrap());
+            let text = dress(VALID, &changes);
+            match dir.load(&text).0 {
+                Ok(c) => prop_assert_eq!(shape(&c), want),
+                Err(report) => prop_assert!(false, "{}\n{}", report, text),
+            }
+        }
+    }
+}

@@ -38,12 +38,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Names listed in `Connection` (they are hop-by-hop too); usually none.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    // Read as bytes: a field with obs-text elsewhere still names the
+    // headers it lists (`to_str` would drop it whole).
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect()
 }
 
@@ -226,17 +227,51 @@ fn valid_host(value: &[u8]) -> bool {
     {
         return true;
     }
-    if value.contains(&b'@') || Authority::try_from(value).is_err() {
+    if value[0] == b'[' {
+        // IP-literal [ ":" port ]: `http`'s parser checks neither the
+        // address inside the brackets nor what follows them.
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let port_ok = match &value[end + 1..] {
+            [] => true,
+            [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+            _ => false,
+        };
+        return port_ok && ip_literal(&value[1..end]);
+    }
+    if value.contains(&b'@') || value.contains(&b'[') || value.contains(&b']') {
         return false;
     }
-    let after_ipv6 = match value.iter().rposition(|&b| b == b']') {
-        Some(end) => &value[end + 1..],
-        None => value,
-    };
-    match after_ipv6.iter().position(|&b| b == b':') {
-        Some(colon) => after_ipv6[colon + 1..].iter().all(u8::is_ascii_digit),
+    if Authority::try_from(value).is_err() {
+        return false;
+    }
+    match value.iter().position(|&b| b == b':') {
+        Some(colon) => value[colon + 1..].iter().all(u8::is_ascii_digit),
         None => true,
     }
+}
+
+/// What RFC 3986 allows between the brackets: an IPv6 address or an
+/// IPvFuture (`v` 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )).
+fn ip_literal(inner: &[u8]) -> bool {
+    if std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) {
+        return true;
+    }
+    let Some(rest) = inner
+        .strip_prefix(b"v")
+        .or_else(|| inner.strip_prefix(b"V"))
+    else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(b);
+    dot > 0
+        && rest[..dot].iter().all(u8::is_ascii_hexdigit)
+        && rest.len() > dot + 1
+        && rest[dot + 1..].iter().all(allowed)
 }
 
 #[cfg(test)]
@@ -437,5 +472,568 @@ mod tests {
             &map(&[("host", "b.example")])
         ));
         assert!(bad_host(h2, &with_authority, &two));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the request-head checks and the upstream rewrite, on
+    //! arbitrary header maps.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Names that matter here (some in mixed case: names are case-insensitive).
+    const NAMES: &[&str] = &[
+        "connection",
+        "Connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "Transfer-Encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "host",
+        "Host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+        "residency-origin-country",
+        "Residency-Jurisdiction",
+        "residency-datacenter",
+        "residency-anything",
+        "content-length",
+        "cookie",
+        "content-type",
+        "x-secret",
+    ];
+
+    /// Hop-by-hop in every map that leaves the proxy.
+    const HOP_BY_HOP_NAMES: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ];
+
+    /// Set by `to_upstream` itself, whatever the client sent.
+    const OURS: &[&str] = &[
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "residency-origin-country",
+        "residency-jurisdiction",
+    ];
+
+    /// Bytes drawn from `alphabet` (strategies over byte tables are much
+    /// cheaper than regex ones in a debug build).
+    fn from_alphabet(
+        alphabet: &'static [u8],
+        len: std::ops::Range<usize>,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), len).prop_map(move |b| {
+            b.iter()
+                .map(|&i| alphabet[usize::from(i) % alphabet.len()])
+                .collect()
+        })
+    }
+
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCXYZ0123456789";
+    const TOKEN: &[u8] = b"ABCXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+.^_`|~-";
+
+    fn name() -> impl Strategy<Value = HeaderName> {
+        prop_oneof![
+            3 => prop::sample::select(NAMES.to_vec()).prop_map(|n| n.as_bytes().to_vec()),
+            1 => from_alphabet(TOKEN, 1..12),
+        ]
+        .prop_map(|n| HeaderName::from_bytes(&n).unwrap())
+    }
+
+    /// Any bytes a field value may hold: visible ASCII, SP, HTAB, obs-text.
+    fn visible_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..24).prop_map(|mut b| {
+            for c in &mut b {
+                if *c == 0x7f {
+                    *c = b'~';
+                } else if *c < 0x20 {
+                    *c = if *c % 2 == 0 { b'\t' } else { *c | 0x40 };
+                }
+            }
+            b
+        })
+    }
+
+    fn value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            3 => visible_bytes(),
+            // A list of names, as in `Connection`, perhaps with one element
+            // of any bytes.
+            2 => (
+                proptest::collection::vec(name(), 1..4),
+                prop::sample::select(vec![",", ", ", ",\t", " , "]),
+                proptest::option::weighted(0.3, visible_bytes()),
+            )
+                .prop_map(|(names, sep, junk)| {
+                    let mut list: Vec<Vec<u8>> =
+                        names.iter().map(|n| n.as_str().as_bytes().to_vec()).collect();
+                    list.extend(junk);
+                    list.join(sep.as_bytes())
+                }),
+            1 => prop::sample::select(vec![
+                "chunked", "Chunked", "gzip, chunked", "chunked, gzip", "chunked ", "identity", "5",
+                "192.0.2.1", "10.0.0.1, 192.0.2.7", "example.com", "a=1",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+        ]
+        .prop_map(|b| HeaderValue::from_bytes(&b).unwrap())
+    }
+
+    fn header_map() -> impl Strategy<Value = HeaderMap> {
+        proptest::collection::vec((name(), value()), 0..12).prop_map(|pairs| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(k, v);
+            }
+            h
+        })
+    }
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+            any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Hop {
+        request_id: HeaderValue,
+        xff_trusted: bool,
+        hop: IpAddr,
+        country: String,
+        jurisdiction: String,
+        host: Option<HeaderValue>,
+        http2: bool,
+    }
+
+    impl Hop {
+        fn forwarded(&self) -> Forwarded<'_> {
+            Forwarded {
+                request_id: &self.request_id,
+                xff_trusted: self.xff_trusted,
+                hop: self.hop,
+                country: &self.country,
+                jurisdiction: &self.jurisdiction,
+                host: self.host.clone(),
+                http2: self.http2,
+            }
+        }
+    }
+
+    fn hop() -> impl Strategy<Value = Hop> {
+        let text = || {
+            prop_oneof![
+                from_alphabet(
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                    2..3
+                )
+                .prop_map(|b| String::from_utf8(b).unwrap()),
+                proptest::collection::vec(any::<char>(), 0..6)
+                    .prop_map(|c| c.into_iter().collect::<String>()),
+            ]
+        };
+        (
+            from_alphabet(b"abcdefghijklmnopqrstuvwxyz0123456789-", 1..16)
+                .prop_map(|b| String::from_utf8(b).unwrap()),
+            any::<bool>(),
+            any_ip(),
+            text(),
+            text(),
+            proptest::option::of(value()),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(id, xff_trusted, hop, country, jurisdiction, host, http2)| Hop {
+                    request_id: HeaderValue::from_str(&id).unwrap(),
+                    xff_trusted,
+                    hop,
+                    country,
+                    jurisdiction,
+                    host,
+                    http2,
+                },
+            )
+    }
+
+    /// Names listed in the request's `Connection` fields, read from the
+    /// bytes (comma-separated, OWS around each).
+    fn connection_names(h: &HeaderMap) -> Vec<HeaderName> {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+            .collect()
+    }
+
+    /// Was forwarded: a header named in a `Connection` field that has an
+    /// obs-text byte elsewhere (the field was not read at all).
+    #[test]
+    fn connection_with_obs_text_still_strips_what_it_lists() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \x80").unwrap(),
+        );
+        h.append("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none(), "{h:?}");
+    }
+
+    /// RFC 3986 `host [ ":" port ]`, or empty (RFC 9110 §7.2).
+    fn rfc_host(v: &[u8]) -> bool {
+        if v.is_empty() {
+            return true;
+        }
+        let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        let sub_delim = |b: u8| b"!$&'()*+,;=".contains(&b);
+        let (host, rest) = if v[0] == b'[' {
+            match v.iter().position(|&b| b == b']') {
+                Some(end) => v.split_at(end + 1),
+                None => return false,
+            }
+        } else {
+            match v.iter().position(|&b| b == b':') {
+                Some(colon) => v.split_at(colon),
+                None => (v, &[][..]),
+            }
+        };
+        let port_ok =
+            rest.is_empty() || (rest[0] == b':' && rest[1..].iter().all(u8::is_ascii_digit));
+        let host_ok =
+            if let Some(inner) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+                let ipv6 = std::str::from_utf8(inner).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok());
+                let future = inner.len() > 2
+                    && inner[0].eq_ignore_ascii_case(&b'v')
+                    && match inner.iter().position(|&b| b == b'.') {
+                        Some(dot) => {
+                            dot > 1
+                                && inner[1..dot].iter().all(u8::is_ascii_hexdigit)
+                                && dot + 1 < inner.len()
+                                && inner[dot + 1..]
+                                    .iter()
+                                    .all(|&b| unreserved(b) || sub_delim(b) || b == b':')
+                        }
+                        None => false,
+                    };
+                ipv6 || future
+            } else {
+                let mut i = 0;
+                let mut ok = true;
+                while i < host.len() {
+                    let b = host[i];
+                    if b == b'%' {
+                        if i + 2 < host.len()
+                            && host[i + 1].is_ascii_hexdigit()
+                            && host[i + 2].is_ascii_hexdigit()
+                        {
+                            i += 3;
+                            continue;
+                        }
+                        ok = false;
+                        break;
+                    }
+                    if !(unreserved(b) || sub_delim(b)) {
+                        ok = false;
+                        break;
+                    }
+                    i += 1;
+                }
+                ok
+            };
+        port_ok && host_ok
+    }
+
+    /// Hosts that are plainly valid: names, IPv4, bracketed IPv6, any port.
+    fn plain_host() -> impl Strategy<Value = String> {
+        let host = prop_oneof![
+            (
+                from_alphabet(ALNUM, 1..2),
+                from_alphabet(b"aZ09.-", 0..20),
+                from_alphabet(ALNUM, 0..2)
+            )
+                .prop_map(|(a, b, c)| String::from_utf8([a, b, c].concat()).unwrap()),
+            any::<u32>().prop_map(|n| Ipv4Addr::from(n).to_string()),
+            any::<u128>().prop_map(|n| format!("[{}]", Ipv6Addr::from(n))),
+        ];
+        (
+            host,
+            proptest::option::of(
+                from_alphabet(b"0123456789", 0..6).prop_map(|p| String::from_utf8(p).unwrap()),
+            ),
+        )
+            .prop_map(|(h, port)| match port {
+                Some(p) => format!("{h}:{p}"),
+                None => h,
+            })
+    }
+
+    /// Were accepted (`http`'s `Authority` checks neither the IP literal
+    /// nor what follows `]`): invalid bracketed hosts.
+    #[test]
+    fn invalid_ip_literal_hosts_are_refused() {
+        let origin_form = Uri::from_static("/v1/telemetry");
+        for v in ["[]", "[x]", "[1.2.3.4]", "[:]", "[::1]x", "[a]b:1"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(v));
+            assert!(bad_host(Version::HTTP_11, &origin_form, &h), "{v} accepted");
+        }
+    }
+
+    /// Host-like values assembled from the pieces that make `host[:port]`.
+    fn host_like() -> impl Strategy<Value = HeaderValue> {
+        let piece = prop::sample::select(vec![
+            "[",
+            "]",
+            "::1",
+            "2001:db8::",
+            "v1.x",
+            "vF.a:b",
+            ":",
+            "80",
+            "443",
+            "%",
+            "%2",
+            "%41",
+            "a",
+            "Z",
+            "@",
+            "user",
+            ".",
+            "-",
+            "_",
+            "~",
+            "!",
+            "*",
+            "1.2.3.4",
+            "256.1.1.1",
+            " ",
+            "/",
+            "?",
+            "#",
+            "\"",
+            "\\",
+            "{",
+            "<",
+        ]);
+        proptest::collection::vec(piece, 1..7)
+            .prop_map(|p| HeaderValue::from_str(&p.concat()).unwrap())
+    }
+
+    fn version() -> impl Strategy<Value = Version> {
+        prop::sample::select(vec![Version::HTTP_10, Version::HTTP_11, Version::HTTP_2])
+    }
+
+    fn uri() -> impl Strategy<Value = Uri> {
+        prop_oneof![
+            Just(Uri::from_static("/v1/telemetry")),
+            Just(Uri::from_static("https://a.example/v1/telemetry")),
+            plain_host().prop_filter_map("a URI authority", |h| format!("https://{h}/up")
+                .parse::<Uri>()
+                .ok()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        /// No function panics on any header map.
+        #[test]
+        fn no_panics(h in header_map(), hop in hop(), v in version(), u in uri()) {
+            let _ = ambiguous_framing(&h);
+            let _ = bad_host(v, &u, &h);
+            let mut s = h.clone();
+            strip_hop_by_hop(&mut s);
+            let mut c = h.clone();
+            to_client(&mut c, &hop.request_id, Some(&hop.jurisdiction), Some(&hop.country));
+            let mut up = h;
+            to_upstream(&mut up, &hop.forwarded());
+        }
+
+        /// After `strip_hop_by_hop`: no hop-by-hop, listed or `Residency-*`
+        /// header remains, and every other field is untouched.
+        #[test]
+        fn strip_leaves_no_hop_by_hop(h in header_map()) {
+            let listed = connection_names(&h);
+            let mut s = h.clone();
+            strip_hop_by_hop(&mut s);
+            for name in s.keys() {
+                prop_assert!(!HOP_BY_HOP_NAMES.contains(&name.as_str()), "{} remains in {:?}", name, s);
+                prop_assert!(!name.as_str().starts_with("residency-"), "{} remains", name);
+                prop_assert!(!listed.contains(name), "{} is listed in Connection: {:?}", name, h);
+            }
+            for name in h.keys() {
+                let gone = HOP_BY_HOP_NAMES.contains(&name.as_str())
+                    || name.as_str().starts_with("residency-")
+                    || listed.contains(name);
+                if !gone {
+                    prop_assert!(h.get_all(name).iter().eq(s.get_all(name).iter()), "{} changed", name);
+                }
+            }
+        }
+
+        /// The upstream request: no hop-by-hop, listed or client-sent
+        /// `Residency-*` header; `X-Forwarded-For` ends with the hop (after
+        /// the client's chain only when trusted); ours once each; the rest
+        /// untouched.
+        #[test]
+        fn upstream_rewrite(h in header_map(), hop in hop()) {
+            let listed = connection_names(&h);
+            let mut up = h.clone();
+            to_upstream(&mut up, &hop.forwarded());
+            for name in up.keys() {
+                let n = name.as_str();
+                prop_assert!(!HOP_BY_HOP_NAMES.contains(&n), "{} remains in {:?}", n, up);
+                prop_assert!(
+                    !listed.contains(name) || OURS.contains(&n),
+                    "{} is listed in Connection but remains: {:?}", n, h
+                );
+                prop_assert!(n != "host");
+            }
+            // Residency-*: ours only, once, with our values.
+            let residency: Vec<&str> = up.keys().map(HeaderName::as_str).filter(|n| n.starts_with("residency-")).collect();
+            for n in &residency {
+                prop_assert!(*n == "residency-origin-country" || *n == "residency-jurisdiction", "{} survives", n);
+                prop_assert_eq!(up.get_all(*n).iter().count(), 1);
+            }
+            for (n, ours) in [("residency-origin-country", &hop.country), ("residency-jurisdiction", &hop.jurisdiction)] {
+                match HeaderValue::from_str(ours) {
+                    Ok(v) => prop_assert_eq!(up.get(n), Some(&v)),
+                    Err(_) => prop_assert!(up.get(n).is_none(), "client's {} survives", n),
+                }
+            }
+            // X-Forwarded-For: one field, the hop last.
+            let xff: Vec<&HeaderValue> = up.get_all(X_FORWARDED_FOR).iter().collect();
+            prop_assert_eq!(xff.len(), 1);
+            let xff = xff[0].to_str().unwrap();
+            let hop_text = hop.hop.to_string();
+            prop_assert_eq!(xff.rsplit(',').next().map(str::trim), Some(hop_text.as_str()));
+            let mut want = String::new();
+            if hop.xff_trusted {
+                for v in h.get_all(X_FORWARDED_FOR) {
+                    if let Ok(v) = v.to_str() {
+                        want.push_str(v);
+                        want.push_str(", ");
+                    }
+                }
+            }
+            want.push_str(&hop_text);
+            prop_assert_eq!(xff, want.as_str());
+            prop_assert_eq!(up.get_all(X_FORWARDED_PROTO).iter().collect::<Vec<_>>(), vec!["https"]);
+            prop_assert_eq!(up.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), vec![&hop.request_id]);
+            prop_assert_eq!(up.get_all(X_FORWARDED_HOST).iter().collect::<Vec<_>>(), hop.host.iter().collect::<Vec<_>>());
+            // Everything else as the client sent it (cookies joined on HTTP/2).
+            for name in h.keys() {
+                let n = name.as_str();
+                let rewritten = HOP_BY_HOP_NAMES.contains(&n)
+                    || n.starts_with("residency-")
+                    || n == "host"
+                    || OURS.contains(&n)
+                    || listed.contains(name);
+                if rewritten {
+                    continue;
+                }
+                let sent: Vec<&HeaderValue> = h.get_all(name).iter().collect();
+                let got: Vec<&HeaderValue> = up.get_all(name).iter().collect();
+                if n == "cookie" && hop.http2 && sent.len() > 1 {
+                    let joined: Vec<&[u8]> = sent.iter().map(|v| v.as_bytes()).collect();
+                    let joined = HeaderValue::from_bytes(&joined.join(&b"; "[..])).unwrap();
+                    prop_assert_eq!(got, vec![&joined]);
+                } else {
+                    prop_assert_eq!(got, sent, "{} changed", n);
+                }
+            }
+        }
+
+        /// `Host`: HTTP/1.1 needs exactly one; never two; an invalid one
+        /// (RFC 3986 `host [":" port]`) is refused; a plain one accepted.
+        #[test]
+        fn host_rules(
+            h in header_map(),
+            v in version(),
+            u in uri(),
+            plain in plain_host(),
+            like in host_like(),
+        ) {
+            // A Host built from host-like pieces: refused unless RFC-valid.
+            let mut with_like = h.clone();
+            with_like.insert(header::HOST, like.clone());
+            if !rfc_host(like.as_bytes()) {
+                let origin_form = Uri::from_static("/v1/telemetry");
+                prop_assert!(bad_host(v, &origin_form, &with_like), "invalid Host {:?} accepted", like);
+            }
+            let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
+            let bad = bad_host(v, &u, &h);
+            match hosts.as_slice() {
+                [] => prop_assert_eq!(bad, v == Version::HTTP_11),
+                [one] => {
+                    if !rfc_host(one.as_bytes()) {
+                        prop_assert!(bad, "invalid Host {:?} accepted", one);
+                    }
+                }
+                _ => prop_assert!(bad, "{} Host fields accepted", hosts.len()),
+            }
+            // Exactly one plain Host, origin-form target.
+            let mut one = h.clone();
+            one.insert(header::HOST, HeaderValue::from_str(&plain).unwrap());
+            let origin_form = Uri::from_static("/v1/telemetry");
+            prop_assert!(!bad_host(v, &origin_form, &one), "Host {:?} refused", plain);
+            let mut two = one.clone();
+            two.append(header::HOST, HeaderValue::from_str(&plain).unwrap());
+            prop_assert!(bad_host(v, &origin_form, &two));
+        }
+
+        /// Framing: several `Transfer-Encoding` fields, a final coding other
+        /// than `chunked`, `Content-Length` with it, or several
+        /// `Content-Length` fields are ambiguous; nothing else is.
+        #[test]
+        fn framing_rules(h in header_map()) {
+            let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+            let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+            let got = ambiguous_framing(&h);
+            if te.len() > 1 {
+                prop_assert!(got);
+            }
+            if let Some(last) = te.last() {
+                let final_coding = last.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+                if !final_coding.eq_ignore_ascii_case(b"chunked") {
+                    prop_assert!(got, "final coding {:?} accepted", last);
+                }
+            }
+            let want = match te.as_slice() {
+                [] => cl > 1,
+                [one] => cl > 0 || !one.as_bytes().eq_ignore_ascii_case(b"chunked"),
+                _ => true,
+            };
+            prop_assert_eq!(got, want);
+        }
     }
 }

@@ -98,8 +98,10 @@ pub fn resolve<'a>(
     }
     let mut leftmost = None;
     for value in xff.rev() {
-        let text = value.to_str().map_err(|_| BadForwardedHeader)?;
-        for entry in text.rsplit(',') {
+        // Bytes, not `to_str`: what is left of the entry that ends the walk
+        // is never read, whatever it holds.
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+            let entry = std::str::from_utf8(entry).map_err(|_| BadForwardedHeader)?;
             let addr = parse_entry(entry).ok_or(BadForwardedHeader)?;
             if !trusted.contains(addr) {
                 return Ok(Origin {
@@ -307,5 +309,249 @@ mod tests {
         assert!(t.contains(ip("10.3.4.5")));
         assert!(t.contains(ip("::ffff:10.3.4.5")));
         assert!(!t.contains(ip("11.0.0.1")));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of [`resolve`]'s right-to-left `X-Forwarded-For` walk.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8:ffff::/48".parse().unwrap(),
+        ])
+    }
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Addresses on both sides of the trust boundary, IPv4-mapped ones included.
+    fn any_addr() -> impl Strategy<Value = IpAddr> {
+        let v4 = prop_oneof![
+            any::<[u8; 3]>().prop_map(|[b, c, d]| Ipv4Addr::new(10, b, c, d)),
+            any::<u32>().prop_map(Ipv4Addr::from),
+        ];
+        prop_oneof![
+            v4.clone().prop_map(IpAddr::V4),
+            v4.prop_map(|a| IpAddr::V6(a.to_ipv6_mapped())),
+            any::<[u16; 5]>().prop_map(|[d, e, f, g, h]| IpAddr::V6(Ipv6Addr::new(
+                0x2001, 0xdb8, 0xffff, d, e, f, g, h
+            ))),
+            any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+        ]
+    }
+
+    fn untrusted_addr() -> impl Strategy<Value = IpAddr> {
+        any_addr().prop_filter("untrusted", |a| !trusted().contains(*a))
+    }
+
+    /// One well-formed entry as a proxy may write it: optional blanks around.
+    fn entry_text() -> impl Strategy<Value = (IpAddr, String)> {
+        (any_addr(), "[ \t]{0,2}", "[ \t]{0,2}").prop_map(|(a, l, r)| (a, format!("{l}{a}{r}")))
+    }
+
+    /// Text a client may write: XFF-ish alphabet, or any visible ASCII.
+    fn junk_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9a-fA-F:.,\\[\\] \t%a-z]{0,40}",
+            "[ -~\t]{0,40}",
+            any_addr().prop_map(|a| format!("{a}:443")),
+            any_addr().prop_map(|a| format!("[{a}]")),
+        ]
+    }
+
+    /// Any bytes a `HeaderValue` can hold (no controls other than tab).
+    fn any_value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            junk_text().prop_map(|s| HeaderValue::from_str(&s).unwrap()),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|mut b| {
+                b.retain(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f));
+                HeaderValue::from_bytes(&b).unwrap()
+            }),
+        ]
+    }
+
+    /// Header values of well-formed entries (each value 1..4 entries).
+    fn good_values() -> impl Strategy<Value = (Vec<IpAddr>, Vec<HeaderValue>)> {
+        proptest::collection::vec(proptest::collection::vec(entry_text(), 1..4), 0..4).prop_map(
+            |values| {
+                let addrs = values.iter().flatten().map(|(a, _)| *a).collect();
+                let values = values
+                    .iter()
+                    .map(|v| {
+                        let text: Vec<&str> = v.iter().map(|(_, t)| t.as_str()).collect();
+                        HeaderValue::from_str(&text.join(",")).unwrap()
+                    })
+                    .collect();
+                (addrs, values)
+            },
+        )
+    }
+
+    /// Every entry literally present in the header, parsed like `resolve` does.
+    fn literal_entries(values: &[HeaderValue]) -> Vec<Option<IpAddr>> {
+        values
+            .iter()
+            .flat_map(|v| match v.to_str() {
+                Ok(s) => s.split(',').map(parse_entry).collect(),
+                Err(_) => vec![None],
+            })
+            .collect()
+    }
+
+    /// The documented rule, stated index-wise: the right-most entry that is
+    /// not a valid trusted address decides (a valid one is the client, a
+    /// malformed one is refused); with none, the left-most entry, else the peer.
+    fn model(
+        peer: IpAddr,
+        values: &[HeaderValue],
+        t: &TrustedProxies,
+    ) -> Result<Origin, BadForwardedHeader> {
+        let peer = peer.to_canonical();
+        if !t.contains(peer) {
+            return Ok(Origin {
+                addr: peer,
+                source: AddressSource::Peer,
+            });
+        }
+        let entries = literal_entries(values);
+        let decisive = entries
+            .iter()
+            .rposition(|e| !e.is_some_and(|a| t.contains(a)));
+        let pick = match decisive {
+            Some(i) => entries[i].ok_or(BadForwardedHeader)?,
+            None => match entries.first() {
+                Some(first) => first.expect("all valid"),
+                None => {
+                    return Ok(Origin {
+                        addr: peer,
+                        source: AddressSource::Peer,
+                    })
+                }
+            },
+        };
+        Ok(Origin {
+            addr: pick,
+            source: AddressSource::XForwardedFor,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        /// Arbitrary headers: no panic; the result is the peer or an address
+        /// literally in the header, and matches the documented walk.
+        #[test]
+        fn arbitrary_headers(peer in any_addr(), values in proptest::collection::vec(any_value(), 0..4)) {
+            let t = trusted();
+            let got = resolve(peer, None, values.iter(), &t);
+            if let Ok(o) = got {
+                match o.source {
+                    AddressSource::Peer => prop_assert_eq!(o.addr, peer.to_canonical()),
+                    AddressSource::XForwardedFor => prop_assert!(
+                        literal_entries(&values).contains(&Some(o.addr)),
+                        "{} is not in the header", o.addr
+                    ),
+                    AddressSource::ProxyProtocol => prop_assert!(false, "no PROXY source given"),
+                }
+            }
+            prop_assert_eq!(got, model(peer, &values, &t));
+        }
+
+        /// An untrusted peer's header is never read, whatever it holds.
+        #[test]
+        fn untrusted_peer_is_the_client(peer in untrusted_addr(), values in proptest::collection::vec(any_value(), 0..4)) {
+            let t = trusted();
+            prop_assert_eq!(
+                resolve(peer, None, values.iter(), &t),
+                Ok(Origin { addr: peer.to_canonical(), source: AddressSource::Peer })
+            );
+        }
+
+        /// Well-formed chains from a trusted peer: the right-most untrusted
+        /// entry; all trusted → the left-most; no entries → the peer.
+        #[test]
+        fn well_formed_chains(peer_host in any::<[u8; 3]>(), (addrs, values) in good_values()) {
+            let t = trusted();
+            let [b, c, d] = peer_host;
+            let peer = IpAddr::V4(Ipv4Addr::new(10, b, c, d));
+            let want = match addrs.iter().rev().find(|a| !t.contains(**a)) {
+                Some(a) => Origin { addr: a.to_canonical(), source: AddressSource::XForwardedFor },
+                None => match addrs.first() {
+                    Some(a) => Origin { addr: a.to_canonical(), source: AddressSource::XForwardedFor },
+                    None => Origin { addr: peer, source: AddressSource::Peer },
+                },
+            };
+            prop_assert_eq!(resolve(peer, None, values.iter(), &t), Ok(want));
+        }
+
+        /// What the client writes left of an untrusted hop never changes the
+        /// result: prepended as entries of the same header line or as
+        /// earlier header lines.
+        #[test]
+        fn prepended_entries_cannot_spoof(
+            peer_host in any::<[u8; 3]>(),
+            (addrs, values) in good_values(),
+            client in untrusted_addr(),
+            same_line in proptest::collection::vec(junk_text(), 0..4),
+            earlier in proptest::collection::vec(any_value(), 0..3),
+            obs in proptest::collection::vec(0x80u8..=0xff, 0..4),
+        ) {
+            let t = trusted();
+            let [b, c, d] = peer_host;
+            let peer = IpAddr::V4(Ipv4Addr::new(10, b, c, d));
+            // The untrusted hop first, then what the trusted proxies added.
+            let mut honest = vec![HeaderValue::from_str(&client.to_string()).unwrap()];
+            honest.extend(values);
+            let want = resolve(peer, None, honest.iter(), &t);
+            prop_assert_eq!(
+                want,
+                Ok(Origin {
+                    addr: addrs
+                        .iter()
+                        .rev()
+                        .find(|a| !t.contains(**a))
+                        .unwrap_or(&client)
+                        .to_canonical(),
+                    source: AddressSource::XForwardedFor
+                })
+            );
+
+            let mut spoofed = honest.clone();
+            let mut first = same_line.clone();
+            first.push(client.to_string());
+            // obs-text in front of the client's own entries.
+            let line = [obs.as_slice(), b",", first.join(",").as_bytes()].concat();
+            spoofed[0] = HeaderValue::from_bytes(&line).unwrap();
+            prop_assert_eq!(resolve(peer, None, spoofed.iter(), &t), want);
+
+            let mut spoofed = earlier.clone();
+            spoofed.extend(honest.iter().cloned());
+            prop_assert_eq!(resolve(peer, None, spoofed.iter(), &t), want);
+        }
+    }
+
+    /// Was refused (400): client-written obs-text left of the client
+    /// address on the same line, which the walk never needs to read.
+    #[test]
+    fn obs_text_left_of_the_client_is_not_read() {
+        let values = [HeaderValue::from_bytes(b"\xe9, 192.0.2.1").unwrap()];
+        assert_eq!(
+            resolve("10.1.1.1".parse().unwrap(), None, values.iter(), &trusted()),
+            Ok(Origin {
+                addr: "192.0.2.1".parse().unwrap(),
+                source: AddressSource::XForwardedFor
+            })
+        );
     }
 }

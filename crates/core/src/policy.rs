@@ -326,10 +326,14 @@ impl Policy {
                 .position(|n| n.as_str() == name)
                 .map(JurisdictionId)
         };
-        for name in raw_j.keys().chain(raw_dc.keys()) {
+        let tables = raw_j
+            .keys()
+            .map(|n| ("jurisdictions", n))
+            .chain(raw_dc.keys().map(|n| ("datacenters", n)));
+        for (table, name) in tables {
             if !valid_name(name) {
                 r.push(
-                    name.clone(),
+                    table_key(table, name),
                     "names use lower-case letters, digits, '-' and '_'",
                 );
             }
@@ -338,7 +342,7 @@ impl Policy {
         let mut by_country: Vec<Option<JurisdictionId>> = vec![None; 26 * 26];
         let mut jurisdictions = Vec::new();
         for (i, (name, j)) in raw_j.iter().enumerate() {
-            let key = format!("jurisdictions.{name}");
+            let key = table_key("jurisdictions", name);
             let mut countries = Vec::new();
             for code in &j.countries {
                 let Some(c) = Country::parse(code) else {
@@ -423,7 +427,7 @@ impl Policy {
         let mut datacenters = Vec::new();
         let mut upstreams = Vec::new();
         for (d, (name, dc)) in raw_dc.iter().enumerate() {
-            let key = format!("datacenters.{name}");
+            let key = table_key("datacenters", name);
             let jurisdiction = match dc.jurisdiction.as_deref() {
                 None => {
                     r.push(format!("{key}.jurisdiction"), "missing");
@@ -555,6 +559,20 @@ fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
         return Err("a query string is not allowed");
     }
     Ok(uri)
+}
+
+/// `table.name` as TOML spells the key: the name quoted unless it is a
+/// bare key (so a blank or spaced name is still a key a person can find).
+fn table_key(table: &str, name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if bare {
+        format!("{table}.{name}")
+    } else {
+        format!("{table}.{name:?}")
+    }
 }
 
 #[cfg(test)]
