@@ -3,86 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::BodyExt;
 
 use crate::support::*;
-
-/// HTTP/2 reset storm: 5,000 uploads sent and reset on one connection while
-/// their data centre takes 2 s to answer. A reset frees the stream's slot at
-/// once, so without a budget every one of them would run on upstream; with
-/// it, at most `h2_max_concurrent_streams` (here 50) run detached, the rest
-/// are cancelled and counted; and at most `max_connections_per_upstream`
-/// (here 40) connections are open to the data centre.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_storm_is_bounded_by_the_detached_budget() {
-    let setup = Setup {
-        extra: "[limits]\nh2_max_concurrent_streams = 50\n[upstream]\nmax_connections_per_upstream = 40\n".into(),
-        ..Setup::default()
-    };
-    let proxy = Proxy::start(setup).await;
-    let zurich = format!(
-        "residency_upstream_connections{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
-        proxy.upstream("zurich").addr
-    );
-    let mut peak_connections: f64 = 0.0;
-    let tls = proxy.client().h2().connect().await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    const STORM: usize = 5_000;
-    let mut peak: f64 = 0.0;
-    let started = std::time::Instant::now();
-    for i in 0..STORM {
-        send.ready().await.expect("connection stays usable");
-        let body: Body = Full::new(Bytes::from_static(b"reset me"))
-            .map_err(|e| match e {})
-            .boxed();
-        let req = Request::post("https://localhost/v1/telemetry")
-            .header("x-forwarded-for", CH)
-            .header("x-test-answer-delay-ms", "2000")
-            .body(body)
-            .unwrap();
-        // Dropped unanswered: hyper resets the stream (RST_STREAM CANCEL).
-        let _ = tokio::time::timeout(Duration::from_millis(2), send.send_request(req)).await;
-        if i % 250 == 249 {
-            peak = peak.max(metric_value(&proxy, "residency_detached_requests").await);
-            peak_connections = peak_connections.max(metric_value(&proxy, &zurich).await);
-        }
-    }
-    let storm = started.elapsed();
-    let cancelled = metric_value(&proxy, "residency_detached_requests_cancelled_total").await;
-    assert!(peak <= 50.0, "at most 50 detached at once, saw {peak}");
-    assert!(
-        (1.0..=40.0).contains(&peak_connections),
-        "at most 40 upstream connections, saw {peak_connections}"
-    );
-    // Every delivery still running ends within its 2 s.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let delivered = proxy.upstream("zurich").count();
-    // 50 at a time, each holding its place for the 2 s the data centre
-    // takes (plus the requests answered before their reset: none, at 2 s).
-    let rounds = storm.as_secs_f64() / 2.0 + 2.0;
-    let bound = (50.0 * rounds) as usize;
-    assert!(
-        delivered <= bound,
-        "upstream requests bounded by the budget: {delivered} of {STORM} sent in {storm:?} (bound {bound})"
-    );
-    assert!(
-        cancelled as usize + delivered >= STORM / 2,
-        "the storm reached the proxy: {cancelled} cancelled, {delivered} delivered"
-    );
-    // Those that queued for a connection end too (at the latest after
-    // upstream_connect, as 503 upstream_saturated).
-    eventually("no detached request left", async || {
-        metric_value(&proxy, "residency_detached_requests").await == 0.0
-    })
-    .await;
-    proxy.stop().await;
-}
 
 /// The customer-facing log listener holds at most
 /// `transparency.max_connections`: idle connections beyond it are closed at
@@ -214,7 +137,8 @@ async fn an_upstream_that_stops_reading_is_abandoned_after_send_idle() {
         ..Setup::default()
     })
     .await;
-    let body = "x".repeat(48 * 1024 * 1024);
+    // Enough to fill the socket buffers on the way (a few MiB on loopback).
+    let body = "x".repeat(16 * 1024 * 1024);
     let started = std::time::Instant::now();
     let reply = tokio::time::timeout(
         Duration::from_secs(30),
@@ -225,8 +149,14 @@ async fn an_upstream_that_stops_reading_is_abandoned_after_send_idle() {
     let took = started.elapsed();
     assert_eq!(reply.status, 504, "{:?}", reply.body);
     assert_eq!(reply.json()["error"], "upstream_timeout");
-    // Filling the socket buffers takes a moment; then 1 s of no progress.
-    assert!(took < Duration::from_secs(10), "aborted after {took:?}");
+    // Filling the socket buffers takes a moment; then 1 s of no progress
+    // (the deadline), and the answer within another second.
+    eprintln!("zero-window upstream: answered 504 after {took:?}");
+    assert!(took < Duration::from_secs(3), "aborted after {took:?}");
+    // Counted against that data centre.
+    let series =
+        "residency_requests_total{datacenter=\"stuck\",jurisdiction=\"ch\",status_class=\"5xx\"}";
+    assert_eq!(metric_value(&proxy, series).await, 1.0);
     assert_eq!(
         proxy.counts().values().sum::<usize>(),
         0,
