@@ -198,3 +198,66 @@ async fn datacentre_early_answers_reach_hyper_clients() {
     }
     proxy.stop().await;
 }
+
+/// Runs `tests/clients/upload.py` (Python's http.client for HTTP/1.1, httpx
+/// with h2 for HTTP/2) `runs` times and returns the statuses it read.
+async fn python_statuses(
+    proxy: &Proxy,
+    version: &str,
+    size: usize,
+    headers: &[&str],
+    runs: usize,
+) -> Vec<String> {
+    let ca = proxy.dir.path().join("python-ca.pem");
+    std::fs::write(&ca, &proxy.certs[0]).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/upload.py");
+    let url = format!("https://localhost:{}/v1/telemetry", proxy.addr.port());
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(script)
+        .args([version, &url])
+        .arg(&ca)
+        .args([size.to_string(), runs.to_string()])
+        .args(headers);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("Debian's python3 runs (apt-get install python3-httpx python3-h2)");
+    assert!(
+        out.status.success(),
+        "upload.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Python's clients read the proxy's refusals (451) and a data centre's
+/// early answer (503) with bodies from 1 KiB to 8 MiB: 25 uploads per size,
+/// version and case (100 per version and case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_reach_python_clients_over_http1_and_http2() {
+    let proxy = Proxy::start(tolerant()).await;
+    let unknown = format!("X-Forwarded-For: {UNKNOWN}");
+    let ch = format!("X-Forwarded-For: {CH}");
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("451", vec![unknown.as_str()]),
+        ("503", vec![ch.as_str(), "X-Test-Refuse-Early: 503"]),
+    ];
+    for size in SIZES {
+        for version in ["1.1", "2"] {
+            for (want, headers) in &cases {
+                let statuses = python_statuses(&proxy, version, size, headers, 25).await;
+                let failed: Vec<&String> = statuses.iter().filter(|s| s != want).collect();
+                assert!(
+                    statuses.len() == 25 && failed.is_empty(),
+                    "{size} bytes over HTTP/{version}: {} of {} runs did not read {want}: {failed:?}",
+                    failed.len(),
+                    statuses.len()
+                );
+            }
+        }
+    }
+    proxy.stop().await;
+}
