@@ -3,15 +3,19 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /checkpoint` | the latest signed checkpoint (C2SP tlog-checkpoint, text) |
+//! | `GET /tile/<L>/<N>[.p/<W>]` | a C2SP tlog-tiles hash tile (`application/octet-stream`, immutable) |
+//! | `GET /tile/entries/<N>[.p/<W>]` | an entry bundle: the records, each after its big-endian `u16` length (gzip) |
 //! | `GET /key` | the verifier key, `name+keyid+base64` |
 //! | `GET /proof/inclusion?index=N[&size=M]` | audit path for leaf N in the tree of M leaves (default: the latest checkpoint's size) |
 //! | `GET /proof/consistency?from=A[&to=B]` | consistency proof from size A to B (default: the latest checkpoint's size) |
 //! | `GET /records/{request_id}` | the record for a request id and its leaf index |
 //! | `GET /entries/{index}` | the record at a leaf index |
 //!
-//! Hashes are lowercase hex; records are given as the exact logged text.
-//! Only sizes up to the latest checkpoint are served: a proof is useful
-//! only against a signed tree head.
+//! The tiles are the standard API (<https://c2sp.org/tlog-tiles>): any
+//! tlog client computes proofs from them. The other paths are conveniences
+//! computed from the same tree. Hashes are lowercase hex; records are given
+//! as the exact logged text. Only sizes up to the latest checkpoint are
+//! served: a proof is useful only against a signed tree head.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -19,6 +23,7 @@ use http_body_util::Full;
 use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
 use residency_log::merkle::Hash;
 use residency_log::storage::Log;
+use residency_log::tiles::Tile;
 use serde::Serialize;
 
 /// Answers one request (bodies are never read).
@@ -73,6 +78,7 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
                 ),
             }
         }
+        _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size),
         _ => {
             let index = if let Some(id) = path.strip_prefix("/records/") {
                 log.index_of(id)
@@ -81,7 +87,7 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
             } else {
                 return error(
                     StatusCode::NOT_FOUND,
-                    "try /checkpoint /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
+                    "try /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
                 );
             };
             match index.and_then(|i| Some((i, log.record(i)?))) {
@@ -93,6 +99,47 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
             }
         }
     }
+}
+
+/// A hash tile or entry bundle; 404 for a name the spec does not allow or
+/// a tile the latest checkpoint does not cover.
+fn tile(log: &Log, path: &str, signed: u64) -> Response<Full<Bytes>> {
+    let Some(t) = Tile::parse(path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not a tlog-tiles path: tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]",
+        );
+    };
+    let Some(bytes) = log.tile(t) else {
+        let needs = t.needs_size().unwrap_or(u64::MAX);
+        return error(StatusCode::NOT_FOUND, &not_signed(needs, signed));
+    };
+    let (body, gzipped) = match t.level {
+        Some(_) => (bytes, false),
+        None => match gzip(&bytes) {
+            Some(z) => (z, true),
+            None => (bytes, false),
+        },
+    };
+    let mut resp = respond(StatusCode::OK, "application/octet-stream", body);
+    let h = resp.headers_mut();
+    // A tile's content is fixed by its name.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    if gzipped {
+        // The spec allows gzip without negotiation for entry bundles.
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(bytes).ok()?;
+    z.finish().ok()
 }
 
 fn not_signed(size: u64, latest: u64) -> String {

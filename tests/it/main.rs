@@ -16,6 +16,7 @@ mod reload;
 mod retries;
 mod routing;
 mod streaming;
+mod tiles;
 mod tls;
 mod transparency;
 mod upstream_tls;

@@ -15,3 +15,4 @@ pub mod receipt;
 pub mod record;
 pub mod settings;
 pub mod storage;
+pub mod tiles;

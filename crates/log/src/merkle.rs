@@ -104,6 +104,13 @@ impl Tree {
         self.levels[0].get(usize::try_from(index).ok()?).copied()
     }
 
+    /// The root of the complete subtree of `2^height` leaves starting at
+    /// leaf `index·2^height`, if the tree has all of them.
+    pub fn node(&self, height: u32, index: u64) -> Option<Hash> {
+        let level = self.levels.get(usize::try_from(height).ok()?)?;
+        level.get(usize::try_from(index).ok()?).copied()
+    }
+
     /// Merkle tree hash (MTH) of the whole tree, O(log n).
     pub fn root(&self) -> Hash {
         self.subtree_root(0, self.size())

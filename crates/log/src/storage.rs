@@ -41,6 +41,7 @@ use crate::merkle::{self, Hash, Tree};
 use crate::note::{Checkpoint, NoteError, Signer, Verifier};
 use crate::record::Record;
 use crate::settings::Transparency;
+use crate::tiles::{self, Tile};
 
 const RECORDS: &str = "records.log";
 const CHECKPOINT: &str = "checkpoint";
@@ -60,6 +61,8 @@ pub enum LogError {
     Full(u64),
     #[error("an earlier write failed and could not be undone; restart to recover the log")]
     Poisoned,
+    #[error("a record of {0} bytes is over the 65535 an entry bundle can hold")]
+    EntryTooLarge(usize),
 }
 
 /// Metrics the log maintains.
@@ -363,6 +366,9 @@ impl Log {
     /// a blocking thread; requests arriving meanwhile form the next batch.
     pub async fn append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
+        if bytes.len() > tiles::MAX_ENTRY {
+            return Err(self.failed(LogError::EntryTooLarge(bytes.len()), &record.request_id));
+        }
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
         let joined = {
@@ -606,6 +612,36 @@ impl Log {
         let mut buf = vec![0u8; usize::try_from(end - start).ok()?.checked_sub(1)?];
         self.reader.read_exact_at(&mut buf, start).ok()?;
         Some(buf)
+    }
+
+    /// A C2SP tlog-tiles resource: the hash tile or entry bundle `tile`,
+    /// if the latest signed checkpoint covers all of it (only what a
+    /// checkpoint commits to is served).
+    pub fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
+        if tile.needs_size()? > self.latest().size {
+            return None;
+        }
+        let first = tile.index * tiles::WIDTH;
+        let width = u64::from(tile.width);
+        match tile.level {
+            Some(level) => {
+                let inner = self.lock();
+                let mut out = Vec::with_capacity(tile.width as usize * 32);
+                for node in first..first + width {
+                    out.extend_from_slice(&inner.tree.node(8 * u32::from(level), node)?);
+                }
+                Some(out)
+            }
+            None => {
+                let mut out = Vec::with_capacity(tile.width as usize * 512);
+                for index in first..first + width {
+                    if !tiles::push_entry(&mut out, &self.record(index)?) {
+                        return None;
+                    }
+                }
+                Some(out)
+            }
+        }
     }
 
     /// The leaf index of the record for `request_id`.

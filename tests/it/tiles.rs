@@ -1,0 +1,235 @@
+//! The log as C2SP tlog-tiles, read by a tile client written here from the
+//! spec alone (SHA-256 from `sha2`, RFC 6962 hashing by hand): 70,000
+//! records — the spec's example — fetched as hash tiles and entry bundles
+//! over the log listener, every entry hashed into its level-0 tile, every
+//! upper tile recomputed from the one below, and the root recomputed from
+//! the leaves against the signed checkpoint.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use residency_log::note::{Checkpoint, Verifier};
+use residency_log::record::{Client, Database, Outcome, Record};
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+type Hash = [u8; 32];
+
+fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// RFC 6962 §2.1 MTH, recursively, from the leaf hashes.
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => sha256(&[]),
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            sha256(&[&[1], &mth(&leaves[..k]), &mth(&leaves[k..])])
+        }
+    }
+}
+
+fn hashes(tile: &[u8]) -> Vec<Hash> {
+    assert_eq!(tile.len() % 32, 0);
+    tile.chunks(32).map(|c| c.try_into().unwrap()).collect()
+}
+
+/// The spec's tile path: `tile/<L>/<N>[.p/<W>]`, N in x-prefixed groups.
+fn path(level: &str, index: u64, width: u64) -> String {
+    let digits = format!("{index:03}");
+    let pad = (3 - digits.len() % 3) % 3;
+    let padded = format!("{}{digits}", "0".repeat(pad));
+    let groups: Vec<String> = padded
+        .as_bytes()
+        .chunks(3)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let n = groups.len();
+    let mut p = format!("/tile/{level}");
+    for (i, g) in groups.iter().enumerate() {
+        p.push('/');
+        if i + 1 < n {
+            p.push('x');
+        }
+        p.push_str(g);
+    }
+    if width < 256 {
+        p.push_str(&format!(".p/{width}"));
+    }
+    p
+}
+
+/// One keep-alive HTTP/1.1 connection to the log listener.
+struct TileClient {
+    send: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl TileClient {
+    async fn connect(addr: std::net::SocketAddr) -> TileClient {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        TileClient { send }
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+        self.send.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", "log")
+            .body(Empty::new())
+            .unwrap();
+        let resp = self.send.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, bytes)
+    }
+
+    /// A tile's bytes, checking the spec's content type and caching.
+    async fn tile(&mut self, path: &str) -> Bytes {
+        let (status, headers, body) = self.get(path).await;
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["content-type"], "application/octet-stream");
+        assert!(headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable"));
+        body
+    }
+}
+
+fn record(i: u64) -> Record<'static> {
+    Record {
+        v: 1,
+        request_id: format!("{i:032x}").into(),
+        time: "2026-12-02T10:00:00.000Z".into(),
+        outcome: Outcome::Stored,
+        reason: None,
+        client: Client {
+            source: Some("peer".into()),
+            address: Some("203.0.113.0/24".into()),
+        },
+        country: Some("CH".into()),
+        jurisdiction: Some("ch".into()),
+        datacenter: Some("zurich".into()),
+        upstream_status: Some(201),
+        body: None,
+        policy_sha256: "00".repeat(32).into(),
+        geoip: Database {
+            build_epoch: 1,
+            sha256: "11".repeat(32).into(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
+    const SIZE: u64 = 70_000;
+    let proxy = Proxy::start(Setup {
+        // Checkpoints only when asked, so the tree is signed at exactly SIZE.
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    let log = proxy.instance.log.clone().expect("log configured");
+    // Appended concurrently, 1,000 at a time (few group commits); which
+    // record lands at which index is whatever order they joined in.
+    let mut id_at = vec![u64::MAX; SIZE as usize];
+    for chunk in 0..SIZE / 1000 {
+        let mut appends = tokio::task::JoinSet::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let log = log.clone();
+            appends.spawn(async move { (i, log.append(&record(i)).await.unwrap().index) });
+        }
+        for (i, index) in appends.join_all().await {
+            id_at[index as usize] = i;
+        }
+    }
+    let signing = log.clone();
+    tokio::task::spawn_blocking(move || signing.checkpoint().unwrap())
+        .await
+        .unwrap();
+
+    let mut client = TileClient::connect(proxy.log_addr.unwrap()).await;
+    let (status, headers, note) = client.get("/checkpoint").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    let verifier = Verifier::parse(&log.signer().verifier_key()).unwrap();
+    let checkpoint = Checkpoint::open(std::str::from_utf8(&note).unwrap(), &verifier).unwrap();
+    assert_eq!(checkpoint.size, SIZE);
+
+    // Level 0 and the entry bundles: 273 full, one partial of width 112.
+    let (full, partial) = (SIZE / 256, SIZE % 256);
+    assert_eq!((full, partial), (273, 112));
+    let mut leaves: Vec<Hash> = Vec::with_capacity(SIZE as usize);
+    let mut level0_full: Vec<Hash> = Vec::new();
+    for n in 0..=full {
+        let width = if n < full { 256 } else { partial };
+        let tile = hashes(&client.tile(&path("0", n, width)).await);
+        assert_eq!(tile.len() as u64, width);
+        let (status, headers, gz) = client.get(&path("entries", n, width)).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-encoding"], "gzip");
+        let mut bundle = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut bundle)
+            .unwrap();
+        // Big-endian u16 length, then the entry; each hashes to its leaf.
+        let mut rest = &bundle[..];
+        for (i, leaf) in tile.iter().enumerate() {
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let entry = &rest[2..2 + len];
+            rest = &rest[2 + len..];
+            assert_eq!(
+                &sha256(&[&[0], entry]),
+                leaf,
+                "entry {}",
+                n * 256 + i as u64
+            );
+            let parsed = Record::from_bytes(entry).unwrap();
+            let id = id_at[(n * 256) as usize + i];
+            assert_eq!(parsed.request_id, format!("{id:032x}"));
+        }
+        assert!(rest.is_empty(), "bundle {n} has bytes after its entries");
+        if width == 256 {
+            level0_full.push(mth(&tile));
+        }
+        leaves.extend(tile);
+    }
+    assert_eq!(mth(&leaves), checkpoint.root, "root from the leaves");
+
+    // Level 1: one full tile and a partial of width 17, each hash the MTH of
+    // a full level-0 tile; level 2: a partial of width 1.
+    let l1_full = hashes(&client.tile(&path("1", 0, 256)).await);
+    let l1_partial = hashes(&client.tile(&path("1", 1, 17)).await);
+    let level1: Vec<Hash> = l1_full.iter().chain(&l1_partial).copied().collect();
+    assert_eq!(level1, level0_full);
+    let l2 = hashes(&client.tile(&path("2", 0, 1)).await);
+    assert_eq!(l2, vec![mth(&l1_full)]);
+
+    // What no checkpoint covers, and names the spec does not allow: 404.
+    for missing in [
+        path("0", 273, 113),
+        path("0", 274, 1),
+        path("1", 1, 256),
+        path("entries", 274, 1),
+        path("3", 0, 1),
+        "/tile/0/273.p/0112".to_string(),
+        "/tile/0/0273".to_string(),
+    ] {
+        let (status, _, _) = client.get(&missing).await;
+        assert_eq!(status, 404, "{missing}");
+    }
+    proxy.stop().await;
+}
