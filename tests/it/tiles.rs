@@ -218,6 +218,33 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
     let l2 = hashes(&client.tile(&path("2", 0, 1)).await);
     assert_eq!(l2, vec![mth(&l1_full)]);
 
+    // `verify --log` proves inclusion from these tiles alone (unsigned
+    // receipts: the proof is the only evidence), at both edges of the tree.
+    for index in [0u64, 12_345, SIZE - 1] {
+        let id = id_at[index as usize];
+        let receipt = residency_log::receipt::Receipt {
+            log: LOG_ORIGIN.to_string(),
+            index,
+            record: record(id).to_bytes(),
+            signature: None,
+        };
+        let args = residency_tools::verify::VerifyArgs {
+            key: log.signer().verifier_key(),
+            receipt: Some(receipt.encode()),
+            request_id: None,
+            log: Some(proxy.log_url()),
+            checkpoint: None,
+            proof: None,
+            previous: None,
+            consistency_proof: None,
+            save_checkpoint: None,
+            ca: None,
+        };
+        let report = residency_tools::verify::verify(&args).await;
+        assert!(report.valid(), "{index}: {report}");
+        assert!(report.to_string().contains("inclusion proof"), "{report}");
+    }
+
     // What no checkpoint covers, and names the spec does not allow: 404.
     for missing in [
         path("0", 273, 113),

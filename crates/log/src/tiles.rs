@@ -11,6 +11,8 @@
 //! `N` is written as zero-padded 3-digit path elements, all but the last
 //! prefixed with `x`: index 1234067 is `x001/x234/067`.
 
+use crate::merkle::{self, Hash};
+
 /// Hashes in a full tile.
 pub const WIDTH: u64 = 256;
 /// Tile levels the spec allows (0 to 63).
@@ -168,6 +170,166 @@ pub fn entries(bundle: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// Computes RFC 6962 proofs for a tree of `size` leaves from its tiles
+/// alone, as a tlog client does. It asks for the tiles it lacks: a method
+/// returns `Err(Missing(tile))`, the caller fetches that tile, hands it to
+/// [`Proofs::insert`] and asks again (a proof needs O(log n) tiles).
+#[derive(Debug)]
+pub struct Proofs {
+    size: u64,
+    tiles: std::collections::HashMap<(u8, u64), Vec<Hash>>,
+}
+
+/// What a proof still needs, or why it cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// Fetch this tile and [`Proofs::insert`] it.
+    Missing(Tile),
+    /// The request is out of range (index or sizes beyond the tree).
+    OutOfRange,
+}
+
+impl Proofs {
+    /// For the tree of `size` leaves (a signed checkpoint's).
+    pub fn new(size: u64) -> Proofs {
+        Proofs {
+            size,
+            tiles: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Adds a fetched hash tile; refuses bytes of the wrong length.
+    pub fn insert(&mut self, tile: Tile, bytes: &[u8]) -> Result<(), String> {
+        let level = tile.level.ok_or("an entry bundle is not a hash tile")?;
+        if bytes.len() != usize::from(tile.width) * 32 {
+            return Err(format!(
+                "{} has {} bytes, not {}",
+                tile.path(),
+                bytes.len(),
+                usize::from(tile.width) * 32
+            ));
+        }
+        let hashes = bytes
+            .chunks(32)
+            .map(|c| c.try_into().unwrap_or([0; 32]))
+            .collect();
+        self.tiles.insert((level, tile.index), hashes);
+        Ok(())
+    }
+
+    /// The stored hash at tile level `level` (height `8·level`), node `node`.
+    fn stored(&self, level: u8, node: u64) -> Result<Hash, Need> {
+        let tile = Tile::containing(Some(level), node, self.size);
+        let hashes = self
+            .tiles
+            .get(&(level, tile.index))
+            .ok_or(Need::Missing(tile))?;
+        hashes
+            .get((node % WIDTH) as usize)
+            .copied()
+            .ok_or(Need::Missing(tile))
+    }
+
+    /// MTH of leaves `[start, end)` (`start < end <= size`), from the
+    /// stored hashes of its complete aligned parts.
+    fn subtree(&self, start: u64, end: u64) -> Result<Hash, Need> {
+        let n = end - start;
+        if n.is_power_of_two() && start % n == 0 {
+            let height = n.trailing_zeros();
+            let (level, within) = ((height / 8) as u8, height % 8);
+            let first = start >> (8 * u32::from(level));
+            let mut nodes = (first..first + (1 << within))
+                .map(|node| self.stored(level, node))
+                .collect::<Result<Vec<_>, _>>()?;
+            while nodes.len() > 1 {
+                nodes = nodes
+                    .chunks(2)
+                    .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                    .collect();
+            }
+            return Ok(nodes[0]);
+        }
+        let k = split(n);
+        Ok(merkle::node_hash(
+            &self.subtree(start, start + k)?,
+            &self.subtree(start + k, end)?,
+        ))
+    }
+
+    /// The leaf hash at `index`.
+    pub fn leaf(&self, index: u64) -> Result<Hash, Need> {
+        if index >= self.size {
+            return Err(Need::OutOfRange);
+        }
+        self.stored(0, index)
+    }
+
+    /// The root of the whole tree.
+    pub fn root(&self) -> Result<Hash, Need> {
+        if self.size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        self.subtree(0, self.size)
+    }
+
+    /// RFC 6962 §2.1.1 `PATH(index, D[size])`, ordered leaf to root.
+    pub fn inclusion_proof(&self, index: u64) -> Result<Vec<Hash>, Need> {
+        if index >= self.size {
+            return Err(Need::OutOfRange);
+        }
+        let mut path = Vec::new();
+        let (mut start, mut end) = (0, self.size);
+        // Walked root to leaf, then reversed.
+        while end - start > 1 {
+            let k = split(end - start);
+            if index < start + k {
+                path.push(self.subtree(start + k, end)?);
+                end = start + k;
+            } else {
+                path.push(self.subtree(start, start + k)?);
+                start += k;
+            }
+        }
+        path.reverse();
+        Ok(path)
+    }
+
+    /// RFC 6962 §2.1.2 `PROOF(old, D[size])`.
+    pub fn consistency_proof(&self, old: u64) -> Result<Vec<Hash>, Need> {
+        if old == 0 || old > self.size {
+            return Err(Need::OutOfRange);
+        }
+        let mut proof = Vec::new();
+        let (mut start, mut end, mut m, mut whole) = (0, self.size, old, true);
+        loop {
+            let n = end - start;
+            if m == n {
+                if !whole {
+                    proof.push(self.subtree(start, end)?);
+                }
+                break;
+            }
+            let k = split(n);
+            if m <= k {
+                proof.push(self.subtree(start + k, end)?);
+                end = start + k;
+            } else {
+                proof.push(self.subtree(start, start + k)?);
+                start += k;
+                m -= k;
+                whole = false;
+            }
+        }
+        proof.reverse();
+        Ok(proof)
+    }
+}
+
+/// The largest power of two strictly below `n` (`n >= 2`).
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +420,64 @@ mod tests {
         assert_eq!(&b[..2], &[0, 3]);
         assert_eq!(entries(&b[..b.len() - 1]), None);
         assert_eq!(entries(&[0]), None);
+    }
+
+    /// Proofs built from tiles alone equal the in-memory tree's, for every
+    /// index and old size of trees around tile boundaries.
+    #[test]
+    fn proofs_from_tiles_match_the_tree() {
+        use crate::merkle::{leaf_hash, Tree};
+        for size in [1u64, 2, 3, 255, 256, 257, 511, 700, 65_537] {
+            let mut tree = Tree::new();
+            for i in 0..size {
+                tree.push(leaf_hash(&i.to_be_bytes()));
+            }
+            let mut proofs = Proofs::new(size);
+            let mut fetched = 0;
+            let mut ask = |proofs: &mut Proofs, q: &dyn Fn(&Proofs) -> Result<Vec<Hash>, Need>| loop {
+                match q(proofs) {
+                    Ok(v) => return v,
+                    Err(Need::Missing(t)) => {
+                        let mut bytes = Vec::new();
+                        let first = t.index * WIDTH;
+                        for node in first..first + u64::from(t.width) {
+                            let h = tree.node(8 * u32::from(t.hash_level()), node).unwrap();
+                            bytes.extend_from_slice(&h);
+                        }
+                        proofs.insert(t, &bytes).unwrap();
+                        fetched += 1;
+                    }
+                    Err(Need::OutOfRange) => panic!("out of range"),
+                }
+            };
+            assert_eq!(
+                ask(&mut proofs, &|p| p.root().map(|r| vec![r])),
+                vec![tree.root()]
+            );
+            let step = (size / 40).max(1);
+            for index in (0..size).step_by(step as usize).chain([size - 1]) {
+                let got = ask(&mut proofs, &|p| p.inclusion_proof(index));
+                assert_eq!(
+                    Some(got),
+                    tree.inclusion_proof(index, size),
+                    "{index} in {size}"
+                );
+                let got = ask(&mut proofs, &|p| p.leaf(index).map(|l| vec![l]));
+                assert_eq!(got, vec![tree.leaf(index).unwrap()]);
+            }
+            for old in (1..=size).step_by(step as usize).chain([size]) {
+                let got = ask(&mut proofs, &|p| p.consistency_proof(old));
+                assert_eq!(
+                    Some(got),
+                    tree.consistency_proof(old, size),
+                    "{old} to {size}"
+                );
+            }
+            assert!(fetched < 1000, "{fetched} tiles for size {size}");
+        }
+        let p = Proofs::new(10);
+        assert_eq!(p.inclusion_proof(10), Err(Need::OutOfRange));
+        assert_eq!(p.consistency_proof(0), Err(Need::OutOfRange));
+        assert_eq!(p.consistency_proof(11), Err(Need::OutOfRange));
     }
 }

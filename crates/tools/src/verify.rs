@@ -1,5 +1,7 @@
 //! `residency-proxy verify`: checks a receipt, a checkpoint, an inclusion
-//! proof and a consistency proof, from files or from a log's endpoints.
+//! proof and a consistency proof, from files or from a log. With `--log`,
+//! proofs are computed here from the log's C2SP tlog-tiles hash tiles (as
+//! any tlog client would), not taken from the log's convenience endpoints.
 //!
 //! Everything is checked against the log's public key alone; nothing the
 //! log serves is trusted until a signature or a proof says so. The answer is
@@ -19,6 +21,7 @@ use residency_log::merkle::{self, Hash};
 use residency_log::note::{Checkpoint, Verifier};
 use residency_log::receipt::{self, Receipt};
 use residency_log::record::{Outcome, Record};
+use residency_log::tiles::{Need, Proofs};
 
 /// What to verify; see `residency-proxy verify --help`.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,11 +177,18 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         let proof: InclusionProof = match (&args.proof, &fetcher) {
             (Some(path), _) => read_json(path)?,
             (None, Some(f)) => {
-                f.json(&format!(
-                    "/proof/inclusion?index={}&size={}",
-                    receipt.index, checkpoint.size
-                ))
-                .await?
+                // Computed here from the log's tiles (C2SP tlog-tiles).
+                let mut tiles = Proofs::new(checkpoint.size);
+                let path = from_tiles(f, &mut tiles, |t| t.inclusion_proof(receipt.index)).await?;
+                InclusionProof {
+                    index: receipt.index,
+                    size: checkpoint.size,
+                    leaf_hash: residency_core::hex::encode(&receipt.leaf_hash()),
+                    hashes: path
+                        .iter()
+                        .map(|h| residency_core::hex::encode(h))
+                        .collect(),
+                }
             }
             (None, None) => bail!("no inclusion proof: give --proof or --log"),
         };
@@ -314,11 +324,16 @@ async fn check_consistency(
     let proof: ConsistencyProof = match (&args.consistency_proof, fetcher) {
         (Some(path), _) => read_json(path)?,
         (None, Some(f)) => {
-            f.json(&format!(
-                "/proof/consistency?from={}&to={}",
-                old.size, new.size
-            ))
-            .await?
+            let mut tiles = Proofs::new(new.size);
+            let path = from_tiles(f, &mut tiles, |t| t.consistency_proof(old.size)).await?;
+            ConsistencyProof {
+                from: old.size,
+                to: new.size,
+                hashes: path
+                    .iter()
+                    .map(|h| residency_core::hex::encode(h))
+                    .collect(),
+            }
         }
         (None, None) => bail!("no consistency proof: give --consistency-proof or --log"),
     };
@@ -385,6 +400,27 @@ fn short(hash: &Hash) -> String {
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// GETs from the log's endpoints.
+/// Answers `query` from the log's hash tiles, fetching each tile it asks
+/// for (O(log n) of them).
+async fn from_tiles<T>(
+    f: &Fetcher,
+    tiles: &mut Proofs,
+    query: impl Fn(&Proofs) -> Result<T, Need>,
+) -> anyhow::Result<T> {
+    // A proof needs at most two tiles per level (63 levels).
+    for _ in 0..256 {
+        match query(tiles) {
+            Ok(answer) => return Ok(answer),
+            Err(Need::Missing(tile)) => {
+                let bytes = f.get(&format!("/{}", tile.path())).await?;
+                tiles.insert(tile, &bytes).map_err(anyhow::Error::msg)?;
+            }
+            Err(Need::OutOfRange) => bail!("outside the checkpointed tree"),
+        }
+    }
+    bail!("the log's tiles never complete the proof")
+}
+
 struct Fetcher {
     base: String,
     client: Client<
