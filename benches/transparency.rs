@@ -45,6 +45,7 @@ fn record(i: u64) -> Record<'static> {
             build_epoch: 1_750_000_000,
             sha256: "ef".repeat(32).into(),
         },
+        summary: None,
     }
 }
 
@@ -65,6 +66,8 @@ fn bench(c: &mut Criterion) {
         address: None,
         max_records: u64::MAX,
         max_connections: 256,
+        refusal_records_per_second: 100,
+        refusal_records_burst: 1000,
         tls: Vec::new(),
     };
     let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();

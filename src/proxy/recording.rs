@@ -80,14 +80,19 @@ impl<'a> RecordContext<'a> {
                 build_epoch: state.geo.build_epoch(),
                 sha256: Cow::Borrowed(state.geo.sha256_hex()),
             },
+            summary: None,
         }
     }
 }
 
-/// Records a refusal. A failed write is counted and logged by the log; the
-/// client is being refused anyway.
+/// Records a refusal (on its own within `transparency.refusal_records_per_second`,
+/// else in a summary record). A failed write is counted and logged by the
+/// log; the client is being refused anyway.
 pub async fn refused(log: &Arc<Log>, context: &RecordContext<'_>) {
-    let _ = log.append(&context.record(log, Outcome::Refused)).await;
+    // Over the refusal budget it is folded into a summary record.
+    let _ = log
+        .append_refusal(&context.record(log, Outcome::Refused))
+        .await;
 }
 
 /// Records an upstream answer and returns the `Residency-Receipt` value for

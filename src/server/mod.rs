@@ -213,7 +213,9 @@ impl Bound {
             ),
         };
         if let Some(log) = self.instance.log.clone() {
-            // Every record appended is covered by a signed checkpoint.
+            // Every record appended, summaries included, is covered by a
+            // signed checkpoint.
+            log.write_summaries().await;
             match tokio::task::spawn_blocking(move || log.checkpoint()).await {
                 Ok(Ok(cp)) => tracing::info!(size = cp.size, "final checkpoint signed"),
                 Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
@@ -233,6 +235,7 @@ async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Rec
             _ = tick.tick() => {}
             () = stopped(&mut stop) => return,
         }
+        log.write_summaries().await;
         let l = log.clone();
         match tokio::task::spawn_blocking(move || l.checkpoint()).await {
             Ok(Ok(_)) => {}

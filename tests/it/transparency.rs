@@ -839,3 +839,78 @@ async fn the_log_listener_serves_https_when_configured() {
     );
     proxy.stop().await;
 }
+
+/// Refusals cannot exhaust the log: beyond `refusal_records_per_second`
+/// (here a burst of 5, 1 a second) they are folded into one summary record
+/// per reason, whose count and id hash account for every one of them; a
+/// stored upload is still its own record with its receipt.
+#[tokio::test]
+async fn refusals_over_their_budget_become_summary_records() {
+    let proxy = with_log("refusal_records_per_second = 1\nrefusal_records_burst = 5\n").await;
+    let key = key_of(&proxy);
+    const REFUSED: usize = 60;
+    let mut ids = Vec::new();
+    for _ in 0..REFUSED {
+        let reply = proxy.client().upload_from(UNKNOWN, "x").await;
+        assert_eq!(reply.status, 451);
+        ids.push(reply.header("x-request-id").unwrap().to_string());
+    }
+    let stored = proxy.client().upload_from(CH, "kept").await;
+    assert_eq!(stored.status, 201);
+    assert!(stored.header("residency-receipt").is_some());
+
+    let log = proxy.instance.log.clone().unwrap();
+    // Which refusals have records of their own, and what the summaries
+    // account for, in the signed tree.
+    let account = || {
+        let mut own = Vec::new();
+        let mut summaries = Vec::new();
+        for i in 0..log.latest().size {
+            let record = Record::from_bytes(&log.record(i).unwrap()).unwrap();
+            match record.summary {
+                Some(s) => summaries.push(s),
+                None if record.outcome == residency_log::record::Outcome::Refused => {
+                    own.push(record.request_id.to_string())
+                }
+                None => {}
+            }
+        }
+        (own, summaries)
+    };
+    // Summaries are written with the checkpoints (every 50 ms here).
+    eventually(
+        "every refusal accounted for in the signed tree",
+        async || {
+            let (own, summaries) = account();
+            own.len() + summaries.iter().map(|s| s.count as usize).sum::<usize>() == REFUSED
+        },
+    )
+    .await;
+    let (own, summaries) = account();
+    let size = log.latest().size;
+    assert!(
+        size < 20,
+        "{REFUSED} refusals and an upload made {size} records"
+    );
+    let summarized = metric_value(&proxy, "residency_log_refusals_summarized_total").await;
+    let counted: u64 = summaries.iter().map(|s| s.count).sum();
+    assert!(counted > 0, "some refusals were folded");
+    assert_eq!(counted as f64, summarized);
+    // Each summary (one per checkpoint interval) hashes the next `count`
+    // folded ids, in the order they were refused.
+    let folded: Vec<&String> = ids.iter().filter(|id| !own.contains(id)).collect();
+    let mut at = 0;
+    for s in &summaries {
+        let group: String = folded[at..at + s.count as usize]
+            .iter()
+            .map(|id| format!("{id}\n"))
+            .collect();
+        assert_eq!(s.request_ids_sha256, sha256_hex(group.as_bytes()));
+        at += s.count as usize;
+    }
+    // The summary is in the signed tree like any record.
+    let mut a = args(&key);
+    a.log = Some(proxy.log_url());
+    assert!(check(&a).await.valid());
+    proxy.stop().await;
+}

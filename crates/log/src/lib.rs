@@ -13,6 +13,7 @@ pub mod merkle;
 pub mod note;
 pub mod receipt;
 pub mod record;
+pub mod refusals;
 pub mod settings;
 pub mod storage;
 pub mod tiles;

@@ -41,6 +41,24 @@ pub struct Record<'a> {
     /// `Policy::hash` of the routing policy that took the decision.
     pub policy_sha256: Cow<'a, str>,
     pub geoip: Database<'a>,
+    /// A summary record: refusals over `transparency.refusal_records_per_second`
+    /// are folded into one record per reason and checkpoint interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary<'a>>,
+}
+
+/// How many refusals a summary record stands for, and which.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary<'a> {
+    pub count: u64,
+    /// SHA-256 (hex) of the refused requests' ids, each followed by `\n`,
+    /// in the order they were refused: a customer holding a request id
+    /// and the others can check it was counted.
+    pub request_ids_sha256: Cow<'a, str>,
+    /// The first and last refusal's time (RFC 3339).
+    pub first: Cow<'a, str>,
+    pub last: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +159,19 @@ impl Record<'_> {
         push_int(&mut out, self.geoip.build_epoch);
         out.extend_from_slice(b",\"sha256\":");
         push_str(&mut out, &self.geoip.sha256);
-        out.extend_from_slice(b"}}");
+        out.push(b'}');
+        if let Some(summary) = &self.summary {
+            out.extend_from_slice(b",\"summary\":{\"count\":");
+            push_int(&mut out, summary.count);
+            out.extend_from_slice(b",\"request_ids_sha256\":");
+            push_str(&mut out, &summary.request_ids_sha256);
+            out.extend_from_slice(b",\"first\":");
+            push_str(&mut out, &summary.first);
+            out.extend_from_slice(b",\"last\":");
+            push_str(&mut out, &summary.last);
+            out.push(b'}');
+        }
+        out.push(b'}');
         out
     }
 
@@ -344,6 +374,7 @@ mod tests {
                         build_epoch: u64::from(variant) * 1_700_000_000,
                         sha256: text.into(),
                     },
+                    summary: None,
                 };
                 assert_eq!(
                     String::from_utf8(r.to_bytes()).unwrap(),
@@ -381,6 +412,7 @@ mod tests {
                 build_epoch: 1,
                 sha256: "ef".repeat(32).into(),
             },
+            summary: None,
         };
         let bytes = r.to_bytes();
         assert!(!bytes.contains(&b'\n'));

@@ -120,6 +120,11 @@ pub struct Transparency {
     /// Connections the customer-facing listener holds at once; more are
     /// closed and counted.
     pub max_connections: usize,
+    /// Refusals recorded one by one per second (token bucket); beyond it
+    /// they are folded into summary records (`refusals`).
+    pub refusal_records_per_second: u32,
+    /// The bucket's size: refusals recorded one by one in a burst.
+    pub refusal_records_burst: u32,
     /// `[transparency.tls]`: serve the listener over TLS with these
     /// certificates (chosen by SNI, the first the default); empty: plain
     /// HTTP/1.1.
@@ -163,6 +168,8 @@ pub struct RawTransparency {
     pub address: Option<String>,
     pub max_records: Option<Setting<u64>>,
     pub max_connections: Option<Setting<usize>>,
+    pub refusal_records_per_second: Option<Setting<u32>>,
+    pub refusal_records_burst: Option<Setting<u32>>,
     pub tls: Option<RawLogTls>,
 }
 
@@ -255,6 +262,20 @@ pub fn transparency(
         "an integer from 1 to 65536",
         |n| (1..=65_536).contains(n),
     );
+    let refusal_records_per_second = raw.refusal_records_per_second.check_is_or(
+        100,
+        &k("refusal_records_per_second"),
+        r,
+        "an integer from 0 to 1000000",
+        |n| *n <= 1_000_000,
+    );
+    let refusal_records_burst = raw.refusal_records_burst.check_is_or(
+        1000,
+        &k("refusal_records_burst"),
+        r,
+        "an integer from 0 to 1000000",
+        |n| *n <= 1_000_000,
+    );
     let tls = log_tls(raw.tls.as_ref(), address.is_some(), base, r);
     Some(Transparency {
         directory: directory?,
@@ -270,6 +291,8 @@ pub fn transparency(
         },
         max_records,
         max_connections,
+        refusal_records_per_second,
+        refusal_records_burst,
         tls: tls?,
     })
 }
@@ -442,6 +465,8 @@ mod tests {
             address: Some("nowhere".into()),
             max_records: setting("0"),
             max_connections: setting("0"),
+            refusal_records_per_second: None,
+            refusal_records_burst: None,
             tls: None,
         };
         let mut r = ConfigReport::new("test");

@@ -40,6 +40,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use crate::merkle::{self, Hash, Tree};
 use crate::note::{Checkpoint, NoteError, Signer, Verifier};
 use crate::record::Record;
+use crate::refusals::RefusalGate;
 use crate::settings::Transparency;
 use crate::tiles::{self, Tile};
 
@@ -69,6 +70,10 @@ pub enum LogError {
 #[derive(Clone)]
 pub struct LogMetrics {
     pub appended: IntCounter,
+    /// Refusals folded into summary records (over the refusal budget).
+    pub refusals_summarized: IntCounter,
+    /// Summary records written.
+    pub summary_records: IntCounter,
     /// Seconds each group commit took to write and fsync its batch.
     pub fsync_seconds: Histogram,
     pub write_errors: IntCounter,
@@ -104,6 +109,14 @@ impl LogMetrics {
         registry.register(Box::new(fsync_seconds.clone()))?;
         Ok(LogMetrics {
                 fsync_seconds,
+                refusals_summarized: counter(
+                    "residency_log_refusals_summarized_total",
+                    "Refusals over transparency.refusal_records_per_second, folded into summary records instead of one record each.",
+                )?,
+                summary_records: counter(
+                    "residency_log_summary_records_total",
+                    "Summary records written (one per refusal reason and checkpoint interval with refusals folded).",
+                )?,
                 appended: counter(
                     "residency_log_records_appended_total",
                     "Decision records appended to the transparency log.",
@@ -209,6 +222,8 @@ pub struct Log {
     /// A handle for fsync and reads that need no lock.
     reader: File,
     latest: ArcSwap<Published>,
+    /// Refusals beyond their budget, folded until the next checkpoint.
+    refusals: RefusalGate,
     /// The last append failed: uploads are refused up front (by default).
     failing: AtomicBool,
     /// Serialises checkpoint writers.
@@ -320,6 +335,10 @@ impl Log {
             reader,
             writer: Mutex::new(file),
             latest: ArcSwap::from_pointee(latest),
+            refusals: RefusalGate::new(
+                settings.refusal_records_per_second,
+                settings.refusal_records_burst,
+            ),
             failing: AtomicBool::new(false),
             checkpointing: Mutex::new(()),
             metrics,
@@ -419,6 +438,30 @@ impl Log {
                 &record.request_id,
             )),
             None => Err(self.failed(LogError::Poisoned, &record.request_id)),
+        }
+    }
+
+    /// Appends a refusal's record if the refusal budget allows (`Some`);
+    /// otherwise folds it into its reason's summary (`None`), written by
+    /// [`Log::write_summaries`] before the next checkpoint.
+    pub async fn append_refusal(
+        self: &Arc<Self>,
+        record: &Record<'_>,
+    ) -> Option<Result<Appended, LogError>> {
+        if self.refusals.admit(record) {
+            return Some(self.append(record).await);
+        }
+        self.metrics.refusals_summarized.inc();
+        None
+    }
+
+    /// Appends one summary record per reason for the refusals folded since
+    /// the last call (the checkpoint task calls it before each checkpoint).
+    pub async fn write_summaries(self: &Arc<Self>) {
+        for summary in self.refusals.drain() {
+            if self.append(&summary).await.is_ok() {
+                self.metrics.summary_records.inc();
+            }
         }
     }
 
@@ -867,6 +910,8 @@ mod tests {
             address: None,
             max_records: 1000,
             max_connections: 256,
+            refusal_records_per_second: 100,
+            refusal_records_burst: 1000,
             tls: Vec::new(),
         };
         (Dir(dir), settings)
@@ -897,6 +942,7 @@ mod tests {
                 build_epoch: 1,
                 sha256: "11".repeat(32).into(),
             },
+            summary: None,
         }
     }
 

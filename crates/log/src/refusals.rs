@@ -1,0 +1,226 @@
+//! Refusals cannot exhaust the log. Each is its own record while they
+//! arrive within a token bucket (`transparency.refusal_records_per_second`,
+//! bursts of `refusal_records_burst`); beyond it, refusals are folded into
+//! one summary record per reason, written before the next checkpoint: how
+//! many, the first and last time, and the SHA-256 of their request ids in
+//! order. Every stored upload is still its own record, and a client that is
+//! refused 11,000 times a second adds a handful of records, not 11,000.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ring::digest;
+
+use crate::record::{Record, Summary};
+
+/// The token bucket and the refusals folded since the last drain.
+pub struct RefusalGate {
+    per_second: f64,
+    burst: f64,
+    state: Mutex<State>,
+}
+
+struct State {
+    tokens: f64,
+    at: Instant,
+    /// By reason: the folded refusals.
+    folded: BTreeMap<String, Folded>,
+}
+
+struct Folded {
+    count: u64,
+    ids: digest::Context,
+    first: String,
+    /// The latest folded record: its policy and database go into the
+    /// summary.
+    last: Record<'static>,
+}
+
+impl RefusalGate {
+    pub fn new(per_second: u32, burst: u32) -> RefusalGate {
+        RefusalGate {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            state: Mutex::new(State {
+                tokens: f64::from(burst),
+                at: Instant::now(),
+                folded: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// `true`: write `record` on its own. `false`: it was folded into its
+    /// reason's summary.
+    pub fn admit(&self, record: &Record<'_>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(state.at).as_secs_f64() * self.per_second;
+        state.tokens = (state.tokens + refill).min(self.burst);
+        state.at = now;
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            return true;
+        }
+        let reason = record.reason.as_deref().unwrap_or("refused").to_string();
+        let owned = owned(record);
+        let folded = state.folded.entry(reason).or_insert_with(|| Folded {
+            count: 0,
+            ids: digest::Context::new(&digest::SHA256),
+            first: record.time.to_string(),
+            last: owned.clone(),
+        });
+        folded.count += 1;
+        folded.ids.update(record.request_id.as_bytes());
+        folded.ids.update(b"\n");
+        folded.last = owned;
+        false
+    }
+
+    /// The summary records of everything folded since the last drain, one
+    /// per reason.
+    pub fn drain(&self) -> Vec<Record<'static>> {
+        let folded = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut state.folded)
+        };
+        folded
+            .into_iter()
+            .map(|(reason, f)| {
+                let ids = residency_core::hex::encode(f.ids.finish().as_ref());
+                let mut r = f.last;
+                r.request_id = format!("summary-{}", &ids[..32]).into();
+                r.reason = Some(reason.into());
+                // What differs between the folded refusals is not kept.
+                r.client.source = None;
+                r.client.address = None;
+                r.country = None;
+                r.jurisdiction = None;
+                r.datacenter = None;
+                r.upstream_status = None;
+                r.body = None;
+                r.summary = Some(Summary {
+                    count: f.count,
+                    request_ids_sha256: ids.into(),
+                    first: f.first.into(),
+                    last: r.time.clone(),
+                });
+                r
+            })
+            .collect()
+    }
+}
+
+fn owned(r: &Record<'_>) -> Record<'static> {
+    let own = |c: &std::borrow::Cow<'_, str>| std::borrow::Cow::Owned(c.to_string());
+    let own_opt = |c: &Option<std::borrow::Cow<'_, str>>| c.as_ref().map(own);
+    Record {
+        v: r.v,
+        request_id: own(&r.request_id),
+        time: own(&r.time),
+        outcome: r.outcome,
+        reason: own_opt(&r.reason),
+        client: crate::record::Client {
+            source: own_opt(&r.client.source),
+            address: own_opt(&r.client.address),
+        },
+        country: own_opt(&r.country),
+        jurisdiction: own_opt(&r.jurisdiction),
+        datacenter: own_opt(&r.datacenter),
+        upstream_status: r.upstream_status,
+        body: r.body.as_ref().map(|b| crate::record::BodyDigest {
+            sha256: own(&b.sha256),
+            bytes: b.bytes,
+        }),
+        policy_sha256: own(&r.policy_sha256),
+        geoip: crate::record::Database {
+            build_epoch: r.geoip.build_epoch,
+            sha256: own(&r.geoip.sha256),
+        },
+        summary: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Client, Database, Outcome};
+
+    fn refusal(i: u32, reason: &'static str) -> Record<'static> {
+        Record {
+            v: 1,
+            request_id: format!("{i:032x}").into(),
+            time: format!("2026-12-02T10:00:{:02}.000Z", i % 60).into(),
+            outcome: Outcome::Refused,
+            reason: Some(reason.into()),
+            client: Client {
+                source: Some("peer".into()),
+                address: Some("203.0.113.0/24".into()),
+            },
+            country: None,
+            jurisdiction: None,
+            datacenter: None,
+            upstream_status: None,
+            body: None,
+            policy_sha256: "00".repeat(32).into(),
+            geoip: Database {
+                build_epoch: 1,
+                sha256: "11".repeat(32).into(),
+            },
+            summary: None,
+        }
+    }
+
+    #[test]
+    fn a_burst_then_summaries_per_reason() {
+        // No refill to speak of: 10 per second, a burst of 5.
+        let gate = RefusalGate::new(10, 5);
+        let admitted: Vec<bool> = (0..20)
+            .map(|i| {
+                gate.admit(&refusal(
+                    i,
+                    if i % 2 == 0 {
+                        "origin_unknown"
+                    } else {
+                        "bad_request"
+                    },
+                ))
+            })
+            .collect();
+        let first = admitted.iter().take_while(|a| **a).count();
+        assert!(first >= 5, "the burst is recorded one by one");
+        let folded = admitted.iter().filter(|a| !**a).count();
+        assert!(folded >= 13, "{folded} folded");
+        let summaries = gate.drain();
+        assert_eq!(summaries.len(), 2, "one per reason");
+        let total: u64 = summaries
+            .iter()
+            .map(|s| s.summary.as_ref().unwrap().count)
+            .sum();
+        assert_eq!(total as usize, folded);
+        for s in &summaries {
+            let summary = s.summary.as_ref().unwrap();
+            // The ids of exactly the folded refusals of that reason, in order.
+            let mut ids = digest::Context::new(&digest::SHA256);
+            for i in 0..20u32 {
+                let r = refusal(i, "");
+                let reason = if i % 2 == 0 {
+                    "origin_unknown"
+                } else {
+                    "bad_request"
+                };
+                if !admitted[i as usize] && s.reason.as_deref() == Some(reason) {
+                    ids.update(r.request_id.as_bytes());
+                    ids.update(b"\n");
+                }
+            }
+            let want = residency_core::hex::encode(ids.finish().as_ref());
+            assert_eq!(summary.request_ids_sha256, want);
+            assert!(s.request_id.starts_with("summary-"));
+            assert_eq!(s.client.address, None, "nothing of one client is kept");
+            // It round-trips as a record.
+            assert_eq!(&Record::from_bytes(&s.to_bytes()).unwrap(), s);
+        }
+        assert!(gate.drain().is_empty(), "drained");
+    }
+}
