@@ -6,6 +6,7 @@
 //! | `GET /tile/<L>/<N>[.p/<W>]` | a C2SP tlog-tiles hash tile (`application/octet-stream`, immutable) |
 //! | `GET /tile/entries/<N>[.p/<W>]` | an entry bundle: the records, each after its big-endian `u16` length (gzip) |
 //! | `GET /key` | the verifier key, `name+keyid+base64` |
+//! | `GET /proof/{request_id}.tlog-proof` | a C2SP tlog-proof of the record: index, inclusion path, the latest checkpoint |
 //! | `GET /proof/inclusion?index=N[&size=M]` | audit path for leaf N in the tree of M leaves (default: the latest checkpoint's size) |
 //! | `GET /proof/consistency?from=A[&to=B]` | consistency proof from size A to B (default: the latest checkpoint's size) |
 //! | `GET /records/{request_id}` | the record for a request id and its leaf index |
@@ -24,6 +25,7 @@ use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
 use residency_log::merkle::Hash;
 use residency_log::storage::Log;
 use residency_log::tiles::Tile;
+use residency_log::tlog_proof::TlogProof;
 use serde::Serialize;
 
 /// Answers one request (bodies are never read).
@@ -79,6 +81,24 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
             }
         }
         _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size),
+        _ if path.starts_with("/proof/") && path.ends_with(".tlog-proof") => {
+            let id = &path["/proof/".len()..path.len() - ".tlog-proof".len()];
+            let Some(index) = log.index_of(id) else {
+                return error(StatusCode::NOT_FOUND, "no such record");
+            };
+            match log.inclusion_proof(index, latest.size) {
+                Some((_, hashes)) if index < latest.size => {
+                    let proof = TlogProof {
+                        extra: None,
+                        index,
+                        path: hashes,
+                        checkpoint: latest.note.clone(),
+                    };
+                    text(proof.encode())
+                }
+                _ => error(StatusCode::NOT_FOUND, &not_signed(index + 1, latest.size)),
+            }
+        }
         _ => {
             let index = if let Some(id) = path.strip_prefix("/records/") {
                 log.index_of(id)

@@ -108,8 +108,9 @@ pub enum Command {
     },
     /// Verify a receipt (its signature), its inclusion in the log against a
     /// signed checkpoint, and the log's consistency with a checkpoint seen
-    /// before. Prints VALID or INVALID and why; exits 0 or 1.
-    Verify(residency_tools::verify::VerifyArgs),
+    /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
+    /// why; exits 0 or 1.
+    Verify(Box<residency_tools::verify::VerifyArgs>),
 }
 
 #[derive(Debug, Subcommand)]

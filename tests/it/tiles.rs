@@ -240,6 +240,9 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
             consistency_proof: None,
             save_checkpoint: None,
             ca: None,
+            export_proof: None,
+            proof_file: None,
+            entry: None,
         };
         let report = residency_tools::verify::verify(&args).await;
         assert!(report.valid(), "{index}: {report}");

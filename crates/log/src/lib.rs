@@ -17,3 +17,4 @@ pub mod refusals;
 pub mod settings;
 pub mod storage;
 pub mod tiles;
+pub mod tlog_proof;

@@ -22,6 +22,7 @@ use residency_log::note::{Checkpoint, Verifier};
 use residency_log::receipt::{self, Receipt};
 use residency_log::record::{Outcome, Record};
 use residency_log::tiles::{Need, Proofs};
+use residency_log::tlog_proof::TlogProof;
 
 /// What to verify; see `residency-proxy verify --help`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +60,17 @@ pub struct VerifyArgs {
     /// PEM CA bundle for an `https://` log (default: system roots).
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Once the receipt's inclusion is proven, write it as a C2SP
+    /// tlog-proof (`.tlog-proof`) to this file.
+    #[arg(long)]
+    pub export_proof: Option<PathBuf>,
+    /// Check a C2SP tlog-proof offline (with `--entry`): the checkpoint's
+    /// signature and the entry's inclusion.
+    #[arg(long, requires = "entry", conflicts_with_all = ["receipt", "request_id", "log"])]
+    pub proof_file: Option<PathBuf>,
+    /// The entry (the exact record bytes) a `--proof-file` is for.
+    #[arg(long, requires = "proof_file")]
+    pub entry: Option<PathBuf>,
 }
 
 /// The outcome: the checks that passed, then VALID or INVALID and why.
@@ -117,6 +129,9 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         }
         _ => None,
     };
+    if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
+        return check_tlog_proof(proof, entry, &verifier, checks);
+    }
     let mut summary = None;
     if let Some(receipt) = &receipt {
         summary = Some(check_receipt(receipt, &verifier, checks)?);
@@ -216,6 +231,18 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
             receipt.index,
             proof.hashes.len()
         ));
+        if let Some(path) = &args.export_proof {
+            let proof = TlogProof {
+                extra: None,
+                index: receipt.index,
+                path: hashes(&proof.hashes)?,
+                checkpoint: note.clone(),
+            };
+            std::fs::write(path, proof.encode())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    } else if args.export_proof.is_some() {
+        bail!("--export-proof needs a record: give --receipt or --request-id");
     }
 
     if let Some(path) = &args.previous {
@@ -400,6 +427,39 @@ fn short(hash: &Hash) -> String {
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// GETs from the log's endpoints.
+/// `--proof-file` with `--entry`: a C2SP tlog-proof checked offline.
+fn check_tlog_proof(
+    proof: &PathBuf,
+    entry: &PathBuf,
+    verifier: &Verifier,
+    checks: &mut Vec<String>,
+) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?;
+    let entry = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
+    let parsed = TlogProof::parse(&text)
+        .map_err(|e| anyhow!("{} is not a tlog-proof: {e}", proof.display()))?;
+    let checkpoint = parsed
+        .verify(&entry, verifier)
+        .map_err(anyhow::Error::msg)?;
+    checks.push(format!(
+        "checkpoint signed by {}: tree size {}, root {}",
+        verifier.name(),
+        checkpoint.size,
+        short(&checkpoint.root)
+    ));
+    checks.push(format!(
+        "record {} is leaf {} of the checkpointed tree (tlog-proof, {} hashes)",
+        short(&merkle::leaf_hash(&entry)),
+        parsed.index,
+        parsed.path.len()
+    ));
+    Ok(format!(
+        "entry {} of {} at tree size {}",
+        parsed.index, checkpoint.origin, checkpoint.size
+    ))
+}
+
 /// Answers `query` from the log's hash tiles, fetching each tile it asks
 /// for (O(log n) of them).
 async fn from_tiles<T>(
