@@ -19,7 +19,8 @@
 //! The first two are functions that run to their end ([`proxy_header`],
 //! [`handshake`]); the HTTP phases are tracked by [`Activity`], whose
 //! [`Activity::expired`] is a single timer for the current phase's deadline
-//! and is woken at every transition. A request whose client leaves
+//! that re-checks the phase when it fires (a head starting or the first
+//! request wakes it early). A request whose client leaves
 //! mid-delivery is [`Detached`] so that its delivery and record finish.
 
 use std::future::Future;
@@ -545,10 +546,12 @@ impl Phase {
     }
 }
 
-/// One connection's requests: which [`Phase`] it is in, and a wake-up for
-/// every transition, so that its deadlines run as single timers — nothing
-/// polls (a connection stalled in its first head, slowloris, costs no
-/// wake-ups).
+/// One connection's requests: which [`Phase`] it is in. Its deadlines run
+/// as single timers that re-check the phase when they fire; the only
+/// wake-ups besides are a head starting (its deadline is shorter than the
+/// idle one) and, while [`Activity::quiet`] waits for one, a request
+/// beginning — nothing happens per request otherwise, and a connection
+/// stalled in its first head (slowloris) costs one timer.
 struct Activity {
     /// For the process-wide detached-request budget and its metrics.
     instance: Arc<Instance>,
@@ -565,9 +568,12 @@ struct Activity {
     /// flight, since `head_ms`; cleared when that request starts.
     head_pending: AtomicBool,
     head_ms: AtomicU64,
-    /// Woken at every phase transition: a request begins or ends, a head
-    /// starts arriving.
-    changed: tokio::sync::Notify,
+    /// Woken when a head starts arriving, and at the first request
+    /// (`expired`: both can bring its deadline forward).
+    head_started: tokio::sync::Notify,
+    /// Woken when a request begins while `awaiting_request` is set.
+    began: tokio::sync::Notify,
+    awaiting_request: AtomicBool,
 }
 
 struct Busy(Arc<Activity>);
@@ -576,7 +582,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.changed.notify_waiters();
     }
 }
 
@@ -596,7 +601,9 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
-            changed: tokio::sync::Notify::new(),
+            head_started: tokio::sync::Notify::new(),
+            began: tokio::sync::Notify::new(),
+            awaiting_request: AtomicBool::new(false),
         }
     }
 
@@ -607,8 +614,13 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            // From request_head since the handshake to keepalive_idle.
+            self.head_started.notify_one();
+        }
+        if self.awaiting_request.load(Ordering::Relaxed) {
+            self.began.notify_one();
+        }
         Busy(self.clone())
     }
 
@@ -632,46 +644,36 @@ impl Activity {
         }
     }
 
-    /// Waits for the next phase transition, or until `at` (ms) if given.
-    async fn until_change_or(
-        &self,
-        changed: Pin<&mut tokio::sync::futures::Notified<'_>>,
-        at: Option<u64>,
-    ) {
-        match at {
-            None => changed.await,
-            Some(at) => {
-                let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = changed => {}
-                }
-            }
-        }
-    }
-
     /// Resolves once a request has begun after the first `since`, and the
     /// connection has then been idle (no head arriving either) for `after`:
-    /// HTTP/1 hyper is idle and may hand its stream back.
+    /// HTTP/1 hyper is idle and may hand its stream back. Until a request
+    /// begins it waits for one (no timer); then it re-checks on a timer, at
+    /// most every `after`.
     async fn quiet(&self, since: u64, after: Duration) {
         let after = millis(after);
         loop {
-            // Registered before looking, so a transition meanwhile is not
-            // missed.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let at = match self.phase() {
-                Phase::Idle { since: idle } if self.requests() > since => {
-                    let at = idle.saturating_add(after);
-                    if self.now_ms() >= at {
+            if self.requests() == since {
+                let began = self.began.notified();
+                tokio::pin!(began);
+                began.as_mut().enable();
+                self.awaiting_request.store(true, Ordering::Relaxed);
+                if self.requests() == since {
+                    began.await;
+                }
+                self.awaiting_request.store(false, Ordering::Relaxed);
+                continue;
+            }
+            let wait = match self.phase() {
+                Phase::Idle { since: idle } => {
+                    let quiet_for = self.now_ms().saturating_sub(idle);
+                    if quiet_for >= after {
                         return;
                     }
-                    Some(at)
+                    after - quiet_for
                 }
-                _ => None,
+                _ => after,
             };
-            self.until_change_or(changed, at).await;
+            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
         }
     }
 
@@ -682,25 +684,33 @@ impl Activity {
             && !self.head_pending.swap(true, Ordering::Relaxed)
         {
             self.head_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.changed.notify_waiters();
+            self.head_started.notify_one();
         }
     }
 
     /// Resolves with the deadline's name once the current phase outlives
     /// it: `request_head` (the first head, or a later HTTP/1 head from its
-    /// first byte) or `keepalive_idle`.
+    /// first byte) or `keepalive_idle`. One timer: when it fires the phase
+    /// is looked at again (a busy connection is re-checked every
+    /// `keepalive_idle`); a head starting or the first request wakes it
+    /// early.
     async fn expired(&self, request_head: Duration, keepalive_idle: Duration) -> &'static str {
         let (head, idle) = (millis(request_head), millis(keepalive_idle));
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            let started = self.head_started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
             let phase = self.phase();
-            let at = phase.deadline(head, idle);
-            if at.is_some_and(|at| self.now_ms() >= at) {
-                return phase.name();
+            let now = self.now_ms();
+            let at = match phase.deadline(head, idle) {
+                Some(at) if now >= at => return phase.name(),
+                Some(at) => at,
+                None => now.saturating_add(idle),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(at - now)) => {}
+                () = started => {}
             }
-            self.until_change_or(changed, at).await;
         }
     }
 }

@@ -260,11 +260,6 @@ impl Pool {
         let room = &inner.rooms[u.0];
         let deadline = tokio::time::Instant::now() + inner.connect_timeout;
         let permit = loop {
-            // Registered before looking, so a connection freed meanwhile
-            // is not missed.
-            let freed = room.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             if let Some((mut tx, progress)) = self.checkout(u).await {
                 set(watch, &progress);
                 match tx.try_send_request(req).await {
@@ -284,6 +279,15 @@ impl Pool {
             }
             if !capped {
                 break None;
+            }
+            // At the cap (rare): registered, then looked at again, so a
+            // connection freed meanwhile is not missed.
+            let freed = room.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
+            if idle > 0 || room.permits.available_permits() > 0 {
+                continue;
             }
             tokio::select! {
                 permit = room.permits.clone().acquire_owned() => match permit {
@@ -421,7 +425,11 @@ impl Pool {
             since: Instant::now(),
         });
         drop(idle);
-        inner.rooms[u.0].freed.notify_one();
+        let room = &inner.rooms[u.0];
+        // Only at the cap can a request be waiting for this connection.
+        if room.permits.available_permits() == 0 {
+            room.freed.notify_one();
+        }
         // Started with the first idle connection (a body may be dropped
         // outside the runtime: then the next one starts it).
         if !inner.reaper_started.swap(true, Ordering::Relaxed) {
