@@ -232,17 +232,8 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
         let args = residency_tools::verify::VerifyArgs {
             key: log.signer().verifier_key(),
             receipt: Some(receipt.encode()),
-            request_id: None,
             log: Some(proxy.log_url()),
-            checkpoint: None,
-            proof: None,
-            previous: None,
-            consistency_proof: None,
-            save_checkpoint: None,
-            ca: None,
-            export_proof: None,
-            proof_file: None,
-            entry: None,
+            ..Default::default()
         };
         let report = residency_tools::verify::verify(&args).await;
         assert!(report.valid(), "{index}: {report}");

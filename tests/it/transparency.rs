@@ -27,18 +27,7 @@ async fn with_log(lines: &str) -> Proxy {
 fn args(key: &str) -> VerifyArgs {
     VerifyArgs {
         key: key.to_string(),
-        receipt: None,
-        request_id: None,
-        log: None,
-        checkpoint: None,
-        proof: None,
-        previous: None,
-        consistency_proof: None,
-        save_checkpoint: None,
-        ca: None,
-        export_proof: None,
-        proof_file: None,
-        entry: None,
+        ..VerifyArgs::default()
     }
 }
 

@@ -32,9 +32,10 @@ struct Folded {
     count: u64,
     ids: digest::Context,
     first: String,
-    /// The latest folded record: its policy and database go into the
-    /// summary.
-    last: Record<'static>,
+    last: String,
+    /// The first folded refusal: its policy and database go into the
+    /// summary (made once per reason and interval).
+    template: Record<'static>,
 }
 
 impl RefusalGate {
@@ -62,18 +63,31 @@ impl RefusalGate {
             state.tokens -= 1.0;
             return true;
         }
-        let reason = record.reason.as_deref().unwrap_or("refused").to_string();
-        let owned = owned(record);
-        let folded = state.folded.entry(reason).or_insert_with(|| Folded {
-            count: 0,
-            ids: digest::Context::new(&digest::SHA256),
-            first: record.time.to_string(),
-            last: owned.clone(),
-        });
+        let reason = record.reason.as_deref().unwrap_or("refused");
+        // A key is allocated only for a reason's first refusal of the
+        // interval.
+        if !state.folded.contains_key(reason) {
+            let template = Record::from_bytes(&record.to_bytes()).ok();
+            let Some(template) = template else {
+                return true; // never: a record parses back from its bytes
+            };
+            let folded = Folded {
+                count: 0,
+                ids: digest::Context::new(&digest::SHA256),
+                first: record.time.to_string(),
+                last: String::new(),
+                template,
+            };
+            state.folded.insert(reason.to_string(), folded);
+        }
+        let Some(folded) = state.folded.get_mut(reason) else {
+            return true;
+        };
         folded.count += 1;
         folded.ids.update(record.request_id.as_bytes());
         folded.ids.update(b"\n");
-        folded.last = owned;
+        folded.last.clear();
+        folded.last.push_str(&record.time);
         false
     }
 
@@ -88,8 +102,9 @@ impl RefusalGate {
             .into_iter()
             .map(|(reason, f)| {
                 let ids = residency_core::hex::encode(f.ids.finish().as_ref());
-                let mut r = f.last;
+                let mut r = f.template;
                 r.request_id = format!("summary-{}", &ids[..32]).into();
+                r.time = f.last.clone().into();
                 r.reason = Some(reason.into());
                 // What differs between the folded refusals is not kept.
                 r.client.source = None;
@@ -103,41 +118,11 @@ impl RefusalGate {
                     count: f.count,
                     request_ids_sha256: ids.into(),
                     first: f.first.into(),
-                    last: r.time.clone(),
+                    last: f.last.into(),
                 });
                 r
             })
             .collect()
-    }
-}
-
-fn owned(r: &Record<'_>) -> Record<'static> {
-    let own = |c: &std::borrow::Cow<'_, str>| std::borrow::Cow::Owned(c.to_string());
-    let own_opt = |c: &Option<std::borrow::Cow<'_, str>>| c.as_ref().map(own);
-    Record {
-        v: r.v,
-        request_id: own(&r.request_id),
-        time: own(&r.time),
-        outcome: r.outcome,
-        reason: own_opt(&r.reason),
-        client: crate::record::Client {
-            source: own_opt(&r.client.source),
-            address: own_opt(&r.client.address),
-        },
-        country: own_opt(&r.country),
-        jurisdiction: own_opt(&r.jurisdiction),
-        datacenter: own_opt(&r.datacenter),
-        upstream_status: r.upstream_status,
-        body: r.body.as_ref().map(|b| crate::record::BodyDigest {
-            sha256: own(&b.sha256),
-            bytes: b.bytes,
-        }),
-        policy_sha256: own(&r.policy_sha256),
-        geoip: crate::record::Database {
-            build_epoch: r.geoip.build_epoch,
-            sha256: own(&r.geoip.sha256),
-        },
-        summary: None,
     }
 }
 

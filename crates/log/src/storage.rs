@@ -638,21 +638,29 @@ impl Log {
 
     /// The stored bytes of leaf `index`.
     pub fn record(&self, index: u64) -> Option<Vec<u8>> {
+        let mut line = self.lines(index, 1)?;
+        line.pop(); // its newline
+        Some(line)
+    }
+
+    /// The `count` written lines (records with their newlines) from leaf
+    /// `first` on, with one read.
+    fn lines(&self, first: u64, count: u64) -> Option<Vec<u8>> {
         let (start, end) = {
             let inner = self.lock();
-            if index >= inner.written_size {
+            let last = first.checked_add(count)?;
+            if count == 0 || last > inner.written_size {
                 return None;
             }
-            let i = usize::try_from(index).ok()?;
-            let start = *inner.offsets.get(i)?;
-            let end = inner
-                .offsets
-                .get(i + 1)
-                .copied()
-                .unwrap_or(inner.written_len);
-            (start, end)
+            let offset = |i: u64| inner.offsets.get(usize::try_from(i).ok()?).copied();
+            let end = if last == inner.written_size {
+                inner.written_len
+            } else {
+                offset(last)?
+            };
+            (offset(first)?, end)
         };
-        let mut buf = vec![0u8; usize::try_from(end - start).ok()?.checked_sub(1)?];
+        let mut buf = vec![0u8; usize::try_from(end - start).ok()?];
         self.reader.read_exact_at(&mut buf, start).ok()?;
         Some(buf)
     }
@@ -676,9 +684,12 @@ impl Log {
                 Some(out)
             }
             None => {
-                let mut out = Vec::with_capacity(tile.width as usize * 512);
-                for index in first..first + width {
-                    if !tiles::push_entry(&mut out, &self.record(index)?) {
+                // One read for the bundle's records (lines, no newline inside).
+                let lines = self.lines(first, width)?;
+                let mut out = Vec::with_capacity(lines.len() + 2 * tile.width as usize);
+                for record in lines.split_inclusive(|&b| b == b'\n') {
+                    let record = record.strip_suffix(b"\n")?;
+                    if !tiles::push_entry(&mut out, record) {
                         return None;
                     }
                 }

@@ -25,7 +25,7 @@ use residency_log::tiles::{Need, Proofs};
 use residency_log::tlog_proof::TlogProof;
 
 /// What to verify; see `residency-proxy verify --help`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct VerifyArgs {
     /// The log's verifier key (`name+keyid+base64`), or a file holding it.
     #[arg(long)]
