@@ -28,6 +28,8 @@ use crate::shutdown::{accept, stopped};
 pub struct Cap {
     pub max_connections: usize,
     pub rejected: prometheus::IntCounter,
+    /// `answer` does blocking I/O: run it on a blocking thread.
+    pub blocking: bool,
 }
 
 /// How long a connection may take to send its request head (and, with
@@ -36,7 +38,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 on `listener` — over TLS when `tls` is set — with a
 /// synchronous `answer` until `stop` turns true (the admin and the
-/// transparency listeners).
+/// transparency listeners). With `cap.blocking`, `answer` may block (it
+/// reads files) and runs on the blocking thread pool, never on an async
+/// worker.
 pub async fn serve<F>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -58,12 +62,13 @@ pub async fn serve<F>(
         let answer = answer.clone();
         let stop = stop.clone();
         let tls = tls.clone();
+        let blocking = cap.blocking;
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(stream, answer, stop).await,
+                None => connection(stream, answer, blocking, stop).await,
                 Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => connection(stream, answer, stop).await,
+                    Ok(Ok(stream)) => connection(stream, answer, blocking, stop).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
@@ -73,14 +78,28 @@ pub async fn serve<F>(
 }
 
 /// One connection: its requests until it ends or `stop` turns true.
-async fn connection<S, F>(stream: S, answer: F, mut stop: watch::Receiver<bool>)
+async fn connection<S, F>(stream: S, answer: F, blocking: bool, mut stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
-    let service = service_fn(move |req| {
-        let response = answer(&req);
-        async move { Ok::<_, Infallible>(response) }
+    let service = service_fn(move |req: Request<Incoming>| {
+        let answer = answer.clone();
+        async move {
+            if !blocking {
+                return Ok::<_, Infallible>(answer(&req));
+            }
+            match tokio::task::spawn_blocking(move || answer(&req)).await {
+                Ok(response) => Ok(response),
+                Err(_) => {
+                    let mut busy = Response::new(Full::new(Bytes::from_static(
+                        b"{\"error\":\"shutting down\"}",
+                    )));
+                    *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Ok(busy)
+                }
+            }
+        }
     });
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())

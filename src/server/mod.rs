@@ -169,6 +169,8 @@ impl Bound {
                     max_connections: log.settings().max_connections,
                     rejected: (self.instance.metrics.connections_rejected)
                         .with_label_values(&["log_connection_limit"]),
+                    // Tiles, records and proofs are read from disk.
+                    blocking: true,
                 };
                 tasks.push(tokio::spawn(crate::plain_http::serve(
                     listener,

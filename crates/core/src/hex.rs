@@ -15,7 +15,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Hex (either case) to bytes; `None` for odd lengths or other characters.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);

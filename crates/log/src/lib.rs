@@ -9,6 +9,8 @@
 //! `[transparency]` configuration section.
 
 pub mod api;
+pub mod disk;
+pub mod edge;
 pub mod merkle;
 pub mod note;
 pub mod receipt;

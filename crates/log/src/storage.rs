@@ -1,51 +1,68 @@
 //! The transparency log: decision records as leaves of an append-only
-//! RFC 6962 Merkle tree, kept on disk and checkpointed with signed notes.
+//! RFC 6962 Merkle tree, stored as C2SP tlog-tiles
+//! (<https://c2sp.org/tlog-tiles>) and checkpointed with signed notes.
 //!
-//! On disk, a directory holds two files:
+//! On disk, the log directory holds exactly the spec's files —
+//! `tile/<L>/<N>` hash tiles, `tile/entries/<N>` entry bundles (each record
+//! after its big-endian `u16` length), their `.p/<W>` partial forms for
+//! every checkpoint's size, and `checkpoint` — plus `staging.<N>`, the entry
+//! bundle being filled, and `index.redb`, the request-id index.
 //!
-//! * `records.log` — one record (JSON, no newlines inside) per line, only
-//!   ever appended. Leaf `i` is line `i` without its newline. Appends are
-//!   group-committed: the first request to append starts a batch, yields
-//!   once so the records of other ready requests join it, and writes the
-//!   whole batch with one `write(2)` and one `fdatasync(2)` on a blocking
-//!   thread (requests arriving meanwhile form the next batch); every
-//!   request in the batch waits for both before it is answered. Neither a
-//!   killed process nor a power loss can therefore lose a record whose
-//!   receipt went out, or give its index to another record; a power loss
-//!   can leave a torn last line of a batch nobody was told about.
-//! * `checkpoint` — the latest signed checkpoint, replaced atomically
-//!   (write, fsync, rename, fsync the directory). `records.log` is fsynced
-//!   before a checkpoint covering it is written, so every checkpoint ever
-//!   issued covers records that are on disk.
-//!
-//! Opening the log replays `records.log`: it rebuilds the tree, cuts off a
-//! torn or unreadable tail — but only beyond the last checkpoint — and checks
-//! that the tree at the checkpoint's size has the checkpoint's root. If it
-//! does not (records lost or altered), the log refuses to open: the proxy
-//! does not start on a history that contradicts what it signed.
+//! * **Durable before acknowledged.** A writer thread appends the records
+//!   of concurrent requests to the staging bundle with one `write(2)` and
+//!   one `fdatasync(2)` (group commit); each request waits for its batch.
+//!   At 256 entries the bundle is renamed to its tile name. Neither a
+//!   killed process nor a power loss can lose a record whose receipt went
+//!   out, or give its index to another record.
+//! * **Hash tiles** are written when the tree fills them and fsynced (with
+//!   their directories and the renamed bundles) before a checkpoint that
+//!   covers them is written, atomically (write, fsync, rename, fsync the
+//!   directory).
+//! * **Memory is the right edge**: the partial tile of each level
+//!   ([`Edge`]), at most 255 hashes per level, plus the request ids of
+//!   records not yet moved into the on-disk index (one checkpoint
+//!   interval's worth). Proofs, records and tiles are read from disk.
+//! * **Opening** reads the right edge at the last checkpoint's size (level
+//!   0 from its entry bundle, each level above from the full tiles below
+//!   it) and refuses to start unless it hashes to the checkpoint's root,
+//!   then replays the records written after the checkpoint (cutting a torn
+//!   tail of the staging bundle — only beyond the checkpoint). The proxy
+//!   does not start on a history that contradicts what it signed. A tile
+//!   or bundle deeper in the tree is not re-read at start: what the log
+//!   signs next depends only on the right edge, and every client checks
+//!   what it fetches against a signed root.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use redb::{ReadableDatabase, TableDefinition};
 
-use crate::merkle::{self, Hash, Tree};
+use crate::disk::{self, Disk};
+use crate::edge::{self, Edge};
+use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, NoteError, Signer, Verifier};
 use crate::record::Record;
 use crate::refusals::RefusalGate;
 use crate::settings::Transparency;
-use crate::tiles::{self, Tile};
+use crate::tiles::{self, Need, Proofs, Tile, WIDTH};
 
-const RECORDS: &str = "records.log";
 const CHECKPOINT: &str = "checkpoint";
+/// How long a batch waits for more records while the log is busy.
+const COMMIT_WINDOW: Duration = Duration::from_micros(1000);
+/// A log whose last batch ended this recently is busy.
+const BUSY: Duration = Duration::from_millis(5);
+const INDEX: &str = "index.redb";
+/// The file of the log format before tiles.
+const LEGACY_RECORDS: &str = "records.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -77,6 +94,8 @@ pub struct LogMetrics {
     /// Seconds each group commit took to write and fsync its batch.
     pub fsync_seconds: Histogram,
     pub write_errors: IntCounter,
+    /// Hash tiles and entry bundles written (full ones).
+    pub tiles_written: IntCounter,
     pub size: IntGauge,
     pub checkpoint_size: IntGauge,
     pub checkpoint_timestamp: IntGauge,
@@ -121,6 +140,10 @@ impl LogMetrics {
                     "residency_log_records_appended_total",
                     "Decision records appended to the transparency log.",
                 )?,
+                tiles_written: counter(
+                    "residency_log_tiles_written_total",
+                    "Full hash tiles and entry bundles written (C2SP tlog-tiles).",
+                )?,
                 write_errors: counter(
                     "residency_log_write_errors_total",
                     "Decision records that could not be written (the request was refused, or acknowledged without a receipt under on_write_error = \"continue\").",
@@ -162,148 +185,174 @@ pub struct Appended {
     pub leaf: Hash,
 }
 
-struct Inner {
-    /// Bytes of every record appended, written or pending.
-    len: u64,
-    /// Records and bytes in `records.log` (the rest is the pending batch).
-    written_size: u64,
-    written_len: u64,
-    /// The batch being formed: records appended but not yet written.
-    pending: Option<(Arc<Batch>, Vec<u8>)>,
-    /// Batches written (each one `write(2)`).
-    batches: u64,
-    tree: Tree,
-    /// Start offset of each record in `records.log`.
-    offsets: Vec<u64>,
-    /// Request id → leaf index (ids are hex; others are hashed).
-    by_id: ById,
+/// Why an append was not made durable.
+#[derive(Debug, Clone)]
+enum Failure {
+    Full(u64),
+    Io(String),
+    Poisoned,
+}
+
+/// One record waiting for the writer thread.
+struct Item {
+    leaf: Hash,
+    id: u128,
+    /// Where its entry ends in the queue's buffer.
+    end: usize,
+    reply: tokio::sync::oneshot::Sender<Result<u64, Failure>>,
+}
+
+/// Records handed to the writer thread, already encoded as bundle entries.
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    items: Vec<Item>,
+    closed: bool,
+}
+
+/// What readers, the checkpointer and the writer share.
+struct State {
+    /// Records written and fsynced.
+    size: u64,
+    edge: Edge,
+    /// The entry bundle being filled and its fsynced length.
+    staging_index: u64,
+    staging_len: u64,
+    /// Request ids of records not yet in the on-disk index.
+    recent: ById,
+    /// Files and directories written since the last checkpoint, to fsync
+    /// before a checkpoint covers them.
+    unsynced: Vec<PathBuf>,
+    /// Full hash tiles whose write failed, retried before the checkpoint.
+    unwritten: Vec<(Tile, Vec<u8>)>,
+    /// A failed write could not be undone: nothing more is written.
     poisoned: bool,
+    /// Group commits done (one `write(2)` + `fdatasync(2)` each, or two
+    /// when a batch completes a bundle).
+    batches: u64,
 }
 
-/// Writes the batch its leader started if the leader is dropped while it
-/// yields, so a cancelled request cannot stall the log (the leader that is
-/// not dropped disarms it and writes on a blocking thread instead).
-struct FlushOnDrop<'a> {
-    log: &'a Log,
-    batch: Option<&'a Arc<Batch>>,
+/// The bundle file the writer thread appends to.
+struct Staging {
+    file: File,
+    index: u64,
+    len: u64,
+    count: u64,
 }
 
-impl Drop for FlushOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(batch) = self.batch {
-            self.log.flush(batch);
-        }
-    }
-}
-
-/// One group commit: its outcome, shared by every request in it.
-struct Batch {
-    start_size: u64,
-    start_len: u64,
-    result: std::sync::OnceLock<Result<(), String>>,
-    done: tokio::sync::Notify,
-}
-
-impl Batch {
-    fn finish(&self, result: Result<(), String>) {
-        let _ = self.result.set(result);
-        self.done.notify_waiters();
-    }
-}
-
-pub struct Log {
+struct Core {
     settings: Transparency,
     signer: Signer,
     verifier: Verifier,
-    dir: PathBuf,
-    inner: Mutex<Inner>,
-    /// The append handle; holding its lock orders batch writes.
-    writer: Mutex<File>,
-    /// A handle for fsync and reads that need no lock.
-    reader: File,
+    disk: Disk,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    state: Mutex<State>,
     latest: ArcSwap<Published>,
-    /// Refusals beyond their budget, folded until the next checkpoint.
+    index: redb::Database,
     refusals: RefusalGate,
-    /// The last append failed: uploads are refused up front (by default).
     failing: AtomicBool,
-    /// Serialises checkpoint writers.
     checkpointing: Mutex<()>,
     metrics: LogMetrics,
 }
 
+/// The transparency log (see the module documentation).
+pub struct Log {
+    core: Arc<Core>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        lock(&self.core.queue).closed = true;
+        self.core.wake.notify_all();
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
+    let path = path.display().to_string();
+    move |source| LogError::Io { path, source }
+}
+
+const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The META key: records `[0, indexed)` are in BY_ID.
+const INDEXED: &str = "indexed";
+/// Memory redb may use for its page cache (the index is read rarely).
+const INDEX_CACHE: usize = 4 << 20;
+
 impl Log {
-    /// Opens (or creates) the log in `settings.directory`, recovering it.
+    /// Opens (or creates) the log in `settings.directory`, recovering it:
+    /// the tree's right edge is rebuilt from the tiles at the last
+    /// checkpoint's size and must hash to its root, then the records
+    /// written after it are replayed.
     pub fn open(settings: &Transparency, metrics: LogMetrics) -> Result<Arc<Log>, LogError> {
+        let started = Instant::now();
         let dir = settings.directory.clone();
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| LogError::Io { path, source }
-        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(io(&dir))?;
+            .map_err(io_error(&dir))?;
         let key_path = &settings.signing_key;
-        let pkcs8 = std::fs::read(key_path).map_err(io(key_path))?;
-        let signer =
-            Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(|source| LogError::Key {
-                path: key_path.display().to_string(),
-                source,
-            })?;
-        let verifier = Verifier::parse(&signer.verifier_key()).map_err(|source| LogError::Key {
+        let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
+        let key_error = |source| LogError::Key {
             path: key_path.display().to_string(),
             source,
-        })?;
-
-        let records = dir.join(RECORDS);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&records)
-            .map_err(io(&records))?;
+        };
+        let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(key_error)?;
+        let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
+        let disk = Disk::new(dir.clone());
+        if dir.join(LEGACY_RECORDS).exists() {
+            return Err(LogError::Corrupt {
+                path: dir.join(LEGACY_RECORDS).display().to_string(),
+                message: "is a log in the pre-tiles format (one JSON record per line); this version stores C2SP tiles: keep that directory for its proofs and point transparency.directory at a new one".into(),
+            });
+        }
         let committed = read_checkpoint(&dir, &verifier, &settings.origin)?;
-        let replayed = replay(&mut file, &records)?;
-        let path = records.display().to_string();
-        if let Some(cp) = &committed {
-            if cp.size > replayed.tree.size() {
-                return Err(LogError::Corrupt {
-                    path,
-                    message: format!(
-                        "holds {} readable records but the last checkpoint covers {}: committed records are missing or damaged",
-                        replayed.tree.size(),
-                        cp.size
-                    ),
-                });
-            }
-            let root = replayed.tree.root_at(cp.size).unwrap_or_default();
-            if root != cp.root {
-                return Err(LogError::Corrupt {
-                    path,
-                    message: format!(
-                        "the first {} records hash to {} but the last checkpoint says {}: committed records were altered",
-                        cp.size,
-                        residency_core::hex::encode(&root),
-                        residency_core::hex::encode(&cp.root)
-                    ),
-                });
-            }
+        let (size, root) = committed
+            .as_ref()
+            .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
+        let edge = edge_at(&disk, size)?;
+        if edge.root() != root {
+            return Err(LogError::Corrupt {
+                path: dir.display().to_string(),
+                message: format!(
+                    "the tiles at the last checkpoint's size {size} hash to {} but the checkpoint says {}: committed tiles or records were altered",
+                    residency_core::hex::encode(&edge.root()),
+                    residency_core::hex::encode(&root)
+                ),
+            });
         }
-        if replayed.len < replayed.file_len {
-            tracing::warn!(
-                path = %records.display(),
-                kept = replayed.tree.size(),
-                dropped_bytes = replayed.file_len - replayed.len,
-                "cutting a torn or unreadable tail off the record log (beyond the last checkpoint)"
-            );
-            file.set_len(replayed.len).map_err(io(&records))?;
-            file.sync_all().map_err(io(&records))?;
-        }
-        let reader = file.try_clone().map_err(io(&records))?;
-        let size = replayed.tree.size();
-        metrics.size.set(size as i64);
+        let mut state = State {
+            size,
+            edge,
+            staging_index: size / WIDTH,
+            staging_len: 0,
+            recent: ById::default(),
+            unsynced: Vec::new(),
+            unwritten: Vec::new(),
+            poisoned: false,
+            batches: 0,
+        };
+        let staging = replay(&disk, &mut state, &metrics)?;
+        let index_path = dir.join(INDEX);
+        let index = redb::Database::builder()
+            .set_cache_size(INDEX_CACHE)
+            .create(&index_path)
+            .map_err(|e| LogError::Corrupt {
+                path: index_path.display().to_string(),
+                message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+            })?;
+        catch_up_index(&disk, &index, &index_path, size)?;
+        metrics.size.set(state.size as i64);
         let latest = match committed {
             Some(cp) => Published {
                 note: cp.note,
@@ -316,25 +365,17 @@ impl Log {
                 root: merkle::empty_root(),
             },
         };
-        let log = Arc::new(Log {
+        let records = state.size;
+        let core = Arc::new(Core {
             settings: settings.clone(),
             signer,
             verifier,
-            dir,
-            inner: Mutex::new(Inner {
-                len: replayed.len,
-                written_size: size,
-                written_len: replayed.len,
-                pending: None,
-                batches: 0,
-                tree: replayed.tree,
-                offsets: replayed.offsets,
-                by_id: replayed.by_id,
-                poisoned: false,
-            }),
-            reader,
-            writer: Mutex::new(file),
+            disk,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            state: Mutex::new(state),
             latest: ArcSwap::from_pointee(latest),
+            index,
             refusals: RefusalGate::new(
                 settings.refusal_records_per_second,
                 settings.refusal_records_burst,
@@ -343,255 +384,442 @@ impl Log {
             checkpointing: Mutex::new(()),
             metrics,
         });
+        let thread_core = core.clone();
+        let writer = std::thread::Builder::new()
+            .name("residency-log-writer".into())
+            .spawn(move || thread_core.run(staging))
+            .map_err(io_error(&dir))?;
+        let log = Log {
+            core,
+            writer: Mutex::new(Some(writer)),
+        };
         // A checkpoint for what was recovered, before anything new is added.
         log.checkpoint()?;
         tracing::info!(
-            directory = %log.dir.display(),
-            records = size,
-            key = %log.signer.verifier_key(),
+            directory = %dir.display(),
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            key = %log.core.signer.verifier_key(),
             "transparency log open"
         );
-        Ok(log)
+        Ok(Arc::new(log))
     }
 
     pub fn settings(&self) -> &Transparency {
-        &self.settings
+        &self.core.settings
     }
 
     pub fn signer(&self) -> &Signer {
-        &self.signer
+        &self.core.signer
     }
 
     pub fn verifier(&self) -> &Verifier {
-        &self.verifier
+        &self.core.verifier
     }
 
     /// True while appends fail (or the log is full): new uploads should not
     /// be accepted under `on_write_error = "refuse"`.
     pub fn failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the file half-written
-        // in a way we track: `len` is only advanced after a full write.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.core.failing.load(Ordering::Relaxed)
     }
 
     /// Appends `record` as the next leaf and returns once it is durable:
-    /// written and fsynced, so no crash can give its index to another
-    /// record after its receipt went out. Records of concurrent requests
-    /// share one `write(2)` and one `fdatasync(2)` (group commit), done on
-    /// a blocking thread; requests arriving meanwhile form the next batch.
-    pub async fn append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
+    /// in its entry bundle on disk and fsynced, so no crash can give its
+    /// index to another record after its receipt went out. The writer
+    /// thread writes the records of concurrent requests with one
+    /// `write(2)` and one `fdatasync(2)` (group commit); records arriving
+    /// meanwhile form the next batch. A request dropped while it waits
+    /// still has its record written.
+    pub async fn append(&self, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         if bytes.len() > tiles::MAX_ENTRY {
             return Err(self.failed(LogError::EntryTooLarge(bytes.len()), &record.request_id));
         }
         let leaf = merkle::leaf_hash(&bytes);
-        let id = id_key(&record.request_id);
-        let joined = {
-            let mut inner = self.lock();
-            self.join(&mut inner, &bytes, leaf, id)
-        };
-        let (batch, leader, index) = match joined {
-            Ok(j) => j,
-            Err(e) => return Err(self.failed(e, &record.request_id)),
-        };
-        if leader {
-            // The batch must be written even if this request is dropped
-            // while it yields (client gone, shutdown): every later record
-            // joins it and waits for it.
-            let mut flush = FlushOnDrop {
-                log: self,
-                batch: Some(&batch),
-            };
-            // Let the other requests that are ready now add their records.
-            tokio::task::yield_now().await;
-            flush.batch = None;
-            let (log, b) = (self.clone(), batch.clone());
-            // Runs to its end even if this request is dropped meanwhile.
-            let written = tokio::task::spawn_blocking(move || log.flush(&b)).await;
-            if written.is_err() {
-                // No blocking thread (the runtime is shutting down).
-                self.flush(&batch);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut q = lock(&self.core.queue);
+            if q.closed {
+                drop(q);
+                return Err(self.failed(LogError::Poisoned, &record.request_id));
             }
-        } else {
-            let done = batch.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if batch.result.get().is_none() {
-                done.await;
+            tiles::push_entry(&mut q.buf, &bytes);
+            let end = q.buf.len();
+            q.items.push(Item {
+                leaf,
+                id: id_key(&record.request_id),
+                end,
+                reply,
+            });
+            if q.items.len() == 1 {
+                self.core.wake.notify_one();
             }
         }
-        match batch.result.get() {
-            Some(Ok(())) => {
-                self.failing.store(false, Ordering::Relaxed);
-                self.metrics.appended.inc();
+        match answer.await {
+            Ok(Ok(index)) => {
+                self.core.failing.store(false, Ordering::Relaxed);
+                self.core.metrics.appended.inc();
                 Ok(Appended { index, bytes, leaf })
             }
-            Some(Err(message)) => Err(self.failed(
+            Ok(Err(Failure::Full(n))) => Err(self.failed(LogError::Full(n), &record.request_id)),
+            Ok(Err(Failure::Io(message))) => Err(self.failed(
                 LogError::Io {
-                    path: self.dir.join(RECORDS).display().to_string(),
-                    source: std::io::Error::other(message.clone()),
+                    path: self.core.disk.dir().display().to_string(),
+                    source: std::io::Error::other(message),
                 },
                 &record.request_id,
             )),
-            None => Err(self.failed(LogError::Poisoned, &record.request_id)),
+            Ok(Err(Failure::Poisoned)) | Err(_) => {
+                Err(self.failed(LogError::Poisoned, &record.request_id))
+            }
         }
     }
 
     /// Appends a refusal's record if the refusal budget allows (`Some`);
     /// otherwise folds it into its reason's summary (`None`), written by
     /// [`Log::write_summaries`] before the next checkpoint.
-    pub async fn append_refusal(
-        self: &Arc<Self>,
-        record: &Record<'_>,
-    ) -> Option<Result<Appended, LogError>> {
-        if self.refusals.admit(record) {
+    pub async fn append_refusal(&self, record: &Record<'_>) -> Option<Result<Appended, LogError>> {
+        if self.core.refusals.admit(record) {
             return Some(self.append(record).await);
         }
-        self.metrics.refusals_summarized.inc();
+        self.core.metrics.refusals_summarized.inc();
         None
     }
 
     /// Appends one summary record per reason for the refusals folded since
     /// the last call (the checkpoint task calls it before each checkpoint).
-    pub async fn write_summaries(self: &Arc<Self>) {
-        for summary in self.refusals.drain() {
+    pub async fn write_summaries(&self) {
+        for summary in self.core.refusals.drain() {
             if self.append(&summary).await.is_ok() {
-                self.metrics.summary_records.inc();
+                self.core.metrics.summary_records.inc();
             }
         }
     }
 
     fn failed(&self, e: LogError, request_id: &str) -> LogError {
-        self.failing.store(true, Ordering::Relaxed);
-        self.metrics.write_errors.inc();
+        self.core.failing.store(true, Ordering::Relaxed);
+        self.core.metrics.write_errors.inc();
         tracing::error!(error = %e, request_id, "transparency log write failed");
         e
     }
 
-    /// Adds a record to the pending batch (starting one if there is none:
-    /// then this request leads it). Returns the batch, leadership and index.
-    fn join(
-        &self,
-        inner: &mut Inner,
-        bytes: &[u8],
-        leaf: Hash,
-        id: u128,
-    ) -> Result<(Arc<Batch>, bool, u64), LogError> {
-        if inner.poisoned {
-            return Err(LogError::Poisoned);
-        }
-        if inner.tree.size() >= self.settings.max_records {
-            return Err(LogError::Full(inner.tree.size()));
-        }
-        let leader = inner.pending.is_none();
-        let (start_size, start_len) = (inner.tree.size(), inner.len);
-        let (batch, buf) = inner.pending.get_or_insert_with(|| {
-            let batch = Batch {
-                start_size,
-                start_len,
-                result: std::sync::OnceLock::new(),
-                done: tokio::sync::Notify::new(),
-            };
-            (Arc::new(batch), Vec::with_capacity(4096))
-        });
-        buf.extend_from_slice(bytes);
-        buf.push(b'\n');
-        let batch = batch.clone();
-        let offset = inner.len;
-        inner.len += bytes.len() as u64 + 1;
-        inner.offsets.push(offset);
-        let index = inner.tree.push(leaf);
-        inner.by_id.insert(id, index);
-        self.metrics.size.set(index as i64 + 1);
-        Ok((batch, leader, index))
-    }
-
-    /// Writes `batch` (if it is still pending) with one `write(2)` and
-    /// makes it durable with one `fdatasync(2)` (blocking). On failure the
-    /// file is cut back and every record from the batch's start
-    /// on — including a batch formed meanwhile — is taken out of the tree.
-    fn flush(&self, batch: &Arc<Batch>) {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (buf, end_size, end_len) = {
-            let mut inner = self.lock();
-            match inner.pending.take() {
-                Some((b, buf)) if Arc::ptr_eq(&b, batch) => {
-                    inner.batches += 1;
-                    (buf, inner.tree.size(), inner.len)
-                }
-                other => {
-                    // Already finished (failed with an earlier batch).
-                    inner.pending = other;
-                    return;
-                }
-            }
-        };
-        let started = Instant::now();
-        let written = writer.write_all(&buf).and_then(|()| writer.sync_data());
-        self.metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match written {
-            Ok(()) => {
-                let mut inner = self.lock();
-                inner.written_size = end_size;
-                inner.written_len = end_len;
-                drop(inner);
-                batch.finish(Ok(()));
-            }
-            Err(e) => {
-                let cut = writer.set_len(batch.start_len);
-                let mut inner = self.lock();
-                if cut.is_err() {
-                    inner.poisoned = true;
-                }
-                let keep = batch.start_size;
-                inner.tree.truncate(keep);
-                inner.offsets.truncate(keep as usize);
-                inner.by_id.retain(|_, i| *i < keep);
-                inner.len = batch.start_len;
-                self.metrics.size.set(keep as i64);
-                let later = inner.pending.take();
-                drop(inner);
-                let message = e.to_string();
-                if let Some((later, _)) = later {
-                    later.finish(Err(message.clone()));
-                }
-                batch.finish(Err(message));
-            }
-        }
-    }
-
     /// The latest signed checkpoint.
     pub fn latest(&self) -> Arc<Published> {
-        self.latest.load_full()
+        self.core.latest.load_full()
     }
 
     /// Records written (checkpointed or not).
     pub fn size(&self) -> u64 {
-        self.lock().written_size
+        lock(&self.core.state).size
     }
 
-    /// Makes the records so far durable and signs a checkpoint for them
-    /// (blocking: call from a blocking thread). A no-op when nothing changed.
+    /// Makes the tiles so far durable and signs a checkpoint for them
+    /// (blocking: call from a blocking thread). A no-op when nothing
+    /// changed. Also moves the request ids of the records it covers into
+    /// the on-disk index.
     pub fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
-        let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
-        let size = self.lock().written_size;
-        let latest = self.latest();
+        self.core.checkpoint()
+    }
+
+    /// Updates the checkpoint-age gauge (called on every checkpoint tick).
+    pub fn refresh_age(&self) {
+        let at = self.core.metrics.checkpoint_timestamp.get();
+        self.core
+            .metrics
+            .checkpoint_age
+            .set((unix_now() - at).max(0));
+    }
+
+    /// An inclusion proof for leaf `index` in the tree of `size` leaves,
+    /// computed from the tiles (blocking: it may read a few tiles).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<(Hash, Vec<Hash>)> {
+        let leaf = self.core.prove(size, |p| p.leaf(index))?;
+        let path = self.core.prove(size, |p| p.inclusion_proof(index))?;
+        Some((leaf, path))
+    }
+
+    /// A consistency proof from the tree of `old` leaves to that of `new`
+    /// (blocking).
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+        if old > new {
+            return None;
+        }
+        self.core.prove(new, |p| p.consistency_proof(old))
+    }
+
+    /// The stored bytes of leaf `index` (blocking: one bundle read).
+    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
+        let bundle = self.core.bundle(index / WIDTH)?;
+        let entries = disk::entries(&bundle)?;
+        entries
+            .get(usize::try_from(index % WIDTH).ok()?)
+            .map(|e| e.to_vec())
+    }
+
+    /// A C2SP tlog-tiles resource: the hash tile or entry bundle `tile`,
+    /// if the latest signed checkpoint covers all of it (only what a
+    /// checkpoint commits to is served). Blocking: it reads a file.
+    pub fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
+        if tile.needs_size()? > self.latest().size {
+            return None;
+        }
+        self.core.tile(tile)
+    }
+
+    /// The leaf index of the record for `request_id` (blocking: it may
+    /// read the index and the record's bundle).
+    pub fn index_of(&self, request_id: &str) -> Option<u64> {
+        let key = id_key(request_id);
+        let recent = lock(&self.core.state).recent.get(&key).copied();
+        let index = match recent {
+            Some(i) => i,
+            None => {
+                let txn = self.core.index.begin_read().ok()?;
+                let table = txn.open_table(BY_ID).ok()?;
+                table.get(key).ok()??.value()
+            }
+        };
+        // Ids that are not 32 hex digits are hashed: confirm the match.
+        let bytes = self.record(index)?;
+        let record = Record::from_bytes(&bytes).ok()?;
+        (record.request_id == request_id).then_some(index)
+    }
+
+    /// Approximate memory held for the tree (its right edge) and the ids
+    /// not yet in the on-disk index.
+    pub fn memory_bytes(&self) -> usize {
+        let state = lock(&self.core.state);
+        state.edge.memory_bytes() + state.recent.capacity() * 32
+    }
+
+    #[cfg(test)]
+    fn batches(&self) -> u64 {
+        lock(&self.core.state).batches
+    }
+}
+
+impl Core {
+    /// The writer thread: takes the queued records and writes them, batch
+    /// after batch, until the log is dropped.
+    ///
+    /// While the log is busy (the last batch ended less than
+    /// [`BUSY`] ago), a batch waits [`COMMIT_WINDOW`] for more records
+    /// before it is written, so one `fdatasync(2)` covers more of them; an
+    /// idle log writes a lone record at once.
+    fn run(&self, mut staging: Staging) {
+        let mut last_done: Option<Instant> = None;
+        loop {
+            let (buf, items) = {
+                let mut q = lock(&self.queue);
+                while q.items.is_empty() {
+                    if q.closed {
+                        return;
+                    }
+                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if last_done.is_some_and(|t| t.elapsed() < BUSY) {
+                    let deadline = Instant::now() + COMMIT_WINDOW;
+                    while q.items.len() < WIDTH as usize && !q.closed {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        q = self
+                            .wake
+                            .wait_timeout(q, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+                (std::mem::take(&mut q.buf), std::mem::take(&mut q.items))
+            };
+            self.write(&mut staging, &buf, items);
+            last_done = Some(Instant::now());
+        }
+    }
+
+    /// Writes one batch: appends its entries to the staging bundle and
+    /// fsyncs it; a bundle that reaches 256 entries is renamed to its tile
+    /// name and the rest goes into the next one. Each record is answered
+    /// once its bytes are durable, with its index or the failure.
+    fn write(&self, staging: &mut Staging, buf: &[u8], items: Vec<Item>) {
+        let mut items = items.into_iter().peekable();
+        let mut from = 0usize;
+        while items.peek().is_some() {
+            let (poisoned, size) = {
+                let st = lock(&self.state);
+                (st.poisoned, st.size)
+            };
+            if poisoned {
+                return answer_all(items, Failure::Poisoned);
+            }
+            if size >= self.settings.max_records {
+                return answer_all(items, Failure::Full(size));
+            }
+            let room = (WIDTH - staging.count).min(self.settings.max_records - size);
+            let chunk: Vec<Item> = items.by_ref().take(room as usize).collect();
+            let to = chunk.last().map_or(from, |i| i.end);
+            let bytes = &buf[from..to];
+            let fills = staging.count + chunk.len() as u64 == WIDTH;
+            let started = Instant::now();
+            let written = staging
+                .file
+                .write_all(bytes)
+                .and_then(|()| staging.file.sync_data());
+            self.metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let sealed = written.and_then(|()| {
+                if fills {
+                    self.seal(staging.index)
+                } else {
+                    Ok(Vec::new())
+                }
+            });
+            let touched = match sealed {
+                Ok(t) => t,
+                Err(e) => {
+                    // Nothing of this chunk is acknowledged: cut it off.
+                    let cut = staging.file.set_len(staging.len);
+                    let message = e.to_string();
+                    if cut.is_err() {
+                        lock(&self.state).poisoned = true;
+                    }
+                    answer_all(chunk.into_iter(), Failure::Io(message.clone()));
+                    return answer_all(items, Failure::Io(message));
+                }
+            };
+            staging.len += bytes.len() as u64;
+            staging.count += chunk.len() as u64;
+            from = to;
+            let next = if fills {
+                Some(self.next_staging(staging.index + 1))
+            } else {
+                None
+            };
+            let indexes = self.commit(&chunk, touched, staging, next.as_ref());
+            for (item, index) in chunk.into_iter().zip(indexes) {
+                let _ = item.reply.send(Ok(index));
+            }
+            match next {
+                Some(Ok(file)) => {
+                    *staging = Staging {
+                        file,
+                        index: staging.index + 1,
+                        len: 0,
+                        count: 0,
+                    };
+                }
+                Some(Err(e)) => {
+                    lock(&self.state).poisoned = true;
+                    tracing::error!(error = %e, "cannot start the next entry bundle");
+                    return answer_all(items, Failure::Io(e.to_string()));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Renames the full staging bundle `index` to its tile name.
+    fn seal(&self, index: u64) -> std::io::Result<Vec<PathBuf>> {
+        let target = self.disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        let mut touched = Vec::new();
+        let parent = target.parent().unwrap_or(self.disk.dir());
+        self.disk.create_dirs(parent, &mut touched)?;
+        std::fs::rename(self.disk.staging(index), &target)?;
+        touched.push(parent.to_path_buf());
+        touched.push(self.disk.dir().to_path_buf());
+        self.metrics.tiles_written.inc();
+        Ok(touched)
+    }
+
+    fn next_staging(&self, index: u64) -> std::io::Result<File> {
+        open_staging(&self.disk, index, true)
+    }
+
+    /// Adds the durable records of `chunk` to the tree: their leaves to
+    /// the right edge (writing the hash tiles they fill), their ids to the
+    /// recent index. Returns their indexes.
+    fn commit(
+        &self,
+        chunk: &[Item],
+        touched: Vec<PathBuf>,
+        staging: &Staging,
+        next: Option<&std::io::Result<File>>,
+    ) -> Vec<u64> {
+        let mut st = lock(&self.state);
+        st.batches += 1;
+        st.unsynced.extend(touched);
+        let mut indexes = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let index = st.size;
+            for full in st.edge.push(item.leaf) {
+                self.write_full(&mut st, full);
+            }
+            st.recent.insert(item.id, index);
+            st.size += 1;
+            indexes.push(index);
+        }
+        match next {
+            Some(Ok(_)) => {
+                st.staging_index = staging.index + 1;
+                st.staging_len = 0;
+            }
+            _ => st.staging_len = staging.len,
+        }
+        self.metrics.size.set(st.size as i64);
+        indexes
+    }
+
+    /// Writes a hash tile the edge just filled (fsynced before the next
+    /// checkpoint; retried then if this write fails).
+    fn write_full(&self, st: &mut State, full: edge::Full) {
+        let tile = full.tile();
+        let bytes = full.bytes();
+        match self.disk.write(&self.disk.path(tile), &bytes, false) {
+            Ok(touched) => {
+                st.unsynced.extend(touched);
+                self.metrics.tiles_written.inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tile = %tile.path(), "cannot write a hash tile; retried at the next checkpoint");
+                st.unwritten.push((tile, bytes));
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
+        let _one = lock(&self.checkpointing);
+        let (size, edge, unsynced, unwritten) = {
+            let mut st = lock(&self.state);
+            (
+                st.size,
+                st.edge.clone(),
+                std::mem::take(&mut st.unsynced),
+                std::mem::take(&mut st.unwritten),
+            )
+        };
+        let latest = self.latest.load_full();
+        if latest.size == size && unsynced.is_empty() && unwritten.is_empty() {
+            self.confirmed();
+            return Ok(latest);
+        }
+        if let Err(e) = self.make_durable(&unsynced, &unwritten) {
+            let mut st = lock(&self.state);
+            st.unsynced.extend(unsynced);
+            st.unwritten.extend(unwritten);
+            return Err(e);
+        }
         if latest.size == size {
             self.confirmed();
             return Ok(latest);
         }
-        let records = self.dir.join(RECORDS);
-        self.reader.sync_data().map_err(|source| LogError::Io {
-            path: records.display().to_string(),
-            source,
-        })?;
-        let root = self.lock().tree.root_at(size).unwrap_or_default();
+        self.write_partials(&edge);
+        let root = edge.root();
         let checkpoint = Checkpoint {
             origin: self.settings.origin.clone(),
             size,
@@ -604,12 +832,99 @@ impl Log {
                 path: self.settings.signing_key.display().to_string(),
                 source,
             })?;
-        write_atomically(&self.dir, CHECKPOINT, note.as_bytes())?;
+        let path = self.disk.dir().join(CHECKPOINT);
+        self.disk
+            .write(&path, note.as_bytes(), true)
+            .map_err(io_error(&path))?;
         let published = Arc::new(Published { note, size, root });
         self.latest.store(published.clone());
         self.metrics.checkpoint_size.set(size as i64);
         self.confirmed();
+        if let Err(e) = self.index_up_to(size) {
+            // Not fatal: the ids stay in memory and are retried next time.
+            tracing::warn!(error = %e, "cannot update the request-id index");
+        }
         Ok(published)
+    }
+
+    /// Writes the hash tiles whose write failed and fsyncs what was written
+    /// since the last checkpoint.
+    fn make_durable(
+        &self,
+        unsynced: &[PathBuf],
+        unwritten: &[(Tile, Vec<u8>)],
+    ) -> Result<(), LogError> {
+        for (tile, bytes) in unwritten {
+            let path = self.disk.path(*tile);
+            self.disk
+                .write(&path, bytes, true)
+                .map_err(io_error(&path))?;
+        }
+        let mut paths: Vec<&PathBuf> = unsynced.iter().collect();
+        paths.sort();
+        paths.dedup();
+        // Files before the directories naming them.
+        paths.sort_by_key(|p| p.is_dir());
+        for path in paths {
+            disk::sync_path(path).map_err(io_error(path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the partial tiles of the checkpoint's size, as the spec has
+    /// them exist for every checkpoint (a convenience for static serving:
+    /// the log itself serves them from the right edge and the bundles).
+    fn write_partials(&self, edge: &Edge) {
+        let mut tiles: Vec<(Tile, Vec<u8>)> =
+            edge.partials().map(|(t, h)| (t, h.concat())).collect();
+        let width = edge.size() % WIDTH;
+        if width > 0 {
+            let index = edge.size() / WIDTH;
+            if let Some(bundle) = self.bundle(index) {
+                if let Some(prefix) = disk::bundle_prefix(&bundle, width as usize) {
+                    let tile = Tile {
+                        level: None,
+                        index,
+                        width: width as u16,
+                    };
+                    tiles.push((tile, prefix.to_vec()));
+                }
+            }
+        }
+        for (tile, bytes) in tiles {
+            let path = self.disk.path(tile);
+            if let Err(e) = self.disk.write(&path, &bytes, false) {
+                tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
+            }
+        }
+    }
+
+    /// Moves the ids of records `[.., size)` from memory to the on-disk
+    /// index, in one durable transaction.
+    fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
+        let ids: Vec<(u128, u64)> = lock(&self.state)
+            .recent
+            .iter()
+            .filter(|(_, i)| **i < size)
+            .map(|(k, i)| (*k, *i))
+            .collect();
+        let mut txn = self.index.begin_write()?;
+        txn.set_quick_repair(true);
+        {
+            let mut table = txn.open_table(BY_ID)?;
+            for (key, index) in &ids {
+                table.insert(*key, *index)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(INDEXED, size)?;
+        }
+        txn.commit()?;
+        let mut st = lock(&self.state);
+        for (key, _) in ids {
+            st.recent.remove(&key);
+        }
+        st.recent.shrink_to(4096);
+        Ok(())
     }
 
     /// The latest checkpoint covers every record as of now.
@@ -618,104 +933,350 @@ impl Log {
         self.metrics.checkpoint_age.set(0);
     }
 
-    /// Updates the checkpoint-age gauge (called on every checkpoint tick).
-    pub fn refresh_age(&self) {
-        let at = self.metrics.checkpoint_timestamp.get();
-        self.metrics.checkpoint_age.set((unix_now() - at).max(0));
-    }
-
-    /// An inclusion proof for leaf `index` in the tree of `size` leaves.
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<(Hash, Vec<Hash>)> {
-        let inner = self.lock();
-        let leaf = inner.tree.leaf(index)?;
-        Some((leaf, inner.tree.inclusion_proof(index, size)?))
-    }
-
-    /// A consistency proof from the tree of `old` leaves to that of `new`.
-    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
-        self.lock().tree.consistency_proof(old, new)
-    }
-
-    /// The stored bytes of leaf `index`.
-    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
-        let mut line = self.lines(index, 1)?;
-        line.pop(); // its newline
-        Some(line)
-    }
-
-    /// The `count` written lines (records with their newlines) from leaf
-    /// `first` on, with one read.
-    fn lines(&self, first: u64, count: u64) -> Option<Vec<u8>> {
-        let (start, end) = {
-            let inner = self.lock();
-            let last = first.checked_add(count)?;
-            if count == 0 || last > inner.written_size {
-                return None;
-            }
-            let offset = |i: u64| inner.offsets.get(usize::try_from(i).ok()?).copied();
-            let end = if last == inner.written_size {
-                inner.written_len
-            } else {
-                offset(last)?
-            };
-            (offset(first)?, end)
+    /// The durable entries of bundle `index` (full, or the staging one).
+    fn bundle(&self, index: u64) -> Option<Vec<u8>> {
+        let (size, staging_index, staging_len) = {
+            let st = lock(&self.state);
+            (st.size, st.staging_index, st.staging_len)
         };
-        let mut buf = vec![0u8; usize::try_from(end - start).ok()?];
-        self.reader.read_exact_at(&mut buf, start).ok()?;
-        Some(buf)
-    }
-
-    /// A C2SP tlog-tiles resource: the hash tile or entry bundle `tile`,
-    /// if the latest signed checkpoint covers all of it (only what a
-    /// checkpoint commits to is served).
-    pub fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
-        if tile.needs_size()? > self.latest().size {
+        if index.checked_mul(WIDTH)? >= size {
             return None;
         }
-        let first = tile.index * tiles::WIDTH;
-        let width = u64::from(tile.width);
-        match tile.level {
-            Some(level) => {
-                let inner = self.lock();
-                let mut out = Vec::with_capacity(tile.width as usize * 32);
-                for node in first..first + width {
-                    out.extend_from_slice(&inner.tree.node(8 * u32::from(level), node)?);
-                }
-                Some(out)
+        let full = self.disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        if index < staging_index {
+            return self.disk.read(&full).ok()?;
+        }
+        match File::open(self.disk.staging(index)) {
+            Ok(f) => {
+                let mut buf = vec![0u8; usize::try_from(staging_len).ok()?];
+                f.read_exact_at(&mut buf, 0).ok()?;
+                Some(buf)
             }
+            // Sealed since we looked.
+            Err(_) => self.disk.read(&full).ok()?,
+        }
+    }
+
+    /// A tile of the durable tree (any size up to the records written).
+    fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
+        if tile.needs_size()? > lock(&self.state).size {
+            return None;
+        }
+        match tile.level {
             None => {
-                // One read for the bundle's records (lines, no newline inside).
-                let lines = self.lines(first, width)?;
-                let mut out = Vec::with_capacity(lines.len() + 2 * tile.width as usize);
-                for record in lines.split_inclusive(|&b| b == b'\n') {
-                    let record = record.strip_suffix(b"\n")?;
-                    if !tiles::push_entry(&mut out, record) {
-                        return None;
+                let bundle = self.bundle(tile.index)?;
+                disk::prefix(tile, &bundle).map(<[u8]>::to_vec)
+            }
+            Some(level) => {
+                if let Ok(Some(bytes)) = self.disk.read_tile(tile) {
+                    return Some(bytes);
+                }
+                // The right edge's partial tile, from memory.
+                {
+                    let st = lock(&self.state);
+                    let partial = st.edge.partial(level);
+                    if Edge::index_at(st.size, level) == tile.index
+                        && partial.len() >= usize::from(tile.width)
+                    {
+                        return Some(partial[..usize::from(tile.width)].concat());
                     }
                 }
-                Some(out)
+                // Filled and written since the first look.
+                self.disk.read_tile(tile).ok()?
             }
         }
     }
 
-    /// The leaf index of the record for `request_id`.
-    pub fn index_of(&self, request_id: &str) -> Option<u64> {
-        let index = *self.lock().by_id.get(&id_key(request_id))?;
-        // Ids that are not 32 hex digits are hashed: confirm the match.
-        let bytes = self.record(index)?;
-        let record = Record::from_bytes(&bytes).ok()?;
-        (record.request_id == request_id).then_some(index)
-    }
-
-    /// Approximate memory held for the tree and indexes.
-    pub fn memory_bytes(&self) -> usize {
-        let inner = self.lock();
-        inner.tree.memory_bytes() + inner.offsets.capacity() * 8 + inner.by_id.capacity() * 32
+    /// Runs a proof over the tree of `size` leaves, reading the tiles it
+    /// asks for.
+    fn prove<T>(&self, size: u64, mut f: impl FnMut(&Proofs) -> Result<T, Need>) -> Option<T> {
+        if size > lock(&self.state).size {
+            return None;
+        }
+        let mut proofs = Proofs::new(size);
+        // A proof needs O(log n) tiles; the bound only stops a loop on a
+        // tile that keeps being refused.
+        for _ in 0..256 {
+            match f(&proofs) {
+                Ok(v) => return Some(v),
+                Err(Need::OutOfRange) => return None,
+                Err(Need::Missing(tile)) => {
+                    let bytes = self.tile(tile)?;
+                    proofs.insert(tile, &bytes).ok()?;
+                }
+            }
+        }
+        None
     }
 }
 
-/// The map key for a request id: its value when it is 32 hex digits (ours
-/// always are), otherwise 128 bits of its SHA-256.
+fn answer_all(items: impl Iterator<Item = Item>, failure: Failure) {
+    for item in items {
+        let _ = item.reply.send(Err(failure.clone()));
+    }
+}
+
+fn open_staging(disk: &Disk, index: u64, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o644)
+        .open(disk.staging(index))
+}
+
+/// The right edge of the tree of `size` leaves, read from disk: level 0's
+/// partial tile hashed from its bundle's entries, each higher level's from
+/// the full tiles of the level below (at most 255 tiles per level).
+fn edge_at(disk: &Disk, size: u64) -> Result<Edge, LogError> {
+    let corrupt = |message: String| LogError::Corrupt {
+        path: disk.dir().display().to_string(),
+        message,
+    };
+    let mut partials = Vec::new();
+    let mut level = 0u8;
+    while size.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
+        let width = Edge::width_at(size, level) as usize;
+        let index = Edge::index_at(size, level);
+        let mut hashes = Vec::with_capacity(width);
+        if width > 0 && level == 0 {
+            let bundle = read_bundle(disk, index)?.ok_or_else(|| {
+                corrupt(format!(
+                    "entry bundle {index} is missing: committed records are missing"
+                ))
+            })?;
+            let prefix = disk::bundle_prefix(&bundle, width).ok_or_else(|| {
+                corrupt(format!(
+                    "entry bundle {index} holds fewer than the {width} records the last checkpoint covers: committed records are missing"
+                ))
+            })?;
+            for entry in disk::entries(prefix).unwrap_or_default() {
+                hashes.push(merkle::leaf_hash(entry));
+            }
+        } else if width > 0 {
+            for node in index * WIDTH..index * WIDTH + width as u64 {
+                let below = Tile {
+                    level: Some(level - 1),
+                    index: node,
+                    width: WIDTH as u16,
+                };
+                let bytes = disk
+                    .read(&disk.path(below))
+                    .map_err(io_error(&disk.path(below)))?
+                    .filter(|b| b.len() == 32 * WIDTH as usize)
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "{} is missing or short: committed tiles are missing",
+                            below.path()
+                        ))
+                    })?;
+                let below: Vec<Hash> = bytes
+                    .chunks(32)
+                    .map(|c| c.try_into().unwrap_or([0; 32]))
+                    .collect();
+                hashes.push(edge::perfect_root(&below));
+            }
+        }
+        partials.push(hashes);
+        level += 1;
+    }
+    Edge::from_partials(size, partials).map_err(corrupt)
+}
+
+/// Bundle `index` from its tile file or its staging file.
+fn read_bundle(disk: &Disk, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+    let full = disk.path(Tile {
+        level: None,
+        index,
+        width: WIDTH as u16,
+    });
+    if let Some(b) = disk.read(&full).map_err(io_error(&full))? {
+        return Ok(Some(b));
+    }
+    let staging = disk.staging(index);
+    disk.read(&staging).map_err(io_error(&staging))
+}
+
+/// Adds the records written after the last checkpoint (durable, maybe
+/// acknowledged) to the tree, rewriting the hash tiles they fill, cuts a
+/// torn tail off the staging bundle and opens it for appending.
+fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, LogError> {
+    let checkpointed = st.size;
+    let mut index = st.size / WIDTH;
+    let mut skip = (st.size % WIDTH) as usize;
+    let corrupt = |path: &Path, message: String| LogError::Corrupt {
+        path: path.display().to_string(),
+        message,
+    };
+    loop {
+        let full = disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        let staging = disk.staging(index);
+        let (bytes, sealed) = match disk.read(&full).map_err(io_error(&full))? {
+            Some(b) => (b, true),
+            None => match disk.read(&staging).map_err(io_error(&staging))? {
+                Some(b) => (b, false),
+                None => (Vec::new(), false),
+            },
+        };
+        let (entries, valid) = disk::complete_entries(&bytes);
+        let mut kept = 0usize;
+        let mut kept_len = 0usize;
+        for (i, entry) in entries.iter().enumerate() {
+            let record = Record::from_bytes(entry);
+            if i >= skip {
+                let Ok(record) = record else { break };
+                let leaf = merkle::leaf_hash(entry);
+                for full in st.edge.push(leaf) {
+                    let path = disk.path(full.tile());
+                    st.unsynced.extend(
+                        disk.write(&path, &full.bytes(), false)
+                            .map_err(io_error(&path))?,
+                    );
+                    metrics.tiles_written.inc();
+                }
+                st.recent.insert(id_key(&record.request_id), st.size);
+                st.size += 1;
+            }
+            kept += 1;
+            kept_len += 2 + entry.len();
+        }
+        if sealed {
+            if kept != WIDTH as usize || valid != bytes.len() {
+                return Err(corrupt(
+                    &full,
+                    format!(
+                        "holds {kept} readable records, not 256: a full entry bundle was altered"
+                    ),
+                ));
+            }
+            index += 1;
+            skip = 0;
+            continue;
+        }
+        if kept == WIDTH as usize {
+            // Full but not yet renamed when the process stopped.
+            let mut touched = Vec::new();
+            let parent = full.parent().unwrap_or(disk.dir());
+            disk.create_dirs(parent, &mut touched)
+                .map_err(io_error(parent))?;
+            std::fs::rename(&staging, &full).map_err(io_error(&full))?;
+            st.unsynced.extend(touched);
+            st.unsynced.push(parent.to_path_buf());
+            index += 1;
+            skip = 0;
+            continue;
+        }
+        if kept < skip {
+            return Err(corrupt(
+                &staging,
+                format!("holds {kept} readable records but the last checkpoint covers {skip} of them: committed records are missing"),
+            ));
+        }
+        let file = open_staging(disk, index, false).map_err(io_error(&staging))?;
+        if kept_len < bytes.len() {
+            tracing::warn!(
+                path = %staging.display(),
+                kept,
+                dropped_bytes = bytes.len() - kept_len,
+                "cutting a torn or unreadable tail off the entry bundle (beyond the last checkpoint)"
+            );
+            file.set_len(kept_len as u64).map_err(io_error(&staging))?;
+        }
+        file.sync_all().map_err(io_error(&staging))?;
+        disk::sync_path(disk.dir()).map_err(io_error(disk.dir()))?;
+        st.staging_index = index;
+        st.staging_len = kept_len as u64;
+        if st.size > checkpointed {
+            tracing::info!(
+                records = st.size - checkpointed,
+                "replayed records written after the last checkpoint"
+            );
+        }
+        let mut file = file;
+        file.seek(SeekFrom::End(0)).map_err(io_error(&staging))?;
+        return Ok(Staging {
+            file,
+            index,
+            len: kept_len as u64,
+            count: kept as u64,
+        });
+    }
+}
+
+/// Brings the on-disk request-id index up to the checkpointed `size`
+/// (records after it are in memory, from the replay): after a crash it
+/// lags by at most the records of one checkpoint interval; without an
+/// index (deleted, or a log copied without it) it is rebuilt from the
+/// bundles.
+fn catch_up_index(
+    disk: &Disk,
+    index: &redb::Database,
+    path: &Path,
+    size: u64,
+) -> Result<(), LogError> {
+    let failed = |e: redb::Error| LogError::Corrupt {
+        path: path.display().to_string(),
+        message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+    };
+    let indexed = {
+        let txn = index.begin_read().map_err(|e| failed(e.into()))?;
+        match txn.open_table(META) {
+            Ok(meta) => meta
+                .get(INDEXED)
+                .map_err(|e| failed(e.into()))?
+                .map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(failed(e.into())),
+        }
+    };
+    if indexed >= size {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut txn = index.begin_write().map_err(|e| failed(e.into()))?;
+    txn.set_quick_repair(true);
+    {
+        let mut table = txn.open_table(BY_ID).map_err(|e| failed(e.into()))?;
+        let mut i = indexed - indexed % WIDTH;
+        while i < size {
+            let bundle = read_bundle(disk, i / WIDTH)?.unwrap_or_default();
+            for entry in disk::entries(&bundle).unwrap_or_default() {
+                if i >= indexed && i < size {
+                    if let Ok(record) = Record::from_bytes(entry) {
+                        table
+                            .insert(id_key(&record.request_id), i)
+                            .map_err(|e| failed(e.into()))?;
+                    }
+                }
+                i += 1;
+            }
+            if bundle.is_empty() {
+                break;
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(|e| failed(e.into()))?;
+        meta.insert(INDEXED, size).map_err(|e| failed(e.into()))?;
+    }
+    txn.commit().map_err(|e| failed(e.into()))?;
+    if size - indexed > 10_000 {
+        tracing::info!(
+            records = size - indexed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the request-id index"
+        );
+    }
+    Ok(())
+}
+
 /// Request id → leaf index. The keys are already uniform — request ids
 /// are 128 random bits the proxy draws (a client's `X-Request-Id` is
 /// replaced, never used) and other ids go through SHA-256 in [`id_key`] —
@@ -742,6 +1303,8 @@ impl Hasher for IdHasher {
     }
 }
 
+/// The map key for a request id: its value when it is 32 hex digits (ours
+/// always are), otherwise 128 bits of its SHA-256.
 fn id_key(id: &str) -> u128 {
     if id.len() == 32 {
         if let Ok(v) = u128::from_str_radix(id, 16) {
@@ -759,59 +1322,6 @@ fn unix_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-struct Replayed {
-    tree: Tree,
-    offsets: Vec<u64>,
-    by_id: ById,
-    /// Bytes holding complete, readable records.
-    len: u64,
-    file_len: u64,
-}
-
-/// Reads `records.log` from the start, stopping at the first line that is
-/// torn (no newline) or not a record.
-fn replay(file: &mut File, path: &Path) -> Result<Replayed, LogError> {
-    let io = |source| LogError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let started = Instant::now();
-    let file_len = file.seek(SeekFrom::End(0)).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut reader = BufReader::with_capacity(1 << 20, Read::by_ref(file));
-    let mut out = Replayed {
-        tree: Tree::new(),
-        offsets: Vec::new(),
-        by_id: ById::default(),
-        len: 0,
-        file_len,
-    };
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let bytes = &line[..n - 1];
-        let Ok(record) = Record::from_bytes(bytes) else {
-            break;
-        };
-        let index = out.tree.push(merkle::leaf_hash(bytes));
-        out.by_id.insert(id_key(&record.request_id), index);
-        out.offsets.push(out.len);
-        out.len += n as u64;
-    }
-    if out.tree.size() > 0 {
-        tracing::info!(
-            records = out.tree.size(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "replayed the record log"
-        );
-    }
-    Ok(out)
 }
 
 struct Committed {
@@ -859,35 +1369,8 @@ fn read_checkpoint(
     }))
 }
 
-/// Replaces `dir/name` with `bytes` so that a crash leaves the old or the
-/// new content, never a mix.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let target = dir.join(name);
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| LogError::Io { path, source }
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &target).map_err(io(&target))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::record::{Client, Database, Outcome};
     use crate::settings::{ClientAddress, OnWriteError, ReceiptMode};
@@ -1005,31 +1488,81 @@ mod tests {
             assert_eq!(leaf, merkle::leaf_hash(&bytes));
             merkle::verify_inclusion(&leaf, i, 50, &path, &cp.root).unwrap();
         }
-        let text = std::fs::read_to_string(settings.directory.join(RECORDS)).unwrap();
-        assert_eq!(text.lines().count(), 50);
-        let batches = log.lock().batches;
-        assert!(batches <= 2, "50 concurrent records took {batches} writes");
+        let staging = std::fs::read(settings.directory.join("staging.0")).unwrap();
+        assert_eq!(crate::tiles::entries(&staging).unwrap().len(), 50);
+        let batches = log.batches();
+        assert!(batches <= 5, "50 concurrent records took {batches} writes");
     }
 
     #[tokio::test]
-    async fn a_leader_dropped_mid_batch_still_writes_it() {
+    async fn a_request_dropped_while_it_waits_still_has_its_record_written() {
         let (_dir, settings) = setup("cancel");
         let log = Log::open(&settings, metrics()).unwrap();
-        // The first append leads a batch and yields; drop it right there,
-        // as hyper does when the client goes away.
+        // Dropped right after handing its record over, as hyper drops a
+        // request whose client went away.
         let first = record(0);
         tokio::select! {
             biased;
-            _ = log.append(&first) => panic!("the leader should yield once"),
+            _ = log.append(&first) => {}
             _ = std::future::ready(()) => {}
         }
         let next = tokio::time::timeout(Duration::from_secs(5), log.append(&record(1)))
             .await
-            .expect("a dropped leader must not stall later appends")
+            .expect("a dropped request must not stall later appends")
             .unwrap();
         assert_eq!(next.index, 1);
         assert_eq!(log.size(), 2, "the dropped request's record is written too");
         assert_eq!(log.record(0).unwrap(), record(0).to_bytes());
+    }
+
+    #[tokio::test]
+    async fn full_bundles_and_tiles_are_named_as_the_spec_says_and_memory_stays_flat() {
+        let (_dir, mut settings) = setup("tiles");
+        settings.max_records = u64::MAX;
+        let log = Log::open(&settings, metrics()).unwrap();
+        for chunk in 0..3u64 {
+            let appends: Vec<_> = (chunk * 200..chunk * 200 + 200)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move { log.append(&record(i)).await.unwrap() })
+                })
+                .collect();
+            for a in appends {
+                a.await.unwrap();
+            }
+        }
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 600);
+        let dir = &settings.directory;
+        for path in [
+            "tile/entries/000",
+            "tile/entries/001",
+            "tile/0/000",
+            "tile/0/001",
+            "tile/0/002.p/88",
+            "tile/entries/002.p/88",
+            "tile/1/000.p/2",
+            "staging.2",
+        ] {
+            assert!(dir.join(path).is_file(), "{path} is missing");
+        }
+        let bundle = std::fs::read(dir.join("tile/entries/001")).unwrap();
+        let entries = crate::tiles::entries(&bundle).unwrap();
+        assert_eq!(entries.len(), 256);
+        assert_eq!(entries[0], record(256).to_bytes().as_slice());
+        let mut tree = merkle::Tree::new();
+        for i in 0..600 {
+            tree.push(merkle::leaf_hash(&log.record(i).unwrap()));
+        }
+        assert_eq!(tree.root(), cp.root);
+        let level0 = std::fs::read(dir.join("tile/0/001")).unwrap();
+        assert_eq!(&level0[..32], &tree.leaf(256).unwrap()[..]);
+        assert!(log.memory_bytes() < 64 * 1024, "{}", log.memory_bytes());
+        // Every id is found, from memory before the checkpoint moved them
+        // and from the on-disk index after.
+        for i in [0u64, 255, 256, 599] {
+            assert_eq!(log.index_of(&format!("{i:032x}")), Some(i));
+        }
     }
 
     #[tokio::test]
@@ -1077,43 +1610,74 @@ mod tests {
             log.append(&record(1)).await.unwrap();
             log.checkpoint().unwrap();
         }
-        let path = settings.directory.join(RECORDS);
+        let path = settings.directory.join("staging.0");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"v\":1,\"request_id\":\"to").unwrap();
+        f.write_all(b"\x01\x00{\"v\":1,\"request_id\":\"to")
+            .unwrap();
         drop(f);
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.size(), 2);
         assert_eq!(log.append(&record(2)).await.unwrap().index, 2);
         drop(log);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 3);
-        assert!(text.ends_with('\n'));
+        let bytes = std::fs::read(&path).unwrap();
+        let entries = crate::tiles::entries(&bytes).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2], record(2).to_bytes().as_slice());
     }
 
     #[tokio::test]
-    async fn altered_or_missing_committed_records_refuse_to_open() {
-        let (_dir, settings) = setup("tamper");
+    async fn altered_or_missing_committed_records_or_tiles_refuse_to_open() {
+        let (_dir, mut settings) = setup("tamper");
+        settings.max_records = u64::MAX;
         {
             let log = Log::open(&settings, metrics()).unwrap();
-            for i in 0..3 {
+            for i in 0..300 {
                 log.append(&record(i)).await.unwrap();
             }
             log.checkpoint().unwrap();
         }
-        let path = settings.directory.join(RECORDS);
-        let original = std::fs::read_to_string(&path).unwrap();
-        // One changed byte in a committed record.
-        std::fs::write(&path, original.replacen("zurich", "zurick", 1)).unwrap();
+        let staging = settings.directory.join("staging.1");
+        let original = std::fs::read(&staging).unwrap();
+        let edit = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).unwrap();
+        // One changed byte in a committed record of the right edge.
+        let mut changed = original.clone();
+        let at = changed.windows(6).position(|w| w == b"zurich").unwrap();
+        changed[at + 5] = b'k';
+        edit(&staging, &changed);
         let e = Log::open(&settings, metrics()).err().unwrap().to_string();
         assert!(e.contains("altered"), "{e}");
         // A committed record missing.
-        let two: String = original.lines().take(2).map(|l| format!("{l}\n")).collect();
-        std::fs::write(&path, two).unwrap();
+        let short = crate::disk::bundle_prefix(&original, 10).unwrap().to_vec();
+        edit(&staging, &short);
         let e = Log::open(&settings, metrics()).err().unwrap().to_string();
         assert!(e.contains("missing"), "{e}");
+        edit(&staging, &original);
+        // A full level-0 tile under the right edge, edited.
+        let tile = settings.directory.join("tile/0/000");
+        let good = std::fs::read(&tile).unwrap();
+        let mut bad = good.clone();
+        bad[100] ^= 1;
+        edit(&tile, &bad);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("altered"), "{e}");
+        edit(&tile, &good);
         // Back to the original: opens again.
-        std::fs::write(&path, &original).unwrap();
-        assert_eq!(Log::open(&settings, metrics()).unwrap().size(), 3);
+        assert_eq!(Log::open(&settings, metrics()).unwrap().size(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_lost_index_is_rebuilt_from_the_bundles() {
+        let (_dir, settings) = setup("index");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            for i in 0..40 {
+                log.append(&record(i)).await.unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        std::fs::remove_file(settings.directory.join(INDEX)).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.index_of(&format!("{:032x}", 33)), Some(33));
     }
 
     #[tokio::test]

@@ -217,6 +217,13 @@ impl Proofs {
         Ok(())
     }
 
+    /// Adds a hash tile's hashes (the tile's width of them).
+    pub fn insert_hashes(&mut self, tile: Tile, hashes: Vec<Hash>) {
+        if let Some(level) = tile.level {
+            self.tiles.insert((level, tile.index), hashes);
+        }
+    }
+
     /// The stored hash at tile level `level` (height `8·level`), node `node`.
     fn stored(&self, level: u8, node: u64) -> Result<Hash, Need> {
         let tile = Tile::containing(Some(level), node, self.size);
@@ -234,7 +241,7 @@ impl Proofs {
     /// stored hashes of its complete aligned parts.
     fn subtree(&self, start: u64, end: u64) -> Result<Hash, Need> {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let height = n.trailing_zeros();
             let (level, within) = ((height / 8) as u8, height % 8);
             let first = start >> (8 * u32::from(level));

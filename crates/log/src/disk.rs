@@ -1,0 +1,169 @@
+//! The log's files: C2SP tlog-tiles laid out under the log directory
+//! exactly as the spec names them (`tile/<L>/<N>[.p/<W>]`,
+//! `tile/entries/<N>[.p/<W>]`, `checkpoint`), so the directory can also be
+//! served by any static file server. The entry bundle being filled lives in
+//! `staging.<N>` until its 256th entry, then is renamed to its tile name.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::tiles::{self, Tile, WIDTH};
+
+/// The log directory.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    dir: PathBuf,
+}
+
+impl Disk {
+    pub fn new(dir: PathBuf) -> Disk {
+        Disk { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where `tile` is stored.
+    pub fn path(&self, tile: Tile) -> PathBuf {
+        self.dir.join(tile.path())
+    }
+
+    /// The bundle of entry tile `index` while it is being filled.
+    pub fn staging(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("staging.{index}"))
+    }
+
+    /// The whole file, or `None` if it does not exist.
+    pub fn read(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        match File::open(path) {
+            Ok(mut f) => {
+                let mut out = Vec::new();
+                f.read_to_end(&mut out)?;
+                Ok(Some(out))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored tile, or the first `width` hashes (entries) of the full
+    /// tile of the same index: a partial tile is a prefix of the full one.
+    pub fn read_tile(&self, tile: Tile) -> std::io::Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.read(&self.path(tile))? {
+            return Ok(Some(bytes));
+        }
+        if u64::from(tile.width) == WIDTH {
+            return Ok(None);
+        }
+        let full = Tile {
+            width: WIDTH as u16,
+            ..tile
+        };
+        let Some(bytes) = self.read(&self.path(full))? else {
+            return Ok(None);
+        };
+        Ok(prefix(tile, &bytes).map(<[u8]>::to_vec))
+    }
+
+    /// Writes `bytes` to `path` through a temporary file and a rename, so a
+    /// reader never sees half of it. With `sync`, the file and its
+    /// directory are fsynced; otherwise the caller must sync the returned
+    /// paths (the file and every directory created or changed) before
+    /// relying on it.
+    pub fn write(&self, path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<Vec<PathBuf>> {
+        let mut touched = Vec::new();
+        let parent = path.parent().unwrap_or(&self.dir);
+        self.create_dirs(parent, &mut touched)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tile");
+        let tmp = parent.join(format!(".{name}.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if sync {
+            sync_path(parent)?;
+        } else {
+            touched.push(path.to_path_buf());
+            touched.push(parent.to_path_buf());
+        }
+        Ok(touched)
+    }
+
+    /// Creates `dir` and its missing parents inside the log directory,
+    /// noting each directory whose entries changed.
+    pub fn create_dirs(&self, dir: &Path, touched: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            if parent != self.dir && parent.starts_with(&self.dir) {
+                self.create_dirs(parent, touched)?;
+            }
+            touched.push(parent.to_path_buf());
+        }
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// fsyncs a file or directory by path.
+pub fn sync_path(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// The first `tile.width` hashes or entries of a full tile's bytes.
+pub fn prefix(tile: Tile, full: &[u8]) -> Option<&[u8]> {
+    match tile.level {
+        Some(_) => full.get(..usize::from(tile.width) * 32),
+        None => bundle_prefix(full, usize::from(tile.width)),
+    }
+}
+
+/// The bytes of the first `count` entries of a bundle (`None` if it holds
+/// fewer or is malformed before them).
+pub fn bundle_prefix(bundle: &[u8], count: usize) -> Option<&[u8]> {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let len = bundle.get(at..at + 2)?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        at += 2 + len;
+        if at > bundle.len() {
+            return None;
+        }
+    }
+    Some(&bundle[..at])
+}
+
+/// The complete entries at the start of a bundle that may end torn, and
+/// the bytes they take.
+pub fn complete_entries(bundle: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(len) = bundle.get(at..at + 2) {
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let Some(entry) = bundle.get(at + 2..at + 2 + len) else {
+            break;
+        };
+        out.push(entry);
+        at += 2 + len;
+    }
+    (out, at)
+}
+
+/// Entries of a full or partial bundle as read from disk.
+pub fn entries(bundle: &[u8]) -> Option<Vec<&[u8]>> {
+    tiles::entries(bundle)
+}
