@@ -18,3 +18,4 @@ pub mod settings;
 pub mod storage;
 pub mod tiles;
 pub mod tlog_proof;
+pub mod witness;
