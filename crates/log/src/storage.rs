@@ -712,6 +712,30 @@ impl Log {
         let inner = self.lock();
         inner.tree.memory_bytes() + inner.offsets.capacity() * 8 + inner.by_id.capacity() * 32
     }
+
+    /// TEMPORARY stub for the witness branch (main provides the real one):
+    /// appends signature lines (`— name base64`, no newline) to the latest
+    /// note if it is still of `size`; false if a newer checkpoint replaced it.
+    pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
+        let mut added = false;
+        self.latest.rcu(|current| {
+            added = current.size == size;
+            if !added {
+                return current.clone();
+            }
+            let mut note = current.note.clone();
+            for line in lines {
+                note.push_str(line);
+                note.push('\n');
+            }
+            Arc::new(Published {
+                note,
+                size: current.size,
+                root: current.root,
+            })
+        });
+        added
+    }
 }
 
 /// The map key for a request id: its value when it is 32 hex digits (ours
