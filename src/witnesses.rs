@@ -134,7 +134,7 @@ impl Witnesses {
         if latest.size == 0 {
             return; // nothing to witness
         }
-        let Some(body) = latest.note.find("\n\n").map(|i| &latest.note[..=i]) else {
+        let Ok((body, _)) = residency_log::witness::split_note(&latest.note) else {
             return;
         };
         let now = Instant::now();

@@ -244,9 +244,11 @@ impl CosignatureVerifier {
     }
 }
 
-/// A note's text (with its final newline) and its signature lines.
+/// A note's text (with its final newline) and its signature lines, split
+/// at the last blank line as [`Verifier::open_note`] does, so the text
+/// cosigned is the text the log's signature covers.
 pub fn split_note(note: &str) -> Result<(&str, &str), NoteError> {
-    let split = note.find("\n\n").ok_or(NoteError::MissingBlankLine)?;
+    let split = note.rfind("\n\n").ok_or(NoteError::MissingBlankLine)?;
     let (body, signatures) = (&note[..=split], &note[split + 2..]);
     if signatures.is_empty() {
         return Err(NoteError::NoSignatureLines);
