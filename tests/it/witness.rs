@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use residency_log::note::{Checkpoint, Verifier};
+use residency_log::receipt::Receipt;
 use residency_log::witness::{AddCheckpoint, CosignatureVerifier, Cosigner};
+use residency_proxy::witnesses::Witnesses;
 use residency_tools::fetch::Fetcher;
 use residency_tools::verify::{verify, VerifyArgs};
 
@@ -109,9 +111,15 @@ async fn cosigned_checkpoint(
     }
 }
 
-async fn upload(proxy: &Proxy) {
+/// Uploads through `proxy`; returns the record (receipt) and request id.
+async fn upload(proxy: &Proxy) -> (Vec<u8>, String) {
     let reply = proxy.client().upload_from(CH, "x=1").await;
     assert_eq!(reply.status, 201, "{reply:?}");
+    let receipt = Receipt::parse(reply.header("residency-receipt").unwrap()).unwrap();
+    (
+        receipt.record,
+        reply.header("x-request-id").unwrap().to_string(),
+    )
 }
 
 async fn add_checkpoint(witness: &Fetcher, old: u64, note: &str) -> (u16, Option<String>, String) {
@@ -264,8 +272,50 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     let tampered = note_a.replacen(ORIGIN_A, ORIGIN_B, 1);
     assert_eq!(add_checkpoint(&client, 0, &tampered).await.0, 403);
     // And the proxy keeps getting cosignatures from the restarted witness.
-    upload(&a).await;
-    cosigned_checkpoint(&a, &wkey, grown.size + 1).await;
+    let (record, id) = upload(&a).await;
+    let (_, latest) = cosigned_checkpoint(&a, &wkey, grown.size + 1).await;
+
+    // The log's tlog-proof embeds the cosigned checkpoint: verified
+    // offline with the witness key.
+    let (status, proof) = a.log_get(&format!("/proof/{id}.tlog-proof")).await;
+    assert_eq!(status, 200, "{proof}");
+    std::fs::write(dir.path().join("p.tlog-proof"), &proof).unwrap();
+    std::fs::write(dir.path().join("record.json"), &record).unwrap();
+    let offline = VerifyArgs {
+        key: key_of(&a),
+        proof_file: Some(dir.path().join("p.tlog-proof")),
+        entry: Some(dir.path().join("record.json")),
+        witnesses: vec![wvkey.clone()],
+        ..VerifyArgs::default()
+    };
+    let report = verify(&offline).await;
+    assert!(report.valid(), "{report}");
+    let report = verify(&VerifyArgs {
+        witnesses: vec![wvkey.clone(), unknown.clone()],
+        ..offline
+    })
+    .await;
+    assert!(!report.valid(), "{report}");
+
+    // A log that forgot what the witness cosigned (as after a restart of
+    // the proxy) asks from 0, is told the witness's size by the 409, and
+    // asks again from it.
+    let registry = prometheus::Registry::new();
+    let fresh = Witnesses::new(
+        a.instance.log.clone().unwrap(),
+        &a.instance.snapshot().config.witnesses,
+        &registry,
+    )
+    .unwrap();
+    fresh.round().await;
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert_eq!(metric(&text, &ok), Some(1.0), "{text}");
+    let conflict = ok.replace("\"ok\"", "\"conflict\"");
+    assert_eq!(metric(&text, &conflict), Some(0.0), "{text}");
+    assert!(wkey.verify_note(&a.log_get("/checkpoint").await.1).is_ok());
+    assert!(latest.size > grown.size);
 
     a.stop().await;
     b.stop().await;
