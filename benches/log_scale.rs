@@ -30,14 +30,20 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Request id `i` as the proxy draws them: the time in milliseconds (48
+/// bits; here 100 uploads per millisecond from a fixed start), then 80
+/// random-looking bits.
+fn id(i: u64) -> u128 {
+    let millis = 1_764_672_000_000u128 + u128::from(i / 100);
+    let random =
+        u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & ((1 << 80) - 1);
+    (millis << 80) | random
+}
+
 fn record(i: u64) -> Record<'static> {
     Record {
         v: record::VERSION,
-        request_id: format!(
-            "{:032x}",
-            u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-        )
-        .into(),
+        request_id: format!("{:032x}", id(i)).into(),
         time: "2026-12-02T10:41:07.123Z".into(),
         outcome: Outcome::Stored,
         reason: None,
@@ -125,8 +131,9 @@ fn main() {
                     log.append(&record(i)).await.unwrap();
                     if i % 1_000_000 == 0 && i > 0 {
                         eprintln!(
-                            "{i} records, RSS {} KiB, {:?}",
+                            "{i} records, RSS {} KiB, log memory {} KiB, {:?}",
                             rss_kib(),
+                            log.memory_bytes() / 1024,
                             started.elapsed()
                         );
                     }
@@ -152,10 +159,7 @@ fn main() {
     let started = Instant::now();
     let reopened = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
     let open_time = started.elapsed();
-    let last = format!(
-        "{:032x}",
-        u128::from(records - 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
-    );
+    let last = format!("{:032x}", id(records - 1));
     assert_eq!(reopened.size(), appended);
     assert_eq!(reopened.index_of(&last), Some(records - 1));
     println!("records            {appended}");

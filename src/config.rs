@@ -28,7 +28,7 @@ use residency_core::policy::{Policy, RawDatacenter, RawJurisdiction, RawUnknownO
 use residency_core::report::{
     parse_addr, parse_net, ConfigReport, FromSetting, OptionalSetting, Setting,
 };
-use residency_log::settings::{RawTransparency, Transparency};
+use residency_log::settings::{RawTransparency, Transparency, WitnessSettings};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "RESIDENCY_PROXY";
@@ -53,6 +53,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The transparency log and receipts; `None` when not configured.
     pub transparency: Option<Transparency>,
+    /// `[[transparency.witnesses]]`, asked to cosign each new checkpoint
+    /// (empty without them or without the log).
+    pub witnesses: Vec<WitnessSettings>,
     /// Tokio worker threads (`runtime.worker_threads`); default one per core.
     pub worker_threads: Option<usize>,
     /// The file this was loaded from (watched for hot reload).
@@ -477,6 +480,10 @@ impl Config {
             .transparency
             .as_ref()
             .map(|t| residency_log::settings::transparency(t, base, r));
+        let witnesses = raw
+            .transparency
+            .as_ref()
+            .map(|t| residency_log::settings::witnesses(t, r));
         let worker_threads = raw.runtime.worker_threads.as_ref().and_then(|n| {
             n.check_is(
                 "runtime.worker_threads",
@@ -502,6 +509,10 @@ impl Config {
                 transparency: match transparency {
                     Some(t) => Some(t?),
                     None => None,
+                },
+                witnesses: match witnesses {
+                    Some(w) => w?,
+                    None => Vec::new(),
                 },
                 worker_threads,
                 source: None,

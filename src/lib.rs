@@ -31,3 +31,5 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod upstream;
+pub mod witness;
+pub mod witnesses;

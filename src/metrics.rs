@@ -247,6 +247,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every registered metric.
+    /// The registry, for metrics registered after start (the witnesses').
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();

@@ -280,11 +280,16 @@ fn geoip_age(state: &Snapshot) -> u64 {
     now.saturating_sub(state.geo.build_epoch())
 }
 
-/// Request ids: 128 random bits as 32 hex digits — unguessable, because a
-/// receipt's request id finds its record in the customer-facing log.
+/// Request ids: 32 hex digits, laid out like a UUIDv7 (RFC 9562): the
+/// Unix time in milliseconds (48 bits), then 80 random bits — unguessable,
+/// because a receipt's request id finds its record in the customer-facing
+/// log. The time first makes ids arrive in nearly ascending order, so the
+/// log's on-disk request-id index (a copy-on-write B-tree) appends at its
+/// right edge instead of rewriting pages all over the tree at every
+/// checkpoint. The record carries the same time anyway.
 ///
 /// Randomness comes from the system RNG 4 KiB at a time into a per-thread
-/// buffer (256 ids per `getrandom` call) rather than one call per request.
+/// buffer (409 ids per `getrandom` call) rather than one call per request.
 pub struct RequestIds {
     rng: ring::rand::SystemRandom,
     /// Fallback if the system RNG ever fails: unique, not unguessable.
@@ -292,6 +297,8 @@ pub struct RequestIds {
 }
 
 const ID_BYTES: usize = 16;
+/// The random part: what follows the 6-byte time.
+const ID_RANDOM: usize = 10;
 const ID_POOL: usize = 4096;
 
 thread_local! {
@@ -309,17 +316,21 @@ impl RequestIds {
 
     pub fn next(&self) -> HeaderValue {
         let mut id = [0u8; ID_BYTES];
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        id[..ID_BYTES - ID_RANDOM].copy_from_slice(&millis.to_be_bytes()[2..]);
         let filled = ID_POOL_BUF.with(|pool| {
             let mut pool = pool.borrow_mut();
             let (buf, used) = &mut *pool;
-            if *used + ID_BYTES > ID_POOL {
+            if *used + ID_RANDOM > ID_POOL {
                 if ring::rand::SecureRandom::fill(&self.rng, &mut buf[..]).is_err() {
                     return false;
                 }
                 *used = 0;
             }
-            id.copy_from_slice(&buf[*used..*used + ID_BYTES]);
-            *used += ID_BYTES;
+            id[ID_BYTES - ID_RANDOM..].copy_from_slice(&buf[*used..*used + ID_RANDOM]);
+            *used += ID_RANDOM;
             true
         });
         if !filled {
@@ -346,7 +357,7 @@ pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn request_ids_are_random_hex_and_distinct() {
+    fn request_ids_are_a_time_then_random_hex_and_distinct() {
         let ids = super::RequestIds::new();
         let mut seen = std::collections::HashSet::new();
         // More than one pool's worth, so the refill path runs.
@@ -357,5 +368,13 @@ mod tests {
             assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(seen.insert(text.to_string()), "duplicate {text}");
         }
+        // The first 12 digits are the time in milliseconds.
+        let id = ids.next();
+        let millis = u64::from_str_radix(&id.to_str().unwrap()[..12], 16).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - millis < 60_000, "{millis} vs {now}");
     }
 }

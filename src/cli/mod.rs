@@ -1,5 +1,5 @@
 //! The command line: `demo`, `serve`, `check-config`, `decide`, `geoip
-//! build`, `sink`, `loadtest`, `drill`, `keygen`, `verify`.
+//! build`, `sink`, `loadtest`, `drill`, `keygen`, `verify`, `witness`.
 //!
 //! Each command maps its outcome to an exit code: 0 success, 1 a runtime
 //! failure, 2 an invalid configuration or input.
@@ -97,7 +97,8 @@ pub enum Command {
     /// (PKCS#8, mode 0600; `transparency.signing_key`) and OUT.pub (the
     /// verifier key customers use with `verify --key`).
     Keygen {
-        /// The log's name; must equal `transparency.origin`.
+        /// The log's name; must equal `transparency.origin`. With
+        /// `--witness`, the witness's name.
         #[arg(long)]
         name: String,
         /// Path prefix of the two files: `PREFIX.key` and `PREFIX.pub` (a
@@ -105,12 +106,22 @@ pub enum Command {
         /// `ingest.example.com.key`).
         #[arg(long)]
         out: PathBuf,
+        /// A witness key instead (for `residency-proxy witness --key`): the
+        /// same kind of Ed25519 key, whose `.pub` is a C2SP cosignature/v1
+        /// verifier key (type 0x04) for `[[transparency.witnesses]] key`
+        /// and `verify --witness`.
+        #[arg(long)]
+        witness: bool,
     },
     /// Verify a receipt (its signature), its inclusion in the log against a
     /// signed checkpoint, and the log's consistency with a checkpoint seen
     /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
     /// why; exits 0 or 1.
     Verify(Box<residency_tools::verify::VerifyArgs>),
+    /// Run a C2SP tlog-witness (plain HTTP): cosigns checkpoints of the
+    /// given logs that are consistent with the last one it cosigned,
+    /// recording each log's size and root in the state file first.
+    Witness(Box<crate::witness::WitnessArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,7 +185,11 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(crate::cli::drill::run(*args))
         }
         Command::CheckConfig { config } => check_config(config),
-        Command::Keygen { name, out } => keygen(&name, &out),
+        Command::Keygen { name, out, witness } => keygen(&name, &out, witness),
+        Command::Witness(args) => {
+            init_tracing(format.unwrap_or_default(), &level);
+            block_on(crate::witness::run(*args, shutdown_signal()))
+        }
         Command::Verify(args) => {
             init_tracing(format.unwrap_or_default(), &level);
             let report = match tokio::runtime::Builder::new_current_thread()
@@ -287,8 +302,9 @@ fn ignore_file_size_signal() {
     }
 }
 
-fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
+fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
     use residency_log::note::Signer;
+    use residency_log::witness::Cosigner;
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if !residency_log::settings::valid_origin(name) {
@@ -297,7 +313,11 @@ fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
     }
     let written = (|| -> anyhow::Result<(PathBuf, PathBuf, String)> {
         let pkcs8 = Signer::generate_pkcs8()?;
-        let signer = Signer::from_pkcs8(name, &pkcs8)?;
+        let vkey = if witness {
+            Cosigner::from_pkcs8(name, &pkcs8)?.verifier_key()
+        } else {
+            Signer::from_pkcs8(name, &pkcs8)?.verifier_key()
+        };
         let (key, public) = key_paths(out);
         std::fs::OpenOptions::new()
             .write(true)
@@ -306,15 +326,22 @@ fn keygen(name: &str, out: &std::path::Path) -> ExitCode {
             .open(&key)
             .and_then(|mut f| f.write_all(&pkcs8))
             .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
-        let vkey = signer.verifier_key();
         std::fs::write(&public, format!("{vkey}\n"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
         Ok((key, public, vkey))
     })();
     match written {
         Ok((key, public, vkey)) => {
-            println!("wrote {} (secret: transparency.signing_key)", key.display());
-            println!("wrote {} (public: give it to customers)", public.display());
+            if witness {
+                println!("wrote {} (secret: witness --key)", key.display());
+                println!(
+                    "wrote {} (public: [[transparency.witnesses]] key, verify --witness)",
+                    public.display()
+                );
+            } else {
+                println!("wrote {} (secret: transparency.signing_key)", key.display());
+                println!("wrote {} (public: give it to customers)", public.display());
+            }
             println!("{vkey}");
             ExitCode::SUCCESS
         }

@@ -162,7 +162,16 @@ impl Bound {
         )));
 
         if let Some(log) = &self.instance.log {
-            tasks.push(tokio::spawn(checkpoints(log.clone(), stop_rx.clone())));
+            let witnesses = crate::witnesses::Witnesses::new(
+                log.clone(),
+                &state.config.witnesses,
+                self.instance.metrics.registry(),
+            );
+            tasks.push(tokio::spawn(checkpoints(
+                log.clone(),
+                witnesses,
+                stop_rx.clone(),
+            )));
             if let Some((listener, tls)) = self.transparency {
                 let log = log.clone();
                 let cap = crate::plain_http::Cap {
@@ -228,8 +237,13 @@ impl Bound {
 }
 
 /// Signs a checkpoint every `checkpoint_interval` (when records were added)
-/// until `stop`; the final one is signed after the connections have drained.
-async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Receiver<bool>) {
+/// until `stop`, then has the witnesses cosign it (in the background); the
+/// final one is signed after the connections have drained.
+async fn checkpoints(
+    log: Arc<residency_log::storage::Log>,
+    witnesses: Option<Arc<crate::witnesses::Witnesses>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(log.settings().checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -240,7 +254,11 @@ async fn checkpoints(log: Arc<residency_log::storage::Log>, mut stop: watch::Rec
         log.write_summaries().await;
         let l = log.clone();
         match tokio::task::spawn_blocking(move || l.checkpoint()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                if let Some(w) = &witnesses {
+                    w.after_checkpoint();
+                }
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
         }

@@ -20,3 +20,4 @@ mod tiles;
 mod tls;
 mod transparency;
 mod upstream_tls;
+mod witness;

@@ -258,6 +258,8 @@ pub struct Setup {
     /// Enables the transparency log (key `log.key`, origin [`LOG_ORIGIN`],
     /// listener on a free port); these lines are added to `[transparency]`.
     pub transparency: Option<String>,
+    /// The log's origin (and key name) when `transparency` is set.
+    pub log_origin: &'static str,
 }
 
 /// The transparency log's name in test setups.
@@ -287,6 +289,7 @@ impl Default for Setup {
             trusted: vec!["127.0.0.1"],
             second_cert: None,
             transparency: None,
+            log_origin: LOG_ORIGIN,
         }
     }
 }
@@ -347,7 +350,8 @@ impl Proxy {
                 "checkpoint_interval = \"50ms\""
             };
             extra.push_str(&format!(
-                "\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\naddress = \"127.0.0.1:0\"\n{interval}\n{lines}\n"
+                "\n[transparency]\ndirectory = \"log\"\norigin = \"{origin}\"\nsigning_key = \"log.key\"\naddress = \"127.0.0.1:0\"\n{interval}\n{lines}\n",
+                origin = setup.log_origin,
             ));
         }
         let toml = format!(

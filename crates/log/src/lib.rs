@@ -20,3 +20,4 @@ pub mod settings;
 pub mod storage;
 pub mod tiles;
 pub mod tlog_proof;
+pub mod witness;

@@ -26,7 +26,7 @@ pub const MAX_NOTE_BYTES: usize = 1 << 20;
 pub const MAX_SIGNATURES: usize = 100;
 
 const ALG_ED25519: u8 = 0x01;
-const SIGNATURE_PREFIX: &str = "— ";
+pub(crate) const SIGNATURE_PREFIX: &str = "— ";
 
 /// Why a key could not be loaded or a note could not be signed or opened.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +72,13 @@ pub enum NoteError {
 }
 
 /// `<name>+<key id hex>`: how errors name a key.
-fn key_label(name: &str, key_id: [u8; 4]) -> String {
+pub(crate) fn key_label(name: &str, key_id: [u8; 4]) -> String {
     format!("{name}+{}", hex::encode(&key_id))
 }
 
 /// Key names must be non-empty with no Unicode whitespace and no '+'
 /// (the separator in key strings).
-fn check_name(name: &str) -> Result<(), NoteError> {
+pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '+') {
         return Err(NoteError::InvalidKeyName(name.to_owned()));
     }
@@ -87,14 +87,20 @@ fn check_name(name: &str) -> Result<(), NoteError> {
 
 /// SHA-256(name || "\n" || 0x01 || public key)[..4], the spec's Ed25519 key id.
 fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
-    let input = [name.as_bytes(), b"\n", &[ALG_ED25519], public_key].concat();
+    key_id(name, ALG_ED25519, public_key)
+}
+
+/// SHA-256(name || "\n" || type byte || public key)[..4]: the key id of
+/// signed notes (type 0x01) and of cosignatures (type 0x04).
+pub(crate) fn key_id(name: &str, alg: u8, public_key: &[u8; 32]) -> [u8; 4] {
+    let input = [name.as_bytes(), b"\n", &[alg], public_key].concat();
     let mut id = [0; 4];
     id.copy_from_slice(&digest(&SHA256, &input).as_ref()[..4]);
     id
 }
 
 /// Checks what both signing and opening require of a note as a whole.
-fn check_note(note: &str) -> Result<(), NoteError> {
+pub(crate) fn check_note(note: &str) -> Result<(), NoteError> {
     if note.len() > MAX_NOTE_BYTES {
         return Err(NoteError::TooLong(note.len()));
     }
@@ -226,43 +232,13 @@ impl Verifier {
     /// whitespace is ignored) and checks that the key id matches the name
     /// and key, which catches keys mangled in copy and paste.
     pub fn parse(vkey: &str) -> Result<Verifier, NoteError> {
-        let vkey = vkey.trim();
-        let malformed = |reason| NoteError::MalformedVerifierKey {
-            key: vkey.to_owned(),
-            reason,
-        };
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("expected <name>+<key id>+<base64 key>"));
-        };
-        check_name(name)?;
-        let claimed: [u8; 4] = hex::decode(id_hex)
-            .and_then(|id| id.try_into().ok())
-            .ok_or_else(|| malformed("key id must be 8 hex digits"))?;
-        let key = STANDARD
-            .decode(key_b64)
-            .map_err(|_| malformed("key is not standard base64"))?;
-        let public_key: [u8; 32] = match key.split_first() {
-            Some((&ALG_ED25519, raw)) => raw
-                .try_into()
-                .map_err(|_| malformed("an Ed25519 key must be 32 bytes"))?,
-            _ => {
-                return Err(malformed(
-                    "only Ed25519 keys (type byte 0x01) are supported",
-                ))
-            }
-        };
-        let key_id = ed25519_key_id(name, &public_key);
-        if key_id != claimed {
-            return Err(NoteError::KeyIdMismatch {
-                key: vkey.to_owned(),
-                claimed: hex::encode(&claimed),
-                computed: hex::encode(&key_id),
-            });
-        }
+        let (name, key_id, public_key) = parse_vkey(
+            vkey,
+            ALG_ED25519,
+            "only Ed25519 keys (type byte 0x01) are supported",
+        )?;
         Ok(Verifier {
-            name: name.to_owned(),
+            name,
             key_id,
             public_key,
         })
@@ -335,9 +311,50 @@ impl Verifier {
     }
 }
 
+/// Parses `<name>+<key id hex>+<base64(alg || 32-byte key)>` (surrounding
+/// whitespace ignored) for the key type `alg`, checking the key id.
+pub(crate) fn parse_vkey(
+    vkey: &str,
+    alg: u8,
+    wrong_type: &'static str,
+) -> Result<(String, [u8; 4], [u8; 32]), NoteError> {
+    let vkey = vkey.trim();
+    let malformed = |reason| NoteError::MalformedVerifierKey {
+        key: vkey.to_owned(),
+        reason,
+    };
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("expected <name>+<key id>+<base64 key>"));
+    };
+    check_name(name)?;
+    let claimed: [u8; 4] = hex::decode(id_hex)
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(|| malformed("key id must be 8 hex digits"))?;
+    let key = STANDARD
+        .decode(key_b64)
+        .map_err(|_| malformed("key is not standard base64"))?;
+    let public_key: [u8; 32] = match key.split_first() {
+        Some((&t, raw)) if t == alg => raw
+            .try_into()
+            .map_err(|_| malformed("an Ed25519 key must be 32 bytes"))?,
+        _ => return Err(malformed(wrong_type)),
+    };
+    let computed = key_id(name, alg, &public_key);
+    if computed != claimed {
+        return Err(NoteError::KeyIdMismatch {
+            key: vkey.to_owned(),
+            claimed: hex::encode(&claimed),
+            computed: hex::encode(&computed),
+        });
+    }
+    Ok((name.to_owned(), computed, public_key))
+}
+
 /// Splits `— <name> <base64>` into the name and the decoded payload, which
 /// is at least a 4-byte key id plus one signature byte.
-fn parse_signature_line(line: &str) -> Result<(&str, Vec<u8>), &'static str> {
+pub(crate) fn parse_signature_line(line: &str) -> Result<(&str, Vec<u8>), &'static str> {
     let rest = line
         .strip_prefix(SIGNATURE_PREFIX)
         .ok_or("does not start with an em dash and a space")?;

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use residency_core::report::{parse_addr, ConfigReport, FromSetting, OptionalSetting, Setting};
 
+use crate::witness::CosignatureVerifier;
+
 /// What each 2xx upload response carries in `Residency-Receipt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiptMode {
@@ -115,7 +117,8 @@ pub struct Transparency {
     pub on_write_error: OnWriteError,
     /// The customer-facing listener (checkpoint, proofs, key, records).
     pub address: Option<SocketAddr>,
-    /// The log refuses new records beyond this many (memory: ~100 bytes each).
+    /// An optional hard cap: the log refuses new records beyond this many
+    /// (default: none; memory does not depend on the log's size).
     pub max_records: u64,
     /// Connections the customer-facing listener holds at once; more are
     /// closed and counted.
@@ -129,6 +132,28 @@ pub struct Transparency {
     /// certificates (chosen by SNI, the first the default); empty: plain
     /// HTTP/1.1.
     pub tls: Vec<CertPair>,
+}
+
+/// One `[[transparency.witnesses]]` entry: a C2SP tlog-witness service
+/// asked to cosign each new checkpoint (validated by [`witnesses`]; kept
+/// apart from [`Transparency`], which the log's storage is opened with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessSettings {
+    /// How logs and metrics name the witness (default: its key's name).
+    pub name: String,
+    /// The witness's submission prefix: `<url>/add-checkpoint` is POSTed.
+    pub url: String,
+    /// Its cosigner key (type 0x04); cosignatures that do not verify with
+    /// it are not published.
+    pub key: CosignatureVerifier,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    pub url: Option<String>,
+    pub key: Option<String>,
+    pub name: Option<String>,
 }
 
 /// A certificate chain and its private key (PEM files).
@@ -171,9 +196,11 @@ pub struct RawTransparency {
     pub refusal_records_per_second: Option<Setting<u32>>,
     pub refusal_records_burst: Option<Setting<u32>>,
     pub tls: Option<RawLogTls>,
+    pub witnesses: Option<Vec<RawWitness>>,
 }
 
-const DEFAULT_MAX_RECORDS: u64 = 20_000_000;
+/// No cap: memory does not grow with the log.
+const DEFAULT_MAX_RECORDS: u64 = u64::MAX;
 const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Converts the raw section, pushing every problem onto `r`.
@@ -294,6 +321,87 @@ pub fn transparency(
         refusal_records_per_second,
         refusal_records_burst,
         tls: tls?,
+    })
+}
+
+/// `[[transparency.witnesses]]`: an http(s) URL and a cosigner vkey each;
+/// no URL, key or name twice.
+pub fn witnesses(raw: &RawTransparency, r: &mut ConfigReport) -> Option<Vec<WitnessSettings>> {
+    let raw = raw.witnesses.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut complete = true;
+    for (i, w) in raw.iter().enumerate() {
+        let k = |name: &str| format!("transparency.witnesses[{i}].{name}");
+        let url = match w.url.as_deref().map(str::trim) {
+            Some(u) if valid_url(u) => Some(u.trim_end_matches('/').to_string()),
+            Some(u) => {
+                r.push(
+                    k("url"),
+                    format!("`{u}` is not an http:// or https:// URL, e.g. \"https://witness.example/w1\""),
+                );
+                None
+            }
+            None => {
+                r.push(k("url"), "required: the witness's submission URL prefix");
+                None
+            }
+        };
+        let key = match w.key.as_deref() {
+            Some(text) => CosignatureVerifier::parse(text)
+                .map_err(|e| r.push(k("key"), e.to_string()))
+                .ok(),
+            None => {
+                r.push(
+                    k("key"),
+                    "required: the witness's cosigner key, <name>+<key id>+<base64>",
+                );
+                None
+            }
+        };
+        let name = match (&w.name, &key) {
+            (Some(n), _) if valid_origin(n) => Some(n.clone()),
+            (Some(n), _) => {
+                r.push(
+                    k("name"),
+                    format!("`{n}` must be non-empty, without spaces or '+'"),
+                );
+                None
+            }
+            (None, Some(key)) => Some(key.name().to_string()),
+            (None, None) => None,
+        };
+        let (Some(url), Some(key), Some(name)) = (url, key, name) else {
+            complete = false;
+            continue;
+        };
+        for (field, clash) in [
+            (
+                "url",
+                out.iter().position(|o: &WitnessSettings| o.url == url),
+            ),
+            ("key", out.iter().position(|o| o.key == key)),
+            ("name", out.iter().position(|o| o.name == name)),
+        ] {
+            if let Some(j) = clash {
+                r.push(
+                    k(field),
+                    format!("the same {field} as transparency.witnesses[{j}]"),
+                );
+                complete = false;
+            }
+        }
+        out.push(WitnessSettings { name, url, key });
+    }
+    complete.then_some(out)
+}
+
+fn valid_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split('/').next().unwrap_or("");
+        !host.is_empty() && !r.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
     })
 }
 
@@ -468,6 +576,7 @@ mod tests {
             refusal_records_per_second: None,
             refusal_records_burst: None,
             tls: None,
+            witnesses: None,
         };
         let mut r = ConfigReport::new("test");
         assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
@@ -524,6 +633,80 @@ mod tests {
                 "transparency.tls",
                 "transparency.tls.certificates[0].cert",
                 "transparency.tls.certificates[0].key",
+            ],
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn witnesses_are_validated_and_named_by_index() {
+        use crate::witness::Cosigner;
+        let key = Cosigner::from_pkcs8("w1.example", &Cosigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .verifier_key();
+        let log_key = crate::note::Signer::from_pkcs8("log", &Cosigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .verifier_key();
+        let witness = |url: &str, key: &str| RawWitness {
+            url: Some(url.into()),
+            key: Some(key.into()),
+            name: None,
+        };
+        let base = RawTransparency {
+            directory: Some("log".into()),
+            origin: Some("ingest.example.com/residency-log".into()),
+            signing_key: Some("no-such-key".into()),
+            ..RawTransparency::default()
+        };
+
+        let raw = RawTransparency {
+            witnesses: Some(vec![witness("https://w1.example/", &key)]),
+            ..base
+        };
+        let mut r = ConfigReport::new("test");
+        let w = witnesses(&raw, &mut r).unwrap();
+        assert!(r.is_empty(), "{r}");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].name, "w1.example");
+        assert_eq!(w[0].url, "https://w1.example");
+        assert_eq!(w[0].key.verifier_key(), key);
+
+        // A note key (type 0x01) is not a witness key.
+        let raw = RawTransparency {
+            witnesses: Some(vec![witness("http://127.0.0.1:9", &log_key)]),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, &mut r).is_none());
+        let text = r.to_string();
+        assert!(
+            text.contains("- transparency.witnesses[0].key: malformed verifier key"),
+            "{text}"
+        );
+        assert!(text.contains("type byte 0x04"), "{text}");
+
+        let raw = RawTransparency {
+            witnesses: Some(vec![
+                witness("https://w1.example", &key),
+                witness("ftp://w2.example", "nonsense"),
+                witness("https://w1.example", &key),
+                RawWitness::default(),
+            ]),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, &mut r).is_none());
+        let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "transparency.witnesses[1].url",
+                "transparency.witnesses[1].key",
+                "transparency.witnesses[2].url",
+                "transparency.witnesses[2].key",
+                "transparency.witnesses[2].name",
+                "transparency.witnesses[3].url",
+                "transparency.witnesses[3].key",
             ],
             "{r}"
         );

@@ -592,6 +592,33 @@ impl Log {
         state.edge.memory_bytes() + state.recent.capacity() * 32
     }
 
+    /// Appends witness cosignature lines (`— name base64`, no newline) to
+    /// the served checkpoint if it is still the one of `size`; `false` if
+    /// a newer checkpoint replaced it (checked and stored in one step, so a
+    /// late cosignature never brings an older checkpoint back). Only the
+    /// note in memory changes: after a restart the next witness round
+    /// collects them again.
+    pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
+        let mut added = false;
+        self.core.latest.rcu(|current| {
+            added = current.size == size;
+            if !added {
+                return current.clone();
+            }
+            let mut note = current.note.clone();
+            for line in lines {
+                note.push_str(line);
+                note.push('\n');
+            }
+            Arc::new(Published {
+                note,
+                size: current.size,
+                root: current.root,
+            })
+        });
+        added
+    }
+
     #[cfg(test)]
     fn batches(&self) -> u64 {
         lock(&self.core.state).batches
@@ -902,12 +929,15 @@ impl Core {
     /// Moves the ids of records `[.., size)` from memory to the on-disk
     /// index, in one durable transaction.
     fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
-        let ids: Vec<(u128, u64)> = lock(&self.state)
+        let mut ids: Vec<(u128, u64)> = lock(&self.state)
             .recent
             .iter()
             .filter(|(_, i)| **i < size)
             .map(|(k, i)| (*k, *i))
             .collect();
+        // In key order: the proxy's ids start with their time, so these
+        // land at the B-tree's right edge, page after page.
+        ids.sort_unstable();
         let mut txn = self.index.begin_write()?;
         txn.set_quick_repair(true);
         {

@@ -9,6 +9,7 @@
 //! the residency core (to know the policy they check against), the log's
 //! data structures and the TLS settings.
 
+pub mod fetch;
 pub mod geoip;
 pub mod loadtest;
 pub mod sink;

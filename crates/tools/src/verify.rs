@@ -11,10 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+
+use crate::fetch::Fetcher;
 
 use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
 use residency_log::merkle::{self, Hash};
@@ -23,6 +21,7 @@ use residency_log::receipt::{self, Receipt};
 use residency_log::record::{Outcome, Record};
 use residency_log::tiles::{Need, Proofs};
 use residency_log::tlog_proof::TlogProof;
+use residency_log::witness::CosignatureVerifier;
 
 /// What to verify; see `residency-proxy verify --help`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -71,6 +70,16 @@ pub struct VerifyArgs {
     /// The entry (the exact record bytes) a `--proof-file` is for.
     #[arg(long, requires = "proof_file")]
     pub entry: Option<PathBuf>,
+    /// A witness's cosigner key (`name+keyid+base64`, type 0x04), or a file
+    /// holding one; repeatable. The checkpoint (fetched, `--checkpoint` or
+    /// in `--proof-file`) must carry valid cosignatures from `--quorum` of
+    /// them.
+    #[arg(long = "witness", value_name = "VKEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the `--witness` keys must have cosigned the checkpoint
+    /// (default: all of them).
+    #[arg(long, value_name = "N", requires = "witnesses")]
+    pub quorum: Option<usize>,
 }
 
 /// The outcome: the checks that passed, then VALID or INVALID and why.
@@ -111,6 +120,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         Err(_) => args.key.clone(),
     };
     let verifier = Verifier::parse(key_text.trim()).map_err(|e| anyhow!("the key: {e}"))?;
+    let witnesses = Witnesses::from_args(args)?;
     let fetcher = match &args.log {
         Some(url) => Some(Fetcher::new(url, args.ca.as_ref())?),
         None => None,
@@ -130,7 +140,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         _ => None,
     };
     if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
-        return check_tlog_proof(proof, entry, &verifier, checks);
+        return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
     }
     let mut summary = None;
     if let Some(receipt) = &receipt {
@@ -138,6 +148,9 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     }
     let wants_checkpoint = fetcher.is_some() || args.checkpoint.is_some();
     if !wants_checkpoint {
+        if !witnesses.keys.is_empty() {
+            bail!("--witness needs a checkpoint: give --log, --checkpoint or --proof-file");
+        }
         if args.previous.is_some() {
             bail!("--previous needs a newer checkpoint: give --log or --checkpoint");
         }
@@ -151,7 +164,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     }
 
     // The checkpoint: saved, or the log's latest (waiting briefly for one
-    // that covers a fresh receipt).
+    // that covers a fresh receipt and carries the witnesses' cosignatures).
     let need = receipt.as_ref().map_or(0, |r| r.index + 1);
     let (note, checkpoint) = match &args.checkpoint {
         Some(path) => {
@@ -166,7 +179,8 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
             loop {
                 let note = fetcher.text("/checkpoint").await?;
                 let cp = open_checkpoint(&note, &verifier)?;
-                if cp.size >= need || waited >= Duration::from_secs(10) {
+                let cosigned = witnesses.check(&note).is_ok();
+                if (cp.size >= need && cosigned) || waited >= Duration::from_secs(10) {
                     break (note, cp);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -180,6 +194,9 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         checkpoint.size,
         short(&checkpoint.root)
     ));
+    if let Some(check) = witnesses.check(&note)? {
+        checks.push(check);
+    }
 
     if let Some(receipt) = &receipt {
         if receipt.index >= checkpoint.size {
@@ -423,15 +440,12 @@ fn short(hash: &Hash) -> String {
     residency_core::hex::encode(&hash[..8])
 }
 
-/// The largest answer read from a log endpoint.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// GETs from the log's endpoints.
 /// `--proof-file` with `--entry`: a C2SP tlog-proof checked offline.
 fn check_tlog_proof(
     proof: &PathBuf,
     entry: &PathBuf,
     verifier: &Verifier,
+    witnesses: &Witnesses,
     checks: &mut Vec<String>,
 ) -> anyhow::Result<String> {
     let text =
@@ -448,6 +462,9 @@ fn check_tlog_proof(
         checkpoint.size,
         short(&checkpoint.root)
     ));
+    if let Some(check) = witnesses.check(&parsed.checkpoint)? {
+        checks.push(check);
+    }
     checks.push(format!(
         "record {} is leaf {} of the checkpointed tree (tlog-proof, {} hashes)",
         short(&merkle::leaf_hash(&entry)),
@@ -481,60 +498,70 @@ async fn from_tiles<T>(
     bail!("the log's tiles never complete the proof")
 }
 
-struct Fetcher {
-    base: String,
-    client: Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Empty<Bytes>,
-    >,
+/// `--witness` keys and `--quorum`: how many of them must have cosigned.
+struct Witnesses {
+    keys: Vec<CosignatureVerifier>,
+    quorum: usize,
 }
 
-impl Fetcher {
-    fn new(base: &str, ca: Option<&PathBuf>) -> anyhow::Result<Fetcher> {
-        let ca = ca.map(std::fs::read).transpose().context("reading --ca")?;
-        let tls = residency_tls::client_config(ca.as_deref())?;
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Ok(Fetcher {
-            base: base.trim_end_matches('/').to_string(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Bytes> {
-        let url = format!("{}{path}", self.base);
-        let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.get(uri))
-            .await
-            .with_context(|| format!("GET {url}: timed out"))?
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status();
-        // Bounded: what the log serves is small (a checkpoint, a proof, a
-        // record); a log that sends more is not one to trust.
-        let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
-        let body = tokio::time::timeout(Duration::from_secs(10), limited.collect())
-            .await
-            .with_context(|| format!("GET {url}: timed out"))?
-            .map_err(|e| anyhow!("GET {url}: {e} (at most {MAX_RESPONSE_BYTES} bytes are read)"))?
-            .to_bytes();
-        if !status.is_success() {
-            bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
+impl Witnesses {
+    fn from_args(args: &VerifyArgs) -> anyhow::Result<Witnesses> {
+        let mut keys: Vec<CosignatureVerifier> = Vec::new();
+        for arg in &args.witnesses {
+            let text = std::fs::read_to_string(arg).unwrap_or_else(|_| arg.clone());
+            let key = CosignatureVerifier::parse(text.trim())
+                .map_err(|e| anyhow!("--witness {arg}: {e}"))?;
+            if keys.contains(&key) {
+                bail!("--witness {} is given twice", key.label());
+            }
+            keys.push(key);
         }
-        Ok(body)
+        let quorum = args.quorum.unwrap_or(keys.len());
+        if quorum > keys.len() {
+            bail!(
+                "--quorum {quorum} is more than the {} --witness keys given",
+                keys.len()
+            );
+        }
+        if args.quorum == Some(0) {
+            bail!("--quorum must be at least 1");
+        }
+        Ok(Witnesses { keys, quorum })
     }
 
-    async fn text(&self, path: &str) -> anyhow::Result<String> {
-        let body = self.get(path).await?;
-        String::from_utf8(body.to_vec()).context("the log answered non-UTF-8 text")
-    }
-
-    async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let body = self.get(path).await?;
-        serde_json::from_slice(&body).with_context(|| format!("{path}: unexpected answer"))
+    /// Checks that `note` carries valid cosignatures from `quorum` of the
+    /// keys; `None` when no witness is required.
+    fn check(&self, note: &str) -> anyhow::Result<Option<String>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let mut valid = Vec::new();
+        let mut others = Vec::new();
+        for key in &self.keys {
+            match key.verify_note(note) {
+                Ok(ts) => valid.push(format!("{} (at {ts})", key.name())),
+                Err(e) => others.push(e.to_string()),
+            }
+        }
+        if valid.len() < self.quorum {
+            let found = match valid.as_slice() {
+                [] => String::new(),
+                v => format!(": from {}", v.join(", ")),
+            };
+            bail!(
+                "the checkpoint carries {} valid cosignature(s) of the {} required from the {} given witnesses{found}; {}",
+                valid.len(),
+                self.quorum,
+                self.keys.len(),
+                others.join("; ")
+            );
+        }
+        Ok(Some(format!(
+            "cosigned by {} of {} witnesses (quorum {}): {}",
+            valid.len(),
+            self.keys.len(),
+            self.quorum,
+            valid.join(", ")
+        )))
     }
 }

@@ -1,0 +1,957 @@
+//! Witnesses: C2SP tlog-cosignature (Ed25519, `cosignature/v1`) and the
+//! protocol half of C2SP tlog-witness, independent of HTTP.
+//!
+//! A witness keeps, per log origin, the size and root of the latest
+//! checkpoint it cosigned. The log submits each new checkpoint with a
+//! consistency proof from that size (`add-checkpoint`); the witness checks
+//! the log's signature and the proof, records the new size durably, and
+//! answers with a timestamped cosignature: a note signature line by the
+//! witness's key over
+//!
+//! ```text
+//! cosignature/v1
+//! time <POSIX seconds>
+//! <the checkpoint's note text, with its final newline>
+//! ```
+//!
+//! whose payload is `key id (4) || timestamp (u64 big-endian) || Ed25519
+//! signature (64)`, the key id being SHA-256(name || "\n" || 0x04 || public
+//! key)[:4]. Clients that trust a quorum of witnesses then know every
+//! checkpoint they accept is one the witnesses saw the log grow into, so a
+//! log cannot show different histories to different clients (a split view)
+//! without the witnesses signing both.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+
+use crate::merkle::{self, Hash};
+use crate::note::{
+    check_name, check_note, key_id, key_label, parse_signature_line, parse_vkey, Checkpoint,
+    NoteError, Verifier, MAX_NOTE_BYTES, MAX_SIGNATURES, SIGNATURE_PREFIX,
+};
+
+/// The vkey type byte and key-id algorithm byte of Ed25519 cosignatures.
+pub const ALG_COSIGNATURE_V1: u8 = 0x04;
+/// At most this many consistency proof lines in an add-checkpoint request.
+pub const MAX_PROOF_LINES: usize = 63;
+/// Content type of a 409 answer: the witness's recorded size.
+pub const SIZE_CONTENT_TYPE: &str = "text/x.tlog.size";
+/// Largest add-checkpoint request body: the old size line, 63 proof lines
+/// and the largest note.
+pub const MAX_REQUEST_BYTES: usize = 32 + MAX_PROOF_LINES * 45 + 1 + MAX_NOTE_BYTES;
+
+const WRONG_TYPE: &str =
+    "a witness key must be an Ed25519 cosignature/v1 key (type byte 0x04): create one with `residency-proxy keygen --witness`";
+
+/// The message a `cosignature/v1` signature covers.
+pub fn signed_message(body: &str, timestamp: u64) -> Vec<u8> {
+    format!("cosignature/v1\ntime {timestamp}\n{body}").into_bytes()
+}
+
+/// SHA-256(name || "\n" || 0x04 || public key)[:4].
+pub fn cosigner_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+    key_id(name, ALG_COSIGNATURE_V1, public_key)
+}
+
+fn cosigner_vkey(name: &str, key_id: [u8; 4], public_key: &[u8; 32]) -> String {
+    let key = [&[ALG_COSIGNATURE_V1][..], public_key].concat();
+    format!("{}+{}", key_label(name, key_id), STANDARD.encode(key))
+}
+
+/// A witness's signing key: an Ed25519 key pair and the name it cosigns as.
+#[derive(Debug)]
+pub struct Cosigner {
+    name: String,
+    key_id: [u8; 4],
+    public_key: [u8; 32],
+    key_pair: Ed25519KeyPair,
+}
+
+impl Cosigner {
+    /// Loads a PKCS#8 Ed25519 key (as `keygen` writes) to cosign as `name`.
+    pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Cosigner, NoteError> {
+        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
+        Self::new(name, key_pair)
+    }
+
+    /// A fresh key as PKCS#8 bytes.
+    pub fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|_| NoteError::KeyGeneration)
+    }
+
+    #[cfg(test)]
+    fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Cosigner, NoteError> {
+        let key_pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
+        Self::new(name, key_pair)
+    }
+
+    fn new(name: &str, key_pair: Ed25519KeyPair) -> Result<Cosigner, NoteError> {
+        check_name(name)?;
+        let public_key: [u8; 32] = key_pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| NoteError::InvalidPrivateKey("public key is not 32 bytes".into()))?;
+        Ok(Cosigner {
+            name: name.to_owned(),
+            key_id: cosigner_key_id(name, &public_key),
+            public_key,
+            key_pair,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn key_id(&self) -> [u8; 4] {
+        self.key_id
+    }
+
+    /// `<name>+<key id hex>+<base64(0x04 || public key)>`.
+    pub fn verifier_key(&self) -> String {
+        cosigner_vkey(&self.name, self.key_id, &self.public_key)
+    }
+
+    pub fn verifier(&self) -> CosignatureVerifier {
+        CosignatureVerifier {
+            name: self.name.clone(),
+            key_id: self.key_id,
+            public_key: self.public_key,
+        }
+    }
+
+    /// The cosignature line (`— <name> <base64>`, no newline) over a
+    /// checkpoint's note text `body` at `timestamp` (POSIX seconds).
+    pub fn cosign(&self, body: &str, timestamp: u64) -> String {
+        let signature = self.key_pair.sign(&signed_message(body, timestamp));
+        let payload = [
+            &self.key_id[..],
+            &timestamp.to_be_bytes(),
+            signature.as_ref(),
+        ]
+        .concat();
+        format!(
+            "{SIGNATURE_PREFIX}{} {}",
+            self.name,
+            STANDARD.encode(payload)
+        )
+    }
+}
+
+/// Why a cosignature did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CosignatureError {
+    #[error("malformed signature line: {0}")]
+    Malformed(&'static str),
+    #[error("cosignature by {0} does not verify")]
+    Invalid(String),
+    #[error("no cosignature by {0}")]
+    Missing(String),
+    #[error("{0}")]
+    Note(String),
+}
+
+/// A trusted witness key: name, key id and Ed25519 public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignatureVerifier {
+    name: String,
+    key_id: [u8; 4],
+    public_key: [u8; 32],
+}
+
+impl CosignatureVerifier {
+    /// Parses a `<name>+<key id hex>+<base64(0x04 || public key)>` vkey,
+    /// checking its key id.
+    pub fn parse(vkey: &str) -> Result<CosignatureVerifier, NoteError> {
+        let (name, key_id, public_key) = parse_vkey(vkey, ALG_COSIGNATURE_V1, WRONG_TYPE)?;
+        Ok(CosignatureVerifier {
+            name,
+            key_id,
+            public_key,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn key_id(&self) -> [u8; 4] {
+        self.key_id
+    }
+
+    /// `name+keyid`, how errors and metrics name the key.
+    pub fn label(&self) -> String {
+        key_label(&self.name, self.key_id)
+    }
+
+    pub fn verifier_key(&self) -> String {
+        cosigner_vkey(&self.name, self.key_id, &self.public_key)
+    }
+
+    /// Checks one signature line (without its newline) against the note
+    /// text `body`: `Ok(None)` if it is another key's line (to be
+    /// ignored), `Ok(Some(timestamp))` if it is a valid cosignature by
+    /// this key, an error if it is this key's and does not verify.
+    pub fn check_line(&self, body: &str, line: &str) -> Result<Option<u64>, CosignatureError> {
+        let (name, payload) = parse_signature_line(line).map_err(CosignatureError::Malformed)?;
+        if name != self.name || payload[..4] != self.key_id {
+            return Ok(None);
+        }
+        let invalid = || CosignatureError::Invalid(self.label());
+        if payload.len() != 4 + 8 + 64 {
+            return Err(invalid());
+        }
+        let mut ts = [0; 8];
+        ts.copy_from_slice(&payload[4..12]);
+        let timestamp = u64::from_be_bytes(ts);
+        if timestamp > i64::MAX as u64 {
+            return Err(invalid());
+        }
+        UnparsedPublicKey::new(&ED25519, &self.public_key)
+            .verify(&signed_message(body, timestamp), &payload[12..])
+            .map_err(|_| invalid())?;
+        Ok(Some(timestamp))
+    }
+
+    /// Verifies a whole signed note carrying this key's cosignature (among
+    /// other signatures): returns the cosignature's timestamp. As for note
+    /// signatures, lines of other keys are ignored and a line of this key
+    /// that does not verify rejects the note.
+    pub fn verify_note(&self, note: &str) -> Result<u64, CosignatureError> {
+        let note_error = |e: NoteError| CosignatureError::Note(e.to_string());
+        check_note(note).map_err(note_error)?;
+        let (body, signatures) = split_note(note).map_err(note_error)?;
+        if signatures.split_terminator('\n').count() > MAX_SIGNATURES {
+            return Err(note_error(NoteError::TooManySignatures));
+        }
+        let mut found = None;
+        for line in signatures.split_terminator('\n') {
+            if let Some(ts) = self.check_line(body, line)? {
+                found = Some(found.map_or(ts, |t: u64| t.max(ts)));
+            }
+        }
+        found.ok_or_else(|| CosignatureError::Missing(self.label()))
+    }
+}
+
+/// A note's text (with its final newline) and its signature lines, split
+/// at the last blank line as [`Verifier::open_note`] does, so the text
+/// cosigned is the text the log's signature covers.
+pub fn split_note(note: &str) -> Result<(&str, &str), NoteError> {
+    let split = note.rfind("\n\n").ok_or(NoteError::MissingBlankLine)?;
+    let (body, signatures) = (&note[..=split], &note[split + 2..]);
+    if signatures.is_empty() {
+        return Err(NoteError::NoSignatureLines);
+    }
+    if !signatures.ends_with('\n') {
+        let line = signatures.split_terminator('\n').count();
+        let reason = "does not end with a newline";
+        return Err(NoteError::MalformedSignatureLine { line, reason });
+    }
+    Ok((body, signatures))
+}
+
+/// An `add-checkpoint` request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddCheckpoint {
+    /// The size of the checkpoint the witness last cosigned, per the log.
+    pub old: u64,
+    /// A consistency proof from `old` to the checkpoint's size.
+    pub proof: Vec<Hash>,
+    /// The signed checkpoint note.
+    pub note: String,
+}
+
+fn parse_decimal(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+impl AddCheckpoint {
+    pub fn encode(&self) -> String {
+        let mut out = format!("old {}\n", self.old);
+        for hash in &self.proof {
+            out.push_str(&STANDARD.encode(hash));
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.note);
+        out
+    }
+
+    /// Parses a request body strictly.
+    pub fn parse(body: &[u8]) -> Result<AddCheckpoint, String> {
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(format!("the body is over {MAX_REQUEST_BYTES} bytes"));
+        }
+        let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
+        let (head, note) = text
+            .split_once("\n\n")
+            .ok_or("no empty line before the checkpoint")?;
+        let mut lines = head.split('\n');
+        let old = lines
+            .next()
+            .and_then(|l| l.strip_prefix("old "))
+            .and_then(parse_decimal)
+            .ok_or("the first line must be `old <size>` (decimal, no leading zeros)")?;
+        let mut proof = Vec::new();
+        for line in lines {
+            if proof.len() == MAX_PROOF_LINES {
+                return Err(format!(
+                    "more than {MAX_PROOF_LINES} consistency proof lines"
+                ));
+            }
+            let hash = STANDARD
+                .decode(line)
+                .ok()
+                .and_then(|h| Hash::try_from(h).ok())
+                .ok_or_else(|| format!("proof line {line:?} is not a base64 SHA-256 hash"))?;
+            proof.push(hash);
+        }
+        if note.is_empty() {
+            return Err("no checkpoint after the empty line".into());
+        }
+        Ok(AddCheckpoint {
+            old,
+            proof,
+            note: note.to_owned(),
+        })
+    }
+}
+
+/// What a witness recorded of one log: the latest checkpoint it cosigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// Every log's recorded checkpoint, by origin.
+pub type State = BTreeMap<String, Recorded>;
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    size: u64,
+    root: String,
+}
+
+/// The state as JSON: `{"<origin>": {"size": N, "root": "<base64>"}}`.
+pub fn encode_state(state: &State) -> String {
+    let stored: BTreeMap<&str, StoredRecord> = state
+        .iter()
+        .map(|(origin, r)| {
+            let root = STANDARD.encode(r.root);
+            (origin.as_str(), StoredRecord { size: r.size, root })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&stored).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+pub fn parse_state(text: &str) -> Result<State, String> {
+    let stored: BTreeMap<String, StoredRecord> =
+        serde_json::from_str(text).map_err(|e| e.to_string())?;
+    stored
+        .into_iter()
+        .map(|(origin, s)| {
+            let root = STANDARD
+                .decode(&s.root)
+                .ok()
+                .and_then(|r| Hash::try_from(r).ok())
+                .ok_or_else(|| format!("{origin}: root {:?} is not a base64 hash", s.root))?;
+            Ok((origin, Recorded { size: s.size, root }))
+        })
+        .collect()
+}
+
+/// Why a witness refused a checkpoint; each maps to the status
+/// tlog-witness prescribes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: the request does not parse, or `old` is above the checkpoint's size.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// 404: the origin is not a log this witness knows.
+    #[error("unknown log {0:?}")]
+    UnknownLog(String),
+    /// 403: no signature verifies with the log's configured key.
+    #[error("the checkpoint's signature does not verify: {0}")]
+    Unverified(String),
+    /// 409: `old` is not the size the witness recorded (answered with it).
+    #[error("old size {old} is not the recorded size {recorded}")]
+    Conflict { old: u64, recorded: u64 },
+    /// 409: same size as recorded, different root (a fork); also answered
+    /// with the recorded size.
+    #[error("a checkpoint of size {size} with another root than the recorded one: the log forked")]
+    Fork { size: u64 },
+    /// 422: the consistency proof does not verify.
+    #[error("the consistency proof does not verify: {0}")]
+    InvalidProof(String),
+    /// 500: the new state could not be stored; nothing was cosigned.
+    #[error("could not record the checkpoint: {0}")]
+    Storage(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed(_) => 400,
+            Refusal::UnknownLog(_) => 404,
+            Refusal::Unverified(_) => 403,
+            Refusal::Conflict { .. } | Refusal::Fork { .. } => 409,
+            Refusal::InvalidProof(_) => 422,
+            Refusal::Storage(_) => 500,
+        }
+    }
+
+    /// The size a 409 answers with.
+    pub fn recorded_size(&self) -> Option<u64> {
+        match self {
+            Refusal::Conflict { recorded, .. } => Some(*recorded),
+            Refusal::Fork { size } => Some(*size),
+            _ => None,
+        }
+    }
+}
+
+/// A witness: its key, the logs it knows and what it recorded of each.
+#[derive(Debug)]
+pub struct Witness {
+    cosigner: Cosigner,
+    logs: BTreeMap<String, Verifier>,
+    state: Mutex<State>,
+}
+
+/// Cosignature lines answered for an accepted checkpoint, and the state
+/// that was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub origin: String,
+    pub size: u64,
+    /// The response body: one cosignature line, with its newline.
+    pub body: String,
+}
+
+impl Witness {
+    /// `logs`: origin and the log's verifier key. Recorded state of logs no
+    /// longer configured is kept (and kept in the state file).
+    pub fn new(cosigner: Cosigner, logs: BTreeMap<String, Verifier>, state: State) -> Witness {
+        Witness {
+            cosigner,
+            logs,
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn cosigner(&self) -> &Cosigner {
+        &self.cosigner
+    }
+
+    /// What is recorded for `origin`.
+    pub fn recorded(&self, origin: &str) -> Option<Recorded> {
+        self.lock().get(origin).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles one add-checkpoint request body at time `now` (POSIX
+    /// seconds). `persist` must store the new state durably; it runs under
+    /// the state lock, so checking `old` and recording the new size are one
+    /// step (no concurrent request can roll the state back in between), and
+    /// nothing is cosigned unless it succeeded.
+    pub fn add_checkpoint(
+        &self,
+        body: &[u8],
+        now: u64,
+        persist: impl FnOnce(&State) -> Result<(), String>,
+    ) -> Result<Accepted, Refusal> {
+        let request = AddCheckpoint::parse(body).map_err(Refusal::Malformed)?;
+        let text = split_note(&request.note)
+            .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?
+            .0;
+        let claimed = Checkpoint::parse_body(text)
+            .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?;
+        let verifier = self
+            .logs
+            .get(&claimed.origin)
+            .ok_or_else(|| Refusal::UnknownLog(claimed.origin.clone()))?;
+        let checkpoint = Checkpoint::open(&request.note, verifier).map_err(|e| match e {
+            NoteError::InvalidSignature(_) | NoteError::NoSignature(_) => {
+                Refusal::Unverified(e.to_string())
+            }
+            e => Refusal::Malformed(format!("the checkpoint: {e}")),
+        })?;
+        if request.old > checkpoint.size {
+            return Err(Refusal::Malformed(format!(
+                "old size {} is above the checkpoint's size {}",
+                request.old, checkpoint.size
+            )));
+        }
+        let mut state = self.lock();
+        let recorded = state.get(&checkpoint.origin).copied().unwrap_or(Recorded {
+            size: 0,
+            root: merkle::empty_root(),
+        });
+        if request.old != recorded.size {
+            return Err(Refusal::Conflict {
+                old: request.old,
+                recorded: recorded.size,
+            });
+        }
+        if request.old == checkpoint.size && checkpoint.root != recorded.root {
+            return Err(Refusal::Fork {
+                size: recorded.size,
+            });
+        }
+        merkle::verify_consistency(
+            request.old,
+            checkpoint.size,
+            &recorded.root,
+            &checkpoint.root,
+            &request.proof,
+        )
+        .map_err(|e| Refusal::InvalidProof(e.to_string()))?;
+        let mut next = state.clone();
+        next.insert(
+            checkpoint.origin.clone(),
+            Recorded {
+                size: checkpoint.size,
+                root: checkpoint.root,
+            },
+        );
+        persist(&next).map_err(Refusal::Storage)?;
+        *state = next;
+        drop(state);
+        let mut line = self.cosigner.cosign(text, now);
+        line.push('\n');
+        Ok(Accepted {
+            origin: checkpoint.origin,
+            size: checkpoint.size,
+            body: line,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{leaf_hash, Tree};
+    use crate::note::Signer;
+
+    const ORIGIN: &str = "example.com/log";
+
+    fn witness_key() -> Cosigner {
+        Cosigner::from_pkcs8("witness.example/w1", &Cosigner::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    fn log_key() -> Signer {
+        Signer::from_pkcs8(ORIGIN, &Signer::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    fn tree(size: u8) -> Tree {
+        let mut tree = Tree::new();
+        for i in 0..size {
+            tree.push(leaf_hash(&[i]));
+        }
+        tree
+    }
+
+    fn checkpoint(tree: &Tree, signer: &Signer) -> String {
+        Checkpoint {
+            origin: signer.name().to_owned(),
+            size: tree.size(),
+            root: tree.root(),
+            extensions: vec![],
+        }
+        .sign(signer)
+        .unwrap()
+    }
+
+    fn request(old: u64, proof: Vec<Hash>, note: String) -> Vec<u8> {
+        AddCheckpoint { old, proof, note }.encode().into_bytes()
+    }
+
+    fn witness(log: &Signer) -> Witness {
+        let logs = BTreeMap::from([(
+            log.name().to_owned(),
+            Verifier::parse(&log.verifier_key()).unwrap(),
+        )]);
+        Witness::new(witness_key(), logs, State::new())
+    }
+
+    fn ok(_: &State) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[test]
+    fn cosignatures_round_trip_and_cover_the_whole_body() {
+        let cosigner = witness_key();
+        let verifier = CosignatureVerifier::parse(&cosigner.verifier_key()).unwrap();
+        assert_eq!(verifier, cosigner.verifier());
+        let log = log_key();
+        let note = checkpoint(&tree(5), &log);
+        let (body, _) = split_note(&note).unwrap();
+        let line = cosigner.cosign(body, 1_679_315_147);
+        assert_eq!(verifier.check_line(body, &line), Ok(Some(1_679_315_147)));
+        let cosigned = format!("{note}{line}\n");
+        assert_eq!(verifier.verify_note(&cosigned), Ok(1_679_315_147));
+        // The log's own signature still verifies on the cosigned note.
+        let log_verifier = Verifier::parse(&log.verifier_key()).unwrap();
+        assert!(Checkpoint::open(&cosigned, &log_verifier).is_ok());
+
+        // Payload: key id, big-endian timestamp, 64-byte signature.
+        let payload = STANDARD.decode(line.rsplit(' ').next().unwrap()).unwrap();
+        assert_eq!(payload.len(), 76);
+        assert_eq!(payload[..4], cosigner.key_id());
+        assert_eq!(payload[4..12], 1_679_315_147u64.to_be_bytes());
+        UnparsedPublicKey::new(&ED25519, &cosigner.public_key)
+            .verify(
+                format!("cosignature/v1\ntime 1679315147\n{body}").as_bytes(),
+                &payload[12..],
+            )
+            .unwrap();
+
+        // Another body, another time or another key: no.
+        let other = body.replace('\n', "\nx\n");
+        assert!(verifier.check_line(&other, &line).is_err());
+        let mut bad = payload.clone();
+        bad[11] ^= 1;
+        let retimed = format!("— witness.example/w1 {}", STANDARD.encode(&bad));
+        assert!(matches!(
+            verifier.check_line(body, &retimed),
+            Err(CosignatureError::Invalid(_))
+        ));
+        let stranger = witness_key().verifier();
+        assert_eq!(
+            stranger.check_line(body, &line),
+            Ok(None),
+            "same name, other key id"
+        );
+        assert!(matches!(
+            stranger.verify_note(&cosigned),
+            Err(CosignatureError::Missing(_))
+        ));
+        // A note signature by the log is not a cosignature.
+        assert!(matches!(
+            verifier.verify_note(&note),
+            Err(CosignatureError::Missing(_))
+        ));
+        // A corrupted line of this key rejects the note.
+        let corrupt = format!("{note}{retimed}\n{line}\n");
+        assert!(matches!(
+            verifier.verify_note(&corrupt),
+            Err(CosignatureError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn key_ids_and_vkeys() {
+        // From transparency-dev/formats note/note_cosigv1_test.go
+        // (TestCoSigV1NewVerifier, "native algEd25519CosignatureV1 verifier").
+        let remora = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2";
+        let v = CosignatureVerifier::parse(remora).unwrap();
+        assert_eq!(v.name(), "remora.n621.de");
+        assert_eq!(v.key_id(), [0xda, 0x77, 0xad, 0xe7]);
+        assert_eq!(v.verifier_key(), remora);
+        assert_eq!(cosigner_key_id(v.name(), &v.public_key), v.key_id());
+
+        // The same Ed25519 key as a note key (0x01) has another id, and
+        // neither parser takes the other's type.
+        let seed = [7u8; 32];
+        let cosigner = Cosigner::from_seed("w", &seed).unwrap();
+        let note_id = key_id("w", 0x01, &cosigner.public_key);
+        assert_ne!(note_id, cosigner.key_id());
+        let err = CosignatureVerifier::parse(&log_key().verifier_key()).unwrap_err();
+        assert!(err.to_string().contains("type byte 0x04"), "{err}");
+        assert!(Verifier::parse(&cosigner.verifier_key()).is_err());
+        assert!(CosignatureVerifier::parse(&cosigner.verifier_key()).is_ok());
+        // A wrong key id is caught.
+        let mut mangled = cosigner.verifier_key();
+        mangled.replace_range(2..3, if &mangled[2..3] == "0" { "1" } else { "0" });
+        assert!(CosignatureVerifier::parse(&mangled).is_err());
+        for bad in ["", "w", "w+00000000", "w+zz+BA==", "a b+00000000+BA=="] {
+            assert!(CosignatureVerifier::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fixed_seed_cosignature_matches_an_independent_computation() {
+        // Computed separately with Python's `cryptography` package (seed
+        // [7; 32]) over the tlog-cosignature example checkpoint: Ed25519 is
+        // deterministic, so the line must match byte for byte.
+        const VKEY: &str =
+            "witness.example/w1+aa4a09d1+BOpKbGPinFIKvvVQexMuxfmVR3auvr57kkIe6mkURtIs";
+        const LINE: &str = "— witness.example/w1 qkoJ0QAAAABkGFDLWr4Jea05CAgwNVtwky0Jgz6WfX0QJgM//FkB/W9BoT9TX0DkTxG+2cT4p/ViKNhUM/SnUwFcYQzugGFQ15LwDw==";
+        let body =
+            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let cosigner = Cosigner::from_seed("witness.example/w1", &[7; 32]).unwrap();
+        assert_eq!(cosigner.verifier_key(), VKEY);
+        assert_eq!(cosigner.cosign(body, 1_679_315_147), LINE);
+        let verifier = CosignatureVerifier::parse(VKEY).unwrap();
+        assert_eq!(verifier.check_line(body, LINE), Ok(Some(1_679_315_147)));
+    }
+
+    #[test]
+    fn published_timestamp_layouts_decode() {
+        // The payload layout, from two published cosignatures whose keys
+        // are not published: C2SP tlog-cosignature's example (time
+        // 1679315147, as in its signed-message example) and
+        // transparency-dev/formats TestCosignatureTimestamp (1727964367).
+        for (b64, id, ts) in [
+            (
+                "jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==",
+                [0x8d, 0x66, 0xcf, 0x3f],
+                1_679_315_147u64,
+            ),
+            (
+                "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJXORmnFBOBA==",
+                [0x64, 0x68, 0x46, 0xb9],
+                1_727_964_367,
+            ),
+        ] {
+            let payload = STANDARD.decode(b64).unwrap();
+            assert_eq!(payload.len(), 76);
+            assert_eq!(payload[..4], id);
+            assert_eq!(u64::from_be_bytes(payload[4..12].try_into().unwrap()), ts);
+        }
+    }
+
+    #[test]
+    fn add_checkpoint_bodies_round_trip_and_are_strict() {
+        let log = log_key();
+        let note = checkpoint(&tree(7), &log);
+        let proof = tree(7).consistency_proof(3, 7).unwrap();
+        let req = AddCheckpoint {
+            old: 3,
+            proof: proof.clone(),
+            note: note.clone(),
+        };
+        let text = req.encode();
+        assert!(text.starts_with("old 3\n"));
+        assert!(text.contains(&format!("\n\n{note}")));
+        assert_eq!(AddCheckpoint::parse(text.as_bytes()), Ok(req));
+        let empty = AddCheckpoint {
+            old: 0,
+            proof: vec![],
+            note: note.clone(),
+        };
+        assert!(empty.encode().starts_with("old 0\n\n"));
+        assert_eq!(AddCheckpoint::parse(empty.encode().as_bytes()), Ok(empty));
+
+        let h = STANDARD.encode([1u8; 32]);
+        for bad in [
+            format!("old 01\n\n{note}"),
+            format!("old -1\n\n{note}"),
+            format!("old\n\n{note}"),
+            format!("new 1\n\n{note}"),
+            format!("old 1\nnot base64\n\n{note}"),
+            format!("old 1\nAAAA\n\n{note}"),
+            format!("old 1\n{}\n{note}", format!("{h}\n").repeat(64)),
+            "old 1\n\n".to_string(),
+            format!("old 1\n{h}\n"),
+        ] {
+            assert!(AddCheckpoint::parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(AddCheckpoint::parse(b"old 0\n\n\xff").is_err());
+        let ok63 = format!("old 1\n{}\n{note}", format!("{h}\n").repeat(63));
+        assert_eq!(
+            AddCheckpoint::parse(ok63.as_bytes()).unwrap().proof.len(),
+            63
+        );
+    }
+
+    #[test]
+    fn the_witness_accepts_growth_and_refuses_the_rest() {
+        let log = log_key();
+        let w = witness(&log);
+        let wv = w.cosigner().verifier();
+        let t3 = tree(3);
+        let t8 = tree(8);
+
+        // First checkpoint: old 0, no proof.
+        let a = w
+            .add_checkpoint(&request(0, vec![], checkpoint(&t3, &log)), 100, ok)
+            .unwrap();
+        assert_eq!((a.origin.as_str(), a.size), (ORIGIN, 3));
+        let cosigned = format!("{}{}", checkpoint(&t3, &log), a.body);
+        assert_eq!(wv.verify_note(&cosigned), Ok(100));
+        assert_eq!(
+            w.recorded(ORIGIN),
+            Some(Recorded {
+                size: 3,
+                root: t3.root()
+            })
+        );
+
+        // Wrong old: 409 with the recorded size.
+        let err = w
+            .add_checkpoint(&request(0, vec![], checkpoint(&t8, &log)), 101, ok)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::Conflict {
+                old: 0,
+                recorded: 3
+            }
+        );
+        assert_eq!((err.status(), err.recorded_size()), (409, Some(3)));
+
+        // Growth with a valid consistency proof.
+        let proof = t8.consistency_proof(3, 8).unwrap();
+        let b = w
+            .add_checkpoint(&request(3, proof.clone(), checkpoint(&t8, &log)), 102, ok)
+            .unwrap();
+        assert_eq!(b.size, 8);
+        assert_eq!(w.recorded(ORIGIN).unwrap().size, 8);
+
+        // The same checkpoint again: cosigned again.
+        assert!(w
+            .add_checkpoint(&request(8, vec![], checkpoint(&t8, &log)), 103, ok)
+            .is_ok());
+
+        // Rollback: a smaller checkpoint. With the recorded old size it is
+        // malformed (old above the size, 400); with its own or any other
+        // old size, a conflict (409).
+        let back = checkpoint(&t3, &log);
+        let err = w
+            .add_checkpoint(&request(8, vec![], back.clone()), 104, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        for old in [0, 3] {
+            let err = w
+                .add_checkpoint(&request(old, vec![], back.clone()), 104, ok)
+                .unwrap_err();
+            assert_eq!(err, Refusal::Conflict { old, recorded: 8 });
+        }
+
+        // A fork: same size, another root.
+        let mut forked = tree(7);
+        forked.push(leaf_hash(b"other"));
+        let err = w
+            .add_checkpoint(&request(8, vec![], checkpoint(&forked, &log)), 105, ok)
+            .unwrap_err();
+        assert_eq!(err, Refusal::Fork { size: 8 });
+        assert_eq!(err.status(), 409);
+
+        // A fork further on: the proof does not verify (422).
+        let mut grown_fork = forked.clone();
+        for i in 0..4u8 {
+            grown_fork.push(leaf_hash(&[i, i]));
+        }
+        let proof = grown_fork.consistency_proof(8, 12).unwrap();
+        let err = w
+            .add_checkpoint(&request(8, proof, checkpoint(&grown_fork, &log)), 106, ok)
+            .unwrap_err();
+        assert!(matches!(err, Refusal::InvalidProof(_)), "{err}");
+        assert_eq!(err.status(), 422);
+        // A proof for the right tree, tampered with.
+        let t12 = tree(12);
+        let mut proof = t12.consistency_proof(8, 12).unwrap();
+        proof[0][0] ^= 1;
+        let err = w
+            .add_checkpoint(&request(8, proof, checkpoint(&t12, &log)), 107, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 422, "{err}");
+        assert_eq!(w.recorded(ORIGIN).unwrap().size, 8, "nothing recorded");
+
+        // Storage failure: nothing recorded, nothing cosigned.
+        let proof = t12.consistency_proof(8, 12).unwrap();
+        let err = w
+            .add_checkpoint(
+                &request(8, proof.clone(), checkpoint(&t12, &log)),
+                108,
+                |_| Err("disk full".into()),
+            )
+            .unwrap_err();
+        assert_eq!(err.status(), 500);
+        assert_eq!(w.recorded(ORIGIN).unwrap().size, 8);
+        let mut persisted = None;
+        w.add_checkpoint(&request(8, proof, checkpoint(&t12, &log)), 109, |s| {
+            persisted = Some(s.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(persisted.unwrap()[ORIGIN].size, 12);
+    }
+
+    #[test]
+    fn the_witness_refuses_unknown_logs_and_bad_signatures() {
+        let log = log_key();
+        let w = witness(&log);
+        let t = tree(4);
+
+        // Unknown origin: 404.
+        let stranger =
+            Signer::from_pkcs8("other.example/log", &Signer::generate_pkcs8().unwrap()).unwrap();
+        let err = w
+            .add_checkpoint(&request(0, vec![], checkpoint(&t, &stranger)), 1, ok)
+            .unwrap_err();
+        assert_eq!(err, Refusal::UnknownLog("other.example/log".into()));
+        assert_eq!(err.status(), 404);
+
+        // The right origin signed by another key: 403.
+        let impostor = log_key();
+        let err = w
+            .add_checkpoint(&request(0, vec![], checkpoint(&t, &impostor)), 1, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        // A tampered checkpoint: 403.
+        let note = checkpoint(&t, &log).replacen("\n4\n", "\n5\n", 1);
+        let err = w
+            .add_checkpoint(&request(0, vec![], note), 1, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        // Garbage: 400; old above the size: 400.
+        let err = w.add_checkpoint(b"hello", 1, ok).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let err = w
+            .add_checkpoint(&request(5, vec![], checkpoint(&t, &log)), 1, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert_eq!(w.recorded(ORIGIN), None);
+        // A non-empty proof from 0: 422.
+        let err = w
+            .add_checkpoint(&request(0, vec![[0; 32]], checkpoint(&t, &log)), 1, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let state = State::from([
+            (
+                "a.example/log".to_string(),
+                Recorded {
+                    size: 5,
+                    root: [3; 32],
+                },
+            ),
+            (
+                "b.example/log".to_string(),
+                Recorded {
+                    size: 0,
+                    root: merkle::empty_root(),
+                },
+            ),
+        ]);
+        let text = encode_state(&state);
+        assert_eq!(parse_state(&text), Ok(state));
+        assert!(parse_state("{\"a\": {\"size\": 1, \"root\": \"AAAA\"}}").is_err());
+        assert!(parse_state("[]").is_err());
+    }
+}

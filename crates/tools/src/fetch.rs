@@ -1,0 +1,141 @@
+//! A small HTTP(S) client bound to one base URL: GETs from a log's
+//! endpoints (`verify --log`) and POSTs to a witness (`add-checkpoint`).
+//! Every exchange is bounded: 10 s for the answer's head, 10 s for its
+//! body, at most [`MAX_RESPONSE_BYTES`] read.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The largest answer read.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a request was answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    base: String,
+    client: Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher").field("base", &self.base).finish()
+    }
+}
+
+impl Fetcher {
+    /// For `base` (`http://` or `https://`, trailing `/` ignored); `ca`: a
+    /// PEM bundle trusted for https instead of the system roots.
+    pub fn new(base: &str, ca: Option<&PathBuf>) -> anyhow::Result<Fetcher> {
+        let ca = ca.map(std::fs::read).transpose().context("reading --ca")?;
+        let tls = residency_tls::client_config(ca.as_deref())?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Fetcher {
+            base: base.trim_end_matches('/').to_string(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET `path`; a status other than 2xx is an error.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Bytes> {
+        let url = format!("{}{path}", self.base);
+        let req = http::Request::get(url.as_str())
+            .body(Full::default())
+            .with_context(|| format!("bad URL {url}"))?;
+        let answer = self.send(req, "GET", &url).await?;
+        if !answer.status.is_success() {
+            bail!(
+                "GET {url}: {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+        }
+        Ok(answer.body)
+    }
+
+    /// POST `body` (with `content_type`) to `path`; any status is answered.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let req = http::Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .with_context(|| format!("bad URL {url}"))?;
+        self.send(req, "POST", &url).await
+    }
+
+    async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+        method: &str,
+        url: &str,
+    ) -> anyhow::Result<Answer> {
+        let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
+            .await
+            .with_context(|| format!("{method} {url}: timed out"))?
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // Bounded: what a log or a witness answers is small.
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
+        let body = tokio::time::timeout(TIMEOUT, limited.collect())
+            .await
+            .with_context(|| format!("{method} {url}: timed out"))?
+            .map_err(|e| {
+                anyhow!("{method} {url}: {e} (at most {MAX_RESPONSE_BYTES} bytes are read)")
+            })?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// GET `path` as UTF-8 text.
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let body = self.get(path).await?;
+        String::from_utf8(body.to_vec()).context("the log answered non-UTF-8 text")
+    }
+
+    /// GET `path` as JSON.
+    pub async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let body = self.get(path).await?;
+        serde_json::from_slice(&body).with_context(|| format!("{path}: unexpected answer"))
+    }
+}

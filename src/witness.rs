@@ -1,0 +1,246 @@
+//! `residency-proxy witness`: a C2SP tlog-witness server (plain HTTP/1.1).
+//!
+//! `POST /add-checkpoint` runs [`residency_log::witness::Witness`]: the
+//! log's signature is checked with the key given for its origin (`--log`),
+//! the consistency proof from the size recorded for it, and the new size
+//! and root are written to the state file (JSON: temporary file, fsync,
+//! rename, fsync of the directory) before the cosignature is answered. A
+//! wrong `old` size is answered 409 with the recorded size
+//! (`text/x.tlog.size`), as are rollbacks and forks; an unknown origin 404,
+//! a bad signature 403, a bad proof 422, a malformed request 400.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use residency_log::note::Verifier;
+use residency_log::witness::{
+    encode_state, parse_state, Cosigner, State, Witness, MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE,
+};
+
+use crate::shutdown::{accept, stopped};
+
+/// `residency-proxy witness`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WitnessArgs {
+    /// The witness's name (the cosignature key name), e.g. `witness.example.com/w1`.
+    #[arg(long)]
+    pub name: String,
+    /// Its PKCS#8 Ed25519 key (`residency-proxy keygen --witness` writes one).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// A log to witness: `ORIGIN=VKEY`, or `VKEY` alone when the key's name
+    /// is the origin; VKEY may also be a file holding the key. Repeatable.
+    #[arg(long = "log", value_name = "ORIGIN=VKEY", required = true)]
+    pub logs: Vec<String>,
+    /// Where the latest cosigned size and root of each log are kept.
+    #[arg(long, default_value = "witness-state.json")]
+    pub state: PathBuf,
+    /// The address to serve on, e.g. `127.0.0.1:7380`.
+    #[arg(long)]
+    pub listen: SocketAddr,
+}
+
+/// Concurrent connections served; more are closed.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for a request head, and separately for its body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses `--log` values into origin → log key.
+fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Verifier>> {
+    let mut logs = BTreeMap::new();
+    for arg in args {
+        let (origin, key) = match arg.split_once('=') {
+            Some((origin, key)) if !origin.contains('+') => (Some(origin), key),
+            _ => (None, arg.as_str()),
+        };
+        let text = std::fs::read_to_string(key).unwrap_or_else(|_| key.to_string());
+        let verifier = Verifier::parse(text.trim()).map_err(|e| anyhow!("--log {arg}: {e}"))?;
+        let origin = origin.unwrap_or(verifier.name()).to_string();
+        if !residency_log::settings::valid_origin(&origin) {
+            bail!("--log {arg}: origin `{origin}` must be non-empty, without spaces or '+'");
+        }
+        if logs.insert(origin.clone(), verifier).is_some() {
+            bail!("--log: origin {origin} is given twice");
+        }
+    }
+    Ok(logs)
+}
+
+/// Loads the key, the logs and the state: the witness, ready to serve.
+pub fn load(args: &WitnessArgs) -> anyhow::Result<Witness> {
+    let pkcs8 = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
+    let cosigner = Cosigner::from_pkcs8(&args.name, &pkcs8)
+        .map_err(|e| anyhow!("{}: {e}", args.key.display()))?;
+    let logs = logs(&args.logs)?;
+    let state = match std::fs::read_to_string(&args.state) {
+        Ok(text) => parse_state(&text).map_err(|e| anyhow!("{}: {e}", args.state.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(),
+        Err(e) => bail!("{}: {e}", args.state.display()),
+    };
+    Ok(Witness::new(cosigner, logs, state))
+}
+
+/// Writes `state` to `path` atomically and durably.
+pub fn write_state(path: &Path, state: &State) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let mut tmp_name = name;
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(encode_state(state).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let witness = Arc::new(load(&args)?);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        key = %witness.cosigner().verifier_key(),
+        state = %args.state.display(),
+        "witness listening: POST /add-checkpoint"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(serve(listener, witness, args.state.clone(), stop_rx));
+    shutdown.await;
+    tracing::info!("witness shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    witness: Arc<Witness>,
+    state: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let state = Arc::new(state);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Some((stream, _)) = accept(&listener, &mut stop).await else {
+            break;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (witness, state, mut stop) = (witness.clone(), state.clone(), stop.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let (witness, state) = (witness.clone(), state.clone());
+                async move { Ok::<_, Infallible>(answer(req, witness, state).await) }
+            });
+            let mut conn = pin!(http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    text(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    witness: Arc<Witness>,
+    state: Arc<PathBuf>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/add-checkpoint" {
+        return plain(StatusCode::NOT_FOUND, "not found: POST /add-checkpoint");
+    }
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST");
+    }
+    let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES);
+    let body = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return plain(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+        Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "the body took too long"),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let result = tokio::task::spawn_blocking(move || {
+        witness.add_checkpoint(&body, now, |s| {
+            write_state(&state, s).map_err(|e| format!("{}: {e}", state.display()))
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(accepted)) => {
+            tracing::info!(origin = %accepted.origin, size = accepted.size, "cosigned");
+            text(StatusCode::OK, "text/plain; charset=utf-8", accepted.body)
+        }
+        Ok(Err(refusal)) => {
+            let status =
+                StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status.is_server_error() {
+                tracing::error!(error = %refusal, "add-checkpoint failed");
+            } else {
+                tracing::warn!(status = status.as_u16(), refusal = %refusal, "add-checkpoint refused");
+            }
+            match refusal.recorded_size() {
+                Some(size) => text(status, SIZE_CONTENT_TYPE, format!("{size}\n")),
+                None => plain(status, &refusal.to_string()),
+            }
+        }
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")),
+    }
+}

@@ -1,0 +1,316 @@
+//! The log's side of C2SP tlog-witness: after each checkpoint, every
+//! `[[transparency.witnesses]]` entry is asked to cosign it.
+//!
+//! For each witness the log remembers (in memory) the size it last
+//! cosigned and POSTs `<url>/add-checkpoint` with `old <that size>` (0 at
+//! first), the consistency proof from it and the signed checkpoint. A 409
+//! answers with the witness's recorded size (after a restart of the proxy,
+//! say): the request is made once more from that size. A cosignature is
+//! published — appended to the served checkpoint — only if it verifies
+//! with the witness's configured key over this checkpoint. Witnesses are
+//! asked concurrently, one round at a time, each request bounded (10 s for
+//! the answer's head, 10 s for its body); a witness that failed is asked
+//! again after a backoff (1 s, doubling up to 16 s). Every exchange ends in one
+//! `residency_log_witness_cosignatures_total{witness,result}` count.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use residency_log::settings::WitnessSettings;
+use residency_log::storage::{Log, Published};
+use residency_log::witness::{AddCheckpoint, SIZE_CONTENT_TYPE};
+use residency_tools::fetch::Fetcher;
+
+/// The `result` label values, in [`Outcome`] order.
+pub const RESULTS: [&str; 5] = ["ok", "conflict", "refused", "error", "invalid_cosignature"];
+
+/// How one exchange with a witness ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A valid cosignature.
+    Ok,
+    /// 409, still after a retry from the witness's size (or its size is
+    /// above the log's: the witness saw a larger tree).
+    Conflict,
+    /// Another 4xx: the witness does not accept this log or checkpoint.
+    Refused,
+    /// Unreachable, timed out, 5xx, or no consistency proof to send.
+    Error,
+    /// 200, but no cosignature verifying with the configured key.
+    InvalidCosignature,
+}
+
+/// Means "no checkpoint carries this witness's cosignature yet".
+const NONE: u64 = u64::MAX;
+
+/// Every configured witness of one log.
+pub struct Witnesses {
+    log: Arc<Log>,
+    clients: Vec<Client>,
+    /// A round is running: the next checkpoint does not start another.
+    busy: AtomicBool,
+}
+
+struct Client {
+    settings: WitnessSettings,
+    fetcher: Fetcher,
+    /// The size the witness last cosigned for us (0: none known).
+    cosigned: AtomicU64,
+    /// The checkpoint size whose served note carries its cosignature.
+    published: AtomicU64,
+    /// Consecutive failures and when to try again.
+    backoff: Mutex<(u32, Option<Instant>)>,
+    results: [IntCounter; 5],
+}
+
+impl Witnesses {
+    /// `None` without witnesses. Registers the counter into `registry`
+    /// (every witness and result at 0).
+    pub fn new(
+        log: Arc<Log>,
+        settings: &[WitnessSettings],
+        registry: &Registry,
+    ) -> Option<Arc<Witnesses>> {
+        if settings.is_empty() {
+            return None;
+        }
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "residency_log_witness_cosignatures_total",
+                "Exchanges with each transparency.witnesses entry, by how they ended: ok (a valid cosignature), conflict, refused, error, invalid_cosignature.",
+            ),
+            &["witness", "result"],
+        )
+        .expect("valid metric");
+        if let Err(e) = registry.register(Box::new(counter.clone())) {
+            tracing::warn!(error = %e, "witness metrics not registered");
+        }
+        let mut clients = Vec::new();
+        for s in settings {
+            let fetcher = match Fetcher::new(&s.url, None) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(witness = %s.name, error = %e, "witness client failed; it is not asked");
+                    continue;
+                }
+            };
+            let results = RESULTS.map(|r| counter.with_label_values(&[s.name.as_str(), r]));
+            clients.push(Client {
+                settings: s.clone(),
+                fetcher,
+                cosigned: AtomicU64::new(0),
+                published: AtomicU64::new(NONE),
+                backoff: Mutex::new((0, None)),
+                results,
+            });
+        }
+        Some(Arc::new(Witnesses {
+            log,
+            clients,
+            busy: AtomicBool::new(false),
+        }))
+    }
+
+    /// Starts a round in the background unless one is running.
+    pub fn after_checkpoint(self: &Arc<Self>) {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.round().await;
+            me.busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks every witness whose cosignature the latest checkpoint lacks
+    /// (and that is not backing off), then publishes what verified.
+    pub async fn round(&self) {
+        let latest = self.log.latest();
+        if latest.size == 0 {
+            return; // nothing to witness
+        }
+        let Ok((body, _)) = residency_log::witness::split_note(&latest.note) else {
+            return;
+        };
+        let now = Instant::now();
+        let asked: Vec<&Client> = self
+            .clients
+            .iter()
+            .filter(|c| c.published.load(Ordering::Acquire) != latest.size && c.due(now))
+            .collect();
+        let answers = futures_util::future::join_all(
+            asked.iter().map(|c| c.exchange(&self.log, &latest, body)),
+        )
+        .await;
+        let mut lines = Vec::new();
+        let mut cosigned = Vec::new();
+        for (client, line) in asked.iter().zip(answers) {
+            if let Some(line) = line {
+                lines.push(line);
+                cosigned.push(*client);
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        if self.log.add_cosignatures(latest.size, &lines) {
+            for c in cosigned {
+                c.published.store(latest.size, Ordering::Release);
+            }
+        } else {
+            tracing::debug!(
+                size = latest.size,
+                "a newer checkpoint replaced the cosigned one; it is witnessed next"
+            );
+        }
+    }
+}
+
+impl Client {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        backoff.1.is_none_or(|at| now >= at)
+    }
+
+    fn record(&self, outcome: Outcome) {
+        self.results[outcome as usize].inc();
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        *backoff = match outcome {
+            Outcome::Ok => (0, None),
+            _ => {
+                let failures = backoff.0.saturating_add(1);
+                let delay = Duration::from_secs(1 << (failures.min(5) - 1));
+                (failures, Some(Instant::now() + delay))
+            }
+        };
+    }
+
+    /// One exchange: the cosignature line, if one verified.
+    async fn exchange(&self, log: &Arc<Log>, latest: &Published, body: &str) -> Option<String> {
+        let (outcome, line) = self.try_exchange(log, latest, body).await;
+        self.record(outcome);
+        line
+    }
+
+    async fn try_exchange(
+        &self,
+        log: &Arc<Log>,
+        latest: &Published,
+        body: &str,
+    ) -> (Outcome, Option<String>) {
+        let size = latest.size;
+        let mut old = self.cosigned.load(Ordering::Acquire);
+        if old > size {
+            old = 0;
+        }
+        for retry in [false, true] {
+            let proof = if old == 0 || old == size {
+                Vec::new()
+            } else {
+                let l = log.clone();
+                match tokio::task::spawn_blocking(move || l.consistency_proof(old, size)).await {
+                    Ok(Some(proof)) => proof,
+                    _ => {
+                        tracing::warn!(witness = %self.name(), old, size, "no consistency proof for the witness");
+                        return (Outcome::Error, None);
+                    }
+                }
+            };
+            let request = AddCheckpoint {
+                old,
+                proof,
+                note: latest.note.clone(),
+            }
+            .encode();
+            let answer = match self
+                .fetcher
+                .post(
+                    "/add-checkpoint",
+                    "text/plain; charset=utf-8",
+                    Bytes::from(request),
+                )
+                .await
+            {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::warn!(witness = %self.name(), error = %format!("{e:#}"), "witness not reached");
+                    return (Outcome::Error, None);
+                }
+            };
+            let text = String::from_utf8_lossy(&answer.body);
+            match answer.status.as_u16() {
+                200 => return self.accept(&text, body, size),
+                409 => {
+                    let theirs = answer
+                        .content_type
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with(SIZE_CONTENT_TYPE))
+                        .then(|| text.strip_suffix('\n')?.parse::<u64>().ok())
+                        .flatten();
+                    match theirs {
+                        Some(n) if !retry && n != old && n <= size => {
+                            tracing::info!(witness = %self.name(), old, recorded = n, "witness recorded another size; asking again from it");
+                            old = n;
+                            continue;
+                        }
+                        Some(n) if n > size => tracing::error!(
+                            witness = %self.name(), recorded = n, size,
+                            "the witness cosigned a larger tree of this log than it now has"
+                        ),
+                        _ => tracing::warn!(
+                            witness = %self.name(), old, size, answer = %text.trim_end(),
+                            "witness refused the checkpoint as conflicting"
+                        ),
+                    }
+                    return (Outcome::Conflict, None);
+                }
+                status @ 400..=499 => {
+                    tracing::warn!(witness = %self.name(), status, answer = %text.trim_end(), "witness refused the checkpoint");
+                    return (Outcome::Refused, None);
+                }
+                status => {
+                    tracing::warn!(witness = %self.name(), status, answer = %text.trim_end(), "witness failed");
+                    return (Outcome::Error, None);
+                }
+            }
+        }
+        (Outcome::Conflict, None)
+    }
+
+    /// A 200 answer: signature lines, of which one must be a valid
+    /// cosignature by the configured key (others' lines are ignored).
+    fn accept(&self, text: &str, body: &str, size: u64) -> (Outcome, Option<String>) {
+        let mut ours = None;
+        for line in text.split_terminator('\n') {
+            match self.settings.key.check_line(body, line) {
+                Ok(Some(_)) => {
+                    ours.get_or_insert_with(|| line.to_string());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(witness = %self.name(), error = %e, "witness answered an invalid cosignature");
+                    return (Outcome::InvalidCosignature, None);
+                }
+            }
+        }
+        match ours {
+            Some(line) => {
+                self.cosigned.store(size, Ordering::Release);
+                (Outcome::Ok, Some(line))
+            }
+            None => {
+                tracing::warn!(witness = %self.name(), key = %self.settings.key.label(), "witness answered no cosignature by its configured key");
+                (Outcome::InvalidCosignature, None)
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Witness cosigning end to end: a real `residency-proxy witness` process
+//! witnesses two proxies' logs; each proxy publishes the witness's
+//! cosignature on its checkpoint, `verify --witness` accepts it (and
+//! refuses a quorum the checkpoint does not meet), and the witness refuses
+//! a rollback, also after a restart (its state file survives).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use residency_log::note::{Checkpoint, Verifier};
+use residency_log::receipt::Receipt;
+use residency_log::witness::{AddCheckpoint, CosignatureVerifier, Cosigner};
+use residency_proxy::witnesses::Witnesses;
+use residency_tools::fetch::Fetcher;
+use residency_tools::verify::{verify, VerifyArgs};
+
+use crate::support::*;
+
+const WITNESS_NAME: &str = "witness.test/w1";
+const ORIGIN_A: &str = "a.test/residency-log";
+const ORIGIN_B: &str = "b.test/residency-log";
+
+struct WitnessProcess {
+    child: Killed,
+    log: PathBuf,
+}
+
+impl WitnessProcess {
+    /// Starts the binary and waits until its port accepts connections.
+    async fn start(dir: &Path, addr: SocketAddr, logs: &[String], run: u32) -> WitnessProcess {
+        let log = dir.join(format!("witness-{run}.log"));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"));
+        command
+            .args(["--log-level", "info", "witness", "--name", WITNESS_NAME])
+            .arg("--key")
+            .arg(dir.join("witness.key"))
+            .arg("--state")
+            .arg(dir.join("state.json"))
+            .args(["--listen", &addr.to_string()]);
+        for vkey in logs {
+            command.arg("--log").arg(vkey);
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start residency-proxy witness");
+        let mut witness = WitnessProcess {
+            child: Killed(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = witness.child.0.try_wait() {
+                panic!("witness exited with {status}: {}", witness.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "witness not up: {}",
+                witness.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        witness
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn start_proxy(origin: &'static str, witness_url: &str, witness_vkey: &str) -> Proxy {
+    Proxy::start(Setup {
+        transparency: Some(format!(
+            "[[transparency.witnesses]]\nurl = \"{witness_url}\"\nkey = \"{witness_vkey}\"\n"
+        )),
+        log_origin: origin,
+        ..Setup::default()
+    })
+    .await
+}
+
+fn key_of(proxy: &Proxy) -> String {
+    proxy.instance.log.as_ref().unwrap().signer().verifier_key()
+}
+
+/// Waits (at most 30 s: the proxies back off while the witness starts)
+/// for a checkpoint of at least `size` records that carries the witness's
+/// cosignature; returns the note.
+async fn cosigned_checkpoint(
+    proxy: &Proxy,
+    witness: &CosignatureVerifier,
+    size: u64,
+) -> (String, Checkpoint) {
+    let log = Verifier::parse(&key_of(proxy)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, note) = proxy.log_get("/checkpoint").await;
+        let checkpoint = Checkpoint::open(&note, &log).expect("the log's signature verifies");
+        if checkpoint.size >= size && witness.verify_note(&note).is_ok() {
+            return (note, checkpoint);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cosigned checkpoint of {size} records: {note}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Uploads through `proxy`; returns the record (receipt) and request id.
+async fn upload(proxy: &Proxy) -> (Vec<u8>, String) {
+    let reply = proxy.client().upload_from(CH, "x=1").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let receipt = Receipt::parse(reply.header("residency-receipt").unwrap()).unwrap();
+    (
+        receipt.record,
+        reply.header("x-request-id").unwrap().to_string(),
+    )
+}
+
+async fn add_checkpoint(witness: &Fetcher, old: u64, note: &str) -> (u16, Option<String>, String) {
+    let body = AddCheckpoint {
+        old,
+        proof: vec![],
+        note: note.to_string(),
+    }
+    .encode();
+    let answer = witness
+        .post("/add-checkpoint", "text/plain", Bytes::from(body))
+        .await
+        .unwrap();
+    (
+        answer.status.as_u16(),
+        answer.content_type,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
+    let dir = TempDir::new("witness");
+    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
+    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
+    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let url = format!("http://{addr}");
+
+    // The proxies first (the witness needs their keys); they retry until
+    // the witness is up.
+    let a = start_proxy(ORIGIN_A, &url, &wvkey).await;
+    let b = start_proxy(ORIGIN_B, &url, &wvkey).await;
+    let logs = [key_of(&a), key_of(&b)];
+    let witness = WitnessProcess::start(dir.path(), addr, &logs, 1).await;
+
+    upload(&a).await;
+    upload(&b).await;
+    let (first_a, cp_a) = cosigned_checkpoint(&a, &wkey, 1).await;
+    let (_, cp_b) = cosigned_checkpoint(&b, &wkey, 1).await;
+    assert_eq!(cp_a.origin, ORIGIN_A);
+    assert_eq!(cp_b.origin, ORIGIN_B);
+
+    // verify: the witness's cosignature, quorum 1 of 1, from the log.
+    let args = VerifyArgs {
+        key: key_of(&a),
+        log: Some(a.log_url()),
+        witnesses: vec![wvkey.clone()],
+        quorum: Some(1),
+        ..VerifyArgs::default()
+    };
+    let report = verify(&args).await;
+    assert!(report.valid(), "{report}");
+    assert!(
+        report.to_string().contains("cosigned by 1 of 1 witnesses"),
+        "{report}"
+    );
+    // A saved checkpoint, the witness key from a file, quorum by default.
+    std::fs::write(dir.path().join("a.checkpoint"), &first_a).unwrap();
+    std::fs::write(dir.path().join("w.pub"), format!("{wvkey}\n")).unwrap();
+    let saved = VerifyArgs {
+        key: key_of(&a),
+        checkpoint: Some(dir.path().join("a.checkpoint")),
+        witnesses: vec![dir.path().join("w.pub").display().to_string()],
+        ..VerifyArgs::default()
+    };
+    let report = verify(&saved).await;
+    assert!(report.valid(), "{report}");
+
+    // Quorum 2 with a second witness that never cosigned: INVALID.
+    let unknown = Cosigner::from_pkcs8("witness.test/w2", &Cosigner::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let two = VerifyArgs {
+        witnesses: vec![wvkey.clone(), unknown.clone()],
+        quorum: Some(2),
+        ..saved.clone()
+    };
+    let report = verify(&two).await;
+    assert!(!report.valid(), "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("1 valid cosignature(s) of the 2 required from the 2 given witnesses: from witness.test/w1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no cosignature by witness.test/w2+"),
+        "{text}"
+    );
+    // The other log's checkpoint with log A's key: INVALID as before.
+    let (_, note_b) = b.log_get("/checkpoint").await;
+    std::fs::write(dir.path().join("b.checkpoint"), &note_b).unwrap();
+    let wrong = VerifyArgs {
+        checkpoint: Some(dir.path().join("b.checkpoint")),
+        ..saved.clone()
+    };
+    assert!(!verify(&wrong).await.valid());
+
+    // The log grows; the witness cosigns the new checkpoint from its size.
+    upload(&a).await;
+    upload(&a).await;
+    let (_, grown) = cosigned_checkpoint(&a, &wkey, cp_a.size + 2).await;
+
+    // A rollback: the older checkpoint of log A, properly signed by A.
+    let client = Fetcher::new(&url, None).unwrap();
+    for old in [0, cp_a.size] {
+        let (status, content_type, body) = add_checkpoint(&client, old, &first_a).await;
+        assert_eq!(status, 409, "old {old}: {body}");
+        assert_eq!(content_type.as_deref(), Some("text/x.tlog.size"));
+        assert_eq!(body, format!("{}\n", grown.size));
+    }
+
+    // Metrics: exchanges counted per witness and result.
+    let ok = format!(
+        "residency_log_witness_cosignatures_total{{result=\"ok\",witness=\"{WITNESS_NAME}\"}}"
+    );
+    assert!(metric_value(&a, &ok).await >= 2.0);
+    let (_, metrics) = a.admin_get("/metrics").await;
+    for result in ["ok", "conflict", "refused", "error", "invalid_cosignature"] {
+        let series = format!(
+            "residency_log_witness_cosignatures_total{{result=\"{result}\",witness=\"{WITNESS_NAME}\"}}"
+        );
+        assert!(
+            metric(&metrics, &series).is_some(),
+            "{series} in\n{metrics}"
+        );
+    }
+
+    // Restart the witness on the same state file: the rollback is still
+    // refused, and both logs' state is there.
+    drop(witness);
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(
+        state.contains(ORIGIN_A) && state.contains(ORIGIN_B),
+        "{state}"
+    );
+    let witness = WitnessProcess::start(dir.path(), addr, &logs, 2).await;
+    let (status, content_type, body) = add_checkpoint(&client, 0, &first_a).await;
+    assert_eq!(status, 409, "{body}\n{}", witness.output());
+    assert_eq!(content_type.as_deref(), Some("text/x.tlog.size"));
+    assert_eq!(body, format!("{}\n", grown.size));
+    // An unknown log is 404; a checkpoint of log A with a bad signature 403.
+    let (_, note_b) = b.log_get("/checkpoint").await;
+    let forged = note_b.replacen(ORIGIN_B, "c.test/residency-log", 1);
+    assert_eq!(add_checkpoint(&client, 0, &forged).await.0, 404);
+    let (_, note_a) = a.log_get("/checkpoint").await;
+    let tampered = note_a.replacen(ORIGIN_A, ORIGIN_B, 1);
+    assert_eq!(add_checkpoint(&client, 0, &tampered).await.0, 403);
+    // And the proxy keeps getting cosignatures from the restarted witness.
+    let (record, id) = upload(&a).await;
+    let (_, latest) = cosigned_checkpoint(&a, &wkey, grown.size + 1).await;
+
+    // The log's tlog-proof embeds the cosigned checkpoint: verified
+    // offline with the witness key.
+    let (status, proof) = a.log_get(&format!("/proof/{id}.tlog-proof")).await;
+    assert_eq!(status, 200, "{proof}");
+    std::fs::write(dir.path().join("p.tlog-proof"), &proof).unwrap();
+    std::fs::write(dir.path().join("record.json"), &record).unwrap();
+    let offline = VerifyArgs {
+        key: key_of(&a),
+        proof_file: Some(dir.path().join("p.tlog-proof")),
+        entry: Some(dir.path().join("record.json")),
+        witnesses: vec![wvkey.clone()],
+        ..VerifyArgs::default()
+    };
+    let report = verify(&offline).await;
+    assert!(report.valid(), "{report}");
+    let report = verify(&VerifyArgs {
+        witnesses: vec![wvkey.clone(), unknown.clone()],
+        ..offline
+    })
+    .await;
+    assert!(!report.valid(), "{report}");
+
+    // A log that forgot what the witness cosigned (as after a restart of
+    // the proxy) asks from 0, is told the witness's size by the 409, and
+    // asks again from it.
+    let registry = prometheus::Registry::new();
+    let fresh = Witnesses::new(
+        a.instance.log.clone().unwrap(),
+        &a.instance.snapshot().config.witnesses,
+        &registry,
+    )
+    .unwrap();
+    fresh.round().await;
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert_eq!(metric(&text, &ok), Some(1.0), "{text}");
+    let conflict = ok.replace("\"ok\"", "\"conflict\"");
+    assert_eq!(metric(&text, &conflict), Some(0.0), "{text}");
+    assert!(wkey.verify_note(&a.log_get("/checkpoint").await.1).is_ok());
+    assert!(latest.size > grown.size);
+
+    a.stop().await;
+    b.stop().await;
+}
