@@ -5,7 +5,10 @@
 //! cargo bench --bench log_scale                          # 10,000,000 records
 //! LOG_SCALE_RECORDS=1000000 cargo bench --bench log_scale
 //! LOG_SCALE_DIR=/var/tmp/scale cargo bench --bench log_scale   # keep the log
+//! LOG_SCALE_DIR=/var/tmp/scale LOG_SCALE_OPEN_ONLY=1 cargo bench --bench log_scale
 //! ```
+//!
+//! The last one only opens the kept log, in a fresh process.
 //!
 //! Records are appended by 512 concurrent tasks (group commit, as under
 //! load), a checkpoint is signed every second, as the proxy does. Needs
@@ -20,6 +23,10 @@ use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record}
 use residency_log::settings::{ClientAddress, OnWriteError, ReceiptMode, Transparency};
 use residency_log::storage::Log;
 use residency_proxy::metrics::Metrics;
+
+/// The allocator the proxy runs with (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -81,9 +88,14 @@ fn main() {
         .unwrap_or_else(|| {
             std::env::temp_dir().join(format!("rp-log-scale-{}", std::process::id()))
         });
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("log.key"), Signer::generate_pkcs8().unwrap()).unwrap();
+    // With LOG_SCALE_OPEN_ONLY=1, a kept log is only opened: what a
+    // process that restarts on a big log holds.
+    let open_only = std::env::var_os("LOG_SCALE_OPEN_ONLY").is_some() && keep.is_some();
+    if !open_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("log.key"), Signer::generate_pkcs8().unwrap()).unwrap();
+    }
     let settings = Transparency {
         directory: dir.join("log"),
         origin: "scale.example/log".into(),
@@ -99,6 +111,22 @@ fn main() {
         refusal_records_burst: 1000,
         tls: Vec::new(),
     };
+    if open_only {
+        let before = rss_kib();
+        let started = Instant::now();
+        let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
+        let open_time = started.elapsed();
+        let last = format!("{:032x}", id(log.size() - 1));
+        assert_eq!(log.index_of(&last), Some(log.size() - 1));
+        println!("records            {}", log.size());
+        println!("open               {open_time:?}");
+        println!(
+            "RSS before open {before} KiB, after {} KiB (+{} KiB)",
+            rss_kib(),
+            rss_kib().saturating_sub(before)
+        );
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -169,6 +197,11 @@ fn main() {
         rss_full.saturating_sub(rss_empty)
     );
     println!("open at {appended} {open_time:?}");
+    println!(
+        "RSS after reopening {} KiB (+{} KiB over the empty log)",
+        rss_kib(),
+        rss_kib().saturating_sub(rss_empty)
+    );
     drop(reopened);
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

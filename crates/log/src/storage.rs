@@ -835,6 +835,13 @@ impl Core {
             self.confirmed();
             return Ok(latest);
         }
+        // First, so the ids held in memory stay one interval's worth even
+        // when fsyncing the new tiles takes long (the records are durable
+        // already; the index only has to lag, never lead, the bundles).
+        if let Err(e) = self.index_up_to(size) {
+            // Not fatal: the ids stay in memory and are retried next time.
+            tracing::warn!(error = %e, "cannot update the request-id index");
+        }
         if let Err(e) = self.make_durable(&unsynced, &unwritten) {
             let mut st = lock(&self.state);
             st.unsynced.extend(unsynced);
@@ -867,10 +874,6 @@ impl Core {
         self.latest.store(published.clone());
         self.metrics.checkpoint_size.set(size as i64);
         self.confirmed();
-        if let Err(e) = self.index_up_to(size) {
-            // Not fatal: the ids stay in memory and are retried next time.
-            tracing::warn!(error = %e, "cannot update the request-id index");
-        }
         Ok(published)
     }
 
