@@ -147,13 +147,17 @@ pub fn bundle_prefix(bundle: &[u8], count: usize) -> Option<&[u8]> {
     Some(&bundle[..at])
 }
 
-/// The complete entries at the start of a bundle that may end torn, and
-/// the bytes they take.
+/// The complete entries at the start of a staging bundle that may end
+/// torn, and the bytes they take. A zero length ends them: the log never
+/// writes an empty entry, and a staging bundle's unused tail is zeros.
 pub fn complete_entries(bundle: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut at = 0usize;
     while let Some(len) = bundle.get(at..at + 2) {
         let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 {
+            break;
+        }
         let Some(entry) = bundle.get(at + 2..at + 2 + len) else {
             break;
         };

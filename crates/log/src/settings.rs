@@ -104,7 +104,7 @@ impl FromSetting for OnWriteError {
 /// The validated `[transparency]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transparency {
-    /// Holds `records.log` and `checkpoint`.
+    /// Holds the log as C2SP tiles, its `checkpoint` and `index.redb`.
     pub directory: PathBuf,
     /// The checkpoint origin line and the signing key's name, e.g.
     /// `ingest.example.com/residency-log`.
