@@ -250,6 +250,9 @@ struct Core {
     wake: Condvar,
     spare: Mutex<Spare>,
     spare_wake: Condvar,
+    /// [`INDEX_BATCH`] ids wait in memory: the helper should index them.
+    index_due: AtomicBool,
+    indexing: Mutex<()>,
     state: Mutex<State>,
     latest: ArcSwap<Published>,
     index: redb::Database,
@@ -306,6 +309,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const INDEXED: &str = "indexed";
 /// Memory redb may use for its page cache (the index is read rarely).
 const INDEX_CACHE: usize = 4 << 20;
+/// Ids waiting in memory that make the helper thread index them before
+/// the next checkpoint (about 2 MiB of map).
+const INDEX_BATCH: usize = 65_536;
 
 impl Log {
     /// Opens (or creates) the log in `settings.directory`, recovering it:
@@ -394,6 +400,8 @@ impl Log {
             wake: Condvar::new(),
             spare: Mutex::new(Spare::default()),
             spare_wake: Condvar::new(),
+            index_due: AtomicBool::new(false),
+            indexing: Mutex::new(()),
             state: Mutex::new(state),
             latest: ArcSwap::from_pointee(latest),
             index,
@@ -413,7 +421,7 @@ impl Log {
         let _ = std::fs::remove_file(dir.join(SPARE));
         let thread_core = core.clone();
         let spares = std::thread::Builder::new()
-            .name("residency-log-spare".into())
+            .name("residency-log-helper".into())
             .spawn(move || thread_core.make_spares())
             .map_err(io_error(&dir))?;
         let log = Log {
@@ -803,7 +811,7 @@ impl Core {
 
     /// Creates the staging bundle `index`, preallocated, and makes its
     /// name durable before any record is acknowledged in it.
-    /// Takes the spare the `residency-log-spare` thread prepared (a rename
+    /// Takes the spare the `residency-log-helper` thread prepared (a rename
     /// and a directory fsync) or, when none is ready, preallocates one here.
     fn next_staging(&self, index: u64) -> std::io::Result<File> {
         let target = self.disk.staging(index);
@@ -820,14 +828,22 @@ impl Core {
         Ok(file)
     }
 
-    /// The `residency-log-spare` thread: keeps one preallocated staging
+    /// The `residency-log-helper` thread: keeps one preallocated staging
     /// bundle ready, so the writer does not write 160 KiB of zeros and
-    /// fsync them in the middle of a batch.
+    /// fsync them in the middle of a batch, and moves request ids into the
+    /// on-disk index when [`INDEX_BATCH`] of them wait in memory (at very
+    /// high rates, before the next checkpoint would).
     fn make_spares(&self) {
+        // Stops after the first failure: the writer then preallocates (or
+        // grows) its own bundles.
+        let mut preallocating = true;
         loop {
             {
                 let mut spare = lock(&self.spare);
-                while spare.ready && !spare.closed {
+                while (spare.ready || !preallocating)
+                    && !spare.closed
+                    && !self.index_due.load(Ordering::Acquire)
+                {
                     spare = self
                         .spare_wake
                         .wait(spare)
@@ -836,6 +852,15 @@ impl Core {
                 if spare.closed {
                     return;
                 }
+            }
+            if self.index_due.swap(false, Ordering::AcqRel) {
+                let size = lock(&self.state).size;
+                if let Err(e) = self.index_up_to(size) {
+                    tracing::warn!(error = %e, "cannot update the request-id index");
+                }
+            }
+            if lock(&self.spare).ready || !preallocating {
+                continue;
             }
             let path = self.disk.dir().join(SPARE);
             let made = OpenOptions::new()
@@ -847,15 +872,11 @@ impl Core {
                 .open(&path)
                 .and_then(|f| preallocate(&f, 0));
             match made {
-                Ok(()) => lock(&self.spare).ready = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot preallocate a staging bundle; the writer makes its own");
-                    let spare = lock(&self.spare);
-                    if spare.closed {
-                        return;
-                    }
-                    // Try again in a while (or when the log closes).
-                    let _ = self.spare_wake.wait_timeout(spare, Duration::from_secs(1));
+                Ok(true) => lock(&self.spare).ready = true,
+                Ok(false) | Err(_) => {
+                    tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full or a file-size limit?); the writer makes its own");
+                    let _ = std::fs::remove_file(&path);
+                    preallocating = false;
                 }
             }
         }
@@ -883,6 +904,11 @@ impl Core {
             st.recent.insert(item.id, index);
             st.size += 1;
             indexes.push(index);
+        }
+        if st.recent.len() >= INDEX_BATCH && !self.index_due.swap(true, Ordering::AcqRel) {
+            // Taking the helper's lock orders this with its check.
+            drop(lock(&self.spare));
+            self.spare_wake.notify_one();
         }
         match next {
             Some(Ok(_)) => {
@@ -1025,6 +1051,9 @@ impl Core {
     /// Moves the ids of records `[.., size)` from memory to the on-disk
     /// index, in one durable transaction.
     fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
+        // One writer at a time (the checkpoint and the helper), so the
+        // INDEXED mark never goes back.
+        let _one = lock(&self.indexing);
         let mut ids: Vec<(u128, u64)> = lock(&self.state)
             .recent
             .iter()
@@ -1154,12 +1183,20 @@ fn answer_all(items: impl Iterator<Item = Item>, failure: Failure) {
 const PREALLOCATE: u64 = 160 * 1024;
 
 /// Fills `file` with zeros from `from` to [`PREALLOCATE`] and syncs it.
-fn preallocate(file: &File, from: u64) -> std::io::Result<()> {
+/// Best effort: where the zeros cannot be written (a full disk, a
+/// file-size limit) the file is cut back to `from` and `false` returned —
+/// appends then grow the file, correctly but with costlier fsyncs.
+fn preallocate(file: &File, from: u64) -> std::io::Result<bool> {
+    let mut done = true;
     if from < PREALLOCATE {
         let zeros = vec![0u8; (PREALLOCATE - from) as usize];
-        file.write_all_at(&zeros, from)?;
+        if file.write_all_at(&zeros, from).is_err() {
+            file.set_len(from)?;
+            done = false;
+        }
     }
-    file.sync_all()
+    file.sync_all()?;
+    Ok(done)
 }
 
 fn open_staging(disk: &Disk, index: u64, truncate: bool) -> std::io::Result<File> {
@@ -1353,7 +1390,9 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
         // Cut what is not a record (a torn tail, or the preallocated
         // zeros), then preallocate again.
         file.set_len(kept_len as u64).map_err(io_error(&staging))?;
-        preallocate(&file, kept_len as u64).map_err(io_error(&staging))?;
+        if !preallocate(&file, kept_len as u64).map_err(io_error(&staging))? {
+            tracing::warn!(path = %staging.display(), "cannot preallocate the staging bundle (disk full or a file-size limit?): appends grow it instead");
+        }
         disk::sync_path(disk.dir()).map_err(io_error(disk.dir()))?;
         st.staging_index = index;
         st.staging_len = kept_len as u64;
