@@ -23,7 +23,8 @@
 //! * **Memory is the right edge**: the partial tile of each level
 //!   ([`Edge`]), at most 255 hashes per level, plus the request ids of
 //!   records not yet moved into the on-disk index (one checkpoint
-//!   interval's worth). Proofs, records and tiles are read from disk.
+//!   interval's worth, or about 65,536 under a burst). Proofs, records
+//!   and tiles are read from disk.
 //! * **Opening** reads the right edge at the last checkpoint's size (level
 //!   0 from its entry bundle, each level above from the full tiles below
 //!   it) and refuses to start unless it hashes to the checkpoint's root,
