@@ -14,9 +14,10 @@
 //!
 //! The tiles are the standard API (<https://c2sp.org/tlog-tiles>): any
 //! tlog client computes proofs from them. The other paths are conveniences
-//! computed from the same tree. Hashes are lowercase hex; records are given
-//! as the exact logged text. Only sizes up to the latest checkpoint are
-//! served: a proof is useful only against a signed tree head.
+//! the log computes from the same tiles (answers read files: the listener
+//! runs this on the blocking pool). Hashes are lowercase hex; records are
+//! given as the exact logged text. Only sizes up to the latest checkpoint
+//! are served: a proof is useful only against a signed tree head.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
