@@ -337,10 +337,7 @@ impl Log {
         let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
         let disk = Disk::new(dir.clone());
         if dir.join(LEGACY_RECORDS).exists() {
-            return Err(LogError::Corrupt {
-                path: dir.join(LEGACY_RECORDS).display().to_string(),
-                message: "is a log in the pre-tiles format (one JSON record per line); this version stores C2SP tiles: keep that directory for its proofs and point transparency.directory at a new one".into(),
-            });
+            migrate(&disk, &verifier, &settings.origin)?;
         }
         let committed = read_checkpoint(&dir, &verifier, &settings.origin)?;
         let (size, root) = committed
@@ -1268,6 +1265,99 @@ fn edge_at(disk: &Disk, size: u64) -> Result<Edge, LogError> {
     Edge::from_partials(size, partials).map_err(corrupt)
 }
 
+/// Converts a log of the earlier format — `records.log`, one record per
+/// line, leaf `i` being line `i` — into tiles. The tree is the same (the
+/// leaves are the same bytes), so the existing checkpoint stays valid and
+/// must match: the records it covers must hash to its root, or nothing is
+/// converted. Lines after it are kept up to a torn or unreadable tail, as
+/// the old format's replay did. Tiles are written and fsynced first, then
+/// `records.log` is renamed to `records.log.imported` (kept: it is the
+/// operator's to archive); a crash in between converts again from scratch.
+fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogError> {
+    let started = Instant::now();
+    let dir = disk.dir();
+    let legacy = dir.join(LEGACY_RECORDS);
+    let corrupt = |message: String| LogError::Corrupt {
+        path: legacy.display().to_string(),
+        message,
+    };
+    let committed = read_checkpoint(dir, verifier, origin)?;
+    let (size, root) = committed
+        .as_ref()
+        .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
+    // What an interrupted conversion left.
+    let tiles_dir = dir.join("tile");
+    if tiles_dir.exists() {
+        std::fs::remove_dir_all(&tiles_dir).map_err(io_error(&tiles_dir))?;
+    }
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("staging.") || name == INDEX {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let text = std::fs::read(&legacy).map_err(io_error(&legacy))?;
+    let mut edge = Edge::new();
+    let mut bundle = Vec::new();
+    let mut touched = Vec::new();
+    let write = |path: PathBuf, bytes: &[u8], touched: &mut Vec<PathBuf>| {
+        disk.write(&path, bytes, false)
+            .map(|t| touched.extend(t))
+            .map_err(io_error(&path))
+    };
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        let Some(record) = line.strip_suffix(b"\n") else {
+            break;
+        };
+        if Record::from_bytes(record).is_err() || !tiles::push_entry(&mut bundle, record) {
+            break;
+        }
+        for full in edge.push(merkle::leaf_hash(record)) {
+            write(disk.path(full.tile()), &full.bytes(), &mut touched)?;
+        }
+        if edge.size().is_multiple_of(WIDTH) {
+            let tile = Tile {
+                level: None,
+                index: edge.size() / WIDTH - 1,
+                width: WIDTH as u16,
+            };
+            write(disk.path(tile), &bundle, &mut touched)?;
+            bundle.clear();
+        }
+        if edge.size() == size && edge.root() != root {
+            return Err(corrupt(format!(
+                "the first {size} records hash to {} but the last checkpoint says {}: committed records were altered; nothing was converted",
+                residency_core::hex::encode(&edge.root()),
+                residency_core::hex::encode(&root)
+            )));
+        }
+    }
+    if edge.size() < size {
+        return Err(corrupt(format!(
+            "holds {} readable records but the last checkpoint covers {size}: committed records are missing; nothing was converted",
+            edge.size()
+        )));
+    }
+    write(disk.staging(edge.size() / WIDTH), &bundle, &mut touched)?;
+    touched.sort();
+    touched.dedup();
+    touched.sort_by_key(|p| p.is_dir());
+    for path in &touched {
+        disk::sync_path(path).map_err(io_error(path))?;
+    }
+    let imported = dir.join(format!("{LEGACY_RECORDS}.imported"));
+    std::fs::rename(&legacy, &imported).map_err(io_error(&imported))?;
+    disk::sync_path(dir).map_err(io_error(dir))?;
+    tracing::warn!(
+        records = edge.size(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        kept = %imported.display(),
+        "converted the log from the one-file format to C2SP tiles"
+    );
+    Ok(())
+}
+
 /// Bundle `index` from its tile file or its staging file.
 fn read_bundle(disk: &Disk, index: u64) -> Result<Option<Vec<u8>>, LogError> {
     let full = disk.path(Tile {
@@ -1907,6 +1997,65 @@ mod tests {
             }
             assert_eq!(cp.root, tree.root());
         }
+    }
+
+    /// A log of the one-file format (`records.log`) is converted to tiles
+    /// at start, against its checkpoint; an altered one is refused.
+    #[tokio::test]
+    async fn a_log_of_the_one_file_format_is_converted_to_tiles() {
+        let (_dir, mut settings) = setup("legacy");
+        settings.max_records = u64::MAX;
+        let dir = settings.directory.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let pkcs8 = std::fs::read(&settings.signing_key).unwrap();
+        let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).unwrap();
+        let mut lines = Vec::new();
+        let mut tree = merkle::Tree::new();
+        for i in 0..300 {
+            let bytes = record(i).to_bytes();
+            tree.push(merkle::leaf_hash(&bytes));
+            lines.extend_from_slice(&bytes);
+            lines.push(b'\n');
+        }
+        let note = Checkpoint {
+            origin: settings.origin.clone(),
+            size: 280,
+            root: tree.root_at(280).unwrap(),
+            extensions: Vec::new(),
+        }
+        .sign(&signer)
+        .unwrap();
+        std::fs::write(dir.join(CHECKPOINT), &note).unwrap();
+        // An altered committed record: refused, nothing converted.
+        let text = String::from_utf8(lines.clone()).unwrap();
+        std::fs::write(
+            dir.join(LEGACY_RECORDS),
+            text.replacen("zurich", "zurick", 1),
+        )
+        .unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("altered"), "{e}");
+        assert!(dir.join(LEGACY_RECORDS).exists());
+        // The real one, with a torn last line after the checkpoint.
+        let mut torn = lines.clone();
+        torn.extend_from_slice(b"{\"v\":1,\"requ");
+        std::fs::write(dir.join(LEGACY_RECORDS), &torn).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 300);
+        assert!(!dir.join(LEGACY_RECORDS).exists());
+        assert_eq!(
+            std::fs::read(dir.join("records.log.imported")).unwrap(),
+            torn
+        );
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.root, tree.root());
+        assert_eq!(
+            log.consistency_proof(280, 300).unwrap(),
+            tree.consistency_proof(280, 300).unwrap()
+        );
+        assert_eq!(log.record(290).unwrap(), record(290).to_bytes());
+        assert_eq!(log.index_of(&format!("{:032x}", 7)), Some(7));
+        assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
     }
 
     #[tokio::test]
