@@ -158,7 +158,12 @@ impl Witnesses {
         if lines.is_empty() {
             return;
         }
-        if self.log.add_cosignatures(latest.size, &lines) {
+        // Blocking: the cosigned checkpoint is also written to disk.
+        let (log, size) = (self.log.clone(), latest.size);
+        let added = tokio::task::spawn_blocking(move || log.add_cosignatures(size, &lines))
+            .await
+            .unwrap_or(false);
+        if added {
             for c in cosigned {
                 c.published.store(latest.size, Ordering::Release);
             }

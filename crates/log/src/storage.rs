@@ -629,10 +629,14 @@ impl Log {
     /// Appends witness cosignature lines (`— name base64`, no newline) to
     /// the served checkpoint if it is still the one of `size`; `false` if
     /// a newer checkpoint replaced it (checked and stored in one step, so a
-    /// late cosignature never brings an older checkpoint back). Only the
-    /// note in memory changes: after a restart the next witness round
-    /// collects them again.
+    /// late cosignature never brings an older checkpoint back). The cosigned
+    /// note also replaces the `checkpoint` file (verifiers ignore signatures
+    /// by keys they do not know), so a restarted log serves it at once.
+    /// Blocking: call from a blocking thread.
     pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
+        // Ordered with checkpoints: a newer checkpoint file is never
+        // replaced by an older cosigned one.
+        let _one = lock(&self.core.checkpointing);
         let mut added = false;
         self.core.latest.rcu(|current| {
             added = current.size == size;
@@ -650,6 +654,13 @@ impl Log {
                 root: current.root,
             })
         });
+        if added {
+            let path = self.core.disk.dir().join(CHECKPOINT);
+            let note = self.latest().note.clone();
+            if let Err(e) = self.core.disk.write(&path, note.as_bytes(), true) {
+                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; it is served from memory");
+            }
+        }
         added
     }
 
@@ -2056,6 +2067,33 @@ mod tests {
         assert_eq!(log.record(290).unwrap(), record(290).to_bytes());
         assert_eq!(log.index_of(&format!("{:032x}", 7)), Some(7));
         assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
+    }
+
+    #[tokio::test]
+    async fn cosignatures_are_served_and_survive_a_restart_but_never_revive_an_old_checkpoint() {
+        use base64::Engine as _;
+        let (_dir, settings) = setup("cosig");
+        let line = format!(
+            "— witness.example/w1 {}",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 4 + 8 + 64])
+        );
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            let cp = log.checkpoint().unwrap();
+            assert!(log.add_cosignatures(cp.size, std::slice::from_ref(&line)));
+            assert!(log.latest().note.ends_with(&format!("{line}\n")));
+            assert!(!log.add_cosignatures(cp.size + 1, std::slice::from_ref(&line)));
+        }
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert!(log.latest().note.contains(&line), "{}", log.latest().note);
+        // A newer checkpoint drops them, and a late one for the old size
+        // does not bring the old checkpoint back.
+        log.append(&record(1)).await.unwrap();
+        let newer = log.checkpoint().unwrap();
+        assert!(!newer.note.contains(&line));
+        assert!(!log.add_cosignatures(1, std::slice::from_ref(&line)));
+        assert_eq!(log.latest().size, 2);
     }
 
     #[tokio::test]
