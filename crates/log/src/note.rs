@@ -86,6 +86,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
 }
 
 /// SHA-256(name || "\n" || 0x01 || public key)[..4], the spec's Ed25519 key id.
+#[cfg(test)]
 fn ed25519_key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
     key_id(name, ALG_ED25519, public_key)
 }
@@ -119,75 +120,58 @@ pub fn decode_note(bytes: &[u8]) -> Result<&str, NoteError> {
     std::str::from_utf8(bytes).map_err(|_| NoteError::NotUtf8)
 }
 
-/// A note signing key: an Ed25519 key pair with the name it signs under.
+/// An Ed25519 key pair with the name it signs under and its key id for a
+/// key type (0x01 for notes, 0x04 for cosignatures): what [`Signer`] and
+/// the witness's `Cosigner` share.
 #[derive(Debug)]
-pub struct Signer {
-    name: String,
-    key_id: [u8; 4],
-    public_key: [u8; 32],
+pub(crate) struct NamedKey {
+    pub(crate) name: String,
+    pub(crate) key_id: [u8; 4],
+    pub(crate) public_key: [u8; 32],
     key_pair: Ed25519KeyPair,
+    alg: u8,
 }
 
-impl Signer {
-    /// A fresh key as PKCS#8 v2 bytes, ring's storage format, to be written
-    /// to disk and loaded with [`Signer::from_pkcs8`].
-    pub fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
+impl NamedKey {
+    /// A fresh key as PKCS#8 v2 bytes, ring's storage format.
+    pub(crate) fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
         Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map(|doc| doc.as_ref().to_vec())
             .map_err(|_| NoteError::KeyGeneration)
     }
 
-    /// Loads a PKCS#8 Ed25519 key to sign as `name` (non-empty, no
-    /// whitespace, no '+'; for a log, its origin such as `example.com/log`).
-    pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Signer, NoteError> {
+    pub(crate) fn from_pkcs8(name: &str, pkcs8: &[u8], alg: u8) -> Result<NamedKey, NoteError> {
         let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8)
             .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
-        Self::new(name, key_pair)
+        Self::new(name, key_pair, alg)
     }
 
-    /// From a raw 32-byte seed, as in Go's `PRIVATE+KEY+…` strings; used to
-    /// reproduce Go's published signatures.
     #[cfg(test)]
-    pub(crate) fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Signer, NoteError> {
+    pub(crate) fn from_seed(name: &str, seed: &[u8; 32], alg: u8) -> Result<NamedKey, NoteError> {
         let key_pair = Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
-        Self::new(name, key_pair)
+        Self::new(name, key_pair, alg)
     }
 
-    fn new(name: &str, key_pair: Ed25519KeyPair) -> Result<Signer, NoteError> {
+    fn new(name: &str, key_pair: Ed25519KeyPair, alg: u8) -> Result<NamedKey, NoteError> {
         check_name(name)?;
         let public_key: [u8; 32] = key_pair
             .public_key()
             .as_ref()
             .try_into()
             .map_err(|_| NoteError::InvalidPrivateKey("public key is not 32 bytes".into()))?;
-        Ok(Signer {
+        Ok(NamedKey {
             name: name.to_owned(),
-            key_id: ed25519_key_id(name, &public_key),
+            key_id: key_id(name, alg, &public_key),
             public_key,
             key_pair,
+            alg,
         })
     }
 
-    /// The key name that appears in signature lines.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The 4-byte id that prefixes each signature.
-    pub fn key_id(&self) -> [u8; 4] {
-        self.key_id
-    }
-
-    /// The raw Ed25519 public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.public_key
-    }
-
-    /// `<name>+<key id hex>+<base64(0x01 || public key)>`: the string clients
-    /// configure to trust this key (accepted by [`Verifier::parse`] and Go).
-    pub fn verifier_key(&self) -> String {
-        let key = [&[ALG_ED25519][..], &self.public_key].concat();
+    /// `<name>+<key id hex>+<base64(type || public key)>`.
+    pub(crate) fn verifier_key(&self) -> String {
+        let key = [&[self.alg][..], &self.public_key].concat();
         format!(
             "{}+{}",
             key_label(&self.name, self.key_id),
@@ -195,11 +179,64 @@ impl Signer {
         )
     }
 
-    /// A raw Ed25519 signature over `message` (also used for receipts).
-    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+    /// A raw Ed25519 signature over `message`.
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         let mut signature = [0; 64];
         signature.copy_from_slice(self.key_pair.sign(message).as_ref());
         signature
+    }
+}
+
+/// A note signing key: an Ed25519 key pair with the name it signs under.
+#[derive(Debug)]
+pub struct Signer {
+    key: NamedKey,
+}
+
+impl Signer {
+    /// A fresh key as PKCS#8 v2 bytes, ring's storage format, to be written
+    /// to disk and loaded with [`Signer::from_pkcs8`].
+    pub fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
+        NamedKey::generate_pkcs8()
+    }
+
+    /// Loads a PKCS#8 Ed25519 key to sign as `name` (non-empty, no
+    /// whitespace, no '+'; for a log, its origin such as `example.com/log`).
+    pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Signer, NoteError> {
+        NamedKey::from_pkcs8(name, pkcs8, ALG_ED25519).map(|key| Signer { key })
+    }
+
+    /// From a raw 32-byte seed, as in Go's `PRIVATE+KEY+…` strings; used to
+    /// reproduce Go's published signatures.
+    #[cfg(test)]
+    pub(crate) fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Signer, NoteError> {
+        NamedKey::from_seed(name, seed, ALG_ED25519).map(|key| Signer { key })
+    }
+
+    /// The key name that appears in signature lines.
+    pub fn name(&self) -> &str {
+        &self.key.name
+    }
+
+    /// The 4-byte id that prefixes each signature.
+    pub fn key_id(&self) -> [u8; 4] {
+        self.key.key_id
+    }
+
+    /// The raw Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key
+    }
+
+    /// `<name>+<key id hex>+<base64(0x01 || public key)>`: the string clients
+    /// configure to trust this key (accepted by [`Verifier::parse`] and Go).
+    pub fn verifier_key(&self) -> String {
+        self.key.verifier_key()
+    }
+
+    /// A raw Ed25519 signature over `message` (also used for receipts).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message)
     }
 
     /// Signs `text` (which must end in a newline) as a note: returns the
@@ -208,10 +245,10 @@ impl Signer {
         if !text.ends_with('\n') {
             return Err(NoteError::MissingFinalNewline);
         }
-        let payload = [&self.key_id[..], &self.sign(text.as_bytes())].concat();
+        let payload = [&self.key.key_id[..], &self.sign(text.as_bytes())].concat();
         let note = format!(
             "{text}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.name,
+            self.key.name,
             STANDARD.encode(payload)
         );
         check_note(&note)?;

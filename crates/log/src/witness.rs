@@ -25,13 +25,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{self, Hash};
 use crate::note::{
-    check_name, check_note, key_id, key_label, parse_signature_line, parse_vkey, Checkpoint,
+    check_note, key_id, key_label, parse_signature_line, parse_vkey, Checkpoint, NamedKey,
     NoteError, Verifier, MAX_NOTE_BYTES, MAX_SIGNATURES, SIGNATURE_PREFIX,
 };
 
@@ -66,83 +65,59 @@ fn cosigner_vkey(name: &str, key_id: [u8; 4], public_key: &[u8; 32]) -> String {
 /// A witness's signing key: an Ed25519 key pair and the name it cosigns as.
 #[derive(Debug)]
 pub struct Cosigner {
-    name: String,
-    key_id: [u8; 4],
-    public_key: [u8; 32],
-    key_pair: Ed25519KeyPair,
+    key: NamedKey,
 }
 
 impl Cosigner {
     /// Loads a PKCS#8 Ed25519 key (as `keygen` writes) to cosign as `name`.
     pub fn from_pkcs8(name: &str, pkcs8: &[u8]) -> Result<Cosigner, NoteError> {
-        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8)
-            .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
-        Self::new(name, key_pair)
+        NamedKey::from_pkcs8(name, pkcs8, ALG_COSIGNATURE_V1).map(|key| Cosigner { key })
     }
 
     /// A fresh key as PKCS#8 bytes.
     pub fn generate_pkcs8() -> Result<Vec<u8>, NoteError> {
-        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map(|doc| doc.as_ref().to_vec())
-            .map_err(|_| NoteError::KeyGeneration)
+        NamedKey::generate_pkcs8()
     }
 
     #[cfg(test)]
     fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Cosigner, NoteError> {
-        let key_pair = Ed25519KeyPair::from_seed_unchecked(seed)
-            .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
-        Self::new(name, key_pair)
-    }
-
-    fn new(name: &str, key_pair: Ed25519KeyPair) -> Result<Cosigner, NoteError> {
-        check_name(name)?;
-        let public_key: [u8; 32] = key_pair
-            .public_key()
-            .as_ref()
-            .try_into()
-            .map_err(|_| NoteError::InvalidPrivateKey("public key is not 32 bytes".into()))?;
-        Ok(Cosigner {
-            name: name.to_owned(),
-            key_id: cosigner_key_id(name, &public_key),
-            public_key,
-            key_pair,
-        })
+        NamedKey::from_seed(name, seed, ALG_COSIGNATURE_V1).map(|key| Cosigner { key })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.key.name
     }
 
     pub fn key_id(&self) -> [u8; 4] {
-        self.key_id
+        self.key.key_id
     }
 
     /// `<name>+<key id hex>+<base64(0x04 || public key)>`.
     pub fn verifier_key(&self) -> String {
-        cosigner_vkey(&self.name, self.key_id, &self.public_key)
+        self.key.verifier_key()
     }
 
     pub fn verifier(&self) -> CosignatureVerifier {
         CosignatureVerifier {
-            name: self.name.clone(),
-            key_id: self.key_id,
-            public_key: self.public_key,
+            name: self.key.name.clone(),
+            key_id: self.key.key_id,
+            public_key: self.key.public_key,
         }
     }
 
     /// The cosignature line (`— <name> <base64>`, no newline) over a
     /// checkpoint's note text `body` at `timestamp` (POSIX seconds).
     pub fn cosign(&self, body: &str, timestamp: u64) -> String {
-        let signature = self.key_pair.sign(&signed_message(body, timestamp));
+        let signature = self.key.sign(&signed_message(body, timestamp));
         let payload = [
-            &self.key_id[..],
+            &self.key.key_id[..],
             &timestamp.to_be_bytes(),
-            signature.as_ref(),
+            &signature[..],
         ]
         .concat();
         format!(
             "{SIGNATURE_PREFIX}{} {}",
-            self.name,
+            self.key.name,
             STANDARD.encode(payload)
         )
     }
@@ -619,7 +594,7 @@ mod tests {
         assert_eq!(payload.len(), 76);
         assert_eq!(payload[..4], cosigner.key_id());
         assert_eq!(payload[4..12], 1_679_315_147u64.to_be_bytes());
-        UnparsedPublicKey::new(&ED25519, &cosigner.public_key)
+        UnparsedPublicKey::new(&ED25519, &cosigner.key.public_key)
             .verify(
                 format!("cosignature/v1\ntime 1679315147\n{body}").as_bytes(),
                 &payload[12..],
@@ -674,7 +649,7 @@ mod tests {
         // neither parser takes the other's type.
         let seed = [7u8; 32];
         let cosigner = Cosigner::from_seed("w", &seed).unwrap();
-        let note_id = key_id("w", 0x01, &cosigner.public_key);
+        let note_id = key_id("w", 0x01, &cosigner.key.public_key);
         assert_ne!(note_id, cosigner.key_id());
         let err = CosignatureVerifier::parse(&log_key().verifier_key()).unwrap_err();
         assert!(err.to_string().contains("type byte 0x04"), "{err}");
