@@ -77,24 +77,10 @@ impl Disk {
         let mut touched = Vec::new();
         let parent = path.parent().unwrap_or(&self.dir);
         self.create_dirs(parent, &mut touched)?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tile");
-        let tmp = parent.join(format!(".{name}.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        if sync {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if sync {
-            sync_path(parent)?;
-        } else {
+        replace(path, bytes, sync)?;
+        if !sync {
             touched.push(path.to_path_buf());
-            touched.push(parent.to_path_buf());
+            touched.push(path.parent().unwrap_or(&self.dir).to_path_buf());
         }
         Ok(touched)
     }
@@ -117,6 +103,39 @@ impl Disk {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new
+/// content, never a mix: a temporary file beside it, fsynced, renamed over
+/// it, and the directory fsynced.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`; with
+/// `sync`, fsyncs the file before and the directory after the rename.
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = parent.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    if sync {
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if sync {
+        sync_path(parent)?;
+    }
+    Ok(())
 }
 
 /// fsyncs a file or directory by path.
