@@ -9,10 +9,12 @@
 //! `[transparency]` configuration section.
 
 pub mod api;
+pub mod directory;
 pub mod disk;
 pub mod edge;
 pub mod merkle;
 pub mod note;
+pub mod postgres;
 pub mod receipt;
 pub mod record;
 pub mod refusals;

@@ -104,8 +104,12 @@ impl FromSetting for OnWriteError {
 /// The validated `[transparency]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transparency {
-    /// Holds the log as C2SP tiles, its `checkpoint` and `index.redb`.
+    /// Holds the log as C2SP tiles, its `checkpoint` and `index.redb`
+    /// (`storage = "directory"`; empty with `storage = "postgres"`).
     pub directory: PathBuf,
+    /// `storage = "postgres"`: the fleet's shared log in this database
+    /// instead of `directory`.
+    pub postgres: Option<Postgres>,
     /// The checkpoint origin line and the signing key's name, e.g.
     /// `ingest.example.com/residency-log`.
     pub origin: String,
@@ -132,6 +136,87 @@ pub struct Transparency {
     /// certificates (chosen by SNI, the first the default); empty: plain
     /// HTTP/1.1.
     pub tls: Vec<CertPair>,
+}
+
+/// Where the log keeps its records and tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// `"directory"`: C2SP tiles on local disk, one process.
+    Directory,
+    /// `"postgres"`: one log for a fleet, sequenced by PostgreSQL.
+    Postgres,
+}
+
+impl FromSetting for StorageKind {
+    const EXPECTED: &'static str = "one of \"directory\", \"postgres\"";
+
+    fn from_text(text: &str) -> Option<Self> {
+        match text {
+            "directory" => Some(StorageKind::Directory),
+            "postgres" => Some(StorageKind::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// `[transparency.postgres]`, validated: the database every replica of a
+/// fleet appends to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// The connection URL as configured (no password in it).
+    pub url: String,
+    /// Parsed from `url`, with the password from `password_file` or
+    /// `password_env` set.
+    pub config: PgConfig,
+    /// PEM CA certificates for the server's TLS certificate (`sslmode=
+    /// require` or `prefer`); `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// How long one commit batch (or a read) may take before it counts as
+    /// failed: the records are refused with 503 `log_unavailable`.
+    pub timeout: Duration,
+    /// Records a replica queues for the database at most; beyond, uploads
+    /// are refused at once.
+    pub max_pending: usize,
+    /// Connections each replica holds for appends and reads (the
+    /// integrator holds one more).
+    pub pool_size: usize,
+}
+
+/// `tokio_postgres::Config`, compared by what the log uses.
+#[derive(Clone)]
+pub struct PgConfig(pub tokio_postgres::Config);
+
+impl PartialEq for PgConfig {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for PgConfig {}
+
+impl std::fmt::Debug for Postgres {
+    /// Without the password (tokio-postgres redacts it too).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("url", &self.url)
+            .field("ca", &self.ca)
+            .field("timeout", &self.timeout)
+            .field("max_pending", &self.max_pending)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub ca: Option<String>,
+    pub timeout: Option<Setting<Duration>>,
+    pub max_pending: Option<Setting<usize>>,
+    pub pool_size: Option<Setting<usize>>,
 }
 
 /// One `[[transparency.witnesses]]` entry: a C2SP tlog-witness service
@@ -180,7 +265,9 @@ pub struct RawCertPair {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTransparency {
+    pub storage: Option<Setting<StorageKind>>,
     pub directory: Option<String>,
+    pub postgres: Option<RawPostgres>,
     pub origin: Option<String>,
     pub signing_key: Option<String>,
     pub receipts: Option<Setting<ReceiptMode>>,
@@ -210,12 +297,44 @@ pub fn transparency(
     r: &mut ConfigReport,
 ) -> Option<Transparency> {
     let k = |name: &str| format!("transparency.{name}");
-    let directory = match raw.directory.as_deref() {
-        Some(d) if !d.trim().is_empty() => Some(base.join(d)),
-        _ => {
-            r.push(k("directory"), "required: where the log is kept");
+    let storage = raw
+        .storage
+        .check_or(StorageKind::Directory, &k("storage"), r);
+    let directory = match (storage, raw.directory.as_deref()) {
+        (StorageKind::Directory, Some(d)) if !d.trim().is_empty() => Some(base.join(d)),
+        (StorageKind::Directory, _) => {
+            r.push(
+                k("directory"),
+                "required with storage = \"directory\": where the log is kept",
+            );
             None
         }
+        (StorageKind::Postgres, None) => Some(PathBuf::new()),
+        (StorageKind::Postgres, Some(_)) => {
+            r.push(
+                k("directory"),
+                "not used with storage = \"postgres\" (the database holds the log): remove it",
+            );
+            None
+        }
+    };
+    let postgres = match (storage, raw.postgres.as_ref()) {
+        (StorageKind::Postgres, Some(p)) => postgres(p, base, r).map(Some),
+        (StorageKind::Postgres, None) => {
+            r.push(
+                k("postgres.url"),
+                "required with storage = \"postgres\": the database the fleet's log lives in",
+            );
+            None
+        }
+        (StorageKind::Directory, Some(_)) => {
+            r.push(
+                k("postgres"),
+                "only used with storage = \"postgres\": set transparency.storage or remove the section",
+            );
+            None
+        }
+        (StorageKind::Directory, None) => Some(None),
     };
     let origin = match raw.origin.as_deref() {
         Some(o) if valid_origin(o) => Some(o.to_string()),
@@ -306,6 +425,7 @@ pub fn transparency(
     let tls = log_tls(raw.tls.as_ref(), address.is_some(), base, r);
     Some(Transparency {
         directory: directory?,
+        postgres: postgres?,
         origin: origin?,
         signing_key: signing_key?,
         receipts,
@@ -321,6 +441,110 @@ pub fn transparency(
         refusal_records_per_second,
         refusal_records_burst,
         tls: tls?,
+    })
+}
+
+/// `[transparency.postgres]`: a parseable URL without a password, the
+/// password from a file or an environment variable, a CA file.
+fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Postgres> {
+    let k = |name: &str| format!("transparency.postgres.{name}");
+    let url = raw.url.as_deref().map(str::trim);
+    let config = match url {
+        None | Some("") => {
+            r.push(
+                k("url"),
+                "required: e.g. \"postgres://residency@db.example:5432/residency?sslmode=require\"",
+            );
+            None
+        }
+        Some(u) => match u.parse::<tokio_postgres::Config>() {
+            Ok(c) if c.get_password().is_some() => {
+                r.push(
+                    k("url"),
+                    "holds a password: move it to transparency.postgres.password_file or password_env",
+                );
+                None
+            }
+            Ok(c) if c.get_user().is_none() => {
+                r.push(k("url"), "names no user, e.g. postgres://residency@host/db");
+                None
+            }
+            Ok(c) => Some(c),
+            Err(e) => {
+                r.push(k("url"), format!("`{u}` is not a PostgreSQL URL: {e}"));
+                None
+            }
+        },
+    };
+    let password = match (raw.password_file.as_deref(), raw.password_env.as_deref()) {
+        (Some(_), Some(_)) => {
+            r.push(k("password_env"), "set password_file or password_env, not both");
+            None
+        }
+        (Some(file), None) => {
+            let path = base.join(file);
+            match std::fs::read_to_string(&path) {
+                // One trailing newline, as editors and `echo` leave it.
+                Ok(p) => Some(Some(p.strip_suffix('\n').unwrap_or(&p).to_string())),
+                Err(e) => {
+                    r.push(k("password_file"), format!("{}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+        (None, Some(name)) => match std::env::var(name) {
+            Ok(p) => Some(Some(p)),
+            Err(_) => {
+                r.push(
+                    k("password_env"),
+                    format!("the environment variable {name} is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => Some(None),
+    };
+    let ca = raw.ca.as_deref().map(|c| base.join(c));
+    if let Some(ca) = &ca {
+        if !ca.is_file() {
+            r.push(k("ca"), format!("{}: no such file", ca.display()));
+        }
+    }
+    let timeout = raw.timeout.check_is_or(
+        Duration::from_secs(2),
+        &k("timeout"),
+        r,
+        "a duration from 10ms to 60s, such as \"2s\"",
+        |d| (Duration::from_millis(10)..=Duration::from_secs(60)).contains(d),
+    );
+    let max_pending = raw.max_pending.check_is_or(
+        10_000,
+        &k("max_pending"),
+        r,
+        "an integer from 1 to 1000000",
+        |n| (1..=1_000_000).contains(n),
+    );
+    let pool_size = raw.pool_size.check_is_or(
+        8,
+        &k("pool_size"),
+        r,
+        "an integer from 2 to 256",
+        |n| (2..=256).contains(n),
+    );
+    let mut config = config?;
+    if let Some(password) = password? {
+        config.password(password);
+    }
+    if ca.as_ref().is_some_and(|c| !c.is_file()) {
+        return None;
+    }
+    Some(Postgres {
+        url: url.unwrap_or_default().to_string(),
+        config: PgConfig(config),
+        ca,
+        timeout,
+        max_pending,
+        pool_size,
     })
 }
 
@@ -560,6 +784,8 @@ mod tests {
     #[test]
     fn every_bad_value_is_reported_with_its_key() {
         let raw = RawTransparency {
+            storage: None,
+            postgres: None,
             directory: Some("log".into()),
             origin: Some("has space".into()),
             signing_key: None,

@@ -170,6 +170,30 @@ pub fn entries(bundle: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// Runs `f` over the tree of `size` leaves, fetching with `fetch` the
+/// tiles it asks for; `None` when a tile cannot be had or the request is
+/// out of range.
+pub fn prove<T>(
+    size: u64,
+    mut fetch: impl FnMut(Tile) -> Option<Vec<u8>>,
+    mut f: impl FnMut(&Proofs) -> Result<T, Need>,
+) -> Option<T> {
+    let mut proofs = Proofs::new(size);
+    // A proof needs O(log n) tiles; the bound only stops a loop on a tile
+    // that keeps being refused.
+    for _ in 0..256 {
+        match f(&proofs) {
+            Ok(v) => return Some(v),
+            Err(Need::OutOfRange) => return None,
+            Err(Need::Missing(tile)) => {
+                let bytes = fetch(tile)?;
+                proofs.insert(tile, &bytes).ok()?;
+            }
+        }
+    }
+    None
+}
+
 /// Computes RFC 6962 proofs for a tree of `size` leaves from its tiles
 /// alone, as a tlog client does. It asks for the tiles it lacks: a method
 /// returns `Err(Missing(tile))`, the caller fetches that tile, hands it to

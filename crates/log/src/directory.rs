@@ -1,0 +1,1881 @@
+//! The transparency log: decision records as leaves of an append-only
+//! RFC 6962 Merkle tree, stored as C2SP tlog-tiles
+//! (<https://c2sp.org/tlog-tiles>) and checkpointed with signed notes.
+//!
+//! On disk, the log directory holds exactly the spec's files —
+//! `tile/<L>/<N>` hash tiles, `tile/entries/<N>` entry bundles (each record
+//! after its big-endian `u16` length), their `.p/<W>` partial forms for
+//! every checkpoint's size, and `checkpoint` — plus `staging.<N>`, the entry
+//! bundle being filled, and `index.redb`, the request-id index.
+//!
+//! * **Durable before acknowledged.** A writer thread appends the records
+//!   of concurrent requests to the staging bundle with one `pwrite(2)` and
+//!   one `fdatasync(2)` (group commit); each request waits for its batch.
+//!   The staging bundle is preallocated with zeros (so these fsyncs have no
+//!   metadata to journal) and, at 256 entries, cut to its records and
+//!   renamed to its tile name. Neither a
+//!   killed process nor a power loss can lose a record whose receipt went
+//!   out, or give its index to another record.
+//! * **Hash tiles** are written when the tree fills them and fsynced (with
+//!   their directories and the renamed bundles) before a checkpoint that
+//!   covers them is written, atomically (write, fsync, rename, fsync the
+//!   directory).
+//! * **Memory is the right edge**: the partial tile of each level
+//!   ([`Edge`]), at most 255 hashes per level, plus the request ids of
+//!   records not yet moved into the on-disk index (one checkpoint
+//!   interval's worth, or about 65,536 under a burst). Proofs, records
+//!   and tiles are read from disk.
+//! * **Opening** reads the right edge at the last checkpoint's size (level
+//!   0 from its entry bundle, each level above from the full tiles below
+//!   it) and refuses to start unless it hashes to the checkpoint's root,
+//!   then replays the records written after the checkpoint (cutting a torn
+//!   tail of the staging bundle — only beyond the checkpoint). The proxy
+//!   does not start on a history that contradicts what it signed. A tile
+//!   or bundle deeper in the tree is not re-read at start: what the log
+//!   signs next depends only on the right edge, and every client checks
+//!   what it fetches against a signed root.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use redb::{ReadableDatabase, TableDefinition};
+
+use crate::disk::{self, Disk};
+use crate::edge::{self, Edge};
+use crate::merkle::{self, Hash};
+use crate::note::{Checkpoint, Signer, Verifier};
+use crate::record::Record;
+use crate::settings::Transparency;
+use crate::storage::{id_key, unix_now, LogError, LogMetrics, Published};
+use crate::tiles::{self, Tile, WIDTH};
+
+const CHECKPOINT: &str = "checkpoint";
+/// How long a batch waits for more records while the log is busy.
+const COMMIT_WINDOW: Duration = Duration::from_micros(500);
+/// A log whose last batch ended this recently is busy.
+const BUSY: Duration = Duration::from_millis(5);
+const INDEX: &str = "index.redb";
+/// The file of the log format before tiles.
+const LEGACY_RECORDS: &str = "records.log";
+
+/// Why an append was not made durable.
+#[derive(Debug, Clone)]
+enum Failure {
+    Full(u64),
+    Io(String),
+    Poisoned,
+}
+
+/// One record waiting for the writer thread.
+struct Item {
+    leaf: Hash,
+    id: u128,
+    /// Where its entry ends in the queue's buffer.
+    end: usize,
+    reply: tokio::sync::oneshot::Sender<Result<u64, Failure>>,
+}
+
+/// Records handed to the writer thread, already encoded as bundle entries.
+#[derive(Default)]
+struct Queue {
+    buf: Vec<u8>,
+    items: Vec<Item>,
+    closed: bool,
+}
+
+/// What readers, the checkpointer and the writer share.
+struct State {
+    /// Records written and fsynced.
+    size: u64,
+    edge: Edge,
+    /// The entry bundle being filled and its fsynced length.
+    staging_index: u64,
+    staging_len: u64,
+    /// Request ids of records not yet in the on-disk index.
+    recent: ById,
+    /// Files and directories written since the last checkpoint, to fsync
+    /// before a checkpoint covers them.
+    unsynced: Vec<PathBuf>,
+    /// Full hash tiles whose write failed, retried before the checkpoint.
+    unwritten: Vec<(Tile, Vec<u8>)>,
+    /// A failed write could not be undone: nothing more is written.
+    poisoned: bool,
+    /// Group commits done (one `write(2)` + `fdatasync(2)` each, or two
+    /// when a batch completes a bundle).
+    batches: u64,
+}
+
+/// The bundle file the writer thread appends to.
+struct Staging {
+    file: File,
+    index: u64,
+    len: u64,
+    count: u64,
+}
+
+struct Core {
+    settings: Transparency,
+    signer: Signer,
+    verifier: Verifier,
+    disk: Disk,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    spare: Mutex<Spare>,
+    spare_wake: Condvar,
+    /// [`INDEX_BATCH`] ids wait in memory: the helper should index them.
+    index_due: AtomicBool,
+    indexing: Mutex<()>,
+    state: Mutex<State>,
+    latest: ArcSwap<Published>,
+    index: redb::Database,
+    checkpointing: Mutex<()>,
+    metrics: LogMetrics,
+}
+
+/// The log in a directory (see the module documentation).
+pub struct Directory {
+    core: Arc<Core>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    spares: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Whether a preallocated spare staging bundle is ready.
+#[derive(Default)]
+struct Spare {
+    ready: bool,
+    closed: bool,
+}
+
+/// The spare staging bundle's file name.
+const SPARE: &str = "staging.spare";
+
+impl Drop for Directory {
+    fn drop(&mut self) {
+        lock(&self.core.queue).closed = true;
+        self.core.wake.notify_all();
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+        lock(&self.core.spare).closed = true;
+        self.core.spare_wake.notify_all();
+        if let Some(spares) = lock(&self.spares).take() {
+            let _ = spares.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
+    let path = path.display().to_string();
+    move |source| LogError::Io { path, source }
+}
+
+const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The META key: records `[0, indexed)` are in BY_ID.
+const INDEXED: &str = "indexed";
+/// Memory redb may use for its page cache (the index is read rarely).
+const INDEX_CACHE: usize = 4 << 20;
+/// Ids waiting in memory that make the helper thread index them before
+/// the next checkpoint (about 2 MiB of map).
+const INDEX_BATCH: usize = 65_536;
+
+impl Directory {
+    /// Opens (or creates) the log in `settings.directory`, recovering it:
+    /// the tree's right edge is rebuilt from the tiles at the last
+    /// checkpoint's size and must hash to its root, then the records
+    /// written after it are replayed.
+    pub fn open(settings: &Transparency, metrics: LogMetrics) -> Result<Directory, LogError> {
+        let started = Instant::now();
+        let dir = settings.directory.clone();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_error(&dir))?;
+        let key_path = &settings.signing_key;
+        let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
+        let key_error = |source| LogError::Key {
+            path: key_path.display().to_string(),
+            source,
+        };
+        let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(key_error)?;
+        let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
+        let disk = Disk::new(dir.clone());
+        if dir.join(LEGACY_RECORDS).exists() {
+            migrate(&disk, &verifier, &settings.origin)?;
+        }
+        let committed = read_checkpoint(&dir, &verifier, &settings.origin)?;
+        let (size, root) = committed
+            .as_ref()
+            .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
+        let edge = edge_at(&disk, size)?;
+        if edge.root() != root {
+            return Err(LogError::Corrupt {
+                path: dir.display().to_string(),
+                message: format!(
+                    "the tiles at the last checkpoint's size {size} hash to {} but the checkpoint says {}: committed tiles or records were altered",
+                    residency_core::hex::encode(&edge.root()),
+                    residency_core::hex::encode(&root)
+                ),
+            });
+        }
+        let mut state = State {
+            size,
+            edge,
+            staging_index: size / WIDTH,
+            staging_len: 0,
+            recent: ById::default(),
+            unsynced: Vec::new(),
+            unwritten: Vec::new(),
+            poisoned: false,
+            batches: 0,
+        };
+        let staging = replay(&disk, &mut state, &metrics)?;
+        let index_path = dir.join(INDEX);
+        let index = redb::Database::builder()
+            .set_cache_size(INDEX_CACHE)
+            .create(&index_path)
+            .map_err(|e| LogError::Corrupt {
+                path: index_path.display().to_string(),
+                message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+            })?;
+        catch_up_index(&disk, &index, &index_path, size)?;
+        metrics.size.set(state.size as i64);
+        metrics.integrator.set(1);
+        let latest = match committed {
+            Some(cp) => Published {
+                note: cp.note,
+                size: cp.size,
+                root: cp.root,
+            },
+            None => Published {
+                note: String::new(),
+                size: u64::MAX,
+                root: merkle::empty_root(),
+            },
+        };
+        let records = state.size;
+        let core = Arc::new(Core {
+            settings: settings.clone(),
+            signer,
+            verifier,
+            disk,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            spare: Mutex::new(Spare::default()),
+            spare_wake: Condvar::new(),
+            index_due: AtomicBool::new(false),
+            indexing: Mutex::new(()),
+            state: Mutex::new(state),
+            latest: ArcSwap::from_pointee(latest),
+            index,
+            checkpointing: Mutex::new(()),
+            metrics,
+        });
+        let thread_core = core.clone();
+        let writer = std::thread::Builder::new()
+            .name("residency-log-writer".into())
+            .spawn(move || thread_core.run(staging))
+            .map_err(io_error(&dir))?;
+        let _ = std::fs::remove_file(dir.join(SPARE));
+        let thread_core = core.clone();
+        let spares = std::thread::Builder::new()
+            .name("residency-log-helper".into())
+            .spawn(move || thread_core.make_spares())
+            .map_err(io_error(&dir))?;
+        let log = Directory {
+            core,
+            writer: Mutex::new(Some(writer)),
+            spares: Mutex::new(Some(spares)),
+        };
+        // A checkpoint for what was recovered, before anything new is added.
+        log.checkpoint()?;
+        tracing::info!(
+            directory = %dir.display(),
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            key = %log.core.signer.verifier_key(),
+            "transparency log open"
+        );
+        Ok(log)
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.core.signer
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.core.verifier
+    }
+
+    /// Appends `record` (already encoded: `bytes`, leaf hash `leaf`) as
+    /// the next leaf and returns once it is durable: in its entry bundle
+    /// on disk and fsynced, so no crash can give its index to another
+    /// record after its receipt went out. The writer thread writes the
+    /// records of concurrent requests with one `write(2)` and one
+    /// `fdatasync(2)` (group commit); records arriving meanwhile form the
+    /// next batch. A request dropped while it waits still has its record
+    /// written.
+    pub async fn append(&self, bytes: &[u8], leaf: Hash, id: u128) -> Result<u64, LogError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut q = lock(&self.core.queue);
+            if q.closed {
+                return Err(LogError::Poisoned);
+            }
+            tiles::push_entry(&mut q.buf, bytes);
+            let end = q.buf.len();
+            q.items.push(Item {
+                leaf,
+                id,
+                end,
+                reply,
+            });
+            if q.items.len() == 1 {
+                self.core.wake.notify_one();
+            }
+        }
+        match answer.await {
+            Ok(Ok(index)) => Ok(index),
+            Ok(Err(Failure::Full(n))) => Err(LogError::Full(n)),
+            Ok(Err(Failure::Io(message))) => Err(LogError::Io {
+                path: self.core.disk.dir().display().to_string(),
+                source: std::io::Error::other(message),
+            }),
+            Ok(Err(Failure::Poisoned)) | Err(_) => Err(LogError::Poisoned),
+        }
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest(&self) -> Arc<Published> {
+        self.core.latest.load_full()
+    }
+
+    /// Records written (checkpointed or not).
+    pub fn size(&self) -> u64 {
+        lock(&self.core.state).size
+    }
+
+    /// Makes the tiles so far durable and signs a checkpoint for them
+    /// (blocking: call from a blocking thread). A no-op when nothing
+    /// changed. Also moves the request ids of the records it covers into
+    /// the on-disk index.
+    pub fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
+        self.core.checkpoint()
+    }
+
+    /// The stored bytes of leaf `index` (blocking: one bundle read).
+    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
+        let bundle = self.core.bundle(index / WIDTH)?;
+        let entries = disk::entries(&bundle)?;
+        entries
+            .get(usize::try_from(index % WIDTH).ok()?)
+            .map(|e| e.to_vec())
+    }
+
+    /// A tile of the durable tree, checkpointed or not (blocking: it
+    /// reads a file).
+    pub fn any_tile(&self, tile: Tile) -> Option<Vec<u8>> {
+        self.core.tile(tile)
+    }
+
+    /// The leaf index recorded for request-id key `key` (blocking: it may
+    /// read the index).
+    pub fn indexes_of(&self, key: u128) -> Vec<u64> {
+        let recent = lock(&self.core.state).recent.get(&key).copied();
+        let index = recent.or_else(|| {
+            let txn = self.core.index.begin_read().ok()?;
+            let table = txn.open_table(BY_ID).ok()?;
+            table.get(key).ok()?.map(|v| v.value())
+        });
+        index.into_iter().collect()
+    }
+
+    /// Approximate memory held for the tree (its right edge) and the ids
+    /// not yet in the on-disk index.
+    pub fn memory_bytes(&self) -> usize {
+        let state = lock(&self.core.state);
+        state.edge.memory_bytes() + state.recent.capacity() * 32
+    }
+
+    /// Appends witness cosignature lines (`— name base64`, no newline) to
+    /// the served checkpoint if it is still the one of `size`; `false` if
+    /// a newer checkpoint replaced it (checked and stored in one step, so a
+    /// late cosignature never brings an older checkpoint back). The cosigned
+    /// note also replaces the `checkpoint` file (verifiers ignore signatures
+    /// by keys they do not know), so a restarted log serves it at once.
+    /// Blocking: call from a blocking thread.
+    pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
+        // Ordered with checkpoints: a newer checkpoint file is never
+        // replaced by an older cosigned one.
+        let _one = lock(&self.core.checkpointing);
+        let mut added = false;
+        self.core.latest.rcu(|current| {
+            added = current.size == size;
+            if !added {
+                return current.clone();
+            }
+            let mut note = current.note.clone();
+            for line in lines {
+                note.push_str(line);
+                note.push('\n');
+            }
+            Arc::new(Published {
+                note,
+                size: current.size,
+                root: current.root,
+            })
+        });
+        if added {
+            let path = self.core.disk.dir().join(CHECKPOINT);
+            let note = self.latest().note.clone();
+            if let Err(e) = self.core.disk.write(&path, note.as_bytes(), true) {
+                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; it is served from memory");
+            }
+        }
+        added
+    }
+
+    #[cfg(test)]
+    fn batches(&self) -> u64 {
+        lock(&self.core.state).batches
+    }
+}
+
+impl Core {
+    /// The writer thread: takes the queued records and writes them, batch
+    /// after batch, until the log is dropped.
+    ///
+    /// While the log is busy (the last batch ended less than
+    /// [`BUSY`] ago), a batch waits [`COMMIT_WINDOW`] for more records
+    /// before it is written, so one `fdatasync(2)` covers more of them; an
+    /// idle log writes a lone record at once.
+    fn run(&self, mut staging: Staging) {
+        let mut last_done: Option<Instant> = None;
+        loop {
+            let (buf, items) = {
+                let mut q = lock(&self.queue);
+                while q.items.is_empty() {
+                    if q.closed {
+                        return;
+                    }
+                    q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if last_done.is_some_and(|t| t.elapsed() < BUSY) {
+                    let deadline = Instant::now() + COMMIT_WINDOW;
+                    while q.items.len() < WIDTH as usize && !q.closed {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        q = self
+                            .wake
+                            .wait_timeout(q, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+                (std::mem::take(&mut q.buf), std::mem::take(&mut q.items))
+            };
+            self.write(&mut staging, &buf, items);
+            last_done = Some(Instant::now());
+        }
+    }
+
+    /// Writes one batch: appends its entries to the staging bundle and
+    /// fsyncs it; a bundle that reaches 256 entries is renamed to its tile
+    /// name and the rest goes into the next one. Each record is answered
+    /// once its bytes are durable, with its index or the failure.
+    fn write(&self, staging: &mut Staging, buf: &[u8], items: Vec<Item>) {
+        let mut items = items.into_iter().peekable();
+        let mut from = 0usize;
+        while items.peek().is_some() {
+            let (poisoned, size) = {
+                let st = lock(&self.state);
+                (st.poisoned, st.size)
+            };
+            if poisoned {
+                return answer_all(items, Failure::Poisoned);
+            }
+            if size >= self.settings.max_records {
+                return answer_all(items, Failure::Full(size));
+            }
+            let room = (WIDTH - staging.count).min(self.settings.max_records - size);
+            let chunk: Vec<Item> = items.by_ref().take(room as usize).collect();
+            let to = chunk.last().map_or(from, |i| i.end);
+            let bytes = &buf[from..to];
+            let fills = staging.count + chunk.len() as u64 == WIDTH;
+            let started = Instant::now();
+            // Into the preallocated part: no size change, so the fsync
+            // flushes data without a journal commit.
+            let written = staging
+                .file
+                .write_all_at(bytes, staging.len)
+                .and_then(|()| staging.file.sync_data());
+            self.metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_records.observe(chunk.len() as f64);
+            let sealed = written.and_then(|()| {
+                if fills {
+                    self.seal(staging, staging.len + bytes.len() as u64)
+                } else {
+                    Ok(Vec::new())
+                }
+            });
+            let touched = match sealed {
+                Ok(t) => t,
+                Err(e) => {
+                    // Nothing of this chunk is acknowledged: cut it off.
+                    let cut = staging.file.set_len(staging.len);
+                    let message = e.to_string();
+                    if cut.is_err() {
+                        lock(&self.state).poisoned = true;
+                    }
+                    answer_all(chunk.into_iter(), Failure::Io(message.clone()));
+                    return answer_all(items, Failure::Io(message));
+                }
+            };
+            staging.len += bytes.len() as u64;
+            staging.count += chunk.len() as u64;
+            from = to;
+            let next = if fills {
+                Some(self.next_staging(staging.index + 1))
+            } else {
+                None
+            };
+            let indexes = self.commit(&chunk, touched, staging, next.as_ref());
+            for (item, index) in chunk.into_iter().zip(indexes) {
+                let _ = item.reply.send(Ok(index));
+            }
+            match next {
+                Some(Ok(file)) => {
+                    *staging = Staging {
+                        file,
+                        index: staging.index + 1,
+                        len: 0,
+                        count: 0,
+                    };
+                }
+                Some(Err(e)) => {
+                    lock(&self.state).poisoned = true;
+                    tracing::error!(error = %e, "cannot start the next entry bundle");
+                    return answer_all(items, Failure::Io(e.to_string()));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Cuts the full staging bundle to its `len` bytes (dropping what is
+    /// left of the preallocation) and renames it to its tile name.
+    /// (The cut is made durable with the other new files before the next
+    /// checkpoint; a crash before that leaves zeros after the 256th entry,
+    /// which the next start cuts.)
+    fn seal(&self, staging: &Staging, len: u64) -> std::io::Result<Vec<PathBuf>> {
+        staging.file.set_len(len)?;
+        let index = staging.index;
+        let target = self.disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        let mut touched = Vec::new();
+        let parent = target.parent().unwrap_or(self.disk.dir());
+        self.disk.create_dirs(parent, &mut touched)?;
+        std::fs::rename(self.disk.staging(index), &target)?;
+        touched.push(target.clone());
+        touched.push(parent.to_path_buf());
+        touched.push(self.disk.dir().to_path_buf());
+        self.metrics.tiles_written.inc();
+        Ok(touched)
+    }
+
+    /// Creates the staging bundle `index`, preallocated, and makes its
+    /// name durable before any record is acknowledged in it.
+    /// Takes the spare the `residency-log-helper` thread prepared (a rename
+    /// and a directory fsync) or, when none is ready, preallocates one here.
+    fn next_staging(&self, index: u64) -> std::io::Result<File> {
+        let target = self.disk.staging(index);
+        let ready = std::mem::take(&mut lock(&self.spare).ready);
+        self.spare_wake.notify_one();
+        let file = if ready && std::fs::rename(self.disk.dir().join(SPARE), &target).is_ok() {
+            open_staging(&self.disk, index, false)?
+        } else {
+            let file = open_staging(&self.disk, index, true)?;
+            preallocate(&file, 0)?;
+            file
+        };
+        disk::sync_path(self.disk.dir())?;
+        Ok(file)
+    }
+
+    /// The `residency-log-helper` thread: keeps one preallocated staging
+    /// bundle ready, so the writer does not write 160 KiB of zeros and
+    /// fsync them in the middle of a batch, and moves request ids into the
+    /// on-disk index when [`INDEX_BATCH`] of them wait in memory (at very
+    /// high rates, before the next checkpoint would).
+    fn make_spares(&self) {
+        // Stops after the first failure: the writer then preallocates (or
+        // grows) its own bundles.
+        let mut preallocating = true;
+        loop {
+            {
+                let mut spare = lock(&self.spare);
+                while (spare.ready || !preallocating)
+                    && !spare.closed
+                    && !self.index_due.load(Ordering::Acquire)
+                {
+                    spare = self
+                        .spare_wake
+                        .wait(spare)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if spare.closed {
+                    return;
+                }
+            }
+            if self.index_due.swap(false, Ordering::AcqRel) {
+                let size = lock(&self.state).size;
+                if let Err(e) = self.index_up_to(size) {
+                    tracing::warn!(error = %e, "cannot update the request-id index");
+                }
+            }
+            if lock(&self.spare).ready || !preallocating {
+                continue;
+            }
+            let path = self.disk.dir().join(SPARE);
+            let made = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&path)
+                .and_then(|f| preallocate(&f, 0));
+            match made {
+                Ok(true) => lock(&self.spare).ready = true,
+                Ok(false) | Err(_) => {
+                    tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full or a file-size limit?); the writer makes its own");
+                    let _ = std::fs::remove_file(&path);
+                    preallocating = false;
+                }
+            }
+        }
+    }
+
+    /// Adds the durable records of `chunk` to the tree: their leaves to
+    /// the right edge (writing the hash tiles they fill), their ids to the
+    /// recent index. Returns their indexes.
+    fn commit(
+        &self,
+        chunk: &[Item],
+        touched: Vec<PathBuf>,
+        staging: &Staging,
+        next: Option<&std::io::Result<File>>,
+    ) -> Vec<u64> {
+        let mut st = lock(&self.state);
+        st.batches += 1;
+        st.unsynced.extend(touched);
+        let mut indexes = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let index = st.size;
+            for full in st.edge.push(item.leaf) {
+                self.write_full(&mut st, full);
+            }
+            st.recent.insert(item.id, index);
+            st.size += 1;
+            indexes.push(index);
+        }
+        if st.recent.len() >= INDEX_BATCH && !self.index_due.swap(true, Ordering::AcqRel) {
+            // Taking the helper's lock orders this with its check.
+            drop(lock(&self.spare));
+            self.spare_wake.notify_one();
+        }
+        match next {
+            Some(Ok(_)) => {
+                st.staging_index = staging.index + 1;
+                st.staging_len = 0;
+            }
+            _ => st.staging_len = staging.len,
+        }
+        self.metrics.size.set(st.size as i64);
+        indexes
+    }
+
+    /// Writes a hash tile the edge just filled (fsynced before the next
+    /// checkpoint; retried then if this write fails).
+    fn write_full(&self, st: &mut State, full: edge::Full) {
+        let tile = full.tile();
+        let bytes = full.bytes();
+        match self.disk.write(&self.disk.path(tile), &bytes, false) {
+            Ok(touched) => {
+                st.unsynced.extend(touched);
+                self.metrics.tiles_written.inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tile = %tile.path(), "cannot write a hash tile; retried at the next checkpoint");
+                st.unwritten.push((tile, bytes));
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
+        let _one = lock(&self.checkpointing);
+        let (size, edge, unsynced, unwritten) = {
+            let mut st = lock(&self.state);
+            (
+                st.size,
+                st.edge.clone(),
+                std::mem::take(&mut st.unsynced),
+                std::mem::take(&mut st.unwritten),
+            )
+        };
+        let latest = self.latest.load_full();
+        if latest.size == size && unsynced.is_empty() && unwritten.is_empty() {
+            self.confirmed();
+            return Ok(latest);
+        }
+        // First, so the ids held in memory stay one interval's worth even
+        // when fsyncing the new tiles takes long (the records are durable
+        // already; the index only has to lag, never lead, the bundles).
+        if let Err(e) = self.index_up_to(size) {
+            // Not fatal: the ids stay in memory and are retried next time.
+            tracing::warn!(error = %e, "cannot update the request-id index");
+        }
+        if let Err(e) = self.make_durable(&unsynced, &unwritten) {
+            let mut st = lock(&self.state);
+            st.unsynced.extend(unsynced);
+            st.unwritten.extend(unwritten);
+            return Err(e);
+        }
+        if latest.size == size {
+            self.confirmed();
+            return Ok(latest);
+        }
+        self.write_partials(&edge);
+        let root = edge.root();
+        let checkpoint = Checkpoint {
+            origin: self.settings.origin.clone(),
+            size,
+            root,
+            extensions: Vec::new(),
+        };
+        let note = checkpoint
+            .sign(&self.signer)
+            .map_err(|source| LogError::Key {
+                path: self.settings.signing_key.display().to_string(),
+                source,
+            })?;
+        let path = self.disk.dir().join(CHECKPOINT);
+        self.disk
+            .write(&path, note.as_bytes(), true)
+            .map_err(io_error(&path))?;
+        let published = Arc::new(Published { note, size, root });
+        self.latest.store(published.clone());
+        self.metrics.checkpoint_size.set(size as i64);
+        self.confirmed();
+        Ok(published)
+    }
+
+    /// Writes the hash tiles whose write failed and fsyncs what was written
+    /// since the last checkpoint.
+    fn make_durable(
+        &self,
+        unsynced: &[PathBuf],
+        unwritten: &[(Tile, Vec<u8>)],
+    ) -> Result<(), LogError> {
+        for (tile, bytes) in unwritten {
+            let path = self.disk.path(*tile);
+            self.disk
+                .write(&path, bytes, true)
+                .map_err(io_error(&path))?;
+        }
+        let mut paths: Vec<&PathBuf> = unsynced.iter().collect();
+        paths.sort();
+        paths.dedup();
+        // Files before the directories naming them.
+        paths.sort_by_key(|p| p.is_dir());
+        for path in paths {
+            disk::sync_path(path).map_err(io_error(path))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the partial tiles of the checkpoint's size, as the spec has
+    /// them exist for every checkpoint (a convenience for static serving:
+    /// the log itself serves them from the right edge and the bundles).
+    fn write_partials(&self, edge: &Edge) {
+        let mut tiles: Vec<(Tile, Vec<u8>)> =
+            edge.partials().map(|(t, h)| (t, h.concat())).collect();
+        let width = edge.size() % WIDTH;
+        if width > 0 {
+            let index = edge.size() / WIDTH;
+            if let Some(bundle) = self.bundle(index) {
+                if let Some(prefix) = disk::bundle_prefix(&bundle, width as usize) {
+                    let tile = Tile {
+                        level: None,
+                        index,
+                        width: width as u16,
+                    };
+                    tiles.push((tile, prefix.to_vec()));
+                }
+            }
+        }
+        for (tile, bytes) in tiles {
+            let path = self.disk.path(tile);
+            if let Err(e) = self.disk.write(&path, &bytes, false) {
+                tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
+            }
+        }
+    }
+
+    /// Moves the ids of records `[.., size)` from memory to the on-disk
+    /// index, in one durable transaction.
+    fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
+        // One writer at a time (the checkpoint and the helper), so the
+        // INDEXED mark never goes back.
+        let _one = lock(&self.indexing);
+        let mut ids: Vec<(u128, u64)> = lock(&self.state)
+            .recent
+            .iter()
+            .filter(|(_, i)| **i < size)
+            .map(|(k, i)| (*k, *i))
+            .collect();
+        // In key order: the proxy's ids start with their time, so these
+        // land at the B-tree's right edge, page after page.
+        ids.sort_unstable();
+        let mut txn = self.index.begin_write()?;
+        txn.set_quick_repair(true);
+        {
+            let mut table = txn.open_table(BY_ID)?;
+            for (key, index) in &ids {
+                table.insert(*key, *index)?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(INDEXED, size)?;
+        }
+        txn.commit()?;
+        let mut st = lock(&self.state);
+        for (key, _) in ids {
+            st.recent.remove(&key);
+        }
+        st.recent.shrink_to(4096);
+        Ok(())
+    }
+
+    /// The latest checkpoint covers every record as of now.
+    fn confirmed(&self) {
+        self.metrics.checkpoint_timestamp.set(unix_now());
+        self.metrics.checkpoint_age.set(0);
+    }
+
+    /// The durable entries of bundle `index` (full, or the staging one).
+    fn bundle(&self, index: u64) -> Option<Vec<u8>> {
+        let (size, staging_index, staging_len) = {
+            let st = lock(&self.state);
+            (st.size, st.staging_index, st.staging_len)
+        };
+        if index.checked_mul(WIDTH)? >= size {
+            return None;
+        }
+        let full = self.disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        if index < staging_index {
+            return self.disk.read(&full).ok()?;
+        }
+        match File::open(self.disk.staging(index)) {
+            Ok(f) => {
+                let mut buf = vec![0u8; usize::try_from(staging_len).ok()?];
+                f.read_exact_at(&mut buf, 0).ok()?;
+                Some(buf)
+            }
+            // Sealed since we looked.
+            Err(_) => self.disk.read(&full).ok()?,
+        }
+    }
+
+    /// A tile of the durable tree (any size up to the records written).
+    fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
+        if tile.needs_size()? > lock(&self.state).size {
+            return None;
+        }
+        match tile.level {
+            None => {
+                let bundle = self.bundle(tile.index)?;
+                disk::prefix(tile, &bundle).map(<[u8]>::to_vec)
+            }
+            Some(level) => {
+                if let Ok(Some(bytes)) = self.disk.read_tile(tile) {
+                    return Some(bytes);
+                }
+                // The right edge's partial tile, from memory.
+                {
+                    let st = lock(&self.state);
+                    let partial = st.edge.partial(level);
+                    if Edge::index_at(st.size, level) == tile.index
+                        && partial.len() >= usize::from(tile.width)
+                    {
+                        return Some(partial[..usize::from(tile.width)].concat());
+                    }
+                }
+                // Filled and written since the first look.
+                self.disk.read_tile(tile).ok()?
+            }
+        }
+    }
+}
+
+fn answer_all(items: impl Iterator<Item = Item>, failure: Failure) {
+    for item in items {
+        let _ = item.reply.send(Err(failure.clone()));
+    }
+}
+
+/// Bytes of zeros a staging bundle starts with: appends overwrite them, so
+/// the file's size and block map do not change and `fdatasync(2)` has no
+/// metadata to journal (PostgreSQL preallocates its WAL segments for the
+/// same reason). 256 records of the usual ~500 bytes fit; a bundle of
+/// larger records grows past it, correctly but with costlier fsyncs.
+const PREALLOCATE: u64 = 160 * 1024;
+
+/// Fills `file` with zeros from `from` to [`PREALLOCATE`] and syncs it.
+/// Best effort: where the zeros cannot be written (a full disk, a
+/// file-size limit) the file is cut back to `from` and `false` returned —
+/// appends then grow the file, correctly but with costlier fsyncs.
+fn preallocate(file: &File, from: u64) -> std::io::Result<bool> {
+    let mut done = true;
+    if from < PREALLOCATE {
+        let zeros = vec![0u8; (PREALLOCATE - from) as usize];
+        if file.write_all_at(&zeros, from).is_err() {
+            file.set_len(from)?;
+            done = false;
+        }
+    }
+    file.sync_all()?;
+    Ok(done)
+}
+
+fn open_staging(disk: &Disk, index: u64, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o644)
+        .open(disk.staging(index))
+}
+
+/// The right edge of the tree of `size` leaves, read from disk: level 0's
+/// partial tile hashed from its bundle's entries, each higher level's from
+/// the full tiles of the level below (at most 255 tiles per level).
+fn edge_at(disk: &Disk, size: u64) -> Result<Edge, LogError> {
+    let corrupt = |message: String| LogError::Corrupt {
+        path: disk.dir().display().to_string(),
+        message,
+    };
+    let mut partials = Vec::new();
+    let mut level = 0u8;
+    while size.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
+        let width = Edge::width_at(size, level) as usize;
+        let index = Edge::index_at(size, level);
+        let mut hashes = Vec::with_capacity(width);
+        if width > 0 && level == 0 {
+            let bundle = read_bundle(disk, index)?.ok_or_else(|| {
+                corrupt(format!(
+                    "entry bundle {index} is missing: committed records are missing"
+                ))
+            })?;
+            let prefix = disk::bundle_prefix(&bundle, width).ok_or_else(|| {
+                corrupt(format!(
+                    "entry bundle {index} holds fewer than the {width} records the last checkpoint covers: committed records are missing"
+                ))
+            })?;
+            for entry in disk::entries(prefix).unwrap_or_default() {
+                hashes.push(merkle::leaf_hash(entry));
+            }
+        } else if width > 0 {
+            for node in index * WIDTH..index * WIDTH + width as u64 {
+                let below = Tile {
+                    level: Some(level - 1),
+                    index: node,
+                    width: WIDTH as u16,
+                };
+                let bytes = disk
+                    .read(&disk.path(below))
+                    .map_err(io_error(&disk.path(below)))?
+                    .filter(|b| b.len() == 32 * WIDTH as usize)
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "{} is missing or short: committed tiles are missing",
+                            below.path()
+                        ))
+                    })?;
+                let below: Vec<Hash> = bytes
+                    .chunks(32)
+                    .map(|c| c.try_into().unwrap_or([0; 32]))
+                    .collect();
+                hashes.push(edge::perfect_root(&below));
+            }
+        }
+        partials.push(hashes);
+        level += 1;
+    }
+    Edge::from_partials(size, partials).map_err(corrupt)
+}
+
+/// Converts a log of the earlier format — `records.log`, one record per
+/// line, leaf `i` being line `i` — into tiles. The tree is the same (the
+/// leaves are the same bytes), so the existing checkpoint stays valid and
+/// must match: the records it covers must hash to its root, or nothing is
+/// converted. Lines after it are kept up to a torn or unreadable tail, as
+/// the old format's replay did. Tiles are written and fsynced first, then
+/// `records.log` is renamed to `records.log.imported` (kept: it is the
+/// operator's to archive); a crash in between converts again from scratch.
+fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogError> {
+    let started = Instant::now();
+    let dir = disk.dir();
+    let legacy = dir.join(LEGACY_RECORDS);
+    let corrupt = |message: String| LogError::Corrupt {
+        path: legacy.display().to_string(),
+        message,
+    };
+    let committed = read_checkpoint(dir, verifier, origin)?;
+    let (size, root) = committed
+        .as_ref()
+        .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
+    // What an interrupted conversion left.
+    let tiles_dir = dir.join("tile");
+    if tiles_dir.exists() {
+        std::fs::remove_dir_all(&tiles_dir).map_err(io_error(&tiles_dir))?;
+    }
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("staging.") || name == INDEX {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let text = std::fs::read(&legacy).map_err(io_error(&legacy))?;
+    let mut edge = Edge::new();
+    let mut bundle = Vec::new();
+    let mut touched = Vec::new();
+    let write = |path: PathBuf, bytes: &[u8], touched: &mut Vec<PathBuf>| {
+        disk.write(&path, bytes, false)
+            .map(|t| touched.extend(t))
+            .map_err(io_error(&path))
+    };
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        let Some(record) = line.strip_suffix(b"\n") else {
+            break;
+        };
+        if Record::from_bytes(record).is_err() || !tiles::push_entry(&mut bundle, record) {
+            break;
+        }
+        for full in edge.push(merkle::leaf_hash(record)) {
+            write(disk.path(full.tile()), &full.bytes(), &mut touched)?;
+        }
+        if edge.size().is_multiple_of(WIDTH) {
+            let tile = Tile {
+                level: None,
+                index: edge.size() / WIDTH - 1,
+                width: WIDTH as u16,
+            };
+            write(disk.path(tile), &bundle, &mut touched)?;
+            bundle.clear();
+        }
+        if edge.size() == size && edge.root() != root {
+            return Err(corrupt(format!(
+                "the first {size} records hash to {} but the last checkpoint says {}: committed records were altered; nothing was converted",
+                residency_core::hex::encode(&edge.root()),
+                residency_core::hex::encode(&root)
+            )));
+        }
+    }
+    if edge.size() < size {
+        return Err(corrupt(format!(
+            "holds {} readable records but the last checkpoint covers {size}: committed records are missing; nothing was converted",
+            edge.size()
+        )));
+    }
+    write(disk.staging(edge.size() / WIDTH), &bundle, &mut touched)?;
+    touched.sort();
+    touched.dedup();
+    touched.sort_by_key(|p| p.is_dir());
+    for path in &touched {
+        disk::sync_path(path).map_err(io_error(path))?;
+    }
+    let imported = dir.join(format!("{LEGACY_RECORDS}.imported"));
+    std::fs::rename(&legacy, &imported).map_err(io_error(&imported))?;
+    disk::sync_path(dir).map_err(io_error(dir))?;
+    tracing::warn!(
+        records = edge.size(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        kept = %imported.display(),
+        "converted the log from the one-file format to C2SP tiles"
+    );
+    Ok(())
+}
+
+/// Bundle `index` from its tile file or its staging file.
+fn read_bundle(disk: &Disk, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+    let full = disk.path(Tile {
+        level: None,
+        index,
+        width: WIDTH as u16,
+    });
+    if let Some(b) = disk.read(&full).map_err(io_error(&full))? {
+        return Ok(Some(b));
+    }
+    let staging = disk.staging(index);
+    disk.read(&staging).map_err(io_error(&staging))
+}
+
+/// Adds the records written after the last checkpoint (durable, maybe
+/// acknowledged) to the tree, rewriting the hash tiles they fill, cuts a
+/// torn tail off the staging bundle and opens it for appending.
+fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, LogError> {
+    let checkpointed = st.size;
+    let mut index = st.size / WIDTH;
+    let mut skip = (st.size % WIDTH) as usize;
+    let corrupt = |path: &Path, message: String| LogError::Corrupt {
+        path: path.display().to_string(),
+        message,
+    };
+    loop {
+        let full = disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        let staging = disk.staging(index);
+        let (bytes, sealed) = match disk.read(&full).map_err(io_error(&full))? {
+            Some(b) => (b, true),
+            None => match disk.read(&staging).map_err(io_error(&staging))? {
+                Some(b) => (b, false),
+                None => (Vec::new(), false),
+            },
+        };
+        let (entries, valid) = disk::complete_entries(&bytes);
+        let mut kept = 0usize;
+        let mut kept_len = 0usize;
+        for (i, entry) in entries.iter().enumerate() {
+            let record = Record::from_bytes(entry);
+            if i >= skip {
+                let Ok(record) = record else { break };
+                let leaf = merkle::leaf_hash(entry);
+                for full in st.edge.push(leaf) {
+                    let path = disk.path(full.tile());
+                    st.unsynced.extend(
+                        disk.write(&path, &full.bytes(), false)
+                            .map_err(io_error(&path))?,
+                    );
+                    metrics.tiles_written.inc();
+                }
+                st.recent.insert(id_key(&record.request_id), st.size);
+                st.size += 1;
+            }
+            kept += 1;
+            kept_len += 2 + entry.len();
+        }
+        if sealed {
+            if kept == WIDTH as usize
+                && valid < bytes.len()
+                && bytes[valid..].iter().all(|b| *b == 0)
+            {
+                // Sealed, but its cut was not durable when the process stopped.
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&full)
+                    .map_err(io_error(&full))?;
+                f.set_len(valid as u64).map_err(io_error(&full))?;
+                f.sync_all().map_err(io_error(&full))?;
+            } else if kept != WIDTH as usize || valid != bytes.len() {
+                return Err(corrupt(
+                    &full,
+                    format!(
+                        "holds {kept} readable records, not 256: a full entry bundle was altered"
+                    ),
+                ));
+            }
+            index += 1;
+            skip = 0;
+            continue;
+        }
+        if kept == WIDTH as usize {
+            // Full but not yet cut and renamed when the process stopped.
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&staging)
+                .map_err(io_error(&staging))?;
+            f.set_len(kept_len as u64).map_err(io_error(&staging))?;
+            f.sync_all().map_err(io_error(&staging))?;
+            let mut touched = Vec::new();
+            let parent = full.parent().unwrap_or(disk.dir());
+            disk.create_dirs(parent, &mut touched)
+                .map_err(io_error(parent))?;
+            std::fs::rename(&staging, &full).map_err(io_error(&full))?;
+            st.unsynced.extend(touched);
+            st.unsynced.push(parent.to_path_buf());
+            index += 1;
+            skip = 0;
+            continue;
+        }
+        if kept < skip {
+            return Err(corrupt(
+                &staging,
+                format!("holds {kept} readable records but the last checkpoint covers {skip} of them: committed records are missing"),
+            ));
+        }
+        let file = open_staging(disk, index, false).map_err(io_error(&staging))?;
+        let torn = bytes[kept_len..].iter().any(|b| *b != 0);
+        if torn {
+            tracing::warn!(
+                path = %staging.display(),
+                kept,
+                dropped_bytes = bytes.len() - kept_len,
+                "cutting a torn or unreadable tail off the entry bundle (beyond the last checkpoint)"
+            );
+        }
+        // Cut what is not a record (a torn tail, or the preallocated
+        // zeros), then preallocate again.
+        file.set_len(kept_len as u64).map_err(io_error(&staging))?;
+        if !preallocate(&file, kept_len as u64).map_err(io_error(&staging))? {
+            tracing::warn!(path = %staging.display(), "cannot preallocate the staging bundle (disk full or a file-size limit?): appends grow it instead");
+        }
+        disk::sync_path(disk.dir()).map_err(io_error(disk.dir()))?;
+        st.staging_index = index;
+        st.staging_len = kept_len as u64;
+        if st.size > checkpointed {
+            tracing::info!(
+                records = st.size - checkpointed,
+                "replayed records written after the last checkpoint"
+            );
+        }
+        return Ok(Staging {
+            file,
+            index,
+            len: kept_len as u64,
+            count: kept as u64,
+        });
+    }
+}
+
+/// Brings the on-disk request-id index up to the checkpointed `size`
+/// (records after it are in memory, from the replay): after a crash it
+/// lags by at most the records of one checkpoint interval; without an
+/// index (deleted, or a log copied without it) it is rebuilt from the
+/// bundles.
+fn catch_up_index(
+    disk: &Disk,
+    index: &redb::Database,
+    path: &Path,
+    size: u64,
+) -> Result<(), LogError> {
+    let failed = |e: redb::Error| LogError::Corrupt {
+        path: path.display().to_string(),
+        message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+    };
+    let indexed = {
+        let txn = index.begin_read().map_err(|e| failed(e.into()))?;
+        match txn.open_table(META) {
+            Ok(meta) => meta
+                .get(INDEXED)
+                .map_err(|e| failed(e.into()))?
+                .map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(failed(e.into())),
+        }
+    };
+    if indexed >= size {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut txn = index.begin_write().map_err(|e| failed(e.into()))?;
+    txn.set_quick_repair(true);
+    {
+        let mut table = txn.open_table(BY_ID).map_err(|e| failed(e.into()))?;
+        let mut i = indexed - indexed % WIDTH;
+        while i < size {
+            let bundle = read_bundle(disk, i / WIDTH)?.unwrap_or_default();
+            for entry in disk::entries(&bundle).unwrap_or_default() {
+                if i >= indexed && i < size {
+                    if let Ok(record) = Record::from_bytes(entry) {
+                        table
+                            .insert(id_key(&record.request_id), i)
+                            .map_err(|e| failed(e.into()))?;
+                    }
+                }
+                i += 1;
+            }
+            if bundle.is_empty() {
+                break;
+            }
+        }
+        let mut meta = txn.open_table(META).map_err(|e| failed(e.into()))?;
+        meta.insert(INDEXED, size).map_err(|e| failed(e.into()))?;
+    }
+    txn.commit().map_err(|e| failed(e.into()))?;
+    if size - indexed > 10_000 {
+        tracing::info!(
+            records = size - indexed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the request-id index"
+        );
+    }
+    Ok(())
+}
+
+/// Request id → leaf index. The keys are already uniform — request ids
+/// are 128 random bits the proxy draws (a client's `X-Request-Id` is
+/// replaced, never used) and other ids go through SHA-256 in [`id_key`] —
+/// so the map folds the key instead of running SipHash over it.
+type ById = HashMap<u128, u64, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u128 keys; FNV-1a keeps it correct for anything else.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
+struct Committed {
+    note: String,
+    size: u64,
+    root: Hash,
+}
+
+/// The stored checkpoint, verified with our own key.
+fn read_checkpoint(
+    dir: &Path,
+    verifier: &Verifier,
+    origin: &str,
+) -> Result<Option<Committed>, LogError> {
+    let path = dir.join(CHECKPOINT);
+    let note = match std::fs::read_to_string(&path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LogError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let corrupt = |message: String| LogError::Corrupt {
+        path: path.display().to_string(),
+        message,
+    };
+    let cp = Checkpoint::open(&note, verifier).map_err(|e| {
+        corrupt(format!(
+            "{e} (a log is tied to its key: keep the key, or start a new log in a new directory)"
+        ))
+    })?;
+    if cp.origin != origin {
+        return Err(corrupt(format!(
+            "belongs to log `{}`, not `{origin}` (transparency.origin)",
+            cp.origin
+        )));
+    }
+    Ok(Some(Committed {
+        note,
+        size: cp.size,
+        root: cp.root,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::record::{Client, Database, Outcome};
+    use crate::settings::{ClientAddress, OnWriteError, ReceiptMode};
+    use crate::storage::Log;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, Transparency) {
+        let dir = std::env::temp_dir().join(format!(
+            "rp-log-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("log.key");
+        std::fs::write(&key, Signer::generate_pkcs8().unwrap()).unwrap();
+        let settings = Transparency {
+            directory: dir.join("log"),
+            postgres: None,
+            origin: "test.example/log".into(),
+            signing_key: key,
+            receipts: ReceiptMode::Signed,
+            checkpoint_interval: Duration::from_secs(1),
+            client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
+            on_write_error: OnWriteError::Refuse,
+            address: None,
+            max_records: 1000,
+            max_connections: 256,
+            refusal_records_per_second: 100,
+            refusal_records_burst: 1000,
+            tls: Vec::new(),
+        };
+        (Dir(dir), settings)
+    }
+
+    fn metrics() -> LogMetrics {
+        LogMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    fn record(i: u64) -> Record<'static> {
+        Record {
+            v: 1,
+            request_id: format!("{i:032x}").into(),
+            time: "2026-11-28T04:13:14.123Z".into(),
+            outcome: Outcome::Stored,
+            reason: None,
+            client: Client {
+                source: Some("peer".into()),
+                address: Some("203.0.113.0/24".into()),
+            },
+            country: Some("CH".into()),
+            jurisdiction: Some("ch".into()),
+            datacenter: Some("zurich".into()),
+            upstream_status: Some(201),
+            body: None,
+            policy_sha256: "00".repeat(32).into(),
+            geoip: Database {
+                build_epoch: 1,
+                sha256: "11".repeat(32).into(),
+            },
+            summary: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_checkpoints_and_serves_records() {
+        let (_dir, settings) = setup("basic");
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.latest().size, 0, "an empty log is checkpointed at open");
+        for i in 0..5 {
+            let a = log.append(&record(i)).await.unwrap();
+            assert_eq!(a.index, i);
+            assert_eq!(a.bytes, record(i).to_bytes());
+        }
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 5);
+        let verifier = Verifier::parse(&log.signer().verifier_key()).unwrap();
+        let opened = Checkpoint::open(&cp.note, &verifier).unwrap();
+        assert_eq!((opened.size, opened.root), (5, cp.root));
+        assert_eq!(log.record(3).unwrap(), record(3).to_bytes());
+        assert_eq!(log.index_of(&format!("{:032x}", 4)), Some(4));
+        assert_eq!(log.index_of("nope"), None);
+        let (leaf, path) = log.inclusion_proof(2, 5).unwrap();
+        assert_eq!(leaf, merkle::leaf_hash(&record(2).to_bytes()));
+        merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_writes_and_stay_dense() {
+        let (_dir, settings) = setup("group");
+        let log = Log::open(&settings, metrics()).unwrap();
+        let appends: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(&record(i)).await.unwrap().index })
+            })
+            .collect();
+        let mut indexes = Vec::new();
+        for a in appends {
+            indexes.push(a.await.unwrap());
+        }
+        indexes.sort_unstable();
+        assert_eq!(indexes, (0..50).collect::<Vec<_>>());
+        assert_eq!(log.size(), 50);
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 50);
+        for i in 0..50 {
+            let bytes = log.record(i).unwrap();
+            let (leaf, path) = log.inclusion_proof(i, 50).unwrap();
+            assert_eq!(leaf, merkle::leaf_hash(&bytes));
+            merkle::verify_inclusion(&leaf, i, 50, &path, &cp.root).unwrap();
+        }
+        let staging = std::fs::read(settings.directory.join("staging.0")).unwrap();
+        assert_eq!(crate::disk::complete_entries(&staging).0.len(), 50);
+        let batches = log.directory().batches();
+        assert!(batches <= 5, "50 concurrent records took {batches} writes");
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_waits_still_has_its_record_written() {
+        let (_dir, settings) = setup("cancel");
+        let log = Log::open(&settings, metrics()).unwrap();
+        // Dropped right after handing its record over, as hyper drops a
+        // request whose client went away.
+        let first = record(0);
+        tokio::select! {
+            biased;
+            _ = log.append(&first) => {}
+            _ = std::future::ready(()) => {}
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), log.append(&record(1)))
+            .await
+            .expect("a dropped request must not stall later appends")
+            .unwrap();
+        assert_eq!(next.index, 1);
+        assert_eq!(log.size(), 2, "the dropped request's record is written too");
+        assert_eq!(log.record(0).unwrap(), record(0).to_bytes());
+    }
+
+    #[tokio::test]
+    async fn full_bundles_and_tiles_are_named_as_the_spec_says_and_memory_stays_flat() {
+        let (_dir, mut settings) = setup("tiles");
+        settings.max_records = u64::MAX;
+        let log = Log::open(&settings, metrics()).unwrap();
+        for chunk in 0..3u64 {
+            let appends: Vec<_> = (chunk * 200..chunk * 200 + 200)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move { log.append(&record(i)).await.unwrap() })
+                })
+                .collect();
+            for a in appends {
+                a.await.unwrap();
+            }
+        }
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 600);
+        let dir = &settings.directory;
+        for path in [
+            "tile/entries/000",
+            "tile/entries/001",
+            "tile/0/000",
+            "tile/0/001",
+            "tile/0/002.p/88",
+            "tile/entries/002.p/88",
+            "tile/1/000.p/2",
+            "staging.2",
+        ] {
+            assert!(dir.join(path).is_file(), "{path} is missing");
+        }
+        let bundle = std::fs::read(dir.join("tile/entries/001")).unwrap();
+        let entries = crate::tiles::entries(&bundle).unwrap();
+        assert_eq!(entries.len(), 256);
+        assert_eq!(entries[0], record(256).to_bytes().as_slice());
+        let mut tree = merkle::Tree::new();
+        for i in 0..600 {
+            tree.push(merkle::leaf_hash(&log.record(i).unwrap()));
+        }
+        assert_eq!(tree.root(), cp.root);
+        let level0 = std::fs::read(dir.join("tile/0/001")).unwrap();
+        assert_eq!(&level0[..32], &tree.leaf(256).unwrap()[..]);
+        assert!(log.memory_bytes() < 64 * 1024, "{}", log.memory_bytes());
+        // Every id is found, from memory before the checkpoint moved them
+        // and from the on-disk index after.
+        for i in [0u64, 255, 256, 599] {
+            assert_eq!(log.index_of(&format!("{i:032x}")), Some(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_continues_the_same_tree() {
+        let (_dir, settings) = setup("restart");
+        let first = {
+            let log = Log::open(&settings, metrics()).unwrap();
+            for i in 0..7 {
+                log.append(&record(i)).await.unwrap();
+            }
+            log.checkpoint().unwrap()
+        };
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 7);
+        for i in 7..12 {
+            assert_eq!(log.append(&record(i)).await.unwrap().index, i);
+        }
+        let second = log.checkpoint().unwrap();
+        let proof = log.consistency_proof(7, 12).unwrap();
+        merkle::verify_consistency(7, 12, &first.root, &second.root, &proof).unwrap();
+        assert_eq!(log.index_of(&format!("{:032x}", 3)), Some(3));
+    }
+
+    #[tokio::test]
+    async fn records_after_the_last_checkpoint_survive_a_crash() {
+        let (_dir, settings) = setup("crash");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            log.checkpoint().unwrap();
+            log.append(&record(1)).await.unwrap();
+            // Dropped without a checkpoint: like kill -9 after write(2).
+        }
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 2);
+        assert_eq!(log.latest().size, 2, "recovered records are checkpointed");
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off() {
+        let (_dir, settings) = setup("torn");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            log.append(&record(1)).await.unwrap();
+            log.checkpoint().unwrap();
+        }
+        let path = settings.directory.join("staging.0");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\x01\x00{\"v\":1,\"request_id\":\"to")
+            .unwrap();
+        drop(f);
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 2);
+        assert_eq!(log.append(&record(2)).await.unwrap().index, 2);
+        drop(log);
+        let bytes = std::fs::read(&path).unwrap();
+        let (entries, _) = crate::disk::complete_entries(&bytes);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2], record(2).to_bytes().as_slice());
+    }
+
+    #[tokio::test]
+    async fn altered_or_missing_committed_records_or_tiles_refuse_to_open() {
+        let (_dir, mut settings) = setup("tamper");
+        settings.max_records = u64::MAX;
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            for i in 0..300 {
+                log.append(&record(i)).await.unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        let staging = settings.directory.join("staging.1");
+        let original = std::fs::read(&staging).unwrap();
+        let edit = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).unwrap();
+        // One changed byte in a committed record of the right edge.
+        let mut changed = original.clone();
+        let at = changed.windows(6).position(|w| w == b"zurich").unwrap();
+        changed[at + 5] = b'k';
+        edit(&staging, &changed);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("altered"), "{e}");
+        // A committed record missing.
+        let short = crate::disk::bundle_prefix(&original, 10).unwrap().to_vec();
+        edit(&staging, &short);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("missing"), "{e}");
+        edit(&staging, &original);
+        // A full level-0 tile under the right edge, edited.
+        let tile = settings.directory.join("tile/0/000");
+        let good = std::fs::read(&tile).unwrap();
+        let mut bad = good.clone();
+        bad[100] ^= 1;
+        edit(&tile, &bad);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("altered"), "{e}");
+        edit(&tile, &good);
+        // Back to the original: opens again.
+        assert_eq!(Log::open(&settings, metrics()).unwrap().size(), 300);
+    }
+
+    /// A crash between filling a bundle and making its cut and rename
+    /// durable: the next start finishes both.
+    #[tokio::test]
+    async fn a_full_bundle_caught_mid_seal_is_finished_at_start() {
+        for renamed in [false, true] {
+            let (_dir, mut settings) = setup(if renamed { "seal-r" } else { "seal" });
+            settings.max_records = u64::MAX;
+            {
+                let log = Log::open(&settings, metrics()).unwrap();
+                for i in 0..200 {
+                    log.append(&record(i)).await.unwrap();
+                }
+                log.checkpoint().unwrap();
+                for i in 200..256 {
+                    log.append(&record(i)).await.unwrap();
+                }
+            }
+            let dir = &settings.directory;
+            let full = dir.join("tile/entries/000");
+            let mut bytes = std::fs::read(&full).unwrap();
+            bytes.extend_from_slice(&[0; 4096]);
+            std::fs::remove_file(dir.join("staging.1")).unwrap();
+            if renamed {
+                std::fs::write(&full, &bytes).unwrap();
+            } else {
+                std::fs::remove_file(&full).unwrap();
+                std::fs::write(dir.join("staging.0"), &bytes).unwrap();
+            }
+            let log = Log::open(&settings, metrics()).unwrap();
+            assert_eq!(log.size(), 256);
+            let sealed = std::fs::read(&full).unwrap();
+            assert_eq!(crate::tiles::entries(&sealed).unwrap().len(), 256);
+            assert_eq!(log.append(&record(256)).await.unwrap().index, 256);
+            let cp = log.checkpoint().unwrap();
+            let mut tree = merkle::Tree::new();
+            for i in 0..257 {
+                tree.push(merkle::leaf_hash(&record(i).to_bytes()));
+            }
+            assert_eq!(cp.root, tree.root());
+        }
+    }
+
+    /// A log of the one-file format (`records.log`) is converted to tiles
+    /// at start, against its checkpoint; an altered one is refused.
+    #[tokio::test]
+    async fn a_log_of_the_one_file_format_is_converted_to_tiles() {
+        let (_dir, mut settings) = setup("legacy");
+        settings.max_records = u64::MAX;
+        let dir = settings.directory.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let pkcs8 = std::fs::read(&settings.signing_key).unwrap();
+        let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).unwrap();
+        let mut lines = Vec::new();
+        let mut tree = merkle::Tree::new();
+        for i in 0..300 {
+            let bytes = record(i).to_bytes();
+            tree.push(merkle::leaf_hash(&bytes));
+            lines.extend_from_slice(&bytes);
+            lines.push(b'\n');
+        }
+        let note = Checkpoint {
+            origin: settings.origin.clone(),
+            size: 280,
+            root: tree.root_at(280).unwrap(),
+            extensions: Vec::new(),
+        }
+        .sign(&signer)
+        .unwrap();
+        std::fs::write(dir.join(CHECKPOINT), &note).unwrap();
+        // An altered committed record: refused, nothing converted.
+        let text = String::from_utf8(lines.clone()).unwrap();
+        std::fs::write(
+            dir.join(LEGACY_RECORDS),
+            text.replacen("zurich", "zurick", 1),
+        )
+        .unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("altered"), "{e}");
+        assert!(dir.join(LEGACY_RECORDS).exists());
+        // The real one, with a torn last line after the checkpoint.
+        let mut torn = lines.clone();
+        torn.extend_from_slice(b"{\"v\":1,\"requ");
+        std::fs::write(dir.join(LEGACY_RECORDS), &torn).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 300);
+        assert!(!dir.join(LEGACY_RECORDS).exists());
+        assert_eq!(
+            std::fs::read(dir.join("records.log.imported")).unwrap(),
+            torn
+        );
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.root, tree.root());
+        assert_eq!(
+            log.consistency_proof(280, 300).unwrap(),
+            tree.consistency_proof(280, 300).unwrap()
+        );
+        assert_eq!(log.record(290).unwrap(), record(290).to_bytes());
+        assert_eq!(log.index_of(&format!("{:032x}", 7)), Some(7));
+        assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
+    }
+
+    #[tokio::test]
+    async fn cosignatures_are_served_and_survive_a_restart_but_never_revive_an_old_checkpoint() {
+        use base64::Engine as _;
+        let (_dir, settings) = setup("cosig");
+        let line = format!(
+            "— witness.example/w1 {}",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 4 + 8 + 64])
+        );
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            let cp = log.checkpoint().unwrap();
+            assert!(log.add_cosignatures(cp.size, std::slice::from_ref(&line)));
+            assert!(log.latest().note.ends_with(&format!("{line}\n")));
+            assert!(!log.add_cosignatures(cp.size + 1, std::slice::from_ref(&line)));
+        }
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert!(log.latest().note.contains(&line), "{}", log.latest().note);
+        // A newer checkpoint drops them, and a late one for the old size
+        // does not bring the old checkpoint back.
+        log.append(&record(1)).await.unwrap();
+        let newer = log.checkpoint().unwrap();
+        assert!(!newer.note.contains(&line));
+        assert!(!log.add_cosignatures(1, std::slice::from_ref(&line)));
+        assert_eq!(log.latest().size, 2);
+    }
+
+    #[tokio::test]
+    async fn a_lost_index_is_rebuilt_from_the_bundles() {
+        let (_dir, settings) = setup("index");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            for i in 0..40 {
+                log.append(&record(i)).await.unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        std::fs::remove_file(settings.directory.join(INDEX)).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.index_of(&format!("{:032x}", 33)), Some(33));
+    }
+
+    #[tokio::test]
+    async fn another_key_cannot_take_over_a_log() {
+        let (_dir, settings) = setup("key");
+        drop(Log::open(&settings, metrics()).unwrap());
+        std::fs::write(&settings.signing_key, Signer::generate_pkcs8().unwrap()).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("checkpoint"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_full_log_refuses_and_says_so() {
+        let (_dir, mut settings) = setup("full");
+        settings.max_records = 2;
+        let m = metrics();
+        let log = Log::open(&settings, m.clone()).unwrap();
+        log.append(&record(0)).await.unwrap();
+        log.append(&record(1)).await.unwrap();
+        assert!(!log.failing());
+        let e = log.append(&record(2)).await.unwrap_err();
+        assert!(matches!(e, LogError::Full(2)), "{e}");
+        assert!(log.failing());
+        assert_eq!(m.write_errors.get(), 1);
+        assert_eq!(m.appended.get(), 2);
+    }
+}
