@@ -98,6 +98,7 @@ fn main() {
     }
     let settings = Transparency {
         directory: dir.join("log"),
+        postgres: None,
         origin: "scale.example/log".into(),
         signing_key: dir.join("log.key"),
         receipts: ReceiptMode::Signed,

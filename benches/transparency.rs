@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
     std::fs::write(dir.join("log.key"), &pkcs8).unwrap();
     let settings = Transparency {
         directory: dir.join("log"),
+        postgres: None,
         origin: "bench.example/log".into(),
         signing_key: dir.join("log.key"),
         receipts: ReceiptMode::Signed,

@@ -162,12 +162,26 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Opens the transparency log (when configured) and marks the proxy ready.
+    /// Opens the transparency log (when configured: a directory log, or a
+    /// fleet's database) and marks the proxy ready.
+    pub async fn start(state: Snapshot, metrics: Metrics) -> Result<Arc<Instance>, LogError> {
+        let log = match &state.config.transparency {
+            Some(t) => Some(Log::start(t, metrics.log.clone()).await?),
+            None => None,
+        };
+        Ok(Instance::with_log(state, metrics, log))
+    }
+
+    /// As [`Instance::start`] for a log kept in a directory (blocking).
     pub fn new(state: Snapshot, metrics: Metrics) -> Result<Arc<Instance>, LogError> {
         let log = match &state.config.transparency {
             Some(t) => Some(Log::open(t, metrics.log.clone())?),
             None => None,
         };
+        Ok(Instance::with_log(state, metrics, log))
+    }
+
+    fn with_log(state: Snapshot, metrics: Metrics, log: Option<Arc<Log>>) -> Arc<Instance> {
         let replay_budget = Arc::new(tokio::sync::Semaphore::new(
             state.config.upstream.replay_budget_bytes,
         ));
@@ -183,7 +197,7 @@ impl Instance {
         instance.set_policy_info();
         instance.refresh_gauges();
         instance.ready.store(true, Ordering::Release);
-        Ok(instance)
+        instance
     }
 
     /// The current snapshot; hold it for the whole connection or request.

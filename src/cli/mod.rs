@@ -69,6 +69,11 @@ pub enum Command {
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the checks that need the network: with `transparency.storage
+        /// = "postgres"`, connecting to the log's database and checking its
+        /// schema.
+        #[arg(long)]
+        offline: bool,
     },
     /// Offline what-if: country, jurisdiction, permitted data centres and the
     /// decision for each address (all upstreams assumed up).
@@ -184,7 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
             init_tracing(format.unwrap_or_default(), &level);
             block_on(crate::cli::drill::run(*args))
         }
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig { config, offline } => check_config(config, offline),
         Command::Keygen { name, out, witness } => keygen(&name, &out, witness),
         Command::Witness(args) => {
             init_tracing(format.unwrap_or_default(), &level);
@@ -259,7 +264,7 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let state = Snapshot::build(config)?;
-    let instance = Instance::new(state, Metrics::new()?)?;
+    let instance = Instance::start(state, Metrics::new()?).await?;
     let mut bound = crate::server::bind(instance).await?;
     if let Some(path) = path {
         bound = bound.watch(path);
@@ -363,7 +368,7 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
     (with(".key"), with(".pub"))
 }
 
-fn check_config(path: PathBuf) -> ExitCode {
+fn check_config(path: PathBuf, offline: bool) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(report) => return config_error(report),
@@ -391,6 +396,31 @@ fn check_config(path: PathBuf) -> ExitCode {
     };
     // Certificates, keys and the GeoIP database are loaded exactly as `serve` would.
     let built = rt.block_on(async { Snapshot::build(config) });
+    // The fleet log's database: reachable, and a schema this binary can use.
+    let database = match built
+        .as_ref()
+        .ok()
+        .and_then(|s| s.config.transparency.as_ref())
+    {
+        Some(t) => match (&t.postgres, offline) {
+            (Some(pg), false) => Some(
+                rt.block_on(residency_log::postgres::check(pg))
+                    .map_err(|e| (pg.url.clone(), e)),
+            ),
+            (Some(_), true) => Some(Ok("not checked (--offline)".to_string())),
+            (None, _) => None,
+        },
+        None => None,
+    };
+    let (built, database) = match (built, database) {
+        (Ok(_), Some(Err((url, e)))) => {
+            let mut report = residency_core::report::ConfigReport::new(path.display().to_string());
+            report.push("transparency.postgres.url", format!("{url}: {e}"));
+            (Err(report), None)
+        }
+        (built, Some(Ok(line))) => (built, Some(line)),
+        (built, _) => (built, None),
+    };
     match built {
         Ok(state) => {
             for l in listeners {
@@ -404,14 +434,21 @@ fn check_config(path: PathBuf) -> ExitCode {
                 state.geo.build_epoch()
             );
             if let Some(t) = &state.config.transparency {
+                let place = match &t.postgres {
+                    Some(pg) => format!("PostgreSQL {}", pg.url),
+                    None => t.directory.display().to_string(),
+                };
                 println!(
                     "transparency log {} in {} (receipts {:?}, endpoints {})",
                     t.origin,
-                    t.directory.display(),
+                    place,
                     t.receipts,
                     t.address
                         .map_or_else(|| "off".to_string(), |a| a.to_string())
                 );
+            }
+            if let Some(line) = database {
+                println!("log database: {line}");
             }
             print!("{table}");
             println!("configuration OK");

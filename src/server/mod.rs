@@ -255,7 +255,8 @@ async fn checkpoints(
         let l = log.clone();
         match tokio::task::spawn_blocking(move || l.checkpoint()).await {
             Ok(Ok(_)) => {
-                if let Some(w) = &witnesses {
+                // In a fleet, only the replica that signs asks witnesses.
+                if let Some(w) = witnesses.as_ref().filter(|_| log.is_integrator()) {
                     w.after_checkpoint();
                 }
             }

@@ -7,6 +7,7 @@ mod abuse;
 mod cli;
 mod drill;
 mod early_answers;
+mod fleet;
 mod framing;
 mod health;
 mod lifecycle;

@@ -427,7 +427,8 @@ impl Shared {
                 "inserted {inserted} of {n} records"
             )));
         }
-        let first = u64::try_from(first).map_err(|_| LogError::Database("negative index".into()))?;
+        let first =
+            u64::try_from(first).map_err(|_| LogError::Database("negative index".into()))?;
         self.sequenced
             .fetch_max(first + batch.len() as u64, Ordering::Relaxed);
         Ok(first)

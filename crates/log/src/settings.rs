@@ -478,7 +478,10 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
     };
     let password = match (raw.password_file.as_deref(), raw.password_env.as_deref()) {
         (Some(_), Some(_)) => {
-            r.push(k("password_env"), "set password_file or password_env, not both");
+            r.push(
+                k("password_env"),
+                "set password_file or password_env, not both",
+            );
             None
         }
         (Some(file), None) => {
@@ -524,13 +527,11 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
         "an integer from 1 to 1000000",
         |n| (1..=1_000_000).contains(n),
     );
-    let pool_size = raw.pool_size.check_is_or(
-        8,
-        &k("pool_size"),
-        r,
-        "an integer from 2 to 256",
-        |n| (2..=256).contains(n),
-    );
+    let pool_size =
+        raw.pool_size
+            .check_is_or(8, &k("pool_size"), r, "an integer from 2 to 256", |n| {
+                (2..=256).contains(n)
+            });
     let mut config = config?;
     if let Some(password) = password? {
         config.password(password);

@@ -111,7 +111,9 @@ impl LogMetrics {
                 "residency_log_batch_records",
                 "Records written per group commit (one fsync, or one PostgreSQL transaction).",
             )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ]),
         )?;
         registry.register(Box::new(batch_records.clone()))?;
         let commit_seconds = Histogram::with_opts(
@@ -193,7 +195,6 @@ pub struct Appended {
     pub leaf: Hash,
 }
 
-
 enum Backend {
     Directory(Directory),
     Postgres(Fleet),
@@ -218,7 +219,11 @@ impl Log {
             ));
         }
         let directory = Directory::open(settings, metrics.clone())?;
-        Ok(Arc::new(Log::new(Backend::Directory(directory), settings, metrics)))
+        Ok(Arc::new(Log::new(
+            Backend::Directory(directory),
+            settings,
+            metrics,
+        )))
     }
 
     /// Opens the log where `settings` keep it: a directory (as
@@ -234,7 +239,11 @@ impl Log {
             }
             Some(pg) => {
                 let fleet = Fleet::start(settings, pg, metrics.clone()).await?;
-                Ok(Arc::new(Log::new(Backend::Postgres(fleet), settings, metrics)))
+                Ok(Arc::new(Log::new(
+                    Backend::Postgres(fleet),
+                    settings,
+                    metrics,
+                )))
             }
         }
     }
@@ -388,9 +397,7 @@ impl Log {
     /// Updates the checkpoint-age gauge (called on every checkpoint tick).
     pub fn refresh_age(&self) {
         let at = self.metrics.checkpoint_timestamp.get();
-        self.metrics
-            .checkpoint_age
-            .set((unix_now() - at).max(0));
+        self.metrics.checkpoint_age.set((unix_now() - at).max(0));
     }
 
     /// An inclusion proof for leaf `index` in the tree of `size` leaves,

@@ -12,5 +12,6 @@
 pub mod fetch;
 pub mod geoip;
 pub mod loadtest;
+pub mod postgres_server;
 pub mod sink;
 pub mod verify;

@@ -1,0 +1,368 @@
+//! One log for a fleet: replicas of the real binary sharing a log in a real
+//! PostgreSQL server that the test starts itself (`initdb` in a temporary
+//! directory, a free loopback port).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use residency_log::note::{Checkpoint, Verifier};
+use residency_log::receipt::Receipt;
+use residency_tools::postgres_server::TestServer;
+use residency_tools::verify::{verify, VerifyArgs};
+
+use crate::support::*;
+
+async fn postgres(tag: &'static str, databases: &[&str]) -> TestServer {
+    let pg = tokio::task::spawn_blocking(move || TestServer::start(tag))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+    for db in databases {
+        pg.create_database(db).unwrap();
+    }
+    pg
+}
+
+/// `[transparency]` in PostgreSQL mode, the key in `keep/log.key`.
+fn fleet_section(keep: &Path, pg: &TestServer, db: &str, log_port: u16, interval: &str) -> String {
+    let password = keep.join("db-password");
+    std::fs::write(&password, format!("{}\n", pg.password())).unwrap();
+    format!(
+        "[transparency]\nstorage = \"postgres\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"{}\"\n\
+         address = \"127.0.0.1:{log_port}\"\ncheckpoint_interval = \"{interval}\"\n\
+         [transparency.postgres]\nurl = \"{}\"\npassword_file = \"{}\"\ntimeout = \"1s\"\n",
+        keep.join("log.key").display(),
+        pg.url(db),
+        password.display()
+    )
+}
+
+async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let (status, text) = plain_request(admin, "GET", "/metrics").await;
+    (status == 200).then(|| metric(&text, series)).flatten()
+}
+
+#[derive(Debug)]
+struct Upload {
+    replica: usize,
+    status: u16,
+    receipt: Option<String>,
+    error: Option<String>,
+    retry_after: bool,
+    started: Instant,
+    ended: Instant,
+}
+
+/// The issue's fleet test: 3 replicas on one database, 3,000 uploads
+/// spread over them; the integrating replica is killed with SIGKILL
+/// mid-load, and PostgreSQL is stopped and restarted mid-load. Then every
+/// acknowledged upload's receipt is verified (signature and inclusion in
+/// the final checkpoint) through the tiles API of a replica that did not
+/// issue it; every checkpoint seen is consistent with the final one; the
+/// indexes are contiguous and none was given twice; uploads during the
+/// outage were refused with 503 and none acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database_restart() {
+    const UPLOADS: usize = 3_000;
+    const INTERVAL: Duration = Duration::from_millis(250);
+    let keep = TempDir::new("fleet");
+    let key = log_key(keep.path());
+    let pg = Arc::new(Mutex::new(postgres("fleet", &["fleet"]).await));
+    let zurich = Upstream::start("zurich").await;
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let mut replicas = Vec::new();
+    let mut log_ports = Vec::new();
+    for r in 0..3 {
+        let port = free_port();
+        let section = fleet_section(keep.path(), &pg.lock().unwrap(), "fleet", port, "250ms");
+        replicas.push(Binary::start(&format!("fleet-{r}"), &dcs, &section).await);
+        log_ports.push(port);
+    }
+    let log_url = |r: usize| format!("http://127.0.0.1:{}", log_ports[r]);
+    let alive: Arc<[AtomicBool; 3]> = Arc::new(std::array::from_fn(|_| AtomicBool::new(true)));
+    let clients: Arc<Vec<Client>> = Arc::new(replicas.iter().map(|b| b.client()).collect());
+
+    // Twelve writers, 250 uploads each, spread over the live replicas. A
+    // client that gets 503 waits a little, as Retry-After asks.
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..12 {
+        let (clients, alive, done) = (clients.clone(), alive.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let mut uploads = Vec::new();
+            for i in 0..UPLOADS / 12 {
+                let mut replica = (w + i) % 3;
+                while !alive[replica].load(Ordering::Relaxed) {
+                    replica = (replica + 1) % 3;
+                }
+                let body = format!("writer={w} upload={i}");
+                let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                    http_body_util::Full::new(bytes::Bytes::from(body)),
+                    |e| match e {},
+                ));
+                let started = Instant::now();
+                let reply = clients[replica]
+                    .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                    .await;
+                let ended = Instant::now();
+                let upload = match reply {
+                    Ok(reply) => Upload {
+                        replica,
+                        status: reply.status.as_u16(),
+                        receipt: reply.header("residency-receipt").map(str::to_string),
+                        error: reply.json()["error"].as_str().map(str::to_string),
+                        retry_after: reply.header("retry-after").is_some(),
+                        started,
+                        ended,
+                    },
+                    Err(e) => Upload {
+                        replica,
+                        status: 0,
+                        receipt: None,
+                        error: Some(e.to_string()),
+                        retry_after: false,
+                        started,
+                        ended,
+                    },
+                };
+                if upload.status == 503 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                uploads.push(upload);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            uploads
+        }));
+    }
+
+    // Checkpoints as customers see them, from any live replica.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (alive, watching, ports) = (alive.clone(), watching.clone(), log_ports.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut turn = 0;
+            while watching.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                turn += 1;
+                let r = turn % 3;
+                if !alive[r].load(Ordering::Relaxed) {
+                    continue;
+                }
+                let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+                let (status, note) = plain_request(addr, "GET", "/checkpoint").await;
+                if status == 200 && !note.is_empty() {
+                    seen.push(note);
+                }
+            }
+            seen
+        })
+    };
+
+    // Chaos 1: SIGKILL the integrator once a fifth of the uploads are done.
+    while done.load(Ordering::Relaxed) < UPLOADS / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut integrator = None;
+    for (r, b) in replicas.iter().enumerate() {
+        if admin_metric(b.admin, "residency_log_integrator").await == Some(1.0) {
+            assert!(integrator.is_none(), "two integrators at once");
+            integrator = Some(r);
+        }
+    }
+    let killed = integrator.expect("one replica integrates");
+    alive[killed].store(false, Ordering::Relaxed);
+    let kill = std::process::Command::new("kill")
+        .args(["-9", &replicas[killed].pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let killed_at = Instant::now();
+    let takeover = loop {
+        let mut found = None;
+        for (r, b) in replicas.iter().enumerate().filter(|(r, _)| *r != killed) {
+            if admin_metric(b.admin, "residency_log_integrator").await == Some(1.0) {
+                found = Some(r);
+            }
+        }
+        if found.is_some() {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no replica took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("integrator {killed} killed; another took over after {takeover:?}");
+    // Its connection ends with it, freeing the lock for the next tick.
+    assert!(
+        takeover <= 2 * INTERVAL + Duration::from_millis(500),
+        "takeover took {takeover:?}"
+    );
+
+    // Chaos 2: stop PostgreSQL at half the uploads, restart it 1.5 s later.
+    while done.load(Ordering::Relaxed) < UPLOADS / 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.lock().unwrap().stop())
+        .await
+        .unwrap()
+        .unwrap();
+    let outage_start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let outage_end = Instant::now();
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.lock().unwrap().launch())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut uploads = Vec::new();
+    for w in writers {
+        uploads.extend(w.await.unwrap());
+    }
+    assert_eq!(uploads.len(), UPLOADS);
+
+    // The final checkpoint covers everything sequenced.
+    let sequenced: u64 = pg
+        .lock()
+        .unwrap()
+        .psql("fleet", "SELECT next FROM residency_log_sequence")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let verifier = Verifier::parse(&key).unwrap();
+    let live: Vec<usize> = (0..3).filter(|r| *r != killed).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let final_note = loop {
+        let addr = format!("127.0.0.1:{}", log_ports[live[0]]).parse().unwrap();
+        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+        if let Ok(cp) = Checkpoint::open(&note, &verifier) {
+            if cp.size == sequenced {
+                break note;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of {sequenced} records"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    watching.store(false, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+
+    // Indexes: contiguous from 0, each given once.
+    let (count, distinct, max) = {
+        let pg = pg.lock().unwrap();
+        let row = pg
+            .psql(
+                "fleet",
+                "SELECT count(*) || ' ' || count(DISTINCT idx) || ' ' || coalesce(max(idx), -1) FROM residency_log_entries",
+            )
+            .unwrap();
+        let v: Vec<i64> = row.split(' ').map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1], v[2])
+    };
+    assert_eq!(
+        (count, distinct, max + 1),
+        (sequenced as i64, sequenced as i64, sequenced as i64)
+    );
+
+    // The outage: every upload sent and answered while the database was
+    // down was refused with 503 log_unavailable and Retry-After.
+    let during: Vec<&Upload> = uploads
+        .iter()
+        .filter(|u| u.started > outage_start && u.ended < outage_end)
+        .collect();
+    assert!(!during.is_empty(), "no upload during the outage");
+    for u in &during {
+        assert_eq!(u.status, 503, "during the outage: {u:?}");
+        assert_eq!(u.error.as_deref(), Some("log_unavailable"), "{u:?}");
+        assert!(u.retry_after, "{u:?}");
+        assert!(u.receipt.is_none());
+    }
+    // Recovery is automatic.
+    assert!(
+        uploads
+            .iter()
+            .any(|u| u.started > outage_end && u.status == 201),
+        "no upload stored after PostgreSQL came back"
+    );
+
+    // Every acknowledged upload has a receipt with its own index, included
+    // in the final checkpoint as served by a replica that did not issue it.
+    let acknowledged: Vec<&Upload> = uploads
+        .iter()
+        .filter(|u| (200..300).contains(&u.status))
+        .collect();
+    let mut indexes = std::collections::HashSet::new();
+    for u in &acknowledged {
+        let receipt = u.receipt.as_deref().expect("a receipt with every 2xx");
+        let index = Receipt::parse(receipt).unwrap().index;
+        assert!(indexes.insert(index), "index {index} given twice");
+        assert!(index < sequenced);
+    }
+    let final_path = keep.path().join("final.checkpoint");
+    std::fs::write(&final_path, &final_note).unwrap();
+    let checks = acknowledged.iter().map(|u| {
+        let other = live.iter().copied().find(|r| *r != u.replica).unwrap();
+        let args = VerifyArgs {
+            key: key.clone(),
+            receipt: u.receipt.clone(),
+            log: Some(log_url(other)),
+            checkpoint: Some(final_path.clone()),
+            ..VerifyArgs::default()
+        };
+        async move { (verify(&args).await, args) }
+    });
+    let reports = futures_util::stream::iter(checks)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for (report, args) in &reports {
+        assert!(report.valid(), "{:?}: {report}", args.receipt);
+    }
+    let stored = uploads.iter().filter(|u| u.status == 201).count();
+    let refused = uploads.iter().filter(|u| u.status == 503).count();
+    let failed = uploads.iter().filter(|u| u.status == 0).count();
+    eprintln!(
+        "{stored} stored and verified, {refused} refused with 503, {failed} lost with the killed replica's connections; {sequenced} records; {} checkpoints seen",
+        seen.len()
+    );
+    assert!(stored >= UPLOADS / 2, "only {stored} stored");
+
+    // Every checkpoint any client saw is consistent with the final one.
+    let mut sizes = std::collections::BTreeMap::new();
+    for note in &seen {
+        let cp = Checkpoint::open(note, &verifier).unwrap();
+        sizes.insert(cp.size, note.clone());
+    }
+    assert!(
+        sizes.len() > 3,
+        "checkpoints grew while uploading: {:?}",
+        sizes.keys()
+    );
+    for (size, note) in sizes {
+        let path = keep.path().join(format!("seen-{size}.checkpoint"));
+        std::fs::write(&path, note).unwrap();
+        let args = VerifyArgs {
+            key: key.clone(),
+            log: Some(log_url(live[1])),
+            previous: Some(path),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(report.valid(), "checkpoint of size {size}: {report}");
+    }
+}
+
+use futures_util::StreamExt as _;
