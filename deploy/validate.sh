@@ -272,7 +272,10 @@ check_helm() {
 }
 
 # The proxy itself validates the configurations shipped in the ConfigMap and
-# in the chart's values (with a throwaway certificate and GeoIP database).
+# rendered by the chart for each scenario of check_helm.py (with a throwaway
+# certificate, GeoIP database, log signing key, database password and CA).
+# Configurations with the log in PostgreSQL are checked --offline: no
+# database is contacted.
 check_config() {
   local bin=${RESIDENCY_PROXY_BIN:-}
   if [[ -z $bin ]]; then
@@ -300,32 +303,54 @@ check_config() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=ingest.example.com -addext subjectAltName=DNS:ingest.example.com \
     -keyout "$d/tls/tls.key" -out "$d/tls/tls.crt" 2>/dev/null
-  # Every canary of the shipped configs must resolve as configured.
-  python3 - "$d" <<'EOF'
-import sys, tomllib, yaml
-d = sys.argv[1]
-sources = {
-    "configmap": yaml.safe_load(open("deploy/kubernetes/20-configmap.yaml"))["data"]["config.toml"],
-    "chart": yaml.safe_load(open("deploy/helm/residency-proxy/values.yaml"))["config"],
-}
+  # Every canary of the shipped configs must resolve as configured. Each
+  # config gets its own log key directory (the key's name is its origin).
+  python3 - "$d" "$WORK/helm" <<'EOF'
+import glob, os, sys, tomllib, yaml
+d, rendered = sys.argv[1], sys.argv[2]
+sources = {"configmap": yaml.safe_load(open("deploy/kubernetes/20-configmap.yaml"))["data"]["config.toml"]}
+# The chart's config.toml per scenario, as check_helm.py rendered it
+# ([transparency] comes from the values); the bare `config` value if it did not.
+for f in sorted(glob.glob(f"{rendered}/*.config.toml")):
+    sources["chart-" + os.path.basename(f)[:-len(".config.toml")]] = open(f).read()
+if len(sources) == 1:
+    sources["chart"] = yaml.safe_load(open("deploy/helm/residency-proxy/values.yaml"))["config"]
 rows = set()
-for name, text in sources.items():
-    for c in tomllib.loads(text).get("geoip", {}).get("canaries", []):
-        ip = c["address"]
-        rows.add(f"{ip}/{128 if ':' in ip else 32},{c['country']}")
-    text = text.replace("/etc/residency-proxy/", d + "/").replace("/var/lib/GeoIP/", d + "/")
-    open(f"{d}/{name}.toml", "w").write(text)
+with open(f"{d}/configs.tsv", "w") as out:
+    for name, text in sources.items():
+        cfg = tomllib.loads(text)
+        for c in cfg.get("geoip", {}).get("canaries", []):
+            ip = c["address"]
+            rows.add(f"{ip}/{128 if ':' in ip else 32},{c['country']}")
+        t = cfg.get("transparency", {})
+        text = text.replace("/etc/residency-proxy/log/", f"{d}/{name}/log/")
+        text = text.replace("/etc/residency-proxy/", d + "/").replace("/var/lib/GeoIP/", d + "/")
+        open(f"{d}/{name}.toml", "w").write(text)
+        out.write(f"{name}\t{t.get('storage', '-')}\t{t.get('origin', '-')}\n")
 open(f"{d}/geo.csv", "w").write("network,country\n" + "\n".join(sorted(rows)) + "\n")
 EOF
   "$bin" geoip build --csv "$d/geo.csv" --out "$d/GeoLite2-Country.mmdb" >/dev/null
-  local f
-  for f in configmap chart; do
-    RESIDENCY_PROXY__ADMIN__ADDRESS=0.0.0.0:9900 "$bin" check-config --config "$d/$f.toml" >"$d/$f.out" 2>&1 || {
-      cat "$d/$f.out"
+  mkdir -p "$d/log-db"
+  printf 'not-a-real-password\n' >"$d/log-db/password"
+  cp "$d/tls/tls.crt" "$d/log-db/ca.crt"
+  local name storage origin offline
+  while IFS=$'\t' read -r name storage origin; do
+    if [[ $origin != - ]]; then
+      mkdir -p "$d/$name/log"
+      "$bin" keygen --name "$origin" --out "$d/$name/log/signing" >/dev/null
+    fi
+    offline=()
+    if [[ $storage == postgres ]]; then
+      offline=(--offline)
+    fi
+    RESIDENCY_PROXY__ADMIN__ADDRESS=0.0.0.0:9900 "$bin" check-config --config "$d/$name.toml" "${offline[@]}" \
+      >"$d/$name.out" 2>&1 || {
+      cat "$d/$name.out"
+      echo "$bin check-config${offline[*]:+ ${offline[*]}}: $name config refused"
       return 1
     }
-    echo "$bin check-config: $f config OK ($(grep -c '^jurisdiction ' "$d/$f.out") jurisdictions)"
-  done
+    echo "$bin check-config${offline[*]:+ ${offline[*]}}: $name config OK ($(grep -c '^jurisdiction ' "$d/$name.out") jurisdictions, log: $storage)"
+  done <"$d/configs.tsv"
 }
 
 check_systemd() {
