@@ -12,17 +12,24 @@ thing:
 3. Every `.Values.a.b` referenced anywhere exists in values.yaml, every
    `include`/`template` names a `define`, every function is one Helm knows.
 4. The `config` value is valid TOML whose GeoIP database and listener port
-   agree with `geoip.databaseFile` and `httpsPort`.
+   agree with `geoip.databaseFile` and `httpsPort`, and without
+   [transparency] (the chart renders that section from `transparency`).
 5. The chart is rendered with a small interpreter for the subset of Go
    templates and Sprig functions it uses (this is not Helm: it exists to catch
    indentation and reference mistakes), for several value sets (and two
    that must be refused with a clear message); the rendered manifests must
    parse as YAML, the rendered ConfigMap must carry the `config` value
-   unchanged, and the manifests are written to an output directory for
-   `kubernetes-validate`.
+   unchanged plus the [transparency] section the values call for, the files
+   that section names must be Secrets projected into the pod, and the log's
+   port, Service, NetworkPolicy rules and CloudNativePG Cluster must agree
+   with it. The manifests are written to an output directory for
+   `kubernetes-validate` (custom resources -- ServiceMonitor, Cluster --
+   left out: it has no schema for them), with each scenario's config.toml
+   beside them for `residency-proxy check-config`.
 6. The default render holds the same objects (kind and name) with the same
    `spec` as the plain manifests in deploy/kubernetes/ (Deployment replicas
-   aside: the chart leaves them to the HPA).
+   aside: the chart leaves them to the HPA), and the CloudNativePG Cluster
+   the chart renders has the spec of deploy/kubernetes/examples/.
 
 Usage: check_helm.py CHART_DIR [--out DIR] [--plain DIR]
 Exit status 0 when everything passes, 1 otherwise.
@@ -39,6 +46,7 @@ import os
 import re
 import sys
 import tomllib
+import urllib.parse
 
 import yaml
 
@@ -418,6 +426,9 @@ class Renderer:
             "empty": lambda v: not truthy(v),
             "len": lambda v: len(v),
             "hasKey": lambda d, k: k in d,
+            # Go's regexp.MatchString: unanchored search (the patterns used
+            # here mean the same in RE2 and Python)
+            "regexMatch": lambda rx, s: re.search(rx, to_text(s)) is not None,
             "ternary": lambda t, f, c: t if truthy(c) else f,
             "int": lambda v: int(float(v)) if v not in (None, "") else 0,
             "int64": lambda v: int(float(v)) if v not in (None, "") else 0,
@@ -615,8 +626,151 @@ def includes_used(src):
     return set(re.findall(r"\b(?:include|template)\s+\"([^\"]+)\"", src))
 
 
+# Custom resources: kubernetes-validate has no schema for their kinds.
+CUSTOM_RESOURCE = re.compile(r"^apiVersion:\s*(monitoring\.coreos\.com|postgresql\.cnpg\.io)/", re.M)
+CONFIG_DIR = "/etc/residency-proxy"
+
+
+def expected_transparency(values, fullname):
+    """The [transparency] table the chart must render for these values, and
+    the name of the CloudNativePG cluster it points at."""
+    t = values["transparency"]
+    pg = t["postgres"]
+    cnpg = pg["cnpg"]
+    cluster = (cnpg.get("clusterName") or f"{fullname}-log-db")[:50].rstrip("-")
+    want = {
+        "storage": "postgres",
+        "origin": t["origin"],
+        "signing_key": f"{CONFIG_DIR}/log/signing.key",
+        "address": f"0.0.0.0:{t['port']}",
+        "checkpoint_interval": t["checkpointInterval"],
+        "receipts": t["receipts"],
+        "on_write_error": t["onWriteError"],
+        "postgres": {
+            "url": pg["url"] or (f"postgres://{cnpg['owner']}@{cluster}-rw:5432/"
+                                 f"{cnpg['database']}?sslmode=require"),
+            "password_file": f"{CONFIG_DIR}/log-db/password",
+            "timeout": pg["timeout"],
+            "max_pending": int(pg["maxPending"]),
+            "pool_size": int(pg["poolSize"]),
+        },
+    }
+    if not pg["ca"]["systemRoots"]:
+        want["postgres"]["ca"] = f"{CONFIG_DIR}/log-db/ca.crt"
+    if t.get("witnesses"):
+        want["witnesses"] = [{k: v for k, v in w.items() if v} for w in t["witnesses"]]
+    return want, cluster
+
+
+def check_fleet(values, objs):
+    """The transparency log's pieces in one render agree with each other and
+    with the values: the rendered [transparency] table, the Secrets projected
+    for the files it names, the log port and Service, the NetworkPolicy
+    rules, the CloudNativePG Cluster, the key Secret and the Ingress."""
+    errs = []
+    kinds: dict[str, list] = {}
+    for d in objs:
+        kinds.setdefault(d["kind"], []).append(d)
+    dep = kinds["Deployment"][0]
+    fullname = dep["metadata"]["name"]
+    cfg = tomllib.loads(kinds["ConfigMap"][0]["data"]["config.toml"])
+    t = cfg.get("transparency")
+    pod = dep["spec"]["template"]["spec"]
+    proxy = next(c for c in pod["containers"] if c["name"] == "residency-proxy")
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    services = {d["metadata"]["name"]: d for d in kinds.get("Service", [])}
+    for d in objs:
+        if CUSTOM_RESOURCE.search(f"apiVersion: {d.get('apiVersion')}") and not isinstance(d.get("spec"), dict):
+            errs.append(f"{d['kind']}/{d['metadata']['name']}: no spec")
+    if not values["transparency"]["enabled"]:
+        if t is not None or "log" in ports or f"{fullname}-log" in services or "Cluster" in kinds:
+            errs.append("transparency.enabled is false, yet [transparency], a log port, Service or Cluster is rendered")
+        return errs
+    want, cluster = expected_transparency(values, fullname)
+    if t != want:
+        return errs + [f"[transparency] is {t!r}, the values call for {want!r}"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "config")
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "config")["mountPath"]
+    projected = {}  # file in the container -> (kind, object name, key, mode)
+    for src in vol["projected"]["sources"]:
+        for kind in ("configMap", "secret"):
+            for it in src.get(kind, {}).get("items", []):
+                projected[f"{mount}/{it['path']}"] = (
+                    kind, src[kind]["name"], it["key"], it.get("mode", vol["projected"].get("defaultMode", 0o644)))
+    pg = t["postgres"]
+    for path in (t["signing_key"], pg["password_file"], pg.get("ca")):
+        src = projected.get(path)
+        if path is None:
+            continue
+        if src is None or src[0] != "secret":
+            errs.append(f"{path} is not a Secret projected into the config volume")
+        elif src[3] & 0o007:
+            errs.append(f"{path} is readable by others (mode {src[3]:o})")
+    if errs:
+        return errs
+    port = int(t["address"].rsplit(":", 1)[1])
+    if ports.get("log") != port:
+        errs.append(f"container port `log` is {ports.get('log')}, transparency.address says {port}")
+    svc = services.get(f"{fullname}-log")
+    if svc is None or [p.get("targetPort") for p in svc["spec"]["ports"]] != ["log"]:
+        errs.append(f"Service {fullname}-log must exist and target the `log` port only")
+    url = urllib.parse.urlsplit(pg["url"])
+    if url.password is not None:
+        errs.append("transparency.postgres.url carries a password")
+    egress = values["networkPolicy"]["egress"]
+    for np in kinds.get("NetworkPolicy", []):
+        spec = np["spec"]
+        if not any({"port": "log", "protocol": "TCP"} in r.get("ports", []) for r in spec["ingress"]):
+            errs.append("NetworkPolicy: no ingress rule for the log port")
+        if "Egress" in spec["policyTypes"]:
+            db = [r for r in spec.get("egress", [])
+                  if r.get("to") and {"port": egress["databasePort"], "protocol": "TCP"} in r.get("ports", [])]
+            want_to = egress["databaseTo"] or [{"podSelector": {"matchLabels": {"cnpg.io/cluster": cluster}}}]
+            if [r["to"] for r in db] != [want_to]:
+                errs.append(f"NetworkPolicy: egress to the database should be {want_to!r}, is {db!r}")
+    for cl in kinds.get("Cluster", []):
+        name, spec = cl["metadata"]["name"], cl["spec"]
+        initdb = spec.get("bootstrap", {}).get("initdb", {})
+        if name != cluster or url.hostname != f"{name}-rw":
+            errs.append(f"Cluster {name}: the URL's host {url.hostname!r} is not its -rw Service")
+        if (url.username, url.path.lstrip("/")) != (initdb.get("owner"), initdb.get("database")):
+            errs.append(f"Cluster {name}: bootstrap.initdb owner/database differ from the URL's")
+        if projected[pg["password_file"]][1] != f"{name}-app":
+            errs.append(f"Cluster {name}: the password does not come from its Secret {name}-app")
+        if pg.get("ca") and projected[pg["ca"]][1] != f"{name}-ca":
+            errs.append(f"Cluster {name}: the CA does not come from its Secret {name}-ca")
+        if not isinstance(spec.get("instances"), int) or not spec.get("storage", {}).get("size"):
+            errs.append(f"Cluster {name}: instances and storage.size are required")
+        auto = values["autoscaling"]
+        pods = (auto["maxReplicas"] if auto["enabled"] else values["replicaCount"]) + 1  # + maxSurge
+        max_conns = int(spec.get("postgresql", {}).get("parameters", {}).get("max_connections", 100))
+        if pods * pg["pool_size"] > max_conns - 20:
+            errs.append(f"Cluster {name}: max_connections {max_conns} leaves no headroom for "
+                        f"{pods} pods x pool_size {pg['pool_size']}")
+    key_secret = projected[t["signing_key"]][1:3]
+    for sec in kinds.get("Secret", []):
+        if sec["metadata"]["name"] == key_secret[0]:
+            try:
+                base64.b64decode(sec["data"][key_secret[1]], validate=True)
+            except (KeyError, ValueError) as e:
+                errs.append(f"Secret {key_secret[0]}: no base64 key {key_secret[1]} ({e})")
+    for ing in kinds.get("Ingress", []):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                if path["backend"]["service"] != {"name": f"{fullname}-log", "port": {"name": "log"}}:
+                    errs.append(f"Ingress {ing['metadata']['name']}: backend is not {fullname}-log, port log")
+    return errs
+
+
+EXTERNAL_DB = {
+    "url": "postgres://residency@db.example.net:5432/residency?sslmode=require",
+    "existingSecret": "residency-log-db",
+    "ca": {"systemRoots": True},
+}
+
 SCENARIOS = {
-    # name: (value overrides, error expected from rendering)
+    # name: (value overrides, or a function of the chart's values returning
+    # them; error expected from rendering)
     "defaults": ({}, None),
     "no-autoscaling-pvc-created-secrets": ({
         "autoscaling": {"enabled": False},
@@ -645,6 +799,56 @@ SCENARIOS = {
     }, None),
     "no-geoip-source": ({"geoip": {"updater": {"enabled": False}}}, "geoip.existingClaim"),
     "tls-create-without-cert": ({"tls": {"create": True}}, "tls.cert is required"),
+    # the transparency log
+    "log-cnpg-cluster-ingress-created-key": ({
+        "transparency": {
+            "postgres": {"cnpg": {"enabled": True}},
+            "ingress": {"enabled": True, "className": "nginx", "tlsSecretName": "residency-log-tls",
+                        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
+            "signingKey": {"create": True, "base64": base64.b64encode(b"\x30\x2e\x02\x01\x00").decode()},
+            # real cosignature verifier keys (keygen --witness): check-config parses them
+            "witnesses": [
+                {"url": "https://witness.example.org",
+                 "key": "witness.example.org/w1+404967cd+BOy1DssoD8RUMRl65Wencf+4GGf7BvHN80lH28ddrxd9"},
+                {"url": "https://witness.example.net", "name": "w2",
+                 "key": "witness.example.net/w2+c1fce258+BLKFcbBhfgpTeBXl0kz29nvaQtySIr91yyg7s6qBjKcb"},
+            ],
+        },
+        "networkPolicy": {"logFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+    }, None),
+    "log-cnpg-extra-spec-no-egress-policy": ({
+        "fullnameOverride": "edge",
+        "transparency": {
+            "origin": "edge.example.com/log",
+            "port": 9444,
+            "postgres": {"poolSize": 4, "cnpg": {
+                "enabled": True, "clusterName": "edge-db", "database": "log", "owner": "edge",
+                "storage": {"storageClass": "premium-rwo"}, "walStorage": {"size": ""},
+                "extraSpec": {"plugins": [{"name": "barman-cloud.cloudnative-pg.io", "isWALArchiver": True,
+                                           "parameters": {"barmanObjectName": "edge-db-store"}}]}}},
+            "service": {"type": "LoadBalancer", "port": 443},
+        },
+        "networkPolicy": {"egress": {"enabled": False}},
+    }, None),
+    "log-external-postgres": ({
+        "transparency": {"postgres": EXTERNAL_DB, "signingKey": {"existingSecret": "fleet-log-key"}},
+        "networkPolicy": {"egress": {"databaseTo": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+                                     "extra": [{"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}],
+                                                "ports": [{"port": 8443, "protocol": "TCP"}]}]}},
+    }, None),
+    "log-off": ({"transparency": {"enabled": False}}, None),
+    "log-password-in-url": ({"transparency": {"postgres": dict(
+        EXTERNAL_DB, url="postgres://residency:hunter2@db.example.net/residency?sslmode=require")},
+        "networkPolicy": {"egress": {"enabled": False}}}, "must not carry the password"),
+    "log-external-without-secret": ({"transparency": {"postgres": {"url": EXTERNAL_DB["url"]}}},
+                                    "transparency.postgres.existingSecret is required"),
+    "log-external-without-database-peers": ({"transparency": {"postgres": EXTERNAL_DB}},
+                                            "networkPolicy.egress.databaseTo is required"),
+    "log-key-create-without-value": ({"transparency": {"signingKey": {"create": True}}},
+                                     "transparency.signingKey.base64 is required"),
+    "log-section-in-config": (lambda v: {"config": v["config"] + '\n[transparency]\norigin = "x"\n'},
+                              "leave [transparency] out of `config`"),
 }
 
 
@@ -718,6 +922,8 @@ def main():
         want = "/var/lib/GeoIP/" + str(values.get("geoip", {}).get("databaseFile"))
         if db != want:
             errors.append(f"values.yaml: config geoip.database {db!r} != {want!r} (geoip.databaseFile)")
+        if "transparency" in cfg and values.get("transparency", {}).get("enabled"):
+            errors.append("values.yaml: config has [transparency]; the chart renders it from `transparency`")
         ports = [int(lst["address"].rsplit(":", 1)[1]) for lst in cfg.get("listeners", [])]
         if values.get("httpsPort") not in ports:
             errors.append(f"values.yaml: httpsPort {values.get('httpsPort')} is not a listener port {ports}")
@@ -737,7 +943,10 @@ def main():
     # 5. render
     renderer = Renderer(defines)
     rendered_default = None
+    rendered = {}  # scenario -> [objects]
     for scenario, (overrides, expect_error) in SCENARIOS.items():
+        if callable(overrides):
+            overrides = overrides(values)
         ctx = {
             "Values": deep_merge(values, overrides),
             "Chart": {"Name": chart["name"], "Version": chart["version"],
@@ -771,7 +980,7 @@ def main():
         if problem:
             errors.append(f"scenario {scenario}: {problem}")
             continue
-        objects = []
+        objects, objs = [], []
         for name, text in docs:
             try:
                 for doc in yaml.safe_load_all(text):
@@ -781,23 +990,38 @@ def main():
                         errors.append(f"scenario {scenario}: {name}: rendered document is not an object")
                         continue
                     objects.append((doc["kind"], doc["metadata"]["name"]))
+                    objs.append(doc)
             except yaml.YAMLError as e:
                 errors.append(f"scenario {scenario}: {name}: rendered YAML does not parse: {e}")
+        rendered[scenario] = objs
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, f"{scenario}.yaml"), "w") as f:
                 for name, text in docs:
-                    if "monitoring.coreos.com" in text:
-                        continue  # a CRD: kubernetes-validate has no schema for it
+                    if CUSTOM_RESOURCE.search(text):
+                        continue  # kubernetes-validate has no schema for it: checked in check_fleet
                     f.write(f"---\n# Source: {chart['name']}/{name}\n{text.strip()}\n")
+        config_ok = True
         for name, text in docs:
             for doc in yaml.safe_load_all(text):
                 if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
                     try:
-                        if tomllib.loads(doc["data"]["config.toml"]) != tomllib.loads(ctx["Values"]["config"]):
+                        text_toml = doc["data"]["config.toml"]
+                        got = tomllib.loads(text_toml)
+                        got.pop("transparency", None)  # checked against the values in check_fleet
+                        if got != tomllib.loads(ctx["Values"]["config"]):
                             errors.append(f"scenario {scenario}: {name}: config.toml differs from the config value")
+                        if args.out:
+                            with open(os.path.join(args.out, f"{scenario}.config.toml"), "w") as f:
+                                f.write(text_toml)
                     except (KeyError, tomllib.TOMLDecodeError) as e:
                         errors.append(f"scenario {scenario}: {name}: rendered config.toml: {e}")
+                        config_ok = False
+        if config_ok:
+            try:
+                errors.extend(f"scenario {scenario}: {e}" for e in check_fleet(ctx["Values"], objs))
+            except (KeyError, IndexError, StopIteration, TypeError, ValueError) as e:
+                errors.append(f"scenario {scenario}: fleet log check could not read the render: {e!r}")
         if scenario == "defaults":
             rendered_default = {}
             for _, text in docs:
@@ -830,6 +1054,21 @@ def main():
                     errors.append(f"{key[0]}/{key[1]}: chart and plain manifests differ at {d}")
             print(f"ok: chart defaults render the same {len(plain)} objects as {args.plain}"
                   " (specs compared)")
+        # the CloudNativePG Cluster the chart renders with its defaults is the example's
+        examples = [d for path in sorted(glob.glob(os.path.join(args.plain, "examples", "*.yaml")))
+                    for d in yaml.safe_load_all(open(path)) if d and d.get("kind") == "Cluster"]
+        charted = [d for d in rendered.get("log-cnpg-cluster-ingress-created-key", []) if d["kind"] == "Cluster"]
+        if len(examples) != 1 or len(charted) != 1:
+            errors.append(f"expected one example Cluster and one rendered by the chart, got "
+                          f"{len(examples)} and {len(charted)}")
+        else:
+            diffs = list(differences(charted[0]["spec"], examples[0]["spec"], "spec"))
+            if charted[0]["metadata"]["name"] != examples[0]["metadata"]["name"]:
+                diffs.append("metadata.name")
+            for d in diffs:
+                errors.append(f"Cluster: chart and examples/ differ at {d}")
+            if not diffs:
+                print(f"ok: the chart's CloudNativePG Cluster has the spec of {args.plain}/examples/")
 
     for e in errors:
         print(f"FAIL: {e}")
