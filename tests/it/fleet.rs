@@ -205,7 +205,9 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("integrator {killed} killed; another took over after {takeover:?}");
-    // Its connection ends with it, freeing the lock for the next tick.
+    // Its connection ends with it, freeing the lock for the next tick: a
+    // takeover within 2 x checkpoint_interval (measured here by polling
+    // metrics, with slack for a loaded CI machine).
     assert!(
         takeover <= 2 * INTERVAL + Duration::from_millis(500),
         "takeover took {takeover:?}"

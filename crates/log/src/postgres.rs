@@ -58,8 +58,8 @@ const MIGRATION_LOCK: i64 = 0x7265_7369_6465_6e02;
 const MAX_BATCH: usize = 1024;
 /// Entries one integration step reads at most (bounds its memory).
 const INTEGRATE_CHUNK: u64 = 16_384;
-/// Steps per checkpoint tick at most, so a long backlog does not hold the
-/// tick forever (the rest waits for the next tick).
+/// Steps per checkpoint tick at most (each stores a checkpoint), so a long
+/// backlog does not hold the tick forever: the rest waits for the next.
 const INTEGRATE_STEPS: usize = 16;
 /// Memory for full tiles and entry bundles served from cache.
 const CACHE_BYTES: u64 = 32 << 20;
@@ -137,10 +137,17 @@ struct Pending {
     reply: oneshot::Sender<Result<u64, LogError>>,
 }
 
-/// The integrator's session: the connection holding [`INTEGRATOR_LOCK`]
-/// and the right edge of the tree its last checkpoint signed.
-struct Integrator {
-    client: Client,
+/// This replica's session for the integrator lock: a connection of its
+/// own, kept between ticks (a free lock is taken at the next tick without
+/// connecting first), and, while it holds [`INTEGRATOR_LOCK`], the right
+/// edge of the tree its last checkpoint signed.
+#[derive(Default)]
+struct Session {
+    client: Option<Client>,
+    held: Option<Integrated>,
+}
+
+struct Integrated {
     edge: Edge,
     /// The stored checkpoint's size, or `None` before the first.
     stored: Option<u64>,
@@ -158,7 +165,7 @@ struct Shared {
     sequenced: AtomicU64,
     /// The last database operation failed for want of a connection.
     unreachable: AtomicBool,
-    integrator: tokio::sync::Mutex<Option<Integrator>>,
+    session: tokio::sync::Mutex<Session>,
     is_integrator: AtomicBool,
     /// Full tiles and entry bundles: immutable once complete.
     cache: quick_cache::sync::Cache<(i16, u64), Arc<Vec<u8>>, Weight>,
@@ -240,7 +247,7 @@ impl Fleet {
             }),
             sequenced: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
-            integrator: tokio::sync::Mutex::new(None),
+            session: tokio::sync::Mutex::new(Session::default()),
             is_integrator: AtomicBool::new(false),
             cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_BYTES, Weight),
             metrics,
@@ -366,10 +373,10 @@ impl Fleet {
     pub fn memory_bytes(&self) -> usize {
         let edge = self
             .shared
-            .integrator
+            .session
             .try_lock()
             .ok()
-            .and_then(|i| i.as_ref().map(|i| i.edge.memory_bytes()))
+            .and_then(|s| s.held.as_ref().map(|i| i.edge.memory_bytes()))
             .unwrap_or(0);
         self.shared.cache.weight() as usize + edge
     }
@@ -437,50 +444,63 @@ impl Shared {
     /// One checkpoint tick: take the integrator lock if free; integrate if
     /// held; otherwise follow the stored checkpoint.
     async fn tick(&self) -> Result<Arc<Published>, LogError> {
-        let mut integrator = self.integrator.lock().await;
-        if integrator.is_none() {
-            match self.try_integrate().await {
-                Ok(taken) => *integrator = taken,
-                Err(e) => {
-                    self.unreachable.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
+        let mut session = self.session.lock().await;
+        let session = &mut *session;
+        if session.held.is_none() {
+            if let Err(e) = self.try_integrate(session).await {
+                // Closing the connection frees the lock if it was taken.
+                session.client = None;
+                self.unreachable
+                    .store(matches!(e, LogError::Database(_)), Ordering::Relaxed);
+                self.set_role(false);
+                return Err(e);
             }
         }
-        let result = match integrator.as_mut() {
-            Some(i) => self.integrate(i).await,
-            None => self.follow().await,
+        let result = match (&mut session.held, &mut session.client) {
+            (Some(held), Some(client)) => self.integrate(client, held).await,
+            _ => self.follow().await,
         };
         match &result {
             Ok(_) => self.unreachable.store(false, Ordering::Relaxed),
             Err(e) => {
-                if integrator.take().is_some() {
+                if session.held.take().is_some() {
                     tracing::warn!(error = %e, "integrating the log failed: giving up the integrator lock");
+                    session.client = None;
                 }
                 if matches!(e, LogError::Database(_)) {
                     self.unreachable.store(true, Ordering::Relaxed);
                 }
             }
         }
-        let held = integrator.is_some();
+        self.set_role(session.held.is_some());
+        result
+    }
+
+    fn set_role(&self, held: bool) {
         if held != self.is_integrator.swap(held, Ordering::Relaxed) {
             tracing::info!(integrator = held, "integrator role changed");
         }
         self.metrics.integrator.set(i64::from(held));
-        result
     }
 
-    /// Takes the integrator lock on a connection of its own, if free, and
+    /// Takes the integrator lock on the session's connection, if free, and
     /// rebuilds the right edge at the stored checkpoint (which it must
     /// hash to).
-    async fn try_integrate(&self) -> Result<Option<Integrator>, LogError> {
-        let config = session_config(&self.pg);
-        let (client, connection) = timed(self.pg.timeout, config.connect(self.tls.clone())).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "integrator connection ended");
-            }
-        });
+    async fn try_integrate(&self, session: &mut Session) -> Result<(), LogError> {
+        if session.client.as_ref().is_none_or(Client::is_closed) {
+            let config = session_config(&self.pg);
+            let (client, connection) =
+                timed(self.pg.timeout, config.connect(self.tls.clone())).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "integrator-lock connection ended");
+                }
+            });
+            session.client = Some(client);
+        }
+        let Some(client) = &session.client else {
+            return Ok(());
+        };
         let taken: bool = timed(
             self.pg.timeout,
             client.query_one("SELECT pg_try_advisory_lock($1)", &[&INTEGRATOR_LOCK]),
@@ -488,13 +508,13 @@ impl Shared {
         .await?
         .get(0);
         if !taken {
-            return Ok(None);
+            return Ok(());
         }
-        let stored = self.stored_checkpoint(&client).await?;
+        let stored = self.stored_checkpoint(client).await?;
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
-        let edge = timed(self.pg.timeout * 4, edge_at(&client, size)).await?;
+        let edge = timed(self.pg.timeout * 4, edge_at(client, size)).await?;
         if edge.root() != root {
             return Err(LogError::Corrupt {
                 path: self.pg.url.clone(),
@@ -509,11 +529,11 @@ impl Shared {
             self.publish(cp.clone());
         }
         tracing::info!(checkpoint = size, "took the integrator lock");
-        Ok(Some(Integrator {
-            client,
+        session.held = Some(Integrated {
             edge,
             stored: stored.map(|c| c.size),
-        }))
+        });
+        Ok(())
     }
 
     /// The stored checkpoint, verified with the log's key.
@@ -548,18 +568,22 @@ impl Shared {
     /// Integrates the entries sequenced since the last checkpoint, a chunk
     /// at a time, each with its tiles and a signed checkpoint stored in one
     /// transaction.
-    async fn integrate(&self, integrator: &mut Integrator) -> Result<Arc<Published>, LogError> {
+    async fn integrate(
+        &self,
+        client: &mut Client,
+        integrator: &mut Integrated,
+    ) -> Result<Arc<Published>, LogError> {
+        // Up to the sequence as of now: records appended meanwhile wait
+        // for the next tick, so a busy log still gets a checkpoint per tick.
+        let sequenced: i64 = timed(
+            self.pg.timeout,
+            client.query_one("SELECT next FROM residency_log_sequence", &[]),
+        )
+        .await?
+        .get(0);
+        let sequenced = u64::try_from(sequenced).unwrap_or(0);
+        self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         for _ in 0..INTEGRATE_STEPS {
-            let sequenced: i64 = timed(
-                self.pg.timeout,
-                integrator
-                    .client
-                    .query_one("SELECT next FROM residency_log_sequence", &[]),
-            )
-            .await?
-            .get(0);
-            let sequenced = u64::try_from(sequenced).unwrap_or(0);
-            self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
             let from = integrator.edge.size();
             if from == sequenced && integrator.stored.is_some() {
                 break;
@@ -567,7 +591,7 @@ impl Shared {
             let to = sequenced.min(from + INTEGRATE_CHUNK);
             let rows = timed(
                 self.pg.timeout * 4,
-                integrator.client.query(
+                client.query(
                     "SELECT idx, data FROM residency_log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
                     &[&(from as i64), &(to as i64)],
                 ),
@@ -609,7 +633,7 @@ impl Shared {
             })?;
             let expected = integrator.stored.map_or(-1, |s| s as i64);
             let transaction = async {
-                let txn = integrator.client.transaction().await?;
+                let txn = client.transaction().await?;
                 let (levels, indexes, data): (Vec<i16>, Vec<i64>, Vec<Vec<u8>>) =
                     tiles.into_iter().fold(
                         (Vec::new(), Vec::new(), Vec::new()),
