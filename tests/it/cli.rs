@@ -13,7 +13,7 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_residency-proxy");
 
 /// Runs the binary with `args` and extra environment variables.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
     // The tests choose every override themselves.
@@ -53,7 +53,7 @@ fn write_db(path: &Path) {
 
 /// A valid configuration (certificate, database, file) in a temp dir; the
 /// upstreams need not be live for `check-config` and `decide`.
-fn valid_config(database: Option<&Path>) -> (TempDir, PathBuf) {
+pub(crate) fn valid_config(database: Option<&Path>) -> (TempDir, PathBuf) {
     let dir = TempDir::new("cli");
     write_cert(
         &dir.path().join("a.pem"),

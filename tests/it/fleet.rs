@@ -329,13 +329,20 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         let leaf = receipt.leaf_hash();
         let message = signed_message(LOG_ORIGIN, receipt.index, &leaf);
         let signature = receipt.signature.as_ref().expect("signed receipts");
-        assert!(verifier.verify(&message, signature), "receipt {}", receipt.index);
+        assert!(
+            verifier.verify(&message, signature),
+            "receipt {}",
+            receipt.index
+        );
         let other = live.iter().copied().find(|r| *r != u.replica).unwrap();
         let path = loop {
             match proofs[other].inclusion_proof(receipt.index) {
                 Ok(path) => break path,
                 Err(Need::Missing(tile)) => {
-                    let bytes = fetchers[other].get(&format!("/{}", tile.path())).await.unwrap();
+                    let bytes = fetchers[other]
+                        .get(&format!("/{}", tile.path()))
+                        .await
+                        .unwrap();
                     proofs[other].insert(tile, &bytes).unwrap();
                 }
                 Err(Need::OutOfRange) => panic!("index {} out of range", receipt.index),
@@ -391,4 +398,88 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         let report = verify(&args).await;
         assert!(report.valid(), "checkpoint of size {size}: {report}");
     }
+}
+
+/// A database holds one log: the first replica binds it to its origin and
+/// key, and a replica with another key is refused at start. `check-config`
+/// connects and reports the schema (or names the key when it cannot),
+/// and `--offline` skips the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_is_bound_to_one_log_and_check_config_reports_it() {
+    use crate::cli::{run, valid_config};
+    let pg = postgres("bind", &["bound"]).await;
+    let (dir, config) = valid_config(None);
+    log_key(dir.path());
+    let section = fleet_section(dir.path(), &pg, "bound", free_port(), "1s");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{section}")).unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check-config", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+
+    let out = check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("log database: connected; no log schema yet"),
+        "{stdout}"
+    );
+
+    // The first start creates the schema and binds the database.
+    let settings = residency_proxy::config::Config::load(&config)
+        .unwrap()
+        .transparency
+        .unwrap();
+    let metrics =
+        || residency_log::storage::LogMetrics::register(&prometheus::Registry::new()).unwrap();
+    let log = residency_log::storage::Log::start(&settings, metrics())
+        .await
+        .unwrap();
+    let l = log.clone();
+    let cp = tokio::task::spawn_blocking(move || l.checkpoint())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.size, 0);
+    assert!(log.is_integrator());
+    drop(log);
+    let out = check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("log database: connected; log schema version 1"),
+        "{stdout}"
+    );
+
+    // Same origin, another key: refused, saying why.
+    let mut other = settings.clone();
+    let key = dir.path().join("other.key");
+    std::fs::write(&key, residency_log::note::Signer::generate_pkcs8().unwrap()).unwrap();
+    other.signing_key = key;
+    let refused = residency_log::storage::Log::start(&other, metrics()).await;
+    let message = refused.err().expect("another key is refused").to_string();
+    assert!(message.contains("the database holds the log"), "{message}");
+
+    // A wrong password: check-config names the key; --offline skips it.
+    std::fs::write(dir.path().join("db-password"), "wrong\n").unwrap();
+    let out = check(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("transparency.postgres.url"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    let out = check(&["--offline"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("log database: not checked (--offline)"),
+        "{stdout}"
+    );
 }

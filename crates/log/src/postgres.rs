@@ -404,7 +404,7 @@ impl Shared {
             .map_err(|_| timeout_error(self.pg.timeout))?
             .map_err(|e| {
                 self.unreachable.store(true, Ordering::Relaxed);
-                LogError::Database(e.to_string())
+                LogError::Database(describe(&e))
             })?;
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
         let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
@@ -1046,14 +1046,30 @@ fn tls(pg: &Postgres) -> Result<MakeRustlsConnect, LogError> {
 }
 
 /// `future`, or a database error when it takes longer than `limit`.
-async fn timed<T, E: std::fmt::Display>(
+async fn timed<T, E: std::error::Error>(
     limit: Duration,
     future: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, LogError> {
     match tokio::time::timeout(limit, future).await {
-        Ok(result) => result.map_err(|e| LogError::Database(e.to_string())),
+        Ok(result) => result.map_err(|e| LogError::Database(describe(&e))),
         Err(_) => Err(timeout_error(limit)),
     }
+}
+
+/// An error and its sources ("db error" alone says nothing: the server's
+/// message is its source).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn timeout_error(limit: Duration) -> LogError {
@@ -1064,5 +1080,5 @@ fn timeout_error(limit: Duration) -> LogError {
 }
 
 fn database_error(e: tokio_postgres::Error) -> LogError {
-    LogError::Database(e.to_string())
+    LogError::Database(describe(&e))
 }

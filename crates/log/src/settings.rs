@@ -744,6 +744,83 @@ mod tests {
     }
 
     #[test]
+    fn postgres_storage_names_each_bad_key() {
+        let dir = std::env::temp_dir().join(format!("rp-settings-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), b"k").unwrap();
+        std::fs::write(dir.join("pw"), b"secret\n").unwrap();
+        let base = RawTransparency {
+            storage: setting("postgres"),
+            origin: Some("ingest.example.com/residency-log".into()),
+            signing_key: Some("key".into()),
+            ..RawTransparency::default()
+        };
+        let problems = |raw: &RawTransparency| {
+            let mut r = ConfigReport::new("test");
+            let t = transparency(raw, &dir, &mut r);
+            let keys: Vec<String> = r.problems.iter().map(|p| p.key.clone()).collect();
+            (t, keys, r.to_string())
+        };
+        let (_, keys, _) = problems(&base);
+        assert_eq!(keys, ["transparency.postgres.url"]);
+        let pg = |raw: RawPostgres| RawTransparency {
+            postgres: Some(raw),
+            ..RawTransparency {
+                storage: setting("postgres"),
+                origin: base.origin.clone(),
+                signing_key: base.signing_key.clone(),
+                ..RawTransparency::default()
+            }
+        };
+        let (_, keys, text) = problems(&pg(RawPostgres {
+            url: Some("postgres://u:hunter2@db/log".into()),
+            ..RawPostgres::default()
+        }));
+        assert_eq!(keys, ["transparency.postgres.url"], "{text}");
+        assert!(text.contains("password_file"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "the password is not echoed: {text}"
+        );
+        let (_, keys, _) = problems(&pg(RawPostgres {
+            url: Some("postgres://u@db/log".into()),
+            password_env: Some("RP_TEST_NO_SUCH_VARIABLE".into()),
+            timeout: setting("0s"),
+            max_pending: setting("0"),
+            ..RawPostgres::default()
+        }));
+        assert_eq!(
+            keys,
+            [
+                "transparency.postgres.password_env",
+                "transparency.postgres.timeout",
+                "transparency.postgres.max_pending"
+            ]
+        );
+        let (t, keys, text) = problems(&pg(RawPostgres {
+            url: Some("postgres://u@db:5433/log?sslmode=require".into()),
+            password_file: Some("pw".into()),
+            ..RawPostgres::default()
+        }));
+        assert!(keys.is_empty(), "{text}");
+        let t = t.unwrap();
+        let p = t.postgres.unwrap();
+        assert_eq!(p.config.0.get_password(), Some(&b"secret"[..]));
+        assert_eq!(p.timeout, Duration::from_secs(2));
+        assert!(!format!("{p:?}").contains("secret"));
+        // A directory belongs to the other storage.
+        let (_, keys, _) = problems(&RawTransparency {
+            directory: Some("log".into()),
+            ..pg(RawPostgres {
+                url: Some("postgres://u@db/log".into()),
+                ..RawPostgres::default()
+            })
+        });
+        assert_eq!(keys, ["transparency.directory"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn defaults_and_typed_values() {
         let dir = std::env::temp_dir();
         let raw = RawTransparency {
