@@ -483,3 +483,55 @@ async fn a_database_is_bound_to_one_log_and_check_config_reports_it() {
         "{stdout}"
     );
 }
+
+/// `sslmode=require` talks TLS through rustls and verifies the server's
+/// certificate against `transparency.postgres.ca`: the right CA connects,
+/// another CA is refused (fail closed, no unverified TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_connection_is_tls_verified_against_the_configured_ca() {
+    let pg = tokio::task::spawn_blocking(|| TestServer::start_tls("tls"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("start PostgreSQL with TLS: {e}"));
+    pg.create_database("tls").unwrap();
+    let keep = TempDir::new("fleet-tls");
+    log_key(keep.path());
+    let password = keep.path().join("db-password");
+    std::fs::write(&password, pg.password()).unwrap();
+    std::fs::write(keep.path().join("ca.pem"), pg.tls_cert().unwrap()).unwrap();
+    let (wrong, _) = residency_tls::self_signed(&["127.0.0.1"]).unwrap();
+    std::fs::write(keep.path().join("wrong-ca.pem"), wrong).unwrap();
+    let settings = |ca: &str| {
+        let raw = residency_log::settings::RawTransparency {
+            storage: Some(residency_core::report::Setting::from_text("postgres")),
+            origin: Some(LOG_ORIGIN.into()),
+            signing_key: Some("log.key".into()),
+            postgres: Some(residency_log::settings::RawPostgres {
+                url: Some(pg.url("tls").replace("sslmode=disable", "sslmode=require")),
+                password_file: Some("db-password".into()),
+                ca: Some(ca.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut report = residency_core::report::ConfigReport::new("test");
+        residency_log::settings::transparency(&raw, keep.path(), &mut report)
+            .unwrap_or_else(|| panic!("{report}"))
+    };
+    let metrics =
+        || residency_log::storage::LogMetrics::register(&prometheus::Registry::new()).unwrap();
+    let refused = residency_log::storage::Log::start(&settings("wrong-ca.pem"), metrics()).await;
+    let message = refused.err().expect("an unknown CA is refused").to_string();
+    assert!(message.contains("certificate"), "{message}");
+    let log = residency_log::storage::Log::start(&settings("ca.pem"), metrics())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(log.latest().size, 0);
+    let ssl = pg
+        .psql(
+            "tls",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl AND a.application_name = 'residency-proxy'",
+        )
+        .unwrap();
+    assert_ne!(ssl, "0", "the log's connections use TLS");
+}

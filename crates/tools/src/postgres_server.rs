@@ -26,6 +26,8 @@ pub struct TestServer {
     password: String,
     /// Run commands as this user (`runuser -u`), when we are root.
     run_as: Option<String>,
+    /// The server's TLS certificate (PEM), when it serves TLS.
+    tls_cert: Option<String>,
     child: Option<Child>,
 }
 
@@ -33,6 +35,16 @@ impl TestServer {
     /// Creates a cluster in a new temporary directory and starts it; waits
     /// until it accepts connections.
     pub fn start(tag: &str) -> io::Result<TestServer> {
+        TestServer::create(tag, false)
+    }
+
+    /// As [`TestServer::start`], serving TLS too (`ssl = on`) with a new
+    /// self-signed certificate for `127.0.0.1` ([`TestServer::tls_cert`]).
+    pub fn start_tls(tag: &str) -> io::Result<TestServer> {
+        TestServer::create(tag, true)
+    }
+
+    fn create(tag: &str, tls: bool) -> io::Result<TestServer> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!(
             "residency-pg-{tag}-{}-{}",
@@ -47,6 +59,18 @@ impl TestServer {
         let password = format!("pw-{}", free_port()?);
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{password}\n"))?;
+        let tls_cert = if tls {
+            let (cert, key) = residency_tls::self_signed(&["127.0.0.1", "localhost"])
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            std::fs::write(dir.join("server.crt"), &cert)?;
+            let key_path = dir.join("server.key");
+            std::fs::write(&key_path, key)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+            Some(cert)
+        } else {
+            None
+        };
         if let Some(user) = &run_as {
             check(Command::new("chown").args(["-R", user]).arg(&dir))?;
         }
@@ -57,6 +81,7 @@ impl TestServer {
             port: free_port()?,
             password,
             run_as,
+            tls_cert,
             child: None,
         };
         let mut initdb = server.command("initdb");
@@ -69,6 +94,12 @@ impl TestServer {
         check(&mut initdb)?;
         server.launch()?;
         Ok(server)
+    }
+
+    /// The certificate the server presents (PEM; its own CA), if it
+    /// serves TLS.
+    pub fn tls_cert(&self) -> Option<&str> {
+        self.tls_cert.as_deref()
     }
 
     /// The password of [`USER`] over TCP.
@@ -154,7 +185,22 @@ impl TestServer {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.display()))
-            .args(["-c", "max_connections=200", "-c", "fsync=on"])
+            .args(["-c", "max_connections=200", "-c", "fsync=on"]);
+        if self.tls_cert.is_some() {
+            postgres
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!(
+                    "ssl_cert_file={}",
+                    self.dir.join("server.crt").display()
+                ))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    self.dir.join("server.key").display()
+                ));
+        }
+        postgres
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
