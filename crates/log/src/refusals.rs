@@ -63,13 +63,25 @@ impl RefusalGate {
             state.tokens -= 1.0;
             return true;
         }
+        Self::fold_into(&mut state, record);
+        false
+    }
+
+    /// Folds `record` into its reason's summary without spending a token
+    /// (the log cannot take records now; the summary is written later).
+    pub fn fold(&self, record: &Record<'_>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::fold_into(&mut state, record);
+    }
+
+    fn fold_into(state: &mut State, record: &Record<'_>) {
         let reason = record.reason.as_deref().unwrap_or("refused");
         // A key is allocated only for a reason's first refusal of the
         // interval.
         if !state.folded.contains_key(reason) {
             let template = Record::from_bytes(&record.to_bytes()).ok();
             let Some(template) = template else {
-                return true; // never: a record parses back from its bytes
+                return; // never: a record parses back from its bytes
             };
             let folded = Folded {
                 count: 0,
@@ -81,14 +93,13 @@ impl RefusalGate {
             state.folded.insert(reason.to_string(), folded);
         }
         let Some(folded) = state.folded.get_mut(reason) else {
-            return true;
+            return;
         };
         folded.count += 1;
         folded.ids.update(record.request_id.as_bytes());
         folded.ids.update(b"\n");
         folded.last.clear();
         folded.last.push_str(&record.time);
-        false
     }
 
     /// The summary records of everything folded since the last drain, one

@@ -323,8 +323,13 @@ impl Log {
     /// Appends a refusal's record if the refusal budget allows (`Some`);
     /// otherwise folds it into its reason's summary (`None`), written by
     /// [`Log::write_summaries`] before the next checkpoint.
+    /// While a fleet's database is unreachable, refusals are folded
+    /// without waiting for it (the refused client gets its 503 at once) and
+    /// their summaries are written once it answers again.
     pub async fn append_refusal(&self, record: &Record<'_>) -> Option<Result<Appended, LogError>> {
-        if self.refusals.admit(record) {
+        if self.backend_failing() {
+            self.refusals.fold(record);
+        } else if self.refusals.admit(record) {
             return Some(self.append(record).await);
         }
         self.metrics.refusals_summarized.inc();
@@ -334,6 +339,9 @@ impl Log {
     /// Appends one summary record per reason for the refusals folded since
     /// the last call (the checkpoint task calls it before each checkpoint).
     pub async fn write_summaries(&self) {
+        if self.backend_failing() {
+            return; // kept until the database answers again
+        }
         for summary in self.refusals.drain() {
             if self.append(&summary).await.is_ok() {
                 self.metrics.summary_records.inc();
