@@ -47,13 +47,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use redb::{ReadableDatabase, TableDefinition};
 
+use crate::backend::{id_key, unix_now, LogError, LogMetrics, Published};
 use crate::disk::{self, Disk};
 use crate::edge::{self, Edge};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
 use crate::record::Record;
 use crate::settings::Transparency;
-use crate::storage::{id_key, unix_now, LogError, LogMetrics, Published};
 use crate::tiles::{self, Tile, WIDTH};
 
 const CHECKPOINT: &str = "checkpoint";

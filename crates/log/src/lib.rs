@@ -9,6 +9,7 @@
 //! `[transparency]` configuration section.
 
 pub mod api;
+pub mod backend;
 pub mod directory;
 pub mod disk;
 pub mod edge;

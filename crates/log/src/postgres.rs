@@ -43,11 +43,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::backend::{unix_now, LogError, LogMetrics, Published};
 use crate::edge::Edge;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
 use crate::settings::{Postgres, Transparency};
-use crate::storage::{unix_now, LogError, LogMetrics, Published};
 use crate::tiles::{self, Tile, WIDTH};
 
 /// The advisory lock whose holder integrates the log.

@@ -18,182 +18,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
-
+use crate::backend::{id_key, unix_now};
+pub use crate::backend::{Appended, LogError, LogMetrics, Published};
 use crate::directory::Directory;
 use crate::merkle::{self, Hash};
-use crate::note::{NoteError, Signer, Verifier};
+use crate::note::{Signer, Verifier};
 use crate::postgres::Fleet;
 use crate::record::Record;
 use crate::refusals::RefusalGate;
 use crate::settings::Transparency;
 use crate::tiles::{self, Tile};
-
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("signing key {path}: {source}")]
-    Key { path: String, source: NoteError },
-    #[error("{path}: {message}")]
-    Corrupt { path: String, message: String },
-    #[error("the log holds {0} records, the configured maximum (transparency.max_records); start a new log")]
-    Full(u64),
-    #[error("an earlier write failed and could not be undone; restart to recover the log")]
-    Poisoned,
-    #[error("a record of {0} bytes is over the 65535 an entry bundle can hold")]
-    EntryTooLarge(usize),
-    #[error("log database: {0}")]
-    Database(String),
-    #[error("{0} records wait for the log database already (transparency.postgres.max_pending)")]
-    Busy(usize),
-}
-
-/// Metrics the log maintains.
-#[derive(Clone)]
-pub struct LogMetrics {
-    pub appended: IntCounter,
-    /// Refusals folded into summary records (over the refusal budget).
-    pub refusals_summarized: IntCounter,
-    /// Summary records written.
-    pub summary_records: IntCounter,
-    /// Seconds each group commit took to write and fsync its batch.
-    pub fsync_seconds: Histogram,
-    pub write_errors: IntCounter,
-    /// Hash tiles and entry bundles written (full ones).
-    pub tiles_written: IntCounter,
-    pub size: IntGauge,
-    /// Records per commit batch (group commit; both backends).
-    pub batch_records: Histogram,
-    /// Seconds each batch took to commit in PostgreSQL.
-    pub commit_seconds: Histogram,
-    /// 1 while this process integrates the log and signs its checkpoints
-    /// (always, with a directory; the advisory-lock holder in a fleet).
-    pub integrator: IntGauge,
-    /// Records sequenced but not yet covered by a signed checkpoint.
-    pub integration_lag: IntGauge,
-    pub checkpoint_size: IntGauge,
-    pub checkpoint_timestamp: IntGauge,
-    pub checkpoint_age: IntGauge,
-}
-
-impl LogMetrics {
-    /// Registers the log's metrics into `registry` (the proxy's own, so they
-    /// appear on its `/metrics`).
-    pub fn register(registry: &Registry) -> Result<LogMetrics, prometheus::Error> {
-        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "residency_log_fsync_seconds",
-                "Time to write and fsync one group commit of records (every receipt waits for its batch's).",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )?;
-        registry.register(Box::new(fsync_seconds.clone()))?;
-        let batch_records = Histogram::with_opts(
-            HistogramOpts::new(
-                "residency_log_batch_records",
-                "Records written per group commit (one fsync, or one PostgreSQL transaction).",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
-            ]),
-        )?;
-        registry.register(Box::new(batch_records.clone()))?;
-        let commit_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "residency_log_commit_seconds",
-                "Time for one batch of records to be sequenced and committed in PostgreSQL (storage = \"postgres\"; every receipt waits for its batch's).",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-        )?;
-        registry.register(Box::new(commit_seconds.clone()))?;
-        Ok(LogMetrics {
-                fsync_seconds,
-                batch_records,
-                commit_seconds,
-                integrator: gauge(
-                    "residency_log_integrator",
-                    "1 while this process integrates the log and signs its checkpoints (a fleet has one at a time).",
-                )?,
-                integration_lag: gauge(
-                    "residency_log_integration_lag_records",
-                    "Records sequenced but not yet covered by a signed checkpoint.",
-                )?,
-                refusals_summarized: counter(
-                    "residency_log_refusals_summarized_total",
-                    "Refusals over transparency.refusal_records_per_second, folded into summary records instead of one record each.",
-                )?,
-                summary_records: counter(
-                    "residency_log_summary_records_total",
-                    "Summary records written (one per refusal reason and checkpoint interval with refusals folded).",
-                )?,
-                appended: counter(
-                    "residency_log_records_appended_total",
-                    "Decision records appended to the transparency log.",
-                )?,
-                tiles_written: counter(
-                    "residency_log_tiles_written_total",
-                    "Full hash tiles and entry bundles written (C2SP tlog-tiles).",
-                )?,
-                write_errors: counter(
-                    "residency_log_write_errors_total",
-                    "Decision records that could not be written (the request was refused, or acknowledged without a receipt under on_write_error = \"continue\").",
-                )?,
-                size: gauge(
-                    "residency_log_size",
-                    "Records in the transparency log (checkpointed or not).",
-                )?,
-                checkpoint_size: gauge(
-                    "residency_log_checkpoint_size",
-                    "Tree size of the latest signed checkpoint.",
-                )?,
-                checkpoint_timestamp: gauge(
-                    "residency_log_checkpoint_timestamp_seconds",
-                    "When the latest checkpoint was confirmed to cover every record (Unix seconds).",
-                )?,
-                checkpoint_age: gauge(
-                    "residency_log_checkpoint_age_seconds",
-                    "Seconds since a checkpoint last covered every record; grows when checkpointing fails.",
-                )?,
-            })
-    }
-}
-
-/// A signed checkpoint as served to customers.
-#[derive(Debug, Clone)]
-pub struct Published {
-    pub note: String,
-    pub size: u64,
-    pub root: Hash,
-}
-
-/// Where an appended record landed.
-#[derive(Debug, Clone)]
-pub struct Appended {
-    pub index: u64,
-    pub bytes: Vec<u8>,
-    /// The leaf hash of `bytes`.
-    pub leaf: Hash,
-}
 
 enum Backend {
     Directory(Directory),
@@ -508,25 +343,4 @@ impl Log {
             Backend::Postgres(_) => panic!("not a directory log"),
         }
     }
-}
-
-/// The map key for a request id: its value when it is 32 hex digits (ours
-/// always are), otherwise 128 bits of its SHA-256.
-pub(crate) fn id_key(id: &str) -> u128 {
-    if id.len() == 32 {
-        if let Ok(v) = u128::from_str_radix(id, 16) {
-            return v;
-        }
-    }
-    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest.as_ref()[..16]);
-    u128::from_be_bytes(first)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
