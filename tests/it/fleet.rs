@@ -159,10 +159,13 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
                 if !alive[r].load(Ordering::Relaxed) {
                     continue;
                 }
-                let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
-                let (status, note) = plain_request(addr, "GET", "/checkpoint").await;
-                if status == 200 && !note.is_empty() {
-                    seen.push(note);
+                // The replica may be killed meanwhile: errors are skipped.
+                let fetcher =
+                    Fetcher::new(&format!("http://127.0.0.1:{}", ports[r]), None).unwrap();
+                if let Ok(note) = fetcher.text("/checkpoint").await {
+                    if !note.is_empty() {
+                        seen.push(note);
+                    }
                 }
             }
             seen
@@ -534,4 +537,123 @@ async fn the_database_connection_is_tls_verified_against_the_configured_ca() {
         )
         .unwrap();
     assert_ne!(ssl, "0", "the log's connections use TLS");
+}
+
+/// A replica cut off rather than killed — stopped with SIGSTOP, so its TCP
+/// connections stay open and the kernel still answers keepalives — loses
+/// the integrator lock to the server's `idle_session_timeout` (4 × the
+/// checkpoint interval, at least 2 s); the other replica takes over. When
+/// the stopped one resumes, its session is gone: it gives up the role,
+/// follows the other's checkpoints, and the log stays consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
+    let keep = TempDir::new("fleet-stop");
+    let key = log_key(keep.path());
+    let pg = postgres("stop", &["stop"]).await;
+    let zurich = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", zurich.addr),
+        ("virginia", "us", zurich.addr),
+    ];
+    let mut replicas = Vec::new();
+    let mut ports = Vec::new();
+    for r in 0..2 {
+        let port = free_port();
+        let section = fleet_section(keep.path(), &pg, "stop", port, "250ms");
+        replicas.push(Binary::start(&format!("fleet-stop-{r}"), &dcs, &section).await);
+        ports.push(port);
+    }
+    let mut integrator = None;
+    for (r, b) in replicas.iter().enumerate() {
+        if admin_metric(b.admin, "residency_log_integrator").await == Some(1.0) {
+            integrator = Some(r);
+        }
+    }
+    let a = integrator.expect("one replica integrates");
+    let b = 1 - a;
+    for i in 0..20 {
+        let reply = replicas[b]
+            .client()
+            .upload_from(CH, &format!("before {i}"))
+            .await;
+        assert_eq!(reply.status, 201);
+    }
+    let verifier = Verifier::parse(&key).unwrap();
+    let checkpoint_of = async |r: usize| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+        (
+            Checkpoint::open(&note, &verifier).map(|c| c.size).ok(),
+            note,
+        )
+    };
+    eventually("a checkpoint of the first 20", async || {
+        checkpoint_of(b).await.0 == Some(20)
+    })
+    .await;
+    let before = checkpoint_of(b).await.1;
+
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP", replicas[a].pid());
+    let stopped = Instant::now();
+    loop {
+        if admin_metric(replicas[b].admin, "residency_log_integrator").await == Some(1.0) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "no takeover from a stopped integrator"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "took over from a stopped integrator after {:?}",
+        stopped.elapsed()
+    );
+    for i in 0..20 {
+        let reply = replicas[b]
+            .client()
+            .upload_from(CH, &format!("during {i}"))
+            .await;
+        assert_eq!(reply.status, 201);
+    }
+    eventually("the new integrator's checkpoint of 40", async || {
+        checkpoint_of(b).await.0 == Some(40)
+    })
+    .await;
+
+    signal("-CONT", replicas[a].pid());
+    eventually("the resumed replica follows", async || {
+        admin_metric(replicas[a].admin, "residency_log_integrator").await == Some(0.0)
+            && checkpoint_of(a).await.0 == Some(40)
+    })
+    .await;
+    let reply = replicas[a].client().upload_from(CH, "after").await;
+    assert_eq!(reply.status, 201);
+    eventually("a checkpoint of 41", async || {
+        checkpoint_of(a).await.0 == Some(41)
+    })
+    .await;
+    assert_eq!(
+        admin_metric(replicas[b].admin, "residency_log_integrator").await,
+        Some(1.0)
+    );
+
+    let path = keep.path().join("before.checkpoint");
+    std::fs::write(&path, before).unwrap();
+    let args = VerifyArgs {
+        key: key.clone(),
+        log: Some(format!("http://127.0.0.1:{}", ports[a])),
+        previous: Some(path),
+        ..VerifyArgs::default()
+    };
+    let report = verify(&args).await;
+    assert!(report.valid(), "{report}");
 }

@@ -488,7 +488,7 @@ impl Shared {
     /// hash to).
     async fn try_integrate(&self, session: &mut Session) -> Result<(), LogError> {
         if session.client.as_ref().is_none_or(Client::is_closed) {
-            let config = session_config(&self.pg);
+            let config = lock_session_config(&self.pg, self.settings.checkpoint_interval);
             let (client, connection) =
                 timed(self.pg.timeout, config.connect(self.tls.clone())).await?;
             tokio::spawn(async move {
@@ -1009,6 +1009,24 @@ fn session_config(pg: &Postgres) -> tokio_postgres::Config {
         config.application_name("residency-proxy");
     }
     config.keepalives_idle(Duration::from_secs(10));
+    config
+}
+
+/// The integrator-lock session's connection: as [`session_config`], and the
+/// server ends it — freeing the lock — when it stays idle for four
+/// checkpoint intervals (at least 2 s; a live replica runs a query every
+/// tick) or its peer stops answering TCP keepalives (about 11 s). So a
+/// replica cut off from the database, not only a dead one, loses the lock
+/// and another takes over; whatever the cut-off one still tries to store
+/// is fenced by the checkpoint's expected size.
+fn lock_session_config(pg: &Postgres, interval: Duration) -> tokio_postgres::Config {
+    let mut config = session_config(pg);
+    let idle = (interval * 4).max(Duration::from_secs(2));
+    let options = config.get_options().unwrap_or_default().to_string();
+    config.options(&format!(
+        "{options} -c idle_session_timeout={} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
+        idle.as_millis()
+    ));
     config
 }
 
