@@ -1023,7 +1023,7 @@ fn lock_session_config(pg: &Postgres, interval: Duration) -> tokio_postgres::Con
     let mut config = session_config(pg);
     let idle = (interval * 4).max(Duration::from_secs(2));
     let options = config.get_options().unwrap_or_default().to_string();
-    config.options(&format!(
+    config.options(format!(
         "{options} -c idle_session_timeout={} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
         idle.as_millis()
     ));
