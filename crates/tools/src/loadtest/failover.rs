@@ -1,4 +1,5 @@
-//! Time from each fault to the first successful failover.
+//! Time from each fault to the first successful failover, and from each
+//! repair to the data centre's first acknowledged upload.
 //!
 //! For a chaos event that breaks data centre D (refuse, hang, error, drain)
 //! applied at T: the jurisdictions "going to D" are those with an upload
@@ -25,6 +26,12 @@ pub struct Failover {
     pub datacenter: String,
     /// The jurisdictions D had been storing just before the event.
     pub jurisdictions: Vec<String>,
+    /// When the proxy was already sending those jurisdictions elsewhere:
+    /// the scheduled time of the earliest upload after the event that
+    /// another data centre acknowledged, from the event. Uploads sent to D
+    /// before that wait for D's answer (or timeout); for a hung D this is
+    /// the time to detect it, apart from their waiting.
+    pub time_to_detect_ms: Option<f64>,
     /// `None` (JSON `null`): no failover was seen; `note` says why.
     pub time_to_failover_ms: Option<f64>,
     /// The data centre that acknowledged the first failed-over upload.
@@ -73,6 +80,7 @@ fn one(
     let mut result = Failover {
         datacenter: dc.clone(),
         jurisdictions: Vec::new(),
+        time_to_detect_ms: None,
         time_to_failover_ms: None,
         answered_by: None,
         failed_before_failover: 0,
@@ -131,6 +139,15 @@ fn one(
         .filter_map(|o| Some((o.finished()?, dc_of(o, stored_in)?)))
         .filter(|(f, other)| *other != dc && before_end(*f))
         .min_by_key(|(f, _)| *f);
+    result.time_to_detect_ms = relevant()
+        .filter(|o| o.acknowledged())
+        .filter(|o| {
+            o.finished().is_some_and(before_end)
+                && dc_of(o, stored_in).is_some_and(|other| other != dc)
+        })
+        .map(|o| o.scheduled)
+        .min()
+        .map(|s| s.saturating_sub(t).as_secs_f64() * 1000.0);
     let until = first.as_ref().map(|(f, _)| *f).or(end);
     result.failed_before_failover = relevant()
         .filter(|o| !o.acknowledged())
@@ -151,6 +168,78 @@ fn one(
                 result.jurisdictions.join(", ")
             ));
         }
+    }
+    result
+}
+
+/// A repaired data centre getting uploads again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub datacenter: String,
+    /// From the event to the completion of the first upload D acknowledged
+    /// that was scheduled at or after it; `None`: none before D's next event.
+    pub time_to_recover_ms: Option<f64>,
+    pub note: Option<String>,
+}
+
+/// One entry per event: `Some` for events that repair a data centre a
+/// previous event broke (`normal` after `refuse`/`hang`/`error`, `undrain`).
+pub fn recoveries(
+    events: &[ChaosEvent],
+    applied: &[Applied],
+    outcomes: &[Outcome],
+    stored_in: &HashMap<u64, String>,
+) -> Vec<Option<Recovery>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(k, event)| {
+            let dc = event.action.datacenter();
+            let previous = events[..k]
+                .iter()
+                .rev()
+                .find(|e| e.action.datacenter() == dc);
+            let repairs = previous.is_some_and(|p| p.action.breaks()) && !event.action.breaks();
+            repairs.then(|| recovery(events, applied, k, outcomes, stored_in))
+        })
+        .collect()
+}
+
+fn recovery(
+    events: &[ChaosEvent],
+    applied: &[Applied],
+    k: usize,
+    outcomes: &[Outcome],
+    stored_in: &HashMap<u64, String>,
+) -> Recovery {
+    let dc = events[k].action.datacenter().to_string();
+    let mut result = Recovery {
+        datacenter: dc.clone(),
+        time_to_recover_ms: None,
+        note: None,
+    };
+    let Some(t) = applied
+        .get(k)
+        .and_then(|a| a.applied_at_s)
+        .map(Duration::from_secs_f64)
+    else {
+        result.note = Some("the event was not applied".into());
+        return result;
+    };
+    let end = events[k + 1..]
+        .iter()
+        .find(|e| e.action.datacenter() == dc)
+        .map(|e| e.at);
+    let first = outcomes
+        .iter()
+        .filter(|o| o.scheduled >= t && o.acknowledged())
+        .filter(|o| dc_of(o, stored_in) == Some(dc.as_str()))
+        .filter_map(|o| o.finished())
+        .filter(|f| end.is_none_or(|e| *f < e))
+        .min();
+    match first {
+        Some(f) => result.time_to_recover_ms = Some(f.saturating_sub(t).as_secs_f64() * 1000.0),
+        None => result.note = Some(format!("{dc} acknowledged nothing after the event")),
     }
     result
 }

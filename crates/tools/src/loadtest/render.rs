@@ -100,13 +100,24 @@ impl Report {
             if let Some(f) = &c.failover {
                 let text = match (f.time_to_failover_ms, &f.answered_by) {
                     (Some(ms), Some(by)) => format!(
-                        "failover of {} to {by} after {ms:.1} ms ({} failed before)",
+                        "failover of {} to {by}: routed elsewhere after {:.1} ms, first acknowledged after {ms:.1} ms ({} failed before)",
                         f.jurisdictions.join(", "),
+                        f.time_to_detect_ms.unwrap_or(ms),
                         f.failed_before_failover
                     ),
                     _ => format!(
                         "failover: none ({})",
                         f.note.as_deref().unwrap_or("not observed")
+                    ),
+                };
+                let _ = writeln!(o, "  {:<24} {text}", "");
+            }
+            if let Some(r) = &c.recovery {
+                let text = match r.time_to_recover_ms {
+                    Some(ms) => format!("{} acknowledging again after {ms:.1} ms", r.datacenter),
+                    None => format!(
+                        "recovery: none ({})",
+                        r.note.as_deref().unwrap_or("not observed")
                     ),
                 };
                 let _ = writeln!(o, "  {:<24} {text}", "");

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::chaos::Applied;
-use super::failover::{failovers, Failover};
+use super::failover::{failovers, recoveries, Failover, Recovery};
 use super::generator::{Generated, Outcome, Sent};
 use super::plan::Plan;
 use super::reconcile::{Reconciled, Violation};
@@ -76,6 +76,8 @@ pub struct ChaosReport {
     pub applied: Applied,
     /// For events that break a data centre.
     pub failover: Option<Failover>,
+    /// For events that repair one.
+    pub recovery: Option<Recovery>,
 }
 
 /// Latency percentiles in microseconds.
@@ -258,10 +260,16 @@ pub fn build(
         }
     }
     let fo = failovers(plan, &applied, outcomes, &reconciled.stored_in);
+    let rec = recoveries(&plan.chaos, &applied, outcomes, &reconciled.stored_in);
     let chaos = applied
         .into_iter()
         .zip(fo.into_iter().chain(std::iter::repeat(None)))
-        .map(|(applied, failover)| ChaosReport { applied, failover })
+        .zip(rec.into_iter().chain(std::iter::repeat(None)))
+        .map(|((applied, failover), recovery)| ChaosReport {
+            applied,
+            failover,
+            recovery,
+        })
         .collect();
     let phases = phases
         .iter()
