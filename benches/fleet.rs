@@ -6,6 +6,7 @@
 //! cargo bench --bench fleet                                # 3 rounds × 3 scenarios, 10 s each
 //! BENCH_SECONDS=5 BENCH_ROUNDS=1 cargo bench --bench fleet
 //! BENCH_SCENARIOS=postgres-1,postgres-3 cargo bench --bench fleet
+//! BENCH_RATE=2000 cargo bench --bench fleet                # 2,000 uploads/s per replica
 //! ```
 //!
 //! Scenarios, each in fresh storage:
@@ -22,7 +23,10 @@
 //! binary run again with `FLEET_BENCH_ROLE=replica`: it opens the log,
 //! runs `BENCH_APPENDERS` tasks (256) that append records one after the
 //! other, and a checkpoint every second on a blocking thread, as the proxy
-//! does. The parent paces every replica through stdin (start, measure,
+//! does. By default the appenders go as fast as the log lets them (a
+//! closed loop: throughput is the appenders over the append latency);
+//! with `BENCH_RATE` they are paced to that many uploads per second per
+//! replica (uploads issued over 10 ms late are counted and reported). The parent paces every replica through stdin (start, measure,
 //! stop): `BENCH_WARMUP` seconds (3) of load, then `BENCH_SECONDS` (10)
 //! measured. CPU is read from `/proc/<pid>/stat` (utime + stime) for the
 //! replica processes and for the cluster's postmaster and its children
@@ -30,12 +34,14 @@
 //! measurement the parent waits (at most `BENCH_QUIET_WAIT` s, 30) for the
 //! machine to be quiet, and reports what other processes used during it.
 //!
-//! Commit latency is the log's own histogram of one batch's commit:
-//! `residency_log_commit_seconds` in PostgreSQL (the sequencing statement,
-//! connection checkout included), `residency_log_fsync_seconds` for the
-//! directory (write and `fdatasync` of one group commit); p50/p99 are
-//! interpolated within its buckets (as Prometheus' `histogram_quantile`),
-//! the mean is exact. Append latency is exact (HdrHistogram, µs).
+//! Commit latency is what the log observes into its own histogram per
+//! batch: `residency_log_commit_seconds` in PostgreSQL (the sequencing
+//! statement and its commit, connection checkout included),
+//! `residency_log_fsync_seconds` for the directory (write and `fdatasync`
+//! of one group commit). The bench gives the log these histograms with
+//! buckets 10 % apart (the exported ones are coarser); p50/p99 are
+//! interpolated within a bucket (as Prometheus' `histogram_quantile`), the
+//! mean is exact. Append latency is exact (HdrHistogram, µs).
 //!
 //! This measures the log layer alone: an "upload" here is one record
 //! appended and durable, without the HTTP request, TLS or the receipt's
@@ -45,12 +51,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram as Hdr;
 use prometheus::core::Metric;
-use prometheus::Histogram;
+use prometheus::{Histogram, HistogramOpts};
 use residency_log::note::Signer;
 use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
 use residency_log::settings::{
@@ -235,6 +241,7 @@ struct Snapshot {
 
 fn replica() {
     let appenders = env_u64("BENCH_APPENDERS", 256);
+    let rate = env_u64("BENCH_RATE", 0) as f64;
     let index = env_u64("FLEET_BENCH_INDEX", 0);
     let replicas = env_u64("FLEET_BENCH_REPLICAS", 1).max(1);
     let key = PathBuf::from(std::env::var_os("FLEET_BENCH_KEY").expect("FLEET_BENCH_KEY"));
@@ -278,7 +285,15 @@ fn replica() {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Metrics::new().unwrap().log;
+    // The log's own metrics, with finer buckets (10 % apart) for the commit
+    // histograms than the exported ones, so that p50/p99 are within ~5 %.
+    let mut metrics = Metrics::new().unwrap().log;
+    let fine = |name: &str| {
+        let buckets = prometheus::exponential_buckets(0.000_05, 1.1, 130).unwrap();
+        Histogram::with_opts(HistogramOpts::new(name, "seconds").buckets(buckets)).unwrap()
+    };
+    metrics.commit_seconds = fine("commit_seconds");
+    metrics.fsync_seconds = fine("fsync_seconds");
     let log = match runtime.block_on(Log::start(&settings, metrics.clone())) {
         Ok(log) => log,
         Err(e) => {
@@ -297,8 +312,9 @@ fn replica() {
     // The parent's commands; EOF (the parent died) stops the replica.
     let phase = Arc::new(AtomicU8::new(WAIT));
     let snapshots: Arc<Mutex<(Snapshot, Snapshot)>> = Arc::default();
+    let start: Arc<OnceLock<Instant>> = Arc::default();
     let stdin_thread = {
-        let (phase, snapshots) = (phase.clone(), snapshots.clone());
+        let (phase, snapshots, start) = (phase.clone(), snapshots.clone(), start.clone());
         let (commit, batch) = (commit_histogram, metrics.batch_records.clone());
         std::thread::spawn(move || {
             let snap = || Snapshot {
@@ -308,7 +324,10 @@ fn replica() {
             };
             for line in std::io::stdin().lock().lines() {
                 match line.as_deref().unwrap_or("stop").trim() {
-                    "start" => phase.store(RUN, Ordering::SeqCst),
+                    "start" => {
+                        let _ = start.set(Instant::now());
+                        phase.store(RUN, Ordering::SeqCst);
+                    }
                     "measure" => {
                         phase.store(MEASURE, Ordering::SeqCst);
                         snapshots.lock().unwrap().0 = snap();
@@ -361,24 +380,43 @@ fn replica() {
         };
         let mut tasks = Vec::new();
         for _ in 0..appenders {
-            let (log, next, phase, first_error) = (
+            let (log, next, phase, first_error, start) = (
                 log.clone(),
                 next.clone(),
                 phase.clone(),
                 first_error.clone(),
+                start.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut latency = Hdr::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let (mut ok, mut errors) = (0u64, 0u64);
+                let (mut ok, mut errors, mut late) = (0u64, 0u64, 0u64);
                 while phase.load(Ordering::Relaxed) == WAIT {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
+                let t0 = start.get().copied().unwrap_or_else(Instant::now);
                 loop {
                     if phase.load(Ordering::Relaxed) == STOP {
-                        return (latency, ok, errors);
+                        return (latency, ok, errors, late);
                     }
+                    let n = next.fetch_add(1, Ordering::Relaxed);
                     // Replicas draw interleaved ids, as a fleet's are.
-                    let i = next.fetch_add(1, Ordering::Relaxed) * replicas + index;
+                    let i = n * replicas + index;
+                    // Paced: append `n` is due at t0 + n / rate. Its
+                    // latency counts from when it is issued (the timer
+                    // wakes up to a millisecond late); issued over 10 ms
+                    // late, it counts as late: the appenders fell behind.
+                    if rate > 0.0 {
+                        let due = t0 + Duration::from_secs_f64(n as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        if phase.load(Ordering::Relaxed) == STOP {
+                            return (latency, ok, errors, late);
+                        }
+                        if due.elapsed() > Duration::from_millis(10)
+                            && phase.load(Ordering::Relaxed) == MEASURE
+                        {
+                            late += 1;
+                        }
+                    }
                     let started = Instant::now();
                     let appended = log.append(&record(i)).await;
                     let micros = started.elapsed().as_micros() as u64;
@@ -409,14 +447,15 @@ fn replica() {
         }
         let lag = log.size().saturating_sub(log.latest().size);
         let mut latency = Hdr::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let (mut ok, mut errors, mut stalled) = (0u64, 0u64, 0u64);
+        let (mut ok, mut errors, mut stalled, mut late) = (0u64, 0u64, 0u64, 0u64);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for task in tasks {
             match tokio::time::timeout_at(deadline, task).await {
-                Ok(Ok((h, o, e))) => {
+                Ok(Ok((h, o, e, l))) => {
                     latency.add(&h).unwrap();
                     ok += o;
                     errors += e;
+                    late += l;
                 }
                 _ => stalled += 1,
             }
@@ -430,6 +469,7 @@ fn replica() {
             "ok": ok,
             "errors": errors,
             "stalled_appenders": stalled,
+            "late": late,
             "latency": latency
                 .iter_recorded()
                 .map(|v| [v.value_iterated_to(), v.count_at_value()])
@@ -749,6 +789,12 @@ impl Run {
                     "replica {index}: {stalled} appenders still waiting 30 s after stop"
                 ));
             }
+            let late = v["late"].as_u64().unwrap_or(0);
+            if late > 0 {
+                notes.push(format!(
+                    "replica {index}: {late} uploads issued over 10 ms after they were due"
+                ));
+            }
             let checkpoint_errors = v["checkpoint_errors"].as_u64().unwrap_or(0);
             if checkpoint_errors > 0 {
                 notes.push(format!(
@@ -836,6 +882,12 @@ fn parent() {
     let warmup = env_u64("BENCH_WARMUP", 3);
     let rounds = env_u64("BENCH_ROUNDS", 3).max(1);
     let appenders = env_u64("BENCH_APPENDERS", 256).max(1);
+    let rate = env_u64("BENCH_RATE", 0);
+    let pacing = if rate > 0 {
+        format!("paced to {rate} uploads/s per replica")
+    } else {
+        "unpaced".to_string()
+    };
     let quiet_wait = Duration::from_secs(env_u64("BENCH_QUIET_WAIT", 30));
     let all = [
         Scenario::Directory,
@@ -871,7 +923,7 @@ fn parent() {
         ticks: clock_ticks(),
     };
     eprintln!(
-        "PostgreSQL {version} in {}; {rounds} rounds × {} scenarios, {warmup} s warm-up + {seconds} s each, {appenders} appenders per replica",
+        "PostgreSQL {version} in {}; {rounds} rounds × {} scenarios, {warmup} s warm-up + {seconds} s each, {appenders} appenders per replica, {pacing}",
         run.server.dir().display(),
         scenarios.len()
     );
@@ -907,10 +959,10 @@ fn parent() {
     let med = |s: usize, f: fn(&Measured) -> f64| median(results[s].iter().map(f).collect());
     println!();
     println!(
-        "Medians of {rounds} rounds ({warmup} s warm-up, {seconds} s measured, {appenders} appenders per replica, a checkpoint per second per replica; PostgreSQL {version}):"
+        "Medians of {rounds} rounds ({warmup} s warm-up, {seconds} s measured, {appenders} appenders per replica, {pacing}, a checkpoint per second per replica; PostgreSQL {version}):"
     );
     println!();
-    println!("| scenario | replicas | uploads/s | CPU µs/upload, proxy | CPU µs/upload, PostgreSQL | CPU µs/upload, total | append p50 ms | append p99 ms | commit p50 ms | commit p99 ms | commit mean ms | commits/s | records/batch | errors | other load, % of a core |");
+    println!("| scenario | replicas | uploads/s | CPU µs/upload, replicas | CPU µs/upload, PostgreSQL | CPU µs/upload, total | append p50 ms | append p99 ms | commit p50 ms | commit p99 ms | commit mean ms | commits/s | records/batch | errors | other load, % of a core |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (s, scenario) in scenarios.iter().enumerate() {
         println!(
@@ -934,7 +986,7 @@ fn parent() {
     }
     if let Some(d) = scenarios.iter().position(|&s| s == Scenario::Directory) {
         println!();
-        println!("| scenario | uploads/s × directory | CPU/upload, proxy × directory | CPU/upload, total × directory |");
+        println!("| scenario | uploads/s × directory | CPU/upload, replicas × directory | CPU/upload, total × directory |");
         println!("|---|---|---|---|");
         let base = (
             med(d, |m| m.uploads_per_s),
