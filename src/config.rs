@@ -193,6 +193,11 @@ pub struct HealthSettings {
     pub passive_failures: u32,
     /// How long an ejected upstream is skipped.
     pub down_for: Duration,
+    /// How often upstreams that are down or ejected are probed.
+    pub recovery_interval: Duration,
+    /// A request whose body was sent and that waited this long while its
+    /// upstream answered nothing ejects the upstream as hung (`None`: off).
+    pub hung_after: Option<Duration>,
 }
 
 impl Default for HealthSettings {
@@ -205,6 +210,8 @@ impl Default for HealthSettings {
             unhealthy_threshold: 2,
             passive_failures: 3,
             down_for: Duration::from_secs(10),
+            recovery_interval: Duration::from_millis(250),
+            hung_after: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -333,6 +340,9 @@ pub struct RawHealth {
     pub unhealthy_threshold: Option<Setting<u32>>,
     pub passive_failures: Option<Setting<u32>>,
     pub down_for: Option<Setting<Duration>>,
+    pub recovery_interval: Option<Setting<Duration>>,
+    /// A duration, or "off".
+    pub hung_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1015,7 +1025,33 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
             r,
         ),
         down_for: duration(&raw.down_for, "down_for", d.down_for, r),
+        recovery_interval: duration(
+            &raw.recovery_interval,
+            "recovery_interval",
+            d.recovery_interval,
+            r,
+        ),
+        hung_after: match raw.hung_after.as_deref().map(str::trim) {
+            None => d.hung_after,
+            Some("off") => None,
+            Some(text) => match residency_core::report::parse_duration(text) {
+                Some(d) if !d.is_zero() => Some(d),
+                _ => {
+                    r.push(
+                        "health.hung_after",
+                        format!("`{text}` is not a positive duration such as \"1s\", or \"off\""),
+                    );
+                    d.hung_after
+                }
+            },
+        },
     };
+    if h.recovery_interval > h.interval {
+        r.push(
+            "health.recovery_interval",
+            "must not exceed health.interval (it is the faster probing of upstreams that are down)",
+        );
+    }
     if h.timeout > h.interval {
         r.push("health.timeout", "must not exceed health.interval");
     }

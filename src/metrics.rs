@@ -37,6 +37,8 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     /// Requests refused an upstream because its connection cap was busy.
     pub upstream_saturated: IntCounterVec,
+    /// Upstreams ejected as hung (accepting requests, answering none).
+    pub upstream_hung: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_idle: IntGauge,
@@ -153,6 +155,11 @@ impl Metrics {
             "Delivery attempts that found every connection upstream.max_connections_per_upstream allows busy for timeouts.upstream_connect (nothing was sent).",
             &["datacenter", "upstream"],
         )?;
+        let upstream_hung = counter(
+            "residency_upstream_hung_total",
+            "Upstreams ejected as hung: a request waited health.hung_after after its body was sent and the upstream answered no request meanwhile.",
+            &["datacenter", "upstream"],
+        )?;
         let tls_handshakes = counter(
             "residency_tls_handshakes_total",
             "TLS handshakes by result: success, failure, timeout.",
@@ -231,6 +238,7 @@ impl Metrics {
             upstream_up,
             upstream_connections,
             upstream_saturated,
+            upstream_hung,
             tls_handshakes,
             connections_active,
             connections_idle,

@@ -1,8 +1,16 @@
 //! Active health checks: every `health.interval`, a GET of `health.path` on
-//! every upstream, concurrently, each bounded by `health.timeout`. A 2xx is a
+//! every upstream, concurrently, each bounded by `health.timeout`; upstreams
+//! that are down or ejected every `health.recovery_interval`, so one that
+//! comes back is seen within a fraction of a second (at most one probe per
+//! upstream in flight: a round waits for its slowest probe). A 2xx is a
 //! success; anything else (status, error, timeout) a failure. Results feed
 //! [`Health::record_probe`]; transitions are logged and the gauges
 //! refreshed. The task ends promptly when the shutdown flag is set.
+//!
+//! The faster probing costs a down upstream `1 / recovery_interval` probes
+//! a second from each replica (4 at the default 250 ms; twelve replicas:
+//! 48): small next to the uploads it will take, and a blackholed upstream
+//! costs each probe `health.timeout`, not a connection per upload.
 //!
 //! Probes go through the upstream pool ([`crate::upstream::pool`]), like
 //! uploads: the same connect path, TLS settings and `upstream_connect`
@@ -28,9 +36,11 @@ use residency_core::policy::UpstreamId;
 
 /// Runs active checks until `stop` is set. Does nothing when checks are off.
 pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
-    let interval = instance.snapshot().health.settings().interval;
-    let mut tick = tokio::time::interval(interval);
+    let recovery = instance.snapshot().health.settings().recovery_interval;
+    let mut tick = tokio::time::interval(recovery);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When each upstream (by index) was last probed.
+    let mut last: Vec<Option<tokio::time::Instant>> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -41,8 +51,18 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             // Checks are off; keep the loop so a reload could turn them on.
             continue;
         };
+        let interval = state.health.settings().interval;
+        let now = tokio::time::Instant::now();
+        let count = state.config.policy.upstreams.len();
+        last.resize(count, None);
         let mut probes = JoinSet::new();
-        for i in 0..state.config.policy.upstreams.len() {
+        for (i, at) in last.iter_mut().enumerate() {
+            let due = at.is_none_or(|t| now.duration_since(t) >= interval)
+                || state.health.recovering(UpstreamId(i));
+            if !due {
+                continue;
+            }
+            *at = Some(now);
             let state = state.clone();
             let path = path.clone();
             probes.spawn(async move {
@@ -72,6 +92,9 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
                     }
                     Transition::CameUp => {
                         tracing::info!(datacenter = %dc, upstream = %uri, "upstream up: active checks passing")
+                    }
+                    Transition::Readmitted => {
+                        tracing::info!(datacenter = %dc, upstream = %uri, "upstream readmitted: it answers probes again")
                     }
                 }
             }

@@ -571,6 +571,54 @@ async fn drill_measures_failover_when_a_datacenter_errors() {
     drill.stop().await;
 }
 
+/// A hung data centre (the reference sink's `hang`: it accepts and never
+/// answers, health checks included) is ejected once a request has waited
+/// `health.hung_after` with nothing answered: uploads after it go to
+/// geneva long before `timeouts.upstream_response` (60 s here) would have
+/// failed them. A repaired one (`normal` after `hang`, after `refuse`) is
+/// readmitted by the faster probing of down upstreams, long before the
+/// 10 s `down_for` its ejection had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_sees_a_hang_detected_early_and_repaired_datacenters_readmitted() {
+    use residency_tools::sink::Sink;
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let names = ["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), local));
+    let sink = Sink::start(&names, local).await.unwrap();
+    let health = "[health]\ninterval = \"250ms\"\ntimeout = \"200ms\"\nrecovery_interval = \"100ms\"\nhung_after = \"500ms\"\ndown_for = \"10s\"\n";
+    let drill = Drill::start_with(&sink.datacenters(), health).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin_addr());
+    plan.mix = "ch=1".parse::<Mix>().unwrap().0;
+    plan.duration = Duration::from_secs(6);
+    plan.chaos = vec![
+        "1s:zurich=hang".parse().unwrap(),
+        "2500ms:zurich=normal".parse().unwrap(),
+        "3500ms:zurich=refuse".parse().unwrap(),
+        "4500ms:zurich=normal".parse().unwrap(),
+    ];
+    let report = execute(plan, false).await.unwrap();
+    assert_clean(&report);
+    let text = report.render_text();
+    assert!(report.chaos.iter().all(|c| c.applied.ok), "{text}");
+    let hang = report.chaos[0]
+        .failover
+        .as_ref()
+        .expect("hang breaks zurich");
+    assert_eq!(hang.answered_by.as_deref(), Some("geneva"), "{text}");
+    let detect = hang.time_to_detect_ms.expect("detected");
+    assert!(detect < 2_000.0, "hang detected after {detect} ms: {text}");
+    for k in [1, 3] {
+        let recovery = report.chaos[k].recovery.as_ref().expect("a repair");
+        let ms = recovery.time_to_recover_ms;
+        assert!(
+            ms.is_some_and(|ms| ms < 1_500.0),
+            "recovery {k}: {ms:?}: {text}"
+        );
+    }
+    assert!(report.chaos[2].failover.is_some(), "{text}");
+    drill.stop().await;
+    sink.stop().await;
+}
+
 /// The reference sink (`crate::sink`), the proxy's drain API and a refused
 /// data centre: uploads fail over, and nothing lands outside its jurisdiction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,7 +673,7 @@ impl Fixture {
     /// Jurisdictions ch (CH) and eu (DE); zurich (ch, priority 1), geneva
     /// (ch, priority 2) and frankfurt (eu), at `upstreams`' addresses; an
     /// XFF listener and a PROXY-v2 listener, both trusting 127.0.0.1.
-    fn write(upstreams: &[(String, SocketAddr)]) -> Fixture {
+    fn write(upstreams: &[(String, SocketAddr)], extra: &str) -> Fixture {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("rp-loadtest-{}-{n}", std::process::id()));
@@ -660,6 +708,7 @@ impl Fixture {
             dc("zurich", "ch", 1),
             dc("geneva", "ch", 2),
             dc("frankfurt", "eu", 1),
+            extra.into(),
         ]
         .concat();
         let config_path = dir.join("proxy.toml");
@@ -678,7 +727,10 @@ impl Fixture {
     /// Config files only (upstreams that are never contacted).
     fn files() -> Fixture {
         let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        Fixture::write(&["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), nowhere)))
+        Fixture::write(
+            &["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), nowhere)),
+            "",
+        )
     }
 
     /// 3 s at 100/s, ch and eu half each, trusting the fixture's certificate.
@@ -714,7 +766,13 @@ struct Drill {
 
 impl Drill {
     async fn start(datacenters: &[(String, SocketAddr)]) -> Drill {
-        let fx = Fixture::write(datacenters);
+        Drill::start_with(datacenters, "").await
+    }
+
+    /// As [`Drill::start`], with `extra` TOML (tables other than
+    /// `[timeouts]`) in the proxy's configuration.
+    async fn start_with(datacenters: &[(String, SocketAddr)], extra: &str) -> Drill {
+        let fx = Fixture::write(datacenters, extra);
         let config = Config::load(&fx.config_path).unwrap_or_else(|e| panic!("{e}"));
         let state = Snapshot::build(config).unwrap_or_else(|e| panic!("{e}"));
         let instance =

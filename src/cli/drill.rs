@@ -103,6 +103,8 @@ unhealthy_threshold = 2
 healthy_threshold = 2
 passive_failures = 3
 down_for = "2s"
+recovery_interval = "100ms"
+hung_after = "1s"
 
 [timeouts]
 upstream_connect = "500ms"

@@ -252,8 +252,10 @@ pub async fn forward(
             .map_err(|f| (f, upload.slot.bytes()))?;
 
         let started = Instant::now();
+        let sent_ms = health.now_ms();
         let attempt = send(
             state,
+            &instance.metrics,
             upstream,
             request,
             sent,
@@ -283,10 +285,11 @@ pub async fn forward(
                 .with_label_values(&[dc.as_str(), uri.as_str()])
                 .inc();
         }
-        let (fallback, unsent) = match settle(instance, health, upstream, attempt, &mut upload) {
-            Settled::Answered(resp) => return Ok((resp, upload.slot)),
-            Settled::Unanswered { fallback, unsent } => (fallback, unsent),
-        };
+        let (fallback, unsent) =
+            match settle(instance, health, upstream, sent_ms, attempt, &mut upload) {
+                Settled::Answered(resp) => return Ok((resp, upload.slot)),
+                Settled::Unanswered { fallback, unsent } => (fallback, unsent),
+            };
         // Retried only when nothing was sent, or the body can be replayed.
         let reason = match (unsent, &upload.replay) {
             (Some(reason), _) => Some(reason),
@@ -351,6 +354,7 @@ fn settle(
     instance: &Instance,
     health: &Health,
     upstream: UpstreamId,
+    sent_ms: u64,
     attempt: Attempt,
     upload: &mut Upload,
 ) -> Settled {
@@ -359,7 +363,7 @@ fn settle(
             health.record_success(upstream);
             return Settled::Answered(resp);
         }
-        Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream)),
+        Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream, sent_ms)),
         // Our own connection cap, not the upstream's health.
         Attempt::Failed {
             failure: failure @ Failure::UpstreamSaturated,
@@ -384,7 +388,11 @@ fn settle(
         }
         Attempt::Failed {
             failure, unsent, ..
-        } => (Err(failure), unsent, health.record_failure(upstream)),
+        } => (
+            Err(failure),
+            unsent,
+            health.record_failure(upstream, sent_ms),
+        ),
     };
     if ejected {
         // Only an ejection changes what the gauges show.
@@ -397,8 +405,10 @@ fn settle(
 /// take bytes: `upstream_send_idle` without progress on a blocked write
 /// aborts it (504). Once the body is sent, the upstream-response deadline
 /// runs.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     state: &Snapshot,
+    metrics: &crate::metrics::Metrics,
     upstream: UpstreamId,
     request: Request<ForwardBody>,
     sent: tokio::sync::oneshot::Receiver<()>,
@@ -409,13 +419,23 @@ async fn send(
     let timeouts = &state.config.timeouts;
     let watch = Watch::default();
     let id = request_id.to_str().unwrap_or_default();
+    let hung = Hung {
+        state,
+        metrics,
+        upstream,
+        request_id: id,
+        dc,
+    };
     let result = tokio::select! {
         r = state.pool.send_or_return(upstream, request, &watch) => r,
-        phase = deadlines(timeouts, sent, &watch) => {
+        phase = deadlines(timeouts, sent, &watch, hung) => {
             tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
             return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
         }
     };
+    if result.is_ok() {
+        state.health.record_answer(upstream);
+    }
     match result {
         Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
         Ok(resp) => Attempt::Answered(resp),
@@ -462,6 +482,7 @@ async fn deadlines(
     timeouts: &Timeouts,
     mut sent: oneshot::Receiver<()>,
     watch: &Watch,
+    hung: Hung<'_>,
 ) -> &'static str {
     let idle = timeouts.upstream_send_idle;
     loop {
@@ -488,8 +509,53 @@ async fn deadlines(
             }
         }
     }
-    tokio::time::sleep(timeouts.upstream_response).await;
+    // The response phase; a hang is detected (for the next requests) while
+    // this one keeps waiting for its own answer.
+    let since = hung.state.health.now_ms();
+    let wait = timeouts.upstream_response;
+    match hung.state.health.settings().hung_after {
+        Some(after) if after < wait => {
+            tokio::time::sleep(after).await;
+            hung.check(since, after);
+            tokio::time::sleep(wait - after).await;
+        }
+        _ => tokio::time::sleep(wait).await,
+    }
     "upstream_response"
+}
+
+/// What a waiting request needs to call its upstream hung.
+struct Hung<'a> {
+    state: &'a Snapshot,
+    metrics: &'a crate::metrics::Metrics,
+    upstream: UpstreamId,
+    request_id: &'a str,
+    dc: &'a str,
+}
+
+impl Hung<'_> {
+    /// The request's body was sent at `since` and nothing has come back
+    /// for `after`: if no other request to the upstream was answered
+    /// meanwhile either, it is hung — ejected, so new uploads fail over
+    /// now instead of each waiting `upstream_response`.
+    fn check(&self, since: u64, after: std::time::Duration) {
+        let health = &self.state.health;
+        if health.answered_since(self.upstream, since) || !health.eject_hung(self.upstream) {
+            return;
+        }
+        let uri = &self.state.config.policy.upstream(self.upstream).uri;
+        tracing::warn!(
+            request_id = self.request_id,
+            datacenter = self.dc,
+            upstream = %uri,
+            waited_ms = after.as_millis() as u64,
+            "upstream hung: no answer to any request since this one was sent; ejected"
+        );
+        self.metrics
+            .upstream_hung
+            .with_label_values(&[self.dc, &uri.to_string()])
+            .inc();
+    }
 }
 
 fn body_failure(e: BodyError) -> Failure {

@@ -7,13 +7,24 @@
 //!   `healthy_threshold` consecutive successes. Upstreams start up.
 //! * **Passive ejection**: a failed connection ejects the upstream at once;
 //!   `passive_failures` consecutive failed requests (errors, 5xx, timeouts)
-//!   eject it too. Ejection lasts `down_for`, then the upstream is tried again.
+//!   eject it too; so does a **hang** — a request whose body was sent
+//!   waiting `hung_after` without this upstream answering anything
+//!   meanwhile ([`Health::eject_hung`], from the forwarding path).
+//!   Ejection lasts `down_for`, then the upstream is tried again.
+//! * **Recovery**: upstreams that are down or ejected are probed every
+//!   `recovery_interval` instead of every `interval`. A passing probe ends
+//!   an ejection for a failed connection at once (the upstream accepts
+//!   connections again and answered), and one for a hang when the active
+//!   checks had taken the upstream down too (its health endpoint hung as
+//!   well, and answers again); an ejection for failing requests, or a hang
+//!   of uploads while the health endpoint kept answering, runs its
+//!   `down_for` — a passing probe proves nothing about those.
 //! * **Drain**: an operator takes a whole data centre out of rotation; no new
 //!   request goes there, in-flight ones finish.
 //!
 //! The clock is tokio's, so tests drive it with a paused clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,7 +41,21 @@ struct Upstream {
     passive_failures: AtomicU32,
     /// Milliseconds since `epoch` until which the upstream is ejected.
     ejected_until: AtomicU64,
+    /// Why: one of the `EJECTED_*` values.
+    ejected_for: AtomicU8,
+    /// Milliseconds since `epoch` of the last ejection.
+    ejected_at: AtomicU64,
+    /// Milliseconds since `epoch` of the last answer (any status) to a
+    /// forwarded request.
+    answered_at: AtomicU64,
 }
+
+/// Ejected after `passive_failures` failed requests.
+const EJECTED_FAILING: u8 = 0;
+/// Ejected because a connection to it failed.
+const EJECTED_UNREACHABLE: u8 = 1;
+/// Ejected because it stopped answering.
+const EJECTED_HUNG: u8 = 2;
 
 #[derive(Debug)]
 pub struct Health {
@@ -45,6 +70,8 @@ pub struct Health {
 pub enum Transition {
     WentDown,
     CameUp,
+    /// A passing probe ended an ejection (see the module documentation).
+    Readmitted,
 }
 
 impl Health {
@@ -73,7 +100,7 @@ impl Health {
         &self.settings
     }
 
-    fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -100,8 +127,23 @@ impl Health {
         if ok {
             x.active_failures.store(0, Ordering::Relaxed);
             let n = x.active_successes.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= self.settings.healthy_threshold && !x.active_up.swap(true, Ordering::Relaxed) {
+            let came_up =
+                n >= self.settings.healthy_threshold && !x.active_up.swap(true, Ordering::Relaxed);
+            let ejected = x.ejected_until.load(Ordering::Relaxed) > self.now_ms();
+            let readmit = ejected
+                && match x.ejected_for.load(Ordering::Relaxed) {
+                    EJECTED_UNREACHABLE => true,
+                    EJECTED_HUNG => came_up,
+                    _ => false,
+                };
+            if readmit {
+                x.ejected_until.store(0, Ordering::Relaxed);
+            }
+            if came_up {
                 return Some(Transition::CameUp);
+            }
+            if readmit && x.active_up.load(Ordering::Relaxed) {
+                return Some(Transition::Readmitted);
             }
         } else {
             x.active_successes.store(0, Ordering::Relaxed);
@@ -114,6 +156,40 @@ impl Health {
         None
     }
 
+    /// Should `u` be probed at the faster `recovery_interval`: down by
+    /// checks, or ejected?
+    pub fn recovering(&self, u: UpstreamId) -> bool {
+        !self.is_healthy(u)
+    }
+
+    /// `u` answered a forwarded request (any status).
+    pub fn record_answer(&self, u: UpstreamId) {
+        if let Some(x) = self.upstreams.get(u.0) {
+            x.answered_at.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Has `u` answered any forwarded request since `since_ms` (from
+    /// [`Health::now_ms`])?
+    pub fn answered_since(&self, u: UpstreamId, since_ms: u64) -> bool {
+        self.upstreams
+            .get(u.0)
+            .is_some_and(|x| x.answered_at.load(Ordering::Relaxed) >= since_ms)
+    }
+
+    /// Ejects `u` as hung (a request waited `hung_after` with nothing
+    /// answered meanwhile); true if it was not ejected already.
+    pub fn eject_hung(&self, u: UpstreamId) -> bool {
+        let Some(x) = self.upstreams.get(u.0) else {
+            return false;
+        };
+        if x.ejected_until.load(Ordering::Relaxed) > self.now_ms() {
+            return false;
+        }
+        self.eject_for(u, EJECTED_HUNG);
+        true
+    }
+
     /// A request to `u` succeeded (any response below 500).
     pub fn record_success(&self, u: UpstreamId) {
         if let Some(x) = self.upstreams.get(u.0) {
@@ -121,15 +197,22 @@ impl Health {
         }
     }
 
-    /// A request to `u` failed after connecting; ejects after
-    /// `passive_failures` in a row. Returns true if it ejected.
-    pub fn record_failure(&self, u: UpstreamId) -> bool {
+    /// A request to `u`, sent at `sent_ms` ([`Health::now_ms`]), failed
+    /// after connecting; ejects after `passive_failures` in a row. Returns
+    /// true if it ejected. A request sent before the upstream's last
+    /// ejection does not count: it belongs to the episode that ejection
+    /// dealt with (the requests a hung upstream held fail together when it
+    /// comes back, and must not eject it again).
+    pub fn record_failure(&self, u: UpstreamId, sent_ms: u64) -> bool {
         let Some(x) = self.upstreams.get(u.0) else {
             return false;
         };
+        if sent_ms < x.ejected_at.load(Ordering::Relaxed) {
+            return false;
+        }
         let n = x.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.settings.passive_failures {
-            self.eject(u);
+            self.eject_for(u, EJECTED_FAILING);
             return true;
         }
         false
@@ -137,9 +220,15 @@ impl Health {
 
     /// Ejects `u` for `down_for` (a connection to it failed).
     pub fn eject(&self, u: UpstreamId) {
+        self.eject_for(u, EJECTED_UNREACHABLE);
+    }
+
+    fn eject_for(&self, u: UpstreamId, why: u8) {
         let down_for = u64::try_from(self.settings.down_for.as_millis()).unwrap_or(u64::MAX);
         if let Some(x) = self.upstreams.get(u.0) {
             x.passive_failures.store(0, Ordering::Relaxed);
+            x.ejected_for.store(why, Ordering::Relaxed);
+            x.ejected_at.store(self.now_ms(), Ordering::Relaxed);
             // Never 0: 0 means "not ejected" even at the epoch.
             let until = self.now_ms().saturating_add(down_for).max(1);
             x.ejected_until.store(until, Ordering::Relaxed);
@@ -185,6 +274,8 @@ impl Health {
                     o.passive_failures.load(Ordering::Relaxed),
                     Ordering::Relaxed,
                 );
+                x.ejected_for
+                    .store(o.ejected_for.load(Ordering::Relaxed), Ordering::Relaxed);
                 let remaining = o
                     .ejected_until
                     .load(Ordering::Relaxed)
@@ -302,10 +393,13 @@ down_for = "10s"
     async fn passive_ejection_lasts_down_for() {
         let (h, _) = health();
         let u = UpstreamId(1);
-        assert!(!h.record_failure(u));
+        assert!(!h.record_failure(u, h.now_ms()));
         h.record_success(u);
-        assert!(!h.record_failure(u), "success resets the failure run");
-        assert!(h.record_failure(u), "two in a row eject");
+        assert!(
+            !h.record_failure(u, h.now_ms()),
+            "success resets the failure run"
+        );
+        assert!(h.record_failure(u, h.now_ms()), "two in a row eject");
         assert!(!h.is_up(u));
         assert_eq!(h.retry_after([u].into_iter()), Duration::from_secs(10));
         tokio::time::advance(Duration::from_millis(9_999)).await;
@@ -315,6 +409,63 @@ down_for = "10s"
         h.eject(u);
         assert!(!h.is_up(u), "a failed connection ejects at once");
         assert!(!h.is_up(UpstreamId(9)), "unknown upstreams are never up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passing_probe_readmits_what_connections_or_a_whole_hang_ejected() {
+        let (h, _) = health();
+        let u = UpstreamId(0);
+        // A refused connection: the next passing probe readmits at once.
+        h.eject(u);
+        assert!(h.recovering(u));
+        assert_eq!(h.record_probe(u, true), Some(Transition::Readmitted));
+        assert!(h.is_up(u));
+
+        // Failing requests: a passing health check proves nothing.
+        assert!(!h.record_failure(u, h.now_ms()));
+        assert!(h.record_failure(u, h.now_ms()));
+        assert_eq!(h.record_probe(u, true), None);
+        assert!(!h.is_up(u), "down_for runs");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(h.is_up(u));
+
+        // Uploads hang while the health endpoint answers: not readmitted.
+        assert!(h.eject_hung(u));
+        assert!(!h.eject_hung(u), "already ejected");
+        assert_eq!(h.record_probe(u, true), None);
+        assert!(!h.is_up(u));
+        tokio::time::advance(Duration::from_secs(10)).await;
+
+        // The whole upstream hangs: checks go down too; once they pass
+        // again (healthy_threshold), the hang ejection ends with them.
+        let held = h.now_ms();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(h.eject_hung(u));
+        h.record_probe(u, false);
+        h.record_probe(u, false);
+        assert_eq!(h.record_probe(u, false), Some(Transition::WentDown));
+        assert_eq!(h.record_probe(u, true), None);
+        assert_eq!(h.record_probe(u, true), Some(Transition::CameUp));
+        assert!(h.is_up(u), "readmitted with the checks");
+        // The requests it held fail together as it comes back: they were
+        // sent before the ejection and do not eject it again.
+        for _ in 0..5 {
+            assert!(!h.record_failure(u, held));
+        }
+        assert!(h.is_up(u));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_since_a_time() {
+        let (h, _) = health();
+        let u = UpstreamId(0);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let since = h.now_ms();
+        assert!(!h.answered_since(u, since));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        h.record_answer(u);
+        assert!(h.answered_since(u, since));
+        assert!(!h.answered_since(UpstreamId(1), since));
     }
 
     #[tokio::test(start_paused = true)]
