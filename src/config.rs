@@ -1002,9 +1002,10 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
             d.path
         }
     };
+    let interval = duration(&raw.interval, "interval", d.interval, r);
     let h = HealthSettings {
         path,
-        interval: duration(&raw.interval, "interval", d.interval, r),
+        interval,
         timeout: duration(&raw.timeout, "timeout", d.timeout, r),
         healthy_threshold: count(
             &raw.healthy_threshold,
@@ -1025,12 +1026,18 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
             r,
         ),
         down_for: duration(&raw.down_for, "down_for", d.down_for, r),
+        // Default: 250 ms, or `interval` when that is shorter.
         recovery_interval: duration(
             &raw.recovery_interval,
             "recovery_interval",
             d.recovery_interval,
             r,
-        ),
+        )
+        .min(if raw.recovery_interval.is_some() {
+            Duration::MAX
+        } else {
+            interval
+        }),
         hung_after: match raw.hung_after.as_deref().map(str::trim) {
             None => d.hung_after,
             Some("off") => None,

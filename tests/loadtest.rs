@@ -619,6 +619,49 @@ async fn drill_sees_a_hang_detected_early_and_repaired_datacenters_readmitted() 
     sink.stop().await;
 }
 
+/// A proxy configured to let CH data reach frankfurt, checked against the
+/// promise that it stays in CH: the run fails — residency violations, and
+/// an objective missed — and every output says so: the text, the HTML
+/// (verdict, violations, the objectives table) and JUnit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_against_a_policy_that_leaks_ch_data_fails_in_every_report() {
+    use residency_tools::loadtest::slo::Slo;
+    let sink = FakeSink::start().await;
+    let drill = Drill::start_lax(&sink.datacenters).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.mix = "ch=1".parse::<Mix>().unwrap().0;
+    plan.duration = Duration::from_secs(2);
+    let mut report = execute(plan, false).await.unwrap();
+    let slo = Slo {
+        max_p99_ms: Some(0.001),
+        ..Slo::default()
+    };
+    report.apply_slo(&slo);
+    let text = report.render_text();
+    assert!(report.residency_violations > 0, "{text}");
+    assert!(!report.passed(), "{text}");
+    assert!(text.contains("FAIL:"), "{text}");
+    assert!(text.contains("MISSED"), "{text}");
+    let html = report.render_html();
+    assert!(
+        html.contains("<h1 id=\"verdict\" class=\"fail\">FAIL:"),
+        "{html}"
+    );
+    assert!(html.contains("class=\"violations\""), "{html}");
+    assert!(
+        html.contains("frankfurt"),
+        "the violation names where: {html}"
+    );
+    assert!(
+        html.contains("<tr class=\"fail\">"),
+        "a missed objective: {html}"
+    );
+    let junit = report.render_junit();
+    assert!(!junit.contains("failures=\"0\""), "{junit}");
+    assert!(junit.contains("<failure message=\""), "{junit}");
+    drill.stop().await;
+}
+
 /// The reference sink (`crate::sink`), the proxy's drain API and a refused
 /// data centre: uploads fail over, and nothing lands outside its jurisdiction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,6 +816,24 @@ impl Drill {
     /// `[timeouts]`) in the proxy's configuration.
     async fn start_with(datacenters: &[(String, SocketAddr)], extra: &str) -> Drill {
         let fx = Fixture::write(datacenters, extra);
+        Drill::start_fixture(fx).await
+    }
+
+    /// A proxy whose policy is laxer than the one the load generator
+    /// checks against: it also stores CH uploads in the EU.
+    async fn start_lax(datacenters: &[(String, SocketAddr)]) -> Drill {
+        let fx = Fixture::write(datacenters, "");
+        let strict = std::fs::read_to_string(&fx.config_path).unwrap();
+        let lax = strict.replace(
+            "[jurisdictions.ch]\ncountries = [\"CH\"]\n",
+            "[jurisdictions.ch]\ncountries = [\"CH\"]\nstore_in = [\"ch\", \"eu\"]\n",
+        );
+        assert_ne!(strict, lax);
+        std::fs::write(&fx.config_path, lax).unwrap();
+        Drill::start_fixture(fx).await
+    }
+
+    async fn start_fixture(fx: Fixture) -> Drill {
         let config = Config::load(&fx.config_path).unwrap_or_else(|e| panic!("{e}"));
         let state = Snapshot::build(config).unwrap_or_else(|e| panic!("{e}"));
         let instance =

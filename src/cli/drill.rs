@@ -54,6 +54,18 @@ pub struct DrillArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML file (charts of
+    /// outcomes and latency over time, fault windows, a table per fault).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Also write the checks as JUnit XML, for CI systems.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Service-level objectives (TOML) the run must meet; the exit status
+    /// reflects them (default: no violation, nothing missing, every fault
+    /// exercised).
+    #[arg(long)]
+    pub slo: Option<PathBuf>,
     /// No progress line every second.
     #[arg(long)]
     pub no_progress: bool,
@@ -76,6 +88,9 @@ impl Default for DrillArgs {
             chaos: Vec::new(),
             dir: None,
             json: None,
+            html: None,
+            junit: None,
+            slo: None,
             no_progress: false,
         }
     }
@@ -113,12 +128,30 @@ upstream_response = "3s"
 
 /// Runs the drill, prints the report, fails if the report does.
 pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
-    let json = args.json.clone();
-    let report = drill(args).await?;
+    let (json, html, junit) = (args.json.clone(), args.html.clone(), args.junit.clone());
+    let slo = args
+        .slo
+        .as_deref()
+        .map(residency_tools::loadtest::slo::Slo::load)
+        .transpose()?;
+    let dir = run_dir(&args);
+    let mut report = drill(args).await?;
+    if let Some(slo) = &slo {
+        report.apply_slo(slo);
+    }
+    if let Some(w) = logged_warnings(&dir.join(PROXY_LOG)) {
+        report.warnings.push(w);
+    }
     println!("{}", report.render_text());
-    if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    let outputs = [
+        (json, serde_json::to_vec_pretty(&report)?),
+        (html, report.render_html().into_bytes()),
+        (junit, report.render_junit().into_bytes()),
+    ];
+    for (path, bytes) in outputs {
+        if let Some(path) = path {
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
     }
     if !report.passed() {
         anyhow::bail!("drill failed: {}", report.problems().join("; "));
@@ -126,12 +159,56 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets up sink and proxy, runs the load, tears everything down.
-pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
-    let dir = match &args.dir {
+/// The proxy's log in the run directory (`residency-proxy drill`).
+pub const PROXY_LOG: &str = "proxy.log";
+
+/// Where a run keeps its files: `--dir`, or a new temporary directory.
+pub fn run_dir(args: &DrillArgs) -> PathBuf {
+    match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("residency-proxy-drill-{}", std::process::id())),
-    };
+    }
+}
+
+/// Warnings and errors the proxy logged to `log`, summarised by message
+/// (most frequent first, at most five).
+fn logged_warnings(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut by_message: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut total = 0;
+    for line in text.lines() {
+        let Some((_, rest)) = line
+            .split_once(" WARN ")
+            .or_else(|| line.split_once(" ERROR "))
+        else {
+            continue;
+        };
+        total += 1;
+        // `target: message key=value …`: the message.
+        let rest = rest.split_once(": ").map_or(rest, |(_, m)| m);
+        let message: Vec<&str> = rest.split(' ').take_while(|w| !w.contains('=')).collect();
+        *by_message.entry(message.join(" ")).or_default() += 1;
+    }
+    if total == 0 {
+        return None;
+    }
+    let mut top: Vec<(String, usize)> = by_message.into_iter().collect();
+    top.sort_by_key(|t| std::cmp::Reverse(t.1));
+    let list: Vec<String> = top
+        .iter()
+        .take(5)
+        .map(|(m, n)| format!("{n}× \"{m}\""))
+        .collect();
+    Some(format!(
+        "the proxy logged {total} warning(s) ({}): {}",
+        log.display(),
+        list.join(", ")
+    ))
+}
+
+/// Sets up sink and proxy, runs the load, tears everything down.
+pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
+    let dir = run_dir(&args);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let any: SocketAddr = "127.0.0.1:0".parse()?;

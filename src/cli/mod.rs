@@ -186,7 +186,15 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(residency_tools::loadtest::run(args, policy))
         }
         Command::Drill(args) => {
-            init_tracing(format.unwrap_or_default(), &level);
+            // The proxy's log goes to a file in the run directory; the
+            // report summarises its warnings.
+            let dir = crate::cli::drill::run_dir(&args);
+            let log = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::File::create(dir.join(crate::cli::drill::PROXY_LOG)));
+            match log {
+                Ok(file) => init_tracing_to(format.unwrap_or_default(), &level, file),
+                Err(_) => init_tracing(format.unwrap_or_default(), &level),
+            }
             block_on(crate::cli::drill::run(*args))
         }
         Command::CheckConfig { config, offline } => check_config(config, offline),
@@ -559,10 +567,27 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// As [`init_tracing`], into `file` (no colours).
+fn init_tracing_to(format: LogFormat, level: &str, file: std::fs::File) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(level))
+        .log_internal_errors(false)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = filter(level);
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which
     // panics on the same broken stderr — inside a request.

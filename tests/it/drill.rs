@@ -71,4 +71,49 @@ async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
         let acked = report.jurisdictions[j].counts.acknowledged;
         assert_eq!(stored, acked, "{dc}: {text}");
     }
+
+    // The HTML report, opened in a real headless Chromium: no console
+    // errors, no request anywhere, one chart per jurisdiction, the
+    // latency chart, a row per fault; a screenshot is kept as an artefact.
+    let html = dir.path().join("drill.html");
+    std::fs::write(&html, report.render_html()).unwrap();
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-report.png");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/report_check.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(&html)
+        .arg(&shot)
+        .output()
+        .expect("run tests/clients/report_check.py");
+    assert!(
+        out.status.success(),
+        "report_check.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["console_errors"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["requests"], serde_json::json!([]), "{seen}");
+    assert_eq!(
+        seen["jurisdiction_charts"],
+        serde_json::json!(["ch", "eu", "us"]),
+        "{seen}"
+    );
+    assert_eq!(seen["latency_charts"], 3, "p50, p99 and max: {seen}");
+    assert_eq!(
+        seen["fault_rows"], 3,
+        "zurich, zurich again, geneva: {seen}"
+    );
+    assert_eq!(seen["width_overflow"], false, "{seen}");
+    assert!(
+        seen["verdict"].as_str().unwrap().starts_with("PASS"),
+        "{seen}"
+    );
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    eprintln!("screenshot of the report: {}", shot.display());
+    let junit = report.render_junit();
+    assert!(junit.contains("failures=\"0\""), "{junit}");
+    assert!(
+        junit.contains("name=\"no residency violations\""),
+        "{junit}"
+    );
 }

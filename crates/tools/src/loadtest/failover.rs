@@ -27,10 +27,12 @@ pub struct Failover {
     /// The jurisdictions D had been storing just before the event.
     pub jurisdictions: Vec<String>,
     /// When the proxy was already sending those jurisdictions elsewhere:
-    /// the scheduled time of the earliest upload after the event that
-    /// another data centre acknowledged, from the event. Uploads sent to D
-    /// before that wait for D's answer (or timeout); for a hung D this is
-    /// the time to detect it, apart from their waiting.
+    /// the scheduled time, from the event, of the earliest upload after it
+    /// that another data centre acknowledged *promptly* (within twice the
+    /// p99 of those jurisdictions before the event, at least 20 ms — not
+    /// after waiting on D and being replayed). Uploads sent to D before
+    /// that wait for D's answer (or a timeout); for a hung D this is the
+    /// time to detect it, apart from their waiting.
     pub time_to_detect_ms: Option<f64>,
     /// `None` (JSON `null`): no failover was seen; `note` says why.
     pub time_to_failover_ms: Option<f64>,
@@ -139,10 +141,27 @@ fn one(
         .filter_map(|o| Some((o.finished()?, dc_of(o, stored_in)?)))
         .filter(|(f, other)| *other != dc && before_end(*f))
         .min_by_key(|(f, _)| *f);
+    // Uploads that went elsewhere straight away: no slower than twice the
+    // slowest of those jurisdictions' acknowledgements before the event
+    // (at least 20 ms). One that waited on D first (and was replayed) is
+    // not evidence that the proxy had noticed.
+    let mut before: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.acknowledged() && going.contains(&o.jurisdiction))
+        .filter(|o| o.scheduled >= start && o.scheduled < t)
+        .filter_map(|o| Some(o.finished()?.saturating_sub(o.scheduled)))
+        .collect();
+    before.sort_unstable();
+    let p99 = before
+        .get(before.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    let prompt = (p99 * 2).max(Duration::from_millis(20));
     result.time_to_detect_ms = relevant()
         .filter(|o| o.acknowledged())
         .filter(|o| {
-            o.finished().is_some_and(before_end)
+            o.finished()
+                .is_some_and(|f| before_end(f) && f.saturating_sub(o.scheduled) <= prompt)
                 && dc_of(o, stored_in).is_some_and(|other| other != dc)
         })
         .map(|o| o.scheduled)

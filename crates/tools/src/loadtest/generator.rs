@@ -183,6 +183,9 @@ pub async fn run(
     }
     if let Some(t) = ticker {
         t.abort();
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!(); // ends the live line
+        }
     }
     let elapsed = t0.elapsed();
     let outcomes = std::mem::take(&mut *ctx.outcomes());
@@ -243,6 +246,9 @@ async fn report_progress(ctx: Arc<Ctx>, limiter: Arc<Semaphore>, max: usize) {
         tokio::time::interval_at(ctx.t0 + Duration::from_secs(1), Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_sent = 0;
+    // On a terminal, one line rewritten in place; elsewhere (a CI log), a
+    // line per second.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         tick.tick().await;
         let c = &ctx.counters;
@@ -254,13 +260,18 @@ async fn report_progress(ctx: Arc<Ctx>, limiter: Arc<Semaphore>, max: usize) {
         } else {
             String::new()
         };
-        eprintln!(
+        let line = format!(
             "[{:>5.1}s] sent {sent} acked {} errors {} in-flight {in_flight} rate {}/s{overload}",
             ctx.t0.elapsed().as_secs_f64(),
             c.acked.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
             sent - last_sent,
         );
+        if live {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
         last_sent = sent;
     }
 }

@@ -14,7 +14,8 @@
 //! line), [`plan`] (what to do, also buildable in code), [`schedule`] (the
 //! arrival times), [`client`] and [`upload`] (the HTTPS requests),
 //! [`generator`] (spawning, counting, draining), [`chaos`] (admin calls),
-//! [`reconcile`], [`failover`] and [`report`] (with `render`).
+//! [`reconcile`], [`failover`] and [`report`] (with `render` for text and
+//! `html` for the self-contained HTML report).
 //!
 //! Safety: targets and admin URLs must be on loopback unless
 //! `--allow-remote`; every run ends within its duration plus the drain
@@ -25,11 +26,13 @@ pub mod chaos;
 pub mod client;
 pub mod failover;
 pub mod generator;
+mod html;
 pub mod plan;
 pub mod reconcile;
 mod render;
 pub mod report;
 pub mod schedule;
+pub mod slo;
 pub mod spec;
 pub mod upload;
 
@@ -101,9 +104,9 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     let reconciled = reconcile::fetch_records(&admin, &plan.sink_admin)
         .await
         .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
-    Ok(report::build(
-        &plan, &run, &generated, applied, restored, reconciled,
-    ))
+    let mut report = report::build(&plan, &run, &generated, applied, restored, reconciled);
+    report.apply_slo(&slo::Slo::default());
+    Ok(report)
 }
 
 fn restored_entry(action: &ChaosAction, t0: Instant, result: Result<String, String>) -> Applied {

@@ -162,6 +162,17 @@ impl Report {
         for w in &self.warnings {
             let _ = writeln!(o, "WARNING: {w}");
         }
+        if self.slo.len() > 2 {
+            let _ = writeln!(o, "\nobjectives:");
+            for c in &self.slo {
+                let mark = if c.passed { "met" } else { "MISSED" };
+                let _ = writeln!(
+                    o,
+                    "  {mark:<6} {}: {} (objective {})",
+                    c.name, c.measured, c.threshold
+                );
+            }
+        }
         let problems = self.problems();
         if problems.is_empty() {
             let _ = writeln!(
@@ -205,4 +216,87 @@ fn row(o: &mut String, label: &str, width: usize, c: &Counts, l: &LatencySummary
         ms(l.p99_9_us),
         ms(l.max_us)
     );
+}
+
+impl Report {
+    /// The checks as a JUnit XML report (one test case per check), for CI
+    /// systems: residency violations, acknowledged uploads missing, the
+    /// reconciliation, and each chaos event applied.
+    pub fn render_junit(&self) -> String {
+        let mut cases: Vec<(String, Option<String>)> = vec![
+            (
+                "no residency violations".into(),
+                (self.residency_violations > 0)
+                    .then(|| format!("{} residency violation(s)", self.residency_violations)),
+            ),
+            (
+                "no acknowledged upload missing".into(),
+                (self.acknowledged_missing > 0).then(|| {
+                    format!(
+                        "{} acknowledged upload(s) missing",
+                        self.acknowledged_missing
+                    )
+                }),
+            ),
+            (
+                "reconciled with the sinks".into(),
+                self.reconcile_error.clone(),
+            ),
+        ];
+        for c in self.slo.iter().skip(2) {
+            cases.push((
+                format!("objective: {} ({})", c.name, c.threshold),
+                (!c.passed).then(|| format!("measured {}", c.measured)),
+            ));
+        }
+        for c in &self.chaos {
+            cases.push((
+                format!("chaos {} applied", c.applied.event),
+                (!c.applied.ok).then(|| {
+                    c.applied
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "not applied".into())
+                }),
+            ));
+        }
+        let failures = cases.iter().filter(|(_, f)| f.is_some()).count();
+        let mut o = String::new();
+        let _ = writeln!(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+        let _ = writeln!(
+            o,
+            "<testsuite name=\"residency-proxy drill {}\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+            xml(&self.run_id),
+            cases.len(),
+            self.elapsed_s
+        );
+        for (name, failure) in cases {
+            match failure {
+                None => {
+                    let _ = writeln!(
+                        o,
+                        "  <testcase classname=\"drill\" name=\"{}\"/>",
+                        xml(&name)
+                    );
+                }
+                Some(f) => {
+                    let _ = writeln!(
+                        o,
+                        "  <testcase classname=\"drill\" name=\"{}\"><failure message=\"{}\"/></testcase>",
+                        xml(&name),
+                        xml(&f)
+                    );
+                }
+            }
+        }
+        o.push_str("</testsuite>\n");
+        o
+    }
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

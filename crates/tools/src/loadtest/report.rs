@@ -68,6 +68,117 @@ pub struct Report {
     /// Things that make the run weaker evidence without failing it (nothing
     /// acknowledged, overload, chaos not applied, …).
     pub warnings: Vec<String>,
+    /// Outcomes over time, for charts.
+    pub timeline: Timeline,
+    /// The service-level objectives checked (`--slo`; by default: no
+    /// violation, nothing missing, every fault exercised), set by
+    /// [`Report::apply_slo`].
+    pub slo: Vec<SloCheck>,
+}
+
+/// One objective checked against a run (see [`super::slo`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SloCheck {
+    pub name: String,
+    /// The threshold, as written.
+    pub threshold: String,
+    /// What the run measured.
+    pub measured: String,
+    pub passed: bool,
+}
+
+/// How long one step of [`Timeline`] is.
+pub const TIMELINE_STEP: Duration = Duration::from_millis(250);
+
+/// What happened over the run, step by step ([`TIMELINE_STEP`]), each
+/// upload counted in the step it was scheduled in.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    pub step_ms: u64,
+    /// Per jurisdiction: per step, the uploads by outcome.
+    pub jurisdictions: BTreeMap<String, Vec<StepCounts>>,
+    /// Per step: latency of the uploads that finished (from their
+    /// scheduled time), `None` where none did.
+    pub latency: Vec<Option<StepLatency>>,
+}
+
+/// Uploads of one step by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StepCounts {
+    /// 2xx.
+    pub acknowledged: u32,
+    /// 503 (refused: nothing permitted up, or the log unavailable).
+    pub unavailable: u32,
+    /// Any other answer (4xx, 5xx).
+    pub error: u32,
+    /// No answer: transport error, timeout, unfinished, or not sent.
+    pub no_answer: u32,
+}
+
+/// Latency percentiles of one step, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepLatency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The timeline of `outcomes` over `duration`.
+fn timeline(plan: &Plan, outcomes: &[Outcome]) -> Timeline {
+    let step = TIMELINE_STEP.as_micros().max(1);
+    let steps = plan.duration.as_micros().div_ceil(step).max(1) as usize;
+    let mut counts: Vec<Vec<StepCounts>> = plan
+        .mix
+        .iter()
+        .map(|_| vec![StepCounts::default(); steps])
+        .collect();
+    let mut micros: Vec<Vec<u64>> = vec![Vec::new(); steps];
+    for o in outcomes {
+        let i = ((o.scheduled.as_micros() / step) as usize).min(steps - 1);
+        let Some(c) = counts.get_mut(o.jurisdiction).map(|c| &mut c[i]) else {
+            continue;
+        };
+        match &o.result {
+            Sent::Done {
+                answer, finished, ..
+            } => {
+                match (answer.failure.is_none(), answer.status) {
+                    (true, _) => c.acknowledged += 1,
+                    (false, Some(503)) => c.unavailable += 1,
+                    (false, Some(_)) => c.error += 1,
+                    (false, None) => c.no_answer += 1,
+                }
+                let us = finished.saturating_sub(o.scheduled).as_micros();
+                micros[i].push(u64::try_from(us).unwrap_or(u64::MAX));
+            }
+            Sent::NotSent | Sent::Unfinished => c.no_answer += 1,
+        }
+    }
+    let latency = micros
+        .into_iter()
+        .map(|mut v| {
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_unstable();
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+            Some(StepLatency {
+                p50_ms: at(0.5),
+                p99_ms: at(0.99),
+                max_ms: at(1.0),
+            })
+        })
+        .collect();
+    Timeline {
+        step_ms: TIMELINE_STEP.as_millis() as u64,
+        jurisdictions: plan
+            .mix
+            .iter()
+            .map(|m| m.jurisdiction.clone())
+            .zip(counts)
+            .collect(),
+        latency,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +250,13 @@ impl Report {
             p.push(format!(
                 "{} acknowledged upload(s) missing from the sinks",
                 self.acknowledged_missing
+            ));
+        }
+        // Violations and missing uploads are said above.
+        for c in self.slo.iter().skip(2).filter(|c| !c.passed) {
+            p.push(format!(
+                "SLO {}: {} (objective {})",
+                c.name, c.measured, c.threshold
             ));
         }
         p
@@ -345,6 +463,8 @@ pub fn build(
         phases,
         jurisdictions,
         warnings: Vec::new(),
+        timeline: timeline(plan, outcomes),
+        slo: Vec::new(),
     };
     report.warnings = warnings(&report, plan);
     report

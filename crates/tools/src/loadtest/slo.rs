@@ -1,0 +1,186 @@
+//! Service-level objectives for a run (`--slo FILE`, TOML): thresholds the
+//! report is checked against. Each becomes an [`SloCheck`] in the report —
+//! the threshold, what was measured, whether it held — and a failed check
+//! fails the run (exit status 1).
+//!
+//! ```toml
+//! max_residency_violations = 0      # the default
+//! max_acknowledged_missing = 0      # the default
+//! max_time_to_detect_ms = 1500      # each fault: routed elsewhere after
+//! max_time_to_failover_ms = 2000    # each fault: first acknowledged elsewhere after
+//! max_time_to_recover_ms = 1000     # each repair: acknowledging again after
+//! min_availability = 0.5            # per jurisdiction, acknowledged / scheduled during faults
+//! max_p99_ms = 3000                 # each phase
+//! allow_not_exercised = false       # the default: a fault nothing had to fail over from fails
+//! ```
+//!
+//! Without a file the defaults apply: no violation, nothing acknowledged
+//! missing, and every fault exercised. A fault is *not exercised* when no
+//! upload was going to its data centre when it struck (a drain of a data
+//! centre already ejected, say): it tested nothing, and saying PASS for it
+//! would be a claim the run cannot back.
+
+use serde::Deserialize;
+
+use super::report::{Report, SloCheck, TIMELINE_STEP};
+
+/// The objectives (see the module documentation).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    #[serde(default)]
+    pub max_residency_violations: u64,
+    #[serde(default)]
+    pub max_acknowledged_missing: u64,
+    pub max_time_to_detect_ms: Option<f64>,
+    pub max_time_to_failover_ms: Option<f64>,
+    pub max_time_to_recover_ms: Option<f64>,
+    pub min_availability: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    #[serde(default)]
+    pub allow_not_exercised: bool,
+}
+
+impl Slo {
+    /// Reads and checks an SLO file.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Slo> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let slo: Slo =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(a) = slo.min_availability {
+            if !(0.0..=1.0).contains(&a) {
+                anyhow::bail!(
+                    "{}: min_availability = {a}: a fraction from 0 to 1",
+                    path.display()
+                );
+            }
+        }
+        Ok(slo)
+    }
+}
+
+impl Report {
+    /// Checks the run against `slo` (replacing the objectives checked so
+    /// far; a run is checked against the defaults when it is built).
+    pub fn apply_slo(&mut self, slo: &Slo) {
+        self.slo = check(self, slo);
+    }
+}
+
+/// Checks `report` against `slo`.
+pub fn check(report: &Report, slo: &Slo) -> Vec<SloCheck> {
+    let mut out = Vec::new();
+    let mut push = |name: String, threshold: String, measured: String, passed: bool| {
+        out.push(SloCheck {
+            name,
+            threshold,
+            measured,
+            passed,
+        })
+    };
+    push(
+        "residency violations".into(),
+        format!("≤ {}", slo.max_residency_violations),
+        report.residency_violations.to_string(),
+        report.residency_violations <= slo.max_residency_violations,
+    );
+    push(
+        "acknowledged uploads missing".into(),
+        format!("≤ {}", slo.max_acknowledged_missing),
+        report.acknowledged_missing.to_string(),
+        report.acknowledged_missing <= slo.max_acknowledged_missing,
+    );
+    let ms = |v: Option<f64>| v.map_or_else(|| "none".to_string(), |v| format!("{v:.0} ms"));
+    for c in &report.chaos {
+        let event = &c.applied.event;
+        if let Some(f) = &c.failover {
+            let exercised = !f.jurisdictions.is_empty();
+            if !exercised {
+                push(
+                    format!("{event}: exercised"),
+                    if slo.allow_not_exercised {
+                        "allowed not to be".into()
+                    } else {
+                        "uploads going to the data centre when it struck".into()
+                    },
+                    format!(
+                        "not exercised: {}",
+                        f.note.as_deref().unwrap_or("nothing to fail over")
+                    ),
+                    slo.allow_not_exercised,
+                );
+                continue;
+            }
+            for (what, limit, value) in [
+                (
+                    "time to detect",
+                    slo.max_time_to_detect_ms,
+                    f.time_to_detect_ms,
+                ),
+                (
+                    "time to failover",
+                    slo.max_time_to_failover_ms,
+                    f.time_to_failover_ms,
+                ),
+            ] {
+                if let Some(limit) = limit {
+                    push(
+                        format!("{event}: {what}"),
+                        format!("≤ {limit:.0} ms"),
+                        ms(value),
+                        value.is_some_and(|v| v <= limit),
+                    );
+                }
+            }
+        }
+        if let (Some(r), Some(limit)) = (&c.recovery, slo.max_time_to_recover_ms) {
+            push(
+                format!("{event}: time to recover"),
+                format!("≤ {limit:.0} ms"),
+                ms(r.time_to_recover_ms),
+                r.time_to_recover_ms.is_some_and(|v| v <= limit),
+            );
+        }
+    }
+    if let Some(min) = slo.min_availability {
+        let step = TIMELINE_STEP.as_secs_f64();
+        let windows = report.fault_windows();
+        for (j, steps) in &report.timeline.jurisdictions {
+            let (mut acked, mut all) = (0u64, 0u64);
+            for (i, s) in steps.iter().enumerate() {
+                let t = (i as f64 + 0.5) * step;
+                if windows.iter().any(|(a, b)| (*a..*b).contains(&t)) {
+                    acked += u64::from(s.acknowledged);
+                    all += u64::from(s.acknowledged + s.unavailable + s.error + s.no_answer);
+                }
+            }
+            let measured = (all > 0).then(|| acked as f64 / all as f64);
+            push(
+                format!("{j}: availability during faults"),
+                format!("≥ {min:.3}"),
+                measured.map_or_else(
+                    || "no upload during faults".into(),
+                    |a| format!("{a:.3} ({acked} of {all})"),
+                ),
+                measured.is_none_or(|a| a >= min),
+            );
+        }
+    }
+    if let Some(limit) = slo.max_p99_ms {
+        for p in &report.phases {
+            let p99 = p.latency.p99_us as f64 / 1000.0;
+            push(
+                format!(
+                    "phase {} ({}): p99",
+                    p.index,
+                    p.started_by.as_deref().unwrap_or("start")
+                ),
+                format!("≤ {limit:.0} ms"),
+                format!("{p99:.1} ms"),
+                p99 <= limit,
+            );
+        }
+    }
+    out
+}
