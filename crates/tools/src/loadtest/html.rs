@@ -87,7 +87,8 @@ impl Report {
         let _ = write!(
             o,
             "<p class=\"run\">run <code>{}</code> → <code>{}</code> (convey {:?}); {}/s for {:.0} s, {} bytes per upload; \
-             sent {}, acknowledged {}, failed {}, not sent {}; took {:.1} s.</p></header>",
+             sent {}, acknowledged {}, failed {}, not sent {}; took {:.1} s. \
+             Seed <code>{}</code>, policy SHA-256 <code>{}</code>, residency-proxy {}.</p></header>",
             esc(&self.run_id),
             esc(&self.target),
             self.convey,
@@ -98,7 +99,10 @@ impl Report {
             self.acknowledged,
             self.failed,
             self.not_sent_overload,
-            self.elapsed_s
+            self.elapsed_s,
+            esc(&self.seed),
+            esc(&self.policy_sha256),
+            esc(&self.version)
         );
         o.push('\n');
         if !self.warnings.is_empty() {

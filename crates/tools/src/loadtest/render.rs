@@ -23,6 +23,11 @@ impl Report {
         );
         let _ = writeln!(
             o,
+            "seed {}, policy sha256 {}, residency-proxy {}",
+            self.seed, self.policy_sha256, self.version
+        );
+        let _ = writeln!(
+            o,
             "sent {}  acknowledged {}  failed {}  not sent (overload) {}",
             self.sent, self.acknowledged, self.failed, self.not_sent_overload
         );

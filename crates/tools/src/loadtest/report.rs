@@ -22,6 +22,14 @@ use super::upload::RunId;
 pub struct Report {
     /// Upload ids are `lt-{run_id}-{index}`.
     pub run_id: String,
+    /// The run's seed (upload bodies and ids derive from it), in hex.
+    pub seed: String,
+    /// SHA-256 of the routing policy the run checked against (the proxy
+    /// exports its own as `residency_policy_info{hash}`).
+    pub policy_sha256: String,
+    /// The version of the tool that ran it, and the commit it was built
+    /// from when known (`RESIDENCY_PROXY_COMMIT` at build time).
+    pub version: String,
     pub target: String,
     pub convey: Convey,
     pub rate_per_s: f64,
@@ -431,6 +439,12 @@ pub fn build(
     let c = total.counts;
     let mut report = Report {
         run_id: run.id.clone(),
+        seed: format!("{:016x}", run.seed),
+        policy_sha256: plan.policy.hash(),
+        version: match option_env!("RESIDENCY_PROXY_COMMIT") {
+            Some(commit) => format!("{} ({commit})", env!("CARGO_PKG_VERSION")),
+            None => env!("CARGO_PKG_VERSION").to_string(),
+        },
         target: plan.target.to_string(),
         convey: plan.convey,
         rate_per_s: plan.rate,
