@@ -342,6 +342,7 @@ fn done(
                 status: Some(status),
                 failure: (!ok).then(|| format!("{status}")),
                 datacenter: dc.map(str::to_string),
+                receipt: None,
                 detail: None,
             },
             finished: Duration::from_millis(at_ms + took_ms),

@@ -69,6 +69,11 @@ pub struct DrillArgs {
     /// No progress line every second.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run the proxy without its transparency log (by default the drill
+    /// also proves every acknowledged upload from the log: receipt
+    /// signature, inclusion, data centre, body; checkpoints consistent).
+    #[arg(long)]
+    pub no_log: bool,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -92,6 +97,7 @@ impl Default for DrillArgs {
             junit: None,
             slo: None,
             no_progress: false,
+            no_log: false,
         }
     }
 }
@@ -107,6 +113,9 @@ const SCHEDULE: [(f64, &str); 6] = [
     (0.75, "drain=zurich"),
     (0.90, "undrain=zurich"),
 ];
+
+/// The drill's log name (`transparency.origin`).
+const DRILL_LOG_ORIGIN: &str = "drill.residency-proxy.local/log";
 
 /// Health and timeouts that make failover quick and visible in a drill.
 const DRILL_TUNING: &str = r#"
@@ -236,13 +245,31 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
         Convey::ProxyV2 => "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1\"]",
         Convey::Xff => "trusted_proxies = [\"127.0.0.1\"]",
     };
+    // The transparency log, in the run directory, with a key of its own
+    // (kept with it, so a rerun in the same --dir extends the same log).
+    let mut extra = DRILL_TUNING.to_string();
+    let log_key = if args.no_log {
+        None
+    } else {
+        let key_path = dir.join("drill-log.key");
+        if !key_path.exists() {
+            std::fs::write(&key_path, residency_log::note::Signer::generate_pkcs8()?)?;
+        }
+        let pkcs8 = std::fs::read(&key_path)?;
+        let signer = residency_log::note::Signer::from_pkcs8(DRILL_LOG_ORIGIN, &pkcs8)?;
+        extra.push_str(&format!(
+            "\n[transparency]\ndirectory = \"log\"\norigin = \"{DRILL_LOG_ORIGIN}\"\nsigning_key = \"drill-log.key\"\n\
+             address = \"127.0.0.1:0\"\ncheckpoint_interval = \"250ms\"\nreceipts = \"signed\"\n"
+        ));
+        Some(signer.verifier_key())
+    };
     let site = Site {
         generator: "drill",
         port: 0,
         admin_port: 0,
         listener,
         datacenters: &dcs,
-        extra: DRILL_TUNING,
+        extra: &extra,
     };
     let config_path = write_files(&dir, &site)?;
     let config = Config::load(&config_path)?;
@@ -253,6 +280,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let bound = crate::server::bind(instance).await?;
     let proxy = *bound.addresses().first().context("proxy listener")?;
     let admin = bound.admin_address().context("admin listener")?;
+    let log_address = bound.transparency_address();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(bound.run(async move {
         let _ = stopped.await;
@@ -287,6 +315,13 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     .collect::<anyhow::Result<_>>()?;
     plan.sink_admin = vec![format!("http://{}", sink.admin_addr()).parse()?];
     plan.proxy_admin = Some(format!("http://{admin}").parse()?);
+    plan.log = match (log_key, log_address) {
+        (Some(key), Some(addr)) => Some(loadtest::plan::LogTarget {
+            url: format!("http://{addr}"),
+            key,
+        }),
+        _ => None,
+    };
     let chaos: Vec<String> = if args.chaos.is_empty() {
         let secs = args.duration.as_secs_f64();
         SCHEDULE

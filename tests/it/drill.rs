@@ -38,6 +38,20 @@ async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
     assert_eq!(report.acknowledged_missing, 0, "{text}");
     assert_eq!(report.reconcile_error, None, "{text}");
     assert!(report.passed(), "{text}");
+    // Residency proven from the transparency log too: every acknowledged
+    // upload's receipt is signed, included in the final checkpoint, names
+    // the data centre the sink stored the body in and the body's SHA-256;
+    // the log only grew during the drill.
+    let log = report
+        .residency_log
+        .as_ref()
+        .expect("the drill runs with its log");
+    assert_eq!(log.error, None, "{text}");
+    assert_eq!(log.receipts_verified, report.acknowledged, "{text}");
+    assert_eq!(log.receipts_failed, 0, "{text}");
+    assert_eq!(log.acknowledged_without_receipt, 0, "{text}");
+    assert_eq!(log.consistent, Some(true), "{text}");
+    assert!(text.contains("receipt(s) proven"), "{text}");
 
     // CH traffic moved to geneva within 2 s of zurich being killed.
     let kill = &report.chaos[0];

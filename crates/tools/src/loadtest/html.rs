@@ -105,6 +105,17 @@ impl Report {
             esc(&self.version)
         );
         o.push('\n');
+        if let Some(log) = &self.residency_log {
+            let _ = write!(
+                o,
+                "<section id=\"log\"><h2>Proven by the transparency log</h2><p>{}.</p>",
+                esc(&log.summary())
+            );
+            for f in log.failure_samples.iter().chain(&log.error) {
+                let _ = write!(o, "<p class=\"fail\">{}</p>", esc(f));
+            }
+            o.push_str("</section>\n");
+        }
         if !self.warnings.is_empty() {
             o.push_str("<section><h2>Warnings</h2><ul>");
             for w in &self.warnings {

@@ -27,6 +27,7 @@ pub mod client;
 pub mod failover;
 pub mod generator;
 mod html;
+pub mod logcheck;
 pub mod plan;
 pub mod reconcile;
 mod render;
@@ -81,6 +82,15 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     let run = RunId::new();
     let admin = Admin::new();
     let t0 = Instant::now() + LEAD;
+    // The log's checkpoint before the load, to prove it only grew.
+    let log_before = match &plan.log {
+        Some(target) => {
+            let fetcher = crate::fetch::Fetcher::new(&target.url, None)?;
+            let verifier = residency_log::note::Verifier::parse(&target.key)?;
+            Some(logcheck::checkpoint(&fetcher, &verifier).await?.0)
+        }
+        None => None,
+    };
 
     let chaos_task = tokio::spawn(chaos::run_schedule(
         plan.chaos.clone(),
@@ -104,7 +114,16 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     let reconciled = reconcile::fetch_records(&admin, &plan.sink_admin)
         .await
         .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
+    let residency_log = match &plan.log {
+        Some(target) => {
+            let no_records = std::collections::HashMap::new();
+            let stored_in = reconciled.as_ref().map_or(&no_records, |r| &r.stored_in);
+            Some(logcheck::check(target, log_before, &generated.outcomes, stored_in).await)
+        }
+        None => None,
+    };
     let mut report = report::build(&plan, &run, &generated, applied, restored, reconciled);
+    report.residency_log = residency_log;
     report.apply_slo(&slo::Slo::default());
     Ok(report)
 }

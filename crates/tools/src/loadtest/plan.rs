@@ -78,6 +78,17 @@ pub struct Plan {
     pub allow_remote: bool,
     /// Set data centres back to normal (and undrain them) before reconciling.
     pub restore_after: bool,
+    /// Also prove the run from the proxy's transparency log.
+    pub log: Option<LogTarget>,
+}
+
+/// The log the proxy under test writes to.
+#[derive(Debug, Clone)]
+pub struct LogTarget {
+    /// Its base URL (`transparency.address`).
+    pub url: String,
+    /// Its verifier key, `name+keyid+base64`.
+    pub key: String,
 }
 
 impl Plan {
@@ -103,6 +114,7 @@ impl Plan {
             drain_timeout: Duration::from_secs(30),
             allow_remote: false,
             restore_after: true,
+            log: None,
         }
     }
 
@@ -150,6 +162,7 @@ impl Plan {
             drain_timeout: args.drain_timeout,
             allow_remote: args.allow_remote,
             restore_after: !args.leave_chaos,
+            log: None,
         };
         plan.validate()?;
         Ok(plan)

@@ -167,6 +167,15 @@ impl Report {
         for w in &self.warnings {
             let _ = writeln!(o, "WARNING: {w}");
         }
+        if let Some(log) = &self.residency_log {
+            let _ = writeln!(o, "\ntransparency log: {}", log.summary());
+            for f in &log.failure_samples {
+                let _ = writeln!(o, "  {f}");
+            }
+            if let Some(e) = &log.error {
+                let _ = writeln!(o, "  LOG NOT CHECKED: {e}");
+            }
+        }
         if self.slo.len() > 2 {
             let _ = writeln!(o, "\nobjectives:");
             for c in &self.slo {
@@ -248,6 +257,13 @@ impl Report {
                 self.reconcile_error.clone(),
             ),
         ];
+        if let Some(log) = &self.residency_log {
+            let problems = log.problems();
+            cases.push((
+                "residency proven by the transparency log".into(),
+                (!problems.is_empty()).then(|| problems.join("; ")),
+            ));
+        }
         for c in self.slo.iter().skip(2) {
             cases.push((
                 format!("objective: {} ({})", c.name, c.threshold),

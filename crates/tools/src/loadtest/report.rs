@@ -78,6 +78,8 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Outcomes over time, for charts.
     pub timeline: Timeline,
+    /// What the proxy's transparency log proved (with `Plan::log`).
+    pub residency_log: Option<super::logcheck::LogReport>,
     /// The service-level objectives checked (`--slo`; by default: no
     /// violation, nothing missing, every fault exercised), set by
     /// [`Report::apply_slo`].
@@ -259,6 +261,9 @@ impl Report {
                 "{} acknowledged upload(s) missing from the sinks",
                 self.acknowledged_missing
             ));
+        }
+        if let Some(log) = &self.residency_log {
+            p.extend(log.problems());
         }
         // Violations and missing uploads are said above.
         for c in self.slo.iter().skip(2).filter(|c| !c.passed) {
@@ -478,6 +483,7 @@ pub fn build(
         jurisdictions,
         warnings: Vec::new(),
         timeline: timeline(plan, outcomes),
+        residency_log: None,
         slo: Vec::new(),
     };
     report.warnings = warnings(&report, plan);

@@ -130,6 +130,8 @@ pub struct Answer {
     pub failure: Option<String>,
     /// The `Residency-Datacenter` response header.
     pub datacenter: Option<String>,
+    /// The `Residency-Receipt` response header.
+    pub receipt: Option<String>,
     /// For transport failures: the error chain, for the report's examples.
     pub detail: Option<String>,
 }
@@ -140,6 +142,7 @@ impl Answer {
             status: None,
             failure: Some(reason.to_string()),
             datacenter: None,
+            receipt: None,
             detail: None,
         }
     }
@@ -185,6 +188,11 @@ pub async fn send(client: &UploadClient, upload: Upload<'_>) -> Answer {
         .get("residency-datacenter")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let receipt = resp
+        .headers()
+        .get("residency-receipt")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
         .collect()
         .await
@@ -201,6 +209,7 @@ pub async fn send(client: &UploadClient, upload: Upload<'_>) -> Answer {
         status: Some(status.as_u16()),
         failure,
         datacenter,
+        receipt,
         detail: None,
     }
 }
