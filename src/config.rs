@@ -196,7 +196,8 @@ pub struct HealthSettings {
     /// How often upstreams that are down or ejected are probed.
     pub recovery_interval: Duration,
     /// A request whose body was sent and that waited this long while its
-    /// upstream answered nothing ejects the upstream as hung (`None`: off).
+    /// upstream answered nothing ejects the upstream as hung (`None`: off;
+    /// default: a quarter of `timeouts.upstream_response`).
     pub hung_after: Option<Duration>,
 }
 
@@ -211,7 +212,7 @@ impl Default for HealthSettings {
             passive_failures: 3,
             down_for: Duration::from_secs(10),
             recovery_interval: Duration::from_millis(250),
-            hung_after: Some(Duration::from_secs(1)),
+            hung_after: Some(Duration::from_secs(15)),
         }
     }
 }
@@ -485,7 +486,12 @@ impl Config {
         let limits = limits(&raw.limits, r);
         let methods = methods(raw.limits.methods.as_deref(), r);
         let upstream = upstream(&raw.upstream, base, r);
-        let health = health(&raw.health, r);
+        let mut health = health(&raw.health, r);
+        if raw.health.hung_after.is_none() {
+            // Default: a quarter of the response deadline, so an upstream
+            // that is merely slow is not taken for a hung one.
+            health.hung_after = Some(timeouts.upstream_response / 4);
+        }
         let transparency = raw
             .transparency
             .as_ref()
