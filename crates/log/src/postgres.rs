@@ -56,6 +56,10 @@ pub const INTEGRATOR_LOCK: i64 = 0x7265_7369_6465_6e01;
 const MIGRATION_LOCK: i64 = 0x7265_7369_6465_6e02;
 /// Records per commit batch at most.
 const MAX_BATCH: usize = 1024;
+/// How long a batch waits for more records while the log is busy.
+const COMMIT_WINDOW: Duration = Duration::from_millis(1);
+/// A log whose last batch ended this recently is busy.
+const BUSY: Duration = Duration::from_millis(5);
 /// Entries one integration step reads at most (bounds its memory).
 const INTEGRATE_CHUNK: u64 = 16_384;
 /// Steps per checkpoint tick at most (each stores a checkpoint), so a long
@@ -809,9 +813,26 @@ impl Shared {
 }
 
 /// The sequencer task: batch after batch until every sender is gone.
+///
+/// While the log is busy (the last batch ended less than [`BUSY`] ago), a
+/// batch waits up to [`COMMIT_WINDOW`] for more records before it is sent,
+/// so one transaction — whose cost in PostgreSQL hardly depends on its
+/// size — covers more of them; an idle log sends a lone record at once.
 async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut last_done: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if last_done.is_some_and(|t| t.elapsed() < BUSY) {
+            let deadline = tokio::time::Instant::now() + COMMIT_WINDOW;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                let more = rx.recv_many(&mut batch, room);
+                match tokio::time::timeout_at(deadline, more).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
         let started = Instant::now();
         let result = shared.commit(&batch).await;
         shared
@@ -819,6 +840,7 @@ async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         shared.metrics.batch_records.observe(batch.len() as f64);
+        last_done = Some(Instant::now());
         match result {
             Ok(first) => {
                 for (i, p) in batch.drain(..).enumerate() {
