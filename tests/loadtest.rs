@@ -521,12 +521,19 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
          --rate 100 --duration 3s --mix ch=1,eu=1 --convey proxy-v2 \
          --origin ch={CH} --origin ch=192.0.2.77 --origin eu={DE} \
          --ca {ca} --sink-admin http://{admin} --idempotency-key \
-         --drain-timeout 5s --request-timeout 5s --no-progress",
+         --drain-timeout 5s --request-timeout 5s --no-progress \
+         --html {dir}/run.html --junit {dir}/run.xml --slo {dir}/slo.toml",
         config = drill.fx.config_path.display(),
         port = drill.proxy_v2.port(),
         ca = drill.fx.dir.join("a.pem").display(),
         admin = sink.admin,
+        dir = drill.fx.dir.display(),
     ))
+    .unwrap();
+    std::fs::write(
+        drill.fx.dir.join("slo.toml"),
+        "max_p99_ms = 5000\nmin_availability = 0.5\n",
+    )
     .unwrap();
     let args = residency_tools::loadtest::LoadtestArgs {
         options: Box::new(args),
@@ -545,6 +552,27 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
     );
     assert!(report.stored_by_datacenter["zurich"] > 0);
     assert!(report.stored_by_datacenter["frankfurt"] > 0);
+    // What `loadtest --slo --html --junit` does with the report.
+    let mut report = report;
+    let o = &args.options;
+    let slo = residency_tools::loadtest::slo::Slo::load(o.slo.as_deref().unwrap()).unwrap();
+    report.apply_slo(&slo);
+    assert!(report.passed(), "{}", report.render_text());
+    assert!(report.slo.iter().any(|c| c.name.ends_with("p99")));
+    report
+        .write_files(None, o.html.as_deref(), o.junit.as_deref())
+        .unwrap();
+    let html = std::fs::read_to_string(o.html.as_ref().unwrap()).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.contains("id=\"slo\""));
+    let junit = std::fs::read_to_string(o.junit.as_ref().unwrap()).unwrap();
+    assert!(junit.contains("failures=\"0\"") && junit.contains("objective: phase 0"));
+    let bad = drill.fx.dir.join("bad.toml");
+    std::fs::write(&bad, "max_p99 = 1\n").unwrap();
+    let e = residency_tools::loadtest::slo::Slo::load(&bad).unwrap_err();
+    assert!(
+        e.to_string().contains("max_p99"),
+        "names the unknown key: {e}"
+    );
     drill.stop().await;
 }
 

@@ -152,16 +152,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         report.warnings.push(w);
     }
     println!("{}", report.render_text());
-    let outputs = [
-        (json, serde_json::to_vec_pretty(&report)?),
-        (html, report.render_html().into_bytes()),
-        (junit, report.render_junit().into_bytes()),
-    ];
-    for (path, bytes) in outputs {
-        if let Some(path) = path {
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
+    report.write_files(json.as_deref(), html.as_deref(), junit.as_deref())?;
     if !report.passed() {
         anyhow::bail!("drill failed: {}", report.problems().join("; "));
     }

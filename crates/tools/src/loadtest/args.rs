@@ -87,6 +87,15 @@ pub struct LoadtestOptions {
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Also write the checks as JUnit XML to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Service-level objectives (TOML) the run must meet.
+    #[arg(long, value_name = "FILE")]
+    pub slo: Option<PathBuf>,
     /// Do not print a progress line every second.
     #[arg(long)]
     pub no_progress: bool,

@@ -60,12 +60,22 @@ const LEAD: Duration = Duration::from_millis(20);
 /// `policy` is the residency policy of the configuration `--config` names.
 pub async fn run(args: LoadtestArgs, policy: residency_core::policy::Policy) -> anyhow::Result<()> {
     let plan = Plan::from_args(&args, policy)?;
-    let report = execute(plan, !args.options.no_progress).await?;
-    print!("{}", report.render_text());
-    if let Some(path) = &args.options.json {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    let slo = args
+        .options
+        .slo
+        .as_deref()
+        .map(slo::Slo::load)
+        .transpose()?;
+    let mut report = execute(plan, !args.options.no_progress).await?;
+    if let Some(slo) = &slo {
+        report.apply_slo(slo);
     }
+    print!("{}", report.render_text());
+    report.write_files(
+        args.options.json.as_deref(),
+        args.options.html.as_deref(),
+        args.options.junit.as_deref(),
+    )?;
     let problems = report.problems();
     if !problems.is_empty() {
         anyhow::bail!("load test failed: {}", problems.join("; "));

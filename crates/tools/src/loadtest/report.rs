@@ -278,6 +278,28 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.problems().is_empty()
     }
+
+    /// Writes the report as JSON, HTML and JUnit XML to the files given.
+    pub fn write_files(
+        &self,
+        json: Option<&std::path::Path>,
+        html: Option<&std::path::Path>,
+        junit: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let outputs = [
+            (json, serde_json::to_vec_pretty(self)?),
+            (html, self.render_html().into_bytes()),
+            (junit, self.render_junit().into_bytes()),
+        ];
+        for (path, bytes) in outputs {
+            if let Some(path) = path {
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn histogram() -> Histogram<u64> {
