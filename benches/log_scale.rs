@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use residency_log::note::Signer;
-use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
 use residency_log::settings::{ClientAddress, OnWriteError, ReceiptMode, Transparency};
 use residency_log::storage::Log;
 use residency_proxy::metrics::Metrics;
+
+mod common;
+use common::{id, record};
 
 /// The allocator the proxy runs with (`src/main.rs`).
 #[global_allocator]
@@ -35,44 +37,6 @@ fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Request id `i` as the proxy draws them: the time in milliseconds (48
-/// bits; here 100 uploads per millisecond from a fixed start), then 80
-/// random-looking bits.
-fn id(i: u64) -> u128 {
-    let millis = 1_764_672_000_000u128 + u128::from(i / 100);
-    let random =
-        u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & ((1 << 80) - 1);
-    (millis << 80) | random
-}
-
-fn record(i: u64) -> Record<'static> {
-    Record {
-        v: record::VERSION,
-        request_id: format!("{:032x}", id(i)).into(),
-        time: "2026-12-02T10:41:07.123Z".into(),
-        outcome: Outcome::Stored,
-        reason: None,
-        client: Client {
-            source: Some("x_forwarded_for".into()),
-            address: Some("192.0.2.0/24".into()),
-        },
-        country: Some("CH".into()),
-        jurisdiction: Some("ch".into()),
-        datacenter: Some("zurich".into()),
-        upstream_status: Some(201),
-        body: Some(BodyDigest {
-            sha256: "ab".repeat(32).into(),
-            bytes: 1024,
-        }),
-        policy_sha256: "cd".repeat(32).into(),
-        geoip: Database {
-            build_epoch: 1_750_000_000,
-            sha256: "ef".repeat(32).into(),
-        },
-        summary: None,
-    }
 }
 
 fn main() {

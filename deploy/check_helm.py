@@ -662,6 +662,21 @@ def expected_transparency(values, fullname):
     return want, cluster
 
 
+def projected_files(pod, container):
+    """The files the `config` projected volume puts into `container`:
+    path in the container -> (kind, object name, key, mode). Also used by
+    deploy/validate.sh for the plain manifests."""
+    vol = next(v for v in pod["volumes"] if v["name"] == "config")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")["mountPath"]
+    files = {}
+    for src in vol["projected"]["sources"]:
+        for kind in ("configMap", "secret"):
+            for it in src.get(kind, {}).get("items", []):
+                files[f"{mount}/{it['path']}"] = (
+                    kind, src[kind]["name"], it["key"], it.get("mode", vol["projected"].get("defaultMode", 0o644)))
+    return files
+
+
 def check_fleet(values, objs):
     """The transparency log's pieces in one render agree with each other and
     with the values: the rendered [transparency] table, the Secrets projected
@@ -689,14 +704,7 @@ def check_fleet(values, objs):
     want, cluster = expected_transparency(values, fullname)
     if t != want:
         return errs + [f"[transparency] is {t!r}, the values call for {want!r}"]
-    vol = next(v for v in pod["volumes"] if v["name"] == "config")
-    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "config")["mountPath"]
-    projected = {}  # file in the container -> (kind, object name, key, mode)
-    for src in vol["projected"]["sources"]:
-        for kind in ("configMap", "secret"):
-            for it in src.get(kind, {}).get("items", []):
-                projected[f"{mount}/{it['path']}"] = (
-                    kind, src[kind]["name"], it["key"], it.get("mode", vol["projected"].get("defaultMode", 0o644)))
+    projected = projected_files(pod, proxy)
     pg = t["postgres"]
     for path in (t["signing_key"], pg["password_file"], pg.get("ca")):
         src = projected.get(path)

@@ -173,14 +173,9 @@ pg = t.get("postgres", {})
 ns = docs[("ConfigMap", "residency-proxy-config")]["metadata"]["namespace"]
 if t.get("storage") != "postgres" or "directory" in t:
     errors.append('ConfigMap: [transparency] must be on with storage = "postgres" and no directory')
-vol = next(v for v in dep["volumes"] if v["name"] == "config")
-mount = next(m for m in proxy["volumeMounts"] if m["name"] == "config")["mountPath"]
-projected = {}  # file in the container -> (kind, object name, key, mode)
-for src in vol["projected"]["sources"]:
-    for kind in ("configMap", "secret"):
-        for it in src.get(kind, {}).get("items", []):
-            projected[f"{mount}/{it['path']}"] = (
-                kind, src[kind]["name"], it["key"], it.get("mode", vol["projected"].get("defaultMode", 0o644)))
+sys.path.insert(0, "deploy")
+from check_helm import projected_files
+projected = projected_files(dep, proxy)  # file in the container -> (kind, object name, key, mode)
 files = {"transparency.signing_key": t.get("signing_key"),
          "transparency.postgres.password_file": pg.get("password_file"),
          "transparency.postgres.ca": pg.get("ca")}

@@ -173,6 +173,36 @@ pub struct Appended {
     pub leaf: Hash,
 }
 
+/// Appends witness cosignature lines (`— name base64`, no newline) to the
+/// note in `latest` if it is still the checkpoint of `size`, in one step
+/// (a late cosignature never brings an older checkpoint back); returns
+/// the cosigned note, or `None` when a newer checkpoint replaced it.
+pub(crate) fn cosign(
+    latest: &arc_swap::ArcSwap<Published>,
+    size: u64,
+    lines: &[String],
+) -> Option<String> {
+    let mut added = None;
+    latest.rcu(|current| {
+        if current.size != size {
+            added = None;
+            return current.clone();
+        }
+        let mut note = current.note.clone();
+        for line in lines {
+            note.push_str(line);
+            note.push('\n');
+        }
+        added = Some(note.clone());
+        std::sync::Arc::new(Published {
+            note,
+            size: current.size,
+            root: current.root,
+        })
+    });
+    added
+}
+
 /// The map key for a request id: its value when it is 32 hex digits (ours
 /// always are), otherwise 128 bits of its SHA-256.
 pub(crate) fn id_key(id: &str) -> u128 {

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use redb::{ReadableDatabase, TableDefinition};
 
-use crate::backend::{id_key, unix_now, LogError, LogMetrics, Published};
+use crate::backend::{cosign, id_key, unix_now, LogError, LogMetrics, Published};
 use crate::disk::{self, Disk};
 use crate::edge::{self, Edge};
 use crate::merkle::{self, Hash};
@@ -420,31 +420,14 @@ impl Directory {
         // Ordered with checkpoints: a newer checkpoint file is never
         // replaced by an older cosigned one.
         let _one = lock(&self.core.checkpointing);
-        let mut added = false;
-        self.core.latest.rcu(|current| {
-            added = current.size == size;
-            if !added {
-                return current.clone();
-            }
-            let mut note = current.note.clone();
-            for line in lines {
-                note.push_str(line);
-                note.push('\n');
-            }
-            Arc::new(Published {
-                note,
-                size: current.size,
-                root: current.root,
-            })
-        });
-        if added {
-            let path = self.core.disk.dir().join(CHECKPOINT);
-            let note = self.latest().note.clone();
-            if let Err(e) = self.core.disk.write(&path, note.as_bytes(), true) {
-                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; it is served from memory");
-            }
+        let Some(note) = cosign(&self.core.latest, size, lines) else {
+            return false;
+        };
+        let path = self.core.disk.dir().join(CHECKPOINT);
+        if let Err(e) = self.core.disk.write(&path, note.as_bytes(), true) {
+            tracing::warn!(error = %e, "cannot store the cosigned checkpoint; it is served from memory");
         }
-        added
+        true
     }
 
     #[cfg(test)]

@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::backend::{unix_now, LogError, LogMetrics, Published};
+use crate::backend::{cosign, unix_now, LogError, LogMetrics, Published};
 use crate::edge::Edge;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
@@ -138,7 +138,8 @@ WHERE residency_log_checkpoint.size = $3";
 struct Pending {
     key: [u8; 16],
     data: Vec<u8>,
-    reply: oneshot::Sender<Result<u64, LogError>>,
+    /// The index and the record's bytes back (no copy is kept meanwhile).
+    reply: oneshot::Sender<Result<(u64, Vec<u8>), LogError>>,
 }
 
 /// This replica's session for the integrator lock: a connection of its
@@ -293,9 +294,9 @@ impl Fleet {
         self.shared.is_integrator.load(Ordering::Relaxed)
     }
 
-    /// Queues `data` for the next batch and returns its index once the
-    /// batch committed. A full queue fails at once.
-    pub async fn append(&self, data: Vec<u8>, id: u128) -> Result<u64, LogError> {
+    /// Queues `data` for the next batch and returns its index (and `data`)
+    /// once the batch committed. A full queue fails at once.
+    pub async fn append(&self, data: Vec<u8>, id: u128) -> Result<(u64, Vec<u8>), LogError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             key: id.to_be_bytes(),
@@ -717,41 +718,24 @@ impl Shared {
     }
 
     async fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
-        let mut added = false;
-        self.latest.rcu(|current| {
-            added = current.size == size;
-            if !added {
-                return current.clone();
-            }
-            let mut note = current.note.clone();
-            for line in lines {
-                note.push_str(line);
-                note.push('\n');
-            }
-            Arc::new(Published {
-                note,
-                size: current.size,
-                root: current.root,
-            })
-        });
-        if added {
-            let note = self.latest.load().note.clone();
-            let stored = async {
-                let client = self.client().await?;
-                timed(
-                    self.pg.timeout,
-                    client.execute(
-                        "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2",
-                        &[&note, &(size as i64)],
-                    ),
-                )
-                .await
-            };
-            if let Err(e) = stored.await {
-                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it from memory");
-            }
+        let Some(note) = cosign(&self.latest, size, lines) else {
+            return false;
+        };
+        let stored = async {
+            let client = self.client().await?;
+            timed(
+                self.pg.timeout,
+                client.execute(
+                    "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2",
+                    &[&note, &(size as i64)],
+                ),
+            )
+            .await
+        };
+        if let Err(e) = stored.await {
+            tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it from memory");
         }
-        added
+        true
     }
 
     /// A tile of the integrated tree: a hash tile from its row (a longer
@@ -844,7 +828,7 @@ async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
         match result {
             Ok(first) => {
                 for (i, p) in batch.drain(..).enumerate() {
-                    let _ = p.reply.send(Ok(first + i as u64));
+                    let _ = p.reply.send(Ok((first + i as u64, p.data)));
                 }
             }
             Err(e) => {

@@ -142,11 +142,11 @@ impl Log {
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
         let appended = match &self.backend {
-            Backend::Directory(d) => d.append(&bytes, leaf, id).await,
-            Backend::Postgres(f) => f.append(bytes.clone(), id).await,
+            Backend::Directory(d) => d.append(&bytes, leaf, id).await.map(|i| (i, bytes)),
+            Backend::Postgres(f) => f.append(bytes, id).await,
         };
         match appended {
-            Ok(index) => {
+            Ok((index, bytes)) => {
                 self.failing.store(false, Ordering::Relaxed);
                 self.metrics.appended.inc();
                 Ok(Appended { index, bytes, leaf })

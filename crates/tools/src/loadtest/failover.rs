@@ -62,6 +62,14 @@ pub fn failovers(
         .collect()
 }
 
+/// When event `k` was applied, from the start of the run.
+fn applied_at(applied: &[Applied], k: usize) -> Option<Duration> {
+    applied
+        .get(k)
+        .and_then(|a| a.applied_at_s)
+        .map(Duration::from_secs_f64)
+}
+
 /// The data centre that acknowledged an upload: the response header, else
 /// where a sink recorded it.
 fn dc_of<'a>(o: &'a Outcome, stored_in: &'a HashMap<u64, String>) -> Option<&'a str> {
@@ -88,11 +96,7 @@ fn one(
         failed_before_failover: 0,
         note: None,
     };
-    let Some(t) = applied
-        .get(k)
-        .and_then(|a| a.applied_at_s)
-        .map(Duration::from_secs_f64)
-    else {
+    let Some(t) = applied_at(applied, k) else {
         result.note = Some("the event was not applied".into());
         return result;
     };
@@ -102,12 +106,7 @@ fn one(
         .enumerate()
         .rev()
         .find(|(_, e)| same_dc(e))
-        .map(|(i, e)| {
-            applied
-                .get(i)
-                .and_then(|a| a.applied_at_s)
-                .map_or(e.at, Duration::from_secs_f64)
-        })
+        .map(|(i, e)| applied_at(applied, i).unwrap_or(e.at))
         .unwrap_or(Duration::ZERO);
     let end = events[k + 1..].iter().find(same_dc).map(|e| e.at);
 
@@ -237,11 +236,7 @@ fn recovery(
         time_to_recover_ms: None,
         note: None,
     };
-    let Some(t) = applied
-        .get(k)
-        .and_then(|a| a.applied_at_s)
-        .map(Duration::from_secs_f64)
-    else {
+    let Some(t) = applied_at(applied, k) else {
         result.note = Some("the event was not applied".into());
         return result;
     };
