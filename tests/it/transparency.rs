@@ -114,6 +114,22 @@ async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
     assert!(report.valid(), "{report}");
     assert!(report.to_string().contains("inclusion proof"), "{report}");
 
+    // With the customer's own copy of the file: the same, or not.
+    let copy = proxy.dir.path().join("my-upload.txt");
+    std::fs::write(&copy, &body).unwrap();
+    a.file = Some(copy.clone());
+    let report = check(&a).await;
+    assert!(report.valid(), "{report}");
+    std::fs::write(&copy, format!("{body}!")).unwrap();
+    let report = check(&a).await;
+    assert!(
+        report
+            .to_string()
+            .contains("INVALID: your file is 901 bytes"),
+        "{report}"
+    );
+    a.file = None;
+
     // Another log's key: INVALID.
     let other = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
         .unwrap()

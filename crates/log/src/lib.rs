@@ -5,7 +5,9 @@
 //! RFC 6962 Merkle tree ([`merkle`]) persisted by [`storage::Log`] and
 //! committed to by periodic checkpoints in the C2SP signed-note format
 //! ([`note`]). A stored upload's response carries a [`receipt`]; [`api`]
-//! holds the JSON shapes of the proof endpoints. [`settings`] is the
+//! holds the JSON shapes of the proof endpoints. [`verdict`] decides whether
+//! a receipt proves residency, for `verify` and the log's web page alike,
+//! held to the shared [`vectors`]. [`settings`] is the
 //! `[transparency]` configuration section.
 
 pub mod api;
@@ -23,4 +25,6 @@ pub mod settings;
 pub mod storage;
 pub mod tiles;
 pub mod tlog_proof;
+pub mod vectors;
+pub mod verdict;
 pub mod witness;

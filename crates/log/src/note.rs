@@ -146,7 +146,6 @@ impl NamedKey {
         Self::new(name, key_pair, alg)
     }
 
-    #[cfg(test)]
     pub(crate) fn from_seed(name: &str, seed: &[u8; 32], alg: u8) -> Result<NamedKey, NoteError> {
         let key_pair = Ed25519KeyPair::from_seed_unchecked(seed)
             .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
@@ -207,9 +206,9 @@ impl Signer {
     }
 
     /// From a raw 32-byte seed, as in Go's `PRIVATE+KEY+…` strings; used to
-    /// reproduce Go's published signatures.
-    #[cfg(test)]
-    pub(crate) fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Signer, NoteError> {
+    /// reproduce Go's published signatures and for reproducible fixtures
+    /// (the shared verification vectors); never for a real log.
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Signer, NoteError> {
         NamedKey::from_seed(name, seed, ALG_ED25519).map(|key| Signer { key })
     }
 

@@ -79,8 +79,9 @@ impl Cosigner {
         NamedKey::generate_pkcs8()
     }
 
-    #[cfg(test)]
-    fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Cosigner, NoteError> {
+    /// From a raw 32-byte seed: for reproducible fixtures (the shared
+    /// verification vectors), never for a real witness.
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<Cosigner, NoteError> {
         NamedKey::from_seed(name, seed, ALG_COSIGNATURE_V1).map(|key| Cosigner { key })
     }
 

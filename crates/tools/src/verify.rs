@@ -5,7 +5,10 @@
 //!
 //! Everything is checked against the log's public key alone; nothing the
 //! log serves is trusted until a signature or a proof says so. The answer is
-//! one `VALID: …` or `INVALID: …` line after the individual checks.
+//! one `VALID: …` or `INVALID: …` line after the individual checks. This
+//! module only gathers the inputs; the decision is
+//! [`residency_log::verdict::check`], the same steps the log's web page
+//! runs in the browser, held to the same shared vectors.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,11 +19,11 @@ use crate::fetch::Fetcher;
 
 use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
 use residency_log::merkle::{self, Hash};
-use residency_log::note::{Checkpoint, Verifier};
-use residency_log::receipt::{self, Receipt};
-use residency_log::record::{Outcome, Record};
+use residency_log::note::Verifier;
+use residency_log::receipt::Receipt;
 use residency_log::tiles::{Need, Proofs};
 use residency_log::tlog_proof::TlogProof;
+use residency_log::verdict::{self, FileDigest, Inputs};
 use residency_log::witness::CosignatureVerifier;
 
 /// What to verify; see `residency-proxy verify --help`.
@@ -76,6 +79,10 @@ pub struct VerifyArgs {
     /// them.
     #[arg(long = "witness", value_name = "VKEY")]
     pub witnesses: Vec<String>,
+    /// Your copy of the upload: hashed here and compared with the record's
+    /// SHA-256 and length.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// How many of the `--witness` keys must have cosigned the checkpoint
     /// (default: all of them).
     #[arg(long, value_name = "N", requires = "witnesses")]
@@ -115,37 +122,51 @@ pub async fn verify(args: &VerifyArgs) -> Report {
 }
 
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
-    let key_text = match std::fs::read_to_string(&args.key) {
-        Ok(text) => text,
+    let key = match std::fs::read_to_string(&args.key) {
+        Ok(text) => text.trim().to_string(),
         Err(_) => args.key.clone(),
     };
-    let verifier = Verifier::parse(key_text.trim()).map_err(|e| anyhow!("the key: {e}"))?;
+    let verifier = Verifier::parse(&key).map_err(|e| anyhow!("the key: {e}"))?;
     let witnesses = Witnesses::from_args(args)?;
+    if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
+        return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
+    }
     let fetcher = match &args.log {
         Some(url) => Some(Fetcher::new(url, args.ca.as_ref())?),
         None => None,
     };
-
     let receipt = match (&args.receipt, &args.request_id, &fetcher) {
         (Some(r), _, _) => Some(read_receipt(r)?),
         (None, Some(id), Some(f)) => {
+            // The record by request id, as an unsigned receipt.
             let entry: Entry = f.json(&format!("/records/{id}")).await?;
-            Some(Receipt {
-                log: verifier.name().to_string(),
-                index: entry.index,
-                record: entry.record.into_bytes(),
-                signature: None,
-            })
+            Some(
+                Receipt {
+                    log: verifier.name().to_string(),
+                    index: entry.index,
+                    record: entry.record.into_bytes(),
+                    signature: None,
+                }
+                .encode(),
+            )
         }
         _ => None,
     };
-    if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
-        return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
-    }
-    let mut summary = None;
-    if let Some(receipt) = &receipt {
-        summary = Some(check_receipt(receipt, &verifier, checks)?);
-    }
+    // What the receipt claims, to know which proof to fetch; the verdict
+    // checks it.
+    let claimed = receipt.as_deref().and_then(|r| Receipt::parse(r).ok());
+    let mut inputs = Inputs {
+        key,
+        receipt,
+        witnesses: args.witnesses.iter().map(|w| witness_key(w)).collect(),
+        quorum: args.quorum,
+        file: match &args.file {
+            Some(path) => Some(file_digest(path)?),
+            None => None,
+        },
+        ..Inputs::default()
+    };
+
     let wants_checkpoint = fetcher.is_some() || args.checkpoint.is_some();
     if !wants_checkpoint {
         if !witnesses.keys.is_empty() {
@@ -154,286 +175,171 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         if args.previous.is_some() {
             bail!("--previous needs a newer checkpoint: give --log or --checkpoint");
         }
-        return match (receipt, summary) {
-            (Some(r), Some(s)) if r.signature.is_some() => Ok(s),
-            (Some(_), _) => bail!(
-                "the receipt carries no signature (receipts = \"log\"): give --log, or --checkpoint and --proof, to prove its inclusion"
-            ),
-            _ => bail!("nothing to verify: give --receipt, --log or --checkpoint"),
-        };
+        return conclude(verdict::check(&inputs), checks);
     }
 
     // The checkpoint: saved, or the log's latest (waiting briefly for one
     // that covers a fresh receipt and carries the witnesses' cosignatures).
-    let need = receipt.as_ref().map_or(0, |r| r.index + 1);
-    let (note, checkpoint) = match &args.checkpoint {
+    let need = claimed.as_ref().map_or(0, |r| r.index + 1);
+    let note = match &args.checkpoint {
         Some(path) => {
-            let note = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let cp = open_checkpoint(&note, &verifier)?;
-            (note, cp)
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         }
         None => {
             let fetcher = fetcher.as_ref().context("no log to fetch from")?;
             let mut waited = Duration::ZERO;
             loop {
                 let note = fetcher.text("/checkpoint").await?;
-                let cp = open_checkpoint(&note, &verifier)?;
+                let covers =
+                    verdict::open_checkpoint(&note, &verifier).is_ok_and(|cp| cp.size >= need);
                 let cosigned = witnesses.check(&note).is_ok();
-                if (cp.size >= need && cosigned) || waited >= Duration::from_secs(10) {
-                    break (note, cp);
+                if (covers && cosigned) || waited >= Duration::from_secs(10) {
+                    break note;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 waited += Duration::from_millis(250);
             }
         }
     };
-    checks.push(format!(
-        "checkpoint signed by {}: tree size {}, root {}",
-        verifier.name(),
-        checkpoint.size,
-        short(&checkpoint.root)
-    ));
-    if let Some(check) = witnesses.check(&note)? {
-        checks.push(check);
-    }
+    let checkpoint = verdict::open_checkpoint(&note, &verifier).ok();
+    inputs.checkpoint = Some(note.clone());
 
-    if let Some(receipt) = &receipt {
-        if receipt.index >= checkpoint.size {
-            bail!(
-                "the checkpoint (tree size {}) does not cover the receipt's index {} yet; retry after the next checkpoint",
-                checkpoint.size,
-                receipt.index
-            );
-        }
-        let proof: InclusionProof = match (&args.proof, &fetcher) {
-            (Some(path), _) => read_json(path)?,
-            (None, Some(f)) => {
-                // Computed here from the log's tiles (C2SP tlog-tiles).
-                let mut tiles = Proofs::new(checkpoint.size);
-                let path = from_tiles(f, &mut tiles, |t| t.inclusion_proof(receipt.index)).await?;
-                InclusionProof {
-                    index: receipt.index,
-                    size: checkpoint.size,
-                    leaf_hash: residency_core::hex::encode(&receipt.leaf_hash()),
-                    hashes: path
-                        .iter()
-                        .map(|h| residency_core::hex::encode(h))
-                        .collect(),
-                }
+    // The inclusion path: saved, or computed here from the log's tiles
+    // (C2SP tlog-tiles).
+    if let (Some(receipt), Some(cp)) = (&claimed, &checkpoint) {
+        if let Some(path) = &args.proof {
+            let proof: InclusionProof = read_json(path)?;
+            if proof.index != receipt.index || proof.size != cp.size {
+                bail!(
+                    "the inclusion proof is for index {} in a tree of {}, not index {} in {}",
+                    proof.index,
+                    proof.size,
+                    receipt.index,
+                    cp.size
+                );
             }
-            (None, None) => bail!("no inclusion proof: give --proof or --log"),
-        };
-        if proof.index != receipt.index || proof.size != checkpoint.size {
-            bail!(
-                "the inclusion proof is for index {} in a tree of {}, not index {} in {}",
-                proof.index,
-                proof.size,
-                receipt.index,
-                checkpoint.size
-            );
+            inputs.inclusion = Some(proof.hashes);
+        } else if let (Some(f), true) = (&fetcher, receipt.index < cp.size) {
+            let mut tiles = Proofs::new(cp.size);
+            let path = from_tiles(f, &mut tiles, |t| t.inclusion_proof(receipt.index)).await?;
+            inputs.inclusion = Some(hexes(&path));
         }
-        let leaf = receipt.leaf_hash();
-        merkle::verify_inclusion(
-            &leaf,
-            receipt.index,
-            checkpoint.size,
-            &hashes(&proof.hashes)?,
-            &checkpoint.root,
-        )
-        .map_err(|e| anyhow!("the record is not in the log: {e}"))?;
-        checks.push(format!(
-            "record {} is leaf {} of the checkpointed tree (inclusion proof, {} hashes)",
-            short(&leaf),
-            receipt.index,
-            proof.hashes.len()
-        ));
-        if let Some(path) = &args.export_proof {
-            let proof = TlogProof {
-                extra: None,
-                index: receipt.index,
-                path: hashes(&proof.hashes)?,
-                checkpoint: note.clone(),
-            };
-            std::fs::write(path, proof.encode())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-    } else if args.export_proof.is_some() {
+    } else if args.export_proof.is_some() && claimed.is_none() {
         bail!("--export-proof needs a record: give --receipt or --request-id");
     }
 
+    // The checkpoint seen before, and the consistency path to this one.
     if let Some(path) = &args.previous {
         let old_note =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let old = open_checkpoint(&old_note, &verifier)
-            .with_context(|| format!("the previous checkpoint {}", path.display()))?;
-        check_consistency(&old, &checkpoint, args, fetcher.as_ref()).await?;
-        checks.push(format!(
-            "the log grew from {} to {} without rewriting history (consistency proof)",
-            old.size, checkpoint.size
-        ));
+        let old = verdict::open_checkpoint(&old_note, &verifier).ok();
+        inputs.previous = Some(old_note);
+        if let Some(path) = &args.consistency_proof {
+            let proof: ConsistencyProof = read_json(path)?;
+            if let (Some(old), Some(new)) = (&old, &checkpoint) {
+                if proof.from != old.size || proof.to != new.size {
+                    bail!(
+                        "the consistency proof is from {} to {}, not {} to {}",
+                        proof.from,
+                        proof.to,
+                        old.size,
+                        new.size
+                    );
+                }
+            }
+            inputs.consistency = Some(proof.hashes);
+        } else if let (Some(f), Some(old), Some(new)) = (&fetcher, &old, &checkpoint) {
+            if 0 < old.size && old.size < new.size {
+                let mut tiles = Proofs::new(new.size);
+                let path = from_tiles(f, &mut tiles, |t| t.consistency_proof(old.size)).await?;
+                inputs.consistency = Some(hexes(&path));
+            }
+        }
+    }
+
+    let summary = conclude(verdict::check(&inputs), checks)?;
+    if let (Some(path), Some(receipt), Some(hashes)) =
+        (&args.export_proof, &claimed, &inputs.inclusion)
+    {
+        let proof = TlogProof {
+            extra: None,
+            index: receipt.index,
+            path: verdict::hashes(hashes).map_err(anyhow::Error::msg)?,
+            checkpoint: note.clone(),
+        };
+        std::fs::write(path, proof.encode())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.save_checkpoint {
         std::fs::write(path, &note).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(summary.unwrap_or_else(|| {
-        format!(
-            "checkpoint of {} at tree size {}",
-            checkpoint.origin, checkpoint.size
-        )
-    }))
+    Ok(summary)
 }
 
-/// Signature (when present) and content of a receipt; returns the summary.
-fn check_receipt(
-    receipt: &Receipt,
-    verifier: &Verifier,
+/// The verdict's checks, and its summary or the failure.
+fn conclude(
+    verdict: Result<verdict::Verified, verdict::Failure>,
     checks: &mut Vec<String>,
 ) -> anyhow::Result<String> {
-    if receipt.log != verifier.name() {
-        bail!(
-            "the receipt is from log `{}`, the key is for `{}`",
-            receipt.log,
-            verifier.name()
-        );
-    }
-    let record =
-        Record::from_bytes(&receipt.record).map_err(|e| anyhow!("the receipt's record: {e}"))?;
-    if let Some(sig) = &receipt.signature {
-        let message = receipt::signed_message(&receipt.log, receipt.index, &receipt.leaf_hash());
-        if !verifier.verify(&message, sig) {
-            bail!(
-                "the receipt's signature does not verify with key {} (altered receipt, or another log's key)",
-                verifier.name()
-            );
+    match verdict {
+        Ok(v) => {
+            checks.extend(v.checks);
+            Ok(v.summary)
         }
-        checks.push(format!(
-            "receipt signature by {} over leaf {}",
-            verifier.name(),
-            receipt.index
-        ));
+        Err(f) => Err(anyhow!(f.message)),
     }
-    if record.outcome != Outcome::Stored {
-        bail!(
-            "the record says the upload was {}, not stored",
-            record.outcome.as_str()
-        );
-    }
-    let body = record
-        .body
-        .as_ref()
-        .map(|b| format!("{} bytes, sha256 {}", b.bytes, b.sha256))
-        .unwrap_or_else(|| "no body digest".into());
-    Ok(format!(
-        "upload {} ({body}) from {} ({}) was stored in data centre {}, jurisdiction {}, at {} (HTTP {})",
-        record.request_id,
-        record.country.as_deref().unwrap_or("an unknown country"),
-        record.client.address.as_deref().unwrap_or("address not recorded"),
-        record.datacenter.as_deref().unwrap_or("?"),
-        record.jurisdiction.as_deref().unwrap_or("?"),
-        record.time,
-        record
-            .upstream_status
-            .map_or_else(|| "?".to_string(), |s| s.to_string()),
-    ))
 }
 
-async fn check_consistency(
-    old: &Checkpoint,
-    new: &Checkpoint,
-    args: &VerifyArgs,
-    fetcher: Option<&Fetcher>,
-) -> anyhow::Result<()> {
-    if old.size > new.size {
-        bail!(
-            "the log shrank: the previous checkpoint has {} records, the current one {}",
-            old.size,
-            new.size
-        );
-    }
-    if old.size == 0 {
-        return Ok(());
-    }
-    if old.size == new.size {
-        if old.root != new.root {
-            bail!(
-                "two checkpoints of size {} with different roots ({} and {}): the log forked",
-                old.size,
-                short(&old.root),
-                short(&new.root)
-            );
+/// SHA-256 and length of `--file`, read in 64 KiB pieces.
+fn file_digest(path: &PathBuf) -> anyhow::Result<FileDigest> {
+    use std::io::Read as _;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let (mut buf, mut bytes) = (vec![0; 64 * 1024], 0u64);
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
         }
-        return Ok(());
+        ctx.update(&buf[..n]);
+        bytes += n as u64;
     }
-    let proof: ConsistencyProof = match (&args.consistency_proof, fetcher) {
-        (Some(path), _) => read_json(path)?,
-        (None, Some(f)) => {
-            let mut tiles = Proofs::new(new.size);
-            let path = from_tiles(f, &mut tiles, |t| t.consistency_proof(old.size)).await?;
-            ConsistencyProof {
-                from: old.size,
-                to: new.size,
-                hashes: path
-                    .iter()
-                    .map(|h| residency_core::hex::encode(h))
-                    .collect(),
-            }
-        }
-        (None, None) => bail!("no consistency proof: give --consistency-proof or --log"),
-    };
-    if proof.from != old.size || proof.to != new.size {
-        bail!(
-            "the consistency proof is from {} to {}, not {} to {}",
-            proof.from,
-            proof.to,
-            old.size,
-            new.size
-        );
-    }
-    merkle::verify_consistency(
-        old.size,
-        new.size,
-        &old.root,
-        &new.root,
-        &hashes(&proof.hashes)?,
-    )
-    .map_err(|e| anyhow!("the log rewrote history: {e}"))
+    Ok(FileDigest {
+        sha256: residency_core::hex::encode(ctx.finish().as_ref()),
+        bytes,
+    })
 }
 
-fn open_checkpoint(note: &str, verifier: &Verifier) -> anyhow::Result<Checkpoint> {
-    let cp = Checkpoint::open(note, verifier).map_err(|e| anyhow!("the checkpoint: {e}"))?;
-    if cp.origin != verifier.name() {
-        bail!(
-            "the checkpoint is for log `{}`, the key is for `{}`",
-            cp.origin,
-            verifier.name()
-        );
-    }
-    Ok(cp)
+/// A `--witness` argument: the key, or the file holding it.
+fn witness_key(arg: &str) -> String {
+    std::fs::read_to_string(arg)
+        .map(|t| t.trim().to_string())
+        .unwrap_or_else(|_| arg.to_string())
 }
 
-fn read_receipt(arg: &str) -> anyhow::Result<Receipt> {
-    let text = if arg == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the receipt from stdin")?
+fn hexes(path: &[Hash]) -> Vec<String> {
+    path.iter()
+        .map(|h| residency_core::hex::encode(h))
+        .collect()
+}
+
+/// The receipt's text: as given, `@FILE`, or `-` for stdin.
+fn read_receipt(arg: &str) -> anyhow::Result<String> {
+    if arg == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the receipt from stdin")
     } else if let Some(path) = arg.strip_prefix('@') {
-        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))
     } else {
-        arg.to_string()
-    };
-    Receipt::parse(&text).map_err(|e| anyhow!("the receipt: {e}"))
+        Ok(arg.to_string())
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{}: not a proof", path.display()))
-}
-
-fn hashes(hex: &[String]) -> anyhow::Result<Vec<Hash>> {
-    hex.iter()
-        .map(|h| {
-            residency_core::hex::decode32(h).ok_or_else(|| anyhow!("`{h}` is not a SHA-256 hash"))
-        })
-        .collect()
 }
 
 fn short(hash: &Hash) -> String {

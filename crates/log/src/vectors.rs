@@ -1,0 +1,528 @@
+//! The shared verification vectors: one valid receipt and the ways a
+//! verdict must go wrong (a flipped byte, another key, another index, a
+//! truncated proof, a rewritten history, …), each with the [`Step`] that
+//! must fail. `residency-proxy verify` (through [`crate::verdict`]) and the
+//! log's web page must both give each vector its expected verdict.
+//!
+//! The vectors are generated here from fixed seeds (Ed25519 signatures are
+//! deterministic), so the committed file `crates/log/vectors/verify.json`
+//! can be checked byte for byte against this code; regenerate it with
+//! `REGENERATE_VECTORS=1 cargo test -p residency-log vectors`.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::merkle::{self, Hash, Tree};
+use crate::note::{Checkpoint, Signer};
+use crate::receipt::{self, Receipt};
+use crate::record::{BodyDigest, Client, Database, Outcome, Record};
+use crate::verdict::{FileDigest, Inputs, Step};
+use crate::witness::Cosigner;
+
+/// The vectors' log name.
+pub const ORIGIN: &str = "vectors.example/residency-log";
+
+/// The file: what the vectors are and how they are used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vectors {
+    pub about: String,
+    pub vectors: Vec<Vector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vector {
+    pub name: String,
+    pub description: String,
+    pub inputs: Inputs,
+    pub expect: Expect,
+}
+
+/// The verdict: valid with its sentence, or the first step that fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub valid: bool,
+    pub step: Option<Step>,
+    pub sentence: Option<String>,
+}
+
+/// The body of upload `i`.
+fn body(i: u64) -> Vec<u8> {
+    format!("cpu=0.{i}3\nmem=0.71\n").repeat(8).into_bytes()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    residency_core::hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+fn record(i: u64, outcome: Outcome, history: &str) -> Vec<u8> {
+    let (dc, j, country) = match i % 3 {
+        0 => ("zurich", "ch", "CH"),
+        1 => ("frankfurt", "eu", "DE"),
+        _ => ("geneva", "ch", "CH"),
+    };
+    let stored = outcome == Outcome::Stored;
+    let data = body(i);
+    let request_id = format!("{history}{:031x}", i + 1);
+    let time = format!("2026-12-02T10:{:02}:07.123Z", 41 + i);
+    let digest = sha256_hex(&data);
+    Record {
+        v: crate::record::VERSION,
+        request_id: Cow::Borrowed(&request_id),
+        time: Cow::Borrowed(&time),
+        outcome,
+        reason: (!stored).then_some(Cow::Borrowed("no_healthy_datacenter")),
+        client: Client {
+            source: Some(Cow::Borrowed("peer")),
+            address: Some(Cow::Borrowed("192.0.2.0/24")),
+        },
+        country: Some(Cow::Borrowed(country)),
+        jurisdiction: Some(Cow::Borrowed(j)),
+        datacenter: stored.then_some(Cow::Borrowed(dc)),
+        upstream_status: stored.then_some(201),
+        body: Some(BodyDigest {
+            sha256: Cow::Borrowed(&digest),
+            bytes: data.len() as u64,
+        }),
+        policy_sha256: Cow::Borrowed(
+            "5f2b0c3a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+        ),
+        geoip: Database {
+            build_epoch: 1_750_000_000,
+            sha256: Cow::Borrowed(
+                "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            ),
+        },
+        summary: None,
+    }
+    .to_bytes()
+}
+
+/// A log of `size` records; `history` is the request ids' first hex digit
+/// (another digit is another history), and leaf 5 is a refusal.
+fn log(size: u64, history: &str) -> (Vec<Vec<u8>>, Tree) {
+    let mut tree = Tree::new();
+    let mut records = Vec::new();
+    for i in 0..size {
+        let outcome = if i == 5 {
+            Outcome::Refused
+        } else {
+            Outcome::Stored
+        };
+        let r = record(i, outcome, history);
+        tree.push(merkle::leaf_hash(&r));
+        records.push(r);
+    }
+    (records, tree)
+}
+
+fn hexes(path: &[Hash]) -> Vec<String> {
+    path.iter()
+        .map(|h| residency_core::hex::encode(h))
+        .collect()
+}
+
+fn checkpoint(signer: &Signer, tree: &Tree, size: u64) -> String {
+    Checkpoint {
+        origin: signer.name().to_string(),
+        size,
+        root: tree.root_at(size).expect("size within the tree"),
+        extensions: vec![],
+    }
+    .sign(signer)
+    .expect("a valid checkpoint")
+}
+
+fn receipt(signer: Option<&Signer>, index: u64, record: &[u8]) -> String {
+    let leaf = merkle::leaf_hash(record);
+    Receipt {
+        log: ORIGIN.to_string(),
+        index,
+        record: record.to_vec(),
+        signature: signer.map(|s| s.sign(&receipt::signed_message(ORIGIN, index, &leaf))),
+    }
+    .encode()
+}
+
+/// Adds a cosignature line to a signed note.
+fn cosigned(note: &str, witness: &Cosigner, timestamp: u64) -> String {
+    let (body, _) = crate::witness::split_note(note).expect("a note");
+    format!("{note}{}\n", witness.cosign(body, timestamp))
+}
+
+/// Builds every vector.
+pub fn generate() -> Vectors {
+    let log_key = Signer::from_seed(ORIGIN, &[7; 32]).expect("a key");
+    let other_key = Signer::from_seed(ORIGIN, &[8; 32]).expect("a key");
+    let other_log = Signer::from_seed("other.example/residency-log", &[9; 32]).expect("a key");
+    let witness = Cosigner::from_seed("witness.example/w1", &[10; 32]).expect("a key");
+    let key = log_key.verifier_key();
+
+    let (records, tree) = log(7, "a");
+    let (_, rewritten) = log(7, "b");
+    let index = 4;
+    let leaf = &records[index as usize];
+    let signed = receipt(Some(&log_key), index, leaf);
+    let unsigned = receipt(None, index, leaf);
+    let current = checkpoint(&log_key, &tree, 7);
+    let inclusion = hexes(&tree.inclusion_proof(index, 7).expect("a proof"));
+    let previous = checkpoint(&log_key, &tree, 3);
+    let consistency = hexes(&tree.consistency_proof(3, 7).expect("a proof"));
+    let stored = Inputs {
+        key: key.clone(),
+        receipt: Some(signed.clone()),
+        checkpoint: Some(current.clone()),
+        inclusion: Some(inclusion.clone()),
+        previous: Some(previous.clone()),
+        consistency: Some(consistency.clone()),
+        ..Inputs::default()
+    };
+    let sentence = crate::verdict::sentence(&Record::from_bytes(leaf).expect("a record"));
+    let file = FileDigest {
+        sha256: sha256_hex(&body(index)),
+        bytes: body(index).len() as u64,
+    };
+
+    let mut flipped = leaf.clone();
+    let at = flipped
+        .windows(9)
+        .position(|w| w == b"frankfurt")
+        .expect("leaf 4 went to frankfurt");
+    flipped[at] ^= 0x01; // "frankfurt" → "grankfurt": still a record, not ours
+    let flipped_signed = {
+        // The signature over the original leaf, on the altered record.
+        let original = Receipt::parse(&signed).expect("a receipt");
+        Receipt {
+            record: flipped.clone(),
+            ..original
+        }
+        .encode()
+    };
+    let wrong_index = Receipt::parse(&unsigned)
+        .map(|r| Receipt { index: 3, ..r })
+        .expect("a receipt")
+        .encode();
+    let wrong_index_signed = Receipt::parse(&signed)
+        .map(|r| Receipt { index: 3, ..r })
+        .expect("a receipt")
+        .encode();
+    let (refusal_index, refusal) = (5, &records[5]);
+    let refused = receipt(Some(&log_key), refusal_index, refusal);
+    let altered_checkpoint = current.replacen("\n7\n", "\n8\n", 1);
+    let short_tree = checkpoint(&log_key, &tree, 4);
+    let shrunk = checkpoint(&log_key, &tree, 5);
+
+    let v = |name: &str, description: &str, inputs: Inputs, step: Option<Step>| Vector {
+        name: name.to_string(),
+        description: description.to_string(),
+        inputs,
+        expect: Expect {
+            valid: step.is_none(),
+            step,
+            sentence: step.is_none().then(|| sentence.clone()),
+        },
+    };
+    let vectors = vec![
+        v(
+            "valid",
+            "A signed receipt, included in the signed checkpoint, which extends the checkpoint seen before.",
+            stored.clone(),
+            None,
+        ),
+        v(
+            "valid_by_request_id",
+            "The record fetched by request id (an unsigned receipt): proven by inclusion alone.",
+            Inputs {
+                receipt: Some(unsigned.clone()),
+                previous: None,
+                consistency: None,
+                ..stored.clone()
+            },
+            None,
+        ),
+        v(
+            "valid_with_file",
+            "The customer's copy of the upload has the record's SHA-256 and length.",
+            Inputs {
+                file: Some(file.clone()),
+                ..stored.clone()
+            },
+            None,
+        ),
+        v(
+            "valid_cosigned",
+            "The checkpoint carries the required witness's cosignature.",
+            Inputs {
+                checkpoint: Some(cosigned(&current, &witness, 1_796_208_000)),
+                witnesses: vec![witness.verifier_key()],
+                ..stored.clone()
+            },
+            None,
+        ),
+        v(
+            "flipped_record_byte",
+            "One byte of the record flipped after signing: the receipt's signature fails.",
+            Inputs {
+                receipt: Some(flipped_signed),
+                ..stored.clone()
+            },
+            Some(Step::ReceiptSignature),
+        ),
+        v(
+            "flipped_record_byte_unsigned",
+            "One byte of an unsigned record flipped: it is not the leaf in the tree.",
+            Inputs {
+                receipt: Some(receipt(None, index, &flipped)),
+                ..stored.clone()
+            },
+            Some(Step::Inclusion),
+        ),
+        v(
+            "wrong_key",
+            "Another key under the same log name: the receipt's signature fails.",
+            Inputs {
+                key: other_key.verifier_key(),
+                ..stored.clone()
+            },
+            Some(Step::ReceiptSignature),
+        ),
+        v(
+            "wrong_key_unsigned",
+            "Another key under the same log name, unsigned receipt: the checkpoint's signature fails.",
+            Inputs {
+                key: other_key.verifier_key(),
+                receipt: Some(unsigned.clone()),
+                ..stored.clone()
+            },
+            Some(Step::Checkpoint),
+        ),
+        v(
+            "wrong_log",
+            "The key of another log: the receipt names a log the key is not for.",
+            Inputs {
+                key: other_log.verifier_key(),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "wrong_index",
+            "An unsigned receipt claiming index 3 for leaf 4, with index 3's proof: the inclusion fails.",
+            Inputs {
+                receipt: Some(wrong_index),
+                inclusion: Some(hexes(&tree.inclusion_proof(3, 7).expect("a proof"))),
+                ..stored.clone()
+            },
+            Some(Step::Inclusion),
+        ),
+        v(
+            "wrong_index_signed",
+            "A signed receipt whose index was changed: the signature covers the index.",
+            Inputs {
+                receipt: Some(wrong_index_signed),
+                ..stored.clone()
+            },
+            Some(Step::ReceiptSignature),
+        ),
+        v(
+            "truncated_proof",
+            "The inclusion proof without its last hash.",
+            Inputs {
+                inclusion: Some(inclusion[..inclusion.len() - 1].to_vec()),
+                ..stored.clone()
+            },
+            Some(Step::Inclusion),
+        ),
+        v(
+            "altered_checkpoint",
+            "The checkpoint's tree size changed after signing.",
+            Inputs {
+                checkpoint: Some(altered_checkpoint),
+                ..stored.clone()
+            },
+            Some(Step::Checkpoint),
+        ),
+        v(
+            "checkpoint_of_another_key",
+            "A checkpoint signed by another key under the log's name.",
+            Inputs {
+                checkpoint: Some(checkpoint(&other_key, &tree, 7)),
+                ..stored.clone()
+            },
+            Some(Step::Checkpoint),
+        ),
+        v(
+            "missing_cosignature",
+            "A witness is required and the checkpoint carries no cosignature from it.",
+            Inputs {
+                witnesses: vec![witness.verifier_key()],
+                ..stored.clone()
+            },
+            Some(Step::Witnesses),
+        ),
+        v(
+            "not_yet_covered",
+            "The checkpoint (4 records) does not cover index 4 yet.",
+            Inputs {
+                checkpoint: Some(short_tree),
+                inclusion: Some(vec![]),
+                previous: None,
+                consistency: None,
+                ..stored.clone()
+            },
+            Some(Step::Coverage),
+        ),
+        v(
+            "refused_upload",
+            "A signed receipt for a refusal: the record says it was not stored.",
+            Inputs {
+                receipt: Some(refused),
+                inclusion: Some(hexes(
+                    &tree.inclusion_proof(refusal_index, 7).expect("a proof"),
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Outcome),
+        ),
+        v(
+            "previous_of_another_key",
+            "The checkpoint seen before is not signed by the key.",
+            Inputs {
+                previous: Some(checkpoint(&other_key, &tree, 3)),
+                ..stored.clone()
+            },
+            Some(Step::PreviousCheckpoint),
+        ),
+        v(
+            "rewritten_history",
+            "The checkpoint seen before (3 records) is of another history than the current one (7).",
+            Inputs {
+                previous: Some(checkpoint(&log_key, &rewritten, 3)),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
+            "forked_history",
+            "The checkpoint seen before has the same size and another root.",
+            Inputs {
+                previous: Some(checkpoint(&log_key, &rewritten, 7)),
+                consistency: Some(vec![]),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
+            "shrunk_log",
+            "The checkpoint seen before (7 records) is larger than the current one (5).",
+            Inputs {
+                checkpoint: Some(shrunk),
+                inclusion: Some(hexes(&tree.inclusion_proof(index, 5).expect("a proof"))),
+                previous: Some(current.clone()),
+                consistency: Some(vec![]),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
+            "file_mismatch",
+            "The customer's file is not the upload the record describes (one byte more).",
+            Inputs {
+                file: Some(FileDigest {
+                    sha256: sha256_hex(&[&body(index)[..], b"\n"].concat()),
+                    bytes: file.bytes + 1,
+                }),
+                ..stored.clone()
+            },
+            Some(Step::File),
+        ),
+        v(
+            "malformed_receipt",
+            "A receipt cut short in copy and paste.",
+            Inputs {
+                receipt: Some(signed[..signed.len() / 2].to_string()),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "malformed_key",
+            "A key mangled in copy and paste (its key id no longer matches).",
+            Inputs {
+                key: mangle_key_id(&key),
+                ..stored.clone()
+            },
+            Some(Step::Key),
+        ),
+    ];
+    Vectors {
+        about: "Shared verification vectors of residency-proxy: `verify` and the log's web page must give each its expected verdict (the first step that fails). Generated by crates/log/src/vectors.rs.".into(),
+        vectors,
+    }
+}
+
+/// The key with the first digit of its key id changed.
+fn mangle_key_id(vkey: &str) -> String {
+    let at = vkey.find('+').expect("a vkey") + 1;
+    let digit = if vkey.as_bytes()[at] == b'0' {
+        "1"
+    } else {
+        "0"
+    };
+    format!("{}{digit}{}", &vkey[..at], &vkey[at + 1..])
+}
+
+/// The vectors as the committed file holds them.
+pub fn to_json(vectors: &Vectors) -> String {
+    let mut text = serde_json::to_string_pretty(vectors).expect("vectors serialise");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::check;
+
+    const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/verify.json");
+
+    #[test]
+    fn vectors_file_is_what_this_code_generates() {
+        let text = to_json(&generate());
+        if std::env::var_os("REGENERATE_VECTORS").is_some() {
+            std::fs::write(FILE, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(FILE).unwrap_or_default();
+        assert!(
+            committed == text,
+            "{FILE} is stale: regenerate it with REGENERATE_VECTORS=1 cargo test -p residency-log vectors"
+        );
+    }
+
+    #[test]
+    fn vectors_get_their_verdicts() {
+        let vectors: Vectors =
+            serde_json::from_str(&std::fs::read_to_string(FILE).unwrap()).unwrap();
+        assert!(vectors.vectors.len() >= 20);
+        for v in &vectors.vectors {
+            let got = check(&v.inputs);
+            match (&got, &v.expect) {
+                (Ok(ok), e) if e.valid => {
+                    assert_eq!(ok.sentence, e.sentence, "{}", v.name);
+                }
+                (Err(f), e) if !e.valid => {
+                    assert_eq!(Some(f.step), e.step, "{}: {}", v.name, f.message);
+                }
+                _ => panic!(
+                    "{}: expected {:?}, got {:?}",
+                    v.name,
+                    v.expect,
+                    got.map(|o| o.summary)
+                ),
+            }
+        }
+    }
+}
