@@ -22,6 +22,7 @@ pub mod explain;
 pub mod files;
 pub mod log_api;
 pub mod metrics;
+pub mod page;
 pub mod plain_http;
 pub mod probes;
 pub mod proxy;

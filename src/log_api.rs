@@ -2,7 +2,8 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /checkpoint` | the latest signed checkpoint (C2SP tlog-checkpoint, text) |
+//! | `GET /` | the page where a customer checks a receipt in the browser ([`crate::page`]) |
+//! | `GET /checkpoint` | the latest signed checkpoint (C2SP tlog-checkpoint, text); `Residency-Checkpoint-Covered-At`: when it last covered every record (Unix seconds, informational) |
 //! | `GET /tile/<L>/<N>[.p/<W>]` | a C2SP tlog-tiles hash tile (`application/octet-stream`, immutable) |
 //! | `GET /tile/entries/<N>[.p/<W>]` | an entry bundle: the records, each after its big-endian `u16` length (gzip) |
 //! | `GET /key` | the verifier key, `name+keyid+base64` |
@@ -35,10 +36,20 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
     }
     let path = req.uri().path();
+    if let Some(page) = crate::page::answer(path) {
+        return page;
+    }
     let query = req.uri().query().unwrap_or("");
     let latest = log.latest();
     match path {
-        "/checkpoint" => text(latest.note.clone()),
+        "/checkpoint" => {
+            let mut resp = text(latest.note.clone());
+            resp.headers_mut().insert(
+                "residency-checkpoint-covered-at",
+                HeaderValue::from(log.covered_at()),
+            );
+            resp
+        }
         "/key" => text(format!("{}\n", log.signer().verifier_key())),
         "/proof/inclusion" => {
             let (Some(index), size) = (param(query, "index"), param(query, "size")) else {
@@ -108,7 +119,7 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
             } else {
                 return error(
                     StatusCode::NOT_FOUND,
-                    "try /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
+                    "try / /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
                 );
             };
             match index.and_then(|i| Some((i, log.record(i)?))) {

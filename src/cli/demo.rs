@@ -78,7 +78,14 @@ pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()
     };
     let config_path = write_files(&dir, &site)?;
     let config = Config::load(&config_path)?;
-    print_banner(&dir, port, admin_port, log_port, sink.admin_addr());
+    print_banner(
+        &dir,
+        port,
+        admin_port,
+        log_port,
+        sink.admin_addr(),
+        &signer.verifier_key(),
+    );
     let served = crate::cli::serve(config, crate::cli::shutdown_signal()).await;
     sink.stop().await;
     served
@@ -163,8 +170,16 @@ action = "reject"
     Ok(path)
 }
 
-fn print_banner(dir: &Path, port: u16, admin_port: u16, log_port: u16, sink_admin: SocketAddr) {
+fn print_banner(
+    dir: &Path,
+    port: u16,
+    admin_port: u16,
+    log_port: u16,
+    sink_admin: SocketAddr,
+    log_key: &str,
+) {
     let dir = dir.display();
+    let page = crate::page::pinned_url(&format!("http://127.0.0.1:{log_port}/"), log_key);
     let url = format!("https://127.0.0.1:{port}/v1/telemetry");
     let curl = |ip: &str, what: &str| {
         format!(
@@ -172,7 +187,7 @@ fn print_banner(dir: &Path, port: u16, admin_port: u16, log_port: u16, sink_admi
         )
     };
     println!(
-        "\nresidency-proxy demo: files in {dir}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  residency-proxy verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\nCtrl-C stops the demo.\n",
+        "\nresidency-proxy demo: files in {dir}\n\nWhere was an upload stored? Check a receipt in your browser:\n  {page}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  residency-proxy verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\n  # or in a browser, with the log's key pinned in the link: paste the receipt there\n  {page}\n\nCtrl-C stops the demo.\n",
         curl("192.0.2.10", "Switzerland → stored in zurich (ch)"),
         curl("198.51.100.20", "Germany → stored in frankfurt (eu)"),
         curl("203.0.113.30", "United States → stored in virginia (us)"),

@@ -16,31 +16,18 @@ import json
 import sys
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+import chromium
 from selenium.webdriver.common.by import By
 
 
 def main() -> int:
     report, screenshot = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,1400"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium.start()
     try:
         url = report.as_uri()
         driver.get(url)
-        console = driver.get_log("browser")
-        requests = []
-        for entry in driver.get_log("performance"):
-            message = json.loads(entry["message"])["message"]
-            if message.get("method") == "Network.requestWillBeSent":
-                requested = message["params"]["request"]["url"]
-                if requested != url:
-                    requests.append(requested)
+        console = chromium.console(driver)
+        requests = [r["url"] for r in chromium.requests(driver) if r["url"] != url]
         charts = driver.find_elements(By.CSS_SELECTOR, "figure.chart.jurisdiction")
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1100, min(int(height) + 100, 8000))

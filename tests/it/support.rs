@@ -260,6 +260,10 @@ pub struct Setup {
     pub transparency: Option<String>,
     /// The log's origin (and key name) when `transparency` is set.
     pub log_origin: &'static str,
+    /// The log's signing key (PKCS#8) instead of a fresh one.
+    pub log_pkcs8: Option<Vec<u8>>,
+    /// The log listener's port instead of a free one.
+    pub log_port: Option<u16>,
 }
 
 /// The transparency log's name in test setups.
@@ -290,6 +294,8 @@ impl Default for Setup {
             second_cert: None,
             transparency: None,
             log_origin: LOG_ORIGIN,
+            log_pkcs8: None,
+            log_port: None,
         }
     }
 }
@@ -343,15 +349,21 @@ impl Proxy {
         let trusted: Vec<String> = setup.trusted.iter().map(|t| format!("\"{t}\"")).collect();
         let mut extra = setup.extra.clone();
         if let Some(lines) = &setup.transparency {
-            log_key(dir.path());
+            match &setup.log_pkcs8 {
+                Some(pkcs8) => std::fs::write(dir.path().join("log.key"), pkcs8).unwrap(),
+                None => {
+                    log_key(dir.path());
+                }
+            }
             let interval = if lines.contains("checkpoint_interval") {
                 ""
             } else {
                 "checkpoint_interval = \"50ms\""
             };
             extra.push_str(&format!(
-                "\n[transparency]\ndirectory = \"log\"\norigin = \"{origin}\"\nsigning_key = \"log.key\"\naddress = \"127.0.0.1:0\"\n{interval}\n{lines}\n",
+                "\n[transparency]\ndirectory = \"log\"\norigin = \"{origin}\"\nsigning_key = \"log.key\"\naddress = \"127.0.0.1:{port}\"\n{interval}\n{lines}\n",
                 origin = setup.log_origin,
+                port = setup.log_port.unwrap_or(0),
             ));
         }
         let toml = format!(

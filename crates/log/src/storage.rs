@@ -237,6 +237,12 @@ impl Log {
         }
     }
 
+    /// When (Unix seconds) the latest checkpoint was last confirmed to
+    /// cover every record; 0 before the first.
+    pub fn covered_at(&self) -> i64 {
+        self.metrics.checkpoint_timestamp.get()
+    }
+
     /// Updates the checkpoint-age gauge (called on every checkpoint tick).
     pub fn refresh_age(&self) {
         let at = self.metrics.checkpoint_timestamp.get();

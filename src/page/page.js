@@ -1,0 +1,301 @@
+// The log's page: fetches what the verdict needs from this log (same
+// origin only), runs the verdict in the browser (verify.js) and says what
+// it found in plain words.
+
+import { check, cosignatures, hex, parseReceipt, parseVkey, plainTime, sha256, unsignedReceipt } from "./verify.js";
+
+const STEP_NAMES = {
+  key: "the log's key",
+  receipt: "reading the receipt",
+  receipt_signature: "the receipt's signature",
+  outcome: "what the record says",
+  checkpoint: "the log's signed checkpoint",
+  witnesses: "the witnesses' cosignatures",
+  coverage: "a checkpoint covering the record",
+  inclusion: "the record's inclusion in the log",
+  previous_checkpoint: "the checkpoint this browser saw before",
+  consistency: "the log's history since this browser's last check",
+  file: "your file",
+};
+
+const $ = (id) => document.getElementById(id);
+const fragment = new URLSearchParams(location.hash.slice(1));
+// A key pasted into the address by hand has its '+' read as spaces.
+const unspace = (vkey) => vkey.trim().replaceAll(" ", "+");
+const pinnedKey = fragment.has("key") ? unspace(fragment.get("key")) : null;
+const pinnedWitnesses = fragment.getAll("witness").map(unspace);
+let logKey = null; // the vkey in use
+
+async function get(path) {
+  const response = await fetch(path, { cache: "no-store", credentials: "omit" });
+  if (!response.ok) {
+    let why = `HTTP ${response.status}`;
+    try {
+      why = (await response.json()).error ?? why;
+    } catch {
+      // not JSON: the status says enough
+    }
+    const error = new Error(`${path}: ${why}`);
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+// Builds an element: el("p", {class: "x"}, "text", child, …).
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attributes)) node.setAttribute(k, v);
+  node.append(...children);
+  return node;
+}
+
+function say(id, ...children) {
+  $(id).replaceChildren(...children);
+}
+
+// --- what this browser saw before --------------------------------------
+
+function storageKey(vkey) {
+  return `residency-log/checkpoint/${vkey}`;
+}
+
+function remembered(vkey) {
+  try {
+    const saved = JSON.parse(localStorage.getItem(storageKey(vkey)));
+    return saved && typeof saved.note === "string" ? saved : null;
+  } catch {
+    return null;
+  }
+}
+
+function remember(vkey, note) {
+  try {
+    localStorage.setItem(storageKey(vkey), JSON.stringify({ note, seen: new Date().toISOString() }));
+  } catch {
+    // storage full or disabled: the next visit cannot compare, and says so
+  }
+}
+
+// The tree size a note claims (line 2), before any check.
+function claimedSize(note) {
+  const size = note.split("\n")[1];
+  return /^[0-9]+$/.test(size ?? "") ? BigInt(size) : null;
+}
+
+// The inputs about history: the checkpoint seen before and the log's
+// consistency proof from it to `note`.
+async function history(vkey, note) {
+  const before = remembered(vkey);
+  if (!before) return { before: null, inputs: {} };
+  const from = claimedSize(before.note);
+  const to = claimedSize(note);
+  let consistency = [];
+  if (from !== null && to !== null && from > 0n && from < to) {
+    consistency = (await (await get(`proof/consistency?from=${from}&to=${to}`)).json()).hashes;
+  }
+  return { before, inputs: { previous: before.note, consistency } };
+}
+
+function seenOn(before) {
+  const size = claimedSize(before.note);
+  return `${plainTime(before.seen)} (${size ?? "?"} records)`;
+}
+
+// --- the log ------------------------------------------------------------
+
+async function showLog() {
+  const served = (await (await get("key")).text()).trim();
+  logKey = pinnedKey ?? served;
+  say("log-key", logKey);
+  const pinLink = el("a", { href: `#key=${encodeURIComponent(served)}`, id: "pin-link" }, "this page with the key pinned");
+  if (pinnedKey && logKey !== served) {
+    say("key-source", el("strong", { class: "warn-text" }, "Pinned in this link, and not the key this server presents now: "),
+      el("code", {}, served), ". Every check below uses the pinned key.");
+  } else if (pinnedKey) {
+    say("key-source", "Pinned in this link: this page does not take the server's word for the key.");
+  } else {
+    say("key-source", "As this server presents it. To check against this key next time instead of the server's, bookmark ",
+      pinLink, ", or compare it with the key your provider gave you.");
+  }
+  let key;
+  try {
+    key = await parseVkey(logKey, 0x01);
+    say("log-name", key.name);
+  } catch (e) {
+    say("log-name", el("span", { class: "bad-text" }, `The key is not usable: ${e.message}`));
+    return;
+  }
+  const response = await get("checkpoint");
+  const note = await response.text();
+  const { before, inputs } = await history(logKey, note);
+  const verdict = await check({ key: logKey, checkpoint: note, ...inputs });
+  if (!verdict.valid && (verdict.step === "key" || verdict.step === "checkpoint")) {
+    say("log-checkpoint", el("span", { class: "bad-text" }, `Does not verify: ${verdict.message}`));
+  } else {
+    const size = claimedSize(note);
+    const parts = [`${size} record${size === 1n ? "" : "s"}, signed by the log's key`];
+    const covered = Number(response.headers.get("residency-checkpoint-covered-at"));
+    if (covered > 0) {
+      const age = Math.max(0, Math.round(Date.now() / 1000 - covered));
+      parts.push(`; it covered every record ${age} s ago (by the log's clock)`);
+    }
+    say("log-checkpoint", parts.join(""));
+  }
+  await showWitnesses(note);
+  if (!verdict.valid && (verdict.step === "previous_checkpoint" || verdict.step === "consistency")) {
+    $("history").className = "bad";
+    say("history", el("strong", {}, "This log's history changed since this browser last saw it"),
+      ` on ${seenOn(before)}: ${verdict.message}. A log may only grow; keep a copy of this page as evidence and tell the operator. This browser keeps the checkpoint it saw before.`);
+  } else if (verdict.valid && before) {
+    $("history").className = "ok-text";
+    say("history", `The log only grew since this browser last saw it on ${seenOn(before)}: consistency proven.`);
+    remember(logKey, note);
+  } else if (verdict.valid) {
+    $("history").className = "";
+    say("history", "This browser had not seen this log before; it keeps this checkpoint, to check on the next visit that the log only grew.");
+    remember(logKey, note);
+  }
+}
+
+async function showWitnesses(note) {
+  const keys = [];
+  for (const w of pinnedWitnesses) {
+    try {
+      keys.push(await parseVkey(w, 0x04));
+    } catch (e) {
+      say("log-witnesses", el("span", { class: "bad-text" }, `A witness key in this link is not usable: ${e.message}`));
+      return;
+    }
+  }
+  let lines;
+  try {
+    lines = await cosignatures(note, keys);
+  } catch {
+    lines = [];
+  }
+  if (lines.length === 0) {
+    say("log-witnesses", keys.length ? el("span", { class: "bad-text" }, "None, though this link names witnesses.") : "None on this checkpoint.");
+    return;
+  }
+  const list = el("ul");
+  for (const c of lines) {
+    const when = plainTime(new Date(Number(c.timestamp) * 1000).toISOString());
+    const status = c.verified === true ? el("span", { class: "ok-text" }, "verified")
+      : c.verified === false ? el("span", { class: "bad-text" }, "does not verify")
+        : "not checked: pin this witness's key with &witness= in the link";
+    list.append(el("li", {}, `${c.name} at ${when}: `, status));
+  }
+  say("log-witnesses", list);
+}
+
+// --- a check ----------------------------------------------------------------
+
+async function inputsFor(text) {
+  const inputs = { key: logKey, witnesses: pinnedWitnesses };
+  let receipt = text;
+  if (!/record=/.test(text) && /^[A-Za-z0-9._~-]{1,128}$/.test(text)) {
+    // A request id: its record, proven by inclusion.
+    let entry;
+    try {
+      entry = await (await get(`records/${encodeURIComponent(text)}`)).json();
+    } catch (e) {
+      if (e.status === 404) return { notFound: text };
+      throw e;
+    }
+    receipt = unsignedReceipt(logKey.split("+")[0], entry.index, entry.record);
+  }
+  inputs.receipt = receipt;
+  let index = null;
+  try {
+    index = parseReceipt(receipt).index;
+  } catch {
+    // the verdict says what is wrong with it
+  }
+  // The latest checkpoint, waiting (up to 10 s) for one that covers a
+  // fresh receipt.
+  let note;
+  for (let waited = 0; ; waited += 500) {
+    note = await (await get("checkpoint")).text();
+    const size = claimedSize(note);
+    if (index === null || size === null || index < size || waited >= 10000) break;
+    say("verdict", `Waiting for the log's next checkpoint to cover record ${index}…`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  inputs.checkpoint = note;
+  const size = claimedSize(note);
+  if (index !== null && size !== null && index < size) {
+    inputs.inclusion = (await (await get(`proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
+  }
+  Object.assign(inputs, (await history(logKey, note)).inputs);
+  const file = $("file").files[0];
+  if (file) {
+    say("verdict", `Hashing ${file.name} in this browser…`);
+    inputs.file = { sha256: hex(await sha256(await file.arrayBuffer())), bytes: file.size };
+  }
+  return inputs;
+}
+
+function details(verdict, inputs) {
+  const out = [];
+  if (verdict.record) {
+    const r = verdict.record;
+    const body = r.body ? `${r.body.bytes} bytes, SHA-256 ${r.body.sha256}` : "no body digest";
+    out.push(el("p", {}, `Upload ${r.request_id} (${body}) from ${r.country ?? "an unknown country"} (${r.client?.address ?? "address not recorded"}), answered HTTP ${r.upstream_status ?? "?"} by the data centre.`));
+  }
+  if (inputs.file && verdict.valid) {
+    out.push(el("p", { class: "ok-text" }, `Your file ${$("file").files[0]?.name ?? ""} is the upload the record describes (same SHA-256 and length).`));
+  }
+  if (verdict.checks.length) {
+    out.push(el("p", {}, verdict.valid ? "Checks passed:" : "Checks passed before that:"));
+    out.push(el("ol", { id: "checks" }, ...verdict.checks.map((c) => el("li", {}, c))));
+  }
+  return out;
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  const text = $("input").value.trim();
+  const box = $("verdict");
+  box.className = "";
+  say("details");
+  if (!text) {
+    say("verdict", "Paste a receipt or a request id first.");
+    $("input").focus();
+    return;
+  }
+  $("verify").disabled = true;
+  say("verdict", "Checking…");
+  try {
+    if (!logKey) await showLog();
+    const inputs = await inputsFor(text);
+    if (inputs.notFound) {
+      box.className = "bad";
+      say("verdict", el("strong", {}, "Not found: "), `this log has no record for request id ${inputs.notFound} (yet). A record is written when the upload is answered; check the id, or try its receipt.`);
+      return;
+    }
+    const verdict = await check(inputs);
+    if (verdict.valid) {
+      box.className = "ok";
+      say("verdict", el("strong", {}, `${verdict.sentence} — verified`));
+      remember(logKey, inputs.checkpoint);
+    } else {
+      box.className = "bad";
+      box.dataset.step = verdict.step;
+      say("verdict", el("strong", {}, `Not verified: ${STEP_NAMES[verdict.step]} failed.`), ` ${verdict.message}`);
+    }
+    say("details", ...details(verdict, inputs));
+  } catch (e) {
+    box.className = "bad";
+    say("verdict", el("strong", {}, "Could not check: "), e.message);
+  } finally {
+    $("verify").disabled = false;
+    box.focus();
+  }
+}
+
+$("form").addEventListener("submit", onSubmit);
+showLog().catch((e) => say("log-checkpoint", el("span", { class: "bad-text" }, `Could not read the log: ${e.message}`)));
+if (fragment.get("id")) {
+  $("input").value = fragment.get("id");
+}

@@ -1,0 +1,572 @@
+// The verdict, in the browser: the same steps, in the same order, as
+// residency_log::verdict::check in Rust (crates/log/src/verdict.rs), which
+// `residency-proxy verify` runs. Both are held to the shared vectors in
+// crates/log/vectors/verify.json. Ed25519 and SHA-256 come from WebCrypto;
+// nothing is sent anywhere.
+
+const ALG_ED25519 = 0x01;
+const ALG_COSIGNATURE = 0x04;
+const MAX_NOTE_BYTES = 1 << 20;
+const MAX_SIGNATURES = 100;
+const SIGNATURE_PREFIX = "\u2014 ";
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const UTF8 = new TextEncoder();
+
+export const STEPS = [
+  "key", "receipt", "receipt_signature", "outcome", "checkpoint", "witnesses",
+  "coverage", "inclusion", "previous_checkpoint", "consistency", "file",
+];
+
+class Failure extends Error {
+  constructor(step, message) {
+    super(message);
+    this.step = step;
+  }
+}
+
+function fail(step, message) {
+  throw new Failure(step, message);
+}
+
+// --- bytes ---------------------------------------------------------------
+
+export function hex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function unhex32(text) {
+  if (typeof text !== "string" || !/^[0-9a-fA-F]{64}$/.test(text)) return null;
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) out[i] = parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+// Standard, padded base64 only (as Rust's STANDARD engine).
+export function unbase64(text) {
+  if (!/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(text)) return null;
+  let binary;
+  try {
+    binary = atob(text);
+  } catch {
+    return null;
+  }
+  const out = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  // Canonical: the unused bits of the last character must be zero.
+  if (base64(out) !== text) return null;
+  return out;
+}
+
+export function base64(bytes) {
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary);
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+function equal(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+export async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+async function ed25519Verify(publicKey, message, signature) {
+  try {
+    const key = await crypto.subtle.importKey("raw", publicKey, { name: "Ed25519" }, false, ["verify"]);
+    return await crypto.subtle.verify({ name: "Ed25519" }, key, signature, message);
+  } catch {
+    return false;
+  }
+}
+
+// --- signed notes (C2SP signed-note) ---------------------------------------
+
+function checkName(name) {
+  return name.length > 0 && !/[\s+]/u.test(name);
+}
+
+// `<name>+<key id hex>+<base64(alg || 32-byte key)>`, key id checked;
+// errors worded as residency_log::note's.
+export async function parseVkey(vkey, alg) {
+  vkey = vkey.trim();
+  const malformed = (reason) => new Error(`malformed verifier key ${JSON.stringify(vkey)}: ${reason}`);
+  const parts = vkey.split("+");
+  if (parts.length < 3) throw malformed("expected <name>+<key id>+<base64 key>");
+  const [name, idHex] = parts;
+  const b64 = parts.slice(2).join("+");
+  if (!checkName(name)) {
+    throw new Error(`invalid key name ${JSON.stringify(name)}: it must be non-empty and contain no whitespace or '+'`);
+  }
+  if (!/^[0-9a-fA-F]{8}$/.test(idHex)) throw malformed("key id must be 8 hex digits");
+  const raw = unbase64(b64);
+  if (raw === null) throw malformed("key is not standard base64");
+  if (raw[0] !== alg) {
+    throw malformed(alg === ALG_ED25519
+      ? "only Ed25519 keys (type byte 0x01) are supported"
+      : "a witness key must be an Ed25519 cosignature/v1 key (type byte 0x04): create one with `residency-proxy keygen --witness`");
+  }
+  if (raw.length !== 33) throw malformed("an Ed25519 key must be 32 bytes");
+  const publicKey = raw.slice(1);
+  const id = (await sha256(concat(UTF8.encode(name + "\n"), [alg], publicKey))).slice(0, 4);
+  if (hex(id) !== idHex.toLowerCase()) {
+    throw new Error(`verifier key ${JSON.stringify(vkey)} claims key id ${idHex.toLowerCase()}, but its name and public key give ${hex(id)}`);
+  }
+  return { name, keyId: id, publicKey, vkey };
+}
+
+function splitNote(note) {
+  const length = UTF8.encode(note).length;
+  if (length > MAX_NOTE_BYTES) throw new Error(`note is ${length} bytes, more than the limit of ${MAX_NOTE_BYTES}`);
+  const control = /[\u0000-\u0009\u000b-\u001f]/.exec(note);
+  if (control) {
+    const code = control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0");
+    throw new Error(`note contains control character U+${code}; only newline is allowed`);
+  }
+  const split = note.lastIndexOf("\n\n");
+  if (split < 0) throw new Error("note has no blank line between its text and its signatures");
+  const text = note.slice(0, split + 1);
+  const signatures = note.slice(split + 2);
+  if (signatures === "") throw new Error("note has no signature lines after the blank line");
+  const lines = signatures.split("\n");
+  if (lines.pop() !== "") throw new Error(`signature line ${lines.length}: does not end with a newline`);
+  if (lines.length > MAX_SIGNATURES) throw new Error(`note has more than ${MAX_SIGNATURES} signature lines`);
+  return { text, lines };
+}
+
+function parseSignatureLine(line, i) {
+  const bad = (reason) => new Error(`signature line ${i + 1}: ${reason}`);
+  if (!line.startsWith(SIGNATURE_PREFIX)) throw bad("does not start with an em dash and a space");
+  const rest = line.slice(SIGNATURE_PREFIX.length);
+  const space = rest.indexOf(" ");
+  if (space < 0) throw bad("has no space between the key name and the signature");
+  const name = rest.slice(0, space);
+  if (!checkName(name)) throw bad("has an invalid key name");
+  const payload = unbase64(rest.slice(space + 1));
+  if (payload === null) throw bad("signature is not standard base64");
+  if (payload.length < 5) throw bad("signature is too short to hold a key id and a signature");
+  return { name, payload };
+}
+
+function label(key) {
+  return `${key.name}+${hex(key.keyId)}`;
+}
+
+// Verifies a note with `key`: returns its text (without the blank line).
+async function openNote(note, key) {
+  const { text, lines } = splitNote(note);
+  let verified = false;
+  for (const [i, line] of lines.entries()) {
+    const { name, payload } = parseSignatureLine(line, i);
+    if (name !== key.name || !equal(payload.slice(0, 4), key.keyId)) continue;
+    if (!(await ed25519Verify(key.publicKey, UTF8.encode(text), payload.slice(4)))) {
+      throw new Error(`signature by key ${label(key)} does not verify: the note was altered or signed by another key`);
+    }
+    verified = true;
+  }
+  if (!verified) throw new Error(`no signature by key ${label(key)}`);
+  return text;
+}
+
+function parseCheckpointBody(text) {
+  const bad = (line, reason) => new Error(`checkpoint line ${line}: ${reason}`);
+  if (!text.endsWith("\n")) throw bad(text.split("\n").length, "does not end with a newline");
+  const lines = text.slice(0, -1).split("\n");
+  if (lines.length < 3) throw bad(lines.length + 1, "missing: a checkpoint needs origin, tree size and root hash lines");
+  const [origin, size, root, ...extensions] = lines;
+  if (origin === "") throw bad(1, "origin is empty");
+  const empty = extensions.indexOf("");
+  if (empty >= 0) throw bad(empty + 4, "extension line is empty");
+  if (!/^(0|[1-9][0-9]*)$/.test(size) || BigInt(size) > 0xffffffffffffffffn) {
+    throw bad(2, `tree size ${JSON.stringify(size)} is not a decimal number`);
+  }
+  const rootBytes = unbase64(root);
+  if (rootBytes === null) throw bad(3, `root hash ${JSON.stringify(root)} is not padded standard base64`);
+  if (rootBytes.length !== 32) throw bad(3, `root hash is ${rootBytes.length} bytes, expected 32`);
+  return { origin, size: BigInt(size), root: rootBytes, extensions };
+}
+
+export async function openCheckpoint(note, key) {
+  let checkpoint;
+  try {
+    checkpoint = parseCheckpointBody(await openNote(note, key));
+  } catch (e) {
+    throw new Error(`the checkpoint: ${e.message}`);
+  }
+  if (checkpoint.origin !== key.name) {
+    throw new Error(`the checkpoint is for log \`${checkpoint.origin}\`, the key is for \`${key.name}\``);
+  }
+  return checkpoint;
+}
+
+// The cosignatures on a note (C2SP tlog-cosignature): every line whose
+// payload has a cosignature's shape, with its timestamp; `verified` when a
+// key in `keys` checks it.
+export async function cosignatures(note, keys) {
+  const { text, lines } = splitNote(note);
+  const out = [];
+  for (const [i, line] of lines.entries()) {
+    const { name, payload } = parseSignatureLine(line, i);
+    if (payload.length !== 4 + 8 + 64) continue;
+    const ts = new DataView(payload.buffer, payload.byteOffset + 4, 8).getBigUint64(0);
+    const key = keys.find((k) => k.name === name && equal(k.keyId, payload.slice(0, 4)));
+    let verified = null;
+    if (key) {
+      const message = UTF8.encode(`cosignature/v1\ntime ${ts}\n${text}`);
+      verified = ts <= 0x7fffffffffffffffn && (await ed25519Verify(key.publicKey, message, payload.slice(12)));
+    }
+    out.push({ name, keyId: hex(payload.slice(0, 4)), timestamp: ts, verified });
+  }
+  return out;
+}
+
+// --- receipts and records --------------------------------------------------
+
+// The `Residency-Receipt` header value (or the whole header line).
+export function parseReceipt(text) {
+  const bad = (m) => new Error(`the receipt: not a receipt: ${m}`);
+  text = text.trim();
+  const colon = text.indexOf(":");
+  if (colon >= 0 && text.slice(0, colon).trim().toLowerCase() === "residency-receipt") {
+    text = text.slice(colon + 1).trim();
+  }
+  let version = null, log = null, index = null, record = null, signature = null;
+  for (const member of text.split(",")) {
+    const eq = member.trim().indexOf("=");
+    if (eq < 0) throw bad("expected key=value members");
+    const key = member.trim().slice(0, eq);
+    const value = member.trim().slice(eq + 1);
+    const bytes = () => {
+      if (!value.startsWith(":") || !value.endsWith(":") || value.length < 2) return null;
+      return unbase64(value.slice(1, -1));
+    };
+    if (key === "v") version = value;
+    else if (key === "log") {
+      if (value.length < 2 || !value.startsWith('"') || !value.endsWith('"')) throw bad("log must be a quoted string");
+      log = value.slice(1, -1);
+    } else if (key === "index") {
+      if (!/^[0-9]+$/.test(value) || BigInt(value) > 0xffffffffffffffffn) throw bad("index is not a non-negative integer");
+      index = BigInt(value);
+    } else if (key === "record") {
+      record = bytes();
+      if (record === null) throw bad("record is not :base64:");
+    } else if (key === "sig") {
+      signature = bytes();
+      if (signature === null) throw bad("sig is not :base64:");
+      if (signature.length !== 64) throw bad("sig is not a 64-byte Ed25519 signature");
+    }
+  }
+  if (version === null) throw bad("missing v");
+  if (version !== "1") throw new Error(`the receipt: receipt version ${version} is not supported (this verifier reads v=1)`);
+  if (log === null) throw bad("missing log");
+  if (index === null) throw bad("missing index");
+  if (record === null) throw bad("missing record");
+  return { log, index, record, signature };
+}
+
+// An unsigned receipt for a record fetched by request id.
+export function unsignedReceipt(log, index, recordText) {
+  return `v=1, log="${log}", index=${index}, record=:${base64(UTF8.encode(recordText))}:`;
+}
+
+function parseRecord(bytes) {
+  let record;
+  try {
+    record = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw new Error(`the receipt's record: ${e.message}`);
+  }
+  const str = (v) => typeof v === "string";
+  const opt = (v) => v === null || str(v);
+  const ok = record && typeof record === "object" && Number.isInteger(record.v) &&
+    str(record.request_id) && str(record.time) && ["stored", "rejected", "refused"].includes(record.outcome) &&
+    record.client && typeof record.client === "object" && opt(record.country) && opt(record.jurisdiction) &&
+    opt(record.datacenter) && str(record.policy_sha256) && record.geoip && typeof record.geoip === "object" &&
+    (record.body === null || (record.body && str(record.body.sha256) && Number.isInteger(record.body.bytes)));
+  if (!ok) throw new Error("the receipt's record: not a decision record");
+  return record;
+}
+
+function signedMessage(log, index, leaf) {
+  return UTF8.encode(`residency-receipt/v1\n${log}\n${index}\n${hex(leaf)}\n`);
+}
+
+// "2026-12-02T10:41:07.123Z" as "2 Dec 2026 10:41 UTC".
+export function plainTime(time) {
+  const m = /^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2})/.exec(time);
+  const month = m && MONTHS[Number(m[2]) - 1];
+  if (!month) return time;
+  return `${Number(m[3])} ${month} ${m[1]} ${m[4]}:${m[5]} UTC`;
+}
+
+export function sentence(record) {
+  return `Stored in data centre ${record.datacenter ?? "?"} (jurisdiction ${record.jurisdiction ?? "?"}) on ${plainTime(record.time)}`;
+}
+
+// --- Merkle proofs (RFC 9162) -----------------------------------------------
+
+async function leafHash(data) {
+  return sha256(concat([0], data));
+}
+
+async function nodeHash(left, right) {
+  return sha256(concat([1], left, right));
+}
+
+function bitLength(n) {
+  return n === 0n ? 0 : n.toString(2).length;
+}
+
+function popCount(n) {
+  return n.toString(2).split("").filter((c) => c === "1").length;
+}
+
+function decompose(index, size) {
+  const inner = bitLength(index ^ (size - 1n));
+  const border = popCount(index >> BigInt(inner));
+  return [inner, border];
+}
+
+async function chainInner(seed, proof, index) {
+  for (const [i, sibling] of proof.entries()) {
+    seed = ((index >> BigInt(i)) & 1n) === 0n ? await nodeHash(seed, sibling) : await nodeHash(sibling, seed);
+  }
+  return seed;
+}
+
+async function chainInnerRight(seed, proof, index) {
+  for (const [i, sibling] of proof.entries()) {
+    if (((index >> BigInt(i)) & 1n) === 1n) seed = await nodeHash(sibling, seed);
+  }
+  return seed;
+}
+
+async function chainBorderRight(seed, proof) {
+  for (const sibling of proof) seed = await nodeHash(sibling, seed);
+  return seed;
+}
+
+function short(hash) {
+  return hex(hash.slice(0, 8));
+}
+
+function checkLength(proof, want) {
+  if (proof.length !== want) throw new Error(`proof has ${proof.length} hashes, expected ${want}`);
+}
+
+function checkRoot(size, computed, expected) {
+  if (!equal(computed, expected)) {
+    throw new Error(`computed root ${hex(computed.slice(0, 4))}… for tree size ${size} does not match the expected root ${hex(expected.slice(0, 4))}…`);
+  }
+}
+
+async function verifyInclusion(leaf, index, size, proof, root) {
+  if (index >= size) throw new Error(`index ${index} is not below tree size ${size}`);
+  const [inner, border] = decompose(index, size);
+  checkLength(proof, inner + border);
+  const computed = await chainInner(leaf, proof.slice(0, inner), index);
+  checkRoot(size, await chainBorderRight(computed, proof.slice(inner)), root);
+}
+
+async function verifyConsistency(oldSize, newSize, oldRoot, newRoot, proof) {
+  if (oldSize > newSize) throw new Error(`old tree size ${oldSize} is larger than new tree size ${newSize}`);
+  if (oldSize === newSize || oldSize === 0n) {
+    checkLength(proof, 0);
+    if (oldSize !== 0n) checkRoot(newSize, newRoot, oldRoot);
+    return;
+  }
+  let [inner, border] = decompose(oldSize - 1n, newSize);
+  const shift = bitLength(oldSize & -oldSize) - 1;
+  inner -= shift;
+  const seeded = (oldSize & (oldSize - 1n)) !== 0n;
+  checkLength(proof, (seeded ? 1 : 0) + inner + border);
+  const seed = seeded ? proof[0] : oldRoot;
+  const rest = seeded ? proof.slice(1) : proof;
+  const mask = (oldSize - 1n) >> BigInt(shift);
+  const innerPath = rest.slice(0, inner);
+  const borderPath = rest.slice(inner);
+  checkRoot(oldSize, await chainBorderRight(await chainInnerRight(seed, innerPath, mask), borderPath), oldRoot);
+  checkRoot(newSize, await chainBorderRight(await chainInner(seed, innerPath, mask), borderPath), newRoot);
+}
+
+function hashes(list, step) {
+  return list.map((h) => unhex32(h) ?? fail(step, `\`${h}\` is not a SHA-256 hash`));
+}
+
+// --- the verdict -------------------------------------------------------------
+
+// inputs: { key, receipt?, checkpoint?, inclusion?, previous?, consistency?,
+//           witnesses?, quorum?, file?: { sha256, bytes } }
+// Returns { valid: true, checks, sentence, checkpoint, record } or
+// { valid: false, step, message, checks }.
+export async function check(inputs) {
+  const checks = [];
+  try {
+    return { valid: true, checks, ...(await run(inputs, checks)) };
+  } catch (e) {
+    if (e instanceof Failure) return { valid: false, step: e.step, message: e.message, checks };
+    throw e;
+  }
+}
+
+async function run(inputs, checks) {
+  let key;
+  try {
+    key = await parseVkey(inputs.key ?? "", ALG_ED25519);
+  } catch (e) {
+    fail("key", `the key: ${e.message}`);
+  }
+
+  let receipt = null, record = null;
+  if (inputs.receipt != null) {
+    try {
+      receipt = parseReceipt(inputs.receipt);
+    } catch (e) {
+      fail("receipt", e.message);
+    }
+    record = await checkReceipt(receipt, key, checks);
+  }
+
+  if (inputs.checkpoint == null) {
+    if (receipt && receipt.signature) {
+      checkFile(inputs, record);
+      return { sentence: sentence(record), record, checkpoint: null };
+    }
+    if (receipt) fail("inclusion", "the receipt carries no signature (receipts = \"log\"): give --log, or --checkpoint and --proof, to prove its inclusion");
+    fail("receipt", "nothing to verify: give --receipt, --log or --checkpoint");
+  }
+  let checkpoint;
+  try {
+    checkpoint = await openCheckpoint(inputs.checkpoint, key);
+  } catch (e) {
+    fail("checkpoint", e.message);
+  }
+  checks.push(`checkpoint signed by ${key.name}: tree size ${checkpoint.size}, root ${short(checkpoint.root)}`);
+  const witnessCheck = await checkWitnesses(inputs, inputs.checkpoint);
+  if (witnessCheck) checks.push(witnessCheck);
+
+  if (receipt) {
+    if (receipt.index >= checkpoint.size) {
+      fail("coverage", `the checkpoint (tree size ${checkpoint.size}) does not cover the receipt's index ${receipt.index} yet; retry after the next checkpoint`);
+    }
+    if (inputs.inclusion == null) fail("inclusion", "no inclusion proof: give --proof or --log");
+    const path = hashes(inputs.inclusion, "inclusion");
+    const leaf = await leafHash(receipt.record);
+    try {
+      await verifyInclusion(leaf, receipt.index, checkpoint.size, path, checkpoint.root);
+    } catch (e) {
+      fail("inclusion", `the record is not in the log: ${e.message}`);
+    }
+    checks.push(`record ${short(leaf)} is leaf ${receipt.index} of the checkpointed tree (inclusion proof, ${path.length} hashes)`);
+  }
+
+  if (inputs.previous != null) {
+    let old;
+    try {
+      old = await openCheckpoint(inputs.previous, key);
+    } catch (e) {
+      fail("previous_checkpoint", `the previous checkpoint: ${e.message}`);
+    }
+    await checkConsistency(old, checkpoint, inputs.consistency);
+    checks.push(`the log grew from ${old.size} to ${checkpoint.size} without rewriting history (consistency proof)`);
+  }
+  if (record) checkFile(inputs, record);
+  return { sentence: record ? sentence(record) : null, record, checkpoint };
+}
+
+async function checkReceipt(receipt, key, checks) {
+  if (receipt.log !== key.name) {
+    fail("receipt", `the receipt is from log \`${receipt.log}\`, the key is for \`${key.name}\``);
+  }
+  let record;
+  try {
+    record = parseRecord(receipt.record);
+  } catch (e) {
+    fail("receipt", e.message);
+  }
+  if (receipt.signature) {
+    const leaf = await leafHash(receipt.record);
+    if (!(await ed25519Verify(key.publicKey, signedMessage(receipt.log, receipt.index, leaf), receipt.signature))) {
+      fail("receipt_signature", `the receipt's signature does not verify with key ${key.name} (altered receipt, or another log's key)`);
+    }
+    checks.push(`receipt signature by ${key.name} over leaf ${receipt.index}`);
+  }
+  if (record.outcome !== "stored") {
+    fail("outcome", `the record says the upload was ${record.outcome}, not stored`);
+  }
+  return record;
+}
+
+async function checkWitnesses(inputs, note) {
+  const given = inputs.witnesses ?? [];
+  if (given.length === 0) return null;
+  const keys = [];
+  for (const text of given) {
+    try {
+      keys.push(await parseVkey(text, ALG_COSIGNATURE));
+    } catch (e) {
+      fail("witnesses", `witness key ${text}: ${e.message}`);
+    }
+  }
+  const quorum = inputs.quorum ?? keys.length;
+  const valid = [];
+  const others = [];
+  let lines;
+  try {
+    lines = await cosignatures(note, keys);
+  } catch (e) {
+    fail("witnesses", e.message);
+  }
+  for (const key of keys) {
+    const mine = lines.filter((c) => c.name === key.name && c.keyId === hex(key.keyId));
+    if (mine.length === 0) others.push(`no cosignature by ${label(key)}`);
+    else if (mine.some((c) => !c.verified)) others.push(`cosignature by ${label(key)} does not verify`);
+    else valid.push(`${key.name} (at ${mine.map((c) => c.timestamp).reduce((a, b) => (a > b ? a : b))})`);
+  }
+  if (valid.length < quorum) {
+    const found = valid.length ? `: from ${valid.join(", ")}` : "";
+    fail("witnesses", `the checkpoint carries ${valid.length} valid cosignature(s) of the ${quorum} required from the ${keys.length} given witnesses${found}; ${others.join("; ")}`);
+  }
+  return `cosigned by ${valid.length} of ${keys.length} witnesses (quorum ${quorum}): ${valid.join(", ")}`;
+}
+
+async function checkConsistency(old, current, proof) {
+  if (old.size > current.size) {
+    fail("consistency", `the log shrank: the previous checkpoint has ${old.size} records, the current one ${current.size}`);
+  }
+  if (old.size === 0n) return;
+  if (old.size === current.size) {
+    if (!equal(old.root, current.root)) {
+      fail("consistency", `two checkpoints of size ${old.size} with different roots (${short(old.root)} and ${short(current.root)}): the log forked`);
+    }
+    return;
+  }
+  if (proof == null) fail("consistency", "no consistency proof: give --consistency-proof or --log");
+  const path = hashes(proof, "consistency");
+  try {
+    await verifyConsistency(old.size, current.size, old.root, current.root, path);
+  } catch (e) {
+    fail("consistency", `the log rewrote history: ${e.message}`);
+  }
+}
+
+function checkFile(inputs, record) {
+  const file = inputs.file;
+  if (!file) return;
+  if (!record.body) fail("file", "the record holds no digest of the upload");
+  if (file.bytes !== record.body.bytes) {
+    fail("file", `your file is ${file.bytes} bytes; the upload the record describes was ${record.body.bytes} bytes`);
+  }
+  if (file.sha256.toLowerCase() !== record.body.sha256.toLowerCase()) {
+    fail("file", `your file's SHA-256 is ${file.sha256}; the upload the record describes has ${record.body.sha256}`);
+  }
+}

@@ -1,0 +1,443 @@
+//! The log's web page in a real headless Chromium (tests/clients/page_check.py,
+//! selenium and Debian's chromium-driver), against a running proxy with the
+//! log on: a real receipt verified in the browser names the right data
+//! centre; every shared vector gets the same verdict in the page as in
+//! `residency_log::verdict`; a log restarted with another history is caught
+//! on the second visit; no console errors; no request leaves the log's
+//! origin. Screenshots are kept under the test target directory.
+
+use std::path::{Path, PathBuf};
+
+use residency_log::note::Signer;
+use residency_log::receipt::Receipt;
+use residency_log::vectors::Vectors;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const VECTORS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crates/log/vectors/verify.json"
+);
+
+async fn log_proxy(pkcs8: &[u8], port: u16) -> Proxy {
+    Proxy::start(Setup {
+        transparency: Some(String::new()),
+        log_pkcs8: Some(pkcs8.to_vec()),
+        log_port: Some(port),
+        ..Setup::default()
+    })
+    .await
+}
+
+/// Uploads `body` from `origin`; returns the receipt and the request id.
+async fn upload(proxy: &Proxy, origin: &str, body: &str) -> (String, String) {
+    let reply = proxy.client().upload_from(origin, body).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    (
+        reply
+            .header("residency-receipt")
+            .expect("a receipt")
+            .to_string(),
+        reply
+            .header("x-request-id")
+            .expect("a request id")
+            .to_string(),
+    )
+}
+
+/// Runs one phase of page_check.py (on a blocking thread: the proxy
+/// serves the browser from this runtime); returns what it saw.
+async fn browse(scenario: Value, dir: &Path) -> Value {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || run_page_check(scenario, &dir))
+        .await
+        .unwrap()
+}
+
+fn run_page_check(scenario: Value, dir: &Path) -> Value {
+    let path = dir.join(format!("{}.json", scenario["phase"].as_str().unwrap()));
+    std::fs::write(&path, scenario.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/page_check.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("run tests/clients/page_check.py");
+    assert!(
+        out.status.success(),
+        "page_check.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every request went to the log's origin, by GET, without a body (the
+/// customer's file is hashed in the browser, never sent).
+fn same_origin_only(seen: &Value, origin: &str) {
+    let requests = seen["requests"].as_array().unwrap();
+    assert!(!requests.is_empty(), "{seen}");
+    for r in requests {
+        let url = r["url"].as_str().unwrap();
+        assert!(
+            url.starts_with(&format!("{origin}/")),
+            "left the origin: {r}"
+        );
+        assert_eq!(r["method"], "GET", "{r}");
+        assert_eq!(r["has_body"], false, "{r}");
+    }
+}
+
+/// No console messages but the one expected 404 (`allowed`).
+fn clean_console(seen: &Value, allowed: Option<&str>) {
+    for c in seen["console"].as_array().unwrap() {
+        let message = c["message"].as_str().unwrap();
+        let expected = allowed.is_some_and(|a| message.contains(a) && message.contains("404"));
+        assert!(expected, "console: {c}");
+    }
+}
+
+fn shots_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("page");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_customer_checks_a_receipt_in_a_real_browser() {
+    let pkcs8 = Signer::generate_pkcs8().unwrap();
+    let key = Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let other_key = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let port = free_port();
+    let work = TempDir::new("page");
+    let profile = work.path().join("profile");
+    let shots = shots_dir();
+
+    // First life of the log: three uploads.
+    let proxy = log_proxy(&pkcs8, port).await;
+    let base = proxy.log_url();
+    let body = "cpu=0.93\nmem=0.41\n".repeat(40);
+    let (receipt, _) = upload(&proxy, DE, &body).await;
+    let (_, ch_request) = upload(&proxy, CH, "cpu=0.12").await;
+    upload(&proxy, US, "cpu=0.50").await;
+    std::fs::write(work.path().join("upload.txt"), &body).unwrap();
+    std::fs::write(work.path().join("other.txt"), format!("{body}x")).unwrap();
+    // The receipt altered to claim another data centre, its signature
+    // kept.
+    let tampered = {
+        let r = Receipt::parse(&receipt).unwrap();
+        let record = String::from_utf8(r.record.clone())
+            .unwrap()
+            .replace("\"frankfurt\"", "\"zurich\"");
+        Receipt {
+            record: record.into_bytes(),
+            ..r
+        }
+        .encode()
+    };
+
+    let seen = browse(
+        json!({
+            "phase": "first",
+            "base": format!("{base}/"),
+            "key": key,
+            "other_key": other_key,
+            "receipt": receipt,
+            "request_id": ch_request,
+            "tampered_receipt": tampered,
+            "file": work.path().join("upload.txt"),
+            "wrong_file": work.path().join("other.txt"),
+            "vectors": VECTORS,
+            "profile": profile,
+            "shots": shots,
+        }),
+        work.path(),
+    )
+    .await;
+
+    // The log as the page shows it.
+    assert_eq!(seen["log"]["name"], LOG_ORIGIN, "{seen}");
+    assert_eq!(seen["log"]["key"], key.as_str(), "{seen}");
+    assert!(
+        seen["log"]["key_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pinned in this link"),
+        "{seen}"
+    );
+    assert!(
+        seen["log"]["checkpoint"]
+            .as_str()
+            .unwrap()
+            .contains("signed by the log's key"),
+        "{seen}"
+    );
+    assert!(
+        seen["log"]["history"]
+            .as_str()
+            .unwrap()
+            .contains("had not seen this log before"),
+        "{seen}"
+    );
+
+    // A real receipt, pasted and verified with the keyboard alone.
+    let keyboard = &seen["keyboard"];
+    let text = keyboard["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Stored in data centre frankfurt (jurisdiction eu) on ")
+            && text.ends_with(" UTC — verified"),
+        "{seen}"
+    );
+    assert_eq!(keyboard["class"], "ok", "{seen}");
+    assert_eq!(
+        keyboard["focus_after"], "verdict",
+        "focus moves to the verdict: {seen}"
+    );
+    let reached = keyboard["reached"].as_array().unwrap();
+    assert_eq!(reached.last().unwrap(), "verify", "{seen}");
+
+    // The customer's file, hashed in the browser; then another file.
+    assert_eq!(seen["with_file"]["class"], "ok", "{seen}");
+    assert!(
+        seen["with_file"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("is the upload the record describes"),
+        "{seen}"
+    );
+    assert_eq!(seen["wrong_file"]["step"], "file", "{seen}");
+    assert!(
+        seen["wrong_file"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not verified: your file failed."),
+        "{seen}"
+    );
+    // A request id: the record, proven by inclusion.
+    assert!(
+        seen["request_id"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Stored in data centre zurich (jurisdiction ch) on "),
+        "{seen}"
+    );
+    assert!(
+        seen["unknown_request_id"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not found:"),
+        "{seen}"
+    );
+    assert_eq!(seen["tampered"]["step"], "receipt_signature", "{seen}");
+
+    // Every shared vector: the page's verdict is the Rust verdict.
+    let vectors: Vectors =
+        serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    for v in &vectors.vectors {
+        let got = &seen["vectors"][&v.name];
+        let rust = residency_log::verdict::check(&v.inputs);
+        assert_eq!(got["valid"], v.expect.valid, "{}: {got}", v.name);
+        assert_eq!(
+            got["step"],
+            json!(v.expect.step.map(|s| s.as_str())),
+            "{}: {got}",
+            v.name
+        );
+        assert_eq!(
+            got["sentence"],
+            json!(v.expect.sentence),
+            "{}: {got}",
+            v.name
+        );
+        match rust {
+            Ok(_) => assert!(v.expect.valid, "{}", v.name),
+            Err(f) => assert_eq!(
+                got["message"].as_str(),
+                Some(f.message.as_str()),
+                "{}: the page and verify say why in the same words",
+                v.name
+            ),
+        }
+    }
+
+    // 360 px wide: nothing wider than the screen.
+    assert_eq!(
+        seen["overflow_360"], false,
+        "wider than 360 px: {}",
+        seen["wider_than_360"]
+    );
+
+    // Another key pinned in the link: the server's key is not taken.
+    let other = &seen["other_key"];
+    assert!(
+        other["key_source"]
+            .as_str()
+            .unwrap()
+            .contains("not the key this server presents now"),
+        "{seen}"
+    );
+    assert!(
+        other["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("Does not verify"),
+        "{seen}"
+    );
+    assert_eq!(other["verdict"]["step"], "receipt_signature", "{seen}");
+
+    same_origin_only(&seen, &base);
+    clean_console(&seen, Some("/records/00000000000000000000000000000000"));
+    proxy.stop().await;
+
+    // Second life: the same key and address, another history (a fresh log
+    // with more, other records). The same browser visits again.
+    let proxy = log_proxy(&pkcs8, port).await;
+    let mut receipt = String::new();
+    for i in 0..6 {
+        receipt = upload(&proxy, CH, &format!("cpu=0.{i}")).await.0;
+    }
+    let seen = browse(
+        json!({
+            "phase": "second",
+            "base": format!("{base}/"),
+            "key": key,
+            "receipt": receipt,
+            "profile": profile,
+            "shots": shots,
+        }),
+        work.path(),
+    )
+    .await;
+    let history = seen["history"]["text"].as_str().unwrap();
+    assert_eq!(seen["history"]["class"], "bad", "{seen}");
+    assert!(
+        history.starts_with("This log's history changed since this browser last saw it"),
+        "{seen}"
+    );
+    assert!(history.contains("rewrote history"), "{seen}");
+    assert_eq!(seen["verdict"]["step"], "consistency", "{seen}");
+    same_origin_only(&seen, &base);
+    clean_console(&seen, None);
+    proxy.stop().await;
+    eprintln!("screenshots of the page: {}", shots.display());
+}
+
+/// One raw HTTP/1.1 GET; returns the head (lowercased) and the body.
+fn raw_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The page's files: a strict CSP, nothing inline for it to block, and no
+/// reference to another origin.
+#[tokio::test]
+async fn the_page_is_self_contained_under_a_strict_policy() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let addr = proxy.log_addr.unwrap();
+    let files = tokio::task::spawn_blocking(move || {
+        ["/", "/page.js", "/verify.js", "/page.css", "/favicon.svg"].map(|p| (p, raw_get(addr, p)))
+    })
+    .await
+    .unwrap();
+    for (path, (head, body)) in &files {
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(
+            head.contains(
+                "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            ),
+            "{path}: {head}"
+        );
+        assert!(head.contains("x-content-type-options: nosniff"), "{path}");
+        for other in ["http://", "https://", "//cdn", "@import"] {
+            let hits: Vec<&str> = body.lines().filter(|l| l.contains(other)).collect();
+            // The SVG's XML namespace is a name, not a request.
+            let hits: Vec<&&str> = hits
+                .iter()
+                .filter(|l| !l.contains("xmlns=\"http://www.w3.org/2000/svg\""))
+                .collect();
+            assert!(hits.is_empty(), "{path} names another origin: {hits:?}");
+        }
+    }
+    let (head, html) = &files[0].1;
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(!html.contains(" style="), "inline style");
+    assert!(!html.contains("<style"), "inline style");
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script type=\"module\" src=").count(),
+        "inline script"
+    );
+    assert!(files[1].1 .0.contains("content-type: text/javascript"));
+    proxy.stop().await;
+}
+
+/// The demo prints the page's link with the log's key pinned, and that
+/// key is the one the log serves.
+#[tokio::test]
+async fn the_demo_prints_the_page_link_with_the_key_pinned() {
+    use std::io::{BufRead, BufReader};
+    let (port, admin, log) = (free_port(), free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .args(["demo", "--port", &port.to_string()])
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--log-port", &log.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Killed(child);
+    let prefix = format!("http://127.0.0.1:{log}/#key=");
+    // Reads the whole banner (the demo must not meet a closed pipe).
+    let (found, link) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(key) = line.trim().strip_prefix(&prefix) {
+                let _ = found.send(key.to_string());
+            }
+        }
+    });
+    let link = tokio::task::spawn_blocking(move || {
+        link.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the banner names the page with #key=")
+    })
+    .await
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{log}").parse().unwrap();
+    let served = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return raw_get(addr, "/key").1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the demo's log listener never came up");
+    })
+    .await
+    .unwrap();
+    let decoded = link
+        .replace("%2F", "/")
+        .replace("%2B", "+")
+        .replace("%3D", "=");
+    assert_eq!(decoded, served.trim());
+}
