@@ -2,7 +2,7 @@
 // origin only), runs the verdict in the browser (verify.js) and says what
 // it found in plain words.
 
-import { check, cosignatures, hex, parseReceipt, parseVkey, plainTime, sha256, unsignedReceipt } from "./verify.js";
+import { check, cosignatures, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
 
 const STEP_NAMES = {
   key: "the log's key",
@@ -191,6 +191,18 @@ async function showWitnesses(note) {
 
 // --- a check ----------------------------------------------------------------
 
+// Whether every witness pinned in the link has validly cosigned `note`.
+async function cosigned(note) {
+  if (pinnedWitnesses.length === 0) return true;
+  try {
+    const keys = await Promise.all(pinnedWitnesses.map((w) => parseVkey(w, 0x04)));
+    const lines = await cosignatures(note, keys);
+    return keys.every((k) => lines.some((c) => c.verified && c.name === k.name && c.keyId === hex(k.keyId)));
+  } catch {
+    return true; // the verdict says what is wrong
+  }
+}
+
 async function inputsFor(text) {
   const inputs = { key: logKey, witnesses: pinnedWitnesses };
   let receipt = text;
@@ -212,14 +224,16 @@ async function inputsFor(text) {
   } catch {
     // the verdict says what is wrong with it
   }
-  // The latest checkpoint, waiting (up to 10 s) for one that covers a
-  // fresh receipt.
+  // The latest checkpoint, waiting (up to 10 s, as `verify` does) for one
+  // that covers a fresh receipt and carries the pinned witnesses'
+  // cosignatures, which arrive after the log signs.
   let note;
   for (let waited = 0; ; waited += 500) {
     note = await (await get("checkpoint")).text();
     const size = claimedSize(note);
-    if (index === null || size === null || index < size || waited >= 10000) break;
-    say("verdict", `Waiting for the log's next checkpoint to cover record ${index}…`);
+    const covered = index === null || size === null || index < size;
+    if ((covered && (await cosigned(note))) || waited >= 10000) break;
+    say("verdict", covered ? "Waiting for the witnesses' cosignatures…" : `Waiting for the log's next checkpoint to cover record ${index}…`);
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
   inputs.checkpoint = note;
@@ -294,8 +308,19 @@ async function onSubmit(event) {
   }
 }
 
-$("form").addEventListener("submit", onSubmit);
-showLog().catch((e) => say("log-checkpoint", el("span", { class: "bad-text" }, `Could not read the log: ${e.message}`)));
+async function start() {
+  const why = await unsupported();
+  if (why) {
+    $("history").className = "bad";
+    say("history", el("strong", {}, "Cannot check here: "), why);
+    $("verify").disabled = true;
+    return;
+  }
+  $("form").addEventListener("submit", onSubmit);
+  await showLog();
+}
+
+start().catch((e) => say("log-checkpoint", el("span", { class: "bad-text" }, `Could not read the log: ${e.message}`)));
 if (fragment.get("id")) {
   $("input").value = fragment.get("id");
 }

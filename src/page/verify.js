@@ -80,13 +80,32 @@ export async function sha256(bytes) {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
 }
 
+// A signature that does not verify is `false`; a browser without
+// WebCrypto Ed25519 is an error, never a verdict.
 async function ed25519Verify(publicKey, message, signature) {
+  let key;
   try {
-    const key = await crypto.subtle.importKey("raw", publicKey, { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify({ name: "Ed25519" }, key, signature, message);
-  } catch {
-    return false;
+    key = await crypto.subtle.importKey("raw", publicKey, { name: "Ed25519" }, false, ["verify"]);
+  } catch (e) {
+    if (e.name === "DataError") return false; // not a valid public key
+    throw new Error(`this browser cannot check Ed25519 signatures (${e.name}: ${e.message}); use a current browser, or residency-proxy verify`);
   }
+  return crypto.subtle.verify({ name: "Ed25519" }, key, signature, message);
+}
+
+// Why this browser cannot run the checks, or null.
+export async function unsupported() {
+  if (!globalThis.isSecureContext || !globalThis.crypto?.subtle) {
+    return "This page must be opened over HTTPS (or on this machine's loopback address): browsers only offer the cryptography it needs to secure pages.";
+  }
+  try {
+    await crypto.subtle.importKey("raw", new Uint8Array(32), { name: "Ed25519" }, false, ["verify"]);
+  } catch (e) {
+    if (e.name !== "DataError") {
+      return "This browser cannot check Ed25519 signatures (WebCrypto Ed25519: Chrome 137, Firefox 129, Safari 17 or later). Use a current browser, or residency-proxy verify.";
+    }
+  }
+  return null;
 }
 
 // --- signed notes (C2SP signed-note) ---------------------------------------

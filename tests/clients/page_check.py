@@ -11,6 +11,8 @@ The scenario names a `phase`:
   the keyboard alone; the same with the customer's file and with a wrong
   file; a request id; a tampered receipt; every shared vector run through
   the page's own verify.js; the page at 360 px; a link pinning another key.
+- `witnessed`: the key and a witness pinned in the link (then another
+  witness's key): the cosignatures shown and the verdict on a receipt.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
   verdict on a receipt from the new log.
@@ -185,6 +187,21 @@ def first(s, driver, out):
     }
 
 
+def witnessed(s, driver, out):
+    """The key and a witness pinned in the link; then another witness."""
+    shots = Path(s["shots"])
+    for name, witness in (("pinned", s["witness"]), ("other", s["other_witness"])):
+        driver.get(f"{pinned(s['base'], s['key'])}&witness={quote(witness, safe='')}")
+        driver.refresh()
+        loaded(driver)
+        out[name] = {
+            "witnesses": driver.find_element(By.ID, "log-witnesses").text,
+            "verdict": submit(driver, s["receipt"]),
+        }
+        if name == "pinned":
+            full_shot(driver, shots / "page-witnessed.png", 1100)
+
+
 def second(s, driver, out):
     shots = Path(s["shots"])
     driver.get(pinned(s["base"], s["key"]))
@@ -205,7 +222,7 @@ def main() -> int:
         driver.get("about:blank")
         driver.get_log("performance")
         driver.get_log("browser")
-        {"first": first, "second": second}[s["phase"]](s, driver, out)
+        {"first": first, "second": second, "witnessed": witnessed}[s["phase"]](s, driver, out)
         out["console"] = chromium.console(driver)
         out["requests"] = chromium.requests(driver)
     finally:

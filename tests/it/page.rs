@@ -48,7 +48,7 @@ async fn upload(proxy: &Proxy, origin: &str, body: &str) -> (String, String) {
 
 /// Runs one phase of page_check.py (on a blocking thread: the proxy
 /// serves the browser from this runtime); returns what it saw.
-async fn browse(scenario: Value, dir: &Path) -> Value {
+pub(crate) async fn browse(scenario: Value, dir: &Path) -> Value {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || run_page_check(scenario, &dir))
         .await
@@ -74,7 +74,7 @@ fn run_page_check(scenario: Value, dir: &Path) -> Value {
 
 /// Every request went to the log's origin, by GET, without a body (the
 /// customer's file is hashed in the browser, never sent).
-fn same_origin_only(seen: &Value, origin: &str) {
+pub(crate) fn same_origin_only(seen: &Value, origin: &str) {
     let requests = seen["requests"].as_array().unwrap();
     assert!(!requests.is_empty(), "{seen}");
     for r in requests {
@@ -89,7 +89,7 @@ fn same_origin_only(seen: &Value, origin: &str) {
 }
 
 /// No console messages but the one expected 404 (`allowed`).
-fn clean_console(seen: &Value, allowed: Option<&str>) {
+pub(crate) fn clean_console(seen: &Value, allowed: Option<&str>) {
     for c in seen["console"].as_array().unwrap() {
         let message = c["message"].as_str().unwrap();
         let expected = allowed.is_some_and(|a| message.contains(a) && message.contains("404"));
@@ -97,7 +97,7 @@ fn clean_console(seen: &Value, allowed: Option<&str>) {
     }
 }
 
-fn shots_dir() -> PathBuf {
+pub(crate) fn shots_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("page");
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -180,6 +180,54 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
         report.to_string().contains("cosigned by 1 of 1 witnesses"),
         "{report}"
     );
+    // The log's page in Chromium, with the key and the witness pinned in
+    // the link: the cosignature shown as verified, and the receipt's
+    // verdict requires it; with another witness's key pinned, not.
+    let other_witness =
+        Cosigner::from_pkcs8("witness.test/w9", &Cosigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .verifier_key();
+    let reply = a.client().upload_from(DE, "x=2").await;
+    let receipt = reply.header("residency-receipt").unwrap().to_string();
+    let seen = crate::page::browse(
+        serde_json::json!({
+            "phase": "witnessed",
+            "base": format!("{}/", a.log_url()),
+            "key": key_of(&a),
+            "witness": wvkey,
+            "other_witness": other_witness,
+            "receipt": receipt,
+            "profile": dir.path().join("profile"),
+            "shots": crate::page::shots_dir(),
+        }),
+        dir.path(),
+    )
+    .await;
+    let shown = seen["pinned"]["witnesses"].as_str().unwrap();
+    assert!(
+        shown.starts_with(WITNESS_NAME) && shown.ends_with(": verified"),
+        "{seen}"
+    );
+    let verdict = &seen["pinned"]["verdict"];
+    assert_eq!(verdict["class"], "ok", "{seen}");
+    assert!(
+        verdict["details"]
+            .as_str()
+            .unwrap()
+            .contains("cosigned by 1 of 1 witnesses (quorum 1): witness.test/w1"),
+        "{seen}"
+    );
+    assert!(
+        seen["other"]["witnesses"]
+            .as_str()
+            .unwrap()
+            .contains("not checked"),
+        "{seen}"
+    );
+    assert_eq!(seen["other"]["verdict"]["step"], "witnesses", "{seen}");
+    crate::page::same_origin_only(&seen, &a.log_url());
+    crate::page::clean_console(&seen, None);
+
     // A saved checkpoint, the witness key from a file, quorum by default.
     std::fs::write(dir.path().join("a.checkpoint"), &first_a).unwrap();
     std::fs::write(dir.path().join("w.pub"), format!("{wvkey}\n")).unwrap();
