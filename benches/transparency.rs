@@ -45,6 +45,7 @@ fn record(i: u64) -> Record<'static> {
             build_epoch: 1_750_000_000,
             sha256: "ef".repeat(32).into(),
         },
+        tenant: None,
         summary: None,
     }
 }

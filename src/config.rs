@@ -58,6 +58,8 @@ pub struct Config {
     pub witnesses: Vec<WitnessSettings>,
     /// Tokio worker threads (`runtime.worker_threads`); default one per core.
     pub worker_threads: Option<usize>,
+    /// `[[tenants]]`, `[tenancy]`: customers whose pin decides, not GeoIP.
+    pub tenancy: crate::tenancy::Tenancy,
     /// The file this was loaded from (watched for hot reload).
     pub source: Option<PathBuf>,
 }
@@ -289,6 +291,10 @@ pub struct RawConfig {
     pub transparency: Option<RawTransparency>,
     #[serde(default)]
     pub runtime: RawRuntime,
+    /// Customers pinned to a jurisdiction (`residency_core::tenant`).
+    #[serde(default)]
+    pub tenants: Vec<residency_core::tenant::RawTenant>,
+    pub tenancy: Option<crate::tenancy::RawTenancy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -509,6 +515,9 @@ impl Config {
             )
         });
         let log_format = raw.log.format.check_or(LogFormat::Text, "log.format", r);
+        let tenancy = policy.as_ref().and_then(|p| {
+            crate::tenancy::Tenancy::from_raw(raw.tenancy.as_ref(), &raw.tenants, base, p, r)
+        });
 
         let config = (|| {
             Some(Config {
@@ -531,6 +540,7 @@ impl Config {
                     None => Vec::new(),
                 },
                 worker_threads,
+                tenancy: tenancy?,
                 source: None,
             })
         })();

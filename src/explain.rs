@@ -55,7 +55,9 @@ pub fn explain(d: &Decision, policy: &Policy, is_up: impl Fn(UpstreamId) -> bool
         "assigned_by": d.jurisdiction.map(|(_, a)| match a {
             Assignment::Listed => "country",
             Assignment::UnknownOrigin => "unknown_origin",
+            Assignment::Pinned => "tenant",
         }),
+        "origin_jurisdiction": d.origin_jurisdiction.map(|j| policy.jurisdiction(j).name.clone()),
         "store_in": jurisdiction.map(|j| j.store_in.iter().map(|s| policy.jurisdiction(*s).name.clone()).collect::<Vec<_>>()),
         "permitted": permitted,
         "decision": decision,

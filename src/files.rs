@@ -34,6 +34,7 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
         files.extend(l.client_ca.iter().cloned());
     }
     files.extend(config.upstream.ca.iter().cloned());
+    files.extend(config.tenancy.files.iter().cloned());
     Fingerprint::of(files)
 }
 

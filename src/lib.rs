@@ -31,6 +31,7 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tenancy;
 pub mod upstream;
 pub mod witness;
 pub mod witnesses;

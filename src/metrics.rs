@@ -16,6 +16,8 @@ use prometheus::{
 use residency_core::geo::LookupResult;
 use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 
+use crate::tenancy::Tenancy;
+use residency_core::tenant::Recognized;
 pub use residency_log::storage::LogMetrics;
 
 /// Label value when a request never reached a jurisdiction or data centre.
@@ -51,6 +53,9 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub tenant_requests: IntCounterVec,
+    pub tenant_requests_by_tenant: IntCounterVec,
+    pub tenant_mismatches: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub geoip_age: IntGauge,
     /// The transparency log's (zero when it is not configured).
@@ -205,6 +210,21 @@ impl Metrics {
             "Reloads of configuration, certificates and GeoIP database, by result: success, failure.",
             &["result"],
         )?;
+        let tenant_requests = counter(
+            "residency_tenant_requests_total",
+            "With tenants configured: requests by how their tenant was recognised (sni, client_cert, token; none: GeoIP decided).",
+            &["tenant_source"],
+        )?;
+        let tenant_requests_by_tenant = counter(
+            "residency_tenant_requests_by_tenant_total",
+            "Requests per recognised tenant (only with tenancy.metrics_by_tenant = true).",
+            &["tenant"],
+        )?;
+        let tenant_mismatches = counter(
+            "residency_tenant_origin_mismatches_total",
+            "Requests of a pinned tenant that GeoIP places outside the pin, by what the tenant's mismatch policy did: allowed, refused.",
+            &["action"],
+        )?;
         let policy_info = IntGaugeVec::new(
             Opts::new(
                 "residency_policy_info",
@@ -248,6 +268,9 @@ impl Metrics {
             connections_rejected,
             upstream_retries,
             reloads,
+            tenant_requests,
+            tenant_requests_by_tenant,
+            tenant_mismatches,
             policy_info,
             geoip_age,
             log,
@@ -284,6 +307,12 @@ pub struct RequestMetrics {
     upstream_duration: Box<[OnceLock<Histogram>]>,
     /// `[LookupResult]`
     geoip: [OnceLock<IntCounter>; 3],
+    /// `[none, sni, client_cert, token]`
+    tenant_source: [OnceLock<IntCounter>; 4],
+    /// `[TenantId]`, with `tenancy.metrics_by_tenant`
+    tenant_named: Box<[OnceLock<IntCounter>]>,
+    /// `[allowed, refused]`
+    tenant_mismatch: [OnceLock<IntCounter>; 2],
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -293,7 +322,7 @@ fn slots<T>(n: usize) -> Box<[OnceLock<T>]> {
 }
 
 impl RequestMetrics {
-    pub fn new(policy: &Policy) -> RequestMetrics {
+    pub fn new(policy: &Policy, tenancy: &Tenancy) -> RequestMetrics {
         let (j, d) = (policy.jurisdictions.len() + 1, policy.datacenters.len() + 1);
         RequestMetrics {
             requests: slots(j * d * STATUS_CLASSES.len()),
@@ -301,7 +330,50 @@ impl RequestMetrics {
             body_bytes: slots(j),
             upstream_duration: slots(d),
             geoip: Default::default(),
+            tenant_source: Default::default(),
+            tenant_named: slots(if tenancy.metrics_by_tenant {
+                tenancy.tenants.len()
+            } else {
+                0
+            }),
+            tenant_mismatch: Default::default(),
         }
+    }
+
+    /// `residency_tenant_requests_total` (and, when configured,
+    /// `residency_tenant_requests_by_tenant_total`): only with tenancy on.
+    pub fn tenant(&self, metrics: &Metrics, tenancy: &Tenancy, recognized: Option<Recognized>) {
+        if tenancy.tenants.is_empty() && tenancy.token.is_none() {
+            return;
+        }
+        let (slot, label) = match recognized.map(|r| r.source) {
+            None => (0, NONE),
+            Some(source) => (1 + source as usize, source.as_str()),
+        };
+        self.tenant_source[slot]
+            .get_or_init(|| metrics.tenant_requests.with_label_values(&[label]))
+            .inc();
+        if let Some(r) = recognized {
+            if let Some(cell) = self.tenant_named.get(r.tenant.0 as usize) {
+                cell.get_or_init(|| {
+                    let name = tenancy.tenants.get(r.tenant).name.as_str();
+                    metrics.tenant_requests_by_tenant.with_label_values(&[name])
+                })
+                .inc();
+            }
+        }
+    }
+
+    /// `residency_tenant_origin_mismatches_total`.
+    pub fn tenant_mismatch(&self, metrics: &Metrics, refused: bool) {
+        let (slot, label) = if refused {
+            (1, "refused")
+        } else {
+            (0, "allowed")
+        };
+        self.tenant_mismatch[slot]
+            .get_or_init(|| metrics.tenant_mismatches.with_label_values(&[label]))
+            .inc();
     }
 
     /// One request answered: `residency_requests_total`,

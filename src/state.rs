@@ -119,7 +119,7 @@ impl Snapshot {
         }
         let health = Health::new(&config.policy, config.health.clone());
         let policy_hash = config.policy.hash();
-        let request_metrics = crate::metrics::RequestMetrics::new(&config.policy);
+        let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
         let state = match (geo, pool) {
             (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {
                 config,

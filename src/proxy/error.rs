@@ -42,6 +42,16 @@ pub enum Failure {
     UpstreamSaturated,
     /// The decision record could not be written to the transparency log.
     LogUnavailable,
+    /// A tenant token is present and does not name a tenant (bad signature,
+    /// expired, another issuer or audience, unknown tenant): never a
+    /// fall-back to GeoIP.
+    InvalidTenantToken,
+    /// A pinned tenant's client is, by GeoIP, outside the pin, and the
+    /// tenant's `mismatch` policy refuses that.
+    TenantOriginMismatch,
+    /// The token, the client certificate or the server name recognise
+    /// different tenants.
+    TenantConflict,
 }
 
 impl From<Refusal> for Failure {
@@ -52,6 +62,7 @@ impl From<Refusal> for Failure {
             Refusal::NoHealthyDatacenter { retry_after } => {
                 Failure::NoHealthyDatacenter { retry_after }
             }
+            Refusal::TenantOriginMismatch => Failure::TenantOriginMismatch,
         }
     }
 }
@@ -62,9 +73,11 @@ impl Failure {
             Failure::BadRequest | Failure::BadForwardedHeader | Failure::ClientAborted => {
                 StatusCode::BAD_REQUEST
             }
-            Failure::OriginUnknown | Failure::OriginNotPermitted => {
-                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS
-            }
+            Failure::OriginUnknown
+            | Failure::OriginNotPermitted
+            | Failure::TenantOriginMismatch => StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+            Failure::InvalidTenantToken => StatusCode::UNAUTHORIZED,
+            Failure::TenantConflict => StatusCode::FORBIDDEN,
             Failure::NoHealthyDatacenter { .. }
             | Failure::LogUnavailable
             | Failure::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,6 +105,9 @@ impl Failure {
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::UpstreamSaturated => "upstream_saturated",
             Failure::LogUnavailable => "log_unavailable",
+            Failure::InvalidTenantToken => "invalid_tenant_token",
+            Failure::TenantOriginMismatch => "tenant_origin_mismatch",
+            Failure::TenantConflict => "tenant_conflict",
         }
     }
 
@@ -104,7 +120,10 @@ impl Failure {
             | Failure::BodyTimeout
             | Failure::ClientAborted
             | Failure::OriginUnknown
-            | Failure::OriginNotPermitted => Culprit::Client,
+            | Failure::OriginNotPermitted
+            | Failure::InvalidTenantToken
+            | Failure::TenantOriginMismatch
+            | Failure::TenantConflict => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -133,6 +152,13 @@ impl Failure {
             Failure::LogUnavailable | Failure::UpstreamSaturated => Some(Duration::from_secs(1)),
             _ => None,
         };
+        if self == Failure::InvalidTenantToken {
+            // RFC 6750 §3.
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if let Some(retry_after) = retry_after {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

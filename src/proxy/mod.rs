@@ -23,13 +23,15 @@ use hyper::body::Incoming;
 
 use crate::metrics::NONE;
 use crate::state::{Instance, Snapshot};
+use crate::tenancy::Unrecognized;
 use crate::upstream::pool::Body as UpstreamBody;
 use discard::RefusalBody;
 pub use error::Failure;
 use residency_core::country::Country;
-use residency_core::decision::{decide, Outcome};
+use residency_core::decision::{decide, decide_pinned, Outcome, Refusal};
 use residency_core::origin::{self, AddressSource};
 use residency_core::policy::{DatacenterId, JurisdictionId};
+use residency_core::tenant::{CertNames, Recognized};
 use residency_log::settings::OnWriteError;
 
 /// The response body: the upstream's, streamed, or our own small one.
@@ -43,6 +45,11 @@ pub struct Conn {
     pub proxy_source: Option<IpAddr>,
     /// Index into `config.listeners`.
     pub listener: usize,
+    /// The TLS server name the client sent (lowercase), for tenants by SNI.
+    pub sni: Option<Box<str>>,
+    /// The names in the client's certificate (on `client_ca` listeners,
+    /// when tenants are recognised by certificate).
+    pub cert: Option<Box<CertNames>>,
 }
 
 /// Fields of the access-log line (and the decision record), filled in as
@@ -54,6 +61,10 @@ pub struct Findings {
     jurisdiction: Option<JurisdictionId>,
     datacenter: Option<DatacenterId>,
     reason: Option<&'static str>,
+    /// The recognised tenant, and GeoIP's jurisdiction when it is not the
+    /// one in `jurisdiction` (the pin).
+    tenant: Option<Recognized>,
+    origin_jurisdiction: Option<JurisdictionId>,
 }
 
 /// Serves one request. Never fails: every problem becomes a response.
@@ -75,6 +86,8 @@ pub async fn handle(
         jurisdiction: None,
         datacenter: None,
         reason: None,
+        tenant: None,
+        origin_jurisdiction: None,
     };
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
     let (mut resp, bytes, receipt) =
@@ -246,14 +259,57 @@ fn admit<'a>(
 
     let policy = &config.policy;
     let health = &state.health;
-    let decision = decide(
-        &state.geo,
-        policy,
-        origin.addr,
-        state.next_turn(),
-        |u| health.is_up(u),
-        |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
+    let tenancy = &config.tenancy;
+    let recognized = tenancy
+        .recognize(conn.sni.as_deref(), conn.cert.as_deref(), req.headers())
+        .map_err(|why| {
+            tracing::info!(
+                request_id = id.to_str().unwrap_or_default(),
+                reason = ?why,
+                "tenant not recognised"
+            );
+            match why {
+                Unrecognized::Token(_) => Failure::InvalidTenantToken,
+                Unrecognized::Conflict => Failure::TenantConflict,
+            }
+        });
+    state.request_metrics.tenant(
+        &instance.metrics,
+        tenancy,
+        recognized.as_ref().ok().copied().flatten(),
     );
+    let recognized = recognized?;
+    findings.tenant = recognized;
+    let turn = state.next_turn();
+    let retry_after = |j| health.retry_after(state.config.policy.permitted_upstreams(j));
+    let decision = match recognized {
+        Some(r) => decide_pinned(
+            &state.geo,
+            policy,
+            origin.addr,
+            tenancy.tenants.get(r.tenant),
+            turn,
+            |u| health.is_up(u),
+            retry_after,
+        ),
+        None => decide(
+            &state.geo,
+            policy,
+            origin.addr,
+            turn,
+            |u| health.is_up(u),
+            retry_after,
+        ),
+    };
+    findings.origin_jurisdiction = decision.origin_jurisdiction;
+    if let (Some(_), Some((pin, _))) = (recognized, decision.jurisdiction) {
+        if decision.origin_jurisdiction != Some(pin) {
+            let refused = decision.outcome == Outcome::Refuse(Refusal::TenantOriginMismatch);
+            state
+                .request_metrics
+                .tenant_mismatch(&instance.metrics, refused);
+        }
+    }
     state
         .request_metrics
         .geoip_lookup(&instance.metrics, decision.lookup);

@@ -19,7 +19,7 @@ use crate::state::Snapshot;
 use crate::upstream::body::BodySlot;
 use residency_core::country::Country;
 use residency_log::receipt::{self, Receipt};
-use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record};
+use residency_log::record::{self, BodyDigest, Client, Database, Outcome, Record, TenantRecord};
 use residency_log::settings::{OnWriteError, ReceiptMode};
 use residency_log::storage::Log;
 
@@ -80,6 +80,20 @@ impl<'a> RecordContext<'a> {
                 build_epoch: state.geo.build_epoch(),
                 sha256: Cow::Borrowed(state.geo.sha256_hex()),
             },
+            tenant: findings.tenant.map(|t| TenantRecord {
+                name: Cow::Borrowed(
+                    state
+                        .config
+                        .tenancy
+                        .record_names
+                        .get(t.tenant.0 as usize)
+                        .map_or("?", String::as_str),
+                ),
+                source: Cow::Borrowed(t.source.as_str()),
+                origin_jurisdiction: findings
+                    .origin_jurisdiction
+                    .map(|j| Cow::Borrowed(policy.jurisdiction(j).name.as_str())),
+            }),
             summary: None,
         }
     }

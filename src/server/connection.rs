@@ -98,10 +98,26 @@ pub(super) async fn serve(
     else {
         return;
     };
+    let (sni, cert) = {
+        // Kept whether or not tenants are configured now: a reload may add
+        // them while this connection lives.
+        let session = tls.get_ref().1;
+        let sni = session
+            .server_name()
+            .map(|s| s.to_ascii_lowercase().into_boxed_str());
+        let cert = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| crate::tenancy::cert_names(leaf))
+            .map(Box::new);
+        (sni, cert)
+    };
     let conn = Arc::new(Conn {
         peer,
         proxy_source,
         listener: index,
+        sni,
+        cert,
     });
     let activity = Arc::new(Activity::new(&instance, &limits));
     let service = {

@@ -130,6 +130,7 @@ fn record(i: u64) -> Record<'static> {
             build_epoch: 1,
             sha256: "11".repeat(32).into(),
         },
+        tenant: None,
         summary: None,
     }
 }

@@ -11,13 +11,19 @@ use std::time::Duration;
 use crate::country::Country;
 use crate::geo::{Geo, LookupResult};
 use crate::policy::{Assignment, JurisdictionId, OriginRefusal, Policy, UpstreamId};
+use crate::tenant::Tenant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub addr: IpAddr,
     pub country: Option<Country>,
     pub lookup: LookupResult,
+    /// The jurisdiction whose `store_in` bounds the upload: GeoIP's, or a
+    /// recognised tenant's pin.
     pub jurisdiction: Option<(JurisdictionId, Assignment)>,
+    /// For a pinned tenant: GeoIP's jurisdiction for the client (`None`
+    /// when GeoIP places it in none), recorded next to the pin.
+    pub origin_jurisdiction: Option<JurisdictionId>,
     pub outcome: Outcome,
 }
 
@@ -37,6 +43,9 @@ pub enum Refusal {
     OriginNotPermitted,
     /// Every permitted data centre is down; one may be back after `retry_after`.
     NoHealthyDatacenter { retry_after: Duration },
+    /// A pinned tenant's client is, by GeoIP, outside the pinned
+    /// jurisdiction, and the tenant's `mismatch` policy refuses that.
+    TenantOriginMismatch,
 }
 
 impl Refusal {
@@ -46,6 +55,7 @@ impl Refusal {
             Refusal::OriginUnknown => "origin_unknown",
             Refusal::OriginNotPermitted => "origin_not_permitted",
             Refusal::NoHealthyDatacenter { .. } => "no_healthy_datacenter",
+            Refusal::TenantOriginMismatch => "tenant_origin_mismatch",
         }
     }
 }
@@ -68,6 +78,7 @@ pub fn decide(
         country,
         lookup,
         jurisdiction: None,
+        origin_jurisdiction: None,
         outcome: Outcome::Refuse(Refusal::OriginUnknown),
     };
     let (j, assignment) = match policy.jurisdiction_for(country) {
@@ -79,10 +90,48 @@ pub fn decide(
         }
     };
     decision.jurisdiction = Some((j, assignment));
+    decision.origin_jurisdiction = Some(j);
     decision.outcome = match policy.pick(j, turn, is_up) {
         Some(u) => Outcome::Forward(u),
         None => Outcome::Refuse(Refusal::NoHealthyDatacenter {
             retry_after: retry_after(j),
+        }),
+    };
+    decision
+}
+
+/// Decides for a recognised tenant: its pin, not GeoIP, bounds where the
+/// upload may go. GeoIP still runs: its jurisdiction is recorded, and when
+/// it is not the pin (or GeoIP knows none) the tenant's `mismatch` policy
+/// may refuse ([`Refusal::TenantOriginMismatch`]).
+pub fn decide_pinned(
+    geo: &Geo,
+    policy: &Policy,
+    addr: IpAddr,
+    tenant: &Tenant,
+    turn: usize,
+    is_up: impl Fn(UpstreamId) -> bool,
+    retry_after: impl FnOnce(JurisdictionId) -> Duration,
+) -> Decision {
+    let addr = addr.to_canonical();
+    let (country, lookup) = geo.lookup(addr);
+    let origin = policy.jurisdiction_for(country).ok().map(|(j, _)| j);
+    let pin = tenant.jurisdiction;
+    let mut decision = Decision {
+        addr,
+        country,
+        lookup,
+        jurisdiction: Some((pin, Assignment::Pinned)),
+        origin_jurisdiction: origin,
+        outcome: Outcome::Refuse(Refusal::TenantOriginMismatch),
+    };
+    if origin != Some(pin) && !tenant.mismatch.allows(country) {
+        return decision;
+    }
+    decision.outcome = match policy.pick(pin, turn, is_up) {
+        Some(u) => Outcome::Forward(u),
+        None => Outcome::Refuse(Refusal::NoHealthyDatacenter {
+            retry_after: retry_after(pin),
         }),
     };
     decision

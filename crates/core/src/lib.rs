@@ -7,6 +7,8 @@
 //! peer's `X-Forwarded-For`), [`geo`] maps it to a [`country`], [`policy`]
 //! maps the country to a jurisdiction and its permitted data centres, and
 //! [`decision`] puts the steps together and picks an upstream that is up.
+//! [`tenant`] recognises customers pinned to a jurisdiction, whose pin
+//! decides instead of GeoIP.
 //! [`report`] collects configuration problems; [`hex`] is the one hex codec.
 
 pub mod country;
@@ -16,3 +18,4 @@ pub mod hex;
 pub mod origin;
 pub mod policy;
 pub mod report;
+pub mod tenant;

@@ -138,6 +138,8 @@ pub enum Assignment {
     Listed,
     /// `[unknown_origin] action = "jurisdiction"` applied.
     UnknownOrigin,
+    /// A recognised tenant's pin (`[[tenants]] jurisdiction`).
+    Pinned,
 }
 
 #[derive(Debug, Clone)]

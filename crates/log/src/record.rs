@@ -41,10 +41,27 @@ pub struct Record<'a> {
     /// `Policy::hash` of the routing policy that took the decision.
     pub policy_sha256: Cow<'a, str>,
     pub geoip: Database<'a>,
+    /// A recognised tenant (`[[tenants]]`), whose pin decided instead of
+    /// GeoIP; absent for everyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantRecord<'a>>,
     /// A summary record: refusals over `transparency.refusal_records_per_second`
     /// are folded into one record per reason and checkpoint interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary<'a>>,
+}
+
+/// Which tenant an upload was for and how the proxy knew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord<'a> {
+    /// The tenant's name, or `hmac-sha256:…` of it (`tenancy.record`).
+    pub name: Cow<'a, str>,
+    /// `sni`, `client_cert` or `token`.
+    pub source: Cow<'a, str>,
+    /// GeoIP's jurisdiction for the client (`null`: none); the record's
+    /// `jurisdiction` is the tenant's pin.
+    pub origin_jurisdiction: Option<Cow<'a, str>>,
 }
 
 /// How many refusals a summary record stands for, and which.
@@ -160,6 +177,15 @@ impl Record<'_> {
         out.extend_from_slice(b",\"sha256\":");
         push_str(&mut out, &self.geoip.sha256);
         out.push(b'}');
+        if let Some(tenant) = &self.tenant {
+            out.extend_from_slice(b",\"tenant\":{\"name\":");
+            push_str(&mut out, &tenant.name);
+            out.extend_from_slice(b",\"source\":");
+            push_str(&mut out, &tenant.source);
+            out.extend_from_slice(b",\"origin_jurisdiction\":");
+            push_opt_str(&mut out, tenant.origin_jurisdiction.as_deref());
+            out.push(b'}');
+        }
         if let Some(summary) = &self.summary {
             out.extend_from_slice(b",\"summary\":{\"count\":");
             push_int(&mut out, summary.count);
@@ -374,6 +400,11 @@ mod tests {
                         build_epoch: u64::from(variant) * 1_700_000_000,
                         sha256: text.into(),
                     },
+                    tenant: (variant & 1 == 1).then(|| TenantRecord {
+                        name: text.into(),
+                        source: "sni".into(),
+                        origin_jurisdiction: (variant & 2 == 0).then(|| text.into()),
+                    }),
                     summary: None,
                 };
                 assert_eq!(
@@ -412,6 +443,7 @@ mod tests {
                 build_epoch: 1,
                 sha256: "ef".repeat(32).into(),
             },
+            tenant: None,
             summary: None,
         };
         let bytes = r.to_bytes();

@@ -163,6 +163,7 @@ mod tests {
                 build_epoch: 1,
                 sha256: "11".repeat(32).into(),
             },
+            tenant: None,
             summary: None,
         }
     }

@@ -96,6 +96,7 @@ fn record(i: u64, outcome: Outcome, history: &str) -> Vec<u8> {
                 "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
             ),
         },
+        tenant: None,
         summary: None,
     }
     .to_bytes()

@@ -1,0 +1,568 @@
+//! Tenant pins: residency by customer, not only by where a device is.
+//!
+//! A tenant (`[[tenants]]`) is pinned to a jurisdiction and recognised by
+//! the TLS server name its clients dial (exact, or `*.suffix` for exactly
+//! one more label), by names in their client certificate (SAN URI, SAN
+//! DNS, subject CN), or by a signed token naming it (verified by the
+//! proxy; here only its outcome). A recognised tenant's pin decides where
+//! its uploads may go ([`crate::decision::decide_pinned`]); GeoIP decides
+//! for everyone else. Everything here is checked at load: each pin names a
+//! jurisdiction (which always has a data centre), and no two patterns may
+//! match the same name, so recognition never depends on order.
+//!
+//! Lookups take borrowed, already-lowercased names and allocate nothing.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::country::Country;
+use crate::policy::{JurisdictionId, Policy};
+use crate::report::ConfigReport;
+
+/// One `[[tenants]]` entry as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: Option<String>,
+    /// The jurisdiction the tenant's data must stay in.
+    pub jurisdiction: Option<String>,
+    /// TLS server names: `ingest.acme.example` or `*.acme.example`.
+    #[serde(default)]
+    pub sni: Vec<String>,
+    /// Client certificate names: `uri:spiffe://acme.example/uploader`,
+    /// `dns:*.acme.example`, `cn:acme-uploader`; a trailing `*` on a URI or
+    /// CN matches any rest.
+    #[serde(default)]
+    pub client_cert: Vec<String>,
+    /// When GeoIP places the client outside the pinned jurisdiction:
+    /// `"allow"` (the default), `"refuse"`, or `{ allow_countries = [...] }`.
+    pub mismatch: Option<RawMismatch>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawMismatch {
+    Action(String),
+    Countries { allow_countries: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId(pub u32);
+
+/// What to do when GeoIP's jurisdiction for the client is not the pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Route by the pin; the record names both.
+    Allow,
+    /// 451 `tenant_origin_mismatch`.
+    Refuse,
+    /// Route by the pin from these countries; refuse from any other.
+    AllowCountries(Vec<Country>),
+}
+
+impl Mismatch {
+    /// Whether an upload from `country` (GeoIP; `None` if unknown) may go
+    /// by the pin although GeoIP places it outside the pinned jurisdiction.
+    pub fn allows(&self, country: Option<Country>) -> bool {
+        match self {
+            Mismatch::Allow => true,
+            Mismatch::Refuse => false,
+            Mismatch::AllowCountries(list) => country.is_some_and(|c| list.contains(&c)),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mismatch::Allow => "allow",
+            Mismatch::Refuse => "refuse",
+            Mismatch::AllowCountries(_) => "allow_countries",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub jurisdiction: JurisdictionId,
+    pub mismatch: Mismatch,
+}
+
+/// How a tenant was recognised (a closed set: a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Sni,
+    ClientCert,
+    Token,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Sni, Source::ClientCert, Source::Token];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Sni => "sni",
+            Source::ClientCert => "client_cert",
+            Source::Token => "token",
+        }
+    }
+}
+
+/// The names a client certificate carries, lowercased where DNS: read
+/// once per connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub cn: Option<String>,
+}
+
+/// Two sources (or two names of one certificate) recognise different
+/// tenants: the identity is ambiguous, and nothing is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict;
+
+/// A recognised tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recognized {
+    pub tenant: TenantId,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Uri,
+    Dns,
+    Cn,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Uri => "uri",
+            Kind::Dns => "dns",
+            Kind::Cn => "cn",
+        }
+    }
+}
+
+/// Every tenant and the indexes that recognise them.
+#[derive(Debug, Clone, Default)]
+pub struct Tenants {
+    list: Vec<Tenant>,
+    by_name: HashMap<String, TenantId>,
+    sni_exact: HashMap<String, TenantId>,
+    /// `*.suffix` patterns by suffix.
+    sni_wildcard: HashMap<String, TenantId>,
+    /// Exact certificate names, per [`Kind`].
+    cert_exact: [HashMap<String, TenantId>; 3],
+    cert_dns_wildcard: HashMap<String, TenantId>,
+    /// `uri:` and `cn:` patterns ending in `*`, by kind and prefix.
+    cert_prefix: Vec<(Kind, String, TenantId)>,
+}
+
+impl Tenants {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn get(&self, id: TenantId) -> &Tenant {
+        &self.list[id.0 as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tenant> {
+        self.list.iter()
+    }
+
+    /// Whether any tenant is recognised by its client certificate.
+    pub fn by_certificate(&self) -> bool {
+        self.cert_exact.iter().any(|m| !m.is_empty())
+            || !self.cert_dns_wildcard.is_empty()
+            || !self.cert_prefix.is_empty()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<TenantId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The tenant whose `sni` matches a (lowercase) server name.
+    pub fn by_sni(&self, host: &str) -> Option<TenantId> {
+        if let Some(id) = self.sni_exact.get(host) {
+            return Some(*id);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.sni_wildcard.get(parent).copied()
+    }
+
+    /// The tenant a certificate's names match; a conflict if they match
+    /// more than one.
+    pub fn by_cert(&self, names: &CertNames) -> Result<Option<TenantId>, Conflict> {
+        let mut found: Option<TenantId> = None;
+        let mut note = |id: Option<TenantId>| -> Result<(), Conflict> {
+            match (found, id) {
+                (Some(a), Some(b)) if a != b => Err(Conflict),
+                (None, Some(b)) => {
+                    found = Some(b);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        };
+        for uri in &names.uris {
+            note(self.cert_lookup(Kind::Uri, uri))?;
+        }
+        for dns in &names.dns {
+            note(self.cert_lookup(Kind::Dns, dns))?;
+            if let Some((_, parent)) = dns.split_once('.') {
+                note(self.cert_dns_wildcard.get(parent).copied())?;
+            }
+        }
+        if let Some(cn) = &names.cn {
+            note(self.cert_lookup(Kind::Cn, cn))?;
+        }
+        Ok(found)
+    }
+
+    fn cert_lookup(&self, kind: Kind, name: &str) -> Option<TenantId> {
+        let exact = self.cert_exact[kind.index()].get(name).copied();
+        exact.or_else(|| {
+            self.cert_prefix
+                .iter()
+                .find(|(k, prefix, _)| *k == kind && name.starts_with(prefix.as_str()))
+                .map(|(_, _, id)| *id)
+        })
+    }
+
+    /// Builds the tenants from their entries, reporting every problem under
+    /// `{key}[i]…`.
+    pub fn from_raw(
+        raw: &[RawTenant],
+        key: &str,
+        policy: &Policy,
+        r: &mut ConfigReport,
+    ) -> Option<Tenants> {
+        let before = r.problems.len();
+        let mut t = Tenants::default();
+        // Where each pattern came from, to name both sides of an overlap.
+        let mut origin: HashMap<String, String> = HashMap::new();
+        for (i, raw) in raw.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            let Some(name) = raw.name.as_deref().filter(|n| valid_tenant_name(n)) else {
+                r.push(
+                    format!("{key}.name"),
+                    "required: 1 to 128 letters, digits, '.', '-' and '_'",
+                );
+                continue;
+            };
+            let id = TenantId(t.list.len() as u32);
+            if t.by_name.insert(name.to_string(), id).is_some() {
+                r.push(
+                    format!("{key}.name"),
+                    format!("tenant `{name}` is defined twice"),
+                );
+            }
+            let jurisdiction = match raw.jurisdiction.as_deref() {
+                None => {
+                    r.push(
+                        format!("{key}.jurisdiction"),
+                        "required: the jurisdiction the tenant is pinned to",
+                    );
+                    None
+                }
+                Some(j) => {
+                    let found = policy
+                        .jurisdictions
+                        .iter()
+                        .position(|x| x.name == j)
+                        .map(JurisdictionId);
+                    if found.is_none() {
+                        r.push(
+                            format!("{key}.jurisdiction"),
+                            format!("no jurisdiction named `{j}`"),
+                        );
+                    }
+                    found
+                }
+            };
+            let mismatch = mismatch(raw.mismatch.as_ref(), &format!("{key}.mismatch"), r);
+            for (j, pattern) in raw.sni.iter().enumerate() {
+                let k = format!("{key}.sni[{j}]");
+                let p = pattern.to_ascii_lowercase();
+                if !valid_host_pattern(&p) {
+                    r.push(
+                        k,
+                        format!("`{pattern}` is not a host name or `*.suffix` pattern"),
+                    );
+                    continue;
+                }
+                let here = format!("{k} (tenant `{name}`)");
+                if let Some(suffix) = p.strip_prefix("*.") {
+                    overlap_wild(&mut origin, "sni", suffix, &t.sni_exact, &here, r);
+                    t.sni_wildcard.insert(suffix.to_string(), id);
+                } else {
+                    overlap_exact(&mut origin, "sni", &p, &t.sni_wildcard, &here, r);
+                    t.sni_exact.insert(p.clone(), id);
+                }
+                remember(&mut origin, format!("sni {p}"), here, r);
+            }
+            for (j, pattern) in raw.client_cert.iter().enumerate() {
+                let k = format!("{key}.client_cert[{j}]");
+                let Some((kind, value)) = cert_pattern(pattern) else {
+                    r.push(k, format!("`{pattern}` is not `uri:…`, `dns:…` or `cn:…`"));
+                    continue;
+                };
+                let here = format!("{k} (tenant `{name}`)");
+                match kind {
+                    Kind::Dns => {
+                        let p = value.to_ascii_lowercase();
+                        if !valid_host_pattern(&p) {
+                            r.push(
+                                k,
+                                format!("`{value}` is not a host name or `*.suffix` pattern"),
+                            );
+                            continue;
+                        }
+                        if let Some(suffix) = p.strip_prefix("*.") {
+                            let exact = &t.cert_exact[Kind::Dns.index()];
+                            overlap_wild(&mut origin, "dns", suffix, exact, &here, r);
+                            t.cert_dns_wildcard.insert(suffix.to_string(), id);
+                        } else {
+                            overlap_exact(&mut origin, "dns", &p, &t.cert_dns_wildcard, &here, r);
+                            t.cert_exact[Kind::Dns.index()].insert(p.clone(), id);
+                        }
+                        remember(&mut origin, format!("dns {p}"), here, r);
+                    }
+                    Kind::Uri | Kind::Cn => {
+                        if value.is_empty() {
+                            r.push(k, "the name is empty");
+                            continue;
+                        }
+                        let label = kind.as_str();
+                        if let Some(prefix) = value.strip_suffix('*') {
+                            // A prefix overlaps any name or prefix it starts, or that starts it.
+                            for n in t.cert_exact[kind.index()].keys() {
+                                if n.starts_with(prefix) {
+                                    r.push(
+                                        k.clone(),
+                                        format!(
+                                            "`{value}` also matches {label}:{n} of {}",
+                                            origin[&format!("{label} {n}")]
+                                        ),
+                                    );
+                                }
+                            }
+                            for (kk, p, _) in &t.cert_prefix {
+                                if *kk == kind
+                                    && (p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+                                {
+                                    r.push(
+                                        k.clone(),
+                                        format!(
+                                            "`{value}` overlaps {label}:{p}* of {}",
+                                            origin[&format!("{label} {p}*")]
+                                        ),
+                                    );
+                                }
+                            }
+                            t.cert_prefix.push((kind, prefix.to_string(), id));
+                        } else {
+                            for (kk, p, _) in &t.cert_prefix {
+                                if *kk == kind && value.starts_with(p.as_str()) {
+                                    r.push(
+                                        k.clone(),
+                                        format!(
+                                            "`{value}` is also matched by {label}:{p}* of {}",
+                                            origin[&format!("{label} {p}*")]
+                                        ),
+                                    );
+                                }
+                            }
+                            t.cert_exact[kind.index()].insert(value.to_string(), id);
+                        }
+                        remember(&mut origin, format!("{label} {value}"), here, r);
+                    }
+                }
+            }
+            if let (Some(jurisdiction), Some(mismatch)) = (jurisdiction, mismatch) {
+                t.list.push(Tenant {
+                    name: name.to_string(),
+                    jurisdiction,
+                    mismatch,
+                });
+            } else {
+                // Keep ids dense: a placeholder never reached (the report
+                // already fails the load).
+                t.list.push(Tenant {
+                    name: name.to_string(),
+                    jurisdiction: JurisdictionId(0),
+                    mismatch: Mismatch::Refuse,
+                });
+            }
+        }
+        (r.problems.len() == before).then_some(t)
+    }
+}
+
+/// Records where a pattern came from; the same pattern twice is an overlap.
+fn remember(
+    origin: &mut HashMap<String, String>,
+    pattern: String,
+    here: String,
+    r: &mut ConfigReport,
+) {
+    if let Some(first) = origin.get(&pattern) {
+        let (kind, value) = pattern.split_once(' ').unwrap_or(("", &pattern));
+        r.push(
+            here.split(' ').next().unwrap_or_default().to_string(),
+            format!("{kind} `{value}` is also given at {first}"),
+        );
+    } else {
+        origin.insert(pattern, here);
+    }
+}
+
+/// A `*.suffix` pattern overlaps every exact name one label below it.
+fn overlap_wild(
+    origin: &mut HashMap<String, String>,
+    kind: &str,
+    suffix: &str,
+    exact: &HashMap<String, TenantId>,
+    here: &str,
+    r: &mut ConfigReport,
+) {
+    for name in exact.keys() {
+        if name
+            .split_once('.')
+            .is_some_and(|(_, parent)| parent == suffix)
+        {
+            r.push(
+                here.split(' ').next().unwrap_or_default().to_string(),
+                format!(
+                    "`*.{suffix}` also matches {kind} `{name}` of {}",
+                    origin[&format!("{kind} {name}")]
+                ),
+            );
+        }
+    }
+}
+
+/// An exact name overlaps a `*.suffix` pattern of its parent.
+fn overlap_exact(
+    origin: &mut HashMap<String, String>,
+    kind: &str,
+    name: &str,
+    wildcard: &HashMap<String, TenantId>,
+    here: &str,
+    r: &mut ConfigReport,
+) {
+    if let Some((_, parent)) = name.split_once('.') {
+        if wildcard.contains_key(parent) {
+            r.push(
+                here.split(' ').next().unwrap_or_default().to_string(),
+                format!(
+                    "`{name}` is also matched by {kind} `*.{parent}` of {}",
+                    origin[&format!("{kind} *.{parent}")]
+                ),
+            );
+        }
+    }
+}
+
+fn mismatch(raw: Option<&RawMismatch>, key: &str, r: &mut ConfigReport) -> Option<Mismatch> {
+    match raw {
+        None => Some(Mismatch::Allow),
+        Some(RawMismatch::Action(a)) if a == "allow" => Some(Mismatch::Allow),
+        Some(RawMismatch::Action(a)) if a == "refuse" => Some(Mismatch::Refuse),
+        Some(RawMismatch::Action(a)) => {
+            r.push(
+                key,
+                format!(
+                    "`{a}` is not one of \"allow\", \"refuse\" or {{ allow_countries = [...] }}"
+                ),
+            );
+            None
+        }
+        Some(RawMismatch::Countries { allow_countries }) => {
+            let mut list = Vec::new();
+            for code in allow_countries {
+                match Country::parse(code) {
+                    Some(c) => list.push(c),
+                    None => r.push(
+                        format!("{key}.allow_countries"),
+                        format!("`{code}` is not an ISO 3166-1 alpha-2 code"),
+                    ),
+                }
+            }
+            (list.len() == allow_countries.len()).then_some(Mismatch::AllowCountries(list))
+        }
+    }
+}
+
+fn cert_pattern(pattern: &str) -> Option<(Kind, &str)> {
+    let (kind, value) = pattern.split_once(':')?;
+    let kind = match kind {
+        "uri" => Kind::Uri,
+        "dns" => Kind::Dns,
+        "cn" => Kind::Cn,
+        _ => return None,
+    };
+    Some((kind, value))
+}
+
+fn valid_tenant_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// `host.example` or `*.example` (lowercase, at least one dot after `*.`
+/// is not required: `*.internal` is allowed).
+fn valid_host_pattern(p: &str) -> bool {
+    let host = p.strip_prefix("*.").unwrap_or(p);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The recognised tenant, from what each source found: a token wins over a
+/// client certificate, which wins over the server name — but two sources
+/// that name different tenants are a [`Conflict`].
+pub fn combine(
+    token: Option<TenantId>,
+    cert: Option<TenantId>,
+    sni: Option<TenantId>,
+) -> Result<Option<Recognized>, Conflict> {
+    let found = [
+        (token, Source::Token),
+        (cert, Source::ClientCert),
+        (sni, Source::Sni),
+    ];
+    let mut winner: Option<Recognized> = None;
+    for (id, source) in found {
+        let Some(id) = id else { continue };
+        match winner {
+            None => winner = Some(Recognized { tenant: id, source }),
+            Some(w) if w.tenant != id => return Err(Conflict),
+            Some(_) => {}
+        }
+    }
+    Ok(winner)
+}
+
+#[cfg(test)]
+mod tests;

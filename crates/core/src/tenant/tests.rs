@@ -1,0 +1,349 @@
+//! Tenant pins: load-time checks, recognition, and the property that a
+//! recognised tenant's upload never leaves its pin's `store_in` (nor an
+//! unrecognised client's its GeoIP jurisdiction's).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde::Deserialize;
+
+use super::*;
+use crate::decision::{decide, decide_pinned, Outcome, Refusal};
+use crate::geo::Geo;
+use crate::policy::{RawDatacenter, RawJurisdiction, RawUnknownOrigin};
+
+#[derive(Deserialize)]
+struct Sections {
+    #[serde(default)]
+    jurisdictions: BTreeMap<String, RawJurisdiction>,
+    #[serde(default)]
+    unknown_origin: RawUnknownOrigin,
+    #[serde(default)]
+    datacenters: BTreeMap<String, RawDatacenter>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+const POLICY: &str = r#"
+[jurisdictions.ch]
+countries = ["CH"]
+[jurisdictions.eu]
+countries = ["DE", "FR"]
+[jurisdictions.uk]
+countries = ["GB"]
+store_in = ["uk", "eu"]
+[jurisdictions.us]
+countries = ["US"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1001"]
+[datacenters.geneva]
+jurisdiction = "ch"
+priority = 2
+upstreams = ["http://127.0.0.1:1002"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["http://127.0.0.1:1003"]
+[datacenters.london]
+jurisdiction = "uk"
+upstreams = ["http://127.0.0.1:1004"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://127.0.0.1:1005"]
+"#;
+
+fn load(tenants: &str) -> (Policy, Result<Tenants, ConfigReport>) {
+    let raw: Sections = config::Config::builder()
+        .add_source(config::File::from_str(
+            &format!("{POLICY}\n{tenants}"),
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("test TOML parses");
+    let mut r = ConfigReport::new("test");
+    let policy = Policy::from_raw(
+        &raw.jurisdictions,
+        &raw.unknown_origin,
+        &raw.datacenters,
+        &mut r,
+    )
+    .expect("the policy loads");
+    let tenants = Tenants::from_raw(&raw.tenants, "tenants", &policy, &mut r);
+    (policy, r.finish(tenants))
+}
+
+fn problems(tenants: &str) -> String {
+    load(tenants).1.expect_err("a problem").to_string()
+}
+
+#[test]
+fn recognises_by_server_name_and_certificate() {
+    let (_, t) = load(
+        r#"
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+sni = ["ingest.acme.example", "*.acme.test"]
+client_cert = ["uri:spiffe://acme.example/*", "dns:*.devices.acme.example", "cn:acme-uploader"]
+[[tenants]]
+name = "globex"
+jurisdiction = "eu"
+sni = ["Globex.Example"]
+mismatch = "refuse"
+[[tenants]]
+name = "initech"
+jurisdiction = "uk"
+mismatch = { allow_countries = ["US"] }
+"#,
+    );
+    let t = t.unwrap();
+    let acme = t.by_name("acme").unwrap();
+    let globex = t.by_name("globex").unwrap();
+    assert_eq!(t.by_sni("ingest.acme.example"), Some(acme));
+    assert_eq!(t.by_sni("eu-1.acme.test"), Some(acme));
+    assert_eq!(t.by_sni("a.b.acme.test"), None, "a wildcard is one label");
+    assert_eq!(t.by_sni("acme.test"), None);
+    assert_eq!(
+        t.by_sni("globex.example"),
+        Some(globex),
+        "lowercased at load"
+    );
+    assert_eq!(t.by_sni("other.example"), None);
+    let cert = |uris: &[&str], dns: &[&str], cn: Option<&str>| CertNames {
+        uris: uris.iter().map(|s| s.to_string()).collect(),
+        dns: dns.iter().map(|s| s.to_string()).collect(),
+        cn: cn.map(str::to_string),
+    };
+    assert_eq!(
+        t.by_cert(&cert(&["spiffe://acme.example/uploader/7"], &[], None)),
+        Ok(Some(acme))
+    );
+    assert_eq!(
+        t.by_cert(&cert(&[], &["d1.devices.acme.example"], None)),
+        Ok(Some(acme))
+    );
+    assert_eq!(
+        t.by_cert(&cert(&[], &[], Some("acme-uploader"))),
+        Ok(Some(acme))
+    );
+    assert_eq!(t.by_cert(&cert(&[], &[], Some("acme-uploader2"))), Ok(None));
+    assert!(t.by_certificate());
+    let initech = t.get(t.by_name("initech").unwrap());
+    assert_eq!(initech.mismatch.as_str(), "allow_countries");
+    assert!(initech.mismatch.allows(Country::parse("US")));
+    assert!(!initech.mismatch.allows(Country::parse("DE")));
+    assert!(!initech.mismatch.allows(None));
+}
+
+#[test]
+fn two_sources_naming_two_tenants_conflict() {
+    let (a, b) = (TenantId(0), TenantId(1));
+    let r = |tenant, source| Ok(Some(Recognized { tenant, source }));
+    assert_eq!(combine(None, None, None), Ok(None));
+    assert_eq!(combine(None, None, Some(a)), r(a, Source::Sni));
+    assert_eq!(combine(None, Some(a), Some(a)), r(a, Source::ClientCert));
+    assert_eq!(combine(Some(a), Some(a), None), r(a, Source::Token));
+    assert_eq!(combine(Some(a), None, Some(b)), Err(Conflict));
+    assert_eq!(combine(None, Some(b), Some(a)), Err(Conflict));
+}
+
+#[test]
+fn load_time_checks_name_the_key() {
+    let p = problems("[[tenants]]\nname = \"a\"\njurisdiction = \"mars\"\n");
+    assert!(
+        p.contains("tenants[0].jurisdiction: no jurisdiction named `mars`"),
+        "{p}"
+    );
+    let p = problems("[[tenants]]\njurisdiction = \"ch\"\n");
+    assert!(p.contains("tenants[0].name: required"), "{p}");
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\n[[tenants]]\nname = \"a\"\njurisdiction = \"eu\"\n",
+    );
+    assert!(
+        p.contains("tenants[1].name: tenant `a` is defined twice"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"x.acme.example\"]\n\
+         [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nsni = [\"*.acme.example\"]\n",
+    );
+    assert!(
+        p.contains("tenants[1].sni[0]: `*.acme.example` also matches sni `x.acme.example` of tenants[0].sni[0] (tenant `a`)"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"*.acme.example\"]\n\
+         [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nsni = [\"x.acme.example\"]\n",
+    );
+    assert!(
+        p.contains("tenants[1].sni[0]: `x.acme.example` is also matched by sni `*.acme.example`"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"x.example\"]\n\
+         [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nsni = [\"X.example\"]\n",
+    );
+    assert!(
+        p.contains("tenants[1].sni[0]: sni `x.example` is also given at tenants[0].sni[0]"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nclient_cert = [\"uri:spiffe://a/*\"]\n\
+         [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nclient_cert = [\"uri:spiffe://a/b\"]\n",
+    );
+    assert!(
+        p.contains("tenants[1].client_cert[0]: `spiffe://a/b` is also matched by uri:spiffe://a/*"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nclient_cert = [\"email:a@b\"]\n",
+    );
+    assert!(
+        p.contains("tenants[0].client_cert[0]: `email:a@b` is not `uri:…`, `dns:…` or `cn:…`"),
+        "{p}"
+    );
+    let p = problems("[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nmismatch = \"maybe\"\n");
+    assert!(
+        p.contains("tenants[0].mismatch: `maybe` is not one of"),
+        "{p}"
+    );
+    let p = problems(
+        "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nmismatch = { allow_countries = [\"XX1\"] }\n",
+    );
+    assert!(
+        p.contains("tenants[0].mismatch.allow_countries: `XX1`"),
+        "{p}"
+    );
+    let p = problems("[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"bad name\"]\n");
+    assert!(
+        p.contains("tenants[0].sni[0]: `bad name` is not a host name"),
+        "{p}"
+    );
+}
+
+/// A GeoIP database placing 10.0.C.0/24 in country C of `COUNTRIES`
+/// (10.0.5.0/24 and up: in no database).
+fn geo() -> Geo {
+    let csv: String = COUNTRIES
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("10.0.{i}.0/24,{c}\n"))
+        .collect();
+    let rows = residency_tools::geoip::parse_csv(&csv).unwrap();
+    let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
+    Geo::from_bytes(db, Vec::new()).unwrap()
+}
+
+/// CH, DE, GB and US are in jurisdictions; JP is in none.
+const COUNTRIES: [&str; 5] = ["CH", "DE", "GB", "US", "JP"];
+
+#[test]
+fn a_pin_wins_over_geoip_and_mismatch_policies_apply() {
+    let (policy, t) = load(
+        r#"
+[[tenants]]
+name = "allow"
+jurisdiction = "ch"
+[[tenants]]
+name = "refuse"
+jurisdiction = "ch"
+mismatch = "refuse"
+[[tenants]]
+name = "some"
+jurisdiction = "ch"
+mismatch = { allow_countries = ["DE"] }
+"#,
+    );
+    let t = t.unwrap();
+    let geo = geo();
+    let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
+    let us = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 9));
+    let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    let dc = |d: crate::decision::Decision| match d.outcome {
+        Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
+        Outcome::Refuse(r) => Err(r),
+    };
+    let pinned = |name: &str, addr| {
+        let tenant = t.get(t.by_name(name).unwrap());
+        decide_pinned(&geo, &policy, addr, tenant, 0, |_| true, |_| Duration::ZERO)
+    };
+    // GeoIP alone: Germany goes to frankfurt.
+    let by_geo = decide(&geo, &policy, de, 0, |_| true, |_| Duration::ZERO);
+    assert_eq!(dc(by_geo), Ok("frankfurt".into()));
+    // Pinned to ch from Germany: zurich, with GeoIP's eu recorded.
+    let d = pinned("allow", de);
+    assert_eq!(dc(d), Ok("zurich".into()));
+    assert_eq!(
+        d.jurisdiction
+            .map(|(j, _)| policy.jurisdiction(j).name.as_str()),
+        Some("ch")
+    );
+    assert_eq!(
+        d.origin_jurisdiction
+            .map(|j| policy.jurisdiction(j).name.as_str()),
+        Some("eu")
+    );
+    assert_eq!(dc(pinned("refuse", de)), Err(Refusal::TenantOriginMismatch));
+    assert_eq!(dc(pinned("refuse", ch)), Ok("zurich".into()));
+    assert_eq!(dc(pinned("some", de)), Ok("zurich".into()));
+    assert_eq!(dc(pinned("some", us)), Err(Refusal::TenantOriginMismatch));
+    // Unknown to GeoIP: the pin still decides where, the policy whether.
+    let unknown = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(dc(pinned("allow", unknown)), Ok("zurich".into()));
+    assert_eq!(
+        dc(pinned("refuse", unknown)),
+        Err(Refusal::TenantOriginMismatch)
+    );
+}
+
+proptest! {
+    /// For random tenants, pins, mismatch policies, addresses and health:
+    /// a recognised tenant's upload is only ever forwarded into its pin's
+    /// `store_in`, an unrecognised client's into its GeoIP jurisdiction's.
+    #[test]
+    fn no_upload_leaves_its_pin_or_its_origin(
+        pins in proptest::collection::vec((0usize..4, 0usize..3), 1..12),
+        requests in proptest::collection::vec((0u8..8, proptest::option::of(0usize..12), 0usize..64, any::<u8>()), 1..64),
+    ) {
+        let jurisdictions = ["ch", "eu", "uk", "us"];
+        let mismatches = ["\"allow\"", "\"refuse\"", "{ allow_countries = [\"DE\", \"US\"] }"];
+        let text: String = pins
+            .iter()
+            .enumerate()
+            .map(|(i, (j, m))| format!(
+                "[[tenants]]\nname = \"t{i}\"\njurisdiction = \"{}\"\nsni = [\"t{i}.example\"]\nmismatch = {}\n",
+                jurisdictions[*j], mismatches[*m]
+            ))
+            .collect();
+        let (policy, tenants) = load(&text);
+        let tenants = tenants.unwrap();
+        let geo = geo();
+        for (octet, tenant, turn, health) in requests {
+            let addr = IpAddr::V4(Ipv4Addr::new(10, 0, octet, 7));
+            let is_up = |u: crate::policy::UpstreamId| health & (1 << (u.0 % 8)) != 0;
+            let recognised = tenant
+                .filter(|i| *i < pins.len())
+                .and_then(|i| tenants.by_sni(&format!("t{i}.example")));
+            let (decision, bound) = match recognised {
+                Some(id) => {
+                    let t = tenants.get(id);
+                    let d = decide_pinned(&geo, &policy, addr, t, turn, is_up, |_| Duration::ZERO);
+                    (d, Some(t.jurisdiction))
+                }
+                None => {
+                    let d = decide(&geo, &policy, addr, turn, is_up, |_| Duration::ZERO);
+                    let origin = policy.jurisdiction_for(d.country).ok().map(|(j, _)| j);
+                    (d, origin)
+                }
+            };
+            if let Outcome::Forward(u) = decision.outcome {
+                let bound = bound.expect("forwarded only with a jurisdiction");
+                prop_assert!(policy.is_permitted(bound, u), "forwarded outside {bound:?}");
+                prop_assert!(is_up(u));
+            }
+        }
+    }
+}

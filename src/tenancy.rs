@@ -1,0 +1,505 @@
+//! Tenants in the running proxy: `[[tenants]]` (and `[tenancy] file`),
+//! signed tenant tokens (`[tenancy.token]`), the names in a client
+//! certificate, and which tenant — if any — a request is for.
+//!
+//! Recognition ([`Tenancy::recognize`]) reads what the connection already
+//! holds — the server name and the certificate's names, taken once per
+//! connection — and, with tokens on, the token header. The pins and the
+//! overlap checks are `residency_core::tenant`'s; the token is verified here
+//! (`jsonwebtoken`, EdDSA and ES256 only, `iss`, `aud` and `exp` required).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use residency_core::policy::Policy;
+use residency_core::report::{ConfigReport, OptionalSetting, Setting};
+use residency_core::tenant::{self, CertNames, Conflict, RawTenant, Recognized, Tenants};
+use serde::Deserialize;
+
+/// `[tenancy]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenancy {
+    /// A TOML file of more `[[tenants]]`, watched and reloaded like the rest.
+    pub file: Option<String>,
+    /// `"name"` (default) or `"hmac"`: how records name the tenant.
+    pub record: Option<String>,
+    /// With `record = "hmac"`: a file of at least 32 secret bytes.
+    pub record_hmac_key: Option<String>,
+    /// Also count uploads per tenant name (`residency_tenant_uploads_total`).
+    pub metrics_by_tenant: Option<bool>,
+    pub token: Option<RawToken>,
+}
+
+/// `[tenancy.token]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// Default `authorization` (`Bearer <token>`); another header carries
+    /// the bare token.
+    pub header: Option<String>,
+    /// A JWKS file: Ed25519 (`OKP`, EdDSA) and P-256 (`EC`, ES256) keys.
+    pub jwks: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The claim that names the tenant (default `tenant`).
+    pub claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (default 60 s).
+    pub leeway: Option<Setting<Duration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantsFile {
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+/// The loaded tenancy: tenants, the token verifier, how records name them.
+#[derive(Debug, Clone, Default)]
+pub struct Tenancy {
+    pub tenants: Tenants,
+    pub token: Option<Arc<TokenVerifier>>,
+    /// Per tenant id, the name its records carry (the name, or its keyed hash).
+    pub record_names: Vec<String>,
+    pub metrics_by_tenant: bool,
+    /// Files to watch for reload (the tenants file, the JWKS).
+    pub files: Vec<PathBuf>,
+}
+
+/// Why a token did not recognise a tenant (logged; the client gets 401
+/// `invalid_tenant_token`).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a JWT: {0}")]
+    Malformed(String),
+    #[error("algorithm {0:?} is not accepted (EdDSA, ES256)")]
+    Algorithm(Algorithm),
+    #[error("no key in the JWKS for kid {0:?} and its algorithm")]
+    UnknownKey(Option<String>),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("claim `{0}` is missing or not a string")]
+    Claim(String),
+    #[error("no tenant named `{0}`")]
+    UnknownTenant(String),
+}
+
+/// Verifies tenant tokens against a local JWKS.
+pub struct TokenVerifier {
+    header: HeaderName,
+    bearer: bool,
+    claim: String,
+    keys: Vec<Key>,
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("header", &self.header)
+            .field("claim", &self.claim)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl TokenVerifier {
+    /// The token a request carries, if any: `Bearer <token>` in
+    /// `Authorization` (another scheme is not ours), or the whole value of
+    /// another header.
+    pub fn token_in<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let value = headers.get(&self.header)?.to_str().unwrap_or("\u{0}");
+        if !self.bearer {
+            return Some(value.trim());
+        }
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
+    /// The tenant name a valid token's claim gives.
+    pub fn verify(&self, token: &str) -> Result<String, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if !matches!(header.alg, Algorithm::EdDSA | Algorithm::ES256) {
+            return Err(TokenError::Algorithm(header.alg));
+        }
+        let key = self
+            .keys
+            .iter()
+            .filter(|k| k.alg == header.alg)
+            .find(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (None, _) => self.keys.len() == 1,
+                (Some(_), None) => false,
+            })
+            .ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &key.validation,
+        )
+        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        data.claims
+            .get(&self.claim)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| TokenError::Claim(self.claim.clone()))
+    }
+}
+
+/// How a request was (not) recognised.
+#[derive(Debug)]
+pub enum Unrecognized {
+    /// A token is present and does not name a tenant.
+    Token(TokenError),
+    /// Two sources name different tenants.
+    Conflict,
+}
+
+impl Tenancy {
+    /// The tenant a request is for: its token (with tokens on), its client
+    /// certificate's names, its server name. `Ok(None)`: no tenant, GeoIP
+    /// decides. Allocation-free unless a token is verified.
+    pub fn recognize(
+        &self,
+        sni: Option<&str>,
+        cert: Option<&CertNames>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Recognized>, Unrecognized> {
+        if self.tenants.is_empty() && self.token.is_none() {
+            return Ok(None);
+        }
+        let token = match self
+            .token
+            .as_ref()
+            .and_then(|v| Some((v, v.token_in(headers)?)))
+        {
+            Some((verifier, token)) => {
+                let name = verifier.verify(token).map_err(Unrecognized::Token)?;
+                let id = self
+                    .tenants
+                    .by_name(&name)
+                    .ok_or(Unrecognized::Token(TokenError::UnknownTenant(name)))?;
+                Some(id)
+            }
+            None => None,
+        };
+        let conflict = |_: Conflict| Unrecognized::Conflict;
+        let cert = match cert {
+            Some(names) => self.tenants.by_cert(names).map_err(conflict)?,
+            None => None,
+        };
+        let sni = sni.and_then(|h| self.tenants.by_sni(h));
+        tenant::combine(token, cert, sni).map_err(conflict)
+    }
+
+    /// Loads `[[tenants]]`, `[tenancy] file` and `[tenancy.token]`,
+    /// reporting each problem under its key.
+    pub fn from_raw(
+        raw: Option<&RawTenancy>,
+        inline: &[RawTenant],
+        base: &Path,
+        policy: &Policy,
+        r: &mut ConfigReport,
+    ) -> Option<Tenancy> {
+        let empty = RawTenancy::default();
+        let raw = raw.unwrap_or(&empty);
+        let before = r.problems.len();
+        let mut files = Vec::new();
+        let mut all: Vec<RawTenant> = inline.to_vec();
+        let mut keys: Vec<String> = (0..inline.len()).map(|i| format!("tenants[{i}]")).collect();
+        if let Some(path) = &raw.file {
+            let resolved = base.join(path);
+            files.push(resolved.clone());
+            match load_tenants_file(&resolved) {
+                Ok(more) => {
+                    let file = resolved.display().to_string();
+                    keys.extend((0..more.len()).map(|i| format!("{file}: tenants[{i}]")));
+                    all.extend(more);
+                }
+                Err(e) => r.push("tenancy.file", format!("{}: {e}", resolved.display())),
+            }
+        }
+        // Keys per entry: the inline ones are `tenants[i]`; the file's are
+        // named with the file. One report, one key prefix per entry.
+        let mut tenants = Tenants::default();
+        if !all.is_empty() {
+            tenants = tenants_with_keys(&all, &keys, policy, r)?;
+        }
+        let token = raw.token.as_ref().and_then(|t| {
+            let verifier = token_verifier(t, base, r, &mut files)?;
+            Some(Arc::new(verifier))
+        });
+        let record_names = record_names(raw, &tenants, base, r, &mut files)?;
+        (r.problems.len() == before).then(|| Tenancy {
+            tenants,
+            token,
+            record_names,
+            metrics_by_tenant: raw.metrics_by_tenant.unwrap_or(false),
+            files,
+        })
+    }
+}
+
+/// Builds the tenants of every source with each entry's own key: the
+/// overlap checks run across all of them.
+fn tenants_with_keys(
+    all: &[RawTenant],
+    keys: &[String],
+    policy: &Policy,
+    r: &mut ConfigReport,
+) -> Option<Tenants> {
+    // `Tenants::from_raw` names entries `{prefix}[i]`; map its keys back to
+    // each entry's own.
+    let mut inner = ConfigReport::new("tenants");
+    let built = Tenants::from_raw(all, "\u{0}", policy, &mut inner);
+    for problem in inner.problems {
+        let key = match problem.key.strip_prefix("\u{0}[") {
+            Some(rest) => {
+                let (index, tail) = rest.split_once(']').unwrap_or((rest, ""));
+                let own = index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| keys.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| "tenants".into());
+                format!("{own}{tail}")
+            }
+            None => problem.key,
+        };
+        r.push(key, problem.message.replace("\u{0}[", "tenants["));
+    }
+    built
+}
+
+fn load_tenants_file(path: &Path) -> Result<Vec<RawTenant>, String> {
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<RawTenantsFile>())
+        .map_err(|e| e.to_string())?;
+    Ok(raw.tenants)
+}
+
+fn token_verifier(
+    raw: &RawToken,
+    base: &Path,
+    r: &mut ConfigReport,
+    files: &mut Vec<PathBuf>,
+) -> Option<TokenVerifier> {
+    let before = r.problems.len();
+    let header_name = raw.header.as_deref().unwrap_or("authorization");
+    let header = match HeaderName::from_bytes(header_name.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            r.push(
+                "tenancy.token.header",
+                format!("`{header_name}` is not a header name"),
+            );
+            None
+        }
+    };
+    let mut required = |value: &Option<String>, key: &str, what: &str| {
+        if value.as_deref().is_none_or(str::is_empty) {
+            r.push(format!("tenancy.token.{key}"), format!("required: {what}"));
+        }
+        value.clone().unwrap_or_default()
+    };
+    let issuer = required(&raw.issuer, "issuer", "the `iss` tokens must carry");
+    let audience = required(&raw.audience, "audience", "the `aud` tokens must carry");
+    let leeway = raw
+        .leeway
+        .check_or(Duration::from_secs(60), "tenancy.token.leeway", r);
+    let mut keys = Vec::new();
+    match raw.jwks.as_deref() {
+        None => r.push(
+            "tenancy.token.jwks",
+            "required: a JWKS file of the token issuer's public keys",
+        ),
+        Some(path) => {
+            let resolved = base.join(path);
+            files.push(resolved.clone());
+            match std::fs::read(&resolved)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
+            {
+                Err(e) => r.push("tenancy.token.jwks", format!("{}: {e}", resolved.display())),
+                Ok(set) if set.keys.is_empty() => r.push(
+                    "tenancy.token.jwks",
+                    format!("{}: no keys", resolved.display()),
+                ),
+                Ok(set) => {
+                    for (i, jwk) in set.keys.iter().enumerate() {
+                        let alg = match &jwk.algorithm {
+                            AlgorithmParameters::OctetKeyPair(p)
+                                if p.curve == EllipticCurve::Ed25519 =>
+                            {
+                                Algorithm::EdDSA
+                            }
+                            AlgorithmParameters::EllipticCurve(p)
+                                if p.curve == EllipticCurve::P256 =>
+                            {
+                                Algorithm::ES256
+                            }
+                            _ => {
+                                r.push(
+                                    "tenancy.token.jwks",
+                                    format!(
+                                        "{}: key {i}: only Ed25519 (OKP, EdDSA) and P-256 (EC, ES256) keys are accepted",
+                                        resolved.display()
+                                    ),
+                                );
+                                continue;
+                            }
+                        };
+                        match DecodingKey::from_jwk(jwk) {
+                            Ok(key) => {
+                                let mut validation = Validation::new(alg);
+                                validation.set_issuer(&[issuer.as_str()]);
+                                validation.set_audience(&[audience.as_str()]);
+                                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                                validation.validate_nbf = true;
+                                validation.leeway = leeway.as_secs();
+                                keys.push(Key {
+                                    kid: jwk.common.key_id.clone(),
+                                    alg,
+                                    key,
+                                    validation,
+                                });
+                            }
+                            Err(e) => r.push(
+                                "tenancy.token.jwks",
+                                format!("{}: key {i}: {e}", resolved.display()),
+                            ),
+                        }
+                    }
+                    if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
+                        r.push(
+                            "tenancy.token.jwks",
+                            format!(
+                                "{}: with several keys, each needs a `kid`",
+                                resolved.display()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let claim = raw.claim.clone().unwrap_or_else(|| "tenant".into());
+    (r.problems.len() == before).then(|| TokenVerifier {
+        header: header.expect("checked"),
+        bearer: header_name.eq_ignore_ascii_case("authorization"),
+        claim,
+        keys,
+    })
+}
+
+fn record_names(
+    raw: &RawTenancy,
+    tenants: &Tenants,
+    base: &Path,
+    r: &mut ConfigReport,
+    files: &mut Vec<PathBuf>,
+) -> Option<Vec<String>> {
+    match raw.record.as_deref().unwrap_or("name") {
+        "name" => Some(tenants.iter().map(|t| t.name.clone()).collect()),
+        "hmac" => {
+            let Some(path) = raw.record_hmac_key.as_deref() else {
+                r.push(
+                    "tenancy.record_hmac_key",
+                    "required with record = \"hmac\": a file of at least 32 secret bytes",
+                );
+                return None;
+            };
+            let resolved = base.join(path);
+            files.push(resolved.clone());
+            match std::fs::read(&resolved) {
+                Ok(key) if key.len() >= 32 => {
+                    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+                    Some(
+                        tenants
+                            .iter()
+                            .map(|t| {
+                                let tag = ring::hmac::sign(&key, t.name.as_bytes());
+                                format!(
+                                    "hmac-sha256:{}",
+                                    residency_core::hex::encode(&tag.as_ref()[..16])
+                                )
+                            })
+                            .collect(),
+                    )
+                }
+                Ok(_) => {
+                    r.push(
+                        "tenancy.record_hmac_key",
+                        format!("{}: fewer than 32 bytes", resolved.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    r.push(
+                        "tenancy.record_hmac_key",
+                        format!("{}: {e}", resolved.display()),
+                    );
+                    None
+                }
+            }
+        }
+        other => {
+            r.push(
+                "tenancy.record",
+                format!("`{other}` is not one of \"name\", \"hmac\""),
+            );
+            None
+        }
+    }
+}
+
+/// The names in a client certificate (DER): SAN URIs and DNS names
+/// (lowercased) and the subject's CN. Read once per connection.
+pub fn cert_names(der: &[u8]) -> Option<CertNames> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let mut names = CertNames::default();
+    let tbs = &cert.tbs_certificate;
+    if let Ok(Some((_, san))) = tbs.get::<SubjectAltName>() {
+        for name in san.0 {
+            match name {
+                GeneralName::UniformResourceIdentifier(uri) => names.uris.push(uri.to_string()),
+                GeneralName::DnsName(dns) => names.dns.push(dns.to_string().to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+    }
+    let cn_oid = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+    names.cn = tbs
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find_map(|atv| {
+            (atv.oid == cn_oid).then(|| {
+                atv.value.decode_as::<String>().ok().or_else(|| {
+                    atv.value
+                        .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
+                        .ok()
+                        .map(|s| s.to_string())
+                })
+            })?
+        });
+    Some(names)
+}
