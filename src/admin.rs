@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::state::Instance;
-use residency_core::decision::decide;
 use residency_core::policy::DatacenterId;
 
 /// Connections the admin listener holds at once (scrapers, probes and
@@ -137,32 +136,37 @@ fn drain(instance: &Instance, rest: &str) -> Response<Full<Bytes>> {
 }
 
 fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
-    let ip = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("ip="))
-        .map(percent_decode)
-        .and_then(|s| s.parse::<IpAddr>().ok());
-    let Some(ip) = ip else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "want ?ip=<IPv4 or IPv6 address>"}),
-        );
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(percent_decode)
+    };
+    let ip = param("ip").and_then(|s| s.parse::<IpAddr>().ok());
+    let (sni, tenant) = (param("sni"), param("tenant"));
+    let question = crate::explain::Question {
+        ip,
+        sni: sni.as_deref(),
+        tenant: tenant.as_deref(),
     };
     let state = instance.snapshot();
-    let policy = &state.config.policy;
     let health = &state.health;
-    let decision = decide(
+    let answer = crate::explain::answer(
+        &question,
         &state.geo,
-        policy,
-        ip,
+        &state.config.policy,
+        &state.config.tenancy,
         state.next_turn(),
         |u| health.is_up(u),
         |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
     );
-    json(
-        StatusCode::OK,
-        &crate::explain::explain(&decision, policy, |u| health.is_up(u)),
-    )
+    match answer {
+        Ok(explained) => json(StatusCode::OK, &explained),
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": e, "usage": "/decide?ip=<address>[&sni=<server name>][&tenant=<name>]"}),
+        ),
+    }
 }
 
 /// Decodes `%3A`-style escapes (IPv6 colons); invalid escapes stay as they are.

@@ -4,12 +4,89 @@
 //!
 //! [`decide`]: residency_core::decision::decide
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
-use residency_core::decision::{Decision, Outcome};
-use residency_core::policy::{Assignment, Policy, UpstreamId};
+use residency_core::decision::{decide, decide_pinned, Decision, Outcome};
+use residency_core::geo::Geo;
+use residency_core::policy::{Assignment, JurisdictionId, Policy, UpstreamId};
+use residency_core::tenant;
 
 use crate::proxy::error::Failure;
+use crate::tenancy::Tenancy;
+
+/// What `/decide` and `decide` are asked: an address, and optionally the
+/// server name a client dials and a tenant a valid token or client
+/// certificate would name.
+#[derive(Debug, Clone, Default)]
+pub struct Question<'a> {
+    pub ip: Option<IpAddr>,
+    pub sni: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+}
+
+/// Recognises and decides as a request would — a recognised tenant's pin
+/// first, GeoIP otherwise — and explains it.
+#[allow(clippy::too_many_arguments)]
+pub fn answer(
+    q: &Question<'_>,
+    geo: &Geo,
+    policy: &Policy,
+    tenancy: &Tenancy,
+    turn: usize,
+    is_up: impl Fn(UpstreamId) -> bool + Copy,
+    retry_after: impl FnOnce(JurisdictionId) -> Duration,
+) -> Result<Value, String> {
+    let ip = q.ip.ok_or("want ip=<IPv4 or IPv6 address>")?;
+    let named = match q.tenant {
+        Some(name) => Some(
+            tenancy
+                .tenants
+                .by_name(name)
+                .ok_or_else(|| format!("no tenant named `{name}`"))?,
+        ),
+        None => None,
+    };
+    let sni = q
+        .sni
+        .map(|s| s.to_ascii_lowercase())
+        .and_then(|s| tenancy.tenants.by_sni(&s));
+    let recognized = tenant::combine(named, None, sni)
+        .map_err(|_| "the tenant named and the server name's tenant differ: 403 tenant_conflict")?;
+    let decision = match recognized {
+        Some(r) => decide_pinned(
+            geo,
+            policy,
+            ip,
+            tenancy.tenants.get(r.tenant),
+            turn,
+            is_up,
+            retry_after,
+        ),
+        None => decide(geo, policy, ip, turn, is_up, retry_after),
+    };
+    let mut out = explain(&decision, policy, is_up);
+    out["decided_by"] = json!(if recognized.is_some() {
+        "tenant"
+    } else {
+        "geoip"
+    });
+    out["tenant"] = match recognized {
+        None => Value::Null,
+        Some(r) => {
+            let t = tenancy.tenants.get(r.tenant);
+            json!({
+                "name": t.name,
+                "recognized_by": r.source.as_str(),
+                "pinned_to": policy.jurisdiction(t.jurisdiction).name,
+                "mismatch": t.mismatch.as_str(),
+            })
+        }
+    };
+    Ok(out)
+}
 
 /// The JSON explanation of `decision` under `policy`.
 pub fn explain(d: &Decision, policy: &Policy, is_up: impl Fn(UpstreamId) -> bool) -> Value {

@@ -17,7 +17,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::state::{Instance, Snapshot};
-use residency_core::decision::decide;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +79,13 @@ pub enum Command {
     Decide {
         #[arg(long, short)]
         config: PathBuf,
+        /// The TLS server name the client dials (tenants recognised by SNI).
+        #[arg(long)]
+        sni: Option<String>,
+        /// Decide as for this tenant (as a valid token or client certificate
+        /// would name it).
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(required = true)]
         ips: Vec<IpAddr>,
     },
@@ -222,7 +228,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Decide { config, ips } => decide_offline(config, &ips),
+        Command::Decide {
+            config,
+            sni,
+            tenant,
+            ips,
+        } => decide_offline(config, sni.as_deref(), tenant.as_deref(), &ips),
         Command::Geoip {
             command:
                 GeoipCommand::Build {
@@ -469,7 +480,12 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
     }
 }
 
-fn decide_offline(path: PathBuf, ips: &[IpAddr]) -> ExitCode {
+fn decide_offline(
+    path: PathBuf,
+    sni: Option<&str>,
+    tenant: Option<&str>,
+    ips: &[IpAddr],
+) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(report) => return config_error(report),
@@ -482,19 +498,30 @@ fn decide_offline(path: PathBuf, ips: &[IpAddr]) -> ExitCode {
         }
     };
     for ip in ips {
-        let d = decide(
+        let question = crate::explain::Question {
+            ip: Some(*ip),
+            sni,
+            tenant,
+        };
+        let answer = crate::explain::answer(
+            &question,
             &geo,
             &config.policy,
-            *ip,
+            &config.tenancy,
             0,
             |_| true,
             |_| Default::default(),
         );
-        let explained = crate::explain::explain(&d, &config.policy, |_| true);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&explained).unwrap_or_default()
-        );
+        match answer {
+            Ok(explained) => println!(
+                "{}",
+                serde_json::to_string_pretty(&explained).unwrap_or_default()
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     ExitCode::SUCCESS
 }

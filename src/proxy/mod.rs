@@ -273,12 +273,10 @@ fn admit<'a>(
                 Unrecognized::Conflict => Failure::TenantConflict,
             }
         });
-    state.request_metrics.tenant(
-        &instance.metrics,
-        tenancy,
-        recognized.as_ref().ok().copied().flatten(),
-    );
     let recognized = recognized?;
+    state
+        .request_metrics
+        .tenant(&instance.metrics, tenancy, recognized);
     findings.tenant = recognized;
     let turn = state.next_turn();
     let retry_after = |j| health.retry_after(state.config.policy.permitted_upstreams(j));

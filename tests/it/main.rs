@@ -18,6 +18,7 @@ mod reload;
 mod retries;
 mod routing;
 mod streaming;
+mod tenants;
 mod tiles;
 mod tls;
 mod transparency;

@@ -514,6 +514,8 @@ pub struct Client {
     pub preamble: Vec<u8>,
     /// Offer the version by ALPN (off: the server must tell by the bytes).
     pub alpn: bool,
+    /// A client certificate and its key (PEM), for mTLS listeners.
+    pub client_cert: Option<(String, String)>,
 }
 
 /// What came back.
@@ -546,7 +548,13 @@ impl Client {
             sni: Some("localhost".into()),
             preamble: Vec::new(),
             alpn: true,
+            client_cert: None,
         }
+    }
+
+    pub fn client_cert(mut self, cert: &str, key: &str) -> Client {
+        self.client_cert = Some((cert.to_string(), key.to_string()));
+        self
     }
 
     pub fn no_alpn(mut self) -> Client {
@@ -587,11 +595,25 @@ impl Client {
                 roots.add(cert.unwrap()).unwrap();
             }
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(residency_tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(residency_tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match &self.client_cert {
+            None => config.with_no_client_auth(),
+            Some((cert, key)) => {
+                use rustls::pki_types::pem::PemObject;
+                config
+                    .with_client_auth_cert(
+                        vec![
+                            rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+                                .unwrap(),
+                        ],
+                        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                    )
+                    .unwrap()
+            }
+        };
         config.alpn_protocols = match self.version {
             _ if !self.alpn => Vec::new(),
             Http::One => vec![b"http/1.1".to_vec()],

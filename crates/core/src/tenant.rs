@@ -563,6 +563,3 @@ pub fn combine(
     }
     Ok(winner)
 }
-
-#[cfg(test)]
-mod tests;

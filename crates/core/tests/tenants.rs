@@ -9,10 +9,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde::Deserialize;
 
-use super::*;
-use crate::decision::{decide, decide_pinned, Outcome, Refusal};
-use crate::geo::Geo;
-use crate::policy::{RawDatacenter, RawJurisdiction, RawUnknownOrigin};
+use residency_core::country::Country;
+use residency_core::decision::{decide, decide_pinned, Outcome, Refusal};
+use residency_core::geo::Geo;
+use residency_core::policy::{Policy, RawDatacenter, RawJurisdiction, RawUnknownOrigin};
+use residency_core::report::ConfigReport;
+use residency_core::tenant::*;
 
 #[derive(Deserialize)]
 struct Sections {
@@ -262,7 +264,7 @@ mismatch = { allow_countries = ["DE"] }
     let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
     let us = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 9));
     let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
-    let dc = |d: crate::decision::Decision| match d.outcome {
+    let dc = |d: residency_core::decision::Decision| match d.outcome {
         Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
         Outcome::Refuse(r) => Err(r),
     };
@@ -323,7 +325,7 @@ proptest! {
         let geo = geo();
         for (octet, tenant, turn, health) in requests {
             let addr = IpAddr::V4(Ipv4Addr::new(10, 0, octet, 7));
-            let is_up = |u: crate::policy::UpstreamId| health & (1 << (u.0 % 8)) != 0;
+            let is_up = |u: residency_core::policy::UpstreamId| health & (1 << (u.0 % 8)) != 0;
             let recognised = tenant
                 .filter(|i| *i < pins.len())
                 .and_then(|i| tenants.by_sni(&format!("t{i}.example")));

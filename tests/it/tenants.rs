@@ -1,0 +1,493 @@
+//! Tenant pins over real TLS: a CH-pinned tenant uploading from a German
+//! address lands in zurich whether it is recognised by the server name it
+//! dials, by its client certificate or by a signed token; a token that is
+//! present and invalid gets 401 and nothing is forwarded; `mismatch =
+//! "refuse"` gives 451; a tenant file reloaded under load changes routing
+//! without a failed request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use residency_log::receipt::Receipt;
+use residency_log::record::Record;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::json;
+
+use crate::support::*;
+
+const ISSUER: &str = "https://id.tenants.test";
+const AUDIENCE: &str = "ingest.tenants.test";
+
+/// A token issuer: an Ed25519 and a P-256 key, published as a JWKS.
+struct Issuer {
+    ed: Vec<u8>,
+    ec: Vec<u8>,
+    jwks: String,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        let rng = SystemRandom::new();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let ed_pub = Ed25519KeyPair::from_pkcs8(&ed)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        let ec_pub = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &ec, &rng)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let jwks = json!({"keys": [
+            {"kty": "OKP", "crv": "Ed25519", "x": b64(&ed_pub), "kid": "ed1", "alg": "EdDSA", "use": "sig"},
+            {"kty": "EC", "crv": "P-256", "x": b64(&ec_pub[1..33]), "y": b64(&ec_pub[33..65]), "kid": "ec1", "alg": "ES256", "use": "sig"},
+        ]})
+        .to_string();
+        Issuer { ed, ec, jwks }
+    }
+
+    /// A token signed with the Ed25519 key (kid `ed1`).
+    fn ed(&self, claims: &serde_json::Value) -> String {
+        sign(
+            Algorithm::EdDSA,
+            "ed1",
+            &EncodingKey::from_ed_der(&self.ed),
+            claims,
+        )
+    }
+
+    /// A token signed with the P-256 key (kid `ec1`).
+    fn ec(&self, claims: &serde_json::Value) -> String {
+        sign(
+            Algorithm::ES256,
+            "ec1",
+            &EncodingKey::from_ec_der(&self.ec),
+            claims,
+        )
+    }
+}
+
+fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(tenant: &str) -> serde_json::Value {
+    json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 300, "tenant": tenant})
+}
+
+/// The record a 2xx's receipt carries.
+fn record_of(reply: &Reply) -> Record<'static> {
+    let receipt = Receipt::parse(reply.header("residency-receipt").expect("a receipt")).unwrap();
+    Record::from_bytes(&receipt.record).unwrap()
+}
+
+fn tenant_of(reply: &Reply) -> serde_json::Value {
+    serde_json::to_value(record_of(reply).tenant).unwrap()
+}
+
+async fn upload(client: &Client, origin: &str, token: Option<&str>) -> Reply {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("x-forwarded-for", origin)];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    client
+        .send("POST", "/v1/telemetry", &headers, "cpu=0.5")
+        .await
+}
+
+#[tokio::test]
+async fn a_ch_pinned_tenant_lands_in_zurich_from_germany_by_server_name_and_token() {
+    let issuer = Issuer::new();
+    let keys = TempDir::new("jwks");
+    let jwks = keys.path().join("jwks.json");
+    std::fs::write(&jwks, &issuer.jwks).unwrap();
+    let proxy = Proxy::start(Setup {
+        second_cert: Some(vec!["acme.ingest.test", "globex.ingest.test"]),
+        transparency: Some(String::new()),
+        extra: format!(
+            r#"
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+sni = ["acme.ingest.test"]
+[[tenants]]
+name = "globex"
+jurisdiction = "ch"
+sni = ["globex.ingest.test"]
+mismatch = "refuse"
+[[tenants]]
+name = "initech"
+jurisdiction = "eu"
+[tenancy.token]
+jwks = "{}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+"#,
+            jwks.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let by_ip = proxy.client();
+    let acme = proxy.client().sni(Some("acme.ingest.test"));
+    let globex = proxy.client().sni(Some("globex.ingest.test"));
+
+    // GeoIP alone: Germany is eu.
+    let reply = upload(&by_ip, DE, None).await;
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    assert_eq!(tenant_of(&reply), serde_json::Value::Null);
+
+    // The server name recognises acme: its ch pin wins over GeoIP.
+    let reply = upload(&acme, DE, None).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(reply.header("residency-jurisdiction"), Some("ch"));
+    assert_eq!(
+        tenant_of(&reply),
+        json!({"name": "acme", "source": "sni", "origin_jurisdiction": "eu"})
+    );
+    let record = record_of(&reply);
+    assert_eq!(record.country.as_deref(), Some("DE"));
+    assert_eq!(record.jurisdiction.as_deref(), Some("ch"));
+
+    // mismatch = "refuse": 451 from Germany, stored from Switzerland.
+    let (zurich, frankfurt) = (
+        proxy.upstream("zurich").count(),
+        proxy.upstream("frankfurt").count(),
+    );
+    let reply = upload(&globex, DE, None).await;
+    assert_eq!(reply.status, 451, "{reply:?}");
+    assert_eq!(reply.json()["error"], "tenant_origin_mismatch");
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        zurich,
+        "nothing forwarded"
+    );
+    assert_eq!(
+        proxy.upstream("frankfurt").count(),
+        frankfurt,
+        "nothing forwarded"
+    );
+    let reply = upload(&globex, CH, None).await;
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+
+    // A token naming acme, EdDSA and ES256.
+    for token in [issuer.ed(&claims("acme")), issuer.ec(&claims("acme"))] {
+        let reply = upload(&by_ip, DE, Some(&token)).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+        assert_eq!(
+            tenant_of(&reply),
+            json!({"name": "acme", "source": "token", "origin_jurisdiction": "eu"})
+        );
+    }
+    // A token naming initech (eu) from Switzerland: frankfurt, ch recorded.
+    let reply = upload(&by_ip, CH, Some(&issuer.ed(&claims("initech")))).await;
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    assert_eq!(tenant_of(&reply)["origin_jurisdiction"], "ch");
+
+    // Present and invalid: 401, never a fall-back to GeoIP, nothing forwarded.
+    let other = Issuer::new();
+    let forged = other.ed(&claims("acme")); // kid ed1, another key
+    let expired =
+        issuer.ed(&json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() - 3600, "tenant": "acme"}));
+    let audience = issuer
+        .ed(&json!({"iss": ISSUER, "aud": "elsewhere", "exp": now() + 300, "tenant": "acme"}));
+    let wrong_issuer = issuer.ed(
+        &json!({"iss": "https://evil.test", "aud": AUDIENCE, "exp": now() + 300, "tenant": "acme"}),
+    );
+    let no_exp = issuer.ed(&json!({"iss": ISSUER, "aud": AUDIENCE, "tenant": "acme"}));
+    let unknown = issuer.ed(&claims("nobody"));
+    let hmac = sign(
+        Algorithm::HS256,
+        "ed1",
+        &EncodingKey::from_secret(b"secret"),
+        &claims("acme"),
+    );
+    let mut tampered = issuer.ed(&claims("initech"));
+    let payload = URL_SAFE_NO_PAD.encode(claims("acme").to_string());
+    let parts: Vec<&str> = tampered.split('.').collect();
+    tampered = format!("{}.{payload}.{}", parts[0], parts[2]);
+    let before = proxy.counts();
+    for (what, token) in [
+        ("forged", forged.as_str()),
+        ("expired", &expired),
+        ("wrong audience", &audience),
+        ("wrong issuer", &wrong_issuer),
+        ("no exp", &no_exp),
+        ("unknown tenant", &unknown),
+        ("HS256", &hmac),
+        ("payload swapped", &tampered),
+        ("garbage", "not.a.jwt"),
+    ] {
+        let reply = upload(&by_ip, DE, Some(token)).await;
+        assert_eq!(reply.status, 401, "{what}: {reply:?}");
+        assert_eq!(reply.json()["error"], "invalid_tenant_token", "{what}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\""),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        proxy.counts(),
+        before,
+        "no invalid token forwarded anything"
+    );
+
+    // The server name says acme, the token initech: ambiguous, 403.
+    let reply = upload(&acme, DE, Some(&issuer.ed(&claims("initech")))).await;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_eq!(reply.json()["error"], "tenant_conflict");
+
+    // Metrics: how tenants were recognised (a closed label set; refused
+    // recognitions are in residency_rejections_total).
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let m = |s: &str| metric(&metrics, s).unwrap_or(0.0);
+    assert_eq!(
+        m("residency_tenant_requests_total{tenant_source=\"sni\"}"),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        m("residency_tenant_requests_total{tenant_source=\"token\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("residency_tenant_requests_total{tenant_source=\"none\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("residency_tenant_origin_mismatches_total{action=\"allowed\"}"),
+        4.0
+    );
+    assert_eq!(
+        m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),
+        1.0
+    );
+    assert_eq!(
+        m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
+        9.0
+    );
+    assert!(
+        !metrics.contains("tenant=\"acme\""),
+        "tenant names stay out of metrics by default"
+    );
+
+    // /decide shows the decision order: the pin, then GeoIP.
+    let (status, body) = proxy
+        .admin_get(&format!("/decide?ip={DE}&sni=acme.ingest.test"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["decided_by"], "tenant");
+    assert_eq!(d["tenant"]["name"], "acme");
+    assert_eq!(d["tenant"]["recognized_by"], "sni");
+    assert_eq!(d["jurisdiction"], "ch");
+    assert_eq!(d["assigned_by"], "tenant");
+    assert_eq!(d["origin_jurisdiction"], "eu");
+    assert_eq!(d["datacenter"], "zurich");
+    let (_, body) = proxy
+        .admin_get(&format!("/decide?ip={DE}&tenant=globex"))
+        .await;
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["status"], 451, "{body}");
+    assert_eq!(d["reason"], "tenant_origin_mismatch");
+    let (_, body) = proxy.admin_get(&format!("/decide?ip={DE}")).await;
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["decided_by"], "geoip");
+    assert_eq!(d["datacenter"], "frankfurt");
+    proxy.stop().await;
+}
+
+/// A CA, and for each URI a client certificate (PEM cert, PEM key) it
+/// signs carrying that URI as a SAN.
+fn ca_and_client_certs(uris: &[&str]) -> (String, Vec<(String, String)>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "tenants test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaves = uris
+        .iter()
+        .map(|uri| {
+            let mut leaf =
+                CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
+            leaf.subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+            leaf.distinguished_name.push(DnType::CommonName, "device-7");
+            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = leaf.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca_cert.pem(), leaves)
+}
+
+#[tokio::test]
+async fn a_client_certificate_recognises_the_tenant() {
+    let (ca, leaves) = ca_and_client_certs(&[
+        "spiffe://acme.test/devices/7",
+        "spiffe://globex.test/devices/1",
+    ]);
+    let files = TempDir::new("tenant-mtls");
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let port = free_port();
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        extra: format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+trusted_proxies = ["127.0.0.1"]
+[listeners.tls]
+certificates = [{{ cert = "a.pem", key = "a.key" }}]
+client_ca = "{}"
+
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+client_cert = ["uri:spiffe://acme.test/devices/*"]
+"#,
+            ca_path.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let mtls = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cert, key) = &leaves[0];
+    let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
+    let reply = upload(&client, DE, None).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(
+        tenant_of(&reply),
+        json!({"name": "acme", "source": "client_cert", "origin_jurisdiction": "eu"})
+    );
+    // A certificate of another identity from the same CA: GeoIP decides.
+    let (cert, key) = &leaves[1];
+    let other = Client::new(mtls, &proxy.certs).client_cert(cert, key);
+    let reply = upload(&other, DE, None).await;
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    assert_eq!(tenant_of(&reply), serde_json::Value::Null);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_file_reload_under_load_changes_routing_without_a_failed_request() {
+    let files = TempDir::new("tenant-file");
+    let tenants = files.path().join("tenants.toml");
+    let pinned = |j: &str| {
+        format!(
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"{j}\"\nsni = [\"acme.ingest.test\"]\n"
+        )
+    };
+    std::fs::write(&tenants, pinned("eu")).unwrap();
+    let proxy = Proxy::start(Setup {
+        second_cert: Some(vec!["acme.ingest.test"]),
+        extra: format!(
+            "[timeouts]\nreload_poll = \"100ms\"\n[tenancy]\nfile = \"{}\"\n",
+            tenants.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let acme = proxy.client().sni(Some("acme.ingest.test"));
+    assert_eq!(
+        upload(&acme, CH, None).await.header("residency-datacenter"),
+        Some("frankfurt"),
+        "pinned to eu from Switzerland"
+    );
+
+    // Continuous load (bounded: at most 3,000 uploads or 30 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (acme, stop, seen) = (acme.clone(), stop.clone(), seen.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            for i in 0..3000 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                use http_body_util::BodyExt as _;
+                let body = http_body_util::Full::new(bytes::Bytes::from(format!("load {i}")))
+                    .map_err(|e| match e {})
+                    .boxed();
+                let reply = acme
+                    .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                    .await;
+                let answer = reply.map(|r| {
+                    (
+                        r.status.as_u16(),
+                        r.header("residency-datacenter").unwrap_or("").to_string(),
+                    )
+                });
+                seen.lock()
+                    .unwrap()
+                    .push(answer.unwrap_or((0, String::new())));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Re-pinned to ch: written aside and renamed, as config management does.
+    let aside = files.path().join("tenants.toml.new");
+    std::fs::write(&aside, pinned("ch")).unwrap();
+    std::fs::rename(&aside, &tenants).unwrap();
+    eventually("acme is now pinned to ch", async || {
+        seen.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|(_, dc)| dc == "zurich")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 20, "{} uploads under load", seen.len());
+    assert!(
+        seen.iter().all(|(status, _)| *status == 201),
+        "failed requests during the reload: {seen:?}"
+    );
+    let first_ch = seen.iter().position(|(_, dc)| dc == "zurich").unwrap();
+    assert!(first_ch > 0, "frankfurt before the reload");
+    assert!(
+        seen[first_ch..].iter().all(|(_, dc)| dc == "zurich"),
+        "once reloaded, never back: {seen:?}"
+    );
+    proxy.stop().await;
+}
