@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the per-request hot path that involves no I/O:
-//! client-address resolution, GeoIP lookup, and the whole residency decision.
+//! client-address resolution, GeoIP lookup, and the whole residency decision
+//! — without tenants, and with 10,000 tenants recognised by SNI (half by
+//! exact name, half by `*.suffix`).
 //!
 //! `cargo bench --bench decision`
 
@@ -9,9 +11,11 @@ use std::net::IpAddr;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderValue;
 use residency_core::country::Country;
-use residency_core::decision::decide;
+use residency_core::decision::{decide, decide_pinned};
 use residency_core::geo::Geo;
 use residency_core::origin::{self, TrustedProxies};
+use residency_core::report::ConfigReport;
+use residency_core::tenant::{RawTenant, Tenants};
 use residency_proxy::config::Config;
 use residency_tools::geoip::{build_country_db, Row};
 
@@ -84,6 +88,61 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+
+    // 10,000 tenants: even ones by exact name, odd ones by `*.suffix`,
+    // pinned round-robin to the example's jurisdictions.
+    let names: Vec<String> = policy
+        .jurisdictions
+        .iter()
+        .map(|j| j.name.clone())
+        .collect();
+    let raw: Vec<RawTenant> = (0..10_000)
+        .map(|i| RawTenant {
+            name: Some(format!("tenant-{i}")),
+            jurisdiction: Some(names[i % names.len()].clone()),
+            sni: vec![if i % 2 == 0 {
+                format!("ingest.tenant-{i}.example")
+            } else {
+                format!("*.tenant-{i}.example")
+            }],
+            ..RawTenant::default()
+        })
+        .collect();
+    let mut report = ConfigReport::new("bench");
+    let tenants = Tenants::from_raw(&raw, "tenants", policy, &mut report).expect("tenants load");
+    let exact = "ingest.tenant-4242.example";
+    let wildcard = "eu-3.tenant-4243.example";
+    let stranger = "ingest.unknown.example";
+    for (label, host) in [
+        ("decide_10k_tenants_sni_exact", exact),
+        ("decide_10k_tenants_sni_wildcard", wildcard),
+        ("decide_10k_tenants_sni_unrecognised", stranger),
+    ] {
+        c.bench_function(label, |b| {
+            b.iter(|| {
+                turn = turn.wrapping_add(1);
+                match tenants.by_sni(black_box(host)) {
+                    Some(id) => decide_pinned(
+                        &geo,
+                        policy,
+                        black_box(ch),
+                        tenants.get(id),
+                        turn,
+                        |_| true,
+                        |_| Default::default(),
+                    ),
+                    None => decide(
+                        &geo,
+                        policy,
+                        black_box(ch),
+                        turn,
+                        |_| true,
+                        |_| Default::default(),
+                    ),
+                }
+            })
+        });
+    }
 
     let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
     let xff = [HeaderValue::from_static(

@@ -1,5 +1,5 @@
 //! The per-request GeoIP lookup and the whole residency decision do not
-//! allocate. Its own test binary: `allocation-counter` replaces the global
+//! allocate, nor does recognising a tenant by SNI or client certificate. Its own test binary: `allocation-counter` replaces the global
 //! allocator with a counting one.
 
 use residency_core::decision::{decide, Outcome};
@@ -55,6 +55,11 @@ upstreams = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
 [datacenters.frankfurt]
 jurisdiction = "eu"
 upstreams = ["http://127.0.0.1:3"]
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+sni = ["acme.ingest.test", "*.acme.test"]
+client_cert = ["uri:spiffe://acme.test/*", "dns:*.devices.acme.test", "cn:acme-uploader"]
 "#;
     let config = Config::from_toml(toml, &dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -83,6 +88,51 @@ upstreams = ["http://127.0.0.1:3"]
         }
     });
     assert_eq!(info.count_total, 0, "the decision path allocated: {info:?}");
+
+    // Tenants: recognised by server name and by certificate names (read
+    // once per connection, outside the request), then the pinned decision.
+    let tenancy = &config.tenancy;
+    let cert = residency_core::tenant::CertNames {
+        uris: vec!["spiffe://acme.test/devices/7".into()],
+        dns: vec!["d7.devices.acme.test".into()],
+        cn: Some("acme-uploader".into()),
+    };
+    let headers = http::HeaderMap::new();
+    let de: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let _ = tenancy.recognize(Some("eu-1.acme.test"), Some(&cert), &headers);
+    let mut pinned = Vec::with_capacity(8);
+    let info = allocation_counter::measure(|| {
+        for sni in ["acme.ingest.test", "eu-1.acme.test", "other.test"] {
+            let r = tenancy.recognize(Some(sni), Some(&cert), &headers).unwrap();
+            let r = r.expect("the certificate recognises acme");
+            let tenant = tenancy.tenants.get(r.tenant);
+            let d = residency_core::decision::decide_pinned(
+                &geo,
+                policy,
+                de,
+                tenant,
+                0,
+                |_| true,
+                |_| Default::default(),
+            );
+            pinned.push((r.source, d.outcome));
+        }
+    });
+    assert_eq!(
+        info.count_total, 0,
+        "tenant recognition allocated: {info:?}"
+    );
+    for (source, outcome) in &pinned {
+        assert_eq!(source.as_str(), "client_cert");
+        let Outcome::Forward(u) = outcome else {
+            panic!("pinned upload refused: {pinned:?}")
+        };
+        assert_eq!(
+            policy.datacenter_of(*u).name,
+            "zurich",
+            "the pin, not GeoIP's eu"
+        );
+    }
     // And it decided something real.
     assert_eq!(outcomes[0].0, LookupResult::Hit);
     assert!(matches!(outcomes[0].1, Outcome::Forward(_)));

@@ -466,6 +466,26 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                         .map_or_else(|| "off".to_string(), |a| a.to_string())
                 );
             }
+            let tenancy = &state.config.tenancy;
+            if !tenancy.tenants.is_empty() || tenancy.token.is_some() {
+                let mut pins: std::collections::BTreeMap<&str, usize> = Default::default();
+                for t in tenancy.tenants.iter() {
+                    let j = state
+                        .config
+                        .policy
+                        .jurisdiction(t.jurisdiction)
+                        .name
+                        .as_str();
+                    *pins.entry(j).or_default() += 1;
+                }
+                let pins: Vec<String> = pins.iter().map(|(j, n)| format!("{n} in {j}")).collect();
+                println!(
+                    "tenants {} ({}; tokens {})",
+                    tenancy.tenants.len(),
+                    pins.join(", "),
+                    if tenancy.token.is_some() { "on" } else { "off" }
+                );
+            }
             if let Some(line) = database {
                 println!("log database: {line}");
             }

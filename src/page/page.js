@@ -256,6 +256,9 @@ function details(verdict, inputs) {
     const r = verdict.record;
     const body = r.body ? `${r.body.bytes} bytes, SHA-256 ${r.body.sha256}` : "no body digest";
     out.push(el("p", {}, `Upload ${r.request_id} (${body}) from ${r.country ?? "an unknown country"} (${r.client?.address ?? "address not recorded"}), answered HTTP ${r.upstream_status ?? "?"} by the data centre.`));
+    if (r.tenant) {
+      out.push(el("p", {}, `For tenant ${r.tenant.name} (recognised by ${r.tenant.source.replace("_", " ")}), whose data is pinned to jurisdiction ${r.jurisdiction}; GeoIP placed the client in ${r.tenant.origin_jurisdiction ?? "no jurisdiction"}.`));
+    }
   }
   if (inputs.file && verdict.valid) {
     out.push(el("p", { class: "ok-text" }, `Your file ${$("file").files[0]?.name ?? ""} is the upload the record describes (same SHA-256 and length).`));

@@ -900,3 +900,38 @@ pub async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
     assert_eq!(status, 200);
     metric(&text, series).unwrap_or(0.0)
 }
+
+/// A client CA, and for each entry a client certificate it signs (PEM cert,
+/// PEM key) for `device-7.clients.test`, CN `device-7`, carrying the given
+/// URI as a SAN too.
+pub fn client_ca_and_certs(uris: &[Option<&str>]) -> (String, Vec<(String, String)>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "residency test client CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaves = uris
+        .iter()
+        .map(|uri| {
+            let mut leaf =
+                CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
+            if let Some(uri) = uri {
+                leaf.subject_alt_names
+                    .push(SanType::URI((*uri).try_into().unwrap()));
+            }
+            leaf.distinguished_name.push(DnType::CommonName, "device-7");
+            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = leaf.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca_cert.pem(), leaves)
+}

@@ -324,43 +324,11 @@ audience = "{AUDIENCE}"
     proxy.stop().await;
 }
 
-/// A CA, and for each URI a client certificate (PEM cert, PEM key) it
-/// signs carrying that URI as a SAN.
-fn ca_and_client_certs(uris: &[&str]) -> (String, Vec<(String, String)>) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "tenants test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaves = uris
-        .iter()
-        .map(|uri| {
-            let mut leaf =
-                CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
-            leaf.subject_alt_names
-                .push(SanType::URI((*uri).try_into().unwrap()));
-            leaf.distinguished_name.push(DnType::CommonName, "device-7");
-            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().unwrap();
-            let cert = leaf.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        })
-        .collect();
-    (ca_cert.pem(), leaves)
-}
-
 #[tokio::test]
 async fn a_client_certificate_recognises_the_tenant() {
-    let (ca, leaves) = ca_and_client_certs(&[
-        "spiffe://acme.test/devices/7",
-        "spiffe://globex.test/devices/1",
+    let (ca, leaves) = client_ca_and_certs(&[
+        Some("spiffe://acme.test/devices/7"),
+        Some("spiffe://globex.test/devices/1"),
     ]);
     let files = TempDir::new("tenant-mtls");
     let ca_path = files.path().join("ca.pem");

@@ -238,26 +238,9 @@ fn tls11_client_hello() -> Vec<u8> {
 
 /// A CA and a client certificate (PEM cert, PEM key) signed by it.
 fn client_ca_and_cert() -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "residency test client CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-
-    let mut leaf = CertificateParams::new(vec!["device-17.clients.test".to_string()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "device-17");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+    let (ca, mut leaves) = client_ca_and_certs(&[None]);
+    let (cert, key) = leaves.remove(0);
+    (ca, cert, key)
 }
 
 #[tokio::test]

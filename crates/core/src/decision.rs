@@ -91,12 +91,7 @@ pub fn decide(
     };
     decision.jurisdiction = Some((j, assignment));
     decision.origin_jurisdiction = Some(j);
-    decision.outcome = match policy.pick(j, turn, is_up) {
-        Some(u) => Outcome::Forward(u),
-        None => Outcome::Refuse(Refusal::NoHealthyDatacenter {
-            retry_after: retry_after(j),
-        }),
-    };
+    decision.outcome = pick(policy, j, turn, is_up, retry_after);
     decision
 }
 
@@ -128,11 +123,23 @@ pub fn decide_pinned(
     if origin != Some(pin) && !tenant.mismatch.allows(country) {
         return decision;
     }
-    decision.outcome = match policy.pick(pin, turn, is_up) {
+    decision.outcome = pick(policy, pin, turn, is_up, retry_after);
+    decision
+}
+
+/// Step 5 within `j`'s permitted data centres, or 503 with when one may be
+/// back.
+fn pick(
+    policy: &Policy,
+    j: JurisdictionId,
+    turn: usize,
+    is_up: impl Fn(UpstreamId) -> bool,
+    retry_after: impl FnOnce(JurisdictionId) -> Duration,
+) -> Outcome {
+    match policy.pick(j, turn, is_up) {
         Some(u) => Outcome::Forward(u),
         None => Outcome::Refuse(Refusal::NoHealthyDatacenter {
-            retry_after: retry_after(pin),
+            retry_after: retry_after(j),
         }),
-    };
-    decision
+    }
 }

@@ -318,8 +318,13 @@ fn summary(record: &Record) -> String {
         .as_ref()
         .map(|b| format!("{} bytes, sha256 {}", b.bytes, b.sha256))
         .unwrap_or_else(|| "no body digest".into());
+    let tenant = record
+        .tenant
+        .as_ref()
+        .map(|t| format!(" for tenant {} (recognised by {})", t.name, t.source))
+        .unwrap_or_default();
     format!(
-        "upload {} ({body}) from {} ({}) was stored in data centre {}, jurisdiction {}, at {} (HTTP {})",
+        "upload {}{tenant} ({body}) from {} ({}) was stored in data centre {}, jurisdiction {}, at {} (HTTP {})",
         record.request_id,
         record.country.as_deref().unwrap_or("an unknown country"),
         record.client.address.as_deref().unwrap_or("address not recorded"),
