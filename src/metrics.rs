@@ -16,12 +16,55 @@ use prometheus::{
 use residency_core::geo::LookupResult;
 use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 
+use crate::config::Config;
 use crate::tenancy::Tenancy;
 use residency_core::tenant::Recognized;
 pub use residency_log::storage::LogMetrics;
 
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
+
+/// The `reason` values of `residency_rejections_total`: every
+/// `proxy::error::Failure` (a test holds them equal).
+pub const REJECTION_REASONS: [&str; 17] = [
+    "bad_request",
+    "method_not_allowed",
+    "bad_forwarded_header",
+    "origin_unknown",
+    "origin_not_permitted",
+    "no_healthy_datacenter",
+    "body_too_large",
+    "request_body_timeout",
+    "client_aborted",
+    "upstream_unavailable",
+    "upstream_error",
+    "upstream_timeout",
+    "upstream_saturated",
+    "log_unavailable",
+    "invalid_tenant_token",
+    "tenant_origin_mismatch",
+    "tenant_conflict",
+];
+
+/// The `reason` values of `residency_connections_rejected_total`.
+pub const CONNECTION_REJECTIONS: [&str; 8] = [
+    "connection_limit",
+    "admin_connection_limit",
+    "log_connection_limit",
+    "proxy_untrusted_peer",
+    "proxy_header_missing",
+    "proxy_header_invalid",
+    "proxy_header_io",
+    "proxy_header_timeout",
+];
+
+/// The `reason` values of `residency_upstream_retries_total`.
+pub const RETRY_REASONS: [&str; 4] = [
+    "connect_failed",
+    "tls_failed",
+    "upstream_saturated",
+    "idempotent_replay",
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -275,6 +318,79 @@ impl Metrics {
             geoip_age,
             log,
         })
+    }
+
+    /// Creates, at 0, every series whose label values are known before the
+    /// first event — reasons, results and sources (a closed set), and the
+    /// configuration's jurisdictions, data centres, upstreams and
+    /// witnesses — so that the first event is an increase from 0, not a new
+    /// series `increase()` cannot see. Called at start and on every reload.
+    pub fn preset(&self, config: &Config) {
+        for reason in REJECTION_REASONS {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for result in ["success", "failure", "timeout"] {
+            self.tls_handshakes.with_label_values(&[result]);
+        }
+        for result in [
+            LookupResult::Hit,
+            LookupResult::Miss,
+            LookupResult::Override,
+        ] {
+            self.geoip_lookups.with_label_values(&[result.as_str()]);
+        }
+        for result in ["success", "failure"] {
+            self.reloads.with_label_values(&[result]);
+        }
+        for reason in CONNECTION_REJECTIONS {
+            self.connections_rejected.with_label_values(&[reason]);
+        }
+        for reason in RETRY_REASONS {
+            self.upstream_retries.with_label_values(&[reason]);
+        }
+        self.tenant_requests.with_label_values(&[NONE]);
+        for source in residency_core::tenant::Source::ALL {
+            self.tenant_requests.with_label_values(&[source.as_str()]);
+        }
+        for action in ["allowed", "refused"] {
+            self.tenant_mismatches.with_label_values(&[action]);
+        }
+        if config.tenancy.metrics_by_tenant {
+            for t in config.tenancy.tenants.iter() {
+                self.tenant_requests_by_tenant
+                    .with_label_values(&[t.name.as_str()]);
+            }
+        }
+        let policy = &config.policy;
+        for (i, j) in policy.jurisdictions.iter().enumerate() {
+            let name = j.name.as_str();
+            self.request_duration.with_label_values(&[name]);
+            self.request_body_bytes.with_label_values(&[name]);
+            let permitted = policy.permitted(residency_core::policy::JurisdictionId(i));
+            for g in permitted {
+                for d in &g.datacenters {
+                    let dc = policy.datacenter(*d).name.as_str();
+                    for class in ["2xx", "4xx", "5xx"] {
+                        self.requests.with_label_values(&[name, dc, class]);
+                    }
+                }
+            }
+            for class in ["4xx", "5xx"] {
+                self.requests.with_label_values(&[name, NONE, class]);
+            }
+        }
+        for class in ["4xx", "5xx"] {
+            self.requests.with_label_values(&[NONE, NONE, class]);
+        }
+        for u in &policy.upstreams {
+            let dc = policy.datacenter(u.datacenter).name.as_str();
+            let uri = u.uri.to_string();
+            self.upstream_saturated.with_label_values(&[dc, &uri]);
+            self.upstream_hung.with_label_values(&[dc, &uri]);
+        }
+        for d in &policy.datacenters {
+            self.upstream_duration.with_label_values(&[d.name.as_str()]);
+        }
     }
 
     /// The Prometheus text exposition of every registered metric.

@@ -195,6 +195,7 @@ impl Instance {
             replay_budget,
         });
         instance.set_policy_info();
+        instance.metrics.preset(&instance.snapshot().config);
         instance.refresh_gauges();
         instance.ready.store(true, Ordering::Release);
         instance
@@ -233,6 +234,7 @@ impl Instance {
         m.upstream_up.reset();
         m.upstream_connections.reset();
         self.set_policy_info();
+        m.preset(&self.snapshot().config);
         self.refresh_gauges();
     }
 

@@ -89,6 +89,12 @@ impl Witnesses {
         if let Err(e) = registry.register(Box::new(counter.clone())) {
             tracing::warn!(error = %e, "witness metrics not registered");
         }
+        // Every witness's results exist from start, at 0.
+        for s in settings {
+            for result in RESULTS {
+                counter.with_label_values(&[s.name.as_str(), result]);
+            }
+        }
         let mut clients = Vec::new();
         for s in settings {
             let fetcher = match Fetcher::new(&s.url, None) {

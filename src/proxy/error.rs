@@ -54,6 +54,33 @@ pub enum Failure {
     TenantConflict,
 }
 
+impl Failure {
+    /// Every failure, once (`NoHealthyDatacenter` with no delay); their
+    /// reasons are `metrics::REJECTION_REASONS`.
+    #[cfg(test)]
+    pub const ALL: [Failure; 17] = [
+        Failure::BadRequest,
+        Failure::MethodNotAllowed,
+        Failure::BadForwardedHeader,
+        Failure::OriginUnknown,
+        Failure::OriginNotPermitted,
+        Failure::NoHealthyDatacenter {
+            retry_after: Duration::ZERO,
+        },
+        Failure::BodyTooLarge,
+        Failure::BodyTimeout,
+        Failure::ClientAborted,
+        Failure::UpstreamUnavailable,
+        Failure::UpstreamError,
+        Failure::UpstreamTimeout,
+        Failure::UpstreamSaturated,
+        Failure::LogUnavailable,
+        Failure::InvalidTenantToken,
+        Failure::TenantOriginMismatch,
+        Failure::TenantConflict,
+    ];
+}
+
 impl From<Refusal> for Failure {
     fn from(refusal: Refusal) -> Failure {
         match refusal {
@@ -170,6 +197,37 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ALL` lists every variant: the match has no wildcard, so a new
+    /// variant does not compile until it has a place here and in `ALL`.
+    #[test]
+    fn all_lists_every_failure() {
+        let place = |f: Failure| match f {
+            Failure::BadRequest => 0,
+            Failure::MethodNotAllowed => 1,
+            Failure::BadForwardedHeader => 2,
+            Failure::OriginUnknown => 3,
+            Failure::OriginNotPermitted => 4,
+            Failure::NoHealthyDatacenter { .. } => 5,
+            Failure::BodyTooLarge => 6,
+            Failure::BodyTimeout => 7,
+            Failure::ClientAborted => 8,
+            Failure::UpstreamUnavailable => 9,
+            Failure::UpstreamError => 10,
+            Failure::UpstreamTimeout => 11,
+            Failure::UpstreamSaturated => 12,
+            Failure::LogUnavailable => 13,
+            Failure::InvalidTenantToken => 14,
+            Failure::TenantOriginMismatch => 15,
+            Failure::TenantConflict => 16,
+        };
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            assert_eq!(place(*f), i, "{f:?}");
+        }
+        // And the metrics export each reason from start.
+        let reasons: Vec<&str> = Failure::ALL.iter().map(|f| f.reason()).collect();
+        assert_eq!(reasons, crate::metrics::REJECTION_REASONS);
+    }
 
     #[test]
     fn refusal_bodies() {

@@ -58,7 +58,7 @@ async fn active_checks_take_a_dead_datacenter_out_before_any_request() {
             &metrics,
             "residency_upstream_retries_total{reason=\"connect_failed\"}"
         ),
-        None,
+        Some(0.0),
         "no request was sent to the dead data centre"
     );
     assert_eq!(

@@ -11,6 +11,7 @@ mod fleet;
 mod framing;
 mod health;
 mod lifecycle;
+mod metrics;
 mod page;
 mod pool;
 mod refusals;

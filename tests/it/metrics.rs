@@ -1,0 +1,100 @@
+//! `/metrics` right after start: every family the README names, with each
+//! of its known label values as a series at 0, so that the first event is
+//! an increase Prometheus can see.
+
+use residency_log::witness::Cosigner;
+
+use crate::support::*;
+
+/// The README's metrics paragraph: each `residency_*` family, with the
+/// label values it lists (`{label=a|b|c}`).
+fn readme_families() -> Vec<(String, Vec<(String, String)>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("**Metrics** (`GET /metrics`")
+        .expect("the metrics paragraph");
+    let paragraph = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    let mut out = Vec::new();
+    for piece in paragraph.split('`') {
+        let Some(name) = piece.strip_prefix("residency_") else {
+            continue;
+        };
+        let (name, labels) = name.split_once('{').unwrap_or((name, ""));
+        let mut values = Vec::new();
+        for label in labels.trim_end_matches('}').split(',') {
+            if let Some((key, list)) = label.split_once('=') {
+                for v in list.split('|') {
+                    values.push((key.to_string(), v.to_string()));
+                }
+            }
+        }
+        out.push((format!("residency_{name}"), values));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
+    let witness = Cosigner::from_pkcs8("witness.test/w1", &Cosigner::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let closed = closed_port().await;
+    let proxy = Proxy::start(Setup {
+        transparency: Some(format!(
+            "[[transparency.witnesses]]\nurl = \"http://{closed}\"\nkey = \"{witness}\"\n"
+        )),
+        extra: "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.test\"]\n\
+                [tenancy]\nmetrics_by_tenant = true\n"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    let (_, text) = proxy.admin_get("/metrics").await;
+    let families = readme_families();
+    assert!(families.len() >= 35, "{families:?}");
+    let series = |name: &str| -> Vec<&str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']) || rest.starts_with("_bucket"))
+            })
+            .collect()
+    };
+    let mut missing = Vec::new();
+    for (family, values) in &families {
+        if series(family).is_empty() {
+            missing.push(family.clone());
+        }
+        for (label, value) in values {
+            let wanted = format!("{label}=\"{value}\"");
+            if !series(family).iter().any(|l| l.contains(&wanted)) {
+                missing.push(format!("{family}{{{wanted}}}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in /metrics at start: {missing:?}\n{text}"
+    );
+
+    // The ones alerts are written against start at 0.
+    for zero in [
+        "residency_reloads_total{result=\"failure\"}",
+        "residency_reloads_total{result=\"success\"}",
+        "residency_rejections_total{reason=\"no_healthy_datacenter\"}",
+        "residency_rejections_total{reason=\"tenant_conflict\"}",
+        "residency_connections_rejected_total{reason=\"connection_limit\"}",
+        "residency_upstream_retries_total{reason=\"connect_failed\"}",
+        "residency_tls_handshakes_total{result=\"failure\"}",
+        "residency_requests_total{datacenter=\"zurich\",jurisdiction=\"ch\",status_class=\"2xx\"}",
+        "residency_requests_total{datacenter=\"none\",jurisdiction=\"ch\",status_class=\"5xx\"}",
+        "residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"uk\",status_class=\"2xx\"}",
+        "residency_tenant_requests_by_tenant_total{tenant=\"acme\"}",
+        "residency_log_write_errors_total",
+    ] {
+        assert_eq!(metric(&text, zero), Some(0.0), "{zero}\n{text}");
+    }
+    proxy.stop().await;
+}
