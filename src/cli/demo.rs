@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use crate::cli::workdir::{write_secret, WorkDir};
 use crate::config::Config;
 
 /// The demo's GeoIP data: `network,country`.
@@ -38,9 +39,16 @@ const SINKS: [(&str, &str); 3] = [("zurich", "ch"), ("frankfurt", "eu"), ("virgi
 /// The demo log's name (`transparency.origin`).
 const LOG_ORIGIN: &str = "demo.residency-proxy.local/log";
 
-pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("residency-proxy-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+pub async fn run(
+    port: u16,
+    admin_port: u16,
+    log_port: u16,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    // Removed when the demo stops (unless --dir): dropped at the end.
+    let work = WorkDir::new(dir.as_deref(), "residency-proxy-demo")
+        .context("creating the demo's directory")?;
+    let dir = work.path();
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let specs: Vec<(String, SocketAddr)> =
         SINKS.iter().map(|(n, _)| (n.to_string(), any)).collect();
@@ -58,7 +66,7 @@ pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()
     // The transparency log: a fresh signing key, receipts signed.
     let pkcs8 = residency_log::note::Signer::generate_pkcs8()?;
     let signer = residency_log::note::Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)?;
-    std::fs::write(dir.join("demo-log.key"), &pkcs8)?;
+    write_secret(&dir.join("demo-log.key"), &pkcs8)?;
     std::fs::write(
         dir.join("demo-log.pub"),
         format!("{}\n", signer.verifier_key()),
@@ -76,17 +84,20 @@ pub async fn run(port: u16, admin_port: u16, log_port: u16) -> anyhow::Result<()
         datacenters: &datacenters,
         extra: &transparency,
     };
-    let config_path = write_files(&dir, &site)?;
+    let config_path = write_files(dir, &site)?;
     let config = Config::load(&config_path)?;
     print_banner(
-        &dir,
+        dir,
+        work.kept(),
         port,
         admin_port,
         log_port,
         sink.admin_addr(),
         &signer.verifier_key(),
     );
-    let served = crate::cli::serve(config, crate::cli::shutdown_signal()).await;
+    // SIGHUP (and any change to the demo's files) reloads, as `serve` does.
+    let served =
+        crate::cli::serve_watching(config, config_path, crate::cli::shutdown_signal()).await;
     sink.stop().await;
     served
 }
@@ -122,7 +133,7 @@ pub fn write_files(dir: &Path, site: &Site<'_>) -> anyhow::Result<PathBuf> {
     let g = site.generator;
     let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
     std::fs::write(dir.join(format!("{g}.pem")), cert)?;
-    std::fs::write(dir.join(format!("{g}.key")), key)?;
+    write_secret(&dir.join(format!("{g}.key")), key.as_bytes())?;
     let rows = residency_tools::geoip::parse_csv(DEMO_GEOIP_CSV)?;
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -170,8 +181,10 @@ action = "reject"
     Ok(path)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_banner(
     dir: &Path,
+    kept: bool,
     port: u16,
     admin_port: u16,
     log_port: u16,
@@ -179,6 +192,16 @@ fn print_banner(
     log_key: &str,
 ) {
     let dir = dir.display();
+    let kept = if kept {
+        "kept after the demo stops"
+    } else {
+        "removed when the demo stops; --dir DIR keeps them"
+    };
+    // The binary as it was started: `residency-proxy` is on PATH only after
+    // `cargo install --path .`.
+    let bin = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "residency-proxy".into());
     let page = crate::page::pinned_url(&format!("http://127.0.0.1:{log_port}/"), log_key);
     let url = format!("https://127.0.0.1:{port}/v1/telemetry");
     let curl = |ip: &str, what: &str| {
@@ -187,7 +210,7 @@ fn print_banner(
         )
     };
     println!(
-        "\nresidency-proxy demo: files in {dir}\n\nWhere was an upload stored? Check a receipt in your browser:\n  {page}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  residency-proxy verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\n  # or in a browser, with the log's key pinned in the link: paste the receipt there\n  {page}\n\nCtrl-C stops the demo.\n",
+        "\nresidency-proxy demo: files in {dir} ({kept}; SIGHUP or an edit of demo.toml reloads)\n\nWhere was an upload stored? Check a receipt in your browser:\n  {page}\n\nTry these (the demo trusts X-Forwarded-For from loopback):\n\n{}{}{}{}{}\n  # explain a decision, and watch the counters\n  curl -s 'http://127.0.0.1:{admin_port}/decide?ip=192.0.2.10'\n  curl -s http://127.0.0.1:{admin_port}/metrics | grep ^residency_\n  # what each data centre stored\n  curl -s http://{sink_admin}/records\n\n  # proof of residency: keep the receipt, verify it with the log's public key\n  curl -sk {url} -H 'X-Forwarded-For: 192.0.2.10' --data-binary 'cpu=0.93' -D - -o /dev/null | grep -i '^residency-receipt' > receipt.txt\n  {bin} verify --key {dir}/demo-log.pub --receipt @receipt.txt --log http://127.0.0.1:{log_port}\n\n  # or in a browser, with the log's key pinned in the link: paste the receipt there\n  {page}\n\nCtrl-C stops the demo.\n",
         curl("192.0.2.10", "Switzerland → stored in zurich (ch)"),
         curl("198.51.100.20", "Germany → stored in frankfurt (eu)"),
         curl("203.0.113.30", "United States → stored in virginia (us)"),

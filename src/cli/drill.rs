@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::cli::demo::{write_files, Site, SiteDatacenter};
+use crate::cli::workdir::{write_secret, WorkDir};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::{Instance, Snapshot};
@@ -143,12 +144,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(residency_tools::loadtest::slo::Slo::load)
         .transpose()?;
-    let dir = run_dir(&args);
+    let dir = args.dir.clone();
     let mut report = drill(args).await?;
     if let Some(slo) = &slo {
         report.apply_slo(slo);
     }
-    if let Some(w) = logged_warnings(&dir.join(PROXY_LOG)) {
+    if let Some(w) = dir.and_then(|d| logged_warnings(&d.join(PROXY_LOG))) {
         report.warnings.push(w);
     }
     println!("{}", report.render_text());
@@ -161,14 +162,6 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
 
 /// The proxy's log in the run directory (`residency-proxy drill`).
 pub const PROXY_LOG: &str = "proxy.log";
-
-/// Where a run keeps its files: `--dir`, or a new temporary directory.
-pub fn run_dir(args: &DrillArgs) -> PathBuf {
-    match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("residency-proxy-drill-{}", std::process::id())),
-    }
-}
 
 /// Warnings and errors the proxy logged to `log`, summarised by message
 /// (most frequent first, at most five).
@@ -208,8 +201,10 @@ fn logged_warnings(log: &std::path::Path) -> Option<String> {
 
 /// Sets up sink and proxy, runs the load, tears everything down.
 pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
-    let dir = run_dir(&args);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // `--dir` (kept), or a private temporary directory removed at the end.
+    let work = WorkDir::new(args.dir.as_deref(), "residency-proxy-drill")
+        .context("creating the drill's directory")?;
+    let dir = work.path().to_path_buf();
 
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let names = ["zurich", "geneva", "frankfurt", "virginia"];
@@ -244,7 +239,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     } else {
         let key_path = dir.join("drill-log.key");
         if !key_path.exists() {
-            std::fs::write(&key_path, residency_log::note::Signer::generate_pkcs8()?)?;
+            write_secret(&key_path, &residency_log::note::Signer::generate_pkcs8()?)?;
         }
         let pkcs8 = std::fs::read(&key_path)?;
         let signer = residency_log::note::Signer::from_pkcs8(DRILL_LOG_ORIGIN, &pkcs8)?;

@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod drill;
+pub mod workdir;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -57,6 +58,10 @@ pub enum Command {
         /// Port of the transparency log listener (127.0.0.1).
         #[arg(long, default_value_t = 9443)]
         log_port: u16,
+        /// Keep the demo's files (config, keys, log) here; default: a
+        /// private temporary directory removed when the demo stops.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Run the proxy.
     Serve {
@@ -166,9 +171,10 @@ pub fn run(cli: Cli) -> ExitCode {
             port,
             admin_port,
             log_port,
+            dir,
         } => {
             init_tracing(format.unwrap_or_default(), &level);
-            block_on(crate::cli::demo::run(port, admin_port, log_port))
+            block_on(crate::cli::demo::run(port, admin_port, log_port, dir))
         }
         Command::Serve { config: path } => {
             let config = match Config::load(&path) {
@@ -191,17 +197,24 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             block_on(residency_tools::loadtest::run(args, policy))
         }
-        Command::Drill(args) => {
-            // The proxy's log goes to a file in the run directory; the
-            // report summarises its warnings.
-            let dir = crate::cli::drill::run_dir(&args);
-            let log = std::fs::create_dir_all(&dir)
-                .and_then(|()| std::fs::File::create(dir.join(crate::cli::drill::PROXY_LOG)));
-            match log {
+        Command::Drill(mut args) => {
+            // The run directory: --dir (kept), or a private temporary one
+            // removed when the drill ends. The proxy's log goes to a file in
+            // it; the report summarises its warnings.
+            let work = match workdir::WorkDir::new(args.dir.as_deref(), "residency-proxy-drill") {
+                Ok(w) => w,
+                Err(e) => {
+                    return runtime_error(anyhow::anyhow!("creating the drill's directory: {e}"))
+                }
+            };
+            args.dir = Some(work.path().to_path_buf());
+            match std::fs::File::create(work.path().join(crate::cli::drill::PROXY_LOG)) {
                 Ok(file) => init_tracing_to(format.unwrap_or_default(), &level, file),
                 Err(_) => init_tracing(format.unwrap_or_default(), &level),
             }
-            block_on(crate::cli::drill::run(*args))
+            let code = block_on(crate::cli::drill::run(*args));
+            drop(work);
+            code
         }
         Command::CheckConfig { config, offline } => check_config(config, offline),
         Command::Keygen { name, out, witness } => keygen(&name, &out, witness),

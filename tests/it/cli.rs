@@ -514,3 +514,97 @@ fn environment_overrides_the_file() {
         text(&out.stderr)
     );
 }
+
+/// The demo as a new operator runs it: SIGHUP reloads it (it does not
+/// die), its keys are 0600 in a 0700 directory, and that directory is gone
+/// after Ctrl-C (SIGINT) unless `--dir` was given.
+#[test]
+fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt as _;
+    let (port, admin, log) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .args(["demo", "--port", &port.to_string()])
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--log-port", &log.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Killed(child);
+    let (found, dir) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("residency-proxy demo: files in ") {
+                let _ = found.send(PathBuf::from(rest.split(" (").next().unwrap()));
+            }
+        }
+    });
+    let dir = dir
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the banner names the directory");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready(admin) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&dir.join("demo-log.key")), 0o600);
+    assert_eq!(mode(&dir.join("demo.key")), 0o600);
+
+    // SIGHUP: a reload, counted; the demo keeps serving.
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    let reloaded = |text: &str| metric(text, "residency_reloads_total{result=\"success\"}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = metrics_text(admin);
+        if reloaded(&text) == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload counted:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP killed the demo"
+    );
+    assert!(ready(admin));
+
+    // Ctrl-C: the demo stops and its directory is gone.
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// GET /metrics on the admin listener, synchronously.
+fn metrics_text(admin: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
