@@ -22,16 +22,19 @@ thing:
    unchanged plus the [transparency] section the values call for, the files
    that section names must be Secrets projected into the pod, and the log's
    port, Service, NetworkPolicy rules and CloudNativePG Cluster must agree
-   with it. The manifests are written to an output directory for
-   `kubernetes-validate` (custom resources -- ServiceMonitor, Cluster --
-   left out: it has no schema for them), with each scenario's config.toml
-   beside them for `residency-proxy check-config`.
+   with it. With --rules, a rendered PrometheusRule must carry exactly the
+   groups of that Prometheus rules file (`.Files.Get` reads the chart's
+   copy). The manifests are written to an output directory for
+   `kubernetes-validate` (custom resources -- ServiceMonitor,
+   PrometheusRule, Cluster -- left out: it has no schema for them), with
+   each scenario's config.toml beside them for `residency-proxy
+   check-config`.
 6. The default render holds the same objects (kind and name) with the same
    `spec` as the plain manifests in deploy/kubernetes/ (Deployment replicas
    aside: the chart leaves them to the HPA), and the CloudNativePG Cluster
    the chart renders has the spec of deploy/kubernetes/examples/.
 
-Usage: check_helm.py CHART_DIR [--out DIR] [--plain DIR]
+Usage: check_helm.py CHART_DIR [--out DIR] [--plain DIR] [--rules FILE]
 Exit status 0 when everything passes, 1 otherwise.
 """
 
@@ -539,9 +542,18 @@ class Renderer:
                 raise TemplateError(f"{where}: {e}") from None
             except (TypeError, ValueError, IndexError) as e:
                 raise TemplateError(f"{where}: {name}: {e}") from None
+        value = self.operand(head, dot, scopes, where)
+        if callable(value):  # a method of the context: .Files.Get "path"
+            args = [self.operand(op, dot, scopes, where) for op in cmd[1:]]
+            if piped is not None:
+                args.append(piped[0])
+            try:
+                return value(*args)
+            except TypeError as e:
+                raise TemplateError(f"{where}: {head[1]}: {e}") from None
         if len(cmd) != 1 or piped is not None:
             raise TemplateError(f"{where}: can't give arguments to a non-function")
-        return self.operand(head, dot, scopes, where)
+        return value
 
     def pipeline(self, pipe, dot, scopes, where):
         v = None
@@ -624,6 +636,31 @@ def funcs_used(nodes, acc):
 
 def includes_used(src):
     return set(re.findall(r"\b(?:include|template)\s+\"([^\"]+)\"", src))
+
+
+def files_used(src):
+    """Every `.Files.Get "path"` in a template."""
+    return set(re.findall(r"\.Files\.Get\s+\"([^\"]+)\"", src))
+
+
+def chart_file(chart_dir, path):
+    """The file `.Files.Get path` reads, or None where Helm has none: outside
+    the chart, under templates/, or missing. (Helm follows a symbolic link;
+    this checker wants the file itself in the chart, so a packaged chart
+    cannot lose it.)"""
+    root = os.path.realpath(chart_dir)
+    full = os.path.realpath(os.path.join(root, path))
+    if not full.startswith(root + os.sep) or full.startswith(os.path.join(root, "templates") + os.sep):
+        return None
+    return full if os.path.isfile(full) else None
+
+
+def files_object(chart_dir):
+    """`.Files` with its `Get` (Helm's returns "" for a file it does not have)."""
+    def get(path):
+        full = chart_file(chart_dir, to_text(path))
+        return open(full).read() if full else ""
+    return {"Get": get}
 
 
 # Custom resources: kubernetes-validate has no schema for their kinds.
@@ -770,6 +807,30 @@ def check_fleet(values, objs):
     return errs
 
 
+def check_prometheus_rule(values, objs, rules):
+    """A PrometheusRule exactly when prometheusRule.enabled, whose spec is
+    the rules file (parsed: the same groups, rules, labels and annotations)."""
+    found = [d for d in objs if d["kind"] == "PrometheusRule"]
+    if not values["prometheusRule"]["enabled"]:
+        return [f"prometheusRule.enabled is false, yet {len(found)} PrometheusRule rendered"] if found else []
+    if len(found) != 1:
+        return [f"prometheusRule.enabled: expected one PrometheusRule, got {len(found)}"]
+    rule = found[0]
+    errs = []
+    if rule["apiVersion"] != "monitoring.coreos.com/v1":
+        errs.append(f"PrometheusRule: apiVersion {rule['apiVersion']!r}")
+    labels = rule["metadata"].get("labels", {})
+    for k, v in values["prometheusRule"]["labels"].items():
+        if labels.get(k) != v:
+            errs.append(f"PrometheusRule: label {k}={v!r} from prometheusRule.labels missing")
+    if rules is not None and rule.get("spec") != rules:
+        diffs = list(differences(rule.get("spec"), rules, "spec"))
+        errs.extend(f"PrometheusRule (\"chart\") and the rules file (\"plain\") differ at {d}" for d in diffs[:5])
+    elif not rule.get("spec", {}).get("groups"):
+        errs.append("PrometheusRule: no rule groups")
+    return errs
+
+
 EXTERNAL_DB = {
     "url": "postgres://residency@db.example.net:5432/residency?sslmode=require",
     "existingSecret": "residency-log-db",
@@ -804,6 +865,10 @@ SCENARIOS = {
         "adminService": {"annotations": {"example.com/x": "y"}},
         "imagePullSecrets": [{"name": "registry"}],
         "image": {"tag": "1.2.3"},
+    }, None),
+    "prometheus-rule": ({
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     }, None),
     "no-geoip-source": ({"geoip": {"updater": {"enabled": False}}}, "geoip.existingClaim"),
     "tls-create-without-cert": ({"tls": {"create": True}}, "tls.cert is required"),
@@ -865,12 +930,20 @@ def main():
     ap.add_argument("chart")
     ap.add_argument("--out", help="write the rendered manifests of every scenario here")
     ap.add_argument("--plain", help="plain manifests to compare objects (kind/name) with")
+    ap.add_argument("--rules", help="Prometheus rules file a rendered PrometheusRule must carry")
     ap.add_argument("--release", default="residency-proxy")
     ap.add_argument("--namespace", default="residency-proxy")
     args = ap.parse_args()
 
     errors: list[str] = []
     chart_dir = args.chart.rstrip("/")
+    rules = None
+    if args.rules:
+        try:
+            rules = yaml.safe_load(open(args.rules))
+        except (OSError, yaml.YAMLError) as e:
+            print(f"FAIL: --rules: {e}")
+            return 1
 
     # 1. Chart.yaml and values.yaml
     try:
@@ -922,6 +995,9 @@ def main():
     for inc in sorted(includes_used(all_src)):
         if inc not in defines:
             errors.append(f"include/template of undefined {inc!r}")
+    for path in sorted(files_used(all_src)):
+        if chart_file(chart_dir, path) is None:
+            errors.append(f".Files.Get {path!r}: no such file in the chart (outside templates/)")
 
     # 4. the embedded proxy configuration
     try:
@@ -962,6 +1038,7 @@ def main():
             "Release": {"Name": args.release, "Namespace": args.namespace,
                         "Service": "Helm", "IsInstall": True, "IsUpgrade": False},
             "Capabilities": {"KubeVersion": {"Version": "v1.30.0"}},
+            "Files": files_object(chart_dir),
         }
         docs, problem = [], None
         for name, nodes in parsed.items():
@@ -1030,6 +1107,11 @@ def main():
                 errors.extend(f"scenario {scenario}: {e}" for e in check_fleet(ctx["Values"], objs))
             except (KeyError, IndexError, StopIteration, TypeError, ValueError) as e:
                 errors.append(f"scenario {scenario}: fleet log check could not read the render: {e!r}")
+        rule_errors = check_prometheus_rule(ctx["Values"], objs, rules)
+        errors.extend(f"scenario {scenario}: {e}" for e in rule_errors)
+        if rules is not None and not rule_errors and any(d["kind"] == "PrometheusRule" for d in objs):
+            print(f"ok: scenario {scenario}: the PrometheusRule carries {args.rules} "
+                  f"({sum(len(g['rules']) for g in rules['groups'])} rules in {len(rules['groups'])} groups)")
         if scenario == "defaults":
             rendered_default = {}
             for _, text in docs:

