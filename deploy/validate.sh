@@ -9,7 +9,7 @@
 #
 # Every check runs even when an earlier one failed; the exit status is
 # non-zero if any failed. Environment:
-#   RESIDENCY_PROXY_BIN   binary for the `check-config` step (default: the
+#   RESIDENCY_PROXY_BIN   binary for the `check-config` and live dashboard steps (default: the
 #                         newest of target/{release,debug}/residency-proxy,
 #                         if it is newer than src/; else the step is skipped)
 set -euo pipefail
@@ -286,7 +286,9 @@ check_helm() {
 # certificate, GeoIP database, log signing key, database password and CA).
 # Configurations with the log in PostgreSQL are checked --offline: no
 # database is contacted.
-check_config() {
+# The binary to run: RESIDENCY_PROXY_BIN, or the newest under target/ if it
+# is newer than the sources. Prints its path; exit 77 (skip) without one.
+find_binary() {
   local bin=${RESIDENCY_PROXY_BIN:-}
   if [[ -z $bin ]]; then
     local cand
@@ -296,14 +298,20 @@ check_config() {
       fi
     done
     if [[ -z $bin ]]; then
-      echo "no residency-proxy binary under target/ (build first or set RESIDENCY_PROXY_BIN)"
+      echo "no residency-proxy binary under target/ (build first or set RESIDENCY_PROXY_BIN)" >&2
       return 77
     fi
     if [[ -n $(find src Cargo.toml -newer "$bin" -print -quit) ]]; then
-      echo "$bin is older than src/: not trusting it (rebuild or set RESIDENCY_PROXY_BIN)"
+      echo "$bin is older than src/: not trusting it (rebuild or set RESIDENCY_PROXY_BIN)" >&2
       return 77
     fi
   fi
+  echo "$bin"
+}
+
+check_config() {
+  local bin
+  bin=$(find_binary) || return $?
   if ! command -v openssl >/dev/null 2>&1; then
     echo "openssl is not installed: cannot make a test certificate"
     return 77
@@ -499,7 +507,10 @@ for want in ("residency_requests_total", "residency_rejections_total", "residenc
              "residency_datacenter_drained", "residency_upstream_up", "residency_request_duration_seconds",
              "residency_upstream_duration_seconds", "residency_upstream_retries_total",
              "residency_tls_handshakes_total", "residency_connections_active",
-             "residency_geoip_database_build_timestamp_seconds", "residency_reloads_total"):
+             "residency_geoip_database_build_timestamp_seconds", "residency_reloads_total",
+             "residency_log_size", "residency_log_checkpoint_age_seconds",
+             "residency_log_write_errors_total", "residency_log_fsync_seconds",
+             "residency_log_witness_cosignatures_total"):
     if want not in covered:
         errors.append(f"no panel shows {want}")
 if errors:
@@ -568,10 +579,27 @@ print(f"{len(alerts)} alerts tested firing (each severity) and not firing, {len(
 EOF
 }
 
+# Every dashboard expression evaluated by a real Prometheus (Debian's, which
+# check_prometheus_rules installs with promtool) scraping the real binary's
+# demo under a scripted load; the alert and recording rules are loaded too
+# and must evaluate without error against the live metrics.
+check_dashboard_live() {
+  local bin
+  bin=$(find_binary) || return $?
+  if ! command -v prometheus >/dev/null 2>&1; then
+    echo "prometheus is not installed (Debian package prometheus)"
+    return 77
+  fi
+  python3 deploy/check_dashboard_live.py "$bin" deploy/prometheus/residency-proxy.rules.yml
+}
+
 check_scripts() {
   shellcheck deploy/validate.sh
-  python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' deploy/check_helm.py
-  echo "shellcheck deploy/validate.sh and a syntax check of deploy/check_helm.py: ok"
+  local py
+  for py in deploy/check_helm.py deploy/check_dashboard_live.py; do
+    python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$py"
+  done
+  echo "shellcheck deploy/validate.sh and a syntax check of deploy/check_helm.py and deploy/check_dashboard_live.py: ok"
 }
 
 run "Dockerfile (hadolint)" check_dockerfile
@@ -581,6 +609,7 @@ run "proxy configurations (residency-proxy check-config)" check_config
 run "systemd unit (systemd-analyze verify, security)" check_systemd
 run "Grafana dashboard" check_dashboard
 run "Prometheus rules (promtool check rules, promtool test rules)" check_prometheus_rules
+run "Grafana dashboard against a live Prometheus and proxy" check_dashboard_live
 run "scripts" check_scripts
 
 echo
