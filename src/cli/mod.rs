@@ -573,23 +573,74 @@ fn block_on(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     block_on_with(None, fut)
 }
 
-/// Runs `fut` on a runtime with `workers` threads (default: one per core);
-/// with one, everything runs on the calling thread.
+/// Which scheduler a process runs on, and why (logged at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeChoice {
+    /// Tokio's current-thread scheduler: everything on the main thread.
+    pub current_thread: bool,
+    /// Worker threads of the multi-threaded scheduler (1 when current-thread).
+    pub workers: usize,
+    pub why: &'static str,
+}
+
+/// `runtime.worker_threads` if set; otherwise the current-thread scheduler
+/// when the process may run on one CPU only (`available_parallelism`
+/// honours CPU affinity and cgroup quotas), where the multi-threaded one
+/// costs ~25 % more CPU per request for nothing; else one worker per CPU.
+pub fn runtime_choice(configured: Option<usize>, parallelism: usize) -> RuntimeChoice {
+    match configured {
+        Some(1) => RuntimeChoice {
+            current_thread: true,
+            workers: 1,
+            why: "runtime.worker_threads = 1",
+        },
+        Some(n) => RuntimeChoice {
+            current_thread: false,
+            workers: n,
+            why: "runtime.worker_threads",
+        },
+        None if parallelism <= 1 => RuntimeChoice {
+            current_thread: true,
+            workers: 1,
+            why: "one CPU available (affinity or CPU quota) and runtime.worker_threads not set",
+        },
+        None => RuntimeChoice {
+            current_thread: false,
+            workers: parallelism,
+            why: "one worker per available CPU (runtime.worker_threads not set)",
+        },
+    }
+}
+
+/// Runs `fut` on the runtime [`runtime_choice`] picks.
 fn block_on_with(
     workers: Option<usize>,
     fut: impl Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
-    // One worker: tokio's single-threaded scheduler on this thread. The
-    // multi-threaded one would still split the work between this thread
-    // (the accept loops) and its worker, and pay cross-thread wake-ups.
-    let mut builder = if workers == Some(1) {
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let choice = runtime_choice(workers, parallelism);
+    // Current-thread: tokio's single-threaded scheduler on this thread. The
+    // multi-threaded one with one worker would still split the work between
+    // this thread (the accept loops) and its worker, and pay cross-thread
+    // wake-ups.
+    let mut builder = if choice.current_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(choice.workers);
+        b
     };
-    if let Some(n) = workers.filter(|&n| n > 1) {
-        builder.worker_threads(n);
-    }
+    tracing::info!(
+        scheduler = if choice.current_thread {
+            "current_thread"
+        } else {
+            "multi_thread"
+        },
+        workers = choice.workers,
+        available_parallelism = parallelism,
+        reason = choice.why,
+        "runtime"
+    );
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return runtime_error(e.into()),
@@ -651,9 +702,12 @@ fn init_tracing(format: LogFormat, level: &str) {
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which
     // panics on the same broken stderr — inside a request.
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -670,6 +724,23 @@ fn now_epoch() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::runtime_choice;
+
+    #[test]
+    fn one_cpu_means_the_current_thread_scheduler_unless_configured() {
+        let c = runtime_choice(None, 1);
+        assert!(c.current_thread && c.workers == 1, "{c:?}");
+        let c = runtime_choice(None, 8);
+        assert!(!c.current_thread && c.workers == 8, "{c:?}");
+        let c = runtime_choice(Some(1), 8);
+        assert!(c.current_thread, "{c:?}");
+        let c = runtime_choice(Some(4), 1);
+        assert!(
+            !c.current_thread && c.workers == 4,
+            "configured wins: {c:?}"
+        );
+    }
+
     use super::*;
     use clap::CommandFactory;
 

@@ -608,3 +608,31 @@ fn metrics_text(admin: std::net::SocketAddr) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
+
+/// On one CPU (here: pinned with taskset) and without
+/// `runtime.worker_threads`, the proxy picks the current-thread scheduler,
+/// and says so at start.
+#[tokio::test]
+async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start_wrapped(
+        "one-cpu",
+        &[
+            ("zurich", "ch", up.addr),
+            ("frankfurt", "eu", up.addr),
+            ("virginia", "us", up.addr),
+        ],
+        "",
+        &["taskset", "-c", "0"],
+    )
+    .await;
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("runtime"))
+        .unwrap_or_else(|| panic!("no runtime line: {log}"));
+    assert!(line.contains("current_thread"), "{line}");
+    assert!(line.contains("available_parallelism=1"), "{line}");
+    let reply = proxy.client().upload_from(CH, "pinned").await;
+    assert_eq!(reply.status, 201);
+}
