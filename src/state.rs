@@ -118,7 +118,8 @@ impl Snapshot {
             }
         }
         let health = Health::new(&config.policy, config.health.clone());
-        let policy_hash = config.policy.hash();
+        let policy_hash =
+            residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
         let state = match (geo, pool) {
             (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {

@@ -245,6 +245,11 @@ impl Policy {
     /// countries, `store_in`, `unknown_origin`, data centres, priorities and
     /// upstream URLs. Equal policies hash equally whatever the file layout.
     pub fn hash(&self) -> String {
+        sha256_hex(&self.canonical_text())
+    }
+
+    /// The text [`Policy::hash`] hashes.
+    pub fn canonical_text(&self) -> String {
         let mut text = self.routing_table();
         for dc in &self.datacenters {
             let _ = write!(
@@ -259,14 +264,7 @@ impl Policy {
             }
             text.push('\n');
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-        digest
-            .as_ref()
-            .iter()
-            .fold(String::with_capacity(64), |mut hex, b| {
-                let _ = write!(hex, "{b:02x}");
-                hex
-            })
+        text
     }
 
     /// The routing table printed by `check-config`.
@@ -579,3 +577,9 @@ fn table_key(table: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// SHA-256 of `text`, lowercase hex.
+pub fn sha256_hex(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    crate::hex::encode(digest.as_ref())
+}

@@ -539,6 +539,66 @@ fn valid_host_pattern(p: &str) -> bool {
         })
 }
 
+/// The SHA-256 that records carry as `policy_sha256`: the routing policy's
+/// ([`Policy::hash`], unchanged without tenants) or, with tenants, of the
+/// policy's canonical text followed by every tenant's pin, mismatch policy
+/// and patterns, so that a record commits to the pins that routed it.
+pub fn routing_hash(policy: &Policy, tenants: &Tenants) -> String {
+    if tenants.is_empty() {
+        return policy.hash();
+    }
+    let mut text = policy.canonical_text();
+    let mut lines: Vec<String> = Vec::new();
+    for (id, t) in tenants.list.iter().enumerate() {
+        let id = TenantId(id as u32);
+        let mut patterns: Vec<String> = Vec::new();
+        let mine = |map: &HashMap<String, TenantId>, label: &str, out: &mut Vec<String>| {
+            out.extend(
+                map.iter()
+                    .filter(|(_, v)| **v == id)
+                    .map(|(k, _)| format!("{label}{k}")),
+            );
+        };
+        mine(&tenants.sni_exact, "sni:", &mut patterns);
+        mine(&tenants.sni_wildcard, "sni:*.", &mut patterns);
+        for kind in [Kind::Uri, Kind::Dns, Kind::Cn] {
+            mine(
+                &tenants.cert_exact[kind.index()],
+                &format!("{}:", kind.as_str()),
+                &mut patterns,
+            );
+        }
+        mine(&tenants.cert_dns_wildcard, "dns:*.", &mut patterns);
+        patterns.extend(
+            tenants
+                .cert_prefix
+                .iter()
+                .filter(|(_, _, v)| *v == id)
+                .map(|(k, p, _)| format!("{}:{p}*", k.as_str())),
+        );
+        patterns.sort();
+        let mismatch = match &t.mismatch {
+            Mismatch::AllowCountries(list) => {
+                let mut codes: Vec<&str> = list.iter().map(|c| c.as_str()).collect();
+                codes.sort();
+                format!("allow_countries {}", codes.join(","))
+            }
+            m => m.as_str().to_string(),
+        };
+        lines.push(format!(
+            "tenant {} {} {mismatch} {}\n",
+            t.name,
+            policy.jurisdiction(t.jurisdiction).name,
+            patterns.join(" ")
+        ));
+    }
+    lines.sort();
+    for line in lines {
+        text.push_str(&line);
+    }
+    crate::policy::sha256_hex(&text)
+}
+
 /// The recognised tenant, from what each source found: a token wins over a
 /// client certificate, which wins over the server name — but two sources
 /// that name different tenants are a [`Conflict`].

@@ -349,3 +349,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_routing_hash_commits_to_every_pin() {
+    let one = "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"a.example\", \"*.a.test\"]\n\
+               [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nclient_cert = [\"uri:spiffe://b/*\"]\nmismatch = \"refuse\"\n";
+    let (policy, t) = load(one);
+    let base = routing_hash(&policy, &t.unwrap());
+    let (_, none) = load("");
+    assert_eq!(
+        routing_hash(&policy, &none.unwrap()),
+        policy.hash(),
+        "unchanged without tenants"
+    );
+    assert_ne!(base, policy.hash());
+    // The same tenants written in another order: the same hash.
+    let swapped = "[[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nclient_cert = [\"uri:spiffe://b/*\"]\nmismatch = \"refuse\"\n\
+                   [[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"*.a.test\", \"a.example\"]\n";
+    assert_eq!(routing_hash(&policy, &load(swapped).1.unwrap()), base);
+    // Any change to a pin, a pattern or a mismatch policy: another hash.
+    for changed in [
+        one.replace("jurisdiction = \"ch\"", "jurisdiction = \"uk\""),
+        one.replace("*.a.test", "*.b.test"),
+        one.replace("mismatch = \"refuse\"", "mismatch = \"allow\""),
+        one.replace("spiffe://b/*", "spiffe://b/x"),
+    ] {
+        assert_ne!(
+            routing_hash(&policy, &load(&changed).1.unwrap()),
+            base,
+            "{changed}"
+        );
+    }
+}
