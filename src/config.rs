@@ -505,7 +505,7 @@ impl Config {
         let witnesses = raw
             .transparency
             .as_ref()
-            .map(|t| residency_log::settings::witnesses(t, r));
+            .map(|t| residency_log::settings::witnesses(t, base, r));
         let worker_threads = raw.runtime.worker_threads.as_ref().and_then(|n| {
             n.check_is(
                 "runtime.worker_threads",

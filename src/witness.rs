@@ -1,4 +1,5 @@
-//! `residency-proxy witness`: a C2SP tlog-witness server (plain HTTP/1.1).
+//! `residency-proxy witness`: a C2SP tlog-witness server (HTTP/1.1, over
+//! TLS with `--tls-cert` and `--tls-key`).
 //!
 //! `POST /add-checkpoint` runs [`residency_log::witness::Witness`]: the
 //! log's signature is checked with the key given for its origin (`--log`),
@@ -55,6 +56,26 @@ pub struct WitnessArgs {
     /// The address to serve on, e.g. `127.0.0.1:7380`.
     #[arg(long)]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// How long a connection may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS acceptor for `--tls-cert` / `--tls-key`: HTTP/1.1 only.
+fn acceptor(args: &WitnessArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let source = residency_tls::load_cert_source(cert, key)?;
+    let mut config = (*residency_tls::server_config(&[source], None)?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Concurrent connections served; more are closed.
@@ -105,6 +126,7 @@ pub fn write_state(path: &Path, state: &State) -> std::io::Result<()> {
 /// Serves until `shutdown` resolves.
 pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let witness = Arc::new(load(&args)?);
+    let tls = acceptor(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -112,10 +134,11 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
         addr = %listener.local_addr()?,
         key = %witness.cosigner().verifier_key(),
         state = %args.state.display(),
+        tls = tls.is_some(),
         "witness listening: POST /add-checkpoint"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, witness, args.state.clone(), stop_rx));
+    let server = tokio::spawn(serve(listener, tls, witness, args.state.clone(), stop_rx));
     shutdown.await;
     tracing::info!("witness shutting down");
     let _ = stop_tx.send(true);
@@ -125,6 +148,7 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
 
 async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     witness: Arc<Witness>,
     state: PathBuf,
     mut stop: watch::Receiver<bool>,
@@ -139,27 +163,49 @@ async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let (witness, state, mut stop) = (witness.clone(), state.clone(), stop.clone());
+        let (witness, state, stop, tls) =
+            (witness.clone(), state.clone(), stop.clone(), tls.clone());
         connections.spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
-                let (witness, state) = (witness.clone(), state.clone());
-                async move { Ok::<_, Infallible>(answer(req, witness, state).await) }
-            });
-            let mut conn = pin!(http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(REQUEST_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            match tls {
+                None => connection(stream, witness, state, stop).await,
+                Some(tls) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, witness, state, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "witness: TLS handshake failed"),
+                        Err(_) => tracing::debug!("witness: TLS handshake timed out"),
+                    }
                 }
             }
         });
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// One HTTP/1.1 connection (plain or TLS) until it ends or shutdown.
+async fn connection<S>(
+    stream: S,
+    witness: Arc<Witness>,
+    state: Arc<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (witness, state) = (witness.clone(), state.clone());
+        async move { Ok::<_, Infallible>(answer(req, witness, state).await) }
+    });
+    let mut conn = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

@@ -97,7 +97,7 @@ impl Witnesses {
         }
         let mut clients = Vec::new();
         for s in settings {
-            let fetcher = match Fetcher::new(&s.url, None) {
+            let fetcher = match Fetcher::new(&s.url, s.ca.as_ref()) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(witness = %s.name, error = %e, "witness client failed; it is not asked");

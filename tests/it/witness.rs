@@ -30,6 +30,17 @@ struct WitnessProcess {
 impl WitnessProcess {
     /// Starts the binary and waits until its port accepts connections.
     async fn start(dir: &Path, addr: SocketAddr, logs: &[String], run: u32) -> WitnessProcess {
+        Self::start_with(dir, addr, logs, run, &[]).await
+    }
+
+    /// As [`WitnessProcess::start`], with more arguments (`--tls-cert …`).
+    async fn start_with(
+        dir: &Path,
+        addr: SocketAddr,
+        logs: &[String],
+        run: u32,
+        extra: &[&str],
+    ) -> WitnessProcess {
         let log = dir.join(format!("witness-{run}.log"));
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"));
         command
@@ -42,6 +53,7 @@ impl WitnessProcess {
         for vkey in logs {
             command.arg("--log").arg(vkey);
         }
+        command.args(extra);
         let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -73,9 +85,19 @@ impl WitnessProcess {
 }
 
 async fn start_proxy(origin: &'static str, witness_url: &str, witness_vkey: &str) -> Proxy {
+    start_proxy_with(origin, witness_url, witness_vkey, "").await
+}
+
+/// As [`start_proxy`], with more lines in the witness's entry (`ca = …`).
+async fn start_proxy_with(
+    origin: &'static str,
+    witness_url: &str,
+    witness_vkey: &str,
+    extra: &str,
+) -> Proxy {
     Proxy::start(Setup {
         transparency: Some(format!(
-            "[[transparency.witnesses]]\nurl = \"{witness_url}\"\nkey = \"{witness_vkey}\"\n"
+            "[[transparency.witnesses]]\nurl = \"{witness_url}\"\nkey = \"{witness_vkey}\"\n{extra}\n"
         )),
         log_origin: origin,
         ..Setup::default()
@@ -367,4 +389,71 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
 
     a.stop().await;
     b.stop().await;
+}
+
+/// A witness serving HTTPS (`--tls-cert`, `--tls-key`), and a log that
+/// trusts its certificate through `ca`: the checkpoint gets cosigned. A log
+/// without the CA gets no cosignature (it verifies the witness's
+/// certificate), and plain HTTP to the TLS port is not answered.
+#[tokio::test]
+async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
+    let dir = TempDir::new("witness-tls");
+    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
+    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
+    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("w.pem"), dir.path().join("w.key"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let url = format!("https://127.0.0.1:{}", addr.port());
+
+    let trusting = start_proxy_with(
+        ORIGIN_A,
+        &url,
+        &wvkey,
+        &format!("ca = \"{}\"", cert_path.display()),
+    )
+    .await;
+    let untrusting = start_proxy(ORIGIN_B, &url, &wvkey).await;
+    let logs = [key_of(&trusting), key_of(&untrusting)];
+    let tls = [
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ];
+    let witness = WitnessProcess::start_with(dir.path(), addr, &logs, 1, &tls).await;
+    upload(&trusting).await;
+    upload(&untrusting).await;
+    let (note, _) = cosigned_checkpoint(&trusting, &wkey, 1).await;
+    assert!(wkey.verify_note(&note).is_ok());
+
+    // The other log does not trust the self-signed certificate: no
+    // cosignature, and its exchanges are counted as errors.
+    let (_, note) = untrusting.log_get("/checkpoint").await;
+    assert!(wkey.verify_note(&note).is_err(), "{note}");
+    let errors = async || {
+        metric_value(
+            &untrusting,
+            &format!(
+        "residency_log_witness_cosignatures_total{{result=\"error\",witness=\"{WITNESS_NAME}\"}}"
+    ),
+        )
+        .await
+    };
+    eventually("the untrusting log counts errors", async || {
+        errors().await >= 1.0
+    })
+    .await;
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = Fetcher::new(&format!("http://{addr}"), None).unwrap();
+    assert!(plain.text("/add-checkpoint").await.is_err());
+    drop(witness);
+    trusting.stop().await;
+    untrusting.stop().await;
 }

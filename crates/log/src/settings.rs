@@ -231,6 +231,9 @@ pub struct WitnessSettings {
     /// Its cosigner key (type 0x04); cosignatures that do not verify with
     /// it are not published.
     pub key: CosignatureVerifier,
+    /// PEM CA certificates for an `https://` witness (default: the
+    /// system's roots).
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +242,7 @@ pub struct RawWitness {
     pub url: Option<String>,
     pub key: Option<String>,
     pub name: Option<String>,
+    pub ca: Option<String>,
 }
 
 /// A certificate chain and its private key (PEM files).
@@ -551,7 +555,11 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
 
 /// `[[transparency.witnesses]]`: an http(s) URL and a cosigner vkey each;
 /// no URL, key or name twice.
-pub fn witnesses(raw: &RawTransparency, r: &mut ConfigReport) -> Option<Vec<WitnessSettings>> {
+pub fn witnesses(
+    raw: &RawTransparency,
+    base: &Path,
+    r: &mut ConfigReport,
+) -> Option<Vec<WitnessSettings>> {
     let raw = raw.witnesses.as_deref().unwrap_or_default();
     let mut out = Vec::new();
     let mut complete = true;
@@ -595,7 +603,27 @@ pub fn witnesses(raw: &RawTransparency, r: &mut ConfigReport) -> Option<Vec<Witn
             (None, Some(key)) => Some(key.name().to_string()),
             (None, None) => None,
         };
-        let (Some(url), Some(key), Some(name)) = (url, key, name) else {
+        let ca = match w.ca.as_deref() {
+            None => Some(None),
+            Some(path) => {
+                let resolved = base.join(path);
+                match std::fs::metadata(&resolved) {
+                    Ok(m) if m.is_file() => Some(Some(resolved)),
+                    Ok(_) => {
+                        r.push(
+                            k("ca"),
+                            format!("{}: not a regular file", resolved.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        r.push(k("ca"), format!("{}: {e}", resolved.display()));
+                        None
+                    }
+                }
+            }
+        };
+        let (Some(url), Some(key), Some(name), Some(ca)) = (url, key, name, ca) else {
             complete = false;
             continue;
         };
@@ -615,7 +643,7 @@ pub fn witnesses(raw: &RawTransparency, r: &mut ConfigReport) -> Option<Vec<Witn
                 complete = false;
             }
         }
-        out.push(WitnessSettings { name, url, key });
+        out.push(WitnessSettings { name, url, key, ca });
     }
     complete.then_some(out)
 }
@@ -955,6 +983,7 @@ mod tests {
             url: Some(url.into()),
             key: Some(key.into()),
             name: None,
+            ca: None,
         };
         let base = RawTransparency {
             directory: Some("log".into()),
@@ -968,7 +997,7 @@ mod tests {
             ..base
         };
         let mut r = ConfigReport::new("test");
-        let w = witnesses(&raw, &mut r).unwrap();
+        let w = witnesses(&raw, Path::new("."), &mut r).unwrap();
         assert!(r.is_empty(), "{r}");
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].name, "w1.example");
@@ -981,7 +1010,7 @@ mod tests {
             ..raw
         };
         let mut r = ConfigReport::new("test");
-        assert!(witnesses(&raw, &mut r).is_none());
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
         let text = r.to_string();
         assert!(
             text.contains("- transparency.witnesses[0].key: malformed verifier key"),
@@ -999,7 +1028,7 @@ mod tests {
             ..raw
         };
         let mut r = ConfigReport::new("test");
-        assert!(witnesses(&raw, &mut r).is_none());
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
         let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -1012,6 +1041,22 @@ mod tests {
                 "transparency.witnesses[3].url",
                 "transparency.witnesses[3].key",
             ],
+            "{r}"
+        );
+
+        // A CA file that is not there is reported under its key.
+        let raw = RawTransparency {
+            witnesses: Some(vec![RawWitness {
+                ca: Some("no-such-ca.pem".into()),
+                ..witness("https://w1.example", &key)
+            }]),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
+        assert!(
+            r.to_string()
+                .contains("- transparency.witnesses[0].ca: ./no-such-ca.pem:"),
             "{r}"
         );
     }
