@@ -1,10 +1,12 @@
-//! A small HTTP/1.1 listener for synchronous answers: the admin endpoints
-//! and the customer-facing log endpoints (optionally over TLS). Each
+//! A small HTTP/1.1 listener: the admin endpoints and the customer-facing
+//! log endpoints (synchronous answers), and the witness server
+//! (asynchronous ones), each optionally over TLS. Each
 //! connection gets hyper's head timer (and a TLS handshake the same 10 s);
 //! a listener holds at most its cap of connections; at shutdown,
 //! connections finish their current response (at most 5 s).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,7 @@ use crate::shutdown::{accept, stopped};
 pub struct Cap {
     pub max_connections: usize,
     pub rejected: prometheus::IntCounter,
-    /// `answer` does blocking I/O: run it on a blocking thread.
+    /// `answer` does blocking I/O: run it on a blocking thread ([`serve`]).
     pub blocking: bool,
 }
 
@@ -43,63 +45,94 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// worker.
 pub async fn serve<F>(
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     cap: Cap,
     tls: Option<TlsAcceptor>,
     answer: F,
 ) where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
+    let blocking = cap.blocking;
+    let answer = move |req: Request<Incoming>| {
+        let answer = answer.clone();
+        async move {
+            if !blocking {
+                return answer(&req);
+            }
+            match tokio::task::spawn_blocking(move || answer(&req)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    let mut busy = Response::new(Full::new(Bytes::from_static(
+                        b"{\"error\":\"shutting down\"}",
+                    )));
+                    *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    busy
+                }
+            }
+        }
+    };
+    serve_async(listener, stop, cap, tls, answer).await
+}
+
+/// As [`serve`], with an asynchronous `answer` that owns the request (and
+/// may read its body): the witness server.
+pub async fn serve_async<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    cap: Cap,
+    tls: Option<TlsAcceptor>,
+    answer: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(cap.max_connections));
+    // Kept to wait for at shutdown; finished ones are reaped as we go.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Some((stream, _)) = accept(&listener, &mut stop).await else {
-            return;
+            break;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             cap.rejected.inc();
             continue;
         };
         let answer = answer.clone();
-        let stop = stop.clone();
+        let mut stop = stop.clone();
         let tls = tls.clone();
-        let blocking = cap.blocking;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
-            match tls {
-                None => connection(stream, answer, blocking, stop).await,
-                Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => connection(stream, answer, blocking, stop).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
-                },
+            let Some(tls) = tls else {
+                return connection(stream, answer, stop).await;
+            };
+            // A handshake still going at shutdown is dropped.
+            let handshake = tokio::time::timeout(HEAD_TIMEOUT, tls.accept(stream));
+            let done = tokio::select! {
+                done = handshake => done,
+                () = stopped(&mut stop) => return,
+            };
+            match done {
+                Ok(Ok(stream)) => connection(stream, answer, stop).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         });
     }
+    // Stopped: each connection finishes its current response (at most 5 s).
+    while connections.join_next().await.is_some() {}
 }
 
 /// One connection: its requests until it ends or `stop` turns true.
-async fn connection<S, F>(stream: S, answer: F, blocking: bool, mut stop: watch::Receiver<bool>)
+async fn connection<S, F, Fut>(stream: S, answer: F, mut stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
         let answer = answer.clone();
-        async move {
-            if !blocking {
-                return Ok::<_, Infallible>(answer(&req));
-            }
-            match tokio::task::spawn_blocking(move || answer(&req)).await {
-                Ok(response) => Ok(response),
-                Err(_) => {
-                    let mut busy = Response::new(Full::new(Bytes::from_static(
-                        b"{\"error\":\"shutting down\"}",
-                    )));
-                    *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                    Ok(busy)
-                }
-            }
-        }
+        async move { Ok::<_, Infallible>(answer(req).await) }
     });
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())

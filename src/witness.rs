@@ -11,11 +11,9 @@
 //! a bad signature 403, a bad proof 422, a malformed request 400.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,18 +22,13 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use residency_log::note::Verifier;
 use residency_log::witness::{
     encode_state, parse_state, Cosigner, State, Witness, MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE,
 };
-
-use crate::shutdown::{accept, stopped};
 
 /// `residency-proxy witness`.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,9 +56,6 @@ pub struct WitnessArgs {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 }
-
-/// How long a connection may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS acceptor for `--tls-cert` / `--tls-key`: HTTP/1.1 only.
 fn acceptor(args: &WitnessArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
@@ -138,74 +128,22 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
         "witness listening: POST /add-checkpoint"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(listener, tls, witness, args.state.clone(), stop_rx));
+    let state = Arc::new(args.state.clone());
+    let cap = crate::plain_http::Cap {
+        max_connections: MAX_CONNECTIONS,
+        // Not exported: the witness serves no metrics.
+        rejected: prometheus::IntCounter::new("witness_connections_rejected", "unexported")?,
+        blocking: false,
+    };
+    let answer = move |req| answer(req, witness.clone(), state.clone());
+    let server = tokio::spawn(crate::plain_http::serve_async(
+        listener, stop_rx, cap, tls, answer,
+    ));
     shutdown.await;
     tracing::info!("witness shutting down");
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    witness: Arc<Witness>,
-    state: PathBuf,
-    mut stop: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let state = Arc::new(state);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let Some((stream, _)) = accept(&listener, &mut stop).await else {
-            break;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (witness, state, stop, tls) =
-            (witness.clone(), state.clone(), stop.clone(), tls.clone());
-        connections.spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => connection(stream, witness, state, stop).await,
-                Some(tls) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => connection(stream, witness, state, stop).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "witness: TLS handshake failed"),
-                        Err(_) => tracing::debug!("witness: TLS handshake timed out"),
-                    }
-                }
-            }
-        });
-    }
-    while connections.join_next().await.is_some() {}
-}
-
-/// One HTTP/1.1 connection (plain or TLS) until it ends or shutdown.
-async fn connection<S>(
-    stream: S,
-    witness: Arc<Witness>,
-    state: Arc<PathBuf>,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let (witness, state) = (witness.clone(), state.clone());
-        async move { Ok::<_, Infallible>(answer(req, witness, state).await) }
-    });
-    let mut conn = pin!(http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service));
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
-    }
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
