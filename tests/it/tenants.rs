@@ -459,3 +459,60 @@ async fn a_tenant_file_reload_under_load_changes_routing_without_a_failed_reques
     );
     proxy.stop().await;
 }
+
+/// A tenant recognised by its certificate's subject CN, recorded as a
+/// keyed hash of its name (`[tenancy] record = "hmac"`).
+#[tokio::test]
+async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_hash() {
+    let (ca, leaves) = client_ca_and_certs(&[None]);
+    let files = TempDir::new("tenant-cn");
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let hmac_key = files.path().join("tenant-hmac.key");
+    std::fs::write(&hmac_key, [7u8; 32]).unwrap();
+    let port = free_port();
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        extra: format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+trusted_proxies = ["127.0.0.1"]
+[listeners.tls]
+certificates = [{{ cert = "a.pem", key = "a.key" }}]
+client_ca = "{}"
+
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+client_cert = ["cn:device-7"]
+
+[tenancy]
+record = "hmac"
+record_hmac_key = "{}"
+"#,
+            ca_path.display(),
+            hmac_key.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let mtls = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cert, key) = &leaves[0];
+    let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
+    let reply = upload(&client, DE, None).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    let tenant = tenant_of(&reply);
+    assert_eq!(tenant["source"], "client_cert", "{tenant}");
+    let name = tenant["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("hmac-sha256:") && name.len() == "hmac-sha256:".len() + 32,
+        "{name}"
+    );
+    assert!(!name.contains("acme"), "the name itself is not recorded");
+    // The same key gives the same name: an auditor holding it can tell.
+    let again = upload(&client, CH, None).await;
+    assert_eq!(tenant_of(&again)["name"], name);
+    proxy.stop().await;
+}
