@@ -109,7 +109,8 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let mut report = ConfigReport::new("bench");
-    let tenants = Tenants::from_raw(&raw, "tenants", policy, &mut report).expect("tenants load");
+    let tenants = Tenants::from_raw(&raw, |i| format!("tenants[{i}]"), policy, &mut report)
+        .expect("tenants load");
     let exact = "ingest.tenant-4242.example";
     let wildcard = "eu-3.tenant-4243.example";
     let stranger = "ingest.unknown.example";

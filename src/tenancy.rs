@@ -232,11 +232,8 @@ impl Tenancy {
             }
         }
         // Keys per entry: the inline ones are `tenants[i]`; the file's are
-        // named with the file. One report, one key prefix per entry.
-        let mut tenants = Tenants::default();
-        if !all.is_empty() {
-            tenants = tenants_with_keys(&all, &keys, policy, r)?;
-        }
+        // named with the file.
+        let tenants = Tenants::from_raw(&all, |i| keys[i].clone(), policy, r)?;
         let token = raw.token.as_ref().and_then(|t| {
             let verifier = token_verifier(t, base, r, &mut files)?;
             Some(Arc::new(verifier))
@@ -250,37 +247,6 @@ impl Tenancy {
             files,
         })
     }
-}
-
-/// Builds the tenants of every source with each entry's own key: the
-/// overlap checks run across all of them.
-fn tenants_with_keys(
-    all: &[RawTenant],
-    keys: &[String],
-    policy: &Policy,
-    r: &mut ConfigReport,
-) -> Option<Tenants> {
-    // `Tenants::from_raw` names entries `{prefix}[i]`; map its keys back to
-    // each entry's own.
-    let mut inner = ConfigReport::new("tenants");
-    let built = Tenants::from_raw(all, "\u{0}", policy, &mut inner);
-    for problem in inner.problems {
-        let key = match problem.key.strip_prefix("\u{0}[") {
-            Some(rest) => {
-                let (index, tail) = rest.split_once(']').unwrap_or((rest, ""));
-                let own = index
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| keys.get(i))
-                    .cloned()
-                    .unwrap_or_else(|| "tenants".into());
-                format!("{own}{tail}")
-            }
-            None => problem.key,
-        };
-        r.push(key, problem.message.replace("\u{0}[", "tenants["));
-    }
-    built
 }
 
 fn load_tenants_file(path: &Path) -> Result<Vec<RawTenant>, String> {
@@ -502,4 +468,53 @@ pub fn cert_names(der: &[u8]) -> Option<CertNames> {
             })?
         });
     Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// A tenant in the tenant file that overlaps one in the configuration:
+    /// the problem names the file's entry, and the other side.
+    #[test]
+    fn overlaps_across_the_file_name_both_entries() {
+        let dir = std::env::temp_dir().join(format!("rp-tenancy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "c.key", "g.mmdb"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        std::fs::write(
+            dir.join("tenants file.toml"),
+            "[[tenants]]\nname = \"b\"\njurisdiction = \"ch\"\nsni = [\"x.acme.example\"]\n",
+        )
+        .unwrap();
+        let toml = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[geoip]
+database = "g.mmdb"
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1"]
+[[tenants]]
+name = "a"
+jurisdiction = "ch"
+sni = ["*.acme.example"]
+[tenancy]
+file = "tenants file.toml"
+"#;
+        let report = Config::from_toml(toml, &dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("tenants file.toml").display().to_string();
+        assert!(
+            report.contains(&format!(
+                "- {file}: tenants[0].sni[0]: `x.acme.example` is also matched by sni `*.acme.example` of tenants[0].sni[0] (tenant `a`)"
+            )),
+            "{report}"
+        );
+    }
 }

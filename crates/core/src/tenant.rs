@@ -242,10 +242,11 @@ impl Tenants {
     }
 
     /// Builds the tenants from their entries, reporting every problem under
-    /// `{key}[i]…`.
+    /// `key_of(i)…`, entry `i`'s key (e.g. `tenants[3]`, or a tenant file's
+    /// entry): overlaps are checked across all of them.
     pub fn from_raw(
         raw: &[RawTenant],
-        key: &str,
+        key_of: impl Fn(usize) -> String,
         policy: &Policy,
         r: &mut ConfigReport,
     ) -> Option<Tenants> {
@@ -254,7 +255,7 @@ impl Tenants {
         // Where each pattern came from, to name both sides of an overlap.
         let mut origin: HashMap<String, String> = HashMap::new();
         for (i, raw) in raw.iter().enumerate() {
-            let key = format!("{key}[{i}]");
+            let key = key_of(i);
             let Some(name) = raw.name.as_deref().filter(|n| valid_tenant_name(n)) else {
                 r.push(
                     format!("{key}.name"),
@@ -305,13 +306,13 @@ impl Tenants {
                 }
                 let here = format!("{k} (tenant `{name}`)");
                 if let Some(suffix) = p.strip_prefix("*.") {
-                    overlap_wild(&mut origin, "sni", suffix, &t.sni_exact, &here, r);
+                    overlap_wild(&origin, "sni", suffix, &t.sni_exact, &k, r);
                     t.sni_wildcard.insert(suffix.to_string(), id);
                 } else {
-                    overlap_exact(&mut origin, "sni", &p, &t.sni_wildcard, &here, r);
+                    overlap_exact(&origin, "sni", &p, &t.sni_wildcard, &k, r);
                     t.sni_exact.insert(p.clone(), id);
                 }
-                remember(&mut origin, format!("sni {p}"), here, r);
+                remember(&mut origin, format!("sni {p}"), &k, here, r);
             }
             for (j, pattern) in raw.client_cert.iter().enumerate() {
                 let k = format!("{key}.client_cert[{j}]");
@@ -332,13 +333,13 @@ impl Tenants {
                         }
                         if let Some(suffix) = p.strip_prefix("*.") {
                             let exact = &t.cert_exact[Kind::Dns.index()];
-                            overlap_wild(&mut origin, "dns", suffix, exact, &here, r);
+                            overlap_wild(&origin, "dns", suffix, exact, &k, r);
                             t.cert_dns_wildcard.insert(suffix.to_string(), id);
                         } else {
-                            overlap_exact(&mut origin, "dns", &p, &t.cert_dns_wildcard, &here, r);
+                            overlap_exact(&origin, "dns", &p, &t.cert_dns_wildcard, &k, r);
                             t.cert_exact[Kind::Dns.index()].insert(p.clone(), id);
                         }
-                        remember(&mut origin, format!("dns {p}"), here, r);
+                        remember(&mut origin, format!("dns {p}"), &k, here, r);
                     }
                     Kind::Uri | Kind::Cn => {
                         if value.is_empty() {
@@ -387,7 +388,7 @@ impl Tenants {
                             }
                             t.cert_exact[kind.index()].insert(value.to_string(), id);
                         }
-                        remember(&mut origin, format!("{label} {value}"), here, r);
+                        remember(&mut origin, format!("{label} {value}"), &k, here, r);
                     }
                 }
             }
@@ -412,18 +413,17 @@ impl Tenants {
 }
 
 /// Records where a pattern came from; the same pattern twice is an overlap.
+/// `here` names the pattern for later messages: its `key` and tenant.
 fn remember(
     origin: &mut HashMap<String, String>,
     pattern: String,
+    key: &str,
     here: String,
     r: &mut ConfigReport,
 ) {
     if let Some(first) = origin.get(&pattern) {
         let (kind, value) = pattern.split_once(' ').unwrap_or(("", &pattern));
-        r.push(
-            here.split(' ').next().unwrap_or_default().to_string(),
-            format!("{kind} `{value}` is also given at {first}"),
-        );
+        r.push(key, format!("{kind} `{value}` is also given at {first}"));
     } else {
         origin.insert(pattern, here);
     }
@@ -431,11 +431,11 @@ fn remember(
 
 /// A `*.suffix` pattern overlaps every exact name one label below it.
 fn overlap_wild(
-    origin: &mut HashMap<String, String>,
+    origin: &HashMap<String, String>,
     kind: &str,
     suffix: &str,
     exact: &HashMap<String, TenantId>,
-    here: &str,
+    key: &str,
     r: &mut ConfigReport,
 ) {
     for name in exact.keys() {
@@ -444,7 +444,7 @@ fn overlap_wild(
             .is_some_and(|(_, parent)| parent == suffix)
         {
             r.push(
-                here.split(' ').next().unwrap_or_default().to_string(),
+                key,
                 format!(
                     "`*.{suffix}` also matches {kind} `{name}` of {}",
                     origin[&format!("{kind} {name}")]
@@ -456,17 +456,17 @@ fn overlap_wild(
 
 /// An exact name overlaps a `*.suffix` pattern of its parent.
 fn overlap_exact(
-    origin: &mut HashMap<String, String>,
+    origin: &HashMap<String, String>,
     kind: &str,
     name: &str,
     wildcard: &HashMap<String, TenantId>,
-    here: &str,
+    key: &str,
     r: &mut ConfigReport,
 ) {
     if let Some((_, parent)) = name.split_once('.') {
         if wildcard.contains_key(parent) {
             r.push(
-                here.split(' ').next().unwrap_or_default().to_string(),
+                key,
                 format!(
                     "`{name}` is also matched by {kind} `*.{parent}` of {}",
                     origin[&format!("{kind} *.{parent}")]
