@@ -565,7 +565,7 @@ fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
     let reloaded = |text: &str| metric(text, "residency_reloads_total{result=\"success\"}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let text = metrics_text(admin);
+        let text = raw_get(admin, "/metrics").1;
         if reloaded(&text) == Some(1.0) {
             break;
         }
@@ -593,20 +593,6 @@ fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
-}
-
-/// GET /metrics on the admin listener, synchronously.
-fn metrics_text(admin: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// On one CPU (here: pinned with taskset) and without

@@ -326,21 +326,6 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
     eprintln!("screenshots of the page: {}", shots.display());
 }
 
-/// One raw HTTP/1.1 GET; returns the head (lowercased) and the body.
-fn raw_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let (head, body) = all.split_once("\r\n\r\n").unwrap();
-    (head.to_ascii_lowercase(), body.to_string())
-}
-
 /// The page's files: a strict CSP, nothing inline for it to block, and no
 /// reference to another origin.
 #[tokio::test]

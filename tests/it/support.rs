@@ -935,3 +935,34 @@ pub fn client_ca_and_certs(uris: &[Option<&str>]) -> (String, Vec<(String, Strin
         .collect();
     (ca_cert.pem(), leaves)
 }
+
+/// One raw HTTP/1.1 GET; returns the head (lowercased) and the body.
+pub fn raw_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `[[listeners]]` on `port` requiring client certificates from `ca` (the
+/// default certificate `a.pem`), as extra configuration for [`Setup`].
+pub fn mtls_listener(port: u16, ca: &Path) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+trusted_proxies = ["127.0.0.1"]
+[listeners.tls]
+certificates = [{{ cert = "a.pem", key = "a.key" }}]
+client_ca = "{}"
+"#,
+        ca.display()
+    )
+}

@@ -337,20 +337,9 @@ async fn a_client_certificate_recognises_the_tenant() {
     let proxy = Proxy::start(Setup {
         transparency: Some(String::new()),
         extra: format!(
-            r#"
-[[listeners]]
-address = "127.0.0.1:{port}"
-trusted_proxies = ["127.0.0.1"]
-[listeners.tls]
-certificates = [{{ cert = "a.pem", key = "a.key" }}]
-client_ca = "{}"
-
-[[tenants]]
-name = "acme"
-jurisdiction = "ch"
-client_cert = ["uri:spiffe://acme.test/devices/*"]
-"#,
-            ca_path.display()
+            "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n\
+             client_cert = [\"uri:spiffe://acme.test/devices/*\"]\n",
+            mtls_listener(port, &ca_path)
         ),
         ..Setup::default()
     })
@@ -474,24 +463,9 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     let proxy = Proxy::start(Setup {
         transparency: Some(String::new()),
         extra: format!(
-            r#"
-[[listeners]]
-address = "127.0.0.1:{port}"
-trusted_proxies = ["127.0.0.1"]
-[listeners.tls]
-certificates = [{{ cert = "a.pem", key = "a.key" }}]
-client_ca = "{}"
-
-[[tenants]]
-name = "acme"
-jurisdiction = "ch"
-client_cert = ["cn:device-7"]
-
-[tenancy]
-record = "hmac"
-record_hmac_key = "{}"
-"#,
-            ca_path.display(),
+            "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:device-7\"]\n\
+             [tenancy]\nrecord = \"hmac\"\nrecord_hmac_key = \"{}\"\n",
+            mtls_listener(port, &ca_path),
             hmac_key.display()
         ),
         ..Setup::default()

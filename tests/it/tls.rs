@@ -253,17 +253,7 @@ async fn client_ca_requires_a_client_certificate() {
     // is a second [[listeners]] entry on a free port.
     let port = closed_port().await.port();
     let proxy = Proxy::start(Setup {
-        extra: format!(
-            r#"
-[[listeners]]
-address = "127.0.0.1:{port}"
-trusted_proxies = ["127.0.0.1"]
-[listeners.tls]
-certificates = [{{ cert = "a.pem", key = "a.key" }}]
-client_ca = "{}"
-"#,
-            ca_path.display()
-        ),
+        extra: mtls_listener(port, &ca_path),
         ..Setup::default()
     })
     .await;
