@@ -12,6 +12,8 @@
 //! | `GET /proof/consistency?from=A[&to=B]` | consistency proof from size A to B (default: the latest checkpoint's size) |
 //! | `GET /records/{request_id}` | the record for a request id and its leaf index |
 //! | `GET /entries/{index}` | the record at a leaf index |
+//! | `GET /generations` | the log's generations (origins), oldest first: a directory log rolls to a new origin at `transparency.max_records` |
+//! | `GET /generations/<n>/…` | every path above (but `/`) for generation `n`, sealed or current; the root serves the current one |
 //!
 //! The tiles are the standard API (<https://c2sp.org/tlog-tiles>): any
 //! tlog client computes proofs from them. The other paths are conveniences
@@ -23,9 +25,9 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
+use residency_log::api::{ConsistencyProof, Entry, GenerationInfo, Generations, InclusionProof};
 use residency_log::merkle::Hash;
-use residency_log::storage::Log;
+use residency_log::storage::{Generation, Log};
 use residency_log::tiles::Tile;
 use residency_log::tlog_proof::TlogProof;
 use serde::Serialize;
@@ -40,14 +42,59 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
         return page;
     }
     let query = req.uri().query().unwrap_or("");
+    if path == "/generations" {
+        return generations(log);
+    }
+    let current = log.current();
+    if let Some(rest) = path.strip_prefix("/generations/") {
+        let (number, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Some(generation) = number.parse().ok().and_then(|n| log.generation(n)) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such generation of the log: see /generations",
+            );
+        };
+        // A sealed generation's last checkpoint covers it for good.
+        let covered_at = (generation.number() == current.number()).then(|| log.covered_at());
+        return answer_in(&generation, rest, query, covered_at);
+    }
+    answer_in(&current, path, query, Some(log.covered_at()))
+}
+
+/// `GET /generations`.
+fn generations(log: &Log) -> Response<Full<Bytes>> {
+    let all = log.generations();
+    let last = all.last().map_or(0, |g| g.number());
+    json(&Generations {
+        generations: all
+            .iter()
+            .map(|g| GenerationInfo {
+                generation: g.number(),
+                origin: g.origin().to_string(),
+                key: g.signer().verifier_key(),
+                size: g.latest().size,
+                sealed: g.number() != last,
+                prefix: format!("/generations/{}/", g.number()),
+            })
+            .collect(),
+    })
+}
+
+/// Answers `path` from one generation of the log.
+fn answer_in(
+    log: &Generation,
+    path: &str,
+    query: &str,
+    covered_at: Option<i64>,
+) -> Response<Full<Bytes>> {
     let latest = log.latest();
     match path {
         "/checkpoint" => {
             let mut resp = text(latest.note.clone());
-            resp.headers_mut().insert(
-                "residency-checkpoint-covered-at",
-                HeaderValue::from(log.covered_at()),
-            );
+            if let Some(at) = covered_at {
+                resp.headers_mut()
+                    .insert("residency-checkpoint-covered-at", HeaderValue::from(at));
+            }
             resp
         }
         "/key" => text(format!("{}\n", log.signer().verifier_key())),
@@ -119,7 +166,7 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
             } else {
                 return error(
                     StatusCode::NOT_FOUND,
-                    "try / /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index}",
+                    "try / /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index} /generations",
                 );
             };
             match index.and_then(|i| Some((i, log.record(i)?))) {
@@ -135,7 +182,7 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
 
 /// A hash tile or entry bundle; 404 for a name the spec does not allow or
 /// a tile the latest checkpoint does not cover.
-fn tile(log: &Log, path: &str, signed: u64) -> Response<Full<Bytes>> {
+fn tile(log: &Generation, path: &str, signed: u64) -> Response<Full<Bytes>> {
     let Some(t) = Tile::parse(path) else {
         return error(
             StatusCode::NOT_FOUND,

@@ -13,7 +13,7 @@
 //! again after a backoff (1 s, doubling up to 16 s). Every exchange ends in one
 //! `residency_log_witness_cosignatures_total{witness,result}` count.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use residency_log::settings::WitnessSettings;
-use residency_log::storage::{Log, Published};
+use residency_log::storage::{Generation, Log, Published};
 use residency_log::witness::{AddCheckpoint, SIZE_CONTENT_TYPE};
 use residency_tools::fetch::Fetcher;
 
@@ -53,6 +53,9 @@ pub struct Witnesses {
     clients: Vec<Client>,
     /// A round is running: the next checkpoint does not start another.
     busy: AtomicBool,
+    /// The log generation the clients' sizes are about (a roll to a new
+    /// origin starts them over).
+    generation: AtomicU32,
 }
 
 struct Client {
@@ -118,6 +121,7 @@ impl Witnesses {
             log,
             clients,
             busy: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
         }))
     }
 
@@ -136,7 +140,15 @@ impl Witnesses {
     /// Asks every witness whose cosignature the latest checkpoint lacks
     /// (and that is not backing off), then publishes what verified.
     pub async fn round(&self) {
-        let latest = self.log.latest();
+        let generation = self.log.current();
+        if self.generation.swap(generation.number(), Ordering::AcqRel) != generation.number() {
+            // A new origin: the witnesses know nothing of it yet.
+            for c in &self.clients {
+                c.cosigned.store(0, Ordering::Release);
+                c.published.store(NONE, Ordering::Release);
+            }
+        }
+        let latest = generation.latest();
         if latest.size == 0 {
             return; // nothing to witness
         }
@@ -150,7 +162,7 @@ impl Witnesses {
             .filter(|c| c.published.load(Ordering::Acquire) != latest.size && c.due(now))
             .collect();
         let answers = futures_util::future::join_all(
-            asked.iter().map(|c| c.exchange(&self.log, &latest, body)),
+            asked.iter().map(|c| c.exchange(&generation, &latest, body)),
         )
         .await;
         let mut lines = Vec::new();
@@ -166,9 +178,11 @@ impl Witnesses {
         }
         // Blocking: the cosigned checkpoint is also written to disk.
         let (log, size) = (self.log.clone(), latest.size);
-        let added = tokio::task::spawn_blocking(move || log.add_cosignatures(size, &lines))
-            .await
-            .unwrap_or(false);
+        let origin = generation.origin().to_string();
+        let added =
+            tokio::task::spawn_blocking(move || log.add_cosignatures(&origin, size, &lines))
+                .await
+                .unwrap_or(false);
         if added {
             for c in cosigned {
                 c.published.store(latest.size, Ordering::Release);
@@ -206,7 +220,12 @@ impl Client {
     }
 
     /// One exchange: the cosignature line, if one verified.
-    async fn exchange(&self, log: &Arc<Log>, latest: &Published, body: &str) -> Option<String> {
+    async fn exchange(
+        &self,
+        log: &Arc<Generation>,
+        latest: &Published,
+        body: &str,
+    ) -> Option<String> {
         let (outcome, line) = self.try_exchange(log, latest, body).await;
         self.record(outcome);
         line
@@ -214,7 +233,7 @@ impl Client {
 
     async fn try_exchange(
         &self,
-        log: &Arc<Log>,
+        log: &Arc<Generation>,
         latest: &Published,
         body: &str,
     ) -> (Outcome, Option<String>) {

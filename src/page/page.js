@@ -25,6 +25,9 @@ const unspace = (vkey) => vkey.trim().replaceAll(" ", "+");
 const pinnedKey = fragment.has("key") ? unspace(fragment.get("key")) : null;
 const pinnedWitnesses = fragment.getAll("witness").map(unspace);
 let logKey = null; // the vkey in use
+// Where the pinned key's log is served: "" for the current generation,
+// "generations/<n>/" for one the log rolled past (at its size limit).
+let base = "";
 
 async function get(path) {
   const response = await fetch(path, { cache: "no-store", credentials: "omit" });
@@ -92,7 +95,7 @@ async function history(vkey, note) {
   const to = claimedSize(note);
   let consistency = [];
   if (from !== null && to !== null && from > 0n && from < to) {
-    consistency = (await (await get(`proof/consistency?from=${from}&to=${to}`)).json()).hashes;
+    consistency = (await (await get(`${base}proof/consistency?from=${from}&to=${to}`)).json()).hashes;
   }
   return { before, inputs: { previous: before.note, consistency } };
 }
@@ -104,12 +107,28 @@ function seenOn(before) {
 
 // --- the log ------------------------------------------------------------
 
+// The generation of this log that `vkey` is the key of, if the log rolled
+// past it (a new origin at its size limit); null otherwise.
+async function generationOf(vkey) {
+  try {
+    const { generations } = await (await get("generations")).json();
+    return generations.find((g) => g.sealed && g.key === vkey) ?? null;
+  } catch {
+    return null; // no list: a log that never rolled
+  }
+}
+
 async function showLog() {
   const served = (await (await get("key")).text()).trim();
   logKey = pinnedKey ?? served;
   say("log-key", logKey);
   const pinLink = el("a", { href: `#key=${encodeURIComponent(served)}`, id: "pin-link" }, "this page with the key pinned");
-  if (pinnedKey && logKey !== served) {
+  const sealed = pinnedKey && logKey !== served ? await generationOf(logKey) : null;
+  if (sealed) {
+    base = sealed.prefix.replace(/^\//, "");
+    say("key-source", "Pinned in this link: generation ", String(sealed.generation), " of this log, sealed at ",
+      String(sealed.size), " records. The log now writes under another origin, with the key ", el("code", {}, served), ".");
+  } else if (pinnedKey && logKey !== served) {
     say("key-source", el("strong", { class: "warn-text" }, "Pinned in this link, and not the key this server presents now: "),
       el("code", {}, served), ". Every check below uses the pinned key.");
   } else if (pinnedKey) {
@@ -126,7 +145,7 @@ async function showLog() {
     say("log-name", el("span", { class: "bad-text" }, `The key is not usable: ${e.message}`));
     return;
   }
-  const response = await get("checkpoint");
+  const response = await get(`${base}checkpoint`);
   const note = await response.text();
   const { before, inputs } = await history(logKey, note);
   const verdict = await check({ key: logKey, checkpoint: note, ...inputs });
@@ -210,7 +229,7 @@ async function inputsFor(text) {
     // A request id: its record, proven by inclusion.
     let entry;
     try {
-      entry = await (await get(`records/${encodeURIComponent(text)}`)).json();
+      entry = await (await get(`${base}records/${encodeURIComponent(text)}`)).json();
     } catch (e) {
       if (e.status === 404) return { notFound: text };
       throw e;
@@ -229,7 +248,7 @@ async function inputsFor(text) {
   // cosignatures, which arrive after the log signs.
   let note;
   for (let waited = 0; ; waited += 500) {
-    note = await (await get("checkpoint")).text();
+    note = await (await get(`${base}checkpoint`)).text();
     const size = claimedSize(note);
     const covered = index === null || size === null || index < size;
     if ((covered && (await cosigned(note))) || waited >= 10000) break;
@@ -239,7 +258,7 @@ async function inputsFor(text) {
   inputs.checkpoint = note;
   const size = claimedSize(note);
   if (index !== null && size !== null && index < size) {
-    inputs.inclusion = (await (await get(`proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
+    inputs.inclusion = (await (await get(`${base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
   }
   Object.assign(inputs, (await history(logKey, note)).inputs);
   const file = $("file").files[0];

@@ -162,17 +162,20 @@ pub async fn answered<B>(
     if !stored {
         return Ok(None);
     }
-    let settings = log.settings();
-    let signature = match settings.receipts {
+    // The origin of the generation that holds the record (the log rolls
+    // to a new one at `max_records`).
+    let generation = &appended.generation;
+    let signature = match log.settings().receipts {
         ReceiptMode::Off => return Ok(None),
         ReceiptMode::Log => None,
         ReceiptMode::Signed => {
-            let message = receipt::signed_message(&settings.origin, appended.index, &appended.leaf);
-            Some(log.signer().sign(&message))
+            let message =
+                receipt::signed_message(generation.origin(), appended.index, &appended.leaf);
+            Some(generation.signer().sign(&message))
         }
     };
     let value = Receipt {
-        log: settings.origin.clone(),
+        log: generation.origin().to_string(),
         index: appended.index,
         record: appended.bytes,
         signature,

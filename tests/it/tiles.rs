@@ -167,7 +167,7 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
     let (status, headers, note) = client.get("/checkpoint").await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
-    let verifier = Verifier::parse(&log.signer().verifier_key()).unwrap();
+    let verifier = Verifier::parse(&log.current().signer().verifier_key()).unwrap();
     let checkpoint = Checkpoint::open(std::str::from_utf8(&note).unwrap(), &verifier).unwrap();
     assert_eq!(checkpoint.size, SIZE);
 
@@ -231,7 +231,7 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
             signature: None,
         };
         let args = residency_tools::verify::VerifyArgs {
-            key: log.signer().verifier_key(),
+            key: log.current().signer().verifier_key(),
             receipt: Some(receipt.encode()),
             log: Some(proxy.log_url()),
             ..Default::default()

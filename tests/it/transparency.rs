@@ -33,7 +33,7 @@ fn args(key: &str) -> VerifyArgs {
 
 fn key_of(proxy: &Proxy) -> String {
     let log = proxy.instance.log.as_ref().expect("log configured");
-    log.signer().verifier_key()
+    log.current().signer().verifier_key()
 }
 
 async fn check(args: &VerifyArgs) -> Report {
@@ -358,8 +358,16 @@ async fn metrics_count_records_and_checkpoints() {
     // The final checkpoint, at shutdown, covers everything.
     proxy.stop().await;
     let note = instance.log.as_ref().unwrap().latest().note.clone();
-    let verifier =
-        Verifier::parse(&instance.log.as_ref().unwrap().signer().verifier_key()).unwrap();
+    let verifier = Verifier::parse(
+        &instance
+            .log
+            .as_ref()
+            .unwrap()
+            .current()
+            .signer()
+            .verifier_key(),
+    )
+    .unwrap();
     assert_eq!(Checkpoint::open(&note, &verifier).unwrap().size, 5);
     assert_eq!(
         instance.metrics.log.checkpoint_size.get(),
@@ -399,7 +407,7 @@ async fn an_upload_whose_client_left_before_the_answer_is_still_recorded() {
     }
     assert_eq!(proxy.upstream("zurich").count(), 1);
     let log = proxy.instance.log.clone().unwrap();
-    let record = Record::from_bytes(&log.record(0).unwrap()).unwrap();
+    let record = Record::from_bytes(&log.current().record(0).unwrap()).unwrap();
     assert_eq!(record.outcome.as_str(), "stored");
     assert_eq!(record.datacenter.as_deref(), Some("zurich"));
     assert_eq!(record.body.unwrap().bytes, 5);
@@ -883,7 +891,7 @@ async fn refusals_over_their_budget_become_summary_records() {
         let mut own = Vec::new();
         let mut summaries = Vec::new();
         for i in 0..log.latest().size {
-            let record = Record::from_bytes(&log.record(i).unwrap()).unwrap();
+            let record = Record::from_bytes(&log.current().record(i).unwrap()).unwrap();
             match record.summary {
                 Some(s) => summaries.push(s),
                 None if record.outcome == residency_log::record::Outcome::Refused => {
@@ -1003,5 +1011,95 @@ async fn tlog_proofs_are_exported_served_and_checked_offline() {
     offline.entry = Some(entry);
     let report = check(&offline).await;
     assert!(!report.valid(), "{report}");
+    proxy.stop().await;
+}
+
+/// `max_records` is a generation's size: at it the log seals its origin
+/// (a last checkpoint covers every record) and rolls to `<origin>/2`
+/// instead of refusing. Receipts name the origin of their generation;
+/// each generation is served under `/generations/<n>/` and verifies with
+/// its own key, fetched by `verify --log` from its prefix.
+#[tokio::test]
+async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
+    let proxy = with_log("max_records = 5").await;
+    let mut receipts = Vec::new();
+    for i in 0..8 {
+        let reply = proxy.client().upload_from(CH, &format!("upload {i}")).await;
+        assert_eq!(reply.status, 201, "upload {i}: {reply:?}");
+        let header = reply.header("residency-receipt").unwrap().to_string();
+        receipts.push((header, reply.header("x-request-id").unwrap().to_string()));
+    }
+    let second = format!("{LOG_ORIGIN}/2");
+    for (i, (header, _)) in receipts.iter().enumerate() {
+        let r = Receipt::parse(header).unwrap();
+        let (origin, index) = if i < 5 {
+            (LOG_ORIGIN, i as u64)
+        } else {
+            (second.as_str(), i as u64 - 5)
+        };
+        assert_eq!((r.log.as_str(), r.index), (origin, index), "receipt {i}");
+    }
+
+    let (status, body) = proxy.log_get("/generations").await;
+    assert_eq!(status, 200, "{body}");
+    let list: residency_log::api::Generations = serde_json::from_str(&body).unwrap();
+    let g: Vec<_> = list
+        .generations
+        .iter()
+        .map(|g| (g.generation, g.origin.as_str(), g.sealed, g.prefix.as_str()))
+        .collect();
+    assert_eq!(
+        g,
+        [
+            (1, LOG_ORIGIN, true, "/generations/1/"),
+            (2, second.as_str(), false, "/generations/2/")
+        ]
+    );
+    assert_eq!(
+        list.generations[0].size, 5,
+        "sealed with every record covered"
+    );
+    let first_key = list.generations[0].key.clone();
+    let second_key = key_of(&proxy);
+    assert_eq!(list.generations[1].key, second_key);
+    assert_ne!(first_key, second_key);
+    let (_, served_key) = proxy.log_get("/key").await;
+    assert_eq!(
+        served_key.trim(),
+        second_key,
+        "the root serves the current origin"
+    );
+    let (_, note) = proxy.log_get("/generations/1/checkpoint").await;
+    let sealed = Checkpoint::open(&note, &Verifier::parse(&first_key).unwrap()).unwrap();
+    assert_eq!((sealed.origin.as_str(), sealed.size), (LOG_ORIGIN, 5));
+    let (status, _) = proxy.log_get("/generations/3/checkpoint").await;
+    assert_eq!(status, 404);
+
+    // Each receipt verifies with its generation's key, from the tiles
+    // under that generation's prefix; not with the other's.
+    checkpoint_covers(&proxy, &second_key, 3).await;
+    for (i, key) in [(2, &first_key), (6, &second_key)] {
+        let mut a = args(key);
+        a.receipt = Some(receipts[i].0.clone());
+        a.log = Some(proxy.log_url());
+        let report = check(&a).await;
+        assert!(report.valid(), "receipt {i}: {report}");
+        let mut by_id = args(key);
+        by_id.request_id = Some(receipts[i].1.clone());
+        by_id.log = Some(proxy.log_url());
+        let report = check(&by_id).await;
+        assert!(report.valid(), "request id {i}: {report}");
+    }
+    let mut crossed = args(&second_key);
+    crossed.receipt = Some(receipts[2].0.clone());
+    crossed.log = Some(proxy.log_url());
+    assert!(!check(&crossed).await.valid());
+
+    let metrics = proxy.admin_get("/metrics").await.1;
+    assert!(metrics.contains("residency_log_generation 2"), "{metrics}");
+    assert!(
+        metrics.contains("residency_log_write_errors_total 0"),
+        "{metrics}"
+    );
     proxy.stop().await;
 }

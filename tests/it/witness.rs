@@ -106,7 +106,14 @@ async fn start_proxy_with(
 }
 
 fn key_of(proxy: &Proxy) -> String {
-    proxy.instance.log.as_ref().unwrap().signer().verifier_key()
+    proxy
+        .instance
+        .log
+        .as_ref()
+        .unwrap()
+        .current()
+        .signer()
+        .verifier_key()
 }
 
 /// Waits (at most 30 s: the proxies back off while the witness starts)

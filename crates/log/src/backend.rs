@@ -20,7 +20,7 @@ pub enum LogError {
     Key { path: String, source: NoteError },
     #[error("{path}: {message}")]
     Corrupt { path: String, message: String },
-    #[error("the log holds {0} records, the configured maximum (transparency.max_records); start a new log")]
+    #[error("the log's generation holds {0} records, transparency.max_records")]
     Full(u64),
     #[error("an earlier write failed and could not be undone; restart to recover the log")]
     Poisoned,
@@ -58,6 +58,9 @@ pub struct LogMetrics {
     pub checkpoint_size: IntGauge,
     pub checkpoint_timestamp: IntGauge,
     pub checkpoint_age: IntGauge,
+    /// The current generation's number (1, then one more per roll at
+    /// `max_records`).
+    pub generation: IntGauge,
 }
 
 impl LogMetrics {
@@ -152,6 +155,10 @@ impl LogMetrics {
                     "residency_log_checkpoint_age_seconds",
                     "Seconds since a checkpoint last covered every record; grows when checkpointing fails.",
                 )?,
+                generation: gauge(
+                    "residency_log_generation",
+                    "The log's current generation: 1, then one more each time it reaches transparency.max_records and rolls to a new origin.",
+                )?,
             })
     }
 }
@@ -162,15 +169,6 @@ pub struct Published {
     pub note: String,
     pub size: u64,
     pub root: Hash,
-}
-
-/// Where an appended record landed.
-#[derive(Debug, Clone)]
-pub struct Appended {
-    pub index: u64,
-    pub bytes: Vec<u8>,
-    /// The leaf hash of `bytes`.
-    pub leaf: Hash,
 }
 
 /// Appends witness cosignature lines (`— name base64`, no newline) to the

@@ -431,7 +431,7 @@ impl Directory {
     }
 
     #[cfg(test)]
-    fn batches(&self) -> u64 {
+    pub(crate) fn batches(&self) -> u64 {
         lock(&self.core.state).batches
     }
 }
@@ -1482,13 +1482,13 @@ mod tests {
         }
         let cp = log.checkpoint().unwrap();
         assert_eq!(cp.size, 5);
-        let verifier = Verifier::parse(&log.signer().verifier_key()).unwrap();
+        let verifier = Verifier::parse(&log.current().signer().verifier_key()).unwrap();
         let opened = Checkpoint::open(&cp.note, &verifier).unwrap();
         assert_eq!((opened.size, opened.root), (5, cp.root));
-        assert_eq!(log.record(3).unwrap(), record(3).to_bytes());
-        assert_eq!(log.index_of(&format!("{:032x}", 4)), Some(4));
-        assert_eq!(log.index_of("nope"), None);
-        let (leaf, path) = log.inclusion_proof(2, 5).unwrap();
+        assert_eq!(log.current().record(3).unwrap(), record(3).to_bytes());
+        assert_eq!(log.current().index_of(&format!("{:032x}", 4)), Some(4));
+        assert_eq!(log.current().index_of("nope"), None);
+        let (leaf, path) = log.current().inclusion_proof(2, 5).unwrap();
         assert_eq!(leaf, merkle::leaf_hash(&record(2).to_bytes()));
         merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
     }
@@ -1513,14 +1513,14 @@ mod tests {
         let cp = log.checkpoint().unwrap();
         assert_eq!(cp.size, 50);
         for i in 0..50 {
-            let bytes = log.record(i).unwrap();
-            let (leaf, path) = log.inclusion_proof(i, 50).unwrap();
+            let bytes = log.current().record(i).unwrap();
+            let (leaf, path) = log.current().inclusion_proof(i, 50).unwrap();
             assert_eq!(leaf, merkle::leaf_hash(&bytes));
             merkle::verify_inclusion(&leaf, i, 50, &path, &cp.root).unwrap();
         }
         let staging = std::fs::read(settings.directory.join("staging.0")).unwrap();
         assert_eq!(crate::disk::complete_entries(&staging).0.len(), 50);
-        let batches = log.directory().batches();
+        let batches = log.batches();
         assert!(batches <= 5, "50 concurrent records took {batches} writes");
     }
 
@@ -1542,7 +1542,7 @@ mod tests {
             .unwrap();
         assert_eq!(next.index, 1);
         assert_eq!(log.size(), 2, "the dropped request's record is written too");
-        assert_eq!(log.record(0).unwrap(), record(0).to_bytes());
+        assert_eq!(log.current().record(0).unwrap(), record(0).to_bytes());
     }
 
     #[tokio::test]
@@ -1582,7 +1582,7 @@ mod tests {
         assert_eq!(entries[0], record(256).to_bytes().as_slice());
         let mut tree = merkle::Tree::new();
         for i in 0..600 {
-            tree.push(merkle::leaf_hash(&log.record(i).unwrap()));
+            tree.push(merkle::leaf_hash(&log.current().record(i).unwrap()));
         }
         assert_eq!(tree.root(), cp.root);
         let level0 = std::fs::read(dir.join("tile/0/001")).unwrap();
@@ -1591,7 +1591,7 @@ mod tests {
         // Every id is found, from memory before the checkpoint moved them
         // and from the on-disk index after.
         for i in [0u64, 255, 256, 599] {
-            assert_eq!(log.index_of(&format!("{i:032x}")), Some(i));
+            assert_eq!(log.current().index_of(&format!("{i:032x}")), Some(i));
         }
     }
 
@@ -1613,7 +1613,7 @@ mod tests {
         let second = log.checkpoint().unwrap();
         let proof = log.consistency_proof(7, 12).unwrap();
         merkle::verify_consistency(7, 12, &first.root, &second.root, &proof).unwrap();
-        assert_eq!(log.index_of(&format!("{:032x}", 3)), Some(3));
+        assert_eq!(log.current().index_of(&format!("{:032x}", 3)), Some(3));
     }
 
     #[tokio::test]
@@ -1791,8 +1791,8 @@ mod tests {
             log.consistency_proof(280, 300).unwrap(),
             tree.consistency_proof(280, 300).unwrap()
         );
-        assert_eq!(log.record(290).unwrap(), record(290).to_bytes());
-        assert_eq!(log.index_of(&format!("{:032x}", 7)), Some(7));
+        assert_eq!(log.current().record(290).unwrap(), record(290).to_bytes());
+        assert_eq!(log.current().index_of(&format!("{:032x}", 7)), Some(7));
         assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
     }
 
@@ -1808,9 +1808,13 @@ mod tests {
             let log = Log::open(&settings, metrics()).unwrap();
             log.append(&record(0)).await.unwrap();
             let cp = log.checkpoint().unwrap();
-            assert!(log.add_cosignatures(cp.size, std::slice::from_ref(&line)));
+            assert!(log.add_cosignatures(&settings.origin, cp.size, std::slice::from_ref(&line)));
             assert!(log.latest().note.ends_with(&format!("{line}\n")));
-            assert!(!log.add_cosignatures(cp.size + 1, std::slice::from_ref(&line)));
+            assert!(!log.add_cosignatures(
+                &settings.origin,
+                cp.size + 1,
+                std::slice::from_ref(&line)
+            ));
         }
         let log = Log::open(&settings, metrics()).unwrap();
         assert!(log.latest().note.contains(&line), "{}", log.latest().note);
@@ -1819,7 +1823,7 @@ mod tests {
         log.append(&record(1)).await.unwrap();
         let newer = log.checkpoint().unwrap();
         assert!(!newer.note.contains(&line));
-        assert!(!log.add_cosignatures(1, std::slice::from_ref(&line)));
+        assert!(!log.add_cosignatures(&settings.origin, 1, std::slice::from_ref(&line)));
         assert_eq!(log.latest().size, 2);
     }
 
@@ -1835,7 +1839,7 @@ mod tests {
         }
         std::fs::remove_file(settings.directory.join(INDEX)).unwrap();
         let log = Log::open(&settings, metrics()).unwrap();
-        assert_eq!(log.index_of(&format!("{:032x}", 33)), Some(33));
+        assert_eq!(log.current().index_of(&format!("{:032x}", 33)), Some(33));
     }
 
     #[tokio::test]
@@ -1848,18 +1852,83 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_log_refuses_and_says_so() {
-        let (_dir, mut settings) = setup("full");
-        settings.max_records = 2;
+    async fn a_stray_generation_directory_stops_the_start() {
+        let (_dir, settings) = setup("strays");
+        drop(Log::open(&settings, metrics()).unwrap());
+        let rolled = settings.directory.join("generations");
+        std::fs::create_dir_all(rolled.join("3")).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("generation 2 is missing"), "{e}");
+        std::fs::create_dir_all(rolled.join("02")).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("02: not a generation"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_full_generation_rolls_to_a_new_origin_and_stays_served() {
+        let (_dir, mut settings) = setup("roll");
+        settings.max_records = 300;
         let m = metrics();
         let log = Log::open(&settings, m.clone()).unwrap();
-        log.append(&record(0)).await.unwrap();
-        log.append(&record(1)).await.unwrap();
+        for i in 0..290 {
+            log.append(&record(i)).await.unwrap();
+        }
+        // 20 at once across the boundary: the first 10 fill the first
+        // generation, the others roll it (once) and go to the second.
+        let tasks: Vec<_> = (290..310)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(&record(i)).await.unwrap() })
+            })
+            .collect();
+        let mut appended = Vec::new();
+        for t in tasks {
+            appended.push(t.await.unwrap());
+        }
+        let mut second: Vec<u64> = Vec::new();
+        for (i, a) in (290..310).zip(&appended) {
+            match a.generation.number() {
+                1 => assert_eq!(a.index, i),
+                2 => second.push(a.index),
+                n => panic!("generation {n}"),
+            }
+        }
+        second.sort_unstable();
+        assert_eq!(second, (0..10).collect::<Vec<_>>());
+        assert_eq!(appended[19].generation.origin(), "test.example/log/2");
         assert!(!log.failing());
-        let e = log.append(&record(2)).await.unwrap_err();
-        assert!(matches!(e, LogError::Full(2)), "{e}");
-        assert!(log.failing());
-        assert_eq!(m.write_errors.get(), 1);
-        assert_eq!(m.appended.get(), 2);
+        assert_eq!(m.write_errors.get(), 0);
+        assert_eq!(m.appended.get(), 310);
+        assert_eq!(m.generation.get(), 2);
+
+        let check = |log: &Log| {
+            let gens = log.generations();
+            assert_eq!(gens.len(), 2);
+            let (first, current) = (&gens[0], &gens[1]);
+            // The sealed generation's last checkpoint covers all of it.
+            let cp = Checkpoint::open(&first.latest().note, first.verifier()).unwrap();
+            assert_eq!((cp.origin.as_str(), cp.size), ("test.example/log", 300));
+            assert_eq!(first.index_of(&format!("{:032x}", 299)), Some(299));
+            assert!(first.inclusion_proof(299, 300).is_some());
+            assert_eq!(current.origin(), "test.example/log/2");
+            assert!(current.verifier().name() == "test.example/log/2");
+            assert_eq!(current.size(), 10);
+            assert_eq!(log.current().number(), 2);
+            assert!(log.generation(1).is_some() && log.generation(3).is_none());
+            // Same key, another name.
+            assert_ne!(
+                first.signer().verifier_key(),
+                current.signer().verifier_key()
+            );
+        };
+        log.checkpoint().unwrap();
+        check(&log);
+        let id = format!("{:032x}", 305);
+        let index = log.current().index_of(&id).unwrap();
+        drop((log, appended));
+        let log = Log::open(&settings, metrics()).unwrap();
+        check(&log);
+        assert_eq!(log.current().index_of(&id), Some(index));
+        assert_eq!(log.append(&record(310)).await.unwrap().index, 10);
     }
 }

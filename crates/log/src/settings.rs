@@ -121,8 +121,9 @@ pub struct Transparency {
     pub on_write_error: OnWriteError,
     /// The customer-facing listener (checkpoint, proofs, key, records).
     pub address: Option<SocketAddr>,
-    /// An optional hard cap: the log refuses new records beyond this many
-    /// (default: none; memory does not depend on the log's size).
+    /// Records per origin (`storage = "directory"`): a generation that
+    /// holds this many is sealed and the log rolls to a new origin
+    /// (default: never; memory does not depend on the log's size).
     pub max_records: u64,
     /// Connections the customer-facing listener holds at once; more are
     /// closed and counted.
@@ -290,7 +291,7 @@ pub struct RawTransparency {
     pub witnesses: Option<Vec<RawWitness>>,
 }
 
-/// No cap: memory does not grow with the log.
+/// Never roll: memory does not grow with the log.
 const DEFAULT_MAX_RECORDS: u64 = u64::MAX;
 const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
@@ -405,6 +406,12 @@ pub fn transparency(
         "a positive integer",
         |n| *n > 0,
     );
+    if storage == StorageKind::Postgres && raw.max_records.is_some() {
+        r.push(
+            k("max_records"),
+            "only used with storage = \"directory\" (where the log rolls to a new origin at that size): a fleet's log has no size limit, and neither memory nor start-up grows with it",
+        );
+    }
     let max_connections = raw.max_connections.check_is_or(
         DEFAULT_MAX_CONNECTIONS,
         &k("max_connections"),
@@ -845,6 +852,16 @@ mod tests {
             })
         });
         assert_eq!(keys, ["transparency.directory"]);
+        // Rolling at a size is the directory's.
+        let (_, keys, text) = problems(&RawTransparency {
+            max_records: setting("1000"),
+            ..pg(RawPostgres {
+                url: Some("postgres://u@db/log".into()),
+                ..RawPostgres::default()
+            })
+        });
+        assert_eq!(keys, ["transparency.max_records"]);
+        assert!(text.contains("rolls to a new origin"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context as _};
 
 use crate::fetch::Fetcher;
 
-use residency_log::api::{ConsistencyProof, Entry, InclusionProof};
+use residency_log::api::{ConsistencyProof, Entry, Generations, InclusionProof};
 use residency_log::merkle::{self, Hash};
 use residency_log::note::Verifier;
 use residency_log::receipt::Receipt;
@@ -132,7 +132,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
     }
     let fetcher = match &args.log {
-        Some(url) => Some(Fetcher::new(url, args.ca.as_ref())?),
+        Some(url) => Some(generation_of(url, args.ca.as_ref(), verifier.name()).await?),
         None => None,
     };
     let receipt = match (&args.receipt, &args.request_id, &fetcher) {
@@ -314,6 +314,24 @@ fn file_digest(path: &PathBuf) -> anyhow::Result<FileDigest> {
 }
 
 /// A `--witness` argument: the key, or the file holding it.
+/// A fetcher for the log at `url` whose origin is `origin` (the key's
+/// name): a log that rolled to a new origin at its size limit serves each
+/// generation under its own prefix (`/generations`); the root serves the
+/// current one, and is used as is when the log has no such list.
+async fn generation_of(url: &str, ca: Option<&PathBuf>, origin: &str) -> anyhow::Result<Fetcher> {
+    let root = Fetcher::new(url, ca)?;
+    let Ok(list) = root.json::<Generations>("/generations").await else {
+        return Ok(root);
+    };
+    match list.generations.iter().find(|g| g.origin == origin) {
+        Some(g) => Fetcher::new(
+            &format!("{}{}", root.base(), g.prefix.trim_end_matches('/')),
+            ca,
+        ),
+        None => Ok(root),
+    }
+}
+
 fn witness_key(arg: &str) -> String {
     std::fs::read_to_string(arg)
         .map(|t| t.trim().to_string())
