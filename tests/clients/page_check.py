@@ -13,6 +13,8 @@ The scenario names a `phase`:
   the page's own verify.js; the page at 360 px; a link pinning another key.
 - `witnessed`: the key and a witness pinned in the link (then another
   witness's key): the cosignatures shown and the verdict on a receipt.
+- `generations`: a log that rolled to a new origin: the sealed generation's
+  key pinned (a receipt and a request id of it), then the current one's.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
   verdict on a receipt from the new log.
@@ -212,6 +214,28 @@ def second(s, driver, out):
     full_shot(driver, shots / "page-history-rewritten.png", 1100)
 
 
+def generations(s, driver, out):
+    """A log that rolled: the sealed generation's key pinned, then the
+    current one's."""
+    for name, key, receipt, request_id in (
+        ("sealed", s["sealed_key"], s["sealed_receipt"], s["sealed_request_id"]),
+        ("current", s["key"], s["receipt"], None),
+    ):
+        driver.get(pinned(s["base"], key))
+        driver.refresh()
+        loaded(driver)
+        seen = {
+            "name": driver.find_element(By.ID, "log-name").text,
+            "key_source": driver.find_element(By.ID, "key-source").text,
+            "checkpoint": driver.find_element(By.ID, "log-checkpoint").text,
+            "verdict": submit(driver, receipt),
+        }
+        if request_id:
+            seen["request_id"] = submit(driver, request_id)
+        out[name] = seen
+    full_shot(driver, Path(s["shots"]) / "page-sealed-generation.png", 1100)
+
+
 def main() -> int:
     s = json.loads(Path(sys.argv[1]).read_text())
     driver = chromium.start(profile=s["profile"])
@@ -222,7 +246,8 @@ def main() -> int:
         driver.get("about:blank")
         driver.get_log("performance")
         driver.get_log("browser")
-        {"first": first, "second": second, "witnessed": witnessed}[s["phase"]](s, driver, out)
+        phases = {"first": first, "second": second, "witnessed": witnessed, "generations": generations}
+        phases[s["phase"]](s, driver, out)
         out["console"] = chromium.console(driver)
         out["requests"] = chromium.requests(driver)
     finally:

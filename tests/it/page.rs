@@ -328,6 +328,72 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
 
 /// The page's files: a strict CSP, nothing inline for it to block, and no
 /// reference to another origin.
+/// A log that rolled to a new origin at `max_records`: with the sealed
+/// generation's key pinned, the page says so and checks that generation's
+/// receipts and request ids under its prefix; with the current key, the
+/// current one's.
+#[tokio::test]
+async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
+    let work = TempDir::new("page-generations");
+    let proxy = Proxy::start(Setup {
+        transparency: Some("max_records = 3".into()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let mut uploads = Vec::new();
+    for i in 0..5 {
+        uploads.push(upload(&proxy, DE, &format!("cpu=0.{i}")).await);
+    }
+    let (_, list) = proxy.log_get("/generations").await;
+    let list: residency_log::api::Generations = serde_json::from_str(&list).unwrap();
+    let sealed_key = list.generations[0].key.clone();
+    let key = list.generations[1].key.clone();
+    let seen = browse(
+        serde_json::json!({
+            "phase": "generations",
+            "base": format!("{}/", proxy.log_url()),
+            "sealed_key": sealed_key,
+            "sealed_receipt": uploads[1].0,
+            "sealed_request_id": uploads[2].1,
+            "key": key,
+            "receipt": uploads[4].0,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let sealed = &seen["sealed"];
+    assert_eq!(sealed["name"], LOG_ORIGIN, "{seen}");
+    assert!(
+        sealed["key_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pinned in this link: generation 1 of this log, sealed at 3 records."),
+        "{seen}"
+    );
+    assert!(
+        sealed["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 records"),
+        "{seen}"
+    );
+    for v in [
+        &sealed["verdict"],
+        &sealed["request_id"],
+        &seen["current"]["verdict"],
+    ] {
+        assert_eq!(v["class"], "ok", "{seen}");
+        assert!(v["text"].as_str().unwrap().contains("frankfurt"), "{seen}");
+    }
+    assert_eq!(seen["current"]["name"], format!("{LOG_ORIGIN}/2"), "{seen}");
+    same_origin_only(&seen, &proxy.log_url());
+    clean_console(&seen, None);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn the_page_is_self_contained_under_a_strict_policy() {
     let proxy = Proxy::start(Setup {
