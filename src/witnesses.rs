@@ -12,6 +12,11 @@
 //! the answer's head, 10 s for its body); a witness that failed is asked
 //! again after a backoff (1 s, doubling up to 16 s). Every exchange ends in one
 //! `residency_log_witness_cosignatures_total{witness,result}` count.
+//!
+//! A log that rolled to a new origin (`max_records`) starts over with the
+//! new one; each round also asks every witness whose cosignature a sealed
+//! generation's last checkpoint lacks (read from its signature lines, so
+//! this survives restarts), from size 0 (the 409 gives the witness's).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,32 +143,60 @@ impl Witnesses {
     }
 
     /// Asks every witness whose cosignature the latest checkpoint lacks
-    /// (and that is not backing off), then publishes what verified.
+    /// (and that is not backing off), then publishes what verified. First,
+    /// the last checkpoint of each sealed generation (the log rolled past
+    /// it at `max_records`) that still lacks a witness's cosignature.
     pub async fn round(&self) {
-        let generation = self.log.current();
-        if self.generation.swap(generation.number(), Ordering::AcqRel) != generation.number() {
+        let current = self.log.current();
+        if self.generation.swap(current.number(), Ordering::AcqRel) != current.number() {
             // A new origin: the witnesses know nothing of it yet.
             for c in &self.clients {
                 c.cosigned.store(0, Ordering::Release);
                 c.published.store(NONE, Ordering::Release);
             }
         }
+        for sealed in self.log.generations() {
+            if sealed.number() != current.number() {
+                self.witness(&sealed, false).await;
+            }
+        }
+        self.witness(&current, true).await;
+    }
+
+    /// One generation's exchange. For the current one, a witness's
+    /// progress is what this process remembers (`cosigned`, `published`);
+    /// for a sealed one it is read from its last checkpoint, whose
+    /// signature lines show which witnesses cosigned it (and asked from
+    /// size 0: a 409 gives the witness's size).
+    async fn witness(&self, generation: &Arc<Generation>, current: bool) {
         let latest = generation.latest();
         if latest.size == 0 {
             return; // nothing to witness
         }
-        let Ok((body, _)) = residency_log::witness::split_note(&latest.note) else {
+        let Ok((body, signatures)) = residency_log::witness::split_note(&latest.note) else {
             return;
         };
         let now = Instant::now();
         let asked: Vec<&Client> = self
             .clients
             .iter()
-            .filter(|c| c.published.load(Ordering::Acquire) != latest.size && c.due(now))
+            .filter(|c| c.due(now))
+            .filter(|c| match current {
+                true => c.published.load(Ordering::Acquire) != latest.size,
+                false => !c.signed(body, signatures),
+            })
             .collect();
-        let answers = futures_util::future::join_all(
-            asked.iter().map(|c| c.exchange(&generation, &latest, body)),
-        )
+        if asked.is_empty() {
+            return;
+        }
+        let answers = futures_util::future::join_all(asked.iter().map(|c| {
+            let old = if current {
+                c.cosigned.load(Ordering::Acquire)
+            } else {
+                0
+            };
+            c.exchange(generation, &latest, body, old)
+        }))
         .await;
         let mut lines = Vec::new();
         let mut cosigned = Vec::new();
@@ -176,16 +209,21 @@ impl Witnesses {
         if lines.is_empty() {
             return;
         }
+        if current {
+            for c in &cosigned {
+                c.cosigned.store(latest.size, Ordering::Release);
+            }
+        }
         // Blocking: the cosigned checkpoint is also written to disk.
-        let (log, size) = (self.log.clone(), latest.size);
-        let origin = generation.origin().to_string();
-        let added =
-            tokio::task::spawn_blocking(move || log.add_cosignatures(&origin, size, &lines))
-                .await
-                .unwrap_or(false);
+        let (g, size) = (generation.clone(), latest.size);
+        let added = tokio::task::spawn_blocking(move || g.add_cosignatures(size, &lines))
+            .await
+            .unwrap_or(false);
         if added {
-            for c in cosigned {
-                c.published.store(latest.size, Ordering::Release);
+            if current {
+                for c in cosigned {
+                    c.published.store(latest.size, Ordering::Release);
+                }
             }
         } else {
             tracing::debug!(
@@ -219,14 +257,24 @@ impl Client {
         };
     }
 
-    /// One exchange: the cosignature line, if one verified.
+    /// Whether the signature lines of a checkpoint (`signatures`, over
+    /// `body`) carry this witness's valid cosignature.
+    fn signed(&self, body: &str, signatures: &str) -> bool {
+        signatures
+            .split_terminator('\n')
+            .any(|line| matches!(self.settings.key.check_line(body, line), Ok(Some(_))))
+    }
+
+    /// One exchange from the witness's size `old` (as far as known): the
+    /// cosignature line, if one verified.
     async fn exchange(
         &self,
         log: &Arc<Generation>,
         latest: &Published,
         body: &str,
+        old: u64,
     ) -> Option<String> {
-        let (outcome, line) = self.try_exchange(log, latest, body).await;
+        let (outcome, line) = self.try_exchange(log, latest, body, old).await;
         self.record(outcome);
         line
     }
@@ -236,9 +284,9 @@ impl Client {
         log: &Arc<Generation>,
         latest: &Published,
         body: &str,
+        mut old: u64,
     ) -> (Outcome, Option<String>) {
         let size = latest.size;
-        let mut old = self.cosigned.load(Ordering::Acquire);
         if old > size {
             old = 0;
         }
@@ -278,7 +326,7 @@ impl Client {
             };
             let text = String::from_utf8_lossy(&answer.body);
             match answer.status.as_u16() {
-                200 => return self.accept(&text, body, size),
+                200 => return self.accept(&text, body),
                 409 => {
                     let theirs = answer
                         .content_type
@@ -318,7 +366,7 @@ impl Client {
 
     /// A 200 answer: signature lines, of which one must be a valid
     /// cosignature by the configured key (others' lines are ignored).
-    fn accept(&self, text: &str, body: &str, size: u64) -> (Outcome, Option<String>) {
+    fn accept(&self, text: &str, body: &str) -> (Outcome, Option<String>) {
         let mut ours = None;
         for line in text.split_terminator('\n') {
             match self.settings.key.check_line(body, line) {
@@ -333,10 +381,7 @@ impl Client {
             }
         }
         match ours {
-            Some(line) => {
-                self.cosigned.store(size, Ordering::Release);
-                (Outcome::Ok, Some(line))
-            }
+            Some(line) => (Outcome::Ok, Some(line)),
             None => {
                 tracing::warn!(witness = %self.name(), key = %self.settings.key.label(), "witness answered no cosignature by its configured key");
                 (Outcome::InvalidCosignature, None)

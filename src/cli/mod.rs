@@ -478,6 +478,9 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                     t.address
                         .map_or_else(|| "off".to_string(), |a| a.to_string())
                 );
+                if t.postgres.is_none() && t.max_records != u64::MAX {
+                    println!("{}", next_generation(t));
+                }
             }
             let tenancy = &state.config.tenancy;
             if !tenancy.tenants.is_empty() || tenancy.token.is_some() {
@@ -511,6 +514,25 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
             config_error(report)
         }
     }
+}
+
+/// What a rolling log (`max_records`) turns into next: the origin and key
+/// to register with the witnesses before the roll.
+fn next_generation(t: &residency_log::settings::Transparency) -> String {
+    use residency_log::storage::{generation_numbers, generation_origin};
+    let current = match generation_numbers(t) {
+        Ok(numbers) => numbers.last().copied().unwrap_or(1),
+        Err(e) => return format!("transparency log generations: {e}"),
+    };
+    let next = generation_origin(&t.origin, current + 1);
+    let key = std::fs::read(&t.signing_key)
+        .ok()
+        .and_then(|pkcs8| residency_log::note::Signer::from_pkcs8(&next, &pkcs8).ok())
+        .map_or_else(|| "unreadable".to_string(), |s| s.verifier_key());
+    format!(
+        "  generation {current}: at {} records it rolls to {next}, key {key} (give it to your witnesses before then)",
+        t.max_records
+    )
 }
 
 fn decide_offline(

@@ -270,6 +270,22 @@ fn example_config_validates() {
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
+    assert!(!stdout.contains("rolls to"), "{stdout}");
+
+    // With a size limit: the origin and key it rolls to, for witnesses.
+    let out = run(
+        &["check-config", "--config", path(&copy)],
+        &[("RESIDENCY_PROXY__TRANSPARENCY__MAX_RECORDS", "1000000")],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let pkcs8 = std::fs::read(dir.path().join("keys/residency-log.key")).unwrap();
+    let next =
+        residency_log::note::Signer::from_pkcs8("ingest.example.com/residency-log/2", &pkcs8)
+            .unwrap()
+            .verifier_key();
+    let want = format!("generation 1: at 1000000 records it rolls to ingest.example.com/residency-log/2, key {next} ");
+    assert!(stdout.contains(&want), "{want:?} missing from:\n{stdout}");
 }
 
 /// The `country.iso_code` libmaxminddb finds for `ip`; `None` on a miss.

@@ -464,3 +464,77 @@ async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
     trusting.stop().await;
     untrusting.stop().await;
 }
+
+/// A log that rolls to a new origin at `max_records`, witnessed by a real
+/// witness that knows both origins (their keys computed ahead, as
+/// `check-config` prints the next one): the sealed generation's last
+/// checkpoint gets the witness's cosignature (asked from size 0, the
+/// witness answers 409 with its size and cosigns from there), the new
+/// origin's checkpoints do too, and `verify --witness` accepts receipts of
+/// both generations.
+#[tokio::test]
+async fn a_rolled_log_gets_its_sealed_and_its_new_origin_cosigned() {
+    use residency_log::note::Signer;
+    let dir = TempDir::new("witness-roll");
+    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
+    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
+    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log_pkcs8 = Signer::generate_pkcs8().unwrap();
+    let second = format!("{ORIGIN_A}/2");
+    let keys = [ORIGIN_A, second.as_str()]
+        .map(|o| Signer::from_pkcs8(o, &log_pkcs8).unwrap().verifier_key());
+    let witness = WitnessProcess::start(dir.path(), addr, &keys, 1).await;
+    let proxy = Proxy::start(Setup {
+        transparency: Some(format!(
+            "max_records = 3\n[[transparency.witnesses]]\nurl = \"http://{addr}\"\nkey = \"{wvkey}\"\n"
+        )),
+        log_origin: ORIGIN_A,
+        log_pkcs8: Some(log_pkcs8),
+        ..Setup::default()
+    })
+    .await;
+    let mut receipts = Vec::new();
+    for i in 0..5 {
+        let reply = proxy.client().upload_from(CH, &format!("x={i}")).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        receipts.push(reply.header("residency-receipt").unwrap().to_string());
+    }
+    assert_eq!(key_of(&proxy), keys[1], "rolled to the second origin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (path, key, size) in [
+        ("/generations/1/checkpoint", &keys[0], 3),
+        ("/checkpoint", &keys[1], 2),
+    ] {
+        let log = Verifier::parse(key).unwrap();
+        loop {
+            let (_, note) = proxy.log_get(path).await;
+            let cp = Checkpoint::open(&note, &log).expect("the log's signature verifies");
+            if cp.size == size && wkey.verify_note(&note).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: no cosigned checkpoint of {size}: {note}\n{}",
+                witness.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (receipt, key) in [(&receipts[1], &keys[0]), (&receipts[4], &keys[1])] {
+        let report = verify(&VerifyArgs {
+            key: key.clone(),
+            receipt: Some(receipt.clone()),
+            log: Some(proxy.log_url()),
+            witnesses: vec![wvkey.clone()],
+            ..VerifyArgs::default()
+        })
+        .await;
+        assert!(report.valid(), "{report}");
+        assert!(report.to_string().contains("cosigned"), "{report}");
+    }
+    proxy.stop().await;
+}

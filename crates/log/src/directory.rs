@@ -1808,13 +1808,13 @@ mod tests {
             let log = Log::open(&settings, metrics()).unwrap();
             log.append(&record(0)).await.unwrap();
             let cp = log.checkpoint().unwrap();
-            assert!(log.add_cosignatures(&settings.origin, cp.size, std::slice::from_ref(&line)));
+            assert!(log
+                .current()
+                .add_cosignatures(cp.size, std::slice::from_ref(&line)));
             assert!(log.latest().note.ends_with(&format!("{line}\n")));
-            assert!(!log.add_cosignatures(
-                &settings.origin,
-                cp.size + 1,
-                std::slice::from_ref(&line)
-            ));
+            assert!(!log
+                .current()
+                .add_cosignatures(cp.size + 1, std::slice::from_ref(&line)));
         }
         let log = Log::open(&settings, metrics()).unwrap();
         assert!(log.latest().note.contains(&line), "{}", log.latest().note);
@@ -1823,7 +1823,9 @@ mod tests {
         log.append(&record(1)).await.unwrap();
         let newer = log.checkpoint().unwrap();
         assert!(!newer.note.contains(&line));
-        assert!(!log.add_cosignatures(&settings.origin, 1, std::slice::from_ref(&line)));
+        assert!(!log
+            .current()
+            .add_cosignatures(1, std::slice::from_ref(&line)));
         assert_eq!(log.latest().size, 2);
     }
 

@@ -61,6 +61,49 @@ pub fn generation_origin(origin: &str, number: u32) -> String {
 
 const GENERATIONS: &str = "generations";
 
+/// The generations of the directory log in `settings`, oldest first (`[1]`
+/// for a log that never rolled, or does not exist yet). A gap or a stray
+/// name under `generations/` is an error.
+pub fn generation_numbers(settings: &Transparency) -> Result<Vec<u32>, LogError> {
+    let mut numbers = vec![1u32];
+    let rolled = settings.directory.join(GENERATIONS);
+    match std::fs::read_dir(&rolled) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                match name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+                    Some(n) if n >= 2 && name.to_str() == Some(n.to_string().as_str()) => {
+                        numbers.push(n)
+                    }
+                    _ => {
+                        return Err(LogError::Corrupt {
+                            path: entry.path().display().to_string(),
+                            message:
+                                "not a generation of the log (generations are numbered from 2)"
+                                    .into(),
+                        })
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(LogError::Io {
+                path: rolled.display().to_string(),
+                source,
+            })
+        }
+    }
+    numbers.sort_unstable();
+    if let Some(gap) = numbers.iter().zip(1u32..).find(|(n, i)| *n != i) {
+        return Err(LogError::Corrupt {
+            path: rolled.display().to_string(),
+            message: format!("generation {} is missing (found {})", gap.1, gap.0),
+        });
+    }
+    Ok(numbers)
+}
+
 /// One origin's log: a Merkle tree with its own checkpoints and key name.
 /// A directory log rolls to a new generation when the current one holds
 /// `transparency.max_records` records; the older ones are sealed (their
@@ -224,7 +267,12 @@ impl Generation {
         }
     }
 
-    fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
+    /// Appends witness cosignature lines (`— name base64`, no newline) to
+    /// the served checkpoint if it is still the one of `size`; `false` if
+    /// a newer checkpoint replaced it. The cosigned note is stored too, so
+    /// it is served after a restart (and, in a fleet, by every replica).
+    /// Blocking: call from a blocking thread.
+    pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
         match &self.backend {
             Backend::Directory(d) => d.add_cosignatures(size, lines),
             Backend::Postgres(f) => f.add_cosignatures(size, lines),
@@ -267,42 +315,7 @@ impl Log {
                 "storage = \"postgres\" is opened with Log::start".into(),
             ));
         }
-        let mut numbers = vec![1u32];
-        let rolled = settings.directory.join(GENERATIONS);
-        match std::fs::read_dir(&rolled) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    match name.to_str().and_then(|n| n.parse::<u32>().ok()) {
-                        Some(n) if n >= 2 && name.to_str() == Some(n.to_string().as_str()) => {
-                            numbers.push(n)
-                        }
-                        _ => {
-                            return Err(LogError::Corrupt {
-                                path: entry.path().display().to_string(),
-                                message:
-                                    "not a generation of the log (generations are numbered from 2)"
-                                        .into(),
-                            })
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(LogError::Io {
-                    path: rolled.display().to_string(),
-                    source,
-                })
-            }
-        }
-        numbers.sort_unstable();
-        if let Some(gap) = numbers.iter().zip(1u32..).find(|(n, i)| *n != i) {
-            return Err(LogError::Corrupt {
-                path: rolled.display().to_string(),
-                message: format!("generation {} is missing (found {})", gap.1, gap.0),
-            });
-        }
+        let numbers = generation_numbers(settings)?;
         // Oldest first, so the current generation's numbers are the
         // metrics' last word.
         let mut generations = numbers
@@ -567,17 +580,6 @@ impl Log {
     /// or tiles kept in memory, over every generation.
     pub fn memory_bytes(&self) -> usize {
         self.generations().iter().map(|g| g.memory_bytes()).sum()
-    }
-
-    /// Appends witness cosignature lines (`— name base64`, no newline) to
-    /// the served checkpoint if it is still the one of `size` in the
-    /// generation of `origin`; `false` if a newer checkpoint (or
-    /// generation) replaced it. The cosigned note is stored too, so it is
-    /// served after a restart (and, in a fleet, by every replica).
-    /// Blocking: call from a blocking thread.
-    pub fn add_cosignatures(&self, origin: &str, size: u64, lines: &[String]) -> bool {
-        let current = self.current();
-        current.origin == origin && current.add_cosignatures(size, lines)
     }
 
     #[cfg(test)]
