@@ -40,8 +40,12 @@ RUN = OUT / "run"      # rendered configs, certificate, mmdb, maps, logs
 RAW = OUT / "raw"      # one JSON per (proxy, scenario)
 
 PORTS = {"sink": 18080, "residency-proxy": 18443, "rp_admin": 18900,
-         "nginx": 28443, "haproxy": 38443}
-PROXIES = ["nginx", "haproxy", "residency-proxy"]
+         "nginx": 28443, "haproxy": 38443, "rp-default": 18443}
+# rp-default: residency-proxy as configured by someone who never read the
+# tuning paragraph (no [runtime] section); scenario A only, reported as
+# rows of its own.
+PROXIES = ["nginx", "haproxy", "residency-proxy", "rp-default"]
+ONLY_A = {"rp-default"}
 SCENARIOS = ["A", "B", "C", "D", "F"]
 PROXY_CORE = "0"
 CLIENT_CORE = "1"
@@ -334,6 +338,12 @@ def prepare(args):
               "RP_ADMIN_PORT": PORTS["rp_admin"], "NGINX_PORT": PORTS["nginx"],
               "HAPROXY_PORT": PORTS["haproxy"]}
     render("residency.toml", RUN / "residency.toml", values)
+    # The same without the [runtime] section: the default runtime.
+    text = (RUN / "residency.toml").read_text()
+    default = re.sub(r"^\[runtime\]\nworker_threads = 1\n", "", text, flags=re.M)
+    if default == text:
+        die("templates/residency.toml: no `[runtime]\\nworker_threads = 1` to leave out for rp-default")
+    (RUN / "residency-default.toml").write_text(default)
     render("nginx.conf", RUN / "nginx.conf", values)
     render("haproxy.cfg", RUN / "haproxy.cfg", values)
     for proxy in PROXIES:
@@ -346,8 +356,8 @@ def proxy_cmd(proxy):
         return pin + ["nginx", "-e", RUN / "nginx-error.log", "-p", RUN, "-c", RUN / "nginx.conf"]
     if proxy == "haproxy":
         return pin + ["haproxy", "-db", "-f", RUN / "haproxy.cfg"]
-    return pin + [
-        RP_BIN, "--log-level", RP_LOG_FILTER, "serve", "--config", RUN / "residency.toml"]
+    config = "residency-default.toml" if proxy == "rp-default" else "residency.toml"
+    return pin + [RP_BIN, "--log-level", RP_LOG_FILTER, "serve", "--config", RUN / config]
 
 
 # ----------------------------------------------------------------- parity --
@@ -397,6 +407,11 @@ PARITY = {
     "residency-proxy.cmd": [
         ("access log off", r"residency_proxy::access=off"),
         ("pinned to core 0", rf"taskset -c {PROXY_CORE} "),
+    ],
+    "rp-default.cmd": [
+        ("access log off", r"residency_proxy::access=off"),
+        ("pinned to core 0", rf"taskset -c {PROXY_CORE} "),
+        ("the default runtime's config", r"residency-default\.toml"),
     ],
     "nginx.cmd": [("pinned to core 0", rf"taskset -c {PROXY_CORE} ")],
     "haproxy.cmd": [("pinned to core 0", rf"taskset -c {PROXY_CORE} ")],
@@ -1067,6 +1082,8 @@ def main():
         sink.start()
         for name in proxies:
             for sc in scenarios:
+                if name in ONLY_A and sc != "A":
+                    continue
                 proxy = Proxy(name).start()
                 try:
                     status, headers = routed_request(proxy.port)

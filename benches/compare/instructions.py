@@ -145,7 +145,7 @@ def syscalls(name, short, long_):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--proxies", default=",".join(bench.PROXIES))
+    ap.add_argument("--proxies", default=",".join(p for p in bench.PROXIES if p not in bench.ONLY_A))
     ap.add_argument("--requests", type=int, default=3000, help="requests in the long batch")
     ap.add_argument("--short", type=int, default=500, help="requests in the short batch")
     args = ap.parse_args()

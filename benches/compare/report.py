@@ -18,6 +18,7 @@ OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "out"
 RAW = OUT / "raw"
 PROXIES = ["nginx", "haproxy", "residency-proxy"]
 RP = "residency-proxy"
+DEFAULT = "rp-default"
 COLORS = {"nginx": "#2f7d32", "haproxy": "#1f5fa8", RP: "#c2410c"}
 
 # Thresholds for flags on a measurement point.
@@ -166,6 +167,26 @@ def build(raw, meta):
                         "higher_is_better": hb, "values": vals, "flags": fl,
                         "ratio_rp_to": r,
                         "verdict_vs": {k: verdict(v, hb) for k, v in r.items()}})
+    # rp-default (scenario A only): residency-proxy without a [runtime]
+    # section, as rows of their own in residency-proxy's column.
+    default_rows = []
+    if DEFAULT in raw:
+        for mid, sc, pt, label, unit, hb, fn in METRICS:
+            if sc != "A":
+                continue
+            p = point(raw, DEFAULT, sc, pt) if pt else first_point(raw, DEFAULT, sc)
+            row = next(m for m in metrics if m["id"] == mid)
+            vals = {**row["values"], RP: fn(p) if p else None}
+            fl = {**row["flags"], RP: flags(p)}
+            r = {ref: vals[RP] / vals[ref] for ref in ("nginx", "haproxy")
+                 if vals.get(RP) is not None and vals.get(ref)}
+            default_rows.append({"id": mid.replace("A.", "A.default.", 1), "scenario": sc,
+                            "label": label.replace("A: ", "A, default runtime (no [runtime] section): ", 1),
+                            "unit": unit, "higher_is_better": hb, "values": vals, "flags": fl,
+                            "ratio_rp_to": r,
+                            "verdict_vs": {k: verdict(v, hb) for k, v in r.items()}})
+    after_a = max((i for i, m in enumerate(metrics) if m["scenario"] == "A"), default=-1) + 1
+    metrics[after_a:after_a] = default_rows
     latency = []
     for name in ("closed", "open25", "open50", "open75"):
         row = {"point": name, "values": {}}
