@@ -32,7 +32,7 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -426,9 +426,13 @@ async fn send(
         request_id: id,
         dc,
     };
+    // Gated: polled only when its oneshot, the connection's progress or its
+    // timer wakes it, not each time the response side does.
+    let deadlines = pin!(deadlines(timeouts, sent, &watch, hung));
     let result = tokio::select! {
+        biased;
         r = state.pool.send_or_return(upstream, request, &watch) => r,
-        phase = deadlines(timeouts, sent, &watch, hung) => {
+        phase = super::lazy::Gated::new(deadlines) => {
             tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
             return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
         }
@@ -500,8 +504,9 @@ async fn deadlines(
         // Blocked: wait out the rest of `idle`, unless the body gets sent.
         let rest = idle.saturating_sub(blocked);
         tokio::select! {
+            biased;
             _ = &mut sent => break,
-            () = tokio::time::sleep(rest) => {
+            () = super::lazy::sleep(rest) => {
                 if progress.blocked_for().is_some_and(|b| b >= idle) {
                     return "upstream_send_idle";
                 }
@@ -515,11 +520,11 @@ async fn deadlines(
     let wait = timeouts.upstream_response;
     match hung.state.health.settings().hung_after {
         Some(after) if after < wait => {
-            tokio::time::sleep(after).await;
+            super::lazy::sleep(after).await;
             hung.check(since, after);
-            tokio::time::sleep(wait - after).await;
+            super::lazy::sleep(wait - after).await;
         }
-        _ => tokio::time::sleep(wait).await,
+        _ => super::lazy::sleep(wait).await,
     }
     "upstream_response"
 }
