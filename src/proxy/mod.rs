@@ -101,7 +101,13 @@ pub async fn handle(
     let datacenter = findings
         .datacenter
         .map(|d| policy.datacenter(d).name.as_str());
-    headers::to_client(resp.headers_mut(), &id, jurisdiction, datacenter);
+    let values = &state.header_values;
+    headers::to_client(
+        resp.headers_mut(),
+        &id,
+        findings.jurisdiction.and_then(|j| values.jurisdiction(j)),
+        findings.datacenter.and_then(|d| values.datacenter(d)),
+    );
     if let Some(receipt) = receipt {
         resp.headers_mut()
             .insert(residency_log::receipt::HEADER, receipt);
@@ -338,6 +344,7 @@ fn admit<'a>(
         hop,
         xff_trusted,
         country: decision.country,
+        declared,
     })
 }
 
