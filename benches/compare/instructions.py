@@ -11,6 +11,7 @@ hits, and system calls differ in cost; but a ratio that holds in both counts
 is not an artefact of a noisy minute.
 
   python3 benches/compare/instructions.py [--proxies nginx,residency-proxy] [--requests 3000]
+  python3 benches/compare/instructions.py --proxies residency-proxy --no-syscalls --breakdown 80
 
 How: each proxy runs pinned to core 0 under `valgrind --tool=callgrind`
 (forked workers are followed), the sink and the client (oha, 16 keep-alive
@@ -20,7 +21,9 @@ second fresh proxy gets the warm-up and a long batch. Both pay the same
 start-up, warm-up, 16 TLS handshakes and connection set-ups, so (long -
 short) / (requests difference) is the steady per-request cost. System calls
 are counted the same way under `strace -c -f`. Writes out/instructions.json
-and prints a table.
+and prints a table. The callgrind profiles stay in out/callgrind/<proxy>/;
+--breakdown prints residency-proxy's functions by inclusive instructions per
+request from them (cgdiff.py; also written to out/breakdown-residency-proxy.txt).
 """
 
 import argparse
@@ -205,8 +208,9 @@ def main():
     for name, r in results.items():
         row = f"| {name} | {r['instructions_per_request']:,} | {r['syscalls_per_request_total']:.2f} |"
         if base:
-            row += (f" {r['instructions_per_request'] / base['instructions_per_request']:.2f} |"
-                    f" {r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f} |")
+            row += f" {r['instructions_per_request'] / base['instructions_per_request']:.2f} |"
+            row += (f" {r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f} |"
+                    if base["syscalls_per_request_total"] else " — |")
         print(row)
 
 
