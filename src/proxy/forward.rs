@@ -66,6 +66,8 @@ pub struct Target<'a> {
     pub country: Option<Country>,
     /// The request's `Content-Length`, as `admit` read it.
     pub declared: Option<u64>,
+    /// That `Content-Length` has leading zeros (it is sent canonical).
+    pub padded: bool,
 }
 
 /// How one attempt ended, when it did not produce a usable response.
@@ -166,13 +168,8 @@ async fn prepare(
     );
     // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but
     // another parser may read them differently.
-    if let Some(n) = declared {
-        let padded = headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0');
-        if padded {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    if let Some(n) = declared.filter(|_| target.padded) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let slot = BodySlot::new(
         body,

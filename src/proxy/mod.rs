@@ -244,11 +244,11 @@ fn admit<'a>(
     {
         return Err(Failure::BadRequest);
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let content_length = req.headers().get(header::CONTENT_LENGTH);
+    let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let padded = content_length.is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0');
     if declared.is_some_and(|n| n > config.limits.max_body_bytes) {
         return Err(Failure::BodyTooLarge);
     }
@@ -345,6 +345,7 @@ fn admit<'a>(
         xff_trusted,
         country: decision.country,
         declared,
+        padded,
     })
 }
 
