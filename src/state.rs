@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub pool: Pool,
     /// The per-request metric children for this configuration's names.
     pub request_metrics: crate::metrics::RequestMetrics,
+    /// The response and upstream header values of those names.
+    pub header_values: crate::proxy::headers::PolicyValues,
     pub health: Health,
     /// `Policy::hash` of `config.policy`, computed once.
     pub policy_hash: String,
@@ -121,6 +123,7 @@ impl Snapshot {
         let policy_hash =
             residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
+        let header_values = crate::proxy::headers::PolicyValues::new(&config.policy);
         let state = match (geo, pool) {
             (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {
                 config,
@@ -128,6 +131,7 @@ impl Snapshot {
                 tls: server_configs,
                 pool,
                 request_metrics,
+                header_values,
                 health,
                 policy_hash,
                 files,

@@ -11,6 +11,7 @@ hits, and system calls differ in cost; but a ratio that holds in both counts
 is not an artefact of a noisy minute.
 
   python3 benches/compare/instructions.py [--proxies nginx,residency-proxy] [--requests 3000]
+  python3 benches/compare/instructions.py --proxies residency-proxy --no-syscalls --breakdown 80
 
 How: each proxy runs pinned to core 0 under `valgrind --tool=callgrind`
 (forked workers are followed), the sink and the client (oha, 16 keep-alive
@@ -20,7 +21,9 @@ second fresh proxy gets the warm-up and a long batch. Both pay the same
 start-up, warm-up, 16 TLS handshakes and connection set-ups, so (long -
 short) / (requests difference) is the steady per-request cost. System calls
 are counted the same way under `strace -c -f`. Writes out/instructions.json
-and prints a table.
+and prints a table. The callgrind profiles stay in out/callgrind/<proxy>/;
+--breakdown prints residency-proxy's functions by inclusive instructions per
+request from them (cgdiff.py; also written to out/breakdown-residency-proxy.txt).
 """
 
 import argparse
@@ -94,17 +97,18 @@ def callgrind_total(files):
     return total
 
 
-def instructions(name, short, long_):
+def instructions(name, short, long_, extra=()):
     """Instructions of the whole process tree (nginx: master + worker) from
     start to exit, for a fresh proxy per batch; the difference of the two
     batches is the per-request cost (start-up, warm-up, handshakes cancel)."""
     port = PORTS[name]
-    shutil.rmtree(CG_DIR, ignore_errors=True)
-    CG_DIR.mkdir(parents=True)
+    cg_dir = CG_DIR / name
+    shutil.rmtree(cg_dir, ignore_errors=True)
+    cg_dir.mkdir(parents=True)
     totals = {}
     for tag, n in (("short", short), ("long", long_)):
         cmd = ["taskset", "-c", PROXY_CORE, "valgrind", "--tool=callgrind", "--dump-instr=no",
-               "--compress-strings=no", f"--callgrind-out-file={CG_DIR}/{tag}.%p"] + proxy_args(name)
+               "--compress-strings=no", f"--callgrind-out-file={cg_dir}/{tag}.%p", *extra] + proxy_args(name)
         with open(OUT / f"instructions-{name}.log", "wb") as log:
             p = start(cmd, port, log)
             try:
@@ -113,7 +117,7 @@ def instructions(name, short, long_):
             finally:
                 stop(p)
         time.sleep(0.5)
-        totals[tag] = callgrind_total(CG_DIR.glob(f"{tag}.*"))
+        totals[tag] = callgrind_total(cg_dir.glob(f"{tag}.*"))
     return (totals["long"] - totals["short"]) / (long_ - short), totals
 
 
@@ -143,11 +147,29 @@ def syscalls(name, short, long_):
     return {k: round(v, 2) for k, v in sorted(diff.items(), key=lambda kv: -kv[1]) if v >= 0.05}
 
 
+def breakdown(name, requests, top):
+    """cgdiff.py over the proxy's two profiles: inclusive/self instructions
+    and calls per request for its `top` functions."""
+    d = CG_DIR / name
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("cgdiff.py")),
+                        str(next(d.glob("short.*"))), str(next(d.glob("long.*"))), str(requests),
+                        "--top", str(top)], capture_output=True, text=True, check=True)
+    (OUT / f"breakdown-{name}.txt").write_text(r.stdout)
+    print(r.stdout, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--proxies", default=",".join(p for p in bench.PROXIES if p not in bench.ONLY_A))
     ap.add_argument("--requests", type=int, default=3000, help="requests in the long batch")
     ap.add_argument("--short", type=int, default=500, help="requests in the short batch")
+    ap.add_argument("--breakdown", type=int, nargs="?", const=60, default=0, metavar="TOP",
+                    help="also print residency-proxy's TOP functions (default 60) by inclusive "
+                         "instructions per request (cgdiff.py on the two profiles; written to "
+                         "out/breakdown-residency-proxy.txt)")
+    ap.add_argument("--no-syscalls", action="store_true", help="skip the strace counts")
+    ap.add_argument("--callgrind-arg", action="append", default=[],
+                    help="extra valgrind argument, e.g. --separate-callers3=mi_free (repeatable)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "strace"):
         if not shutil.which(tool):
@@ -164,14 +186,16 @@ def main():
         if not bench.wait_port(PORTS["sink"], 10, sink):
             sys.exit("sink did not start")
         for name in proxies:
-            per_req, raw = instructions(name, args.short, args.requests)
-            sc = syscalls(name, args.short, args.requests)
+            per_req, raw = instructions(name, args.short, args.requests, args.callgrind_arg)
+            sc = {} if args.no_syscalls else syscalls(name, args.short, args.requests)
             results[name] = {"instructions_per_request": round(per_req),
                              "callgrind_totals": raw,
                              "syscalls_per_request": sc,
                              "syscalls_per_request_total": round(sum(sc.values()), 2)}
             print(f"{name}: {per_req:,.0f} instructions/request, "
                   f"{sum(sc.values()):.2f} system calls/request {sc}", flush=True)
+            if args.breakdown and name == "residency-proxy":
+                breakdown(name, args.requests - args.short, args.breakdown)
     finally:
         sink.terminate()
         sink.wait(timeout=10)
@@ -184,8 +208,9 @@ def main():
     for name, r in results.items():
         row = f"| {name} | {r['instructions_per_request']:,} | {r['syscalls_per_request_total']:.2f} |"
         if base:
-            row += (f" {r['instructions_per_request'] / base['instructions_per_request']:.2f} |"
-                    f" {r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f} |")
+            row += f" {r['instructions_per_request'] / base['instructions_per_request']:.2f} |"
+            row += (f" {r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f} |"
+                    if base["syscalls_per_request_total"] else " — |")
         print(row)
 
 

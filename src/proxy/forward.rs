@@ -32,7 +32,7 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -49,6 +49,10 @@ use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
+/// A name, not a `&str`: looked up by `&str`, a name is parsed first
+/// (~300 instructions per request).
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// At most this many delivery attempts per request.
 const MAX_ATTEMPTS: u32 = 2;
 
@@ -60,6 +64,10 @@ pub struct Target<'a> {
     pub hop: IpAddr,
     pub xff_trusted: bool,
     pub country: Option<Country>,
+    /// The request's `Content-Length`, as `admit` read it.
+    pub declared: Option<u64>,
+    /// That `Content-Length` has leading zeros (it is sent canonical).
+    pub padded: bool,
 }
 
 /// How one attempt ended, when it did not produce a usable response.
@@ -134,16 +142,15 @@ async fn prepare(
     let config = &state.config;
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let host = headers.get(header::HOST).cloned().or_else(|| {
+    // Taken out here (to_upstream drops it anyway): one lookup, no clone.
+    let host = headers.remove(header::HOST).or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let idempotent = headers.contains_key("idempotency-key");
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let idempotent = headers.contains_key(IDEMPOTENCY_KEY);
+    let declared = target.declared;
     headers::to_upstream(
         &mut headers,
         &Forwarded {
@@ -151,20 +158,18 @@ async fn prepare(
             xff_trusted: target.xff_trusted,
             hop: target.hop,
             country: target.country.as_ref().map_or("unknown", Country::as_str),
-            jurisdiction: &config.policy.jurisdiction(target.jurisdiction).name,
+            jurisdiction: state
+                .header_values
+                .jurisdiction(target.jurisdiction)
+                .cloned(),
             host,
             http2: parts.version == Version::HTTP_2,
         },
     );
     // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but
     // another parser may read them differently.
-    if let Some(n) = declared {
-        let padded = headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0');
-        if padded {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    if let Some(n) = declared.filter(|_| target.padded) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let slot = BodySlot::new(
         body,
@@ -426,9 +431,13 @@ async fn send(
         request_id: id,
         dc,
     };
+    // Gated: polled only when its oneshot, the connection's progress or its
+    // timer wakes it, not each time the response side does.
+    let deadlines = pin!(deadlines(timeouts, sent, &watch, hung));
     let result = tokio::select! {
+        biased;
         r = state.pool.send_or_return(upstream, request, &watch) => r,
-        phase = deadlines(timeouts, sent, &watch, hung) => {
+        phase = super::lazy::Gated::new(deadlines) => {
             tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
             return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
         }
@@ -500,8 +509,9 @@ async fn deadlines(
         // Blocked: wait out the rest of `idle`, unless the body gets sent.
         let rest = idle.saturating_sub(blocked);
         tokio::select! {
+            biased;
             _ = &mut sent => break,
-            () = tokio::time::sleep(rest) => {
+            () = super::lazy::sleep(rest) => {
                 if progress.blocked_for().is_some_and(|b| b >= idle) {
                     return "upstream_send_idle";
                 }
@@ -515,11 +525,11 @@ async fn deadlines(
     let wait = timeouts.upstream_response;
     match hung.state.health.settings().hung_after {
         Some(after) if after < wait => {
-            tokio::time::sleep(after).await;
+            super::lazy::sleep(after).await;
             hung.check(since, after);
-            tokio::time::sleep(wait - after).await;
+            super::lazy::sleep(wait - after).await;
         }
-        _ => tokio::time::sleep(wait).await,
+        _ => super::lazy::sleep(wait).await,
     }
     "upstream_response"
 }

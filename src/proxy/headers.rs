@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Uri, Version};
 use residency_core::origin::push_ip;
+use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -76,7 +77,8 @@ pub struct Forwarded<'a> {
     /// client named by the PROXY header.
     pub hop: IpAddr,
     pub country: &'a str,
-    pub jurisdiction: &'a str,
+    /// `Residency-Jurisdiction` (from [`PolicyValues`]; `None`: not sent).
+    pub jurisdiction: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
     /// The client spoke HTTP/2, where cookies may come as several fields.
     pub http2: bool,
@@ -119,11 +121,66 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     headers.insert(X_REQUEST_ID, f.request_id.clone());
     // (Client-sent ones are gone with the other `Residency-*` headers.)
-    if let Ok(v) = HeaderValue::from_str(f.country) {
+    if let Some(v) = country_value(f.country) {
         headers.insert(RESIDENCY_ORIGIN_COUNTRY, v);
     }
-    if let Ok(v) = HeaderValue::from_str(f.jurisdiction) {
-        headers.insert(RESIDENCY_JURISDICTION, v);
+    if let Some(v) = &f.jurisdiction {
+        headers.insert(RESIDENCY_JURISDICTION, v.clone());
+    }
+}
+
+/// Every two-letter upper-case code, for `Residency-Origin-Country` values
+/// that borrow it instead of allocating (`HeaderValue::from_str` copies).
+static COUNTRY_CODES: [u8; 26 * 26 * 2] = {
+    let mut t = [0u8; 26 * 26 * 2];
+    let mut i = 0;
+    while i < 26 * 26 {
+        t[2 * i] = b'A' + (i / 26) as u8;
+        t[2 * i + 1] = b'A' + (i % 26) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `code` as a header value: a country code without allocating, anything
+/// else as `HeaderValue::from_str` makes it (`None` when it cannot be one).
+fn country_value(code: &str) -> Option<HeaderValue> {
+    if let [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] = *code.as_bytes() {
+        let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
+        if let Ok(code) = std::str::from_utf8(&COUNTRY_CODES[2 * i..2 * i + 2]) {
+            return Some(HeaderValue::from_static(code));
+        }
+    }
+    HeaderValue::from_str(code).ok()
+}
+
+/// The header values of a configuration's jurisdiction and data centre
+/// names, made once per configuration instead of per request (`None` for
+/// a name that cannot be a header value: such a header is not sent).
+pub struct PolicyValues {
+    jurisdictions: Vec<Option<HeaderValue>>,
+    datacenters: Vec<Option<HeaderValue>>,
+}
+
+impl PolicyValues {
+    pub fn new(policy: &Policy) -> PolicyValues {
+        let value = |name: &str| HeaderValue::from_str(name).ok();
+        PolicyValues {
+            jurisdictions: policy
+                .jurisdictions
+                .iter()
+                .map(|j| value(&j.name))
+                .collect(),
+            datacenters: policy.datacenters.iter().map(|d| value(&d.name)).collect(),
+        }
+    }
+
+    pub fn jurisdiction(&self, j: JurisdictionId) -> Option<&HeaderValue> {
+        self.jurisdictions.get(j.0).and_then(Option::as_ref)
+    }
+
+    pub fn datacenter(&self, d: DatacenterId) -> Option<&HeaderValue> {
+        self.datacenters.get(d.0).and_then(Option::as_ref)
     }
 }
 
@@ -145,20 +202,21 @@ fn join_cookies(headers: &mut HeaderMap) {
     };
 }
 
-/// Adds the headers every response carries.
+/// Adds the headers every response carries (the values from
+/// [`PolicyValues`]).
 pub fn to_client(
     headers: &mut HeaderMap,
     request_id: &HeaderValue,
-    jurisdiction: Option<&str>,
-    datacenter: Option<&str>,
+    jurisdiction: Option<&HeaderValue>,
+    datacenter: Option<&HeaderValue>,
 ) {
     strip_hop_by_hop(headers);
     headers.insert(X_REQUEST_ID, request_id.clone());
-    if let Some(v) = jurisdiction.and_then(|j| HeaderValue::from_str(j).ok()) {
-        headers.insert(RESIDENCY_JURISDICTION, v);
+    if let Some(v) = jurisdiction {
+        headers.insert(RESIDENCY_JURISDICTION, v.clone());
     }
-    if let Some(v) = datacenter.and_then(|d| HeaderValue::from_str(d).ok()) {
-        headers.insert(RESIDENCY_DATACENTER, v);
+    if let Some(v) = datacenter {
+        headers.insert(RESIDENCY_DATACENTER, v.clone());
     }
 }
 
@@ -308,7 +366,7 @@ mod tests {
             xff_trusted: true,
             hop: "10.0.0.1".parse().unwrap(),
             country: "DE",
-            jurisdiction: "eu",
+            jurisdiction: Some(HeaderValue::from_static("eu")),
             host: h.get(header::HOST).cloned(),
             http2: false,
         };
@@ -342,7 +400,7 @@ mod tests {
             xff_trusted: false,
             hop: "203.0.113.5".parse().unwrap(),
             country: "US",
-            jurisdiction: "us",
+            jurisdiction: Some(HeaderValue::from_static("us")),
             host: None,
             http2: false,
         };
@@ -367,7 +425,7 @@ mod tests {
                 xff_trusted: false,
                 hop: "203.0.113.5".parse().unwrap(),
                 country: "US",
-                jurisdiction: "us",
+                jurisdiction: Some(HeaderValue::from_static("us")),
                 host: None,
                 http2,
             };
@@ -642,7 +700,7 @@ mod proptests {
                 xff_trusted: self.xff_trusted,
                 hop: self.hop,
                 country: &self.country,
-                jurisdiction: &self.jurisdiction,
+                jurisdiction: HeaderValue::from_str(&self.jurisdiction).ok(),
                 host: self.host.clone(),
                 http2: self.http2,
             }
@@ -873,7 +931,8 @@ mod proptests {
             let mut s = h.clone();
             strip_hop_by_hop(&mut s);
             let mut c = h.clone();
-            to_client(&mut c, &hop.request_id, Some(&hop.jurisdiction), Some(&hop.country));
+            let value = |s: &str| HeaderValue::from_str(s).ok();
+            to_client(&mut c, &hop.request_id, value(&hop.jurisdiction).as_ref(), value(&hop.country).as_ref());
             let mut up = h;
             to_upstream(&mut up, &hop.forwarded());
         }

@@ -10,6 +10,7 @@ pub mod discard;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod lazy;
 pub mod recording;
 
 use std::convert::Infallible;
@@ -100,7 +101,13 @@ pub async fn handle(
     let datacenter = findings
         .datacenter
         .map(|d| policy.datacenter(d).name.as_str());
-    headers::to_client(resp.headers_mut(), &id, jurisdiction, datacenter);
+    let values = &state.header_values;
+    headers::to_client(
+        resp.headers_mut(),
+        &id,
+        findings.jurisdiction.and_then(|j| values.jurisdiction(j)),
+        findings.datacenter.and_then(|d| values.datacenter(d)),
+    );
     if let Some(receipt) = receipt {
         resp.headers_mut()
             .insert(residency_log::receipt::HEADER, receipt);
@@ -237,11 +244,11 @@ fn admit<'a>(
     {
         return Err(Failure::BadRequest);
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let content_length = req.headers().get(header::CONTENT_LENGTH);
+    let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let padded = content_length.is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0');
     if declared.is_some_and(|n| n > config.limits.max_body_bytes) {
         return Err(Failure::BodyTooLarge);
     }
@@ -337,6 +344,8 @@ fn admit<'a>(
         hop,
         xff_trusted,
         country: decision.country,
+        declared,
+        padded,
     })
 }
 

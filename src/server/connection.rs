@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::config::{Limits, Listener};
 use crate::metrics::Metrics;
+use crate::proxy::lazy::Gated;
 use crate::proxy::{self, Conn, ProxyBody};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::shutdown::stopped;
@@ -152,10 +153,15 @@ pub(super) async fn serve(
         inner: tls,
         activity: (!h2).then(|| activity.clone()),
     };
-    let mut idle = pin!(activity.expired(timeouts.request_head, timeouts.keepalive_idle));
+    // Gated (here and below): these branches are polled each time the
+    // connection's task wakes, several times per request, though they can
+    // only make progress when their own timer or signal fires.
+    let idle = pin!(activity.expired(timeouts.request_head, timeouts.keepalive_idle));
+    let mut idle = pin!(Gated::new(idle));
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
-    let mut shutdown = pin!(stopped(&mut stop));
+    let shutdown = pin!(stopped(&mut stop));
+    let mut shutdown = pin!(Gated::new(shutdown));
     let mut phases = Phases::new(idle.as_mut(), shutdown.as_mut());
     let (io, prefix) = if h2 {
         (io, Bytes::new())
@@ -368,12 +374,14 @@ where
     let served_before = activity.requests();
     let mut served =
         Box::new(h1.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service.clone()));
-    let mut quiet = pin!(activity.quiet(served_before, IDLE_RELEASE));
+    let quiet = pin!(activity.quiet(served_before, IDLE_RELEASE));
+    let mut quiet = pin!(Gated::new(quiet));
     let mut closing = false;
     let mut releasing = false;
     let mut timed_out = false;
     let result = loop {
         tokio::select! {
+            biased;
             result = std::future::poll_fn(|cx| served.poll_without_shutdown(cx)) => {
                 break result;
             }
@@ -455,6 +463,7 @@ async fn serve_http2<S, I, D>(
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             result = served.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
@@ -688,7 +697,7 @@ impl Activity {
                 }
                 _ => after,
             };
-            tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+            proxy::lazy::sleep(Duration::from_millis(wait.max(10))).await;
         }
     }
 
@@ -723,7 +732,8 @@ impl Activity {
                 None => now.saturating_add(idle),
             };
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(at - now)) => {}
+                biased;
+                () = proxy::lazy::sleep(Duration::from_millis(at - now)) => {}
                 () = started => {}
             }
         }
