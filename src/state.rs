@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::upstream::pool::Pool;
 use crate::upstream::{self, Health};
 use residency_core::geo::{Geo, GeoError};
+use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 use residency_core::report::ConfigReport;
 use residency_log::storage::{Log, LogError};
 
@@ -33,7 +34,7 @@ pub struct Snapshot {
     /// The per-request metric children for this configuration's names.
     pub request_metrics: crate::metrics::RequestMetrics,
     /// The response and upstream header values of those names.
-    pub header_values: crate::proxy::headers::PolicyValues,
+    pub header_values: PolicyValues,
     pub health: Health,
     /// `Policy::hash` of `config.policy`, computed once.
     pub policy_hash: String,
@@ -123,7 +124,7 @@ impl Snapshot {
         let policy_hash =
             residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
-        let header_values = crate::proxy::headers::PolicyValues::new(&config.policy);
+        let header_values = PolicyValues::new(&config.policy);
         let state = match (geo, pool) {
             (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {
                 config,
@@ -373,6 +374,36 @@ pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
         source: maxminddb::MaxMindDbError::Io(e),
     })?;
     Geo::from_file(path, bytes, geoip.overrides.clone())
+}
+
+/// The header values of a configuration's jurisdiction and data centre
+/// names, made once per configuration instead of per request (`None` for
+/// a name that cannot be a header value: such a header is not sent).
+pub struct PolicyValues {
+    jurisdictions: Vec<Option<HeaderValue>>,
+    datacenters: Vec<Option<HeaderValue>>,
+}
+
+impl PolicyValues {
+    pub fn new(policy: &Policy) -> PolicyValues {
+        let value = |name: &str| HeaderValue::from_str(name).ok();
+        PolicyValues {
+            jurisdictions: policy
+                .jurisdictions
+                .iter()
+                .map(|j| value(&j.name))
+                .collect(),
+            datacenters: policy.datacenters.iter().map(|d| value(&d.name)).collect(),
+        }
+    }
+
+    pub fn jurisdiction(&self, j: JurisdictionId) -> Option<&HeaderValue> {
+        self.jurisdictions.get(j.0).and_then(Option::as_ref)
+    }
+
+    pub fn datacenter(&self, d: DatacenterId) -> Option<&HeaderValue> {
+        self.datacenters.get(d.0).and_then(Option::as_ref)
+    }
 }
 
 #[cfg(test)]

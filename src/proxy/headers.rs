@@ -15,7 +15,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Uri, Version};
 use residency_core::origin::push_ip;
-use residency_core::policy::{DatacenterId, JurisdictionId, Policy};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -77,7 +76,7 @@ pub struct Forwarded<'a> {
     /// client named by the PROXY header.
     pub hop: IpAddr,
     pub country: &'a str,
-    /// `Residency-Jurisdiction` (from [`PolicyValues`]; `None`: not sent).
+    /// `Residency-Jurisdiction` (from [`crate::state::PolicyValues`]; `None`: not sent).
     pub jurisdiction: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
     /// The client spoke HTTP/2, where cookies may come as several fields.
@@ -154,36 +153,6 @@ fn country_value(code: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(code).ok()
 }
 
-/// The header values of a configuration's jurisdiction and data centre
-/// names, made once per configuration instead of per request (`None` for
-/// a name that cannot be a header value: such a header is not sent).
-pub struct PolicyValues {
-    jurisdictions: Vec<Option<HeaderValue>>,
-    datacenters: Vec<Option<HeaderValue>>,
-}
-
-impl PolicyValues {
-    pub fn new(policy: &Policy) -> PolicyValues {
-        let value = |name: &str| HeaderValue::from_str(name).ok();
-        PolicyValues {
-            jurisdictions: policy
-                .jurisdictions
-                .iter()
-                .map(|j| value(&j.name))
-                .collect(),
-            datacenters: policy.datacenters.iter().map(|d| value(&d.name)).collect(),
-        }
-    }
-
-    pub fn jurisdiction(&self, j: JurisdictionId) -> Option<&HeaderValue> {
-        self.jurisdictions.get(j.0).and_then(Option::as_ref)
-    }
-
-    pub fn datacenter(&self, d: DatacenterId) -> Option<&HeaderValue> {
-        self.datacenters.get(d.0).and_then(Option::as_ref)
-    }
-}
-
 /// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several
 /// fields; going upstream as HTTP/1.1 they become one, joined by "; ".
 fn join_cookies(headers: &mut HeaderMap) {
@@ -203,7 +172,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Adds the headers every response carries (the values from
-/// [`PolicyValues`]).
+/// [`crate::state::PolicyValues`]).
 pub fn to_client(
     headers: &mut HeaderMap,
     request_id: &HeaderValue,
