@@ -51,8 +51,19 @@ for round in 1 2 3; do
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     scheduler=$(grep -o 'scheduler="[a-z_]*"' "$D/$cfg.err" | head -1)
     tick=$(getconf CLK_TCK)
-    echo "round $round $cfg: $reqs requests, $(python3 -c "print(round(($s1 - $s0) * 1e6 / $tick / $reqs, 2))") us CPU/request, $scheduler"
+    us=$(python3 -c "print(round(($s1 - $s0) * 1e6 / $tick / $reqs, 2))")
+    echo "round $round $cfg: $reqs requests, $us us CPU/request, $scheduler"
+    echo "$cfg $us" >> "$D/results"
     kill -TERM "$P"
     wait "$P" 2>/dev/null || true
   done
 done
+python3 - "$D/results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    cfg, us = line.split()
+    runs.setdefault(cfg, []).append(float(us))
+m = {cfg: statistics.median(v) for cfg, v in runs.items()}
+print(f"median: default {m['default']:.2f} us, worker_threads = 1 {m['one']:.2f} us: x{m['default'] / m['one']:.3f}")
+PY
