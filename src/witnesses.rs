@@ -181,9 +181,12 @@ impl Witnesses {
             .clients
             .iter()
             .filter(|c| c.due(now))
-            .filter(|c| match current {
-                true => c.published.load(Ordering::Acquire) != latest.size,
-                false => !c.signed(body, signatures),
+            .filter(|c| {
+                if current {
+                    c.published.load(Ordering::Acquire) != latest.size
+                } else {
+                    !c.signed(body, signatures)
+                }
             })
             .collect();
         if asked.is_empty() {

@@ -116,6 +116,18 @@ fn key_of(proxy: &Proxy) -> String {
         .verifier_key()
 }
 
+/// A witness key written to `dir/witness.key` (as `WitnessProcess` reads
+/// it): its verifier key and verifier.
+fn witness_key(dir: &Path) -> (String, CosignatureVerifier) {
+    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
+    std::fs::write(dir.join("witness.key"), &pkcs8).unwrap();
+    let vkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let verifier = CosignatureVerifier::parse(&vkey).unwrap();
+    (vkey, verifier)
+}
+
 /// Waits (at most 30 s: the proxies back off while the witness starts)
 /// for a checkpoint of at least `size` records that carries the witness's
 /// cosignature; returns the note.
@@ -124,17 +136,29 @@ async fn cosigned_checkpoint(
     witness: &CosignatureVerifier,
     size: u64,
 ) -> (String, Checkpoint) {
-    let log = Verifier::parse(&key_of(proxy)).unwrap();
+    cosigned_at(proxy, "/checkpoint", &key_of(proxy), witness, size).await
+}
+
+/// As [`cosigned_checkpoint`], for the checkpoint at `path`, signed with
+/// the log key `log_key` (a generation's).
+async fn cosigned_at(
+    proxy: &Proxy,
+    path: &str,
+    log_key: &str,
+    witness: &CosignatureVerifier,
+    size: u64,
+) -> (String, Checkpoint) {
+    let log = Verifier::parse(log_key).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, note) = proxy.log_get("/checkpoint").await;
+        let (_, note) = proxy.log_get(path).await;
         let checkpoint = Checkpoint::open(&note, &log).expect("the log's signature verifies");
         if checkpoint.size >= size && witness.verify_note(&note).is_ok() {
             return (note, checkpoint);
         }
         assert!(
             Instant::now() < deadline,
-            "no cosigned checkpoint of {size} records: {note}"
+            "{path}: no cosigned checkpoint of {size} records: {note}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -172,12 +196,7 @@ async fn add_checkpoint(witness: &Fetcher, old: u64, note: &str) -> (u16, Option
 #[tokio::test]
 async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     let dir = TempDir::new("witness");
-    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
-    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
-    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
-        .unwrap()
-        .verifier_key();
-    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let (wvkey, wkey) = witness_key(dir.path());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let url = format!("http://{addr}");
 
@@ -405,12 +424,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
 #[tokio::test]
 async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
     let dir = TempDir::new("witness-tls");
-    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
-    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
-    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
-        .unwrap()
-        .verifier_key();
-    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let (wvkey, wkey) = witness_key(dir.path());
     let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     let (cert_path, key_path) = (dir.path().join("w.pem"), dir.path().join("w.key"));
     std::fs::write(&cert_path, &cert).unwrap();
@@ -476,12 +490,7 @@ async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
 async fn a_rolled_log_gets_its_sealed_and_its_new_origin_cosigned() {
     use residency_log::note::Signer;
     let dir = TempDir::new("witness-roll");
-    let pkcs8 = Cosigner::generate_pkcs8().unwrap();
-    std::fs::write(dir.path().join("witness.key"), &pkcs8).unwrap();
-    let wvkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)
-        .unwrap()
-        .verifier_key();
-    let wkey = CosignatureVerifier::parse(&wvkey).unwrap();
+    let (wvkey, wkey) = witness_key(dir.path());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log_pkcs8 = Signer::generate_pkcs8().unwrap();
     let second = format!("{ORIGIN_A}/2");
@@ -504,25 +513,12 @@ async fn a_rolled_log_gets_its_sealed_and_its_new_origin_cosigned() {
         receipts.push(reply.header("residency-receipt").unwrap().to_string());
     }
     assert_eq!(key_of(&proxy), keys[1], "rolled to the second origin");
-    let deadline = Instant::now() + Duration::from_secs(30);
     for (path, key, size) in [
         ("/generations/1/checkpoint", &keys[0], 3),
         ("/checkpoint", &keys[1], 2),
     ] {
-        let log = Verifier::parse(key).unwrap();
-        loop {
-            let (_, note) = proxy.log_get(path).await;
-            let cp = Checkpoint::open(&note, &log).expect("the log's signature verifies");
-            if cp.size == size && wkey.verify_note(&note).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path}: no cosigned checkpoint of {size}: {note}\n{}",
-                witness.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (_, cp) = cosigned_at(&proxy, path, key, &wkey, size).await;
+        assert_eq!(cp.size, size, "{path}\n{}", witness.output());
     }
     for (receipt, key) in [(&receipts[1], &keys[0]), (&receipts[4], &keys[1])] {
         let report = verify(&VerifyArgs {
