@@ -6,7 +6,7 @@ only (receipts = "off"), with `receipts = "log"` and with `receipts =
 core 0, wrk/oha and the sink on core 1); variants alternate over --rounds
 rounds and the median per variant is reported.
 
-usage: receipts.py [--duration 8] [--rate 4000] [--rounds 3]
+usage: receipts.py [--duration 8] [--rate 4000] [--rounds 3] [--variants "no log,log"]
 Needs out/run prepared by bench.py (run.sh does it: certificate, mmdb,
 residency.toml, the proxy and sink binaries). Writes out/receipts.{json,md}.
 """
@@ -77,14 +77,20 @@ def main():
     ap.add_argument("--rate", type=int, default=4000, help="open-loop rate for the fixed-load point")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--variants", default=",".join(name for name, _ in VARIANTS),
+                    help="comma-separated variants to measure (\"no log\" is always measured)")
     args = ap.parse_args()
+    wanted = {"no log"} | {v.strip() for v in args.variants.split(",")}
+    unknown = wanted - {name for name, _ in VARIANTS}
+    if unknown:
+        b.die(f"unknown variants {sorted(unknown)}; known: {[name for name, _ in VARIANTS]}")
     b.os.sched_setaffinity(0, {int(b.CLIENT_CORE)})
     if not (b.RUN / "residency.toml").exists():
         b.die("out/run is not prepared: run run.sh (or bench.py) first")
     b.QUIET["budget_s"] = 120
     b.QUIET["retries"] = 1
     shutil.copy2(b.BUILT_RP_BIN, b.RP_BIN)  # the current build
-    variants = configs()
+    variants = [v for v in configs() if v[0] in wanted]
     script = b.RUN / "post_1k.lua"
     results = {name: [] for name, _, _ in variants}
     sink = b.Sink()

@@ -79,7 +79,48 @@ struct Item {
     id: u128,
     /// Where its entry ends in the queue's buffer.
     end: usize,
-    reply: tokio::sync::oneshot::Sender<Result<u64, Failure>>,
+    reply: Reply,
+}
+
+/// What the writer answers one record: its index, or why it failed.
+type Answer = Result<u64, Failure>;
+type Reply = tokio::sync::oneshot::Sender<Delivery>;
+
+/// A record's answer, and the answers the writer gave the rest of its
+/// batch (see [`deliver`]).
+struct Delivery {
+    answer: Answer,
+    others: Vec<(Reply, Answer)>,
+}
+
+impl Drop for Delivery {
+    /// Passes the other answers on — also when the request that got them
+    /// stopped waiting after they arrived (its future dropped by a
+    /// deadline, say, with this still in the channel).
+    fn drop(&mut self) {
+        for (reply, answer) in self.others.drain(..) {
+            let _ = reply.send(Delivery {
+                answer,
+                others: Vec::new(),
+            });
+        }
+    }
+}
+
+/// Answers a batch of records with one wake-up from the writer thread:
+/// the first waiting request gets all the answers and passes the others
+/// on from its own task (a wake-up inside the runtime costs no system
+/// call; one from another thread writes the runtime's eventfd, once per
+/// record). A request that stopped waiting hands the batch to the next.
+fn deliver(batch: Vec<(Reply, Answer)>) {
+    let mut rest = batch.into_iter();
+    while let Some((reply, answer)) = rest.next() {
+        let others = rest.collect();
+        match reply.send(Delivery { answer, others }) {
+            Ok(()) => return,
+            Err(mut refused) => rest = std::mem::take(&mut refused.others).into_iter(),
+        }
+    }
 }
 
 /// Records handed to the writer thread, already encoded as bundle entries.
@@ -88,6 +129,8 @@ struct Queue {
     buf: Vec<u8>,
     items: Vec<Item>,
     closed: bool,
+    /// The writer thread waits for a first record.
+    idle: bool,
 }
 
 /// What readers, the checkpointer and the writer share.
@@ -342,18 +385,25 @@ impl Directory {
                 end,
                 reply,
             });
-            if q.items.len() == 1 {
+            // Only an idle writer waits for the first record (a busy one
+            // takes it with its next batch): no futex call otherwise.
+            if q.idle && q.items.len() == 1 {
                 self.core.wake.notify_one();
             }
         }
-        match answer.await {
-            Ok(Ok(index)) => Ok(index),
-            Ok(Err(Failure::Full(n))) => Err(LogError::Full(n)),
-            Ok(Err(Failure::Io(message))) => Err(LogError::Io {
+        // Dropping the delivery answers the rest of the batch.
+        let answer = match answer.await {
+            Ok(delivery) => delivery.answer.clone(),
+            Err(_) => Err(Failure::Poisoned),
+        };
+        match answer {
+            Ok(index) => Ok(index),
+            Err(Failure::Full(n)) => Err(LogError::Full(n)),
+            Err(Failure::Io(message)) => Err(LogError::Io {
                 path: self.core.disk.dir().display().to_string(),
                 source: std::io::Error::other(message),
             }),
-            Ok(Err(Failure::Poisoned)) | Err(_) => Err(LogError::Poisoned),
+            Err(Failure::Poisoned) => Err(LogError::Poisoned),
         }
     }
 
@@ -453,7 +503,9 @@ impl Core {
                     if q.closed {
                         return;
                     }
+                    q.idle = true;
                     q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.idle = false;
                 }
                 if last_done.is_some_and(|t| t.elapsed() < BUSY) {
                     let deadline = Instant::now() + COMMIT_WINDOW;
@@ -539,9 +591,13 @@ impl Core {
                 None
             };
             let indexes = self.commit(&chunk, touched, staging, next.as_ref());
-            for (item, index) in chunk.into_iter().zip(indexes) {
-                let _ = item.reply.send(Ok(index));
-            }
+            deliver(
+                chunk
+                    .into_iter()
+                    .zip(indexes)
+                    .map(|(item, index)| (item.reply, Ok(index)))
+                    .collect(),
+            );
             match next {
                 Some(Ok(file)) => {
                     *staging = Staging {
@@ -924,9 +980,11 @@ impl Core {
 }
 
 fn answer_all(items: impl Iterator<Item = Item>, failure: Failure) {
-    for item in items {
-        let _ = item.reply.send(Err(failure.clone()));
-    }
+    deliver(
+        items
+            .map(|item| (item.reply, Err(failure.clone())))
+            .collect(),
+    );
 }
 
 /// Bytes of zeros a staging bundle starts with: appends overwrite them, so
@@ -1491,6 +1549,35 @@ mod tests {
         let (leaf, path) = log.current().inclusion_proof(2, 5).unwrap();
         assert_eq!(leaf, merkle::leaf_hash(&record(2).to_bytes()));
         merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
+    }
+
+    #[test]
+    fn a_batch_reaches_every_waiting_request_whoever_stops_waiting() {
+        let channels: Vec<_> = (0..4).map(|_| tokio::sync::oneshot::channel()).collect();
+        let (replies, mut waiting): (Vec<_>, Vec<_>) = channels.into_iter().unzip();
+        // The first request stopped waiting before the batch was written:
+        // the second leads.
+        drop(waiting.remove(0));
+        deliver(
+            replies
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (r, Ok(i as u64)))
+                .collect(),
+        );
+        let mut leader = waiting.remove(0);
+        let delivery = leader.try_recv().unwrap();
+        assert_eq!(delivery.others.len(), 2, "the leader carries the rest");
+        assert!(matches!(delivery.answer, Ok(1)));
+        assert!(waiting.iter_mut().all(|w| w.try_recv().is_err()));
+        // It is dropped unread (its request gave up after it arrived):
+        // the others still get their own answers.
+        drop(delivery);
+        for (i, mut w) in waiting.into_iter().enumerate() {
+            let d = w.try_recv().unwrap();
+            assert!(matches!(d.answer, Ok(n) if n == i as u64 + 2));
+            assert!(d.others.is_empty());
+        }
     }
 
     #[tokio::test]
