@@ -227,6 +227,11 @@ fn replica() {
     let directory = std::env::var_os("FLEET_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_default();
+    let commit_window = if postgres.is_some() {
+        residency_log::settings::DEFAULT_COMMIT_WINDOW_POSTGRES
+    } else {
+        residency_log::settings::DEFAULT_COMMIT_WINDOW_DIRECTORY
+    };
     let settings = Transparency {
         directory,
         postgres,
@@ -234,6 +239,7 @@ fn replica() {
         signing_key: key,
         receipts: ReceiptMode::Signed,
         checkpoint_interval: Duration::from_secs(1),
+        commit_window,
         client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
         on_write_error: OnWriteError::Refuse,
         address: None,

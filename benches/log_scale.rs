@@ -67,6 +67,7 @@ fn main() {
         signing_key: dir.join("log.key"),
         receipts: ReceiptMode::Signed,
         checkpoint_interval: Duration::from_secs(1),
+        commit_window: residency_log::settings::DEFAULT_COMMIT_WINDOW_DIRECTORY,
         client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
         on_write_error: OnWriteError::Refuse,
         address: None,

@@ -57,8 +57,6 @@ use crate::settings::Transparency;
 use crate::tiles::{self, Tile, WIDTH};
 
 const CHECKPOINT: &str = "checkpoint";
-/// How long a batch waits for more records while the log is busy.
-const COMMIT_WINDOW: Duration = Duration::from_micros(500);
 /// A log whose last batch ended this recently is busy.
 const BUSY: Duration = Duration::from_millis(5);
 const INDEX: &str = "index.redb";
@@ -491,7 +489,7 @@ impl Core {
     /// after batch, until the log is dropped.
     ///
     /// While the log is busy (the last batch ended less than
-    /// [`BUSY`] ago), a batch waits [`COMMIT_WINDOW`] for more records
+    /// [`BUSY`] ago), a batch waits `commit_window` (default 0.5 ms) for more records
     /// before it is written, so one `fdatasync(2)` covers more of them; an
     /// idle log writes a lone record at once.
     fn run(&self, mut staging: Staging) {
@@ -508,7 +506,7 @@ impl Core {
                     q.idle = false;
                 }
                 if last_done.is_some_and(|t| t.elapsed() < BUSY) {
-                    let deadline = Instant::now() + COMMIT_WINDOW;
+                    let deadline = Instant::now() + self.settings.commit_window;
                     while q.items.len() < WIDTH as usize && !q.closed {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
@@ -1486,6 +1484,7 @@ mod tests {
             signing_key: key,
             receipts: ReceiptMode::Signed,
             checkpoint_interval: Duration::from_secs(1),
+            commit_window: crate::settings::DEFAULT_COMMIT_WINDOW_DIRECTORY,
             client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
             on_write_error: OnWriteError::Refuse,
             address: None,

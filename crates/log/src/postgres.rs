@@ -56,8 +56,6 @@ pub const INTEGRATOR_LOCK: i64 = 0x7265_7369_6465_6e01;
 const MIGRATION_LOCK: i64 = 0x7265_7369_6465_6e02;
 /// Records per commit batch at most.
 const MAX_BATCH: usize = 1024;
-/// How long a batch waits for more records while the log is busy.
-const COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// A log whose last batch ended this recently is busy.
 const BUSY: Duration = Duration::from_millis(5);
 /// Entries one integration step reads at most (bounds its memory).
@@ -799,7 +797,7 @@ impl Shared {
 /// The sequencer task: batch after batch until every sender is gone.
 ///
 /// While the log is busy (the last batch ended less than [`BUSY`] ago), a
-/// batch waits up to [`COMMIT_WINDOW`] for more records before it is sent,
+/// batch waits up to `commit_window` (default 1 ms) for more records before it is sent,
 /// so one transaction — whose cost in PostgreSQL hardly depends on its
 /// size — covers more of them; an idle log sends a lone record at once.
 async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
@@ -807,7 +805,7 @@ async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
     let mut last_done: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if last_done.is_some_and(|t| t.elapsed() < BUSY) {
-            let deadline = tokio::time::Instant::now() + COMMIT_WINDOW;
+            let deadline = tokio::time::Instant::now() + shared.settings.commit_window;
             while batch.len() < MAX_BATCH {
                 let room = MAX_BATCH - batch.len();
                 let more = rx.recv_many(&mut batch, room);
