@@ -180,6 +180,7 @@ async fn prepare(
             time: config.timeouts.discard_body,
         },
         instance.log.is_some(),
+        parts.version == Version::HTTP_2,
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replayable = idempotent && declared.is_none_or(|n| n <= replay_limit as u64);

@@ -153,18 +153,22 @@ pub struct BodySlot {
     sha256: Mutex<Option<[u8; 32]>>,
     /// Woken when the body ends or fails.
     ended: Notify,
+    /// The body arrives on an HTTP/2 stream (see [`BodySlot::ended_cleanly`]).
+    h2: bool,
 }
 
 impl BodySlot {
     /// `limit`: the body-size limit; `idle`: the longest gap between
     /// frames; `discard`: how much of a body left unsent is read and
-    /// thrown away; `hash`: compute the body's SHA-256 while it streams.
+    /// thrown away; `hash`: compute the body's SHA-256 while it streams;
+    /// `h2`: the request came over HTTP/2.
     pub fn new(
         body: Incoming,
         limit: u64,
         idle: Duration,
         discard: Bounds,
         hash: bool,
+        h2: bool,
     ) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
@@ -181,7 +185,20 @@ impl BodySlot {
             failure: AtomicU8::new(0),
             sha256: Mutex::new(None),
             ended: Notify::new(),
+            h2,
         })
+    }
+
+    /// Whether a body whose stream just ended really came to its end.
+    /// hyper ends an HTTP/2 body at a `RST_STREAM(NO_ERROR)` as at
+    /// `END_STREAM` (RFC 9113 §8.1 lets a *server* stop a request body that
+    /// way after a complete response); from a client it means the upload
+    /// stopped part-way, and passing it on as complete would store a
+    /// truncated upload. h2's `is_end_stream` is true only once
+    /// `END_STREAM` was received. (An HTTP/1.1 body that stops short of its
+    /// length or last chunk is an error in hyper already.)
+    fn ended_cleanly(&self, rest: &Incoming) -> bool {
+        !self.h2 || rest.is_end_stream()
     }
 
     /// The SHA-256 of the whole body, once it has been read completely
@@ -268,6 +285,9 @@ impl BodySlot {
         let result = loop {
             let frame = match tokio::time::timeout(self.idle, source.rest.frame()).await {
                 Err(_) => break Err(self.fail(BodyError::IdleTimeout)),
+                Ok(None) if !self.ended_cleanly(&source.rest) => {
+                    break Err(self.fail(BodyError::Client))
+                }
                 Ok(None) => break Ok(true),
                 Ok(Some(Err(_))) => break Err(self.fail(BodyError::Client)),
                 Ok(Some(Ok(frame))) => frame,
@@ -436,6 +456,9 @@ impl Body for ForwardBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(slot.fail(BodyError::Client)))),
+            Poll::Ready(None) if !slot.ended_cleanly(&src.rest) => {
+                Poll::Ready(Some(Err(slot.fail(BodyError::Client))))
+            }
             Poll::Ready(None) => {
                 slot.complete(src);
                 this.finish()

@@ -2,6 +2,7 @@
 //! the client is still sending, the body arrives byte for byte, and the
 //! proxy's memory does not grow with the size of the body.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -157,6 +158,69 @@ async fn an_upstream_that_answers_early_still_gets_the_whole_body() {
         }
         proxy.stop().await;
     }
+}
+
+// An upload that breaks off never reaches the data centre as a complete
+// request — it would store a truncated upload as whole: not when the client
+// resets its HTTP/2 stream with NO_ERROR, which hyper's body takes for the
+// body's end (RFC 9113 §8.1 gives that code to servers ending a request body
+// early), with or without a declared length, and not when a client closes
+// its connection mid-body, over HTTP/2 or HTTP/1.1 (chunked).
+#[tokio::test]
+async fn an_upload_that_breaks_off_never_reaches_the_data_centre_as_complete() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = Proxy::start(Setup::default()).await;
+    let zurich = proxy.upstream("zurich").clone();
+    let sent = Bytes::from(pattern(0x5e7, 16 * 1024));
+    for (case, declared) in [
+        ("h2 reset NO_ERROR", None),
+        ("h2 reset NO_ERROR", Some(4 * MIB)),
+        ("h2 connection closed", None),
+        ("h1 connection closed", None),
+    ] {
+        let ctx = format!("{case}, content-length {declared:?}");
+        let (count, broken) = (zurich.count(), zurich.broken.load(SeqCst));
+        let first_bytes = async {
+            tokio::time::timeout(Duration::from_secs(10), zurich.first_bytes.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{ctx}: no first bytes upstream"));
+        };
+        if case.starts_with("h1") {
+            let mut tls = proxy.client().version(Http::One).connect().await.unwrap();
+            let head = format!(
+                "POST /v1/telemetry HTTP/1.1\r\nhost: localhost\r\nx-forwarded-for: {CH}\r\n\
+                 transfer-encoding: chunked\r\n\r\n{:x}\r\n",
+                sent.len()
+            );
+            tls.write_all(head.as_bytes()).await.unwrap();
+            tls.write_all(&sent).await.unwrap();
+            tls.write_all(b"\r\n").await.unwrap();
+            tls.flush().await.unwrap();
+            first_bytes.await;
+            drop(tls);
+        } else {
+            let tls = proxy.client().h2().connect().await.unwrap();
+            let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+            let conn = tokio::spawn(conn);
+            let mut req =
+                http::Request::post("https://localhost/v1/telemetry").header("x-forwarded-for", CH);
+            if let Some(n) = declared {
+                req = req.header("content-length", n);
+            }
+            let (_response, mut stream) = send.send_request(req.body(()).unwrap(), false).unwrap();
+            stream.send_data(sent.clone(), false).unwrap();
+            first_bytes.await;
+            if case.contains("reset") {
+                stream.send_reset(h2::Reason::NO_ERROR);
+            } else {
+                conn.abort();
+            }
+        }
+        let what = format!("{ctx}: the data centre sees the body break off");
+        eventually(&what, async || zurich.broken.load(SeqCst) > broken).await;
+        assert_eq!(zurich.count(), count, "{ctx}: a truncated body was stored");
+    }
+    proxy.stop().await;
 }
 
 // ---------------------------------------------------------------------------

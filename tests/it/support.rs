@@ -106,6 +106,8 @@ pub struct Upstream {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// Notified when a request's first body bytes arrive.
     pub first_bytes: Arc<Notify>,
+    /// Requests whose body broke off (not recorded).
+    pub broken: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -116,6 +118,7 @@ impl Upstream {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             first_bytes: Arc::new(Notify::new()),
+            broken: Arc::default(),
         };
         let server = up.clone();
         tokio::spawn(async move {
@@ -174,6 +177,8 @@ impl Upstream {
         let mut notified = false;
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
+                self.broken
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return status(StatusCode::BAD_REQUEST, "body failed");
             };
             if let Some(d) = frame.data_ref() {
