@@ -235,7 +235,7 @@ async fn python_statuses(
 
 /// Python's clients read the proxy's refusals (451) and a data centre's
 /// early answer (503) with bodies from 1 KiB to 8 MiB: 25 uploads per size,
-/// version and case (3 for HTTP/2 at 1 and 8 MiB: httpx is slow there).
+/// version and case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_answers_reach_python_clients_over_http1_and_http2() {
     let proxy = Proxy::start(tolerant()).await;
@@ -248,12 +248,7 @@ async fn early_answers_reach_python_clients_over_http1_and_http2() {
     for size in SIZES {
         for version in ["1.1", "2"] {
             for (want, headers) in &cases {
-                // httpx over HTTP/2 sends ~1.4 MB/s at 64 KiB stream windows.
-                let runs = if version == "2" && size >= 1024 * 1024 {
-                    3
-                } else {
-                    25
-                };
+                let runs = 25;
                 let statuses = python_statuses(&proxy, version, size, headers, runs).await;
                 let failed: Vec<&String> = statuses.iter().filter(|s| s != want).collect();
                 assert!(

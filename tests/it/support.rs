@@ -712,7 +712,18 @@ impl Client {
                 let (mut send, conn) =
                     hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
                 tokio::spawn(conn);
-                send.send_request(req).await?
+                let resp = send.send_request(req).await?;
+                // Kept open a while after the answer, as a pooled client
+                // keeps it: hyper drops an HTTP/2 connection as soon as its
+                // last handle and request body are gone, discarding request
+                // DATA still queued in it (an early answer can come before
+                // the body is flushed), and the proxy then rightly sees an
+                // upload that broke off.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(send);
+                });
+                resp
             }
         };
         let status = resp.status();
