@@ -129,6 +129,8 @@ struct Queue {
     closed: bool,
     /// The writer thread waits for a first record.
     idle: bool,
+    /// Closed for good by [`Directory::seal`].
+    sealed: bool,
 }
 
 /// What readers, the checkpointer and the writer share.
@@ -199,16 +201,7 @@ const SPARE: &str = "staging.spare";
 
 impl Drop for Directory {
     fn drop(&mut self) {
-        lock(&self.core.queue).closed = true;
-        self.core.wake.notify_all();
-        if let Some(writer) = lock(&self.writer).take() {
-            let _ = writer.join();
-        }
-        lock(&self.core.spare).closed = true;
-        self.core.spare_wake.notify_all();
-        if let Some(spares) = lock(&self.spares).take() {
-            let _ = spares.join();
-        }
+        self.stop_threads(false);
     }
 }
 
@@ -352,6 +345,37 @@ impl Directory {
         Ok(log)
     }
 
+    /// Seals the log: nothing more is appended (an append is answered
+    /// `Full`), and its writer and helper threads end, so a sealed
+    /// generation costs no threads; it is still read and served. Blocking:
+    /// waits for the writer to answer what was queued.
+    pub fn seal(&self) {
+        self.stop_threads(true);
+        let _ = std::fs::remove_file(self.core.disk.dir().join(SPARE));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn threads(&self) -> usize {
+        usize::from(lock(&self.writer).is_some()) + usize::from(lock(&self.spares).is_some())
+    }
+
+    fn stop_threads(&self, sealed: bool) {
+        {
+            let mut q = lock(&self.core.queue);
+            q.closed = true;
+            q.sealed |= sealed;
+        }
+        self.core.wake.notify_all();
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
+        lock(&self.core.spare).closed = true;
+        self.core.spare_wake.notify_all();
+        if let Some(spares) = lock(&self.spares).take() {
+            let _ = spares.join();
+        }
+    }
+
     pub fn signer(&self) -> &Signer {
         &self.core.signer
     }
@@ -373,7 +397,13 @@ impl Directory {
         {
             let mut q = lock(&self.core.queue);
             if q.closed {
-                return Err(LogError::Poisoned);
+                let sealed = q.sealed;
+                drop(q);
+                return Err(if sealed {
+                    LogError::Full(self.size())
+                } else {
+                    LogError::Poisoned
+                });
             }
             tiles::push_entry(&mut q.buf, bytes);
             let end = q.buf.len();
@@ -2002,6 +2032,9 @@ mod tests {
             assert!(current.verifier().name() == "test.example/log/2");
             assert_eq!(current.size(), 10);
             assert_eq!(log.current().number(), 2);
+            // Sealed: served from disk, without threads of its own.
+            assert_eq!((first.threads(), current.threads()), (0, 2));
+            assert!(!first.latest().note.is_empty());
             assert!(log.generation(1).is_some() && log.generation(3).is_none());
             // Same key, another name.
             assert_ne!(

@@ -188,6 +188,23 @@ impl Generation {
         }
     }
 
+    /// The log's own threads still running (writer, helper).
+    #[cfg(test)]
+    pub(crate) fn threads(&self) -> usize {
+        match &self.backend {
+            Backend::Directory(d) => d.threads(),
+            Backend::Postgres(_) => 0,
+        }
+    }
+
+    /// A full generation is sealed: no more appends, no threads (a fleet's
+    /// log never rolls).
+    fn seal(&self) {
+        if let Backend::Directory(d) = &self.backend {
+            d.seal();
+        }
+    }
+
     /// An inclusion proof for leaf `index` in the tree of `size` leaves,
     /// computed from the tiles (blocking: it may read a few tiles).
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<(Hash, Vec<Hash>)> {
@@ -323,6 +340,9 @@ impl Log {
             .map(|n| Generation::open(settings, n, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let current = generations.pop().expect("generation 1 is always opened");
+        for sealed in &generations {
+            sealed.seal();
+        }
         Ok(Arc::new(Log::new(current, generations, settings, metrics)))
     }
 
@@ -467,6 +487,7 @@ impl Log {
         let (old, settings, metrics) = (full.clone(), self.settings.clone(), self.metrics.clone());
         let next = tokio::task::spawn_blocking(move || {
             old.checkpoint()?;
+            old.seal();
             Generation::open(&settings, old.number + 1, metrics)
         })
         .await
