@@ -10,7 +10,9 @@
 //! default) and each attempt sends a copy ([`ForwardBody::replay`]); that is
 //! the only buffering. Everything else streams frame by frame
 //! ([`ForwardBody::stream`]), with the body limit, an idle deadline between
-//! frames and byte counting enforced while reading. Either kind signals when
+//! frames and byte counting enforced while reading; a body ends only where
+//! the client ended it (an HTTP/2 stream reset part-way is a failure, never
+//! an end: [`BodySlot::ended_cleanly`]). Either kind signals when
 //! it has been sent completely; the upstream-response deadline starts then.
 //!
 //! What an upstream leaves unread — it answered early and closed, or the
