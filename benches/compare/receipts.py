@@ -17,6 +17,7 @@ import shutil
 import statistics
 import subprocess
 import time
+import urllib.request
 
 import bench as b
 
@@ -54,6 +55,35 @@ class Variant(b.Proxy):
             b.die(f"residency-proxy did not start with {self.config}")
         time.sleep(0.3)
         return self
+
+
+def log_counters():
+    """The group commits' counters from the proxy's metrics: fsync seconds
+    and records per batch, as (sum, count) pairs; None without a log."""
+    url = f"http://127.0.0.1:{b.PORTS['rp_admin']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("residency_log_fsync_seconds", "residency_log_batch_records"):
+            for part in ("_sum", "_count"):
+                if line.startswith(name + part + " "):
+                    values[name + part] = float(line.split()[1])
+    if len(values) < 4:
+        return None
+    return values
+
+
+def commit_stats(before, after):
+    """Mean fsync (µs) and records per batch between two scrapes."""
+    if before is None or after is None:
+        return None, None
+    d = {k: after[k] - before[k] for k in after}
+    fsyncs = d["residency_log_fsync_seconds_count"]
+    batches = d["residency_log_batch_records_count"]
+    fsync_us = 1e6 * d["residency_log_fsync_seconds_sum"] / fsyncs if fsyncs else None
+    per_batch = d["residency_log_batch_records_sum"] / batches if batches else None
+    return fsync_us, per_batch
 
 
 def configs():
@@ -115,8 +145,10 @@ def main():
                         b.die(f"{name}: unexpected answer {status} {headers}")
                     b.wrk(proxy.port, script, args.conns, 2)
                     closed = b.measure(proxy, sink, lambda: b.wrk(proxy.port, script, args.conns, args.duration))
+                    counters = log_counters()
                     fixed = b.measure(proxy, sink, lambda: b.oha_rate(proxy.port, args.rate, args.conns,
                                                                        args.duration, 1))
+                    fsync_us, per_batch = commit_stats(counters, log_counters())
                     for what, m in (("closed-loop", closed), ("fixed-rate", fixed)):
                         if m["requests"] == 0:
                             b.die(f"{name}: the proxy answered no request in the {what} run "
@@ -129,6 +161,10 @@ def main():
                         "fixed_p99_ms": fixed.get("p99_ms"),
                         "errors": closed.get("errors", 0) + closed.get("non2xx", 0) + fixed.get("non2xx", 0),
                         "noise": max(closed["noise"], fixed["noise"]),
+                        # At the fixed rate: what one group commit's fsync
+                        # took and how many records it covered.
+                        "fsync_us": fsync_us,
+                        "records_per_commit": per_batch,
                     }
                     results[name].append(row)
                     b.log(f"receipts {name} round {rnd + 1}: {row}")
@@ -141,12 +177,15 @@ def main():
         values = [r[key] for r in results[name] if r[key] is not None]
         return statistics.median(values) if values else float("nan")
 
+    def opt(value, spec):
+        return "—" if value != value else format(value, spec)
+
     base_closed, base_fixed = med("no log", "closed_cpu_us"), med("no log", "fixed_cpu_us")
     lines = [f"## Proof of residency: CPU per 1 KiB upload ({args.rounds} rounds, median; "
              f"{args.duration} s per point; fixed load {args.rate} req/s)", "",
              "| variant | max req/s | CPU µs/req at max | × no log | CPU µs/req at fixed load | × no log | "
-             "× no log, median of rounds | p99 ms at fixed load | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "× no log, median of rounds | p99 ms at fixed load | fsync µs (mean) | records per commit | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def round_ratio(name):
         # Each round's variant against that round's "no log": robust to a
@@ -159,7 +198,9 @@ def main():
         c, f = med(name, "closed_cpu_us"), med(name, "fixed_cpu_us")
         lines.append(f"| {name} | {med(name, 'closed_rps'):,.0f} | {c:.1f} | {c / base_closed:.3f} | "
                      f"{f:.1f} | {f / base_fixed:.3f} | {round_ratio(name):.3f} | "
-                     f"{med(name, 'fixed_p99_ms'):.2f} | {sum(r['errors'] for r in results[name])} |")
+                     f"{med(name, 'fixed_p99_ms'):.2f} | {opt(med(name, 'fsync_us'), '.0f')} | "
+                     f"{opt(med(name, 'records_per_commit'), '.1f')} | "
+                     f"{sum(r['errors'] for r in results[name])} |")
     md = "\n".join(lines) + "\n"
     (b.OUT / "receipts.md").write_text(md)
     (b.OUT / "receipts.json").write_text(json.dumps(results, indent=1))
