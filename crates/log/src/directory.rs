@@ -110,13 +110,17 @@ impl Drop for Delivery {
 /// on from its own task (a wake-up inside the runtime costs no system
 /// call; one from another thread writes the runtime's eventfd, once per
 /// record). A request that stopped waiting hands the batch to the next.
-fn deliver(batch: Vec<(Reply, Answer)>) {
-    let mut rest = batch.into_iter();
-    while let Some((reply, answer)) = rest.next() {
-        let others = rest.collect();
-        match reply.send(Delivery { answer, others }) {
+/// The batch's own `Vec` carries the others (no allocation here).
+fn deliver(mut batch: Vec<(Reply, Answer)>) {
+    // Leaders are taken from the end: the first in the batch leads.
+    batch.reverse();
+    while let Some((reply, answer)) = batch.pop() {
+        match reply.send(Delivery {
+            answer,
+            others: batch,
+        }) {
             Ok(()) => return,
-            Err(mut refused) => rest = std::mem::take(&mut refused.others).into_iter(),
+            Err(mut refused) => batch = std::mem::take(&mut refused.others),
         }
     }
 }
