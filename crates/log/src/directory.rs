@@ -6,14 +6,17 @@
 //! `tile/<L>/<N>` hash tiles, `tile/entries/<N>` entry bundles (each record
 //! after its big-endian `u16` length), their `.p/<W>` partial forms for
 //! every checkpoint's size, and `checkpoint` — plus `staging.<N>`, the entry
-//! bundle being filled, and `index.redb`, the request-id index.
+//! bundle being filled (and the next one, made ahead), and `index.redb`,
+//! the request-id index.
 //!
 //! * **Durable before acknowledged.** A writer thread appends the records
 //!   of concurrent requests to the staging bundle with one `pwrite(2)` and
 //!   one `fdatasync(2)` (group commit); each request waits for its batch.
 //!   The staging bundle is preallocated with zeros (so these fsyncs have no
-//!   metadata to journal) and, at 256 entries, cut to its records and
-//!   renamed to its tile name. Neither a
+//!   metadata to journal); at 256 entries the writer goes on in the next
+//!   one, which a helper thread made ahead, and the helper cuts the full
+//!   one to its records and renames it to its tile name — no directory
+//!   fsync or preallocation stands between a batch and its answer. Neither a
 //!   killed process nor a power loss can lose a record whose receipt went
 //!   out, or give its index to another record.
 //! * **Hash tiles** are written when the tree fills them and fsynced (with
@@ -176,6 +179,9 @@ struct Core {
     wake: Condvar,
     spare: Mutex<Spare>,
     spare_wake: Condvar,
+    /// Held while full bundles are sealed (by the helper, or by a
+    /// checkpoint that must not cover a seal still in progress).
+    sealing: Mutex<()>,
     /// [`INDEX_BATCH`] ids wait in memory: the helper should index them.
     index_due: AtomicBool,
     indexing: Mutex<()>,
@@ -193,14 +199,34 @@ pub struct Directory {
     spares: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Whether a preallocated spare staging bundle is ready.
+/// What the writer and the helper thread share about staging bundles:
+/// the helper prepares the next one and seals the full ones, so neither
+/// a preallocation nor a directory fsync stands between a batch and its
+/// answer.
 #[derive(Default)]
 struct Spare {
-    ready: bool,
+    /// The writer's staging bundle.
+    current: u64,
+    /// The next staging bundle, preallocated under its own name (durably),
+    /// once the helper has made it.
+    ready: Option<(u64, File)>,
+    /// The helper is making staging bundle `preparing`.
+    preparing: Option<u64>,
+    /// Full staging bundles, in order, to cut and rename to their tile
+    /// names.
+    full: Vec<Filled>,
     closed: bool,
 }
 
-/// The spare staging bundle's file name.
+/// A staging bundle that holds 256 records: its file, index and length.
+struct Filled {
+    file: File,
+    index: u64,
+    len: u64,
+}
+
+/// The file name of the spare staging bundle of earlier versions (removed
+/// at start).
 const SPARE: &str = "staging.spare";
 
 impl Drop for Directory {
@@ -311,8 +337,12 @@ impl Directory {
             disk,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
-            spare: Mutex::new(Spare::default()),
+            spare: Mutex::new(Spare {
+                current: staging.index,
+                ..Spare::default()
+            }),
             spare_wake: Condvar::new(),
+            sealing: Mutex::new(()),
             index_due: AtomicBool::new(false),
             indexing: Mutex::new(()),
             state: Mutex::new(state),
@@ -355,7 +385,9 @@ impl Directory {
     /// waits for the writer to answer what was queued.
     pub fn seal(&self) {
         self.stop_threads(true);
-        let _ = std::fs::remove_file(self.core.disk.dir().join(SPARE));
+        if let Some((index, _)) = lock(&self.core.spare).ready.take() {
+            let _ = std::fs::remove_file(self.core.disk.staging(index));
+        }
     }
 
     #[cfg(test)]
@@ -594,26 +626,16 @@ impl Core {
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batch_records.observe(chunk.len() as f64);
-            let sealed = written.and_then(|()| {
-                if fills {
-                    self.seal(staging, staging.len + bytes.len() as u64)
-                } else {
-                    Ok(Vec::new())
+            if let Err(e) = written {
+                // Nothing of this chunk is acknowledged: cut it off.
+                let cut = staging.file.set_len(staging.len);
+                let message = e.to_string();
+                if cut.is_err() {
+                    lock(&self.state).poisoned = true;
                 }
-            });
-            let touched = match sealed {
-                Ok(t) => t,
-                Err(e) => {
-                    // Nothing of this chunk is acknowledged: cut it off.
-                    let cut = staging.file.set_len(staging.len);
-                    let message = e.to_string();
-                    if cut.is_err() {
-                        lock(&self.state).poisoned = true;
-                    }
-                    answer_all(chunk.into_iter(), Failure::Io(message.clone()));
-                    return answer_all(items, Failure::Io(message));
-                }
-            };
+                answer_all(chunk.into_iter(), Failure::Io(message.clone()));
+                return answer_all(items, Failure::Io(message));
+            }
             staging.len += bytes.len() as u64;
             staging.count += chunk.len() as u64;
             from = to;
@@ -622,7 +644,7 @@ impl Core {
             } else {
                 None
             };
-            let indexes = self.commit(&chunk, touched, staging, next.as_ref());
+            let indexes = self.commit(&chunk, staging, next.as_ref());
             deliver(
                 chunk
                     .into_iter()
@@ -632,12 +654,21 @@ impl Core {
             );
             match next {
                 Some(Ok(file)) => {
-                    *staging = Staging {
-                        file,
-                        index: staging.index + 1,
-                        len: 0,
-                        count: 0,
-                    };
+                    let full = std::mem::replace(
+                        staging,
+                        Staging {
+                            file,
+                            index: staging.index + 1,
+                            len: 0,
+                            count: 0,
+                        },
+                    );
+                    lock(&self.spare).full.push(Filled {
+                        file: full.file,
+                        index: full.index,
+                        len: full.len,
+                    });
+                    self.spare_wake.notify_all();
                 }
                 Some(Err(e)) => {
                     lock(&self.state).poisoned = true;
@@ -649,98 +680,144 @@ impl Core {
         }
     }
 
-    /// Cuts the full staging bundle to its `len` bytes (dropping what is
-    /// left of the preallocation) and renames it to its tile name.
-    /// (The cut is made durable with the other new files before the next
-    /// checkpoint; a crash before that leaves zeros after the 256th entry,
-    /// which the next start cuts.)
-    fn seal(&self, staging: &Staging, len: u64) -> std::io::Result<Vec<PathBuf>> {
-        staging.file.set_len(len)?;
-        let index = staging.index;
+    /// Seals the full staging bundles waiting for it: each is cut to its
+    /// records (dropping what is left of the preallocation) and renamed to
+    /// its tile name. The records are durable already; the rename and the
+    /// cut are made durable with the other new files before the next
+    /// checkpoint — a crash before that leaves a full `staging.<N>`, or
+    /// zeros after the 256th entry, which the next start finishes.
+    fn seal_full(&self) {
+        let _one = lock(&self.sealing);
+        let full = std::mem::take(&mut lock(&self.spare).full);
+        for bundle in full {
+            match self.seal(&bundle) {
+                Ok(touched) => {
+                    lock(&self.state).unsynced.extend(touched);
+                    self.metrics.tiles_written.inc();
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    path = %self.disk.staging(bundle.index).display(),
+                    "cannot seal a full entry bundle: it is served from its staging file and sealed at the next start"
+                ),
+            }
+        }
+    }
+
+    fn seal(&self, bundle: &Filled) -> std::io::Result<Vec<PathBuf>> {
+        bundle.file.set_len(bundle.len)?;
         let target = self.disk.path(Tile {
             level: None,
-            index,
+            index: bundle.index,
             width: WIDTH as u16,
         });
         let mut touched = Vec::new();
         let parent = target.parent().unwrap_or(self.disk.dir());
         self.disk.create_dirs(parent, &mut touched)?;
-        std::fs::rename(self.disk.staging(index), &target)?;
+        std::fs::rename(self.disk.staging(bundle.index), &target)?;
         touched.push(target.clone());
         touched.push(parent.to_path_buf());
         touched.push(self.disk.dir().to_path_buf());
-        self.metrics.tiles_written.inc();
         Ok(touched)
     }
 
-    /// Creates the staging bundle `index`, preallocated, and makes its
-    /// name durable before any record is acknowledged in it.
-    /// Takes the spare the `residency-log-helper` thread prepared (a rename
-    /// and a directory fsync) or, when none is ready, preallocates one here.
+    /// The staging bundle `index`, preallocated, its name durable before
+    /// any record is acknowledged in it: the one the `residency-log-helper`
+    /// thread made ahead (waiting for it if it is being made), or, when
+    /// none is ready, one made here.
     fn next_staging(&self, index: u64) -> std::io::Result<File> {
-        let target = self.disk.staging(index);
-        let ready = std::mem::take(&mut lock(&self.spare).ready);
-        self.spare_wake.notify_one();
-        let file = if ready && std::fs::rename(self.disk.dir().join(SPARE), &target).is_ok() {
-            open_staging(&self.disk, index, false)?
-        } else {
-            let file = open_staging(&self.disk, index, true)?;
-            preallocate(&file, 0)?;
-            file
+        let ready = {
+            let mut spare = lock(&self.spare);
+            while spare.preparing == Some(index) {
+                spare = self
+                    .spare_wake
+                    .wait(spare)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            spare.current = index;
+            spare.ready.take()
         };
-        disk::sync_path(self.disk.dir())?;
-        Ok(file)
+        // The helper makes the one after.
+        self.spare_wake.notify_all();
+        match ready {
+            Some((made, file)) if made == index => Ok(file),
+            _ => {
+                let file = open_staging(&self.disk, index, true)?;
+                preallocate(&file, 0)?;
+                disk::sync_path(self.disk.dir())?;
+                Ok(file)
+            }
+        }
     }
 
-    /// The `residency-log-helper` thread: keeps one preallocated staging
-    /// bundle ready, so the writer does not write 160 KiB of zeros and
-    /// fsync them in the middle of a batch, and moves request ids into the
-    /// on-disk index when [`INDEX_BATCH`] of them wait in memory (at very
-    /// high rates, before the next checkpoint would).
+    /// The `residency-log-helper` thread: keeps the next staging bundle
+    /// ready (preallocated under its name, the directory fsynced), so the
+    /// writer neither writes 160 KiB of zeros nor fsyncs a directory
+    /// between a batch and its answer; seals the full bundles; and moves
+    /// request ids into the on-disk index when [`INDEX_BATCH`] of them wait
+    /// in memory (at very high rates, before the next checkpoint would).
     fn make_spares(&self) {
-        // Stops after the first failure: the writer then preallocates (or
-        // grows) its own bundles.
+        enum Job {
+            Seal,
+            Index,
+            Prepare(u64),
+        }
+        // Stops preparing after the first failure: the writer then
+        // preallocates (or grows) its own bundles.
         let mut preallocating = true;
         loop {
-            {
+            let job = {
                 let mut spare = lock(&self.spare);
-                while (spare.ready || !preallocating)
-                    && !spare.closed
-                    && !self.index_due.load(Ordering::Acquire)
-                {
+                loop {
+                    if !spare.full.is_empty() {
+                        break Job::Seal;
+                    }
+                    if self.index_due.swap(false, Ordering::AcqRel) {
+                        break Job::Index;
+                    }
+                    if spare.closed {
+                        return;
+                    }
+                    if preallocating && spare.ready.is_none() {
+                        let next = spare.current + 1;
+                        spare.preparing = Some(next);
+                        break Job::Prepare(next);
+                    }
                     spare = self
                         .spare_wake
                         .wait(spare)
                         .unwrap_or_else(|e| e.into_inner());
                 }
-                if spare.closed {
-                    return;
+            };
+            match job {
+                Job::Seal => self.seal_full(),
+                Job::Index => {
+                    let size = lock(&self.state).size;
+                    if let Err(e) = self.index_up_to(size) {
+                        tracing::warn!(error = %e, "cannot update the request-id index");
+                    }
                 }
-            }
-            if self.index_due.swap(false, Ordering::AcqRel) {
-                let size = lock(&self.state).size;
-                if let Err(e) = self.index_up_to(size) {
-                    tracing::warn!(error = %e, "cannot update the request-id index");
-                }
-            }
-            if lock(&self.spare).ready || !preallocating {
-                continue;
-            }
-            let path = self.disk.dir().join(SPARE);
-            let made = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&path)
-                .and_then(|f| preallocate(&f, 0));
-            match made {
-                Ok(true) => lock(&self.spare).ready = true,
-                Ok(false) | Err(_) => {
-                    tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full or a file-size limit?); the writer makes its own");
-                    let _ = std::fs::remove_file(&path);
-                    preallocating = false;
+                Job::Prepare(index) => {
+                    // No record is in it: the writer takes it only after
+                    // `preparing` is cleared.
+                    let path = self.disk.staging(index);
+                    let made = open_staging(&self.disk, index, true).and_then(|file| {
+                        let done = preallocate(&file, 0)?;
+                        disk::sync_path(self.disk.dir())?;
+                        Ok(done.then_some(file))
+                    });
+                    let mut spare = lock(&self.spare);
+                    spare.preparing = None;
+                    match made {
+                        Ok(Some(file)) => spare.ready = Some((index, file)),
+                        Ok(None) | Err(_) => {
+                            tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full or a file-size limit?); the writer makes its own");
+                            let _ = std::fs::remove_file(&path);
+                            preallocating = false;
+                        }
+                    }
+                    drop(spare);
+                    self.spare_wake.notify_all();
                 }
             }
         }
@@ -752,13 +829,11 @@ impl Core {
     fn commit(
         &self,
         chunk: &[Item],
-        touched: Vec<PathBuf>,
         staging: &Staging,
         next: Option<&std::io::Result<File>>,
     ) -> Vec<u64> {
         let mut st = lock(&self.state);
         st.batches += 1;
-        st.unsynced.extend(touched);
         let mut indexes = Vec::with_capacity(chunk.len());
         for item in chunk {
             let index = st.size;
@@ -772,7 +847,7 @@ impl Core {
         if st.recent.len() >= INDEX_BATCH && !self.index_due.swap(true, Ordering::AcqRel) {
             // Taking the helper's lock orders this with its check.
             drop(lock(&self.spare));
-            self.spare_wake.notify_one();
+            self.spare_wake.notify_all();
         }
         match next {
             Some(Ok(_)) => {
@@ -804,6 +879,9 @@ impl Core {
 
     fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         let _one = lock(&self.checkpointing);
+        // Full bundles still under their staging names are sealed first,
+        // so a checkpoint finds the spec's files in place (and durable).
+        self.seal_full();
         let (size, edge, unsynced, unwritten) = {
             let mut st = lock(&self.state);
             (
@@ -967,7 +1045,14 @@ impl Core {
             width: WIDTH as u16,
         });
         if index < staging_index {
-            return self.disk.read(&full).ok()?;
+            if let Some(bytes) = self.disk.read(&full).ok()? {
+                return Some(bytes);
+            }
+            // Full, but not sealed yet (the helper cuts and renames it).
+            return match self.disk.read(&self.disk.staging(index)).ok()? {
+                Some(bytes) => disk::bundle_prefix(&bytes, WIDTH as usize).map(<[u8]>::to_vec),
+                None => self.disk.read(&full).ok()?,
+            };
         }
         match File::open(self.disk.staging(index)) {
             Ok(f) => {
@@ -1855,6 +1940,57 @@ mod tests {
             }
             assert_eq!(cp.root, tree.root());
         }
+    }
+
+    /// The writer answers the batch that fills a bundle without sealing
+    /// it: the helper cuts and renames it later (here: held back), and
+    /// meanwhile it is served from its staging file; the next checkpoint
+    /// finds it sealed.
+    #[tokio::test]
+    async fn a_full_bundle_is_served_while_its_seal_waits() {
+        let (_dir, mut settings) = setup("unsealed");
+        settings.max_records = u64::MAX;
+        let log = Directory::open(&settings, metrics()).unwrap();
+        // Another thread holds the seal back until told.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = std::sync::mpsc::channel::<()>();
+        let core = log.core.clone();
+        let holder = std::thread::spawn(move || {
+            let _seal = lock(&core.sealing);
+            holding.send(()).unwrap();
+            let _ = released.recv();
+        });
+        held.recv().unwrap();
+        for i in 0..260 {
+            let bytes = record(i).to_bytes();
+            let id = id_key(&record(i).request_id);
+            let index = log
+                .append(&bytes, merkle::leaf_hash(&bytes), id)
+                .await
+                .unwrap();
+            assert_eq!(index, i);
+        }
+        let dir = &settings.directory;
+        let full = dir.join("tile/entries/000");
+        assert!(!full.exists() && dir.join("staging.0").is_file());
+        assert!(dir.join("staging.1").is_file());
+        assert_eq!(log.record(255).unwrap(), record(255).to_bytes());
+        let tile = Tile {
+            level: None,
+            index: 0,
+            width: WIDTH as u16,
+        };
+        let served = log.any_tile(tile).unwrap();
+        let entries = crate::tiles::entries(&served).unwrap();
+        assert_eq!(entries.len(), 256);
+        assert_eq!(entries[17], record(17).to_bytes().as_slice());
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let cp = log.checkpoint().unwrap();
+        assert_eq!(cp.size, 260);
+        assert!(!dir.join("staging.0").exists());
+        assert_eq!(std::fs::read(&full).unwrap(), served);
+        assert_eq!(log.record(256).unwrap(), record(256).to_bytes());
     }
 
     /// A log of the one-file format (`records.log`) is converted to tiles
