@@ -296,7 +296,7 @@ impl BodySlot {
             };
             let Ok(data) = frame.into_data() else {
                 continue;
-            }; // trailers are dropped
+            }; // trailers are not forwarded (README), here as when streaming
             if let Err(e) = self.count(data.len()) {
                 break Err(e);
             }
