@@ -134,6 +134,8 @@ fn deliver(mut batch: Vec<(Reply, Answer)>) {
 struct Queue {
     buf: Vec<u8>,
     items: Vec<Item>,
+    /// When the first of `items` was queued.
+    first: Option<Instant>,
     closed: bool,
     /// The writer thread waits for a first record.
     idle: bool,
@@ -442,6 +444,9 @@ impl Directory {
                     LogError::Poisoned
                 });
             }
+            if q.items.is_empty() {
+                q.first = Some(Instant::now());
+            }
             tiles::push_entry(&mut q.buf, bytes);
             let end = q.buf.len();
             q.items.push(Item {
@@ -556,9 +561,10 @@ impl Core {
     /// after batch, until the log is dropped.
     ///
     /// While the log is busy (the last batch ended less than
-    /// [`BUSY`] ago), a batch waits `commit_window` (default 0.5 ms) for more records
-    /// before it is written, so one `fdatasync(2)` covers more of them; an
-    /// idle log writes a lone record at once.
+    /// [`BUSY`] ago), a batch waits for more records until `commit_window`
+    /// (default 0.5 ms) after its first record was queued, so one
+    /// `fdatasync(2)` covers more of them; an idle log writes a lone record
+    /// at once.
     fn run(&self, mut staging: Staging) {
         let mut last_done: Option<Instant> = None;
         loop {
@@ -573,7 +579,10 @@ impl Core {
                     q.idle = false;
                 }
                 if last_done.is_some_and(|t| t.elapsed() < BUSY) {
-                    let deadline = Instant::now() + self.settings.commit_window;
+                    // From the first waiting record: records that queued
+                    // behind a slow fsync have waited already.
+                    let deadline =
+                        q.first.unwrap_or_else(Instant::now) + self.settings.commit_window;
                     while q.items.len() < WIDTH as usize && !q.closed {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
@@ -586,6 +595,7 @@ impl Core {
                             .0;
                     }
                 }
+                q.first = None;
                 (std::mem::take(&mut q.buf), std::mem::take(&mut q.items))
             };
             self.write(&mut staging, &buf, items);

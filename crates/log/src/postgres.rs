@@ -138,6 +138,8 @@ struct Pending {
     data: Vec<u8>,
     /// The index and the record's bytes back (no copy is kept meanwhile).
     reply: oneshot::Sender<Result<(u64, Vec<u8>), LogError>>,
+    /// When it was queued.
+    queued: tokio::time::Instant,
 }
 
 /// This replica's session for the integrator lock: a connection of its
@@ -300,6 +302,7 @@ impl Fleet {
             key: id.to_be_bytes(),
             data,
             reply,
+            queued: tokio::time::Instant::now(),
         };
         match self.queue.try_send(pending) {
             Ok(()) => {}
@@ -797,15 +800,16 @@ impl Shared {
 /// The sequencer task: batch after batch until every sender is gone.
 ///
 /// While the log is busy (the last batch ended less than [`BUSY`] ago), a
-/// batch waits up to `commit_window` (default 1 ms) for more records before it is sent,
-/// so one transaction — whose cost in PostgreSQL hardly depends on its
+/// batch waits for more records until `commit_window` (default 1 ms) after
+/// its first record was queued — records that queued behind a slow
+/// transaction have waited already — before it is sent, so one transaction — whose cost in PostgreSQL hardly depends on its
 /// size — covers more of them; an idle log sends a lone record at once.
 async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_done: Option<Instant> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if last_done.is_some_and(|t| t.elapsed() < BUSY) {
-            let deadline = tokio::time::Instant::now() + shared.settings.commit_window;
+            let deadline = batch[0].queued + shared.settings.commit_window;
             while batch.len() < MAX_BATCH {
                 let room = MAX_BATCH - batch.len();
                 let more = rx.recv_many(&mut batch, room);
