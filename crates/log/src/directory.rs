@@ -217,15 +217,8 @@ struct Spare {
     preparing: Option<u64>,
     /// Full staging bundles, in order, to cut and rename to their tile
     /// names.
-    full: Vec<Filled>,
+    full: Vec<Staging>,
     closed: bool,
-}
-
-/// A staging bundle that holds 256 records: its file, index and length.
-struct Filled {
-    file: File,
-    index: u64,
-    len: u64,
 }
 
 /// The file name of the spare staging bundle of earlier versions (removed
@@ -674,11 +667,7 @@ impl Core {
                             count: 0,
                         },
                     );
-                    lock(&self.spare).full.push(Filled {
-                        file: full.file,
-                        index: full.index,
-                        len: full.len,
-                    });
+                    lock(&self.spare).full.push(full);
                     self.spare_wake.notify_all();
                 }
                 Some(Err(e)) => {
@@ -715,7 +704,7 @@ impl Core {
         }
     }
 
-    fn seal(&self, bundle: &Filled) -> std::io::Result<Vec<PathBuf>> {
+    fn seal(&self, bundle: &Staging) -> std::io::Result<Vec<PathBuf>> {
         bundle.file.set_len(bundle.len)?;
         let target = self.disk.path(Tile {
             level: None,

@@ -801,9 +801,10 @@ impl Shared {
 ///
 /// While the log is busy (the last batch ended less than [`BUSY`] ago), a
 /// batch waits for more records until `commit_window` (default 1 ms) after
-/// its first record was queued — records that queued behind a slow
-/// transaction have waited already — before it is sent, so one transaction — whose cost in PostgreSQL hardly depends on its
-/// size — covers more of them; an idle log sends a lone record at once.
+/// its first record was queued (records that queued behind a slow
+/// transaction have waited already), so one transaction — whose cost in
+/// PostgreSQL hardly depends on its size — covers more of them; an idle
+/// log sends a lone record at once.
 async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut last_done: Option<Instant> = None;
