@@ -40,12 +40,12 @@ pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Byt
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/datacenters/") {
         if req.method() != Method::POST {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            return not_allowed("use POST\n", "POST");
         }
         return drain(instance, rest);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        return not_allowed("only GET\n", "GET, HEAD");
     }
     match path {
         "/metrics" => {
@@ -190,6 +190,14 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// 405 with the `Allow` header RFC 9110 §15.5.6 requires.
+fn not_allowed(body: &'static str, allow: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, body);
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -35,7 +35,10 @@ use serde::Serialize;
 /// Answers one request (bodies are never read).
 pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     let path = req.uri().path();
     if let Some(page) = crate::page::answer(path) {

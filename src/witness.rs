@@ -168,7 +168,10 @@ async fn answer(
         return plain(StatusCode::NOT_FOUND, "not found: POST /add-checkpoint");
     }
     if req.method() != Method::POST {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST");
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST");
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return resp;
     }
     let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES);
     let body = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {

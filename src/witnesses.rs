@@ -163,11 +163,11 @@ impl Witnesses {
         self.witness(&current, true).await;
     }
 
-    /// One generation's exchange. For the current one, a witness's
-    /// progress is what this process remembers (`cosigned`, `published`);
-    /// for a sealed one it is read from its last checkpoint, whose
-    /// signature lines show which witnesses cosigned it (and asked from
-    /// size 0: a 409 gives the witness's size).
+    /// One generation's exchange. A witness whose cosignature the latest
+    /// checkpoint already carries is not asked. Otherwise, for the current
+    /// generation, a witness's progress is what this process remembers
+    /// (`cosigned`, `published`); for a sealed one, it is asked from size
+    /// 0 (a 409 gives the witness's size).
     async fn witness(&self, generation: &Arc<Generation>, current: bool) {
         let latest = generation.latest();
         if latest.size == 0 {
@@ -182,11 +182,20 @@ impl Witnesses {
             .iter()
             .filter(|c| c.due(now))
             .filter(|c| {
-                if current {
-                    c.published.load(Ordering::Acquire) != latest.size
-                } else {
-                    !c.signed(body, signatures)
+                if current && c.published.load(Ordering::Acquire) == latest.size {
+                    return false;
                 }
+                // Already cosigned in the note: before a restart, or asked
+                // by another proxy of a fleet. Asking again would only
+                // renew the line.
+                if c.signed(body, signatures) {
+                    if current {
+                        c.cosigned.store(latest.size, Ordering::Release);
+                        c.published.store(latest.size, Ordering::Release);
+                    }
+                    return false;
+                }
+                true
             })
             .collect();
         if asked.is_empty() {

@@ -185,12 +185,15 @@ async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
             .0,
         404
     );
+    let (status, headers, _) =
+        plain_exchange(proxy.admin, "GET", "/datacenters/zurich/drain").await;
+    assert_eq!(status, 405);
     assert_eq!(
-        proxy
-            .admin_request("GET", "/datacenters/zurich/drain")
-            .await
-            .0,
-        405
+        headers["allow"], "POST",
+        "RFC 9110: a 405 says what is allowed"
     );
+    let (status, headers, _) = plain_exchange(proxy.admin, "DELETE", "/metrics").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET, HEAD");
     proxy.stop().await;
 }

@@ -228,6 +228,10 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
         assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
     checkpoint_covers(&proxy, &key, 3).await;
+    // Only GET and HEAD; a 405 says so (RFC 9110 §15.5.6).
+    let (status, headers, _) = plain_exchange(proxy.log_addr.unwrap(), "POST", "/checkpoint").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET, HEAD");
     // Save what we saw.
     let seen = dir.path().join("seen.checkpoint");
     let mut a = args(&key);

@@ -360,6 +360,10 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     assert_eq!(status, 409, "{body}\n{}", witness.output());
     assert_eq!(content_type.as_deref(), Some("text/x.tlog.size"));
     assert_eq!(body, format!("{}\n", grown.size));
+    // Only POST; a 405 says so (RFC 9110 §15.5.6).
+    let (status, headers, _) = plain_exchange(addr, "GET", "/add-checkpoint").await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
     // An unknown log is 404; a checkpoint of log A with a bad signature 403.
     let (_, note_b) = b.log_get("/checkpoint").await;
     let forged = note_b.replacen(ORIGIN_B, "c.test/residency-log", 1);
@@ -393,24 +397,40 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     .await;
     assert!(!report.valid(), "{report}");
 
-    // A log that forgot what the witness cosigned (as after a restart of
-    // the proxy) asks from 0, is told the witness's size by the 409, and
-    // asks again from it.
-    let registry = prometheus::Registry::new();
-    let fresh = Witnesses::new(
-        a.instance.log.clone().unwrap(),
-        &a.instance.snapshot().config.witnesses,
-        &registry,
-    )
-    .unwrap();
-    fresh.round().await;
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
+    // A process that starts again (a restart of the proxy, or another
+    // replica of a fleet signing) on a checkpoint the witness cosigned
+    // already: it does not ask again, and the note keeps one line by the
+    // witness however often that happens. (It used to ask again from 0,
+    // be told the witness's size by the 409, and add a second line each
+    // time, until the note passed the signature limit and the log could
+    // not be opened.) The sealed generations' test covers asking from 0.
+    let lines_by_witness = |note: &str| {
+        note.lines()
+            .filter(|l| l.starts_with(&format!("— {WITNESS_NAME} ")))
+            .count()
+    };
+    let before = a.log_get("/checkpoint").await.1;
+    assert_eq!(lines_by_witness(&before), 1, "{before}");
+    for _ in 0..3 {
+        let registry = prometheus::Registry::new();
+        let fresh = Witnesses::new(
+            a.instance.log.clone().unwrap(),
+            &a.instance.snapshot().config.witnesses,
+            &registry,
+        )
         .unwrap();
-    assert_eq!(metric(&text, &ok), Some(1.0), "{text}");
-    let conflict = ok.replace("\"ok\"", "\"conflict\"");
-    assert_eq!(metric(&text, &conflict), Some(0.0), "{text}");
-    assert!(wkey.verify_note(&a.log_get("/checkpoint").await.1).is_ok());
+        fresh.round().await;
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for result in ["ok", "conflict"] {
+            let series = ok.replace("\"ok\"", &format!("\"{result}\""));
+            assert_eq!(metric(&text, &series), Some(0.0), "{text}");
+        }
+    }
+    let after = a.log_get("/checkpoint").await.1;
+    assert_eq!(after, before, "the same note, not one line more");
+    assert!(wkey.verify_note(&after).is_ok());
     assert!(latest.size > grown.size);
 
     a.stop().await;

@@ -171,10 +171,14 @@ pub struct Published {
     pub root: Hash,
 }
 
-/// Appends witness cosignature lines (`— name base64`, no newline) to the
+/// Adds witness cosignature lines (`— name base64`, no newline) to the
 /// note in `latest` if it is still the checkpoint of `size`, in one step
 /// (a late cosignature never brings an older checkpoint back); returns
-/// the cosigned note, or `None` when a newer checkpoint replaced it.
+/// the cosigned note, or `None` when a newer checkpoint replaced it. A
+/// line replaces any earlier one by the same key (name and key ID), so a
+/// witness asked again (after a restart, or by another proxy of a fleet)
+/// does not make the note grow towards the signature limit verifiers
+/// apply; the log's own signature, the first line, stays first.
 pub(crate) fn cosign(
     latest: &arc_swap::ArcSwap<Published>,
     size: u64,
@@ -186,11 +190,7 @@ pub(crate) fn cosign(
             added = None;
             return current.clone();
         }
-        let mut note = current.note.clone();
-        for line in lines {
-            note.push_str(line);
-            note.push('\n');
-        }
+        let note = with_lines(&current.note, lines);
         added = Some(note.clone());
         std::sync::Arc::new(Published {
             note,
@@ -199,6 +199,36 @@ pub(crate) fn cosign(
         })
     });
     added
+}
+
+/// `note` with `lines` added as its last signature lines, without the
+/// earlier lines by the same keys.
+fn with_lines(note: &str, lines: &[String]) -> String {
+    let Ok((body, signatures)) = crate::witness::split_note(note) else {
+        // Not a note we signed: nothing to keep apart.
+        return lines.iter().fold(note.to_owned(), |n, l| n + l + "\n");
+    };
+    let key = |line: &str| {
+        crate::note::parse_signature_line(line)
+            .ok()
+            .map(|(name, payload)| (name.to_owned(), payload[..4].to_vec()))
+    };
+    let replaced: Vec<_> = lines.iter().filter_map(|l| key(l)).collect();
+    let mut out =
+        String::with_capacity(note.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+    out.push_str(body);
+    out.push('\n');
+    for (i, line) in signatures.split_terminator('\n').enumerate() {
+        if i == 0 || key(line).is_none_or(|k| !replaced.contains(&k)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The map key for a request id: its value when it is 32 hex digits (ours
@@ -220,4 +250,62 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::note::{Checkpoint, Signer, Verifier};
+    use crate::witness::Cosigner;
+
+    #[test]
+    fn a_witness_asked_again_replaces_its_line() {
+        let log = Signer::from_seed("example.com/log", &[1; 32]).unwrap();
+        let note = Checkpoint {
+            origin: log.name().to_owned(),
+            size: 3,
+            root: [9; 32],
+            extensions: vec![],
+        }
+        .sign(&log)
+        .unwrap();
+        let (body, _) = crate::witness::split_note(&note).unwrap();
+        let w = Cosigner::from_seed("w.example", &[2; 32]).unwrap();
+        let v = Cosigner::from_seed("v.example", &[3; 32]).unwrap();
+        // Same name, another key: a different signer.
+        let w2 = Cosigner::from_seed("w.example", &[4; 32]).unwrap();
+        let latest = arc_swap::ArcSwap::from_pointee(Published {
+            note: note.clone(),
+            size: 3,
+            root: [9; 32],
+        });
+        let first = [
+            w.cosign(body, 100),
+            v.cosign(body, 100),
+            w2.cosign(body, 100),
+        ];
+        cosign(&latest, 3, &first).unwrap();
+        // Three restarts asking w again.
+        for t in 101..104 {
+            cosign(&latest, 3, &[w.cosign(body, t)]).unwrap();
+        }
+        let served = latest.load().note.clone();
+        let lines: Vec<&str> = crate::witness::split_note(&served)
+            .unwrap()
+            .1
+            .lines()
+            .collect();
+        assert_eq!(lines.len(), 4, "{served}");
+        assert_eq!(
+            lines[0],
+            note.lines().last().unwrap(),
+            "the log's line first"
+        );
+        assert_eq!(&lines[1..], [&first[1], &first[2], &w.cosign(body, 103)]);
+        let verifier = Verifier::parse(&log.verifier_key()).unwrap();
+        assert!(Checkpoint::open(&served, &verifier).is_ok());
+        assert_eq!(w.verifier().verify_note(&served), Ok(103));
+        // Another size's cosignature is not added.
+        assert_eq!(cosign(&latest, 4, &[w.cosign(body, 200)]), None);
+    }
 }

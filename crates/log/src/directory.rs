@@ -290,6 +290,7 @@ impl Directory {
                 ),
             });
         }
+        let checkpointed = edge.clone();
         let mut state = State {
             size,
             edge,
@@ -347,6 +348,13 @@ impl Directory {
             checkpointing: Mutex::new(()),
             metrics,
         });
+        // The last checkpoint's partial tiles, written again (and synced):
+        // written without an fsync at each checkpoint, they may have been
+        // lost with a power cut. The log serves partials from memory; these
+        // are for static file servers.
+        if size > 0 {
+            core.write_partials(&checkpointed, true);
+        }
         let thread_core = core.clone();
         let writer = std::thread::Builder::new()
             .name("residency-log-writer".into())
@@ -437,10 +445,14 @@ impl Directory {
                     LogError::Poisoned
                 });
             }
+            // Before anything is queued: a leaf without its bytes in the
+            // bundle would not match the level-0 tile.
+            if !tiles::push_entry(&mut q.buf, bytes) {
+                return Err(LogError::EntryTooLarge(bytes.len()));
+            }
             if q.items.is_empty() {
                 q.first = Some(Instant::now());
             }
-            tiles::push_entry(&mut q.buf, bytes);
             let end = q.buf.len();
             q.items.push(Item {
                 leaf,
@@ -914,7 +926,7 @@ impl Core {
             self.confirmed();
             return Ok(latest);
         }
-        self.write_partials(&edge);
+        self.write_partials(&edge, false);
         let root = edge.root();
         let checkpoint = Checkpoint {
             origin: self.settings.origin.clone(),
@@ -966,7 +978,7 @@ impl Core {
     /// Writes the partial tiles of the checkpoint's size, as the spec has
     /// them exist for every checkpoint (a convenience for static serving:
     /// the log itself serves them from the right edge and the bundles).
-    fn write_partials(&self, edge: &Edge) {
+    fn write_partials(&self, edge: &Edge, sync: bool) {
         let mut tiles: Vec<(Tile, Vec<u8>)> =
             edge.partials().map(|(t, h)| (t, h.concat())).collect();
         let width = edge.size() % WIDTH;
@@ -985,7 +997,7 @@ impl Core {
         }
         for (tile, bytes) in tiles {
             let path = self.disk.path(tile);
-            if let Err(e) = self.disk.write(&path, &bytes, false) {
+            if let Err(e) = self.disk.write(&path, &bytes, sync) {
                 tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
             }
         }
@@ -1077,6 +1089,7 @@ impl Core {
                 disk::prefix(tile, &bundle).map(<[u8]>::to_vec)
             }
             Some(level) => {
+                // A full tile, or a prefix of one.
                 if let Ok(Some(bytes)) = self.disk.read_tile(tile) {
                     return Some(bytes);
                 }
@@ -1088,6 +1101,12 @@ impl Core {
                         && partial.len() >= usize::from(tile.width)
                     {
                         return Some(partial[..usize::from(tile.width)].concat());
+                    }
+                    // A full tile whose write failed (retried at the next
+                    // checkpoint).
+                    let same = |t: &Tile| t.level == tile.level && t.index == tile.index;
+                    if let Some((_, bytes)) = st.unwritten.iter().find(|(t, _)| same(t)) {
+                        return disk::prefix(tile, bytes).map(<[u8]>::to_vec);
                     }
                 }
                 // Filled and written since the first look.
@@ -1799,6 +1818,35 @@ mod tests {
         for i in [0u64, 255, 256, 599] {
             assert_eq!(log.current().index_of(&format!("{i:032x}")), Some(i));
         }
+
+        // Partial files are written without an fsync: one lost to a power
+        // cut (cut short, or zeros) is not what the log serves, and the
+        // next start writes it again.
+        let partials = ["tile/0/002.p/88", "tile/1/000.p/2"];
+        let good: Vec<Vec<u8>> = partials
+            .iter()
+            .map(|p| std::fs::read(dir.join(p)).unwrap())
+            .collect();
+        std::fs::write(dir.join(partials[0]), b"").unwrap();
+        std::fs::write(dir.join(partials[1]), [0u8; 64]).unwrap();
+        let tile = |level: u8, index: u64, width: u16| Tile {
+            level: Some(level),
+            index,
+            width,
+        };
+        let served = [tile(0, 2, 88), tile(1, 0, 2)].map(|t| log.current().tile(t));
+        assert_eq!(served, [Some(good[0].clone()), Some(good[1].clone())]);
+        // An older checkpoint's partial: a prefix of the full tile.
+        assert_eq!(
+            log.current().tile(tile(0, 1, 7)),
+            Some(std::fs::read(dir.join("tile/0/001")).unwrap()[..7 * 32].to_vec())
+        );
+        drop(log);
+        let log = Log::open(&settings, metrics()).unwrap();
+        for (path, bytes) in partials.iter().zip(&good) {
+            assert_eq!(&std::fs::read(dir.join(path)).unwrap(), bytes, "{path}");
+        }
+        drop(log);
     }
 
     #[tokio::test]

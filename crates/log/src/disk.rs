@@ -49,14 +49,16 @@ impl Disk {
         }
     }
 
-    /// The stored tile, or the first `width` hashes (entries) of the full
-    /// tile of the same index: a partial tile is a prefix of the full one.
+    /// A full tile as stored, or a partial one as the first `width` hashes
+    /// (entries) of the full tile of the same index. Stored partial files
+    /// are never read: they are written without an fsync (for static file
+    /// servers), so after a power loss one may be short or zeroed; the log
+    /// serves the right edge's partials from memory instead.
     pub fn read_tile(&self, tile: Tile) -> std::io::Result<Option<Vec<u8>>> {
-        if let Some(bytes) = self.read(&self.path(tile))? {
-            return Ok(Some(bytes));
-        }
         if u64::from(tile.width) == WIDTH {
-            return Ok(None);
+            return Ok(self
+                .read(&self.path(tile))?
+                .filter(|b| b.len() == 32 * WIDTH as usize));
         }
         let full = Tile {
             width: WIDTH as u16,

@@ -89,11 +89,11 @@ impl TlogProof {
         })
     }
 
-    /// Checks the checkpoint's signature with `verifier` and that `entry`
-    /// is at `index` of its tree; returns the checkpoint.
+    /// Checks the checkpoint's signature with `verifier`, that it is the
+    /// checkpoint of the log the key is for (its origin is the key's name)
+    /// and that `entry` is at `index` of its tree; returns the checkpoint.
     pub fn verify(&self, entry: &[u8], verifier: &Verifier) -> Result<Checkpoint, String> {
-        let checkpoint = Checkpoint::open(&self.checkpoint, verifier)
-            .map_err(|e| format!("the checkpoint: {e}"))?;
+        let checkpoint = crate::verdict::open_checkpoint(&self.checkpoint, verifier)?;
         merkle::verify_inclusion(
             &merkle::leaf_hash(entry),
             self.index,
@@ -168,6 +168,23 @@ mod tests {
             checkpoint: note,
         };
         assert_eq!(TlogProof::parse(&one.encode()).unwrap(), one);
+
+        // The same key signing another log's tree: not this log's proof.
+        let elsewhere = Checkpoint {
+            origin: "example.com/other-log".into(),
+            size: 11,
+            root: tree.root(),
+            extensions: Vec::new(),
+        }
+        .sign(&signer)
+        .unwrap();
+        let err = TlogProof {
+            checkpoint: elsewhere,
+            ..parsed
+        }
+        .verify(&entries[6], &verifier)
+        .unwrap_err();
+        assert!(err.contains("example.com/other-log"), "{err}");
     }
 
     #[test]

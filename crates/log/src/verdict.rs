@@ -385,7 +385,17 @@ fn check_witnesses(inputs: &Inputs, note: &str) -> Result<Option<String>, Failur
             .or_else(|e| fail(Step::Witnesses, format!("witness key {text}: {e}")))?;
         keys.push(key);
     }
+    CosignatureVerifier::check_distinct(&keys).or_else(|e| fail(Step::Witnesses, e))?;
     let quorum = inputs.quorum.unwrap_or(keys.len());
+    if quorum == 0 || quorum > keys.len() {
+        return fail(
+            Step::Witnesses,
+            format!(
+                "a quorum of {quorum} cannot be met by {} witness keys: it must be 1 to {0}",
+                keys.len()
+            ),
+        );
+    }
     let mut valid = Vec::new();
     let mut others = Vec::new();
     for key in &keys {
@@ -526,5 +536,62 @@ mod tests {
         assert_eq!(plain_time("2027-01-31T00:05:00Z"), "31 Jan 2027 00:05 UTC");
         assert_eq!(plain_time("2026-13-02T10:41:07Z"), "2026-13-02T10:41:07Z");
         assert_eq!(plain_time("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn one_witness_key_under_two_names_does_not_make_a_quorum_of_two() {
+        use crate::note::{Checkpoint, Signer};
+        use crate::witness::{split_note, Cosigner};
+        let log = Signer::from_seed("example.com/log", &[1; 32]).unwrap();
+        let note = Checkpoint {
+            origin: log.name().to_owned(),
+            size: 3,
+            root: [9; 32],
+            extensions: vec![],
+        }
+        .sign(&log)
+        .unwrap();
+        let body = split_note(&note).unwrap().0.to_owned();
+        let a = Cosigner::from_seed("a.example", &[2; 32]).unwrap();
+        // b: a's public key under another name.
+        let b = Cosigner::from_seed("b.example", &[2; 32]).unwrap();
+        let line = a.cosign(&body, 100);
+        // a's line relabelled as b's: name and key ID changed, same bytes.
+        let payload = line.rsplit(' ').next().unwrap();
+        let mut raw =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload).unwrap();
+        raw[..4].copy_from_slice(&b.key_id());
+        let relabelled = format!(
+            "— b.example {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw)
+        );
+        let cosigned = format!("{note}{line}\n{relabelled}\n");
+        assert!(
+            b.verifier().verify_note(&cosigned).is_ok(),
+            "the relabelled line verifies"
+        );
+        let inputs = Inputs {
+            witnesses: vec![a.verifier_key(), b.verifier_key()],
+            quorum: Some(2),
+            ..Inputs::default()
+        };
+        let err = check_witnesses(&inputs, &cosigned).unwrap_err();
+        assert_eq!(err.step, Step::Witnesses);
+        assert!(err.message.contains("same public key"), "{}", err.message);
+        // Quorums that no set of keys meets.
+        for quorum in [0, 2] {
+            let inputs = Inputs {
+                witnesses: vec![a.verifier_key()],
+                quorum: Some(quorum),
+                ..Inputs::default()
+            };
+            let err = check_witnesses(&inputs, &cosigned).unwrap_err();
+            assert!(err.message.contains("cannot be met"), "{}", err.message);
+        }
+        let inputs = Inputs {
+            witnesses: vec![a.verifier_key()],
+            ..Inputs::default()
+        };
+        assert!(check_witnesses(&inputs, &cosigned).unwrap().is_some());
     }
 }

@@ -174,6 +174,28 @@ impl CosignatureVerifier {
         cosigner_vkey(&self.name, self.key_id, &self.public_key)
     }
 
+    /// Refuses a set of trusted witness keys in which two share a public
+    /// key (an exact duplicate included). A cosignature does not commit to
+    /// the witness's name (tlog-cosignature: "the same public key can't be
+    /// used across multiple cosigners"), so one witness's line, relabelled
+    /// with the other name and key ID, would count twice towards a quorum.
+    pub fn check_distinct(keys: &[CosignatureVerifier]) -> Result<(), String> {
+        for (i, a) in keys.iter().enumerate() {
+            if let Some(b) = keys[..i].iter().find(|b| b.public_key == a.public_key) {
+                return Err(if a == b {
+                    format!("witness key {} is given twice", a.label())
+                } else {
+                    format!(
+                        "witness keys {} and {} have the same public key: one witness cannot count twice towards a quorum",
+                        b.label(),
+                        a.label()
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks one signature line (without its newline) against the note
     /// text `body`: `Ok(None)` if it is another key's line (to be
     /// ignored), `Ok(Some(timestamp))` if it is a valid cosignature by
@@ -408,7 +430,15 @@ impl Refusal {
 pub struct Witness {
     cosigner: Cosigner,
     logs: BTreeMap<String, Verifier>,
-    state: Mutex<State>,
+    state: Mutex<Guarded>,
+}
+
+/// What the lock guards: the recorded state, and the timestamp of the
+/// latest cosignature (so timestamps never go back as sizes grow).
+#[derive(Debug)]
+struct Guarded {
+    state: State,
+    last_timestamp: u64,
 }
 
 /// Cosignature lines answered for an accepted checkpoint, and the state
@@ -428,7 +458,10 @@ impl Witness {
         Witness {
             cosigner,
             logs,
-            state: Mutex::new(state),
+            state: Mutex::new(Guarded {
+                state,
+                last_timestamp: 0,
+            }),
         }
     }
 
@@ -438,10 +471,10 @@ impl Witness {
 
     /// What is recorded for `origin`.
     pub fn recorded(&self, origin: &str) -> Option<Recorded> {
-        self.lock().get(origin).copied()
+        self.lock().state.get(origin).copied()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Guarded> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -449,7 +482,11 @@ impl Witness {
     /// seconds). `persist` must store the new state durably; it runs under
     /// the state lock, so checking `old` and recording the new size are one
     /// step (no concurrent request can roll the state back in between), and
-    /// nothing is cosigned unless it succeeded.
+    /// nothing is cosigned unless it succeeded. The cosignature is made
+    /// under the lock too, timestamped no earlier than the one before it:
+    /// a larger size is never cosigned as of an earlier time than a
+    /// smaller one (tlog-cosignature's timestamp is the time as of which
+    /// the cosigned size is the largest the witness has seen).
     pub fn add_checkpoint(
         &self,
         body: &[u8],
@@ -478,11 +515,15 @@ impl Witness {
                 request.old, checkpoint.size
             )));
         }
-        let mut state = self.lock();
-        let recorded = state.get(&checkpoint.origin).copied().unwrap_or(Recorded {
-            size: 0,
-            root: merkle::empty_root(),
-        });
+        let mut guarded = self.lock();
+        let recorded = guarded
+            .state
+            .get(&checkpoint.origin)
+            .copied()
+            .unwrap_or(Recorded {
+                size: 0,
+                root: merkle::empty_root(),
+            });
         if request.old != recorded.size {
             return Err(Refusal::Conflict {
                 old: request.old,
@@ -502,7 +543,7 @@ impl Witness {
             &request.proof,
         )
         .map_err(|e| Refusal::InvalidProof(e.to_string()))?;
-        let mut next = state.clone();
+        let mut next = guarded.state.clone();
         next.insert(
             checkpoint.origin.clone(),
             Recorded {
@@ -511,9 +552,11 @@ impl Witness {
             },
         );
         persist(&next).map_err(Refusal::Storage)?;
-        *state = next;
-        drop(state);
-        let mut line = self.cosigner.cosign(text, now);
+        guarded.state = next;
+        let timestamp = now.max(guarded.last_timestamp);
+        guarded.last_timestamp = timestamp;
+        let mut line = self.cosigner.cosign(text, timestamp);
+        drop(guarded);
         line.push('\n');
         Ok(Accepted {
             origin: checkpoint.origin,
@@ -863,6 +906,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(persisted.unwrap()[ORIGIN].size, 12);
+
+        // A request whose clock was read earlier (it waited for the lock)
+        // cosigns a larger size: not as of an earlier time than the
+        // smaller size's cosignature (109).
+        let t15 = tree(15);
+        let proof = t15.consistency_proof(12, 15).unwrap();
+        let late = w
+            .add_checkpoint(&request(12, proof, checkpoint(&t15, &log)), 100, ok)
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t15, &log), late.body);
+        assert_eq!(wv.verify_note(&cosigned), Ok(109));
     }
 
     #[test]

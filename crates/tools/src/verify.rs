@@ -435,11 +435,9 @@ impl Witnesses {
             let text = std::fs::read_to_string(arg).unwrap_or_else(|_| arg.clone());
             let key = CosignatureVerifier::parse(text.trim())
                 .map_err(|e| anyhow!("--witness {arg}: {e}"))?;
-            if keys.contains(&key) {
-                bail!("--witness {} is given twice", key.label());
-            }
             keys.push(key);
         }
+        CosignatureVerifier::check_distinct(&keys).map_err(|e| anyhow!("--witness: {e}"))?;
         let quorum = args.quorum.unwrap_or(keys.len());
         if quorum > keys.len() {
             bail!(

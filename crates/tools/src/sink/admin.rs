@@ -73,6 +73,15 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json(status, &serde_json::json!({"error": message.into()}))
 }
 
+/// 405 with the `Allow` header RFC 9110 §15.5.6 requires.
+fn not_allowed(want: &Method) -> Reply {
+    let mut reply = error(StatusCode::METHOD_NOT_ALLOWED, format!("use {want}"));
+    if let Ok(v) = http::HeaderValue::from_str(want.as_str()) {
+        reply.headers_mut().insert(http::header::ALLOW, v);
+    }
+    reply
+}
+
 /// Answers one admin request.
 pub(crate) async fn route(shared: &Shared, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
@@ -82,7 +91,7 @@ pub(crate) async fn route(shared: &Shared, req: Request<Incoming>) -> Reply {
             return error(StatusCode::NOT_FOUND, "want /datacenters/{name}/mode");
         };
         if method != Method::POST {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+            return not_allowed(&Method::POST);
         }
         return set_mode(shared, name, req).await;
     }
@@ -98,7 +107,7 @@ pub(crate) async fn route(shared: &Shared, req: Request<Incoming>) -> Reply {
         );
     }
     if method != want {
-        return error(StatusCode::METHOD_NOT_ALLOWED, format!("use {want}"));
+        return not_allowed(&want);
     }
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
