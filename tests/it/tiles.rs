@@ -256,3 +256,82 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
     }
     proxy.stop().await;
 }
+
+/// The log directory as a static file server serves it (Python's
+/// `http.server`, which knows nothing of the log): the log deleted the
+/// partial tiles of tiles that filled, as tlog-tiles allows, so a receipt
+/// checked against an older saved checkpoint gets its partial tile from the
+/// full tile's prefix, as the spec has clients do.
+#[tokio::test]
+async fn an_older_checkpoint_verifies_from_a_static_copy_whose_partials_are_gone() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    let log = proxy.instance.log.clone().expect("log configured");
+    let checkpoint = |log: std::sync::Arc<residency_log::storage::Log>| async move {
+        tokio::task::spawn_blocking(move || log.checkpoint().unwrap())
+            .await
+            .unwrap()
+    };
+    for i in 0..100 {
+        assert_eq!(log.append(&record(i)).await.unwrap().index, i);
+    }
+    let saved = checkpoint(log.clone()).await;
+    assert_eq!(saved.size, 100);
+    let dir = proxy.dir.path().join("log");
+    assert!(dir.join("tile/0/000.p/100").is_file());
+    for i in 100..400 {
+        log.append(&record(i)).await.unwrap();
+    }
+    assert_eq!(checkpoint(log.clone()).await.size, 400);
+    assert!(!dir.join("tile/0/000.p").exists(), "tile 0 is full");
+    assert!(dir.join("tile/0/001.p/144").is_file());
+
+    let port = free_port();
+    let _server = Killed(
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "http.server not up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let files = TempDir::new("static-log");
+    let saved_path = files.path().join("old.checkpoint");
+    std::fs::write(&saved_path, &saved.note).unwrap();
+    let key = log.current().signer().verifier_key();
+    for (index, checkpoint) in [(7u64, Some(saved_path.clone())), (7, None), (399, None)] {
+        let receipt = residency_log::receipt::Receipt {
+            log: LOG_ORIGIN.to_string(),
+            index,
+            record: record(index).to_bytes(),
+            signature: None,
+        };
+        let args = residency_tools::verify::VerifyArgs {
+            key: key.clone(),
+            receipt: Some(receipt.encode()),
+            log: Some(base.clone()),
+            checkpoint,
+            ..Default::default()
+        };
+        let report = residency_tools::verify::verify(&args).await;
+        assert!(report.valid(), "{index}: {report}");
+        assert!(report.to_string().contains("inclusion proof"), "{report}");
+    }
+    proxy.stop().await;
+}

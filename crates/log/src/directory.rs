@@ -355,6 +355,13 @@ impl Directory {
         if size > 0 {
             core.write_partials(&checkpointed, true);
         }
+        // And those of the tiles filled last, in case the process stopped
+        // between a checkpoint and their removal.
+        for level in 0..8u8 {
+            if let Some(last_full) = Edge::index_at(size, level).checked_sub(1) {
+                core.remove_partials(level, last_full);
+            }
+        }
         let thread_core = core.clone();
         let writer = std::thread::Builder::new()
             .name("residency-log-writer".into())
@@ -927,6 +934,11 @@ impl Core {
             return Ok(latest);
         }
         self.write_partials(&edge, false);
+        let filled_from = if latest.size == u64::MAX {
+            0
+        } else {
+            latest.size
+        };
         let root = edge.root();
         let checkpoint = Checkpoint {
             origin: self.settings.origin.clone(),
@@ -946,6 +958,7 @@ impl Core {
             .map_err(io_error(&path))?;
         let published = Arc::new(Published { note, size, root });
         self.latest.store(published.clone());
+        self.remove_filled_partials(filled_from, size);
         self.metrics.checkpoint_size.set(size as i64);
         self.confirmed();
         Ok(published)
@@ -973,6 +986,48 @@ impl Core {
             disk::sync_path(path).map_err(io_error(path))?;
         }
         Ok(())
+    }
+
+    /// Removes the partial tiles (`<tile>.p/`) of the tiles that were
+    /// partial at the checkpoint of `from` records and are full at `to`:
+    /// tlog-tiles lets a log delete them once the full tile exists (clients
+    /// take a prefix of it). Without this every checkpoint would leave a
+    /// file per level on disk for good; with it, at most the up-to-255
+    /// widths of each level's one unfinished tile stay.
+    fn remove_filled_partials(&self, from: u64, to: u64) {
+        let mut level = 0u8;
+        while to.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
+            let was = Edge::index_at(from, level);
+            if Edge::index_at(to, level) > was && Edge::width_at(from, level) > 0 {
+                self.remove_partials(level, was);
+            }
+            level += 1;
+        }
+    }
+
+    /// Removes the `.p/` directory of tile `index` at hash level `level`
+    /// (and, at level 0, of entry bundle `index`).
+    fn remove_partials(&self, level: u8, index: u64) {
+        let levels = if level == 0 {
+            [None, Some(0)].as_slice()
+        } else {
+            &[Some(level)]
+        };
+        for &level in levels {
+            let tile = Tile {
+                level,
+                index,
+                width: 1,
+            };
+            let Some(dir) = self.disk.path(tile).parent().map(Path::to_path_buf) else {
+                continue;
+            };
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, path = %dir.display(), "cannot remove the partial tiles of a full tile");
+                }
+            }
+        }
     }
 
     /// Writes the partial tiles of the checkpoint's size, as the spec has
@@ -1785,10 +1840,30 @@ mod tests {
             for a in appends {
                 a.await.unwrap();
             }
+            if chunk == 0 {
+                assert_eq!(log.checkpoint().unwrap().size, 200);
+            }
+        }
+        let dir = &settings.directory;
+        for path in ["tile/0/000.p/200", "tile/entries/000.p/200"] {
+            assert!(dir.join(path).is_file(), "{path} is missing");
         }
         let cp = log.checkpoint().unwrap();
         assert_eq!(cp.size, 600);
-        let dir = &settings.directory;
+        // Tiles 0 and 1 are full now: the partials of tile 0 are gone
+        // (tile 1 never had any), the full tiles serve their prefixes.
+        for path in ["tile/0/000.p", "tile/entries/000.p"] {
+            assert!(!dir.join(path).exists(), "{path} is left");
+        }
+        let old = Tile {
+            level: Some(0),
+            index: 0,
+            width: 200,
+        };
+        assert_eq!(
+            log.current().tile(old).unwrap(),
+            std::fs::read(dir.join("tile/0/000")).unwrap()[..200 * 32]
+        );
         for path in [
             "tile/entries/000",
             "tile/entries/001",

@@ -66,10 +66,7 @@ impl Fetcher {
     /// GET `path`; a status other than 2xx is an error.
     pub async fn get(&self, path: &str) -> anyhow::Result<Bytes> {
         let url = format!("{}{path}", self.base);
-        let req = http::Request::get(url.as_str())
-            .body(Full::default())
-            .with_context(|| format!("bad URL {url}"))?;
-        let answer = self.send(req, "GET", &url).await?;
+        let answer = self.answer(path).await?;
         if !answer.status.is_success() {
             bail!(
                 "GET {url}: {}: {}",
@@ -78,6 +75,15 @@ impl Fetcher {
             );
         }
         Ok(answer.body)
+    }
+
+    /// GET `path`; any status is answered.
+    pub async fn answer(&self, path: &str) -> anyhow::Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let req = http::Request::get(url.as_str())
+            .body(Full::default())
+            .with_context(|| format!("bad URL {url}"))?;
+        self.send(req, "GET", &url).await
     }
 
     /// POST `body` (with `content_type`) to `path`; any status is answered.

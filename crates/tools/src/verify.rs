@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
 
 use crate::fetch::Fetcher;
 
@@ -21,7 +22,7 @@ use residency_log::api::{ConsistencyProof, Entry, Generations, InclusionProof};
 use residency_log::merkle::{self, Hash};
 use residency_log::note::Verifier;
 use residency_log::receipt::Receipt;
-use residency_log::tiles::{Need, Proofs};
+use residency_log::tiles::{Need, Proofs, Tile, WIDTH};
 use residency_log::tlog_proof::TlogProof;
 use residency_log::verdict::{self, FileDigest, Inputs};
 use residency_log::witness::CosignatureVerifier;
@@ -413,13 +414,42 @@ async fn from_tiles<T>(
         match query(tiles) {
             Ok(answer) => return Ok(answer),
             Err(Need::Missing(tile)) => {
-                let bytes = f.get(&format!("/{}", tile.path())).await?;
+                let bytes = fetch_tile(f, tile).await?;
                 tiles.insert(tile, &bytes).map_err(anyhow::Error::msg)?;
             }
             Err(Need::OutOfRange) => bail!("outside the checkpointed tree"),
         }
     }
     bail!("the log's tiles never complete the proof")
+}
+
+/// A hash tile. A partial one the log no longer has (tlog-tiles lets a log
+/// delete partials once the full tile exists) is taken from the full
+/// tile's prefix, as the spec suggests clients do.
+async fn fetch_tile(f: &Fetcher, tile: Tile) -> anyhow::Result<Bytes> {
+    let path = format!("/{}", tile.path());
+    let answer = f.answer(&path).await?;
+    if answer.status.is_success() {
+        return Ok(answer.body);
+    }
+    if answer.status == http::StatusCode::NOT_FOUND && u64::from(tile.width) < WIDTH {
+        let full = Tile {
+            width: WIDTH as u16,
+            ..tile
+        };
+        if let Ok(bytes) = f.get(&format!("/{}", full.path())).await {
+            let want = usize::from(tile.width) * 32;
+            if bytes.len() >= want {
+                return Ok(bytes.slice(..want));
+            }
+        }
+    }
+    bail!(
+        "GET {}{path}: {}: {}",
+        f.base(),
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    )
 }
 
 /// `--witness` keys and `--quorum`: how many of them must have cosigned.
