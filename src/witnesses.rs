@@ -340,12 +340,7 @@ impl Client {
             match answer.status.as_u16() {
                 200 => return self.accept(&text, body),
                 409 => {
-                    let theirs = answer
-                        .content_type
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with(SIZE_CONTENT_TYPE))
-                        .then(|| text.strip_suffix('\n')?.parse::<u64>().ok())
-                        .flatten();
+                    let theirs = recorded_size(answer.content_type.as_deref(), &text);
                     match theirs {
                         Some(n) if !retry && n != old && n <= size => {
                             tracing::info!(witness = %self.name(), old, recorded = n, "witness recorded another size; asking again from it");
@@ -399,5 +394,45 @@ impl Client {
                 (Outcome::InvalidCosignature, None)
             }
         }
+    }
+}
+
+/// The witness's size in a 409 answer (tlog-witness): a `text/x.tlog.size`
+/// body (the media type compared without case or parameters) holding a
+/// decimal without sign or leading zeros, and a newline.
+fn recorded_size(content_type: Option<&str>, body: &str) -> Option<u64> {
+    let media = content_type?.split(';').next()?.trim();
+    if !media.eq_ignore_ascii_case(SIZE_CONTENT_TYPE) {
+        return None;
+    }
+    let digits = body.strip_suffix('\n')?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_409_names_the_size_as_tlog_witness_has_it() {
+        let ok = |t: &str, b: &str| recorded_size(Some(t), b);
+        assert_eq!(ok("text/x.tlog.size", "42\n"), Some(42));
+        assert_eq!(ok("Text/X.TLOG.Size; charset=utf-8", "0\n"), Some(0));
+        for (t, b) in [
+            ("text/x.tlog.sizes", "42\n"),
+            ("text/plain", "42\n"),
+            ("text/x.tlog.size", "42"),
+            ("text/x.tlog.size", "+42\n"),
+            ("text/x.tlog.size", "042\n"),
+            ("text/x.tlog.size", "\n"),
+            ("text/x.tlog.size", "4 2\n"),
+            ("text/x.tlog.size", "18446744073709551616\n"),
+        ] {
+            assert_eq!(ok(t, b), None, "{t:?} {b:?}");
+        }
+        assert_eq!(recorded_size(None, "42\n"), None);
     }
 }
