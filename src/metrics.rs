@@ -271,7 +271,7 @@ impl Metrics {
         let policy_info = IntGaugeVec::new(
             Opts::new(
                 "residency_policy_info",
-                "Always 1; `hash` is the SHA-256 of the active routing policy.",
+                "Always 1; `hash` is the SHA-256 of the active routing policy and tenant pins.",
             ),
             &["hash"],
         )?;

@@ -30,7 +30,8 @@ pub struct RawTenancy {
     pub record: Option<String>,
     /// With `record = "hmac"`: a file of at least 32 secret bytes.
     pub record_hmac_key: Option<String>,
-    /// Also count uploads per tenant name (`residency_tenant_uploads_total`).
+    /// Also count requests per tenant name
+    /// (`residency_tenant_requests_by_tenant_total`).
     pub metrics_by_tenant: Option<bool>,
     pub token: Option<RawToken>,
 }

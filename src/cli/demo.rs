@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::workdir::{write_secret, WorkDir};
+use crate::cli::workdir::{log_key, write_secret, WorkDir};
 use crate::config::Config;
 
 /// The demo's GeoIP data: `network,country`.
@@ -63,10 +63,9 @@ pub async fn run(
             addr: sink.datacenter_addr(name).context("sink data centre")?,
         });
     }
-    // The transparency log: a fresh signing key, receipts signed.
-    let pkcs8 = residency_log::note::Signer::generate_pkcs8()?;
-    let signer = residency_log::note::Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)?;
-    write_secret(&dir.join("demo-log.key"), &pkcs8)?;
+    // The transparency log, receipts signed: a fresh key, or with --dir
+    // the one a run before made (the log there is tied to it).
+    let signer = log_key(&dir.join("demo-log.key"), LOG_ORIGIN)?;
     std::fs::write(
         dir.join("demo-log.pub"),
         format!("{}\n", signer.verifier_key()),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::cli::demo::{write_files, Site, SiteDatacenter};
-use crate::cli::workdir::{write_secret, WorkDir};
+use crate::cli::workdir::{log_key, WorkDir};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::{Instance, Snapshot};
@@ -237,12 +237,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let log_key = if args.no_log {
         None
     } else {
-        let key_path = dir.join("drill-log.key");
-        if !key_path.exists() {
-            write_secret(&key_path, &residency_log::note::Signer::generate_pkcs8()?)?;
-        }
-        let pkcs8 = std::fs::read(&key_path)?;
-        let signer = residency_log::note::Signer::from_pkcs8(DRILL_LOG_ORIGIN, &pkcs8)?;
+        let signer = log_key(&dir.join("drill-log.key"), DRILL_LOG_ORIGIN)?;
         extra.push_str(&format!(
             "\n[transparency]\ndirectory = \"log\"\norigin = \"{DRILL_LOG_ORIGIN}\"\nsigning_key = \"drill-log.key\"\n\
              address = \"127.0.0.1:0\"\ncheckpoint_interval = \"250ms\"\nreceipts = \"signed\"\n"

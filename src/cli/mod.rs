@@ -30,7 +30,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
     /// Log filter (tracing-subscriber EnvFilter syntax; default `info`, for
-    /// `drill` and `loadtest` `warn`); `RUST_LOG` also works.
+    /// `drill` and `loadtest` `warn`); without it, `RUST_LOG` is used if set.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
     #[command(subcommand)]
@@ -134,7 +134,7 @@ pub enum Command {
     /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
     /// why; exits 0 or 1.
     Verify(Box<residency_tools::verify::VerifyArgs>),
-    /// Run a C2SP tlog-witness (plain HTTP): cosigns checkpoints of the
+    /// Run a C2SP tlog-witness (HTTP/1.1, or HTTPS with --tls-cert): cosigns checkpoints of the
     /// given logs that are consistent with the last one it cosigned,
     /// recording each log's size and root in the state file first.
     Witness(Box<crate::witness::WitnessArgs>),
@@ -158,10 +158,13 @@ pub enum GeoipCommand {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let quiet = matches!(cli.command, Command::Drill(_) | Command::Loadtest(_));
-    let level = cli
-        .log_level
-        .clone()
-        .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string());
+    let level = LogLevel {
+        explicit: cli.log_level.is_some(),
+        filter: cli
+            .log_level
+            .clone()
+            .unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_string()),
+    };
     let format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
@@ -356,6 +359,10 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
             Signer::from_pkcs8(name, &pkcs8)?.verifier_key()
         };
         let (key, public) = key_paths(out);
+        // Never overwrites either file (checked before the key is made).
+        if public.exists() {
+            anyhow::bail!("{}: exists; keygen never overwrites", public.display());
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -363,7 +370,11 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
             .open(&key)
             .and_then(|mut f| f.write_all(&pkcs8))
             .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
-        std::fs::write(&public, format!("{vkey}\n"))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&public)
+            .and_then(|mut f| f.write_all(format!("{vkey}\n").as_bytes()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
         Ok((key, public, vkey))
     })();
@@ -701,7 +712,14 @@ pub async fn shutdown_signal() {
 }
 
 /// As [`init_tracing`], into `file` (no colours).
-fn init_tracing_to(format: LogFormat, level: &str, file: std::fs::File) {
+/// The log filter: `--log-level`'s, else `RUST_LOG`'s, else the default.
+struct LogLevel {
+    filter: String,
+    /// Given with `--log-level`: it wins over `RUST_LOG`.
+    explicit: bool,
+}
+
+fn init_tracing_to(format: LogFormat, level: &LogLevel, file: std::fs::File) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
         .log_internal_errors(false)
@@ -713,13 +731,19 @@ fn init_tracing_to(format: LogFormat, level: &str, file: std::fs::File) {
     };
 }
 
-fn filter(level: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let from_env = || EnvFilter::try_from_default_env().ok();
+    let given = || EnvFilter::try_new(&level.filter).ok();
+    let chosen = if level.explicit {
+        given().or_else(from_env)
+    } else {
+        from_env().or_else(given)
+    };
+    chosen.unwrap_or_else(|| EnvFilter::new("info"))
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
+fn init_tracing(format: LogFormat, level: &LogLevel) {
     let filter = filter(level);
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which

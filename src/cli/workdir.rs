@@ -79,6 +79,17 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)
 }
 
+/// The log signing key at `path` for `origin`, made there first if there is
+/// none: a log is tied to its key, so a rerun in the same directory must
+/// sign with the key it started with.
+pub fn log_key(path: &Path, origin: &str) -> anyhow::Result<residency_log::note::Signer> {
+    if !path.exists() {
+        write_secret(path, &residency_log::note::Signer::generate_pkcs8()?)?;
+    }
+    let pkcs8 = std::fs::read(path)?;
+    Ok(residency_log::note::Signer::from_pkcs8(origin, &pkcs8)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

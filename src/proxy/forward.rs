@@ -143,12 +143,15 @@ async fn prepare(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     // Taken out here (to_upstream drops it anyway): one lookup, no clone.
-    let host = headers.remove(header::HOST).or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority wins (RFC 9112 §3.2.2: an absolute-form
+    // target's host over `Host`; in HTTP/2, `:authority`, which `Host` must
+    // match anyway).
+    let sent_host = headers.remove(header::HOST);
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or(sent_host);
     let idempotent = headers.contains_key(IDEMPOTENCY_KEY);
     let declared = target.declared;
     headers::to_upstream(
@@ -163,7 +166,7 @@ async fn prepare(
                 .jurisdiction(target.jurisdiction)
                 .cloned(),
             host,
-            http2: parts.version == Version::HTTP_2,
+            version: parts.version,
         },
     );
     // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but
@@ -447,6 +450,14 @@ async fn send(
         state.health.record_answer(upstream);
     }
     match result {
+        Ok(resp) if headers::unforwardable_coding(resp.headers()) => {
+            tracing::warn!(request_id = id, datacenter = dc, coding = ?resp.headers().get(header::TRANSFER_ENCODING), "the data centre answered with a transfer coding other than chunked; not forwarded");
+            Attempt::Failed {
+                failure: Failure::UpstreamError,
+                unsent: None,
+                headers: None,
+            }
+        }
         Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
         Ok(resp) => Attempt::Answered(resp),
         Err((PoolError::Saturated, returned)) => {

@@ -48,10 +48,13 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Hop-by-hop (RFC 9110 §7.6.1, `Upgrade` included) or `Residency-*`:
-/// never passed through in either direction.
+/// Hop-by-hop (RFC 9110 §7.6.1, `Upgrade` and h2c's `HTTP2-Settings`
+/// included) or `Residency-*`: never passed through in either direction.
 fn never_forwarded(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE || name.as_str().starts_with("residency-")
+    HOP_BY_HOP.contains(name)
+        || name == header::UPGRADE
+        || name.as_str() == "http2-settings"
+        || name.as_str().starts_with("residency-")
 }
 
 /// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
@@ -79,8 +82,9 @@ pub struct Forwarded<'a> {
     /// `Residency-Jurisdiction` (from [`crate::state::PolicyValues`]; `None`: not sent).
     pub jurisdiction: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
-    /// The client spoke HTTP/2, where cookies may come as several fields.
-    pub http2: bool,
+    /// The client's HTTP version: for `Via`, and HTTP/2's cookies may come
+    /// as several fields.
+    pub version: Version,
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -104,16 +108,17 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     // Hop-by-hop (with any named in `Connection`) and client-sent `Residency-*`.
     strip_hop_by_hop(headers);
-    headers.reserve(6);
+    headers.reserve(7);
     push_ip(&mut chain, f.hop);
     // From a `String`, its buffer becomes the value's (no copy).
     match HeaderValue::try_from(chain) {
         Ok(v) => headers.insert(X_FORWARDED_FOR, v),
         Err(_) => headers.remove(X_FORWARDED_FOR),
     };
-    if f.http2 {
+    if f.version == Version::HTTP_2 {
         join_cookies(headers);
     }
+    via(headers, f.version);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     if let Some(host) = &f.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -126,6 +131,29 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if let Some(v) = &f.jurisdiction {
         headers.insert(RESIDENCY_JURISDICTION, v.clone());
     }
+}
+
+/// RFC 9110 §7.6.3: a proxy adds itself to `Via`, with the protocol the
+/// request was received in, after any the client sent.
+fn via(headers: &mut HeaderMap, version: Version) {
+    let ours = match version {
+        Version::HTTP_2 => "2 residency-proxy",
+        Version::HTTP_10 => "1.0 residency-proxy",
+        _ => "1.1 residency-proxy",
+    };
+    if !headers.contains_key(header::VIA) {
+        headers.insert(header::VIA, HeaderValue::from_static(ours));
+        return;
+    }
+    let mut hops: Vec<&[u8]> = headers
+        .get_all(header::VIA)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    hops.push(ours.as_bytes());
+    let value =
+        HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or(HeaderValue::from_static(ours));
+    headers.insert(header::VIA, value);
 }
 
 /// Every two-letter upper-case code, for `Residency-Origin-Country` values
@@ -179,6 +207,7 @@ pub fn to_client(
     jurisdiction: Option<&HeaderValue>,
     datacenter: Option<&HeaderValue>,
 ) {
+    canonical_length(headers);
     strip_hop_by_hop(headers);
     headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some(v) = jurisdiction {
@@ -187,6 +216,52 @@ pub fn to_client(
     if let Some(v) = datacenter {
         headers.insert(RESIDENCY_DATACENTER, v.clone());
     }
+}
+
+/// A data centre's `Content-Length` as the client gets it. With
+/// `Transfer-Encoding` it is not the body's length (RFC 9112 §6.3: hyper
+/// decoded the chunks, and an intermediary must remove it before
+/// forwarding); a list of equal values (`5, 5`, which hyper's client
+/// accepts) becomes the one value, as HTTP/2 clients require.
+fn canonical_length(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return;
+    }
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return; // the usual single value
+    }
+    let mut lengths = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|n| {
+            std::str::from_utf8(n.trim_ascii())
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        });
+    let one = lengths.next().flatten();
+    match one.filter(|n| lengths.all(|m| m == Some(*n))) {
+        Some(n) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
+}
+
+/// A data centre's response whose body is transfer-coded with more than
+/// `chunked` (`gzip, chunked`): hyper undoes only the chunks, and the rest
+/// could not be labelled for the client (transfer codings are hop-by-hop;
+/// HTTP/2 has none), so it is not forwarded.
+pub fn unforwardable_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Request framing that could smuggle a second request past a proxy:
@@ -213,6 +288,11 @@ pub fn bad_target(uri: &Uri) -> bool {
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
     authority_form
         || uri.path() == "*"
+        // An HTTP/2 request without `:path` or `:authority` (RFC 9113
+        // §8.3.1: malformed; the h2 crate lets it through as an empty URI).
+        || uri.path().is_empty()
+        // Userinfo (RFC 9110 §4.2.4; RFC 9113 §8.3.1: MUST NOT be sent).
+        || uri.authority().is_some_and(|a| a.as_str().contains('@'))
         || uri.path_and_query().is_some_and(|p| !p.as_str().is_ascii())
 }
 
@@ -303,6 +383,28 @@ fn ip_literal(inner: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn targets_that_are_not_forwarded() {
+        use http::uri::Parts;
+        let empty = Uri::from_parts(Parts::default()).unwrap();
+        assert_eq!(empty.path(), "");
+        for bad in [
+            empty,
+            "*".parse().unwrap(),
+            "localhost:443".parse().unwrap(),
+            "https://user@localhost/v1/telemetry".parse().unwrap(),
+        ] {
+            assert!(super::bad_target(&bad), "{bad}");
+        }
+        for good in [
+            "/v1/telemetry?x=1",
+            "https://localhost/v1/telemetry",
+            "https://localhost",
+        ] {
+            assert!(!super::bad_target(&good.parse().unwrap()), "{good}");
+        }
+    }
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -337,7 +439,7 @@ mod tests {
             country: "DE",
             jurisdiction: Some(HeaderValue::from_static("eu")),
             host: h.get(header::HOST).cloned(),
-            http2: false,
+            version: Version::HTTP_11,
         };
         to_upstream(&mut h, &f);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
@@ -371,7 +473,7 @@ mod tests {
             country: "US",
             jurisdiction: Some(HeaderValue::from_static("us")),
             host: None,
-            http2: false,
+            version: Version::HTTP_11,
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
@@ -396,7 +498,11 @@ mod tests {
                 country: "US",
                 jurisdiction: Some(HeaderValue::from_static("us")),
                 host: None,
-                http2,
+                version: if http2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                },
             };
             to_upstream(&mut h, &f);
             assert_eq!(h.get_all("cookie").iter().count(), want, "http2 = {http2}");
@@ -671,7 +777,11 @@ mod proptests {
                 country: &self.country,
                 jurisdiction: HeaderValue::from_str(&self.jurisdiction).ok(),
                 host: self.host.clone(),
-                http2: self.http2,
+                version: if self.http2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                },
             }
         }
     }

@@ -91,12 +91,13 @@ pub(super) async fn serve(
     let timeouts = state.config.timeouts;
     let limits = state.config.limits;
 
-    let admitted = proxy_header(metrics, listener, timeouts.tls_handshake, stream, peer);
+    // One budget from accept to a finished handshake, PROXY header included.
+    let deadline = tokio::time::Instant::now() + timeouts.tls_handshake;
+    let admitted = proxy_header(metrics, listener, deadline, stream, peer);
     let Some((proxy_source, io)) = admitted.await else {
         return;
     };
-    let Some(tls) = handshake(metrics, &state.tls[index], timeouts.tls_handshake, io, peer).await
-    else {
+    let Some(tls) = handshake(metrics, &state.tls[index], deadline, io, peer).await else {
         return;
     };
     let (sni, cert) = {
@@ -201,7 +202,7 @@ impl<'a, I, S> Phases<'a, I, S> {
 async fn proxy_header(
     metrics: &Metrics,
     listener: &Listener,
-    deadline: Duration,
+    deadline: tokio::time::Instant,
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Option<(Option<IpAddr>, Prefixed<TcpStream>)> {
@@ -219,7 +220,7 @@ async fn proxy_header(
         tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
         return None;
     }
-    match tokio::time::timeout(deadline, proxy_protocol::read_header(stream)).await {
+    match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await {
         Ok(Ok((source, io))) => Some((Some(source.unwrap_or(peer.ip().to_canonical())), io)),
         Ok(Err(e)) => {
             reject(e.reason());
@@ -238,14 +239,14 @@ async fn proxy_header(
 async fn handshake(
     metrics: &Metrics,
     config: &Arc<rustls::ServerConfig>,
-    deadline: Duration,
+    deadline: tokio::time::Instant,
     io: Prefixed<TcpStream>,
     peer: SocketAddr,
 ) -> Option<Tls> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
     // Boxed, like the stream it yields.
     let handshake = Box::pin(acceptor.accept(io));
-    match tokio::time::timeout(deadline, handshake).await {
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => {
             metrics.tls_handshakes.with_label_values(&["success"]).inc();
             Some(Box::new(tls))

@@ -3,6 +3,7 @@
 //! databases libmaxminddb agrees with, `decide` explains decisions, and
 //! environment variables override the file.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -536,40 +537,8 @@ fn environment_overrides_the_file() {
 /// after Ctrl-C (SIGINT) unless `--dir` was given.
 #[test]
 fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt as _;
-    let (port, admin, log) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
-        .args(["demo", "--port", &port.to_string()])
-        .args(["--admin-port", &admin.to_string()])
-        .args(["--log-port", &log.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id().to_string();
-    let stdout = child.stdout.take().unwrap();
-    let mut child = Killed(child);
-    let (found, dir) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("residency-proxy demo: files in ") {
-                let _ = found.send(PathBuf::from(rest.split(" (").next().unwrap()));
-            }
-        }
-    });
-    let dir = dir
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the banner names the directory");
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !ready(admin) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo never got ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut child, pid, dir, admin) = start_demo(&[]);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     assert_eq!(mode(&dir.join("demo-log.key")), 0o600);
@@ -598,16 +567,7 @@ fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
     assert!(ready(admin));
 
     // Ctrl-C: the demo stops and its directory is gone.
-    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    stop_demo(&mut child, &pid);
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
@@ -637,4 +597,75 @@ async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
     assert!(line.contains("available_parallelism=1"), "{line}");
     let reply = proxy.client().upload_from(CH, "pinned").await;
     assert_eq!(reply.status, 201);
+}
+
+/// Starts `residency-proxy demo` on free ports with `args`; waits until it
+/// is ready. Returns the process, its pid, its directory and admin address.
+fn start_demo(args: &[&str]) -> (Killed, String, PathBuf, std::net::SocketAddr) {
+    let (port, admin, log) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .args(["demo", "--port", &port.to_string()])
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--log-port", &log.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    let child = Killed(child);
+    let (found, dir) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("residency-proxy demo: files in ") {
+                let _ = found.send(PathBuf::from(rest.split(" (").next().unwrap()));
+            }
+        }
+    });
+    let dir = dir
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the banner names the directory");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready(admin) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, pid, dir, admin)
+}
+
+/// Ctrl-C, and waits (at most 30 s) for the demo to stop.
+fn stop_demo(child: &mut Killed, pid: &str) {
+    let status = Command::new("kill").args(["-INT", pid]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `demo --dir DIR` keeps its files, and a second run in the same
+/// directory starts on them: the log there is tied to the key the first
+/// run made, which the second uses again.
+#[test]
+fn the_demo_runs_again_in_the_directory_it_kept() {
+    let dir = TempDir::new("demo-dir");
+    let kept = dir.path().join("demo");
+    let arg = kept.display().to_string();
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let (mut child, pid, _, _) = start_demo(&["--dir", &arg]);
+        keys.push(std::fs::read_to_string(kept.join("demo-log.pub")).unwrap());
+        stop_demo(&mut child, &pid);
+        assert!(kept.join("log/checkpoint").is_file(), "the log is kept");
+    }
+    assert_eq!(keys[0], keys[1], "the same log key");
 }

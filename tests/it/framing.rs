@@ -220,6 +220,7 @@ fn cases() -> Vec<Case> {
             &[201],
             &[("POST", "/v1/telemetry?a=1", b"hello")],
         ),
+        case("absolute-form with userinfo", raw("POST https://user@localhost/v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
         case("asterisk-form", raw("POST * HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
         case("authority-form with POST", raw("POST localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
         case(
@@ -379,5 +380,120 @@ async fn the_http1_framing_corpus() {
         cases.len(),
         failures.join("\n")
     );
+    proxy.stop().await;
+}
+
+/// RFC 9112 §3.2.2: with an absolute-form target the target's host is the
+/// request's, whatever `Host` says; the data centre is told that one.
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let zurich = proxy.upstream("zurich");
+    let raw_request = raw("POST https://ingest.example/v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(statuses(&exchange(&proxy, &raw_request).await), [201]);
+    let got = zurich.last();
+    assert_eq!(got.headers["x-forwarded-host"], "ingest.example");
+    assert_eq!(got.path, PATH);
+    proxy.stop().await;
+}
+
+/// A data centre that answers each request with the raw response its path
+/// names, then closes the connection.
+async fn raw_datacenter() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head and a Content-Length body (the tests send one).
+                let (head, length) = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        break (head, i + 4 + length);
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                while buf.len() < length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with("post /te-and-cl ") {
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n"
+                } else if head.starts_with("post /cl-list ") {
+                    b"HTTP/1.1 201 Created\r\nContent-Length: 5, 5\r\n\r\nhello"
+                } else if head.starts_with("post /gzip-chunked ") {
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A data centre's response framing as the client gets it (RFC 9112 §6.3):
+/// `Content-Length` beside `Transfer-Encoding` is not the body's length and
+/// is removed, so the client reads the whole body; a list of equal lengths
+/// becomes one; a transfer coding other than chunked, which could not be
+/// labelled for the client, is not forwarded (502).
+#[tokio::test]
+async fn a_data_centres_response_framing_reaches_the_client_whole() {
+    let dc = raw_datacenter().await;
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![
+            ("frankfurt", "eu", 1, true),
+            ("london", "uk", 2, true),
+            ("virginia", "us", 1, true),
+        ],
+        extra: format!(
+            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://{dc}\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    for v in [Http::One, Http::Two] {
+        let client = proxy.client().version(v);
+        let send = |path: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .send("POST", path, &[("x-forwarded-for", CH)], "hello")
+                    .await
+            }
+        };
+        let reply = send("/te-and-cl").await;
+        assert_eq!(reply.status, 201, "{v:?}");
+        assert_eq!(reply.body, "SMUGGLED", "{v:?}");
+        assert_ne!(reply.header("content-length"), Some("3"), "{v:?}");
+        let reply = send("/cl-list").await;
+        assert_eq!(reply.status, 201, "{v:?}");
+        assert_eq!(reply.body, "hello", "{v:?}");
+        assert_eq!(
+            reply
+                .headers
+                .get_all("content-length")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["5"],
+            "{v:?}"
+        );
+        let reply = send("/gzip-chunked").await;
+        assert_eq!(reply.status, 502, "{v:?}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"], "upstream_error", "{v:?}");
+    }
     proxy.stop().await;
 }

@@ -47,6 +47,13 @@ async fn origins_land_in_their_jurisdiction_only() {
                 reply.header("x-request-id").unwrap()
             );
             assert_eq!(got.path, "/v1/telemetry");
+            // RFC 9110 §7.6.3: the proxy names itself, with the protocol
+            // it received the request in.
+            let via = if v == Http::Two { "2" } else { "1.1" };
+            assert_eq!(
+                got.headers["via"],
+                format!("{via} residency-proxy").as_str()
+            );
         }
     })
     .await;

@@ -684,6 +684,20 @@ async fn keygen_and_verify_commands() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+    // Nor a public key alone: nothing is written then.
+    std::fs::write(dir.path().join("p.pub"), "given to customers\n").unwrap();
+    let over_pub = std::process::Command::new(bin)
+        .args(["keygen", "--name", "cli.example/log", "--out"])
+        .arg(dir.path().join("p"))
+        .output()
+        .unwrap();
+    assert!(!over_pub.status.success());
+    assert!(String::from_utf8_lossy(&over_pub.stderr).contains("never overwrites"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p.pub")).unwrap(),
+        "given to customers\n"
+    );
+    assert!(!dir.path().join("p.key").exists());
 
     let proxy = with_log("").await;
     let key_file = dir.path().join("log.pub");
