@@ -55,7 +55,13 @@ pub async fn read_header<T: AsyncRead + Unpin>(
     loop {
         let n = io.read(&mut chunk).await?;
         if n == 0 {
-            return Err(ProxyHeaderError::Missing);
+            // A header begun and cut off is a partial one (the spec: to be
+            // rejected, as malformed); nothing at all is a missing one.
+            return Err(if buf.is_empty() {
+                ProxyHeaderError::Missing
+            } else {
+                ProxyHeaderError::Invalid
+            });
         }
         buf.extend_from_slice(&chunk[..n]);
         if !starts_like_header(&buf) {
@@ -70,6 +76,23 @@ pub async fn read_header<T: AsyncRead + Unpin>(
                     return Ok((source, Prefixed::new(Bytes::from(buf).slice(len..), io)));
                 }
                 None => continue,
+            }
+        }
+        // v2's fixed 16 bytes give the header's whole length: one over the
+        // bound is refused at once, not once that many bytes came.
+        if buf.len() >= 16 && buf.starts_with(V2_SIGNATURE) {
+            let total = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+            if total > MAX_HEADER {
+                return Err(ProxyHeaderError::Invalid);
+            }
+            // LOCAL (version 2, command 0): the real endpoints are used and
+            // the protocol block, family included, is ignored (the spec),
+            // even one too short for its family's addresses.
+            if buf[12] == 0x20 {
+                if buf.len() < total {
+                    continue;
+                }
+                return Ok((None, Prefixed::new(Bytes::from(buf).slice(total..), io)));
             }
         }
         let parsed = HeaderResult::parse(&buf);
@@ -122,6 +145,11 @@ fn v1_line_source(line: &[u8]) -> Result<Option<IpAddr>, ProxyHeaderError> {
         }
         return Err(ProxyHeaderError::Invalid);
     }
+    // Ports are decimal digits only (`u16::from_str`, which `ppp` uses,
+    // also takes a `+`).
+    if line.contains(&b'+') {
+        return Err(ProxyHeaderError::Invalid);
+    }
     match HeaderResult::parse(line) {
         HeaderResult::V1(Ok(h)) if h.header.len() == line.len() => {
             Ok(v1_source(&h.addresses).map(|a| a.to_canonical()))
@@ -147,7 +175,8 @@ fn v1_source(a: &v1::Addresses) -> Option<IpAddr> {
 }
 
 fn v2_source(h: &v2::Header<'_>) -> Option<IpAddr> {
-    if h.command == v2::Command::Local {
+    // An unspecified protocol's addresses are to be ignored (the spec).
+    if h.command == v2::Command::Local || h.protocol == v2::Protocol::Unspecified {
         return None;
     }
     match h.addresses {
@@ -287,6 +316,65 @@ mod tests {
         ));
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 2000]].concat();
         assert!(read(&long).await.is_err());
+        // Ports are digits only: a `+` does not pass (nor slip past the
+        // no-leading-zero rule).
+        for port in ["+5555", "+0443"] {
+            let line = format!("PROXY TCP4 192.0.2.1 10.0.0.1 {port} 443\r\n");
+            assert!(
+                matches!(read(line.as_bytes()).await, Err(ProxyHeaderError::Invalid)),
+                "{port}"
+            );
+        }
+    }
+
+    /// A v2 header: signature, version/command, family/protocol, length,
+    /// then `block`.
+    fn v2_raw(command: u8, family: u8, block: &[u8]) -> Vec<u8> {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.push(command);
+        h.push(family);
+        h.extend_from_slice(&(block.len() as u16).to_be_bytes());
+        h.extend_from_slice(block);
+        h
+    }
+
+    #[tokio::test]
+    async fn v2_local_unspecified_and_over_long() {
+        // LOCAL with a family set but no addresses: the real endpoints are
+        // used, the block is ignored (the spec: "discard the protocol block
+        // including the family").
+        let local = [v2_raw(0x20, 0x11, b""), b"tls".to_vec()].concat();
+        let (src, tail) = read(&local).await.unwrap();
+        assert_eq!((src, tail.as_slice()), (None, b"tls".as_slice()));
+        // IPv4 addresses with an unspecified protocol: ignored.
+        let block = [[192, 0, 2, 1], [10, 0, 0, 1]].concat();
+        let block = [
+            block.as_slice(),
+            &5555u16.to_be_bytes(),
+            &443u16.to_be_bytes(),
+        ]
+        .concat();
+        let unspec = [v2_raw(0x21, 0x10, &block), b"tls".to_vec()].concat();
+        let (src, tail) = read(&unspec).await.unwrap();
+        assert_eq!((src, tail.as_slice()), (None, b"tls".as_slice()));
+        let stream = v2_raw(0x21, 0x11, &block);
+        assert_eq!(
+            read(&stream).await.unwrap().0,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        // A length over the bound: refused as soon as the fixed part is
+        // in, though the stream stays open.
+        let mut long = V2_SIGNATURE.to_vec();
+        long.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &long)
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), read_header(server))
+            .await
+            .expect("refused without waiting for more bytes");
+        assert!(matches!(refused, Err(ProxyHeaderError::Invalid)));
+        drop(client);
     }
 }
 
@@ -546,7 +634,10 @@ mod proptests {
                 for (kind, value) in &tlvs {
                     b = b.write_tlv(*kind, value).unwrap();
                 }
-                (b.build().unwrap(), if local { None } else { src })
+                // LOCAL, or an unspecified protocol: the addresses are
+                // ignored (the spec).
+                let ignored = local || protocol == v2::Protocol::Unspecified;
+                (b.build().unwrap(), if ignored { None } else { src })
             },
         )
     }
@@ -583,8 +674,8 @@ mod proptests {
             prop_assert_eq!(&chunked, &want, "input {} reads {:?}", show(&bytes), splits);
         }
 
-        /// Well-formed v2 headers: their source (canonical; `None` for LOCAL
-        /// and non-IP families), then exactly the payload, however the bytes
+        /// Well-formed v2 headers: their source (canonical; `None` for LOCAL,
+        /// an unspecified protocol and non-IP families), then exactly the payload, however the bytes
         /// arrive; headers over `MAX_HEADER` bytes are refused as invalid.
         #[test]
         fn v2_round_trip(
