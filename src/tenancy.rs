@@ -118,13 +118,25 @@ impl std::fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     /// The token a request carries, if any: `Bearer <token>` in
     /// `Authorization` (another scheme is not ours), or the whole value of
-    /// another header.
+    /// another header. A token that is there but cannot be read — the
+    /// header twice, bytes outside ASCII, `Bearer` without a token — is
+    /// `Some("")`, which fails verification: a present token never falls
+    /// back to GeoIP.
     pub fn token_in<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        let value = headers.get(&self.header)?.to_str().unwrap_or("\u{0}");
+        let mut values = headers.get_all(&self.header).iter();
+        let first = values.next()?;
+        let unreadable = Some("");
+        if values.next().is_some() {
+            return unreadable;
+        }
+        let Ok(value) = first.to_str() else {
+            return unreadable;
+        };
         if !self.bearer {
             return Some(value.trim());
         }
-        let (scheme, token) = value.trim().split_once(' ')?;
+        let value = value.trim();
+        let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     }
 
@@ -145,18 +157,59 @@ impl TokenVerifier {
                 (Some(_), None) => false,
             })
             .ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+        refuse_crit(token)?;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             &key.key,
             &key.validation,
         )
         .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        // What jsonwebtoken lets through: an `nbf` it cannot read (it then
+        // skips the check) and an `iss` given as a list.
+        let nbf = data.claims.get("nbf");
+        let numeric_date = |n: &serde_json::Value| {
+            n.as_f64()
+                .is_some_and(|s| s.is_finite() && (0.0..u64::MAX as f64).contains(&s))
+        };
+        if nbf.is_some_and(|n| !numeric_date(n)) {
+            return Err(TokenError::Invalid(
+                "nbf is not a NumericDate (seconds since 1970, not negative)".into(),
+            ));
+        }
+        if !data
+            .claims
+            .get("iss")
+            .is_some_and(serde_json::Value::is_string)
+        {
+            return Err(TokenError::Invalid("iss is not a string".into()));
+        }
         data.claims
             .get(&self.claim)
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| TokenError::Claim(self.claim.clone()))
     }
+}
+
+/// RFC 7515 §4.1.11: a JWS with extension header parameters listed in
+/// `crit` that the recipient does not understand is invalid, and this one
+/// understands none (jsonwebtoken ignores the member).
+fn refuse_crit(token: &str) -> Result<(), TokenError> {
+    use base64::Engine as _;
+    let malformed = |what: &str| TokenError::Malformed(what.to_string());
+    let header = token.split('.').next().unwrap_or_default();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| malformed("the header is not base64url"))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| malformed("the header is not a JSON object"))?;
+    if header.contains_key("crit") {
+        return Err(TokenError::Invalid(
+            "the header lists critical extensions (crit), which this verifier does not support"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How a request was (not) recognised.
@@ -288,6 +341,12 @@ fn token_verifier(
     let leeway = raw
         .leeway
         .check_or(Duration::from_secs(60), "tenancy.token.leeway", r);
+    if leeway > Duration::from_secs(600) || leeway.subsec_nanos() != 0 {
+        r.push(
+            "tenancy.token.leeway",
+            "must be whole seconds, at most 10m (RFC 8725: clock skew of minutes, not more)",
+        );
+    }
     let mut keys = Vec::new();
     match raw.jwks.as_deref() {
         None => r.push(
@@ -517,5 +576,30 @@ file = "tenants file.toml"
             )),
             "{report}"
         );
+    }
+
+    /// A clock-skew allowance of hours (or of a fraction of a second, which
+    /// jsonwebtoken would cut) is refused, naming the key.
+    #[test]
+    fn a_leeway_beyond_minutes_is_refused() {
+        let dir = std::env::temp_dir().join(format!("rp-leeway-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "c.key", "g.mmdb"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        for leeway in ["2h", "1500ms"] {
+            let toml = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n\
+                 [geoip]\ndatabase = \"g.mmdb\"\n[jurisdictions.ch]\ncountries = [\"CH\"]\n\
+                 [datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
+                 [tenancy.token]\nissuer = \"i\"\naudience = \"a\"\njwks = \"none.json\"\nleeway = \"{leeway}\"\n"
+            );
+            let report = Config::from_toml(&toml, &dir).unwrap_err().to_string();
+            assert!(
+                report.contains("tenancy.token.leeway: must be whole seconds, at most 10m"),
+                "{leeway}: {report}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

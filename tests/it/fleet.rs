@@ -208,12 +208,17 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("integrator {killed} killed; another took over after {takeover:?}");
-    // Its connection ends with it, freeing the lock for the next tick: a
-    // takeover within 2 x checkpoint_interval (measured here by polling
-    // metrics, with slack for a loaded CI machine).
+    // Its connection ends with it, freeing the lock for the next tick
+    // (normally within 2 x checkpoint_interval; 1.15 s was seen on a CI
+    // machine busy compiling beside the test). What is asserted is the
+    // mechanism: sooner than the server could have ended the killed
+    // session for being idle (idle_session_timeout: 4 x checkpoint_interval,
+    // at least 2 s), so the lock
+    // was freed by the connection ending.
+    let idle_session = (4 * INTERVAL).max(Duration::from_secs(2));
     assert!(
-        takeover <= 2 * INTERVAL + Duration::from_millis(500),
-        "takeover took {takeover:?}"
+        takeover < idle_session,
+        "takeover took {takeover:?}: the lock was not freed when the integrator's connection ended"
     );
 
     // Chaos 2: stop PostgreSQL at half the uploads, restart it 1.5 s later.

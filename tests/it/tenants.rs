@@ -228,6 +228,38 @@ audience = "{AUDIENCE}"
         &EncodingKey::from_secret(b"secret"),
         &claims("acme"),
     );
+    // Signed as they are, with header members jsonwebtoken cannot make.
+    let raw_ed = |header: serde_json::Value, claims: serde_json::Value| {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let key = Ed25519KeyPair::from_pkcs8(&issuer.ed).unwrap();
+        let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).as_ref());
+        format!("{input}.{signature}")
+    };
+    let plain = raw_ed(json!({"alg": "EdDSA", "kid": "ed1"}), claims("acme"));
+    assert_eq!(
+        upload(&by_ip, DE, Some(&plain)).await.status,
+        201,
+        "the raw signer works"
+    );
+    let crit = raw_ed(
+        json!({"alg": "EdDSA", "kid": "ed1", "crit": ["exp2"], "exp2": 1}),
+        claims("acme"),
+    );
+    let with = |extra: serde_json::Value| {
+        let mut c = claims("acme");
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        issuer.ed(&c)
+    };
+    let nbf_text = with(json!({"nbf": "4102444800"}));
+    let nbf_huge = with(json!({"nbf": 1e20}));
+    let nbf_negative = with(json!({"nbf": -1}));
+    let iss_list = with(json!({"iss": [ISSUER, "https://other.test"]}));
     let mut tampered = issuer.ed(&claims("initech"));
     let payload = URL_SAFE_NO_PAD.encode(claims("acme").to_string());
     let parts: Vec<&str> = tampered.split('.').collect();
@@ -243,6 +275,11 @@ audience = "{AUDIENCE}"
         ("HS256", &hmac),
         ("payload swapped", &tampered),
         ("garbage", "not.a.jwt"),
+        ("crit", &crit),
+        ("nbf as text", &nbf_text),
+        ("nbf beyond u64", &nbf_huge),
+        ("nbf negative", &nbf_negative),
+        ("iss as a list", &iss_list),
     ] {
         let reply = upload(&by_ip, DE, Some(token)).await;
         assert_eq!(reply.status, 401, "{what}: {reply:?}");
@@ -253,11 +290,49 @@ audience = "{AUDIENCE}"
             "{what}"
         );
     }
+    // Present but unreadable: the same 401, not GeoIP.
+    let valid = format!("Bearer {}", issuer.ed(&claims("acme")));
+    let expired_bearer = format!("Bearer {expired}");
+    for (what, headers) in [
+        ("Bearer alone", vec![("authorization", "Bearer")]),
+        ("non-ASCII", vec![("authorization", "Bearer eyJ\u{e9}")]),
+        (
+            "two Authorization fields",
+            vec![
+                ("authorization", "Basic dXM6cHc="),
+                ("authorization", expired_bearer.as_str()),
+            ],
+        ),
+        (
+            "a valid token beside another field",
+            vec![
+                ("authorization", valid.as_str()),
+                ("authorization", "Bearer x"),
+            ],
+        ),
+    ] {
+        let mut all = vec![("x-forwarded-for", DE)];
+        all.extend(headers);
+        let reply = by_ip.send("POST", "/v1/telemetry", &all, "cpu=0.5").await;
+        assert_eq!(reply.status, 401, "{what}: {reply:?}");
+        assert_eq!(reply.json()["error"], "invalid_tenant_token", "{what}");
+    }
     assert_eq!(
         proxy.counts(),
         before,
         "no invalid token forwarded anything"
     );
+    // A tab after the scheme still names the token (the pin holds).
+    let tabbed = format!("Bearer\t{}", issuer.ed(&claims("acme")));
+    let reply = by_ip
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", DE), ("authorization", tabbed.as_str())],
+            "cpu=0.5",
+        )
+        .await;
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
 
     // The server name says acme, the token initech: ambiguous, 403.
     let reply = upload(&acme, DE, Some(&issuer.ed(&claims("initech")))).await;
@@ -275,7 +350,7 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"token\"}"),
-        3.0
+        5.0
     );
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"none\"}"),
@@ -283,7 +358,7 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"allowed\"}"),
-        4.0
+        6.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),
@@ -291,7 +366,7 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
-        9.0
+        18.0
     );
     assert!(
         !metrics.contains("tenant=\"acme\""),
