@@ -158,15 +158,13 @@ impl TokenVerifier {
             })
             .ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
         refuse_crit(token)?;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &key.validation,
-        )
-        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let claims = jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &key.validation)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?
+            .claims
+            .0;
         // What jsonwebtoken lets through: an `nbf` it cannot read (it then
         // skips the check) and an `iss` given as a list.
-        let nbf = data.claims.get("nbf");
+        let nbf = claims.get("nbf");
         let numeric_date = |n: &serde_json::Value| {
             n.as_f64()
                 .is_some_and(|s| s.is_finite() && (0.0..u64::MAX as f64).contains(&s))
@@ -176,18 +174,47 @@ impl TokenVerifier {
                 "nbf is not a NumericDate (seconds since 1970, not negative)".into(),
             ));
         }
-        if !data
-            .claims
-            .get("iss")
-            .is_some_and(serde_json::Value::is_string)
-        {
+        if !claims.get("iss").is_some_and(serde_json::Value::is_string) {
             return Err(TokenError::Invalid("iss is not a string".into()));
         }
-        data.claims
+        claims
             .get(&self.claim)
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| TokenError::Claim(self.claim.clone()))
+    }
+}
+
+/// A token's claims, refused when a name appears twice (RFC 7519 §4 lets a
+/// parser refuse them or take the last; the registered claims are refused
+/// by jsonwebtoken's own parsing, so the tenant claim is refused too).
+struct UniqueClaims(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<UniqueClaims, A::Error> {
+                let mut claims = serde_json::Map::new();
+                while let Some((name, value)) = m.next_entry::<String, serde_json::Value>()? {
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format!(
+                            "claim `{name}` appears twice"
+                        )));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(UniqueClaims(claims))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 

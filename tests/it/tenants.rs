@@ -229,25 +229,32 @@ audience = "{AUDIENCE}"
         &claims("acme"),
     );
     // Signed as they are, with header members jsonwebtoken cannot make.
-    let raw_ed = |header: serde_json::Value, claims: serde_json::Value| {
+    let raw_ed = |header: &str, claims: &str| {
         let input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
         );
         let key = Ed25519KeyPair::from_pkcs8(&issuer.ed).unwrap();
         let signature = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).as_ref());
         format!("{input}.{signature}")
     };
-    let plain = raw_ed(json!({"alg": "EdDSA", "kid": "ed1"}), claims("acme"));
+    let ed1 = json!({"alg": "EdDSA", "kid": "ed1"}).to_string();
+    let plain = raw_ed(&ed1, &claims("acme").to_string());
     assert_eq!(
         upload(&by_ip, DE, Some(&plain)).await.status,
         201,
         "the raw signer works"
     );
     let crit = raw_ed(
-        json!({"alg": "EdDSA", "kid": "ed1", "crit": ["exp2"], "exp2": 1}),
-        claims("acme"),
+        &json!({"alg": "EdDSA", "kid": "ed1", "crit": ["exp2"], "exp2": 1}).to_string(),
+        &claims("acme").to_string(),
+    );
+    // The tenant named twice: refused, not read as the last one.
+    let twice = claims("initech").to_string();
+    let twice = raw_ed(
+        &ed1,
+        &format!("{},\"tenant\":\"acme\"}}", &twice[..twice.len() - 1]),
     );
     let with = |extra: serde_json::Value| {
         let mut c = claims("acme");
@@ -280,6 +287,7 @@ audience = "{AUDIENCE}"
         ("nbf beyond u64", &nbf_huge),
         ("nbf negative", &nbf_negative),
         ("iss as a list", &iss_list),
+        ("tenant claim twice", &twice),
     ] {
         let reply = upload(&by_ip, DE, Some(token)).await;
         assert_eq!(reply.status, 401, "{what}: {reply:?}");
@@ -366,7 +374,7 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
-        18.0
+        19.0
     );
     assert!(
         !metrics.contains("tenant=\"acme\""),
