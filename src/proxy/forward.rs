@@ -169,6 +169,13 @@ async fn prepare(
             version: parts.version,
         },
     );
+    // RFC 9110 §7.6.2: a forwarded OPTIONS counts one hop down (one with 0
+    // was answered by the proxy).
+    if parts.method == Method::OPTIONS {
+        if let Some(n) = headers::max_forwards(&headers) {
+            headers.insert(header::MAX_FORWARDS, HeaderValue::from(n.saturating_sub(1)));
+        }
+    }
     // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but
     // another parser may read them differently.
     if let Some(n) = declared.filter(|_| target.padded) {

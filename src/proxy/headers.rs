@@ -264,6 +264,16 @@ pub fn unforwardable_coding(headers: &HeaderMap) -> bool {
         .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
+/// `Max-Forwards` (RFC 9110 §7.6.2: `1*DIGIT`), when present and valid.
+pub fn max_forwards(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::MAX_FORWARDS)?.to_str().ok()?;
+    value
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| value.parse().ok())
+        .flatten()
+}
+
 /// Request framing that could smuggle a second request past a proxy:
 /// both `Content-Length` and `Transfer-Encoding`, several
 /// `Transfer-Encoding` headers, or one other than exactly `chunked`.

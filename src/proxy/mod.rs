@@ -68,6 +68,35 @@ pub struct Findings {
     origin_jurisdiction: Option<JurisdictionId>,
 }
 
+/// RFC 9110 §7.6.2: an `OPTIONS` (where `limits.methods` allows it) whose
+/// `Max-Forwards` is 0 is not forwarded: the proxy answers it as the final
+/// recipient, with the methods it forwards. No upload moves, so nothing is
+/// decided or recorded.
+fn options_here(state: &Snapshot, id: &HeaderValue, body: Incoming) -> Response<ProxyBody> {
+    tracing::info!(
+        target: "residency_proxy::access",
+        request_id = id.to_str().unwrap_or_default(),
+        method = "OPTIONS",
+        status = 200,
+        "answered here (Max-Forwards: 0)"
+    );
+    let limits = &state.config.limits;
+    let bounds = discard::Bounds {
+        bytes: limits.discard_body_bytes,
+        time: state.config.timeouts.discard_body,
+    };
+    let mut resp = Response::new(Either::Right(RefusalBody::new(
+        http_body_util::Full::new(bytes::Bytes::new()),
+        Some(body),
+        bounds,
+    )));
+    let h = resp.headers_mut();
+    h.insert(header::ALLOW, state.config.methods.allow_header().clone());
+    h.insert(headers::X_REQUEST_ID, id.clone());
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
 /// Serves one request. Never fails: every problem becomes a response.
 pub async fn handle(
     instance: Arc<Instance>,
@@ -90,6 +119,12 @@ pub async fn handle(
         tenant: None,
         origin_jurisdiction: None,
     };
+    if method == http::Method::OPTIONS
+        && state.config.methods.allows(&method)
+        && headers::max_forwards(req.headers()) == Some(0)
+    {
+        return Ok(options_here(&state, &id, req.into_body()));
+    }
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
     let (mut resp, bytes, receipt) =
         respond(&instance, &state, &mut findings, &id, received, routed).await;

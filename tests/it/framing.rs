@@ -497,3 +497,33 @@ async fn a_data_centres_response_framing_reaches_the_client_whole() {
     }
     proxy.stop().await;
 }
+
+/// RFC 9110 §7.6.2, with `OPTIONS` allowed: `Max-Forwards: 0` is answered
+/// by the proxy (200, `Allow`) and reaches no data centre; a larger value
+/// goes upstream one lower. Not allowed, `OPTIONS` stays a 405.
+#[tokio::test]
+async fn options_count_max_forwards_down() {
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmethods = [\"POST\", \"OPTIONS\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = proxy.upstream("zurich");
+    let options = |max: &str| {
+        raw(&format!("OPTIONS /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {{CH}}\r\nMax-Forwards: {max}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))
+    };
+    let before = proxy.counts();
+    let answer = exchange(&proxy, &options("0")).await;
+    assert_eq!(statuses(&answer), [200]);
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.contains("allow: post, options"), "{text}");
+    assert!(text.contains("x-request-id: "), "{text}");
+    assert_eq!(proxy.counts(), before, "answered by the proxy");
+    assert_eq!(statuses(&exchange(&proxy, &options("3")).await), [201]);
+    assert_eq!(zurich.last().headers["max-forwards"], "2");
+    proxy.stop().await;
+
+    let proxy = Proxy::start(Setup::default()).await;
+    assert_eq!(statuses(&exchange(&proxy, &options("0")).await), [405]);
+    proxy.stop().await;
+}
