@@ -110,12 +110,15 @@ function seenOn(before) {
 // The generation of this log that `vkey` is the key of, if the log rolled
 // past it (a new origin at its size limit); null otherwise.
 async function generationOf(vkey) {
+  let response;
   try {
-    const { generations } = await (await get("generations")).json();
-    return generations.find((g) => g.sealed && g.key === vkey) ?? null;
-  } catch {
-    return null; // no list: a log that never rolled
+    response = await get("generations");
+  } catch (e) {
+    if (e.status === 404) return null; // no list: a log that never rolled
+    throw e; // could not ask: not the same as "not a sealed generation"
   }
+  const { generations } = await response.json();
+  return generations.find((g) => g.sealed && g.key === vkey) ?? null;
 }
 
 async function showLog() {
@@ -199,7 +202,10 @@ async function showWitnesses(note) {
   }
   const list = el("ul");
   for (const c of lines) {
-    const when = plainTime(new Date(Number(c.timestamp) * 1000).toISOString());
+    // A timestamp no date can show (a line by some unknown key may say
+    // anything) must not break the panel.
+    const secs = c.timestamp === null ? NaN : Number(c.timestamp);
+    const when = secs >= 0 && secs <= 8.64e12 ? plainTime(new Date(secs * 1000).toISOString()) : "an unreadable time";
     const status = c.verified === true ? el("span", { class: "ok-text" }, "verified")
       : c.verified === false ? el("span", { class: "bad-text" }, "does not verify")
         : "not checked: pin this witness's key with &witness= in the link";

@@ -229,15 +229,20 @@ export async function openCheckpoint(note, key) {
 
 // The cosignatures on a note (C2SP tlog-cosignature): every line whose
 // payload has a cosignature's shape, with its timestamp; `verified` when a
-// key in `keys` checks it.
+// key in `keys` checks it. A line by one of `keys` (its name and key ID)
+// without that shape does not verify (timestamp null), as in the Rust
+// verifier: a known key's malformed line is not skipped.
 export async function cosignatures(note, keys) {
   const { text, lines } = splitNote(note);
   const out = [];
   for (const [i, line] of lines.entries()) {
     const { name, payload } = parseSignatureLine(line, i);
-    if (payload.length !== 4 + 8 + 64) continue;
-    const ts = new DataView(payload.buffer, payload.byteOffset + 4, 8).getBigUint64(0);
     const key = keys.find((k) => k.name === name && equal(k.keyId, payload.slice(0, 4)));
+    if (payload.length !== 4 + 8 + 64) {
+      if (key) out.push({ name, keyId: hex(payload.slice(0, 4)), timestamp: null, verified: false });
+      continue;
+    }
+    const ts = new DataView(payload.buffer, payload.byteOffset + 4, 8).getBigUint64(0);
     let verified = null;
     if (key) {
       const message = UTF8.encode(`cosignature/v1\ntime ${ts}\n${text}`);
@@ -306,11 +311,21 @@ function parseRecord(bytes) {
   }
   const str = (v) => typeof v === "string";
   const opt = (v) => v === null || str(v);
-  const ok = record && typeof record === "object" && Number.isInteger(record.v) &&
+  const u64 = (v) => Number.isSafeInteger(v) && v >= 0;
+  // Only the fields a record has (the Rust reader refuses others).
+  const only = (o, names) => o && typeof o === "object" && Object.keys(o).every((k) => names.includes(k));
+  const fields = ["v", "request_id", "time", "outcome", "reason", "client", "country", "jurisdiction",
+    "datacenter", "upstream_status", "body", "policy_sha256", "geoip", "tenant", "summary"];
+  const known = only(record, fields) && only(record.client, ["source", "address"]) &&
+    only(record.geoip, ["build_epoch", "sha256"]) && (record.body == null || only(record.body, ["sha256", "bytes"])) &&
+    (record.tenant == null || only(record.tenant, ["name", "source", "origin_jurisdiction"])) &&
+    (record.summary == null || only(record.summary, ["count", "request_ids_sha256", "first", "last"]));
+  if (!known) throw new Error("the receipt's record: not a decision record (a field no record has)");
+  const ok = record && typeof record === "object" && Number.isInteger(record.v) && record.v >= 0 && record.v <= 255 &&
     str(record.request_id) && str(record.time) && ["stored", "rejected", "refused"].includes(record.outcome) &&
     record.client && typeof record.client === "object" && opt(record.country) && opt(record.jurisdiction) &&
     opt(record.datacenter) && str(record.policy_sha256) && record.geoip && typeof record.geoip === "object" &&
-    (record.body === null || (record.body && str(record.body.sha256) && Number.isInteger(record.body.bytes)));
+    (record.body === null || (record.body && str(record.body.sha256) && u64(record.body.bytes)));
   if (!ok) throw new Error("the receipt's record: not a decision record");
   return record;
 }
@@ -536,7 +551,21 @@ async function checkWitnesses(inputs, note) {
       fail("witnesses", `witness key ${text}: ${e.message}`);
     }
   }
+  // One public key under two names would count twice (a cosignature does
+  // not name its witness), and a quorum no set of keys meets is refused:
+  // as `CosignatureVerifier::check_distinct` and the Rust verdict do.
+  for (const [i, a] of keys.entries()) {
+    const b = keys.slice(0, i).find((k) => equal(k.publicKey, a.publicKey));
+    if (b) {
+      fail("witnesses", b.vkey === a.vkey
+        ? `witness key ${label(a)} is given twice`
+        : `witness keys ${label(b)} and ${label(a)} have the same public key: one witness cannot count twice towards a quorum`);
+    }
+  }
   const quorum = inputs.quorum ?? keys.length;
+  if (!(quorum >= 1 && quorum <= keys.length)) {
+    fail("witnesses", `a quorum of ${quorum} cannot be met by ${keys.length} witness keys: it must be 1 to ${keys.length}`);
+  }
   const valid = [];
   const others = [];
   let lines;

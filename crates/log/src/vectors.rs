@@ -356,6 +356,65 @@ pub fn generate() -> Vectors {
             Some(Step::Checkpoint),
         ),
         v(
+            "cosignature_malformed_by_known_key",
+            "A valid cosignature, and a second line under the witness's name and key id that is too short to be one: a known key's malformed line fails.",
+            Inputs {
+                checkpoint: Some({
+                    let good = cosigned(&current, &witness, 1_796_208_000);
+                    let junk = [&witness.key_id()[..], &[0u8; 64]].concat();
+                    format!(
+                        "{good}— witness.example/w1 {}\n",
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, junk)
+                    )
+                }),
+                witnesses: vec![witness.verifier_key()],
+                ..stored.clone()
+            },
+            Some(Step::Witnesses),
+        ),
+        v(
+            "witness_key_under_two_names",
+            "The same witness public key given under two names, with its line copied under the second name: one witness cannot make a quorum of two.",
+            Inputs {
+                checkpoint: Some({
+                    let twin = Cosigner::from_seed("witness.example/w2", &[10; 32]).expect("a key");
+                    let good = cosigned(&current, &witness, 1_796_208_000);
+                    let (body, _) = crate::witness::split_note(&current).expect("a note");
+                    let line = witness.cosign(body, 1_796_208_000);
+                    let payload = line.rsplit(' ').next().expect("a payload");
+                    let mut raw = base64::Engine::decode(
+                        &base64::engine::general_purpose::STANDARD,
+                        payload,
+                    )
+                    .expect("base64");
+                    raw[..4].copy_from_slice(&twin.key_id());
+                    format!(
+                        "{good}— witness.example/w2 {}\n",
+                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
+                    )
+                }),
+                witnesses: vec![
+                    witness.verifier_key(),
+                    Cosigner::from_seed("witness.example/w2", &[10; 32])
+                        .expect("a key")
+                        .verifier_key(),
+                ],
+                quorum: Some(2),
+                ..stored.clone()
+            },
+            Some(Step::Witnesses),
+        ),
+        v(
+            "quorum_zero",
+            "A quorum of 0: no set of witness keys meets it.",
+            Inputs {
+                witnesses: vec![witness.verifier_key()],
+                quorum: Some(0),
+                ..stored.clone()
+            },
+            Some(Step::Witnesses),
+        ),
+        v(
             "missing_cosignature",
             "A witness is required and the checkpoint carries no cosignature from it.",
             Inputs {
