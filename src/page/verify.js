@@ -110,8 +110,10 @@ export async function unsupported() {
 
 // --- signed notes (C2SP signed-note) ---------------------------------------
 
+// Unicode White_Space, as Rust's `char::is_whitespace` has it (JavaScript's
+// `\s` differs: it takes U+FEFF and leaves U+0085), and no '+'.
 function checkName(name) {
-  return name.length > 0 && !/[\s+]/u.test(name);
+  return name.length > 0 && !/[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000+]/u.test(name);
 }
 
 // `<name>+<key id hex>+<base64(alg || 32-byte key)>`, key id checked;

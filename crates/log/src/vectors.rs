@@ -415,6 +415,15 @@ pub fn generate() -> Vectors {
             Some(Step::Witnesses),
         ),
         v(
+            "key_name_with_next_line",
+            "A signature line whose key name holds U+0085 (NEXT LINE, Unicode whitespace): the note is malformed.",
+            Inputs {
+                checkpoint: Some(format!("{current}— a\u{85}b AAAAAAA=\n")),
+                ..stored.clone()
+            },
+            Some(Step::Checkpoint),
+        ),
+        v(
             "missing_cosignature",
             "A witness is required and the checkpoint carries no cosignature from it.",
             Inputs {
