@@ -457,16 +457,21 @@ async fn send(
         state.health.record_answer(upstream);
     }
     match result {
-        Ok(resp) if headers::unforwardable_coding(resp.headers()) => {
-            tracing::warn!(request_id = id, datacenter = dc, coding = ?resp.headers().get(header::TRANSFER_ENCODING), "the data centre answered with a transfer coding other than chunked; not forwarded");
-            Attempt::Failed {
-                failure: Failure::UpstreamError,
-                unsent: None,
-                headers: None,
+        Ok(mut resp) => {
+            if !headers::client_framing(resp.headers_mut()) {
+                let coding = resp.headers().get(header::TRANSFER_ENCODING);
+                tracing::warn!(request_id = id, datacenter = dc, ?coding, "the data centre answered with a transfer coding other than chunked; not forwarded");
+                Attempt::Failed {
+                    failure: Failure::UpstreamError,
+                    unsent: None,
+                    headers: None,
+                }
+            } else if resp.status().is_server_error() {
+                Attempt::ServerError(resp)
+            } else {
+                Attempt::Answered(resp)
             }
         }
-        Ok(resp) if resp.status().is_server_error() => Attempt::ServerError(resp),
-        Ok(resp) => Attempt::Answered(resp),
         Err((PoolError::Saturated, returned)) => {
             tracing::warn!(
                 request_id = id,

@@ -207,7 +207,6 @@ pub fn to_client(
     jurisdiction: Option<&HeaderValue>,
     datacenter: Option<&HeaderValue>,
 ) {
-    canonical_length(headers);
     strip_hop_by_hop(headers);
     headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some(v) = jurisdiction {
@@ -218,22 +217,29 @@ pub fn to_client(
     }
 }
 
-/// A data centre's `Content-Length` as the client gets it. With
-/// `Transfer-Encoding` it is not the body's length (RFC 9112 §6.3: hyper
-/// decoded the chunks, and an intermediary must remove it before
-/// forwarding); a list of equal values (`5, 5`, which hyper's client
-/// accepts) becomes the one value, as HTTP/2 clients require.
-fn canonical_length(headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+/// A data centre's response framing made the client's, in place; `false`
+/// when it cannot be (the response is not forwarded). With
+/// `Transfer-Encoding`, `Content-Length` is not the body's length (RFC 9112
+/// §6.3: hyper decoded the chunks, and an intermediary removes it), and a
+/// coding beyond `chunked` (`gzip, chunked`) could not be labelled for the
+/// client (transfer codings are hop-by-hop; HTTP/2 has none). A list of
+/// equal lengths (`5, 5`, which hyper's client accepts) becomes the one
+/// value, as HTTP/2 clients require. One lookup per field in the usual case.
+pub fn client_framing(headers: &mut HeaderMap) -> bool {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let chunked_only = codings
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .all(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         headers.remove(header::CONTENT_LENGTH);
-        return;
+        return chunked_only;
     }
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else {
-        return;
+        return true;
     };
     if values.next().is_none() && !first.as_bytes().contains(&b',') {
-        return; // the usual single value
+        return true; // the usual single value
     }
     let mut lengths = headers
         .get_all(header::CONTENT_LENGTH)
@@ -250,18 +256,7 @@ fn canonical_length(headers: &mut HeaderMap) {
         Some(n) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
         None => headers.remove(header::CONTENT_LENGTH),
     };
-}
-
-/// A data centre's response whose body is transfer-coded with more than
-/// `chunked` (`gzip, chunked`): hyper undoes only the chunks, and the rest
-/// could not be labelled for the client (transfer codings are hop-by-hop;
-/// HTTP/2 has none), so it is not forwarded.
-pub fn unforwardable_coding(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    true
 }
 
 /// `Max-Forwards` (RFC 9110 §7.6.2: `1*DIGIT`), when present and valid.

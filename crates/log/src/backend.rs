@@ -255,20 +255,12 @@ pub(crate) fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::note::{Checkpoint, Signer, Verifier};
+    use crate::note::{Checkpoint, Verifier};
     use crate::witness::Cosigner;
 
     #[test]
     fn a_witness_asked_again_replaces_its_line() {
-        let log = Signer::from_seed("example.com/log", &[1; 32]).unwrap();
-        let note = Checkpoint {
-            origin: log.name().to_owned(),
-            size: 3,
-            root: [9; 32],
-            extensions: vec![],
-        }
-        .sign(&log)
-        .unwrap();
+        let (log, note) = crate::note::test_note();
         let (body, _) = crate::witness::split_note(&note).unwrap();
         let w = Cosigner::from_seed("w.example", &[2; 32]).unwrap();
         let v = Cosigner::from_seed("v.example", &[3; 32]).unwrap();

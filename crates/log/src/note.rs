@@ -517,6 +517,22 @@ impl Checkpoint {
     }
 }
 
+/// For tests: a checkpoint of 3 leaves signed by `example.com/log` with
+/// a fixed key, and that key.
+#[cfg(test)]
+pub(crate) fn test_note() -> (Signer, String) {
+    let log = Signer::from_seed("example.com/log", &[1; 32]).expect("a key");
+    let note = Checkpoint {
+        origin: log.name().to_owned(),
+        size: 3,
+        root: [9; 32],
+        extensions: vec![],
+    }
+    .sign(&log)
+    .expect("a note");
+    (log, note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

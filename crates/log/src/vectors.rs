@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{self, Hash, Tree};
@@ -152,6 +154,16 @@ fn receipt(signer: Option<&Signer>, index: u64, record: &[u8]) -> String {
 fn cosigned(note: &str, witness: &Cosigner, timestamp: u64) -> String {
     let (body, _) = crate::witness::split_note(note).expect("a note");
     format!("{note}{}\n", witness.cosign(body, timestamp))
+}
+
+/// A cosignature line made to look like `other`'s: its name and key ID, the
+/// same timestamp and signature. It verifies under `other` exactly when
+/// `other` has the same public key (a cosignature does not sign the name).
+pub(crate) fn relabel(line: &str, other: &Cosigner) -> String {
+    let payload = line.rsplit(' ').next().expect("a signature line");
+    let mut raw = STANDARD.decode(payload).expect("base64");
+    raw[..4].copy_from_slice(&other.key_id());
+    format!("— {} {}", other.name(), STANDARD.encode(raw))
 }
 
 /// Builds every vector.
@@ -362,10 +374,7 @@ pub fn generate() -> Vectors {
                 checkpoint: Some({
                     let good = cosigned(&current, &witness, 1_796_208_000);
                     let junk = [&witness.key_id()[..], &[0u8; 64]].concat();
-                    format!(
-                        "{good}— witness.example/w1 {}\n",
-                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, junk)
-                    )
+                    format!("{good}— witness.example/w1 {}\n", STANDARD.encode(junk))
                 }),
                 witnesses: vec![witness.verifier_key()],
                 ..stored.clone()
@@ -379,19 +388,8 @@ pub fn generate() -> Vectors {
                 checkpoint: Some({
                     let twin = Cosigner::from_seed("witness.example/w2", &[10; 32]).expect("a key");
                     let good = cosigned(&current, &witness, 1_796_208_000);
-                    let (body, _) = crate::witness::split_note(&current).expect("a note");
-                    let line = witness.cosign(body, 1_796_208_000);
-                    let payload = line.rsplit(' ').next().expect("a payload");
-                    let mut raw = base64::Engine::decode(
-                        &base64::engine::general_purpose::STANDARD,
-                        payload,
-                    )
-                    .expect("base64");
-                    raw[..4].copy_from_slice(&twin.key_id());
-                    format!(
-                        "{good}— witness.example/w2 {}\n",
-                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw)
-                    )
+                    let line = good.lines().last().expect("a line");
+                    format!("{good}{}\n", relabel(line, &twin))
                 }),
                 witnesses: vec![
                     witness.verifier_key(),

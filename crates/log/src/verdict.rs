@@ -540,31 +540,15 @@ mod tests {
 
     #[test]
     fn one_witness_key_under_two_names_does_not_make_a_quorum_of_two() {
-        use crate::note::{Checkpoint, Signer};
         use crate::witness::{split_note, Cosigner};
-        let log = Signer::from_seed("example.com/log", &[1; 32]).unwrap();
-        let note = Checkpoint {
-            origin: log.name().to_owned(),
-            size: 3,
-            root: [9; 32],
-            extensions: vec![],
-        }
-        .sign(&log)
-        .unwrap();
+        let (_, note) = crate::note::test_note();
         let body = split_note(&note).unwrap().0.to_owned();
         let a = Cosigner::from_seed("a.example", &[2; 32]).unwrap();
         // b: a's public key under another name.
         let b = Cosigner::from_seed("b.example", &[2; 32]).unwrap();
         let line = a.cosign(&body, 100);
         // a's line relabelled as b's: name and key ID changed, same bytes.
-        let payload = line.rsplit(' ').next().unwrap();
-        let mut raw =
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, payload).unwrap();
-        raw[..4].copy_from_slice(&b.key_id());
-        let relabelled = format!(
-            "— b.example {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw)
-        );
+        let relabelled = crate::vectors::relabel(&line, &b);
         let cosigned = format!("{note}{line}\n{relabelled}\n");
         assert!(
             b.verifier().verify_note(&cosigned).is_ok(),
