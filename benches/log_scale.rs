@@ -83,7 +83,7 @@ fn main() {
         let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
         let open_time = started.elapsed();
         let last = format!("{:032x}", id(log.size() - 1));
-        assert_eq!(log.current().index_of(&last), Some(log.size() - 1));
+        assert_eq!(log.current().index_of(&last).unwrap(), Some(log.size() - 1));
         println!("records            {}", log.size());
         println!("open               {open_time:?}");
         println!(
@@ -155,7 +155,10 @@ fn main() {
     let open_time = started.elapsed();
     let last = format!("{:032x}", id(records - 1));
     assert_eq!(reopened.size(), appended);
-    assert_eq!(reopened.current().index_of(&last), Some(records - 1));
+    assert_eq!(
+        reopened.current().index_of(&last).unwrap(),
+        Some(records - 1)
+    );
     println!("records            {appended}");
     println!("RSS at 0 records   {rss_empty} KiB");
     println!(

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use residency_log::api::{ConsistencyProof, Entry, GenerationInfo, Generations, InclusionProof};
+use residency_log::backend::LogError;
 use residency_log::merkle::Hash;
 use residency_log::storage::{Generation, Log};
 use residency_log::tiles::Tile;
@@ -110,13 +111,14 @@ fn answer_in(
                 return error(StatusCode::NOT_FOUND, &not_signed(size, latest.size));
             }
             match log.inclusion_proof(index, size) {
-                Some((leaf, path)) => json(&InclusionProof {
+                Err(e) => unavailable(&e),
+                Ok(Some((leaf, path))) => json(&InclusionProof {
                     index,
                     size,
                     leaf_hash: residency_core::hex::encode(&leaf),
                     hashes: hexes(&path),
                 }),
-                None => error(
+                Ok(None) => error(
                     StatusCode::NOT_FOUND,
                     &format!("index {index} is not in the tree of size {size}"),
                 ),
@@ -131,12 +133,13 @@ fn answer_in(
                 return error(StatusCode::NOT_FOUND, &not_signed(to, latest.size));
             }
             match log.consistency_proof(from, to) {
-                Some(path) => json(&ConsistencyProof {
+                Err(e) => unavailable(&e),
+                Ok(Some(path)) => json(&ConsistencyProof {
                     from,
                     to,
                     hashes: hexes(&path),
                 }),
-                None => error(
+                Ok(None) => error(
                     StatusCode::BAD_REQUEST,
                     &format!("need 0 < from <= to; got from={from} to={to}"),
                 ),
@@ -145,11 +148,14 @@ fn answer_in(
         _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size),
         _ if path.starts_with("/proof/") && path.ends_with(".tlog-proof") => {
             let id = &path["/proof/".len()..path.len() - ".tlog-proof".len()];
-            let Some(index) = log.index_of(id) else {
-                return error(StatusCode::NOT_FOUND, "no such record");
+            let index = match log.index_of(id) {
+                Err(e) => return unavailable(&e),
+                Ok(None) => return error(StatusCode::NOT_FOUND, "no such record"),
+                Ok(Some(index)) => index,
             };
             match log.inclusion_proof(index, latest.size) {
-                Some((_, hashes)) if index < latest.size => {
+                Err(e) => unavailable(&e),
+                Ok(Some((_, hashes))) if index < latest.size => {
                     let proof = TlogProof {
                         extra: None,
                         index,
@@ -163,7 +169,10 @@ fn answer_in(
         }
         _ => {
             let index = if let Some(id) = path.strip_prefix("/records/") {
-                log.index_of(id)
+                match log.index_of(id) {
+                    Ok(index) => index,
+                    Err(e) => return unavailable(&e),
+                }
             } else if let Some(i) = path.strip_prefix("/entries/") {
                 i.parse::<u64>().ok()
             } else {
@@ -172,12 +181,16 @@ fn answer_in(
                     "try / /checkpoint /tile/<L>/<N>[.p/<W>] /tile/entries/<N>[.p/<W>] /key /proof/inclusion?index= /proof/consistency?from= /records/{request_id} /entries/{index} /generations",
                 );
             };
-            match index.and_then(|i| Some((i, log.record(i)?))) {
-                Some((index, bytes)) => json(&Entry {
+            let Some(index) = index else {
+                return error(StatusCode::NOT_FOUND, "no such record");
+            };
+            match log.record(index) {
+                Err(e) => unavailable(&e),
+                Ok(Some(bytes)) => json(&Entry {
                     index,
                     record: String::from_utf8_lossy(&bytes).into_owned(),
                 }),
-                None => error(StatusCode::NOT_FOUND, "no such record"),
+                Ok(None) => error(StatusCode::NOT_FOUND, "no such record"),
             }
         }
     }
@@ -192,9 +205,13 @@ fn tile(log: &Generation, path: &str, signed: u64) -> Response<Full<Bytes>> {
             "not a tlog-tiles path: tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]",
         );
     };
-    let Some(bytes) = log.tile(t) else {
-        let needs = t.needs_size().unwrap_or(u64::MAX);
-        return error(StatusCode::NOT_FOUND, &not_signed(needs, signed));
+    let bytes = match log.tile(t) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            let needs = t.needs_size().unwrap_or(u64::MAX);
+            return error(StatusCode::NOT_FOUND, &not_signed(needs, signed));
+        }
+        Err(e) => return unavailable(&e),
     };
     let (body, gzipped) = match t.level {
         Some(_) => (bytes, false),
@@ -254,6 +271,19 @@ fn text(body: String) -> Response<Full<Bytes>> {
 fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     respond(StatusCode::OK, "application/json", body)
+}
+
+/// 503 for a read the log's storage (a fleet's database) did not answer:
+/// not a 404, which would tell a verifier its record does not exist.
+fn unavailable(e: &LogError) -> Response<Full<Bytes>> {
+    tracing::warn!(error = %e, "a transparency log read failed");
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the log's storage did not answer; retry shortly",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {

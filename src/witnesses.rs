@@ -308,7 +308,7 @@ impl Client {
             } else {
                 let l = log.clone();
                 match tokio::task::spawn_blocking(move || l.consistency_proof(old, size)).await {
-                    Ok(Some(proof)) => proof,
+                    Ok(Ok(Some(proof))) => proof,
                     _ => {
                         tracing::warn!(witness = %self.name(), old, size, "no consistency proof for the witness");
                         return (Outcome::Error, None);

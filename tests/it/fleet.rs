@@ -47,6 +47,45 @@ async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> 
     (status == 200).then(|| metric(&text, series)).flatten()
 }
 
+/// Two replicas on database `tag` of a fresh PostgreSQL, checkpointing
+/// every 250 ms, every data centre one upstream.
+struct TwoReplicas {
+    keep: TempDir,
+    key: String,
+    pg: TestServer,
+    _upstream: Upstream,
+    replicas: Vec<Binary>,
+    ports: Vec<u16>,
+}
+
+async fn two_replicas(tag: &'static str) -> TwoReplicas {
+    let keep = TempDir::new(&format!("fleet-{tag}"));
+    let key = log_key(keep.path());
+    let pg = postgres(tag, &[tag]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let mut replicas = Vec::new();
+    let mut ports = Vec::new();
+    for r in 0..2 {
+        let port = free_port();
+        let section = fleet_section(keep.path(), &pg, tag, port, "250ms");
+        replicas.push(Binary::start(&format!("fleet-{tag}-{r}"), &dcs, &section).await);
+        ports.push(port);
+    }
+    TwoReplicas {
+        keep,
+        key,
+        pg,
+        _upstream: upstream,
+        replicas,
+        ports,
+    }
+}
+
 #[derive(Debug)]
 struct Upload {
     replica: usize,
@@ -231,7 +270,13 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         .unwrap()
         .unwrap();
     let outage_start = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // A read the database cannot answer is a 503, not "no such record".
+    let live = (0..3).find(|r| *r != killed).unwrap();
+    let addr = format!("127.0.0.1:{}", log_ports[live]).parse().unwrap();
+    let (status, headers, body) = plain_exchange(addr, "GET", "/entries/0").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    tokio::time::sleep(Duration::from_millis(1_500).saturating_sub(outage_start.elapsed())).await;
     let outage_end = Instant::now();
     let p = pg.clone();
     tokio::task::spawn_blocking(move || p.lock().unwrap().launch())
@@ -558,23 +603,13 @@ async fn the_database_connection_is_tls_verified_against_the_configured_ca() {
 /// follows the other's checkpoints, and the log stays consistent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
-    let keep = TempDir::new("fleet-stop");
-    let key = log_key(keep.path());
-    let pg = postgres("stop", &["stop"]).await;
-    let zurich = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", zurich.addr),
-        ("frankfurt", "eu", zurich.addr),
-        ("virginia", "us", zurich.addr),
-    ];
-    let mut replicas = Vec::new();
-    let mut ports = Vec::new();
-    for r in 0..2 {
-        let port = free_port();
-        let section = fleet_section(keep.path(), &pg, "stop", port, "250ms");
-        replicas.push(Binary::start(&format!("fleet-stop-{r}"), &dcs, &section).await);
-        ports.push(port);
-    }
+    let fleet = two_replicas("stop").await;
+    let TwoReplicas {
+        key,
+        replicas,
+        ports,
+        ..
+    } = &fleet;
     let mut integrator = None;
     for (r, b) in replicas.iter().enumerate() {
         if admin_metric(b.admin, "residency_log_integrator").await == Some(1.0) {
@@ -590,7 +625,7 @@ async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
             .await;
         assert_eq!(reply.status, 201);
     }
-    let verifier = Verifier::parse(&key).unwrap();
+    let verifier = Verifier::parse(key).unwrap();
     let checkpoint_of = async |r: usize| {
         let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
         let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
@@ -657,7 +692,7 @@ async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
         Some(1.0)
     );
 
-    let path = keep.path().join("before.checkpoint");
+    let path = fleet.keep.path().join("before.checkpoint");
     std::fs::write(&path, before).unwrap();
     let args = VerifyArgs {
         key: key.clone(),
@@ -667,4 +702,199 @@ async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
     };
     let report = verify(&args).await;
     assert!(report.valid(), "{report}");
+}
+
+/// Two replicas serve a checkpoint of 40; then the database goes back to
+/// an older state (as after a failover to a standby that lagged, or a
+/// restored backup: the sequence and checkpoint at 30, the last 10 records
+/// gone) and every connection is cut. Neither replica serves the older
+/// checkpoint, gives indexes 30..39 again, or lets the integrator sign a
+/// second tree over them: uploads get 503 `log_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_back() {
+    let fleet = two_replicas("lost").await;
+    let TwoReplicas {
+        key,
+        pg,
+        replicas,
+        ports,
+        ..
+    } = &fleet;
+    let verifier = Verifier::parse(key).unwrap();
+    let checkpoint_of = async |r: usize| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier)
+            .map(|c| (c.size, c.root))
+            .ok()
+    };
+    let upload = async |r: usize, n: usize, what: &str| {
+        for i in 0..n {
+            let reply = replicas[r]
+                .client()
+                .upload_from(CH, &format!("{what} {i}"))
+                .await;
+            assert_eq!(reply.status, 201, "{what} {i}: {:?}", reply.json());
+        }
+    };
+    upload(0, 15, "first").await;
+    upload(1, 15, "first").await;
+    eventually("both serve a checkpoint of 30", async || {
+        checkpoint_of(0).await.map(|c| c.0) == Some(30)
+            && checkpoint_of(1).await.map(|c| c.0) == Some(30)
+    })
+    .await;
+    // A backup taken now.
+    pg.psql(
+        "lost",
+        "CREATE TABLE saved_checkpoint AS SELECT * FROM residency_log_checkpoint; \
+         CREATE TABLE saved_tiles AS SELECT * FROM residency_log_tiles",
+    )
+    .unwrap();
+    upload(0, 5, "second").await;
+    upload(1, 5, "second").await;
+    eventually("both serve a checkpoint of 40", async || {
+        checkpoint_of(0).await.map(|c| c.0) == Some(40)
+            && checkpoint_of(1).await.map(|c| c.0) == Some(40)
+    })
+    .await;
+    let served = checkpoint_of(0).await.unwrap();
+    assert_eq!(checkpoint_of(1).await.unwrap(), served);
+
+    // The database goes back to the backup; every session is cut, so the
+    // integrator lock is free for whichever replica ticks first.
+    pg.psql(
+        "lost",
+        "BEGIN; \
+         DELETE FROM residency_log_entries WHERE idx >= 30; \
+         UPDATE residency_log_sequence SET next = 30; \
+         DELETE FROM residency_log_tiles; \
+         INSERT INTO residency_log_tiles SELECT * FROM saved_tiles; \
+         DELETE FROM residency_log_checkpoint; \
+         INSERT INTO residency_log_checkpoint SELECT * FROM saved_checkpoint; \
+         COMMIT; \
+         SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'residency-proxy'",
+    )
+    .unwrap();
+
+    // Uploads are refused, on both replicas (the first one may reach its
+    // data centre before its commit finds the sequence behind; it is not
+    // acknowledged either).
+    for (r, b) in replicas.iter().enumerate() {
+        for i in 0..3 {
+            let reply = b.client().upload_from(CH, &format!("after {i}")).await;
+            assert_eq!(reply.status, 503, "replica {r}: {:?}", reply.json());
+            assert_eq!(reply.json()["error"], "log_unavailable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // For a while (several ticks), each replica still serves the checkpoint
+    // of 40, the database's sequence and checkpoint stay where the backup
+    // left them, and one replica holds the integrator lock without
+    // integrating.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for r in 0..2 {
+            assert_eq!(checkpoint_of(r).await, Some(served), "replica {r}");
+        }
+    }
+    assert_eq!(
+        pg.psql("lost", "SELECT next FROM residency_log_sequence")
+            .unwrap(),
+        "30"
+    );
+    assert_eq!(
+        pg.psql("lost", "SELECT size FROM residency_log_checkpoint")
+            .unwrap(),
+        "30"
+    );
+    let mut integrators = 0.0;
+    for b in replicas {
+        integrators += admin_metric(b.admin, "residency_log_integrator")
+            .await
+            .unwrap();
+    }
+    assert_eq!(integrators, 0.0, "a replica integrates over lost records");
+    let held: String = pg
+        .psql(
+            "lost",
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND ((classid::bigint << 32) | objid::bigint) = {}",
+                residency_log::postgres::INTEGRATOR_LOCK
+            ),
+        )
+        .unwrap();
+    assert_eq!(held, "1", "the replica that found the loss holds the lock");
+    let logs = replicas[0].log() + &replicas[1].log();
+    assert!(
+        logs.contains("the database is behind the checkpoint this replica served (size 40)"),
+        "{logs}"
+    );
+}
+
+/// Under steady uploads, every replica's checkpoint age stays about a
+/// tick: a follower takes the time of the newest tick whose sequence the
+/// followed checkpoint covers (a busy fleet's checkpoint never covers the
+/// sequence of the very moment it is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
+    let fleet = two_replicas("age").await;
+    let TwoReplicas {
+        replicas, ports, ..
+    } = &fleet;
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let clients: Vec<Client> = replicas.iter().map(|b| b.client()).collect();
+    let started = unix();
+    let loaded = Instant::now();
+    // Eight writers, uploading without pause for 3.5 s (at most 4,000).
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = clients[w % 2].clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while loaded.elapsed() < Duration::from_millis(3_500) && n < 500 {
+                    let reply = client.upload_from(CH, &format!("w{w} {n}")).await;
+                    assert_eq!(reply.status, 201);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Read during the load.
+    let mut covered = Vec::new();
+    for (r, b) in replicas.iter().enumerate() {
+        let at = admin_metric(b.admin, "residency_log_checkpoint_timestamp_seconds")
+            .await
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        let (_, headers, _) = plain_exchange(addr, "GET", "/checkpoint").await;
+        let header: f64 = headers["residency-checkpoint-covered-at"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        covered.push((r, at, header));
+    }
+    let mut uploads = 0;
+    for w in writers {
+        uploads += w.await.unwrap();
+    }
+    assert!(uploads > 100, "only {uploads} uploads");
+    // Covered as of a tick at least a second into the load (whole
+    // seconds), on the integrator and the follower alike.
+    for (r, at, header) in covered {
+        assert!(
+            at >= started.floor() + 1.0 && header >= started.floor() + 1.0,
+            "replica {r}: covered at {at} (header {header}), the load started at {started}"
+        );
+    }
 }

@@ -411,7 +411,7 @@ async fn an_upload_whose_client_left_before_the_answer_is_still_recorded() {
     }
     assert_eq!(proxy.upstream("zurich").count(), 1);
     let log = proxy.instance.log.clone().unwrap();
-    let record = Record::from_bytes(&log.current().record(0).unwrap()).unwrap();
+    let record = Record::from_bytes(&log.current().record(0).unwrap().unwrap()).unwrap();
     assert_eq!(record.outcome.as_str(), "stored");
     assert_eq!(record.datacenter.as_deref(), Some("zurich"));
     assert_eq!(record.body.unwrap().bytes, 5);
@@ -909,7 +909,7 @@ async fn refusals_over_their_budget_become_summary_records() {
         let mut own = Vec::new();
         let mut summaries = Vec::new();
         for i in 0..log.latest().size {
-            let record = Record::from_bytes(&log.current().record(i).unwrap()).unwrap();
+            let record = Record::from_bytes(&log.current().record(i).unwrap().unwrap()).unwrap();
             match record.summary {
                 Some(s) => summaries.push(s),
                 None if record.outcome == residency_log::record::Outcome::Refused => {

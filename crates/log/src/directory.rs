@@ -1736,10 +1736,16 @@ mod tests {
         let verifier = Verifier::parse(&log.current().signer().verifier_key()).unwrap();
         let opened = Checkpoint::open(&cp.note, &verifier).unwrap();
         assert_eq!((opened.size, opened.root), (5, cp.root));
-        assert_eq!(log.current().record(3).unwrap(), record(3).to_bytes());
-        assert_eq!(log.current().index_of(&format!("{:032x}", 4)), Some(4));
-        assert_eq!(log.current().index_of("nope"), None);
-        let (leaf, path) = log.current().inclusion_proof(2, 5).unwrap();
+        assert_eq!(
+            log.current().record(3).unwrap().unwrap(),
+            record(3).to_bytes()
+        );
+        assert_eq!(
+            log.current().index_of(&format!("{:032x}", 4)).unwrap(),
+            Some(4)
+        );
+        assert_eq!(log.current().index_of("nope").unwrap(), None);
+        let (leaf, path) = log.current().inclusion_proof(2, 5).unwrap().unwrap();
         assert_eq!(leaf, merkle::leaf_hash(&record(2).to_bytes()));
         merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
     }
@@ -1793,8 +1799,8 @@ mod tests {
         let cp = log.checkpoint().unwrap();
         assert_eq!(cp.size, 50);
         for i in 0..50 {
-            let bytes = log.current().record(i).unwrap();
-            let (leaf, path) = log.current().inclusion_proof(i, 50).unwrap();
+            let bytes = log.current().record(i).unwrap().unwrap();
+            let (leaf, path) = log.current().inclusion_proof(i, 50).unwrap().unwrap();
             assert_eq!(leaf, merkle::leaf_hash(&bytes));
             merkle::verify_inclusion(&leaf, i, 50, &path, &cp.root).unwrap();
         }
@@ -1822,7 +1828,10 @@ mod tests {
             .unwrap();
         assert_eq!(next.index, 1);
         assert_eq!(log.size(), 2, "the dropped request's record is written too");
-        assert_eq!(log.current().record(0).unwrap(), record(0).to_bytes());
+        assert_eq!(
+            log.current().record(0).unwrap().unwrap(),
+            record(0).to_bytes()
+        );
     }
 
     #[tokio::test]
@@ -1861,7 +1870,7 @@ mod tests {
             width: 200,
         };
         assert_eq!(
-            log.current().tile(old).unwrap(),
+            log.current().tile(old).unwrap().unwrap(),
             std::fs::read(dir.join("tile/0/000")).unwrap()[..200 * 32]
         );
         for path in [
@@ -1882,7 +1891,9 @@ mod tests {
         assert_eq!(entries[0], record(256).to_bytes().as_slice());
         let mut tree = merkle::Tree::new();
         for i in 0..600 {
-            tree.push(merkle::leaf_hash(&log.current().record(i).unwrap()));
+            tree.push(merkle::leaf_hash(
+                &log.current().record(i).unwrap().unwrap(),
+            ));
         }
         assert_eq!(tree.root(), cp.root);
         let level0 = std::fs::read(dir.join("tile/0/001")).unwrap();
@@ -1891,7 +1902,10 @@ mod tests {
         // Every id is found, from memory before the checkpoint moved them
         // and from the on-disk index after.
         for i in [0u64, 255, 256, 599] {
-            assert_eq!(log.current().index_of(&format!("{i:032x}")), Some(i));
+            assert_eq!(
+                log.current().index_of(&format!("{i:032x}")).unwrap(),
+                Some(i)
+            );
         }
 
         // Partial files are written without an fsync: one lost to a power
@@ -1909,11 +1923,11 @@ mod tests {
             index,
             width,
         };
-        let served = [tile(0, 2, 88), tile(1, 0, 2)].map(|t| log.current().tile(t));
+        let served = [tile(0, 2, 88), tile(1, 0, 2)].map(|t| log.current().tile(t).unwrap());
         assert_eq!(served, [Some(good[0].clone()), Some(good[1].clone())]);
         // An older checkpoint's partial: a prefix of the full tile.
         assert_eq!(
-            log.current().tile(tile(0, 1, 7)),
+            log.current().tile(tile(0, 1, 7)).unwrap(),
             Some(std::fs::read(dir.join("tile/0/001")).unwrap()[..7 * 32].to_vec())
         );
         drop(log);
@@ -1940,9 +1954,12 @@ mod tests {
             assert_eq!(log.append(&record(i)).await.unwrap().index, i);
         }
         let second = log.checkpoint().unwrap();
-        let proof = log.consistency_proof(7, 12).unwrap();
+        let proof = log.consistency_proof(7, 12).unwrap().unwrap();
         merkle::verify_consistency(7, 12, &first.root, &second.root, &proof).unwrap();
-        assert_eq!(log.current().index_of(&format!("{:032x}", 3)), Some(3));
+        assert_eq!(
+            log.current().index_of(&format!("{:032x}", 3)).unwrap(),
+            Some(3)
+        );
     }
 
     #[tokio::test]
@@ -2168,11 +2185,17 @@ mod tests {
         let cp = log.checkpoint().unwrap();
         assert_eq!(cp.root, tree.root());
         assert_eq!(
-            log.consistency_proof(280, 300).unwrap(),
+            log.consistency_proof(280, 300).unwrap().unwrap(),
             tree.consistency_proof(280, 300).unwrap()
         );
-        assert_eq!(log.current().record(290).unwrap(), record(290).to_bytes());
-        assert_eq!(log.current().index_of(&format!("{:032x}", 7)), Some(7));
+        assert_eq!(
+            log.current().record(290).unwrap().unwrap(),
+            record(290).to_bytes()
+        );
+        assert_eq!(
+            log.current().index_of(&format!("{:032x}", 7)).unwrap(),
+            Some(7)
+        );
         assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
     }
 
@@ -2221,7 +2244,10 @@ mod tests {
         }
         std::fs::remove_file(settings.directory.join(INDEX)).unwrap();
         let log = Log::open(&settings, metrics()).unwrap();
-        assert_eq!(log.current().index_of(&format!("{:032x}", 33)), Some(33));
+        assert_eq!(
+            log.current().index_of(&format!("{:032x}", 33)).unwrap(),
+            Some(33)
+        );
     }
 
     #[tokio::test]
@@ -2290,8 +2316,8 @@ mod tests {
             // The sealed generation's last checkpoint covers all of it.
             let cp = Checkpoint::open(&first.latest().note, first.verifier()).unwrap();
             assert_eq!((cp.origin.as_str(), cp.size), ("test.example/log", 300));
-            assert_eq!(first.index_of(&format!("{:032x}", 299)), Some(299));
-            assert!(first.inclusion_proof(299, 300).is_some());
+            assert_eq!(first.index_of(&format!("{:032x}", 299)).unwrap(), Some(299));
+            assert!(first.inclusion_proof(299, 300).unwrap().is_some());
             assert_eq!(current.origin(), "test.example/log/2");
             assert!(current.verifier().name() == "test.example/log/2");
             assert_eq!(current.size(), 10);
@@ -2309,11 +2335,11 @@ mod tests {
         log.checkpoint().unwrap();
         check(&log);
         let id = format!("{:032x}", 305);
-        let index = log.current().index_of(&id).unwrap();
+        let index = log.current().index_of(&id).unwrap().unwrap();
         drop((log, appended));
         let log = Log::open(&settings, metrics()).unwrap();
         check(&log);
-        assert_eq!(log.current().index_of(&id), Some(index));
+        assert_eq!(log.current().index_of(&id).unwrap(), Some(index));
         assert_eq!(log.append(&record(310)).await.unwrap().index, 10);
     }
 }

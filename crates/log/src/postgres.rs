@@ -65,6 +65,10 @@ const INTEGRATE_CHUNK: u64 = 16_384;
 const INTEGRATE_STEPS: usize = 16;
 /// Memory for full tiles and entry bundles served from cache.
 const CACHE_BYTES: u64 = 32 << 20;
+/// Ticks' sequence readings kept until a checkpoint covers them.
+const COVERAGE_KEPT: usize = 64;
+/// What a replica does while its database lost records it served.
+const LOST: &str = "Nothing is sequenced or integrated until the database holds them again, so no index is given twice and no second tree is signed; restore the lost records, or start a new log (a new origin) in a new database";
 
 /// The schema, version by version; never edit a released version, add one.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
@@ -100,14 +104,16 @@ CREATE TABLE residency_log_checkpoint (
 ",
 )];
 
-/// Assigns `$1` contiguous indexes (unless that would pass `$4` records)
-/// and inserts the batch's request keys `$2` and entries `$3` at them, in
-/// one statement (one transaction, one round trip). Returns the first
-/// index and the rows inserted; no row when the log is full.
+/// Assigns `$1` contiguous indexes (unless that would pass `$4` records,
+/// or the sequence is below `$5`, the size of the checkpoint this replica
+/// served: those indexes are taken) and inserts the batch's request keys
+/// `$2` and entries `$3` at them, in one statement (one transaction, one
+/// round trip). Returns the first index and the rows inserted; no row when
+/// the log is full or the database lost records.
 const SEQUENCE: &str = "
 WITH seq AS (
     UPDATE residency_log_sequence SET next = next + $1
-    WHERE next + $1 <= $4
+    WHERE next + $1 <= $4 AND next >= $5
     RETURNING next - $1 AS first
 ), ins AS (
     INSERT INTO residency_log_entries (idx, request_key, data)
@@ -149,7 +155,18 @@ struct Pending {
 #[derive(Default)]
 struct Session {
     client: Option<Client>,
+    /// `client`'s session holds [`INTEGRATOR_LOCK`].
+    locked: bool,
     held: Option<Integrated>,
+}
+
+impl Session {
+    /// Closes the connection, which frees the lock.
+    fn close(&mut self) {
+        self.client = None;
+        self.locked = false;
+        self.held = None;
+    }
 }
 
 struct Integrated {
@@ -168,8 +185,21 @@ struct Shared {
     latest: ArcSwap<Published>,
     /// The sequence as last seen (records appended by the whole fleet).
     sequenced: AtomicU64,
-    /// The last database operation failed for want of a connection.
+    /// The last write failed (a batch's commit, or the tick's write probe
+    /// while failing): uploads are refused before they are forwarded
+    /// until a write succeeds again. Reads never set or clear it.
     unreachable: AtomicBool,
+    /// The database is behind what this replica served: it lost
+    /// committed records. Nothing is sequenced or integrated meanwhile.
+    lost: AtomicBool,
+    /// Connections the log API's reads may hold at once: one fewer than
+    /// the pool, so readers never take every connection the sequencer and
+    /// the tick need.
+    reads: tokio::sync::Semaphore,
+    /// `(when, sequence then)`, as read at recent ticks, until a
+    /// checkpoint covers them: the newest covered one says as of when the
+    /// checkpoint covers every record.
+    coverage: std::sync::Mutex<std::collections::VecDeque<(i64, u64)>>,
     session: tokio::sync::Mutex<Session>,
     is_integrator: AtomicBool,
     /// Full tiles and entry bundles: immutable once complete.
@@ -252,6 +282,9 @@ impl Fleet {
             }),
             sequenced: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
+            coverage: Default::default(),
             session: tokio::sync::Mutex::new(Session::default()),
             is_integrator: AtomicBool::new(false),
             cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_BYTES, Weight),
@@ -285,9 +318,10 @@ impl Fleet {
         &self.shared.verifier
     }
 
-    /// The last database operation failed for want of a connection.
-    pub fn unreachable(&self) -> bool {
-        self.shared.unreachable.load(Ordering::Relaxed)
+    /// Writes fail, or must not be made (the database lost records this
+    /// replica served): new uploads are refused before they are forwarded.
+    pub fn refusing_writes(&self) -> bool {
+        self.shared.unreachable.load(Ordering::Relaxed) || self.shared.lost.load(Ordering::Relaxed)
     }
 
     pub fn is_integrator(&self) -> bool {
@@ -330,16 +364,19 @@ impl Fleet {
     }
 
     /// Any tile of the integrated tree (blocking: a database read unless
-    /// cached).
-    pub fn any_tile(&self, tile: Tile) -> Option<Vec<u8>> {
+    /// cached). `Ok(None)`: no such tile; `Err`: the database did not
+    /// answer.
+    pub fn any_tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
         self.handle.block_on(self.shared.tile(tile))
     }
 
     /// The stored bytes of leaf `index` (blocking).
-    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
-        let index = i64::try_from(index).ok()?;
+    pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+        let Ok(index) = i64::try_from(index) else {
+            return Ok(None);
+        };
         self.handle.block_on(async {
-            let client = self.shared.client().await.ok()?;
+            let (_permit, client) = self.shared.read_client().await?;
             let row = timed(
                 self.shared.pg.timeout,
                 client.query_opt(
@@ -347,19 +384,16 @@ impl Fleet {
                     &[&index],
                 ),
             )
-            .await
-            .ok()??;
-            Some(row.get::<_, Vec<u8>>(0))
+            .await?;
+            Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
         })
     }
 
     /// The indexes recorded for request-id key `key` (blocking).
-    pub fn indexes_of(&self, key: u128) -> Vec<u64> {
+    pub fn indexes_of(&self, key: u128) -> Result<Vec<u64>, LogError> {
         let key = key.to_be_bytes().to_vec();
         self.handle.block_on(async {
-            let Ok(client) = self.shared.client().await else {
-                return Vec::new();
-            };
+            let (_permit, client) = self.shared.read_client().await?;
             let rows = timed(
                 self.shared.pg.timeout,
                 client.query(
@@ -367,11 +401,11 @@ impl Fleet {
                     &[&key],
                 ),
             )
-            .await
-            .unwrap_or_default();
-            rows.iter()
+            .await?;
+            Ok(rows
+                .iter()
                 .filter_map(|r| u64::try_from(r.get::<_, i64>(0)).ok())
-                .collect()
+                .collect())
         })
     }
 
@@ -396,42 +430,74 @@ impl Fleet {
 }
 
 impl Shared {
+    /// A pooled connection (the tick's reads, cosignatures).
     async fn client(&self) -> Result<Object, LogError> {
-        let client = timed(self.pg.timeout, self.pool.get()).await;
-        self.unreachable.store(client.is_err(), Ordering::Relaxed);
-        client
+        timed(self.pg.timeout, self.pool.get()).await
     }
 
-    /// Commits one batch; returns its first index.
+    /// A pooled connection for one of the log API's reads, under
+    /// [`Shared::reads`].
+    async fn read_client(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Object), LogError> {
+        let permit = tokio::time::timeout(self.pg.timeout, self.reads.acquire())
+            .await
+            .map_err(|_| timeout_error(self.pg.timeout))?
+            .map_err(|_| LogError::Poisoned)?;
+        Ok((permit, self.client().await?))
+    }
+
+    /// Commits one batch; returns its first index. Any failure but a full
+    /// log marks writes as failing; a success clears it.
     async fn commit(&self, batch: &[Pending]) -> Result<u64, LogError> {
+        let result = self.try_commit(batch).await;
+        match &result {
+            Ok(_) => self.unreachable.store(false, Ordering::Relaxed),
+            Err(LogError::Full(_)) => {}
+            Err(_) => self.unreachable.store(true, Ordering::Relaxed),
+        }
+        result
+    }
+
+    async fn try_commit(&self, batch: &[Pending]) -> Result<u64, LogError> {
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(LogError::Database(LOST.into()));
+        }
         let deadline = tokio::time::Instant::now() + self.pg.timeout;
         let client = tokio::time::timeout_at(deadline, self.pool.get())
             .await
             .map_err(|_| timeout_error(self.pg.timeout))?
-            .map_err(|e| {
-                self.unreachable.store(true, Ordering::Relaxed);
-                LogError::Database(describe(&e))
-            })?;
+            .map_err(|e| LogError::Database(describe(&e)))?;
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
         let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
         let n = batch.len() as i64;
         let max = i64::try_from(self.settings.max_records).unwrap_or(i64::MAX);
+        let served = i64::try_from(self.latest.load().size).unwrap_or(i64::MAX);
         let run = async {
             let statement = client.prepare_cached(SEQUENCE).await?;
-            client
-                .query_opt(&statement, &[&n, &keys, &data, &max])
-                .await
+            let row = client
+                .query_opt(&statement, &[&n, &keys, &data, &max, &served])
+                .await?;
+            if row.is_some() {
+                return Ok((row, None));
+            }
+            let next: i64 = client
+                .query_one("SELECT next FROM residency_log_sequence", &[])
+                .await?
+                .get(0);
+            Ok((None, Some(u64::try_from(next).unwrap_or(0))))
         };
-        let row = match tokio::time::timeout_at(deadline, run).await {
+        let (row, next) = match tokio::time::timeout_at(deadline, run).await {
             Ok(row) => row.map_err(database_error)?,
             Err(_) => {
-                // The statement may still be running on it: do not reuse.
+                // The statement may still be running on it: do not reuse
+                // (the server ends it at `statement_timeout`).
                 drop(Object::take(client));
                 return Err(timeout_error(self.pg.timeout));
             }
         };
-        self.unreachable.store(false, Ordering::Relaxed);
         let Some(row) = row else {
+            // Indexes a served checkpoint covers would be given again: their
+            // receipts would contradict that checkpoint.
+            self.judge(next.and_then(|next| self.behind_sequence(next)))?;
             return Err(LogError::Full(self.settings.max_records));
         };
         let (first, inserted): (i64, i64) = (row.get(0), row.get(1));
@@ -452,34 +518,111 @@ impl Shared {
     async fn tick(&self) -> Result<Arc<Published>, LogError> {
         let mut session = self.session.lock().await;
         let session = &mut *session;
-        if session.held.is_none() {
-            if let Err(e) = self.try_integrate(session).await {
-                // Closing the connection frees the lock if it was taken.
-                session.client = None;
-                self.unreachable
-                    .store(matches!(e, LogError::Database(_)), Ordering::Relaxed);
-                self.set_role(false);
-                return Err(e);
+        let result = if session.held.is_none() {
+            match self.try_integrate(session).await {
+                Ok(()) => self.integrate_or_follow(session).await,
+                Err(e) => {
+                    // A corrupt log keeps the lock, so that no replica
+                    // integrates over it; else closing the connection
+                    // frees the lock if it was taken.
+                    if !matches!(e, LogError::Corrupt { .. }) {
+                        session.close();
+                    }
+                    Err(e)
+                }
             }
-        }
-        let result = match (&mut session.held, &mut session.client) {
-            (Some(held), Some(client)) => self.integrate(client, held).await,
-            _ => self.follow().await,
+        } else {
+            self.integrate_or_follow(session).await
         };
-        match &result {
-            Ok(_) => self.unreachable.store(false, Ordering::Relaxed),
-            Err(e) => {
-                if session.held.take().is_some() {
-                    tracing::warn!(error = %e, "integrating the log failed: giving up the integrator lock");
-                    session.client = None;
-                }
-                if matches!(e, LogError::Database(_)) {
-                    self.unreachable.store(true, Ordering::Relaxed);
-                }
-            }
-        }
         self.set_role(session.held.is_some());
+        self.probe_writes().await;
         result
+    }
+
+    async fn integrate_or_follow(&self, session: &mut Session) -> Result<Arc<Published>, LogError> {
+        let (Some(held), Some(client)) = (&mut session.held, &mut session.client) else {
+            return self.follow().await;
+        };
+        match self.integrate(client, held).await {
+            // Refusing to integrate over a corrupt log, still holding the
+            // lock.
+            Err(e @ LogError::Corrupt { .. }) => Err(e),
+            Err(e) => {
+                // Fenced by another integrator, the lock session ended, or
+                // the database failed: this replica follows from now on,
+                // this very tick (its uploads are not refused for it).
+                tracing::warn!(error = %e, "integrating the log failed: giving up the integrator lock");
+                session.close();
+                self.follow().await
+            }
+            ok => ok,
+        }
+    }
+
+    /// While writes fail, one write per tick says whether they work again:
+    /// a no-op update of the sequence row, committed as a batch is.
+    async fn probe_writes(&self) {
+        if !self.unreachable.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(client) = self.client().await else {
+            return;
+        };
+        let probe = client.execute("UPDATE residency_log_sequence SET next = next", &[]);
+        match tokio::time::timeout(self.pg.timeout, probe).await {
+            Ok(Ok(_)) => {
+                self.unreachable.store(false, Ordering::Relaxed);
+                tracing::info!("the log database takes writes again");
+            }
+            Ok(Err(_)) => {}
+            Err(_) => drop(Object::take(client)),
+        }
+    }
+
+    /// Why the database is behind the checkpoint this replica served, if
+    /// its sequence is: it gives indexes that checkpoint covers again.
+    fn behind_sequence(&self, sequence: u64) -> Option<String> {
+        let served = self.latest.load();
+        (sequence < served.size).then(|| format!("its sequence is at {sequence}"))
+    }
+
+    /// Why the database is behind the checkpoint this replica served, if
+    /// its stored checkpoint is: smaller, gone, or of another root.
+    fn behind_checkpoint(&self, stored: Option<&Published>) -> Option<String> {
+        let served = self.latest.load();
+        match stored {
+            Some(cp) if cp.size < served.size => {
+                Some(format!("its checkpoint is of size {}", cp.size))
+            }
+            Some(cp) if cp.size == served.size && cp.root != served.root => Some(format!(
+                "its checkpoint of size {} has another root",
+                cp.size
+            )),
+            None if served.size > 0 => Some("it holds no checkpoint".into()),
+            _ => None,
+        }
+    }
+
+    /// Sets or clears [`Shared::lost`] by `behind`; `Err` while the
+    /// database is behind.
+    fn judge(&self, behind: Option<String>) -> Result<(), LogError> {
+        let Some(why) = behind else {
+            if self.lost.swap(false, Ordering::Relaxed) {
+                tracing::warn!("the log database holds what this replica served again");
+            }
+            return Ok(());
+        };
+        let message = format!(
+            "the database is behind the checkpoint this replica served (size {}): {why}. It lost committed records (a failover to a standby that lagged? a restored backup?). {LOST}",
+            self.latest.load().size
+        );
+        if !self.lost.swap(true, Ordering::Relaxed) {
+            tracing::error!("{message}");
+        }
+        Err(LogError::Corrupt {
+            path: self.pg.url.clone(),
+            message,
+        })
     }
 
     fn set_role(&self, held: bool) {
@@ -491,9 +634,10 @@ impl Shared {
 
     /// Takes the integrator lock on the session's connection, if free, and
     /// rebuilds the right edge at the stored checkpoint (which it must
-    /// hash to).
+    /// hash to, and which must not be behind what this replica served).
     async fn try_integrate(&self, session: &mut Session) -> Result<(), LogError> {
         if session.client.as_ref().is_none_or(Client::is_closed) {
+            session.locked = false;
             let config = lock_session_config(&self.pg, self.settings.checkpoint_interval);
             let (client, connection) =
                 timed(self.pg.timeout, config.connect(self.tls.clone())).await?;
@@ -507,16 +651,20 @@ impl Shared {
         let Some(client) = &session.client else {
             return Ok(());
         };
-        let taken: bool = timed(
-            self.pg.timeout,
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&INTEGRATOR_LOCK]),
-        )
-        .await?
-        .get(0);
-        if !taken {
-            return Ok(());
+        if !session.locked {
+            let taken: bool = timed(
+                self.pg.timeout,
+                client.query_one("SELECT pg_try_advisory_lock($1)", &[&INTEGRATOR_LOCK]),
+            )
+            .await?
+            .get(0);
+            if !taken {
+                return Ok(());
+            }
+            session.locked = true;
         }
         let stored = self.stored_checkpoint(client).await?;
+        self.judge(self.behind_checkpoint(stored.as_ref()))?;
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
@@ -581,6 +729,7 @@ impl Shared {
     ) -> Result<Arc<Published>, LogError> {
         // Up to the sequence as of now: records appended meanwhile wait
         // for the next tick, so a busy log still gets a checkpoint per tick.
+        let now = unix_now();
         let sequenced: i64 = timed(
             self.pg.timeout,
             client.query_one("SELECT next FROM residency_log_sequence", &[]),
@@ -588,7 +737,9 @@ impl Shared {
         .await?
         .get(0);
         let sequenced = u64::try_from(sequenced).unwrap_or(0);
+        self.judge(self.behind_sequence(sequenced))?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
+        self.observe(now, sequenced);
         for _ in 0..INTEGRATE_STEPS {
             let from = integrator.edge.size();
             if from == sequenced && integrator.stored.is_some() {
@@ -681,18 +832,26 @@ impl Shared {
     /// not integrate).
     async fn follow(&self) -> Result<Arc<Published>, LogError> {
         let client = self.client().await?;
+        let now = unix_now();
         let sequenced: i64 = timed(
             self.pg.timeout,
             client.query_one("SELECT next FROM residency_log_sequence", &[]),
         )
         .await?
         .get(0);
-        self.sequenced
-            .fetch_max(u64::try_from(sequenced).unwrap_or(0), Ordering::Relaxed);
-        if let Some(cp) = self.stored_checkpoint(&client).await? {
+        let sequenced = u64::try_from(sequenced).unwrap_or(0);
+        let stored = self.stored_checkpoint(&client).await?;
+        // Never back: what was served stays served, and the database
+        // that lost it is not written to.
+        self.judge(
+            self.behind_sequence(sequenced)
+                .or_else(|| self.behind_checkpoint(stored.as_ref())),
+        )?;
+        self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
+        self.observe(now, sequenced);
+        if let Some(cp) = stored {
             let latest = self.latest.load();
-            // Never back: a stale read or a restored backup is not served.
-            if cp.size > latest.size || (cp.size == latest.size && cp.note != latest.note) {
+            if cp.size > latest.size || cp.note != latest.note {
                 self.publish(cp);
             }
         }
@@ -704,16 +863,40 @@ impl Shared {
         self.latest.store(Arc::new(published));
     }
 
-    /// Updates the size, lag and age gauges after a tick.
+    /// Notes that every record sequenced as of `at` is below `sequence`.
+    fn observe(&self, at: i64, sequence: u64) {
+        let mut seen = self.coverage.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= COVERAGE_KEPT {
+            seen.pop_front();
+        }
+        seen.push_back((at, sequence));
+    }
+
+    /// Updates the size, lag and age gauges after a tick: the checkpoint
+    /// covers every record as of the newest tick whose sequence it covers
+    /// (so under steady load, a tick or two ago; not "now", which a busy
+    /// fleet's checkpoint never is).
     fn confirm(&self) -> Arc<Published> {
         let latest = self.latest.load_full();
         let sequenced = self.sequenced.load(Ordering::Relaxed);
         let lag = sequenced.saturating_sub(latest.size);
         self.metrics.size.set(sequenced as i64);
         self.metrics.integration_lag.set(lag as i64);
-        if lag == 0 {
-            self.metrics.checkpoint_timestamp.set(unix_now());
-            self.metrics.checkpoint_age.set(0);
+        let mut covered = None;
+        {
+            let mut seen = self.coverage.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(&(at, sequence)) = seen.front() {
+                if sequence > latest.size {
+                    break;
+                }
+                covered = Some(at);
+                seen.pop_front();
+            }
+        }
+        if let Some(at) = covered {
+            let at = at.max(self.metrics.checkpoint_timestamp.get());
+            self.metrics.checkpoint_timestamp.set(at);
+            self.metrics.checkpoint_age.set((unix_now() - at).max(0));
         }
         latest
     }
@@ -722,13 +905,15 @@ impl Shared {
         let Some(note) = cosign(&self.latest, size, lines) else {
             return false;
         };
+        // Only over the same checkpoint: the signed text is a prefix.
+        let body = note.split_once("\n\n").map_or(&note[..], |(body, _)| body);
         let stored = async {
             let client = self.client().await?;
             timed(
                 self.pg.timeout,
                 client.execute(
-                    "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2",
-                    &[&note, &(size as i64)],
+                    "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2 AND starts_with(note, $3)",
+                    &[&note, &(size as i64), &body],
                 ),
             )
             .await
@@ -741,47 +926,54 @@ impl Shared {
 
     /// A tile of the integrated tree: a hash tile from its row (a longer
     /// row holds it as a prefix), an entry bundle from its entries.
-    async fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
+    async fn tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
         let key = (tile_level(tile), tile.index);
         let full = u64::from(tile.width) == WIDTH;
         if full {
             if let Some(bytes) = self.cache.get(&key) {
-                return Some(bytes.as_ref().clone());
+                return Ok(Some(bytes.as_ref().clone()));
             }
         }
-        let client = self.client().await.ok()?;
+        let (Ok(index), Some(first)) = (i64::try_from(tile.index), tile.index.checked_mul(WIDTH))
+        else {
+            return Ok(None);
+        };
+        let (_permit, client) = self.read_client().await?;
         let bytes = match tile.level {
             Some(_) => {
                 let row = timed(
                     self.pg.timeout,
                     client.query_opt(
                         "SELECT data FROM residency_log_tiles WHERE level = $1 AND idx = $2",
-                        &[&key.0, &i64::try_from(tile.index).ok()?],
+                        &[&key.0, &index],
                     ),
                 )
-                .await
-                .ok()??;
-                let data: Vec<u8> = row.get(0);
+                .await?;
+                let data: Vec<u8> = match row {
+                    Some(row) => row.get(0),
+                    None => return Ok(None),
+                };
                 let want = 32 * usize::from(tile.width);
                 if data.len() < want {
-                    return None;
+                    return Ok(None);
                 }
                 data[..want].to_vec()
             }
             None => {
-                let first = tile.index.checked_mul(WIDTH)?;
                 let end = first + u64::from(tile.width);
+                let (Ok(from), Ok(to)) = (i64::try_from(first), i64::try_from(end)) else {
+                    return Ok(None);
+                };
                 let rows = timed(
                     self.pg.timeout,
                     client.query(
                         "SELECT data FROM residency_log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                        &[&i64::try_from(first).ok()?, &i64::try_from(end).ok()?],
+                        &[&from, &to],
                     ),
                 )
-                .await
-                .ok()?;
+                .await?;
                 if rows.len() != usize::from(tile.width) {
-                    return None;
+                    return Ok(None);
                 }
                 let mut bundle = Vec::new();
                 for row in &rows {
@@ -793,7 +985,7 @@ impl Shared {
         if full {
             self.cache.insert(key, Arc::new(bytes.clone()));
         }
-        Some(bytes)
+        Ok(Some(bytes))
     }
 }
 
@@ -818,6 +1010,18 @@ async fn sequence(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
                     Ok(n) if n > 0 => {}
                     _ => break,
                 }
+            }
+        }
+        // Records that waited longer than `timeout` for a database that
+        // did not answer (batches before them failed slowly) fail now:
+        // each upload's wait stays bounded, not a timeout per batch ahead.
+        if batch[0].queued.elapsed() > shared.pg.timeout {
+            let limit = shared.pg.timeout;
+            for p in batch.extract_if(.., |p| p.queued.elapsed() > limit) {
+                let _ = p.reply.send(Err(timeout_error(limit)));
+            }
+            if batch.is_empty() {
+                continue;
             }
         }
         let started = Instant::now();
@@ -1006,11 +1210,23 @@ fn tile_level(tile: Tile) -> i16 {
 }
 
 /// The configured connection, with what the log relies on: commits
-/// acknowledged only once durable, a connect timeout, an application name.
+/// acknowledged only once durable, a connect timeout, an application name,
+/// and server-side bounds for what the proxy stops waiting for: a batch
+/// waiting on the sequence row's lock fails on the server just before the
+/// proxy's own `timeout` would (so its connection stays usable), and a
+/// statement or open transaction the proxy abandoned ends on the server
+/// too, instead of holding a backend until it finishes.
 fn session_config(pg: &Postgres) -> tokio_postgres::Config {
     let mut config = pg.config.0.clone();
     let options = config.get_options().unwrap_or_default().to_string();
-    config.options(format!("{options} -c synchronous_commit=on").trim());
+    let abandoned = (pg.timeout * 4 + Duration::from_secs(1)).as_millis();
+    config.options(
+        format!(
+            "{options} -c synchronous_commit=on -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
+            (pg.timeout * 9 / 10).as_millis().max(1),
+        )
+        .trim(),
+    );
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(pg.timeout);
     }
@@ -1024,17 +1240,17 @@ fn session_config(pg: &Postgres) -> tokio_postgres::Config {
 /// The integrator-lock session's connection: as [`session_config`], and the
 /// server ends it — freeing the lock — when it stays idle for four
 /// checkpoint intervals (at least 2 s; a live replica runs a query every
-/// tick) or its peer stops answering TCP keepalives (about 11 s). So a
-/// replica cut off from the database, not only a dead one, loses the lock
-/// and another takes over; whatever the cut-off one still tries to store
-/// is fenced by the checkpoint's expected size.
+/// tick), in a transaction or not (a replica frozen mid-checkpoint), or its
+/// peer stops answering TCP keepalives (about 11 s). So a replica cut off
+/// from the database, not only a dead one, loses the lock and another takes
+/// over; whatever the cut-off one still tries to store is fenced by the
+/// checkpoint's expected size.
 fn lock_session_config(pg: &Postgres, interval: Duration) -> tokio_postgres::Config {
     let mut config = session_config(pg);
-    let idle = (interval * 4).max(Duration::from_secs(2));
+    let idle = (interval * 4).max(Duration::from_secs(2)).as_millis();
     let options = config.get_options().unwrap_or_default().to_string();
     config.options(format!(
-        "{options} -c idle_session_timeout={} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3",
-        idle.as_millis()
+        "{options} -c idle_session_timeout={idle} -c idle_in_transaction_session_timeout={idle} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
     ));
     config
 }

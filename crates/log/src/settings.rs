@@ -182,8 +182,9 @@ pub struct Postgres {
     /// Records a replica queues for the database at most; beyond, uploads
     /// are refused at once.
     pub max_pending: usize,
-    /// Connections each replica holds for appends and reads (the
-    /// integrator holds one more).
+    /// Pooled connections each replica holds for appends and reads (the
+    /// log API's reads take at most `pool_size - 1`); each replica keeps
+    /// one more, its integrator-lock session.
     pub pool_size: usize,
 }
 

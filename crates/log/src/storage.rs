@@ -207,17 +207,25 @@ impl Generation {
 
     /// An inclusion proof for leaf `index` in the tree of `size` leaves,
     /// computed from the tiles (blocking: it may read a few tiles).
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<(Hash, Vec<Hash>)> {
-        let leaf = self.prove(size, |p| p.leaf(index))?;
+    /// `Ok(None)`: no such proof; `Err`: a fleet's database did not answer
+    /// (so is each read below).
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<Option<(Hash, Vec<Hash>)>, LogError> {
+        let Some(leaf) = self.prove(size, |p| p.leaf(index))? else {
+            return Ok(None);
+        };
         let path = self.prove(size, |p| p.inclusion_proof(index))?;
-        Some((leaf, path))
+        Ok(path.map(|path| (leaf, path)))
     }
 
     /// A consistency proof from the tree of `old` leaves to that of `new`
     /// (blocking).
-    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Option<Vec<Hash>>, LogError> {
         if old > new {
-            return None;
+            return Ok(None);
         }
         self.prove(new, |p| p.consistency_proof(old))
     }
@@ -226,20 +234,30 @@ impl Generation {
         &self,
         size: u64,
         f: impl FnMut(&tiles::Proofs) -> Result<T, tiles::Need>,
-    ) -> Option<T> {
+    ) -> Result<Option<T>, LogError> {
         if size > self.size() {
-            return None;
+            return Ok(None);
         }
         match &self.backend {
-            Backend::Directory(d) => tiles::prove(size, |t| d.any_tile(t), f),
-            Backend::Postgres(fleet) => tiles::prove(size, |t| fleet.any_tile(t), f),
+            Backend::Directory(d) => Ok(tiles::prove(size, |t| d.any_tile(t), f)),
+            Backend::Postgres(fleet) => {
+                let mut failed = None;
+                let fetch = |t| {
+                    fleet.any_tile(t).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        None
+                    })
+                };
+                let proved = tiles::prove(size, fetch, f);
+                failed.map_or(Ok(proved), Err)
+            }
         }
     }
 
     /// The stored bytes of leaf `index` (blocking: one read).
-    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
+    pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
         match &self.backend {
-            Backend::Directory(d) => d.record(index),
+            Backend::Directory(d) => Ok(d.record(index)),
             Backend::Postgres(f) => f.record(index),
         }
     }
@@ -247,34 +265,38 @@ impl Generation {
     /// A C2SP tlog-tiles resource: the hash tile or entry bundle `tile`,
     /// if the latest signed checkpoint covers all of it (only what a
     /// checkpoint commits to is served). Blocking.
-    pub fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
-        if tile.needs_size()? > self.latest().size {
-            return None;
+    pub fn tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
+        if tile
+            .needs_size()
+            .is_none_or(|needs| needs > self.latest().size)
+        {
+            return Ok(None);
         }
         match &self.backend {
-            Backend::Directory(d) => d.any_tile(tile),
+            Backend::Directory(d) => Ok(d.any_tile(tile)),
             Backend::Postgres(f) => f.any_tile(tile),
         }
     }
 
     /// The leaf index of the record for `request_id` (blocking: it reads
     /// the index and the record).
-    pub fn index_of(&self, request_id: &str) -> Option<u64> {
+    pub fn index_of(&self, request_id: &str) -> Result<Option<u64>, LogError> {
         let key = id_key(request_id);
         let candidates = match &self.backend {
             Backend::Directory(d) => d.indexes_of(key),
-            Backend::Postgres(f) => f.indexes_of(key),
+            Backend::Postgres(f) => f.indexes_of(key)?,
         };
         // Ids that are not 32 hex digits are hashed: confirm the match.
-        candidates.into_iter().find(|&index| {
-            self.record(index)
-                .and_then(|bytes| {
-                    Record::from_bytes(&bytes)
-                        .ok()
-                        .map(|r| r.request_id == request_id)
-                })
-                .unwrap_or(false)
-        })
+        for index in candidates {
+            let bytes = self.record(index)?;
+            let matches = bytes.is_some_and(|bytes| {
+                Record::from_bytes(&bytes).is_ok_and(|r| r.request_id == request_id)
+            });
+            if matches {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
     }
 
     fn memory_bytes(&self) -> usize {
@@ -420,8 +442,8 @@ impl Log {
 
     /// True while appends fail: new uploads should not be accepted under
     /// `on_write_error = "refuse"`. Cleared by the next append that
-    /// succeeds (a refusal's record, or a fleet's periodic check that its
-    /// database answers).
+    /// succeeds (a refusal's record), or a fleet's checkpoint tick once
+    /// its database takes writes again.
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed) || self.backend_failing()
     }
@@ -429,7 +451,7 @@ impl Log {
     fn backend_failing(&self) -> bool {
         match &self.current.load().backend {
             Backend::Directory(_) => false,
-            Backend::Postgres(f) => f.unreachable(),
+            Backend::Postgres(f) => f.refusing_writes(),
         }
     }
 
@@ -512,9 +534,9 @@ impl Log {
     /// Appends a refusal's record if the refusal budget allows (`Some`);
     /// otherwise folds it into its reason's summary (`None`), written by
     /// [`Log::write_summaries`] before the next checkpoint.
-    /// While a fleet's database is unreachable, refusals are folded
+    /// While a fleet's database does not take writes, refusals are folded
     /// without waiting for it (the refused client gets its 503 at once) and
-    /// their summaries are written once it answers again.
+    /// their summaries are written once it does again.
     pub async fn append_refusal(&self, record: &Record<'_>) -> Option<Result<Appended, LogError>> {
         if self.backend_failing() {
             self.refusals.fold(record);
@@ -564,8 +586,10 @@ impl Log {
     pub fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         let current = self.current();
         let result = current.checkpoint();
-        if result.is_ok() && matches!(&current.backend, Backend::Postgres(f) if !f.unreachable()) {
-            // The database answers again: let uploads be tried.
+        if result.is_ok()
+            && matches!(&current.backend, Backend::Postgres(f) if !f.refusing_writes())
+        {
+            // The database takes writes (again): let uploads be tried.
             self.failing.store(false, Ordering::Relaxed);
         }
         result
@@ -593,7 +617,7 @@ impl Log {
     }
 
     /// [`Generation::consistency_proof`] in the current generation.
-    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Option<Vec<Hash>>, LogError> {
         self.current().consistency_proof(old, new)
     }
 
