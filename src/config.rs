@@ -118,6 +118,9 @@ pub struct Timeouts {
     pub upstream_send_idle: Duration,
     /// The longest an upstream response body may send nothing.
     pub upstream_response_idle: Duration,
+    /// The longest a write to the client may stay blocked (the client
+    /// stopped reading); then the connection is dropped.
+    pub client_send_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -135,6 +138,7 @@ impl Default for Timeouts {
             discard_body: Duration::from_secs(10),
             upstream_send_idle: Duration::from_secs(30),
             upstream_response_idle: Duration::from_secs(30),
+            client_send_idle: Duration::from_secs(60),
         }
     }
 }
@@ -319,6 +323,7 @@ pub struct RawTimeouts {
     pub discard_body: Option<Setting<Duration>>,
     pub upstream_send_idle: Option<Setting<Duration>>,
     pub upstream_response_idle: Option<Setting<Duration>>,
+    pub client_send_idle: Option<Setting<Duration>>,
 }
 
 /// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
@@ -761,15 +766,19 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         discard_body,
         upstream_send_idle,
         upstream_response_idle,
+        client_send_idle,
     } = raw;
     let d = Timeouts::default();
+    // A year at most: deadlines are instants, and one past the clock's
+    // range would panic at the first connection, not here.
+    let longest = Duration::from_secs(365 * 24 * 3600);
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
         value.check_is_or(
             default,
             &format!("timeouts.{name}"),
             r,
-            "a positive duration such as \"500ms\", \"10s\", \"2m\"",
-            |d| !d.is_zero(),
+            "a positive duration of at most a year, such as \"500ms\", \"10s\", \"2m\"",
+            |d| !d.is_zero() && *d <= longest,
         )
     };
     let or_off = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -777,8 +786,8 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
             default,
             &format!("timeouts.{name}"),
             r,
-            "a duration such as \"5s\" (\"0s\" = off)",
-            |_| true,
+            "a duration of at most a year such as \"5s\" (\"0s\" = off)",
+            |d| *d <= longest,
         )
     };
     Timeouts {
@@ -814,6 +823,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
             d.upstream_response_idle,
             r,
         ),
+        client_send_idle: positive(client_send_idle, "client_send_idle", d.client_send_idle, r),
     }
 }
 
@@ -1166,6 +1176,23 @@ upstreams = ["http://127.0.0.1:1"]
         assert_eq!(c.policy.datacenters[0].priority, 1);
     }
 
+    /// A deadline past the clock's range would panic at the first
+    /// connection: refused here, by key.
+    #[test]
+    fn durations_longer_than_a_year_are_refused_by_key() {
+        let report = problems(&format!(
+            "{MINIMAL}\n[timeouts]\ntls_handshake = \"500000000000y\"\ndiscard_body = \"366days\"\nclient_send_idle = \"0s\"\n"
+        ));
+        for key in [
+            "timeouts.tls_handshake",
+            "timeouts.discard_body",
+            "timeouts.client_send_idle",
+        ] {
+            assert!(report.contains(key), "{key}: {report}");
+        }
+        assert!(report.contains("at most a year"), "{report}");
+    }
+
     #[test]
     fn typed_values_from_strings_and_integers() {
         let files = Files::new("typed");
@@ -1292,9 +1319,9 @@ worker_threads = 0
 "#
         ));
         for line in [
-            "- timeouts.tls_handshake: `0s` is not a positive duration such as \"500ms\", \"10s\", \"2m\"",
+            "- timeouts.tls_handshake: `0s` is not a positive duration of at most a year, such as \"500ms\", \"10s\", \"2m\"",
             "- timeouts.request_head: `ten` is not a positive duration",
-            "- timeouts.reload_poll: `often` is not a duration such as \"5s\" (\"0s\" = off)",
+            "- timeouts.reload_poll: `often` is not a duration of at most a year such as \"5s\" (\"0s\" = off)",
             "- limits.max_request_head_bytes: must be between 1024 and 1048576",
             "- limits.max_body_bytes: `big` is not a non-negative integer",
             "- limits.h2_max_concurrent_streams: must be between 1 and 100",

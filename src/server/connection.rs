@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::config::{Limits, Listener};
+use crate::config::{Limits, Listener, Timeouts};
 use crate::metrics::Metrics;
 use crate::proxy::lazy::Gated;
 use crate::proxy::{self, Conn, ProxyBody};
@@ -152,18 +152,19 @@ pub(super) async fn serve(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Watched {
         inner: tls,
-        activity: (!h2).then(|| activity.clone()),
+        activity: activity.clone(),
+        heads: !h2,
     };
     // Gated (here and below): these branches are polled each time the
     // connection's task wakes, several times per request, though they can
     // only make progress when their own timer or signal fires.
-    let idle = pin!(activity.expired(timeouts.request_head, timeouts.keepalive_idle));
+    let idle = pin!(activity.expired(&timeouts));
     let mut idle = pin!(Gated::new(idle));
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
     let shutdown = pin!(stopped(&mut stop));
     let mut shutdown = pin!(Gated::new(shutdown));
-    let mut phases = Phases::new(idle.as_mut(), shutdown.as_mut());
+    let mut phases = Phases::new(idle.as_mut(), shutdown.as_mut(), timeouts.keepalive_idle);
     let (io, prefix) = if h2 {
         (io, Bytes::new())
     } else {
@@ -181,16 +182,33 @@ pub(super) async fn serve(
 /// little besides its task (this keeps the task near 2 KiB, from 8).
 type Tls = Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>;
 
-/// The deadlines every HTTP phase selects on: the watchdog (`request_head`
-/// or `keepalive_idle`, named by its output) and the shutdown flag.
+/// The deadlines every HTTP phase selects on: the watchdog (`request_head`,
+/// `keepalive_idle` or `client_send_idle`, named by its output) and the
+/// shutdown flag; and how long a connection closed for idleness may take
+/// to finish what it has started (`keepalive_idle` again) before it is
+/// dropped.
 struct Phases<'a, I, S> {
     idle: Pin<&'a mut I>,
     shutdown: Pin<&'a mut S>,
+    close_grace: Duration,
 }
 
 impl<'a, I, S> Phases<'a, I, S> {
-    fn new(idle: Pin<&'a mut I>, shutdown: Pin<&'a mut S>) -> Self {
-        Phases { idle, shutdown }
+    fn new(idle: Pin<&'a mut I>, shutdown: Pin<&'a mut S>, close_grace: Duration) -> Self {
+        Phases {
+            idle,
+            shutdown,
+            close_grace,
+        }
+    }
+}
+
+/// Resolves `grace` after it was armed (a connection closing for
+/// idleness); never while it is `None`.
+async fn closed_by(grace: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match grace {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -305,7 +323,7 @@ where
         if sniffing {
             sniffing = false;
             if preface == Some(true) {
-                io.activity = None;
+                io.heads = false;
                 return Some((io, prefix));
             }
         }
@@ -380,6 +398,7 @@ where
     let mut closing = false;
     let mut releasing = false;
     let mut timed_out = false;
+    let mut grace = None;
     let result = loop {
         tokio::select! {
             biased;
@@ -395,20 +414,37 @@ where
             phase = phases.idle.as_mut(), if !timed_out => {
                 tracing::debug!(peer = %peer, phase, "timeout");
                 timed_out = true;
-                if phase == "request_head" {
+                if phase == "request_head" || phase == CLIENT_SEND {
                     // Nothing is in flight, and hyper's graceful
                     // shutdown waits for a head it has started
-                    // reading: just close.
+                    // reading; or nothing can be written: just close.
                     return None;
                 }
                 if !closing {
                     Pin::new(&mut *served).graceful_shutdown();
                     closing = true;
                 }
+                grace = Some(Box::pin(tokio::time::sleep(phases.close_grace)));
+            }
+            () = closed_by(&mut grace) => {
+                tracing::debug!(peer = %peer, phase = "keepalive_idle", "still not done after closing: dropped");
+                return None;
             }
             () = quiet.as_mut(), if !closing && !releasing => {
                 Pin::new(&mut *served).graceful_shutdown();
-                releasing = true;
+                // hyper ends a connection idle between two requests at
+                // once, with no I/O. Anything else — a request body still
+                // read or discarded, a response still written, keep-alive
+                // off — is not between two requests: that connection is
+                // closed when hyper is done, never parked (its next bytes
+                // may be the rest of a body).
+                match std::future::poll_fn(|cx| Poll::Ready(served.poll_without_shutdown(cx))).await {
+                    Poll::Ready(result) => {
+                        releasing = true;
+                        break result;
+                    }
+                    Poll::Pending => closing = true,
+                }
             }
         }
     };
@@ -462,6 +498,8 @@ async fn serve_http2<S, I, D>(
     let mut served =
         Box::pin(h2.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service));
     let mut closing = false;
+    let mut timed_out = false;
+    let mut grace = None;
     loop {
         tokio::select! {
             biased;
@@ -475,13 +513,25 @@ async fn serve_http2<S, I, D>(
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
-            phase = phases.idle.as_mut(), if !closing => {
+            // Idle with streams still open (their responses not taken: a
+            // client that keeps their windows shut) ends with GOAWAY, and
+            // the connection is dropped if they are still open after
+            // another keepalive_idle.
+            phase = phases.idle.as_mut(), if !timed_out => {
                 tracing::debug!(peer = %peer, phase, "timeout");
-                if phase == "request_head" {
+                timed_out = true;
+                if phase == "request_head" || phase == CLIENT_SEND {
                     return;
                 }
-                served.as_mut().graceful_shutdown();
-                closing = true;
+                if !closing {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                grace = Some(Box::pin(tokio::time::sleep(phases.close_grace)));
+            }
+            () = closed_by(&mut grace) => {
+                tracing::debug!(peer = %peer, phase = "keepalive_idle", "streams still open after closing: dropped");
+                return;
             }
         }
     }
@@ -496,6 +546,10 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 const WAKE_READ: usize = 128;
 /// How long a closing connection may take to send its TLS close_notify.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The watchdog's name for a client that stopped reading: its connection
+/// is dropped at once (nothing more can be written to it, not even a
+/// GOAWAY or close_notify).
+const CLIENT_SEND: &str = "client_send_idle";
 
 /// The h2 connection preface ("prior knowledge", RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -599,7 +653,13 @@ struct Activity {
     /// Woken when a request begins while `awaiting_request` is set.
     began: tokio::sync::Notify,
     awaiting_request: AtomicBool,
+    /// Since when a write to the client has been blocked (the client is
+    /// not reading), or [`NOT_BLOCKED`].
+    blocked_ms: AtomicU64,
 }
+
+/// `Activity::blocked_ms` while writes go through.
+const NOT_BLOCKED: u64 = u64::MAX;
 
 struct Busy(Arc<Activity>);
 
@@ -629,6 +689,20 @@ impl Activity {
             head_started: tokio::sync::Notify::new(),
             began: tokio::sync::Notify::new(),
             awaiting_request: AtomicBool::new(false),
+            blocked_ms: AtomicU64::new(NOT_BLOCKED),
+        }
+    }
+
+    /// A write to the client returned `Pending` (`true`) or went through.
+    /// Blocking starts `client_send_idle`: the watchdog is woken to
+    /// re-arm for it.
+    fn write_blocked(&self, blocked: bool) {
+        let was = self.blocked_ms.load(Ordering::Relaxed);
+        if blocked && was == NOT_BLOCKED {
+            self.blocked_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.head_started.notify_one();
+        } else if !blocked && was != NOT_BLOCKED {
+            self.blocked_ms.store(NOT_BLOCKED, Ordering::Relaxed);
         }
     }
 
@@ -715,22 +789,33 @@ impl Activity {
 
     /// Resolves with the deadline's name once the current phase outlives
     /// it: `request_head` (the first head, or a later HTTP/1 head from its
-    /// first byte) or `keepalive_idle`. One timer: when it fires the phase
-    /// is looked at again (a busy connection is re-checked every
-    /// `keepalive_idle`); a head starting or the first request wakes it
-    /// early.
-    async fn expired(&self, request_head: Duration, keepalive_idle: Duration) -> &'static str {
-        let (head, idle) = (millis(request_head), millis(keepalive_idle));
+    /// first byte) or `keepalive_idle`; or [`CLIENT_SEND`] once a write to
+    /// the client has been blocked for `client_send_idle`, in any phase.
+    /// One timer: when it fires the phase is looked at again (a busy
+    /// connection is re-checked every `keepalive_idle`); a head starting,
+    /// the first request or a write blocking wakes it early.
+    async fn expired(&self, timeouts: &Timeouts) -> &'static str {
+        let head = millis(timeouts.request_head);
+        let idle = millis(timeouts.keepalive_idle);
+        let send = millis(timeouts.client_send_idle);
         loop {
             let started = self.head_started.notified();
             tokio::pin!(started);
             started.as_mut().enable();
             let phase = self.phase();
             let now = self.now_ms();
+            let blocked = self.blocked_ms.load(Ordering::Relaxed);
+            if blocked != NOT_BLOCKED && now >= blocked.saturating_add(send) {
+                return CLIENT_SEND;
+            }
             let at = match phase.deadline(head, idle) {
                 Some(at) if now >= at => return phase.name(),
                 Some(at) => at,
                 None => now.saturating_add(idle),
+            };
+            let at = match blocked {
+                NOT_BLOCKED => at,
+                since => at.min(since.saturating_add(send)),
             };
             tokio::select! {
                 biased;
@@ -850,12 +935,21 @@ where
     }
 }
 
-/// The client stream, telling [`Activity`] when bytes arrive (HTTP/1 only;
-/// `activity` is `None` for h2, whose pings and window updates are not
-/// request heads).
+/// The client stream, telling [`Activity`] when bytes arrive (HTTP/1 only:
+/// `heads` is off for h2, whose pings and window updates are not request
+/// heads) and when writes to the client block and unblock (both).
 struct Watched<T> {
     inner: T,
-    activity: Option<Arc<Activity>>,
+    activity: Arc<Activity>,
+    heads: bool,
+}
+
+impl<T> Watched<T> {
+    /// Notes whether a write made progress.
+    fn sent<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.activity.write_blocked(polled.is_pending());
+        polled
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -867,9 +961,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(activity)) = (&result, &this.activity) {
-            if buf.filled().len() > before {
-                activity.read();
+        if let Poll::Ready(Ok(())) = &result {
+            if this.heads && buf.filled().len() > before {
+                this.activity.read();
             }
         }
         result
@@ -882,7 +976,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(polled)
     }
 
     fn poll_write_vectored(
@@ -890,7 +985,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -898,7 +994,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.sent(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -300,21 +300,25 @@ async fn exchange(proxy: &Proxy, raw: &[u8]) -> Vec<u8> {
         let _ = write.write_all(raw).await;
         let _ = write.flush().await;
     };
-    let mut got = Vec::new();
-    let receive = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let both = async { tokio::join!(send, receive) };
-    tokio::time::timeout(Duration::from_secs(10), both)
-        .await
-        .expect("the proxy closes the connection within 10 s");
+    let receive = read_to_close(&mut read);
+    let (_, got) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(send, receive)
+    })
+    .await
+    .expect("the proxy closes the connection within 10 s");
     got
+}
+
+/// Everything read until the connection ends (closed, reset or cut).
+async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,6 +401,9 @@ async fn an_absolute_form_target_names_the_host() {
     proxy.stop().await;
 }
 
+/// The body of `POST /big` from [`raw_datacenter`].
+const BIG: usize = 64 << 20;
+
 /// A data centre that answers each request with the raw response its path
 /// names, then closes the connection.
 async fn raw_datacenter() -> std::net::SocketAddr {
@@ -428,6 +435,32 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
+                if head.starts_with("post /slow-body ") {
+                    // The body a while after the head.
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = stream.write_all(b"done").await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                if head.starts_with("post /big ") {
+                    let _ = stream
+                        .write_all(
+                            format!("HTTP/1.1 201 Created\r\nContent-Length: {BIG}\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                    let zeros = vec![0u8; 1 << 20];
+                    for _ in 0..BIG >> 20 {
+                        if stream.write_all(&zeros).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                    return;
+                }
                 let answer: &[u8] = if head.starts_with("post /te-and-cl ") {
                     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n"
                 } else if head.starts_with("post /cl-list ") {
@@ -452,19 +485,7 @@ async fn raw_datacenter() -> std::net::SocketAddr {
 /// labelled for the client, is not forwarded (502).
 #[tokio::test]
 async fn a_data_centres_response_framing_reaches_the_client_whole() {
-    let dc = raw_datacenter().await;
-    let proxy = Proxy::start(Setup {
-        datacenters: vec![
-            ("frankfurt", "eu", 1, true),
-            ("london", "uk", 2, true),
-            ("virginia", "us", 1, true),
-        ],
-        extra: format!(
-            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://{dc}\"]\n"
-        ),
-        ..Setup::default()
-    })
-    .await;
+    let proxy = proxy_with_raw_zurich("").await;
     for v in [Http::One, Http::Two] {
         let client = proxy.client().version(v);
         let send = |path: &'static str| {
@@ -525,5 +546,98 @@ async fn options_count_max_forwards_down() {
 
     let proxy = Proxy::start(Setup::default()).await;
     assert_eq!(statuses(&exchange(&proxy, &options("0")).await), [405]);
+    proxy.stop().await;
+}
+
+/// A proxy whose zurich is [`raw_datacenter`], with `extra` config.
+async fn proxy_with_raw_zurich(extra: &str) -> Proxy {
+    let dc = raw_datacenter().await;
+    Proxy::start(Setup {
+        datacenters: vec![
+            ("frankfurt", "eu", 1, true),
+            ("london", "uk", 2, true),
+            ("virginia", "us", 1, true),
+        ],
+        extra: format!(
+            "{extra}\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://{dc}\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await
+}
+
+/// RFC 9112 §6.1 and §9.6: after a request that does not allow the
+/// connection to be kept alive (`Connection: close`, or both
+/// `Content-Length` and `Transfer-Encoding`), nothing the client sent
+/// behind it is served — also when the response's body came slowly, while
+/// the connection had nothing else in flight.
+#[tokio::test]
+async fn a_connection_not_kept_alive_ends_after_a_slow_response() {
+    let proxy = proxy_with_raw_zurich("").await;
+    let second = raw("POST /slow-body HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello");
+    for first in [
+        "POST /slow-body HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /slow-body HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let got = exchange(&proxy, &cat(&[raw(first), second.clone()])).await;
+        assert_eq!(statuses(&got), [201], "{}", String::from_utf8_lossy(&got));
+        assert!(String::from_utf8_lossy(&got).ends_with("done"));
+    }
+    proxy.stop().await;
+}
+
+/// A refused upload's body is discarded within `timeouts.discard_body`;
+/// what the client sends after that is still that body by its own
+/// `Content-Length`, and is never taken for a next request.
+#[tokio::test]
+async fn the_rest_of_a_discarded_body_is_not_a_request() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\ndiscard_body = \"500ms\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    // Refused (451: an address no database knows), its body mostly unsent.
+    let head = format!("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {UNKNOWN}\r\nContent-Length: 100000\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls.write_all(b"0123456789").await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Still body bytes: they look like a request.
+    let _ = tls
+        .write_all(raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello").as_slice())
+        .await;
+    let _ = tls.flush().await;
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("the proxy closes the connection");
+    assert_eq!(statuses(&got), [451], "{}", String::from_utf8_lossy(&got));
+    assert!(proxy.upstream("zurich").received.lock().unwrap().is_empty());
+    proxy.stop().await;
+}
+
+/// A client that stops reading its response is dropped after
+/// `timeouts.client_send_idle` of blocked writes, with the data centre's
+/// response it was sent: a 64 MiB body is cut where the buffers filled.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nclient_send_idle = \"1s\"\n").await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(raw("POST /big HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello").as_slice())
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    // Not reading, for longer than client_send_idle.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut tls))
+        .await
+        .expect("the connection ends")
+        .len();
+    assert!(
+        got < BIG,
+        "the whole response ({got} bytes) was sent to a client that did not read"
+    );
     proxy.stop().await;
 }

@@ -345,13 +345,17 @@ pub fn parse_net(text: &str) -> Option<IpNet> {
 }
 
 /// `"500ms"`, `"10s"`, `"2m"`, `"1h"`, `"30d"` (humantime's syntax, so
-/// also `"1m 30s"`); a bare number is seconds.
+/// also `"1m 30s"`); a bare number is seconds. At most a century: no
+/// setting means more, and a deadline that far past the clock's range
+/// would panic where it is added to an instant.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok().map(Duration::from_secs);
-    }
-    humantime::parse_duration(text).ok()
+    let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok().map(Duration::from_secs)?
+    } else {
+        humantime::parse_duration(text).ok()?
+    };
+    (d <= Duration::from_secs(100 * 365 * 24 * 3600)).then_some(d)
 }
 
 #[cfg(test)]

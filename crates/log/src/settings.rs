@@ -504,7 +504,8 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
             }
             Ok(c) => Some(c),
             Err(e) => {
-                r.push(k("url"), format!("`{u}` is not a PostgreSQL URL: {e}"));
+                // Not echoed: it may hold a password, and reports are logged.
+                r.push(k("url"), format!("is not a PostgreSQL URL: {e}"));
                 None
             }
         },
@@ -839,6 +840,14 @@ mod tests {
             !text.contains("hunter2"),
             "the password is not echoed: {text}"
         );
+        // Unparsable, with a password in it: not echoed either.
+        let (_, keys, text) = problems(&pg(RawPostgres {
+            url: Some("postgres://u:hunter2@db:notaport/log".into()),
+            ..RawPostgres::default()
+        }));
+        assert_eq!(keys, ["transparency.postgres.url"], "{text}");
+        assert!(text.contains("is not a PostgreSQL URL"), "{text}");
+        assert!(!text.contains("hunter2"), "the password is echoed: {text}");
         let (_, keys, _) = problems(&pg(RawPostgres {
             url: Some("postgres://u@db/log".into()),
             password_env: Some("RP_TEST_NO_SUCH_VARIABLE".into()),
