@@ -240,7 +240,7 @@ impl Metrics {
         registry.register(Box::new(replay_budget_exhausted.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
-            "Connections closed before TLS, by reason (PROXY header missing, invalid or untrusted; connection limit).",
+            "Connections closed before any request was read, by reason (PROXY header missing, invalid, untrusted or too slow; a listener's connection limit).",
             &["reason"],
         )?;
         let upstream_retries = counter(

@@ -95,7 +95,50 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         tracing::warn!("[transparency] changed: needs a restart; the log keeps running with the settings it was opened with");
         state.config.transparency = old.config.transparency.clone();
     }
+    let restart_only = restart_only_changes(&old.config, &state.config);
+    if !restart_only.is_empty() {
+        tracing::warn!(
+            keys = %restart_only.join(", "),
+            "changed settings that are read at start only: they need a restart; the rest of the reload applies"
+        );
+    }
     report.finish(Some(state))
+}
+
+/// The settings, besides listeners, admin and `[transparency]`, that the
+/// running process read once at start and a reload does not change.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let checks: [(&str, bool); 7] = [
+        ("transparency.witnesses", old.witnesses != new.witnesses),
+        (
+            "timeouts.shutdown_grace",
+            old.timeouts.shutdown_grace != new.timeouts.shutdown_grace,
+        ),
+        (
+            "timeouts.reload_poll",
+            old.timeouts.reload_poll != new.timeouts.reload_poll,
+        ),
+        (
+            "limits.max_connections",
+            old.limits.max_connections != new.limits.max_connections,
+        ),
+        (
+            "runtime.worker_threads",
+            old.worker_threads != new.worker_threads,
+        ),
+        (
+            "upstream.replay_budget_bytes",
+            old.upstream.replay_budget_bytes != new.upstream.replay_budget_bytes,
+        ),
+        (
+            "health.recovery_interval",
+            old.health.recovery_interval != new.health.recovery_interval,
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
 }
 
 /// Watches for SIGHUP and file changes until `stop` is set.

@@ -267,3 +267,51 @@ async fn a_saturated_upstream_answers_503_and_stays_up() {
     assert_eq!(proxy.client().upload_from(CH, "again").await.status, 201);
     proxy.stop().await;
 }
+
+/// An admin client that pipelines requests and never reads the answers is
+/// dropped once the listener's writes to it have been blocked for 10 s,
+/// instead of holding its connection (and a blocked writer) for good.
+#[tokio::test]
+async fn an_admin_client_that_stops_reading_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REQUESTS: usize = 3_000;
+    let proxy = Proxy::start(Setup::default()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window, so the listener's writes block early.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.admin).await.unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(REQUESTS);
+    // Written in the background: the listener stops reading once blocked.
+    let (mut read, mut write) = stream.split();
+    let send = async {
+        let _ = write.write_all(&request).await;
+    };
+    let wait = tokio::time::sleep(Duration::from_secs(14));
+    tokio::join!(
+        async {
+            let _ = tokio::time::timeout(Duration::from_secs(14), send).await;
+        },
+        wait
+    );
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .expect("the connection ends");
+    let answers = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        answers < REQUESTS,
+        "all {answers} answers were written to a client that did not read"
+    );
+    proxy.stop().await;
+}

@@ -641,3 +641,41 @@ async fn a_client_that_stops_reading_is_dropped() {
     );
     proxy.stop().await;
 }
+
+/// An HTTP/2 client that keeps its streams' windows shut never gets a
+/// response body, so the stream never ends. Once the connection has had no
+/// request in flight for `keepalive_idle` it gets GOAWAY, and when the
+/// stream is still open another `keepalive_idle` later the connection is
+/// dropped (GOAWAY alone waited for the stream for good, holding its data
+/// centre's connection).
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\n").await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/slow-body")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"hello"), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response head")
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was kept with a stream whose window stayed shut"
+    );
+    drop(response);
+    proxy.stop().await;
+}

@@ -78,6 +78,18 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
         missing.is_empty(),
         "not in /metrics at start: {missing:?}\n{text}"
     );
+    // And the other way: every family served is documented.
+    let undocumented: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|name| name.starts_with("residency_"))
+        .filter(|name| !families.iter().any(|(f, _)| f == name))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not in the README's metrics paragraph: {undocumented:?}"
+    );
 
     // The ones alerts are written against start at 0.
     for zero in [

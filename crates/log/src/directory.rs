@@ -913,7 +913,7 @@ impl Core {
         };
         let latest = self.latest.load_full();
         if latest.size == size && unsynced.is_empty() && unwritten.is_empty() {
-            self.confirmed();
+            self.confirmed(size);
             return Ok(latest);
         }
         // First, so the ids held in memory stay one interval's worth even
@@ -927,10 +927,12 @@ impl Core {
             let mut st = lock(&self.state);
             st.unsynced.extend(unsynced);
             st.unwritten.extend(unwritten);
+            let lag = st.size.saturating_sub(latest.size);
+            self.metrics.integration_lag.set(lag as i64);
             return Err(e);
         }
         if latest.size == size {
-            self.confirmed();
+            self.confirmed(size);
             return Ok(latest);
         }
         self.write_partials(&edge, false);
@@ -960,7 +962,7 @@ impl Core {
         self.latest.store(published.clone());
         self.remove_filled_partials(filled_from, size);
         self.metrics.checkpoint_size.set(size as i64);
-        self.confirmed();
+        self.confirmed(size);
         Ok(published)
     }
 
@@ -1092,10 +1094,13 @@ impl Core {
         Ok(())
     }
 
-    /// The latest checkpoint covers every record as of now.
-    fn confirmed(&self) {
+    /// The latest checkpoint, of `size`, covers every record as of now;
+    /// what was appended since is its lag.
+    fn confirmed(&self, size: u64) {
         self.metrics.checkpoint_timestamp.set(unix_now());
         self.metrics.checkpoint_age.set(0);
+        let lag = lock(&self.state).size.saturating_sub(size);
+        self.metrics.integration_lag.set(lag as i64);
     }
 
     /// The durable entries of bundle `index` (full, or the staging one).

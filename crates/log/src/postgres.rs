@@ -772,10 +772,12 @@ impl Shared {
                     tiles.push((tile_level(tile), tile.index as i64, full.bytes()));
                 }
             }
+            // Full tiles, as the directory counts them (partials are
+            // stored at every checkpoint).
+            let written = tiles.len();
             for (tile, hashes) in edge.partials() {
                 tiles.push((tile_level(tile), tile.index as i64, hashes.concat()));
             }
-            let written = tiles.len();
             let root = edge.root();
             let note = Checkpoint {
                 origin: self.settings.origin.clone(),

@@ -638,7 +638,13 @@ pub fn witnesses(
             Some(path) => {
                 let resolved = base.join(path);
                 match std::fs::metadata(&resolved) {
-                    Ok(m) if m.is_file() => Some(Some(resolved)),
+                    Ok(m) if m.is_file() => match pem_certificates(&resolved) {
+                        Ok(()) => Some(Some(resolved)),
+                        Err(message) => {
+                            r.push(k("ca"), message);
+                            None
+                        }
+                    },
                     Ok(_) => {
                         r.push(
                             k("ca"),
@@ -714,22 +720,50 @@ fn log_tls(
     let mut pairs = Vec::new();
     let mut complete = true;
     for (i, c) in raw.certificates.iter().enumerate() {
-        let mut file = |name: &str, value: &str| {
+        let mut file = |name: &str, value: &str, check: fn(&Path) -> Result<(), String>| {
             let path = base.join(value);
-            if !path.is_file() {
+            let problem = if path.is_file() {
+                check(&path).err()
+            } else {
+                Some(format!("{}: no such file", path.display()))
+            };
+            if let Some(message) = problem {
                 r.push(
                     format!("transparency.tls.certificates[{i}].{name}"),
-                    format!("{}: no such file", path.display()),
+                    message,
                 );
                 complete = false;
             }
             path
         };
-        let cert = file("cert", &c.cert);
-        let key = file("key", &c.key);
+        let cert = file("cert", &c.cert, pem_certificates);
+        let key = file("key", &c.key, pem_key);
         pairs.push(CertPair { cert, key });
     }
     complete.then_some(pairs)
+}
+
+/// At least one PEM certificate, and nothing unreadable among them.
+fn pem_certificates(path: &Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut count = 0;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        cert.map_err(|e| bad(&e))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(())
+}
+
+/// A PEM private key.
+fn pem_key(path: &Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+        .map(drop)
+        .map_err(|e| format!("{}: no PEM private key in it ({e})", path.display()))
 }
 
 fn client_address(
@@ -1021,6 +1055,52 @@ mod tests {
             ],
             "{r}"
         );
+    }
+
+    /// Files that exist but hold no certificate or key are named by key
+    /// too (`check-config` said "OK", and the proxy failed at start).
+    #[test]
+    fn log_tls_and_witness_ca_files_must_hold_pem() {
+        use crate::witness::Cosigner;
+        let dir = std::env::temp_dir().join(format!("rp-settings-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("junk.pem"), "not a certificate\n").unwrap();
+        std::fs::write(dir.join("junk.key"), "not a key\n").unwrap();
+        let witness = Cosigner::from_pkcs8("w1.example", &Cosigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .verifier_key();
+        let raw = RawTransparency {
+            directory: Some("log".into()),
+            origin: Some("ingest.example.com/residency-log".into()),
+            signing_key: Some("junk.key".into()),
+            tls: Some(RawLogTls {
+                certificates: vec![RawCertPair {
+                    cert: "junk.pem".into(),
+                    key: "junk.key".into(),
+                }],
+            }),
+            witnesses: Some(vec![RawWitness {
+                url: Some("https://w1.example".into()),
+                key: Some(witness),
+                name: None,
+                ca: Some("junk.pem".into()),
+            }]),
+            ..RawTransparency::default()
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(transparency(&raw, &dir, &mut r).is_none());
+        let mut w = ConfigReport::new("test");
+        witnesses(&raw, &dir, &mut w);
+        let text = format!("{r}{w}");
+        for key in [
+            "transparency.tls.certificates[0].cert: ",
+            "transparency.tls.certificates[0].key: ",
+            "transparency.witnesses[0].ca: ",
+        ] {
+            assert!(text.contains(key), "{key}: {text}");
+        }
+        assert!(text.contains("no PEM certificate"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
