@@ -9,9 +9,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +20,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::{accept, stopped};
+use crate::upstream::progress::{Tracked, WriteProgress};
 
 /// At most how many connections a listener holds; the connection over the
 /// limit is closed at once and `rejected` counts it.
@@ -137,10 +137,10 @@ where
         let answer = answer.clone();
         async move { Ok::<_, Infallible>(answer(req).await) }
     });
-    let blocked = Arc::new(Mutex::new(None));
-    let stream = WriteWatch {
+    let progress = WriteProgress::passing_errors();
+    let stream = Tracked {
         inner: stream,
-        blocked: blocked.clone(),
+        progress: progress.clone(),
     };
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
@@ -148,75 +148,12 @@ where
         .serve_connection(TokioIo::new(stream), service));
     tokio::select! {
         _ = conn.as_mut() => {}
-        () = stalled(&blocked) => {
+        () = progress.stalled(HEAD_TIMEOUT) => {
             tracing::debug!("a client stopped reading its answers: connection dropped");
         }
         () = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
-    }
-}
-
-/// Since when a connection's writes have been blocked, if they are.
-type Blocked = Arc<Mutex<Option<tokio::time::Instant>>>;
-
-/// Resolves once the connection's writes have stayed blocked for
-/// [`HEAD_TIMEOUT`] (checked every second).
-async fn stalled(blocked: &Blocked) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let since = *blocked.lock().unwrap_or_else(|e| e.into_inner());
-        if since.is_some_and(|t| t.elapsed() >= HEAD_TIMEOUT) {
-            return;
-        }
-    }
-}
-
-/// The connection's stream, noting when its writes block and go through.
-struct WriteWatch<S> {
-    inner: S,
-    blocked: Blocked,
-}
-
-impl<S> WriteWatch<S> {
-    fn sent<R>(&self, polled: Poll<R>) -> Poll<R> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        match (polled.is_pending(), blocked.is_some()) {
-            (true, false) => *blocked = Some(tokio::time::Instant::now()),
-            (false, true) => *blocked = None,
-            _ => {}
-        }
-        polled
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteWatch<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteWatch<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.sent(polled)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.sent(polled)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

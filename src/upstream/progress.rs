@@ -7,6 +7,8 @@
 //! connection's stream and notes in its [`WriteProgress`] when a write first
 //! found the socket full, clearing it when bytes move again; the delivery
 //! attempt then gives up after `timeouts.upstream_send_idle` of no progress.
+//! The admin and log listeners watch their clients' connections the same
+//! way ([`WriteProgress::passing_errors`]).
 
 use std::io;
 use std::pin::Pin;
@@ -29,16 +31,41 @@ pub struct WriteProgress {
     blocking: AtomicWaker,
     /// A write failed: the connection must not carry another request.
     failed: AtomicBool,
+    /// A failed write is returned as it is, not held pending.
+    pass_errors: bool,
 }
 
 impl WriteProgress {
+    /// For an upstream connection: a failed write is held pending, see
+    /// [`WriteProgress::note`].
     pub fn new() -> Arc<WriteProgress> {
+        Self::with(false)
+    }
+
+    /// For a client's connection, whose failed writes end it at once.
+    pub fn passing_errors() -> Arc<WriteProgress> {
+        Self::with(true)
+    }
+
+    fn with(pass_errors: bool) -> Arc<WriteProgress> {
         Arc::new(WriteProgress {
             epoch: Instant::now(),
             blocked_at: AtomicU64::new(0),
             blocking: AtomicWaker::new(),
             failed: AtomicBool::new(false),
+            pass_errors,
         })
+    }
+
+    /// Resolves once writes have stayed blocked for `limit`.
+    pub async fn stalled(&self, limit: Duration) {
+        loop {
+            let blocked = std::future::poll_fn(|cx| self.poll_blocked(cx)).await;
+            if blocked >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - blocked).await;
+        }
     }
 
     /// Ready with how long writes have been blocked, once they are.
@@ -89,6 +116,7 @@ impl WriteProgress {
             Poll::Pending => self.blocked(),
             Poll::Ready(Ok(v)) if moved(v) => self.moved(),
             Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(_)) if self.pass_errors => self.failed.store(true, Ordering::Relaxed),
             Poll::Ready(Err(e)) => {
                 // Kept pending: the reads (polled by the same connection
                 // task) still deliver an answer already sent.
@@ -183,5 +211,19 @@ mod tests {
             .is_pending());
         assert!(p.failed());
         assert!(p.blocked_for().is_some(), "the send-idle deadline runs");
+    }
+
+    #[tokio::test]
+    async fn a_clients_failed_write_is_returned_and_stalls_are_timed() {
+        let p = WriteProgress::passing_errors();
+        let broken = io::Error::from(io::ErrorKind::BrokenPipe);
+        assert!(matches!(
+            p.note::<usize>(Poll::Ready(Err(broken)), |n| *n > 0),
+            Poll::Ready(Err(_))
+        ));
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        let started = Instant::now();
+        p.stalled(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(40));
     }
 }
