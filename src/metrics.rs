@@ -148,7 +148,7 @@ impl Metrics {
         )?;
         let upstream_duration = histogram(
             "residency_upstream_duration_seconds",
-            "Time from sending to an upstream until its response head, by data centre.",
+            "Each delivery attempt to a data centre, from sending the request (its body streamed meanwhile) until the response head or the attempt's failure (a timeout, refused connection or saturation included), by data centre.",
             "datacenter",
         )?;
         let request_body_bytes = counter(
