@@ -123,10 +123,15 @@ async function generationOf(vkey) {
 
 async function showLog() {
   const served = (await (await get("key")).text()).trim();
-  logKey = pinnedKey ?? served;
-  say("log-key", logKey);
+  const wanted = pinnedKey ?? served;
+  say("log-key", wanted);
   const pinLink = el("a", { href: `#key=${encodeURIComponent(served)}`, id: "pin-link" }, "this page with the key pinned");
-  const sealed = pinnedKey && logKey !== served ? await generationOf(logKey) : null;
+  // Which generation a pinned key is of is known before any check runs: a
+  // sealed one's records are checked under its prefix, never against the
+  // current checkpoint. Until then `logKey` stays unset, so a check tries
+  // again and says it could not check if the log still cannot tell.
+  const sealed = pinnedKey && wanted !== served ? await generationOf(wanted) : null;
+  logKey = wanted;
   if (sealed) {
     base = sealed.prefix.replace(/^\//, "");
     say("key-source", "Pinned in this link: generation ", String(sealed.generation), " of this log, sealed at ",

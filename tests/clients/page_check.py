@@ -15,6 +15,8 @@ The scenario names a `phase`:
   witness's key): the cosignatures shown and the verdict on a receipt.
 - `generations`: a log that rolled to a new origin: the sealed generation's
   key pinned (a receipt and a request id of it), then the current one's.
+- `generations_unavailable`: the sealed generation's key pinned while the
+  log's `/generations` fails: the log panel and a receipt's verdict.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
   verdict on a receipt from the new log.
@@ -236,6 +238,22 @@ def generations(s, driver, out):
     full_shot(driver, Path(s["shots"]) / "page-sealed-generation.png", 1100)
 
 
+def generations_unavailable(s, driver, out):
+    """The sealed generation's key pinned while the log cannot list its
+    generations: what the log panel says, and the verdict on that
+    generation's receipt."""
+    driver.get(pinned(s["base"], s["sealed_key"]))
+    driver.refresh()
+    out["checkpoint"] = wait_for(
+        driver,
+        "the log section",
+        lambda: (lambda t: t if t not in ("", "loading…") else None)(
+            driver.find_element(By.ID, "log-checkpoint").text
+        ),
+    )
+    out["verdict"] = submit(driver, s["sealed_receipt"])
+
+
 def main() -> int:
     s = json.loads(Path(sys.argv[1]).read_text())
     driver = chromium.start(profile=s["profile"])
@@ -246,7 +264,13 @@ def main() -> int:
         driver.get("about:blank")
         driver.get_log("performance")
         driver.get_log("browser")
-        phases = {"first": first, "second": second, "witnessed": witnessed, "generations": generations}
+        phases = {
+            "first": first,
+            "second": second,
+            "witnessed": witnessed,
+            "generations": generations,
+            "generations_unavailable": generations_unavailable,
+        }
         phases[s["phase"]](s, driver, out)
         out["console"] = chromium.console(driver)
         out["requests"] = chromium.requests(driver)

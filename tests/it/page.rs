@@ -46,6 +46,28 @@ async fn upload(proxy: &Proxy, origin: &str, body: &str) -> (String, String) {
     )
 }
 
+/// A log that rolled at `max_records = 3` after 5 uploads: the proxy, the
+/// uploads' receipts and request ids, and its `/generations`.
+async fn rolled_log() -> (
+    Proxy,
+    Vec<(String, String)>,
+    residency_log::api::Generations,
+) {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("max_records = 3".into()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let mut uploads = Vec::new();
+    for i in 0..5 {
+        uploads.push(upload(&proxy, DE, &format!("cpu=0.{i}")).await);
+    }
+    let (_, list) = proxy.log_get("/generations").await;
+    let list = serde_json::from_str(&list).unwrap();
+    (proxy, uploads, list)
+}
+
 /// Runs one phase of page_check.py (on a blocking thread: the proxy
 /// serves the browser from this runtime); returns what it saw.
 pub(crate) async fn browse(scenario: Value, dir: &Path) -> Value {
@@ -335,18 +357,7 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
 #[tokio::test]
 async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
     let work = TempDir::new("page-generations");
-    let proxy = Proxy::start(Setup {
-        transparency: Some("max_records = 3".into()),
-        log_port: Some(free_port()),
-        ..Setup::default()
-    })
-    .await;
-    let mut uploads = Vec::new();
-    for i in 0..5 {
-        uploads.push(upload(&proxy, DE, &format!("cpu=0.{i}")).await);
-    }
-    let (_, list) = proxy.log_get("/generations").await;
-    let list: residency_log::api::Generations = serde_json::from_str(&list).unwrap();
+    let (proxy, uploads, list) = rolled_log().await;
     let sealed_key = list.generations[0].key.clone();
     let key = list.generations[1].key.clone();
     let seen = browse(
@@ -391,6 +402,86 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
     assert_eq!(seen["current"]["name"], format!("{LOG_ORIGIN}/2"), "{seen}");
     same_origin_only(&seen, &proxy.log_url());
     clean_console(&seen, None);
+    proxy.stop().await;
+}
+
+/// A front for the log listener at `log` that answers `/generations` with
+/// 503 and passes every other request on, byte for byte.
+async fn front_failing_generations(log: std::net::SocketAddr) -> std::net::SocketAddr {
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/generations" {
+                        let body =
+                            Full::new(bytes::Bytes::from_static(b"{\"error\":\"unavailable\"}"));
+                        return Ok::<_, hyper::Error>(
+                            http::Response::builder().status(503).body(body).unwrap(),
+                        );
+                    }
+                    let stream = tokio::net::TcpStream::connect(log).await.unwrap();
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .unwrap();
+                    tokio::spawn(conn);
+                    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let mut forward = http::Request::get(target)
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    *forward.headers_mut() = req.headers().clone();
+                    let (parts, body) = send.send_request(forward).await?.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok(http::Response::from_parts(parts, Full::new(body)))
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// With a sealed generation's key pinned and the log unable to list its
+/// generations, the page cannot tell which tree the key is of: it says it
+/// could not read the log, and a receipt's check says it could not check —
+/// never "Not verified" from checking it against the current checkpoint.
+#[tokio::test]
+async fn the_page_cannot_check_a_sealed_generation_it_cannot_find() {
+    let work = TempDir::new("page-generations-unavailable");
+    let (proxy, uploads, list) = rolled_log().await;
+    let log = proxy.log_addr.unwrap();
+    let front = front_failing_generations(log).await;
+    let seen = browse(
+        serde_json::json!({
+            "phase": "generations_unavailable",
+            "base": format!("http://{front}/"),
+            "sealed_key": list.generations[0].key,
+            "sealed_receipt": uploads[1].0,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    assert!(
+        seen["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("Could not read the log:"),
+        "{seen}"
+    );
+    let verdict = seen["verdict"]["text"].as_str().unwrap();
+    assert!(verdict.starts_with("Could not check:"), "{seen}");
+    assert_eq!(seen["verdict"]["class"], "bad", "{seen}");
+    same_origin_only(&seen, &format!("http://{front}"));
     proxy.stop().await;
 }
 
