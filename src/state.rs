@@ -165,6 +165,10 @@ pub struct Instance {
     /// Bytes of idempotent bodies held for replay, against
     /// `upstream.replay_budget_bytes` (sized from the first snapshot).
     pub replay_budget: Arc<tokio::sync::Semaphore>,
+    /// Held while the per-snapshot gauges are written, so a refresh that
+    /// read the previous snapshot cannot write its data centres back after
+    /// a reload reset them.
+    gauges: std::sync::Mutex<()>,
 }
 
 impl Instance {
@@ -199,6 +203,7 @@ impl Instance {
             log,
             detached: AtomicUsize::new(0),
             replay_budget,
+            gauges: std::sync::Mutex::new(()),
         });
         instance.set_policy_info();
         instance.metrics.preset(&instance.snapshot().config);
@@ -234,6 +239,7 @@ impl Instance {
             .health
             .inherit(&state.config.policy, &old.health, &old.config.policy);
         self.current.store(Arc::new(state));
+        let _writing = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;
         m.datacenter_up.reset();
         m.datacenter_drained.reset();
@@ -241,7 +247,7 @@ impl Instance {
         m.upstream_connections.reset();
         self.set_policy_info();
         m.preset(&self.snapshot().config);
-        self.refresh_gauges();
+        self.write_gauges();
     }
 
     /// `residency_policy_info{hash}` for the current snapshot; set when a
@@ -259,6 +265,12 @@ impl Instance {
 
     /// Re-reads health and the database into the gauges.
     pub fn refresh_gauges(&self) {
+        let _writing = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_gauges();
+    }
+
+    /// [`Instance::refresh_gauges`], with [`Instance::gauges`] held.
+    fn write_gauges(&self) {
         let state = self.snapshot();
         let policy = &state.config.policy;
         self.metrics
