@@ -156,6 +156,10 @@ pub struct Limits {
     /// At most this many requests whose client left run on to deliver
     /// their upload (per connection: `h2_max_concurrent_streams`).
     pub max_detached_requests: usize,
+    /// Past its first `timeouts.request_body_idle`, a request body must
+    /// have averaged at least this many bytes per second since it started
+    /// (0 = no minimum).
+    pub min_request_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -167,6 +171,7 @@ impl Default for Limits {
             max_connections: 10_000,
             discard_body_bytes: 16 * 1024 * 1024,
             max_detached_requests: 1024,
+            min_request_body_rate: 240,
         }
     }
 }
@@ -337,6 +342,7 @@ pub struct RawLimits {
     pub max_connections: Option<Setting<u64>>,
     pub discard_body_bytes: Option<Setting<u64>>,
     pub max_detached_requests: Option<Setting<u64>>,
+    pub min_request_body_rate: Option<Setting<u64>>,
     /// Request methods forwarded; default `["POST", "PUT"]`.
     pub methods: Option<Vec<String>>,
 }
@@ -952,6 +958,14 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .map_or(d.max_detached_requests, to_usize),
+        min_request_body_rate: limit(
+            &raw.min_request_body_rate,
+            "min_request_body_rate",
+            0..=u64::MAX,
+            "must be a non-negative integer (bytes per second; 0 = no minimum)",
+            r,
+        )
+        .unwrap_or(d.min_request_body_rate),
     }
 }
 

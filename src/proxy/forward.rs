@@ -185,6 +185,7 @@ async fn prepare(
         body,
         config.limits.max_body_bytes,
         config.timeouts.request_body_idle,
+        config.limits.min_request_body_rate,
         crate::upstream::body::Bounds {
             bytes: config.limits.discard_body_bytes,
             time: config.timeouts.discard_body,
@@ -595,7 +596,7 @@ impl Hung<'_> {
 fn body_failure(e: BodyError) -> Failure {
     match e {
         BodyError::TooLarge => Failure::BodyTooLarge,
-        BodyError::IdleTimeout => Failure::BodyTimeout,
+        BodyError::IdleTimeout | BodyError::TooSlow => Failure::BodyTimeout,
         BodyError::Client | BodyError::Gone => Failure::ClientAborted,
     }
 }

@@ -10,7 +10,9 @@
 //! default) and each attempt sends a copy ([`ForwardBody::replay`]); that is
 //! the only buffering. Everything else streams frame by frame
 //! ([`ForwardBody::stream`]), with the body limit, an idle deadline between
-//! frames and byte counting enforced while reading; a body ends only where
+//! frames, a minimum average rate past the first idle deadline
+//! (`limits.min_request_body_rate`) and byte counting enforced while
+//! reading; a body ends only where
 //! the client ended it (an HTTP/2 stream reset part-way is a failure, never
 //! an end: [`BodySlot::ended_cleanly`]). Either kind signals when
 //! it has been sent completely; the upstream-response deadline starts then.
@@ -44,6 +46,8 @@ pub enum BodyError {
     TooLarge,
     #[error("client sent no body data within the idle deadline")]
     IdleTimeout,
+    #[error("client sent its body slower than limits.min_request_body_rate")]
+    TooSlow,
     #[error("client body stream failed")]
     Client,
     #[error("request body was already consumed by another attempt")]
@@ -57,6 +61,7 @@ impl BodyError {
             BodyError::IdleTimeout => 2,
             BodyError::Client => 3,
             BodyError::Gone => 4,
+            BodyError::TooSlow => 5,
         }
     }
 
@@ -66,6 +71,7 @@ impl BodyError {
             2 => Some(BodyError::IdleTimeout),
             3 => Some(BodyError::Client),
             4 => Some(BodyError::Gone),
+            5 => Some(BodyError::TooSlow),
             _ => None,
         }
     }
@@ -147,6 +153,10 @@ pub struct BodySlot {
     hint: SizeHint,
     limit: u64,
     idle: Duration,
+    /// Bytes per second the body must average once `idle` has passed
+    /// since `started` (0: none).
+    min_rate: u64,
+    started: Instant,
     /// How much of a body left unsent is read and discarded.
     discard: Bounds,
     bytes: AtomicU64,
@@ -161,13 +171,16 @@ pub struct BodySlot {
 
 impl BodySlot {
     /// `limit`: the body-size limit; `idle`: the longest gap between
-    /// frames; `discard`: how much of a body left unsent is read and
-    /// thrown away; `hash`: compute the body's SHA-256 while it streams;
-    /// `h2`: the request came over HTTP/2.
+    /// frames; `min_rate`: the bytes per second it must average once `idle`
+    /// has passed (0: none); `discard`: how much of a body left unsent is
+    /// read and thrown away; `hash`: compute the body's SHA-256 while it
+    /// streams; `h2`: the request came over HTTP/2.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Incoming,
         limit: u64,
         idle: Duration,
+        min_rate: u64,
         discard: Bounds,
         hash: bool,
         h2: bool,
@@ -182,6 +195,8 @@ impl BodySlot {
             taken: AtomicBool::new(false),
             limit,
             idle,
+            min_rate,
+            started: Instant::now(),
             discard,
             bytes: AtomicU64::new(0),
             failure: AtomicU8::new(0),
@@ -271,6 +286,16 @@ impl BodySlot {
         let total = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
         if total > self.limit {
             return Err(self.fail(BodyError::TooLarge));
+        }
+        if self.min_rate > 0 {
+            // Past the grace of one idle deadline, the average since the
+            // start: a client trickling a byte per gap would otherwise hold
+            // its data centre's connection for as long as it liked.
+            let elapsed = self.started.elapsed();
+            if elapsed > self.idle && (total as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err(self.fail(BodyError::TooSlow));
+            }
         }
         Ok(total)
     }
@@ -491,7 +516,7 @@ impl Drop for ForwardBody {
             // A client that stalled or failed is not waited for.
             let client_stopped = matches!(
                 slot.failure(),
-                Some(BodyError::IdleTimeout | BodyError::Client)
+                Some(BodyError::IdleTimeout | BodyError::TooSlow | BodyError::Client)
             );
             if let Some(source) = source.take().filter(|_| !client_stopped) {
                 source.abandon(slot.discard);

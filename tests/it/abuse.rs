@@ -315,3 +315,56 @@ async fn an_admin_client_that_stops_reading_is_dropped() {
     );
     proxy.stop().await;
 }
+
+/// A body that trickles in — never a gap as long as `request_body_idle`,
+/// but far below `limits.min_request_body_rate` on average — is refused
+/// with 408 once its first `request_body_idle` has passed, instead of
+/// holding its data centre's connection for as long as the client likes.
+#[tokio::test]
+async fn a_body_that_trickles_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_body_idle = \"1s\"\n[limits]\nmin_request_body_rate = 1024\n"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    let tls = proxy.client().connect().await.expect("TLS handshake");
+    let (mut read, mut write) = tokio::io::split(tls);
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    // Ten bytes every 300 ms, for at most 6 s.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if write.write_all(b"0123456789").await.is_err() {
+                return;
+            }
+            let _ = write.flush().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n{") {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(answer.is_ok(), "no answer to a trickling body within 5 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_body_timeout"), "{text}");
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        0,
+        "a trickled body was stored"
+    );
+    proxy.stop().await;
+}
