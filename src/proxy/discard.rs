@@ -31,6 +31,9 @@ pub use crate::upstream::body::{discard, Bounds};
 pub struct RefusalBody {
     answer: Full<Bytes>,
     unread: Option<(Incoming, Bounds)>,
+    /// Kept until the discarding ends (the connection counts it as work in
+    /// flight, so the body's bytes are not taken for a next request head).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl RefusalBody {
@@ -41,7 +44,18 @@ impl RefusalBody {
             unread: unread
                 .filter(|body| !body.is_end_stream())
                 .map(|body| (body, bounds)),
+            held: None,
         }
+    }
+
+    /// Whether a request body is left to discard.
+    pub fn discards(&self) -> bool {
+        self.unread.is_some()
+    }
+
+    /// Keeps `guard` until the discarding ends.
+    pub fn hold_while_discarding(&mut self, guard: Box<dyn Send + Sync>) {
+        self.held = Some(guard);
     }
 }
 
@@ -54,7 +68,11 @@ impl Body for RefusalBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some((body, bounds)) = self.unread.take() {
-            tokio::spawn(discard(body, bounds));
+            let held = self.held.take();
+            tokio::spawn(async move {
+                discard(body, bounds).await;
+                drop(held);
+            });
         }
         Pin::new(&mut self.answer).poll_frame(cx)
     }

@@ -133,9 +133,19 @@ pub(super) async fn serve(
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
+            let activity = activity.clone();
             let fut = Box::pin(async move {
-                let resp = proxy::handle(instance, state, conn, req).await;
+                let mut resp = proxy::handle(instance, state, conn, req).await;
                 drop(permit);
+                if let Ok(r) = &mut resp {
+                    // A refusal's unread body is still arriving: work in
+                    // flight, not the next request's head.
+                    if let http_body_util::Either::Right(refusal) = r.body_mut() {
+                        if refusal.discards() {
+                            refusal.hold_while_discarding(Box::new(activity.hold()));
+                        }
+                    }
+                }
                 resp
             });
             Detached {
@@ -720,6 +730,13 @@ impl Activity {
         if self.awaiting_request.load(Ordering::Relaxed) {
             self.began.notify_one();
         }
+        Busy(self.clone())
+    }
+
+    /// Work in flight that is not a request of its own (a refused
+    /// request's body being discarded after its answer).
+    fn hold(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
     }
 

@@ -679,3 +679,40 @@ async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
     drop(response);
     proxy.stop().await;
 }
+
+/// A refused upload's body is discarded for up to `timeouts.discard_body`,
+/// however slowly it comes: it is work in flight, not a next request head
+/// bound by `request_head`. Discarded to its end, the connection serves the
+/// next request.
+#[tokio::test]
+async fn a_slow_refused_body_is_discarded_past_request_head() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_head = \"1s\"\ndiscard_body = \"10s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {UNKNOWN}\r\nContent-Length: 100\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    // Ten bytes every 250 ms: 2.5 s, longer than request_head.
+    for _ in 0..10 {
+        tls.write_all(b"0123456789").await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tls.write_all(raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello").as_slice())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("the proxy closes the connection");
+    assert_eq!(
+        statuses(&got),
+        [451, 201],
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    proxy.stop().await;
+}
