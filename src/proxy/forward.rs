@@ -63,6 +63,8 @@ pub struct Target<'a> {
     pub request_id: &'a HeaderValue,
     pub hop: IpAddr,
     pub xff_trusted: bool,
+    /// The client's address, as the decision resolved it.
+    pub client: IpAddr,
     pub country: Option<Country>,
     /// The request's `Content-Length`, as `admit` read it.
     pub declared: Option<u64>,
@@ -159,6 +161,7 @@ async fn prepare(
         &Forwarded {
             request_id: target.request_id,
             xff_trusted: target.xff_trusted,
+            client: target.client,
             hop: target.hop,
             country: target.country.as_ref().map_or("unknown", Country::as_str),
             jurisdiction: state

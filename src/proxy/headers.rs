@@ -57,14 +57,37 @@ fn never_forwarded(name: &HeaderName) -> bool {
         || name.as_str().starts_with("residency-")
 }
 
+/// Another way to name the client's address than `X-Forwarded-For`:
+/// RFC 7239 `Forwarded` and the common non-standard fields. Never sent
+/// upstream, where the client's address is `X-Forwarded-For` (from the
+/// walked chain) and `Residency-Origin-Country` alone: a client's own claim
+/// in another field would mislead a data centre that reads it first.
+fn names_an_address(name: &HeaderName) -> bool {
+    name == header::FORWARDED
+        || matches!(
+            name.as_str(),
+            "x-real-ip"
+                | "true-client-ip"
+                | "cf-connecting-ip"
+                | "x-client-ip"
+                | "x-cluster-client-ip"
+                | "fastly-client-ip"
+                | "client-ip"
+        )
+}
+
 /// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
 /// sets have nothing to remove, and then nothing is hashed or moved.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(never_forwarded) {
+    strip(headers, never_forwarded);
+}
+
+fn strip(headers: &mut HeaderMap, goes: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&goes) {
         return;
     }
     let mut names = connection_listed(headers);
-    names.extend(headers.keys().filter(|k| never_forwarded(k)).cloned());
+    names.extend(headers.keys().filter(|k| goes(k)).cloned());
     for name in names {
         headers.remove(name);
     }
@@ -73,8 +96,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the upstream is told about the upload.
 pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
-    /// Original `X-Forwarded-For` is kept only when a trusted proxy sent it.
+    /// Original `X-Forwarded-For` is kept only when a trusted proxy sent it,
+    /// and then only from the client's entry on (what the decision walked).
     pub xff_trusted: bool,
+    /// The client's address, as the decision resolved it.
+    pub client: IpAddr,
     /// The address appended to `X-Forwarded-For`: our TCP peer, or the
     /// client named by the PROXY header.
     pub hop: IpAddr,
@@ -95,19 +121,15 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     // Room for one IPv4 hop without growing; a chain grows once.
     let mut chain = String::with_capacity(24);
     if f.xff_trusted {
-        for v in headers.get_all(X_FORWARDED_FOR) {
-            if let Ok(v) = v.to_str() {
-                chain.push_str(v);
-                chain.push_str(", ");
-            }
-        }
+        walked_chain(headers, f.client, &mut chain);
     }
     headers.remove(header::HOST);
     if f.host.is_none() {
         headers.remove(X_FORWARDED_HOST);
     }
-    // Hop-by-hop (with any named in `Connection`) and client-sent `Residency-*`.
-    strip_hop_by_hop(headers);
+    // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
+    // and other claims of an address.
+    strip(headers, |k| never_forwarded(k) || names_an_address(k));
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
     // From a `String`, its buffer becomes the value's (no copy).
@@ -130,6 +152,42 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     if let Some(v) = &f.jurisdiction {
         headers.insert(RESIDENCY_JURISDICTION, v.clone());
+    }
+}
+
+/// The part of a trusted peer's `X-Forwarded-For` that the decision walked
+/// (`origin::resolve`, right to left): the client's entry and the trusted
+/// hops after it, each followed by ", ". What is left of the client's
+/// entry is the client's own writing: a data centre that read it (the
+/// left-most entry, say) would see an address the decision did not use.
+/// With no entry naming the client (every hop trusted), all of it.
+fn walked_chain(headers: &HeaderMap, client: IpAddr, chain: &mut String) {
+    let entries = || {
+        headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    };
+    // Visible ASCII only, as a header value we send must be.
+    fn text(entry: &[u8]) -> Option<&str> {
+        let visible = entry
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let entry = std::str::from_utf8(entry).ok().filter(|_| visible)?;
+        Some(entry.trim_matches(|c| c == ' ' || c == '\t'))
+    }
+    let total = entries().count();
+    let keep = entries()
+        .rev()
+        .position(|e| {
+            text(e)
+                .and_then(|e| e.parse::<IpAddr>().ok())
+                .is_some_and(|a| a.to_canonical() == client)
+        })
+        .map_or(total, |i| i + 1);
+    for entry in entries().skip(total - keep).filter_map(text) {
+        chain.push_str(entry);
+        chain.push_str(", ");
     }
 }
 
@@ -440,6 +498,7 @@ mod tests {
         let f = Forwarded {
             request_id: &id,
             xff_trusted: true,
+            client: "192.0.2.1".parse().unwrap(),
             hop: "10.0.0.1".parse().unwrap(),
             country: "DE",
             jurisdiction: Some(HeaderValue::from_static("eu")),
@@ -474,6 +533,7 @@ mod tests {
         let f = Forwarded {
             request_id: &id,
             xff_trusted: false,
+            client: "203.0.113.5".parse().unwrap(),
             hop: "203.0.113.5".parse().unwrap(),
             country: "US",
             jurisdiction: Some(HeaderValue::from_static("us")),
@@ -491,6 +551,51 @@ mod tests {
         assert_eq!(h.get_all("residency-origin-country").iter().count(), 1);
     }
 
+    /// The data centre gets the part of the chain the decision walked —
+    /// the client's entry and the trusted hops — not what the client wrote
+    /// left of its own address, and no other claim of an address.
+    #[test]
+    fn only_the_walked_chain_and_no_other_address_claim_goes_upstream() {
+        let mut h = map(&[
+            ("x-forwarded-for", "192.0.2.66"),
+            ("x-forwarded-for", "192.0.2.67, 203.0.113.5,10.0.0.2"),
+            ("forwarded", "for=192.0.2.66;proto=https"),
+            ("x-real-ip", "192.0.2.66"),
+            ("true-client-ip", "192.0.2.66"),
+            ("cf-connecting-ip", "192.0.2.66"),
+        ]);
+        let id = HeaderValue::from_static("abc");
+        let f = Forwarded {
+            request_id: &id,
+            xff_trusted: true,
+            client: "203.0.113.5".parse().unwrap(),
+            hop: "10.0.0.1".parse().unwrap(),
+            country: "US",
+            jurisdiction: Some(HeaderValue::from_static("us")),
+            host: None,
+            version: Version::HTTP_11,
+        };
+        to_upstream(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.0.0.2, 10.0.0.1");
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+        ] {
+            assert!(h.get(name).is_none(), "{name} went upstream");
+        }
+        // An entry the client wrote that is not UTF-8 cannot take the
+        // client's place either.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xe9, 203.0.113.5").unwrap(),
+        );
+        to_upstream(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.0.0.1");
+    }
+
     #[test]
     fn http2_cookie_fields_are_joined() {
         let id = HeaderValue::from_static("abc");
@@ -499,6 +604,7 @@ mod tests {
             let f = Forwarded {
                 request_id: &id,
                 xff_trusted: false,
+                client: "203.0.113.5".parse().unwrap(),
                 hop: "203.0.113.5".parse().unwrap(),
                 country: "US",
                 jurisdiction: Some(HeaderValue::from_static("us")),
@@ -766,6 +872,7 @@ mod proptests {
     struct Hop {
         request_id: HeaderValue,
         xff_trusted: bool,
+        client: IpAddr,
         hop: IpAddr,
         country: String,
         jurisdiction: String,
@@ -778,6 +885,7 @@ mod proptests {
             Forwarded {
                 request_id: &self.request_id,
                 xff_trusted: self.xff_trusted,
+                client: self.client,
                 hop: self.hop,
                 country: &self.country,
                 jurisdiction: HeaderValue::from_str(&self.jurisdiction).ok(),
@@ -807,6 +915,11 @@ mod proptests {
             from_alphabet(b"abcdefghijklmnopqrstuvwxyz0123456789-", 1..16)
                 .prop_map(|b| String::from_utf8(b).unwrap()),
             any::<bool>(),
+            prop_oneof![
+                Just("192.0.2.7".parse::<IpAddr>().unwrap()),
+                Just("192.0.2.1".parse::<IpAddr>().unwrap()),
+                any_ip(),
+            ],
             any_ip(),
             text(),
             text(),
@@ -814,9 +927,10 @@ mod proptests {
             any::<bool>(),
         )
             .prop_map(
-                |(id, xff_trusted, hop, country, jurisdiction, host, http2)| Hop {
+                |(id, xff_trusted, client, hop, country, jurisdiction, host, http2)| Hop {
                     request_id: HeaderValue::from_str(&id).unwrap(),
                     xff_trusted,
+                    client,
                     hop,
                     country,
                     jurisdiction,
@@ -1079,11 +1193,24 @@ mod proptests {
             let xff = xff[0].to_str().unwrap();
             let hop_text = hop.hop.to_string();
             prop_assert_eq!(xff.rsplit(',').next().map(str::trim), Some(hop_text.as_str()));
+            // From the last entry naming the client (all, if none does).
             let mut want = String::new();
             if hop.xff_trusted {
-                for v in h.get_all(X_FORWARDED_FOR) {
-                    if let Ok(v) = v.to_str() {
-                        want.push_str(v);
+                let entries: Vec<&[u8]> = h
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                    .collect();
+                let names_client = |e: &[u8]| {
+                    std::str::from_utf8(e)
+                        .ok()
+                        .and_then(|e| e.trim_matches([' ', '\t']).parse::<IpAddr>().ok())
+                        .is_some_and(|a| a.to_canonical() == hop.client)
+                };
+                let from = entries.iter().rposition(|e| names_client(e)).unwrap_or(0);
+                for e in &entries[from..] {
+                    if let Some(e) = HeaderValue::from_bytes(e).ok().and_then(|v| v.to_str().ok().map(str::to_string)) {
+                        want.push_str(e.trim_matches([' ', '\t']));
                         want.push_str(", ");
                     }
                 }
@@ -1099,6 +1226,7 @@ mod proptests {
                 let rewritten = HOP_BY_HOP_NAMES.contains(&n)
                     || n.starts_with("residency-")
                     || n == "host"
+                    || names_an_address(name)
                     || OURS.contains(&n)
                     || listed.contains(name);
                 if rewritten {

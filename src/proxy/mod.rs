@@ -378,6 +378,7 @@ fn admit<'a>(
         request_id: id,
         hop,
         xff_trusted,
+        client: origin.addr,
         country: decision.country,
         declared,
         padded,

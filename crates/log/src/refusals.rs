@@ -125,6 +125,9 @@ impl RefusalGate {
                 r.datacenter = None;
                 r.upstream_status = None;
                 r.body = None;
+                // The tenant (and the jurisdiction GeoIP gave that client)
+                // was the first folded refusal's, not every one's.
+                r.tenant = None;
                 r.summary = Some(Summary {
                     count: f.count,
                     request_ids_sha256: ids.into(),
@@ -163,7 +166,11 @@ mod tests {
                 build_epoch: 1,
                 sha256: "11".repeat(32).into(),
             },
-            tenant: None,
+            tenant: Some(crate::record::TenantRecord {
+                name: format!("tenant-{i}").into(),
+                source: "sni".into(),
+                origin_jurisdiction: Some("us".into()),
+            }),
             summary: None,
         }
     }
@@ -215,6 +222,7 @@ mod tests {
             assert_eq!(summary.request_ids_sha256, want);
             assert!(s.request_id.starts_with("summary-"));
             assert_eq!(s.client.address, None, "nothing of one client is kept");
+            assert_eq!(s.tenant, None, "nor its tenant");
             // It round-trips as a record.
             assert_eq!(&Record::from_bytes(&s.to_bytes()).unwrap(), s);
         }
