@@ -239,7 +239,14 @@ pub fn minimise(addr: IpAddr, how: &ClientAddress) -> Option<String> {
     let addr = addr.to_canonical();
     match how {
         ClientAddress::Prefix { v4, v6 } => {
-            let bits = if addr.is_ipv4() { *v4 } else { *v6 };
+            let bits = match addr {
+                IpAddr::V4(_) => *v4,
+                // 6to4 (2002::/16) carries the client's whole IPv4 address
+                // in bits 16..48, all of it inside a /48: cut it where an
+                // IPv4 address would be.
+                IpAddr::V6(a) if a.segments()[0] == 0x2002 => (*v6).min(16 + *v4),
+                IpAddr::V6(_) => *v6,
+            };
             let net = IpNet::new(addr, bits).ok()?.trunc();
             match net {
                 IpNet::V4(net) => {
@@ -345,6 +352,12 @@ mod tests {
         assert_eq!(minimise(v6, &prefix).unwrap(), "2001:db8:1234::/48");
         let mapped: IpAddr = "::ffff:203.0.113.77".parse().unwrap();
         assert_eq!(minimise(mapped, &prefix).unwrap(), "203.0.113.0/24");
+        // 6to4: 203.0.113.77 is 2002:cb00:714d::/48; kept to its /24.
+        let six_to_four: IpAddr = "2002:cb00:714d::1".parse().unwrap();
+        assert_eq!(
+            minimise(six_to_four, &prefix).unwrap(),
+            "2002:cb00:7100::/40"
+        );
         for bits in 0..=32 {
             for addr in ["203.0.113.77", "0.0.0.0", "255.255.255.255", "10.9.8.7"] {
                 let addr: IpAddr = addr.parse().unwrap();
