@@ -309,18 +309,6 @@ async fn exchange(proxy: &Proxy, raw: &[u8]) -> Vec<u8> {
     got
 }
 
-/// Everything read until the connection ends (closed, reset or cut).
-async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match read.read(&mut buf).await {
-            Ok(0) | Err(_) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http1_framing_corpus() {
     let proxy = Proxy::start(Setup {

@@ -994,3 +994,16 @@ client_ca = "{}"
         ca.display()
     )
 }
+
+/// Everything read until the connection ends (closed, reset or cut).
+pub async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
