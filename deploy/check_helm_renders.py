@@ -251,9 +251,11 @@ def check_fleet(values, objs):
         auto = values["autoscaling"]
         pods = (auto["maxReplicas"] if auto["enabled"] else values["replicaCount"]) + 1  # + maxSurge
         max_conns = int(spec.get("postgresql", {}).get("parameters", {}).get("max_connections", 100))
-        if pods * pg["pool_size"] > max_conns - 20:
+        # pool_size pooled connections per pod, plus its sequencer's and its
+        # integrator-lock session.
+        if pods * (pg["pool_size"] + 2) > max_conns - 20:
             errs.append(f"Cluster {name}: max_connections {max_conns} leaves no headroom for "
-                        f"{pods} pods x pool_size {pg['pool_size']}")
+                        f"{pods} pods x (pool_size {pg['pool_size']} + 2)")
     key_secret = projected[t["signing_key"]][1:3]
     for sec in kinds.get("Secret", []):
         if sec["metadata"]["name"] == key_secret[0]:

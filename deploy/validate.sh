@@ -240,10 +240,12 @@ else:
         errors.append("Cluster: storage.size is required")
     hpa = docs[("HorizontalPodAutoscaler", "residency-proxy")]["spec"]
     surge = docs[("Deployment", "residency-proxy")]["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-    conns = (hpa["maxReplicas"] + surge) * pg.get("pool_size", 0)
+    # pool_size pooled connections per replica, plus its sequencer's and
+    # its integrator-lock session.
+    conns = (hpa["maxReplicas"] + surge) * (pg.get("pool_size", 0) + 2)
     max_conns = int(spec.get("postgresql", {}).get("parameters", {}).get("max_connections", 100))
     if conns > max_conns - 20:
-        errors.append(f"Cluster: max_connections {max_conns} leaves no headroom for {conns} pooled connections")
+        errors.append(f"Cluster: max_connections {max_conns} leaves no headroom for {conns} connections")
     np = docs[("NetworkPolicy", "residency-proxy")]["spec"]
     db_port = url.port or 5432
     if not any(r.get("to") == [{"podSelector": {"matchLabels": {"cnpg.io/cluster": name}}}]

@@ -898,3 +898,61 @@ async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
         );
     }
 }
+
+/// A commit waiting for a synchronous standby that the server cancels
+/// (`pg_cancel_backend`, or its own `statement_timeout`) returns success
+/// with only a warning: committed locally, perhaps never replicated. Such
+/// an upload is not acknowledged, uploads are refused while the standby
+/// is missing, and they come back once commits are replicated again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
+    let keep = TempDir::new("fleet-syncrep");
+    log_key(keep.path());
+    let pg = postgres("syncrep", &["syncrep"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    // A longer timeout than the other tests: the cancel below must land
+    // while the proxy still waits for the commit.
+    let section = fleet_section(keep.path(), &pg, "syncrep", free_port(), "250ms")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    let replica = Binary::start("fleet-syncrep", &dcs, &section).await;
+    let reply = replica.client().upload_from(CH, "replicated").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+
+    // A synchronous standby that never comes: every commit now waits.
+    let sql = |sql: &str| pg.psql("syncrep", sql).unwrap();
+    sql("ALTER SYSTEM SET synchronous_standby_names = 'standby_that_never_comes'");
+    sql("SELECT pg_reload_conf()");
+    let client = replica.client();
+    let upload = tokio::spawn(async move { client.upload_from(CH, "waits for a standby").await });
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE wait_event = 'SyncRep' AND application_name = 'residency-proxy'";
+    eventually("the batch's commit waits for the standby", async || {
+        sql(waiting) != "0"
+    })
+    .await;
+    sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE wait_event = 'SyncRep' AND application_name = 'residency-proxy'");
+    let reply = upload.await.unwrap();
+    assert_eq!(reply.status, 503, "{:?}", reply.json());
+    assert_eq!(reply.json()["error"], "log_unavailable");
+    let log = replica.log();
+    assert!(
+        log.contains("canceling wait for synchronous replication"),
+        "{log}"
+    );
+    // Committed locally all the same: the database has its index.
+    assert_eq!(sql("SELECT next FROM residency_log_sequence"), "2");
+
+    // Replicated commits again: uploads are acknowledged again.
+    sql("ALTER SYSTEM RESET synchronous_standby_names");
+    sql("SELECT pg_reload_conf()");
+    eventually("uploads are acknowledged again", async || {
+        replica.client().upload_from(CH, "after").await.status == 201
+    })
+    .await;
+}

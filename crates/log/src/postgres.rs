@@ -8,7 +8,10 @@
 //!   and inserts the batch's entries at the indexes it assigned: the row
 //!   lock serialises batches of all replicas, so indexes are contiguous
 //!   and never given twice. The statement commits (`synchronous_commit =
-//!   on`) before any record of the batch is acknowledged. A batch slower
+//!   on`) before any record of the batch is acknowledged, on a connection
+//!   of the sequencer's own whose server warnings are watched ([`Writer`]):
+//!   a commit the server warned about (a cancelled wait for a synchronous
+//!   standby) is not acknowledged. A batch slower
 //!   than `transparency.postgres.timeout`, or a queue holding
 //!   `max_pending` records, fails its records: the uploads get 503
 //!   `log_unavailable`.
@@ -175,6 +178,78 @@ struct Integrated {
     stored: Option<u64>,
 }
 
+/// The connection a replica commits its batches on. Its server warnings
+/// are watched: a commit whose wait for a synchronous standby was cancelled
+/// on the server (`pg_cancel_backend`, a `statement_timeout` there) returns
+/// success with a warning — committed locally, perhaps not replicated — and
+/// such a batch must not be acknowledged.
+struct Writer {
+    client: Client,
+    /// [`SEQUENCE`], prepared on this connection.
+    sequence: tokio_postgres::Statement,
+    /// The last warning the server sent on this connection, until taken.
+    warned: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Writer {
+    /// Runs `write`; `Err` if the server warned while it ran (the
+    /// connection hands a notice over before the statement's end, so it is
+    /// seen by then).
+    async fn committed<T>(
+        &self,
+        write: impl std::future::Future<Output = T>,
+    ) -> Result<T, LogError> {
+        let taken = |w: &std::sync::Mutex<Option<String>>| {
+            w.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        taken(&self.warned);
+        let result = write.await;
+        match taken(&self.warned) {
+            None => Ok(result),
+            Some(warning) => Err(LogError::Database(format!(
+                "the database warned while committing: {warning}; the write may not have reached a synchronous standby, so it is not acknowledged"
+            ))),
+        }
+    }
+}
+
+/// Connects with `config`, and drives the connection on a task that keeps
+/// the last server warning (severity `WARNING`) in the returned slot and
+/// logs it.
+async fn connect_watched(
+    config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    what: &'static str,
+) -> Result<(Client, Arc<std::sync::Mutex<Option<String>>>), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tls).await?;
+    let warned = Arc::new(std::sync::Mutex::new(None));
+    let slot = warned.clone();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                    if notice.parsed_severity() != Some(tokio_postgres::error::Severity::Warning) {
+                        continue;
+                    }
+                    let text = match notice.detail() {
+                        Some(detail) => format!("{} ({detail})", notice.message()),
+                        None => notice.message().to_string(),
+                    };
+                    tracing::warn!(connection = what, warning = %text, "the log database warned");
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(connection = what, error = %e, "log database connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    Ok((client, warned))
+}
+
 struct Shared {
     settings: Transparency,
     pg: Postgres,
@@ -182,6 +257,9 @@ struct Shared {
     verifier: Verifier,
     pool: Pool,
     tls: MakeRustlsConnect,
+    /// The sequencer's connection (and the write probe's): a connection of
+    /// its own, whose server warnings are watched (see [`Writer`]).
+    writer: tokio::sync::Mutex<Option<Writer>>,
     latest: ArcSwap<Published>,
     /// The sequence as last seen (records appended by the whole fleet).
     sequenced: AtomicU64,
@@ -193,8 +271,8 @@ struct Shared {
     /// committed records. Nothing is sequenced or integrated meanwhile.
     lost: AtomicBool,
     /// Connections the log API's reads may hold at once: one fewer than
-    /// the pool, so readers never take every connection the sequencer and
-    /// the tick need.
+    /// the pool, so readers never take every connection the tick needs
+    /// (the sequencer has its own, [`Shared::writer`]).
     reads: tokio::sync::Semaphore,
     /// `(when, sequence then)`, as read at recent ticks, until a
     /// checkpoint covers them: the newest covered one says as of when the
@@ -275,6 +353,7 @@ impl Fleet {
             verifier,
             pool,
             tls,
+            writer: tokio::sync::Mutex::new(None),
             latest: ArcSwap::from_pointee(Published {
                 note: String::new(),
                 size: 0,
@@ -462,19 +541,17 @@ impl Shared {
             return Err(LogError::Database(LOST.into()));
         }
         let deadline = tokio::time::Instant::now() + self.pg.timeout;
-        let client = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| timeout_error(self.pg.timeout))?
-            .map_err(|e| LogError::Database(describe(&e)))?;
+        let mut slot = self.writer.lock().await;
+        let writer = self.writer(&mut slot, deadline).await?;
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
         let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
         let n = batch.len() as i64;
         let max = i64::try_from(self.settings.max_records).unwrap_or(i64::MAX);
         let served = i64::try_from(self.latest.load().size).unwrap_or(i64::MAX);
+        let client = &writer.client;
         let run = async {
-            let statement = client.prepare_cached(SEQUENCE).await?;
             let row = client
-                .query_opt(&statement, &[&n, &keys, &data, &max, &served])
+                .query_opt(&writer.sequence, &[&n, &keys, &data, &max, &served])
                 .await?;
             if row.is_some() {
                 return Ok((row, None));
@@ -485,14 +562,18 @@ impl Shared {
                 .get(0);
             Ok((None, Some(u64::try_from(next).unwrap_or(0))))
         };
-        let (row, next) = match tokio::time::timeout_at(deadline, run).await {
-            Ok(row) => row.map_err(database_error)?,
-            Err(_) => {
+        let (row, next) = match writer
+            .committed(tokio::time::timeout_at(deadline, run))
+            .await
+        {
+            Ok(Ok(row)) => row.map_err(database_error)?,
+            Ok(Err(_)) => {
                 // The statement may still be running on it: do not reuse
                 // (the server ends it at `statement_timeout`).
-                drop(Object::take(client));
+                *slot = None;
                 return Err(timeout_error(self.pg.timeout));
             }
+            Err(warned) => return Err(warned),
         };
         let Some(row) = row else {
             // Indexes a served checkpoint covers would be given again: their
@@ -565,18 +646,53 @@ impl Shared {
         if !self.unreachable.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(client) = self.client().await else {
+        let deadline = tokio::time::Instant::now() + self.pg.timeout;
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.writer.lock()).await else {
             return;
         };
-        let probe = client.execute("UPDATE residency_log_sequence SET next = next", &[]);
-        match tokio::time::timeout(self.pg.timeout, probe).await {
-            Ok(Ok(_)) => {
+        let Ok(writer) = self.writer(&mut slot, deadline).await else {
+            return;
+        };
+        let probe = writer
+            .client
+            .execute("UPDATE residency_log_sequence SET next = next", &[]);
+        match writer
+            .committed(tokio::time::timeout_at(deadline, probe))
+            .await
+        {
+            Ok(Ok(Ok(_))) => {
                 self.unreachable.store(false, Ordering::Relaxed);
                 tracing::info!("the log database takes writes again");
             }
-            Ok(Err(_)) => {}
-            Err(_) => drop(Object::take(client)),
+            Ok(Ok(Err(_))) | Err(_) => {}
+            Ok(Err(_)) => *slot = None,
         }
+    }
+
+    /// The writer's connection, connecting first if there is none (or it
+    /// ended).
+    async fn writer<'a>(
+        &self,
+        slot: &'a mut Option<Writer>,
+        deadline: tokio::time::Instant,
+    ) -> Result<&'a Writer, LogError> {
+        if slot.as_ref().is_none_or(|w| w.client.is_closed()) {
+            *slot = None;
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let config = session_config(&self.pg);
+            let (client, warned) = timed(
+                limit,
+                connect_watched(&config, self.tls.clone(), "sequencer"),
+            )
+            .await?;
+            let sequence = timed(limit, client.prepare(SEQUENCE)).await?;
+            *slot = Some(Writer {
+                client,
+                sequence,
+                warned,
+            });
+        }
+        slot.as_ref().ok_or(LogError::Poisoned)
     }
 
     /// Why the database is behind the checkpoint this replica served, if
@@ -639,13 +755,8 @@ impl Shared {
         if session.client.as_ref().is_none_or(Client::is_closed) {
             session.locked = false;
             let config = lock_session_config(&self.pg, self.settings.checkpoint_interval);
-            let (client, connection) =
-                timed(self.pg.timeout, config.connect(self.tls.clone())).await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "integrator-lock connection ended");
-                }
-            });
+            let connect = connect_watched(&config, self.tls.clone(), "integrator lock");
+            let (client, _) = timed(self.pg.timeout, connect).await?;
             session.client = Some(client);
         }
         let Some(client) = &session.client else {

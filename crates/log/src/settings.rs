@@ -182,9 +182,10 @@ pub struct Postgres {
     /// Records a replica queues for the database at most; beyond, uploads
     /// are refused at once.
     pub max_pending: usize,
-    /// Pooled connections each replica holds for appends and reads (the
-    /// log API's reads take at most `pool_size - 1`); each replica keeps
-    /// one more, its integrator-lock session.
+    /// Pooled connections each replica holds for reads and its checkpoint
+    /// tick (the log API's reads take at most `pool_size - 1`); each
+    /// replica keeps two more, its sequencer's connection and its
+    /// integrator-lock session.
     pub pool_size: usize,
 }
 
