@@ -16,7 +16,8 @@
 //! country (all in `Snapshot::build`) — before one atomic swap. A failed reload keeps the old state
 //! serving, logs every reason and counts `residency_reloads_total{result="failure"}`.
 //! Listeners stay bound: a changed address is logged as needing a restart;
-//! adding or removing listeners is refused. The transparency log keeps the
+//! adding or removing listeners is refused; each socket takes the settings
+//! of the listener configured at its address ([`bound_order`]). The transparency log keeps the
 //! `[transparency]` settings it was opened with (a change is logged as
 //! needing a restart).
 
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Listener};
 use crate::shutdown::stopped;
 use crate::state::{Instance, Snapshot};
 use residency_core::report::ConfigReport;
@@ -69,14 +70,11 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         );
         return Err(report);
     }
-    for (i, (new, bound)) in config
-        .listeners
-        .iter()
-        .zip(&old.config.listeners)
-        .enumerate()
-    {
+    let order = bound_order(&config.listeners, &old.config.listeners);
+    for (i, bound) in old.config.listeners.iter().enumerate() {
+        let new = &config.listeners[order[i]];
         if new.address != bound.address && !bound.address.port().eq(&0) {
-            tracing::warn!(listener = i, configured = %new.address, bound = %bound.address, "listener address changed: needs a restart, still serving on the bound address");
+            tracing::warn!(listener = order[i], configured = %new.address, bound = %bound.address, "listener address changed: needs a restart, still serving on the bound address");
         }
     }
     if config.admin.address != old.config.admin.address && old.config.admin.address.port() != 0 {
@@ -86,7 +84,13 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         r.file = path.display().to_string();
         r
     })?;
-    // Listeners stay where they were bound (port 0 in tests included).
+    // Listeners stay where they were bound (port 0 in tests included), each
+    // socket with the settings configured for its address.
+    state.config.listeners = order
+        .iter()
+        .map(|&i| state.config.listeners[i].clone())
+        .collect();
+    state.tls = order.iter().map(|&i| state.tls[i].clone()).collect();
     for (new, bound) in state.config.listeners.iter_mut().zip(&old.config.listeners) {
         new.address = bound.address;
     }
@@ -103,6 +107,29 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         );
     }
     report.finish(Some(state))
+}
+
+/// For each bound listener, in order, the index of the configured one whose
+/// settings its socket takes: the one configured at the address it is bound
+/// to, so a reordered list keeps each socket's TLS, trust and PROXY
+/// settings; sockets whose address is configured no more (a change that
+/// needs a restart) take the other configured listeners in their order.
+/// `configured` and `bound` are as long.
+fn bound_order(configured: &[Listener], bound: &[Listener]) -> Vec<usize> {
+    let mut taken = vec![false; configured.len()];
+    let same: Vec<Option<usize>> = bound
+        .iter()
+        .map(|b| {
+            let i =
+                (0..configured.len()).find(|&i| !taken[i] && configured[i].address == b.address)?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect();
+    let mut rest = (0..configured.len()).filter(|&i| !taken[i]);
+    same.into_iter()
+        .map(|i| i.or_else(|| rest.next()).unwrap_or_default())
+        .collect()
 }
 
 /// The settings, besides listeners, admin and `[transparency]`, that the

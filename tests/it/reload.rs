@@ -272,3 +272,57 @@ async fn bad_reloads_keep_the_old_state_serving() {
     still_serving().await;
     proxy.stop().await;
 }
+
+/// Listeners are matched to their sockets by address across a reload: a
+/// config listing the same listeners in another order keeps each socket's
+/// own settings (here, whom it trusts to name the client), where it used
+/// to give each socket the settings of whatever now stood at its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_listeners_keep_their_own_settings_across_a_reload() {
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    // The binary's first listener trusts 127.0.0.1's X-Forwarded-For; this
+    // second one trusts no one.
+    let port = free_port();
+    let second = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\ntrusted_proxies = []\n[listeners.tls]\n\
+         certificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n"
+    );
+    let binary = Binary::start("reorder", &dcs, &second).await;
+    let trusting = binary.client();
+    let mut untrusting = binary.client();
+    untrusting.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let statuses = async || {
+        let a = trusting.upload_from(CH, "to the trusting listener").await;
+        let b = untrusting.upload_from(CH, "to the other").await;
+        (a.status.as_u16(), b.json()["error"].clone())
+    };
+    let before = statuses().await;
+    assert_eq!(before.0, 201);
+    assert_ne!(
+        before.1,
+        serde_json::Value::Null,
+        "the untrusting listener stored it"
+    );
+
+    // The same listeners, the second one listed first.
+    let path = binary.dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    replace(&path, format!("{second}{}", text.replacen(&second, "", 1)));
+    let pid = binary.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually("the reload succeeds", async || {
+        let (_, text) = plain_request(binary.admin, "GET", "/metrics").await;
+        metric(&text, "residency_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert_eq!(statuses().await, before, "{}", binary.log());
+}
