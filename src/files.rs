@@ -33,6 +33,10 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
         }
         files.extend(l.client_ca.iter().cloned());
     }
+    for pair in config.transparency.iter().flat_map(|t| &t.tls) {
+        files.push(pair.cert.clone());
+        files.push(pair.key.clone());
+    }
     files.extend(config.upstream.ca.iter().cloned());
     files.extend(config.tenancy.files.iter().cloned());
     Fingerprint::of(files)

@@ -37,6 +37,21 @@ pub struct Cap {
     pub blocking: bool,
 }
 
+/// Where a listener's TLS server config comes from, asked at each
+/// handshake: a fixed one (the witness), or the current state's (the log
+/// listener's, which a reload renews).
+pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// A TLS server config for these listeners: `certs` chosen by SNI (the
+/// first the default), HTTP/1.1 only.
+pub fn http1_tls(
+    certs: &[residency_tls::CertSource],
+) -> Result<Arc<rustls::ServerConfig>, residency_tls::TlsError> {
+    let mut config = (*residency_tls::server_config(certs, None)?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// How long a connection may take to send its request head (and, with
 /// TLS, to finish its handshake).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,7 +65,7 @@ pub async fn serve<F>(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
     cap: Cap,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsSource>,
     answer: F,
 ) where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
@@ -83,7 +98,7 @@ pub async fn serve_async<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     cap: Cap,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsSource>,
     answer: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -103,7 +118,7 @@ pub async fn serve_async<F, Fut>(
         };
         let answer = answer.clone();
         let mut stop = stop.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|source| TlsAcceptor::from(source()));
         connections.spawn(async move {
             let _permit = permit;
             let Some(tls) = tls else {

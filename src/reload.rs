@@ -98,6 +98,7 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     if state.config.transparency != old.config.transparency {
         tracing::warn!("[transparency] changed: needs a restart; the log keeps running with the settings it was opened with");
         state.config.transparency = old.config.transparency.clone();
+        state.log_tls = old.log_tls.clone();
     }
     let restart_only = restart_only_changes(&old.config, &state.config);
     if !restart_only.is_empty() {

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub geo: Geo,
     /// One server config per listener, in `config.listeners` order.
     pub tls: Vec<Arc<rustls::ServerConfig>>,
+    /// The log listener's (`[transparency.tls]`), when it serves HTTPS.
+    pub log_tls: Option<Arc<rustls::ServerConfig>>,
     /// Pooled connections to the upstreams of this configuration.
     pub pool: Pool,
     /// The per-request metric children for this configuration's names.
@@ -90,6 +92,24 @@ impl Snapshot {
                 (_, Err(e)) => report.push(format!("{key}.client_ca"), e),
             }
         }
+        let mut log_tls = None;
+        if let Some(t) = config.transparency.as_ref().filter(|t| !t.tls.is_empty()) {
+            let certs: Result<Vec<_>, _> = t
+                .tls
+                .iter()
+                .enumerate()
+                .map(|(i, pair)| {
+                    residency_tls::load_cert_source(&pair.cert, &pair.key)
+                        .map_err(|e| (format!("transparency.tls.certificates[{i}]"), e))
+                })
+                .collect();
+            match certs.and_then(|certs| {
+                crate::plain_http::http1_tls(&certs).map_err(|e| ("transparency.tls".into(), e))
+            }) {
+                Ok(c) => log_tls = Some(c),
+                Err((key, e)) => report.push(key, e),
+            }
+        }
         let ca = match &config.upstream.ca {
             Some(path) => std::fs::read(path)
                 .map_err(|e| report.push("upstream.ca", format!("{}: {e}", path.display())))
@@ -130,6 +150,7 @@ impl Snapshot {
                 config,
                 geo,
                 tls: server_configs,
+                log_tls,
                 pool,
                 request_metrics,
                 header_values,

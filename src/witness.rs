@@ -57,15 +57,14 @@ pub struct WitnessArgs {
     pub tls_key: Option<PathBuf>,
 }
 
-/// The TLS acceptor for `--tls-cert` / `--tls-key`: HTTP/1.1 only.
-fn acceptor(args: &WitnessArgs) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+/// The TLS of `--tls-cert` / `--tls-key`: HTTP/1.1 only, read at start.
+fn acceptor(args: &WitnessArgs) -> anyhow::Result<Option<crate::plain_http::TlsSource>> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
     let source = residency_tls::load_cert_source(cert, key)?;
-    let mut config = (*residency_tls::server_config(&[source], None)?).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    let config = crate::plain_http::http1_tls(&[source])?;
+    Ok(Some(Arc::new(move || config.clone())))
 }
 
 /// Concurrent connections served; more are closed.

@@ -29,9 +29,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::plain_http::TlsSource;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::shutdown::{accept, stopped};
@@ -43,8 +43,8 @@ pub struct Bound {
     listeners: Vec<TcpListener>,
     admin: TcpListener,
     /// The customer-facing transparency log listener, if configured, and
-    /// its TLS (`[transparency.tls]`).
-    transparency: Option<(TcpListener, Option<TlsAcceptor>)>,
+    /// its TLS (`[transparency.tls]`, the current state's at each handshake).
+    transparency: Option<(TcpListener, Option<TlsSource>)>,
     /// The config file to watch for hot reload, if any.
     config_path: Option<std::path::PathBuf>,
 }
@@ -67,10 +67,21 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
                 format!("binding admin listener {}: {e}", state.config.admin.address),
             )
         })?;
-    let log_settings = instance.log.as_ref().map(|l| l.settings());
-    let transparency = match log_settings.and_then(|s| Some((s.address?, &s.tls))) {
-        Some((address, tls)) => {
-            let acceptor = (!tls.is_empty()).then(|| log_tls(tls)).transpose()?;
+    let log_address = instance.log.as_ref().and_then(|l| l.settings().address);
+    let transparency = match log_address {
+        Some(address) => {
+            let acceptor = state.log_tls.clone().map(|started| {
+                let instance = instance.clone();
+                // Certificates renewed on disk are served from the reload
+                // that read them (the settings themselves need a restart).
+                Arc::new(move || {
+                    instance
+                        .snapshot()
+                        .log_tls
+                        .clone()
+                        .unwrap_or(started.clone())
+                }) as TlsSource
+            });
             let listener = TcpListener::bind(address).await.map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -88,23 +99,6 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
         transparency,
         config_path: None,
     })
-}
-
-/// The log listener's TLS: `[transparency.tls]` certificates (SNI, the first
-/// the default), HTTP/1.1 only. Read once at start.
-fn log_tls(pairs: &[residency_log::settings::CertPair]) -> std::io::Result<TlsAcceptor> {
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut certs = Vec::new();
-    for (i, pair) in pairs.iter().enumerate() {
-        let source = residency_tls::load_cert_source(&pair.cert, &pair.key)
-            .map_err(|e| invalid(format!("transparency.tls.certificates[{i}]: {e}")))?;
-        certs.push(source);
-    }
-    let config = residency_tls::server_config(&certs, None)
-        .map_err(|e| invalid(format!("transparency.tls: {e}")))?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Bound {

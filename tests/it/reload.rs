@@ -326,3 +326,42 @@ async fn reordered_listeners_keep_their_own_settings_across_a_reload() {
     .await;
     assert_eq!(statuses().await, before, "{}", binary.log());
 }
+
+/// The log listener's certificate (`[transparency.tls]`) is renewed like
+/// the ingest listeners': a new certificate written over the old files is
+/// served to the next handshake, without a restart (customers' browsers
+/// open the log's page over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_listeners_certificate_is_renewed_by_a_reload() {
+    let proxy = Proxy::start(Setup {
+        extra: FAST.into(),
+        second_cert: Some(vec!["log.example"]),
+        transparency: Some(
+            "[transparency.tls]\ncertificates = [{ cert = \"b.pem\", key = \"b.key\" }]\n".into(),
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let (new_cert, new_key) = residency_tls::self_signed(&["log.example"]).unwrap();
+    let old_cert = proxy.certs[1].clone();
+    let log = Client::new(
+        proxy.log_addr.unwrap(),
+        &[old_cert.clone(), new_cert.clone()],
+    )
+    .sni(Some("log.example"));
+    let served = async || {
+        let reply = log.send("GET", "/checkpoint", &[], "").await;
+        assert_eq!(reply.status, 200);
+        reply.peer_cert
+    };
+    assert_eq!(served().await, der(&old_cert));
+
+    replace(&proxy.dir.path().join("b.key"), &new_key);
+    replace(&proxy.dir.path().join("b.pem"), &new_cert);
+    eventually("the new certificate is served", async || {
+        served().await == der(&new_cert)
+    })
+    .await;
+    assert!(reloads(&proxy, "success").await >= 1.0);
+    proxy.stop().await;
+}
