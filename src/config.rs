@@ -160,6 +160,10 @@ pub struct Limits {
     /// have averaged at least this many bytes per second since it started
     /// (0 = no minimum).
     pub min_request_body_rate: u64,
+    /// Requests one client (an address; an IPv6 /64) may have in flight,
+    /// from the decision to forward until the response head (0 = no
+    /// limit).
+    pub max_requests_per_client: u32,
 }
 
 impl Default for Limits {
@@ -172,6 +176,7 @@ impl Default for Limits {
             discard_body_bytes: 16 * 1024 * 1024,
             max_detached_requests: 1024,
             min_request_body_rate: 240,
+            max_requests_per_client: 256,
         }
     }
 }
@@ -343,6 +348,7 @@ pub struct RawLimits {
     pub discard_body_bytes: Option<Setting<u64>>,
     pub max_detached_requests: Option<Setting<u64>>,
     pub min_request_body_rate: Option<Setting<u64>>,
+    pub max_requests_per_client: Option<Setting<u64>>,
     /// Request methods forwarded; default `["POST", "PUT"]`.
     pub methods: Option<Vec<String>>,
 }
@@ -966,6 +972,15 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .unwrap_or(d.min_request_body_rate),
+        max_requests_per_client: limit(
+            &raw.max_requests_per_client,
+            "max_requests_per_client",
+            0..=1_000_000,
+            "must be between 0 and 1000000 (0 = no limit)",
+            r,
+        )
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(d.max_requests_per_client),
     }
 }
 

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client_limit;
 pub mod config;
 pub mod explain;
 pub mod files;

@@ -186,6 +186,9 @@ pub struct Instance {
     /// Bytes of idempotent bodies held for replay, against
     /// `upstream.replay_budget_bytes` (sized from the first snapshot).
     pub replay_budget: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight per client, against
+    /// `limits.max_requests_per_client`.
+    pub clients: crate::client_limit::InFlight,
     /// Held while the per-snapshot gauges are written, so a refresh that
     /// read the previous snapshot cannot write its data centres back after
     /// a reload reset them.
@@ -224,6 +227,7 @@ impl Instance {
             log,
             detached: AtomicUsize::new(0),
             replay_budget,
+            clients: Default::default(),
             gauges: std::sync::Mutex::new(()),
         });
         instance.set_policy_info();

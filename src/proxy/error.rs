@@ -52,13 +52,16 @@ pub enum Failure {
     /// The token, the client certificate or the server name recognise
     /// different tenants.
     TenantConflict,
+    /// The client already has `limits.max_requests_per_client` requests in
+    /// flight.
+    TooManyRequests,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 17] = [
+    pub const ALL: [Failure; 18] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -78,6 +81,7 @@ impl Failure {
         Failure::InvalidTenantToken,
         Failure::TenantOriginMismatch,
         Failure::TenantConflict,
+        Failure::TooManyRequests,
     ];
 }
 
@@ -113,6 +117,7 @@ impl Failure {
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -135,6 +140,7 @@ impl Failure {
             Failure::InvalidTenantToken => "invalid_tenant_token",
             Failure::TenantOriginMismatch => "tenant_origin_mismatch",
             Failure::TenantConflict => "tenant_conflict",
+            Failure::TooManyRequests => "too_many_requests",
         }
     }
 
@@ -150,7 +156,8 @@ impl Failure {
             | Failure::OriginNotPermitted
             | Failure::InvalidTenantToken
             | Failure::TenantOriginMismatch
-            | Failure::TenantConflict => Culprit::Client,
+            | Failure::TenantConflict
+            | Failure::TooManyRequests => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -160,7 +167,7 @@ impl Failure {
     }
 
     /// The client-facing response: status, `{"error", "request_id"}` body and,
-    /// for 503, `Retry-After` in whole seconds (at least 1).
+    /// for 503 and 429, `Retry-After` in whole seconds (at least 1).
     pub fn response(self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         let body = serde_json::json!({
             "error": self.reason(),
@@ -176,7 +183,9 @@ impl Failure {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let retry_after = match self {
             Failure::NoHealthyDatacenter { retry_after } => Some(retry_after),
-            Failure::LogUnavailable | Failure::UpstreamSaturated => Some(Duration::from_secs(1)),
+            Failure::LogUnavailable | Failure::UpstreamSaturated | Failure::TooManyRequests => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         };
         if self == Failure::InvalidTenantToken {
@@ -220,6 +229,7 @@ mod tests {
             Failure::InvalidTenantToken => 14,
             Failure::TenantOriginMismatch => 15,
             Failure::TenantConflict => 16,
+            Failure::TooManyRequests => 17,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

@@ -22,6 +22,7 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::client_limit::Held;
 use crate::metrics::NONE;
 use crate::state::{Instance, Snapshot};
 use crate::tenancy::Unrecognized;
@@ -259,15 +260,17 @@ struct Unrouted {
 }
 
 /// Checks the request and takes the residency decision: where it goes, or
-/// why not. Reads no body.
+/// why not; counts a request to forward against its client's
+/// `limits.max_requests_per_client` while the returned guard lives. Reads
+/// no body.
 fn admit<'a>(
-    instance: &Instance,
+    instance: &'a Instance,
     state: &Snapshot,
     conn: &Conn,
     req: &Request<Incoming>,
     id: &'a HeaderValue,
     findings: &mut Findings,
-) -> Result<forward::Target<'a>, Failure> {
+) -> Result<(forward::Target<'a>, Option<Held<'a>>), Failure> {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
     if !config.methods.allows(req.method()) {
@@ -369,10 +372,15 @@ fn admit<'a>(
         }
     }
 
+    let held = instance
+        .clients
+        .enter(origin.addr, config.limits.max_requests_per_client)
+        .ok_or(Failure::TooManyRequests)?;
+
     let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
     let xff_trusted =
         conn.proxy_source.is_none() && listener.trusted_proxies.contains(conn.peer.ip());
-    Ok(forward::Target {
+    let target = forward::Target {
         jurisdiction,
         upstream,
         request_id: id,
@@ -382,7 +390,8 @@ fn admit<'a>(
         country: decision.country,
         declared,
         padded,
-    })
+    };
+    Ok((target, held))
 }
 
 async fn decide_and_forward(
@@ -393,8 +402,9 @@ async fn decide_and_forward(
     id: &HeaderValue,
     findings: &mut Findings,
 ) -> Routed {
-    let target = match admit(instance, state, conn, &req, id, findings) {
-        Ok(target) => target,
+    // The client's count is held until the response head is here.
+    let (target, _held) = match admit(instance, state, conn, &req, id, findings) {
+        Ok(admitted) => admitted,
         Err(failure) => {
             return Err(Unrouted {
                 failure,

@@ -358,3 +358,64 @@ async fn a_body_that_trickles_is_refused() {
     );
     proxy.stop().await;
 }
+
+/// `limits.max_requests_per_client`: a client with that many uploads being
+/// forwarded (here slow ones, each holding a data centre's connection) gets
+/// 429 for one more, with `Retry-After`, and nothing of it is sent; another
+/// client is served meanwhile, and the first gets its slots back as its
+/// uploads end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_hold_more_than_its_share_of_upstream_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmax_requests_per_client = 2\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    // Two uploads from CH whose bodies have begun and not ended.
+    let mut slow = Vec::new();
+    for i in 0..2 {
+        let mut tls = proxy.client().connect().await.expect("TLS handshake");
+        let head = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 18\r\n\r\nslow upload {i}"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        let reached = proxy.upstream("zurich").first_bytes.notified();
+        tokio::time::timeout(Duration::from_secs(5), reached)
+            .await
+            .expect("the slow upload reaches the data centre");
+        slow.push(tls);
+    }
+
+    let third = proxy.client().upload_from(CH, "a third at once").await;
+    assert_eq!(third.status, 429, "{:?}", third.json());
+    assert_eq!(third.json()["error"], "too_many_requests");
+    assert_eq!(third.header("retry-after"), Some("1"));
+    let other = proxy.client().upload_from(DE, "another client").await;
+    assert_eq!(other.status, 201, "{:?}", other.json());
+
+    for mut tls in slow {
+        tls.write_all(b"-ends").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut answer = vec![0u8; 12];
+        tls.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 201");
+    }
+    let again = proxy.client().upload_from(CH, "after they ended").await;
+    assert_eq!(again.status, 201, "{:?}", again.json());
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        3,
+        "the refused one was sent"
+    );
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "residency_rejections_total{reason=\"too_many_requests\"}"
+        ),
+        Some(1.0)
+    );
+    proxy.stop().await;
+}

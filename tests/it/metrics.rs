@@ -97,6 +97,7 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
         "residency_reloads_total{result=\"success\"}",
         "residency_rejections_total{reason=\"no_healthy_datacenter\"}",
         "residency_rejections_total{reason=\"tenant_conflict\"}",
+        "residency_rejections_total{reason=\"too_many_requests\"}",
         "residency_connections_rejected_total{reason=\"connection_limit\"}",
         "residency_upstream_retries_total{reason=\"connect_failed\"}",
         "residency_tls_handshakes_total{result=\"failure\"}",

@@ -1,0 +1,128 @@
+//! Requests in flight per client address (`limits.max_requests_per_client`).
+//!
+//! Every forwarded request holds a connection to its data centre until its
+//! response head is back, and a client decides how long that is (a body
+//! sent at the minimum rate, stream after stream). Without a bound per
+//! client, a few clients could hold every connection an upstream allows.
+//! A client is its resolved address (the one the residency decision used,
+//! so a trusted front's clients count one by one), IPv6 clients by their
+//! /64 (one subscriber's usual allocation).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// Counts of requests in flight, by client.
+#[derive(Default)]
+pub struct InFlight {
+    counts: Mutex<HashMap<u128, u32>>,
+}
+
+/// One request counted against its client until dropped.
+pub struct Held<'a> {
+    in_flight: &'a InFlight,
+    key: u128,
+}
+
+/// The client an address counts for: an IPv4 address itself (as its
+/// IPv4-mapped IPv6 form), an IPv6 address's /64.
+fn key(addr: IpAddr) -> u128 {
+    match addr.to_canonical() {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+    }
+}
+
+impl InFlight {
+    /// Counts one more request of `client`, unless it has `max` in flight
+    /// already (`None`: refuse it). `max = 0`: no limit, nothing counted.
+    pub fn enter(&self, client: IpAddr, max: u32) -> Option<Option<Held<'_>>> {
+        if max == 0 {
+            return Some(None);
+        }
+        let key = key(client);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(Held {
+            in_flight: self,
+            key,
+        }))
+    }
+
+    /// Clients with a request in flight.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.counts.lock().unwrap().len()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .in_flight
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_gets_max_requests_in_flight_and_its_slots_come_back() {
+        let in_flight = InFlight::default();
+        let a = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
+        let b = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
+        assert!(in_flight.enter(ip("192.0.2.1"), 2).is_none());
+        // Another client is counted on its own.
+        let other = in_flight.enter(ip("192.0.2.2"), 2).unwrap();
+        assert!(other.is_some());
+        drop(a);
+        let c = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
+        assert!(in_flight.enter(ip("192.0.2.1"), 2).is_none());
+        drop((b, c, other));
+        assert_eq!(
+            in_flight.clients(),
+            0,
+            "entries of idle clients are removed"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_address() {
+        let in_flight = InFlight::default();
+        let _a = in_flight.enter(ip("2001:db8:1:2::1"), 1).unwrap();
+        assert!(in_flight.enter(ip("2001:db8:1:2:ffff::9"), 1).is_none());
+        assert!(in_flight.enter(ip("2001:db8:1:3::1"), 1).unwrap().is_some());
+        let _v4 = in_flight.enter(ip("198.51.100.7"), 1).unwrap();
+        assert!(in_flight.enter(ip("::ffff:198.51.100.7"), 1).is_none());
+        // ::/64 is not 0.0.0.0.
+        assert!(in_flight.enter(ip("0.0.0.0"), 1).unwrap().is_some());
+        assert!(in_flight.enter(ip("::5"), 1).unwrap().is_some());
+    }
+
+    #[test]
+    fn no_limit_counts_nothing() {
+        let in_flight = InFlight::default();
+        for _ in 0..3 {
+            assert!(in_flight.enter(ip("192.0.2.1"), 0).unwrap().is_none());
+        }
+        assert_eq!(in_flight.clients(), 0);
+    }
+}
