@@ -254,9 +254,10 @@ impl Geo {
 
     /// The country of a (canonical) address. A database record without a
     /// `country` (anycast, satellite) is a miss: we never fall back to
-    /// `registered_country`.
+    /// `registered_country`. A Teredo address is located by its client's
+    /// public IPv4 address ([`located`]).
     pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
-        let addr = addr.to_canonical();
+        let addr = located(addr);
         if let Some(c) = self.overrides.find(addr) {
             return (Some(c), LookupResult::Override);
         }
@@ -331,6 +332,20 @@ impl Geo {
     }
 }
 
+/// The address a lookup locates: the canonical form, and for a Teredo
+/// address (RFC 4380, `2001::/32`) its client's public IPv4 address (the
+/// last 32 bits, inverted), which the connection's packets are sent to. A
+/// GeoIP database's alias of `2001::/32` to its IPv4 tree would locate the
+/// Teredo server instead (bits 32–63), which the client chooses.
+fn located(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..2] == [0x2001, 0] => {
+            IpAddr::V4(std::net::Ipv4Addr::from(!(u128::from(v6) as u32)))
+        }
+        canonical => canonical,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +380,38 @@ mod tests {
             [PathElement::Key("country"), PathElement::Key("iso_code")];
         let code: Option<&str> = g.reader.lookup(addr).unwrap().decode_path(&PATH).unwrap();
         code.and_then(Country::parse)
+    }
+
+    /// A Teredo client is located by its own public IPv4 address, not by
+    /// the Teredo server it chose (where a database aliasing `2001::/32` to
+    /// its IPv4 tree, as MaxMind's do, would place it); other IPv6
+    /// addresses, 6to4's included, are looked up as they are.
+    #[test]
+    fn a_teredo_client_is_located_by_its_own_address() {
+        let rows = vec![
+            Row {
+                network: "192.0.2.0/24".parse().unwrap(),
+                country: "CH".into(),
+            },
+            // What an alias of 2001::/32 answers for a US Teredo server.
+            Row {
+                network: "2001::/32".parse().unwrap(),
+                country: "US".into(),
+            },
+            Row {
+                network: "2001:db8::/32".parse().unwrap(),
+                country: "DE".into(),
+            },
+        ];
+        let db = build_country_db(&rows, 1_700_000_000).unwrap();
+        let g = Geo::from_bytes(db, Vec::new()).unwrap();
+        // Server 203.0.113.1, client 192.0.2.45 (inverted: 3fff:fdd2).
+        let teredo = ip("2001:0:cb00:7101:8000:f227:3fff:fdd2");
+        assert_eq!(located(teredo), ip("192.0.2.45"));
+        assert_eq!(g.lookup(teredo).0, Country::parse("CH"));
+        assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("DE"));
+        assert_eq!(located(ip("2002:c000:22d::1")), ip("2002:c000:22d::1"));
+        assert_eq!(located(ip("::ffff:192.0.2.45")), ip("192.0.2.45"));
     }
 
     /// The /16 index and the record cache answer exactly what `maxminddb`
@@ -454,7 +501,7 @@ mod tests {
                     let addr = addr.to_canonical();
                     assert_eq!(
                         g.lookup(addr).0,
-                        reference(&g, addr),
+                        reference(&g, located(addr)),
                         "{addr} ({record_size}-bit)"
                     );
                 }
