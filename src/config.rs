@@ -72,6 +72,9 @@ pub struct Listener {
     pub trusted_proxies: TrustedProxies,
     pub certificates: Vec<CertPaths>,
     pub client_ca: Option<PathBuf>,
+    /// PEM CRLs of `client_ca`'s issuers: revoked client certificates are
+    /// refused at the handshake.
+    pub client_crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +388,7 @@ pub struct RawTls {
     #[serde(default)]
     pub certificates: Vec<RawCert>,
     pub client_ca: Option<String>,
+    pub client_crl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -664,6 +668,7 @@ fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> 
     }
     let mut certificates = Vec::new();
     let mut client_ca = None;
+    let mut client_crl = None;
     match &raw.tls {
         None => r.push(
             format!("{key}.tls"),
@@ -687,6 +692,15 @@ fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> 
             if let Some(ca) = &tls.client_ca {
                 client_ca = file(ca, &format!("{key}.tls.client_ca"), base, r);
             }
+            if let Some(crl) = &tls.client_crl {
+                if tls.client_ca.is_none() {
+                    r.push(
+                        format!("{key}.tls.client_crl"),
+                        "needs client_ca: without client certificates there is nothing to revoke",
+                    );
+                }
+                client_crl = file(crl, &format!("{key}.tls.client_crl"), base, r);
+            }
         }
     }
     Some(Listener {
@@ -695,6 +709,7 @@ fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> 
         trusted_proxies: TrustedProxies::new(nets),
         certificates,
         client_ca,
+        client_crl,
     })
 }
 
@@ -1464,6 +1479,15 @@ upstreams = ["http://127.0.0.1:1"]
             );
             assert!(text.contains(": 1 problem"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_crl_without_a_client_ca_is_named() {
+        let text = problems(
+            "[[listeners]]\n[listeners.tls]\ncertificates = [{ cert = \"c.pem\", key = \"c.key\" }]\nclient_crl = \"crl.pem\"",
+        );
+        let line = "- listeners[0].tls.client_crl: needs client_ca";
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 
     #[test]

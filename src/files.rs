@@ -32,6 +32,7 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
             files.push(c.key.clone());
         }
         files.extend(l.client_ca.iter().cloned());
+        files.extend(l.client_crl.iter().cloned());
     }
     for pair in config.transparency.iter().flat_map(|t| &t.tls) {
         files.push(pair.cert.clone());

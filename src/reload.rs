@@ -2,9 +2,10 @@
 //! dropping a request.
 //!
 //! A reload is triggered by SIGHUP or by a change in any file the proxy
-//! reads (config, certificates and keys, client CA, upstream CA, GeoIP
-//! database). Files are polled every `timeouts.reload_poll` by *path*, with
-//! symlinks resolved on every poll, so the directory swaps Kubernetes does
+//! reads (config, certificates and keys, the log listener's included,
+//! client CA and CRL, upstream CA, GeoIP database, tenant files). Files are
+//! polled every `timeouts.reload_poll` by *path*, with symlinks resolved
+//! on every poll, so the directory swaps Kubernetes does
 //! for ConfigMaps and Secrets (`..data` → new directory) are seen as changes
 //! of every file in them. A poll only stats the files ([`crate::files`]);
 //! nothing is parsed until one changed. The new state is built on Tokio's

@@ -82,14 +82,41 @@ impl Snapshot {
                 .iter()
                 .map(|c| residency_tls::load_cert_source(&c.cert, &c.key))
                 .collect();
-            let ca = l.client_ca.as_ref().map(std::fs::read).transpose();
-            match (certs, ca) {
-                (Ok(certs), Ok(ca)) => match residency_tls::server_config(&certs, ca.as_deref()) {
-                    Ok(c) => server_configs.push(c),
-                    Err(e) => report.push(key, e),
-                },
-                (Err(e), _) => report.push(key, e),
-                (_, Err(e)) => report.push(format!("{key}.client_ca"), e),
+            let read = |path: &std::path::Path, what: &str| {
+                std::fs::read(path)
+                    .map_err(|e| (format!("{key}.{what}"), format!("{}: {e}", path.display())))
+            };
+            let ca = l
+                .client_ca
+                .as_deref()
+                .map(|p| read(p, "client_ca"))
+                .transpose();
+            let crl = l
+                .client_crl
+                .as_deref()
+                .map(|p| read(p, "client_crl"))
+                .transpose();
+            let built = match (certs, ca, crl) {
+                (Err(e), _, _) => Err((key.clone(), e.to_string())),
+                (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                (Ok(certs), Ok(ca), Ok(crl)) => {
+                    let crls: Vec<(String, Vec<u8>)> = l
+                        .client_crl
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .zip(crl)
+                        .collect();
+                    let client = ca.as_deref().map(|ca_pem| residency_tls::ClientAuth {
+                        ca_pem,
+                        crls: &crls,
+                    });
+                    residency_tls::server_config(&certs, client.as_ref())
+                        .map_err(|e| (key.clone(), e.to_string()))
+                }
+            };
+            match built {
+                Ok(c) => server_configs.push(c),
+                Err((key, e)) => report.push(key, e),
             }
         }
         let mut log_tls = None;

@@ -933,35 +933,83 @@ pub async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
 /// PEM key) for `device-7.clients.test`, CN `device-7`, carrying the given
 /// URI as a SAN too.
 pub fn client_ca_and_certs(uris: &[Option<&str>]) -> (String, Vec<(String, String)>) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "residency test client CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaves = uris
-        .iter()
-        .map(|uri| {
-            let mut leaf =
-                CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
-            if let Some(uri) = uri {
-                leaf.subject_alt_names
-                    .push(SanType::URI((*uri).try_into().unwrap()));
-            }
-            leaf.distinguished_name.push(DnType::CommonName, "device-7");
-            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().unwrap();
-            let cert = leaf.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        })
-        .collect();
-    (ca_cert.pem(), leaves)
+    let pki = ClientPki::new(uris);
+    (pki.ca, pki.leaves)
+}
+
+/// A client CA (PEM), its client certificates and keys (PEM; serial
+/// numbers 1, 2, …), and what it takes to sign CRLs.
+pub struct ClientPki {
+    pub ca: String,
+    pub leaves: Vec<(String, String)>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientPki {
+    /// One client certificate per entry of `uris`, with that SAN URI if any.
+    pub fn new(uris: &[Option<&str>]) -> ClientPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, "residency test client CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaves = uris
+            .iter()
+            .zip(1u64..)
+            .map(|(uri, serial)| {
+                let mut leaf =
+                    CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
+                if let Some(uri) = uri {
+                    leaf.subject_alt_names
+                        .push(SanType::URI((*uri).try_into().unwrap()));
+                }
+                leaf.serial_number = Some(serial.into());
+                leaf.distinguished_name.push(DnType::CommonName, "device-7");
+                leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                let key = KeyPair::generate().unwrap();
+                let cert = leaf.signed_by(&key, &issuer).unwrap();
+                (cert.pem(), key.serialize_pem())
+            })
+            .collect();
+        ClientPki {
+            ca: ca_cert.pem(),
+            leaves,
+            issuer,
+        }
+    }
+
+    /// The CA's CRL number `number` (PEM), revoking the certificates of
+    /// these serial numbers.
+    pub fn crl(&self, number: u64, revoked: &[u64]) -> String {
+        let day = rcgen::date_time_ymd(2026, 1, 1);
+        rcgen::CertificateRevocationListParams {
+            this_update: day,
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: number.into(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: serial.into(),
+                    revocation_time: day,
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
 }
 
 /// One raw HTTP/1.1 GET; returns the head (lowercased) and the body.

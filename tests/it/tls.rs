@@ -322,3 +322,60 @@ async fn client_ca_requires_a_client_certificate() {
     assert_eq!(reply.status, 201);
     proxy.stop().await;
 }
+
+/// `client_crl`: a client certificate its CA's CRL revokes is refused at
+/// the handshake, and nothing of its upload is forwarded; a new CRL
+/// written over the file applies from the next handshakes, without a
+/// restart, while a certificate no CRL lists keeps uploading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_and_a_new_crl_is_reloaded() {
+    let pki = ClientPki::new(&[None, None, None]);
+    let files = TempDir::new("crl");
+    let ca_path = files.path().join("ca.pem");
+    let crl_path = files.path().join("crl.pem");
+    std::fs::write(&ca_path, &pki.ca).unwrap();
+    std::fs::write(&crl_path, pki.crl(1, &[2])).unwrap();
+    let port = closed_port().await.port();
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "{}client_crl = \"{}\"\n[timeouts]\nreload_poll = \"100ms\"\n",
+            mtls_listener(port, &ca_path),
+            crl_path.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let mtls: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let upload = async |leaf: usize| {
+        let (cert, key) = &pki.leaves[leaf];
+        Client::new(mtls, &proxy.certs)
+            .client_cert(cert, key)
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH)],
+                Full::new(Bytes::from_static(b"x"))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .await
+            .map(|reply| reply.status)
+    };
+    // Serial 1 uploads; serial 2, revoked, does not get a request through.
+    assert_eq!(upload(0).await.unwrap(), StatusCode::CREATED);
+    let revoked = upload(1).await;
+    assert!(revoked.is_err(), "a revoked certificate: {revoked:?}");
+    assert_eq!(proxy.upstream("zurich").count(), 1);
+
+    // CRL 2 also revokes serial 1: the next handshakes refuse it, serial 3
+    // still uploads.
+    let crl = files.path().join("crl.pem.new");
+    std::fs::write(&crl, pki.crl(2, &[1, 2])).unwrap();
+    std::fs::rename(&crl, &crl_path).unwrap();
+    eventually("the new CRL refuses serial 1", async || {
+        upload(0).await.is_err()
+    })
+    .await;
+    assert_eq!(upload(2).await.unwrap(), StatusCode::CREATED);
+    proxy.stop().await;
+}

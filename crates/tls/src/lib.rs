@@ -24,7 +24,7 @@ use rustls::{
     ClientConfig, InconsistentKeys, RootCertStore, ServerConfig, SupportedProtocolVersion,
 };
 use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 static VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
@@ -61,6 +61,8 @@ pub enum TlsError {
     NoCaCertificates(String),
     #[error("{0}: invalid CA certificate: {1}")]
     BadCa(String, rustls::Error),
+    #[error("{0}: no CRL found (PEM \"X509 CRL\" blocks expected)")]
+    NoCrl(String),
     #[error("client_ca: cannot build client certificate verifier: {0}")]
     ClientVerifier(VerifierBuilderError),
     #[error("TLS configuration: {0}")]
@@ -122,6 +124,31 @@ fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, T
 }
 
 /// Parses a PEM CA bundle into a root store; an empty bundle is an error.
+/// Client certificates a server requires (mTLS).
+pub struct ClientAuth<'a> {
+    /// PEM CA bundle the certificates must chain to.
+    pub ca_pem: &'a [u8],
+    /// PEM files of CRLs (each with its label for errors); a certificate
+    /// they revoke is refused.
+    pub crls: &'a [(String, Vec<u8>)],
+}
+
+fn crls(
+    files: &[(String, Vec<u8>)],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut all = Vec::new();
+    for (label, pem) in files {
+        let found = CertificateRevocationListDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem(label.clone(), e))?;
+        if found.is_empty() {
+            return Err(TlsError::NoCrl(label.clone()));
+        }
+        all.extend(found);
+    }
+    Ok(all)
+}
+
 fn ca_store(pem: &[u8], label: &str) -> Result<RootCertStore, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -189,21 +216,25 @@ impl ResolvesServerCert for SniResolver {
 /// (dialling by IP) or an unknown name — never a failed handshake for missing
 /// SNI.
 ///
-/// Optional `client_ca_pem` → mTLS: clients must present a certificate chained
-/// to that CA.
+/// Optional `client` → mTLS: clients must present a certificate chained
+/// to its CA, and not revoked by its CRLs.
 pub fn server_config(
     certs: &[CertSource],
-    client_ca_pem: Option<&[u8]>,
+    client: Option<&ClientAuth<'_>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let resolver = SniResolver::new(certs)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(TlsError::Rustls)?;
-    let builder = match client_ca_pem {
+    let builder = match client {
         None => builder.with_no_client_auth(),
-        Some(pem) => {
-            let roots = Arc::new(ca_store(pem, "client_ca")?);
+        Some(client) => {
+            let roots = Arc::new(ca_store(client.ca_pem, "client_ca")?);
+            // With CRLs, each certificate of the chain (the anchor
+            // excepted) must have its issuer's CRL: an unknown status is
+            // refused, as OpenSSL's CRL_CHECK_ALL does.
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .with_crls(crls(client.crls)?)
                 .build()
                 .map_err(TlsError::ClientVerifier)?;
             builder.with_client_cert_verifier(verifier)
@@ -396,7 +427,12 @@ mod tests {
         let stray = self_signed(&["uploader"]).unwrap();
 
         let (s1, d1) = source(&["ingest.example.com"]);
-        let server = server_config(&[s1], Some(ca.pem().as_bytes())).unwrap();
+        let ca_pem = ca.pem();
+        let auth = ClientAuth {
+            ca_pem: ca_pem.as_bytes(),
+            crls: &[],
+        };
+        let server = server_config(&[s1], Some(&auth)).unwrap();
         let cases = [(None, false), (Some(&stray), false), (Some(&signed), true)];
         for version in [&TLS13, &TLS12] {
             for (auth, accept) in &cases {
@@ -413,8 +449,77 @@ mod tests {
                 assert_eq!(s.is_ok(), *accept, "{version:?} {auth:?}: {s:?}");
             }
         }
-        let err = server_config(&[source(&["x"]).0], Some(b"")).unwrap_err();
+        let empty = ClientAuth {
+            ca_pem: b"",
+            crls: &[],
+        };
+        let err = server_config(&[source(&["x"]).0], Some(&empty)).unwrap_err();
         assert_eq!(err.to_string(), "client_ca: no CA certificates");
+    }
+
+    /// A client certificate its CA's CRL revokes is refused; one the CRL
+    /// does not list is accepted; a CRL file without a CRL is named.
+    #[tokio::test]
+    async fn a_revoked_client_certificate_is_refused() {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf = |serial: u64| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["uploader".to_owned()]).unwrap();
+            params.serial_number = Some(serial.into());
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (
+                cert.der().clone(),
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+        };
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: 2u64.into(),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca)
+        .unwrap();
+        let crls = [("client_crl".to_owned(), crl.pem().unwrap().into_bytes())];
+        let ca_pem = ca.pem();
+        let auth = ClientAuth {
+            ca_pem: ca_pem.as_bytes(),
+            crls: &crls,
+        };
+        let (s1, d1) = source(&["ingest.example.com"]);
+        let server = server_config(&[s1], Some(&auth)).unwrap();
+        for (serial, accept) in [(1, true), (2, false)] {
+            let (cert, key) = leaf(serial);
+            let cfg = client(&[&d1], &TLS13)
+                .with_client_auth_cert(vec![cert], key)
+                .unwrap();
+            let (_, s) = handshake(&server, cfg, "ingest.example.com").await;
+            assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
+        }
+        let junk = [("crl.pem".to_owned(), b"not a CRL".to_vec())];
+        let auth = ClientAuth {
+            ca_pem: ca_pem.as_bytes(),
+            crls: &junk,
+        };
+        let err = server_config(&[source(&["x"]).0], Some(&auth)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("crl.pem: no CRL found"),
+            "{err}"
+        );
     }
 
     #[test]
