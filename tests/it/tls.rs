@@ -236,6 +236,17 @@ fn tls11_client_hello() -> Vec<u8> {
     record
 }
 
+/// One small upload from CH over a new connection of `client`; a failed
+/// handshake or connection is an `Err`, not a panic.
+async fn try_upload(client: &Client) -> Result<Reply, BoxError> {
+    let body = Full::new(Bytes::from_static(b"x"))
+        .map_err(|e| match e {})
+        .boxed();
+    client
+        .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+        .await
+}
+
 /// A CA and a client certificate (PEM cert, PEM key) signed by it.
 fn client_ca_and_cert() -> (String, String, String) {
     let (ca, mut leaves) = client_ca_and_certs(&[None]);
@@ -273,16 +284,7 @@ async fn client_ca_requires_a_client_certificate() {
             "{version:?} without client cert: {result:?}"
         );
     }
-    let reply = Client::new(mtls, &proxy.certs)
-        .send_body(
-            "POST",
-            "/v1/telemetry",
-            &[("x-forwarded-for", CH)],
-            Full::new(Bytes::from_static(b"x"))
-                .map_err(|e| match e {})
-                .boxed(),
-        )
-        .await;
+    let reply = try_upload(&Client::new(mtls, &proxy.certs)).await;
     assert!(reply.is_err(), "no client certificate: {reply:?}");
     assert_eq!(proxy.upstream("zurich").count(), 0, "nothing was forwarded");
     let failures = metric_reaches(
@@ -348,18 +350,8 @@ async fn a_revoked_client_certificate_is_refused_and_a_new_crl_is_reloaded() {
     let mtls: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let upload = async |leaf: usize| {
         let (cert, key) = &pki.leaves[leaf];
-        Client::new(mtls, &proxy.certs)
-            .client_cert(cert, key)
-            .send_body(
-                "POST",
-                "/v1/telemetry",
-                &[("x-forwarded-for", CH)],
-                Full::new(Bytes::from_static(b"x"))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .await
-            .map(|reply| reply.status)
+        let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
+        try_upload(&client).await.map(|reply| reply.status)
     };
     // Serial 1 uploads; serial 2, revoked, does not get a request through.
     assert_eq!(upload(0).await.unwrap(), StatusCode::CREATED);
