@@ -112,8 +112,12 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Seconds, 1 ms to 10 min: a 100 MiB upload (`limits.max_body_bytes`) at
+/// a few hundred KiB/s takes minutes, and a request may wait up to
+/// `timeouts.upstream_response` after it.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 
 impl Metrics {
