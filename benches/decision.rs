@@ -153,6 +153,21 @@ fn bench(c: &mut Criterion) {
     c.bench_function("origin_resolve_xff", |b| {
         b.iter(|| origin::resolve(black_box(peer), None, xff.iter(), &trusted))
     });
+
+    // A request's count against limits.max_requests_per_client, taken and
+    // given back, with 1,000 other clients in flight.
+    let in_flight = residency_proxy::client_limit::InFlight::default();
+    let others: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            in_flight.enter(addr, 256).unwrap()
+        })
+        .collect();
+    let client: IpAddr = "192.0.2.1".parse().unwrap();
+    c.bench_function("client_limit_enter_and_leave", |b| {
+        b.iter(|| drop(in_flight.enter(black_box(client), 256)))
+    });
+    drop(others);
 }
 
 criterion_group!(benches, bench);
