@@ -462,7 +462,17 @@ async fn send(
     }
     match result {
         Ok(mut resp) => {
-            if !headers::client_framing(resp.headers_mut()) {
+            let status = resp.status();
+            if status.is_informational() {
+                // hyper passes 101 on as if final (1xx else are skipped):
+                // no answer to an upload, and forbidden in HTTP/2.
+                tracing::warn!(request_id = id, datacenter = dc, %status, "the data centre answered with an interim status as its final answer; not forwarded");
+                Attempt::Failed {
+                    failure: Failure::UpstreamError,
+                    unsent: None,
+                    headers: None,
+                }
+            } else if !headers::client_framing(status, resp.headers_mut()) {
                 let coding = resp.headers().get(header::TRANSFER_ENCODING);
                 tracing::warn!(request_id = id, datacenter = dc, ?coding, "the data centre answered with a transfer coding other than chunked; not forwarded");
                 Attempt::Failed {

@@ -282,8 +282,16 @@ pub fn to_client(
 /// coding beyond `chunked` (`gzip, chunked`) could not be labelled for the
 /// client (transfer codings are hop-by-hop; HTTP/2 has none). A list of
 /// equal lengths (`5, 5`, which hyper's client accepts) becomes the one
-/// value, as HTTP/2 clients require. One lookup per field in the usual case.
-pub fn client_framing(headers: &mut HeaderMap) -> bool {
+/// value, as HTTP/2 clients require. A 204 has no content and carries
+/// neither field (RFC 9110 §8.6: an HTTP/2 client may take a
+/// `content-length` on it for a malformed response). One lookup per field
+/// in the usual case.
+pub fn client_framing(status: http::StatusCode, headers: &mut HeaderMap) -> bool {
+    if status == http::StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        return true;
+    }
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_some() {
         let chunked_only = codings

@@ -52,6 +52,19 @@ pub struct Conn {
     /// The names in the client's certificate (on `client_ca` listeners,
     /// when tenants are recognised by certificate).
     pub cert: Option<Box<CertNames>>,
+    /// Counts work on the connection as in flight while the guard it
+    /// returns lives: a request body still read after its answer went out.
+    pub hold: Option<Hold>,
+}
+
+/// See [`Conn::hold`].
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
 }
 
 /// Fields of the access-log line (and the decision record), filled in as
@@ -127,6 +140,10 @@ pub async fn handle(
         return Ok(options_here(&state, &id, req.into_body()));
     }
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
+    if let (Ok((_, slot)), Some(hold)) = (&routed, &conn.hold) {
+        // Answered early: the rest of the body is still the request's.
+        slot.hold_while_reading(|| (hold.0)());
+    }
     let (mut resp, bytes, receipt) =
         respond(&instance, &state, &mut findings, &id, received, routed).await;
 

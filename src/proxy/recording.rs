@@ -130,9 +130,15 @@ pub async fn answered<B>(
     );
     record.upstream_status = Some(resp.status().as_u16());
     // The data centre may answer before it has read the whole body; a
-    // receipt names the body it got, so wait (bounded) for the end.
+    // receipt names the body it got, so a 2xx waits for the end (while the
+    // body makes progress). Another answer is recorded with the digest
+    // only if the body has already ended: it is not held for it.
     let idle = context.state.config.timeouts.request_body_idle;
-    let sha256 = slot.wait_sha256(idle).await;
+    let sha256 = if stored {
+        slot.wait_sha256(idle).await
+    } else {
+        slot.sha256()
+    };
     match sha256 {
         Some(sha256) => {
             record.body = Some(BodyDigest {

@@ -114,14 +114,16 @@ pub(super) async fn serve(
             .map(Box::new);
         (sni, cert)
     };
+    let activity = Arc::new(Activity::new(&instance, &limits));
+    let held = activity.clone();
     let conn = Arc::new(Conn {
         peer,
         proxy_source,
         listener: index,
         sni,
         cert,
+        hold: Some(proxy::Hold(Arc::new(move || Box::new(held.hold())))),
     });
-    let activity = Arc::new(Activity::new(&instance, &limits));
     let service = {
         let activity = activity.clone();
         let instance = instance.clone();

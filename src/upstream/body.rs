@@ -118,13 +118,15 @@ struct Source {
 }
 
 impl Source {
-    /// Discards what is left of the client's body in a task of its own.
-    fn abandon(self, bounds: Bounds) {
-        if self.rest.is_end_stream() {
-            return;
-        }
+    /// Discards what is left of the client's body in a task of its own,
+    /// which keeps `held` (see [`BodySlot::hold_while_reading`]) until it
+    /// is done.
+    fn abandon(self, bounds: Bounds, held: Option<Held>) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            drop(runtime.spawn(discard(self.rest, bounds)));
+            drop(runtime.spawn(async move {
+                discard(self.rest, bounds).await;
+                drop(held);
+            }));
         }
     }
 
@@ -141,6 +143,27 @@ impl std::fmt::Debug for Source {
         f.debug_struct("Source")
             .field("prefix", &self.prefix.len())
             .field("hashing", &self.digest.is_some())
+            .finish()
+    }
+}
+
+/// What keeps the client's connection counted as busy while its body is
+/// still read after the answer went out.
+type Held = Box<dyn Send + Sync>;
+
+/// Whether the client's body is still being read, and what is held
+/// meanwhile ([`BodySlot::hold_while_reading`]).
+#[derive(Default)]
+struct Reading {
+    done: bool,
+    held: Option<Held>,
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("done", &self.done)
+            .field("held", &self.held.is_some())
             .finish()
     }
 }
@@ -163,8 +186,12 @@ pub struct BodySlot {
     failure: AtomicU8,
     /// The body's SHA-256 once the client's body has been read to its end.
     sha256: Mutex<Option<[u8; 32]>>,
-    /// Woken when the body ends or fails.
+    /// Woken when the body ends, fails or is abandoned.
     ended: Notify,
+    /// An upstream left the rest of the body unread (it is discarded): it
+    /// will not be read to its end.
+    abandoned: AtomicBool,
+    reading: Mutex<Reading>,
     /// The body arrives on an HTTP/2 stream (see [`BodySlot::ended_cleanly`]).
     h2: bool,
 }
@@ -202,6 +229,8 @@ impl BodySlot {
             failure: AtomicU8::new(0),
             sha256: Mutex::new(None),
             ended: Notify::new(),
+            abandoned: AtomicBool::new(false),
+            reading: Mutex::new(Reading::default()),
             h2,
         })
     }
@@ -229,21 +258,47 @@ impl BodySlot {
         })
     }
 
-    /// Waits up to `limit` for the body to be read to its end (an upstream
-    /// may answer before it has consumed the whole body) and returns its
-    /// SHA-256; `None` if it failed or did not end in time.
-    pub async fn wait_sha256(&self, limit: Duration) -> Option<[u8; 32]> {
-        let ended = self.ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if let Some(d) = self.sha256() {
-            return Some(d);
+    /// Waits for the body to be read to its end (an upstream may answer
+    /// before it has consumed the whole body) and returns its SHA-256;
+    /// `None` if it failed, was abandoned, or made no progress for `idle`
+    /// (the body's own deadlines bound the rest).
+    pub async fn wait_sha256(&self, idle: Duration) -> Option<[u8; 32]> {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(d) = self.sha256() {
+                return Some(d);
+            }
+            if self.failure().is_some() || self.abandoned.load(Ordering::Relaxed) {
+                return None;
+            }
+            let before = self.bytes();
+            if tokio::time::timeout(idle, ended).await.is_err() && self.bytes() == before {
+                return self.sha256();
+            }
         }
-        if self.failure().is_some() {
-            return None;
+    }
+
+    /// Keeps what `hold` makes until the client's body has been read to
+    /// its end (or given up, its rest discarded), if it has not been yet:
+    /// an upstream that answers early may still be reading it, and the
+    /// client's connection must not take those bytes for a next request's
+    /// head, nor close as idle.
+    pub fn hold_while_reading(&self, hold: impl FnOnce() -> Held) {
+        if let Ok(mut reading) = self.reading.lock() {
+            if !reading.done {
+                reading.held = Some(hold());
+            }
         }
-        let _ = tokio::time::timeout(limit, ended).await;
-        self.sha256()
+    }
+
+    /// The body is read no more: what was held is given back (or handed
+    /// to the task that discards the rest).
+    fn done_reading(&self) -> Option<Held> {
+        let mut reading = self.reading.lock().ok()?;
+        reading.done = true;
+        reading.held.take()
     }
 
     /// The client's body was read to its end.
@@ -253,6 +308,19 @@ impl BodySlot {
                 *slot = Some(digest_bytes(d.finish()));
             }
         }
+        drop(self.done_reading());
+        self.ended.notify_waiters();
+    }
+
+    /// An upstream left the rest of the body unread: it is discarded,
+    /// holding what was held until then.
+    fn abandon(&self, source: Source) {
+        let held = self.done_reading();
+        if source.rest.is_end_stream() {
+            return;
+        }
+        self.abandoned.store(true, Ordering::Relaxed);
+        source.abandon(self.discard, held);
         self.ended.notify_waiters();
     }
 
@@ -361,7 +429,7 @@ impl Drop for BodySlot {
     /// A body no upstream took is discarded, not reset.
     fn drop(&mut self) {
         if let Some(source) = self.source.get_mut().ok().and_then(Option::take) {
-            source.abandon(self.discard);
+            self.abandon(source);
         }
     }
 }
@@ -518,8 +586,12 @@ impl Drop for ForwardBody {
                 slot.failure(),
                 Some(BodyError::IdleTimeout | BodyError::TooSlow | BodyError::Client)
             );
-            if let Some(source) = source.take().filter(|_| !client_stopped) {
-                source.abandon(slot.discard);
+            // Without the source, this attempt never took the body: it is
+            // still in the slot, for another attempt.
+            match source.take() {
+                Some(_) if client_stopped => drop(slot.done_reading()),
+                Some(source) => slot.abandon(source),
+                None => {}
             }
         }
     }

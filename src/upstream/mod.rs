@@ -44,6 +44,7 @@ pub fn pool(
             idle_timeout: settings.pool_idle_timeout,
             max_idle_per_upstream: settings.pool_max_idle_per_host,
             response_idle: timeouts.upstream_response_idle,
+            send_idle: timeouts.upstream_send_idle,
             max_connections_per_upstream: settings.max_connections_per_upstream,
         },
     )

@@ -135,6 +135,7 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     response_idle: Duration,
+    send_idle: Duration,
     reaper_started: AtomicBool,
 }
 
@@ -145,6 +146,10 @@ pub struct PoolSettings {
     pub max_idle_per_upstream: usize,
     /// The longest a response body may send nothing (`upstream_response_idle`).
     pub response_idle: Duration,
+    /// `upstream_send_idle`: a connection whose writes stay blocked twice
+    /// that long is closed, whether or not a request still watches it
+    /// (after an early answer, none does).
+    pub send_idle: Duration,
     /// Connections open to one upstream at most (busy and idle).
     pub max_connections_per_upstream: usize,
 }
@@ -199,6 +204,7 @@ impl Pool {
                 idle_timeout: settings.idle_timeout,
                 max_idle: settings.max_idle_per_upstream,
                 response_idle: settings.response_idle,
+                send_idle: settings.send_idle,
                 reaper_started: AtomicBool::new(false),
             }),
         })
@@ -378,9 +384,22 @@ impl Pool {
             progress: progress.clone(),
         };
         let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        // A request's own watchdog ends its attempt at `upstream_send_idle`
+        // of blocked writes; this bound also covers a request body still
+        // written after the answer came (an early answer), which no request
+        // watches any more: a data centre that stops reading then cannot
+        // keep the connection, its permit and the client's body forever.
+        let stalled = inner.send_idle.saturating_mul(2);
+        let watched = progress.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+            tokio::select! {
+                biased;
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                },
+                () = watched.stalled(stalled) => {
+                    tracing::warn!(phase = "upstream_send_idle", "the upstream took no bytes for twice upstream_send_idle; its connection is closed");
+                }
             }
             drop(permit);
         });
@@ -569,30 +588,41 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                // A timer only once the body has had to wait (a small
-                // answer usually arrives with its head).
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    tracing::warn!(phase = "upstream_response_idle", "timeout");
-                    return Poll::Ready(Some(Err(BodyError::Idle)));
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    // A timer only once the body has had to wait (a small
+                    // answer usually arrives with its head).
+                    let idle = this.idle;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        tracing::warn!(phase = "upstream_response_idle", "timeout");
+                        return Poll::Ready(Some(Err(BodyError::Idle)));
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Pending
-            }
-            Poll::Ready(polled) => {
-                if let Some(timer) = &mut this.timer {
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle);
+                Poll::Ready(polled) => {
+                    if let Some(timer) = &mut this.timer {
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + this.idle);
+                    }
+                    match polled {
+                        None => {
+                            this.ended = true;
+                            return Poll::Ready(None);
+                        }
+                        // A data centre's trailers are not passed on: an
+                        // HTTP/1 client never gets them (`Trailer` is
+                        // removed), and to an HTTP/2 client a hop-by-hop
+                        // field among them resets the stream, a
+                        // `Residency-*` one would pass unstripped.
+                        Some(Ok(frame)) if frame.is_trailers() => continue,
+                        Some(polled) => return Poll::Ready(Some(polled.map_err(BodyError::from))),
+                    }
                 }
-                if polled.is_none() {
-                    this.ended = true;
-                }
-                Poll::Ready(polled.map(|r| r.map_err(BodyError::from)))
             }
         }
     }

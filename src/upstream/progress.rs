@@ -27,8 +27,11 @@ pub struct WriteProgress {
     /// Milliseconds since `epoch`, plus one; 0: not blocked.
     blocked_at: AtomicU64,
     /// Woken when writes start to block (so a watcher needs no timer until
-    /// then).
+    /// then): the request sending on the connection ([`Self::poll_blocked`]),
+    /// and the connection's own watch ([`Self::stalled`]). Two slots, so
+    /// neither watcher takes the other's wake-up.
     blocking: AtomicWaker,
+    blocking_connection: AtomicWaker,
     /// A write failed: the connection must not carry another request.
     failed: AtomicBool,
     /// A failed write is returned as it is, not held pending.
@@ -52,15 +55,20 @@ impl WriteProgress {
             epoch: Instant::now(),
             blocked_at: AtomicU64::new(0),
             blocking: AtomicWaker::new(),
+            blocking_connection: AtomicWaker::new(),
             failed: AtomicBool::new(false),
             pass_errors,
         })
     }
 
-    /// Resolves once writes have stayed blocked for `limit`.
+    /// Resolves once writes have stayed blocked for `limit` (the
+    /// connection's own watch; a request's is [`Self::poll_blocked`]).
     pub async fn stalled(&self, limit: Duration) {
         loop {
-            let blocked = std::future::poll_fn(|cx| self.poll_blocked(cx)).await;
+            let blocked = std::future::poll_fn(|cx| {
+                Self::poll_on(&self.blocking_connection, || self.blocked_for(), cx)
+            })
+            .await;
             if blocked >= limit {
                 return;
             }
@@ -68,13 +76,22 @@ impl WriteProgress {
         }
     }
 
-    /// Ready with how long writes have been blocked, once they are.
+    /// Ready with how long writes have been blocked, once they are (the
+    /// watch of the request sending on the connection).
     pub fn poll_blocked(&self, cx: &mut Context<'_>) -> Poll<Duration> {
-        if let Some(b) = self.blocked_for() {
+        Self::poll_on(&self.blocking, || self.blocked_for(), cx)
+    }
+
+    fn poll_on(
+        waker: &AtomicWaker,
+        blocked_for: impl Fn() -> Option<Duration>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Duration> {
+        if let Some(b) = blocked_for() {
             return Poll::Ready(b);
         }
-        self.blocking.register(cx.waker());
-        match self.blocked_for() {
+        waker.register(cx.waker());
+        match blocked_for() {
             Some(b) => Poll::Ready(b),
             None => Poll::Pending,
         }
@@ -100,6 +117,7 @@ impl WriteProgress {
             let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             self.blocked_at.store(ms + 1, Ordering::Relaxed);
             self.blocking.wake();
+            self.blocking_connection.wake();
         }
     }
 

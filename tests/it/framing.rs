@@ -392,8 +392,12 @@ async fn an_absolute_form_target_names_the_host() {
 /// The body of `POST /big` from [`raw_datacenter`].
 const BIG: usize = 64 << 20;
 
+/// Body bytes [`raw_datacenter`] read after answering `POST /early-201`.
+static EARLY_BODY_READ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A data centre that answers each request with the raw response its path
-/// names, then closes the connection.
+/// names, then closes the connection. Most paths are answered once the
+/// body is read; `/early-…` ones as soon as the head is.
 async fn raw_datacenter() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -417,6 +421,39 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 };
+                if head.starts_with("post /early-201 ") {
+                    // 201 at once, then the body, counted as it comes.
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let start = head.len() + 4;
+                    loop {
+                        let body = buf.len().min(length) - start;
+                        EARLY_BODY_READ.store(body, std::sync::atomic::Ordering::SeqCst);
+                        if buf.len() >= length {
+                            return;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                }
+                if head.starts_with("post /early-413-close ") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                if head.starts_with("post /early-400-stop ") {
+                    // Answers, then takes no more of the body, and stays.
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
                 while buf.len() < length {
                     match stream.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,
@@ -455,6 +492,12 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                     b"HTTP/1.1 201 Created\r\nContent-Length: 5, 5\r\n\r\nhello"
                 } else if head.starts_with("post /gzip-chunked ") {
                     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                } else if head.starts_with("post /trailers ") {
+                    b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: Residency-Receipt, Connection\r\n\r\n5\r\nhello\r\n0\r\nResidency-Receipt: forged\r\nConnection: x\r\n\r\n"
+                } else if head.starts_with("post /switch ") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+                } else if head.starts_with("post /no-content ") {
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"
                 } else {
                     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
                 };
@@ -539,8 +582,15 @@ async fn options_count_max_forwards_down() {
 
 /// A proxy whose zurich is [`raw_datacenter`], with `extra` config.
 async fn proxy_with_raw_zurich(extra: &str) -> Proxy {
+    proxy_with_raw_zurich_and_log(extra, None).await
+}
+
+/// As [`proxy_with_raw_zurich`], with the transparency log when
+/// `transparency` is set (its lines, see [`Setup::transparency`]).
+async fn proxy_with_raw_zurich_and_log(extra: &str, transparency: Option<String>) -> Proxy {
     let dc = raw_datacenter().await;
     Proxy::start(Setup {
+        transparency,
         datacenters: vec![
             ("frankfurt", "eu", 1, true),
             ("london", "uk", 2, true),
@@ -702,5 +752,150 @@ async fn a_slow_refused_body_is_discarded_past_request_head() {
         "{}",
         String::from_utf8_lossy(&got)
     );
+    proxy.stop().await;
+}
+
+/// What a data centre answers is made a valid final answer for the client,
+/// over HTTP/1.1 and HTTP/2: its trailers are not passed on (a hop-by-hop
+/// field among them reset the HTTP/2 stream after a 2xx; a
+/// `Residency-Receipt` one went through unstripped); a `101` (hyper passes
+/// it on as final) is a 502 `upstream_error`; a `204` carries no
+/// `Content-Length`.
+#[tokio::test]
+async fn a_data_centres_answer_is_made_a_valid_final_answer() {
+    let proxy = proxy_with_raw_zurich("").await;
+    for v in [Http::One, Http::Two] {
+        let client = proxy.client().version(v);
+        let send = |path: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .send_body("POST", path, &[("x-forwarded-for", CH)], {
+                        use http_body_util::BodyExt;
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello"))
+                            .map_err(|e| match e {})
+                            .boxed()
+                    })
+                    .await
+            }
+        };
+        let reply = send("/trailers").await.expect("a whole answer");
+        assert_eq!(reply.status, 201, "{v:?}");
+        assert_eq!(reply.body, "hello", "{v:?}");
+        let reply = send("/switch").await.expect("an answer");
+        assert_eq!(reply.status, 502, "{v:?}");
+        assert_eq!(reply.json()["error"], "upstream_error", "{v:?}");
+        let reply = send("/no-content").await.expect("an answer");
+        assert_eq!(reply.status, 204, "{v:?}");
+        assert_eq!(reply.header("content-length"), None, "{v:?}");
+    }
+    proxy.stop().await;
+}
+
+/// A data centre that answers 201 as soon as it has the head and then
+/// reads the body still gets the whole body, however long the client takes
+/// to send it: those bytes are the request's, not a next request's head
+/// bound by `request_head` (the connection was dropped at it, cutting the
+/// upload the data centre had acknowledged).
+#[tokio::test]
+async fn an_early_answer_does_not_cut_the_rest_of_the_upload() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nrequest_head = \"1s\"\n").await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    const LEN: usize = 20 * 1024;
+    let head = raw(&format!(
+        "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+    ));
+    tls.write_all(&head).await.unwrap();
+    tls.flush().await.unwrap();
+    // 1 KiB every 125 ms: 2.5 s, past request_head.
+    for _ in 0..LEN / 1024 {
+        tls.write_all(&[b'x'; 1024]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+    eventually("the data centre read the whole body", async || {
+        EARLY_BODY_READ.load(std::sync::atomic::Ordering::SeqCst) == LEN
+    })
+    .await;
+    let mut answer = [0u8; 12];
+    tls.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    proxy.stop().await;
+}
+
+/// Sends a head for `path` with a `len`-byte body, and the body as fast as
+/// the proxy takes it, in a task of its own; returns the read half.
+async fn upload_in_background(
+    proxy: &Proxy,
+    path: &str,
+    len: usize,
+) -> tokio::io::ReadHalf<impl tokio::io::AsyncRead + tokio::io::AsyncWrite> {
+    let tls = proxy.client().connect().await.expect("TLS handshake");
+    let (read, mut write) = tokio::io::split(tls);
+    let head = raw(&format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {len}\r\n\r\n"
+    ));
+    tokio::spawn(async move {
+        if write.write_all(&head).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    read
+}
+
+/// With the transparency log on, a data centre's early refusal (413, then
+/// closing) reaches the client at once: the record waits for the body's end
+/// only for a 2xx, whose receipt names it (every early answer waited
+/// `request_body_idle` for a body the data centre had abandoned).
+#[tokio::test]
+async fn an_early_refusal_is_not_held_for_the_body_with_the_log_on() {
+    let proxy = proxy_with_raw_zurich_and_log(
+        "[timeouts]\nrequest_body_idle = \"30s\"\n",
+        Some(String::new()),
+    )
+    .await;
+    let mut read = upload_in_background(&proxy, "/early-413-close", 8 << 20).await;
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
+        .await
+        .expect("the refusal within 10 s, not after request_body_idle")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    proxy.stop().await;
+}
+
+/// A data centre that answers early and then stops reading the body (its
+/// TCP window shut) does not keep its connection: past twice
+/// `upstream_send_idle` of blocked writes the connection closes, though no
+/// request watches it any more, and frees its place under
+/// `max_connections_per_upstream` (here 1: the next upload got 503
+/// `upstream_saturated` for as long as the data centre kept the socket).
+#[tokio::test]
+async fn a_data_centre_that_stops_reading_after_answering_frees_its_connection() {
+    let proxy = proxy_with_raw_zurich(
+        // No active checks: the raw data centre answers them 404.
+        "[timeouts]\nupstream_send_idle = \"500ms\"\n[upstream]\nmax_connections_per_upstream = 1\n[health]\npath = \"off\"\n",
+    )
+    .await;
+    let mut read = upload_in_background(&proxy, "/early-400-stop", 64 << 20).await;
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
+        .await
+        .expect("the early answer")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 400");
+    // Blocked writes for 2 × 500 ms, and some slack.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reply = proxy
+        .client()
+        .send("POST", "/next", &[("x-forwarded-for", CH)], "hello")
+        .await;
+    assert_eq!(reply.status, 404, "{:?}", reply.json());
     proxy.stop().await;
 }

@@ -139,6 +139,7 @@ fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
             idle_timeout,
             max_idle_per_upstream: max_idle,
             response_idle: Duration::from_secs(30),
+            send_idle: Duration::from_secs(30),
             max_connections_per_upstream: 1024,
         },
     )
@@ -261,6 +262,7 @@ async fn the_connection_cap_queues_then_refuses() {
             idle_timeout: Duration::from_secs(30),
             max_idle_per_upstream: 4,
             response_idle: Duration::from_secs(30),
+            send_idle: Duration::from_secs(30),
             max_connections_per_upstream: 1,
         },
     )
