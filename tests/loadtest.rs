@@ -409,6 +409,28 @@ fn reconciliation_finds_violations_missing_and_duplicates() {
     assert_eq!(r.unknown_uploads, 1);
     assert_eq!(r.stored_by_datacenter["frankfurt"], 3);
     assert_eq!(r.stored_by_datacenter["zurich"], 2);
+    assert_eq!(r.stored_in[&1], ["frankfurt", "frankfurt"]);
+}
+
+/// An upload replayed after a failed attempt can be stored in two data
+/// centres: each is known, earliest first (the transparency log's check
+/// matches its record against any of them, the failover measure takes the
+/// first).
+#[test]
+fn an_upload_stored_twice_is_known_in_both_data_centres() {
+    let fx = Fixture::files();
+    let plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    let run = RunId::new();
+    let outcomes = vec![done(0, 0, &run, 0, 600, 201, Some("geneva"))];
+    let mut later = record(&run, 0, "geneva", None, "b");
+    later["received_at_ms"] = json!(1_750_000_000_500u64);
+    let records = json!([later, record(&run, 0, "zurich", None, "a")]);
+    let records = parse_records(records.to_string().as_bytes()).unwrap();
+    let r = reconcile(&plan, &run, &outcomes, &records);
+    assert_eq!(r.stored_in[&0], ["zurich", "geneva"]);
+    assert_eq!(r.duplicates, 1);
+    assert_eq!(r.violations, 0);
+    assert_eq!(r.acknowledged_missing, 0);
 }
 
 #[test]
@@ -1030,4 +1052,87 @@ async fn admin(records: Records, modes: Modes, req: Request<Incoming>) -> Respon
     };
     modes.lock().unwrap().insert(name, mode.to_string());
     reply(StatusCode::OK, "ok")
+}
+
+/// The verdict, the problems and the JUnit report agree: a run where
+/// nothing was acknowledged, or a chaos event was not applied, fails; an
+/// SLO file's thresholds for violations and missing uploads decide those
+/// two checks (the verdict used to fail any violation while the objectives
+/// said "met").
+#[test]
+fn the_verdict_and_every_report_agree() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    use residency_tools::loadtest::slo::Slo;
+    let fx = Fixture::files();
+    let plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    let run = RunId::new();
+    let generated = |statuses: &[u16]| Generated {
+        outcomes: statuses
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| done(i as u64, 0, &run, i as u64 * 10, 5, s, Some("zurich")))
+            .collect(),
+        elapsed: Duration::from_secs(1),
+    };
+    let records = |n: u64| {
+        let all: Vec<Value> = (0..n)
+            .map(|i| record(&run, i, "zurich", None, "r"))
+            .collect();
+        parse_records(Value::Array(all).to_string().as_bytes()).unwrap()
+    };
+    let report = |statuses: &[u16], applied: Vec<Applied>, stored: u64| {
+        let generated = generated(statuses);
+        let reconciled = reconcile(&plan, &run, &generated.outcomes, &records(stored));
+        build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled))
+    };
+    let agree = |r: &residency_tools::loadtest::Report| {
+        let junit = r.render_junit();
+        let failures = r.problems().len();
+        assert!(
+            junit.contains(&format!("failures=\"{failures}\"")),
+            "{junit}\n{:?}",
+            r.problems()
+        );
+        assert_eq!(r.passed(), failures == 0);
+    };
+
+    let clean = report(&[201, 201], Vec::new(), 2);
+    agree(&clean);
+    assert!(clean.passed(), "{:?}", clean.problems());
+
+    let nothing = report(&[503, 503], Vec::new(), 0);
+    agree(&nothing);
+    assert!(!nothing.passed(), "nothing acknowledged passed");
+
+    let not_applied = Applied {
+        event: "1s:zurich=refuse".into(),
+        at_s: 1.0,
+        applied_at_s: None,
+        ok: false,
+        via: None,
+        detail: Some("connection refused".into()),
+    };
+    let unapplied = report(&[201, 201], vec![not_applied], 2);
+    agree(&unapplied);
+    assert!(
+        unapplied
+            .problems()
+            .iter()
+            .any(|p| p.contains("chaos 1s:zurich=refuse was not applied")),
+        "{:?}",
+        unapplied.problems()
+    );
+
+    // Two acknowledged uploads missing: failed by default, met with an
+    // objective of 5.
+    let mut missing = report(&[201, 201], Vec::new(), 0);
+    agree(&missing);
+    assert!(!missing.passed());
+    missing.apply_slo(&Slo {
+        max_acknowledged_missing: 5,
+        ..Slo::default()
+    });
+    agree(&missing);
+    assert!(missing.passed(), "{:?}", missing.problems());
 }

@@ -49,7 +49,7 @@ pub fn failovers(
     plan: &Plan,
     applied: &[Applied],
     outcomes: &[Outcome],
-    stored_in: &HashMap<u64, String>,
+    stored_in: &HashMap<u64, Vec<String>>,
 ) -> Vec<Option<Failover>> {
     let events = &plan.chaos;
     events
@@ -71,10 +71,10 @@ fn applied_at(applied: &[Applied], k: usize) -> Option<Duration> {
 }
 
 /// The data centre that acknowledged an upload: the response header, else
-/// where a sink recorded it.
-fn dc_of<'a>(o: &'a Outcome, stored_in: &'a HashMap<u64, String>) -> Option<&'a str> {
+/// where a sink first recorded it.
+fn dc_of<'a>(o: &'a Outcome, stored_in: &'a HashMap<u64, Vec<String>>) -> Option<&'a str> {
     o.datacenter()
-        .or_else(|| stored_in.get(&o.index).map(String::as_str))
+        .or_else(|| stored_in.get(&o.index)?.first().map(String::as_str))
 }
 
 fn one(
@@ -83,7 +83,7 @@ fn one(
     applied: &[Applied],
     k: usize,
     outcomes: &[Outcome],
-    stored_in: &HashMap<u64, String>,
+    stored_in: &HashMap<u64, Vec<String>>,
 ) -> Failover {
     let event = &events[k];
     let dc = event.action.datacenter().to_string();
@@ -206,7 +206,7 @@ pub fn recoveries(
     events: &[ChaosEvent],
     applied: &[Applied],
     outcomes: &[Outcome],
-    stored_in: &HashMap<u64, String>,
+    stored_in: &HashMap<u64, Vec<String>>,
 ) -> Vec<Option<Recovery>> {
     events
         .iter()
@@ -228,7 +228,7 @@ fn recovery(
     applied: &[Applied],
     k: usize,
     outcomes: &[Outcome],
-    stored_in: &HashMap<u64, String>,
+    stored_in: &HashMap<u64, Vec<String>>,
 ) -> Recovery {
     let dc = events[k].action.datacenter().to_string();
     let mut result = Recovery {

@@ -53,6 +53,11 @@ use upload::RunId;
 
 /// Head start between setting up and the first scheduled upload.
 const LEAD: Duration = Duration::from_millis(20);
+/// With uploads left unanswered, the sinks' records are read again this
+/// often until two reads agree …
+const SETTLE_STEP: Duration = Duration::from_secs(1);
+/// … for at most this long.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 /// Runs a load test, prints its report (and writes `--json`); fails if any
 /// upload was stored outside its permitted data centres, an acknowledged
@@ -83,6 +88,32 @@ pub async fn run(args: LoadtestArgs, policy: residency_core::policy::Policy) -> 
     Ok(())
 }
 
+/// The sinks' records. With uploads the client gave up on (no answer), the
+/// proxy may still be delivering them — a replay after a timed-out attempt,
+/// or once a hung data centre was restored — so the records are read again
+/// every [`SETTLE_STEP`] until two reads agree (at most [`SETTLE_MAX`]): a
+/// late store, in a permitted data centre or not, is reconciled too.
+async fn settled_records(
+    admin: &Admin,
+    sinks: &[http::Uri],
+    unanswered: bool,
+) -> Result<Vec<reconcile::SinkRecord>, String> {
+    let mut records = reconcile::fetch_records(admin, sinks).await?;
+    if !unanswered {
+        return Ok(records);
+    }
+    let deadline = Instant::now() + SETTLE_MAX;
+    while Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_STEP).await;
+        let again = reconcile::fetch_records(admin, sinks).await?;
+        if again.len() == records.len() {
+            return Ok(again);
+        }
+        records = again;
+    }
+    Ok(records)
+}
+
 /// Runs `plan` and returns its report (a failed check is in the report, not
 /// an error). With `progress`, prints one line a second to stderr.
 pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
@@ -91,7 +122,6 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     let plan = Arc::new(plan);
     let run = RunId::new();
     let admin = Admin::new();
-    let t0 = Instant::now() + LEAD;
     // The log's checkpoint before the load, to prove it only grew.
     let log_before = match &plan.log {
         Some(target) => {
@@ -101,6 +131,9 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    // After that setup (root certificates read, a request): the first
+    // uploads are not due before the generator can send them.
+    let t0 = Instant::now() + LEAD;
 
     let chaos_task = tokio::spawn(chaos::run_schedule(
         plan.chaos.clone(),
@@ -121,7 +154,12 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         }
     }
 
-    let reconciled = reconcile::fetch_records(&admin, &plan.sink_admin)
+    let unanswered = generated.outcomes.iter().any(|o| match &o.result {
+        generator::Sent::Unfinished => true,
+        generator::Sent::Done { answer, .. } => answer.status.is_none(),
+        generator::Sent::NotSent => false,
+    });
+    let reconciled = settled_records(&admin, &plan.sink_admin, unanswered)
         .await
         .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
     let residency_log = match &plan.log {

@@ -131,8 +131,9 @@ pub struct Reconciled {
     pub jurisdiction_mismatches: u64,
     /// Records with this run's prefix but an id that was never scheduled.
     pub unknown_uploads: u64,
-    /// The first data centre each upload was stored in, by index.
-    pub stored_in: HashMap<u64, String>,
+    /// The data centres each upload was stored in, by index, earliest
+    /// first (an upload replayed after a failure can be stored twice).
+    pub stored_in: HashMap<u64, Vec<String>>,
 }
 
 /// Matches `records` against the outcomes of the run.
@@ -193,9 +194,15 @@ pub fn reconcile(
         if !outcome.acknowledged() {
             r.stored_not_acknowledged += 1;
         }
-        if let Some(first) = recs.iter().min_by_key(|rec| rec.received_at_ms) {
-            r.stored_in.insert(index, first.datacenter.clone());
-        }
+        let mut by_time: Vec<_> = recs.iter().collect();
+        by_time.sort_by_key(|rec| rec.received_at_ms);
+        r.stored_in.insert(
+            index,
+            by_time
+                .into_iter()
+                .map(|rec| rec.datacenter.clone())
+                .collect(),
+        );
     }
     for o in outcomes.iter().filter(|o| o.acknowledged()) {
         let Sent::Done { sha256, .. } = &o.result else {

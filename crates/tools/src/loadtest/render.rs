@@ -233,54 +233,10 @@ fn row(o: &mut String, label: &str, width: usize, c: &Counts, l: &LatencySummary
 }
 
 impl Report {
-    /// The checks as a JUnit XML report (one test case per check), for CI
-    /// systems: residency violations, acknowledged uploads missing, the
-    /// reconciliation, and each chaos event applied.
+    /// The checks as a JUnit XML report (one test case per check,
+    /// [`Report::checks`]), for CI systems.
     pub fn render_junit(&self) -> String {
-        let mut cases: Vec<(String, Option<String>)> = vec![
-            (
-                "no residency violations".into(),
-                (self.residency_violations > 0)
-                    .then(|| format!("{} residency violation(s)", self.residency_violations)),
-            ),
-            (
-                "no acknowledged upload missing".into(),
-                (self.acknowledged_missing > 0).then(|| {
-                    format!(
-                        "{} acknowledged upload(s) missing",
-                        self.acknowledged_missing
-                    )
-                }),
-            ),
-            (
-                "reconciled with the sinks".into(),
-                self.reconcile_error.clone(),
-            ),
-        ];
-        if let Some(log) = &self.residency_log {
-            let problems = log.problems();
-            cases.push((
-                "residency proven by the transparency log".into(),
-                (!problems.is_empty()).then(|| problems.join("; ")),
-            ));
-        }
-        for c in self.slo.iter().skip(2) {
-            cases.push((
-                format!("objective: {} ({})", c.name, c.threshold),
-                (!c.passed).then(|| format!("measured {}", c.measured)),
-            ));
-        }
-        for c in &self.chaos {
-            cases.push((
-                format!("chaos {} applied", c.applied.event),
-                (!c.applied.ok).then(|| {
-                    c.applied
-                        .detail
-                        .clone()
-                        .unwrap_or_else(|| "not applied".into())
-                }),
-            ));
-        }
+        let cases = self.checks();
         let failures = cases.iter().filter(|(_, f)| f.is_some()).count();
         let mut o = String::new();
         let _ = writeln!(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");

@@ -244,35 +244,102 @@ pub struct JurisdictionReport {
 }
 
 impl Report {
+    /// Every check of the run, named, with why it failed (`None`: it
+    /// passed): the verdict, the text and HTML reports' problems and the
+    /// JUnit test cases all come from here, so they cannot disagree.
+    pub fn checks(&self) -> Vec<(String, Option<String>)> {
+        // Violations and missing uploads are judged by their objectives
+        // (0 unless an SLO file says otherwise).
+        let within = |name: &str, measured: u64| {
+            self.slo
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(measured == 0, |c| c.passed)
+        };
+        let objective = |name: &str| {
+            self.slo
+                .iter()
+                .find(|c| c.name == name && c.threshold != "≤ 0")
+                .map_or_else(String::new, |c| format!(" (objective {})", c.threshold))
+        };
+        let mut cases: Vec<(String, Option<String>)> = vec![
+            (
+                "no residency violations".into(),
+                (!within("residency violations", self.residency_violations)).then(|| {
+                    format!(
+                        "{} residency violation(s){}",
+                        self.residency_violations,
+                        objective("residency violations")
+                    )
+                }),
+            ),
+            (
+                "no acknowledged upload missing".into(),
+                (!within("acknowledged uploads missing", self.acknowledged_missing)).then(|| {
+                    format!(
+                        "{} acknowledged upload(s) missing from the sinks{}",
+                        self.acknowledged_missing,
+                        objective("acknowledged uploads missing")
+                    )
+                }),
+            ),
+            (
+                "reconciled with the sinks".into(),
+                self.reconcile_error
+                    .as_ref()
+                    .map(|e| format!("could not reconcile with the sinks: {e}")),
+            ),
+            (
+                "something acknowledged to check".into(),
+                (self.acknowledged == 0).then(|| {
+                    "no upload was acknowledged: the residency checks had nothing to check".into()
+                }),
+            ),
+        ];
+        if let Some(log) = &self.residency_log {
+            let problems = log.problems();
+            cases.push((
+                "residency proven by the transparency log".into(),
+                (!problems.is_empty()).then(|| problems.join("; ")),
+            ));
+        }
+        for c in self.slo.iter().filter(|c| {
+            c.name != "residency violations" && c.name != "acknowledged uploads missing"
+        }) {
+            cases.push((
+                format!("objective: {} ({})", c.name, c.threshold),
+                (!c.passed)
+                    .then(|| format!("SLO {}: {} (objective {})", c.name, c.measured, c.threshold)),
+            ));
+        }
+        // A fault that was not applied was not tested; one not undone
+        // leaves the data centres as it made them.
+        for (what, a) in self
+            .chaos
+            .iter()
+            .map(|c| ("applied", &c.applied))
+            .chain(self.restored.iter().map(|a| ("restored", a)))
+        {
+            cases.push((
+                format!("chaos {} {what}", a.event),
+                (!a.ok).then(|| {
+                    format!(
+                        "chaos {} was not {what}: {}",
+                        a.event,
+                        a.detail.as_deref().unwrap_or("unknown error")
+                    )
+                }),
+            ));
+        }
+        cases
+    }
+
     /// Why the run failed its checks (empty: passed).
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if let Some(e) = &self.reconcile_error {
-            p.push(format!("could not reconcile with the sinks: {e}"));
-        }
-        if self.residency_violations > 0 {
-            p.push(format!(
-                "{} residency violation(s)",
-                self.residency_violations
-            ));
-        }
-        if self.acknowledged_missing > 0 {
-            p.push(format!(
-                "{} acknowledged upload(s) missing from the sinks",
-                self.acknowledged_missing
-            ));
-        }
-        if let Some(log) = &self.residency_log {
-            p.extend(log.problems());
-        }
-        // Violations and missing uploads are said above.
-        for c in self.slo.iter().skip(2).filter(|c| !c.passed) {
-            p.push(format!(
-                "SLO {}: {} (objective {})",
-                c.name, c.measured, c.threshold
-            ));
-        }
-        p
+        self.checks()
+            .into_iter()
+            .filter_map(|(_, why)| why)
+            .collect()
     }
 
     pub fn passed(&self) -> bool {
@@ -514,9 +581,6 @@ pub fn build(
 
 fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
     let mut w = Vec::new();
-    if r.sent > 0 && r.acknowledged == 0 {
-        w.push("no upload was acknowledged: the residency checks had nothing to check".into());
-    }
     if r.not_sent_overload > 0 {
         w.push(format!(
             "{} upload(s) not sent: {} were already in flight (the target, or this generator, could not keep up with {}/s)",
@@ -528,12 +592,6 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
             "{n} upload(s) still in flight at the drain timeout ({:?})",
             plan.drain_timeout
         ));
-    }
-    for a in r.chaos.iter().map(|c| &c.applied).chain(&r.restored) {
-        if !a.ok {
-            let why = a.detail.as_deref().unwrap_or("unknown error");
-            w.push(format!("chaos {} was not applied: {why}", a.event));
-        }
     }
     if r.jurisdiction_mismatches > 0 {
         w.push(format!(
