@@ -6,7 +6,7 @@
 //! client, a few clients could hold every connection an upstream allows.
 //! A client is its resolved address (the one the residency decision used,
 //! so a trusted front's clients count one by one), IPv6 clients by their
-//! /64 (one subscriber's usual allocation).
+//! /64 (one subscriber's usual allocation; see [`key`] for 6to4 and Teredo).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,16 +19,20 @@ pub struct InFlight {
 }
 
 /// One request counted against its client until dropped.
-pub struct Held<'a> {
+pub struct Counted<'a> {
     in_flight: &'a InFlight,
     key: u128,
 }
 
 /// The client an address counts for: an IPv4 address itself (as its
-/// IPv4-mapped IPv6 form), an IPv6 address's /64.
+/// IPv4-mapped IPv6 form); an IPv6 address's /64, but a 6to4 site's /48
+/// (`2002:<IPv4>::/48`, the address its tunnel stands for) and a Teredo
+/// client's own IPv4 address (as GeoIP locates it: all clients of one
+/// Teredo server share its /64).
 fn key(addr: IpAddr) -> u128 {
-    match addr.to_canonical() {
+    match residency_core::geo::located(addr) {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => u128::from(v6) & !((1u128 << 80) - 1),
         IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
     }
 }
@@ -36,7 +40,7 @@ fn key(addr: IpAddr) -> u128 {
 impl InFlight {
     /// Counts one more request of `client`, unless it has `max` in flight
     /// already (`None`: refuse it). `max = 0`: no limit, nothing counted.
-    pub fn enter(&self, client: IpAddr, max: u32) -> Option<Option<Held<'_>>> {
+    pub fn enter(&self, client: IpAddr, max: u32) -> Option<Option<Counted<'_>>> {
         if max == 0 {
             return Some(None);
         }
@@ -47,7 +51,7 @@ impl InFlight {
             return None;
         }
         *count += 1;
-        Some(Some(Held {
+        Some(Some(Counted {
             in_flight: self,
             key,
         }))
@@ -60,7 +64,7 @@ impl InFlight {
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         let mut counts = self
             .in_flight
@@ -115,6 +119,17 @@ mod tests {
         // ::/64 is not 0.0.0.0.
         assert!(in_flight.enter(ip("0.0.0.0"), 1).unwrap().is_some());
         assert!(in_flight.enter(ip("::5"), 1).unwrap().is_some());
+        // A 6to4 site is its /48; a Teredo client its own IPv4 address.
+        let _site = in_flight.enter(ip("2002:c000:22d:1::1"), 1).unwrap();
+        assert!(in_flight.enter(ip("2002:c000:22d:2::1"), 1).is_none());
+        let _teredo = in_flight
+            .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd2"), 1)
+            .unwrap();
+        assert!(in_flight.enter(ip("192.0.2.45"), 1).is_none());
+        assert!(in_flight
+            .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd3"), 1)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -162,6 +162,9 @@ where
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service));
     tokio::select! {
+        // The connection first: `stalled` sees its writes block in the
+        // same pass (it registers no waker of its own).
+        biased;
         _ = conn.as_mut() => {}
         () = progress.stalled(HEAD_TIMEOUT) => {
             tracing::debug!("a client stopped reading its answers: connection dropped");

@@ -76,62 +76,17 @@ impl Snapshot {
         }
         let mut server_configs = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let key = format!("listeners[{i}].tls");
-            let certs: Result<Vec<_>, _> = l
-                .certificates
-                .iter()
-                .map(|c| residency_tls::load_cert_source(&c.cert, &c.key))
-                .collect();
-            let read = |path: &std::path::Path, what: &str| {
-                std::fs::read(path)
-                    .map_err(|e| (format!("{key}.{what}"), format!("{}: {e}", path.display())))
-            };
-            let ca = l
-                .client_ca
-                .as_deref()
-                .map(|p| read(p, "client_ca"))
-                .transpose();
-            let crl = l
-                .client_crl
-                .as_deref()
-                .map(|p| read(p, "client_crl"))
-                .transpose();
-            let built = match (certs, ca, crl) {
-                (Err(e), _, _) => Err((key.clone(), e.to_string())),
-                (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-                (Ok(certs), Ok(ca), Ok(crl)) => {
-                    let crls: Vec<(String, Vec<u8>)> = l
-                        .client_crl
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .zip(crl)
-                        .collect();
-                    let client = ca.as_deref().map(|ca_pem| residency_tls::ClientAuth {
-                        ca_pem,
-                        crls: &crls,
-                    });
-                    residency_tls::server_config(&certs, client.as_ref())
-                        .map_err(|e| (key.clone(), e.to_string()))
-                }
-            };
-            match built {
+            match listener_tls(&format!("listeners[{i}].tls"), l) {
                 Ok(c) => server_configs.push(c),
                 Err((key, e)) => report.push(key, e),
             }
         }
         let mut log_tls = None;
         if let Some(t) = config.transparency.as_ref().filter(|t| !t.tls.is_empty()) {
-            let certs: Result<Vec<_>, _> = t
-                .tls
-                .iter()
-                .enumerate()
-                .map(|(i, pair)| {
-                    residency_tls::load_cert_source(&pair.cert, &pair.key)
-                        .map_err(|e| (format!("transparency.tls.certificates[{i}]"), e))
-                })
-                .collect();
-            match certs.and_then(|certs| {
-                crate::plain_http::http1_tls(&certs).map_err(|e| ("transparency.tls".into(), e))
+            let pairs = t.tls.iter().map(|p| (p.cert.as_path(), p.key.as_path()));
+            match certificates("transparency.tls", pairs).and_then(|certs| {
+                crate::plain_http::http1_tls(&certs)
+                    .map_err(|e| ("transparency.tls".into(), e.to_string()))
             }) {
                 Ok(c) => log_tls = Some(c),
                 Err((key, e)) => report.push(key, e),
@@ -195,6 +150,53 @@ impl Snapshot {
     pub fn next_turn(&self) -> usize {
         self.turn.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// A listener's TLS server config: its certificates, and with `client_ca`
+/// its client certificates' CA and CRLs. Errors are named by key under
+/// `key` (`listeners[i].tls`).
+fn listener_tls(
+    key: &str,
+    l: &crate::config::Listener,
+) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
+    let pairs = l
+        .certificates
+        .iter()
+        .map(|c| (c.cert.as_path(), c.key.as_path()));
+    let certs = certificates(key, pairs)?;
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .map_err(|e| (format!("{key}.{what}"), format!("{}: {e}", path.display())))
+    };
+    let ca = l
+        .client_ca
+        .as_deref()
+        .map(|p| read(p, "client_ca"))
+        .transpose()?;
+    let crls = match l.client_crl.as_deref() {
+        Some(p) => vec![(p.display().to_string(), read(p, "client_crl")?)],
+        None => Vec::new(),
+    };
+    let client = ca.as_deref().map(|ca_pem| residency_tls::ClientAuth {
+        ca_pem,
+        crls: &crls,
+    });
+    residency_tls::server_config(&certs, client.as_ref())
+        .map_err(|e| (key.to_string(), e.to_string()))
+}
+
+/// Loads certificate/key pairs; an error names `{key}.certificates[i]`.
+fn certificates<'a>(
+    key: &str,
+    pairs: impl Iterator<Item = (&'a std::path::Path, &'a std::path::Path)>,
+) -> Result<Vec<residency_tls::CertSource>, (String, String)> {
+    pairs
+        .enumerate()
+        .map(|(i, (cert, private))| {
+            residency_tls::load_cert_source(cert, private)
+                .map_err(|e| (format!("{key}.certificates[{i}]"), e.to_string()))
+        })
+        .collect()
 }
 
 /// One running proxy: the current snapshot, and what outlives it: metrics, readiness, ids,

@@ -25,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-pub use crate::upstream::body::{discard, Bounds};
+pub use crate::upstream::body::{discard, Bounds, Held};
 
 /// A refusal's answer body; discards the request body it holds once polled.
 pub struct RefusalBody {
@@ -33,7 +33,7 @@ pub struct RefusalBody {
     unread: Option<(Incoming, Bounds)>,
     /// Kept until the discarding ends (the connection counts it as work in
     /// flight, so the body's bytes are not taken for a next request head).
-    held: Option<Box<dyn Send + Sync>>,
+    held: Option<Held>,
 }
 
 impl RefusalBody {
@@ -54,7 +54,7 @@ impl RefusalBody {
     }
 
     /// Keeps `guard` until the discarding ends.
-    pub fn hold_while_discarding(&mut self, guard: Box<dyn Send + Sync>) {
+    pub fn hold_while_discarding(&mut self, guard: Held) {
         self.held = Some(guard);
     }
 }
@@ -68,11 +68,7 @@ impl Body for RefusalBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some((body, bounds)) = self.unread.take() {
-            let held = self.held.take();
-            tokio::spawn(async move {
-                discard(body, bounds).await;
-                drop(held);
-            });
+            tokio::spawn(discard(body, bounds, self.held.take()));
         }
         Pin::new(&mut self.answer).poll_frame(cx)
     }

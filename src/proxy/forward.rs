@@ -70,6 +70,8 @@ pub struct Target<'a> {
     pub declared: Option<u64>,
     /// That `Content-Length` has leading zeros (it is sent canonical).
     pub padded: bool,
+    /// The client connection's guard maker (`Conn::hold`), for the body.
+    pub hold: Option<crate::upstream::body::Hold>,
 }
 
 /// How one attempt ended, when it did not produce a usable response.
@@ -195,6 +197,7 @@ async fn prepare(
         },
         instance.log.is_some(),
         parts.version == Version::HTTP_2,
+        target.hold.clone(),
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replayable = idempotent && declared.is_none_or(|n| n <= replay_limit as u64);

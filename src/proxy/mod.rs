@@ -22,10 +22,11 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::client_limit::Held;
+use crate::client_limit::Counted;
 use crate::metrics::NONE;
 use crate::state::{Instance, Snapshot};
 use crate::tenancy::Unrecognized;
+use crate::upstream::body::Hold;
 use crate::upstream::pool::Body as UpstreamBody;
 use discard::RefusalBody;
 pub use error::Failure;
@@ -53,18 +54,9 @@ pub struct Conn {
     /// when tenants are recognised by certificate).
     pub cert: Option<Box<CertNames>>,
     /// Counts work on the connection as in flight while the guard it
-    /// returns lives: a request body still read after its answer went out.
+    /// makes lives: a request body still read or discarded after its
+    /// answer went out.
     pub hold: Option<Hold>,
-}
-
-/// See [`Conn::hold`].
-#[derive(Clone)]
-pub struct Hold(pub Arc<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>);
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hold")
-    }
 }
 
 /// Fields of the access-log line (and the decision record), filled in as
@@ -140,12 +132,20 @@ pub async fn handle(
         return Ok(options_here(&state, &id, req.into_body()));
     }
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
-    if let (Ok((_, slot)), Some(hold)) = (&routed, &conn.hold) {
+    if let Ok((_, slot)) = &routed {
         // Answered early: the rest of the body is still the request's.
-        slot.hold_while_reading(|| (hold.0)());
+        slot.hold_while_reading();
     }
-    let (mut resp, bytes, receipt) =
-        respond(&instance, &state, &mut findings, &id, received, routed).await;
+    let (mut resp, bytes, receipt) = respond(
+        &instance,
+        &state,
+        &mut findings,
+        &id,
+        received,
+        routed,
+        conn.hold.as_ref(),
+    )
+    .await;
 
     let policy = &state.config.policy;
     let jurisdiction = findings
@@ -199,7 +199,8 @@ pub async fn handle(
 /// The client's response for what [`decide_and_forward`] produced, after
 /// the decision record is written (with the transparency log on): the
 /// upstream's answer, or the refusal. Returns it with the body bytes read
-/// and the receipt for a stored upload.
+/// and the receipt for a stored upload. A refusal's unread body is
+/// discarded holding a guard from `hold`.
 async fn respond(
     instance: &Instance,
     state: &Snapshot,
@@ -207,6 +208,7 @@ async fn respond(
     id: &HeaderValue,
     received: SystemTime,
     routed: Routed,
+    hold: Option<&Hold>,
 ) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
     let log = instance.log.as_ref();
     // The request body a refusal before forwarding left unread.
@@ -259,7 +261,14 @@ async fn respond(
                 bytes: limits.discard_body_bytes,
                 time: state.config.timeouts.discard_body,
             };
-            resp.map(|answer| Either::Right(RefusalBody::new(answer, body_unread, bounds)))
+            resp.map(|answer| {
+                let mut refusal = RefusalBody::new(answer, body_unread, bounds);
+                // Its bytes are still this request's, not a next head.
+                if let Some(hold) = hold.filter(|_| refusal.discards()) {
+                    refusal.hold_while_discarding((hold.0)());
+                }
+                Either::Right(refusal)
+            })
         }
     };
     (resp, bytes, receipt)
@@ -287,7 +296,7 @@ fn admit<'a>(
     req: &Request<Incoming>,
     id: &'a HeaderValue,
     findings: &mut Findings,
-) -> Result<(forward::Target<'a>, Option<Held<'a>>), Failure> {
+) -> Result<(forward::Target<'a>, Option<Counted<'a>>), Failure> {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
     if !config.methods.allows(req.method()) {
@@ -407,6 +416,7 @@ fn admit<'a>(
         country: decision.country,
         declared,
         padded,
+        hold: conn.hold.clone(),
     };
     Ok((target, held))
 }

@@ -122,7 +122,9 @@ pub(super) async fn serve(
         listener: index,
         sni,
         cert,
-        hold: Some(proxy::Hold(Arc::new(move || Box::new(held.hold())))),
+        hold: Some(crate::upstream::body::Hold(Arc::new(move || {
+            Box::new(held.hold())
+        }))),
     });
     let service = {
         let activity = activity.clone();
@@ -135,19 +137,9 @@ pub(super) async fn serve(
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures.
             // `handle`'s future is created inside the box, not moved in.
-            let activity = activity.clone();
             let fut = Box::pin(async move {
-                let mut resp = proxy::handle(instance, state, conn, req).await;
+                let resp = proxy::handle(instance, state, conn, req).await;
                 drop(permit);
-                if let Ok(r) = &mut resp {
-                    // A refusal's unread body is still arriving: work in
-                    // flight, not the next request's head.
-                    if let http_body_util::Either::Right(refusal) = r.body_mut() {
-                        if refusal.discards() {
-                            refusal.hold_while_discarding(Box::new(activity.hold()));
-                        }
-                    }
-                }
                 resp
             });
             Detached {

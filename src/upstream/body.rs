@@ -84,8 +84,26 @@ pub struct Bounds {
     pub time: Duration,
 }
 
-/// Reads `body` to its end and drops the data, for at most `bounds`.
-pub async fn discard(mut body: Incoming, bounds: Bounds) {
+/// What keeps a client's connection counted as busy while it lives (an
+/// `Activity` guard of `server::connection`): a request body still read
+/// or discarded after the request's answer went out is still that
+/// request's, not a next request's head.
+pub type Held = Box<dyn Send + Sync>;
+
+/// Makes a [`Held`] for a request's connection (`proxy::Conn::hold`).
+#[derive(Clone)]
+pub struct Hold(pub Arc<dyn Fn() -> Held + Send + Sync>);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// Reads `body` to its end and drops the data, for at most `bounds`;
+/// `held` is kept until then.
+pub async fn discard(mut body: Incoming, bounds: Bounds, held: Option<Held>) {
+    let _held = held;
     let mut left = bounds.bytes;
     let read_all = async {
         while let Some(frame) = body.frame().await {
@@ -119,14 +137,10 @@ struct Source {
 
 impl Source {
     /// Discards what is left of the client's body in a task of its own,
-    /// which keeps `held` (see [`BodySlot::hold_while_reading`]) until it
-    /// is done.
+    /// which keeps `held` until it is done.
     fn abandon(self, bounds: Bounds, held: Option<Held>) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            drop(runtime.spawn(async move {
-                discard(self.rest, bounds).await;
-                drop(held);
-            }));
+            drop(runtime.spawn(discard(self.rest, bounds, held)));
         }
     }
 
@@ -146,10 +160,6 @@ impl std::fmt::Debug for Source {
             .finish()
     }
 }
-
-/// What keeps the client's connection counted as busy while its body is
-/// still read after the answer went out.
-type Held = Box<dyn Send + Sync>;
 
 /// Whether the client's body is still being read, and what is held
 /// meanwhile ([`BodySlot::hold_while_reading`]).
@@ -192,6 +202,9 @@ pub struct BodySlot {
     /// will not be read to its end.
     abandoned: AtomicBool,
     reading: Mutex<Reading>,
+    /// Makes the guard that keeps the client's connection busy while the
+    /// body is read or discarded after the answer.
+    hold: Option<Hold>,
     /// The body arrives on an HTTP/2 stream (see [`BodySlot::ended_cleanly`]).
     h2: bool,
 }
@@ -201,7 +214,8 @@ impl BodySlot {
     /// frames; `min_rate`: the bytes per second it must average once `idle`
     /// has passed (0: none); `discard`: how much of a body left unsent is
     /// read and thrown away; `hash`: compute the body's SHA-256 while it
-    /// streams; `h2`: the request came over HTTP/2.
+    /// streams; `h2`: the request came over HTTP/2; `hold`: see
+    /// [`BodySlot::hold_while_reading`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Incoming,
@@ -211,6 +225,7 @@ impl BodySlot {
         discard: Bounds,
         hash: bool,
         h2: bool,
+        hold: Option<Hold>,
     ) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
@@ -231,6 +246,7 @@ impl BodySlot {
             ended: Notify::new(),
             abandoned: AtomicBool::new(false),
             reading: Mutex::new(Reading::default()),
+            hold,
             h2,
         })
     }
@@ -280,15 +296,17 @@ impl BodySlot {
         }
     }
 
-    /// Keeps what `hold` makes until the client's body has been read to
-    /// its end (or given up, its rest discarded), if it has not been yet:
-    /// an upstream that answers early may still be reading it, and the
-    /// client's connection must not take those bytes for a next request's
-    /// head, nor close as idle.
-    pub fn hold_while_reading(&self, hold: impl FnOnce() -> Held) {
+    /// Takes a guard from the slot's [`Hold`] until the client's body has
+    /// been read to its end (or given up, its rest discarded), if it has
+    /// not been yet: an upstream that answered early may still be reading
+    /// it, and the client's connection must not take those bytes for a next
+    /// request's head, nor close as idle. (A body abandoned before this is
+    /// called takes its own guard into the discarding: [`Self::abandon`].)
+    pub fn hold_while_reading(&self) {
+        let Some(hold) = &self.hold else { return };
         if let Ok(mut reading) = self.reading.lock() {
-            if !reading.done {
-                reading.held = Some(hold());
+            if !reading.done && reading.held.is_none() {
+                reading.held = Some((hold.0)());
             }
         }
     }
@@ -312,13 +330,17 @@ impl BodySlot {
         self.ended.notify_waiters();
     }
 
-    /// An upstream left the rest of the body unread: it is discarded,
-    /// holding what was held until then.
+    /// An upstream left the rest of the body unread: it is discarded, the
+    /// connection kept busy until that ends (with the guard taken by
+    /// [`Self::hold_while_reading`], or a new one: an upstream that answers
+    /// and closes may drop the body before the request's task has seen the
+    /// answer).
     fn abandon(&self, source: Source) {
         let held = self.done_reading();
         if source.rest.is_end_stream() {
             return;
         }
+        let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
         self.abandoned.store(true, Ordering::Relaxed);
         source.abandon(self.discard, held);
         self.ended.notify_waiters();

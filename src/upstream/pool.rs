@@ -393,6 +393,8 @@ impl Pool {
         let watched = progress.clone();
         tokio::spawn(async move {
             tokio::select! {
+                // The connection first: `stalled` sees its writes block in
+                // the same pass (it registers no waker of its own).
                 biased;
                 ended = conn => if let Err(e) = ended {
                     tracing::debug!(error = %e, "upstream connection ended with an error");

@@ -26,12 +26,9 @@ pub struct WriteProgress {
     epoch: Instant,
     /// Milliseconds since `epoch`, plus one; 0: not blocked.
     blocked_at: AtomicU64,
-    /// Woken when writes start to block (so a watcher needs no timer until
-    /// then): the request sending on the connection ([`Self::poll_blocked`]),
-    /// and the connection's own watch ([`Self::stalled`]). Two slots, so
-    /// neither watcher takes the other's wake-up.
+    /// Woken when writes start to block (so the request sending on the
+    /// connection needs no timer until then: [`Self::poll_blocked`]).
     blocking: AtomicWaker,
-    blocking_connection: AtomicWaker,
     /// A write failed: the connection must not carry another request.
     failed: AtomicBool,
     /// A failed write is returned as it is, not held pending.
@@ -55,18 +52,22 @@ impl WriteProgress {
             epoch: Instant::now(),
             blocked_at: AtomicU64::new(0),
             blocking: AtomicWaker::new(),
-            blocking_connection: AtomicWaker::new(),
             failed: AtomicBool::new(false),
             pass_errors,
         })
     }
 
-    /// Resolves once writes have stayed blocked for `limit` (the
-    /// connection's own watch; a request's is [`Self::poll_blocked`]).
+    /// Resolves once writes have stayed blocked for `limit`: the watch of
+    /// the task that does the writing. It registers no waker for the
+    /// writes to block (that slot is the request's, [`Self::poll_blocked`]),
+    /// so it must be polled after the I/O, in the same task — a `biased`
+    /// select with the connection first — where it sees them block in the
+    /// same pass; then its timer wakes it.
     pub async fn stalled(&self, limit: Duration) {
         loop {
-            let blocked = std::future::poll_fn(|cx| {
-                Self::poll_on(&self.blocking_connection, || self.blocked_for(), cx)
+            let blocked = std::future::poll_fn(|_| match self.blocked_for() {
+                Some(b) => Poll::Ready(b),
+                None => Poll::Pending,
             })
             .await;
             if blocked >= limit {
@@ -79,19 +80,11 @@ impl WriteProgress {
     /// Ready with how long writes have been blocked, once they are (the
     /// watch of the request sending on the connection).
     pub fn poll_blocked(&self, cx: &mut Context<'_>) -> Poll<Duration> {
-        Self::poll_on(&self.blocking, || self.blocked_for(), cx)
-    }
-
-    fn poll_on(
-        waker: &AtomicWaker,
-        blocked_for: impl Fn() -> Option<Duration>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Duration> {
-        if let Some(b) = blocked_for() {
+        if let Some(b) = self.blocked_for() {
             return Poll::Ready(b);
         }
-        waker.register(cx.waker());
-        match blocked_for() {
+        self.blocking.register(cx.waker());
+        match self.blocked_for() {
             Some(b) => Poll::Ready(b),
             None => Poll::Pending,
         }
@@ -117,7 +110,6 @@ impl WriteProgress {
             let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             self.blocked_at.store(ms + 1, Ordering::Relaxed);
             self.blocking.wake();
-            self.blocking_connection.wake();
         }
     }
 

@@ -899,3 +899,44 @@ async fn a_data_centre_that_stops_reading_after_answering_frees_its_connection()
     assert_eq!(reply.status, 404, "{:?}", reply.json());
     proxy.stop().await;
 }
+
+/// A data centre that answers and closes at once (413 here) leaves the
+/// rest of the body to be discarded: those bytes are still that request's,
+/// however slowly they come, and the connection then serves the next
+/// request. (The connection task can drop the body in the very poll that
+/// delivers the answer, before the request's task sees it; the discarding
+/// takes its own guard then.)
+#[tokio::test]
+async fn a_body_left_by_an_answer_and_close_is_discarded_past_request_head() {
+    // No active checks: the raw data centre answers them 404.
+    let proxy = proxy_with_raw_zurich(
+        "[timeouts]\nrequest_head = \"1s\"\ndiscard_body = \"10s\"\n[health]\npath = \"off\"\n",
+    )
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    const LEN: usize = 20 * 1024;
+    tls.write_all(&raw(&format!(
+        "POST /early-413-close HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+    )))
+    .await
+    .unwrap();
+    // 1 KiB every 125 ms: 2.5 s, past request_head.
+    for _ in 0..LEN / 1024 {
+        tls.write_all(&[b'x'; 1024]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+    tls.write_all(&raw("POST /next HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("the proxy closes the connection");
+    assert_eq!(
+        statuses(&got),
+        [413, 404],
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    proxy.stop().await;
+}

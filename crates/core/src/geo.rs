@@ -255,10 +255,17 @@ impl Geo {
     /// The country of a (canonical) address. A database record without a
     /// `country` (anycast, satellite) is a miss: we never fall back to
     /// `registered_country`. A Teredo address is located by its client's
-    /// public IPv4 address ([`located`]).
+    /// public IPv4 address ([`located`]); overrides match the address as it
+    /// came first, then that one.
     pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
-        let addr = located(addr);
-        if let Some(c) = self.overrides.find(addr) {
+        let canonical = addr.to_canonical();
+        let addr = located(canonical);
+        let overridden = self.overrides.find(canonical).or_else(|| {
+            (addr != canonical)
+                .then(|| self.overrides.find(addr))
+                .flatten()
+        });
+        if let Some(c) = overridden {
             return (Some(c), LookupResult::Override);
         }
         if let Some(index) = &self.index {
@@ -337,7 +344,7 @@ impl Geo {
 /// last 32 bits, inverted), which the connection's packets are sent to. A
 /// GeoIP database's alias of `2001::/32` to its IPv4 tree would locate the
 /// Teredo server instead (bits 32–63), which the client chooses.
-fn located(addr: IpAddr) -> IpAddr {
+pub fn located(addr: IpAddr) -> IpAddr {
     match addr.to_canonical() {
         IpAddr::V6(v6) if v6.segments()[..2] == [0x2001, 0] => {
             IpAddr::V4(std::net::Ipv4Addr::from(!(u128::from(v6) as u32)))
@@ -412,6 +419,14 @@ mod tests {
         assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("DE"));
         assert_eq!(located(ip("2002:c000:22d::1")), ip("2002:c000:22d::1"));
         assert_eq!(located(ip("::ffff:192.0.2.45")), ip("192.0.2.45"));
+        // An override of Teredo's prefix still matches first.
+        let db = build_country_db(&rows, 1_700_000_000).unwrap();
+        let refused = vec![("2001::/32".parse().unwrap(), Country::parse("JP").unwrap())];
+        let g = Geo::from_bytes(db, refused).unwrap();
+        assert_eq!(
+            g.lookup(teredo),
+            (Country::parse("JP"), LookupResult::Override)
+        );
     }
 
     /// The /16 index and the record cache answer exactly what `maxminddb`

@@ -192,24 +192,24 @@ struct Writer {
 }
 
 impl Writer {
-    /// Runs `write`; `Err` if the server warned while it ran (the
-    /// connection hands a notice over before the statement's end, so it is
-    /// seen by then).
+    /// Runs `write`, and returns with its result the error for a warning
+    /// the server sent while it ran (the connection hands a notice over
+    /// before the statement's end, so it is seen by then).
     async fn committed<T>(
         &self,
         write: impl std::future::Future<Output = T>,
-    ) -> Result<T, LogError> {
+    ) -> (T, Option<LogError>) {
         let taken = |w: &std::sync::Mutex<Option<String>>| {
             w.lock().unwrap_or_else(|e| e.into_inner()).take()
         };
         taken(&self.warned);
         let result = write.await;
-        match taken(&self.warned) {
-            None => Ok(result),
-            Some(warning) => Err(LogError::Database(format!(
+        let warned = taken(&self.warned).map(|warning| {
+            LogError::Database(format!(
                 "the database warned while committing: {warning}; the write may not have reached a synchronous standby, so it is not acknowledged"
-            ))),
-        }
+            ))
+        });
+        (result, warned)
     }
 }
 
@@ -541,7 +541,10 @@ impl Shared {
             return Err(LogError::Database(LOST.into()));
         }
         let deadline = tokio::time::Instant::now() + self.pg.timeout;
-        let mut slot = self.writer.lock().await;
+        // Held by the write probe at most: bounded by the same deadline.
+        let mut slot = tokio::time::timeout_at(deadline, self.writer.lock())
+            .await
+            .map_err(|_| timeout_error(self.pg.timeout))?;
         let writer = self.writer(&mut slot, deadline).await?;
         let keys: Vec<&[u8]> = batch.iter().map(|p| &p.key[..]).collect();
         let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
@@ -562,19 +565,21 @@ impl Shared {
                 .get(0);
             Ok((None, Some(u64::try_from(next).unwrap_or(0))))
         };
-        let (row, next) = match writer
+        let (result, warned) = writer
             .committed(tokio::time::timeout_at(deadline, run))
-            .await
-        {
-            Ok(Ok(row)) => row.map_err(database_error)?,
-            Ok(Err(_)) => {
+            .await;
+        let (row, next) = match result {
+            Ok(row) => row.map_err(database_error)?,
+            Err(_) => {
                 // The statement may still be running on it: do not reuse
                 // (the server ends it at `statement_timeout`).
                 *slot = None;
                 return Err(timeout_error(self.pg.timeout));
             }
-            Err(warned) => return Err(warned),
         };
+        if let Some(warned) = warned {
+            return Err(warned);
+        }
         let Some(row) = row else {
             // Indexes a served checkpoint covers would be given again: their
             // receipts would contradict that checkpoint.
@@ -660,12 +665,13 @@ impl Shared {
             .committed(tokio::time::timeout_at(deadline, probe))
             .await
         {
-            Ok(Ok(Ok(_))) => {
+            (Ok(Ok(_)), None) => {
                 self.unreachable.store(false, Ordering::Relaxed);
                 tracing::info!("the log database takes writes again");
             }
-            Ok(Ok(Err(_))) | Err(_) => {}
-            Ok(Err(_)) => *slot = None,
+            // Timed out: the statement may still run on this connection.
+            (Err(_), _) => *slot = None,
+            _ => {}
         }
     }
 

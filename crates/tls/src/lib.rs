@@ -123,7 +123,6 @@ fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, T
     }
 }
 
-/// Parses a PEM CA bundle into a root store; an empty bundle is an error.
 /// Client certificates a server requires (mTLS).
 pub struct ClientAuth<'a> {
     /// PEM CA bundle the certificates must chain to.
@@ -149,6 +148,7 @@ fn crls(
     Ok(all)
 }
 
+/// Parses a PEM CA bundle into a root store; an empty bundle is an error.
 fn ca_store(pem: &[u8], label: &str) -> Result<RootCertStore, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()

@@ -204,12 +204,14 @@ async fn prove(
             }
         };
         // An upload replayed after a failed attempt may be stored in two
-        // data centres; its record names the one that answered.
+        // data centres; its record names the one that answered (the
+        // response said which, when it did).
         let stored: &[String] = stored_in.get(&o.index).map_or(&[], Vec::as_slice);
+        let answered = o.datacenter();
         if !record
             .datacenter
-            .as_ref()
-            .is_some_and(|dc| stored.iter().any(|s| *s == **dc))
+            .as_deref()
+            .is_some_and(|dc| stored.iter().any(|s| s == dc) && answered.is_none_or(|a| a == dc))
         {
             fail(
                 report,
