@@ -740,19 +740,25 @@ async fn a_slow_refused_body_is_discarded_past_request_head() {
         tls.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    tls.write_all(raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello").as_slice())
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+    last_request(&mut tls, "/v1/telemetry", &[451, 201]).await;
+    proxy.stop().await;
+}
+
+/// Sends a last request (`Connection: close`) for `path` on `tls`, reads
+/// to the connection's end and checks the statuses of everything read.
+async fn last_request(
+    tls: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    path: &str,
+    want: &[u16],
+) {
+    let last = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    tls.write_all(&raw(&last)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(tls))
         .await
         .expect("the proxy closes the connection");
-    assert_eq!(
-        statuses(&got),
-        [451, 201],
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
-    proxy.stop().await;
+    assert_eq!(statuses(&got), want, "{}", String::from_utf8_lossy(&got));
 }
 
 /// What a data centre answers is made a valid final answer for the client,
@@ -926,17 +932,6 @@ async fn a_body_left_by_an_answer_and_close_is_discarded_past_request_head() {
         tls.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(125)).await;
     }
-    tls.write_all(&raw("POST /next HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"))
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
-        .await
-        .expect("the proxy closes the connection");
-    assert_eq!(
-        statuses(&got),
-        [413, 404],
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
+    last_request(&mut tls, "/next", &[413, 404]).await;
     proxy.stop().await;
 }
