@@ -727,8 +727,8 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Work in flight that is not a request of its own (a refused
-    /// request's body being discarded after its answer).
+    /// Work in flight that is not a request of its own: a request's body
+    /// still read or discarded after its answer (`Conn::hold`).
     fn hold(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
