@@ -90,19 +90,44 @@ pub async fn run(args: LoadtestArgs, policy: residency_core::policy::Policy) -> 
 
 /// The sinks' records. With uploads the client gave up on (no answer), the
 /// proxy may still be delivering them — a replay after a timed-out attempt,
-/// or once a hung data centre was restored — so the records are read again
-/// every [`SETTLE_STEP`] until two reads agree (at most [`SETTLE_MAX`]): a
-/// late store, in a permitted data centre or not, is reconciled too.
+/// or once a hung data centre was restored — so (at most [`SETTLE_MAX`])
+/// the records are read once the proxy's admin API (`--proxy-admin`)
+/// reports no request still running without its client
+/// (`residency_detached_requests` 0), or, without it, again every
+/// [`SETTLE_STEP`] until two reads agree: a late store, in a permitted data
+/// centre or not, is reconciled too.
 async fn settled_records(
     admin: &Admin,
     sinks: &[http::Uri],
+    proxy_admin: Option<&http::Uri>,
     unanswered: bool,
 ) -> Result<Vec<reconcile::SinkRecord>, String> {
-    let mut records = reconcile::fetch_records(admin, sinks).await?;
     if !unanswered {
-        return Ok(records);
+        return reconcile::fetch_records(admin, sinks).await;
     }
     let deadline = Instant::now() + SETTLE_MAX;
+    if let Some(metrics) = proxy_admin.and_then(|p| chaos::join(p, "/metrics").ok()) {
+        while Instant::now() < deadline {
+            let answer = admin
+                .call(http::Method::GET, metrics.clone(), None, SETTLE_STEP)
+                .await;
+            let detached = answer.ok().and_then(|(_, body)| {
+                String::from_utf8_lossy(&body).lines().find_map(|l| {
+                    l.strip_prefix("residency_detached_requests ")?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+            });
+            match detached {
+                Some(n) if n > 0.0 => tokio::time::sleep(SETTLE_STEP / 4).await,
+                // None left; or not a residency-proxy, or not answering:
+                // by the records.
+                _ => break,
+            }
+        }
+    }
+    let mut records = reconcile::fetch_records(admin, sinks).await?;
     while Instant::now() < deadline {
         tokio::time::sleep(SETTLE_STEP).await;
         let again = reconcile::fetch_records(admin, sinks).await?;
@@ -159,9 +184,14 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         generator::Sent::Done { answer, .. } => answer.status.is_none(),
         generator::Sent::NotSent => false,
     });
-    let reconciled = settled_records(&admin, &plan.sink_admin, unanswered)
-        .await
-        .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
+    let reconciled = settled_records(
+        &admin,
+        &plan.sink_admin,
+        plan.proxy_admin.as_ref(),
+        unanswered,
+    )
+    .await
+    .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
     let residency_log = match &plan.log {
         Some(target) => {
             let no_records = std::collections::HashMap::new();
