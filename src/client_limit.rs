@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-/// Counts of requests in flight, by client.
+/// Counts of requests in flight, by client. Hashed with foldhash, seeded
+/// per process (a client chooses its key): std's SipHash cost ~250 more
+/// instructions per request (`benches/compare/README.md`).
 #[derive(Default)]
 pub struct InFlight {
-    counts: Mutex<HashMap<u128, u32>>,
+    counts: Mutex<HashMap<u128, u32, foldhash::fast::RandomState>>,
 }
 
 /// One request counted against its client until dropped.
