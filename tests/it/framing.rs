@@ -814,19 +814,33 @@ async fn an_early_answer_does_not_cut_the_rest_of_the_upload() {
     tls.write_all(&head).await.unwrap();
     tls.flush().await.unwrap();
     // 1 KiB every 125 ms: 2.5 s, past request_head.
-    for _ in 0..LEN / 1024 {
-        tls.write_all(&[b'x'; 1024]).await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(125)).await;
-    }
+    trickle(&mut tls, LEN).await;
     eventually("the data centre read the whole body", async || {
         EARLY_BODY_READ.load(std::sync::atomic::Ordering::SeqCst) == LEN
     })
     .await;
-    let mut answer = [0u8; 12];
-    tls.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 201");
+    assert_eq!(status_line(&mut tls, "the answer").await, "HTTP/1.1 201");
     proxy.stop().await;
+}
+
+/// Writes `len` bytes of body, 1 KiB every 125 ms.
+async fn trickle(tls: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) {
+    for _ in 0..len / 1024 {
+        tls.write_all(&[b'x'; 1024]).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(125)).await;
+    }
+}
+
+/// The first 12 bytes read (`HTTP/1.1 NNN`), within 10 s (`what` names
+/// what did not come).
+async fn status_line(read: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) -> String {
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
+        .await
+        .expect(what)
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Sends a head for `path` with a `len`-byte body, and the body as fast as
@@ -867,12 +881,12 @@ async fn an_early_refusal_is_not_held_for_the_body_with_the_log_on() {
     )
     .await;
     let mut read = upload_in_background(&proxy, "/early-413-close", 8 << 20).await;
-    let mut answer = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
-        .await
-        .expect("the refusal within 10 s, not after request_body_idle")
-        .unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 413");
+    let answer = status_line(
+        &mut read,
+        "the refusal within 10 s, not after request_body_idle",
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 413");
     proxy.stop().await;
 }
 
@@ -890,12 +904,10 @@ async fn a_data_centre_that_stops_reading_after_answering_frees_its_connection()
     )
     .await;
     let mut read = upload_in_background(&proxy, "/early-400-stop", 64 << 20).await;
-    let mut answer = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
-        .await
-        .expect("the early answer")
-        .unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 400");
+    assert_eq!(
+        status_line(&mut read, "the early answer").await,
+        "HTTP/1.1 400"
+    );
     // Blocked writes for 2 × 500 ms, and some slack.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reply = proxy
@@ -927,11 +939,7 @@ async fn a_body_left_by_an_answer_and_close_is_discarded_past_request_head() {
     .await
     .unwrap();
     // 1 KiB every 125 ms: 2.5 s, past request_head.
-    for _ in 0..LEN / 1024 {
-        tls.write_all(&[b'x'; 1024]).await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(125)).await;
-    }
+    trickle(&mut tls, LEN).await;
     last_request(&mut tls, "/next", &[413, 404]).await;
     proxy.stop().await;
 }
