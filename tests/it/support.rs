@@ -241,6 +241,9 @@ fn status(code: StatusCode, text: &str) -> Response<Full<Bytes>> {
 pub struct Proxy {
     pub dir: TempDir,
     pub addr: SocketAddr,
+    /// Every ingest listener's bound address, in config order (`addr` is
+    /// the first): a listener configured at port 0 in `extra` is found here.
+    pub addrs: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub upstreams: BTreeMap<String, Upstream>,
     /// PEM of the default certificate (and of the second one, if any).
@@ -402,7 +405,8 @@ database = "geo.mmdb"
             .await
             .unwrap()
             .watch(config_path.clone());
-        let addr = bound.addresses()[0];
+        let addrs = bound.addresses();
+        let addr = addrs[0];
         let admin = bound.admin_address().unwrap();
         let log_addr = bound.transparency_address();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -412,6 +416,7 @@ database = "geo.mmdb"
         Proxy {
             dir,
             addr,
+            addrs,
             admin,
             upstreams,
             certs,
@@ -1028,7 +1033,8 @@ pub fn raw_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 }
 
 /// `[[listeners]]` on `port` requiring client certificates from `ca` (the
-/// default certificate `a.pem`), as extra configuration for [`Setup`].
+/// default certificate `a.pem`), as extra configuration for [`Setup`]. At
+/// port 0 (no race for a free port), `Proxy::addrs[1]` is where it is.
 pub fn mtls_listener(port: u16, ca: &Path) -> String {
     format!(
         r#"

@@ -416,18 +416,17 @@ async fn a_client_certificate_recognises_the_tenant() {
     let files = TempDir::new("tenant-mtls");
     let ca_path = files.path().join("ca.pem");
     std::fs::write(&ca_path, &ca).unwrap();
-    let port = free_port();
     let proxy = Proxy::start(Setup {
         transparency: Some(String::new()),
         extra: format!(
             "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n\
              client_cert = [\"uri:spiffe://acme.test/devices/*\"]\n",
-            mtls_listener(port, &ca_path)
+            mtls_listener(0, &ca_path)
         ),
         ..Setup::default()
     })
     .await;
-    let mtls = format!("127.0.0.1:{port}").parse().unwrap();
+    let mtls = proxy.addrs[1];
     let (cert, key) = &leaves[0];
     let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
     let reply = upload(&client, DE, None).await;
@@ -542,19 +541,18 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     std::fs::write(&ca_path, &ca).unwrap();
     let hmac_key = files.path().join("tenant-hmac.key");
     std::fs::write(&hmac_key, [7u8; 32]).unwrap();
-    let port = free_port();
     let proxy = Proxy::start(Setup {
         transparency: Some(String::new()),
         extra: format!(
             "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:device-7\"]\n\
              [tenancy]\nrecord = \"hmac\"\nrecord_hmac_key = \"{}\"\n",
-            mtls_listener(port, &ca_path),
+            mtls_listener(0, &ca_path),
             hmac_key.display()
         ),
         ..Setup::default()
     })
     .await;
-    let mtls = format!("127.0.0.1:{port}").parse().unwrap();
+    let mtls = proxy.addrs[1];
     let (cert, key) = &leaves[0];
     let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
     let reply = upload(&client, DE, None).await;

@@ -261,14 +261,13 @@ async fn client_ca_requires_a_client_certificate() {
     let ca_path = files.path().join("ca.pem");
     std::fs::write(&ca_path, &ca).unwrap();
     // `Setup` has no knob for [listeners.tls] client_ca, so the mTLS listener
-    // is a second [[listeners]] entry on a free port.
-    let port = closed_port().await.port();
+    // is a second [[listeners]] entry (port 0: `proxy.addrs[1]`).
     let proxy = Proxy::start(Setup {
-        extra: mtls_listener(port, &ca_path),
+        extra: mtls_listener(0, &ca_path),
         ..Setup::default()
     })
     .await;
-    let mtls: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mtls: SocketAddr = proxy.addrs[1];
 
     // Without a client certificate: the TLS 1.2 handshake fails outright; in
     // TLS 1.3 the client may finish first, but the server's alert ends the
@@ -337,17 +336,16 @@ async fn a_revoked_client_certificate_is_refused_and_a_new_crl_is_reloaded() {
     let crl_path = files.path().join("crl.pem");
     std::fs::write(&ca_path, &pki.ca).unwrap();
     std::fs::write(&crl_path, pki.crl(1, &[2])).unwrap();
-    let port = closed_port().await.port();
     let proxy = Proxy::start(Setup {
         extra: format!(
             "{}client_crl = \"{}\"\n[timeouts]\nreload_poll = \"100ms\"\n",
-            mtls_listener(port, &ca_path),
+            mtls_listener(0, &ca_path),
             crl_path.display()
         ),
         ..Setup::default()
     })
     .await;
-    let mtls: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mtls: SocketAddr = proxy.addrs[1];
     let upload = async |leaf: usize| {
         let (cert, key) = &pki.leaves[leaf];
         let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
