@@ -510,10 +510,7 @@ pub async fn plain_exchange(
 
 /// A loopback port with nothing listening (connections are refused).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -801,13 +798,11 @@ impl Drop for Killed {
     }
 }
 
-/// A free loopback port (bound and released).
+/// A free loopback port, below the ephemeral range so that no client
+/// connection takes it before the server it is meant for binds it
+/// ([`residency_tools::ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    residency_tools::ports::free_port().unwrap()
 }
 
 /// GET `/readyz` on the admin listener; true on 200.

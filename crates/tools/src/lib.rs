@@ -12,6 +12,7 @@
 pub mod fetch;
 pub mod geoip;
 pub mod loadtest;
+pub mod ports;
 pub mod postgres_server;
 pub mod sink;
 pub mod verify;

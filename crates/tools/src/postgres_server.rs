@@ -56,7 +56,7 @@ impl TestServer {
         std::fs::create_dir_all(&dir)?;
         let root = is_root();
         let run_as = root.then(|| "postgres".to_string());
-        let password = format!("pw-{}", free_port()?);
+        let password = format!("pw-{}", crate::ports::free_port()?);
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{password}\n"))?;
         let tls_cert = if tls {
@@ -78,7 +78,7 @@ impl TestServer {
         let mut server = TestServer {
             dir,
             bin,
-            port: free_port()?,
+            port: crate::ports::free_port()?,
             password,
             run_as,
             tls_cert,
@@ -303,12 +303,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn check(command: &mut Command) -> io::Result<()> {
