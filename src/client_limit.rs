@@ -1,18 +1,24 @@
-//! Requests in flight per client address (`limits.max_requests_per_client`).
+//! What one client may hold at once: requests in flight
+//! (`limits.max_requests_per_client`) and open connections
+//! (`limits.max_connections_per_client`).
 //!
 //! Every forwarded request holds a connection to its data centre until its
 //! response head is back, and a client decides how long that is (a body
 //! sent at the minimum rate, stream after stream). Without a bound per
 //! client, a few clients could hold every connection an upstream allows.
-//! A client is its resolved address (the one the residency decision used,
-//! so a trusted front's clients count one by one), IPv6 clients by their
-//! /64 (one subscriber's usual allocation; see [`key`] for 6to4 and Teredo).
+//! Likewise every open client connection holds one of
+//! `limits.max_connections`, and a client decides how long (keep-alive,
+//! a slow head, a slow body). A client is an address (for requests the one
+//! the residency decision used, so a trusted front's clients count one by
+//! one), IPv6 clients by their /64 (one subscriber's usual allocation; see
+//! [`key`] for 6to4 and Teredo).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-/// Counts of requests in flight, by client. Hashed with foldhash, seeded
+/// Counts of what each client holds (requests in flight, or open
+/// connections). Hashed with foldhash, seeded
 /// per process (a client chooses its key): std's SipHash cost ~250 more
 /// instructions per request (`benches/compare/README.md`).
 #[derive(Default)]
@@ -20,7 +26,7 @@ pub struct InFlight {
     counts: Mutex<HashMap<u128, u32, foldhash::fast::RandomState>>,
 }
 
-/// One request counted against its client until dropped.
+/// One request or connection counted against its client until dropped.
 pub struct Counted<'a> {
     in_flight: &'a InFlight,
     key: u128,
@@ -40,8 +46,8 @@ fn key(addr: IpAddr) -> u128 {
 }
 
 impl InFlight {
-    /// Counts one more request of `client`, unless it has `max` in flight
-    /// already (`None`: refuse it). `max = 0`: no limit, nothing counted.
+    /// Counts one more for `client`, unless it holds `max` already (`None`:
+    /// refuse it). `max = 0`: no limit, nothing counted.
     pub fn enter(&self, client: IpAddr, max: u32) -> Option<Option<Counted<'_>>> {
         if max == 0 {
             return Some(None);
@@ -59,7 +65,7 @@ impl InFlight {
         }))
     }
 
-    /// Clients with a request in flight.
+    /// Clients holding something.
     #[cfg(test)]
     fn clients(&self) -> usize {
         self.counts.lock().unwrap().len()

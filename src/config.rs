@@ -167,6 +167,10 @@ pub struct Limits {
     /// from the decision to forward until the response head (0 = no
     /// limit).
     pub max_requests_per_client: u32,
+    /// Connections one client (an address; an IPv6 /64) may hold open at
+    /// once, on each ingest listener together; a trusted proxy's own
+    /// connections are not counted (0 = no limit).
+    pub max_connections_per_client: u32,
 }
 
 impl Default for Limits {
@@ -180,6 +184,7 @@ impl Default for Limits {
             max_detached_requests: 1024,
             min_request_body_rate: 240,
             max_requests_per_client: 256,
+            max_connections_per_client: 256,
         }
     }
 }
@@ -352,6 +357,7 @@ pub struct RawLimits {
     pub max_detached_requests: Option<Setting<u64>>,
     pub min_request_body_rate: Option<Setting<u64>>,
     pub max_requests_per_client: Option<Setting<u64>>,
+    pub max_connections_per_client: Option<Setting<u64>>,
     /// Request methods forwarded; default `["POST", "PUT"]`.
     pub methods: Option<Vec<String>>,
 }
@@ -929,6 +935,18 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
         }
     };
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    // What one client may hold at once.
+    let per_client = |value: &Option<Setting<u64>>, name: &str, default: u32, r: &mut _| {
+        limit(
+            value,
+            name,
+            0..=1_000_000,
+            "must be between 0 and 1000000 (0 = no limit)",
+            r,
+        )
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(default)
+    };
     Limits {
         max_request_head_bytes: limit(
             &raw.max_request_head_bytes,
@@ -987,15 +1005,18 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .unwrap_or(d.min_request_body_rate),
-        max_requests_per_client: limit(
+        max_requests_per_client: per_client(
             &raw.max_requests_per_client,
             "max_requests_per_client",
-            0..=1_000_000,
-            "must be between 0 and 1000000 (0 = no limit)",
+            d.max_requests_per_client,
             r,
-        )
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(d.max_requests_per_client),
+        ),
+        max_connections_per_client: per_client(
+            &raw.max_connections_per_client,
+            "max_connections_per_client",
+            d.max_connections_per_client,
+            r,
+        ),
     }
 }
 

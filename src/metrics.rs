@@ -48,8 +48,9 @@ pub const REJECTION_REASONS: [&str; 18] = [
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.
-pub const CONNECTION_REJECTIONS: [&str; 8] = [
+pub const CONNECTION_REJECTIONS: [&str; 9] = [
     "connection_limit",
+    "client_connection_limit",
     "admin_connection_limit",
     "log_connection_limit",
     "proxy_untrusted_peer",
@@ -245,7 +246,7 @@ impl Metrics {
         registry.register(Box::new(replay_budget_exhausted.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
-            "Connections closed before any request was read, by reason (PROXY header missing, invalid, untrusted or too slow; a listener's connection limit).",
+            "Connections closed before any request was read, by reason (PROXY header missing, invalid, untrusted or too slow; a listener's connection limit; a client's limits.max_connections_per_client).",
             &["reason"],
         )?;
         let upstream_retries = counter(

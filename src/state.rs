@@ -218,6 +218,9 @@ pub struct Instance {
     /// Requests in flight per client, against
     /// `limits.max_requests_per_client`.
     pub clients: crate::client_limit::InFlight,
+    /// Open ingest connections per client, against
+    /// `limits.max_connections_per_client`.
+    pub client_connections: crate::client_limit::InFlight,
     /// Held while the per-snapshot gauges are written, so a refresh that
     /// read the previous snapshot cannot write its data centres back after
     /// a reload reset them.
@@ -257,6 +260,7 @@ impl Instance {
             detached: AtomicUsize::new(0),
             replay_budget,
             clients: Default::default(),
+            client_connections: Default::default(),
             gauges: std::sync::Mutex::new(()),
         });
         instance.set_policy_info();

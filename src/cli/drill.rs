@@ -136,9 +136,10 @@ upstream_connect = "500ms"
 upstream_response = "3s"
 
 # The generator's six origin addresses stand for a whole population of
-# clients: a high --rate must not meet the per-client limit.
+# clients: a high --rate must not meet the per-client limits.
 [limits]
 max_requests_per_client = 0
+max_connections_per_client = 0
 "#;
 
 /// Runs the drill, prints the report, fails if the report does.

@@ -466,27 +466,30 @@ async fn send(
     match result {
         Ok(mut resp) => {
             let status = resp.status();
-            if status.is_informational() {
+            // An answer the client cannot be given as it is.
+            let unusable = if status.is_informational() {
                 // hyper passes 101 on as if final (1xx else are skipped):
                 // no answer to an upload, and forbidden in HTTP/2.
-                tracing::warn!(request_id = id, datacenter = dc, %status, "the data centre answered with an interim status as its final answer; not forwarded");
-                Attempt::Failed {
-                    failure: Failure::UpstreamError,
-                    unsent: None,
-                    headers: None,
-                }
+                Some("an interim status as its final answer")
             } else if !headers::client_framing(status, resp.headers_mut()) {
-                let coding = resp.headers().get(header::TRANSFER_ENCODING);
-                tracing::warn!(request_id = id, datacenter = dc, ?coding, "the data centre answered with a transfer coding other than chunked; not forwarded");
-                Attempt::Failed {
-                    failure: Failure::UpstreamError,
-                    unsent: None,
-                    headers: None,
-                }
-            } else if resp.status().is_server_error() {
-                Attempt::ServerError(resp)
+                Some("a transfer coding other than chunked")
+            } else if crate::upstream::pool::head_too_large(resp.headers()) {
+                Some("a response head over 64 KiB")
             } else {
-                Attempt::Answered(resp)
+                None
+            };
+            match unusable {
+                Some(answer) => {
+                    let coding = resp.headers().get(header::TRANSFER_ENCODING);
+                    tracing::warn!(request_id = id, datacenter = dc, %status, ?coding, "the data centre answered with {answer}; not forwarded");
+                    Attempt::Failed {
+                        failure: Failure::UpstreamError,
+                        unsent: None,
+                        headers: None,
+                    }
+                }
+                None if status.is_server_error() => Attempt::ServerError(resp),
+                None => Attempt::Answered(resp),
             }
         }
         Err((PoolError::Saturated, returned)) => {

@@ -97,6 +97,9 @@ pub(super) async fn serve(
     let Some((proxy_source, io)) = admitted.await else {
         return;
     };
+    let Some(_per_client) = per_client(&instance, listener, &limits, proxy_source, peer) else {
+        return;
+    };
     let Some(tls) = handshake(metrics, &state.tls[index], deadline, io, peer).await else {
         return;
     };
@@ -255,6 +258,42 @@ async fn proxy_header(
             None
         }
     }
+}
+
+/// Counts the connection against its client's
+/// `limits.max_connections_per_client`: the address a PROXY header named,
+/// else the peer's, unless the peer is one of the listener's trusted
+/// proxies (a front's connections carry many clients). `None`: the client
+/// holds its share already; the connection is closed, counted and not
+/// served (`Some(None)`: not counted).
+fn per_client<'a>(
+    instance: &'a Instance,
+    listener: &Listener,
+    limits: &Limits,
+    proxy_source: Option<IpAddr>,
+    peer: SocketAddr,
+) -> Option<Option<crate::client_limit::Counted<'a>>> {
+    let client = match proxy_source {
+        Some(source) => source,
+        None if listener.trusted_proxies.contains(peer.ip()) => return Some(None),
+        None => peer.ip(),
+    };
+    let counted = instance
+        .client_connections
+        .enter(client, limits.max_connections_per_client);
+    if counted.is_none() {
+        instance
+            .metrics
+            .connections_rejected
+            .with_label_values(&["client_connection_limit"])
+            .inc();
+        tracing::debug!(
+            peer = %peer,
+            client = %client,
+            "limits.max_connections_per_client reached; connection closed"
+        );
+    }
+    counted
 }
 
 /// The TLS phase, bounded by `deadline`; counted by result.

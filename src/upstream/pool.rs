@@ -46,6 +46,22 @@ use super::body::ForwardBody;
 use super::progress::{Tracked, WriteProgress};
 use residency_core::policy::UpstreamId;
 
+/// The most an upstream connection's read buffer grows to, and the largest
+/// response head a data centre may send (its fields, each counted as
+/// `name: value` and CRLF). hyper checks its buffer only while a head is
+/// incomplete, so a larger head read in one go is refused by the caller
+/// ([`head_too_large`]).
+pub const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+
+/// Whether a response head's fields exceed [`RESPONSE_HEAD_LIMIT`].
+pub fn head_too_large(headers: &http::HeaderMap) -> bool {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    size > RESPONSE_HEAD_LIMIT
+}
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -383,7 +399,13 @@ impl Pool {
             inner: io,
             progress: progress.clone(),
         };
-        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        // hyper's default is ~400 KiB, and its read buffer may grow that
+        // far on every connection. A head with more than 100 fields (hyper's
+        // default) is an error too.
+        let (tx, conn) = http1::Builder::new()
+            .max_buf_size(RESPONSE_HEAD_LIMIT)
+            .handshake(TokioIo::new(io))
+            .await?;
         // A request's own watchdog ends its attempt at `upstream_send_idle`
         // of blocked writes; this bound also covers a request body still
         // written after the answer came (an early answer), which no request

@@ -419,3 +419,109 @@ async fn a_client_cannot_hold_more_than_its_share_of_upstream_connections() {
     );
     proxy.stop().await;
 }
+
+/// `limits.max_connections_per_client`: a client holding that many
+/// connections has one more closed before TLS, and counted; another client
+/// connects meanwhile, and the first gets its place back once one of its
+/// connections ends. The connections it holds keep being served.
+#[tokio::test]
+async fn a_client_cannot_hold_more_than_its_share_of_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        // The peer is the client: no front is trusted.
+        trusted: vec![],
+        extra: "[limits]\nmax_connections_per_client = 3\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(proxy.client().connect().await.expect("TLS handshake"));
+    }
+    assert!(
+        proxy.client().connect().await.is_err(),
+        "a fourth connection from 127.0.0.1 was served"
+    );
+    let other = proxy.client().from("127.0.0.2").connect().await;
+    assert!(other.is_ok(), "another client was refused: {other:?}");
+
+    // A held connection is still served (127.0.0.1 is not located: 451).
+    let mut tls = held.pop().unwrap();
+    tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 451"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // That connection is closed now: its place comes back.
+    drop(tls);
+    let again = std::sync::Mutex::new(None);
+    eventually("a place for 127.0.0.1 again", async || {
+        let tls = proxy.client().connect().await.ok();
+        let ok = tls.is_some();
+        *again.lock().unwrap() = tls;
+        ok
+    })
+    .await;
+    assert!(
+        proxy.client().connect().await.is_err(),
+        "the place taken again, a fourth connection was served"
+    );
+    let rejected = metric_value(
+        &proxy,
+        "residency_connections_rejected_total{reason=\"client_connection_limit\"}",
+    )
+    .await;
+    assert!(rejected >= 1.0, "{rejected} connections counted as refused");
+    proxy.stop().await;
+}
+
+/// Behind a PROXY-protocol balancer the client is the address its header
+/// names, not the balancer's; without PROXY, a trusted front's own
+/// connections are not counted (its clients are, request by request).
+#[tokio::test]
+async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted_front() {
+    let proxy = Proxy::start(Setup {
+        listener_extra: "proxy_protocol = \"required\"".into(),
+        extra: "[limits]\nmax_connections_per_client = 2\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let header = |source: &str| format!("PROXY TCP4 {source} 127.0.0.1 5555 443\r\n").into_bytes();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tls = proxy.client().preamble(header(CH)).connect().await;
+        held.push(tls.expect("TLS handshake"));
+    }
+    let third = proxy.client().preamble(header(CH)).connect().await;
+    assert!(third.is_err(), "a third connection for {CH} was served");
+    let reply = proxy
+        .client()
+        .preamble(header(DE))
+        .upload_from(DE, "another client behind the balancer")
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    proxy.stop().await;
+
+    let front = Proxy::start(Setup {
+        extra: "[limits]\nmax_connections_per_client = 2\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..4 {
+        held.push(
+            front
+                .client()
+                .connect()
+                .await
+                .expect("a trusted front's connection"),
+        );
+    }
+    let reply = front.client().upload_from(CH, "through the front").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    front.stop().await;
+}

@@ -470,6 +470,20 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                     let _ = stream.shutdown().await;
                     return;
                 }
+                if let Some(kib) = ["post /head-12k ", "post /head-100k "]
+                    .iter()
+                    .zip([12, 100])
+                    .find_map(|(path, kib)| head.starts_with(path).then_some(kib))
+                {
+                    // One field of that many KiB in the head.
+                    let padding = "p".repeat(kib << 10);
+                    let answer = format!(
+                        "HTTP/1.1 201 Created\r\nX-Padding: {padding}\r\nContent-Length: 2\r\n\r\nok"
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
                 if head.starts_with("post /big ") {
                     let _ = stream
                         .write_all(
@@ -766,7 +780,8 @@ async fn last_request(
 /// field among them reset the HTTP/2 stream after a 2xx; a
 /// `Residency-Receipt` one went through unstripped); a `101` (hyper passes
 /// it on as final) is a 502 `upstream_error`; a `204` carries no
-/// `Content-Length`.
+/// `Content-Length`; a head over 64 KiB is a 502 `upstream_error` (hyper
+/// read up to ~400 KiB of it, per connection), while a 12 KiB one passes.
 #[tokio::test]
 async fn a_data_centres_answer_is_made_a_valid_final_answer() {
     let proxy = proxy_with_raw_zurich("").await;
@@ -794,6 +809,12 @@ async fn a_data_centres_answer_is_made_a_valid_final_answer() {
         let reply = send("/no-content").await.expect("an answer");
         assert_eq!(reply.status, 204, "{v:?}");
         assert_eq!(reply.header("content-length"), None, "{v:?}");
+        let reply = send("/head-12k").await.expect("an answer");
+        assert_eq!(reply.status, 201, "{v:?}");
+        assert_eq!(reply.header("x-padding").map(str::len), Some(12 << 10));
+        let reply = send("/head-100k").await.expect("an answer");
+        assert_eq!(reply.status, 502, "{v:?}");
+        assert_eq!(reply.json()["error"], "upstream_error", "{v:?}");
     }
     proxy.stop().await;
 }
