@@ -483,6 +483,100 @@ fn failover_time_is_measured_from_the_fault() {
         .contains("acknowledged no upload"));
 }
 
+/// A fault after which nothing was acknowledged elsewhere fails the run
+/// when the policy permits another data centre that the schedule left
+/// unbroken (ch may go to geneva when zurich refuses); with geneva broken
+/// first, or before zurich's repair, ch had nowhere else to go, and no
+/// failover is no failure.
+#[test]
+fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    let fx = Fixture::files();
+    let run = RunId::new();
+    // ch uploads every 100 ms for 2 s: zurich acknowledges until the
+    // fault at 1 s, then nothing is acknowledged.
+    let outcomes: Vec<Outcome> = (0..20u64)
+        .map(|i| {
+            let at = i * 100;
+            match at < 1000 {
+                true => done(i, 0, &run, at, 10, 201, Some("zurich")),
+                false => done(i, 0, &run, at, 10, 502, None),
+            }
+        })
+        .collect();
+    let stored: Vec<Value> = (0..10)
+        .map(|i| record(&run, i, "zurich", None, "r"))
+        .collect();
+    let stored = parse_records(Value::Array(stored).to_string().as_bytes()).unwrap();
+    let applied = |event: &str, at: f64| Applied {
+        event: event.into(),
+        at_s: at,
+        applied_at_s: Some(at),
+        ok: true,
+        via: None,
+        detail: None,
+    };
+    let verdict = |chaos: &[(&str, f64)]| {
+        let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+        plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+        let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+        let generated = Generated {
+            outcomes: outcomes.clone(),
+            elapsed: Duration::from_secs(2),
+        };
+        let reconciled = reconcile(&plan, &run, &outcomes, &stored);
+        let mut report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+        // The default objectives, as every run is checked against.
+        report.apply_slo(&residency_tools::loadtest::slo::Slo::default());
+        report
+    };
+
+    let report = verdict(&[("1s:zurich=refuse", 1.0)]);
+    let failover = report.chaos[0].failover.as_ref().unwrap();
+    assert_eq!(failover.alternatives, ["geneva"]);
+    assert!(!report.passed());
+    assert!(
+        report
+            .problems()
+            .iter()
+            .any(|p| p.contains("failed over") && p.contains("geneva")),
+        "{:?}",
+        report.problems()
+    );
+    assert!(report
+        .render_text()
+        .contains("though geneva could take them"));
+
+    for (chaos, k) in [
+        (
+            &[("500ms:geneva=refuse", 0.5), ("1s:zurich=refuse", 1.0)],
+            1,
+        ),
+        (
+            &[("1s:zurich=refuse", 1.0), ("1500ms:geneva=refuse", 1.5)],
+            0,
+        ),
+    ] {
+        let report = verdict(chaos);
+        let failover = report.chaos[k].failover.as_ref().unwrap();
+        assert!(failover.alternatives.is_empty(), "{chaos:?}: {failover:?}");
+        assert!(
+            !report.problems().iter().any(|p| p.contains("failed over")),
+            "{chaos:?}: {:?}",
+            report.problems()
+        );
+    }
+    // geneva broken and repaired before the fault: it could take ch.
+    let report = verdict(&[
+        ("200ms:geneva=refuse", 0.2),
+        ("500ms:geneva=normal", 0.5),
+        ("1s:zurich=refuse", 1.0),
+    ]);
+    let failover = report.chaos[2].failover.as_ref().unwrap();
+    assert_eq!(failover.alternatives, ["geneva"]);
+}
+
 // ---------------------------------------------------------------------------
 // End to end: the real proxy, a fake sink, 3 s at 100/s
 // ---------------------------------------------------------------------------

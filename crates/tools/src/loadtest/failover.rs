@@ -36,6 +36,12 @@ pub struct Failover {
     pub time_to_detect_ms: Option<f64>,
     /// `None` (JSON `null`): no failover was seen; `note` says why.
     pub time_to_failover_ms: Option<f64>,
+    /// The data centres those jurisdictions could have failed over to:
+    /// permitted for one of them by the policy, and left unbroken by the
+    /// schedule from the event until the data centre's next one. With none, no failover is no fault
+    /// of the proxy's (the jurisdiction had nowhere else to go); with
+    /// some, it fails the run.
+    pub alternatives: Vec<String>,
     /// The data centre that acknowledged the first failed-over upload.
     pub answered_by: Option<String>,
     /// Uploads of those jurisdictions scheduled after the event and before
@@ -92,6 +98,7 @@ fn one(
         jurisdictions: Vec::new(),
         time_to_detect_ms: None,
         time_to_failover_ms: None,
+        alternatives: Vec::new(),
         answered_by: None,
         failed_before_failover: 0,
         note: None,
@@ -129,6 +136,7 @@ fn one(
         return result;
     }
 
+    result.alternatives = alternatives(plan, k, end, &dc, &result.jurisdictions);
     let before_end = |f: Duration| end.is_none_or(|e| f < e);
     let relevant = || {
         outcomes
@@ -181,13 +189,57 @@ fn one(
                 Some(e) => format!(" before {dc}'s next event at {:.1}s", e.as_secs_f64()),
                 None => " until the end of the run".into(),
             };
+            let elsewhere = if result.alternatives.is_empty() {
+                String::from(" (none other is permitted and up)")
+            } else {
+                format!(
+                    ", though {} could take them",
+                    result.alternatives.join(", ")
+                )
+            };
             result.note = Some(format!(
-                "no upload of {} was acknowledged by another data centre{until}",
+                "no upload of {} was acknowledged by another data centre{until}{elsewhere}",
                 result.jurisdictions.join(", ")
             ));
         }
     }
     result
+}
+
+/// The data centres other than `dc` that the policy permits for one of
+/// `jurisdictions` and that the schedule left unbroken from event `k` until
+/// `end` (`dc`'s next event; `None`: the end of the run): a data centre's
+/// latest event at or before event `k`'s time does not break it (events at
+/// the same time included), and none breaks it before `end`.
+fn alternatives(
+    plan: &Plan,
+    k: usize,
+    end: Option<Duration>,
+    dc: &str,
+    jurisdictions: &[String],
+) -> Vec<String> {
+    let policy = &plan.policy;
+    let at = plan.chaos[k].at;
+    let broken = |name: &str| {
+        let of = || plan.chaos.iter().filter(|e| e.action.datacenter() == name);
+        let then = of().rfind(|e| e.at <= at);
+        then.is_some_and(|e| e.action.breaks())
+            || of().any(|e| e.at > at && end.is_none_or(|end| e.at < end) && e.action.breaks())
+    };
+    let mut names: Vec<String> = policy
+        .jurisdictions
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| jurisdictions.contains(&j.name))
+        .flat_map(|(j, _)| policy.permitted(residency_core::policy::JurisdictionId(j)))
+        .flat_map(|group| group.datacenters.iter())
+        .map(|d| policy.datacenter(*d).name.as_str())
+        .filter(|name| *name != dc && !broken(name))
+        .map(String::from)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// A repaired data centre getting uploads again.

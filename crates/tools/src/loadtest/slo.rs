@@ -15,7 +15,10 @@
 //! ```
 //!
 //! Without a file the defaults apply: no violation, nothing acknowledged
-//! missing, and every fault exercised. A fault is *not exercised* when no
+//! missing, every fault exercised, and every fault failed over when the
+//! policy permitted another data centre that the schedule left unbroken
+//! meanwhile (with nowhere else to go, no failover is what the proxy must
+//! do). A fault is *not exercised* when no
 //! upload was going to its data centre when it struck (a drain of a data
 //! centre already ejected, say): it tested nothing, and saying PASS for it
 //! would be a claim the run cannot back.
@@ -111,6 +114,14 @@ pub fn check(report: &Report, slo: &Slo) -> Vec<SloCheck> {
                     slo.allow_not_exercised,
                 );
                 continue;
+            }
+            if f.time_to_failover_ms.is_none() && !f.alternatives.is_empty() {
+                push(
+                    format!("{event}: failed over"),
+                    format!("to {}", f.alternatives.join(" or ")),
+                    "no failover".into(),
+                    false,
+                );
             }
             for (what, limit, value) in [
                 (
