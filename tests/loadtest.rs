@@ -567,6 +567,15 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
             report.problems()
         );
     }
+    // geneva refusing, drained and undrained: it still refuses.
+    let report = verdict(&[
+        ("200ms:geneva=refuse", 0.2),
+        ("300ms:drain=geneva", 0.3),
+        ("500ms:undrain=geneva", 0.5),
+        ("1s:zurich=refuse", 1.0),
+    ]);
+    let failover = report.chaos[3].failover.as_ref().unwrap();
+    assert!(failover.alternatives.is_empty(), "{failover:?}");
     // geneva broken and repaired before the fault: it could take ch.
     let report = verdict(&[
         ("200ms:geneva=refuse", 0.2),
@@ -575,6 +584,47 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
     ]);
     let failover = report.chaos[2].failover.as_ref().unwrap();
     assert_eq!(failover.alternatives, ["geneva"]);
+}
+
+/// A repair is an event after which the data centre is no longer broken:
+/// an `undrain` of a data centre whose sink still refuses repairs nothing
+/// (it was judged as a recovery that never came); the `normal` after it
+/// does.
+#[test]
+fn an_undrain_of_a_data_centre_that_still_refuses_is_no_repair() {
+    use residency_tools::loadtest::failover::recoveries;
+    let events: Vec<ChaosEvent> = [
+        "1s:zurich=refuse",
+        "1200ms:drain=zurich",
+        "1500ms:undrain=zurich",
+        "1800ms:zurich=normal",
+        "2s:drain=zurich",
+        "2200ms:zurich=refuse",
+        "2400ms:zurich=normal",
+        "2600ms:undrain=zurich",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    let applied: Vec<Applied> = events
+        .iter()
+        .map(|e| Applied {
+            event: String::new(),
+            at_s: e.at.as_secs_f64(),
+            applied_at_s: Some(e.at.as_secs_f64()),
+            ok: true,
+            via: None,
+            detail: None,
+        })
+        .collect();
+    let repairs: Vec<bool> = recoveries(&events, &applied, &[], &Default::default())
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    assert_eq!(
+        repairs,
+        [false, false, false, true, false, false, false, true]
+    );
 }
 
 // ---------------------------------------------------------------------------

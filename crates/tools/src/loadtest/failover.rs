@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::chaos::Applied;
 use super::generator::Outcome;
 use super::plan::Plan;
-use super::spec::ChaosEvent;
+use super::spec::{ChaosAction, ChaosEvent};
 
 /// The failover after one breaking event.
 #[derive(Debug, Clone, Serialize)]
@@ -208,9 +208,9 @@ fn one(
 
 /// The data centres other than `dc` that the policy permits for one of
 /// `jurisdictions` and that the schedule left unbroken from event `k` until
-/// `end` (`dc`'s next event; `None`: the end of the run): a data centre's
-/// latest event at or before event `k`'s time does not break it (events at
-/// the same time included), and none breaks it before `end`.
+/// `end` (`dc`'s next event; `None`: the end of the run): not broken by the
+/// events up to event `k`'s time (those at the same time included), nor by
+/// any later one before `end`.
 fn alternatives(
     plan: &Plan,
     k: usize,
@@ -220,11 +220,21 @@ fn alternatives(
 ) -> Vec<String> {
     let policy = &plan.policy;
     let at = plan.chaos[k].at;
+    // Broken at `at`, or made broken again before `end`.
     let broken = |name: &str| {
-        let of = || plan.chaos.iter().filter(|e| e.action.datacenter() == name);
-        let then = of().rfind(|e| e.at <= at);
-        then.is_some_and(|e| e.action.breaks())
-            || of().any(|e| e.at > at && end.is_none_or(|end| e.at < end) && e.action.breaks())
+        let mut state = State::default();
+        let mut broken = false;
+        for e in plan.chaos.iter().filter(|e| e.action.datacenter() == name) {
+            if e.at > at && end.is_some_and(|end| e.at >= end) {
+                break;
+            }
+            state.apply(&e.action);
+            broken |= e.at > at && state.broken();
+            if e.at <= at {
+                broken = state.broken();
+            }
+        }
+        broken
     };
     let mut names: Vec<String> = policy
         .jurisdictions
@@ -242,6 +252,38 @@ fn alternatives(
     names
 }
 
+/// What the schedule has done to one data centre so far: its sink's mode
+/// and its drain are separate, and either breaks it (an `undrain` does not
+/// repair a data centre that still refuses).
+#[derive(Default)]
+struct State {
+    mode_breaks: bool,
+    drained: bool,
+}
+
+impl State {
+    fn apply(&mut self, action: &ChaosAction) {
+        match action {
+            ChaosAction::Mode { .. } => self.mode_breaks = action.breaks(),
+            ChaosAction::Drain { .. } => self.drained = true,
+            ChaosAction::Undrain { .. } => self.drained = false,
+        }
+    }
+
+    fn broken(&self) -> bool {
+        self.mode_breaks || self.drained
+    }
+
+    /// After `events` (of any data centre), for `dc`.
+    fn after(events: &[ChaosEvent], dc: &str) -> State {
+        let mut state = State::default();
+        for e in events.iter().filter(|e| e.action.datacenter() == dc) {
+            state.apply(&e.action);
+        }
+        state
+    }
+}
+
 /// A repaired data centre getting uploads again.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
@@ -252,8 +294,10 @@ pub struct Recovery {
     pub note: Option<String>,
 }
 
-/// One entry per event: `Some` for events that repair a data centre a
-/// previous event broke (`normal` after `refuse`/`hang`/`error`, `undrain`).
+/// One entry per event: `Some` for events that repair a data centre the
+/// events before had broken (`normal` after `refuse`/`hang`/`error`,
+/// `undrain` after `drain`, unless the other still holds: an `undrain` of a
+/// data centre that refuses repairs nothing).
 pub fn recoveries(
     events: &[ChaosEvent],
     applied: &[Applied],
@@ -265,11 +309,9 @@ pub fn recoveries(
         .enumerate()
         .map(|(k, event)| {
             let dc = event.action.datacenter();
-            let previous = events[..k]
-                .iter()
-                .rev()
-                .find(|e| e.action.datacenter() == dc);
-            let repairs = previous.is_some_and(|p| p.action.breaks()) && !event.action.breaks();
+            // Broken before the event, and not after it.
+            let repairs = State::after(&events[..k], dc).broken()
+                && !State::after(&events[..=k], dc).broken();
             repairs.then(|| recovery(events, applied, k, outcomes, stored_in))
         })
         .collect()
