@@ -192,7 +192,9 @@ fn walked_chain(headers: &HeaderMap, client: IpAddr, chain: &mut String) {
 }
 
 /// RFC 9110 §7.6.3: a proxy adds itself to `Via`, with the protocol the
-/// request was received in, after any the client sent.
+/// request was received in, after any the client sent (fields with no
+/// element, such as an empty one, are left out rather than joined into an
+/// empty list element).
 fn via(headers: &mut HeaderMap, version: Version) {
     let ours = match version {
         Version::HTTP_2 => "2 residency-proxy",
@@ -207,6 +209,7 @@ fn via(headers: &mut HeaderMap, version: Version) {
         .get_all(header::VIA)
         .iter()
         .map(HeaderValue::as_bytes)
+        .filter(|v| !v.iter().all(|b| matches!(b, b' ' | b'\t' | b',')))
         .collect();
     hops.push(ours.as_bytes());
     let value =
@@ -769,6 +772,8 @@ mod proptests {
         "residency-anything",
         "content-length",
         "cookie",
+        "via",
+        "Via",
         "content-type",
         "x-secret",
     ];
@@ -1178,7 +1183,7 @@ mod proptests {
                 let n = name.as_str();
                 prop_assert!(!HOP_BY_HOP_NAMES.contains(&n), "{} remains in {:?}", n, up);
                 prop_assert!(
-                    !listed.contains(name) || OURS.contains(&n),
+                    !listed.contains(name) || OURS.contains(&n) || name == header::VIA,
                     "{} is listed in Connection but remains: {:?}", n, h
                 );
                 prop_assert!(n != "host");
@@ -1225,6 +1230,20 @@ mod proptests {
             }
             want.push_str(&hop_text);
             prop_assert_eq!(xff, want.as_str());
+            // Via: the client's elements (unless `Connection` names it),
+            // then ours, in one field.
+            let ours = if hop.http2 { "2 residency-proxy" } else { "1.1 residency-proxy" };
+            let mut hops: Vec<&[u8]> = h
+                .get_all(header::VIA)
+                .iter()
+                .filter(|_| !listed.contains(&header::VIA))
+                .map(HeaderValue::as_bytes)
+                .filter(|v| !v.iter().all(|b| matches!(b, b' ' | b'\t' | b',')))
+                .collect();
+            hops.push(ours.as_bytes());
+            let via: Vec<&[u8]> = up.get_all(header::VIA).iter().map(HeaderValue::as_bytes).collect();
+            let want = hops.join(&b", "[..]);
+            prop_assert_eq!(via, vec![&want[..]]);
             prop_assert_eq!(up.get_all(X_FORWARDED_PROTO).iter().collect::<Vec<_>>(), vec!["https"]);
             prop_assert_eq!(up.get_all(X_REQUEST_ID).iter().collect::<Vec<_>>(), vec![&hop.request_id]);
             prop_assert_eq!(up.get_all(X_FORWARDED_HOST).iter().collect::<Vec<_>>(), hop.host.iter().collect::<Vec<_>>());
@@ -1234,6 +1253,7 @@ mod proptests {
                 let rewritten = HOP_BY_HOP_NAMES.contains(&n)
                     || n.starts_with("residency-")
                     || n == "host"
+                    || n == "via"
                     || names_an_address(name)
                     || OURS.contains(&n)
                     || listed.contains(name);
