@@ -3,8 +3,10 @@
 //!
 //! A request takes the most recently used idle connection of its upstream
 //! (stale ones are dropped on the way), or connects a new one. A connection
-//! goes back to the pool when its response body has been read to the end;
-//! one dropped earlier (client gone, error) is closed by hyper. At most
+//! goes back to the pool when its response body has been read to the end
+//! and it can take a next request (its request body written too: a data
+//! centre may answer before it has read the body); one dropped earlier
+//! (client gone, error) is closed by hyper. At most
 //! `pool_max_idle_per_host` idle connections are kept per upstream, none
 //! longer than `pool_idle_timeout` (a reaper task closes the expired ones).
 //!
@@ -662,10 +664,35 @@ impl HttpBody for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            if self.ended || self.inner.is_end_stream() {
-                lease.pool.put(lease.u, lease.tx, lease.progress);
-            }
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if !(self.ended || self.inner.is_end_stream()) {
+            return;
         }
+        if lease.tx.is_ready() {
+            lease.pool.put(lease.u, lease.tx, lease.progress);
+            return;
+        }
+        // The response ended before the request did (the data centre
+        // answered early and still reads the body), or the connection's
+        // task has not yet taken in the end of the exchange: pooled only
+        // once the connection can take a next request, so that one does
+        // not wait on a body still being sent (up to `upstream_connect`).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Lease {
+            pool,
+            u,
+            mut tx,
+            progress,
+        } = lease;
+        let idle_timeout = pool.inner.idle_timeout;
+        drop(runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, tx.ready()).await {
+                pool.put(u, tx, progress);
+            }
+        }));
     }
 }

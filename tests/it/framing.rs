@@ -844,6 +844,49 @@ async fn an_early_answer_does_not_cut_the_rest_of_the_upload() {
     proxy.stop().await;
 }
 
+/// A data centre connection whose request body is still being sent after
+/// an early answer is not pooled until it can take a next request: the
+/// next upload gets another connection at once. It used to take that one
+/// and wait (up to `upstream_connect`) for the first body's end, and here,
+/// where the data centre then closes, got 502.
+#[tokio::test]
+async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answer() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let proxy =
+        proxy_with_raw_zurich("[timeouts]\nupstream_connect = \"10s\"\n[health]\npath = \"off\"\n")
+            .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    const LEN: usize = 20 * 1024;
+    let head = raw(&format!(
+        "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+    ));
+    tls.write_all(&head).await.unwrap();
+    tls.write_all(&[b'x'; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    assert_eq!(
+        status_line(&mut tls, "the early answer").await,
+        "HTTP/1.1 201"
+    );
+    // The rest of the body, 2.5 s of it, in the background.
+    let sent = std::sync::Arc::new(AtomicBool::new(false));
+    let trickling = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            trickle(&mut tls, LEN - 1024).await;
+            sent.store(true, Ordering::SeqCst);
+            tls
+        })
+    };
+    let reply = proxy.client().upload_from(CH, "the next upload").await;
+    assert_eq!(reply.status, 404, "{:?}", reply.body);
+    assert!(
+        !sent.load(Ordering::SeqCst),
+        "the next upload was answered only once the first body was sent"
+    );
+    drop(trickling.await.unwrap());
+    proxy.stop().await;
+}
+
 /// Writes `len` bytes of body, 1 KiB every 125 ms.
 async fn trickle(tls: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) {
     for _ in 0..len / 1024 {
