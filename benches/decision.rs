@@ -156,7 +156,7 @@ fn bench(c: &mut Criterion) {
 
     // A request's count against limits.max_requests_per_client, taken and
     // given back, with 1,000 other clients in flight.
-    let in_flight = residency_proxy::client_limit::InFlight::default();
+    let in_flight = std::sync::Arc::new(residency_proxy::client_limit::InFlight::default());
     let others: Vec<_> = (0..1000u32)
         .map(|i| {
             let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));

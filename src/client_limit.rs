@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Counts of what each client holds (requests in flight, or open
 /// connections). Hashed with foldhash, seeded
@@ -26,9 +26,11 @@ pub struct InFlight {
     counts: Mutex<HashMap<u128, u32, foldhash::fast::RandomState>>,
 }
 
-/// One request or connection counted against its client until dropped.
-pub struct Counted<'a> {
-    in_flight: &'a InFlight,
+/// One request or connection counted against its client until dropped
+/// (it may outlive the request's task: a body still sent after an early
+/// answer keeps its request counted).
+pub struct Counted {
+    in_flight: Arc<InFlight>,
     key: u128,
 }
 
@@ -48,7 +50,7 @@ fn key(addr: IpAddr) -> u128 {
 impl InFlight {
     /// Counts one more for `client`, unless it holds `max` already (`None`:
     /// refuse it). `max = 0`: no limit, nothing counted.
-    pub fn enter(&self, client: IpAddr, max: u32) -> Option<Option<Counted<'_>>> {
+    pub fn enter(self: &Arc<Self>, client: IpAddr, max: u32) -> Option<Option<Counted>> {
         if max == 0 {
             return Some(None);
         }
@@ -59,8 +61,9 @@ impl InFlight {
             return None;
         }
         *count += 1;
+        drop(counts);
         Some(Some(Counted {
-            in_flight: self,
+            in_flight: self.clone(),
             key,
         }))
     }
@@ -72,7 +75,7 @@ impl InFlight {
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut counts = self
             .in_flight
@@ -98,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_client_gets_max_requests_in_flight_and_its_slots_come_back() {
-        let in_flight = InFlight::default();
+        let in_flight = Arc::new(InFlight::default());
         let a = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
         let b = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
         assert!(in_flight.enter(ip("192.0.2.1"), 2).is_none());
@@ -118,7 +121,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_address() {
-        let in_flight = InFlight::default();
+        let in_flight = Arc::new(InFlight::default());
         let _a = in_flight.enter(ip("2001:db8:1:2::1"), 1).unwrap();
         assert!(in_flight.enter(ip("2001:db8:1:2:ffff::9"), 1).is_none());
         assert!(in_flight.enter(ip("2001:db8:1:3::1"), 1).unwrap().is_some());
@@ -142,7 +145,7 @@ mod tests {
 
     #[test]
     fn no_limit_counts_nothing() {
-        let in_flight = InFlight::default();
+        let in_flight = Arc::new(InFlight::default());
         for _ in 0..3 {
             assert!(in_flight.enter(ip("192.0.2.1"), 0).unwrap().is_none());
         }

@@ -217,10 +217,10 @@ pub struct Instance {
     pub replay_budget: Arc<tokio::sync::Semaphore>,
     /// Requests in flight per client, against
     /// `limits.max_requests_per_client`.
-    pub clients: crate::client_limit::InFlight,
+    pub clients: Arc<crate::client_limit::InFlight>,
     /// Open ingest connections per client, against
     /// `limits.max_connections_per_client`.
-    pub client_connections: crate::client_limit::InFlight,
+    pub client_connections: Arc<crate::client_limit::InFlight>,
     /// Held while the per-snapshot gauges are written, so a refresh that
     /// read the previous snapshot cannot write its data centres back after
     /// a reload reset them.

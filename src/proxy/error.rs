@@ -85,6 +85,18 @@ impl Failure {
     ];
 }
 
+/// Why the client's body stopped, as the client is told.
+impl From<crate::upstream::body::BodyError> for Failure {
+    fn from(e: crate::upstream::body::BodyError) -> Failure {
+        use crate::upstream::body::BodyError;
+        match e {
+            BodyError::TooLarge => Failure::BodyTooLarge,
+            BodyError::IdleTimeout | BodyError::TooSlow => Failure::BodyTimeout,
+            BodyError::Client | BodyError::Gone => Failure::ClientAborted,
+        }
+    }
+}
+
 impl From<Refusal> for Failure {
     fn from(refusal: Refusal) -> Failure {
         match refusal {

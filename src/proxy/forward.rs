@@ -43,7 +43,7 @@ use super::error::Failure;
 use super::headers::{self, Forwarded};
 use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
-use crate::upstream::body::{BodyError, BodySlot, ForwardBody};
+use crate::upstream::body::{BodySlot, ForwardBody};
 use crate::upstream::pool::{Error as PoolError, Watch};
 use crate::upstream::Health;
 use residency_core::country::Country;
@@ -211,7 +211,7 @@ async fn prepare(
         // moved whole when hyper boxes it, so it is kept small.
         Box::pin(slot.buffer_for_replay(replay_limit))
             .await
-            .map_err(|e| (body_failure(e), slot.bytes()))?
+            .map_err(|e| (Failure::from(e), slot.bytes()))?
     } else {
         None
     };
@@ -294,7 +294,7 @@ pub async fn forward(
             started.elapsed().as_secs_f64(),
         );
         if let Some(e) = upload.slot.failure() {
-            return Err((body_failure(e), upload.slot.bytes()));
+            return Err((Failure::from(e), upload.slot.bytes()));
         }
         if let Attempt::Failed {
             failure: Failure::UpstreamSaturated,
@@ -609,14 +609,6 @@ impl Hung<'_> {
             .upstream_hung
             .with_label_values(&[self.dc, &uri.to_string()])
             .inc();
-    }
-}
-
-fn body_failure(e: BodyError) -> Failure {
-    match e {
-        BodyError::TooLarge => Failure::BodyTooLarge,
-        BodyError::IdleTimeout | BodyError::TooSlow => Failure::BodyTimeout,
-        BodyError::Client | BodyError::Gone => Failure::ClientAborted,
     }
 }
 

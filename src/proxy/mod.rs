@@ -132,10 +132,6 @@ pub async fn handle(
         return Ok(options_here(&state, &id, req.into_body()));
     }
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
-    if let Ok((_, slot)) = &routed {
-        // Answered early: the rest of the body is still the request's.
-        slot.hold_while_reading();
-    }
     let (mut resp, bytes, receipt) = respond(
         &instance,
         &state,
@@ -296,7 +292,7 @@ fn admit<'a>(
     req: &Request<Incoming>,
     id: &'a HeaderValue,
     findings: &mut Findings,
-) -> Result<(forward::Target<'a>, Option<Counted<'a>>), Failure> {
+) -> Result<(forward::Target<'a>, Option<Counted>), Failure> {
     let config = &state.config;
     let listener = &config.listeners[conn.listener];
     if !config.methods.allows(req.method()) {
@@ -429,8 +425,9 @@ async fn decide_and_forward(
     id: &HeaderValue,
     findings: &mut Findings,
 ) -> Routed {
-    // The client's count is held until the response head is here.
-    let (target, _held) = match admit(instance, state, conn, &req, id, findings) {
+    // The client's count is held until the response head is here, and
+    // after an early answer until the body has been sent.
+    let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
         Ok(admitted) => admitted,
         Err(failure) => {
             return Err(Unrouted {
@@ -440,11 +437,15 @@ async fn decide_and_forward(
             })
         }
     };
-    forward::forward(instance, state, target, req, &mut findings.datacenter)
+    let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
         .await
         .map_err(|(failure, bytes)| Unrouted {
             failure,
             bytes,
             unread: None,
-        })
+        })?;
+    // Answered early: the rest of the body is still the request's, and
+    // still holds the data centre's connection.
+    slot.hold_while_reading(counted);
+    Ok((resp, slot))
 }

@@ -147,14 +147,19 @@ pub async fn answered<B>(
             })
         }
         None if stored => {
+            // The body failed (too large, too slow, cut): the client is
+            // told that, as without an early answer; else it stopped
+            // coming while the data centre waited.
+            let failure = slot.failure().map_or(Failure::UpstreamError, Failure::from);
             tracing::warn!(
                 request_id = context.request_id.to_str().unwrap_or_default(),
-                "the data centre answered 2xx before receiving the whole body: no receipt"
+                reason = failure.reason(),
+                "the data centre answered 2xx before receiving the whole body, which did not end: no receipt"
             );
             record.outcome = Outcome::Refused;
-            record.reason = Some(Cow::Borrowed(Failure::UpstreamError.reason()));
+            record.reason = Some(Cow::Borrowed(failure.reason()));
             let _ = log.append(&record).await;
-            return Err(Failure::UpstreamError);
+            return Err(failure);
         }
         None => {}
     }

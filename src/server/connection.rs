@@ -11,7 +11,7 @@
 //! | `proxy_header` (`required` listeners) | the PROXY header is read | `tls_handshake` |
 //! | `tls_handshake` | TLS is up (ALPN picks h2 or HTTP/1.1) | `tls_handshake` |
 //! | [`Phase::FirstRequest`] | the first request head is complete | `request_head`, from the handshake |
-//! | [`Phase::Busy`] | no request is in flight | each request's own deadlines (`request_body_idle`, `upstream_*`) |
+//! | [`Phase::Busy`] | no request is in flight (HTTP/1: a request's response body sent to its end, [`Served`]) | each request's own deadlines (`request_body_idle`, `upstream_*`, `client_send_idle`) |
 //! | [`Phase::Idle`] | a request (HTTP/1: a head's first byte) arrives | `keepalive_idle`; HTTP/1 parks after `IDLE_RELEASE`, holding no hyper buffers |
 //! | [`Phase::Head`] (HTTP/1) | the head is complete | `request_head`, from its first byte |
 //! | draining (shutdown) | the requests in flight end | heads still `request_head`; the process `shutdown_grace` |
@@ -181,8 +181,12 @@ pub(super) async fn serve(
             None => return,
         }
     };
+    activity.http2.store(true, Ordering::Relaxed);
     serve_http2(io, prefix, service, limits, peer, phases).await;
 }
+
+/// Bytes of response data one HTTP/2 stream may queue for sending.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// The TLS stream of an accepted connection. Boxed: moved by value it would
 /// size every phase of the connection's task, and an idle connection holds
@@ -263,17 +267,22 @@ async fn proxy_header(
 /// Counts the connection against its client's
 /// `limits.max_connections_per_client`: the address a PROXY header named,
 /// else the peer's, unless the peer is one of the listener's trusted
-/// proxies (a front's connections carry many clients). `None`: the client
+/// proxies (a front's connections carry many clients) or the PROXY header
+/// named no client (the balancer's own connection). `None`: the client
 /// holds its share already; the connection is closed, counted and not
 /// served (`Some(None)`: not counted).
-fn per_client<'a>(
-    instance: &'a Instance,
+fn per_client(
+    instance: &Instance,
     listener: &Listener,
     limits: &Limits,
     proxy_source: Option<IpAddr>,
     peer: SocketAddr,
-) -> Option<Option<crate::client_limit::Counted<'a>>> {
+) -> Option<Option<crate::client_limit::Counted>> {
+    let front = peer.ip().to_canonical();
     let client = match proxy_source {
+        // A PROXY header that names no client (LOCAL: the balancer's own
+        // health checks; UNKNOWN) stands for the peer: the front itself.
+        Some(source) if source == front => return Some(None),
         Some(source) => source,
         None if listener.trusted_proxies.contains(peer.ip()) => return Some(None),
         None => peer.ip(),
@@ -340,7 +349,7 @@ async fn serve_http1<S, I, D>(
     phases: &mut Phases<'_, I, D>,
 ) -> Option<(Watched<Tls>, Bytes)>
 where
-    S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin,
+    S: HttpService<Incoming, ResBody = Served> + Clone + Unpin,
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: Future<Output = &'static str>,
@@ -427,7 +436,7 @@ async fn serve_until_quiet<S, I, D>(
     phases: &mut Phases<'_, I, D>,
 ) -> Option<(Watched<Tls>, Bytes)>
 where
-    S: HttpService<Incoming, ResBody = ProxyBody> + Clone + Unpin,
+    S: HttpService<Incoming, ResBody = Served> + Clone + Unpin,
     S::Future: Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: Future<Output = &'static str>,
@@ -518,9 +527,9 @@ async fn serve_http2<S, I, D>(
     peer: SocketAddr,
     mut phases: Phases<'_, I, D>,
 ) where
-    S: HttpService<Incoming, ResBody = ProxyBody>,
+    S: HttpService<Incoming, ResBody = Served>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: Http2ServerConnExec<S::Future, ProxyBody>,
+    TokioExecutor: Http2ServerConnExec<S::Future, Served>,
     I: Future<Output = &'static str>,
     D: Future<Output = ()>,
 {
@@ -536,6 +545,10 @@ async fn serve_http2<S, I, D>(
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(1024 * 1024)
         .max_pending_accept_reset_streams(Some(20))
+        // What each stream's response may queue for the connection's
+        // writes (hyper's default is 400 KiB): a client that keeps its
+        // windows open but stops reading holds at most this per stream.
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let mut served =
@@ -699,6 +712,9 @@ struct Activity {
     /// Since when a write to the client has been blocked (the client is
     /// not reading), or [`NOT_BLOCKED`].
     blocked_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (a request then ends at its response
+    /// head: [`Served`] holds nothing).
+    http2: AtomicBool,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -733,6 +749,7 @@ impl Activity {
             began: tokio::sync::Notify::new(),
             awaiting_request: AtomicBool::new(false),
             blocked_ms: AtomicU64::new(NOT_BLOCKED),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -876,6 +893,42 @@ impl Activity {
     }
 }
 
+/// A response body that keeps its HTTP/1 request in flight on the
+/// connection ([`Busy`]) until it has been sent to its end (or dropped): a
+/// response still streaming is not an idle connection, so it is neither
+/// parked nor closed under it (hyper's graceful shutdown would end
+/// keep-alive), and bytes of a next request pipelined meanwhile do not
+/// start its `request_head`. A client that stops reading it is bounded by
+/// `client_send_idle`.
+pub(crate) struct Served {
+    body: ProxyBody,
+    busy: Option<Busy>,
+}
+
+impl hyper::body::Body for Served {
+    type Data = Bytes;
+    type Error = <ProxyBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.busy = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A request's future that is not cancelled with its client: hyper drops
 /// it when the connection (or the h2 stream) goes away, and then it moves
 /// into a task of its own and runs to its end. A delivery in progress
@@ -890,15 +943,16 @@ impl Activity {
 /// `limits.max_detached_requests` per process run detached; beyond either,
 /// a dropped request is cancelled like any future (counted in
 /// `residency_detached_requests_cancelled_total`).
-struct Detached<F: Future + Send + 'static>
-where
-    F::Output: Send + 'static,
-{
+struct Detached<F: Future<Output = Answer> + Send + 'static> {
     fut: Option<Pin<Box<F>>>,
     /// The request's place in its connection's activity (and, detached, in
-    /// the budgets): held until the future ends.
+    /// the budgets): held until the future ends, then by its response's
+    /// body ([`Served`]).
     busy: Option<Busy>,
 }
+
+/// What a request's future gives hyper.
+type Answer = Result<http::Response<ProxyBody>, std::convert::Infallible>;
 
 /// A detached request's place in the budgets; given back when it ends (its
 /// `Busy` with it).
@@ -934,31 +988,35 @@ impl Drop for DetachedBusy {
     }
 }
 
-impl<F: Future + Send + 'static> Future for Detached<F>
-where
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
+impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
+    type Output = Result<http::Response<Served>, std::convert::Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(mut fut) = self.fut.take() else {
             return Poll::Pending;
         };
         // Taken out while polled: a future that panics is not detached.
-        let polled = fut.as_mut().poll(cx);
-        if polled.is_pending() {
-            self.fut = Some(fut);
-        } else {
-            self.busy = None;
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => {
+                self.fut = Some(fut);
+                Poll::Pending
+            }
+            Poll::Ready(Ok(resp)) => {
+                // HTTP/2 has no parking, and a stream whose window the
+                // client keeps shut would keep the connection busy for
+                // good: its request ends at the head, as before.
+                let busy = self
+                    .busy
+                    .take()
+                    .filter(|busy| !busy.0.http2.load(Ordering::Relaxed));
+                Poll::Ready(Ok(resp.map(|body| Served { body, busy })))
+            }
+            Poll::Ready(Err(never)) => match never {},
         }
-        polled
     }
 }
 
-impl<F: Future + Send + 'static> Drop for Detached<F>
-where
-    F::Output: Send + 'static,
-{
+impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
     fn drop(&mut self) {
         let Some(fut) = self.fut.take() else {
             return;

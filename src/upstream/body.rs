@@ -167,6 +167,9 @@ impl std::fmt::Debug for Source {
 struct Reading {
     done: bool,
     held: Option<Held>,
+    /// Given back when the body is done (its client's count against
+    /// `limits.max_requests_per_client`): not handed to a discarding.
+    also: Option<Held>,
 }
 
 impl std::fmt::Debug for Reading {
@@ -174,6 +177,7 @@ impl std::fmt::Debug for Reading {
         f.debug_struct("Reading")
             .field("done", &self.done)
             .field("held", &self.held.is_some())
+            .field("also", &self.also.is_some())
             .finish()
     }
 }
@@ -302,12 +306,22 @@ impl BodySlot {
     /// it, and the client's connection must not take those bytes for a next
     /// request's head, nor close as idle. (A body abandoned before this is
     /// called takes its own guard into the discarding: [`Self::abandon`].)
-    pub fn hold_while_reading(&self) {
-        let Some(hold) = &self.hold else { return };
-        if let Ok(mut reading) = self.reading.lock() {
-            if !reading.done && reading.held.is_none() {
+    /// `also` is kept as long (dropped at once if the body is done): the
+    /// data centre's connection is still the request's while it reads.
+    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: Option<T>) {
+        let Ok(mut reading) = self.reading.lock() else {
+            return;
+        };
+        if reading.done {
+            return;
+        }
+        if let Some(hold) = &self.hold {
+            if reading.held.is_none() {
                 reading.held = Some((hold.0)());
             }
+        }
+        if let Some(also) = also {
+            reading.also = Some(Box::new(also));
         }
     }
 
@@ -316,7 +330,11 @@ impl BodySlot {
     fn done_reading(&self) -> Option<Held> {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
-        reading.held.take()
+        let also = reading.also.take();
+        let held = reading.held.take();
+        drop(reading);
+        drop(also);
+        held
     }
 
     /// The client's body was read to its end.
@@ -436,6 +454,12 @@ impl BodySlot {
                     *slot = Some(source);
                 }
                 Ok(None)
+            }
+            // Still sending: the rest is discarded (within bounds), so
+            // that the refusal is not lost to a reset.
+            Err(e @ (BodyError::TooLarge | BodyError::TooSlow)) => {
+                self.abandon(source);
+                Err(e)
             }
             Err(e) => Err(e),
         }
@@ -603,10 +627,12 @@ impl Drop for ForwardBody {
     /// connection failed): the rest of the client's body is discarded.
     fn drop(&mut self) {
         if let Kind::Stream { slot, source, .. } = &mut self.kind {
-            // A client that stalled or failed is not waited for.
+            // A client that stalled or failed is not waited for. One too
+            // slow is still sending: the rest is discarded (within bounds),
+            // so that its 408 is not lost to a reset.
             let client_stopped = matches!(
                 slot.failure(),
-                Some(BodyError::IdleTimeout | BodyError::TooSlow | BodyError::Client)
+                Some(BodyError::IdleTimeout | BodyError::Client)
             );
             // Without the source, this attempt never took the body: it is
             // still in the slot, for another attempt.

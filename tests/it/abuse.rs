@@ -481,7 +481,8 @@ async fn a_client_cannot_hold_more_than_its_share_of_connections() {
 }
 
 /// Behind a PROXY-protocol balancer the client is the address its header
-/// names, not the balancer's; without PROXY, a trusted front's own
+/// names, not the balancer's, and the balancer's own connections (`PROXY
+/// UNKNOWN`) are not counted; without PROXY, a trusted front's own
 /// connections are not counted (its clients are, request by request).
 #[tokio::test]
 async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted_front() {
@@ -505,6 +506,15 @@ async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted
         .upload_from(DE, "another client behind the balancer")
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.json());
+    // The balancer's own connections (no client named) are not counted.
+    for _ in 0..3 {
+        let local = proxy
+            .client()
+            .preamble(b"PROXY UNKNOWN\r\n".to_vec())
+            .connect()
+            .await;
+        held.push(local.expect("a PROXY UNKNOWN connection"));
+    }
     proxy.stop().await;
 
     let front = Proxy::start(Setup {
@@ -524,4 +534,48 @@ async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted
     let reply = front.client().upload_from(CH, "through the front").await;
     assert_eq!(reply.status, 201, "{:?}", reply.json());
     front.stop().await;
+}
+
+/// After an early answer, the rest of the body still holds the data
+/// centre's connection, so the request stays counted against
+/// `limits.max_requests_per_client` until the body has been sent (it was
+/// released at the response head: a client could hold any number of
+/// connections that way, one trickling body each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_sent_after_an_early_answer_counts_against_its_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmax_requests_per_client = 1\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\n\
+         X-Test-Answer-Early: 1\r\nContent-Length: 2048\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b'a'; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut status))
+        .await
+        .expect("the early answer")
+        .unwrap();
+    assert_eq!(&status, b"HTTP/1.1 201");
+
+    let second = proxy
+        .client()
+        .upload_from(CH, "while the first body is sent")
+        .await;
+    assert_eq!(second.status, 429, "{:?}", second.json());
+
+    tls.write_all(&[b'b'; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    eventually(
+        "the first body's end gives the client's place back",
+        async || proxy.client().upload_from(CH, "after it").await.status == 201,
+    )
+    .await;
+    proxy.stop().await;
 }

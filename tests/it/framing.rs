@@ -638,6 +638,43 @@ async fn a_connection_not_kept_alive_ends_after_a_slow_response() {
     proxy.stop().await;
 }
 
+/// A keep-alive connection stays alive past a response that streamed for
+/// longer than the 100 ms after which an idle connection is parked: the
+/// request was counted as done at its response head, so the connection
+/// was taken for idle and closed once that response ended, and the
+/// client's next request met a closed connection.
+#[tokio::test]
+async fn a_slow_response_does_not_end_keep_alive() {
+    let proxy = proxy_with_raw_zurich("").await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&raw("POST /slow-body HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello"))
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut first = Vec::new();
+    while !first.ends_with(b"done") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("the first response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed during the first response: {}",
+            String::from_utf8_lossy(&first)
+        );
+        first.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        statuses(&first),
+        [201],
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    last_request(&mut tls, "/slow-body", &[201]).await;
+    proxy.stop().await;
+}
+
 /// A refused upload's body is discarded within `timeouts.discard_body`;
 /// what the client sends after that is still that body by its own
 /// `Content-Length`, and is never taken for a next request.

@@ -122,20 +122,7 @@ async fn an_upstream_that_answers_early_still_gets_the_whole_body() {
         for version in [Http::One, Http::Two] {
             let ctx = format!("log {log}, {version:?}");
             let before = zurich.count();
-            let (tx, body) = channel_body();
-            let client = proxy.client().version(version);
-            let request = tokio::spawn(async move {
-                let headers = [("x-forwarded-for", CH), ("x-test-answer-early", "1")];
-                client
-                    .send_body("POST", "/v1/telemetry", &headers, body)
-                    .await
-            });
-            tx.send(data.slice(..CHUNK)).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), zurich.first_bytes.notified())
-                .await
-                .unwrap_or_else(|_| panic!("{ctx}: no first bytes upstream"));
-            // Let the early answer reach the proxy before the rest is sent.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (tx, request) = answered_early(&proxy, version, data.slice(..CHUNK), &ctx).await;
             for chunk in data[CHUNK..].chunks(CHUNK) {
                 tx.send(Bytes::copy_from_slice(chunk))
                     .await
@@ -158,6 +145,71 @@ async fn an_upstream_that_answers_early_still_gets_the_whole_body() {
         }
         proxy.stop().await;
     }
+}
+
+// With the log on, a data centre's early 201 waits for the body's end (its
+// receipt names the body); a body that then grows past max_body_bytes gets
+// the 413 body_too_large it would get without the early answer (it got 502
+// upstream_error, blamed on the data centre), over HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_after_an_early_answer_is_a_413_with_the_log_on() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        extra: "[limits]\nmax_body_bytes = 65536\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    for version in [Http::One, Http::Two] {
+        let first = Bytes::from(vec![b'a'; 1024]);
+        let (tx, request) = answered_early(&proxy, version, first, &format!("{version:?}")).await;
+        for _ in 0..80 {
+            if tx.send(Bytes::from(vec![b'b'; 1024])).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let reply = tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .unwrap_or_else(|_| panic!("{version:?}: no answer within 30 s"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        assert_eq!(reply.status, 413, "{version:?}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"], "body_too_large", "{version:?}");
+    }
+    proxy.stop().await;
+}
+
+/// Starts an upload from CH whose data centre answers at its first bytes
+/// (`first`), and returns once those reached the data centre and its answer
+/// had time to reach the proxy: the rest of the body goes through the
+/// sender, the reply comes from the task.
+async fn answered_early(
+    proxy: &Proxy,
+    version: Http,
+    first: Bytes,
+    ctx: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<Reply, BoxError>>,
+) {
+    let (tx, body) = channel_body();
+    let client = proxy.client().version(version);
+    let request = tokio::spawn(async move {
+        let headers = [("x-forwarded-for", CH), ("x-test-answer-early", "1")];
+        client
+            .send_body("POST", "/v1/telemetry", &headers, body)
+            .await
+    });
+    tx.send(first).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.upstream("zurich").first_bytes.notified(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{ctx}: no first bytes upstream"));
+    // Let the early answer reach the proxy before the rest is sent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (tx, request)
 }
 
 // An upload that breaks off never reaches the data centre as a complete
