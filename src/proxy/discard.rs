@@ -12,7 +12,8 @@
 //!
 //! The discarding starts when hyper first polls the answer's body — its
 //! head has been written then, so hyper sends no `100 Continue` for a body
-//! it will not use — and runs in a task of its own, so the answer ends at
+//! it will not use — or, for an empty answer hyper never polls, when it
+//! drops it, and runs in a task of its own, so the answer ends at
 //! once and an HTTP/1.1 connection whose body was discarded completely stays
 //! open for the next request. A body an upstream stopped reading is
 //! discarded the same way ([`crate::upstream::body`]).
@@ -79,5 +80,18 @@ impl Body for RefusalBody {
 
     fn size_hint(&self) -> SizeHint {
         self.answer.size_hint()
+    }
+}
+
+impl Drop for RefusalBody {
+    /// An answer hyper never polled (an empty one: it ends with its head)
+    /// still has the body it did not read discarded, now that the answer
+    /// has been sent.
+    fn drop(&mut self) {
+        if let Some((body, bounds)) = self.unread.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(discard(body, bounds, self.held.take())));
+            }
+        }
     }
 }

@@ -239,6 +239,25 @@ fn replay_budget(instance: &Instance, bytes: usize) -> Option<OwnedSemaphorePerm
     permit
 }
 
+/// Why an upload was not forwarded: the answer, the body bytes read, and
+/// the client's body when nothing of it was read (the refusal discards it
+/// once its head is out, as for a refusal decided before forwarding).
+pub struct Unforwarded {
+    pub failure: Failure,
+    pub bytes: u64,
+    pub unread: Option<Incoming>,
+}
+
+impl Upload {
+    fn refuse(&self, failure: Failure) -> Unforwarded {
+        Unforwarded {
+            failure,
+            bytes: self.slot.bytes(),
+            unread: self.slot.take_untouched(),
+        }
+    }
+}
+
 /// Forwards `req`; on success returns the upstream's response (body still
 /// streaming) and the client's body slot (bytes read, SHA-256 when the
 /// transparency log wants it).
@@ -250,11 +269,17 @@ pub async fn forward(
     target: Target<'_>,
     req: Request<Incoming>,
     datacenter: &mut Option<DatacenterId>,
-) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), (Failure, u64)> {
+) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), Unforwarded> {
     let policy = &state.config.policy;
     let health = &state.health;
     let j = target.jurisdiction;
-    let mut upload = prepare(instance, state, &target, req).await?;
+    let mut upload = prepare(instance, state, &target, req)
+        .await
+        .map_err(|(failure, bytes)| Unforwarded {
+            failure,
+            bytes,
+            unread: None,
+        })?;
     let mut upstream = target.upstream;
     let mut attempts = 0;
     loop {
@@ -265,14 +290,15 @@ pub async fn forward(
                 upstream = upstream.0,
                 "refusing to forward outside the permitted set"
             );
-            return Err((Failure::UpstreamError, upload.slot.bytes()));
+            return Err(upload.refuse(Failure::UpstreamError));
         }
         let dc_id = policy.upstream(upstream).datacenter;
         let dc = &policy.datacenter(dc_id).name;
         *datacenter = Some(dc_id);
-        let (request, sent) = upload
-            .attempt(&policy.upstream(upstream).uri)
-            .map_err(|f| (f, upload.slot.bytes()))?;
+        let (request, sent) = match upload.attempt(&policy.upstream(upstream).uri) {
+            Ok(attempt) => attempt,
+            Err(failure) => return Err(upload.refuse(failure)),
+        };
 
         let started = Instant::now();
         let sent_ms = health.now_ms();
@@ -294,7 +320,7 @@ pub async fn forward(
             started.elapsed().as_secs_f64(),
         );
         if let Some(e) = upload.slot.failure() {
-            return Err((Failure::from(e), upload.slot.bytes()));
+            return Err(upload.refuse(Failure::from(e)));
         }
         if let Attempt::Failed {
             failure: Failure::UpstreamSaturated,
@@ -327,18 +353,20 @@ pub async fn forward(
                 upstream = next;
             }
             (None, _) if matches!(fallback, Err(Failure::UpstreamSaturated)) => {
-                return Err((Failure::UpstreamSaturated, upload.slot.bytes()));
+                return Err(upload.refuse(Failure::UpstreamSaturated));
             }
             (None, _) if unsent.is_some() => {
                 // Nothing was sent and nothing permitted is up any more.
                 *datacenter = None;
                 let retry_after = health.retry_after(state.config.policy.permitted_upstreams(j));
                 let failure = Failure::NoHealthyDatacenter { retry_after };
-                return Err((failure, upload.slot.bytes()));
+                return Err(upload.refuse(failure));
             }
             _ => {
-                let bytes = upload.slot.bytes();
-                return fallback.map(|r| (r, upload.slot)).map_err(|f| (f, bytes));
+                return match fallback {
+                    Ok(resp) => Ok((resp, upload.slot)),
+                    Err(failure) => Err(upload.refuse(failure)),
+                };
             }
         }
     }

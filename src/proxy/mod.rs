@@ -78,7 +78,12 @@ pub struct Findings {
 /// `Max-Forwards` is 0 is not forwarded: the proxy answers it as the final
 /// recipient, with the methods it forwards. No upload moves, so nothing is
 /// decided or recorded.
-fn options_here(state: &Snapshot, id: &HeaderValue, body: Incoming) -> Response<ProxyBody> {
+fn options_here(
+    state: &Snapshot,
+    id: &HeaderValue,
+    body: Incoming,
+    hold: Option<&Hold>,
+) -> Response<ProxyBody> {
     tracing::info!(
         target: "residency_proxy::access",
         request_id = id.to_str().unwrap_or_default(),
@@ -91,11 +96,16 @@ fn options_here(state: &Snapshot, id: &HeaderValue, body: Incoming) -> Response<
         bytes: limits.discard_body_bytes,
         time: state.config.timeouts.discard_body,
     };
-    let mut resp = Response::new(Either::Right(RefusalBody::new(
+    let mut refusal = RefusalBody::new(
         http_body_util::Full::new(bytes::Bytes::new()),
         Some(body),
         bounds,
-    )));
+    );
+    // A body sent with it is still this request's, not a next head.
+    if let Some(hold) = hold.filter(|_| refusal.discards()) {
+        refusal.hold_while_discarding((hold.0)());
+    }
+    let mut resp = Response::new(Either::Right(refusal));
     let h = resp.headers_mut();
     h.insert(header::ALLOW, state.config.methods.allow_header().clone());
     h.insert(headers::X_REQUEST_ID, id.clone());
@@ -129,7 +139,12 @@ pub async fn handle(
         && state.config.methods.allows(&method)
         && headers::max_forwards(req.headers()) == Some(0)
     {
-        return Ok(options_here(&state, &id, req.into_body()));
+        return Ok(options_here(
+            &state,
+            &id,
+            req.into_body(),
+            conn.hold.as_ref(),
+        ));
     }
     let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
     let (mut resp, bytes, receipt) = respond(
@@ -439,10 +454,10 @@ async fn decide_and_forward(
     };
     let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
         .await
-        .map_err(|(failure, bytes)| Unrouted {
-            failure,
-            bytes,
-            unread: None,
+        .map_err(|e| Unrouted {
+            failure: e.failure,
+            bytes: e.bytes,
+            unread: e.unread,
         })?;
     // Answered early: the rest of the body is still the request's, and
     // still holds the data centre's connection.

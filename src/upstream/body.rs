@@ -364,6 +364,20 @@ impl BodySlot {
         self.ended.notify_waiters();
     }
 
+    /// The client's body as it came, when nothing of it has been read (no
+    /// attempt reached an upstream): for a refusal to discard once its
+    /// head is out, so that hyper sends no `100 Continue` for it first.
+    pub fn take_untouched(&self) -> Option<Incoming> {
+        let mut slot = self.source.lock().ok()?;
+        if !slot.as_ref().is_some_and(|s| s.prefix.is_empty()) || self.bytes() > 0 {
+            return None;
+        }
+        let source = slot.take()?;
+        drop(slot);
+        drop(self.done_reading());
+        Some(source.rest)
+    }
+
     /// True while no upstream connection has asked for the body.
     pub fn untouched(&self) -> bool {
         !self.taken.load(Ordering::Acquire)

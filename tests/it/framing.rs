@@ -594,6 +594,60 @@ async fn options_count_max_forwards_down() {
     proxy.stop().await;
 }
 
+/// An `OPTIONS` the proxy answers itself (`Max-Forwards: 0`) with a body
+/// still coming has that body discarded, as a refusal's is, so the
+/// connection serves the next request (hyper never polled the empty
+/// answer's body, so the body was dropped unread and the connection lost).
+#[tokio::test]
+async fn the_body_of_an_options_answered_here_is_discarded() {
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmethods = [\"POST\", \"OPTIONS\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let head = raw("OPTIONS /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nMax-Forwards: 0\r\nContent-Length: 100\r\n\r\n");
+    tls.write_all(&head).await.unwrap();
+    for _ in 0..10 {
+        tls.write_all(b"0123456789").await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last_request(&mut tls, "/v1/telemetry", &[200, 201]).await;
+    proxy.stop().await;
+}
+
+/// A client that sent `Expect: 100-continue` and waits gets the refusal
+/// alone when no data centre could be reached: nothing of the body was
+/// read, so it is discarded only once the refusal's head is out. It used
+/// to be discarded as the attempt ended, which with the log on (the
+/// refusal's record is written first) made hyper send `100 Continue`
+/// before the refusal, inviting the whole body.
+#[tokio::test]
+async fn no_100_continue_before_a_refusal_when_no_data_centre_was_reached() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        datacenters: vec![
+            ("zurich", "ch", 1, false),
+            ("frankfurt", "eu", 1, true),
+            ("london", "uk", 2, true),
+            ("virginia", "us", 1, true),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let head = raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: 5\r\n\r\n");
+    tls.write_all(&head).await.unwrap();
+    tls.flush().await.unwrap();
+    let status = status_line(&mut tls, "an answer").await;
+    assert!(
+        status == "HTTP/1.1 502" || status == "HTTP/1.1 503",
+        "{status}"
+    );
+    proxy.stop().await;
+}
+
 /// A proxy whose zurich is [`raw_datacenter`], with `extra` config.
 async fn proxy_with_raw_zurich(extra: &str) -> Proxy {
     proxy_with_raw_zurich_and_log(extra, None).await
