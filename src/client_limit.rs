@@ -3,7 +3,8 @@
 //! (`limits.max_connections_per_client`).
 //!
 //! Every forwarded request holds a connection to its data centre until its
-//! response head is back, and a client decides how long that is (a body
+//! response head is back (and after an early answer until its body has
+//! been sent), and a client decides how long that is (a body
 //! sent at the minimum rate, stream after stream). Without a bound per
 //! client, a few clients could hold every connection an upstream allows.
 //! Likewise every open client connection holds one of

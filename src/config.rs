@@ -164,11 +164,11 @@ pub struct Limits {
     /// (0 = no minimum).
     pub min_request_body_rate: u64,
     /// Requests one client (an address; an IPv6 /64) may have in flight,
-    /// from the decision to forward until the response head (0 = no
-    /// limit).
+    /// from the decision to forward until the response head, or after an
+    /// early answer the body's end (0 = no limit).
     pub max_requests_per_client: u32,
     /// Connections one client (an address; an IPv6 /64) may hold open at
-    /// once, on each ingest listener together; a trusted proxy's own
+    /// once, on all ingest listeners together; a trusted proxy's own
     /// connections are not counted (0 = no limit).
     pub max_connections_per_client: u32,
 }

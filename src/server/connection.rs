@@ -2,7 +2,7 @@
 //! each bounded by one deadline:
 //!
 //! ```text
-//! accept ─► proxy_header ─► tls_handshake ─► FirstRequest ─► Busy ⇄ Idle ⇄ Head
+//! accept ─► proxy_header ─► tls_handshake ─► FirstRequest ─► Busy ⇄ Responding ⇄ Idle ⇄ Head
 //!                                                              └──► draining
 //! ```
 //!
@@ -11,7 +11,8 @@
 //! | `proxy_header` (`required` listeners) | the PROXY header is read | `tls_handshake` |
 //! | `tls_handshake` | TLS is up (ALPN picks h2 or HTTP/1.1) | `tls_handshake` |
 //! | [`Phase::FirstRequest`] | the first request head is complete | `request_head`, from the handshake |
-//! | [`Phase::Busy`] | no request is in flight (HTTP/1: a request's response body sent to its end, [`Served`]) | each request's own deadlines (`request_body_idle`, `upstream_*`, `client_send_idle`) |
+//! | [`Phase::Busy`] | no request is in flight | each request's own deadlines (`request_body_idle`, `upstream_*`) |
+//! | [`Phase::Responding`] (HTTP/1) | no response body is being sent ([`Served`]) | `keepalive_idle` from the response head |
 //! | [`Phase::Idle`] | a request (HTTP/1: a head's first byte) arrives | `keepalive_idle`; HTTP/1 parks after `IDLE_RELEASE`, holding no hyper buffers |
 //! | [`Phase::Head`] (HTTP/1) | the head is complete | `request_head`, from its first byte |
 //! | draining (shutdown) | the requests in flight end | heads still `request_head`; the process `shutdown_grace` |
@@ -94,10 +95,10 @@ pub(super) async fn serve(
     // One budget from accept to a finished handshake, PROXY header included.
     let deadline = tokio::time::Instant::now() + timeouts.tls_handshake;
     let admitted = proxy_header(metrics, listener, deadline, stream, peer);
-    let Some((proxy_source, io)) = admitted.await else {
+    let Some((proxy_source, named, io)) = admitted.await else {
         return;
     };
-    let Some(_per_client) = per_client(&instance, listener, &limits, proxy_source, peer) else {
+    let Some(_per_client) = per_client(&instance, listener, &limits, named, peer) else {
         return;
     };
     let Some(tls) = handshake(metrics, &state.tls[index], deadline, io, peer).await else {
@@ -225,18 +226,19 @@ async fn closed_by(grace: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 
 /// The PROXY phase: on `required` listeners, the peer must be a trusted
 /// proxy and its header must arrive within `deadline`. Returns the client
-/// address it names and the stream (with any bytes read past the header
-/// put back in front), or `None` when the connection was refused (counted
-/// and logged).
+/// address it stands for (the peer's, when it names none: `LOCAL`,
+/// `UNKNOWN`), whether it named one, and the stream (with any bytes read
+/// past the header put back in front), or `None` when the connection was
+/// refused (counted and logged).
 async fn proxy_header(
     metrics: &Metrics,
     listener: &Listener,
     deadline: tokio::time::Instant,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Option<(Option<IpAddr>, Prefixed<TcpStream>)> {
+) -> Option<(Option<IpAddr>, Option<IpAddr>, Prefixed<TcpStream>)> {
     if !listener.proxy_protocol {
-        return Some((None, Prefixed::new(Bytes::new(), stream)));
+        return Some((None, None, Prefixed::new(Bytes::new(), stream)));
     }
     let reject = |reason: &str| {
         metrics
@@ -250,7 +252,10 @@ async fn proxy_header(
         return None;
     }
     match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await {
-        Ok(Ok((source, io))) => Some((Some(source.unwrap_or(peer.ip().to_canonical())), io)),
+        Ok(Ok((source, io))) => {
+            let stands_for = source.unwrap_or(peer.ip().to_canonical());
+            Some((Some(stands_for), source, io))
+        }
         Ok(Err(e)) => {
             reject(e.reason());
             tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed");
@@ -265,25 +270,24 @@ async fn proxy_header(
 }
 
 /// Counts the connection against its client's
-/// `limits.max_connections_per_client`: the address a PROXY header named,
-/// else the peer's, unless the peer is one of the listener's trusted
-/// proxies (a front's connections carry many clients) or the PROXY header
-/// named no client (the balancer's own connection). `None`: the client
+/// `limits.max_connections_per_client`: the address a PROXY header
+/// `named`, else the peer's, unless the listener takes PROXY headers and
+/// this one named no client (the balancer's own connection), or the peer
+/// is one of a plain listener's trusted proxies (a front's connections
+/// carry many clients). `None`: the client
 /// holds its share already; the connection is closed, counted and not
 /// served (`Some(None)`: not counted).
 fn per_client(
     instance: &Instance,
     listener: &Listener,
     limits: &Limits,
-    proxy_source: Option<IpAddr>,
+    named: Option<IpAddr>,
     peer: SocketAddr,
 ) -> Option<Option<crate::client_limit::Counted>> {
-    let front = peer.ip().to_canonical();
-    let client = match proxy_source {
-        // A PROXY header that names no client (LOCAL: the balancer's own
-        // health checks; UNKNOWN) stands for the peer: the front itself.
-        Some(source) if source == front => return Some(None),
+    let client = match named {
         Some(source) => source,
+        // LOCAL (the balancer's own health checks), UNKNOWN.
+        None if listener.proxy_protocol => return Some(None),
         None if listener.trusted_proxies.contains(peer.ip()) => return Some(None),
         None => peer.ip(),
     };
@@ -655,6 +659,11 @@ enum Phase {
     /// Requests in flight: each is bounded by its own body and upstream
     /// deadlines, the connection by none.
     Busy,
+    /// HTTP/1, no request in flight but a response body still being sent
+    /// since `since` (its head): not idle (never parked), and bounded as a
+    /// response was before it counted: `keepalive_idle` from its head,
+    /// then the close grace.
+    Responding { since: u64 },
     /// Nothing in flight since `since`: `keepalive_idle`, then closed
     /// (HTTP/1 parks after `IDLE_RELEASE` of it).
     Idle { since: u64 },
@@ -666,7 +675,7 @@ impl Phase {
         match self {
             Phase::FirstRequest | Phase::Head { .. } => "request_head",
             Phase::Busy => "busy",
-            Phase::Idle { .. } => "keepalive_idle",
+            Phase::Responding { .. } | Phase::Idle { .. } => "keepalive_idle",
         }
     }
 
@@ -676,7 +685,9 @@ impl Phase {
             Phase::FirstRequest => Some(request_head),
             Phase::Head { since } => Some(since.saturating_add(request_head)),
             Phase::Busy => None,
-            Phase::Idle { since } => Some(since.saturating_add(keepalive_idle)),
+            Phase::Responding { since } | Phase::Idle { since } => {
+                Some(since.saturating_add(keepalive_idle))
+            }
         }
     }
 }
@@ -715,6 +726,13 @@ struct Activity {
     /// The connection speaks HTTP/2 (a request then ends at its response
     /// head: [`Served`] holds nothing).
     http2: AtomicBool,
+    /// HTTP/1 response bodies still being sent ([`Served`]), the latest
+    /// since `responding_ms`.
+    responding: AtomicUsize,
+    responding_ms: AtomicU64,
+    /// HTTP/1 bytes read while only a response was being sent: a next head
+    /// pipelined behind it, whose `request_head` starts when it ends.
+    read_while_responding: AtomicBool,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -726,6 +744,39 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1 response body still being sent, after its request
+/// ([`Phase::Responding`]).
+struct Responding(Arc<Activity>);
+
+impl Busy {
+    /// The request has its response head: what is left is its body.
+    fn responding(self) -> Responding {
+        let a = self.0.clone();
+        a.responding_ms.store(a.now_ms(), Ordering::Relaxed);
+        a.responding.fetch_add(1, Ordering::Relaxed);
+        drop(self);
+        Responding(a)
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.now_ms();
+        a.last_ms.store(now, Ordering::Relaxed);
+        if a.responding.fetch_sub(1, Ordering::Relaxed) == 1
+            && a.read_while_responding.swap(false, Ordering::Relaxed)
+            && a.in_flight.load(Ordering::Relaxed) == 0
+            && !a.head_pending.swap(true, Ordering::Relaxed)
+        {
+            // A next head arrived behind the response: its request_head
+            // starts now.
+            a.head_ms.store(now, Ordering::Relaxed);
+            a.head_started.notify_one();
+        }
     }
 }
 
@@ -750,6 +801,9 @@ impl Activity {
             awaiting_request: AtomicBool::new(false),
             blocked_ms: AtomicU64::new(NOT_BLOCKED),
             http2: AtomicBool::new(false),
+            responding: AtomicUsize::new(0),
+            responding_ms: AtomicU64::new(0),
+            read_while_responding: AtomicBool::new(false),
         }
     }
 
@@ -797,6 +851,10 @@ impl Activity {
     fn phase(&self) -> Phase {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             Phase::Busy
+        } else if self.responding.load(Ordering::Relaxed) > 0 {
+            Phase::Responding {
+                since: self.responding_ms.load(Ordering::Relaxed),
+            }
         } else if self.requests() == 0 {
             Phase::FirstRequest
         } else if self.head_pending.load(Ordering::Relaxed) {
@@ -846,9 +904,14 @@ impl Activity {
     /// HTTP/1 bytes were read: with nothing in flight, they start the next
     /// request head, which then has `request_head` to complete.
     fn read(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.head_pending.swap(true, Ordering::Relaxed)
-        {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        if self.responding.load(Ordering::Relaxed) > 0 {
+            self.read_while_responding.store(true, Ordering::Relaxed);
+            return;
+        }
+        if !self.head_pending.swap(true, Ordering::Relaxed) {
             self.head_ms.store(self.now_ms(), Ordering::Relaxed);
             self.head_started.notify_one();
         }
@@ -893,16 +956,17 @@ impl Activity {
     }
 }
 
-/// A response body that keeps its HTTP/1 request in flight on the
-/// connection ([`Busy`]) until it has been sent to its end (or dropped): a
+/// A response body that keeps its HTTP/1 connection out of the idle phase
+/// ([`Responding`]) until hyper has taken it to its end (or dropped it): a
 /// response still streaming is not an idle connection, so it is neither
 /// parked nor closed under it (hyper's graceful shutdown would end
-/// keep-alive), and bytes of a next request pipelined meanwhile do not
-/// start its `request_head`. A client that stops reading it is bounded by
-/// `client_send_idle`.
+/// keep-alive), and bytes of a next request pipelined meanwhile start
+/// their `request_head` only when it ends. It is bounded as an idle
+/// connection is ([`Phase::Responding`]), and a client that stops reading
+/// it by `client_send_idle`.
 pub(crate) struct Served {
     body: ProxyBody,
-    busy: Option<Busy>,
+    busy: Option<Responding>,
 }
 
 impl hyper::body::Body for Served {
@@ -946,8 +1010,8 @@ impl hyper::body::Body for Served {
 struct Detached<F: Future<Output = Answer> + Send + 'static> {
     fut: Option<Pin<Box<F>>>,
     /// The request's place in its connection's activity (and, detached, in
-    /// the budgets): held until the future ends, then by its response's
-    /// body ([`Served`]).
+    /// the budgets): held until the future ends (then, over HTTP/1, its
+    /// response's body is [`Responding`]).
     busy: Option<Busy>,
 }
 
@@ -1003,12 +1067,13 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
             }
             Poll::Ready(Ok(resp)) => {
                 // HTTP/2 has no parking, and a stream whose window the
-                // client keeps shut would keep the connection busy for
-                // good: its request ends at the head, as before.
+                // client keeps shut is bounded as an idle connection is:
+                // its request ends at the head.
                 let busy = self
                     .busy
                     .take()
-                    .filter(|busy| !busy.0.http2.load(Ordering::Relaxed));
+                    .filter(|busy| !busy.0.http2.load(Ordering::Relaxed))
+                    .map(Busy::responding);
                 Poll::Ready(Ok(resp.map(|body| Served { body, busy })))
             }
             Poll::Ready(Err(never)) => match never {},

@@ -729,6 +729,40 @@ async fn a_slow_response_does_not_end_keep_alive() {
     proxy.stop().await;
 }
 
+/// A response read so slowly that no write stays blocked for
+/// `client_send_idle` is still bounded: `keepalive_idle` from its head,
+/// then the close grace, as before a response body counted as work in
+/// flight (which left it no bound at all).
+#[tokio::test]
+async fn a_response_read_at_a_trickle_is_bounded_by_keepalive_idle() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\n").await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&raw(
+        "POST /big HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello",
+    ))
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    // A reader that never stops for long (the client's socket buffer then
+    // holds megabytes after the proxy closes: the proxy's side is watched).
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    eventually("the proxy ends the connection", async || {
+        metric_value(&proxy, "residency_connections_active").await == 0.0
+    })
+    .await;
+    reader.abort();
+    proxy.stop().await;
+}
+
 /// A refused upload's body is discarded within `timeouts.discard_body`;
 /// what the client sends after that is still that body by its own
 /// `Content-Length`, and is never taken for a next request.
@@ -947,7 +981,9 @@ async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answ
         proxy_with_raw_zurich("[timeouts]\nupstream_connect = \"10s\"\n[health]\npath = \"off\"\n")
             .await;
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
-    const LEN: usize = 20 * 1024;
+    // 8 s of body after the answer: time enough for the next upload's
+    // handshake and new upstream connection on a loaded machine.
+    const LEN: usize = 64 * 1024;
     let head = raw(&format!(
         "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
     ));
@@ -958,7 +994,7 @@ async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answ
         status_line(&mut tls, "the early answer").await,
         "HTTP/1.1 201"
     );
-    // The rest of the body, 2.5 s of it, in the background.
+    // The rest of the body, in the background.
     let sent = std::sync::Arc::new(AtomicBool::new(false));
     let trickling = {
         let sent = sent.clone();

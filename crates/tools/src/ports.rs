@@ -13,19 +13,23 @@ use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// How many ports below the ephemeral range are used.
+/// How many ports below the ephemeral range are used (at most).
 const SPAN: u32 = 8192;
 
 /// A loopback port that was free a moment ago, below the ephemeral range.
 pub fn free_port() -> io::Result<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = ephemeral_low().clamp(1024 + SPAN, 65535);
-    let base = low - SPAN;
+    let low = ephemeral_low().min(65536);
+    // Above the privileged ports (a range starting low leaves fewer).
+    let span = SPAN.min(low.saturating_sub(1024)).max(1);
+    let base = low.saturating_sub(span);
     // Processes running side by side start at different places.
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(base + (start + n) % SPAN).expect("below 65536");
+        let Ok(port) = u16::try_from(base + (start + n) % span) else {
+            break;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
