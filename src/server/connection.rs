@@ -755,9 +755,13 @@ impl Busy {
     /// The request has its response head: what is left is its body.
     fn responding(self) -> Responding {
         let a = self.0.clone();
-        a.responding_ms.store(a.now_ms(), Ordering::Relaxed);
         a.responding.fetch_add(1, Ordering::Relaxed);
         drop(self);
+        // The time the request's end was just stored at: one clock read.
+        // (Phases are read by this connection's own task, which is the one
+        // running this: none sees the moment before.)
+        a.responding_ms
+            .store(a.last_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         Responding(a)
     }
 }
