@@ -586,6 +586,60 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
     assert_eq!(failover.alternatives, ["geneva"]);
 }
 
+/// Uploads refused for the proxy's per-client limits get a warning that
+/// says why and what to do: each --origin address is one client.
+#[test]
+fn per_client_limits_met_by_a_load_test_are_explained() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    let fx = Fixture::files();
+    let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    plan.convey = Convey::ProxyV2;
+    let run = RunId::new();
+    let mut outcomes = vec![done(0, 0, &run, 0, 5, 201, Some("zurich"))];
+    let mut refused = done(1, 0, &run, 10, 5, 429, None);
+    if let Sent::Done { answer, .. } = &mut refused.result {
+        answer.failure = Some("429 too_many_requests".into());
+    }
+    outcomes.push(refused);
+    let mut cut = done(2, 0, &run, 20, 5, 0, None);
+    if let Sent::Done { answer, .. } = &mut cut.result {
+        answer.status = None;
+        answer.failure = Some("tls_error".into());
+    }
+    outcomes.push(cut);
+    let records = parse_records(
+        Value::Array(vec![record(&run, 0, "zurich", None, "r")])
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let generated = Generated {
+        outcomes: outcomes.clone(),
+        elapsed: Duration::from_secs(1),
+    };
+    let reconciled = reconcile(&plan, &run, &outcomes, &records);
+    let report = build(
+        &plan,
+        &run,
+        &generated,
+        Vec::new(),
+        Vec::new(),
+        Ok(reconciled),
+    );
+    let warnings = report.warnings.join("\n");
+    assert!(
+        warnings.contains("1 upload(s) got 429 too_many_requests")
+            && warnings.contains("limits.max_requests_per_client"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("1 upload(s) lost their connection")
+            && warnings.contains("limits.max_connections_per_client"),
+        "{warnings}"
+    );
+}
+
 /// A repair is an event after which the data centre is no longer broken:
 /// an `undrain` of a data centre whose sink still refuses repairs nothing
 /// (it was judged as a recovery that never came); the `normal` after it

@@ -599,5 +599,21 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
             r.jurisdiction_mismatches
         ));
     }
+    // Each --origin address is one client to the proxy, whose per-client
+    // limits are sized for one device, not a population.
+    if let Some(n) = r.failed_by_reason.get("429 too_many_requests") {
+        w.push(format!(
+            "{n} upload(s) got 429 too_many_requests: each --origin address is one client to the proxy, which lets one client have limits.max_requests_per_client uploads in flight; give more --origin addresses, or set the limit to 0 on the proxy under test"
+        ));
+    }
+    let cut: u64 = ["tls_error", "connection_closed", "connection_reset"]
+        .iter()
+        .filter_map(|reason| r.failed_by_reason.get(*reason))
+        .sum();
+    if cut > 0 && plan.convey == super::spec::Convey::ProxyV2 {
+        w.push(format!(
+            "{cut} upload(s) lost their connection before an answer: over PROXY v2 each --origin address is one client to the proxy, which closes its connections past limits.max_connections_per_client before TLS (counted in residency_connections_rejected_total{{reason=\"client_connection_limit\"}}); if that is the cause, give more --origin addresses, or set the limit to 0 on the proxy under test"
+        ));
+    }
     w
 }
