@@ -26,7 +26,16 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-pub use crate::upstream::body::{discard, Bounds, Held};
+pub use crate::upstream::body::{discard, Bounds, Held, Hold};
+
+/// How much of an unread body is discarded: `limits.discard_body_bytes`
+/// within `timeouts.discard_body`.
+pub fn bounds(config: &crate::config::Config) -> Bounds {
+    Bounds {
+        bytes: config.limits.discard_body_bytes,
+        time: config.timeouts.discard_body,
+    }
+}
 
 /// A refusal's answer body; discards the request body it holds once polled.
 pub struct RefusalBody {
@@ -38,25 +47,33 @@ pub struct RefusalBody {
 }
 
 impl RefusalBody {
-    /// `unread`: the request body the refusal did not read, if any.
-    pub fn new(answer: Full<Bytes>, unread: Option<Incoming>, bounds: Bounds) -> RefusalBody {
+    /// `unread`: the request body the refusal did not read, if any; while
+    /// it is discarded, a guard from `hold` (the connection's) keeps its
+    /// bytes this request's, not a next request head.
+    pub fn new(
+        answer: Full<Bytes>,
+        unread: Option<Incoming>,
+        bounds: Bounds,
+        hold: Option<&Hold>,
+    ) -> RefusalBody {
+        let unread = unread
+            .filter(|body| !body.is_end_stream())
+            .map(|body| (body, bounds));
+        let held = hold.filter(|_| unread.is_some()).map(|hold| (hold.0)());
         RefusalBody {
             answer,
-            unread: unread
-                .filter(|body| !body.is_end_stream())
-                .map(|body| (body, bounds)),
-            held: None,
+            unread,
+            held,
         }
     }
 
-    /// Whether a request body is left to discard.
-    pub fn discards(&self) -> bool {
-        self.unread.is_some()
-    }
-
-    /// Keeps `guard` until the discarding ends.
-    pub fn hold_while_discarding(&mut self, guard: Held) {
-        self.held = Some(guard);
+    /// Discards the unread body in a task of its own, if not yet.
+    fn start_discarding(&mut self) {
+        if let Some((body, bounds)) = self.unread.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(discard(body, bounds, self.held.take())));
+            }
+        }
     }
 }
 
@@ -68,9 +85,7 @@ impl Body for RefusalBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some((body, bounds)) = self.unread.take() {
-            tokio::spawn(discard(body, bounds, self.held.take()));
-        }
+        self.start_discarding();
         Pin::new(&mut self.answer).poll_frame(cx)
     }
 
@@ -88,10 +103,6 @@ impl Drop for RefusalBody {
     /// still has the body it did not read discarded, now that the answer
     /// has been sent.
     fn drop(&mut self) {
-        if let Some((body, bounds)) = self.unread.take() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                drop(runtime.spawn(discard(body, bounds, self.held.take())));
-            }
-        }
+        self.start_discarding();
     }
 }

@@ -191,10 +191,7 @@ async fn prepare(
         config.limits.max_body_bytes,
         config.timeouts.request_body_idle,
         config.limits.min_request_body_rate,
-        crate::upstream::body::Bounds {
-            bytes: config.limits.discard_body_bytes,
-            time: config.timeouts.discard_body,
-        },
+        super::discard::bounds(config),
         instance.log.is_some(),
         parts.version == Version::HTTP_2,
         target.hold.clone(),

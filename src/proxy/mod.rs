@@ -91,20 +91,12 @@ fn options_here(
         status = 200,
         "answered here (Max-Forwards: 0)"
     );
-    let limits = &state.config.limits;
-    let bounds = discard::Bounds {
-        bytes: limits.discard_body_bytes,
-        time: state.config.timeouts.discard_body,
-    };
-    let mut refusal = RefusalBody::new(
+    let refusal = RefusalBody::new(
         http_body_util::Full::new(bytes::Bytes::new()),
         Some(body),
-        bounds,
+        discard::bounds(&state.config),
+        hold,
     );
-    // A body sent with it is still this request's, not a next head.
-    if let Some(hold) = hold.filter(|_| refusal.discards()) {
-        refusal.hold_while_discarding((hold.0)());
-    }
     let mut resp = Response::new(Either::Right(refusal));
     let h = resp.headers_mut();
     h.insert(header::ALLOW, state.config.methods.allow_header().clone());
@@ -267,19 +259,8 @@ async fn respond(
                 let allow = state.config.methods.allow_header().clone();
                 resp.headers_mut().insert(header::ALLOW, allow);
             }
-            let limits = &state.config.limits;
-            let bounds = discard::Bounds {
-                bytes: limits.discard_body_bytes,
-                time: state.config.timeouts.discard_body,
-            };
-            resp.map(|answer| {
-                let mut refusal = RefusalBody::new(answer, body_unread, bounds);
-                // Its bytes are still this request's, not a next head.
-                if let Some(hold) = hold.filter(|_| refusal.discards()) {
-                    refusal.hold_while_discarding((hold.0)());
-                }
-                Either::Right(refusal)
-            })
+            let bounds = discard::bounds(&state.config);
+            resp.map(|answer| Either::Right(RefusalBody::new(answer, body_unread, bounds, hold)))
         }
     };
     (resp, bytes, receipt)

@@ -970,7 +970,7 @@ impl Activity {
 /// it by `client_send_idle`.
 pub(crate) struct Served {
     body: ProxyBody,
-    busy: Option<Responding>,
+    responding: Option<Responding>,
 }
 
 impl hyper::body::Body for Served {
@@ -983,7 +983,7 @@ impl hyper::body::Body for Served {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            self.busy = None;
+            self.responding = None;
         }
         polled
     }
@@ -1073,12 +1073,12 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
                 // HTTP/2 has no parking, and a stream whose window the
                 // client keeps shut is bounded as an idle connection is:
                 // its request ends at the head.
-                let busy = self
+                let responding = self
                     .busy
                     .take()
                     .filter(|busy| !busy.0.http2.load(Ordering::Relaxed))
                     .map(Busy::responding);
-                Poll::Ready(Ok(resp.map(|body| Served { body, busy })))
+                Poll::Ready(Ok(resp.map(|body| Served { body, responding })))
             }
             Poll::Ready(Err(never)) => match never {},
         }

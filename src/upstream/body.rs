@@ -55,6 +55,14 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// The client may still be sending when the body failed for this (too
+    /// large, too slow): the rest is discarded within bounds rather than
+    /// dropped, so that the refusal is not lost to a reset. A client that
+    /// stalled or failed is not waited for.
+    fn still_sending(self) -> bool {
+        matches!(self, BodyError::TooLarge | BodyError::TooSlow)
+    }
+
     fn code(self) -> u8 {
         match self {
             BodyError::TooLarge => 1,
@@ -469,9 +477,7 @@ impl BodySlot {
                 }
                 Ok(None)
             }
-            // Still sending: the rest is discarded (within bounds), so
-            // that the refusal is not lost to a reset.
-            Err(e @ (BodyError::TooLarge | BodyError::TooSlow)) => {
+            Err(e) if e.still_sending() => {
                 self.abandon(source);
                 Err(e)
             }
@@ -641,13 +647,7 @@ impl Drop for ForwardBody {
     /// connection failed): the rest of the client's body is discarded.
     fn drop(&mut self) {
         if let Kind::Stream { slot, source, .. } = &mut self.kind {
-            // A client that stalled or failed is not waited for. One too
-            // slow is still sending: the rest is discarded (within bounds),
-            // so that its 408 is not lost to a reset.
-            let client_stopped = matches!(
-                slot.failure(),
-                Some(BodyError::IdleTimeout | BodyError::Client)
-            );
+            let client_stopped = slot.failure().is_some_and(|e| !e.still_sending());
             // Without the source, this attempt never took the body: it is
             // still in the slot, for another attempt.
             match source.take() {

@@ -608,11 +608,7 @@ async fn the_body_of_an_options_answered_here_is_discarded() {
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     let head = raw("OPTIONS /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nMax-Forwards: 0\r\nContent-Length: 100\r\n\r\n");
     tls.write_all(&head).await.unwrap();
-    for _ in 0..10 {
-        tls.write_all(b"0123456789").await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hundred_bytes(&mut tls, Duration::from_millis(50)).await;
     last_request(&mut tls, "/v1/telemetry", &[200, 201]).await;
     proxy.stop().await;
 }
@@ -873,12 +869,8 @@ async fn a_slow_refused_body_is_discarded_past_request_head() {
         "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {UNKNOWN}\r\nContent-Length: 100\r\n\r\n"
     );
     tls.write_all(head.as_bytes()).await.unwrap();
-    // Ten bytes every 250 ms: 2.5 s, longer than request_head.
-    for _ in 0..10 {
-        tls.write_all(b"0123456789").await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // 2.5 s, longer than request_head.
+    hundred_bytes(&mut tls, Duration::from_millis(250)).await;
     last_request(&mut tls, "/v1/telemetry", &[451, 201]).await;
     proxy.stop().await;
 }
@@ -1014,6 +1006,15 @@ async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answ
     proxy.stop().await;
 }
 
+/// Writes 100 bytes of body, ten at a time, `gap` after each.
+async fn hundred_bytes(tls: &mut (impl tokio::io::AsyncWrite + Unpin), gap: Duration) {
+    for _ in 0..10 {
+        tls.write_all(b"0123456789").await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(gap).await;
+    }
+}
+
 /// Writes `len` bytes of body, 1 KiB every 125 ms.
 async fn trickle(tls: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) {
     for _ in 0..len / 1024 {
@@ -1021,17 +1022,6 @@ async fn trickle(tls: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) {
         tls.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(125)).await;
     }
-}
-
-/// The first 12 bytes read (`HTTP/1.1 NNN`), within 10 s (`what` names
-/// what did not come).
-async fn status_line(read: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) -> String {
-    let mut answer = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
-        .await
-        .expect(what)
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Sends a head for `path` with a `len`-byte body, and the body as fast as

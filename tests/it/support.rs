@@ -798,6 +798,18 @@ impl Drop for Killed {
     }
 }
 
+/// The first 12 bytes read (`HTTP/1.1 NNN`), within 10 s (`what` names
+/// what did not come).
+pub async fn status_line(read: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), read.read_exact(&mut answer))
+        .await
+        .expect(what)
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A free loopback port, below the ephemeral range so that no client
 /// connection takes it before the server it is meant for binds it
 /// ([`residency_tools::ports`]).
