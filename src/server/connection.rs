@@ -327,7 +327,11 @@ async fn handshake(
         }
         Ok(Err(e)) => {
             metrics.tls_handshakes.with_label_values(&["failure"]).inc();
-            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            if residency_tls::refused_for_expired_crl(&e) && expired_crl_warning_due() {
+                tracing::warn!(peer = %peer, error = %e, "client certificate refused: the listener's client_crl is past its nextUpdate; write a fresh CRL over the file (said at most once a minute)");
+            } else {
+                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+            }
             None
         }
         Err(_) => {
@@ -336,6 +340,22 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Whether a minute has passed since the last warning that a client was
+/// refused for an expired CRL: with one, every such client is refused, and
+/// a warning each would flood the log.
+fn expired_crl_warning_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 60)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// HTTP/1.1 until the connection ends (`None`), or, when its first bytes

@@ -143,9 +143,53 @@ fn crls(
         if found.is_empty() {
             return Err(TlsError::NoCrl(label.clone()));
         }
+        for crl in &found {
+            warn_if_expired(label, crl);
+        }
         all.extend(found);
     }
     Ok(all)
+}
+
+/// Warns when `crl` is past its `nextUpdate`: the client certificates it
+/// covers are refused from now on, so the operator hears of it when the
+/// file is loaded, not only from clients. Returns whether it warned.
+fn warn_if_expired(label: &str, crl: &CertificateRevocationListDer<'_>) -> bool {
+    use x509_cert::der::Decode as _;
+    // One rustls cannot parse is refused by `build` with its own error.
+    let Ok(list) = x509_cert::crl::CertificateList::from_der(crl) else {
+        return false;
+    };
+    let tbs = &list.tbs_cert_list;
+    let Some(next) = tbs.next_update else {
+        return false;
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let expired = now.is_ok_and(|now| next.to_unix_duration() <= now);
+    if expired {
+        tracing::warn!(
+            file = label,
+            issuer = %tbs.issuer,
+            next_update = %next,
+            "client_crl: a CRL is past its nextUpdate; every client certificate it covers is refused until a fresh CRL is written over the file"
+        );
+    }
+    expired
+}
+
+/// Whether a failed handshake (as tokio-rustls reports it) was refused
+/// because a CRL is past its `nextUpdate`: the operator's to fix, not the
+/// client's.
+pub fn refused_for_expired_crl(error: &std::io::Error) -> bool {
+    use rustls::CertificateError::{ExpiredRevocationList, ExpiredRevocationListContext};
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            ExpiredRevocationList | ExpiredRevocationListContext { .. }
+        ))
+    )
 }
 
 /// Parses a PEM CA bundle into a root store; an empty bundle is an error.
@@ -233,8 +277,11 @@ pub fn server_config(
             // With CRLs, each certificate of the chain (the anchor
             // excepted) must have its issuer's CRL: an unknown status is
             // refused, as OpenSSL's CRL_CHECK_ALL does.
+            // A CRL past its nextUpdate no longer vouches for anything:
+            // the certificates it covers are refused, as OpenSSL does.
             let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
                 .with_crls(crls(client.crls)?)
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(TlsError::ClientVerifier)?;
             builder.with_client_cert_verifier(verifier)
@@ -458,7 +505,9 @@ mod tests {
     }
 
     /// A client certificate its CA's CRL revokes is refused; one the CRL
-    /// does not list is accepted; a CRL file without a CRL is named.
+    /// does not list is accepted, unless the CRL is past its nextUpdate
+    /// (then every one is, and the error says why); a CRL file without a
+    /// CRL is named.
     #[tokio::test]
     async fn a_revoked_client_certificate_is_refused() {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -479,36 +528,68 @@ mod tests {
                 PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
             )
         };
-        let crl = rcgen::CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2026, 1, 1),
-            next_update: rcgen::date_time_ymd(2036, 1, 1),
-            crl_number: 1u64.into(),
-            issuing_distribution_point: None,
-            revoked_certs: vec![rcgen::RevokedCertParams {
-                serial_number: 2u64.into(),
-                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }],
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&ca)
-        .unwrap();
-        let crls = [("client_crl".to_owned(), crl.pem().unwrap().into_bytes())];
-        let ca_pem = ca.pem();
-        let auth = ClientAuth {
-            ca_pem: ca_pem.as_bytes(),
-            crls: &crls,
+        let crl = |this_update, next_update| {
+            rcgen::CertificateRevocationListParams {
+                this_update,
+                next_update,
+                crl_number: 1u64.into(),
+                issuing_distribution_point: None,
+                revoked_certs: vec![rcgen::RevokedCertParams {
+                    serial_number: 2u64.into(),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                }],
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca)
+            .unwrap()
+            .pem()
+            .unwrap()
+            .into_bytes()
         };
+        let current = crl(
+            rcgen::date_time_ymd(2026, 1, 1),
+            rcgen::date_time_ymd(2036, 1, 1),
+        );
+        // Past its nextUpdate: it vouches for no one any more.
+        let expired = crl(
+            rcgen::date_time_ymd(2025, 1, 1),
+            rcgen::date_time_ymd(2025, 2, 1),
+        );
+        let ca_pem = ca.pem();
         let (s1, d1) = source(&["ingest.example.com"]);
-        let server = server_config(&[s1], Some(&auth)).unwrap();
-        for (serial, accept) in [(1, true), (2, false)] {
+        for (crl, serial, accept) in [
+            (&current, 1, true),
+            (&current, 2, false),
+            (&expired, 1, false),
+            (&expired, 2, false),
+        ] {
+            let crls = [("client_crl".to_owned(), crl.clone())];
+            let der = CertificateRevocationListDer::from_pem_slice(crl).unwrap();
+            assert_eq!(
+                warn_if_expired("client_crl", &der),
+                std::ptr::eq(crl, &expired)
+            );
+            let auth = ClientAuth {
+                ca_pem: ca_pem.as_bytes(),
+                crls: &crls,
+            };
+            let server = server_config(&[s1.clone()], Some(&auth)).unwrap();
             let (cert, key) = leaf(serial);
             let cfg = client(&[&d1], &TLS13)
                 .with_client_auth_cert(vec![cert], key)
                 .unwrap();
             let (_, s) = handshake(&server, cfg, "ingest.example.com").await;
-            assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
+            let expired = std::ptr::eq(crl, &expired);
+            assert_eq!(
+                s.is_ok(),
+                accept,
+                "serial {serial}, expired {expired}: {s:?}"
+            );
+            if let Err(e) = s {
+                assert_eq!(refused_for_expired_crl(&e), expired, "{e}");
+            }
         }
         let junk = [("crl.pem".to_owned(), b"not a CRL".to_vec())];
         let auth = ClientAuth {
