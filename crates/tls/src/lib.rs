@@ -575,7 +575,7 @@ mod tests {
                 ca_pem: ca_pem.as_bytes(),
                 crls: &crls,
             };
-            let server = server_config(&[s1.clone()], Some(&auth)).unwrap();
+            let server = server_config(std::slice::from_ref(&s1), Some(&auth)).unwrap();
             let (cert, key) = leaf(serial);
             let cfg = client(&[&d1], &TLS13)
                 .with_client_auth_cert(vec![cert], key)
