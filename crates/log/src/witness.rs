@@ -329,11 +329,14 @@ impl AddCheckpoint {
     }
 }
 
-/// What a witness recorded of one log: the latest checkpoint it cosigned.
+/// What a witness recorded of one log: the latest checkpoint it cosigned,
+/// and the time it cosigned it at (POSIX seconds; 0 in state files of
+/// earlier versions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     pub size: u64,
     pub root: Hash,
+    pub timestamp: u64,
 }
 
 /// Every log's recorded checkpoint, by origin.
@@ -343,15 +346,23 @@ pub type State = BTreeMap<String, Recorded>;
 struct StoredRecord {
     size: u64,
     root: String,
+    #[serde(default)]
+    timestamp: u64,
 }
 
-/// The state as JSON: `{"<origin>": {"size": N, "root": "<base64>"}}`.
+/// The state as JSON: `{"<origin>": {"size": N, "root": "<base64>",
+/// "timestamp": T}}`.
 pub fn encode_state(state: &State) -> String {
     let stored: BTreeMap<&str, StoredRecord> = state
         .iter()
         .map(|(origin, r)| {
             let root = STANDARD.encode(r.root);
-            (origin.as_str(), StoredRecord { size: r.size, root })
+            let stored = StoredRecord {
+                size: r.size,
+                root,
+                timestamp: r.timestamp,
+            };
+            (origin.as_str(), stored)
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&stored).unwrap_or_default();
@@ -370,7 +381,12 @@ pub fn parse_state(text: &str) -> Result<State, String> {
                 .ok()
                 .and_then(|r| Hash::try_from(r).ok())
                 .ok_or_else(|| format!("{origin}: root {:?} is not a base64 hash", s.root))?;
-            Ok((origin, Recorded { size: s.size, root }))
+            let recorded = Recorded {
+                size: s.size,
+                root,
+                timestamp: s.timestamp,
+            };
+            Ok((origin, recorded))
         })
         .collect()
 }
@@ -434,7 +450,8 @@ pub struct Witness {
 }
 
 /// What the lock guards: the recorded state, and the timestamp of the
-/// latest cosignature (so timestamps never go back as sizes grow).
+/// latest cosignature (so timestamps never go back as sizes grow, across
+/// restarts too: it starts from the latest one the state recorded).
 #[derive(Debug)]
 struct Guarded {
     state: State,
@@ -455,12 +472,13 @@ impl Witness {
     /// `logs`: origin and the log's verifier key. Recorded state of logs no
     /// longer configured is kept (and kept in the state file).
     pub fn new(cosigner: Cosigner, logs: BTreeMap<String, Verifier>, state: State) -> Witness {
+        let last_timestamp = state.values().map(|r| r.timestamp).max().unwrap_or(0);
         Witness {
             cosigner,
             logs,
             state: Mutex::new(Guarded {
                 state,
-                last_timestamp: 0,
+                last_timestamp,
             }),
         }
     }
@@ -523,6 +541,7 @@ impl Witness {
             .unwrap_or(Recorded {
                 size: 0,
                 root: merkle::empty_root(),
+                timestamp: 0,
             });
         if request.old != recorded.size {
             return Err(Refusal::Conflict {
@@ -543,17 +562,18 @@ impl Witness {
             &request.proof,
         )
         .map_err(|e| Refusal::InvalidProof(e.to_string()))?;
+        let timestamp = now.max(guarded.last_timestamp);
         let mut next = guarded.state.clone();
         next.insert(
             checkpoint.origin.clone(),
             Recorded {
                 size: checkpoint.size,
                 root: checkpoint.root,
+                timestamp,
             },
         );
         persist(&next).map_err(Refusal::Storage)?;
         guarded.state = next;
-        let timestamp = now.max(guarded.last_timestamp);
         guarded.last_timestamp = timestamp;
         let mut line = self.cosigner.cosign(text, timestamp);
         drop(guarded);
@@ -813,7 +833,8 @@ mod tests {
             w.recorded(ORIGIN),
             Some(Recorded {
                 size: 3,
-                root: t3.root()
+                root: t3.root(),
+                timestamp: 100,
             })
         );
 
@@ -917,6 +938,28 @@ mod tests {
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t15, &log), late.body);
         assert_eq!(wv.verify_note(&cosigned), Ok(109));
+
+        // Nor after a restart from the state it persisted, with a clock
+        // that went back (the 109 is in the state, not only in memory).
+        let mut persisted = None;
+        let t16 = tree(16);
+        let proof = t16.consistency_proof(15, 16).unwrap();
+        w.add_checkpoint(&request(15, proof, checkpoint(&t16, &log)), 50, |s| {
+            persisted = Some(s.clone());
+            Ok(())
+        })
+        .unwrap();
+        let state = persisted.unwrap();
+        assert_eq!(state[ORIGIN].timestamp, 109);
+        let restarted = Witness::new(witness_key(), w.logs.clone(), state);
+        let t17 = tree(17);
+        let proof = t17.consistency_proof(16, 17).unwrap();
+        let after = restarted
+            .add_checkpoint(&request(16, proof, checkpoint(&t17, &log)), 60, ok)
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t17, &log), after.body);
+        let rv = restarted.cosigner().verifier();
+        assert_eq!(rv.verify_note(&cosigned), Ok(109));
     }
 
     #[test]
@@ -969,6 +1012,7 @@ mod tests {
                 Recorded {
                     size: 5,
                     root: [3; 32],
+                    timestamp: 1_700_000_000,
                 },
             ),
             (
@@ -976,12 +1020,18 @@ mod tests {
                 Recorded {
                     size: 0,
                     root: merkle::empty_root(),
+                    timestamp: 0,
                 },
             ),
         ]);
         let text = encode_state(&state);
         assert_eq!(parse_state(&text), Ok(state));
         assert!(parse_state("{\"a\": {\"size\": 1, \"root\": \"AAAA\"}}").is_err());
+        // A state file of an earlier version, without timestamps.
+        let root = STANDARD.encode([3; 32]);
+        let old = format!("{{\"a.example/log\": {{\"size\": 5, \"root\": \"{root}\"}}}}");
+        let a = parse_state(&old).unwrap()["a.example/log"];
+        assert_eq!((a.size, a.timestamp), (5, 0));
         assert!(parse_state("[]").is_err());
     }
 }
