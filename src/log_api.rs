@@ -14,6 +14,7 @@
 //! | `GET /entries/{index}` | the record at a leaf index |
 //! | `GET /generations` | the log's generations (origins), oldest first: a directory log rolls to a new origin at `transparency.max_records` |
 //! | `GET /generations/<n>/…` | every path above (but `/`) for generation `n`, sealed or current; the root serves the current one |
+//! | `GET /<n>/…` | the same as `/generations/<n>/…`: generation `n` ≥ 2 has origin `<origin>/<n>`, so where the log's origin is its URL, each generation's origin is its URL prefix too (tlog-tiles' SHOULD) |
 //!
 //! The tiles are the standard API (<https://c2sp.org/tlog-tiles>): any
 //! tlog client computes proofs from them. The other paths are conveniences
@@ -50,7 +51,13 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
         return generations(log);
     }
     let current = log.current();
-    if let Some(rest) = path.strip_prefix("/generations/") {
+    let numbered = path.strip_prefix("/generations/").or_else(|| {
+        // `/<n>/…`: no other path starts with a digit.
+        let rest = path.strip_prefix('/')?;
+        rest.starts_with(|c: char| c.is_ascii_digit())
+            .then_some(rest)
+    });
+    if let Some(rest) = numbered {
         let (number, rest) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let Some(generation) = number.parse().ok().and_then(|n| log.generation(n)) else {
             return error(

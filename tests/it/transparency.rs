@@ -1096,6 +1096,17 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
     // Each receipt verifies with its generation's key, from the tiles
     // under that generation's prefix; not with the other's.
     checkpoint_covers(&proxy, &second_key, 3).await;
+    // Generation 2's origin, `<origin>/2`, is a URL prefix of it too.
+    for path in ["checkpoint", "tile/0/000.p/3", "tile/entries/000.p/3"] {
+        let (status, body) = proxy.log_get(&format!("/2/{path}")).await;
+        assert_eq!(status, 200, "/2/{path}");
+        assert_eq!(
+            body,
+            proxy.log_get(&format!("/generations/2/{path}")).await.1
+        );
+    }
+    let (status, _) = proxy.log_get("/3/checkpoint").await;
+    assert_eq!(status, 404);
     for (i, key) in [(2, &first_key), (6, &second_key)] {
         let mut a = args(key);
         a.receipt = Some(receipts[i].0.clone());
