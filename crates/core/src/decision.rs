@@ -22,7 +22,8 @@ pub struct Decision {
     /// recognised tenant's pin.
     pub jurisdiction: Option<(JurisdictionId, Assignment)>,
     /// For a pinned tenant: GeoIP's jurisdiction for the client (`None`
-    /// when GeoIP places it in none), recorded next to the pin.
+    /// when GeoIP places it in none: `[unknown_origin]`'s jurisdiction is
+    /// not a place), recorded next to the pin.
     pub origin_jurisdiction: Option<JurisdictionId>,
     pub outcome: Outcome,
 }
@@ -97,8 +98,10 @@ pub fn decide(
 
 /// Decides for a recognised tenant: its pin, not GeoIP, bounds where the
 /// upload may go. GeoIP still runs: its jurisdiction is recorded, and when
-/// it is not the pin (or GeoIP knows none) the tenant's `mismatch` policy
-/// may refuse ([`Refusal::TenantOriginMismatch`]).
+/// it places the client outside the pin, or nowhere, the tenant's
+/// `mismatch` policy may refuse ([`Refusal::TenantOriginMismatch`]).
+/// `[unknown_origin]`'s jurisdiction places no one: a client of a country
+/// no jurisdiction lists, or of none, is outside every pin.
 pub fn decide_pinned(
     geo: &Geo,
     policy: &Policy,
@@ -110,17 +113,20 @@ pub fn decide_pinned(
 ) -> Decision {
     let addr = addr.to_canonical();
     let (country, lookup) = geo.lookup(addr);
-    let origin = policy.jurisdiction_for(country).ok().map(|(j, _)| j);
+    let placed = policy
+        .jurisdiction_for(country)
+        .ok()
+        .and_then(|(j, a)| (a == Assignment::Listed).then_some(j));
     let pin = tenant.jurisdiction;
     let mut decision = Decision {
         addr,
         country,
         lookup,
         jurisdiction: Some((pin, Assignment::Pinned)),
-        origin_jurisdiction: origin,
+        origin_jurisdiction: placed,
         outcome: Outcome::Refuse(Refusal::TenantOriginMismatch),
     };
-    if origin != Some(pin) && !tenant.mismatch.allows(country) {
+    if placed != Some(pin) && !tenant.mismatch.allows(country) {
         return decision;
     }
     decision.outcome = pick(policy, pin, turn, is_up, retry_after);

@@ -301,6 +301,67 @@ mismatch = { allow_countries = ["DE"] }
     );
 }
 
+/// `[unknown_origin]` sending the unplaced to the pin's own jurisdiction
+/// places no one there: a client GeoIP does not know, or whose country no
+/// jurisdiction lists, is still outside the pin for `mismatch`.
+#[test]
+fn unknown_origin_does_not_place_a_client_inside_a_pin() {
+    let (policy, t) = load(
+        r#"
+[unknown_origin]
+action = "jurisdiction"
+jurisdiction = "ch"
+[[tenants]]
+name = "allow"
+jurisdiction = "ch"
+[[tenants]]
+name = "refuse"
+jurisdiction = "ch"
+mismatch = "refuse"
+[[tenants]]
+name = "some"
+jurisdiction = "ch"
+mismatch = { allow_countries = ["DE"] }
+"#,
+    );
+    let t = t.unwrap();
+    let geo = geo();
+    let dc = |d: residency_core::decision::Decision| match d.outcome {
+        Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
+        Outcome::Refuse(r) => Err(r),
+    };
+    let pinned = |name: &str, addr| {
+        let tenant = t.get(t.by_name(name).unwrap());
+        decide_pinned(&geo, &policy, addr, tenant, 0, |_| true, |_| Duration::ZERO)
+    };
+    let unknown = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let jp = IpAddr::V4(Ipv4Addr::new(10, 0, 4, 9));
+    let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
+    let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    // Unpinned, both go where [unknown_origin] says.
+    for addr in [unknown, jp] {
+        let d = decide(&geo, &policy, addr, 0, |_| true, |_| Duration::ZERO);
+        assert_eq!(dc(d), Ok("zurich".into()), "{addr}");
+    }
+    for addr in [unknown, jp] {
+        assert_eq!(dc(pinned("allow", addr)), Ok("zurich".into()), "{addr}");
+        assert_eq!(
+            dc(pinned("refuse", addr)),
+            Err(Refusal::TenantOriginMismatch),
+            "{addr}"
+        );
+        assert_eq!(
+            dc(pinned("some", addr)),
+            Err(Refusal::TenantOriginMismatch),
+            "{addr}"
+        );
+    }
+    assert_eq!(dc(pinned("some", de)), Ok("zurich".into()));
+    assert_eq!(dc(pinned("refuse", ch)), Ok("zurich".into()));
+    // Recorded (and counted as a mismatch) as placed nowhere.
+    assert_eq!(pinned("allow", jp).origin_jurisdiction, None);
+}
+
 proptest! {
     /// For random tenants, pins, mismatch policies, addresses and health:
     /// a recognised tenant's upload is only ever forwarded into its pin's
