@@ -49,12 +49,37 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Hop-by-hop (RFC 9110 §7.6.1, `Upgrade` and h2c's `HTTP2-Settings`
-/// included) or `Residency-*`: never passed through in either direction.
+/// included) or `Residency-*`, also spelt with `_` for `-`
+/// ([`underscored`]): never passed through in either direction.
 fn never_forwarded(name: &HeaderName) -> bool {
+    hop_or_residency(name) || underscored(name, |n| hop_or_residency(n) || set_by_us(n))
+}
+
+fn hop_or_residency(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
         || name == header::UPGRADE
         || name.as_str() == "http2-settings"
         || name.as_str().starts_with("residency-")
+}
+
+/// The fields the proxy sets for the data centre (besides `Residency-*`).
+fn set_by_us(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
+}
+
+/// Whether `name` has a `_` where `is` accepts it with a `-`
+/// (`Residency_Jurisdiction`, `X_Forwarded_For`): servers that map field
+/// names to CGI-style variables (PHP, WSGI, Rack; nginx with
+/// `underscores_in_headers`) read such a field as the one the proxy set,
+/// and which copy wins is theirs to pick. (nginx drops every field with a
+/// `_` by default; the proxy drops only those.)
+fn underscored(name: &HeaderName, is: impl Fn(&HeaderName) -> bool) -> bool {
+    let text = name.as_str();
+    text.contains('_')
+        && HeaderName::from_bytes(text.replace('_', "-").as_bytes()).is_ok_and(|dashed| is(&dashed))
 }
 
 /// Another way to name the client's address than `X-Forwarded-For`:
@@ -128,8 +153,10 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         headers.remove(X_FORWARDED_HOST);
     }
     // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
-    // and other claims of an address.
-    strip(headers, |k| never_forwarded(k) || names_an_address(k));
+    // and other claims of an address, in either spelling.
+    strip(headers, |k| {
+        never_forwarded(k) || names_an_address(k) || underscored(k, names_an_address)
+    });
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
     // From a `String`, its buffer becomes the value's (no copy).
@@ -560,6 +587,52 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["residency-origin-country"], "US");
         assert_eq!(h.get_all("residency-origin-country").iter().count(), 1);
+    }
+
+    /// The proxy's fields spelt with `_` for `-` (read as the same field
+    /// by CGI-style servers) go; other fields with `_` stay.
+    #[test]
+    fn underscored_spellings_of_our_fields_do_not_pass() {
+        let spoofs = [
+            "residency_jurisdiction",
+            "residency_origin_country",
+            "residency_datacenter",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_forwarded_host",
+            "x_forwarded_proto",
+            "x_request_id",
+            "x_real_ip",
+            "true_client_ip",
+            "transfer_encoding",
+            "proxy_connection",
+        ];
+        let mut fields: Vec<(&str, &str)> = spoofs.iter().map(|n| (*n, "ch")).collect();
+        fields.push(("x_custom_field", "kept"));
+        fields.push(("forwarded_", "kept"));
+        let mut h = map(&fields);
+        let id = HeaderValue::from_static("abc");
+        let f = Forwarded {
+            request_id: &id,
+            xff_trusted: false,
+            client: "203.0.113.5".parse().unwrap(),
+            hop: "203.0.113.5".parse().unwrap(),
+            country: "US",
+            jurisdiction: Some(HeaderValue::from_static("us")),
+            host: None,
+            version: Version::HTTP_11,
+        };
+        to_upstream(&mut h, &f);
+        for name in spoofs {
+            assert!(h.get(name).is_none(), "{name} passed");
+        }
+        assert_eq!(h["x_custom_field"], "kept");
+        assert_eq!(h["forwarded_"], "kept");
+        // And from a data centre to the client.
+        let mut h = map(&[("residency_receipt", "forged"), ("x_custom_field", "kept")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("residency_receipt").is_none());
+        assert_eq!(h["x_custom_field"], "kept");
     }
 
     /// The data centre gets the part of the chain the decision walked —

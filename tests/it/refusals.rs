@@ -160,6 +160,9 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
                     ("residency-jurisdiction", "ch"),
                     ("residency-datacenter", "zurich"),
                     ("residency-origin-country", "CH"),
+                    // Read as the fields above by CGI-style servers.
+                    ("residency_jurisdiction", "ch"),
+                    ("x_forwarded_for", CH),
                 ],
                 body.clone(),
             )
@@ -193,6 +196,9 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
             got.headers.get("residency-datacenter").is_none(),
             "client-sent Residency-Datacenter is stripped"
         );
+        for name in ["residency_jurisdiction", "x_forwarded_for"] {
+            assert!(got.headers.get(name).is_none(), "{v:?}: {name} passed");
+        }
     }
     proxy.stop().await;
 }
