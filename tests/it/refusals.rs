@@ -261,6 +261,37 @@ async fn proxy_header_names_the_client() {
     proxy.stop().await;
 }
 
+/// A PROXY header that names no client (v1 `UNKNOWN`, v2 `LOCAL`) leaves
+/// the TCP peer (the balancer, unknown to GeoIP here), never the
+/// `X-Forwarded-For` the client behind it may have written.
+#[tokio::test]
+async fn a_proxy_header_naming_no_client_does_not_let_forwarded_for_decide() {
+    let proxy = Proxy::start(proxy_protocol_setup()).await;
+    let local = ppp::v2::Builder::new(
+        ppp::v2::Version::Two | ppp::v2::Command::Local,
+        ppp::v2::AddressFamily::Unspecified | ppp::v2::Protocol::Unspecified,
+    )
+    .build()
+    .unwrap();
+    for (kind, header) in [
+        ("v1 UNKNOWN", b"PROXY UNKNOWN\r\n".to_vec()),
+        ("v2 LOCAL", local),
+    ] {
+        for v in VERSIONS {
+            let ctx = format!("{kind} {v:?}");
+            let reply = proxy
+                .client()
+                .version(v)
+                .preamble(header.clone())
+                .upload_from(CH, "claims CH")
+                .await;
+            assert_refused_unrouted(&reply, 451, "origin_unknown", &ctx);
+            assert_eq!(proxy.counts(), untouched(&proxy), "{ctx}");
+        }
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn proxy_header_from_an_untrusted_peer_closes_the_connection() {
     let proxy = Proxy::start(proxy_protocol_setup()).await;
