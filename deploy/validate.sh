@@ -106,6 +106,26 @@ if bad:
     print("COPY sources missing:", ", ".join(bad)); sys.exit(1)
 print("COPY sources present and admitted:", ", ".join(copies))
 EOF
+  # And they make a workspace Cargo can load: every member crate and path
+  # dependency is among them (the image once left crates/ out).
+  local ctx
+  ctx=$(mktemp -d)
+  python3 - "$ctx" <<'EOF'
+import re, shutil, sys, os
+ctx = sys.argv[1]
+for line in open("deploy/Dockerfile"):
+    m = re.match(r"\s*COPY\s+(?!--from)(.*)", line)
+    if m:
+        for c in m.group(1).split()[:-1]:
+            (shutil.copytree if os.path.isdir(c) else shutil.copy)(c, os.path.join(ctx, c))
+EOF
+  if ! (cd "$ctx" && cargo metadata --locked --offline --no-deps --format-version 1 >/dev/null); then
+    rm -rf "$ctx"
+    echo "the Dockerfile's COPY sources do not make a loadable workspace"
+    return 1
+  fi
+  rm -rf "$ctx"
+  echo "the COPY sources make a loadable workspace (cargo metadata)"
 }
 
 # Custom resources (their CRDs come with the operators, not with Kubernetes):
