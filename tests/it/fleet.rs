@@ -59,9 +59,18 @@ struct TwoReplicas {
 }
 
 async fn two_replicas(tag: &'static str) -> TwoReplicas {
+    two_replicas_every(tag, "250ms", "").await
+}
+
+/// [`two_replicas`], checkpointing every `interval`, with `setup` run on
+/// the database before they start (unless empty).
+async fn two_replicas_every(tag: &'static str, interval: &str, setup: &str) -> TwoReplicas {
     let keep = TempDir::new(&format!("fleet-{tag}"));
     let key = log_key(keep.path());
     let pg = postgres(tag, &[tag]).await;
+    if !setup.is_empty() {
+        pg.psql(tag, setup).unwrap();
+    }
     let upstream = Upstream::start("zurich").await;
     let dcs = [
         ("zurich", "ch", upstream.addr),
@@ -72,7 +81,7 @@ async fn two_replicas(tag: &'static str) -> TwoReplicas {
     let mut ports = Vec::new();
     for r in 0..2 {
         let port = free_port();
-        let section = fleet_section(keep.path(), &pg, tag, port, "250ms");
+        let section = fleet_section(keep.path(), &pg, tag, port, interval);
         replicas.push(Binary::start(&format!("fleet-{tag}-{r}"), &dcs, &section).await);
         ports.push(port);
     }
@@ -829,9 +838,56 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
     assert_eq!(held, "1", "the replica that found the loss holds the lock");
     let logs = replicas[0].log() + &replicas[1].log();
     assert!(
-        logs.contains("the database is behind the checkpoint this replica served (size 40)"),
+        logs.contains("the database is behind what this replica served (its checkpoint: size 40)"),
         "{logs}"
     );
+}
+
+/// Records a replica acknowledged, but no checkpoint covers yet, lost by
+/// the database (an asynchronous standby promoted): that replica gives
+/// none of their indexes again. Each of its receipts signs (index, leaf);
+/// a second record at one of those indexes would make two valid receipts
+/// for one leaf index: equivocation, not only loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_gives_no_acknowledged_index_again_before_any_checkpoint_covers_it() {
+    // No checkpoint but the first, at start, for the whole test.
+    let fleet = two_replicas_every("uncovered", "60s", "").await;
+    let TwoReplicas { pg, replicas, .. } = &fleet;
+    for i in 0..4 {
+        let reply = replicas[0]
+            .client()
+            .upload_from(CH, &format!("acknowledged {i}"))
+            .await;
+        assert_eq!(reply.status, 201, "{i}: {:?}", reply.json());
+    }
+    assert_eq!(
+        pg.psql("uncovered", "SELECT next FROM residency_log_sequence")
+            .unwrap(),
+        "4"
+    );
+    // The database forgets the last two; every session is cut.
+    pg.psql(
+        "uncovered",
+        "BEGIN;          DELETE FROM residency_log_entries WHERE idx >= 2;          UPDATE residency_log_sequence SET next = 2;          COMMIT;          SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity          WHERE application_name = 'residency-proxy'",
+    )
+    .unwrap();
+    // The first upload may meet the cut connection; none is acknowledged,
+    // and nothing is sequenced at 2 or 3.
+    for i in 0..4 {
+        let reply = replicas[0]
+            .client()
+            .upload_from(CH, &format!("after {i}"))
+            .await;
+        assert_eq!(reply.status, 503, "after {i}: {:?}", reply.json());
+        assert_eq!(reply.json()["error"], "log_unavailable");
+    }
+    assert_eq!(
+        pg.psql("uncovered", "SELECT next FROM residency_log_sequence")
+            .unwrap(),
+        "2"
+    );
+    let log = replicas[0].log();
+    assert!(log.contains("its sequence is at 2"), "{log}");
 }
 
 /// Under steady uploads, every replica's checkpoint age stays about a
@@ -840,7 +896,15 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
 /// sequence of the very moment it is read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
-    let fleet = two_replicas("age").await;
+    // Sessions of another isolation level by default: the replicas pin
+    // Read Committed, which concurrent batches on the one sequence row
+    // need (under Repeatable Read they fail to serialize).
+    let fleet = two_replicas_every(
+        "age",
+        "250ms",
+        "ALTER DATABASE age SET default_transaction_isolation = 'repeatable read'",
+    )
+    .await;
     let TwoReplicas {
         replicas, ports, ..
     } = &fleet;
@@ -861,7 +925,7 @@ async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
                 let mut n = 0;
                 while loaded.elapsed() < Duration::from_millis(3_500) && n < 500 {
                     let reply = client.upload_from(CH, &format!("w{w} {n}")).await;
-                    assert_eq!(reply.status, 201);
+                    assert_eq!(reply.status, 201, "{:?}", reply.json());
                     n += 1;
                 }
                 n

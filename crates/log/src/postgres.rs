@@ -73,6 +73,18 @@ const COVERAGE_KEPT: usize = 64;
 /// What a replica does while its database lost records it served.
 const LOST: &str = "Nothing is sequenced or integrated until the database holds them again, so no index is given twice and no second tree is signed; restore the lost records, or start a new log (a new origin) in a new database";
 
+/// Why the database is behind the `known` records a replica knew it
+/// committed before it read `sequence` there (read after: its own batches
+/// may land in between), if it is: it would give those indexes again, and
+/// a receipt already signed for one would then contradict the tree.
+fn behind_sequence(sequence: u64, known: u64) -> Option<String> {
+    (sequence < known).then(|| {
+        format!(
+            "its sequence is at {sequence}, below the {known} records this replica knows committed"
+        )
+    })
+}
+
 /// The schema, version by version; never edit a released version, add one.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
     1,
@@ -550,7 +562,8 @@ impl Shared {
         let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
         let n = batch.len() as i64;
         let max = i64::try_from(self.settings.max_records).unwrap_or(i64::MAX);
-        let served = i64::try_from(self.latest.load().size).unwrap_or(i64::MAX);
+        let known = self.known();
+        let served = i64::try_from(known).unwrap_or(i64::MAX);
         let client = &writer.client;
         let run = async {
             let row = client
@@ -583,7 +596,7 @@ impl Shared {
         let Some(row) = row else {
             // Indexes a served checkpoint covers would be given again: their
             // receipts would contradict that checkpoint.
-            self.judge(next.and_then(|next| self.behind_sequence(next)))?;
+            self.judge(next.and_then(|next| behind_sequence(next, known)))?;
             return Err(LogError::Full(self.settings.max_records));
         };
         let (first, inserted): (i64, i64) = (row.get(0), row.get(1));
@@ -701,11 +714,14 @@ impl Shared {
         slot.as_ref().ok_or(LogError::Poisoned)
     }
 
-    /// Why the database is behind the checkpoint this replica served, if
-    /// its sequence is: it gives indexes that checkpoint covers again.
-    fn behind_sequence(&self, sequence: u64) -> Option<String> {
-        let served = self.latest.load();
-        (sequence < served.size).then(|| format!("its sequence is at {sequence}"))
+    /// How many records this replica knows the database committed: its
+    /// checkpoint's, and every index it was given or saw sequenced (it may
+    /// have acknowledged those, with a signed receipt each, before any
+    /// checkpoint covered them).
+    fn known(&self) -> u64 {
+        self.sequenced
+            .load(Ordering::Relaxed)
+            .max(self.latest.load().size)
     }
 
     /// Why the database is behind the checkpoint this replica served, if
@@ -735,7 +751,7 @@ impl Shared {
             return Ok(());
         };
         let message = format!(
-            "the database is behind the checkpoint this replica served (size {}): {why}. It lost committed records (a failover to a standby that lagged? a restored backup?). {LOST}",
+            "the database is behind what this replica served (its checkpoint: size {}): {why}. It lost committed records (a failover to a standby that lagged? a restored backup?). {LOST}",
             self.latest.load().size
         );
         if !self.lost.swap(true, Ordering::Relaxed) {
@@ -847,6 +863,7 @@ impl Shared {
         // Up to the sequence as of now: records appended meanwhile wait
         // for the next tick, so a busy log still gets a checkpoint per tick.
         let now = unix_now();
+        let known = self.known();
         let sequenced: i64 = timed(
             self.pg.timeout,
             client.query_one("SELECT next FROM residency_log_sequence", &[]),
@@ -854,7 +871,7 @@ impl Shared {
         .await?
         .get(0);
         let sequenced = u64::try_from(sequenced).unwrap_or(0);
-        self.judge(self.behind_sequence(sequenced))?;
+        self.judge(behind_sequence(sequenced, known))?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
         for _ in 0..INTEGRATE_STEPS {
@@ -952,6 +969,7 @@ impl Shared {
     async fn follow(&self) -> Result<Arc<Published>, LogError> {
         let client = self.client().await?;
         let now = unix_now();
+        let known = self.known();
         let sequenced: i64 = timed(
             self.pg.timeout,
             client.query_one("SELECT next FROM residency_log_sequence", &[]),
@@ -963,8 +981,7 @@ impl Shared {
         // Never back: what was served stays served, and the database
         // that lost it is not written to.
         self.judge(
-            self.behind_sequence(sequenced)
-                .or_else(|| self.behind_checkpoint(stored.as_ref())),
+            behind_sequence(sequenced, known).or_else(|| self.behind_checkpoint(stored.as_ref())),
         )?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
@@ -978,6 +995,9 @@ impl Shared {
     }
 
     fn publish(&self, published: Published) {
+        // A checkpoint covers records sequenced already, whichever order
+        // the follower read the two in: proofs up to its size are served.
+        self.sequenced.fetch_max(published.size, Ordering::Relaxed);
         self.metrics.checkpoint_size.set(published.size as i64);
         self.latest.store(Arc::new(published));
     }
@@ -1329,7 +1349,9 @@ fn tile_level(tile: Tile) -> i16 {
 }
 
 /// The configured connection, with what the log relies on: commits
-/// acknowledged only once durable, a connect timeout, an application name,
+/// acknowledged only once durable, Read Committed whatever the database's
+/// default (a batch waiting on the sequence row re-reads it, where
+/// Repeatable Read would fail to serialize), a connect timeout, an application name,
 /// and server-side bounds for what the proxy stops waiting for: a batch
 /// waiting on the sequence row's lock fails on the server just before the
 /// proxy's own `timeout` would (so its connection stays usable), and a
@@ -1341,7 +1363,7 @@ fn session_config(pg: &Postgres) -> tokio_postgres::Config {
     let abandoned = (pg.timeout * 4 + Duration::from_secs(1)).as_millis();
     config.options(
         format!(
-            "{options} -c synchronous_commit=on -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
+            "{options} -c synchronous_commit=on -c default_transaction_isolation=read\\ committed -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
             (pg.timeout * 9 / 10).as_millis().max(1),
         )
         .trim(),
