@@ -382,19 +382,41 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
 
 /// A request-target that is not forwarded (400): asterisk-form and
 /// authority-form (RFC 9112 §3.2.3-4: only for `OPTIONS` and `CONNECT`,
-/// neither of which goes upstream), or one with bytes outside US-ASCII
+/// neither of which goes upstream), one with bytes outside US-ASCII
 /// (not part of the request-target grammar; an upstream's parser may read
-/// them differently).
+/// them differently), a path that does not start with `/` or has a dot
+/// segment ([`dot_segment`]).
 pub fn bad_target(uri: &Uri) -> bool {
     let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    let path = uri.path();
     authority_form
-        || uri.path() == "*"
         // An HTTP/2 request without `:path` or `:authority` (RFC 9113
-        // §8.3.1: malformed; the h2 crate lets it through as an empty URI).
-        || uri.path().is_empty()
+        // §8.3.1: malformed; the h2 crate lets it through as an empty
+        // URI), and asterisk-form: any path but an absolute one (`http`
+        // refuses to parse the others).
+        || !path.starts_with('/')
         // Userinfo (RFC 9110 §4.2.4; RFC 9113 §8.3.1: MUST NOT be sent).
         || uri.authority().is_some_and(|a| a.as_str().contains('@'))
         || uri.path_and_query().is_some_and(|p| !p.as_str().is_ascii())
+        || path.split('/').any(dot_segment)
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, …): a data centre
+/// that removes dot segments (RFC 3986 §5.2.4) would take `/v1/../admin`
+/// out of the path prefix it is reached under, so such a path is refused
+/// rather than forwarded or normalised here.
+fn dot_segment(segment: &str) -> bool {
+    let mut dots = 0;
+    let mut rest = segment.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = match (b, tail) {
+            (b'.', _) => tail,
+            (b'%', [b'2', e, more @ ..]) if e.eq_ignore_ascii_case(&b'e') => more,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// A request whose `Host` breaks RFC 9112 §3.2 or RFC 9113 §8.3.1, to be
@@ -484,6 +506,35 @@ fn ip_literal(inner: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dot_segments_and_relative_paths_are_bad_targets() {
+        let bad = |t: &str| bad_target(&t.parse::<Uri>().unwrap());
+        for t in [
+            "/v1/../admin",
+            "/v1/./x",
+            "/..",
+            "/v1/..",
+            "/v1/%2e%2e/admin",
+            "/v1/%2E./admin",
+            "/v1/.%2e/admin",
+            "/v1/%2e/x",
+            "*",
+        ] {
+            assert!(bad(t), "{t}");
+        }
+        for t in [
+            "/v1/telemetry",
+            "/v1/a.b",
+            "/v1/...",
+            "/v1/..x",
+            "/v1/%2e%2ex",
+            "/.well-known/x",
+            "/",
+        ] {
+            assert!(!bad(t), "{t}");
+        }
+    }
+
     #[test]
     fn targets_that_are_not_forwarded() {
         use http::uri::Parts;

@@ -235,6 +235,16 @@ fn cases() -> Vec<Case> {
             &[201],
             &[("POST", "/v1/a%2Fb", b"hello")],
         ),
+        // A dot segment would leave a data centre's path prefix once the
+        // data centre removes it: refused, plain or percent-encoded.
+        case("dot segment", raw("POST /v1/../admin HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case("percent-encoded dot segment", raw("POST /v1/%2e%2E/admin HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[400], NONE),
+        case(
+            "dots inside a segment are kept",
+            raw("POST /v1/a..b/... HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"),
+            &[201],
+            &[("POST", "/v1/a..b/...", b"hello")],
+        ),
         // Not in the request-target grammar; hyper's URI parser drops the
         // fragment, and what goes upstream is the valid rest.
         case("fragment in the target is dropped", raw("POST /v1/telemetry#frag HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"), &[201], HELLO),
