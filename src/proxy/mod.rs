@@ -89,7 +89,7 @@ fn options_here(
         request_id = id.to_str().unwrap_or_default(),
         method = "OPTIONS",
         status = 200,
-        "answered here (Max-Forwards: 0)"
+        "answered here (Max-Forwards: 0, or OPTIONS *)"
     );
     let refusal = RefusalBody::new(
         http_body_util::Full::new(bytes::Bytes::new()),
@@ -127,10 +127,7 @@ pub async fn handle(
         tenant: None,
         origin_jurisdiction: None,
     };
-    if method == http::Method::OPTIONS
-        && state.config.methods.allows(&method)
-        && headers::max_forwards(req.headers()) == Some(0)
-    {
+    if method == http::Method::OPTIONS && state.config.methods.allows(&method) && here(&req) {
         return Ok(options_here(
             &state,
             &id,
@@ -275,6 +272,18 @@ struct Unrouted {
     bytes: u64,
     /// The body, when the request was refused before it was forwarded.
     unread: Option<Incoming>,
+}
+
+/// Whether an allowed `OPTIONS` is the proxy's to answer: `Max-Forwards:
+/// 0` (RFC 9110 §7.6.2), or asterisk-form (about the server, not a
+/// resource: RFC 9112 §3.2.4) — unless its framing, target or `Host` is
+/// refused (400) as any request's would be.
+fn here(req: &Request<Incoming>) -> bool {
+    let asterisk = req.uri().path() == "*";
+    (asterisk || headers::max_forwards(req.headers()) == Some(0))
+        && !headers::ambiguous_framing(req.headers())
+        && (asterisk || !headers::bad_target(req.uri()))
+        && !headers::bad_host(req.version(), req.uri(), req.headers())
 }
 
 /// Checks the request and takes the residency decision: where it goes, or

@@ -597,6 +597,23 @@ async fn options_count_max_forwards_down() {
     assert_eq!(proxy.counts(), before, "answered by the proxy");
     assert_eq!(statuses(&exchange(&proxy, &options("3")).await), [201]);
     assert_eq!(zurich.last().headers["max-forwards"], "2");
+    let before = proxy.counts();
+    // Asked of the server itself (asterisk-form): answered here too.
+    let asterisk = raw("OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let answer = exchange(&proxy, &asterisk).await;
+    assert_eq!(statuses(&answer), [200]);
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.contains("allow: post, options"), "{text}");
+    // Answered here only once it passes the checks any request does.
+    for bad in [
+        "OPTIONS /v1/telemetry HTTP/1.1\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        "OPTIONS /v1/telemetry HTTP/1.1\r\nHost: a\r\nHost: b\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        "OPTIONS https://u@localhost/v1/telemetry HTTP/1.1\r\nHost: localhost\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        assert_eq!(statuses(&exchange(&proxy, &raw(bad)).await), [400], "{bad}");
+    }
+    assert_eq!(proxy.counts(), before, "none of them went upstream");
     proxy.stop().await;
 
     let proxy = Proxy::start(Setup::default()).await;
