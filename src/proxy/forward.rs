@@ -496,6 +496,10 @@ async fn send(
                 // hyper passes 101 on as if final (1xx else are skipped):
                 // no answer to an upload, and forbidden in HTTP/2.
                 Some("an interim status as its final answer")
+            } else if status.as_u16() > 599 {
+                // Outside RFC 9110 §15's classes (hyper parses up to 999):
+                // meaningless to a client, to be taken as a server error.
+                Some("a status code outside 100-599")
             } else if !headers::client_framing(status, resp.headers_mut()) {
                 Some("a transfer coding other than chunked")
             } else if crate::upstream::pool::head_too_large(resp.headers()) {

@@ -520,6 +520,8 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: Residency-Receipt, Connection\r\n\r\n5\r\nhello\r\n0\r\nResidency-Receipt: forged\r\nConnection: x\r\n\r\n"
                 } else if head.starts_with("post /switch ") {
                     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
+                } else if head.starts_with("post /status-999 ") {
+                    b"HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n"
                 } else if head.starts_with("post /no-content ") {
                     b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"
                 } else {
@@ -537,7 +539,7 @@ async fn raw_datacenter() -> std::net::SocketAddr {
 /// `Content-Length` beside `Transfer-Encoding` is not the body's length and
 /// is removed, so the client reads the whole body; a list of equal lengths
 /// becomes one; a transfer coding other than chunked, which could not be
-/// labelled for the client, is not forwarded (502).
+/// labelled for the client, is not forwarded (502), nor a status above 599.
 #[tokio::test]
 async fn a_data_centres_response_framing_reaches_the_client_whole() {
     let proxy = proxy_with_raw_zurich("").await;
@@ -568,6 +570,10 @@ async fn a_data_centres_response_framing_reaches_the_client_whole() {
             "{v:?}"
         );
         let reply = send("/gzip-chunked").await;
+        assert_eq!(reply.status, 502, "{v:?}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"], "upstream_error", "{v:?}");
+        // A status outside RFC 9110's classes is a server error (502).
+        let reply = send("/status-999").await;
         assert_eq!(reply.status, 502, "{v:?}: {:?}", reply.body);
         assert_eq!(reply.json()["error"], "upstream_error", "{v:?}");
     }
