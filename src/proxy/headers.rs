@@ -380,6 +380,19 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     }
 }
 
+/// An HTTP/2 field value that starts or ends with a space or tab: the
+/// request is malformed (RFC 9113 §8.2.1: MUST NOT), and an intermediary
+/// MUST NOT forward it (§8.1.1). (HTTP/1.1's parser strips such
+/// whitespace as optional; h2 passes it through.)
+pub fn padded_value(version: Version, headers: &HeaderMap) -> bool {
+    let padded = |b: &u8| *b == b' ' || *b == b'\t';
+    version == Version::HTTP_2
+        && headers.values().any(|v| {
+            let v = v.as_bytes();
+            v.first().is_some_and(padded) || v.last().is_some_and(padded)
+        })
+}
+
 /// A request-target that is not forwarded (400): asterisk-form and
 /// authority-form (RFC 9112 §3.2.3-4: only for `OPTIONS` and `CONNECT`,
 /// neither of which goes upstream), one with bytes outside US-ASCII

@@ -284,6 +284,7 @@ fn here(req: &Request<Incoming>) -> bool {
         && !headers::ambiguous_framing(req.headers())
         && (asterisk || !headers::bad_target(req.uri()))
         && !headers::bad_host(req.version(), req.uri(), req.headers())
+        && !headers::padded_value(req.version(), req.headers())
 }
 
 /// Checks the request and takes the residency decision: where it goes, or
@@ -306,6 +307,7 @@ fn admit<'a>(
     if headers::ambiguous_framing(req.headers())
         || headers::bad_target(req.uri())
         || headers::bad_host(req.version(), req.uri(), req.headers())
+        || headers::padded_value(req.version(), req.headers())
     {
         return Err(Failure::BadRequest);
     }

@@ -1157,3 +1157,41 @@ async fn a_body_left_by_an_answer_and_close_is_discarded_past_request_head() {
     last_request(&mut tls, "/next", &[413, 404]).await;
     proxy.stop().await;
 }
+
+/// RFC 9113 §8.2.1: an HTTP/2 field value may not start or end with a
+/// space or tab; such a request is malformed, and an intermediary must not
+/// forward it (400). Over HTTP/1.1 the same whitespace is optional and
+/// stripped by the parser, so the request goes through.
+#[tokio::test]
+async fn an_http2_field_value_with_surrounding_whitespace_is_refused() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let before = proxy.counts();
+    for value in ["padded ", " padded", "\tpadded"] {
+        let reply = proxy
+            .client()
+            .version(Http::Two)
+            .send(
+                "POST",
+                PATH,
+                &[("x-forwarded-for", CH), ("x-note", value)],
+                "hello",
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{value:?}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"], "bad_request", "{value:?}");
+    }
+    assert_eq!(proxy.counts(), before, "none forwarded");
+    let reply = proxy
+        .client()
+        .version(Http::One)
+        .send(
+            "POST",
+            PATH,
+            &[("x-forwarded-for", CH), ("x-note", "padded ")],
+            "hello",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(proxy.upstream("zurich").last().headers["x-note"], "padded");
+    proxy.stop().await;
+}
