@@ -186,6 +186,19 @@ async fn prepare(
     if let Some(n) = declared.filter(|_| target.padded) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    // hyper's client sends a GET or HEAD of unknown length without a body
+    // (it assumes there is none): one the client did send (chunked, or
+    // HTTP/2 DATA without `content-length`) goes chunked, as any other
+    // method's body, rather than dropped.
+    if matches!(parts.method, Method::GET | Method::HEAD)
+        && declared.is_none()
+        && !hyper::body::Body::is_end_stream(&body)
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let slot = BodySlot::new(
         body,
         config.limits.max_body_bytes,

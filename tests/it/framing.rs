@@ -1195,3 +1195,32 @@ async fn an_http2_field_value_with_surrounding_whitespace_is_refused() {
     assert_eq!(proxy.upstream("zurich").last().headers["x-note"], "padded");
     proxy.stop().await;
 }
+
+/// With `GET` allowed, a GET's body reaches the data centre however it is
+/// framed: hyper's client would send a GET of unknown length (chunked)
+/// without one, leaving the client's body unread.
+#[tokio::test]
+async fn a_get_with_a_chunked_body_is_forwarded_with_it() {
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmethods = [\"POST\", \"GET\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = proxy.upstream("zurich");
+    for (name, raw_request) in [
+        ("chunked", raw("GET /v1/q HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")),
+        ("content-length", raw("GET /v1/q HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")),
+    ] {
+        let answer = exchange(&proxy, &raw_request).await;
+        assert_eq!(statuses(&answer), [201], "{name}");
+        let got = zurich.last();
+        assert_eq!((got.method.as_str(), got.body.as_ref()), ("GET", &b"hello"[..]), "{name}");
+    }
+    // Without a body, none is made up.
+    let answer = exchange(&proxy, &raw("GET /v1/q HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n\r\n")).await;
+    assert_eq!(statuses(&answer), [201]);
+    let got = zurich.last();
+    assert!(got.body.is_empty());
+    assert!(got.headers.get("transfer-encoding").is_none());
+    proxy.stop().await;
+}
