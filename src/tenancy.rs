@@ -246,15 +246,22 @@ pub enum Unrecognized {
     Token(TokenError),
     /// Two sources name different tenants.
     Conflict,
+    /// The connection's server name names a tenant and the request's host
+    /// another: a client reusing a connection for another name its
+    /// certificate covers (421: it retries on a new connection).
+    Misdirected,
 }
 
 impl Tenancy {
     /// The tenant a request is for: its token (with tokens on), its client
     /// certificate's names, its server name. `Ok(None)`: no tenant, GeoIP
     /// decides. Allocation-free unless a token is verified.
+    /// `host`: the request's authority without its port (`:authority`, an
+    /// absolute-form target's or `Host`), checked against the server name.
     pub fn recognize(
         &self,
         sni: Option<&str>,
+        host: Option<&str>,
         cert: Option<&CertNames>,
         headers: &HeaderMap,
     ) -> Result<Option<Recognized>, Unrecognized> {
@@ -282,6 +289,16 @@ impl Tenancy {
             None => None,
         };
         let sni = sni.and_then(|h| self.tenants.by_sni(h));
+        if let (Some(by_sni), Some(host)) = (sni, host) {
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(host.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(host)
+            };
+            if self.tenants.by_sni(&host).is_some_and(|id| id != by_sni) {
+                return Err(Unrecognized::Misdirected);
+            }
+        }
         tenant::combine(token, cert, sni).map_err(conflict)
     }
 

@@ -55,13 +55,16 @@ pub enum Failure {
     /// The client already has `limits.max_requests_per_client` requests in
     /// flight.
     TooManyRequests,
+    /// The connection's server name names one tenant, the request's host
+    /// another.
+    Misdirected,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 18] = [
+    pub const ALL: [Failure; 19] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -82,6 +85,7 @@ impl Failure {
         Failure::TenantOriginMismatch,
         Failure::TenantConflict,
         Failure::TooManyRequests,
+        Failure::Misdirected,
     ];
 }
 
@@ -130,6 +134,7 @@ impl Failure {
             Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -153,6 +158,7 @@ impl Failure {
             Failure::TenantOriginMismatch => "tenant_origin_mismatch",
             Failure::TenantConflict => "tenant_conflict",
             Failure::TooManyRequests => "too_many_requests",
+            Failure::Misdirected => "misdirected_request",
         }
     }
 
@@ -169,7 +175,8 @@ impl Failure {
             | Failure::InvalidTenantToken
             | Failure::TenantOriginMismatch
             | Failure::TenantConflict
-            | Failure::TooManyRequests => Culprit::Client,
+            | Failure::TooManyRequests
+            | Failure::Misdirected => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -242,6 +249,7 @@ mod tests {
             Failure::TenantOriginMismatch => 15,
             Failure::TenantConflict => 16,
             Failure::TooManyRequests => 17,
+            Failure::Misdirected => 18,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

@@ -380,6 +380,20 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The host a request is for, without its port: the target's authority
+/// (`:authority`, absolute-form), else `Host`. `None` for an IP literal's
+/// brackets or a `Host` that does not parse (refused as `bad_host` anyway).
+pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.host());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => Some(name),
+        _ => Some(host),
+    }
+}
+
 /// An HTTP/2 field value that starts or ends with a space or tab: the
 /// request is malformed (RFC 9113 §8.2.1: MUST NOT), and an intermediary
 /// MUST NOT forward it (§8.1.1). (HTTP/1.1's parser strips such

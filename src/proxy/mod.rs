@@ -334,8 +334,14 @@ fn admit<'a>(
     let policy = &config.policy;
     let health = &state.health;
     let tenancy = &config.tenancy;
+    let host = conn.sni.as_ref().and_then(|_| headers::request_host(req));
     let recognized = tenancy
-        .recognize(conn.sni.as_deref(), conn.cert.as_deref(), req.headers())
+        .recognize(
+            conn.sni.as_deref(),
+            host,
+            conn.cert.as_deref(),
+            req.headers(),
+        )
         .map_err(|why| {
             tracing::info!(
                 request_id = id.to_str().unwrap_or_default(),
@@ -345,6 +351,7 @@ fn admit<'a>(
             match why {
                 Unrecognized::Token(_) => Failure::InvalidTenantToken,
                 Unrecognized::Conflict => Failure::TenantConflict,
+                Unrecognized::Misdirected => Failure::Misdirected,
             }
         });
     let recognized = recognized?;

@@ -706,10 +706,15 @@ impl Client {
             .map(|c| c.to_vec())
             .unwrap_or_default();
         let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        // `https://host/path`: for that host (`Host`, or `:authority`).
+        let (host, path) = match path.strip_prefix("https://") {
+            Some(rest) => rest.split_at(rest.find('/').unwrap_or(rest.len())),
+            None => ("localhost", path),
+        };
         let mut req = Request::builder().method(method);
         req = match self.version {
-            Http::One => req.uri(path).header("host", "localhost"),
-            Http::Two => req.uri(format!("https://localhost{path}")),
+            Http::One => req.uri(path).header("host", host),
+            Http::Two => req.uri(format!("https://{host}{path}")),
         };
         for (k, v) in headers {
             req = req.header(*k, *v);

@@ -195,6 +195,41 @@ audience = "{AUDIENCE}"
     let reply = upload(&globex, CH, None).await;
     assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
 
+    // A connection made for acme reused for globex (both names on one
+    // certificate, as browsers coalesce): 421, so the client retries on a
+    // connection of its own, over either protocol; acme's own host, or a
+    // host that names no tenant, is acme's.
+    for v in [Http::One, Http::Two] {
+        let before = proxy.counts();
+        let reply = acme
+            .clone()
+            .version(v)
+            .send(
+                "POST",
+                "https://GLOBEX.ingest.test:8443/v1/telemetry",
+                &[("x-forwarded-for", CH)],
+                "cpu=0.5",
+            )
+            .await;
+        assert_eq!(reply.status, 421, "{v:?}: {reply:?}");
+        assert_eq!(reply.json()["error"], "misdirected_request", "{v:?}");
+        assert_eq!(proxy.counts(), before, "{v:?}: nothing forwarded");
+        for host in ["acme.ingest.test", "localhost"] {
+            let reply = acme
+                .clone()
+                .version(v)
+                .send(
+                    "POST",
+                    &format!("https://{host}/v1/telemetry"),
+                    &[("x-forwarded-for", DE)],
+                    "cpu=0.5",
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{v:?} {host}: {reply:?}");
+            assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+        }
+    }
+
     // A token naming acme, EdDSA and ES256.
     for token in [issuer.ed(&claims("acme")), issuer.ec(&claims("acme"))] {
         let reply = upload(&by_ip, DE, Some(&token)).await;
@@ -353,7 +388,7 @@ audience = "{AUDIENCE}"
     let m = |s: &str| metric(&metrics, s).unwrap_or(0.0);
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"sni\"}"),
-        3.0,
+        7.0,
         "{metrics}"
     );
     assert_eq!(
@@ -366,7 +401,11 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"allowed\"}"),
-        6.0
+        10.0
+    );
+    assert_eq!(
+        m("residency_rejections_total{reason=\"misdirected_request\"}"),
+        2.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),
