@@ -99,11 +99,18 @@ client_cert = ["uri:spiffe://acme.test/*", "dns:*.devices.acme.test", "cn:acme-u
     };
     let headers = http::HeaderMap::new();
     let de: std::net::IpAddr = "198.51.100.1".parse().unwrap();
-    let _ = tenancy.recognize(Some("eu-1.acme.test"), Some(&cert), &headers);
+    let _ = tenancy.recognize(
+        Some("eu-1.acme.test"),
+        Some("eu-1.acme.test"),
+        Some(&cert),
+        &headers,
+    );
     let mut pinned = Vec::with_capacity(8);
     let info = allocation_counter::measure(|| {
         for sni in ["acme.ingest.test", "eu-1.acme.test", "other.test"] {
-            let r = tenancy.recognize(Some(sni), Some(&cert), &headers).unwrap();
+            let r = tenancy
+                .recognize(Some(sni), Some(sni), Some(&cert), &headers)
+                .unwrap();
             let r = r.expect("the certificate recognises acme");
             let tenant = tenancy.tenants.get(r.tenant);
             let d = residency_core::decision::decide_pinned(
