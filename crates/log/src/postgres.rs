@@ -354,8 +354,16 @@ impl Fleet {
             .map_err(|e| LogError::Database(e.to_string()))?;
         {
             let mut client = timed(pg.timeout, pool.get()).await?;
-            let version = migrate(&mut client).await?;
-            bind(&client, &settings.origin, &signer.verifier_key()).await?;
+            // Bounded here too: a server that accepts the connection and
+            // then goes silent must not hang the start.
+            let ready = async {
+                let version = migrate(&mut client).await?;
+                bind(&client, &settings.origin, &signer.verifier_key()).await?;
+                Ok::<_, LogError>(version)
+            };
+            let version = tokio::time::timeout(pg.timeout * 4, ready)
+                .await
+                .map_err(|_| timeout_error(pg.timeout * 4))??;
             tracing::debug!(version, "log database schema ready");
         }
         let shared = Arc::new(Shared {
@@ -1382,7 +1390,10 @@ fn session_config(pg: &Postgres) -> tokio_postgres::Config {
 /// server ends it — freeing the lock — when it stays idle for four
 /// checkpoint intervals (at least 2 s; a live replica runs a query every
 /// tick), in a transaction or not (a replica frozen mid-checkpoint), or its
-/// peer stops answering TCP keepalives (about 11 s). So a replica cut off
+/// peer stops answering TCP keepalives (about 11 s) or, while the server
+/// is sending it a result, stops acknowledging it for 11 s
+/// (`tcp_user_timeout`: keepalives do not run while data is unacknowledged,
+/// nor does a statement timeout end a backend blocked writing). So a replica cut off
 /// from the database, not only a dead one, loses the lock and another takes
 /// over; whatever the cut-off one still tries to store is fenced by the
 /// checkpoint's expected size.
@@ -1391,7 +1402,7 @@ fn lock_session_config(pg: &Postgres, interval: Duration) -> tokio_postgres::Con
     let idle = (interval * 4).max(Duration::from_secs(2)).as_millis();
     let options = config.get_options().unwrap_or_default().to_string();
     config.options(format!(
-        "{options} -c idle_session_timeout={idle} -c idle_in_transaction_session_timeout={idle} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+        "{options} -c idle_session_timeout={idle} -c idle_in_transaction_session_timeout={idle} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=11000"
     ));
     config
 }
