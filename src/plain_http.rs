@@ -30,6 +30,10 @@ use crate::upstream::progress::{Tracked, WriteProgress};
 
 /// At most how many connections a listener holds; the connection over the
 /// limit is closed at once and `rejected` counts it.
+/// Blocking answers of one listener running at once (Tokio's blocking
+/// pool holds 512 threads).
+const BLOCKING_ANSWERS: usize = 32;
+
 pub struct Cap {
     pub max_connections: usize,
     pub rejected: prometheus::IntCounter,
@@ -71,22 +75,31 @@ pub async fn serve<F>(
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     let blocking = cap.blocking;
+    // Answers running on blocking threads at once: the others wait here,
+    // holding no thread, so a flood of reads never takes the blocking pool
+    // the log's own work (checkpoints, the fleet's tick) runs on.
+    let threads = Arc::new(tokio::sync::Semaphore::new(BLOCKING_ANSWERS));
     let answer = move |req: Request<Incoming>| {
         let answer = answer.clone();
+        let threads = threads.clone();
         async move {
             if !blocking {
                 return answer(&req);
             }
-            match tokio::task::spawn_blocking(move || answer(&req)).await {
-                Ok(response) => response,
-                Err(_) => {
-                    let mut busy = Response::new(Full::new(Bytes::from_static(
-                        b"{\"error\":\"shutting down\"}",
-                    )));
-                    *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                    busy
-                }
-            }
+            let shutting_down = || {
+                let mut busy = Response::new(Full::new(Bytes::from_static(
+                    b"{\"error\":\"shutting down\"}",
+                )));
+                *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                busy
+            };
+            // (The semaphore is never closed.)
+            let Ok(_thread) = threads.acquire_owned().await else {
+                return shutting_down();
+            };
+            tokio::task::spawn_blocking(move || answer(&req))
+                .await
+                .unwrap_or_else(|_| shutting_down())
         }
     };
     serve_async(listener, stop, cap, tls, answer).await
