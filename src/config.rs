@@ -225,6 +225,14 @@ pub struct HealthSettings {
     pub hung_after: Option<Duration>,
 }
 
+impl HealthSettings {
+    /// The longest a repaired upstream may still be skipped: an ejection's
+    /// `down_for`, then the passing probes that bring it back.
+    pub fn recovery(&self) -> Duration {
+        self.down_for + self.recovery_interval * self.healthy_threshold
+    }
+}
+
 impl Default for HealthSettings {
     fn default() -> Self {
         HealthSettings {

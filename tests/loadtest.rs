@@ -517,9 +517,10 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
         via: None,
         detail: None,
     };
-    let verdict = |chaos: &[(&str, f64)]| {
+    let verdict_after = |chaos: &[(&str, f64)], recovery: Duration| {
         let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
         plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+        plan.recovery = recovery;
         let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
         let generated = Generated {
             outcomes: outcomes.clone(),
@@ -531,6 +532,7 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
         report.apply_slo(&residency_tools::loadtest::slo::Slo::default());
         report
     };
+    let verdict = |chaos: &[(&str, f64)]| verdict_after(chaos, Duration::ZERO);
 
     let report = verdict(&[("1s:zurich=refuse", 1.0)]);
     let failover = report.chaos[0].failover.as_ref().unwrap();
@@ -582,6 +584,30 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
         ("500ms:geneva=normal", 0.5),
         ("1s:zurich=refuse", 1.0),
     ]);
+    let failover = report.chaos[2].failover.as_ref().unwrap();
+    assert_eq!(failover.alternatives, ["geneva"]);
+    // ... unless the proxy may still be skipping it (repaired 500 ms
+    // before, where a repaired data centre may be skipped for 1 s); an
+    // undrain takes effect at once.
+    let repaired = [
+        ("200ms:geneva=refuse", 0.2),
+        ("500ms:geneva=normal", 0.5),
+        ("1s:zurich=refuse", 1.0),
+    ];
+    let report = verdict_after(&repaired, Duration::from_secs(1));
+    let failover = report.chaos[2].failover.as_ref().unwrap();
+    assert!(failover.alternatives.is_empty(), "{failover:?}");
+    let report = verdict_after(&repaired, Duration::from_millis(400));
+    let failover = report.chaos[2].failover.as_ref().unwrap();
+    assert_eq!(failover.alternatives, ["geneva"]);
+    let report = verdict_after(
+        &[
+            ("300ms:drain=geneva", 0.3),
+            ("500ms:undrain=geneva", 0.5),
+            ("1s:zurich=refuse", 1.0),
+        ],
+        Duration::from_secs(1),
+    );
     let failover = report.chaos[2].failover.as_ref().unwrap();
     assert_eq!(failover.alternatives, ["geneva"]);
 }

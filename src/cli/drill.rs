@@ -261,6 +261,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let config_path = write_files(&dir, &site)?;
     let config = Config::load(&config_path)?;
     let policy = config.policy.clone();
+    let recovery = config.health.recovery();
     let cert = std::fs::read(dir.join("drill.pem"))?;
 
     let instance = Instance::new(Snapshot::build(config)?, Metrics::new()?)?;
@@ -277,6 +278,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let mut plan = Plan::new(format!("https://{proxy}/v1/telemetry").parse()?, policy);
     plan.rate = args.rate;
     plan.duration = args.duration;
+    plan.recovery = recovery;
     plan.body_size = args.body_size;
     plan.idempotency_key = args.idempotency_key;
     plan.trust = loadtest::Trust::CaPem(cert);

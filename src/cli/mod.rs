@@ -194,11 +194,11 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Loadtest(args) => {
             init_tracing(format.unwrap_or_default(), &level);
-            let policy = match Config::load(&args.options.config) {
-                Ok(c) => c.policy,
+            let (policy, recovery) = match Config::load(&args.options.config) {
+                Ok(c) => (c.policy, c.health.recovery()),
                 Err(report) => return config_error(report),
             };
-            block_on(residency_tools::loadtest::run(args, policy))
+            block_on(residency_tools::loadtest::run(args, policy, recovery))
         }
         Command::Drill(mut args) => {
             // The run directory: --dir (kept), or a private temporary one

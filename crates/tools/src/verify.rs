@@ -159,6 +159,12 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     let mut inputs = Inputs {
         key,
         receipt,
+        // Looked up by it: the log must have answered with its record.
+        request_id: args
+            .receipt
+            .is_none()
+            .then(|| args.request_id.clone())
+            .flatten(),
         witnesses: args.witnesses.iter().map(|w| witness_key(w)).collect(),
         quorum: args.quorum,
         file: match &args.file {

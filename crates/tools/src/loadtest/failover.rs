@@ -210,7 +210,8 @@ fn one(
 /// `jurisdictions` and that the schedule left unbroken from event `k` until
 /// `end` (`dc`'s next event; `None`: the end of the run): not broken by the
 /// events up to event `k`'s time (those at the same time included), nor by
-/// any later one before `end`.
+/// any later one before `end`, nor repaired less than [`Plan::recovery`]
+/// before event `k` (the proxy may still be skipping it then).
 fn alternatives(
     plan: &Plan,
     k: usize,
@@ -228,10 +229,14 @@ fn alternatives(
             if e.at > at && end.is_some_and(|end| e.at >= end) {
                 break;
             }
+            let mode_broke = state.mode_breaks;
             state.apply(&e.action);
             broken |= e.at > at && state.broken();
             if e.at <= at {
-                broken = state.broken();
+                // A mode repaired just before: ejected by the proxy's
+                // health checks, it may not be taken back yet.
+                let recovering = mode_broke && !state.mode_breaks && at < e.at + plan.recovery;
+                broken = state.broken() || recovering;
             }
         }
         broken

@@ -63,8 +63,14 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// upload was stored outside its permitted data centres, an acknowledged
 /// upload is missing, or the sinks could not be reconciled.
 /// `policy` is the residency policy of the configuration `--config` names.
-pub async fn run(args: LoadtestArgs, policy: residency_core::policy::Policy) -> anyhow::Result<()> {
-    let plan = Plan::from_args(&args, policy)?;
+/// `recovery`: the proxy's [`Plan::recovery`], from its configuration.
+pub async fn run(
+    args: LoadtestArgs,
+    policy: residency_core::policy::Policy,
+    recovery: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut plan = Plan::from_args(&args, policy)?;
+    plan.recovery = recovery;
     let slo = args
         .options
         .slo

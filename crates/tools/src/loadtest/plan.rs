@@ -69,6 +69,11 @@ pub struct Plan {
     pub policy: Policy,
     /// Sorted by time by [`Plan::validate`].
     pub chaos: Vec<ChaosEvent>,
+    /// How long after a data centre is repaired the proxy under test may
+    /// still skip it (its `health.down_for` and active checks' recovery):
+    /// one repaired less than this before a fault is no alternative to
+    /// fail over to.
+    pub recovery: Duration,
     /// Sink admin base URLs (`/datacenters/{name}/mode`, `/records`).
     pub sink_admin: Vec<Uri>,
     /// Proxy admin base URL (`/datacenters/{name}/drain|undrain`).
@@ -108,6 +113,7 @@ impl Plan {
             convey: Convey::Xff,
             policy,
             chaos: Vec::new(),
+            recovery: Duration::ZERO,
             sink_admin: vec![Uri::from_static("http://127.0.0.1:9100")],
             proxy_admin: None,
             request_timeout: Duration::from_secs(15),
@@ -148,6 +154,7 @@ impl Plan {
             convey: args.convey,
             policy,
             chaos: args.chaos.clone(),
+            recovery: Duration::ZERO,
             sink_admin: args
                 .sink_admin
                 .iter()
