@@ -67,9 +67,13 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
         };
         // A sealed generation's last checkpoint covers it for good.
         let covered_at = (generation.number() == current.number()).then(|| log.covered_at());
-        return answer_in(&generation, rest, query, covered_at);
+        return answer_in(&generation, rest, query, covered_at, true);
     }
-    answer_in(&current, path, query, Some(log.covered_at()))
+    // The root serves the current generation: after a roll its tiles are
+    // the next generation's, so they are fixed only for a log that never
+    // rolls.
+    let fixed = log.settings().max_records == u64::MAX;
+    answer_in(&current, path, query, Some(log.covered_at()), fixed)
 }
 
 /// `GET /generations`.
@@ -92,11 +96,14 @@ fn generations(log: &Log) -> Response<Full<Bytes>> {
 }
 
 /// Answers `path` from one generation of the log.
+/// `fixed`: what is served at this prefix never changes (its tiles may be
+/// cached for good).
 fn answer_in(
     log: &Generation,
     path: &str,
     query: &str,
     covered_at: Option<i64>,
+    fixed: bool,
 ) -> Response<Full<Bytes>> {
     let latest = log.latest();
     match path {
@@ -152,7 +159,7 @@ fn answer_in(
                 ),
             }
         }
-        _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size),
+        _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size, fixed),
         _ if path.starts_with("/proof/") && path.ends_with(".tlog-proof") => {
             let id = &path["/proof/".len()..path.len() - ".tlog-proof".len()];
             let index = match log.index_of(id) {
@@ -205,7 +212,7 @@ fn answer_in(
 
 /// A hash tile or entry bundle; 404 for a name the spec does not allow or
 /// a tile the latest checkpoint does not cover.
-fn tile(log: &Generation, path: &str, signed: u64) -> Response<Full<Bytes>> {
+fn tile(log: &Generation, path: &str, signed: u64, fixed: bool) -> Response<Full<Bytes>> {
     let Some(t) = Tile::parse(path) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -229,10 +236,15 @@ fn tile(log: &Generation, path: &str, signed: u64) -> Response<Full<Bytes>> {
     };
     let mut resp = respond(StatusCode::OK, "application/octet-stream", body);
     let h = resp.headers_mut();
-    // A tile's content is fixed by its name.
+    // A tile's content is fixed by its name, within one generation: at the
+    // root of a log that rolls, revalidated (a roll changes it).
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
+        HeaderValue::from_static(if fixed {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        }),
     );
     if gzipped {
         // The spec allows gzip without negotiation for entry bundles.

@@ -24,6 +24,10 @@ const fragment = new URLSearchParams(location.hash.slice(1));
 const unspace = (vkey) => vkey.trim().replaceAll(" ", "+");
 const pinnedKey = fragment.has("key") ? unspace(fragment.get("key")) : null;
 const pinnedWitnesses = fragment.getAll("witness").map(unspace);
+// The pins are read once: a link pasted into this tab that changes only
+// the fragment (another key) loads the page again rather than going on
+// with the key read before.
+window.addEventListener("hashchange", () => location.reload());
 let logKey = null; // the vkey in use
 // Where the pinned key's log is served: "" for the current generation,
 // "generations/<n>/" for one the log rolled past (at its size limit).
@@ -118,7 +122,12 @@ async function generationOf(vkey) {
     throw e; // could not ask: not the same as "not a sealed generation"
   }
   const { generations } = await response.json();
-  return generations.find((g) => g.sealed && g.key === vkey) ?? null;
+  const found = generations.find((g) => g.sealed && g.key === vkey) ?? null;
+  // Only a prefix of the log's own form: anything else is not followed.
+  if (found && !/^\/generations\/[0-9]+\/$/.test(found.prefix)) {
+    throw new Error(`the log lists generation ${found.generation} under the prefix ${JSON.stringify(found.prefix)}, not /generations/<n>/`);
+  }
+  return found;
 }
 
 async function showLog() {
@@ -246,6 +255,7 @@ async function inputsFor(text) {
       throw e;
     }
     receipt = unsignedReceipt(logKey.split("+")[0], entry.index, entry.record);
+    inputs.request_id = text;
   }
   inputs.receipt = receipt;
   let index = null;

@@ -469,7 +469,7 @@ async function run(inputs, checks) {
     } catch (e) {
       fail("receipt", e.message);
     }
-    record = await checkReceipt(receipt, key, checks);
+    record = await checkReceipt(receipt, key, inputs.request_id ?? null, checks);
   }
 
   if (inputs.checkpoint == null) {
@@ -519,7 +519,7 @@ async function run(inputs, checks) {
   return { sentence: record ? sentence(record) : null, record, checkpoint };
 }
 
-async function checkReceipt(receipt, key, checks) {
+async function checkReceipt(receipt, key, requestId, checks) {
   if (receipt.log !== key.name) {
     fail("receipt", `the receipt is from log \`${receipt.log}\`, the key is for \`${key.name}\``);
   }
@@ -528,6 +528,9 @@ async function checkReceipt(receipt, key, checks) {
     record = parseRecord(receipt.record);
   } catch (e) {
     fail("receipt", e.message);
+  }
+  if (requestId != null && requestId !== record.request_id) {
+    fail("receipt", `the log answered request id \`${requestId}\` with the record of request \`${record.request_id}\``);
   }
   if (receipt.signature) {
     const leaf = await leafHash(receipt.record);

@@ -194,6 +194,12 @@ pub fn generate() -> Vectors {
         ..Inputs::default()
     };
     let sentence = crate::verdict::sentence(&Record::from_bytes(leaf).expect("a record"));
+    let id_of = |r: &[u8]| {
+        Record::from_bytes(r)
+            .expect("a record")
+            .request_id
+            .into_owned()
+    };
     let file = FileDigest {
         sha256: sha256_hex(&body(index)),
         bytes: body(index).len() as u64,
@@ -250,11 +256,24 @@ pub fn generate() -> Vectors {
             "The record fetched by request id (an unsigned receipt): proven by inclusion alone.",
             Inputs {
                 receipt: Some(unsigned.clone()),
+                request_id: Some(id_of(leaf)),
                 previous: None,
                 consistency: None,
                 ..stored.clone()
             },
             None,
+        ),
+        v(
+            "request_id_answered_with_another_record",
+            "Looked up by one request id, the log answered with another request's record (genuine, included): not this upload's.",
+            Inputs {
+                receipt: Some(unsigned.clone()),
+                request_id: Some(id_of(&records[3])),
+                previous: None,
+                consistency: None,
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
         ),
         v(
             "valid_with_file",

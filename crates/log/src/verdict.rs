@@ -77,6 +77,10 @@ pub struct Inputs {
     /// is given as an unsigned receipt).
     #[serde(default)]
     pub receipt: Option<String>,
+    /// The request id the receipt's record was looked up by: the record
+    /// must be that request's (a log could answer with another's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// The signed checkpoint note.
     #[serde(default)]
     pub checkpoint: Option<String>,
@@ -156,7 +160,8 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
             Ok(r) => r,
             Err(e) => return fail(Step::Receipt, format!("the receipt: {e}")),
         };
-        let record = check_receipt(&receipt, &verifier, &mut checks)?;
+        let asked = inputs.request_id.as_deref();
+        let record = check_receipt(&receipt, &verifier, asked, &mut checks)?;
         stored = Some((receipt, record));
     }
 
@@ -264,11 +269,12 @@ fn finish(
     }
 }
 
-/// The receipt's log name, record and signature (when present), and the
-/// record's outcome.
+/// The receipt's log name, record (the request's, when looked up by
+/// `request_id`) and signature (when present), and the record's outcome.
 fn check_receipt(
     receipt: &Receipt,
     verifier: &Verifier,
+    request_id: Option<&str>,
     checks: &mut Vec<String>,
 ) -> Result<Record<'static>, Failure> {
     if receipt.log != verifier.name() {
@@ -283,6 +289,15 @@ fn check_receipt(
     }
     let record = Record::from_bytes(&receipt.record)
         .or_else(|e| fail(Step::Receipt, format!("the receipt's record: {e}")))?;
+    if let Some(id) = request_id.filter(|id| *id != record.request_id) {
+        return fail(
+            Step::Receipt,
+            format!(
+                "the log answered request id `{id}` with the record of request `{}`",
+                record.request_id
+            ),
+        );
+    }
     if let Some(sig) = &receipt.signature {
         let message = receipt::signed_message(&receipt.log, receipt.index, &receipt.leaf_hash());
         if !verifier.verify(&message, sig) {
@@ -360,17 +375,16 @@ fn plain_time(rfc3339: &str) -> String {
             .all(|c| c.is_ascii_digit())
             .then(|| s.parse().ok())?
     };
+    // As the page reads it: `YYYY-MM-DDTHH:MM` at the start, all digits
+    // (sliced only where they are, so any other text is given back as is).
     let parsed = (|| {
-        if b.len() < 17 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        if b.len() < 16 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
             return None;
         }
         let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+        let (hour, minute) = (digits(11..13)?, digits(14..16)?);
         let name = MONTHS.get(usize::try_from(month).ok()?.checked_sub(1)?)?;
-        Some(format!(
-            "{day} {name} {year} {}:{} UTC",
-            &rfc3339[11..13],
-            &rfc3339[14..16]
-        ))
+        Some(format!("{day} {name} {year:04} {hour:02}:{minute:02} UTC"))
     })();
     parsed.unwrap_or_else(|| rfc3339.to_string())
 }
@@ -536,6 +550,11 @@ mod tests {
         assert_eq!(plain_time("2027-01-31T00:05:00Z"), "31 Jan 2027 00:05 UTC");
         assert_eq!(plain_time("2026-13-02T10:41:07Z"), "2026-13-02T10:41:07Z");
         assert_eq!(plain_time("yesterday"), "yesterday");
+        // As the page: minutes are enough, and what is not a time (a
+        // multi-byte character where a digit should be) is given back.
+        assert_eq!(plain_time("2026-12-02T10:41"), "2 Dec 2026 10:41 UTC");
+        assert_eq!(plain_time("2026-12-02T10:4é"), "2026-12-02T10:4é");
+        assert_eq!(plain_time("2026-12-02T1x:41:00Z"), "2026-12-02T1x:41:00Z");
     }
 
     #[test]

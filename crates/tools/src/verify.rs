@@ -69,7 +69,11 @@ pub struct VerifyArgs {
     pub export_proof: Option<PathBuf>,
     /// Check a C2SP tlog-proof offline (with `--entry`): the checkpoint's
     /// signature and the entry's inclusion.
-    #[arg(long, requires = "entry", conflicts_with_all = ["receipt", "request_id", "log"])]
+    #[arg(
+        long,
+        requires = "entry",
+        conflicts_with_all = ["receipt", "request_id", "log", "checkpoint", "previous", "file", "save_checkpoint", "export_proof"]
+    )]
     pub proof_file: Option<PathBuf>,
     /// The entry (the exact record bytes) a `--proof-file` is for.
     #[arg(long, requires = "proof_file")]
@@ -139,6 +143,11 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     let receipt = match (&args.receipt, &args.request_id, &fetcher) {
         (Some(r), _, _) => Some(read_receipt(r)?),
         (None, Some(id), Some(f)) => {
+            // As the page takes one: it goes into the URL as it is.
+            let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+            if id.is_empty() || id.len() > 128 || !id.bytes().all(plain) {
+                bail!("--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'");
+            }
             // The record by request id, as an unsigned receipt.
             let entry: Entry = f.json(&format!("/records/{id}")).await?;
             Some(
@@ -187,7 +196,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
 
     // The checkpoint: saved, or the log's latest (waiting briefly for one
     // that covers a fresh receipt and carries the witnesses' cosignatures).
-    let need = claimed.as_ref().map_or(0, |r| r.index + 1);
+    let need = claimed.as_ref().map_or(0, |r| r.index.saturating_add(1));
     let note = match &args.checkpoint {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
@@ -331,10 +340,25 @@ async fn generation_of(url: &str, ca: Option<&PathBuf>, origin: &str) -> anyhow:
         return Ok(root);
     };
     match list.generations.iter().find(|g| g.origin == origin) {
-        Some(g) => Fetcher::new(
-            &format!("{}{}", root.base(), g.prefix.trim_end_matches('/')),
-            ca,
-        ),
+        Some(g) => {
+            // Only a prefix of the log's own form: anything else (another
+            // host's name glued on, `..`) is not followed.
+            let number = g
+                .prefix
+                .strip_prefix("/generations/")
+                .and_then(|rest| rest.strip_suffix('/'));
+            if !number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+                bail!(
+                    "the log lists generation {} under the prefix {:?}, not /generations/<n>/",
+                    g.generation,
+                    g.prefix
+                );
+            }
+            Fetcher::new(
+                &format!("{}{}", root.base(), g.prefix.trim_end_matches('/')),
+                ca,
+            )
+        }
         None => Ok(root),
     }
 }
@@ -521,5 +545,36 @@ impl Witnesses {
             self.quorum,
             valid.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+
+    /// `--proof-file` checks one offline proof: the options it would
+    /// ignore are refused instead of skipped.
+    #[test]
+    fn a_proof_file_refuses_the_options_it_would_ignore() {
+        let base = ["verify", "--key", "k", "--proof-file", "p", "--entry", "e"];
+        assert!(Cli::try_parse_from(base).is_ok());
+        for extra in [
+            &["--file", "f"][..],
+            &["--previous", "c"],
+            &["--checkpoint", "c"],
+            &["--save-checkpoint", "c"],
+            &["--export-proof", "x"],
+            &["--log", "http://127.0.0.1:1"],
+        ] {
+            let argv = base.iter().chain(extra).copied();
+            assert!(Cli::try_parse_from(argv).is_err(), "{extra:?}");
+        }
     }
 }
