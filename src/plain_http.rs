@@ -30,6 +30,9 @@ use crate::upstream::progress::{Tracked, WriteProgress};
 
 /// At most how many connections a listener holds; the connection over the
 /// limit is closed at once and `rejected` counts it.
+/// The read buffer, and so the longest request head, of these listeners.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Blocking answers of one listener running at once (Tokio's blocking
 /// pool holds 512 threads).
 const BLOCKING_ANSWERS: usize = 32;
@@ -173,6 +176,10 @@ where
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
+        // These listeners' requests are small GETs (the witness's POST is
+        // read as a body): a head may take 16 KiB, not hyper's ~400 KiB
+        // per connection.
+        .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service));
     tokio::select! {
         // The connection first: `stalled` sees its writes block in the

@@ -1132,3 +1132,39 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
     );
     proxy.stop().await;
 }
+
+/// The log and admin listeners take request heads of up to 16 KiB (their
+/// requests are small GETs), not hyper's default of about 400 KiB per
+/// connection: a longer one gets 431.
+#[tokio::test]
+async fn the_log_and_admin_listeners_bound_a_request_head() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = with_log("").await;
+    let admin = proxy.admin;
+    for addr in [proxy.log_addr.unwrap(), admin] {
+        for (padding, want) in [(8 * 1024, "200"), (100 * 1024, "431")] {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+                "a".repeat(padding)
+            );
+            // Sent whole or cut off once answered.
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let line = status_line(&mut tcp, "an answer").await;
+            let status = line.split(' ').nth(1).unwrap_or_default().to_string();
+            // /healthz is the admin's; the log answers it 404: a parsed head.
+            let parsed = if addr == admin {
+                want
+            } else if want == "200" {
+                "404"
+            } else {
+                want
+            };
+            assert_eq!(
+                status, parsed,
+                "{addr} with {padding} bytes of header: {line}"
+            );
+        }
+    }
+    proxy.stop().await;
+}

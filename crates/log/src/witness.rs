@@ -562,7 +562,17 @@ impl Witness {
             &request.proof,
         )
         .map_err(|e| Refusal::InvalidProof(e.to_string()))?;
-        let timestamp = now.max(guarded.last_timestamp);
+        // The checkpoint recorded already (asked again): cosigned again as
+        // of the time it was recorded at, so nothing is stored (a replay
+        // costs no write to disk).
+        let unchanged = recorded.size == checkpoint.size
+            && recorded.root == checkpoint.root
+            && recorded.timestamp > 0;
+        let timestamp = if unchanged {
+            recorded.timestamp
+        } else {
+            now.max(guarded.last_timestamp)
+        };
         let mut next = guarded.state.clone();
         next.insert(
             checkpoint.origin.clone(),
@@ -572,9 +582,11 @@ impl Witness {
                 timestamp,
             },
         );
-        persist(&next).map_err(Refusal::Storage)?;
+        if !unchanged {
+            persist(&next).map_err(Refusal::Storage)?;
+        }
         guarded.state = next;
-        guarded.last_timestamp = timestamp;
+        guarded.last_timestamp = guarded.last_timestamp.max(timestamp);
         let mut line = self.cosigner.cosign(text, timestamp);
         drop(guarded);
         line.push('\n');
@@ -937,6 +949,16 @@ mod tests {
             .add_checkpoint(&request(12, proof, checkpoint(&t15, &log)), 100, ok)
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t15, &log), late.body);
+        assert_eq!(wv.verify_note(&cosigned), Ok(109));
+
+        // The same checkpoint asked again (old = its own size): cosigned
+        // as of when it was recorded, and nothing written.
+        let again = w
+            .add_checkpoint(&request(15, vec![], checkpoint(&t15, &log)), 500, |_| {
+                Err("no write expected".into())
+            })
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t15, &log), again.body);
         assert_eq!(wv.verify_note(&cosigned), Ok(109));
 
         // Nor after a restart from the state it persisted, with a clock
