@@ -13,6 +13,7 @@
 //! | [`Phase::FirstRequest`] | the first request head is complete | `request_head`, from the handshake |
 //! | [`Phase::Busy`] | no request is in flight | each request's own deadlines (`request_body_idle`, `upstream_*`) |
 //! | [`Phase::Responding`] (HTTP/1) | no response body is being sent ([`Served`]) | `keepalive_idle` from the response head |
+//! | an HTTP/2 response body ([`Streaming`]), in any phase | its end | `keepalive_idle` from its head: then GOAWAY, dropped after the close grace |
 //! | [`Phase::Idle`] | a request (HTTP/1: a head's first byte) arrives | `keepalive_idle`; HTTP/1 parks after `IDLE_RELEASE`, holding no hyper buffers |
 //! | [`Phase::Head`] (HTTP/1) | the head is complete | `request_head`, from its first byte |
 //! | draining (shutdown) | the requests in flight end | heads still `request_head`; the process `shutdown_grace` |
@@ -630,6 +631,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// is dropped at once (nothing more can be written to it, not even a
 /// GOAWAY or close_notify).
 const CLIENT_SEND: &str = "client_send_idle";
+/// The watchdog's name for an HTTP/2 response body still being sent
+/// `keepalive_idle` after its head: the connection closes as an idle one
+/// does (GOAWAY, then dropped after the close grace).
+const STREAMING: &str = "response_body";
 
 /// The h2 connection preface ("prior knowledge", RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -753,6 +758,14 @@ struct Activity {
     /// HTTP/1 bytes read while only a response was being sent: a next head
     /// pipelined behind it, whose `request_head` starts when it ends.
     read_while_responding: AtomicBool,
+    /// HTTP/2 response bodies still being sent ([`Streaming`]): when each
+    /// began (its head), by a sequence number, so the first is the oldest.
+    /// Each is bounded by `keepalive_idle` from its head whatever the
+    /// connection's phase: a stream whose window the client keeps shut
+    /// holds its data centre's connection, and other streams (a body
+    /// trickled to a refusal) can keep the connection busy meanwhile.
+    streaming: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    streaming_seq: AtomicU64,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -804,6 +817,44 @@ impl Drop for Responding {
     }
 }
 
+/// An HTTP/2 response body still being sent ([`Activity::streaming`]).
+struct Streaming {
+    activity: Arc<Activity>,
+    seq: u64,
+}
+
+impl Busy {
+    /// The HTTP/2 request has its response head: what is left is its
+    /// body, bounded from now on by `keepalive_idle`.
+    fn streaming(self) -> Streaming {
+        let activity = self.0.clone();
+        drop(self);
+        let since = activity.last_ms.load(Ordering::Relaxed);
+        let seq = activity.streaming_seq.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut streaming = lock(&activity.streaming);
+            streaming.insert(seq, since);
+            streaming.len() == 1
+        };
+        if first {
+            // The watchdog's timer may be set for later than this one's
+            // bound (a busy connection re-checks only every keepalive_idle).
+            activity.head_started.notify_one();
+        }
+        Streaming { activity, seq }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        lock(&self.activity.streaming).remove(&self.seq);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -828,6 +879,8 @@ impl Activity {
             responding: AtomicUsize::new(0),
             responding_ms: AtomicU64::new(0),
             read_while_responding: AtomicBool::new(false),
+            streaming: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            streaming_seq: AtomicU64::new(0),
         }
     }
 
@@ -967,6 +1020,15 @@ impl Activity {
                 Some(at) => at,
                 None => now.saturating_add(idle),
             };
+            // The oldest HTTP/2 response still being sent, in any phase.
+            let oldest = lock(&self.streaming)
+                .first_key_value()
+                .map(|(_, since)| *since);
+            let at = match oldest.map(|since| since.saturating_add(idle)) {
+                Some(due) if now >= due => return STREAMING,
+                Some(due) => at.min(due),
+                None => at,
+            };
             let at = match blocked {
                 NOT_BLOCKED => at,
                 since => at.min(since.saturating_add(send)),
@@ -991,6 +1053,7 @@ impl Activity {
 pub(crate) struct Served {
     body: ProxyBody,
     responding: Option<Responding>,
+    streaming: Option<Streaming>,
 }
 
 impl hyper::body::Body for Served {
@@ -1004,6 +1067,7 @@ impl hyper::body::Body for Served {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             self.responding = None;
+            self.streaming = None;
         }
         polled
     }
@@ -1090,15 +1154,23 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
                 Poll::Pending
             }
             Poll::Ready(Ok(resp)) => {
-                // HTTP/2 has no parking, and a stream whose window the
-                // client keeps shut is bounded as an idle connection is:
-                // its request ends at the head.
-                let responding = self
-                    .busy
-                    .take()
-                    .filter(|busy| !busy.0.http2.load(Ordering::Relaxed))
-                    .map(Busy::responding);
-                Poll::Ready(Ok(resp.map(|body| Served { body, responding })))
+                // Its request ends at the head; what is left is its body,
+                // bounded from its head (HTTP/1: the connection's phase;
+                // HTTP/2, where other streams may keep the connection
+                // busy: each stream by itself).
+                let (mut responding, mut streaming) = (None, None);
+                if let Some(busy) = self.busy.take() {
+                    if !busy.0.http2.load(Ordering::Relaxed) {
+                        responding = Some(busy.responding());
+                    } else if !hyper::body::Body::is_end_stream(resp.body()) {
+                        streaming = Some(busy.streaming());
+                    }
+                }
+                Poll::Ready(Ok(resp.map(|body| Served {
+                    body,
+                    responding,
+                    streaming,
+                })))
             }
             Poll::Ready(Err(never)) => match never {},
         }

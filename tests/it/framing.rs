@@ -1224,3 +1224,66 @@ async fn a_get_with_a_chunked_body_is_forwarded_with_it() {
     assert!(got.headers.get("transfer-encoding").is_none());
     proxy.stop().await;
 }
+
+/// An HTTP/2 stream whose window the client keeps shut holds its data
+/// centre's connection; another stream keeping the connection busy (here
+/// an upload whose body trickles in) must not keep it for good: a
+/// response body still being sent `keepalive_idle` after its head closes
+/// the connection (GOAWAY, then dropped after the close grace), whatever
+/// the other streams do.
+#[tokio::test]
+async fn an_http2_response_held_by_a_shut_window_is_bounded_while_other_streams_keep_busy() {
+    let proxy =
+        proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\ndiscard_body = \"30s\"\n")
+            .await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // Stream 1: answered (a body of 4 bytes), which the shut window holds.
+    let req = http::Request::post("https://localhost/slow-body")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"hello"), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response head")
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // Stream 2: an upload whose body trickles in for 12 s: in flight
+    // meanwhile, so the connection stays busy.
+    let req = http::Request::post("https://localhost/trickled")
+        .header("x-forwarded-for", CH)
+        .header("content-length", "60")
+        .body(())
+        .unwrap();
+    let (_refused, mut trickled) = send.send_request(req, false).unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            if trickled
+                .send_data(bytes::Bytes::from_static(b"x"), false)
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was kept with a response whose window stayed shut"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    trickle.abort();
+    drop(response);
+    proxy.stop().await;
+}
