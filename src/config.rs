@@ -229,7 +229,10 @@ impl HealthSettings {
     /// The longest a repaired upstream may still be skipped: an ejection's
     /// `down_for`, then the passing probes that bring it back.
     pub fn recovery(&self) -> Duration {
-        self.down_for + self.recovery_interval * self.healthy_threshold
+        self.recovery_interval
+            .checked_mul(self.healthy_threshold)
+            .and_then(|probes| self.down_for.checked_add(probes))
+            .unwrap_or(Duration::MAX)
     }
 }
 

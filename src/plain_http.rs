@@ -28,8 +28,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::shutdown::{accept, stopped};
 use crate::upstream::progress::{Tracked, WriteProgress};
 
-/// At most how many connections a listener holds; the connection over the
-/// limit is closed at once and `rejected` counts it.
 /// The read buffer, and so the longest request head, of these listeners.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
@@ -37,6 +35,8 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// pool holds 512 threads).
 const BLOCKING_ANSWERS: usize = 32;
 
+/// At most how many connections a listener holds; the connection over the
+/// limit is closed at once and `rejected` counts it.
 pub struct Cap {
     pub max_connections: usize,
     pub rejected: prometheus::IntCounter,
@@ -96,13 +96,17 @@ pub async fn serve<F>(
                 *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                 busy
             };
-            // (The semaphore is never closed.)
-            let Ok(_thread) = threads.acquire_owned().await else {
+            // (The semaphore is never closed.) The permit goes with the
+            // work: it ends with the answer, not with a client that left.
+            let Ok(thread) = threads.acquire_owned().await else {
                 return shutting_down();
             };
-            tokio::task::spawn_blocking(move || answer(&req))
-                .await
-                .unwrap_or_else(|_| shutting_down())
+            tokio::task::spawn_blocking(move || {
+                let _thread = thread;
+                answer(&req)
+            })
+            .await
+            .unwrap_or_else(|_| shutting_down())
         }
     };
     serve_async(listener, stop, cap, tls, answer).await

@@ -255,7 +255,9 @@ pub enum Unrecognized {
 impl Tenancy {
     /// The tenant a request is for: its token (with tokens on), its client
     /// certificate's names, its server name. `Ok(None)`: no tenant, GeoIP
-    /// decides. Allocation-free unless a token is verified.
+    /// decides. Allocation-free unless a token is verified (or the
+    /// request's host, checked against a tenant's server name, has
+    /// upper case).
     /// `host`: the request's authority without its port (`:authority`, an
     /// absolute-form target's or `Host`), checked against the server name.
     pub fn recognize(
@@ -288,7 +290,13 @@ impl Tenancy {
             Some(names) => self.tenants.by_cert(names).map_err(conflict)?,
             None => None,
         };
+        let sni_name = sni;
         let sni = sni.and_then(|h| self.tenants.by_sni(h));
+        // (A fully qualified `name.` is the name; the server name itself
+        // needs no second lookup.)
+        let host = host
+            .map(|h| h.strip_suffix('.').unwrap_or(h))
+            .filter(|h| sni_name.is_none_or(|s| !h.eq_ignore_ascii_case(s)));
         if let (Some(by_sni), Some(host)) = (sni, host) {
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
                 std::borrow::Cow::Owned(host.to_ascii_lowercase())

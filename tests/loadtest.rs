@@ -597,6 +597,19 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
     let report = verdict_after(&repaired, Duration::from_secs(1));
     let failover = report.chaos[2].failover.as_ref().unwrap();
     assert!(failover.alternatives.is_empty(), "{failover:?}");
+    // A drain and undrain after the repair do not make it older.
+    let report = verdict_after(
+        &[
+            ("200ms:geneva=refuse", 0.2),
+            ("500ms:geneva=normal", 0.5),
+            ("600ms:drain=geneva", 0.6),
+            ("700ms:undrain=geneva", 0.7),
+            ("1s:zurich=refuse", 1.0),
+        ],
+        Duration::from_secs(1),
+    );
+    let failover = report.chaos[4].failover.as_ref().unwrap();
+    assert!(failover.alternatives.is_empty(), "{failover:?}");
     let report = verdict_after(&repaired, Duration::from_millis(400));
     let failover = report.chaos[2].failover.as_ref().unwrap();
     assert_eq!(failover.alternatives, ["geneva"]);
@@ -785,7 +798,7 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
         options: Box::new(args),
     };
     let policy = Config::load(&args.options.config).unwrap().policy;
-    let plan = Plan::from_args(&args, policy).unwrap();
+    let plan = Plan::from_args(&args, policy, Duration::ZERO).unwrap();
     assert!(matches!(plan.trust, Trust::CaPem(_)));
     assert_eq!(plan.origins["ch"].len(), 2);
     let report = execute(plan, false).await.unwrap();

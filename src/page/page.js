@@ -25,9 +25,16 @@ const unspace = (vkey) => vkey.trim().replaceAll(" ", "+");
 const pinnedKey = fragment.has("key") ? unspace(fragment.get("key")) : null;
 const pinnedWitnesses = fragment.getAll("witness").map(unspace);
 // The pins are read once: a link pasted into this tab that changes only
-// the fragment (another key) loads the page again rather than going on
-// with the key read before.
-window.addEventListener("hashchange", () => location.reload());
+// the fragment to other pins (another key) loads the page again rather
+// than going on with the key read before. A fragment without pins (the
+// skip link's `#check`) changes nothing.
+window.addEventListener("hashchange", () => {
+  const now = new URLSearchParams(location.hash.slice(1));
+  if (!now.has("key") && !now.has("witness")) return;
+  const key = now.has("key") ? unspace(now.get("key")) : null;
+  const witnesses = now.getAll("witness").map(unspace);
+  if (key !== pinnedKey || witnesses.join(" ") !== pinnedWitnesses.join(" ")) location.reload();
+});
 let logKey = null; // the vkey in use
 // Where the pinned key's log is served: "" for the current generation,
 // "generations/<n>/" for one the log rolled past (at its size limit).

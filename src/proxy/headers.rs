@@ -1,7 +1,9 @@
 //! Header rewriting in both directions.
 //!
 //! Upstream requests lose hop-by-hop headers (RFC 9110 §7.6.1, plus any named
-//! in `Connection`), every client-sent `Residency-*` header, `Host` and any
+//! in `Connection`), every client-sent `Residency-*` header, other claims of
+//! the client's address (`Forwarded`, `X-Real-IP`, …), each of these and the
+//! proxy's own fields also spelt with `_` for `-`, `Host` and any
 //! `X-Forwarded-Host`/`-Proto`, then gain
 //! `X-Forwarded-For` (appended when it came from a trusted proxy, replaced
 //! otherwise), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`,
@@ -52,7 +54,22 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// included) or `Residency-*`, also spelt with `_` for `-`
 /// ([`underscored`]): never passed through in either direction.
 fn never_forwarded(name: &HeaderName) -> bool {
-    hop_or_residency(name) || underscored(name, |n| hop_or_residency(n) || set_by_us(n))
+    match dashed(name) {
+        None => hop_or_residency(name),
+        Some(dashed) => hop_or_residency(&dashed) || set_by_us(&dashed),
+    }
+}
+
+/// [`never_forwarded`], or another claim of the client's address
+/// ([`names_an_address`]), in either spelling: what a client's request
+/// does not take to the data centre.
+fn not_upstream(name: &HeaderName) -> bool {
+    match dashed(name) {
+        None => hop_or_residency(name) || names_an_address(name),
+        Some(dashed) => {
+            hop_or_residency(&dashed) || set_by_us(&dashed) || names_an_address(&dashed)
+        }
+    }
 }
 
 fn hop_or_residency(name: &HeaderName) -> bool {
@@ -70,16 +87,18 @@ fn set_by_us(name: &HeaderName) -> bool {
         || name == X_REQUEST_ID
 }
 
-/// Whether `name` has a `_` where `is` accepts it with a `-`
-/// (`Residency_Jurisdiction`, `X_Forwarded_For`): servers that map field
-/// names to CGI-style variables (PHP, WSGI, Rack; nginx with
-/// `underscores_in_headers`) read such a field as the one the proxy set,
-/// and which copy wins is theirs to pick. (nginx drops every field with a
-/// `_` by default; the proxy drops only those.)
-fn underscored(name: &HeaderName, is: impl Fn(&HeaderName) -> bool) -> bool {
+/// `name` with `-` for each `_`, when it has one (`Residency_Jurisdiction`,
+/// `X_Forwarded_For`): servers that map field names to CGI-style variables
+/// (PHP, WSGI, Rack; nginx with `underscores_in_headers`) read such a field
+/// as the one the proxy set, and which copy wins is theirs to pick, so it
+/// is judged by its dashed spelling. (No name the proxy judges has a `_`;
+/// nginx drops every field with a `_` by default, the proxy only those.)
+fn dashed(name: &HeaderName) -> Option<HeaderName> {
     let text = name.as_str();
-    text.contains('_')
-        && HeaderName::from_bytes(text.replace('_', "-").as_bytes()).is_ok_and(|dashed| is(&dashed))
+    if !text.as_bytes().contains(&b'_') {
+        return None;
+    }
+    HeaderName::from_bytes(text.replace('_', "-").as_bytes()).ok()
 }
 
 /// Another way to name the client's address than `X-Forwarded-For`:
@@ -154,9 +173,7 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
     // and other claims of an address, in either spelling.
-    strip(headers, |k| {
-        never_forwarded(k) || names_an_address(k) || underscored(k, names_an_address)
-    });
+    strip(headers, not_upstream);
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
     // From a `String`, its buffer becomes the value's (no copy).
@@ -380,9 +397,20 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     }
 }
 
+/// A request to answer 400 `bad_request`: ambiguous framing, a refused
+/// request-target (but asterisk-form where `asterisk`: an `OPTIONS *` the
+/// proxy answers), a `Host` against the rules, or an HTTP/2 field value
+/// padded with whitespace.
+pub fn malformed<B>(req: &http::Request<B>, asterisk: bool) -> bool {
+    ambiguous_framing(req.headers())
+        || (!asterisk && bad_target(req.uri()))
+        || bad_host(req.version(), req.uri(), req.headers())
+        || padded_value(req.version(), req.headers())
+}
+
 /// The host a request is for, without its port: the target's authority
-/// (`:authority`, absolute-form), else `Host`. `None` for an IP literal's
-/// brackets or a `Host` that does not parse (refused as `bad_host` anyway).
+/// (`:authority`, absolute-form), else `Host` (`None` without one). An IP
+/// literal keeps its brackets; no tenant has such a name.
 pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
     if let Some(authority) = req.uri().authority() {
         return Some(authority.host());
@@ -425,7 +453,23 @@ pub fn bad_target(uri: &Uri) -> bool {
         // Userinfo (RFC 9110 §4.2.4; RFC 9113 §8.3.1: MUST NOT be sent).
         || uri.authority().is_some_and(|a| a.as_str().contains('@'))
         || uri.path_and_query().is_some_and(|p| !p.as_str().is_ascii())
-        || path.split('/').any(dot_segment)
+        || dotted(path)
+}
+
+/// A path with a dot segment ([`dot_segment`]), or with a `\`, which
+/// some servers (IIS) take for a `/`. One pass over the bytes: only a
+/// segment starting with `.` or `%` may be a dot segment.
+fn dotted(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut maybe = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return true,
+            b'.' | b'%' if i > 0 && bytes[i - 1] == b'/' => maybe = true,
+            _ => {}
+        }
+    }
+    maybe && path.split('/').any(dot_segment)
 }
 
 /// `.` or `..`, also percent-encoded (`%2e`, `.%2E`, …): a data centre
@@ -433,6 +477,8 @@ pub fn bad_target(uri: &Uri) -> bool {
 /// out of the path prefix it is reached under, so such a path is refused
 /// rather than forwarded or normalised here.
 fn dot_segment(segment: &str) -> bool {
+    // Up to its parameters (`..;x`: Tomcat and Spring drop them first).
+    let segment = segment.split(';').next().unwrap_or(segment);
     let mut dots = 0;
     let mut rest = segment.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {
@@ -545,10 +591,15 @@ mod tests {
             "/v1/%2E./admin",
             "/v1/.%2e/admin",
             "/v1/%2e/x",
+            "/v1/..;x/admin",
+            "/v1/.;/x",
             "*",
         ] {
             assert!(bad(t), "{t}");
         }
+        // A backslash (`http` lets one through).
+        assert!(bad("/v1/..\\admin"));
+        assert!(bad("/v1/a\\b"));
         for t in [
             "/v1/telemetry",
             "/v1/a.b",

@@ -281,10 +281,7 @@ struct Unrouted {
 fn here(req: &Request<Incoming>) -> bool {
     let asterisk = req.uri().path() == "*";
     (asterisk || headers::max_forwards(req.headers()) == Some(0))
-        && !headers::ambiguous_framing(req.headers())
-        && (asterisk || !headers::bad_target(req.uri()))
-        && !headers::bad_host(req.version(), req.uri(), req.headers())
-        && !headers::padded_value(req.version(), req.headers())
+        && !headers::malformed(req, asterisk)
 }
 
 /// Checks the request and takes the residency decision: where it goes, or
@@ -304,11 +301,7 @@ fn admit<'a>(
     if !config.methods.allows(req.method()) {
         return Err(Failure::MethodNotAllowed);
     }
-    if headers::ambiguous_framing(req.headers())
-        || headers::bad_target(req.uri())
-        || headers::bad_host(req.version(), req.uri(), req.headers())
-        || headers::padded_value(req.version(), req.headers())
-    {
+    if headers::malformed(req, false) {
         return Err(Failure::BadRequest);
     }
     let content_length = req.headers().get(header::CONTENT_LENGTH);
@@ -334,7 +327,10 @@ fn admit<'a>(
     let policy = &config.policy;
     let health = &state.health;
     let tenancy = &config.tenancy;
-    let host = conn.sni.as_ref().and_then(|_| headers::request_host(req));
+    // Read only where a server name may recognise a tenant.
+    let host = (conn.sni.is_some() && tenancy.tenants.by_server_name())
+        .then(|| headers::request_host(req))
+        .flatten();
     let recognized = tenancy
         .recognize(
             conn.sni.as_deref(),

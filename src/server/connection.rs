@@ -611,7 +611,7 @@ async fn serve_http2<S, I, D>(
                 grace = Some(Box::pin(tokio::time::sleep(phases.close_grace)));
             }
             () = closed_by(&mut grace) => {
-                tracing::debug!(peer = %peer, phase = "keepalive_idle", "streams still open after closing: dropped");
+                tracing::debug!(peer = %peer, "streams still open after closing: dropped");
                 return;
             }
         }
@@ -721,7 +721,9 @@ impl Phase {
 /// as single timers that re-check the phase when they fire; the only
 /// wake-ups besides are a head starting (its deadline is shorter than the
 /// idle one) and, while [`Activity::quiet`] waits for one, a request
-/// beginning — nothing happens per request otherwise, and a connection
+/// beginning, or an HTTP/2 response body starting to be sent with none
+/// other open ([`Streaming`]) — nothing happens per request otherwise (but
+/// the `streaming` map's update per HTTP/2 response), and a connection
 /// stalled in its first head (slowloris) costs one timer.
 struct Activity {
     /// For the process-wide detached-request budget and its metrics.
@@ -749,7 +751,7 @@ struct Activity {
     /// not reading), or [`NOT_BLOCKED`].
     blocked_ms: AtomicU64,
     /// The connection speaks HTTP/2 (a request then ends at its response
-    /// head: [`Served`] holds nothing).
+    /// head, and [`Served`] holds its [`Streaming`] entry).
     http2: AtomicBool,
     /// HTTP/1 response bodies still being sent ([`Served`]), the latest
     /// since `responding_ms`.
@@ -997,10 +999,13 @@ impl Activity {
     /// Resolves with the deadline's name once the current phase outlives
     /// it: `request_head` (the first head, or a later HTTP/1 head from its
     /// first byte) or `keepalive_idle`; or [`CLIENT_SEND`] once a write to
-    /// the client has been blocked for `client_send_idle`, in any phase.
+    /// the client has been blocked for `client_send_idle`, in any phase;
+    /// or [`STREAMING`] once an HTTP/2 response body is still being sent
+    /// `keepalive_idle` after its head, in any phase.
     /// One timer: when it fires the phase is looked at again (a busy
     /// connection is re-checked every `keepalive_idle`); a head starting,
-    /// the first request or a write blocking wakes it early.
+    /// the first request, a write blocking or a first HTTP/2 response body
+    /// wakes it early.
     async fn expired(&self, timeouts: &Timeouts) -> &'static str {
         let head = millis(timeouts.request_head);
         let idle = millis(timeouts.keepalive_idle);

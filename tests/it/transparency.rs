@@ -1135,7 +1135,8 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
 
 /// The log and admin listeners take request heads of up to 16 KiB (their
 /// requests are small GETs), not hyper's default of about 400 KiB per
-/// connection: a longer one gets 431.
+/// connection: a longer one gets 431. (The witness serves through the
+/// same function, `plain_http::serve_async`.)
 #[tokio::test]
 async fn the_log_and_admin_listeners_bound_a_request_head() {
     use tokio::io::AsyncWriteExt;

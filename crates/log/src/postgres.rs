@@ -120,8 +120,8 @@ CREATE TABLE residency_log_checkpoint (
 )];
 
 /// Assigns `$1` contiguous indexes (unless that would pass `$4` records,
-/// or the sequence is below `$5`, the size of the checkpoint this replica
-/// served: those indexes are taken) and inserts the batch's request keys
+/// or the sequence is below `$5`, the records this replica knows were
+/// committed: those indexes are taken) and inserts the batch's request keys
 /// `$2` and entries `$3` at them, in one statement (one transaction, one
 /// round trip). Returns the first index and the rows inserted; no row when
 /// the log is full or the database lost records.
@@ -273,7 +273,8 @@ struct Shared {
     /// its own, whose server warnings are watched (see [`Writer`]).
     writer: tokio::sync::Mutex<Option<Writer>>,
     latest: ArcSwap<Published>,
-    /// The sequence as last seen (records appended by the whole fleet).
+    /// The records known committed, fleet-wide: the sequence as last read,
+    /// this replica's own batches, a published checkpoint's size.
     sequenced: AtomicU64,
     /// The last write failed (a batch's commit, or the tick's write probe
     /// while failing): uploads are refused before they are forwarded
@@ -602,8 +603,8 @@ impl Shared {
             return Err(warned);
         }
         let Some(row) = row else {
-            // Indexes a served checkpoint covers would be given again: their
-            // receipts would contradict that checkpoint.
+            // Indexes this replica knows were given would be given again:
+            // their receipts would contradict the tree.
             self.judge(next.and_then(|next| behind_sequence(next, known)))?;
             return Err(LogError::Full(self.settings.max_records));
         };

@@ -225,6 +225,9 @@ fn alternatives(
     let broken = |name: &str| {
         let mut state = State::default();
         let mut broken = false;
+        // When its mode was last repaired, up to `at`: ejected by the
+        // proxy's health checks, it may not be taken back yet.
+        let mut repaired = None;
         for e in plan.chaos.iter().filter(|e| e.action.datacenter() == name) {
             if e.at > at && end.is_some_and(|end| e.at >= end) {
                 break;
@@ -233,13 +236,13 @@ fn alternatives(
             state.apply(&e.action);
             broken |= e.at > at && state.broken();
             if e.at <= at {
-                // A mode repaired just before: ejected by the proxy's
-                // health checks, it may not be taken back yet.
-                let recovering = mode_broke && !state.mode_breaks && at < e.at + plan.recovery;
-                broken = state.broken() || recovering;
+                if mode_broke && !state.mode_breaks {
+                    repaired = Some(e.at);
+                }
+                broken = state.broken();
             }
         }
-        broken
+        broken || repaired.is_some_and(|r| at < r.saturating_add(plan.recovery))
     };
     let mut names: Vec<String> = policy
         .jurisdictions

@@ -69,8 +69,7 @@ pub async fn run(
     policy: residency_core::policy::Policy,
     recovery: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let mut plan = Plan::from_args(&args, policy)?;
-    plan.recovery = recovery;
+    let plan = Plan::from_args(&args, policy, recovery)?;
     let slo = args
         .options
         .slo

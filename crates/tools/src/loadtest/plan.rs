@@ -126,8 +126,12 @@ impl Plan {
 
     /// Reads the files the arguments name (CA) and validates the result
     /// against `policy`, the residency policy of the configuration
-    /// `--config` names (loaded by the caller).
-    pub fn from_args(args: &LoadtestArgs, policy: Policy) -> anyhow::Result<Plan> {
+    /// `--config` names (loaded by the caller, as its [`Plan::recovery`]).
+    pub fn from_args(
+        args: &LoadtestArgs,
+        policy: Policy,
+        recovery: Duration,
+    ) -> anyhow::Result<Plan> {
         let args = &args.options;
         let trust = match (&args.ca, args.insecure) {
             (Some(path), _) => Trust::CaPem(read(path, "--ca")?),
@@ -154,7 +158,7 @@ impl Plan {
             convey: args.convey,
             policy,
             chaos: args.chaos.clone(),
-            recovery: Duration::ZERO,
+            recovery,
             sink_admin: args
                 .sink_admin
                 .iter()
