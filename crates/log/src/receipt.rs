@@ -99,10 +99,14 @@ impl Receipt {
                     log = Some(name.to_string());
                 }
                 "index" => {
+                    // Digits only (`parse` would take a leading `+`; the
+                    // page's verifier does not).
+                    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
                     index = Some(
-                        value
-                            .parse::<u64>()
-                            .map_err(|_| bad("index is not a non-negative integer"))?,
+                        digits
+                            .then(|| value.parse::<u64>().ok())
+                            .flatten()
+                            .ok_or_else(|| bad("index is not a non-negative integer"))?,
                     )
                 }
                 "record" => {

@@ -264,6 +264,17 @@ pub fn generate() -> Vectors {
             None,
         ),
         v(
+            "receipt_index_with_a_sign",
+            "A receipt whose index is written `+4`: not the decimal digits a receipt's index is.",
+            Inputs {
+                receipt: Some(unsigned.replacen("index=4,", "index=+4,", 1)),
+                previous: None,
+                consistency: None,
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
             "request_id_answered_with_another_record",
             "Looked up by one request id, the log answered with another request's record (genuine, included): not this upload's.",
             Inputs {
