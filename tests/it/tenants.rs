@@ -214,6 +214,18 @@ audience = "{AUDIENCE}"
         assert_eq!(reply.status, 421, "{v:?}: {reply:?}");
         assert_eq!(reply.json()["error"], "misdirected_request", "{v:?}");
         assert_eq!(proxy.counts(), before, "{v:?}: nothing forwarded");
+        // A fully qualified name (trailing dot) is the name.
+        let reply = acme
+            .clone()
+            .version(v)
+            .send(
+                "POST",
+                "https://globex.ingest.test./v1/telemetry",
+                &[("x-forwarded-for", CH)],
+                "cpu=0.5",
+            )
+            .await;
+        assert_eq!(reply.status, 421, "{v:?} trailing dot: {reply:?}");
         for host in ["acme.ingest.test", "localhost"] {
             let reply = acme
                 .clone()
@@ -405,7 +417,7 @@ audience = "{AUDIENCE}"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"misdirected_request\"}"),
-        2.0
+        4.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),

@@ -1105,6 +1105,25 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
             proxy.log_get(&format!("/generations/2/{path}")).await.1
         );
     }
+    // A roll changes what the root's tiles are: revalidated there, cached
+    // for good under a generation's prefix.
+    let log = proxy.log_addr.unwrap();
+    for (path, cache) in [
+        ("/tile/0/000.p/3", "no-cache"),
+        (
+            "/generations/2/tile/0/000.p/3",
+            "public, max-age=31536000, immutable",
+        ),
+        ("/2/tile/0/000.p/3", "public, max-age=31536000, immutable"),
+        (
+            "/generations/1/tile/0/000.p/5",
+            "public, max-age=31536000, immutable",
+        ),
+    ] {
+        let (status, headers, _) = plain_exchange(log, "GET", path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(headers["cache-control"], cache, "{path}");
+    }
     let (status, _) = proxy.log_get("/3/checkpoint").await;
     assert_eq!(status, 404);
     for (i, key) in [(2, &first_key), (6, &second_key)] {

@@ -559,6 +559,58 @@ mod tests {
         args: VerifyArgs,
     }
 
+    fn key() -> String {
+        residency_log::note::Signer::from_seed("verify.example/log", &[3; 32])
+            .unwrap()
+            .verifier_key()
+    }
+
+    /// A request id goes into the URL as it is: only the page's characters.
+    #[tokio::test]
+    async fn a_request_id_is_taken_with_the_pages_characters_only() {
+        let args = VerifyArgs {
+            key: key(),
+            request_id: Some("a b/../x".into()),
+            log: Some("http://127.0.0.1:1".into()),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        let why = report.verdict.unwrap_err();
+        assert!(why.contains("--request-id"), "{why}");
+    }
+
+    /// A log listing its generation under a prefix of another form is not
+    /// followed there.
+    #[tokio::test]
+    async fn a_generation_prefix_of_another_form_is_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = key();
+        let list = format!(
+            r#"{{"generations":[{{"generation":1,"origin":"verify.example/log","key":"{key}","size":1,"sealed":false,"prefix":".evil.example/"}}]}}"#
+        );
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{list}",
+                    list.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        let args = VerifyArgs {
+            key,
+            request_id: Some("abc".into()),
+            log: Some(format!("http://{addr}")),
+            ..VerifyArgs::default()
+        };
+        let why = verify(&args).await.verdict.unwrap_err();
+        assert!(why.contains("not /generations/<n>/"), "{why}");
+    }
+
     /// `--proof-file` checks one offline proof: the options it would
     /// ignore are refused instead of skipped.
     #[test]
