@@ -180,6 +180,25 @@ def first(s, driver, out):
     )
     full_shot(driver, shots / "page-360px.png", 360)
     driver.set_window_size(1100, 1400)
+    # The skip link changes only the fragment (to #check): the pins stay.
+    driver.execute_script("document.querySelector('a.skip').click()")
+    time.sleep(0.5)
+    out["after_skip"] = {
+        "hash": driver.execute_script("return location.hash"),
+        "key": driver.find_element(By.ID, "log-key").text,
+        "key_source": driver.find_element(By.ID, "key-source").text,
+    }
+    # Another key pasted into this tab (only the fragment differs): the
+    # page loads again with it.
+    driver.execute_script(
+        "location.hash = 'key=' + encodeURIComponent(arguments[0]);", s["other_key"]
+    )
+    out["hash_changed_key"] = wait_for(
+        driver,
+        "the page loaded again with the other key",
+        lambda: driver.find_element(By.ID, "log-key").text == s["other_key"]
+        and driver.find_element(By.ID, "log-key").text,
+    )
     # A link pinning another key: nothing the server says verifies.
     driver.get(pinned(s["base"], s["other_key"]))
     driver.refresh()

@@ -222,6 +222,20 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
     let reached = keyboard["reached"].as_array().unwrap();
     assert_eq!(reached.last().unwrap(), "verify", "{seen}");
 
+    // The skip link keeps the pinned key; another key pasted into the
+    // link (only the fragment changed) loads the page again with it.
+    let skipped = &seen["after_skip"];
+    assert_eq!(skipped["hash"], "#check", "{seen}");
+    assert_eq!(skipped["key"], seen["log"]["key"], "{seen}");
+    assert!(
+        skipped["key_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("Pinned in this link"),
+        "{seen}"
+    );
+    assert!(seen["hash_changed_key"].is_string(), "{seen}");
+
     // The customer's file, hashed in the browser; then another file.
     assert_eq!(seen["with_file"]["class"], "ok", "{seen}");
     assert!(
