@@ -53,7 +53,10 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Hop-by-hop (RFC 9110 §7.6.1, `Upgrade` and h2c's `HTTP2-Settings`
 /// included) or `Residency-*`: never passed through in either direction.
 fn never_forwarded(name: &HeaderName) -> bool {
-    hop_or_residency(name)
+    HOP_BY_HOP.contains(name)
+        || name == header::UPGRADE
+        || name.as_str() == "http2-settings"
+        || name.as_str().starts_with("residency-")
 }
 
 /// [`never_forwarded`], one of the fields the proxy sets, or another claim
@@ -64,17 +67,8 @@ fn never_forwarded(name: &HeaderName) -> bool {
 fn not_upstream(name: &HeaderName) -> bool {
     match dashed(name) {
         None => never_forwarded(name) || names_an_address(name),
-        Some(dashed) => {
-            hop_or_residency(&dashed) || set_by_us(&dashed) || names_an_address(&dashed)
-        }
+        Some(dashed) => never_forwarded(&dashed) || set_by_us(&dashed) || names_an_address(&dashed),
     }
-}
-
-fn hop_or_residency(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || name == header::UPGRADE
-        || name.as_str() == "http2-settings"
-        || name.as_str().starts_with("residency-")
 }
 
 /// The fields the proxy sets for the data centre (besides `Residency-*`).
@@ -695,17 +689,7 @@ mod tests {
             ("residency-origin-country", "CH"),
         ]);
         let id = HeaderValue::from_static("abc");
-        let f = Forwarded {
-            request_id: &id,
-            xff_trusted: false,
-            client: "203.0.113.5".parse().unwrap(),
-            hop: "203.0.113.5".parse().unwrap(),
-            country: "US",
-            jurisdiction: Some(HeaderValue::from_static("us")),
-            host: None,
-            version: Version::HTTP_11,
-        };
-        to_upstream(&mut h, &f);
+        to_upstream(&mut h, &untrusted_us_client(&id));
         assert_eq!(h["x-forwarded-for"], "203.0.113.5");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         // No Host: the client's X-Forwarded-Host does not pass either.
@@ -714,6 +698,21 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["residency-origin-country"], "US");
         assert_eq!(h.get_all("residency-origin-country").iter().count(), 1);
+    }
+
+    /// What an untrusted client in the US (203.0.113.5), with no `Host`,
+    /// has the data centre told.
+    fn untrusted_us_client(id: &HeaderValue) -> Forwarded<'_> {
+        Forwarded {
+            request_id: id,
+            xff_trusted: false,
+            client: "203.0.113.5".parse().unwrap(),
+            hop: "203.0.113.5".parse().unwrap(),
+            country: "US",
+            jurisdiction: Some(HeaderValue::from_static("us")),
+            host: None,
+            version: Version::HTTP_11,
+        }
     }
 
     /// The proxy's fields spelt with `_` for `-` (read as the same field
@@ -739,17 +738,7 @@ mod tests {
         fields.push(("forwarded_", "kept"));
         let mut h = map(&fields);
         let id = HeaderValue::from_static("abc");
-        let f = Forwarded {
-            request_id: &id,
-            xff_trusted: false,
-            client: "203.0.113.5".parse().unwrap(),
-            hop: "203.0.113.5".parse().unwrap(),
-            country: "US",
-            jurisdiction: Some(HeaderValue::from_static("us")),
-            host: None,
-            version: Version::HTTP_11,
-        };
-        to_upstream(&mut h, &f);
+        to_upstream(&mut h, &untrusted_us_client(&id));
         for name in spoofs {
             assert!(h.get(name).is_none(), "{name} passed");
         }

@@ -848,15 +848,16 @@ async fn a_client_that_stops_reading_is_dropped() {
     proxy.stop().await;
 }
 
-/// An HTTP/2 client that keeps its streams' windows shut never gets a
-/// response body, so the stream never ends. Once the connection has had no
-/// request in flight for `keepalive_idle` it gets GOAWAY, and when the
-/// stream is still open another `keepalive_idle` later the connection is
-/// dropped (GOAWAY alone waited for the stream for good, holding its data
-/// centre's connection).
-#[tokio::test]
-async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
-    let proxy = proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\n").await;
+/// An HTTP/2 connection whose client keeps its streams' windows shut, and
+/// on it an upload to `/slow-body` answered 201 (its 4-byte body held by
+/// the shut window): the sender, the connection's task and the response.
+async fn shut_window_upload(
+    proxy: &Proxy,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    http::Response<h2::RecvStream>,
+) {
     let tls = proxy.client().h2().connect().await.unwrap();
     let (mut send, conn) = h2::client::Builder::new()
         .initial_window_size(0)
@@ -877,6 +878,19 @@ async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
         .expect("a response head")
         .unwrap();
     assert_eq!(response.status(), 201);
+    (send, conn, response)
+}
+
+/// An HTTP/2 client that keeps its streams' windows shut never gets a
+/// response body, so the stream never ends. Once the connection has had no
+/// request in flight for `keepalive_idle` it gets GOAWAY, and when the
+/// stream is still open another `keepalive_idle` later the connection is
+/// dropped (GOAWAY alone waited for the stream for good, holding its data
+/// centre's connection).
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\n").await;
+    let (_send, conn, response) = shut_window_upload(&proxy).await;
     let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
     assert!(
         ended.is_ok(),
@@ -1236,27 +1250,8 @@ async fn an_http2_response_held_by_a_shut_window_is_bounded_while_other_streams_
     let proxy =
         proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"1s\"\ndiscard_body = \"30s\"\n")
             .await;
-    let tls = proxy.client().h2().connect().await.unwrap();
-    let (mut send, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, bytes::Bytes>(tls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
     // Stream 1: answered (a body of 4 bytes), which the shut window holds.
-    let req = http::Request::post("https://localhost/slow-body")
-        .header("x-forwarded-for", CH)
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(req, false).unwrap();
-    stream
-        .send_data(bytes::Bytes::from_static(b"hello"), true)
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response)
-        .await
-        .expect("a response head")
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let (mut send, conn, response) = shut_window_upload(&proxy).await;
     // Stream 2: an upload whose body trickles in for 12 s: in flight
     // meanwhile, so the connection stays busy.
     let req = http::Request::post("https://localhost/trickled")

@@ -199,44 +199,29 @@ audience = "{AUDIENCE}"
     // certificate, as browsers coalesce): 421, so the client retries on a
     // connection of its own, over either protocol; acme's own host, or a
     // host that names no tenant, is acme's.
-    for v in [Http::One, Http::Two] {
-        let before = proxy.counts();
-        let reply = acme
-            .clone()
+    // An upload on acme's connection, for `authority`, from `origin`.
+    let on_acme = async |v: Http, authority: &str, origin: &str| {
+        acme.clone()
             .version(v)
             .send(
                 "POST",
-                "https://GLOBEX.ingest.test:8443/v1/telemetry",
-                &[("x-forwarded-for", CH)],
+                &format!("https://{authority}/v1/telemetry"),
+                &[("x-forwarded-for", origin)],
                 "cpu=0.5",
             )
-            .await;
+            .await
+    };
+    for v in [Http::One, Http::Two] {
+        let before = proxy.counts();
+        let reply = on_acme(v, "GLOBEX.ingest.test:8443", CH).await;
         assert_eq!(reply.status, 421, "{v:?}: {reply:?}");
         assert_eq!(reply.json()["error"], "misdirected_request", "{v:?}");
         assert_eq!(proxy.counts(), before, "{v:?}: nothing forwarded");
         // A fully qualified name (trailing dot) is the name.
-        let reply = acme
-            .clone()
-            .version(v)
-            .send(
-                "POST",
-                "https://globex.ingest.test./v1/telemetry",
-                &[("x-forwarded-for", CH)],
-                "cpu=0.5",
-            )
-            .await;
+        let reply = on_acme(v, "globex.ingest.test.", CH).await;
         assert_eq!(reply.status, 421, "{v:?} trailing dot: {reply:?}");
         for host in ["acme.ingest.test", "localhost"] {
-            let reply = acme
-                .clone()
-                .version(v)
-                .send(
-                    "POST",
-                    &format!("https://{host}/v1/telemetry"),
-                    &[("x-forwarded-for", DE)],
-                    "cpu=0.5",
-                )
-                .await;
+            let reply = on_acme(v, host, DE).await;
             assert_eq!(reply.status, 201, "{v:?} {host}: {reply:?}");
             assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
         }

@@ -242,10 +242,8 @@ fn geo() -> Geo {
 /// CH, DE, GB and US are in jurisdictions; JP is in none.
 const COUNTRIES: [&str; 5] = ["CH", "DE", "GB", "US", "JP"];
 
-#[test]
-fn a_pin_wins_over_geoip_and_mismatch_policies_apply() {
-    let (policy, t) = load(
-        r#"
+/// Three tenants pinned to ch: `mismatch` allow, refuse, and allow from DE.
+const CH_PINS: &str = r#"
 [[tenants]]
 name = "allow"
 jurisdiction = "ch"
@@ -257,17 +255,25 @@ mismatch = "refuse"
 name = "some"
 jurisdiction = "ch"
 mismatch = { allow_countries = ["DE"] }
-"#,
-    );
+"#;
+
+/// The data centre a decision forwards to, or its refusal.
+fn where_to(policy: &Policy, d: residency_core::decision::Decision) -> Result<String, Refusal> {
+    match d.outcome {
+        Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
+        Outcome::Refuse(r) => Err(r),
+    }
+}
+
+#[test]
+fn a_pin_wins_over_geoip_and_mismatch_policies_apply() {
+    let (policy, t) = load(CH_PINS);
     let t = t.unwrap();
     let geo = geo();
     let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
     let us = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 9));
     let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
-    let dc = |d: residency_core::decision::Decision| match d.outcome {
-        Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
-        Outcome::Refuse(r) => Err(r),
-    };
+    let dc = |d| where_to(&policy, d);
     let pinned = |name: &str, addr| {
         let tenant = t.get(t.by_name(name).unwrap());
         decide_pinned(&geo, &policy, addr, tenant, 0, |_| true, |_| Duration::ZERO)
@@ -306,30 +312,12 @@ mismatch = { allow_countries = ["DE"] }
 /// jurisdiction lists, is still outside the pin for `mismatch`.
 #[test]
 fn unknown_origin_does_not_place_a_client_inside_a_pin() {
-    let (policy, t) = load(
-        r#"
-[unknown_origin]
-action = "jurisdiction"
-jurisdiction = "ch"
-[[tenants]]
-name = "allow"
-jurisdiction = "ch"
-[[tenants]]
-name = "refuse"
-jurisdiction = "ch"
-mismatch = "refuse"
-[[tenants]]
-name = "some"
-jurisdiction = "ch"
-mismatch = { allow_countries = ["DE"] }
-"#,
-    );
+    let (policy, t) = load(&format!(
+        "[unknown_origin]\naction = \"jurisdiction\"\njurisdiction = \"ch\"\n{CH_PINS}"
+    ));
     let t = t.unwrap();
     let geo = geo();
-    let dc = |d: residency_core::decision::Decision| match d.outcome {
-        Outcome::Forward(u) => Ok(policy.datacenter_of(u).name.clone()),
-        Outcome::Refuse(r) => Err(r),
-    };
+    let dc = |d| where_to(&policy, d);
     let pinned = |name: &str, addr| {
         let tenant = t.get(t.by_name(name).unwrap());
         decide_pinned(&geo, &policy, addr, tenant, 0, |_| true, |_| Duration::ZERO)
