@@ -40,7 +40,7 @@ RUN = OUT / "run"      # rendered configs, certificate, mmdb, maps, logs
 RAW = OUT / "raw"      # one JSON per (proxy, scenario)
 
 PORTS = {"sink": 18080, "residency-proxy": 18443, "rp_admin": 18900,
-         "nginx": 28443, "haproxy": 38443, "rp-default": 18443}
+         "nginx": 28443, "haproxy": 38443, "rp-default": 18443, "floor": 18446}
 # rp-default: residency-proxy as configured by someone who never read the
 # tuning paragraph (no [runtime] section); scenario A only, reported as
 # rows of its own.
@@ -59,6 +59,9 @@ BUILT_RP_BIN = Path(os.environ.get("RP_BIN", ROOT / "target/release/residency-pr
 # directory during the run cannot swap the binary between scenarios.
 RP_BIN = RUN / "residency-proxy"
 SINK_BIN = Path(os.environ.get("SINK_BIN", ROOT / "target/compare-sink/release/compare-sink"))
+# instructions.py --proxies floor: the least a proxy on residency-proxy's
+# HTTP and TLS stack costs (floor/; built by run.sh).
+FLOOR_BIN = Path(os.environ.get("FLOOR_BIN", ROOT / "target/compare-floor/release/compare-floor"))
 OHA = os.environ.get("OHA", shutil.which("oha") or str(Path.home() / ".cargo/bin/oha"))
 # Access log off for residency-proxy: its per-request line is the
 # `residency_proxy::access` target at info; everything else stays at info.
@@ -356,6 +359,9 @@ def proxy_cmd(proxy):
         return pin + ["nginx", "-e", RUN / "nginx-error.log", "-p", RUN, "-c", RUN / "nginx.conf"]
     if proxy == "haproxy":
         return pin + ["haproxy", "-db", "-f", RUN / "haproxy.cfg"]
+    if proxy == "floor":
+        return pin + [FLOOR_BIN, f"127.0.0.1:{PORTS['floor']}", f"127.0.0.1:{PORTS['sink']}",
+                      RUN / "cert.pem", RUN / "key.pem"]
     config = "residency-default.toml" if proxy == "rp-default" else "residency.toml"
     return pin + [RP_BIN, "--log-level", RP_LOG_FILTER, "serve", "--config", RUN / config]
 

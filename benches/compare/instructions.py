@@ -12,6 +12,13 @@ is not an artefact of a noisy minute.
 
   python3 benches/compare/instructions.py [--proxies nginx,residency-proxy] [--requests 3000]
   python3 benches/compare/instructions.py --proxies residency-proxy --no-syscalls --breakdown 80
+  python3 benches/compare/instructions.py --proxies floor,residency-proxy --no-syscalls
+
+`floor` is not a proxy of bench.py: it is floor/ (compare-floor), the least a
+TLS-terminating HTTP/1.1 proxy on residency-proxy's own stack (hyper server
+and client, tokio-rustls, Tokio current-thread, mimalloc, fat LTO) costs per
+request, so residency-proxy's count minus the floor's is what its own work
+and its way of driving those libraries cost. run.sh builds it and counts it.
 
 How: each proxy runs pinned to core 0 under `valgrind --tool=callgrind`
 (forked workers are followed), the sink and the client (oha, 16 keep-alive
@@ -176,7 +183,11 @@ def main():
             sys.exit(f"{tool} not found (apt-get install valgrind strace)")
     if not (RUN / "residency.toml").exists():
         sys.exit(f"{RUN} has no rendered configs: run run.sh (or bench.py) once first")
-    proxies = [p for p in bench.PROXIES if p in args.proxies.split(",")]
+    # "floor" (floor/, not a bench.py proxy): the least a proxy built on
+    # residency-proxy's HTTP and TLS stack costs per request.
+    proxies = [p for p in bench.PROXIES + ["floor"] if p in args.proxies.split(",")]
+    if "floor" in proxies and not bench.FLOOR_BIN.exists():
+        sys.exit(f"{bench.FLOOR_BIN} not found: build benches/compare/floor (run.sh does)")
     # The binary as built now (bench.py runs a copy, made when it prepared).
     shutil.copy2(bench.BUILT_RP_BIN, bench.RP_BIN)
     sink = subprocess.Popen(["taskset", "-c", CLIENT_CORE, str(SINK_BIN), f"127.0.0.1:{PORTS['sink']}"],

@@ -333,7 +333,8 @@ def markdown(res):
                   if base else "—")
             rs = (f"{r['syscalls_per_request_total'] / base['syscalls_per_request_total']:.2f}"
                   if base else "—")
-            L.append(f"| {name} | {r['instructions_per_request']:,} | "
+            label = "floor (floor/: the HTTP and TLS stack alone)" if name == "floor" else name
+            L.append(f"| {label} | {r['instructions_per_request']:,} | "
                      f"{r['syscalls_per_request_total']:.2f} | {ri} | {rs} |")
     return "\n".join(L)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for the proxy comparison (see README.md next to this file):
-# installs what is missing, builds residency-proxy and the sink, runs every
+# installs what is missing, builds residency-proxy, the sink and the floor, runs every
 # scenario for nginx, HAProxy and residency-proxy, writes out/results.{json,md}
 # and out/chart.svg, and prints the Markdown table.
 #
@@ -55,6 +55,8 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
   (cd "$ROOT" && cargo build --release --bin residency-proxy)
   say "cargo build --release (compare-sink)"
   (cd "$HERE/sink" && CARGO_TARGET_DIR="$ROOT/target/compare-sink" cargo build --release)
+  say "cargo build --release (compare-floor)"
+  (cd "$HERE/floor" && CARGO_TARGET_DIR="$ROOT/target/compare-floor" cargo build --release)
 fi
 export RP_BIN="${RP_BIN:-$ROOT/target/release/residency-proxy}"
 export SINK_BIN="${SINK_BIN:-$ROOT/target/compare-sink/release/compare-sink}"
@@ -80,7 +82,7 @@ fi
 # Instruction and system-call counts per request (A): noise-free, ~70 s.
 if [[ -z "${SKIP_INSTRUCTIONS:-}" ]]; then
   say "counting instructions and system calls per request (instructions.py)"
-  if ! timeout -s INT -k 30 600 python3 "$HERE/instructions.py" > "$OUT/instructions.log" 2>&1; then
+  if ! timeout -s INT -k 30 600 python3 "$HERE/instructions.py" --proxies nginx,haproxy,residency-proxy,floor > "$OUT/instructions.log" 2>&1; then
     say "instructions.py failed; see $OUT/instructions.log"
   fi
 fi
