@@ -25,7 +25,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -310,8 +309,9 @@ pub async fn forward(
             Err(failure) => return Err(upload.refuse(failure)),
         };
 
-        let started = Instant::now();
-        let sent_ms = health.now_ms();
+        // Health's clock (Tokio's: paused in its tests), read once.
+        let started = tokio::time::Instant::now();
+        let sent_ms = health.ms_at(started);
         let attempt = send(
             state,
             &instance.metrics,

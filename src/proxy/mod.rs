@@ -113,10 +113,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let received = SystemTime::now();
+    // For the record: read only when there is a log to write it to.
+    let received = instance.log.is_some().then(SystemTime::now);
     let id = instance.ids.next();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // For the access line: copied only when that line is written.
+    let path = tracing::enabled!(target: "residency_proxy::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
     let mut findings = Findings {
         source: None,
         client: None,
@@ -182,7 +185,7 @@ pub async fn handle(
         target: "residency_proxy::access",
         request_id = id.to_str().unwrap_or_default(),
         method = %method,
-        path = %path,
+        path = %path.as_deref().unwrap_or_default(),
         client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
         country = findings.country.as_ref().map_or(NONE, Country::as_str),
         jurisdiction = j_label,
@@ -206,7 +209,7 @@ async fn respond(
     state: &Snapshot,
     findings: &mut Findings,
     id: &HeaderValue,
-    received: SystemTime,
+    received: Option<SystemTime>,
     routed: Routed,
     hold: Option<&Hold>,
 ) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
@@ -218,7 +221,12 @@ async fn respond(
         Ok((resp, slot)) => {
             let receipt = match log {
                 Some(log) => {
-                    let context = recording::RecordContext::new(state, findings, id, received);
+                    let context = recording::RecordContext::new(
+                        state,
+                        findings,
+                        id,
+                        received.unwrap_or_else(SystemTime::now),
+                    );
                     // Boxed: it would grow every request's future.
                     Box::pin(recording::answered(log, &context, &resp, &slot)).await
                 }
@@ -248,7 +256,12 @@ async fn respond(
                 .with_label_values(&[failure.reason()])
                 .inc();
             if let Some(log) = log.filter(|_| !recorded) {
-                let context = recording::RecordContext::new(state, findings, id, received);
+                let context = recording::RecordContext::new(
+                    state,
+                    findings,
+                    id,
+                    received.unwrap_or_else(SystemTime::now),
+                );
                 Box::pin(recording::refused(log, &context)).await;
             }
             let mut resp = failure.response(id);

@@ -308,7 +308,8 @@ impl Pool {
             req.headers_mut().insert(header::HOST, host);
         }
         let room = &inner.rooms[u.0];
-        let deadline = tokio::time::Instant::now() + inner.connect_timeout;
+        // From when the cap is first met (read then: rarely needed).
+        let mut deadline = None;
         let permit = loop {
             if let Some((mut tx, progress)) = self.checkout(u).await {
                 set(watch, &progress);
@@ -339,6 +340,8 @@ impl Pool {
             if idle > 0 || room.permits.available_permits() > 0 {
                 continue;
             }
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
             tokio::select! {
                 permit = room.permits.clone().acquire_owned() => match permit {
                     Ok(permit) => break Some(permit),

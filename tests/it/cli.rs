@@ -597,6 +597,15 @@ async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
     assert!(line.contains("available_parallelism=1"), "{line}");
     let reply = proxy.client().upload_from(CH, "pinned").await;
     assert_eq!(reply.status, 201);
+    // The access line (written at the default level) names the request's
+    // path: the handler copies it only when that line is enabled.
+    let log = proxy.log();
+    let access = log
+        .lines()
+        .find(|l| l.contains("residency_proxy::access"))
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert!(access.contains("path=/v1/telemetry"), "{access}");
+    assert!(access.contains("method=POST"), "{access}");
 }
 
 /// Starts `residency-proxy demo` on free ports with `args`; waits until it
