@@ -320,5 +320,11 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
+    // Every answer is data, never a page: a browser must not read a record
+    // or a tile as HTML or script whatever its bytes look like.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }

@@ -101,6 +101,7 @@ impl TileClient {
         let (status, headers, body) = self.get(path).await;
         assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
         assert_eq!(headers["content-type"], "application/octet-stream");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
         assert!(headers["cache-control"]
             .to_str()
             .unwrap()
@@ -167,6 +168,11 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
     let (status, headers, note) = client.get("/checkpoint").await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let (status, headers, _) = client.get("/generations").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
     let verifier = Verifier::parse(&log.current().signer().verifier_key()).unwrap();
     let checkpoint = Checkpoint::open(std::str::from_utf8(&note).unwrap(), &verifier).unwrap();
     assert_eq!(checkpoint.size, SIZE);
