@@ -177,7 +177,8 @@ async fn prepare(
     // was answered by the proxy).
     if parts.method == Method::OPTIONS {
         if let Some(n) = headers::max_forwards(&headers) {
-            headers.insert(header::MAX_FORWARDS, HeaderValue::from(n.saturating_sub(1)));
+            let n = headers::forwarded_max_forwards(n);
+            headers.insert(header::MAX_FORWARDS, HeaderValue::from(n));
         }
     }
     // Sent in canonical form: leading zeros are legal (RFC 9112 §6.2) but

@@ -374,13 +374,23 @@ pub fn client_framing(status: http::StatusCode, headers: &mut HeaderMap) -> bool
 }
 
 /// `Max-Forwards` (RFC 9110 §7.6.2: `1*DIGIT`), when present and valid.
-pub fn max_forwards(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::MAX_FORWARDS)?.to_str().ok()?;
-    value
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| value.parse().ok())
-        .flatten()
+/// Read as a `u128` (saturating): exact far beyond the `u64` the proxy
+/// sends, so [`forwarded_max_forwards`] can take the lesser of the two.
+pub fn max_forwards(headers: &HeaderMap) -> Option<u128> {
+    let value = headers.get(header::MAX_FORWARDS)?.as_bytes();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0u128, |n, d| {
+        n.saturating_mul(10).saturating_add(u128::from(d - b'0'))
+    }))
+}
+
+/// The `Max-Forwards` a forwarded request carries for a received `n` > 0:
+/// the lesser of `n - 1` and the proxy's maximum, `u64::MAX` (RFC 9110
+/// §7.6.2). A value too large for that is not passed on as it came.
+pub fn forwarded_max_forwards(n: u128) -> u64 {
+    u64::try_from(n.saturating_sub(1)).unwrap_or(u64::MAX)
 }
 
 /// Request framing that could smuggle a second request past a proxy:
@@ -507,9 +517,19 @@ pub fn bad_host(version: Version, uri: &Uri, headers: &HeaderMap) -> bool {
         return true;
     }
     version == Version::HTTP_2
-        && uri
-            .authority()
-            .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+        && uri.authority().is_some_and(|a| {
+            !without_default_port(a.as_str().as_bytes())
+                .eq_ignore_ascii_case(without_default_port(host.as_bytes()))
+        })
+}
+
+/// An authority without an empty port or the default one: compared after
+/// RFC 3986 §6.2.3's normalisation (RFC 9113 §8.3.1), `a.example`,
+/// `a.example:` and `a.example:443` name the same `https` origin (the
+/// proxy's HTTP/2 is over TLS only).
+fn without_default_port(authority: &[u8]) -> &[u8] {
+    let authority = authority.strip_suffix(b":443").unwrap_or(authority);
+    authority.strip_suffix(b":").unwrap_or(authority)
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty. `http`'s authority
@@ -928,6 +948,58 @@ mod tests {
             &map(&[("host", "b.example")])
         ));
         assert!(bad_host(h2, &with_authority, &two));
+        // The default port, or an empty one, names the same origin
+        // (RFC 9113 §8.3.1, RFC 3986 §6.2.3); another port does not.
+        for (authority, host) in [
+            ("https://a.example/", "a.example:443"),
+            ("https://a.example:443/", "A.example"),
+            ("https://a.example:/", "a.example"),
+            ("https://[2001:db8::1]:443/", "[2001:db8::1]"),
+        ] {
+            assert!(
+                !bad_host(h2, &uri(authority), &map(&[("host", host)])),
+                "{authority} against {host}"
+            );
+        }
+        for (authority, host) in [
+            ("https://a.example/", "a.example:8443"),
+            ("https://a.example:8443/", "a.example:443"),
+            ("https://a.example:4430/", "a.example"),
+            ("https://[2001:db8::443]/", "[2001:db8::]"),
+        ] {
+            assert!(
+                bad_host(h2, &uri(authority), &map(&[("host", host)])),
+                "{authority} against {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_forwards_is_read_exactly_and_sent_within_the_proxys_maximum() {
+        let read = |v: &str| max_forwards(&map(&[("max-forwards", v)]));
+        assert_eq!(read("0"), Some(0));
+        assert_eq!(read("007"), Some(7));
+        assert_eq!(read(""), None);
+        assert_eq!(read("1 "), None);
+        assert_eq!(read("-1"), None);
+        assert_eq!(max_forwards(&map(&[])), None);
+        assert_eq!(forwarded_max_forwards(5), 4);
+        assert_eq!(forwarded_max_forwards(1), 0);
+        // RFC 9110 §7.6.2: the lesser of the received value minus one and
+        // the recipient's maximum, never the value as it came.
+        let max = u64::MAX.to_string();
+        assert_eq!(forwarded_max_forwards(read(&max).unwrap()), u64::MAX - 1);
+        for huge in [
+            "18446744073709551616",
+            "99999999999999999999999",
+            &"9".repeat(60),
+        ] {
+            assert_eq!(
+                forwarded_max_forwards(read(huge).unwrap()),
+                u64::MAX,
+                "{huge}"
+            );
+        }
     }
 }
 
