@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The floor under the transparency log's durability cost on this machine:
-what one group commit costs in CPU (a `pwrite` into a preallocated file and
-an `fdatasync`, spaced as the log's writer spaces them), with nothing of the
-proxy around it.
+"""An estimate of the floor under the transparency log's durability cost on
+this machine: what one group commit costs in CPU (a `pwrite` into a
+preallocated file and an `fdatasync`, spaced as the log's writer spaces
+them), with nothing of the proxy around it.
 
-Any log that makes a record durable before it answers pays at least this
-per group commit, shared by the records of the commit. So with a budget of
+Any log that makes a record durable before it answers pays about this per
+group commit, shared by the records of the commit (an estimate, not a strict
+lower bound: the loop is Python, which adds a few µs per iteration, and it
+sleeps before every commit, which a busy writer does not always do). So with a budget of
 B µs per upload (issue 17: +25 % of the proxy's CPU without the log) a
 commit must cover at least floor / B records, and at R uploads per second
 the first of them has waited batch / R for the last to arrive: the least
@@ -17,12 +19,16 @@ latency that batch size adds. This tool prints both, per batch size.
 How: pinned to core 0 (the core bench.py and receipts.py give the proxy, and
 so the log's writer thread), a thread runs `--commits` iterations of: sleep
 until the next batch is due (batch / rate after the last one), then
-`pwrite` batch × record-bytes at the end of a 160 KiB file of zeros written
-and fsynced beforehand (as the log's staging bundle is), then `fdatasync`.
+`pwrite` batch × record-bytes into a 160 KiB file of zeros written and
+fsynced beforehand, one batch after another from its start and round again
+(as the log fills its preallocated staging bundle), then `fdatasync`.
 Its CPU comes from getrusage(RUSAGE_THREAD) (the scheduler's own count). A
 second loop does the same without the write and the fsync: the cost of the
 sleep and wake-up alone, which the writer pays too (it waits for the commit
-window). Python adds a few µs per iteration to both.
+window). Python adds a few µs per iteration to both. "of which the write and
+fsync" subtracts a wake-up from every commit: meaningless where the fsync
+outlasts the gap (the loop then does not sleep). The latency column times
+the `pwrite` and the `fdatasync` together.
 
 The directory defaults to out/ next to this file: the filesystem the bench
 logs live on (receipts.py puts them in out/run).
