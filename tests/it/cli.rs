@@ -589,10 +589,7 @@ async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
     )
     .await;
     let log = proxy.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("runtime"))
-        .unwrap_or_else(|| panic!("no runtime line: {log}"));
+    let line = line_with(&log, "runtime");
     assert!(line.contains("current_thread"), "{line}");
     assert!(line.contains("available_parallelism=1"), "{line}");
     let reply = proxy.client().upload_from(CH, "pinned").await;
@@ -600,12 +597,16 @@ async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
     // The access line (written at the default level) names the request's
     // path: the handler copies it only when that line is enabled.
     let log = proxy.log();
-    let access = log
-        .lines()
-        .find(|l| l.contains("residency_proxy::access"))
-        .unwrap_or_else(|| panic!("no access line: {log}"));
+    let access = line_with(&log, "residency_proxy::access");
     assert!(access.contains("path=/v1/telemetry"), "{access}");
     assert!(access.contains("method=POST"), "{access}");
+}
+
+/// The first line of `log` containing `needle` (the test fails without one).
+fn line_with<'a>(log: &'a str, needle: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
 }
 
 /// Starts `residency-proxy demo` on free ports with `args`; waits until it
