@@ -135,13 +135,15 @@ impl Upload {
 }
 
 /// Rewrites the client's request for the upstream and sets up its body: a
-/// slot to stream from, or (idempotent and small enough) read whole first.
-async fn prepare(
+/// slot to stream from. With the share of the replay budget it returns
+/// (idempotent and small enough), the body is to be read whole first
+/// ([`Upload::buffer_for_replay`]).
+fn prepare(
     instance: &Instance,
     state: &Snapshot,
     target: &Target<'_>,
     req: Request<Incoming>,
-) -> Result<Upload, (Failure, u64)> {
+) -> (Upload, Option<OwnedSemaphorePermit>) {
     let config = &state.config;
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -216,23 +218,41 @@ async fn prepare(
     let budget = replayable
         .then(|| replay_budget(instance, replay_limit))
         .flatten();
-    let replay: Option<Bytes> = if budget.is_some() {
-        // Boxed, as every rarely taken await here: the request's future is
-        // moved whole when hyper boxes it, so it is kept small.
-        Box::pin(slot.buffer_for_replay(replay_limit))
-            .await
-            .map_err(|e| (Failure::from(e), slot.bytes()))?
-    } else {
-        None
-    };
-    Ok(Upload {
+    let upload = Upload {
         method: parts.method,
         uri: parts.uri,
         headers: Some(headers),
         slot,
-        _budget: budget.filter(|_| replay.is_some()),
-        replay,
-    })
+        _budget: None,
+        replay: None,
+    };
+    (upload, budget)
+}
+
+impl Upload {
+    /// Reads the whole body (at most `limit` bytes) for an idempotent
+    /// replay, holding `budget` while the copy lives; a body found larger
+    /// streams like any other (it can then only be retried unsent).
+    async fn buffer_for_replay(
+        &mut self,
+        limit: usize,
+        budget: OwnedSemaphorePermit,
+    ) -> Result<(), Unforwarded> {
+        let replay = self
+            .slot
+            .buffer_for_replay(limit)
+            .await
+            .map_err(|e| Unforwarded {
+                failure: Failure::from(e),
+                bytes: self.slot.bytes(),
+                unread: None,
+            })?;
+        if replay.is_some() {
+            self._budget = Some(budget);
+        }
+        self.replay = replay;
+        Ok(())
+    }
 }
 
 /// `bytes` of the replay budget, or `None` (counted) when it is spent.
@@ -273,111 +293,117 @@ impl Upload {
 /// transparency log wants it).
 /// `datacenter` is set to the data centre that answered, for the response
 /// headers and the log.
-pub async fn forward(
-    instance: &Instance,
-    state: &Snapshot,
-    target: Target<'_>,
+/// (An `async` block, not an `async fn`: see [`send`].)
+#[allow(clippy::manual_async_fn)] // its arguments once, not twice
+pub fn forward<'a>(
+    instance: &'a Instance,
+    state: &'a Snapshot,
+    target: Target<'a>,
     req: Request<Incoming>,
-    datacenter: &mut Option<DatacenterId>,
-) -> Result<(Response<UpstreamBody>, Arc<BodySlot>), Unforwarded> {
-    let policy = &state.config.policy;
-    let health = &state.health;
-    let j = target.jurisdiction;
-    let mut upload = prepare(instance, state, &target, req)
-        .await
-        .map_err(|(failure, bytes)| Unforwarded {
-            failure,
-            bytes,
-            unread: None,
-        })?;
-    let mut upstream = target.upstream;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        // Defence in depth: the pick already guarantees this.
-        if !policy.is_permitted(j, upstream) {
-            tracing::error!(
-                upstream = upstream.0,
-                "refusing to forward outside the permitted set"
-            );
-            return Err(upload.refuse(Failure::UpstreamError));
+    datacenter: &'a mut Option<DatacenterId>,
+) -> impl Future<Output = Result<(Response<UpstreamBody>, Arc<BodySlot>), Unforwarded>> + 'a {
+    async move {
+        let policy = &state.config.policy;
+        let health = &state.health;
+        let j = target.jurisdiction;
+        let (mut upload, budget) = prepare(instance, state, &target, req);
+        if let Some(budget) = budget {
+            // Boxed, as every rarely taken await here: the request's future is
+            // moved whole when hyper boxes it, so it is kept small.
+            let limit = state.config.upstream.replay_limit_bytes;
+            Box::pin(upload.buffer_for_replay(limit, budget)).await?;
         }
-        let dc_id = policy.upstream(upstream).datacenter;
-        let dc = &policy.datacenter(dc_id).name;
-        *datacenter = Some(dc_id);
-        let (request, sent) = match upload.attempt(&policy.upstream(upstream).uri) {
-            Ok(attempt) => attempt,
-            Err(failure) => return Err(upload.refuse(failure)),
-        };
-
-        // Health's clock (Tokio's: paused in its tests), read once.
-        let started = tokio::time::Instant::now();
-        let sent_ms = health.ms_at(started);
-        let attempt = send(
-            state,
-            &instance.metrics,
-            upstream,
-            request,
-            sent,
-            &upload.slot,
-            target.request_id,
-            dc,
-        )
-        .await;
-        state.request_metrics.upstream_duration(
-            &instance.metrics,
-            policy,
-            dc_id,
-            started.elapsed().as_secs_f64(),
-        );
-        if let Some(e) = upload.slot.failure() {
-            return Err(upload.refuse(Failure::from(e)));
-        }
-        if let Attempt::Failed {
-            failure: Failure::UpstreamSaturated,
-            ..
-        } = &attempt
-        {
-            let uri = policy.upstream(upstream).uri.to_string();
-            instance
-                .metrics
-                .upstream_saturated
-                .with_label_values(&[dc.as_str(), uri.as_str()])
-                .inc();
-        }
-        let (fallback, unsent) =
-            match settle(instance, health, upstream, sent_ms, attempt, &mut upload) {
-                Settled::Answered(resp) => return Ok((resp, upload.slot)),
-                Settled::Unanswered { fallback, unsent } => (fallback, unsent),
+        let mut upstream = target.upstream;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            // Defence in depth: the pick already guarantees this.
+            if !policy.is_permitted(j, upstream) {
+                tracing::error!(
+                    upstream = upstream.0,
+                    "refusing to forward outside the permitted set"
+                );
+                return Err(upload.refuse(Failure::UpstreamError));
+            }
+            let dc_id = policy.upstream(upstream).datacenter;
+            let dc = &policy.datacenter(dc_id).name;
+            *datacenter = Some(dc_id);
+            let (request, sent) = match upload.attempt(&policy.upstream(upstream).uri) {
+                Ok(attempt) => attempt,
+                Err(failure) => return Err(upload.refuse(failure)),
             };
-        // Retried only when nothing was sent, or the body can be replayed.
-        let reason = match (unsent, &upload.replay) {
-            (Some(reason), _) => Some(reason),
-            (None, Some(_)) => Some("idempotent_replay"),
-            (None, None) => None,
-        };
-        let next = reason
-            .and_then(|_| policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u)));
-        match (next, reason) {
-            (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
-                count_retry(instance, target.request_id, dc, reason);
-                upstream = next;
+
+            // Health's clock (Tokio's: paused in its tests), read once.
+            let started = tokio::time::Instant::now();
+            let sent_ms = health.ms_at(started);
+            let attempt = send(
+                state,
+                &instance.metrics,
+                upstream,
+                request,
+                sent,
+                &upload.slot,
+                target.request_id,
+                dc,
+            )
+            .await;
+            state.request_metrics.upstream_duration(
+                &instance.metrics,
+                policy,
+                dc_id,
+                started.elapsed().as_secs_f64(),
+            );
+            if let Some(e) = upload.slot.failure() {
+                return Err(upload.refuse(Failure::from(e)));
             }
-            (None, _) if matches!(fallback, Err(Failure::UpstreamSaturated)) => {
-                return Err(upload.refuse(Failure::UpstreamSaturated));
+            if let Attempt::Failed {
+                failure: Failure::UpstreamSaturated,
+                ..
+            } = &attempt
+            {
+                let uri = policy.upstream(upstream).uri.to_string();
+                instance
+                    .metrics
+                    .upstream_saturated
+                    .with_label_values(&[dc.as_str(), uri.as_str()])
+                    .inc();
             }
-            (None, _) if unsent.is_some() => {
-                // Nothing was sent and nothing permitted is up any more.
-                *datacenter = None;
-                let retry_after = health.retry_after(state.config.policy.permitted_upstreams(j));
-                let failure = Failure::NoHealthyDatacenter { retry_after };
-                return Err(upload.refuse(failure));
-            }
-            _ => {
-                return match fallback {
-                    Ok(resp) => Ok((resp, upload.slot)),
-                    Err(failure) => Err(upload.refuse(failure)),
+            let (fallback, unsent) =
+                match settle(instance, health, upstream, sent_ms, attempt, &mut upload) {
+                    Settled::Answered(resp) => return Ok((resp, upload.slot)),
+                    Settled::Unanswered { fallback, unsent } => (fallback, unsent),
                 };
+            // Retried only when nothing was sent, or the body can be replayed.
+            let reason = match (unsent, &upload.replay) {
+                (Some(reason), _) => Some(reason),
+                (None, Some(_)) => Some("idempotent_replay"),
+                (None, None) => None,
+            };
+            let next = reason.and_then(|_| {
+                policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u))
+            });
+            match (next, reason) {
+                (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
+                    count_retry(instance, target.request_id, dc, reason);
+                    upstream = next;
+                }
+                (None, _) if matches!(fallback, Err(Failure::UpstreamSaturated)) => {
+                    return Err(upload.refuse(Failure::UpstreamSaturated));
+                }
+                (None, _) if unsent.is_some() => {
+                    // Nothing was sent and nothing permitted is up any more.
+                    *datacenter = None;
+                    let retry_after =
+                        health.retry_after(state.config.policy.permitted_upstreams(j));
+                    let failure = Failure::NoHealthyDatacenter { retry_after };
+                    return Err(upload.refuse(failure));
+                }
+                _ => {
+                    return match fallback {
+                        Ok(resp) => Ok((resp, upload.slot)),
+                        Err(failure) => Err(upload.refuse(failure)),
+                    };
+                }
             }
         }
     }
@@ -466,105 +492,109 @@ fn settle(
 /// One delivery attempt. While the body is being sent, the connection must
 /// take bytes: `upstream_send_idle` without progress on a blocked write
 /// aborts it (504). Once the body is sent, the upstream-response deadline
-/// runs.
+/// runs. (An `async` block, not an `async fn`, which would keep its
+/// arguments twice: see `Pool::send_or_return`.)
 #[allow(clippy::too_many_arguments)]
-async fn send(
-    state: &Snapshot,
-    metrics: &crate::metrics::Metrics,
+#[allow(clippy::manual_async_fn)] // its arguments once, not twice
+fn send<'a>(
+    state: &'a Snapshot,
+    metrics: &'a crate::metrics::Metrics,
     upstream: UpstreamId,
     request: Request<ForwardBody>,
     sent: tokio::sync::oneshot::Receiver<()>,
-    slot: &BodySlot,
-    request_id: &HeaderValue,
-    dc: &str,
-) -> Attempt {
-    let timeouts = &state.config.timeouts;
-    let watch = Watch::default();
-    let id = request_id.to_str().unwrap_or_default();
-    let hung = Hung {
-        state,
-        metrics,
-        upstream,
-        request_id: id,
-        dc,
-    };
-    // Gated: polled only when its oneshot, the connection's progress or its
-    // timer wakes it, not each time the response side does.
-    let deadlines = pin!(deadlines(timeouts, sent, &watch, hung));
-    let result = tokio::select! {
-        biased;
-        r = state.pool.send_or_return(upstream, request, &watch) => r,
-        phase = super::lazy::Gated::new(deadlines) => {
-            tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
-            return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
+    slot: &'a BodySlot,
+    request_id: &'a HeaderValue,
+    dc: &'a str,
+) -> impl Future<Output = Attempt> + 'a {
+    async move {
+        let timeouts = &state.config.timeouts;
+        let watch = Watch::default();
+        let id = request_id.to_str().unwrap_or_default();
+        let hung = Hung {
+            state,
+            metrics,
+            upstream,
+            request_id: id,
+            dc,
+        };
+        // Gated: polled only when its oneshot, the connection's progress or its
+        // timer wakes it, not each time the response side does.
+        let deadlines = pin!(deadlines(timeouts, sent, &watch, hung));
+        let result = tokio::select! {
+            biased;
+            r = state.pool.send_or_return(upstream, request, &watch) => r,
+            phase = super::lazy::Gated::new(deadlines) => {
+                tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
+                return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
+            }
+        };
+        if result.is_ok() {
+            state.health.record_answer(upstream);
         }
-    };
-    if result.is_ok() {
-        state.health.record_answer(upstream);
-    }
-    match result {
-        Ok(mut resp) => {
-            let status = resp.status();
-            // An answer the client cannot be given as it is.
-            let unusable = if status.is_informational() {
-                // hyper passes 101 on as if final (1xx else are skipped):
-                // no answer to an upload, and forbidden in HTTP/2.
-                Some("an interim status as its final answer")
-            } else if status.as_u16() > 599 {
-                // Outside RFC 9110 §15's classes (hyper parses up to 999):
-                // meaningless to a client, to be taken as a server error.
-                Some("a status code outside 100-599")
-            } else if !headers::client_framing(status, resp.headers_mut()) {
-                Some("a transfer coding other than chunked")
-            } else if crate::upstream::pool::head_too_large(resp.headers()) {
-                Some("a response head over 64 KiB")
-            } else {
-                None
-            };
-            match unusable {
-                Some(answer) => {
-                    let coding = resp.headers().get(header::TRANSFER_ENCODING);
-                    tracing::warn!(request_id = id, datacenter = dc, %status, ?coding, "the data centre answered with {answer}; not forwarded");
-                    Attempt::Failed {
-                        failure: Failure::UpstreamError,
-                        unsent: None,
-                        headers: None,
+        match result {
+            Ok(mut resp) => {
+                let status = resp.status();
+                // An answer the client cannot be given as it is.
+                let unusable = if status.is_informational() {
+                    // hyper passes 101 on as if final (1xx else are skipped):
+                    // no answer to an upload, and forbidden in HTTP/2.
+                    Some("an interim status as its final answer")
+                } else if status.as_u16() > 599 {
+                    // Outside RFC 9110 §15's classes (hyper parses up to 999):
+                    // meaningless to a client, to be taken as a server error.
+                    Some("a status code outside 100-599")
+                } else if !headers::client_framing(status, resp.headers_mut()) {
+                    Some("a transfer coding other than chunked")
+                } else if crate::upstream::pool::head_too_large(resp.headers()) {
+                    Some("a response head over 64 KiB")
+                } else {
+                    None
+                };
+                match unusable {
+                    Some(answer) => {
+                        let coding = resp.headers().get(header::TRANSFER_ENCODING);
+                        tracing::warn!(request_id = id, datacenter = dc, %status, ?coding, "the data centre answered with {answer}; not forwarded");
+                        Attempt::Failed {
+                            failure: Failure::UpstreamError,
+                            unsent: None,
+                            headers: None,
+                        }
                     }
+                    None if status.is_server_error() => Attempt::ServerError(resp),
+                    None => Attempt::Answered(resp),
                 }
-                None if status.is_server_error() => Attempt::ServerError(resp),
-                None => Attempt::Answered(resp),
             }
-        }
-        Err((PoolError::Saturated, returned)) => {
-            tracing::warn!(
-                request_id = id,
-                datacenter = dc,
-                "upstream.max_connections_per_upstream reached"
-            );
-            Attempt::Failed {
-                failure: Failure::UpstreamSaturated,
-                unsent: Some("upstream_saturated"),
-                headers: returned.map(|r| r.into_parts().0.headers),
+            Err((PoolError::Saturated, returned)) => {
+                tracing::warn!(
+                    request_id = id,
+                    datacenter = dc,
+                    "upstream.max_connections_per_upstream reached"
+                );
+                Attempt::Failed {
+                    failure: Failure::UpstreamSaturated,
+                    unsent: Some("upstream_saturated"),
+                    headers: returned.map(|r| r.into_parts().0.headers),
+                }
             }
-        }
-        Err((e, returned)) => {
-            let tls = e.is_tls();
-            tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
-            let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
-                "tls_failed"
-            } else {
-                "connect_failed"
-            });
-            let failure = if e.is_connect() {
-                Failure::UpstreamUnavailable
-            } else {
-                Failure::UpstreamError
-            };
-            let headers = returned.map(|r| r.into_parts().0.headers);
-            Attempt::Failed {
-                failure,
-                unsent,
-                headers,
+            Err((e, returned)) => {
+                let tls = e.is_tls();
+                tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+                let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
+                    "tls_failed"
+                } else {
+                    "connect_failed"
+                });
+                let failure = if e.is_connect() {
+                    Failure::UpstreamUnavailable
+                } else {
+                    Failure::UpstreamError
+                };
+                let headers = returned.map(|r| r.into_parts().0.headers);
+                Attempt::Failed {
+                    failure,
+                    unsent,
+                    headers,
+                }
             }
         }
     }

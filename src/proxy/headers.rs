@@ -27,6 +27,16 @@ pub const RESIDENCY_ORIGIN_COUNTRY: HeaderName =
 pub const RESIDENCY_JURISDICTION: HeaderName = HeaderName::from_static("residency-jurisdiction");
 pub const RESIDENCY_DATACENTER: HeaderName = HeaderName::from_static("residency-datacenter");
 
+// Values the proxy sends, made at compile time: `from_static` in a
+// function body checks its bytes each time it runs (issue 23).
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const VIA_2: &str = "2 residency-proxy";
+const VIA_10: &str = "1.0 residency-proxy";
+const VIA_11: &str = "1.1 residency-proxy";
+const VIA_2_VALUE: HeaderValue = HeaderValue::from_static(VIA_2);
+const VIA_10_VALUE: HeaderValue = HeaderValue::from_static(VIA_10);
+const VIA_11_VALUE: HeaderValue = HeaderValue::from_static(VIA_11);
+
 /// Names listed in `Connection` (they are hop-by-hop too); usually none.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     // Read as bytes: a field with obs-text elsewhere still names the
@@ -186,7 +196,7 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         join_cookies(headers);
     }
     via(headers, f.version);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PROTO, HTTPS);
     if let Some(host) = &f.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
@@ -241,13 +251,13 @@ fn walked_chain(headers: &HeaderMap, client: IpAddr, chain: &mut String) {
 /// element, such as an empty one, are left out rather than joined into an
 /// empty list element).
 fn via(headers: &mut HeaderMap, version: Version) {
-    let ours = match version {
-        Version::HTTP_2 => "2 residency-proxy",
-        Version::HTTP_10 => "1.0 residency-proxy",
-        _ => "1.1 residency-proxy",
+    let (ours, value) = match version {
+        Version::HTTP_2 => (VIA_2, VIA_2_VALUE),
+        Version::HTTP_10 => (VIA_10, VIA_10_VALUE),
+        _ => (VIA_11, VIA_11_VALUE),
     };
     if !headers.contains_key(header::VIA) {
-        headers.insert(header::VIA, HeaderValue::from_static(ours));
+        headers.insert(header::VIA, value);
         return;
     }
     let mut hops: Vec<&[u8]> = headers
@@ -257,9 +267,8 @@ fn via(headers: &mut HeaderMap, version: Version) {
         .filter(|v| !v.iter().all(|b| matches!(b, b' ' | b'\t' | b',')))
         .collect();
     hops.push(ours.as_bytes());
-    let value =
-        HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or(HeaderValue::from_static(ours));
-    headers.insert(header::VIA, value);
+    let joined = HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or(value);
+    headers.insert(header::VIA, joined);
 }
 
 /// Every two-letter upper-case code, for `Residency-Origin-Country` values

@@ -14,6 +14,7 @@ pub mod lazy;
 pub mod recording;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -106,97 +107,102 @@ fn options_here(
 }
 
 /// Serves one request. Never fails: every problem becomes a response.
-pub async fn handle(
+/// (An `async` block, not an `async fn`, which would keep its arguments
+/// twice: see `forward::send`.)
+#[allow(clippy::manual_async_fn)] // its arguments once, not twice
+pub fn handle(
     instance: Arc<Instance>,
     state: Arc<Snapshot>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    // For the record: read only when there is a log to write it to.
-    let received = instance.log.is_some().then(SystemTime::now);
-    let id = instance.ids.next();
-    let method = req.method().clone();
-    // For the access line: copied only when that line is written.
-    let path = tracing::enabled!(target: "residency_proxy::access", tracing::Level::INFO)
-        .then(|| req.uri().path().to_owned());
-    let mut findings = Findings {
-        source: None,
-        client: None,
-        country: None,
-        jurisdiction: None,
-        datacenter: None,
-        reason: None,
-        tenant: None,
-        origin_jurisdiction: None,
-    };
-    if method == http::Method::OPTIONS && state.config.methods.allows(&method) && here(&req) {
-        return Ok(options_here(
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        let started = Instant::now();
+        // For the record: read only when there is a log to write it to.
+        let received = instance.log.is_some().then(SystemTime::now);
+        let id = instance.ids.next();
+        let method = req.method().clone();
+        // For the access line: copied only when that line is written.
+        let path = tracing::enabled!(target: "residency_proxy::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
+        let mut findings = Findings {
+            source: None,
+            client: None,
+            country: None,
+            jurisdiction: None,
+            datacenter: None,
+            reason: None,
+            tenant: None,
+            origin_jurisdiction: None,
+        };
+        if method == http::Method::OPTIONS && state.config.methods.allows(&method) && here(&req) {
+            return Ok(options_here(
+                &state,
+                &id,
+                req.into_body(),
+                conn.hold.as_ref(),
+            ));
+        }
+        let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
+        let (mut resp, bytes, receipt) = respond(
+            &instance,
             &state,
+            &mut findings,
             &id,
-            req.into_body(),
+            received,
+            routed,
             conn.hold.as_ref(),
-        ));
-    }
-    let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
-    let (mut resp, bytes, receipt) = respond(
-        &instance,
-        &state,
-        &mut findings,
-        &id,
-        received,
-        routed,
-        conn.hold.as_ref(),
-    )
-    .await;
+        )
+        .await;
 
-    let policy = &state.config.policy;
-    let jurisdiction = findings
-        .jurisdiction
-        .map(|j| policy.jurisdiction(j).name.as_str());
-    let datacenter = findings
-        .datacenter
-        .map(|d| policy.datacenter(d).name.as_str());
-    let values = &state.header_values;
-    headers::to_client(
-        resp.headers_mut(),
-        &id,
-        findings.jurisdiction.and_then(|j| values.jurisdiction(j)),
-        findings.datacenter.and_then(|d| values.datacenter(d)),
-    );
-    if let Some(receipt) = receipt {
-        resp.headers_mut()
-            .insert(residency_log::receipt::HEADER, receipt);
-    }
+        let policy = &state.config.policy;
+        let jurisdiction = findings
+            .jurisdiction
+            .map(|j| policy.jurisdiction(j).name.as_str());
+        let datacenter = findings
+            .datacenter
+            .map(|d| policy.datacenter(d).name.as_str());
+        let values = &state.header_values;
+        headers::to_client(
+            resp.headers_mut(),
+            &id,
+            findings.jurisdiction.and_then(|j| values.jurisdiction(j)),
+            findings.datacenter.and_then(|d| values.datacenter(d)),
+        );
+        if let Some(receipt) = receipt {
+            resp.headers_mut()
+                .insert(residency_log::receipt::HEADER, receipt);
+        }
 
-    let status = resp.status();
-    let elapsed = started.elapsed();
-    state.request_metrics.answered(
-        &instance.metrics,
-        policy,
-        findings.jurisdiction,
-        findings.datacenter,
-        status,
-        elapsed.as_secs_f64(),
-        bytes,
-    );
-    let j_label = jurisdiction.unwrap_or(NONE);
-    tracing::info!(
-        target: "residency_proxy::access",
-        request_id = id.to_str().unwrap_or_default(),
-        method = %method,
-        path = %path.as_deref().unwrap_or_default(),
-        client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
-        country = findings.country.as_ref().map_or(NONE, Country::as_str),
-        jurisdiction = j_label,
-        datacenter = datacenter.unwrap_or(NONE),
-        status = status.as_u16(),
-        reason = findings.reason.unwrap_or(""),
-        bytes,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
-    Ok(resp)
+        let status = resp.status();
+        let elapsed = started.elapsed();
+        state.request_metrics.answered(
+            &instance.metrics,
+            policy,
+            findings.jurisdiction,
+            findings.datacenter,
+            status,
+            elapsed.as_secs_f64(),
+            bytes,
+        );
+        let j_label = jurisdiction.unwrap_or(NONE);
+        tracing::info!(
+            target: "residency_proxy::access",
+            request_id = id.to_str().unwrap_or_default(),
+            method = %method,
+            path = %path.as_deref().unwrap_or_default(),
+            client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
+            country = findings.country.as_ref().map_or(NONE, Country::as_str),
+            jurisdiction = j_label,
+            datacenter = datacenter.unwrap_or(NONE),
+            status = status.as_u16(),
+            reason = findings.reason.unwrap_or(""),
+            bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(resp)
+    }
 }
 
 /// The client's response for what [`decide_and_forward`] produced, after
@@ -440,35 +446,38 @@ fn admit<'a>(
     Ok((target, held))
 }
 
-async fn decide_and_forward(
-    instance: &Instance,
-    state: &Snapshot,
-    conn: &Conn,
+#[allow(clippy::manual_async_fn)] // its arguments once, not twice
+fn decide_and_forward<'a>(
+    instance: &'a Instance,
+    state: &'a Snapshot,
+    conn: &'a Conn,
     req: Request<Incoming>,
-    id: &HeaderValue,
-    findings: &mut Findings,
-) -> Routed {
-    // The client's count is held until the response head is here, and
-    // after an early answer until the body has been sent.
-    let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
-        Ok(admitted) => admitted,
-        Err(failure) => {
-            return Err(Unrouted {
-                failure,
-                bytes: 0,
-                unread: Some(req.into_body()),
-            })
-        }
-    };
-    let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
-        .await
-        .map_err(|e| Unrouted {
-            failure: e.failure,
-            bytes: e.bytes,
-            unread: e.unread,
-        })?;
-    // Answered early: the rest of the body is still the request's, and
-    // still holds the data centre's connection.
-    slot.hold_while_reading(counted);
-    Ok((resp, slot))
+    id: &'a HeaderValue,
+    findings: &'a mut Findings,
+) -> impl Future<Output = Routed> + 'a {
+    async move {
+        // The client's count is held until the response head is here, and
+        // after an early answer until the body has been sent.
+        let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
+            Ok(admitted) => admitted,
+            Err(failure) => {
+                return Err(Unrouted {
+                    failure,
+                    bytes: 0,
+                    unread: Some(req.into_body()),
+                })
+            }
+        };
+        let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
+            .await
+            .map_err(|e| Unrouted {
+                failure: e.failure,
+                bytes: e.bytes,
+                unread: e.unread,
+            })?;
+        // Answered early: the rest of the body is still the request's, and
+        // still holds the data centre's connection.
+        slot.hold_while_reading(counted);
+        Ok((resp, slot))
+    }
 }

@@ -21,8 +21,10 @@
 //! The first two are functions that run to their end ([`proxy_header`],
 //! [`handshake`]); the HTTP phases are tracked by [`Activity`], whose
 //! [`Activity::expired`] is a single timer for the current phase's deadline
-//! that re-checks the phase when it fires (a head starting or the first
-//! request wakes it early). A request whose client leaves
+//! that re-checks the phase when it fires. It is woken early only when a
+//! phase's deadline falls before the time its timer is set for (a head
+//! starting on a connection whose timer waits for `keepalive_idle`, say):
+//! not once per request. A request whose client leaves
 //! mid-delivery is [`Detached`] so that its delivery and record finish.
 
 use std::future::Future;
@@ -119,7 +121,7 @@ pub(super) async fn serve(
             .map(Box::new);
         (sni, cert)
     };
-    let activity = Arc::new(Activity::new(&instance, &limits));
+    let activity = Arc::new(Activity::new(&instance, &limits, &timeouts));
     let held = activity.clone();
     let conn = Arc::new(Conn {
         peer,
@@ -167,7 +169,7 @@ pub(super) async fn serve(
     // Gated (here and below): these branches are polled each time the
     // connection's task wakes, several times per request, though they can
     // only make progress when their own timer or signal fires.
-    let idle = pin!(activity.expired(&timeouts));
+    let idle = pin!(activity.expired());
     let mut idle = pin!(Gated::new(idle));
     // Created once: a fresh `stopped` future per wake-up would re-register
     // with the watch channel on every request.
@@ -719,12 +721,14 @@ impl Phase {
 
 /// One connection's requests: which [`Phase`] it is in. Its deadlines run
 /// as single timers that re-check the phase when they fire; the only
-/// wake-ups besides are a head starting (its deadline is shorter than the
-/// idle one) and, while [`Activity::quiet`] waits for one, a request
-/// beginning, or an HTTP/2 response body starting to be sent with none
-/// other open ([`Streaming`]) — nothing happens per request otherwise (but
-/// the `streaming` map's update per HTTP/2 response), and a connection
-/// stalled in its first head (slowloris) costs one timer.
+/// wake-ups besides are a phase beginning whose deadline falls before the
+/// timer's ([`Activity::due`]: on a busy HTTP/1 connection, a head starting
+/// after the timer was last set for `keepalive_idle`, about once per
+/// `keepalive_idle`) and, while [`Activity::quiet`] waits for one, a
+/// request beginning — nothing happens per request otherwise (but a clock
+/// read when a head starts and when a request ends, and the `streaming`
+/// map's update per HTTP/2 response), and a connection stalled in its
+/// first head (slowloris) costs one timer.
 struct Activity {
     /// For the process-wide detached-request budget and its metrics.
     instance: Arc<Instance>,
@@ -741,9 +745,16 @@ struct Activity {
     /// flight, since `head_ms`; cleared when that request starts.
     head_pending: AtomicBool,
     head_ms: AtomicU64,
-    /// Woken when a head starts arriving, and at the first request
-    /// (`expired`: both can bring its deadline forward).
-    head_started: tokio::sync::Notify,
+    /// `timeouts.request_head`, `keepalive_idle` and `client_send_idle`
+    /// in ms, as the connection was accepted with.
+    head_limit_ms: u64,
+    idle_ms: u64,
+    send_ms: u64,
+    /// When the watchdog's timer fires next (ms on this clock; `u64::MAX`
+    /// while it is not waiting).
+    armed_ms: AtomicU64,
+    /// Wakes the watchdog to re-arm earlier ([`Activity::due`]).
+    rearm: tokio::sync::Notify,
     /// Woken when a request begins while `awaiting_request` is set.
     began: tokio::sync::Notify,
     awaiting_request: AtomicBool,
@@ -777,8 +788,13 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.0;
+        let now = a.now_ms();
+        a.last_ms.store(now, Ordering::Relaxed);
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // Idle, or responding: `keepalive_idle` from now.
+            a.due(now.saturating_add(a.idle_ms));
+        }
     }
 }
 
@@ -814,7 +830,9 @@ impl Drop for Responding {
             // A next head arrived behind the response: its request_head
             // starts now.
             a.head_ms.store(now, Ordering::Relaxed);
-            a.head_started.notify_one();
+            a.due(now.saturating_add(a.head_limit_ms));
+        } else {
+            a.due(now.saturating_add(a.idle_ms));
         }
     }
 }
@@ -841,7 +859,7 @@ impl Busy {
         if first {
             // The watchdog's timer may be set for later than this one's
             // bound (a busy connection re-checks only every keepalive_idle).
-            activity.head_started.notify_one();
+            activity.due(since.saturating_add(activity.idle_ms));
         }
         Streaming { activity, seq }
     }
@@ -862,7 +880,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Activity {
-    fn new(instance: &Arc<Instance>, limits: &Limits) -> Activity {
+    fn new(instance: &Arc<Instance>, limits: &Limits, timeouts: &Timeouts) -> Activity {
         Activity {
             instance: instance.clone(),
             detached: AtomicUsize::new(0),
@@ -873,7 +891,11 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
-            head_started: tokio::sync::Notify::new(),
+            head_limit_ms: millis(timeouts.request_head),
+            idle_ms: millis(timeouts.keepalive_idle),
+            send_ms: millis(timeouts.client_send_idle),
+            armed_ms: AtomicU64::new(u64::MAX),
+            rearm: tokio::sync::Notify::new(),
             began: tokio::sync::Notify::new(),
             awaiting_request: AtomicBool::new(false),
             blocked_ms: AtomicU64::new(NOT_BLOCKED),
@@ -886,14 +908,26 @@ impl Activity {
         }
     }
 
+    /// A phase began whose deadline is `at`: the watchdog is woken to
+    /// re-arm when its timer is set for later. Usually it is not (its
+    /// timer is never set further than a phase's deadline from when it
+    /// was set), so nothing is woken per request. Called from the
+    /// connection's own task, as the watchdog runs in it.
+    fn due(&self, at: u64) {
+        if at < self.armed_ms.load(Ordering::SeqCst) {
+            self.rearm.notify_one();
+        }
+    }
+
     /// A write to the client returned `Pending` (`true`) or went through.
-    /// Blocking starts `client_send_idle`: the watchdog is woken to
-    /// re-arm for it.
+    /// Blocking starts `client_send_idle`: the watchdog re-arms for it if
+    /// it has to.
     fn write_blocked(&self, blocked: bool) {
         let was = self.blocked_ms.load(Ordering::Relaxed);
         if blocked && was == NOT_BLOCKED {
-            self.blocked_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.head_started.notify_one();
+            let now = self.now_ms();
+            self.blocked_ms.store(now, Ordering::Relaxed);
+            self.due(now.saturating_add(self.send_ms));
         } else if !blocked && was != NOT_BLOCKED {
             self.blocked_ms.store(NOT_BLOCKED, Ordering::Relaxed);
         }
@@ -906,10 +940,9 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
-        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
-            // From request_head since the handshake to keepalive_idle.
-            self.head_started.notify_one();
-        }
+        // (The first request ends FirstRequest's deadline: the watchdog
+        // finds it gone when its timer fires.)
+        self.requests.fetch_add(1, Ordering::Relaxed);
         if self.awaiting_request.load(Ordering::Relaxed) {
             self.began.notify_one();
         }
@@ -991,8 +1024,9 @@ impl Activity {
             return;
         }
         if !self.head_pending.swap(true, Ordering::Relaxed) {
-            self.head_ms.store(self.now_ms(), Ordering::Relaxed);
-            self.head_started.notify_one();
+            let now = self.now_ms();
+            self.head_ms.store(now, Ordering::Relaxed);
+            self.due(now.saturating_add(self.head_limit_ms));
         }
     }
 
@@ -1003,17 +1037,18 @@ impl Activity {
     /// or [`STREAMING`] once an HTTP/2 response body is still being sent
     /// `keepalive_idle` after its head, in any phase.
     /// One timer: when it fires the phase is looked at again (a busy
-    /// connection is re-checked every `keepalive_idle`); a head starting,
-    /// the first request, a write blocking or a first HTTP/2 response body
-    /// wakes it early.
-    async fn expired(&self, timeouts: &Timeouts) -> &'static str {
-        let head = millis(timeouts.request_head);
-        let idle = millis(timeouts.keepalive_idle);
-        let send = millis(timeouts.client_send_idle);
+    /// connection is re-checked every `keepalive_idle`). A phase whose
+    /// deadline falls before the timer's wakes it early ([`Activity::due`]):
+    /// on a busy connection a head starting about once per
+    /// `keepalive_idle`, not per request.
+    async fn expired(&self) -> &'static str {
+        let (head, idle, send) = (self.head_limit_ms, self.idle_ms, self.send_ms);
         loop {
-            let started = self.head_started.notified();
-            tokio::pin!(started);
-            started.as_mut().enable();
+            let rearm = self.rearm.notified();
+            tokio::pin!(rearm);
+            rearm.as_mut().enable();
+            // While the phase is read, any phase beginning wakes it again.
+            self.armed_ms.store(0, Ordering::SeqCst);
             let phase = self.phase();
             let now = self.now_ms();
             let blocked = self.blocked_ms.load(Ordering::Relaxed);
@@ -1038,10 +1073,11 @@ impl Activity {
                 NOT_BLOCKED => at,
                 since => at.min(since.saturating_add(send)),
             };
+            self.armed_ms.store(at, Ordering::SeqCst);
             tokio::select! {
                 biased;
                 () = proxy::lazy::sleep(Duration::from_millis(at - now)) => {}
-                () = started => {}
+                () = rearm => {}
             }
         }
     }

@@ -24,7 +24,7 @@
 //! This replaces hyper-util's general-purpose client on the hot path: no
 //! pool key hashing, no connector clone and no extra task per request.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -283,87 +283,96 @@ impl Pool {
     /// never sent (`Connect`, `Tls`), so that a retry elsewhere need not
     /// have kept a copy. `watch` gets the write progress of the connection
     /// the request goes out on.
-    pub async fn send_or_return(
-        &self,
+    ///
+    /// (Not an `async fn`, nor is `send_with`: an `async fn`'s future keeps
+    /// each argument twice, and the request is 368 bytes; every level of
+    /// the request's future is copied when it is created, issue 23.)
+    pub fn send_or_return<'a>(
+        &'a self,
         u: UpstreamId,
         req: Request<ForwardBody>,
-        watch: &Watch,
-    ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
-        self.send_with(u, req, watch, true).await
+        watch: &'a Watch,
+    ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
+    {
+        self.send_with(u, req, watch, true)
     }
 
     /// `capped`: wait for the connection cap (else open an unpooled
     /// connection beyond it when it is full).
-    async fn send_with(
-        &self,
+    #[allow(clippy::manual_async_fn)] // its arguments once, not twice
+    fn send_with<'a>(
+        &'a self,
         u: UpstreamId,
         mut req: Request<ForwardBody>,
-        watch: &Watch,
+        watch: &'a Watch,
         capped: bool,
-    ) -> Result<Response<Body>, (Error, Option<Request<ForwardBody>>)> {
-        let inner = &self.inner;
-        let own_host = !req.headers().contains_key(header::HOST);
-        if own_host {
-            let host = inner.targets[u.0].authority.clone();
-            req.headers_mut().insert(header::HOST, host);
-        }
-        let room = &inner.rooms[u.0];
-        // From when the cap is first met (read then: rarely needed).
-        let mut deadline = None;
-        let permit = loop {
-            if let Some((mut tx, progress)) = self.checkout(u).await {
-                set(watch, &progress);
-                match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the upstream had closed this one.
-                        Some(unsent) => {
-                            req = unsent;
-                            continue;
-                        }
-                        None => return Err((Error::Http(e.into_error()), None)),
+    ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
+    {
+        async move {
+            let inner = &self.inner;
+            let own_host = !req.headers().contains_key(header::HOST);
+            if own_host {
+                let host = inner.targets[u.0].authority.clone();
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let room = &inner.rooms[u.0];
+            // From when the cap is first met (read then: rarely needed).
+            let mut deadline = None;
+            let permit = loop {
+                if let Some((mut tx, progress)) = self.checkout(u).await {
+                    set(watch, &progress);
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),
+                        Err(mut e) => match e.take_message() {
+                            // Never written: the upstream had closed this one.
+                            Some(unsent) => {
+                                req = unsent;
+                                continue;
+                            }
+                            None => return Err((Error::Http(e.into_error()), None)),
+                        },
+                    }
+                }
+                if let Ok(permit) = room.permits.clone().try_acquire_owned() {
+                    break Some(permit);
+                }
+                if !capped {
+                    break None;
+                }
+                // At the cap (rare): registered, then looked at again, so a
+                // connection freed meanwhile is not missed.
+                let freed = room.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
+                if idle > 0 || room.permits.available_permits() > 0 {
+                    continue;
+                }
+                let deadline = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
+                tokio::select! {
+                    permit = room.permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => break Some(permit),
+                        Err(_) => return Err((Error::Saturated, Some(unhost(req, own_host)))),
                     },
+                    () = &mut freed => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err((Error::Saturated, Some(unhost(req, own_host))));
+                    }
                 }
+            };
+            // Only a connection within the cap is pooled afterwards.
+            let pooled = permit.is_some();
+            // Boxed: connecting is rare, and its TLS state is large.
+            let (mut tx, progress) = match Box::pin(self.connect(u, permit)).await {
+                Ok(connected) => connected,
+                Err(e) => return Err((e, Some(unhost(req, own_host)))),
+            };
+            set(watch, &progress);
+            match tx.send_request(req).await {
+                Ok(resp) => Ok(self.wrap(u, tx, progress, resp, pooled)),
+                Err(e) => Err((Error::Http(e), None)),
             }
-            if let Ok(permit) = room.permits.clone().try_acquire_owned() {
-                break Some(permit);
-            }
-            if !capped {
-                break None;
-            }
-            // At the cap (rare): registered, then looked at again, so a
-            // connection freed meanwhile is not missed.
-            let freed = room.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
-            if idle > 0 || room.permits.available_permits() > 0 {
-                continue;
-            }
-            let deadline = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
-            tokio::select! {
-                permit = room.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => break Some(permit),
-                    Err(_) => return Err((Error::Saturated, Some(unhost(req, own_host)))),
-                },
-                () = &mut freed => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err((Error::Saturated, Some(unhost(req, own_host))));
-                }
-            }
-        };
-        // Only a connection within the cap is pooled afterwards.
-        let pooled = permit.is_some();
-        // Boxed: connecting is rare, and its TLS state is large.
-        let (mut tx, progress) = match Box::pin(self.connect(u, permit)).await {
-            Ok(connected) => connected,
-            Err(e) => return Err((e, Some(unhost(req, own_host)))),
-        };
-        set(watch, &progress);
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(u, tx, progress, resp, pooled)),
-            Err(e) => Err((Error::Http(e), None)),
         }
     }
 
