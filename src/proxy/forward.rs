@@ -31,10 +31,10 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::task::Poll;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::upstream::pool::Body as UpstreamBody;
 
@@ -43,7 +43,8 @@ use super::headers::{self, Forwarded};
 use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodySlot, ForwardBody};
-use crate::upstream::pool::{Error as PoolError, Watch};
+use crate::upstream::pool::Error as PoolError;
+use crate::upstream::progress::Watch;
 use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
@@ -106,13 +107,10 @@ impl Upload {
     /// The request for one attempt on `upstream`, with the signal that its
     /// body has been sent. `None` when no headers are left for a retry (every
     /// retry path keeps or gets them back, so this is a bug, refused).
-    fn attempt(
-        &mut self,
-        base: &Uri,
-    ) -> Result<(Request<ForwardBody>, oneshot::Receiver<()>), Failure> {
+    fn attempt(&mut self, base: &Uri) -> Result<(Request<ForwardBody>, Arc<Watch>), Failure> {
         let uri =
             upstream_path(base, self.uri.path_and_query()).map_err(|_| Failure::BadRequest)?;
-        let (body, sent) = match &self.replay {
+        let (body, watch) = match &self.replay {
             Some(bytes) => ForwardBody::replay(bytes.clone()),
             None => ForwardBody::stream(self.slot.clone()),
         };
@@ -130,7 +128,7 @@ impl Upload {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
-        Ok((request, sent))
+        Ok((request, watch))
     }
 }
 
@@ -328,7 +326,7 @@ pub fn forward<'a>(
             let dc_id = policy.upstream(upstream).datacenter;
             let dc = &policy.datacenter(dc_id).name;
             *datacenter = Some(dc_id);
-            let (request, sent) = match upload.attempt(&policy.upstream(upstream).uri) {
+            let (request, watch) = match upload.attempt(&policy.upstream(upstream).uri) {
                 Ok(attempt) => attempt,
                 Err(failure) => return Err(upload.refuse(failure)),
             };
@@ -341,7 +339,7 @@ pub fn forward<'a>(
                 &instance.metrics,
                 upstream,
                 request,
-                sent,
+                watch,
                 &upload.slot,
                 target.request_id,
                 dc,
@@ -501,14 +499,13 @@ fn send<'a>(
     metrics: &'a crate::metrics::Metrics,
     upstream: UpstreamId,
     request: Request<ForwardBody>,
-    sent: tokio::sync::oneshot::Receiver<()>,
+    watch: Arc<Watch>,
     slot: &'a BodySlot,
     request_id: &'a HeaderValue,
     dc: &'a str,
 ) -> impl Future<Output = Attempt> + 'a {
     async move {
         let timeouts = &state.config.timeouts;
-        let watch = Watch::default();
         let id = request_id.to_str().unwrap_or_default();
         let hung = Hung {
             state,
@@ -517,9 +514,9 @@ fn send<'a>(
             request_id: id,
             dc,
         };
-        // Gated: polled only when its oneshot, the connection's progress or its
+        // Gated: polled only when the body is sent, the connection's progress or its
         // timer wakes it, not each time the response side does.
-        let deadlines = pin!(deadlines(timeouts, sent, &watch, hung));
+        let deadlines = pin!(deadlines(timeouts, &watch, hung));
         let result = tokio::select! {
             biased;
             r = state.pool.send_or_return(upstream, request, &watch) => r,
@@ -604,16 +601,12 @@ fn send<'a>(
 /// phase (writes to the upstream blocked for `upstream_send_idle` while the
 /// body is being sent) or the response phase. No timer runs in the send
 /// phase until writes block (the connection wakes this when they do).
-async fn deadlines(
-    timeouts: &Timeouts,
-    mut sent: oneshot::Receiver<()>,
-    watch: &Watch,
-    hung: Hung<'_>,
-) -> &'static str {
+async fn deadlines(timeouts: &Timeouts, watch: &Watch, hung: Hung<'_>) -> &'static str {
     let idle = timeouts.upstream_send_idle;
+    let sent = || std::future::poll_fn(|cx| watch.poll_sent(cx));
     loop {
         let blocked = std::future::poll_fn(|cx| {
-            if Pin::new(&mut sent).poll(cx).is_ready() {
+            if watch.poll_sent(cx).is_ready() {
                 return Poll::Ready(None);
             }
             // The pool sets the connection before it sends anything.
@@ -627,7 +620,7 @@ async fn deadlines(
         let rest = idle.saturating_sub(blocked);
         tokio::select! {
             biased;
-            _ = &mut sent => break,
+            () = sent() => break,
             () = super::lazy::sleep(rest) => {
                 if progress.blocked_for().is_some_and(|b| b >= idle) {
                     return "upstream_send_idle";
@@ -637,16 +630,35 @@ async fn deadlines(
         }
     }
     // The response phase; a hang is detected (for the next requests) while
-    // this one keeps waiting for its own answer.
-    let since = hung.state.health.now_ms();
+    // this one keeps waiting for its own answer. Timed by the connection
+    // the body went out on (one timer per connection, not one per request);
+    // by a timer of its own should there be none.
     let wait = timeouts.upstream_response;
-    match hung.state.health.settings().hung_after {
-        Some(after) if after < wait => {
-            super::lazy::sleep(after).await;
-            hung.check(since, after);
-            super::lazy::sleep(wait - after).await;
-        }
-        _ => super::lazy::sleep(wait).await,
+    let hung_after = hung
+        .state
+        .health
+        .settings()
+        .hung_after
+        .filter(|after| *after < wait);
+    match watch.progress() {
+        Some(progress) => match hung_after {
+            Some(after) => {
+                let since = hung.state.health.now_ms();
+                progress.due_in(after).await;
+                hung.check(since, after);
+                progress.due_in(wait - after).await;
+            }
+            None => progress.due_in(wait).await,
+        },
+        None => match hung_after {
+            Some(after) => {
+                let since = hung.state.health.now_ms();
+                super::lazy::sleep(after).await;
+                hung.check(since, after);
+                super::lazy::sleep(wait - after).await;
+            }
+            None => super::lazy::sleep(wait).await,
+        },
     }
     "upstream_response"
 }

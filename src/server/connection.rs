@@ -750,8 +750,8 @@ struct Activity {
     head_limit_ms: u64,
     idle_ms: u64,
     send_ms: u64,
-    /// When the watchdog's timer fires next (ms on this clock; `u64::MAX`
-    /// while it is not waiting).
+    /// When the watchdog's timer fires next (ms on this clock; 0 while it
+    /// reads the phase, `u64::MAX` before it first does).
     armed_ms: AtomicU64,
     /// Wakes the watchdog to re-arm earlier ([`Activity::due`]).
     rearm: tokio::sync::Notify,
@@ -914,7 +914,10 @@ impl Activity {
     /// was set), so nothing is woken per request. Called from the
     /// connection's own task, as the watchdog runs in it.
     fn due(&self, at: u64) {
-        if at < self.armed_ms.load(Ordering::SeqCst) {
+        // 0: the watchdog is reading the phase (it may have read it before
+        // this one began).
+        let armed = self.armed_ms.load(Ordering::SeqCst);
+        if armed == 0 || at < armed {
             self.rearm.notify_one();
         }
     }

@@ -36,7 +36,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ring::digest;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
+
+use super::progress::Watch;
 use tokio::time::{Instant, Sleep};
 
 /// Why the body stopped streaming.
@@ -513,14 +515,15 @@ enum Kind {
 pub struct ForwardBody {
     kind: Kind,
     hint: SizeHint,
-    done: Option<oneshot::Sender<()>>,
+    /// Told when the body has been sent completely, or is dropped.
+    done: Option<Arc<Watch>>,
     ended: bool,
 }
 
 impl ForwardBody {
-    /// Streams the client's body from `slot`. The receiver resolves when the
+    /// Streams the client's body from `slot`. The watch is told when the
     /// body has been sent completely (or the body is dropped).
-    pub fn stream(slot: Arc<BodySlot>) -> (ForwardBody, oneshot::Receiver<()>) {
+    pub fn stream(slot: Arc<BodySlot>) -> (ForwardBody, Arc<Watch>) {
         let hint = slot.hint;
         Self::new(
             Kind::Stream {
@@ -534,30 +537,35 @@ impl ForwardBody {
 
     /// No body at all (health probes).
     pub fn empty() -> ForwardBody {
-        Self::replay(Bytes::new()).0
+        ForwardBody {
+            kind: Kind::Replay(None),
+            hint: SizeHint::with_exact(0),
+            done: None,
+            ended: false,
+        }
     }
 
     /// Sends a copy of a body read whole for replay.
-    pub fn replay(body: Bytes) -> (ForwardBody, oneshot::Receiver<()>) {
+    pub fn replay(body: Bytes) -> (ForwardBody, Arc<Watch>) {
         let hint = SizeHint::with_exact(body.len() as u64);
         Self::new(Kind::Replay(Some(body)), hint)
     }
 
-    fn new(kind: Kind, hint: SizeHint) -> (ForwardBody, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
+    fn new(kind: Kind, hint: SizeHint) -> (ForwardBody, Arc<Watch>) {
+        let watch = Arc::new(Watch::default());
         let body = ForwardBody {
             kind,
             hint,
-            done: Some(tx),
+            done: Some(watch.clone()),
             ended: false,
         };
-        (body, rx)
+        (body, watch)
     }
 
     fn finish(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.ended = true;
         if let Some(done) = self.done.take() {
-            let _ = done.send(());
+            done.body_sent();
         }
         Poll::Ready(None)
     }
@@ -646,6 +654,9 @@ impl Drop for ForwardBody {
     /// Dropped before its end (the upstream answered early, or its
     /// connection failed): the rest of the client's body is discarded.
     fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.body_sent();
+        }
         if let Kind::Stream { slot, source, .. } = &mut self.kind {
             let client_stopped = slot.failure().is_some_and(|e| !e.still_sending());
             // Without the source, this attempt never took the body: it is

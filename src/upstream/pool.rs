@@ -45,7 +45,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
 use super::body::ForwardBody;
-use super::progress::{Tracked, WriteProgress};
+use super::progress::{Tracked, Watch, WriteProgress};
 use residency_core::policy::UpstreamId;
 
 /// The largest response head a data centre may send (its fields, each
@@ -132,30 +132,6 @@ struct Idle {
     tx: SendRequest<ForwardBody>,
     progress: Arc<WriteProgress>,
     since: Instant,
-}
-
-/// Where [`Pool::send_or_return`] tells which connection's write progress
-/// its request depends on (set again if the request moves to another one).
-#[derive(Default)]
-pub struct Watch {
-    /// A plain lock: it is set once or twice per request and read by the
-    /// same task (an `ArcSwapOption` cost ~800 instructions per request).
-    progress: std::sync::Mutex<Option<Arc<WriteProgress>>>,
-    /// Woken when `progress` is set.
-    set: futures_util::task::AtomicWaker,
-}
-
-impl Watch {
-    /// The connection's progress, once the pool has chosen one; until then
-    /// `cx` is woken when it does.
-    pub fn poll_progress(&self, cx: &mut Context<'_>) -> Poll<Arc<WriteProgress>> {
-        self.set.register(cx.waker());
-        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        match &*progress {
-            Some(p) => Poll::Ready(p.clone()),
-            None => Poll::Pending,
-        }
-    }
 }
 
 /// One upstream's connection limit.
@@ -451,6 +427,9 @@ impl Pool {
         let stalled = inner.send_idle.saturating_mul(2);
         let watched = progress.clone();
         tokio::spawn(async move {
+            // The requests' response deadlines (`WriteProgress::due_in`),
+            // polled only when its timer or a new deadline wakes it.
+            let due = std::pin::pin!(watched.watch_due());
             tokio::select! {
                 // The connection first: `stalled` sees its writes block in
                 // the same pass (it registers no waker of its own).
@@ -461,6 +440,7 @@ impl Pool {
                 () = watched.stalled(stalled) => {
                     tracing::warn!(phase = "upstream_send_idle", "the upstream took no bytes for twice upstream_send_idle; its connection is closed");
                 }
+                () = crate::proxy::lazy::Gated::new(due) => {}
             }
             drop(permit);
         });
@@ -545,8 +525,7 @@ fn unhost(mut req: Request<ForwardBody>, own_host: bool) -> Request<ForwardBody>
 }
 
 fn set(watch: &Watch, progress: &Arc<WriteProgress>) {
-    *watch.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-    watch.set.wake();
+    watch.set(progress);
 }
 
 /// Closes expired idle connections until the pool is gone.
