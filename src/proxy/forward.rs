@@ -49,10 +49,6 @@ use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
-/// A name, not a `&str`: looked up by `&str`, a name is parsed first
-/// (~300 instructions per request).
-const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-
 /// At most this many delivery attempts per request.
 const MAX_ATTEMPTS: u32 = 2;
 
@@ -70,6 +66,10 @@ pub struct Target<'a> {
     pub declared: Option<u64>,
     /// That `Content-Length` has leading zeros (it is sent canonical).
     pub padded: bool,
+    /// The request has an `Idempotency-Key`, and may have a `Via`
+    /// (`headers::Fields`, as `admit` read them).
+    pub idempotency_key: bool,
+    pub via: bool,
     /// The client connection's guard maker (`Conn::hold`), for the body.
     pub hold: Option<crate::upstream::body::Hold>,
 }
@@ -155,7 +155,7 @@ fn prepare(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or(sent_host);
-    let idempotent = headers.contains_key(IDEMPOTENCY_KEY);
+    let idempotent = target.idempotency_key;
     let declared = target.declared;
     headers::to_upstream(
         &mut headers,
@@ -171,6 +171,7 @@ fn prepare(
                 .cloned(),
             host,
             version: parts.version,
+            via: target.via,
         },
     );
     // RFC 9110 §7.6.2: a forwarded OPTIONS counts one hop down (one with 0

@@ -166,6 +166,9 @@ pub struct Forwarded<'a> {
     /// The client's HTTP version: for `Via`, and HTTP/2's cookies may come
     /// as several fields.
     pub version: Version,
+    /// The request may have a `Via` field ([`Fields::via`]); `false`: it
+    /// has none, and ours is added without a lookup.
+    pub via: bool,
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -195,7 +198,7 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if f.version == Version::HTTP_2 {
         join_cookies(headers);
     }
-    via(headers, f.version);
+    via(headers, f.version, f.via);
     headers.insert(X_FORWARDED_PROTO, HTTPS);
     if let Some(host) = &f.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
@@ -250,13 +253,13 @@ fn walked_chain(headers: &HeaderMap, client: IpAddr, chain: &mut String) {
 /// request was received in, after any the client sent (fields with no
 /// element, such as an empty one, are left out rather than joined into an
 /// empty list element).
-fn via(headers: &mut HeaderMap, version: Version) {
+fn via(headers: &mut HeaderMap, version: Version, maybe_sent: bool) {
     let (ours, value) = match version {
         Version::HTTP_2 => (VIA_2, VIA_2_VALUE),
         Version::HTTP_10 => (VIA_10, VIA_10_VALUE),
         _ => (VIA_11, VIA_11_VALUE),
     };
-    if !headers.contains_key(header::VIA) {
+    if !maybe_sent || !headers.contains_key(header::VIA) {
         headers.insert(header::VIA, value);
         return;
     }
@@ -406,14 +409,83 @@ pub fn forwarded_max_forwards(n: u128) -> u64 {
 /// both `Content-Length` and `Transfer-Encoding`, several
 /// `Transfer-Encoding` headers, or one other than exactly `chunked`.
 pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
-    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    match te.as_slice() {
-        [] => headers.get_all(header::CONTENT_LENGTH).iter().count() > 1,
-        [one] => {
-            headers.contains_key(header::CONTENT_LENGTH)
-                || !one.as_bytes().eq_ignore_ascii_case(b"chunked")
+    Fields::of(headers).ambiguous_framing()
+}
+
+/// What the request path reads of a client request's fields, gathered in
+/// one pass over them: a lookup by name hashes the name and probes the map
+/// (about 100 instructions each, and a request took eight, issue 23).
+#[derive(Default)]
+pub struct Fields<'a> {
+    /// The first `Host`, `Content-Length` and `Transfer-Encoding` value,
+    /// and how many each has.
+    host: Option<&'a HeaderValue>,
+    hosts: usize,
+    content_length: Option<&'a HeaderValue>,
+    content_lengths: usize,
+    transfer_encoding: Option<&'a HeaderValue>,
+    transfer_encodings: usize,
+    /// The request has an `X-Forwarded-For`, an `Idempotency-Key`, a `Via`.
+    pub forwarded_for: bool,
+    pub idempotency_key: bool,
+    pub via: bool,
+}
+
+impl<'a> Fields<'a> {
+    pub fn of(headers: &'a HeaderMap) -> Fields<'a> {
+        let mut f = Fields::default();
+        for (name, value) in headers {
+            match name.as_str() {
+                "host" => {
+                    f.hosts += 1;
+                    f.host.get_or_insert(value);
+                }
+                "content-length" => {
+                    f.content_lengths += 1;
+                    f.content_length.get_or_insert(value);
+                }
+                "transfer-encoding" => {
+                    f.transfer_encodings += 1;
+                    f.transfer_encoding.get_or_insert(value);
+                }
+                "x-forwarded-for" => f.forwarded_for = true,
+                "idempotency-key" => f.idempotency_key = true,
+                "via" => f.via = true,
+                _ => {}
+            }
         }
-        _ => true,
+        f
+    }
+
+    /// The first `Content-Length` value.
+    pub fn content_length(&self) -> Option<&'a HeaderValue> {
+        self.content_length
+    }
+
+    /// See [`ambiguous_framing`].
+    fn ambiguous_framing(&self) -> bool {
+        match (self.transfer_encodings, self.transfer_encoding) {
+            (0, _) => self.content_lengths > 1,
+            (1, Some(one)) => {
+                self.content_lengths > 0 || !one.as_bytes().eq_ignore_ascii_case(b"chunked")
+            }
+            _ => true,
+        }
+    }
+
+    /// See [`bad_host`].
+    fn bad_host(&self, version: Version, uri: &Uri) -> bool {
+        let Some(host) = self.host else {
+            return version == Version::HTTP_11;
+        };
+        if self.hosts > 1 || !valid_host(host.as_bytes()) {
+            return true;
+        }
+        version == Version::HTTP_2
+            && uri.authority().is_some_and(|a| {
+                !without_default_port(a.as_str().as_bytes())
+                    .eq_ignore_ascii_case(without_default_port(host.as_bytes()))
+            })
     }
 }
 
@@ -422,9 +494,14 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
 /// proxy answers), a `Host` against the rules, or an HTTP/2 field value
 /// padded with whitespace.
 pub fn malformed<B>(req: &http::Request<B>, asterisk: bool) -> bool {
-    ambiguous_framing(req.headers())
+    malformed_with(req, &Fields::of(req.headers()), asterisk)
+}
+
+/// [`malformed`], with the request's [`Fields`] read already.
+pub fn malformed_with<B>(req: &http::Request<B>, fields: &Fields<'_>, asterisk: bool) -> bool {
+    fields.ambiguous_framing()
         || (!asterisk && bad_target(req.uri()))
-        || bad_host(req.version(), req.uri(), req.headers())
+        || fields.bad_host(req.version(), req.uri())
         || padded_value(req.version(), req.headers())
 }
 
@@ -518,18 +595,7 @@ fn dot_segment(segment: &str) -> bool {
 /// valid); an HTTP/2 request whose `Host` names another authority than its
 /// `:authority`.
 pub fn bad_host(version: Version, uri: &Uri, headers: &HeaderMap) -> bool {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let Some(host) = hosts.next() else {
-        return version == Version::HTTP_11;
-    };
-    if hosts.next().is_some() || !valid_host(host.as_bytes()) {
-        return true;
-    }
-    version == Version::HTTP_2
-        && uri.authority().is_some_and(|a| {
-            !without_default_port(a.as_str().as_bytes())
-                .eq_ignore_ascii_case(without_default_port(host.as_bytes()))
-        })
+    Fields::of(headers).bad_host(version, uri)
 }
 
 /// An authority without an empty port or the default one: compared after
@@ -667,6 +733,42 @@ mod tests {
 
     use super::*;
 
+    /// One pass over the fields finds what lookups by name would: the
+    /// first value of each, how many there are, and which are present.
+    #[test]
+    fn fields_read_in_one_pass_agree_with_lookups() {
+        let h = map(&[
+            ("content-type", "text/plain"),
+            ("content-length", "007"),
+            ("host", "a.example"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("content-length", "7"),
+            ("x-forwarded-for", "192.0.2.2"),
+        ]);
+        let f = Fields::of(&h);
+        assert_eq!(f.content_length(), h.get(header::CONTENT_LENGTH));
+        assert_eq!(f.content_length().unwrap(), "007");
+        assert_eq!(f.content_lengths, 2);
+        assert_eq!(f.hosts, 1);
+        assert!(f.forwarded_for && !f.idempotency_key && !f.via);
+        assert!(f.ambiguous_framing(), "two Content-Length fields");
+
+        let h = map(&[
+            ("idempotency-key", "k"),
+            ("via", "1.1 a"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        let f = Fields::of(&h);
+        assert!(!f.forwarded_for && f.idempotency_key && f.via);
+        assert!(!f.ambiguous_framing());
+        assert!(
+            f.bad_host(Version::HTTP_11, &Uri::from_static("/")),
+            "no Host"
+        );
+        assert!(!f.bad_host(Version::HTTP_10, &Uri::from_static("/")));
+        assert_eq!(f.content_length(), None);
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -701,6 +803,7 @@ mod tests {
             jurisdiction: Some(HeaderValue::from_static("eu")),
             host: h.get(header::HOST).cloned(),
             version: Version::HTTP_11,
+            via: true,
         };
         to_upstream(&mut h, &f);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
@@ -750,6 +853,7 @@ mod tests {
             jurisdiction: Some(HeaderValue::from_static("us")),
             host: None,
             version: Version::HTTP_11,
+            via: true,
         }
     }
 
@@ -815,6 +919,7 @@ mod tests {
             jurisdiction: Some(HeaderValue::from_static("us")),
             host: None,
             version: Version::HTTP_11,
+            via: true,
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.0.0.2, 10.0.0.1");
@@ -855,6 +960,7 @@ mod tests {
                 } else {
                     Version::HTTP_11
                 },
+                via: true,
             };
             to_upstream(&mut h, &f);
             assert_eq!(h.get_all("cookie").iter().count(), want, "http2 = {http2}");
@@ -1176,7 +1282,7 @@ mod proptests {
     }
 
     impl Hop {
-        fn forwarded(&self) -> Forwarded<'_> {
+        fn forwarded(&self, via: bool) -> Forwarded<'_> {
             Forwarded {
                 request_id: &self.request_id,
                 xff_trusted: self.xff_trusted,
@@ -1190,6 +1296,7 @@ mod proptests {
                 } else {
                     Version::HTTP_11
                 },
+                via,
             }
         }
     }
@@ -1427,7 +1534,8 @@ mod proptests {
             let value = |s: &str| HeaderValue::from_str(s).ok();
             to_client(&mut c, &hop.request_id, value(&hop.jurisdiction).as_ref(), value(&hop.country).as_ref());
             let mut up = h;
-            to_upstream(&mut up, &hop.forwarded());
+            let via = Fields::of(&up).via;
+            to_upstream(&mut up, &hop.forwarded(via));
         }
 
         /// After `strip_hop_by_hop`: no hop-by-hop, listed or `Residency-*`
@@ -1460,7 +1568,8 @@ mod proptests {
         fn upstream_rewrite(h in header_map(), hop in hop()) {
             let listed = connection_names(&h);
             let mut up = h.clone();
-            to_upstream(&mut up, &hop.forwarded());
+            let via = Fields::of(&up).via;
+            to_upstream(&mut up, &hop.forwarded(via));
             for name in up.keys() {
                 let n = name.as_str();
                 prop_assert!(!HOP_BY_HOP_NAMES.contains(&n), "{} remains in {:?}", n, up);

@@ -320,10 +320,12 @@ fn admit<'a>(
     if !config.methods.allows(req.method()) {
         return Err(Failure::MethodNotAllowed);
     }
-    if headers::malformed(req, false) {
+    // Read in one pass: each lookup by name would hash it.
+    let fields = headers::Fields::of(req.headers());
+    if headers::malformed_with(req, &fields, false) {
         return Err(Failure::BadRequest);
     }
-    let content_length = req.headers().get(header::CONTENT_LENGTH);
+    let content_length = fields.content_length();
     let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -332,11 +334,13 @@ fn admit<'a>(
         return Err(Failure::BodyTooLarge);
     }
 
-    let xff = req.headers().get_all(headers::X_FORWARDED_FOR);
+    let xff = fields
+        .forwarded_for
+        .then(|| req.headers().get_all(headers::X_FORWARDED_FOR));
     let origin = origin::resolve(
         conn.peer.ip(),
         conn.proxy_source,
-        xff.iter(),
+        xff.iter().flat_map(|values| values.iter()),
         &listener.trusted_proxies,
     )
     .map_err(|_| Failure::BadForwardedHeader)?;
@@ -441,6 +445,8 @@ fn admit<'a>(
         country: decision.country,
         declared,
         padded,
+        idempotency_key: fields.idempotency_key,
+        via: fields.via,
         hold: conn.hold.clone(),
     };
     Ok((target, held))
