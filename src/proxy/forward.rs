@@ -44,7 +44,7 @@ use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
 use crate::upstream::body::{BodySlot, ForwardBody};
 use crate::upstream::pool::Error as PoolError;
-use crate::upstream::progress::Watch;
+use crate::upstream::progress::{Watch, WriteProgress};
 use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
@@ -641,27 +641,27 @@ async fn deadlines(timeouts: &Timeouts, watch: &Watch, hung: Hung<'_>) -> &'stat
         .settings()
         .hung_after
         .filter(|after| *after < wait);
-    match watch.progress() {
-        Some(progress) => match hung_after {
-            Some(after) => {
-                let since = hung.state.health.now_ms();
-                progress.due_in(after).await;
-                hung.check(since, after);
-                progress.due_in(wait - after).await;
-            }
-            None => progress.due_in(wait).await,
-        },
-        None => match hung_after {
-            Some(after) => {
-                let since = hung.state.health.now_ms();
-                super::lazy::sleep(after).await;
-                hung.check(since, after);
-                super::lazy::sleep(wait - after).await;
-            }
-            None => super::lazy::sleep(wait).await,
-        },
+    let progress = watch.progress();
+    let progress = progress.as_deref();
+    match hung_after {
+        Some(after) => {
+            let since = hung.state.health.now_ms();
+            elapse(progress, after).await;
+            hung.check(since, after);
+            elapse(progress, wait - after).await;
+        }
+        None => elapse(progress, wait).await,
     }
     "upstream_response"
+}
+
+/// `after` from now, timed by the request's connection
+/// ([`WriteProgress::due_in`]) or, without one, by a timer of its own.
+async fn elapse(progress: Option<&WriteProgress>, after: std::time::Duration) {
+    match progress {
+        Some(progress) => progress.due_in(after).await,
+        None => super::lazy::sleep(after).await,
+    }
 }
 
 /// What a waiting request needs to call its upstream hung.
