@@ -21,6 +21,7 @@ pub mod client_limit;
 pub mod config;
 pub mod explain;
 pub mod files;
+pub mod lazy;
 pub mod log_api;
 pub mod metrics;
 pub mod page;

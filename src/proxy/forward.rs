@@ -521,7 +521,7 @@ fn send<'a>(
         let result = tokio::select! {
             biased;
             r = state.pool.send_or_return(upstream, request, &watch) => r,
-            phase = super::lazy::Gated::new(deadlines) => {
+            phase = crate::lazy::Gated::new(deadlines) => {
                 tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
                 return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
             }
@@ -622,7 +622,7 @@ async fn deadlines(timeouts: &Timeouts, watch: &Watch, hung: Hung<'_>) -> &'stat
         tokio::select! {
             biased;
             () = sent() => break,
-            () = super::lazy::sleep(rest) => {
+            () = crate::lazy::sleep(rest) => {
                 if progress.blocked_for().is_some_and(|b| b >= idle) {
                     return "upstream_send_idle";
                 }
@@ -660,7 +660,7 @@ async fn deadlines(timeouts: &Timeouts, watch: &Watch, hung: Hung<'_>) -> &'stat
 async fn elapse(progress: Option<&WriteProgress>, after: std::time::Duration) {
     match progress {
         Some(progress) => progress.due_in(after).await,
-        None => super::lazy::sleep(after).await,
+        None => crate::lazy::sleep(after).await,
     }
 }
 

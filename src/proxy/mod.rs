@@ -10,7 +10,6 @@ pub mod discard;
 pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod lazy;
 pub mod recording;
 
 use std::convert::Infallible;

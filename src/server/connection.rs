@@ -47,8 +47,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::{Limits, Listener, Timeouts};
+use crate::lazy::Gated;
 use crate::metrics::Metrics;
-use crate::proxy::lazy::Gated;
 use crate::proxy::{self, Conn, ProxyBody};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::shutdown::stopped;
@@ -1012,7 +1012,7 @@ impl Activity {
                 }
                 _ => after,
             };
-            proxy::lazy::sleep(Duration::from_millis(wait.max(10))).await;
+            crate::lazy::sleep(Duration::from_millis(wait.max(10))).await;
         }
     }
 
@@ -1079,7 +1079,7 @@ impl Activity {
             self.armed_ms.store(at, Ordering::SeqCst);
             tokio::select! {
                 biased;
-                () = proxy::lazy::sleep(Duration::from_millis(at - now)) => {}
+                () = crate::lazy::sleep(Duration::from_millis(at - now)) => {}
                 () = rearm => {}
             }
         }

@@ -440,7 +440,7 @@ impl Pool {
                 () = watched.stalled(stalled) => {
                     tracing::warn!(phase = "upstream_send_idle", "the upstream took no bytes for twice upstream_send_idle; its connection is closed");
                 }
-                () = crate::proxy::lazy::Gated::new(due) => {}
+                () = crate::lazy::Gated::new(due) => {}
             }
             drop(permit);
         });

@@ -187,7 +187,7 @@ impl WriteProgress {
             due.armed.store(ms, Ordering::SeqCst);
             tokio::select! {
                 biased;
-                () = crate::proxy::lazy::sleep(Duration::from_millis(ms - now)) => {}
+                () = crate::lazy::sleep(Duration::from_millis(ms - now)) => {}
                 () = rearm => {}
             }
         }
