@@ -21,10 +21,11 @@
 //! The first two are functions that run to their end ([`proxy_header`],
 //! [`handshake`]); the HTTP phases are tracked by [`Activity`], whose
 //! [`Activity::expired`] is a single timer for the current phase's deadline
-//! that re-checks the phase when it fires. It is woken early only when a
-//! phase's deadline falls before the time its timer is set for (a head
-//! starting on a connection whose timer waits for `keepalive_idle`, say):
-//! not once per request. A request whose client leaves
+//! that re-checks the phase when it fires. On HTTP/1 it is never set further
+//! than `request_head` ahead, so a head starting never needs it earlier; it
+//! is woken early only when another phase's deadline falls before it
+//! (`keepalive_idle` shorter than `request_head`, a write blocking): not
+//! once per request. A request whose client leaves
 //! mid-delivery is [`Detached`] so that its delivery and record finish.
 
 use std::future::Future;
@@ -720,12 +721,12 @@ impl Phase {
 }
 
 /// One connection's requests: which [`Phase`] it is in. Its deadlines run
-/// as single timers that re-check the phase when they fire; the only
-/// wake-ups besides are a phase beginning whose deadline falls before the
-/// timer's ([`Activity::due`]: on a busy HTTP/1 connection, a head starting
-/// after the timer was last set for `keepalive_idle`, about once per
-/// `keepalive_idle`) and, while [`Activity::quiet`] waits for one, a
-/// request beginning — nothing happens per request otherwise (but a clock
+/// as single timers that re-check the phase when they fire (on HTTP/1 at
+/// least every `request_head`, so that a head starting never has to bring
+/// the timer forward); the only wake-ups besides are a phase beginning
+/// whose deadline falls before the timer's ([`Activity::due`]: a write
+/// blocking, say) and, while [`Activity::quiet`] waits for one, a request
+/// beginning — nothing happens per request otherwise (but a clock
 /// read when a head starts and when a request ends, and the `streaming`
 /// map's update per HTTP/2 response), and a connection stalled in its
 /// first head (slowloris) costs one timer.
@@ -909,10 +910,12 @@ impl Activity {
     }
 
     /// A phase began whose deadline is `at`: the watchdog is woken to
-    /// re-arm when its timer is set for later. Usually it is not (its
-    /// timer is never set further than a phase's deadline from when it
-    /// was set), so nothing is woken per request. Called from the
-    /// connection's own task, as the watchdog runs in it.
+    /// re-arm when its timer is set for later. For a head it never is (on
+    /// HTTP/1 the timer is set at most `request_head` ahead), so nothing
+    /// is woken per request. Called from the connection's task, and for
+    /// HTTP/2 streams and detached requests from their own tasks: a phase
+    /// that begins while the watchdog reads the phase (`armed_ms` 0) wakes
+    /// it again.
     fn due(&self, at: u64) {
         // 0: the watchdog is reading the phase (it may have read it before
         // this one began).
@@ -1040,10 +1043,10 @@ impl Activity {
     /// or [`STREAMING`] once an HTTP/2 response body is still being sent
     /// `keepalive_idle` after its head, in any phase.
     /// One timer: when it fires the phase is looked at again (a busy
-    /// connection is re-checked every `keepalive_idle`). A phase whose
-    /// deadline falls before the timer's wakes it early ([`Activity::due`]):
-    /// on a busy connection a head starting about once per
-    /// `keepalive_idle`, not per request.
+    /// connection is re-checked every `keepalive_idle`, an HTTP/1 one at
+    /// least every `request_head`). A phase whose deadline falls before the
+    /// timer's wakes it early ([`Activity::due`]); a head starting never
+    /// does.
     async fn expired(&self) -> &'static str {
         let (head, idle, send) = (self.head_limit_ms, self.idle_ms, self.send_ms);
         loop {
@@ -1062,6 +1065,14 @@ impl Activity {
                 Some(at) if now >= at => return phase.name(),
                 Some(at) => at,
                 None => now.saturating_add(idle),
+            };
+            // HTTP/1: a next head may start any time, with `request_head`
+            // from then; set no later than that, the timer never has to be
+            // brought forward for one (`due` wakes nothing per request).
+            let at = if self.http2.load(Ordering::Relaxed) {
+                at
+            } else {
+                at.min(now.saturating_add(head))
             };
             // The oldest HTTP/2 response still being sent, in any phase.
             let oldest = lock(&self.streaming)

@@ -139,7 +139,11 @@ impl WriteProgress {
     /// the deadline.
     pub fn due_in(&self, after: Duration) -> DueIn<'_> {
         let due = &self.due;
-        let ms = u64::try_from((due.epoch.elapsed() + after).as_millis())
+        // Rounded up: it passes once the clock's whole milliseconds reach
+        // it, never before `after`.
+        let at = due.epoch.elapsed() + after;
+        let ms = at.as_millis() + u128::from(!at.subsec_nanos().is_multiple_of(1_000_000));
+        let ms = u64::try_from(ms)
             .unwrap_or(DUE_MS_MASK)
             .min(DUE_MS_MASK - 1);
         let seq = due.seq.fetch_add(1, Ordering::Relaxed) & ((1 << (64 - DUE_MS_BITS)) - 1);
@@ -473,6 +477,12 @@ mod tests {
         let started = tokio::time::Instant::now();
         p.due_in(Duration::from_millis(100)).await;
         assert!(started.elapsed() < Duration::from_secs(1));
+
+        // Never early: a deadline between whole milliseconds is rounded up.
+        let started = tokio::time::Instant::now();
+        p.due_in(Duration::from_micros(1500)).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_micros(1500), "{took:?}");
 
         // A deadline that passed while nobody waited is not the next one's.
         let lapsed = p.due_in(Duration::from_millis(10));
