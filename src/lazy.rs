@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -122,6 +122,67 @@ impl<F: Future + Unpin> Future for Gated<F> {
             this.task = Some(cx.waker().clone());
         }
         Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker))
+    }
+}
+
+/// One timer for deadlines that begin far more often than they pass (a
+/// connection's phases, its requests' response deadlines): the waiter
+/// ([`Alarm::wait`]) sets it for the earliest deadline it finds and looks
+/// again when it fires; a deadline that begins before that time wakes it
+/// early ([`Alarm::due`]), any later one costs nothing. Times are
+/// milliseconds on the caller's clock.
+#[derive(Debug)]
+pub struct Alarm {
+    /// When the timer fires next; 0 while the waiter looks at its
+    /// deadlines (one beginning then wakes it again), `u64::MAX` while it
+    /// waits for one.
+    armed: AtomicU64,
+    rearm: tokio::sync::Notify,
+}
+
+impl Default for Alarm {
+    fn default() -> Alarm {
+        Alarm {
+            armed: AtomicU64::new(u64::MAX),
+            rearm: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Alarm {
+    /// A deadline `at` began: the waiter is woken if its timer is set for
+    /// later (or it is looking). Callable from any task.
+    pub fn due(&self, at: u64) {
+        let armed = self.armed.load(Ordering::SeqCst);
+        if armed == 0 || at < armed {
+            self.rearm.notify_one();
+        }
+    }
+
+    /// Calls `look` until it gives a value: `Err((now, at))` sets the timer
+    /// for `at` (`u64::MAX`: none, wait for [`Alarm::due`]) and calls it
+    /// again when the timer fires or a deadline begins before it.
+    pub async fn wait<T>(&self, mut look: impl FnMut() -> Result<T, (u64, u64)>) -> T {
+        loop {
+            let rearm = self.rearm.notified();
+            tokio::pin!(rearm);
+            rearm.as_mut().enable();
+            self.armed.store(0, Ordering::SeqCst);
+            let (now, at) = match look() {
+                Ok(value) => return value,
+                Err(next) => next,
+            };
+            self.armed.store(at, Ordering::SeqCst);
+            if at == u64::MAX {
+                rearm.await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = sleep(Duration::from_millis(at.saturating_sub(now))) => {}
+                () = rearm => {}
+            }
+        }
     }
 }
 

@@ -751,11 +751,8 @@ struct Activity {
     head_limit_ms: u64,
     idle_ms: u64,
     send_ms: u64,
-    /// When the watchdog's timer fires next (ms on this clock; 0 while it
-    /// reads the phase, `u64::MAX` before it first does).
-    armed_ms: AtomicU64,
-    /// Wakes the watchdog to re-arm earlier ([`Activity::due`]).
-    rearm: tokio::sync::Notify,
+    /// The watchdog's timer (ms on this clock).
+    alarm: crate::lazy::Alarm,
     /// Woken when a request begins while `awaiting_request` is set.
     began: tokio::sync::Notify,
     awaiting_request: AtomicBool,
@@ -895,8 +892,7 @@ impl Activity {
             head_limit_ms: millis(timeouts.request_head),
             idle_ms: millis(timeouts.keepalive_idle),
             send_ms: millis(timeouts.client_send_idle),
-            armed_ms: AtomicU64::new(u64::MAX),
-            rearm: tokio::sync::Notify::new(),
+            alarm: crate::lazy::Alarm::default(),
             began: tokio::sync::Notify::new(),
             awaiting_request: AtomicBool::new(false),
             blocked_ms: AtomicU64::new(NOT_BLOCKED),
@@ -914,15 +910,10 @@ impl Activity {
     /// HTTP/1 the timer is set at most `request_head` ahead), so nothing
     /// is woken per request. Called from the connection's task, and for
     /// HTTP/2 streams and detached requests from their own tasks: a phase
-    /// that begins while the watchdog reads the phase (`armed_ms` 0) wakes
-    /// it again.
+    /// that begins while the watchdog reads the phase wakes it again
+    /// ([`crate::lazy::Alarm`]).
     fn due(&self, at: u64) {
-        // 0: the watchdog is reading the phase (it may have read it before
-        // this one began).
-        let armed = self.armed_ms.load(Ordering::SeqCst);
-        if armed == 0 || at < armed {
-            self.rearm.notify_one();
-        }
+        self.alarm.due(at);
     }
 
     /// A write to the client returned `Pending` (`true`) or went through.
@@ -1048,52 +1039,46 @@ impl Activity {
     /// timer's wakes it early ([`Activity::due`]); a head starting never
     /// does.
     async fn expired(&self) -> &'static str {
+        self.alarm.wait(|| self.look()).await
+    }
+
+    /// The deadline whose phase has outlived it, or `(now, when the
+    /// earliest passes)`.
+    fn look(&self) -> Result<&'static str, (u64, u64)> {
         let (head, idle, send) = (self.head_limit_ms, self.idle_ms, self.send_ms);
-        loop {
-            let rearm = self.rearm.notified();
-            tokio::pin!(rearm);
-            rearm.as_mut().enable();
-            // While the phase is read, any phase beginning wakes it again.
-            self.armed_ms.store(0, Ordering::SeqCst);
-            let phase = self.phase();
-            let now = self.now_ms();
-            let blocked = self.blocked_ms.load(Ordering::Relaxed);
-            if blocked != NOT_BLOCKED && now >= blocked.saturating_add(send) {
-                return CLIENT_SEND;
-            }
-            let at = match phase.deadline(head, idle) {
-                Some(at) if now >= at => return phase.name(),
-                Some(at) => at,
-                None => now.saturating_add(idle),
-            };
-            // HTTP/1: a next head may start any time, with `request_head`
-            // from then; set no later than that, the timer never has to be
-            // brought forward for one (`due` wakes nothing per request).
-            let at = if self.http2.load(Ordering::Relaxed) {
-                at
-            } else {
-                at.min(now.saturating_add(head))
-            };
-            // The oldest HTTP/2 response still being sent, in any phase.
-            let oldest = lock(&self.streaming)
-                .first_key_value()
-                .map(|(_, since)| *since);
-            let at = match oldest.map(|since| since.saturating_add(idle)) {
-                Some(due) if now >= due => return STREAMING,
-                Some(due) => at.min(due),
-                None => at,
-            };
-            let at = match blocked {
-                NOT_BLOCKED => at,
-                since => at.min(since.saturating_add(send)),
-            };
-            self.armed_ms.store(at, Ordering::SeqCst);
-            tokio::select! {
-                biased;
-                () = crate::lazy::sleep(Duration::from_millis(at - now)) => {}
-                () = rearm => {}
-            }
+        let phase = self.phase();
+        let now = self.now_ms();
+        let blocked = self.blocked_ms.load(Ordering::Relaxed);
+        if blocked != NOT_BLOCKED && now >= blocked.saturating_add(send) {
+            return Ok(CLIENT_SEND);
         }
+        let at = match phase.deadline(head, idle) {
+            Some(at) if now >= at => return Ok(phase.name()),
+            Some(at) => at,
+            None => now.saturating_add(idle),
+        };
+        // HTTP/1: a next head may start any time, with `request_head`
+        // from then; set no later than that, the timer never has to be
+        // brought forward for one (`due` wakes nothing per request).
+        let at = if self.http2.load(Ordering::Relaxed) {
+            at
+        } else {
+            at.min(now.saturating_add(head))
+        };
+        // The oldest HTTP/2 response still being sent, in any phase.
+        let oldest = lock(&self.streaming)
+            .first_key_value()
+            .map(|(_, since)| *since);
+        let at = match oldest.map(|since| since.saturating_add(idle)) {
+            Some(due) if now >= due => return Ok(STREAMING),
+            Some(due) => at.min(due),
+            None => at,
+        };
+        let at = match blocked {
+            NOT_BLOCKED => at,
+            since => at.min(since.saturating_add(send)),
+        };
+        Err((now, at))
     }
 }
 

@@ -56,10 +56,8 @@ struct Due {
     seq: AtomicU64,
     /// Woken when a deadline passes.
     waiting: AtomicWaker,
-    /// When the connection task's timer fires next (ms since `epoch`);
-    /// 0 while the task reads `at`, [`NO_DUE`] while it waits for one.
-    armed: AtomicU64,
-    rearm: tokio::sync::Notify,
+    /// The connection task's timer (ms since `epoch`).
+    alarm: crate::lazy::Alarm,
 }
 
 const NO_DUE: u64 = u64::MAX;
@@ -126,8 +124,7 @@ impl WriteProgress {
                 passed: AtomicU64::new(NO_DUE),
                 seq: AtomicU64::new(0),
                 waiting: AtomicWaker::new(),
-                armed: AtomicU64::new(NO_DUE),
-                rearm: tokio::sync::Notify::new(),
+                alarm: crate::lazy::Alarm::default(),
             },
         })
     }
@@ -150,10 +147,7 @@ impl WriteProgress {
         let at = (seq << DUE_MS_BITS) | ms;
         // (Never NO_DUE: the milliseconds are below the mask.)
         due.at.store(at, Ordering::SeqCst);
-        let armed = due.armed.load(Ordering::SeqCst);
-        if armed == 0 || ms < armed {
-            due.rearm.notify_one();
-        }
+        due.alarm.due(ms);
         DueIn { progress: self, at }
     }
 
@@ -163,21 +157,20 @@ impl WriteProgress {
     /// now, if any). Never resolves; polled by the connection's task.
     pub async fn watch_due(&self) {
         let due = &self.due;
-        loop {
-            let rearm = due.rearm.notified();
-            tokio::pin!(rearm);
-            rearm.as_mut().enable();
-            // While `at` is read, any deadline set wakes this again.
-            due.armed.store(0, Ordering::SeqCst);
-            let at = due.at.load(Ordering::SeqCst);
-            let now = u64::try_from(due.epoch.elapsed().as_millis()).unwrap_or(DUE_MS_MASK);
-            if at == NO_DUE {
-                due.armed.store(NO_DUE, Ordering::SeqCst);
-                rearm.await;
-                continue;
-            }
-            let ms = at & DUE_MS_MASK;
-            if now >= ms {
+        let never = due
+            .alarm
+            .wait(|| -> Result<std::convert::Infallible, (u64, u64)> {
+                let now = u64::try_from(due.epoch.elapsed().as_millis()).unwrap_or(DUE_MS_MASK);
+                let at = due.at.load(Ordering::SeqCst);
+                if at == NO_DUE {
+                    return Err((now, u64::MAX));
+                }
+                let ms = at & DUE_MS_MASK;
+                if now < ms {
+                    return Err((now, ms));
+                }
+                // Passed. (A deadline set meanwhile fails the exchange and,
+                // set while this looks, wakes it again.)
                 if due
                     .at
                     .compare_exchange(at, NO_DUE, Ordering::AcqRel, Ordering::Relaxed)
@@ -186,15 +179,10 @@ impl WriteProgress {
                     due.passed.store(at, Ordering::Release);
                     due.waiting.wake();
                 }
-                continue;
-            }
-            due.armed.store(ms, Ordering::SeqCst);
-            tokio::select! {
-                biased;
-                () = crate::lazy::sleep(Duration::from_millis(ms - now)) => {}
-                () = rearm => {}
-            }
-        }
+                Err((now, u64::MAX))
+            })
+            .await;
+        match never {}
     }
 
     /// Resolves once writes have stayed blocked for `limit`: the watch of
