@@ -489,7 +489,10 @@ impl Config {
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>());
-        let raw = merged.map_err(|e| deserialize_error(&source, &e))?;
+        let raw = merged.map_err(|e| {
+            let text = std::fs::read_to_string(path).ok();
+            deserialize_error(&source, text.as_deref(), &e)
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_raw(raw, base, &source)?;
         config.source = Some(path.to_path_buf());
@@ -502,7 +505,7 @@ impl Config {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>())
-            .map_err(|e| deserialize_error("config", &e))?;
+            .map_err(|e| deserialize_error("config", Some(text), &e))?;
         Self::from_raw(raw, base, "config")
     }
 
@@ -589,8 +592,15 @@ impl Config {
 /// The one problem that stops deserialization (a TOML syntax error, an
 /// unknown key, a section of the wrong shape), under the key it concerns when
 /// the `config` crate names it, else under `config`.
-fn deserialize_error(source: &str, e: &config::ConfigError) -> ConfigReport {
-    let (key, message) = error_key(e);
+fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) -> ConfigReport {
+    let (key, mut message) = error_key(e);
+    if key.is_none() && !message.contains("TOML parse error") {
+        // Some malformed values (`1_0F`) come from the `config` crate
+        // without where they are; the TOML parser names the line.
+        if let Some(Err(located)) = text.map(str::parse::<toml::Table>) {
+            message = located.to_string();
+        }
+    }
     let mut report = ConfigReport::new(source);
     report.push(key.unwrap_or_else(|| "config".into()), message);
     report
@@ -1922,6 +1932,21 @@ worker_threads = 2
     /// Was reported under an empty key ("  - : names use lower-case
     /// letters…"): a jurisdiction or data centre with a blank name. Invalid
     /// names are now reported under their table, quoted as TOML does.
+    /// A malformed number the `config` crate reports without a place is
+    /// reported with its line (found by `arbitrary_text`).
+    #[test]
+    fn a_malformed_number_is_a_syntax_error_with_its_line() {
+        let dir = Dir::new();
+        let report = dir.load("address = 1_0F").0.unwrap_err();
+        assert!(
+            report
+                .problems
+                .iter()
+                .all(|p| p.key != "config" || p.message.contains("TOML parse error at line ")),
+            "{report}"
+        );
+    }
+
     #[test]
     fn a_blank_table_name_is_reported_under_its_table() {
         let dir = Dir::new();
