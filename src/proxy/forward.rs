@@ -96,6 +96,8 @@ struct Upload {
     /// each attempt only when a replay may need them after a sent request
     /// failed. An unsent request comes back from the pool with them.
     headers: Option<HeaderMap>,
+    /// The upstream whose `Host` they carry.
+    host_of: UpstreamId,
     slot: Arc<BodySlot>,
     /// The whole body, read first for an idempotent replay.
     replay: Option<Bytes>,
@@ -104,25 +106,37 @@ struct Upload {
 }
 
 impl Upload {
-    /// The request for one attempt on `upstream`, with the signal that its
-    /// body has been sent. `None` when no headers are left for a retry (every
-    /// retry path keeps or gets them back, so this is a bug, refused).
-    fn attempt(&mut self, base: &Uri) -> Result<(Request<ForwardBody>, Arc<Watch>), Failure> {
+    /// The request for one attempt on `upstream` (its base URL and `Host`
+    /// from `pool`), with the signal that its body has been sent. `None`
+    /// when no headers are left for a retry (every retry path keeps or gets
+    /// them back, so this is a bug, refused).
+    fn attempt(
+        &mut self,
+        upstream: UpstreamId,
+        base: &Uri,
+        pool: &crate::upstream::pool::Pool,
+    ) -> Result<(Request<ForwardBody>, Arc<Watch>), Failure> {
         let uri =
             upstream_path(base, self.uri.path_and_query()).map_err(|_| Failure::BadRequest)?;
         let (body, watch) = match &self.replay {
             Some(bytes) => ForwardBody::replay(bytes.clone()),
             None => ForwardBody::stream(self.slot.clone()),
         };
+        let other_host = self.host_of != upstream;
         let headers = if self.replay.is_some() {
             self.headers.clone()
         } else {
+            // An unsent request's come back with this attempt's `Host`.
+            self.host_of = upstream;
             self.headers.take()
         };
-        let Some(headers) = headers else {
+        let Some(mut headers) = headers else {
             tracing::error!("no request headers left for a retry");
             return Err(Failure::UpstreamError);
         };
+        if other_host {
+            headers.insert(header::HOST, pool.host(upstream).clone());
+        }
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
@@ -145,11 +159,12 @@ fn prepare(
     let config = &state.config;
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    // Taken out here (to_upstream drops it anyway): one lookup, no clone.
-    // The target's authority wins (RFC 9112 §3.2.2: an absolute-form
-    // target's host over `Host`; in HTTP/2, `:authority`, which `Host` must
-    // match anyway).
-    let sent_host = headers.remove(header::HOST);
+    // The data centre's `Host` replaces the client's in one operation
+    // (to_upstream leaves `Host` alone; another attempt's upstream sets
+    // its own). The client's, or the target's authority (RFC 9112 §3.2.2:
+    // an absolute-form target's host over `Host`; in HTTP/2, `:authority`,
+    // which `Host` must match anyway), goes as `X-Forwarded-Host`.
+    let sent_host = headers.insert(header::HOST, state.pool.host(target.upstream).clone());
     let host = parts
         .uri
         .authority()
@@ -221,6 +236,7 @@ fn prepare(
         method: parts.method,
         uri: parts.uri,
         headers: Some(headers),
+        host_of: target.upstream,
         slot,
         _budget: None,
         replay: None,
@@ -327,7 +343,8 @@ pub fn forward<'a>(
             let dc_id = policy.upstream(upstream).datacenter;
             let dc = &policy.datacenter(dc_id).name;
             *datacenter = Some(dc_id);
-            let (request, watch) = match upload.attempt(&policy.upstream(upstream).uri) {
+            let base = &policy.upstream(upstream).uri;
+            let (request, watch) = match upload.attempt(upstream, base, &state.pool) {
                 Ok(attempt) => attempt,
                 Err(failure) => return Err(upload.refuse(failure)),
             };
@@ -645,9 +662,9 @@ async fn deadlines(timeouts: &Timeouts, watch: &Watch, hung: Hung<'_>) -> &'stat
     let progress = progress.as_deref();
     match hung_after {
         Some(after) => {
-            let since = hung.state.health.now_ms();
+            let mark = hung.state.health.answers(hung.upstream);
             elapse(progress, after).await;
-            hung.check(since, after);
+            hung.check(mark, after);
             elapse(progress, wait - after).await;
         }
         None => elapse(progress, wait).await,
@@ -674,13 +691,14 @@ struct Hung<'a> {
 }
 
 impl Hung<'_> {
-    /// The request's body was sent at `since` and nothing has come back
-    /// for `after`: if no other request to the upstream was answered
-    /// meanwhile either, it is hung — ejected, so new uploads fail over
-    /// now instead of each waiting `upstream_response`.
-    fn check(&self, since: u64, after: std::time::Duration) {
+    /// The request's body was sent when the upstream's answers counted
+    /// `mark` ([`Health::answers`]) and nothing has come back for `after`:
+    /// if no other request to the upstream was answered meanwhile either,
+    /// it is hung — ejected, so new uploads fail over now instead of each
+    /// waiting `upstream_response`.
+    fn check(&self, mark: u64, after: std::time::Duration) {
         let health = &self.state.health;
-        if health.answered_since(self.upstream, since) || !health.eject_hung(self.upstream) {
+        if health.answered_since(self.upstream, mark) || !health.eject_hung(self.upstream) {
             return;
         }
         let uri = &self.state.config.policy.upstream(self.upstream).uri;

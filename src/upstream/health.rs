@@ -45,9 +45,9 @@ struct Upstream {
     ejected_for: AtomicU8,
     /// Milliseconds since `epoch` of the last ejection.
     ejected_at: AtomicU64,
-    /// Milliseconds since `epoch` of the last answer (any status) to a
-    /// forwarded request.
-    answered_at: AtomicU64,
+    /// Answers (any status) to forwarded requests so far: a count, not a
+    /// time, so that an answer reads no clock (issue 23).
+    answers: AtomicU64,
 }
 
 /// Ejected after `passive_failures` failed requests.
@@ -121,8 +121,11 @@ impl Health {
     /// Healthy by checks and not ejected (drain not considered).
     pub fn is_healthy(&self, u: UpstreamId) -> bool {
         self.upstreams.get(u.0).is_some_and(|x| {
-            x.active_up.load(Ordering::Relaxed)
-                && x.ejected_until.load(Ordering::Relaxed) <= self.now_ms()
+            // 0: never ejected, and no clock read (issue 23).
+            x.active_up.load(Ordering::Relaxed) && {
+                let until = x.ejected_until.load(Ordering::Relaxed);
+                until == 0 || until <= self.now_ms()
+            }
         })
     }
 
@@ -170,16 +173,22 @@ impl Health {
     /// `u` answered a forwarded request (any status).
     pub fn record_answer(&self, u: UpstreamId) {
         if let Some(x) = self.upstreams.get(u.0) {
-            x.answered_at.store(self.now_ms(), Ordering::Relaxed);
+            x.answers.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Has `u` answered any forwarded request since `since_ms` (from
-    /// [`Health::now_ms`])?
-    pub fn answered_since(&self, u: UpstreamId, since_ms: u64) -> bool {
+    /// How many forwarded requests `u` has answered so far: the mark for
+    /// [`Health::answered_since`].
+    pub fn answers(&self, u: UpstreamId) -> u64 {
         self.upstreams
             .get(u.0)
-            .is_some_and(|x| x.answered_at.load(Ordering::Relaxed) >= since_ms)
+            .map_or(0, |x| x.answers.load(Ordering::Relaxed))
+    }
+
+    /// Has `u` answered any forwarded request since [`Health::answers`]
+    /// gave `mark`?
+    pub fn answered_since(&self, u: UpstreamId, mark: u64) -> bool {
+        self.answers(u) > mark
     }
 
     /// Ejects `u` as hung (a request waited `hung_after` with nothing
@@ -461,16 +470,15 @@ down_for = "10s"
     }
 
     #[tokio::test(start_paused = true)]
-    async fn answers_since_a_time() {
+    async fn answers_since_a_mark() {
         let (h, _) = health();
         let u = UpstreamId(0);
-        tokio::time::advance(Duration::from_millis(5)).await;
-        let since = h.now_ms();
-        assert!(!h.answered_since(u, since));
-        tokio::time::advance(Duration::from_millis(5)).await;
         h.record_answer(u);
-        assert!(h.answered_since(u, since));
-        assert!(!h.answered_since(UpstreamId(1), since));
+        let mark = h.answers(u);
+        assert!(!h.answered_since(u, mark));
+        h.record_answer(u);
+        assert!(h.answered_since(u, mark));
+        assert!(!h.answered_since(UpstreamId(1), h.answers(UpstreamId(1))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -503,6 +503,12 @@ impl Pool {
         }
     }
 
+    /// The `Host` of requests to `u` (its URL's authority): the pool sets
+    /// it on a request that carries none.
+    pub fn host(&self, u: UpstreamId) -> &HeaderValue {
+        &self.inner.targets[u.0].authority
+    }
+
     /// Idle connections kept for `u` (tests, metrics).
     pub fn idle(&self, u: UpstreamId) -> usize {
         self.inner.idle[u.0].lock().map_or(0, |idle| idle.len())
