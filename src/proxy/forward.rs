@@ -31,7 +31,7 @@ use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -532,15 +532,31 @@ fn send<'a>(
             request_id: id,
             dc,
         };
-        // Gated: polled only when the body is sent, the connection's progress or its
-        // timer wakes it, not each time the response side does.
-        let deadlines = pin!(deadlines(timeouts, &watch, hung));
-        let result = tokio::select! {
-            biased;
-            r = state.pool.send_or_return(upstream, request, &watch) => r,
-            phase = crate::lazy::Gated::new(deadlines) => {
+        // The exchange first, then its deadlines; both dropped once one
+        // ends. Polled by hand: `select!` would move both futures into a
+        // tuple, a copy of ~1 KiB per request (issue 23).
+        let result = {
+            let mut sending = pin!(state.pool.send_or_return(upstream, request, &watch));
+            // Gated: polled only when the body is sent, the connection's
+            // progress or its timer wakes it, not each time the response
+            // side does.
+            let deadlines = pin!(deadlines(timeouts, &watch, hung));
+            let mut deadlines = crate::lazy::Gated::new(deadlines);
+            std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Ok(r)),
+                Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
+            })
+            .await
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(phase) => {
                 tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
-                return Attempt::Failed { failure: Failure::UpstreamTimeout, unsent: None, headers: None };
+                return Attempt::Failed {
+                    failure: Failure::UpstreamTimeout,
+                    unsent: None,
+                    headers: None,
+                };
             }
         };
         if result.is_ok() {
