@@ -430,8 +430,13 @@ impl RequestIds {
             let n = self.fallback.fetch_add(1, Ordering::Relaxed);
             id[ID_BYTES - 8..].copy_from_slice(&n.to_be_bytes());
         }
-        // From a `String`, its buffer becomes the value's (no copy).
-        HeaderValue::try_from(residency_core::hex::encode(&id))
+        let mut text = [0u8; 2 * ID_BYTES];
+        residency_core::hex::encode_to(&id, &mut text);
+        // Owned by the value, not a `String`'s buffer: `Bytes` made from a
+        // `Vec` allocates again when it is first cloned (it becomes
+        // shared), and the id is cloned for the data centre and the client
+        // (issue 23).
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
             .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
