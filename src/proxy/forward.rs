@@ -475,7 +475,9 @@ fn settle(
             headers,
         } => {
             if headers.is_some() {
+                // Handed back with this attempt's `Host`.
                 upload.headers = headers;
+                upload.host_of = upstream;
             }
             (Err(failure), unsent, false)
         }
@@ -486,7 +488,9 @@ fn settle(
         } if unsent.is_some() => {
             health.eject(upstream);
             if headers.is_some() {
+                // Handed back with this attempt's `Host`.
                 upload.headers = headers;
+                upload.host_of = upstream;
             }
             (Err(failure), unsent, true)
         }
@@ -542,9 +546,16 @@ fn send<'a>(
             // side does.
             let deadlines = pin!(deadlines(timeouts, &watch, hung));
             let mut deadlines = crate::lazy::Gated::new(deadlines);
-            std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
-                Poll::Ready(r) => Poll::Ready(Ok(r)),
-                Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
+            std::future::poll_fn(|cx| {
+                // As `select!` does: with the task's budget spent, yield.
+                if !tokio::task::coop::has_budget_remaining() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                match sending.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Ok(r)),
+                    Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
+                }
             })
             .await
         };

@@ -121,7 +121,8 @@ impl Health {
     /// Healthy by checks and not ejected (drain not considered).
     pub fn is_healthy(&self, u: UpstreamId) -> bool {
         self.upstreams.get(u.0).is_some_and(|x| {
-            // 0: never ejected, and no clock read (issue 23).
+            // 0: not ejected (never, or readmitted by a probe), and no
+            // clock read (issue 23).
             x.active_up.load(Ordering::Relaxed) && {
                 let until = x.ejected_until.load(Ordering::Relaxed);
                 until == 0 || until <= self.now_ms()
