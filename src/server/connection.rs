@@ -32,7 +32,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,27 +134,43 @@ pub(super) async fn serve(
             Box::new(held.hold())
         }))),
     });
+    // The box of the last request's future, for the next (see `Spare`).
+    let spare = Arc::new(Mutex::new(None));
     let service = {
         let activity = activity.clone();
         let instance = instance.clone();
+        let spare = spare.clone();
         service_fn(move |req| {
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
             let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
             let permit = permit.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
-            // (to release its buffers while idle) only for Unpin futures.
-            // `handle`'s future is created inside the box, not moved in.
-            let fut = Box::pin(async move {
+            // (to release its buffers while idle) only for Unpin futures,
+            // and a request whose client left moves, box and all, into a
+            // task of its own (`Detached`).
+            let mut fut = spare
+                .lock()
+                .ok()
+                .and_then(|mut spare: std::sync::MutexGuard<'_, Option<_>>| spare.take())
+                .unwrap_or_else(|| Box::pin(None));
+            fut.set(Some(async move {
                 let resp = proxy::handle(instance, state, conn, req).await;
                 drop(permit);
                 resp
-            });
+            }));
             Detached {
                 fut: Some(fut),
                 busy: Some(busy),
+                spare: spare.clone(),
             }
         })
+    };
+    // A parked connection holds no request's box either.
+    let release = || {
+        if let Ok(mut spare) = spare.lock() {
+            spare.take();
+        }
     };
 
     // HTTP/1 heads are watched from their first byte by `Activity`, which
@@ -180,7 +196,16 @@ pub(super) async fn serve(
     let (io, prefix) = if h2 {
         (io, Bytes::new())
     } else {
-        let served = serve_http1(io, &service, &activity, limits, metrics, peer, &mut phases);
+        let served = serve_http1(
+            io,
+            &service,
+            &release,
+            &activity,
+            limits,
+            metrics,
+            peer,
+            &mut phases,
+        );
         match served.await {
             Some(h2_without_alpn) => h2_without_alpn,
             None => return,
@@ -367,9 +392,11 @@ fn expired_crl_warning_due() -> bool {
 /// Between requests the connection is parked: once quiet for
 /// [`IDLE_RELEASE`], hyper's buffers are released and one small read waits
 /// for the next request, whose bytes start a fresh hyper connection.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http1<S, I, D>(
     mut io: Watched<Tls>,
     service: &S,
+    release: &impl Fn(),
     activity: &Arc<Activity>,
     limits: Limits,
     metrics: &Metrics,
@@ -397,6 +424,7 @@ where
             // Parked: the connection holds only its TLS state (no hyper
             // buffers) until the next request's bytes arrive.
             let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
+            release();
             prefix = park(&mut io, prefix, peer, phases).await?;
             continue;
         }
@@ -1136,7 +1164,10 @@ impl hyper::body::Body for Served {
 /// a dropped request is cancelled like any future (counted in
 /// `residency_detached_requests_cancelled_total`).
 struct Detached<F: Future<Output = Answer> + Send + 'static> {
-    fut: Option<Pin<Box<F>>>,
+    /// The request's future, in a box that goes back to `spare` when it
+    /// has ended (`None` inside it then).
+    fut: Option<Pin<Box<Option<F>>>>,
+    spare: Spare<F>,
     /// The request's place in its connection's activity (and, detached, in
     /// the budgets): held until the future ends (then, over HTTP/1, its
     /// response's body is [`Responding`]).
@@ -1145,6 +1176,15 @@ struct Detached<F: Future<Output = Answer> + Send + 'static> {
 
 /// What a request's future gives hyper.
 type Answer = Result<http::Response<ProxyBody>, std::convert::Infallible>;
+
+/// A connection's box for its next request's future: the last one's, given
+/// back when its future ended. A request's future is over 3 KiB, which
+/// mimalloc allocates on its slow path (~230 instructions, issue 23);
+/// HTTP/1 runs one request at a time, so one box serves them all. A
+/// request that is detached takes its box along; HTTP/2's concurrent
+/// streams allocate when it is taken and keep one. Emptied when an HTTP/1
+/// connection parks, which then holds no request's memory.
+type Spare<F> = Arc<Mutex<Option<Pin<Box<Option<F>>>>>>;
 
 /// A detached request's place in the budgets; given back when it ends (its
 /// `Busy` with it).
@@ -1188,12 +1228,21 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
             return Poll::Pending;
         };
         // Taken out while polled: a future that panics is not detached.
-        match fut.as_mut().poll(cx) {
+        let polled = match fut.as_mut().as_pin_mut() {
+            Some(inner) => inner.poll(cx),
+            None => return Poll::Pending,
+        };
+        match polled {
             Poll::Pending => {
                 self.fut = Some(fut);
                 Poll::Pending
             }
             Poll::Ready(Ok(resp)) => {
+                fut.set(None);
+                if let Ok(mut spare) = self.spare.lock() {
+                    // One kept (HTTP/2 may end several at once).
+                    spare.get_or_insert(fut);
+                }
                 // Its request ends at the head; what is left is its body,
                 // bounded from its head (HTTP/1: the connection's phase;
                 // HTTP/2, where other streams may keep the connection
@@ -1219,9 +1268,12 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
 
 impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
     fn drop(&mut self) {
-        let Some(fut) = self.fut.take() else {
+        let Some(mut fut) = self.fut.take() else {
             return;
         };
+        if fut.is_none() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -1230,7 +1282,13 @@ impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
         };
         match busy.detach() {
             Ok(detached) => drop(runtime.spawn(async move {
-                let out = fut.await;
+                // (Never `None`: looked at above.)
+                let out = std::future::poll_fn(|cx| {
+                    fut.as_mut()
+                        .as_pin_mut()
+                        .map_or(Poll::Pending, |inner| inner.poll(cx))
+                })
+                .await;
                 drop(detached);
                 out
             })),
