@@ -10,7 +10,8 @@ every second (with RULES.yml loaded, when given: every rule must evaluate
 without error). Sends uploads from every jurisdiction and refusals, and
 triggers the rarer events the dashboard shows: a failed and a successful
 reload, connections over the admin listener's limit, a failed TLS
-handshake, a drained data centre. Then asks Prometheus for each panel
+handshake, a drained data centre. Then lints the proxy's exposition with
+`promtool check metrics` (any problem fails), and asks Prometheus for each panel
 target (Grafana's variables replaced: every job, instance and
 jurisdiction, a 30 s rate interval) and prints whether it returned data.
 Fails when an expression does not parse or returns nothing, except those
@@ -209,6 +210,18 @@ def main():
 
         did = load(port, admin, work)
         time.sleep(4)  # a few more scrapes and rule evaluations
+
+        # The exposition itself, by Prometheus's own lint (names, units,
+        # suffixes, help texts), with every kind of event above counted.
+        _, exposition = get(f"http://127.0.0.1:{admin}/metrics")
+        promtool = shutil.which("promtool") or "promtool"
+        lint = subprocess.run([promtool, "check", "metrics"], input=exposition,
+                              capture_output=True, text=True)
+        lint_problems = (lint.stdout + lint.stderr).strip()
+        if lint.returncode != 0 or lint_problems:
+            print(f"promtool check metrics:\n{lint_problems}", file=sys.stderr)
+            return 1
+        print(f"promtool check metrics: {exposition.count(chr(10) + '# TYPE ')} metric families, no problems")
 
         dash = json.loads(DASHBOARD.read_text())
         rows, failed = [], []

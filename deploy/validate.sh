@@ -620,7 +620,8 @@ EOF
 # Every dashboard expression evaluated by a real Prometheus (Debian's, which
 # check_prometheus_rules installs with promtool) scraping the real binary's
 # demo under a scripted load; the alert and recording rules are loaded too
-# and must evaluate without error against the live metrics.
+# and must evaluate without error against the live metrics, and the
+# exposition must pass `promtool check metrics`.
 check_dashboard_live() {
   local bin
   bin=$(find_binary) || return $?
@@ -647,7 +648,7 @@ run "proxy configurations (residency-proxy check-config)" check_config
 run "systemd unit (systemd-analyze verify, security)" check_systemd
 run "Grafana dashboard" check_dashboard
 run "Prometheus rules (promtool check rules, promtool test rules)" check_prometheus_rules
-run "Grafana dashboard against a live Prometheus and proxy" check_dashboard_live
+run "Grafana dashboard against a live Prometheus and proxy; promtool check metrics" check_dashboard_live
 run "scripts" check_scripts
 
 echo

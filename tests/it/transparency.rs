@@ -943,6 +943,12 @@ async fn refusals_over_their_budget_become_summary_records() {
     let counted: u64 = summaries.iter().map(|s| s.count).sum();
     assert!(counted > 0, "some refusals were folded");
     assert_eq!(counted as f64, summarized);
+    let written = metric_value(&proxy, "residency_log_refusal_summaries_total").await;
+    assert_eq!(
+        written,
+        summaries.len() as f64,
+        "one count per summary record"
+    );
     // Each summary (one per checkpoint interval) hashes the next `count`
     // folded ids, in the order they were refused.
     let folded: Vec<&String> = ids.iter().filter(|id| !own.contains(id)).collect();

@@ -124,7 +124,7 @@ impl LogMetrics {
                     "Refusals over transparency.refusal_records_per_second, folded into summary records instead of one record each.",
                 )?,
                 summary_records: counter(
-                    "residency_log_summary_records_total",
+                    "residency_log_refusal_summaries_total",
                     "Summary records written (one per refusal reason and checkpoint interval with refusals folded).",
                 )?,
                 appended: counter(
