@@ -106,16 +106,16 @@ struct Upload {
 }
 
 impl Upload {
-    /// The request for one attempt on `upstream` (its base URL and `Host`
-    /// from `pool`), with the signal that its body has been sent. `None`
-    /// when no headers are left for a retry (every retry path keeps or gets
-    /// them back, so this is a bug, refused).
+    /// The request for one attempt on `upstream` (its base URL from the
+    /// policy, its `Host` from the pool), with the signal that its body has
+    /// been sent. `None` when no headers are left for a retry (every retry
+    /// path keeps or gets them back, so this is a bug, refused).
     fn attempt(
         &mut self,
         upstream: UpstreamId,
-        base: &Uri,
-        pool: &crate::upstream::pool::Pool,
+        state: &Snapshot,
     ) -> Result<(Request<ForwardBody>, Arc<Watch>), Failure> {
+        let base = &state.config.policy.upstream(upstream).uri;
         let uri =
             upstream_path(base, self.uri.path_and_query()).map_err(|_| Failure::BadRequest)?;
         let (body, watch) = match &self.replay {
@@ -135,7 +135,7 @@ impl Upload {
             return Err(Failure::UpstreamError);
         };
         if other_host {
-            headers.insert(header::HOST, pool.host(upstream).clone());
+            headers.insert(header::HOST, state.pool.host(upstream).clone());
         }
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
@@ -343,8 +343,7 @@ pub fn forward<'a>(
             let dc_id = policy.upstream(upstream).datacenter;
             let dc = &policy.datacenter(dc_id).name;
             *datacenter = Some(dc_id);
-            let base = &policy.upstream(upstream).uri;
-            let (request, watch) = match upload.attempt(upstream, base, &state.pool) {
+            let (request, watch) = match upload.attempt(upstream, state) {
                 Ok(attempt) => attempt,
                 Err(failure) => return Err(upload.refuse(failure)),
             };

@@ -375,17 +375,15 @@ pub fn client_framing(status: http::StatusCode, headers: &mut HeaderMap) -> bool
         headers.remove(header::TRANSFER_ENCODING);
         return true;
     }
-    // One pass, no name hashed (issue 23): a response head is short, and
-    // the usual one has a single `Content-Length` or neither field.
-    let (mut coded, mut lengths, mut listed) = (false, 0_usize, false);
-    for (name, value) in headers.iter() {
-        if *name == header::TRANSFER_ENCODING {
-            coded = true;
-        } else if *name == header::CONTENT_LENGTH {
-            lengths += 1;
-            listed |= value.as_bytes().contains(&b',');
-        }
-    }
+    // One pass ([`Fields`], as for requests), no name hashed (issue 23):
+    // the usual head has a single `Content-Length` or neither field.
+    let fields = Fields::of(headers);
+    let coded = fields.transfer_encodings > 0;
+    let usual = match (fields.content_lengths, fields.content_length) {
+        (0, _) => true,
+        (1, Some(one)) => !one.as_bytes().contains(&b','),
+        _ => false,
+    };
     if coded {
         let chunked_only = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -395,8 +393,8 @@ pub fn client_framing(status: http::StatusCode, headers: &mut HeaderMap) -> bool
         headers.remove(header::CONTENT_LENGTH);
         return chunked_only;
     }
-    if lengths == 0 || (lengths == 1 && !listed) {
-        return true; // the usual single value, or none
+    if usual {
+        return true;
     }
     let mut lengths = headers
         .get_all(header::CONTENT_LENGTH)
