@@ -315,8 +315,10 @@ static COUNTRY_CODES: [u8; 26 * 26 * 2] = {
 fn country_value(code: &str) -> Option<HeaderValue> {
     if let [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] = *code.as_bytes() {
         let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
-        if let Ok(code) = std::str::from_utf8(&COUNTRY_CODES[2 * i..2 * i + 2]) {
-            return Some(HeaderValue::from_static(code));
+        // A static slice: no copy, and no UTF-8 check (issue 23).
+        let code = bytes::Bytes::from_static(&COUNTRY_CODES[2 * i..2 * i + 2]);
+        if let Ok(value) = HeaderValue::from_maybe_shared(code) {
+            return Some(value);
         }
     }
     HeaderValue::from_str(code).ok()

@@ -228,14 +228,15 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI) to upstream `u` and returns the
-    /// response, its body still streaming.
+    /// response, its body still streaming. A request without `Host` gets
+    /// the upstream's ([`Pool::host`]).
     pub async fn send(
         &self,
         u: UpstreamId,
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, req, &watch, true)
+        self.send_with(u, self.hosted(u, req), &watch, true)
             .await
             .map_err(|(e, _)| e)
     }
@@ -250,14 +251,15 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, req, &watch, false)
+        self.send_with(u, self.hosted(u, req), &watch, false)
             .await
             .map_err(|(e, _)| e)
     }
 
     /// [`Pool::send`], handing the request back as it came when it was
     /// never sent (`Connect`, `Tls`), so that a retry elsewhere need not
-    /// have kept a copy. `watch` gets the write progress of the connection
+    /// have kept a copy. The request carries its `Host` already (the
+    /// forwarding sets [`Pool::host`] per attempt; not looked up here). `watch` gets the write progress of the connection
     /// the request goes out on.
     ///
     /// (Not an `async fn`, nor is `send_with`: an `async fn`'s future keeps
@@ -286,11 +288,6 @@ impl Pool {
     {
         async move {
             let inner = &self.inner;
-            let own_host = !req.headers().contains_key(header::HOST);
-            if own_host {
-                let host = inner.targets[u.0].authority.clone();
-                req.headers_mut().insert(header::HOST, host);
-            }
             let room = &inner.rooms[u.0];
             // From when the cap is first met (read then: rarely needed).
             let mut deadline = None;
@@ -329,11 +326,11 @@ impl Pool {
                 tokio::select! {
                     permit = room.permits.clone().acquire_owned() => match permit {
                         Ok(permit) => break Some(permit),
-                        Err(_) => return Err((Error::Saturated, Some(unhost(req, own_host)))),
+                        Err(_) => return Err((Error::Saturated, Some(req))),
                     },
                     () = &mut freed => {}
                     () = tokio::time::sleep_until(deadline) => {
-                        return Err((Error::Saturated, Some(unhost(req, own_host))));
+                        return Err((Error::Saturated, Some(req)));
                     }
                 }
             };
@@ -342,7 +339,7 @@ impl Pool {
             // Boxed: connecting is rare, and its TLS state is large.
             let (mut tx, progress) = match Box::pin(self.connect(u, permit)).await {
                 Ok(connected) => connected,
-                Err(e) => return Err((e, Some(unhost(req, own_host)))),
+                Err(e) => return Err((e, Some(req))),
             };
             set(watch, &progress);
             match tx.send_request(req).await {
@@ -503,10 +500,18 @@ impl Pool {
         }
     }
 
-    /// The `Host` of requests to `u` (its URL's authority): the pool sets
-    /// it on a request that carries none.
+    /// The `Host` of requests to `u` (its URL's authority): [`Pool::send`]
+    /// and [`Pool::probe`] set it on a request that carries none.
     pub fn host(&self, u: UpstreamId) -> &HeaderValue {
         &self.inner.targets[u.0].authority
+    }
+
+    /// `req` with [`Pool::host`] unless it has a `Host` of its own.
+    fn hosted(&self, u: UpstreamId, mut req: Request<ForwardBody>) -> Request<ForwardBody> {
+        if let header::Entry::Vacant(e) = req.headers_mut().entry(header::HOST) {
+            e.insert(self.host(u).clone());
+        }
+        req
     }
 
     /// Idle connections kept for `u` (tests, metrics).
@@ -519,15 +524,6 @@ impl Pool {
         let inner = &self.inner;
         inner.max_connections - inner.rooms[u.0].permits.available_permits()
     }
-}
-
-/// `req` without the `Host` the pool added (`own_host`), for the next
-/// upstream to set its own.
-fn unhost(mut req: Request<ForwardBody>, own_host: bool) -> Request<ForwardBody> {
-    if own_host {
-        req.headers_mut().remove(header::HOST);
-    }
-    req
 }
 
 fn set(watch: &Watch, progress: &Arc<WriteProgress>) {
