@@ -121,6 +121,7 @@ pub fn handle(
         let received = instance.log.is_some().then(SystemTime::now);
         let id = instance.ids.next();
         let method = req.method().clone();
+        let version = req.version();
         // For the access line: copied only when that line is written.
         let path = tracing::enabled!(target: "residency_proxy::access", tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
@@ -143,7 +144,7 @@ pub fn handle(
             ));
         }
         let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
-        let (mut resp, bytes, receipt) = respond(
+        let (mut resp, bytes, receipt, closing) = respond(
             &instance,
             &state,
             &mut findings,
@@ -171,6 +172,12 @@ pub fn handle(
         if let Some(receipt) = receipt {
             resp.headers_mut()
                 .insert(residency_log::receipt::HEADER, receipt);
+        }
+        // After `to_client`, which strips hop-by-hop fields; HTTP/2 has no
+        // `Connection` (RFC 9113 §8.2.2), a stream ends on its own.
+        if closing && version < http::Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
 
         let status = resp.status();
@@ -206,9 +213,10 @@ pub fn handle(
 
 /// The client's response for what [`decide_and_forward`] produced, after
 /// the decision record is written (with the transparency log on): the
-/// upstream's answer, or the refusal. Returns it with the body bytes read
-/// and the receipt for a stored upload. A refusal's unread body is
-/// discarded holding a guard from `hold`.
+/// upstream's answer, or the refusal. Returns it with the body bytes read,
+/// the receipt for a stored upload, and whether the refusal ends an
+/// HTTP/1.1 connection (it is to say `Connection: close`, RFC 9112 §9.6).
+/// A refusal's unread body is discarded holding a guard from `hold`.
 async fn respond(
     instance: &Instance,
     state: &Snapshot,
@@ -217,7 +225,7 @@ async fn respond(
     received: Option<SystemTime>,
     routed: Routed,
     hold: Option<&Hold>,
-) -> (Response<ProxyBody>, u64, Option<HeaderValue>) {
+) -> (Response<ProxyBody>, u64, Option<HeaderValue>, bool) {
     let log = instance.log.as_ref();
     // The request body a refusal before forwarding left unread.
     let mut body_unread = None;
@@ -251,6 +259,7 @@ async fn respond(
             (Err(failure), bytes, None, false)
         }
     };
+    let mut closing = false;
     let resp = match answered {
         Ok(resp) => resp.map(Either::Left),
         Err(failure) => {
@@ -275,10 +284,18 @@ async fn respond(
                 resp.headers_mut().insert(header::ALLOW, allow);
             }
             let bounds = discard::bounds(&state.config);
+            // The connection is closed after this answer when its body
+            // stalled (a 408: RFC 9110 §15.5.9 asks for `close`), or when
+            // the unread rest of the body is declared larger than the
+            // proxy discards; a body of unknown length may still be.
+            closing = failure == Failure::BodyTimeout
+                || body_unread
+                    .as_ref()
+                    .is_some_and(|b| hyper::body::Body::size_hint(b).lower() > bounds.bytes);
             resp.map(|answer| Either::Right(RefusalBody::new(answer, body_unread, bounds, hold)))
         }
     };
-    (resp, bytes, receipt)
+    (resp, bytes, receipt, closing)
 }
 
 type Routed = Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), Unrouted>;

@@ -878,6 +878,78 @@ async fn answer<R: AsyncRead + Unpin>(tls: &mut R) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// A refusal after which the proxy closes an HTTP/1.1 connection says
+/// `Connection: close` (RFC 9112 §9.6; RFC 9110 §15.5.9 for the 408), so a
+/// keep-alive client does not send its next request into it: a stalled
+/// body's 408, and a refusal whose unread body is declared larger than
+/// `limits.discard_body_bytes`. A refusal whose body is discarded keeps
+/// the connection, and the next request on it is answered.
+#[tokio::test]
+async fn a_refusal_that_ends_the_connection_says_close() {
+    let proxy = Proxy::start(limited(
+        "[timeouts]\nrequest_body_idle = \"500ms\"\ndiscard_body = \"1s\"\n[limits]\ndiscard_body_bytes = 4096\n",
+    ))
+    .await;
+    // Keep-alive requests: no `Connection` field of the client's.
+    let head = |origin: &str, length: usize| {
+        format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {origin}\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    let closes = [
+        // 10 of 100 bytes from CH, then silence: 408.
+        (head(CH, 100), 408),
+        // An unknown origin's 1 MiB, past what the proxy discards: 451
+        // (and closed when `discard_body` has passed, as the client sends
+        // no more).
+        (head(UNKNOWN, 1 << 20), 451),
+    ];
+    for (head, status) in closes {
+        let mut tls = proxy.client().connect().await.unwrap();
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(b"0123456789").await.unwrap();
+        tls.flush().await.unwrap();
+        let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(raw_status(&raw), Some(status), "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "a {status} that ends the connection says so: {text}"
+        );
+    }
+    // 100 declared bytes, all sent: discarded, and the connection serves
+    // the next upload.
+    let mut tls = proxy.client().connect().await.unwrap();
+    let mut two = head(UNKNOWN, 100).into_bytes();
+    two.extend_from_slice(&[b'x'; 100]);
+    two.extend_from_slice(head(CH, 100).as_bytes());
+    two.extend_from_slice(&[b'x'; 100]);
+    tls.write_all(&two).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_both = async {
+        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < 2 {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_both)
+        .await
+        .expect("both answers within 5 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 451"), "{text}");
+    assert!(text.contains("HTTP/1.1 201"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "a connection that stays open says nothing: {text}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn stalled_body_is_408_and_reaches_no_upstream() {
     let proxy = Proxy::start(limited("[timeouts]\nrequest_body_idle = \"500ms\"\n")).await;
