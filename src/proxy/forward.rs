@@ -70,6 +70,9 @@ pub struct Target<'a> {
     /// (`headers::Fields`, as `admit` read them).
     pub idempotency_key: bool,
     pub via: bool,
+    /// The request may have a field that does not go upstream
+    /// (`headers::Fields::foreign`).
+    pub foreign: bool,
     /// The client connection's guard maker (`Conn::hold`), for the body.
     pub hold: Option<crate::upstream::body::Hold>,
 }
@@ -187,6 +190,7 @@ fn prepare(
             host,
             version: parts.version,
             via: target.via,
+            foreign: target.foreign,
         },
     );
     // RFC 9110 §7.6.2: a forwarded OPTIONS counts one hop down (one with 0
@@ -584,12 +588,8 @@ fn send<'a>(
                     // Outside RFC 9110 §15's classes (hyper parses up to 999):
                     // meaningless to a client, to be taken as a server error.
                     Some("a status code outside 100-599")
-                } else if !headers::client_framing(status, resp.headers_mut()) {
-                    Some("a transfer coding other than chunked")
-                } else if crate::upstream::pool::head_too_large(resp.headers()) {
-                    Some("a response head over 64 KiB")
                 } else {
-                    None
+                    headers::from_upstream(status, resp.headers_mut()).err()
                 };
                 match unusable {
                     Some(answer) => {

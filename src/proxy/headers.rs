@@ -19,6 +19,8 @@ use http::uri::Authority;
 use http::{Uri, Version};
 use residency_core::origin::push_ip;
 
+use crate::upstream::pool::RESPONSE_HEAD_LIMIT;
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -61,9 +63,9 @@ fn never_forwarded(name: &HeaderName) -> bool {
 // instructions per field (issue 23). Names are lower case already (HTTP/1
 // parsing lowers them; HTTP/2 refuses upper case).
 
-fn never_forwarded_text(name: &str) -> bool {
-    matches!(
-        name,
+/// The hop-by-hop names, as a pattern (for [`Fields::of`]'s `match` too).
+macro_rules! hop_by_hop {
+    () => {
         "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -74,7 +76,26 @@ fn never_forwarded_text(name: &str) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "http2-settings"
-    ) || name.starts_with("residency-")
+    };
+}
+
+/// The other claims of the client's address ([`names_an_address_text`]),
+/// as a pattern.
+macro_rules! address_claims {
+    () => {
+        "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "fastly-client-ip"
+            | "client-ip"
+    };
+}
+
+fn never_forwarded_text(name: &str) -> bool {
+    matches!(name, hop_by_hop!()) || name.starts_with("residency-")
 }
 
 /// [`never_forwarded`], one of the fields the proxy sets, or another claim
@@ -140,17 +161,7 @@ fn names_an_address(name: &HeaderName) -> bool {
 /// walked chain) and `Residency-Origin-Country` alone: a client's own claim
 /// in another field would mislead a data centre that reads it first.
 fn names_an_address_text(name: &str) -> bool {
-    matches!(
-        name,
-        "forwarded"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "cf-connecting-ip"
-            | "x-client-ip"
-            | "x-cluster-client-ip"
-            | "fastly-client-ip"
-            | "client-ip"
-    )
+    matches!(name, address_claims!())
 }
 
 /// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
@@ -191,6 +202,10 @@ pub struct Forwarded<'a> {
     /// The request may have a `Via` field ([`Fields::via`]); `false`: it
     /// has none, and ours is added without a lookup.
     pub via: bool,
+    /// The request may have a field that does not go upstream
+    /// ([`Fields::foreign`]); `false`: it has none, and the fields are not
+    /// looked at again.
+    pub foreign: bool,
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -210,7 +225,9 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
     // and other claims of an address, in either spelling.
-    strip(headers, not_upstream);
+    if f.foreign {
+        strip(headers, not_upstream);
+    }
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
     // From a `String`, its buffer becomes the value's (no copy).
@@ -343,20 +360,68 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Adds the headers every response carries (the values from
-/// [`crate::state::PolicyValues`]).
+/// [`crate::state::PolicyValues`]). A data centre's answer has been through
+/// [`from_upstream`]; the proxy's own carry no hop-by-hop field.
 pub fn to_client(
     headers: &mut HeaderMap,
     request_id: &HeaderValue,
     jurisdiction: Option<&HeaderValue>,
     datacenter: Option<&HeaderValue>,
 ) {
-    strip_hop_by_hop(headers);
     headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some(v) = jurisdiction {
         headers.insert(RESIDENCY_JURISDICTION, v.clone());
     }
     if let Some(v) = datacenter {
         headers.insert(RESIDENCY_DATACENTER, v.clone());
+    }
+}
+
+/// A data centre's response fields made the client's, in place, from one
+/// pass over them (issue 23): its framing ([`client_framing`]), then its
+/// hop-by-hop and `Residency-*` fields removed ([`strip_hop_by_hop`]; the
+/// framing reads `Transfer-Encoding` first). `Err` says why the response
+/// cannot be forwarded: a transfer coding beyond `chunked`, or fields over
+/// [`RESPONSE_HEAD_LIMIT`] (hyper reads a head up to that limit before
+/// each read, so one read may take it past).
+pub fn from_upstream(
+    status: http::StatusCode,
+    headers: &mut HeaderMap,
+) -> Result<(), &'static str> {
+    let fields = Fields::of(headers);
+    if fields.head_bytes > RESPONSE_HEAD_LIMIT {
+        return Err("a response head over 64 KiB");
+    }
+    let foreign = fields.foreign;
+    let framing = Framing::of(&fields);
+    if !client_framing(status, headers, framing) {
+        return Err("a transfer coding other than chunked");
+    }
+    if foreign {
+        strip_hop_by_hop(headers);
+    }
+    Ok(())
+}
+
+/// What [`client_framing`] needs of a response's [`Fields`].
+#[derive(Clone, Copy)]
+struct Framing {
+    /// It has `Transfer-Encoding`.
+    coded: bool,
+    /// No `Content-Length`, or one without a list.
+    usual: bool,
+}
+
+impl Framing {
+    fn of(fields: &Fields<'_>) -> Framing {
+        Framing {
+            coded: fields.transfer_encodings > 0,
+            usual: match (fields.content_lengths, fields.content_length) {
+                (0, _) => true,
+                (1, Some(one)) => !one.as_bytes().contains(&b','),
+                _ => false,
+            },
+        }
     }
 }
 
@@ -370,22 +435,14 @@ pub fn to_client(
 /// value, as HTTP/2 clients require. A 204 has no content and carries
 /// neither field (RFC 9110 §8.6: an HTTP/2 client may take a
 /// `content-length` on it for a malformed response). In the usual case,
-/// one pass over the fields and no lookup.
-pub fn client_framing(status: http::StatusCode, headers: &mut HeaderMap) -> bool {
+/// no lookup: `framing` comes from the one pass of [`from_upstream`].
+fn client_framing(status: http::StatusCode, headers: &mut HeaderMap, framing: Framing) -> bool {
     if status == http::StatusCode::NO_CONTENT {
         headers.remove(header::CONTENT_LENGTH);
         headers.remove(header::TRANSFER_ENCODING);
         return true;
     }
-    // One pass ([`Fields`], as for requests), no name hashed (issue 23):
-    // the usual head has a single `Content-Length` or neither field.
-    let fields = Fields::of(headers);
-    let coded = fields.transfer_encodings > 0;
-    let usual = match (fields.content_lengths, fields.content_length) {
-        (0, _) => true,
-        (1, Some(one)) => !one.as_bytes().contains(&b','),
-        _ => false,
-    };
+    let Framing { coded, usual } = framing;
     if coded {
         let chunked_only = headers
             .get_all(header::TRANSFER_ENCODING)
@@ -460,13 +517,23 @@ pub struct Fields<'a> {
     pub forwarded_for: bool,
     pub idempotency_key: bool,
     pub via: bool,
+    /// The request may have a field that does not go upstream
+    /// ([`not_upstream`]): hop-by-hop, `Residency-*`, another claim of an
+    /// address, or any name with a `_` (judged by `strip` then). `false`
+    /// is exact: [`to_upstream`] then skips its own pass over the fields.
+    pub foreign: bool,
+    /// The fields' size as a head, each counted as `name: value` and CRLF
+    /// (for [`from_upstream`]'s bound).
+    head_bytes: usize,
 }
 
 impl<'a> Fields<'a> {
     pub fn of(headers: &'a HeaderMap) -> Fields<'a> {
         let mut f = Fields::default();
         for (name, value) in headers {
-            match name.as_str() {
+            let name = name.as_str();
+            f.head_bytes += name.len() + value.len() + 4;
+            match name {
                 "host" => {
                     f.hosts += 1;
                     f.host.get_or_insert(value);
@@ -478,11 +545,19 @@ impl<'a> Fields<'a> {
                 "transfer-encoding" => {
                     f.transfer_encodings += 1;
                     f.transfer_encoding.get_or_insert(value);
+                    f.foreign = true;
                 }
                 "x-forwarded-for" => f.forwarded_for = true,
                 "idempotency-key" => f.idempotency_key = true,
                 "via" => f.via = true,
-                _ => {}
+                // In the same `match` as the names above, not a pass of
+                // its own in `to_upstream` (issue 23).
+                #[allow(unreachable_patterns)] // transfer-encoding: above
+                hop_by_hop!() | address_claims!() => f.foreign = true,
+                other => {
+                    f.foreign |=
+                        other.starts_with("residency-") || has_underscore(other.as_bytes());
+                }
             }
         }
         f
@@ -638,6 +713,18 @@ fn without_default_port(authority: &[u8]) -> &[u8] {
     authority.strip_suffix(b":").unwrap_or(authority)
 }
 
+/// The bytes of the usual `Host` name: ASCII letters, digits, `-`, `.`.
+static PLAIN_HOST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.';
+        b += 1;
+    }
+    t
+};
+
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2), or empty. `http`'s authority
 /// parser checks the host; userinfo and a non-numeric port are refused here.
 fn valid_host(value: &[u8]) -> bool {
@@ -645,17 +732,18 @@ fn valid_host(value: &[u8]) -> bool {
         return true;
     }
     // The usual `name[:port]`, checked without the full parser (this runs
-    // for every request).
-    let (name, port) = match value.iter().position(|&b| b == b':') {
-        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-        None => (value, None),
-    };
-    let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.';
-    if !name.is_empty()
-        && name.iter().all(plain)
-        && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
-    {
-        return true;
+    // for every request): one pass over the name's bytes, looked up in a
+    // table (issue 23), then the port's digits.
+    let name = value
+        .iter()
+        .position(|&b| !PLAIN_HOST[usize::from(b)])
+        .unwrap_or(value.len());
+    if name > 0 {
+        match value[name..] {
+            [] => return true,
+            [b':', ref port @ ..] if port.iter().all(u8::is_ascii_digit) => return true,
+            _ => {}
+        }
     }
     if value[0] == b'[' {
         // IP-literal [ ":" port ]: `http`'s parser checks neither the
@@ -818,6 +906,112 @@ mod tests {
         assert_eq!(f.content_length(), None);
     }
 
+    #[test]
+    fn a_response_head_is_refused_past_64_kib_of_fields() {
+        let ok = http::StatusCode::OK;
+        // "x-padding: " + value + CRLF: 13 + value bytes.
+        let value = |n: usize| HeaderValue::from_str(&"p".repeat(n)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-padding", value(RESPONSE_HEAD_LIMIT - 13));
+        assert_eq!(from_upstream(ok, &mut headers), Ok(()));
+        headers.insert("x-padding", value(RESPONSE_HEAD_LIMIT - 12));
+        assert_eq!(
+            from_upstream(ok, &mut headers),
+            Err("a response head over 64 KiB")
+        );
+        // Many small fields count together.
+        let mut many = HeaderMap::new();
+        for i in 0..1000 {
+            many.append("x-many", value(60 + i % 2));
+        }
+        assert!(from_upstream(ok, &mut many).is_err());
+    }
+
+    /// A data centre's hop-by-hop and `Residency-*` fields do not reach
+    /// the client, whether or not the framing needed a change; the others
+    /// do, as they came.
+    #[test]
+    fn from_upstream_strips_what_is_not_the_clients() {
+        let ok = http::StatusCode::OK;
+        for extra in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let mut h = map(&[
+                ("content-type", "text/plain"),
+                ("connection", "keep-alive, x-trace"),
+                ("x-trace", "1"),
+                ("keep-alive", "timeout=5"),
+                ("residency-jurisdiction", "us"),
+                ("x-kept", "yes"),
+                extra,
+            ]);
+            assert_eq!(from_upstream(ok, &mut h), Ok(()));
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            let framing = if extra.0 == "content-length" {
+                vec!["content-length", "content-type", "x-kept"]
+            } else {
+                vec!["content-type", "x-kept"]
+            };
+            assert_eq!(names, framing, "{extra:?}");
+        }
+        let mut plain = map(&[("content-type", "text/plain"), ("content-length", "5")]);
+        let before = plain.clone();
+        assert_eq!(from_upstream(ok, &mut plain), Ok(()));
+        assert_eq!(plain, before);
+        let mut gzip = map(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(
+            from_upstream(ok, &mut gzip),
+            Err("a transfer coding other than chunked")
+        );
+    }
+
+    /// `Fields::foreign` is `false` exactly when `to_upstream` would strip
+    /// nothing (a name with `_` counts as foreign, and `strip` judges it).
+    #[test]
+    fn fields_know_whether_anything_is_stripped() {
+        let kept = [
+            "host",
+            "content-type",
+            "content-length",
+            "user-agent",
+            "x-forwarded-for",
+            "via",
+            "idempotency-key",
+            "accept",
+            "cookie",
+            "residency",
+            "x-forwarded-proto",
+        ];
+        for name in kept {
+            let h = map(&[(name, "v")]);
+            assert!(!Fields::of(&h).foreign, "{name}");
+            assert!(!h.keys().any(not_upstream), "{name}");
+        }
+        let stripped = [
+            "connection",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+            "proxy-authorization",
+            "forwarded",
+            "x-real-ip",
+            "client-ip",
+            "residency-jurisdiction",
+            "residency-anything",
+            "x_forwarded_for",
+            "residency_jurisdiction",
+        ];
+        for name in stripped {
+            let h = map(&[("host", "a"), (name, "v"), ("accept", "*/*")]);
+            assert!(Fields::of(&h).foreign, "{name}");
+            assert!(h.keys().any(not_upstream), "{name}");
+        }
+        // An underscore that `strip` keeps is still looked at.
+        assert!(Fields::of(&map(&[("x_custom", "v")])).foreign);
+        assert!(!not_upstream(&HeaderName::from_static("x_custom")));
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -853,6 +1047,7 @@ mod tests {
             host: h.get(header::HOST).cloned(),
             version: Version::HTTP_11,
             via: true,
+            foreign: true,
         };
         to_upstream(&mut h, &f);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
@@ -905,6 +1100,7 @@ mod tests {
             host: None,
             version: Version::HTTP_11,
             via: true,
+            foreign: true,
         }
     }
 
@@ -971,6 +1167,7 @@ mod tests {
             host: None,
             version: Version::HTTP_11,
             via: true,
+            foreign: true,
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.0.0.2, 10.0.0.1");
@@ -1012,6 +1209,7 @@ mod tests {
                     Version::HTTP_11
                 },
                 via: true,
+                foreign: true,
             };
             to_upstream(&mut h, &f);
             assert_eq!(h.get_all("cookie").iter().count(), want, "http2 = {http2}");
@@ -1333,7 +1531,9 @@ mod proptests {
     }
 
     impl Hop {
-        fn forwarded(&self, via: bool) -> Forwarded<'_> {
+        /// What the proxy tells the data centre, with `fields` read from
+        /// the client's request as `admit` reads them.
+        fn forwarded(&self, fields: &Fields<'_>) -> Forwarded<'_> {
             Forwarded {
                 request_id: &self.request_id,
                 xff_trusted: self.xff_trusted,
@@ -1347,7 +1547,8 @@ mod proptests {
                 } else {
                     Version::HTTP_11
                 },
-                via,
+                via: fields.via,
+                foreign: fields.foreign,
             }
         }
     }
@@ -1584,9 +1785,27 @@ mod proptests {
             let mut c = h.clone();
             let value = |s: &str| HeaderValue::from_str(s).ok();
             to_client(&mut c, &hop.request_id, value(&hop.jurisdiction).as_ref(), value(&hop.country).as_ref());
+            let mut r = h.clone();
+            let _ = from_upstream(http::StatusCode::OK, &mut r);
             let mut up = h;
-            let via = Fields::of(&up).via;
-            to_upstream(&mut up, &hop.forwarded(via));
+            let forwarded = hop.forwarded(&Fields::of(&up));
+            to_upstream(&mut up, &forwarded);
+        }
+
+        /// A data centre's answer after `from_upstream` (when it is to be
+        /// forwarded): no hop-by-hop, listed or `Residency-*` field, as
+        /// after `strip_hop_by_hop`, whatever its framing needed.
+        #[test]
+        fn from_upstream_leaves_no_hop_by_hop(h in header_map()) {
+            let listed = connection_names(&h);
+            let mut r = h.clone();
+            if from_upstream(http::StatusCode::OK, &mut r).is_ok() {
+                for name in r.keys() {
+                    prop_assert!(!HOP_BY_HOP_NAMES.contains(&name.as_str()), "{} remains in {:?}", name, r);
+                    prop_assert!(!name.as_str().starts_with("residency-"), "{} remains", name);
+                    prop_assert!(!listed.contains(name), "{} is listed in Connection: {:?}", name, h);
+                }
+            }
         }
 
         /// After `strip_hop_by_hop`: no hop-by-hop, listed or `Residency-*`
@@ -1619,8 +1838,8 @@ mod proptests {
         fn upstream_rewrite(h in header_map(), hop in hop()) {
             let listed = connection_names(&h);
             let mut up = h.clone();
-            let via = Fields::of(&up).via;
-            to_upstream(&mut up, &hop.forwarded(via));
+            let forwarded = hop.forwarded(&Fields::of(&up));
+            to_upstream(&mut up, &forwarded);
             for name in up.keys() {
                 let n = name.as_str();
                 prop_assert!(!HOP_BY_HOP_NAMES.contains(&n), "{} remains in {:?}", n, up);

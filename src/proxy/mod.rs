@@ -173,8 +173,8 @@ pub fn handle(
             resp.headers_mut()
                 .insert(residency_log::receipt::HEADER, receipt);
         }
-        // After `to_client`, which strips hop-by-hop fields; HTTP/2 has no
-        // `Connection` (RFC 9113 §8.2.2), a stream ends on its own.
+        // HTTP/2 has no `Connection` (RFC 9113 §8.2.2): a stream ends on
+        // its own.
         if closing && version < http::Version::HTTP_2 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -463,6 +463,7 @@ fn admit<'a>(
         padded,
         idempotency_key: fields.idempotency_key,
         via: fields.via,
+        foreign: fields.foreign,
         hold: conn.hold.clone(),
     };
     Ok((target, held))

@@ -53,39 +53,8 @@ use residency_core::policy::UpstreamId;
 /// upstream connection. hyper checks that only before each read while a
 /// head is incomplete (and reserves up to as much again), so its buffer
 /// stays under twice this, and a larger head read in one go is refused by
-/// the caller ([`head_too_large`]).
+/// the caller (`proxy::headers::from_upstream`).
 pub const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
-
-/// Whether a response head's fields exceed [`RESPONSE_HEAD_LIMIT`].
-pub fn head_too_large(headers: &http::HeaderMap) -> bool {
-    let size: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    size > RESPONSE_HEAD_LIMIT
-}
-
-#[cfg(test)]
-mod head_tests {
-    use super::*;
-
-    #[test]
-    fn a_head_is_too_large_past_64_kib_of_fields() {
-        let mut headers = http::HeaderMap::new();
-        // "x-padding: " + value + CRLF: 13 + value bytes.
-        let value = |n: usize| http::HeaderValue::from_str(&"p".repeat(n)).unwrap();
-        headers.insert("x-padding", value(RESPONSE_HEAD_LIMIT - 13));
-        assert!(!head_too_large(&headers));
-        headers.insert("x-padding", value(RESPONSE_HEAD_LIMIT - 12));
-        assert!(head_too_large(&headers));
-        // Many small fields count together.
-        let mut many = http::HeaderMap::new();
-        for i in 0..1000 {
-            many.append("x-many", value(60 + i % 2));
-        }
-        assert!(head_too_large(&many));
-    }
-}
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
