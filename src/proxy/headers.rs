@@ -332,7 +332,8 @@ static COUNTRY_CODES: [u8; 26 * 26 * 2] = {
 fn country_value(code: &str) -> Option<HeaderValue> {
     if let [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] = *code.as_bytes() {
         let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
-        // A static slice: no copy, and no UTF-8 check (issue 23).
+        // A static slice: no copy, and no `str::from_utf8` (issue 23;
+        // `HeaderValue` still checks the two bytes).
         let code = bytes::Bytes::from_static(&COUNTRY_CODES[2 * i..2 * i + 2]);
         if let Ok(value) = HeaderValue::from_maybe_shared(code) {
             return Some(value);
@@ -500,9 +501,10 @@ pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
     Fields::of(headers).ambiguous_framing()
 }
 
-/// What the request path reads of a client request's fields, gathered in
-/// one pass over them: a lookup by name hashes the name and probes the map
-/// (about 100 instructions each, and a request took eight, issue 23).
+/// What the proxy reads of a client request's fields (or a data centre's
+/// response's, [`from_upstream`]), gathered in one pass over them: a
+/// lookup by name hashes the name and probes the map (about 100
+/// instructions each, and a request took eight, issue 23).
 #[derive(Default)]
 pub struct Fields<'a> {
     /// The first `Host`, `Content-Length` and `Transfer-Encoding` value,

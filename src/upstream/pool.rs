@@ -228,8 +228,9 @@ impl Pool {
     /// [`Pool::send`], handing the request back as it came when it was
     /// never sent (`Connect`, `Tls`), so that a retry elsewhere need not
     /// have kept a copy. The request carries its `Host` already (the
-    /// forwarding sets [`Pool::host`] per attempt; not looked up here). `watch` gets the write progress of the connection
-    /// the request goes out on.
+    /// forwarding sets [`Pool::host`] per attempt; not looked up here).
+    /// `watch` gets the write progress of the connection the request goes
+    /// out on.
     ///
     /// (Not an `async fn`, nor is `send_with`: an `async fn`'s future keeps
     /// each argument twice, and the request is 368 bytes; every level of
@@ -241,6 +242,7 @@ impl Pool {
         watch: &'a Watch,
     ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
     {
+        debug_assert!(req.headers().contains_key(header::HOST), "no Host");
         self.send_with(u, req, watch, true)
     }
 

@@ -276,7 +276,13 @@ async fn the_connection_cap_queues_then_refuses() {
     // The only connection stays busy (its response body unread).
     let held = pool.send(U, request()).await.unwrap();
     let started = std::time::Instant::now();
-    match pool.send_or_return(U, request(), &Default::default()).await {
+    // The forwarding's requests carry their `Host` (`send_or_return`
+    // does not add one).
+    let mut hosted = request();
+    hosted
+        .headers_mut()
+        .insert(http::header::HOST, pool.host(U).clone());
+    match pool.send_or_return(U, hosted, &Default::default()).await {
         Err((Error::Saturated, Some(_unsent))) => {}
         other => panic!("expected Saturated with the request back, got {other:?}"),
     }
