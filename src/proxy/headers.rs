@@ -314,32 +314,15 @@ fn via(headers: &mut HeaderMap, version: Version, maybe_sent: bool) {
     headers.insert(header::VIA, joined);
 }
 
-/// Every two-letter upper-case code, for `Residency-Origin-Country` values
-/// that borrow it instead of allocating (`HeaderValue::from_str` copies).
-static COUNTRY_CODES: [u8; 26 * 26 * 2] = {
-    let mut t = [0u8; 26 * 26 * 2];
-    let mut i = 0;
-    while i < 26 * 26 {
-        t[2 * i] = b'A' + (i / 26) as u8;
-        t[2 * i + 1] = b'A' + (i % 26) as u8;
-        i += 1;
-    }
-    t
-};
-
 /// `code` as a header value: a country code without allocating, anything
 /// else as `HeaderValue::from_str` makes it (`None` when it cannot be one).
 fn country_value(code: &str) -> Option<HeaderValue> {
-    if let [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] = *code.as_bytes() {
-        let i = usize::from(a - b'A') * 26 + usize::from(b - b'A');
-        // A static slice: no copy, and no `str::from_utf8` (issue 23;
-        // `HeaderValue` still checks the two bytes).
-        let code = bytes::Bytes::from_static(&COUNTRY_CODES[2 * i..2 * i + 2]);
-        if let Ok(value) = HeaderValue::from_maybe_shared(code) {
-            return Some(value);
-        }
+    // `Country`'s own table of codes: no copy, and no `str::from_utf8`
+    // (issue 23; `from_static` still checks the two bytes).
+    match residency_core::country::code_text(code) {
+        Some(code) => Some(HeaderValue::from_static(code)),
+        None => HeaderValue::from_str(code).ok(),
     }
-    HeaderValue::from_str(code).ok()
 }
 
 /// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several

@@ -102,7 +102,7 @@ async fn refusals_before_the_body_reach_hyper_clients() {
 /// the next request.
 #[tokio::test]
 async fn a_discarded_body_keeps_the_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let proxy = Proxy::start(Setup::default()).await;
     let mut tls = proxy.client().connect().await.unwrap();
     let body = "x".repeat(64 * 1024);
@@ -115,20 +115,13 @@ async fn a_discarded_body_keeps_the_connection() {
         tls.write_all(body.as_bytes()).await.unwrap();
     }
     tls.flush().await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read_both = async {
-        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < 2 {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), read_both)
-        .await
-        .expect("both answers within 10 s");
-    let text = String::from_utf8_lossy(&got);
+    let text = read_answers(
+        &mut tls,
+        2,
+        std::time::Duration::from_secs(10),
+        "both answers within 10 s",
+    )
+    .await;
     let statuses: Vec<&str> = text
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &text[i + 9..i + 12])

@@ -927,20 +927,13 @@ async fn a_refusal_that_ends_the_connection_says_close() {
     two.extend_from_slice(&[b'x'; 100]);
     tls.write_all(&two).await.unwrap();
     tls.flush().await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read_both = async {
-        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < 2 {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read_both)
-        .await
-        .expect("both answers within 5 s");
-    let text = String::from_utf8_lossy(&got);
+    let text = read_answers(
+        &mut tls,
+        2,
+        Duration::from_secs(5),
+        "both answers within 5 s",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 451"), "{text}");
     assert!(text.contains("HTTP/1.1 201"), "{text}");
     assert!(

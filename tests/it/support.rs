@@ -1061,6 +1061,29 @@ client_ca = "{}"
     )
 }
 
+/// What is read until `n` HTTP/1.1 status lines have come (or the
+/// connection ends), within `limit` (panics naming `what` past it).
+pub async fn read_answers(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    n: usize,
+    limit: Duration,
+    what: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        while String::from_utf8_lossy(&got).matches("HTTP/1.1 ").count() < n {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.expect(what);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Everything read until the connection ends (closed, reset or cut).
 pub async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     use tokio::io::AsyncReadExt;

@@ -70,6 +70,18 @@ static CODES: [&str; 676] = {
     table
 };
 
+/// `code` from the table of codes when it is two upper-case ASCII letters
+/// (assigned or not): text that lives for the whole run, for values that
+/// borrow it instead of copying it.
+pub fn code_text(code: &str) -> Option<&'static str> {
+    match *code.as_bytes() {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+            Some(CODES[usize::from(a - b'A') * 26 + usize::from(b - b'A')])
+        }
+        _ => None,
+    }
+}
+
 impl Country {
     /// Parses a code case-insensitively; `None` unless ISO assigns it.
     pub fn parse(code: &str) -> Option<Country> {
@@ -148,6 +160,7 @@ mod tests {
             let c = Country::parse(code).unwrap();
             assert_eq!(Country::from_index(c.index()), Some(c));
             assert_eq!(c.as_str(), code, "the text table agrees");
+            assert_eq!(code_text(code), Some(code));
             assert_eq!(
                 Country::parse(&code.to_lowercase()).map(|c| c.as_str()),
                 Some(code)
@@ -158,5 +171,8 @@ mod tests {
             None
         );
         assert_eq!(Country::from_index(676), None);
+        assert_eq!(code_text("ZZ"), Some("ZZ"), "unassigned, still a code");
+        assert_eq!(code_text("ch"), None);
+        assert_eq!(code_text("unknown"), None);
     }
 }
