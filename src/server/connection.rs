@@ -1179,7 +1179,7 @@ type Answer = Result<http::Response<ProxyBody>, std::convert::Infallible>;
 
 /// A connection's box for its next request's future: the last one's, given
 /// back when its future ended. A request's future is over 3 KiB, which
-/// mimalloc allocates on its slow path (~230 instructions, issue 23);
+/// mimalloc allocates on its slow path (~200 instructions, issue 23);
 /// HTTP/1 runs one request at a time, so one box serves them all. A
 /// request that is detached takes its box along; HTTP/2's concurrent
 /// streams allocate when it is taken and keep one. Emptied when an HTTP/1
