@@ -255,6 +255,18 @@ def markdown(res):
                  f"{a.get('open_reps', 1)} interleaved rounds; every round, sorted (µs): " + "; ".join(
                      f"{p} {' / '.join(fmt(x) for x in r)}" for p, r in reps.items() if r) + ".")
         L.append("")
+    creps = {p: first_point(res["raw"], p, "C") or {} for p in px}
+    if any(c.get("mib_per_cpu_s_reps") for c in creps.values()):
+        n = max(len(c.get("mib_per_cpu_s_reps") or []) for c in creps.values())
+        L.append(f"C's rows are medians of {n} interleaved rounds (MiB per CPU-second, user CPU "
+                 f"per MiB and throughput from the round with the median MiB per CPU-second; RSS "
+                 f"per upload its own median); every round, sorted: MiB per CPU-second " + "; ".join(
+                     f"{p} {' / '.join(fmt(x) for x in c['mib_per_cpu_s_reps'])}"
+                     for p, c in creps.items() if c.get("mib_per_cpu_s_reps"))
+                 + "; peak RSS per upload (KiB) " + "; ".join(
+                     f"{p} {' / '.join(fmt(x) for x in c['rss_per_upload_reps_kib'])}"
+                     for p, c in creps.items() if c.get("rss_per_upload_reps_kib")) + ".")
+        L.append("")
     L.append("### Scenario A latency (1 KiB POST, HTTP/1.1, "
              f"{a.get('conns')} connections; open loop = oha with latency correction)")
     L.append("")
