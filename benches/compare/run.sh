@@ -12,7 +12,7 @@
 #
 # Extra arguments go to bench.py (`python3 bench.py --help`). Needs root for
 # apt-get (Debian); runs everything on loopback; bounded by BENCH_TIMEOUT
-# (default 1500 s) for the measurement part.
+# (default 2100 s) for the measurement part.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -72,7 +72,7 @@ fi
 mkdir -p "$OUT"
 say "measuring (bench.py $*)"
 set +e
-timeout -s INT -k 30 "${BENCH_TIMEOUT:-1500}" python3 "$HERE/bench.py" "$@"   # also logs to out/bench.log
+timeout -s INT -k 30 "${BENCH_TIMEOUT:-2100}" python3 "$HERE/bench.py" "$@"   # also logs to out/bench.log
 status=$?
 set -e
 if (( status != 0 )); then
