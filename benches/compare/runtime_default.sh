@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The default runtime on one pinned core against `runtime.worker_threads = 1`
-# (issue: "the right runtime by default"). Builds nothing: uses
-# target/release/residency-proxy. The proxy is pinned to core 0, wrk (1
+# (issue: "the right runtime by default"). Builds nothing: uses $RP_BIN,
+# else target/release/residency-proxy. The proxy is pinned to core 0, wrk (1
 # thread, 32 keep-alive connections, 1 KiB POSTs from a CH address, 8 s) and
 # the reference sink to core 1; CPU is the proxy's utime+stime from /proc.
 # Three interleaved rounds (access log off); prints µs of proxy CPU per
 # request for each, and the scheduler the start log names.
 #
-#   benches/compare/runtime_default.sh
+#   [RP_BIN=path/to/residency-proxy] benches/compare/runtime_default.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN=$ROOT/target/release/residency-proxy
+BIN=${RP_BIN:-$ROOT/target/release/residency-proxy}
 D=$(mktemp -d)
 trap 'kill "${SINK:-0}" 2>/dev/null || true; rm -rf "$D"' EXIT
 # The demo writes a certificate, a GeoIP database and a config; then it stops.
