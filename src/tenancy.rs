@@ -51,6 +51,9 @@ pub struct RawToken {
     pub claim: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (default 60 s).
     pub leeway: Option<Setting<Duration>>,
+    /// The `typ` every token's header must carry (RFC 8725 §3.11,
+    /// explicit typing), such as `at+jwt`; unset, any `typ` or none.
+    pub typ: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +99,8 @@ pub struct TokenVerifier {
     bearer: bool,
     claim: String,
     keys: Vec<Key>,
+    /// `typ` as [`media_type`] gives it, when one is required.
+    typ: Option<String>,
 }
 
 struct Key {
@@ -147,6 +152,21 @@ impl TokenVerifier {
         if !matches!(header.alg, Algorithm::EdDSA | Algorithm::ES256) {
             return Err(TokenError::Algorithm(header.alg));
         }
+        if let Some(want) = &self.typ {
+            match &header.typ {
+                Some(typ) if media_type(typ) == *want => {}
+                Some(typ) => {
+                    return Err(TokenError::Invalid(format!(
+                        "typ is `{typ}`, not the required `{want}`"
+                    )))
+                }
+                None => {
+                    return Err(TokenError::Invalid(format!(
+                        "the header has no typ; `{want}` is required"
+                    )))
+                }
+            }
+        }
         let key = self
             .keys
             .iter()
@@ -182,6 +202,19 @@ impl TokenVerifier {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| TokenError::Claim(self.claim.clone()))
+    }
+}
+
+/// A `typ` value as the media type it names, for comparison: RFC 7515
+/// §4.1.9 reads a value without `/` as if `application/` were prepended
+/// (`at+jwt` is `application/at+jwt`), and media types are compared
+/// without regard to case (RFC 9110 §8.3.1).
+fn media_type(typ: &str) -> String {
+    let typ = typ.to_ascii_lowercase();
+    if typ.contains('/') {
+        typ
+    } else {
+        format!("application/{typ}")
     }
 }
 
@@ -399,6 +432,23 @@ fn token_verifier(
             "must be whole seconds, at most 10m (RFC 8725: clock skew of minutes, not more)",
         );
     }
+    let typ = raw.typ.as_deref().map(|typ| {
+        // A media type's name: a token, one `/` at most, then a token
+        // (RFC 6838 §4.2's characters); no parameters.
+        let restricted = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+        };
+        if !typ.split('/').all(restricted) || typ.matches('/').count() > 1 {
+            r.push(
+                "tenancy.token.typ",
+                format!("`{typ}` is not a media type name (like `at+jwt` or `application/at+jwt`)"),
+            );
+        }
+        media_type(typ)
+    });
     let mut keys = Vec::new();
     match raw.jwks.as_deref() {
         None => r.push(
@@ -481,6 +531,7 @@ fn token_verifier(
         bearer: header_name.eq_ignore_ascii_case("authorization"),
         claim,
         keys,
+        typ,
     })
 }
 
@@ -630,28 +681,66 @@ file = "tenants file.toml"
         );
     }
 
-    /// A clock-skew allowance of hours (or of a fraction of a second, which
-    /// jsonwebtoken would cut) is refused, naming the key.
+    /// `typ` values name media types: `application/` is implied without
+    /// a `/` (RFC 7515 §4.1.9), and case does not matter.
     #[test]
-    fn a_leeway_beyond_minutes_is_refused() {
-        let dir = std::env::temp_dir().join(format!("rp-leeway-{}", std::process::id()));
+    fn a_token_type_is_read_as_the_media_type_it_names() {
+        for same in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+JWT",
+        ] {
+            assert_eq!(super::media_type(same), "application/at+jwt", "{same}");
+        }
+        assert_eq!(super::media_type("JWT"), "application/jwt");
+        assert_eq!(super::media_type("example/at+jwt"), "example/at+jwt");
+    }
+
+    /// The problems `Config::from_toml` reports for a minimal configuration
+    /// whose `[tenancy.token]` has `line` besides its required keys.
+    fn token_config_problems(name: &str, line: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("rp-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["c.pem", "c.key", "g.mmdb"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
-        for leeway in ["2h", "1500ms"] {
-            let toml = format!(
-                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n\
-                 [geoip]\ndatabase = \"g.mmdb\"\n[jurisdictions.ch]\ncountries = [\"CH\"]\n\
-                 [datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
-                 [tenancy.token]\nissuer = \"i\"\naudience = \"a\"\njwks = \"none.json\"\nleeway = \"{leeway}\"\n"
+        let toml = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n\
+             [geoip]\ndatabase = \"g.mmdb\"\n[jurisdictions.ch]\ncountries = [\"CH\"]\n\
+             [datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
+             [tenancy.token]\nissuer = \"i\"\naudience = \"a\"\njwks = \"none.json\"\n{line}\n"
+        );
+        let report = Config::from_toml(&toml, &dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        report
+    }
+
+    /// A required `typ` that is not a media type name is refused, naming
+    /// the key.
+    #[test]
+    fn a_token_type_that_is_not_a_media_type_is_refused() {
+        for typ in ["", "at jwt", "a/b/c", "at+jwt; v=1", "/jwt"] {
+            let report = token_config_problems("typ", &format!("typ = \"{typ}\""));
+            assert!(
+                report.contains(&format!(
+                    "tenancy.token.typ: `{typ}` is not a media type name"
+                )),
+                "{typ:?}: {report}"
             );
-            let report = Config::from_toml(&toml, &dir).unwrap_err().to_string();
+        }
+    }
+
+    /// A clock-skew allowance of hours (or of a fraction of a second, which
+    /// jsonwebtoken would cut) is refused, naming the key.
+    #[test]
+    fn a_leeway_beyond_minutes_is_refused() {
+        for leeway in ["2h", "1500ms"] {
+            let report = token_config_problems("leeway", &format!("leeway = \"{leeway}\""));
             assert!(
                 report.contains("tenancy.token.leeway: must be whole seconds, at most 10m"),
                 "{leeway}: {report}"
             );
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

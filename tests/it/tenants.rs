@@ -443,6 +443,63 @@ audience = "{AUDIENCE}"
     proxy.stop().await;
 }
 
+/// `[tenancy.token] typ`: a token must carry that type (RFC 8725 §3.11),
+/// read as the media type it names (RFC 7515 §4.1.9: `application/`
+/// implied, case ignored); any other type, or none, is 401 and nothing
+/// is forwarded.
+#[tokio::test]
+async fn a_required_token_type_is_checked() {
+    let issuer = Issuer::new();
+    let keys = TempDir::new("jwks-typ");
+    let jwks = keys.path().join("jwks.json");
+    std::fs::write(&jwks, &issuer.jwks).unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            r#"
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+[tenancy.token]
+jwks = "{}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+typ = "at+jwt"
+"#,
+            jwks.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed1".into());
+        header.typ = typ.map(str::to_string);
+        jsonwebtoken::encode(
+            &header,
+            &claims("acme"),
+            &EncodingKey::from_ed_der(&issuer.ed),
+        )
+        .unwrap()
+    };
+    for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+        let reply = upload(&client, DE, Some(&typed(Some(typ)))).await;
+        assert_eq!(reply.status, 201, "{typ}: {reply:?}");
+        assert_eq!(
+            reply.header("residency-datacenter"),
+            Some("zurich"),
+            "{typ}"
+        );
+    }
+    let before = proxy.counts();
+    for typ in [Some("JWT"), Some("application/jwt"), Some("at+jwt2"), None] {
+        let reply = upload(&client, DE, Some(&typed(typ))).await;
+        assert_eq!(reply.status, 401, "{typ:?}: {reply:?}");
+        assert_eq!(reply.json()["error"], "invalid_tenant_token", "{typ:?}");
+    }
+    assert_eq!(proxy.counts(), before, "nothing forwarded");
+}
+
 #[tokio::test]
 async fn a_client_certificate_recognises_the_tenant() {
     let (ca, leaves) = client_ca_and_certs(&[
