@@ -157,12 +157,13 @@ impl TokenVerifier {
                 Some(typ) if media_type(typ) == *want => {}
                 Some(typ) => {
                     return Err(TokenError::Invalid(format!(
-                        "typ is `{typ}`, not the required `{want}`"
-                    )))
+                        // Debug: the token's text, escaped, in the log.
+                        "typ is {typ:?}, not the required {want:?}"
+                    )));
                 }
                 None => {
                     return Err(TokenError::Invalid(format!(
-                        "the header has no typ; `{want}` is required"
+                        "the header has no typ; {want:?} is required"
                     )))
                 }
             }

@@ -498,6 +498,7 @@ typ = "at+jwt"
         assert_eq!(reply.json()["error"], "invalid_tenant_token", "{typ:?}");
     }
     assert_eq!(proxy.counts(), before, "nothing forwarded");
+    proxy.stop().await;
 }
 
 #[tokio::test]
