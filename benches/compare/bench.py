@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -905,6 +906,17 @@ def open_loop_phase(proxies, sink, args, ctx, results):
         (RAW / f"{name}.A.json").write_text(json.dumps(results[name], indent=1))
 
 
+def assert_routed(name, port):
+    """Stops the run unless a loopback upload gets 201 and
+    `residency-jurisdiction: ch`; returns what the routing check saw."""
+    status, headers = routed_request(port)
+    if status != 201 or headers.get("residency-jurisdiction") != "ch":
+        die(f"{name}: a loopback upload was not routed: {status} {headers}")
+    return {"status": status,
+            "residency-jurisdiction": headers.get("residency-jurisdiction"),
+            "residency-datacenter": headers.get("residency-datacenter")}
+
+
 def mib_per_cpu_s(p):
     return p.get("bytes", 0) / 1048576 / p["proxy_cpu_s"] if p.get("proxy_cpu_s") else 0.0
 
@@ -926,9 +938,7 @@ def c_rounds_phase(proxies, sink, args):
         for name in proxies:
             proxy = Proxy(name).start()
             try:
-                status, headers = routed_request(proxy.port)
-                if status != 201 or headers.get("residency-jurisdiction") != "ch":
-                    die(f"{name}: a loopback upload was not routed: {status} {headers}")
+                assert_routed(name, proxy.port)
                 log(f"{name}: scenario C round {rnd + 1}/{args.c_reps}")
                 r = scenario_C(proxy, sink, args, {})["points"][0]
                 r["round"] = rnd + 1
@@ -945,8 +955,7 @@ def c_rounds_phase(proxies, sink, args):
         r["rounds"] = reps
         r["mib_per_cpu_s_reps"] = [round(mib_per_cpu_s(x), 1) for x in by_rate]
         r["rss_per_upload_reps_kib"] = [round(x, 2) for x in rss]
-        r["peak_rss_per_upload_kib"] = rss[len(rss) // 2] if len(rss) % 2 else \
-            (rss[len(rss) // 2 - 1] + rss[len(rss) // 2]) / 2
+        r["peak_rss_per_upload_kib"] = statistics.median(rss)
         r["errors"] = sum(x.get("errors") or 0 for x in reps)
         r["non2xx"] = sum(x.get("non2xx") or 0 for x in reps)
         res = {"points": [r], "proxy": name, "scenario": "C", "c_reps": args.c_reps}
@@ -1146,12 +1155,7 @@ def main():
                     continue  # c_rounds_phase, below
                 proxy = Proxy(name).start()
                 try:
-                    status, headers = routed_request(proxy.port)
-                    route = {"status": status,
-                             "residency-jurisdiction": headers.get("residency-jurisdiction"),
-                             "residency-datacenter": headers.get("residency-datacenter")}
-                    if status != 201 or headers.get("residency-jurisdiction") != "ch":
-                        die(f"{name}: a loopback upload was not routed: {status} {headers}")
+                    route = assert_routed(name, proxy.port)
                     if name not in meta["tls"]:
                         meta["tls"][name] = tls_params(proxy.port)
                         meta["routing"][name] = route

@@ -60,6 +60,17 @@ impl Issuer {
         Issuer { ed, ec, jwks }
     }
 
+    /// A `[tenancy.token]` section trusting this issuer: its JWKS written
+    /// into `keys`, with the test's issuer and audience.
+    fn token_section(&self, keys: &TempDir) -> String {
+        let jwks = keys.path().join("jwks.json");
+        std::fs::write(&jwks, &self.jwks).unwrap();
+        format!(
+            "[tenancy.token]\njwks = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n",
+            jwks.display()
+        )
+    }
+
     /// A token signed with the Ed25519 key (kid `ed1`).
     fn ed(&self, claims: &serde_json::Value) -> String {
         sign(
@@ -123,8 +134,6 @@ async fn upload(client: &Client, origin: &str, token: Option<&str>) -> Reply {
 async fn a_ch_pinned_tenant_lands_in_zurich_from_germany_by_server_name_and_token() {
     let issuer = Issuer::new();
     let keys = TempDir::new("jwks");
-    let jwks = keys.path().join("jwks.json");
-    std::fs::write(&jwks, &issuer.jwks).unwrap();
     let proxy = Proxy::start(Setup {
         second_cert: Some(vec!["acme.ingest.test", "globex.ingest.test"]),
         transparency: Some(String::new()),
@@ -142,12 +151,8 @@ mismatch = "refuse"
 [[tenants]]
 name = "initech"
 jurisdiction = "eu"
-[tenancy.token]
-jwks = "{}"
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-"#,
-            jwks.display()
+{}"#,
+            issuer.token_section(&keys)
         ),
         ..Setup::default()
     })
@@ -451,21 +456,10 @@ audience = "{AUDIENCE}"
 async fn a_required_token_type_is_checked() {
     let issuer = Issuer::new();
     let keys = TempDir::new("jwks-typ");
-    let jwks = keys.path().join("jwks.json");
-    std::fs::write(&jwks, &issuer.jwks).unwrap();
     let proxy = Proxy::start(Setup {
         extra: format!(
-            r#"
-[[tenants]]
-name = "acme"
-jurisdiction = "ch"
-[tenancy.token]
-jwks = "{}"
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-typ = "at+jwt"
-"#,
-            jwks.display()
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{}typ = \"at+jwt\"\n",
+            issuer.token_section(&keys)
         ),
         ..Setup::default()
     })
