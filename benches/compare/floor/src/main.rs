@@ -13,6 +13,11 @@
 //!
 //! Usage: `compare-floor LISTEN UPSTREAM CERT_PEM KEY_PEM`, e.g.
 //! `compare-floor 127.0.0.1:18446 127.0.0.1:18080 cert.pem key.pem`.
+//!
+//! hyper's buffers are left at hyper's defaults unless `FLOOR_SERVER_MAX_BUF`
+//! or `FLOOR_CLIENT_MAX_BUF` (bytes) set the server's or the client's
+//! `max_buf_size`; `memory_slope.py` sets them to residency-proxy's (16 KiB
+//! towards the client, 64 KiB towards the data centre) for its `floor-rp`.
 
 use std::sync::{Arc, Mutex};
 
@@ -53,7 +58,20 @@ async fn relay(
     answer
 }
 
-async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, upstream: std::net::SocketAddr) {
+/// hyper's `max_buf_size` for the server and the client side; `None`:
+/// hyper's default.
+#[derive(Clone, Copy)]
+struct Buffers {
+    server: Option<usize>,
+    client: Option<usize>,
+}
+
+async fn serve(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    upstream: std::net::SocketAddr,
+    buffers: Buffers,
+) {
     let Ok(tls) = acceptor.accept(tcp).await else {
         return;
     };
@@ -61,17 +79,37 @@ async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, upstream: std::net::Socket
         return;
     };
     let _ = up.set_nodelay(true);
-    let Ok((tx, conn)) = client::Builder::new().handshake(TokioIo::new(up)).await else {
+    let mut client = client::Builder::new();
+    if let Some(max) = buffers.client {
+        client.max_buf_size(max);
+    }
+    let Ok((tx, conn)) = client.handshake(TokioIo::new(up)).await else {
         return;
     };
     tokio::spawn(conn);
     let sender: Sender = Arc::new(Mutex::new(Some(tx)));
     let service = service_fn(move |req| relay(sender.clone(), req));
-    let _ = server::Builder::new()
+    let mut server = server::Builder::new();
+    if let Some(max) = buffers.server {
+        server.max_buf_size(max);
+    }
+    let _ = server
         .keep_alive(true)
         .writev(false)
         .serve_connection(TokioIo::new(tls), service)
         .await;
+}
+
+/// A `max_buf_size` from the environment (hyper's minimum is 8192).
+fn max_buf(var: &str) -> Option<usize> {
+    let value = std::env::var(var).ok()?;
+    match value.parse::<usize>() {
+        Ok(n) if n >= 8192 => Some(n),
+        _ => {
+            eprintln!("{var}: `{value}` is not a byte count of at least 8192");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
@@ -95,6 +133,10 @@ fn main() {
     config.max_early_data_size = 0;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let upstream: std::net::SocketAddr = upstream.parse().expect("UPSTREAM: an address:port");
+    let buffers = Buffers {
+        server: max_buf("FLOOR_SERVER_MAX_BUF"),
+        client: max_buf("FLOOR_CLIENT_MAX_BUF"),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,7 +153,7 @@ fn main() {
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(serve(acceptor.clone(), tcp, upstream));
+                    tokio::spawn(serve(acceptor.clone(), tcp, upstream, buffers));
                 }
             }
         }
