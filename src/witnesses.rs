@@ -27,7 +27,9 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use residency_log::settings::WitnessSettings;
 use residency_log::storage::{Generation, Log, Published};
-use residency_log::witness::{AddCheckpoint, SIZE_CONTENT_TYPE};
+use residency_log::witness::{
+    AddCheckpoint, CosignatureError, CosignatureVerifier, SIZE_CONTENT_TYPE,
+};
 use residency_tools::fetch::Fetcher;
 
 /// The `result` label values, in [`Outcome`] order.
@@ -374,27 +376,41 @@ impl Client {
     /// A 200 answer: signature lines, of which one must be a valid
     /// cosignature by the configured key (others' lines are ignored).
     fn accept(&self, text: &str, body: &str) -> (Outcome, Option<String>) {
-        let mut ours = None;
-        for line in text.split_terminator('\n') {
-            match self.settings.key.check_line(body, line) {
-                Ok(Some(_)) => {
-                    ours.get_or_insert_with(|| line.to_string());
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(witness = %self.name(), error = %e, "witness answered an invalid cosignature");
-                    return (Outcome::InvalidCosignature, None);
-                }
-            }
-        }
-        match ours {
-            Some(line) => (Outcome::Ok, Some(line)),
-            None => {
+        match cosignature_by(&self.settings.key, text, body) {
+            Ok(Some(line)) => (Outcome::Ok, Some(line.to_string())),
+            Ok(None) => {
                 tracing::warn!(witness = %self.name(), key = %self.settings.key.label(), "witness answered no cosignature by its configured key");
+                (Outcome::InvalidCosignature, None)
+            }
+            Err(e) => {
+                tracing::warn!(witness = %self.name(), error = %e, "witness answered an invalid cosignature");
                 (Outcome::InvalidCosignature, None)
             }
         }
     }
+}
+
+/// The first valid cosignature by `key` among a witness's answer lines.
+/// Lines of other keys are ignored (tlog-witness: "The client MUST ignore
+/// any cosignatures from unknown keys"), and so are lines that are no
+/// signature line at all, which cannot be `key`'s; a line of `key` that
+/// does not verify is an error, whatever else the answer holds.
+fn cosignature_by<'a>(
+    key: &CosignatureVerifier,
+    text: &'a str,
+    body: &str,
+) -> Result<Option<&'a str>, CosignatureError> {
+    let mut ours = None;
+    for line in text.split_terminator('\n') {
+        match key.check_line(body, line) {
+            Ok(Some(_)) => {
+                ours.get_or_insert(line);
+            }
+            Ok(None) | Err(CosignatureError::Malformed(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ours)
 }
 
 /// The witness's size in a 409 answer (tlog-witness): a `text/x.tlog.size`
@@ -434,5 +450,35 @@ mod tests {
             assert_eq!(ok(t, b), None, "{t:?} {b:?}");
         }
         assert_eq!(recorded_size(None, "42\n"), None);
+    }
+
+    #[test]
+    fn an_answer_is_searched_for_the_configured_keys_cosignature() {
+        use residency_log::witness::Cosigner;
+        let body = "example.com/log\n4\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let ours = Cosigner::from_seed("witness.example/w1", &[7; 32]).unwrap();
+        let other = Cosigner::from_seed("witness.example/w2", &[8; 32]).unwrap();
+        let key = ours.verifier();
+        let line = ours.cosign(body, 1_700_000_000);
+        let elsewhere = other.cosign(body, 1_700_000_000);
+        // Another key's line, and lines that are no signature line at all
+        // (no name, bad base64, a payload too short for a key id), are
+        // passed over.
+        let text = format!("{elsewhere}\n— witness.example/w9\n— x !!!\n— y AAAA\n{line}\n");
+        assert_eq!(cosignature_by(&key, &text, body), Ok(Some(line.as_str())));
+        // No line of ours: none.
+        let text = format!("{elsewhere}\n— x !!!\n");
+        assert_eq!(cosignature_by(&key, &text, body), Ok(None));
+        // A line of ours that does not verify (over another body): an
+        // error, even beside a valid one.
+        let forged = ours.cosign(
+            "example.com/log\n5\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n",
+            1,
+        );
+        let text = format!("{forged}\n{line}\n");
+        assert!(matches!(
+            cosignature_by(&key, &text, body),
+            Err(CosignatureError::Invalid(_))
+        ));
     }
 }

@@ -562,26 +562,22 @@ impl Witness {
             &request.proof,
         )
         .map_err(|e| Refusal::InvalidProof(e.to_string()))?;
-        // The checkpoint recorded already (asked again): cosigned again as
-        // of the time it was recorded at, so nothing is stored (a replay
-        // costs no write to disk).
-        let unchanged = recorded.size == checkpoint.size
-            && recorded.root == checkpoint.root
-            && recorded.timestamp > 0;
-        let timestamp = if unchanged {
-            recorded.timestamp
-        } else {
-            now.max(guarded.last_timestamp)
+        // A cosignature says the checkpoint is the latest the witness has
+        // seen as of its time (tlog-cosignature), so the checkpoint
+        // recorded already, asked again, is cosigned anew as of now, and
+        // that time recorded: a quiet log refreshes its cosignatures this
+        // way. Timestamps are whole seconds and never go back, so a replay
+        // writes at most once a second per log; within the same second
+        // the record is unchanged and nothing is written.
+        let timestamp = now.max(guarded.last_timestamp);
+        let record = Recorded {
+            size: checkpoint.size,
+            root: checkpoint.root,
+            timestamp,
         };
+        let unchanged = recorded == record;
         let mut next = guarded.state.clone();
-        next.insert(
-            checkpoint.origin.clone(),
-            Recorded {
-                size: checkpoint.size,
-                root: checkpoint.root,
-                timestamp,
-            },
-        );
+        next.insert(checkpoint.origin.clone(), record);
         if !unchanged {
             persist(&next).map_err(Refusal::Storage)?;
         }
@@ -952,17 +948,32 @@ mod tests {
         assert_eq!(wv.verify_note(&cosigned), Ok(109));
 
         // The same checkpoint asked again (old = its own size): cosigned
-        // as of when it was recorded, and nothing written.
+        // anew as of now, and the new time recorded.
+        let mut persisted = None;
         let again = w
-            .add_checkpoint(&request(15, vec![], checkpoint(&t15, &log)), 500, |_| {
-                Err("no write expected".into())
+            .add_checkpoint(&request(15, vec![], checkpoint(&t15, &log)), 500, |s| {
+                persisted = Some(s.clone());
+                Ok(())
             })
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t15, &log), again.body);
-        assert_eq!(wv.verify_note(&cosigned), Ok(109));
+        assert_eq!(wv.verify_note(&cosigned), Ok(500));
+        let state = persisted.unwrap();
+        assert_eq!((state[ORIGIN].size, state[ORIGIN].timestamp), (15, 500));
+        // Again within the same second, or with the clock gone back:
+        // as of 500 still, and nothing written.
+        for now in [500, 400] {
+            let again = w
+                .add_checkpoint(&request(15, vec![], checkpoint(&t15, &log)), now, |_| {
+                    Err("no write expected".into())
+                })
+                .unwrap();
+            let cosigned = format!("{}{}", checkpoint(&t15, &log), again.body);
+            assert_eq!(wv.verify_note(&cosigned), Ok(500));
+        }
 
         // Nor after a restart from the state it persisted, with a clock
-        // that went back (the 109 is in the state, not only in memory).
+        // that went back (the 500 is in the state, not only in memory).
         let mut persisted = None;
         let t16 = tree(16);
         let proof = t16.consistency_proof(15, 16).unwrap();
@@ -972,7 +983,7 @@ mod tests {
         })
         .unwrap();
         let state = persisted.unwrap();
-        assert_eq!(state[ORIGIN].timestamp, 109);
+        assert_eq!(state[ORIGIN].timestamp, 500);
         let restarted = Witness::new(witness_key(), w.logs.clone(), state);
         let t17 = tree(17);
         let proof = t17.consistency_proof(16, 17).unwrap();
@@ -981,7 +992,7 @@ mod tests {
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t17, &log), after.body);
         let rv = restarted.cosigner().verifier();
-        assert_eq!(rv.verify_note(&cosigned), Ok(109));
+        assert_eq!(rv.verify_note(&cosigned), Ok(500));
     }
 
     #[test]
