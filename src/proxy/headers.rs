@@ -167,14 +167,22 @@ fn names_an_address_text(name: &str) -> bool {
 /// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
 /// sets have nothing to remove, and then nothing is hashed or moved.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, never_forwarded);
+    strip(headers, never_forwarded, false);
 }
 
-fn strip(headers: &mut HeaderMap, goes: impl Fn(&HeaderName) -> bool) {
+/// Removes the fields `goes` judges and those listed in `Connection`;
+/// with `keep_host`, not `Host`, even if listed: on the way to a data
+/// centre it is the data centre's already (the caller set it), and a
+/// client's `Connection: host` named its own, which it replaced (RFC 9112
+/// §3.2: a request without `Host` is one no HTTP/1.1 server takes).
+fn strip(headers: &mut HeaderMap, goes: impl Fn(&HeaderName) -> bool, keep_host: bool) {
     if !headers.keys().any(&goes) {
         return;
     }
     let mut names = connection_listed(headers);
+    if keep_host {
+        names.retain(|name| name != header::HOST);
+    }
     names.extend(headers.keys().filter(|k| goes(k)).cloned());
     for name in names {
         headers.remove(name);
@@ -226,7 +234,7 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
     // and other claims of an address, in either spelling.
     if f.foreign {
-        strip(headers, not_upstream);
+        strip(headers, not_upstream, true);
     }
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
@@ -1818,7 +1826,8 @@ mod proptests {
         /// The upstream request: no hop-by-hop, listed or client-sent
         /// `Residency-*` header; `X-Forwarded-For` ends with the hop (after
         /// the client's chain only when trusted); ours once each; the rest
-        /// (`Host` included: the caller replaces it) untouched.
+        /// (`Host` included, even when `Connection` lists it: the caller
+        /// has replaced it with the data centre's) untouched.
         #[test]
         fn upstream_rewrite(h in header_map(), hop in hop()) {
             let listed = connection_names(&h);
@@ -1829,7 +1838,7 @@ mod proptests {
                 let n = name.as_str();
                 prop_assert!(!HOP_BY_HOP_NAMES.contains(&n), "{} remains in {:?}", n, up);
                 prop_assert!(
-                    !listed.contains(name) || OURS.contains(&n) || name == header::VIA,
+                    !listed.contains(name) || OURS.contains(&n) || name == header::VIA || name == header::HOST,
                     "{} is listed in Connection but remains: {:?}", n, h
                 );
             }
@@ -1900,7 +1909,7 @@ mod proptests {
                     || n == "via"
                     || names_an_address(name)
                     || OURS.contains(&n)
-                    || listed.contains(name);
+                    || (listed.contains(name) && name != header::HOST);
                 if rewritten {
                     continue;
                 }

@@ -399,6 +399,39 @@ async fn an_absolute_form_target_names_the_host() {
     proxy.stop().await;
 }
 
+/// RFC 9110 §7.6.1 has a proxy drop the fields `Connection` lists, but
+/// `Host` towards the data centre is the proxy's own (RFC 9112 §3.2: every
+/// HTTP/1.1 request carries one): a client's `Connection: host` takes only
+/// its own `Host`, which the data centre's replaces anyway.
+#[tokio::test]
+async fn a_host_listed_in_connection_still_reaches_the_data_centre_as_its_own() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let zurich = proxy.upstream("zurich");
+    let plain = raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(statuses(&exchange(&proxy, &plain).await), [201]);
+    let want = zurich.last().headers["host"].clone();
+    for connection in ["host, close", "close, Host", "close, x-custom, host"] {
+        let listed = raw(&format!("POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {{CH}}\r\nX-Custom: 1\r\nConnection: {connection}\r\nContent-Length: 5\r\n\r\nhello"));
+        assert_eq!(
+            statuses(&exchange(&proxy, &listed).await),
+            [201],
+            "{connection}"
+        );
+        let got = zurich.last();
+        assert_eq!(got.headers.get("host"), Some(&want), "{connection}");
+        assert_eq!(got.headers["x-forwarded-host"], "localhost", "{connection}");
+        // What else it lists goes, as ever.
+        let listed = connection.contains("x-custom");
+        assert_eq!(
+            got.headers.get("x-custom").is_none(),
+            listed,
+            "{connection}"
+        );
+        assert_eq!(&got.body[..], b"hello", "{connection}");
+    }
+    proxy.stop().await;
+}
+
 /// The body of `POST /big` from [`raw_datacenter`].
 const BIG: usize = 64 << 20;
 
