@@ -67,6 +67,15 @@ impl RefusalBody {
         }
     }
 
+    /// The answer to a `HEAD` request: its head only (RFC 9110 §9.3.2: no
+    /// content). hyper's HTTP/1 server leaves the content out itself; its
+    /// HTTP/2 server sends whatever it is given. An unread request body is
+    /// still discarded.
+    pub fn without_content(mut self) -> RefusalBody {
+        self.answer = Full::default();
+        self
+    }
+
     /// Discards the unread body in a task of its own, if not yet.
     fn start_discarding(&mut self) {
         if let Some((body, bounds)) = self.unread.take() {

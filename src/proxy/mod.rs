@@ -173,6 +173,14 @@ pub fn handle(
             resp.headers_mut()
                 .insert(residency_log::receipt::HEADER, receipt);
         }
+        // A refusal of `HEAD` goes without its JSON (a data centre's answer
+        // to one has none already).
+        if method == http::Method::HEAD {
+            resp = resp.map(|body| match body {
+                Either::Right(refusal) => Either::Right(refusal.without_content()),
+                answer => answer,
+            });
+        }
         // HTTP/2 has no `Connection` (RFC 9113 §8.2.2): a stream ends on
         // its own.
         if closing && version < http::Version::HTTP_2 {

@@ -116,6 +116,30 @@ async fn refused_origins_reach_no_upstream() {
     proxy.stop().await;
 }
 
+/// RFC 9110 §9.3.2: an answer to `HEAD` carries no content, refusals
+/// included. hyper's HTTP/1 server leaves a body out for `HEAD` itself;
+/// its HTTP/2 server sends whatever it is given, and an HTTP/2 client
+/// takes DATA on a `HEAD` stream as a protocol error (h2, nghttp2).
+#[tokio::test]
+async fn a_refused_head_request_gets_its_head_only() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for v in VERSIONS {
+        let client = proxy.client().version(v);
+        // Not an allowed method (POST and PUT are): 405 with `Allow`.
+        let empty = || Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+        let reply = client
+            .send_body("HEAD", "/v1/telemetry", &[("x-forwarded-for", CH)], empty())
+            .await
+            .unwrap_or_else(|e| panic!("HEAD over {v:?}: {e}"));
+        assert_eq!(reply.status, 405, "{v:?}");
+        assert!(reply.header("allow").is_some(), "{v:?}");
+        assert!(reply.header("x-request-id").is_some(), "{v:?}");
+        assert!(reply.body.is_empty(), "{v:?}: {:?}", reply.body);
+    }
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn refusals_carry_distinct_request_ids_and_no_store() {
     let proxy = Proxy::start(Setup::default()).await;
