@@ -377,7 +377,7 @@ impl Metrics {
             for g in permitted {
                 for d in &g.datacenters {
                     let dc = policy.datacenter(*d).name.as_str();
-                    for class in ["2xx", "4xx", "5xx"] {
+                    for class in ["2xx", "3xx", "4xx", "5xx"] {
                         self.requests.with_label_values(&[name, dc, class]);
                     }
                 }

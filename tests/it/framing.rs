@@ -8,7 +8,7 @@
 //! Every case runs on a fresh connection and ends with `Connection: close`
 //! (or an error that closes it), so "what the client read" is everything up
 //! to the proxy's close. Where hyper's parser refuses a request before the
-//! proxy sees it, the status is hyper's bare 400 (or 431, 505) — either
+//! proxy sees it, the status is hyper's bare 400 (or 431) — either
 //! way nothing reaches the data centre.
 
 use std::time::Duration;

@@ -102,6 +102,7 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
         "residency_upstream_retries_total{reason=\"connect_failed\"}",
         "residency_tls_handshakes_total{result=\"failure\"}",
         "residency_requests_total{datacenter=\"zurich\",jurisdiction=\"ch\",status_class=\"2xx\"}",
+        "residency_requests_total{datacenter=\"zurich\",jurisdiction=\"ch\",status_class=\"3xx\"}",
         "residency_requests_total{datacenter=\"none\",jurisdiction=\"ch\",status_class=\"5xx\"}",
         "residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"uk\",status_class=\"2xx\"}",
         "residency_tenant_requests_by_tenant_total{tenant=\"acme\"}",
