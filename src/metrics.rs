@@ -26,7 +26,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 19] = [
+pub const REJECTION_REASONS: [&str; 20] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -46,6 +46,7 @@ pub const REJECTION_REASONS: [&str; 19] = [
     "tenant_conflict",
     "too_many_requests",
     "misdirected_request",
+    "unsupported_transfer_coding",
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.

@@ -58,13 +58,16 @@ pub enum Failure {
     /// The connection's server name names one tenant, the request's host
     /// another.
     Misdirected,
+    /// A `Transfer-Encoding` with codings before its final `chunked`
+    /// (`gzip, chunked`), which the proxy does not decode.
+    UnsupportedTransferCoding,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 19] = [
+    pub const ALL: [Failure; 20] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -86,6 +89,7 @@ impl Failure {
         Failure::TenantConflict,
         Failure::TooManyRequests,
         Failure::Misdirected,
+        Failure::UnsupportedTransferCoding,
     ];
 }
 
@@ -135,6 +139,7 @@ impl Failure {
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Failure::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -159,6 +164,7 @@ impl Failure {
             Failure::TenantConflict => "tenant_conflict",
             Failure::TooManyRequests => "too_many_requests",
             Failure::Misdirected => "misdirected_request",
+            Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
         }
     }
 
@@ -176,7 +182,8 @@ impl Failure {
             | Failure::TenantOriginMismatch
             | Failure::TenantConflict
             | Failure::TooManyRequests
-            | Failure::Misdirected => Culprit::Client,
+            | Failure::Misdirected
+            | Failure::UnsupportedTransferCoding => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -250,6 +257,7 @@ mod tests {
             Failure::TenantConflict => 16,
             Failure::TooManyRequests => 17,
             Failure::Misdirected => 18,
+            Failure::UnsupportedTransferCoding => 19,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

@@ -566,10 +566,26 @@ impl<'a> Fields<'a> {
         match (self.transfer_encodings, self.transfer_encoding) {
             (0, _) => self.content_lengths > 1,
             (1, Some(one)) => {
-                self.content_lengths > 0 || !one.as_bytes().eq_ignore_ascii_case(b"chunked")
+                self.content_lengths > 0
+                    || !(one.as_bytes().eq_ignore_ascii_case(b"chunked")
+                        || coded_before_chunked(one.as_bytes()))
             }
             _ => true,
         }
+    }
+
+    /// One `Transfer-Encoding` that ends in `chunked` after other codings
+    /// (`gzip, chunked`), and no `Content-Length`: framed unambiguously,
+    /// but in codings the proxy does not decode and so cannot forward (its
+    /// data centres get the body re-framed, in no coding but `chunked`).
+    /// RFC 9112 §6.1: "A server that receives a request message with a
+    /// transfer coding it does not understand SHOULD respond with 501".
+    pub fn unsupported_coding(&self) -> bool {
+        self.content_lengths == 0
+            && self.transfer_encodings == 1
+            && self
+                .transfer_encoding
+                .is_some_and(|v| coded_before_chunked(v.as_bytes()))
     }
 
     /// See [`bad_host`].
@@ -586,6 +602,36 @@ impl<'a> Fields<'a> {
                     .eq_ignore_ascii_case(without_default_port(host.as_bytes()))
             })
     }
+}
+
+/// A `Transfer-Encoding` list of codings (RFC 9112 §6.1: `token *( OWS ";"
+/// OWS transfer-parameter )` each; empty elements skipped, RFC 9110 §5.6.1)
+/// whose last is `chunked`, after at least one other that is not: `gzip,
+/// chunked`. `chunked` twice, or a coding that is not a token, is not.
+fn coded_before_chunked(value: &[u8]) -> bool {
+    let mut codings = value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    if !codings
+        .next_back()
+        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"))
+    {
+        return false;
+    }
+    let mut others = 0;
+    for coding in codings {
+        let name = coding
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if name.eq_ignore_ascii_case(b"chunked") || HeaderName::from_bytes(name).is_err() {
+            return false;
+        }
+        others += 1;
+    }
+    others > 0
 }
 
 /// A request to answer 400 `bad_request`: ambiguous framing, a refused
@@ -1240,10 +1286,29 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-length", "5")
         ])));
-        assert!(ambiguous_framing(&map(&[(
-            "transfer-encoding",
-            "gzip, chunked"
-        )])));
+        // Unambiguous, in a coding the proxy does not decode: 501, not 400.
+        for coded in ["gzip, chunked", "GZIP,chunked", "x-custom;q=1 ,, Chunked"] {
+            let h = map(&[("transfer-encoding", coded)]);
+            assert!(!ambiguous_framing(&h), "{coded}");
+            assert!(Fields::of(&h).unsupported_coding(), "{coded}");
+        }
+        for bad in [
+            "chunked, gzip",
+            "chunked, chunked",
+            "gzip",
+            "g z, chunked",
+            ", chunked",
+        ] {
+            let h = map(&[("transfer-encoding", bad)]);
+            assert!(ambiguous_framing(&h), "{bad}");
+            assert!(!Fields::of(&h).unsupported_coding(), "{bad}");
+        }
+        let h = map(&[
+            ("transfer-encoding", "gzip, chunked"),
+            ("content-length", "5"),
+        ]);
+        assert!(ambiguous_framing(&h) && !Fields::of(&h).unsupported_coding());
+        assert!(!Fields::of(&map(&[("transfer-encoding", "chunked")])).unsupported_coding());
         assert!(ambiguous_framing(&map(&[
             ("transfer-encoding", "chunked"),
             ("transfer-encoding", "chunked")
@@ -1965,7 +2030,8 @@ mod proptests {
 
         /// Framing: several `Transfer-Encoding` fields, a final coding other
         /// than `chunked`, `Content-Length` with it, or several
-        /// `Content-Length` fields are ambiguous; nothing else is.
+        /// `Content-Length` fields are ambiguous; nothing else is. Codings
+        /// before a final `chunked` are unsupported (501), not ambiguous.
         #[test]
         fn framing_rules(h in header_map()) {
             let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
@@ -1980,12 +2046,23 @@ mod proptests {
                     prop_assert!(got, "final coding {:?} accepted", last);
                 }
             }
+            let coded = |v: &HeaderValue| {
+                let codings: Vec<&[u8]> = v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()).collect();
+                let name = |c: &[u8]| c.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().to_vec();
+                match codings.split_last() {
+                    Some((last, others)) => last.eq_ignore_ascii_case(b"chunked")
+                        && !others.is_empty()
+                        && others.iter().all(|c| !name(c).eq_ignore_ascii_case(b"chunked") && HeaderName::from_bytes(&name(c)).is_ok()),
+                    None => false,
+                }
+            };
             let want = match te.as_slice() {
                 [] => cl > 1,
-                [one] => cl > 0 || !one.as_bytes().eq_ignore_ascii_case(b"chunked"),
+                [one] => cl > 0 || !(one.as_bytes().eq_ignore_ascii_case(b"chunked") || coded(one)),
                 _ => true,
             };
             prop_assert_eq!(got, want);
+            prop_assert_eq!(Fields::of(&h).unsupported_coding(), matches!(te.as_slice(), [one] if cl == 0 && coded(one)));
         }
     }
 }

@@ -349,6 +349,9 @@ fn admit<'a>(
     if headers::malformed_with(req, &fields, false) {
         return Err(Failure::BadRequest);
     }
+    if fields.unsupported_coding() {
+        return Err(Failure::UnsupportedTransferCoding);
+    }
     let content_length = fields.content_length();
     let declared = content_length
         .and_then(|v| v.to_str().ok())

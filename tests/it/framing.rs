@@ -125,7 +125,9 @@ fn cases() -> Vec<Case> {
         case("te: chunk longer than its size", post(te, b"3\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
         case("te: missing CRLF after data", post(te, b"5\r\nhelloX\r\n0\r\n\r\n"), &[400], NONE),
         case("te: empty size line", post(te, b"\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
-        case("te: gzip, chunked", post("Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
+        // Unambiguous, but in a coding the proxy does not decode: 501
+        // (RFC 9112 §6.1).
+        case("te: gzip, chunked", post("Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[501], NONE),
         case("te: chunked, chunked", post("Transfer-Encoding: chunked, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
         case("te: twice", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), &[400], NONE),
         case("te: identity", post("Transfer-Encoding: identity\r\n", b"hello"), &[400], NONE),
