@@ -192,7 +192,12 @@ pub(super) async fn serve(
     // with the watch channel on every request.
     let shutdown = pin!(stopped(&mut stop));
     let mut shutdown = pin!(Gated::new(shutdown));
-    let mut phases = Phases::new(idle.as_mut(), shutdown.as_mut(), timeouts.keepalive_idle);
+    let mut phases = Phases::new(
+        idle.as_mut(),
+        shutdown.as_mut(),
+        timeouts.keepalive_idle,
+        timeouts.discard_body,
+    );
     let (io, prefix) = if h2 {
         (io, Bytes::new())
     } else {
@@ -232,14 +237,24 @@ struct Phases<'a, I, S> {
     idle: Pin<&'a mut I>,
     shutdown: Pin<&'a mut S>,
     close_grace: Duration,
+    /// How long an HTTP/1 connection the proxy closes after a response
+    /// reads and drops what the client still sends (`timeouts.discard_body`;
+    /// see [`close_lingering`]).
+    linger: Duration,
 }
 
 impl<'a, I, S> Phases<'a, I, S> {
-    fn new(idle: Pin<&'a mut I>, shutdown: Pin<&'a mut S>, close_grace: Duration) -> Self {
+    fn new(
+        idle: Pin<&'a mut I>,
+        shutdown: Pin<&'a mut S>,
+        close_grace: Duration,
+        linger: Duration,
+    ) -> Self {
         Phases {
             idle,
             shutdown,
             close_grace,
+            linger,
         }
     }
 }
@@ -562,10 +577,15 @@ where
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
-    if closing || !releasing {
-        // Shut down, idle too long, or the client closed or asked
-        // to: end the stream as hyper would have.
+    if closing {
+        // Shut down or idle too long: end the stream as hyper would have.
         close(stream).await;
+        return None;
+    }
+    if !releasing {
+        // hyper ended it (the client closed, or a response said `close`):
+        // the client may still be sending an upload nobody reads.
+        close_lingering(stream, phases.linger).await;
         return None;
     }
     // What hyper read came from the front of our prefix, so the
@@ -658,6 +678,13 @@ const IDLE_RELEASE: Duration = Duration::from_millis(100);
 const WAKE_READ: usize = 128;
 /// How long a closing connection may take to send its TLS close_notify.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A lingering close ends when the client has sent nothing for this long
+/// (nginx's `lingering_timeout` is 5 s).
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+
+/// The buffer a lingering close reads into.
+const LINGER_READ: usize = 16 * 1024;
 /// The watchdog's name for a client that stopped reading: its connection
 /// is dropped at once (nothing more can be written to it, not even a
 /// GOAWAY or close_notify).
@@ -700,6 +727,29 @@ fn concat(head: Bytes, tail: &[u8]) -> Bytes {
 /// Ends a stream politely (TLS close_notify, then FIN), bounded in time.
 async fn close<T: AsyncWrite + Unpin>(mut io: T) {
     let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+}
+
+/// Ends an HTTP/1 connection hyper is done with (a refusal that closes it,
+/// `Connection: close` either way, hyper's own 400) in stages, as RFC 9112
+/// §9.6 has a server do: TLS close_notify and FIN first; then what the
+/// client still sends — the rest of an upload the proxy refused and would
+/// not read — is read and dropped, without decrypting it, until the client
+/// closes, sends nothing for [`LINGER_QUIET`], or `linger` has passed.
+/// Closing a socket with bytes still unread makes the kernel answer with a
+/// reset, which destroys the response at a client that has not read it
+/// yet: the refusal would not reach it.
+async fn close_lingering(mut stream: Watched<Tls>, linger: Duration) {
+    close(&mut stream).await;
+    if linger.is_zero() {
+        return;
+    }
+    let (mut tcp, _) = (*stream.inner).into_inner();
+    // On the heap, and only now: the connection's future stays small.
+    let mut buf = vec![0u8; LINGER_READ];
+    let drain = async {
+        while let Ok(Ok(1..)) = tokio::time::timeout(LINGER_QUIET, tcp.read(&mut buf)).await {}
+    };
+    let _ = tokio::time::timeout(linger, drain).await;
 }
 
 /// The phases of a connection's HTTP life, each bounded by one deadline

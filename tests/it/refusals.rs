@@ -902,6 +902,48 @@ async fn answer<R: AsyncRead + Unpin>(tls: &mut R) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// A refusal that closes the connection while the client is still sending
+/// its upload (declared over `limits.discard_body_bytes`, so the proxy
+/// will not read it all) still reaches a client that reads only once it has
+/// sent everything: the proxy sends its answer, close_notify and FIN, then
+/// reads and drops the rest until the client closes (RFC 9112 §9.6).
+/// Closing at once, with the upload's bytes unread, makes the kernel send a
+/// reset, and a reset destroys the answer at the client before it reads it.
+#[tokio::test]
+async fn a_refusal_that_closes_reaches_a_client_still_sending() {
+    let proxy = Proxy::start(limited(
+        "[limits]\nmax_body_bytes = 1024\ndiscard_body_bytes = 4096\n",
+    ))
+    .await;
+    const LEN: usize = 32 << 20;
+    let mut tls = proxy.client().connect().await.unwrap();
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: {LEN}\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    while sent < LEN {
+        if tls.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = tls.flush().await;
+    assert_eq!(sent, LEN, "the proxy stopped taking the upload");
+    let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(raw_status(&raw), Some(413), "{text}");
+    assert!(text.contains("\"error\":\"body_too_large\""), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    proxy.stop().await;
+}
+
 /// A refusal after which the proxy closes an HTTP/1.1 connection says
 /// `Connection: close` (RFC 9112 §9.6; RFC 9110 §15.5.9 for the 408), so a
 /// keep-alive client does not send its next request into it: a stalled
