@@ -585,7 +585,7 @@ where
     if !releasing {
         // hyper ended it (the client closed, or a response said `close`):
         // the client may still be sending an upload nobody reads.
-        close_lingering(stream, phases.linger).await;
+        close_lingering(stream, phases.linger, phases.shutdown.as_mut()).await;
         return None;
     }
     // What hyper read came from the front of our prefix, so the
@@ -734,11 +734,16 @@ async fn close<T: AsyncWrite + Unpin>(mut io: T) {
 /// §9.6 has a server do: TLS close_notify and FIN first; then what the
 /// client still sends — the rest of an upload the proxy refused and would
 /// not read — is read and dropped, without decrypting it, until the client
-/// closes, sends nothing for [`LINGER_QUIET`], or `linger` has passed.
+/// closes, sends nothing for [`LINGER_QUIET`], or `linger` has passed, or
+/// the proxy shuts down (`shutdown`, not resolved yet when this is called).
 /// Closing a socket with bytes still unread makes the kernel answer with a
 /// reset, which destroys the response at a client that has not read it
 /// yet: the refusal would not reach it.
-async fn close_lingering(mut stream: Watched<Tls>, linger: Duration) {
+async fn close_lingering<D: Future<Output = ()>>(
+    mut stream: Watched<Tls>,
+    linger: Duration,
+    shutdown: Pin<&mut D>,
+) {
     close(&mut stream).await;
     if linger.is_zero() {
         return;
@@ -749,7 +754,10 @@ async fn close_lingering(mut stream: Watched<Tls>, linger: Duration) {
     let drain = async {
         while let Ok(Ok(1..)) = tokio::time::timeout(LINGER_QUIET, tcp.read(&mut buf)).await {}
     };
-    let _ = tokio::time::timeout(linger, drain).await;
+    tokio::select! {
+        _ = tokio::time::timeout(linger, drain) => {}
+        () = shutdown => {}
+    }
 }
 
 /// The phases of a connection's HTTP life, each bounded by one deadline
