@@ -330,8 +330,8 @@ impl AddCheckpoint {
 }
 
 /// What a witness recorded of one log: the latest checkpoint it cosigned,
-/// and the time it cosigned it at (POSIX seconds; 0 in state files of
-/// earlier versions).
+/// and the time it last cosigned it at (POSIX seconds; a checkpoint asked
+/// again is cosigned anew; 0 in state files of earlier versions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     pub size: u64,
