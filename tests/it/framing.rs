@@ -1088,6 +1088,39 @@ async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answ
     proxy.stop().await;
 }
 
+/// `request_body_idle` is the longest gap between body frames, not a bound
+/// on the whole body: a body whose gaps are each shorter goes through,
+/// however long it takes in all (the deadline moves with every frame); a
+/// gap as long is a 408.
+#[tokio::test]
+async fn the_body_idle_deadline_moves_with_every_frame() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_body_idle = \"400ms\"\n[limits]\nmin_request_body_rate = 0\n"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = proxy.upstream("zurich");
+    let head = raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 100\r\n\r\n");
+    // Ten frames 150 ms apart: 1.5 s in all, almost four idle deadlines.
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&head).await.unwrap();
+    hundred_bytes(&mut tls, Duration::from_millis(150)).await;
+    assert_eq!(status_line(&mut tls, "the answer").await, "HTTP/1.1 201");
+    assert_eq!(&zurich.last().body[..], &b"0123456789".repeat(10)[..]);
+    // Half of it, then a gap of twice the deadline: 408.
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&head).await.unwrap();
+    for _ in 0..5 {
+        tls.write_all(b"0123456789").await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status_line(&mut tls, "the refusal").await, "HTTP/1.1 408");
+    proxy.stop().await;
+}
+
 /// Writes 100 bytes of body, ten at a time, `gap` after each.
 async fn hundred_bytes(tls: &mut (impl tokio::io::AsyncWrite + Unpin), gap: Duration) {
     for _ in 0..10 {
