@@ -55,6 +55,31 @@ pub struct WitnessArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The submission prefix's path (tlog-witness: the endpoint is
+    /// `<prefix>/add-checkpoint`), e.g. `/w1`; the root when unset.
+    #[arg(long, value_name = "PATH", value_parser = parse_prefix)]
+    pub prefix: Option<String>,
+}
+
+/// `--prefix`: a path of its own, without a trailing `/`, query or
+/// fragment, in the bytes a request path may hold unencoded.
+fn parse_prefix(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix('/')
+        .ok_or_else(|| format!("`{value}` does not start with /"))?;
+    let path_bytes = |b: u8| b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@%".contains(&b);
+    if rest.is_empty()
+        || rest.ends_with('/')
+        || rest
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        || !rest.bytes().all(path_bytes)
+    {
+        return Err(format!(
+            "`{value}` is not a path like /w1 (no trailing /, empty or dot segments, query or fragment)"
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// The TLS of `--tls-cert` / `--tls-key`: HTTP/1.1 only, read at start.
@@ -119,12 +144,14 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let endpoint: Arc<str> =
+        format!("{}/add-checkpoint", args.prefix.as_deref().unwrap_or("")).into();
     tracing::info!(
         addr = %listener.local_addr()?,
         key = %witness.cosigner().verifier_key(),
         state = %args.state.display(),
         tls = tls.is_some(),
-        "witness listening: POST /add-checkpoint"
+        "witness listening: POST {endpoint}"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(args.state.clone());
@@ -134,7 +161,7 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
         rejected: prometheus::IntCounter::new("witness_connections_rejected", "unexported")?,
         blocking: false,
     };
-    let answer = move |req| answer(req, witness.clone(), state.clone());
+    let answer = move |req| answer(req, endpoint.clone(), witness.clone(), state.clone());
     let server = tokio::spawn(crate::plain_http::serve_async(
         listener, stop_rx, cap, tls, answer,
     ));
@@ -160,11 +187,15 @@ fn plain(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 async fn answer(
     req: Request<Incoming>,
+    endpoint: Arc<str>,
     witness: Arc<Witness>,
     state: Arc<PathBuf>,
 ) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/add-checkpoint" {
-        return plain(StatusCode::NOT_FOUND, "not found: POST /add-checkpoint");
+    if req.uri().path() != &*endpoint {
+        return plain(
+            StatusCode::NOT_FOUND,
+            &format!("not found: POST {endpoint}"),
+        );
     }
     if req.method() != Method::POST {
         let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST");
@@ -206,5 +237,22 @@ async fn answer(
             }
         }
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_prefix;
+
+    #[test]
+    fn a_prefix_is_a_plain_path() {
+        for ok in ["/w1", "/witness/w1", "/a-b_c.d~e"] {
+            assert_eq!(parse_prefix(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "", "/", "w1", "/w1/", "//w1", "/a//b", "/a/../b", "/w1?x", "/w1#x", "/w 1",
+        ] {
+            assert!(parse_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -499,6 +499,35 @@ async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
     untrusting.stop().await;
 }
 
+/// tlog-witness names a witness by its submission prefix: with `--prefix
+/// /w1` it answers at `/w1/add-checkpoint` (a log configured with that URL
+/// gets its cosignature) and nowhere else.
+#[tokio::test]
+async fn a_witness_serves_under_its_submission_prefix() {
+    let dir = TempDir::new("witness-prefix");
+    let (wvkey, wkey) = witness_key(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = start_proxy(ORIGIN_A, &format!("http://{addr}/w1"), &wvkey).await;
+    let logs = [key_of(&proxy)];
+    let witness =
+        WitnessProcess::start_with(dir.path(), addr, &logs, 1, &["--prefix", "/w1"]).await;
+    upload(&proxy).await;
+    let (note, _) = cosigned_checkpoint(&proxy, &wkey, 1).await;
+    assert!(wkey.verify_note(&note).is_ok());
+    let root = Fetcher::new(&format!("http://{addr}"), None).unwrap();
+    let answer = root
+        .post(
+            "/add-checkpoint",
+            "text/plain",
+            Bytes::from_static(b"old 0\n\n"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status.as_u16(), 404);
+    drop(witness);
+    proxy.stop().await;
+}
+
 /// A log that rolls to a new origin at `max_records`, witnessed by a real
 /// witness that knows both origins (their keys computed ahead, as
 /// `check-config` prints the next one): the sealed generation's last
