@@ -1111,11 +1111,7 @@ async fn the_body_idle_deadline_moves_with_every_frame() {
     // Half of it, then a gap of twice the deadline: 408.
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     tls.write_all(&head).await.unwrap();
-    for _ in 0..5 {
-        tls.write_all(b"0123456789").await.unwrap();
-        tls.flush().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    ten_byte_frames(&mut tls, 5, Duration::from_millis(150)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(status_line(&mut tls, "the refusal").await, "HTTP/1.1 408");
     proxy.stop().await;
@@ -1123,7 +1119,16 @@ async fn the_body_idle_deadline_moves_with_every_frame() {
 
 /// Writes 100 bytes of body, ten at a time, `gap` after each.
 async fn hundred_bytes(tls: &mut (impl tokio::io::AsyncWrite + Unpin), gap: Duration) {
-    for _ in 0..10 {
+    ten_byte_frames(tls, 10, gap).await;
+}
+
+/// Writes `frames` times ten bytes of body, `gap` after each.
+async fn ten_byte_frames(
+    tls: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frames: usize,
+    gap: Duration,
+) {
+    for _ in 0..frames {
         tls.write_all(b"0123456789").await.unwrap();
         tls.flush().await.unwrap();
         tokio::time::sleep(gap).await;
