@@ -1096,3 +1096,101 @@ pub async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Ve
         }
     }
 }
+
+/// A slowloris attack on a proxy: connections that finish TLS and send
+/// part of a request head, then stay silent until [`Slowloris::trickle`],
+/// after which each sends one more byte every 10 s (the original tool sends
+/// a header line every 15 s), spread evenly, six times at most.
+pub struct Slowloris {
+    go: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
+    attackers: tokio::task::JoinSet<bool>,
+}
+
+impl Slowloris {
+    /// Opens `n` attacking connections, 32 handshakes at a time, and returns
+    /// once all of them have sent their partial head.
+    pub async fn open(proxy: &Proxy, n: usize) -> Slowloris {
+        use tokio::io::AsyncWriteExt;
+        let (go, going) = tokio::sync::watch::channel(false);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut attackers = tokio::task::JoinSet::new();
+        let (opened_tx, mut opened) = mpsc::channel::<()>(n.max(1));
+        let gate = Arc::new(tokio::sync::Semaphore::new(32));
+        for i in 0..n {
+            let client = proxy.client();
+            let (mut going, mut stopping) = (going.clone(), stopping.clone());
+            let (opened_tx, gate) = (opened_tx.clone(), gate.clone());
+            attackers.spawn(async move {
+                let mut tls = {
+                    let _handshaking = gate.acquire().await.unwrap();
+                    let mut tls = client.connect().await.expect("attacker connects");
+                    tls.write_all(b"POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-")
+                        .await
+                        .unwrap();
+                    tls.flush().await.unwrap();
+                    tls
+                };
+                let _ = opened_tx.send(()).await;
+                if going.wait_for(|go| *go).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis((i * 5 % 10_000) as u64)).await;
+                for _ in 0..6 {
+                    tokio::select! {
+                        _ = stopping.wait_for(|stop| *stop) => return true,
+                        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                    if tls.write_all(b"a").await.is_err() || tls.flush().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            });
+        }
+        for _ in 0..n {
+            opened.recv().await.expect("every attacker opens");
+        }
+        Slowloris {
+            go,
+            stop,
+            attackers,
+        }
+    }
+
+    /// From now on each connection sends a byte every 10 s.
+    pub fn trickle(&self) {
+        self.go.send_replace(true);
+    }
+
+    /// Ends the attack; returns how many connections were still accepted by
+    /// the proxy (no write failed) when it ended.
+    pub async fn end(mut self) -> usize {
+        self.stop.send_replace(true);
+        self.go.send_replace(true);
+        let mut alive = 0;
+        while let Some(still_open) = self.attackers.join_next().await {
+            alive += usize::from(still_open.unwrap());
+        }
+        alive
+    }
+}
+
+/// Upload latencies (fresh TLS connection, 1 KiB body, 201 each), sorted.
+pub async fn upload_latencies(proxy: &Proxy, n: usize) -> Vec<Duration> {
+    let body = "x".repeat(1024);
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let reply = proxy.client().upload_from(CH, &body).await;
+        took.push(started.elapsed());
+        assert_eq!(reply.status, 201);
+    }
+    took.sort();
+    took
+}
+
+/// The 99th percentile of sorted samples (nearest rank).
+pub fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99).div_ceil(100) - 1]
+}
