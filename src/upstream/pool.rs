@@ -625,6 +625,7 @@ impl HttpBody for Body {
                     match polled {
                         None => {
                             this.ended = true;
+                            this.give_back();
                             return Poll::Ready(None);
                         }
                         // A data centre's trailers are not passed on: an
@@ -633,7 +634,17 @@ impl HttpBody for Body {
                         // field among them resets the stream, a
                         // `Residency-*` one would pass unstripped.
                         Some(Ok(frame)) if frame.is_trailers() => continue,
-                        Some(polled) => return Poll::Ready(Some(polled.map_err(BodyError::from))),
+                        Some(polled) => {
+                            // The last frame taken in: the connection goes
+                            // back now, not once the client has taken the
+                            // frame (one that keeps its window shut would
+                            // hold it, uncounted, for as long as its
+                            // connection's deadlines let it).
+                            if this.inner.is_end_stream() {
+                                this.give_back();
+                            }
+                            return Poll::Ready(Some(polled.map_err(BodyError::from)));
+                        }
                     }
                 }
             }
@@ -651,12 +662,20 @@ impl HttpBody for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
+        self.give_back();
+    }
+}
+
+impl Body {
+    /// Gives the connection back to its pool once the answer has been
+    /// taken in to its end (dropped before then, it is not reused).
+    fn give_back(&mut self) {
         if !(self.ended || self.inner.is_end_stream()) {
             return;
         }
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
         if lease.tx.is_ready() {
             lease.pool.put(lease.u, lease.tx, lease.progress);
             return;

@@ -577,3 +577,45 @@ async fn a_body_still_sent_after_an_early_answer_counts_against_its_client() {
     .await;
     proxy.stop().await;
 }
+
+/// A data centre's connection goes back to the pool once its answer has
+/// been taken in, not once the client has read it: an HTTP/2 client that
+/// keeps its windows shut gets its 201 head, and its 4-byte body waits on
+/// the window, but the only connection `max_connections_per_upstream`
+/// allows serves the next upload at once (it held it, uncounted by
+/// `max_requests_per_client`, until its connection's deadlines dropped it).
+#[tokio::test]
+async fn a_client_that_does_not_read_its_answer_holds_no_data_centre_connection() {
+    let setup = Setup {
+        extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"300ms\"\n".into(),
+        ..Setup::default()
+    };
+    let proxy = Proxy::start(setup).await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", "192.0.2.10")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"hello"), true)
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response head")
+        .unwrap();
+    assert_eq!(held.status(), 201);
+    for i in 0..3 {
+        let reply = proxy.client().upload_from("192.0.2.99", "next").await;
+        assert_eq!(reply.status, 201, "upload {i}: {:?}", reply.body);
+    }
+    drop((held, send));
+    conn.abort();
+    proxy.stop().await;
+}
