@@ -36,14 +36,14 @@ pub struct Counted {
 }
 
 /// The client an address counts for: an IPv4 address itself (as its
-/// IPv4-mapped IPv6 form); an IPv6 address's /64, but a 6to4 site's /48
-/// (`2002:<IPv4>::/48`, the address its tunnel stands for) and a Teredo
-/// client's own IPv4 address (as GeoIP locates it: all clients of one
-/// Teredo server share its /64).
+/// IPv4-mapped IPv6 form); an IPv6 address's /64, but for an address that
+/// carries an IPv4 address, that one, as GeoIP locates it
+/// ([`residency_core::geo::located`]): a 6to4 site's (`2002:<IPv4>::/48`,
+/// the address its tunnel stands for), a Teredo client's own (all clients
+/// of one Teredo server share its /64), an IPv4-compatible address's.
 fn key(addr: IpAddr) -> u128 {
     match residency_core::geo::located(addr) {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => u128::from(v6) & !((1u128 << 80) - 1),
         IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
     }
 }
@@ -131,9 +131,13 @@ mod tests {
         // ::/64 is not 0.0.0.0.
         assert!(in_flight.enter(ip("0.0.0.0"), 1).unwrap().is_some());
         assert!(in_flight.enter(ip("::5"), 1).unwrap().is_some());
-        // A 6to4 site is its /48; a Teredo client its own IPv4 address.
-        let _site = in_flight.enter(ip("2002:c000:22d:1::1"), 1).unwrap();
+        // A 6to4 site is the IPv4 address it carries (its /48); a Teredo
+        // client its own IPv4 address.
+        let site = in_flight.enter(ip("2002:c000:22d:1::1"), 1).unwrap();
         assert!(in_flight.enter(ip("2002:c000:22d:2::1"), 1).is_none());
+        assert!(in_flight.enter(ip("192.0.2.45"), 1).is_none());
+        assert!(in_flight.enter(ip("::192.0.2.45"), 1).is_none());
+        drop(site);
         let _teredo = in_flight
             .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd2"), 1)
             .unwrap();

@@ -339,15 +339,31 @@ impl Geo {
     }
 }
 
-/// The address a lookup locates: the canonical form, and for a Teredo
-/// address (RFC 4380, `2001::/32`) its client's public IPv4 address (the
-/// last 32 bits, inverted), which the connection's packets are sent to. A
-/// GeoIP database's alias of `2001::/32` to its IPv4 tree would locate the
-/// Teredo server instead (bits 32–63), which the client chooses.
+/// The address a lookup locates: the canonical form, and for an IPv6
+/// address that carries the IPv4 address its packets are sent to, that
+/// IPv4 address:
+///
+/// * Teredo (RFC 4380, `2001::/32`): its client's public address, the last
+///   32 bits inverted. A GeoIP database's alias of `2001::/32` to its IPv4
+///   tree would locate the Teredo server instead (bits 32–63), which the
+///   client chooses;
+/// * 6to4 (RFC 3056, `2002::/16`): its site's address, bits 16–47, where
+///   MaxMind's databases alias it too;
+/// * IPv4-compatible (`::a.b.c.d`, deprecated by RFC 4291): the IPv4
+///   tree's own place in a database (`::/96`).
+///
+/// So an override of an IPv4 network also matches the same host reached
+/// over 6to4 or as `::a.b.c.d` (which the database already locates there).
 pub fn located(addr: IpAddr) -> IpAddr {
     match addr.to_canonical() {
         IpAddr::V6(v6) if v6.segments()[..2] == [0x2001, 0] => {
             IpAddr::V4(std::net::Ipv4Addr::from(!(u128::from(v6) as u32)))
+        }
+        IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => {
+            IpAddr::V4(std::net::Ipv4Addr::from((u128::from(v6) >> 80) as u32))
+        }
+        IpAddr::V6(v6) if u128::from(v6) >> 32 == 0 && u128::from(v6) > 1 => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
         }
         canonical => canonical,
     }
@@ -392,7 +408,46 @@ mod tests {
     /// A Teredo client is located by its own public IPv4 address, not by
     /// the Teredo server it chose (where a database aliasing `2001::/32` to
     /// its IPv4 tree, as MaxMind's do, would place it); other IPv6
-    /// addresses, 6to4's included, are looked up as they are.
+    /// addresses are looked up as they are.
+    /// A 6to4 address (`2002:c000:22d::/48` is 192.0.2.45's site) and an
+    /// IPv4-compatible one (`::192.0.2.45`) are located by the IPv4 address
+    /// they carry, so an override of its network applies to them too (it
+    /// was skipped: the database's alias still answered its own country).
+    #[test]
+    fn an_override_of_an_ipv4_network_holds_over_6to4() {
+        let rows = vec![
+            Row {
+                network: "192.0.2.0/24".parse().unwrap(),
+                country: "CH".into(),
+            },
+            // What MaxMind's alias of 2002::/16 answers for it.
+            Row {
+                network: "2002:c000:200::/40".parse().unwrap(),
+                country: "CH".into(),
+            },
+        ];
+        assert_eq!(located(ip("2002:c000:22d::1")), ip("192.0.2.45"));
+        assert_eq!(located(ip("::192.0.2.45")), ip("192.0.2.45"));
+        assert_eq!(located(ip("::1")), ip("::1"));
+        assert_eq!(located(ip("::")), ip("::"));
+        let db = build_country_db(&rows, 1_700_000_000).unwrap();
+        let g = Geo::from_bytes(db, Vec::new()).unwrap();
+        assert_eq!(g.lookup(ip("2002:c000:22d::1")).0, Country::parse("CH"));
+        let db = build_country_db(&rows, 1_700_000_000).unwrap();
+        let corrected = vec![(
+            "192.0.2.0/24".parse().unwrap(),
+            Country::parse("JP").unwrap(),
+        )];
+        let g = Geo::from_bytes(db, corrected).unwrap();
+        for addr in ["192.0.2.45", "2002:c000:22d::1", "::192.0.2.45"] {
+            assert_eq!(
+                g.lookup(ip(addr)),
+                (Country::parse("JP"), LookupResult::Override),
+                "{addr}"
+            );
+        }
+    }
+
     #[test]
     fn a_teredo_client_is_located_by_its_own_address() {
         let rows = vec![
@@ -417,7 +472,6 @@ mod tests {
         assert_eq!(located(teredo), ip("192.0.2.45"));
         assert_eq!(g.lookup(teredo).0, Country::parse("CH"));
         assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("DE"));
-        assert_eq!(located(ip("2002:c000:22d::1")), ip("2002:c000:22d::1"));
         assert_eq!(located(ip("::ffff:192.0.2.45")), ip("192.0.2.45"));
         // An override of Teredo's prefix still matches first.
         let db = build_country_db(&rows, 1_700_000_000).unwrap();
