@@ -211,7 +211,12 @@ impl Policy {
             if up == all.len() {
                 return all.get(k).copied();
             }
-            return all.iter().copied().filter(|u| is_up(*u)).nth(k);
+            // `is_up` is read again: one may have gone down since it was
+            // counted (then the first still up, else the next group).
+            let still_up = || all.iter().copied().filter(|u| is_up(*u));
+            if let Some(u) = still_up().nth(k).or_else(|| still_up().next()) {
+                return Some(u);
+            }
         }
         None
     }

@@ -216,6 +216,31 @@ fn pick_never_leaves_the_permitted_set() {
     );
 }
 
+/// Health may change between `pick`'s count of the upstreams up and its
+/// choice among them: an upstream that went down meanwhile leaves the
+/// choice to those still up, or to the next group (it was `None`: a 503
+/// with geneva up).
+#[test]
+fn pick_survives_an_upstream_going_down_while_it_picks() {
+    let p = policy();
+    let ch = jid(&p, "ch");
+    let z2 = "http://127.0.0.1:1002/";
+    let asked = std::cell::Cell::new(0);
+    // zurich's first upstream down, its second up only when first asked.
+    let flaky = |u: UpstreamId| match p.upstream(u).uri.to_string() {
+        uri if uri == z2 => {
+            asked.set(asked.get() + 1);
+            asked.get() == 1
+        }
+        _ => p.datacenter_of(u).name != "zurich",
+    };
+    assert_eq!(
+        p.datacenter_of(p.pick(ch, 0, flaky).unwrap()).name,
+        "geneva"
+    );
+    assert!(asked.get() > 1, "asked again while choosing");
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let text = r#"
