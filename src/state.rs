@@ -291,11 +291,14 @@ impl Instance {
 
     /// Installs a new snapshot: new connections and requests use it; those
     /// in flight finish on the one they started with.
-    pub fn replace(&self, state: Snapshot) {
+    pub fn replace(&self, mut state: Snapshot) {
         let old = self.snapshot();
         state
             .health
             .inherit(&state.config.policy, &old.health, &old.config.policy);
+        if !state.pool.inherit(&old.pool) {
+            tracing::warn!("the new configuration's upstream pool was in use before it was installed: its connection limits start from nothing");
+        }
         self.current.store(Arc::new(state));
         let _writing = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;

@@ -114,7 +114,12 @@ struct Room {
 struct Inner {
     targets: Vec<Target>,
     idle: Vec<Mutex<Vec<Idle>>>,
-    rooms: Vec<Room>,
+    /// Shared with the pool of the configuration this one replaced, for the
+    /// upstreams both have ([`Pool::inherit`]).
+    rooms: Vec<Arc<Room>>,
+    /// Replaced by a reload's pool: connections its requests finish with
+    /// close instead of waiting idle (they hold their room's permits).
+    retired: AtomicBool,
     max_connections: usize,
     tls: TlsConnector,
     connect_timeout: Duration,
@@ -174,9 +179,11 @@ impl Pool {
             .clamp(1, Semaphore::MAX_PERMITS);
         let rooms = targets
             .iter()
-            .map(|_| Room {
-                permits: Arc::new(Semaphore::new(max_connections)),
-                freed: Notify::new(),
+            .map(|_| {
+                Arc::new(Room {
+                    permits: Arc::new(Semaphore::new(max_connections)),
+                    freed: Notify::new(),
+                })
             })
             .collect();
         Ok(Pool {
@@ -192,8 +199,40 @@ impl Pool {
                 response_idle: settings.response_idle,
                 send_idle: settings.send_idle,
                 reaper_started: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// A reload's pool takes over `old`'s connection limits: each upstream
+    /// both have (the same host, port and scheme) shares its room, so the
+    /// connections the old configuration's requests still hold count
+    /// against `max_connections_per_upstream` (a fresh count per reload let
+    /// a data centre get that many again after each). Unless the limit
+    /// changed: then the new one counts from nothing. `old` is retired: its
+    /// idle connections close now, its busy ones when their requests end.
+    /// Call before `self` is shared (false, and nothing taken over, if it
+    /// is).
+    pub fn inherit(&mut self, old: &Pool) -> bool {
+        let Some(inner) = Arc::get_mut(&mut self.inner) else {
+            return false;
+        };
+        let before = &old.inner;
+        if inner.max_connections == before.max_connections {
+            for (target, room) in inner.targets.iter().zip(inner.rooms.iter_mut()) {
+                let same = before.targets.iter().position(|t| t.same_place(target));
+                if let Some(i) = same {
+                    *room = before.rooms[i].clone();
+                }
+            }
+        }
+        before.retired.store(true, Ordering::Relaxed);
+        for slot in &before.idle {
+            if let Ok(mut idle) = slot.lock() {
+                idle.clear();
+            }
+        }
+        true
     }
 
     /// Sends `req` (origin-form URI) to upstream `u` and returns the
@@ -441,7 +480,11 @@ impl Pool {
     /// Keeps `tx` for the next request to `u`, if there is room.
     fn put(&self, u: UpstreamId, tx: SendRequest<ForwardBody>, progress: Arc<WriteProgress>) {
         let inner = &self.inner;
-        if inner.max_idle == 0 || tx.is_closed() || progress.failed() {
+        if inner.max_idle == 0
+            || tx.is_closed()
+            || progress.failed()
+            || inner.retired.load(Ordering::Relaxed)
+        {
             return;
         }
         let Ok(mut idle) = inner.idle[u.0].lock() else {
@@ -519,6 +562,13 @@ async fn reap(pool: Weak<Inner>) {
                 idle.retain(|i| i.since.elapsed() < inner.idle_timeout && !i.tx.is_closed());
             }
         }
+    }
+}
+
+impl Target {
+    /// The same server, reached the same way.
+    fn same_place(&self, other: &Target) -> bool {
+        self.host == other.host && self.port == other.port && self.tls == other.tls
     }
 }
 

@@ -230,18 +230,7 @@ async fn a_saturated_upstream_answers_503_and_stays_up() {
         ..Setup::default()
     };
     let proxy = Proxy::start(setup).await;
-    let client = proxy.client();
-    let slow = tokio::spawn(async move {
-        client
-            .send(
-                "POST",
-                "/v1/telemetry",
-                &[("x-forwarded-for", CH), ("x-test-answer-delay-ms", "1500")],
-                "slow",
-            )
-            .await
-    });
-    proxy.upstream("zurich").first_bytes.notified().await;
+    let slow = slow_upload(&proxy, 1500).await;
     let reply = proxy.client().upload_from(CH, "fast").await;
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(reply.json()["error"], "upstream_saturated");

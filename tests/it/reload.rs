@@ -365,3 +365,44 @@ async fn the_log_listeners_certificate_is_renewed_by_a_reload() {
     assert!(reloads(&proxy, "success").await >= 1.0);
     proxy.stop().await;
 }
+
+/// A reload keeps counting the connections the old configuration's
+/// requests still hold against `max_connections_per_upstream` (each
+/// reload's new pool counted from nothing: a data centre could get the cap
+/// again after every reload), and the connections those requests finish
+/// with close instead of waiting idle with their permits.
+#[tokio::test]
+async fn a_reload_keeps_counting_the_connections_held_against_the_cap() {
+    let proxy = Proxy::start(Setup {
+        extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"300ms\"\nreload_poll = \"100ms\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = format!(
+        "residency_upstream_connections{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
+        proxy.upstream("zurich").addr
+    );
+    let slow = slow_upload(&proxy, 2000).await;
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    replace(&proxy.config_path, format!("{config}\n# reloaded\n"));
+    eventually("the reload", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric_value(&proxy, &zurich).await,
+        1.0,
+        "the held one counts"
+    );
+    let reply = proxy.client().upload_from(CH, "during").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_saturated");
+    assert_eq!(slow.await.unwrap().status, 201);
+    // Its connection closed with its request (idle in the old pool, it
+    // would keep the one permit): the new configuration's uploads get it.
+    for i in 0..3 {
+        let reply = proxy.client().upload_from(CH, "after").await;
+        assert_eq!(reply.status, 201, "upload {i}: {:?}", reply.body);
+    }
+    proxy.stop().await;
+}

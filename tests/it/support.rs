@@ -1194,3 +1194,23 @@ pub async fn upload_latencies(proxy: &Proxy, n: usize) -> Vec<Duration> {
 pub fn p99(sorted: &[Duration]) -> Duration {
     sorted[(sorted.len() * 99).div_ceil(100) - 1]
 }
+
+/// An upload from [`CH`] that zurich answers `delay_ms` after its body,
+/// sent in a task of its own; returned once zurich has its first bytes
+/// (so it holds its connection to zurich).
+pub async fn slow_upload(proxy: &Proxy, delay_ms: u64) -> tokio::task::JoinHandle<Reply> {
+    let client = proxy.client();
+    let delay = delay_ms.to_string();
+    let slow = tokio::spawn(async move {
+        client
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH), ("x-test-answer-delay-ms", &delay)],
+                "slow",
+            )
+            .await
+    });
+    proxy.upstream("zurich").first_bytes.notified().await;
+    slow
+}
