@@ -426,8 +426,13 @@ where
     D: Future<Output = ()>,
 {
     let mut h1 = http1::Builder::new();
+    // half_close: a client that shuts its side once its request is
+    // complete still gets the answer (hyper's default takes the end of
+    // input for a request cut short and drops the connection, answer and
+    // all). Its deadlines still bound it.
     h1.max_buf_size(limits.max_request_head_bytes.max(8192))
         .keep_alive(true)
+        .half_close(true)
         .writev(false);
     let mut prefix = Bytes::new();
     // Until the first bytes tell HTTP/1 from an h2 preface (h2 without

@@ -1359,3 +1359,31 @@ async fn an_http2_response_held_by_a_shut_window_is_bounded_while_other_streams_
     drop(response);
     proxy.stop().await;
 }
+
+/// A client that shuts its side of the connection (close_notify and FIN)
+/// once its request is complete, as `printf … | openssl s_client` or a
+/// one-shot script does, still reads its answer: the data centre's 201, or
+/// a refusal. (hyper's default treats the end of input as the request cut
+/// short, and the answer was lost.)
+#[tokio::test]
+async fn a_client_that_shuts_its_side_after_its_request_still_reads_the_answer() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for (from, status) in [(CH, "201"), (UNKNOWN, "451")] {
+        let mut tls = proxy.client().connect().await.expect("TLS handshake");
+        let request = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {from}\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+            .await
+            .expect("the proxy closes the connection within 10 s");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "from {from}: {text:?}"
+        );
+    }
+    assert_eq!(proxy.upstream("zurich").count(), 1);
+    proxy.stop().await;
+}
