@@ -435,8 +435,12 @@ where
         .half_close(true)
         .writev(false);
     let mut prefix = Bytes::new();
-    // Until the first bytes tell HTTP/1 from an h2 preface (h2 without
-    // ALPN, "prior knowledge").
+    // Until the first bytes tell HTTP/1 from an h2 preface: h2 without
+    // ALPN ("prior knowledge"). A client that negotiated http/1.1 and then
+    // sends the preface gets hyper's 400 for a malformed request (hyper
+    // itself would close without one): over TLS, h2 is chosen by ALPN
+    // (RFC 9113 §3.3).
+    let prior_knowledge = io.inner.get_ref().1.alpn_protocol().is_none();
     let mut sniffing = true;
     loop {
         let preface = h2_preface(&prefix);
@@ -451,6 +455,11 @@ where
         if sniffing {
             sniffing = false;
             if preface == Some(true) {
+                if !prior_knowledge {
+                    let _ = io.write_all(H2_PREFACE_REFUSED).await;
+                    close_lingering(io, phases.linger, phases.shutdown.as_mut()).await;
+                    return None;
+                }
                 io.heads = false;
                 return Some((io, prefix));
             }
@@ -703,6 +712,11 @@ const STREAMING: &str = "response_body";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether `bytes` start with the h2 preface: `None` while too short to tell.
+/// The answer to an h2 preface on a connection that negotiated http/1.1:
+/// what hyper answers a malformed request.
+const H2_PREFACE_REFUSED: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 fn h2_preface(bytes: &[u8]) -> Option<bool> {
     let n = bytes.len().min(H2_PREFACE.len());
     if bytes[..n] != H2_PREFACE[..n] {

@@ -154,6 +154,22 @@ async fn alpn_and_protocol_versions() {
         assert_eq!(reply.status, 201, "{:?}", reply.body);
         assert_eq!(reply.alpn, None);
     }
+    // Having negotiated http/1.1, the h2 preface is not HTTP/2 (RFC 9113
+    // §3.2: over TLS, h2 is chosen by ALPN) but a request HTTP/1.1 refuses.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = proxy.client().connect().await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut tls))
+            .await
+            .expect("closed");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+    }
 
     // A client speaking only TLS 1.2, and one speaking only TLS 1.3.
     for (version, want) in [
