@@ -327,22 +327,28 @@ impl Tenancy {
         };
         let sni_name = sni;
         let sni = sni.and_then(|h| self.tenants.by_sni(h));
+        let recognized = tenant::combine(token, cert, sni).map_err(conflict)?;
         // (A fully qualified `name.` is the name; the server name itself
         // needs no second lookup.)
         let host = host
             .map(|h| h.strip_suffix('.').unwrap_or(h))
             .filter(|h| sni_name.is_none_or(|s| !h.eq_ignore_ascii_case(s)));
-        if let (Some(by_sni), Some(host)) = (sni, host) {
+        if let Some(host) = host {
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
                 std::borrow::Cow::Owned(host.to_ascii_lowercase())
             } else {
                 std::borrow::Cow::Borrowed(host)
             };
-            if self.tenants.by_sni(&host).is_some_and(|id| id != by_sni) {
-                return Err(Unrecognized::Misdirected);
+            // A host that is a tenant's server name, on a connection made
+            // for another name (or none) and not otherwise that tenant's:
+            // GeoIP, or another pin, must not decide for its uploads.
+            if let Some(by_host) = self.tenants.by_sni(&host) {
+                if recognized.is_none_or(|r| r.tenant != by_host) {
+                    return Err(Unrecognized::Misdirected);
+                }
             }
         }
-        tenant::combine(token, cert, sni).map_err(conflict)
+        Ok(recognized)
     }
 
     /// Loads `[[tenants]]`, `[tenancy] file` and `[tenancy.token]`,

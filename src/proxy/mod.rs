@@ -378,7 +378,9 @@ fn admit<'a>(
     let health = &state.health;
     let tenancy = &config.tenancy;
     // Read only where a server name may recognise a tenant.
-    let host = (conn.sni.is_some() && tenancy.tenants.by_server_name())
+    let host = tenancy
+        .tenants
+        .by_server_name()
         .then(|| headers::request_host(req))
         .flatten();
     let recognized = tenancy

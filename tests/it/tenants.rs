@@ -230,6 +230,22 @@ jurisdiction = "eu"
             assert_eq!(reply.status, 201, "{v:?} {host}: {reply:?}");
             assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
         }
+        // And a connection made for a name no tenant has, or for none (by
+        // address), reused for acme's name: 421 too, not GeoIP's frankfurt.
+        for client in [by_ip.clone(), proxy.client().sni(Some("localhost"))] {
+            let before = proxy.counts();
+            let reply = client
+                .version(v)
+                .send(
+                    "POST",
+                    "https://acme.ingest.test/v1/telemetry",
+                    &[("x-forwarded-for", DE)],
+                    "cpu=0.5",
+                )
+                .await;
+            assert_eq!(reply.status, 421, "{v:?}: {reply:?}");
+            assert_eq!(proxy.counts(), before, "{v:?}: nothing forwarded");
+        }
     }
 
     // A token naming acme, EdDSA and ES256.
@@ -407,7 +423,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"misdirected_request\"}"),
-        4.0
+        8.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),
