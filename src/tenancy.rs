@@ -605,40 +605,52 @@ fn record_names(
 }
 
 /// The names in a client certificate (DER): SAN URIs and DNS names
-/// (lowercased) and the subject's CN. Read once per connection.
-pub fn cert_names(der: &[u8]) -> Option<CertNames> {
+/// (lowercased) and the subject's CN. Read once per connection. A
+/// certificate (verified by the TLS stack, which reads its names only under
+/// a name constraint) whose subject alternative names or CN do not decode
+/// here is marked `unreadable`, not taken for one without names.
+pub fn cert_names(der: &[u8]) -> CertNames {
     use x509_cert::der::Decode as _;
     use x509_cert::ext::pkix::name::GeneralName;
     use x509_cert::ext::pkix::SubjectAltName;
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
     let mut names = CertNames::default();
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        names.unreadable = true;
+        return names;
+    };
     let tbs = &cert.tbs_certificate;
-    if let Ok(Some((_, san))) = tbs.get::<SubjectAltName>() {
-        for name in san.0 {
-            match name {
-                GeneralName::UniformResourceIdentifier(uri) => names.uris.push(uri.to_string()),
-                GeneralName::DnsName(dns) => names.dns.push(dns.to_string().to_ascii_lowercase()),
-                _ => {}
+    match tbs.get::<SubjectAltName>() {
+        Ok(Some((_, san))) => {
+            for name in san.0 {
+                match name {
+                    GeneralName::UniformResourceIdentifier(uri) => names.uris.push(uri.to_string()),
+                    GeneralName::DnsName(dns) => {
+                        names.dns.push(dns.to_string().to_ascii_lowercase())
+                    }
+                    _ => {}
+                }
             }
         }
+        Ok(None) => {}
+        Err(_) => names.unreadable = true,
     }
     let cn_oid = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    names.cn = tbs
+    let cn = tbs
         .subject
         .0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .find_map(|atv| {
-            (atv.oid == cn_oid).then(|| {
-                atv.value.decode_as::<String>().ok().or_else(|| {
-                    atv.value
-                        .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
-                        .ok()
-                        .map(|s| s.to_string())
-                })
-            })?
+        .find(|atv| atv.oid == cn_oid);
+    if let Some(atv) = cn {
+        names.cn = atv.value.decode_as::<String>().ok().or_else(|| {
+            atv.value
+                .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
+                .ok()
+                .map(|s| s.to_string())
         });
-    Some(names)
+        names.unreadable |= names.cn.is_none();
+    }
+    names
 }
 
 #[cfg(test)]
@@ -753,5 +765,51 @@ file = "tenants file.toml"
                 "{leeway}: {report}"
             );
         }
+    }
+
+    /// A certificate with subject alternative names that do not decode
+    /// (an IA5String URI holding a byte outside ASCII, which the TLS stack
+    /// accepts unread) is marked unreadable, not taken for one without
+    /// names: GeoIP would then have decided for a tenant's device.
+    #[test]
+    fn a_certificate_whose_names_do_not_decode_is_unreadable() {
+        let der = |san: Option<Vec<u8>>| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "device-7");
+            if let Some(san) = san {
+                params
+                    .custom_extensions
+                    .push(rcgen::CustomExtension::from_oid_content(
+                        &[2, 5, 29, 17],
+                        san,
+                    ));
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        // GeneralNames: [6] URIs, DER by hand.
+        let san = |uris: &[&[u8]]| {
+            let mut inner = Vec::new();
+            for uri in uris {
+                inner.extend([0x86, uri.len() as u8]);
+                inner.extend_from_slice(uri);
+            }
+            let mut seq = vec![0x30, inner.len() as u8];
+            seq.extend(inner);
+            seq
+        };
+        let good = super::cert_names(&der(Some(san(&[b"spiffe://acme.test/devices/7"]))));
+        assert_eq!(good.uris, ["spiffe://acme.test/devices/7"]);
+        assert_eq!(good.cn.as_deref(), Some("device-7"));
+        assert!(!good.unreadable);
+        let bad = super::cert_names(&der(Some(san(&[
+            b"spiffe://acme.test/devices/7",
+            b"urn:x:\xc9",
+        ]))));
+        assert!(bad.unreadable, "{bad:?}");
+        assert!(super::cert_names(b"not a certificate").unreadable);
+        assert!(!super::cert_names(&der(None)).unreadable);
     }
 }

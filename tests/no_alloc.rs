@@ -96,6 +96,7 @@ client_cert = ["uri:spiffe://acme.test/*", "dns:*.devices.acme.test", "cn:acme-u
         uris: vec!["spiffe://acme.test/devices/7".into()],
         dns: vec!["d7.devices.acme.test".into()],
         cn: Some("acme-uploader".into()),
+        unreadable: false,
     };
     let headers = http::HeaderMap::new();
     let de: std::net::IpAddr = "198.51.100.1".parse().unwrap();

@@ -118,7 +118,7 @@ pub(super) async fn serve(
         let cert = session
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(|leaf| crate::tenancy::cert_names(leaf))
+            .map(|leaf| crate::tenancy::cert_names(leaf))
             .map(Box::new);
         (sni, cert)
     };

@@ -115,6 +115,10 @@ pub struct CertNames {
     pub uris: Vec<String>,
     pub dns: Vec<String>,
     pub cn: Option<String>,
+    /// Some of its names could not be read (a subject alternative name or
+    /// CN that does not decode): what it would name is not known, so
+    /// [`Tenants::by_cert`] recognises nothing by it and refuses it.
+    pub unreadable: bool,
 }
 
 /// Two sources (or two names of one certificate) recognise different
@@ -209,7 +213,13 @@ impl Tenants {
 
     /// The tenant a certificate's names match; a conflict if they match
     /// more than one.
+    /// A certificate with names that could not be read is a conflict when
+    /// tenants are recognised by certificate: a name it carries might have
+    /// named one.
     pub fn by_cert(&self, names: &CertNames) -> Result<Option<TenantId>, Conflict> {
+        if names.unreadable && self.by_certificate() {
+            return Err(Conflict);
+        }
         let mut found: Option<TenantId> = None;
         let mut note = |id: Option<TenantId>| -> Result<(), Conflict> {
             match (found, id) {

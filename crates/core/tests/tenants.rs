@@ -118,6 +118,7 @@ mismatch = { allow_countries = ["US"] }
         uris: uris.iter().map(|s| s.to_string()).collect(),
         dns: dns.iter().map(|s| s.to_string()).collect(),
         cn: cn.map(str::to_string),
+        unreadable: false,
     };
     assert_eq!(
         t.by_cert(&cert(&["spiffe://acme.example/uploader/7"], &[], None)),
@@ -132,6 +133,13 @@ mismatch = { allow_countries = ["US"] }
         Ok(Some(acme))
     );
     assert_eq!(t.by_cert(&cert(&[], &[], Some("acme-uploader2"))), Ok(None));
+    // Names that could not be read might have named a tenant: refused,
+    // whatever was read besides.
+    let unreadable = CertNames {
+        unreadable: true,
+        ..cert(&["spiffe://acme.example/uploader/7"], &[], None)
+    };
+    assert_eq!(t.by_cert(&unreadable), Err(Conflict));
     assert!(t.by_certificate());
     let initech = t.get(t.by_name("initech").unwrap());
     assert_eq!(initech.mismatch.as_str(), "allow_countries");
