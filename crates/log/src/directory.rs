@@ -258,11 +258,26 @@ impl Directory {
     pub fn open(settings: &Transparency, metrics: LogMetrics) -> Result<Directory, LogError> {
         let started = Instant::now();
         let dir = settings.directory.clone();
+        // The directories this makes (the log's, a new generation's) are
+        // made durable in their parents before anything in them is
+        // acknowledged: a power cut that lost `generations/<n>` after its
+        // receipts went out would have the next start hand its indexes out
+        // again.
+        let made: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(io_error(&dir))?;
+        for made in &made {
+            if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+                disk::sync_path(parent).map_err(io_error(parent))?;
+            }
+        }
         let key_path = &settings.signing_key;
         let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
         let key_error = |source| LogError::Key {
@@ -702,10 +717,10 @@ impl Core {
 
     /// Seals the full staging bundles waiting for it: each is cut to its
     /// records (dropping what is left of the preallocation) and renamed to
-    /// its tile name. The records are durable already; the rename and the
-    /// cut are made durable with the other new files before the next
-    /// checkpoint — a crash before that leaves a full `staging.<N>`, or
-    /// zeros after the 256th entry, which the next start finishes.
+    /// its tile name. The records are durable already; the cut is made
+    /// durable before the rename, and the rename with the other new files
+    /// before the next checkpoint — a crash before that leaves a full
+    /// `staging.<N>`, which the next start finishes.
     fn seal_full(&self) {
         let _one = lock(&self.sealing);
         let full = std::mem::take(&mut lock(&self.spare).full);
@@ -726,6 +741,9 @@ impl Core {
 
     fn seal(&self, bundle: &Staging) -> std::io::Result<Vec<PathBuf>> {
         bundle.file.set_len(bundle.len)?;
+        // The cut made durable before the name: `replay` repairs only the
+        // bundle at the checkpoint's size, not a sealed one below it.
+        bundle.file.sync_data()?;
         let target = self.disk.path(Tile {
             level: None,
             index: bundle.index,
@@ -735,8 +753,6 @@ impl Core {
         let parent = target.parent().unwrap_or(self.disk.dir());
         self.disk.create_dirs(parent, &mut touched)?;
         std::fs::rename(self.disk.staging(bundle.index), &target)?;
-        // The file itself needs no fsync: its bytes were fsynced by the
-        // writer, and a cut a crash loses is redone at start (`replay`).
         touched.push(parent.to_path_buf());
         touched.push(self.disk.dir().to_path_buf());
         Ok(touched)
