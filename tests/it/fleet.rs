@@ -1022,3 +1022,59 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     })
     .await;
 }
+
+/// A reader sent to a replica that has not yet followed the checkpoint
+/// another replica just stored (the log's Service spreads readers over the
+/// replicas, and each follows once a tick) gets the tiles and proofs of
+/// that checkpoint, not a 404 for something the log has signed: the
+/// replica follows it then. Here the follower ticks once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_the_checkpoint_another_replica_just_stored() {
+    let keep = TempDir::new("fleet-behind");
+    let key = log_key(keep.path());
+    let pg = postgres("behind", &["behind"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let ports = [free_port(), free_port()];
+    let start = async |r: usize, interval: &str| {
+        let section = fleet_section(keep.path(), &pg, "behind", ports[r], interval);
+        Binary::start(&format!("fleet-behind-{r}"), &dcs, &section).await
+    };
+    let integrator = start(0, "100ms").await;
+    eventually("replica 0 integrates", async || {
+        admin_metric(integrator.admin, "residency_log_integrator").await == Some(1.0)
+    })
+    .await;
+    let follower = start(1, "60s").await;
+    let get = async |r: usize, path: &str| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        plain_request(addr, "GET", path).await
+    };
+    let verifier = Verifier::parse(&key).unwrap();
+    // The follower has followed once, at its start, before any upload.
+    let (_, note) = get(1, "/checkpoint").await;
+    assert_eq!(Checkpoint::open(&note, &verifier).unwrap().size, 0);
+    for i in 0..3 {
+        let reply = integrator.client().upload_from(CH, &format!("{i}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    eventually("replica 0 signs size 3", async || {
+        let (_, note) = get(0, "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size == 3)
+    })
+    .await;
+    let (status, bundle) = get(1, "/tile/entries/000.p/3").await;
+    assert_eq!(status, 200, "{bundle}");
+    let (status, proof) = get(1, "/proof/inclusion?index=2&size=3").await;
+    assert_eq!(status, 200, "{proof}");
+    let (_, note) = get(1, "/checkpoint").await;
+    assert_eq!(Checkpoint::open(&note, &verifier).unwrap().size, 3);
+    // Beyond what anyone signed: still 404.
+    let (status, _) = get(1, "/tile/entries/000.p/4").await;
+    assert_eq!(status, 404);
+    drop((integrator, follower));
+}

@@ -53,6 +53,10 @@ use crate::note::{Checkpoint, Signer, Verifier};
 use crate::settings::{Postgres, Transparency};
 use crate::tiles::{self, Tile, WIDTH};
 
+/// How often reads may make a replica follow out of turn
+/// ([`Fleet::catch_up`]).
+const CATCH_UP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The advisory lock whose holder integrates the log.
 pub const INTEGRATOR_LOCK: i64 = 0x7265_7369_6465_6e01;
 /// Taken (transaction-scoped) while the schema is migrated.
@@ -292,6 +296,9 @@ struct Shared {
     /// checkpoint covers every record.
     coverage: std::sync::Mutex<std::collections::VecDeque<(i64, u64)>>,
     session: tokio::sync::Mutex<Session>,
+    /// When a read last made this replica follow out of turn
+    /// ([`Fleet::catch_up`]), in milliseconds since the Unix epoch.
+    caught_up_at: AtomicU64,
     is_integrator: AtomicBool,
     /// Full tiles and entry bundles: immutable once complete.
     cache: quick_cache::sync::Cache<(i16, u64), Arc<Vec<u8>>, Weight>,
@@ -386,6 +393,7 @@ impl Fleet {
             reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
             coverage: Default::default(),
             session: tokio::sync::Mutex::new(Session::default()),
+            caught_up_at: AtomicU64::new(0),
             is_integrator: AtomicBool::new(false),
             cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_BYTES, Weight),
             metrics,
@@ -461,6 +469,20 @@ impl Fleet {
     /// stored checkpoint.
     pub fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         self.handle.block_on(self.shared.tick())
+    }
+
+    /// The stored checkpoint, followed now if this replica's is smaller
+    /// than `size` (blocking): a reader sent here for a tile or proof of
+    /// the checkpoint another replica just stored gets it instead of a
+    /// 404 (replicas follow once a tick). At most once per
+    /// [`CATCH_UP_EVERY`] for all readers together, and not while this
+    /// replica integrates or its tick runs (which publishes anyway).
+    pub fn catch_up(&self, size: u64) -> Arc<Published> {
+        let latest = self.latest();
+        if latest.size >= size {
+            return latest;
+        }
+        self.handle.block_on(self.shared.catch_up())
     }
 
     /// Any tile of the integrated tree (blocking: a database read unless
@@ -619,6 +641,31 @@ impl Shared {
         self.sequenced
             .fetch_max(first + batch.len() as u64, Ordering::Relaxed);
         Ok(first)
+    }
+
+    /// [`Fleet::catch_up`].
+    async fn catch_up(&self) -> Arc<Published> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.caught_up_at.load(Ordering::Relaxed);
+        let every = CATCH_UP_EVERY.as_millis() as u64;
+        if now < last.saturating_add(every)
+            || self
+                .caught_up_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return self.latest.load_full();
+        }
+        if let Ok(session) = self.session.try_lock() {
+            if session.held.is_none() {
+                if let Err(e) = self.follow().await {
+                    tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
+                }
+            }
+        }
+        self.latest.load_full()
     }
 
     /// One checkpoint tick: take the integrator lock if free; integrate if

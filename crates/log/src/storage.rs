@@ -173,6 +173,16 @@ impl Generation {
         }
     }
 
+    /// The latest signed checkpoint, after making sure that one of at
+    /// least `size` is not already stored (the fleet: another replica may
+    /// have stored it since this one last followed) (blocking).
+    pub fn signed_for(&self, size: u64) -> Arc<Published> {
+        match &self.backend {
+            Backend::Directory(d) => d.latest(),
+            Backend::Postgres(f) => f.catch_up(size),
+        }
+    }
+
     /// Records written (checkpointed or not; a fleet's as last seen).
     pub fn size(&self) -> u64 {
         match &self.backend {
@@ -268,7 +278,7 @@ impl Generation {
     pub fn tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
         if tile
             .needs_size()
-            .is_none_or(|needs| needs > self.latest().size)
+            .is_none_or(|needs| needs > self.signed_for(needs).size)
         {
             return Ok(None);
         }
