@@ -126,7 +126,7 @@ impl Snapshot {
         let policy_hash =
             residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
-        let header_values = PolicyValues::new(&config.policy);
+        let header_values = PolicyValues::new(&config.policy, &config.tenancy.tenants);
         let state = match (geo, pool) {
             (Some(geo), Some(pool)) if report.is_empty() => Some(Snapshot {
                 config,
@@ -460,10 +460,11 @@ pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
 pub struct PolicyValues {
     jurisdictions: Vec<Option<HeaderValue>>,
     datacenters: Vec<Option<HeaderValue>>,
+    tenants: Vec<Option<HeaderValue>>,
 }
 
 impl PolicyValues {
-    pub fn new(policy: &Policy) -> PolicyValues {
+    pub fn new(policy: &Policy, tenants: &residency_core::tenant::Tenants) -> PolicyValues {
         let value = |name: &str| HeaderValue::from_str(name).ok();
         PolicyValues {
             jurisdictions: policy
@@ -472,7 +473,13 @@ impl PolicyValues {
                 .map(|j| value(&j.name))
                 .collect(),
             datacenters: policy.datacenters.iter().map(|d| value(&d.name)).collect(),
+            tenants: tenants.iter().map(|t| value(&t.name)).collect(),
         }
+    }
+
+    /// `Residency-Tenant` for tenant `t`.
+    pub fn tenant(&self, t: residency_core::tenant::TenantId) -> Option<&HeaderValue> {
+        self.tenants.get(t.0 as usize).and_then(Option::as_ref)
     }
 
     pub fn jurisdiction(&self, j: JurisdictionId) -> Option<&HeaderValue> {

@@ -73,6 +73,8 @@ pub struct Target<'a> {
     /// The request may have a field that does not go upstream
     /// (`headers::Fields::foreign`).
     pub foreign: bool,
+    /// The recognised tenant (`Residency-Tenant`).
+    pub tenant: Option<residency_core::tenant::TenantId>,
     /// The client connection's guard maker (`Conn::hold`), for the body.
     pub hold: Option<crate::upstream::body::Hold>,
 }
@@ -186,6 +188,10 @@ fn prepare(
             jurisdiction: state
                 .header_values
                 .jurisdiction(target.jurisdiction)
+                .cloned(),
+            tenant: target
+                .tenant
+                .and_then(|t| state.header_values.tenant(t))
                 .cloned(),
             host,
             version: parts.version,

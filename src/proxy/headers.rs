@@ -28,6 +28,7 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const RESIDENCY_ORIGIN_COUNTRY: HeaderName =
     HeaderName::from_static("residency-origin-country");
 pub const RESIDENCY_JURISDICTION: HeaderName = HeaderName::from_static("residency-jurisdiction");
+pub const RESIDENCY_TENANT: HeaderName = HeaderName::from_static("residency-tenant");
 pub const RESIDENCY_DATACENTER: HeaderName = HeaderName::from_static("residency-datacenter");
 
 // Values the proxy sends, made at compile time: `from_static` in a
@@ -80,7 +81,11 @@ macro_rules! hop_by_hop {
 }
 
 /// The other claims of the client's address ([`names_an_address_text`]),
-/// as a pattern.
+/// and claims of its identity — a client certificate as fronts pass it on
+/// (RFC 9440's `Client-Cert` and `Client-Cert-Chain`, Envoy's
+/// `X-Forwarded-Client-Cert`, the `X-SSL-Client-*` of nginx and HAProxy
+/// setups, AWS's `X-Amzn-Mtls-Clientcert*`) or a tenant — which the proxy
+/// establishes itself (`Residency-Tenant`), as a pattern.
 macro_rules! address_claims {
     () => {
         "forwarded"
@@ -91,6 +96,21 @@ macro_rules! address_claims {
             | "x-cluster-client-ip"
             | "fastly-client-ip"
             | "client-ip"
+            | "client-cert"
+            | "client-cert-chain"
+            | "x-forwarded-client-cert"
+            | "x-client-cert"
+            | "x-ssl-client-cert"
+            | "x-ssl-client-verify"
+            | "x-ssl-client-dn"
+            | "x-ssl-client-s-dn"
+            | "x-ssl-client-i-dn"
+            | "ssl-client-cert"
+            | "ssl-client-verify"
+            | "x-amzn-mtls-clientcert"
+            | "x-amzn-mtls-clientcert-leaf"
+            | "x-tenant"
+            | "x-tenant-id"
     };
 }
 
@@ -203,6 +223,8 @@ pub struct Forwarded<'a> {
     pub country: &'a str,
     /// `Residency-Jurisdiction` (from [`crate::state::PolicyValues`]; `None`: not sent).
     pub jurisdiction: Option<HeaderValue>,
+    /// `Residency-Tenant`: the recognised tenant's name (`None`: none).
+    pub tenant: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
     /// The client's HTTP version: for `Via`, and HTTP/2's cookies may come
     /// as several fields.
@@ -258,6 +280,9 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     if let Some(v) = &f.jurisdiction {
         headers.insert(RESIDENCY_JURISDICTION, v.clone());
+    }
+    if let Some(v) = &f.tenant {
+        headers.insert(RESIDENCY_TENANT, v.clone());
     }
 }
 
@@ -1040,6 +1065,12 @@ mod tests {
             "residency-anything",
             "x_forwarded_for",
             "residency_jurisdiction",
+            "client-cert",
+            "client-cert-chain",
+            "x-forwarded-client-cert",
+            "x-ssl-client-s-dn",
+            "x-tenant",
+            "x_tenant",
         ];
         for name in stripped {
             let h = map(&[("host", "a"), (name, "v"), ("accept", "*/*")]);
@@ -1083,6 +1114,7 @@ mod tests {
             hop: "10.0.0.1".parse().unwrap(),
             country: "DE",
             jurisdiction: Some(HeaderValue::from_static("eu")),
+            tenant: None,
             host: h.get(header::HOST).cloned(),
             version: Version::HTTP_11,
             via: true,
@@ -1136,6 +1168,7 @@ mod tests {
             hop: "203.0.113.5".parse().unwrap(),
             country: "US",
             jurisdiction: Some(HeaderValue::from_static("us")),
+            tenant: None,
             host: None,
             version: Version::HTTP_11,
             via: true,
@@ -1203,6 +1236,7 @@ mod tests {
             hop: "10.0.0.1".parse().unwrap(),
             country: "US",
             jurisdiction: Some(HeaderValue::from_static("us")),
+            tenant: None,
             host: None,
             version: Version::HTTP_11,
             via: true,
@@ -1241,6 +1275,7 @@ mod tests {
                 hop: "203.0.113.5".parse().unwrap(),
                 country: "US",
                 jurisdiction: Some(HeaderValue::from_static("us")),
+                tenant: None,
                 host: None,
                 version: if http2 {
                     Version::HTTP_2
@@ -1599,6 +1634,7 @@ mod proptests {
                 hop: self.hop,
                 country: &self.country,
                 jurisdiction: HeaderValue::from_str(&self.jurisdiction).ok(),
+                tenant: None,
                 host: self.host.clone(),
                 version: if self.http2 {
                     Version::HTTP_2

@@ -477,6 +477,7 @@ fn admit<'a>(
         idempotency_key: fields.idempotency_key,
         via: fields.via,
         foreign: fields.foreign,
+        tenant: recognized.map(|r| r.tenant),
         hold: conn.hold.clone(),
     };
     Ok((target, held))

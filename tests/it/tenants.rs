@@ -178,6 +178,39 @@ jurisdiction = "eu"
     let record = record_of(&reply);
     assert_eq!(record.country.as_deref(), Some("DE"));
     assert_eq!(record.jurisdiction.as_deref(), Some("ch"));
+    // The data centre learns the tenant from the proxy, and no client's
+    // claim of an identity: RFC 9440's fields, a front's, a tenant header.
+    let identity_claims = [
+        ("client-cert", ":MIIB:"),
+        (
+            "x-forwarded-client-cert",
+            "URI=spiffe://acme.test/devices/7",
+        ),
+        ("x-ssl-client-s-dn", "CN=acme-uploader"),
+        ("x-tenant", "globex"),
+        ("residency-tenant", "globex"),
+    ];
+    for (from, tenant) in [(&acme, Some("acme")), (&by_ip, None)] {
+        let mut headers = vec![("x-forwarded-for", DE)];
+        headers.extend(identity_claims);
+        let reply = from
+            .send("POST", "/v1/telemetry", &headers, "cpu=0.5")
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let dc = reply.header("residency-datacenter").unwrap().to_string();
+        let got = proxy.upstream(&dc).last();
+        for (name, _) in identity_claims {
+            if name != "residency-tenant" {
+                assert!(got.headers.get(name).is_none(), "{name} reached {dc}");
+            }
+        }
+        assert_eq!(
+            got.headers
+                .get("residency-tenant")
+                .map(|v| v.to_str().unwrap()),
+            tenant
+        );
+    }
 
     // mismatch = "refuse": 451 from Germany, stored from Switzerland.
     let (zurich, frankfurt) = (
@@ -406,7 +439,7 @@ jurisdiction = "eu"
     let m = |s: &str| metric(&metrics, s).unwrap_or(0.0);
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"sni\"}"),
-        7.0,
+        8.0,
         "{metrics}"
     );
     assert_eq!(
@@ -415,11 +448,11 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"none\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"allowed\"}"),
-        10.0
+        11.0
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"misdirected_request\"}"),
