@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use residency_core::policy::Policy;
 use residency_core::report::{ConfigReport, OptionalSetting, Setting};
@@ -471,11 +473,18 @@ fn token_verifier(
                 .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
             {
                 Err(e) => r.push("tenancy.token.jwks", format!("{}: {e}", resolved.display())),
-                Ok(set) if set.keys.is_empty() => r.push(
-                    "tenancy.token.jwks",
-                    format!("{}: no keys", resolved.display()),
-                ),
                 Ok(set) => {
+                    // A key set may hold keys this proxy does not verify
+                    // with (RSA, encryption keys, another algorithm): they
+                    // are left out, not a reason to keep the old set (an
+                    // issuer rotating in an RSA key, or emptying its set to
+                    // revoke every key, must take effect).
+                    let skip = |i: usize, why: &str| {
+                        tracing::warn!(jwks = %resolved.display(), key = i, "{why}: the key is not used");
+                    };
+                    if set.keys.is_empty() {
+                        tracing::warn!(jwks = %resolved.display(), "the key set is empty: every token is refused");
+                    }
                     for (i, jwk) in set.keys.iter().enumerate() {
                         let alg = match &jwk.algorithm {
                             AlgorithmParameters::OctetKeyPair(p)
@@ -489,16 +498,38 @@ fn token_verifier(
                                 Algorithm::ES256
                             }
                             _ => {
-                                r.push(
-                                    "tenancy.token.jwks",
-                                    format!(
-                                        "{}: key {i}: only Ed25519 (OKP, EdDSA) and P-256 (EC, ES256) keys are accepted",
-                                        resolved.display()
-                                    ),
-                                );
+                                skip(i, "only Ed25519 (OKP, EdDSA) and P-256 (EC, ES256) keys are accepted");
                                 continue;
                             }
                         };
+                        // RFC 7517 §4.2–4.4: a key marked for another use,
+                        // other operations or another algorithm does not
+                        // verify tokens.
+                        let common = &jwk.common;
+                        if common
+                            .public_key_use
+                            .as_ref()
+                            .is_some_and(|u| *u != PublicKeyUse::Signature)
+                        {
+                            skip(i, "its `use` is not `sig`");
+                            continue;
+                        }
+                        if common
+                            .key_operations
+                            .as_ref()
+                            .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+                        {
+                            skip(i, "its `key_ops` do not include `verify`");
+                            continue;
+                        }
+                        let named = match alg {
+                            Algorithm::EdDSA => KeyAlgorithm::EdDSA,
+                            _ => KeyAlgorithm::ES256,
+                        };
+                        if common.key_algorithm.is_some_and(|a| a != named) {
+                            skip(i, "its `alg` is not its curve's algorithm");
+                            continue;
+                        }
                         match DecodingKey::from_jwk(jwk) {
                             Ok(key) => {
                                 let mut validation = Validation::new(alg);

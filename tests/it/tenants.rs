@@ -708,3 +708,66 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     assert_eq!(tenant_of(&again)["name"], name);
     proxy.stop().await;
 }
+
+/// A key set is taken for what it can verify with: an RSA key, or a key
+/// marked for encryption or for another algorithm (RFC 7517 §4.2–4.4), is
+/// left out rather than failing the load (which kept the previous keys
+/// verifying); and emptying the set revokes every key.
+#[tokio::test]
+async fn a_key_set_is_used_for_what_it_can_verify_and_emptied_revokes() {
+    let issuer = Issuer::new();
+    let keys = TempDir::new("jwks-rotation");
+    let section = issuer.token_section(&keys);
+    let jwks_path = keys.path().join("jwks.json");
+    let mut set: serde_json::Value = serde_json::from_str(&issuer.jwks).unwrap();
+    let ec = set["keys"][1].clone();
+    let mut enc = ec.clone();
+    enc["kid"] = json!("ecenc");
+    enc["use"] = json!("enc");
+    let mut es384 = ec.clone();
+    es384["kid"] = json!("ec384");
+    es384["alg"] = json!("ES384");
+    let mut no_verify = ec.clone();
+    no_verify["kid"] = json!("ecsign");
+    no_verify["key_ops"] = json!(["sign"]);
+    let rsa = json!({"kty": "RSA", "kid": "rsa1", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"});
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend([enc, es384, no_verify, rsa]);
+    std::fs::write(&jwks_path, set.to_string()).unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "[timeouts]\nreload_poll = \"100ms\"\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{section}"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    let ec_key = EncodingKey::from_ec_der(&issuer.ec);
+    for (kid, status) in [
+        ("ec1", 201),
+        ("ecenc", 401),
+        ("ec384", 401),
+        ("ecsign", 401),
+    ] {
+        let token = sign(Algorithm::ES256, kid, &ec_key, &claims("acme"));
+        let reply = upload(&client, DE, Some(&token)).await;
+        assert_eq!(reply.status, status, "{kid}: {reply:?}");
+        if status == 201 {
+            assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+        }
+    }
+    let token = issuer.ed(&claims("acme"));
+    assert_eq!(upload(&client, DE, Some(&token)).await.status, 201);
+
+    std::fs::write(&jwks_path, r#"{"keys": []}"#).unwrap();
+    eventually("the emptied key set revokes every key", async || {
+        upload(&client, DE, Some(&token)).await.status == 401
+    })
+    .await;
+    let reply = upload(&client, DE, Some(&issuer.ec(&claims("acme")))).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.json()["error"], "invalid_tenant_token");
+    proxy.stop().await;
+}
