@@ -1431,7 +1431,23 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
         for (i, entry) in entries.iter().enumerate() {
             let record = Record::from_bytes(entry);
             if i >= skip {
-                let Ok(record) = record else { break };
+                let Ok(record) = record else {
+                    // A torn write leaves an entry that is not JSON (its
+                    // unwritten sectors are zeros): cut below. One that is
+                    // JSON was written whole, and was acknowledged if what
+                    // follows it was: a record of another version (a
+                    // rollback) must not be cut and its index reused.
+                    if serde_json::from_slice::<serde::de::IgnoredAny>(entry).is_ok() {
+                        let path = if sealed { &full } else { &staging };
+                        return Err(corrupt(
+                            path,
+                            format!(
+                                "entry {i} is a record this version cannot read (JSON, but not in its format: written by a newer version?); nothing was cut: start the version that wrote it"
+                            ),
+                        ));
+                    }
+                    break;
+                };
                 let leaf = merkle::leaf_hash(entry);
                 for full in st.edge.push(leaf) {
                     let path = disk.path(full.tile());
@@ -2026,6 +2042,44 @@ mod tests {
         let (entries, _) = crate::disk::complete_entries(&bytes);
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2], record(2).to_bytes().as_slice());
+    }
+
+    /// A record after the checkpoint that is complete and valid JSON, but
+    /// not a record this version reads (one written by a newer version,
+    /// before a rollback), stops the start: cut as a torn tail, it and the
+    /// acknowledged records after it would be lost and their indexes
+    /// handed out again.
+    #[tokio::test]
+    async fn a_record_this_version_cannot_read_stops_the_start() {
+        use std::os::unix::fs::FileExt;
+        let (_dir, settings) = setup("newer");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            log.checkpoint().unwrap();
+            log.append(&record(1)).await.unwrap();
+        }
+        let path = settings.directory.join("staging.0");
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, end) = crate::disk::complete_entries(&bytes);
+        let newer =
+            String::from_utf8(record(2).to_bytes())
+                .unwrap()
+                .replacen('{', "{\"shiny\":true,", 1);
+        let mut tail = Vec::new();
+        for entry in [newer.as_bytes(), record(3).to_bytes().as_slice()] {
+            tail.extend((entry.len() as u16).to_be_bytes());
+            tail.extend_from_slice(entry);
+        }
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&tail, end as u64).unwrap();
+        drop(f);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        // Nothing was cut.
+        let bytes = std::fs::read(&path).unwrap();
+        let (entries, _) = crate::disk::complete_entries(&bytes);
+        assert_eq!(entries.len(), 4);
     }
 
     #[tokio::test]
