@@ -75,6 +75,8 @@ pub struct Target<'a> {
     pub foreign: bool,
     /// The recognised tenant (`Residency-Tenant`).
     pub tenant: Option<residency_core::tenant::TenantId>,
+    /// The request has an `Expect` field (`headers::Fields::expect`).
+    pub expect: bool,
     /// The client connection's guard maker (`Conn::hold`), for the body.
     pub hold: Option<crate::upstream::body::Hold>,
 }

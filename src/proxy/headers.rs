@@ -531,10 +531,12 @@ pub struct Fields<'a> {
     content_lengths: usize,
     transfer_encoding: Option<&'a HeaderValue>,
     transfer_encodings: usize,
-    /// The request has an `X-Forwarded-For`, an `Idempotency-Key`, a `Via`.
+    /// The request has an `X-Forwarded-For`, an `Idempotency-Key`, a `Via`,
+    /// an `Expect`.
     pub forwarded_for: bool,
     pub idempotency_key: bool,
     pub via: bool,
+    pub expect: bool,
     /// The request may have a field that does not go upstream
     /// ([`not_upstream`]): hop-by-hop, `Residency-*`, another claim of an
     /// address, or any name with a `_` (judged by `strip` then). `false`
@@ -567,6 +569,7 @@ impl<'a> Fields<'a> {
                 }
                 "x-forwarded-for" => f.forwarded_for = true,
                 "idempotency-key" => f.idempotency_key = true,
+                "expect" => f.expect = true,
                 "via" => f.via = true,
                 // In the same `match` as the names above, not a pass of
                 // its own in `to_upstream` (issue 23).

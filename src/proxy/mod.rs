@@ -237,6 +237,7 @@ async fn respond(
     let log = instance.log.as_ref();
     // The request body a refusal before forwarding left unread.
     let mut body_unread = None;
+    let mut awaiting_continue = false;
     // (answer, body bytes, receipt, whether a record was written)
     let (answered, bytes, receipt, recorded) = match routed {
         Ok((resp, slot)) => {
@@ -262,8 +263,10 @@ async fn respond(
             failure,
             bytes,
             unread,
+            awaiting_continue: awaiting,
         }) => {
             body_unread = unread;
+            awaiting_continue = awaiting;
             (Err(failure), bytes, None, false)
         }
     };
@@ -295,8 +298,16 @@ async fn respond(
             // The connection is closed after this answer when its body
             // stalled (a 408: RFC 9110 §15.5.9 asks for `close`), or when
             // the unread rest of the body is declared larger than the
-            // proxy discards; a body of unknown length may still be.
-            closing = failure == Failure::BodyTimeout
+            // proxy discards (a body of unknown length may still be), or
+            // when its client waits for a `100 Continue` that will not
+            // come: it may then send its body or not (curl does not), and
+            // a next request on the connection would be read as that
+            // body (RFC 9110 §10.1.1: the server says whether it closes).
+            if awaiting_continue {
+                // Not discarded: nothing of it may ever come.
+                closing = body_unread.take().is_some();
+            }
+            closing |= failure == Failure::BodyTimeout
                 || body_unread
                     .as_ref()
                     .is_some_and(|b| hyper::body::Body::size_hint(b).lower() > bounds.bytes);
@@ -315,6 +326,10 @@ struct Unrouted {
     bytes: u64,
     /// The body, when the request was refused before it was forwarded.
     unread: Option<Incoming>,
+    /// The request said `Expect` (`100-continue`) and none of its body was
+    /// read: no `100 Continue` went out, so its client need not send the
+    /// body, and may not.
+    awaiting_continue: bool,
 }
 
 /// Whether an allowed `OPTIONS` is the proxy's to answer: `Max-Forwards:
@@ -478,6 +493,7 @@ fn admit<'a>(
         via: fields.via,
         foreign: fields.foreign,
         tenant: recognized.map(|r| r.tenant),
+        expect: fields.expect,
         hold: conn.hold.clone(),
     };
     Ok((target, held))
@@ -498,18 +514,22 @@ fn decide_and_forward<'a>(
         let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
             Ok(admitted) => admitted,
             Err(failure) => {
+                let awaiting_continue = req.headers().contains_key(http::header::EXPECT);
                 return Err(Unrouted {
                     failure,
                     bytes: 0,
                     unread: Some(req.into_body()),
-                })
+                    awaiting_continue,
+                });
             }
         };
+        let expect = target.expect;
         let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
             .await
             .map_err(|e| Unrouted {
                 failure: e.failure,
                 bytes: e.bytes,
+                awaiting_continue: expect && e.bytes == 0 && e.unread.is_some(),
                 unread: e.unread,
             })?;
         // Answered early: the rest of the body is still the request's, and

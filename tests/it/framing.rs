@@ -712,6 +712,41 @@ async fn no_100_continue_before_a_refusal_when_no_data_centre_was_reached() {
     proxy.stop().await;
 }
 
+/// A refusal of a request that waits for `100 Continue`, decided before
+/// any of its body was read, closes the connection: the client need not
+/// send the body (curl does not), so a next request on the connection
+/// would be read, and thrown away, as that body, and the connection held
+/// until `timeouts.discard_body`. Refused before forwarding, and when no
+/// data centre could be reached.
+#[tokio::test]
+async fn a_refusal_of_a_request_awaiting_100_continue_closes_the_connection() {
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![
+            ("zurich", "ch", 1, false),
+            ("frankfurt", "eu", 1, true),
+            ("london", "uk", 2, true),
+            ("virginia", "us", 1, true),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    for (from, statuses) in [(UNKNOWN, &[451][..]), (CH, &[502, 503][..])] {
+        let mut tls = proxy.client().connect().await.expect("TLS handshake");
+        let head = raw(&format!("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {from}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"));
+        tls.write_all(&head).await.unwrap();
+        tls.flush().await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut tls))
+            .await
+            .expect("closed at once, not after discard_body");
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        let status: u16 = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!(statuses.contains(&status), "{from}: {text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{from}: {text}");
+        assert!(!text.contains("100 continue"), "{from}: {text}");
+    }
+    proxy.stop().await;
+}
+
 /// A proxy whose zurich is [`raw_datacenter`], with `extra` config.
 async fn proxy_with_raw_zurich(extra: &str) -> Proxy {
     proxy_with_raw_zurich_and_log(extra, None).await
