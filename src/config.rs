@@ -997,8 +997,8 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
         max_connections: limit(
             &raw.max_connections,
             "max_connections",
-            1..=u64::MAX,
-            "must be positive",
+            1..=1_000_000,
+            "between 1 and 1000000",
             r,
         )
         .map_or(d.max_connections, to_usize),
@@ -1071,6 +1071,16 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
         "a number of bytes up to 4294967295",
         |n| u32::try_from(*n).is_ok(),
     );
+    // Each copy reserves replay_limit_bytes: a smaller budget fits none.
+    if replay_budget_bytes != 0
+        && replay_budget_bytes < replay_limit_bytes
+        && replay_limit_bytes <= 16 * 1024 * 1024
+    {
+        r.push(
+            "upstream.replay_budget_bytes",
+            format!("{replay_budget_bytes} is below upstream.replay_limit_bytes ({replay_limit_bytes}): no body could ever be kept for a replay (0: no copies are kept)"),
+        );
+    }
     let ca = match &raw.ca {
         Some(ca) => Some(file(ca, "upstream.ca", base, r)?),
         None => None,
@@ -1279,6 +1289,43 @@ upstreams = ["http://127.0.0.1:1"]
         assert!(report.contains("at most a year"), "{report}");
     }
 
+    /// Settings that load but could not take effect are refused by key:
+    /// a connection limit past what the server's semaphore takes, a replay
+    /// budget smaller than one copy, an HMAC key beside a mode that does
+    /// not use it (records would hold in clear what the operator meant to
+    /// hide), prefix lengths beside another mode.
+    #[test]
+    fn settings_that_could_not_take_effect_are_refused_by_key() {
+        let files = Files::new("ineffective");
+        std::fs::write(files.0.join("k.key"), [7u8; 32]).unwrap();
+        std::fs::write(files.0.join("log.key"), "x").unwrap();
+        let toml = format!(
+            "{MINIMAL}\n[limits]\nmax_connections = 4294967296\n[upstream]\nreplay_budget_bytes = 1000\n\
+             [tenancy]\nrecord_hmac_key = \"k.key\"\n\
+             [transparency]\ndirectory = \"log\"\norigin = \"o.example/log\"\nsigning_key = \"log.key\"\n\
+             client_address = \"full\"\nclient_hmac_key = \"k.key\"\nclient_prefix_v4 = 16\n"
+        );
+        let report = Config::from_toml(&toml, &files.0).unwrap_err().to_string();
+        for expected in [
+            "limits.max_connections: ",
+            "upstream.replay_budget_bytes: 1000 is below upstream.replay_limit_bytes (65536)",
+            "tenancy.record_hmac_key: set, but tenancy.record is \"name\"",
+            "transparency.client_hmac_key: set, but transparency.client_address is \"full\"",
+            "transparency.client_prefix_v4: set, but transparency.client_address is \"full\"",
+        ] {
+            assert!(report.contains(expected), "{expected}: {report}");
+        }
+        // A key beside allow_countries would be ignored: refused.
+        let report = problems(&format!(
+            "{MINIMAL}\n[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nmismatch = {{ allow_countries = [\"CH\"], refuse = true }}\n"
+        ));
+        assert!(report.contains("tenants[0].mismatch"), "{report}");
+        // 0: no copies, allowed.
+        let files = Files::new("no-replays");
+        let toml = format!("{MINIMAL}\n[upstream]\nreplay_budget_bytes = 0\n");
+        Config::from_toml(&toml, &files.0).unwrap();
+    }
+
     #[test]
     fn typed_values_from_strings_and_integers() {
         let files = Files::new("typed");
@@ -1411,7 +1458,7 @@ worker_threads = 0
             "- limits.max_request_head_bytes: must be between 1024 and 1048576",
             "- limits.max_body_bytes: `big` is not a non-negative integer",
             "- limits.h2_max_concurrent_streams: must be between 1 and 100",
-            "- limits.max_connections: must be positive",
+            "- limits.max_connections: between 1 and 1000000",
             "- upstream.pool_idle_timeout: `forever` is not a duration such as",
             "- upstream.pool_max_idle_per_host: `-1` is not a non-negative integer",
             "- upstream.replay_limit_bytes: at most 16777216",

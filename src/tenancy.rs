@@ -582,6 +582,15 @@ fn record_names(
     files: &mut Vec<PathBuf>,
 ) -> Option<Vec<String>> {
     match raw.record.as_deref().unwrap_or("name") {
+        // A key given for a mode not chosen would look like protection
+        // that is not there: the names would go into the log in clear.
+        "name" if raw.record_hmac_key.is_some() => {
+            r.push(
+                "tenancy.record_hmac_key",
+                "set, but tenancy.record is \"name\": tenant names are recorded in clear; set record = \"hmac\" (or remove the key)",
+            );
+            None
+        }
         "name" => Some(tenants.iter().map(|t| t.name.clone()).collect()),
         "hmac" => {
             let Some(path) = raw.record_hmac_key.as_deref() else {

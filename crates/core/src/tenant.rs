@@ -44,7 +44,15 @@ pub struct RawTenant {
 #[serde(untagged)]
 pub enum RawMismatch {
     Action(String),
-    Countries { allow_countries: Vec<String> },
+    Countries(AllowCountries),
+}
+
+/// `{ allow_countries = [...] }`, and nothing else beside it (a key that
+/// would be ignored, such as `refuse = true`, is refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowCountries {
+    pub allow_countries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -505,7 +513,7 @@ fn mismatch(raw: Option<&RawMismatch>, key: &str, r: &mut ConfigReport) -> Optio
             );
             None
         }
-        Some(RawMismatch::Countries { allow_countries }) => {
+        Some(RawMismatch::Countries(AllowCountries { allow_countries })) => {
             let mut list = Vec::new();
             for code in allow_countries {
                 match Country::parse(code) {

@@ -786,6 +786,33 @@ fn client_address(
         None => ClientAddressKind::Prefix,
         Some(kind) => kind.check("transparency.client_address", r)?,
     };
+    // Keys of a mode not chosen would look like a setting that is not in
+    // effect (an HMAC key while addresses are recorded by prefix, or in
+    // full).
+    let mode = match kind {
+        ClientAddressKind::Prefix => "prefix",
+        ClientAddressKind::Hmac => "hmac",
+        ClientAddressKind::Omit => "none",
+        ClientAddressKind::Full => "full",
+    };
+    let unused = [
+        ("client_hmac_key", raw.client_hmac_key.is_some(), "hmac"),
+        ("client_prefix_v4", raw.client_prefix_v4.is_some(), "prefix"),
+        ("client_prefix_v6", raw.client_prefix_v6.is_some(), "prefix"),
+    ];
+    let mut misplaced = false;
+    for (key, set, needs) in unused {
+        if set && mode != needs {
+            r.push(
+                format!("transparency.{key}"),
+                format!("set, but transparency.client_address is \"{mode}\": it applies only with client_address = \"{needs}\""),
+            );
+            misplaced = true;
+        }
+    }
+    if misplaced {
+        return None;
+    }
     match kind {
         ClientAddressKind::Prefix => Some(ClientAddress::Prefix {
             v4: bits(&raw.client_prefix_v4, "client_prefix_v4", 24, 32, r),
