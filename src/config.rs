@@ -1315,6 +1315,12 @@ upstreams = ["http://127.0.0.1:1"]
         ] {
             assert!(report.contains(expected), "{expected}: {report}");
         }
+        // A tenant's problem does not hide the token section's.
+        let report = problems(&format!(
+            "{MINIMAL}\n[[tenants]]\nname = \"a\"\njurisdiction = \"mars\"\n[tenancy.token]\nissuer = \"i\"\naudience = \"a\"\n"
+        ));
+        assert!(report.contains("tenants[0].jurisdiction"), "{report}");
+        assert!(report.contains("tenancy.token.jwks: required"), "{report}");
         // A key beside allow_countries would be ignored: refused.
         let report = problems(&format!(
             "{MINIMAL}\n[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nmismatch = {{ allow_countries = [\"CH\"], refuse = true }}\n"

@@ -382,12 +382,17 @@ impl Tenancy {
         }
         // Keys per entry: the inline ones are `tenants[i]`; the file's are
         // named with the file.
-        let tenants = Tenants::from_raw(&all, |i| keys[i].clone(), policy, r)?;
+        // Each part checked whatever the others found: every problem at once.
+        let tenants = Tenants::from_raw(&all, |i| keys[i].clone(), policy, r);
         let token = raw.token.as_ref().and_then(|t| {
             let verifier = token_verifier(t, base, r, &mut files)?;
             Some(Arc::new(verifier))
         });
-        let record_names = record_names(raw, &tenants, base, r, &mut files)?;
+        let record_names = match &tenants {
+            Some(tenants) => record_names(raw, tenants, base, r, &mut files),
+            None => record_names(raw, &Tenants::default(), base, r, &mut files),
+        };
+        let (tenants, record_names) = (tenants?, record_names?);
         (r.problems.len() == before).then(|| Tenancy {
             tenants,
             token,
