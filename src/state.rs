@@ -63,12 +63,12 @@ impl Snapshot {
             .map_err(|e| report.push("geoip.database", e))
             .ok();
         if let Some(geo) = &geo {
-            for (addr, want) in &config.geoip.canaries {
+            for (i, (addr, want)) in config.geoip.canaries.iter().enumerate() {
                 let (got, _) = geo.lookup(*addr);
                 if got != Some(*want) {
                     let got = got.map_or_else(|| "no country".to_string(), |c| c.to_string());
                     report.push(
-                        "geoip.canaries",
+                        format!("geoip.canaries[{i}]"),
                         format!("{addr} should be {want}, the database says {got}"),
                     );
                 }
