@@ -388,10 +388,9 @@ impl Tenancy {
             let verifier = token_verifier(t, base, r, &mut files)?;
             Some(Arc::new(verifier))
         });
-        let record_names = match &tenants {
-            Some(tenants) => record_names(raw, tenants, base, r, &mut files),
-            None => record_names(raw, &Tenants::default(), base, r, &mut files),
-        };
+        let none = Tenants::default();
+        let record_names =
+            record_names(raw, tenants.as_ref().unwrap_or(&none), base, r, &mut files);
         let (tenants, record_names) = (tenants?, record_names?);
         (r.problems.len() == before).then(|| Tenancy {
             tenants,

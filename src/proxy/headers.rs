@@ -80,13 +80,13 @@ macro_rules! hop_by_hop {
     };
 }
 
-/// The other claims of the client's address ([`names_an_address_text`]),
-/// and claims of its identity — a client certificate as fronts pass it on
+/// The other claims of the client's address ([`claims_the_client_text`]),
+/// and of its identity — a client certificate as fronts pass it on
 /// (RFC 9440's `Client-Cert` and `Client-Cert-Chain`, Envoy's
 /// `X-Forwarded-Client-Cert`, the `X-SSL-Client-*` of nginx and HAProxy
 /// setups, AWS's `X-Amzn-Mtls-Clientcert*`) or a tenant — which the proxy
 /// establishes itself (`Residency-Tenant`), as a pattern.
-macro_rules! address_claims {
+macro_rules! client_claims {
     () => {
         "forwarded"
             | "x-real-ip"
@@ -119,7 +119,7 @@ fn never_forwarded_text(name: &str) -> bool {
 }
 
 /// [`never_forwarded`], one of the fields the proxy sets, or another claim
-/// of the client's address ([`names_an_address_text`]), also spelt with `_` for
+/// of who the client is ([`claims_the_client_text`]), also spelt with `_` for
 /// `-`: what a client's request does not take to the data centre. Servers
 /// that map field names to CGI-style variables (PHP, WSGI, Rack; nginx with
 /// `underscores_in_headers`) read `Residency_Jurisdiction` or
@@ -135,9 +135,9 @@ fn not_upstream(name: &HeaderName) -> bool {
         let dashed = text.replace('_', "-");
         return never_forwarded_text(&dashed)
             || set_by_us_text(&dashed)
-            || names_an_address_text(&dashed);
+            || claims_the_client_text(&dashed);
     }
-    never_forwarded_text(text) || names_an_address_text(text)
+    never_forwarded_text(text) || claims_the_client_text(text)
 }
 
 /// Whether a field name has a `_`, read eight bytes at a time: `contains`
@@ -169,19 +169,22 @@ fn set_by_us_text(name: &str) -> bool {
     )
 }
 
-/// [`names_an_address_text`] of a name.
+/// [`claims_the_client_text`] of a name.
 #[cfg(test)]
-fn names_an_address(name: &HeaderName) -> bool {
-    names_an_address_text(name.as_str())
+fn claims_the_client(name: &HeaderName) -> bool {
+    claims_the_client_text(name.as_str())
 }
 
-/// Another way to name the client's address than `X-Forwarded-For`:
-/// RFC 7239 `Forwarded` and the common non-standard fields. Never sent
-/// upstream, where the client's address is `X-Forwarded-For` (from the
-/// walked chain) and `Residency-Origin-Country` alone: a client's own claim
-/// in another field would mislead a data centre that reads it first.
-fn names_an_address_text(name: &str) -> bool {
-    matches!(name, address_claims!())
+/// A claim of who the client is that the proxy establishes itself:
+/// another way to name its address than `X-Forwarded-For` (RFC 7239
+/// `Forwarded` and the common non-standard fields), or its identity (a
+/// client certificate as fronts pass it on, a tenant). Never sent upstream,
+/// where the client's address is `X-Forwarded-For` (from the walked chain)
+/// and `Residency-Origin-Country` alone, and its tenant `Residency-Tenant`:
+/// a client's own claim in another field would mislead a data centre that
+/// reads it first.
+fn claims_the_client_text(name: &str) -> bool {
+    matches!(name, client_claims!())
 }
 
 /// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
@@ -574,7 +577,7 @@ impl<'a> Fields<'a> {
                 // In the same `match` as the names above, not a pass of
                 // its own in `to_upstream` (issue 23).
                 #[allow(unreachable_patterns)] // transfer-encoding: above
-                hop_by_hop!() | address_claims!() => f.foreign = true,
+                hop_by_hop!() | client_claims!() => f.foreign = true,
                 other => {
                     f.foreign |=
                         other.starts_with("residency-") || has_underscore(other.as_bytes());
@@ -2011,7 +2014,7 @@ mod proptests {
                 let rewritten = HOP_BY_HOP_NAMES.contains(&n)
                     || n.starts_with("residency-")
                     || n == "via"
-                    || names_an_address(name)
+                    || claims_the_client(name)
                     || OURS.contains(&n)
                     || (listed.contains(name) && name != header::HOST);
                 if rewritten {

@@ -689,16 +689,13 @@ async fn the_body_of_an_options_answered_here_is_discarded() {
 /// before the refusal, inviting the whole body.
 #[tokio::test]
 async fn no_100_continue_before_a_refusal_when_no_data_centre_was_reached() {
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        datacenters: vec![
-            ("zurich", "ch", 1, false),
-            ("frankfurt", "eu", 1, true),
-            ("london", "uk", 2, true),
-            ("virginia", "us", 1, true),
-        ],
-        ..Setup::default()
-    })
+    let proxy = Proxy::start(
+        Setup {
+            transparency: Some(String::new()),
+            ..Setup::default()
+        }
+        .with_down("zurich"),
+    )
     .await;
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     let head = raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: 5\r\n\r\n");
@@ -720,16 +717,7 @@ async fn no_100_continue_before_a_refusal_when_no_data_centre_was_reached() {
 /// data centre could be reached.
 #[tokio::test]
 async fn a_refusal_of_a_request_awaiting_100_continue_closes_the_connection() {
-    let proxy = Proxy::start(Setup {
-        datacenters: vec![
-            ("zurich", "ch", 1, false),
-            ("frankfurt", "eu", 1, true),
-            ("london", "uk", 2, true),
-            ("virginia", "us", 1, true),
-        ],
-        ..Setup::default()
-    })
-    .await;
+    let proxy = Proxy::start(Setup::default().with_down("zurich")).await;
     for (from, statuses) in [(UNKNOWN, &[451][..]), (CH, &[502, 503][..])] {
         let mut tls = proxy.client().connect().await.expect("TLS handshake");
         let head = raw(&format!("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {from}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"));

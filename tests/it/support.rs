@@ -287,6 +287,18 @@ pub fn log_key(dir: &Path) -> String {
         .verifier_key()
 }
 
+impl Setup {
+    /// These data centres, with `name`'s upstream a port nothing listens on.
+    pub fn with_down(mut self, name: &str) -> Setup {
+        for dc in &mut self.datacenters {
+            if dc.0 == name {
+                dc.3 = false;
+            }
+        }
+        self
+    }
+}
+
 impl Default for Setup {
     fn default() -> Self {
         Setup {
