@@ -1023,6 +1023,89 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     .await;
 }
 
+/// A checkpoint is served only once it is known to be replicated. With a
+/// synchronous standby missing and every standby wait cancelled (so each
+/// commit, the integrator's included, succeeds locally with a warning),
+/// the record committed that way is in the database and the integrator
+/// stores a checkpoint over it, yet no replica serves that checkpoint:
+/// a failover to the standby would lose it, after readers and witnesses
+/// saw it. Once commits are replicated again, it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_served_only_once_it_is_replicated() {
+    let keep = TempDir::new("fleet-syncrep-cp");
+    let key = log_key(keep.path());
+    let pg = postgres("syncrepcp", &["syncrepcp"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let log_port = free_port();
+    let section = fleet_section(keep.path(), &pg, "syncrepcp", log_port, "250ms")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    let replica = Binary::start("fleet-syncrep-cp", &dcs, &section).await;
+    let verifier = Verifier::parse(&key).unwrap();
+    let log_addr = format!("127.0.0.1:{log_port}").parse().unwrap();
+    let served = async || {
+        let (_, note) = plain_request(log_addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).map(|c| c.size).ok()
+    };
+    let reply = replica.client().upload_from(CH, "replicated").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    eventually("the checkpoint of 1", async || served().await == Some(1)).await;
+
+    let sql = |sql: &str| pg.psql("syncrepcp", sql).unwrap();
+    sql("ALTER SYSTEM SET synchronous_standby_names = 'standby_that_never_comes'");
+    sql("SELECT pg_reload_conf()");
+    let cancel = || {
+        sql(
+            "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
+             WHERE wait_event = 'SyncRep' AND application_name = 'residency-proxy'",
+        )
+    };
+    let client = replica.client();
+    let upload = tokio::spawn(async move { client.upload_from(CH, "committed locally").await });
+    eventually("the batch's commit waits for the standby", async || {
+        cancel() != "0"
+    })
+    .await;
+    let reply = upload.await.unwrap();
+    assert_eq!(reply.status, 503, "{:?}", reply.json());
+    eventually("the record is in the database", async || {
+        sql("SELECT next FROM residency_log_sequence") == "2"
+    })
+    .await;
+    // The integrator stores a checkpoint of 2, and every commit that could
+    // show it replicated is cancelled: it is never served.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        cancel();
+        assert_eq!(served().await, Some(1), "{}", replica.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually("the checkpoint of 2 is stored", async || {
+        cancel();
+        sql("SELECT size FROM residency_log_checkpoint") == "2"
+    })
+    .await;
+    assert_eq!(served().await, Some(1));
+    let log = replica.log();
+    assert!(
+        log.contains("so the checkpoint is not published"),
+        "the integrator's commit was never warned about: {log}"
+    );
+    assert!(log.contains("not publishing it yet"), "{log}");
+
+    // Replicated commits again: the checkpoint of 2 is served.
+    sql("ALTER SYSTEM RESET synchronous_standby_names");
+    sql("SELECT pg_reload_conf()");
+    eventually("the checkpoint of 2 is served", async || {
+        served().await == Some(2)
+    })
+    .await;
+}
+
 /// A reader sent to a replica that has not yet followed the checkpoint
 /// another replica just stored (the log's Service spreads readers over the
 /// replicas, and each follows once a tick) gets the tiles and proofs of

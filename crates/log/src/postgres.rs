@@ -174,6 +174,8 @@ struct Pending {
 #[derive(Default)]
 struct Session {
     client: Option<Client>,
+    /// `client`'s server warnings (see [`Warnings`]).
+    warnings: Warnings,
     /// `client`'s session holds [`INTEGRATOR_LOCK`].
     locked: bool,
     held: Option<Integrated>,
@@ -183,6 +185,7 @@ impl Session {
     /// Closes the connection, which frees the lock.
     fn close(&mut self) {
         self.client = None;
+        self.warnings = Warnings::default();
         self.locked = false;
         self.held = None;
     }
@@ -194,52 +197,64 @@ struct Integrated {
     stored: Option<u64>,
 }
 
-/// The connection a replica commits its batches on. Its server warnings
-/// are watched: a commit whose wait for a synchronous standby was cancelled
-/// on the server (`pg_cancel_backend`, a `statement_timeout` there) returns
-/// success with a warning — committed locally, perhaps not replicated — and
-/// such a batch must not be acknowledged.
-struct Writer {
-    client: Client,
-    /// [`SEQUENCE`], prepared on this connection.
-    sequence: tokio_postgres::Statement,
-    /// The last warning the server sent on this connection, until taken.
-    warned: Arc<std::sync::Mutex<Option<String>>>,
-}
+/// The last server warning (severity `WARNING`) a connection received,
+/// until taken. A commit whose wait for a synchronous standby was
+/// cancelled on the server (`pg_cancel_backend`, a `statement_timeout`
+/// there) returns success with such a warning: committed locally, perhaps
+/// not replicated. What such a commit wrote must not be acknowledged or
+/// published.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::Mutex<Option<String>>>);
 
-impl Writer {
+impl Warnings {
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn set(&self, warning: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(warning);
+    }
+
     /// Runs `write`, and returns with its result the error for a warning
     /// the server sent while it ran (the connection hands a notice over
     /// before the statement's end, so it is seen by then).
-    async fn committed<T>(
+    /// `consequence` says what is not done for it.
+    async fn around<T>(
         &self,
+        consequence: &str,
         write: impl std::future::Future<Output = T>,
     ) -> (T, Option<LogError>) {
-        let taken = |w: &std::sync::Mutex<Option<String>>| {
-            w.lock().unwrap_or_else(|e| e.into_inner()).take()
-        };
-        taken(&self.warned);
+        self.take();
         let result = write.await;
-        let warned = taken(&self.warned).map(|warning| {
+        let warned = self.take().map(|warning| {
             LogError::Database(format!(
-                "the database warned while committing: {warning}; the write may not have reached a synchronous standby, so it is not acknowledged"
+                "the database warned while committing: {warning}; the write may not have reached a synchronous standby, so {consequence}"
             ))
         });
         (result, warned)
     }
 }
 
+/// The connection a replica commits its batches on, its server warnings
+/// watched ([`Warnings`]): a batch whose commit was warned about is not
+/// acknowledged.
+struct Writer {
+    client: Client,
+    /// [`SEQUENCE`], prepared on this connection.
+    sequence: tokio_postgres::Statement,
+    warnings: Warnings,
+}
+
 /// Connects with `config`, and drives the connection on a task that keeps
-/// the last server warning (severity `WARNING`) in the returned slot and
-/// logs it.
+/// the last server warning in the returned [`Warnings`] and logs it.
 async fn connect_watched(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
     what: &'static str,
-) -> Result<(Client, Arc<std::sync::Mutex<Option<String>>>), tokio_postgres::Error> {
+) -> Result<(Client, Warnings), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tls).await?;
-    let warned = Arc::new(std::sync::Mutex::new(None));
-    let slot = warned.clone();
+    let warnings = Warnings::default();
+    let slot = warnings.clone();
     tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -252,7 +267,7 @@ async fn connect_watched(
                         None => notice.message().to_string(),
                     };
                     tracing::warn!(connection = what, warning = %text, "the log database warned");
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                    slot.set(text);
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -263,7 +278,7 @@ async fn connect_watched(
             }
         }
     });
-    Ok((client, warned))
+    Ok((client, warnings))
 }
 
 struct Shared {
@@ -610,7 +625,11 @@ impl Shared {
             Ok((None, Some(u64::try_from(next).unwrap_or(0))))
         };
         let (result, warned) = writer
-            .committed(tokio::time::timeout_at(deadline, run))
+            .warnings
+            .around(
+                "its records are not acknowledged",
+                tokio::time::timeout_at(deadline, run),
+            )
             .await;
         let (row, next) = match result {
             Ok(row) => row.map_err(database_error)?,
@@ -698,7 +717,7 @@ impl Shared {
         let (Some(held), Some(client)) = (&mut session.held, &mut session.client) else {
             return self.follow().await;
         };
-        match self.integrate(client, held).await {
+        match self.integrate(client, &session.warnings, held).await {
             // Refusing to integrate over a corrupt log, still holding the
             // lock.
             Err(e @ LogError::Corrupt { .. }) => Err(e),
@@ -720,27 +739,62 @@ impl Shared {
         if !self.unreachable.load(Ordering::Relaxed) {
             return;
         }
+        let probe = "UPDATE residency_log_sequence SET next = next";
+        if self.replicated(probe, "writes still fail").await.is_ok() {
+            self.unreachable.store(false, Ordering::Relaxed);
+            tracing::info!("the log database takes writes again");
+        }
+    }
+
+    /// Commits `statement` (a no-op update) on the writer's connection,
+    /// within `pg.timeout`: `Ok` if the commit succeeded without a warning,
+    /// so it — and everything committed before it — reached any
+    /// synchronous standby. `consequence` says what is not done otherwise.
+    async fn replicated(&self, statement: &str, consequence: &str) -> Result<(), LogError> {
         let deadline = tokio::time::Instant::now() + self.pg.timeout;
-        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.writer.lock()).await else {
-            return;
-        };
-        let Ok(writer) = self.writer(&mut slot, deadline).await else {
-            return;
-        };
-        let probe = writer
-            .client
-            .execute("UPDATE residency_log_sequence SET next = next", &[]);
+        let mut slot = tokio::time::timeout_at(deadline, self.writer.lock())
+            .await
+            .map_err(|_| timeout_error(self.pg.timeout))?;
+        let writer = self.writer(&mut slot, deadline).await?;
+        let write = writer.client.execute(statement, &[]);
         match writer
-            .committed(tokio::time::timeout_at(deadline, probe))
+            .warnings
+            .around(consequence, tokio::time::timeout_at(deadline, write))
             .await
         {
-            (Ok(Ok(_)), None) => {
-                self.unreachable.store(false, Ordering::Relaxed);
-                tracing::info!("the log database takes writes again");
-            }
+            (Ok(Ok(_)), None) => Ok(()),
+            (Ok(Ok(_)), Some(warned)) => Err(warned),
+            (Ok(Err(e)), _) => Err(database_error(e)),
             // Timed out: the statement may still run on this connection.
-            (Err(_), _) => *slot = None,
-            _ => {}
+            (Err(_), _) => {
+                *slot = None;
+                Err(timeout_error(self.pg.timeout))
+            }
+        }
+    }
+
+    /// Whether a stored checkpoint newer than the one served may be
+    /// published: only once a commit after reading it reached any
+    /// synchronous standby (so it did too). The integrator's commit of it
+    /// may have been warned about, and other sessions see a commit whose
+    /// standby wait was cancelled: publishing it before then could sign
+    /// to readers and witnesses a tree a failover to the standby loses.
+    async fn publishable(&self, stored: &Published) -> bool {
+        if stored.size <= self.latest.load().size {
+            return true;
+        }
+        match self
+            .replicated(
+                "UPDATE residency_log_checkpoint SET size = size",
+                "the stored checkpoint is not published yet",
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(checkpoint = stored.size, error = %e, "the stored checkpoint is not known to be replicated: not publishing it yet");
+                false
+            }
         }
     }
 
@@ -755,7 +809,7 @@ impl Shared {
             *slot = None;
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
             let config = session_config(&self.pg);
-            let (client, warned) = timed(
+            let (client, warnings) = timed(
                 limit,
                 connect_watched(&config, self.tls.clone(), "sequencer"),
             )
@@ -764,7 +818,7 @@ impl Shared {
             *slot = Some(Writer {
                 client,
                 sequence,
-                warned,
+                warnings,
             });
         }
         slot.as_ref().ok_or(LogError::Poisoned)
@@ -834,8 +888,9 @@ impl Shared {
             session.locked = false;
             let config = lock_session_config(&self.pg, self.settings.checkpoint_interval);
             let connect = connect_watched(&config, self.tls.clone(), "integrator lock");
-            let (client, _) = timed(self.pg.timeout, connect).await?;
+            let (client, warnings) = timed(self.pg.timeout, connect).await?;
             session.client = Some(client);
+            session.warnings = warnings;
         }
         let Some(client) = &session.client else {
             return Ok(());
@@ -854,6 +909,12 @@ impl Shared {
         }
         let stored = self.stored_checkpoint(client).await?;
         self.judge(self.behind_checkpoint(stored.as_ref()))?;
+        if let Some(cp) = &stored {
+            if !self.publishable(cp).await {
+                // Holding the lock, the next tick tries again.
+                return Ok(());
+            }
+        }
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
@@ -914,6 +975,7 @@ impl Shared {
     async fn integrate(
         &self,
         client: &mut Client,
+        warnings: &Warnings,
         integrator: &mut Integrated,
     ) -> Result<Arc<Published>, LogError> {
         // Up to the sequence as of now: records appended meanwhile wait
@@ -1003,10 +1065,21 @@ impl Shared {
                 }
                 Ok::<_, tokio_postgres::Error>(stored == 1)
             };
-            if !timed(self.pg.timeout * 4, transaction).await? {
+            let (stored, warned) = warnings
+                .around(
+                    "the checkpoint is not published",
+                    timed(self.pg.timeout * 4, transaction),
+                )
+                .await;
+            if !stored? {
                 return Err(LogError::Database(format!(
                     "the stored checkpoint is no longer the one of size {expected}: another replica integrated"
                 )));
+            }
+            // Stored, perhaps only on this server: a replica publishes it
+            // once a later commit is replicated ([`Shared::publishable`]).
+            if let Some(warned) = warned {
+                return Err(warned);
             }
             integrator.edge = edge;
             integrator.stored = Some(to);
@@ -1042,8 +1115,11 @@ impl Shared {
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
         if let Some(cp) = stored {
-            let latest = self.latest.load();
-            if cp.size > latest.size || cp.note != latest.note {
+            let newer = {
+                let latest = self.latest.load();
+                cp.size > latest.size || cp.note != latest.note
+            };
+            if newer && self.publishable(&cp).await {
                 self.publish(cp);
             }
         }
