@@ -177,12 +177,35 @@ fn listener_tls(
         Some(p) => vec![(p.display().to_string(), read(p, "client_crl")?)],
         None => Vec::new(),
     };
+    let ca_label = l
+        .client_ca
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let client = ca.as_deref().map(|ca_pem| residency_tls::ClientAuth {
         ca_pem,
+        ca_label: &ca_label,
         crls: &crls,
     });
-    residency_tls::server_config(&certs, client.as_ref())
-        .map_err(|e| (key.to_string(), e.to_string()))
+    residency_tls::server_config(&certs, client.as_ref()).map_err(|e| {
+        // Named by the file it is about, as a file that cannot be read is.
+        use residency_tls::TlsError as E;
+        let label = match &e {
+            E::Pem(l, _) | E::NoCaCertificates(l) | E::BadCa(l, _) | E::NoCrl(l) => Some(l),
+            _ => None,
+        };
+        let field = match (&e, label) {
+            (E::ClientVerifier(rustls::server::VerifierBuilderError::InvalidCrl(_)), _) => {
+                Some("client_crl")
+            }
+            (E::ClientVerifier(_), _) => Some("client_ca"),
+            (_, Some(l)) if *l == ca_label => Some("client_ca"),
+            (_, Some(l)) if crls.iter().any(|(c, _)| c == l) => Some("client_crl"),
+            _ => None,
+        };
+        let key = field.map_or_else(|| key.to_string(), |f| format!("{key}.{f}"));
+        (key, e.to_string())
+    })
 }
 
 /// Loads certificate/key pairs; an error names `{key}.certificates[i]`.

@@ -103,6 +103,47 @@ upstreams = ["https://ingest.iad.example.com"]
     (dir, config)
 }
 
+/// A client CA or CRL file that reads but does not parse is named by its
+/// key and path, as one that cannot be read is, not by the listener's
+/// `tls` table alone.
+#[test]
+fn an_unusable_client_ca_or_crl_is_named_by_its_key() {
+    let (dir, config) = valid_config(None);
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let with_ca = text_of.replace(
+        "[listeners.tls]\n",
+        "[listeners.tls]\nclient_ca = \"ca.pem\"\n",
+    );
+    std::fs::write(&config, &with_ca).unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let want = format!(
+        "- listeners[0].tls.client_ca: {}: no CA certificates",
+        ca_path.display()
+    );
+    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+
+    // A usable CA, and a CRL file without a CRL.
+    write_cert(&ca_path, &dir.path().join("ca.key"), &["client-ca.example"]);
+    std::fs::write(dir.path().join("crl.pem"), "not a CRL\n").unwrap();
+    let with_crl = with_ca.replace(
+        "client_ca = \"ca.pem\"\n",
+        "client_ca = \"ca.pem\"\nclient_crl = \"crl.pem\"\n",
+    );
+    std::fs::write(&config, with_crl).unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let want = format!(
+        "- listeners[0].tls.client_crl: {}: no CRL found",
+        dir.path().join("crl.pem").display()
+    );
+    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+}
+
 #[test]
 fn check_config_lists_every_problem() {
     let dir = TempDir::new("cli-bad");

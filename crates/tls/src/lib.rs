@@ -127,6 +127,8 @@ fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, T
 pub struct ClientAuth<'a> {
     /// PEM CA bundle the certificates must chain to.
     pub ca_pem: &'a [u8],
+    /// The bundle's label for errors (usually its path).
+    pub ca_label: &'a str,
     /// PEM files of CRLs (each with its label for errors); a certificate
     /// they revoke is refused.
     pub crls: &'a [(String, Vec<u8>)],
@@ -273,7 +275,7 @@ pub fn server_config(
     let builder = match client {
         None => builder.with_no_client_auth(),
         Some(client) => {
-            let roots = Arc::new(ca_store(client.ca_pem, "client_ca")?);
+            let roots = Arc::new(ca_store(client.ca_pem, client.ca_label)?);
             // With CRLs, each certificate of the chain (the anchor
             // excepted) must have its issuer's CRL: an unknown status is
             // refused, as OpenSSL's CRL_CHECK_ALL does.
@@ -477,6 +479,7 @@ mod tests {
         let ca_pem = ca.pem();
         let auth = ClientAuth {
             ca_pem: ca_pem.as_bytes(),
+            ca_label: "client_ca",
             crls: &[],
         };
         let server = server_config(&[s1], Some(&auth)).unwrap();
@@ -498,6 +501,7 @@ mod tests {
         }
         let empty = ClientAuth {
             ca_pem: b"",
+            ca_label: "client_ca",
             crls: &[],
         };
         let err = server_config(&[source(&["x"]).0], Some(&empty)).unwrap_err();
@@ -573,6 +577,7 @@ mod tests {
             );
             let auth = ClientAuth {
                 ca_pem: ca_pem.as_bytes(),
+                ca_label: "client_ca",
                 crls: &crls,
             };
             let server = server_config(std::slice::from_ref(&s1), Some(&auth)).unwrap();
@@ -594,6 +599,7 @@ mod tests {
         let junk = [("crl.pem".to_owned(), b"not a CRL".to_vec())];
         let auth = ClientAuth {
             ca_pem: ca_pem.as_bytes(),
+            ca_label: "client_ca",
             crls: &junk,
         };
         let err = server_config(&[source(&["x"]).0], Some(&auth)).unwrap_err();
