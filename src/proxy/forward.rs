@@ -49,6 +49,10 @@ use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
 
+/// An answer of unknown length is taken in up to this many bytes before it
+/// is passed on, so that a small one gives its data centre's connection
+/// back at once ([`crate::upstream::pool::Body::take_in`]).
+const ANSWER_TAKEN_IN: usize = 16 * 1024;
 /// At most this many delivery attempts per request.
 const MAX_ATTEMPTS: u32 = 2;
 
@@ -397,7 +401,13 @@ pub fn forward<'a>(
             }
             let (fallback, unsent) =
                 match settle(instance, health, upstream, sent_ms, attempt, &mut upload) {
-                    Settled::Answered(resp) => return Ok((resp, upload.slot)),
+                    Settled::Answered(mut resp) => {
+                        // Boxed: rare (chunked answers), see `take_in`.
+                        if resp.body().length_unknown() {
+                            Box::pin(resp.body_mut().take_in(ANSWER_TAKEN_IN)).await;
+                        }
+                        return Ok((resp, upload.slot));
+                    }
                     Settled::Unanswered { fallback, unsent } => (fallback, unsent),
                 };
             // Retried only when nothing was sent, or the body can be replayed.

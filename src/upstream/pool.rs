@@ -468,6 +468,7 @@ impl Pool {
             idle,
             timer: None,
             ended: false,
+            ahead: None,
             lease: pooled.then(|| Lease {
                 pool: self.clone(),
                 u,
@@ -621,7 +622,12 @@ pub struct Body {
     /// The body ended (`is_end_stream` alone misses a chunked body's end).
     ended: bool,
     lease: Option<Lease>,
+    /// Frames taken in ahead of the client ([`Body::take_in`]), in order.
+    ahead: Option<Box<Ahead>>,
 }
+
+/// See [`Body::ahead`].
+type Ahead = std::collections::VecDeque<Result<Frame<Bytes>, BodyError>>;
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -651,6 +657,47 @@ impl HttpBody for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(ahead) = &mut this.ahead {
+            if let Some(frame) = ahead.pop_front() {
+                return Poll::Ready(Some(frame));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+        }
+        this.poll_upstream(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.ahead {
+            Some(ahead) if !ahead.is_empty() => false,
+            _ => self.ended || self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.ahead {
+            // Taken in whole: its length is known now.
+            Some(ahead) if self.ended && ahead.iter().all(Result::is_ok) => SizeHint::with_exact(
+                ahead
+                    .iter()
+                    .filter_map(|f| f.as_ref().ok()?.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum(),
+            ),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+impl Body {
+    /// The next frame from the data centre (trailers skipped), the body's
+    /// idle deadline running while it waits.
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
@@ -701,12 +748,37 @@ impl HttpBody for Body {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    /// An answer of unknown length (chunked) is taken in ahead of the
+    /// client, up to `limit` bytes: a small one — the usual answer to an
+    /// upload — to its end, so its connection goes back to the pool now.
+    /// Otherwise its end would be read only once the client had taken the
+    /// last frame, and a client that keeps its window shut would hold the
+    /// connection (an answer of known length goes back as its last frame
+    /// is taken in: see `poll_frame`). Each frame waits at most
+    /// `upstream_response_idle`, as when streamed; an error is passed on
+    /// in its place.
+    pub fn length_unknown(&self) -> bool {
+        !self.ended && self.ahead.is_none() && self.inner.size_hint().exact().is_none()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    /// See [`Body::length_unknown`].
+    pub async fn take_in(&mut self, limit: usize) {
+        let mut ahead = Ahead::new();
+        let mut taken = 0;
+        while taken < limit {
+            match std::future::poll_fn(|cx| self.poll_upstream(cx)).await {
+                Some(Ok(frame)) => {
+                    taken += frame.data_ref().map_or(0, Bytes::len);
+                    ahead.push_back(Ok(frame));
+                }
+                Some(Err(e)) => {
+                    ahead.push_back(Err(e));
+                    break;
+                }
+                None => break,
+            }
+        }
+        self.ahead = Some(Box::new(ahead));
     }
 }
 

@@ -575,6 +575,18 @@ async fn a_body_still_sent_after_an_early_answer_counts_against_its_client() {
 /// `max_requests_per_client`, until its connection's deadlines dropped it).
 #[tokio::test]
 async fn a_client_that_does_not_read_its_answer_holds_no_data_centre_connection() {
+    holds_no_data_centre_connection(false).await;
+}
+
+/// As above with an answer of unknown length (chunked): its end comes
+/// after its last data, which the client's shut window would otherwise
+/// keep the proxy from ever reading.
+#[tokio::test]
+async fn a_client_that_does_not_read_a_chunked_answer_holds_no_data_centre_connection() {
+    holds_no_data_centre_connection(true).await;
+}
+
+async fn holds_no_data_centre_connection(chunked: bool) {
     let setup = Setup {
         extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"300ms\"\n".into(),
         ..Setup::default()
@@ -587,10 +599,14 @@ async fn a_client_that_does_not_read_its_answer_holds_no_data_centre_connection(
         .await
         .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::post("https://localhost/v1/telemetry")
+    let mut req = http::Request::post("https://localhost/v1/telemetry")
         .header("x-forwarded-for", "192.0.2.10")
         .body(())
         .unwrap();
+    if chunked {
+        req.headers_mut()
+            .insert("x-test-answer-chunked", http::HeaderValue::from_static("0"));
+    }
     let (response, mut stream) = send.send_request(req, false).unwrap();
     stream
         .send_data(Bytes::from_static(b"hello"), true)

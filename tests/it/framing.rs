@@ -1410,3 +1410,51 @@ async fn a_client_that_shuts_its_side_after_its_request_still_reads_the_answer()
     assert_eq!(proxy.upstream("zurich").count(), 1);
     proxy.stop().await;
 }
+
+/// A data centre's answer of unknown length (chunked) reaches the client
+/// whole, over both protocols: a small one taken in ahead of the client
+/// (which gives the data centre's connection back at once) and passed on
+/// with its length now known, a larger one taken in up to its first 16 KiB
+/// and the rest streamed.
+#[tokio::test]
+async fn an_answer_of_unknown_length_reaches_the_client_whole() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for http2 in [false, true] {
+        for padding in [0usize, 40_000] {
+            let client = if http2 {
+                proxy.client().h2()
+            } else {
+                proxy.client()
+            };
+            let chunked = padding.to_string();
+            let reply = client
+                .send(
+                    "POST",
+                    "/v1/telemetry",
+                    &[("x-forwarded-for", CH), ("x-test-answer-chunked", &chunked)],
+                    "hello",
+                )
+                .await;
+            let what = format!("h2 {http2}, padding {padding}");
+            assert_eq!(reply.status, 201, "{what}");
+            let text = b"stored 5 bytes in zurich";
+            assert_eq!(reply.body.len(), text.len() + padding, "{what}");
+            assert!(reply.body.starts_with(text), "{what}");
+            assert!(
+                reply.body[text.len()..].iter().all(|&b| b == b'x'),
+                "{what}"
+            );
+            let length = reply.headers.get("content-length");
+            if padding == 0 {
+                assert_eq!(
+                    length.and_then(|v| v.to_str().ok()),
+                    Some(text.len().to_string().as_str()),
+                    "{what}: taken in whole, its length is known"
+                );
+            } else if !http2 {
+                assert!(length.is_none(), "{what}: streamed");
+            }
+        }
+    }
+    proxy.stop().await;
+}

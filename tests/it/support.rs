@@ -98,7 +98,8 @@ pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
 /// 201 after reading the whole body (with `x-test-answer-early`, at its
 /// first body bytes, reading and recording the rest after answering; with
 /// `x-test-refuse-early: <status>`, at once with that status, closing
-/// without reading the body).
+/// without reading the body; with `x-test-answer-chunked: <n>`, its
+/// answer of unknown length, sent chunked, `n` bytes of `x` after its text).
 #[derive(Clone)]
 pub struct Upstream {
     pub name: String,
@@ -138,7 +139,7 @@ impl Upstream {
         up
     }
 
-    async fn record(self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn record(self, req: Request<Incoming>) -> Result<Response<Answer>, Infallible> {
         if req.method() == http::Method::GET && req.uri().path() == "/healthz" {
             // The proxy's active health checks: answered, not recorded.
             return Ok(status(StatusCode::OK, "ok"));
@@ -162,7 +163,19 @@ impl Upstream {
             let _ = rx.await;
             return Ok(status(StatusCode::CREATED, "answered early"));
         }
-        Ok(self.read_and_record(req, None).await)
+        let chunked = req
+            .headers()
+            .get("x-test-answer-chunked")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let mut answer = self.read_and_record(req, None).await;
+        if let Some(padding) = chunked {
+            let body = answer.body_mut();
+            let mut text = body.data.take().unwrap_or_default().to_vec();
+            text.resize(text.len() + padding, b'x');
+            body.data = Some(Bytes::from(text));
+            body.chunked = true;
+        }
+        Ok(answer)
     }
 
     /// Reads the body (telling `first` when its first bytes arrive), then
@@ -171,7 +184,7 @@ impl Upstream {
         self,
         req: Request<Incoming>,
         mut first: Option<oneshot::Sender<()>>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Answer> {
         let (parts, mut body) = req.into_parts();
         let mut data = Vec::new();
         let mut notified = false;
@@ -231,10 +244,45 @@ impl Upstream {
     }
 }
 
-fn status(code: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(text.to_string())));
+fn status(code: StatusCode, text: &str) -> Response<Answer> {
+    let mut r = Response::new(Answer {
+        data: Some(Bytes::from(text.to_string())),
+        chunked: false,
+    });
     *r.status_mut() = code;
     r
+}
+
+/// [`Upstream`]'s answer body: one frame, its length announced
+/// (`Content-Length`) unless `chunked`, when it goes chunked and its end
+/// comes after its data.
+pub struct Answer {
+    data: Option<Bytes>,
+    chunked: bool,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.chunked && self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match (&self.data, self.chunked) {
+            (_, true) => hyper::body::SizeHint::default(),
+            (Some(d), false) => hyper::body::SizeHint::with_exact(d.len() as u64),
+            (None, false) => hyper::body::SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// A running proxy with its upstreams.
