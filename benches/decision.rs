@@ -109,7 +109,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let mut report = ConfigReport::new("bench");
-    let tenants = Tenants::from_raw(&raw, |i| format!("tenants[{i}]"), policy, &mut report)
+    let tenants = Tenants::from_raw(&raw, |i| format!("tenants[{i}]"), Some(policy), &mut report)
         .expect("tenants load");
     let exact = "ingest.tenant-4242.example";
     let wildcard = "eu-3.tenant-4243.example";

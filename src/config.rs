@@ -556,9 +556,15 @@ impl Config {
             )
         });
         let log_format = raw.log.format.check_or(LogFormat::Text, "log.format", r);
-        let tenancy = policy.as_ref().and_then(|p| {
-            crate::tenancy::Tenancy::from_raw(raw.tenancy.as_ref(), &raw.tenants, base, p, r)
-        });
+        // Checked with an invalid policy too (every problem at once); a
+        // tenant's jurisdiction is then not looked up.
+        let tenancy = crate::tenancy::Tenancy::from_raw(
+            raw.tenancy.as_ref(),
+            &raw.tenants,
+            base,
+            policy.as_ref(),
+            r,
+        );
 
         let config = (|| {
             Some(Config {
@@ -1321,6 +1327,14 @@ upstreams = ["http://127.0.0.1:1"]
         ));
         assert!(report.contains("tenants[0].jurisdiction"), "{report}");
         assert!(report.contains("tenancy.token.jwks: required"), "{report}");
+        // A policy's problem does not hide the tenants' either.
+        let report = problems(&format!(
+            "{}\n[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"not a host\"]\n",
+            MINIMAL.replace("countries = [\"CH\"]", "countries = [\"XX\"]")
+        ));
+        assert!(report.contains("jurisdictions.ch.countries"), "{report}");
+        assert!(report.contains("tenants[0].sni[0]"), "{report}");
+        assert!(!report.contains("tenants[0].jurisdiction"), "{report}");
         // A key beside allow_countries would be ignored: refused.
         let report = problems(&format!(
             "{MINIMAL}\n[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nmismatch = {{ allow_countries = [\"CH\"], refuse = true }}\n"

@@ -359,7 +359,7 @@ impl Tenancy {
         raw: Option<&RawTenancy>,
         inline: &[RawTenant],
         base: &Path,
-        policy: &Policy,
+        policy: Option<&Policy>,
         r: &mut ConfigReport,
     ) -> Option<Tenancy> {
         let empty = RawTenancy::default();

@@ -266,11 +266,13 @@ impl Tenants {
 
     /// Builds the tenants from their entries, reporting every problem under
     /// `key_of(i)…`, entry `i`'s key (e.g. `tenants[3]`, or a tenant file's
-    /// entry): overlaps are checked across all of them.
+    /// entry): overlaps are checked across all of them. Without a `policy`
+    /// (the configuration's is invalid), the jurisdictions are not looked
+    /// up, everything else is checked, and no tenants are built.
     pub fn from_raw(
         raw: &[RawTenant],
         key_of: impl Fn(usize) -> String,
-        policy: &Policy,
+        policy: Option<&Policy>,
         r: &mut ConfigReport,
     ) -> Option<Tenants> {
         let before = r.problems.len();
@@ -302,12 +304,13 @@ impl Tenants {
                     None
                 }
                 Some(j) => {
-                    let found = policy
-                        .jurisdictions
-                        .iter()
-                        .position(|x| x.name == j)
-                        .map(JurisdictionId);
-                    if found.is_none() {
+                    let found = policy.and_then(|p| {
+                        p.jurisdictions
+                            .iter()
+                            .position(|x| x.name == j)
+                            .map(JurisdictionId)
+                    });
+                    if policy.is_some() && found.is_none() {
                         r.push(
                             format!("{key}.jurisdiction"),
                             format!("no jurisdiction named `{j}`"),
@@ -422,8 +425,8 @@ impl Tenants {
                     mismatch,
                 });
             } else {
-                // Keep ids dense: a placeholder never reached (the report
-                // already fails the load).
+                // Keep ids dense: a placeholder never reached (the report,
+                // or the invalid policy, already fails the load).
                 t.list.push(Tenant {
                     name: name.to_string(),
                     jurisdiction: JurisdictionId(0),
@@ -431,7 +434,7 @@ impl Tenants {
                 });
             }
         }
-        (r.problems.len() == before).then_some(t)
+        (r.problems.len() == before && policy.is_some()).then_some(t)
     }
 }
 

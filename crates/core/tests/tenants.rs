@@ -73,7 +73,12 @@ fn load(tenants: &str) -> (Policy, Result<Tenants, ConfigReport>) {
         &mut r,
     )
     .expect("the policy loads");
-    let tenants = Tenants::from_raw(&raw.tenants, |i| format!("tenants[{i}]"), &policy, &mut r);
+    let tenants = Tenants::from_raw(
+        &raw.tenants,
+        |i| format!("tenants[{i}]"),
+        Some(&policy),
+        &mut r,
+    );
     (policy, r.finish(tenants))
 }
 
