@@ -533,6 +533,7 @@ class Proxy:
 class Sink:
     def __init__(self):
         self.proc = None
+        self.logf = None
 
     def start(self):
         if not port_free(PORTS["sink"]):
@@ -558,7 +559,8 @@ class Sink:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.logf.close()
+        if self.logf:
+            self.logf.close()
 
 
 # ------------------------------------------------------------------ checks --
