@@ -748,20 +748,20 @@ impl Body {
         }
     }
 
-    /// An answer of unknown length (chunked) is taken in ahead of the
-    /// client, up to `limit` bytes: a small one — the usual answer to an
-    /// upload — to its end, so its connection goes back to the pool now.
-    /// Otherwise its end would be read only once the client had taken the
-    /// last frame, and a client that keeps its window shut would hold the
-    /// connection (an answer of known length goes back as its last frame
-    /// is taken in: see `poll_frame`). Each frame waits at most
-    /// `upstream_response_idle`, as when streamed; an error is passed on
-    /// in its place.
+    /// An answer of unknown length (chunked) not yet taken in: see
+    /// [`Body::take_in`].
     pub fn length_unknown(&self) -> bool {
         !self.ended && self.ahead.is_none() && self.inner.size_hint().exact().is_none()
     }
 
-    /// See [`Body::length_unknown`].
+    /// Takes an answer of unknown length in ahead of the client, up to
+    /// `limit` bytes: a small one — the usual answer to an upload — to its
+    /// end, so its connection goes back to the pool now. Otherwise its end
+    /// would be read only once the client had taken the last frame, and a
+    /// client that keeps its window shut would hold the connection (an
+    /// answer of known length goes back as its last frame is taken in: see
+    /// `poll_frame`). Each frame waits at most `upstream_response_idle`, as
+    /// when streamed; an error is passed on in its place.
     pub async fn take_in(&mut self, limit: usize) {
         let mut ahead = Ahead::new();
         let mut taken = 0;

@@ -965,6 +965,46 @@ async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
     }
 }
 
+/// One replica on database `tag` of a fresh PostgreSQL, checkpointing every
+/// 250 ms, its database `timeout` 5 s (longer than the other tests': a
+/// cancel of a synchronous-standby wait must land while the replica still
+/// waits for the commit), and one upload stored. `key` is the log's
+/// verifier key; the log API listens on `log_port`.
+struct SyncRep {
+    _keep: TempDir,
+    key: String,
+    pg: TestServer,
+    _upstream: Upstream,
+    replica: Binary,
+    log_port: u16,
+}
+
+async fn syncrep_replica(tag: &'static str) -> SyncRep {
+    let keep = TempDir::new(&format!("fleet-{tag}"));
+    let key = log_key(keep.path());
+    let pg = postgres(tag, &[tag]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let log_port = free_port();
+    let section = fleet_section(keep.path(), &pg, tag, log_port, "250ms")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    let replica = Binary::start(&format!("fleet-{tag}"), &dcs, &section).await;
+    let reply = replica.client().upload_from(CH, "replicated").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    SyncRep {
+        _keep: keep,
+        key,
+        pg,
+        _upstream: upstream,
+        replica,
+        log_port,
+    }
+}
+
 /// A commit waiting for a synchronous standby that the server cancels
 /// (`pg_cancel_backend`, or its own `statement_timeout`) returns success
 /// with only a warning: committed locally, perhaps never replicated. Such
@@ -972,22 +1012,8 @@ async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
 /// is missing, and they come back once commits are replicated again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
-    let keep = TempDir::new("fleet-syncrep");
-    log_key(keep.path());
-    let pg = postgres("syncrep", &["syncrep"]).await;
-    let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
-    // A longer timeout than the other tests: the cancel below must land
-    // while the proxy still waits for the commit.
-    let section = fleet_section(keep.path(), &pg, "syncrep", free_port(), "250ms")
-        .replace("timeout = \"1s\"", "timeout = \"5s\"");
-    let replica = Binary::start("fleet-syncrep", &dcs, &section).await;
-    let reply = replica.client().upload_from(CH, "replicated").await;
-    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let fleet = syncrep_replica("syncrep").await;
+    let (pg, replica) = (&fleet.pg, &fleet.replica);
 
     // A synchronous standby that never comes: every commit now waits.
     let sql = |sql: &str| pg.psql("syncrep", sql).unwrap();
@@ -1032,27 +1058,14 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
 /// saw it. Once commits are replicated again, it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_is_served_only_once_it_is_replicated() {
-    let keep = TempDir::new("fleet-syncrep-cp");
-    let key = log_key(keep.path());
-    let pg = postgres("syncrepcp", &["syncrepcp"]).await;
-    let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
-    let log_port = free_port();
-    let section = fleet_section(keep.path(), &pg, "syncrepcp", log_port, "250ms")
-        .replace("timeout = \"1s\"", "timeout = \"5s\"");
-    let replica = Binary::start("fleet-syncrep-cp", &dcs, &section).await;
-    let verifier = Verifier::parse(&key).unwrap();
+    let fleet = syncrep_replica("syncrepcp").await;
+    let (pg, replica, log_port) = (&fleet.pg, &fleet.replica, fleet.log_port);
+    let verifier = Verifier::parse(&fleet.key).unwrap();
     let log_addr = format!("127.0.0.1:{log_port}").parse().unwrap();
     let served = async || {
         let (_, note) = plain_request(log_addr, "GET", "/checkpoint").await;
         Checkpoint::open(&note, &verifier).map(|c| c.size).ok()
     };
-    let reply = replica.client().upload_from(CH, "replicated").await;
-    assert_eq!(reply.status, 201, "{:?}", reply.json());
     eventually("the checkpoint of 1", async || served().await == Some(1)).await;
 
     let sql = |sql: &str| pg.psql("syncrepcp", sql).unwrap();
