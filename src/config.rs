@@ -869,7 +869,15 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         keepalive_idle: positive(keepalive_idle, "keepalive_idle", d.keepalive_idle, r),
         shutdown_grace: positive(shutdown_grace, "shutdown_grace", d.shutdown_grace, r),
         shutdown_delay: or_off(shutdown_delay, "shutdown_delay", d.shutdown_delay, r),
-        reload_poll: or_off(reload_poll, "reload_poll", d.reload_poll, r),
+        // Each poll stats every watched file: "1ms" (meant "1s"?) would
+        // keep a core busy.
+        reload_poll: reload_poll.check_is_or(
+            d.reload_poll,
+            "timeouts.reload_poll",
+            r,
+            "\"0s\" (off) or a duration from 100ms to a year, such as \"5s\"",
+            |d| d.is_zero() || (*d >= MIN_PERIOD && *d <= longest),
+        ),
         discard_body: or_off(discard_body, "discard_body", d.discard_body, r),
         upstream_send_idle: positive(
             upstream_send_idle,
@@ -1101,6 +1109,11 @@ fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<Upst
     })
 }
 
+/// The shortest `timeouts.reload_poll` and `health.interval`.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+/// The shortest `health.recovery_interval`.
+const MIN_RECOVERY_INTERVAL: Duration = Duration::from_millis(10);
+
 fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
     let d = HealthSettings::default();
     let duration = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -1130,7 +1143,22 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
             d.path
         }
     };
-    let interval = duration(&raw.interval, "interval", d.interval, r);
+    // The probes' periods have floors: every period probes every
+    // upstream, so "1ms" (meant "1s"?) would flood the data centres.
+    let period =
+        |value: &Option<Setting<Duration>>, name: &str, least: Duration, default, r: &mut _| {
+            value.check_is_or(
+                default,
+                &format!("health.{name}"),
+                r,
+                &format!(
+                    "a duration of at least {}, such as \"2s\"",
+                    humantime::format_duration(least)
+                ),
+                |d| *d >= least,
+            )
+        };
+    let interval = period(&raw.interval, "interval", MIN_PERIOD, d.interval, r);
     let h = HealthSettings {
         path,
         interval,
@@ -1155,9 +1183,10 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
         ),
         down_for: duration(&raw.down_for, "down_for", d.down_for, r),
         // Default: 250 ms, or `interval` when that is shorter.
-        recovery_interval: duration(
+        recovery_interval: period(
             &raw.recovery_interval,
             "recovery_interval",
+            MIN_RECOVERY_INTERVAL,
             d.recovery_interval,
             r,
         )
@@ -1293,6 +1322,33 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(report.contains(key), "{key}: {report}");
         }
         assert!(report.contains("at most a year"), "{report}");
+    }
+
+    /// Periodic work has floors: a period meant as "1s" and written "1ms"
+    /// would stat every watched file, or probe every data centre, a
+    /// thousand times a second. At the floor, and off, they load.
+    #[test]
+    fn periods_below_their_floor_are_refused_by_key() {
+        let report = problems(&format!(
+            "{MINIMAL}\n[timeouts]\nreload_poll = \"1ms\"\n[health]\ninterval = \"99ms\"\ntimeout = \"50ms\"\nrecovery_interval = \"5ms\"\n"
+        ));
+        for line in [
+            "- timeouts.reload_poll: `1ms` is not \"0s\" (off) or a duration from 100ms to a year",
+            "- health.interval: `99ms` is not a duration of at least 100ms, such as \"2s\"",
+            "- health.recovery_interval: `5ms` is not a duration of at least 10ms, such as \"2s\"",
+        ] {
+            assert!(report.contains(line), "missing {line:?} in:\n{report}");
+        }
+        assert!(report.contains(": 3 problems"), "{report}");
+        let files = Files::new("floors");
+        for extra in [
+            "[timeouts]\nreload_poll = \"100ms\"\n[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrecovery_interval = \"10ms\"\n",
+            "[timeouts]\nreload_poll = \"0s\"\n",
+        ] {
+            let c = Config::from_toml(&format!("{MINIMAL}\n{extra}"), &files.0).unwrap();
+            assert!(c.timeouts.reload_poll.is_zero() || c.timeouts.reload_poll == Duration::from_millis(100));
+            assert!(c.health.interval >= Duration::from_millis(100));
+        }
     }
 
     /// Settings that load but could not take effect are refused by key:
@@ -1474,7 +1530,7 @@ worker_threads = 0
         for line in [
             "- timeouts.tls_handshake: `0s` is not a positive duration of at most a year, such as \"500ms\", \"10s\", \"2m\"",
             "- timeouts.request_head: `ten` is not a positive duration",
-            "- timeouts.reload_poll: `often` is not a duration of at most a year such as \"5s\" (\"0s\" = off)",
+            "- timeouts.reload_poll: `often` is not \"0s\" (off) or a duration from 100ms to a year",
             "- limits.max_request_head_bytes: must be between 1024 and 1048576",
             "- limits.max_body_bytes: `big` is not a non-negative integer",
             "- limits.h2_max_concurrent_streams: must be between 1 and 100",
