@@ -31,6 +31,10 @@ are counted the same way under `strace -c -f`. Writes out/instructions.json
 and prints a table. The callgrind profiles stay in out/callgrind/<proxy>/;
 --breakdown prints residency-proxy's functions by inclusive instructions per
 request from them (cgdiff.py; also written to out/breakdown-residency-proxy.txt).
+
+--body 1m counts scenario C's 1 MiB uploads instead (40 and 120 of them after
+16 warm-up ones; the counts are then per MiB, written to
+out/instructions-1m.json), with the floor at residency-proxy's buffer sizes.
 """
 
 import argparse
@@ -45,16 +49,23 @@ import time
 from pathlib import Path
 
 import bench
+import memory_slope
 from bench import CLIENT_CORE, OHA, PORTS, PROXY_CORE, RUN, SINK_BIN
 
 OUT = bench.OUT
 CG_DIR = OUT / "callgrind"
 
 
+# The upload each request carries: scenario A's 1 KiB, or scenario C's 1 MiB
+# (--body 1m: the counts are then per MiB, what the proxy's own work per
+# body chunk costs; the floor runs at residency-proxy's buffer sizes).
+BODY = "1k"
+
+
 def load(port, n):
-    """n 1 KiB POSTs on 16 keep-alive connections; returns oha's success count."""
+    """n POSTs of BODY on 16 keep-alive connections; returns oha's success count."""
     r = subprocess.run(["taskset", "-c", CLIENT_CORE, OHA, "--no-tui", "--insecure", "-n", str(n),
-                        "-c", "16", "-m", "POST", "-D", str(RUN / "body_1k.bin"),
+                        "-c", "16", "-m", "POST", "-D", str(RUN / f"body_{BODY}.bin"),
                         "-T", "application/octet-stream", "--output-format", "json",
                         f"https://127.0.0.1:{port}{bench.PATH}"],
                        capture_output=True, text=True, timeout=600)
@@ -66,7 +77,8 @@ def load(port, n):
 
 
 def start(cmd, port, log):
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = dict(os.environ, **memory_slope.RP_BUFFERS) if BODY == "1m" else None
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     if not bench.wait_port(port, 120, p):
         p.kill()
         sys.exit(f"{cmd[0]} did not start; see {log.name}")
@@ -95,6 +107,10 @@ def proxy_args(name):
     return cmd[3:]
 
 
+def warm_up():
+    return 200 if BODY == "1k" else 16
+
+
 def callgrind_total(files):
     total = 0
     for f in files:
@@ -119,7 +135,7 @@ def instructions(name, short, long_, extra=()):
         with open(OUT / f"instructions-{name}.log", "wb") as log:
             p = start(cmd, port, log)
             try:
-                load(port, 200)  # warm-up: pools, lazily built state, first-use paths
+                load(port, warm_up())  # pools, lazily built state, first-use paths
                 load(port, n)
             finally:
                 stop(p)
@@ -139,7 +155,7 @@ def syscalls(name, short, long_):
         with open(OUT / f"strace-{name}.log", "wb") as log:
             p = start(cmd, port, log)
             try:
-                load(port, 200)
+                load(port, warm_up())
                 load(port, n)
             finally:
                 stop(p, traced=True)
@@ -168,8 +184,11 @@ def breakdown(name, requests, top):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--proxies", default=",".join(p for p in bench.PROXIES if p not in bench.ONLY_A))
-    ap.add_argument("--requests", type=int, default=3000, help="requests in the long batch")
-    ap.add_argument("--short", type=int, default=500, help="requests in the short batch")
+    ap.add_argument("--body", choices=("1k", "1m"), default="1k",
+                    help="each request's upload: scenario A's 1 KiB (default) or scenario C's "
+                         "1 MiB (counts per MiB; the floor at residency-proxy's buffer sizes)")
+    ap.add_argument("--requests", type=int, help="requests in the long batch (default 3000, 1m: 120)")
+    ap.add_argument("--short", type=int, help="requests in the short batch (default 500, 1m: 40)")
     ap.add_argument("--breakdown", type=int, nargs="?", const=60, default=0, metavar="TOP",
                     help="also print residency-proxy's TOP functions (default 60) by inclusive "
                          "instructions per request (cgdiff.py on the two profiles; written to "
@@ -178,6 +197,10 @@ def main():
     ap.add_argument("--callgrind-arg", action="append", default=[],
                     help="extra valgrind argument, e.g. --separate-callers3=mi_free (repeatable)")
     args = ap.parse_args()
+    global BODY
+    BODY = args.body
+    args.requests = args.requests or (3000 if BODY == "1k" else 120)
+    args.short = args.short or (500 if BODY == "1k" else 40)
     for tool in ("valgrind", "callgrind_control", "strace"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (apt-get install valgrind strace)")
@@ -213,10 +236,12 @@ def main():
     finally:
         sink.terminate()
         sink.wait(timeout=10)
-    (OUT / "instructions.json").write_text(json.dumps(
-        {"requests": [args.short, args.requests], "results": results}, indent=1))
+    name = "instructions.json" if BODY == "1k" else "instructions-1m.json"
+    (OUT / name).write_text(json.dumps(
+        {"body": BODY, "requests": [args.short, args.requests], "results": results}, indent=1))
     base = results.get("nginx")
-    print("\n| proxy | user-space instructions / request | system calls / request |"
+    unit = "request" if BODY == "1k" else "MiB (request of 1 MiB)"
+    print(f"\n| proxy | user-space instructions / {unit} | system calls / {unit} |"
           + (" instructions vs nginx | system calls vs nginx |" if base else ""))
     print("|---|---|---|" + ("---|---|" if base else ""))
     for name, r in results.items():
