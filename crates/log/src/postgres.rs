@@ -281,6 +281,16 @@ async fn connect_watched(
     Ok((client, warnings))
 }
 
+/// Whether a tick may publish a stored checkpoint newer than the one
+/// served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Once a commit shows it replicated ([`Shared::publishable`]).
+    IfReplicated,
+    /// Not this tick: that commit was just tried, and warned or failed.
+    NotYet,
+}
+
 struct Shared {
     settings: Transparency,
     pg: Postgres,
@@ -679,7 +689,7 @@ impl Shared {
         }
         if let Ok(session) = self.session.try_lock() {
             if session.held.is_none() {
-                if let Err(e) = self.follow().await {
+                if let Err(e) = self.follow(Publish::IfReplicated).await {
                     tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
                 }
             }
@@ -694,7 +704,7 @@ impl Shared {
         let session = &mut *session;
         let result = if session.held.is_none() {
             match self.try_integrate(session).await {
-                Ok(()) => self.integrate_or_follow(session).await,
+                Ok(publish) => self.integrate_or_follow(session, publish).await,
                 Err(e) => {
                     // A corrupt log keeps the lock, so that no replica
                     // integrates over it; else closing the connection
@@ -706,16 +716,21 @@ impl Shared {
                 }
             }
         } else {
-            self.integrate_or_follow(session).await
+            self.integrate_or_follow(session, Publish::IfReplicated)
+                .await
         };
         self.set_role(session.held.is_some());
         self.probe_writes().await;
         result
     }
 
-    async fn integrate_or_follow(&self, session: &mut Session) -> Result<Arc<Published>, LogError> {
+    async fn integrate_or_follow(
+        &self,
+        session: &mut Session,
+        publish: Publish,
+    ) -> Result<Arc<Published>, LogError> {
         let (Some(held), Some(client)) = (&mut session.held, &mut session.client) else {
-            return self.follow().await;
+            return self.follow(publish).await;
         };
         match self.integrate(client, &session.warnings, held).await {
             // Refusing to integrate over a corrupt log, still holding the
@@ -727,7 +742,7 @@ impl Shared {
                 // this very tick (its uploads are not refused for it).
                 tracing::warn!(error = %e, "integrating the log failed: giving up the integrator lock");
                 session.close();
-                self.follow().await
+                self.follow(Publish::IfReplicated).await
             }
             ok => ok,
         }
@@ -883,7 +898,10 @@ impl Shared {
     /// Takes the integrator lock on the session's connection, if free, and
     /// rebuilds the right edge at the stored checkpoint (which it must
     /// hash to, and which must not be behind what this replica served).
-    async fn try_integrate(&self, session: &mut Session) -> Result<(), LogError> {
+    /// Returns [`Publish::NotYet`] when it holds the lock but the stored
+    /// checkpoint is not known to be replicated yet: the tick's follow then
+    /// does not repeat the confirming write.
+    async fn try_integrate(&self, session: &mut Session) -> Result<Publish, LogError> {
         if session.client.as_ref().is_none_or(Client::is_closed) {
             session.locked = false;
             let config = lock_session_config(&self.pg, self.settings.checkpoint_interval);
@@ -893,7 +911,7 @@ impl Shared {
             session.warnings = warnings;
         }
         let Some(client) = &session.client else {
-            return Ok(());
+            return Ok(Publish::IfReplicated);
         };
         if !session.locked {
             let taken: bool = timed(
@@ -903,7 +921,7 @@ impl Shared {
             .await?
             .get(0);
             if !taken {
-                return Ok(());
+                return Ok(Publish::IfReplicated);
             }
             session.locked = true;
         }
@@ -912,7 +930,7 @@ impl Shared {
         if let Some(cp) = &stored {
             if !self.publishable(cp).await {
                 // Holding the lock, the next tick tries again.
-                return Ok(());
+                return Ok(Publish::NotYet);
             }
         }
         let (size, root) = stored
@@ -937,7 +955,7 @@ impl Shared {
             edge,
             stored: stored.map(|c| c.size),
         });
-        Ok(())
+        Ok(Publish::IfReplicated)
     }
 
     /// The stored checkpoint, verified with the log's key.
@@ -1094,8 +1112,9 @@ impl Shared {
     }
 
     /// Reads the stored checkpoint and the sequence (a replica that does
-    /// not integrate).
-    async fn follow(&self) -> Result<Arc<Published>, LogError> {
+    /// not integrate), and publishes a newer stored checkpoint if `publish`
+    /// allows and it is known to be replicated.
+    async fn follow(&self, publish: Publish) -> Result<Arc<Published>, LogError> {
         let client = self.client().await?;
         let now = unix_now();
         let known = self.known();
@@ -1119,7 +1138,7 @@ impl Shared {
                 let latest = self.latest.load();
                 cp.size > latest.size || cp.note != latest.note
             };
-            if newer && self.publishable(&cp).await {
+            if newer && publish == Publish::IfReplicated && self.publishable(&cp).await {
                 self.publish(cp);
             }
         }
