@@ -413,11 +413,21 @@ async function verifyInclusion(leaf, index, size, proof, root) {
   checkRoot(size, await chainBorderRight(computed, proof.slice(inner)), root);
 }
 
+// The root of the empty tree: SHA-256 of nothing.
+async function emptyRoot() {
+  return sha256(new Uint8Array(0));
+}
+
 async function verifyConsistency(oldSize, newSize, oldRoot, newRoot, proof) {
   if (oldSize > newSize) throw new Error(`old tree size ${oldSize} is larger than new tree size ${newSize}`);
-  if (oldSize === newSize || oldSize === 0n) {
+  if (oldSize === newSize) {
     checkLength(proof, 0);
-    if (oldSize !== 0n) checkRoot(newSize, newRoot, oldRoot);
+    checkRoot(newSize, newRoot, oldRoot);
+    return;
+  }
+  if (oldSize === 0n) {
+    checkLength(proof, 0);
+    checkRoot(0n, await emptyRoot(), oldRoot);
     return;
   }
   let [inner, border] = decompose(oldSize - 1n, newSize);
@@ -596,13 +606,16 @@ async function checkConsistency(old, current, proof) {
   if (old.size > current.size) {
     fail("consistency", `the log shrank: the previous checkpoint has ${old.size} records, the current one ${current.size}`);
   }
-  if (old.size === 0n) return;
+  if (old.size === 0n && !equal(old.root, await emptyRoot())) {
+    fail("consistency", `the previous checkpoint has 0 records but the root ${short(old.root)}, not the empty tree's`);
+  }
   if (old.size === current.size) {
     if (!equal(old.root, current.root)) {
       fail("consistency", `two checkpoints of size ${old.size} with different roots (${short(old.root)} and ${short(current.root)}): the log forked`);
     }
     return;
   }
+  if (old.size === 0n) return;
   if (proof == null) fail("consistency", "no consistency proof: give --consistency-proof or --log");
   const path = hashes(proof, "consistency");
   try {

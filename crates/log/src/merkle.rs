@@ -321,7 +321,9 @@ pub fn verify_inclusion(
 
 /// RFC 9162 §2.1.4.2: checks that the tree of `old_size` leaves with root
 /// `old_root` is a prefix of the tree of `new_size` leaves with root
-/// `new_root`. An empty old tree is a prefix of every tree (empty proof).
+/// `new_root`. Trees of one size are consistent when their roots are equal,
+/// and the empty tree (whose root is [`empty_root`]) is a prefix of every
+/// tree; both with an empty proof.
 pub fn verify_consistency(
     old_size: u64,
     new_size: u64,
@@ -335,12 +337,13 @@ pub fn verify_consistency(
             new: new_size,
         });
     }
-    if old_size == new_size || old_size == 0 {
+    if old_size == new_size {
         check_length(proof, 0)?;
-        return match old_size {
-            0 => Ok(()),
-            _ => check_root(new_size, *new_root, old_root),
-        };
+        return check_root(new_size, *new_root, old_root);
+    }
+    if old_size == 0 {
+        check_length(proof, 0)?;
+        return check_root(0, empty_root(), old_root);
     }
     // The old tree's last leaf shares its path with the new tree up to the
     // largest complete subtree ending at `old_size`; that subtree's root
@@ -737,9 +740,16 @@ mod tests {
     #[test]
     fn edge_cases_of_consistency() {
         let (a, b) = (h(ROOTS[0]), h(ROOTS[1]));
-        assert_eq!(verify_consistency(0, 0, &a, &b, &[]), Ok(()));
-        assert_eq!(verify_consistency(0, 5, &a, &b, &[]), Ok(()));
-        assert!(verify_consistency(0, 5, &a, &b, &[a]).is_err());
+        let empty = empty_root();
+        assert_eq!(verify_consistency(0, 0, &empty, &empty, &[]), Ok(()));
+        assert_eq!(verify_consistency(0, 5, &empty, &b, &[]), Ok(()));
+        assert!(verify_consistency(0, 5, &empty, &b, &[a]).is_err());
+        // The empty tree has one root: two trees of size 0 with different
+        // roots, or an old tree of size 0 with another root, are not
+        // consistent (transparency-dev/merkle's verifier agrees).
+        assert!(verify_consistency(0, 0, &a, &b, &[]).is_err());
+        assert!(verify_consistency(0, 0, &empty, &b, &[]).is_err());
+        assert!(verify_consistency(0, 5, &a, &b, &[]).is_err());
         assert_eq!(verify_consistency(3, 3, &a, &a, &[]), Ok(()));
         assert!(verify_consistency(3, 3, &a, &b, &[]).is_err());
         assert!(verify_consistency(3, 3, &a, &a, &[a]).is_err());

@@ -513,6 +513,25 @@ pub fn generate() -> Vectors {
             Some(Step::Consistency),
         ),
         v(
+            "previous_empty_with_another_root",
+            "The checkpoint seen before has 0 records but not the empty tree's root.",
+            Inputs {
+                previous: Some(
+                    Checkpoint {
+                        origin: log_key.name().to_string(),
+                        size: 0,
+                        root: tree.root_at(1).expect("size within the tree"),
+                        extensions: vec![],
+                    }
+                    .sign(&log_key)
+                    .expect("a valid checkpoint"),
+                ),
+                consistency: Some(vec![]),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
             "shrunk_log",
             "The checkpoint seen before (7 records) is larger than the current one (5).",
             Inputs {

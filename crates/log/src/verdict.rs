@@ -455,8 +455,14 @@ fn check_consistency(
             ),
         );
     }
-    if old.size == 0 {
-        return Ok(());
+    if old.size == 0 && old.root != merkle::empty_root() {
+        return fail(
+            Step::Consistency,
+            format!(
+                "the previous checkpoint has 0 records but the root {}, not the empty tree's",
+                short(&old.root)
+            ),
+        );
     }
     if old.size == new.size {
         if old.root != new.root {
@@ -470,6 +476,9 @@ fn check_consistency(
                 ),
             );
         }
+        return Ok(());
+    }
+    if old.size == 0 {
         return Ok(());
     }
     let Some(proof) = proof else {
