@@ -971,12 +971,46 @@ async fn a_busy_fleet_reports_when_its_checkpoint_covered_every_record() {
 /// waits for the commit), and one upload stored. `key` is the log's
 /// verifier key; the log API listens on `log_port`.
 struct SyncRep {
-    _keep: TempDir,
+    keep: TempDir,
+    tag: &'static str,
     key: String,
     pg: TestServer,
-    _upstream: Upstream,
+    upstream: Upstream,
     replica: Binary,
     log_port: u16,
+}
+
+impl SyncRep {
+    /// Another replica of the same log, its log API on `log_port`.
+    async fn start(&self, name: &str, log_port: u16) -> Binary {
+        syncrep_start(
+            &self.keep,
+            self.tag,
+            &self.pg,
+            &self.upstream,
+            name,
+            log_port,
+        )
+        .await
+    }
+}
+
+async fn syncrep_start(
+    keep: &TempDir,
+    tag: &str,
+    pg: &TestServer,
+    upstream: &Upstream,
+    name: &str,
+    log_port: u16,
+) -> Binary {
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let section = fleet_section(keep.path(), pg, tag, log_port, "250ms")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    Binary::start(name, &dcs, &section).await
 }
 
 async fn syncrep_replica(tag: &'static str) -> SyncRep {
@@ -984,22 +1018,17 @@ async fn syncrep_replica(tag: &'static str) -> SyncRep {
     let key = log_key(keep.path());
     let pg = postgres(tag, &[tag]).await;
     let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
     let log_port = free_port();
-    let section = fleet_section(keep.path(), &pg, tag, log_port, "250ms")
-        .replace("timeout = \"1s\"", "timeout = \"5s\"");
-    let replica = Binary::start(&format!("fleet-{tag}"), &dcs, &section).await;
+    let name = format!("fleet-{tag}");
+    let replica = syncrep_start(&keep, tag, &pg, &upstream, &name, log_port).await;
     let reply = replica.client().upload_from(CH, "replicated").await;
     assert_eq!(reply.status, 201, "{:?}", reply.json());
     SyncRep {
-        _keep: keep,
+        keep,
+        tag,
         key,
         pg,
-        _upstream: upstream,
+        upstream,
         replica,
         log_port,
     }
@@ -1110,13 +1139,31 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
     );
     assert!(log.contains("not publishing it yet"), "{log}");
 
-    // Replicated commits again: the checkpoint of 2 is served.
+    // A replica started now may publish no stored checkpoint: it serves
+    // the empty tree's, signed (never an empty answer: tlog-tiles serves
+    // a checkpoint at /checkpoint, tlog-checkpoint has it three lines at
+    // least).
+    let second_port = free_port();
+    let second = fleet.start("fleet-syncrepcp-second", second_port).await;
+    let second_addr = format!("127.0.0.1:{second_port}").parse().unwrap();
+    let (status, note) = plain_request(second_addr, "GET", "/checkpoint").await;
+    assert_eq!(status, 200, "{note}");
+    let empty = Checkpoint::open(&note, &verifier).unwrap_or_else(|e| panic!("{e}: {note:?}"));
+    assert_eq!((empty.size, empty.root), (0, merkle::empty_root()));
+
+    // Replicated commits again: the checkpoint of 2 is served, by both.
     sql("ALTER SYSTEM RESET synchronous_standby_names");
     sql("SELECT pg_reload_conf()");
     eventually("the checkpoint of 2 is served", async || {
         served().await == Some(2)
     })
     .await;
+    eventually("the second replica serves it too", async || {
+        let (_, note) = plain_request(second_addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).map(|c| c.size).ok() == Some(2)
+    })
+    .await;
+    drop(second);
 }
 
 /// A reader sent to a replica that has not yet followed the checkpoint

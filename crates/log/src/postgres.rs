@@ -399,6 +399,20 @@ impl Fleet {
                 .map_err(|_| timeout_error(pg.timeout * 4))??;
             tracing::debug!(version, "log database schema ready");
         }
+        // Until a stored checkpoint may be published, the empty tree's,
+        // signed: /checkpoint always answers a checkpoint, and one every
+        // later checkpoint is consistent with.
+        let empty = Checkpoint {
+            origin: settings.origin.clone(),
+            size: 0,
+            root: merkle::empty_root(),
+            extensions: Vec::new(),
+        }
+        .sign(&signer)
+        .map_err(|source| LogError::Key {
+            path: settings.signing_key.display().to_string(),
+            source,
+        })?;
         let shared = Arc::new(Shared {
             settings: settings.clone(),
             pg: pg.clone(),
@@ -408,7 +422,7 @@ impl Fleet {
             tls,
             writer: tokio::sync::Mutex::new(None),
             latest: ArcSwap::from_pointee(Published {
-                note: String::new(),
+                note: empty,
                 size: 0,
                 root: merkle::empty_root(),
             }),
