@@ -381,6 +381,14 @@ pub fn parse_state(text: &str) -> Result<State, String> {
                 .ok()
                 .and_then(|r| Hash::try_from(r).ok())
                 .ok_or_else(|| format!("{origin}: root {:?} is not a base64 hash", s.root))?;
+            // tlog-cosignature: a timestamp MUST NOT exceed 2^63 - 1, and
+            // the next cosignature is dated no earlier than this one.
+            if i64::try_from(s.timestamp).is_err() {
+                return Err(format!(
+                    "{origin}: timestamp {} is above 2^63 - 1",
+                    s.timestamp
+                ));
+            }
             let recorded = Recorded {
                 size: s.size,
                 root,
@@ -512,21 +520,25 @@ impl Witness {
         persist: impl FnOnce(&State) -> Result<(), String>,
     ) -> Result<Accepted, Refusal> {
         let request = AddCheckpoint::parse(body).map_err(Refusal::Malformed)?;
-        let text = split_note(&request.note)
-            .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?
-            .0;
-        let claimed = Checkpoint::parse_body(text)
-            .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?;
+        // The origin first (its first line): a log the witness does not
+        // know gets 404 whatever the rest of its checkpoint is
+        // (tlog-witness: "If the checkpoint origin is unknown, the witness
+        // MUST respond with a 404").
+        let origin = request.note.split('\n').next().unwrap_or_default();
         let verifier = self
             .logs
-            .get(&claimed.origin)
-            .ok_or_else(|| Refusal::UnknownLog(claimed.origin.clone()))?;
+            .get(origin)
+            .ok_or_else(|| Refusal::UnknownLog(origin.to_string()))?;
         let checkpoint = Checkpoint::open(&request.note, verifier).map_err(|e| match e {
             NoteError::InvalidSignature(_) | NoteError::NoSignature(_) => {
                 Refusal::Unverified(e.to_string())
             }
             e => Refusal::Malformed(format!("the checkpoint: {e}")),
         })?;
+        // What is cosigned: the checkpoint's text, as it came.
+        let text = split_note(&request.note)
+            .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?
+            .0;
         if request.old > checkpoint.size {
             return Err(Refusal::Malformed(format!(
                 "old size {} is above the checkpoint's size {}",
@@ -1009,6 +1021,16 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, Refusal::UnknownLog("other.example/log".into()));
         assert_eq!(err.status(), 404);
+        // Also when the rest of its checkpoint is malformed, or unsigned.
+        for note in [
+            "other.example/log\n4\nAAAA\n\n— other.example/log AAAA\n",
+            "other.example/log\n4\n",
+        ] {
+            let err = w
+                .add_checkpoint(&request(0, vec![], note.to_string()), 1, ok)
+                .unwrap_err();
+            assert_eq!(err.status(), 404, "{note:?}: {err}");
+        }
 
         // The right origin signed by another key: 403.
         let impostor = log_key();
@@ -1066,5 +1088,15 @@ mod tests {
         let a = parse_state(&old).unwrap()["a.example/log"];
         assert_eq!((a.size, a.timestamp), (5, 0));
         assert!(parse_state("[]").is_err());
+        // tlog-cosignature caps timestamps at 2^63 - 1.
+        let zero = STANDARD.encode([0u8; 32]);
+        let at = |t: u64| {
+            format!(
+                "{{\"a.example/log\": {{\"size\": 1, \"root\": \"{zero}\", \"timestamp\": {t}}}}}"
+            )
+        };
+        assert!(parse_state(&at(i64::MAX as u64)).is_ok());
+        let err = parse_state(&at(1 << 63)).unwrap_err();
+        assert!(err.contains("above 2^63 - 1"), "{err}");
     }
 }
