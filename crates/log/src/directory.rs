@@ -363,12 +363,14 @@ impl Directory {
             checkpointing: Mutex::new(()),
             metrics,
         });
-        // The last checkpoint's partial tiles, written again (and synced):
+        // The partial tiles of every checkpoint since the unfinished tiles
+        // began, checked and written again (and synced) where wrong:
         // written without an fsync at each checkpoint, they may have been
-        // lost with a power cut. The log serves partials from memory; these
-        // are for static file servers.
+        // lost or zeroed with a power cut, and tlog-tiles has a log serve
+        // the partials of every checkpoint it produced. The log serves
+        // partials from memory; these are for static file servers.
         if size > 0 {
-            core.write_partials(&checkpointed, true);
+            core.restore_partials(&checkpointed);
         }
         // And those of the tiles filled last, in case the process stopped
         // between a checkpoint and their removal.
@@ -952,7 +954,7 @@ impl Core {
             self.confirmed(size);
             return Ok(latest);
         }
-        self.write_partials(&edge, false);
+        self.write_partials(&edge);
         let filled_from = if latest.size == u64::MAX {
             0
         } else {
@@ -1052,7 +1054,52 @@ impl Core {
     /// Writes the partial tiles of the checkpoint's size, as the spec has
     /// them exist for every checkpoint (a convenience for static serving:
     /// the log itself serves them from the right edge and the bundles).
-    fn write_partials(&self, edge: &Edge, sync: bool) {
+    /// Every partial tile (and bundle) of the edge's unfinished tiles, at
+    /// every width up to the edge's (a width no checkpoint had is
+    /// harmless: tlog-tiles lets a log serve more partials than it must):
+    /// each file that does not hold what it must is written, synced.
+    fn restore_partials(&self, edge: &Edge) {
+        let mut tiles: Vec<(Tile, Vec<u8>)> = Vec::new();
+        for (tile, hashes) in edge.partials() {
+            for width in 1..=tile.width {
+                let tile = Tile { width, ..tile };
+                tiles.push((tile, hashes[..usize::from(width)].concat()));
+            }
+        }
+        let width = edge.size() % WIDTH;
+        let index = edge.size() / WIDTH;
+        if let Some(bundle) = self.bundle(index).filter(|_| width > 0) {
+            for width in 1..=width as u16 {
+                if let Some(prefix) = disk::bundle_prefix(&bundle, usize::from(width)) {
+                    let tile = Tile {
+                        level: None,
+                        index,
+                        width,
+                    };
+                    tiles.push((tile, prefix.to_vec()));
+                }
+            }
+        }
+        let mut rewritten = 0;
+        for (tile, bytes) in tiles {
+            let path = self.disk.path(tile);
+            if self.disk.read(&path).ok().flatten().as_deref() == Some(&bytes[..]) {
+                continue;
+            }
+            rewritten += 1;
+            if let Err(e) = self.disk.write(&path, &bytes, true) {
+                tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
+            }
+        }
+        if rewritten > 0 {
+            tracing::info!(
+                rewritten,
+                "partial tiles that were missing or wrong written again"
+            );
+        }
+    }
+
+    fn write_partials(&self, edge: &Edge) {
         let mut tiles: Vec<(Tile, Vec<u8>)> =
             edge.partials().map(|(t, h)| (t, h.concat())).collect();
         let width = edge.size() % WIDTH;
@@ -1071,7 +1118,7 @@ impl Core {
         }
         for (tile, bytes) in tiles {
             let path = self.disk.path(tile);
-            if let Err(e) = self.disk.write(&path, &bytes, sync) {
+            if let Err(e) = self.disk.write(&path, &bytes, false) {
                 tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
             }
         }
@@ -1978,6 +2025,29 @@ mod tests {
         for (path, bytes) in partials.iter().zip(&good) {
             assert_eq!(&std::fs::read(dir.join(path)).unwrap(), bytes, "{path}");
         }
+
+        // So are an earlier checkpoint's: tlog-tiles has a log serve the
+        // partial tiles of every checkpoint it produced, and a static file
+        // server has only the files.
+        for i in 600..620 {
+            log.append(&record(i)).await.unwrap();
+        }
+        assert_eq!(log.checkpoint().unwrap().size, 620);
+        let earlier = ["tile/0/002.p/88", "tile/entries/002.p/88"];
+        let good: Vec<Vec<u8>> = earlier
+            .iter()
+            .map(|p| std::fs::read(dir.join(p)).unwrap())
+            .collect();
+        assert_eq!(good[0].len(), 88 * 32);
+        std::fs::write(dir.join(earlier[0]), [0u8; 88 * 32]).unwrap();
+        std::fs::remove_file(dir.join(earlier[1])).unwrap();
+        drop(log);
+        let log = Log::open(&settings, metrics()).unwrap();
+        for (path, bytes) in earlier.iter().zip(&good) {
+            assert_eq!(&std::fs::read(dir.join(path)).unwrap(), bytes, "{path}");
+        }
+        let bundle = std::fs::read(dir.join(earlier[1])).unwrap();
+        assert_eq!(crate::tiles::entries(&bundle).unwrap().len(), 88);
         drop(log);
     }
 
