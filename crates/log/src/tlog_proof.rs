@@ -187,6 +187,88 @@ mod tests {
         assert!(err.contains("example.com/other-log"), "{err}");
     }
 
+    /// A valid proof changed in its form only — what an independent
+    /// encoder might get wrong — is refused, in parsing or in verifying.
+    #[test]
+    fn a_proof_changed_in_form_is_refused() {
+        let signer =
+            Signer::from_pkcs8("example.com/log", &Signer::generate_pkcs8().unwrap()).unwrap();
+        let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
+        let mut tree = Tree::new();
+        let entries: Vec<Vec<u8>> = (0..11u8).map(|i| vec![i; 3]).collect();
+        for e in &entries {
+            tree.push(merkle::leaf_hash(e));
+        }
+        let note = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 11,
+            root: tree.root(),
+            extensions: Vec::new(),
+        }
+        .sign(&signer)
+        .unwrap();
+        let path = tree.inclusion_proof(6, 11).unwrap();
+        let proof = |index: u64, path: Vec<Hash>| {
+            TlogProof {
+                extra: None,
+                index,
+                path,
+                checkpoint: note.clone(),
+            }
+            .encode()
+        };
+        let check = |text: &str| TlogProof::parse(text)?.verify(&entries[6], &verifier);
+        let good = proof(6, path.clone());
+        assert!(check(&good).is_ok());
+        let first = STANDARD.encode(path[0]);
+        assert!(first.ends_with('='));
+        // The last character before the padding with a low bit set: the
+        // same bytes, but not the canonical encoding.
+        let mut noncanonical = first.clone().into_bytes();
+        let at = first.len() - 2;
+        noncanonical[at] = match noncanonical[at] {
+            b'A'..=b'Y' | b'a'..=b'y' | b'0'..=b'8' => noncanonical[at] + 1,
+            _ => b'B',
+        };
+        let noncanonical = String::from_utf8(noncanonical).unwrap();
+        let mut longer = path.clone();
+        longer.push([7; 32]);
+        for (what, text) in [
+            ("data after the checkpoint", format!("{good}trailing\n")),
+            ("an empty line after the checkpoint", format!("{good}\n")),
+            ("CRLF line ends", good.replace('\n', "\r\n")),
+            (
+                "a hash in non-canonical base64",
+                good.replacen(&first, &noncanonical, 1),
+            ),
+            (
+                "a hash without its padding",
+                good.replacen(&first, first.trim_end_matches('='), 1),
+            ),
+            (
+                "a hash in URL-safe base64",
+                good.replace('+', "-").replace('/', "_"),
+            ),
+            ("the index at the tree's size", proof(11, path.clone())),
+            ("one hash too many", proof(6, longer)),
+            ("one hash too few", proof(6, path[1..].to_vec())),
+            (
+                "two extra lines",
+                good.replacen("index", "extra AA==\nextra AA==\nindex", 1),
+            ),
+            (
+                "an extra line after the index",
+                good.replacen("index 6\n", "index 6\nextra AA==\n", 1),
+            ),
+        ] {
+            // (A proof whose base64 has no `+` or `/` has no URL-safe form.)
+            if text == good {
+                continue;
+            }
+            assert!(check(&text).is_err(), "{what} was accepted: {text:?}");
+        }
+    }
+
     #[test]
     fn malformed_proofs_are_refused() {
         for bad in [
