@@ -85,7 +85,12 @@ macro_rules! hop_by_hop {
 /// (RFC 9440's `Client-Cert` and `Client-Cert-Chain`, Envoy's
 /// `X-Forwarded-Client-Cert`, the `X-SSL-Client-*` of nginx and HAProxy
 /// setups, AWS's `X-Amzn-Mtls-Clientcert*`) or a tenant — which the proxy
-/// establishes itself (`Residency-Tenant`), as a pattern.
+/// establishes itself (`Residency-Tenant`) — and the claims of a front
+/// about the request that web frameworks honour (`X-Forwarded-Port` and
+/// `X-Forwarded-Prefix` beside the proxy's own `X-Forwarded-Proto` and
+/// `-Host`; IIS's and Symfony's `X-Original-URL` and `X-Rewrite-URL`, which
+/// route a request to another path than the one the proxy checked), as a
+/// pattern.
 macro_rules! client_claims {
     () => {
         "forwarded"
@@ -111,6 +116,10 @@ macro_rules! client_claims {
             | "x-amzn-mtls-clientcert-leaf"
             | "x-tenant"
             | "x-tenant-id"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-original-url"
+            | "x-rewrite-url"
     };
 }
 
@@ -1077,6 +1086,11 @@ mod tests {
             "x-ssl-client-s-dn",
             "x-tenant",
             "x_tenant",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url",
+            "x_original_url",
         ];
         for name in stripped {
             let h = map(&[("host", "a"), (name, "v"), ("accept", "*/*")]);
