@@ -456,7 +456,7 @@ where
             sniffing = false;
             if preface == Some(true) {
                 if !prior_knowledge {
-                    let _ = io.write_all(H2_PREFACE_REFUSED).await;
+                    let _ = io.write_all(&h2_preface_refused()).await;
                     close_lingering(io, phases.linger, phases.shutdown.as_mut()).await;
                     return None;
                 }
@@ -714,8 +714,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Whether `bytes` start with the h2 preface: `None` while too short to tell.
 /// The answer to an h2 preface on a connection that negotiated http/1.1:
 /// what hyper answers a malformed request.
-const H2_PREFACE_REFUSED: &[u8] =
-    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// The 400 for an HTTP/2 preface on a connection that negotiated
+/// `http/1.1`, written by hand (hyper never saw a request), with the `Date`
+/// RFC 9110 §6.6.1 asks of a 4xx.
+fn h2_preface_refused() -> Vec<u8> {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ndate: {date}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
 
 fn h2_preface(bytes: &[u8]) -> Option<bool> {
     let n = bytes.len().min(H2_PREFACE.len());

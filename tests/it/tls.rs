@@ -169,6 +169,7 @@ async fn alpn_and_protocol_versions() {
             .expect("closed");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+        assert!(text.to_ascii_lowercase().contains("\r\ndate: "), "{text:?}");
     }
 
     // A client speaking only TLS 1.2, and one speaking only TLS 1.3.
