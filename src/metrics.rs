@@ -141,7 +141,7 @@ impl Metrics {
             };
         let requests = counter(
             "residency_requests_total",
-            "Requests answered, by origin jurisdiction, data centre and status class.",
+            "Requests answered, by jurisdiction (the one whose store_in bounds the upload: GeoIP's, or a tenant's pin), data centre and status class.",
             &["jurisdiction", "datacenter", "status_class"],
         )?;
         let rejections = counter(
@@ -151,7 +151,7 @@ impl Metrics {
         )?;
         let request_duration = histogram(
             "residency_request_duration_seconds",
-            "Time from request head to response head, by origin jurisdiction.",
+            "Time from request head to response head, by jurisdiction (as residency_requests_total).",
             "jurisdiction",
         )?;
         let upstream_duration = histogram(
@@ -161,7 +161,7 @@ impl Metrics {
         )?;
         let request_body_bytes = counter(
             "residency_request_body_bytes_total",
-            "Request body bytes forwarded, by origin jurisdiction.",
+            "Request body bytes forwarded, by jurisdiction (as residency_requests_total); what an upstream reads after it answered is added when the body ends.",
             &["jurisdiction"],
         )?;
         let geoip_lookups = counter(
@@ -369,6 +369,8 @@ impl Metrics {
                     .with_label_values(&[t.name.as_str()]);
             }
         }
+        // A request refused before its jurisdiction was known.
+        self.request_duration.with_label_values(&[NONE]);
         let policy = &config.policy;
         for (i, j) in policy.jurisdictions.iter().enumerate() {
             let name = j.name.as_str();
@@ -498,6 +500,22 @@ impl RequestMetrics {
         self.tenant_mismatch[slot]
             .get_or_init(|| metrics.tenant_mismatches.with_label_values(&[label]))
             .inc();
+    }
+
+    /// The `residency_request_body_bytes_total` child of `jurisdiction`.
+    pub fn body_bytes(
+        &self,
+        metrics: &Metrics,
+        policy: &Policy,
+        jurisdiction: Option<JurisdictionId>,
+    ) -> IntCounter {
+        let j = jurisdiction.map_or(self.duration.len() - 1, |j| j.0);
+        self.body_bytes[j]
+            .get_or_init(|| {
+                let label = jurisdiction.map_or(NONE, |j| policy.jurisdiction(j).name.as_str());
+                metrics.request_body_bytes.with_label_values(&[label])
+            })
+            .clone()
     }
 
     /// One request answered: `residency_requests_total`,

@@ -355,6 +355,13 @@ impl Instance {
 
     /// [`Instance::refresh_gauges`], with [`Instance::gauges`] held.
     fn write_gauges(&self) {
+        // Here too, not only after each checkpoint tick: a tick that hangs
+        // (a stuck fsync, a database that does not answer) would freeze
+        // the age its alert watches. (Before the first checkpoint covered
+        // anything, the tick alone sets it.)
+        if let Some(log) = self.log.as_ref().filter(|l| l.covered_at() > 0) {
+            log.refresh_age();
+        }
         let state = self.snapshot();
         let policy = &state.config.policy;
         self.metrics

@@ -136,12 +136,18 @@ pub fn handle(
             origin_jurisdiction: None,
         };
         if method == http::Method::OPTIONS && state.config.methods.allows(&method) && here(&req) {
-            return Ok(options_here(
-                &state,
-                &id,
-                req.into_body(),
-                conn.hold.as_ref(),
-            ));
+            let resp = options_here(&state, &id, req.into_body(), conn.hold.as_ref());
+            // Answered by the proxy itself: counted with no jurisdiction.
+            state.request_metrics.answered(
+                &instance.metrics,
+                &state.config.policy,
+                None,
+                None,
+                resp.status(),
+                started.elapsed().as_secs_f64(),
+                0,
+            );
+            return Ok(resp);
         }
         let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
         let (mut resp, bytes, receipt, closing) = respond(
@@ -254,9 +260,16 @@ async fn respond(
                 }
                 None => Ok(None),
             };
+            // Counted now, and what an upstream reads after it answered
+            // when the body is done.
+            let bytes = slot.bytes_counting_rest(|| {
+                let policy = &state.config.policy;
+                let metrics = &instance.metrics;
+                (state.request_metrics).body_bytes(metrics, policy, findings.jurisdiction)
+            });
             match receipt {
-                Ok(receipt) => (Ok(resp), slot.bytes(), receipt, true),
-                Err(failure) => (Err(failure), slot.bytes(), None, true),
+                Ok(receipt) => (Ok(resp), bytes, receipt, true),
+                Err(failure) => (Err(failure), bytes, None, true),
             }
         }
         Err(Unrouted {

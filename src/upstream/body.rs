@@ -180,6 +180,9 @@ struct Reading {
     /// Given back when the body is done (its client's count against
     /// `limits.max_requests_per_client`): not handed to a discarding.
     also: Option<Held>,
+    /// Counts the bytes read after the answer began, when the body is done
+    /// ([`BodySlot::bytes_counting_rest`]): those counted already.
+    rest: Option<(prometheus::IntCounter, u64)>,
 }
 
 impl std::fmt::Debug for Reading {
@@ -188,6 +191,7 @@ impl std::fmt::Debug for Reading {
             .field("done", &self.done)
             .field("held", &self.held.is_some())
             .field("also", &self.also.is_some())
+            .field("rest", &self.rest.as_ref().map(|(_, n)| n))
             .finish()
     }
 }
@@ -336,15 +340,36 @@ impl BodySlot {
     }
 
     /// The body is read no more: what was held is given back (or handed
-    /// to the task that discards the rest).
+    /// to the task that discards the rest), and the bytes read since the
+    /// answer began are counted.
     fn done_reading(&self) -> Option<Held> {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
         let also = reading.also.take();
         let held = reading.held.take();
+        let rest = reading.rest.take();
         drop(reading);
         drop(also);
+        if let Some((counter, counted)) = rest {
+            counter.inc_by(self.bytes().saturating_sub(counted));
+        }
         held
+    }
+
+    /// The body bytes read from the client so far, to be counted now in
+    /// `residency_request_body_bytes_total`; if the body is still being
+    /// read (an upstream answered before its end, and reads on), what is
+    /// read after is added to `counter()` when it is done. (Bytes left
+    /// unread and discarded are not forwarded, and not counted.)
+    pub fn bytes_counting_rest(&self, counter: impl FnOnce() -> prometheus::IntCounter) -> u64 {
+        let Ok(mut reading) = self.reading.lock() else {
+            return self.bytes();
+        };
+        let bytes = self.bytes();
+        if !reading.done {
+            reading.rest = Some((counter(), bytes));
+        }
+        bytes
     }
 
     /// The client's body was read to its end.

@@ -639,10 +639,15 @@ async fn options_count_max_forwards_down() {
     assert_eq!(statuses(&exchange(&proxy, &options("3")).await), [201]);
     assert_eq!(zurich.last().headers["max-forwards"], "2");
     let before = proxy.counts();
+    let answered_here =
+        "residency_requests_total{datacenter=\"none\",jurisdiction=\"none\",status_class=\"2xx\"}";
+    let counted = metric_value(&proxy, answered_here).await;
     // Asked of the server itself (asterisk-form): answered here too.
     let asterisk = raw("OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let answer = exchange(&proxy, &asterisk).await;
     assert_eq!(statuses(&answer), [200]);
+    // And counted as an answer of the proxy's own.
+    assert_eq!(metric_value(&proxy, answered_here).await, counted + 1.0);
     let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(text.contains("allow: post, options"), "{text}");
     // Answered here only once it passes the checks any request does.

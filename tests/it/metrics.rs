@@ -107,6 +107,7 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
         "residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"uk\",status_class=\"2xx\"}",
         "residency_tenant_requests_by_tenant_total{tenant=\"acme\"}",
         "residency_log_write_errors_total",
+        "residency_request_duration_seconds_count{jurisdiction=\"none\"}",
     ] {
         assert_eq!(metric(&text, zero), Some(0.0), "{zero}\n{text}");
     }

@@ -143,6 +143,15 @@ async fn an_upstream_that_answers_early_still_gets_the_whole_body() {
             assert_eq!(got.body.len(), data.len(), "{ctx}: body length");
             assert!(got.body == data, "{ctx}: body differs");
         }
+        // Every byte forwarded is counted, those read after the answer
+        // too (two uploads of 2 MiB).
+        let series = "residency_request_body_bytes_total{jurisdiction=\"ch\"}";
+        let forwarded = 2.0 * data.len() as f64;
+        eventually(
+            "the bytes forwarded after the answers are counted",
+            async || metric_value(&proxy, series).await == forwarded,
+        )
+        .await;
         proxy.stop().await;
     }
 }

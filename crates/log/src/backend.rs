@@ -121,7 +121,7 @@ impl LogMetrics {
                 )?,
                 refusals_summarized: counter(
                     "residency_log_refusals_summarized_total",
-                    "Refusals over transparency.refusal_records_per_second, folded into summary records instead of one record each.",
+                    "Refusals folded into summary records instead of one record each: those over transparency.refusal_records_per_second, and every refusal while a fleet's database does not take writes.",
                 )?,
                 summary_records: counter(
                     "residency_log_refusal_summaries_total",

@@ -329,6 +329,11 @@ impl Directory {
         catch_up_index(&disk, &index, &index_path, size)?;
         metrics.size.set(state.size as i64);
         metrics.integrator.set(1);
+        if let Some(cp) = &committed {
+            // Served from now on: the gauge says so before the next
+            // checkpoint (none comes while nothing is appended).
+            metrics.checkpoint_size.set(cp.size as i64);
+        }
         let latest = match committed {
             Some(cp) => Published {
                 note: cp.note,
@@ -2061,8 +2066,13 @@ mod tests {
             }
             log.checkpoint().unwrap()
         };
-        let log = Log::open(&settings, metrics()).unwrap();
+        let reopened = metrics();
+        let log = Log::open(&settings, reopened.clone()).unwrap();
         assert_eq!(log.size(), 7);
+        // The checkpoint it serves, in its gauge from the start (no new
+        // checkpoint comes while nothing is appended).
+        log.checkpoint().unwrap();
+        assert_eq!(reopened.checkpoint_size.get(), 7);
         for i in 7..12 {
             assert_eq!(log.append(&record(i)).await.unwrap().index, i);
         }
