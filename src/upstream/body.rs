@@ -220,6 +220,8 @@ pub struct BodySlot {
     /// will not be read to its end.
     abandoned: AtomicBool,
     reading: Mutex<Reading>,
+    /// `reading.done`, read without the lock (set under it).
+    read: AtomicBool,
     /// Makes the guard that keeps the client's connection busy while the
     /// body is read or discarded after the answer.
     hold: Option<Hold>,
@@ -264,6 +266,7 @@ impl BodySlot {
             ended: Notify::new(),
             abandoned: AtomicBool::new(false),
             reading: Mutex::new(Reading::default()),
+            read: AtomicBool::new(false),
             hold,
             h2,
         })
@@ -345,6 +348,7 @@ impl BodySlot {
     fn done_reading(&self) -> Option<Held> {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
+        self.read.store(true, Ordering::Release);
         let also = reading.also.take();
         let held = reading.held.take();
         let rest = reading.rest.take();
@@ -362,6 +366,10 @@ impl BodySlot {
     /// read after is added to `counter()` when it is done. (Bytes left
     /// unread and discarded are not forwarded, and not counted.)
     pub fn bytes_counting_rest(&self, counter: impl FnOnce() -> prometheus::IntCounter) -> u64 {
+        // The usual case (the body was read before the answer), unlocked.
+        if self.read.load(Ordering::Acquire) {
+            return self.bytes();
+        }
         let Ok(mut reading) = self.reading.lock() else {
             return self.bytes();
         };
