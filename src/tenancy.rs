@@ -14,13 +14,19 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use residency_core::policy::Policy;
 use residency_core::report::{ConfigReport, OptionalSetting, Setting};
 use residency_core::tenant::{self, CertNames, Conflict, RawTenant, Recognized, Tenants};
 use serde::Deserialize;
+
+/// A JWK Set (RFC 7517 §5) whose keys are read one by one.
+#[derive(Deserialize)]
+struct KeySet {
+    keys: Vec<serde_json::Value>,
+}
 
 /// `[tenancy]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -474,7 +480,7 @@ fn token_verifier(
             files.push(resolved.clone());
             match std::fs::read(&resolved)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<JwkSet>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| serde_json::from_slice::<KeySet>(&b).map_err(|e| e.to_string()))
             {
                 Err(e) => r.push("tenancy.token.jwks", format!("{}: {e}", resolved.display())),
                 Ok(set) => {
@@ -489,7 +495,18 @@ fn token_verifier(
                     if set.keys.is_empty() {
                         tracing::warn!(jwks = %resolved.display(), "the key set is empty: every token is refused");
                     }
-                    for (i, jwk) in set.keys.iter().enumerate() {
+                    for (i, value) in set.keys.into_iter().enumerate() {
+                        // One by one: a key of a type, curve or algorithm
+                        // the JWK reader does not know (an X25519 or
+                        // ECDH-ES key) fails alone (RFC 7517 §5: ignored).
+                        let jwk = match serde_json::from_value::<Jwk>(value) {
+                            Ok(jwk) => jwk,
+                            Err(e) => {
+                                skip(i, &format!("it is not a key this proxy reads ({e})"));
+                                continue;
+                            }
+                        };
+                        let jwk = &jwk;
                         let alg = match &jwk.algorithm {
                             AlgorithmParameters::OctetKeyPair(p)
                                 if p.curve == EllipticCurve::Ed25519 =>
@@ -679,12 +696,21 @@ pub fn cert_names(der: &[u8]) -> CertNames {
         Err(_) => names.unreadable = true,
     }
     let cn_oid = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    let cn = tbs
+    let mut cns = tbs
         .subject
         .0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
-        .find(|atv| atv.oid == cn_oid);
+        .filter(|atv| atv.oid == cn_oid);
+    let cn = cns.next();
+    // A subject with several CNs: which one names the client is a matter of
+    // taste (RFC 2818 takes the most specific, Go the last, others the
+    // first), so it names no one for sure; unreadable, as an undecodable
+    // CN is (a 403 while tenants are recognised by certificate).
+    if cns.next().is_some() {
+        names.unreadable = true;
+        return names;
+    }
     if let Some(atv) = cn {
         names.cn = atv.value.decode_as::<String>().ok().or_else(|| {
             atv.value
@@ -855,5 +881,38 @@ file = "tenants file.toml"
         assert!(bad.unreadable, "{bad:?}");
         assert!(super::cert_names(b"not a certificate").unreadable);
         assert!(!super::cert_names(&der(None)).unreadable);
+    }
+
+    /// A subject with two CNs names no one for sure (RFC 2818 reads the
+    /// most specific, Go the last): unreadable, not its first CN's.
+    #[test]
+    fn a_certificate_with_two_common_names_is_unreadable() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "globex-uploader");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "acme-uploader");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let one = super::cert_names(&der);
+        assert_eq!(one.cn.as_deref(), Some("globex-uploader"));
+        assert!(!one.unreadable);
+        // The organisation's OID (2.5.4.10) made a second CN (2.5.4.3);
+        // names are read, not verified, so the signature does not matter.
+        let (o, cn) = (
+            [0x06, 0x03, 0x55, 0x04, 0x0a],
+            [0x06, 0x03, 0x55, 0x04, 0x03],
+        );
+        let mut two = der.clone();
+        let mut at = 0;
+        while let Some(i) = two[at..].windows(5).position(|w| w == o) {
+            two[at + i..at + i + 5].copy_from_slice(&cn);
+            at += i + 5;
+        }
+        assert_ne!(two, der);
+        let names = super::cert_names(&two);
+        assert!(names.unreadable, "{names:?}");
     }
 }

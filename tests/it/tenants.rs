@@ -731,10 +731,23 @@ async fn a_key_set_is_used_for_what_it_can_verify_and_emptied_revokes() {
     no_verify["kid"] = json!("ecsign");
     no_verify["key_ops"] = json!(["sign"]);
     let rsa = json!({"kty": "RSA", "kid": "rsa1", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"});
+    // Keys the JWK reader does not know at all: an ECDH-ES key, an X25519
+    // key, a key type of the future (RFC 7517 §5: ignored, one by one).
+    let mut ecdh = ec.clone();
+    ecdh["kid"] = json!("ecdh");
+    ecdh["use"] = json!("enc");
+    ecdh["alg"] = json!("ECDH-ES");
+    let x25519 = json!({"kty": "OKP", "crv": "X25519", "kid": "x1", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"});
+    let future = json!({"kty": "AKP", "kid": "pq1", "alg": "ML-DSA-44", "pub": "AAAA"});
+    let unknown = [ecdh, x25519, future];
     set["keys"]
         .as_array_mut()
         .unwrap()
         .extend([enc, es384, no_verify, rsa]);
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(unknown.iter().cloned());
     std::fs::write(&jwks_path, set.to_string()).unwrap();
     let proxy = Proxy::start(Setup {
         extra: format!(
@@ -761,12 +774,28 @@ async fn a_key_set_is_used_for_what_it_can_verify_and_emptied_revokes() {
     let token = issuer.ed(&claims("acme"));
     assert_eq!(upload(&client, DE, Some(&token)).await.status, 201);
 
-    std::fs::write(&jwks_path, r#"{"keys": []}"#).unwrap();
-    eventually("the emptied key set revokes every key", async || {
+    // The issuer removes its Ed25519 key, its set still holding keys the
+    // reader does not know: the removal takes effect.
+    let mut rotated = json!({"keys": [ec.clone()]});
+    rotated["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(unknown.iter().cloned());
+    std::fs::write(&jwks_path, rotated.to_string()).unwrap();
+    eventually("the removed key is no longer used", async || {
         upload(&client, DE, Some(&token)).await.status == 401
     })
     .await;
     let reply = upload(&client, DE, Some(&issuer.ec(&claims("acme")))).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+
+    std::fs::write(&jwks_path, r#"{"keys": []}"#).unwrap();
+    let ec_token = issuer.ec(&claims("acme"));
+    eventually("the emptied key set revokes every key", async || {
+        upload(&client, DE, Some(&ec_token)).await.status == 401
+    })
+    .await;
+    let reply = upload(&client, DE, Some(&ec_token)).await;
     assert_eq!(reply.status, 401, "{reply:?}");
     assert_eq!(reply.json()["error"], "invalid_tenant_token");
     proxy.stop().await;
