@@ -36,6 +36,8 @@ window.addEventListener("hashchange", () => {
   if (key !== pinnedKey || witnesses.join(" ") !== pinnedWitnesses.join(" ")) location.reload();
 });
 let logKey = null; // the vkey in use
+let logId = null; // the same key in its one spelling: what history is kept under
+let historyProven = false; // the last check's log proved it grew from the checkpoint kept
 // Where the pinned key's log is served: "" for the current generation,
 // "generations/<n>/" for one the log rolled past (at its size limit).
 let base = "";
@@ -106,9 +108,24 @@ async function history(vkey, note) {
   const to = claimedSize(note);
   let consistency = [];
   if (from !== null && to !== null && from > 0n && from < to) {
-    consistency = (await (await get(`${base}proof/consistency?from=${from}&to=${to}`)).json()).hashes;
+    try {
+      consistency = (await (await get(`${base}proof/consistency?from=${from}&to=${to}`)).json()).hashes;
+    } catch (e) {
+      // A log that does not prove it only grew has not proven it.
+      return { before, inputs: {}, unproven: e.message };
+    }
   }
   return { before, inputs: { previous: before.note, consistency } };
+}
+
+// A verifier key as one spelling (its key id in lower case), or the text
+// itself if it does not parse: two spellings of one key are one key.
+async function canonical(vkey) {
+  try {
+    return (await parseVkey(vkey, 0x01)).canonical;
+  } catch {
+    return vkey;
+  }
 }
 
 function seenOn(before) {
@@ -129,7 +146,14 @@ async function generationOf(vkey) {
     throw e; // could not ask: not the same as "not a sealed generation"
   }
   const { generations } = await response.json();
-  const found = generations.find((g) => g.sealed && g.key === vkey) ?? null;
+  const wanted = await canonical(vkey);
+  let found = null;
+  for (const g of generations) {
+    if (g.sealed && (await canonical(g.key)) === wanted) {
+      found = g;
+      break;
+    }
+  }
   // Only a prefix of the log's own form: anything else is not followed.
   if (found && !/^\/generations\/[0-9]+\/$/.test(found.prefix)) {
     throw new Error(`the log lists generation ${found.generation} under the prefix ${JSON.stringify(found.prefix)}, not /generations/<n>/`);
@@ -146,13 +170,14 @@ async function showLog() {
   // sealed one's records are checked under its prefix, never against the
   // current checkpoint. Until then `logKey` stays unset, so a check tries
   // again and says it could not check if the log still cannot tell.
-  const sealed = pinnedKey && wanted !== served ? await generationOf(wanted) : null;
+  const same = (await canonical(wanted)) === (await canonical(served));
+  const sealed = pinnedKey && !same ? await generationOf(wanted) : null;
   logKey = wanted;
   if (sealed) {
     base = sealed.prefix.replace(/^\//, "");
     say("key-source", "Pinned in this link: generation ", String(sealed.generation), " of this log, sealed at ",
       String(sealed.size), " records. The log now writes under another origin, with the key ", el("code", {}, served), ".");
-  } else if (pinnedKey && logKey !== served) {
+  } else if (pinnedKey && !same) {
     say("key-source", el("strong", { class: "warn-text" }, "Pinned in this link, and not the key this server presents now: "),
       el("code", {}, served), ". Every check below uses the pinned key.");
   } else if (pinnedKey) {
@@ -164,6 +189,7 @@ async function showLog() {
   let key;
   try {
     key = await parseVkey(logKey, 0x01);
+    logId = key.canonical;
     say("log-name", key.name);
   } catch (e) {
     say("log-name", el("span", { class: "bad-text" }, `The key is not usable: ${e.message}`));
@@ -171,7 +197,7 @@ async function showLog() {
   }
   const response = await get(`${base}checkpoint`);
   const note = await response.text();
-  const { before, inputs } = await history(logKey, note);
+  const { before, inputs, unproven } = await history(logId, note);
   const verdict = await check({ key: logKey, checkpoint: note, ...inputs });
   if (!verdict.valid && (verdict.step === "key" || verdict.step === "checkpoint")) {
     say("log-checkpoint", el("span", { class: "bad-text" }, `Does not verify: ${verdict.message}`));
@@ -186,18 +212,22 @@ async function showLog() {
     say("log-checkpoint", parts.join(""));
   }
   await showWitnesses(note);
-  if (!verdict.valid && (verdict.step === "previous_checkpoint" || verdict.step === "consistency")) {
+  if (unproven !== undefined) {
+    $("history").className = "bad";
+    say("history", el("strong", {}, "Could not check that this log only grew"),
+      ` since this browser last saw it on ${seenOn(before)}: ${unproven}. This browser keeps the checkpoint it saw before.`);
+  } else if (!verdict.valid && (verdict.step === "previous_checkpoint" || verdict.step === "consistency")) {
     $("history").className = "bad";
     say("history", el("strong", {}, "This log's history changed since this browser last saw it"),
       ` on ${seenOn(before)}: ${verdict.message}. A log may only grow; keep a copy of this page as evidence and tell the operator. This browser keeps the checkpoint it saw before.`);
   } else if (verdict.valid && before) {
     $("history").className = "ok-text";
     say("history", `The log only grew since this browser last saw it on ${seenOn(before)}: consistency proven.`);
-    remember(logKey, note);
+    remember(logId, note);
   } else if (verdict.valid) {
     $("history").className = "";
     say("history", "This browser had not seen this log before; it keeps this checkpoint, to check on the next visit that the log only grew.");
-    remember(logKey, note);
+    remember(logId, note);
   }
 }
 
@@ -288,7 +318,10 @@ async function inputsFor(text) {
   if (index !== null && size !== null && index < size) {
     inputs.inclusion = (await (await get(`${base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
   }
-  Object.assign(inputs, (await history(logKey, note)).inputs);
+  const { inputs: seen, unproven } = await history(logId, note);
+  Object.assign(inputs, seen);
+  // Kept only when the log proved it grew from the one kept before.
+  historyProven = unproven === undefined;
   const file = $("file").files[0];
   if (file) {
     say("verdict", `Hashing ${file.name} in this browser…`);
@@ -342,7 +375,7 @@ async function onSubmit(event) {
     if (verdict.valid) {
       box.className = "ok";
       say("verdict", el("strong", {}, `${verdict.sentence} — verified`));
-      remember(logKey, inputs.checkpoint);
+      if (historyProven) remember(logId, inputs.checkpoint);
     } else {
       box.className = "bad";
       box.dataset.step = verdict.step;

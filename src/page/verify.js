@@ -142,7 +142,9 @@ export async function parseVkey(vkey, alg) {
   if (hex(id) !== idHex.toLowerCase()) {
     throw new Error(`verifier key ${JSON.stringify(vkey)} claims key id ${idHex.toLowerCase()}, but its name and public key give ${hex(id)}`);
   }
-  return { name, keyId: id, publicKey, vkey };
+  // One key, one spelling: the key id in lower case (the base64 is
+  // canonical already: unbase64 takes no other).
+  return { name, keyId: id, publicKey, vkey, canonical: `${name}+${hex(id)}+${b64}` };
 }
 
 function splitNote(note) {
@@ -304,31 +306,151 @@ export function unsignedReceipt(log, index, recordText) {
   return `v=1, log="${log}", index=${index}, record=:${base64(UTF8.encode(recordText))}:`;
 }
 
+// A key given twice in one object.
+class RepeatedField extends Error {
+  constructor(field) {
+    super(`the field \`${field}\` is repeated`);
+    this.field = field;
+  }
+}
+
+// A number with a fraction or an exponent, kept as written: serde_json
+// reads none of them as an integer field (`1.0` is not a `u8`).
+class JsonFloat {
+  constructor(text) {
+    this.text = text;
+  }
+}
+
+// JSON read as serde_json reads a record (the Rust reader `verify` uses):
+// a key repeated in an object is an error (serde: "duplicate field"), a
+// lone surrogate in a string is an error, integers past 2^53 are BigInts,
+// other numbers JsonFloats. JSON.parse would keep a repeated key's last
+// value, where another reader may keep its first.
+function strictJson(text) {
+  let i = 0;
+  const fail = (what) => {
+    throw new Error(`${what} at character ${i}`);
+  };
+  const token = (re) => {
+    re.lastIndex = i;
+    const m = re.exec(text);
+    if (m) i = re.lastIndex;
+    return m;
+  };
+  const WS = /[ \t\n\r]*/y;
+  const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+  const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+  const LITERAL = /true|false|null/y;
+  const string = () => {
+    const m = token(STRING);
+    if (!m) fail("a malformed string");
+    const s = JSON.parse(m[0]);
+    if (typeof s.isWellFormed === "function" && !s.isWellFormed()) fail("a lone surrogate in a string");
+    return s;
+  };
+  const value = (depth) => {
+    if (depth > 128) fail("nesting too deep"); // serde_json's limit
+    token(WS);
+    if (text[i] === "{" || text[i] === "[") {
+      const object = text[i] === "{";
+      const close = object ? "}" : "]";
+      const out = object ? {} : [];
+      const seen = new Set();
+      i++;
+      token(WS);
+      if (text[i] === close) {
+        i++;
+        return out;
+      }
+      for (;;) {
+        if (object) {
+          token(WS);
+          const key = string();
+          if (seen.has(key)) throw new RepeatedField(key);
+          seen.add(key);
+          token(WS);
+          if (text[i] !== ":") fail("expected ':'");
+          i++;
+          // A key such as `__proto__` is a field like any other.
+          Object.defineProperty(out, key, { value: value(depth + 1), enumerable: true, writable: true, configurable: true });
+        } else {
+          out.push(value(depth + 1));
+        }
+        token(WS);
+        if (text[i] === ",") {
+          i++;
+          continue;
+        }
+        if (text[i] === close) {
+          i++;
+          return out;
+        }
+        fail(`expected ',' or '${close}'`);
+      }
+    }
+    if (text[i] === '"') return string();
+    const literal = token(LITERAL);
+    if (literal) return JSON.parse(literal[0]);
+    const number = token(NUMBER);
+    if (number) {
+      if (number[1] || number[2]) return new JsonFloat(number[0]);
+      const n = Number(number[0]);
+      return Number.isSafeInteger(n) ? n : BigInt(number[0]);
+    }
+    fail("an unexpected character");
+  };
+  const out = value(0);
+  token(WS);
+  if (i !== text.length) fail("trailing characters");
+  return out;
+}
+
+// A decision record, read as the Rust reader reads it (serde, crates/log
+// record.rs): exactly its fields, each of its type; a field that may be
+// null may also be absent (and reads as null).
 function parseRecord(bytes) {
+  // In the words of `verify` (verdict.rs, record_error).
+  const refuse = (why) => new Error(`the receipt's record: ${why}`);
   let record;
   try {
-    record = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    record = strictJson(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes));
   } catch (e) {
-    throw new Error(`the receipt's record: ${e.message}`);
+    throw refuse(e instanceof RepeatedField ? `the field \`${e.field}\` is repeated` : "not JSON");
   }
   const str = (v) => typeof v === "string";
-  const opt = (v) => v === null || str(v);
-  const u64 = (v) => Number.isSafeInteger(v) && v >= 0;
+  const optStr = (v) => v === undefined || v === null || str(v);
+  const obj = (v) => v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof JsonFloat);
+  const u64 = (v) => (Number.isSafeInteger(v) && v >= 0) || (typeof v === "bigint" && v >= 0n && v < 2n ** 64n);
+  const upTo = (max) => (v) => Number.isSafeInteger(v) && v >= 0 && v <= max;
+  const absent = (v) => v === undefined || v === null;
   // Only the fields a record has (the Rust reader refuses others).
-  const only = (o, names) => o && typeof o === "object" && Object.keys(o).every((k) => names.includes(k));
+  const only = (o, names) => obj(o) && Object.keys(o).every((k) => names.includes(k));
   const fields = ["v", "request_id", "time", "outcome", "reason", "client", "country", "jurisdiction",
     "datacenter", "upstream_status", "body", "policy_sha256", "geoip", "tenant", "summary"];
   const known = only(record, fields) && only(record.client, ["source", "address"]) &&
-    only(record.geoip, ["build_epoch", "sha256"]) && (record.body == null || only(record.body, ["sha256", "bytes"])) &&
-    (record.tenant == null || only(record.tenant, ["name", "source", "origin_jurisdiction"])) &&
-    (record.summary == null || only(record.summary, ["count", "request_ids_sha256", "first", "last"]));
-  if (!known) throw new Error("the receipt's record: not a decision record (a field no record has)");
-  const ok = record && typeof record === "object" && Number.isInteger(record.v) && record.v >= 0 && record.v <= 255 &&
-    str(record.request_id) && str(record.time) && ["stored", "rejected", "refused"].includes(record.outcome) &&
-    record.client && typeof record.client === "object" && opt(record.country) && opt(record.jurisdiction) &&
-    opt(record.datacenter) && str(record.policy_sha256) && record.geoip && typeof record.geoip === "object" &&
-    (record.body === null || (record.body && str(record.body.sha256) && u64(record.body.bytes)));
-  if (!ok) throw new Error("the receipt's record: not a decision record");
+    only(record.geoip, ["build_epoch", "sha256"]) && (absent(record.body) || only(record.body, ["sha256", "bytes"])) &&
+    (absent(record.tenant) || only(record.tenant, ["name", "source", "origin_jurisdiction"])) &&
+    (absent(record.summary) || only(record.summary, ["count", "request_ids_sha256", "first", "last"]));
+  if (!known) throw refuse("not a decision record");
+  const { client, body, geoip, tenant, summary } = record;
+  const ok = upTo(255)(record.v) && str(record.request_id) && str(record.time) &&
+    ["stored", "rejected", "refused"].includes(record.outcome) && optStr(record.reason) &&
+    optStr(client.source) && optStr(client.address) &&
+    optStr(record.country) && optStr(record.jurisdiction) && optStr(record.datacenter) &&
+    (absent(record.upstream_status) || upTo(65535)(record.upstream_status)) &&
+    (absent(body) || (str(body.sha256) && u64(body.bytes))) &&
+    str(record.policy_sha256) && u64(geoip.build_epoch) && str(geoip.sha256) &&
+    (absent(tenant) || (str(tenant.name) && str(tenant.source) && optStr(tenant.origin_jurisdiction))) &&
+    (absent(summary) || (u64(summary.count) && str(summary.request_ids_sha256) && str(summary.first) && str(summary.last)));
+  if (!ok) throw refuse("not a decision record");
+  for (const name of ["reason", "country", "jurisdiction", "datacenter", "upstream_status", "body", "tenant", "summary"]) {
+    if (record[name] === undefined) record[name] = null;
+  }
+  for (const name of ["source", "address"]) {
+    if (client[name] === undefined) client[name] = null;
+  }
+  if (tenant && tenant.origin_jurisdiction === undefined) tenant.origin_jurisdiction = null;
   return record;
 }
 
@@ -629,7 +751,7 @@ function checkFile(inputs, record) {
   const file = inputs.file;
   if (!file) return;
   if (!record.body) fail("file", "the record holds no digest of the upload");
-  if (file.bytes !== record.body.bytes) {
+  if (BigInt(file.bytes) !== BigInt(record.body.bytes)) {
     fail("file", `your file is ${file.bytes} bytes; the upload the record describes was ${record.body.bytes} bytes`);
   }
   if (file.sha256.toLowerCase() !== record.body.sha256.toLowerCase()) {

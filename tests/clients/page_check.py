@@ -17,6 +17,7 @@ The scenario names a `phase`:
   key pinned (a receipt and a request id of it), then the current one's.
 - `generations_unavailable`: the sealed generation's key pinned while the
   log's `/generations` fails: the log panel and a receipt's verdict.
+- `visit`: the key pinned as the link spells it: the history line.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
   verdict on a receipt from the new log.
@@ -235,6 +236,20 @@ def second(s, driver, out):
     full_shot(driver, shots / "page-history-rewritten.png", 1100)
 
 
+def visit(s, driver, out):
+    """The page opened with the key pinned as the link spells it: what it
+    says about this browser's history with the log."""
+    driver.get(pinned(s["base"], s["key"]))
+    driver.refresh()
+    loaded(driver)
+    history = wait_for(
+        driver,
+        "the history line",
+        lambda: (lambda e: e if e.text else None)(driver.find_element(By.ID, "history")),
+    )
+    out["history"] = {"text": history.text, "class": history.get_attribute("class")}
+
+
 def generations(s, driver, out):
     """A log that rolled: the sealed generation's key pinned, then the
     current one's."""
@@ -289,6 +304,7 @@ def main() -> int:
             "witnessed": witnessed,
             "generations": generations,
             "generations_unavailable": generations_unavailable,
+            "visit": visit,
         }
         phases[s["phase"]](s, driver, out)
         out["console"] = chromium.console(driver)

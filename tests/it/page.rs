@@ -422,37 +422,52 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
 /// A front for the log listener at `log` that answers `/generations` with
 /// 503 and passes every other request on, byte for byte.
 async fn front_failing_generations(log: std::net::SocketAddr) -> std::net::SocketAddr {
+    let failing = std::sync::Arc::new(std::sync::Mutex::new(vec!["/generations"]));
+    front_failing(log, failing).await
+}
+
+/// A front for the log listener at `log` that answers the paths in
+/// `failing` (as it is at each request) with 503 and passes every other
+/// request on, byte for byte.
+async fn front_failing(
+    log: std::net::SocketAddr,
+    failing: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+) -> std::net::SocketAddr {
     use http_body_util::{BodyExt, Empty, Full};
     use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(
-                move |req: http::Request<hyper::body::Incoming>| async move {
-                    if req.uri().path() == "/generations" {
-                        let body =
-                            Full::new(bytes::Bytes::from_static(b"{\"error\":\"unavailable\"}"));
-                        return Ok::<_, hyper::Error>(
-                            http::Response::builder().status(503).body(body).unwrap(),
-                        );
-                    }
-                    let stream = tokio::net::TcpStream::connect(log).await.unwrap();
-                    let (mut send, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
+            let failing = failing.clone();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let fails = failing.lock().unwrap().contains(&req.uri().path());
+                    async move {
+                        if fails {
+                            let body = Full::new(bytes::Bytes::from_static(
+                                b"{\"error\":\"unavailable\"}",
+                            ));
+                            return Ok::<_, hyper::Error>(
+                                http::Response::builder().status(503).body(body).unwrap(),
+                            );
+                        }
+                        let stream = tokio::net::TcpStream::connect(log).await.unwrap();
+                        let (mut send, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                .await
+                                .unwrap();
+                        tokio::spawn(conn);
+                        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                        let mut forward = http::Request::get(target)
+                            .body(Empty::<bytes::Bytes>::new())
                             .unwrap();
-                    tokio::spawn(conn);
-                    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let mut forward = http::Request::get(target)
-                        .body(Empty::<bytes::Bytes>::new())
-                        .unwrap();
-                    *forward.headers_mut() = req.headers().clone();
-                    let (parts, body) = send.send_request(forward).await?.into_parts();
-                    let body = body.collect().await?.to_bytes();
-                    Ok(http::Response::from_parts(parts, Full::new(body)))
-                },
-            );
+                        *forward.headers_mut() = req.headers().clone();
+                        let (parts, body) = send.send_request(forward).await?.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        Ok(http::Response::from_parts(parts, Full::new(body)))
+                    }
+                });
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -496,6 +511,100 @@ async fn the_page_cannot_check_a_sealed_generation_it_cannot_find() {
     assert!(verdict.starts_with("Could not check:"), "{seen}");
     assert_eq!(seen["verdict"]["class"], "bad", "{seen}");
     same_origin_only(&seen, &format!("http://{front}"));
+    proxy.stop().await;
+}
+
+/// The history this browser keeps is the key's, however the link spells
+/// it (a key id in upper case is the same key), and a log that does not
+/// prove it only grew since the checkpoint kept is warned about, the one
+/// kept kept: never "had not seen this log", never nothing.
+#[tokio::test]
+async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
+    let work = TempDir::new("page-history");
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let log = proxy.log_addr.unwrap();
+    let failing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let front = front_failing(log, failing.clone()).await;
+    let (_, key) = proxy.log_get("/key").await;
+    let key = key.trim().to_string();
+    let upper = {
+        let mut parts: Vec<String> = key.split('+').map(str::to_string).collect();
+        parts[1] = parts[1].to_uppercase();
+        parts.join("+")
+    };
+    assert_ne!(upper, key);
+    let grown = async |n: u64| {
+        for i in 0..2 {
+            upload(&proxy, CH, &format!("cpu=0.{n}{i}")).await;
+        }
+        eventually("a checkpoint of the new records", async || {
+            let (_, note) = proxy.log_get("/checkpoint").await;
+            note.lines().nth(1) == Some(&(n + 2).to_string())
+        })
+        .await;
+    };
+    let visit = async |key: &str| {
+        browse(
+            json!({
+                "phase": "visit",
+                "base": format!("http://{front}/"),
+                "key": key,
+                "profile": work.path().join("profile"),
+                "shots": shots_dir(),
+            }),
+            work.path(),
+        )
+        .await
+    };
+    grown(0).await;
+    let seen = visit(&key).await;
+    assert!(
+        seen["history"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("This browser had not seen this log before"),
+        "{seen}"
+    );
+    grown(2).await;
+    let seen = visit(&upper).await;
+    assert_eq!(seen["history"]["class"], "ok-text", "{seen}");
+    assert!(
+        seen["history"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("The log only grew since this browser last saw it"),
+        "{seen}"
+    );
+    grown(4).await;
+    failing.lock().unwrap().push("/proof/consistency");
+    let seen = visit(&key).await;
+    assert_eq!(seen["history"]["class"], "bad", "{seen}");
+    assert!(
+        seen["history"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Could not check that this log only grew"),
+        "{seen}"
+    );
+    // The checkpoint kept is still the one proven: once the log proves
+    // again, it proves from there.
+    failing.lock().unwrap().clear();
+    let seen = visit(&key).await;
+    assert_eq!(seen["history"]["class"], "ok-text", "{seen}");
+    assert!(
+        seen["history"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("(4 records)"),
+        "{seen}"
+    );
+    same_origin_only(&seen, &format!("http://{front}"));
+    clean_console(&seen, None);
     proxy.stop().await;
 }
 

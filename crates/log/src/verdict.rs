@@ -287,8 +287,8 @@ fn check_receipt(
             ),
         );
     }
-    let record = Record::from_bytes(&receipt.record)
-        .or_else(|e| fail(Step::Receipt, format!("the receipt's record: {e}")))?;
+    let record =
+        Record::from_bytes(&receipt.record).or_else(|e| fail(Step::Receipt, record_error(&e)))?;
     if let Some(id) = request_id.filter(|id| *id != record.request_id) {
         return fail(
             Step::Receipt,
@@ -439,6 +439,28 @@ fn check_witnesses(inputs: &Inputs, note: &str) -> Result<Option<String>, Failur
         keys.len(),
         valid.join(", ")
     )))
+}
+
+/// Why a receipt's record is not a decision record, in words the page
+/// (verify.js) gives too: not JSON, a field repeated (which JSON readers
+/// settle differently: the first or the last), or anything else serde
+/// refuses (a field no record has, one of another type, one missing).
+fn record_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let why = match e.classify() {
+        Category::Data => {
+            let text = e.to_string();
+            match text
+                .strip_prefix("duplicate field `")
+                .and_then(|rest| rest.split_once('`'))
+            {
+                Some((field, _)) => format!("the field `{field}` is repeated"),
+                None => "not a decision record".to_string(),
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => "not JSON".to_string(),
+    };
+    format!("the receipt's record: {why}")
 }
 
 fn check_consistency(
