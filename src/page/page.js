@@ -42,9 +42,46 @@ let historyProven = false; // the last check's log proved it grew from the check
 // "generations/<n>/" for one the log rolled past (at its size limit).
 let base = "";
 
+// The most of one answer the page reads: a log's answers are a few KiB (a
+// record at most 64 KiB, a note at most 1 MiB); a log that sends more is
+// not read to its end (a hostile one could fill the tab's memory).
+const MAX_ANSWER = 2 * 1024 * 1024;
+
+// An answer's body, read up to MAX_ANSWER.
+async function bounded(response, path) {
+  const tooLarge = () => new Error(`${path}: the log's answer is larger than the ${MAX_ANSWER} bytes this page reads`);
+  if (Number(response.headers.get("content-length")) > MAX_ANSWER) {
+    await response.body?.cancel();
+    throw tooLarge();
+  }
+  const chunks = [];
+  let total = 0;
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.length;
+      if (total > MAX_ANSWER) {
+        await reader.cancel();
+        throw tooLarge();
+      }
+      chunks.push(value);
+    }
+  }
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  const text = new TextDecoder().decode(bytes);
+  return { status: response.status, headers: response.headers, text: async () => text, json: async () => JSON.parse(text) };
+}
+
 async function get(path) {
-  const response = await fetch(path, { cache: "no-store", credentials: "omit" });
-  if (!response.ok) {
+  const response = await bounded(await fetch(path, { cache: "no-store", credentials: "omit" }), path);
+  if (response.status < 200 || response.status > 299) {
     let why = `HTTP ${response.status}`;
     try {
       why = (await response.json()).error ?? why;

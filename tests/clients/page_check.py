@@ -18,6 +18,7 @@ The scenario names a `phase`:
 - `generations_unavailable`: the sealed generation's key pinned while the
   log's `/generations` fails: the log panel and a receipt's verdict.
 - `visit`: the key pinned as the link spells it: the history line.
+- `log_section`: the key pinned: what the log section says.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
   verdict on a receipt from the new log.
@@ -238,9 +239,9 @@ def second(s, driver, out):
 
 def visit(s, driver, out):
     """The page opened with the key pinned as the link spells it: what it
-    says about this browser's history with the log."""
+    says about this browser's history with the log. (One load: a reload
+    would find the checkpoint the first one kept.)"""
     driver.get(pinned(s["base"], s["key"]))
-    driver.refresh()
     loaded(driver)
     history = wait_for(
         driver,
@@ -248,6 +249,18 @@ def visit(s, driver, out):
         lambda: (lambda e: e if e.text else None)(driver.find_element(By.ID, "history")),
     )
     out["history"] = {"text": history.text, "class": history.get_attribute("class")}
+
+
+def log_section(s, driver, out):
+    """The page opened with the key pinned: what its log section says."""
+    driver.get(pinned(s["base"], s["key"]))
+    out["checkpoint"] = wait_for(
+        driver,
+        "the log section",
+        lambda: (lambda t: t if t not in ("", "loading…") else None)(
+            driver.find_element(By.ID, "log-checkpoint").text
+        ),
+    )
 
 
 def generations(s, driver, out):
@@ -305,6 +318,7 @@ def main() -> int:
             "generations": generations,
             "generations_unavailable": generations_unavailable,
             "visit": visit,
+            "log_section": log_section,
         }
         phases[s["phase"]](s, driver, out)
         out["console"] = chromium.console(driver)

@@ -427,8 +427,9 @@ async fn front_failing_generations(log: std::net::SocketAddr) -> std::net::Socke
 }
 
 /// A front for the log listener at `log` that answers the paths in
-/// `failing` (as it is at each request) with 503 and passes every other
-/// request on, byte for byte.
+/// `failing` (as it is at each request) with 503, those given as
+/// `huge:<path>` with 64 MiB, and passes every other request on, byte for
+/// byte.
 async fn front_failing(
     log: std::net::SocketAddr,
     failing: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
@@ -442,8 +443,17 @@ async fn front_failing(
             let failing = failing.clone();
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let fails = failing.lock().unwrap().contains(&req.uri().path());
+                    let faults = failing.lock().unwrap().clone();
+                    let path = req.uri().path().to_string();
+                    let fails = faults.contains(&path.as_str());
+                    let huge = faults
+                        .iter()
+                        .any(|f| f.strip_prefix("huge:") == Some(&path));
                     async move {
+                        if huge {
+                            let body = Full::new(bytes::Bytes::from(vec![b'a'; 64 << 20]));
+                            return Ok(http::Response::builder().status(200).body(body).unwrap());
+                        }
                         if fails {
                             let body = Full::new(bytes::Bytes::from_static(
                                 b"{\"error\":\"unavailable\"}",
@@ -605,6 +615,41 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     );
     same_origin_only(&seen, &format!("http://{front}"));
     clean_console(&seen, None);
+    proxy.stop().await;
+}
+
+/// A log (or what poses as one) that answers with more than any answer of
+/// a log holds is not read to its end: the page says so, its tab's memory
+/// stays its own.
+#[tokio::test]
+async fn the_page_reads_no_more_than_a_log_answer_may_hold() {
+    let work = TempDir::new("page-huge");
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let (_, key) = proxy.log_get("/key").await;
+    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec!["huge:/checkpoint"]));
+    let front = front_failing(proxy.log_addr.unwrap(), faults).await;
+    let seen = browse(
+        json!({
+            "phase": "log_section",
+            "base": format!("http://{front}/"),
+            "key": key.trim(),
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let text = seen["checkpoint"].as_str().unwrap();
+    assert!(
+        text.starts_with("Could not read the log:")
+            && text.contains("larger than the 2097152 bytes this page reads"),
+        "{seen}"
+    );
     proxy.stop().await;
 }
 
