@@ -531,12 +531,24 @@ async fn the_page_cannot_check_a_sealed_generation_it_cannot_find() {
 #[tokio::test]
 async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     let work = TempDir::new("page-history");
-    let proxy = Proxy::start(Setup {
-        transparency: Some(String::new()),
-        log_port: Some(free_port()),
-        ..Setup::default()
-    })
-    .await;
+    // A key whose id has a letter, so that upper case spells it otherwise
+    // (one in about 43 ids is digits only).
+    let pkcs8 = loop {
+        let pkcs8 = Signer::generate_pkcs8().unwrap();
+        let key = Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
+            .unwrap()
+            .verifier_key();
+        if key
+            .split('+')
+            .nth(1)
+            .unwrap()
+            .bytes()
+            .any(|b| b.is_ascii_alphabetic())
+        {
+            break pkcs8;
+        }
+    };
+    let proxy = log_proxy(&pkcs8, free_port()).await;
     let log = proxy.log_addr.unwrap();
     let failing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let front = front_failing(log, failing.clone()).await;
