@@ -503,19 +503,17 @@ impl RequestMetrics {
     }
 
     /// The `residency_request_body_bytes_total` child of `jurisdiction`.
-    pub fn body_bytes(
-        &self,
+    pub fn body_bytes<'a>(
+        &'a self,
         metrics: &Metrics,
         policy: &Policy,
         jurisdiction: Option<JurisdictionId>,
-    ) -> IntCounter {
+    ) -> &'a IntCounter {
         let j = jurisdiction.map_or(self.duration.len() - 1, |j| j.0);
-        self.body_bytes[j]
-            .get_or_init(|| {
-                let label = jurisdiction.map_or(NONE, |j| policy.jurisdiction(j).name.as_str());
-                metrics.request_body_bytes.with_label_values(&[label])
-            })
-            .clone()
+        self.body_bytes[j].get_or_init(|| {
+            let label = jurisdiction.map_or(NONE, |j| policy.jurisdiction(j).name.as_str());
+            metrics.request_body_bytes.with_label_values(&[label])
+        })
     }
 
     /// One request answered: `residency_requests_total`,
@@ -549,8 +547,7 @@ impl RequestMetrics {
             .get_or_init(|| metrics.request_duration.with_label_values(&[j_label()]))
             .observe(seconds);
         if body_bytes > 0 {
-            self.body_bytes[j]
-                .get_or_init(|| metrics.request_body_bytes.with_label_values(&[j_label()]))
+            self.body_bytes(metrics, policy, jurisdiction)
                 .inc_by(body_bytes);
         }
     }

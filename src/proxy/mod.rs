@@ -263,9 +263,12 @@ async fn respond(
             // Counted now, and what an upstream reads after it answered
             // when the body is done.
             let bytes = slot.bytes_counting_rest(|| {
-                let policy = &state.config.policy;
-                let metrics = &instance.metrics;
-                (state.request_metrics).body_bytes(metrics, policy, findings.jurisdiction)
+                let (metrics, policy) = (&instance.metrics, &state.config.policy);
+                let counter =
+                    state
+                        .request_metrics
+                        .body_bytes(metrics, policy, findings.jurisdiction);
+                counter.clone()
             });
             match receipt {
                 Ok(receipt) => (Ok(resp), bytes, receipt, true),

@@ -583,48 +583,45 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
         )
         .await
     };
+    // What the history line says: its class and its text.
+    let history = |seen: &Value| {
+        let line = &seen["history"];
+        (
+            line["class"].as_str().unwrap().to_string(),
+            line["text"].as_str().unwrap().to_string(),
+        )
+    };
     grown(0).await;
     let seen = visit(&key).await;
+    let (_, text) = history(&seen);
     assert!(
-        seen["history"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("This browser had not seen this log before"),
+        text.starts_with("This browser had not seen this log before"),
         "{seen}"
     );
     grown(2).await;
     let seen = visit(&upper).await;
-    assert_eq!(seen["history"]["class"], "ok-text", "{seen}");
+    let (class, text) = history(&seen);
+    assert_eq!(class, "ok-text", "{seen}");
     assert!(
-        seen["history"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("The log only grew since this browser last saw it"),
+        text.starts_with("The log only grew since this browser last saw it"),
         "{seen}"
     );
     grown(4).await;
     failing.lock().unwrap().push("/proof/consistency");
     let seen = visit(&key).await;
-    assert_eq!(seen["history"]["class"], "bad", "{seen}");
+    let (class, text) = history(&seen);
+    assert_eq!(class, "bad", "{seen}");
     assert!(
-        seen["history"]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("Could not check that this log only grew"),
+        text.starts_with("Could not check that this log only grew"),
         "{seen}"
     );
     // The checkpoint kept is still the one proven: once the log proves
     // again, it proves from there.
     failing.lock().unwrap().clear();
     let seen = visit(&key).await;
-    assert_eq!(seen["history"]["class"], "ok-text", "{seen}");
-    assert!(
-        seen["history"]["text"]
-            .as_str()
-            .unwrap()
-            .contains("(4 records)"),
-        "{seen}"
-    );
+    let (class, text) = history(&seen);
+    assert_eq!(class, "ok-text", "{seen}");
+    assert!(text.contains("(4 records)"), "{seen}");
     same_origin_only(&seen, &format!("http://{front}"));
     clean_console(&seen, None);
     proxy.stop().await;

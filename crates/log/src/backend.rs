@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::merkle::Hash;
-use crate::note::NoteError;
+use crate::note::{Checkpoint, NoteError, Signer};
+use crate::settings::Transparency;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -243,6 +244,27 @@ pub(crate) fn id_key(id: &str) -> u128 {
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest.as_ref()[..16]);
     u128::from_be_bytes(first)
+}
+
+/// The log's checkpoint of the tree of `size` entries with `root`, signed
+/// with its key (a signing failure names the key's file).
+pub(crate) fn sign_checkpoint(
+    settings: &Transparency,
+    signer: &Signer,
+    size: u64,
+    root: Hash,
+) -> Result<String, LogError> {
+    Checkpoint {
+        origin: settings.origin.clone(),
+        size,
+        root,
+        extensions: Vec::new(),
+    }
+    .sign(signer)
+    .map_err(|source| LogError::Key {
+        path: settings.signing_key.display().to_string(),
+        source,
+    })
 }
 
 pub(crate) fn unix_now() -> i64 {

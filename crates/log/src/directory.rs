@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use redb::{ReadableDatabase, TableDefinition};
 
-use crate::backend::{cosign, id_key, unix_now, LogError, LogMetrics, Published};
+use crate::backend::{cosign, id_key, sign_checkpoint, unix_now, LogError, LogMetrics, Published};
 use crate::disk::{self, Disk};
 use crate::edge::{self, Edge};
 use crate::merkle::{self, Hash};
@@ -966,18 +966,7 @@ impl Core {
             latest.size
         };
         let root = edge.root();
-        let checkpoint = Checkpoint {
-            origin: self.settings.origin.clone(),
-            size,
-            root,
-            extensions: Vec::new(),
-        };
-        let note = checkpoint
-            .sign(&self.signer)
-            .map_err(|source| LogError::Key {
-                path: self.settings.signing_key.display().to_string(),
-                source,
-            })?;
+        let note = sign_checkpoint(&self.settings, &self.signer, size, root)?;
         let path = self.disk.dir().join(CHECKPOINT);
         self.disk
             .write(&path, note.as_bytes(), true)
@@ -1064,29 +1053,8 @@ impl Core {
     /// harmless: tlog-tiles lets a log serve more partials than it must):
     /// each file that does not hold what it must is written, synced.
     fn restore_partials(&self, edge: &Edge) {
-        let mut tiles: Vec<(Tile, Vec<u8>)> = Vec::new();
-        for (tile, hashes) in edge.partials() {
-            for width in 1..=tile.width {
-                let tile = Tile { width, ..tile };
-                tiles.push((tile, hashes[..usize::from(width)].concat()));
-            }
-        }
-        let width = edge.size() % WIDTH;
-        let index = edge.size() / WIDTH;
-        if let Some(bundle) = self.bundle(index).filter(|_| width > 0) {
-            for width in 1..=width as u16 {
-                if let Some(prefix) = disk::bundle_prefix(&bundle, usize::from(width)) {
-                    let tile = Tile {
-                        level: None,
-                        index,
-                        width,
-                    };
-                    tiles.push((tile, prefix.to_vec()));
-                }
-            }
-        }
         let mut rewritten = 0;
-        for (tile, bytes) in tiles {
+        for (tile, bytes) in self.partial_files(edge, true) {
             let path = self.disk.path(tile);
             if self.disk.read(&path).ok().flatten().as_deref() == Some(&bytes[..]) {
                 continue;
@@ -1104,29 +1072,45 @@ impl Core {
         }
     }
 
+    /// The edge's partial tiles and bundle, written for static file servers
+    /// without an fsync.
     fn write_partials(&self, edge: &Edge) {
-        let mut tiles: Vec<(Tile, Vec<u8>)> =
-            edge.partials().map(|(t, h)| (t, h.concat())).collect();
-        let width = edge.size() % WIDTH;
-        if width > 0 {
-            let index = edge.size() / WIDTH;
-            if let Some(bundle) = self.bundle(index) {
-                if let Some(prefix) = disk::bundle_prefix(&bundle, width as usize) {
-                    let tile = Tile {
-                        level: None,
-                        index,
-                        width: width as u16,
-                    };
-                    tiles.push((tile, prefix.to_vec()));
-                }
-            }
-        }
-        for (tile, bytes) in tiles {
+        for (tile, bytes) in self.partial_files(edge, false) {
             let path = self.disk.path(tile);
             if let Err(e) = self.disk.write(&path, &bytes, false) {
                 tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
             }
         }
+    }
+
+    /// The partial tiles (and entry bundle) of the edge's unfinished
+    /// tiles, with their contents: at the edge's widths, or with
+    /// `every_width` at each width from 1 up to them.
+    fn partial_files(&self, edge: &Edge, every_width: bool) -> Vec<(Tile, Vec<u8>)> {
+        let widths = |width: u16| (if every_width { 1 } else { width })..=width;
+        let mut files = Vec::new();
+        for (tile, hashes) in edge.partials() {
+            for width in widths(tile.width) {
+                let tile = Tile { width, ..tile };
+                files.push((tile, hashes[..usize::from(width)].concat()));
+            }
+        }
+        let width = (edge.size() % WIDTH) as u16;
+        let index = edge.size() / WIDTH;
+        // (No bundle to read when the edge is at a tile's end.)
+        if let Some(bundle) = (width > 0).then(|| self.bundle(index)).flatten() {
+            for width in widths(width) {
+                if let Some(prefix) = disk::bundle_prefix(&bundle, usize::from(width)) {
+                    let tile = Tile {
+                        level: None,
+                        index,
+                        width,
+                    };
+                    files.push((tile, prefix.to_vec()));
+                }
+            }
+        }
+        files
     }
 
     /// Moves the ids of records `[.., size)` from memory to the on-disk

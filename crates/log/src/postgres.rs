@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::backend::{cosign, unix_now, LogError, LogMetrics, Published};
+use crate::backend::{cosign, sign_checkpoint, unix_now, LogError, LogMetrics, Published};
 use crate::edge::Edge;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
@@ -402,17 +402,7 @@ impl Fleet {
         // Until a stored checkpoint may be published, the empty tree's,
         // signed: /checkpoint always answers a checkpoint, and one every
         // later checkpoint is consistent with.
-        let empty = Checkpoint {
-            origin: settings.origin.clone(),
-            size: 0,
-            root: merkle::empty_root(),
-            extensions: Vec::new(),
-        }
-        .sign(&signer)
-        .map_err(|source| LogError::Key {
-            path: settings.signing_key.display().to_string(),
-            source,
-        })?;
+        let empty = sign_checkpoint(settings, &signer, 0, merkle::empty_root())?;
         let shared = Arc::new(Shared {
             settings: settings.clone(),
             pg: pg.clone(),
@@ -1063,17 +1053,7 @@ impl Shared {
                 tiles.push((tile_level(tile), tile.index as i64, hashes.concat()));
             }
             let root = edge.root();
-            let note = Checkpoint {
-                origin: self.settings.origin.clone(),
-                size: to,
-                root,
-                extensions: Vec::new(),
-            }
-            .sign(&self.signer)
-            .map_err(|source| LogError::Key {
-                path: self.settings.signing_key.display().to_string(),
-                source,
-            })?;
+            let note = sign_checkpoint(&self.settings, &self.signer, to, root)?;
             let expected = integrator.stored.map_or(-1, |s| s as i64);
             let transaction = async {
                 let txn = client.transaction().await?;

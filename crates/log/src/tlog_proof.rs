@@ -112,8 +112,9 @@ mod tests {
     use crate::merkle::Tree;
     use crate::note::Signer;
 
-    #[test]
-    fn a_proof_round_trips_and_verifies() {
+    /// A log `example.com/log` of 11 entries: its signer and verifier, the
+    /// entries, the tree and its signed checkpoint.
+    fn log_of_eleven() -> (Signer, Verifier, Vec<Vec<u8>>, Tree, String) {
         let signer =
             Signer::from_pkcs8("example.com/log", &Signer::generate_pkcs8().unwrap()).unwrap();
         let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
@@ -130,6 +131,12 @@ mod tests {
         }
         .sign(&signer)
         .unwrap();
+        (signer, verifier, entries, tree, note)
+    }
+
+    #[test]
+    fn a_proof_round_trips_and_verifies() {
+        let (signer, verifier, entries, tree, note) = log_of_eleven();
         let proof = TlogProof {
             extra: Some(b"residency".to_vec()),
             index: 6,
@@ -191,22 +198,7 @@ mod tests {
     /// encoder might get wrong — is refused, in parsing or in verifying.
     #[test]
     fn a_proof_changed_in_form_is_refused() {
-        let signer =
-            Signer::from_pkcs8("example.com/log", &Signer::generate_pkcs8().unwrap()).unwrap();
-        let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
-        let mut tree = Tree::new();
-        let entries: Vec<Vec<u8>> = (0..11u8).map(|i| vec![i; 3]).collect();
-        for e in &entries {
-            tree.push(merkle::leaf_hash(e));
-        }
-        let note = Checkpoint {
-            origin: "example.com/log".into(),
-            size: 11,
-            root: tree.root(),
-            extensions: Vec::new(),
-        }
-        .sign(&signer)
-        .unwrap();
+        let (_, verifier, entries, tree, note) = log_of_eleven();
         let path = tree.inclusion_proof(6, 11).unwrap();
         let proof = |index: u64, path: Vec<Hash>| {
             TlogProof {

@@ -129,10 +129,19 @@ fn hexes(path: &[Hash]) -> Vec<String> {
 }
 
 fn checkpoint(signer: &Signer, tree: &Tree, size: u64) -> String {
+    checkpoint_with_root(
+        signer,
+        size,
+        tree.root_at(size).expect("size within the tree"),
+    )
+}
+
+/// A checkpoint of `size` with `root`, whatever the tree.
+fn checkpoint_with_root(signer: &Signer, size: u64, root: Hash) -> String {
     Checkpoint {
         origin: signer.name().to_string(),
         size,
-        root: tree.root_at(size).expect("size within the tree"),
+        root,
         extensions: vec![],
     }
     .sign(signer)
@@ -228,6 +237,10 @@ pub fn generate() -> Vectors {
         .map(|r| Receipt { index: 3, ..r })
         .expect("a receipt")
         .encode();
+    // A validly signed receipt of leaf 4 with `from` replaced by `to` in
+    // its record.
+    let altered =
+        |from: &[u8], to: &[u8]| receipt(Some(&log_key), index, &replace_once(leaf, from, to));
     let (refusal_index, refusal) = (5, &records[5]);
     let refused = receipt(Some(&log_key), refusal_index, refusal);
     let altered_checkpoint = current.replacen("\n7\n", "\n8\n", 1);
@@ -516,16 +529,7 @@ pub fn generate() -> Vectors {
             "previous_empty_with_another_root",
             "The checkpoint seen before has 0 records but not the empty tree's root.",
             Inputs {
-                previous: Some(
-                    Checkpoint {
-                        origin: log_key.name().to_string(),
-                        size: 0,
-                        root: tree.root_at(1).expect("size within the tree"),
-                        extensions: vec![],
-                    }
-                    .sign(&log_key)
-                    .expect("a valid checkpoint"),
-                ),
+                previous: Some(checkpoint_with_root(&log_key, 0, tree.root_at(1).expect("a root"))),
                 consistency: Some(vec![]),
                 ..stored.clone()
             },
@@ -572,10 +576,9 @@ pub fn generate() -> Vectors {
             "record_with_a_repeated_field",
             "A record naming its data centre twice (a reader keeping the last would say frankfurt, one keeping the first zurich).",
             Inputs {
-                receipt: Some(receipt(
-                    Some(&log_key),
-                    index,
-                    &replace_once(leaf, b"\"datacenter\":\"frankfurt\"", b"\"datacenter\":\"zurich\",\"datacenter\":\"frankfurt\""),
+                receipt: Some(altered(
+                    b"\"datacenter\":\"frankfurt\"",
+                    b"\"datacenter\":\"zurich\",\"datacenter\":\"frankfurt\"",
                 )),
                 ..stored.clone()
             },
@@ -585,7 +588,7 @@ pub fn generate() -> Vectors {
             "record_version_as_a_fraction",
             "A record whose version is written 1.0, not the integer 1.",
             Inputs {
-                receipt: Some(receipt(Some(&log_key), index, &replace_once(leaf, b"{\"v\":1,", b"{\"v\":1.0,"))),
+                receipt: Some(altered(b"{\"v\":1,", b"{\"v\":1.0,")),
                 ..stored.clone()
             },
             Some(Step::Receipt),
@@ -594,10 +597,9 @@ pub fn generate() -> Vectors {
             "record_status_as_text",
             "A record whose data centre's status is text.",
             Inputs {
-                receipt: Some(receipt(
-                    Some(&log_key),
-                    index,
-                    &replace_once(leaf, b"\"upstream_status\":201", b"\"upstream_status\":\"201\""),
+                receipt: Some(altered(
+                    b"\"upstream_status\":201",
+                    b"\"upstream_status\":\"201\"",
                 )),
                 ..stored.clone()
             },
@@ -607,10 +609,9 @@ pub fn generate() -> Vectors {
             "record_tenant_without_a_name",
             "A record with a tenant that has no name.",
             Inputs {
-                receipt: Some(receipt(
-                    Some(&log_key),
-                    index,
-                    &replace_once(leaf, b"\"geoip\":", b"\"tenant\":{\"source\":\"sni\",\"origin_jurisdiction\":null},\"geoip\":"),
+                receipt: Some(altered(
+                    b"\"geoip\":",
+                    b"\"tenant\":{\"source\":\"sni\",\"origin_jurisdiction\":null},\"geoip\":",
                 )),
                 ..stored.clone()
             },
