@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -530,7 +530,8 @@ fn decide_and_forward<'a>(
         let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
             Ok(admitted) => admitted,
             Err(failure) => {
-                let awaiting_continue = req.headers().contains_key(http::header::EXPECT);
+                let awaiting_continue = req.version() > Version::HTTP_10
+                    && req.headers().contains_key(http::header::EXPECT);
                 return Err(Unrouted {
                     failure,
                     bytes: 0,
@@ -539,7 +540,9 @@ fn decide_and_forward<'a>(
                 });
             }
         };
-        let expect = target.expect;
+        // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored
+        // (hyper sends it no `100 Continue`; it sends its body anyway).
+        let expect = target.expect && req.version() > Version::HTTP_10;
         let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
             .await
             .map_err(|e| Unrouted {

@@ -740,6 +740,31 @@ async fn a_refusal_of_a_request_awaiting_100_continue_closes_the_connection() {
     proxy.stop().await;
 }
 
+/// RFC 9110 §10.1.1: a server MUST ignore a `100-continue` expectation in
+/// an HTTP/1.0 request; such a client sends its body without waiting. The
+/// upload goes to the data centre without the field (which would tell it
+/// the client waits), and a refusal reads and discards the body as for any
+/// request: a kept-alive connection then serves the next one, where it used
+/// to be closed as for a client still waiting to send.
+#[tokio::test]
+async fn an_http_1_0_client_s_expectation_is_ignored() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let got = exchange(&proxy, &raw("POST /v1/telemetry HTTP/1.0\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")).await;
+    assert_eq!(statuses(&got), [201], "{}", String::from_utf8_lossy(&got));
+    let seen = proxy.upstream("zurich").last();
+    assert_eq!(&seen.body[..], b"hello");
+    assert!(seen.headers.get("expect").is_none(), "{:?}", seen.headers);
+
+    let refused = raw(&format!("POST /v1/telemetry HTTP/1.0\r\nHost: x\r\nX-Forwarded-For: {UNKNOWN}\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"));
+    let next = raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nworld");
+    let got = exchange(&proxy, &cat(&[refused, next])).await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert_eq!(statuses(&got), [451, 201], "{text}");
+    assert!(!text.contains("100 continue"), "{text}");
+    assert_eq!(&proxy.upstream("zurich").last().body[..], b"world");
+    proxy.stop().await;
+}
+
 /// A proxy whose zurich is [`raw_datacenter`], with `extra` config.
 async fn proxy_with_raw_zurich(extra: &str) -> Proxy {
     proxy_with_raw_zurich_and_log(extra, None).await
