@@ -240,7 +240,7 @@ impl Tenants {
             }
         };
         for uri in &names.uris {
-            note(self.cert_lookup(Kind::Uri, uri))?;
+            note(self.cert_lookup(Kind::Uri, &uri_compared(uri, false)))?;
         }
         for dns in &names.dns {
             note(self.cert_lookup(Kind::Dns, dns))?;
@@ -368,6 +368,13 @@ impl Tenants {
                         remember(&mut origin, format!("dns {p}"), &k, here, r);
                     }
                     Kind::Uri | Kind::Cn => {
+                        let compared;
+                        let value = if kind == Kind::Uri {
+                            compared = uri_compared(value, value.ends_with('*'));
+                            compared.as_str()
+                        } else {
+                            value
+                        };
                         if value.is_empty() {
                             r.push(k, "the name is empty");
                             continue;
@@ -530,6 +537,31 @@ fn mismatch(raw: Option<&RawMismatch>, key: &str, r: &mut ConfigReport) -> Optio
             (list.len() == allow_countries.len()).then_some(Mismatch::AllowCountries(list))
         }
     }
+}
+
+/// A URI as certificate names are compared (RFC 5280 §7.4): its scheme and
+/// host without regard to case, the rest as it is. Both sides go through
+/// it: a certificate's SAN URIs, and `uri:` patterns at load. For a
+/// pattern's `prefix` (before its `*`), text without a `:` is all scheme,
+/// and an authority the prefix cuts short is all host.
+pub fn uri_compared(uri: &str, prefix: bool) -> String {
+    let mut out = uri.to_string();
+    let Some(colon) = uri.find(':') else {
+        if prefix {
+            out.make_ascii_lowercase();
+        }
+        return out;
+    };
+    out[..colon].make_ascii_lowercase();
+    let start = colon + 3;
+    if let Some(rest) = uri.get(colon + 1..).and_then(|r| r.strip_prefix("//")) {
+        let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        // The host follows any userinfo, which is compared as it is; a
+        // port's digits have no case.
+        let host = rest[..authority].rfind('@').map_or(0, |at| at + 1);
+        out[start + host..start + authority].make_ascii_lowercase();
+    }
+    out
 }
 
 fn cert_pattern(pattern: &str) -> Option<(Kind, &str)> {

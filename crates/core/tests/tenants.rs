@@ -153,6 +153,63 @@ mismatch = { allow_countries = ["US"] }
     assert!(!initech.mismatch.allows(None));
 }
 
+/// RFC 5280 §7.4: certificate URIs are compared with their scheme and host
+/// in any case and the rest (userinfo, path) exactly; `uri:` patterns are
+/// read the same way, so two that differ only there overlap.
+#[test]
+fn certificate_uris_match_with_scheme_and_host_in_any_case() {
+    let (_, t) = load(
+        r#"
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+client_cert = ["uri:SPIFFE://Acme.Example/devices/*", "uri:https://Up@Files.Acme.Example:8443/Uploader"]
+[[tenants]]
+name = "globex"
+jurisdiction = "eu"
+client_cert = ["uri:URN*"]
+"#,
+    );
+    let t = t.unwrap();
+    let acme = Ok(Some(t.by_name("acme").unwrap()));
+    let globex = Ok(Some(t.by_name("globex").unwrap()));
+    let by_uri = |uri: &str| {
+        t.by_cert(&CertNames {
+            uris: vec![uri.to_string()],
+            ..CertNames::default()
+        })
+    };
+    for (uri, want) in [
+        ("spiffe://acme.example/devices/7", acme),
+        ("SPIFFE://ACME.example/devices/7", acme),
+        ("spiffe://acme.example/Devices/7", Ok(None)),
+        ("https://Up@files.acme.example:8443/Uploader", acme),
+        ("HTTPS://Up@FILES.ACME.EXAMPLE:8443/Uploader", acme),
+        ("https://up@files.acme.example:8443/Uploader", Ok(None)),
+        ("https://Up@files.acme.example:8443/uploader", Ok(None)),
+        ("urn:uuid:7", globex),
+        ("Urn:uuid:7", globex),
+    ] {
+        assert_eq!(by_uri(uri), want, "{uri}");
+    }
+    let p = problems(
+        r#"
+[[tenants]]
+name = "a"
+jurisdiction = "ch"
+client_cert = ["uri:spiffe://acme.example/*"]
+[[tenants]]
+name = "b"
+jurisdiction = "eu"
+client_cert = ["uri:SPIFFE://Acme.Example/x"]
+"#,
+    );
+    assert!(
+        p.contains("tenants[1].client_cert[0]: `spiffe://acme.example/x` is also matched by uri:spiffe://acme.example/*"),
+        "{p}"
+    );
+}
+
 #[test]
 fn two_sources_naming_two_tenants_conflict() {
     let (a, b) = (TenantId(0), TenantId(1));
