@@ -166,7 +166,8 @@ impl TokenVerifier {
                 Some(typ) => {
                     return Err(TokenError::Invalid(format!(
                         // Debug: the token's text, escaped, in the log.
-                        "typ is {typ:?}, not the required {want:?}"
+                        "typ is {:?}, not the required {want:?}",
+                        shortened(typ)
                     )));
                 }
                 None => {
@@ -176,21 +177,37 @@ impl TokenVerifier {
                 }
             }
         }
-        let key = self
+        let mut keys = self
             .keys
             .iter()
             .filter(|k| k.alg == header.alg)
-            .find(|k| match (&header.kid, &k.kid) {
+            .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
                 (None, _) => self.keys.len() == 1,
                 (Some(_), None) => false,
             })
-            .ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+            .peekable();
+        if keys.peek().is_none() {
+            return Err(TokenError::UnknownKey(header.kid.as_deref().map(shortened)));
+        }
         refuse_crit(token)?;
-        let claims = jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &key.validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?
-            .claims
-            .0;
+        // Each key of the token's `kid`: a set should give each key its own
+        // (RFC 7517 §4.5), but one that does not (a key replaced under the
+        // same id, both published during the change) must not have its
+        // newer key's tokens refused because the older one came first.
+        let mut refused = None;
+        let claims = loop {
+            let Some(key) = keys.next() else {
+                return Err(refused.unwrap_or(TokenError::UnknownKey(None)));
+            };
+            match jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &key.validation) {
+                Ok(data) => break data.claims.0,
+                Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    refused.get_or_insert(TokenError::Invalid(e.to_string()));
+                }
+                Err(e) => return Err(TokenError::Invalid(e.to_string())),
+            }
+        };
         // What jsonwebtoken lets through: an `nbf` it cannot read (it then
         // skips the check) and an `iss` given as a list.
         let nbf = claims.get("nbf");
@@ -211,6 +228,16 @@ impl TokenVerifier {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| TokenError::Claim(self.claim.clone()))
+    }
+}
+
+/// A value a token brought (its `kid`, `typ` or tenant name), as an error
+/// carries it to the log: its first 64 characters, then `…`. The request
+/// head bounds it, but a 401's log line need not repeat kilobytes of it.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -320,10 +347,9 @@ impl Tenancy {
         {
             Some((verifier, token)) => {
                 let name = verifier.verify(token).map_err(Unrecognized::Token)?;
-                let id = self
-                    .tenants
-                    .by_name(&name)
-                    .ok_or(Unrecognized::Token(TokenError::UnknownTenant(name)))?;
+                let id = self.tenants.by_name(&name).ok_or_else(|| {
+                    Unrecognized::Token(TokenError::UnknownTenant(shortened(&name)))
+                })?;
                 Some(id)
             }
             None => None,
@@ -769,6 +795,16 @@ file = "tenants file.toml"
             )),
             "{report}"
         );
+    }
+
+    /// What a token brought reaches the log shortened to 64 characters.
+    #[test]
+    fn a_token_s_values_are_shortened_for_the_log() {
+        assert_eq!(super::shortened("ed1"), "ed1");
+        let long = "é".repeat(64);
+        assert_eq!(super::shortened(&long), long);
+        let longer = super::shortened(&format!("{long}x{}", "k".repeat(4000)));
+        assert_eq!(longer, format!("{long}…"));
     }
 
     /// `typ` values name media types: `application/` is implied without

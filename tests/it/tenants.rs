@@ -709,6 +709,42 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     proxy.stop().await;
 }
 
+/// Two keys of one set under one `kid` (RFC 7517 §4.5 says they should
+/// differ, but an issuer replacing a key under the same id publishes both
+/// for a while): a token is checked against each, so the newer key's tokens
+/// are not refused because the older key comes first; a key of neither
+/// still fails.
+#[tokio::test]
+async fn keys_sharing_a_kid_are_each_tried() {
+    let issuer = Issuer::new();
+    let older = Issuer::new();
+    let stranger = Issuer::new();
+    let keys = TempDir::new("jwks-shared-kid");
+    let section = issuer.token_section(&keys);
+    let set =
+        |i: &Issuer| serde_json::from_str::<serde_json::Value>(&i.jwks).unwrap()["keys"][0].clone();
+    std::fs::write(
+        keys.path().join("jwks.json"),
+        json!({"keys": [set(&older), set(&issuer)]}).to_string(),
+    )
+    .unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: format!("[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{section}"),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    for (who, token, status) in [
+        ("the newer key", issuer.ed(&claims("acme")), 201),
+        ("the older key", older.ed(&claims("acme")), 201),
+        ("a key of neither", stranger.ed(&claims("acme")), 401),
+    ] {
+        let reply = upload(&client, DE, Some(&token)).await;
+        assert_eq!(reply.status, status, "{who}: {reply:?}");
+    }
+    proxy.stop().await;
+}
+
 /// A key set is taken for what it can verify with: an RSA key, or a key
 /// marked for encryption or for another algorithm (RFC 7517 §4.2–4.4), is
 /// left out rather than failing the load (which kept the previous keys
