@@ -321,6 +321,9 @@ async function inputsFor(text) {
   let receipt = text;
   if (!/record=/.test(text) && /^[A-Za-z0-9._~-]{1,128}$/.test(text)) {
     // A request id: its record, proven by inclusion.
+    // `.` and `..` would be dot segments of the URL, resolved away to
+    // another address; no request id is one.
+    if (text === "." || text === "..") return { notFound: text };
     let entry;
     try {
       entry = await (await get(`${base}records/${encodeURIComponent(text)}`)).json();

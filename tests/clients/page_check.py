@@ -165,6 +165,8 @@ def first(s, driver, out):
     out["wrong_file"] = submit(driver, s["receipt"], s["wrong_file"])
     out["request_id"] = submit(driver, s["request_id"])
     out["unknown_request_id"] = submit(driver, "0" * 32)
+    # Dot segments a URL would resolve away (to the log's base).
+    out["dot_request_ids"] = [submit(driver, dots) for dots in (".", "..")]
     out["tampered"] = submit(driver, s["tampered_receipt"])
     full_shot(driver, shots / "page-tampered.png", 1100)
     out["vectors"] = vectors(driver, s["vectors"])

@@ -268,6 +268,12 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
             .starts_with("Not found:"),
         "{seen}"
     );
+    for dots in seen["dot_request_ids"].as_array().unwrap() {
+        assert!(
+            dots["text"].as_str().unwrap().starts_with("Not found:"),
+            "{seen}"
+        );
+    }
     assert_eq!(seen["tampered"]["step"], "receipt_signature", "{seen}");
 
     // Every shared vector: the page's verdict is the Rust verdict.
