@@ -212,8 +212,10 @@ async function showLog() {
   logKey = wanted;
   if (sealed) {
     base = sealed.prefix.replace(/^\//, "");
-    say("key-source", "Pinned in this link: generation ", String(sealed.generation), " of this log, sealed at ",
-      String(sealed.size), " records. The log now writes under another origin, with the key ", el("code", {}, served), ".");
+    // Its size is not taken from the list, which is not signed: the
+    // checkpoint below, checked with the pinned key, says it.
+    say("key-source", "Pinned in this link: generation ", String(sealed.generation),
+      " of this log, sealed (its last checkpoint is below). The log now writes under another origin, with the key ", el("code", {}, served), ".");
   } else if (pinnedKey && !same) {
     say("key-source", el("strong", { class: "warn-text" }, "Pinned in this link, and not the key this server presents now: "),
       el("code", {}, served), ". Every check below uses the pinned key.");

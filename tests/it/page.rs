@@ -380,10 +380,15 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
     let (proxy, uploads, list) = rolled_log().await;
     let sealed_key = list.generations[0].key.clone();
     let key = list.generations[1].key.clone();
+    // The list of generations is not signed: through a front that says
+    // every generation holds 99 records, the page still says 3, from the
+    // sealed generation's checkpoint.
+    let lying = std::sync::Arc::new(std::sync::Mutex::new(vec!["sizes:/generations"]));
+    let front = front_failing(proxy.log_addr.unwrap(), lying).await;
     let seen = browse(
         serde_json::json!({
             "phase": "generations",
-            "base": format!("{}/", proxy.log_url()),
+            "base": format!("http://{front}/"),
             "sealed_key": sealed_key,
             "sealed_receipt": uploads[1].0,
             "sealed_request_id": uploads[2].1,
@@ -398,10 +403,13 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
     let sealed = &seen["sealed"];
     assert_eq!(sealed["name"], LOG_ORIGIN, "{seen}");
     assert!(
-        sealed["key_source"]
-            .as_str()
-            .unwrap()
-            .starts_with("Pinned in this link: generation 1 of this log, sealed at 3 records."),
+        sealed["key_source"].as_str().unwrap().starts_with(
+            "Pinned in this link: generation 1 of this log, sealed (its last checkpoint is below)."
+        ),
+        "{seen}"
+    );
+    assert!(
+        !sealed["key_source"].as_str().unwrap().contains("99"),
         "{seen}"
     );
     assert!(
@@ -420,7 +428,7 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
         assert!(v["text"].as_str().unwrap().contains("frankfurt"), "{seen}");
     }
     assert_eq!(seen["current"]["name"], format!("{LOG_ORIGIN}/2"), "{seen}");
-    same_origin_only(&seen, &proxy.log_url());
+    same_origin_only(&seen, &format!("http://{front}"));
     clean_console(&seen, None);
     proxy.stop().await;
 }
@@ -434,8 +442,9 @@ async fn front_failing_generations(log: std::net::SocketAddr) -> std::net::Socke
 
 /// A front for the log listener at `log` that answers the paths in
 /// `failing` (as it is at each request) with 503, those given as
-/// `huge:<path>` with 64 MiB, and passes every other request on, byte for
-/// byte.
+/// `huge:<path>` with 64 MiB, passes those given as `sizes:<path>` on with
+/// every `size` in the answer's `generations` made 99, and every other
+/// request byte for byte.
 async fn front_failing(
     log: std::net::SocketAddr,
     failing: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
@@ -455,6 +464,9 @@ async fn front_failing(
                     let huge = faults
                         .iter()
                         .any(|f| f.strip_prefix("huge:") == Some(&path));
+                    let lie = faults
+                        .iter()
+                        .any(|f| f.strip_prefix("sizes:") == Some(&path));
                     async move {
                         if huge {
                             let body = Full::new(bytes::Bytes::from(vec![b'a'; 64 << 20]));
@@ -479,8 +491,17 @@ async fn front_failing(
                             .body(Empty::<bytes::Bytes>::new())
                             .unwrap();
                         *forward.headers_mut() = req.headers().clone();
-                        let (parts, body) = send.send_request(forward).await?.into_parts();
-                        let body = body.collect().await?.to_bytes();
+                        let (mut parts, body) = send.send_request(forward).await?.into_parts();
+                        let mut body = body.collect().await?.to_bytes();
+                        if lie {
+                            let mut list: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap();
+                            for g in list["generations"].as_array_mut().unwrap() {
+                                g["size"] = serde_json::json!(99);
+                            }
+                            body = serde_json::to_vec(&list).unwrap().into();
+                            parts.headers.remove(http::header::CONTENT_LENGTH);
+                        }
                         Ok(http::Response::from_parts(parts, Full::new(body)))
                     }
                 });
