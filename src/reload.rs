@@ -170,10 +170,44 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         .collect()
 }
 
+/// A SIGHUP since [`catch_hangup_early`], before [`run`] listened.
+#[cfg(unix)]
+static EARLY_HANGUP: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Called first thing by `serve`: from then on a SIGHUP is recorded, and
+/// [`run`] reloads once it starts. Until it listens, SIGHUP's default
+/// action would end the process — a `systemctl reload` (a certificate
+/// renewal's hook) while the GeoIP database loads or the log opens — and
+/// systemd does not restart a service a SIGHUP ended.
+pub fn catch_hangup_early() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let flag = EARLY_HANGUP.get_or_init(Default::default);
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(flag))?;
+    }
+    Ok(())
+}
+
+/// Whether a SIGHUP came before [`run`] listened (and forgets it).
+fn hangup_came_early() -> bool {
+    #[cfg(unix)]
+    {
+        EARLY_HANGUP
+            .get()
+            .is_some_and(|flag| flag.swap(false, std::sync::atomic::Ordering::AcqRel))
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// Watches for SIGHUP and file changes until `stop` is set.
 pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiver<bool>) {
     let poll = instance.snapshot().config.timeouts.reload_poll;
     let mut hup = hangup();
+    let mut early = hangup_came_early();
     // What the running state was built from: a change made while it was
     // being built or before this task first ran is still seen.
     let mut seen = instance.snapshot().files.clone();
@@ -184,11 +218,12 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
     });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let by_signal = tokio::select! {
-            () = stopped(&mut stop) => return,
-            _ = recv(&mut hup) => true,
-            _ = tick.tick() => false,
-        };
+        let by_signal = std::mem::take(&mut early)
+            || tokio::select! {
+                () = stopped(&mut stop) => return,
+                _ = recv(&mut hup) => true,
+                _ = tick.tick() => false,
+            };
         if !by_signal {
             if poll.is_zero() {
                 continue;

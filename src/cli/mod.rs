@@ -177,9 +177,20 @@ pub fn run(cli: Cli) -> ExitCode {
             dir,
         } => {
             init_tracing(format.unwrap_or_default(), &level);
+            // The demo reloads on SIGHUP as `serve` does.
+            if let Err(e) = crate::reload::catch_hangup_early() {
+                tracing::error!(error = %e, "cannot handle SIGHUP");
+                return ExitCode::FAILURE;
+            }
             block_on(crate::cli::demo::run(port, admin_port, log_port, dir))
         }
         Command::Serve { config: path } => {
+            // Before anything that takes time: a SIGHUP from here on is a
+            // reload once the proxy runs, never the end of it.
+            if let Err(e) = crate::reload::catch_hangup_early() {
+                eprintln!("error: cannot handle SIGHUP: {e}");
+                return ExitCode::FAILURE;
+            }
             let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(report) => return config_error(report),

@@ -102,3 +102,51 @@ async fn sigterm_lets_an_upload_in_flight_finish_and_refuses_new_connections() {
     assert!(code.success(), "exit {code}: {}", log());
     assert_eq!(others.count(), 0);
 }
+
+/// A SIGHUP while `serve` is still starting — here its log's database takes
+/// the connection and never answers — used to end the process (SIGHUP's
+/// default action before the reload task listened), and systemd's
+/// `Restart=on-failure` does not restart a service a SIGHUP ended (the
+/// shipped unit's `ExecReload` sends one). It is now recorded, and the
+/// proxy goes on starting.
+#[tokio::test]
+async fn a_sighup_while_starting_does_not_end_the_proxy() {
+    let database = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = database.local_addr().unwrap().port();
+    let keep = TempDir::new("early-sighup-keys");
+    log_key(keep.path());
+    let password = keep.path().join("db-password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let extra = format!(
+        "[transparency]\nstorage = \"postgres\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"{}\"\n\
+         [transparency.postgres]\nurl = \"postgres://residency@127.0.0.1:{port}/residency?sslmode=disable\"\n\
+         password_file = \"{}\"\ntimeout = \"20s\"\n",
+        keep.path().join("log.key").display(),
+        password.display()
+    );
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let dcs = [
+        ("zurich", "ch", up),
+        ("frankfurt", "eu", up),
+        ("virginia", "us", up),
+    ];
+    let mut proxy = Binary::spawn_wrapped("early-sighup", &dcs, &extra, &[]);
+    // Starting: it has connected to its database, and waits for an answer.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), database.accept())
+        .await
+        .unwrap_or_else(|_| panic!("never connected to its database: {}", proxy.log()))
+        .unwrap();
+    let pid = proxy.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        proxy.child.0.try_wait().unwrap(),
+        None,
+        "SIGHUP ended the proxy while it started: {}",
+        proxy.log()
+    );
+}

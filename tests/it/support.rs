@@ -924,6 +924,29 @@ impl Binary {
         extra: &str,
         wrapper: &[&str],
     ) -> Binary {
+        let mut binary = Self::spawn_wrapped(tag, datacenters, extra, wrapper);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ready(binary.admin) {
+            if let Ok(Some(status)) = binary.child.0.try_wait() {
+                panic!("proxy exited with {status}: {}", binary.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready within 20 s: {}",
+                binary.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        binary
+    }
+
+    /// As [`Binary::start_wrapped`], without waiting for it to be ready.
+    pub fn spawn_wrapped(
+        tag: &str,
+        datacenters: &[(&str, &str, SocketAddr)],
+        extra: &str,
+        wrapper: &[&str],
+    ) -> Binary {
         let dir = TempDir::new(tag);
         let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
         std::fs::write(dir.path().join("a.pem"), &cert).unwrap();
@@ -963,27 +986,14 @@ impl Binary {
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .expect("start residency-proxy serve");
-        let mut binary = Binary {
+        Binary {
             dir,
             addr,
             admin,
             certs: vec![cert],
             log_path,
             child: Killed(child),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !ready(admin) {
-            if let Ok(Some(status)) = binary.child.0.try_wait() {
-                panic!("proxy exited with {status}: {}", binary.log());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not ready within 20 s: {}",
-                binary.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        binary
     }
 
     pub fn log(&self) -> String {
