@@ -1044,9 +1044,12 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     let fleet = syncrep_replica("syncrep").await;
     let (pg, replica) = (&fleet.pg, &fleet.replica);
 
-    // A synchronous standby that never comes: every commit now waits.
+    // A synchronous standby that never comes: every commit now waits. And
+    // a server that sends its clients errors only: the warning of a
+    // cancelled wait must reach the proxy all the same.
     let sql = |sql: &str| pg.psql("syncrep", sql).unwrap();
     sql("ALTER SYSTEM SET synchronous_standby_names = 'standby_that_never_comes'");
+    sql("ALTER SYSTEM SET client_min_messages = 'error'");
     sql("SELECT pg_reload_conf()");
     let client = replica.client();
     let upload = tokio::spawn(async move { client.upload_from(CH, "waits for a standby").await });
@@ -1071,6 +1074,7 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
 
     // Replicated commits again: uploads are acknowledged again.
     sql("ALTER SYSTEM RESET synchronous_standby_names");
+    sql("ALTER SYSTEM RESET client_min_messages");
     sql("SELECT pg_reload_conf()");
     eventually("uploads are acknowledged again", async || {
         replica.client().upload_from(CH, "after").await.status == 201

@@ -1501,14 +1501,18 @@ fn tile_level(tile: Tile) -> i16 {
 /// waiting on the sequence row's lock fails on the server just before the
 /// proxy's own `timeout` would (so its connection stays usable), and a
 /// statement or open transaction the proxy abandoned ends on the server
-/// too, instead of holding a backend until it finishes.
+/// too, instead of holding a backend until it finishes. `client_min_messages`
+/// is pinned at `warning`: a commit whose wait for a synchronous standby
+/// was cancelled succeeds locally with a WARNING, and that warning is how
+/// the log knows not to acknowledge it — a role, database or server set to
+/// `error` would otherwise hide it.
 fn session_config(pg: &Postgres) -> tokio_postgres::Config {
     let mut config = pg.config.0.clone();
     let options = config.get_options().unwrap_or_default().to_string();
     let abandoned = (pg.timeout * 4 + Duration::from_secs(1)).as_millis();
     config.options(
         format!(
-            "{options} -c synchronous_commit=on -c default_transaction_isolation=read\\ committed -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
+            "{options} -c synchronous_commit=on -c client_min_messages=warning -c default_transaction_isolation=read\\ committed -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
             (pg.timeout * 9 / 10).as_millis().max(1),
         )
         .trim(),
