@@ -530,7 +530,7 @@ fn decide_and_forward<'a>(
         let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
             Ok(admitted) => admitted,
             Err(failure) => {
-                let awaiting_continue = req.version() > Version::HTTP_10
+                let awaiting_continue = req.version() == Version::HTTP_11
                     && req.headers().contains_key(http::header::EXPECT);
                 return Err(Unrouted {
                     failure,
@@ -540,9 +540,12 @@ fn decide_and_forward<'a>(
                 });
             }
         };
-        // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored
-        // (hyper sends it no `100 Continue`; it sends its body anyway).
-        let expect = target.expect && req.version() > Version::HTTP_10;
+        // Only an HTTP/1.1 client may wait for `100 Continue` before its
+        // body. RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is
+        // ignored (hyper sends it none; it sends its body anyway); an
+        // HTTP/2 client gets none from hyper and sends its body after its
+        // own wait.
+        let expect = target.expect && req.version() == Version::HTTP_11;
         let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
             .await
             .map_err(|e| Unrouted {

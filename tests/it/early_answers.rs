@@ -8,6 +8,7 @@
 //! is reset while it is still sending (curl 7.88: error 92), and with hyper.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -253,5 +254,47 @@ async fn early_answers_reach_python_clients_over_http1_and_http2() {
             }
         }
     }
+    proxy.stop().await;
+}
+
+/// An HTTP/2 upload refused before forwarding is read and discarded even
+/// when it says `Expect: 100-continue`: the HTTP/1.1 reasons to close
+/// instead (no `100 Continue` went out, so the client need not send the
+/// body, and a next request would be read as it) do not hold for HTTP/2,
+/// whose client sends its body after its own wait. It used to be dropped,
+/// and h2 reset the stream (`NO_ERROR`) while the client was still sending
+/// — which curl takes for a failed request.
+#[tokio::test]
+async fn an_http2_refusal_with_expect_still_reads_the_body() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    // Past the stream's 1 MiB window: still sending when the answer comes.
+    let body = bytes::Bytes::from(vec![b'x'; 4 << 20]);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", UNKNOWN)
+        .header("expect", "100-continue")
+        .header("content-length", body.len())
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    stream.send_data(body, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(response.status(), 451);
+    let mut answer = response.into_body();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        let _ = answer.flow_control().release_capacity(chunk.len());
+    }
+    let reset = tokio::time::timeout(
+        Duration::from_secs(2),
+        std::future::poll_fn(|cx| stream.poll_reset(cx)),
+    )
+    .await;
+    assert!(reset.is_err(), "the stream was reset: {reset:?}");
     proxy.stop().await;
 }
