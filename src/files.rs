@@ -52,6 +52,22 @@ impl Fingerprint {
     pub fn again(&self) -> Fingerprint {
         Fingerprint::of(self.0.iter().map(|f| f.named.clone()))
     }
+
+    /// These files (a new state's, some of them read before this was
+    /// taken), each that `before` — taken before any was read — saw
+    /// otherwise put back as `before` saw it: a file changed while the
+    /// state was being built may not be in it, and stays a change for the
+    /// next poll. (A file `before` did not watch is taken as it is here.)
+    pub fn no_newer_than(self, before: &Fingerprint) -> Fingerprint {
+        let files =
+            self.0.into_iter().map(
+                |file| match before.0.iter().find(|b| b.named == file.named) {
+                    Some(earlier) if *earlier != file => earlier.clone(),
+                    _ => file,
+                },
+            );
+        Fingerprint(files.collect())
+    }
 }
 
 impl File {
@@ -69,5 +85,41 @@ impl File {
             resolved,
             meta,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fingerprint;
+
+    /// A file that changed between the fingerprint taken before a reload
+    /// read it and the new state's own keeps the earlier stamp: the next
+    /// poll sees it changed and reloads again. Unchanged files, and files
+    /// only the new state watches, keep the new state's.
+    #[test]
+    fn a_file_changed_while_the_state_was_built_stays_a_change() {
+        let dir = std::env::temp_dir().join(format!("rp-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, cert, added) = (dir.join("c.toml"), dir.join("c.pem"), dir.join("t.toml"));
+        std::fs::write(&config, "one").unwrap();
+        std::fs::write(&cert, "cert").unwrap();
+        let before = Fingerprint::of([config.clone(), cert.clone()]);
+        // Rewritten (another length) while the reload was reading.
+        std::fs::write(&config, "three").unwrap();
+        std::fs::write(&added, "tenants").unwrap();
+        let built = Fingerprint::of([config.clone(), cert.clone(), added.clone()]);
+        let seen = built.clone().no_newer_than(&before);
+        assert_eq!(
+            seen.0[0], before.0[0],
+            "the changed file keeps its earlier stamp"
+        );
+        assert_eq!(seen.0[1], built.0[1]);
+        assert_eq!(
+            seen.0[2], built.0[2],
+            "a newly watched file is taken as built"
+        );
+        assert_ne!(seen.again(), seen, "the next poll reloads");
+        assert_eq!(built.again(), built);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

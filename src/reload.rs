@@ -137,8 +137,10 @@ fn bound_order(configured: &[Listener], bound: &[Listener]) -> Vec<usize> {
 /// The settings, besides listeners, admin and `[transparency]`, that the
 /// running process read once at start and a reload does not change.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&str, bool); 7] = [
+    let checks: [(&str, bool); 8] = [
         ("transparency.witnesses", old.witnesses != new.witnesses),
+        // The log lines' format is set when logging starts.
+        ("log.format", old.log_format != new.log_format),
         (
             "timeouts.shutdown_grace",
             old.timeouts.shutdown_grace != new.timeouts.shutdown_grace,
@@ -224,14 +226,16 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
                 _ = recv(&mut hup) => true,
                 _ = tick.tick() => false,
             };
+        let mut now = None;
         if !by_signal {
             if poll.is_zero() {
                 continue;
             }
-            let now = seen.again();
-            if now == seen {
+            let files = seen.again();
+            if files == seen {
                 continue;
             }
+            now = Some(files);
             tracing::info!(trigger = "files", "reloading");
         } else {
             tracing::info!(trigger = "SIGHUP", "reloading");
@@ -239,14 +243,20 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
         // Off the async workers: building reads and hashes the GeoIP
         // database and parses certificates (with one worker thread, every
         // connection would wait for it).
+        // The watched files as the reload begins, before it reads any.
+        let before = now.unwrap_or_else(|| seen.again());
         let (inst, p) = (instance.clone(), path.clone());
         let reloaded = tokio::task::spawn_blocking(move || reload(&inst, &p)).await;
         seen = match reloaded {
-            // The files the new state was built from, as they were before
-            // it read them: a change since is seen at the next poll.
-            Ok(Ok(())) => instance.snapshot().files.clone(),
-            // A broken file is retried only when something changes again.
-            _ => seen.again(),
+            // The files the new state was built from, each no newer than
+            // it was before the reload read it: one changed while the
+            // state was built (the config and tenant files are read before
+            // the new state's fingerprint is taken) is seen at the next
+            // poll.
+            Ok(Ok(())) => instance.snapshot().files.clone().no_newer_than(&before),
+            // A broken file is retried only when something changes again —
+            // also while the failed build ran.
+            _ => before,
         };
     }
 }
@@ -276,4 +286,47 @@ async fn recv(hup: &mut Hangup) {
     }
     let _ = hup;
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Every setting a reload cannot apply is named when it changes, so the
+    /// operator is told that the change waits for a restart.
+    #[test]
+    fn a_change_read_at_start_only_is_named() {
+        let dir = std::env::temp_dir().join(format!("rp-restart-only-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "c.key", "g.mmdb"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let config = |extra: &str| {
+            let toml = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
+                 certificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n[geoip]\n\
+                 database = \"g.mmdb\"\n[jurisdictions.ch]\ncountries = [\"CH\"]\n\
+                 [datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://127.0.0.1:1\"]\n{extra}"
+            );
+            Config::from_toml(&toml, &dir).unwrap()
+        };
+        let old = config("");
+        for (extra, key) in [
+            ("[log]\nformat = \"json\"\n", "log.format"),
+            ("[runtime]\nworker_threads = 2\n", "runtime.worker_threads"),
+            (
+                "[timeouts]\nshutdown_grace = \"7s\"\n",
+                "timeouts.shutdown_grace",
+            ),
+            ("[limits]\nmax_connections = 77\n", "limits.max_connections"),
+        ] {
+            assert_eq!(
+                super::restart_only_changes(&old, &config(extra)),
+                [key],
+                "{extra}"
+            );
+        }
+        assert!(super::restart_only_changes(&old, &config("")).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
