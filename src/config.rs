@@ -517,15 +517,26 @@ impl Config {
         if raw.listeners.is_empty() {
             r.push("listeners", "at least one [[listeners]] is required");
         }
+        let mut sockets: Vec<(String, SocketAddr)> = Vec::new();
         let listeners: Vec<Listener> = raw
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| listener(l, &format!("listeners[{i}]"), base, r))
+            .filter_map(|(i, l)| {
+                let key = format!("listeners[{i}]");
+                let l = listener(l, &key, base, r)?;
+                sockets.push((format!("{key}.address"), l.address));
+                Some(l)
+            })
             .collect();
 
         let admin_address = raw.admin.address.as_deref().unwrap_or("127.0.0.1:9900");
         let admin = parse_addr(admin_address, "admin.address", r).map(|address| Admin { address });
+        sockets.extend(
+            admin
+                .as_ref()
+                .map(|a| ("admin.address".to_string(), a.address)),
+        );
 
         let geoip = geoip(raw.geoip.as_ref(), base, r);
         let policy = Policy::from_raw(&raw.jurisdictions, &raw.unknown_origin, &raw.datacenters, r);
@@ -547,6 +558,13 @@ impl Config {
             .transparency
             .as_ref()
             .map(|t| residency_log::settings::witnesses(t, base, r));
+        if let Some(Some(address)) = transparency
+            .as_ref()
+            .map(|t| t.as_ref().and_then(|t| t.address))
+        {
+            sockets.push(("transparency.address".to_string(), address));
+        }
+        sockets_apart(&sockets, r);
         let worker_threads = raw.runtime.worker_threads.as_ref().and_then(|n| {
             n.check_is(
                 "runtime.worker_threads",
@@ -592,6 +610,30 @@ impl Config {
             })
         })();
         report.finish(config)
+    }
+}
+
+/// Every listening socket on an address of its own: two on one address, or
+/// one on the unspecified address and another on the same port that it
+/// covers (`0.0.0.0` every IPv4 address; `[::]`, dual-stack, every
+/// address), cannot both bind. Named by key here rather than as a bind
+/// error at start, which `check-config` would not have seen. Port 0 (any
+/// free port) never collides.
+fn sockets_apart(sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
+    let covers =
+        |u: SocketAddr, x: SocketAddr| u.ip().is_unspecified() && (u.is_ipv6() || x.is_ipv4());
+    for (j, (key, b)) in sockets.iter().enumerate() {
+        let clash = sockets[..j].iter().find(|(_, a)| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || covers(*a, *b) || covers(*b, *a))
+        });
+        if let Some((other, a)) = clash {
+            r.push(
+                key.clone(),
+                format!("{b} overlaps {other} ({a}): two sockets cannot listen there"),
+            );
+        }
     }
 }
 
@@ -1287,6 +1329,46 @@ upstreams = ["http://127.0.0.1:1"]
     fn problems(toml: &str) -> String {
         let files = Files::new("bad");
         Config::from_toml(toml, &files.0).unwrap_err().to_string()
+    }
+
+    /// Two sockets that could not both bind are named by key when the
+    /// configuration is checked, not found as a bind error at start.
+    #[test]
+    fn listening_sockets_that_overlap_are_named() {
+        let with = |listener: &str, admin: &str| {
+            MINIMAL.replace("127.0.0.1:0", listener)
+                + &format!(
+                    "[[listeners]]\naddress = \"127.0.0.1:8443\"\n[listeners.tls]\n\
+                     certificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n\
+                     [admin]\naddress = \"{admin}\"\n"
+                )
+        };
+        let p = problems(&with("127.0.0.1:8443", "127.0.0.1:9900"));
+        assert!(
+            p.contains("listeners[1].address: 127.0.0.1:8443 overlaps listeners[0].address (127.0.0.1:8443)"),
+            "{p}"
+        );
+        for (listener, admin, key) in [
+            ("0.0.0.0:8443", "127.0.0.1:9900", "listeners[1].address"),
+            ("[::]:8443", "127.0.0.1:9900", "listeners[1].address"),
+            ("127.0.0.1:9900", "127.0.0.1:9900", "admin.address"),
+            ("127.0.0.1:9443", "[::]:8443", "admin.address"),
+        ] {
+            let p = problems(&with(listener, admin));
+            assert!(p.contains(&format!("{key}: ")), "{listener} {admin}: {p}");
+        }
+        let files = Files::new("apart");
+        for (listener, admin) in [
+            ("127.0.0.2:8443", "127.0.0.1:9900"),
+            ("[::1]:8443", "127.0.0.1:9900"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            let text = with(listener, admin);
+            assert!(
+                Config::from_toml(&text, &files.0).is_ok(),
+                "{listener} {admin}"
+            );
+        }
     }
 
     #[test]
