@@ -38,6 +38,7 @@ DASHBOARD = Path(__file__).resolve().parent / "grafana" / "residency-proxy.json"
 # Panels that cannot have data in the demo, and why.
 NEEDS = {
     "residency_log_witness_cosignatures_total": "needs [[transparency.witnesses]] (the demo runs none)",
+    "residency_log_commit_seconds": "needs transparency.storage = \"postgres\" (the demo's log is a directory)",
 }
 
 

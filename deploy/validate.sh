@@ -547,7 +547,7 @@ for want in ("residency_requests_total", "residency_rejections_total", "residenc
              "residency_tls_handshakes_total", "residency_connections_active",
              "residency_geoip_database_build_timestamp_seconds", "residency_reloads_total",
              "residency_log_size", "residency_log_checkpoint_age_seconds",
-             "residency_log_write_errors_total", "residency_log_fsync_seconds",
+             "residency_log_write_errors_total", "residency_log_fsync_seconds", "residency_log_commit_seconds",
              "residency_log_witness_cosignatures_total"):
     if want not in covered:
         errors.append(f"no panel shows {want}")
