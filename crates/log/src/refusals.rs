@@ -26,7 +26,14 @@ struct State {
     at: Instant,
     /// By reason: the folded refusals.
     folded: BTreeMap<String, Folded>,
+    /// Summaries made that the log could not take: written first next time.
+    unwritten: Vec<Record<'static>>,
 }
+
+/// Summaries kept for the next attempt at most: a failing log adds a few
+/// per episode (it stops trying while it fails), so this is never reached
+/// in practice; beyond it the oldest go, with an error.
+const UNWRITTEN_MAX: usize = 1024;
 
 struct Folded {
     count: u64,
@@ -47,6 +54,7 @@ impl RefusalGate {
                 tokens: f64::from(burst),
                 at: Instant::now(),
                 folded: BTreeMap::new(),
+                unwritten: Vec::new(),
             }),
         }
     }
@@ -104,39 +112,56 @@ impl RefusalGate {
 
     /// The summary records of everything folded since the last drain, one
     /// per reason.
+    /// Summaries given back by [`RefusalGate::keep`] come first.
     pub fn drain(&self) -> Vec<Record<'static>> {
-        let folded = {
+        let (unwritten, folded) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut state.folded)
+            (
+                std::mem::take(&mut state.unwritten),
+                std::mem::take(&mut state.folded),
+            )
         };
-        folded
-            .into_iter()
-            .map(|(reason, f)| {
-                let ids = residency_core::hex::encode(f.ids.finish().as_ref());
-                let mut r = f.template;
-                r.request_id = format!("summary-{}", &ids[..32]).into();
-                r.time = f.last.clone().into();
-                r.reason = Some(reason.into());
-                // What differs between the folded refusals is not kept.
-                r.client.source = None;
-                r.client.address = None;
-                r.country = None;
-                r.jurisdiction = None;
-                r.datacenter = None;
-                r.upstream_status = None;
-                r.body = None;
-                // The tenant (and the jurisdiction GeoIP gave that client)
-                // was the first folded refusal's, not every one's.
-                r.tenant = None;
-                r.summary = Some(Summary {
-                    count: f.count,
-                    request_ids_sha256: ids.into(),
-                    first: f.first.into(),
-                    last: f.last.into(),
-                });
-                r
-            })
-            .collect()
+        let made = folded.into_iter().map(|(reason, f)| {
+            let ids = residency_core::hex::encode(f.ids.finish().as_ref());
+            let mut r = f.template;
+            r.request_id = format!("summary-{}", &ids[..32]).into();
+            r.time = f.last.clone().into();
+            r.reason = Some(reason.into());
+            // What differs between the folded refusals is not kept.
+            r.client.source = None;
+            r.client.address = None;
+            r.country = None;
+            r.jurisdiction = None;
+            r.datacenter = None;
+            r.upstream_status = None;
+            r.body = None;
+            // The tenant (and the jurisdiction GeoIP gave that client)
+            // was the first folded refusal's, not every one's.
+            r.tenant = None;
+            r.summary = Some(Summary {
+                count: f.count,
+                request_ids_sha256: ids.into(),
+                first: f.first.into(),
+                last: f.last.into(),
+            });
+            r
+        });
+        unwritten.into_iter().chain(made).collect()
+    }
+
+    /// Gives back a summary [`RefusalGate::drain`] made that the log could
+    /// not take, for the next drain: its refusals stay counted and their
+    /// ids hashed until it is written.
+    pub fn keep(&self, summary: Record<'static>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.unwritten.len() >= UNWRITTEN_MAX {
+            let lost = state.unwritten.remove(0);
+            tracing::error!(
+                request_id = %lost.request_id,
+                "a summary of folded refusals could not be written and is dropped: {UNWRITTEN_MAX} wait already"
+            );
+        }
+        state.unwritten.push(summary);
     }
 }
 
@@ -173,6 +198,36 @@ mod tests {
             }),
             summary: None,
         }
+    }
+
+    /// A summary the log could not take is given back and comes first at
+    /// the next drain, unchanged; refusals folded since get their own.
+    #[test]
+    fn a_summary_not_written_is_written_next_time() {
+        let gate = RefusalGate::new(1, 1);
+        for i in 0..6 {
+            gate.fold(&refusal(
+                i,
+                if i < 4 {
+                    "origin_unknown"
+                } else {
+                    "bad_request"
+                },
+            ));
+        }
+        let first = gate.drain();
+        assert_eq!(first.len(), 2);
+        for summary in first.clone() {
+            gate.keep(summary);
+        }
+        gate.fold(&refusal(9, "origin_unknown"));
+        let second = gate.drain();
+        assert_eq!(second.len(), 3, "{second:?}");
+        assert_eq!(second[..2], first[..], "the kept ones first, as they were");
+        let count = |r: &Record<'_>| r.summary.as_ref().unwrap().count;
+        assert_eq!(count(&second[2]), 1);
+        assert_eq!(second.iter().map(count).sum::<u64>(), 7, "no refusal lost");
+        assert!(gate.drain().is_empty());
     }
 
     #[test]

@@ -563,9 +563,17 @@ impl Log {
         if self.backend_failing() {
             return; // kept until the database answers again
         }
-        for summary in self.refusals.drain() {
+        let mut summaries = self.refusals.drain().into_iter();
+        while let Some(summary) = summaries.next() {
             if self.append(&summary).await.is_ok() {
                 self.metrics.summary_records.inc();
+            } else {
+                // Kept, with the rest, for the next attempt: the log stops
+                // trying while it fails, and tries again once it takes
+                // writes.
+                self.refusals.keep(summary);
+                summaries.for_each(|rest| self.refusals.keep(rest));
+                return;
             }
         }
     }
