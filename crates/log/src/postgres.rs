@@ -504,14 +504,15 @@ impl Fleet {
     /// than `size` (blocking): a reader sent here for a tile or proof of
     /// the checkpoint another replica just stored gets it instead of a
     /// 404 (replicas follow once a tick). At most once per
-    /// [`CATCH_UP_EVERY`] for all readers together, and not while this
-    /// replica integrates or its tick runs (which publishes anyway).
+    /// [`CATCH_UP_EVERY`] for all readers together (one that comes sooner
+    /// waits for the window), and not while this replica integrates or its
+    /// tick runs (which publishes anyway).
     pub fn catch_up(&self, size: u64) -> Arc<Published> {
         let latest = self.latest();
         if latest.size >= size {
             return latest;
         }
-        self.handle.block_on(self.shared.catch_up())
+        self.handle.block_on(self.shared.catch_up(size))
     }
 
     /// Any tile of the integrated tree (blocking: a database read unless
@@ -676,27 +677,45 @@ impl Shared {
         Ok(first)
     }
 
-    /// [`Fleet::catch_up`].
-    async fn catch_up(&self) -> Arc<Published> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.caught_up_at.load(Ordering::Relaxed);
+    /// [`Fleet::catch_up`]. A read that comes less than [`CATCH_UP_EVERY`]
+    /// after another's catch-up, or while this replica's tick runs, waits
+    /// for the window to pass (or the tick to end) rather than answer from
+    /// a checkpoint that may predate one stored meanwhile: a reader is not
+    /// told 404 for what the log signed. Bounded: after about three
+    /// windows it answers from what it has (a size nobody signed stays a
+    /// 404), and the database is still read at most once a window.
+    async fn catch_up(&self, size: u64) -> Arc<Published> {
         let every = CATCH_UP_EVERY.as_millis() as u64;
-        if now < last.saturating_add(every)
-            || self
+        for _ in 0..3 {
+            let latest = self.latest.load_full();
+            if latest.size >= size {
+                return latest;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let last = self.caught_up_at.load(Ordering::Relaxed);
+            if now < last.saturating_add(every) {
+                let rest = last.saturating_add(every) - now;
+                tokio::time::sleep(Duration::from_millis(rest.min(every))).await;
+                continue;
+            }
+            if self
                 .caught_up_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
-        {
-            return self.latest.load_full();
-        }
-        if let Ok(session) = self.session.try_lock() {
-            if session.held.is_none() {
-                if let Err(e) = self.follow(Publish::IfReplicated).await {
-                    tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
+            {
+                continue; // another read is catching up
+            }
+            // While the tick runs it publishes what it finds itself.
+            if let Ok(session) = tokio::time::timeout(CATCH_UP_EVERY, self.session.lock()).await {
+                if session.held.is_none() {
+                    if let Err(e) = self.follow(Publish::IfReplicated).await {
+                        tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
+                    }
                 }
             }
+            break;
         }
         self.latest.load_full()
     }
