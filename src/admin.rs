@@ -108,20 +108,12 @@ fn drain(instance: &Instance, rest: &str) -> Response<Full<Bytes>> {
             )
         }
     };
-    let state = instance.snapshot();
-    let Some(i) = state
-        .config
-        .policy
-        .datacenters
-        .iter()
-        .position(|d| d.name == name)
-    else {
+    if !instance.set_drained(name, drained) {
         return json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": format!("no data centre named `{name}`")}),
         );
-    };
-    state.health.set_drained(DatacenterId(i), drained);
+    }
     instance.refresh_gauges();
     tracing::info!(
         datacenter = name,

@@ -248,6 +248,10 @@ pub struct Instance {
     /// read the previous snapshot cannot write its data centres back after
     /// a reload reset them.
     gauges: std::sync::Mutex<()>,
+    /// Held while a new snapshot takes the old one's health over and is
+    /// stored, and while a drain is set: a drain set on the old snapshot
+    /// after its health was copied would be lost.
+    swapping: std::sync::Mutex<()>,
 }
 
 impl Instance {
@@ -285,6 +289,7 @@ impl Instance {
             clients: Default::default(),
             client_connections: Default::default(),
             gauges: std::sync::Mutex::new(()),
+            swapping: std::sync::Mutex::new(()),
         });
         instance.set_policy_info();
         instance.metrics.preset(&instance.snapshot().config);
@@ -315,6 +320,7 @@ impl Instance {
     /// Installs a new snapshot: new connections and requests use it; those
     /// in flight finish on the one they started with.
     pub fn replace(&self, mut state: Snapshot) {
+        let swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot();
         state
             .health
@@ -323,6 +329,7 @@ impl Instance {
             tracing::warn!("the new configuration's upstream pool was in use before it was installed: its connection limits start from nothing");
         }
         self.current.store(Arc::new(state));
+        drop(swapping);
         let _writing = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;
         m.datacenter_up.reset();
@@ -332,6 +339,22 @@ impl Instance {
         self.set_policy_info();
         m.preset(&self.snapshot().config);
         self.write_gauges();
+    }
+
+    /// Drains (or undrains) the data centre `name` of the current snapshot;
+    /// `false` when it has none of that name. Never on a snapshot a reload
+    /// is replacing, whose drains [`Instance::replace`] has already copied.
+    pub fn set_drained(&self, name: &str, drained: bool) -> bool {
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.snapshot();
+        let datacenters = &state.config.policy.datacenters;
+        let Some(i) = datacenters.iter().position(|d| d.name == name) else {
+            return false;
+        };
+        state
+            .health
+            .set_drained(residency_core::policy::DatacenterId(i), drained);
+        true
     }
 
     /// `residency_policy_info{hash}` for the current snapshot; set when a
