@@ -991,6 +991,15 @@ impl Core {
             self.disk
                 .write(&path, bytes, true)
                 .map_err(io_error(&path))?;
+            // The failed first write may have created directories whose
+            // entries it never synced (its list of them went with the
+            // error): every directory from the tile's up to the log's own
+            // is synced. Only after a failed write; a few fsyncs.
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(self.disk.dir())) {
+                disk::sync_path(d).map_err(io_error(d))?;
+                dir = d.parent();
+            }
         }
         let mut paths: Vec<&PathBuf> = unsynced.iter().collect();
         paths.sort();
