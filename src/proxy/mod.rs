@@ -32,7 +32,7 @@ use discard::RefusalBody;
 pub use error::Failure;
 use residency_core::country::Country;
 use residency_core::decision::{decide, decide_pinned, Outcome, Refusal};
-use residency_core::origin::{self, AddressSource};
+use residency_core::origin::{self, AddressSource, TrustedProxies};
 use residency_core::policy::{DatacenterId, JurisdictionId};
 use residency_core::tenant::{CertNames, Recognized};
 use residency_log::settings::OnWriteError;
@@ -46,6 +46,13 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The client address from the PROXY header, on listeners that require one.
     pub proxy_source: Option<IpAddr>,
+    /// The listener's `trusted_proxies` as the connection was accepted:
+    /// who may name the client is decided with the PROXY header, at
+    /// accept, and a reload does not change it for this connection (a
+    /// connection accepted without a PROXY header on a listener later
+    /// reloaded to require one must not have its own `X-Forwarded-For`
+    /// trusted).
+    pub trusted: TrustedProxies,
     /// Index into `config.listeners`.
     pub listener: usize,
     /// The TLS server name the client sent (lowercase), for tenants by SNI.
@@ -371,7 +378,6 @@ fn admit<'a>(
     findings: &mut Findings,
 ) -> Result<(forward::Target<'a>, Option<Counted>), Failure> {
     let config = &state.config;
-    let listener = &config.listeners[conn.listener];
     if !config.methods.allows(req.method()) {
         return Err(Failure::MethodNotAllowed);
     }
@@ -399,7 +405,7 @@ fn admit<'a>(
         conn.peer.ip(),
         conn.proxy_source,
         xff.iter().flat_map(|values| values.iter()),
-        &listener.trusted_proxies,
+        &conn.trusted,
     )
     .map_err(|_| Failure::BadForwardedHeader)?;
     findings.source = Some(origin.source);
@@ -493,8 +499,7 @@ fn admit<'a>(
         .ok_or(Failure::TooManyRequests)?;
 
     let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
-    let xff_trusted =
-        conn.proxy_source.is_none() && listener.trusted_proxies.contains(conn.peer.ip());
+    let xff_trusted = conn.proxy_source.is_none() && conn.trusted.contains(conn.peer.ip());
     let target = forward::Target {
         jurisdiction,
         upstream,

@@ -127,6 +127,7 @@ pub(super) async fn serve(
     let conn = Arc::new(Conn {
         peer,
         proxy_source,
+        trusted: listener.trusted_proxies.clone(),
         listener: index,
         sni,
         cert,

@@ -406,3 +406,55 @@ async fn a_reload_keeps_counting_the_connections_held_against_the_cap() {
     }
     proxy.stop().await;
 }
+
+/// Who may name the client is decided as a connection is accepted, with
+/// its PROXY header: a connection accepted while its listener trusted no
+/// one keeps its own address as the client's after a reload that trusts
+/// its peer (here, as when a listener moves behind a balancer and starts
+/// requiring PROXY headers). It used to take the new `trusted_proxies`
+/// per request, so a client on a connection opened before the reload
+/// chose its jurisdiction with `X-Forwarded-For`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_keeps_the_trust_it_was_accepted_with() {
+    use hyper_util::rt::TokioIo;
+    let proxy = Proxy::start(Setup {
+        trusted: vec![],
+        extra: "[timeouts]\nreload_poll = \"100ms\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let tls = proxy.client().connect().await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let upload = |send: &mut hyper::client::conn::http1::SendRequest<String>| {
+        let req = http::Request::post("/v1/telemetry")
+            .header("host", "localhost")
+            .header("x-forwarded-for", CH)
+            .body("cpu=0.5".to_string())
+            .unwrap();
+        send.send_request(req)
+    };
+    let before = upload(&mut send).await.unwrap();
+    assert_eq!(before.status(), 451, "loopback is no one's client address");
+
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let trusting = text.replace(
+        "trusted_proxies = []",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    );
+    assert_ne!(text, trusting);
+    replace(&proxy.config_path, trusting);
+    eventually("the reload succeeds", async || {
+        metric_value(&proxy, "residency_reloads_total{result=\"success\"}").await >= 1.0
+    })
+    .await;
+    // A new connection is the new listener's.
+    assert_eq!(proxy.client().upload_from(CH, "cpu=0.5").await.status, 201);
+    // The old one is still the old listener's.
+    send.ready().await.unwrap();
+    let after = upload(&mut send).await.unwrap();
+    assert_eq!(after.status(), 451);
+    proxy.stop().await;
+}

@@ -52,8 +52,9 @@ pub struct Origin {
 pub struct BadForwardedHeader;
 
 /// The peers allowed to name the client. A handful of networks: linear scan.
+/// Shared: each connection keeps the set it was accepted with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies(std::sync::Arc<[IpNet]>);
 
 impl TrustedProxies {
     pub fn new(nets: Vec<IpNet>) -> Self {
