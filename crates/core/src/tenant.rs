@@ -12,6 +12,7 @@
 //!
 //! Lookups take borrowed, already-lowercased names and allocate nothing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -371,7 +372,7 @@ impl Tenants {
                         let compared;
                         let value = if kind == Kind::Uri {
                             compared = uri_compared(value, value.ends_with('*'));
-                            compared.as_str()
+                            compared.as_ref()
                         } else {
                             value
                         };
@@ -544,24 +545,37 @@ fn mismatch(raw: Option<&RawMismatch>, key: &str, r: &mut ConfigReport) -> Optio
 /// it: a certificate's SAN URIs, and `uri:` patterns at load. For a
 /// pattern's `prefix` (before its `*`), text without a `:` is all scheme,
 /// and an authority the prefix cuts short is all host.
-pub fn uri_compared(uri: &str, prefix: bool) -> String {
-    let mut out = uri.to_string();
-    let Some(colon) = uri.find(':') else {
-        if prefix {
-            out.make_ascii_lowercase();
+/// Allocates only when there is upper case to lower (tenant recognition
+/// runs per request, and allocates nothing for names already lower case).
+pub fn uri_compared(uri: &str, prefix: bool) -> Cow<'_, str> {
+    // The byte ranges compared without regard to case.
+    let (scheme, host) = match uri.find(':') {
+        None if prefix => (0..uri.len(), 0..0),
+        None => (0..0, 0..0),
+        Some(colon) => {
+            let start = colon + 3;
+            let host = match uri.get(colon + 1..).and_then(|r| r.strip_prefix("//")) {
+                Some(rest) => {
+                    let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                    // The host follows any userinfo, which is compared as
+                    // it is; a port's digits have no case.
+                    let host = rest[..authority].rfind('@').map_or(0, |at| at + 1);
+                    start + host..start + authority
+                }
+                None => 0..0,
+            };
+            (0..colon, host)
         }
-        return out;
     };
-    out[..colon].make_ascii_lowercase();
-    let start = colon + 3;
-    if let Some(rest) = uri.get(colon + 1..).and_then(|r| r.strip_prefix("//")) {
-        let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        // The host follows any userinfo, which is compared as it is; a
-        // port's digits have no case.
-        let host = rest[..authority].rfind('@').map_or(0, |at| at + 1);
-        out[start + host..start + authority].make_ascii_lowercase();
+    let upper =
+        |r: &std::ops::Range<usize>| uri.as_bytes()[r.clone()].iter().any(u8::is_ascii_uppercase);
+    if !upper(&scheme) && !upper(&host) {
+        return Cow::Borrowed(uri);
     }
-    out
+    let mut out = uri.to_string();
+    out[scheme].make_ascii_lowercase();
+    out[host].make_ascii_lowercase();
+    Cow::Owned(out)
 }
 
 fn cert_pattern(pattern: &str) -> Option<(Kind, &str)> {
