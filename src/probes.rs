@@ -2,7 +2,9 @@
 //! every upstream, concurrently, each bounded by `health.timeout`; upstreams
 //! that are down or ejected every `health.recovery_interval`, so one that
 //! comes back is seen within a fraction of a second (at most one probe per
-//! upstream in flight: a round waits for its slowest probe). A 2xx is a
+//! upstream in flight, and none waits for another's: a blackholed
+//! upstream's probe, which takes `health.timeout`, does not slow the
+//! others' recovery). A 2xx is a
 //! success; anything else (status, error, timeout) a failure. Results feed
 //! [`Health::record_probe`]; transitions are logged and the gauges
 //! refreshed. The task ends promptly when the shutdown flag is set.
@@ -39,69 +41,97 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
     let recovery = instance.snapshot().health.settings().recovery_interval;
     let mut tick = tokio::time::interval(recovery);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When each upstream (by index) was last probed.
+    // When each upstream (by index) was last probed, and whether its probe
+    // is still running: one per upstream at a time, but no probe waits for
+    // another's (a blackholed upstream's takes `health.timeout`, and must
+    // not hold back one that came back).
     let mut last: Vec<Option<tokio::time::Instant>> = Vec::new();
+    let mut running: Vec<bool> = Vec::new();
+    let mut of_task = std::collections::HashMap::new();
+    let mut probes = JoinSet::new();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let done = tokio::select! {
+            _ = tick.tick() => None,
+            Some(done) = probes.join_next_with_id(), if !probes.is_empty() => Some(done),
             () = stopped(&mut stop) => return,
-        }
-        let state = instance.snapshot();
-        let Some(path) = state.health.settings().path.clone() else {
-            // Checks are off; keep the loop so a reload could turn them on.
+        };
+        let Some(done) = done else {
+            start_due(
+                &instance,
+                &mut last,
+                &mut running,
+                &mut of_task,
+                &mut probes,
+            );
             continue;
         };
-        let interval = state.health.settings().interval;
-        let now = tokio::time::Instant::now();
-        let count = state.config.policy.upstreams.len();
-        last.resize(count, None);
-        let mut probes = JoinSet::new();
-        for (i, at) in last.iter_mut().enumerate() {
-            let due = at.is_none_or(|t| now.duration_since(t) >= interval)
-                || state.health.recovering(UpstreamId(i));
-            if !due {
-                continue;
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(i) = of_task.remove(&id) {
+            if let Some(slot) = running.get_mut(i) {
+                *slot = false;
             }
-            *at = Some(now);
-            let state = state.clone();
-            let path = path.clone();
-            probes.spawn(async move {
-                let u = UpstreamId(i);
-                (u, probe(&state, u, &path).await)
-            });
         }
-        let mut changed = false;
-        loop {
-            let next = tokio::select! {
-                next = probes.join_next() => next,
-                () = stopped(&mut stop) => return,
-            };
-            let (u, ok) = match next {
-                None => break,
-                Some(Ok(result)) => result,
-                Some(Err(_)) => continue,
-            };
-            if let Some(t) = state.health.record_probe(u, ok) {
-                changed = true;
-                let policy = &state.config.policy;
-                let dc = &policy.datacenter_of(u).name;
-                let uri = &policy.upstream(u).uri;
-                match t {
-                    Transition::WentDown => {
-                        tracing::warn!(datacenter = %dc, upstream = %uri, "upstream down: active checks failing")
-                    }
-                    Transition::CameUp => {
-                        tracing::info!(datacenter = %dc, upstream = %uri, "upstream up: active checks passing")
-                    }
-                    Transition::Readmitted => {
-                        tracing::info!(datacenter = %dc, upstream = %uri, "upstream readmitted: it answers probes again")
-                    }
+        let Ok((_, (u, ok, state))) = done else {
+            continue;
+        };
+        if let Some(t) = state.health.record_probe(u, ok) {
+            let policy = &state.config.policy;
+            let dc = &policy.datacenter_of(u).name;
+            let uri = &policy.upstream(u).uri;
+            match t {
+                Transition::WentDown => {
+                    tracing::warn!(datacenter = %dc, upstream = %uri, "upstream down: active checks failing")
+                }
+                Transition::CameUp => {
+                    tracing::info!(datacenter = %dc, upstream = %uri, "upstream up: active checks passing")
+                }
+                Transition::Readmitted => {
+                    tracing::info!(datacenter = %dc, upstream = %uri, "upstream readmitted: it answers probes again")
                 }
             }
-        }
-        if changed {
             instance.refresh_gauges();
         }
+    }
+}
+
+type Probes = JoinSet<(UpstreamId, bool, Arc<Snapshot>)>;
+
+/// Starts a probe of every upstream that is due (its `interval` passed, or
+/// it is down or ejected) and has none running, on the current snapshot.
+fn start_due(
+    instance: &Instance,
+    last: &mut Vec<Option<tokio::time::Instant>>,
+    running: &mut Vec<bool>,
+    of_task: &mut std::collections::HashMap<tokio::task::Id, usize>,
+    probes: &mut Probes,
+) {
+    let state = instance.snapshot();
+    let Some(path) = state.health.settings().path.clone() else {
+        return; // checks are off; a reload could turn them on
+    };
+    let interval = state.health.settings().interval;
+    let now = tokio::time::Instant::now();
+    let count = state.config.policy.upstreams.len();
+    last.resize(count, None);
+    running.resize(count, false);
+    for i in 0..count {
+        let due = last[i].is_none_or(|t| now.duration_since(t) >= interval)
+            || state.health.recovering(UpstreamId(i));
+        if running[i] || !due {
+            continue;
+        }
+        last[i] = Some(now);
+        running[i] = true;
+        let (state, path) = (state.clone(), path.clone());
+        let task = probes.spawn(async move {
+            let u = UpstreamId(i);
+            let ok = probe(&state, u, &path).await;
+            (u, ok, state)
+        });
+        of_task.insert(task.id(), i);
     }
 }
 

@@ -230,3 +230,45 @@ async fn one_client_s_500s_do_not_eject_its_data_centre() {
     assert_eq!(reply.json()["error"], "no_healthy_datacenter");
     proxy.stop().await;
 }
+
+/// Probes do not wait for each other: an upstream that accepts and never
+/// answers (each of its probes takes `health.timeout`, here 3 s) does not
+/// slow the recovery of a data centre that comes back, which is taken back
+/// within a few `recovery_interval`s. Probes used to run in rounds, each
+/// waiting for its slowest: zurich then needed `healthy_threshold` × 3 s.
+#[tokio::test]
+async fn a_blackholed_upstream_does_not_slow_another_s_recovery() {
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole = blackhole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = blackhole.accept().await {
+            held.push(stream); // never answered
+        }
+    });
+    let zurich = closed_port().await;
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![("geneva", "ch", 2, true), ("frankfurt", "eu", 1, true)],
+        extra: format!(
+            "[health]\ninterval = \"3s\"\nrecovery_interval = \"50ms\"\ntimeout = \"3s\"\n\
+             unhealthy_threshold = 1\nhealthy_threshold = 2\n\
+             [datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://{zurich}\"]\n\
+             [datacenters.virginia]\njurisdiction = \"us\"\npriority = 1\nupstreams = [\"http://{hole}\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let up = "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"}";
+    wait_for_metric(&proxy, up, 0.0).await;
+    // Into the blackhole's first probe, then zurich comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _zurich = Upstream::start_at("zurich", zurich).await;
+    let back = std::time::Instant::now();
+    wait_for_metric(&proxy, up, 1.0).await;
+    assert!(
+        back.elapsed() < Duration::from_millis(2500),
+        "zurich was taken back after {:?}",
+        back.elapsed()
+    );
+    proxy.stop().await;
+}

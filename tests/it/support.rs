@@ -113,7 +113,13 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// As [`Upstream::start`], on `addr` (a data centre that comes back
+    /// where the proxy expects it).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let up = Upstream {
             name: name.to_string(),
             addr: listener.local_addr().unwrap(),
