@@ -17,6 +17,8 @@
 //! Probes go through the upstream pool ([`crate::upstream::pool`]), like
 //! uploads: the same connect path, TLS settings and `upstream_connect`
 //! deadline, and a passing probe leaves a warm connection behind. A probe
+//! of an upstream that is down or ejected never takes an idle connection:
+//! the probe that takes it back must have connected. A probe
 //! does not queue for `upstream.max_connections_per_upstream`: with every
 //! connection busy it uses one of its own beyond the cap, closed
 //! afterwards, so a saturated upstream is not taken for a dead one.
@@ -156,7 +158,10 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         HeaderValue::from_static("residency-proxy-health"),
     );
     let exchange = async {
-        let resp = state.pool.probe(u, req).await.ok()?;
+        // One that is down or ejected is taken back only over a new
+        // connection.
+        let fresh = state.health.recovering(u);
+        let resp = state.pool.probe(u, req, fresh).await.ok()?;
         let ok = resp.status().is_success();
         resp.into_body().collect().await.ok()?;
         Some(ok)

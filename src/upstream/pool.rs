@@ -244,7 +244,7 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, true)
+        self.send_with(u, self.hosted(u, req), &watch, true, true)
             .await
             .map_err(|(e, _)| e)
     }
@@ -252,14 +252,18 @@ impl Pool {
     /// An active health probe: like [`Pool::send`], but never waits for
     /// the connection cap — with every permitted connection busy it opens
     /// one beyond the cap, closed after its exchange, so that a saturated
-    /// upstream is not taken for a dead one.
+    /// upstream is not taken for a dead one. `fresh`: on a new connection,
+    /// never an idle one (a probe that readmits an upstream must have
+    /// tested TCP, TLS and the connect deadline: an old connection still
+    /// works after the upstream stopped taking new ones).
     pub async fn probe(
         &self,
         u: UpstreamId,
         req: Request<ForwardBody>,
+        fresh: bool,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, false)
+        self.send_with(u, self.hosted(u, req), &watch, false, !fresh)
             .await
             .map_err(|(e, _)| e)
     }
@@ -282,11 +286,12 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
     {
         debug_assert!(req.headers().contains_key(header::HOST), "no Host");
-        self.send_with(u, req, watch, true)
+        self.send_with(u, req, watch, true, true)
     }
 
     /// `capped`: wait for the connection cap (else open an unpooled
-    /// connection beyond it when it is full).
+    /// connection beyond it when it is full). `reuse`: take an idle
+    /// connection when there is one (else always a new one).
     #[allow(clippy::manual_async_fn)] // its arguments once, not twice
     fn send_with<'a>(
         &'a self,
@@ -294,6 +299,7 @@ impl Pool {
         mut req: Request<ForwardBody>,
         watch: &'a Watch,
         capped: bool,
+        reuse: bool,
     ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
     {
         async move {
@@ -302,7 +308,8 @@ impl Pool {
             // From when the cap is first met (read then: rarely needed).
             let mut deadline = None;
             let permit = loop {
-                if let Some((mut tx, progress)) = self.checkout(u).await {
+                let idle = if reuse { self.checkout(u).await } else { None };
+                if let Some((mut tx, progress)) = idle {
                     set(watch, &progress);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),

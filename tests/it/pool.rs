@@ -293,3 +293,33 @@ async fn the_connection_cap_queues_then_refuses() {
     assert_eq!(exchange(&pool).await, "ok");
     assert_eq!(server.accepted(), 2);
 }
+
+/// A probe that may take an upstream back opens a new connection: one
+/// that stopped taking connections (its listener closed) still answers on
+/// an old one, and a probe over that readmitted it, flapping with every
+/// upload that then failed to connect. An ordinary probe reuses an idle
+/// connection.
+#[tokio::test]
+async fn a_fresh_probe_does_not_take_an_idle_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, Mode::Length));
+        }
+    });
+    let pool = new_pool(&format!("http://{addr}"), Duration::from_secs(30), 4);
+    assert_eq!(exchange(&pool).await, "ok");
+    assert_eq!(pool.idle(U), 1);
+    // No new connections from now on; the idle one still answers.
+    accepting.abort();
+    let _ = accepting.await;
+    let probe = |fresh| {
+        let req = Request::get("/health").body(ForwardBody::empty()).unwrap();
+        pool.probe(U, req, fresh)
+    };
+    let fresh = probe(true).await;
+    assert!(matches!(fresh, Err(Error::Connect(_))), "{fresh:?}");
+    let reused = probe(false).await.expect("the idle connection answers");
+    assert_eq!(reused.status(), 201);
+}
