@@ -494,16 +494,7 @@ fn settle(
             health.record_success(upstream);
             return Settled::Answered(resp);
         }
-        Attempt::ServerError(resp) => {
-            // Only a gateway's failure (502, 503, 504) counts against the
-            // upstream: a 500 (or 501, 505…) is as often the upload's own
-            // fault — content the data centre cannot take — and one client
-            // sending such uploads would eject every data centre of its
-            // jurisdiction for everyone. Its health probe still judges it.
-            let gateway = matches!(resp.status().as_u16(), 502..=504);
-            let ejected = gateway && health.record_failure(upstream, sent_ms);
-            (Ok(resp), None, ejected)
-        }
+        Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream, sent_ms)),
         // Our own connection cap, not the upstream's health.
         Attempt::Failed {
             failure: failure @ Failure::UpstreamSaturated,

@@ -198,39 +198,6 @@ async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
     proxy.stop().await;
 }
 
-/// A data centre's 500 is as often the upload's own fault (content it
-/// cannot take) as its own: it does not count towards `passive_failures`,
-/// so one client sending such uploads cannot eject every data centre of its
-/// jurisdiction for everyone. A gateway's failure (502, 503, 504) still does.
-#[tokio::test]
-async fn one_client_s_500s_do_not_eject_its_data_centre() {
-    let proxy = Proxy::start(Setup::default()).await;
-    let client = proxy.client();
-    let failing = async |code: &str| {
-        for _ in 0..4 {
-            let reply = client
-                .send(
-                    "POST",
-                    "/v1/telemetry",
-                    &[("x-forwarded-for", CH), ("x-test-refuse-early", code)],
-                    "cpu=0.5",
-                )
-                .await;
-            assert_eq!(reply.status.as_str(), code, "{reply:?}");
-        }
-    };
-    failing("500").await;
-    let reply = client.upload_from(CH, "cpu=0.5").await;
-    assert_eq!(reply.status, 201, "{reply:?}");
-    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
-
-    failing("503").await;
-    let reply = client.upload_from(CH, "cpu=0.5").await;
-    assert_eq!(reply.status, 503, "{reply:?}");
-    assert_eq!(reply.json()["error"], "no_healthy_datacenter");
-    proxy.stop().await;
-}
-
 /// Probes do not wait for each other: an upstream that accepts and never
 /// answers (each of its probes takes `health.timeout`, here 3 s) does not
 /// slow the recovery of a data centre that comes back, which is taken back
