@@ -240,11 +240,11 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
         } else {
             tracing::info!(trigger = "SIGHUP", "reloading");
         }
+        // The watched files as the reload begins, before it reads any.
+        let before = now.unwrap_or_else(|| seen.again());
         // Off the async workers: building reads and hashes the GeoIP
         // database and parses certificates (with one worker thread, every
         // connection would wait for it).
-        // The watched files as the reload begins, before it reads any.
-        let before = now.unwrap_or_else(|| seen.again());
         let (inst, p) = (instance.clone(), path.clone());
         let reloaded = tokio::task::spawn_blocking(move || reload(&inst, &p)).await;
         seen = match reloaded {

@@ -505,8 +505,9 @@ impl Fleet {
     /// the checkpoint another replica just stored gets it instead of a
     /// 404 (replicas follow once a tick). At most once per
     /// [`CATCH_UP_EVERY`] for all readers together (one that comes sooner
-    /// waits for the window), and not while this replica integrates or its
-    /// tick runs (which publishes anyway).
+    /// waits for the window), never racing this replica's tick (it waits up
+    /// to a window for the tick, which publishes anyway), and not on the
+    /// integrator.
     pub fn catch_up(&self, size: u64) -> Arc<Published> {
         let latest = self.latest();
         if latest.size >= size {
