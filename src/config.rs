@@ -1285,14 +1285,14 @@ fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Path
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A directory with the files a minimal configuration names; removed on drop.
-    struct Files(PathBuf);
+    pub(crate) struct Files(pub(crate) PathBuf);
 
     impl Files {
-        fn new(name: &str) -> Files {
+        pub(crate) fn new(name: &str) -> Files {
             let dir = std::env::temp_dir().join(format!(
                 "rp-config-{name}-{}-{:?}",
                 std::process::id(),
@@ -1312,7 +1312,7 @@ mod tests {
         }
     }
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [[listeners]]
 address = "127.0.0.1:0"
 [listeners.tls]

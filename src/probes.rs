@@ -43,12 +43,11 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
     let recovery = instance.snapshot().health.settings().recovery_interval;
     let mut tick = tokio::time::interval(recovery);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When each upstream (by index) was last probed, and whether its probe
-    // is still running: one per upstream at a time, but no probe waits for
-    // another's (a blackholed upstream's takes `health.timeout`, and must
-    // not hold back one that came back).
+    // When each upstream (by index) was last probed, and the upstream of
+    // each probe still running: one per upstream at a time, but no probe
+    // waits for another's (a blackholed upstream's takes `health.timeout`,
+    // and must not hold back one that came back).
     let mut last: Vec<Option<tokio::time::Instant>> = Vec::new();
-    let mut running: Vec<bool> = Vec::new();
     let mut of_task = std::collections::HashMap::new();
     let mut probes = JoinSet::new();
     loop {
@@ -58,24 +57,14 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             () = stopped(&mut stop) => return,
         };
         let Some(done) = done else {
-            start_due(
-                &instance,
-                &mut last,
-                &mut running,
-                &mut of_task,
-                &mut probes,
-            );
+            start_due(&instance, &mut last, &mut of_task, &mut probes);
             continue;
         };
         let id = match &done {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        if let Some(i) = of_task.remove(&id) {
-            if let Some(slot) = running.get_mut(i) {
-                *slot = false;
-            }
-        }
+        of_task.remove(&id);
         let Ok((_, (u, ok, state))) = done else {
             continue;
         };
@@ -106,7 +95,6 @@ type Probes = JoinSet<(UpstreamId, bool, Arc<Snapshot>)>;
 fn start_due(
     instance: &Instance,
     last: &mut Vec<Option<tokio::time::Instant>>,
-    running: &mut Vec<bool>,
     of_task: &mut std::collections::HashMap<tokio::task::Id, usize>,
     probes: &mut Probes,
 ) {
@@ -118,7 +106,12 @@ fn start_due(
     let now = tokio::time::Instant::now();
     let count = state.config.policy.upstreams.len();
     last.resize(count, None);
-    running.resize(count, false);
+    let mut running = vec![false; count];
+    for &i in of_task.values() {
+        if let Some(slot) = running.get_mut(i) {
+            *slot = true;
+        }
+    }
     for i in 0..count {
         let due = last[i].is_none_or(|t| now.duration_since(t) >= interval)
             || state.health.recovering(UpstreamId(i));
@@ -126,7 +119,6 @@ fn start_due(
             continue;
         }
         last[i] = Some(now);
-        running[i] = true;
         let (state, path) = (state.clone(), path.clone());
         let task = probes.spawn(async move {
             let u = UpstreamId(i);

@@ -290,26 +290,16 @@ async fn recv(hup: &mut Hangup) {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::tests::{Files, MINIMAL};
     use crate::config::Config;
 
     /// Every setting a reload cannot apply is named when it changes, so the
     /// operator is told that the change waits for a restart.
     #[test]
     fn a_change_read_at_start_only_is_named() {
-        let dir = std::env::temp_dir().join(format!("rp-restart-only-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["c.pem", "c.key", "g.mmdb"] {
-            std::fs::write(dir.join(f), "x").unwrap();
-        }
-        let config = |extra: &str| {
-            let toml = format!(
-                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n\
-                 certificates = [{{ cert = \"c.pem\", key = \"c.key\" }}]\n[geoip]\n\
-                 database = \"g.mmdb\"\n[jurisdictions.ch]\ncountries = [\"CH\"]\n\
-                 [datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://127.0.0.1:1\"]\n{extra}"
-            );
-            Config::from_toml(&toml, &dir).unwrap()
-        };
+        let files = Files::new("restart-only");
+        let config =
+            |extra: &str| Config::from_toml(&format!("{MINIMAL}{extra}"), &files.0).unwrap();
         let old = config("");
         for (extra, key) in [
             ("[log]\nformat = \"json\"\n", "log.format"),
@@ -327,6 +317,5 @@ mod tests {
             );
         }
         assert!(super::restart_only_changes(&old, &config("")).is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -203,14 +203,9 @@ fn prepare(
             version: parts.version,
             via: target.via,
             foreign: target.foreign,
+            expect: target.expect,
         },
     );
-    // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored. Sent
-    // on in the HTTP/1.1 request the data centre gets, it would tell it that
-    // the client waits for `100 Continue`.
-    if target.expect && parts.version <= Version::HTTP_10 {
-        headers.remove(header::EXPECT);
-    }
     // RFC 9110 §7.6.2: a forwarded OPTIONS counts one hop down (one with 0
     // was answered by the proxy).
     if parts.method == Method::OPTIONS {

@@ -248,6 +248,11 @@ pub struct Forwarded<'a> {
     /// ([`Fields::foreign`]); `false`: it has none, and the fields are not
     /// looked at again.
     pub foreign: bool,
+    /// The request has an `Expect` ([`Fields::expect`]). An HTTP/1.0
+    /// client's is ignored (RFC 9110 §10.1.1) and not sent on: in the
+    /// HTTP/1.1 request the data centre gets, it would say that the client
+    /// waits for `100 Continue`.
+    pub expect: bool,
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -269,6 +274,9 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     // and other claims of an address, in either spelling.
     if f.foreign {
         strip(headers, not_upstream, true);
+    }
+    if f.expect && f.version <= Version::HTTP_10 {
+        headers.remove(header::EXPECT);
     }
     headers.reserve(7);
     push_ip(&mut chain, f.hop);
@@ -1139,6 +1147,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            expect: false,
         };
         to_upstream(&mut h, &f);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
@@ -1193,6 +1202,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            expect: false,
         }
     }
 
@@ -1261,6 +1271,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            expect: false,
         };
         to_upstream(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.0.0.2, 10.0.0.1");
@@ -1304,6 +1315,7 @@ mod tests {
                 },
                 via: true,
                 foreign: true,
+                expect: false,
             };
             to_upstream(&mut h, &f);
             assert_eq!(h.get_all("cookie").iter().count(), want, "http2 = {http2}");
@@ -1663,6 +1675,7 @@ mod proptests {
                 },
                 via: fields.via,
                 foreign: fields.foreign,
+                expect: false,
             }
         }
     }
