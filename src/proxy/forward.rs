@@ -489,7 +489,10 @@ fn settle(
             health.record_success(upstream);
             return Settled::Answered(resp);
         }
-        Attempt::ServerError(resp) => (Ok(resp), None, health.record_failure(upstream, sent_ms)),
+        Attempt::ServerError(resp) => {
+            let ejected = health.record_server_error(upstream, sent_ms);
+            (Ok(resp), None, ejected)
+        }
         // Our own connection cap, not the upstream's health.
         Attempt::Failed {
             failure: failure @ Failure::UpstreamSaturated,

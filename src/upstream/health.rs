@@ -7,7 +7,11 @@
 //!   `healthy_threshold` consecutive successes. Upstreams start up.
 //! * **Passive ejection**: a failed connection ejects the upstream at once;
 //!   `passive_failures` consecutive failed requests (errors, 5xx, timeouts)
-//!   eject it too; so does a **hang** — a request whose body was sent
+//!   eject it too — except that a run of 5xx *answers* never ejects the
+//!   last upstream in rotation of its jurisdiction ([`Health::record_server_error`]:
+//!   an answer proves the upstream alive, and its 5xx may be the upload's
+//!   own fault, so one client must not empty a jurisdiction for everyone);
+//!   so does a **hang** — a request whose body was sent
 //!   waiting `hung_after` without this upstream answering anything
 //!   meanwhile ([`Health::eject_hung`], from the forwarding path).
 //!   Ejection lasts `down_for`, then the upstream is tried again.
@@ -35,6 +39,8 @@ use residency_core::policy::{DatacenterId, Policy, UpstreamId};
 #[derive(Debug, Default)]
 struct Upstream {
     datacenter: usize,
+    /// Its data centre's jurisdiction.
+    jurisdiction: usize,
     active_up: AtomicBool,
     active_successes: AtomicU32,
     active_failures: AtomicU32,
@@ -84,6 +90,7 @@ impl Health {
                 .iter()
                 .map(|u| Upstream {
                     datacenter: u.datacenter.0,
+                    jurisdiction: policy.datacenter(u.datacenter).jurisdiction.0,
                     active_up: AtomicBool::new(true),
                     ..Upstream::default()
                 })
@@ -219,6 +226,22 @@ impl Health {
     /// dealt with (the requests a hung upstream held fail together when it
     /// comes back, and must not eject it again).
     pub fn record_failure(&self, u: UpstreamId, sent_ms: u64) -> bool {
+        self.count_failure(u, sent_ms, false)
+    }
+
+    /// As [`Health::record_failure`], for a request `u` answered with a
+    /// 5xx: counted the same, but the run does not eject `u` while it is
+    /// the last upstream in rotation of its jurisdiction. An upstream that
+    /// answers is alive, and its 5xx may be the upload's own fault; without
+    /// this, one client's uploads (each replay with an `Idempotency-Key`
+    /// counting against the next data centre) would eject every data
+    /// centre of the jurisdiction for everyone. The run stays counted: the
+    /// next 5xx ejects it once another upstream of the jurisdiction is back.
+    pub fn record_server_error(&self, u: UpstreamId, sent_ms: u64) -> bool {
+        self.count_failure(u, sent_ms, true)
+    }
+
+    fn count_failure(&self, u: UpstreamId, sent_ms: u64, spare_last: bool) -> bool {
         let Some(x) = self.upstreams.get(u.0) else {
             return false;
         };
@@ -226,11 +249,20 @@ impl Health {
             return false;
         }
         let n = x.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.settings.passive_failures {
-            self.eject_for(u, EJECTED_FAILING);
-            return true;
+        if n < self.settings.passive_failures || (spare_last && !self.another_up(u, x)) {
+            return false;
         }
-        false
+        self.eject_for(u, EJECTED_FAILING);
+        true
+    }
+
+    /// Is an upstream other than `u` (whose entry is `x`) of `u`'s
+    /// jurisdiction in rotation?
+    fn another_up(&self, u: UpstreamId, x: &Upstream) -> bool {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .any(|(i, o)| i != u.0 && o.jurisdiction == x.jurisdiction && self.is_up(UpstreamId(i)))
     }
 
     /// Ejects `u` for `down_for` (a connection to it failed).
@@ -424,6 +456,35 @@ down_for = "10s"
         h.eject(u);
         assert!(!h.is_up(u), "a failed connection ejects at once");
         assert!(!h.is_up(UpstreamId(9)), "unknown upstreams are never up");
+    }
+
+    /// zurich's two upstreams and geneva's one are CH's three: 5xx answers
+    /// eject the first two, never the third while it is the last in
+    /// rotation; a failed connection still does.
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_never_eject_a_jurisdiction_s_last_upstream() {
+        let (h, _) = health();
+        let [a, b, last] = [0, 1, 2].map(UpstreamId);
+        for u in [a, b] {
+            assert!(!h.record_server_error(u, h.now_ms()));
+            assert!(h.record_server_error(u, h.now_ms()), "two in a row eject");
+        }
+        for _ in 0..5 {
+            assert!(!h.record_server_error(last, h.now_ms()));
+        }
+        assert!(h.is_up(last), "the jurisdiction's last upstream stays");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(h.is_up(a), "down_for ran out");
+        h.eject(b);
+        assert!(
+            h.record_server_error(last, h.now_ms()),
+            "its run stayed counted: ejected once another is back"
+        );
+        assert!(!h.record_server_error(a, h.now_ms()));
+        assert!(!h.record_server_error(a, h.now_ms()), "now a is the last");
+        assert!(h.is_up(a));
+        h.eject(a);
+        assert!(!h.is_up(a), "a failed connection ejects even the last");
     }
 
     #[tokio::test(start_paused = true)]

@@ -239,3 +239,52 @@ async fn a_blackholed_upstream_does_not_slow_another_s_recovery() {
     );
     proxy.stop().await;
 }
+
+/// One client whose uploads a data centre answers 500 (content it cannot
+/// take) ejects that data centre after `passive_failures` in a row, but not
+/// the jurisdiction's last one in rotation, though each upload's replay
+/// (`Idempotency-Key`) counts against it too: other clients' uploads are
+/// still stored there, not refused with 503.
+#[tokio::test]
+async fn one_client_s_server_errors_do_not_empty_its_jurisdiction() {
+    let proxy = Proxy::start(two_ch_datacenters(true)).await;
+    let client = proxy.client();
+    for i in 0..5 {
+        let key = format!("bad-{i}");
+        let reply = client
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[
+                    ("x-forwarded-for", CH),
+                    ("x-test-refuse-early", "500"),
+                    ("idempotency-key", &key),
+                ],
+                "cpu=0.5",
+            )
+            .await;
+        assert_eq!(reply.status, 500, "{reply:?}");
+    }
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let replays = "residency_upstream_retries_total{reason=\"idempotent_replay\"}";
+    assert!(
+        metric(&metrics, replays) >= Some(3.0),
+        "the replays reached geneva: {metrics}"
+    );
+    let up = |dc: &str| {
+        let addr = proxy.upstream(dc).addr;
+        let line =
+            format!("residency_upstream_up{{datacenter=\"{dc}\",upstream=\"http://{addr}/\"}}");
+        metric(&metrics, &line)
+    };
+    assert_eq!(up("zurich"), Some(0.0), "zurich ejected: {metrics}");
+    assert_eq!(
+        up("geneva"),
+        Some(1.0),
+        "geneva, CH's last, kept: {metrics}"
+    );
+    let reply = client.upload_from(CH, "cpu=0.5").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
+    proxy.stop().await;
+}
