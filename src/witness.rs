@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use residency_core::report::ConfigReport;
 use residency_log::note::Verifier;
 use residency_log::witness::{
     encode_state, parse_state, Cosigner, State, Witness, MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE,
@@ -106,30 +107,41 @@ fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Verifier>> {
             _ => (None, arg.as_str()),
         };
         let text = std::fs::read_to_string(key).unwrap_or_else(|_| key.to_string());
-        let verifier = Verifier::parse(text.trim()).map_err(|e| anyhow!("--log {arg}: {e}"))?;
+        let verifier = Verifier::parse(text.trim()).map_err(|e| anyhow!("{arg}: {e}"))?;
         let origin = origin.unwrap_or(verifier.name()).to_string();
         if !residency_log::settings::valid_origin(&origin) {
-            bail!("--log {arg}: origin `{origin}` must be non-empty, without spaces or '+'");
+            bail!("{arg}: origin `{origin}` must be non-empty, without spaces or '+'");
         }
         if logs.insert(origin.clone(), verifier).is_some() {
-            bail!("--log: origin {origin} is given twice");
+            bail!("origin {origin} is given twice");
         }
     }
     Ok(logs)
 }
 
 /// Loads the key, the logs and the state: the witness, ready to serve.
+/// What is wrong with them is a [`ConfigReport`] naming the flag (exit 2).
 pub fn load(args: &WitnessArgs) -> anyhow::Result<Witness> {
-    let pkcs8 = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
-    let cosigner = Cosigner::from_pkcs8(&args.name, &pkcs8)
-        .map_err(|e| anyhow!("{}: {e}", args.key.display()))?;
-    let logs = logs(&args.logs)?;
-    let state = match std::fs::read_to_string(&args.state) {
-        Ok(text) => parse_state(&text).map_err(|e| anyhow!("{}: {e}", args.state.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::new(),
-        Err(e) => bail!("{}: {e}", args.state.display()),
+    let key = || {
+        let pkcs8 = std::fs::read(&args.key).map_err(|e| anyhow!("{e}"))?;
+        Cosigner::from_pkcs8(&args.name, &pkcs8).map_err(|e| anyhow!("{e}"))
     };
+    let cosigner = key().map_err(|e| flag("--key", format!("{}: {e}", args.key.display())))?;
+    let logs = logs(&args.logs).map_err(|e| flag("--log", e))?;
+    let state = match std::fs::read_to_string(&args.state) {
+        Ok(text) => parse_state(&text).map_err(|e| anyhow!("{e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::new()),
+        Err(e) => Err(e.into()),
+    }
+    .map_err(|e| flag("--state", format!("{}: {e}", args.state.display())))?;
     Ok(Witness::new(cosigner, logs, state))
+}
+
+/// An argument that cannot be used, named by its flag.
+fn flag(name: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    let mut report = ConfigReport::new("witness");
+    report.push(name, e);
+    report.into()
 }
 
 /// Writes `state` to `path` atomically and durably.
@@ -140,7 +152,7 @@ pub fn write_state(path: &Path, state: &State) -> std::io::Result<()> {
 /// Serves until `shutdown` resolves.
 pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let witness = Arc::new(load(&args)?);
-    let tls = acceptor(&args)?;
+    let tls = acceptor(&args).map_err(|e| flag("--tls-cert / --tls-key", format!("{e:#}")))?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

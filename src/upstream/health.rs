@@ -29,6 +29,7 @@
 //! The clock is tokio's, so tests drive it with a paused clock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -69,6 +70,10 @@ pub struct Health {
     settings: HealthSettings,
     upstreams: Vec<Upstream>,
     drained: Vec<AtomicBool>,
+    /// Per jurisdiction: held while a run of 5xx answers decides whether
+    /// another upstream is in rotation and ejects, so that two upstreams
+    /// reaching the run at once on two threads do not both go.
+    sparing: Vec<Mutex<()>>,
 }
 
 /// A change of an upstream's active state, for logs.
@@ -99,6 +104,11 @@ impl Health {
                 .datacenters
                 .iter()
                 .map(|_| AtomicBool::new(false))
+                .collect(),
+            sparing: policy
+                .jurisdictions
+                .iter()
+                .map(|_| Mutex::new(()))
                 .collect(),
         }
     }
@@ -249,7 +259,12 @@ impl Health {
             return false;
         }
         let n = x.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < self.settings.passive_failures || (spare_last && !self.another_up(u, x)) {
+        if n < self.settings.passive_failures {
+            return false;
+        }
+        // Held from the look at the others to the ejection (`sparing`).
+        let _held = spare_last.then(|| self.sparing.get(x.jurisdiction).map(Mutex::lock));
+        if spare_last && !self.another_up(u, x) {
             return false;
         }
         self.eject_for(u, EJECTED_FAILING);

@@ -720,3 +720,49 @@ fn the_demo_runs_again_in_the_directory_it_kept() {
     }
     assert_eq!(keys[0], keys[1], "the same log key");
 }
+
+/// The witness's arguments that cannot be used are invalid input (exit 2),
+/// named by their flag, as a bad configuration is; not a runtime failure.
+#[test]
+fn a_witness_s_unusable_arguments_exit_2_naming_the_flag() {
+    let dir = TempDir::new("cli-witness");
+    let prefix = dir.path().join("w");
+    let out = run(
+        &[
+            "keygen",
+            "--witness",
+            "--name",
+            "w.example",
+            "--out",
+            path(&prefix),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = dir.path().join("w.key");
+    let missing = dir.path().join("missing.key");
+    for (key, log, flag) in [
+        (&key, "garbage", "- --log: garbage: "),
+        (&missing, "garbage", "- --key: "),
+    ] {
+        let out = run(
+            &[
+                "witness",
+                "--name",
+                "w.example",
+                "--key",
+                path(key),
+                "--log",
+                log,
+                "--state",
+                path(&dir.path().join("state.json")),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+        assert!(stderr.contains(flag), "{flag:?} missing from:\n{stderr}");
+    }
+}
