@@ -10,7 +10,9 @@
 //! with the witness's configured key over this checkpoint. Witnesses are
 //! asked concurrently, one round at a time, each request bounded (10 s for
 //! the answer's head, 10 s for its body); a witness that failed is asked
-//! again after a backoff (1 s, doubling up to 16 s). Every exchange ends in one
+//! again after a backoff (1 s, doubling up to 16 s), kept per origin, so
+//! that one it refuses (a sealed generation the witness never knew or has
+//! dropped) does not hold back the others. Every exchange ends in one
 //! `residency_log_witness_cosignatures_total{witness,result}` count.
 //!
 //! A log that rolled to a new origin (`max_records`) starts over with the
@@ -18,6 +20,7 @@
 //! generation's last checkpoint lacks (read from its signature lines, so
 //! this survives restarts), from size 0 (the 409 gives the witness's).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,8 +75,11 @@ struct Client {
     cosigned: AtomicU64,
     /// The checkpoint size whose served note carries its cosignature.
     published: AtomicU64,
-    /// Consecutive failures and when to try again.
-    backoff: Mutex<(u32, Option<Instant>)>,
+    /// Per generation (by number) that failed last time: consecutive
+    /// failures and when to try again. Kept apart so that a witness
+    /// refusing a sealed origin (one it was never told of, or has
+    /// dropped) is still asked about the current one.
+    backoff: Mutex<HashMap<u32, (u32, Instant)>>,
     results: [IntCounter; 5],
 }
 
@@ -120,7 +126,7 @@ impl Witnesses {
                 fetcher,
                 cosigned: AtomicU64::new(0),
                 published: AtomicU64::new(NONE),
-                backoff: Mutex::new((0, None)),
+                backoff: Mutex::default(),
                 results,
             });
         }
@@ -182,7 +188,7 @@ impl Witnesses {
         let asked: Vec<&Client> = self
             .clients
             .iter()
-            .filter(|c| c.due(now))
+            .filter(|c| c.due(generation.number(), now))
             .filter(|c| {
                 if current && c.published.load(Ordering::Acquire) == latest.size {
                     return false;
@@ -253,22 +259,22 @@ impl Client {
         &self.settings.name
     }
 
-    fn due(&self, now: Instant) -> bool {
+    /// May the witness be asked about generation `number` now?
+    fn due(&self, number: u32, now: Instant) -> bool {
         let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        backoff.1.is_none_or(|at| now >= at)
+        backoff.get(&number).is_none_or(|(_, at)| now >= *at)
     }
 
-    fn record(&self, outcome: Outcome) {
+    fn record(&self, number: u32, outcome: Outcome) {
         self.results[outcome as usize].inc();
         let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        *backoff = match outcome {
-            Outcome::Ok => (0, None),
-            _ => {
-                let failures = backoff.0.saturating_add(1);
-                let delay = Duration::from_secs(1 << (failures.min(5) - 1));
-                (failures, Some(Instant::now() + delay))
-            }
-        };
+        if let Outcome::Ok = outcome {
+            backoff.remove(&number);
+            return;
+        }
+        let failures = backoff.get(&number).map_or(1, |(n, _)| n.saturating_add(1));
+        let delay = Duration::from_secs(1 << (failures.min(5) - 1));
+        backoff.insert(number, (failures, Instant::now() + delay));
     }
 
     /// Whether the signature lines of a checkpoint (`signatures`, over
@@ -289,7 +295,7 @@ impl Client {
         old: u64,
     ) -> Option<String> {
         let (outcome, line) = self.try_exchange(log, latest, body, old).await;
-        self.record(outcome);
+        self.record(log.number(), outcome);
         line
     }
 

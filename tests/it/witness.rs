@@ -583,3 +583,36 @@ async fn a_rolled_log_gets_its_sealed_and_its_new_origin_cosigned() {
     }
     proxy.stop().await;
 }
+
+/// A witness told only of the log's new origin (its operator dropped the
+/// sealed one, or it was added after the roll) refuses the sealed
+/// generation's checkpoint for good; the current one is still cosigned.
+#[tokio::test]
+async fn a_witness_refusing_a_sealed_origin_still_cosigns_the_current_one() {
+    use residency_log::note::Signer;
+    let dir = TempDir::new("witness-roll-new-only");
+    let (wvkey, wkey) = witness_key(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log_pkcs8 = Signer::generate_pkcs8().unwrap();
+    let second = format!("{ORIGIN_A}/2");
+    let keys = [ORIGIN_A, second.as_str()]
+        .map(|o| Signer::from_pkcs8(o, &log_pkcs8).unwrap().verifier_key());
+    let witness = WitnessProcess::start(dir.path(), addr, &keys[1..], 1).await;
+    let proxy = Proxy::start(Setup {
+        transparency: Some(format!(
+            "max_records = 3\n[[transparency.witnesses]]\nurl = \"http://{addr}\"\nkey = \"{wvkey}\"\n"
+        )),
+        log_origin: ORIGIN_A,
+        log_pkcs8: Some(log_pkcs8),
+        ..Setup::default()
+    })
+    .await;
+    for i in 0..5 {
+        let reply = proxy.client().upload_from(CH, &format!("x={i}")).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    assert_eq!(key_of(&proxy), keys[1], "rolled to the second origin");
+    let (_, cp) = cosigned_at(&proxy, "/checkpoint", &keys[1], &wkey, 2).await;
+    assert_eq!(cp.size, 2, "{}", witness.output());
+    proxy.stop().await;
+}

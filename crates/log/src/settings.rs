@@ -584,6 +584,10 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
     })
 }
 
+/// Witnesses a log may have: C2SP signed-note verifiers "MUST accept at
+/// least up to 16" signatures, and one is the log's own.
+pub const MAX_WITNESSES: usize = 15;
+
 /// `[[transparency.witnesses]]`: an http(s) URL and a cosigner vkey each;
 /// no URL, key or name twice.
 pub fn witnesses(
@@ -594,6 +598,16 @@ pub fn witnesses(
     let raw = raw.witnesses.as_deref().unwrap_or_default();
     let mut out = Vec::new();
     let mut complete = true;
+    if raw.len() > MAX_WITNESSES {
+        r.push(
+            "transparency.witnesses",
+            format!(
+                "{} witnesses; at most {MAX_WITNESSES}: with the log's own signature a checkpoint then has at most 16 signature lines, which every signed-note verifier must accept",
+                raw.len()
+            ),
+        );
+        complete = false;
+    }
     for (i, w) in raw.iter().enumerate() {
         let k = |name: &str| format!("transparency.witnesses[{i}].{name}");
         let url = match w.url.as_deref().map(str::trim) {
@@ -1218,6 +1232,35 @@ mod tests {
         assert!(
             r.to_string()
                 .contains("- transparency.witnesses[0].ca: ./no-such-ca.pem:"),
+            "{r}"
+        );
+
+        // Sixteen witnesses and the log's signature: more lines than a
+        // signed-note verifier must accept.
+        let many = (0..=MAX_WITNESSES)
+            .map(|i| {
+                let name = format!("w{i}.example");
+                let key = Cosigner::from_pkcs8(&name, &Cosigner::generate_pkcs8().unwrap())
+                    .unwrap()
+                    .verifier_key();
+                witness(&format!("https://{name}"), &key)
+            })
+            .collect::<Vec<_>>();
+        let mut many = many;
+        let sixteenth = many.pop();
+        let raw = RawTransparency {
+            witnesses: Some(many),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert_eq!(witnesses(&raw, Path::new("."), &mut r).unwrap().len(), 15);
+        let mut raw = raw;
+        raw.witnesses.as_mut().unwrap().extend(sixteenth);
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
+        assert!(
+            r.to_string()
+                .contains("- transparency.witnesses: 16 witnesses; at most 15"),
             "{r}"
         );
     }
