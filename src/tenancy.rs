@@ -153,10 +153,15 @@ impl TokenVerifier {
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     }
 
+    /// The field the token is read from.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
     /// The tenant name a valid token's claim gives.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(described(&e)))?;
         if !matches!(header.alg, Algorithm::EdDSA | Algorithm::ES256) {
             return Err(TokenError::Algorithm(header.alg));
         }
@@ -203,9 +208,9 @@ impl TokenVerifier {
             match jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &key.validation) {
                 Ok(data) => break data.claims.0,
                 Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                    refused.get_or_insert(TokenError::Invalid(e.to_string()));
+                    refused.get_or_insert(TokenError::Invalid(described(&e)));
                 }
-                Err(e) => return Err(TokenError::Invalid(e.to_string())),
+                Err(e) => return Err(TokenError::Invalid(described(&e))),
             }
         };
         // What jsonwebtoken lets through: an `nbf` it cannot read (it then
@@ -235,7 +240,17 @@ impl TokenVerifier {
 /// carries it to the log: its first 64 characters, then `…`. The request
 /// head bounds it, but a 401's log line need not repeat kilobytes of it.
 fn shortened(text: &str) -> String {
-    match text.char_indices().nth(64) {
+    shortened_to(text, 64)
+}
+
+/// A JWT library's error, whose text may quote the token's (serde's
+/// "unknown variant `…`"): its first 256 characters.
+fn described(e: &jsonwebtoken::errors::Error) -> String {
+    shortened_to(&e.to_string(), 256)
+}
+
+fn shortened_to(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_string(),
     }
@@ -592,20 +607,21 @@ fn token_verifier(
                                     validation,
                                 });
                             }
-                            Err(e) => r.push(
-                                "tenancy.token.jwks",
-                                format!("{}: key {i}: {e}", resolved.display()),
-                            ),
+                            // Its coordinates do not decode (padded or
+                            // not base64url): unusable, left out like the
+                            // others, so the rest of the set applies.
+                            Err(e) => skip(i, &format!("its key material does not decode ({e})")),
                         }
                     }
-                    if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
-                        r.push(
-                            "tenancy.token.jwks",
-                            format!(
-                                "{}: with several keys, each needs a `kid`",
-                                resolved.display()
-                            ),
-                        );
+                    // With several keys, one without `kid` is never chosen
+                    // (`verify`): left out, saying so.
+                    if keys.len() > 1 {
+                        keys.retain(|k| {
+                            if k.kid.is_none() {
+                                tracing::warn!(jwks = %resolved.display(), "a key without `kid` in a set of several: the key is not used");
+                            }
+                            k.kid.is_some()
+                        });
                     }
                 }
             }
@@ -805,6 +821,24 @@ file = "tenants file.toml"
         assert_eq!(super::shortened(&long), long);
         let longer = super::shortened(&format!("{long}x{}", "k".repeat(4000)));
         assert_eq!(longer, format!("{long}…"));
+        // The JWT library's words about a header quote its text.
+        let verifier = super::TokenVerifier {
+            header: http::header::AUTHORIZATION,
+            bearer: true,
+            claim: "tenant".into(),
+            keys: Vec::new(),
+            typ: None,
+        };
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for header in [
+            format!(r#"{{"alg":"{}"}}"#, "A".repeat(5000)),
+            format!(r#"{{"alg":"EdDSA","x5c":"{}"}}"#, "A".repeat(5000)),
+        ] {
+            let token = format!("{}.{}.", b64(&header), b64("{}"));
+            let why = format!("{:?}", verifier.verify(&token).unwrap_err());
+            assert!(why.len() < 400, "{} characters: {why}", why.len());
+        }
     }
 
     /// `typ` values name media types: `application/` is implied without

@@ -42,6 +42,7 @@ use super::error::Failure;
 use super::headers::{self, Forwarded};
 use crate::config::Timeouts;
 use crate::state::{Instance, Snapshot};
+use crate::tenancy::TokenVerifier;
 use crate::upstream::body::{BodySlot, ForwardBody};
 use crate::upstream::pool::Error as PoolError;
 use crate::upstream::progress::{Watch, WriteProgress};
@@ -204,6 +205,12 @@ fn prepare(
             via: target.via,
             foreign: target.foreign,
             expect: target.expect,
+            token_header: state
+                .config
+                .tenancy
+                .token
+                .as_deref()
+                .map(TokenVerifier::header),
         },
     );
     // RFC 9110 §7.6.2: a forwarded OPTIONS counts one hop down (one with 0

@@ -253,6 +253,25 @@ pub struct Forwarded<'a> {
     /// HTTP/1.1 request the data centre gets, it would say that the client
     /// waits for `100 Continue`.
     pub expect: bool,
+    /// `tenancy.token.header`, when tokens are on: its spelling with `_`
+    /// for `-` does not go upstream ([`spelt_with_underscores`]).
+    pub token_header: Option<&'a HeaderName>,
+}
+
+/// Whether `name` is `dashed` (a name with a `-`) spelt with `_` for some
+/// of its `-`: `x_tenant_token` for `tenancy.token.header = "x-tenant-token"`.
+/// A data centre that maps field names to CGI-style variables reads it as
+/// the token field; but the proxy judged the tenant by the dashed one only
+/// (or, without it, by GeoIP), so a token in it must not reach the data
+/// centre, which would credit the upload to a tenant whose pin it escaped.
+fn spelt_with_underscores(name: &HeaderName, dashed: &HeaderName) -> bool {
+    let (name, dashed) = (name.as_str().as_bytes(), dashed.as_str().as_bytes());
+    name.len() == dashed.len()
+        && name != dashed
+        && name
+            .iter()
+            .zip(dashed)
+            .all(|(n, d)| n == d || (*n == b'_' && *d == b'-'))
 }
 
 /// Rewrites a client request's headers for the upstream, in place: the
@@ -273,7 +292,14 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     // Hop-by-hop (with any named in `Connection`), client-sent `Residency-*`
     // and other claims of an address, in either spelling.
     if f.foreign {
-        strip(headers, not_upstream, true);
+        match f.token_header {
+            Some(token) => strip(
+                headers,
+                |name| not_upstream(name) || spelt_with_underscores(name, token),
+                true,
+            ),
+            None => strip(headers, not_upstream, true),
+        }
     }
     if f.expect && f.version <= Version::HTTP_10 {
         headers.remove(header::EXPECT);
@@ -1122,6 +1148,22 @@ mod tests {
     }
 
     #[test]
+    fn a_name_spelt_with_underscores_for_its_dashes() {
+        let token = HeaderName::from_static("x-tenant-token");
+        for (name, same) in [
+            ("x_tenant_token", true),
+            ("x-tenant_token", true),
+            ("x-tenant-token", false),
+            ("x_tenant_tokens", false),
+            ("y_tenant_token", false),
+            ("x_tenant-token", true),
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(super::spelt_with_underscores(&name, &token), same, "{name}");
+        }
+    }
+
+    #[test]
     fn upstream_headers() {
         let mut h = map(&[
             ("connection", "keep-alive, x-secret"),
@@ -1147,6 +1189,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            token_header: None,
             expect: false,
         };
         to_upstream(&mut h, &f);
@@ -1202,6 +1245,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            token_header: None,
             expect: false,
         }
     }
@@ -1271,6 +1315,7 @@ mod tests {
             version: Version::HTTP_11,
             via: true,
             foreign: true,
+            token_header: None,
             expect: false,
         };
         to_upstream(&mut h, &f);
@@ -1315,6 +1360,7 @@ mod tests {
                 },
                 via: true,
                 foreign: true,
+                token_header: None,
                 expect: false,
             };
             to_upstream(&mut h, &f);
@@ -1676,6 +1722,7 @@ mod proptests {
                 via: fields.via,
                 foreign: fields.foreign,
                 expect: false,
+                token_header: None,
             }
         }
     }

@@ -746,7 +746,8 @@ async fn keys_sharing_a_kid_are_each_tried() {
 }
 
 /// A key set is taken for what it can verify with: an RSA key, or a key
-/// marked for encryption or for another algorithm (RFC 7517 §4.2–4.4), is
+/// marked for encryption or for another algorithm (RFC 7517 §4.2–4.4), one
+/// whose coordinates do not decode or one without `kid` among several, is
 /// left out rather than failing the load (which kept the previous keys
 /// verifying); and emptying the set revokes every key.
 #[tokio::test]
@@ -775,7 +776,14 @@ async fn a_key_set_is_used_for_what_it_can_verify_and_emptied_revokes() {
     ecdh["alg"] = json!("ECDH-ES");
     let x25519 = json!({"kty": "OKP", "crv": "X25519", "kid": "x1", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"});
     let future = json!({"kty": "AKP", "kid": "pq1", "alg": "ML-DSA-44", "pub": "AAAA"});
-    let unknown = [ecdh, x25519, future];
+    // Keys it reads but cannot use: coordinates that do not decode (base64
+    // with padding), and one without `kid` among several.
+    let mut padded = ec.clone();
+    padded["kid"] = json!("ecpad");
+    padded["x"] = json!(format!("{}=", ec["x"].as_str().unwrap()));
+    let mut no_kid = ec.clone();
+    no_kid.as_object_mut().unwrap().remove("kid");
+    let unknown = [ecdh, x25519, future, padded, no_kid];
     set["keys"]
         .as_array_mut()
         .unwrap()
@@ -834,5 +842,58 @@ async fn a_key_set_is_used_for_what_it_can_verify_and_emptied_revokes() {
     let reply = upload(&client, DE, Some(&ec_token)).await;
     assert_eq!(reply.status, 401, "{reply:?}");
     assert_eq!(reply.json()["error"], "invalid_tenant_token");
+    proxy.stop().await;
+}
+
+/// With the token in a field of its own name, that name spelt with `_` for
+/// `-` does not reach the data centre: one mapping fields to CGI-style
+/// variables would read it as the token, though the proxy judged the
+/// tenant without it (here by GeoIP: Germany, frankfurt), and credit the
+/// upload to a tenant pinned elsewhere.
+#[tokio::test]
+async fn the_token_field_spelt_with_underscores_does_not_reach_the_data_centre() {
+    let issuer = Issuer::new();
+    let keys = TempDir::new("jwks-underscore");
+    let section = issuer.token_section(&keys);
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{section}header = \"x-tenant-token\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    let token = issuer.ed(&claims("acme"));
+    let reply = client
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", DE), ("x_tenant_token", &token)],
+            "cpu=0.5",
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    let received = proxy.upstream("frankfurt").last();
+    assert!(
+        !received.headers.contains_key("x_tenant_token"),
+        "{:?}",
+        received.headers
+    );
+    assert!(!received.headers.contains_key("residency-tenant"));
+
+    // The dashed field is the token, and goes on as it came.
+    let reply = client
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", DE), ("x-tenant-token", &token)],
+            "cpu=0.5",
+        )
+        .await;
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    let received = proxy.upstream("zurich").last();
+    assert_eq!(received.headers["x-tenant-token"], token.as_str());
+    assert_eq!(received.headers["residency-tenant"], "acme");
     proxy.stop().await;
 }
