@@ -37,7 +37,10 @@ window.addEventListener("hashchange", () => {
 });
 let logKey = null; // the vkey in use
 let logId = null; // the same key in its one spelling: what history is kept under
-let historyProven = false; // the last check's log proved it grew from the checkpoint kept
+// The last check's history: null when the log proved it grew from the
+// checkpoint kept (or none was kept); else what could not be proven, and
+// the checkpoint kept.
+let historyUnproven = null;
 // Where the pinned key's log is served: "" for the current generation,
 // "generations/<n>/" for one the log rolled past (at its size limit).
 let base = "";
@@ -46,6 +49,9 @@ let base = "";
 // record at most 64 KiB, a note at most 1 MiB); a log that sends more is
 // not read to its end (a hostile one could fill the tab's memory).
 const MAX_ANSWER = 2 * 1024 * 1024;
+// How long one answer may take, head and body (as `verify`'s fetcher): a
+// log that trickles its answer must not hold a check for ever.
+const ANSWER_TIMEOUT_MS = 10000;
 
 // An answer's body, read up to MAX_ANSWER.
 async function bounded(response, path) {
@@ -75,12 +81,25 @@ async function bounded(response, path) {
     bytes.set(chunk, at);
     at += chunk.length;
   }
-  const text = new TextDecoder().decode(bytes);
+  let text;
+  try {
+    // As `verify` reads answers: UTF-8, strictly, a BOM kept as text.
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw new Error(`${path}: the log answered non-UTF-8 text`);
+  }
   return { status: response.status, headers: response.headers, text: async () => text, json: async () => JSON.parse(text) };
 }
 
 async function get(path) {
-  const response = await bounded(await fetch(path, { cache: "no-store", credentials: "omit" }), path);
+  let response;
+  try {
+    const signal = AbortSignal.timeout(ANSWER_TIMEOUT_MS);
+    response = await bounded(await fetch(path, { cache: "no-store", credentials: "omit", signal }), path);
+  } catch (e) {
+    if (e?.name === "TimeoutError") throw new Error(`${path}: the log did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
+    throw e;
+  }
   if (response.status < 200 || response.status > 299) {
     let why = `HTTP ${response.status}`;
     try {
@@ -360,10 +379,10 @@ async function inputsFor(text) {
   if (index !== null && size !== null && index < size) {
     inputs.inclusion = (await (await get(`${base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
   }
-  const { inputs: seen, unproven } = await history(logId, note);
+  const { before, inputs: seen, unproven } = await history(logId, note);
   Object.assign(inputs, seen);
   // Kept only when the log proved it grew from the one kept before.
-  historyProven = unproven === undefined;
+  historyUnproven = unproven === undefined ? null : { before, why: unproven };
   const file = $("file").files[0];
   if (file) {
     say("verdict", `Hashing ${file.name} in this browser…`);
@@ -414,10 +433,22 @@ async function onSubmit(event) {
       return;
     }
     const verdict = await check(inputs);
-    if (verdict.valid) {
+    if (verdict.valid && historyUnproven) {
+      // Proven against a checkpoint that the log would not prove extends
+      // the one this browser saw: perhaps another history (a fork), as
+      // `verify --previous` refuses it.
+      const { before, why } = historyUnproven;
+      box.className = "bad";
+      box.dataset.step = "consistency";
+      say("verdict", el("strong", {}, "Not verified: "),
+        `the record ("${verdict.sentence}") is in the log's latest checkpoint, but the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so that checkpoint may be of another history. Try again later.`);
+      $("history").className = "bad";
+      say("history", el("strong", {}, "Could not check that this log only grew"),
+        ` since this browser last saw it on ${seenOn(before)}: ${why}. This browser keeps the checkpoint it saw before.`);
+    } else if (verdict.valid) {
       box.className = "ok";
       say("verdict", el("strong", {}, `${verdict.sentence} — verified`));
-      if (historyProven) remember(logId, inputs.checkpoint);
+      remember(logId, inputs.checkpoint);
     } else {
       box.className = "bad";
       box.dataset.step = verdict.step;

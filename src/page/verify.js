@@ -394,8 +394,10 @@ function strictJson(text) {
     if (literal) return JSON.parse(literal[0]);
     const number = token(NUMBER);
     if (number) {
-      if (number[1] || number[2]) return new JsonFloat(number[0]);
       const n = Number(number[0]);
+      // serde_json reads `-0` as a float (-0.0), which no integer field
+      // takes: so does this reader.
+      if (number[1] || number[2] || Object.is(n, -0)) return new JsonFloat(number[0]);
       return Number.isSafeInteger(n) ? n : BigInt(number[0]);
     }
     fail("an unexpected character");

@@ -17,7 +17,8 @@ The scenario names a `phase`:
   key pinned (a receipt and a request id of it), then the current one's.
 - `generations_unavailable`: the sealed generation's key pinned while the
   log's `/generations` fails: the log panel and a receipt's verdict.
-- `visit`: the key pinned as the link spells it: the history line.
+- `visit`: the key pinned as the link spells it: the history line (and,
+  given a `receipt`, the verdict on it, then the history line again).
 - `log_section`: the key pinned: what the log section says.
 - `second`: a later visit with the same browser profile, after the log was
   restarted with another history: what the page says about it, and the
@@ -251,6 +252,10 @@ def visit(s, driver, out):
         lambda: (lambda e: e if e.text else None)(driver.find_element(By.ID, "history")),
     )
     out["history"] = {"text": history.text, "class": history.get_attribute("class")}
+    if "receipt" in s:
+        out["verdict"] = submit(driver, s["receipt"])
+        history = driver.find_element(By.ID, "history")
+        out["history_after"] = {"text": history.text, "class": history.get_attribute("class")}
 
 
 def log_section(s, driver, out):

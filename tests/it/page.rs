@@ -449,8 +449,9 @@ async fn front_failing(
     log: std::net::SocketAddr,
     failing: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
 ) -> std::net::SocketAddr {
-    use http_body_util::{BodyExt, Empty, Full};
+    use http_body_util::{BodyExt, Either, Empty, Full};
     use hyper_util::rt::TokioIo;
+    use std::time::Duration;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -467,17 +468,41 @@ async fn front_failing(
                     let lie = faults
                         .iter()
                         .any(|f| f.strip_prefix("sizes:") == Some(&path));
+                    let trickle = faults
+                        .iter()
+                        .any(|f| f.strip_prefix("trickle:") == Some(&path));
+                    let bom = faults.iter().any(|f| f.strip_prefix("bom:") == Some(&path));
                     async move {
                         if huge {
                             let body = Full::new(bytes::Bytes::from(vec![b'a'; 64 << 20]));
-                            return Ok(http::Response::builder().status(200).body(body).unwrap());
+                            return Ok(http::Response::builder()
+                                .status(200)
+                                .body(Either::Left(body))
+                                .unwrap());
+                        }
+                        if trickle {
+                            // One byte every 2 s, for at most a minute.
+                            let bytes = futures_util::stream::unfold(0, |n| async move {
+                                (n < 30).then_some(())?;
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                let frame = http_body::Frame::data(bytes::Bytes::from_static(b"a"));
+                                Some((Ok::<_, hyper::Error>(frame), n + 1))
+                            });
+                            let body = http_body_util::StreamBody::new(bytes);
+                            return Ok(http::Response::builder()
+                                .status(200)
+                                .body(Either::Right(body.boxed()))
+                                .unwrap());
                         }
                         if fails {
                             let body = Full::new(bytes::Bytes::from_static(
                                 b"{\"error\":\"unavailable\"}",
                             ));
                             return Ok::<_, hyper::Error>(
-                                http::Response::builder().status(503).body(body).unwrap(),
+                                http::Response::builder()
+                                    .status(503)
+                                    .body(Either::Left(body))
+                                    .unwrap(),
                             );
                         }
                         let stream = tokio::net::TcpStream::connect(log).await.unwrap();
@@ -502,7 +527,14 @@ async fn front_failing(
                             body = serde_json::to_vec(&list).unwrap().into();
                             parts.headers.remove(http::header::CONTENT_LENGTH);
                         }
-                        Ok(http::Response::from_parts(parts, Full::new(body)))
+                        if bom {
+                            body = [&b"\xEF\xBB\xBF"[..], &body].concat().into();
+                            parts.headers.remove(http::header::CONTENT_LENGTH);
+                        }
+                        Ok(http::Response::from_parts(
+                            parts,
+                            Either::Left(Full::new(body)),
+                        ))
                     }
                 });
             tokio::spawn(async move {
@@ -597,19 +629,20 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
         })
         .await;
     };
-    let visit = async |key: &str| {
-        browse(
-            json!({
-                "phase": "visit",
-                "base": format!("http://{front}/"),
-                "key": key,
-                "profile": work.path().join("profile"),
-                "shots": shots_dir(),
-            }),
-            work.path(),
-        )
-        .await
+    let visit_with = async |key: &str, receipt: Option<&str>| {
+        let mut scenario = json!({
+            "phase": "visit",
+            "base": format!("http://{front}/"),
+            "key": key,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        });
+        if let Some(receipt) = receipt {
+            scenario["receipt"] = json!(receipt);
+        }
+        browse(scenario, work.path()).await
     };
+    let visit = async |key: &str| visit_with(key, None).await;
     // What the history line says: its class and its text.
     let history = |seen: &Value| {
         let line = &seen["history"];
@@ -635,13 +668,33 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     );
     grown(4).await;
     failing.lock().unwrap().push("/proof/consistency");
-    let seen = visit(&key).await;
+    let (receipt, _) = upload(&proxy, CH, "cpu=0.9").await;
+    eventually("a checkpoint of the new record", async || {
+        let (_, note) = proxy.log_get("/checkpoint").await;
+        note.lines().nth(1) == Some("7")
+    })
+    .await;
+    let seen = visit_with(&key, Some(&receipt)).await;
     let (class, text) = history(&seen);
     assert_eq!(class, "bad", "{seen}");
     assert!(
         text.starts_with("Could not check that this log only grew"),
         "{seen}"
     );
+    // A receipt checked meanwhile is proven against a checkpoint the log
+    // would not prove extends the one kept: not "verified" (perhaps a
+    // fork), as `verify --previous` has it.
+    let verdict = &seen["verdict"];
+    assert_eq!(verdict["class"], "bad", "{seen}");
+    assert_eq!(verdict["step"], "consistency", "{seen}");
+    assert!(
+        verdict["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not prove that it only grew"),
+        "{seen}"
+    );
+    assert_eq!(seen["history_after"]["class"], "bad", "{seen}");
     // The checkpoint kept is still the one proven: once the log proves
     // again, it proves from there.
     failing.lock().unwrap().clear();
@@ -686,6 +739,44 @@ async fn the_page_reads_no_more_than_a_log_answer_may_hold() {
             && text.contains("larger than the 2097152 bytes this page reads"),
         "{seen}"
     );
+    proxy.stop().await;
+}
+
+/// A log (or what poses as one) that trickles its answer does not hold
+/// the page: after 10 s it says the log did not answer, as `verify` does.
+/// One whose note comes with a byte-order mark in front is read as sent,
+/// as `verify` reads it: the mark is part of the text, and the note does
+/// not verify.
+#[tokio::test]
+async fn the_page_waits_10_s_for_an_answer_and_reads_it_as_sent() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let (_, key) = proxy.log_get("/key").await;
+    for (fault, said) in [
+        ("trickle:/checkpoint", "did not answer within 10 s"),
+        ("bom:/checkpoint", "Does not verify"),
+    ] {
+        let work = TempDir::new("page-answers");
+        let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![fault]));
+        let front = front_failing(proxy.log_addr.unwrap(), faults).await;
+        let seen = browse(
+            json!({
+                "phase": "log_section",
+                "base": format!("http://{front}/"),
+                "key": key.trim(),
+                "profile": work.path().join("profile"),
+                "shots": shots_dir(),
+            }),
+            work.path(),
+        )
+        .await;
+        let text = seen["checkpoint"].as_str().unwrap();
+        assert!(text.contains(said), "{fault}: {seen}");
+    }
     proxy.stop().await;
 }
 

@@ -594,6 +594,15 @@ pub fn generate() -> Vectors {
             Some(Step::Receipt),
         ),
         v(
+            "record_epoch_as_negative_zero",
+            "A record whose GeoIP build epoch is written -0, which JSON readers such as serde's take as a float.",
+            Inputs {
+                receipt: Some(altered(b"\"build_epoch\":1750000000", b"\"build_epoch\":-0")),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
             "record_status_as_text",
             "A record whose data centre's status is text.",
             Inputs {
