@@ -480,7 +480,75 @@ fn failover_time_is_measured_from_the_fault() {
         .note
         .as_deref()
         .unwrap()
-        .contains("acknowledged no upload"));
+        .contains("acknowledged none of the last uploads"));
+}
+
+/// A fault tests the data centre only if uploads were going to it when it
+/// struck: geneva took ch while zurich refused (1–1.5 s), then zurich took
+/// it back; a drain of geneva at 3 s, or of a zurich ejected long before,
+/// moved nothing and is not exercised.
+#[test]
+fn a_fault_exercises_only_what_was_going_to_the_data_centre_when_it_struck() {
+    let fx = Fixture::files();
+    let run = RunId::new();
+    let applied = |at: f64| Applied {
+        event: String::new(),
+        at_s: at,
+        applied_at_s: Some(at),
+        ok: true,
+        via: None,
+        detail: None,
+    };
+    let failover_of = |chaos: &[&str], at: &[f64], by: &dyn Fn(u64) -> Option<&'static str>| {
+        let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+        plan.chaos = chaos.iter().map(|e| e.parse().unwrap()).collect();
+        let outcomes: Vec<Outcome> = (0..40u64)
+            .map(|i| {
+                let at = i * 100;
+                match by(at) {
+                    Some(dc) => done(i, 0, &run, at, 10, 201, Some(dc)),
+                    None => done(i, 0, &run, at, 10, 502, None),
+                }
+            })
+            .collect();
+        let applied: Vec<Applied> = at.iter().map(|t| applied(*t)).collect();
+        let f = failovers(&plan, &applied, &outcomes, &Default::default());
+        f.last().cloned().flatten().unwrap()
+    };
+    // A standby that took traffic for a while, drained once it had none.
+    let standby = failover_of(
+        &[
+            "1s:zurich=refuse",
+            "1500ms:zurich=normal",
+            "3s:drain=geneva",
+        ],
+        &[1.0, 1.5, 3.0],
+        &|at| {
+            Some(if (1000..1600).contains(&at) {
+                "geneva"
+            } else {
+                "zurich"
+            })
+        },
+    );
+    assert!(standby.jurisdictions.is_empty(), "{standby:?}");
+    assert_eq!(standby.time_to_failover_ms, None);
+    // zurich ejected just after 1 s (its last uploads acknowledged after
+    // the event), drained at 3 s.
+    let ejected = failover_of(&["1s:zurich=slow", "3s:drain=zurich"], &[1.0, 3.0], &|at| {
+        Some(if at < 1200 { "zurich" } else { "geneva" })
+    });
+    assert!(ejected.jurisdictions.is_empty(), "{ejected:?}");
+    // Sharing load when it struck: exercised.
+    let shared = failover_of(&["3s:drain=geneva"], &[3.0], &|at| {
+        Some(if at < 3000 && at % 200 == 0 {
+            "geneva"
+        } else {
+            "zurich"
+        })
+    });
+    assert_eq!(shared.jurisdictions, ["ch"], "{shared:?}");
+    assert_eq!(shared.answered_by.as_deref(), Some("zurich"));
 }
 
 /// A fault after which nothing was acknowledged elsewhere fails the run
@@ -1372,4 +1440,140 @@ fn the_verdict_and_every_report_agree() {
     });
     agree(&missing);
     assert!(missing.passed(), "{:?}", missing.problems());
+}
+
+/// Uploads still waiting when the run ended count in the latency at least
+/// as long as they waited (no coordinated omission by leaving the slowest
+/// out); one never sent is not timed.
+#[test]
+fn uploads_left_waiting_count_in_the_latency() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    let fx = Fixture::files();
+    let plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    let run = RunId::new();
+    let mut outcomes = vec![done(0, 0, &run, 0, 5, 201, Some("zurich"))];
+    outcomes.extend((1..100u64).map(|i| Outcome {
+        index: i,
+        jurisdiction: 0,
+        origin: CH.parse().unwrap(),
+        scheduled: Duration::from_millis(i),
+        result: if i == 99 {
+            Sent::NotSent
+        } else {
+            Sent::Unfinished
+        },
+    }));
+    let generated = Generated {
+        outcomes: outcomes.clone(),
+        elapsed: Duration::from_secs(10),
+    };
+    let records = parse_records(
+        Value::Array(vec![record(&run, 0, "zurich", None, "r")])
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let reconciled = reconcile(&plan, &run, &outcomes, &records);
+    let report = build(
+        &plan,
+        &run,
+        &generated,
+        Vec::new(),
+        Vec::new(),
+        Ok(reconciled),
+    );
+    assert!(
+        report.latency.p99_us >= 9_800_000,
+        "p99 {} µs",
+        report.latency.p99_us
+    );
+    assert!(report.latency.p50_us >= 9_800_000);
+}
+
+/// The text report says what was measured: a failover whose uploads were
+/// none of them routed elsewhere promptly has no time to detect, and a
+/// fault with nowhere else to go passes whatever time limits are set.
+#[test]
+fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    use residency_tools::loadtest::slo::Slo;
+    let fx = Fixture::files();
+    let run = RunId::new();
+    // zurich acknowledges in 10 ms until the fault at 1 s; after it,
+    // geneva only after 500 ms each (not promptly), or nobody.
+    let outcomes_with = |after: Option<&'static str>| -> Vec<Outcome> {
+        (0..20u64)
+            .map(|i| {
+                let at = i * 100;
+                match (at < 1000, after) {
+                    (true, _) => done(i, 0, &run, at, 10, 201, Some("zurich")),
+                    (false, Some(dc)) => done(i, 0, &run, at, 500, 201, Some(dc)),
+                    (false, None) => done(i, 0, &run, at, 10, 502, None),
+                }
+            })
+            .collect()
+    };
+    let stored = parse_records(
+        Value::Array(
+            (0..20)
+                .map(|i| record(&run, i, if i < 10 { "zurich" } else { "geneva" }, None, "r"))
+                .collect(),
+        )
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let report_of = |chaos: &[(&str, f64)], after: Option<&'static str>| {
+        let outcomes = outcomes_with(after);
+        let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+        plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+        let applied = chaos
+            .iter()
+            .map(|(e, at)| Applied {
+                event: (*e).into(),
+                at_s: *at,
+                applied_at_s: Some(*at),
+                ok: true,
+                via: None,
+                detail: None,
+            })
+            .collect();
+        let generated = Generated {
+            outcomes: outcomes.clone(),
+            elapsed: Duration::from_secs(3),
+        };
+        let reconciled = reconcile(&plan, &run, &outcomes, &stored);
+        let mut report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+        report.apply_slo(&Slo {
+            max_time_to_detect_ms: Some(1500.0),
+            max_time_to_failover_ms: Some(2000.0),
+            ..Slo::default()
+        });
+        report
+    };
+    let report = report_of(&[("1s:zurich=refuse", 1.0)], Some("geneva"));
+    let failover = report.chaos[0].failover.as_ref().unwrap();
+    assert_eq!(failover.time_to_detect_ms, None, "{failover:?}");
+    assert!(failover.time_to_failover_ms.is_some(), "{failover:?}");
+    let text = report.render_text();
+    assert!(text.contains("none routed elsewhere promptly"), "{text}");
+    assert!(!text.contains("routed elsewhere after"), "{text}");
+
+    // geneva refused first: ch had nowhere to go, and no limit is missed.
+    let report = report_of(
+        &[("500ms:geneva=refuse", 0.5), ("1s:zurich=refuse", 1.0)],
+        None,
+    );
+    let failover = report.chaos[1].failover.as_ref().unwrap();
+    assert!(failover.alternatives.is_empty(), "{failover:?}");
+    assert!(
+        !report
+            .problems()
+            .iter()
+            .any(|p| p.contains("1s:zurich=refuse: time")),
+        "{:?}",
+        report.problems()
+    );
 }

@@ -2,9 +2,13 @@
 //! repair to the data centre's first acknowledged upload.
 //!
 //! For a chaos event that breaks data centre D (refuse, hang, error, drain)
-//! applied at T: the jurisdictions "going to D" are those with an upload
-//! acknowledged by D since D's previous chaos event (or the start) and
-//! before T. The failover is the first upload of one of them, scheduled at
+//! applied at T: the jurisdictions "going to D" are those D was storing
+//! when the event struck — one of a jurisdiction's last [`RECENT`]
+//! acknowledged uploads scheduled before T (and since D's previous chaos
+//! event, or the start) was D's. (Any upload of theirs D acknowledged
+//! since its previous event would count a data centre the proxy had long
+//! stopped sending to: a drain of one already ejected, or of a standby
+//! that took traffic for a while.) The failover is the first upload of one of them, scheduled at
 //! or after T, acknowledged by another data centre before D's next event;
 //! its time is that upload's completion minus T. Uploads of those
 //! jurisdictions scheduled in between that were not acknowledged are
@@ -19,6 +23,10 @@ use super::chaos::Applied;
 use super::generator::Outcome;
 use super::plan::Plan;
 use super::spec::{ChaosAction, ChaosEvent};
+
+/// How many of a jurisdiction's last acknowledged uploads before a fault
+/// tell where it was going when the fault struck.
+pub const RECENT: usize = 10;
 
 /// The failover after one breaking event.
 #[derive(Debug, Clone, Serialize)]
@@ -117,10 +125,17 @@ fn one(
         .unwrap_or(Duration::ZERO);
     let end = events[k + 1..].iter().find(same_dc).map(|e| e.at);
 
+    // Outcomes are in scheduled order: read backwards from the event.
+    let mut seen: HashMap<usize, usize> = HashMap::new();
     let going: BTreeSet<usize> = outcomes
         .iter()
-        .filter(|o| o.acknowledged())
-        .filter(|o| o.finished().is_some_and(|f| f >= start && f < t))
+        .rev()
+        .filter(|o| o.scheduled >= start && o.scheduled < t && o.acknowledged())
+        .filter(|o| {
+            let n = seen.entry(o.jurisdiction).or_default();
+            *n += 1;
+            *n <= RECENT
+        })
         .filter(|o| dc_of(o, stored_in) == Some(dc.as_str()))
         .map(|o| o.jurisdiction)
         .collect();
@@ -130,7 +145,7 @@ fn one(
         .collect();
     if going.is_empty() {
         result.note = Some(format!(
-            "{dc} acknowledged no upload between {:.1}s and the event: nothing had to fail over",
+            "{dc} acknowledged none of the last uploads before the event (since {:.1}s): nothing had to fail over",
             start.as_secs_f64()
         ));
         return result;

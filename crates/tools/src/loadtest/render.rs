@@ -105,9 +105,12 @@ impl Report {
             if let Some(f) = &c.failover {
                 let text = match (f.time_to_failover_ms, &f.answered_by) {
                     (Some(ms), Some(by)) => format!(
-                        "failover of {} to {by}: routed elsewhere after {:.1} ms, first acknowledged after {ms:.1} ms ({} failed before)",
+                        "failover of {} to {by}: {}, first acknowledged after {ms:.1} ms ({} failed before)",
                         f.jurisdictions.join(", "),
-                        f.time_to_detect_ms.unwrap_or(ms),
+                        match f.time_to_detect_ms {
+                            Some(detect) => format!("routed elsewhere after {detect:.1} ms"),
+                            None => "none routed elsewhere promptly".into(),
+                        },
                         f.failed_before_failover
                     ),
                     _ => format!(

@@ -134,7 +134,7 @@ pub struct StepLatency {
 }
 
 /// The timeline of `outcomes` over `duration`.
-fn timeline(plan: &Plan, outcomes: &[Outcome]) -> Timeline {
+fn timeline(plan: &Plan, outcomes: &[Outcome], end: Duration) -> Timeline {
     let step = TIMELINE_STEP.as_micros().max(1);
     let steps = plan.duration.as_micros().div_ceil(step).max(1) as usize;
     let mut counts: Vec<Vec<StepCounts>> = plan
@@ -148,19 +148,16 @@ fn timeline(plan: &Plan, outcomes: &[Outcome]) -> Timeline {
         let Some(c) = counts.get_mut(o.jurisdiction).map(|c| &mut c[i]) else {
             continue;
         };
+        if let Some(waited) = waited(o, end) {
+            micros[i].push(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+        }
         match &o.result {
-            Sent::Done {
-                answer, finished, ..
-            } => {
-                match (answer.failure.is_none(), answer.status) {
-                    (true, _) => c.acknowledged += 1,
-                    (false, Some(503)) => c.unavailable += 1,
-                    (false, Some(_)) => c.error += 1,
-                    (false, None) => c.no_answer += 1,
-                }
-                let us = finished.saturating_sub(o.scheduled).as_micros();
-                micros[i].push(u64::try_from(us).unwrap_or(u64::MAX));
-            }
+            Sent::Done { answer, .. } => match (answer.failure.is_none(), answer.status) {
+                (true, _) => c.acknowledged += 1,
+                (false, Some(503)) => c.unavailable += 1,
+                (false, Some(_)) => c.error += 1,
+                (false, None) => c.no_answer += 1,
+            },
             Sent::NotSent | Sent::Unfinished => c.no_answer += 1,
         }
     }
@@ -369,6 +366,18 @@ impl Report {
     }
 }
 
+/// How long an upload waited, from its scheduled time: until its outcome
+/// was known; one still running when the run ended (`end`) waited at least
+/// until then, and counts so (leaving the slowest out of the percentiles
+/// would flatter them). One never sent (the in-flight cap) has none.
+fn waited(o: &Outcome, end: Duration) -> Option<Duration> {
+    match &o.result {
+        Sent::Done { finished, .. } => Some(finished.saturating_sub(o.scheduled)),
+        Sent::Unfinished => Some(end.saturating_sub(o.scheduled)),
+        Sent::NotSent => None,
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // 1 µs to 1 h at 3 significant figures: constant, valid bounds.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
@@ -401,25 +410,28 @@ impl Bucket {
         }
     }
 
-    fn add(&mut self, o: &Outcome) {
+    /// `end`: when the run stopped waiting for uploads.
+    fn add(&mut self, o: &Outcome, end: Duration) {
         let c = &mut self.counts;
         c.scheduled += 1;
+        if let Some(waited) = waited(o, end) {
+            let us = waited.as_micros();
+            self.latency
+                .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+        }
         match &o.result {
             Sent::NotSent => c.not_sent_overload += 1,
             Sent::Unfinished => {
                 c.sent += 1;
                 c.failed += 1;
             }
-            Sent::Done { finished, .. } => {
+            Sent::Done { .. } => {
                 c.sent += 1;
                 if o.acknowledged() {
                     c.acknowledged += 1;
                 } else {
                     c.failed += 1;
                 }
-                let us = finished.saturating_sub(o.scheduled).as_micros();
-                self.latency
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
             }
         }
     }
@@ -447,11 +459,12 @@ pub fn build(
     let mut failed_by_reason: BTreeMap<String, u64> = BTreeMap::new();
     let mut failure_examples: BTreeMap<String, String> = BTreeMap::new();
     let mut acknowledged_by_datacenter: BTreeMap<String, u64> = BTreeMap::new();
+    let end = generated.elapsed;
     for o in outcomes {
-        total.add(o);
-        phases[boundaries.partition_point(|b| *b <= o.scheduled)].add(o);
+        total.add(o, end);
+        phases[boundaries.partition_point(|b| *b <= o.scheduled)].add(o, end);
         if let Some(b) = by_j.get_mut(o.jurisdiction) {
-            b.add(o);
+            b.add(o, end);
         }
         match &o.result {
             Sent::NotSent => {}
@@ -571,7 +584,7 @@ pub fn build(
         phases,
         jurisdictions,
         warnings: Vec::new(),
-        timeline: timeline(plan, outcomes),
+        timeline: timeline(plan, outcomes, generated.elapsed),
         residency_log: None,
         slo: Vec::new(),
     };

@@ -123,6 +123,9 @@ pub fn check(report: &Report, slo: &Slo) -> Vec<SloCheck> {
                     false,
                 );
             }
+            // Nowhere else to go: no failover is no failure, and it has
+            // no times to hold to a limit.
+            let nowhere = f.time_to_failover_ms.is_none() && f.alternatives.is_empty();
             for (what, limit, value) in [
                 (
                     "time to detect",
@@ -135,7 +138,7 @@ pub fn check(report: &Report, slo: &Slo) -> Vec<SloCheck> {
                     f.time_to_failover_ms,
                 ),
             ] {
-                if let Some(limit) = limit {
+                if let Some(limit) = limit.filter(|_| !nowhere) {
                     push(
                         format!("{event}: {what}"),
                         format!("≤ {limit:.0} ms"),
