@@ -42,7 +42,19 @@ pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Byt
         if req.method() != Method::POST {
             return not_allowed("use POST\n", "POST");
         }
+        if from_a_web_page(req) {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "from_a_web_page", "detail": "a request a browser sent for a web page (it carries Origin or Sec-Fetch-Site): the admin API takes drains from operators' tools, such as curl"}),
+            );
+        }
         return drain(instance, rest);
+    }
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/decide") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics /healthz /readyz /decide?ip=\n",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return not_allowed("only GET\n", "GET, HEAD");
@@ -64,6 +76,21 @@ pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Byt
             "not found: try /metrics /healthz /readyz /decide?ip=\n",
         ),
     }
+}
+
+/// Whether a browser sent `req` for a web page: it then carries `Origin`
+/// (every cross-origin request, and a same-origin `POST`) or
+/// `Sec-Fetch-Site`, which operators' tools do not send. A page an
+/// operator visits can send a `POST` to the admin address without a
+/// preflight (a form, or `fetch` without a body), so a drain from one
+/// would let any web page take data centres out of rotation; through DNS
+/// rebinding the request is even same-origin to the browser.
+fn from_a_web_page(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() != b"none")
 }
 
 /// `ready` or `not ready`, then one line per data centre: up, down, drained.
@@ -148,7 +175,9 @@ fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
         &state.geo,
         &state.config.policy,
         &state.config.tenancy,
-        state.next_turn(),
+        // The turn the next upload gets, not taken: asking must not move
+        // live traffic's load sharing.
+        state.current_turn(),
         |u| health.is_up(u),
         |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
     );

@@ -392,6 +392,10 @@ impl Metrics {
         for class in ["4xx", "5xx"] {
             self.requests.with_label_values(&[NONE, NONE, class]);
         }
+        // An allowed `OPTIONS` the proxy answers itself counts here.
+        if config.methods.allows(&http::Method::OPTIONS) {
+            self.requests.with_label_values(&[NONE, NONE, "2xx"]);
+        }
         for u in &policy.upstreams {
             let dc = policy.datacenter(u.datacenter).name.as_str();
             let uri = u.uri.to_string();

@@ -150,6 +150,11 @@ impl Snapshot {
     pub fn next_turn(&self) -> usize {
         self.turn.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The turn [`Snapshot::next_turn`] gives next, left for it.
+    pub fn current_turn(&self) -> usize {
+        self.turn.load(Ordering::Relaxed)
+    }
 }
 
 /// A listener's TLS server config: its certificates, and with `client_ca`

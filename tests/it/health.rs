@@ -288,3 +288,72 @@ async fn one_client_s_server_errors_do_not_empty_its_jurisdiction() {
     assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
     proxy.stop().await;
 }
+
+/// A drain is taken from operators' tools, not from a web page: a request
+/// a browser sends for one (with `Origin`, or `Sec-Fetch-Site`) is refused,
+/// so a page an operator visits cannot take data centres out of rotation.
+/// An unknown path is not found, whatever the method; `/decide` does not
+/// move live load sharing.
+#[tokio::test]
+async fn the_admin_api_takes_no_drain_from_a_web_page() {
+    let proxy = Proxy::start(two_ch_datacenters(true)).await;
+    for fields in [
+        &[("origin", "https://evil.example")][..],
+        &[("origin", "null")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-origin")][..],
+    ] {
+        let (status, _, body) =
+            plain_exchange_with(proxy.admin, "POST", "/datacenters/zurich/drain", fields).await;
+        assert_eq!(status, 403, "{fields:?}: {body}");
+        assert!(body.contains("from_a_web_page"), "{body}");
+    }
+    let (_, ready) = proxy.admin_get("/readyz").await;
+    assert!(ready.contains("datacenter zurich: up"), "{ready}");
+    let (status, _, _) = plain_exchange_with(
+        proxy.admin,
+        "POST",
+        "/datacenters/zurich/drain",
+        &[("sec-fetch-site", "none")],
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "typed into the address bar: the operator's own"
+    );
+    assert_eq!(
+        proxy
+            .admin_request("POST", "/datacenters/zurich/undrain")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(proxy.admin_request("POST", "/nope").await.0, 404);
+
+    // Asking which data centre an address gets does not take a turn of
+    // the load sharing between zurich and a geneva of the same priority.
+    let proxy_even = Proxy::start(Setup {
+        datacenters: vec![
+            ("zurich", "ch", 1, true),
+            ("geneva", "ch", 1, true),
+            ("frankfurt", "eu", 1, true),
+            ("virginia", "us", 1, true),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy_even.client();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let reply = client.upload_from(CH, "d").await;
+        seen.push(reply.header("residency-datacenter").unwrap().to_string());
+        let (status, _) = proxy_even.admin_get(&format!("/decide?ip={CH}")).await;
+        assert_eq!(status, 200);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "uploads alternate: {seen:?}"
+    );
+    proxy_even.stop().await;
+    proxy.stop().await;
+}

@@ -113,3 +113,18 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
     }
     proxy.stop().await;
 }
+
+/// With `OPTIONS` allowed, the series an `OPTIONS` the proxy answers itself
+/// counts in (no jurisdiction, no data centre, 2xx) exists from start.
+#[tokio::test]
+async fn the_series_of_options_the_proxy_answers_exists_from_start() {
+    let series = "residency_requests_total{datacenter=\"none\",jurisdiction=\"none\",status_class=\"2xx\"}";
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmethods = [\"POST\", \"OPTIONS\"]\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(metric(&text, series), Some(0.0), "{text}");
+    proxy.stop().await;
+}

@@ -553,17 +553,29 @@ pub async fn plain_exchange(
     method: &str,
     path: &str,
 ) -> (StatusCode, http::HeaderMap, String) {
+    plain_exchange_with(addr, method, path, &[]).await
+}
+
+/// As [`plain_exchange`], with these request header fields too.
+pub async fn plain_exchange_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+        .header("host", "admin");
+    for (name, value) in fields {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = send.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
