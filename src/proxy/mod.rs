@@ -44,8 +44,8 @@ pub type ProxyBody = Either<UpstreamBody, discard::RefusalBody>;
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
-    /// The client address from the PROXY header, on listeners that require one.
-    pub proxy_source: Option<IpAddr>,
+    /// What the PROXY header said of the client, on listeners that require one.
+    pub proxied: Option<origin::Proxied>,
     /// The listener's `trusted_proxies` as the connection was accepted:
     /// who may name the client is decided with the PROXY header, at
     /// accept, and a reload does not change it for this connection (a
@@ -403,7 +403,7 @@ fn admit<'a>(
         .then(|| req.headers().get_all(headers::X_FORWARDED_FOR));
     let origin = origin::resolve(
         conn.peer.ip(),
-        conn.proxy_source,
+        conn.proxied,
         xff.iter().flat_map(|values| values.iter()),
         &conn.trusted,
     )
@@ -498,8 +498,12 @@ fn admit<'a>(
         .enter(origin.addr, config.limits.max_requests_per_client)
         .ok_or(Failure::TooManyRequests)?;
 
-    let hop = conn.proxy_source.unwrap_or(conn.peer.ip()).to_canonical();
-    let xff_trusted = conn.proxy_source.is_none() && conn.trusted.contains(conn.peer.ip());
+    let hop = match conn.proxied {
+        Some(origin::Proxied::Named(addr)) => addr,
+        _ => conn.peer.ip(),
+    }
+    .to_canonical();
+    let xff_trusted = conn.proxied.is_none() && conn.trusted.contains(conn.peer.ip());
     let target = forward::Target {
         jurisdiction,
         upstream,

@@ -42,6 +42,7 @@ use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use residency_core::origin::Proxied;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -99,7 +100,7 @@ pub(super) async fn serve(
     // One budget from accept to a finished handshake, PROXY header included.
     let deadline = tokio::time::Instant::now() + timeouts.tls_handshake;
     let admitted = proxy_header(metrics, listener, deadline, stream, peer);
-    let Some((proxy_source, named, io)) = admitted.await else {
+    let Some((proxied, named, io)) = admitted.await else {
         return;
     };
     let Some(_per_client) = per_client(&instance, listener, &limits, named, peer) else {
@@ -126,7 +127,7 @@ pub(super) async fn serve(
     let held = activity.clone();
     let conn = Arc::new(Conn {
         peer,
-        proxy_source,
+        proxied,
         trusted: listener.trusted_proxies.clone(),
         listener: index,
         sni,
@@ -270,18 +271,18 @@ async fn closed_by(grace: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 }
 
 /// The PROXY phase: on `required` listeners, the peer must be a trusted
-/// proxy and its header must arrive within `deadline`. Returns the client
-/// address it stands for (the peer's, when it names none: `LOCAL`,
-/// `UNKNOWN`), whether it named one, and the stream (with any bytes read
-/// past the header put back in front), or `None` when the connection was
-/// refused (counted and logged).
+/// proxy and its header must arrive within `deadline`. Returns what the
+/// header said of the client (`None` on other listeners), the address it
+/// named if any (`LOCAL`, `UNKNOWN`: none), and the stream (with any bytes
+/// read past the header put back in front), or `None` when the connection
+/// was refused (counted and logged).
 async fn proxy_header(
     metrics: &Metrics,
     listener: &Listener,
     deadline: tokio::time::Instant,
     stream: TcpStream,
     peer: SocketAddr,
-) -> Option<(Option<IpAddr>, Option<IpAddr>, Prefixed<TcpStream>)> {
+) -> Option<(Option<Proxied>, Option<IpAddr>, Prefixed<TcpStream>)> {
     if !listener.proxy_protocol {
         return Some((None, None, Prefixed::new(Bytes::new(), stream)));
     }
@@ -298,8 +299,8 @@ async fn proxy_header(
     }
     match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await {
         Ok(Ok((source, io))) => {
-            let stands_for = source.unwrap_or(peer.ip().to_canonical());
-            Some((Some(stands_for), source, io))
+            let proxied = source.map_or(Proxied::Unnamed, Proxied::Named);
+            Some((Some(proxied), source, io))
         }
         Ok(Err(e)) => {
             reject(e.reason());

@@ -118,7 +118,8 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
 /// counts in (no jurisdiction, no data centre, 2xx) exists from start.
 #[tokio::test]
 async fn the_series_of_options_the_proxy_answers_exists_from_start() {
-    let series = "residency_requests_total{datacenter=\"none\",jurisdiction=\"none\",status_class=\"2xx\"}";
+    let series =
+        "residency_requests_total{datacenter=\"none\",jurisdiction=\"none\",status_class=\"2xx\"}";
     let proxy = Proxy::start(Setup {
         extra: "[limits]\nmethods = [\"POST\", \"OPTIONS\"]\n".into(),
         ..Setup::default()

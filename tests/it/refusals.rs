@@ -287,10 +287,15 @@ async fn proxy_header_names_the_client() {
 
 /// A PROXY header that names no client (v1 `UNKNOWN`, v2 `LOCAL`) leaves
 /// the TCP peer (the balancer, unknown to GeoIP here), never the
-/// `X-Forwarded-For` the client behind it may have written.
+/// `X-Forwarded-For` the client behind it may have written; and the record
+/// says the peer decided, not the PROXY header.
 #[tokio::test]
 async fn a_proxy_header_naming_no_client_does_not_let_forwarded_for_decide() {
-    let proxy = Proxy::start(proxy_protocol_setup()).await;
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        ..proxy_protocol_setup()
+    })
+    .await;
     let local = ppp::v2::Builder::new(
         ppp::v2::Version::Two | ppp::v2::Command::Local,
         ppp::v2::AddressFamily::Unspecified | ppp::v2::Protocol::Unspecified,
@@ -311,6 +316,13 @@ async fn a_proxy_header_naming_no_client_does_not_let_forwarded_for_decide() {
                 .await;
             assert_refused_unrouted(&reply, 451, "origin_unknown", &ctx);
             assert_eq!(proxy.counts(), untouched(&proxy), "{ctx}");
+            let id = reply.header("x-request-id").unwrap();
+            let (status, body) = proxy.log_get(&format!("/records/{id}")).await;
+            assert_eq!(status, 200, "{ctx}: {body}");
+            let entry: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let record: serde_json::Value =
+                serde_json::from_str(entry["record"].as_str().unwrap()).unwrap();
+            assert_eq!(record["client"]["source"], "peer", "{ctx}: {record}");
         }
     }
     proxy.stop().await;

@@ -75,22 +75,43 @@ impl TrustedProxies {
     }
 }
 
-/// Resolves the client address of one request. `proxy_source` is the source
-/// address from the connection's PROXY header, if the listener requires one;
-/// `xff` are the request's `X-Forwarded-For` values in header order.
+/// What the PROXY header of a connection on a listener that requires one
+/// said of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxied {
+    /// Its source address.
+    Named(IpAddr),
+    /// No client (`LOCAL`, `UNKNOWN`, an unspecified or UNIX family: the
+    /// balancer's own connection): the TCP peer decides, and the record
+    /// says so; `X-Forwarded-For` is still not read.
+    Unnamed,
+}
+
+/// Resolves the client address of one request. `proxied` is what the
+/// connection's PROXY header said, if the listener requires one; `xff` are
+/// the request's `X-Forwarded-For` values in header order.
 pub fn resolve<'a>(
     peer: IpAddr,
-    proxy_source: Option<IpAddr>,
+    proxied: Option<Proxied>,
     xff: impl DoubleEndedIterator<Item = &'a HeaderValue>,
     trusted: &TrustedProxies,
 ) -> Result<Origin, BadForwardedHeader> {
-    if let Some(addr) = proxy_source {
-        return Ok(Origin {
-            addr: addr.to_canonical(),
-            source: AddressSource::ProxyProtocol,
-        });
-    }
     let peer = peer.to_canonical();
+    match proxied {
+        Some(Proxied::Named(addr)) => {
+            return Ok(Origin {
+                addr: addr.to_canonical(),
+                source: AddressSource::ProxyProtocol,
+            })
+        }
+        Some(Proxied::Unnamed) => {
+            return Ok(Origin {
+                addr: peer,
+                source: AddressSource::Peer,
+            })
+        }
+        None => {}
+    }
     if !trusted.contains(peer) {
         return Ok(Origin {
             addr: peer,
@@ -282,7 +303,7 @@ mod tests {
         let values = [HeaderValue::from_static("192.0.2.1")];
         let o = resolve(
             ip("10.1.1.1"),
-            Some(ip("::ffff:198.51.100.2")),
+            Some(Proxied::Named(ip("::ffff:198.51.100.2"))),
             values.iter(),
             &trusted(),
         );
@@ -291,6 +312,21 @@ mod tests {
             Ok(Origin {
                 addr: ip("198.51.100.2"),
                 source: ProxyProtocol
+            })
+        );
+        // A header naming no client: the peer decides, and is named the
+        // source; a trusted peer's X-Forwarded-For is still not read.
+        let o = resolve(
+            ip("::ffff:10.1.1.1"),
+            Some(Proxied::Unnamed),
+            values.iter(),
+            &trusted(),
+        );
+        assert_eq!(
+            o,
+            Ok(Origin {
+                addr: ip("10.1.1.1"),
+                source: Peer
             })
         );
     }
