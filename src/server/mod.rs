@@ -141,11 +141,15 @@ impl Bound {
                 instance, index, listener, permits, stop,
             )));
         }
-        tasks.push(tokio::spawn(admin::serve(
+        // The admin listener stops last, after the drain: `/healthz` (a
+        // liveness probe), `/readyz` (false by then) and `/metrics` (the
+        // drain's last counts) answer while connections finish.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin = tokio::spawn(admin::serve(
             self.instance.clone(),
             self.admin,
-            stop_rx.clone(),
-        )));
+            admin_stop_rx,
+        ));
         tasks.push(tokio::spawn(refresh_gauges(
             self.instance.clone(),
             stop_rx.clone(),
@@ -227,6 +231,8 @@ impl Bound {
                 Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
             }
         }
+        let _ = admin_stop_tx.send(true);
+        let _ = admin.await;
     }
 }
 

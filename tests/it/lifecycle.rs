@@ -76,6 +76,13 @@ async fn sigterm_lets_an_upload_in_flight_finish_and_refuses_new_connections() {
         })
         .await
         .is_err());
+    // The admin listener still answers while the upload drains: a liveness
+    // probe passes, and `/metrics` shows the drain.
+    let (status, _, body) = plain_exchange(admin, "GET", "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = plain_exchange(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("residency_connections_active"), "{body}");
 
     // The upload in flight finishes: the remaining 9 MiB, then 201.
     for _ in 16..160 {
