@@ -1577,3 +1577,108 @@ fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go()
         report.problems()
     );
 }
+
+/// A fault window lasts until the data centre's repair, not its next event:
+/// zurich refusing, drained and undrained still refuses until `normal`, and
+/// the uploads that failed meanwhile count against availability.
+#[test]
+fn a_fault_window_lasts_until_the_repair() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    use residency_tools::loadtest::slo::Slo;
+    let fx = Fixture::files();
+    let run = RunId::new();
+    let chaos = [
+        ("1s:zurich=refuse", 1.0),
+        ("2s:drain=zurich", 2.0),
+        ("3s:undrain=zurich", 3.0),
+        ("4s:zurich=normal", 4.0),
+    ];
+    // ch every 100 ms: geneva takes it from 1 s to 3 s; from the undrain
+    // to the repair it goes to the refusing zurich and fails.
+    let outcomes: Vec<Outcome> = (0..50u64)
+        .map(|i| {
+            let at = i * 100;
+            match at {
+                0..1000 | 4000.. => done(i, 0, &run, at, 10, 201, Some("zurich")),
+                1000..3000 => done(i, 0, &run, at, 10, 201, Some("geneva")),
+                _ => done(i, 0, &run, at, 10, 502, None),
+            }
+        })
+        .collect();
+    let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    plan.duration = Duration::from_secs(5);
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos
+        .iter()
+        .map(|(e, at)| Applied {
+            event: (*e).into(),
+            at_s: *at,
+            applied_at_s: Some(*at),
+            ok: true,
+            via: None,
+            detail: None,
+        })
+        .collect();
+    let generated = Generated {
+        outcomes: outcomes.clone(),
+        elapsed: Duration::from_secs(5),
+    };
+    let reconciled = reconcile(&plan, &run, &outcomes, &parse_records(b"[]").unwrap());
+    let mut report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+    report.apply_slo(&Slo {
+        min_availability: Some(0.9),
+        ..Slo::default()
+    });
+    let availability: Vec<String> = report
+        .problems()
+        .into_iter()
+        .filter(|p| p.contains("availability during faults"))
+        .collect();
+    assert_eq!(availability.len(), 1, "{:?}", report.problems());
+    assert!(availability[0].contains("of 30)"), "{availability:?}");
+}
+
+/// A chaos event's failure quotes what the admin API answered, which may
+/// hold control characters: the JUnit report stays XML 1.0 that parses.
+#[test]
+fn the_junit_report_carries_no_character_xml_cannot() {
+    use residency_tools::loadtest::generator::Generated;
+    use residency_tools::loadtest::report::build;
+    let fx = Fixture::files();
+    let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
+    plan.chaos = vec!["1s:zurich=refuse".parse().unwrap()];
+    let run = RunId::new();
+    let outcomes = vec![done(0, 0, &run, 0, 5, 201, Some("zurich"))];
+    let applied = vec![Applied {
+        event: "1s:zurich=refuse".into(),
+        at_s: 1.0,
+        applied_at_s: None,
+        ok: false,
+        via: None,
+        detail: Some("500: bad\u{1}byte\u{8} <&>".into()),
+    }];
+    let generated = Generated {
+        outcomes: outcomes.clone(),
+        elapsed: Duration::from_secs(2),
+    };
+    let records = parse_records(
+        Value::Array(vec![record(&run, 0, "zurich", None, "r")])
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let reconciled = reconcile(&plan, &run, &outcomes, &records);
+    let report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+    let junit = report.render_junit();
+    assert!(
+        junit.contains("bad\u{FFFD}byte\u{FFFD} &lt;&amp;&gt;"),
+        "{junit}"
+    );
+    assert!(
+        !junit
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
+        "{junit:?}"
+    );
+}

@@ -155,7 +155,7 @@ impl Report {
     }
 
     /// The fault windows: each breaking event until the same data centre's
-    /// next event (or the end of the run).
+    /// repair (or the end of the run).
     fn windows(&self) -> Vec<Window<'_>> {
         let dc_of = |c: &ChaosReport| {
             c.failover
@@ -178,7 +178,12 @@ impl Report {
                 continue;
             };
             let dc = dc_of(c);
-            let next = self.chaos[k + 1..].iter().find(|n| dc_of(n) == dc);
+            // Until the data centre's repair: an event after which it is
+            // neither broken nor drained (an `undrain` of one that still
+            // refuses is none), not merely its next event.
+            let next = self.chaos[k + 1..]
+                .iter()
+                .find(|n| dc_of(n) == dc && n.recovery.is_some());
             let end_s = next
                 .and_then(|n| n.applied.applied_at_s)
                 .unwrap_or(self.duration_s);

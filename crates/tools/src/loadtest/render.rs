@@ -274,8 +274,19 @@ impl Report {
     }
 }
 
+/// `text` as XML 1.0 attribute or element text: markup escaped, and the
+/// characters XML 1.0 cannot carry at all (control characters other than
+/// tab, line feed and carriage return — an admin answer quoted in a chaos
+/// failure may hold them) shown as U+FFFD, so the report still parses.
 fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
+    text.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => c,
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => '\u{FFFD}',
+            c => c,
+        })
+        .collect::<String>()
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
