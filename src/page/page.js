@@ -141,13 +141,32 @@ function remembered(vkey) {
   }
 }
 
+// Keeps `note` as the checkpoint seen of `vkey`'s log; false if it is not
+// kept. Nothing is ever removed to make room: what a hostile log could
+// evict is a pinned key's history. Instead a log's notes (a few KiB) are
+// kept only up to 16 KiB each, and keys the server presented without a pin
+// only up to 64 of them, so that a log presenting a new key at every visit
+// cannot fill this origin's storage and leave no room for a pinned key's.
+const MAX_KEPT_NOTE = 16 * 1024;
+const MAX_UNPINNED_KEYS = 64;
 function remember(vkey, note) {
+  if (note.length > MAX_KEPT_NOTE) return false;
   try {
+    if (!pinnedKey && localStorage.getItem(storageKey(vkey)) === null) {
+      let keys = 0;
+      for (let i = 0; i < localStorage.length; i++) {
+        if (localStorage.key(i)?.startsWith("residency-log/checkpoint/")) keys++;
+      }
+      if (keys >= MAX_UNPINNED_KEYS) return false;
+    }
     localStorage.setItem(storageKey(vkey), JSON.stringify({ note, seen: new Date().toISOString() }));
+    return true;
   } catch {
-    // storage full or disabled: the next visit cannot compare, and says so
+    return false; // storage full or disabled
   }
 }
+
+const NOT_KEPT = "This browser did not keep this checkpoint (its storage for this page is disabled or full, or holds the checkpoints of 64 keys seen without a pin), so the next visit cannot check that the log only grew from it.";
 
 // The tree size a note claims (line 2), before any check.
 function claimedSize(note) {
@@ -280,12 +299,14 @@ async function showLog() {
       ` on ${seenOn(before)}: ${verdict.message}. A log may only grow; keep a copy of this page as evidence and tell the operator. This browser keeps the checkpoint it saw before.`);
   } else if (verdict.valid && before) {
     $("history").className = "ok-text";
-    say("history", `The log only grew since this browser last saw it on ${seenOn(before)}: consistency proven.`);
-    remember(logId, note);
+    const kept = remember(logId, note);
+    say("history", `The log only grew since this browser last saw it on ${seenOn(before)}: consistency proven.${kept ? "" : ` ${NOT_KEPT}`}`);
   } else if (verdict.valid) {
-    $("history").className = "";
-    say("history", "This browser had not seen this log before; it keeps this checkpoint, to check on the next visit that the log only grew.");
-    remember(logId, note);
+    const kept = remember(logId, note);
+    $("history").className = kept ? "" : "bad";
+    say("history", kept
+      ? "This browser had not seen this log before; it keeps this checkpoint, to check on the next visit that the log only grew."
+      : `This browser had not seen this log before. ${NOT_KEPT}`);
   }
 }
 

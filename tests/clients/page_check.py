@@ -243,7 +243,18 @@ def second(s, driver, out):
 def visit(s, driver, out):
     """The page opened with the key pinned as the link spells it: what it
     says about this browser's history with the log. (One load: a reload
-    would find the checkpoint the first one kept.)"""
+    would find the checkpoint the first one kept.) With `fill_storage`, the
+    origin's storage is filled first, until it takes nothing more."""
+    if s.get("fill_storage"):
+        # Another document of the origin (its storage), not the page.
+        driver.get(s["base"] + "key")
+        driver.execute_script(
+            """let i = 0;
+            for (let size = 1 << 20; size >= 1; size >>= 2) {
+              const value = "x".repeat(size);
+              try { for (;;) localStorage.setItem("fill/" + i++, value); } catch {}
+            }"""
+        )
     driver.get(pinned(s["base"], s["key"]))
     loaded(driver)
     history = wait_for(

@@ -707,6 +707,38 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     proxy.stop().await;
 }
 
+/// A browser whose storage for the page takes nothing more: the page says
+/// it did not keep the checkpoint, not that it keeps it.
+#[tokio::test]
+async fn the_page_says_when_it_could_not_keep_the_checkpoint() {
+    let work = TempDir::new("page-full-storage");
+    let proxy = log_proxy(&Signer::generate_pkcs8().unwrap(), free_port()).await;
+    upload(&proxy, CH, "cpu=0.1").await;
+    let (_, key) = proxy.log_get("/key").await;
+    let seen = browse(
+        json!({
+            "phase": "visit",
+            "base": format!("http://{}/", proxy.log_addr.unwrap()),
+            "key": key.trim(),
+            "fill_storage": true,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let line = &seen["history"];
+    assert_eq!(line["class"], "bad", "{seen}");
+    assert!(
+        line["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not keep this checkpoint"),
+        "{seen}"
+    );
+    proxy.stop().await;
+}
+
 /// A log (or what poses as one) that answers with more than any answer of
 /// a log holds is not read to its end: the page says so, its tab's memory
 /// stays its own.
