@@ -236,6 +236,16 @@ async function generationOf(vkey) {
   return found;
 }
 
+// Whether two verifier keys name different logs (false if either does
+// not parse).
+async function namedOtherwise(a, b) {
+  try {
+    return (await parseVkey(a, 0x01)).name !== (await parseVkey(b, 0x01)).name;
+  } catch {
+    return false;
+  }
+}
+
 async function showLog() {
   const served = (await (await get("key")).text()).trim();
   const wanted = pinnedKey ?? served;
@@ -246,7 +256,11 @@ async function showLog() {
   // current checkpoint. Until then `logKey` stays unset, so a check tries
   // again and says it could not check if the log still cannot tell.
   const same = (await canonical(wanted)) === (await canonical(served));
-  const sealed = pinnedKey && !same ? await generationOf(wanted) : null;
+  let sealed = pinnedKey && !same ? await generationOf(wanted) : null;
+  // The list is not signed: a sealed generation's key names another origin
+  // than the one the log writes under now (it rolled to `<origin>/<n>`). A
+  // key swapped under the same name is not explained away as a roll.
+  if (sealed && !(await namedOtherwise(wanted, served))) sealed = null;
   logKey = wanted;
   if (sealed) {
     base = sealed.prefix.replace(/^\//, "");

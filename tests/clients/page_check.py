@@ -279,6 +279,7 @@ def log_section(s, driver, out):
             driver.find_element(By.ID, "log-checkpoint").text
         ),
     )
+    out["key_source"] = driver.find_element(By.ID, "key-source").text
 
 
 def generations(s, driver, out):

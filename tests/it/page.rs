@@ -472,7 +472,21 @@ async fn front_failing(
                         .iter()
                         .any(|f| f.strip_prefix("trickle:") == Some(&path));
                     let bom = faults.iter().any(|f| f.strip_prefix("bom:") == Some(&path));
+                    // `answer:<path> <body>`: 200 with that JSON body.
+                    let canned = faults.iter().copied().find_map(|f: &'static str| {
+                        let (at, body) = f.strip_prefix("answer:")?.split_once(' ')?;
+                        (at == path).then_some(body)
+                    });
                     async move {
+                        if let Some(body) = canned {
+                            return Ok(http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/json")
+                                .body(Either::Left(Full::new(bytes::Bytes::from_static(
+                                    body.as_bytes(),
+                                ))))
+                                .unwrap());
+                        }
                         if huge {
                             let body = Full::new(bytes::Bytes::from(vec![b'a'; 64 << 20]));
                             return Ok(http::Response::builder()
@@ -704,6 +718,45 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     assert!(text.contains("(4 records)"), "{seen}");
     same_origin_only(&seen, &format!("http://{front}"));
     clean_console(&seen, None);
+    proxy.stop().await;
+}
+
+/// A log that lists the pinned key as a sealed generation while it presents
+/// another key under the same name (a key swapped, not a roll to a new
+/// origin): the page warns that the server presents another key, and does
+/// not explain it away as a roll from the unsigned list.
+#[tokio::test]
+async fn a_key_swapped_under_the_same_name_is_not_taken_for_a_roll() {
+    let work = TempDir::new("page-swapped-key");
+    let proxy = log_proxy(&Signer::generate_pkcs8().unwrap(), free_port()).await;
+    upload(&proxy, CH, "cpu=0.1").await;
+    let other = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let (_, served) = proxy.log_get("/key").await;
+    let list = json!({"generations": [
+        {"generation": 1, "origin": LOG_ORIGIN, "key": other, "sealed": true, "prefix": "/generations/1/", "size": 1},
+        {"generation": 2, "origin": LOG_ORIGIN, "key": served.trim(), "sealed": false, "prefix": "/", "size": 1},
+    ]});
+    let fault: &'static str = Box::leak(format!("answer:/generations {list}").into_boxed_str());
+    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![fault]));
+    let front = front_failing(proxy.log_addr.unwrap(), faults).await;
+    let seen = browse(
+        json!({
+            "phase": "log_section",
+            "base": format!("http://{front}/"),
+            "key": other,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let source = seen["key_source"].as_str().unwrap();
+    assert!(
+        source.contains("not the key this server presents now"),
+        "{seen}"
+    );
     proxy.stop().await;
 }
 
