@@ -21,6 +21,8 @@ pub enum LogError {
     Key { path: String, source: NoteError },
     #[error("{path}: {message}")]
     Corrupt { path: String, message: String },
+    #[error("{0}: the log directory is in use by another process (it holds the lock on this file); one process writes a directory log")]
+    InUse(String),
     #[error("the log's generation holds {0} records, transparency.max_records")]
     Full(u64),
     #[error("an earlier write failed and could not be undone; restart to recover the log")]

@@ -200,6 +200,12 @@ pub struct Directory {
     core: Arc<Core>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     spares: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held (an exclusive `flock`) for as long as the log is open, taken
+    /// before anything in the directory is read or repaired, so that a
+    /// second process opening it (a second `serve` on the same
+    /// configuration) fails at once instead of cutting the staging bundle
+    /// the first one is appending to. Dropped last.
+    _lock: File,
 }
 
 /// What the writer and the helper thread share about staging bundles:
@@ -224,6 +230,8 @@ struct Spare {
 /// The file name of the spare staging bundle of earlier versions (removed
 /// at start).
 const SPARE: &str = "staging.spare";
+/// The file a process holds an exclusive lock on while the log is open.
+const LOCK: &str = "lock";
 
 impl Drop for Directory {
     fn drop(&mut self) {
@@ -277,6 +285,21 @@ impl Directory {
             if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
                 disk::sync_path(parent).map_err(io_error(parent))?;
             }
+        }
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LogError::InUse(lock_path.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
         let key_path = &settings.signing_key;
         let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
@@ -399,6 +422,7 @@ impl Directory {
             core,
             writer: Mutex::new(Some(writer)),
             spares: Mutex::new(Some(spares)),
+            _lock: lock,
         };
         // A checkpoint for what was recovered, before anything new is added.
         log.checkpoint()?;
@@ -1836,6 +1860,38 @@ mod tests {
         let (leaf, path) = log.current().inclusion_proof(2, 5).unwrap().unwrap();
         assert_eq!(leaf, merkle::leaf_hash(&record(2).to_bytes()));
         merkle::verify_inclusion(&leaf, 2, 5, &path, &cp.root).unwrap();
+    }
+
+    /// A second process (here a second open) on a directory a log is
+    /// open in fails at once, naming the lock, and touches nothing: it
+    /// used to replay the staging bundle the first was appending to, cut
+    /// it and zero it, before redb refused its index.
+    #[tokio::test]
+    async fn a_directory_in_use_is_not_opened_again() {
+        let (_dir, settings) = setup("in-use");
+        let log = Log::open(&settings, metrics()).unwrap();
+        for i in 0..10 {
+            log.append(&record(i)).await.unwrap();
+        }
+        let staging = settings.directory.join("staging.0");
+        let before = std::fs::read(&staging).unwrap();
+        let Err(e) = Log::open(&settings, metrics()) else {
+            panic!("opened twice");
+        };
+        let text = e.to_string();
+        assert!(text.contains("in use by another process"), "{text}");
+        assert!(!text.contains("can be deleted"), "{text}");
+        assert_eq!(std::fs::read(&staging).unwrap(), before, "untouched");
+        for i in 10..12 {
+            log.append(&record(i)).await.unwrap();
+        }
+        drop(log);
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.latest().size, 12, "reopened once the first closed");
+        assert_eq!(
+            log.current().record(11).unwrap().unwrap(),
+            record(11).to_bytes()
+        );
     }
 
     #[test]
