@@ -474,6 +474,10 @@ impl BodySlot {
             return Err(BodyError::Gone);
         };
         let mut read = 0usize;
+        // Copied into one buffer as it comes: kept frame by frame, a body
+        // of one-byte HTTP/2 DATA frames held a `Bytes` (and its share of a
+        // read buffer) per byte, many times what the budget charges.
+        let mut gathered = BytesMut::new();
         let result = loop {
             let frame = match tokio::time::timeout(self.idle, source.rest.frame()).await {
                 Err(_) => break Err(self.fail(BodyError::IdleTimeout)),
@@ -492,7 +496,7 @@ impl BodySlot {
             }
             source.hash(&data);
             read += data.len();
-            source.prefix.push_back(data);
+            gathered.extend_from_slice(&data);
             if read > replay_limit {
                 break Ok(false);
             }
@@ -500,13 +504,20 @@ impl BodySlot {
         match result {
             Ok(true) => {
                 self.complete(&mut source);
+                if source.prefix.is_empty() {
+                    return Ok(Some(gathered.freeze()));
+                }
                 let mut all = BytesMut::with_capacity(read);
                 for chunk in &source.prefix {
                     all.extend_from_slice(chunk);
                 }
+                all.extend_from_slice(&gathered);
                 Ok(Some(all.freeze()))
             }
             Ok(false) => {
+                // At most `replay_limit` and one frame, in front of the
+                // rest, as one chunk.
+                source.prefix.push_back(gathered.freeze());
                 if let Ok(mut slot) = self.source.lock() {
                     *slot = Some(source);
                 }
