@@ -131,7 +131,7 @@ pub fn handle(
         let version = req.version();
         // For the access line: copied only when that line is written.
         let path = tracing::enabled!(target: "residency_proxy::access", tracing::Level::INFO)
-            .then(|| req.uri().path().to_owned());
+            .then(|| logged_path(req.uri().path()));
         let mut findings = Findings {
             source: None,
             client: None,
@@ -567,5 +567,36 @@ fn decide_and_forward<'a>(
         // still holds the data centre's connection.
         slot.hold_while_reading(counted);
         Ok((resp, slot))
+    }
+}
+
+/// The most of a request's path the access line carries. A path can be as
+/// long as the request head allows (up to 1 MiB), and over HTTP/2 a client
+/// names one already in its HPACK table with a byte: logged whole, a
+/// 15-byte HEADERS frame made a 4 KiB line.
+const LOGGED_PATH: usize = 1024;
+
+/// `path` as the access line carries it: its first [`LOGGED_PATH`] bytes,
+/// then `…`.
+fn logged_path(path: &str) -> String {
+    if path.len() <= LOGGED_PATH {
+        return path.to_owned();
+    }
+    let mut end = LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
+#[cfg(test)]
+mod logged_path_tests {
+    #[test]
+    fn a_long_path_is_cut_for_the_access_line() {
+        assert_eq!(super::logged_path("/v1/telemetry"), "/v1/telemetry");
+        let long = format!("/{}", "a".repeat(5000));
+        let cut = super::logged_path(&long);
+        assert_eq!(cut.len(), 1024 + "…".len());
+        assert!(cut.ends_with('…'));
     }
 }
