@@ -27,6 +27,8 @@ pub enum LogError {
     Full(u64),
     #[error("an earlier write failed and could not be undone; restart to recover the log")]
     Poisoned,
+    #[error("an fsync of the log's tiles failed ({0}): no checkpoint is signed over them; restart to rebuild them from the entry bundles")]
+    Unsyncable(String),
     #[error("a record of {0} bytes is over the 65535 an entry bundle can hold")]
     EntryTooLarge(usize),
     #[error("log database: {0}")]

@@ -160,6 +160,12 @@ struct State {
     unwritten: Vec<(Tile, Vec<u8>)>,
     /// A failed write could not be undone: nothing more is written.
     poisoned: bool,
+    /// An fsync of files a checkpoint would cover failed: after a failed
+    /// fsync the kernel may have dropped the dirty pages and a later fsync
+    /// succeeds over them, so no checkpoint is signed until a restart
+    /// rebuilds those tiles from the (durable) bundles. Records are still
+    /// appended and acknowledged.
+    unsyncable: Option<String>,
     /// Group commits done (one `write(2)` + `fdatasync(2)` each, or two
     /// when a batch completes a bundle).
     batches: u64,
@@ -338,6 +344,7 @@ impl Directory {
             unsynced: Vec::new(),
             unwritten: Vec::new(),
             poisoned: false,
+            unsyncable: None,
             batches: 0,
         };
         let staging = replay(&disk, &mut state, &metrics)?;
@@ -952,6 +959,9 @@ impl Core {
         self.seal_full();
         let (size, edge, unsynced, unwritten) = {
             let mut st = lock(&self.state);
+            if let Some(why) = &st.unsyncable {
+                return Err(LogError::Unsyncable(why.clone()));
+            }
             (
                 st.size,
                 st.edge.clone(),
@@ -971,8 +981,12 @@ impl Core {
             // Not fatal: the ids stay in memory and are retried next time.
             tracing::warn!(error = %e, "cannot update the request-id index");
         }
-        if let Err(e) = self.make_durable(&unsynced, &unwritten) {
+        if let Err((e, synced)) = self.make_durable(&unsynced, &unwritten) {
             let mut st = lock(&self.state);
+            if synced {
+                tracing::error!(error = %e, "an fsync of the log's tiles failed: no checkpoint is signed until a restart rebuilds them from the entry bundles (records are still appended)");
+                st.unsyncable = Some(e.to_string());
+            }
             st.unsynced.extend(unsynced);
             st.unwritten.extend(unwritten);
             let lag = st.size.saturating_sub(latest.size);
@@ -1004,24 +1018,26 @@ impl Core {
     }
 
     /// Writes the hash tiles whose write failed and fsyncs what was written
-    /// since the last checkpoint.
+    /// since the last checkpoint. The error says whether an fsync failed
+    /// (`true`: not to be retried, see `State::unsyncable`) or a write
+    /// (retried at the next checkpoint).
     fn make_durable(
         &self,
         unsynced: &[PathBuf],
         unwritten: &[(Tile, Vec<u8>)],
-    ) -> Result<(), LogError> {
+    ) -> Result<(), (LogError, bool)> {
         for (tile, bytes) in unwritten {
             let path = self.disk.path(*tile);
             self.disk
                 .write(&path, bytes, true)
-                .map_err(io_error(&path))?;
+                .map_err(|e| (io_error(&path)(e), false))?;
             // The failed first write may have created directories whose
             // entries it never synced (its list of them went with the
             // error): every directory from the tile's up to the log's own
             // is synced. Only after a failed write; a few fsyncs.
             let mut dir = path.parent();
             while let Some(d) = dir.filter(|d| d.starts_with(self.disk.dir())) {
-                disk::sync_path(d).map_err(io_error(d))?;
+                disk::sync_path(d).map_err(|e| (io_error(d)(e), true))?;
                 dir = d.parent();
             }
         }
@@ -1031,7 +1047,7 @@ impl Core {
         // Files before the directories naming them.
         paths.sort_by_key(|p| p.is_dir());
         for path in paths {
-            disk::sync_path(path).map_err(io_error(path))?;
+            disk::sync_path(path).map_err(|e| (io_error(path)(e), true))?;
         }
         Ok(())
     }
@@ -1892,6 +1908,30 @@ mod tests {
             log.current().record(11).unwrap().unwrap(),
             record(11).to_bytes()
         );
+    }
+
+    /// An fsync of a hash tile a checkpoint would cover fails: no
+    /// checkpoint is signed over it later either (after a failed fsync the
+    /// kernel may have dropped its pages, and a second fsync succeeds over
+    /// them), records are still appended, and a restart rebuilds the tile
+    /// from the bundles and checkpoints everything.
+    #[tokio::test]
+    async fn a_failed_tile_fsync_stops_checkpoints_until_a_restart() {
+        let (_dir, settings) = setup("unsyncable");
+        let log = Log::open(&settings, metrics()).unwrap();
+        for i in 0..256 {
+            log.append(&record(i)).await.unwrap();
+        }
+        let tile = settings.directory.join("tile/0/000");
+        crate::disk::failing::once(&tile);
+        assert!(log.checkpoint().is_err(), "the fsync failed");
+        let again = log.checkpoint().unwrap_err().to_string();
+        assert!(again.contains("restart"), "{again}");
+        assert!(log.latest().size < 256, "nothing signed over the tile");
+        log.append(&record(256)).await.unwrap();
+        drop(log);
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.latest().size, 257);
     }
 
     #[test]

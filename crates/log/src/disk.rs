@@ -142,6 +142,10 @@ fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 
 /// fsyncs a file or directory by path.
 pub fn sync_path(path: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if failing::take(path) {
+        return Err(std::io::Error::other("injected fsync failure"));
+    }
     File::open(path)?.sync_all()
 }
 
@@ -191,4 +195,29 @@ pub fn complete_entries(bundle: &[u8]) -> (Vec<&[u8]>, usize) {
 /// Entries of a full or partial bundle as read from disk.
 pub fn entries(bundle: &[u8]) -> Option<Vec<&[u8]>> {
     tiles::entries(bundle)
+}
+
+/// Tests make the next `sync_path` of a given path fail.
+#[cfg(test)]
+pub mod failing {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// The next [`super::sync_path`] of `path` fails (once).
+    pub fn once(path: &Path) {
+        PATHS.lock().unwrap().push(path.to_path_buf());
+    }
+
+    pub(super) fn take(path: &Path) -> bool {
+        let mut paths = PATHS.lock().unwrap();
+        match paths.iter().position(|p| p == path) {
+            Some(i) => {
+                paths.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
