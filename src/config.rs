@@ -713,6 +713,21 @@ fn dotted(key: &str) -> String {
     out
 }
 
+/// Whether a CIDR network is written with bits set past its prefix
+/// (`10.20.5.1/8`): `parse_net` would take the network it lies in.
+fn has_host_bits(text: &str) -> bool {
+    text.trim()
+        .parse::<ipnet::IpNet>()
+        .is_ok_and(|net| net != net.trunc())
+}
+
+fn host_bits_message(text: &str, net: ipnet::IpNet) -> String {
+    format!(
+        "`{}` has host bits set (did you mean `{net}`?)",
+        text.trim()
+    )
+}
+
 fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Listener> {
     let address = match &raw.address {
         Some(a) => parse_addr(a, &format!("{key}.address"), r),
@@ -727,10 +742,14 @@ fn listener(raw: &RawListener, key: &str, base: &Path, r: &mut ConfigReport) -> 
             == ProxyProtocol::Required;
     let mut nets = Vec::new();
     for (i, text) in raw.trusted_proxies.iter().enumerate() {
+        let key = format!("{key}.trusted_proxies[{i}]");
         match parse_net(text) {
+            // Widened silently, a typo would trust a whole network to name
+            // its clients.
+            Some(net) if has_host_bits(text) => r.push(key, host_bits_message(text, net)),
             Some(net) => nets.push(net),
             None => r.push(
-                format!("{key}.trusted_proxies[{i}]"),
+                key,
                 format!("`{text}` is not an IP address or CIDR network"),
             ),
         }
@@ -801,14 +820,21 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
         }
     };
     let mut overrides = Vec::new();
+    let mut seen: Vec<(ipnet::IpNet, Country, usize)> = Vec::new();
     for (i, o) in raw.overrides.iter().enumerate() {
         let key = format!("geoip.overrides[{i}]");
-        let net = parse_net(&o.network);
-        if net.is_none() {
-            r.push(
+        let mut net = parse_net(&o.network);
+        match net {
+            None => r.push(
                 format!("{key}.network"),
                 format!("`{}` is not a CIDR network", o.network),
-            );
+            ),
+            // Widened silently, a typo would move a whole network.
+            Some(n) if has_host_bits(&o.network) => {
+                r.push(format!("{key}.network"), host_bits_message(&o.network, n));
+                net = None;
+            }
+            Some(_) => {}
         }
         let country = Country::parse(&o.country);
         if country.is_none() {
@@ -818,6 +844,18 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
             );
         }
         if let (Some(net), Some(country)) = (net, country) {
+            // One network, two countries: which applies would depend on
+            // the order of the list.
+            if let Some((_, other, j)) = seen.iter().find(|(n, c, _)| *n == net && *c != country) {
+                r.push(
+                    format!("{key}.network"),
+                    format!(
+                        "`{}` is geoip.overrides[{j}]'s network, which says {other}, not {country}",
+                        o.network
+                    ),
+                );
+            }
+            seen.push((net, country, i));
             overrides.push((net, country));
         }
     }

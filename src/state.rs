@@ -64,7 +64,8 @@ impl Snapshot {
             .ok();
         if let Some(geo) = &geo {
             for (i, (addr, want)) in config.geoip.canaries.iter().enumerate() {
-                let (got, _) = geo.lookup(*addr);
+                // The database alone: an override would hide what it says.
+                let (got, _) = geo.in_database(*addr);
                 if got != Some(*want) {
                     let got = got.map_or_else(|| "no country".to_string(), |c| c.to_string());
                     report.push(
@@ -509,7 +510,19 @@ pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
         path: path.display().to_string(),
         source: maxminddb::MaxMindDbError::Io(e),
     })?;
-    Geo::from_file(path, bytes, geoip.overrides.clone())
+    let geo = Geo::from_file(path, bytes, geoip.overrides.clone())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // A day of clock skew between the builder and this machine is allowed.
+    if geo.build_epoch() > now.saturating_add(86_400) {
+        return Err(GeoError::BuiltInTheFuture {
+            path: path.display().to_string(),
+            build_epoch: geo.build_epoch(),
+            now,
+        });
+    }
+    Ok(geo)
 }
 
 /// The header values of a configuration's jurisdiction and data centre

@@ -270,6 +270,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 },
         } => {
             let epoch = build_epoch.unwrap_or_else(now_epoch);
+            if epoch > now_epoch().saturating_add(86_400) {
+                // `serve` refuses such a database: its age cannot be judged.
+                eprintln!("error: --build-epoch {epoch} is more than a day in the future (Unix seconds, not milliseconds)");
+                return ExitCode::from(2);
+            }
             match residency_tools::geoip::build_file(&csv, &out, epoch) {
                 Ok(s) => {
                     println!(

@@ -766,3 +766,104 @@ fn a_witness_s_unusable_arguments_exit_2_naming_the_flag() {
         assert!(stderr.contains(flag), "{flag:?} missing from:\n{stderr}");
     }
 }
+
+/// GeoIP settings that would route by accident are refused at load, each
+/// named by its key: an override or trusted proxy written with host bits
+/// (`10.20.5.1/8` would take all of 10/8), one network overridden to two
+/// countries (which applies would depend on the list's order), a canary
+/// that only an override makes pass (canaries test the database), a
+/// database built in the future (its age cannot be judged); `geoip build`
+/// refuses a country code the proxy does not know and a build time in the
+/// future.
+#[test]
+fn geoip_settings_that_would_route_by_accident_are_refused() {
+    let (dir, config) = valid_config(None);
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    let refused = |extra: &str, listener_extra: &str, want: &[&str]| {
+        let toml = text_of
+            .replace(
+                "[listeners.tls]\n",
+                &format!("{listener_extra}[listeners.tls]\n"),
+            )
+            .replace(
+                "[geoip]\n",
+                &format!("[[geoip.overrides]]\nnetwork = \"10.0.0.0/8\"\ncountry = \"DE\"\n{extra}[geoip]\n"),
+            );
+        std::fs::write(&config, toml).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{extra}{listener_extra}: {stderr}"
+        );
+        for w in want {
+            assert!(stderr.contains(w), "{w:?} missing from:\n{stderr}");
+        }
+    };
+    refused(
+        "[[geoip.overrides]]\nnetwork = \"10.20.5.1/8\"\ncountry = \"US\"\n",
+        "",
+        &["- geoip.overrides[1].network: `10.20.5.1/8` has host bits set (did you mean `10.0.0.0/8`?)"],
+    );
+    refused(
+        "[[geoip.overrides]]\nnetwork = \"::ffff:10.0.0.0/104\"\ncountry = \"US\"\n",
+        "",
+        &["- geoip.overrides[1].network: `::ffff:10.0.0.0/104` is geoip.overrides[0]'s network, which says DE, not US"],
+    );
+    refused(
+        "",
+        "trusted_proxies = [\"10.9.9.9/8\"]\n",
+        &["- listeners[0].trusted_proxies[0]: `10.9.9.9/8` has host bits set"],
+    );
+    refused(
+        "[[geoip.canaries]]\naddress = \"10.1.1.1\"\ncountry = \"DE\"\n",
+        "",
+        &["- geoip.canaries[0]: 10.1.1.1 should be DE, the database says no country"],
+    );
+
+    // geoip build: an unknown code, a build time in the future.
+    let csv = dir.path().join("bad.csv");
+    let db = dir.path().join("bad.mmdb");
+    std::fs::write(&csv, "192.0.2.0/24,UK\n").unwrap();
+    let out = run(
+        &["geoip", "build", "--csv", path(&csv), "--out", path(&db)],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`UK` is not an assigned ISO 3166-1 alpha-2 code"),
+        "{stderr}"
+    );
+    std::fs::write(&csv, "192.0.2.0/24,CH\n").unwrap();
+    let future = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 10 * 86_400)
+        .to_string();
+    let out = run(
+        &[
+            "geoip",
+            "build",
+            "--csv",
+            path(&csv),
+            "--out",
+            path(&db),
+            "--build-epoch",
+            &future,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // ... and a database built so is refused at load.
+    let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
+    let bytes = residency_tools::geoip::build_country_db(&rows, future.parse().unwrap()).unwrap();
+    std::fs::write(&db, bytes).unwrap();
+    let (_dir2, config2) = valid_config(Some(&db));
+    let out = run(&["check-config", "--config", path(&config2)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("more than a day after now"), "{stderr}");
+}

@@ -56,6 +56,12 @@ pub enum GeoError {
     },
     #[error("{path}: database type `{found}` has no country data (want a Country, City or Enterprise database)")]
     WrongType { path: String, found: String },
+    #[error("{path}: built at {build_epoch} (Unix seconds), more than a day after now ({now}): its age cannot be judged (geoip.max_age), and a clock or build this far off is not trusted")]
+    BuiltInTheFuture {
+        path: String,
+        build_epoch: u64,
+        now: u64,
+    },
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -268,6 +274,18 @@ impl Geo {
         if let Some(c) = overridden {
             return (Some(c), LookupResult::Override);
         }
+        self.in_database_at(addr)
+    }
+
+    /// The country the database alone gives `addr`, overrides not
+    /// applied (for canaries, which test the database).
+    pub fn in_database(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
+        self.in_database_at(located(addr.to_canonical()))
+    }
+
+    /// [`Geo::in_database`] of an address already [`located`].
+    #[inline]
+    fn in_database_at(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
         if let Some(index) = &self.index {
             let walked = match addr {
                 IpAddr::V4(a) => index.lookup(u32::from(a)),

@@ -108,6 +108,13 @@ fn parse_row(line: usize, text: &str) -> Result<Row, BuildError> {
         )));
     }
     let country = country.to_ascii_uppercase();
+    // A code the proxy does not know (`UK` for GB, `EU`) would build, and
+    // every address in it would be a miss: refused here, as in a policy.
+    if residency_core::country::Country::parse(&country).is_none() {
+        return Err(problem(format!(
+            "`{country}` is not an assigned ISO 3166-1 alpha-2 code (the United Kingdom is GB)"
+        )));
+    }
     Ok(Row {
         network: parsed,
         country,
