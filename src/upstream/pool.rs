@@ -636,6 +636,9 @@ pub struct Body {
 /// See [`Body::ahead`].
 type Ahead = std::collections::VecDeque<Result<Frame<Bytes>, BodyError>>;
 
+/// The most frames [`Body::take_in`] holds ahead of the client.
+const AHEAD_FRAMES: usize = 64;
+
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
@@ -768,12 +771,21 @@ impl Body {
     /// client that keeps its window shut would hold the connection (an
     /// answer of known length goes back as its last frame is taken in: see
     /// `poll_frame`). Each frame waits at most `upstream_response_idle`, as
-    /// when streamed; an error is passed on in its place.
+    /// when streamed; an error is passed on in its place. The whole taking
+    /// in also lasts at most one `upstream_response_idle`, and at most
+    /// [`AHEAD_FRAMES`] frames: a data centre sending a byte per chunk just
+    /// within the idle time held the answer's head back from the client
+    /// for days (16 KiB × the idle time), and a frame each.
     pub async fn take_in(&mut self, limit: usize) {
         let mut ahead = Ahead::new();
         let mut taken = 0;
-        while taken < limit {
-            match std::future::poll_fn(|cx| self.poll_upstream(cx)).await {
+        let until = tokio::time::Instant::now() + self.idle;
+        while taken < limit && ahead.len() < AHEAD_FRAMES {
+            let next = std::future::poll_fn(|cx| self.poll_upstream(cx));
+            let Ok(next) = tokio::time::timeout_at(until, next).await else {
+                break; // the rest streams
+            };
+            match next {
                 Some(Ok(frame)) => {
                     taken += frame.data_ref().map_or(0, Bytes::len);
                     ahead.push_back(Ok(frame));

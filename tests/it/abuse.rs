@@ -624,3 +624,65 @@ async fn holds_no_data_centre_connection(chunked: bool) {
     conn.abort();
     proxy.stop().await;
 }
+
+/// A data centre answering in chunks of a byte, each just within
+/// `upstream_response_idle`, does not hold the answer's head back from the
+/// client: it is taken in ahead for at most one idle time (and 64 frames),
+/// then streamed. It used to wait for 16 KiB: 16,384 idle times.
+#[tokio::test]
+async fn a_trickled_answer_reaches_the_client_within_one_idle_time() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                // A byte every 300 ms for at most a minute.
+                for _ in 0..200 {
+                    if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
+        extra: format!(
+            "[datacenters.zurich]\njurisdiction = \"ch\"\nupstreams = [\"http://{addr}\"]\n\
+             [health]\npath = \"off\"\n[timeouts]\nupstream_response_idle = \"1s\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let client = proxy.client();
+    let sent = client.response(
+        "POST",
+        "/v1/telemetry",
+        &[("x-forwarded-for", CH)],
+        http_body_util::Full::new(Bytes::new())
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    let (resp, _, _) = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("the answer's head within 10 s")
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(resp);
+    proxy.stop().await;
+}

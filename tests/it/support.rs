@@ -775,6 +775,28 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Result<Reply, BoxError> {
+        let (resp, peer_cert, alpn) = self.response(method, path, headers, body).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            peer_cert,
+            alpn,
+        })
+    }
+
+    /// Sends one request and returns the response as its head arrives,
+    /// its body unread.
+    pub async fn response(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> Result<(Response<Incoming>, Vec<u8>, Option<Vec<u8>>), BoxError> {
         let tls = self.connect().await?;
         let peer_cert = tls
             .get_ref()
@@ -823,16 +845,7 @@ impl Client {
                 resp
             }
         };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-            peer_cert,
-            alpn,
-        })
+        Ok((resp, peer_cert, alpn))
     }
 }
 
