@@ -539,6 +539,15 @@ fn a_fault_exercises_only_what_was_going_to_the_data_centre_when_it_struck() {
         Some(if at < 1200 { "zurich" } else { "geneva" })
     });
     assert!(ejected.jurisdictions.is_empty(), "{ejected:?}");
+    // Killed together with zurich, whose uploads it would take: exercised,
+    // with nowhere else for ch to go.
+    let together = failover_of(
+        &["1s:zurich=refuse", "1s:geneva=refuse"],
+        &[1.0, 1.0],
+        &|at| (at < 1000).then_some("zurich"),
+    );
+    assert_eq!(together.jurisdictions, ["ch"], "{together:?}");
+    assert!(together.alternatives.is_empty(), "{together:?}");
     // Sharing load when it struck: exercised.
     let shared = failover_of(&["3s:drain=geneva"], &[3.0], &|at| {
         Some(if at < 3000 && at % 200 == 0 {

@@ -8,7 +8,9 @@
 //! event, or the start) was D's. (Any upload of theirs D acknowledged
 //! since its previous event would count a data centre the proxy had long
 //! stopped sending to: a drain of one already ejected, or of a standby
-//! that took traffic for a while.) The failover is the first upload of one of them, scheduled at
+//! that took traffic for a while.) Faults struck at the same moment are
+//! judged together: D was also going to be tested if another data centre
+//! struck then had uploads D is permitted to take. The failover is the first upload of one of them, scheduled at
 //! or after T, acknowledged by another data centre before D's next event;
 //! its time is that upload's completion minus T. Uploads of those
 //! jurisdictions scheduled in between that were not acknowledged are
@@ -125,20 +127,30 @@ fn one(
         .unwrap_or(Duration::ZERO);
     let end = events[k + 1..].iter().find(same_dc).map(|e| e.at);
 
-    // Outcomes are in scheduled order: read backwards from the event.
-    let mut seen: HashMap<usize, usize> = HashMap::new();
-    let going: BTreeSet<usize> = outcomes
-        .iter()
-        .rev()
-        .filter(|o| o.scheduled >= start && o.scheduled < t && o.acknowledged())
-        .filter(|o| {
-            let n = seen.entry(o.jurisdiction).or_default();
-            *n += 1;
-            *n <= RECENT
-        })
-        .filter(|o| dc_of(o, stored_in) == Some(dc.as_str()))
-        .map(|o| o.jurisdiction)
-        .collect();
+    let mut going = going_to(outcomes, stored_in, &dc, start, t);
+    // Faults struck together are judged together: a data centre that had
+    // nothing when it struck was still tested if another one struck at the
+    // same moment had uploads it is permitted to take (both CH data centres
+    // killed at once: the standby's fault is what leaves CH nowhere to go).
+    for (j, other) in events.iter().enumerate() {
+        let other_dc = other.action.datacenter();
+        if j == k || other.at != event.at || !other.action.breaks() || other_dc == dc {
+            continue;
+        }
+        let other_start = events[..j]
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, e)| e.action.datacenter() == other_dc)
+            .map(|(i, e)| applied_at(applied, i).unwrap_or(e.at))
+            .unwrap_or(Duration::ZERO);
+        let other_t = applied_at(applied, j).unwrap_or(other.at);
+        going.extend(
+            going_to(outcomes, stored_in, other_dc, other_start, other_t)
+                .into_iter()
+                .filter(|j| permits(plan, *j, &dc)),
+        );
+    }
     result.jurisdictions = going
         .iter()
         .map(|j| plan.mix[*j].jurisdiction.clone())
@@ -220,6 +232,51 @@ fn one(
         }
     }
     result
+}
+
+/// The jurisdictions (indexes into `Plan::mix`) whose uploads were going to
+/// `dc` at `t`: one of each one's last [`RECENT`] acknowledged uploads
+/// scheduled in `[start, t)` was `dc`'s. Outcomes are in scheduled order:
+/// read backwards from `t`.
+fn going_to(
+    outcomes: &[Outcome],
+    stored_in: &HashMap<u64, Vec<String>>,
+    dc: &str,
+    start: Duration,
+    t: Duration,
+) -> BTreeSet<usize> {
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    outcomes
+        .iter()
+        .rev()
+        .filter(|o| o.scheduled >= start && o.scheduled < t && o.acknowledged())
+        .filter(|o| {
+            let n = seen.entry(o.jurisdiction).or_default();
+            *n += 1;
+            *n <= RECENT
+        })
+        .filter(|o| dc_of(o, stored_in) == Some(dc))
+        .map(|o| o.jurisdiction)
+        .collect()
+}
+
+/// Whether the policy lets `dc` store the uploads of mix entry `j`.
+fn permits(plan: &Plan, j: usize, dc: &str) -> bool {
+    let policy = &plan.policy;
+    let Some(name) = plan.mix.get(j).map(|m| m.jurisdiction.as_str()) else {
+        return false;
+    };
+    policy
+        .jurisdictions
+        .iter()
+        .position(|x| x.name == name)
+        .is_some_and(|i| {
+            policy
+                .permitted(residency_core::policy::JurisdictionId(i))
+                .iter()
+                .flat_map(|group| group.datacenters.iter())
+                .any(|d| policy.datacenter(*d).name == dc)
+        })
 }
 
 /// The data centres other than `dc` that the policy permits for one of
