@@ -347,6 +347,7 @@ impl Directory {
             unsyncable: None,
             batches: 0,
         };
+        seal_leftovers(&disk, state.size / WIDTH)?;
         let staging = replay(&disk, &mut state, &metrics)?;
         let index_path = dir.join(INDEX);
         let index = redb::Database::builder()
@@ -762,18 +763,28 @@ impl Core {
     fn seal_full(&self) {
         let _one = lock(&self.sealing);
         let full = std::mem::take(&mut lock(&self.spare).full);
+        let mut failed = Vec::new();
         for bundle in full {
             match self.seal(&bundle) {
                 Ok(touched) => {
                     lock(&self.state).unsynced.extend(touched);
                     self.metrics.tiles_written.inc();
                 }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    path = %self.disk.staging(bundle.index).display(),
-                    "cannot seal a full entry bundle: it is served from its staging file and sealed at the next start"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        path = %self.disk.staging(bundle.index).display(),
+                        "cannot seal a full entry bundle: it is served from its staging file, and sealing is tried again at the next checkpoint (or start)"
+                    );
+                    failed.push(bundle);
+                }
             }
+        }
+        if !failed.is_empty() {
+            // Back in front, in order, for the next checkpoint.
+            let mut spare = lock(&self.spare);
+            failed.append(&mut spare.full);
+            spare.full = failed;
         }
     }
 
@@ -1488,6 +1499,69 @@ fn read_bundle(disk: &Disk, index: u64) -> Result<Option<Vec<u8>>, LogError> {
 /// Adds the records written after the last checkpoint (durable, maybe
 /// acknowledged) to the tree, rewriting the hash tiles they fill, cuts a
 /// torn tail off the staging bundle and opens it for appending.
+/// Seals the full entry bundles still under their staging names below
+/// bundle `below` (the one the last checkpoint ends in): what a seal that
+/// failed, or a stop between a checkpoint and the seal, leaves. `replay`
+/// starts at `below`, so nothing else would give them their tile names,
+/// and a static server of the directory would lack them. A leftover whose
+/// tile exists already (the rename was made, its directory entry not
+/// removed) is removed.
+fn seal_leftovers(disk: &Disk, below: u64) -> Result<(), LogError> {
+    let dir = disk.dir();
+    let mut leftovers: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            name.to_str()?.strip_prefix("staging.")?.parse::<u64>().ok()
+        })
+        .filter(|index| *index < below)
+        .collect();
+    leftovers.sort_unstable();
+    for index in leftovers {
+        let staging = disk.staging(index);
+        let target = disk.path(Tile {
+            level: None,
+            index,
+            width: WIDTH as u16,
+        });
+        if target.exists() {
+            std::fs::remove_file(&staging).map_err(io_error(&staging))?;
+            continue;
+        }
+        let bytes = std::fs::read(&staging).map_err(io_error(&staging))?;
+        let Some(entries) = disk::bundle_prefix(&bytes, WIDTH as usize) else {
+            return Err(LogError::Corrupt {
+                path: staging.display().to_string(),
+                message: format!(
+                    "entry bundle {index} is below the last checkpoint but holds fewer than {WIDTH} entries"
+                ),
+            });
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&staging)
+            .map_err(io_error(&staging))?;
+        file.set_len(entries.len() as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(io_error(&staging))?;
+        let mut touched = Vec::new();
+        let parent = target.parent().unwrap_or(dir);
+        disk.create_dirs(parent, &mut touched)
+            .map_err(io_error(parent))?;
+        std::fs::rename(&staging, &target).map_err(io_error(&target))?;
+        touched.push(parent.to_path_buf());
+        touched.push(dir.to_path_buf());
+        touched.sort();
+        touched.dedup();
+        for d in touched {
+            disk::sync_path(&d).map_err(io_error(&d))?;
+        }
+        tracing::info!(path = %target.display(), "sealed a full entry bundle left under its staging name");
+    }
+    Ok(())
+}
+
 fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, LogError> {
     let checkpointed = st.size;
     let mut index = st.size / WIDTH;
@@ -1932,6 +2006,33 @@ mod tests {
         drop(log);
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.latest().size, 257);
+    }
+
+    /// A full entry bundle left under its staging name below the last
+    /// checkpoint (a seal that failed, or a stop before it ran) is sealed
+    /// at the next start: `replay` starts at the checkpoint's bundle, and a
+    /// static server of the directory lacked it.
+    #[tokio::test]
+    async fn a_full_bundle_left_under_its_staging_name_is_sealed_at_start() {
+        let (_dir, settings) = setup("leftover");
+        let log = Log::open(&settings, metrics()).unwrap();
+        for i in 0..300 {
+            log.append(&record(i)).await.unwrap();
+        }
+        log.checkpoint().unwrap();
+        drop(log);
+        let sealed = settings.directory.join("tile/entries/000");
+        let staging = settings.directory.join("staging.0");
+        let bundle = std::fs::read(&sealed).unwrap();
+        std::fs::rename(&sealed, &staging).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert!(!staging.exists(), "sealed");
+        assert_eq!(std::fs::read(&sealed).unwrap(), bundle);
+        assert_eq!(log.latest().size, 300);
+        assert_eq!(
+            log.current().record(7).unwrap().unwrap(),
+            record(7).to_bytes()
+        );
     }
 
     #[test]
