@@ -144,10 +144,19 @@ async fn upload_is_stored_with_its_hash_length_and_headers() {
     assert_eq!(geneva[1].upload_id, None);
     assert_eq!(geneva[1].sha256, sha256_hex(b""));
 
+    // A record keeps 256 bytes of a header value: a client chooses its
+    // length, and the sink keeps up to max_records of them.
+    let long = "k".repeat(16 * 1024);
+    let req = request(Method::POST, "/", &[("idempotency-key", &long)], "x");
+    let (status, _) = send(dc(&sink, "geneva"), req).await.expect("answered");
+    assert_eq!(status, StatusCode::CREATED);
+    let kept = sink.records_for("geneva")[2].upload_id.clone().unwrap();
+    assert_eq!(kept, "k".repeat(256));
+
     // Health checks are answered, not stored.
     let (status, ok) = get(dc(&sink, "zurich"), "/healthz").await;
     assert_eq!((status, &ok[..]), (StatusCode::OK, &b"ok\n"[..]));
-    assert_eq!(sink.records().len(), 3);
+    assert_eq!(sink.records().len(), 4);
     sink.stop().await;
 }
 

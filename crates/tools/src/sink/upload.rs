@@ -22,6 +22,9 @@ use super::datacenter::{hang, Datacenter};
 use super::model::{Counters, Mode, Record};
 use super::{stopped, Shared};
 
+/// The most of a header value a record keeps.
+const RECORDED_FIELD: usize = 256;
+
 pub(crate) type Reply = Response<Full<Bytes>>;
 
 /// The request is dropped unanswered and its connection closed: the data
@@ -137,10 +140,14 @@ async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Upload, Re
 
 /// Records a fully read upload and builds its 201.
 fn store(shared: &Shared, dc: &Datacenter, headers: &HeaderMap, upload: Upload) -> Reply {
+    // At most 256 bytes of each: a client chooses their length (an
+    // `Idempotency-Key` of 16 KiB, say), and the sink keeps up to
+    // `max_records` of them and logs each.
     let header = |name: &str| {
-        headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        headers.get(name).map(|v| {
+            let bytes = v.as_bytes();
+            String::from_utf8_lossy(&bytes[..bytes.len().min(RECORDED_FIELD)]).into_owned()
+        })
     };
     let record = Record {
         datacenter: dc.name.clone(),
