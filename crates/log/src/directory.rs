@@ -292,6 +292,12 @@ impl Directory {
                 disk::sync_path(parent).map_err(io_error(parent))?;
             }
         }
+        // The log's own entry in its parent, even when the directory was
+        // there already: an earlier open (or roll) that made it may have
+        // failed, or stopped, before that fsync. One fsync per open.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            disk::sync_path(parent).map_err(io_error(parent))?;
+        }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
@@ -2033,6 +2039,23 @@ mod tests {
             log.current().record(7).unwrap().unwrap(),
             record(7).to_bytes()
         );
+    }
+
+    /// The log directory's entry in its parent is fsynced at every open,
+    /// not only when this open made it: one made by an open (or a roll)
+    /// that failed or stopped before that fsync is made durable by the
+    /// next.
+    #[tokio::test]
+    async fn an_existing_log_directory_is_made_durable_in_its_parent() {
+        let (_dir, settings) = setup("parent-sync");
+        std::fs::create_dir_all(&settings.directory).unwrap();
+        crate::disk::failing::once(settings.directory.parent().unwrap());
+        let Err(e) = Log::open(&settings, metrics()) else {
+            panic!("the parent was not fsynced");
+        };
+        assert!(e.to_string().contains("injected fsync failure"), "{e}");
+        let log = Log::open(&settings, metrics()).unwrap();
+        log.append(&record(0)).await.unwrap();
     }
 
     #[test]
