@@ -351,6 +351,18 @@ fn done(
     }
 }
 
+/// Chaos event `event` (as written), applied when it was due, at `at` s.
+fn applied(event: &str, at: f64) -> Applied {
+    Applied {
+        event: event.into(),
+        at_s: at,
+        applied_at_s: Some(at),
+        ok: true,
+        via: None,
+        detail: None,
+    }
+}
+
 fn record(run: &RunId, index: u64, dc: &str, sha: Option<&str>, request: &str) -> Value {
     let real = hex(&sha256(&body_for(run, index, 1024)));
     json!({
@@ -457,15 +469,7 @@ fn failover_time_is_measured_from_the_fault() {
     push(1200, 502, None, 0);
     push(1300, 201, Some("geneva"), 0);
     push(1400, 201, Some("geneva"), 0);
-    let applied = |at: f64| Applied {
-        event: String::new(),
-        at_s: at,
-        applied_at_s: Some(at),
-        ok: true,
-        via: None,
-        detail: None,
-    };
-    let applied = [applied(1.0), applied(2.0), applied(3.0)];
+    let applied = [applied("", 1.0), applied("", 2.0), applied("", 3.0)];
     let f = failovers(&plan, &applied, &outcomes, &Default::default());
     assert_eq!(f.len(), 3);
     let zurich = f[0].as_ref().expect("refuse breaks zurich");
@@ -491,14 +495,6 @@ fn failover_time_is_measured_from_the_fault() {
 fn a_fault_exercises_only_what_was_going_to_the_data_centre_when_it_struck() {
     let fx = Fixture::files();
     let run = RunId::new();
-    let applied = |at: f64| Applied {
-        event: String::new(),
-        at_s: at,
-        applied_at_s: Some(at),
-        ok: true,
-        via: None,
-        detail: None,
-    };
     let failover_of = |chaos: &[&str], at: &[f64], by: &dyn Fn(u64) -> Option<&'static str>| {
         let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
         plan.chaos = chaos.iter().map(|e| e.parse().unwrap()).collect();
@@ -511,7 +507,7 @@ fn a_fault_exercises_only_what_was_going_to_the_data_centre_when_it_struck() {
                 }
             })
             .collect();
-        let applied: Vec<Applied> = at.iter().map(|t| applied(*t)).collect();
+        let applied: Vec<Applied> = at.iter().map(|t| applied("", *t)).collect();
         let f = failovers(&plan, &applied, &outcomes, &Default::default());
         f.last().cloned().flatten().unwrap()
     };
@@ -586,14 +582,6 @@ fn no_failover_fails_only_when_there_was_somewhere_else_to_go() {
         .map(|i| record(&run, i, "zurich", None, "r"))
         .collect();
     let stored = parse_records(Value::Array(stored).to_string().as_bytes()).unwrap();
-    let applied = |event: &str, at: f64| Applied {
-        event: event.into(),
-        at_s: at,
-        applied_at_s: Some(at),
-        ok: true,
-        via: None,
-        detail: None,
-    };
     let verdict_after = |chaos: &[(&str, f64)], recovery: Duration| {
         let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
         plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
@@ -1538,17 +1526,7 @@ fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go()
         let outcomes = outcomes_with(after);
         let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
         plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-        let applied = chaos
-            .iter()
-            .map(|(e, at)| Applied {
-                event: (*e).into(),
-                at_s: *at,
-                applied_at_s: Some(*at),
-                ok: true,
-                via: None,
-                detail: None,
-            })
-            .collect();
+        let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
         let generated = Generated {
             outcomes: outcomes.clone(),
             elapsed: Duration::from_secs(3),
@@ -1618,17 +1596,7 @@ fn a_fault_window_lasts_until_the_repair() {
     let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
     plan.duration = Duration::from_secs(5);
     plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-    let applied = chaos
-        .iter()
-        .map(|(e, at)| Applied {
-            event: (*e).into(),
-            at_s: *at,
-            applied_at_s: Some(*at),
-            ok: true,
-            via: None,
-            detail: None,
-        })
-        .collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
     let generated = Generated {
         outcomes: outcomes.clone(),
         elapsed: Duration::from_secs(5),
