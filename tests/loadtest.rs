@@ -351,6 +351,33 @@ fn done(
     }
 }
 
+/// The report of a run that produced `outcomes` in `elapsed_s` seconds,
+/// with `applied` chaos and the sinks holding `records`.
+fn synthetic_report(
+    plan: &Plan,
+    run: &RunId,
+    outcomes: Vec<Outcome>,
+    applied: Vec<Applied>,
+    elapsed_s: u64,
+    records: &[Value],
+) -> residency_tools::loadtest::report::Report {
+    use residency_tools::loadtest::generator::Generated;
+    let records = parse_records(Value::Array(records.to_vec()).to_string().as_bytes()).unwrap();
+    let reconciled = reconcile(plan, run, &outcomes, &records);
+    let generated = Generated {
+        outcomes,
+        elapsed: Duration::from_secs(elapsed_s),
+    };
+    residency_tools::loadtest::report::build(
+        plan,
+        run,
+        &generated,
+        applied,
+        Vec::new(),
+        Ok(reconciled),
+    )
+}
+
 /// Chaos event `event` (as written), applied when it was due, at `at` s.
 fn applied(event: &str, at: f64) -> Applied {
     Applied {
@@ -1444,8 +1471,6 @@ fn the_verdict_and_every_report_agree() {
 /// out); one never sent is not timed.
 #[test]
 fn uploads_left_waiting_count_in_the_latency() {
-    use residency_tools::loadtest::generator::Generated;
-    use residency_tools::loadtest::report::build;
     let fx = Fixture::files();
     let plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
     let run = RunId::new();
@@ -1461,25 +1486,8 @@ fn uploads_left_waiting_count_in_the_latency() {
             Sent::Unfinished
         },
     }));
-    let generated = Generated {
-        outcomes: outcomes.clone(),
-        elapsed: Duration::from_secs(10),
-    };
-    let records = parse_records(
-        Value::Array(vec![record(&run, 0, "zurich", None, "r")])
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    let reconciled = reconcile(&plan, &run, &outcomes, &records);
-    let report = build(
-        &plan,
-        &run,
-        &generated,
-        Vec::new(),
-        Vec::new(),
-        Ok(reconciled),
-    );
+    let stored = [record(&run, 0, "zurich", None, "r")];
+    let report = synthetic_report(&plan, &run, outcomes, Vec::new(), 10, &stored);
     assert!(
         report.latency.p99_us >= 9_800_000,
         "p99 {} µs",
@@ -1493,8 +1501,6 @@ fn uploads_left_waiting_count_in_the_latency() {
 /// fault with nowhere else to go passes whatever time limits are set.
 #[test]
 fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go() {
-    use residency_tools::loadtest::generator::Generated;
-    use residency_tools::loadtest::report::build;
     use residency_tools::loadtest::slo::Slo;
     let fx = Fixture::files();
     let run = RunId::new();
@@ -1512,27 +1518,15 @@ fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go()
             })
             .collect()
     };
-    let stored = parse_records(
-        Value::Array(
-            (0..20)
-                .map(|i| record(&run, i, if i < 10 { "zurich" } else { "geneva" }, None, "r"))
-                .collect(),
-        )
-        .to_string()
-        .as_bytes(),
-    )
-    .unwrap();
+    let stored: Vec<Value> = (0..20)
+        .map(|i| record(&run, i, if i < 10 { "zurich" } else { "geneva" }, None, "r"))
+        .collect();
     let report_of = |chaos: &[(&str, f64)], after: Option<&'static str>| {
         let outcomes = outcomes_with(after);
         let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
         plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
         let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-        let generated = Generated {
-            outcomes: outcomes.clone(),
-            elapsed: Duration::from_secs(3),
-        };
-        let reconciled = reconcile(&plan, &run, &outcomes, &stored);
-        let mut report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+        let mut report = synthetic_report(&plan, &run, outcomes, applied, 3, &stored);
         report.apply_slo(&Slo {
             max_time_to_detect_ms: Some(1500.0),
             max_time_to_failover_ms: Some(2000.0),
@@ -1570,8 +1564,6 @@ fn the_report_invents_no_time_and_holds_no_limit_where_there_was_nowhere_to_go()
 /// the uploads that failed meanwhile count against availability.
 #[test]
 fn a_fault_window_lasts_until_the_repair() {
-    use residency_tools::loadtest::generator::Generated;
-    use residency_tools::loadtest::report::build;
     use residency_tools::loadtest::slo::Slo;
     let fx = Fixture::files();
     let run = RunId::new();
@@ -1597,12 +1589,7 @@ fn a_fault_window_lasts_until_the_repair() {
     plan.duration = Duration::from_secs(5);
     plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
     let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-    let generated = Generated {
-        outcomes: outcomes.clone(),
-        elapsed: Duration::from_secs(5),
-    };
-    let reconciled = reconcile(&plan, &run, &outcomes, &parse_records(b"[]").unwrap());
-    let mut report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+    let mut report = synthetic_report(&plan, &run, outcomes, applied, 5, &[]);
     report.apply_slo(&Slo {
         min_availability: Some(0.9),
         ..Slo::default()
@@ -1620,8 +1607,6 @@ fn a_fault_window_lasts_until_the_repair() {
 /// hold control characters: the JUnit report stays XML 1.0 that parses.
 #[test]
 fn the_junit_report_carries_no_character_xml_cannot() {
-    use residency_tools::loadtest::generator::Generated;
-    use residency_tools::loadtest::report::build;
     let fx = Fixture::files();
     let mut plan = fx.plan("https://127.0.0.1:1/v1/telemetry");
     plan.chaos = vec!["1s:zurich=refuse".parse().unwrap()];
@@ -1635,18 +1620,8 @@ fn the_junit_report_carries_no_character_xml_cannot() {
         via: None,
         detail: Some("500: bad\u{1}byte\u{8} <&>".into()),
     }];
-    let generated = Generated {
-        outcomes: outcomes.clone(),
-        elapsed: Duration::from_secs(2),
-    };
-    let records = parse_records(
-        Value::Array(vec![record(&run, 0, "zurich", None, "r")])
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    let reconciled = reconcile(&plan, &run, &outcomes, &records);
-    let report = build(&plan, &run, &generated, applied, Vec::new(), Ok(reconciled));
+    let stored = [record(&run, 0, "zurich", None, "r")];
+    let report = synthetic_report(&plan, &run, outcomes, applied, 2, &stored);
     let junit = report.render_junit();
     assert!(
         junit.contains("bad\u{FFFD}byte\u{FFFD} &lt;&amp;&gt;"),

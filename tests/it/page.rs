@@ -721,13 +721,34 @@ async fn the_page_keeps_history_by_key_and_warns_when_growth_is_not_proven() {
     proxy.stop().await;
 }
 
+/// The page's log section (`log_section`), with `key` pinned, seen through
+/// a front to `log` with `faults` (see [`front_failing`]).
+async fn log_section_through(
+    log: std::net::SocketAddr,
+    key: &str,
+    faults: Vec<&'static str>,
+) -> Value {
+    let work = TempDir::new("page-log-section");
+    let front = front_failing(log, std::sync::Arc::new(std::sync::Mutex::new(faults))).await;
+    browse(
+        json!({
+            "phase": "log_section",
+            "base": format!("http://{front}/"),
+            "key": key,
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await
+}
+
 /// A log that lists the pinned key as a sealed generation while it presents
 /// another key under the same name (a key swapped, not a roll to a new
 /// origin): the page warns that the server presents another key, and does
 /// not explain it away as a roll from the unsigned list.
 #[tokio::test]
 async fn a_key_swapped_under_the_same_name_is_not_taken_for_a_roll() {
-    let work = TempDir::new("page-swapped-key");
     let proxy = log_proxy(&Signer::generate_pkcs8().unwrap(), free_port()).await;
     upload(&proxy, CH, "cpu=0.1").await;
     let other = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
@@ -739,19 +760,7 @@ async fn a_key_swapped_under_the_same_name_is_not_taken_for_a_roll() {
         {"generation": 2, "origin": LOG_ORIGIN, "key": served.trim(), "sealed": false, "prefix": "/", "size": 1},
     ]});
     let fault: &'static str = Box::leak(format!("answer:/generations {list}").into_boxed_str());
-    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![fault]));
-    let front = front_failing(proxy.log_addr.unwrap(), faults).await;
-    let seen = browse(
-        json!({
-            "phase": "log_section",
-            "base": format!("http://{front}/"),
-            "key": other,
-            "profile": work.path().join("profile"),
-            "shots": shots_dir(),
-        }),
-        work.path(),
-    )
-    .await;
+    let seen = log_section_through(proxy.log_addr.unwrap(), &other, vec![fault]).await;
     let source = seen["key_source"].as_str().unwrap();
     assert!(
         source.contains("not the key this server presents now"),
@@ -797,7 +806,6 @@ async fn the_page_says_when_it_could_not_keep_the_checkpoint() {
 /// stays its own.
 #[tokio::test]
 async fn the_page_reads_no_more_than_a_log_answer_may_hold() {
-    let work = TempDir::new("page-huge");
     let proxy = Proxy::start(Setup {
         transparency: Some(String::new()),
         log_port: Some(free_port()),
@@ -805,17 +813,10 @@ async fn the_page_reads_no_more_than_a_log_answer_may_hold() {
     })
     .await;
     let (_, key) = proxy.log_get("/key").await;
-    let faults = std::sync::Arc::new(std::sync::Mutex::new(vec!["huge:/checkpoint"]));
-    let front = front_failing(proxy.log_addr.unwrap(), faults).await;
-    let seen = browse(
-        json!({
-            "phase": "log_section",
-            "base": format!("http://{front}/"),
-            "key": key.trim(),
-            "profile": work.path().join("profile"),
-            "shots": shots_dir(),
-        }),
-        work.path(),
+    let seen = log_section_through(
+        proxy.log_addr.unwrap(),
+        key.trim(),
+        vec!["huge:/checkpoint"],
     )
     .await;
     let text = seen["checkpoint"].as_str().unwrap();
@@ -845,20 +846,7 @@ async fn the_page_waits_10_s_for_an_answer_and_reads_it_as_sent() {
         ("trickle:/checkpoint", "did not answer within 10 s"),
         ("bom:/checkpoint", "Does not verify"),
     ] {
-        let work = TempDir::new("page-answers");
-        let faults = std::sync::Arc::new(std::sync::Mutex::new(vec![fault]));
-        let front = front_failing(proxy.log_addr.unwrap(), faults).await;
-        let seen = browse(
-            json!({
-                "phase": "log_section",
-                "base": format!("http://{front}/"),
-                "key": key.trim(),
-                "profile": work.path().join("profile"),
-                "shots": shots_dir(),
-            }),
-            work.path(),
-        )
-        .await;
+        let seen = log_section_through(proxy.log_addr.unwrap(), key.trim(), vec![fault]).await;
         let text = seen["checkpoint"].as_str().unwrap();
         assert!(text.contains(said), "{fault}: {seen}");
     }
