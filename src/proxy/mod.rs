@@ -27,6 +27,7 @@ use crate::metrics::NONE;
 use crate::state::{Instance, Snapshot};
 use crate::tenancy::Unrecognized;
 use crate::upstream::body::Hold;
+use crate::upstream::gather::Gathered;
 use crate::upstream::pool::Body as UpstreamBody;
 use discard::RefusalBody;
 pub use error::Failure;
@@ -37,8 +38,9 @@ use residency_core::policy::{DatacenterId, JurisdictionId};
 use residency_core::tenant::{CertNames, Recognized};
 use residency_log::settings::OnWriteError;
 
-/// The response body: the upstream's, streamed, or our own small one.
-pub type ProxyBody = Either<UpstreamBody, discard::RefusalBody>;
+/// The response body: the upstream's, streamed (its small chunks
+/// gathered), or our own small one.
+pub type ProxyBody = Either<Gathered<UpstreamBody>, discard::RefusalBody>;
 
 /// What the accept loop knows about a client connection.
 #[derive(Debug, Clone)]
@@ -295,7 +297,7 @@ async fn respond(
     };
     let mut closing = false;
     let resp = match answered {
-        Ok(resp) => resp.map(Either::Left),
+        Ok(resp) => resp.map(|body| Either::Left(Gathered::new(body))),
         Err(failure) => {
             findings.reason = Some(failure.reason());
             instance

@@ -18,6 +18,7 @@ use residency_core::policy::Policy;
 use residency_tls::TlsError;
 
 pub mod body;
+pub mod gather;
 pub mod health;
 pub mod pool;
 pub mod progress;

@@ -631,33 +631,20 @@ async fn holds_no_data_centre_connection(chunked: bool) {
 /// then streamed. It used to wait for 16 KiB: 16,384 idle times.
 #[tokio::test]
 async fn a_trickled_answer_reaches_the_client_within_one_idle_time() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n")
-                    .await;
-                // A byte every 300 ms for at most a minute.
-                for _ in 0..200 {
-                    if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            });
+    use tokio::io::AsyncWriteExt;
+    let addr = raw_upstream(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        // A byte every 300 ms for at most a minute.
+        for _ in 0..200 {
+            if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-    });
+    })
+    .await;
     let proxy = Proxy::start(Setup {
         datacenters: vec![("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
         extra: format!(

@@ -399,3 +399,148 @@ async fn proxy_memory_does_not_grow_with_body_size() {
         size / MIB
     );
 }
+
+/// A connection's reads that stop once `paused` is set, until it is unset
+/// (then the reader is woken): a client that stops reading its socket.
+struct Pausable<T> {
+    inner: T,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Pausable<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.paused.load(SeqCst) {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Pausable<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A data centre answering in chunks of one byte, to an HTTP/2 client that
+/// opened its windows wide and then stopped reading its socket, does not
+/// make the proxy queue a frame per byte: small chunks are gathered. Each
+/// queued frame costs the proxy a few hundred bytes whatever its size, so
+/// the 64 KiB a stream may queue took about 19 MiB in one-byte frames.
+/// Read again, the answer arrives whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_one_byte_chunks_to_a_client_that_stops_reading_stays_small() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+    const CHUNKS: usize = 400_000;
+    let dc = raw_upstream(|mut tcp| async move {
+        let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+                           connection: close\r\n\r\n"
+            .to_vec();
+        answer.extend(b"1\r\nx\r\n".repeat(CHUNKS));
+        answer.extend(b"0\r\n\r\n");
+        let _ = tcp.write_all(&answer).await;
+        let _ = tcp.shutdown().await;
+        let _ = read_to_close(&mut tcp).await;
+    })
+    .await;
+    let dcs = [
+        ("zurich", "ch", dc),
+        ("frankfurt", "eu", dc),
+        ("virginia", "us", dc),
+    ];
+    let proxy = Binary::start("one-byte-chunks", &dcs, "[health]\npath = \"off\"\n").await;
+    let pid = proxy.pid();
+    // Warm-up: TLS, HTTP/2 and the pool, with an answer read as it comes.
+    let warm = proxy.client().h2().upload_from(CH, "warm").await;
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.body.len(), CHUNKS);
+    let (_, rss_before) = memory_kib(pid);
+
+    // A small receive buffer, so the proxy's writes block early.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let client = proxy.client().h2();
+    let tcp = socket.connect(client.addr).await.unwrap();
+    let tls = client.handshake(tcp).await.unwrap();
+    let paused = Arc::new(AtomicBool::new(false));
+    let waker = Arc::new(Mutex::new(None::<std::task::Waker>));
+    let io = Pausable {
+        inner: tls,
+        paused: paused.clone(),
+        waker: waker.clone(),
+    };
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .handshake::<_, Bytes>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(req, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a response head")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    paused.store(true, SeqCst);
+    // What the proxy takes in while the client does not read.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, rss_stalled) = memory_kib(pid);
+    let grew = rss_stalled.saturating_sub(rss_before);
+    println!("proxy VmRSS (KiB): {rss_before} before, {rss_stalled} while the client did not read");
+
+    paused.store(false, SeqCst);
+    if let Some(waker) = waker.lock().unwrap().take() {
+        waker.wake();
+    }
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            got.extend_from_slice(&data);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the rest of the answer within 30 s");
+    assert_eq!(got.len(), CHUNKS);
+    assert!(got.iter().all(|b| *b == b'x'));
+    assert!(
+        grew < 4 * 1024,
+        "the proxy's memory grew by {grew} KiB while its client did not read"
+    );
+    drop(send);
+    conn.abort();
+}

@@ -733,6 +733,14 @@ impl Client {
         if !self.preamble.is_empty() {
             tcp.write_all(&self.preamble).await?;
         }
+        self.handshake(tcp).await
+    }
+
+    /// The TLS handshake on a TCP connection the caller opened.
+    pub async fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let name = match &self.sni {
             Some(n) => ServerName::try_from(n.clone()).unwrap(),
             None => ServerName::IpAddress(self.addr.ip().into()),
@@ -1314,4 +1322,35 @@ pub async fn slow_upload(proxy: &Proxy, delay_ms: u64) -> tokio::task::JoinHandl
     });
     proxy.upstream("zurich").first_bytes.notified().await;
     slow
+}
+
+/// A data centre written by hand, at a new loopback port: on each
+/// connection it reads a request head (to its blank line), then hands the
+/// connection to `answer`. Returns its address.
+pub async fn raw_upstream<F, A>(answer: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> A + Send + Sync + 'static,
+    A: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                answer(tcp).await;
+            });
+        }
+    });
+    addr
 }
