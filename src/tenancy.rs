@@ -188,8 +188,9 @@ impl TokenVerifier {
             .filter(|k| k.alg == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
-                (None, _) => self.keys.len() == 1,
-                (Some(_), None) => false,
+                // A set of one key: the token's `kid` is a hint (RFC 7515
+                // §4.1.4) the set cannot contradict when the key has none.
+                (None, _) | (Some(_), None) => self.keys.len() == 1,
             })
             .peekable();
         if keys.peek().is_none() {

@@ -745,6 +745,44 @@ async fn keys_sharing_a_kid_are_each_tried() {
     proxy.stop().await;
 }
 
+/// A set of one key without `kid` verifies tokens whatever `kid` they name:
+/// the header's `kid` is a hint (RFC 7515 §4.1.4), and an issuer that
+/// publishes one key often leaves its id out of the set but not out of its
+/// tokens. The signature still decides: another key's token gets 401.
+#[tokio::test]
+async fn a_single_key_without_kid_verifies_tokens_that_name_one() {
+    let issuer = Issuer::new();
+    let stranger = Issuer::new();
+    let keys = TempDir::new("jwks-single-no-kid");
+    let section = issuer.token_section(&keys);
+    let mut only: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&issuer.jwks).unwrap()["keys"][0].clone();
+    only.as_object_mut().unwrap().remove("kid");
+    std::fs::write(
+        keys.path().join("jwks.json"),
+        json!({"keys": [only]}).to_string(),
+    )
+    .unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: format!("[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{section}"),
+        ..Setup::default()
+    })
+    .await;
+    let client = proxy.client();
+    for (who, token, status) in [
+        (
+            "the key, its token naming kid ed1",
+            issuer.ed(&claims("acme")),
+            201,
+        ),
+        ("another key", stranger.ed(&claims("acme")), 401),
+    ] {
+        let reply = upload(&client, DE, Some(&token)).await;
+        assert_eq!(reply.status, status, "{who}: {reply:?}");
+    }
+    proxy.stop().await;
+}
+
 /// A key set is taken for what it can verify with: an RSA key, or a key
 /// marked for encryption or for another algorithm (RFC 7517 §4.2–4.4), one
 /// whose coordinates do not decode or one without `kid` among several, is
