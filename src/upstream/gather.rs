@@ -156,53 +156,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        if let Some(state) = &mut this.state {
-            if let Some(held) = state.held.take() {
-                return Poll::Ready(Some(held));
-            }
-            if state.ended {
-                return Poll::Ready(None);
-            }
+        if this.state.is_some() {
+            return this.poll_gathering(cx);
         }
-        loop {
-            let polled = Pin::new(&mut this.inner).poll_frame(cx);
-            let gathering = this.state.as_ref().is_some_and(|s| s.gathered.len() > 0);
-            let data = match polled {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(frame) if gathering => return this.hold(Ok(frame)),
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                },
-                Poll::Ready(Some(Err(e))) if gathering => return this.hold(Err(e)),
-                Poll::Ready(None) if gathering => {
-                    let state = this.state.as_mut().expect("gathering");
-                    state.ended = true;
-                    return state.flush();
-                }
-                Poll::Ready(other) => return Poll::Ready(other),
-                Poll::Pending if gathering => {
-                    let state = this.state.as_mut().expect("gathering");
-                    // Otherwise woken by the inner body or the timer.
-                    if state.lingered(cx) {
-                        return state.flush();
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Pending => return Poll::Pending,
-            };
-            let last = this.inner.is_end_stream();
-            if !gathering && (data.len() >= SMALL || last) {
-                // As it came: the usual answer, and every large chunk.
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+        // Until a small chunk that is not the last: each frame as it came
+        // (the usual answer, every large chunk, trailers, errors).
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame)))
+                if frame.data_ref().is_some_and(|d| d.len() < SMALL)
+                    && !this.inner.is_end_stream() =>
+            {
+                let data = frame.into_data().unwrap_or_default();
+                this.state.insert(State::new()).gathered.push(data);
+                this.poll_gathering(cx)
             }
-            if gathering && data.len() >= SMALL {
-                return this.hold(Ok(Frame::data(data)));
-            }
-            let state = this.state.get_or_insert_with(State::new);
-            state.gathered.push(data);
-            if state.gathered.len() >= SMALL || last {
-                return state.flush();
-            }
+            polled => polled,
         }
     }
 
@@ -235,7 +203,65 @@ where
     }
 }
 
-impl<B: HttpBody> Gathered<B> {
+impl<B> Gathered<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    /// [`HttpBody::poll_frame`] once a small chunk has come: what was held
+    /// back first, then the inner body's frames, gathered.
+    #[cold]
+    #[inline(never)]
+    fn poll_gathering(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let state = self.state.as_mut().expect("gathering");
+        if let Some(held) = state.held.take() {
+            return Poll::Ready(Some(held));
+        }
+        if state.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            let gathering = self.state.as_ref().is_some_and(|s| s.gathered.len() > 0);
+            let data = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) if gathering => return self.hold(Ok(frame)),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(Some(Err(e))) if gathering => return self.hold(Err(e)),
+                Poll::Ready(None) if gathering => {
+                    let state = self.state.as_mut().expect("gathering");
+                    state.ended = true;
+                    return state.flush();
+                }
+                Poll::Ready(other) => return Poll::Ready(other),
+                Poll::Pending if gathering => {
+                    let state = self.state.as_mut().expect("gathering");
+                    // Otherwise woken by the inner body or the timer.
+                    if state.lingered(cx) {
+                        return state.flush();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            let last = self.inner.is_end_stream();
+            if !gathering && (data.len() >= SMALL || last) {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if gathering && data.len() >= SMALL {
+                return self.hold(Ok(Frame::data(data)));
+            }
+            let state = self.state.as_mut().expect("gathering");
+            state.gathered.push(data);
+            if state.gathered.len() >= SMALL || last {
+                return state.flush();
+            }
+        }
+    }
+
     /// Sends the gathered bytes now and `next` after them.
     fn hold(
         &mut self,

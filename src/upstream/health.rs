@@ -298,8 +298,9 @@ impl Health {
     }
 
     /// Carries state over from the previous snapshot on reload: drains by
-    /// data-centre name; check results and ejections by (data centre,
-    /// upstream URL). Upstreams new to the policy start up.
+    /// data-centre name; check results (unless checks are now off) and
+    /// ejections by (data centre, upstream URL). Upstreams new to the
+    /// policy start up.
     pub fn inherit(&self, policy: &Policy, old: &Health, old_policy: &Policy) {
         let old_now = old.now_ms();
         let now = self.now_ms();
@@ -324,8 +325,13 @@ impl Health {
                 ) else {
                     continue;
                 };
-                x.active_up
-                    .store(o.active_up.load(Ordering::Relaxed), Ordering::Relaxed);
+                // Checks turned off: their last result would stand for
+                // good (nothing else sets it back), so the upstream starts
+                // up, as one new to the policy does.
+                if self.settings.path.is_some() {
+                    x.active_up
+                        .store(o.active_up.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
                 x.active_successes.store(
                     o.active_successes.load(Ordering::Relaxed),
                     Ordering::Relaxed,

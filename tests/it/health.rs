@@ -357,3 +357,44 @@ async fn the_admin_api_takes_no_drain_from_a_web_page() {
     proxy_even.stop().await;
     proxy.stop().await;
 }
+
+/// A reload that turns active checks off (`health.path = "off"`) brings
+/// back an upstream the checks had marked down: no check would ever pass
+/// it again, so keeping their last result kept it out of rotation until a
+/// restart — every upload of its jurisdiction 503 when it was the only one.
+#[tokio::test]
+async fn turning_checks_off_brings_back_an_upstream_they_had_marked_down() {
+    let proxy = Proxy::start(
+        Setup {
+            extra: "[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 1\n\
+                    [timeouts]\nreload_poll = \"100ms\"\n"
+                .into(),
+            ..Setup::default()
+        }
+        .with_down("zurich"),
+    )
+    .await;
+    let up = "residency_datacenter_up{datacenter=\"zurich\",jurisdiction=\"ch\"}";
+    wait_for_metric(&proxy, up, 0.0).await;
+    let path = proxy.dir.path().join("proxy.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let zurich: std::net::SocketAddr = config
+        .split("[datacenters.zurich]")
+        .nth(1)
+        .and_then(|s| s.split("http://").nth(1))
+        .and_then(|s| s.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .expect("zurich's upstream in the config");
+    let off = config.replace("[health]\n", "[health]\npath = \"off\"\n");
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, off).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    wait_for_metric(&proxy, "residency_reloads_total{result=\"success\"}", 1.0).await;
+    // Only now does zurich listen: no check can have seen it up.
+    let _zurich = Upstream::start_at("zurich", zurich).await;
+    let reply = proxy.client().upload_from(CH, "checks off").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    wait_for_metric(&proxy, up, 1.0).await;
+    proxy.stop().await;
+}
