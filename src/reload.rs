@@ -101,6 +101,22 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         state.config.transparency = old.config.transparency.clone();
         state.log_tls = old.log_tls.clone();
     }
+    // Checked against the budget in effect, not the one configured (it
+    // needs a restart): a limit above it would keep no body for a replay.
+    let (limit, budget) = (
+        state.config.upstream.replay_limit_bytes,
+        instance.replay_budget_bytes,
+    );
+    if budget != 0 && limit > budget {
+        report.push(
+            "upstream.replay_limit_bytes",
+            format!(
+                "{limit} is above the replay budget in effect ({budget}; a new \
+                 upstream.replay_budget_bytes needs a restart): no body could ever be kept for a replay"
+            ),
+        );
+        return Err(report);
+    }
     let restart_only = restart_only_changes(&old.config, &state.config);
     if !restart_only.is_empty() {
         tracing::warn!(

@@ -244,6 +244,9 @@ pub struct Instance {
     /// Bytes of idempotent bodies held for replay, against
     /// `upstream.replay_budget_bytes` (sized from the first snapshot).
     pub replay_budget: Arc<tokio::sync::Semaphore>,
+    /// The bytes `replay_budget` was made with: the budget in effect,
+    /// whatever a reload's config says (it needs a restart).
+    pub replay_budget_bytes: usize,
     /// Requests in flight per client, against
     /// `limits.max_requests_per_client`.
     pub clients: Arc<crate::client_limit::InFlight>,
@@ -281,9 +284,8 @@ impl Instance {
     }
 
     fn with_log(state: Snapshot, metrics: Metrics, log: Option<Arc<Log>>) -> Arc<Instance> {
-        let replay_budget = Arc::new(tokio::sync::Semaphore::new(
-            state.config.upstream.replay_budget_bytes,
-        ));
+        let replay_budget_bytes = state.config.upstream.replay_budget_bytes;
+        let replay_budget = Arc::new(tokio::sync::Semaphore::new(replay_budget_bytes));
         let instance = Arc::new(Instance {
             current: ArcSwap::from_pointee(state),
             metrics,
@@ -292,6 +294,7 @@ impl Instance {
             log,
             detached: AtomicUsize::new(0),
             replay_budget,
+            replay_budget_bytes,
             clients: Default::default(),
             client_connections: Default::default(),
             gauges: std::sync::Mutex::new(()),

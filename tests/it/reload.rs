@@ -458,3 +458,43 @@ async fn a_connection_keeps_the_trust_it_was_accepted_with() {
     assert_eq!(after.status(), 451);
     proxy.stop().await;
 }
+
+/// `upstream.replay_budget_bytes` needs a restart, so a reload's
+/// `replay_limit_bytes` is checked against the budget in effect, not the
+/// one the new config names: a limit above it was accepted (the new
+/// budget covered it) and then no body could be kept for a replay.
+#[tokio::test]
+async fn a_replay_limit_above_the_budget_in_effect_is_refused() {
+    let proxy = Proxy::start(Setup {
+        extra: format!("{FAST}[upstream]\nreplay_budget_bytes = 1048576\n"),
+        ..Setup::default()
+    })
+    .await;
+    let path = proxy.dir.path().join("proxy.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    replace(
+        &path,
+        config.replace(
+            "replay_budget_bytes = 1048576",
+            "replay_budget_bytes = 67108864\nreplay_limit_bytes = 2097152",
+        ),
+    );
+    eventually("the reload is refused", async || {
+        reloads(&proxy, "failure").await >= 1.0
+    })
+    .await;
+    assert_eq!(reloads(&proxy, "success").await, 0.0);
+    // Within the budget in effect, the same reload applies.
+    replace(
+        &path,
+        config.replace(
+            "replay_budget_bytes = 1048576",
+            "replay_budget_bytes = 67108864\nreplay_limit_bytes = 1048576",
+        ),
+    );
+    eventually("the reload applies", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    proxy.stop().await;
+}
