@@ -587,9 +587,9 @@ where
             }
         }
     };
+    let failed = result.is_err();
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-        return None;
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
@@ -598,9 +598,11 @@ where
         close(stream).await;
         return None;
     }
-    if !releasing {
-        // hyper ended it (the client closed, or a response said `close`):
-        // the client may still be sending an upload nobody reads.
+    if failed || !releasing {
+        // hyper ended it (the client closed, a response said `close`, or
+        // hyper answered a head it could not parse with its own 400 or 431,
+        // written and flushed before the error): the client may still be
+        // sending an upload nobody reads.
         close_lingering(stream, phases.linger, phases.shutdown.as_mut()).await;
         return None;
     }

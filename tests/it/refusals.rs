@@ -956,6 +956,43 @@ async fn a_refusal_that_closes_reaches_a_client_still_sending() {
     proxy.stop().await;
 }
 
+/// hyper's own answers to a head it cannot parse (400 for a malformed
+/// `Content-Length`, 431 for a head over the limit) reach a client still
+/// sending its upload, as the proxy's refusals do: the connection ends in
+/// stages (close_notify, FIN, the rest read and dropped). It was dropped at
+/// once, and the reset for the unread upload destroyed the answer.
+#[tokio::test]
+async fn hyper_s_own_refusal_reaches_a_client_still_sending() {
+    let proxy = Proxy::start(Setup::default()).await;
+    const LEN: usize = 32 << 20;
+    let big = "a".repeat(20_000);
+    for (field, status) in [
+        ("Content-Length: 5, 6".to_string(), 400),
+        (format!("X-Big: {big}\r\nContent-Length: {LEN}"), 431),
+    ] {
+        let mut tls = proxy.client().connect().await.unwrap();
+        let head = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n{field}\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < LEN {
+            if tls.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let _ = tls.flush().await;
+        assert_eq!(sent, LEN, "{status}: the proxy stopped taking the upload");
+        let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(raw_status(&raw), Some(status), "{text}");
+    }
+    assert_eq!(proxy.counts(), untouched(&proxy));
+    proxy.stop().await;
+}
+
 /// A refusal after which the proxy closes an HTTP/1.1 connection says
 /// `Connection: close` (RFC 9112 §9.6; RFC 9110 §15.5.9 for the 408), so a
 /// keep-alive client does not send its next request into it: a stalled
