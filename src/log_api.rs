@@ -121,7 +121,10 @@ fn answer_in(
                 return error(StatusCode::BAD_REQUEST, "index=N is required");
             };
             let size = size.unwrap_or(latest.size);
-            let latest = log.signed_for(size);
+            let latest = match log.signed_for(size) {
+                Ok(latest) => latest,
+                Err(e) => return unavailable(&e),
+            };
             if size > latest.size {
                 return error(StatusCode::NOT_FOUND, &not_signed(size, latest.size));
             }
@@ -144,7 +147,10 @@ fn answer_in(
                 return error(StatusCode::BAD_REQUEST, "from=A is required");
             };
             let to = param(query, "to").unwrap_or(latest.size);
-            let latest = log.signed_for(to);
+            let latest = match log.signed_for(to) {
+                Ok(latest) => latest,
+                Err(e) => return unavailable(&e),
+            };
             if to > latest.size {
                 return error(StatusCode::NOT_FOUND, &not_signed(to, latest.size));
             }
@@ -169,7 +175,10 @@ fn answer_in(
                 Ok(None) => return error(StatusCode::NOT_FOUND, "no such record"),
                 Ok(Some(index)) => index,
             };
-            let latest = log.signed_for(index.saturating_add(1));
+            let latest = match log.signed_for(index.saturating_add(1)) {
+                Ok(latest) => latest,
+                Err(e) => return unavailable(&e),
+            };
             match log.inclusion_proof(index, latest.size) {
                 Err(e) => unavailable(&e),
                 Ok(Some((_, hashes))) if index < latest.size => {

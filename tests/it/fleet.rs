@@ -1244,3 +1244,60 @@ async fn a_follower_serves_the_checkpoint_another_replica_just_stored() {
     assert_eq!(status, 200, "{bundle}");
     drop((integrator, follower));
 }
+
+/// A follower that cannot read the database to catch up does not tell a
+/// reader 404 for a checkpoint another replica signed: it cannot know
+/// whether the log signed it, so it answers 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_cannot_catch_up_answers_503_not_404() {
+    let keep = TempDir::new("fleet-blind");
+    let key = log_key(keep.path());
+    let mut pg = postgres("blind", &["blind"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let ports = [free_port(), free_port()];
+    let start = async |r: usize, interval: &str| {
+        let section = fleet_section(keep.path(), &pg, "blind", ports[r], interval);
+        Binary::start(&format!("fleet-blind-{r}"), &dcs, &section).await
+    };
+    let integrator = start(0, "10ms").await;
+    eventually("replica 0 integrates", async || {
+        admin_metric(integrator.admin, "residency_log_integrator").await == Some(1.0)
+    })
+    .await;
+    let follower = start(1, "60s").await;
+    let get = async |r: usize, path: &str| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        plain_exchange(addr, "GET", path).await
+    };
+    let verifier = Verifier::parse(&key).unwrap();
+    for i in 0..3 {
+        let reply = integrator.client().upload_from(CH, &format!("{i}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    eventually("replica 0 signs size 3", async || {
+        let (_, _, note) = get(0, "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size == 3)
+    })
+    .await;
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    for path in [
+        "/tile/entries/000.p/3",
+        "/proof/inclusion?index=2&size=3",
+        "/proof/consistency?from=1&to=3",
+    ] {
+        let (status, headers, body) = get(1, path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(headers.contains_key("retry-after"), "{path}: {headers:?}");
+    }
+    drop((integrator, follower, pg));
+}

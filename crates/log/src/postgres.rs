@@ -508,10 +508,10 @@ impl Fleet {
     /// waits for the window), never racing this replica's tick (it waits up
     /// to a window for the tick, which publishes anyway), and not on the
     /// integrator.
-    pub fn catch_up(&self, size: u64) -> Arc<Published> {
+    pub fn catch_up(&self, size: u64) -> Result<Arc<Published>, LogError> {
         let latest = self.latest();
         if latest.size >= size {
-            return latest;
+            return Ok(latest);
         }
         self.handle.block_on(self.shared.catch_up(size))
     }
@@ -685,12 +685,12 @@ impl Shared {
     /// told 404 for what the log signed. Bounded: after about three
     /// windows it answers from what it has (a size nobody signed stays a
     /// 404), and the database is still read at most once a window.
-    async fn catch_up(&self, size: u64) -> Arc<Published> {
+    async fn catch_up(&self, size: u64) -> Result<Arc<Published>, LogError> {
         let every = CATCH_UP_EVERY.as_millis() as u64;
         for _ in 0..3 {
             let latest = self.latest.load_full();
             if latest.size >= size {
-                return latest;
+                return Ok(latest);
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -711,14 +711,20 @@ impl Shared {
             // While the tick runs it publishes what it finds itself.
             if let Ok(session) = tokio::time::timeout(CATCH_UP_EVERY, self.session.lock()).await {
                 if session.held.is_none() {
+                    // Not knowing whether the log signed it, the reader is
+                    // told to come back (503), not that it did not (404).
                     if let Err(e) = self.follow(Publish::IfReplicated).await {
                         tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
+                        let latest = self.latest.load_full();
+                        if latest.size < size {
+                            return Err(e);
+                        }
                     }
                 }
             }
             break;
         }
-        self.latest.load_full()
+        Ok(self.latest.load_full())
     }
 
     /// One checkpoint tick: take the integrator lock if free; integrate if

@@ -175,10 +175,12 @@ impl Generation {
 
     /// The latest signed checkpoint, after making sure that one of at
     /// least `size` is not already stored (the fleet: another replica may
-    /// have stored it since this one last followed) (blocking).
-    pub fn signed_for(&self, size: u64) -> Arc<Published> {
+    /// have stored it since this one last followed) (blocking). `Err` when
+    /// the database could not be read to make sure: a reader is then told
+    /// to come back, not that the log never signed it.
+    pub fn signed_for(&self, size: u64) -> Result<Arc<Published>, LogError> {
         match &self.backend {
-            Backend::Directory(d) => d.latest(),
+            Backend::Directory(d) => Ok(d.latest()),
             Backend::Postgres(f) => f.catch_up(size),
         }
     }
@@ -276,10 +278,10 @@ impl Generation {
     /// if the latest signed checkpoint covers all of it (only what a
     /// checkpoint commits to is served). Blocking.
     pub fn tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
-        if tile
-            .needs_size()
-            .is_none_or(|needs| needs > self.signed_for(needs).size)
-        {
+        let Some(needs) = tile.needs_size() else {
+            return Ok(None);
+        };
+        if needs > self.signed_for(needs)?.size {
             return Ok(None);
         }
         match &self.backend {
