@@ -1301,3 +1301,43 @@ async fn a_follower_that_cannot_catch_up_answers_503_not_404() {
     }
     drop((integrator, follower, pg));
 }
+
+/// A backlog larger than one tick's 16 steps of 16,384 entries is
+/// integrated at once, not 262,144 records per `checkpoint_interval`
+/// (with a long interval, a steady rate above that grew the checkpoint's
+/// lag without bound). Here 300,000 entries are waiting when a replica
+/// opens the log with a 60 s interval: its first checkpoint covers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_one_tick_s_steps_is_integrated_without_waiting_for_the_next() {
+    const BACKLOG: u64 = 300_000;
+    let keep = TempDir::new("fleet-backlog");
+    let key = log_key(keep.path());
+    let pg = postgres("backlog", &["backlog"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = [
+        ("zurich", "ch", upstream.addr),
+        ("frankfurt", "eu", upstream.addr),
+        ("virginia", "us", upstream.addr),
+    ];
+    let port = free_port();
+    let section = fleet_section(keep.path(), &pg, "backlog", port, "60s");
+    // The first replica makes the schema, and goes.
+    drop(Binary::start("fleet-backlog-0", &dcs, &section).await);
+    pg.psql(
+        "backlog",
+        &format!(
+            "INSERT INTO residency_log_entries (idx, request_key, data) \
+             SELECT g, decode(md5(g::text), 'hex'), convert_to('record ' || g, 'UTF8') \
+             FROM generate_series(0, {}) g; \
+             UPDATE residency_log_sequence SET next = {BACKLOG};",
+            BACKLOG - 1
+        ),
+    )
+    .unwrap();
+    let replica = Binary::start("fleet-backlog-1", &dcs, &section).await;
+    let verifier = Verifier::parse(&key).unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+    let size = Checkpoint::open(&note, &verifier).unwrap().size;
+    assert_eq!(size, BACKLOG, "{}", replica.log());
+}

@@ -67,8 +67,10 @@ const MAX_BATCH: usize = 1024;
 const BUSY: Duration = Duration::from_millis(5);
 /// Entries one integration step reads at most (bounds its memory).
 const INTEGRATE_CHUNK: u64 = 16_384;
-/// Steps per checkpoint tick at most (each stores a checkpoint), so a long
-/// backlog does not hold the tick forever: the rest waits for the next.
+/// Steps per checkpoint tick at least (each stores a checkpoint); more
+/// while the tick has not lasted `checkpoint_interval`, so a backlog is
+/// integrated at full speed (the next tick then follows at once) whatever
+/// the interval, and does not hold one tick forever.
 const INTEGRATE_STEPS: usize = 16;
 /// Memory for full tiles and entry bundles served from cache.
 const CACHE_BYTES: u64 = 32 << 20;
@@ -81,6 +83,17 @@ const LOST: &str = "Nothing is sequenced or integrated until the database holds 
 /// committed before it read `sequence` there (read after: its own batches
 /// may land in between), if it is: it would give those indexes again, and
 /// a receipt already signed for one would then contradict the tree.
+/// The sequence's next index as stored, within `timeout`.
+async fn sequence_at(client: &Client, timeout: Duration) -> Result<u64, LogError> {
+    let next: i64 = timed(
+        timeout,
+        client.query_one("SELECT next FROM residency_log_sequence", &[]),
+    )
+    .await?
+    .get(0);
+    Ok(u64::try_from(next).unwrap_or(0))
+}
+
 fn behind_sequence(sequence: u64, known: u64) -> Option<String> {
     (sequence < known).then(|| {
         format!(
@@ -735,14 +748,17 @@ impl Shared {
         let result = if session.held.is_none() {
             match self.try_integrate(session).await {
                 Ok(publish) => self.integrate_or_follow(session, publish).await,
+                // A corrupt log keeps the lock, so that no replica
+                // integrates over it.
+                Err(e @ LogError::Corrupt { .. }) => Err(e),
                 Err(e) => {
-                    // A corrupt log keeps the lock, so that no replica
-                    // integrates over it; else closing the connection
-                    // frees the lock if it was taken.
-                    if !matches!(e, LogError::Corrupt { .. }) {
-                        session.close();
-                    }
-                    Err(e)
+                    // Closing the connection frees the lock if it was
+                    // taken; this replica still follows this very tick (a
+                    // lock session that cannot connect left its checkpoint
+                    // and lost-record checks stale).
+                    tracing::warn!(error = %e, "taking the integrator lock failed: following");
+                    session.close();
+                    self.follow(Publish::IfReplicated).await
                 }
             }
         } else {
@@ -956,7 +972,14 @@ impl Shared {
             session.locked = true;
         }
         let stored = self.stored_checkpoint(client).await?;
-        self.judge(self.behind_checkpoint(stored.as_ref()))?;
+        // Judged as a follower judges (the sequence too): the checkpoint
+        // alone would clear a loss found in the sequence, and the uploads
+        // refused for it would be taken until the integration found it again.
+        let sequenced = sequence_at(client, self.pg.timeout).await?;
+        self.judge(
+            behind_sequence(sequenced, self.known())
+                .or_else(|| self.behind_checkpoint(stored.as_ref())),
+        )?;
         if let Some(cp) = &stored {
             if !self.publishable(cp).await {
                 // Holding the lock, the next tick tries again.
@@ -1030,17 +1053,15 @@ impl Shared {
         // for the next tick, so a busy log still gets a checkpoint per tick.
         let now = unix_now();
         let known = self.known();
-        let sequenced: i64 = timed(
-            self.pg.timeout,
-            client.query_one("SELECT next FROM residency_log_sequence", &[]),
-        )
-        .await?
-        .get(0);
-        let sequenced = u64::try_from(sequenced).unwrap_or(0);
+        let sequenced = sequence_at(client, self.pg.timeout).await?;
         self.judge(behind_sequence(sequenced, known))?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
-        for _ in 0..INTEGRATE_STEPS {
+        let started = std::time::Instant::now();
+        for step in 0.. {
+            if step >= INTEGRATE_STEPS && started.elapsed() >= self.settings.checkpoint_interval {
+                break; // the rest at the next tick, at once
+            }
             let from = integrator.edge.size();
             if from == sequenced && integrator.stored.is_some() {
                 break;
@@ -1138,13 +1159,7 @@ impl Shared {
         let client = self.client().await?;
         let now = unix_now();
         let known = self.known();
-        let sequenced: i64 = timed(
-            self.pg.timeout,
-            client.query_one("SELECT next FROM residency_log_sequence", &[]),
-        )
-        .await?
-        .get(0);
-        let sequenced = u64::try_from(sequenced).unwrap_or(0);
+        let sequenced = sequence_at(&client, self.pg.timeout).await?;
         let stored = self.stored_checkpoint(&client).await?;
         // Never back: what was served stays served, and the database
         // that lost it is not written to.
