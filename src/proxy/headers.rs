@@ -471,7 +471,10 @@ pub fn from_upstream(
 struct Framing {
     /// It has `Transfer-Encoding`.
     coded: bool,
-    /// No `Content-Length`, or one without a list.
+    /// No `Content-Length`, or one that is a single valid length
+    /// (`1*DIGIT`: hyper's client does not check the field of a 304 or of
+    /// an answer to HEAD, and an HTTP/2 client resets a stream whose
+    /// `content-length` does not parse).
     usual: bool,
 }
 
@@ -481,7 +484,7 @@ impl Framing {
             coded: fields.transfer_encodings > 0,
             usual: match (fields.content_lengths, fields.content_length) {
                 (0, _) => true,
-                (1, Some(one)) => !one.as_bytes().contains(&b','),
+                (1, Some(one)) => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
                 _ => false,
             },
         }
@@ -523,10 +526,12 @@ fn client_framing(status: http::StatusCode, headers: &mut HeaderMap, framing: Fr
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|n| {
-            std::str::from_utf8(n.trim_ascii())
-                .ok()?
-                .parse::<u64>()
-                .ok()
+            let n = n.trim_ascii();
+            // `1*DIGIT` (`parse` would also take a sign).
+            if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(n).ok()?.parse::<u64>().ok()
         });
     let one = lengths.next().flatten();
     match one.filter(|n| lengths.all(|m| m == Some(*n))) {
@@ -1075,6 +1080,27 @@ mod tests {
             from_upstream(ok, &mut gzip),
             Err("a transfer coding other than chunked")
         );
+        // A length that is not `1*DIGIT` (hyper's client lets it through on
+        // a 304 or an answer to HEAD) is not passed on; a list of equal
+        // ones becomes the one.
+        for (value, kept) in [
+            ("abc", None),
+            ("", None),
+            ("+5", None),
+            (" 5", Some("5")),
+            ("5, 5", Some("5")),
+            ("5, 6", None),
+            ("7", Some("7")),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("content-length", HeaderValue::from_str(value).unwrap());
+            assert_eq!(
+                from_upstream(http::StatusCode::NOT_MODIFIED, &mut h),
+                Ok(())
+            );
+            let got = h.get("content-length").map(|v| v.to_str().unwrap());
+            assert_eq!(got, kept, "{value:?}");
+        }
     }
 
     /// `Fields::foreign` is `false` exactly when `to_upstream` would strip
