@@ -91,7 +91,8 @@ pub(super) async fn serve(
     let metrics = &instance.metrics;
     let _active = Counted::new(&metrics.connections_active);
     // The listener settings this connection was accepted with (each
-    // request loads the snapshot current when it starts).
+    // request loads the snapshot current when it starts). The snapshot
+    // itself is let go once the connection is set up (below).
     let state = instance.snapshot();
     let listener = &state.config.listeners[index];
     let timeouts = state.config.timeouts;
@@ -136,6 +137,10 @@ pub(super) async fn serve(
             Box::new(held.hold())
         }))),
     });
+    // Not held for the connection's life: a keep-alive connection kept its
+    // accept's snapshot (GeoIP database, pool, TLS keys) for as long as it
+    // stayed open, one more per reload.
+    drop(state);
     // The box of the last request's future, for the next (see `Spare`).
     let spare = Arc::new(Mutex::new(None));
     let service = {

@@ -128,9 +128,11 @@ impl Bound {
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let state = self.instance.snapshot();
-        let limits = state.config.limits;
-        let grace = state.config.timeouts.shutdown_grace;
+        // Read, not held: the first snapshot is freed once reloads replace it.
+        let (limits, grace) = {
+            let state = self.instance.snapshot();
+            (state.config.limits, state.config.timeouts.shutdown_grace)
+        };
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let mut tasks = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
@@ -162,7 +164,7 @@ impl Bound {
         if let Some(log) = &self.instance.log {
             let witnesses = crate::witnesses::Witnesses::new(
                 log.clone(),
-                &state.config.witnesses,
+                &self.instance.snapshot().config.witnesses,
                 self.instance.metrics.registry(),
             );
             tasks.push(tokio::spawn(checkpoints(

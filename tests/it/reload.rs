@@ -498,3 +498,52 @@ async fn a_replay_limit_above_the_budget_in_effect_is_refused() {
     .await;
     proxy.stop().await;
 }
+
+/// A snapshot — its GeoIP database, pool, health table, TLS keys — is
+/// freed once no request runs on it, though a connection accepted under it
+/// stays open: each keep-alive connection kept the snapshot of its accept
+/// in memory for as long as it lived (a database per reload, with a client
+/// that sends a request now and then).
+#[tokio::test]
+async fn a_connection_does_not_keep_the_snapshot_it_was_accepted_under() {
+    use http_body_util::{BodyExt, Full};
+    let proxy = Proxy::start(Setup {
+        extra: FAST.into(),
+        ..Setup::default()
+    })
+    .await;
+    let first = Arc::downgrade(&proxy.instance.snapshot());
+    let tls = proxy.client().connect().await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let upload = |body: &'static str| {
+        http::Request::post("/v1/telemetry")
+            .header("host", "localhost")
+            .header("x-forwarded-for", CH)
+            .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let reply = send.send_request(upload("before")).await.unwrap();
+    assert_eq!(reply.status(), 201);
+    reply.into_body().collect().await.unwrap();
+    let path = proxy.dir.path().join("proxy.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    replace(&path, format!("{config}\n# reloaded\n"));
+    eventually("the reload applies", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    // The same connection, still open and used.
+    let reply = send.send_request(upload("after")).await.unwrap();
+    assert_eq!(reply.status(), 201);
+    reply.into_body().collect().await.unwrap();
+    eventually("the first snapshot is freed", async || {
+        first.upgrade().is_none()
+    })
+    .await;
+    assert!(!conn.is_finished(), "the connection is still open");
+    drop(send);
+    proxy.stop().await;
+}
