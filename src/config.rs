@@ -1309,6 +1309,7 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
 /// Resolves `path` against `base` and checks that it is a readable file.
 fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<PathBuf> {
     let resolved = base.join(path);
+    r.named.push(resolved.clone());
     match std::fs::File::open(&resolved).and_then(|f| f.metadata()) {
         Ok(m) if m.is_file() => Some(resolved),
         Ok(_) => {

@@ -24,6 +24,11 @@ struct File {
 
 /// Fingerprints the config's source file and every file it names.
 pub fn fingerprint(config: &Config) -> Fingerprint {
+    Fingerprint::of(named(config))
+}
+
+/// The config's source file and every file it names.
+pub fn named(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config.source.iter().cloned().collect();
     files.push(config.geoip.database.clone());
     for l in &config.listeners {
@@ -40,7 +45,7 @@ pub fn fingerprint(config: &Config) -> Fingerprint {
     }
     files.extend(config.upstream.ca.iter().cloned());
     files.extend(config.tenancy.files.iter().cloned());
-    Fingerprint::of(files)
+    files
 }
 
 impl Fingerprint {
@@ -49,6 +54,16 @@ impl Fingerprint {
     }
 
     /// The same files as they are now.
+    /// These files, and those of `more` not among them as they are now.
+    pub fn and(mut self, more: Vec<PathBuf>) -> Fingerprint {
+        for named in more {
+            if !self.0.iter().any(|f| f.named == named) {
+                self.0.push(File::now(named));
+            }
+        }
+        self
+    }
+
     pub fn again(&self) -> Fingerprint {
         Fingerprint::of(self.0.iter().map(|f| f.named.clone()))
     }

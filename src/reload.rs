@@ -81,8 +81,10 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     if config.admin.address != old.config.admin.address && old.config.admin.address.port() != 0 {
         tracing::warn!(configured = %config.admin.address, bound = %old.config.admin.address, "admin address changed: needs a restart");
     }
+    let named = crate::files::named(&config);
     let mut state = Snapshot::build(config).map_err(|mut r| {
         r.file = path.display().to_string();
+        r.named = named;
         r
     })?;
     // Listeners stay where they were bound (port 0 in tests included), each
@@ -271,8 +273,11 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
             // poll.
             Ok(Ok(())) => instance.snapshot().files.clone().no_newer_than(&before),
             // A broken file is retried only when something changes again —
-            // also while the failed build ran.
-            _ => before,
+            // also while the failed build ran — among the files of the
+            // running state and those the failed config names (a new
+            // certificate or database not written yet, say).
+            Ok(Err(report)) => before.and(report.named),
+            Err(_) => before,
         };
     }
 }

@@ -547,3 +547,46 @@ async fn a_connection_does_not_keep_the_snapshot_it_was_accepted_under() {
     drop(send);
     proxy.stop().await;
 }
+
+/// A reload that failed because the config names files not there yet (a
+/// certificate written after the config that names it) is tried again
+/// when they appear: the files the failed config named are watched too.
+/// Only the running state's were, so the fix went unseen until some other
+/// change or a SIGHUP.
+#[tokio::test]
+async fn a_reload_that_failed_for_a_missing_file_applies_when_it_appears() {
+    let mut proxy = Proxy::start(Setup {
+        extra: FAST.into(),
+        ..Setup::default()
+    })
+    .await;
+    let path = proxy.dir.path().join("proxy.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains("cert = \"a.pem\", key = \"a.key\""));
+    replace(
+        &path,
+        config.replace(
+            "cert = \"a.pem\", key = \"a.key\"",
+            "cert = \"b.pem\", key = \"b.key\"",
+        ),
+    );
+    eventually("the reload fails", async || {
+        reloads(&proxy, "failure").await >= 1.0
+    })
+    .await;
+    let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    proxy.certs.push(cert.clone());
+    replace(&proxy.dir.path().join("b.key"), &key);
+    replace(&proxy.dir.path().join("b.pem"), &cert);
+    eventually("the reload applies once the files are there", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    let client = proxy.client();
+    let served = client
+        .send("GET", "/x", &[("x-forwarded-for", UNKNOWN)], "")
+        .await
+        .peer_cert;
+    assert_eq!(served, der(&cert));
+    proxy.stop().await;
+}

@@ -32,6 +32,9 @@ pub struct ConfigReport {
     /// The file (or other origin) the problems were found in.
     pub file: String,
     pub problems: Vec<Problem>,
+    /// Files the configuration names (those it could not read too), so a
+    /// reload that failed is tried again when one of them changes.
+    pub named: Vec<std::path::PathBuf>,
 }
 
 impl ConfigReport {
@@ -39,6 +42,7 @@ impl ConfigReport {
         ConfigReport {
             file: file.into(),
             problems: Vec::new(),
+            named: Vec::new(),
         }
     }
 
