@@ -503,7 +503,15 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
                 r.push(k("url"), "names no user, e.g. postgres://residency@host/db");
                 None
             }
-            Ok(c) => Some(c),
+            // `prefer`, also the default with no `sslmode`, would fall back
+            // to plaintext when the server (or one on the path) declines
+            // TLS, and send the password in the clear: taken as `require`.
+            Ok(mut c) => {
+                if c.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+                    c.ssl_mode(tokio_postgres::config::SslMode::Require);
+                }
+                Some(c)
+            }
             Err(e) => {
                 // Not echoed: it may hold a password, and reports are logged.
                 r.push(k("url"), format!("is not a PostgreSQL URL: {e}"));
@@ -969,6 +977,24 @@ mod tests {
         });
         assert_eq!(keys, ["transparency.max_records"]);
         assert!(text.contains("rolls to a new origin"), "{text}");
+        // No plaintext fallback: `prefer` and no `sslmode` are `require`;
+        // `disable` stays as asked.
+        use tokio_postgres::config::SslMode;
+        for (query, mode) in [
+            ("", SslMode::Require),
+            ("?sslmode=prefer", SslMode::Require),
+            ("?sslmode=require", SslMode::Require),
+            ("?sslmode=disable", SslMode::Disable),
+        ] {
+            let (t, keys, text) = problems(&pg(RawPostgres {
+                url: Some(format!("postgres://u@db/log{query}")),
+                password_file: Some("pw".into()),
+                ..RawPostgres::default()
+            }));
+            assert!(keys.is_empty(), "{text}");
+            let p = t.unwrap().postgres.unwrap();
+            assert_eq!(p.config.0.get_ssl_mode(), mode, "{query:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
