@@ -337,8 +337,8 @@ find_binary() {
       echo "no residency-proxy binary under target/ (build first or set RESIDENCY_PROXY_BIN)" >&2
       return 77
     fi
-    if [[ -n $(find src Cargo.toml -newer "$bin" -print -quit) ]]; then
-      echo "$bin is older than src/: not trusting it (rebuild or set RESIDENCY_PROXY_BIN)" >&2
+    if [[ -n $(find src crates Cargo.toml Cargo.lock -newer "$bin" -print -quit) ]]; then
+      echo "$bin is older than src/, crates/ or Cargo.lock: not trusting it (rebuild or set RESIDENCY_PROXY_BIN)" >&2
       return 77
     fi
   fi
