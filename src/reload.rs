@@ -100,8 +100,13 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     state.config.admin.address = old.config.admin.address;
     if state.config.transparency != old.config.transparency {
         tracing::warn!("[transparency] changed: needs a restart; the log keeps running with the settings it was opened with");
+        // The listener's certificate files, when they are the same, are
+        // still reloaded: renewed ones are served from the next handshake.
+        let files = |c: &Config| c.transparency.as_ref().map(|t| t.tls.clone());
+        if files(&state.config) != files(&old.config) {
+            state.log_tls = old.log_tls.clone();
+        }
         state.config.transparency = old.config.transparency.clone();
-        state.log_tls = old.log_tls.clone();
     }
     // Checked against the budget in effect, not the one configured (it
     // needs a restart): a limit above it would keep no body for a replay.

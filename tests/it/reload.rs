@@ -333,6 +333,19 @@ async fn reordered_listeners_keep_their_own_settings_across_a_reload() {
 /// open the log's page over it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_listeners_certificate_is_renewed_by_a_reload() {
+    log_certificate_renewed(false).await;
+}
+
+/// As above after a reload that changed a `[transparency]` setting needing
+/// a restart: the running log keeps its settings, but its listener's
+/// renewed certificate is still served (the whole section used to be kept
+/// as it was, so the old certificate stayed until it expired).
+#[tokio::test]
+async fn the_log_certificate_is_renewed_after_a_restart_only_log_setting_changed() {
+    log_certificate_renewed(true).await;
+}
+
+async fn log_certificate_renewed(log_setting_changed_first: bool) {
     let proxy = Proxy::start(Setup {
         extra: FAST.into(),
         second_cert: Some(vec!["log.example"]),
@@ -355,6 +368,21 @@ async fn the_log_listeners_certificate_is_renewed_by_a_reload() {
         reply.peer_cert
     };
     assert_eq!(served().await, der(&old_cert));
+    if log_setting_changed_first {
+        let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+        assert!(config.contains("checkpoint_interval = \"50ms\""));
+        replace(
+            &proxy.config_path,
+            config.replace(
+                "checkpoint_interval = \"50ms\"",
+                "checkpoint_interval = \"60ms\"",
+            ),
+        );
+        eventually("the reload", async || {
+            reloads(&proxy, "success").await >= 1.0
+        })
+        .await;
+    }
 
     replace(&proxy.dir.path().join("b.key"), &new_key);
     replace(&proxy.dir.path().join("b.pem"), &new_cert);

@@ -264,6 +264,48 @@ async fn try_upload(client: &Client) -> Result<Reply, BoxError> {
         .await
 }
 
+/// Where client certificates are required every handshake is a full one:
+/// rustls does not verify a resumed session's client certificate again, so
+/// one that expired, or whose CRL passed its `nextUpdate`, since the
+/// session began would still be taken. Other listeners still resume.
+#[tokio::test]
+async fn client_certificate_listeners_do_not_resume_sessions() {
+    use rustls::HandshakeKind;
+    let (ca, cert, key) = client_ca_and_cert();
+    let files = TempDir::new("mtls-resume");
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: mtls_listener(0, &ca_path),
+        ..Setup::default()
+    })
+    .await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        for (addr, resumes) in [(proxy.addrs[0], true), (proxy.addrs[1], false)] {
+            // One client, so its session cache carries over.
+            let config = client_config(&[version], &proxy.certs, Some((&cert, &key)));
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let tls = tls_connect(addr, config.clone()).await.unwrap();
+                kinds.push(tls.get_ref().1.handshake_kind());
+                let (status, body) = upload_over(tls).await.unwrap();
+                assert_eq!(status, 201, "{body:?}");
+            }
+            let second = if resumes {
+                HandshakeKind::Resumed
+            } else {
+                HandshakeKind::Full
+            };
+            assert_eq!(
+                kinds,
+                [Some(HandshakeKind::Full), Some(second)],
+                "{version:?} at {addr}"
+            );
+        }
+    }
+    proxy.stop().await;
+}
+
 /// A CA and a client certificate (PEM cert, PEM key) signed by it.
 fn client_ca_and_cert() -> (String, String, String) {
     let (ca, mut leaves) = client_ca_and_certs(&[None]);

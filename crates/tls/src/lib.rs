@@ -272,6 +272,7 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(TlsError::Rustls)?;
+    let verifies_clients = client.is_some();
     let builder = match client {
         None => builder.with_no_client_auth(),
         Some(client) => {
@@ -292,6 +293,16 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.max_early_data_size = 0;
+    if verifies_clients {
+        // No resumption where client certificates are required: rustls
+        // restores a resumed session's certificates without verifying them
+        // again, so one that expired, or whose CRL passed its nextUpdate,
+        // since the full handshake would still be taken (and each
+        // resumption issues new tickets, so for as long as the client
+        // keeps resuming).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
