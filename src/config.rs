@@ -124,6 +124,10 @@ pub struct Timeouts {
     /// The longest a write to the client may stay blocked (the client
     /// stopped reading); then the connection is dropped.
     pub client_send_idle: Duration,
+    /// A connection this old takes no new request: it ends after the ones
+    /// in flight (HTTP/1 answers with `Connection: close`, HTTP/2 sends
+    /// GOAWAY), as nginx's `keepalive_time`.
+    pub connection_max_age: Duration,
 }
 
 impl Default for Timeouts {
@@ -142,6 +146,7 @@ impl Default for Timeouts {
             upstream_send_idle: Duration::from_secs(30),
             upstream_response_idle: Duration::from_secs(30),
             client_send_idle: Duration::from_secs(60),
+            connection_max_age: Duration::from_secs(3600),
         }
     }
 }
@@ -353,6 +358,7 @@ pub struct RawTimeouts {
     pub upstream_send_idle: Option<Setting<Duration>>,
     pub upstream_response_idle: Option<Setting<Duration>>,
     pub client_send_idle: Option<Setting<Duration>>,
+    pub connection_max_age: Option<Setting<Duration>>,
 }
 
 /// `[limits]`; see [`Limits`] for the defaults. Read as `u64` so that a
@@ -907,6 +913,7 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
         upstream_send_idle,
         upstream_response_idle,
         client_send_idle,
+        connection_max_age,
     } = raw;
     let d = Timeouts::default();
     // A year at most: deadlines are instants, and one past the clock's
@@ -972,6 +979,12 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
             r,
         ),
         client_send_idle: positive(client_send_idle, "client_send_idle", d.client_send_idle, r),
+        connection_max_age: positive(
+            connection_max_age,
+            "connection_max_age",
+            d.connection_max_age,
+            r,
+        ),
     }
 }
 

@@ -199,9 +199,13 @@ pub(super) async fn serve(
     // with the watch channel on every request.
     let shutdown = pin!(stopped(&mut stop));
     let mut shutdown = pin!(Gated::new(shutdown));
+    // One timer for the connection's life, from its handshake.
+    let aged = Box::pin(tokio::time::sleep(timeouts.connection_max_age));
+    let mut aged = pin!(Gated::new(aged));
     let mut phases = Phases::new(
         idle.as_mut(),
         shutdown.as_mut(),
+        aged.as_mut(),
         timeouts.keepalive_idle,
         timeouts.discard_body,
     );
@@ -236,13 +240,15 @@ const H2_SEND_BUFFER: usize = 64 * 1024;
 type Tls = Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>;
 
 /// The deadlines every HTTP phase selects on: the watchdog (`request_head`,
-/// `keepalive_idle` or `client_send_idle`, named by its output) and the
-/// shutdown flag; and how long a connection closed for idleness may take
-/// to finish what it has started (`keepalive_idle` again) before it is
-/// dropped.
+/// `keepalive_idle` or `client_send_idle`, named by its output), the
+/// shutdown flag and the connection's age (`connection_max_age`: HTTP/2
+/// then sends GOAWAY, HTTP/1's next answer closes it); and how long a connection closed
+/// for idleness may take to finish what it has started (`keepalive_idle`
+/// again) before it is dropped.
 struct Phases<'a, I, S> {
     idle: Pin<&'a mut I>,
     shutdown: Pin<&'a mut S>,
+    aged: Pin<&'a mut Gated<Aged>>,
     close_grace: Duration,
     /// How long an HTTP/1 connection the proxy closes after a response
     /// reads and drops what the client still sends (`timeouts.discard_body`;
@@ -254,12 +260,14 @@ impl<'a, I, S> Phases<'a, I, S> {
     fn new(
         idle: Pin<&'a mut I>,
         shutdown: Pin<&'a mut S>,
+        aged: Pin<&'a mut Gated<Aged>>,
         close_grace: Duration,
         linger: Duration,
     ) -> Self {
         Phases {
             idle,
             shutdown,
+            aged,
             close_grace,
             linger,
         }
@@ -498,6 +506,14 @@ where
             close(io).await;
             return None;
         }
+        // Not closed under a client that may be sending its next request
+        // (keepalive_idle still bounds it): that request is answered, with
+        // `Connection: close`.
+        () = phases.aged.as_mut(), if !io.activity.aged.load(Ordering::Relaxed) => {
+            tracing::debug!(peer = %peer, phase = AGED, "the next answer closes the connection");
+            io.activity.aged.store(true, Ordering::Relaxed);
+            return Some(prefix);
+        }
         phase = phases.idle.as_mut() => {
             tracing::debug!(peer = %peer, phase, "timeout");
             close(io).await;
@@ -552,6 +568,14 @@ where
             () = phases.shutdown.as_mut(), if !closing => {
                 Pin::new(&mut *served).graceful_shutdown();
                 closing = true;
+            }
+            // The next response head says `Connection: close` (see
+            // `Detached`), as nginx's `keepalive_time` does: not hyper's
+            // graceful shutdown, which would close a connection idle between
+            // two requests under a client that may be sending its next.
+            () = phases.aged.as_mut(), if !activity.aged.load(Ordering::Relaxed) => {
+                tracing::debug!(peer = %peer, phase = AGED, "the next answer closes the connection");
+                activity.aged.store(true, Ordering::Relaxed);
             }
             // Also while draining for shutdown: a head started
             // then still has only request_head to complete.
@@ -668,6 +692,12 @@ async fn serve_http2<S, I, D>(
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // GOAWAY: the streams open finish, under their own deadlines.
+            () = phases.aged.as_mut(), if !closing => {
+                tracing::debug!(peer = %peer, phase = AGED, "GOAWAY");
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
             // Idle with streams still open (their responses not taken: a
             // client that keeps their windows shut) ends with GOAWAY, and
             // the connection is dropped if they are still open after
@@ -712,6 +742,12 @@ const LINGER_READ: usize = 16 * 1024;
 /// is dropped at once (nothing more can be written to it, not even a
 /// GOAWAY or close_notify).
 const CLIENT_SEND: &str = "client_send_idle";
+/// The timer of `connection_max_age` (boxed: [`Gated`] takes `Unpin`
+/// futures).
+type Aged = Pin<Box<tokio::time::Sleep>>;
+
+/// The connection's age limit, in logs.
+const AGED: &str = "connection_max_age";
 /// The watchdog's name for an HTTP/2 response body still being sent
 /// `keepalive_idle` after its head: the connection closes as an idle one
 /// does (GOAWAY, then dropped after the close grace).
@@ -899,6 +935,9 @@ struct Activity {
     /// trickled to a refusal) can keep the connection busy meanwhile.
     streaming: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     streaming_seq: AtomicU64,
+    /// HTTP/1: the connection is `connection_max_age` old, and its next
+    /// response head says `Connection: close`.
+    aged: AtomicBool,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -1024,6 +1063,7 @@ impl Activity {
             read_while_responding: AtomicBool::new(false),
             streaming: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             streaming_seq: AtomicU64::new(0),
+            aged: AtomicBool::new(false),
         }
     }
 
@@ -1342,8 +1382,16 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
                 // HTTP/2, where other streams may keep the connection
                 // busy: each stream by itself).
                 let (mut responding, mut streaming) = (None, None);
+                let mut resp = resp;
                 if let Some(busy) = self.busy.take() {
                     if !busy.0.http2.load(Ordering::Relaxed) {
+                        if busy.0.aged.load(Ordering::Relaxed) {
+                            // hyper ends keep-alive after this response.
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
                         responding = Some(busy.responding());
                     } else if !hyper::body::Body::is_end_stream(resp.body()) {
                         streaming = Some(busy.streaming());

@@ -13,7 +13,8 @@
 //!    header sizes and streams, and a watchdog that closes connections that
 //!    send no first request within `request_head`, do not complete a later
 //!    HTTP/1 head within `request_head` of its first byte, or sit idle for
-//!    `keepalive_idle`. An HTTP/1 connection quiet for `IDLE_RELEASE`
+//!    `keepalive_idle`; one `connection_max_age` old takes no new request.
+//!    An HTTP/1 connection quiet for `IDLE_RELEASE`
 //!    drops hyper's buffers and waits with only its TLS state; the next
 //!    request's first bytes start a fresh hyper connection on the stream.
 //!

@@ -5,6 +5,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
 
@@ -156,4 +160,161 @@ async fn a_sighup_while_starting_does_not_end_the_proxy() {
         "SIGHUP ended the proxy while it started: {}",
         proxy.log()
     );
+}
+
+/// `timeouts.connection_max_age`: past it a connection takes no new
+/// request: HTTP/1's next answer says `Connection: close` (an upload whose
+/// body straddles the age completes; a connection idle at the age answers
+/// its next request so), then the connection closes.
+#[tokio::test]
+async fn http1_connections_end_after_connection_max_age() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nconnection_max_age = \"1s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let upload = |send: &mut hyper::client::conn::http1::SendRequest<Body>, body: Body| {
+        let req = Request::post("/v1/telemetry")
+            .header("host", "localhost")
+            .header("x-forwarded-for", CH)
+            .body(body)
+            .unwrap();
+        send.send_request(req)
+    };
+    let close = |resp: &Response<Incoming>| {
+        resp.headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    };
+
+    // Requests one after another: answered with keep-alive until the age,
+    // then one with `Connection: close`, and the connection ends.
+    let started = Instant::now();
+    let tls = proxy.client().connect().await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut answered = 0;
+    let closed_at = loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+        let resp = upload(
+            &mut send,
+            Full::new(Bytes::from("hi")).map_err(|e| match e {}).boxed(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 201);
+        answered += 1;
+        if close(&resp) {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        closed_at >= Duration::from_millis(900),
+        "closed after {closed_at:?}"
+    );
+    assert!(answered >= 5, "{answered} answered");
+    tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the connection ends after its last answer")
+        .unwrap()
+        .unwrap();
+
+    // An upload in flight at the age is answered.
+    let tls = proxy.client().connect().await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (chunks, body) = channel_body();
+    let feed = tokio::spawn(async move {
+        for _ in 0..4 {
+            chunks.send(Bytes::from(vec![b'x'; 1000])).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+    let resp = upload(&mut send, body).await.unwrap();
+    feed.await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(close(&resp), "{:?}", resp.headers());
+    let zurich = proxy.upstream("zurich").last();
+    assert_eq!(zurich.body.len(), 4000);
+
+    // A keep-alive connection idle at the age is not cut under a client
+    // that may be sending its next request (keepalive_idle is a minute):
+    // that request is answered, with `Connection: close`.
+    let mut tls = proxy.client().connect().await.unwrap();
+    let request = |close: &str| {
+        format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 2\r\n{close}\r\nhi"
+        )
+    };
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    tls.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 201");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tls.write_all(request("").as_bytes()).await.unwrap();
+    let mut got = first.to_vec();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "still open after its answer");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert_eq!(text.matches("http/1.1 201").count(), 2, "{text}");
+    assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+    proxy.stop().await;
+}
+
+/// HTTP/2: past `timeouts.connection_max_age` the connection sends GOAWAY
+/// and ends; every stream it accepted before is answered.
+#[tokio::test]
+async fn http2_connections_end_after_connection_max_age() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nconnection_max_age = \"1s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut answered = 0;
+    let refused_at = loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+        if send.ready().await.is_err() {
+            break started.elapsed();
+        }
+        let req = Request::post("https://localhost/v1/telemetry")
+            .header("x-forwarded-for", CH)
+            .body(Full::new(Bytes::from("hi")).map_err(|e| match e {}).boxed())
+            .unwrap();
+        match send.send_request(req).await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 201);
+                answered += 1;
+            }
+            // Sent as the GOAWAY crossed it: refused, not lost.
+            Err(_) => break started.elapsed(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refused_at >= Duration::from_millis(900),
+        "ended after {refused_at:?}"
+    );
+    assert!(answered >= 5, "{answered} answered");
+    assert_eq!(proxy.upstream("zurich").count(), answered);
+    tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the connection ends")
+        .unwrap()
+        .unwrap();
+    proxy.stop().await;
 }
