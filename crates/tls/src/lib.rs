@@ -134,10 +134,17 @@ pub struct ClientAuth<'a> {
     pub crls: &'a [(String, Vec<u8>)],
 }
 
+/// The CRLs of `files`, the newest of each scope only. rustls checks a
+/// certificate against the first CRL of its issuer (and distribution
+/// point), so an older CRL ahead of a newer one in the file — a new CRL
+/// appended to the old — would hide every revocation made since: of CRLs
+/// with the same issuer and issuing distribution point, only the one with
+/// the highest CRL number (else the latest `thisUpdate`) is kept, and the
+/// others are named in a warning.
 fn crls(
     files: &[(String, Vec<u8>)],
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let mut all = Vec::new();
+    let mut kept: Vec<(Option<Crl>, CertificateRevocationListDer<'static>)> = Vec::new();
     for (label, pem) in files {
         let found = CertificateRevocationListDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
@@ -145,25 +152,97 @@ fn crls(
         if found.is_empty() {
             return Err(TlsError::NoCrl(label.clone()));
         }
-        for crl in &found {
-            warn_if_expired(label, crl);
+        for der in found {
+            // One that does not parse here is refused by rustls with its
+            // own error.
+            let crl = Crl::parse(&der);
+            if let Some(crl) = &crl {
+                warn_if_expired(label, crl);
+            }
+            let same = crl.as_ref().and_then(|crl| {
+                kept.iter()
+                    .position(|(k, _)| k.as_ref().is_some_and(|k| k.scope == crl.scope))
+            });
+            match (same, crl) {
+                (Some(i), Some(crl)) => {
+                    let supersedes = kept[i].0.as_ref().is_some_and(|k| crl.newer_than(k));
+                    let ignored = if supersedes {
+                        std::mem::replace(&mut kept[i], (Some(crl), der)).0
+                    } else {
+                        Some(crl)
+                    };
+                    if let Some(ignored) = ignored {
+                        tracing::warn!(
+                            file = label,
+                            issuer = %ignored.issuer,
+                            this_update = %ignored.this_update,
+                            "client_crl: an older CRL of the same issuer is ignored; the newest (highest CRL number, else latest thisUpdate) is used"
+                        );
+                    }
+                }
+                (_, crl) => kept.push((crl, der)),
+            }
         }
-        all.extend(found);
     }
-    Ok(all)
+    Ok(kept.into_iter().map(|(_, der)| der).collect())
+}
+
+/// What decides which of two CRLs is current.
+struct Crl {
+    issuer: x509_cert::name::Name,
+    /// The issuer's DER and the issuing distribution point's: a CRL
+    /// supersedes only one of the same scope.
+    scope: (Vec<u8>, Option<Vec<u8>>),
+    /// The cRLNumber extension's value, big-endian without leading zeros.
+    number: Option<Vec<u8>>,
+    this_update: x509_cert::time::Time,
+    next_update: Option<x509_cert::time::Time>,
+}
+
+impl Crl {
+    fn parse(der: &CertificateRevocationListDer<'_>) -> Option<Crl> {
+        use x509_cert::der::{Decode as _, Encode as _};
+        use x509_cert::ext::pkix::crl::CrlNumber;
+        let list = x509_cert::crl::CertificateList::from_der(der).ok()?;
+        let tbs = list.tbs_cert_list;
+        let extension = |oid| {
+            tbs.crl_extensions
+                .iter()
+                .flatten()
+                .find(|e| e.extn_id == oid)
+                .map(|e| e.extn_value.as_bytes())
+        };
+        let idp = extension(x509_cert::der::oid::db::rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT)
+            .map(<[u8]>::to_vec);
+        let number = match extension(x509_cert::der::oid::db::rfc5280::ID_CE_CRL_NUMBER) {
+            Some(value) => Some(CrlNumber::from_der(value).ok()?.0.as_bytes().to_vec()),
+            None => None,
+        };
+        Some(Crl {
+            scope: (tbs.issuer.to_der().ok()?, idp),
+            issuer: tbs.issuer,
+            number,
+            this_update: tbs.this_update,
+            next_update: tbs.next_update,
+        })
+    }
+
+    /// Whether this CRL supersedes `other` (of the same scope): a higher
+    /// CRL number (RFC 5280 §5.2.3: they only grow), else, without both
+    /// numbers, a later `thisUpdate`.
+    fn newer_than(&self, other: &Crl) -> bool {
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) => (a.len(), a) > (b.len(), b),
+            _ => self.this_update.to_unix_duration() > other.this_update.to_unix_duration(),
+        }
+    }
 }
 
 /// Warns when `crl` is past its `nextUpdate`: the client certificates it
 /// covers are refused from now on, so the operator hears of it when the
 /// file is loaded, not only from clients. Returns whether it warned.
-fn warn_if_expired(label: &str, crl: &CertificateRevocationListDer<'_>) -> bool {
-    use x509_cert::der::Decode as _;
-    // One rustls cannot parse is refused by `build` with its own error.
-    let Ok(list) = x509_cert::crl::CertificateList::from_der(crl) else {
-        return false;
-    };
-    let tbs = &list.tbs_cert_list;
-    let Some(next) = tbs.next_update else {
+fn warn_if_expired(label: &str, crl: &Crl) -> bool {
+    let Some(next) = crl.next_update else {
         return false;
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -171,7 +250,7 @@ fn warn_if_expired(label: &str, crl: &CertificateRevocationListDer<'_>) -> bool 
     if expired {
         tracing::warn!(
             file = label,
-            issuer = %tbs.issuer,
+            issuer = %crl.issuer,
             next_update = %next,
             "client_crl: a CRL is past its nextUpdate; every client certificate it covers is refused until a fresh CRL is written over the file"
         );
@@ -583,7 +662,7 @@ mod tests {
             let crls = [("client_crl".to_owned(), crl.clone())];
             let der = CertificateRevocationListDer::from_pem_slice(crl).unwrap();
             assert_eq!(
-                warn_if_expired("client_crl", &der),
+                warn_if_expired("client_crl", &Crl::parse(&der).unwrap()),
                 std::ptr::eq(crl, &expired)
             );
             let auth = ClientAuth {
@@ -618,6 +697,71 @@ mod tests {
             err.to_string().starts_with("crl.pem: no CRL found"),
             "{err}"
         );
+    }
+
+    /// Of two CRLs of the same CA in the file, the newer is used whichever
+    /// comes first: a new CRL appended to the old one (rustls checks the
+    /// first of an issuer) used to leave its revocations unseen.
+    #[tokio::test]
+    async fn the_newest_of_a_ca_s_crls_is_used() {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        // CRL 7 revokes nothing; CRL 8, a day later, revokes serial 2.
+        let crl = |number: u64, day: u8, revoked: &[u64]| {
+            rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2026, 1, day),
+                next_update: rcgen::date_time_ymd(2036, 1, 1),
+                crl_number: number.into(),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|serial| rcgen::RevokedCertParams {
+                        serial_number: (*serial).into(),
+                        revocation_time: rcgen::date_time_ymd(2026, 1, 2),
+                        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        let (old, new) = (crl(7, 1, &[]), crl(8, 2, &[2]));
+        let ca_pem = ca.pem();
+        let (s1, d1) = source(&["ingest.example.com"]);
+        for file in [format!("{old}{new}"), format!("{new}{old}")] {
+            let crls = [("client_crl".to_owned(), file.into_bytes())];
+            let auth = ClientAuth {
+                ca_pem: ca_pem.as_bytes(),
+                ca_label: "client_ca",
+                crls: &crls,
+            };
+            assert_eq!(super::crls(&crls).unwrap().len(), 1);
+            let server = server_config(std::slice::from_ref(&s1), Some(&auth)).unwrap();
+            for (serial, accept) in [(1u64, true), (2, false)] {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let mut params =
+                    rcgen::CertificateParams::new(vec!["uploader".to_owned()]).unwrap();
+                params.serial_number = Some(serial.into());
+                let cert = params.signed_by(&key, &ca).unwrap().der().clone();
+                let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+                let cfg = client(&[&d1], &TLS13)
+                    .with_client_auth_cert(vec![cert], key)
+                    .unwrap();
+                let (_, s) = handshake(&server, cfg, "ingest.example.com").await;
+                assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
+            }
+        }
     }
 
     #[test]
