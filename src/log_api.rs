@@ -20,8 +20,10 @@
 //! tlog client computes proofs from them. The other paths are conveniences
 //! the log computes from the same tiles (answers read files: the listener
 //! runs this on the blocking pool). Hashes are lowercase hex; records are
-//! given as the exact logged text. Only sizes up to the latest checkpoint
-//! are served: a proof is useful only against a signed tree head.
+//! given as the exact logged text. Tiles and proofs are served only for
+//! sizes up to the latest checkpoint (a proof is useful only against a
+//! signed tree head); a record (`/entries/{index}`, `/records/{id}`) is
+//! served once it is durable, before a checkpoint covers it.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};

@@ -230,6 +230,10 @@ struct Spare {
     /// Full staging bundles, in order, to cut and rename to their tile
     /// names.
     full: Vec<Staging>,
+    /// Full bundles whose seal failed: tried again at the next checkpoint
+    /// only (the helper retrying at once spun a core, logging an error
+    /// per try, and could not be stopped).
+    failed: Vec<Staging>,
     closed: bool,
 }
 
@@ -766,15 +770,30 @@ impl Core {
     /// durable before the rename, and the rename with the other new files
     /// before the next checkpoint — a crash before that leaves a full
     /// `staging.<N>`, which the next start finishes.
-    fn seal_full(&self) {
+    fn seal_full(&self, retry_failed: bool) {
         let _one = lock(&self.sealing);
-        let full = std::mem::take(&mut lock(&self.spare).full);
+        let (retried, full) = {
+            let mut spare = lock(&self.spare);
+            let retried = if retry_failed {
+                std::mem::take(&mut spare.failed)
+            } else {
+                Vec::new()
+            };
+            (retried, std::mem::take(&mut spare.full))
+        };
         let mut failed = Vec::new();
-        for bundle in full {
+        let retries = retried.len();
+        for (i, bundle) in retried.into_iter().chain(full).enumerate() {
             match self.seal(&bundle) {
                 Ok(touched) => {
                     lock(&self.state).unsynced.extend(touched);
                     self.metrics.tiles_written.inc();
+                    if i < retries {
+                        // Its partial bundles were kept while its seal
+                        // failed (see `remove_partials`): the full one is
+                        // there now.
+                        self.remove_partials_of(None, bundle.index);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(
@@ -787,10 +806,11 @@ impl Core {
             }
         }
         if !failed.is_empty() {
-            // Back in front, in order, for the next checkpoint.
+            // For the next checkpoint, in order.
             let mut spare = lock(&self.spare);
-            failed.append(&mut spare.full);
-            spare.full = failed;
+            failed.append(&mut spare.failed);
+            failed.sort_by_key(|b| b.index);
+            spare.failed = failed;
         }
     }
 
@@ -882,7 +902,7 @@ impl Core {
                 }
             };
             match job {
-                Job::Seal => self.seal_full(),
+                Job::Seal => self.seal_full(false),
                 Job::Index => {
                     let size = lock(&self.state).size;
                     if let Err(e) = self.index_up_to(size) {
@@ -973,7 +993,7 @@ impl Core {
         let _one = lock(&self.checkpointing);
         // Full bundles still under their staging names are sealed first,
         // so a checkpoint finds the spec's files in place (and durable).
-        self.seal_full();
+        self.seal_full(true);
         let (size, edge, unsynced, unwritten) = {
             let mut st = lock(&self.state);
             if let Some(why) = &st.unsyncable {
@@ -1095,18 +1115,32 @@ impl Core {
             &[Some(level)]
         };
         for &level in levels {
-            let tile = Tile {
+            let full = Tile {
                 level,
                 index,
-                width: 1,
+                width: WIDTH as u16,
             };
-            let Some(dir) = self.disk.path(tile).parent().map(Path::to_path_buf) else {
+            // A bundle whose seal failed is not under its full name yet: a
+            // static server of the directory would have neither.
+            if level.is_none() && !self.disk.path(full).is_file() {
                 continue;
-            };
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(error = %e, path = %dir.display(), "cannot remove the partial tiles of a full tile");
-                }
+            }
+            self.remove_partials_of(level, index);
+        }
+    }
+
+    fn remove_partials_of(&self, level: Option<u8>, index: u64) {
+        let tile = Tile {
+            level,
+            index,
+            width: 1,
+        };
+        let Some(dir) = self.disk.path(tile).parent().map(Path::to_path_buf) else {
+            return;
+        };
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, path = %dir.display(), "cannot remove the partial tiles of a full tile");
             }
         }
     }
@@ -2506,6 +2540,45 @@ mod tests {
         assert!(!dir.join("staging.0").exists());
         assert_eq!(std::fs::read(&full).unwrap(), served);
         assert_eq!(log.record(256).unwrap(), record(256).to_bytes());
+    }
+
+    /// A bundle whose seal fails keeps its partial bundles (a static server
+    /// of the directory then still has the checkpoint's `.p/` file), and
+    /// loses them once a later seal puts it under its full name.
+    #[tokio::test]
+    async fn partial_bundles_stay_until_their_full_bundle_is_sealed() {
+        let (_dir, mut settings) = setup("seal-fails");
+        settings.max_records = u64::MAX;
+        let log = Directory::open(&settings, metrics()).unwrap();
+        let append = async |range: std::ops::Range<u64>| {
+            for i in range {
+                let bytes = record(i).to_bytes();
+                let id = id_key(&record(i).request_id);
+                log.append(&bytes, merkle::leaf_hash(&bytes), id)
+                    .await
+                    .unwrap();
+            }
+        };
+        append(0..200).await;
+        assert_eq!(log.checkpoint().unwrap().size, 200);
+        let dir = &settings.directory;
+        let (full, partial) = (
+            dir.join("tile/entries/000"),
+            dir.join("tile/entries/000.p/200"),
+        );
+        assert!(partial.is_file());
+        // A directory in the way: the rename of the full bundle fails.
+        std::fs::create_dir_all(full.join("blocker")).unwrap();
+        append(200..300).await;
+        assert_eq!(log.checkpoint().unwrap().size, 300);
+        assert!(dir.join("staging.0").is_file());
+        assert!(partial.is_file(), "the only copy a static server has");
+        std::fs::remove_dir_all(&full).unwrap();
+        append(300..301).await;
+        assert_eq!(log.checkpoint().unwrap().size, 301);
+        assert!(full.is_file());
+        assert!(!partial.exists());
+        assert!(!dir.join("staging.0").exists());
     }
 
     /// A log of the one-file format (`records.log`) is converted to tiles
