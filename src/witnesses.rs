@@ -8,8 +8,10 @@
 //! say): the request is made once more from that size. A cosignature is
 //! published — appended to the served checkpoint — only if it verifies
 //! with the witness's configured key over this checkpoint. Witnesses are
-//! asked concurrently, one round at a time, each request bounded (10 s for
-//! the answer's head, 10 s for its body); a witness that failed is asked
+//! asked concurrently and independently — each has its own rounds, one at
+//! a time, and its cosignature is published as soon as it verifies, so a
+//! slow or silent witness holds back no other's — each request bounded
+//! (10 s for the answer's head, 10 s for its body); a witness that failed is asked
 //! again after a backoff (1 s, doubling up to 16 s), kept per origin, so
 //! that one it refuses (a sealed generation the witness never knew or has
 //! dropped) does not hold back the others. Every exchange ends in one
@@ -61,16 +63,17 @@ const NONE: u64 = u64::MAX;
 pub struct Witnesses {
     log: Arc<Log>,
     clients: Vec<Client>,
-    /// A round is running: the next checkpoint does not start another.
-    busy: AtomicBool,
-    /// The log generation the clients' sizes are about (a roll to a new
-    /// origin starts them over).
-    generation: AtomicU32,
 }
 
 struct Client {
     settings: WitnessSettings,
     fetcher: Fetcher,
+    /// A round of this witness is running: the next checkpoint does not
+    /// start another for it.
+    busy: AtomicBool,
+    /// The log generation its sizes are about (a roll to a new origin
+    /// starts them over).
+    generation: AtomicU32,
     /// The size the witness last cosigned for us (0: none known).
     cosigned: AtomicU64,
     /// The checkpoint size whose served note carries its cosignature.
@@ -124,59 +127,63 @@ impl Witnesses {
             clients.push(Client {
                 settings: s.clone(),
                 fetcher,
+                busy: AtomicBool::new(false),
+                generation: AtomicU32::new(0),
                 cosigned: AtomicU64::new(0),
                 published: AtomicU64::new(NONE),
                 backoff: Mutex::default(),
                 results,
             });
         }
-        Some(Arc::new(Witnesses {
-            log,
-            clients,
-            busy: AtomicBool::new(false),
-            generation: AtomicU32::new(0),
-        }))
+        Some(Arc::new(Witnesses { log, clients }))
     }
 
-    /// Starts a round in the background unless one is running.
+    /// Starts a round of each witness in the background, unless one of
+    /// that witness is running.
     pub fn after_checkpoint(self: &Arc<Self>) {
-        if self.busy.swap(true, Ordering::AcqRel) {
-            return;
+        for (i, client) in self.clients.iter().enumerate() {
+            if client.busy.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let client = &me.clients[i];
+                me.round_of(client).await;
+                client.busy.store(false, Ordering::Release);
+            });
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            me.round().await;
-            me.busy.store(false, Ordering::Release);
-        });
     }
 
-    /// Asks every witness whose cosignature the latest checkpoint lacks
-    /// (and that is not backing off), then publishes what verified. First,
-    /// the last checkpoint of each sealed generation (the log rolled past
-    /// it at `max_records`) that still lacks a witness's cosignature.
+    /// A round of every witness, concurrently; returns when all have ended.
     pub async fn round(&self) {
+        futures_util::future::join_all(self.clients.iter().map(|c| self.round_of(c))).await;
+    }
+
+    /// Asks the witness, unless it is backing off, about the last
+    /// checkpoint of each sealed generation (the log rolled past it at
+    /// `max_records`) that lacks its cosignature, then about the latest
+    /// checkpoint, and publishes each cosignature that verified.
+    async fn round_of(&self, client: &Client) {
         let current = self.log.current();
-        if self.generation.swap(current.number(), Ordering::AcqRel) != current.number() {
-            // A new origin: the witnesses know nothing of it yet.
-            for c in &self.clients {
-                c.cosigned.store(0, Ordering::Release);
-                c.published.store(NONE, Ordering::Release);
-            }
+        if client.generation.swap(current.number(), Ordering::AcqRel) != current.number() {
+            // A new origin: the witness knows nothing of it yet.
+            client.cosigned.store(0, Ordering::Release);
+            client.published.store(NONE, Ordering::Release);
         }
         for sealed in self.log.generations() {
             if sealed.number() != current.number() {
-                self.witness(&sealed, false).await;
+                self.witness(&sealed, client, false).await;
             }
         }
-        self.witness(&current, true).await;
+        self.witness(&current, client, true).await;
     }
 
-    /// One generation's exchange. A witness whose cosignature the latest
-    /// checkpoint already carries is not asked. Otherwise, for the current
-    /// generation, a witness's progress is what this process remembers
+    /// One generation's exchange with one witness. It is not asked when the
+    /// latest checkpoint already carries its cosignature. Otherwise, for the
+    /// current generation, its progress is what this process remembers
     /// (`cosigned`, `published`); for a sealed one, it is asked from size
     /// 0 (a 409 gives the witness's size).
-    async fn witness(&self, generation: &Arc<Generation>, current: bool) {
+    async fn witness(&self, generation: &Arc<Generation>, client: &Client, current: bool) {
         let latest = generation.latest();
         if latest.size == 0 {
             return; // nothing to witness
@@ -184,69 +191,43 @@ impl Witnesses {
         let Ok((body, signatures)) = residency_log::witness::split_note(&latest.note) else {
             return;
         };
-        let now = Instant::now();
-        let asked: Vec<&Client> = self
-            .clients
-            .iter()
-            .filter(|c| c.due(generation.number(), now))
-            .filter(|c| {
-                if current && c.published.load(Ordering::Acquire) == latest.size {
-                    return false;
-                }
-                // Already cosigned in the note: before a restart, or asked
-                // by another proxy of a fleet. Asking again would only
-                // renew the line.
-                if c.signed(body, signatures) {
-                    if current {
-                        c.cosigned.store(latest.size, Ordering::Release);
-                        c.published.store(latest.size, Ordering::Release);
-                    }
-                    return false;
-                }
-                true
-            })
-            .collect();
-        if asked.is_empty() {
+        if !client.due(generation.number(), Instant::now())
+            || (current && client.published.load(Ordering::Acquire) == latest.size)
+        {
             return;
         }
-        let answers = futures_util::future::join_all(asked.iter().map(|c| {
-            let old = if current {
-                c.cosigned.load(Ordering::Acquire)
-            } else {
-                0
-            };
-            c.exchange(generation, &latest, body, old)
-        }))
-        .await;
-        let mut lines = Vec::new();
-        let mut cosigned = Vec::new();
-        for (client, line) in asked.iter().zip(answers) {
-            if let Some(line) = line {
-                lines.push(line);
-                cosigned.push(*client);
+        // Already cosigned in the note: before a restart, or asked by
+        // another proxy of a fleet. Asking again would only renew the line.
+        if client.signed(body, signatures) {
+            if current {
+                client.cosigned.store(latest.size, Ordering::Release);
+                client.published.store(latest.size, Ordering::Release);
             }
-        }
-        if lines.is_empty() {
             return;
         }
+        let old = if current {
+            client.cosigned.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        let Some(line) = client.exchange(generation, &latest, body, old).await else {
+            return;
+        };
         if current {
-            for c in &cosigned {
-                c.cosigned.store(latest.size, Ordering::Release);
-            }
+            client.cosigned.store(latest.size, Ordering::Release);
         }
         // Blocking: the cosigned checkpoint is also written to disk.
         let (g, size) = (generation.clone(), latest.size);
-        let added = tokio::task::spawn_blocking(move || g.add_cosignatures(size, &lines))
+        let added = tokio::task::spawn_blocking(move || g.add_cosignatures(size, &[line]))
             .await
             .unwrap_or(false);
         if added {
             if current {
-                for c in cosigned {
-                    c.published.store(latest.size, Ordering::Release);
-                }
+                client.published.store(latest.size, Ordering::Release);
             }
         } else {
             tracing::debug!(
+                witness = %client.name(),
                 size = latest.size,
                 "a newer checkpoint replaced the cosigned one; it is witnessed next"
             );
@@ -396,6 +377,10 @@ impl Client {
     }
 }
 
+/// The most signature lines a witness's answer may hold (a signed note's
+/// verifiers accept 100 signatures at most; the error says 100).
+const MAX_ANSWER_LINES: usize = 100;
+
 /// The first valid cosignature by `key` among a witness's answer lines.
 /// Lines of other keys are ignored (tlog-witness: "The client MUST ignore
 /// any cosignatures from unknown keys"), and so are lines that are no
@@ -407,6 +392,10 @@ fn cosignature_by<'a>(
     body: &str,
 ) -> Result<Option<&'a str>, CosignatureError> {
     let mut ours = None;
+    // Bounded: each line of `key` costs a signature check, on the runtime.
+    if text.split_terminator('\n').nth(MAX_ANSWER_LINES).is_some() {
+        return Err(CosignatureError::Malformed("more than 100 lines"));
+    }
     for line in text.split_terminator('\n') {
         match key.check_line(body, line) {
             Ok(Some(_)) => {
@@ -485,6 +474,15 @@ mod tests {
         assert!(matches!(
             cosignature_by(&key, &text, body),
             Err(CosignatureError::Invalid(_))
+        ));
+        // Bounded: each line of ours costs a signature check, so an answer
+        // of more lines than a note may carry signatures is refused unread.
+        let text = format!("{line}\n").repeat(MAX_ANSWER_LINES);
+        assert_eq!(cosignature_by(&key, &text, body), Ok(Some(line.as_str())));
+        let text = format!("{line}\n").repeat(MAX_ANSWER_LINES + 1);
+        assert!(matches!(
+            cosignature_by(&key, &text, body),
+            Err(CosignatureError::Malformed(_))
         ));
     }
 }

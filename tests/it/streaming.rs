@@ -416,7 +416,11 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Pausable<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         if self.paused.load(SeqCst) {
             *self.waker.lock().unwrap() = Some(cx.waker().clone());
-            return std::task::Poll::Pending;
+            // Checked again after the waker is stored: a resume between the
+            // two would otherwise find no waker to wake.
+            if self.paused.load(SeqCst) {
+                return std::task::Poll::Pending;
+            }
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }

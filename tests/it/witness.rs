@@ -148,8 +148,20 @@ async fn cosigned_at(
     witness: &CosignatureVerifier,
     size: u64,
 ) -> (String, Checkpoint) {
+    cosigned_within(proxy, path, log_key, witness, size, Duration::from_secs(30)).await
+}
+
+/// As [`cosigned_at`], waiting at most `limit`.
+async fn cosigned_within(
+    proxy: &Proxy,
+    path: &str,
+    log_key: &str,
+    witness: &CosignatureVerifier,
+    size: u64,
+    limit: Duration,
+) -> (String, Checkpoint) {
     let log = Verifier::parse(log_key).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
     loop {
         let (_, note) = proxy.log_get(path).await;
         let checkpoint = Checkpoint::open(&note, &log).expect("the log's signature verifies");
@@ -615,4 +627,57 @@ async fn a_witness_refusing_a_sealed_origin_still_cosigns_the_current_one() {
     let (_, cp) = cosigned_at(&proxy, "/checkpoint", &keys[1], &wkey, 2).await;
     assert_eq!(cp.size, 2, "{}", witness.output());
     proxy.stop().await;
+}
+
+/// Witnesses are independent: one that takes its time (here, one that
+/// never answers: the log waits 10 s for its head) holds back no other's
+/// cosignature, which is published as soon as it verifies.
+#[tokio::test]
+async fn a_silent_witness_holds_back_no_other_s_cosignature() {
+    let dir = TempDir::new("witness-silent");
+    let (wvkey, wkey) = witness_key(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    // Takes each request and answers nothing, for longer than the test.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let silent_vkey = Cosigner::from_pkcs8("silent.test/w2", &Cosigner::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let log_pkcs8 = residency_log::note::Signer::generate_pkcs8().unwrap();
+    let log_vkey = residency_log::note::Signer::from_pkcs8(ORIGIN_A, &log_pkcs8)
+        .unwrap()
+        .verifier_key();
+    let witness = WitnessProcess::start(dir.path(), addr, &[log_vkey], 1).await;
+    let proxy = Proxy::start(Setup {
+        transparency: Some(format!(
+            "[[transparency.witnesses]]\nurl = \"http://{silent_addr}\"\nkey = \"{silent_vkey}\"\n\
+             [[transparency.witnesses]]\nurl = \"http://{addr}\"\nkey = \"{wvkey}\"\n"
+        )),
+        log_origin: ORIGIN_A,
+        log_pkcs8: Some(log_pkcs8),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    upload(&proxy).await;
+    let (_, cp) = cosigned_within(
+        &proxy,
+        "/checkpoint",
+        &key_of(&proxy),
+        &wkey,
+        1,
+        Duration::from_secs(8),
+    )
+    .await;
+    assert_eq!(cp.size, 1, "{}", witness.output());
+    // Before the silent witness's request timed out.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    proxy.stop().await;
+    holder.abort();
 }
