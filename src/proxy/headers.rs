@@ -80,7 +80,9 @@ macro_rules! hop_by_hop {
     };
 }
 
-/// The other claims of the client's address ([`claims_the_client_text`]),
+/// The other claims of the client's address ([`claims_the_client_text`])
+/// and of its country (a CDN's geolocation, which a data centre written
+/// for one might read beside the proxy's `Residency-Origin-Country`),
 /// and of its identity — a client certificate as fronts pass it on
 /// (RFC 9440's `Client-Cert` and `Client-Cert-Chain`, Envoy's
 /// `X-Forwarded-Client-Cert`, the `X-SSL-Client-*` of nginx and HAProxy
@@ -100,7 +102,16 @@ macro_rules! client_claims {
             | "x-client-ip"
             | "x-cluster-client-ip"
             | "fastly-client-ip"
+            | "fly-client-ip"
+            | "cloudfront-viewer-address"
+            | "x-appengine-user-ip"
+            | "x-vercel-forwarded-for"
             | "client-ip"
+            | "cf-ipcountry"
+            | "cloudfront-viewer-country"
+            | "x-appengine-country"
+            | "x-vercel-ip-country"
+            | "x-country-code"
             | "client-cert"
             | "client-cert-chain"
             | "x-forwarded-client-cert"
@@ -1136,6 +1147,12 @@ mod tests {
             "forwarded",
             "x-real-ip",
             "client-ip",
+            "fly-client-ip",
+            "cloudfront-viewer-address",
+            "cf-ipcountry",
+            "cloudfront-viewer-country",
+            "x-appengine-country",
+            "x-country-code",
             "residency-jurisdiction",
             "residency-anything",
             "x_forwarded_for",
