@@ -691,13 +691,17 @@ pub fn witnesses(
                 "url",
                 out.iter().position(|o: &WitnessSettings| o.url == url),
             ),
-            ("key", out.iter().position(|o| o.key == key)),
+            // Under another name too: a cosignature does not commit to
+            // the witness's name (tlog-cosignature), so one witness's line
+            // would be served twice and count twice towards a quorum.
+            ("key", out.iter().position(|o| o.key.same_public_key(&key))),
             ("name", out.iter().position(|o| o.name == name)),
         ] {
             if let Some(j) = clash {
+                let what = if field == "key" { "public key" } else { field };
                 r.push(
                     k(field),
-                    format!("the same {field} as transparency.witnesses[{j}]"),
+                    format!("the same {what} as transparency.witnesses[{j}]"),
                 );
                 complete = false;
             }
@@ -1243,6 +1247,28 @@ mod tests {
                 "transparency.witnesses[3].key",
             ],
             "{r}"
+        );
+
+        // The same public key under another name (and so another key ID)
+        // is the same witness: refused, naming the public key.
+        let pkcs8 = Cosigner::generate_pkcs8().unwrap();
+        let [a, b] = ["w1.example", "w2.example"]
+            .map(|name| Cosigner::from_pkcs8(name, &pkcs8).unwrap().verifier_key());
+        let raw = RawTransparency {
+            witnesses: Some(vec![
+                witness("https://w1.example", &a),
+                witness("https://w2.example", &b),
+            ]),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "- transparency.witnesses[1].key: the same public key as transparency.witnesses[0]"
+            ),
+            "{text}"
         );
 
         // A CA file that is not there is reported under its key.

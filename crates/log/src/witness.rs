@@ -174,6 +174,11 @@ impl CosignatureVerifier {
         cosigner_vkey(&self.name, self.key_id, &self.public_key)
     }
 
+    /// Whether `other` has the same public key, whatever its name.
+    pub fn same_public_key(&self, other: &CosignatureVerifier) -> bool {
+        self.public_key == other.public_key
+    }
+
     /// Refuses a set of trusted witness keys in which two share a public
     /// key (an exact duplicate included). A cosignature does not commit to
     /// the witness's name (tlog-cosignature: "the same public key can't be
