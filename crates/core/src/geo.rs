@@ -262,17 +262,27 @@ impl Geo {
     /// `country` (anycast, satellite) is a miss: we never fall back to
     /// `registered_country`. A Teredo address is located by its client's
     /// public IPv4 address ([`located`]); overrides match the address as it
-    /// came first, then that one.
+    /// came first, then that one. An IPv6 address that carries an IPv4
+    /// address no packet from the internet comes from (private, loopback,
+    /// link-local, shared, multicast, reserved: RFC 3056 has a 6to4
+    /// site's be public) is unknown, unless an override matches the IPv6
+    /// address itself: an override of an office's private range does not
+    /// reach a 6to4 or Teredo address made up around it.
     pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
         let canonical = addr.to_canonical();
         let addr = located(canonical);
-        let overridden = self.overrides.find(canonical).or_else(|| {
-            (addr != canonical)
-                .then(|| self.overrides.find(addr))
-                .flatten()
-        });
-        if let Some(c) = overridden {
+        if let Some(c) = self.overrides.find(canonical) {
             return (Some(c), LookupResult::Override);
+        }
+        if addr != canonical {
+            if let IpAddr::V4(v4) = addr {
+                if !routable(v4) {
+                    return (None, LookupResult::Miss);
+                }
+            }
+            if let Some(c) = self.overrides.find(addr) {
+                return (Some(c), LookupResult::Override);
+            }
         }
         self.in_database_at(addr)
     }
@@ -355,6 +365,21 @@ impl Geo {
     pub fn database_type(&self) -> &str {
         &self.database_type
     }
+}
+
+/// Whether packets from the internet can come from `v4`: not a private
+/// (RFC 1918), loopback, link-local, shared (RFC 6598), "this network",
+/// multicast, reserved or broadcast address. (Documentation ranges count
+/// as routable here: the tests' fixtures use them as public addresses.)
+fn routable(v4: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    !(v4.is_private()
+        || v4.is_loopback()
+        || v4.is_link_local()
+        || v4.is_multicast()
+        || a == 0
+        || a >= 240
+        || (a == 100 && (64..128).contains(&b)))
 }
 
 /// The address a lookup locates: the canonical form, and for an IPv6
@@ -491,6 +516,25 @@ mod tests {
         assert_eq!(g.lookup(teredo).0, Country::parse("CH"));
         assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("DE"));
         assert_eq!(located(ip("::ffff:192.0.2.45")), ip("192.0.2.45"));
+        // One around a private address is unknown, though an override
+        // covers that address (6to4, Teredo, IPv4-compatible alike).
+        let office = vec![(
+            "10.20.0.0/16".parse().unwrap(),
+            Country::parse("CH").unwrap(),
+        )];
+        let g = Geo::from_bytes(build_country_db(&rows, 1_700_000_000).unwrap(), office).unwrap();
+        assert_eq!(g.lookup(ip("10.20.0.1")).0, Country::parse("CH"));
+        let around = [
+            "2002:a14:1::1",                        // 6to4
+            "2001:0:cb00:7101:8000:f227:f5eb:fffe", // Teredo, client 10.20.0.1
+            "::10.20.0.1",                          // IPv4-compatible
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:6440:1::1",                       // 6to4 of 100.64.0.1
+        ];
+        for addr in around {
+            assert_eq!(g.lookup(ip(addr)), (None, LookupResult::Miss), "{addr}");
+        }
+        assert_eq!(g.lookup(teredo).0, Country::parse("CH"));
         // An override of Teredo's prefix still matches first.
         let db = build_country_db(&rows, 1_700_000_000).unwrap();
         let refused = vec![("2001::/32".parse().unwrap(), Country::parse("JP").unwrap())];
