@@ -101,6 +101,7 @@ impl From<crate::upstream::body::BodyError> for Failure {
             BodyError::TooLarge => Failure::BodyTooLarge,
             BodyError::IdleTimeout | BodyError::TooSlow => Failure::BodyTimeout,
             BodyError::Client | BodyError::Gone => Failure::ClientAborted,
+            BodyError::Withdrawn => Failure::UpstreamError,
         }
     }
 }

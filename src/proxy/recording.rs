@@ -151,6 +151,9 @@ pub async fn answered<B>(
             // told that, as without an early answer; else it stopped
             // coming while the data centre waited.
             let failure = slot.failure().map_or(Failure::UpstreamError, Failure::from);
+            // What is left of the body is not delivered: the data centre
+            // must not complete a request the client is told failed.
+            slot.withdraw();
             tracing::warn!(
                 request_id = context.request_id.to_str().unwrap_or_default(),
                 reason = failure.reason(),

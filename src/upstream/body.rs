@@ -54,6 +54,11 @@ pub enum BodyError {
     Client,
     #[error("request body was already consumed by another attempt")]
     Gone,
+    /// The data centre answered 2xx early, then the body stopped moving
+    /// for `request_body_idle` and the client was told it failed: what is
+    /// left is not delivered, so the data centre sees its request fail.
+    #[error("the request was answered as failed while its body was still being forwarded")]
+    Withdrawn,
 }
 
 impl BodyError {
@@ -62,7 +67,10 @@ impl BodyError {
     /// dropped, so that the refusal is not lost to a reset. A client that
     /// stalled or failed is not waited for.
     fn still_sending(self) -> bool {
-        matches!(self, BodyError::TooLarge | BodyError::TooSlow)
+        matches!(
+            self,
+            BodyError::TooLarge | BodyError::TooSlow | BodyError::Withdrawn
+        )
     }
 
     fn code(self) -> u8 {
@@ -72,6 +80,7 @@ impl BodyError {
             BodyError::Client => 3,
             BodyError::Gone => 4,
             BodyError::TooSlow => 5,
+            BodyError::Withdrawn => 6,
         }
     }
 
@@ -82,6 +91,7 @@ impl BodyError {
             3 => Some(BodyError::Client),
             4 => Some(BodyError::Gone),
             5 => Some(BodyError::TooSlow),
+            6 => Some(BodyError::Withdrawn),
             _ => None,
         }
     }
@@ -293,6 +303,14 @@ impl BodySlot {
             (self.hint.exact() == Some(0) && self.bytes() == 0 && self.failure().is_none())
                 .then(|| digest_bytes(digest::digest(&digest::SHA256, b"")))
         })
+    }
+
+    /// The request was answered as failed while its body was still being
+    /// forwarded (a 2xx that came early, whose body then stopped): the
+    /// forwarding fails at its next step, so the data centre's request is
+    /// cut off mid-body rather than completed behind the client's back.
+    pub fn withdraw(&self) {
+        self.fail(BodyError::Withdrawn);
     }
 
     /// Waits for the body to be read to its end (an upstream may answer
@@ -646,6 +664,9 @@ impl Body for ForwardBody {
         let Some(src) = source.as_mut() else {
             return Poll::Ready(Some(Err(BodyError::Gone)));
         };
+        if slot.failure() == Some(BodyError::Withdrawn) {
+            return Poll::Ready(Some(Err(BodyError::Withdrawn)));
+        }
         if let Some(chunk) = src.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
