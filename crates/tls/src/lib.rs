@@ -138,7 +138,8 @@ pub struct ClientAuth<'a> {
 /// certificate against the first CRL of its issuer (and distribution
 /// point), so an older CRL ahead of a newer one in the file — a new CRL
 /// appended to the old — would hide every revocation made since: of CRLs
-/// with the same issuer and issuing distribution point, only the one with
+/// with the same issuer, issuing distribution point and authority key
+/// identifier, only the one with
 /// the highest CRL number (else the latest `thisUpdate`) is kept, and the
 /// others are named in a warning.
 fn crls(
@@ -190,9 +191,10 @@ fn crls(
 /// What decides which of two CRLs is current.
 struct Crl {
     issuer: x509_cert::name::Name,
-    /// The issuer's DER and the issuing distribution point's: a CRL
-    /// supersedes only one of the same scope.
-    scope: (Vec<u8>, Option<Vec<u8>>),
+    /// The issuer's DER, the issuing distribution point's and the
+    /// authority key identifier's (a CA re-keyed under its old name signs
+    /// CRLs of its own): a CRL supersedes only one of the same scope.
+    scope: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
     /// The cRLNumber extension's value, big-endian without leading zeros.
     number: Option<Vec<u8>>,
     this_update: x509_cert::time::Time,
@@ -214,12 +216,14 @@ impl Crl {
         };
         let idp = extension(x509_cert::der::oid::db::rfc5280::ID_CE_ISSUING_DISTRIBUTION_POINT)
             .map(<[u8]>::to_vec);
+        let aki = extension(x509_cert::der::oid::db::rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER)
+            .map(<[u8]>::to_vec);
         let number = match extension(x509_cert::der::oid::db::rfc5280::ID_CE_CRL_NUMBER) {
             Some(value) => Some(CrlNumber::from_der(value).ok()?.0.as_bytes().to_vec()),
             None => None,
         };
         Some(Crl {
-            scope: (tbs.issuer.to_der().ok()?, idp),
+            scope: (tbs.issuer.to_der().ok()?, idp, aki),
             issuer: tbs.issuer,
             number,
             this_update: tbs.this_update,
