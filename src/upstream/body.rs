@@ -664,8 +664,10 @@ impl Body for ForwardBody {
         let Some(src) = source.as_mut() else {
             return Poll::Ready(Some(Err(BodyError::Gone)));
         };
-        if slot.failure() == Some(BodyError::Withdrawn) {
-            return Poll::Ready(Some(Err(BodyError::Withdrawn)));
+        // A body failed elsewhere (withdrawn after its answer) is not
+        // forwarded further.
+        if let Some(e) = slot.failure() {
+            return Poll::Ready(Some(Err(e)));
         }
         if let Some(chunk) = src.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));

@@ -65,6 +65,24 @@ async fn two_replicas(tag: &'static str) -> TwoReplicas {
 /// [`two_replicas`], checkpointing every `interval`, with `setup` run on
 /// the database before they start (unless empty).
 async fn two_replicas_every(tag: &'static str, interval: &str, setup: &str) -> TwoReplicas {
+    two_replicas_at(tag, [interval, interval], setup, false).await
+}
+
+/// Replica 0 checkpointing every 10 ms, started first and holding the
+/// integrator lock, then replica 1 following once a minute (so its reads
+/// catch up on their own).
+async fn integrator_and_slow_follower(tag: &'static str) -> TwoReplicas {
+    two_replicas_at(tag, ["10ms", "60s"], "", true).await
+}
+
+/// Two replicas checkpointing every `intervals[r]`; with
+/// `integrator_first`, replica 1 starts once replica 0 integrates.
+async fn two_replicas_at(
+    tag: &'static str,
+    intervals: [&str; 2],
+    setup: &str,
+    integrator_first: bool,
+) -> TwoReplicas {
     let keep = TempDir::new(&format!("fleet-{tag}"));
     let key = log_key(keep.path());
     let pg = postgres(tag, &[tag]).await;
@@ -72,17 +90,20 @@ async fn two_replicas_every(tag: &'static str, interval: &str, setup: &str) -> T
         pg.psql(tag, setup).unwrap();
     }
     let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
+    let dcs = datacenters_at(upstream.addr);
     let mut replicas = Vec::new();
     let mut ports = Vec::new();
-    for r in 0..2 {
+    for (r, interval) in intervals.into_iter().enumerate() {
         let port = free_port();
         let section = fleet_section(keep.path(), &pg, tag, port, interval);
-        replicas.push(Binary::start(&format!("fleet-{tag}-{r}"), &dcs, &section).await);
+        let replica = Binary::start(&format!("fleet-{tag}-{r}"), &dcs, &section).await;
+        if r == 0 && integrator_first {
+            eventually("replica 0 integrates", async || {
+                admin_metric(replica.admin, "residency_log_integrator").await == Some(1.0)
+            })
+            .await;
+        }
+        replicas.push(replica);
         ports.push(port);
     }
     TwoReplicas {
@@ -1003,11 +1024,7 @@ async fn syncrep_start(
     name: &str,
     log_port: u16,
 ) -> Binary {
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
+    let dcs = datacenters_at(upstream.addr);
     let section = fleet_section(keep.path(), pg, tag, log_port, "250ms")
         .replace("timeout = \"1s\"", "timeout = \"5s\"");
     Binary::start(name, &dcs, &section).await
@@ -1177,26 +1194,15 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
 /// replica follows it then. Here the follower ticks once a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_serves_the_checkpoint_another_replica_just_stored() {
-    let keep = TempDir::new("fleet-behind");
-    let key = log_key(keep.path());
-    let pg = postgres("behind", &["behind"]).await;
-    let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
-    let ports = [free_port(), free_port()];
-    let start = async |r: usize, interval: &str| {
-        let section = fleet_section(keep.path(), &pg, "behind", ports[r], interval);
-        Binary::start(&format!("fleet-behind-{r}"), &dcs, &section).await
-    };
-    let integrator = start(0, "10ms").await;
-    eventually("replica 0 integrates", async || {
-        admin_metric(integrator.admin, "residency_log_integrator").await == Some(1.0)
-    })
-    .await;
-    let follower = start(1, "60s").await;
+    let TwoReplicas {
+        key,
+        pg: _pg,
+        replicas,
+        ports,
+        keep: _keep,
+        _upstream,
+    } = integrator_and_slow_follower("behind").await;
+    let [integrator, follower] = <[Binary; 2]>::try_from(replicas).ok().unwrap();
     let get = async |r: usize, path: &str| {
         let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
         plain_request(addr, "GET", path).await
@@ -1250,26 +1256,15 @@ async fn a_follower_serves_the_checkpoint_another_replica_just_stored() {
 /// whether the log signed it, so it answers 503 with `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_cannot_catch_up_answers_503_not_404() {
-    let keep = TempDir::new("fleet-blind");
-    let key = log_key(keep.path());
-    let mut pg = postgres("blind", &["blind"]).await;
-    let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
-    let ports = [free_port(), free_port()];
-    let start = async |r: usize, interval: &str| {
-        let section = fleet_section(keep.path(), &pg, "blind", ports[r], interval);
-        Binary::start(&format!("fleet-blind-{r}"), &dcs, &section).await
-    };
-    let integrator = start(0, "10ms").await;
-    eventually("replica 0 integrates", async || {
-        admin_metric(integrator.admin, "residency_log_integrator").await == Some(1.0)
-    })
-    .await;
-    let follower = start(1, "60s").await;
+    let TwoReplicas {
+        key,
+        mut pg,
+        replicas,
+        ports,
+        keep: _keep,
+        _upstream,
+    } = integrator_and_slow_follower("blind").await;
+    let [integrator, follower] = <[Binary; 2]>::try_from(replicas).ok().unwrap();
     let get = async |r: usize, path: &str| {
         let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
         plain_exchange(addr, "GET", path).await
@@ -1314,11 +1309,7 @@ async fn a_backlog_past_one_tick_s_steps_is_integrated_without_waiting_for_the_n
     let key = log_key(keep.path());
     let pg = postgres("backlog", &["backlog"]).await;
     let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
+    let dcs = datacenters_at(upstream.addr);
     let port = free_port();
     let section = fleet_section(keep.path(), &pg, "backlog", port, "60s");
     // The first replica makes the schema, and goes.

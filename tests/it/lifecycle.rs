@@ -136,11 +136,7 @@ async fn a_sighup_while_starting_does_not_end_the_proxy() {
         password.display()
     );
     let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let dcs = [
-        ("zurich", "ch", up),
-        ("frankfurt", "eu", up),
-        ("virginia", "us", up),
-    ];
+    let dcs = datacenters_at(up);
     let mut proxy = Binary::spawn_wrapped("early-sighup", &dcs, &extra, &[]);
     // Starting: it has connected to its database, and waits for an answer.
     let (_held, _) = tokio::time::timeout(Duration::from_secs(20), database.accept())

@@ -933,15 +933,7 @@ async fn a_refusal_that_closes_reaches_a_client_still_sending() {
         "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: {LEN}\r\n\r\n"
     );
     tls.write_all(head.as_bytes()).await.unwrap();
-    let chunk = vec![b'x'; 64 << 10];
-    let mut sent = 0;
-    while sent < LEN {
-        if tls.write_all(&chunk).await.is_err() {
-            break;
-        }
-        sent += chunk.len();
-    }
-    let _ = tls.flush().await;
+    let sent = send_until(&mut tls, LEN).await;
     assert_eq!(sent, LEN, "the proxy stopped taking the upload");
     let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&raw);
@@ -954,6 +946,21 @@ async fn a_refusal_that_closes_reaches_a_client_still_sending() {
     );
     assert_eq!(proxy.counts(), untouched(&proxy));
     proxy.stop().await;
+}
+
+/// Writes `len` bytes of body in 64 KiB chunks, or until a write fails;
+/// returns how many went out.
+async fn send_until(tls: &mut (impl tokio::io::AsyncWrite + Unpin), len: usize) -> usize {
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    while sent < len {
+        if tls.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = tls.flush().await;
+    sent
 }
 
 /// hyper's own answers to a head it cannot parse (400 for a malformed
@@ -975,15 +982,7 @@ async fn hyper_s_own_refusal_reaches_a_client_still_sending() {
             "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n{field}\r\n\r\n"
         );
         tls.write_all(head.as_bytes()).await.unwrap();
-        let chunk = vec![b'x'; 64 << 10];
-        let mut sent = 0;
-        while sent < LEN {
-            if tls.write_all(&chunk).await.is_err() {
-                break;
-            }
-            sent += chunk.len();
-        }
-        let _ = tls.flush().await;
+        let sent = send_until(&mut tls, LEN).await;
         assert_eq!(sent, LEN, "{status}: the proxy stopped taking the upload");
         let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
         let text = String::from_utf8_lossy(&raw);

@@ -280,11 +280,7 @@ async fn bad_reloads_keep_the_old_state_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reordered_listeners_keep_their_own_settings_across_a_reload() {
     let upstream = Upstream::start("zurich").await;
-    let dcs = [
-        ("zurich", "ch", upstream.addr),
-        ("frankfurt", "eu", upstream.addr),
-        ("virginia", "us", upstream.addr),
-    ];
+    let dcs = datacenters_at(upstream.addr);
     // The binary's first listener trusts 127.0.0.1's X-Forwarded-For; this
     // second one trusts no one.
     let port = free_port();

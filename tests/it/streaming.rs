@@ -473,11 +473,7 @@ async fn an_answer_in_one_byte_chunks_to_a_client_that_stops_reading_stays_small
         let _ = read_to_close(&mut tcp).await;
     })
     .await;
-    let dcs = [
-        ("zurich", "ch", dc),
-        ("frankfurt", "eu", dc),
-        ("virginia", "us", dc),
-    ];
+    let dcs = datacenters_at(dc);
     let proxy = Binary::start("one-byte-chunks", &dcs, "[health]\npath = \"off\"\n").await;
     let pid = proxy.pid();
     // Warm-up: TLS, HTTP/2 and the pool, with an answer read as it comes.
@@ -601,11 +597,7 @@ async fn an_early_answer_that_became_a_502_is_not_completed_behind_the_client() 
         }
         let _ = got_tx.send(body);
     });
-    let dcs = [
-        ("zurich", "ch", dc),
-        ("frankfurt", "eu", dc),
-        ("virginia", "us", dc),
-    ];
+    let dcs = datacenters_at(dc);
     let keep = TempDir::new("early-502-log");
     log_key(keep.path());
     let extra = format!(

@@ -1049,6 +1049,17 @@ impl Binary {
 }
 
 /// The value of one metric series, 0 when it has not been exported yet.
+/// [`POLICY`]'s three data centres (zurich `ch`, frankfurt `eu`, virginia
+/// `us`) all at `addr`, for a [`Binary`] whose every upload goes to one
+/// upstream.
+pub fn datacenters_at(addr: SocketAddr) -> [(&'static str, &'static str, SocketAddr); 3] {
+    [
+        ("zurich", "ch", addr),
+        ("frankfurt", "eu", addr),
+        ("virginia", "us", addr),
+    ]
+}
+
 pub async fn metric_value(proxy: &Proxy, series: &str) -> f64 {
     let (status, text) = proxy.admin_get("/metrics").await;
     assert_eq!(status, 200);

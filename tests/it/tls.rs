@@ -271,15 +271,7 @@ async fn try_upload(client: &Client) -> Result<Reply, BoxError> {
 #[tokio::test]
 async fn client_certificate_listeners_do_not_resume_sessions() {
     use rustls::HandshakeKind;
-    let (ca, cert, key) = client_ca_and_cert();
-    let files = TempDir::new("mtls-resume");
-    let ca_path = files.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
-    let proxy = Proxy::start(Setup {
-        extra: mtls_listener(0, &ca_path),
-        ..Setup::default()
-    })
-    .await;
+    let (proxy, cert, key, _files) = mtls_proxy("mtls-resume").await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         for (addr, resumes) in [(proxy.addrs[0], true), (proxy.addrs[1], false)] {
             // One client, so its session cache carries over.
@@ -306,6 +298,24 @@ async fn client_certificate_listeners_do_not_resume_sessions() {
     proxy.stop().await;
 }
 
+/// A proxy whose second listener (`proxy.addrs[1]`) requires client
+/// certificates of a fresh CA, with one such certificate and its key (PEM)
+/// and the directory holding the CA file. (`Setup` has no knob for
+/// `[listeners.tls] client_ca`, so the mTLS listener is a second
+/// `[[listeners]]` entry, at port 0.)
+async fn mtls_proxy(tag: &str) -> (Proxy, String, String, TempDir) {
+    let (ca, cert, key) = client_ca_and_cert();
+    let files = TempDir::new(tag);
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let proxy = Proxy::start(Setup {
+        extra: mtls_listener(0, &ca_path),
+        ..Setup::default()
+    })
+    .await;
+    (proxy, cert, key, files)
+}
+
 /// A CA and a client certificate (PEM cert, PEM key) signed by it.
 fn client_ca_and_cert() -> (String, String, String) {
     let (ca, mut leaves) = client_ca_and_certs(&[None]);
@@ -315,17 +325,7 @@ fn client_ca_and_cert() -> (String, String, String) {
 
 #[tokio::test]
 async fn client_ca_requires_a_client_certificate() {
-    let (ca, cert, key) = client_ca_and_cert();
-    let files = TempDir::new("mtls");
-    let ca_path = files.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
-    // `Setup` has no knob for [listeners.tls] client_ca, so the mTLS listener
-    // is a second [[listeners]] entry (port 0: `proxy.addrs[1]`).
-    let proxy = Proxy::start(Setup {
-        extra: mtls_listener(0, &ca_path),
-        ..Setup::default()
-    })
-    .await;
+    let (proxy, cert, key, _files) = mtls_proxy("mtls").await;
     let mtls: SocketAddr = proxy.addrs[1];
 
     // Without a client certificate: the TLS 1.2 handshake fails outright; in
