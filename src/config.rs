@@ -2221,6 +2221,32 @@ worker_threads = 2
         );
     }
 
+    /// The metrics and the access line say `none` for "no jurisdiction or
+    /// data centre": a place of that name would be counted as a refusal
+    /// (rules.yml's refusal rule selects `datacenter="none"`) or left out
+    /// of one (`jurisdiction!="none"`).
+    #[test]
+    fn none_is_not_a_name_for_a_jurisdiction_or_a_data_centre() {
+        let dir = Dir::new();
+        let datacenter = VALID.replace("[datacenters.zurich]", "[datacenters.none]");
+        let jurisdiction = VALID
+            .replace("[jurisdictions.ch]", "[jurisdictions.none]")
+            .replace("jurisdiction = \"ch\"", "jurisdiction = \"none\"");
+        for (text, key) in [
+            (datacenter, "datacenters.none"),
+            (jurisdiction, "jurisdictions.none"),
+        ] {
+            let report = dir.load(&text).0.unwrap_err();
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains("reserved")),
+                "{report}"
+            );
+        }
+    }
+
     proptest! {
         #![proptest_config(config(1000))]
 

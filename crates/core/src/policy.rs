@@ -341,6 +341,14 @@ impl Policy {
                     table_key(table, name),
                     "names use lower-case letters, digits, '-' and '_'",
                 );
+            } else if name == "none" {
+                // The metrics and the access line say `none` for a request
+                // that reached no jurisdiction or data centre: a place of
+                // that name would be counted as a refusal, or hide one.
+                r.push(
+                    table_key(table, name),
+                    "\"none\" is reserved: metrics and the access line use it for \"no jurisdiction or data centre\"",
+                );
             }
         }
 
