@@ -1230,7 +1230,19 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
     let path = match raw.path.as_deref() {
         None => d.path,
         Some("" | "off") => None,
-        Some(p) if p.starts_with('/') => Some(p.to_string()),
+        // A path no request can carry (a space, a control character: an
+        // easy paste) would fail every probe, silently, and take every data
+        // centre down once the proxy runs.
+        Some(p) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => {
+            Some(p.to_string())
+        }
+        Some(p) if p.starts_with('/') => {
+            r.push(
+                "health.path",
+                format!("{p:?} is not a request path (spaces and control characters are not allowed; percent-encode them)"),
+            );
+            d.path
+        }
         Some(_) => {
             r.push("health.path", "must start with '/' (or be \"off\")");
             d.path
@@ -2219,6 +2231,28 @@ worker_threads = 2
                 .any(|p| p.key == "jurisdictions.\"\""),
             "{report}"
         );
+    }
+
+    /// A path the probes cannot send failed every probe silently: every
+    /// upstream went down a few seconds after a start `check-config` had
+    /// passed.
+    #[test]
+    fn a_health_path_no_request_can_carry_is_refused() {
+        let dir = Dir::new();
+        for bad in ["/healthz ", "/health check", "/h\tz"] {
+            let text = VALID.replace("path = \"off\"", &format!("path = {bad:?}"));
+            let report = dir.load(&text).0.unwrap_err();
+            assert!(
+                report
+                    .problems
+                    .iter()
+                    .any(|p| p.key == "health.path" && p.message.contains("not a request path")),
+                "{bad:?}: {report}"
+            );
+        }
+        let text = VALID.replace("path = \"off\"", "path = \"/status?deep=1\"");
+        let config = dir.load(&text).0.unwrap();
+        assert_eq!(config.health.path.as_deref(), Some("/status?deep=1"));
     }
 
     /// The metrics and the access line say `none` for "no jurisdiction or

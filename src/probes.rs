@@ -143,7 +143,11 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
     *req.method_mut() = Method::GET;
     match format!("{prefix}{path}").parse() {
         Ok(uri) => *req.uri_mut() = uri,
-        Err(_) => return false,
+        Err(e) => {
+            // The configuration refuses such a path (`health.path`).
+            tracing::error!(path, error = %e, "health check path is not a request path");
+            return false;
+        }
     }
     req.headers_mut().insert(
         header::USER_AGENT,

@@ -311,6 +311,13 @@ async function showLog() {
     $("history").className = "bad";
     say("history", el("strong", {}, "This log's history changed since this browser last saw it"),
       ` on ${seenOn(before)}: ${verdict.message}. A log may only grow; keep a copy of this page as evidence and tell the operator. This browser keeps the checkpoint it saw before.`);
+  } else if (verdict.valid && !(await witnessed(note))) {
+    // Kept only once the pinned witnesses vouch for it too, as a receipt's
+    // check keeps one: a view they never saw would else become the
+    // baseline every later honest checkpoint is held to.
+    say("history", before
+      ? `The log only grew since this browser last saw it on ${seenOn(before)}: consistency proven. ${UNWITNESSED}`
+      : `This browser had not seen this log before. ${UNWITNESSED}`);
   } else if (verdict.valid && before) {
     $("history").className = "ok-text";
     const kept = remember(logId, note);
@@ -359,6 +366,16 @@ async function showWitnesses(note) {
 }
 
 // --- a check ----------------------------------------------------------------
+
+const UNWITNESSED = "This checkpoint is not kept as the one to check the log's growth against: the witnesses pinned in this link have not all cosigned it (yet; reload in a few seconds). This browser keeps the checkpoint it saw before.";
+
+// Whether the witnesses pinned in the link vouch for `note`, by the
+// verdict's own rules (every pinned key, each cosignature verified); an
+// unusable pinned key vouches for nothing.
+async function witnessed(note) {
+  if (pinnedWitnesses.length === 0) return true;
+  return (await check({ key: logKey, checkpoint: note, witnesses: pinnedWitnesses })).valid;
+}
 
 // Whether every witness pinned in the link has validly cosigned `note`.
 async function cosigned(note) {

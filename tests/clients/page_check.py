@@ -224,6 +224,13 @@ def witnessed(s, driver, out):
         loaded(driver)
         out[name] = {
             "witnesses": driver.find_element(By.ID, "log-witnesses").text,
+            # What the page says of keeping this checkpoint as the
+            # baseline (written after the witnesses' panel).
+            "history": wait_for(
+                driver,
+                "the history line",
+                lambda: driver.find_element(By.ID, "history").text,
+            ),
             "verdict": submit(driver, s["receipt"]),
         }
         if name == "pinned":

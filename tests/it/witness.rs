@@ -285,6 +285,16 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
         "{seen}"
     );
     assert_eq!(seen["other"]["verdict"]["step"], "witnesses", "{seen}");
+    // A checkpoint the pinned witness did not cosign is not kept as the
+    // baseline later checkpoints are held to (the log's own consistency
+    // proof is not enough when the link pins witnesses).
+    assert!(
+        seen["other"]["history"]
+            .as_str()
+            .unwrap()
+            .contains("is not kept as the one to check the log's growth against"),
+        "{seen}"
+    );
     crate::page::same_origin_only(&seen, &a.log_url());
     crate::page::clean_console(&seen, None);
 
