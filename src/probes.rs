@@ -129,6 +129,9 @@ fn start_due(
     }
 }
 
+/// The most of a probe's answer body that is read (and held).
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
 /// One probe: true on a 2xx within the timeout (the answer's body is read,
 /// within the same timeout, so the connection can serve the next request).
 async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
@@ -159,7 +162,16 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         let fresh = state.health.recovering(u);
         let resp = state.pool.probe(u, req, fresh).await.ok()?;
         let ok = resp.status().is_success();
-        resp.into_body().collect().await.ok()?;
+        // Read to its end so the connection can serve again, but only so
+        // far: a data centre's endless (or huge) answer would else be
+        // gathered in memory until the timeout, at every probe. One longer
+        // is left unread and its connection closed; the status decides.
+        let body = http_body_util::Limited::new(resp.into_body(), PROBE_BODY_LIMIT);
+        match body.collect().await {
+            Ok(_) => {}
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {}
+            Err(_) => return None,
+        }
         Some(ok)
     };
     let timeout = state.health.settings().timeout;
