@@ -240,6 +240,7 @@ fn replica() {
         receipts: ReceiptMode::Signed,
         checkpoint_interval: Duration::from_secs(1),
         commit_window,
+        write_timeout: residency_log::settings::DEFAULT_WRITE_TIMEOUT,
         client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
         on_write_error: OnWriteError::Refuse,
         address: None,

@@ -35,6 +35,8 @@ pub enum LogError {
     Database(String),
     #[error("{0} records wait for the log database already (transparency.postgres.max_pending)")]
     Busy(usize),
+    #[error("the log's disk made no record durable within {0:?} (transparency.write_timeout)")]
+    Timeout(std::time::Duration),
 }
 
 /// Metrics the log maintains.

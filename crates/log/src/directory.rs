@@ -44,7 +44,7 @@ use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,16 @@ struct Core {
     index: redb::Database,
     checkpointing: Mutex<()>,
     metrics: LogMetrics,
+    /// When the writer began the batch it is writing, in milliseconds
+    /// after `epoch`, plus one (0: it writes none): a batch that takes
+    /// longer than `transparency.write_timeout` means a disk that does not
+    /// answer ([`Directory::stalled`]).
+    writing_since: AtomicU64,
+    epoch: Instant,
+    /// Tests: the writer waits here before each batch while it holds
+    /// `true` (a disk that does not answer).
+    #[cfg(test)]
+    hold: (Mutex<bool>, Condvar),
 }
 
 /// The log in a directory (see the module documentation).
@@ -408,6 +418,10 @@ impl Directory {
             index,
             checkpointing: Mutex::new(()),
             metrics,
+            writing_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            #[cfg(test)]
+            hold: (Mutex::new(false), Condvar::new()),
         });
         // The partial tiles of every checkpoint since the unfinished tiles
         // began, checked and written again (and synced) where wrong:
@@ -537,10 +551,15 @@ impl Directory {
                 self.core.wake.notify_one();
             }
         }
-        // Dropping the delivery answers the rest of the batch.
-        let answer = match answer.await {
-            Ok(delivery) => delivery.answer.clone(),
-            Err(_) => Err(Failure::Poisoned),
+        // Dropping the delivery answers the rest of the batch. Bounded: a
+        // disk that does not answer (a hung fsync, a hard-mounted network
+        // volume) must not hold the upload's client for ever. The record
+        // stays queued and is written if the disk comes back.
+        let timeout = self.core.settings.write_timeout;
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(delivery)) => delivery.answer.clone(),
+            Ok(Err(_)) => Err(Failure::Poisoned),
+            Err(_) => return Err(LogError::Timeout(timeout)),
         };
         match answer {
             Ok(index) => Ok(index),
@@ -551,6 +570,28 @@ impl Directory {
             }),
             Err(Failure::Poisoned) => Err(LogError::Poisoned),
         }
+    }
+
+    /// The writer has been on one batch for longer than
+    /// `transparency.write_timeout`: the disk does not answer. Appends
+    /// made meanwhile would only wait for their timeout; the log refuses
+    /// uploads (and folds refusals) until the batch is done.
+    pub fn stalled(&self) -> bool {
+        let since = self.core.writing_since.load(Ordering::Relaxed);
+        since != 0 && {
+            let now = u64::try_from(self.core.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let limit =
+                u64::try_from(self.core.settings.write_timeout.as_millis()).unwrap_or(u64::MAX);
+            now.saturating_sub(since - 1) > limit
+        }
+    }
+
+    /// Tests: holds the writer before its next batch (`true`), or lets it go.
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self, hold: bool) {
+        let (held, released) = &self.core.hold;
+        *lock(held) = hold;
+        released.notify_all();
     }
 
     /// The latest signed checkpoint.
@@ -675,7 +716,18 @@ impl Core {
                 q.first = None;
                 (std::mem::take(&mut q.buf), std::mem::take(&mut q.items))
             };
+            let since = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.writing_since.store(since + 1, Ordering::Relaxed);
+            #[cfg(test)]
+            {
+                let (held, released) = &self.hold;
+                let mut held = lock(held);
+                while *held {
+                    held = released.wait(held).unwrap_or_else(|e| e.into_inner());
+                }
+            }
             self.write(&mut staging, &buf, items);
+            self.writing_since.store(0, Ordering::Relaxed);
             last_done = Some(Instant::now());
         }
     }
@@ -1921,6 +1973,7 @@ mod tests {
             receipts: ReceiptMode::Signed,
             checkpoint_interval: Duration::from_secs(1),
             commit_window: crate::settings::DEFAULT_COMMIT_WINDOW_DIRECTORY,
+            write_timeout: crate::settings::DEFAULT_WRITE_TIMEOUT,
             client_address: ClientAddress::Prefix { v4: 24, v6: 48 },
             on_write_error: OnWriteError::Refuse,
             address: None,
@@ -1961,6 +2014,47 @@ mod tests {
             tenant: None,
             summary: None,
         }
+    }
+
+    /// A disk that does not answer (a hung fsync, a hard-mounted network
+    /// volume): an upload waited for its record for ever, holding its
+    /// client, and the log never said it was failing, so uploads kept
+    /// being forwarded. Each append now waits `write_timeout` at most, and
+    /// the log fails (refusing uploads, folding refusals) while the batch
+    /// hangs; the held records are written once the disk answers.
+    #[tokio::test]
+    async fn a_disk_that_does_not_answer_fails_appends_after_write_timeout() {
+        let (_dir, mut settings) = setup("stalled");
+        settings.write_timeout = Duration::from_millis(200);
+        let log = Log::open(&settings, metrics()).unwrap();
+        log.append(&record(0)).await.unwrap();
+        assert!(!log.failing());
+        log.hold_writer(true);
+        let started = std::time::Instant::now();
+        let Err(e) = log.append(&record(1)).await else {
+            panic!("an append the disk never answered succeeded");
+        };
+        assert!(matches!(e, LogError::Timeout(_)), "{e}");
+        assert!(e.to_string().contains("transparency.write_timeout"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(log.failing(), "a log whose disk does not answer is failing");
+        // A refusal is folded, not waited for.
+        let mut refusal = record(2);
+        refusal.outcome = Outcome::Refused;
+        let folded = tokio::time::timeout(Duration::from_secs(1), log.append_refusal(&refusal));
+        assert!(matches!(folded.await, Ok(None)));
+        log.hold_writer(false);
+        // The held record is written once the disk answers.
+        for _ in 0..100 {
+            if log.size() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(log.size(), 2);
+        let a = log.append(&record(3)).await.unwrap();
+        assert_eq!(a.index, 2);
+        assert!(!log.failing());
     }
 
     #[tokio::test]

@@ -121,6 +121,10 @@ pub struct Transparency {
     /// busy (more records per fsync or database round trip, against that
     /// much added latency).
     pub commit_window: Duration,
+    /// `storage = "directory"`: how long an upload waits for its record to
+    /// be durable before it is answered `503 log_unavailable`; a batch
+    /// the disk takes longer over turns the log failing until it is done.
+    pub write_timeout: Duration,
     pub client_address: ClientAddress,
     pub on_write_error: OnWriteError,
     /// The customer-facing listener (checkpoint, proofs, key, records).
@@ -284,6 +288,7 @@ pub struct RawTransparency {
     pub receipts: Option<Setting<ReceiptMode>>,
     pub checkpoint_interval: Option<Setting<Duration>>,
     pub commit_window: Option<Setting<Duration>>,
+    pub write_timeout: Option<Setting<Duration>>,
     pub client_address: Option<Setting<ClientAddressKind>>,
     pub client_prefix_v4: Option<Setting<u8>>,
     pub client_prefix_v6: Option<Setting<u8>>,
@@ -301,6 +306,8 @@ pub struct RawTransparency {
 /// A batch's wait for more records while the log is busy: one fsync costs
 /// ~30-70 µs of CPU here, a database round trip more.
 pub const DEFAULT_COMMIT_WINDOW_DIRECTORY: Duration = Duration::from_micros(500);
+/// `transparency.write_timeout`'s default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_COMMIT_WINDOW_POSTGRES: Duration = Duration::from_millis(1);
 
 /// Never roll: memory does not grow with the log.
@@ -412,6 +419,19 @@ pub fn transparency(
         "a duration of at most 10ms, such as \"500us\" or \"2ms\"",
         |d| *d <= Duration::from_millis(10),
     );
+    let write_timeout = raw.write_timeout.check_is_or(
+        DEFAULT_WRITE_TIMEOUT,
+        &k("write_timeout"),
+        r,
+        "a duration from 10ms to 60s, such as \"5s\"",
+        |d| (Duration::from_millis(10)..=Duration::from_secs(60)).contains(d),
+    );
+    if storage == StorageKind::Postgres && raw.write_timeout.is_some() {
+        r.push(
+            k("write_timeout"),
+            "only used with storage = \"directory\": a fleet's commits are bounded by transparency.postgres.timeout",
+        );
+    }
     let client_address = client_address(raw, base, r);
     let on_write_error = raw
         .on_write_error
@@ -464,6 +484,7 @@ pub fn transparency(
         receipts,
         checkpoint_interval,
         commit_window,
+        write_timeout,
         client_address: client_address?,
         on_write_error,
         address: match address {
@@ -981,6 +1002,16 @@ mod tests {
         });
         assert_eq!(keys, ["transparency.max_records"]);
         assert!(text.contains("rolls to a new origin"), "{text}");
+        // So is the disk's write timeout.
+        let (_, keys, text) = problems(&RawTransparency {
+            write_timeout: setting("5s"),
+            ..pg(RawPostgres {
+                url: Some("postgres://u@db/log".into()),
+                ..RawPostgres::default()
+            })
+        });
+        assert_eq!(keys, ["transparency.write_timeout"]);
+        assert!(text.contains("transparency.postgres.timeout"), "{text}");
         // No plaintext fallback: `prefer` and no `sslmode` are `require`;
         // `disable` stays as asked.
         use tokio_postgres::config::SslMode;
@@ -1055,6 +1086,7 @@ mod tests {
             receipts: setting("always"),
             checkpoint_interval: setting("1ms"),
             commit_window: setting("1s"),
+            write_timeout: setting("2m"),
             client_address: setting("prefix"),
             client_prefix_v4: setting("33"),
             client_prefix_v6: setting("x"),
@@ -1083,10 +1115,11 @@ mod tests {
             "- transparency.address: `nowhere` is not a socket address",
             "- transparency.max_records: `0` is not a positive integer",
             "- transparency.max_connections: `0` is not an integer from 1 to 65536",
+            "- transparency.write_timeout: `2m` is not a duration from 10ms to 60s",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert_eq!(r.problems.len(), 11, "{text}");
+        assert_eq!(r.problems.len(), 12, "{text}");
 
         let raw = RawTransparency {
             client_address: setting("partial"),

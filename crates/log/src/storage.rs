@@ -452,6 +452,15 @@ impl Log {
             .cloned()
     }
 
+    /// Tests: holds the current directory log's writer before its next
+    /// batch (a disk that does not answer), or lets it go.
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self, hold: bool) {
+        if let Backend::Directory(d) = &self.current().backend {
+            d.hold_writer(hold);
+        }
+    }
+
     /// True while appends fail: new uploads should not be accepted under
     /// `on_write_error = "refuse"`. Cleared by the next append that
     /// succeeds (a refusal's record), or a fleet's checkpoint tick once
@@ -462,7 +471,7 @@ impl Log {
 
     fn backend_failing(&self) -> bool {
         match &self.current.load().backend {
-            Backend::Directory(_) => false,
+            Backend::Directory(d) => d.stalled(),
             Backend::Postgres(f) => f.refusing_writes(),
         }
     }
