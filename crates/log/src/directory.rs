@@ -2029,6 +2029,15 @@ mod tests {
         let log = Log::open(&settings, metrics()).unwrap();
         log.append(&record(0)).await.unwrap();
         assert!(!log.failing());
+        // Let go of the writer however the test ends: a log dropped while
+        // its writer is held waits for that thread for ever.
+        struct Release<'a>(&'a Log);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.hold_writer(false);
+            }
+        }
+        let release = Release(&log);
         log.hold_writer(true);
         let started = std::time::Instant::now();
         let Err(e) = log.append(&record(1)).await else {
@@ -2038,12 +2047,20 @@ mod tests {
         assert!(e.to_string().contains("transparency.write_timeout"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(log.failing(), "a log whose disk does not answer is failing");
-        // A refusal is folded, not waited for.
+        // Once the writer's batch is older than the timeout (it began a
+        // little after the append queued), a refusal is folded, not waited
+        // for.
+        for _ in 0..100 {
+            if log.backend_stalled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut refusal = record(2);
         refusal.outcome = Outcome::Refused;
         let folded = tokio::time::timeout(Duration::from_secs(1), log.append_refusal(&refusal));
         assert!(matches!(folded.await, Ok(None)));
-        log.hold_writer(false);
+        drop(release);
         // The held record is written once the disk answers.
         for _ in 0..100 {
             if log.size() == 2 {

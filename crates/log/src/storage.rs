@@ -461,6 +461,12 @@ impl Log {
         }
     }
 
+    /// Tests: [`Log::backend_failing`].
+    #[cfg(test)]
+    pub(crate) fn backend_stalled(&self) -> bool {
+        self.backend_failing()
+    }
+
     /// True while appends fail: new uploads should not be accepted under
     /// `on_write_error = "refuse"`. Cleared by the next append that
     /// succeeds (a refusal's record), or a fleet's checkpoint tick once
