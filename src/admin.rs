@@ -39,6 +39,13 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
 pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/datacenters/") {
+        // A path of another shape is not served, whatever the method.
+        if !matches!(rest.rsplit_once('/'), Some((_, "drain" | "undrain"))) {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "want /datacenters/{name}/drain or /undrain"}),
+            );
+        }
         if req.method() != Method::POST {
             return not_allowed("use POST\n", "POST");
         }

@@ -870,16 +870,21 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
         let key = format!("geoip.canaries[{i}]");
         let addr = c.address.trim().parse::<std::net::IpAddr>();
         let country = Country::parse(&c.country);
-        match (addr, country) {
-            (Ok(a), Some(country)) => canaries.push((a.to_canonical(), country)),
-            (Err(_), _) => r.push(
+        // Each field judged on its own: both wrong is two problems.
+        if addr.is_err() {
+            r.push(
                 format!("{key}.address"),
                 format!("`{}` is not an IP address", c.address),
-            ),
-            (_, None) => r.push(
+            );
+        }
+        if country.is_none() {
+            r.push(
                 format!("{key}.country"),
                 format!("`{}` is not an ISO 3166-1 alpha-2 code", c.country),
-            ),
+            );
+        }
+        if let (Ok(a), Some(country)) = (addr, country) {
+            canaries.push((a.to_canonical(), country));
         }
     }
     let max_age = raw.max_age.as_ref().and_then(|d| {
@@ -2253,6 +2258,24 @@ worker_threads = 2
         let text = VALID.replace("path = \"off\"", "path = \"/status?deep=1\"");
         let config = dir.load(&text).0.unwrap();
         assert_eq!(config.health.path.as_deref(), Some("/status?deep=1"));
+    }
+
+    /// A canary with a bad address and a bad country is two problems, each
+    /// under its key (the country's went unreported).
+    #[test]
+    fn each_bad_field_of_a_canary_is_reported() {
+        let dir = Dir::new();
+        let text = VALID.replace(
+            "[jurisdictions.ch]",
+            "canaries = [{ address = \"nope\", country = \"ZZZ\" }]\n[jurisdictions.ch]",
+        );
+        let report = dir.load(&text).0.unwrap_err();
+        for key in ["geoip.canaries[0].address", "geoip.canaries[0].country"] {
+            assert!(
+                report.problems.iter().any(|p| p.key == key),
+                "{key}: {report}"
+            );
+        }
     }
 
     /// The metrics and the access line say `none` for "no jurisdiction or

@@ -94,6 +94,20 @@ pub async fn serve<F>(
                     b"{\"error\":\"shutting down\"}",
                 )));
                 *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                // As the log API's own answers: data, never a page.
+                let h = busy.headers_mut();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                h.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+                h.insert(
+                    http::header::X_CONTENT_TYPE_OPTIONS,
+                    http::HeaderValue::from_static("nosniff"),
+                );
                 busy
             };
             // (The semaphore is never closed.) The permit goes with the

@@ -195,6 +195,12 @@ async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
     let (status, headers, _) = plain_exchange(proxy.admin, "DELETE", "/metrics").await;
     assert_eq!(status, 405);
     assert_eq!(headers["allow"], "GET, HEAD");
+    // A path the listener does not serve is 404 whatever the method (it
+    // was 405 under /datacenters/ for any method but POST).
+    for method in ["GET", "POST"] {
+        let (status, _, _) = plain_exchange(proxy.admin, method, "/datacenters/zurich/bogus").await;
+        assert_eq!(status, 404, "{method}");
+    }
     proxy.stop().await;
 }
 

@@ -203,6 +203,17 @@ async fn prove(
                 continue;
             }
         };
+        // As `verify` checks a receipt: the record must say stored.
+        if record.outcome != residency_log::record::Outcome::Stored {
+            fail(
+                report,
+                format!(
+                    "upload {}: acknowledged, but its record says {:?}",
+                    o.index, record.outcome
+                ),
+            );
+            continue;
+        }
         // An upload replayed after a failed attempt may be stored in two
         // data centres; its record names the one that answered (the
         // response said which, when it did).
