@@ -64,19 +64,22 @@ fn never_forwarded(name: &HeaderName) -> bool {
 // instructions per field (issue 23). Names are lower case already (HTTP/1
 // parsing lowers them; HTTP/2 refuses upper case).
 
-/// The hop-by-hop names, as a pattern (for [`Fields::of`]'s `match` too).
+/// The hop-by-hop names: `hop_by_hop!()` as a pattern (for
+/// [`Fields::of`]'s `match` too), `hop_by_hop!(list)` as an array.
 macro_rules! hop_by_hop {
-    () => {
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
+    ($($form:ident)?) => {
+        names!($($form)?:
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings"
+        )
     };
 }
 
@@ -92,45 +95,58 @@ macro_rules! hop_by_hop {
 /// `X-Forwarded-Prefix` beside the proxy's own `X-Forwarded-Proto` and
 /// `-Host`; IIS's and Symfony's `X-Original-URL` and `X-Rewrite-URL`, which
 /// route a request to another path than the one the proxy checked), as a
-/// pattern.
+/// pattern (`client_claims!()`) or an array (`client_claims!(list)`).
 macro_rules! client_claims {
-    () => {
-        "forwarded"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "cf-connecting-ip"
-            | "x-client-ip"
-            | "x-cluster-client-ip"
-            | "fastly-client-ip"
-            | "fly-client-ip"
-            | "cloudfront-viewer-address"
-            | "x-appengine-user-ip"
-            | "x-vercel-forwarded-for"
-            | "client-ip"
-            | "cf-ipcountry"
-            | "cloudfront-viewer-country"
-            | "x-appengine-country"
-            | "x-vercel-ip-country"
-            | "x-country-code"
-            | "client-cert"
-            | "client-cert-chain"
-            | "x-forwarded-client-cert"
-            | "x-client-cert"
-            | "x-ssl-client-cert"
-            | "x-ssl-client-verify"
-            | "x-ssl-client-dn"
-            | "x-ssl-client-s-dn"
-            | "x-ssl-client-i-dn"
-            | "ssl-client-cert"
-            | "ssl-client-verify"
-            | "x-amzn-mtls-clientcert"
-            | "x-amzn-mtls-clientcert-leaf"
-            | "x-tenant"
-            | "x-tenant-id"
-            | "x-forwarded-port"
-            | "x-forwarded-prefix"
-            | "x-original-url"
-            | "x-rewrite-url"
+    ($($form:ident)?) => {
+        names!($($form)?:
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
+            "fastly-client-ip",
+            "fly-client-ip",
+            "cloudfront-viewer-address",
+            "x-appengine-user-ip",
+            "x-vercel-forwarded-for",
+            "client-ip",
+            "cf-ipcountry",
+            "cloudfront-viewer-country",
+            "x-appengine-country",
+            "x-vercel-ip-country",
+            "x-country-code",
+            "client-cert",
+            "client-cert-chain",
+            "x-forwarded-client-cert",
+            "x-client-cert",
+            "x-ssl-client-cert",
+            "x-ssl-client-verify",
+            "x-ssl-client-dn",
+            "x-ssl-client-s-dn",
+            "x-ssl-client-i-dn",
+            "ssl-client-cert",
+            "ssl-client-verify",
+            "x-amzn-mtls-clientcert",
+            "x-amzn-mtls-clientcert-leaf",
+            "x-tenant",
+            "x-tenant-id",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url"
+        )
+    };
+}
+
+/// Field names as a `match` pattern (`names!(: "a", "b")`) or as an array
+/// (`names!(list: "a", "b")`): one list for both.
+macro_rules! names {
+    (: $($name:literal),+ $(,)?) => {
+        $($name)|+
+    };
+    (list: $($name:literal),+ $(,)?) => {
+        [$($name),+]
     };
 }
 
@@ -609,12 +625,79 @@ pub struct Fields<'a> {
     head_bytes: usize,
 }
 
+/// The names [`Fields::of`]'s `match` reads, besides the hop-by-hop ones
+/// and the claims of the client.
+const FIELDS_READ: [&str; 7] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "idempotency-key",
+    "expect",
+    "via",
+];
+
+/// A first test of a field's name for [`Fields::of`]: `false` for most
+/// names none of its `match`'s arms names, never for one that does. The
+/// `match` jumps on a name's length, but a name that matches nothing then
+/// runs a chain of tests that grows with the alternatives (~60
+/// instructions per field with 53 names, and most of a request's fields
+/// match nothing: `accept`, `user-agent`, `content-type`; issue 23). A
+/// bit per hash of the length and the first and last bytes, set for each
+/// name listed.
+struct NameFilter([u64; 4]);
+
+impl NameFilter {
+    const fn of(lists: &[&[&str]]) -> NameFilter {
+        let mut bits = [0u64; 4];
+        let mut l = 0;
+        while l < lists.len() {
+            let mut i = 0;
+            while i < lists[l].len() {
+                let slot = Self::slot(lists[l][i].as_bytes());
+                bits[slot / 64] |= 1 << (slot % 64);
+                i += 1;
+            }
+            l += 1;
+        }
+        NameFilter(bits)
+    }
+
+    const fn slot(name: &[u8]) -> usize {
+        match (name.first(), name.last()) {
+            (Some(&first), Some(&last)) => {
+                (name.len() * 13 + last as usize * 2 + first as usize) % 256
+            }
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn may_name(&self, name: &[u8]) -> bool {
+        let slot = Self::slot(name);
+        self.0[slot / 64] & (1 << (slot % 64)) != 0
+    }
+}
+
+static JUDGED: NameFilter =
+    NameFilter::of(&[&hop_by_hop!(list), &client_claims!(list), &FIELDS_READ]);
+
+/// A name none of [`Fields::of`]'s arms names that still may not go
+/// upstream: `Residency-*`, or any with a `_` (judged by `strip`).
+fn foreign_unlisted(name: &str) -> bool {
+    name.starts_with("residency-") || has_underscore(name.as_bytes())
+}
+
 impl<'a> Fields<'a> {
     pub fn of(headers: &'a HeaderMap) -> Fields<'a> {
         let mut f = Fields::default();
         for (name, value) in headers {
             let name = name.as_str();
             f.head_bytes += name.len() + value.len() + 4;
+            if !JUDGED.may_name(name.as_bytes()) {
+                f.foreign |= foreign_unlisted(name);
+                continue;
+            }
             match name {
                 "host" => {
                     f.hosts += 1;
@@ -637,10 +720,7 @@ impl<'a> Fields<'a> {
                 // its own in `to_upstream` (issue 23).
                 #[allow(unreachable_patterns)] // transfer-encoding: above
                 hop_by_hop!() | client_claims!() => f.foreign = true,
-                other => {
-                    f.foreign |=
-                        other.starts_with("residency-") || has_underscore(other.as_bytes());
-                }
+                other => f.foreign |= foreign_unlisted(other),
             }
         }
         f
@@ -1177,6 +1257,45 @@ mod tests {
         // An underscore that `strip` keeps is still looked at.
         assert!(Fields::of(&map(&[("x_custom", "v")])).foreign);
         assert!(!not_upstream(&HeaderName::from_static("x_custom")));
+    }
+
+    /// `Fields::of`'s first test passes every name its `match` reads, and
+    /// each is found as it was without the test.
+    #[test]
+    fn every_name_fields_of_reads_passes_its_filter() {
+        let listed = hop_by_hop!(list).into_iter().chain(client_claims!(list));
+        for name in listed.clone().chain(FIELDS_READ) {
+            assert!(JUDGED.may_name(name.as_bytes()), "{name}");
+        }
+        for name in listed {
+            assert!(Fields::of(&map(&[(name, "v")])).foreign, "{name}");
+        }
+        let h = map(&[
+            ("expect", "100-continue"),
+            ("via", "1.1 a"),
+            ("idempotency-key", "k"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("host", "a"),
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        let f = Fields::of(&h);
+        assert!(f.expect && f.via && f.idempotency_key && f.forwarded_for && f.foreign);
+        assert_eq!(
+            (f.hosts, f.content_lengths, f.transfer_encodings),
+            (1, 1, 1)
+        );
+        // What it is for: the usual fields of a request and an answer skip
+        // the `match`.
+        for name in [
+            "accept",
+            "accept-encoding",
+            "user-agent",
+            "content-type",
+            "date",
+        ] {
+            assert!(!JUDGED.may_name(name.as_bytes()), "{name}");
+        }
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -2007,6 +2126,15 @@ mod proptests {
             let mut up = h;
             let forwarded = hop.forwarded(&Fields::of(&up));
             to_upstream(&mut up, &forwarded);
+        }
+
+        /// Whether a request has a field that does not go upstream, with
+        /// `Fields::of`'s first test: as `not_upstream` judges each name
+        /// (any with a `_` is looked at again by `strip`).
+        #[test]
+        fn fields_of_finds_every_foreign_name(h in header_map()) {
+            let foreign = h.keys().any(|n| not_upstream(n) || has_underscore(n.as_str().as_bytes()));
+            prop_assert_eq!(Fields::of(&h).foreign, foreign);
         }
 
         /// A data centre's answer after `from_upstream` (when it is to be
