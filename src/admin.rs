@@ -37,6 +37,16 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
 
 /// Answers one admin request (request bodies are never read).
 pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if !host_allowed(
+        req.headers(),
+        req.uri(),
+        &instance.snapshot().config.admin.hosts,
+    ) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this admin listener answers for IP addresses, localhost and the names in admin.hosts only\n",
+        );
+    }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/datacenters/") {
         // A path of another shape is not served, whatever the method.
@@ -83,6 +93,30 @@ pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Byt
             "not found: try /metrics /healthz /readyz /decide?ip=\n",
         ),
     }
+}
+
+/// Whether `req` names a host the admin listener answers for: an IP
+/// literal, `localhost`, or one of `admin.hosts` (with any port; no `Host`
+/// at all, as an HTTP/1.0 tool may send, too). A web page an operator
+/// visits can rebind its own name to the admin address (DNS rebinding)
+/// and read `/metrics` and `/decide` as same-origin: its requests still
+/// name the page's host, which is refused.
+fn host_allowed(headers: &http::HeaderMap, uri: &http::Uri, hosts: &[String]) -> bool {
+    let named = match headers.get(header::HOST) {
+        Some(value) => value.to_str().ok(),
+        None => uri.authority().map(|a| a.as_str()),
+    };
+    let Some(named) = named else {
+        return headers.get(header::HOST).is_none();
+    };
+    let Ok(authority) = named.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let host = authority.host();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || hosts.iter().any(|h| host.eq_ignore_ascii_case(h))
 }
 
 /// Whether a browser sent `req` for a web page: it then carries `Origin`
@@ -253,6 +287,45 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn allowed(host: Option<&str>, hosts: &[&str]) -> bool {
+        let mut headers = http::HeaderMap::new();
+        if let Some(host) = host {
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        host_allowed(&headers, &http::Uri::from_static("/metrics"), &hosts)
+    }
+
+    /// DNS rebinding: a page's request names the page's host, which the
+    /// admin listener does not answer for unless it is listed.
+    #[test]
+    fn the_admin_listener_answers_for_addresses_localhost_and_its_names() {
+        for host in [
+            "127.0.0.1:9900",
+            "10.1.2.3",
+            "[::1]:9900",
+            "[fd00::1]",
+            "localhost:9900",
+            "LOCALHOST",
+        ] {
+            assert!(allowed(Some(host), &[]), "{host}");
+        }
+        assert!(allowed(None, &[]), "no Host (an HTTP/1.0 tool)");
+        for host in [
+            "attacker.example",
+            "attacker.example:9900",
+            "127.0.0.1.nip.io",
+            "",
+            "a b",
+        ] {
+            assert!(!allowed(Some(host), &[]), "{host}");
+        }
+        let listed = ["proxy-admin.internal"];
+        assert!(allowed(Some("proxy-admin.internal:9900"), &listed));
+        assert!(allowed(Some("Proxy-Admin.Internal"), &listed));
+        assert!(!allowed(Some("other.internal"), &listed));
+    }
 
     #[test]
     fn decodes_escapes() {

@@ -86,6 +86,10 @@ pub struct CertPaths {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// Names (lower case) the admin listener answers for besides IP
+    /// literals and `localhost`: a request naming another `Host` is
+    /// refused (a web page's, through DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -425,6 +429,8 @@ pub struct RawCert {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -537,7 +543,27 @@ impl Config {
             .collect();
 
         let admin_address = raw.admin.address.as_deref().unwrap_or("127.0.0.1:9900");
-        let admin = parse_addr(admin_address, "admin.address", r).map(|address| Admin { address });
+        let mut hosts = Vec::new();
+        for (i, host) in raw.admin.hosts.iter().enumerate() {
+            let name = host.trim().to_ascii_lowercase();
+            let label = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if name.len() <= 253 && name.split('.').all(label) {
+                hosts.push(name);
+            } else {
+                r.push(
+                    format!("admin.hosts[{i}]"),
+                    format!("`{host}` is not a DNS name (no port, no address: IP literals and localhost are always answered)"),
+                );
+            }
+        }
+        let admin =
+            parse_addr(admin_address, "admin.address", r).map(|address| Admin { address, hosts });
         sockets.extend(
             admin
                 .as_ref()

@@ -269,7 +269,7 @@ async fn an_admin_client_that_stops_reading_is_dropped() {
     // A small receive window, so the listener's writes block early.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(proxy.admin).await.unwrap();
-    let request = b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(REQUESTS);
+    let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(REQUESTS);
     // Written in the background: the listener stops reading once blocked.
     let (mut read, mut write) = stream.split();
     let send = async {

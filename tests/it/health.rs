@@ -460,3 +460,28 @@ async fn an_endless_health_answer_is_not_gathered_and_passes_on_its_status() {
     assert!(!proxy.log().contains("upstream down"), "{}", proxy.log());
     server.abort();
 }
+
+/// A web page an operator visits can rebind its name to the admin address
+/// (DNS rebinding) and read `/metrics` and `/decide` as same-origin; its
+/// requests name the page's host, which the admin listener refuses (421).
+#[tokio::test]
+async fn the_admin_listener_refuses_a_host_it_does_not_answer_for() {
+    let proxy = Proxy::start(Setup::default()).await;
+    for path in ["/metrics", "/decide?ip=192.0.2.1", "/readyz"] {
+        let (status, _, body) =
+            plain_exchange_with(proxy.admin, "GET", path, &[("host", "attacker.example")]).await;
+        assert_eq!(status, 421, "{path}: {body}");
+        assert!(body.contains("admin.hosts"), "{body}");
+    }
+    let (status, _) = proxy.admin_get("/metrics").await;
+    assert_eq!(status, 200, "by its address");
+    let (status, _, _) = plain_exchange_with(
+        proxy.admin,
+        "GET",
+        "/healthz",
+        &[("host", "localhost:9900")],
+    )
+    .await;
+    assert_eq!(status, 200, "as localhost");
+    proxy.stop().await;
+}

@@ -568,10 +568,14 @@ pub async fn plain_exchange_with(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin");
+    let mut req = Request::builder().method(method).uri(path);
+    // The listener's address, unless the fields name another host.
+    if !fields
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        req = req.header("host", addr.to_string());
+    }
     for (name, value) in fields {
         req = req.header(*name, *value);
     }
@@ -928,7 +932,7 @@ pub fn ready(admin: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;

@@ -1171,7 +1171,7 @@ async fn the_log_and_admin_listeners_bound_a_request_head() {
         for (padding, want) in [(8 * 1024, "200"), (100 * 1024, "431")] {
             let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let head = format!(
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\n\r\n",
                 "a".repeat(padding)
             );
             // Sent whole or cut off once answered.
