@@ -47,8 +47,8 @@ pub struct DrillArgs {
     pub idempotency_key: bool,
     /// Override the chaos schedule (`TIME:ACTION`, as for `loadtest`); the
     /// default kills, blackholes and drains zurich at fixed fractions of the run.
-    #[arg(long)]
-    pub chaos: Vec<String>,
+    #[arg(long, value_name = "TIME:ACTION")]
+    pub chaos: Vec<loadtest::ChaosEvent>,
     /// Directory for the generated files (default: a new temporary one).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -311,22 +311,22 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
         }),
         _ => None,
     };
-    let chaos: Vec<String> = if args.chaos.is_empty() {
+    // (A `--chaos` value was parsed, and refused if bad, with the other
+    // arguments: before anything was started.)
+    plan.chaos = if args.chaos.is_empty() {
         let secs = args.duration.as_secs_f64();
         SCHEDULE
             .iter()
-            .map(|(at, action)| format!("{}ms:{action}", (secs * at * 1000.0).round()))
-            .collect()
+            .map(|(at, action)| {
+                let event = format!("{}ms:{action}", (secs * at * 1000.0).round());
+                event
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("the default schedule's {event}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?
     } else {
         args.chaos.clone()
     };
-    plan.chaos = chaos
-        .iter()
-        .map(|c| {
-            c.parse()
-                .map_err(|e: String| anyhow::anyhow!("--chaos {c}: {e}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
 
     let report = loadtest::execute(plan, !args.no_progress).await;
     let _ = stop.send(());

@@ -867,3 +867,25 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("more than a day after now"), "{stderr}");
 }
+
+/// A `drill --chaos` value that is not an event is invalid input, refused
+/// with the other arguments (exit 2, naming it) before anything starts; it
+/// was parsed after the sinks and the proxy had started, and exited 1.
+#[test]
+fn a_drill_s_bad_chaos_event_exits_2_before_starting() {
+    let dir = TempDir::new("cli-drill-chaos");
+    let out = run(
+        &[
+            "drill",
+            "--chaos",
+            "4s:zurich=explode",
+            "--dir",
+            path(&dir.path().join("run")),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--chaos"), "{stderr}");
+    assert!(!dir.path().join("run").exists(), "nothing was set up");
+}

@@ -22,7 +22,7 @@ async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
             "13s:zurich=normal",
             "13s:geneva=normal",
         ]
-        .map(String::from)
+        .map(|e| e.parse().unwrap())
         .to_vec(),
         dir: Some(dir.path().to_path_buf()),
         no_progress: true,
