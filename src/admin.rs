@@ -102,12 +102,10 @@ pub fn answer(instance: &Instance, req: &Request<Incoming>) -> Response<Full<Byt
 /// and read `/metrics` and `/decide` as same-origin: its requests still
 /// name the page's host, which is refused.
 fn host_allowed(headers: &http::HeaderMap, uri: &http::Uri, hosts: &[String]) -> bool {
-    let named = match headers.get(header::HOST) {
-        Some(value) => value.to_str().ok(),
-        None => uri.authority().map(|a| a.as_str()),
-    };
-    let Some(named) = named else {
-        return headers.get(header::HOST).is_none();
+    let named = match (headers.get(header::HOST), uri.authority()) {
+        (Some(value), _) => value.to_str().unwrap_or_default(),
+        (None, Some(authority)) => authority.as_str(),
+        (None, None) => return true,
     };
     let Ok(authority) = named.parse::<http::uri::Authority>() else {
         return false;

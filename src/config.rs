@@ -546,14 +546,7 @@ impl Config {
         let mut hosts = Vec::new();
         for (i, host) in raw.admin.hosts.iter().enumerate() {
             let name = host.trim().to_ascii_lowercase();
-            let label = |l: &str| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            };
-            if name.len() <= 253 && name.split('.').all(label) {
+            if residency_core::tenant::valid_dns_name(&name) {
                 hosts.push(name);
             } else {
                 r.push(

@@ -89,26 +89,14 @@ pub async fn serve<F>(
             if !blocking {
                 return answer(&req);
             }
+            // Only the log's listener blocks: its answer, as the log API's
+            // own are (data, never a page).
             let shutting_down = || {
-                let mut busy = Response::new(Full::new(Bytes::from_static(
-                    b"{\"error\":\"shutting down\"}",
-                )));
-                *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                // As the log API's own answers: data, never a page.
-                let h = busy.headers_mut();
-                h.insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
-                h.insert(
-                    http::header::CACHE_CONTROL,
-                    http::HeaderValue::from_static("no-store"),
-                );
-                h.insert(
-                    http::header::X_CONTENT_TYPE_OPTIONS,
-                    http::HeaderValue::from_static("nosniff"),
-                );
-                busy
+                crate::log_api::respond(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    b"{\"error\":\"shutting down\"}".to_vec(),
+                )
             };
             // (The semaphore is never closed.) The permit goes with the
             // work: it ends with the answer, not with a client that left.

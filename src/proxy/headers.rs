@@ -180,22 +180,30 @@ fn not_upstream(name: &HeaderName) -> bool {
 /// reads a slice shorter than 16 bytes (most field names) one byte at a
 /// time, ~60 instructions a name (issue 23).
 fn has_underscore(name: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const UNDERSCORES: u64 = u64::from_ne_bytes([b'_'; 8]);
     if name.len() < 8 {
         return name.contains(&b'_');
     }
-    // A byte of `x` is zero where the name has a `_`; the expression is
-    // non-zero exactly when some byte is.
     let word = |eight: &[u8]| {
-        let x = u64::from_ne_bytes(eight.try_into().unwrap_or_default()) ^ UNDERSCORES;
-        x.wrapping_sub(ONES) & !x & HIGHS != 0
+        word_has(
+            u64::from_ne_bytes(eight.try_into().unwrap_or_default()),
+            b'_',
+        )
     };
     // The last word overlaps the previous one unless the length is a
     // multiple of 8.
     name.chunks_exact(8).any(word) || word(&name[name.len() - 8..])
 }
+
+/// Whether any of the eight bytes of `word` is `byte`: a byte of `x` is
+/// zero where `word` has `byte`, and the expression is non-zero exactly
+/// when some byte of `x` is (issue 23: eight bytes at a time).
+fn word_has(word: u64, byte: u8) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    let x = word ^ u64::from_ne_bytes([byte; 8]);
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
 
 /// The fields the proxy sets for the data centre (besides `Residency-*`).
 fn set_by_us_text(name: &str) -> bool {
@@ -875,17 +883,8 @@ pub fn bad_target(uri: &Uri) -> bool {
 /// eight at a time: a target without any is neither [`dotted`] nor
 /// outside US-ASCII.
 fn plain(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Non-zero when some byte of `x` is zero.
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let word = |w: u64| {
-        zero(w ^ u64::from_ne_bytes([b'.'; 8]))
-            | zero(w ^ u64::from_ne_bytes([b'%'; 8]))
-            | zero(w ^ u64::from_ne_bytes([b'\\'; 8]))
-            | (w & HIGHS)
-            == 0
-    };
+    let word =
+        |w: u64| !(word_has(w, b'.') || word_has(w, b'%') || word_has(w, b'\\') || w & HIGHS != 0);
     if bytes.len() < 8 {
         return bytes
             .iter()

@@ -411,41 +411,29 @@ async fn turning_checks_off_brings_back_an_upstream_they_had_marked_down() {
 /// reads at most 64 KiB of it now, and the status decides.
 #[tokio::test]
 async fn an_endless_health_answer_is_not_gathered_and_passes_on_its_status() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
+    use tokio::io::AsyncWriteExt;
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = served.clone();
-    let server = tokio::spawn(async move {
-        // Bounded: the test takes a few seconds; each answer stops when the
-        // proxy closes its connection, or after 20 s.
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+    // Bounded: each answer stops when the proxy closes its connection, or
+    // after 20 s.
+    let upstream = raw_upstream(move |mut conn| {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let chunk = [b'x'; 16384];
+            let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            let until = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < until {
+                out.extend_from_slice(b"4000\r\n");
+                out.extend_from_slice(&chunk);
+                out.extend_from_slice(b"\r\n");
+                if conn.write_all(&out).await.is_err() {
+                    return;
                 }
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let chunk = [b'x'; 16384];
-                let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-                let until = tokio::time::Instant::now() + Duration::from_secs(20);
-                while tokio::time::Instant::now() < until {
-                    out.extend_from_slice(b"4000\r\n");
-                    out.extend_from_slice(&chunk);
-                    out.extend_from_slice(b"\r\n");
-                    if conn.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
-                }
-            });
+                out.clear();
+            }
         }
-    });
+    })
+    .await;
     let checks = "[health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 1\n";
     let proxy = Binary::start("endless-health", &datacenters_at(upstream), checks).await;
     // Ten probe rounds of the three data centres (all at this upstream):
@@ -458,7 +446,6 @@ async fn an_endless_health_answer_is_not_gathered_and_passes_on_its_status() {
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("datacenter zurich: up"), "{ready}");
     assert!(!proxy.log().contains("upstream down"), "{}", proxy.log());
-    server.abort();
 }
 
 /// A web page an operator visits can rebind its name to the admin address

@@ -599,7 +599,12 @@ fn valid_tenant_name(name: &str) -> bool {
 /// `host.example` or `*.example` (lowercase, at least one dot after `*.`
 /// is not required: `*.internal` is allowed).
 fn valid_host_pattern(p: &str) -> bool {
-    let host = p.strip_prefix("*.").unwrap_or(p);
+    valid_dns_name(p.strip_prefix("*.").unwrap_or(p))
+}
+
+/// A DNS name as configuration names hosts: lowercase labels of letters,
+/// digits and `-`, each 1 to 63 bytes, at most 253 in all.
+pub fn valid_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {

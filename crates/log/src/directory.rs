@@ -2051,7 +2051,7 @@ mod tests {
         // little after the append queued), a refusal is folded, not waited
         // for.
         for _ in 0..100 {
-            if log.backend_stalled() {
+            if log.backend_failing() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -983,35 +983,44 @@ mod tests {
         assert_eq!(p.config.0.get_password(), Some(&b"secret"[..]));
         assert_eq!(p.timeout, Duration::from_secs(2));
         assert!(!format!("{p:?}").contains("secret"));
-        // A directory belongs to the other storage.
-        let (_, keys, _) = problems(&RawTransparency {
-            directory: Some("log".into()),
-            ..pg(RawPostgres {
+        // A directory, rolling at a size and the disk's write timeout
+        // belong to the other storage.
+        let fleet = || {
+            pg(RawPostgres {
                 url: Some("postgres://u@db/log".into()),
                 ..RawPostgres::default()
             })
-        });
-        assert_eq!(keys, ["transparency.directory"]);
-        // Rolling at a size is the directory's.
-        let (_, keys, text) = problems(&RawTransparency {
-            max_records: setting("1000"),
-            ..pg(RawPostgres {
-                url: Some("postgres://u@db/log".into()),
-                ..RawPostgres::default()
-            })
-        });
-        assert_eq!(keys, ["transparency.max_records"]);
-        assert!(text.contains("rolls to a new origin"), "{text}");
-        // So is the disk's write timeout.
-        let (_, keys, text) = problems(&RawTransparency {
-            write_timeout: setting("5s"),
-            ..pg(RawPostgres {
-                url: Some("postgres://u@db/log".into()),
-                ..RawPostgres::default()
-            })
-        });
-        assert_eq!(keys, ["transparency.write_timeout"]);
-        assert!(text.contains("transparency.postgres.timeout"), "{text}");
+        };
+        for (raw, key, says) in [
+            (
+                RawTransparency {
+                    directory: Some("log".into()),
+                    ..fleet()
+                },
+                "transparency.directory",
+                "",
+            ),
+            (
+                RawTransparency {
+                    max_records: setting("1000"),
+                    ..fleet()
+                },
+                "transparency.max_records",
+                "rolls to a new origin",
+            ),
+            (
+                RawTransparency {
+                    write_timeout: setting("5s"),
+                    ..fleet()
+                },
+                "transparency.write_timeout",
+                "transparency.postgres.timeout",
+            ),
+        ] {
+            let (_, keys, text) = problems(&raw);
+            assert_eq!(keys, [key]);
+            assert!(text.contains(says), "{text}");
+        }
         // No plaintext fallback: `prefer` and no `sslmode` are `require`;
         // `disable` stays as asked.
         use tokio_postgres::config::SslMode;

@@ -461,12 +461,6 @@ impl Log {
         }
     }
 
-    /// Tests: [`Log::backend_failing`].
-    #[cfg(test)]
-    pub(crate) fn backend_stalled(&self) -> bool {
-        self.backend_failing()
-    }
-
     /// True while appends fail: new uploads should not be accepted under
     /// `on_write_error = "refuse"`. Cleared by the next append that
     /// succeeds (a refusal's record), or a fleet's checkpoint tick once
@@ -475,7 +469,7 @@ impl Log {
         self.failing.load(Ordering::Relaxed) || self.backend_failing()
     }
 
-    fn backend_failing(&self) -> bool {
+    pub(crate) fn backend_failing(&self) -> bool {
         match &self.current.load().backend {
             Backend::Directory(d) => d.stalled(),
             Backend::Postgres(f) => f.refusing_writes(),
