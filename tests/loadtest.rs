@@ -867,6 +867,12 @@ async fn drill_over_x_forwarded_for() {
 async fn drill_over_proxy_protocol_v2_from_the_command_line() {
     let sink = FakeSink::start().await;
     let drill = Drill::start(&sink.datacenters).await;
+    // Read while the arguments are parsed.
+    std::fs::write(
+        drill.fx.dir.join("slo.toml"),
+        "max_p99_ms = 5000\nmin_availability = 0.5\n",
+    )
+    .unwrap();
     let args = parse(&format!(
         "--config {config} --target https://127.0.0.1:{port}/v1/telemetry \
          --rate 100 --duration 3s --mix ch=1,eu=1 --convey proxy-v2 \
@@ -880,11 +886,6 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
         admin = sink.admin,
         dir = drill.fx.dir.display(),
     ))
-    .unwrap();
-    std::fs::write(
-        drill.fx.dir.join("slo.toml"),
-        "max_p99_ms = 5000\nmin_availability = 0.5\n",
-    )
     .unwrap();
     let args = residency_tools::loadtest::LoadtestArgs {
         options: Box::new(args),
@@ -906,8 +907,7 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
     // What `loadtest --slo --html --junit` does with the report.
     let mut report = report;
     let o = &args.options;
-    let slo = residency_tools::loadtest::slo::Slo::load(o.slo.as_deref().unwrap()).unwrap();
-    report.apply_slo(&slo);
+    report.apply_slo(o.slo.as_ref().expect("--slo parsed"));
     assert!(report.passed(), "{}", report.render_text());
     assert!(report.slo.iter().any(|c| c.name.ends_with("p99")));
     report

@@ -65,8 +65,8 @@ pub struct DrillArgs {
     /// Service-level objectives (TOML) the run must meet; the exit status
     /// reflects them (default: no violation, nothing missing, every fault
     /// exercised).
-    #[arg(long)]
-    pub slo: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", value_parser = loadtest::slo::parse_arg)]
+    pub slo: Option<loadtest::slo::Slo>,
     /// No progress line every second.
     #[arg(long)]
     pub no_progress: bool,
@@ -145,11 +145,7 @@ max_connections_per_client = 0
 /// Runs the drill, prints the report, fails if the report does.
 pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
     let (json, html, junit) = (args.json.clone(), args.html.clone(), args.junit.clone());
-    let slo = args
-        .slo
-        .as_deref()
-        .map(residency_tools::loadtest::slo::Slo::load)
-        .transpose()?;
+    let slo = args.slo.clone();
     let dir = args.dir.clone();
     let mut report = drill(args).await?;
     if let Some(slo) = &slo {

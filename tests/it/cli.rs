@@ -889,3 +889,35 @@ fn a_drill_s_bad_chaos_event_exits_2_before_starting() {
     assert!(stderr.contains("--chaos"), "{stderr}");
     assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
+
+/// `drill --slo` with a file that cannot be read or holds an unknown key
+/// exits 2 (invalid input) naming the file and what is wrong, before
+/// anything starts; it exited 1.
+#[test]
+fn a_drill_s_bad_slo_file_exits_2_before_starting() {
+    let dir = TempDir::new("cli-drill-slo");
+    let bad = dir.path().join("slo.toml");
+    std::fs::write(&bad, "max_p99_ms = 3000\nmax_p99 = 1\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for (file, says) in [(&bad, "line 2"), (&missing, "missing.toml")] {
+        let out = run(
+            &[
+                "drill",
+                "--slo",
+                path(file),
+                "--dir",
+                path(&dir.path().join("run")),
+            ],
+            &[],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--slo") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("run").exists(), "nothing was set up");
+    }
+    let stderr = text(&run(&["drill", "--slo", path(&bad)], &[]).stderr);
+    assert!(stderr.contains("max_p99"), "names the key: {stderr}");
+}

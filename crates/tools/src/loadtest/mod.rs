@@ -70,14 +70,8 @@ pub async fn run(
     recovery: std::time::Duration,
 ) -> anyhow::Result<()> {
     let plan = Plan::from_args(&args, policy, recovery)?;
-    let slo = args
-        .options
-        .slo
-        .as_deref()
-        .map(slo::Slo::load)
-        .transpose()?;
     let mut report = execute(plan, !args.options.no_progress).await?;
-    if let Some(slo) = &slo {
+    if let Some(slo) = &args.options.slo {
         report.apply_slo(slo);
     }
     print!("{}", report.render_text());
