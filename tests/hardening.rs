@@ -103,6 +103,68 @@ async fn slowloris_connections_cost_one_timer_each() {
     proxy.stop().await;
 }
 
+/// Slow bodies (RUDY): 200 connections send a whole request head and the
+/// first bytes of a 100 KiB body, which the proxy forwards at once, then go
+/// silent. Held so, in flight, they add less than one wake-up a second each
+/// to the process's idle ones: the detector that releases an HTTP/1
+/// connection's buffers once it is quiet re-checks a request in flight at
+/// intervals doubling from 100 ms to 3.2 s (it re-checked every 100 ms:
+/// about 950 wake-ups a second here). Counted, not timed, as for slowloris.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_in_flight_cost_less_than_a_wake_up_a_second_each() {
+    use tokio::io::AsyncWriteExt;
+    let _alone = ALONE.lock().await;
+    const SLOW: usize = 200;
+    rlimit::increase_nofile_limit(8 * SLOW as u64 + 1024).unwrap();
+    let proxy = Proxy::start(Setup {
+        // Long enough that no body is cut off while measuring.
+        extra: "[timeouts]\nrequest_body_idle = \"60s\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    upload_latencies(&proxy, 20).await;
+    let idle = wakeups_per_second().await;
+    let mut held = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut tls = proxy.client().connect().await.expect("connects");
+        let head = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\
+             Content-Length: 102400\r\n\r\nfirst bytes"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        held.push(tls);
+    }
+    let forwarding = format!(
+        "residency_upstream_connections{{datacenter=\"zurich\",upstream=\"http://{}/\"}}",
+        proxy.upstream("zurich").addr
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = metric_value(&proxy, &forwarding).await;
+        if open >= SLOW as f64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} of {SLOW} bodies reached zurich"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the first re-checks, which come sooner.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let slow = wakeups_per_second().await;
+    eprintln!(
+        "slow bodies: {idle:.1} wake-ups a second idle, {slow:.1} holding {SLOW} bodies in flight"
+    );
+    assert!(
+        slow - idle < SLOW as f64,
+        "{SLOW} silent bodies in flight woke the process {slow:.1} times a second, {idle:.1} without them"
+    );
+    drop(held);
+    proxy.stop().await;
+}
+
 /// HTTP/2 reset storm: 5,000 uploads sent and reset on one connection while
 /// their data centre takes 2 s to answer. A reset frees the stream's slot at
 /// once, so without a budget every one of them would run on upstream; with

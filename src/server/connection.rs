@@ -726,6 +726,10 @@ async fn serve_http2<S, I, D>(
 /// hyper's read and write buffers (8 KiB each) before releasing them; it
 /// then waits holding only its TLS state, as nginx's keep-alive does.
 const IDLE_RELEASE: Duration = Duration::from_millis(100);
+/// The longest [`Activity::quiet`] waits between looks at a connection with
+/// a request in flight: its buffers are released at most this much later
+/// than `IDLE_RELEASE` after a long request.
+const QUIET_BUSY_MAX: Duration = Duration::from_millis(3200);
 /// Bytes taken by the read that wakes a parked connection (the h2 preface
 /// is 24); hyper reads the rest of the head itself.
 const WAKE_READ: usize = 128;
@@ -1142,10 +1146,15 @@ impl Activity {
     /// Resolves once a request has begun after the first `since`, and the
     /// connection has then been idle (no head arriving either) for `after`:
     /// HTTP/1 hyper is idle and may hand its stream back. Until a request
-    /// begins it waits for one (no timer); then it re-checks on a timer, at
-    /// most every `after`.
+    /// begins it waits for one (no timer); then it re-checks on a timer:
+    /// `after` past the connection going idle, and while a request is in
+    /// flight at intervals from `after` doubling up to [`QUIET_BUSY_MAX`],
+    /// so that a body trickling for minutes does not wake it ten times a
+    /// second (nothing tells it when a request ends: that would cost every
+    /// request a notification).
     async fn quiet(&self, since: u64, after: Duration) {
         let after = millis(after);
+        let mut busy = after;
         loop {
             if self.requests() == since {
                 let began = self.began.notified();
@@ -1160,13 +1169,18 @@ impl Activity {
             }
             let wait = match self.phase() {
                 Phase::Idle { since: idle } => {
+                    busy = after;
                     let quiet_for = self.now_ms().saturating_sub(idle);
                     if quiet_for >= after {
                         return;
                     }
                     after - quiet_for
                 }
-                _ => after,
+                _ => {
+                    let wait = busy;
+                    busy = (busy * 2).min(millis(QUIET_BUSY_MAX).max(after));
+                    wait
+                }
             };
             crate::lazy::sleep(Duration::from_millis(wait.max(10))).await;
         }
