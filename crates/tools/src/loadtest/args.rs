@@ -94,8 +94,8 @@ pub struct LoadtestOptions {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     /// Service-level objectives (TOML) the run must meet.
-    #[arg(long, value_name = "FILE", value_parser = super::slo::parse_arg)]
-    pub slo: Option<super::slo::Slo>,
+    #[arg(long, value_name = "FILE", value_parser = super::objectives::parse_arg)]
+    pub slo: Option<super::objectives::Slo>,
     /// Do not print a progress line every second.
     #[arg(long)]
     pub no_progress: bool,

@@ -28,6 +28,7 @@ pub mod failover;
 pub mod generator;
 mod html;
 pub mod logcheck;
+mod objectives;
 pub mod plan;
 pub mod reconcile;
 mod render;
