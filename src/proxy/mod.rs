@@ -158,7 +158,49 @@ pub fn handle(
             );
             return Ok(resp);
         }
-        let routed = decide_and_forward(&instance, &state, &conn, req, &id, &mut findings).await;
+        // Decided, then forwarded: written here rather than as a function
+        // of its own, whose future (holding the request) was one more
+        // level to copy when it was created (issue 23).
+        let routed: Routed = 'routed: {
+            // The client's count is held until the response head is here,
+            // and after an early answer until the body has been sent.
+            let (target, counted) = match admit(&instance, &state, &conn, &req, &id, &mut findings)
+            {
+                Ok(admitted) => admitted,
+                Err(failure) => {
+                    let awaiting_continue = req.version() == Version::HTTP_11
+                        && req.headers().contains_key(http::header::EXPECT);
+                    break 'routed Err(Unrouted {
+                        failure,
+                        bytes: 0,
+                        unread: Some(req.into_body()),
+                        awaiting_continue,
+                    });
+                }
+            };
+            // Only an HTTP/1.1 client may wait for `100 Continue` before its
+            // body. RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is
+            // ignored (hyper sends it none; it sends its body anyway); an
+            // HTTP/2 client gets none from hyper and sends its body after
+            // its own wait.
+            let expect = target.expect && req.version() == Version::HTTP_11;
+            let forwarded =
+                forward::forward(&instance, &state, target, req, &mut findings.datacenter).await;
+            match forwarded {
+                Ok((resp, slot)) => {
+                    // Answered early: the rest of the body is still the
+                    // request's, and still holds the data centre's connection.
+                    slot.hold_while_reading(counted);
+                    Ok((resp, slot))
+                }
+                Err(e) => Err(Unrouted {
+                    failure: e.failure,
+                    bytes: e.bytes,
+                    awaiting_continue: expect && e.bytes == 0 && e.unread.is_some(),
+                    unread: e.unread,
+                }),
+            }
+        };
         let (mut resp, bytes, receipt, closing) = respond(
             &instance,
             &state,
@@ -234,7 +276,7 @@ pub fn handle(
     }
 }
 
-/// The client's response for what [`decide_and_forward`] produced, after
+/// The client's response for what the decision and forwarding produced, after
 /// the decision record is written (with the transparency log on): the
 /// upstream's answer, or the refusal. Returns it with the body bytes read,
 /// the receipt for a stored upload, and whether the refusal ends an
@@ -524,52 +566,6 @@ fn admit<'a>(
         hold: conn.hold.clone(),
     };
     Ok((target, held))
-}
-
-#[allow(clippy::manual_async_fn)] // its arguments once, not twice
-fn decide_and_forward<'a>(
-    instance: &'a Instance,
-    state: &'a Snapshot,
-    conn: &'a Conn,
-    req: Request<Incoming>,
-    id: &'a HeaderValue,
-    findings: &'a mut Findings,
-) -> impl Future<Output = Routed> + 'a {
-    async move {
-        // The client's count is held until the response head is here, and
-        // after an early answer until the body has been sent.
-        let (target, counted) = match admit(instance, state, conn, &req, id, findings) {
-            Ok(admitted) => admitted,
-            Err(failure) => {
-                let awaiting_continue = req.version() == Version::HTTP_11
-                    && req.headers().contains_key(http::header::EXPECT);
-                return Err(Unrouted {
-                    failure,
-                    bytes: 0,
-                    unread: Some(req.into_body()),
-                    awaiting_continue,
-                });
-            }
-        };
-        // Only an HTTP/1.1 client may wait for `100 Continue` before its
-        // body. RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is
-        // ignored (hyper sends it none; it sends its body anyway); an
-        // HTTP/2 client gets none from hyper and sends its body after its
-        // own wait.
-        let expect = target.expect && req.version() == Version::HTTP_11;
-        let (resp, slot) = forward::forward(instance, state, target, req, &mut findings.datacenter)
-            .await
-            .map_err(|e| Unrouted {
-                failure: e.failure,
-                bytes: e.bytes,
-                awaiting_continue: expect && e.bytes == 0 && e.unread.is_some(),
-                unread: e.unread,
-            })?;
-        // Answered early: the rest of the body is still the request's, and
-        // still holds the data centre's connection.
-        slot.hold_while_reading(counted);
-        Ok((resp, slot))
-    }
 }
 
 /// The most of a request's path the access line carries. A path can be as
