@@ -332,7 +332,7 @@ impl Upload {
 /// transparency log wants it).
 /// `datacenter` is set to the data centre that answered, for the response
 /// headers and the log.
-/// (An `async` block, not an `async fn`: see [`send`].)
+/// (An `async` block, not an `async fn`: see `Pool::send_or_return`.)
 #[allow(clippy::manual_async_fn)] // its arguments once, not twice
 pub fn forward<'a>(
     instance: &'a Instance,
@@ -375,17 +375,54 @@ pub fn forward<'a>(
             // Health's clock (Tokio's: paused in its tests), read once.
             let started = tokio::time::Instant::now();
             let sent_ms = health.ms_at(started);
-            let attempt = send(
+            // One delivery attempt. While the body is being sent, the
+            // connection must take bytes: `upstream_send_idle` without
+            // progress on a blocked write aborts it (504). Once the body is
+            // sent, the upstream-response deadline runs. (Here, not in a
+            // function of its own: its future, holding the request, was one
+            // more level to copy when it was created, issue 23.)
+            let id = target.request_id.to_str().unwrap_or_default();
+            let hung = Hung {
                 state,
-                &instance.metrics,
+                metrics: &instance.metrics,
                 upstream,
-                request,
-                watch,
-                &upload.slot,
-                target.request_id,
+                request_id: id,
                 dc,
-            )
-            .await;
+            };
+            // The exchange first, then its deadlines; both dropped once one
+            // ends. Polled by hand: `select!` would move both futures into a
+            // tuple, a copy of ~1 KiB per request (issue 23).
+            let result = {
+                let mut sending = pin!(state.pool.send_or_return(upstream, request, &watch));
+                // Gated: polled only when the body is sent, the connection's
+                // progress or its timer wakes it, not each time the response
+                // side does.
+                let deadlines = pin!(deadlines(&state.config.timeouts, &watch, hung));
+                let mut deadlines = crate::lazy::Gated::new(deadlines);
+                std::future::poll_fn(|cx| {
+                    // As `select!` does: with the task's budget spent, yield.
+                    if !tokio::task::coop::has_budget_remaining() {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    match sending.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Ok(r)),
+                        Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
+                    }
+                })
+                .await
+            };
+            let attempt = match result {
+                Ok(result) => judge(state, upstream, result, &upload.slot, id, dc),
+                Err(phase) => {
+                    tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
+                    Attempt::Failed {
+                        failure: Failure::UpstreamTimeout,
+                        unsent: None,
+                        headers: None,
+                    }
+                }
+            };
             state.request_metrics.upstream_duration(
                 &instance.metrics,
                 policy,
@@ -541,130 +578,78 @@ fn settle(
     Settled::Unanswered { fallback, unsent }
 }
 
-/// One delivery attempt. While the body is being sent, the connection must
-/// take bytes: `upstream_send_idle` without progress on a blocked write
-/// aborts it (504). Once the body is sent, the upstream-response deadline
-/// runs. (An `async` block, not an `async fn`, which would keep its
-/// arguments twice: see `Pool::send_or_return`.)
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)] // its arguments once, not twice
-fn send<'a>(
-    state: &'a Snapshot,
-    metrics: &'a crate::metrics::Metrics,
+/// What one delivery attempt came to, from the pool's result (`None`: a
+/// deadline passed, its phase logged).
+fn judge(
+    state: &Snapshot,
     upstream: UpstreamId,
-    request: Request<ForwardBody>,
-    watch: Arc<Watch>,
-    slot: &'a BodySlot,
-    request_id: &'a HeaderValue,
-    dc: &'a str,
-) -> impl Future<Output = Attempt> + 'a {
-    async move {
-        let timeouts = &state.config.timeouts;
-        let id = request_id.to_str().unwrap_or_default();
-        let hung = Hung {
-            state,
-            metrics,
-            upstream,
-            request_id: id,
-            dc,
-        };
-        // The exchange first, then its deadlines; both dropped once one
-        // ends. Polled by hand: `select!` would move both futures into a
-        // tuple, a copy of ~1 KiB per request (issue 23).
-        let result = {
-            let mut sending = pin!(state.pool.send_or_return(upstream, request, &watch));
-            // Gated: polled only when the body is sent, the connection's
-            // progress or its timer wakes it, not each time the response
-            // side does.
-            let deadlines = pin!(deadlines(timeouts, &watch, hung));
-            let mut deadlines = crate::lazy::Gated::new(deadlines);
-            std::future::poll_fn(|cx| {
-                // As `select!` does: with the task's budget spent, yield.
-                if !tokio::task::coop::has_budget_remaining() {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                match sending.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Ok(r)),
-                    Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
-                }
-            })
-            .await
-        };
-        let result = match result {
-            Ok(result) => result,
-            Err(phase) => {
-                tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
-                return Attempt::Failed {
-                    failure: Failure::UpstreamTimeout,
-                    unsent: None,
-                    headers: None,
-                };
-            }
-        };
-        if result.is_ok() {
-            state.health.record_answer(upstream);
-        }
-        match result {
-            Ok(mut resp) => {
-                let status = resp.status();
-                // An answer the client cannot be given as it is.
-                let unusable = if status.is_informational() {
-                    // hyper passes 101 on as if final (1xx else are skipped):
-                    // no answer to an upload, and forbidden in HTTP/2.
-                    Some("an interim status as its final answer")
-                } else if status.as_u16() > 599 {
-                    // Outside RFC 9110 §15's classes (hyper parses up to 999):
-                    // meaningless to a client, to be taken as a server error.
-                    Some("a status code outside 100-599")
-                } else {
-                    headers::from_upstream(status, resp.headers_mut()).err()
-                };
-                match unusable {
-                    Some(answer) => {
-                        let coding = resp.headers().get(header::TRANSFER_ENCODING);
-                        tracing::warn!(request_id = id, datacenter = dc, %status, ?coding, "the data centre answered with {answer}; not forwarded");
-                        Attempt::Failed {
-                            failure: Failure::UpstreamError,
-                            unsent: None,
-                            headers: None,
-                        }
+    result: Result<Response<UpstreamBody>, (PoolError, Option<Request<ForwardBody>>)>,
+    slot: &BodySlot,
+    id: &str,
+    dc: &str,
+) -> Attempt {
+    if result.is_ok() {
+        state.health.record_answer(upstream);
+    }
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status();
+            // An answer the client cannot be given as it is.
+            let unusable = if status.is_informational() {
+                // hyper passes 101 on as if final (1xx else are skipped):
+                // no answer to an upload, and forbidden in HTTP/2.
+                Some("an interim status as its final answer")
+            } else if status.as_u16() > 599 {
+                // Outside RFC 9110 §15's classes (hyper parses up to 999):
+                // meaningless to a client, to be taken as a server error.
+                Some("a status code outside 100-599")
+            } else {
+                headers::from_upstream(status, resp.headers_mut()).err()
+            };
+            match unusable {
+                Some(answer) => {
+                    let coding = resp.headers().get(header::TRANSFER_ENCODING);
+                    tracing::warn!(request_id = id, datacenter = dc, %status, ?coding, "the data centre answered with {answer}; not forwarded");
+                    Attempt::Failed {
+                        failure: Failure::UpstreamError,
+                        unsent: None,
+                        headers: None,
                     }
-                    None if status.is_server_error() => Attempt::ServerError(resp),
-                    None => Attempt::Answered(resp),
                 }
+                None if status.is_server_error() => Attempt::ServerError(resp),
+                None => Attempt::Answered(resp),
             }
-            Err((PoolError::Saturated, returned)) => {
-                tracing::warn!(
-                    request_id = id,
-                    datacenter = dc,
-                    "upstream.max_connections_per_upstream reached"
-                );
-                Attempt::Failed {
-                    failure: Failure::UpstreamSaturated,
-                    unsent: Some("upstream_saturated"),
-                    headers: returned.map(|r| r.into_parts().0.headers),
-                }
+        }
+        Err((PoolError::Saturated, returned)) => {
+            tracing::warn!(
+                request_id = id,
+                datacenter = dc,
+                "upstream.max_connections_per_upstream reached"
+            );
+            Attempt::Failed {
+                failure: Failure::UpstreamSaturated,
+                unsent: Some("upstream_saturated"),
+                headers: returned.map(|r| r.into_parts().0.headers),
             }
-            Err((e, returned)) => {
-                let tls = e.is_tls();
-                tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
-                let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
-                    "tls_failed"
-                } else {
-                    "connect_failed"
-                });
-                let failure = if e.is_connect() {
-                    Failure::UpstreamUnavailable
-                } else {
-                    Failure::UpstreamError
-                };
-                let headers = returned.map(|r| r.into_parts().0.headers);
-                Attempt::Failed {
-                    failure,
-                    unsent,
-                    headers,
-                }
+        }
+        Err((e, returned)) => {
+            let tls = e.is_tls();
+            tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+            let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
+                "tls_failed"
+            } else {
+                "connect_failed"
+            });
+            let failure = if e.is_connect() {
+                Failure::UpstreamUnavailable
+            } else {
+                Failure::UpstreamError
+            };
+            let headers = returned.map(|r| r.into_parts().0.headers);
+            Attempt::Failed {
+                failure,
+                unsent,
+                headers,
             }
         }
     }
