@@ -246,6 +246,7 @@ fn replica() {
         address: None,
         max_records: u64::MAX,
         max_connections: 256,
+        max_connections_per_client: 32,
         refusal_records_per_second: 100,
         refusal_records_burst: 1000,
         tls: Vec::new(),

@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
         address: None,
         max_records: u64::MAX,
         max_connections: 256,
+        max_connections_per_client: 32,
         refusal_records_per_second: 100,
         refusal_records_burst: 1000,
         tls: Vec::new(),

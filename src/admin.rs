@@ -30,6 +30,8 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
         max_connections: ADMIN_MAX_CONNECTIONS,
         rejected: (instance.metrics.connections_rejected)
             .with_label_values(&["admin_connection_limit"]),
+        // The operators' own tools and the cluster's probes.
+        per_client: None,
         blocking: false,
     };
     crate::plain_http::serve(listener, stop, cap, None, move |req| answer(&instance, req)).await;

@@ -50,11 +50,12 @@ pub const REJECTION_REASONS: [&str; 20] = [
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.
-pub const CONNECTION_REJECTIONS: [&str; 9] = [
+pub const CONNECTION_REJECTIONS: [&str; 10] = [
     "connection_limit",
     "client_connection_limit",
     "admin_connection_limit",
     "log_connection_limit",
+    "log_client_connection_limit",
     "proxy_untrusted_peer",
     "proxy_header_missing",
     "proxy_header_invalid",

@@ -40,6 +40,9 @@ const BLOCKING_ANSWERS: usize = 32;
 pub struct Cap {
     pub max_connections: usize,
     pub rejected: prometheus::IntCounter,
+    /// Of `max_connections`, what one client address may hold, and the
+    /// count of connections closed for it (`None`: no limit per client).
+    pub per_client: Option<(u32, prometheus::IntCounter)>,
     /// `answer` does blocking I/O: run it on a blocking thread ([`serve`]).
     pub blocking: bool,
 }
@@ -127,12 +130,25 @@ pub async fn serve_async<F, Fut>(
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(cap.max_connections));
+    // What each client holds, grouped as for the ingest listeners.
+    let clients = Arc::new(crate::client_limit::InFlight::default());
     // Kept to wait for at shutdown; finished ones are reaped as we go.
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let Some((stream, _)) = accept(&listener, &mut stop).await else {
+        let Some((stream, peer)) = accept(&listener, &mut stop).await else {
             break;
+        };
+        let client = match &cap.per_client {
+            None => None,
+            Some((max, rejected)) => match clients.enter(peer.ip(), *max) {
+                Some(counted) => counted,
+                None => {
+                    rejected.inc();
+                    tracing::debug!(%peer, "a client at its connection limit: connection closed");
+                    continue;
+                }
+            },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             cap.rejected.inc();
@@ -143,6 +159,7 @@ pub async fn serve_async<F, Fut>(
         let tls = tls.as_ref().map(|source| TlsAcceptor::from(source()));
         connections.spawn(async move {
             let _permit = permit;
+            let _client = client;
             let Some(tls) = tls else {
                 return connection(stream, answer, stop).await;
             };

@@ -171,6 +171,8 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
         max_connections: MAX_CONNECTIONS,
         // Not exported: the witness serves no metrics.
         rejected: prometheus::IntCounter::new("witness_connections_rejected", "unexported")?,
+        // Its clients are the logs it cosigns, a handful of addresses.
+        per_client: None,
         blocking: false,
     };
     let answer = move |req| answer(req, endpoint.clone(), witness.clone(), state.clone());

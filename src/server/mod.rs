@@ -179,6 +179,14 @@ impl Bound {
                     max_connections: log.settings().max_connections,
                     rejected: (self.instance.metrics.connections_rejected)
                         .with_label_values(&["log_connection_limit"]),
+                    per_client: match log.settings().max_connections_per_client {
+                        0 => None,
+                        max => Some((
+                            max,
+                            (self.instance.metrics.connections_rejected)
+                                .with_label_values(&["log_client_connection_limit"]),
+                        )),
+                    },
                     // Tiles, records and proofs are read from disk.
                     blocking: true,
                 };

@@ -53,6 +53,67 @@ async fn the_log_listener_caps_its_connections() {
     proxy.stop().await;
 }
 
+/// `transparency.max_connections_per_client`: one address holding that
+/// many connections to the log listener has one more closed at once and
+/// counted, while another address is served; its place comes back when
+/// one of its connections ends. Without it, one client could hold every
+/// connection `transparency.max_connections` allows and no customer could
+/// check a receipt.
+#[tokio::test]
+async fn one_client_cannot_hold_the_log_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        transparency: Some("max_connections = 50\nmax_connections_per_client = 3\n".into()),
+        ..Setup::default()
+    })
+    .await;
+    let addr = proxy.log_addr.unwrap();
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(addr)
+    };
+    // Served: a checkpoint comes back on it.
+    async fn served(mut tcp: tokio::net::TcpStream) -> bool {
+        let ask = b"GET /checkpoint HTTP/1.1\r\nHost: log\r\nConnection: close\r\n\r\n";
+        if tcp.write_all(ask).await.is_err() {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer));
+        matches!(read.await, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200")
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(from("127.0.0.1").await.unwrap());
+    }
+    // Give the accept loop time to take the three.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !served(from("127.0.0.1").await.unwrap()).await,
+        "a fourth connection from 127.0.0.1 was served"
+    );
+    assert!(
+        served(from("127.0.0.2").await.unwrap()).await,
+        "another client was not served"
+    );
+    let rejected = metric_value(
+        &proxy,
+        "residency_connections_rejected_total{reason=\"log_client_connection_limit\"}",
+    )
+    .await;
+    assert!(rejected >= 1.0, "counted: {rejected}");
+    assert!(
+        served(held.pop().unwrap()).await,
+        "a held connection is served"
+    );
+    eventually("a place for 127.0.0.1 again", async || {
+        served(from("127.0.0.1").await.unwrap()).await
+    })
+    .await;
+    proxy.stop().await;
+}
+
 /// Idempotent uploads are held for replay only within
 /// `upstream.replay_budget_bytes`; with it spent they stream like any other
 /// upload (and are counted), they are not refused.

@@ -1979,6 +1979,7 @@ mod tests {
             address: None,
             max_records: 1000,
             max_connections: 256,
+            max_connections_per_client: 32,
             refusal_records_per_second: 100,
             refusal_records_burst: 1000,
             tls: Vec::new(),

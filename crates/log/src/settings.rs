@@ -136,6 +136,9 @@ pub struct Transparency {
     /// Connections the customer-facing listener holds at once; more are
     /// closed and counted.
     pub max_connections: usize,
+    /// Of those, what one client address (an IPv6 client's /64) may hold;
+    /// 0: no limit.
+    pub max_connections_per_client: u32,
     /// Refusals recorded one by one per second (token bucket); beyond it
     /// they are folded into summary records (`refusals`).
     pub refusal_records_per_second: u32,
@@ -297,6 +300,7 @@ pub struct RawTransparency {
     pub address: Option<String>,
     pub max_records: Option<Setting<u64>>,
     pub max_connections: Option<Setting<usize>>,
+    pub max_connections_per_client: Option<Setting<u32>>,
     pub refusal_records_per_second: Option<Setting<u32>>,
     pub refusal_records_burst: Option<Setting<u32>>,
     pub tls: Option<RawLogTls>,
@@ -313,6 +317,10 @@ pub const DEFAULT_COMMIT_WINDOW_POSTGRES: Duration = Duration::from_millis(1);
 /// Never roll: memory does not grow with the log.
 const DEFAULT_MAX_RECORDS: u64 = u64::MAX;
 const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// A browser opens at most six connections to a host, a verifier one or
+/// two; a CDN's edge addresses each carry many clients but pool their
+/// connections.
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 32;
 
 /// Converts the raw section, pushing every problem onto `r`.
 pub fn transparency(
@@ -461,6 +469,13 @@ pub fn transparency(
         "an integer from 1 to 65536",
         |n| (1..=65_536).contains(n),
     );
+    let max_connections_per_client = raw.max_connections_per_client.check_is_or(
+        DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        &k("max_connections_per_client"),
+        r,
+        "an integer from 0 to 65536",
+        |n| *n <= 65_536,
+    );
     let refusal_records_per_second = raw.refusal_records_per_second.check_is_or(
         100,
         &k("refusal_records_per_second"),
@@ -493,6 +508,7 @@ pub fn transparency(
         },
         max_records,
         max_connections,
+        max_connections_per_client,
         refusal_records_per_second,
         refusal_records_burst,
         tls: tls?,
@@ -1062,6 +1078,7 @@ mod tests {
         assert_eq!(t.on_write_error, OnWriteError::Refuse);
         assert_eq!(t.max_records, DEFAULT_MAX_RECORDS);
         assert_eq!(t.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(t.max_connections_per_client, 32);
 
         let raw = RawTransparency {
             receipts: setting("log"),
@@ -1104,6 +1121,7 @@ mod tests {
             address: Some("nowhere".into()),
             max_records: setting("0"),
             max_connections: setting("0"),
+            max_connections_per_client: setting("-1"),
             refusal_records_per_second: None,
             refusal_records_burst: None,
             tls: None,
@@ -1124,11 +1142,12 @@ mod tests {
             "- transparency.address: `nowhere` is not a socket address",
             "- transparency.max_records: `0` is not a positive integer",
             "- transparency.max_connections: `0` is not an integer from 1 to 65536",
+            "- transparency.max_connections_per_client: `-1` is not an integer from 0 to 65536",
             "- transparency.write_timeout: `2m` is not a duration from 10ms to 60s",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert_eq!(r.problems.len(), 12, "{text}");
+        assert_eq!(r.problems.len(), 13, "{text}");
 
         let raw = RawTransparency {
             client_address: setting("partial"),
