@@ -102,8 +102,10 @@ enum Attempt {
 /// What every delivery attempt of one upload shares.
 struct Upload {
     method: Method,
-    /// The client's request target; its path and query go upstream.
-    uri: Uri,
+    /// The client's request target's path and query, which go upstream
+    /// (not the whole `Uri`: 88 bytes against 40, and the upload is moved
+    /// whole, issue 23).
+    path: Option<PathAndQuery>,
     /// Rewritten for the upstream. Moved into the first attempt; cloned for
     /// each attempt only when a replay may need them after a sent request
     /// failed. An unsent request comes back from the pool with them.
@@ -128,8 +130,7 @@ impl Upload {
         state: &Snapshot,
     ) -> Result<(Request<ForwardBody>, Arc<Watch>), Failure> {
         let base = &state.config.policy.upstream(upstream).uri;
-        let uri =
-            upstream_path(base, self.uri.path_and_query()).map_err(|_| Failure::BadRequest)?;
+        let uri = upstream_path(base, self.path.as_ref()).map_err(|_| Failure::BadRequest)?;
         let (body, watch) = match &self.replay {
             Some(bytes) => ForwardBody::replay(bytes.clone()),
             None => ForwardBody::stream(self.slot.clone()),
@@ -258,7 +259,7 @@ fn prepare(
         .flatten();
     let upload = Upload {
         method: parts.method,
-        uri: parts.uri,
+        path: parts.uri.into_parts().path_and_query,
         headers: Some(headers),
         host_of: target.upstream,
         slot,

@@ -473,7 +473,9 @@ impl BodySlot {
         if total > self.limit {
             return Err(self.fail(BodyError::TooLarge));
         }
-        if self.min_rate > 0 {
+        // A body whose last byte is here holds nothing any more: it is not
+        // refused for its rate (nor is the clock read for it, issue 23).
+        if self.min_rate > 0 && self.hint.exact() != Some(total) {
             // Past the grace of one idle deadline, the average since the
             // start: a client trickling a byte per gap would otherwise hold
             // its data centre's connection for as long as it liked.
