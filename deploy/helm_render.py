@@ -105,6 +105,8 @@ SCENARIOS = {
                 "extraSpec": {"plugins": [{"name": "barman-cloud.cloudnative-pg.io", "isWALArchiver": True,
                                            "parameters": {"barmanObjectName": "edge-db-store"}}]}}},
             "service": {"type": "LoadBalancer", "port": 443},
+            # customers connect straight to the LoadBalancer: a share each
+            "maxConnectionsPerClient": 32,
         },
         "networkPolicy": {"egress": {"enabled": False}},
     }, None),

@@ -579,8 +579,8 @@ fn settle(
     Settled::Unanswered { fallback, unsent }
 }
 
-/// What one delivery attempt came to, from the pool's result (`None`: a
-/// deadline passed, its phase logged).
+/// What one delivery attempt came to, from the pool's result (one whose
+/// deadline passed is an `UpstreamTimeout` without it).
 fn judge(
     state: &Snapshot,
     upstream: UpstreamId,

@@ -116,7 +116,7 @@ fn options_here(
 
 /// Serves one request. Never fails: every problem becomes a response.
 /// (An `async` block, not an `async fn`, which would keep its arguments
-/// twice: see `forward::send`.)
+/// twice: see `Pool::send_or_return`.)
 #[allow(clippy::manual_async_fn)] // its arguments once, not twice
 pub fn handle(
     instance: Arc<Instance>,

@@ -746,3 +746,18 @@ impl std::fmt::Debug for ForwardBody {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardBody;
+
+    /// The request carrying a `ForwardBody` is moved whole about a dozen
+    /// times on its way to the data centre's connection; at 256 bytes or
+    /// less glibc's `memcpy` copies it without its loop (issue 23,
+    /// `benches/compare/README.md`, "A request of 256 bytes").
+    #[test]
+    fn a_request_carrying_a_forward_body_fits_a_short_copy() {
+        assert!(std::mem::size_of::<ForwardBody>() <= 32);
+        assert!(std::mem::size_of::<http::Request<ForwardBody>>() <= 256);
+    }
+}

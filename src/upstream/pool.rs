@@ -276,7 +276,7 @@ impl Pool {
     /// out on.
     ///
     /// (Not an `async fn`, nor is `send_with`: an `async fn`'s future keeps
-    /// each argument twice, and the request is 368 bytes; every level of
+    /// each argument twice, and the request is 256 bytes; every level of
     /// the request's future is copied when it is created, issue 23.)
     pub fn send_or_return<'a>(
         &'a self,
