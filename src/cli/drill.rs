@@ -143,9 +143,9 @@ max_connections_per_client = 0
 "#;
 
 /// Runs the drill, prints the report, fails if the report does.
-pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: DrillArgs) -> anyhow::Result<()> {
     let (json, html, junit) = (args.json.clone(), args.html.clone(), args.junit.clone());
-    let slo = args.slo.clone();
+    let slo = args.slo.take();
     let dir = args.dir.clone();
     let mut report = drill(args).await?;
     if let Some(slo) = &slo {

@@ -413,17 +413,7 @@ pub fn forward<'a>(
                 })
                 .await
             };
-            let attempt = match result {
-                Ok(result) => judge(state, upstream, result, &upload.slot, id, dc),
-                Err(phase) => {
-                    tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
-                    Attempt::Failed {
-                        failure: Failure::UpstreamTimeout,
-                        unsent: None,
-                        headers: None,
-                    }
-                }
-            };
+            let attempt = judge(state, upstream, result, &upload.slot, id, dc);
             state.request_metrics.upstream_duration(
                 &instance.metrics,
                 policy,
@@ -579,16 +569,27 @@ fn settle(
     Settled::Unanswered { fallback, unsent }
 }
 
-/// What one delivery attempt came to, from the pool's result (one whose
-/// deadline passed is an `UpstreamTimeout` without it).
+/// What one delivery attempt came to: the pool's result, or the phase
+/// whose deadline passed first.
 fn judge(
     state: &Snapshot,
     upstream: UpstreamId,
-    result: Result<Response<UpstreamBody>, (PoolError, Option<Request<ForwardBody>>)>,
+    exchanged: Result<crate::upstream::pool::Sent, &'static str>,
     slot: &BodySlot,
     id: &str,
     dc: &str,
 ) -> Attempt {
+    let result = match exchanged {
+        Ok(result) => result,
+        Err(phase) => {
+            tracing::warn!(request_id = id, datacenter = dc, phase, "timeout");
+            return Attempt::Failed {
+                failure: Failure::UpstreamTimeout,
+                unsent: None,
+                headers: None,
+            };
+        }
+    };
     if result.is_ok() {
         state.health.record_answer(upstream);
     }

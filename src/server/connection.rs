@@ -1178,7 +1178,7 @@ impl Activity {
                 }
                 _ => {
                     let wait = busy;
-                    busy = (busy * 2).min(millis(QUIET_BUSY_MAX).max(after));
+                    busy = (busy * 2).min(millis(QUIET_BUSY_MAX));
                     wait
                 }
             };

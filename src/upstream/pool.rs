@@ -283,8 +283,7 @@ impl Pool {
         u: UpstreamId,
         req: Request<ForwardBody>,
         watch: &'a Watch,
-    ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
-    {
+    ) -> impl Future<Output = Sent> + 'a {
         debug_assert!(req.headers().contains_key(header::HOST), "no Host");
         self.send_with(u, req, watch, true, true)
     }
@@ -300,8 +299,7 @@ impl Pool {
         watch: &'a Watch,
         capped: bool,
         reuse: bool,
-    ) -> impl Future<Output = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>> + 'a
-    {
+    ) -> impl Future<Output = Sent> + 'a {
         async move {
             let inner = &self.inner;
             let room = &inner.rooms[u.0];
@@ -618,6 +616,10 @@ struct Lease {
     tx: SendRequest<ForwardBody>,
     progress: Arc<WriteProgress>,
 }
+
+/// What [`Pool::send_or_return`] comes to: the response, its body still
+/// streaming, or the error and, when it was never sent, the request.
+pub type Sent = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>;
 
 /// An upstream response body. Read to its end, it returns its connection to
 /// the pool; dropped earlier, the connection closes.

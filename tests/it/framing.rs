@@ -1170,6 +1170,29 @@ async fn the_body_idle_deadline_moves_with_every_frame() {
     proxy.stop().await;
 }
 
+/// The chunk that completes a body of declared length is not held to
+/// `limits.min_request_body_rate`: the body holds nothing any more. Here
+/// its first check past `request_body_idle` is its last chunk, and the
+/// upload is stored (the old code refused it with 408 at that chunk).
+#[tokio::test]
+async fn a_slow_body_s_last_chunk_is_not_refused_for_its_rate() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_body_idle = \"2s\"\n[limits]\nmin_request_body_rate = 1024\n"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    let head = raw("POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 30\r\nConnection: close\r\n\r\n");
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&head).await.unwrap();
+    // Three frames 1.2 s apart: no gap reaches request_body_idle, the last
+    // comes after it, at 30 bytes in 2.4 s.
+    ten_byte_frames(&mut tls, 3, Duration::from_millis(1200)).await;
+    assert_eq!(status_line(&mut tls, "the answer").await, "HTTP/1.1 201");
+    assert_eq!(proxy.upstream("zurich").count(), 1, "stored once");
+    proxy.stop().await;
+}
+
 /// Writes 100 bytes of body, ten at a time, `gap` after each.
 async fn hundred_bytes(tls: &mut (impl tokio::io::AsyncWrite + Unpin), gap: Duration) {
     ten_byte_frames(tls, 10, gap).await;
