@@ -471,9 +471,10 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> HeaderValue {
+    /// The id of a request received at `now` (its first digits).
+    pub fn next(&self, now: std::time::SystemTime) -> HeaderValue {
         let mut id = [0u8; ID_BYTES];
-        let millis = std::time::SystemTime::now()
+        let millis = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         id[..ID_BYTES - ID_RANDOM].copy_from_slice(&millis.to_be_bytes()[2..]);
@@ -573,14 +574,14 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         // More than one pool's worth, so the refill path runs.
         for _ in 0..1000 {
-            let id = ids.next();
+            let id = ids.next(std::time::SystemTime::now());
             let text = id.to_str().unwrap();
             assert_eq!(text.len(), 32);
             assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(seen.insert(text.to_string()), "duplicate {text}");
         }
         // The first 12 digits are the time in milliseconds.
-        let id = ids.next();
+        let id = ids.next(std::time::SystemTime::now());
         let millis = u64::from_str_radix(&id.to_str().unwrap()[..12], 16).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

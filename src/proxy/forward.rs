@@ -84,6 +84,9 @@ pub struct Target<'a> {
     pub expect: bool,
     /// The client connection's guard maker (`Conn::hold`), for the body.
     pub hold: Option<crate::upstream::body::Hold>,
+    /// When the request's handling began: its body's rate is averaged
+    /// from then.
+    pub started: tokio::time::Instant,
 }
 
 /// How one attempt ended, when it did not produce a usable response.
@@ -249,6 +252,7 @@ fn prepare(
         instance.log.is_some(),
         parts.version == Version::HTTP_2,
         target.hold.clone(),
+        target.started,
     );
     let replay_limit = config.upstream.replay_limit_bytes;
     let replayable = idempotent && declared.is_none_or(|n| n <= replay_limit as u64);

@@ -16,11 +16,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::{header, HeaderValue, Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use crate::client_limit::Counted;
 use crate::metrics::NONE;
@@ -43,7 +44,7 @@ use residency_log::settings::OnWriteError;
 pub type ProxyBody = Either<Gathered<UpstreamBody>, discard::RefusalBody>;
 
 /// What the accept loop knows about a client connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// What the PROXY header said of the client, on listeners that require one.
@@ -66,6 +67,11 @@ pub struct Conn {
     /// makes lives: a request body still read or discarded after its
     /// answer went out.
     pub hold: Option<Hold>,
+    /// The connection's place under `limits.max_connections`: shared with
+    /// each request's future (through this `Conn`), so a request that
+    /// outlives its connection (detached) still holds it, and draining at
+    /// shutdown waits for it too.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Fields of the access-log line (and the decision record), filled in as
@@ -126,9 +132,9 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
     async move {
         let started = Instant::now();
-        // For the record: read only when there is a log to write it to.
-        let received = instance.log.is_some().then(SystemTime::now);
-        let id = instance.ids.next();
+        // The id's time, and the record's: one clock read.
+        let received = SystemTime::now();
+        let id = instance.ids.next(received);
         let method = req.method().clone();
         let version = req.version();
         // For the access line: copied only when that line is written.
@@ -164,20 +170,20 @@ pub fn handle(
         let routed: Routed = 'routed: {
             // The client's count is held until the response head is here,
             // and after an early answer until the body has been sent.
-            let (target, counted) = match admit(&instance, &state, &conn, &req, &id, &mut findings)
-            {
-                Ok(admitted) => admitted,
-                Err(failure) => {
-                    let awaiting_continue = req.version() == Version::HTTP_11
-                        && req.headers().contains_key(http::header::EXPECT);
-                    break 'routed Err(Unrouted {
-                        failure,
-                        bytes: 0,
-                        unread: Some(req.into_body()),
-                        awaiting_continue,
-                    });
-                }
-            };
+            let (target, counted) =
+                match admit(&instance, &state, &conn, &req, &id, started, &mut findings) {
+                    Ok(admitted) => admitted,
+                    Err(failure) => {
+                        let awaiting_continue = req.version() == Version::HTTP_11
+                            && req.headers().contains_key(http::header::EXPECT);
+                        break 'routed Err(Unrouted {
+                            failure,
+                            bytes: 0,
+                            unread: Some(req.into_body()),
+                            awaiting_continue,
+                        });
+                    }
+                };
             // Only an HTTP/1.1 client may wait for `100 Continue` before its
             // body. RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is
             // ignored (hyper sends it none; it sends its body anyway); an
@@ -287,7 +293,7 @@ async fn respond(
     state: &Snapshot,
     findings: &mut Findings,
     id: &HeaderValue,
-    received: Option<SystemTime>,
+    received: SystemTime,
     routed: Routed,
     hold: Option<&Hold>,
 ) -> (Response<ProxyBody>, u64, Option<HeaderValue>, bool) {
@@ -300,12 +306,7 @@ async fn respond(
         Ok((resp, slot)) => {
             let receipt = match log {
                 Some(log) => {
-                    let context = recording::RecordContext::new(
-                        state,
-                        findings,
-                        id,
-                        received.unwrap_or_else(SystemTime::now),
-                    );
+                    let context = recording::RecordContext::new(state, findings, id, received);
                     // Boxed: it would grow every request's future.
                     Box::pin(recording::answered(log, &context, &resp, &slot)).await
                 }
@@ -348,12 +349,7 @@ async fn respond(
                 .with_label_values(&[failure.reason()])
                 .inc();
             if let Some(log) = log.filter(|_| !recorded) {
-                let context = recording::RecordContext::new(
-                    state,
-                    findings,
-                    id,
-                    received.unwrap_or_else(SystemTime::now),
-                );
+                let context = recording::RecordContext::new(state, findings, id, received);
                 Box::pin(recording::refused(log, &context)).await;
             }
             let mut resp = failure.response(id);
@@ -419,6 +415,7 @@ fn admit<'a>(
     conn: &Conn,
     req: &Request<Incoming>,
     id: &'a HeaderValue,
+    started: Instant,
     findings: &mut Findings,
 ) -> Result<(forward::Target<'a>, Option<Counted>), Failure> {
     let config = &state.config;
@@ -564,6 +561,7 @@ fn admit<'a>(
         tenant: recognized.map(|r| r.tenant),
         expect: fields.expect,
         hold: conn.hold.clone(),
+        started,
     };
     Ok((target, held))
 }

@@ -85,9 +85,6 @@ pub(super) async fn serve(
     permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Shared with requests that outlive the connection (below), so that
-    // draining at shutdown waits for them too.
-    let permit = Arc::new(permit);
     let metrics = &instance.metrics;
     let _active = Counted::new(&metrics.connections_active);
     // The listener settings this connection was accepted with (each
@@ -136,6 +133,7 @@ pub(super) async fn serve(
         hold: Some(crate::upstream::body::Hold(Arc::new(move || {
             Box::new(held.hold())
         }))),
+        permit,
     });
     // Not held for the connection's life: a keep-alive connection kept its
     // accept's snapshot (GeoIP database, pool, TLS keys) for as long as it
@@ -150,8 +148,8 @@ pub(super) async fn serve(
         service_fn(move |req| {
             let busy = activity.begin();
             // Each request runs on the snapshot current when it starts.
+            // (`conn` holds the connection's permit: see `Conn::permit`.)
             let (instance, state, conn) = (instance.clone(), instance.snapshot(), conn.clone());
-            let permit = permit.clone();
             // Boxed: hyper hands a finished HTTP/1 connection's stream back
             // (to release its buffers while idle) only for Unpin futures,
             // and a request whose client left moves, box and all, into a
@@ -161,11 +159,7 @@ pub(super) async fn serve(
                 .ok()
                 .and_then(|mut spare: std::sync::MutexGuard<'_, Option<_>>| spare.take())
                 .unwrap_or_else(|| Box::pin(None));
-            fut.set(Some(async move {
-                let resp = proxy::handle(instance, state, conn, req).await;
-                drop(permit);
-                resp
-            }));
+            fut.set(Some(proxy::handle(instance, state, conn, req)));
             Detached {
                 fut: Some(fut),
                 busy: Some(busy),

@@ -248,7 +248,9 @@ impl BodySlot {
     /// has passed (0: none); `discard`: how much of a body left unsent is
     /// read and thrown away; `hash`: compute the body's SHA-256 while it
     /// streams; `h2`: the request came over HTTP/2; `hold`: see
-    /// [`BodySlot::hold_while_reading`].
+    /// [`BodySlot::hold_while_reading`]; `started`: when the request's
+    /// handling began, which `min_rate` averages from (the caller's clock
+    /// read, not one more).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         body: Incoming,
@@ -259,6 +261,7 @@ impl BodySlot {
         hash: bool,
         h2: bool,
         hold: Option<Hold>,
+        started: Instant,
     ) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
@@ -271,7 +274,7 @@ impl BodySlot {
             limit,
             idle,
             min_rate,
-            started: Instant::now(),
+            started,
             discard,
             bytes: AtomicU64::new(0),
             failure: AtomicU8::new(0),
