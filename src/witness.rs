@@ -60,7 +60,19 @@ pub struct WitnessArgs {
     /// `<prefix>/add-checkpoint`), e.g. `/w1`; the root when unset.
     #[arg(long, value_name = "PATH", value_parser = parse_prefix)]
     pub prefix: Option<String>,
+    /// Connections one client address (an IPv6 client's /64) may hold open
+    /// at once, of the witness's 256; one more is closed as soon as it is
+    /// accepted. 0: no limit (for a witness behind a proxy or balancer,
+    /// whose connections all come from its address).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PER_CLIENT,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_CONNECTIONS as i64))]
+    pub max_connections_per_client: u32,
 }
+
+/// `--max-connections-per-client`'s default: a witness's clients are the
+/// logs it cosigns, each submitting a checkpoint at a time; one address
+/// holding all 256 connections would keep every other log out.
+const DEFAULT_PER_CLIENT: u32 = 16;
 
 /// `--prefix`: a path of its own, without a trailing `/`, query or
 /// fragment, in the bytes a request path may hold unencoded.
@@ -171,8 +183,14 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
         max_connections: MAX_CONNECTIONS,
         // Not exported: the witness serves no metrics.
         rejected: prometheus::IntCounter::new("witness_connections_rejected", "unexported")?,
-        // Its clients are the logs it cosigns, a handful of addresses.
-        per_client: None,
+        // Its clients are the logs it cosigns, a handful of addresses: one
+        // of them (or anyone else) cannot take every connection.
+        per_client: (args.max_connections_per_client > 0)
+            .then(|| {
+                prometheus::IntCounter::new("witness_client_connection_limit", "unexported")
+                    .map(|n| (args.max_connections_per_client, n))
+            })
+            .transpose()?,
         blocking: false,
     };
     let answer = move |req| answer(req, endpoint.clone(), witness.clone(), state.clone());

@@ -343,6 +343,7 @@ fn done(
                 failure: (!ok).then(|| format!("{status}")),
                 datacenter: dc.map(str::to_string),
                 receipt: None,
+                request_id: None,
                 detail: None,
             },
             finished: Duration::from_millis(at_ms + took_ms),

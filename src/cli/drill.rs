@@ -23,7 +23,7 @@ use crate::cli::workdir::{log_key, WorkDir};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::{Instance, Snapshot};
-use residency_core::report::parse_duration;
+use residency_core::report::{parse_duration, ConfigReport};
 use residency_tools::loadtest::{self, Convey, Plan, Report};
 use residency_tools::sink::Sink;
 
@@ -142,6 +142,16 @@ max_requests_per_client = 0
 max_connections_per_client = 0
 "#;
 
+/// The load's own arguments, checked before anything is set up (the
+/// command line checks them before it makes the run's directory), as
+/// `loadtest` checks them: what cannot run, listed (exit 2).
+pub fn check_load(args: &DrillArgs) -> Result<(), ConfigReport> {
+    let mut problems = Vec::new();
+    loadtest::plan::check_load(args.rate, args.duration, args.body_size, &mut problems);
+    loadtest::plan::check_chaos_times(&args.chaos, args.duration, &mut problems);
+    loadtest::plan::refuse("drill", problems)
+}
+
 /// Runs the drill, prints the report, fails if the report does.
 pub async fn run(mut args: DrillArgs) -> anyhow::Result<()> {
     let (json, html, junit) = (args.json.clone(), args.html.clone(), args.junit.clone());
@@ -203,6 +213,7 @@ fn logged_warnings(log: &std::path::Path) -> Option<String> {
 
 /// Sets up sink and proxy, runs the load, tears everything down.
 pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
+    check_load(&args)?;
     // `--dir` (kept), or a private temporary directory removed at the end.
     let work = WorkDir::new(args.dir.as_deref(), "residency-proxy-drill")
         .context("creating the drill's directory")?;

@@ -212,6 +212,9 @@ pub fn run(cli: Cli) -> ExitCode {
             block_on(residency_tools::loadtest::run(args, policy, recovery))
         }
         Command::Drill(mut args) => {
+            if let Err(report) = crate::cli::drill::check_load(&args) {
+                return config_error(report);
+            }
             // The run directory: --dir (kept), or a private temporary one
             // removed when the drill ends. The proxy's log goes to a file in
             // it; the report summarises its warnings.

@@ -61,28 +61,18 @@ async fn the_log_listener_caps_its_connections() {
 /// check a receipt.
 #[tokio::test]
 async fn one_client_cannot_hold_the_log_listener() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let proxy = Proxy::start(Setup {
         transparency: Some("max_connections = 50\nmax_connections_per_client = 3\n".into()),
         ..Setup::default()
     })
     .await;
     let addr = proxy.log_addr.unwrap();
-    let from = |ip: &str| {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-        socket.connect(addr)
-    };
+    let from = |ip: &'static str| connect_from(ip, addr);
     // Served: a checkpoint comes back on it.
-    async fn served(mut tcp: tokio::net::TcpStream) -> bool {
+    let served = |tcp| {
         let ask = b"GET /checkpoint HTTP/1.1\r\nHost: log\r\nConnection: close\r\n\r\n";
-        if tcp.write_all(ask).await.is_err() {
-            return false;
-        }
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer));
-        matches!(read.await, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200")
-    }
+        served(tcp, ask, b"HTTP/1.1 200")
+    };
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(from("127.0.0.1").await.unwrap());

@@ -923,3 +923,34 @@ fn a_drill_s_bad_slo_file_exits_2_before_starting() {
         assert!(!dir.path().join("run").exists(), "nothing was set up");
     }
 }
+
+/// A drill whose load cannot run (a rate of 0, a body too small, a chaos
+/// event after the end) exits 2 naming each problem, before it has set
+/// anything up, under the drill's own name.
+#[test]
+fn a_drill_s_bad_load_exits_2_before_starting() {
+    let dir = TempDir::new("cli-drill-load");
+    let out = run(
+        &[
+            "drill",
+            "--rate",
+            "0",
+            "--body-size",
+            "1",
+            "--duration",
+            "5s",
+            "--chaos",
+            "9s:zurich=refuse",
+            "--dir",
+            path(&dir.path().join("run")),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for says in ["drill", "rate 0", "body-size 1", "chaos 9s:zurich=refuse"] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    assert!(!stderr.contains("loadtest"), "{stderr}");
+    assert!(!dir.path().join("run").exists(), "nothing was set up");
+}

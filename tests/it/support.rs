@@ -84,6 +84,26 @@ pub struct Received {
 }
 
 /// Polls `check` every 50 ms for up to 10 s.
+/// A TCP connection to `addr` from `ip`, a loopback address
+/// (127.0.0.0/8): another client, to a limit per client address.
+pub async fn connect_from(ip: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{ip}:0").parse().expect("an IPv4 address"))?;
+    socket.connect(addr).await
+}
+
+/// Whether a plain HTTP/1.1 server serves `tcp`: `ask` written, an answer
+/// beginning with `answer` read to its end within 5 s.
+pub async fn served(mut tcp: tokio::net::TcpStream, ask: &[u8], answer: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if tcp.write_all(ask).await.is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got));
+    matches!(read.await, Ok(Ok(_))) && got.starts_with(answer)
+}
+
 pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
     for _ in 0..200 {
         if check().await {

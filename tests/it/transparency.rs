@@ -1194,3 +1194,81 @@ async fn the_log_and_admin_listeners_bound_a_request_head() {
     }
     proxy.stop().await;
 }
+
+/// The drill's log check ties each receipt to its own request: two
+/// uploads of the same body from the same place get receipts that pass
+/// every other check (signature, inclusion, data centre, body) for either
+/// upload, so each is proven only when its record names the request the
+/// answer named (`X-Request-Id`).
+#[tokio::test]
+async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
+    use std::collections::HashMap;
+
+    use residency_tools::loadtest::generator::{Outcome, Sent};
+    use residency_tools::loadtest::logcheck;
+    use residency_tools::loadtest::plan::LogTarget;
+    use residency_tools::loadtest::upload::Answer;
+
+    let proxy = with_log("").await;
+    let key = key_of(&proxy);
+    let body = "cpu=0.42\n".repeat(50);
+    let (a, b) = (
+        proxy.client().upload_from(CH, &body).await,
+        proxy.client().upload_from(CH, &body).await,
+    );
+    assert_eq!(
+        (a.status.as_u16(), b.status.as_u16()),
+        (201, 201),
+        "{a:?} {b:?}"
+    );
+    checkpoint_covers(&proxy, &key, 2).await;
+    let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, body.as_bytes())
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let outcome = |index: u64, request: &Reply, receipt: &Reply| Outcome {
+        index,
+        jurisdiction: 0,
+        origin: CH.parse().unwrap(),
+        scheduled: Duration::ZERO,
+        result: Sent::Done {
+            answer: Answer {
+                status: Some(201),
+                failure: None,
+                datacenter: Some("zurich".into()),
+                receipt: receipt.header("residency-receipt").map(str::to_string),
+                request_id: request.header("x-request-id").map(str::to_string),
+                detail: None,
+            },
+            finished: Duration::ZERO,
+            sha256,
+        },
+    };
+    let target = LogTarget {
+        url: format!("http://{}", proxy.log_addr.unwrap()),
+        key,
+    };
+    let stored_in = HashMap::from([(0, vec!["zurich".to_string()]), (1, vec!["zurich".into()])]);
+
+    let own = [outcome(0, &a, &a), outcome(1, &b, &b)];
+    let report = logcheck::check(&target, None, &own, &stored_in).await;
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(
+        (report.receipts_verified, report.receipts_failed),
+        (2, 0),
+        "{report:?}"
+    );
+
+    let swapped = [outcome(0, &a, &b), outcome(1, &b, &a)];
+    let report = logcheck::check(&target, None, &swapped, &stored_in).await;
+    assert_eq!(
+        (report.receipts_verified, report.receipts_failed),
+        (0, 2),
+        "{report:?}"
+    );
+    assert!(
+        report.failure_samples[0].contains("the answer names request"),
+        "{report:?}"
+    );
+    proxy.stop().await;
+}

@@ -691,3 +691,69 @@ async fn a_silent_witness_holds_back_no_other_s_cosignature() {
     proxy.stop().await;
     holder.abort();
 }
+
+/// The witness is reachable by anyone: one address holding
+/// `--max-connections-per-client` connections has one more closed as soon
+/// as it is accepted, while another address is served, and a place comes
+/// back when one of its connections ends. A value out of range is refused
+/// before anything starts (exit 2, naming the flag).
+#[tokio::test]
+async fn one_client_cannot_hold_the_witness() {
+    let dir = TempDir::new("witness-per-client");
+    witness_key(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = residency_log::note::Signer::from_seed(ORIGIN_A, &[7; 32]).unwrap();
+    let logs = [log.verifier_key()];
+    let witness = WitnessProcess::start_with(
+        dir.path(),
+        addr,
+        &logs,
+        1,
+        &["--max-connections-per-client", "2"],
+    )
+    .await;
+    let from = |ip: &'static str| connect_from(ip, addr);
+    // Served: an HTTP answer comes back on it (405: not a POST).
+    let served = |tcp| {
+        let ask = b"GET /add-checkpoint HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n";
+        served(tcp, ask, b"HTTP/1.1 ")
+    };
+    // The start-up probe's connection may still be counted: wait for it.
+    eventually("the witness serving 127.0.0.1", async || {
+        served(from("127.0.0.1").await.unwrap()).await
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(from("127.0.0.1").await.unwrap());
+    }
+    // Give the accept loop time to take the two.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !served(from("127.0.0.1").await.unwrap()).await,
+        "a third connection from 127.0.0.1 was served"
+    );
+    assert!(
+        served(from("127.0.0.2").await.unwrap()).await,
+        "another client was not served"
+    );
+    assert!(
+        served(held.pop().unwrap()).await,
+        "a held connection is served"
+    );
+    eventually("a place for 127.0.0.1 again", async || {
+        served(from("127.0.0.1").await.unwrap()).await
+    })
+    .await;
+    drop(witness);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .args(["witness", "--name", WITNESS_NAME, "--key", "w.key"])
+        .args(["--log", &logs[0], "--listen", "127.0.0.1:0"])
+        .args(["--max-connections-per-client", "257"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-connections-per-client"), "{stderr}");
+}

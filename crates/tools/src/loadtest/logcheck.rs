@@ -4,7 +4,8 @@
 //! customer's `verify` would — signed by the log's key, its record at its
 //! index in the final checkpoint's tree (an inclusion path computed from
 //! hash tiles fetched from the log, C2SP tlog-tiles), the record naming the
-//! data centre the sink stored the body in and the body's SHA-256 — and
+//! request the answer named (`X-Request-Id`), the data centre the sink
+//! stored the body in and the body's SHA-256 — and
 //! that the final checkpoint is consistent with the first (the log only
 //! grew).
 
@@ -31,12 +32,13 @@ pub struct LogReport {
     pub checkpoint_after: Option<u64>,
     /// The final checkpoint extends the first (a consistency proof).
     pub consistent: Option<bool>,
-    /// Receipts whose signature, inclusion, data centre and body all check.
+    /// Receipts whose signature, inclusion, request, data centre and body
+    /// all check.
     pub receipts_verified: u64,
     /// 2xx answers without a `Residency-Receipt`.
     pub acknowledged_without_receipt: u64,
-    /// Receipts that failed a check (signature, inclusion, data centre,
-    /// body): must be 0.
+    /// Receipts that failed a check (signature, inclusion, request, data
+    /// centre, body): must be 0.
     pub receipts_failed: u64,
     pub failure_samples: Vec<String>,
     /// Set when the log could not be read: nothing was verified.
@@ -48,7 +50,7 @@ impl LogReport {
     pub fn summary(&self) -> String {
         let size = |s: Option<u64>| s.map_or_else(|| "?".to_string(), |s| s.to_string());
         format!(
-            "{} receipt(s) proven against {} (signature, inclusion in the checkpoint of {} records, data centre, body SHA-256); {} failed; {} acknowledged without a receipt; the checkpoint grew from {} to {}{}",
+            "{} receipt(s) proven against {} (signature, inclusion in the checkpoint of {} records, request id, data centre, body SHA-256); {} failed; {} acknowledged without a receipt; the checkpoint grew from {} to {}{}",
             self.receipts_verified,
             self.log,
             size(self.checkpoint_after),
@@ -134,14 +136,14 @@ async fn prove(
             continue;
         };
         match &answer.receipt {
-            Some(r) => receipts.push((o, Receipt::parse(r), *sha256)),
+            Some(r) => receipts.push((o, answer, Receipt::parse(r), *sha256)),
             None => report.acknowledged_without_receipt += 1,
         }
     }
     // Wait (bounded) for a checkpoint that covers every receipt.
     let needed = receipts
         .iter()
-        .filter_map(|(_, r, _)| r.as_ref().ok().map(|r| r.index + 1))
+        .filter_map(|(_, _, r, _)| r.as_ref().ok().map(|r| r.index + 1))
         .max()
         .unwrap_or(0);
     let mut last = checkpoint(&fetcher, &verifier).await?.0;
@@ -160,7 +162,7 @@ async fn prove(
             report.failure_samples.push(why);
         }
     };
-    for (o, receipt, sha256) in receipts {
+    for (o, answer, receipt, sha256) in receipts {
         let receipt = match receipt {
             Ok(r) => r,
             Err(e) => {
@@ -210,6 +212,22 @@ async fn prove(
                 format!(
                     "upload {}: acknowledged, but its record says {:?}",
                     o.index, record.outcome
+                ),
+            );
+            continue;
+        }
+        // The record is this request's: a receipt of another upload of the
+        // same body to the same data centre passes every other check.
+        if answer
+            .request_id
+            .as_deref()
+            .is_none_or(|id| id != record.request_id)
+        {
+            fail(
+                report,
+                format!(
+                    "upload {}: the answer names request {:?}, its receipt's record {:?}",
+                    o.index, answer.request_id, record.request_id
                 ),
             );
             continue;

@@ -13,6 +13,7 @@ use http::Uri;
 use super::args::LoadtestArgs;
 use super::spec::{ChaosAction, ChaosEvent, Convey, MixEntry};
 use residency_core::policy::{JurisdictionId, Policy};
+use residency_core::report::ConfigReport;
 
 /// Largest accepted body, so a typo cannot exhaust memory.
 pub const MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
@@ -184,30 +185,10 @@ impl Plan {
     pub fn validate(&mut self) -> anyhow::Result<()> {
         let mut problems: Vec<String> = Vec::new();
         let p = &mut problems;
-        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 1_000_000.0) {
-            p.push(format!(
-                "rate {}: must be > 0 and at most 1000000",
-                self.rate
-            ));
-        }
-        if self.duration.is_zero() || self.duration > MAX_DURATION {
-            p.push("duration: must be > 0 and at most 24h".into());
-        }
-        if self.total_requests() > MAX_UPLOADS {
-            p.push(format!(
-                "rate × duration: {} uploads; at most {MAX_UPLOADS} per run",
-                self.total_requests()
-            ));
-        }
+        check_load(self.rate, self.duration, self.body_size, p);
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
             p.push(format!(
                 "max-in-flight: must be between 1 and {MAX_IN_FLIGHT}"
-            ));
-        }
-        if !(MIN_BODY_SIZE..=MAX_BODY_SIZE).contains(&self.body_size) {
-            p.push(format!(
-                "body-size {}: must be between {MIN_BODY_SIZE} and {MAX_BODY_SIZE}",
-                self.body_size
             ));
         }
         if self.request_timeout.is_zero() || self.drain_timeout.is_zero() {
@@ -233,13 +214,8 @@ impl Plan {
         }
         self.check_mix(p);
         self.chaos.sort_by_key(|e| e.at);
+        check_chaos_times(&self.chaos, self.duration, p);
         for e in &self.chaos {
-            if e.at >= self.duration {
-                p.push(format!(
-                    "chaos {e}: at or after the end of the run ({:?})",
-                    self.duration
-                ));
-            }
             let dc = e.action.datacenter();
             if !self.policy.datacenters.iter().any(|d| d.name == dc) {
                 p.push(format!(
@@ -252,18 +228,7 @@ impl Plan {
                 p.push(format!("chaos {e}: drain/undrain needs --proxy-admin"));
             }
         }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        // A ConfigReport, so the command exits 2 (invalid input) listing all.
-        let mut report = residency_core::report::ConfigReport::new("loadtest");
-        for problem in problems {
-            match problem.split_once(": ") {
-                Some((key, message)) => report.push(key, message),
-                None => report.push("loadtest", problem),
-            }
-        }
-        Err(anyhow::Error::new(report))
+        Ok(refuse("loadtest", problems)?)
     }
 
     fn check_mix(&self, p: &mut Vec<String>) {
@@ -375,4 +340,52 @@ fn parse_url(text: &str, flag: &str) -> anyhow::Result<Uri> {
 
 fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+}
+
+/// What is wrong with a run's load, whatever it runs against (`drill`
+/// checks it before it starts anything): its rate, duration and body size,
+/// and the uploads they make. Each problem is `key: message`.
+pub fn check_load(rate: f64, duration: Duration, body_size: usize, p: &mut Vec<String>) {
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+        p.push(format!("rate {rate}: must be > 0 and at most 1000000"));
+    }
+    if duration.is_zero() || duration > MAX_DURATION {
+        p.push("duration: must be > 0 and at most 24h".into());
+    }
+    let total = super::schedule::Schedule::new(rate, duration).count();
+    if total > MAX_UPLOADS {
+        p.push(format!(
+            "rate × duration: {total} uploads; at most {MAX_UPLOADS} per run"
+        ));
+    }
+    if !(MIN_BODY_SIZE..=MAX_BODY_SIZE).contains(&body_size) {
+        p.push(format!(
+            "body-size {body_size}: must be between {MIN_BODY_SIZE} and {MAX_BODY_SIZE}"
+        ));
+    }
+}
+
+/// Chaos events that would not happen: at or after the run's end.
+pub fn check_chaos_times(chaos: &[ChaosEvent], duration: Duration, p: &mut Vec<String>) {
+    for e in chaos.iter().filter(|e| e.at >= duration) {
+        p.push(format!(
+            "chaos {e}: at or after the end of the run ({duration:?})"
+        ));
+    }
+}
+
+/// `problems` (each `key: message`) as the `command`'s report (exit 2,
+/// invalid input, listing all); `Ok` when there are none.
+pub fn refuse(command: &str, problems: Vec<String>) -> Result<(), ConfigReport> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut report = ConfigReport::new(command);
+    for problem in problems {
+        match problem.split_once(": ") {
+            Some((key, message)) => report.push(key, message),
+            None => report.push(command, problem),
+        }
+    }
+    Err(report)
 }

@@ -132,6 +132,9 @@ pub struct Answer {
     pub datacenter: Option<String>,
     /// The `Residency-Receipt` response header.
     pub receipt: Option<String>,
+    /// The `X-Request-Id` response header: the request the receipt's
+    /// record must name.
+    pub request_id: Option<String>,
     /// For transport failures: the error chain, for the report's examples.
     pub detail: Option<String>,
 }
@@ -143,6 +146,7 @@ impl Answer {
             failure: Some(reason.to_string()),
             datacenter: None,
             receipt: None,
+            request_id: None,
             detail: None,
         }
     }
@@ -183,16 +187,17 @@ pub async fn send(client: &UploadClient, upload: Upload<'_>) -> Answer {
         }
     };
     let status = resp.status();
-    let datacenter = resp
-        .headers()
-        .get("residency-datacenter")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let receipt = resp
-        .headers()
-        .get("residency-receipt")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (datacenter, receipt, request_id) = (
+        header("residency-datacenter"),
+        header("residency-receipt"),
+        header("x-request-id"),
+    );
     let body = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
         .collect()
         .await
@@ -210,6 +215,7 @@ pub async fn send(client: &UploadClient, upload: Upload<'_>) -> Answer {
         failure,
         datacenter,
         receipt,
+        request_id,
         detail: None,
     }
 }
