@@ -32,6 +32,7 @@ use crate::upstream::gather::Gathered;
 use crate::upstream::pool::Body as UpstreamBody;
 use discard::RefusalBody;
 pub use error::Failure;
+use forward::Unforwarded;
 use residency_core::country::Country;
 use residency_core::decision::{decide, decide_pinned, Outcome, Refusal};
 use residency_core::origin::{self, AddressSource, TrustedProxies};
@@ -176,7 +177,7 @@ pub fn handle(
                     Err(failure) => {
                         let awaiting_continue = req.version() == Version::HTTP_11
                             && req.headers().contains_key(http::header::EXPECT);
-                        break 'routed Err(Unrouted {
+                        break 'routed Err(Unforwarded {
                             failure,
                             bytes: 0,
                             unread: Some(req.into_body()),
@@ -184,28 +185,15 @@ pub fn handle(
                         });
                     }
                 };
-            // Only an HTTP/1.1 client may wait for `100 Continue` before its
-            // body. RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is
-            // ignored (hyper sends it none; it sends its body anyway); an
-            // HTTP/2 client gets none from hyper and sends its body after
-            // its own wait.
-            let expect = target.expect && req.version() == Version::HTTP_11;
             let forwarded =
                 forward::forward(&instance, &state, target, req, &mut findings.datacenter).await;
-            match forwarded {
-                Ok((resp, slot)) => {
-                    // Answered early: the rest of the body is still the
-                    // request's, and still holds the data centre's connection.
-                    slot.hold_while_reading(counted);
-                    Ok((resp, slot))
-                }
-                Err(e) => Err(Unrouted {
-                    failure: e.failure,
-                    bytes: e.bytes,
-                    awaiting_continue: expect && e.bytes == 0 && e.unread.is_some(),
-                    unread: e.unread,
-                }),
+            // Answered early: the rest of the body is still the request's,
+            // and still holds the data centre's connection. (The result is
+            // passed on as it is: the answer is not moved once more.)
+            if let Ok((_, slot)) = &forwarded {
+                slot.hold_while_reading(counted);
             }
+            forwarded
         };
         let (mut resp, bytes, receipt, closing) = respond(
             &instance,
@@ -327,7 +315,7 @@ async fn respond(
                 Err(failure) => (Err(failure), bytes, None, true),
             }
         }
-        Err(Unrouted {
+        Err(Unforwarded {
             failure,
             bytes,
             unread,
@@ -380,20 +368,8 @@ async fn respond(
     (resp, bytes, receipt, closing)
 }
 
-type Routed = Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), Unrouted>;
-
-/// A request that got no upstream answer.
-struct Unrouted {
-    failure: Failure,
-    /// Body bytes read from the client.
-    bytes: u64,
-    /// The body, when the request was refused before it was forwarded.
-    unread: Option<Incoming>,
-    /// The request said `Expect` (`100-continue`) and none of its body was
-    /// read: no `100 Continue` went out, so its client need not send the
-    /// body, and may not.
-    awaiting_continue: bool,
-}
+/// The data centre's answer, or why there is none.
+type Routed = Result<(Response<UpstreamBody>, Arc<crate::upstream::body::BodySlot>), Unforwarded>;
 
 /// Whether an allowed `OPTIONS` is the proxy's to answer: `Max-Forwards:
 /// 0` (RFC 9110 §7.6.2), or asterisk-form (about the server, not a

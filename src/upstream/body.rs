@@ -732,8 +732,10 @@ impl Drop for ForwardBody {
         if let Kind::Stream { slot, source, .. } = &mut self.kind {
             let client_stopped = slot.failure().is_some_and(|e| !e.still_sending());
             // Without the source, this attempt never took the body: it is
-            // still in the slot, for another attempt.
+            // still in the slot, for another attempt. A body read to its
+            // end was done with already (`complete`).
             match source.take() {
+                Some(_) if slot.read.load(Ordering::Acquire) => {}
                 Some(_) if client_stopped => drop(slot.done_reading()),
                 Some(source) => slot.abandon(*source),
                 None => {}
