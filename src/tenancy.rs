@@ -440,6 +440,11 @@ impl Tenancy {
         let record_names =
             record_names(raw, tenants.as_ref().unwrap_or(&none), base, r, &mut files);
         let (tenants, record_names) = (tenants?, record_names?);
+        if r.problems.len() == before {
+            for (tenant, names) in tenants.claimable_by_server_name() {
+                tracing::warn!(tenant, server_names = ?names, "{}", claimable_warning(tenant));
+            }
+        }
         (r.problems.len() == before).then(|| Tenancy {
             tenants,
             token,
@@ -448,6 +453,17 @@ impl Tenancy {
             files,
         })
     }
+}
+
+/// What a tenant that any client can claim is told (at load, and by
+/// `check-config`): see [`Tenants::claimable_by_server_name`].
+pub fn claimable_warning(tenant: &str) -> String {
+    format!(
+        "tenant `{tenant}` is recognised by a server name, which any client can send, \
+         and its mismatch is \"allow\": any client naming it is routed by its pin \
+         wherever GeoIP places it; where identity matters, recognise it by client_cert \
+         or token, or set mismatch"
+    )
 }
 
 fn load_tenants_file(path: &Path) -> Result<Vec<RawTenant>, String> {

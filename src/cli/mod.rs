@@ -531,6 +531,13 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                     pins.join(", "),
                     if tenancy.token.is_some() { "on" } else { "off" }
                 );
+                for (tenant, names) in tenancy.tenants.claimable_by_server_name() {
+                    println!(
+                        "warning: {} (sni {})",
+                        crate::tenancy::claimable_warning(tenant),
+                        names.join(", ")
+                    );
+                }
             }
             if let Some(line) = database {
                 println!("log database: {line}");

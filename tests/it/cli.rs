@@ -954,3 +954,44 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
     assert!(!stderr.contains("loadtest"), "{stderr}");
     assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
+
+/// `check-config` warns of a tenant any client can claim: recognised by a
+/// server name (which anyone can send) with `mismatch = "allow"` routes
+/// whoever names it by its pin. Not of one that refuses a mismatch, nor of
+/// one recognised by certificate only.
+#[test]
+fn check_config_warns_of_a_tenant_any_client_can_claim() {
+    let (_dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    let tenants = r#"
+[[tenants]]
+name = "acme"
+jurisdiction = "ch"
+sni = ["acme.ingest.example", "*.acme.example"]
+
+[[tenants]]
+name = "globex"
+jurisdiction = "eu"
+sni = ["globex.ingest.example"]
+mismatch = "refuse"
+
+[[tenants]]
+name = "initech"
+jurisdiction = "eu"
+client_cert = ["cn:initech-uploader"]
+"#;
+    std::fs::write(&config, format!("{base}{tenants}")).unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("tenant `acme`")
+            && warnings[0].contains("sni *.acme.example, acme.ingest.example"),
+        "{stdout}"
+    );
+}

@@ -195,6 +195,31 @@ impl Tenants {
         self.list.iter()
     }
 
+    /// Tenants any client can claim: recognised by a TLS server name,
+    /// which anyone can send, and routed by their pin wherever GeoIP places
+    /// the client (`mismatch = "allow"`). Each with its server names
+    /// (`*.suffix` for a wildcard), sorted.
+    pub fn claimable_by_server_name(&self) -> Vec<(&str, Vec<String>)> {
+        let exact = self.sni_exact.iter().map(|(n, id)| (n.clone(), *id));
+        let wild = self
+            .sni_wildcard
+            .iter()
+            .map(|(suffix, id)| (format!("*.{suffix}"), *id));
+        let mut names: Vec<Vec<String>> = vec![Vec::new(); self.list.len()];
+        for (name, id) in exact.chain(wild) {
+            names[id.0 as usize].push(name);
+        }
+        self.list
+            .iter()
+            .zip(names)
+            .filter(|(t, names)| !names.is_empty() && matches!(t.mismatch, Mismatch::Allow))
+            .map(|(t, mut names)| {
+                names.sort();
+                (t.name.as_str(), names)
+            })
+            .collect()
+    }
+
     /// Whether any tenant is recognised by its client certificate.
     /// Whether any tenant is recognised by the server name.
     pub fn by_server_name(&self) -> bool {
