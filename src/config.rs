@@ -169,8 +169,8 @@ pub struct Limits {
     /// their upload (per connection: `h2_max_concurrent_streams`).
     pub max_detached_requests: usize,
     /// Past its first `timeouts.request_body_idle`, a request body must
-    /// have averaged at least this many bytes per second since it started
-    /// (0 = no minimum).
+    /// have averaged at least this many bytes per second since its
+    /// request's head was taken (0 = no minimum).
     pub min_request_body_rate: u64,
     /// Requests one client (an address; an IPv6 /64) may have in flight,
     /// from the decision to forward until the response head, or after an

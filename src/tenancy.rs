@@ -440,11 +440,6 @@ impl Tenancy {
         let record_names =
             record_names(raw, tenants.as_ref().unwrap_or(&none), base, r, &mut files);
         let (tenants, record_names) = (tenants?, record_names?);
-        if r.problems.len() == before {
-            for (tenant, names) in tenants.claimable_by_server_name() {
-                tracing::warn!(tenant, server_names = ?names, "{}", claimable_warning(tenant));
-            }
-        }
         (r.problems.len() == before).then(|| Tenancy {
             tenants,
             token,
@@ -455,7 +450,19 @@ impl Tenancy {
     }
 }
 
-/// What a tenant that any client can claim is told (at load, and by
+impl Tenancy {
+    /// Logs a warning for each tenant any client can claim (see
+    /// [`Tenants::claimable_by_server_name`]): when `serve` starts and when
+    /// a reload is taken (not at `Config::load`, which runs before the log
+    /// is set up, and also for a reload that is then refused).
+    pub fn warn_claimable(&self) {
+        for (tenant, names) in self.tenants.claimable_by_server_name() {
+            tracing::warn!(tenant, server_names = ?names, "{}", claimable_warning(tenant));
+        }
+    }
+}
+
+/// What a tenant that any client can claim is told (in the log, and by
 /// `check-config`): see [`Tenants::claimable_by_server_name`].
 pub fn claimable_warning(tenant: &str) -> String {
     format!(

@@ -72,7 +72,8 @@ pub struct DrillArgs {
     pub no_progress: bool,
     /// Run the proxy without its transparency log (by default the drill
     /// also proves every acknowledged upload from the log: receipt
-    /// signature, inclusion, data centre, body; checkpoints consistent).
+    /// signature, inclusion, request id, data centre, body; checkpoints
+    /// consistent).
     #[arg(long)]
     pub no_log: bool,
 }
@@ -115,6 +116,9 @@ const SCHEDULE: [(f64, &str); 6] = [
     (0.90, "undrain=zurich"),
 ];
 
+/// The drill's data centres (the sinks it starts).
+const DATACENTERS: [&str; 4] = ["zurich", "geneva", "frankfurt", "virginia"];
+
 /// The drill's log name (`transparency.origin`).
 const DRILL_LOG_ORIGIN: &str = "drill.residency-proxy.local/log";
 
@@ -149,6 +153,15 @@ pub fn check_load(args: &DrillArgs) -> Result<(), ConfigReport> {
     let mut problems = Vec::new();
     loadtest::plan::check_load(args.rate, args.duration, args.body_size, &mut problems);
     loadtest::plan::check_chaos_times(&args.chaos, args.duration, &mut problems);
+    for e in &args.chaos {
+        let dc = e.action.datacenter();
+        if !DATACENTERS.contains(&dc) {
+            problems.push(format!(
+                "chaos {e}: the drill has no data centre `{dc}` (it has {})",
+                DATACENTERS.join(", ")
+            ));
+        }
+    }
     loadtest::plan::refuse("drill", problems)
 }
 
@@ -220,8 +233,8 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let dir = work.path().to_path_buf();
 
     let any: SocketAddr = "127.0.0.1:0".parse()?;
-    let names = ["zurich", "geneva", "frankfurt", "virginia"];
-    let specs: Vec<(String, SocketAddr)> = names.iter().map(|n| (n.to_string(), any)).collect();
+    let specs: Vec<(String, SocketAddr)> =
+        DATACENTERS.iter().map(|n| (n.to_string(), any)).collect();
     let sink = Sink::start(&specs, any).await?;
     let dcs: Vec<SiteDatacenter> = [
         ("zurich", "ch", 1),

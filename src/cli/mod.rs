@@ -317,6 +317,7 @@ async fn serve_inner(
     path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    config.tenancy.warn_claimable();
     let state = Snapshot::build(config)?;
     let instance = Instance::start(state, Metrics::new()?).await?;
     let mut bound = crate::server::bind(instance).await?;

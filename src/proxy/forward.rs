@@ -115,7 +115,7 @@ struct Upload {
     headers: Option<HeaderMap>,
     /// The upstream whose `Host` they carry.
     host_of: UpstreamId,
-    /// An HTTP/1.1 client's `Expect: 100-continue`. (Only such a client
+    /// An HTTP/1.1 client's `Expect` field (`100-continue`). (Only such a client
     /// may wait for `100 Continue` before its body. RFC 9110 §10.1.1: an
     /// HTTP/1.0 client's expectation is ignored, hyper sends it none and
     /// it sends its body anyway; an HTTP/2 client gets none from hyper and
@@ -166,6 +166,7 @@ impl Upload {
         // `Request::new`'s map is empty and, as `HeaderMap::new` documents,
         // holds no allocation: forgotten, not dropped (its drop glue ran
         // ~60 instructions a request for nothing, issue 23).
+        debug_assert_eq!(request.headers().capacity(), 0);
         std::mem::forget(std::mem::replace(request.headers_mut(), headers));
         Ok((request, watch))
     }

@@ -1295,8 +1295,9 @@ impl hyper::body::Body for Served {
 /// it when the connection (or the h2 stream) goes away, and then it moves
 /// into a task of its own and runs to its end. A delivery in progress
 /// completes and gets its transparency record; a body the client did not
-/// finish still fails as `client_aborted`. The future holds a share of the
-/// connection's permit, so draining at shutdown waits for it. Nothing extra
+/// finish still fails as `client_aborted`. The future holds the connection's
+/// `proxy::Conn`, which owns its permit, so draining at shutdown waits for
+/// it. Nothing extra
 /// happens while the client stays.
 ///
 /// Bounded: HTTP/2 frees a stream's concurrency slot as soon as it is

@@ -298,6 +298,8 @@ fn example_config_validates() {
         "stdout: {stdout}\nstderr: {}",
         text(&out.stderr)
     );
+    // What users copy loads without a warning.
+    assert!(!stdout.contains("warning:"), "{stdout}");
     for want in [
         "configuration OK",
         "jurisdiction ch",
@@ -925,7 +927,7 @@ fn a_drill_s_bad_slo_file_exits_2_before_starting() {
 }
 
 /// A drill whose load cannot run (a rate of 0, a body too small, a chaos
-/// event after the end) exits 2 naming each problem, before it has set
+/// event after the end or for a data centre it does not have) exits 2 naming each problem, before it has set
 /// anything up, under the drill's own name.
 #[test]
 fn a_drill_s_bad_load_exits_2_before_starting() {
@@ -941,6 +943,8 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
             "5s",
             "--chaos",
             "9s:zurich=refuse",
+            "--chaos",
+            "1s:nowhere=refuse",
             "--dir",
             path(&dir.path().join("run")),
         ],
@@ -948,7 +952,13 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
     );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for says in ["drill", "rate 0", "body-size 1", "chaos 9s:zurich=refuse"] {
+    for says in [
+        "drill",
+        "rate 0",
+        "body-size 1",
+        "chaos 9s:zurich=refuse",
+        "no data centre `nowhere`",
+    ] {
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
     assert!(!stderr.contains("loadtest"), "{stderr}");
@@ -993,5 +1003,23 @@ client_cert = ["cn:initech-uploader"]
         warnings[0].contains("tenant `acme`")
             && warnings[0].contains("sni *.acme.example, acme.ingest.example"),
         "{stdout}"
+    );
+}
+
+/// `serve` logs the warning of a tenant any client can claim when it
+/// starts, once its log is set up (the configuration is read before).
+#[tokio::test]
+async fn serve_logs_a_tenant_any_client_can_claim() {
+    let up = Upstream::start("zurich").await;
+    let tenant =
+        "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.ingest.example\"]\n";
+    let proxy = Binary::start("claimable", &datacenters_at(up.addr), tenant).await;
+    let log = proxy.log();
+    let line = line_with(&log, "is recognised by a server name");
+    assert!(
+        line.contains("WARN")
+            && line.contains("tenant `acme`")
+            && line.contains("acme.ingest.example"),
+        "{log}"
     );
 }

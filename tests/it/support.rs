@@ -83,7 +83,6 @@ pub struct Received {
     pub body: Bytes,
 }
 
-/// Polls `check` every 50 ms for up to 10 s.
 /// A TCP connection to `addr` from `ip`, a loopback address
 /// (127.0.0.0/8): another client, to a limit per client address.
 pub async fn connect_from(ip: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
@@ -104,6 +103,7 @@ pub async fn served(mut tcp: tokio::net::TcpStream, ask: &[u8], answer: &[u8]) -
     matches!(read.await, Ok(Ok(_))) && got.starts_with(answer)
 }
 
+/// Polls `check` every 50 ms for up to 10 s.
 pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
     for _ in 0..200 {
         if check().await {

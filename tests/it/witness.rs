@@ -723,6 +723,8 @@ async fn one_client_cannot_hold_the_witness() {
         served(from("127.0.0.1").await.unwrap()).await
     })
     .await;
+    // The witness lets go of that connection's place once it has closed it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(from("127.0.0.1").await.unwrap());

@@ -218,16 +218,22 @@ async fn prove(
         }
         // The record is this request's: a receipt of another upload of the
         // same body to the same data centre passes every other check.
-        if answer
-            .request_id
-            .as_deref()
-            .is_none_or(|id| id != record.request_id)
-        {
+        let Some(id) = answer.request_id.as_deref() else {
             fail(
                 report,
                 format!(
-                    "upload {}: the answer names request {:?}, its receipt's record {:?}",
-                    o.index, answer.request_id, record.request_id
+                    "upload {}: the answer has no X-Request-Id to tie its receipt to (a front that drops it?)",
+                    o.index
+                ),
+            );
+            continue;
+        };
+        if id != record.request_id {
+            fail(
+                report,
+                format!(
+                    "upload {}: the answer names request {id:?}, its receipt's record {:?}",
+                    o.index, record.request_id
                 ),
             );
             continue;
