@@ -152,16 +152,13 @@ max_connections_per_client = 0
 pub fn check_load(args: &DrillArgs) -> Result<(), ConfigReport> {
     let mut problems = Vec::new();
     loadtest::plan::check_load(args.rate, args.duration, args.body_size, &mut problems);
-    loadtest::plan::check_chaos_times(&args.chaos, args.duration, &mut problems);
-    for e in &args.chaos {
-        let dc = e.action.datacenter();
-        if !DATACENTERS.contains(&dc) {
-            problems.push(format!(
-                "chaos {e}: the drill has no data centre `{dc}` (it has {})",
-                DATACENTERS.join(", ")
-            ));
-        }
-    }
+    loadtest::plan::check_chaos(
+        &args.chaos,
+        args.duration,
+        &DATACENTERS,
+        "the drill",
+        &mut problems,
+    );
     loadtest::plan::refuse("drill", problems)
 }
 

@@ -103,6 +103,46 @@ pub async fn served(mut tcp: tokio::net::TcpStream, ask: &[u8], answer: &[u8]) -
     matches!(read.await, Ok(Ok(_))) && got.starts_with(answer)
 }
 
+/// A plain HTTP/1.1 listener at `addr` that lets one client address hold
+/// `max` connections: with `max` held from 127.0.0.1, one more from it is
+/// not served (`ask` answered by a reply beginning `answer`) while one
+/// from 127.0.0.2 is; `then` runs (a check of the listener's count, say);
+/// a held connection is served, and 127.0.0.1 gets a place again.
+pub async fn assert_one_address_is_capped(
+    addr: SocketAddr,
+    max: usize,
+    ask: &[u8],
+    answer: &[u8],
+    then: impl AsyncFnOnce(),
+) {
+    let from = |ip: &'static str| connect_from(ip, addr);
+    let served = |tcp| served(tcp, ask, answer);
+    let mut held = Vec::new();
+    for _ in 0..max {
+        held.push(from("127.0.0.1").await.unwrap());
+    }
+    // Give the accept loop time to take them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !served(from("127.0.0.1").await.unwrap()).await,
+        "connection {} from 127.0.0.1 was served",
+        max + 1
+    );
+    assert!(
+        served(from("127.0.0.2").await.unwrap()).await,
+        "another client was not served"
+    );
+    then().await;
+    assert!(
+        served(held.pop().unwrap()).await,
+        "a held connection is served"
+    );
+    eventually("a place for 127.0.0.1 again", async || {
+        served(from("127.0.0.1").await.unwrap()).await
+    })
+    .await;
+}
+
 /// Polls `check` every 50 ms for up to 10 s.
 pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
     for _ in 0..200 {

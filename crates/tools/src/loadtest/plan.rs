@@ -214,15 +214,9 @@ impl Plan {
         }
         self.check_mix(p);
         self.chaos.sort_by_key(|e| e.at);
-        check_chaos_times(&self.chaos, self.duration, p);
+        let names = self.datacenter_names();
+        check_chaos(&self.chaos, self.duration, &names, "the configuration", p);
         for e in &self.chaos {
-            let dc = e.action.datacenter();
-            if !self.policy.datacenters.iter().any(|d| d.name == dc) {
-                p.push(format!(
-                    "chaos {e}: the configuration has no data centre `{dc}` (it has {})",
-                    self.datacenter_names().join(", ")
-                ));
-            }
             let needs_proxy = !matches!(e.action, ChaosAction::Mode { .. });
             if needs_proxy && self.proxy_admin.is_none() {
                 p.push(format!("chaos {e}: drain/undrain needs --proxy-admin"));
@@ -365,12 +359,29 @@ pub fn check_load(rate: f64, duration: Duration, body_size: usize, p: &mut Vec<S
     }
 }
 
-/// Chaos events that would not happen: at or after the run's end.
-pub fn check_chaos_times(chaos: &[ChaosEvent], duration: Duration, p: &mut Vec<String>) {
-    for e in chaos.iter().filter(|e| e.at >= duration) {
-        p.push(format!(
-            "chaos {e}: at or after the end of the run ({duration:?})"
-        ));
+/// Chaos events that cannot happen: at or after the run's end, or for a
+/// data centre not among `datacenters` (those `owner`, "the
+/// configuration", has).
+pub fn check_chaos(
+    chaos: &[ChaosEvent],
+    duration: Duration,
+    datacenters: &[&str],
+    owner: &str,
+    p: &mut Vec<String>,
+) {
+    for e in chaos {
+        if e.at >= duration {
+            p.push(format!(
+                "chaos {e}: at or after the end of the run ({duration:?})"
+            ));
+        }
+        let dc = e.action.datacenter();
+        if !datacenters.contains(&dc) {
+            p.push(format!(
+                "chaos {e}: {owner} has no data centre `{dc}` (it has {})",
+                datacenters.join(", ")
+            ));
+        }
     }
 }
 
