@@ -92,8 +92,20 @@ impl TestServer {
             .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
             .arg(format!("--pwfile={}", pwfile.display()));
         check(&mut initdb)?;
-        server.launch()?;
-        Ok(server)
+        // A port free a moment ago may be taken by another process before
+        // the server binds it (another test process naming ports the same
+        // way): then it exits at once, and a fresh port is tried.
+        let mut attempts = 0;
+        loop {
+            match server.launch() {
+                Err(e) if attempts < 4 && e.to_string().contains("could not bind") => {
+                    attempts += 1;
+                    server.port = crate::ports::free_port()?;
+                    let _ = std::fs::remove_file(server.dir.join("server.log"));
+                }
+                launched => return launched.map(|()| server),
+            }
+        }
     }
 
     /// The certificate the server presents (PEM; its own CA), if it
@@ -207,9 +219,13 @@ impl TestServer {
         self.child = Some(postgres.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Over its own Unix socket: another server holding the port
+            // on 127.0.0.1 would answer for it over TCP.
             let mut ready = self.command("pg_isready");
             ready
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .arg("-h")
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-q"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if ready.status()?.success() {
