@@ -159,6 +159,11 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_request_head_bytes: usize,
+    /// How far an HTTP/1 connection's read buffer may grow while a request
+    /// body streams: each read becomes one body chunk and one write to the
+    /// data centre (a TLS record carries at most 16 KiB of it). At least
+    /// `max_request_head_bytes`, whatever this says.
+    pub request_body_buffer_bytes: usize,
     pub max_body_bytes: u64,
     pub h2_max_concurrent_streams: u32,
     pub max_connections: usize,
@@ -186,6 +191,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_head_bytes: 16 * 1024,
+            request_body_buffer_bytes: 32 * 1024,
             max_body_bytes: 100 * 1024 * 1024,
             h2_max_concurrent_streams: 100,
             max_connections: 10_000,
@@ -371,6 +377,7 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_request_head_bytes: Option<Setting<u64>>,
+    pub request_body_buffer_bytes: Option<Setting<u64>>,
     pub max_body_bytes: Option<Setting<u64>>,
     pub h2_max_concurrent_streams: Option<Setting<u64>>,
     pub max_connections: Option<Setting<u64>>,
@@ -1108,6 +1115,14 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
             r,
         )
         .map_or(d.max_request_head_bytes, to_usize),
+        request_body_buffer_bytes: limit(
+            &raw.request_body_buffer_bytes,
+            "request_body_buffer_bytes",
+            8192..=1024 * 1024,
+            "must be between 8192 and 1048576",
+            r,
+        )
+        .map_or(d.request_body_buffer_bytes, to_usize),
         max_body_bytes: limit(
             &raw.max_body_bytes,
             "max_body_bytes",
@@ -1584,6 +1599,7 @@ shutdown_delay = "0s"
 reload_poll = "0"
 [limits]
 max_request_head_bytes = "32_768"
+request_body_buffer_bytes = "65_536"
 h2_max_concurrent_streams = 50
 [upstream]
 pool_idle_timeout = "2m"
@@ -1607,6 +1623,7 @@ worker_threads = 2
         assert_eq!(c.timeouts.reload_poll, Duration::ZERO);
         assert_eq!(c.timeouts.keepalive_idle, Duration::from_secs(60));
         assert_eq!(c.limits.max_request_head_bytes, 32_768);
+        assert_eq!(c.limits.request_body_buffer_bytes, 65_536);
         assert_eq!(c.limits.h2_max_concurrent_streams, 50);
         assert_eq!(c.limits.max_connections, 10_000);
         assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(120));
@@ -1678,6 +1695,7 @@ request_head = "ten"
 reload_poll = "often"
 [limits]
 max_request_head_bytes = 10
+request_body_buffer_bytes = 4096
 max_body_bytes = "big"
 h2_max_concurrent_streams = 500
 max_connections = 0
@@ -1702,6 +1720,7 @@ worker_threads = 0
             "- timeouts.request_head: `ten` is not a positive duration",
             "- timeouts.reload_poll: `often` is not \"0s\" (off) or a duration from 100ms to a year",
             "- limits.max_request_head_bytes: must be between 1024 and 1048576",
+            "- limits.request_body_buffer_bytes: must be between 8192 and 1048576",
             "- limits.max_body_bytes: `big` is not a non-negative integer",
             "- limits.h2_max_concurrent_streams: must be between 1 and 100",
             "- limits.max_connections: between 1 and 1000000",
@@ -1717,7 +1736,7 @@ worker_threads = 0
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert!(text.contains(": 16 problems"), "{text}");
+        assert!(text.contains(": 17 problems"), "{text}");
     }
 
     #[test]

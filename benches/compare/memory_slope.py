@@ -14,7 +14,7 @@ nothing else.
 
 `--proxies` takes bench.py's names and `floor-rp`: the floor (floor/, the
 stack alone) with hyper's `max_buf_size` set as residency-proxy sets it
-(16 KiB towards the client, from `limits.max_request_head_bytes`; 64 KiB
+(32 KiB towards the client, from `limits.request_body_buffer_bytes`; 64 KiB
 towards the data centre), where `floor` keeps hyper's defaults (~400 KiB).
 The rounds are interleaved over the proxies; the medians over rounds are
 printed last and everything is written to out/memory_slope.json.
@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
 # What residency-proxy gives hyper (src/server/connection.rs: the default
-# `limits.max_request_head_bytes`; src/upstream/pool.rs: RESPONSE_HEAD_LIMIT).
-RP_BUFFERS = {"FLOOR_SERVER_MAX_BUF": "16384", "FLOOR_CLIENT_MAX_BUF": "65536"}
+# `limits.request_body_buffer_bytes`; src/upstream/pool.rs:
+# RESPONSE_HEAD_LIMIT). The floor does not gather records as residency-proxy's
+# `Watched` does, so its reads stay one TLS record each.
+RP_BUFFERS = {"FLOOR_SERVER_MAX_BUF": "32768", "FLOOR_CLIENT_MAX_BUF": "65536"}
 
 
 def start(name):

@@ -387,6 +387,34 @@ async fn the_http1_framing_corpus() {
     proxy.stop().await;
 }
 
+/// `limits.max_request_head_bytes` holds exactly for HTTP/1 at any value
+/// (it was never less than 8192 there: hyper's read buffer was the limit).
+/// A head over it gets 431, one under it is routed, and so is a request
+/// whose body, read together with its head, runs far past the limit.
+#[tokio::test]
+async fn the_head_limit_holds_exactly_below_hyper_s_smallest_buffer() {
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmax_request_head_bytes = 2048\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let big = post(
+        &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(2_100)),
+        b"hello",
+    );
+    assert_eq!(statuses(&exchange(&proxy, &big).await), [431]);
+    let small = post(
+        &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(1_500)),
+        b"hello",
+    );
+    assert_eq!(statuses(&exchange(&proxy, &small).await), [201]);
+    let body = vec![b'x'; 100_000];
+    let long = post(&format!("Content-Length: {}\r\n", body.len()), &body);
+    assert_eq!(statuses(&exchange(&proxy, &long).await), [201]);
+    assert_eq!(proxy.upstream("zurich").last().body.len(), body.len());
+    proxy.stop().await;
+}
+
 /// RFC 9112 §3.2.2: with an absolute-form target the target's host is the
 /// request's, whatever `Host` says; the data centre is told that one.
 #[tokio::test]
