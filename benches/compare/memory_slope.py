@@ -39,8 +39,7 @@ import bench  # noqa: E402
 
 # What residency-proxy gives hyper (src/server/connection.rs: the default
 # `limits.request_body_buffer_bytes`; src/upstream/pool.rs:
-# RESPONSE_HEAD_LIMIT). The floor does not gather records as residency-proxy's
-# `Watched` does, so its reads stay one TLS record each.
+# RESPONSE_HEAD_LIMIT).
 RP_BUFFERS = {"FLOOR_SERVER_MAX_BUF": "32768", "FLOOR_CLIENT_MAX_BUF": "65536"}
 
 

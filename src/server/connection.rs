@@ -183,7 +183,6 @@ pub(super) async fn serve(
         inner: tls,
         activity: activity.clone(),
         heads: !h2,
-        deferred: None,
     };
     // Gated (here and below): these branches are polled each time the
     // connection's task wakes, several times per request, though they can
@@ -440,9 +439,14 @@ where
     // complete still gets the answer (hyper's default takes the end of
     // input for a request cut short and drops the connection, answer and
     // all). Its deadlines still bound it.
-    // The head's limit is hyper's `max_header_size`, exact at any
-    // configured value; the read buffer may grow past it while a body
-    // streams (see `Watched`).
+    // The head's limit is hyper's `max_header_size`: exact at any
+    // configured value, and also that of a chunked body's trailers. The
+    // read buffer may grow past it, to `request_body_buffer_bytes`, while
+    // a body streams: tokio-rustls fills it with every record that has
+    // arrived, and each read is one body chunk and one write to the data
+    // centre (two 16 KiB records a read at the default: half the writes
+    // upstream of a 16 KiB buffer). It also bounds what of an answer's
+    // body is gathered before a write to the client (`writev(false)`).
     h1.max_buf_size(
         limits
             .max_request_head_bytes
@@ -1462,27 +1466,13 @@ impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
     }
 }
 
-/// A read that brought at least this much is bulk: [`Watched`] reads on
-/// into the rest of the buffer. A request of a few KiB never reads twice.
-const BULK_READ: usize = 8 * 1024;
-
 /// The client stream, telling [`Activity`] when bytes arrive (HTTP/1 only:
 /// `heads` is off for h2, whose pings and window updates are not request
-/// heads) and when writes to the client block and unblock (both). A read
-/// that brings a bulk of bytes goes on reading what is already there: each
-/// read hyper makes becomes one body chunk and one write to the data
-/// centre, and a TLS record carries at most 16 KiB, so with
-/// `limits.request_body_buffer_bytes` at its default of 32 KiB a read
-/// takes two records, and a MiB of upload costs half the writes upstream
-/// (and wake-ups of the data centre's reader) it did
-/// (`benches/compare/README.md`, "Two records a read"). An error met after
-/// some bytes were read is `deferred` to the next read, so those bytes are
-/// not lost.
+/// heads) and when writes to the client block and unblock (both).
 struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
     heads: bool,
-    deferred: Option<std::io::Error>,
 }
 
 impl<T> Watched<T> {
@@ -1499,9 +1489,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
         let before = buf.filled().len();
-        let result = read_bulk(&mut this.inner, cx, buf, &mut this.deferred);
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &result {
             if this.heads && buf.filled().len() > before {
                 this.activity.read();
@@ -1509,38 +1499,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         }
         result
     }
-}
-
-/// One read of `inner` into `buf`, and, when it brought a bulk of bytes
-/// ([`BULK_READ`]), more reads while each makes progress and there is room:
-/// a read that would wait (its waker is then registered: at worst a
-/// spurious wake-up), ends (0 bytes) or fails ends it with what was read.
-/// Such an error is kept in `deferred` and is the next call's answer.
-fn read_bulk<T: AsyncRead + Unpin>(
-    inner: &mut T,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-    deferred: &mut Option<std::io::Error>,
-) -> Poll<std::io::Result<()>> {
-    if let Some(error) = deferred.take() {
-        return Poll::Ready(Err(error));
-    }
-    let before = buf.filled().len();
-    let result = Pin::new(&mut *inner).poll_read(cx, buf);
-    if let Poll::Ready(Ok(())) = &result {
-        let mut last = before;
-        while buf.filled().len() > last
-            && buf.filled().len() - before >= BULK_READ
-            && buf.remaining() > 0
-        {
-            last = buf.filled().len();
-            if let Poll::Ready(Err(error)) = Pin::new(&mut *inner).poll_read(cx, buf) {
-                *deferred = Some(error);
-                break;
-            }
-        }
-    }
-    result
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
@@ -1573,120 +1531,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-    use std::io;
-    use std::pin::Pin;
-    use std::task::{Context, Poll, Waker};
-
-    use tokio::io::{AsyncRead, ReadBuf};
-
-    use super::{read_bulk, BULK_READ};
-
-    /// Reads as scripted: so many bytes, an error, or "would wait"; then
-    /// waits. Counts the reads it was asked for.
-    struct Script {
-        steps: VecDeque<Result<usize, io::ErrorKind>>,
-        reads: usize,
-    }
-
-    impl AsyncRead for Script {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            self.reads += 1;
-            match self.steps.pop_front() {
-                Some(Ok(n)) => {
-                    let n = n.min(buf.remaining());
-                    buf.put_slice(&vec![7; n]);
-                    Poll::Ready(Ok(()))
-                }
-                Some(Err(kind)) => Poll::Ready(Err(kind.into())),
-                None => Poll::Pending,
-            }
-        }
-    }
-
-    fn script(steps: &[Result<usize, io::ErrorKind>]) -> Script {
-        Script {
-            steps: steps.iter().cloned().collect(),
-            reads: 0,
-        }
-    }
-
-    /// Reads once into a buffer of `room` bytes: what came, and the result.
-    fn read(
-        io: &mut Script,
-        room: usize,
-        deferred: &mut Option<io::Error>,
-    ) -> (usize, Poll<io::Result<()>>) {
-        let mut storage = vec![0u8; room];
-        let mut buf = ReadBuf::new(&mut storage);
-        let mut cx = Context::from_waker(Waker::noop());
-        let result = read_bulk(io, &mut cx, &mut buf, deferred);
-        (buf.filled().len(), result)
-    }
-
-    #[test]
-    fn a_bulk_read_gathers_what_is_there_into_the_room_it_has() {
-        // Two 16 KiB records' worth and a part of a third, into 32 KiB.
-        let mut io = script(&[Ok(16_384), Ok(16_384), Ok(16_384)]);
-        let (got, result) = read(&mut io, 32_768, &mut None);
-        assert!(matches!(result, Poll::Ready(Ok(()))));
-        assert_eq!(
-            (got, io.reads),
-            (32_768, 2),
-            "stops when the buffer is full"
-        );
-        // Then what there is, until the stream would wait.
-        let mut io = script(&[Ok(16_384), Ok(4_000)]);
-        let (got, result) = read(&mut io, 65_536, &mut None);
-        assert!(matches!(result, Poll::Ready(Ok(()))));
-        assert_eq!((got, io.reads), (20_384, 3));
-    }
-
-    #[test]
-    fn a_small_read_is_one_read() {
-        let mut io = script(&[Ok(BULK_READ - 1), Ok(16_384)]);
-        let (got, _) = read(&mut io, 32_768, &mut None);
-        assert_eq!((got, io.reads), (BULK_READ - 1, 1));
-    }
-
-    #[test]
-    fn the_end_of_the_stream_ends_the_gathering() {
-        let mut io = script(&[Ok(16_384), Ok(0), Ok(5)]);
-        let (got, result) = read(&mut io, 32_768, &mut None);
-        assert!(matches!(result, Poll::Ready(Ok(()))));
-        assert_eq!((got, io.reads), (16_384, 2));
-    }
-
-    #[test]
-    fn an_error_after_some_bytes_is_the_next_read_s_answer() {
-        let mut io = script(&[Ok(16_384), Err(io::ErrorKind::ConnectionReset), Ok(5)]);
-        let mut deferred = None;
-        let (got, result) = read(&mut io, 32_768, &mut deferred);
-        assert!(
-            matches!(result, Poll::Ready(Ok(()))),
-            "the bytes read first"
-        );
-        assert_eq!(got, 16_384);
-        let (got, result) = read(&mut io, 32_768, &mut deferred);
-        assert_eq!(got, 0);
-        match result {
-            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
-            other => panic!("expected the deferred error, got {other:?}"),
-        }
-        assert_eq!(io.reads, 2, "the deferred error is answered without a read");
-        // A first read's own error is answered at once.
-        let mut io = script(&[Err(io::ErrorKind::BrokenPipe)]);
-        let (_, result) = read(&mut io, 32_768, &mut deferred);
-        assert!(matches!(result, Poll::Ready(Err(_))));
-        assert!(deferred.is_none());
     }
 }

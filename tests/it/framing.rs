@@ -389,8 +389,9 @@ async fn the_http1_framing_corpus() {
 
 /// `limits.max_request_head_bytes` holds exactly for HTTP/1 at any value
 /// (it was never less than 8192 there: hyper's read buffer was the limit).
-/// A head over it gets 431, one under it is routed, and so is a request
-/// whose body, read together with its head, runs far past the limit.
+/// A head of that many bytes, request line and final CRLF included, is
+/// routed; one byte more gets 431; and a request whose body, read together
+/// with its head, runs far past the limit is routed whole.
 #[tokio::test]
 async fn the_head_limit_holds_exactly_below_hyper_s_smallest_buffer() {
     let proxy = Proxy::start(Setup {
@@ -398,16 +399,18 @@ async fn the_head_limit_holds_exactly_below_hyper_s_smallest_buffer() {
         ..Setup::default()
     })
     .await;
-    let big = post(
-        &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(2_100)),
-        b"hello",
-    );
-    assert_eq!(statuses(&exchange(&proxy, &big).await), [431]);
-    let small = post(
-        &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(1_500)),
-        b"hello",
-    );
-    assert_eq!(statuses(&exchange(&proxy, &small).await), [201]);
+    let head_of = |pad: usize| {
+        post(
+            &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(pad)),
+            b"",
+        )
+    };
+    let pad = 2048 - head_of(0).len();
+    assert_eq!(head_of(pad).len(), 2048);
+    let at = cat(&[head_of(pad), b"hello".to_vec()]);
+    assert_eq!(statuses(&exchange(&proxy, &at).await), [201]);
+    let over = cat(&[head_of(pad + 1), b"hello".to_vec()]);
+    assert_eq!(statuses(&exchange(&proxy, &over).await), [431]);
     let body = vec![b'x'; 100_000];
     let long = post(&format!("Content-Length: {}\r\n", body.len()), &body);
     assert_eq!(statuses(&exchange(&proxy, &long).await), [201]);

@@ -197,7 +197,10 @@ impl TestServer {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.display()))
-            .args(["-c", "max_connections=200", "-c", "fsync=on"]);
+            .args(["-c", "max_connections=200", "-c", "fsync=on"])
+            // English messages whatever the machine's locale: a failed
+            // bind is recognised by its text (`create`).
+            .args(["-c", "lc_messages=C"]);
         if self.tls_cert.is_some() {
             postgres
                 .args(["-c", "ssl=on"])
