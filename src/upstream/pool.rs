@@ -442,18 +442,27 @@ impl Pool {
             // The requests' response deadlines (`WriteProgress::due_in`),
             // polled only when its timer or a new deadline wakes it.
             let due = std::pin::pin!(watched.watch_due());
-            tokio::select! {
-                // The connection first: `stalled` sees its writes block in
-                // the same pass (it registers no waker of its own).
-                biased;
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                },
-                () = watched.stalled(stalled) => {
-                    tracing::warn!(phase = "upstream_send_idle", "the upstream took no bytes for twice upstream_send_idle; its connection is closed");
+            let mut due = crate::lazy::Gated::new(due);
+            let mut conn = std::pin::pin!(conn);
+            let mut stalled = std::pin::pin!(watched.stalled(stalled));
+            // Polled by hand, in this order (`select!`'s bookkeeping cost
+            // ~100 instructions a request, issue 23): the connection
+            // first, so that `stalled` sees its writes block in the same
+            // pass (it registers no waker of its own).
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return Poll::Ready(());
                 }
-                () = crate::lazy::Gated::new(due) => {}
-            }
+                if stalled.as_mut().poll(cx).is_ready() {
+                    tracing::warn!(phase = "upstream_send_idle", "the upstream took no bytes for twice upstream_send_idle; its connection is closed");
+                    return Poll::Ready(());
+                }
+                Pin::new(&mut due).poll(cx)
+            })
+            .await;
             drop(permit);
         });
         Ok((tx, progress))
