@@ -1434,6 +1434,29 @@ upstreams = ["http://127.0.0.1:1"]
         Config::from_toml(toml, &files.0).unwrap_err().to_string()
     }
 
+    /// `limits.request_body_buffer_bytes` takes 8192 to 1048576, both
+    /// ends included (hyper's read buffer has a floor of 8192).
+    #[test]
+    fn the_body_buffer_takes_its_range_and_no_more() {
+        let files = Files::new("body-buffer");
+        let with = |n: u64| format!("{MINIMAL}\n[limits]\nrequest_body_buffer_bytes = {n}\n");
+        for n in [8192, 1_048_576] {
+            let c = Config::from_toml(&with(n), &files.0).unwrap();
+            assert_eq!(c.limits.request_body_buffer_bytes as u64, n);
+        }
+        for n in [8191, 1_048_577] {
+            let text = problems(&with(n));
+            assert!(
+                text.contains(
+                    "- limits.request_body_buffer_bytes: must be between 8192 and 1048576"
+                ),
+                "{n}: {text}"
+            );
+        }
+        let c = Config::from_toml(MINIMAL, &files.0).unwrap();
+        assert_eq!(c.limits.request_body_buffer_bytes, 32 * 1024, "the default");
+    }
+
     /// Two sockets that could not both bind are named by key when the
     /// configuration is checked, not found as a bind error at start.
     #[test]
