@@ -35,6 +35,7 @@ fn record(i: u64) -> Record<'static> {
         country: Some("CH".into()),
         jurisdiction: Some("ch".into()),
         datacenter: Some("zurich".into()),
+        also_sent_to: Vec::new(),
         upstream_status: Some(201),
         body: Some(BodyDigest {
             sha256: "ab".repeat(32).into(),

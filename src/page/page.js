@@ -449,6 +449,9 @@ function details(verdict, inputs) {
     const r = verdict.record;
     const body = r.body ? `${r.body.bytes} bytes, SHA-256 ${r.body.sha256}` : "no body digest";
     out.push(el("p", {}, `Upload ${r.request_id} (${body}) from ${r.country ?? "an unknown country"} (${r.client?.address ?? "address not recorded"}), answered HTTP ${r.upstream_status ?? "?"} by the data centre.`));
+    if (r.also_sent_to.length) {
+      out.push(el("p", {}, `An earlier attempt sent it to ${r.also_sent_to.join(" and ")} (the data centre failed or did not answer in time, and the upload was replayed): ${r.also_sent_to.length > 1 ? "they" : "it"} may hold a copy too.`));
+    }
     if (r.tenant) {
       out.push(el("p", {}, `For tenant ${r.tenant.name} (recognised by ${r.tenant.source.replace("_", " ")}), whose data is pinned to jurisdiction ${r.jurisdiction}; GeoIP placed the client in ${r.tenant.origin_jurisdiction ?? "no jurisdiction"}.`));
     }

@@ -429,7 +429,7 @@ function parseRecord(bytes) {
   // Only the fields a record has (the Rust reader refuses others).
   const only = (o, names) => obj(o) && Object.keys(o).every((k) => names.includes(k));
   const fields = ["v", "request_id", "time", "outcome", "reason", "client", "country", "jurisdiction",
-    "datacenter", "upstream_status", "body", "policy_sha256", "geoip", "tenant", "summary"];
+    "datacenter", "also_sent_to", "upstream_status", "body", "policy_sha256", "geoip", "tenant", "summary"];
   const known = only(record, fields) && only(record.client, ["source", "address"]) &&
     only(record.geoip, ["build_epoch", "sha256"]) && (absent(record.body) || only(record.body, ["sha256", "bytes"])) &&
     (absent(record.tenant) || only(record.tenant, ["name", "source", "origin_jurisdiction"])) &&
@@ -440,6 +440,8 @@ function parseRecord(bytes) {
     ["stored", "rejected", "refused"].includes(record.outcome) && optStr(record.reason) &&
     optStr(client.source) && optStr(client.address) &&
     optStr(record.country) && optStr(record.jurisdiction) && optStr(record.datacenter) &&
+    // A list when present; never null (serde reads an absent one as empty).
+    (record.also_sent_to === undefined || (Array.isArray(record.also_sent_to) && record.also_sent_to.every(str))) &&
     (absent(record.upstream_status) || upTo(65535)(record.upstream_status)) &&
     (absent(body) || (str(body.sha256) && u64(body.bytes))) &&
     str(record.policy_sha256) && u64(geoip.build_epoch) && str(geoip.sha256) &&
@@ -452,6 +454,7 @@ function parseRecord(bytes) {
   for (const name of ["source", "address"]) {
     if (client[name] === undefined) client[name] = null;
   }
+  if (record.also_sent_to === undefined) record.also_sent_to = [];
   if (tenant && tenant.origin_jurisdiction === undefined) tenant.origin_jurisdiction = null;
   return record;
 }
@@ -469,7 +472,8 @@ export function plainTime(time) {
 }
 
 export function sentence(record) {
-  return `Stored in data centre ${record.datacenter ?? "?"} (jurisdiction ${record.jurisdiction ?? "?"}) on ${plainTime(record.time)}`;
+  const earlier = record.also_sent_to.length ? `, after an earlier attempt sent it to ${record.also_sent_to.join(" and ")}` : "";
+  return `Stored in data centre ${record.datacenter ?? "?"} (jurisdiction ${record.jurisdiction ?? "?"}) on ${plainTime(record.time)}${earlier}`;
 }
 
 // --- Merkle proofs (RFC 9162) -----------------------------------------------

@@ -355,7 +355,8 @@ impl Upload {
 /// streaming) and the client's body slot (bytes read, SHA-256 when the
 /// transparency log wants it).
 /// `datacenter` is set to the data centre that answered, for the response
-/// headers and the log.
+/// headers and the log; `earlier` to the one an earlier attempt may have
+/// sent the body to (an idempotent replay after it failed), for the log.
 /// (An `async` block, not an `async fn`: see `Pool::send_or_return`.)
 #[allow(clippy::manual_async_fn)] // its arguments once, not twice
 pub fn forward<'a>(
@@ -364,6 +365,7 @@ pub fn forward<'a>(
     target: Target<'a>,
     req: Request<Incoming>,
     datacenter: &'a mut Option<DatacenterId>,
+    earlier: &'a mut Option<DatacenterId>,
 ) -> impl Future<Output = Result<(Response<UpstreamBody>, Arc<BodySlot>), Unforwarded>> + 'a {
     async move {
         let policy = &state.config.policy;
@@ -480,6 +482,11 @@ pub fn forward<'a>(
             });
             match (next, reason) {
                 (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
+                    if unsent.is_none() {
+                        // Replayed: some or all of the body may be there.
+                        // (One earlier attempt at most: MAX_ATTEMPTS is 2.)
+                        *earlier = Some(dc_id);
+                    }
                     count_retry(instance, target.request_id, dc, reason);
                     upstream = next;
                 }

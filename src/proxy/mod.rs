@@ -83,6 +83,9 @@ pub struct Findings {
     country: Option<Country>,
     jurisdiction: Option<JurisdictionId>,
     datacenter: Option<DatacenterId>,
+    /// The data centre an earlier attempt may have sent the body to (an
+    /// idempotent replay), named by the record.
+    also_sent_to: Option<DatacenterId>,
     reason: Option<&'static str>,
     /// The recognised tenant, and GeoIP's jurisdiction when it is not the
     /// one in `jurisdiction` (the pin).
@@ -147,6 +150,7 @@ pub fn handle(
             country: None,
             jurisdiction: None,
             datacenter: None,
+            also_sent_to: None,
             reason: None,
             tenant: None,
             origin_jurisdiction: None,
@@ -185,8 +189,15 @@ pub fn handle(
                         });
                     }
                 };
-            let forwarded =
-                forward::forward(&instance, &state, target, req, &mut findings.datacenter).await;
+            let forwarded = forward::forward(
+                &instance,
+                &state,
+                target,
+                req,
+                &mut findings.datacenter,
+                &mut findings.also_sent_to,
+            )
+            .await;
             // Answered early: the rest of the body is still the request's,
             // and still holds the data centre's connection. (The result is
             // passed on as it is: the answer is not moved once more.)

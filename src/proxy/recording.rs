@@ -73,6 +73,13 @@ impl<'a> RecordContext<'a> {
             datacenter: findings
                 .datacenter
                 .map(|d| Cow::Borrowed(policy.datacenter(d).name.as_str())),
+            // Not when the replay went to another upstream of the same one.
+            also_sent_to: findings
+                .also_sent_to
+                .filter(|d| Some(*d) != findings.datacenter)
+                .map(|d| Cow::Borrowed(policy.datacenter(d).name.as_str()))
+                .into_iter()
+                .collect(),
             upstream_status: None,
             body: None,
             policy_sha256: Cow::Borrowed(&state.policy_hash),

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use residency_log::receipt::Receipt;
+use residency_log::record::Record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -124,6 +126,7 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
         extra: format!(
             "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{url}\"]\n\n[health]\npath = \"off\"\n"
         ),
+        transparency: Some(String::new()),
         ..Setup::default()
     })
     .await;
@@ -175,6 +178,31 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
         };
         assert_eq!(reply.status, want, "{what}: {:?}", reply.body);
         assert_eq!(geneva.count(), 0, "{what}: never re-sent");
+    }
+    // The log's record names every data centre that may hold the body:
+    // zurich too once the body may have reached it (a replay), never when
+    // nothing was sent there (a failed connection or handshake).
+    let id = reply.header("x-request-id").unwrap();
+    let (status, entry) = proxy.log_get(&format!("/records/{id}")).await;
+    assert_eq!(status, 200, "{what}: {entry}");
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    let record = Record::from_bytes(entry["record"].as_str().unwrap().as_bytes()).unwrap();
+    let earlier: Vec<&str> = record.also_sent_to.iter().map(|d| d.as_ref()).collect();
+    if retried {
+        assert_eq!(record.datacenter.as_deref(), Some("geneva"), "{what}");
+        let receipt = Receipt::parse(reply.header("residency-receipt").unwrap()).unwrap();
+        assert_eq!(
+            Record::from_bytes(&receipt.record).unwrap(),
+            record,
+            "{what}"
+        );
+    } else {
+        assert_eq!(record.datacenter.as_deref(), Some("zurich"), "{what}");
+    }
+    if retried && !provably_unsent {
+        assert_eq!(earlier, ["zurich"], "{what}");
+    } else {
+        assert!(earlier.is_empty(), "{what}: {earlier:?}");
     }
     // The failing upstream's own record: how many times the request reached it.
     let heads = seen.heads.load(Ordering::SeqCst);

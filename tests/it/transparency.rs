@@ -1270,5 +1270,22 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
         report.failure_samples[0].contains("the answer names request"),
         "{report:?}"
     );
+
+    // A copy the log does not account for: a sink holds upload 0 in
+    // geneva too, and its record names zurich alone.
+    let elsewhere = HashMap::from([
+        (0, vec!["geneva".to_string(), "zurich".into()]),
+        (1, vec!["zurich".into()]),
+    ]);
+    let report = logcheck::check(&target, None, &own, &elsewhere).await;
+    assert_eq!(
+        (report.receipts_verified, report.receipts_failed),
+        (1, 1),
+        "{report:?}"
+    );
+    assert!(
+        report.failure_samples[0].contains("the sinks stored it in [\"geneva\", \"zurich\"]"),
+        "{report:?}"
+    );
     proxy.stop().await;
 }

@@ -35,6 +35,12 @@ pub struct Record<'a> {
     pub jurisdiction: Option<Cow<'a, str>>,
     /// The data centre the upload went to (or was attempted at).
     pub datacenter: Option<Cow<'a, str>>,
+    /// Data centres an earlier attempt sent this upload's body to before
+    /// `datacenter` (a replay of a request with an `Idempotency-Key` after
+    /// a failure, a timeout or a 5xx): each may hold a copy. Absent when
+    /// there was none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_sent_to: Vec<Cow<'a, str>>,
     pub upstream_status: Option<u16>,
     /// The request body as received from the client.
     pub body: Option<BodyDigest<'a>>,
@@ -154,6 +160,15 @@ impl Record<'_> {
         push_opt_str(&mut out, self.jurisdiction.as_deref());
         out.extend_from_slice(b",\"datacenter\":");
         push_opt_str(&mut out, self.datacenter.as_deref());
+        if let Some((first, rest)) = self.also_sent_to.split_first() {
+            out.extend_from_slice(b",\"also_sent_to\":[");
+            push_str(&mut out, first);
+            for dc in rest {
+                out.push(b',');
+                push_str(&mut out, dc);
+            }
+            out.push(b']');
+        }
         out.extend_from_slice(b",\"upstream_status\":");
         match self.upstream_status {
             Some(status) => push_int(&mut out, status),
@@ -403,6 +418,11 @@ mod tests {
                     country: some(text),
                     jurisdiction: some("ch"),
                     datacenter: some(text),
+                    also_sent_to: if variant & 2 == 0 {
+                        vec![text.into(), "geneva".into()]
+                    } else {
+                        Vec::new()
+                    },
                     upstream_status: (variant & 1 == 0).then_some(503),
                     body: (variant & 2 == 0).then(|| BodyDigest {
                         sha256: text.into(),
@@ -446,6 +466,7 @@ mod tests {
             country: Some("CH".into()),
             jurisdiction: Some("ch".into()),
             datacenter: Some("zurich".into()),
+            also_sent_to: Vec::new(),
             upstream_status: Some(201),
             body: Some(BodyDigest {
                 sha256: "ab".repeat(32).into(),

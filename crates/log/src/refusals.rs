@@ -133,6 +133,7 @@ impl RefusalGate {
             r.country = None;
             r.jurisdiction = None;
             r.datacenter = None;
+            r.also_sent_to = Vec::new();
             r.upstream_status = None;
             r.body = None;
             // The tenant (and the jurisdiction GeoIP gave that client)
@@ -184,6 +185,7 @@ mod tests {
             country: None,
             jurisdiction: None,
             datacenter: None,
+            also_sent_to: Vec::new(),
             upstream_status: None,
             body: None,
             policy_sha256: "00".repeat(32).into(),

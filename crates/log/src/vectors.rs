@@ -84,6 +84,12 @@ fn record(i: u64, outcome: Outcome, history: &str) -> Vec<u8> {
         country: Some(Cow::Borrowed(country)),
         jurisdiction: Some(Cow::Borrowed(j)),
         datacenter: stored.then_some(Cow::Borrowed(dc)),
+        // Leaf 6 was replayed: an earlier attempt sent it to geneva.
+        also_sent_to: if i == 6 {
+            vec![Cow::Borrowed("geneva")]
+        } else {
+            Vec::new()
+        },
         upstream_status: stored.then_some(201),
         body: Some(BodyDigest {
             sha256: Cow::Borrowed(&digest),
@@ -276,6 +282,22 @@ pub fn generate() -> Vectors {
             },
             None,
         ),
+        Vector {
+            name: "valid_replayed".to_string(),
+            description: "A signed receipt of an upload replayed after a failed attempt: its record names the data centre the earlier attempt sent the body to, and so does the verdict.".to_string(),
+            inputs: Inputs {
+                receipt: Some(receipt(Some(&log_key), 6, &records[6])),
+                inclusion: Some(hexes(&tree.inclusion_proof(6, 7).expect("a proof"))),
+                ..stored.clone()
+            },
+            expect: Expect {
+                valid: true,
+                step: None,
+                sentence: Some(crate::verdict::sentence(
+                    &Record::from_bytes(&records[6]).expect("a record"),
+                )),
+            },
+        },
         v(
             "receipt_index_with_a_sign",
             "A receipt whose index is written `+4`: not the decimal digits a receipt's index is.",
@@ -609,6 +631,30 @@ pub fn generate() -> Vectors {
                 receipt: Some(altered(
                     b"\"upstream_status\":201",
                     b"\"upstream_status\":\"201\"",
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "record_earlier_data_centre_as_text",
+            "A record naming the data centre an earlier attempt sent the body to as text, not a list.",
+            Inputs {
+                receipt: Some(altered(
+                    b"\"upstream_status\":",
+                    b"\"also_sent_to\":\"geneva\",\"upstream_status\":",
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "record_earlier_data_centres_as_null",
+            "A record whose list of data centres earlier attempts sent the body to is null: absent is how a record says there were none.",
+            Inputs {
+                receipt: Some(altered(
+                    b"\"upstream_status\":",
+                    b"\"also_sent_to\":null,\"upstream_status\":",
                 )),
                 ..stored.clone()
             },

@@ -339,12 +339,13 @@ fn summary(record: &Record) -> String {
         .map(|t| format!(" for tenant {} (recognised by {})", t.name, t.source))
         .unwrap_or_default();
     format!(
-        "upload {}{tenant} ({body}) from {} ({}) was stored in data centre {}, jurisdiction {}, at {} (HTTP {})",
+        "upload {}{tenant} ({body}) from {} ({}) was stored in data centre {}, jurisdiction {}{}, at {} (HTTP {})",
         record.request_id,
         record.country.as_deref().unwrap_or("an unknown country"),
         record.client.address.as_deref().unwrap_or("address not recorded"),
         record.datacenter.as_deref().unwrap_or("?"),
         record.jurisdiction.as_deref().unwrap_or("?"),
+        earlier(record, " (", ")"),
         record.time,
         record
             .upstream_status
@@ -352,13 +353,27 @@ fn summary(record: &Record) -> String {
     )
 }
 
-/// "Stored in data centre zurich (jurisdiction ch) on 2 Dec 2026 10:41 UTC".
+/// "Stored in data centre zurich (jurisdiction ch) on 2 Dec 2026 10:41 UTC",
+/// and for a replayed upload ", after an earlier attempt sent it to geneva".
 pub fn sentence(record: &Record) -> String {
     format!(
-        "Stored in data centre {} (jurisdiction {}) on {}",
+        "Stored in data centre {} (jurisdiction {}) on {}{}",
         record.datacenter.as_deref().unwrap_or("?"),
         record.jurisdiction.as_deref().unwrap_or("?"),
-        plain_time(&record.time)
+        plain_time(&record.time),
+        earlier(record, ", ", "")
+    )
+}
+
+/// "an earlier attempt sent it to geneva" between `open` and `close`, or
+/// nothing for an upload sent once.
+fn earlier(record: &Record, open: &str, close: &str) -> String {
+    if record.also_sent_to.is_empty() {
+        return String::new();
+    }
+    format!(
+        "{open}after an earlier attempt sent it to {}{close}",
+        record.also_sent_to.join(" and ")
     )
 }
 

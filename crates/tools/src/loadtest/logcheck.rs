@@ -5,7 +5,8 @@
 //! index in the final checkpoint's tree (an inclusion path computed from
 //! hash tiles fetched from the log, C2SP tlog-tiles), the record naming the
 //! request the answer named (`X-Request-Id`), the data centre the sink
-//! stored the body in and the body's SHA-256 — and
+//! stored the body in (and, for an upload stored in two, the earlier one
+//! among the record's `also_sent_to`) and the body's SHA-256 — and
 //! that the final checkpoint is consistent with the first (the log only
 //! grew).
 
@@ -239,20 +240,27 @@ async fn prove(
             continue;
         }
         // An upload replayed after a failed attempt may be stored in two
-        // data centres; its record names the one that answered (the
-        // response said which, when it did).
+        // data centres: its record names the one that answered (the
+        // response said which, when it did) and every one an earlier
+        // attempt sent it to. No sink may hold it where the log does not
+        // say it went.
         let stored: &[String] = stored_in.get(&o.index).map_or(&[], Vec::as_slice);
         let answered = o.datacenter();
+        let named = |s: &String| {
+            record.datacenter.as_deref() == Some(s.as_str())
+                || record.also_sent_to.iter().any(|d| d == s.as_str())
+        };
         if !record
             .datacenter
             .as_deref()
             .is_some_and(|dc| stored.iter().any(|s| s == dc) && answered.is_none_or(|a| a == dc))
+            || !stored.iter().all(named)
         {
             fail(
                 report,
                 format!(
-                    "upload {}: the log says data centre {:?}, the sinks stored it in {stored:?}",
-                    o.index, record.datacenter
+                    "upload {}: the log says data centre {:?} (earlier attempts: {:?}), the sinks stored it in {stored:?}",
+                    o.index, record.datacenter, record.also_sent_to
                 ),
             );
             continue;
