@@ -192,10 +192,7 @@ where
         async move { Ok::<_, Infallible>(answer(req).await) }
     });
     let progress = WriteProgress::passing_errors();
-    let stream = Tracked {
-        inner: stream,
-        progress: progress.clone(),
-    };
+    let stream = Tracked::new(stream, progress.clone());
     let mut conn = pin!(http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)

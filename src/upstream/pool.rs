@@ -420,10 +420,7 @@ impl Pool {
             }
         };
         let progress = WriteProgress::new();
-        let io = Tracked {
-            inner: io,
-            progress: progress.clone(),
-        };
+        let io = Tracked::new(io, progress.clone());
         // hyper's default is ~400 KiB, and its read buffer may grow that
         // far on every connection. A head with more than 100 fields (hyper's
         // default) is an error too.

@@ -245,19 +245,28 @@ impl WriteProgress {
         self.blocked_at.store(0, Ordering::Relaxed);
     }
 
+    /// `read_ended`: the connection's reads met their end (EOF or an
+    /// error), so no answer can come any more.
     fn note<T>(
         &self,
         polled: Poll<io::Result<T>>,
         moved: impl Fn(&T) -> bool,
+        read_ended: bool,
     ) -> Poll<io::Result<T>> {
         match &polled {
             Poll::Pending => self.blocked(),
             Poll::Ready(Ok(v)) if moved(v) => self.moved(),
             Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(_)) if self.pass_errors => self.failed.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) if self.pass_errors || read_ended => {
+                self.failed.store(true, Ordering::Relaxed)
+            }
             Poll::Ready(Err(e)) => {
                 // Kept pending: the reads (polled by the same connection
-                // task) still deliver an answer already sent.
+                // task) still deliver an answer already sent. Only until
+                // they end: hyper then flushes what it still holds before
+                // it shuts the connection, and an error held pending there
+                // (it registers no waker) kept the connection, its permit
+                // and the client's body until the stall watch closed it.
                 tracing::debug!(error = %e, "upstream write failed; reading on");
                 self.failed.store(true, Ordering::Relaxed);
                 self.blocked();
@@ -332,8 +341,20 @@ impl Watch {
 
 /// A stream whose writes report to a [`WriteProgress`].
 pub struct Tracked<T> {
-    pub inner: T,
-    pub progress: Arc<WriteProgress>,
+    inner: T,
+    progress: Arc<WriteProgress>,
+    /// A read met the stream's end or an error.
+    read_ended: bool,
+}
+
+impl<T> Tracked<T> {
+    pub fn new(inner: T, progress: Arc<WriteProgress>) -> Tracked<T> {
+        Tracked {
+            inner,
+            progress,
+            read_ended: false,
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -342,7 +363,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.read_ended = true;
+            }
+            Poll::Ready(Err(_)) => self.read_ended = true,
+            _ => {}
+        }
+        polled
     }
 }
 
@@ -353,7 +383,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progress.note(polled, |n| *n > 0)
+        self.progress.note(polled, |n| *n > 0, self.read_ended)
     }
 
     fn poll_write_vectored(
@@ -362,7 +392,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.progress.note(polled, |n| *n > 0)
+        self.progress.note(polled, |n| *n > 0, self.read_ended)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -371,7 +401,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.progress.note(polled, |_| true)
+        self.progress.note(polled, |_| true, self.read_ended)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -387,30 +417,34 @@ mod tests {
     fn blocked_until_bytes_move() {
         let p = WriteProgress::new();
         assert_eq!(p.blocked_for(), None);
-        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0, false);
         std::thread::sleep(Duration::from_millis(20));
         assert!(p
             .blocked_for()
             .is_some_and(|d| d >= Duration::from_millis(15)));
         // A second Pending keeps the first time.
         let first = p.blocked_for();
-        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0, false);
         assert!(p.blocked_for() >= first);
-        let _ = p.note(Poll::Ready(Ok(0usize)), |n| *n > 0);
+        let _ = p.note(Poll::Ready(Ok(0usize)), |n| *n > 0, false);
         assert!(p.blocked_for().is_some(), "nothing moved");
-        let _ = p.note(Poll::Ready(Ok(5usize)), |n| *n > 0);
+        let _ = p.note(Poll::Ready(Ok(5usize)), |n| *n > 0, false);
         assert_eq!(p.blocked_for(), None);
     }
 
     #[test]
-    fn a_failed_write_stays_pending() {
+    fn a_failed_write_stays_pending_until_the_reads_end() {
         let p = WriteProgress::new();
-        let broken = io::Error::from(io::ErrorKind::BrokenPipe);
+        let broken = || io::Error::from(io::ErrorKind::BrokenPipe);
         assert!(p
-            .note::<usize>(Poll::Ready(Err(broken)), |n| *n > 0)
+            .note::<usize>(Poll::Ready(Err(broken())), |n| *n > 0, false)
             .is_pending());
         assert!(p.failed());
         assert!(p.blocked_for().is_some(), "the send-idle deadline runs");
+        assert!(matches!(
+            p.note::<usize>(Poll::Ready(Err(broken())), |n| *n > 0, true),
+            Poll::Ready(Err(_))
+        ));
     }
 
     #[tokio::test]
@@ -418,10 +452,10 @@ mod tests {
         let p = WriteProgress::passing_errors();
         let broken = io::Error::from(io::ErrorKind::BrokenPipe);
         assert!(matches!(
-            p.note::<usize>(Poll::Ready(Err(broken)), |n| *n > 0),
+            p.note::<usize>(Poll::Ready(Err(broken)), |n| *n > 0, false),
             Poll::Ready(Err(_))
         ));
-        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0);
+        let _ = p.note::<usize>(Poll::Pending, |n| *n > 0, false);
         let started = Instant::now();
         p.stalled(Duration::from_millis(50)).await;
         assert!(started.elapsed() >= Duration::from_millis(40));

@@ -117,11 +117,10 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<(String, usize, us
     }
 }
 
-/// Runs one cell of the matrix and checks the outcome.
-async fn cell(fault: Fault, body_len: usize, with_key: bool) {
-    let seen = Arc::new(Seen::default());
-    let url = faulty(fault, seen.clone()).await;
-    let proxy = Proxy::start(Setup {
+/// The proxy of the matrix: `zurich` at `url` (priority 1), `geneva`
+/// behind it in the same jurisdiction, with the transparency log on.
+async fn with_zurich_at(url: &str) -> Proxy {
+    Proxy::start(Setup {
         datacenters: vec![("geneva", "ch", 2, true), ("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
         extra: format!(
             "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{url}\"]\n\n[health]\npath = \"off\"\n"
@@ -129,7 +128,14 @@ async fn cell(fault: Fault, body_len: usize, with_key: bool) {
         transparency: Some(String::new()),
         ..Setup::default()
     })
-    .await;
+    .await
+}
+
+/// Runs one cell of the matrix and checks the outcome.
+async fn cell(fault: Fault, body_len: usize, with_key: bool) {
+    let seen = Arc::new(Seen::default());
+    let url = faulty(fault, seen.clone()).await;
+    let proxy = with_zurich_at(&url).await;
     let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
     let mut headers = vec![("x-forwarded-for", CH)];
     if with_key {
@@ -259,4 +265,37 @@ async fn closed_after_the_body_is_retried_only_when_replayable() {
 #[tokio::test]
 async fn server_error_is_retried_only_when_replayable() {
     matrix(Fault::ServerError).await;
+}
+
+/// A data centre that closes the connection while the body is still being
+/// written (its kernel resets it): once the connection's reads have ended,
+/// the failed writes end it too. They used to be held pending for an answer
+/// that could no longer come, also while hyper flushed before closing,
+/// which kept the upstream connection (and its place under the cap) and
+/// the client's connection until the stall watch closed it, after twice
+/// `timeouts.upstream_send_idle` (60 s by default).
+#[tokio::test]
+async fn a_connection_reset_mid_upload_is_let_go_at_once() {
+    let url = faulty(Fault::ClosedBeforeRead, Arc::new(Seen::default())).await;
+    let proxy = with_zurich_at(&url).await;
+    let body = vec![7u8; 128 * 1024];
+    let reply = proxy
+        .client()
+        .send("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+        .await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    eventually(
+        "the connection to zurich and the client's connection are let go",
+        async || {
+            let (_, metrics) = proxy.admin_get("/metrics").await;
+            let upstream: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
+        },
+    )
+    .await;
+    proxy.stop().await;
 }
