@@ -484,7 +484,7 @@ pub fn forward<'a>(
                 (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
                     if unsent.is_none() {
                         // Replayed: some or all of the body may be there.
-                        // (One earlier attempt at most: MAX_ATTEMPTS is 2.)
+                        const _: () = assert!(MAX_ATTEMPTS <= 2, "`earlier` holds one data centre");
                         *earlier = Some(dc_id);
                     }
                     count_retry(instance, target.request_id, dc, reason);

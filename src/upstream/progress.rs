@@ -188,9 +188,9 @@ impl WriteProgress {
     /// Resolves once writes have stayed blocked for `limit`: the watch of
     /// the task that does the writing. It registers no waker for the
     /// writes to block (that slot is the request's, [`Self::poll_blocked`]),
-    /// so it must be polled after the I/O, in the same task — a `biased`
-    /// select with the connection first — where it sees them block in the
-    /// same pass; then its timer wakes it.
+    /// so it must be polled after the I/O, in the same task (the
+    /// connection's task polls it right after the connection), where it
+    /// sees them block in the same pass; then its timer wakes it.
     pub async fn stalled(&self, limit: Duration) {
         loop {
             let blocked = std::future::poll_fn(|_| match self.blocked_for() {

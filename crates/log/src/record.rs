@@ -35,10 +35,10 @@ pub struct Record<'a> {
     pub jurisdiction: Option<Cow<'a, str>>,
     /// The data centre the upload went to (or was attempted at).
     pub datacenter: Option<Cow<'a, str>>,
-    /// Data centres an earlier attempt sent this upload's body to before
-    /// `datacenter` (a replay of a request with an `Idempotency-Key` after
-    /// a failure, a timeout or a 5xx): each may hold a copy. Absent when
-    /// there was none.
+    /// Data centres an earlier attempt may have sent this upload's body to
+    /// (it was replayed, with its `Idempotency-Key`, after a failure, a
+    /// timeout or a 5xx there), other than the last attempt's in
+    /// `datacenter`: each may hold a copy. Absent when there was none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also_sent_to: Vec<Cow<'a, str>>,
     pub upstream_status: Option<u16>,

@@ -1,12 +1,13 @@
 //! Refusals cannot exhaust the log. Each is its own record while they
 //! arrive within a token bucket (`transparency.refusal_records_per_second`,
 //! bursts of `refusal_records_burst`); beyond it, refusals are folded into
-//! one summary record per reason, written before the next checkpoint: how
-//! many, the first and last time, and the SHA-256 of their request ids in
-//! order. Every stored upload is still its own record, and a client that is
+//! one summary record per reason and data centres (a refusal after a
+//! delivery attempt names where the body may be: `datacenter` and
+//! `also_sent_to`, which its summary keeps), written before the next
+//! checkpoint: how many, the first and last time, and the SHA-256 of their
+//! request ids in order. Every stored upload is still its own record, and a client that is
 //! refused 11,000 times a second adds a handful of records, not 11,000.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -24,8 +25,9 @@ pub struct RefusalGate {
 struct State {
     tokens: f64,
     at: Instant,
-    /// By reason: the folded refusals.
-    folded: BTreeMap<String, Folded>,
+    /// The folded refusals, by reason and data centres (a handful: a
+    /// list, searched without allocating a key).
+    folded: Vec<Folded>,
     /// Summaries made that the log could not take: written first next time.
     unwritten: Vec<Record<'static>>,
 }
@@ -40,8 +42,9 @@ struct Folded {
     ids: digest::Context,
     first: String,
     last: String,
-    /// The first folded refusal: its policy and database go into the
-    /// summary (made once per reason and interval).
+    /// The first folded refusal: its reason and data centres are the
+    /// summary's key, and its policy and database go into the summary
+    /// (made once per key and interval).
     template: Record<'static>,
 }
 
@@ -53,14 +56,14 @@ impl RefusalGate {
             state: Mutex::new(State {
                 tokens: f64::from(burst),
                 at: Instant::now(),
-                folded: BTreeMap::new(),
+                folded: Vec::new(),
                 unwritten: Vec::new(),
             }),
         }
     }
 
     /// `true`: write `record` on its own. `false`: it was folded into its
-    /// reason's summary.
+    /// summary.
     pub fn admit(&self, record: &Record<'_>) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -75,7 +78,7 @@ impl RefusalGate {
         false
     }
 
-    /// Folds `record` into its reason's summary without spending a token
+    /// Folds `record` into its summary without spending a token
     /// (the log cannot take records now; the summary is written later).
     pub fn fold(&self, record: &Record<'_>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,26 +86,30 @@ impl RefusalGate {
     }
 
     fn fold_into(state: &mut State, record: &Record<'_>) {
-        let reason = record.reason.as_deref().unwrap_or("refused");
-        // A key is allocated only for a reason's first refusal of the
-        // interval.
-        if !state.folded.contains_key(reason) {
-            let template = Record::from_bytes(&record.to_bytes()).ok();
-            let Some(template) = template else {
-                return; // never: a record parses back from its bytes
-            };
-            let folded = Folded {
-                count: 0,
-                ids: digest::Context::new(&digest::SHA256),
-                first: record.time.to_string(),
-                last: String::new(),
-                template,
-            };
-            state.folded.insert(reason.to_string(), folded);
-        }
-        let Some(folded) = state.folded.get_mut(reason) else {
-            return;
+        let same = |f: &Folded| {
+            let t = &f.template;
+            t.reason == record.reason
+                && t.datacenter == record.datacenter
+                && t.also_sent_to == record.also_sent_to
         };
+        let at = match state.folded.iter().position(same) {
+            Some(at) => at,
+            None => {
+                let template = Record::from_bytes(&record.to_bytes()).ok();
+                let Some(template) = template else {
+                    return; // never: a record parses back from its bytes
+                };
+                state.folded.push(Folded {
+                    count: 0,
+                    ids: digest::Context::new(&digest::SHA256),
+                    first: record.time.to_string(),
+                    last: String::new(),
+                    template,
+                });
+                state.folded.len() - 1
+            }
+        };
+        let folded = &mut state.folded[at];
         folded.count += 1;
         folded.ids.update(record.request_id.as_bytes());
         folded.ids.update(b"\n");
@@ -111,7 +118,7 @@ impl RefusalGate {
     }
 
     /// The summary records of everything folded since the last drain, one
-    /// per reason.
+    /// per reason and data centres, in that order.
     /// Summaries given back by [`RefusalGate::keep`] come first.
     pub fn drain(&self) -> Vec<Record<'static>> {
         let (unwritten, folded) = {
@@ -121,19 +128,31 @@ impl RefusalGate {
                 std::mem::take(&mut state.folded),
             )
         };
-        let made = folded.into_iter().map(|(reason, f)| {
+        let mut folded = folded;
+        folded.sort_by(|a, b| {
+            let key = |f: &Folded| {
+                let t = &f.template;
+                (
+                    t.reason.clone(),
+                    t.datacenter.clone(),
+                    t.also_sent_to.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        let made = folded.into_iter().map(|f| {
             let ids = residency_core::hex::encode(f.ids.finish().as_ref());
             let mut r = f.template;
             r.request_id = format!("summary-{}", &ids[..32]).into();
             r.time = f.last.clone().into();
-            r.reason = Some(reason.into());
-            // What differs between the folded refusals is not kept.
+            r.reason = Some(r.reason.unwrap_or(std::borrow::Cow::Borrowed("refused")));
+            // What differs between the folded refusals is not kept; where
+            // their bodies may be (`datacenter`, `also_sent_to`) is their
+            // summary's key.
             r.client.source = None;
             r.client.address = None;
             r.country = None;
             r.jurisdiction = None;
-            r.datacenter = None;
-            r.also_sent_to = Vec::new();
             r.upstream_status = None;
             r.body = None;
             // The tenant (and the jurisdiction GeoIP gave that client)
@@ -230,6 +249,48 @@ mod tests {
         assert_eq!(count(&second[2]), 1);
         assert_eq!(second.iter().map(count).sum::<u64>(), 7, "no refusal lost");
         assert!(gate.drain().is_empty());
+    }
+
+    /// Refusals after a delivery attempt name where the body may be: folded,
+    /// they keep it, one summary per reason and data centres.
+    #[test]
+    fn summaries_keep_where_bodies_may_be() {
+        let gate = RefusalGate::new(1, 1);
+        let attempted = |i: u32, dc: Option<&'static str>, earlier: &[&'static str]| {
+            let mut r = refusal(i, "upstream_error");
+            r.datacenter = dc.map(Into::into);
+            r.also_sent_to = earlier.iter().map(|&d| d.into()).collect();
+            r
+        };
+        gate.fold(&attempted(0, Some("geneva"), &["zurich"]));
+        gate.fold(&attempted(1, Some("geneva"), &[]));
+        gate.fold(&attempted(2, Some("geneva"), &["zurich"]));
+        gate.fold(&attempted(3, None, &["zurich"]));
+        gate.fold(&refusal(4, "origin_unknown"));
+        let summaries = gate.drain();
+        let seen: Vec<_> = summaries
+            .iter()
+            .map(|s| {
+                (
+                    s.reason.as_deref().unwrap(),
+                    s.datacenter.as_deref(),
+                    s.also_sent_to
+                        .iter()
+                        .map(|d| d.as_ref())
+                        .collect::<Vec<_>>(),
+                    s.summary.as_ref().unwrap().count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("origin_unknown", None, vec![], 1),
+                ("upstream_error", None, vec!["zurich"], 1),
+                ("upstream_error", Some("geneva"), vec![], 1),
+                ("upstream_error", Some("geneva"), vec!["zurich"], 2),
+            ]
+        );
     }
 
     #[test]

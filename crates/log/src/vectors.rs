@@ -661,6 +661,42 @@ pub fn generate() -> Vectors {
             Some(Step::Receipt),
         ),
         v(
+            "record_earlier_data_centres_as_numbers",
+            "A record whose list of data centres earlier attempts sent the body to holds a number.",
+            Inputs {
+                receipt: Some(altered(
+                    b"\"upstream_status\":",
+                    b"\"also_sent_to\":[1],\"upstream_status\":",
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "record_earlier_data_centres_repeated",
+            "A record giving its list of data centres earlier attempts sent the body to twice (a reader keeping the first would name none).",
+            Inputs {
+                receipt: Some(altered(
+                    b"\"upstream_status\":",
+                    b"\"also_sent_to\":[],\"also_sent_to\":[\"zurich\"],\"upstream_status\":",
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
+            "record_earlier_data_centres_empty",
+            "A validly signed record with an empty list of earlier data centres (no writer of this log writes one) reads as a record; it is not in the log, so its inclusion fails.",
+            Inputs {
+                receipt: Some(altered(
+                    b"\"upstream_status\":",
+                    b"\"also_sent_to\":[],\"upstream_status\":",
+                )),
+                ..stored.clone()
+            },
+            Some(Step::Inclusion),
+        ),
+        v(
             "record_tenant_without_a_name",
             "A record with a tenant that has no name.",
             Inputs {
