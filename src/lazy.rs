@@ -7,8 +7,9 @@
 //! per request. Polling a Tokio [`Sleep`](tokio::time::Sleep) each time costs
 //! a budget check and a waker registration (about 200 instructions), though
 //! the registration from the first poll still stands. [`sleep`] polls the
-//! timer only when that registration may be stale (first poll, or the task's
-//! waker changed: e.g. a request future moved to a task of its own) or the
+//! timer only when that registration may be stale (first poll, the task's
+//! waker changed: e.g. a request future moved to a task of its own, or the
+//! last poll found the task's budget spent and registered nothing) or the
 //! timer has fired; otherwise it answers `Pending` at once. The timer still
 //! wakes the task when it fires, so nothing is missed. [`Gated`] does the
 //! same for any future: it is polled only after something it waits on woke
@@ -46,10 +47,16 @@ impl Future for Lazy<'_> {
                 return Poll::Pending;
             }
         }
+        // With the task's budget spent, `Sleep` answers `Pending` (and
+        // wakes the task) before it registers its timer: not a registration
+        // to rely on, so it is polled again next time.
+        let registers = tokio::task::coop::has_budget_remaining();
         match this.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(()),
             Poll::Pending => {
-                this.waker = Some(cx.waker().clone());
+                if registers {
+                    this.waker = Some(cx.waker().clone());
+                }
                 Poll::Pending
             }
         }
@@ -200,6 +207,30 @@ mod tests {
         }
         s.await;
         assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    /// Polled first when the task's budget is spent (Tokio's `Sleep` then
+    /// answers `Pending` before it registers its timer), it still fires.
+    /// It used to keep answering `Pending` without a timer, for ever.
+    #[tokio::test(start_paused = true)]
+    async fn fires_when_first_polled_with_the_budget_spent() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        for _ in 0..1000 {
+            tx.send(()).unwrap();
+        }
+        let mut s = pin!(sleep(Duration::from_millis(50)));
+        std::future::poll_fn(|cx| {
+            let mut received = 0;
+            while let Poll::Ready(Some(())) = rx.poll_recv(cx) {
+                received += 1;
+            }
+            assert!(received < 1000, "the budget ran out");
+            assert!(s.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let fired = tokio::time::timeout(Duration::from_secs(10), s).await;
+        assert!(fired.is_ok(), "the timer fired");
     }
 
     #[tokio::test(start_paused = true)]

@@ -420,7 +420,14 @@ impl BodySlot {
     /// [`Self::hold_while_reading`], or a new one: an upstream that answers
     /// and closes may drop the body before the request's task has seen the
     /// answer).
-    fn abandon(&self, source: Source) {
+    fn abandon(&self, mut source: Source) {
+        if source.rest.is_end_stream() && self.ended_cleanly(&source.rest) {
+            // Read to its end already (hyper took the last frame and was
+            // dropped before it asked for the end): the body is complete,
+            // and a 2xx answer's receipt waits for its digest.
+            self.complete(&mut source);
+            return;
+        }
         let held = self.done_reading();
         if source.rest.is_end_stream() {
             return;
@@ -754,7 +761,8 @@ impl std::fmt::Debug for ForwardBody {
 
 #[cfg(test)]
 mod tests {
-    use super::ForwardBody;
+    use super::{BodySlot, Bounds, ForwardBody};
+    use std::time::Duration;
 
     /// The request carrying a `ForwardBody` is moved whole about a dozen
     /// times on its way to the data centre's connection; at 256 bytes or
@@ -764,5 +772,75 @@ mod tests {
     fn a_request_carrying_a_forward_body_fits_a_short_copy() {
         assert!(std::mem::size_of::<ForwardBody>() <= 32);
         assert!(std::mem::size_of::<http::Request<ForwardBody>>() <= 256);
+    }
+
+    /// An HTTP/2 body of unknown length whose last frame (with
+    /// `END_STREAM`) the upstream connection took, and which was then
+    /// dropped before it asked for the end (its buffer full, the data
+    /// centre answering early and closing): the body was read whole, so its
+    /// digest is known (a 2xx answer's receipt waits for it). It used to be
+    /// left unset, and the receipt waited `request_body_idle` for nothing.
+    #[tokio::test]
+    async fn a_body_read_to_its_end_and_dropped_before_its_end_was_asked_for_is_complete() {
+        use http_body::Body as _;
+        use hyper::body::Incoming;
+
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let bodies = bodies.clone();
+                async move {
+                    let _ = bodies.send(req.into_body());
+                    // The answer waits: the body is the test's.
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(server_io);
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, service)
+                .await;
+        });
+        let (mut send, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post("https://localhost/v1/telemetry")
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = send.send_request(req, false).unwrap();
+        let data = bytes::Bytes::from_static(b"cpu=0.93\n");
+        stream.send_data(data.clone(), true).unwrap();
+
+        let rest = incoming.recv().await.unwrap();
+        assert_eq!(rest.size_hint().exact(), None, "no length declared");
+        let slot = BodySlot::new(
+            rest,
+            1 << 20,
+            Duration::from_secs(30),
+            0,
+            Bounds {
+                bytes: 1 << 20,
+                time: Duration::from_secs(1),
+            },
+            true,
+            true,
+            None,
+            tokio::time::Instant::now(),
+        );
+        let (mut body, _watch) = ForwardBody::stream(slot.clone());
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), data);
+        // Its stream ended with that frame (END_STREAM came with it); the
+        // body is dropped before it is asked for more.
+        drop(body);
+        let want: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .try_into()
+            .unwrap();
+        assert_eq!(slot.sha256(), Some(want), "the body's digest is known");
+        assert_eq!(slot.bytes(), data.len() as u64);
     }
 }

@@ -404,8 +404,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         self.progress.note(polled, |_| true, self.read_ended)
     }
 
+    /// Watched as the writes are (a TLS stream's close_notify is a write
+    /// too, and a peer that stopped reading blocks it), but an error
+    /// passes: there is nothing left to read an answer for.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        match &polled {
+            Poll::Pending => self.progress.blocked(),
+            Poll::Ready(Ok(())) => self.progress.moved(),
+            Poll::Ready(Err(_)) => self.progress.failed.store(true, Ordering::Relaxed),
+        }
+        polled
     }
 }
 
@@ -445,6 +454,37 @@ mod tests {
             p.note::<usize>(Poll::Ready(Err(broken())), |n| *n > 0, true),
             Poll::Ready(Err(_))
         ));
+    }
+
+    /// A shutdown that cannot write (a TLS stream's close_notify to a peer
+    /// that stopped reading) counts as blocked, so the stall watch closes
+    /// the connection; it used to pass unwatched, and nothing did.
+    #[tokio::test]
+    async fn a_blocked_shutdown_is_watched() {
+        struct Stuck;
+        impl AsyncWrite for Stuck {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Pending
+            }
+        }
+        let p = WriteProgress::new();
+        let mut stream = Tracked::new(Stuck, p.clone());
+        let polled = std::future::poll_fn(|cx| {
+            Poll::Ready(AsyncWrite::poll_shutdown(Pin::new(&mut stream), cx))
+        })
+        .await;
+        assert!(polled.is_pending());
+        assert!(p.blocked_for().is_some(), "the stall watch runs");
     }
 
     #[tokio::test]
