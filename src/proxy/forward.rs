@@ -433,7 +433,14 @@ pub fn forward<'a>(
                     }
                     match sending.as_mut().poll(cx) {
                         Poll::Ready(r) => Poll::Ready(Ok(r)),
-                        Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
+                        Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(|phase| {
+                            // Given up on: the connection's failed writes
+                            // need not wait for an answer any more.
+                            if let Some(progress) = watch.progress() {
+                                progress.unwanted();
+                            }
+                            Err(phase)
+                        }),
                     }
                 })
                 .await

@@ -484,8 +484,8 @@ impl Pool {
                 pool: self.clone(),
                 u,
                 tx,
-                progress,
             }),
+            progress: Some(progress),
         })
     }
 
@@ -620,7 +620,6 @@ struct Lease {
     pool: Pool,
     u: UpstreamId,
     tx: SendRequest<ForwardBody>,
-    progress: Arc<WriteProgress>,
 }
 
 /// What [`Pool::send_or_return`] comes to: the response, its body still
@@ -637,6 +636,10 @@ pub struct Body {
     /// The body ended (`is_end_stream` alone misses a chunked body's end).
     ended: bool,
     lease: Option<Lease>,
+    /// The connection's write progress: told when the body is dropped
+    /// before its end, and kept with the connection when it is pooled
+    /// (then taken from here).
+    progress: Option<Arc<WriteProgress>>,
     /// Frames taken in ahead of the client ([`Body::take_in`]), in order.
     ahead: Option<Box<Ahead>>,
 }
@@ -811,6 +814,14 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
+        if !(self.ended || self.inner.is_end_stream()) {
+            // Dropped before its end (an answer refused as unusable, a
+            // client gone): hyper closes the connection, and a write that
+            // fails then ends it.
+            if let Some(progress) = &self.progress {
+                progress.unwanted();
+            }
+        }
         self.give_back();
     }
 }
@@ -822,16 +833,16 @@ impl Body {
         if !(self.ended || self.inner.is_end_stream()) {
             return;
         }
-        let Some(lease) = self.lease.take() else {
+        let (Some(lease), Some(progress)) = (self.lease.take(), self.progress.take()) else {
             return;
         };
         if lease.tx.is_ready() {
-            lease.pool.put(lease.u, lease.tx, lease.progress);
+            lease.pool.put(lease.u, lease.tx, progress);
             return;
         }
         // Closing (`Connection: close`, HTTP/1.0, an error): nothing to
         // wait for.
-        if lease.tx.is_closed() || lease.progress.failed() {
+        if lease.tx.is_closed() || progress.failed() {
             return;
         }
         // The response ended before the request did (the data centre
@@ -842,12 +853,7 @@ impl Body {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Lease {
-            pool,
-            u,
-            mut tx,
-            progress,
-        } = lease;
+        let Lease { pool, u, mut tx } = lease;
         let idle_timeout = pool.inner.idle_timeout;
         drop(runtime.spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, tx.ready()).await {

@@ -31,6 +31,10 @@ pub struct WriteProgress {
     blocking: AtomicWaker,
     /// A write failed: the connection must not carry another request.
     failed: AtomicBool,
+    /// No one waits for the connection's answer any more: its response
+    /// was dropped before its end, or its request gave up on it. A failed
+    /// write then has no answer to be held for.
+    unwanted: AtomicBool,
     /// A failed write is returned as it is, not held pending.
     pass_errors: bool,
     /// The response deadline of the request waiting on the connection.
@@ -117,6 +121,7 @@ impl WriteProgress {
             blocked_at: AtomicU64::new(0),
             blocking: AtomicWaker::new(),
             failed: AtomicBool::new(false),
+            unwanted: AtomicBool::new(false),
             pass_errors,
             due: Due {
                 epoch: tokio::time::Instant::now(),
@@ -233,6 +238,12 @@ impl WriteProgress {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// No one waits for the connection's answer any more (see
+    /// [`Self::note`]); it is not reused after this.
+    pub fn unwanted(&self) {
+        self.unwanted.store(true, Ordering::Relaxed);
+    }
+
     fn blocked(&self) {
         if self.blocked_at.load(Ordering::Relaxed) == 0 {
             let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
@@ -257,16 +268,19 @@ impl WriteProgress {
             Poll::Pending => self.blocked(),
             Poll::Ready(Ok(v)) if moved(v) => self.moved(),
             Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(_)) if self.pass_errors || read_ended => {
+            Poll::Ready(Err(_))
+                if self.pass_errors || read_ended || self.unwanted.load(Ordering::Relaxed) =>
+            {
                 self.failed.store(true, Ordering::Relaxed)
             }
             Poll::Ready(Err(e)) => {
                 // Kept pending: the reads (polled by the same connection
                 // task) still deliver an answer already sent. Only until
-                // they end: hyper then flushes what it still holds before
-                // it shuts the connection, and an error held pending there
-                // (it registers no waker) kept the connection, its permit
-                // and the client's body until the stall watch closed it.
+                // they end, or no one wants the answer: hyper then flushes
+                // what it still holds before it shuts the connection, and
+                // an error held pending there (it registers no waker) kept
+                // the connection, its permit and the client's body until
+                // the stall watch closed it.
                 tracing::debug!(error = %e, "upstream write failed; reading on");
                 self.failed.store(true, Ordering::Relaxed);
                 self.blocked();

@@ -267,6 +267,59 @@ async fn server_error_is_retried_only_when_replayable() {
     matrix(Fault::ServerError).await;
 }
 
+/// Whether zurich's connections and the client's are all let go.
+async fn all_let_go(proxy: &Proxy) -> bool {
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let upstream: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
+}
+
+/// A data centre that answers with a head the proxy refuses (a status
+/// outside 100-599) while the upload is still being sent, stops reading,
+/// then resets the connection: the answer was dropped before its end, so
+/// hyper closes the connection without reading on, and the failed writes
+/// of its last flush end it. They used to be held pending for an answer no
+/// one wanted, until the stall watch (twice `upstream_send_idle`, 60 s).
+#[tokio::test]
+async fn a_connection_whose_answer_was_refused_is_let_go_when_it_is_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_none() {
+                    return;
+                }
+                // Reading nothing more: the proxy's writes fill the
+                // sockets and block, then the answer comes, then a reset.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 999 Unheard Of\r\ncontent-length: 100\r\n\r\nab")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let _ = tcp.set_zero_linger();
+            });
+        }
+    });
+    let proxy = with_zurich_at(&format!("http://{addr}")).await;
+    let body = vec![7u8; 32 << 20];
+    let reply = proxy
+        .client()
+        .send("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+        .await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    eventually(
+        "the connection to zurich and the client's connection are let go",
+        async || all_let_go(&proxy).await,
+    )
+    .await;
+    proxy.stop().await;
+}
+
 /// A data centre that closes the connection while the body is still being
 /// written (its kernel resets it): once the connection's reads have ended,
 /// the failed writes end it too. They used to be held pending for an answer
@@ -286,15 +339,7 @@ async fn a_connection_reset_mid_upload_is_let_go_at_once() {
     assert_eq!(reply.status, 502, "{:?}", reply.body);
     eventually(
         "the connection to zurich and the client's connection are let go",
-        async || {
-            let (_, metrics) = proxy.admin_get("/metrics").await;
-            let upstream: f64 = metrics
-                .lines()
-                .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
-        },
+        async || all_let_go(&proxy).await,
     )
     .await;
     proxy.stop().await;
