@@ -267,15 +267,35 @@ async fn server_error_is_retried_only_when_replayable() {
     matrix(Fault::ServerError).await;
 }
 
-/// Whether zurich's connections and the client's are all let go.
-async fn all_let_go(proxy: &Proxy) -> bool {
-    let (_, metrics) = proxy.admin_get("/metrics").await;
-    let upstream: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
+/// Uploads `len` bytes through a proxy whose zurich is at `url`: the
+/// client gets 502, then zurich's connections and the client's are all let
+/// go.
+async fn refused_then_let_go(url: &str, len: usize) {
+    let proxy = with_zurich_at(url).await;
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", CH)],
+            vec![7u8; len],
+        )
+        .await;
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    eventually(
+        "the connection to zurich and the client's connection are let go",
+        async || {
+            let (_, metrics) = proxy.admin_get("/metrics").await;
+            let upstream: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
+        },
+    )
+    .await;
+    proxy.stop().await;
 }
 
 /// A data centre that answers with a head the proxy refuses (a status
@@ -305,19 +325,7 @@ async fn a_connection_whose_answer_was_refused_is_let_go_when_it_is_reset() {
             });
         }
     });
-    let proxy = with_zurich_at(&format!("http://{addr}")).await;
-    let body = vec![7u8; 32 << 20];
-    let reply = proxy
-        .client()
-        .send("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
-        .await;
-    assert_eq!(reply.status, 502, "{:?}", reply.body);
-    eventually(
-        "the connection to zurich and the client's connection are let go",
-        async || all_let_go(&proxy).await,
-    )
-    .await;
-    proxy.stop().await;
+    refused_then_let_go(&format!("http://{addr}"), 32 << 20).await;
 }
 
 /// A data centre that closes the connection while the body is still being
@@ -330,17 +338,5 @@ async fn a_connection_whose_answer_was_refused_is_let_go_when_it_is_reset() {
 #[tokio::test]
 async fn a_connection_reset_mid_upload_is_let_go_at_once() {
     let url = faulty(Fault::ClosedBeforeRead, Arc::new(Seen::default())).await;
-    let proxy = with_zurich_at(&url).await;
-    let body = vec![7u8; 128 * 1024];
-    let reply = proxy
-        .client()
-        .send("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
-        .await;
-    assert_eq!(reply.status, 502, "{:?}", reply.body);
-    eventually(
-        "the connection to zurich and the client's connection are let go",
-        async || all_let_go(&proxy).await,
-    )
-    .await;
-    proxy.stop().await;
+    refused_then_let_go(&url, 128 * 1024).await;
 }
