@@ -328,11 +328,12 @@ impl BodySlot {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if let Some(d) = self.sha256() {
-                return Some(d);
-            }
+            // A failure first: a body that failed has no digest to name.
             if self.failure().is_some() || self.abandoned.load(Ordering::Relaxed) {
                 return None;
+            }
+            if let Some(d) = self.sha256() {
+                return Some(d);
             }
             let before = self.bytes();
             if tokio::time::timeout(idle, ended).await.is_err() && self.bytes() == before {
@@ -421,7 +422,11 @@ impl BodySlot {
     /// and closes may drop the body before the request's task has seen the
     /// answer).
     fn abandon(&self, mut source: Source) {
-        if source.rest.is_end_stream() && self.ended_cleanly(&source.rest) {
+        // (Not when its last frame failed it: too large, too slow.)
+        if self.failure().is_none()
+            && source.rest.is_end_stream()
+            && self.ended_cleanly(&source.rest)
+        {
             // Read to its end already (hyper took the last frame and was
             // dropped before it asked for the end): the body is complete,
             // and a 2xx answer's receipt waits for its digest.
@@ -774,14 +779,17 @@ mod tests {
         assert!(std::mem::size_of::<http::Request<ForwardBody>>() <= 256);
     }
 
-    /// An HTTP/2 body of unknown length whose last frame (with
-    /// `END_STREAM`) the upstream connection took, and which was then
-    /// dropped before it asked for the end (its buffer full, the data
-    /// centre answering early and closing): the body was read whole, so its
-    /// digest is known (a 2xx answer's receipt waits for it). It used to be
-    /// left unset, and the receipt waited `request_body_idle` for nothing.
-    #[tokio::test]
-    async fn a_body_read_to_its_end_and_dropped_before_its_end_was_asked_for_is_complete() {
+    /// An HTTP/2 body of unknown length in one frame (with `END_STREAM`),
+    /// under a `limit`: its slot, and the frame `ForwardBody` made of it,
+    /// taken and then dropped before the end was asked for (the upstream
+    /// connection's buffer full, the data centre answering early).
+    async fn one_frame_taken_then_dropped(
+        data: &'static [u8],
+        limit: u64,
+    ) -> (
+        std::sync::Arc<BodySlot>,
+        Option<Result<http_body::Frame<bytes::Bytes>, super::BodyError>>,
+    ) {
         use http_body::Body as _;
         use hyper::body::Incoming;
 
@@ -808,14 +816,15 @@ mod tests {
             .body(())
             .unwrap();
         let (_response, mut stream) = send.send_request(req, false).unwrap();
-        let data = bytes::Bytes::from_static(b"cpu=0.93\n");
-        stream.send_data(data.clone(), true).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(data), true)
+            .unwrap();
 
         let rest = incoming.recv().await.unwrap();
         assert_eq!(rest.size_hint().exact(), None, "no length declared");
         let slot = BodySlot::new(
             rest,
-            1 << 20,
+            limit,
             Duration::from_secs(30),
             0,
             Bounds {
@@ -828,19 +837,42 @@ mod tests {
             tokio::time::Instant::now(),
         );
         let (mut body, _watch) = ForwardBody::stream(slot.clone());
-        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(frame.into_data().unwrap(), data);
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
         // Its stream ended with that frame (END_STREAM came with it); the
         // body is dropped before it is asked for more.
         drop(body);
-        let want: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &data)
+        (slot, frame)
+    }
+
+    /// Read to its end, the body is complete: its digest is known (a 2xx
+    /// answer's receipt waits for it). It used to be left unset, and the
+    /// receipt waited `request_body_idle` for nothing.
+    #[tokio::test]
+    async fn a_body_read_to_its_end_and_dropped_before_its_end_was_asked_for_is_complete() {
+        let data = b"cpu=0.93\n";
+        let (slot, frame) = one_frame_taken_then_dropped(data, 1 << 20).await;
+        assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), &data[..]);
+        let want: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, data)
             .as_ref()
             .try_into()
             .unwrap();
         assert_eq!(slot.sha256(), Some(want), "the body's digest is known");
+        assert_eq!(slot.wait_sha256(Duration::from_secs(1)).await, Some(want));
         assert_eq!(slot.bytes(), data.len() as u64);
+    }
+
+    /// Its last frame over the limit, the body failed: no digest, though
+    /// its stream ended (a review caught the first version naming the body
+    /// without that frame).
+    #[tokio::test]
+    async fn a_body_whose_last_frame_failed_it_has_no_digest() {
+        let (slot, frame) = one_frame_taken_then_dropped(b"cpu=0.93\n", 4).await;
+        assert!(
+            matches!(frame, Some(Err(super::BodyError::TooLarge))),
+            "{frame:?}"
+        );
+        assert_eq!(slot.failure(), Some(super::BodyError::TooLarge));
+        assert_eq!(slot.sha256(), None);
+        assert_eq!(slot.wait_sha256(Duration::from_secs(1)).await, None);
     }
 }
