@@ -120,10 +120,20 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> Option<(String, usize, us
 /// The proxy of the matrix: `zurich` at `url` (priority 1), `geneva`
 /// behind it in the same jurisdiction, with the transparency log on.
 async fn with_zurich_at(url: &str) -> Proxy {
+    with_zurich_upstreams(&[url]).await
+}
+
+/// As [`with_zurich_at`], zurich with each of `urls` as an upstream.
+async fn with_zurich_upstreams(urls: &[&str]) -> Proxy {
+    let upstreams = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     Proxy::start(Setup {
         datacenters: vec![("geneva", "ch", 2, true), ("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
         extra: format!(
-            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{url}\"]\n\n[health]\npath = \"off\"\n"
+            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [{upstreams}]\n\n[health]\npath = \"off\"\n"
         ),
         transparency: Some(String::new()),
         ..Setup::default()
@@ -339,4 +349,42 @@ async fn a_connection_whose_answer_was_refused_is_let_go_when_it_is_reset() {
 async fn a_connection_reset_mid_upload_is_let_go_at_once() {
     let url = faulty(Fault::ClosedBeforeRead, Arc::new(Seen::default())).await;
     refused_then_let_go(&url, 128 * 1024).await;
+}
+
+/// A replay to another upstream of the same data centre names that data
+/// centre once, as `datacenter`: `also_sent_to` lists only other ones.
+#[tokio::test]
+async fn a_replay_within_one_data_centre_names_it_once() {
+    let seen = Arc::new(Seen::default());
+    let failing = faulty(Fault::ServerError, seen.clone()).await;
+    let good = Upstream::start("zurich-b").await;
+    let proxy = with_zurich_upstreams(&[&failing, &format!("http://{}", good.addr)]).await;
+    // zurich's two upstreams take turns: within two uploads, one meets the
+    // failing one first and is replayed on the other.
+    let mut replayed = None;
+    for _ in 0..4 {
+        let heads = seen.heads.load(Ordering::SeqCst);
+        let reply = proxy
+            .client()
+            .send(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", CH), ("idempotency-key", "upload-7")],
+                vec![1u8; 1024],
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        if seen.heads.load(Ordering::SeqCst) > heads {
+            replayed = Some(reply);
+            break;
+        }
+    }
+    let reply = replayed.expect("an upload met the failing upstream first");
+    assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
+    assert_eq!(proxy.upstream("geneva").count(), 0, "stayed in zurich");
+    let receipt = Receipt::parse(reply.header("residency-receipt").unwrap()).unwrap();
+    let record = Record::from_bytes(&receipt.record).unwrap();
+    assert_eq!(record.datacenter.as_deref(), Some("zurich"));
+    assert!(record.also_sent_to.is_empty(), "{:?}", record.also_sent_to);
+    proxy.stop().await;
 }
