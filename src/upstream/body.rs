@@ -422,21 +422,22 @@ impl BodySlot {
     /// and closes may drop the body before the request's task has seen the
     /// answer).
     fn abandon(&self, mut source: Source) {
-        // (Not when its last frame failed it: too large, too slow.)
-        if self.failure().is_none()
-            && source.rest.is_end_stream()
-            && self.ended_cleanly(&source.rest)
-        {
-            // Read to its end already (hyper took the last frame and was
-            // dropped before it asked for the end): the body is complete,
-            // and a 2xx answer's receipt waits for its digest.
-            self.complete(&mut source);
+        // Nothing left to discard. (h2's `is_end_stream` means `END_STREAM`
+        // came: the end was clean, see `ended_cleanly`.)
+        if source.rest.is_end_stream() {
+            if self.failure().is_none() {
+                // Read to its end already (hyper took the last frame and
+                // was dropped before it asked for the end): the body is
+                // complete, and a 2xx answer's receipt waits for its
+                // digest. Not when its last frame failed it (too large,
+                // too slow).
+                self.complete(&mut source);
+            } else {
+                drop(self.done_reading());
+            }
             return;
         }
         let held = self.done_reading();
-        if source.rest.is_end_stream() {
-            return;
-        }
         let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
         self.abandoned.store(true, Ordering::Relaxed);
         source.abandon(self.discard, held);

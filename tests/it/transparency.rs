@@ -1250,26 +1250,21 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
     };
     let stored_in = HashMap::from([(0, vec!["zurich".to_string()]), (1, vec!["zurich".into()])]);
 
+    // The check's verdicts (verified, failed) and its first failure.
+    let checked = async |outcomes: &[Outcome], stored: &HashMap<u64, Vec<String>>| {
+        let report = logcheck::check(&target, None, outcomes, stored).await;
+        assert_eq!(report.error, None, "{report:?}");
+        let first = report.failure_samples.first().cloned().unwrap_or_default();
+        ((report.receipts_verified, report.receipts_failed), first)
+    };
+
     let own = [outcome(0, &a, &a), outcome(1, &b, &b)];
-    let report = logcheck::check(&target, None, &own, &stored_in).await;
-    assert_eq!(report.error, None, "{report:?}");
-    assert_eq!(
-        (report.receipts_verified, report.receipts_failed),
-        (2, 0),
-        "{report:?}"
-    );
+    assert_eq!(checked(&own, &stored_in).await, ((2, 0), String::new()));
 
     let swapped = [outcome(0, &a, &b), outcome(1, &b, &a)];
-    let report = logcheck::check(&target, None, &swapped, &stored_in).await;
-    assert_eq!(
-        (report.receipts_verified, report.receipts_failed),
-        (0, 2),
-        "{report:?}"
-    );
-    assert!(
-        report.failure_samples[0].contains("the answer names request"),
-        "{report:?}"
-    );
+    let (counts, first) = checked(&swapped, &stored_in).await;
+    assert_eq!(counts, (0, 2));
+    assert!(first.contains("the answer names request"), "{first}");
 
     // A copy the log does not account for: a sink holds upload 0 in
     // geneva too, and its record names zurich alone.
@@ -1277,15 +1272,11 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
         (0, vec!["geneva".to_string(), "zurich".into()]),
         (1, vec!["zurich".into()]),
     ]);
-    let report = logcheck::check(&target, None, &own, &elsewhere).await;
-    assert_eq!(
-        (report.receipts_verified, report.receipts_failed),
-        (1, 1),
-        "{report:?}"
-    );
+    let (counts, first) = checked(&own, &elsewhere).await;
+    assert_eq!(counts, (1, 1));
     assert!(
-        report.failure_samples[0].contains("the sinks stored it in [\"geneva\", \"zurich\"]"),
-        "{report:?}"
+        first.contains("the sinks stored it in [\"geneva\", \"zurich\"]"),
+        "{first}"
     );
     proxy.stop().await;
 }

@@ -130,22 +130,20 @@ impl RefusalGate {
         };
         let mut folded = folded;
         folded.sort_by(|a, b| {
-            let key = |f: &Folded| {
-                let t = &f.template;
-                (
-                    t.reason.clone(),
-                    t.datacenter.clone(),
-                    t.also_sent_to.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
+            let (a, b) = (&a.template, &b.template);
+            (&a.reason, &a.datacenter, &a.also_sent_to).cmp(&(
+                &b.reason,
+                &b.datacenter,
+                &b.also_sent_to,
+            ))
         });
         let made = folded.into_iter().map(|f| {
             let ids = residency_core::hex::encode(f.ids.finish().as_ref());
             let mut r = f.template;
             r.request_id = format!("summary-{}", &ids[..32]).into();
             r.time = f.last.clone().into();
-            r.reason = Some(r.reason.unwrap_or(std::borrow::Cow::Borrowed("refused")));
+            r.reason
+                .get_or_insert(std::borrow::Cow::Borrowed("refused"));
             // What differs between the folded refusals is not kept; where
             // their bodies may be (`datacenter`, `also_sent_to`) is their
             // summary's key.
