@@ -162,7 +162,7 @@ impl Metrics {
         )?;
         let request_body_bytes = counter(
             "residency_request_body_bytes_total",
-            "Request body bytes forwarded, by jurisdiction (as residency_requests_total); what an upstream reads after it answered is added when the body ends.",
+            "Request body bytes read from clients to be forwarded, by jurisdiction (as residency_requests_total): those of refused uploads too, as far as they were read, and a body read whole for an idempotent replay once, whether or not an attempt sent it; what an upstream reads after it answered is added when the body ends.",
             &["jurisdiction"],
         )?;
         let geoip_lookups = counter(
