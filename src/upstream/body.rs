@@ -421,7 +421,10 @@ impl BodySlot {
     /// [`Self::hold_while_reading`], or a new one: an upstream that answers
     /// and closes may drop the body before the request's task has seen the
     /// answer).
-    fn abandon(&self, mut source: Source) {
+    ///
+    /// `shared`, the slot itself when an attempt's body was dropped: the
+    /// rest may hold nothing but the end (see [`Self::end_or_discard`]).
+    fn abandon(&self, mut source: Source, shared: Option<&Arc<BodySlot>>) {
         // Nothing left to discard. (h2's `is_end_stream` means `END_STREAM`
         // came: the end was clean, see `ended_cleanly`.)
         if source.rest.is_end_stream() {
@@ -439,9 +442,51 @@ impl BodySlot {
         }
         let held = self.done_reading();
         let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
+        let runtime = tokio::runtime::Handle::try_current();
+        match (shared, runtime) {
+            (Some(slot), Ok(runtime)) if self.failure().is_none() => {
+                drop(runtime.spawn(slot.clone().end_or_discard(source, held)));
+            }
+            _ => {
+                self.abandoned.store(true, Ordering::Relaxed);
+                source.abandon(self.discard, held);
+                self.ended.notify_waiters();
+            }
+        }
+    }
+
+    /// The rest of a body an attempt dropped before its end: complete if
+    /// nothing but its end is left, else discarded within bounds (`held`
+    /// kept until then). hyper's HTTP/1 server reads a chunked body's last
+    /// chunk only when the body is polled again, so a body whose data an
+    /// upstream connection took all of, and dropped before it asked for
+    /// the end (the data centre answered early and closed), cannot tell
+    /// it is complete until then; a 2xx answered early waits for its
+    /// digest meanwhile (`wait_sha256`). Empty frames, and trailers (which
+    /// are not forwarded), are not data.
+    async fn end_or_discard(self: Arc<Self>, mut source: Source, held: Option<Held>) {
+        let deadline = Instant::now() + self.discard.time;
+        let data = loop {
+            match tokio::time::timeout_at(deadline, source.rest.frame()).await {
+                Ok(None) if self.ended_cleanly(&source.rest) && self.failure().is_none() => {
+                    self.complete(&mut source);
+                    return;
+                }
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => break Some(data.len() as u64),
+                    _ => continue,
+                },
+                _ => break None,
+            }
+        };
         self.abandoned.store(true, Ordering::Relaxed);
-        source.abandon(self.discard, held);
         self.ended.notify_waiters();
+        // More data came: the rest is read and thrown away, within what is
+        // left of the bounds.
+        if let Some(bytes) = data.and_then(|n| self.discard.bytes.checked_sub(n)) {
+            let time = deadline.saturating_duration_since(Instant::now());
+            discard(source.rest, Bounds { bytes, time }, held).await;
+        }
     }
 
     /// The client's body as it came, when nothing of it has been read (no
@@ -563,7 +608,7 @@ impl BodySlot {
                 Ok(None)
             }
             Err(e) if e.still_sending() => {
-                self.abandon(*source);
+                self.abandon(*source, None);
                 Err(e)
             }
             Err(e) => Err(e),
@@ -580,7 +625,7 @@ impl Drop for BodySlot {
     /// A body no upstream took is discarded, not reset.
     fn drop(&mut self) {
         if let Some(source) = self.source.get_mut().ok().and_then(Option::take) {
-            self.abandon(*source);
+            self.abandon(*source, None);
         }
     }
 }
@@ -750,7 +795,7 @@ impl Drop for ForwardBody {
             match source.take() {
                 Some(_) if slot.read.load(Ordering::Acquire) => {}
                 Some(_) if client_stopped => drop(slot.done_reading()),
-                Some(source) => slot.abandon(*source),
+                Some(source) => slot.abandon(*source, Some(slot)),
                 None => {}
             }
         }
@@ -860,6 +905,97 @@ mod tests {
         assert_eq!(slot.sha256(), Some(want), "the body's digest is known");
         assert_eq!(slot.wait_sha256(Duration::from_secs(1)).await, Some(want));
         assert_eq!(slot.bytes(), data.len() as u64);
+    }
+
+    /// An HTTP/1.1 chunked body whose first chunk `ForwardBody` passed on
+    /// before it was dropped (the upstream connection took it, the data
+    /// centre answered early and closed); `raw` is the whole body as the
+    /// client sends it, chunk framing and all.
+    async fn first_chunk_taken_then_dropped(
+        raw: &'static [u8],
+    ) -> (
+        std::sync::Arc<BodySlot>,
+        Option<Result<http_body::Frame<bytes::Bytes>, super::BodyError>>,
+    ) {
+        use http_body::Body as _;
+        use hyper::body::Incoming;
+        use tokio::io::AsyncWriteExt as _;
+
+        let (mut client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let bodies = bodies.clone();
+                async move {
+                    let _ = bodies.send(req.into_body());
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(server_io);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+        let head =
+            b"POST /v1/telemetry HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n";
+        client_io.write_all(head).await.unwrap();
+        client_io.write_all(raw).await.unwrap();
+        let rest = incoming.recv().await.unwrap();
+        let slot = BodySlot::new(
+            rest,
+            1 << 20,
+            Duration::from_secs(30),
+            0,
+            Bounds {
+                bytes: 1 << 20,
+                time: Duration::from_secs(1),
+            },
+            true,
+            false,
+            None,
+            tokio::time::Instant::now(),
+        );
+        let (mut body, _watch) = ForwardBody::stream(slot.clone());
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        drop(body);
+        // The client's connection stays open while the test looks.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(client_io);
+        });
+        (slot, frame)
+    }
+
+    /// Its data all taken, a chunked body is complete once its last chunk
+    /// is read: hyper reads that only when the body is polled again, which
+    /// the discarding does. Its digest used to be left unset and the body
+    /// counted as abandoned, so a 2xx answered early was withdrawn.
+    #[tokio::test]
+    async fn a_chunked_body_whose_data_was_all_taken_is_complete_at_its_last_chunk() {
+        let data = b"cpu=0.93\n";
+        let (slot, frame) = first_chunk_taken_then_dropped(b"9\r\ncpu=0.93\n\r\n0\r\n\r\n").await;
+        assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), &data[..]);
+        let want: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, data)
+            .as_ref()
+            .try_into()
+            .unwrap();
+        assert_eq!(slot.wait_sha256(Duration::from_secs(1)).await, Some(want));
+        assert_eq!(slot.sha256(), Some(want));
+        assert_eq!(slot.bytes(), data.len() as u64);
+    }
+
+    /// More data after what was taken: the body was not sent whole, so it
+    /// has no digest, and the rest is discarded.
+    #[tokio::test]
+    async fn a_chunked_body_with_data_left_after_the_drop_has_no_digest() {
+        let (slot, frame) =
+            first_chunk_taken_then_dropped(b"9\r\ncpu=0.93\n\r\n9\r\ncpu=0.94\n\r\n0\r\n\r\n")
+                .await;
+        assert!(frame.unwrap().is_ok());
+        assert_eq!(slot.wait_sha256(Duration::from_secs(1)).await, None);
+        assert_eq!(slot.sha256(), None);
+        assert_eq!(slot.bytes(), 9, "what was discarded is not counted");
     }
 
     /// Its last frame over the limit, the body failed: no digest, though
