@@ -388,3 +388,52 @@ async fn a_replay_within_one_data_centre_names_it_once() {
     assert!(record.also_sent_to.is_empty(), "{:?}", record.also_sent_to);
     proxy.stop().await;
 }
+
+/// A replay that finds no data centre up: the record names none as where
+/// the upload went (`datacenter` null, 503 `no_healthy_datacenter`) and
+/// still names zurich, which the first attempt sent the body to.
+#[tokio::test]
+async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
+    let seen = Arc::new(Seen::default());
+    let failing = faulty(Fault::ServerError, seen.clone()).await;
+    // geneva refuses connections: the replay sends it nothing.
+    let geneva = closed_port().await;
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
+        extra: format!(
+            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{failing}\"]\n\n\
+             [datacenters.geneva]\njurisdiction = \"ch\"\npriority = 2\nupstreams = [\"http://{geneva}\"]\n\n\
+             [health]\npath = \"off\"\npassive_failures = 1\n"
+        ),
+        transparency: Some(String::new()),
+        ..Setup::default()
+    })
+    .await;
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", CH), ("idempotency-key", "upload-9")],
+            vec![7u8; 1024],
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(
+        reply.json()["error"],
+        "no_healthy_datacenter",
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(seen.heads.load(Ordering::SeqCst), 1, "zurich got it once");
+    let id = reply.header("x-request-id").unwrap();
+    let (status, entry) = proxy.log_get(&format!("/records/{id}")).await;
+    assert_eq!(status, 200, "{entry}");
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    let record = Record::from_bytes(entry["record"].as_str().unwrap().as_bytes()).unwrap();
+    assert_eq!(record.datacenter, None, "{record:?}");
+    let earlier: Vec<&str> = record.also_sent_to.iter().map(|d| d.as_ref()).collect();
+    assert_eq!(earlier, ["zurich"]);
+    assert_eq!(record.reason.as_deref(), Some("no_healthy_datacenter"));
+    proxy.stop().await;
+}
