@@ -437,3 +437,52 @@ async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
     assert_eq!(record.reason.as_deref(), Some("no_healthy_datacenter"));
     proxy.stop().await;
 }
+
+/// The drill's log check passes an upload held in two data centres when
+/// its record names both: zurich read the whole body and answered 503, the
+/// replay stored it in geneva, and the record says geneva with zurich
+/// among `also_sent_to`. The check fails it when a copy is somewhere the
+/// record does not name (frankfurt here).
+#[tokio::test]
+async fn the_drill_s_log_check_passes_an_upload_its_record_names_both_copies_of() {
+    use std::collections::HashMap;
+
+    use residency_tools::loadtest::logcheck;
+    use residency_tools::loadtest::plan::LogTarget;
+
+    let url = faulty(Fault::ServerError, Arc::new(Seen::default())).await;
+    let proxy = with_zurich_at(&url).await;
+    let key = proxy.log_key();
+    let body = vec![3u8; 2048];
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", CH), ("idempotency-key", "upload-11")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
+    proxy.checkpoint_covers(&key, 1).await;
+    let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &body)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let outcomes = [drill_outcome(0, &reply, &reply, "geneva", sha256)];
+    let target = LogTarget {
+        url: format!("http://{}", proxy.log_addr.unwrap()),
+        key,
+    };
+    let check = async |stored: &[&str]| {
+        let stored = HashMap::from([(0, stored.iter().map(|s| s.to_string()).collect())]);
+        let report = logcheck::check(&target, None, &outcomes, &stored).await;
+        assert_eq!(report.error, None, "{report:?}");
+        (report.receipts_verified, report.receipts_failed)
+    };
+    assert_eq!(check(&["geneva", "zurich"]).await, (1, 0));
+    assert_eq!(check(&["geneva"]).await, (1, 0), "a copy named, not held");
+    assert_eq!(check(&["frankfurt", "geneva"]).await, (0, 1));
+    proxy.stop().await;
+}

@@ -585,6 +585,25 @@ database = "geo.mmdb"
         plain_request(self.log_addr.expect("transparency configured"), "GET", path).await
     }
 
+    /// The transparency log's verifier key.
+    pub fn log_key(&self) -> String {
+        let log = self.instance.log.as_ref().expect("log configured");
+        log.current().signer().verifier_key()
+    }
+
+    /// Waits (at most 10 s) until the published checkpoint covers `size`
+    /// records: checkpoints are written every `checkpoint_interval`, later
+    /// than that on a loaded machine.
+    pub async fn checkpoint_covers(&self, key: &str, size: u64) {
+        use residency_log::note::{Checkpoint, Verifier};
+        let verifier = Verifier::parse(key).unwrap();
+        eventually(&format!("a checkpoint of {size} records"), async || {
+            let (_, note) = self.log_get("/checkpoint").await;
+            Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size >= size)
+        })
+        .await;
+    }
+
     /// The log's base URL for `verify --log`.
     pub fn log_url(&self) -> String {
         format!("http://{}", self.log_addr.expect("transparency configured"))
@@ -1434,4 +1453,37 @@ where
         }
     });
     addr
+}
+
+/// The load generator's outcome of upload `index`, as the drill's log
+/// check reads it: a 201 from `datacenter` for the body of digest
+/// `sha256`, naming `request`'s request id and carrying `receipt`'s
+/// receipt (the same reply, unless a test swaps them).
+pub fn drill_outcome(
+    index: u64,
+    request: &Reply,
+    receipt: &Reply,
+    datacenter: &str,
+    sha256: [u8; 32],
+) -> residency_tools::loadtest::generator::Outcome {
+    use residency_tools::loadtest::generator::{Outcome, Sent};
+    use residency_tools::loadtest::upload::Answer;
+    Outcome {
+        index,
+        jurisdiction: 0,
+        origin: CH.parse().unwrap(),
+        scheduled: Duration::ZERO,
+        result: Sent::Done {
+            answer: Answer {
+                status: Some(201),
+                failure: None,
+                datacenter: Some(datacenter.into()),
+                receipt: receipt.header("residency-receipt").map(str::to_string),
+                request_id: request.header("x-request-id").map(str::to_string),
+                detail: None,
+            },
+            finished: Duration::ZERO,
+            sha256,
+        },
+    }
 }

@@ -31,25 +31,8 @@ fn args(key: &str) -> VerifyArgs {
     }
 }
 
-fn key_of(proxy: &Proxy) -> String {
-    let log = proxy.instance.log.as_ref().expect("log configured");
-    log.current().signer().verifier_key()
-}
-
 async fn check(args: &VerifyArgs) -> Report {
     verify(args).await
-}
-
-/// Waits (at most 10 s) until the published checkpoint covers `size`
-/// records: checkpoints are written every `checkpoint_interval`, later
-/// than that on a loaded machine.
-async fn checkpoint_covers(proxy: &Proxy, key: &str, size: u64) {
-    let verifier = Verifier::parse(key).unwrap();
-    eventually(&format!("a checkpoint of {size} records"), async || {
-        let (_, note) = proxy.log_get("/checkpoint").await;
-        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size >= size)
-    })
-    .await;
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -59,7 +42,7 @@ fn sha256_hex(data: &[u8]) -> String {
 #[tokio::test]
 async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let body = "cpu=0.93\n".repeat(100);
     let reply = proxy.client().upload_from(CH, &body).await;
     assert_eq!(reply.status, 201, "{reply:?}");
@@ -147,7 +130,7 @@ async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
 #[tokio::test]
 async fn every_byte_of_a_receipt_is_protected() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let reply = proxy.client().upload_from(DE, "x=1").await;
     let header = reply.header("residency-receipt").unwrap().to_string();
     proxy.stop().await;
@@ -176,7 +159,7 @@ async fn every_byte_of_a_receipt_is_protected() {
 #[tokio::test]
 async fn log_receipts_need_the_log_and_refusals_are_recorded() {
     let proxy = with_log("receipts = \"log\"\nclient_address = \"none\"").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let reply = proxy.client().upload_from(CH, "x=1").await;
     let header = reply.header("residency-receipt").unwrap().to_string();
     let receipt = Receipt::parse(&header).unwrap();
@@ -221,13 +204,13 @@ async fn log_receipts_need_the_log_and_refusals_are_recorded() {
 #[tokio::test]
 async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let dir = TempDir::new("tlog-verify");
     for _ in 0..3 {
         let reply = proxy.client().upload_from(CH, "a").await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
-    checkpoint_covers(&proxy, &key, 3).await;
+    proxy.checkpoint_covers(&key, 3).await;
     // Only GET and HEAD; a 405 says so (RFC 9110 §15.5.6).
     let (status, headers, _) = plain_exchange(proxy.log_addr.unwrap(), "POST", "/checkpoint").await;
     assert_eq!(status, 405);
@@ -270,7 +253,7 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
         let reply = proxy.client().upload_from(DE, "b").await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
     }
-    checkpoint_covers(&proxy, &key, 8).await;
+    proxy.checkpoint_covers(&key, 8).await;
     let mut b = args(&key);
     b.log = Some(proxy.log_url());
     b.previous = Some(seen.clone());
@@ -319,7 +302,7 @@ async fn checkpoints_are_c2sp_notes_and_the_log_only_grows() {
 #[tokio::test]
 async fn a_stored_record_altered_on_disk_fails_verification() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let reply = proxy.client().upload_from(CH, "x=1").await;
     let id = reply.header("x-request-id").unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -357,7 +340,7 @@ async fn metrics_count_records_and_checkpoints() {
     let instance = proxy.instance.clone();
     let path = proxy.dir.path().join("log").join("checkpoint");
     let before = std::fs::read_to_string(&path).unwrap();
-    let verifier = Verifier::parse(&key_of(&proxy)).unwrap();
+    let verifier = Verifier::parse(&proxy.log_key()).unwrap();
     assert!(Checkpoint::open(&before, &verifier).unwrap().size < 5);
     // The final checkpoint, at shutdown, covers everything.
     proxy.stop().await;
@@ -701,7 +684,7 @@ async fn keygen_and_verify_commands() {
 
     let proxy = with_log("").await;
     let key_file = dir.path().join("log.pub");
-    std::fs::write(&key_file, key_of(&proxy)).unwrap();
+    std::fs::write(&key_file, proxy.log_key()).unwrap();
     let reply = proxy.client().upload_from(GB, "uk data").await;
     assert_eq!(reply.status, 201);
     let receipt_file = dir.path().join("receipt.txt");
@@ -759,14 +742,14 @@ async fn keygen_and_verify_commands() {
 #[tokio::test]
 async fn saved_proof_files_verify_offline() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let dir = TempDir::new("tlog-offline");
     let mut receipts = Vec::new();
     for i in 0..5 {
         let reply = proxy.client().upload_from(CH, &format!("u{i}")).await;
         receipts.push(reply.header("residency-receipt").unwrap().to_string());
     }
-    checkpoint_covers(&proxy, &key, 5).await;
+    proxy.checkpoint_covers(&key, 5).await;
     let (_, first) = proxy.log_get("/checkpoint").await;
     let first_size = Checkpoint::open(&first, &Verifier::parse(&key).unwrap())
         .unwrap()
@@ -774,7 +757,7 @@ async fn saved_proof_files_verify_offline() {
     for i in 0..3 {
         proxy.client().upload_from(DE, &format!("v{i}")).await;
     }
-    checkpoint_covers(&proxy, &key, 8).await;
+    proxy.checkpoint_covers(&key, 8).await;
     let (_, second) = proxy.log_get("/checkpoint").await;
     let second_size = Checkpoint::open(&second, &Verifier::parse(&key).unwrap())
         .unwrap()
@@ -838,7 +821,7 @@ async fn the_log_listener_serves_https_when_configured() {
     let proxy =
         with_log("[transparency.tls]\ncertificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n")
             .await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let reply = proxy.client().upload_from(CH, "over https").await;
     assert_eq!(reply.status, 201);
     let receipt = reply.header("residency-receipt").unwrap().to_string();
@@ -889,7 +872,7 @@ async fn refusals_over_their_budget_become_summary_records() {
         "refusal_records_per_second = 1\nrefusal_records_burst = 5\ncheckpoint_interval = \"1s\"\n",
     )
     .await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     const REFUSED: usize = 60;
     let mut ids = Vec::new();
     let started = Instant::now();
@@ -975,7 +958,7 @@ async fn refusals_over_their_budget_become_summary_records() {
 #[tokio::test]
 async fn tlog_proofs_are_exported_served_and_checked_offline() {
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let reply = proxy.client().upload_from(CH, "proof me").await;
     assert_eq!(reply.status, 201);
     let header = reply.header("residency-receipt").unwrap().to_string();
@@ -1084,7 +1067,7 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
         "sealed with every record covered"
     );
     let first_key = list.generations[0].key.clone();
-    let second_key = key_of(&proxy);
+    let second_key = proxy.log_key();
     assert_eq!(list.generations[1].key, second_key);
     assert_ne!(first_key, second_key);
     let (_, served_key) = proxy.log_get("/key").await;
@@ -1101,7 +1084,7 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
 
     // Each receipt verifies with its generation's key, from the tiles
     // under that generation's prefix; not with the other's.
-    checkpoint_covers(&proxy, &second_key, 3).await;
+    proxy.checkpoint_covers(&second_key, 3).await;
     // Generation 2's origin, `<origin>/2`, is a URL prefix of it too.
     for path in ["checkpoint", "tile/0/000.p/3", "tile/entries/000.p/3"] {
         let (status, body) = proxy.log_get(&format!("/2/{path}")).await;
@@ -1204,13 +1187,12 @@ async fn the_log_and_admin_listeners_bound_a_request_head() {
 async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
     use std::collections::HashMap;
 
-    use residency_tools::loadtest::generator::{Outcome, Sent};
+    use residency_tools::loadtest::generator::Outcome;
     use residency_tools::loadtest::logcheck;
     use residency_tools::loadtest::plan::LogTarget;
-    use residency_tools::loadtest::upload::Answer;
 
     let proxy = with_log("").await;
-    let key = key_of(&proxy);
+    let key = proxy.log_key();
     let body = "cpu=0.42\n".repeat(50);
     let (a, b) = (
         proxy.client().upload_from(CH, &body).await,
@@ -1221,28 +1203,13 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
         (201, 201),
         "{a:?} {b:?}"
     );
-    checkpoint_covers(&proxy, &key, 2).await;
+    proxy.checkpoint_covers(&key, 2).await;
     let sha256: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, body.as_bytes())
         .as_ref()
         .try_into()
         .unwrap();
-    let outcome = |index: u64, request: &Reply, receipt: &Reply| Outcome {
-        index,
-        jurisdiction: 0,
-        origin: CH.parse().unwrap(),
-        scheduled: Duration::ZERO,
-        result: Sent::Done {
-            answer: Answer {
-                status: Some(201),
-                failure: None,
-                datacenter: Some("zurich".into()),
-                receipt: receipt.header("residency-receipt").map(str::to_string),
-                request_id: request.header("x-request-id").map(str::to_string),
-                detail: None,
-            },
-            finished: Duration::ZERO,
-            sha256,
-        },
+    let outcome = |index, request: &Reply, receipt: &Reply| {
+        drill_outcome(index, request, receipt, "zurich", sha256)
     };
     let target = LogTarget {
         url: format!("http://{}", proxy.log_addr.unwrap()),

@@ -105,17 +105,6 @@ async fn start_proxy_with(
     .await
 }
 
-fn key_of(proxy: &Proxy) -> String {
-    proxy
-        .instance
-        .log
-        .as_ref()
-        .unwrap()
-        .current()
-        .signer()
-        .verifier_key()
-}
-
 /// A witness key written to `dir/witness.key` (as `WitnessProcess` reads
 /// it): its verifier key and verifier.
 fn witness_key(dir: &Path) -> (String, CosignatureVerifier) {
@@ -136,7 +125,7 @@ async fn cosigned_checkpoint(
     witness: &CosignatureVerifier,
     size: u64,
 ) -> (String, Checkpoint) {
-    cosigned_at(proxy, "/checkpoint", &key_of(proxy), witness, size).await
+    cosigned_at(proxy, "/checkpoint", &proxy.log_key(), witness, size).await
 }
 
 /// As [`cosigned_checkpoint`], for the checkpoint at `path`, signed with
@@ -216,7 +205,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     // the witness is up.
     let a = start_proxy(ORIGIN_A, &url, &wvkey).await;
     let b = start_proxy(ORIGIN_B, &url, &wvkey).await;
-    let logs = [key_of(&a), key_of(&b)];
+    let logs = [a.log_key(), b.log_key()];
     let witness = WitnessProcess::start(dir.path(), addr, &logs, 1).await;
 
     upload(&a).await;
@@ -228,7 +217,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
 
     // verify: the witness's cosignature, quorum 1 of 1, from the log.
     let args = VerifyArgs {
-        key: key_of(&a),
+        key: a.log_key(),
         log: Some(a.log_url()),
         witnesses: vec![wvkey.clone()],
         quorum: Some(1),
@@ -253,7 +242,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
         serde_json::json!({
             "phase": "witnessed",
             "base": format!("{}/", a.log_url()),
-            "key": key_of(&a),
+            "key": a.log_key(),
             "witness": wvkey,
             "other_witness": other_witness,
             "receipt": receipt,
@@ -302,7 +291,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     std::fs::write(dir.path().join("a.checkpoint"), &first_a).unwrap();
     std::fs::write(dir.path().join("w.pub"), format!("{wvkey}\n")).unwrap();
     let saved = VerifyArgs {
-        key: key_of(&a),
+        key: a.log_key(),
         checkpoint: Some(dir.path().join("a.checkpoint")),
         witnesses: vec![dir.path().join("w.pub").display().to_string()],
         ..VerifyArgs::default()
@@ -404,7 +393,7 @@ async fn a_witness_cosigns_two_logs_and_refuses_rollback_across_restarts() {
     std::fs::write(dir.path().join("p.tlog-proof"), &proof).unwrap();
     std::fs::write(dir.path().join("record.json"), &record).unwrap();
     let offline = VerifyArgs {
-        key: key_of(&a),
+        key: a.log_key(),
         proof_file: Some(dir.path().join("p.tlog-proof")),
         entry: Some(dir.path().join("record.json")),
         witnesses: vec![wvkey.clone()],
@@ -482,7 +471,7 @@ async fn a_witness_over_https_cosigns_for_a_log_that_trusts_its_certificate() {
     )
     .await;
     let untrusting = start_proxy(ORIGIN_B, &url, &wvkey).await;
-    let logs = [key_of(&trusting), key_of(&untrusting)];
+    let logs = [trusting.log_key(), untrusting.log_key()];
     let tls = [
         "--tls-cert",
         cert_path.to_str().unwrap(),
@@ -530,7 +519,7 @@ async fn a_witness_serves_under_its_submission_prefix() {
     let (wvkey, wkey) = witness_key(dir.path());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let proxy = start_proxy(ORIGIN_A, &format!("http://{addr}/w1"), &wvkey).await;
-    let logs = [key_of(&proxy)];
+    let logs = [proxy.log_key()];
     let witness =
         WitnessProcess::start_with(dir.path(), addr, &logs, 1, &["--prefix", "/w1"]).await;
     upload(&proxy).await;
@@ -583,7 +572,7 @@ async fn a_rolled_log_gets_its_sealed_and_its_new_origin_cosigned() {
         assert_eq!(reply.status, 201, "{reply:?}");
         receipts.push(reply.header("residency-receipt").unwrap().to_string());
     }
-    assert_eq!(key_of(&proxy), keys[1], "rolled to the second origin");
+    assert_eq!(proxy.log_key(), keys[1], "rolled to the second origin");
     for (path, key, size) in [
         ("/generations/1/checkpoint", &keys[0], 3),
         ("/checkpoint", &keys[1], 2),
@@ -633,7 +622,7 @@ async fn a_witness_refusing_a_sealed_origin_still_cosigns_the_current_one() {
         let reply = proxy.client().upload_from(CH, &format!("x={i}")).await;
         assert_eq!(reply.status, 201, "{reply:?}");
     }
-    assert_eq!(key_of(&proxy), keys[1], "rolled to the second origin");
+    assert_eq!(proxy.log_key(), keys[1], "rolled to the second origin");
     let (_, cp) = cosigned_at(&proxy, "/checkpoint", &keys[1], &wkey, 2).await;
     assert_eq!(cp.size, 2, "{}", witness.output());
     proxy.stop().await;
@@ -679,7 +668,7 @@ async fn a_silent_witness_holds_back_no_other_s_cosignature() {
     let (_, cp) = cosigned_within(
         &proxy,
         "/checkpoint",
-        &key_of(&proxy),
+        &proxy.log_key(),
         &wkey,
         1,
         Duration::from_secs(8),
