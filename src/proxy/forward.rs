@@ -45,7 +45,7 @@ use crate::state::{Instance, Snapshot};
 use crate::tenancy::TokenVerifier;
 use crate::upstream::body::{BodySlot, ForwardBody};
 use crate::upstream::pool::Error as PoolError;
-use crate::upstream::progress::{Watch, WriteProgress};
+use crate::upstream::progress::{Wanted, Watch, WriteProgress};
 use crate::upstream::Health;
 use residency_core::country::Country;
 use residency_core::policy::{DatacenterId, JurisdictionId, UpstreamId};
@@ -425,7 +425,13 @@ pub fn forward<'a>(
                 // side does.
                 let deadlines = pin!(deadlines(&state.config.timeouts, &watch, hung));
                 let mut deadlines = crate::lazy::Gated::new(deadlines);
-                std::future::poll_fn(|cx| {
+                // Declared after `sending`, so dropped before it: the
+                // connection is told before hyper sees the answer is not
+                // awaited any more (a deadline fired, or this future is
+                // dropped: its client left and no detached-request budget
+                // was free, or the process stops).
+                let wanted = Wanted::new(&watch);
+                let result = std::future::poll_fn(|cx| {
                     // As `select!` does: with the task's budget spent, yield.
                     if !tokio::task::coop::has_budget_remaining() {
                         cx.waker().wake_by_ref();
@@ -433,17 +439,14 @@ pub fn forward<'a>(
                     }
                     match sending.as_mut().poll(cx) {
                         Poll::Ready(r) => Poll::Ready(Ok(r)),
-                        Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(|phase| {
-                            // Given up on: the connection's failed writes
-                            // need not wait for an answer any more.
-                            if let Some(progress) = watch.progress() {
-                                progress.unwanted();
-                            }
-                            Err(phase)
-                        }),
+                        Poll::Pending => Pin::new(&mut deadlines).poll(cx).map(Err),
                     }
                 })
-                .await
+                .await;
+                if result.is_ok() {
+                    wanted.answered();
+                }
+                result
             };
             let attempt = judge(state, upstream, result, &upload.slot, id, dc);
             state.request_metrics.upstream_duration(
@@ -509,6 +512,12 @@ pub fn forward<'a>(
                     return Err(upload.refuse(failure));
                 }
                 _ => {
+                    if unsent.is_some() {
+                        // The last attempt sent nothing (a replay that
+                        // could not connect): its data centre holds none
+                        // of the body, and is not named as where it went.
+                        *datacenter = None;
+                    }
                     return match fallback {
                         Ok(resp) => Ok((resp, upload.slot)),
                         Err(failure) => Err(upload.refuse(failure)),

@@ -444,7 +444,11 @@ impl BodySlot {
         let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
         let runtime = tokio::runtime::Handle::try_current();
         match (shared, runtime) {
-            (Some(slot), Ok(runtime)) if self.failure().is_none() => {
+            // With a length, the end came with the last byte (`complete`):
+            // data is left.
+            (Some(slot), Ok(runtime))
+                if self.failure().is_none() && self.hint.exact().is_none() =>
+            {
                 drop(runtime.spawn(slot.clone().end_or_discard(source, held)));
             }
             _ => {
@@ -455,15 +459,15 @@ impl BodySlot {
         }
     }
 
-    /// The rest of a body an attempt dropped before its end: complete if
-    /// nothing but its end is left, else discarded within bounds (`held`
-    /// kept until then). hyper's HTTP/1 server reads a chunked body's last
-    /// chunk only when the body is polled again, so a body whose data an
-    /// upstream connection took all of, and dropped before it asked for
-    /// the end (the data centre answered early and closed), cannot tell
-    /// it is complete until then; a 2xx answered early waits for its
-    /// digest meanwhile (`wait_sha256`). Empty frames, and trailers (which
-    /// are not forwarded), are not data.
+    /// The rest of a body of unknown length an attempt dropped before its
+    /// end: complete if nothing but its end is left, else discarded within
+    /// bounds (`held` kept until then). The end of an HTTP/1 chunked body
+    /// shows only in a read (hyper's `Incoming::is_end_stream` is never
+    /// true for it), so a body whose data an upstream connection took all
+    /// of, and dropped before it read the end (the data centre answered
+    /// early and closed), cannot tell it is complete until then; a 2xx
+    /// answered early waits for its digest meanwhile (`wait_sha256`).
+    /// Empty frames, and trailers (which are not forwarded), are not data.
     async fn end_or_discard(self: Arc<Self>, mut source: Source, held: Option<Held>) {
         let deadline = Instant::now() + self.discard.time;
         let data = loop {
@@ -968,8 +972,8 @@ mod tests {
     }
 
     /// Its data all taken, a chunked body is complete once its last chunk
-    /// is read: hyper reads that only when the body is polled again, which
-    /// the discarding does. Its digest used to be left unset and the body
+    /// is read: that shows only in a read of the body, which the
+    /// discarding makes. Its digest used to be left unset and the body
     /// counted as abandoned, so a 2xx answered early was withdrawn.
     #[tokio::test]
     async fn a_chunked_body_whose_data_was_all_taken_is_complete_at_its_last_chunk() {

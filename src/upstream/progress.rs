@@ -291,6 +291,33 @@ impl WriteProgress {
     }
 }
 
+/// An attempt waiting for its answer. Dropped before [`Wanted::answered`]
+/// (its deadline fired, or its future was dropped), it tells the
+/// connection no one wants the answer ([`WriteProgress::unwanted`]), so
+/// that failed writes are not held pending for it. It must be dropped
+/// before the attempt's exchange: hyper's last flush follows from that.
+pub struct Wanted<'a>(Option<&'a Watch>);
+
+impl<'a> Wanted<'a> {
+    pub fn new(watch: &'a Watch) -> Wanted<'a> {
+        Wanted(Some(watch))
+    }
+
+    /// The answer came (or the exchange failed by itself): the response's
+    /// body tells the connection when it is dropped before its end.
+    pub fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Wanted<'_> {
+    fn drop(&mut self) {
+        if let Some(progress) = self.0.and_then(Watch::progress) {
+            progress.unwanted();
+        }
+    }
+}
+
 /// Where [`Pool::send_or_return`](super::pool::Pool::send_or_return) tells
 /// which connection's write progress its request depends on (set again if
 /// the request moves to another one), and where the request's body

@@ -296,12 +296,8 @@ async fn refused_then_let_go(url: &str, len: usize) {
         "the connection to zurich and the client's connection are let go",
         async || {
             let (_, metrics) = proxy.admin_get("/metrics").await;
-            let upstream: f64 = metrics
-                .lines()
-                .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            upstream == 0.0 && metric(&metrics, "residency_connections_active") == Some(0.0)
+            zurich_connections(&proxy).await == 0.0
+                && metric(&metrics, "residency_connections_active") == Some(0.0)
         },
     )
     .await;
@@ -336,6 +332,87 @@ async fn a_connection_whose_answer_was_refused_is_let_go_when_it_is_reset() {
         }
     });
     refused_then_let_go(&format!("http://{addr}"), 32 << 20).await;
+}
+
+/// zurich's open upstream connections, by the metric.
+async fn zurich_connections(proxy: &Proxy) -> f64 {
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("residency_upstream_connections{datacenter=\"zurich\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An HTTP/2 client resets its stream while its upload is blocked on a
+/// data centre that stopped reading, and its request is cancelled (no
+/// detached-request budget); then the data centre resets the connection.
+/// No one wants an answer on it any more, so the failed writes of hyper's
+/// last flush end it at once. They used to be held pending until the stall
+/// watch (twice `upstream_send_idle`, 60 s), with the connection's place.
+#[tokio::test]
+async fn a_connection_whose_request_was_cancelled_is_let_go_when_it_is_reset() {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (reset_tx, reset_rx) = tokio::sync::oneshot::channel::<()>();
+    let reset_rx = Arc::new(tokio::sync::Mutex::new(Some(reset_rx)));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let reset_rx = reset_rx.clone();
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_none() {
+                    return;
+                }
+                // Reading nothing more until told, then a reset.
+                if let Some(rx) = reset_rx.lock().await.take() {
+                    let _ = rx.await;
+                }
+                let _ = tcp.set_zero_linger();
+            });
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![("geneva", "ch", 2, true), ("frankfurt", "eu", 1, true), ("virginia", "us", 1, true)],
+        extra: format!(
+            "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://{addr}\"]\n\n\
+             [health]\npath = \"off\"\n\n[limits]\nmax_detached_requests = 0\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", CH)
+        .body(Full::new(bytes::Bytes::from(vec![5u8; 32 << 20])))
+        .unwrap();
+    // The upload fills the sockets to zurich, then its stream is reset.
+    let sent =
+        tokio::time::timeout(std::time::Duration::from_secs(2), send.send_request(req)).await;
+    assert!(
+        sent.is_err(),
+        "no answer while zurich reads nothing: {sent:?}"
+    );
+    eventually("the client's request is cancelled", async || {
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        metric(&metrics, "residency_detached_requests_cancelled_total") == Some(1.0)
+    })
+    .await;
+    assert_eq!(zurich_connections(&proxy).await, 1.0);
+    let _ = reset_tx.send(());
+    eventually("the connection to zurich is let go", async || {
+        zurich_connections(&proxy).await == 0.0
+    })
+    .await;
+    drop(send);
+    proxy.stop().await;
 }
 
 /// A data centre that closes the connection while the body is still being
@@ -389,11 +466,10 @@ async fn a_replay_within_one_data_centre_names_it_once() {
     proxy.stop().await;
 }
 
-/// A replay that finds no data centre up: the record names none as where
-/// the upload went (`datacenter` null, 503 `no_healthy_datacenter`) and
-/// still names zurich, which the first attempt sent the body to.
-#[tokio::test]
-async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
+/// An upload with `Idempotency-Key` that zurich reads whole and answers
+/// 503 to, whose replay to geneva cannot connect; `passive_failures` as
+/// configured. Returns the answer and its record's bytes.
+async fn replayed_to_a_closed_port(passive_failures: u32) -> (Reply, String) {
     let seen = Arc::new(Seen::default());
     let failing = faulty(Fault::ServerError, seen.clone()).await;
     // geneva refuses connections: the replay sends it nothing.
@@ -403,7 +479,7 @@ async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
         extra: format!(
             "\n[datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"{failing}\"]\n\n\
              [datacenters.geneva]\njurisdiction = \"ch\"\npriority = 2\nupstreams = [\"http://{geneva}\"]\n\n\
-             [health]\npath = \"off\"\npassive_failures = 1\n"
+             [health]\npath = \"off\"\npassive_failures = {passive_failures}\n"
         ),
         transparency: Some(String::new()),
         ..Setup::default()
@@ -418,6 +494,23 @@ async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
             vec![7u8; 1024],
         )
         .await;
+    assert_eq!(seen.heads.load(Ordering::SeqCst), 1, "zurich got it once");
+    let id = reply.header("x-request-id").unwrap();
+    let (status, entry) = proxy.log_get(&format!("/records/{id}")).await;
+    assert_eq!(status, 200, "{entry}");
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    proxy.stop().await;
+    (reply, entry["record"].as_str().unwrap().to_string())
+}
+
+/// A replay that finds no data centre up (zurich's 503 ejected it, geneva's
+/// refused connection too): the record names none as where the upload
+/// went (`datacenter` null, 503 `no_healthy_datacenter`) and still names
+/// zurich, which the first attempt sent the body to.
+#[tokio::test]
+async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
+    let (reply, record) = replayed_to_a_closed_port(1).await;
+    let record = Record::from_bytes(record.as_bytes()).unwrap();
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(
         reply.json()["error"],
@@ -425,17 +518,24 @@ async fn a_replay_that_finds_nothing_up_still_names_where_the_body_went() {
         "{:?}",
         reply.body
     );
-    assert_eq!(seen.heads.load(Ordering::SeqCst), 1, "zurich got it once");
-    let id = reply.header("x-request-id").unwrap();
-    let (status, entry) = proxy.log_get(&format!("/records/{id}")).await;
-    assert_eq!(status, 200, "{entry}");
-    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
-    let record = Record::from_bytes(entry["record"].as_str().unwrap().as_bytes()).unwrap();
     assert_eq!(record.datacenter, None, "{record:?}");
     let earlier: Vec<&str> = record.also_sent_to.iter().map(|d| d.as_ref()).collect();
     assert_eq!(earlier, ["zurich"]);
     assert_eq!(record.reason.as_deref(), Some("no_healthy_datacenter"));
-    proxy.stop().await;
+}
+
+/// A replay that could not connect, its attempts spent while zurich is
+/// still up: geneva, which got nothing, is not named as where the upload
+/// went (it was, in the record and `Residency-Datacenter`); zurich is.
+#[tokio::test]
+async fn a_replay_that_sent_nothing_does_not_name_its_data_centre() {
+    let (reply, record) = replayed_to_a_closed_port(3).await;
+    let record = Record::from_bytes(record.as_bytes()).unwrap();
+    assert_eq!(reply.status, 502, "{:?}", reply.body);
+    assert_eq!(reply.header("residency-datacenter"), None);
+    assert_eq!(record.datacenter, None, "{record:?}");
+    let earlier: Vec<&str> = record.also_sent_to.iter().map(|d| d.as_ref()).collect();
+    assert_eq!(earlier, ["zurich"]);
 }
 
 /// The drill's log check passes an upload held in two data centres when
