@@ -3,10 +3,11 @@
 //! (`limits.max_connections_per_client`).
 //!
 //! Every forwarded request holds a connection to its data centre until its
-//! response head is back (and after an early answer until its body has
-//! been sent), and a client decides how long that is (a body
-//! sent at the minimum rate, stream after stream). Without a bound per
-//! client, a few clients could hold every connection an upstream allows.
+//! answer has been taken from it to the end (and after an early answer
+//! until its body has been sent), and a client decides how long that is (a
+//! body sent at the minimum rate, stream after stream; a long answer not
+//! read). Without a bound per client, one client could hold every
+//! connection an upstream allows.
 //! Likewise every open client connection holds one of
 //! `limits.max_connections`, and a client decides how long (keep-alive,
 //! a slow head, a slow body). A client is an address (for requests the one
@@ -73,6 +74,24 @@ impl InFlight {
     #[cfg(test)]
     fn clients(&self) -> usize {
         self.counts.lock().unwrap().len()
+    }
+}
+
+impl Counted {
+    /// One more count for the same client, whatever it holds: for a
+    /// request held in two places at once (an early answer's body still
+    /// read while its answer streams), each ending on its own.
+    pub fn another(&self) -> Counted {
+        let mut counts = self
+            .in_flight
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(self.key).or_insert(0) += 1;
+        Counted {
+            in_flight: self.in_flight.clone(),
+            key: self.key,
+        }
     }
 }
 
@@ -146,6 +165,17 @@ mod tests {
             .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd3"), 1)
             .unwrap()
             .is_some());
+    }
+
+    #[test]
+    fn another_count_of_a_client_is_its_own_and_ignores_the_limit() {
+        let in_flight = Arc::new(InFlight::default());
+        let a = in_flight.enter(ip("192.0.2.1"), 1).unwrap().unwrap();
+        let b = a.another();
+        drop(a);
+        assert!(in_flight.enter(ip("192.0.2.1"), 1).is_none(), "still held");
+        drop(b);
+        assert!(in_flight.enter(ip("192.0.2.1"), 1).unwrap().is_some());
     }
 
     #[test]

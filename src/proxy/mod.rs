@@ -189,7 +189,7 @@ pub fn handle(
                         });
                     }
                 };
-            let forwarded = forward::forward(
+            let mut forwarded = forward::forward(
                 &instance,
                 &state,
                 target,
@@ -199,10 +199,15 @@ pub fn handle(
             )
             .await;
             // Answered early: the rest of the body is still the request's,
-            // and still holds the data centre's connection. (The result is
-            // passed on as it is: the answer is not moved once more.)
-            if let Ok((_, slot)) = &forwarded {
-                slot.hold_while_reading(counted);
+            // and still holds the data centre's connection. So does the
+            // answer, until it has been taken to its end: the client's
+            // count is held by both. (The result is passed on as it is:
+            // the answer is not moved once more.)
+            if let Ok((resp, slot)) = &mut forwarded {
+                slot.hold_while_reading(|| counted.as_ref().map(Counted::another));
+                if let Some(counted) = counted {
+                    resp.body_mut().count_against_client(counted);
+                }
             }
             forwarded
         };

@@ -348,9 +348,10 @@ impl BodySlot {
     /// it, and the client's connection must not take those bytes for a next
     /// request's head, nor close as idle. (A body abandoned before this is
     /// called takes its own guard into the discarding: [`Self::abandon`].)
-    /// `also` is kept as long (dropped at once if the body is done): the
-    /// data centre's connection is still the request's while it reads.
-    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: Option<T>) {
+    /// What `also` makes, asked only if the body is not done, is kept as
+    /// long: the data centre's connection is still the request's while it
+    /// reads.
+    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: impl FnOnce() -> Option<T>) {
         let Ok(mut reading) = self.reading.lock() else {
             return;
         };
@@ -362,7 +363,7 @@ impl BodySlot {
                 reading.held = Some((hold.0)());
             }
         }
-        if let Some(also) = also {
+        if let Some(also) = also() {
             reading.also = Some(Box::new(also));
         }
     }

@@ -46,6 +46,7 @@ use tokio_rustls::TlsConnector;
 
 use super::body::ForwardBody;
 use super::progress::{Tracked, Watch, WriteProgress};
+use crate::client_limit::Counted;
 use residency_core::policy::UpstreamId;
 
 /// The largest response head a data centre may send (its fields, each
@@ -486,6 +487,7 @@ impl Pool {
                 tx,
             }),
             progress: Some(progress),
+            client: None,
         })
     }
 
@@ -642,6 +644,10 @@ pub struct Body {
     progress: Option<Arc<WriteProgress>>,
     /// Frames taken in ahead of the client ([`Body::take_in`]), in order.
     ahead: Option<Box<Ahead>>,
+    /// The request's count against its client
+    /// (`limits.max_requests_per_client`), held until the connection is
+    /// free of the answer ([`Body::count_against_client`]).
+    client: Option<Counted>,
 }
 
 /// See [`Body::ahead`].
@@ -769,6 +775,18 @@ impl Body {
         }
     }
 
+    /// Keeps the request counted against its client until the answer has
+    /// been taken from the connection to its end (or dropped): a client
+    /// that does not read a long answer (an HTTP/2 window kept shut, a
+    /// socket not read) holds the data centre's connection until then, so
+    /// it must hold its count too, or one client could take every
+    /// connection `upstream.max_connections_per_upstream` allows.
+    pub fn count_against_client(&mut self, counted: Counted) {
+        if !(self.ended || self.inner.is_end_stream()) {
+            self.client = Some(counted);
+        }
+    }
+
     /// An answer of unknown length (chunked) not yet taken in: see
     /// [`Body::take_in`].
     pub fn length_unknown(&self) -> bool {
@@ -833,6 +851,8 @@ impl Body {
         if !(self.ended || self.inner.is_end_stream()) {
             return;
         }
+        // The connection is free of the answer: so is its client's count.
+        self.client = None;
         let (Some(lease), Some(progress)) = (self.lease.take(), self.progress.take()) else {
             return;
         };

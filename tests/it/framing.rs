@@ -1045,6 +1045,67 @@ async fn an_http2_client_that_keeps_its_windows_shut_is_dropped() {
     proxy.stop().await;
 }
 
+/// Uploads "hello" to `path` on `send`'s HTTP/2 connection; its answer's
+/// head.
+async fn shut_window_post(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> http::Response<h2::RecvStream> {
+    let req = http::Request::post(format!("https://localhost{path}"))
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let mut send = send.clone().ready().await.unwrap();
+    let (response, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"hello"), true)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("a response head")
+        .unwrap()
+}
+
+/// A client that does not read its answers holds the data centre's
+/// connections they come on: each request stays counted against
+/// `limits.max_requests_per_client` until its answer has been taken to its
+/// end. Counted only until the answer's head, one client keeping its
+/// HTTP/2 windows shut took every connection to a data centre whose
+/// answers were large (found by a read-only abuse audit).
+#[tokio::test]
+async fn an_answer_the_client_does_not_read_stays_counted_against_it() {
+    let proxy = proxy_with_raw_zurich("[limits]\nmax_requests_per_client = 2\n").await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // Two 64 MiB answers, not read (their windows shut).
+    let first = shut_window_post(&send, "/big").await;
+    let second = shut_window_post(&send, "/big").await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (201, 201)
+    );
+    let third = shut_window_post(&send, "/big").await;
+    assert_eq!(
+        third.status(),
+        429,
+        "the client holds two data-centre connections already"
+    );
+    // One given up (its stream reset): its count comes back.
+    drop(first);
+    eventually("a third request is taken", async || {
+        shut_window_post(&send, "/slow-body").await.status() == 201
+    })
+    .await;
+    drop((second, send));
+    conn.abort();
+    proxy.stop().await;
+}
+
 /// A refused upload's body is discarded for up to `timeouts.discard_body`,
 /// however slowly it comes: it is work in flight, not a next request head
 /// bound by `request_head`. Discarded to its end, the connection serves the
