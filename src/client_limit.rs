@@ -33,7 +33,11 @@ pub struct InFlight {
 /// answer keeps its request counted).
 pub struct Counted {
     in_flight: Arc<InFlight>,
-    key: u128,
+    /// The client's key in halves: a `u128` would align the guard, and the
+    /// response body holding it, to 16 bytes, and the response carrying
+    /// that body past the 256 bytes glibc's `memcpy` copies without a
+    /// loop (issue 23: ~650 instructions a request in scenario A).
+    key: [u64; 2],
 }
 
 /// The client an address counts for: an IPv4 address itself (as its
@@ -66,7 +70,7 @@ impl InFlight {
         drop(counts);
         Some(Some(Counted {
             in_flight: self.clone(),
-            key,
+            key: [(key >> 64) as u64, key as u64],
         }))
     }
 
@@ -78,20 +82,8 @@ impl InFlight {
 }
 
 impl Counted {
-    /// One more count for the same client, whatever it holds: for a
-    /// request held in two places at once (an early answer's body still
-    /// read while its answer streams), each ending on its own.
-    pub fn another(&self) -> Counted {
-        let mut counts = self
-            .in_flight
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *counts.entry(self.key).or_insert(0) += 1;
-        Counted {
-            in_flight: self.in_flight.clone(),
-            key: self.key,
-        }
+    fn key(&self) -> u128 {
+        (u128::from(self.key[0]) << 64) | u128::from(self.key[1])
     }
 }
 
@@ -102,10 +94,11 @@ impl Drop for Counted {
             .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.key) {
+        let key = self.key();
+        if let Some(count) = counts.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.key);
+                counts.remove(&key);
             }
         }
     }
@@ -165,17 +158,6 @@ mod tests {
             .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd3"), 1)
             .unwrap()
             .is_some());
-    }
-
-    #[test]
-    fn another_count_of_a_client_is_its_own_and_ignores_the_limit() {
-        let in_flight = Arc::new(InFlight::default());
-        let a = in_flight.enter(ip("192.0.2.1"), 1).unwrap().unwrap();
-        let b = a.another();
-        drop(a);
-        assert!(in_flight.enter(ip("192.0.2.1"), 1).is_none(), "still held");
-        drop(b);
-        assert!(in_flight.enter(ip("192.0.2.1"), 1).unwrap().is_some());
     }
 
     #[test]

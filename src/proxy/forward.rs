@@ -490,6 +490,12 @@ pub fn forward<'a>(
             let next = reason.and_then(|_| {
                 policy.pick(j, state.next_turn(), |u| u != upstream && health.is_up(u))
             });
+            if unsent.is_some() {
+                // This attempt sent nothing: its data centre holds none of
+                // the body, and is not named as where it went (a next
+                // attempt names its own).
+                *datacenter = None;
+            }
             match (next, reason) {
                 (Some(next), Some(reason)) if attempts < MAX_ATTEMPTS => {
                     if unsent.is_none() {
@@ -505,19 +511,12 @@ pub fn forward<'a>(
                 }
                 (None, _) if unsent.is_some() => {
                     // Nothing was sent and nothing permitted is up any more.
-                    *datacenter = None;
                     let retry_after =
                         health.retry_after(state.config.policy.permitted_upstreams(j));
                     let failure = Failure::NoHealthyDatacenter { retry_after };
                     return Err(upload.refuse(failure));
                 }
                 _ => {
-                    if unsent.is_some() {
-                        // The last attempt sent nothing (a replay that
-                        // could not connect): its data centre holds none
-                        // of the body, and is not named as where it went.
-                        *datacenter = None;
-                    }
                     return match fallback {
                         Ok(resp) => Ok((resp, upload.slot)),
                         Err(failure) => Err(upload.refuse(failure)),

@@ -198,13 +198,13 @@ pub fn handle(
                 &mut findings.also_sent_to,
             )
             .await;
-            // Answered early: the rest of the body is still the request's,
-            // and still holds the data centre's connection. So does the
-            // answer, until it has been taken to its end: the client's
-            // count is held by both. (The result is passed on as it is:
-            // the answer is not moved once more.)
+            // Answered early: the rest of the body is still the request's.
+            // The client's count stays while the data centre's connection
+            // is the request's: until the answer has been taken from it to
+            // the end and the body sent. (The result is passed on as it
+            // is: the answer is not moved once more.)
             if let Ok((resp, slot)) = &mut forwarded {
-                slot.hold_while_reading(|| counted.as_ref().map(Counted::another));
+                slot.hold_while_reading();
                 if let Some(counted) = counted {
                     resp.body_mut().count_against_client(counted);
                 }

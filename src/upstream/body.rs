@@ -187,9 +187,6 @@ impl std::fmt::Debug for Source {
 struct Reading {
     done: bool,
     held: Option<Held>,
-    /// Given back when the body is done (its client's count against
-    /// `limits.max_requests_per_client`): not handed to a discarding.
-    also: Option<Held>,
     /// Counts the bytes read after the answer began, when the body is done
     /// ([`BodySlot::bytes_counting_rest`]): those counted already.
     rest: Option<(prometheus::IntCounter, u64)>,
@@ -200,7 +197,6 @@ impl std::fmt::Debug for Reading {
         f.debug_struct("Reading")
             .field("done", &self.done)
             .field("held", &self.held.is_some())
-            .field("also", &self.also.is_some())
             .field("rest", &self.rest.as_ref().map(|(_, n)| n))
             .finish()
     }
@@ -348,10 +344,7 @@ impl BodySlot {
     /// it, and the client's connection must not take those bytes for a next
     /// request's head, nor close as idle. (A body abandoned before this is
     /// called takes its own guard into the discarding: [`Self::abandon`].)
-    /// What `also` makes, asked only if the body is not done, is kept as
-    /// long: the data centre's connection is still the request's while it
-    /// reads.
-    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: impl FnOnce() -> Option<T>) {
+    pub fn hold_while_reading(&self) {
         let Ok(mut reading) = self.reading.lock() else {
             return;
         };
@@ -363,9 +356,6 @@ impl BodySlot {
                 reading.held = Some((hold.0)());
             }
         }
-        if let Some(also) = also() {
-            reading.also = Some(Box::new(also));
-        }
     }
 
     /// The body is read no more: what was held is given back (or handed
@@ -375,11 +365,9 @@ impl BodySlot {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
         self.read.store(true, Ordering::Release);
-        let also = reading.also.take();
         let held = reading.held.take();
         let rest = reading.rest.take();
         drop(reading);
-        drop(also);
         if let Some((counter, counted)) = rest {
             counter.inc_by(self.bytes().saturating_sub(counted));
         }
@@ -461,8 +449,9 @@ impl BodySlot {
     }
 
     /// The rest of a body of unknown length an attempt dropped before its
-    /// end: complete if nothing but its end is left, else discarded within
-    /// bounds (`held` kept until then). The end of an HTTP/1 chunked body
+    /// end: complete if nothing but its end is left (waited for up to
+    /// `request_body_idle`), else discarded within bounds (`held` kept
+    /// until then). The end of an HTTP/1 chunked body
     /// shows only in a read (hyper's `Incoming::is_end_stream` is never
     /// true for it), so a body whose data an upstream connection took all
     /// of, and dropped before it read the end (the data centre answered
@@ -470,9 +459,11 @@ impl BodySlot {
     /// answered early waits for its digest meanwhile (`wait_sha256`).
     /// Empty frames, and trailers (which are not forwarded), are not data.
     async fn end_or_discard(self: Arc<Self>, mut source: Source, held: Option<Held>) {
-        let deadline = Instant::now() + self.discard.time;
+        // Waited for as when forwarded: the client may pause before its
+        // last chunk for up to `request_body_idle` (a 2xx answered early
+        // waits as long).
         let data = loop {
-            match tokio::time::timeout_at(deadline, source.rest.frame()).await {
+            match tokio::time::timeout(self.idle, source.rest.frame()).await {
                 Ok(None) if self.ended_cleanly(&source.rest) && self.failure().is_none() => {
                     self.complete(&mut source);
                     return;
@@ -486,10 +477,10 @@ impl BodySlot {
         };
         self.abandoned.store(true, Ordering::Relaxed);
         self.ended.notify_waiters();
-        // More data came: the rest is read and thrown away, within what is
-        // left of the bounds.
+        // More data came: the rest is read and thrown away, within the
+        // bounds (that first data counted).
         if let Some(bytes) = data.and_then(|n| self.discard.bytes.checked_sub(n)) {
-            let time = deadline.saturating_duration_since(Instant::now());
+            let time = self.discard.time;
             discard(source.rest, Bounds { bytes, time }, held).await;
         }
     }

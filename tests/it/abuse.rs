@@ -255,7 +255,8 @@ async fn a_stalled_response_body_is_abandoned_after_response_idle() {
 
 /// With its one allowed connection busy past `upstream_connect`, the only
 /// permitted data centre is saturated: 503 `upstream_saturated` with
-/// `Retry-After`, counted, and the data centre is not marked down.
+/// `Retry-After`, counted, naming no data centre (nothing was sent), and
+/// the data centre is not marked down.
 #[tokio::test]
 async fn a_saturated_upstream_answers_503_and_stays_up() {
     let setup = Setup {
@@ -268,6 +269,8 @@ async fn a_saturated_upstream_answers_503_and_stays_up() {
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(reply.json()["error"], "upstream_saturated");
     assert_eq!(reply.header("retry-after"), Some("1"));
+    // Nothing was sent: no data centre is named as where it went.
+    assert_eq!(reply.header("residency-datacenter"), None);
     // Probes every 100 ms do not wait for the busy connection: still up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let up = format!(
@@ -558,6 +561,44 @@ async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted
     front.stop().await;
 }
 
+/// An upload of 2048 bytes from CH that the data centre answers 201
+/// before its end: sent up to its first half; its connection.
+async fn answered_early_half_sent(
+    proxy: &Proxy,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let head = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\n\
+         X-Test-Answer-Early: 1\r\nContent-Length: 2048\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b'a'; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    assert_eq!(
+        status_line(&mut tls, "the early answer").await,
+        "HTTP/1.1 201"
+    );
+    tls
+}
+
+/// Counted once: an upload answered early, whose body is still sent,
+/// holds one of its client's places, not two (one for its answer, one for
+/// its body, as a review caught a first version doing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_answered_early_counts_once_against_its_client() {
+    let proxy = Proxy::start(Setup {
+        extra: "[limits]\nmax_requests_per_client = 2\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let first = answered_early_half_sent(&proxy).await;
+    let second = proxy.client().upload_from(CH, "beside it").await;
+    assert_eq!(second.status, 201, "{:?}", second.json());
+    drop(first);
+    proxy.stop().await;
+}
+
 /// After an early answer, the rest of the body still holds the data
 /// centre's connection, so the request stays counted against
 /// `limits.max_requests_per_client` until the body has been sent (it was
@@ -571,19 +612,7 @@ async fn a_body_still_sent_after_an_early_answer_counts_against_its_client() {
         ..Setup::default()
     })
     .await;
-    let mut tls = proxy.client().connect().await.expect("TLS handshake");
-    let head = format!(
-        "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\n\
-         X-Test-Answer-Early: 1\r\nContent-Length: 2048\r\n\r\n"
-    );
-    tls.write_all(head.as_bytes()).await.unwrap();
-    tls.write_all(&[b'a'; 1024]).await.unwrap();
-    tls.flush().await.unwrap();
-    assert_eq!(
-        status_line(&mut tls, "the early answer").await,
-        "HTTP/1.1 201"
-    );
-
+    let mut tls = answered_early_half_sent(&proxy).await;
     let second = proxy
         .client()
         .upload_from(CH, "while the first body is sent")
