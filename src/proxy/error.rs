@@ -102,6 +102,7 @@ impl From<crate::upstream::body::BodyError> for Failure {
             BodyError::IdleTimeout | BodyError::TooSlow => Failure::BodyTimeout,
             BodyError::Client | BodyError::Gone => Failure::ClientAborted,
             BodyError::Withdrawn => Failure::UpstreamError,
+            BodyError::Malformed => Failure::BadRequest,
         }
     }
 }

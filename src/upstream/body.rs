@@ -59,6 +59,11 @@ pub enum BodyError {
     /// left is not delivered, so the data centre sees its request fail.
     #[error("the request was answered as failed while its body was still being forwarded")]
     Withdrawn,
+    /// The body's framing broke part-way (HTTP/1.1 chunked: an invalid
+    /// chunk size, chunk line or extension, or trailer section): hyper
+    /// reads no further.
+    #[error("the client's body framing is invalid")]
+    Malformed,
 }
 
 impl BodyError {
@@ -73,6 +78,20 @@ impl BodyError {
         )
     }
 
+    /// What a failed read of the client's body means: hyper reports a
+    /// framing it cannot read as invalid input or data (its chunked
+    /// decoder), anything else is the client breaking off (an early end,
+    /// a reset connection or stream).
+    fn of_client(e: &hyper::Error) -> BodyError {
+        let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        match io.map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) => {
+                BodyError::Malformed
+            }
+            _ => BodyError::Client,
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             BodyError::TooLarge => 1,
@@ -81,6 +100,7 @@ impl BodyError {
             BodyError::Gone => 4,
             BodyError::TooSlow => 5,
             BodyError::Withdrawn => 6,
+            BodyError::Malformed => 7,
         }
     }
 
@@ -92,6 +112,7 @@ impl BodyError {
             4 => Some(BodyError::Gone),
             5 => Some(BodyError::TooSlow),
             6 => Some(BodyError::Withdrawn),
+            7 => Some(BodyError::Malformed),
             _ => None,
         }
     }
@@ -565,7 +586,7 @@ impl BodySlot {
                     break Err(self.fail(BodyError::Client))
                 }
                 Ok(None) => break Ok(true),
-                Ok(Some(Err(_))) => break Err(self.fail(BodyError::Client)),
+                Ok(Some(Err(e))) => break Err(self.fail(BodyError::of_client(&e))),
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else {
@@ -755,7 +776,9 @@ impl Body for ForwardBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(slot.fail(BodyError::Client)))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(slot.fail(BodyError::of_client(&e)))))
+            }
             Poll::Ready(None) if !slot.ended_cleanly(&src.rest) => {
                 Poll::Ready(Some(Err(slot.fail(BodyError::Client))))
             }

@@ -413,6 +413,46 @@ async fn framing_corpus(transparency: Option<String>) {
     proxy.stop().await;
 }
 
+/// A chunked body whose framing breaks part-way is the client's bad
+/// request (400 `bad_request`), not an upload that broke off (it was
+/// `client_aborted`, which the README keeps for a connection closed or a
+/// stream reset); the data centre sees its request fail.
+#[tokio::test]
+async fn a_body_whose_framing_breaks_part_way_is_a_bad_request() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let te = "Transfer-Encoding: chunked\r\n";
+    let extensions = format!("5;{}\r\nhello\r\n", "e".repeat(20 << 10));
+    let bodies: [(&str, Vec<u8>); 3] = [
+        (
+            "a chunk longer than its size",
+            b"2\r\nhe\r\n3\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "a chunk size that is not hex",
+            b"2\r\nhe\r\nzz\r\nllo\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunk extensions over hyper's 16 KiB",
+            [b"2\r\nhe\r\n".to_vec(), extensions.into_bytes()].concat(),
+        ),
+    ];
+    for (what, body) in bodies {
+        let got = exchange(&proxy, &post(te, &body)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(statuses(&got), [400], "{what}: {text}");
+        assert!(text.contains("\"error\":\"bad_request\""), "{what}: {text}");
+    }
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "residency_rejections_total{reason=\"bad_request\"}"
+        ),
+        Some(3.0)
+    );
+    proxy.stop().await;
+}
+
 /// `limits.max_request_head_bytes` holds exactly for HTTP/1 at any value
 /// (it was never less than 8192 there: hyper's read buffer was the limit).
 /// A head of that many bytes, request line and final CRLF included, is
