@@ -81,11 +81,18 @@ impl BodyError {
     /// What a failed read of the client's body means: hyper reports a
     /// framing it cannot read as invalid input or data (its chunked
     /// decoder), anything else is the client breaking off (an early end,
-    /// a reset connection or stream).
+    /// a reset connection or stream, a TLS error: rustls's come as
+    /// invalid data too, carrying a `rustls::Error`).
     fn of_client(e: &hyper::Error) -> BodyError {
         let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
-        match io.map(std::io::Error::kind) {
-            Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) => {
+        let Some(io) = io else {
+            return BodyError::Client;
+        };
+        let tls = io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        match io.kind() {
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData if !tls => {
                 BodyError::Malformed
             }
             _ => BodyError::Client,
@@ -997,6 +1004,111 @@ mod tests {
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
         drop(body);
         (slot, frame)
+    }
+
+    /// A connection that reads `script`, in order, then nothing more.
+    struct Scripted(std::collections::VecDeque<std::io::Result<Vec<u8>>>);
+
+    impl tokio::io::AsyncRead for Scripted {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            match self.0.pop_front() {
+                Some(Ok(bytes)) => {
+                    buf.put_slice(&bytes);
+                    std::task::Poll::Ready(Ok(()))
+                }
+                Some(Err(e)) => std::task::Poll::Ready(Err(e)),
+                None => std::task::Poll::Pending,
+            }
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Scripted {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A chunked upload whose connection reads `then` after its first
+    /// chunk: how its body failed.
+    async fn chunked_body_failing_with(then: std::io::Result<Vec<u8>>) -> Option<super::BodyError> {
+        use http_body_util::BodyExt as _;
+        use hyper::body::Incoming;
+
+        let head = b"POST /v1/telemetry HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n";
+        let io = Scripted([Ok(head.to_vec()), then].into_iter().collect());
+        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let bodies = bodies.clone();
+                async move {
+                    let _ = bodies.send(req.into_body());
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .await;
+        });
+        let rest = incoming.recv().await.unwrap();
+        let slot = BodySlot::new(
+            rest,
+            1 << 20,
+            Duration::from_secs(30),
+            0,
+            Bounds {
+                bytes: 1 << 20,
+                time: Duration::from_secs(1),
+            },
+            false,
+            false,
+            None,
+            tokio::time::Instant::now(),
+        );
+        let (mut body, _watch) = ForwardBody::stream(slot.clone());
+        while let Some(Ok(_)) = body.frame().await {}
+        slot.failure()
+    }
+
+    /// A chunk line hyper cannot read is the client's malformed request
+    /// (400 `bad_request`); the connection failing under it — an early end,
+    /// a reset, a TLS record rustls refuses (an error of kind invalid data
+    /// too) — is the client breaking off (`client_aborted`).
+    #[tokio::test]
+    async fn a_broken_chunk_is_malformed_and_a_failed_connection_is_the_client_leaving() {
+        use super::BodyError;
+        use std::io::{Error, ErrorKind};
+        let malformed = chunked_body_failing_with(Ok(b"zz\r\nllo\r\n".to_vec())).await;
+        assert_eq!(malformed, Some(BodyError::Malformed));
+        let ended = chunked_body_failing_with(Ok(Vec::new())).await;
+        assert_eq!(ended, Some(BodyError::Client));
+        let reset = chunked_body_failing_with(Err(ErrorKind::ConnectionReset.into())).await;
+        assert_eq!(reset, Some(BodyError::Client));
+        let tls = Error::new(ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert_eq!(
+            chunked_body_failing_with(Err(tls)).await,
+            Some(BodyError::Client)
+        );
     }
 
     /// Trailer fields are not forwarded: the body ends after its data,
