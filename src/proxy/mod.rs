@@ -198,15 +198,26 @@ pub fn handle(
                 &mut findings.also_sent_to,
             )
             .await;
-            // Answered early: the rest of the body is still the request's.
             // The client's count stays while the data centre's connection
             // is the request's: until the answer has been taken from it to
-            // the end and the body sent. (The result is passed on as it
-            // is: the answer is not moved once more.)
+            // the end and, answered early, the rest of the body sent (then
+            // the count is in two parts, and goes with the later). (The
+            // result is passed on as it is: the answer is not moved once
+            // more.)
             if let Ok((resp, slot)) = &mut forwarded {
-                slot.hold_while_reading();
-                if let Some(counted) = counted {
-                    resp.body_mut().count_against_client(counted);
+                let answer = match counted {
+                    Some(counted) if !slot.read_to_end() => {
+                        let (body, answer) = counted.split();
+                        slot.hold_while_reading(Some(body));
+                        Some(answer)
+                    }
+                    counted => {
+                        slot.hold_while_reading(None::<Counted>);
+                        counted
+                    }
+                };
+                if let Some(answer) = answer {
+                    resp.body_mut().count_against_client(answer);
                 }
             }
             forwarded

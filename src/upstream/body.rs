@@ -215,6 +215,10 @@ impl std::fmt::Debug for Source {
 struct Reading {
     done: bool,
     held: Option<Held>,
+    /// Given back when the body is done (its part of the client's count
+    /// against `limits.max_requests_per_client`): not handed to a
+    /// discarding.
+    also: Option<Held>,
     /// Counts the bytes read after the answer began, when the body is done
     /// ([`BodySlot::bytes_counting_rest`]): those counted already.
     rest: Option<(prometheus::IntCounter, u64)>,
@@ -225,6 +229,7 @@ impl std::fmt::Debug for Reading {
         f.debug_struct("Reading")
             .field("done", &self.done)
             .field("held", &self.held.is_some())
+            .field("also", &self.also.is_some())
             .field("rest", &self.rest.as_ref().map(|(_, n)| n))
             .finish()
     }
@@ -372,7 +377,9 @@ impl BodySlot {
     /// it, and the client's connection must not take those bytes for a next
     /// request's head, nor close as idle. (A body abandoned before this is
     /// called takes its own guard into the discarding: [`Self::abandon`].)
-    pub fn hold_while_reading(&self) {
+    /// `also` is kept as long (dropped at once if the body is done): the
+    /// data centre's connection is still the request's while it reads.
+    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: Option<T>) {
         let Ok(mut reading) = self.reading.lock() else {
             return;
         };
@@ -384,6 +391,14 @@ impl BodySlot {
                 reading.held = Some((hold.0)());
             }
         }
+        if let Some(also) = also {
+            reading.also = Some(Box::new(also));
+        }
+    }
+
+    /// The client's body has been read to its end, or given up.
+    pub fn read_to_end(&self) -> bool {
+        self.read.load(Ordering::Acquire)
     }
 
     /// The body is read no more: what was held is given back (or handed
@@ -393,9 +408,11 @@ impl BodySlot {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
         self.read.store(true, Ordering::Release);
+        let also = reading.also.take();
         let held = reading.held.take();
         let rest = reading.rest.take();
         drop(reading);
+        drop(also);
         if let Some((counter, counted)) = rest {
             counter.inc_by(self.bytes().saturating_sub(counted));
         }

@@ -785,13 +785,14 @@ impl Body {
         Duration::from_millis(u64::from(self.idle_ms))
     }
 
-    /// Keeps the request counted against its client until the connection
-    /// is free of it: its answer taken to the end (or dropped) and, after
-    /// an early answer, its body sent. A client that does not read a long
-    /// answer (an HTTP/2 window kept shut, a socket not read) holds the
-    /// data centre's connection until then, so it must hold its count too,
-    /// or one client could take every connection
-    /// `upstream.max_connections_per_upstream` allows.
+    /// Keeps the request counted against its client until its answer has
+    /// been taken from the connection to the end (or dropped): a client
+    /// that does not read a long answer (an HTTP/2 window kept shut, a
+    /// socket not read) holds the data centre's connection until then, so
+    /// it must hold its count too, or one client could take every
+    /// connection `upstream.max_connections_per_upstream` allows. (After
+    /// an early answer, the request's body holds another part of the
+    /// count while it is sent: `Counted::split`.)
     pub fn count_against_client(&mut self, counted: Counted) {
         self.client = Some(counted);
         self.give_back();
@@ -861,10 +862,9 @@ impl Body {
         if !(self.ended || self.inner.is_end_stream()) {
             return;
         }
-        // The request's count against its client goes when the connection
-        // is free of it: now, or once the request's body has been sent
-        // (below).
-        let client = self.client.take();
+        // The answer has been taken from the connection: its part of the
+        // client's count goes (a body still sent holds the other part).
+        self.client = None;
         let (Some(lease), Some(progress)) = (self.lease.take(), self.progress.take()) else {
             return;
         };
@@ -888,9 +888,6 @@ impl Body {
         let Lease { pool, u, mut tx } = lease;
         let idle_timeout = pool.inner.idle_timeout;
         drop(runtime.spawn(async move {
-            // The data centre still reads the request's body: the client's
-            // count stays until then.
-            let _client = client;
             if let Ok(Ok(())) = tokio::time::timeout(idle_timeout, tx.ready()).await {
                 pool.put(u, tx, progress);
             }

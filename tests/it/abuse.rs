@@ -562,15 +562,17 @@ async fn connections_count_for_the_client_a_proxy_header_names_not_for_a_trusted
 }
 
 /// An upload of 2048 bytes from CH that the data centre answers 201
-/// before its end: sent up to its first half; its connection.
+/// before its end (with `extra` header lines, e.g. to make that answer
+/// chunked): sent up to its first half; its connection.
 async fn answered_early_half_sent(
     proxy: &Proxy,
+    extra: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     let head = format!(
         "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\n\
-         X-Test-Answer-Early: 1\r\nContent-Length: 2048\r\n\r\n"
+         X-Test-Answer-Early: 1\r\n{extra}Content-Length: 2048\r\n\r\n"
     );
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(&[b'a'; 1024]).await.unwrap();
@@ -592,7 +594,7 @@ async fn an_upload_answered_early_counts_once_against_its_client() {
         ..Setup::default()
     })
     .await;
-    let first = answered_early_half_sent(&proxy).await;
+    let first = answered_early_half_sent(&proxy, "").await;
     let second = proxy.client().upload_from(CH, "beside it").await;
     assert_eq!(second.status, 201, "{:?}", second.json());
     drop(first);
@@ -606,13 +608,36 @@ async fn an_upload_answered_early_counts_once_against_its_client() {
 /// connections that way, one trickling body each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_still_sent_after_an_early_answer_counts_against_its_client() {
+    body_still_sent_counts("", "").await;
+}
+
+/// As above, the early answer chunked and small, so taken in whole before
+/// the request's count was handed over (the count went with it, while the
+/// body was still sent: a review's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_sent_after_a_chunked_early_answer_counts_against_its_client() {
+    body_still_sent_counts("X-Test-Answer-Chunked: 1\r\n", "").await;
+}
+
+/// As above, past `upstream.pool_idle_timeout`: the count stays for as
+/// long as the body is sent (it went when the connection's wait to be
+/// pooled again gave up: a review's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_past_the_pool_s_idle_timeout_still_counts_against_its_client() {
+    body_still_sent_counts("", "[upstream]\npool_idle_timeout = \"1s\"\n").await;
+}
+
+async fn body_still_sent_counts(answer: &str, config: &str) {
     use tokio::io::AsyncWriteExt;
     let proxy = Proxy::start(Setup {
-        extra: "[limits]\nmax_requests_per_client = 1\n".into(),
+        extra: format!("[limits]\nmax_requests_per_client = 1\n{config}"),
         ..Setup::default()
     })
     .await;
-    let mut tls = answered_early_half_sent(&proxy).await;
+    let mut tls = answered_early_half_sent(&proxy, answer).await;
+    if !config.is_empty() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let second = proxy
         .client()
         .upload_from(CH, "while the first body is sent")

@@ -224,10 +224,13 @@ impl Upstream {
             return Ok(r);
         }
         if req.headers().contains_key("x-test-answer-early") {
+            let req_chunked = req.headers().contains_key("x-test-answer-chunked");
             let (tx, rx) = oneshot::channel();
             tokio::spawn(self.clone().read_and_record(req, Some(tx)));
             let _ = rx.await;
-            return Ok(status(StatusCode::CREATED, "answered early"));
+            let mut answer = status(StatusCode::CREATED, "answered early");
+            answer.body_mut().chunked = req_chunked;
+            return Ok(answer);
         }
         let chunked = req
             .headers()
