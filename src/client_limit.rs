@@ -30,14 +30,9 @@ pub struct InFlight {
 
 /// One request or connection counted against its client until dropped
 /// (it may outlive the request's task: a body still sent after an early
-/// answer keeps its request counted). A request held in two places at
-/// once is split in two ([`Counted::split`]): it counts once, until the
-/// later of the two is dropped.
+/// answer keeps its request counted).
 pub struct Counted {
     in_flight: Arc<InFlight>,
-    /// Shared by the two parts of a split count: the last one dropped
-    /// gives the count back.
-    pair: Option<Arc<()>>,
     /// The client's key in halves: a `u128` would align the guard, and the
     /// response body holding it, to 16 bytes, and the response carrying
     /// that body past the 256 bytes glibc's `memcpy` copies without a
@@ -75,7 +70,6 @@ impl InFlight {
         drop(counts);
         Some(Some(Counted {
             in_flight: self.clone(),
-            pair: None,
             key: [(key >> 64) as u64, key as u64],
         }))
     }
@@ -91,30 +85,10 @@ impl Counted {
     fn key(&self) -> u128 {
         (u128::from(self.key[0]) << 64) | u128::from(self.key[1])
     }
-
-    /// The same count in two parts, for a request held in two places at
-    /// once (an early answer taken while its body is still sent): the
-    /// client's count goes when both are dropped. (Allocates: only for
-    /// early answers.)
-    pub fn split(mut self) -> (Counted, Counted) {
-        let pair = self.pair.get_or_insert_with(|| Arc::new(())).clone();
-        let other = Counted {
-            in_flight: self.in_flight.clone(),
-            pair: Some(pair),
-            key: self.key,
-        };
-        (self, other)
-    }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        // One part of a split count: the count goes with the last part.
-        if let Some(pair) = self.pair.take() {
-            if Arc::into_inner(pair).is_none() {
-                return;
-            }
-        }
         let mut counts = self
             .in_flight
             .counts
@@ -184,25 +158,6 @@ mod tests {
             .enter(ip("2001:0:cb00:7101:8000:f227:3fff:fdd3"), 1)
             .unwrap()
             .is_some());
-    }
-
-    #[test]
-    fn a_split_count_counts_once_until_both_parts_go() {
-        let in_flight = Arc::new(InFlight::default());
-        let whole = in_flight.enter(ip("192.0.2.1"), 2).unwrap().unwrap();
-        let (body, answer) = whole.split();
-        // One of two places taken: one more request is let in, not two.
-        let second = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
-        assert!(in_flight.enter(ip("192.0.2.1"), 2).is_none());
-        drop(answer);
-        assert!(
-            in_flight.enter(ip("192.0.2.1"), 2).is_none(),
-            "one part still held"
-        );
-        drop(body);
-        let third = in_flight.enter(ip("192.0.2.1"), 2).unwrap();
-        drop((second, third));
-        assert_eq!(in_flight.clients(), 0);
     }
 
     #[test]

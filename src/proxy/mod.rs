@@ -200,25 +200,12 @@ pub fn handle(
             .await;
             // The client's count stays while the data centre's connection
             // is the request's: until the answer has been taken from it to
-            // the end and, answered early, the rest of the body sent (then
-            // the count is in two parts, and goes with the later). (The
-            // result is passed on as it is: the answer is not moved once
-            // more.)
+            // the end and the body is done (answered early, the rest of
+            // the body is still sent). (The result is passed on as it is:
+            // the answer is not moved once more.)
             if let Ok((resp, slot)) = &mut forwarded {
-                let answer = match counted {
-                    Some(counted) if !slot.read_to_end() => {
-                        let (body, answer) = counted.split();
-                        slot.hold_while_reading(Some(body));
-                        Some(answer)
-                    }
-                    counted => {
-                        slot.hold_while_reading(None::<Counted>);
-                        counted
-                    }
-                };
-                if let Some(answer) = answer {
-                    resp.body_mut().count_against_client(answer);
-                }
+                let answer_pending = counted.is_some() && resp.body_mut().tell_when_taken(slot);
+                slot.count_until_done(counted, answer_pending);
             }
             forwarded
         };

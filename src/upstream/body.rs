@@ -39,6 +39,7 @@ use ring::digest;
 use tokio::sync::Notify;
 
 use super::progress::Watch;
+use crate::client_limit::Counted;
 use tokio::time::{Instant, Sleep};
 
 /// Why the body stopped streaming.
@@ -215,10 +216,15 @@ impl std::fmt::Debug for Source {
 struct Reading {
     done: bool,
     held: Option<Held>,
-    /// Given back when the body is done (its part of the client's count
-    /// against `limits.max_requests_per_client`): not handed to a
+    /// The request's count against its client
+    /// (`limits.max_requests_per_client`), given back when the body is
+    /// done and its answer has been taken from the data centre's
+    /// connection ([`BodySlot::count_until_done`]); not handed to a
     /// discarding.
-    also: Option<Held>,
+    counted: Option<Counted>,
+    /// The answer still holds the data centre's connection: the count
+    /// waits for [`BodySlot::answer_taken`].
+    answer_pending: bool,
     /// Counts the bytes read after the answer began, when the body is done
     /// ([`BodySlot::bytes_counting_rest`]): those counted already.
     rest: Option<(prometheus::IntCounter, u64)>,
@@ -229,7 +235,8 @@ impl std::fmt::Debug for Reading {
         f.debug_struct("Reading")
             .field("done", &self.done)
             .field("held", &self.held.is_some())
-            .field("also", &self.also.is_some())
+            .field("counted", &self.counted.is_some())
+            .field("answer_pending", &self.answer_pending)
             .field("rest", &self.rest.as_ref().map(|(_, n)| n))
             .finish()
     }
@@ -377,28 +384,43 @@ impl BodySlot {
     /// it, and the client's connection must not take those bytes for a next
     /// request's head, nor close as idle. (A body abandoned before this is
     /// called takes its own guard into the discarding: [`Self::abandon`].)
-    /// `also` is kept as long (dropped at once if the body is done): the
-    /// data centre's connection is still the request's while it reads.
-    pub fn hold_while_reading<T: Send + Sync + 'static>(&self, also: Option<T>) {
+    ///
+    /// `counted`, the request's count against its client, is kept while
+    /// the data centre's connection is the request's: until the body is
+    /// done and, if `answer_pending`, its answer has been taken from the
+    /// connection ([`Self::answer_taken`], told by the answer's
+    /// `pool::Body`). One count, wherever the request is held last.
+    pub fn count_until_done(&self, counted: Option<Counted>, answer_pending: bool) {
         let Ok(mut reading) = self.reading.lock() else {
             return;
         };
-        if reading.done {
-            return;
-        }
-        if let Some(hold) = &self.hold {
-            if reading.held.is_none() {
-                reading.held = Some((hold.0)());
+        if !reading.done {
+            if let Some(hold) = &self.hold {
+                if reading.held.is_none() {
+                    reading.held = Some((hold.0)());
+                }
             }
         }
-        if let Some(also) = also {
-            reading.also = Some(Box::new(also));
+        if !reading.done || answer_pending {
+            reading.counted = counted;
+            reading.answer_pending = answer_pending;
         }
     }
 
-    /// The client's body has been read to its end, or given up.
-    pub fn read_to_end(&self) -> bool {
-        self.read.load(Ordering::Acquire)
+    /// The answer has been taken from the data centre's connection (or
+    /// dropped): the request's count goes if the body is done too.
+    pub fn answer_taken(&self) {
+        let Ok(mut reading) = self.reading.lock() else {
+            return;
+        };
+        reading.answer_pending = false;
+        let counted = if reading.done {
+            reading.counted.take()
+        } else {
+            None
+        };
+        drop(reading);
+        drop(counted);
     }
 
     /// The body is read no more: what was held is given back (or handed
@@ -408,11 +430,15 @@ impl BodySlot {
         let mut reading = self.reading.lock().ok()?;
         reading.done = true;
         self.read.store(true, Ordering::Release);
-        let also = reading.also.take();
+        let counted = if reading.answer_pending {
+            None
+        } else {
+            reading.counted.take()
+        };
         let held = reading.held.take();
         let rest = reading.rest.take();
         drop(reading);
-        drop(also);
+        drop(counted);
         if let Some((counter, counted)) = rest {
             counter.inc_by(self.bytes().saturating_sub(counted));
         }

@@ -44,9 +44,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsConnector;
 
-use super::body::ForwardBody;
+use super::body::{BodySlot, ForwardBody};
 use super::progress::{Tracked, Watch, WriteProgress};
-use crate::client_limit::Counted;
 use residency_core::policy::UpstreamId;
 
 /// The largest response head a data centre may send (its fields, each
@@ -489,7 +488,7 @@ impl Pool {
                 tx,
             }),
             progress: Some(progress),
-            client: None,
+            slot: None,
         })
     }
 
@@ -635,10 +634,10 @@ pub type Sent = Result<Response<Body>, (Error, Option<Request<ForwardBody>>)>;
 pub struct Body {
     inner: Incoming,
     /// `upstream_response_idle` in milliseconds (at least 1), and its
-    /// timer once the body waited. Not a `Duration`: the body, with the
-    /// client's count it holds, stays within 144 bytes, and the response
-    /// carrying it within the 256 glibc's `memcpy` copies without a loop
-    /// (issue 23; test `a_response_carrying_a_body_fits_a_short_copy`).
+    /// timer once the body waited. Not a `Duration`: the response
+    /// carrying the body stays well within the 256 bytes glibc's `memcpy`
+    /// copies without a loop (issue 23; test
+    /// `a_response_carrying_a_body_fits_a_short_copy`).
     idle_ms: u32,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The body ended (`is_end_stream` alone misses a chunked body's end).
@@ -650,10 +649,10 @@ pub struct Body {
     progress: Option<Arc<WriteProgress>>,
     /// Frames taken in ahead of the client ([`Body::take_in`]), in order.
     ahead: Option<Box<Ahead>>,
-    /// The request's count against its client
-    /// (`limits.max_requests_per_client`), held until the connection is
-    /// free of the answer ([`Body::count_against_client`]).
-    client: Option<Counted>,
+    /// The request's body slot, told when the answer has been taken from
+    /// the connection ([`Body::tell_when_taken`]): the request's count
+    /// against its client waits for that.
+    slot: Option<Arc<BodySlot>>,
 }
 
 /// See [`Body::ahead`].
@@ -785,17 +784,19 @@ impl Body {
         Duration::from_millis(u64::from(self.idle_ms))
     }
 
-    /// Keeps the request counted against its client until its answer has
-    /// been taken from the connection to the end (or dropped): a client
-    /// that does not read a long answer (an HTTP/2 window kept shut, a
-    /// socket not read) holds the data centre's connection until then, so
-    /// it must hold its count too, or one client could take every
-    /// connection `upstream.max_connections_per_upstream` allows. (After
-    /// an early answer, the request's body holds another part of the
-    /// count while it is sent: `Counted::split`.)
-    pub fn count_against_client(&mut self, counted: Counted) {
-        self.client = Some(counted);
-        self.give_back();
+    /// Tells `slot` when the answer has been taken from the connection
+    /// to its end, or dropped ([`BodySlot::answer_taken`]); `false` if it
+    /// has been already. A client that does not read a long answer (an
+    /// HTTP/2 window kept shut, a socket not read) holds the data centre's
+    /// connection until then, so the request stays counted against it,
+    /// or one client could take every connection
+    /// `upstream.max_connections_per_upstream` allows.
+    pub fn tell_when_taken(&mut self, slot: &Arc<BodySlot>) -> bool {
+        if self.ended || self.inner.is_end_stream() {
+            return false;
+        }
+        self.slot = Some(slot.clone());
+        true
     }
 
     /// An answer of unknown length (chunked) not yet taken in: see
@@ -852,6 +853,9 @@ impl Drop for Body {
             }
         }
         self.give_back();
+        if let Some(slot) = self.slot.take() {
+            slot.answer_taken();
+        }
     }
 }
 
@@ -862,9 +866,11 @@ impl Body {
         if !(self.ended || self.inner.is_end_stream()) {
             return;
         }
-        // The answer has been taken from the connection: its part of the
-        // client's count goes (a body still sent holds the other part).
-        self.client = None;
+        // The answer has been taken from the connection: the request's
+        // count goes, if its body is done too.
+        if let Some(slot) = self.slot.take() {
+            slot.answer_taken();
+        }
         let (Some(lease), Some(progress)) = (self.lease.take(), self.progress.take()) else {
             return;
         };
@@ -903,5 +909,7 @@ mod tests {
     #[test]
     fn a_response_carrying_a_body_fits_a_short_copy() {
         assert!(std::mem::size_of::<http::Response<super::Body>>() <= 256);
+        // As the client's answer, wrapped (`Gathered`, or a refusal).
+        assert!(std::mem::size_of::<http::Response<crate::proxy::ProxyBody>>() <= 256);
     }
 }
