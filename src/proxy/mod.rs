@@ -204,6 +204,7 @@ pub fn handle(
             // the body is still sent). (The result is passed on as it is:
             // the answer is not moved once more.)
             if let Ok((resp, slot)) = &mut forwarded {
+                slot.finish_if_empty();
                 let answer_pending = counted.is_some() && resp.body_mut().tell_when_taken(slot);
                 slot.count_until_done(counted, answer_pending);
             }

@@ -407,6 +407,37 @@ impl BodySlot {
         }
     }
 
+    /// The request is answered: an empty body no attempt took (hyper's
+    /// client never asks for a body of length 0) is complete now, as when
+    /// the slot is dropped, so that it holds nothing (the client
+    /// connection's guard, the count) while the answer streams. (A body
+    /// with data is left for the attempt that may still ask for it: a data
+    /// centre may answer before it reads.)
+    pub fn finish_if_empty(&self) {
+        if self.read_to_end() {
+            return;
+        }
+        let Ok(mut slot) = self.source.lock() else {
+            return;
+        };
+        if !slot
+            .as_ref()
+            .is_some_and(|s| s.prefix.is_empty() && s.rest.is_end_stream())
+        {
+            return;
+        }
+        let source = slot.take();
+        drop(slot);
+        if let Some(mut source) = source {
+            self.complete(&mut source);
+        }
+    }
+
+    /// The client's body has been read to its end, or given up.
+    fn read_to_end(&self) -> bool {
+        self.read.load(Ordering::Acquire)
+    }
+
     /// The answer has been taken from the data centre's connection (or
     /// dropped): the request's count goes if the body is done too.
     pub fn answer_taken(&self) {
