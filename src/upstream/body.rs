@@ -933,6 +933,63 @@ mod tests {
         assert!(std::mem::size_of::<http::Request<ForwardBody>>() <= 256);
     }
 
+    /// Serves `io` with hyper (HTTP/2 if `h2`), handing each request's
+    /// body to the test through what it returns; the answers wait.
+    fn serve<I>(io: I, h2: bool) -> tokio::sync::mpsc::UnboundedReceiver<hyper::body::Incoming>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use hyper::body::Incoming;
+        let (bodies, incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let bodies = bodies.clone();
+                async move {
+                    let _ = bodies.send(req.into_body());
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(io);
+            let _ = if h2 {
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+            };
+        });
+        incoming
+    }
+
+    /// A slot for `rest` under `limit`, 30 s idle, discarding up to 1 MiB
+    /// for 1 s; `hash`: its SHA-256 wanted; `h2`: it came over HTTP/2.
+    fn test_slot(
+        rest: hyper::body::Incoming,
+        limit: u64,
+        hash: bool,
+        h2: bool,
+    ) -> std::sync::Arc<BodySlot> {
+        let discard = Bounds {
+            bytes: 1 << 20,
+            time: Duration::from_secs(1),
+        };
+        let idle = Duration::from_secs(30);
+        BodySlot::new(
+            rest,
+            limit,
+            idle,
+            0,
+            discard,
+            hash,
+            h2,
+            None,
+            tokio::time::Instant::now(),
+        )
+    }
+
     /// An HTTP/2 body of unknown length in one frame (with `END_STREAM`),
     /// under a `limit`: its slot, and the frame `ForwardBody` made of it,
     /// taken and then dropped before the end was asked for (the upstream
@@ -945,25 +1002,9 @@ mod tests {
         Option<Result<http_body::Frame<bytes::Bytes>, super::BodyError>>,
     ) {
         use http_body::Body as _;
-        use hyper::body::Incoming;
 
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let bodies = bodies.clone();
-                async move {
-                    let _ = bodies.send(req.into_body());
-                    // The answer waits: the body is the test's.
-                    std::future::pending::<()>().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(server_io);
-            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(io, service)
-                .await;
-        });
+        let mut incoming = serve(server_io, true);
         let (mut send, conn) = h2::client::handshake(client_io).await.unwrap();
         tokio::spawn(conn);
         let req = http::Request::post("https://localhost/v1/telemetry")
@@ -976,20 +1017,7 @@ mod tests {
 
         let rest = incoming.recv().await.unwrap();
         assert_eq!(rest.size_hint().exact(), None, "no length declared");
-        let slot = BodySlot::new(
-            rest,
-            limit,
-            Duration::from_secs(30),
-            0,
-            Bounds {
-                bytes: 1 << 20,
-                time: Duration::from_secs(1),
-            },
-            true,
-            true,
-            None,
-            tokio::time::Instant::now(),
-        );
+        let slot = test_slot(rest, limit, true, true);
         let (mut body, _watch) = ForwardBody::stream(slot.clone());
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
         // Its stream ended with that frame (END_STREAM came with it); the
@@ -1019,25 +1047,10 @@ mod tests {
     /// client sends it, chunk framing and all. (The client's connection
     /// stays open for 5 s while the test looks.)
     async fn chunked_slot(raw: &'static [u8]) -> std::sync::Arc<BodySlot> {
-        use hyper::body::Incoming;
         use tokio::io::AsyncWriteExt as _;
 
         let (mut client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let bodies = bodies.clone();
-                async move {
-                    let _ = bodies.send(req.into_body());
-                    std::future::pending::<()>().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(server_io);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+        let mut incoming = serve(server_io, false);
         let head =
             b"POST /v1/telemetry HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n";
         client_io.write_all(head).await.unwrap();
@@ -1047,20 +1060,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(client_io);
         });
-        BodySlot::new(
-            rest,
-            1 << 20,
-            Duration::from_secs(30),
-            0,
-            Bounds {
-                bytes: 1 << 20,
-                time: Duration::from_secs(1),
-            },
-            true,
-            false,
-            None,
-            tokio::time::Instant::now(),
-        )
+        test_slot(rest, 1 << 20, true, false)
     }
 
     /// A chunked body whose first chunk `ForwardBody` passed on before it
@@ -1126,39 +1126,12 @@ mod tests {
     /// chunk: how its body failed.
     async fn chunked_body_failing_with(then: std::io::Result<Vec<u8>>) -> Option<super::BodyError> {
         use http_body_util::BodyExt as _;
-        use hyper::body::Incoming;
 
         let head = b"POST /v1/telemetry HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n";
         let io = Scripted([Ok(head.to_vec()), then].into_iter().collect());
-        let (bodies, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let bodies = bodies.clone();
-                async move {
-                    let _ = bodies.send(req.into_body());
-                    std::future::pending::<()>().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .await;
-        });
+        let mut incoming = serve(io, false);
         let rest = incoming.recv().await.unwrap();
-        let slot = BodySlot::new(
-            rest,
-            1 << 20,
-            Duration::from_secs(30),
-            0,
-            Bounds {
-                bytes: 1 << 20,
-                time: Duration::from_secs(1),
-            },
-            false,
-            false,
-            None,
-            tokio::time::Instant::now(),
-        );
+        let slot = test_slot(rest, 1 << 20, false, false);
         let (mut body, _watch) = ForwardBody::stream(slot.clone());
         while let Some(Ok(_)) = body.frame().await {}
         slot.failure()
