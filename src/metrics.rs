@@ -63,6 +63,26 @@ pub const CONNECTION_REJECTIONS: [&str; 10] = [
     "proxy_header_timeout",
 ];
 
+/// The `reason` values of `residency_connections_closed_total`: the
+/// deadline that passed (named as its `timeouts.*` key, or
+/// `response_body`), hyper's own answer to a head it would not read, or
+/// the HTTP/2 error the proxy ended the connection with (GOAWAY).
+pub const CONNECTION_CLOSES: [&str; 13] = [
+    "request_head",
+    "keepalive_idle",
+    "client_send_idle",
+    "response_body",
+    "bad_request",
+    "head_too_large",
+    "http2_protocol_error",
+    "http2_flow_control_error",
+    "http2_frame_size_error",
+    "http2_compression_error",
+    "http2_enhance_your_calm",
+    "http2_other_error",
+    "http2_ping_timeout",
+];
+
 /// The `reason` values of `residency_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 4] = [
     "connect_failed",
@@ -99,6 +119,8 @@ pub struct Metrics {
     /// Idempotent uploads streamed without a replay copy: budget spent.
     pub replay_budget_exhausted: IntCounter,
     pub connections_rejected: IntCounterVec,
+    /// Client connections the proxy ended itself after their handshake.
+    pub connections_closed: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
     pub tenant_requests: IntCounterVec,
@@ -252,6 +274,11 @@ impl Metrics {
             "Connections closed before any request was read, by reason (PROXY header missing, invalid, untrusted or too slow; a listener's connection limit; a client's limits.max_connections_per_client).",
             &["reason"],
         )?;
+        let connections_closed = counter(
+            "residency_connections_closed_total",
+            "Client connections the proxy ended itself after their TLS handshake, by reason: a deadline (timeouts.request_head, keepalive_idle, client_send_idle; response_body: an HTTP/2 response body still sent keepalive_idle after its head), hyper's own 400 (bad_request) or 431 (head_too_large) for an HTTP/1 head it would not read, or the HTTP/2 error code of the GOAWAY the proxy sent (http2_*; http2_ping_timeout: a client that stopped answering pings).",
+            &["reason"],
+        )?;
         let upstream_retries = counter(
             "residency_upstream_retries_total",
             "Requests retried on another permitted upstream, by reason.",
@@ -318,6 +345,7 @@ impl Metrics {
             detached_cancelled,
             replay_budget_exhausted,
             connections_rejected,
+            connections_closed,
             upstream_retries,
             reloads,
             tenant_requests,
@@ -353,6 +381,9 @@ impl Metrics {
         }
         for reason in CONNECTION_REJECTIONS {
             self.connections_rejected.with_label_values(&[reason]);
+        }
+        for reason in CONNECTION_CLOSES {
+            self.connections_closed.with_label_values(&[reason]);
         }
         for reason in RETRY_REASONS {
             self.upstream_retries.with_label_values(&[reason]);

@@ -42,6 +42,7 @@ use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntCounterVec;
 use residency_core::origin::Proxied;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -202,6 +203,7 @@ pub(super) async fn serve(
         aged.as_mut(),
         timeouts.keepalive_idle,
         timeouts.discard_body,
+        &metrics.connections_closed,
     );
     let (io, prefix) = if h2 {
         (io, Bytes::new())
@@ -248,6 +250,9 @@ struct Phases<'a, I, S> {
     /// reads and drops what the client still sends (`timeouts.discard_body`;
     /// see [`close_lingering`]).
     linger: Duration,
+    /// `residency_connections_closed_total`: each connection is counted
+    /// once, by what made the proxy end it.
+    closed: &'a IntCounterVec,
 }
 
 impl<'a, I, S> Phases<'a, I, S> {
@@ -257,6 +262,7 @@ impl<'a, I, S> Phases<'a, I, S> {
         aged: Pin<&'a mut Gated<Aged>>,
         close_grace: Duration,
         linger: Duration,
+        closed: &'a IntCounterVec,
     ) -> Self {
         Phases {
             idle,
@@ -264,8 +270,51 @@ impl<'a, I, S> Phases<'a, I, S> {
             aged,
             close_grace,
             linger,
+            closed,
         }
     }
+
+    /// Counts the connection as ended by the proxy, for `reason` (one of
+    /// [`CONNECTION_CLOSES`](crate::metrics::CONNECTION_CLOSES)).
+    fn closing(&self, reason: &'static str) {
+        self.closed.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Why hyper ended an HTTP/1 connection with an error, when it was the
+/// proxy's refusal: its own 431 (or 414) or 400 for a head it would not
+/// read. `None` for the client's doing (a reset, a close mid-message).
+fn http1_refusal(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        Some("head_too_large")
+    } else if e.is_parse() {
+        Some("bad_request")
+    } else {
+        None
+    }
+}
+
+/// Why an HTTP/2 connection ended with an error, when the proxy ended it:
+/// the error code of the GOAWAY h2 sent for the client's protocol error,
+/// or the client not answering pings. `None` for the client's doing (its
+/// own GOAWAY, a reset or closed socket).
+fn http2_refusal(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_timeout() {
+        return Some("http2_ping_timeout");
+    }
+    let h2 = std::error::Error::source(e)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_library() {
+        return None;
+    }
+    Some(match h2.reason()? {
+        h2::Reason::NO_ERROR => return None,
+        h2::Reason::PROTOCOL_ERROR => "http2_protocol_error",
+        h2::Reason::FLOW_CONTROL_ERROR => "http2_flow_control_error",
+        h2::Reason::FRAME_SIZE_ERROR => "http2_frame_size_error",
+        h2::Reason::COMPRESSION_ERROR => "http2_compression_error",
+        h2::Reason::ENHANCE_YOUR_CALM => "http2_enhance_your_calm",
+        _ => "http2_other_error",
+    })
 }
 
 /// Resolves `grace` after it was armed (a connection closing for
@@ -478,6 +527,7 @@ where
             sniffing = false;
             if preface == Some(true) {
                 if !prior_knowledge {
+                    phases.closing("bad_request");
                     let _ = io.write_all(&h2_preface_refused()).await;
                     close_lingering(io, phases.linger, phases.shutdown.as_mut()).await;
                     return None;
@@ -523,6 +573,7 @@ where
         }
         phase = phases.idle.as_mut() => {
             tracing::debug!(peer = %peer, phase, "timeout");
+            phases.closing(phase);
             close(io).await;
             return None;
         }
@@ -588,6 +639,7 @@ where
             // then still has only request_head to complete.
             phase = phases.idle.as_mut(), if !timed_out => {
                 tracing::debug!(peer = %peer, phase, "timeout");
+                phases.closing(phase);
                 timed_out = true;
                 if phase == "request_head" || phase == CLIENT_SEND {
                     // Nothing is in flight, and hyper's graceful
@@ -626,6 +678,9 @@ where
     let failed = result.is_err();
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        if let Some(reason) = http1_refusal(&e) {
+            phases.closing(reason);
+        }
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
@@ -692,6 +747,9 @@ async fn serve_http2<S, I, D>(
             result = served.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    if let Some(reason) = http2_refusal(&e) {
+                        phases.closing(reason);
+                    }
                 }
                 return;
             }
@@ -711,6 +769,7 @@ async fn serve_http2<S, I, D>(
             // another keepalive_idle.
             phase = phases.idle.as_mut(), if !timed_out => {
                 tracing::debug!(peer = %peer, phase, "timeout");
+                phases.closing(phase);
                 timed_out = true;
                 if phase == "request_head" || phase == CLIENT_SEND {
                     return;

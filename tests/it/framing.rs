@@ -1682,3 +1682,42 @@ async fn an_answer_of_unknown_length_reaches_the_client_whole() {
     }
     proxy.stop().await;
 }
+
+/// A head hyper refuses itself (its bare 400, or 431 for one too large)
+/// never becomes a request, so no rejection counts it: the connection it
+/// ends is counted in `residency_connections_closed_total`, once, by its
+/// reason. A request the proxy refuses (here: no `Host`) is not.
+#[tokio::test]
+async fn heads_hyper_refuses_count_as_closed_connections() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let closed =
+        |reason: &str| format!("residency_connections_closed_total{{reason=\"{reason}\"}}");
+    let two_spaces =
+        raw("POST  /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(statuses(&exchange(&proxy, &two_spaces).await), [400]);
+    let big = post(
+        &format!("X-Big: {}\r\nContent-Length: 5\r\n", "a".repeat(20_000)),
+        b"hello",
+    );
+    assert_eq!(statuses(&exchange(&proxy, &big).await), [431]);
+    let no_host = raw("POST /v1/telemetry HTTP/1.1\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(statuses(&exchange(&proxy, &no_host).await), [400]);
+    eventually("both hyper refusals counted", async || {
+        metric_value(&proxy, &closed("head_too_large")).await == 1.0
+            && metric_value(&proxy, &closed("bad_request")).await == 1.0
+    })
+    .await;
+    let (_, text) = proxy.admin_get("/metrics").await;
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("residency_connections_closed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 2.0, "{text}");
+    assert_eq!(
+        metric(&text, "residency_rejections_total{reason=\"bad_request\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    proxy.stop().await;
+}

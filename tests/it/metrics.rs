@@ -129,3 +129,58 @@ async fn the_series_of_options_the_proxy_answers_exists_from_start() {
     assert_eq!(metric(&text, series), Some(0.0), "{text}");
     proxy.stop().await;
 }
+
+/// An HTTP/2 client that breaks the protocol gets a GOAWAY with the error
+/// h2 found, and a client that never sends its request is closed at
+/// `timeouts.request_head`: both are counted in
+/// `residency_connections_closed_total` by their reason.
+#[tokio::test]
+async fn connections_the_proxy_ends_are_counted_by_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nrequest_head = \"500ms\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let closed =
+        |reason: &str| format!("residency_connections_closed_total{{reason=\"{reason}\"}}");
+
+    // The preface, empty SETTINGS, then DATA on stream 0 (RFC 9113 §6.1:
+    // a connection error of type PROTOCOL_ERROR).
+    let mut tls = proxy.client().h2().connect().await.expect("TLS handshake");
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&[0, 0, 1, 0x0, 0, 0, 0, 0, 0, b'x']);
+    tls.write_all(&frames).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("the proxy closes the connection");
+    // The frames the proxy sent, up to its GOAWAY (type 7), whose error
+    // code follows its last stream id: PROTOCOL_ERROR (1).
+    let mut at = 0;
+    let code = loop {
+        let frame = got.get(at..at + 9).expect("a GOAWAY");
+        let len = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+        if frame[3] == 0x7 {
+            break got[at + 13..at + 17].to_vec();
+        }
+        at += 9 + len;
+    };
+    assert_eq!(code, [0, 0, 0, 1], "{got:?}");
+
+    // A TLS connection that sends nothing.
+    let mut idle = proxy.client().connect().await.expect("TLS handshake");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("closed at request_head");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    eventually("both closes counted", async || {
+        metric_value(&proxy, &closed("http2_protocol_error")).await == 1.0
+            && metric_value(&proxy, &closed("request_head")).await == 1.0
+    })
+    .await;
+    assert_eq!(metric_value(&proxy, &closed("keepalive_idle")).await, 0.0);
+    proxy.stop().await;
+}
