@@ -676,14 +676,25 @@ where
         }
     };
     let failed = result.is_err();
+    // A response body that failed (a data centre's answer that broke
+    // off): hyper ends the connection part-way through the answer.
+    let mut broken = false;
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
         if let Some(reason) = http1_refusal(&e) {
             phases.closing(reason);
         }
+        broken = e.is_user();
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
+    if broken {
+        // Dropped without TLS close_notify: a response delimited by the
+        // connection's close (no length: an HTTP/1.0 client) is complete
+        // only when the close is a valid one (RFC 9112 §9.8), so a clean
+        // close would make the broken answer look whole.
+        return None;
+    }
     if closing {
         // Shut down or idle too long: end the stream as hyper would have.
         close(stream).await;
@@ -1336,20 +1347,43 @@ pub(crate) struct Served {
     body: ProxyBody,
     responding: Option<Responding>,
     streaming: Option<Streaming>,
+    /// The body's error, held back for one wake-up (see `poll_frame`).
+    failed: Option<Box<ServedError>>,
 }
+
+type ServedError = <ProxyBody as hyper::body::Body>::Error;
 
 impl hyper::body::Body for Served {
     type Data = Bytes;
-    type Error = <ProxyBody as hyper::body::Body>::Error;
+    type Error = ServedError;
 
+    /// A body that fails (a data centre's answer that broke off) fails
+    /// one wake-up late: hyper writes what it was given of the answer — its
+    /// head, with the receipt, and the data before the break — only when
+    /// the body waits, and a body that failed at once (an answer cut off
+    /// within what was taken in with its head) would end the connection or
+    /// stream (HTTP/2 drops a reset stream's queued frames) with nothing
+    /// sent. The client then has the data centre's status and sees the
+    /// body cut short (see `serve_until_quiet`).
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if let Some(failed) = self.failed.take() {
+            return Poll::Ready(Some(Err(*failed)));
+        }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.responding = None;
-            self.streaming = None;
+        match polled {
+            Poll::Ready(None) => {
+                self.responding = None;
+                self.streaming = None;
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.failed = Some(Box::new(e));
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            _ => {}
         }
         polled
     }
@@ -1482,6 +1516,7 @@ impl<F: Future<Output = Answer> + Send + 'static> Future for Detached<F> {
                     body,
                     responding,
                     streaming,
+                    failed: None,
                 })))
             }
             Poll::Ready(Err(never)) => match never {},

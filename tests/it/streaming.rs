@@ -634,3 +634,101 @@ async fn an_early_answer_that_became_a_502_is_not_completed_behind_the_client() 
     );
     sender.abort();
 }
+
+/// What a raw HTTP/1 exchange read before the connection ended, and
+/// whether it ended with TLS close_notify (`Ok(0)`) or without
+/// (rustls's `UnexpectedEof`).
+async fn exchange_to_end(client: &Client, request: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = client.connect().await.expect("TLS handshake");
+    tls.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let clean = loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("the connection ends within 10 s");
+        match read {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+                break false;
+            }
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), clean)
+}
+
+/// A data centre's answer that breaks off within what the proxy takes in
+/// with its head (here: a chunked 200 whose connection closes after its
+/// first chunk) still reaches the client as far as it came — its status,
+/// with the receipt of the upload the data centre stored, and the data
+/// before the break — and is visibly cut short: HTTP/1.1 without the
+/// last chunk, HTTP/1.0 (whose answer the connection's close delimits)
+/// closed without TLS close_notify (RFC 9112 §9.8), HTTP/2 with its stream
+/// reset after its head and data. Before, the client got nothing at all:
+/// hyper ended the connection (or h2 dropped the stream's queued frames)
+/// before writing the head.
+#[tokio::test]
+async fn an_answer_that_breaks_off_at_once_reaches_the_client_cut_short() {
+    use tokio::io::AsyncWriteExt;
+    let dc = raw_upstream(|mut tcp| async move {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        let _ = tcp.write_all(answer).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    let proxy = Binary::start(
+        "answer-breaks-off",
+        &datacenters_at(dc),
+        "[health]\npath = \"off\"\n",
+    )
+    .await;
+    let client = proxy.client().version(Http::One);
+    let request = |version: &str| {
+        format!(
+            "POST /v1/telemetry HTTP/{version}\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\
+             Connection: close\r\nContent-Length: 5\r\n\r\nworld"
+        )
+        .into_bytes()
+    };
+
+    let (got, _) = exchange_to_end(&client, &request("1.1")).await;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got:?}");
+    assert!(got.contains("transfer-encoding: chunked\r\n"), "{got:?}");
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n"), "{got:?}");
+
+    let (got, clean) = exchange_to_end(&client, &request("1.0")).await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got:?}");
+    assert!(got.ends_with("\r\n\r\nhello"), "{got:?}");
+    assert!(
+        !clean,
+        "closed with close_notify: the answer looks complete"
+    );
+
+    let h2 = proxy.client().h2();
+    let tls = h2.connect().await.expect("TLS handshake");
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(req, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a response head")
+        .expect("the head, not a reset");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let mut body = response.into_body();
+    let first = body
+        .data()
+        .await
+        .expect("data")
+        .expect("the data before the break");
+    assert_eq!(first, Bytes::from_static(b"hello"));
+    let end = body.data().await.expect("an end").expect_err("a reset");
+    assert_eq!(end.reason(), Some(h2::Reason::INTERNAL_ERROR), "{end}");
+}
