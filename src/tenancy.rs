@@ -378,10 +378,11 @@ impl Tenancy {
         let sni_name = sni;
         let sni = sni.and_then(|h| self.tenants.by_sni(h));
         let recognized = tenant::combine(token, cert, sni).map_err(conflict)?;
-        // (A fully qualified `name.` is the name; the server name itself
-        // needs no second lookup.)
+        // (A fully qualified `name.` is the name, and so, to a data centre
+        // that trims dots, is `name..`; the server name itself needs no
+        // second lookup.)
         let host = host
-            .map(|h| h.strip_suffix('.').unwrap_or(h))
+            .map(|h| h.trim_end_matches('.'))
             .filter(|h| sni_name.is_none_or(|s| !h.eq_ignore_ascii_case(s)));
         if let Some(host) = host {
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
