@@ -1019,6 +1019,10 @@ struct Activity {
     /// HTTP/1: the connection is `connection_max_age` old, and its next
     /// response head says `Connection: close`.
     aged: AtomicBool,
+    /// Writes to the client that took bytes (only the connection's task
+    /// writes: a plain load and store). A failed HTTP/2 response body
+    /// waits for one after its failure ([`Failed`]).
+    writes: AtomicU64,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -1145,6 +1149,7 @@ impl Activity {
             streaming: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             streaming_seq: AtomicU64::new(0),
             aged: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -1347,39 +1352,94 @@ pub(crate) struct Served {
     body: ProxyBody,
     responding: Option<Responding>,
     streaming: Option<Streaming>,
-    /// The body's error, held back for one wake-up (see `poll_frame`).
-    failed: Option<Box<ServedError>>,
+    /// The body's error, held back (see `poll_frame`).
+    failed: Option<Box<Failed>>,
 }
 
 type ServedError = <ProxyBody as hyper::body::Body>::Error;
+
+/// A response body's error, held back until what was given to hyper
+/// before it has gone out to the client.
+struct Failed {
+    error: ServedError,
+    /// HTTP/2: the connection's [`Activity::writes`] when the body failed.
+    writes_at: Option<u64>,
+    /// HTTP/2: when to look at the connection's writes again.
+    look: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait before that look: 1 ms, doubling to 1 s (a client that
+    /// stopped reading is dropped at `client_send_idle`).
+    wait: Duration,
+}
+
+impl Failed {
+    fn new(error: ServedError, streaming: Option<&Streaming>) -> Failed {
+        Failed {
+            error,
+            writes_at: streaming.map(|s| s.activity.writes.load(Ordering::Relaxed)),
+            look: None,
+            wait: Duration::from_millis(1),
+        }
+    }
+
+    /// Whether what hyper was given before the failure has gone out.
+    /// HTTP/1: yes, once polled again (hyper flushes when the body waits,
+    /// in the same task). HTTP/2: once the connection's task, which writes
+    /// the stream's queued head and data, has written since (looked at on
+    /// a timer: the connection does not wake this stream's task).
+    fn sent(&mut self, streaming: Option<&Streaming>, cx: &mut Context<'_>) -> bool {
+        let (Some(at), Some(streaming)) = (self.writes_at, streaming) else {
+            return true;
+        };
+        loop {
+            if streaming.activity.writes.load(Ordering::Relaxed) > at {
+                return true;
+            }
+            let wait = self.wait;
+            let look = self
+                .look
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            if look.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.wait = (wait * 2).min(Duration::from_secs(1));
+            look.as_mut().reset(Instant::now() + self.wait);
+        }
+    }
+}
 
 impl hyper::body::Body for Served {
     type Data = Bytes;
     type Error = ServedError;
 
     /// A body that fails (a data centre's answer that broke off) fails
-    /// one wake-up late: hyper writes what it was given of the answer — its
-    /// head, with the receipt, and the data before the break — only when
-    /// the body waits, and a body that failed at once (an answer cut off
-    /// within what was taken in with its head) would end the connection or
-    /// stream (HTTP/2 drops a reset stream's queued frames) with nothing
-    /// sent. The client then has the data centre's status and sees the
-    /// body cut short (see `serve_until_quiet`).
+    /// to hyper only once what it was given before has gone out
+    /// ([`Failed::sent`]): hyper writes an answer's head, with the receipt,
+    /// and its data only when the body waits, and HTTP/2 drops a reset
+    /// stream's queued frames, so a body that failed at once (an answer cut
+    /// off within what was taken in with its head) would end the
+    /// connection or stream with nothing sent. The client then has the
+    /// data centre's status and sees the body cut short (see
+    /// `serve_until_quiet`).
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        if let Some(failed) = self.failed.take() {
-            return Poll::Ready(Some(Err(*failed)));
+        let this = &mut *self;
+        if let Some(failed) = &mut this.failed {
+            if !failed.sent(this.streaming.as_ref(), cx) {
+                return Poll::Pending;
+            }
+            let failed = this.failed.take().map(|f| f.error);
+            return Poll::Ready(failed.map(Err));
         }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
         match polled {
             Poll::Ready(None) => {
-                self.responding = None;
-                self.streaming = None;
+                this.responding = None;
+                this.streaming = None;
             }
             Poll::Ready(Some(Err(e))) => {
-                self.failed = Some(Box::new(e));
+                this.failed = Some(Box::new(Failed::new(e, this.streaming.as_ref())));
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -1575,6 +1635,15 @@ impl<T> Watched<T> {
         self.activity.write_blocked(polled.is_pending());
         polled
     }
+
+    /// [`Watched::sent`] for a write, counted when it took bytes.
+    fn wrote(&self, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(1..)) = polled {
+            let writes = &self.activity.writes;
+            writes.store(writes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        self.sent(polled)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -1602,7 +1671,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.sent(polled)
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -1611,7 +1680,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.sent(polled)
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
