@@ -5,7 +5,8 @@
 //! uploads it answered otherwise, and refusals. Only a 2xx gets a receipt,
 //! and only once its record is in the log: if the record cannot be written,
 //! the client gets 503 `log_unavailable` instead (unless the operator chose
-//! `on_write_error = "continue"`).
+//! `on_write_error = "continue"`), and that refusal goes into its summary
+//! (a refusal beyond the budget goes there too: `Log::append_refusal`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -168,7 +169,9 @@ pub async fn answered<B>(
             );
             record.outcome = Outcome::Refused;
             record.reason = Some(Cow::Borrowed(failure.reason()));
-            let _ = log.append(&record).await;
+            if log.append(&record).await.is_err() {
+                log.fold_refusal(&record);
+            }
             return Err(failure);
         }
         None => {}
@@ -176,7 +179,15 @@ pub async fn answered<B>(
     let appended = match log.append(&record).await {
         Ok(a) => a,
         Err(_) if stored && log.settings().on_write_error == OnWriteError::Refuse => {
-            return Err(Failure::LogUnavailable)
+            // The data centre has the upload and the client is refused:
+            // that refusal goes into its summary (reason and data centre),
+            // written once the log takes writes again, so the log still
+            // says where the body went. Not a record by request id: the
+            // failed one may yet commit (a batch or fsync that timed out).
+            record.outcome = Outcome::Refused;
+            record.reason = Some(Cow::Borrowed(Failure::LogUnavailable.reason()));
+            log.fold_refusal(&record);
+            return Err(Failure::LogUnavailable);
         }
         Err(_) => return Ok(None),
     };

@@ -1097,6 +1097,33 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
         replica.client().upload_from(CH, "after").await.status == 201
     })
     .await;
+    // The refused upload, which the data centre stored, is in the log: in
+    // the summary of `log_unavailable` refusals, naming the data centre
+    // (not by its request id: its own record may have committed, as here).
+    let log = Fetcher::new(&format!("http://127.0.0.1:{}", fleet.log_port), None).unwrap();
+    let verifier = Verifier::parse(&fleet.key).unwrap();
+    eventually("a summary of the log_unavailable refusal", async || {
+        let Ok(note) = log.text("/checkpoint").await else {
+            return false;
+        };
+        let size = Checkpoint::open(&note, &verifier).unwrap().size;
+        let Ok(gz) = log.get(&format!("/tile/entries/000.p/{size}")).await else {
+            return false;
+        };
+        let mut bundle = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bundle)
+            .unwrap();
+        residency_log::tiles::entries(&bundle)
+            .unwrap()
+            .into_iter()
+            .map(|e| residency_log::record::Record::from_bytes(e).unwrap())
+            .any(|r| {
+                r.summary.is_some_and(|s| s.count == 1)
+                    && r.reason.as_deref() == Some("log_unavailable")
+                    && r.datacenter.as_deref() == Some("zurich")
+            })
+    })
+    .await;
 }
 
 /// A checkpoint is served only once it is known to be replicated. With a

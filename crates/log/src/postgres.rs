@@ -971,14 +971,18 @@ impl Shared {
             }
             session.locked = true;
         }
+        // What this replica knows is read before the database's sequence
+        // (as `integrate` and `follow` do): read after it, a batch of its
+        // own committed in between made a healthy database look behind —
+        // a false loss that refused uploads until the next tick.
+        let known = self.known();
         let stored = self.stored_checkpoint(client).await?;
         // Judged as a follower judges (the sequence too): the checkpoint
         // alone would clear a loss found in the sequence, and the uploads
         // refused for it would be taken until the integration found it again.
         let sequenced = sequence_at(client, self.pg.timeout).await?;
         self.judge(
-            behind_sequence(sequenced, self.known())
-                .or_else(|| self.behind_checkpoint(stored.as_ref())),
+            behind_sequence(sequenced, known).or_else(|| self.behind_checkpoint(stored.as_ref())),
         )?;
         if let Some(cp) = &stored {
             if !self.publishable(cp).await {

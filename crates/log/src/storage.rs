@@ -560,12 +560,21 @@ impl Log {
     /// their summaries are written once it does again.
     pub async fn append_refusal(&self, record: &Record<'_>) -> Option<Result<Appended, LogError>> {
         if self.backend_failing() {
-            self.refusals.fold(record);
+            self.fold_refusal(record);
         } else if self.refusals.admit(record) {
             return Some(self.append(record).await);
+        } else {
+            self.metrics.refusals_summarized.inc();
         }
-        self.metrics.refusals_summarized.inc();
         None
+    }
+
+    /// Folds a refusal into its summary whatever the budget: one whose own
+    /// record could not be written (the summary is, once the log takes
+    /// writes again).
+    pub fn fold_refusal(&self, record: &Record<'_>) {
+        self.refusals.fold(record);
+        self.metrics.refusals_summarized.inc();
     }
 
     /// Appends one summary record per reason for the refusals folded since
