@@ -1359,3 +1359,54 @@ async fn a_backlog_past_one_tick_s_steps_is_integrated_without_waiting_for_the_n
     let size = Checkpoint::open(&note, &verifier).unwrap().size;
     assert_eq!(size, BACKLOG, "{}", replica.log());
 }
+
+/// A replica whose checkpoint tick finds the database down while no
+/// upload is being written marks writes as failing itself (its write probe
+/// fails too), so the next upload is refused before it is forwarded: the
+/// data centre gets nothing the log could not record. Before, each upload
+/// was sent to a data centre first and refused when its record failed, for
+/// as long as no record had failed yet. Back up, uploads are stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_between_uploads_refuses_the_next_before_forwarding() {
+    let TwoReplicas {
+        replicas,
+        pg,
+        _upstream: upstream,
+        keep: _keep,
+        ..
+    } = two_replicas("idle-down").await;
+    let replica = &replicas[1];
+    let reply = replica.client().upload_from(CH, "before").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let forwarded = upstream.count();
+    let mut pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    eventually("a tick finds the database down", async || {
+        replica.log().contains("the log database takes no writes")
+    })
+    .await;
+    let reply = replica.client().upload_from(CH, "while down").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.json());
+    assert_eq!(reply.json()["error"], "log_unavailable");
+    assert_eq!(
+        upstream.count(),
+        forwarded,
+        "forwarded while the log was down"
+    );
+    pg = tokio::task::spawn_blocking(move || {
+        pg.launch().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    eventually("uploads are stored again", async || {
+        replica.client().upload_from(CH, "after").await.status == 201
+    })
+    .await;
+    drop((replicas, pg));
+}

@@ -318,9 +318,10 @@ struct Shared {
     /// The records known committed, fleet-wide: the sequence as last read,
     /// this replica's own batches, a published checkpoint's size.
     sequenced: AtomicU64,
-    /// The last write failed (a batch's commit, or the tick's write probe
-    /// while failing): uploads are refused before they are forwarded
-    /// until a write succeeds again. Reads never set or clear it.
+    /// The last write failed (a batch's commit, or the tick's write probe,
+    /// made while failing or after the tick's reads failed): uploads are
+    /// refused before they are forwarded until a write succeeds again.
+    /// Reads never set or clear it.
     unreachable: AtomicBool,
     /// The database is behind what this replica served: it lost
     /// committed records. Nothing is sequenced or integrated meanwhile.
@@ -766,7 +767,7 @@ impl Shared {
                 .await
         };
         self.set_role(session.held.is_some());
-        self.probe_writes().await;
+        self.probe_writes(result.is_err()).await;
         result
     }
 
@@ -794,16 +795,28 @@ impl Shared {
         }
     }
 
-    /// While writes fail, one write per tick says whether they work again:
-    /// a no-op update of the sequence row, committed as a batch is.
-    async fn probe_writes(&self) {
-        if !self.unreachable.load(Ordering::Relaxed) {
+    /// While writes fail, or after a tick whose reads failed, one write
+    /// per tick says whether writes work: a no-op update of the sequence
+    /// row, committed as a batch is. So a database that went down while
+    /// no upload was written is found by the next tick, and uploads are
+    /// refused before they are forwarded, not each sent to a data centre
+    /// first and then refused when its record fails.
+    async fn probe_writes(&self, tick_failed: bool) {
+        if !tick_failed && !self.unreachable.load(Ordering::Relaxed) {
             return;
         }
         let probe = "UPDATE residency_log_sequence SET next = next";
-        if self.replicated(probe, "writes still fail").await.is_ok() {
-            self.unreachable.store(false, Ordering::Relaxed);
-            tracing::info!("the log database takes writes again");
+        match self.replicated(probe, "writes still fail").await {
+            Ok(()) => {
+                if self.unreachable.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the log database takes writes again");
+                }
+            }
+            Err(e) => {
+                if !self.unreachable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the log database takes no writes: uploads are refused until it does");
+                }
+            }
         }
     }
 
