@@ -1051,6 +1051,16 @@ async fn syncrep_replica(tag: &'static str) -> SyncRep {
     }
 }
 
+/// After a `pg_reload_conf()` that makes commits wait for a standby: the
+/// postmaster signals each backend, and a backend takes the new setting at
+/// its next command once signalled, so a commit sent at once may still
+/// not wait (the replica's upload then stored, 201: seen once in CI).
+/// Time for the signals to arrive; what the test then checks does not
+/// depend on how long it is.
+async fn let_the_reload_reach_the_backends() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// A commit waiting for a synchronous standby that the server cancels
 /// (`pg_cancel_backend`, or its own `statement_timeout`) returns success
 /// with only a warning: committed locally, perhaps never replicated. Such
@@ -1068,6 +1078,7 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     sql("ALTER SYSTEM SET synchronous_standby_names = 'standby_that_never_comes'");
     sql("ALTER SYSTEM SET client_min_messages = 'error'");
     sql("SELECT pg_reload_conf()");
+    let_the_reload_reach_the_backends().await;
     let client = replica.client();
     let upload = tokio::spawn(async move { client.upload_from(CH, "waits for a standby").await });
     let waiting = "SELECT count(*) FROM pg_stat_activity \
@@ -1148,6 +1159,7 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
     let sql = |sql: &str| pg.psql("syncrepcp", sql).unwrap();
     sql("ALTER SYSTEM SET synchronous_standby_names = 'standby_that_never_comes'");
     sql("SELECT pg_reload_conf()");
+    let_the_reload_reach_the_backends().await;
     let cancel = || {
         sql(
             "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
@@ -1199,16 +1211,18 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
     let empty = Checkpoint::open(&note, &verifier).unwrap_or_else(|e| panic!("{e}: {note:?}"));
     assert_eq!((empty.size, empty.root), (0, merkle::empty_root()));
 
-    // Replicated commits again: the checkpoint of 2 is served, by both.
+    // Replicated commits again: a checkpoint over the record is served, by
+    // both (of 2, or of 3 once the refusal's summary is written: the
+    // upload refused after its data centre stored it).
     sql("ALTER SYSTEM RESET synchronous_standby_names");
     sql("SELECT pg_reload_conf()");
-    eventually("the checkpoint of 2 is served", async || {
-        served().await == Some(2)
+    eventually("a checkpoint of 2 or more is served", async || {
+        served().await.is_some_and(|s| s >= 2)
     })
     .await;
     eventually("the second replica serves it too", async || {
         let (_, note) = plain_request(second_addr, "GET", "/checkpoint").await;
-        Checkpoint::open(&note, &verifier).map(|c| c.size).ok() == Some(2)
+        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size >= 2)
     })
     .await;
     drop(second);
