@@ -1047,8 +1047,14 @@ impl Methods {
     }
 }
 
+/// The methods RFC 9110 §9.3 and RFC 5789 define.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 /// `limits.methods`: HTTP method tokens; CONNECT (a tunnel) and TRACE (it
-/// reflects the request) are never forwarded.
+/// reflects the request) are never forwarded, nor is a standard method
+/// spelt in another case.
 fn methods(raw: Option<&[String]>, r: &mut ConfigReport) -> Methods {
     let Some(raw) = raw else {
         return Methods::default();
@@ -1056,6 +1062,16 @@ fn methods(raw: Option<&[String]>, r: &mut ConfigReport) -> Methods {
     let mut allowed = Vec::new();
     for (i, text) in raw.iter().enumerate() {
         let key = format!("limits.methods[{i}]");
+        // Methods are case-sensitive (RFC 9110 §9.1): `post` is not POST,
+        // and would leave every upload refused with 405.
+        let upper = text.trim().to_ascii_uppercase();
+        if upper != text.trim() && STANDARD_METHODS.contains(&upper.as_str()) {
+            r.push(
+                key,
+                format!("`{text}` is not `{upper}`: methods are case-sensitive (RFC 9110 §9.1)"),
+            );
+            continue;
+        }
         match http::Method::from_bytes(text.trim().as_bytes()) {
             Ok(m) if m == http::Method::CONNECT || m == http::Method::TRACE => {
                 r.push(key, format!("`{m}` is never forwarded"));
@@ -1765,12 +1781,14 @@ worker_threads = 0
     #[test]
     fn methods_are_http_tokens_and_never_connect_or_trace() {
         let text = problems(&format!(
-            "{MINIMAL}\n[limits]\nmethods = [\"POST\", \"TRACE\", \"CONNECT\", \"B@D\"]\n"
+            "{MINIMAL}\n[limits]\nmethods = [\"POST\", \"TRACE\", \"CONNECT\", \"B@D\", \"post\", \"Trace\", \"BREW\"]\n"
         ));
         for line in [
             "- limits.methods[1]: `TRACE` is never forwarded",
             "- limits.methods[2]: `CONNECT` is never forwarded",
             "- limits.methods[3]: `B@D` is not an HTTP method",
+            "- limits.methods[4]: `post` is not `POST`: methods are case-sensitive (RFC 9110 §9.1)",
+            "- limits.methods[5]: `Trace` is not `TRACE`: methods are case-sensitive (RFC 9110 §9.1)",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
