@@ -499,6 +499,13 @@ impl Config {
         env: Option<config::Map<String, String>>,
     ) -> Result<Config, ConfigReport> {
         let source = path.display().to_string();
+        // The overrides' names, to say when a problem is one of theirs.
+        let overrides: Vec<String> = match &env {
+            Some(map) => map.keys().cloned().collect(),
+            None => std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .collect(),
+        };
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -508,12 +515,22 @@ impl Config {
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>());
+        let overridden = |mut report: ConfigReport| {
+            for problem in &mut report.problems {
+                if let Some(var) = override_of(&problem.key, &overrides) {
+                    problem
+                        .message
+                        .push_str(&format!(" (set by the environment: {var})"));
+                }
+            }
+            report
+        };
         let raw = merged.map_err(|e| {
             let text = std::fs::read_to_string(path).ok();
-            deserialize_error(&source, text.as_deref(), &e)
+            overridden(deserialize_error(&source, text.as_deref(), &e))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::from_raw(raw, base, &source)?;
+        let mut config = Self::from_raw(raw, base, &source).map_err(overridden)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -667,6 +684,24 @@ fn sockets_apart(sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
             );
         }
     }
+}
+
+/// The `RESIDENCY_PROXY__…` variable among `vars` that sets `key` or
+/// something under it (`limits.max_body_byte`:
+/// `RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE`; `listeners`:
+/// `RESIDENCY_PROXY__LISTENERS__0__ADDRESS`).
+fn override_of<'a>(key: &str, vars: &'a [String]) -> Option<&'a str> {
+    let prefix = format!("{ENV_PREFIX}__");
+    vars.iter().map(String::as_str).find(|var| {
+        let Some(rest) = var.strip_prefix(&prefix) else {
+            return false;
+        };
+        let dotted = rest.to_ascii_lowercase().replace("__", ".");
+        dotted == key
+            || dotted
+                .strip_prefix(key)
+                .is_some_and(|under| under.starts_with('.'))
+    })
 }
 
 /// The one problem that stops deserialization (a TOML syntax error, an
@@ -1719,8 +1754,30 @@ worker_threads = 2
         for line in [
             "- timeouts.upstream_connect: `soon` is not a positive duration",
             "- limits.max_connections: `many` is not a non-negative integer",
+            "(set by the environment: RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS)",
         ] {
             assert!(report.contains(line), "missing {line:?} in:\n{report}");
+        }
+        // An unknown key, or a section of the wrong shape, that a variable
+        // made: the variable is named, not only the file.
+        for (var, says) in [
+            (
+                "RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE",
+                "- limits.max_body_byte: unknown key",
+            ),
+            (
+                "RESIDENCY_PROXY__LISTENERS__0__ADDRESS",
+                "- listeners: invalid type",
+            ),
+        ] {
+            let report = Config::load_with_env(&path, env(&[(var, "5")]))
+                .unwrap_err()
+                .to_string();
+            assert!(report.contains(says), "{var}: {report}");
+            assert!(
+                report.contains(&format!("(set by the environment: {var})")),
+                "{var}: {report}"
+            );
         }
     }
 

@@ -276,7 +276,7 @@ impl Metrics {
         )?;
         let connections_closed = counter(
             "residency_connections_closed_total",
-            "Client connections the proxy ended itself after their TLS handshake, by reason: a deadline (timeouts.request_head, keepalive_idle, client_send_idle; response_body: an HTTP/2 response body still sent keepalive_idle after its head), hyper's own 400 (bad_request) or 431 (head_too_large) for an HTTP/1 head it would not read, or the HTTP/2 error code of the GOAWAY the proxy sent (http2_*; http2_ping_timeout: a client that stopped answering pings).",
+            "Client connections the proxy ended itself after their TLS handshake, by reason: a deadline (timeouts.request_head, keepalive_idle, client_send_idle; response_body: an HTTP/2 response body still sent keepalive_idle after its head while other requests keep the connection busy), hyper's own 400 (bad_request) or 431 (head_too_large) for an HTTP/1 head it would not read, or the HTTP/2 error code of the GOAWAY the proxy sent (http2_*; http2_ping_timeout: a client that stopped answering pings).",
             &["reason"],
         )?;
         let upstream_retries = counter(

@@ -318,6 +318,13 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.tenancy.warn_claimable();
+    if let Some(warning) = config
+        .transparency
+        .as_ref()
+        .and_then(|t| t.public_key_warning())
+    {
+        tracing::warn!("{warning}");
+    }
     let state = Snapshot::build(config)?;
     let instance = Instance::start(state, Metrics::new()?).await?;
     let mut bound = crate::server::bind(instance).await?;
@@ -501,14 +508,21 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                     Some(pg) => format!("PostgreSQL {}", pg.url),
                     None => t.directory.display().to_string(),
                 };
+                // As the configuration spells it: "signed", not `Signed`.
+                let receipts = format!("{:?}", t.receipts).to_ascii_lowercase();
                 println!(
-                    "transparency log {} in {} (receipts {:?}, endpoints {})",
+                    "transparency log {} in {} (receipts {receipts}, endpoints {})",
                     t.origin,
                     place,
-                    t.receipts,
                     t.address
                         .map_or_else(|| "off".to_string(), |a| a.to_string())
                 );
+                if let Some(key) = t.verifier_key() {
+                    println!("transparency verifier key {key}");
+                }
+                if let Some(warning) = t.public_key_warning() {
+                    println!("warning: {warning}");
+                }
                 if t.postgres.is_none() && t.max_records != u64::MAX {
                     println!("{}", next_generation(t));
                 }

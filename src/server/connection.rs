@@ -529,7 +529,7 @@ where
                 if !prior_knowledge {
                     phases.closing("bad_request");
                     let _ = io.write_all(&h2_preface_refused()).await;
-                    close_lingering(io, phases.linger, phases.shutdown.as_mut()).await;
+                    close_lingering(io, true, phases.linger, phases.shutdown.as_mut()).await;
                     return None;
                 }
                 io.heads = false;
@@ -681,18 +681,23 @@ where
     let mut broken = false;
     if let Err(e) = result {
         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-        if let Some(reason) = http1_refusal(&e) {
+        // (Once: a connection closed for a deadline may still end with
+        // hyper's error.)
+        if let Some(reason) = http1_refusal(&e).filter(|_| !timed_out) {
             phases.closing(reason);
         }
-        broken = e.is_user();
+        broken = activity.broken.swap(false, Ordering::Relaxed);
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
     if broken {
-        // Dropped without TLS close_notify: a response delimited by the
+        // Without TLS close_notify: a response delimited by the
         // connection's close (no length: an HTTP/1.0 client) is complete
         // only when the close is a valid one (RFC 9112 §9.8), so a clean
-        // close would make the broken answer look whole.
+        // close would make the broken answer look whole. Still lingering:
+        // a client still sending would otherwise get a reset that destroys
+        // what it has not read of the answer.
+        close_lingering(stream, false, phases.linger, phases.shutdown.as_mut()).await;
         return None;
     }
     if closing {
@@ -705,7 +710,7 @@ where
         // hyper answered a head it could not parse with its own 400 or 431,
         // written and flushed before the error): the client may still be
         // sending an upload nobody reads.
-        close_lingering(stream, phases.linger, phases.shutdown.as_mut()).await;
+        close_lingering(stream, true, phases.linger, phases.shutdown.as_mut()).await;
         return None;
     }
     // What hyper read came from the front of our prefix, so the
@@ -758,7 +763,9 @@ async fn serve_http2<S, I, D>(
             result = served.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                    if let Some(reason) = http2_refusal(&e) {
+                    // (Once: after a deadline's GOAWAY, a client gone dead
+                    // still ends in a ping timeout.)
+                    if let Some(reason) = http2_refusal(&e).filter(|_| !timed_out) {
                         phases.closing(reason);
                     }
                 }
@@ -891,17 +898,29 @@ async fn close<T: AsyncWrite + Unpin>(mut io: T) {
 /// the proxy shuts down (`shutdown`, not resolved yet when this is called).
 /// Closing a socket with bytes still unread makes the kernel answer with a
 /// reset, which destroys the response at a client that has not read it
-/// yet: the refusal would not reach it.
+/// yet: the refusal would not reach it. Without `notify`, no close_notify
+/// goes before the FIN (an answer that broke off).
 async fn close_lingering<D: Future<Output = ()>>(
     mut stream: Watched<Tls>,
+    notify: bool,
     linger: Duration,
     shutdown: Pin<&mut D>,
 ) {
-    close(&mut stream).await;
+    if notify {
+        close(&mut stream).await;
+    } else {
+        // What rustls still holds of the answer goes out first.
+        let _ = tokio::time::timeout(CLOSE_GRACE, stream.flush()).await;
+    }
+    let (mut tcp, _) = (*stream.inner).into_inner();
+    if !notify {
+        // FIN alone: the client sees the TLS stream end without
+        // close_notify.
+        let _ = tokio::time::timeout(CLOSE_GRACE, tcp.shutdown()).await;
+    }
     if linger.is_zero() {
         return;
     }
-    let (mut tcp, _) = (*stream.inner).into_inner();
     // On the heap, and only now: the connection's future stays small.
     let mut buf = vec![0u8; LINGER_READ];
     let drain = async {
@@ -1023,6 +1042,9 @@ struct Activity {
     /// writes: a plain load and store). A failed HTTP/2 response body
     /// waits for one after its failure ([`Failed`]).
     writes: AtomicU64,
+    /// HTTP/1: a response body failed (an answer that broke off), so hyper
+    /// ends the connection with an error ([`Served`]).
+    broken: AtomicBool,
 }
 
 /// `Activity::blocked_ms` while writes go through.
@@ -1085,6 +1107,9 @@ impl Drop for Responding {
 struct Streaming {
     activity: Arc<Activity>,
     seq: u64,
+    /// The connection's [`Activity::writes`] when hyper was last handed
+    /// something of the response (its head, then each frame).
+    handed: u64,
 }
 
 impl Busy {
@@ -1105,7 +1130,12 @@ impl Busy {
             // bound (a busy connection re-checks only every keepalive_idle).
             activity.due(since.saturating_add(activity.idle_ms));
         }
-        Streaming { activity, seq }
+        let handed = activity.writes.load(Ordering::Relaxed);
+        Streaming {
+            activity,
+            seq,
+            handed,
+        }
     }
 }
 
@@ -1150,6 +1180,7 @@ impl Activity {
             streaming_seq: AtomicU64::new(0),
             aged: AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -1362,20 +1393,21 @@ type ServedError = <ProxyBody as hyper::body::Body>::Error;
 /// before it has gone out to the client.
 struct Failed {
     error: ServedError,
-    /// HTTP/2: the connection's [`Activity::writes`] when the body failed.
-    writes_at: Option<u64>,
     /// HTTP/2: when to look at the connection's writes again.
     look: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The wait before that look: 1 ms, doubling to 1 s (a client that
-    /// stopped reading is dropped at `client_send_idle`).
+    /// The wait before that look: 1 ms, doubling, and after the one of
+    /// [`FAILED_WAIT_MAX`] the error goes to hyper regardless.
     wait: Duration,
 }
 
+/// The longest single wait of a failed HTTP/2 body for the connection's
+/// writes (about twice that in all).
+const FAILED_WAIT_MAX: Duration = Duration::from_millis(512);
+
 impl Failed {
-    fn new(error: ServedError, streaming: Option<&Streaming>) -> Failed {
+    fn new(error: ServedError) -> Failed {
         Failed {
             error,
-            writes_at: streaming.map(|s| s.activity.writes.load(Ordering::Relaxed)),
             look: None,
             wait: Duration::from_millis(1),
         }
@@ -1384,24 +1416,30 @@ impl Failed {
     /// Whether what hyper was given before the failure has gone out.
     /// HTTP/1: yes, once polled again (hyper flushes when the body waits,
     /// in the same task). HTTP/2: once the connection's task, which writes
-    /// the stream's queued head and data, has written since (looked at on
-    /// a timer: the connection does not wake this stream's task).
+    /// the stream's queued head and data, has written since hyper was last
+    /// handed any of it (at once if that was long before the failure),
+    /// looked at on a timer (the connection does not wake this stream's
+    /// task), for about a second at most: a connection whose other
+    /// streams keep it writing may still not have written this one's.
     fn sent(&mut self, streaming: Option<&Streaming>, cx: &mut Context<'_>) -> bool {
-        let (Some(at), Some(streaming)) = (self.writes_at, streaming) else {
+        let Some(streaming) = streaming else {
             return true;
         };
         loop {
-            if streaming.activity.writes.load(Ordering::Relaxed) > at {
+            if streaming.activity.writes.load(Ordering::Relaxed) > streaming.handed {
                 return true;
             }
             let wait = self.wait;
+            if wait > FAILED_WAIT_MAX {
+                return true;
+            }
             let look = self
                 .look
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
             if look.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            self.wait = (wait * 2).min(Duration::from_secs(1));
+            self.wait = wait * 2;
             look.as_mut().reset(Instant::now() + self.wait);
         }
     }
@@ -1429,6 +1467,9 @@ impl hyper::body::Body for Served {
             if !failed.sent(this.streaming.as_ref(), cx) {
                 return Poll::Pending;
             }
+            if let Some(responding) = &this.responding {
+                responding.0.broken.store(true, Ordering::Relaxed);
+            }
             let failed = this.failed.take().map(|f| f.error);
             return Poll::Ready(failed.map(Err));
         }
@@ -1439,11 +1480,16 @@ impl hyper::body::Body for Served {
                 this.streaming = None;
             }
             Poll::Ready(Some(Err(e))) => {
-                this.failed = Some(Box::new(Failed::new(e, this.streaming.as_ref())));
+                this.failed = Some(Box::new(Failed::new(e)));
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(streaming) = &mut this.streaming {
+                    streaming.handed = streaming.activity.writes.load(Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

@@ -310,11 +310,36 @@ fn example_config_validates() {
         "listener 0.0.0.0:9443 (proxy_protocol required, 1 certificate(s), mTLS off)",
         "admin 127.0.0.1:9900",
         "unknown origin: reject (451)",
-        "transparency log ingest.example.com/residency-log in /var/lib/residency-proxy/log (receipts Signed, endpoints 0.0.0.0:9444)",
+        "transparency log ingest.example.com/residency-log in /var/lib/residency-proxy/log (receipts signed, endpoints 0.0.0.0:9444)",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
     assert!(!stdout.contains("rolls to"), "{stdout}");
+
+    // The verifier key to give customers, as the log signs; and a warning
+    // when the `.pub` beside the key was made with another `--name` than
+    // `transparency.origin` (every receipt would fail with it).
+    let signer = |name: &str| {
+        let pkcs8 = std::fs::read(dir.path().join("keys/residency-log.key")).unwrap();
+        residency_log::note::Signer::from_pkcs8(name, &pkcs8).unwrap()
+    };
+    let key = signer("ingest.example.com/residency-log").verifier_key();
+    assert!(
+        stdout.contains(&format!("transparency verifier key {key}\n")),
+        "{stdout}"
+    );
+    let public = dir.path().join("keys/residency-log.pub");
+    let kept = std::fs::read_to_string(&public).unwrap();
+    std::fs::write(&public, signer("other.example/log").verifier_key()).unwrap();
+    let out = run(&["check-config", "--config", path(&copy)], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let warning = format!(
+        "warning: {}: it names `other.example/log`, transparency.origin is `ingest.example.com/residency-log`, so receipts do not verify with it; the log's verifier key is {key} (also served at /key)",
+        public.display()
+    );
+    assert!(stdout.contains(&warning), "{stdout}");
+    std::fs::write(&public, kept).unwrap();
 
     // With a size limit: the origin and key it rolls to, for witnesses.
     let out = run(

@@ -660,6 +660,52 @@ async fn exchange_to_end(client: &Client, request: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&got).into_owned(), clean)
 }
 
+/// A proxy whose every data centre answers `answer` to each request,
+/// then, `after` later, closes the connection: an answer that breaks off.
+async fn breaking_off(tag: &str, answer: &'static [u8], after: Duration) -> Binary {
+    use tokio::io::AsyncWriteExt;
+    let dc = raw_upstream(move |mut tcp| async move {
+        let _ = tcp.write_all(answer).await;
+        tokio::time::sleep(after).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    Binary::start(tag, &datacenters_at(dc), "[health]\npath = \"off\"\n").await
+}
+
+/// An HTTP/2 upload's answer, when it broke off after "hello": its head
+/// (200, with its request id), that data, then the stream's reset
+/// (`INTERNAL_ERROR`) within 10 s.
+async fn h2_answer_cut_short_after_hello(proxy: &Binary) {
+    let tls = proxy.client().h2().connect().await.expect("TLS handshake");
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(req, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a response head")
+        .expect("the head, not a reset");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let mut body = response.into_body();
+    let first = body
+        .data()
+        .await
+        .expect("data")
+        .expect("the data before the break");
+    assert_eq!(first, Bytes::from_static(b"hello"));
+    let end = tokio::time::timeout(Duration::from_secs(10), body.data())
+        .await
+        .expect("the stream is reset within 10 s of the break")
+        .expect("an end")
+        .expect_err("a reset");
+    assert_eq!(end.reason(), Some(h2::Reason::INTERNAL_ERROR), "{end}");
+}
+
 /// A data centre's answer that breaks off within what the proxy takes in
 /// with its head (here: a chunked 200 whose connection closes after its
 /// first chunk) still reaches the client as far as it came — its status,
@@ -672,19 +718,8 @@ async fn exchange_to_end(client: &Client, request: &[u8]) -> (String, bool) {
 /// before writing the head.
 #[tokio::test]
 async fn an_answer_that_breaks_off_at_once_reaches_the_client_cut_short() {
-    use tokio::io::AsyncWriteExt;
-    let dc = raw_upstream(|mut tcp| async move {
-        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
-        let _ = tcp.write_all(answer).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
-    let proxy = Binary::start(
-        "answer-breaks-off",
-        &datacenters_at(dc),
-        "[health]\npath = \"off\"\n",
-    )
-    .await;
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let proxy = breaking_off("answer-breaks-off", answer, Duration::ZERO).await;
     let client = proxy.client().version(Http::One);
     let request = |version: &str| {
         format!(
@@ -707,28 +742,16 @@ async fn an_answer_that_breaks_off_at_once_reaches_the_client_cut_short() {
         "closed with close_notify: the answer looks complete"
     );
 
-    let h2 = proxy.client().h2();
-    let tls = h2.connect().await.expect("TLS handshake");
-    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post("https://localhost/v1/telemetry")
-        .header("x-forwarded-for", CH)
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(req, true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .expect("a response head")
-        .expect("the head, not a reset");
-    assert_eq!(response.status(), 200);
-    assert!(response.headers().contains_key("x-request-id"));
-    let mut body = response.into_body();
-    let first = body
-        .data()
-        .await
-        .expect("data")
-        .expect("the data before the break");
-    assert_eq!(first, Bytes::from_static(b"hello"));
-    let end = body.data().await.expect("an end").expect_err("a reset");
-    assert_eq!(end.reason(), Some(h2::Reason::INTERNAL_ERROR), "{end}");
+    h2_answer_cut_short_after_hello(&proxy).await;
+}
+
+/// An answer that breaks off after its head and data have long gone out
+/// (here a second after them) is cut short at once: the failed body does
+/// not wait for a write the connection will not make (an HTTP/2 stream
+/// was reset only at hyper's next keep-alive ping, 30 s on).
+#[tokio::test]
+async fn an_answer_that_breaks_off_later_is_cut_short_at_once() {
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello";
+    let proxy = breaking_off("answer-breaks-off-later", answer, Duration::from_secs(1)).await;
+    h2_answer_cut_short_after_hello(&proxy).await;
 }

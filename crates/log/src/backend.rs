@@ -12,13 +12,12 @@ use crate::settings::Transparency;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("signing key {path}: {source}")]
-    Key { path: String, source: NoteError },
+    // (`error`, not `source`: the message already says it, and as an
+    // error's source it was printed twice.)
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("signing key {path}: {error}")]
+    Key { path: String, error: NoteError },
     #[error("{path}: {message}")]
     Corrupt { path: String, message: String },
     #[error("{0}: the log directory is in use by another process (it holds the lock on this file); one process writes a directory log")]
@@ -269,7 +268,7 @@ pub(crate) fn sign_checkpoint(
     .sign(signer)
     .map_err(|source| LogError::Key {
         path: settings.signing_key.display().to_string(),
-        source,
+        error: source,
     })
 }
 

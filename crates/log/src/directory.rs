@@ -265,7 +265,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
     let path = path.display().to_string();
-    move |source| LogError::Io { path, source }
+    move |source| LogError::Io {
+        path,
+        error: source,
+    }
 }
 
 const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
@@ -300,7 +303,10 @@ impl Directory {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(io_error(&dir))?;
+            .map_err(|error| LogError::Io {
+                path: format!("transparency.directory: cannot create {}", dir.display()),
+                error,
+            })?;
         for made in &made {
             if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
                 disk::sync_path(parent).map_err(io_error(parent))?;
@@ -319,7 +325,13 @@ impl Directory {
             .write(true)
             .mode(0o600)
             .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
+            .map_err(|error| LogError::Io {
+                path: format!(
+                    "transparency.directory: cannot write {}",
+                    lock_path.display()
+                ),
+                error,
+            })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -331,7 +343,7 @@ impl Directory {
         let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
         let key_error = |source| LogError::Key {
             path: key_path.display().to_string(),
-            source,
+            error: source,
         };
         let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(key_error)?;
         let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
@@ -566,7 +578,7 @@ impl Directory {
             Err(Failure::Full(n)) => Err(LogError::Full(n)),
             Err(Failure::Io(message)) => Err(LogError::Io {
                 path: self.core.disk.dir().display().to_string(),
-                source: std::io::Error::other(message),
+                error: std::io::Error::other(message),
             }),
             Err(Failure::Poisoned) => Err(LogError::Poisoned),
         }
@@ -1912,7 +1924,7 @@ fn read_checkpoint(
         Err(source) => {
             return Err(LogError::Io {
                 path: path.display().to_string(),
-                source,
+                error: source,
             })
         }
     };
@@ -2185,6 +2197,31 @@ mod tests {
         assert_eq!(
             log.current().record(7).unwrap().unwrap(),
             record(7).to_bytes()
+        );
+    }
+
+    /// A log directory that cannot be made is named by its key, and its
+    /// error said once (it was printed twice: once in the message and
+    /// again as its source).
+    #[test]
+    fn a_log_directory_that_cannot_be_made_is_named_by_its_key() {
+        let (dir, mut settings) = setup("unmakeable");
+        std::fs::write(dir.0.join("file"), b"").unwrap();
+        settings.directory = dir.0.join("file/log");
+        let Err(e) = Log::open(&settings, metrics()) else {
+            panic!("a log under a file");
+        };
+        // As `serve` prints it: the error and its sources.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        assert!(
+            text.starts_with("transparency.directory: cannot ")
+                && text.matches("Not a directory").count() == 1,
+            "{text}"
         );
     }
 

@@ -323,6 +323,9 @@ struct Shared {
     /// refused before they are forwarded until a write succeeds again.
     /// Reads never set or clear it.
     unreachable: AtomicBool,
+    /// Batches committed: a write probe that fails while one succeeds
+    /// (it waited behind slow batches) does not mark writes as failing.
+    commits: AtomicU64,
     /// The database is behind what this replica served: it lost
     /// committed records. Nothing is sequenced or integrated meanwhile.
     lost: AtomicBool,
@@ -374,11 +377,11 @@ impl Fleet {
         let key_path = &settings.signing_key;
         let pkcs8 = std::fs::read(key_path).map_err(|source| LogError::Io {
             path: key_path.display().to_string(),
-            source,
+            error: source,
         })?;
         let key_error = |source| LogError::Key {
             path: key_path.display().to_string(),
-            source,
+            error: source,
         };
         let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(key_error)?;
         let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
@@ -432,6 +435,7 @@ impl Fleet {
             }),
             sequenced: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
             lost: AtomicBool::new(false),
             reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
             coverage: Default::default(),
@@ -617,7 +621,10 @@ impl Shared {
     async fn commit(&self, batch: &[Pending]) -> Result<u64, LogError> {
         let result = self.try_commit(batch).await;
         match &result {
-            Ok(_) => self.unreachable.store(false, Ordering::Relaxed),
+            Ok(_) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                self.unreachable.store(false, Ordering::Relaxed);
+            }
             Err(LogError::Full(_)) => {}
             Err(_) => self.unreachable.store(true, Ordering::Relaxed),
         }
@@ -806,12 +813,16 @@ impl Shared {
             return;
         }
         let probe = "UPDATE residency_log_sequence SET next = next";
+        let commits = self.commits.load(Ordering::Relaxed);
         match self.replicated(probe, "writes still fail").await {
             Ok(()) => {
                 if self.unreachable.swap(false, Ordering::Relaxed) {
                     tracing::info!("the log database takes writes again");
                 }
             }
+            // A batch committed meanwhile: writes work (the probe timed
+            // out waiting behind it).
+            Err(_) if self.commits.load(Ordering::Relaxed) != commits => {}
             Err(e) => {
                 if !self.unreachable.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "the log database takes no writes: uploads are refused until it does");

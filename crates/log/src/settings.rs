@@ -333,7 +333,18 @@ pub fn transparency(
         .storage
         .check_or(StorageKind::Directory, &k("storage"), r);
     let directory = match (storage, raw.directory.as_deref()) {
-        (StorageKind::Directory, Some(d)) if !d.trim().is_empty() => Some(base.join(d)),
+        (StorageKind::Directory, Some(d)) if !d.trim().is_empty() => {
+            let dir = base.join(d);
+            // What can be told without writing: the directory, or the
+            // nearest part of its path that exists, must be a directory.
+            if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+                r.push(
+                    k("directory"),
+                    format!("{}: {} is not a directory", dir.display(), file.display()),
+                );
+            }
+            Some(dir)
+        }
         (StorageKind::Directory, _) => {
             r.push(
                 k("directory"),
@@ -918,12 +929,78 @@ pub fn valid_origin(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+')
 }
 
+impl Transparency {
+    /// The log's verifier key — what customers are given — as this
+    /// configuration signs: its `origin` with `signing_key`'s key; `None`
+    /// if the key cannot be read.
+    pub fn verifier_key(&self) -> Option<String> {
+        let pkcs8 = std::fs::read(&self.signing_key).ok()?;
+        let signer = crate::note::Signer::from_pkcs8(&self.origin, &pkcs8).ok()?;
+        Some(signer.verifier_key())
+    }
+
+    /// A warning when the `.pub` file `keygen` wrote beside `signing_key`
+    /// (`log.key` → `log.pub`) is not [`Transparency::verifier_key`]: made
+    /// with another `--name` than `origin` (or for another key), it fails
+    /// every receipt for a customer who was given it.
+    pub fn public_key_warning(&self) -> Option<String> {
+        let public = self.signing_key.with_extension("pub");
+        let given = std::fs::read_to_string(&public).ok()?;
+        let given = given.trim();
+        let signed = self.verifier_key()?;
+        if given == signed {
+            return None;
+        }
+        let named = given.split('+').next().unwrap_or_default();
+        let why = if named == self.origin {
+            "it is not the public key of transparency.signing_key".to_string()
+        } else {
+            format!(
+                "it names `{named}`, transparency.origin is `{}`",
+                self.origin
+            )
+        };
+        Some(format!(
+            "{}: {why}, so receipts do not verify with it; the log's verifier key is {signed} (also served at /key)",
+            public.display()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn setting<T: FromSetting>(text: &str) -> Option<Setting<T>> {
         Some(Setting::from_text(text))
+    }
+
+    /// A log directory whose path runs through a file is refused at load,
+    /// naming the key (the log's start would fail); one that does not
+    /// exist yet is made at start.
+    #[test]
+    fn a_log_directory_through_a_file_is_refused_at_load() {
+        let dir = std::env::temp_dir().join(format!("rp-settings-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), b"k").unwrap();
+        std::fs::write(dir.join("file"), b"").unwrap();
+        for (directory, refused) in [("file", true), ("file/log", true), ("new/log", false)] {
+            let raw = RawTransparency {
+                origin: Some("ingest.example.com/residency-log".into()),
+                signing_key: Some("key".into()),
+                directory: Some(directory.into()),
+                ..RawTransparency::default()
+            };
+            let mut r = ConfigReport::new("test");
+            transparency(&raw, &dir, &mut r);
+            let text = r.to_string();
+            assert_eq!(!r.problems.is_empty(), refused, "{directory}: {text}");
+            if refused {
+                assert_eq!(r.problems[0].key, "transparency.directory");
+                assert!(text.contains("file is not a directory"), "{text}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -89,8 +89,8 @@ pub fn generation_numbers(settings: &Transparency) -> Result<Vec<u32>, LogError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(LogError::Io {
-                path: rolled.display().to_string(),
-                source,
+                path: format!("transparency.directory: cannot read {}", rolled.display()),
+                error: source,
             })
         }
     }
@@ -536,7 +536,7 @@ impl Log {
         .await
         .map_err(|e| LogError::Io {
             path: self.settings.directory.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
+            error: std::io::Error::other(e.to_string()),
         })??;
         tracing::warn!(
             sealed = %full.origin,
