@@ -693,7 +693,12 @@ fn sockets_apart(sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
 fn override_of<'a>(key: &str, vars: &'a [String]) -> Option<&'a str> {
     let prefix = format!("{ENV_PREFIX}__");
     vars.iter().map(String::as_str).find(|var| {
-        let Some(rest) = var.strip_prefix(&prefix) else {
+        // (The prefix is matched without case, as the `config` crate does.)
+        let Some(rest) = var
+            .get(..prefix.len())
+            .filter(|p| p.eq_ignore_ascii_case(&prefix))
+            .map(|_| &var[prefix.len()..])
+        else {
             return false;
         };
         let dotted = rest.to_ascii_lowercase().replace("__", ".");

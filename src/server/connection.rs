@@ -694,10 +694,16 @@ where
         // Without TLS close_notify: a response delimited by the
         // connection's close (no length: an HTTP/1.0 client) is complete
         // only when the close is a valid one (RFC 9112 §9.8), so a clean
-        // close would make the broken answer look whole. Still lingering:
-        // a client still sending would otherwise get a reset that destroys
-        // what it has not read of the answer.
-        close_lingering(stream, false, phases.linger, phases.shutdown.as_mut()).await;
+        // close would make the broken answer look whole. Still lingering
+        // (a client still sending would otherwise get a reset that
+        // destroys what it has not read of the answer), unless closing for
+        // shutdown or idleness, as below (then `shutdown` may have fired).
+        let linger = if closing {
+            Duration::ZERO
+        } else {
+            phases.linger
+        };
+        close_lingering(stream, false, linger, phases.shutdown.as_mut()).await;
         return None;
     }
     if closing {
@@ -1107,9 +1113,12 @@ impl Drop for Responding {
 struct Streaming {
     activity: Arc<Activity>,
     seq: u64,
-    /// The connection's [`Activity::writes`] when hyper was last handed
-    /// something of the response (its head, then each frame).
+    /// The connection's [`Activity::writes`] once hyper had queued what
+    /// it was last handed of the response (its head, then each frame):
+    /// read at the body's next poll, which hyper makes only after queuing.
     handed: u64,
+    /// Something was handed since `handed` was read.
+    fresh: bool,
 }
 
 impl Busy {
@@ -1130,11 +1139,11 @@ impl Busy {
             // bound (a busy connection re-checks only every keepalive_idle).
             activity.due(since.saturating_add(activity.idle_ms));
         }
-        let handed = activity.writes.load(Ordering::Relaxed);
         Streaming {
             activity,
             seq,
-            handed,
+            handed: 0,
+            fresh: true,
         }
     }
 }
@@ -1416,11 +1425,12 @@ impl Failed {
     /// Whether what hyper was given before the failure has gone out.
     /// HTTP/1: yes, once polled again (hyper flushes when the body waits,
     /// in the same task). HTTP/2: once the connection's task, which writes
-    /// the stream's queued head and data, has written since hyper was last
-    /// handed any of it (at once if that was long before the failure),
-    /// looked at on a timer (the connection does not wake this stream's
-    /// task), for about a second at most: a connection whose other
-    /// streams keep it writing may still not have written this one's.
+    /// the stream's queued head and data, has written since hyper had
+    /// queued the last of it (at once if that was long before the
+    /// failure), looked at on a timer (the connection does not wake this
+    /// stream's task), for about a second at most. A write of the
+    /// connection's other streams counts too, so on a connection busy
+    /// with others this one's may still be dropped.
     fn sent(&mut self, streaming: Option<&Streaming>, cx: &mut Context<'_>) -> bool {
         let Some(streaming) = streaming else {
             return true;
@@ -1463,6 +1473,10 @@ impl hyper::body::Body for Served {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(streaming) = this.streaming.as_mut().filter(|s| s.fresh) {
+            streaming.handed = streaming.activity.writes.load(Ordering::Relaxed);
+            streaming.fresh = false;
+        }
         if let Some(failed) = &mut this.failed {
             if !failed.sent(this.streaming.as_ref(), cx) {
                 return Poll::Pending;
@@ -1486,7 +1500,7 @@ impl hyper::body::Body for Served {
             }
             Poll::Ready(Some(Ok(_))) => {
                 if let Some(streaming) = &mut this.streaming {
-                    streaming.handed = streaming.activity.writes.load(Ordering::Relaxed);
+                    streaming.fresh = true;
                 }
             }
             Poll::Pending => {}

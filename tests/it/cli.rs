@@ -335,7 +335,7 @@ fn example_config_validates() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     let warning = format!(
-        "warning: {}: it names `other.example/log`, transparency.origin is `ingest.example.com/residency-log`, so receipts do not verify with it; the log's verifier key is {key} (also served at /key)",
+        "warning: {}: it names `other.example/log`, transparency.origin is `ingest.example.com/residency-log`, so receipts do not verify with it; the verifier key of transparency.origin is {key}",
         public.display()
     );
     assert!(stdout.contains(&warning), "{stdout}");

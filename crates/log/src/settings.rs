@@ -944,6 +944,10 @@ impl Transparency {
     /// with another `--name` than `origin` (or for another key), it fails
     /// every receipt for a customer who was given it.
     pub fn public_key_warning(&self) -> Option<String> {
+        // keygen's names: PREFIX.key and PREFIX.pub.
+        if self.signing_key.extension().is_none_or(|e| e != "key") {
+            return None;
+        }
         let public = self.signing_key.with_extension("pub");
         let given = std::fs::read_to_string(&public).ok()?;
         let given = given.trim();
@@ -961,7 +965,7 @@ impl Transparency {
             )
         };
         Some(format!(
-            "{}: {why}, so receipts do not verify with it; the log's verifier key is {signed} (also served at /key)",
+            "{}: {why}, so receipts do not verify with it; the verifier key of transparency.origin is {signed}",
             public.display()
         ))
     }
