@@ -988,8 +988,9 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
     } = raw;
     let d = Timeouts::default();
     // A year at most: deadlines are instants, and one past the clock's
-    // range would panic at the first connection, not here.
-    let longest = Duration::from_secs(365 * 24 * 3600);
+    // range would panic at the first connection, not here. A year as the
+    // duration syntax has it (`1y`: 365.25 days), so `1y` is one.
+    let longest = Duration::from_secs(31_557_600);
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
         value.check_is_or(
             default,
@@ -1586,6 +1587,14 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(report.contains(key), "{key}: {report}");
         }
         assert!(report.contains("at most a year"), "{report}");
+        // `1y` itself is at most a year.
+        let files = Files::new("a-year");
+        let year = format!("{MINIMAL}\n[timeouts]\nconnection_max_age = \"1y\"\n");
+        let c = Config::from_toml(&year, &files.0).unwrap();
+        assert_eq!(
+            c.timeouts.connection_max_age,
+            Duration::from_secs(31_557_600)
+        );
     }
 
     /// Periodic work has floors: a period meant as "1s" and written "1ms"

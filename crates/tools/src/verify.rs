@@ -129,6 +129,14 @@ pub async fn verify(args: &VerifyArgs) -> Report {
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
     let key = match std::fs::read_to_string(&args.key) {
         Ok(text) => text.trim().to_string(),
+        // A verifier key is `name+hash+key`: without a '+' it was meant
+        // as a file.
+        Err(e) if !args.key.contains('+') => {
+            bail!(
+                "--key {}: {e} (give the log's verifier key, or a file holding it)",
+                args.key
+            )
+        }
         Err(_) => args.key.clone(),
     };
     let verifier = Verifier::parse(&key).map_err(|e| anyhow!("the key: {e}"))?;
@@ -577,6 +585,21 @@ mod tests {
         let report = verify(&args).await;
         let why = report.verdict.unwrap_err();
         assert!(why.contains("--request-id"), "{why}");
+    }
+
+    /// A `--key` that is neither a file nor a verifier key is said to be
+    /// a missing file, not a malformed key.
+    #[tokio::test]
+    async fn a_key_file_that_is_not_there_is_named() {
+        let args = VerifyArgs {
+            key: "/nonexistent/log.pub".into(),
+            ..VerifyArgs::default()
+        };
+        let why = verify(&args).await.verdict.unwrap_err();
+        assert!(
+            why.starts_with("--key /nonexistent/log.pub: No such file"),
+            "{why}"
+        );
     }
 
     /// A log listing its generation under a prefix of another form is not
