@@ -49,13 +49,9 @@ pub fn answer(
         ),
         None => None,
     };
-    // As the TLS layer hands a server name over: lower case, without the
-    // trailing dot of a fully qualified name (and as a request's host is
-    // compared: without any).
-    let sni = q
-        .sni
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
-        .and_then(|s| tenancy.tenants.by_sni(&s));
+    // As a request's host is compared (the TLS layer hands a server name
+    // over lower case, without the trailing dot of a fully qualified name).
+    let sni = q.sni.and_then(|s| tenancy.tenants.by_host(s));
     let recognized = tenant::combine(named, None, sni)
         .map_err(|_| "the tenant named and the server name's tenant differ: 403 tenant_conflict")?;
     let decision = match recognized {

@@ -378,22 +378,14 @@ impl Tenancy {
         let sni_name = sni;
         let sni = sni.and_then(|h| self.tenants.by_sni(h));
         let recognized = tenant::combine(token, cert, sni).map_err(conflict)?;
-        // (A fully qualified `name.` is the name, and so, to a data centre
-        // that trims dots, is `name..`; the server name itself needs no
-        // second lookup.)
+        // (The server name itself needs no second lookup.)
         let host = host
-            .map(|h| h.trim_end_matches('.'))
-            .filter(|h| sni_name.is_none_or(|s| !h.eq_ignore_ascii_case(s)));
+            .filter(|h| sni_name.is_none_or(|s| !h.trim_end_matches('.').eq_ignore_ascii_case(s)));
         if let Some(host) = host {
-            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                std::borrow::Cow::Owned(host.to_ascii_lowercase())
-            } else {
-                std::borrow::Cow::Borrowed(host)
-            };
             // A host that is a tenant's server name, on a connection made
             // for another name (or none) and not otherwise that tenant's:
             // GeoIP, or another pin, must not decide for its uploads.
-            if let Some(by_host) = self.tenants.by_sni(&host) {
+            if let Some(by_host) = self.tenants.by_host(host) {
                 if recognized.is_none_or(|r| r.tenant != by_host) {
                     return Err(Unrecognized::Misdirected);
                 }

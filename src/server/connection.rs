@@ -690,33 +690,23 @@ where
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
-    if broken {
-        // Without TLS close_notify: a response delimited by the
-        // connection's close (no length: an HTTP/1.0 client) is complete
-        // only when the close is a valid one (RFC 9112 §9.8), so a clean
-        // close would make the broken answer look whole. Still lingering
-        // (a client still sending would otherwise get a reset that
-        // destroys what it has not read of the answer), unless closing for
-        // shutdown or idleness, as below (then `shutdown` may have fired).
-        let linger = if closing {
-            Duration::ZERO
-        } else {
-            phases.linger
-        };
-        close_lingering(stream, false, linger, phases.shutdown.as_mut()).await;
-        return None;
-    }
+    // A broken answer ends without TLS close_notify: a response delimited
+    // by the connection's close (no length: an HTTP/1.0 client) is
+    // complete only when the close is a valid one (RFC 9112 §9.8), so a
+    // clean close would make it look whole.
+    let notify = !broken;
     if closing {
-        // Shut down or idle too long: end the stream as hyper would have.
-        close(stream).await;
+        // Shut down or idle too long: end the stream as hyper would have,
+        // without lingering (`shutdown` may have fired).
+        close_lingering(stream, notify, Duration::ZERO, phases.shutdown.as_mut()).await;
         return None;
     }
     if failed || !releasing {
-        // hyper ended it (the client closed, a response said `close`, or
+        // hyper ended it (the client closed, a response said `close`,
         // hyper answered a head it could not parse with its own 400 or 431,
-        // written and flushed before the error): the client may still be
-        // sending an upload nobody reads.
-        close_lingering(stream, true, phases.linger, phases.shutdown.as_mut()).await;
+        // written and flushed before the error, or an answer broke off):
+        // the client may still be sending an upload nobody reads.
+        close_lingering(stream, notify, phases.linger, phases.shutdown.as_mut()).await;
         return None;
     }
     // What hyper read came from the front of our prefix, so the
@@ -912,18 +902,17 @@ async fn close_lingering<D: Future<Output = ()>>(
     linger: Duration,
     shutdown: Pin<&mut D>,
 ) {
-    if notify {
+    let mut tcp = if notify {
         close(&mut stream).await;
+        (*stream.inner).into_inner().0
     } else {
-        // What rustls still holds of the answer goes out first.
+        // What rustls still holds of the answer goes out, then the FIN
+        // alone: the client sees the TLS stream end without close_notify.
         let _ = tokio::time::timeout(CLOSE_GRACE, stream.flush()).await;
-    }
-    let (mut tcp, _) = (*stream.inner).into_inner();
-    if !notify {
-        // FIN alone: the client sees the TLS stream end without
-        // close_notify.
+        let mut tcp = (*stream.inner).into_inner().0;
         let _ = tokio::time::timeout(CLOSE_GRACE, tcp.shutdown()).await;
-    }
+        tcp
+    };
     if linger.is_zero() {
         return;
     }

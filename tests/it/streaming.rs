@@ -502,15 +502,7 @@ async fn an_answer_in_one_byte_chunks_to_a_client_that_stops_reading_stays_small
         .await
         .unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::post("https://localhost/v1/telemetry")
-        .header("x-forwarded-for", CH)
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(req, true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .expect("a response head")
-        .unwrap();
+    let response = h2_head_of_an_empty_upload(&mut send).await;
     assert_eq!(response.status(), 200);
     paused.store(true, SeqCst);
     // What the proxy takes in while the client does not read.
@@ -660,6 +652,22 @@ async fn exchange_to_end(client: &Client, request: &[u8]) -> (String, bool) {
     (String::from_utf8_lossy(&got).into_owned(), clean)
 }
 
+/// Sends an empty upload from CH on a raw HTTP/2 connection; its
+/// answer's head, within 10 s (not a reset).
+async fn h2_head_of_an_empty_upload(
+    send: &mut h2::client::SendRequest<Bytes>,
+) -> http::Response<h2::RecvStream> {
+    let req = http::Request::post("https://localhost/v1/telemetry")
+        .header("x-forwarded-for", CH)
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(req, true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a response head")
+        .expect("the head, not a reset")
+}
+
 /// A proxy whose every data centre answers `answer` to each request,
 /// then, `after` later, closes the connection: an answer that breaks off.
 async fn breaking_off(tag: &str, answer: &'static [u8], after: Duration) -> Binary {
@@ -680,15 +688,7 @@ async fn h2_answer_cut_short_after_hello(proxy: &Binary) {
     let tls = proxy.client().h2().connect().await.expect("TLS handshake");
     let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::post("https://localhost/v1/telemetry")
-        .header("x-forwarded-for", CH)
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(req, true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .expect("a response head")
-        .expect("the head, not a reset");
+    let response = h2_head_of_an_empty_upload(&mut send).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     let mut body = response.into_body();

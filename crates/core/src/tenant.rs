@@ -236,6 +236,20 @@ impl Tenants {
         self.by_name.get(name).copied()
     }
 
+    /// The tenant whose `sni` matches a name as a client may write it (a
+    /// request's host, an operator's `sni=`): without case, and without
+    /// trailing dots (a fully qualified `name.` is the name, and so, to a
+    /// data centre that trims dots, is `name..`). Allocates only for a
+    /// name with upper case.
+    pub fn by_host(&self, host: &str) -> Option<TenantId> {
+        let host = host.trim_end_matches('.');
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_sni(&host.to_ascii_lowercase())
+        } else {
+            self.by_sni(host)
+        }
+    }
+
     /// The tenant whose `sni` matches a (lowercase) server name.
     pub fn by_sni(&self, host: &str) -> Option<TenantId> {
         if let Some(id) = self.sni_exact.get(host) {
