@@ -1424,3 +1424,94 @@ async fn a_database_down_between_uploads_refuses_the_next_before_forwarding() {
     .await;
     drop((replicas, pg));
 }
+
+/// A witness's cosignature that the database refused to store is served
+/// by the replica that signs (the one that asks witnesses) and stored
+/// once the database takes it, so that every replica serves it. It used
+/// to be written once: a write that failed left the other replicas
+/// without it until the next checkpoint, and a replica that then lost the
+/// lock swapped its cosigned note back for the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cosignature_the_database_refused_is_stored_when_it_takes_it() {
+    const DB: &str = "cosigned";
+    let keep = TempDir::new("fleet-cosigned");
+    let key = log_key(keep.path());
+    let pg = postgres(DB, &[DB]).await;
+    let (wvkey, wkey) = crate::witness::witness_key(keep.path());
+    let waddr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let witness =
+        crate::witness::WitnessProcess::start(keep.path(), waddr, std::slice::from_ref(&key), 1)
+            .await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = datacenters_at(upstream.addr);
+    let entry =
+        format!("[[transparency.witnesses]]\nurl = \"http://{waddr}\"\nkey = \"{wvkey}\"\n");
+    let mut replicas = Vec::new();
+    let mut logs = Vec::new();
+    for (r, interval) in ["10ms", "200ms"].into_iter().enumerate() {
+        let port = free_port();
+        let section = fleet_section(keep.path(), &pg, DB, port, interval) + &entry;
+        let replica = Binary::start(&format!("fleet-{DB}-{r}"), &dcs, &section).await;
+        if r == 0 {
+            eventually("replica 0 integrates", async || {
+                admin_metric(replica.admin, "residency_log_integrator").await == Some(1.0)
+            })
+            .await;
+        }
+        replicas.push(replica);
+        logs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    // A stored checkpoint's note may not change: storing a cosignature
+    // fails.
+    pg.psql(
+        DB,
+        "CREATE FUNCTION keep_note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.size = OLD.size AND NEW.note <> OLD.note THEN RAISE EXCEPTION 'no cosignatures'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER keep_note BEFORE UPDATE ON residency_log_checkpoint \
+         FOR EACH ROW EXECUTE FUNCTION keep_note();",
+    )
+    .unwrap();
+    let reply = replicas[1].client().upload_from(CH, "x=1").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let verifier = Verifier::parse(&key).unwrap();
+    let cosigned = async |r: usize| {
+        let (_, note) = plain_request(logs[r], "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size == 1)
+            && wkey.verify_note(&note).is_ok()
+    };
+    let mut seen = false;
+    for _ in 0..200 {
+        if cosigned(0).await {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "{}\n---\n{}", replicas[0].log(), witness.output());
+    eventually("replica 0 fails to store it", async || {
+        replicas[0]
+            .log()
+            .contains("cannot store the cosigned checkpoint")
+    })
+    .await;
+    let stored = || {
+        pg.psql(DB, "SELECT note FROM residency_log_checkpoint")
+            .unwrap()
+            + "\n"
+    };
+    // Several ticks of both replicas: the signer keeps serving it, and
+    // the follower serves the stored note.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(cosigned(0).await, "the signer dropped the cosignature");
+    assert!(!cosigned(1).await);
+    assert!(wkey.verify_note(&stored()).is_err(), "{}", stored());
+    pg.psql(DB, "DROP TRIGGER keep_note ON residency_log_checkpoint")
+        .unwrap();
+    eventually("the cosignature is stored", async || {
+        wkey.verify_note(&stored()).is_ok()
+    })
+    .await;
+    eventually("the follower serves it", async || cosigned(1).await).await;
+    drop((replicas, pg, upstream, witness));
+}

@@ -22,14 +22,19 @@ const WITNESS_NAME: &str = "witness.test/w1";
 const ORIGIN_A: &str = "a.test/residency-log";
 const ORIGIN_B: &str = "b.test/residency-log";
 
-struct WitnessProcess {
+pub(crate) struct WitnessProcess {
     child: Killed,
     log: PathBuf,
 }
 
 impl WitnessProcess {
     /// Starts the binary and waits until its port accepts connections.
-    async fn start(dir: &Path, addr: SocketAddr, logs: &[String], run: u32) -> WitnessProcess {
+    pub(crate) async fn start(
+        dir: &Path,
+        addr: SocketAddr,
+        logs: &[String],
+        run: u32,
+    ) -> WitnessProcess {
         Self::start_with(dir, addr, logs, run, &[]).await
     }
 
@@ -79,7 +84,7 @@ impl WitnessProcess {
         witness
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -107,7 +112,7 @@ async fn start_proxy_with(
 
 /// A witness key written to `dir/witness.key` (as `WitnessProcess` reads
 /// it): its verifier key and verifier.
-fn witness_key(dir: &Path) -> (String, CosignatureVerifier) {
+pub(crate) fn witness_key(dir: &Path) -> (String, CosignatureVerifier) {
     let pkcs8 = Cosigner::generate_pkcs8().unwrap();
     std::fs::write(dir.join("witness.key"), &pkcs8).unwrap();
     let vkey = Cosigner::from_pkcs8(WITNESS_NAME, &pkcs8)

@@ -207,6 +207,36 @@ pub(crate) fn cosign(
     added
 }
 
+/// `stored` (a checkpoint's note as another replica may have cosigned it)
+/// with the cosignature lines of `served` (this replica's note of the same
+/// checkpoint) by keys `stored` lacks: neither replica's cosignatures are
+/// dropped for the other's. A line by a key both have is `stored`'s.
+pub(crate) fn keep_cosignatures(stored: &str, served: &str) -> String {
+    let (Ok((_, held)), Ok((_, ours))) = (
+        crate::witness::split_note(stored),
+        crate::witness::split_note(served),
+    ) else {
+        return stored.to_owned();
+    };
+    let keys: Vec<_> = held.split_terminator('\n').filter_map(line_key).collect();
+    let missing: Vec<String> = ours
+        .split_terminator('\n')
+        .skip(1)
+        .filter(|line| line_key(line).is_some_and(|k| !keys.contains(&k)))
+        .map(str::to_owned)
+        .collect();
+    if missing.is_empty() {
+        return stored.to_owned();
+    }
+    with_lines(stored, &missing)
+}
+
+/// A signature line's key: its name and key ID.
+fn line_key(line: &str) -> Option<(String, [u8; 4])> {
+    let (name, payload) = crate::note::parse_signature_line(line).ok()?;
+    Some((name.to_owned(), payload.get(..4)?.try_into().ok()?))
+}
+
 /// `note` with `lines` added as its last signature lines, without the
 /// earlier lines by the same keys.
 fn with_lines(note: &str, lines: &[String]) -> String {
@@ -214,11 +244,7 @@ fn with_lines(note: &str, lines: &[String]) -> String {
         // Not a note we signed: nothing to keep apart.
         return lines.iter().fold(note.to_owned(), |n, l| n + l + "\n");
     };
-    let key = |line: &str| {
-        crate::note::parse_signature_line(line)
-            .ok()
-            .map(|(name, payload)| (name.to_owned(), payload[..4].to_vec()))
-    };
+    let key = line_key;
     let replaced: Vec<_> = lines.iter().filter_map(|l| key(l)).collect();
     let mut out =
         String::with_capacity(note.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>());
@@ -326,5 +352,26 @@ mod tests {
         assert_eq!(w.verifier().verify_note(&served), Ok(103));
         // Another size's cosignature is not added.
         assert_eq!(cosign(&latest, 4, &[w.cosign(body, 200)]), None);
+    }
+
+    /// The stored note of a checkpoint (another replica's cosignatures)
+    /// and this replica's of the same: the stored lines stay, a key both
+    /// have keeps the stored line, and this replica's other lines follow.
+    #[test]
+    fn stored_cosignatures_are_kept_and_ours_added() {
+        let (_, note) = crate::note::test_note();
+        let (body, _) = crate::witness::split_note(&note).unwrap();
+        let w = Cosigner::from_seed("w.example", &[2; 32]).unwrap();
+        let v = Cosigner::from_seed("v.example", &[3; 32]).unwrap();
+        let stored = format!("{note}{}\n", w.cosign(body, 100));
+        let ours = format!("{note}{}\n{}\n", v.cosign(body, 101), w.cosign(body, 102));
+        let kept = keep_cosignatures(&stored, &ours);
+        assert_eq!(kept, format!("{stored}{}\n", v.cosign(body, 101)));
+        assert_eq!(w.verifier().verify_note(&kept), Ok(100));
+        // Nothing of ours missing: the stored note as it is.
+        assert_eq!(keep_cosignatures(&kept, &ours), kept);
+        assert_eq!(keep_cosignatures(&kept, &note), kept);
+        // Ours has every stored line: nothing to add to it either.
+        assert_eq!(keep_cosignatures(&note, &note), note);
     }
 }

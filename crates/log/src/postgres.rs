@@ -46,7 +46,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::backend::{cosign, sign_checkpoint, unix_now, LogError, LogMetrics, Published};
+use crate::backend::{
+    cosign, keep_cosignatures, sign_checkpoint, unix_now, LogError, LogMetrics, Published,
+};
 use crate::edge::Edge;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
@@ -326,6 +328,10 @@ struct Shared {
     /// Batches committed: a write probe that fails while one succeeds
     /// (it waited behind slow batches) does not mark writes as failing.
     commits: AtomicU64,
+    /// The served checkpoint has cosignatures the stored one may lack (its
+    /// write failed, or lost a race with another replica's): stored at the
+    /// next tick, so that every replica serves them.
+    unstored: AtomicBool,
     /// The database is behind what this replica served: it lost
     /// committed records. Nothing is sequenced or integrated meanwhile.
     lost: AtomicBool,
@@ -436,6 +442,7 @@ impl Fleet {
             sequenced: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            unstored: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
             coverage: Default::default(),
@@ -775,6 +782,7 @@ impl Shared {
         };
         self.set_role(session.held.is_some());
         self.probe_writes(result.is_err()).await;
+        self.store_cosignatures().await;
         result
     }
 
@@ -1196,9 +1204,18 @@ impl Shared {
         )?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
-        if let Some(cp) = stored {
+        if let Some(mut cp) = stored {
             let newer = {
                 let latest = self.latest.load();
+                // The same checkpoint keeps the cosignatures this replica
+                // added (their write may have failed).
+                if cp.size == latest.size && cp.root == latest.root {
+                    let kept = keep_cosignatures(&cp.note, &latest.note);
+                    if kept != cp.note {
+                        self.unstored.store(true, Ordering::Relaxed);
+                        cp.note = kept;
+                    }
+                }
                 cp.size > latest.size || cp.note != latest.note
             };
             if newer && publish == Publish::IfReplicated && self.publishable(&cp).await {
@@ -1255,26 +1272,62 @@ impl Shared {
     }
 
     async fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
-        let Some(note) = cosign(&self.latest, size, lines) else {
+        if cosign(&self.latest, size, lines).is_none() {
             return false;
-        };
-        // Only over the same checkpoint: the signed text is a prefix.
-        let body = note.split_once("\n\n").map_or(&note[..], |(body, _)| body);
+        }
+        self.unstored.store(true, Ordering::Relaxed);
+        self.store_cosignatures().await;
+        true
+    }
+
+    /// Stores the served checkpoint's cosignatures with those of the
+    /// stored one (another replica may have added its own) if it is still
+    /// the same checkpoint: only over the note as read, so that no
+    /// replica's write drops another's lines. One that fails or loses the
+    /// race is tried again at the next tick.
+    async fn store_cosignatures(&self) {
+        if !self.unstored.load(Ordering::Relaxed) {
+            return;
+        }
+        let served = self.latest.load_full();
         let stored = async {
             let client = self.client().await?;
-            timed(
+            let row = timed(
                 self.pg.timeout,
-                client.execute(
-                    "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2 AND starts_with(note, $3)",
-                    &[&note, &(size as i64), &body],
+                client.query_opt(
+                    "SELECT note FROM residency_log_checkpoint WHERE size = $1",
+                    &[&(served.size as i64)],
                 ),
             )
-            .await
+            .await?;
+            // Another checkpoint now: its own are asked for.
+            let Some(row) = row else { return Ok(true) };
+            let note: String = row.get(0);
+            let body = |n: &str| n.split_once("\n\n").map(|(body, _)| body.to_owned());
+            if body(&note) != body(&served.note) {
+                return Ok(true);
+            }
+            let merged = keep_cosignatures(&note, &served.note);
+            if merged == note {
+                return Ok(true);
+            }
+            let updated = timed(
+                self.pg.timeout,
+                client.execute(
+                    "UPDATE residency_log_checkpoint SET note = $1 WHERE size = $2 AND note = $3",
+                    &[&merged, &(served.size as i64), &note],
+                ),
+            )
+            .await?;
+            Ok::<_, LogError>(updated == 1)
         };
-        if let Err(e) = stored.await {
-            tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it from memory");
+        match stored.await {
+            Ok(true) => self.unstored.store(false, Ordering::Relaxed),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it and tries again at the next tick");
+            }
         }
-        true
     }
 
     /// A tile of the integrated tree: a hash tile from its row (a longer
