@@ -1070,6 +1070,16 @@ async fn let_the_reload_reach_the_backends() {
 async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     let fleet = syncrep_replica("syncrep").await;
     let (pg, replica) = (&fleet.pg, &fleet.replica);
+    // The first upload's checkpoint is in before commits wait: on a busy
+    // machine its commit could otherwise be the one that waits, and the
+    // tick that failed would have the upload refused before forwarding.
+    let verifier = Verifier::parse(&fleet.key).unwrap();
+    let log_addr = format!("127.0.0.1:{}", fleet.log_port).parse().unwrap();
+    eventually("the checkpoint of 1", async || {
+        let (_, note) = plain_request(log_addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size == 1)
+    })
+    .await;
 
     // A synchronous standby that never comes: every commit now waits. And
     // a server that sends its clients errors only: the warning of a
@@ -1081,14 +1091,15 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     let_the_reload_reach_the_backends().await;
     let client = replica.client();
     let upload = tokio::spawn(async move { client.upload_from(CH, "waits for a standby").await });
-    let waiting = "SELECT count(*) FROM pg_stat_activity \
-                   WHERE wait_event = 'SyncRep' AND application_name = 'residency-proxy'";
+    // The batch's own statement, not a write probe's or a checkpoint's.
+    let batch = "FROM pg_stat_activity WHERE wait_event = 'SyncRep' \
+                 AND application_name = 'residency-proxy' \
+                 AND query LIKE '%INSERT INTO residency_log_entries%'";
     eventually("the batch's commit waits for the standby", async || {
-        sql(waiting) != "0"
+        sql(&format!("SELECT count(*) {batch}")) != "0"
     })
     .await;
-    sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-         WHERE wait_event = 'SyncRep' AND application_name = 'residency-proxy'");
+    sql(&format!("SELECT pg_cancel_backend(pid) {batch}"));
     let reply = upload.await.unwrap();
     assert_eq!(reply.status, 503, "{:?}", reply.json());
     assert_eq!(reply.json()["error"], "log_unavailable");
@@ -1112,7 +1123,6 @@ async fn a_commit_whose_standby_wait_was_cancelled_is_not_acknowledged() {
     // the summary of `log_unavailable` refusals, naming the data centre
     // (not by its request id: its own record may have committed, as here).
     let log = Fetcher::new(&format!("http://127.0.0.1:{}", fleet.log_port), None).unwrap();
-    let verifier = Verifier::parse(&fleet.key).unwrap();
     eventually("a summary of the log_unavailable refusal", async || {
         let Ok(note) = log.text("/checkpoint").await else {
             return false;
