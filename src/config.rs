@@ -1245,9 +1245,14 @@ fn limits(raw: &RawLimits, r: &mut ConfigReport) -> Limits {
 }
 
 fn upstream(raw: &RawUpstream, base: &Path, r: &mut ConfigReport) -> Option<UpstreamSettings> {
-    let pool_idle_timeout =
-        raw.pool_idle_timeout
-            .check_or(Duration::from_secs(90), "upstream.pool_idle_timeout", r);
+    // At most a year, as the timeouts (a deadline is an instant).
+    let pool_idle_timeout = raw.pool_idle_timeout.check_is_or(
+        Duration::from_secs(90),
+        "upstream.pool_idle_timeout",
+        r,
+        "a duration of at most a year such as \"90s\" (\"0s\" = no idle connection is kept)",
+        |d| *d <= Duration::from_secs(31_557_600),
+    );
     let pool_max_idle_per_host =
         raw.pool_max_idle_per_host
             .check_or(32, "upstream.pool_max_idle_per_host", r);
@@ -1577,12 +1582,13 @@ upstreams = ["http://127.0.0.1:1"]
     #[test]
     fn durations_longer_than_a_year_are_refused_by_key() {
         let report = problems(&format!(
-            "{MINIMAL}\n[timeouts]\ntls_handshake = \"500000000000y\"\ndiscard_body = \"366days\"\nclient_send_idle = \"0s\"\n"
+            "{MINIMAL}\n[timeouts]\ntls_handshake = \"500000000000y\"\ndiscard_body = \"366days\"\nclient_send_idle = \"0s\"\n[upstream]\npool_idle_timeout = \"2y\"\n"
         ));
         for key in [
             "timeouts.tls_handshake",
             "timeouts.discard_body",
             "timeouts.client_send_idle",
+            "upstream.pool_idle_timeout",
         ] {
             assert!(report.contains(key), "{key}: {report}");
         }

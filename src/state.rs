@@ -57,7 +57,12 @@ impl Snapshot {
     /// Loads certificates and the GeoIP database named by `config`,
     /// reporting every failure at once.
     pub fn build(config: Config) -> Result<Snapshot, ConfigReport> {
-        let mut report = ConfigReport::new("state");
+        // Named as the file was given, as `check-config` names it.
+        let file = config
+            .source
+            .as_ref()
+            .map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+        let mut report = ConfigReport::new(file);
         let files = crate::files::fingerprint(&config);
         let geo = open_geo(&config.geoip)
             .map_err(|e| report.push("geoip.database", e))

@@ -85,18 +85,25 @@ pub async fn run(
     };
     let config_path = write_files(dir, &site)?;
     let config = Config::load(&config_path)?;
-    print_banner(
-        dir,
-        work.kept(),
-        port,
-        admin_port,
-        log_port,
-        sink.admin_addr(),
-        &signer.verifier_key(),
-    );
     // SIGHUP (and any change to the demo's files) reloads, as `serve` does.
+    // The instructions once every listener is bound: a port in use ends
+    // the demo with its error alone.
+    let sink_admin = sink.admin_addr();
+    let log_key = signer.verifier_key();
+    let banner = || {
+        print_banner(
+            dir,
+            work.kept(),
+            port,
+            admin_port,
+            log_port,
+            sink_admin,
+            &log_key,
+        )
+    };
     let served =
-        crate::cli::serve_watching(config, config_path, crate::cli::shutdown_signal()).await;
+        crate::cli::serve_watching(config, config_path, crate::cli::shutdown_signal(), banner)
+            .await;
     sink.stop().await;
     served
 }

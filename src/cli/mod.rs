@@ -197,7 +197,10 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             init_tracing(format.unwrap_or(config.log_format), &level);
             let workers = config.worker_threads;
-            block_on_with(workers, serve_watching(config, path, shutdown_signal()))
+            block_on_with(
+                workers,
+                serve_watching(config, path, shutdown_signal(), || {}),
+            )
         }
         Command::Sink(args) => {
             init_tracing(format.unwrap_or_default(), &level);
@@ -289,6 +292,17 @@ pub fn run(cli: Cli) -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
+                // The output not written is a runtime failure (as for
+                // `keygen`); the rest is the input's.
+                Err(e @ residency_tools::geoip::BuildError::Io { .. }) => {
+                    eprintln!("error: {e}");
+                    let output = matches!(&e, residency_tools::geoip::BuildError::Io { path, .. } if *path == out);
+                    ExitCode::from(if output { 1 } else { 2 })
+                }
+                Err(e @ residency_tools::geoip::BuildError::NoRows { .. }) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("error: {}: {e}", csv.display());
                     ExitCode::from(2)
@@ -300,22 +314,25 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// Builds the state, binds every listener and serves until `shutdown`.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    serve_inner(config, None, shutdown).await
+    serve_inner(config, None, shutdown, || {}).await
 }
 
-/// As [`serve`], reloading from `path` on SIGHUP and when watched files change.
+/// As [`serve`], reloading from `path` on SIGHUP and when watched files
+/// change; `ready` runs once every listener is bound.
 pub async fn serve_watching(
     config: Config,
     path: PathBuf,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    serve_inner(config, Some(path), shutdown).await
+    serve_inner(config, Some(path), shutdown, ready).await
 }
 
 async fn serve_inner(
     config: Config,
     path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     config.tenancy.warn_claimable();
     if let Some(warning) = config
@@ -340,6 +357,7 @@ async fn serve_inner(
     if let Some(addr) = bound.transparency_address() {
         tracing::info!(%addr, "transparency log listener ready: /checkpoint /key /proof/inclusion /proof/consistency /records/{{id}}");
     }
+    ready();
     bound.run(shutdown).await;
     Ok(())
 }

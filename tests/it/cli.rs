@@ -125,6 +125,14 @@ fn an_unusable_client_ca_or_crl_is_named_by_its_key() {
         ca_path.display()
     );
     assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+    // `serve` names it as `check-config` does, under the file's name (it
+    // said `state: 1 problem`).
+    let out = run(&["serve", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let file = format!("error: {}: 1 problem", config.display());
+    assert!(stderr.contains(&file), "{file:?} missing from:\n{stderr}");
+    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
 
     // A usable CA, and a CRL file without a CRL.
     write_cert(&ca_path, &dir.path().join("ca.key"), &["client-ca.example"]);
@@ -748,6 +756,35 @@ fn the_demo_runs_again_in_the_directory_it_kept() {
     assert_eq!(keys[0], keys[1], "the same log key");
 }
 
+/// A demo whose port is taken ends with that error alone: it printed its
+/// instructions (curl commands for a proxy that never started) first.
+#[test]
+fn a_demo_on_a_port_in_use_prints_no_instructions() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (admin, log) = (free_port().to_string(), free_port().to_string());
+    let out = run(
+        &[
+            "demo",
+            "--port",
+            &port,
+            "--admin-port",
+            &admin,
+            "--log-port",
+            &log,
+        ],
+        &[],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}: Address already in use")),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("curl"), "{stdout}");
+    drop(taken);
+}
+
 /// The witness's arguments that cannot be used are invalid input (exit 2),
 /// named by their flag, as a bad configuration is; not a runtime failure.
 #[test]
@@ -884,6 +921,46 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // An output that cannot be written is a runtime failure, as keygen's,
+    // named once; a CSV that is not there is invalid input.
+    let nowhere = dir.path().join("missing").join("x.mmdb");
+    let out = run(
+        &[
+            "geoip",
+            "build",
+            "--csv",
+            path(&csv),
+            "--out",
+            path(&nowhere),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {}: No such file or directory (os error 2)",
+            nowhere.display()
+        ),
+    );
+    let out = run(
+        &[
+            "geoip",
+            "build",
+            "--csv",
+            path(&nowhere),
+            "--out",
+            path(&db),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(
+        &["keygen", "--name", "a.example/log", "--out", path(&nowhere)],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     // ... and a database built so is refused at load.
     let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
     let bytes = residency_tools::geoip::build_country_db(&rows, future.parse().unwrap()).unwrap();
