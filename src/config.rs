@@ -1840,7 +1840,7 @@ worker_threads = 0
             "- limits.max_body_bytes: `big` is not a non-negative integer",
             "- limits.h2_max_concurrent_streams: must be between 1 and 100",
             "- limits.max_connections: between 1 and 1000000",
-            "- upstream.pool_idle_timeout: `forever` is not a duration such as",
+            "- upstream.pool_idle_timeout: `forever` is not a duration of at most a year such as",
             "- upstream.pool_max_idle_per_host: `-1` is not a non-negative integer",
             "- upstream.replay_limit_bytes: at most 16777216",
             "- health.path: must start with '/'",
