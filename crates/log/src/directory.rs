@@ -64,6 +64,8 @@ const CHECKPOINT: &str = "checkpoint";
 /// A log whose last batch ended this recently is busy.
 const BUSY: Duration = Duration::from_millis(5);
 const INDEX: &str = "index.redb";
+/// A new index while it is made ([`make_index`]).
+const INDEX_NEW: &str = "index.redb.new";
 /// The file of the log format before tiles.
 const LEGACY_RECORDS: &str = "records.log";
 
@@ -382,6 +384,7 @@ impl Directory {
         seal_leftovers(&disk, state.size / WIDTH)?;
         let staging = replay(&disk, &mut state, &metrics)?;
         let index_path = dir.join(INDEX);
+        make_index(&dir)?;
         let index = redb::Database::builder()
             .set_cache_size(INDEX_CACHE)
             .create(&index_path)
@@ -1814,6 +1817,36 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
 /// lags by at most the records of one checkpoint interval; without an
 /// index (deleted, or a log copied without it) it is rebuilt from the
 /// bundles.
+/// A new index is made under another name and renamed into place once
+/// complete: a process killed while redb wrote its first pages (a roll
+/// opens a new generation's index) left an `index.redb` that was no redb
+/// database, and the log did not open until it was deleted by hand. What
+/// such a kill leaves now is `index.redb.new`, removed here.
+fn make_index(dir: &Path) -> Result<(), LogError> {
+    let path = dir.join(INDEX);
+    let new = dir.join(INDEX_NEW);
+    match std::fs::remove_file(&new) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&new)(e)),
+        _ => {}
+    }
+    if path.exists() {
+        return Ok(());
+    }
+    let made = redb::Database::builder()
+        .set_cache_size(INDEX_CACHE)
+        .create(&new)
+        .map_err(|e| LogError::Io {
+            path: new.display().to_string(),
+            error: std::io::Error::other(e),
+        })?;
+    drop(made);
+    std::fs::File::open(&new)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&new, &path))
+        .and_then(|()| disk::sync_path(dir))
+        .map_err(io_error(&path))
+}
+
 fn catch_up_index(
     disk: &Disk,
     index: &redb::Database,
@@ -2845,6 +2878,33 @@ mod tests {
             log.current().index_of(&format!("{:032x}", 33)).unwrap(),
             Some(33)
         );
+    }
+
+    /// A process killed while redb made a new index (a roll makes one for
+    /// the new generation) leaves the half-made file under its temporary
+    /// name: the next open removes it and makes the index. (Made in place,
+    /// it was an `index.redb` with a zeroed header, "not a redb database",
+    /// and the log did not open until it was deleted by hand.)
+    #[tokio::test]
+    async fn an_index_half_made_by_a_killed_process_is_made_again() {
+        let (_dir, settings) = setup("index-half");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            for i in 0..40 {
+                log.append(&record(i)).await.unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        let dir = &settings.directory;
+        std::fs::remove_file(dir.join(INDEX)).unwrap();
+        std::fs::write(dir.join(INDEX_NEW), vec![0u8; 73_728]).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(
+            log.current().index_of(&format!("{:032x}", 33)).unwrap(),
+            Some(33)
+        );
+        assert!(!dir.join(INDEX_NEW).exists());
+        assert!(dir.join(INDEX).is_file());
     }
 
     /// The same with records of odd length in the bundle being written:
