@@ -373,7 +373,11 @@ async fn respond(
                 // Not discarded: nothing of it may ever come.
                 closing = body_unread.take().is_some();
             }
+            // And after a 400 (as nginx does): a request whose framing is
+            // ambiguous (RFC 9112 §6.3: then close) or broke part-way
+            // leaves no sure place where a next request would start.
             closing |= failure == Failure::BodyTimeout
+                || failure == Failure::BadRequest
                 || body_unread
                     .as_ref()
                     .is_some_and(|b| hyper::body::Body::size_hint(b).lower() > bounds.bytes);
