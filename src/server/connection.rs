@@ -13,7 +13,7 @@
 //! | [`Phase::FirstRequest`] | the first request head is complete | `request_head`, from the handshake |
 //! | [`Phase::Busy`] | no request is in flight | each request's own deadlines (`request_body_idle`, `upstream_*`) |
 //! | [`Phase::Responding`] (HTTP/1) | no response body is being sent ([`Served`]) | `keepalive_idle` from the response head |
-//! | an HTTP/2 response body ([`Streaming`]), in any phase | its end | `keepalive_idle` from its head: then GOAWAY, dropped after the close grace |
+//! | an HTTP/2 response body ([`Streaming`]), in any phase | its end | `keepalive_idle` from its head: then GOAWAY, dropped after the close grace (sooner by `client_send_idle`) |
 //! | [`Phase::Idle`] | a request (HTTP/1: a head's first byte) arrives | `keepalive_idle`; HTTP/1 parks after `IDLE_RELEASE`, holding no hyper buffers |
 //! | [`Phase::Head`] (HTTP/1) | the head is complete | `request_head`, from its first byte |
 //! | draining (shutdown) | the requests in flight end | heads still `request_head`; the process `shutdown_grace` |
@@ -199,6 +199,7 @@ pub(super) async fn serve(
     let mut aged = pin!(Gated::new(aged));
     let mut phases = Phases::new(
         idle.as_mut(),
+        &activity,
         shutdown.as_mut(),
         aged.as_mut(),
         timeouts.keepalive_idle,
@@ -243,6 +244,8 @@ type Tls = Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>;
 /// again) before it is dropped.
 struct Phases<'a, I, S> {
     idle: Pin<&'a mut I>,
+    /// The connection's, for the close grace ([`Phases::grace`]).
+    activity: &'a Activity,
     shutdown: Pin<&'a mut S>,
     aged: Pin<&'a mut Gated<Aged>>,
     close_grace: Duration,
@@ -258,6 +261,7 @@ struct Phases<'a, I, S> {
 impl<'a, I, S> Phases<'a, I, S> {
     fn new(
         idle: Pin<&'a mut I>,
+        activity: &'a Activity,
         shutdown: Pin<&'a mut S>,
         aged: Pin<&'a mut Gated<Aged>>,
         close_grace: Duration,
@@ -266,12 +270,29 @@ impl<'a, I, S> Phases<'a, I, S> {
     ) -> Self {
         Phases {
             idle,
+            activity,
             shutdown,
             aged,
             close_grace,
             linger,
             closed,
         }
+    }
+
+    /// What a connection closed for a deadline (GOAWAY, or hyper's
+    /// graceful shutdown) has to finish what it started: `close_grace`,
+    /// cut short by a write to the client blocked for `client_send_idle`,
+    /// which bounds a connection in any phase, also this one (it used to
+    /// wait out the whole grace: twice `keepalive_idle` for a client that
+    /// had stopped reading an answer). Resolves with why it ends.
+    fn grace(&self) -> Grace<'a> {
+        let (activity, limit) = (self.activity, self.close_grace);
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(limit) => "keepalive_idle",
+                () = activity.send_stalled() => CLIENT_SEND,
+            }
+        })
     }
 
     /// Counts the connection as ended by the proxy, for `reason` (one of
@@ -317,11 +338,14 @@ fn http2_refusal(e: &hyper::Error) -> Option<&'static str> {
     })
 }
 
+/// [`Phases::grace`]: boxed, and only once a deadline fired.
+type Grace<'a> = Pin<Box<dyn Future<Output = &'static str> + Send + 'a>>;
+
 /// Resolves `grace` after it was armed (a connection closing for
 /// idleness); never while it is `None`.
-async fn closed_by(grace: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+async fn closed_by(grace: &mut Option<Grace<'_>>) -> &'static str {
     match grace {
-        Some(sleep) => sleep.as_mut().await,
+        Some(grace) => grace.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -538,6 +562,9 @@ where
         }
         let (stream, rest) =
             serve_until_quiet(&h1, prefix, io, service, activity, peer, phases).await?;
+        if !rest.is_empty() {
+            activity.head_read_while_busy();
+        }
         io = stream;
         prefix = rest;
     }
@@ -651,10 +678,10 @@ where
                     Pin::new(&mut *served).graceful_shutdown();
                     closing = true;
                 }
-                grace = Some(Box::pin(tokio::time::sleep(phases.close_grace)));
+                grace = Some(phases.grace());
             }
-            () = closed_by(&mut grace) => {
-                tracing::debug!(peer = %peer, phase = "keepalive_idle", "still not done after closing: dropped");
+            phase = closed_by(&mut grace) => {
+                tracing::debug!(peer = %peer, phase, "still not done after closing: dropped");
                 return None;
             }
             () = quiet.as_mut(), if !closing && !releasing => {
@@ -792,10 +819,10 @@ async fn serve_http2<S, I, D>(
                     served.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                grace = Some(Box::pin(tokio::time::sleep(phases.close_grace)));
+                grace = Some(phases.grace());
             }
-            () = closed_by(&mut grace) => {
-                tracing::debug!(peer = %peer, "streams still open after closing: dropped");
+            phase = closed_by(&mut grace) => {
+                tracing::debug!(peer = %peer, phase, "streams still open after closing: dropped");
                 return;
             }
         }
@@ -1295,6 +1322,35 @@ impl Activity {
             };
             crate::lazy::sleep(Duration::from_millis(wait.max(10))).await;
         }
+    }
+
+    /// HTTP/1: hyper handed back, with the stream, bytes it had read past
+    /// the last request: the start of a next head, read while the request
+    /// before was in flight (the write of its end, from a client that
+    /// pipelines), which no phase saw. The head has `request_head` from
+    /// when that request ended, at the latest when its first byte came.
+    fn head_read_while_busy(&self) {
+        if let Phase::Idle { since } = self.phase() {
+            if !self.head_pending.swap(true, Ordering::Relaxed) {
+                self.head_ms.store(since, Ordering::Relaxed);
+                self.due(since.saturating_add(self.head_limit_ms));
+            }
+        }
+    }
+
+    /// After a deadline fired (the watchdog is done): resolves once a
+    /// write to the client has been blocked for `client_send_idle`.
+    async fn send_stalled(&self) {
+        self.alarm
+            .wait(|| {
+                let now = self.now_ms();
+                match self.blocked_ms.load(Ordering::Relaxed) {
+                    NOT_BLOCKED => Err((now, u64::MAX)),
+                    since if now >= since.saturating_add(self.send_ms) => Ok(()),
+                    since => Err((now, since.saturating_add(self.send_ms))),
+                }
+            })
+            .await
     }
 
     /// HTTP/1 bytes were read: with nothing in flight, they start the next

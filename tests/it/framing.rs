@@ -1056,6 +1056,35 @@ async fn a_client_that_stops_reading_is_dropped() {
     proxy.stop().await;
 }
 
+/// The same when `keepalive_idle` (from the answer's head) passes before
+/// `client_send_idle` (from when writes blocked, later): the connection,
+/// closing for the first, is still dropped at the second, not a whole
+/// close grace (another `keepalive_idle`) later (abuse audit: at the
+/// defaults 120 s, not 60).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_keepalive_idle_fired() {
+    let proxy =
+        proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"2s\"\nclient_send_idle = \"2s\"\n")
+            .await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let started = std::time::Instant::now();
+    tls.write_all(raw("POST /big HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 5\r\n\r\nhello").as_slice())
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    eventually("the proxy ends the connection", async || {
+        metric_value(&proxy, "residency_connections_active").await == 0.0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "dropped after {took:?}: keepalive_idle's grace, not client_send_idle"
+    );
+    drop(tls);
+    proxy.stop().await;
+}
+
 /// An HTTP/2 connection whose client keeps its streams' windows shut, and
 /// on it an upload to `/slow-body` answered 201 (its 4-byte body held by
 /// the shut window): the sender, the connection's task and the response.

@@ -816,6 +816,25 @@ async fn keepalive_connections_wait_keepalive_idle_and_stalled_heads_do_not() {
         took < Duration::from_millis(2500),
         "a stalled head lived {took:?}"
     );
+
+    // The same head begun in the write of the request's body (pipelined):
+    // read while the request was in flight, it was not seen as a head, and
+    // the connection lived twice keepalive_idle (8 s; abuse audit).
+    let mut tls = proxy.client().connect().await.unwrap();
+    let request = keepalive_request("");
+    let (head, body) = request.split_at(request.len() - 2);
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest = format!("{body}POST /v1/telemetry HTTP/1.1\r\nHost: x\r\n");
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let (got, took) = read_until_closed(&mut tls, Duration::from_secs(12)).await;
+    assert_eq!(raw_status(&got), Some(201));
+    assert!(
+        took < Duration::from_millis(2500),
+        "a stalled pipelined head lived {took:?}"
+    );
     proxy.stop().await;
 }
 
