@@ -76,6 +76,11 @@ pub struct DrillArgs {
     /// consistent).
     #[arg(long)]
     pub no_log: bool,
+    /// `dir` is a temporary directory the command line made (no `--dir`),
+    /// removed when the drill ends: the report must not send anyone to a
+    /// file in it. Not an option.
+    #[arg(skip)]
+    pub dir_is_temporary: bool,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -100,6 +105,7 @@ impl Default for DrillArgs {
             slo: None,
             no_progress: false,
             no_log: false,
+            dir_is_temporary: false,
         }
     }
 }
@@ -159,6 +165,16 @@ pub fn check_load(args: &DrillArgs) -> Result<(), ConfigReport> {
         "the drill",
         &mut problems,
     );
+    // A report that could not be written at the end would be lost with
+    // the run.
+    loadtest::plan::check_outputs(
+        &[
+            ("--json", args.json.as_deref()),
+            ("--html", args.html.as_deref()),
+            ("--junit", args.junit.as_deref()),
+        ],
+        &mut problems,
+    );
     loadtest::plan::refuse("drill", problems)
 }
 
@@ -167,42 +183,35 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<()> {
     let (json, html, junit) = (args.json.clone(), args.html.clone(), args.junit.clone());
     let slo = args.slo.take();
     let dir = args.dir.clone();
+    let kept = !args.dir_is_temporary;
     let mut report = drill(args).await?;
     if let Some(slo) = &slo {
         report.apply_slo(slo);
     }
-    if let Some(w) = dir.and_then(|d| logged_warnings(&d.join(PROXY_LOG))) {
+    if let Some(w) = dir.and_then(|d| logged_warnings(&d.join(PROXY_LOG), kept)) {
         report.warnings.push(w);
     }
     println!("{}", report.render_text());
-    report.write_files(json.as_deref(), html.as_deref(), junit.as_deref())?;
-    if !report.passed() {
-        anyhow::bail!("drill failed: {}", report.problems().join("; "));
-    }
-    Ok(())
+    let written = report.write_files(json.as_deref(), html.as_deref(), junit.as_deref());
+    loadtest::failed("drill", &report, written)
 }
 
 /// The proxy's log in the run directory (`residency-proxy drill`).
 pub const PROXY_LOG: &str = "proxy.log";
 
-/// Warnings and errors the proxy logged to `log`, summarised by message
-/// (most frequent first, at most five).
-fn logged_warnings(log: &std::path::Path) -> Option<String> {
+/// Warnings and errors the proxy logged to `log`, in either log format,
+/// summarised by message (most frequent first, at most five). `kept`:
+/// `log` outlives the drill (`--dir`), so the summary may point at it.
+pub fn logged_warnings(log: &std::path::Path, kept: bool) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     let mut by_message: std::collections::BTreeMap<String, usize> = Default::default();
     let mut total = 0;
     for line in text.lines() {
-        let Some((_, rest)) = line
-            .split_once(" WARN ")
-            .or_else(|| line.split_once(" ERROR "))
-        else {
+        let Some(message) = warning(line) else {
             continue;
         };
         total += 1;
-        // `target: message key=value …`: the message.
-        let rest = rest.split_once(": ").map_or(rest, |(_, m)| m);
-        let message: Vec<&str> = rest.split(' ').take_while(|w| !w.contains('=')).collect();
-        *by_message.entry(message.join(" ")).or_default() += 1;
+        *by_message.entry(message).or_default() += 1;
     }
     if total == 0 {
         return None;
@@ -214,11 +223,44 @@ fn logged_warnings(log: &std::path::Path) -> Option<String> {
         .take(5)
         .map(|(m, n)| format!("{n}× \"{m}\""))
         .collect();
-    Some(format!(
-        "the proxy logged {total} warning(s) ({}): {}",
-        log.display(),
-        list.join(", ")
-    ))
+    Some(if kept {
+        format!(
+            "the proxy logged {total} warning(s) ({}): {}",
+            log.display(),
+            list.join(", ")
+        )
+    } else {
+        // The temporary directory is gone by the time anyone reads this.
+        format!(
+            "the proxy logged {total} warning(s): {} (its log was in the drill's temporary directory, removed when the drill ended; give --dir DIR to keep it as DIR/{PROXY_LOG})",
+            list.join(", ")
+        )
+    })
+}
+
+/// The message of a warning or error line of the proxy's log, text
+/// (`… WARN target: message key=value …`) or JSON (`"level":"WARN"`,
+/// `--log-format json`); `None` for any other line.
+fn warning(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        if !matches!(event["level"].as_str(), Some("WARN" | "ERROR")) {
+            return None;
+        }
+        // Flattened (as `--log-format json` writes it), or under `fields`.
+        let message = event["message"]
+            .as_str()
+            .or_else(|| event["fields"]["message"].as_str())
+            .unwrap_or("(no message)");
+        return Some(message.to_string());
+    }
+    let (_, rest) = line
+        .split_once(" WARN ")
+        .or_else(|| line.split_once(" ERROR "))?;
+    // `target: message key=value …`: the message.
+    let rest = rest.split_once(": ").map_or(rest, |(_, m)| m);
+    let message: Vec<&str> = rest.split(' ').take_while(|w| !w.contains('=')).collect();
+    Some(message.join(" "))
 }
 
 /// Sets up sink and proxy, runs the load, tears everything down.

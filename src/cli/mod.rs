@@ -228,6 +228,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             };
             args.dir = Some(work.path().to_path_buf());
+            args.dir_is_temporary = !work.kept();
             match std::fs::File::create(work.path().join(crate::cli::drill::PROXY_LOG)) {
                 Ok(file) => init_tracing_to(format.unwrap_or_default(), &level, file),
                 Err(_) => init_tracing(format.unwrap_or_default(), &level),

@@ -1067,6 +1067,109 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
     assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
 
+/// `drill --slo` with a limit that is no limit — NaN, negative — exits 2
+/// naming each key and its line, before anything starts; the drill ran,
+/// and held the run to "≤ NaN ms".
+#[test]
+fn a_drill_s_slo_limit_out_of_range_exits_2_before_starting() {
+    let dir = TempDir::new("cli-drill-slo-range");
+    let slo = dir.path().join("slo.toml");
+    std::fs::write(&slo, "max_time_to_detect_ms = nan\nmax_p99_ms = -5\n").unwrap();
+    let out = run(
+        &[
+            "drill",
+            "--duration",
+            "2s",
+            "--slo",
+            path(&slo),
+            "--dir",
+            path(&dir.path().join("run")),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for says in [
+        "line 1: max_time_to_detect_ms = nan",
+        "line 2: max_p99_ms = -5",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    assert!(!dir.path().join("run").exists(), "nothing was set up");
+}
+
+/// A report file that could not be written at the end (`--json` in a
+/// directory that does not exist) exits 2 naming its flag before the
+/// drill starts; it was found after the whole run, and kept the `--junit`
+/// report from being written.
+#[test]
+fn a_drill_s_unwritable_report_exits_2_before_starting() {
+    let dir = TempDir::new("cli-drill-outputs");
+    let json = dir.path().join("missing").join("r.json");
+    let junit = dir.path().join("j.xml");
+    let out = run(
+        &[
+            "drill",
+            "--duration",
+            "2s",
+            "--json",
+            path(&json),
+            "--junit",
+            path(&junit),
+            "--dir",
+            path(&dir.path().join("run")),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--json {}: cannot be written", json.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--junit"), "{stderr}");
+    assert!(!dir.path().join("run").exists(), "nothing was set up");
+    assert!(!junit.exists(), "the check leaves no file behind");
+}
+
+/// Without `--dir`, the proxy's log is in a temporary directory removed
+/// when the drill ends: the summary of its warnings does not point there
+/// (it named the removed file), says how to keep it, and counts warnings
+/// logged as JSON (`--log-format json`: it found none, and said nothing).
+/// A 2 s drill: zurich refused for a second is logged by the health checks.
+#[test]
+fn a_drill_s_warning_summary_counts_json_logs_and_names_no_removed_file() {
+    let out = run(
+        &[
+            "--log-format",
+            "json",
+            "drill",
+            "--duration",
+            "2s",
+            "--rate",
+            "50",
+            "--no-progress",
+            "--no-log",
+            "--chaos",
+            "500ms:zurich=refuse",
+            "--chaos",
+            "1500ms:zurich=normal",
+        ],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("WARNING: the proxy logged"))
+        .unwrap_or_else(|| panic!("no summary of the proxy's warnings: {stdout}"));
+    assert!(
+        summary.contains("upstream down: active checks failing"),
+        "{summary}"
+    );
+    assert!(summary.contains("give --dir DIR to keep it"), "{summary}");
+    assert!(!summary.contains("residency-proxy-drill-"), "{summary}");
+}
+
 /// `check-config` warns of a tenant any client can claim: recognised by a
 /// server name (which anyone can send) with `mismatch = "allow"` routes
 /// whoever names it by its pin. Not of one that refuses a mismatch, nor of

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use residency_proxy::cli::drill::{drill, DrillArgs};
+use residency_proxy::cli::drill::{drill, logged_warnings, DrillArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
@@ -130,4 +130,54 @@ async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
         junit.contains("name=\"no residency violations\""),
         "{junit}"
     );
+}
+
+/// The summary of the proxy's warnings reads either log format (`--log-format
+/// json` was summarised as no warning at all), and points at the log only
+/// when it outlives the drill (`--dir`).
+#[test]
+fn the_proxy_s_warnings_are_summarised_from_either_log_format() {
+    let dir = crate::support::TempDir::new("drill-warnings");
+    let text_log = dir.path().join("text.log");
+    std::fs::write(
+        &text_log,
+        "2026-01-01T00:00:00.000001Z  INFO residency_proxy::cli: runtime workers=2\n\
+         2026-01-01T00:00:00.000002Z  WARN residency_proxy::proxy::forward: upstream request failed request_id=1 datacenter=\"zurich\"\n\
+         2026-01-01T00:00:00.000003Z  WARN residency_proxy::proxy::forward: upstream request failed request_id=2 datacenter=\"zurich\"\n\
+         2026-01-01T00:00:00.000004Z ERROR residency_proxy::probes: upstream down: active checks failing datacenter=\"zurich\"\n",
+    )
+    .unwrap();
+    let json_log = dir.path().join("json.log");
+    std::fs::write(
+        &json_log,
+        concat!(
+            r#"{"timestamp":"2026-01-01T00:00:00.000001Z","level":"INFO","message":"runtime","target":"residency_proxy::cli"}"#,
+            "\n",
+            r#"{"timestamp":"2026-01-01T00:00:00.000002Z","level":"WARN","message":"upstream request failed","request_id":"1","target":"residency_proxy::proxy::forward"}"#,
+            "\n",
+            r#"{"timestamp":"2026-01-01T00:00:00.000003Z","level":"WARN","fields":{"message":"upstream request failed"},"target":"residency_proxy::proxy::forward"}"#,
+            "\n",
+            r#"{"timestamp":"2026-01-01T00:00:00.000004Z","level":"ERROR","message":"upstream down: active checks failing","target":"residency_proxy::probes"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let counted = "3 warning(s)";
+    let messages = "2× \"upstream request failed\", 1× \"upstream down: active checks failing\"";
+    for log in [&text_log, &json_log] {
+        let kept = logged_warnings(log, true).expect("warnings found");
+        assert_eq!(
+            kept,
+            format!("the proxy logged {counted} ({}): {messages}", log.display())
+        );
+        let removed = logged_warnings(log, false).expect("warnings found");
+        assert!(
+            removed.starts_with(&format!("the proxy logged {counted}: {messages} (")),
+            "{removed}"
+        );
+        assert!(
+            !removed.contains(&log.display().to_string()) && removed.contains("--dir"),
+            "{removed}"
+        );
+    }
 }

@@ -57,10 +57,9 @@ impl Report {
         );
         let _ = write!(
             o,
-            "<header><h1 id=\"verdict\" class=\"{}\">{verdict}: {} residency violation(s), {} acknowledged upload(s) missing</h1>",
+            "<header><h1 id=\"verdict\" class=\"{}\">{}</h1>",
             if passed { "pass" } else { "fail" },
-            self.residency_violations,
-            self.acknowledged_missing
+            esc(&self.verdict())
         );
         let problems = self.problems();
         if !problems.is_empty() {
@@ -146,11 +145,15 @@ impl Report {
         o
     }
 
-    /// When faults were in force: (start, end) in seconds from the start.
-    pub(super) fn fault_windows(&self) -> Vec<(f64, f64)> {
+    /// When faults were in force — (start, end) in seconds from the start —
+    /// and the jurisdictions each struck (those its failover names).
+    pub(super) fn fault_windows(&self) -> Vec<(f64, f64, Vec<String>)> {
         self.windows()
             .iter()
-            .map(|w| (w.start_s, w.end_s))
+            .map(|w| {
+                let struck = w.chaos.failover.as_ref().map(|f| f.jurisdictions.clone());
+                (w.start_s, w.end_s, struck.unwrap_or_default())
+            })
             .collect()
     }
 

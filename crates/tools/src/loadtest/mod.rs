@@ -36,6 +36,8 @@ pub mod report;
 pub mod schedule;
 pub mod slo;
 pub mod spec;
+#[cfg(test)]
+mod tests;
 pub mod upload;
 
 use std::sync::Arc;
@@ -60,9 +62,10 @@ const SETTLE_STEP: Duration = Duration::from_secs(1);
 /// … for at most this long.
 const SETTLE_MAX: Duration = Duration::from_secs(30);
 
-/// Runs a load test, prints its report (and writes `--json`); fails if any
-/// upload was stored outside its permitted data centres, an acknowledged
-/// upload is missing, or the sinks could not be reconciled.
+/// Runs a load test, prints its report (and writes `--json`, `--html`,
+/// `--junit`); fails if any upload was stored outside its permitted data
+/// centres, an acknowledged upload is missing, the sinks could not be
+/// reconciled (or another check failed), or a report could not be written.
 /// `policy` is the residency policy of the configuration `--config` names.
 /// `recovery`: the proxy's [`Plan::recovery`], from its configuration.
 pub async fn run(
@@ -76,16 +79,25 @@ pub async fn run(
         report.apply_slo(slo);
     }
     print!("{}", report.render_text());
-    report.write_files(
+    let written = report.write_files(
         args.options.json.as_deref(),
         args.options.html.as_deref(),
         args.options.junit.as_deref(),
-    )?;
+    );
+    failed("load test", &report, written)
+}
+
+/// The exit of a run whose report was printed and `written`: an error if
+/// the run failed its checks, or a report file could not be written (the
+/// others were), saying which.
+pub fn failed(what: &str, report: &Report, written: anyhow::Result<()>) -> anyhow::Result<()> {
     let problems = report.problems();
-    if !problems.is_empty() {
-        anyhow::bail!("load test failed: {}", problems.join("; "));
+    match written {
+        Err(e) if problems.is_empty() => Err(e),
+        Err(e) => anyhow::bail!("{what} failed: {} (and {e:#})", problems.join("; ")),
+        Ok(()) if problems.is_empty() => Ok(()),
+        Ok(()) => anyhow::bail!("{what} failed: {}", problems.join("; ")),
     }
-    Ok(())
 }
 
 /// The sinks' records. With uploads the client gave up on (no answer), the

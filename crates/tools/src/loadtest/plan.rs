@@ -176,14 +176,29 @@ impl Plan {
             restore_after: !args.leave_chaos,
             log: None,
         };
-        plan.validate()?;
+        // Reports that could not be written at the end would be lost with
+        // the run: found now, with the other problems.
+        let mut problems = Vec::new();
+        check_outputs(
+            &[
+                ("--json", args.json.as_deref()),
+                ("--html", args.html.as_deref()),
+                ("--junit", args.junit.as_deref()),
+            ],
+            &mut problems,
+        );
+        plan.check(problems)?;
         Ok(plan)
     }
 
     /// Checks the plan as a whole (every problem at once) and sorts the
     /// chaos schedule. [`super::execute`] calls it too.
     pub fn validate(&mut self) -> anyhow::Result<()> {
-        let mut problems: Vec<String> = Vec::new();
+        self.check(Vec::new())
+    }
+
+    /// [`Plan::validate`], with `problems` found before.
+    fn check(&mut self, mut problems: Vec<String>) -> anyhow::Result<()> {
         let p = &mut problems;
         check_load(self.rate, self.duration, self.body_size, p);
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT {
@@ -399,4 +414,30 @@ pub fn refuse(command: &str, problems: Vec<String>) -> Result<(), ConfigReport> 
         }
     }
     Err(report)
+}
+
+/// Output files (`--json`, `--html`, `--junit`: flag and path) that could
+/// not be written at the end of a run, checked before it starts: the
+/// directory must exist and take the file. A file not there before is not
+/// left behind.
+pub fn check_outputs(outputs: &[(&str, Option<&std::path::Path>)], p: &mut Vec<String>) {
+    for (flag, path) in outputs {
+        let Some(path) = path else { continue };
+        let probe = if path.is_dir() {
+            Err(std::io::Error::other("a directory, not a file"))
+        } else if path.exists() {
+            // Opened to write, not truncated: the run may still fail
+            // before the report replaces it.
+            std::fs::OpenOptions::new().write(true).open(path).map(drop)
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|_| std::fs::remove_file(path))
+        };
+        if let Err(e) = probe {
+            p.push(format!("{flag} {}: cannot be written: {e}", path.display()));
+        }
+    }
 }

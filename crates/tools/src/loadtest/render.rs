@@ -190,14 +190,11 @@ impl Report {
                 );
             }
         }
-        let problems = self.problems();
-        if problems.is_empty() {
-            let _ = writeln!(
-                o,
-                "\nPASS: 0 residency violations, 0 acknowledged uploads missing"
-            );
-        } else {
-            let _ = writeln!(o, "\nFAIL: {}", problems.join("; "));
+        // The verdict as the HTML heading states it, then (as the HTML
+        // lists them) why it failed.
+        let _ = writeln!(o, "\n{}", self.verdict());
+        for p in self.problems() {
+            let _ = writeln!(o, "  - {p}");
         }
         out
     }
@@ -249,6 +246,11 @@ impl Report {
             xml(&self.run_id),
             cases.len(),
             self.elapsed_s
+        );
+        let _ = writeln!(
+            o,
+            "  <properties><property name=\"verdict\" value=\"{}\"/></properties>",
+            xml(&self.verdict())
         );
         for (name, failure) in cases {
             match failure {

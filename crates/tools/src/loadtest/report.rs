@@ -238,6 +238,10 @@ pub struct JurisdictionReport {
     #[serde(flatten)]
     pub counts: Counts,
     pub latency: LatencySummary,
+    /// Its uploads scheduled while a fault that struck it (one whose
+    /// failover names it) was in force, from the fault to its data centre's
+    /// repair: what `min_availability` is measured over.
+    pub during_faults: Counts,
 }
 
 impl Report {
@@ -253,12 +257,7 @@ impl Report {
                 .find(|c| c.name == name)
                 .map_or(measured == 0, |c| c.passed)
         };
-        let objective = |name: &str| {
-            self.slo
-                .iter()
-                .find(|c| c.name == name && c.threshold != "≤ 0")
-                .map_or_else(String::new, |c| format!(" (objective {})", c.threshold))
-        };
+        let objective = |name: &str| self.objective(name);
         let mut cases: Vec<(String, Option<String>)> = vec![
             (
                 "no residency violations".into(),
@@ -331,6 +330,33 @@ impl Report {
         cases
     }
 
+    /// ` (objective ≤ N)` when objective `name` allows more than 0.
+    fn objective(&self, name: &str) -> String {
+        self.slo
+            .iter()
+            .find(|c| c.name == name && c.threshold != "≤ 0")
+            .map_or_else(String::new, |c| format!(" (objective {})", c.threshold))
+    }
+
+    /// The verdict in one line, as every report states it (text, HTML
+    /// heading, JUnit property, JSON): PASS or FAIL with the counts
+    /// measured — and the objective they were held to when it allows more
+    /// than 0, so that a PASS with violations does not read as a clean one.
+    pub fn verdict(&self) -> String {
+        let word = if self.passed() { "PASS" } else { "FAIL" };
+        if self.reconcile_error.is_some() {
+            // Nothing was counted: 0 would be a claim.
+            return format!("{word}: residency not checked (could not reconcile with the sinks)");
+        }
+        format!(
+            "{word}: {} residency violation(s){}, {} acknowledged upload(s) missing{}",
+            self.residency_violations,
+            self.objective("residency violations"),
+            self.acknowledged_missing,
+            self.objective("acknowledged uploads missing")
+        )
+    }
+
     /// Why the run failed its checks (empty: passed).
     pub fn problems(&self) -> Vec<String> {
         self.checks()
@@ -343,24 +369,51 @@ impl Report {
         self.problems().is_empty()
     }
 
+    /// The report as JSON: every field, with the verdict ([`Report::passed`],
+    /// [`Report::verdict`]) as the other reports state it.
+    pub fn render_json(&self) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct WithVerdict<'a> {
+            passed: bool,
+            verdict: String,
+            #[serde(flatten)]
+            report: &'a Report,
+        }
+        serde_json::to_vec_pretty(&WithVerdict {
+            passed: self.passed(),
+            verdict: self.verdict(),
+            report: self,
+        })
+    }
+
     /// Writes the report as JSON, HTML and JUnit XML to the files given.
+    /// One that cannot be written does not keep the others from being
+    /// written (the run cannot be repeated for them); the error names each
+    /// that failed, by its flag.
     pub fn write_files(
         &self,
         json: Option<&std::path::Path>,
         html: Option<&std::path::Path>,
         junit: Option<&std::path::Path>,
     ) -> anyhow::Result<()> {
-        use anyhow::Context as _;
         let outputs = [
-            (json, serde_json::to_vec_pretty(self)?),
-            (html, self.render_html().into_bytes()),
-            (junit, self.render_junit().into_bytes()),
+            (
+                "--json",
+                json,
+                self.render_json().map_err(std::io::Error::from),
+            ),
+            ("--html", html, Ok(self.render_html().into_bytes())),
+            ("--junit", junit, Ok(self.render_junit().into_bytes())),
         ];
-        for (path, bytes) in outputs {
-            if let Some(path) = path {
-                std::fs::write(path, bytes)
-                    .with_context(|| format!("writing {}", path.display()))?;
+        let mut failed = Vec::new();
+        for (flag, path, bytes) in outputs {
+            let Some(path) = path else { continue };
+            if let Err(e) = bytes.and_then(|bytes| std::fs::write(path, bytes)) {
+                failed.push(format!("{flag} {}: {e}", path.display()));
             }
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("could not write {}", failed.join("; "));
         }
         Ok(())
     }
@@ -412,25 +465,30 @@ impl Bucket {
 
     /// `end`: when the run stopped waiting for uploads.
     fn add(&mut self, o: &Outcome, end: Duration) {
-        let c = &mut self.counts;
-        c.scheduled += 1;
+        self.counts.add(o);
         if let Some(waited) = waited(o, end) {
             let us = waited.as_micros();
             self.latency
                 .saturating_record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
         }
+    }
+}
+
+impl Counts {
+    fn add(&mut self, o: &Outcome) {
+        self.scheduled += 1;
         match &o.result {
-            Sent::NotSent => c.not_sent_overload += 1,
+            Sent::NotSent => self.not_sent_overload += 1,
             Sent::Unfinished => {
-                c.sent += 1;
-                c.failed += 1;
+                self.sent += 1;
+                self.failed += 1;
             }
             Sent::Done { .. } => {
-                c.sent += 1;
+                self.sent += 1;
                 if o.acknowledged() {
-                    c.acknowledged += 1;
+                    self.acknowledged += 1;
                 } else {
-                    c.failed += 1;
+                    self.failed += 1;
                 }
             }
         }
@@ -539,6 +597,7 @@ pub fn build(
                 origins,
                 counts: b.counts,
                 latency: summary(&b.latency),
+                during_faults: Counts::default(),
             };
             (m.jurisdiction.clone(), report)
         })
@@ -588,8 +647,30 @@ pub fn build(
         residency_log: None,
         slo: Vec::new(),
     };
+    during_faults(&mut report, plan, outcomes);
     report.warnings = warnings(&report, plan);
     report
+}
+
+/// Counts each jurisdiction's uploads scheduled in the window of a fault
+/// that struck it, each by its own scheduled time. (Not by the
+/// [`Timeline`]'s steps, each in or out by its midpoint: that dropped up to
+/// half a step at each end of a fault — at its start, the uploads that
+/// failed before the proxy noticed — and all of a shorter fault.)
+fn during_faults(report: &mut Report, plan: &Plan, outcomes: &[Outcome]) {
+    let windows = report.fault_windows();
+    for o in outcomes {
+        let Some(name) = plan.mix.get(o.jurisdiction).map(|m| &m.jurisdiction) else {
+            continue;
+        };
+        let t = o.scheduled.as_secs_f64();
+        let struck = windows
+            .iter()
+            .any(|(start, end, js)| (*start..*end).contains(&t) && js.contains(name));
+        if let Some(j) = report.jurisdictions.get_mut(name).filter(|_| struck) {
+            j.during_faults.add(o);
+        }
+    }
 }
 
 fn warnings(r: &Report, plan: &Plan) -> Vec<String> {

@@ -1,0 +1,395 @@
+//! The report, its objectives and its files on synthetic runs: outcomes
+//! made up, no socket.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use residency_core::policy::{Policy, RawDatacenter, RawJurisdiction, RawUnknownOrigin};
+use residency_core::report::{ConfigReport, Setting};
+
+use super::chaos::Applied;
+use super::generator::{Generated, Outcome, Sent};
+use super::plan::check_outputs;
+use super::reconcile::Reconciled;
+use super::report::build;
+use super::slo::Slo;
+use super::upload::{Answer, RunId};
+use super::{Plan, Report};
+
+/// The drill's policy: ch in zurich (priority 1) or geneva (2), eu in
+/// frankfurt, us in virginia; the mix ch, eu, us (indexes 0, 1, 2).
+fn plan() -> Plan {
+    let jurisdictions: BTreeMap<String, RawJurisdiction> =
+        [("ch", "CH"), ("eu", "DE"), ("us", "US")]
+            .into_iter()
+            .map(|(name, country)| {
+                let j = RawJurisdiction {
+                    countries: vec![country.into()],
+                    store_in: None,
+                };
+                (name.to_string(), j)
+            })
+            .collect();
+    let datacenters: BTreeMap<String, RawDatacenter> = [
+        ("zurich", "ch", "1", 1),
+        ("geneva", "ch", "2", 2),
+        ("frankfurt", "eu", "1", 3),
+        ("virginia", "us", "1", 4),
+    ]
+    .into_iter()
+    .map(|(name, j, priority, port)| {
+        let dc = RawDatacenter {
+            jurisdiction: Some(j.into()),
+            priority: Some(Setting::from_text(priority)),
+            upstreams: vec![format!("http://127.0.0.1:{port}")],
+        };
+        (name.to_string(), dc)
+    })
+    .collect();
+    let mut problems = ConfigReport::new("test");
+    let policy = Policy::from_raw(
+        &jurisdictions,
+        &RawUnknownOrigin::default(),
+        &datacenters,
+        &mut problems,
+    );
+    let policy = problems.finish(policy).expect("a valid policy");
+    let mut plan = Plan::new("https://127.0.0.1:1/v1/telemetry".parse().unwrap(), policy);
+    plan.mix = "ch=40,eu=40,us=20".parse::<super::Mix>().unwrap().0;
+    plan
+}
+
+/// Upload `index` of mix entry `j`, scheduled at `at_ms`, answered 5 ms
+/// later with `status` by `dc`.
+fn outcome(index: u64, j: usize, at_ms: u64, status: u16, dc: Option<&str>) -> Outcome {
+    let ok = (200..300).contains(&status);
+    Outcome {
+        index,
+        jurisdiction: j,
+        origin: "192.0.2.10".parse().unwrap(),
+        scheduled: Duration::from_millis(at_ms),
+        result: Sent::Done {
+            answer: Answer {
+                status: Some(status),
+                failure: (!ok).then(|| status.to_string()),
+                datacenter: dc.map(str::to_string),
+                receipt: None,
+                request_id: None,
+                detail: None,
+            },
+            finished: Duration::from_millis(at_ms + 5),
+            sha256: [0; 32],
+        },
+    }
+}
+
+/// `event` (as written) applied when due, at `at` s.
+fn applied(event: &str, at: f64) -> Applied {
+    Applied {
+        event: event.into(),
+        at_s: at,
+        applied_at_s: Some(at),
+        ok: true,
+        via: None,
+        detail: None,
+    }
+}
+
+/// The report of `outcomes` over `plan`, with `applied` chaos and what the
+/// sinks were found to hold.
+fn report(plan: &Plan, outcomes: Vec<Outcome>, applied: Vec<Applied>, sinks: Reconciled) -> Report {
+    let generated = Generated {
+        outcomes,
+        elapsed: plan.duration,
+    };
+    let mut report = build(
+        plan,
+        &RunId::new(),
+        &generated,
+        applied,
+        Vec::new(),
+        Ok(sinks),
+    );
+    report.apply_slo(&Slo::default());
+    report
+}
+
+/// Ten ch uploads, all acknowledged by zurich, over a second.
+fn quiet_run(sinks: Reconciled) -> Report {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(1);
+    let outcomes = (0..10)
+        .map(|i| outcome(i, 0, i * 100, 201, Some("zurich")))
+        .collect();
+    report(&plan, outcomes, Vec::new(), sinks)
+}
+
+/// The text, the HTML heading, the JUnit property and the JSON all state
+/// `verdict`.
+fn every_report_says(r: &Report, verdict: &str) {
+    let text = r.render_text();
+    assert!(text.contains(&format!("\n{verdict}\n")), "text: {text}");
+    let html = r.render_html();
+    assert!(html.contains(&format!("\">{verdict}</h1>")), "html: {html}");
+    let junit = r.render_junit();
+    assert!(
+        junit.contains(&format!("<property name=\"verdict\" value=\"{verdict}\"/>")),
+        "junit: {junit}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&r.render_json().unwrap()).unwrap();
+    assert_eq!(json["verdict"], verdict, "json");
+    assert_eq!(json["passed"], r.passed(), "json");
+    assert_eq!(json["residency_violations"], r.residency_violations, "json");
+}
+
+/// A run passed by an objective that allows violations or missing uploads
+/// says how many there were, and by what objective it passed; the text
+/// said "PASS: 0 residency violations, 0 acknowledged uploads missing"
+/// whatever the counts.
+#[test]
+fn the_verdict_states_the_counts_and_the_objective_that_allowed_them() {
+    let leaky = Reconciled {
+        violations: 50,
+        ..Reconciled::default()
+    };
+    let mut r = quiet_run(leaky);
+    assert!(!r.passed());
+    every_report_says(
+        &r,
+        "FAIL: 50 residency violation(s), 0 acknowledged upload(s) missing",
+    );
+    assert!(r
+        .render_text()
+        .contains("\n  - 50 residency violation(s)\n"));
+    r.apply_slo(&Slo {
+        max_residency_violations: 100_000,
+        ..Slo::default()
+    });
+    assert!(r.passed(), "{:?}", r.problems());
+    every_report_says(
+        &r,
+        "PASS: 50 residency violation(s) (objective ≤ 100000), 0 acknowledged upload(s) missing",
+    );
+    assert!(!r.render_text().contains("PASS: 0"), "{}", r.render_text());
+
+    let lossy = Reconciled {
+        acknowledged_missing: 100,
+        ..Reconciled::default()
+    };
+    let mut r = quiet_run(lossy);
+    r.apply_slo(&Slo {
+        max_acknowledged_missing: 1000,
+        ..Slo::default()
+    });
+    assert!(r.passed(), "{:?}", r.problems());
+    every_report_says(
+        &r,
+        "PASS: 0 residency violation(s), 100 acknowledged upload(s) missing (objective ≤ 1000)",
+    );
+
+    let clean = quiet_run(Reconciled::default());
+    every_report_says(
+        &clean,
+        "PASS: 0 residency violation(s), 0 acknowledged upload(s) missing",
+    );
+}
+
+/// Sinks that could not be read leave nothing counted: the verdict does
+/// not claim 0 of anything.
+#[test]
+fn the_verdict_claims_no_count_when_the_sinks_were_not_reconciled() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(1);
+    let generated = Generated {
+        outcomes: vec![outcome(0, 0, 0, 201, Some("zurich"))],
+        elapsed: plan.duration,
+    };
+    let failed = Err("connection refused".to_string());
+    let mut r = build(
+        &plan,
+        &RunId::new(),
+        &generated,
+        Vec::new(),
+        Vec::new(),
+        failed,
+    );
+    r.apply_slo(&Slo::default());
+    every_report_says(
+        &r,
+        "FAIL: residency not checked (could not reconcile with the sinks)",
+    );
+}
+
+/// The D2 reproduction: frankfurt errors for 110 ms, inside one 250 ms
+/// timeline step whose midpoint is before the fault. Every eu upload
+/// scheduled meanwhile got 503: availability 0, measured from each
+/// upload's own scheduled time (it was "no upload during faults", met).
+/// ch and us, which the fault did not strike, are not measured over it.
+#[test]
+fn availability_counts_every_upload_of_a_fault_shorter_than_a_chart_step() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(8);
+    let chaos = [
+        ("5130ms:frankfurt=error", 5.13),
+        ("5240ms:frankfurt=normal", 5.24),
+    ];
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+    let outcomes = (0..800u64)
+        .map(|i| {
+            let at = i * 10;
+            match i % 3 {
+                0 => outcome(i, 0, at, 201, Some("zurich")),
+                1 if (5130..5240).contains(&at) => outcome(i, 1, at, 503, None),
+                1 => outcome(i, 1, at, 201, Some("frankfurt")),
+                _ => outcome(i, 2, at, 201, Some("virginia")),
+            }
+        })
+        .collect();
+    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    r.apply_slo(&Slo {
+        min_availability: Some(0.9),
+        ..Slo::default()
+    });
+    let eu = &r.jurisdictions["eu"].during_faults;
+    // eu every 30 ms from 10 ms: 5140, 5170, 5200, 5230.
+    assert_eq!((eu.scheduled, eu.acknowledged), (4, 0), "{eu:?}");
+    for j in ["ch", "us"] {
+        assert_eq!(r.jurisdictions[j].during_faults.scheduled, 0, "{j}");
+    }
+    let check = |name: &str| r.slo.iter().find(|c| c.name == name).unwrap().clone();
+    let eu = check("eu: availability during faults");
+    assert!(!eu.passed, "{eu:?}");
+    assert_eq!(eu.measured, "0.000 (0 of 4)");
+    let ch = check("ch: availability during faults");
+    assert!(ch.passed, "{ch:?}");
+    assert!(!r.passed());
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.starts_with("SLO eu: availability during faults")),
+        "{:?}",
+        r.problems()
+    );
+}
+
+/// A fresh directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rp-loadtest-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `Slo::load` of a file holding `text`: the objectives, or the report's
+/// text.
+fn load(dir: &Path, text: &str) -> Result<Slo, String> {
+    let path = dir.join("slo.toml");
+    std::fs::write(&path, text).unwrap();
+    Slo::load(&path).map_err(|e| e.to_string())
+}
+
+/// Every number of an SLO file is checked, and one out of range is named
+/// by its key and line: a NaN limit held no run to anything ("objective
+/// ≤ NaN ms", missed), a negative one failed every run, and both were
+/// accepted.
+#[test]
+fn every_slo_limit_out_of_range_is_named_by_its_key() {
+    let dir = scratch("slo");
+    for (text, says) in [
+        (
+            "max_time_to_detect_ms = nan\n",
+            "line 1: max_time_to_detect_ms = nan: milliseconds",
+        ),
+        ("max_p99_ms = -5\n", "line 1: max_p99_ms = -5: milliseconds"),
+        (
+            "# why\nmax_time_to_recover_ms = inf\n",
+            "line 2: max_time_to_recover_ms = inf: milliseconds",
+        ),
+        (
+            "max_time_to_failover_ms = -0.5\n",
+            "max_time_to_failover_ms = -0.5: milliseconds",
+        ),
+        (
+            "max_residency_violations = -1\n",
+            "line 1: max_residency_violations = -1: a count, a whole number 0 or more",
+        ),
+        (
+            "max_acknowledged_missing = 2.5\n",
+            "max_acknowledged_missing = 2.5: a count",
+        ),
+        (
+            "min_availability = nan\n",
+            "min_availability = nan: a fraction",
+        ),
+        ("min_availability = 2\n", "min_availability = 2: a fraction"),
+    ] {
+        let e = load(&dir, text).unwrap_err();
+        assert!(e.contains("--slo") && e.contains(says), "{text}: {e}");
+    }
+    // Every bad key at once.
+    let e = load(&dir, "max_p99_ms = -5\nmax_time_to_detect_ms = nan\n").unwrap_err();
+    assert!(e.contains("2 problems"), "{e}");
+
+    let slo = load(
+        &dir,
+        "max_residency_violations = 3\nmax_acknowledged_missing = 0\nmax_time_to_detect_ms = 0\n\
+         max_p99_ms = 3000\nmax_time_to_recover_ms = 1000.5\nmin_availability = 1\n",
+    )
+    .unwrap();
+    assert_eq!(slo.max_residency_violations, 3);
+    assert_eq!(slo.max_time_to_detect_ms, Some(0.0));
+    assert_eq!(slo.max_p99_ms, Some(3000.0));
+    assert_eq!(slo.max_time_to_recover_ms, Some(1000.5));
+    assert_eq!(slo.min_availability, Some(1.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An output that cannot be written is found before a run (naming its
+/// flag), without leaving a file behind; one that still fails at the end
+/// keeps none of the others from being written.
+#[test]
+fn report_files_are_checked_before_and_written_despite_one_failing() {
+    let dir = scratch("outputs");
+    let missing = dir.join("no-such-dir").join("r.json");
+    let existing = dir.join("old.html");
+    std::fs::write(&existing, "old").unwrap();
+    let fresh = dir.join("new.xml");
+    let mut p = Vec::new();
+    check_outputs(
+        &[
+            ("--json", Some(missing.as_path())),
+            ("--html", Some(existing.as_path())),
+            ("--junit", Some(fresh.as_path())),
+            ("--junit", Some(dir.as_path())),
+            ("--json", None),
+        ],
+        &mut p,
+    );
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with(&format!("--json {}: cannot be written", missing.display())),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with(&format!("--junit {}:", dir.display())),
+        "{p:?}"
+    );
+    assert!(!fresh.exists(), "the probe is not left behind");
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "old");
+
+    let r = quiet_run(Reconciled::default());
+    let e = r
+        .write_files(Some(&missing), Some(&existing), Some(&fresh))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--json") && e.contains("r.json"), "{e}");
+    assert!(std::fs::read_to_string(&existing)
+        .unwrap()
+        .starts_with("<!doctype html>"));
+    assert!(std::fs::read_to_string(&fresh)
+        .unwrap()
+        .contains("<testsuite"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
