@@ -122,6 +122,9 @@ const SCHEDULE: [(f64, &str); 6] = [
     (0.90, "undrain=zurich"),
 ];
 
+/// The shortest run the default schedule ([`SCHEDULE`]) can pass in.
+const DEFAULT_SCHEDULE_MIN: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// The drill's data centres (the sinks it starts).
 const DATACENTERS: [&str; 4] = ["zurich", "geneva", "frankfurt", "virginia"];
 
@@ -165,6 +168,18 @@ pub fn check_load(args: &DrillArgs) -> Result<(), ConfigReport> {
         "the drill",
         &mut problems,
     );
+    // The default schedule's faults are 0.1-0.15 of the run apart: in a
+    // shorter run the hang ends before the proxy can find it (`hung_after`
+    // 1 s, health every 250 ms) and a repaired zurich is still held down
+    // (`down_for` 2 s) when it is drained, so the drill fails whatever the
+    // proxy does.
+    if args.chaos.is_empty() && args.duration < DEFAULT_SCHEDULE_MIN {
+        problems.push(format!(
+            "--duration {}: the default schedule needs at least {} (its faults would come faster than failover can show); give --chaos events for a shorter run",
+            humantime::format_duration(args.duration),
+            humantime::format_duration(DEFAULT_SCHEDULE_MIN)
+        ));
+    }
     // A report that could not be written at the end would be lost with
     // the run.
     loadtest::plan::check_outputs(

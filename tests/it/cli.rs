@@ -1065,6 +1065,26 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
     }
     assert!(!stderr.contains("loadtest"), "{stderr}");
     assert!(!dir.path().join("run").exists(), "nothing was set up");
+
+    // The default schedule in a run too short for it: it failed every
+    // time, blaming the proxy (drill audit).
+    let out = run(
+        &[
+            "drill",
+            "--duration",
+            "5s",
+            "--dir",
+            path(&dir.path().join("run")),
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--duration 5s: the default schedule needs at least 8s"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
 
 /// `drill --slo` with a limit that is no limit — NaN, negative — exits 2
