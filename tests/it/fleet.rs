@@ -1516,6 +1516,40 @@ async fn a_cosignature_the_database_refused_is_stored_when_it_takes_it() {
     assert!(cosigned(0).await, "the signer dropped the cosignature");
     assert!(!cosigned(1).await);
     assert!(wkey.verify_note(&stored()).is_err(), "{}", stored());
+    // The signer's lock session ends (a database blip): whichever replica
+    // takes the lock then, replica 0 keeps serving the line (taking the
+    // lock again, it published the stored note without it: review).
+    let terminated = pg
+        .psql(
+            DB,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted",
+        )
+        .unwrap();
+    assert_eq!(terminated, "1");
+    eventually("a replica integrates again", async || {
+        let mut integrators = 0.0;
+        for r in &replicas {
+            integrators += admin_metric(r.admin, "residency_log_integrator")
+                .await
+                .unwrap_or(0.0);
+        }
+        integrators == 1.0
+            && pg
+                .psql(
+                    DB,
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+                )
+                .unwrap()
+                == "1"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        cosigned(0).await,
+        "replica 0 dropped the cosignature: {}",
+        replicas[0].log()
+    );
     pg.psql(DB, "DROP TRIGGER keep_note ON residency_log_checkpoint")
         .unwrap();
     eventually("the cosignature is stored", async || {

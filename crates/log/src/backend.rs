@@ -8,7 +8,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::merkle::Hash;
 use crate::note::{Checkpoint, NoteError, Signer};
-use crate::settings::Transparency;
+use crate::settings::{Transparency, MAX_WITNESSES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -210,7 +210,11 @@ pub(crate) fn cosign(
 /// `stored` (a checkpoint's note as another replica may have cosigned it)
 /// with the cosignature lines of `served` (this replica's note of the same
 /// checkpoint) by keys `stored` lacks: neither replica's cosignatures are
-/// dropped for the other's. A line by a key both have is `stored`'s.
+/// dropped for the other's. A line by a key both have is `stored`'s. The
+/// note keeps to the log's line and [`MAX_WITNESSES`] others (16 lines,
+/// which every signed-note verifier accepts), the stored ones first:
+/// replicas whose witness lists differ (a change rolling out, a witness's
+/// new key) would otherwise add up past it.
 pub(crate) fn keep_cosignatures(stored: &str, served: &str) -> String {
     let (Ok((_, held)), Ok((_, ours))) = (
         crate::witness::split_note(stored),
@@ -219,10 +223,12 @@ pub(crate) fn keep_cosignatures(stored: &str, served: &str) -> String {
         return stored.to_owned();
     };
     let keys: Vec<_> = held.split_terminator('\n').filter_map(line_key).collect();
+    let room = (1 + MAX_WITNESSES).saturating_sub(held.split_terminator('\n').count());
     let missing: Vec<String> = ours
         .split_terminator('\n')
         .skip(1)
         .filter(|line| line_key(line).is_some_and(|k| !keys.contains(&k)))
+        .take(room)
         .map(str::to_owned)
         .collect();
     if missing.is_empty() {
@@ -373,5 +379,22 @@ mod tests {
         assert_eq!(keep_cosignatures(&kept, &note), kept);
         // Ours has every stored line: nothing to add to it either.
         assert_eq!(keep_cosignatures(&note, &note), note);
+        // Full: the log's line and 15 witnesses' stored; a 16th key of
+        // ours is not added (17 lines pass what verifiers must accept).
+        let witnesses: Vec<Cosigner> = (0..16u8)
+            .map(|i| Cosigner::from_seed(&format!("w{i}.example"), &[10 + i; 32]).unwrap())
+            .collect();
+        let full = witnesses[..15]
+            .iter()
+            .fold(note.clone(), |n, w| format!("{n}{}\n", w.cosign(body, 100)));
+        let more = format!("{note}{}\n", witnesses[15].cosign(body, 100));
+        assert_eq!(keep_cosignatures(&full, &more), full);
+        // With room for one, one of ours.
+        let fourteen = witnesses[..14]
+            .iter()
+            .fold(note.clone(), |n, w| format!("{n}{}\n", w.cosign(body, 100)));
+        let two = format!("{more}{}\n", v.cosign(body, 1));
+        let kept = keep_cosignatures(&fourteen, &two);
+        assert_eq!(kept.lines().filter(|l| l.starts_with('—')).count(), 16);
     }
 }

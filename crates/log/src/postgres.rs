@@ -332,6 +332,10 @@ struct Shared {
     /// write failed, or lost a race with another replica's): stored at the
     /// next tick, so that every replica serves them.
     unstored: AtomicBool,
+    /// One cosignature write at a time ([`Shared::store_cosignatures`]).
+    storing: tokio::sync::Mutex<()>,
+    /// The last such write failed (warned once until one succeeds).
+    store_failing: AtomicBool,
     /// The database is behind what this replica served: it lost
     /// committed records. Nothing is sequenced or integrated meanwhile.
     lost: AtomicBool,
@@ -443,6 +447,8 @@ impl Fleet {
             unreachable: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             unstored: AtomicBool::new(false),
+            storing: tokio::sync::Mutex::new(()),
+            store_failing: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
             coverage: Default::default(),
@@ -758,6 +764,14 @@ impl Shared {
     /// One checkpoint tick: take the integrator lock if free; integrate if
     /// held; otherwise follow the stored checkpoint.
     async fn tick(&self) -> Result<Arc<Published>, LogError> {
+        let result = self.tick_locked().await;
+        // Outside the session lock: the write waits for the database.
+        self.store_cosignatures().await;
+        result
+    }
+
+    /// [`Shared::tick`] under the session lock.
+    async fn tick_locked(&self) -> Result<Arc<Published>, LogError> {
         let mut session = self.session.lock().await;
         let session = &mut *session;
         let result = if session.held.is_none() {
@@ -782,7 +796,6 @@ impl Shared {
         };
         self.set_role(session.held.is_some());
         self.probe_writes(result.is_err()).await;
-        self.store_cosignatures().await;
         result
     }
 
@@ -1037,7 +1050,9 @@ impl Shared {
             });
         }
         if let Some(cp) = &stored {
-            self.publish(cp.clone());
+            let mut cp = cp.clone();
+            self.keep_ours(&mut cp);
+            self.publish(cp);
         }
         tracing::info!(checkpoint = size, "took the integrator lock");
         session.held = Some(Integrated {
@@ -1205,17 +1220,9 @@ impl Shared {
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
         if let Some(mut cp) = stored {
+            self.keep_ours(&mut cp);
             let newer = {
                 let latest = self.latest.load();
-                // The same checkpoint keeps the cosignatures this replica
-                // added (their write may have failed).
-                if cp.size == latest.size && cp.root == latest.root {
-                    let kept = keep_cosignatures(&cp.note, &latest.note);
-                    if kept != cp.note {
-                        self.unstored.store(true, Ordering::Relaxed);
-                        cp.note = kept;
-                    }
-                }
                 cp.size > latest.size || cp.note != latest.note
             };
             if newer && publish == Publish::IfReplicated && self.publishable(&cp).await {
@@ -1275,18 +1282,39 @@ impl Shared {
         if cosign(&self.latest, size, lines).is_none() {
             return false;
         }
-        self.unstored.store(true, Ordering::Relaxed);
+        self.unstored.store(true, Ordering::Release);
         self.store_cosignatures().await;
         true
+    }
+
+    /// `cp`, as read from the database, keeps the cosignatures this
+    /// replica serves on the same checkpoint (their write may have failed,
+    /// or lost a race), which are then stored again: a follow, or a lock
+    /// taken, would otherwise swap them back for the stored note, and the
+    /// witness is not asked again for that checkpoint.
+    fn keep_ours(&self, cp: &mut Published) {
+        let latest = self.latest.load();
+        if cp.size != latest.size || cp.root != latest.root {
+            return;
+        }
+        let kept = keep_cosignatures(&cp.note, &latest.note);
+        if kept != cp.note {
+            self.unstored.store(true, Ordering::Release);
+            cp.note = kept;
+        }
     }
 
     /// Stores the served checkpoint's cosignatures with those of the
     /// stored one (another replica may have added its own) if it is still
     /// the same checkpoint: only over the note as read, so that no
     /// replica's write drops another's lines. One that fails or loses the
-    /// race is tried again at the next tick.
+    /// race is tried again at the next tick. The flag is taken before the
+    /// served note is read, and given back unless the write succeeded: a
+    /// cosignature added meanwhile (witnesses answer in tasks of their
+    /// own) sets it again and is stored after, not lost with the flag.
     async fn store_cosignatures(&self) {
-        if !self.unstored.load(Ordering::Relaxed) {
+        let _one = self.storing.lock().await;
+        if !self.unstored.swap(false, Ordering::AcqRel) {
             return;
         }
         let served = self.latest.load_full();
@@ -1322,10 +1350,17 @@ impl Shared {
             Ok::<_, LogError>(updated == 1)
         };
         match stored.await {
-            Ok(true) => self.unstored.store(false, Ordering::Relaxed),
-            Ok(false) => {}
+            Ok(true) => {
+                if self.store_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the cosigned checkpoint is stored");
+                }
+            }
+            Ok(false) => self.unstored.store(true, Ordering::Release),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it and tries again at the next tick");
+                self.unstored.store(true, Ordering::Release);
+                if !self.store_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot store the cosigned checkpoint; this replica serves it and tries again at each tick");
+                }
             }
         }
     }
