@@ -2,7 +2,7 @@
 // origin only), runs the verdict in the browser (verify.js) and says what
 // it found in plain words.
 
-import { check, cosignatures, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
+import { check, cosignatures, generationKey, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
 
 const STEP_NAMES = {
   key: "the log's key",
@@ -37,6 +37,7 @@ window.addEventListener("hashchange", () => {
 });
 let logKey = null; // the vkey in use
 let logId = null; // the same key in its one spelling: what history is kept under
+let logName = null; // its name: the origin of its generation of the log
 // The last check's history: null when the log proved it grew from the
 // checkpoint kept (or none was kept); else what could not be proven, and
 // the checkpoint kept.
@@ -175,8 +176,8 @@ function claimedSize(note) {
 }
 
 // The inputs about history: the checkpoint seen before and the log's
-// consistency proof from it to `note`.
-async function history(vkey, note) {
+// consistency proof from it to `note` (of the generation served at `at`).
+async function history(vkey, note, at = base) {
   const before = remembered(vkey);
   if (!before) return { before: null, inputs: {} };
   const from = claimedSize(before.note);
@@ -184,7 +185,7 @@ async function history(vkey, note) {
   let consistency = [];
   if (from !== null && to !== null && from > 0n && from < to) {
     try {
-      consistency = (await (await get(`${base}proof/consistency?from=${from}&to=${to}`)).json()).hashes;
+      consistency = (await (await get(`${at}proof/consistency?from=${from}&to=${to}`)).json()).hashes;
     } catch (e) {
       // A log that does not prove it only grew has not proven it.
       return { before, inputs: {}, unproven: e.message };
@@ -246,6 +247,164 @@ async function namedOtherwise(a, b) {
   }
 }
 
+// --- the log's other generations ------------------------------------------
+
+// The most of the log's other generations one check of a request id looks
+// in, newest first (one lookup each): a log may list thousands.
+const MAX_LOOKUPS = 64;
+
+// The generation the key in use is of, as a check runs against it (its
+// name as written when the key is not usable: the verdict says why).
+function ownGeneration() {
+  return { key: logKey, id: logId, base, name: logName ?? logKey.split("+")[0], elsewhere: false };
+}
+
+// A key spelled as `canonical` spells it (its key ID in lower case), not
+// checked: it is only compared with the key in use, which was.
+function spelled(vkey) {
+  const parts = String(vkey).trim().split("+");
+  if (parts.length > 1) parts[1] = parts[1].toLowerCase();
+  return parts.join("+");
+}
+
+// The name the log gives generation `n` of the log whose first origin is
+// `root`: `root` itself, then `<root>/<n>` after each roll.
+function generationOrigin(root, n) {
+  return n === 1 ? root : `${root}/${n}`;
+}
+
+// The key in use, as the page's text names it.
+function keyInUse() {
+  return pinnedKey ? "the pinned key" : "this server's key";
+}
+
+// The log's generations but the key in use's, newest first, from one
+// `GET /generations` (none for a log without the list). `own`: the key in
+// use's generation number and `root`: the log's first origin, known when
+// the list names the key in use as a generation its name fits (its name
+// is `root`, or `<root>/<own>`); else `unlisted` says why they are not.
+async function otherGenerations() {
+  let list;
+  try {
+    list = (await (await get("generations")).json()).generations;
+  } catch (e) {
+    if (e.status === 404) return { others: [] };
+    throw e;
+  }
+  if (!Array.isArray(list)) throw new Error("generations: the log's list of generations is not a list");
+  list = list.filter((g) => Number.isSafeInteger(g?.generation) && g.generation >= 1);
+  const mine = list.find((g) => typeof g.key === "string" && spelled(g.key) === logId);
+  const others = list.filter((g) => g !== mine).sort((a, b) => b.generation - a.generation);
+  if (!mine) return { others, unlisted: `it does not list ${keyInUse()} among its generations` };
+  const suffix = `/${mine.generation}`;
+  if (mine.generation === 1) return { others, own: 1, root: logName };
+  if (logName.endsWith(suffix) && logName.length > suffix.length) {
+    return { others, own: mine.generation, root: logName.slice(0, -suffix.length) };
+  }
+  return { others, unlisted: `it lists ${keyInUse()} as its generation ${mine.generation}, whose origin would end in ${suffix}` };
+}
+
+// Listed generation `g`, as this page may check against it: `{ gen }`, or
+// `{ refused }` saying why not. The list is not signed: a generation is
+// taken only if its origin is the name the log gives that generation, it
+// is served under /generations/<n>/, and its listed key is the key in
+// use's public key under that name (its key ID recomputed).
+async function judge(g, root) {
+  const n = g.generation;
+  const origin = generationOrigin(root, n);
+  if (g.origin !== origin) {
+    return { refused: `its origin is not the name this log gives generation ${n}, which is ${origin}` };
+  }
+  if (g.prefix !== `/generations/${n}/`) {
+    return { refused: `it is listed under the prefix ${JSON.stringify(g.prefix)}, not /generations/${n}/` };
+  }
+  try {
+    const key = await generationKey(logKey, g.key, origin);
+    return { gen: { key: key.canonical, id: key.canonical, base: g.prefix.slice(1), name: key.name, number: n, elsewhere: true } };
+  } catch (e) {
+    return { refused: e.message };
+  }
+}
+
+// The record of request id `id` in generation `gen`, or null.
+async function recordIn(gen, id) {
+  try {
+    return await (await get(`${gen.base}records/${encodeURIComponent(id)}`)).json();
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
+
+// Request id `id` in the log's other generations, newest first, at most
+// MAX_LOOKUPS of them: `{ gen, entry, own }` from the first that holds it;
+// else how many it looked in (`looked`), of how many (`others`), those it
+// refused (`refused`: `{ n, why }`), whether it stopped at the limit, and
+// why it looked in none (`unlisted`).
+async function lookElsewhere(id) {
+  const { own, root, others, unlisted } = await otherGenerations();
+  if (unlisted) return { looked: 0, others: others.length, refused: [], unlisted };
+  const refused = [];
+  let looked = 0;
+  for (const [i, g] of others.entries()) {
+    if (i === MAX_LOOKUPS) return { looked, others: others.length, refused, capped: true };
+    const { gen, refused: why } = await judge(g, root);
+    if (!gen) {
+      refused.push({ n: g.generation, why });
+      continue;
+    }
+    say("verdict", `Looking in generation ${gen.number} of this log…`);
+    looked++;
+    const entry = await recordIn(gen, id);
+    if (entry) return { gen, entry, own };
+  }
+  return { looked, others: others.length, refused, capped: false };
+}
+
+// The generation a receipt names by its origin (`log`), when it is not the
+// key in use's: `{ gen, own }` to check it against; `{ refused, n }` when
+// the log lists it with a key this page does not take; `{}` when the log
+// does not list it.
+async function generationNamed(log) {
+  const { own, root, others, unlisted } = await otherGenerations();
+  let first = {};
+  for (const g of others.filter((g) => g.origin === log)) {
+    const judged = unlisted ? { refused: unlisted } : await judge(g, root);
+    if (judged.gen) return { gen: judged.gen, own };
+    if (!first.refused) first = { refused: judged.refused, n: g.generation };
+  }
+  return first;
+}
+
+// What a verdict on a record of another generation adds: where it is.
+function elsewhereText(gen, own) {
+  const whose = pinnedKey ? "whose key is pinned in this link" : "whose key this server presents";
+  return `The record is in generation ${gen.number} of this log (origin ${gen.name}), not in generation ${own} (origin ${logName}), ${whose}: it was checked against generation ${gen.number}'s own checkpoint, which the same key signs under that origin's name.`;
+}
+
+// Why a request id was not found, after looking in the log's other
+// generations (`search`; none when the log lists no other).
+function notFoundText(id, search) {
+  const tail = "A record is written when the upload is answered; check the id, or try its receipt.";
+  if (!search || search.others === 0) return `this log has no record for request id ${id} (yet). ${tail}`;
+  if (search.unlisted) {
+    return `this log has no record for request id ${id} (yet) in ${keyInUse()}'s generation. This log lists ${search.others} other generation${search.others === 1 ? "" : "s"}, but ${search.unlisted}: this page looks in none of them. ${tail}`;
+  }
+  const parts = [search.looked > 0
+    ? `this log has no record for request id ${id} (yet): not in ${keyInUse()}'s generation, nor in the ${search.looked} other generation${search.looked === 1 ? "" : "s"} this page looked in.`
+    : `this log has no record for request id ${id} (yet) in ${keyInUse()}'s generation, and this page looked in none of its others.`];
+  if (search.refused.length) {
+    const shown = search.refused.slice(0, 3).map((r) => `generation ${r.n}, which this page does not look in: ${r.why}`);
+    const more = search.refused.length - shown.length;
+    parts.push(`The log lists ${shown.join("; and ")}${more ? `; and ${more} more such` : ""}. Its list of generations is not signed: this page looks only in those whose key is ${keyInUse()} under that generation's origin.`);
+  }
+  if (search.capped) {
+    parts.push(`This page looks in at most ${MAX_LOOKUPS} other generations, newest first; this log lists ${search.others} others. (A receipt names its generation, and is checked there.)`);
+  }
+  parts.push(tail);
+  return parts.join(" ");
+}
+
 async function showLog() {
   const served = (await (await get("key")).text()).trim();
   const wanted = pinnedKey ?? served;
@@ -281,6 +440,7 @@ async function showLog() {
   try {
     key = await parseVkey(logKey, 0x01);
     logId = key.canonical;
+    logName = key.name;
     say("log-name", key.name);
   } catch (e) {
     say("log-name", el("span", { class: "bad-text" }, `The key is not usable: ${e.message}`));
@@ -389,25 +549,51 @@ async function cosigned(note) {
   }
 }
 
+// What a check of `text` runs on: `inputs` for the verdict and `gen`, the
+// generation of the log they are of. A record the key in use's generation
+// does not hold is looked for in the log's other generations, and checked
+// against the one that holds it (`own`: the key in use's generation
+// number); `notFound` and `search` when none does; `refused` when a
+// receipt names a generation the log lists with a key this page does not
+// take.
 async function inputsFor(text) {
-  const inputs = { key: logKey, witnesses: pinnedWitnesses };
+  let gen = ownGeneration();
+  let own = null;
+  let refused = null;
   let receipt = text;
+  let requestId = null;
   if (!/record=/.test(text) && /^[A-Za-z0-9._~-]{1,128}$/.test(text)) {
     // A request id: its record, proven by inclusion.
     // `.` and `..` would be dot segments of the URL, resolved away to
     // another address; no request id is one.
     if (text === "." || text === "..") return { notFound: text };
-    let entry;
-    try {
-      entry = await (await get(`${base}records/${encodeURIComponent(text)}`)).json();
-    } catch (e) {
-      if (e.status === 404) return { notFound: text };
-      throw e;
+    let entry = await recordIn(gen, text);
+    // An unusable key has no generations to look in.
+    if (entry === null && logId === null) return { notFound: text };
+    if (entry === null) {
+      const search = await lookElsewhere(text);
+      if (!search.gen) return { notFound: text, search };
+      ({ gen, entry, own } = search);
     }
-    receipt = unsignedReceipt(logKey.split("+")[0], entry.index, entry.record);
-    inputs.request_id = text;
+    receipt = unsignedReceipt(gen.name, entry.index, entry.record);
+    requestId = text;
+  } else {
+    // A receipt names its log: another generation's origin is checked
+    // against that generation.
+    let log = null;
+    try {
+      log = parseReceipt(receipt).log;
+    } catch {
+      // the verdict says what is wrong with it
+    }
+    if (log !== null && log !== gen.name && logId !== null) {
+      const named = await generationNamed(log);
+      if (named.gen) ({ gen, own } = named);
+      else if (named.refused) refused = { log, n: named.n, why: named.refused };
+    }
   }
-  inputs.receipt = receipt;
+  const inputs = { key: gen.key, witnesses: pinnedWitnesses, receipt };
+  if (requestId !== null) inputs.request_id = requestId;
   let index = null;
   try {
     index = parseReceipt(receipt).index;
@@ -419,7 +605,7 @@ async function inputsFor(text) {
   // cosignatures, which arrive after the log signs.
   let note;
   for (let waited = 0; ; waited += 500) {
-    note = await (await get(`${base}checkpoint`)).text();
+    note = await (await get(`${gen.base}checkpoint`)).text();
     const size = claimedSize(note);
     const covered = index === null || size === null || index < size;
     if ((covered && (await cosigned(note))) || waited >= 10000) break;
@@ -429,9 +615,9 @@ async function inputsFor(text) {
   inputs.checkpoint = note;
   const size = claimedSize(note);
   if (index !== null && size !== null && index < size) {
-    inputs.inclusion = (await (await get(`${base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
+    inputs.inclusion = (await (await get(`${gen.base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
   }
-  const { before, inputs: seen, unproven } = await history(logId, note);
+  const { before, inputs: seen, unproven } = await history(gen.id, note, gen.base);
   Object.assign(inputs, seen);
   // Kept only when the log proved it grew from the one kept before.
   historyUnproven = unproven === undefined ? null : { before, why: unproven };
@@ -440,7 +626,7 @@ async function inputsFor(text) {
     say("verdict", `Hashing ${file.name} in this browser…`);
     inputs.file = { sha256: hex(await sha256(await file.arrayBuffer())), bytes: file.size };
   }
-  return inputs;
+  return { inputs, gen, own, refused };
 }
 
 function details(verdict, inputs) {
@@ -481,13 +667,18 @@ async function onSubmit(event) {
   say("verdict", "Checking…");
   try {
     if (!logKey) await showLog();
-    const inputs = await inputsFor(text);
-    if (inputs.notFound) {
+    const { inputs, gen, own, refused, notFound, search } = await inputsFor(text);
+    if (notFound) {
       box.className = "bad";
-      say("verdict", el("strong", {}, "Not found: "), `this log has no record for request id ${inputs.notFound} (yet). A record is written when the upload is answered; check the id, or try its receipt.`);
+      say("verdict", el("strong", {}, "Not found: "), notFoundText(notFound, search));
       return;
     }
     const verdict = await check(inputs);
+    // Which generation of the log the record was checked in, when it is
+    // not the key in use's; or why a generation a receipt names was not.
+    const where = gen.elsewhere ? [" ", elsewhereText(gen, own)]
+      : refused && !verdict.valid ? [` The log lists ${refused.log} as its generation ${refused.n}, but ${refused.why}: this page does not take that generation's key from the log's list of generations, which is not signed.`]
+        : [];
     if (verdict.valid && historyUnproven) {
       // Proven against a checkpoint that the log would not prove extends
       // the one this browser saw: perhaps another history (a fork), as
@@ -496,18 +687,21 @@ async function onSubmit(event) {
       box.className = "bad";
       box.dataset.step = "consistency";
       say("verdict", el("strong", {}, "Not verified: "),
-        `the record ("${verdict.sentence}") is in the log's latest checkpoint, but the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so that checkpoint may be of another history. Try again later.`);
-      $("history").className = "bad";
-      say("history", el("strong", {}, "Could not check that this log only grew"),
-        ` since this browser last saw it on ${seenOn(before)}: ${why}. This browser keeps the checkpoint it saw before.`);
+        `the record ("${verdict.sentence}") is in the log's latest checkpoint, but the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so that checkpoint may be of another history. Try again later.`, ...where);
+      // The line about history is the key in use's generation's.
+      if (!gen.elsewhere) {
+        $("history").className = "bad";
+        say("history", el("strong", {}, "Could not check that this log only grew"),
+          ` since this browser last saw it on ${seenOn(before)}: ${why}. This browser keeps the checkpoint it saw before.`);
+      }
     } else if (verdict.valid) {
       box.className = "ok";
-      say("verdict", el("strong", {}, `${verdict.sentence} — verified`));
-      remember(logId, inputs.checkpoint);
+      say("verdict", el("strong", {}, `${verdict.sentence} — verified`), ...(where.length ? [".", ...where] : []));
+      remember(gen.id, inputs.checkpoint);
     } else {
       box.className = "bad";
       box.dataset.step = verdict.step;
-      say("verdict", el("strong", {}, `Not verified: ${STEP_NAMES[verdict.step]} failed.`), ` ${verdict.message}`);
+      say("verdict", el("strong", {}, `Not verified: ${STEP_NAMES[verdict.step]} failed.`), ` ${verdict.message}`, ...(where.length ? [".", ...where] : []));
     }
     say("details", ...details(verdict, inputs));
   } catch (e) {

@@ -147,6 +147,29 @@ export async function parseVkey(vkey, alg) {
   return { name, keyId: id, publicKey, vkey, canonical: `${name}+${hex(id)}+${b64}` };
 }
 
+// The key of another generation of the log whose key is `key`, as the
+// log's list of generations gives it (`listed`, for the generation whose
+// origin is `origin`). A log signs every generation with one key, each
+// under its own origin's name; the list is not signed, so its key is
+// taken only if it is well-formed (its key ID recomputed from its name and
+// public key), named `origin`, and `key`'s public key. Throws why not.
+export async function generationKey(key, listed, origin) {
+  const own = await parseVkey(key, ALG_ED25519);
+  let theirs;
+  try {
+    theirs = await parseVkey(String(listed), ALG_ED25519);
+  } catch (e) {
+    throw new Error(`its listed key is not usable: ${e.message}`);
+  }
+  if (theirs.name !== origin) {
+    throw new Error(`its listed key is named \`${theirs.name}\`, not \`${origin}\``);
+  }
+  if (!equal(theirs.publicKey, own.publicKey)) {
+    throw new Error(`its listed key has another public key than ${label(own)}`);
+  }
+  return theirs;
+}
+
 function splitNote(note) {
   const length = UTF8.encode(note).length;
   if (length > MAX_NOTE_BYTES) throw new Error(`note is ${length} bytes, more than the limit of ${MAX_NOTE_BYTES}`);

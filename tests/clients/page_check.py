@@ -17,6 +17,10 @@ The scenario names a `phase`:
   key pinned (a receipt and a request id of it), then the current one's.
 - `generations_unavailable`: the sealed generation's key pinned while the
   log's `/generations` fails: the log panel and a receipt's verdict.
+- `checks`: each of `checks` (a `pin` and `texts`): the page with that key
+  pinned, what its key line says and the verdict on each text in turn; then
+  each of `key_checks` (`key`, `listed`, `origin`) through verify.js's own
+  `generationKey`: the listed key it takes, or why not.
 - `visit`: the key pinned as the link spells it: the history line (and,
   given a `receipt`, the verdict on it, then the history line again).
 - `log_section`: the key pinned: what the log section says.
@@ -39,7 +43,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-PENDING = ("Checking", "Waiting", "Hashing")
+PENDING = ("Checking", "Waiting", "Hashing", "Looking")
 
 
 def pinned(base: str, key: str) -> str:
@@ -327,6 +331,36 @@ def generations_unavailable(s, driver, out):
     out["verdict"] = submit(driver, s["sealed_receipt"])
 
 
+def checks(s, driver, out):
+    """The page with each key pinned in turn, and a verdict on each text;
+    then verify.js's generationKey on each of `key_checks`."""
+    out["pins"] = []
+    for item in s["checks"]:
+        driver.get(pinned(s["base"], item["pin"]))
+        driver.refresh()
+        loaded(driver)
+        out["pins"].append(
+            {
+                "key_source": driver.find_element(By.ID, "key-source").text,
+                "verdicts": [submit(driver, text) for text in item["texts"]],
+            }
+        )
+    full_shot(driver, Path(s["shots"]) / "page-other-generation.png", 1100)
+    out["key_checks"] = [
+        driver.execute_async_script(
+            """
+            const [c, done] = arguments;
+            import("./verify.js")
+              .then((m) => m.generationKey(c.key, c.listed, c.origin))
+              .then((k) => done({ taken: k.canonical }))
+              .catch((e) => done({ refused: String(e.message ?? e) }));
+            """,
+            c,
+        )
+        for c in s.get("key_checks", [])
+    ]
+
+
 def main() -> int:
     s = json.loads(Path(sys.argv[1]).read_text())
     driver = chromium.start(profile=s["profile"])
@@ -343,6 +377,7 @@ def main() -> int:
             "witnessed": witnessed,
             "generations": generations,
             "generations_unavailable": generations_unavailable,
+            "checks": checks,
             "visit": visit,
             "log_section": log_section,
         }

@@ -53,8 +53,20 @@ async fn rolled_log() -> (
     Vec<(String, String)>,
     residency_log::api::Generations,
 ) {
+    rolled_log_signed_by(&Signer::generate_pkcs8().unwrap()).await
+}
+
+/// [`rolled_log`], its key `pkcs8`.
+async fn rolled_log_signed_by(
+    pkcs8: &[u8],
+) -> (
+    Proxy,
+    Vec<(String, String)>,
+    residency_log::api::Generations,
+) {
     let proxy = Proxy::start(Setup {
         transparency: Some("max_records = 3".into()),
+        log_pkcs8: Some(pkcs8.to_vec()),
         log_port: Some(free_port()),
         ..Setup::default()
     })
@@ -435,6 +447,256 @@ async fn the_page_checks_a_sealed_generation_with_its_key_pinned() {
     assert_eq!(seen["current"]["name"], format!("{LOG_ORIGIN}/2"), "{seen}");
     same_origin_only(&seen, &format!("http://{front}"));
     clean_console(&seen, None);
+    proxy.stop().await;
+}
+
+/// A record the pinned key's generation does not hold is looked for in
+/// the log's other generations: with the current generation's key pinned,
+/// a request id and a receipt of the sealed generation 1 verify against
+/// generation 1, and the verdict names it; with generation 1's key pinned,
+/// those of the current generation verify against it. A request id in none
+/// of them is not found in any.
+#[tokio::test]
+async fn the_page_finds_a_record_in_another_generation_of_the_pinned_key() {
+    let work = TempDir::new("page-other-generation");
+    let (proxy, uploads, list) = rolled_log().await;
+    let sealed_key = list.generations[0].key.clone();
+    let key = list.generations[1].key.clone();
+    let base = format!("http://{}", proxy.log_addr.unwrap());
+    let seen = browse(
+        json!({
+            "phase": "checks",
+            "base": format!("{base}/"),
+            "checks": [
+                {"pin": key, "texts": [
+                    uploads[1].1, uploads[2].1, uploads[0].0, uploads[4].1, "0".repeat(32),
+                ]},
+                {"pin": sealed_key, "texts": [uploads[4].1, uploads[3].0]},
+            ],
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdicts = |pin: usize| seen["pins"][pin]["verdicts"].as_array().unwrap().clone();
+    let in_generation = |n: u32, origin: &str| {
+        format!("— verified. The record is in generation {n} of this log (origin {origin}), not in generation ")
+    };
+    let current = verdicts(0);
+    for v in &current[..3] {
+        assert_eq!(v["class"], "ok", "{seen}");
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.starts_with("Stored in data centre frankfurt (jurisdiction eu) on "),
+            "{seen}"
+        );
+        assert!(text.contains(&in_generation(1, LOG_ORIGIN)), "{seen}");
+        assert!(
+            text.contains(&format!(
+                "(origin {LOG_ORIGIN}/2), whose key is pinned in this link"
+            )),
+            "{seen}"
+        );
+    }
+    // The current generation's own record: as before, no other generation.
+    assert_eq!(current[3]["class"], "ok", "{seen}");
+    assert!(
+        current[3]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(" UTC — verified"),
+        "{seen}"
+    );
+    let unknown = current[4]["text"].as_str().unwrap();
+    assert!(
+        unknown.starts_with(&format!(
+            "Not found: this log has no record for request id {} (yet): not in the pinned key's generation, nor in the 1 other generation this page looked in.",
+            "0".repeat(32)
+        )),
+        "{seen}"
+    );
+    let sealed = verdicts(1);
+    for v in &sealed {
+        assert_eq!(v["class"], "ok", "{seen}");
+        assert!(
+            v["text"]
+                .as_str()
+                .unwrap()
+                .contains(&in_generation(2, &format!("{LOG_ORIGIN}/2"))),
+            "{seen}"
+        );
+    }
+    same_origin_only(&seen, &base);
+    clean_console(&seen, Some("/records/"));
+    proxy.stop().await;
+}
+
+/// The list of generations is not signed: a generation whose listed key is
+/// not the log's key under that generation's origin (another public key, a
+/// key ID that its name and key do not give, or an origin the log does not
+/// give that generation) is not looked in, and a receipt naming its origin
+/// is not verified; the page says why. A request id is looked for in at
+/// most 64 other generations (and the page says so when it stopped there);
+/// a receipt names its generation, and is checked there however many the
+/// log lists.
+#[tokio::test]
+async fn the_page_takes_no_generation_key_it_cannot_check_and_bounds_its_search() {
+    let work = TempDir::new("page-forged-generations");
+    let pkcs8 = Signer::generate_pkcs8().unwrap();
+    let (proxy, uploads, list) = rolled_log_signed_by(&pkcs8).await;
+    let log = proxy.log_addr.unwrap();
+    let key = list.generations[1].key.clone();
+    let first = list.generations[0].key.clone();
+    let other = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap())
+        .unwrap()
+        .verifier_key();
+    let elsewhere = Signer::from_pkcs8("elsewhere.example/log", &pkcs8)
+        .unwrap()
+        .verifier_key();
+    // The first key with another key ID (the same name and public key).
+    let misnumbered = {
+        let mut parts: Vec<String> = first.split('+').map(str::to_string).collect();
+        let flipped = u32::from_str_radix(&parts[1], 16).unwrap() ^ 1;
+        parts[1] = format!("{flipped:08x}");
+        parts.join("+")
+    };
+    let entry = |n: u32, origin: &str, key: &str, sealed: bool| {
+        json!({"generation": n, "origin": origin, "key": key, "size": 3,
+               "sealed": sealed, "prefix": format!("/generations/{n}/")})
+    };
+    let answer = |list: Value| -> &'static str {
+        Box::leak(format!("answer:/generations {list}").into_boxed_str())
+    };
+    let forged = json!({"generations": [
+        entry(1, LOG_ORIGIN, &other, true),
+        entry(2, &format!("{LOG_ORIGIN}/2"), &key, false),
+        entry(3, "elsewhere.example/log", &elsewhere, false),
+    ]});
+    let front = front_failing(
+        log,
+        std::sync::Arc::new(std::sync::Mutex::new(vec![answer(forged)])),
+    )
+    .await;
+    let seen = browse(
+        json!({
+            "phase": "checks",
+            "base": format!("http://{front}/"),
+            "checks": [{"pin": key, "texts": [uploads[1].1, uploads[0].0]}],
+            "key_checks": [
+                {"key": key, "listed": first, "origin": LOG_ORIGIN},
+                {"key": key, "listed": other, "origin": LOG_ORIGIN},
+                {"key": key, "listed": misnumbered, "origin": LOG_ORIGIN},
+                {"key": key, "listed": first, "origin": format!("{LOG_ORIGIN}/1")},
+            ],
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdicts = seen["pins"][0]["verdicts"].as_array().unwrap();
+    let by_id = verdicts[0]["text"].as_str().unwrap();
+    assert_eq!(verdicts[0]["class"], "bad", "{seen}");
+    assert!(by_id.starts_with("Not found: "), "{seen}");
+    assert!(
+        by_id.contains("The log lists generation 3, which this page does not look in: its origin is not the name this log gives generation 3"),
+        "{seen}"
+    );
+    assert!(
+        by_id.contains("generation 1, which this page does not look in: its listed key has another public key than"),
+        "{seen}"
+    );
+    let receipt = &verdicts[1];
+    assert_eq!(receipt["class"], "bad", "{seen}");
+    assert_eq!(receipt["step"], "receipt", "{seen}");
+    assert!(
+        receipt["text"].as_str().unwrap().contains(&format!(
+            "The log lists {LOG_ORIGIN} as its generation 1, but its listed key has another public key than"
+        )),
+        "{seen}"
+    );
+    // verify.js's own check of a listed key.
+    let checks = seen["key_checks"].as_array().unwrap();
+    assert_eq!(checks[0]["taken"], first.as_str(), "{seen}");
+    assert!(
+        checks[1]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("another public key"),
+        "{seen}"
+    );
+    assert!(
+        checks[2]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("claims key id"),
+        "{seen}"
+    );
+    assert!(
+        checks[3]["refused"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("named `{LOG_ORIGIN}`, not `{LOG_ORIGIN}/1`")),
+        "{seen}"
+    );
+    same_origin_only(&seen, &format!("http://{front}"));
+    clean_console(&seen, Some("/records/"));
+
+    // 70 generations listed, each with the log's key under its origin: a
+    // request id of generation 1 is past the 64 looked in, newest first;
+    // its receipt is checked in generation 1 all the same.
+    let many: Vec<Value> = (1..=70)
+        .map(|n| {
+            let origin = match n {
+                1 => LOG_ORIGIN.to_string(),
+                n => format!("{LOG_ORIGIN}/{n}"),
+            };
+            let key = Signer::from_pkcs8(&origin, &pkcs8).unwrap().verifier_key();
+            entry(n, &origin, &key, n != 70)
+        })
+        .collect();
+    let front = front_failing(
+        log,
+        std::sync::Arc::new(std::sync::Mutex::new(vec![answer(
+            json!({"generations": many}),
+        )])),
+    )
+    .await;
+    let seen = browse(
+        json!({
+            "phase": "checks",
+            "base": format!("http://{front}/"),
+            "checks": [{"pin": key, "texts": [uploads[1].1, uploads[0].0]}],
+            "profile": work.path().join("profile-many"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdicts = seen["pins"][0]["verdicts"].as_array().unwrap();
+    let by_id = verdicts[0]["text"].as_str().unwrap();
+    assert!(by_id.starts_with("Not found: "), "{seen}");
+    assert!(
+        by_id.contains("This page looks in at most 64 other generations, newest first; this log lists 69 others."),
+        "{seen}"
+    );
+    let lookups = seen["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["url"].as_str().unwrap().contains("/records/"))
+        .count();
+    assert_eq!(lookups, 1 + 64, "the pinned generation's, then 64: {seen}");
+    assert_eq!(verdicts[1]["class"], "ok", "{seen}");
+    assert!(
+        verdicts[1]["text"].as_str().unwrap().contains(&format!(
+            "The record is in generation 1 of this log (origin {LOG_ORIGIN})"
+        )),
+        "{seen}"
+    );
+    same_origin_only(&seen, &format!("http://{front}"));
+    clean_console(&seen, Some("/records/"));
     proxy.stop().await;
 }
 
