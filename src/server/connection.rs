@@ -284,12 +284,13 @@ impl<'a, I, S> Phases<'a, I, S> {
     /// cut short by a write to the client blocked for `client_send_idle`,
     /// which bounds a connection in any phase, also this one (it used to
     /// wait out the whole grace: twice `keepalive_idle` for a client that
-    /// had stopped reading an answer). Resolves with why it ends.
-    fn grace(&self) -> Grace<'a> {
+    /// had stopped reading an answer). Resolves with why it ends: the
+    /// deadline that closed it (`fired`), or [`CLIENT_SEND`].
+    fn grace(&self, fired: &'static str) -> Grace<'a> {
         let (activity, limit) = (self.activity, self.close_grace);
         Box::pin(async move {
             tokio::select! {
-                () = tokio::time::sleep(limit) => "keepalive_idle",
+                () = tokio::time::sleep(limit) => fired,
                 () = activity.send_stalled() => CLIENT_SEND,
             }
         })
@@ -678,7 +679,7 @@ where
                     Pin::new(&mut *served).graceful_shutdown();
                     closing = true;
                 }
-                grace = Some(phases.grace());
+                grace = Some(phases.grace(phase));
             }
             phase = closed_by(&mut grace) => {
                 tracing::debug!(peer = %peer, phase, "still not done after closing: dropped");
@@ -819,7 +820,7 @@ async fn serve_http2<S, I, D>(
                     served.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                grace = Some(phases.grace());
+                grace = Some(phases.grace(phase));
             }
             phase = closed_by(&mut grace) => {
                 tracing::debug!(peer = %peer, phase, "streams still open after closing: dropped");
