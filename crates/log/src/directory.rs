@@ -183,7 +183,9 @@ struct Staging {
 
 struct Core {
     settings: Transparency,
-    signer: Signer,
+    /// Shared with a sealed generation's [`crate::storage::Generation`],
+    /// which keeps it while its directory is closed.
+    signer: Arc<Signer>,
     verifier: Verifier,
     disk: Disk,
     queue: Mutex<Queue>,
@@ -197,8 +199,10 @@ struct Core {
     index_due: AtomicBool,
     indexing: Mutex<()>,
     state: Mutex<State>,
-    latest: ArcSwap<Published>,
-    index: redb::Database,
+    /// Shared like `signer`: a sealed generation serves its checkpoint,
+    /// and takes cosignatures, whether its directory is open or not.
+    latest: Arc<ArcSwap<Published>>,
+    index: Index,
     checkpointing: Mutex<()>,
     metrics: LogMetrics,
     /// When the writer began the batch it is writing, in milliseconds
@@ -265,6 +269,140 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Takes the exclusive lock on the log directory's [`LOCK`] file (see
+/// [`Directory`]): `InUse` while another process (or another open of the
+/// same directory) holds it.
+fn take_lock(dir: &Path) -> Result<File, LogError> {
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|error| LogError::Io {
+            path: format!(
+                "transparency.directory: cannot write {}",
+                lock_path.display()
+            ),
+            error,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(LogError::InUse(lock_path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(&lock_path)(e)),
+    }
+}
+
+/// The log's signing key as stored (PKCS#8, `transparency.signing_key`).
+pub(crate) fn read_key(settings: &Transparency) -> Result<Vec<u8>, LogError> {
+    let key_path = &settings.signing_key;
+    std::fs::read(key_path).map_err(io_error(key_path))
+}
+
+/// The signer and verifier of the log's key `pkcs8` under the name
+/// `origin` (a generation's).
+pub(crate) fn keys(
+    settings: &Transparency,
+    pkcs8: &[u8],
+    origin: &str,
+) -> Result<(Signer, Verifier), LogError> {
+    let key_error = |source| LogError::Key {
+        path: settings.signing_key.display().to_string(),
+        error: source,
+    };
+    let signer = Signer::from_pkcs8(origin, pkcs8).map_err(key_error)?;
+    let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
+    Ok((signer, verifier))
+}
+
+/// The last checkpoint of the sealed generation in `dir`, read and
+/// verified as [`Directory::open`] reads it, without opening the log (a
+/// sealed generation is opened when it is read). `None` when there is
+/// none to read so — no `checkpoint` file, or a log of the one-file format
+/// still to convert — for [`Directory::open`] to recover as it does any
+/// log.
+pub(crate) fn sealed_checkpoint(
+    dir: &Path,
+    verifier: &Verifier,
+    origin: &str,
+) -> Result<Option<Published>, LogError> {
+    if dir.join(LEGACY_RECORDS).exists() {
+        return Ok(None);
+    }
+    Ok(read_checkpoint(dir, verifier, origin)?.map(|c| Published {
+        note: c.note,
+        size: c.size,
+        root: c.root,
+    }))
+}
+
+/// Refuses a tree whose right edge, read from the tiles at the last
+/// checkpoint's `size`, does not hash to that checkpoint's `root`.
+fn check_edge(dir: &Path, edge: &Edge, size: u64, root: Hash) -> Result<(), LogError> {
+    if edge.root() == root {
+        return Ok(());
+    }
+    Err(LogError::Corrupt {
+        path: dir.display().to_string(),
+        message: format!(
+            "the tiles at the last checkpoint's size {size} hash to {} but the checkpoint says {}: committed tiles or records were altered",
+            residency_core::hex::encode(&edge.root()),
+            residency_core::hex::encode(&root)
+        ),
+    })
+}
+
+/// The request-id index: written by the log that appends; a sealed
+/// generation's, complete, is read-only.
+enum Index {
+    Writable(redb::Database),
+    Sealed(redb::ReadOnlyDatabase),
+}
+
+impl Index {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Index::Writable(db) => db.begin_read(),
+            Index::Sealed(db) => db.begin_read(),
+        }
+    }
+}
+
+/// A sealed generation's index, read-only: opening and closing a writable
+/// redb database writes and syncs its header (some five `fdatasync`s),
+/// each time a sealed generation is opened to be read. One that is
+/// missing, does not hold the ids of all `size` records (a roll whose
+/// index update failed left some out) or was not closed cleanly is made,
+/// caught up or repaired, and stays writable while it is open this time.
+fn sealed_index(disk: &Disk, size: u64) -> Result<Index, LogError> {
+    let path = disk.dir().join(INDEX);
+    if let Ok(db) = redb::Builder::new()
+        .set_cache_size(INDEX_CACHE)
+        .open_read_only(&path)
+    {
+        if indexed(&db, &path).is_ok_and(|n| n >= size) {
+            return Ok(Index::Sealed(db));
+        }
+    }
+    make_index(disk.dir())?;
+    let index = open_index(&path)?;
+    catch_up_index(disk, &index, &path, size)?;
+    Ok(Index::Writable(index))
+}
+
+fn open_index(path: &Path) -> Result<redb::Database, LogError> {
+    redb::Database::builder()
+        .set_cache_size(INDEX_CACHE)
+        .create(path)
+        .map_err(|e| LogError::Corrupt {
+            path: path.display().to_string(),
+            message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+        })
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
     let path = path.display().to_string();
     move |source| LogError::Io {
@@ -320,35 +458,9 @@ impl Directory {
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             disk::sync_path(parent).map_err(io_error(parent))?;
         }
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|error| LogError::Io {
-                path: format!(
-                    "transparency.directory: cannot write {}",
-                    lock_path.display()
-                ),
-                error,
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LogError::InUse(lock_path.display().to_string()))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
-        }
-        let key_path = &settings.signing_key;
-        let pkcs8 = std::fs::read(key_path).map_err(io_error(key_path))?;
-        let key_error = |source| LogError::Key {
-            path: key_path.display().to_string(),
-            error: source,
-        };
-        let signer = Signer::from_pkcs8(&settings.origin, &pkcs8).map_err(key_error)?;
-        let verifier = Verifier::parse(&signer.verifier_key()).map_err(key_error)?;
+        let lock = take_lock(&dir)?;
+        let pkcs8 = read_key(settings)?;
+        let (signer, verifier) = keys(settings, &pkcs8, &settings.origin)?;
         let disk = Disk::new(dir.clone());
         if dir.join(LEGACY_RECORDS).exists() {
             migrate(&disk, &verifier, &settings.origin)?;
@@ -358,16 +470,7 @@ impl Directory {
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
         let edge = edge_at(&disk, size)?;
-        if edge.root() != root {
-            return Err(LogError::Corrupt {
-                path: dir.display().to_string(),
-                message: format!(
-                    "the tiles at the last checkpoint's size {size} hash to {} but the checkpoint says {}: committed tiles or records were altered",
-                    residency_core::hex::encode(&edge.root()),
-                    residency_core::hex::encode(&root)
-                ),
-            });
-        }
+        check_edge(&dir, &edge, size, root)?;
         let checkpointed = edge.clone();
         let mut state = State {
             size,
@@ -385,14 +488,9 @@ impl Directory {
         let staging = replay(&disk, &mut state, &metrics)?;
         let index_path = dir.join(INDEX);
         make_index(&dir)?;
-        let index = redb::Database::builder()
-            .set_cache_size(INDEX_CACHE)
-            .create(&index_path)
-            .map_err(|e| LogError::Corrupt {
-                path: index_path.display().to_string(),
-                message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
-            })?;
+        let index = open_index(&index_path)?;
         catch_up_index(&disk, &index, &index_path, size)?;
+        let index = Index::Writable(index);
         metrics.size.set(state.size as i64);
         metrics.integrator.set(1);
         if let Some(cp) = &committed {
@@ -415,7 +513,7 @@ impl Directory {
         let records = state.size;
         let core = Arc::new(Core {
             settings: settings.clone(),
-            signer,
+            signer: Arc::new(signer),
             verifier,
             disk,
             queue: Mutex::new(Queue::default()),
@@ -429,7 +527,7 @@ impl Directory {
             index_due: AtomicBool::new(false),
             indexing: Mutex::new(()),
             state: Mutex::new(state),
-            latest: ArcSwap::from_pointee(latest),
+            latest: Arc::new(ArcSwap::from_pointee(latest)),
             index,
             checkpointing: Mutex::new(()),
             metrics,
@@ -483,6 +581,110 @@ impl Directory {
         Ok(log)
     }
 
+    /// Opens a sealed generation's log (one that rolled: its last
+    /// checkpoint covers every record it holds) to read it, without
+    /// threads. `latest` is that checkpoint as the generation keeps it
+    /// while its directory is closed (read from the same file at start or
+    /// signed at the roll, cosigned since): the file must still hold it,
+    /// and the tree's right edge must hash to its root, as
+    /// [`Directory::open`] checks — so tiles altered since make this fail,
+    /// naming the directory.
+    /// Nothing is replayed or repaired, nor is a checkpoint signed, and the
+    /// request-id index is opened read-only; only one that is missing,
+    /// lags the checkpoint or was not closed cleanly is written first (see
+    /// [`sealed_index`]). The directory's lock is held while it is open, as
+    /// for any open log. Blocking.
+    pub fn open_sealed(
+        settings: &Transparency,
+        signer: Arc<Signer>,
+        verifier: Verifier,
+        latest: Arc<ArcSwap<Published>>,
+        metrics: LogMetrics,
+    ) -> Result<Directory, LogError> {
+        let dir = settings.directory.clone();
+        let lock = take_lock(&dir)?;
+        let disk = Disk::new(dir.clone());
+        let path = dir.join(CHECKPOINT);
+        let committed = read_checkpoint(&dir, &verifier, &settings.origin)?.ok_or_else(|| {
+            LogError::Corrupt {
+                path: path.display().to_string(),
+                message: "is missing: the last checkpoint of a sealed generation was removed"
+                    .into(),
+            }
+        })?;
+        let served = latest.load_full();
+        if (committed.size, committed.root) != (served.size, served.root) {
+            return Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                message: format!(
+                    "is a checkpoint of {} records, not the one of {} this process serves: the last checkpoint of a sealed generation was replaced",
+                    committed.size, served.size
+                ),
+            });
+        }
+        let size = committed.size;
+        let edge = edge_at(&disk, size)?;
+        check_edge(&dir, &edge, size, committed.root)?;
+        // The bytes of the last bundle that the checkpoint covers (all
+        // there: `edge_at` read them).
+        let staging_len = match size % WIDTH {
+            0 => 0,
+            width => read_bundle(&disk, size / WIDTH)?
+                .and_then(|b| disk::bundle_prefix(&b, width as usize).map(<[u8]>::len))
+                .unwrap_or(0) as u64,
+        };
+        let index = sealed_index(&disk, size)?;
+        let state = State {
+            size,
+            edge,
+            staging_index: size / WIDTH,
+            staging_len,
+            recent: ById::default(),
+            unsynced: Vec::new(),
+            unwritten: Vec::new(),
+            poisoned: false,
+            unsyncable: None,
+            batches: 0,
+        };
+        let core = Arc::new(Core {
+            settings: settings.clone(),
+            signer,
+            verifier,
+            disk,
+            // Closed and sealed: an append is answered `Full`.
+            queue: Mutex::new(Queue {
+                closed: true,
+                sealed: true,
+                ..Queue::default()
+            }),
+            wake: Condvar::new(),
+            spare: Mutex::new(Spare {
+                current: size / WIDTH,
+                closed: true,
+                ..Spare::default()
+            }),
+            spare_wake: Condvar::new(),
+            sealing: Mutex::new(()),
+            index_due: AtomicBool::new(false),
+            indexing: Mutex::new(()),
+            state: Mutex::new(state),
+            latest,
+            index,
+            checkpointing: Mutex::new(()),
+            metrics,
+            writing_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            #[cfg(test)]
+            hold: (Mutex::new(false), Condvar::new()),
+        });
+        Ok(Directory {
+            core,
+            writer: Mutex::new(None),
+            spares: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
     /// Seals the log: nothing more is appended (an append is answered
     /// `Full`), and its writer and helper threads end, so a sealed
     /// generation costs no threads; it is still read and served. Blocking:
@@ -522,6 +724,12 @@ impl Directory {
 
     pub fn verifier(&self) -> &Verifier {
         &self.core.verifier
+    }
+
+    /// The key and the served checkpoint, for the sealed generation this
+    /// log becomes at a roll (see [`Directory::open_sealed`]).
+    pub(crate) fn shared(&self) -> (Arc<Signer>, Arc<ArcSwap<Published>>) {
+        (self.core.signer.clone(), self.core.latest.clone())
     }
 
     /// Appends `record` (already encoded: `bytes`, leaf hash `leaf`) as
@@ -1283,6 +1491,9 @@ impl Core {
     /// Moves the ids of records `[.., size)` from memory to the on-disk
     /// index, in one durable transaction.
     fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
+        let Index::Writable(index) = &self.index else {
+            return Ok(()); // sealed: every id is in it
+        };
         // One writer at a time (the checkpoint and the helper), so the
         // INDEXED mark never goes back.
         let _one = lock(&self.indexing);
@@ -1295,7 +1506,7 @@ impl Core {
         // In key order: the proxy's ids start with their time, so these
         // land at the B-tree's right edge, page after page.
         ids.sort_unstable();
-        let mut txn = self.index.begin_write()?;
+        let mut txn = index.begin_write()?;
         txn.set_quick_repair(true);
         {
             let mut table = txn.open_table(BY_ID)?;
@@ -1812,11 +2023,6 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
     }
 }
 
-/// Brings the on-disk request-id index up to the checkpointed `size`
-/// (records after it are in memory, from the replay): after a crash it
-/// lags by at most the records of one checkpoint interval; without an
-/// index (deleted, or a log copied without it) it is rebuilt from the
-/// bundles.
 /// A new index is made under another name and renamed into place once
 /// complete: a process killed while redb wrote its first pages (a roll
 /// opens a new generation's index) left an `index.redb` that was no redb
@@ -1829,7 +2035,8 @@ fn make_index(dir: &Path) -> Result<(), LogError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&new)(e)),
         _ => {}
     }
-    if path.exists() {
+    // (An error reading it is not "not there": the rename would replace it.)
+    if path.try_exists().map_err(io_error(&path))? {
         return Ok(());
     }
     let made = redb::Database::builder()
@@ -1847,27 +2054,40 @@ fn make_index(dir: &Path) -> Result<(), LogError> {
         .map_err(io_error(&path))
 }
 
+fn index_failed(path: &Path) -> impl Fn(redb::Error) -> LogError + '_ {
+    move |e| LogError::Corrupt {
+        path: path.display().to_string(),
+        message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
+    }
+}
+
+/// How many records (the first) have their ids in `index`.
+fn indexed(index: &impl ReadableDatabase, path: &Path) -> Result<u64, LogError> {
+    let failed = index_failed(path);
+    let txn = index.begin_read().map_err(|e| failed(e.into()))?;
+    match txn.open_table(META) {
+        Ok(meta) => Ok(meta
+            .get(INDEXED)
+            .map_err(|e| failed(e.into()))?
+            .map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(failed(e.into())),
+    }
+}
+
+/// Brings the on-disk request-id index up to the checkpointed `size`
+/// (records after it are in memory, from the replay): after a crash it
+/// lags by at most the records of one checkpoint interval; without an
+/// index (deleted, or a log copied without it) it is rebuilt from the
+/// bundles.
 fn catch_up_index(
     disk: &Disk,
     index: &redb::Database,
     path: &Path,
     size: u64,
 ) -> Result<(), LogError> {
-    let failed = |e: redb::Error| LogError::Corrupt {
-        path: path.display().to_string(),
-        message: format!("{e} (the index can be deleted: it is rebuilt from the tiles)"),
-    };
-    let indexed = {
-        let txn = index.begin_read().map_err(|e| failed(e.into()))?;
-        match txn.open_table(META) {
-            Ok(meta) => meta
-                .get(INDEXED)
-                .map_err(|e| failed(e.into()))?
-                .map_or(0, |v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
-            Err(e) => return Err(failed(e.into())),
-        }
-    };
+    let failed = index_failed(path);
+    let indexed = indexed(index, path)?;
     if indexed >= size {
         return Ok(());
     }
@@ -1984,7 +2204,7 @@ fn read_checkpoint(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
 
     use super::*;
@@ -1992,7 +2212,8 @@ mod tests {
     use crate::settings::{ClientAddress, OnWriteError, ReceiptMode};
     use crate::storage::Log;
 
-    struct Dir(PathBuf);
+    /// A test's directory, removed when dropped.
+    pub(crate) struct Dir(PathBuf);
 
     impl Drop for Dir {
         fn drop(&mut self) {
@@ -2000,7 +2221,7 @@ mod tests {
         }
     }
 
-    fn setup(tag: &str) -> (Dir, Transparency) {
+    pub(crate) fn setup(tag: &str) -> (Dir, Transparency) {
         let dir = std::env::temp_dir().join(format!(
             "rp-log-{tag}-{}-{:?}",
             std::process::id(),
@@ -2032,11 +2253,11 @@ mod tests {
         (Dir(dir), settings)
     }
 
-    fn metrics() -> LogMetrics {
+    pub(crate) fn metrics() -> LogMetrics {
         LogMetrics::register(&prometheus::Registry::new()).unwrap()
     }
 
-    fn record(i: u64) -> Record<'static> {
+    pub(crate) fn record(i: u64) -> Record<'static> {
         Record {
             v: 1,
             request_id: format!("{i:032x}").into(),

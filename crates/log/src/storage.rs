@@ -18,15 +18,18 @@
 //! Here too a directory log rolls to a new origin (a new [`Generation`])
 //! when the current one holds `max_records`.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 
 use crate::backend::{id_key, unix_now};
 pub use crate::backend::{LogError, LogMetrics, Published};
-use crate::directory::Directory;
+use crate::directory::{self, Directory};
 use crate::merkle::{self, Hash};
 use crate::note::{Signer, Verifier};
 use crate::postgres::Fleet;
@@ -36,8 +39,200 @@ use crate::settings::Transparency;
 use crate::tiles::{self, Tile};
 
 enum Backend {
-    Directory(Directory),
+    /// The current generation of a directory log (and, for whoever still
+    /// holds it, the one that just rolled).
+    Directory(Arc<Opened>),
+    /// A sealed generation of a directory log, its directory opened when
+    /// it is read.
+    Sealed(Sealed),
     Postgres(Fleet),
+}
+
+/// Sealed generations whose directories stay open after a read, at most
+/// (the least recently read is closed first; one a reader still holds
+/// closes when it is done). An open directory holds two file descriptors
+/// (its `lock` and its index) and its index's cache (up to 4 MiB, as it is
+/// read), so a log that rolled thousands of times held thousands of each,
+/// all opened at start. Reopening one reads its checkpoint, the tiles of
+/// its right edge and its index's header.
+const OPEN_SEALED: usize = 8;
+
+/// A directory log, open: the current generation's, or a sealed one's
+/// while it is read or kept on the [`Shelf`].
+struct Opened {
+    directory: Directory,
+    /// Dropped after `directory` (fields drop in order), so its generation
+    /// is opened again only once its lock and index are closed.
+    closing: Closing,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = Directory;
+
+    fn deref(&self) -> &Directory {
+        &self.directory
+    }
+}
+
+impl Opened {
+    /// `directory`, as the one open directory of its generation's `slot`
+    /// (whose lock the caller holds as `state`).
+    fn install(slot: &Arc<Slot>, state: &mut SlotState, directory: Directory) -> Arc<Opened> {
+        let opened = Arc::new(Opened {
+            directory,
+            closing: Closing(slot.clone()),
+        });
+        state.directory = Arc::downgrade(&opened);
+        state.open = true;
+        opened
+    }
+
+    /// The current generation's directory (a new slot: it becomes a sealed
+    /// generation's at a roll).
+    fn new(directory: Directory) -> Arc<Opened> {
+        let slot = Arc::new(Slot::default());
+        let mut state = lock(&slot.state);
+        Opened::install(&slot, &mut state, directory)
+    }
+}
+
+/// Where a directory generation's one open [`Directory`] is found: its
+/// readers share it, and it is opened again only once closed — a second
+/// open in this process would fail on the lock the first holds (and on
+/// its index's). Never drop an `Arc<Opened>` holding `state`: the last
+/// one's [`Closing`] takes it.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    /// Notified when the directory is closed.
+    closed: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    directory: Weak<Opened>,
+    /// `directory` is open, or being closed: its last holder let go but
+    /// its files are not closed yet.
+    open: bool,
+}
+
+struct Closing(Arc<Slot>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        lock(&self.0.state).open = false;
+        self.0.closed.notify_all();
+    }
+}
+
+/// The sealed generations' directories kept open (most recently read
+/// last, [`OPEN_SEALED`] at most), and what opening one takes.
+struct Shelf {
+    open: Mutex<VecDeque<(u32, Arc<Opened>)>>,
+    settings: Transparency,
+    metrics: LogMetrics,
+    /// Tests: sealed directories opened.
+    #[cfg(test)]
+    opened: AtomicUsize,
+}
+
+impl Shelf {
+    fn new(settings: &Transparency, metrics: &LogMetrics) -> Shelf {
+        Shelf {
+            open: Mutex::new(VecDeque::with_capacity(OPEN_SEALED + 1)),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            #[cfg(test)]
+            opened: AtomicUsize::new(0),
+        }
+    }
+
+    /// Keeps generation `number`'s directory open as the most recently
+    /// read, closing the least recently read beyond [`OPEN_SEALED`] (once
+    /// no reader holds it).
+    fn keep(&self, number: u32, opened: &Arc<Opened>) {
+        let closed = {
+            let mut open = lock(&self.open);
+            match open.iter().position(|(n, _)| *n == number) {
+                Some(at) => {
+                    let kept = open.remove(at);
+                    open.extend(kept);
+                    None
+                }
+                None => {
+                    open.push_back((number, opened.clone()));
+                    if open.len() > OPEN_SEALED {
+                        open.pop_front()
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        // Outside the lock: closing takes the generation's slot.
+        drop(closed);
+    }
+}
+
+/// What a sealed generation keeps while its directory is closed.
+struct Sealed {
+    signer: Arc<Signer>,
+    verifier: Verifier,
+    /// Its last checkpoint, with the cosignatures added since: the one its
+    /// directory serves and cosigns while open.
+    latest: Arc<ArcSwap<Published>>,
+    slot: Arc<Slot>,
+    shelf: Arc<Shelf>,
+}
+
+impl Sealed {
+    /// Generation `number`'s directory (origin `origin`): the one open, or
+    /// opened now (blocking) — once, however many read it at once.
+    fn directory(&self, number: u32, origin: &str) -> Result<Arc<Opened>, LogError> {
+        let opened = {
+            let mut state = lock(&self.slot.state);
+            loop {
+                if let Some(opened) = state.directory.upgrade() {
+                    break opened;
+                }
+                if !state.open {
+                    // Under the slot's lock: other readers of this
+                    // generation wait for this open.
+                    let shelf = &self.shelf;
+                    let mut settings = shelf.settings.clone();
+                    settings.directory = generation_dir(&shelf.settings, number);
+                    settings.origin = origin.to_string();
+                    let directory = Directory::open_sealed(
+                        &settings,
+                        self.signer.clone(),
+                        self.verifier.clone(),
+                        self.latest.clone(),
+                        shelf.metrics.clone(),
+                    )
+                    .inspect_err(|e| {
+                        tracing::error!(error = %e, generation = number, "cannot open a sealed generation of the transparency log to read it");
+                    })?;
+                    #[cfg(test)]
+                    shelf.opened.fetch_add(1, Ordering::Relaxed);
+                    break Opened::install(&self.slot, &mut state, directory);
+                }
+                // Its last holder let go and its files are being closed.
+                state = self
+                    .slot
+                    .closed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        self.shelf.keep(number, &opened);
+        Ok(opened)
+    }
+
+    /// The directory, if it is open now (not opened for this).
+    fn if_open(&self) -> Option<Arc<Opened>> {
+        let state = lock(&self.slot.state);
+        state.directory.upgrade()
+    }
 }
 
 /// Where generation `number` of a directory log lives: the first in
@@ -137,8 +332,71 @@ impl Generation {
         Ok(Generation {
             number,
             origin: s.origin,
-            backend: Backend::Directory(directory),
+            backend: Backend::Directory(Opened::new(directory)),
         })
+    }
+
+    /// Sealed generation `number` of a directory log (the log's key:
+    /// `pkcs8`), without opening its directory: its last checkpoint is
+    /// read from its `checkpoint` file and verified. One without that file
+    /// (or still in the format before tiles) is recovered as any log once,
+    /// and closed. Blocking.
+    fn sealed(
+        settings: &Transparency,
+        number: u32,
+        pkcs8: &[u8],
+        shelf: &Arc<Shelf>,
+    ) -> Result<Generation, LogError> {
+        let dir = generation_dir(settings, number);
+        let origin = generation_origin(&settings.origin, number);
+        let (signer, verifier) = directory::keys(settings, pkcs8, &origin)?;
+        let latest = match directory::sealed_checkpoint(&dir, &verifier, &origin)? {
+            Some(latest) => Arc::new(latest),
+            None => {
+                let recovered = Generation::open(settings, number, shelf.metrics.clone())?;
+                recovered.seal();
+                recovered.latest()
+            }
+        };
+        Ok(Generation {
+            number,
+            origin,
+            backend: Backend::Sealed(Sealed {
+                signer: Arc::new(signer),
+                verifier,
+                latest: Arc::new(ArcSwap::new(latest)),
+                slot: Arc::new(Slot::default()),
+                shelf: shelf.clone(),
+            }),
+        })
+    }
+
+    /// This generation, just rolled (its directory sealed), as a sealed
+    /// one: its directory stays open as the most recently read.
+    fn to_sealed(&self, opened: &Arc<Opened>, shelf: &Arc<Shelf>) -> Generation {
+        let (signer, latest) = opened.shared();
+        shelf.keep(self.number, opened);
+        Generation {
+            number: self.number,
+            origin: self.origin.clone(),
+            backend: Backend::Sealed(Sealed {
+                signer,
+                verifier: opened.verifier().clone(),
+                latest,
+                slot: opened.closing.0.clone(),
+                shelf: shelf.clone(),
+            }),
+        }
+    }
+
+    /// The directory to read (a sealed generation's opened if closed), or
+    /// `None` for a fleet's log. Blocking.
+    fn directory(&self) -> Result<Option<Arc<Opened>>, LogError> {
+        match &self.backend {
+            Backend::Directory(d) => Ok(Some(d.clone())),
+            Backend::Sealed(s) => s.directory(self.number, &self.origin).map(Some),
+            Backend::Postgres(_) => Ok(None),
+        }
     }
 
     /// 1 for the log as first started, one more after each roll.
@@ -154,6 +412,7 @@ impl Generation {
     pub fn signer(&self) -> &Signer {
         match &self.backend {
             Backend::Directory(d) => d.signer(),
+            Backend::Sealed(s) => &s.signer,
             Backend::Postgres(f) => f.signer(),
         }
     }
@@ -161,6 +420,7 @@ impl Generation {
     pub fn verifier(&self) -> &Verifier {
         match &self.backend {
             Backend::Directory(d) => d.verifier(),
+            Backend::Sealed(s) => &s.verifier,
             Backend::Postgres(f) => f.verifier(),
         }
     }
@@ -169,6 +429,7 @@ impl Generation {
     pub fn latest(&self) -> Arc<Published> {
         match &self.backend {
             Backend::Directory(d) => d.latest(),
+            Backend::Sealed(s) => s.latest.load_full(),
             Backend::Postgres(f) => f.latest(),
         }
     }
@@ -180,15 +441,17 @@ impl Generation {
     /// to come back, not that the log never signed it.
     pub fn signed_for(&self, size: u64) -> Result<Arc<Published>, LogError> {
         match &self.backend {
-            Backend::Directory(d) => Ok(d.latest()),
+            Backend::Directory(_) | Backend::Sealed(_) => Ok(self.latest()),
             Backend::Postgres(f) => f.catch_up(size),
         }
     }
 
-    /// Records written (checkpointed or not; a fleet's as last seen).
+    /// Records written (checkpointed or not; a fleet's as last seen; a
+    /// sealed generation's last checkpoint covers all of them).
     pub fn size(&self) -> u64 {
         match &self.backend {
             Backend::Directory(d) => d.size(),
+            Backend::Sealed(s) => s.latest.load().size,
             Backend::Postgres(f) => f.size(),
         }
     }
@@ -196,6 +459,7 @@ impl Generation {
     fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         match &self.backend {
             Backend::Directory(d) => d.checkpoint(),
+            Backend::Sealed(s) => Ok(s.latest.load_full()),
             Backend::Postgres(f) => f.checkpoint(),
         }
     }
@@ -205,6 +469,7 @@ impl Generation {
     pub(crate) fn threads(&self) -> usize {
         match &self.backend {
             Backend::Directory(d) => d.threads(),
+            Backend::Sealed(s) => s.if_open().map_or(0, |d| d.threads()),
             Backend::Postgres(_) => 0,
         }
     }
@@ -250,8 +515,11 @@ impl Generation {
         if size > self.size() {
             return Ok(None);
         }
+        if let Some(d) = self.directory()? {
+            return Ok(tiles::prove(size, |t| d.any_tile(t), f));
+        }
         match &self.backend {
-            Backend::Directory(d) => Ok(tiles::prove(size, |t| d.any_tile(t), f)),
+            Backend::Directory(_) | Backend::Sealed(_) => Ok(None),
             Backend::Postgres(fleet) => {
                 let mut failed = None;
                 let fetch = |t| {
@@ -269,8 +537,8 @@ impl Generation {
     /// The stored bytes of leaf `index` (blocking: one read).
     pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
         match &self.backend {
-            Backend::Directory(d) => Ok(d.record(index)),
             Backend::Postgres(f) => f.record(index),
+            _ => Ok(self.directory()?.and_then(|d| d.record(index))),
         }
     }
 
@@ -285,8 +553,8 @@ impl Generation {
             return Ok(None);
         }
         match &self.backend {
-            Backend::Directory(d) => Ok(d.any_tile(tile)),
             Backend::Postgres(f) => f.any_tile(tile),
+            _ => Ok(self.directory()?.and_then(|d| d.any_tile(tile))),
         }
     }
 
@@ -295,8 +563,10 @@ impl Generation {
     pub fn index_of(&self, request_id: &str) -> Result<Option<u64>, LogError> {
         let key = id_key(request_id);
         let candidates = match &self.backend {
-            Backend::Directory(d) => d.indexes_of(key),
             Backend::Postgres(f) => f.indexes_of(key)?,
+            _ => self
+                .directory()?
+                .map_or_else(Vec::new, |d| d.indexes_of(key)),
         };
         // Ids that are not 32 hex digits are hashed: confirm the match.
         for index in candidates {
@@ -314,6 +584,13 @@ impl Generation {
     fn memory_bytes(&self) -> usize {
         match &self.backend {
             Backend::Directory(d) => d.memory_bytes(),
+            Backend::Sealed(s) => {
+                let open = s.if_open();
+                std::mem::size_of::<Generation>()
+                    + self.origin.len()
+                    + s.latest.load().note.len()
+                    + open.map_or(0, |d| d.memory_bytes())
+            }
             Backend::Postgres(f) => f.memory_bytes(),
         }
     }
@@ -326,6 +603,12 @@ impl Generation {
     pub fn add_cosignatures(&self, size: u64, lines: &[String]) -> bool {
         match &self.backend {
             Backend::Directory(d) => d.add_cosignatures(size, lines),
+            // Its directory shares `latest`: the generation serves the
+            // cosigned note once it is closed again.
+            Backend::Sealed(s) => match s.directory(self.number, &self.origin) {
+                Ok(d) => d.add_cosignatures(size, lines),
+                Err(_) => false, // logged by the open
+            },
             Backend::Postgres(f) => f.add_cosignatures(size, lines),
         }
     }
@@ -348,6 +631,8 @@ pub struct Log {
     current: ArcSwap<Generation>,
     /// Older generations of a directory log, oldest first: sealed, served.
     sealed: Mutex<Vec<Arc<Generation>>>,
+    /// Their directories kept open.
+    shelf: Arc<Shelf>,
     /// Held while rolling to a new generation.
     rolling: tokio::sync::Mutex<()>,
     settings: Transparency,
@@ -367,17 +652,26 @@ impl Log {
             ));
         }
         let numbers = generation_numbers(settings)?;
-        // Oldest first, so the current generation's numbers are the
-        // metrics' last word.
-        let mut generations = numbers
-            .into_iter()
-            .map(|n| Generation::open(settings, n, metrics.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let current = generations.pop().expect("generation 1 is always opened");
-        for sealed in &generations {
-            sealed.seal();
-        }
-        Ok(Arc::new(Log::new(current, generations, settings, metrics)))
+        let shelf = Arc::new(Shelf::new(settings, &metrics));
+        // The sealed ones first, so the current generation's numbers are
+        // the metrics' last word (a sealed one recovered as a log sets
+        // them). Only their checkpoints are read: start-up does not grow
+        // with the log by more than a file per generation.
+        let (&last, sealed) = numbers.split_last().unwrap_or((&1, &[]));
+        let sealed = match sealed {
+            [] => Vec::new(),
+            sealed => {
+                let pkcs8 = directory::read_key(settings)?;
+                sealed
+                    .iter()
+                    .map(|&n| Generation::sealed(settings, n, &pkcs8, &shelf).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let current = Arc::new(Generation::open(settings, last, metrics.clone())?);
+        Ok(Arc::new(Log::new(
+            current, sealed, shelf, settings, metrics,
+        )))
     }
 
     /// Opens the log where `settings` keep it: a directory (as
@@ -398,7 +692,14 @@ impl Log {
                     origin: settings.origin.clone(),
                     backend: Backend::Postgres(fleet),
                 });
-                Ok(Arc::new(Log::new(current, Vec::new(), settings, metrics)))
+                let shelf = Arc::new(Shelf::new(settings, &metrics));
+                Ok(Arc::new(Log::new(
+                    current,
+                    Vec::new(),
+                    shelf,
+                    settings,
+                    metrics,
+                )))
             }
         }
     }
@@ -406,6 +707,7 @@ impl Log {
     fn new(
         current: Arc<Generation>,
         sealed: Vec<Arc<Generation>>,
+        shelf: Arc<Shelf>,
         settings: &Transparency,
         metrics: LogMetrics,
     ) -> Log {
@@ -413,6 +715,7 @@ impl Log {
         Log {
             current: ArcSwap::new(current),
             sealed: Mutex::new(sealed),
+            shelf,
             rolling: tokio::sync::Mutex::new(()),
             settings: settings.clone(),
             refusals: RefusalGate::new(
@@ -472,6 +775,7 @@ impl Log {
     pub(crate) fn backend_failing(&self) -> bool {
         match &self.current.load().backend {
             Backend::Directory(d) => d.stalled(),
+            Backend::Sealed(_) => false,
             Backend::Postgres(f) => f.refusing_writes(),
         }
     }
@@ -493,12 +797,14 @@ impl Log {
             let generation = self.current();
             let appended = match &generation.backend {
                 Backend::Directory(d) => match d.append(&bytes, leaf, id).await {
-                    Err(LogError::Full(_)) => match self.roll(&generation).await {
+                    Err(LogError::Full(_)) => match self.roll(&generation, d).await {
                         Ok(()) => continue,
                         Err(e) => Err(e),
                     },
                     r => r.map(|i| (i, bytes)),
                 },
+                // Never the current generation.
+                Backend::Sealed(s) => Err(LogError::Full(s.latest.load().size)),
                 Backend::Postgres(f) => f.append(bytes, id).await,
             };
             break (generation, appended);
@@ -518,20 +824,25 @@ impl Log {
         }
     }
 
-    /// Seals `full` and starts the next generation, unless another
-    /// request did already: signs `full`'s last checkpoint (covering each
-    /// of its records), then opens the next generation's directory under
-    /// its new origin.
-    async fn roll(&self, full: &Arc<Generation>) -> Result<(), LogError> {
+    /// Seals `full` (its directory `opened`) and starts the next
+    /// generation, unless another request did already: signs `full`'s last
+    /// checkpoint (covering each of its records), then opens the next
+    /// generation's directory under its new origin. `full` is served on as
+    /// a sealed generation, its directory kept open until other sealed
+    /// ones are read.
+    async fn roll(&self, full: &Arc<Generation>, opened: &Arc<Opened>) -> Result<(), LogError> {
         let _one = self.rolling.lock().await;
         if !Arc::ptr_eq(&self.current.load(), full) {
             return Ok(()); // rolled while this request waited
         }
         let (old, settings, metrics) = (full.clone(), self.settings.clone(), self.metrics.clone());
-        let next = tokio::task::spawn_blocking(move || {
+        let (opened, shelf) = (opened.clone(), self.shelf.clone());
+        let (next, sealed) = tokio::task::spawn_blocking(move || {
             old.checkpoint()?;
             old.seal();
-            Generation::open(&settings, old.number + 1, metrics)
+            let next = Generation::open(&settings, old.number + 1, metrics)?;
+            // On the shelf (which may close another sealed directory).
+            Ok::<_, LogError>((next, old.to_sealed(&opened, &shelf)))
         })
         .await
         .map_err(|e| LogError::Io {
@@ -547,7 +858,7 @@ impl Log {
             full.number
         );
         self.metrics.generation.set(i64::from(next.number));
-        lock(&self.sealed).push(full.clone());
+        lock(&self.sealed).push(Arc::new(sealed));
         self.current.store(Arc::new(next));
         Ok(())
     }
@@ -637,7 +948,7 @@ impl Log {
     /// witness exchange).
     pub fn is_integrator(&self) -> bool {
         match &self.current.load().backend {
-            Backend::Directory(_) => true,
+            Backend::Directory(_) | Backend::Sealed(_) => true,
             Backend::Postgres(f) => f.is_integrator(),
         }
     }
@@ -669,11 +980,324 @@ impl Log {
     pub(crate) fn batches(&self) -> u64 {
         match &self.current().backend {
             Backend::Directory(d) => d.batches(),
-            Backend::Postgres(_) => panic!("not a directory log"),
+            _ => panic!("not a writable directory log"),
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+impl Log {
+    /// Sealed generations whose directory is open now.
+    fn open_sealed_directories(&self) -> usize {
+        lock(&self.sealed)
+            .iter()
+            .filter(|g| match &g.backend {
+                Backend::Sealed(s) => lock(&s.slot.state).open,
+                _ => false,
+            })
+            .count()
+    }
+
+    /// Sealed directories opened since the log was.
+    fn sealed_opens(&self) -> usize {
+        self.shelf.opened.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+impl Generation {
+    /// Whether its directory is open.
+    fn is_open(&self) -> bool {
+        match &self.backend {
+            Backend::Sealed(s) => lock(&s.slot.state).open,
+            _ => true,
+        }
+    }
+
+    /// A reader's hold on a sealed generation's directory.
+    fn hold(&self) -> Arc<Opened> {
+        match &self.backend {
+            Backend::Sealed(s) => s.directory(self.number, &self.origin).unwrap(),
+            _ => panic!("not a sealed generation"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::tests::{metrics, record, setup};
+    use crate::note::Checkpoint;
+
+    /// Open file descriptors of this process (nextest runs each test in a
+    /// process of its own).
+    fn fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// What a test appended: per generation, the bytes of each leaf.
+    type Written = Vec<Vec<Vec<u8>>>;
+
+    /// Appends `records` to a log that rolls every 2.
+    async fn roll_through(log: &Log, records: u64) -> Written {
+        let mut written: Written = Vec::new();
+        for i in 0..records {
+            let a = log.append(&record(i)).await.unwrap();
+            let number = a.generation.number() as usize;
+            written.resize(written.len().max(number), Vec::new());
+            assert_eq!(a.index, written[number - 1].len() as u64);
+            written[number - 1].push(a.bytes);
+        }
+        written
+    }
+
+    /// Generation `g` serves all of `leaves` (its records, in order):
+    /// its checkpoint, tiles, records, index lookups and proofs.
+    fn serves(g: &Generation, leaves: &[Vec<u8>]) {
+        let n = leaves.len() as u64;
+        let latest = g.latest();
+        let cp = Checkpoint::open(&latest.note, g.verifier()).unwrap();
+        assert_eq!((cp.origin.as_str(), cp.size), (g.origin(), n));
+        assert_eq!(g.size(), n);
+        let mut bundle = Vec::new();
+        let mut hashes = Vec::new();
+        for (i, bytes) in (0..).zip(leaves) {
+            tiles::push_entry(&mut bundle, bytes);
+            hashes.extend(merkle::leaf_hash(bytes));
+            assert_eq!(g.record(i).unwrap().as_ref(), Some(bytes));
+            let id = Record::from_bytes(bytes).unwrap().request_id.to_string();
+            assert_eq!(g.index_of(&id).unwrap(), Some(i), "{id}");
+            let (leaf, path) = g.inclusion_proof(i, n).unwrap().unwrap();
+            merkle::verify_inclusion(&leaf, i, n, &path, &cp.root).unwrap();
+        }
+        assert_eq!(g.record(n).unwrap(), None);
+        assert_eq!(g.index_of(&format!("{:032x}", u64::MAX)).unwrap(), None);
+        let width = n as u16;
+        let entries = Tile {
+            level: None,
+            index: 0,
+            width,
+        };
+        assert_eq!(g.tile(entries).unwrap(), Some(bundle));
+        let level0 = Tile {
+            level: Some(0),
+            index: 0,
+            width,
+        };
+        assert_eq!(g.tile(level0).unwrap(), Some(hashes));
+        let proof = g.consistency_proof(1, n).unwrap().unwrap();
+        let first = merkle::leaf_hash(&leaves[0]);
+        merkle::verify_consistency(1, n, &first, &cp.root, &proof).unwrap();
+    }
+
+    /// A log that rolled 39 times (max_records = 2) kept every sealed
+    /// generation's directory open — its `lock` and its index, two file
+    /// descriptors and ~126 KiB each — and opened them all at start. Now
+    /// at most `OPEN_SEALED` are open, each opened when read and closed
+    /// when others are read, and a restart opens none; every generation
+    /// still serves all it holds, also once closed and opened again.
+    #[tokio::test]
+    async fn sealed_generations_keep_a_bounded_number_of_directories_open() {
+        let (_dir, mut settings) = setup("bounded");
+        settings.max_records = 2;
+        let before = fds();
+        let log = Log::open(&settings, metrics()).unwrap();
+        let written = roll_through(&log, 79).await;
+        log.checkpoint().unwrap();
+        let gens = log.generations();
+        assert_eq!((gens.len(), log.current().number()), (40, 40));
+        assert!(log.open_sealed_directories() <= OPEN_SEALED);
+        // The current generation's lock, index and staging bundles (and a
+        // directory being synced), and the sealed ones' that are open: 82
+        // before, two per sealed generation.
+        let open = fds() - before;
+        assert!(open <= 2 * OPEN_SEALED + 12, "{open} descriptors opened");
+        for pass in 0..2 {
+            let opened = log.sealed_opens();
+            for (g, leaves) in gens.iter().zip(&written) {
+                serves(g, leaves);
+                assert!(log.open_sealed_directories() <= OPEN_SEALED);
+            }
+            if pass == 1 {
+                // Each was closed since the first pass, and opened again.
+                assert_eq!(log.sealed_opens() - opened, 39);
+            }
+        }
+        let open = fds() - before;
+        assert!(open <= 2 * OPEN_SEALED + 12, "{open} descriptors opened");
+
+        let notes: Vec<String> = gens.iter().map(|g| g.latest().note.clone()).collect();
+        drop((gens, log));
+        let log = Log::open(&settings, metrics()).unwrap();
+        // Start-up read each sealed generation's checkpoint, no directory.
+        assert_eq!((log.open_sealed_directories(), log.sealed_opens()), (0, 0));
+        assert!(
+            fds() - before <= 12,
+            "{} descriptors opened",
+            fds() - before
+        );
+        let gens = log.generations();
+        assert_eq!(gens.len(), 40);
+        for ((g, leaves), note) in gens.iter().zip(&written).zip(&notes) {
+            assert_eq!(&g.latest().note, note);
+            serves(g, leaves);
+        }
+        assert!(log.open_sealed_directories() <= OPEN_SEALED);
+        assert_eq!(log.append(&record(79)).await.unwrap().index, 1);
+    }
+
+    /// Readers of a closed sealed generation open it once between them;
+    /// one closed while a reader holds it stays valid for that reader, and
+    /// is not opened a second time meanwhile (its lock would refuse it);
+    /// readers closing and opening generations all at once never trip
+    /// over one being closed.
+    #[tokio::test]
+    async fn sealed_directories_are_opened_once_and_closed_only_when_unused() {
+        let (_dir, mut settings) = setup("shared");
+        settings.max_records = 2;
+        let log = Log::open(&settings, metrics()).unwrap();
+        let written = Arc::new(roll_through(&log, 23).await);
+        let gens = log.generations();
+        let first = gens[0].clone();
+        assert!(first.threads() == 0 && log.open_sealed_directories() == OPEN_SEALED);
+
+        let opened = log.sealed_opens();
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (g, barrier, written) = (first.clone(), barrier.clone(), written.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    serves(&g, &written[0]);
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(log.sealed_opens() - opened, 1);
+
+        let held = first.hold();
+        for (g, leaves) in gens[1..=OPEN_SEALED].iter().zip(&written[1..]) {
+            serves(g, leaves);
+        }
+        // Off the shelf, still open for its reader; read again meanwhile
+        // without a second open.
+        assert_eq!(log.open_sealed_directories(), OPEN_SEALED + 1);
+        assert!(first.is_open());
+        assert_eq!(held.record(1), Some(written[0][1].clone()));
+        let opened = log.sealed_opens();
+        serves(&first, &written[0]);
+        assert_eq!(log.sealed_opens(), opened);
+        drop(held);
+        assert_eq!(log.open_sealed_directories(), OPEN_SEALED);
+        assert!(first.is_open(), "back on the shelf, read last");
+
+        // 4 readers over 11 sealed generations, 8 kept open.
+        let readers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (gens, written) = (gens.clone(), written.clone());
+                std::thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let n = ((i * 7 + t * 3) % 11) as usize;
+                        let leaves = &written[n];
+                        let g = &gens[n];
+                        assert_eq!(g.record(1).unwrap().as_ref(), Some(&leaves[1]));
+                        let id = Record::from_bytes(&leaves[0])
+                            .unwrap()
+                            .request_id
+                            .to_string();
+                        assert_eq!(g.index_of(&id).unwrap(), Some(0));
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(log.open_sealed_directories() <= OPEN_SEALED);
+    }
+
+    /// A witness's cosignature of a sealed generation whose directory is
+    /// closed is stored (its directory opened for it) and served once the
+    /// directory is closed again, and after a restart.
+    #[tokio::test]
+    async fn a_closed_sealed_generation_takes_cosignatures() {
+        use base64::Engine as _;
+        let (_dir, mut settings) = setup("sealed-cosig");
+        settings.max_records = 2;
+        let log = Log::open(&settings, metrics()).unwrap();
+        let written = roll_through(&log, 2 * (OPEN_SEALED as u64 + 2) + 1).await;
+        let gens = log.generations();
+        let first = &gens[0];
+        assert!(!first.is_open());
+        let line = format!(
+            "— witness.example/w1 {}",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 4 + 8 + 64])
+        );
+        let opened = log.sealed_opens();
+        assert!(!first.add_cosignatures(3, std::slice::from_ref(&line)));
+        assert!(first.add_cosignatures(2, std::slice::from_ref(&line)));
+        assert_eq!(log.sealed_opens(), opened + 1);
+        for (g, leaves) in gens[1..=OPEN_SEALED].iter().zip(&written[1..]) {
+            serves(g, leaves);
+        }
+        assert!(!first.is_open());
+        assert!(first.latest().note.ends_with(&format!("{line}\n")));
+        serves(first, &written[0]);
+        drop((gens, log));
+        let log = Log::open(&settings, metrics()).unwrap();
+        let first = log.generation(1).unwrap();
+        assert!(first.latest().note.ends_with(&format!("{line}\n")));
+        serves(&first, &written[0]);
+    }
+
+    /// Start-up reads a sealed generation's checkpoint, not its tiles: one
+    /// that does not verify still stops the start, naming the file, and
+    /// tiles altered under a verified checkpoint fail the generation's
+    /// first read (its directory's open checks them against the
+    /// checkpoint, as a start used to), naming the directory. One whose
+    /// checkpoint is missing is recovered at start, as before.
+    #[tokio::test]
+    async fn a_sealed_generation_s_checkpoint_is_checked_at_start_its_tiles_when_opened() {
+        let (_dir, mut settings) = setup("sealed-corrupt");
+        settings.max_records = 2;
+        let log = Log::open(&settings, metrics()).unwrap();
+        roll_through(&log, 7).await;
+        drop(log);
+        let second = settings.directory.join("generations/2");
+
+        let checkpoint = second.join("checkpoint");
+        let good = std::fs::read_to_string(&checkpoint).unwrap();
+        std::fs::write(&checkpoint, good.replacen('\n', "\n\n", 1)).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains(&checkpoint.display().to_string()), "{e}");
+        std::fs::write(&checkpoint, &good).unwrap();
+
+        let bundle = second.join("staging.0");
+        let mut bytes = std::fs::read(&bundle).unwrap();
+        let at = bytes.iter().position(|b| *b == b'{').unwrap() + 2;
+        bytes[at] ^= 1;
+        std::fs::write(&bundle, &bytes).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        let g = log.generation(2).unwrap();
+        assert_eq!(g.latest().size, 2, "its checkpoint is served");
+        let e = g.record(0).err().unwrap().to_string();
+        assert!(e.contains(&second.display().to_string()), "{e}");
+        assert!(e.contains("altered"), "{e}");
+        let first = [record(0), record(1)].map(|r| r.to_bytes());
+        serves(&log.generation(1).unwrap(), &first);
+
+        // One without a checkpoint is recovered as a log at start, as
+        // before, and signed again.
+        drop((g, log));
+        std::fs::remove_file(settings.directory.join("checkpoint")).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        serves(&log.generation(1).unwrap(), &first);
+        assert_eq!(log.open_sealed_directories(), 1);
+    }
 }
