@@ -122,8 +122,12 @@ const SCHEDULE: [(f64, &str); 6] = [
     (0.90, "undrain=zurich"),
 ];
 
-/// The shortest run the default schedule ([`SCHEDULE`]) can pass in.
-const DEFAULT_SCHEDULE_MIN: std::time::Duration = std::time::Duration::from_secs(8);
+/// The shortest run the default schedule ([`SCHEDULE`]) can pass in: the
+/// drain (at 0.75 of the run) must come after zurich, hung at 0.5, is
+/// found (`hung_after` 1 s, health every 250 ms), held down (`down_for`
+/// 2 s) and taken back (`healthy_threshold` 2 × 100 ms): 0.25 of the run
+/// over about 3.5 s, so 14 s, and a second to spare.
+const DEFAULT_SCHEDULE_MIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The drill's data centres (the sinks it starts).
 const DATACENTERS: [&str; 4] = ["zurich", "geneva", "frankfurt", "virginia"];

@@ -1081,7 +1081,7 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("--duration 5s: the default schedule needs at least 8s"),
+        stderr.contains("--duration 5s: the default schedule needs at least 15s"),
         "{stderr}"
     );
     assert!(!dir.path().join("run").exists(), "nothing was set up");

@@ -272,7 +272,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Takes the exclusive lock on the log directory's [`LOCK`] file (see
 /// [`Directory`]): `InUse` while another process (or another open of the
 /// same directory) holds it.
-fn take_lock(dir: &Path) -> Result<File, LogError> {
+pub(crate) fn take_lock(dir: &Path) -> Result<File, LogError> {
     let lock_path = dir.join(LOCK);
     let lock = OpenOptions::new()
         .create(true)
@@ -693,6 +693,19 @@ impl Directory {
         self.stop_threads(true);
         if let Some((index, _)) = lock(&self.core.spare).ready.take() {
             let _ = std::fs::remove_file(self.core.disk.staging(index));
+        }
+        // What a start repairs of the current generation, done once now
+        // for good: a sealed one is not opened at start, and
+        // `open_sealed` repairs nothing. Full bundles left as staging
+        // files are cut and renamed, and the partial tiles of its last
+        // checkpoint (written without an fsync) are written again,
+        // synced, where wrong — static file servers serve them.
+        let edge = lock(&self.core.state).edge.clone();
+        if let Err(e) = seal_leftovers(&self.core.disk, edge.size() / WIDTH) {
+            tracing::warn!(error = %e, "cannot seal the full bundles of a sealed generation");
+        }
+        if edge.size() > 0 {
+            self.core.restore_partials(&edge);
         }
     }
 

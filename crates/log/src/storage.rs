@@ -661,6 +661,12 @@ impl Log {
         let sealed = match sealed {
             [] => Vec::new(),
             sealed => {
+                // The current generation's lock first, held while the
+                // sealed ones are read: a second process on the same
+                // directory stops here, before it recovers (writes) a
+                // sealed generation the first may be reading. (Released
+                // for the current generation's own open, just below.)
+                let _current = directory::take_lock(&generation_dir(settings, last))?;
                 let pkcs8 = directory::read_key(settings)?;
                 sealed
                     .iter()
@@ -1305,5 +1311,25 @@ mod tests {
         let log = Log::open(&settings, metrics()).unwrap();
         serves(&log.generation(1).unwrap(), &first);
         assert_eq!(log.open_sealed_directories(), 1);
+    }
+
+    /// A second process on a rolled log's directory stops at the current
+    /// generation's lock before it reads the sealed ones: it used to
+    /// recover (write and sign) a sealed generation whose checkpoint was
+    /// missing, which the first may be reading, and only then stop.
+    #[tokio::test]
+    async fn a_second_open_writes_no_sealed_generation() {
+        let (_dir, mut settings) = setup("second-open");
+        settings.max_records = 2;
+        let log = Log::open(&settings, metrics()).unwrap();
+        // Generation 2 closed again: 8 sealed after it were opened since.
+        roll_through(&log, 25).await;
+        assert_eq!(log.open_sealed_directories(), OPEN_SEALED);
+        let checkpoint = settings.directory.join("generations/2/checkpoint");
+        std::fs::remove_file(&checkpoint).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap();
+        assert!(matches!(e, LogError::InUse(_)), "{e}");
+        assert!(!checkpoint.exists(), "the second process wrote it");
+        drop(log);
     }
 }
