@@ -368,7 +368,9 @@ async function lookElsewhere(id) {
 async function generationNamed(log) {
   const { own, root, others, unlisted } = await otherGenerations();
   let first = {};
-  for (const g of others.filter((g) => g.origin === log)) {
+  // A log lists each origin once; a list that repeats one is judged no
+  // further than the search's bound.
+  for (const g of others.filter((g) => g.origin === log).slice(0, MAX_LOOKUPS)) {
     const judged = unlisted ? { refused: unlisted } : await judge(g, root);
     if (judged.gen) return { gen: judged.gen, own };
     if (!first.refused) first = { refused: judged.refused, n: g.generation };
