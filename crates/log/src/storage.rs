@@ -607,7 +607,10 @@ impl Generation {
             // cosigned note once it is closed again.
             Backend::Sealed(s) => match s.directory(self.number, &self.origin) {
                 Ok(d) => d.add_cosignatures(size, lines),
-                Err(_) => false, // logged by the open
+                // Served all the same (its checkpoint file keeps the note
+                // without it; the open's error is logged): dropped, the
+                // witness task took it for a newer checkpoint's doing.
+                Err(_) => crate::backend::cosign(&s.latest, size, lines).is_some(),
             },
             Backend::Postgres(f) => f.add_cosignatures(size, lines),
         }
@@ -1301,6 +1304,13 @@ mod tests {
         let e = g.record(0).err().unwrap().to_string();
         assert!(e.contains(&second.display().to_string()), "{e}");
         assert!(e.contains("altered"), "{e}");
+        // A witness's cosignature of it is served all the same (it was
+        // dropped, and the witness task told a newer checkpoint took it).
+        let note = g.latest().note.clone();
+        let (body, _) = crate::witness::split_note(&note).unwrap();
+        let w = crate::witness::Cosigner::from_seed("w.example", &[2; 32]).unwrap();
+        assert!(g.add_cosignatures(2, &[w.cosign(body, 100)]));
+        assert_eq!(w.verifier().verify_note(&g.latest().note), Ok(100));
         let first = [record(0), record(1)].map(|r| r.to_bytes());
         serves(&log.generation(1).unwrap(), &first);
 
