@@ -978,20 +978,20 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
 #[test]
 fn a_drill_s_bad_chaos_event_exits_2_before_starting() {
     let dir = TempDir::new("cli-drill-chaos");
-    let out = run(
-        &[
-            "drill",
-            "--chaos",
-            "4s:zurich=explode",
-            "--dir",
-            path(&dir.path().join("run")),
-        ],
-        &[],
-    );
+    let stderr = drill_refused(&dir, &["--chaos", "4s:zurich=explode"]);
+    assert!(stderr.contains("--chaos"), "{stderr}");
+}
+
+/// `drill` with `args` and `--dir` in `dir`, which must be refused as
+/// invalid input (exit 2) before anything is set up; its stderr.
+fn drill_refused(dir: &TempDir, args: &[&str]) -> String {
+    let run_dir = dir.path().join("run");
+    let all = [&["drill"], args, &["--dir", path(&run_dir)]].concat();
+    let out = run(&all, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--chaos"), "{stderr}");
-    assert!(!dir.path().join("run").exists(), "nothing was set up");
+    assert!(!run_dir.exists(), "nothing was set up");
+    stderr
 }
 
 /// `drill --slo` with a file that cannot be read or holds an unknown key
@@ -1008,23 +1008,11 @@ fn a_drill_s_bad_slo_file_exits_2_before_starting() {
         (&bad, "line 2: unknown field `max_p99`"),
         (&missing, read_error.as_str()),
     ] {
-        let out = run(
-            &[
-                "drill",
-                "--slo",
-                path(file),
-                "--dir",
-                path(&dir.path().join("run")),
-            ],
-            &[],
-        );
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let stderr = drill_refused(&dir, &["--slo", path(file)]);
         assert!(
             stderr.contains("--slo") && stderr.contains(says),
             "{stderr}"
         );
-        assert!(!dir.path().join("run").exists(), "nothing was set up");
     }
 }
 
@@ -1034,9 +1022,9 @@ fn a_drill_s_bad_slo_file_exits_2_before_starting() {
 #[test]
 fn a_drill_s_bad_load_exits_2_before_starting() {
     let dir = TempDir::new("cli-drill-load");
-    let out = run(
+    let stderr = drill_refused(
+        &dir,
         &[
-            "drill",
             "--rate",
             "0",
             "--body-size",
@@ -1047,13 +1035,8 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
             "9s:zurich=refuse",
             "--chaos",
             "1s:nowhere=refuse",
-            "--dir",
-            path(&dir.path().join("run")),
         ],
-        &[],
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
     for says in [
         "drill",
         "rate 0",
@@ -1064,27 +1047,14 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
     assert!(!stderr.contains("loadtest"), "{stderr}");
-    assert!(!dir.path().join("run").exists(), "nothing was set up");
 
     // The default schedule in a run too short for it: it failed every
     // time, blaming the proxy (drill audit).
-    let out = run(
-        &[
-            "drill",
-            "--duration",
-            "5s",
-            "--dir",
-            path(&dir.path().join("run")),
-        ],
-        &[],
-    );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = drill_refused(&dir, &["--duration", "5s"]);
     assert!(
         stderr.contains("--duration 5s: the default schedule needs at least 15s"),
         "{stderr}"
     );
-    assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
 
 /// `drill --slo` with a limit that is no limit — NaN, negative — exits 2
@@ -1095,27 +1065,13 @@ fn a_drill_s_slo_limit_out_of_range_exits_2_before_starting() {
     let dir = TempDir::new("cli-drill-slo-range");
     let slo = dir.path().join("slo.toml");
     std::fs::write(&slo, "max_time_to_detect_ms = nan\nmax_p99_ms = -5\n").unwrap();
-    let out = run(
-        &[
-            "drill",
-            "--duration",
-            "2s",
-            "--slo",
-            path(&slo),
-            "--dir",
-            path(&dir.path().join("run")),
-        ],
-        &[],
-    );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = drill_refused(&dir, &["--duration", "2s", "--slo", path(&slo)]);
     for says in [
         "line 1: max_time_to_detect_ms = nan",
         "line 2: max_p99_ms = -5",
     ] {
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
-    assert!(!dir.path().join("run").exists(), "nothing was set up");
 }
 
 /// A report file that could not be written at the end (`--json` in a
@@ -1127,28 +1083,22 @@ fn a_drill_s_unwritable_report_exits_2_before_starting() {
     let dir = TempDir::new("cli-drill-outputs");
     let json = dir.path().join("missing").join("r.json");
     let junit = dir.path().join("j.xml");
-    let out = run(
+    let stderr = drill_refused(
+        &dir,
         &[
-            "drill",
             "--duration",
             "2s",
             "--json",
             path(&json),
             "--junit",
             path(&junit),
-            "--dir",
-            path(&dir.path().join("run")),
         ],
-        &[],
     );
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!("--json {}: cannot be written", json.display())),
         "{stderr}"
     );
     assert!(!stderr.contains("--junit"), "{stderr}");
-    assert!(!dir.path().join("run").exists(), "nothing was set up");
     assert!(!junit.exists(), "the check leaves no file behind");
 }
 

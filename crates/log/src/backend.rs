@@ -250,14 +250,13 @@ fn with_lines(note: &str, lines: &[String]) -> String {
         // Not a note we signed: nothing to keep apart.
         return lines.iter().fold(note.to_owned(), |n, l| n + l + "\n");
     };
-    let key = line_key;
-    let replaced: Vec<_> = lines.iter().filter_map(|l| key(l)).collect();
+    let replaced: Vec<_> = lines.iter().filter_map(|l| line_key(l)).collect();
     let mut out =
         String::with_capacity(note.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>());
     out.push_str(body);
     out.push('\n');
     for (i, line) in signatures.split_terminator('\n').enumerate() {
-        if i == 0 || key(line).is_none_or(|k| !replaced.contains(&k)) {
+        if i == 0 || line_key(line).is_none_or(|k| !replaced.contains(&k)) {
             out.push_str(line);
             out.push('\n');
         }

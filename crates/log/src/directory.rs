@@ -3096,16 +3096,20 @@ pub(crate) mod tests {
         assert_eq!(log.latest().size, 2);
     }
 
+    /// Opens the log of `settings`, appends `records` records and
+    /// checkpoints them, and closes it.
+    async fn checkpointed(settings: &Transparency, records: u64) {
+        let log = Log::open(settings, metrics()).unwrap();
+        for i in 0..records {
+            log.append(&record(i)).await.unwrap();
+        }
+        log.checkpoint().unwrap();
+    }
+
     #[tokio::test]
     async fn a_lost_index_is_rebuilt_from_the_bundles() {
         let (_dir, settings) = setup("index");
-        {
-            let log = Log::open(&settings, metrics()).unwrap();
-            for i in 0..40 {
-                log.append(&record(i)).await.unwrap();
-            }
-            log.checkpoint().unwrap();
-        }
+        checkpointed(&settings, 40).await;
         std::fs::remove_file(settings.directory.join(INDEX)).unwrap();
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(
@@ -3122,13 +3126,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_index_half_made_by_a_killed_process_is_made_again() {
         let (_dir, settings) = setup("index-half");
-        {
-            let log = Log::open(&settings, metrics()).unwrap();
-            for i in 0..40 {
-                log.append(&record(i)).await.unwrap();
-            }
-            log.checkpoint().unwrap();
-        }
+        checkpointed(&settings, 40).await;
         let dir = &settings.directory;
         std::fs::remove_file(dir.join(INDEX)).unwrap();
         std::fs::write(dir.join(INDEX_NEW), vec![0u8; 73_728]).unwrap();

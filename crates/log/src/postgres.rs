@@ -1313,6 +1313,10 @@ impl Shared {
     /// cosignature added meanwhile (witnesses answer in tasks of their
     /// own) sets it again and is stored after, not lost with the flag.
     async fn store_cosignatures(&self) {
+        // Every tick calls this: most find nothing to store.
+        if !self.unstored.load(Ordering::Acquire) {
+            return;
+        }
         let _one = self.storing.lock().await;
         if !self.unstored.swap(false, Ordering::AcqRel) {
             return;
