@@ -1127,10 +1127,39 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
         let report = check(&by_id).await;
         assert!(report.valid(), "request id {i}: {report}");
     }
-    let mut crossed = args(&second_key);
-    crossed.receipt = Some(receipts[2].0.clone());
-    crossed.log = Some(proxy.log_url());
-    assert!(!check(&crossed).await.valid());
+    // With the other generation's key, as the page: a receipt is checked
+    // against the generation it names, a request id is looked up in the
+    // log's other generations; each against that generation's own
+    // checkpoint, signed by the same key under its origin's name.
+    for (i, key, found) in [(2, &second_key, 1), (6, &first_key, 2)] {
+        let mut crossed = args(key);
+        crossed.receipt = Some(receipts[i].0.clone());
+        crossed.log = Some(proxy.log_url());
+        let report = check(&crossed).await;
+        assert!(report.valid(), "receipt {i}: {report}");
+        let line = format!("the record is in generation {found} of the log");
+        assert!(report.checks[0].starts_with(&line), "{report}");
+        let mut by_id = args(key);
+        by_id.request_id = Some(receipts[i].1.clone());
+        by_id.log = Some(proxy.log_url());
+        let report = check(&by_id).await;
+        assert!(report.valid(), "request id {i}: {report}");
+        assert!(report.checks[0].starts_with(&line), "{report}");
+    }
+    // Without the log, a receipt of another generation is the key's
+    // mismatch it is.
+    let mut offline = args(&second_key);
+    offline.receipt = Some(receipts[2].0.clone());
+    assert!(!check(&offline).await.valid());
+    let mut unknown = args(&second_key);
+    unknown.request_id = Some("no-such-request".into());
+    unknown.log = Some(proxy.log_url());
+    let report = check(&unknown).await;
+    let why = report.verdict.unwrap_err();
+    assert!(
+        why.contains("no record for request id no-such-request (yet): not in the given key's generation, nor in the 1 other generation(s)"),
+        "{why}"
+    );
 
     let metrics = proxy.admin_get("/metrics").await.1;
     assert!(metrics.contains("residency_log_generation 2"), "{metrics}");

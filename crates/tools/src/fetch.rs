@@ -58,6 +58,15 @@ impl Fetcher {
         })
     }
 
+    /// The same client for the URLs under `prefix` (a path below the base
+    /// URL; a trailing `/` is ignored).
+    pub fn at(&self, prefix: &str) -> Fetcher {
+        Fetcher {
+            base: format!("{}{}", self.base, prefix.trim_end_matches('/')),
+            client: self.client.clone(),
+        }
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base

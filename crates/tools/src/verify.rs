@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use crate::fetch::Fetcher;
 
-use residency_log::api::{ConsistencyProof, Entry, Generations, InclusionProof};
+use residency_log::api::{ConsistencyProof, Entry, GenerationInfo, Generations, InclusionProof};
 use residency_log::merkle::{self, Hash};
 use residency_log::note::Verifier;
 use residency_log::receipt::Receipt;
@@ -38,7 +38,8 @@ pub struct VerifyArgs {
     #[arg(long, conflicts_with = "request_id")]
     pub receipt: Option<String>,
     /// Instead of a receipt: a request id (`X-Request-Id`); its record is
-    /// fetched from `--log` and proven by inclusion.
+    /// fetched from `--log` (from the key's generation, else the log's
+    /// others, newest first, at most 64) and proven by inclusion.
     #[arg(long, requires = "log")]
     pub request_id: Option<String>,
     /// The log's base URL (its `transparency.address`), to fetch the latest
@@ -144,32 +145,52 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
         return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
     }
-    let fetcher = match &args.log {
-        Some(url) => Some(generation_of(url, args.ca.as_ref(), verifier.name()).await?),
+    let log = match &args.log {
+        Some(url) => Some(Log::open(url, args.ca.as_ref(), &verifier).await?),
         None => None,
     };
-    let receipt = match (&args.receipt, &args.request_id, &fetcher) {
-        (Some(r), _, _) => Some(read_receipt(r)?),
-        (None, Some(id), Some(f)) => {
+    // A record of another generation of the log is checked against that
+    // generation (`elsewhere`).
+    let mut elsewhere = None;
+    let receipt = match (&args.receipt, &args.request_id, &log) {
+        (Some(r), _, _) => {
+            let text = read_receipt(r)?;
+            if let (Some(log), Ok(claimed)) = (&log, Receipt::parse(&text)) {
+                if claimed.log != verifier.name() {
+                    elsewhere = log.named(&claimed.log, &verifier).await?;
+                }
+            }
+            Some(text)
+        }
+        (None, Some(id), Some(log)) => {
             // As the page takes one: it goes into the URL as it is.
             let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
             if id.is_empty() || id.len() > 128 || !id.bytes().all(plain) {
                 bail!("--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'");
             }
             // The record by request id, as an unsigned receipt.
-            let entry: Entry = f.json(&format!("/records/{id}")).await?;
-            Some(
-                Receipt {
-                    log: verifier.name().to_string(),
-                    index: entry.index,
-                    record: entry.record.into_bytes(),
-                    signature: None,
-                }
-                .encode(),
-            )
+            let (entry, found) = log.record(id, &verifier).await?;
+            let name = found
+                .as_ref()
+                .map_or(verifier.name(), |g| g.verifier.name());
+            let receipt = Receipt {
+                log: name.to_string(),
+                index: entry.index,
+                record: entry.record.into_bytes(),
+                signature: None,
+            };
+            elsewhere = found;
+            Some(receipt.encode())
         }
         _ => None,
     };
+    let (mut fetcher, mut key, mut verifier) = (log.map(|l| l.own), key, verifier);
+    if let Some(g) = elsewhere {
+        checks.push(g.found);
+        fetcher = Some(g.fetcher);
+        key = g.key;
+        verifier = g.verifier;
+    }
     // What the receipt claims, to know which proof to fetch; the verdict
     // checks it.
     let claimed = receipt.as_deref().and_then(|r| Receipt::parse(r).ok());
@@ -337,40 +358,266 @@ fn file_digest(path: &PathBuf) -> anyhow::Result<FileDigest> {
     })
 }
 
-/// A `--witness` argument: the key, or the file holding it.
-/// A fetcher for the log at `url` whose origin is `origin` (the key's
-/// name): a log that rolled to a new origin at its size limit serves each
-/// generation under its own prefix (`/generations`); the root serves the
-/// current one, and is used as is when the log has no such list.
-async fn generation_of(url: &str, ca: Option<&PathBuf>, origin: &str) -> anyhow::Result<Fetcher> {
-    let root = Fetcher::new(url, ca)?;
-    let Ok(list) = root.json::<Generations>("/generations").await else {
-        return Ok(root);
-    };
-    match list.generations.iter().find(|g| g.origin == origin) {
-        Some(g) => {
-            // Only a prefix of the log's own form: anything else (another
-            // host's name glued on, `..`) is not followed.
-            let number = g
-                .prefix
-                .strip_prefix("/generations/")
-                .and_then(|rest| rest.strip_suffix('/'));
-            if !number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
-                bail!(
-                    "the log lists generation {} under the prefix {:?}, not /generations/<n>/",
-                    g.generation,
-                    g.prefix
-                );
+/// The most of a log's other generations one `--request-id` is looked for
+/// in, newest first (one lookup each), as the log's page: a log may list
+/// thousands.
+const MAX_LOOKUPS: usize = 64;
+
+/// The log at `--log`. A log that rolled to a new origin at its size limit
+/// serves each generation under its own prefix (`/generations`); the root
+/// serves the current one, and is used as is when the log has no such list.
+struct Log {
+    /// The generation whose origin is the key's name (the root when the
+    /// log lists none).
+    own: Fetcher,
+    /// The root, and the log's list of generations (empty without one).
+    root: Fetcher,
+    list: Vec<GenerationInfo>,
+}
+
+/// A generation of the log other than the key's, as a check runs against
+/// it: its prefix, its key (the given key's public key under its origin's
+/// name) and where the record was found (a check line).
+struct Generation {
+    fetcher: Fetcher,
+    verifier: Verifier,
+    key: String,
+    found: String,
+}
+
+impl Log {
+    async fn open(url: &str, ca: Option<&PathBuf>, verifier: &Verifier) -> anyhow::Result<Log> {
+        let root = Fetcher::new(url, ca)?;
+        let list = match root.json::<Generations>("/generations").await {
+            Ok(list) => list.generations,
+            Err(_) => Vec::new(),
+        };
+        let own = match list.iter().find(|g| g.origin == verifier.name()) {
+            Some(g) => {
+                // Only a prefix of the log's own form: anything else
+                // (another host's name glued on, `..`) is not followed.
+                if !prefix_is_numbered(&g.prefix) {
+                    bail!(
+                        "the log lists generation {} under the prefix {:?}, not /generations/<n>/",
+                        g.generation,
+                        g.prefix
+                    );
+                }
+                root.at(&g.prefix)
             }
-            Fetcher::new(
-                &format!("{}{}", root.base(), g.prefix.trim_end_matches('/')),
-                ca,
-            )
+            None => root.at(""),
+        };
+        Ok(Log { own, root, list })
+    }
+
+    /// The log's generations but the key's, newest first, with the log's
+    /// first origin; or why none is looked in: the list must name the key
+    /// as a generation whose origin fits (`root`, or `<root>/<n>`).
+    fn others(&self, verifier: &Verifier) -> Result<(String, Vec<&GenerationInfo>), String> {
+        let mine = self
+            .list
+            .iter()
+            .find(|g| Verifier::parse(&g.key).is_ok_and(|k| k == *verifier));
+        let mut others: Vec<_> = self
+            .list
+            .iter()
+            .filter(|g| !mine.is_some_and(|m| std::ptr::eq(*g, m)))
+            .collect();
+        others.sort_by_key(|g| std::cmp::Reverse(g.generation));
+        let Some(mine) = mine else {
+            return Err("it does not list the given key among its generations".into());
+        };
+        let name = verifier.name();
+        if mine.generation == 1 {
+            return Ok((name.to_string(), others));
         }
-        None => Ok(root),
+        let suffix = format!("/{}", mine.generation);
+        match name.strip_suffix(&suffix) {
+            Some(root) if !root.is_empty() => Ok((root.to_string(), others)),
+            _ => Err(format!(
+                "it lists the given key as its generation {}, whose origin would end in {suffix}",
+                mine.generation
+            )),
+        }
+    }
+
+    /// Listed generation `g`, as verify takes it, or why not. The list is
+    /// not signed: a generation is taken only if its origin is the name the
+    /// log gives generation n (`root`, then `<root>/<n>`), it is served
+    /// under `/generations/<n>/`, and its listed key is the given key's
+    /// public key under that name (its key ID recomputed).
+    fn judge(
+        &self,
+        g: &GenerationInfo,
+        root: &str,
+        verifier: &Verifier,
+    ) -> Result<(Fetcher, Verifier), String> {
+        let n = g.generation;
+        let origin = match n {
+            0 => return Err("it is numbered 0; generations count from 1".into()),
+            1 => root.to_string(),
+            n => format!("{root}/{n}"),
+        };
+        if g.origin != origin {
+            return Err(format!(
+                "its origin is not the name this log gives generation {n}, which is {origin}"
+            ));
+        }
+        if g.prefix != format!("/generations/{n}/") {
+            return Err(format!(
+                "it is listed under the prefix {:?}, not /generations/{n}/",
+                g.prefix
+            ));
+        }
+        let theirs =
+            Verifier::parse(&g.key).map_err(|e| format!("its listed key is not usable: {e}"))?;
+        if theirs.name() != origin {
+            return Err(format!(
+                "its listed key is named {}, not {origin}",
+                theirs.name()
+            ));
+        }
+        if theirs.public_key() != verifier.public_key() {
+            return Err("its listed key has another public key than the given key".into());
+        }
+        Ok((self.root.at(&g.prefix), theirs))
+    }
+
+    /// The generation a receipt names by its origin (`log`), when the log
+    /// lists it and it is taken; an error says why a listed one is not.
+    /// `None` when the log does not list it: the verdict says whose the
+    /// key is.
+    async fn named(&self, log: &str, verifier: &Verifier) -> anyhow::Result<Option<Generation>> {
+        let listed = || self.list.iter().filter(|g| g.origin == log);
+        let Some(first) = listed().next() else {
+            return Ok(None);
+        };
+        let (root, _) = self
+            .others(verifier)
+            .map_err(|why| refused(log, first, &why))?;
+        let mut why = None;
+        // A log lists each origin once; a list that repeats one is judged
+        // no further than the search's bound.
+        for g in listed().take(MAX_LOOKUPS) {
+            match self.judge(g, &root, verifier) {
+                Ok((fetcher, theirs)) => return Ok(Some(found(g, fetcher, theirs, verifier))),
+                Err(e) => {
+                    why.get_or_insert(e);
+                }
+            }
+        }
+        Err(refused(log, first, &why.unwrap_or_default()))
+    }
+
+    /// The record of request id `id`: in the key's generation, else in the
+    /// log's others, newest first, at most [`MAX_LOOKUPS`] of them (with
+    /// the generation that holds it).
+    async fn record(
+        &self,
+        id: &str,
+        verifier: &Verifier,
+    ) -> anyhow::Result<(Entry, Option<Generation>)> {
+        if let Some(entry) = record_in(&self.own, id).await? {
+            return Ok((entry, None));
+        }
+        let tail =
+            "a record is written when the upload is answered; check the id, or try its receipt";
+        if self.list.len() <= 1 {
+            bail!("the log has no record for request id {id} (yet): {tail}");
+        }
+        let (root, others) = match self.others(verifier) {
+            Ok(found) => found,
+            Err(why) => bail!(
+                "the log has no record for request id {id} (yet) in the given key's generation; it lists {} other generation(s), but {why}, so verify looks in none of them: {tail}",
+                self.list.len() - 1
+            ),
+        };
+        let (mut looked, mut refusals) = (0, Vec::new());
+        for g in others.iter().take(MAX_LOOKUPS) {
+            match self.judge(g, &root, verifier) {
+                Ok((fetcher, theirs)) => {
+                    looked += 1;
+                    if let Some(entry) = record_in(&fetcher, id).await? {
+                        return Ok((entry, Some(found(g, fetcher, theirs, verifier))));
+                    }
+                }
+                Err(why) => refusals.push(format!("generation {}: {why}", g.generation)),
+            }
+        }
+        let mut why = format!(
+            "the log has no record for request id {id} (yet): not in the given key's generation, nor in the {looked} other generation(s) verify looked in"
+        );
+        if !refusals.is_empty() {
+            why += &format!(
+                "; it does not look in {} listed generation(s) (the log's list is not signed; a generation is taken only if its key is the given key's public key under that generation's origin): {}",
+                refusals.len(),
+                refusals.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            );
+        }
+        if others.len() > MAX_LOOKUPS {
+            why += &format!(
+                "; verify looks in at most {MAX_LOOKUPS} other generations, newest first, and this log lists {} (a receipt names its generation, and is checked there)",
+                others.len()
+            );
+        }
+        bail!("{why}; {tail}")
     }
 }
 
+/// Whether `prefix` is of the log's own form, `/generations/<n>/`.
+fn prefix_is_numbered(prefix: &str) -> bool {
+    prefix
+        .strip_prefix("/generations/")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Why a receipt's generation `g` (origin `log`) is not checked.
+fn refused(log: &str, g: &GenerationInfo, why: &str) -> anyhow::Error {
+    anyhow!(
+        "the receipt is of {log}, which the log lists as its generation {}, but {why}: the log's list of generations is not signed, so verify does not take that generation's key from it",
+        g.generation
+    )
+}
+
+/// Generation `g`, taken, with the check line saying where the record is.
+fn found(g: &GenerationInfo, fetcher: Fetcher, theirs: Verifier, given: &Verifier) -> Generation {
+    Generation {
+        found: format!(
+            "the record is in generation {} of the log (origin {}), not in the given key's ({}): checked against generation {}'s own checkpoint, which the same key signs under that origin's name",
+            g.generation,
+            theirs.name(),
+            given.name(),
+            g.generation
+        ),
+        key: g.key.trim().to_string(),
+        fetcher,
+        verifier: theirs,
+    }
+}
+
+/// The record of request id `id` in the generation `f` serves, or `None`
+/// when it answers 404.
+async fn record_in(f: &Fetcher, id: &str) -> anyhow::Result<Option<Entry>> {
+    let path = format!("/records/{id}");
+    let answer = f.answer(&path).await?;
+    if answer.status == http::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !answer.status.is_success() {
+        bail!(
+            "GET {}{path}: {}: {}",
+            f.base(),
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    serde_json::from_slice(&answer.body)
+        .map(Some)
+        .with_context(|| format!("{path}: unexpected answer"))
+}
+
+/// A `--witness` argument: the key, or the file holding it.
 fn witness_key(arg: &str) -> String {
     std::fs::read_to_string(arg)
         .map(|t| t.trim().to_string())
@@ -602,36 +849,118 @@ mod tests {
         );
     }
 
-    /// A log listing its generation under a prefix of another form is not
-    /// followed there.
-    #[tokio::test]
-    async fn a_generation_prefix_of_another_form_is_not_followed() {
+    /// A log on a socket answering `routes` (path → body, 200), else 404.
+    async fn fake_log(routes: Vec<(String, String)>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let key = key();
-        let list = format!(
-            r#"{{"generations":[{{"generation":1,"origin":"verify.example/log","key":"{key}","size":1,"sealed":false,"prefix":".evil.example/"}}]}}"#
-        );
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let mut buf = [0u8; 4096];
-                let _ = tcp.read(&mut buf).await;
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split(' ').nth(1).unwrap_or("");
+                let (status, body) = match routes.iter().find(|(p, _)| p == path) {
+                    Some((_, body)) => ("200 OK", body.clone()),
+                    None => ("404 Not Found", "{}".to_string()),
+                };
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{list}",
-                    list.len()
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = tcp.write_all(answer.as_bytes()).await;
             }
         });
+        format!("http://{addr}")
+    }
+
+    /// A `/generations` list of (number, origin, key, prefix).
+    fn listing(gens: &[(u32, &str, &str, &str)]) -> String {
+        let list: Vec<_> = gens
+            .iter()
+            .map(|(n, origin, key, prefix)| GenerationInfo {
+                generation: *n,
+                origin: origin.to_string(),
+                key: key.to_string(),
+                size: 1,
+                sealed: *n == 1,
+                prefix: prefix.to_string(),
+            })
+            .collect();
+        serde_json::to_string(&Generations { generations: list }).unwrap()
+    }
+
+    /// A log listing its generation under a prefix of another form is not
+    /// followed there.
+    #[tokio::test]
+    async fn a_generation_prefix_of_another_form_is_not_followed() {
+        let key = key();
+        let list = listing(&[(1, "verify.example/log", &key, ".evil.example/")]);
         let args = VerifyArgs {
             key,
             request_id: Some("abc".into()),
-            log: Some(format!("http://{addr}")),
+            log: Some(fake_log(vec![("/generations".into(), list)]).await),
             ..VerifyArgs::default()
         };
         let why = verify(&args).await.verdict.unwrap_err();
         assert!(why.contains("not /generations/<n>/"), "{why}");
+    }
+
+    /// The log's list of generations is not signed: another generation is
+    /// looked in, or a receipt checked against it, only if its key is the
+    /// given key's public key under the name the log gives it; else verify
+    /// says why it is not.
+    #[tokio::test]
+    async fn another_generation_is_taken_only_with_the_given_public_key() {
+        use residency_log::note::Signer;
+        let ours = |name: &str| Signer::from_seed(name, &[3; 32]).unwrap().verifier_key();
+        let theirs = Signer::from_seed("verify.example/log", &[4; 32])
+            .unwrap()
+            .verifier_key();
+        let current = ours("verify.example/log/2");
+        let root = "verify.example/log";
+        let cases = [
+            (theirs.clone(), root, "/generations/1/", "another public key"),
+            (ours(root), "elsewhere.example", "/generations/1/", "its origin is not the name this log gives generation 1, which is verify.example/log"),
+            (ours(root), root, "/generations/9/", "not /generations/1/"),
+            (ours("verify.example/other"), root, "/generations/1/", "named verify.example/other"),
+        ];
+        for (key, origin, prefix, reason) in cases {
+            let list = listing(&[
+                (1, origin, &key, prefix),
+                (2, "verify.example/log/2", &current, "/generations/2/"),
+            ]);
+            let log = fake_log(vec![("/generations".into(), list)]).await;
+            let by_id = VerifyArgs {
+                key: current.clone(),
+                request_id: Some("abc".into()),
+                log: Some(log.clone()),
+                ..VerifyArgs::default()
+            };
+            let why = verify(&by_id).await.verdict.unwrap_err();
+            assert!(why.contains("nor in the 0 other generation(s)"), "{why}");
+            assert!(why.contains(reason), "{reason}: {why}");
+            let receipt = Receipt {
+                log: origin.to_string(),
+                index: 0,
+                record: b"{}".to_vec(),
+                signature: None,
+            };
+            let by_receipt = VerifyArgs {
+                key: current.clone(),
+                receipt: Some(receipt.encode()),
+                log: Some(log),
+                ..VerifyArgs::default()
+            };
+            let why = verify(&by_receipt).await.verdict.unwrap_err();
+            assert!(
+                why.starts_with(&format!(
+                    "the receipt is of {origin}, which the log lists as its generation 1, but"
+                )),
+                "{why}"
+            );
+            assert!(why.contains(reason), "{reason}: {why}");
+        }
     }
 
     /// `--proof-file` checks one offline proof: the options it would
