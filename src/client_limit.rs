@@ -45,7 +45,9 @@ pub struct Counted {
 /// carries an IPv4 address, that one, as GeoIP locates it
 /// ([`residency_core::geo::located`]): a 6to4 site's (`2002:<IPv4>::/48`,
 /// the address its tunnel stands for), a Teredo client's own (all clients
-/// of one Teredo server share its /64), an IPv4-compatible address's.
+/// of one Teredo server share its /64), an IPv4-compatible address's, a
+/// NAT64 translator's IPv4 client's (every client behind it shares its
+/// /64).
 fn key(addr: IpAddr) -> u128 {
     match residency_core::geo::located(addr) {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
@@ -143,6 +145,12 @@ mod tests {
         // ::/64 is not 0.0.0.0.
         assert!(in_flight.enter(ip("0.0.0.0"), 1).unwrap().is_some());
         assert!(in_flight.enter(ip("::5"), 1).unwrap().is_some());
+        // A NAT64 translator's client is the IPv4 address it stands for,
+        // not the translator's /64.
+        let translated = in_flight.enter(ip("64:ff9b::c000:22d"), 1).unwrap();
+        assert!(in_flight.enter(ip("192.0.2.45"), 1).is_none());
+        assert!(in_flight.enter(ip("64:ff9b::c000:22e"), 1).is_some());
+        drop(translated);
         // A 6to4 site is the IPv4 address it carries (its /48); a Teredo
         // client its own IPv4 address.
         let site = in_flight.enter(ip("2002:c000:22d:1::1"), 1).unwrap();

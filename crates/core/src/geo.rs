@@ -393,11 +393,17 @@ fn routable(v4: std::net::Ipv4Addr) -> bool {
 /// * 6to4 (RFC 3056, `2002::/16`): its site's address, bits 16–47, where
 ///   MaxMind's databases alias it too;
 /// * IPv4-compatible (`::a.b.c.d`, deprecated by RFC 4291): the IPv4
-///   tree's own place in a database (`::/96`).
+///   tree's own place in a database (`::/96`);
+/// * IPv4-embedded under the NAT64 well-known prefix (RFC 6052 §2.1,
+///   `64:ff9b::/96`): the IPv4 client a stateless translator (SIIT-DC,
+///   RFC 7755) in front of an IPv6-only proxy stands for, its last 32
+///   bits. A client cannot open a connection from such an address itself:
+///   the answers to it go to the translator.
 ///
 /// So an override of an IPv4 network also matches the same host reached
 /// over 6to4 or as `::a.b.c.d` (which the database already locates there).
 pub fn located(addr: IpAddr) -> IpAddr {
+    const NAT64_WELL_KNOWN: u128 = 0x0064_ff9b_u128 << 96;
     match addr.to_canonical() {
         IpAddr::V6(v6) if v6.segments()[..2] == [0x2001, 0] => {
             IpAddr::V4(std::net::Ipv4Addr::from(!(u128::from(v6) as u32)))
@@ -406,6 +412,9 @@ pub fn located(addr: IpAddr) -> IpAddr {
             IpAddr::V4(std::net::Ipv4Addr::from((u128::from(v6) >> 80) as u32))
         }
         IpAddr::V6(v6) if u128::from(v6) >> 32 == 0 && u128::from(v6) > 1 => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
+        }
+        IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_WELL_KNOWN >> 32 => {
             IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
         }
         canonical => canonical,
@@ -516,6 +525,16 @@ mod tests {
         assert_eq!(g.lookup(teredo).0, Country::parse("CH"));
         assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("DE"));
         assert_eq!(located(ip("::ffff:192.0.2.45")), ip("192.0.2.45"));
+        // A NAT64 (SIIT) translator's address for an IPv4 client.
+        assert_eq!(located(ip("64:ff9b::192.0.2.45")), ip("192.0.2.45"));
+        assert_eq!(g.lookup(ip("64:ff9b::c000:22d")).0, Country::parse("CH"));
+        for beside in [
+            "64:ff9b:0:0:0:1:c000:22d",
+            "64:ff9b:1::c000:22d",
+            "64:ff9a::c000:22d",
+        ] {
+            assert_eq!(located(ip(beside)), ip(beside), "{beside}");
+        }
         // One around a private address is unknown, though an override
         // covers that address (6to4, Teredo, IPv4-compatible alike).
         let office = vec![(
@@ -530,6 +549,7 @@ mod tests {
             "::10.20.0.1",                          // IPv4-compatible
             "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
             "2002:6440:1::1",                       // 6to4 of 100.64.0.1
+            "64:ff9b::10.20.0.1",                   // NAT64
         ];
         for addr in around {
             assert_eq!(g.lookup(ip(addr)), (None, LookupResult::Miss), "{addr}");
