@@ -134,12 +134,17 @@ fn from_a_web_page(req: &Request<Incoming>) -> bool {
             .is_some_and(|site| site.as_bytes() != b"none")
 }
 
-/// `ready` or `not ready`, then one line per data centre: up, down, drained.
+/// `ready` or `not ready: <why>`, then one line per data centre: up,
+/// down, drained.
 fn readyz(instance: &Instance) -> Response<Full<Bytes>> {
     let state = instance.snapshot();
     let policy = &state.config.policy;
-    let ready = instance.is_ready();
-    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    let readiness = instance.readiness();
+    let ready = readiness.is_ok();
+    let mut body = match readiness {
+        Ok(()) => String::from("ready\n"),
+        Err(why) => format!("not ready: {why}\n"),
+    };
     for (i, dc) in policy.datacenters.iter().enumerate() {
         let healthy = dc.upstreams.iter().any(|u| state.health.is_healthy(*u));
         let drained = state.health.is_drained(DatacenterId(i));

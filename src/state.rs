@@ -239,6 +239,9 @@ pub struct Instance {
     current: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     ready: AtomicBool,
+    /// The GeoIP database was found older than `geoip.max_age` when last
+    /// asked ([`Instance::readiness`] logs each change).
+    geoip_stale: AtomicBool,
     pub ids: RequestIds,
     /// Opened once from the first snapshot's `[transparency]`; a reload
     /// cannot change it.
@@ -295,6 +298,7 @@ impl Instance {
             current: ArcSwap::from_pointee(state),
             metrics,
             ready: AtomicBool::new(false),
+            geoip_stale: AtomicBool::new(false),
             ids: RequestIds::new(),
             log,
             detached: AtomicUsize::new(0),
@@ -317,18 +321,29 @@ impl Instance {
         self.current.load_full()
     }
 
-    /// Ready: loaded, not shutting down, and the GeoIP database no older
-    /// than `geoip.max_age`.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.geoip_too_old(&self.snapshot())
-    }
-
-    fn geoip_too_old(&self, state: &Snapshot) -> bool {
-        state
-            .config
-            .geoip
-            .max_age
-            .is_some_and(|max| geoip_age(state) > max.as_secs())
+    /// Ready (loaded, not shutting down, and the GeoIP database no older
+    /// than `geoip.max_age`), or why not, in words an operator acts on.
+    /// The first time the GeoIP database is found too old (again) it is
+    /// logged as a warning too: a probe says only that the proxy is not
+    /// ready, and is asked every few seconds.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err("shutting down".into());
+        }
+        let state = self.snapshot();
+        let stale = geoip_too_old(&state);
+        if self.geoip_stale.swap(stale.is_some(), Ordering::AcqRel) == stale.is_some() {
+            return stale.map_or(Ok(()), Err);
+        }
+        match &stale {
+            Some(why) => {
+                tracing::warn!(database = %state.config.geoip.database.display(), "not ready: {why}")
+            }
+            None => {
+                tracing::info!(database = %state.config.geoip.database.display(), "ready: the GeoIP database is within geoip.max_age again")
+            }
+        }
+        stale.map_or(Ok(()), Err)
     }
 
     /// Installs a new snapshot: new connections and requests use it; those
@@ -434,6 +449,20 @@ impl Instance {
 }
 
 /// Seconds since the GeoIP database was built (0 if built in the future).
+/// Why the GeoIP database is too old to be ready on, if it is: older
+/// than `geoip.max_age`.
+pub fn geoip_too_old(state: &Snapshot) -> Option<String> {
+    let max = state.config.geoip.max_age?;
+    let age = geoip_age(state);
+    (age > max.as_secs()).then(|| {
+        format!(
+            "the GeoIP database was built {} ago, longer than geoip.max_age ({}); install a newer one (it is reloaded when its file changes)",
+            humantime::format_duration(std::time::Duration::from_secs(age)),
+            humantime::format_duration(max)
+        )
+    })
+}
+
 fn geoip_age(state: &Snapshot) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -522,6 +522,9 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                 state.geo.database_type(),
                 state.geo.build_epoch()
             );
+            if let Some(why) = crate::state::geoip_too_old(&state) {
+                println!("warning: {why}: serve would not be ready (/readyz 503)");
+            }
             if let Some(t) = &state.config.transparency {
                 let place = match &t.postgres {
                     Some(pg) => format!("PostgreSQL {}", pg.url),

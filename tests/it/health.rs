@@ -472,3 +472,53 @@ async fn the_admin_listener_refuses_a_host_it_does_not_answer_for() {
     assert_eq!(status, 200, "as localhost");
     proxy.stop().await;
 }
+
+/// A GeoIP database older than `geoip.max_age` keeps the proxy not ready,
+/// and `/readyz` says why (it said only `not ready`), as do the log, once,
+/// and `check-config`.
+#[tokio::test]
+async fn a_geoip_database_past_max_age_is_named_as_the_reason_for_not_ready() {
+    let up = Upstream::start("zurich").await;
+    // The tests' database is built at 1,750,000,000 (June 2025).
+    let proxy = Binary::spawn_wrapped("stale", &datacenters_at(up.addr), "max_age = \"30d\"", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        if let Ok(Ok(answer)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::spawn(plain_request(proxy.admin, "GET", "/readyz")),
+        )
+        .await
+        {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: the GeoIP database was built ")
+            && body.contains("ago, longer than geoip.max_age (30days)"),
+        "{body}"
+    );
+    assert!(body.contains("datacenter zurich: up"), "{body}");
+    let _ = plain_request(proxy.admin, "GET", "/readyz").await;
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("not ready: the GeoIP database").count(),
+        1,
+        "{log}"
+    );
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_residency-proxy"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(proxy.dir.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{out}");
+    assert!(
+        out.contains("warning: the GeoIP database was built ")
+            && out.contains("serve would not be ready (/readyz 503)"),
+        "{out}"
+    );
+}
