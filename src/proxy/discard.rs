@@ -76,6 +76,20 @@ impl RefusalBody {
         self
     }
 
+    /// For an answer after which an HTTP/1.1 connection closes: nothing
+    /// of the unread body is discarded here. The connection's staged
+    /// close (`server::connection`) sends close_notify and FIN right after
+    /// the answer, then drops what the client still sends undecrypted, for
+    /// up to 2 s of silence or `timeouts.discard_body`; reading it here
+    /// first would hold that FIN back for as long as a stalled client
+    /// sends nothing (`timeouts.discard_body`), though the answer said
+    /// `Connection: close` (RFC 9112 §9.6: the server then closes).
+    pub fn closing(mut self) -> RefusalBody {
+        self.unread = None;
+        self.held = None;
+        self
+    }
+
     /// Discards the unread body in a task of its own, if not yet.
     fn start_discarding(&mut self) {
         if let Some((body, bounds)) = self.unread.take() {

@@ -252,6 +252,10 @@ pub fn handle(
         if closing && version < http::Version::HTTP_2 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp = resp.map(|body| match body {
+                Either::Right(refusal) => Either::Right(refusal.closing()),
+                answer => answer,
+            });
         }
 
         let status = resp.status();

@@ -1015,12 +1015,14 @@ async fn hyper_s_own_refusal_reaches_a_client_still_sending() {
 /// `Connection: close` (RFC 9112 §9.6; RFC 9110 §15.5.9 for the 408), so a
 /// keep-alive client does not send its next request into it: a stalled
 /// body's 408, and a refusal whose unread body is declared larger than
-/// `limits.discard_body_bytes`. A refusal whose body is discarded keeps
-/// the connection, and the next request on it is answered.
+/// `limits.discard_body_bytes`; and closes it then (close_notify and FIN
+/// right after the answer), not once `timeouts.discard_body` has passed
+/// for a client that sends no more. A refusal whose body is discarded
+/// keeps the connection, and the next request on it is answered.
 #[tokio::test]
 async fn a_refusal_that_ends_the_connection_says_close() {
     let proxy = Proxy::start(limited(
-        "[timeouts]\nrequest_body_idle = \"500ms\"\ndiscard_body = \"1s\"\n[limits]\ndiscard_body_bytes = 4096\n",
+        "[timeouts]\nrequest_body_idle = \"500ms\"\ndiscard_body = \"60s\"\n[limits]\ndiscard_body_bytes = 4096\n",
     ))
     .await;
     // Keep-alive requests: no `Connection` field of the client's.
@@ -1032,9 +1034,8 @@ async fn a_refusal_that_ends_the_connection_says_close() {
     let closes = [
         // 10 of 100 bytes from CH, then silence: 408.
         (head(CH, 100), 408),
-        // An unknown origin's 1 MiB, past what the proxy discards: 451
-        // (and closed when `discard_body` has passed, as the client sends
-        // no more).
+        // An unknown origin's 1 MiB, past what the proxy discards: 451,
+        // and closed at once, though the client sends no more.
         (head(UNKNOWN, 1 << 20), 451),
     ];
     for (head, status) in closes {
