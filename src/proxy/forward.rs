@@ -640,6 +640,11 @@ fn judge(
     }
     match result {
         Ok(mut resp) => {
+            // RFC 9110 §6.2: an intermediary sends its own version, not an
+            // HTTP/1.0 data centre's (an HTTP/1.1 client would take that
+            // answer as closing the connection, which the proxy keeps;
+            // hyper answers an HTTP/1.0 client as one all the same).
+            *resp.version_mut() = http::Version::HTTP_11;
             let status = resp.status();
             // An answer the client cannot be given as it is.
             let unusable = if status.is_informational() {

@@ -755,3 +755,39 @@ async fn an_answer_that_breaks_off_later_is_cut_short_at_once() {
     let proxy = breaking_off("answer-breaks-off-later", answer, Duration::from_secs(1)).await;
     h2_answer_cut_short_after_hello(&proxy).await;
 }
+
+/// RFC 9110 §6.2: an intermediary sends its own HTTP version. A data
+/// centre's `HTTP/1.0` answer reaches an HTTP/1.1 client as `HTTP/1.1`
+/// (it was relayed as `HTTP/1.0`, which such a client takes as closing a
+/// connection the proxy kept), and the connection serves the next request;
+/// an HTTP/1.0 client still gets `HTTP/1.0`.
+#[tokio::test]
+async fn a_data_centre_s_http_1_0_answer_goes_out_in_the_proxy_s_version() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+    let proxy = breaking_off("answer-http-1-0", answer, Duration::ZERO).await;
+    let client = proxy.client().version(Http::One);
+    let request = |version: &str| {
+        format!(
+            "POST /v1/telemetry HTTP/{version}\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\
+             Content-Length: 5\r\n\r\nworld"
+        )
+    };
+    let mut tls = client.connect().await.expect("TLS handshake");
+    let (mut got, mut buf) = (String::new(), vec![0u8; 1 << 16]);
+    for n in 1..=2 {
+        tls.write_all(request("1.1").as_bytes()).await.unwrap();
+        while got.matches("hello").count() < n {
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+            assert!(read > 0, "closed after {n} request(s): {got:?}");
+            got.push_str(&String::from_utf8_lossy(&buf[..read]));
+        }
+    }
+    assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{got:?}");
+    assert!(!got.contains("HTTP/1.0"), "{got:?}");
+    let (got, _) = exchange_to_end(&client, request("1.0").as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got:?}");
+}
