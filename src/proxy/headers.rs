@@ -815,7 +815,7 @@ fn coded_before_chunked(value: &[u8]) -> bool {
 /// A request to answer 400 `bad_request`: ambiguous framing, a refused
 /// request-target (but asterisk-form where `asterisk`: an `OPTIONS *` the
 /// proxy answers), a `Host` against the rules, or an HTTP/2 field value
-/// padded with whitespace.
+/// padded with whitespace or a field name that is not a token.
 pub fn malformed<B>(req: &http::Request<B>, asterisk: bool) -> bool {
     malformed_with(req, &Fields::of(req.headers()), asterisk)
 }
@@ -825,7 +825,7 @@ pub fn malformed_with<B>(req: &http::Request<B>, fields: &Fields<'_>, asterisk: 
     fields.ambiguous_framing()
         || (!asterisk && bad_target(req.uri()))
         || fields.bad_host(req.version(), req.uri())
-        || padded_value(req.version(), req.headers())
+        || malformed_h2_field(req.version(), req.headers())
 }
 
 /// The host a request is for, without its port: the target's authority
@@ -845,13 +845,18 @@ pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
 /// An HTTP/2 field value that starts or ends with a space or tab: the
 /// request is malformed (RFC 9113 §8.2.1: MUST NOT), and an intermediary
 /// MUST NOT forward it (§8.1.1). (HTTP/1.1's parser strips such
-/// whitespace as optional; h2 passes it through.)
-pub fn padded_value(version: Version, headers: &HeaderMap) -> bool {
+/// whitespace as optional; h2 passes it through.) Nor a field name that is
+/// not a token (RFC 9110 §5.1): the `http` crate takes `"` in one, which
+/// would go into the data centre's HTTP/1.1 request as it is (HTTP/1.1's
+/// parser refuses it, and h2 every other such byte).
+pub fn malformed_h2_field(version: Version, headers: &HeaderMap) -> bool {
     let padded = |b: &u8| *b == b' ' || *b == b'\t';
     version == Version::HTTP_2
-        && headers.values().any(|v| {
+        && headers.iter().any(|(name, v)| {
             let v = v.as_bytes();
-            v.first().is_some_and(padded) || v.last().is_some_and(padded)
+            v.first().is_some_and(padded)
+                || v.last().is_some_and(padded)
+                || name.as_str().contains('"')
         })
 }
 
