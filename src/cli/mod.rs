@@ -493,8 +493,13 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
     {
         Some(t) => match (&t.postgres, offline) {
             (Some(pg), false) => Some(
-                rt.block_on(residency_log::postgres::check(pg))
-                    .map_err(|e| (pg.url.clone(), e)),
+                rt.block_on(residency_log::postgres::check(
+                    pg,
+                    &t.origin,
+                    // Loaded by the build already.
+                    &t.verifier_key().unwrap_or_default(),
+                ))
+                .map_err(|e| (pg.url.clone(), e)),
             ),
             (Some(_), true) => Some(Ok("not checked (--offline)".to_string())),
             (None, _) => None,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use residency_log::merkle;
-use residency_log::note::{Checkpoint, Verifier};
+use residency_log::note::{Checkpoint, Signer, Verifier};
 use residency_log::receipt::{signed_message, Receipt};
 use residency_log::tiles::{Need, Proofs};
 use residency_tools::fetch::Fetcher;
@@ -553,6 +553,18 @@ async fn a_database_is_bound_to_one_log_and_check_config_reports_it() {
     let refused = residency_log::storage::Log::start(&other, metrics()).await;
     let message = refused.err().expect("another key is refused").to_string();
     assert!(message.contains("the database holds the log"), "{message}");
+    // And check-config says so, as serve would (it said "configuration OK").
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("log.key\"", "other.key\"")).unwrap();
+    let out = check(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transparency.postgres.url")
+            && stderr.contains("the database holds the log"),
+        "{stderr}"
+    );
+    std::fs::write(&config, text).unwrap();
 
     // A wrong password: check-config names the key; --offline skips it.
     std::fs::write(dir.path().join("db-password"), "wrong\n").unwrap();
@@ -860,6 +872,68 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
     let logs = replicas[0].log() + &replicas[1].log();
     assert!(
         logs.contains("the database is behind what this replica served (its checkpoint: size 40)"),
+        "{logs}"
+    );
+
+    // Then another history is integrated past 40 — as a replica started
+    // after the loss would (here written by hand with the log's key):
+    // records 30..44 that are not those served, tiles and a checkpoint of
+    // 45 that hash together. Larger, it is still not what was served: the
+    // replicas neither follow it nor integrate over it (they took it as
+    // caught up, served 45 and signed on).
+    use residency_core::hex;
+    let key = std::fs::read(fleet.keep.path().join("log.key")).unwrap();
+    let signer = Signer::from_pkcs8(LOG_ORIGIN, &key).unwrap();
+    let kept = pg
+        .psql(
+            "lost",
+            "SELECT encode(data, 'hex') FROM residency_log_entries ORDER BY idx",
+        )
+        .unwrap();
+    let mut tree = merkle::Tree::new();
+    for line in kept.lines() {
+        tree.push(merkle::leaf_hash(&hex::decode(line).unwrap()));
+    }
+    assert_eq!(tree.size(), 30);
+    let mut forged = String::from("BEGIN; ");
+    for i in 30..45u64 {
+        let data = format!("forked {i}");
+        tree.push(merkle::leaf_hash(data.as_bytes()));
+        forged += &format!(
+            "INSERT INTO residency_log_entries VALUES ({i}, '\\x00', '\\x{}'); ",
+            hex::encode(data.as_bytes())
+        );
+    }
+    let tile: String = (0..45)
+        .map(|i| hex::encode(&tree.leaf(i).unwrap()))
+        .collect();
+    let note = Checkpoint {
+        origin: LOG_ORIGIN.into(),
+        size: 45,
+        root: tree.root(),
+        extensions: Vec::new(),
+    }
+    .sign(&signer)
+    .unwrap();
+    forged += &format!(
+        "UPDATE residency_log_sequence SET next = 45; \
+         UPDATE residency_log_tiles SET data = '\\x{tile}' WHERE level = 0 AND idx = 0; \
+         UPDATE residency_log_checkpoint SET size = 45, note = $note${note}$note$; COMMIT"
+    );
+    pg.psql("lost", &forged).unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for r in 0..2 {
+            assert_eq!(checkpoint_of(r).await, Some(served), "replica {r}");
+        }
+    }
+    for (r, b) in replicas.iter().enumerate() {
+        let reply = b.client().upload_from(CH, "after the fork").await;
+        assert_eq!(reply.status, 503, "replica {r}: {:?}", reply.json());
+    }
+    let logs = replicas[0].log() + &replicas[1].log();
+    assert!(
+        !logs.contains("holds what this replica served again"),
         "{logs}"
     );
 }

@@ -421,9 +421,9 @@ impl Fleet {
                 bind(&client, &settings.origin, &signer.verifier_key()).await?;
                 Ok::<_, LogError>(version)
             };
-            let version = tokio::time::timeout(pg.timeout * 4, ready)
+            let version = tokio::time::timeout(LONG * pg.timeout, ready)
                 .await
-                .map_err(|_| timeout_error(pg.timeout * 4))??;
+                .map_err(|_| long_timeout_error(pg.timeout))??;
             tracing::debug!(version, "log database schema ready");
         }
         // Until a stored checkpoint may be published, the empty tree's,
@@ -957,6 +957,52 @@ impl Shared {
         }
     }
 
+    /// Why the stored tree does not extend the checkpoint this replica
+    /// served, if it does not: its tiles at the served size hash to another
+    /// root. A database that lost records (restored from a backup) and
+    /// was then integrated past the served size by a replica that never
+    /// knew them holds a larger checkpoint of another history; size alone
+    /// ([`Shared::behind_checkpoint`]) would take it as having caught up.
+    /// One query, only when the stored checkpoint is larger.
+    async fn forked(
+        &self,
+        client: &Client,
+        stored: Option<&Published>,
+    ) -> Result<Option<String>, LogError> {
+        let served = self.latest.load_full();
+        if served.size == 0 || stored.is_none_or(|cp| cp.size <= served.size) {
+            return Ok(None);
+        }
+        match timed(self.pg.timeout, edge_at(client, served.size)).await {
+            Ok(edge) if edge.root() == served.root => Ok(None),
+            Ok(_) => Ok(Some(format!(
+                "its tree at size {} (the checkpoint this replica served) has another root: another history was integrated over records it lost",
+                served.size
+            ))),
+            Err(LogError::Corrupt { message, .. }) => Ok(Some(format!(
+                "its tree at size {} (the checkpoint this replica served) cannot be read: {message}",
+                served.size
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why the database is behind or forked from what this replica
+    /// served, if it is: its sequence, its checkpoint's size or root, or
+    /// its tree at the served size.
+    async fn diverged(
+        &self,
+        client: &Client,
+        sequenced: u64,
+        known: u64,
+        stored: Option<&Published>,
+    ) -> Result<Option<String>, LogError> {
+        match behind_sequence(sequenced, known).or_else(|| self.behind_checkpoint(stored)) {
+            Some(why) => Ok(Some(why)),
+            None => self.forked(client, stored).await,
+        }
+    }
+
     /// Sets or clears [`Shared::lost`] by `behind`; `Err` while the
     /// database is behind.
     fn judge(&self, behind: Option<String>) -> Result<(), LogError> {
@@ -1027,7 +1073,8 @@ impl Shared {
         // refused for it would be taken until the integration found it again.
         let sequenced = sequence_at(client, self.pg.timeout).await?;
         self.judge(
-            behind_sequence(sequenced, known).or_else(|| self.behind_checkpoint(stored.as_ref())),
+            self.diverged(client, sequenced, known, stored.as_ref())
+                .await?,
         )?;
         if let Some(cp) = &stored {
             if !self.publishable(cp).await {
@@ -1038,7 +1085,7 @@ impl Shared {
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
-        let edge = timed(self.pg.timeout * 4, edge_at(client, size)).await?;
+        let edge = timed_long(self.pg.timeout, edge_at(client, size)).await?;
         if edge.root() != root {
             return Err(LogError::Corrupt {
                 path: self.pg.url.clone(),
@@ -1118,8 +1165,8 @@ impl Shared {
                 break;
             }
             let to = sequenced.min(from + INTEGRATE_CHUNK);
-            let rows = timed(
-                self.pg.timeout * 4,
+            let rows = timed_long(
+                self.pg.timeout,
                 client.query(
                     "SELECT idx, data FROM residency_log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
                     &[&(from as i64), &(to as i64)],
@@ -1178,7 +1225,7 @@ impl Shared {
             let (stored, warned) = warnings
                 .around(
                     "the checkpoint is not published",
-                    timed(self.pg.timeout * 4, transaction),
+                    timed_long(self.pg.timeout, transaction),
                 )
                 .await;
             if !stored? {
@@ -1212,10 +1259,11 @@ impl Shared {
         let known = self.known();
         let sequenced = sequence_at(&client, self.pg.timeout).await?;
         let stored = self.stored_checkpoint(&client).await?;
-        // Never back: what was served stays served, and the database
-        // that lost it is not written to.
+        // Never back, nor onto another history: what was served stays
+        // served, and the database that lost it is not written to.
         self.judge(
-            behind_sequence(sequenced, known).or_else(|| self.behind_checkpoint(stored.as_ref())),
+            self.diverged(&client, sequenced, known, stored.as_ref())
+                .await?,
         )?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
@@ -1557,7 +1605,22 @@ async fn bind(client: &Object, origin: &str, vkey: &str) -> Result<(), LogError>
         )
         .await
         .map_err(database_error)?;
-    let (stored_origin, stored_key): (String, String) = (row.get(0), row.get(1));
+    same_log(
+        &row.get::<_, String>(0),
+        &row.get::<_, String>(1),
+        origin,
+        vkey,
+    )
+}
+
+/// The database's log (`stored_origin`, `stored_key`) is this one, or why
+/// not.
+fn same_log(
+    stored_origin: &str,
+    stored_key: &str,
+    origin: &str,
+    vkey: &str,
+) -> Result<(), LogError> {
     if stored_origin != origin || stored_key != vkey {
         return Err(LogError::Database(format!(
             "the database holds the log `{stored_origin}` (key {stored_key}), not `{origin}` (key {vkey}): every replica needs the same transparency.origin and signing_key; a new log needs a new database"
@@ -1566,9 +1629,10 @@ async fn bind(client: &Object, origin: &str, vkey: &str) -> Result<(), LogError>
     Ok(())
 }
 
-/// What `check-config` reports about a fleet's database: reachable, and
-/// its schema version against this binary's.
-pub async fn check(pg: &Postgres) -> Result<String, LogError> {
+/// What `check-config` reports about a fleet's database: reachable, its
+/// schema version against this binary's, and the log it holds, which must
+/// be this one (`origin`, verifier key `vkey`), as `serve` requires.
+pub async fn check(pg: &Postgres, origin: &str, vkey: &str) -> Result<String, LogError> {
     let config = session_config(pg);
     let (client, connection) = timed(pg.timeout, config.connect(tls(pg)?)).await?;
     tokio::spawn(connection);
@@ -1596,6 +1660,23 @@ pub async fn check(pg: &Postgres) -> Result<String, LogError> {
     )
     .await?
     .get(0);
+    // Created with the schema's first version.
+    let identity = timed(
+        pg.timeout,
+        client.query_opt(
+            "SELECT origin, verifier_key FROM residency_log_identity",
+            &[],
+        ),
+    )
+    .await?;
+    if let Some(row) = identity {
+        same_log(
+            &row.get::<_, String>(0),
+            &row.get::<_, String>(1),
+            origin,
+            vkey,
+        )?;
+    }
     match current.cmp(&known) {
         std::cmp::Ordering::Equal => Ok(format!("connected; log schema version {current}")),
         std::cmp::Ordering::Less => Ok(format!(
@@ -1608,23 +1689,39 @@ pub async fn check(pg: &Postgres) -> Result<String, LogError> {
 }
 
 /// The right edge of the tree of `size` leaves from the stored tiles:
-/// each level's partial tile is a prefix of its stored row.
+/// each level's partial tile is a prefix of its stored row (read in one
+/// query).
 async fn edge_at(client: &Client, size: u64) -> Result<Edge, LogError> {
-    let mut partials = Vec::new();
+    let mut wanted: Vec<(u8, u64, usize)> = Vec::new();
     let mut level = 0u8;
     while size.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
         let width = Edge::width_at(size, level) as usize;
+        wanted.push((level, Edge::index_at(size, level), width));
+        level += 1;
+    }
+    let (levels, indexes): (Vec<i16>, Vec<i64>) = wanted
+        .iter()
+        .filter(|(_, _, width)| *width > 0)
+        .map(|(level, index, _)| (i16::from(*level), *index as i64))
+        .unzip();
+    let rows = client
+        .query(
+            "SELECT level, idx, data FROM residency_log_tiles \
+             WHERE (level, idx) IN (SELECT * FROM unnest($1::int2[], $2::int8[]))",
+            &[&levels, &indexes],
+        )
+        .await
+        .map_err(database_error)?;
+    let mut partials = Vec::with_capacity(wanted.len());
+    for (level, index, width) in wanted {
         let mut hashes = Vec::with_capacity(width);
         if width > 0 {
-            let index = Edge::index_at(size, level) as i64;
-            let row = client
-                .query_opt(
-                    "SELECT data FROM residency_log_tiles WHERE level = $1 AND idx = $2",
-                    &[&i16::from(level), &index],
-                )
-                .await
-                .map_err(database_error)?;
-            let data: Vec<u8> = row.map(|r| r.get(0)).unwrap_or_default();
+            let data: &[u8] = rows
+                .iter()
+                .find(|r| {
+                    r.get::<_, i16>(0) == i16::from(level) && r.get::<_, i64>(1) == index as i64
+                })
+                .map_or(&[], |r| r.get(2));
             if data.len() < 32 * width {
                 return Err(LogError::Corrupt {
                     path: format!("residency_log_tiles ({level}, {index})"),
@@ -1641,7 +1738,6 @@ async fn edge_at(client: &Client, size: u64) -> Result<Edge, LogError> {
             }
         }
         partials.push(hashes);
-        level += 1;
     }
     Edge::from_partials(size, partials).map_err(|message| LogError::Corrupt {
         path: "residency_log_tiles".into(),
@@ -1670,7 +1766,7 @@ fn tile_level(tile: Tile) -> i16 {
 fn session_config(pg: &Postgres) -> tokio_postgres::Config {
     let mut config = pg.config.0.clone();
     let options = config.get_options().unwrap_or_default().to_string();
-    let abandoned = (pg.timeout * 4 + Duration::from_secs(1)).as_millis();
+    let abandoned = (LONG * pg.timeout + Duration::from_secs(1)).as_millis();
     config.options(
         format!(
             "{options} -c synchronous_commit=on -c client_min_messages=warning -c default_transaction_isolation=read\\ committed -c lock_timeout={} -c statement_timeout={abandoned} -c idle_in_transaction_session_timeout={abandoned}",
@@ -1767,6 +1863,28 @@ fn describe(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// How many times `transparency.postgres.timeout` a long statement has:
+/// the integrator's reads and transactions, a migration.
+const LONG: u32 = 4;
+
+/// [`timed`] for a long statement: [`LONG`] times `timeout`.
+async fn timed_long<T, E: std::error::Error>(
+    timeout: Duration,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, LogError> {
+    match tokio::time::timeout(LONG * timeout, future).await {
+        Ok(result) => result.map_err(|e| LogError::Database(describe(&e))),
+        Err(_) => Err(long_timeout_error(timeout)),
+    }
+}
+
+fn long_timeout_error(timeout: Duration) -> LogError {
+    LogError::Database(format!(
+        "no answer within {} ({LONG} times transparency.postgres.timeout, for a long statement)",
+        humantime::format_duration(LONG * timeout)
+    ))
 }
 
 fn timeout_error(limit: Duration) -> LogError {
