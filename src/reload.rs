@@ -125,7 +125,7 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         );
         return Err(report);
     }
-    let restart_only = restart_only_changes(&old.config, &state.config);
+    let restart_only = restart_only_changes(&old.config, &mut state.config);
     if !restart_only.is_empty() {
         tracing::warn!(
             keys = %restart_only.join(", "),
@@ -159,41 +159,30 @@ fn bound_order(configured: &[Listener], bound: &[Listener]) -> Vec<usize> {
 }
 
 /// The settings, besides listeners, admin and `[transparency]`, that the
-/// running process read once at start and a reload does not change.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&str, bool); 8] = [
-        ("transparency.witnesses", old.witnesses != new.witnesses),
-        // The log lines' format is set when logging starts.
-        ("log.format", old.log_format != new.log_format),
-        (
-            "timeouts.shutdown_grace",
-            old.timeouts.shutdown_grace != new.timeouts.shutdown_grace,
-        ),
-        (
-            "timeouts.reload_poll",
-            old.timeouts.reload_poll != new.timeouts.reload_poll,
-        ),
-        (
-            "limits.max_connections",
-            old.limits.max_connections != new.limits.max_connections,
-        ),
-        (
-            "runtime.worker_threads",
-            old.worker_threads != new.worker_threads,
-        ),
-        (
-            "upstream.replay_budget_bytes",
-            old.upstream.replay_budget_bytes != new.upstream.replay_budget_bytes,
-        ),
-        (
-            "health.recovery_interval",
-            old.health.recovery_interval != new.health.recovery_interval,
-        ),
-    ];
-    checks
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
+/// running process read once at start and a reload does not change: those
+/// `new` changes, each set back to the value in force (`old`'s), so the
+/// running state says what is in force and the next reload compares with
+/// that (it warned again of a change already reverted in the file).
+fn restart_only_changes(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($key:literal, $($field:tt)+) => {
+            if old.$($field)+ != new.$($field)+ {
+                changed.push($key);
+                new.$($field)+ = old.$($field)+.clone();
+            }
+        };
+    }
+    keep!("transparency.witnesses", witnesses);
+    // The log lines' format is set when logging starts.
+    keep!("log.format", log_format);
+    keep!("timeouts.shutdown_grace", timeouts.shutdown_grace);
+    keep!("timeouts.reload_poll", timeouts.reload_poll);
+    keep!("limits.max_connections", limits.max_connections);
+    keep!("runtime.worker_threads", worker_threads);
+    keep!("upstream.replay_budget_bytes", upstream.replay_budget_bytes);
+    keep!("health.recovery_interval", health.recovery_interval);
+    changed
 }
 
 /// A SIGHUP since [`catch_hangup_early`], before [`run`] listened.
@@ -337,12 +326,19 @@ mod tests {
             ),
             ("[limits]\nmax_connections = 77\n", "limits.max_connections"),
         ] {
+            let mut new = config(extra);
             assert_eq!(
-                super::restart_only_changes(&old, &config(extra)),
+                super::restart_only_changes(&old, &mut new),
                 [key],
                 "{extra}"
             );
+            // Set back to the value in force: a reload of the file as it
+            // was at start changes nothing (it warned again).
+            assert!(
+                super::restart_only_changes(&new, &mut config("")).is_empty(),
+                "{extra}"
+            );
         }
-        assert!(super::restart_only_changes(&old, &config("")).is_empty());
+        assert!(super::restart_only_changes(&old, &mut config("")).is_empty());
     }
 }
