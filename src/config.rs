@@ -499,6 +499,15 @@ impl Config {
         env: Option<config::Map<String, String>>,
     ) -> Result<Config, ConfigReport> {
         let source = path.display().to_string();
+        if path.is_dir() {
+            // The `config` crate would say "not found".
+            let mut report = ConfigReport::new(&source);
+            report.push(
+                "--config",
+                format!("{source} is a directory: give the configuration file in it"),
+            );
+            return Err(report);
+        }
         // The overrides' names, to say when a problem is one of theirs.
         let overrides: Vec<String> = match &env {
             Some(map) => map.keys().cloned().collect(),
@@ -910,10 +919,7 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
         }
         let country = Country::parse(&o.country);
         if country.is_none() {
-            r.push(
-                format!("{key}.country"),
-                format!("`{}` is not an ISO 3166-1 alpha-2 code", o.country),
-            );
+            r.push(format!("{key}.country"), Country::unknown(&o.country));
         }
         if let (Some(net), Some(country)) = (net, country) {
             // One network, two countries: which applies would depend on
@@ -944,10 +950,7 @@ fn geoip(raw: Option<&RawGeoip>, base: &Path, r: &mut ConfigReport) -> Option<Ge
             );
         }
         if country.is_none() {
-            r.push(
-                format!("{key}.country"),
-                format!("`{}` is not an ISO 3166-1 alpha-2 code", c.country),
-            );
+            r.push(format!("{key}.country"), Country::unknown(&c.country));
         }
         if let (Ok(a), Some(country)) = (addr, country) {
             canaries.push((a.to_canonical(), country));
@@ -1490,6 +1493,17 @@ countries = ["CH"]
 jurisdiction = "ch"
 upstreams = ["http://127.0.0.1:1"]
 "#;
+
+    /// `--config DIR` says it is a directory, not that it is not there.
+    #[test]
+    fn a_directory_given_as_the_file_is_named() {
+        let files = Files::new("dir");
+        let e = Config::load(&files.0).unwrap_err().to_string();
+        assert!(
+            e.contains("--config: ") && e.contains("is a directory"),
+            "{e}"
+        );
+    }
 
     fn problems(toml: &str) -> String {
         let files = Files::new("bad");

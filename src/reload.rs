@@ -51,7 +51,13 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
                 .reloads
                 .with_label_values(&["failure"])
                 .inc();
-            tracing::error!(problems = %report, "reload failed; the previous state keeps serving");
+            // A line per problem, each on one line: a log shipper that
+            // splits at newlines keeps each whole (a TOML parse error
+            // spans several).
+            for p in &report.problems {
+                let problem = p.message.split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!(file = %report.file, key = %p.key, %problem, "reload failed; the previous state keeps serving");
+            }
         }
     }
     result.map(|state| instance.replace(state))

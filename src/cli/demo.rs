@@ -105,7 +105,17 @@ pub async fn run(
         crate::cli::serve_watching(config, config_path, crate::cli::shutdown_signal(), banner)
             .await;
     sink.stop().await;
-    served
+    served.map_err(|e| {
+        let taken = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        });
+        if taken {
+            e.context("a port the demo listens on is taken: choose others with --port, --admin-port and --log-port")
+        } else {
+            e
+        }
+    })
 }
 
 /// A data centre of a generated site.

@@ -54,9 +54,12 @@ pub struct Bound {
 pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
     let state = instance.snapshot();
     let mut listeners = Vec::new();
-    for l in &state.config.listeners {
+    for (i, l) in state.config.listeners.iter().enumerate() {
         let socket = TcpListener::bind(l.address).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding listener {}: {e}", l.address))
+            std::io::Error::new(
+                e.kind(),
+                format!("listeners[{i}].address: binding {}: {e}", l.address),
+            )
         })?;
         listeners.push(socket);
     }
@@ -65,7 +68,7 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
         .map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("binding admin listener {}: {e}", state.config.admin.address),
+                format!("admin.address: binding {}: {e}", state.config.admin.address),
             )
         })?;
     let log_address = instance.log.as_ref().and_then(|l| l.settings().address);
@@ -86,7 +89,7 @@ pub async fn bind(instance: Arc<Instance>) -> std::io::Result<Bound> {
             let listener = TcpListener::bind(address).await.map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
-                    format!("binding transparency listener {address}: {e}"),
+                    format!("transparency.address: binding {address}: {e}"),
                 )
             })?;
             Some((listener, acceptor))

@@ -283,7 +283,15 @@ fn example_config_validates() {
         write_cert(&dir.path().join(&cert), &dir.path().join(&key), names);
     }
     assert!(text_of_example.contains("\"GeoLite2-Country.mmdb\""));
-    write_db(&dir.path().join("GeoLite2-Country.mmdb"));
+    // Built now, as a database users download is recent: the example's
+    // `geoip.max_age` would warn of one from the tests' fixed date.
+    let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let db = residency_tools::geoip::build_country_db(&rows, now).unwrap();
+    std::fs::write(dir.path().join("GeoLite2-Country.mmdb"), db).unwrap();
     assert!(text_of_example.contains("\"keys/residency-log.key\""));
     std::fs::create_dir_all(dir.path().join("keys")).unwrap();
     let out = run(
@@ -897,7 +905,7 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("`UK` is not an assigned ISO 3166-1 alpha-2 code"),
+        stderr.contains("`UK` is not an ISO 3166-1 alpha-2 code (the United Kingdom is GB)"),
         "{stderr}"
     );
     std::fs::write(&csv, "192.0.2.0/24,CH\n").unwrap();

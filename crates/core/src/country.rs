@@ -94,6 +94,19 @@ impl Country {
         IS_ASSIGNED[country.index()].then_some(country)
     }
 
+    /// Why `code` is refused where [`Country::parse`] finds no country,
+    /// with a hint for the codes people write for a place ISO names
+    /// otherwise.
+    pub fn unknown(code: &str) -> String {
+        let hint = match code.to_ascii_uppercase().as_str() {
+            "UK" => " (the United Kingdom is GB)",
+            "EU" => " (the European Union is not a country: list its members)",
+            "EL" => " (Greece is GR)",
+            _ => "",
+        };
+        format!("`{code}` is not an ISO 3166-1 alpha-2 code{hint}")
+    }
+
     /// The code as a `&str` (always two upper-case ASCII letters), from a
     /// table: `str::from_utf8` on the two bytes took ~47 instructions, and
     /// this runs for every forwarded upload (issue 23).

@@ -359,10 +359,7 @@ impl Policy {
             let mut countries = Vec::new();
             for code in &j.countries {
                 let Some(c) = Country::parse(code) else {
-                    r.push(
-                        format!("{key}.countries"),
-                        format!("`{code}` is not an ISO 3166-1 alpha-2 code"),
-                    );
+                    r.push(format!("{key}.countries"), Country::unknown(code));
                     continue;
                 };
                 match by_country[c.index()] {

@@ -568,10 +568,7 @@ fn mismatch(raw: Option<&RawMismatch>, key: &str, r: &mut ConfigReport) -> Optio
             for code in allow_countries {
                 match Country::parse(code) {
                     Some(c) => list.push(c),
-                    None => r.push(
-                        format!("{key}.allow_countries"),
-                        format!("`{code}` is not an ISO 3166-1 alpha-2 code"),
-                    ),
+                    None => r.push(format!("{key}.allow_countries"), Country::unknown(code)),
                 }
             }
             (list.len() == allow_countries.len()).then_some(Mismatch::AllowCountries(list))

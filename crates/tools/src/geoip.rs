@@ -111,9 +111,7 @@ fn parse_row(line: usize, text: &str) -> Result<Row, BuildError> {
     // A code the proxy does not know (`UK` for GB, `EU`) would build, and
     // every address in it would be a miss: refused here, as in a policy.
     if residency_core::country::Country::parse(&country).is_none() {
-        return Err(problem(format!(
-            "`{country}` is not an assigned ISO 3166-1 alpha-2 code (the United Kingdom is GB)"
-        )));
+        return Err(problem(residency_core::country::Country::unknown(&country)));
     }
     Ok(Row {
         network: parsed,

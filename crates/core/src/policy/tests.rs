@@ -245,7 +245,7 @@ fn pick_survives_an_upstream_going_down_while_it_picks() {
 fn every_problem_is_reported_at_once() {
     let text = r#"
 [jurisdictions.ch]
-countries = ["CH", "XX", "DE"]
+countries = ["CH", "XX", "DE", "UK"]
 store_in = ["ch", "mars"]
 [jurisdictions.eu]
 countries = ["DE"]
@@ -265,6 +265,7 @@ upstreams = []
     let text = report.to_string();
     for needle in [
         "jurisdictions.ch.countries: `XX` is not an ISO 3166-1 alpha-2 code",
+        "jurisdictions.ch.countries: `UK` is not an ISO 3166-1 alpha-2 code (the United Kingdom is GB)",
         "DE is already in jurisdiction `ch`",
         "jurisdictions.ch.store_in: no jurisdiction named `mars`",
         "jurisdictions.nowhere.store_in: no data centre is in nowhere",
