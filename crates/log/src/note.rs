@@ -140,9 +140,21 @@ impl NamedKey {
             .map_err(|_| NoteError::KeyGeneration)
     }
 
+    /// An Ed25519 private key in PKCS#8: DER as `keygen` writes it (v2,
+    /// with the public key, which must match), or as OpenSSL's `openssl
+    /// genpkey -algorithm ed25519` writes it, PEM (`BEGIN PRIVATE KEY`) of
+    /// a v1 document without the public key (`-outform DER` too).
     pub(crate) fn from_pkcs8(name: &str, pkcs8: &[u8], alg: u8) -> Result<NamedKey, NoteError> {
-        let key_pair = Ed25519KeyPair::from_pkcs8(pkcs8)
-            .map_err(|e| NoteError::InvalidPrivateKey(e.to_string()))?;
+        use rustls_pki_types::pem::PemObject as _;
+        let pem = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pkcs8).ok();
+        let der = pem.as_ref().map_or(pkcs8, |k| k.secret_pkcs8_der());
+        let key_pair = Ed25519KeyPair::from_pkcs8(der)
+            .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
+            .map_err(|e| {
+                NoteError::InvalidPrivateKey(format!(
+                    "{e} (give PKCS#8, DER as `keygen` writes it or PEM as `openssl genpkey -algorithm ed25519` does)"
+                ))
+            })?;
         Self::new(name, key_pair, alg)
     }
 
@@ -574,6 +586,31 @@ mod tests {
             root: tree.root(),
             extensions: vec![],
         }
+    }
+
+    /// A key `openssl genpkey -algorithm ed25519` wrote (PKCS#8 v1, PEM),
+    /// and its public key (`openssl pkey -pubout`): taken as PEM and as
+    /// the DER inside it, with the same public key; anything else is
+    /// refused naming the forms taken.
+    #[test]
+    fn an_openssl_ed25519_key_is_taken_as_pem_or_der() {
+        const PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+            MC4CAQAwBQYDK2VwBCIEIM4dsoHNw67zW3KRLfxot6Nn6kgTwGxidXVeAhth40Gb\n\
+            -----END PRIVATE KEY-----\n";
+        const PUBLIC: &str = "76b618f5ad4e42def14e919b56949e5941887492f34ca51869c554624a2a8f0f";
+        let pem = Signer::from_pkcs8("example.com/log", PEM.as_bytes()).unwrap();
+        assert_eq!(residency_core::hex::encode(&pem.public_key()), PUBLIC);
+        let der = STANDARD
+            .decode("MC4CAQAwBQYDK2VwBCIEIM4dsoHNw67zW3KRLfxot6Nn6kgTwGxidXVeAhth40Gb")
+            .unwrap();
+        let der = Signer::from_pkcs8("example.com/log", &der).unwrap();
+        assert_eq!(der.verifier_key(), pem.verifier_key());
+        let ours = Signer::generate_pkcs8().unwrap();
+        assert!(Signer::from_pkcs8("example.com/log", &ours).is_ok());
+        let why = Signer::from_pkcs8("example.com/log", b"not a key")
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("openssl genpkey -algorithm ed25519"), "{why}");
     }
 
     #[test]
