@@ -24,6 +24,7 @@ pub mod files;
 pub mod lazy;
 pub mod log_api;
 pub mod metrics;
+pub mod notify;
 pub mod page;
 pub mod plain_http;
 pub mod probes;

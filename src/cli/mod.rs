@@ -197,9 +197,15 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             init_tracing(format.unwrap_or(config.log_format), &level);
             let workers = config.worker_threads;
+            // Under systemd's `Type=notify`: started once serving, and
+            // stopping from the signal on.
+            let shutdown = async {
+                shutdown_signal().await;
+                crate::notify::notify("STOPPING=1");
+            };
             block_on_with(
                 workers,
-                serve_watching(config, path, shutdown_signal(), || {}),
+                serve_watching(config, path, shutdown, || crate::notify::notify("READY=1")),
             )
         }
         Command::Sink(args) => {

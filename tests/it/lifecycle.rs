@@ -158,6 +158,44 @@ async fn a_sighup_while_starting_does_not_end_the_proxy() {
     );
 }
 
+/// Under systemd's `Type=notify` (the shipped unit), `serve` says
+/// `READY=1` to `$NOTIFY_SOCKET` once its listeners are bound — so
+/// `systemctl reload` (SIGHUP) waits until the proxy serves — and
+/// `STOPPING=1` when SIGTERM begins its shutdown.
+#[tokio::test]
+async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let variable = format!("NOTIFY_SOCKET={}", path.display());
+    let proxy = Binary::spawn_wrapped(
+        "notify",
+        &datacenters_at(up),
+        "",
+        &["env", variable.as_str()],
+    );
+    let mut buf = [0u8; 256];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no READY=1: {e}: {}", proxy.log()));
+    assert_eq!(&buf[..n], b"READY=1");
+    // Said once serving: the admin listener answers at once.
+    assert!(ready(proxy.admin), "{}", proxy.log());
+    // `env` executes the proxy in its own place: the same process.
+    let pid = proxy.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
 /// `timeouts.connection_max_age`: past it a connection takes no new
 /// request: HTTP/1's next answer says `Connection: close` (an upload whose
 /// body straddles the age completes; a connection idle at the age answers
