@@ -61,13 +61,16 @@ pub enum Failure {
     /// A `Transfer-Encoding` with codings before its final `chunked`
     /// (`gzip, chunked`), which the proxy does not decode.
     UnsupportedTransferCoding,
+    /// An HTTP/2 request with more header fields than an HTTP/1.1 head may
+    /// have (100; hyper refuses more itself, with a bare 431).
+    HeadTooLarge,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 20] = [
+    pub const ALL: [Failure; 21] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -90,6 +93,7 @@ impl Failure {
         Failure::TooManyRequests,
         Failure::Misdirected,
         Failure::UnsupportedTransferCoding,
+        Failure::HeadTooLarge,
     ];
 }
 
@@ -142,6 +146,7 @@ impl Failure {
             Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Failure::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Failure::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -167,6 +172,7 @@ impl Failure {
             Failure::TooManyRequests => "too_many_requests",
             Failure::Misdirected => "misdirected_request",
             Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Failure::HeadTooLarge => "request_head_too_large",
         }
     }
 
@@ -185,7 +191,8 @@ impl Failure {
             | Failure::TenantConflict
             | Failure::TooManyRequests
             | Failure::Misdirected
-            | Failure::UnsupportedTransferCoding => Culprit::Client,
+            | Failure::UnsupportedTransferCoding
+            | Failure::HeadTooLarge => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -260,6 +267,7 @@ mod tests {
             Failure::TooManyRequests => 17,
             Failure::Misdirected => 18,
             Failure::UnsupportedTransferCoding => 19,
+            Failure::HeadTooLarge => 20,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

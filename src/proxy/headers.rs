@@ -860,6 +860,25 @@ pub fn malformed_h2_field(version: Version, headers: &HeaderMap) -> bool {
         })
 }
 
+/// The most header fields a request may have: hyper's HTTP/1 parser
+/// refuses more (a bare 431); the data centre gets the request as HTTP/1.1.
+pub const MAX_REQUEST_FIELDS: usize = 100;
+
+/// An HTTP/2 request with more than [`MAX_REQUEST_FIELDS`] fields, its
+/// `cookie` crumbs counted as the one field they become (RFC 9113
+/// §8.2.3, [`join_cookies`]). h2 bounds a header list by its bytes only.
+pub fn too_many_h2_fields(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_2
+        && headers.len() > MAX_REQUEST_FIELDS
+        && headers.len()
+            - headers
+                .get_all(header::COOKIE)
+                .iter()
+                .count()
+                .saturating_sub(1)
+            > MAX_REQUEST_FIELDS
+}
+
 /// A request-target that is not forwarded (400): asterisk-form and
 /// authority-form (RFC 9112 §3.2.3-4: only for `OPTIONS` and `CONNECT`,
 /// neither of which goes upstream), one with bytes outside US-ASCII
@@ -1340,6 +1359,31 @@ mod tests {
             );
         }
         h
+    }
+
+    /// HTTP/2: at most 100 fields, `cookie` crumbs counted as one; HTTP/1
+    /// is hyper's to count.
+    #[test]
+    fn an_http2_request_has_at_most_100_fields_its_cookies_one() {
+        let with = |fields: usize, cookies: usize| {
+            let mut h = HeaderMap::new();
+            for i in 0..fields {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            for _ in 0..cookies {
+                h.append(header::COOKIE, HeaderValue::from_static("a=b"));
+            }
+            h
+        };
+        let too_many = |v, h: &HeaderMap| super::too_many_h2_fields(v, h);
+        assert!(!too_many(Version::HTTP_2, &with(100, 0)));
+        assert!(too_many(Version::HTTP_2, &with(101, 0)));
+        assert!(!too_many(Version::HTTP_2, &with(99, 60)));
+        assert!(too_many(Version::HTTP_2, &with(100, 2)));
+        assert!(!too_many(Version::HTTP_11, &with(101, 0)));
     }
 
     #[test]
