@@ -938,6 +938,87 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
     );
 }
 
+/// A database whose stored checkpoint is larger than the one served but
+/// whose tiles no longer hold the served size (truncated: records lost
+/// under a checkpoint that claims more) is one that lost records too: the
+/// replicas keep serving their checkpoint and refuse uploads (the tiles
+/// found missing were taken as the database failing for a moment, and
+/// uploads were sequenced and acknowledged over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_whose_tiles_lost_the_served_size_is_not_written_to() {
+    let fleet = two_replicas("tiles").await;
+    let TwoReplicas {
+        keep,
+        key,
+        pg,
+        replicas,
+        ports,
+        ..
+    } = &fleet;
+    let verifier = Verifier::parse(key).unwrap();
+    let checkpoint_of = async |r: usize| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier)
+            .map(|c| (c.size, c.root))
+            .ok()
+    };
+    for i in 0..10 {
+        let reply = replicas[i % 2]
+            .client()
+            .upload_from(CH, &format!("upload {i}"))
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.json());
+    }
+    eventually("both serve a checkpoint of 10", async || {
+        checkpoint_of(0).await.map(|c| c.0) == Some(10)
+            && checkpoint_of(1).await.map(|c| c.0) == Some(10)
+    })
+    .await;
+    let served = checkpoint_of(0).await.unwrap();
+    let signer = Signer::from_pkcs8(
+        LOG_ORIGIN,
+        &std::fs::read(keep.path().join("log.key")).unwrap(),
+    )
+    .unwrap();
+    let note = Checkpoint {
+        origin: LOG_ORIGIN.into(),
+        size: 12,
+        root: [7; 32],
+        extensions: Vec::new(),
+    }
+    .sign(&signer)
+    .unwrap();
+    pg.psql(
+        "tiles",
+        &format!(
+            "BEGIN; \
+             INSERT INTO residency_log_entries VALUES (10, '\\x00', '\\x00'), (11, '\\x00', '\\x00'); \
+             UPDATE residency_log_sequence SET next = 12; \
+             UPDATE residency_log_tiles SET data = substring(data for 160) WHERE level = 0 AND idx = 0; \
+             UPDATE residency_log_checkpoint SET size = 12, note = $note${note}$note$; COMMIT; \
+             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'residency-proxy'"
+        ),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    for (r, b) in replicas.iter().enumerate() {
+        for i in 0..3 {
+            let reply = b.client().upload_from(CH, &format!("after {i}")).await;
+            assert_eq!(reply.status, 503, "replica {r}: {:?}", reply.json());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(checkpoint_of(r).await, Some(served), "replica {r}");
+    }
+    assert_eq!(
+        pg.psql("tiles", "SELECT next FROM residency_log_sequence")
+            .unwrap(),
+        "12",
+        "nothing sequenced over it"
+    );
+}
+
 /// Records a replica acknowledged, but no checkpoint covers yet, lost by
 /// the database (an asynchronous standby promoted): that replica gives
 /// none of their indexes again. Each of its receipts signs (index, leaf);

@@ -973,7 +973,8 @@ impl Shared {
         if served.size == 0 || stored.is_none_or(|cp| cp.size <= served.size) {
             return Ok(None);
         }
-        match timed(self.pg.timeout, edge_at(client, served.size)).await {
+        let read = tokio::time::timeout(self.pg.timeout, edge_at(client, served.size)).await;
+        match read.unwrap_or_else(|_| Err(timeout_error(self.pg.timeout))) {
             Ok(edge) if edge.root() == served.root => Ok(None),
             Ok(_) => Ok(Some(format!(
                 "its tree at size {} (the checkpoint this replica served) has another root: another history was integrated over records it lost",
@@ -1085,7 +1086,11 @@ impl Shared {
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
-        let edge = timed_long(self.pg.timeout, edge_at(client, size)).await?;
+        // Not through `timed_long`, which would make tiles found missing
+        // (`Corrupt`: the lock is kept) a database error (it is given up).
+        let edge = tokio::time::timeout(LONG * self.pg.timeout, edge_at(client, size))
+            .await
+            .map_err(|_| long_timeout_error(self.pg.timeout))??;
         if edge.root() != root {
             return Err(LogError::Corrupt {
                 path: self.pg.url.clone(),
