@@ -844,9 +844,11 @@ const WAKE_READ: usize = 128;
 /// How long a closing connection may take to send its TLS close_notify.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// A lingering close ends when the client has sent nothing for this long
-/// (nginx's `lingering_timeout` is 5 s).
-const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// A lingering close ends when the client has sent nothing for this long,
+/// as nginx's `lingering_timeout` (5 s): a closing refusal's unread body
+/// goes here, not through a discarding, so a client that paused its upload
+/// (its 408's silence ended, say) and sends on within it is not reset.
+const LINGER_QUIET: Duration = Duration::from_secs(5);
 
 /// The buffer a lingering close reads into.
 const LINGER_READ: usize = 16 * 1024;
