@@ -260,6 +260,12 @@ pub fn minimise(addr: IpAddr, how: &ClientAddress) -> Option<String> {
                 // in bits 16..48, all of it inside a /48: cut it where an
                 // IPv4 address would be.
                 IpAddr::V6(a) if a.segments()[0] == 0x2002 => (*v6).min(16 + *v4),
+                // Teredo, NAT64 and IPv4-compatible addresses carry one in
+                // their last 32 bits (Teredo's inverted): past 96 bits, no
+                // more of it than an IPv4 address keeps.
+                IpAddr::V6(_) if residency_core::geo::located(addr).is_ipv4() => {
+                    (*v6).min(96 + *v4)
+                }
                 IpAddr::V6(_) => *v6,
             };
             let net = IpNet::new(addr, bits).ok()?.trunc();
@@ -373,6 +379,20 @@ mod tests {
             minimise(six_to_four, &prefix).unwrap(),
             "2002:cb00:7100::/40"
         );
+        // An IPv4 client in a NAT64 or Teredo address: past 96 bits, kept
+        // to its /24 as well.
+        let wide = ClientAddress::Prefix { v4: 24, v6: 128 };
+        for (addr, kept) in [
+            ("64:ff9b::203.0.113.77", "64:ff9b::cb00:7100/120"),
+            (
+                "2001:0:cb00:7101:8000:f227:3fff:fdd2",
+                "2001:0:cb00:7101:8000:f227:3fff:fd00/120",
+            ),
+            ("2001:db8::1", "2001:db8::1/128"),
+        ] {
+            let addr: IpAddr = addr.parse().unwrap();
+            assert_eq!(minimise(addr, &wide).unwrap(), kept);
+        }
         for bits in 0..=32 {
             for addr in ["203.0.113.77", "0.0.0.0", "255.255.255.255", "10.9.8.7"] {
                 let addr: IpAddr = addr.parse().unwrap();
