@@ -145,6 +145,13 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
         return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
     }
+    if let (None, Some(id)) = (&args.receipt, &args.request_id) {
+        // As the page takes one: it goes into the URL as it is.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(plain) {
+            bail!("--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'");
+        }
+    }
     let log = match &args.log {
         Some(url) => Some(Log::open(url, args.ca.as_ref(), &verifier).await?),
         None => None,
@@ -163,11 +170,6 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
             Some(text)
         }
         (None, Some(id), Some(log)) => {
-            // As the page takes one: it goes into the URL as it is.
-            let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
-            if id.is_empty() || id.len() > 128 || !id.bytes().all(plain) {
-                bail!("--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'");
-            }
             // The record by request id, as an unsigned receipt.
             let (entry, found) = log.record(id, &verifier).await?;
             let name = found
@@ -185,12 +187,36 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         _ => None,
     };
     let (mut fetcher, mut key, mut verifier) = (log.map(|l| l.own), key, verifier);
+    // Said once the verdict holds (as an `ok` line), else with the failure.
+    let mut found = None;
     if let Some(g) = elsewhere {
-        checks.push(g.found);
+        found = Some(g.found);
         fetcher = Some(g.fetcher);
         key = g.key;
         verifier = g.verifier;
     }
+    let summary = check_with(args, checks, key, verifier, fetcher, receipt, &witnesses).await;
+    match (summary, found) {
+        (Ok(summary), Some(found)) => {
+            checks.insert(0, found);
+            Ok(summary)
+        }
+        (Err(e), Some(found)) => Err(e.context(found)),
+        (summary, None) => summary,
+    }
+}
+
+/// The checks of [`run`] once the log's generation, key and record are
+/// known.
+async fn check_with(
+    args: &VerifyArgs,
+    checks: &mut Vec<String>,
+    key: String,
+    verifier: Verifier,
+    fetcher: Option<Fetcher>,
+    receipt: Option<String>,
+    witnesses: &Witnesses,
+) -> anyhow::Result<String> {
     // What the receipt claims, to know which proof to fetch; the verdict
     // checks it.
     let claimed = receipt.as_deref().and_then(|r| Receipt::parse(r).ok());
@@ -388,9 +414,22 @@ struct Generation {
 impl Log {
     async fn open(url: &str, ca: Option<&PathBuf>, verifier: &Verifier) -> anyhow::Result<Log> {
         let root = Fetcher::new(url, ca)?;
-        let list = match root.json::<Generations>("/generations").await {
-            Ok(list) => list.generations,
-            Err(_) => Vec::new(),
+        // A log without generations has no list (404): its root is the
+        // key's. Any other failure is one: as the page, verify does not
+        // check against the root when it cannot tell.
+        let answer = root.answer("/generations").await?;
+        let list = match answer.status {
+            http::StatusCode::NOT_FOUND => Vec::new(),
+            status if status.is_success() => {
+                serde_json::from_slice::<Generations>(&answer.body)
+                    .context("/generations: the log's list of generations is not one")?
+                    .generations
+            }
+            status => bail!(
+                "GET {}/generations: {status}: {}",
+                root.base(),
+                String::from_utf8_lossy(&answer.body)
+            ),
         };
         let own = match list.iter().find(|g| g.origin == verifier.name()) {
             Some(g) => {
@@ -584,11 +623,12 @@ fn refused(log: &str, g: &GenerationInfo, why: &str) -> anyhow::Error {
 fn found(g: &GenerationInfo, fetcher: Fetcher, theirs: Verifier, given: &Verifier) -> Generation {
     Generation {
         found: format!(
-            "the record is in generation {} of the log (origin {}), not in the given key's ({}): checked against generation {}'s own checkpoint, which the same key signs under that origin's name",
+            "the record is in generation {} of the log (origin {}), not in the given key's ({}): checked against generation {}'s own checkpoint, which the same key signs under that origin's name as {} (a checkpoint saved or a proof exported is that generation's: check it with that key)",
             g.generation,
             theirs.name(),
             given.name(),
-            g.generation
+            g.generation,
+            g.key.trim()
         ),
         key: g.key.trim().to_string(),
         fetcher,
@@ -849,7 +889,8 @@ mod tests {
         );
     }
 
-    /// A log on a socket answering `routes` (path → body, 200), else 404.
+    /// A log on a socket answering `routes` (path → body, 200; a body
+    /// `"500"` is that status), else 404.
     async fn fake_log(routes: Vec<(String, String)>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -861,6 +902,7 @@ mod tests {
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let path = head.split(' ').nth(1).unwrap_or("");
                 let (status, body) = match routes.iter().find(|(p, _)| p == path) {
+                    Some((_, body)) if body == "500" => ("500 Internal Server Error", "{}".into()),
                     Some((_, body)) => ("200 OK", body.clone()),
                     None => ("404 Not Found", "{}".to_string()),
                 };
@@ -961,6 +1003,22 @@ mod tests {
             );
             assert!(why.contains(reason), "{reason}: {why}");
         }
+    }
+
+    /// A log that fails to list its generations (not a 404: it has a
+    /// list) is not checked against its root instead, as the page would
+    /// not.
+    #[tokio::test]
+    async fn a_list_of_generations_that_fails_is_not_taken_as_none() {
+        let log = fake_log(vec![("/generations".into(), "500".into())]).await;
+        let args = VerifyArgs {
+            key: key(),
+            request_id: Some("abc".into()),
+            log: Some(log),
+            ..VerifyArgs::default()
+        };
+        let why = verify(&args).await.verdict.unwrap_err();
+        assert!(why.contains("/generations: 500"), "{why}");
     }
 
     /// `--proof-file` checks one offline proof: the options it would
