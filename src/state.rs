@@ -448,21 +448,25 @@ impl Instance {
     }
 }
 
-/// Seconds since the GeoIP database was built (0 if built in the future).
 /// Why the GeoIP database is too old to be ready on, if it is: older
-/// than `geoip.max_age`.
+/// than `geoip.max_age`. Its age in whole days (hours, minutes under a
+/// day): to the second says nothing more to an operator.
 pub fn geoip_too_old(state: &Snapshot) -> Option<String> {
     let max = state.config.geoip.max_age?;
     let age = geoip_age(state);
+    let (count, unit) = [(86_400, "days"), (3_600, "hours"), (60, "minutes")]
+        .into_iter()
+        .find(|&(secs, _)| age >= secs)
+        .map_or((age, "seconds"), |(secs, unit)| (age / secs, unit));
     (age > max.as_secs()).then(|| {
         format!(
-            "the GeoIP database was built {} ago, longer than geoip.max_age ({}); install a newer one (it is reloaded when its file changes)",
-            humantime::format_duration(std::time::Duration::from_secs(age)),
+            "the GeoIP database was built {count} {unit} ago, longer than geoip.max_age ({}); install a newer one (it is reloaded when its file changes)",
             humantime::format_duration(max)
         )
     })
 }
 
+/// Seconds since the GeoIP database was built (0 if built in the future).
 fn geoip_age(state: &Snapshot) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -497,7 +497,7 @@ async fn a_geoip_database_past_max_age_is_named_as_the_reason_for_not_ready() {
     assert_eq!(status, 503, "{body}");
     assert!(
         body.starts_with("not ready: the GeoIP database was built ")
-            && body.contains("ago, longer than geoip.max_age (30days)"),
+            && body.contains(" days ago, longer than geoip.max_age (30days)"),
         "{body}"
     );
     assert!(body.contains("datacenter zurich: up"), "{body}");
