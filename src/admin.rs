@@ -225,6 +225,7 @@ fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
         // live traffic's load sharing.
         state.current_turn(),
         |u| health.is_up(u),
+        |d| health.is_drained(d),
         |j| health.retry_after(state.config.policy.permitted_upstreams(j)),
     );
     match answer {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use residency_core::decision::{decide, decide_pinned, Decision, Outcome};
 use residency_core::geo::Geo;
-use residency_core::policy::{Assignment, JurisdictionId, Policy, UpstreamId};
+use residency_core::policy::{Assignment, DatacenterId, JurisdictionId, Policy, UpstreamId};
 use residency_core::tenant;
 
 use crate::proxy::error::Failure;
@@ -37,6 +37,7 @@ pub fn answer(
     tenancy: &Tenancy,
     turn: usize,
     is_up: impl Fn(UpstreamId) -> bool + Copy,
+    is_drained: impl Fn(DatacenterId) -> bool,
     retry_after: impl FnOnce(JurisdictionId) -> Duration,
 ) -> Result<Value, String> {
     let ip = q.ip.ok_or("want ip=<IPv4 or IPv6 address>")?;
@@ -66,7 +67,7 @@ pub fn answer(
         ),
         None => decide(geo, policy, ip, turn, is_up, retry_after),
     };
-    let mut out = explain(&decision, policy, is_up);
+    let mut out = explain(&decision, policy, is_up, is_drained);
     out["decided_by"] = json!(if recognized.is_some() {
         "tenant"
     } else {
@@ -87,8 +88,15 @@ pub fn answer(
     Ok(out)
 }
 
-/// The JSON explanation of `decision` under `policy`.
-pub fn explain(d: &Decision, policy: &Policy, is_up: impl Fn(UpstreamId) -> bool) -> Value {
+/// The JSON explanation of `decision` under `policy`: each permitted data
+/// centre `up` (taking uploads) and `drained` (taken out by an operator,
+/// so not up though its upstreams may be healthy).
+pub fn explain(
+    d: &Decision,
+    policy: &Policy,
+    is_up: impl Fn(UpstreamId) -> bool,
+    is_drained: impl Fn(DatacenterId) -> bool,
+) -> Value {
     let jurisdiction = d.jurisdiction.map(|(j, _)| policy.jurisdiction(j));
     let permitted: Vec<Value> = match d.jurisdiction {
         None => Vec::new(),
@@ -103,6 +111,7 @@ pub fn explain(d: &Decision, policy: &Policy, is_up: impl Fn(UpstreamId) -> bool
                     "jurisdiction": policy.jurisdiction(dc.jurisdiction).name,
                     "priority": priority,
                     "up": dc.upstreams.iter().any(|u| is_up(*u)),
+                    "drained": is_drained(d),
                 })
             })
             .collect(),

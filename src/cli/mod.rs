@@ -65,12 +65,14 @@ pub enum Command {
     },
     /// Run the proxy.
     Serve {
+        /// The configuration file (TOML; see config/example.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a configuration (including certificates and the GeoIP
     /// database) and print the routing table; exits 2 listing every error.
     CheckConfig {
+        /// The configuration file to check, as `serve --config` takes it.
         #[arg(long, short)]
         config: PathBuf,
         /// Skip the checks that need the network: with `transparency.storage
@@ -82,6 +84,7 @@ pub enum Command {
     /// Offline what-if: country, jurisdiction, permitted data centres and the
     /// decision for each address (all upstreams assumed up).
     Decide {
+        /// The configuration file whose policy and GeoIP database decide.
         #[arg(long, short)]
         config: PathBuf,
         /// The TLS server name the client dials (tenants recognised by SNI).
@@ -91,6 +94,7 @@ pub enum Command {
         /// would name it).
         #[arg(long)]
         tenant: Option<String>,
+        /// Client addresses to decide for (IPv4 or IPv6).
         #[arg(required = true)]
         ips: Vec<IpAddr>,
     },
@@ -145,8 +149,10 @@ pub enum GeoipCommand {
     /// Build a Country-type MaxMind DB from `network,country` CSV rows
     /// (IPv4 and IPv6; an optional header row; `#` comments).
     Build {
+        /// The rows: `network,country` (e.g. `192.0.2.0/24,CH`).
         #[arg(long)]
         csv: PathBuf,
+        /// The database to write (`.mmdb`).
         #[arg(long)]
         out: PathBuf,
         /// Build time stored in the metadata (Unix seconds); default now.
@@ -650,6 +656,7 @@ fn decide_offline(
             &config.tenancy,
             0,
             |_| true,
+            |_| false,
             |_| Default::default(),
         );
         match answer {

@@ -128,6 +128,18 @@ async fn drain_and_undrain_move_new_requests_within_the_jurisdiction() {
 
     let (_, ready) = proxy.admin_get("/readyz").await;
     assert!(ready.contains("datacenter zurich: drained"), "{ready}");
+    // `/decide` tells a drained data centre from a down one.
+    let (_, decided) = proxy.admin_get(&format!("/decide?ip={CH}")).await;
+    let decided: serde_json::Value = serde_json::from_str(&decided).unwrap();
+    let zurich = decided["permitted"]
+        .as_array()
+        .and_then(|p| p.iter().find(|d| d["datacenter"] == "zurich"))
+        .unwrap_or_else(|| panic!("{decided}"));
+    assert_eq!(
+        (&zurich["up"], &zurich["drained"]),
+        (&false.into(), &true.into()),
+        "{decided}"
+    );
     let (_, metrics) = proxy.admin_get("/metrics").await;
     assert_eq!(
         metric(
