@@ -635,7 +635,7 @@ async function run(inputs, checks) {
 
   if (inputs.checkpoint == null) {
     if (receipt && receipt.signature) {
-      checkFile(inputs, record);
+      checkFile(inputs, record, checks);
       return { sentence: sentence(record), record, checkpoint: null };
     }
     if (receipt) fail("inclusion", "the receipt carries no signature (receipts = \"log\"): give --log, or --checkpoint and --proof, to prove its inclusion");
@@ -676,7 +676,7 @@ async function run(inputs, checks) {
     await checkConsistency(old, checkpoint, inputs.consistency);
     checks.push(`the log grew from ${old.size} to ${checkpoint.size} without rewriting history (consistency proof)`);
   }
-  if (record) checkFile(inputs, record);
+  if (record) checkFile(inputs, record, checks);
   return { sentence: record ? sentence(record) : null, record, checkpoint };
 }
 
@@ -776,7 +776,7 @@ async function checkConsistency(old, current, proof) {
   }
 }
 
-function checkFile(inputs, record) {
+function checkFile(inputs, record, checks) {
   const file = inputs.file;
   if (!file) return;
   if (!record.body) fail("file", "the record holds no digest of the upload");
@@ -786,4 +786,5 @@ function checkFile(inputs, record) {
   if (file.sha256.toLowerCase() !== record.body.sha256.toLowerCase()) {
     fail("file", `your file's SHA-256 is ${file.sha256}; the upload the record describes has ${record.body.sha256}`);
   }
+  checks.push(`your file is the upload the record describes (${file.bytes} bytes, SHA-256 ${file.sha256.slice(0, 16)})`);
 }

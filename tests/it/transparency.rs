@@ -103,6 +103,12 @@ async fn an_upload_gets_a_receipt_that_verifies_and_names_where_it_went() {
     a.file = Some(copy.clone());
     let report = check(&a).await;
     assert!(report.valid(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("ok  your file is the upload the record describes (900 bytes, SHA-256 "),
+        "the match is said: {report}"
+    );
     std::fs::write(&copy, format!("{body}!")).unwrap();
     let report = check(&a).await;
     assert!(

@@ -168,9 +168,8 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
     let Some(note) = &inputs.checkpoint else {
         return match &stored {
             Some((r, record)) if r.signature.is_some() => {
-                let verified = finish(checks, stored.as_ref(), None);
-                check_file(inputs, record)?;
-                Ok(verified)
+                check_file(inputs, record, &mut checks)?;
+                Ok(finish(checks, stored.as_ref(), None))
             }
             Some(_) => fail(
                 Step::Inclusion,
@@ -242,7 +241,7 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
         ));
     }
     if let Some((_, record)) = &stored {
-        check_file(inputs, record)?;
+        check_file(inputs, record, &mut checks)?;
     }
     Ok(finish(checks, stored.as_ref(), Some(checkpoint)))
 }
@@ -529,7 +528,7 @@ fn check_consistency(
         .or_else(|e| fail(Step::Consistency, format!("the log rewrote history: {e}")))
 }
 
-fn check_file(inputs: &Inputs, record: &Record) -> Result<(), Failure> {
+fn check_file(inputs: &Inputs, record: &Record, checks: &mut Vec<String>) -> Result<(), Failure> {
     let Some(file) = &inputs.file else {
         return Ok(());
     };
@@ -554,6 +553,12 @@ fn check_file(inputs: &Inputs, record: &Record) -> Result<(), Failure> {
             ),
         );
     }
+    checks.push(format!(
+        "your file is the upload the record describes ({} bytes, SHA-256 {})",
+        file.bytes,
+        // Ours: hex we computed (the record's equals it).
+        file.sha256.get(..16).unwrap_or(&file.sha256)
+    ));
     Ok(())
 }
 
