@@ -272,7 +272,7 @@ impl Metrics {
         registry.register(Box::new(replay_budget_exhausted.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
-            "Connections closed before any request was read, by reason (PROXY header missing, invalid, untrusted or too slow; a listener's connection limit; a client's limits.max_connections_per_client).",
+            "Connections closed before any request was read, by reason (PROXY header missing, invalid, cut off, late or from an untrusted peer; the ingest listeners' limits.max_connections, a client's limits.max_connections_per_client; the admin listener's 64; the log listener's transparency.max_connections and a client's transparency.max_connections_per_client).",
             &["reason"],
         )?;
         let connections_closed = counter(

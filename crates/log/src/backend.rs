@@ -127,7 +127,7 @@ impl LogMetrics {
                 )?,
                 refusals_summarized: counter(
                     "residency_log_refusals_summarized_total",
-                    "Refusals folded into summary records instead of one record each: those over transparency.refusal_records_per_second, and every refusal while a fleet's database does not take writes.",
+                    "Refusals folded into summary records instead of one record each: those over transparency.refusal_records_per_second, every refusal while a fleet's database does not take writes, and every upload its data centre stored whose own record could not be written.",
                 )?,
                 summary_records: counter(
                     "residency_log_refusal_summaries_total",
