@@ -389,6 +389,9 @@ fn file_digest(path: &PathBuf) -> anyhow::Result<FileDigest> {
 /// thousands.
 const MAX_LOOKUPS: usize = 64;
 
+/// The longest those lookups take together.
+const SEARCH_TIME: Duration = Duration::from_secs(60);
+
 /// The log at `--log`. A log that rolled to a new origin at its size limit
 /// serves each generation under its own prefix (`/generations`); the root
 /// serves the current one, and is used as is when the log has no such list.
@@ -572,11 +575,21 @@ impl Log {
             ),
         };
         let (mut looked, mut refusals) = (0, Vec::new());
+        // A log that answers each lookup slowly (up to the fetcher's
+        // timeouts) is not waited for 64 times over.
+        let deadline = tokio::time::Instant::now() + SEARCH_TIME;
         for g in others.iter().take(MAX_LOOKUPS) {
             match self.judge(g, &root, verifier) {
                 Ok((fetcher, theirs)) => {
                     looked += 1;
-                    if let Some(entry) = record_in(&fetcher, id).await? {
+                    let lookup = tokio::time::timeout_at(deadline, record_in(&fetcher, id));
+                    let Ok(entry) = lookup.await else {
+                        bail!(
+                            "the log has no record for request id {id} in the given key's generation, and looking in its others took more than {}s ({looked} looked in); try the upload's receipt, which names its generation",
+                            SEARCH_TIME.as_secs()
+                        );
+                    };
+                    if let Some(entry) = entry? {
                         return Ok((entry, Some(found(g, fetcher, theirs, verifier))));
                     }
                 }
