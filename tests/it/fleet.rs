@@ -58,6 +58,24 @@ struct TwoReplicas {
     ports: Vec<u16>,
 }
 
+impl TwoReplicas {
+    /// Replica `r`'s checkpoint (size and root), if it serves a valid one.
+    async fn served(&self, r: usize) -> Option<(u64, merkle::Hash)> {
+        let verifier = Verifier::parse(&self.key).unwrap();
+        let addr = format!("127.0.0.1:{}", self.ports[r]).parse().unwrap();
+        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
+        Checkpoint::open(&note, &verifier)
+            .map(|c| (c.size, c.root))
+            .ok()
+    }
+
+    /// The log's signing key, as the replicas sign with it.
+    fn signer(&self) -> Signer {
+        let key = std::fs::read(self.keep.path().join("log.key")).unwrap();
+        Signer::from_pkcs8(LOG_ORIGIN, &key).unwrap()
+    }
+}
+
 async fn two_replicas(tag: &'static str) -> TwoReplicas {
     two_replicas_every(tag, "250ms", "").await
 }
@@ -755,21 +773,8 @@ async fn a_stopped_integrator_loses_the_lock_and_follows_when_it_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_back() {
     let fleet = two_replicas("lost").await;
-    let TwoReplicas {
-        key,
-        pg,
-        replicas,
-        ports,
-        ..
-    } = &fleet;
-    let verifier = Verifier::parse(key).unwrap();
-    let checkpoint_of = async |r: usize| {
-        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
-        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
-        Checkpoint::open(&note, &verifier)
-            .map(|c| (c.size, c.root))
-            .ok()
-    };
+    let TwoReplicas { pg, replicas, .. } = &fleet;
+    let checkpoint_of = async |r: usize| fleet.served(r).await;
     let upload = async |r: usize, n: usize, what: &str| {
         for i in 0..n {
             let reply = replicas[r]
@@ -882,8 +887,7 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
     // replicas neither follow it nor integrate over it (they took it as
     // caught up, served 45 and signed on).
     use residency_core::hex;
-    let key = std::fs::read(fleet.keep.path().join("log.key")).unwrap();
-    let signer = Signer::from_pkcs8(LOG_ORIGIN, &key).unwrap();
+    let signer = fleet.signer();
     let kept = pg
         .psql(
             "lost",
@@ -947,22 +951,8 @@ async fn a_database_that_lost_served_records_is_neither_written_to_nor_followed_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_whose_tiles_lost_the_served_size_is_not_written_to() {
     let fleet = two_replicas("tiles").await;
-    let TwoReplicas {
-        keep,
-        key,
-        pg,
-        replicas,
-        ports,
-        ..
-    } = &fleet;
-    let verifier = Verifier::parse(key).unwrap();
-    let checkpoint_of = async |r: usize| {
-        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
-        let (_, note) = plain_request(addr, "GET", "/checkpoint").await;
-        Checkpoint::open(&note, &verifier)
-            .map(|c| (c.size, c.root))
-            .ok()
-    };
+    let TwoReplicas { pg, replicas, .. } = &fleet;
+    let checkpoint_of = async |r: usize| fleet.served(r).await;
     for i in 0..10 {
         let reply = replicas[i % 2]
             .client()
@@ -976,11 +966,7 @@ async fn a_database_whose_tiles_lost_the_served_size_is_not_written_to() {
     })
     .await;
     let served = checkpoint_of(0).await.unwrap();
-    let signer = Signer::from_pkcs8(
-        LOG_ORIGIN,
-        &std::fs::read(keep.path().join("log.key")).unwrap(),
-    )
-    .unwrap();
+    let signer = fleet.signer();
     let note = Checkpoint {
         origin: LOG_ORIGIN.into(),
         size: 12,
