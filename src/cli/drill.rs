@@ -42,8 +42,16 @@ pub struct DrillArgs {
     /// How the load generator names the client: `proxy-v2` or `xff`.
     #[arg(long, default_value = "proxy-v2")]
     pub convey: Convey,
-    /// Send each upload's id as `Idempotency-Key` (enables replay retries).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Send each upload's id as `Idempotency-Key` (enables replay retries);
+    /// on unless `--idempotency-key false`. A bare `--idempotency-key` is
+    /// taken as `true`, as `loadtest`'s flag.
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub idempotency_key: bool,
     /// Override the chaos schedule (`TIME:ACTION`, as for `loadtest`); the
     /// default kills, blackholes and drains zurich at fixed fractions of the run.

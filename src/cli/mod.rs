@@ -876,6 +876,24 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `drill --idempotency-key` is on by default; a bare flag (as
+    /// `loadtest` takes it) is `true`, `false` turns it off.
+    #[test]
+    fn the_drill_s_idempotency_key_takes_a_bare_flag() {
+        let key = |extra: &[&str]| {
+            let argv = ["residency-proxy", "drill"].iter().chain(extra).copied();
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Drill(args)) => args.idempotency_key,
+                other => panic!("{extra:?}: {other:?}"),
+            }
+        };
+        assert!(key(&[]));
+        assert!(key(&["--idempotency-key"]));
+        assert!(key(&["--idempotency-key", "--duration", "20s"]));
+        assert!(!key(&["--idempotency-key", "false"]));
+        assert!(!key(&["--idempotency-key=false"]));
+    }
+
     #[test]
     fn key_files_append_their_suffix() {
         let (key, public) = key_paths(std::path::Path::new("keys/ingest.example.com"));
