@@ -527,6 +527,13 @@ impl Config {
         let overridden = |mut report: ConfigReport| {
             for problem in &mut report.problems {
                 if let Some(var) = override_of(&problem.key, &overrides) {
+                    // A variable under an array (`…__LISTENERS__0__…`)
+                    // makes it a table.
+                    if problem.message.contains("expected a sequence") {
+                        problem.message.push_str(
+                            ": an array, or a key in an array of tables, cannot be set from the environment; set it in the file",
+                        );
+                    }
                     problem
                         .message
                         .push_str(&format!(" (set by the environment: {var})"));
@@ -1801,7 +1808,7 @@ worker_threads = 2
             ),
             (
                 "RESIDENCY_PROXY__LISTENERS__0__ADDRESS",
-                "- listeners: invalid type",
+                "- listeners: invalid type: map, expected a sequence: an array, or a key in an array of tables, cannot be set from the environment; set it in the file",
             ),
         ] {
             let report = Config::load_with_env(&path, env(&[(var, "5")]))
