@@ -488,13 +488,22 @@ impl Policy {
             .iter()
             .map(|j| permitted_groups(&j.store_in, &datacenters))
             .collect();
-        for (j, groups) in jurisdictions.iter().zip(&permitted) {
+        for ((j, groups), (_, raw)) in jurisdictions.iter().zip(&permitted).zip(raw_j.iter()) {
             if groups.is_empty() && !j.store_in.is_empty() {
                 let store: Vec<&str> = j.store_in.iter().map(|s| names[s.0].as_str()).collect();
+                // Not written: the default, which the operator may not know.
+                let defaulted = if raw.store_in.is_none() {
+                    format!(
+                        " (store_in is [\"{}\"] when not set): add a [datacenters.<name>] with jurisdiction = \"{}\", or set store_in",
+                        j.name, j.name
+                    )
+                } else {
+                    String::new()
+                };
                 r.push(
                     format!("jurisdictions.{}.store_in", j.name),
                     format!(
-                        "no data centre is in {}: uploads from here could never be stored",
+                        "no data centre is in {}: uploads from here could never be stored{defaulted}",
                         store.join(", ")
                     ),
                 );

@@ -269,7 +269,7 @@ upstreams = []
         "DE is already in jurisdiction `ch`",
         "jurisdictions.ch.store_in: no jurisdiction named `mars`",
         "jurisdictions.nowhere.store_in: no data centre is in nowhere",
-        "jurisdictions.eu.store_in: no data centre is in eu",
+        "jurisdictions.eu.store_in: no data centre is in eu: uploads from here could never be stored (store_in is [\"eu\"] when not set): add a [datacenters.<name>] with jurisdiction = \"eu\", or set store_in",
         "unknown_origin.action",
         "datacenters.zurich.priority",
         "datacenters.zurich.upstreams[0]",
