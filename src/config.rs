@@ -737,6 +737,13 @@ fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) 
             message = located.to_string();
         }
     }
+    // One value where a list is wanted: show the list's form.
+    if let (Some(k), true) = (&key, message.starts_with("invalid type: string")) {
+        if message.ends_with("expected a sequence") {
+            let last = k.rsplit('.').next().unwrap_or(k);
+            message.push_str(&format!(" (a list: {last} = [\"…\"])"));
+        }
+    }
     let mut report = ConfigReport::new(source);
     report.push(key.unwrap_or_else(|| "config".into()), message);
     report
@@ -1500,6 +1507,22 @@ countries = ["CH"]
 jurisdiction = "ch"
 upstreams = ["http://127.0.0.1:1"]
 "#;
+
+    /// One string where a list is wanted says the list's form.
+    #[test]
+    fn a_string_for_a_list_shows_the_list_s_form() {
+        let text = MINIMAL.replace(
+            "upstreams = [\"http://127.0.0.1:1\"]",
+            "upstreams = \"http://127.0.0.1:1\"",
+        );
+        assert_ne!(text, MINIMAL);
+        let e = problems(&text);
+        assert!(
+            e.contains("datacenters.zurich.upstreams: invalid type: string")
+                && e.contains("expected a sequence (a list: upstreams = [\"…\"])"),
+            "{e}"
+        );
+    }
 
     /// `--config DIR` says it is a directory, not that it is not there.
     #[test]
