@@ -48,7 +48,11 @@ pub enum TlsError {
     NoCertificate(String),
     #[error("{0}: no private key found")]
     NoPrivateKey(String),
-    #[error("{0}: unusable private key: {1}")]
+    /// (ring's signers: RSA of 2048 to 8192 bits, ECDSA P-256 and P-384,
+    /// Ed25519.)
+    #[error(
+        "{0}: unusable private key: {1} (keys taken: RSA of 2048 to 8192 bits, ECDSA P-256 or P-384, Ed25519)"
+    )]
     BadKey(String, rustls::Error),
     #[error("{0}: unusable certificate: {1}")]
     BadCertificate(String, rustls::Error),
@@ -785,6 +789,33 @@ mod tests {
             format!("{kd}: private key does not match certificate {cd}")
         );
         assert_eq!(err(&key, &key), format!("{kd}: no certificate found"));
+        // An RSA key ring does not sign with (1024 bits, from `openssl
+        // genrsa 1024`): the error says which keys are taken.
+        const RSA_1024: &str = "-----BEGIN RSA PRIVATE KEY-----\n\
+             MIICXgIBAAKBgQCo9XuscwJK65fJyjVkKyTrFa+Dr8iJbdAvaLHOlAkIrC8Hc8ph\n\
+             8EwNwTir/SZtDvQV0U+h1Kr67xYxQV04eTpQhJj8t6PD8v3pESVfx+zzmsmMbA94\n\
+             yFdg++5ujEBFjFcCDSP1mhZ3Gc1noSnavfu5Oxc4edocMCrborMElg5RpQIDAQAB\n\
+             AoGBAIikj/K1yKLiyg1OVcO/CMp+7UVpApvyja3p0/Mn0e6LojU6tfBjMH7nR3gA\n\
+             8fS9ZTXH48kTf3wVpDMNk+C6Wie2973FXLTGklKPjwdV4ilkk4kunC2Yh9hE5rCh\n\
+             PCerLuxpgUj0DUIgvbbWY/EyGB925kLAGeY5R5WoXVwXhTIBAkEA3zkIgAOLPt6e\n\
+             DbCt+Y1fQNsfyy4lSC+vEweuypU4x/xtmxtCKu/zqfq8y+c+CjL0iAFgA8bKoGBZ\n\
+             CqVXQmpDQQJBAMHEqmtLgx5AYfxPNZpbS0AbC4trMWDFupmlX1IrIySOFskyn4cx\n\
+             dRUAD88EHSRCUorQZsLZoJ+JrWDe2k8kiWUCQQCo64XtKcFj0B8XCQ5+fGcKs0d5\n\
+             /++iksMPyY6SKx4O6I0hBR2rVG21wdLBErq2CR1XFoNMGFEZ0A9RqRFBZxyBAkEA\n\
+             jA7mi/WiCdzJtsFeYns40lZ6KsVJhMSHk4WId/E8TrDx4W5ZBzSFh69qvd0gX1Qd\n\
+             K79ld9QsmQTAMLQEoo4rTQJAXbGcLNPyEJFyk3M94sTEoChHgYEjOgfrx1DP2jlF\n\
+             yj4KJfdRJRaXxH9gCPtMY3YN098nIrQdzuMPWnyzr9cNzQ==\n\
+             -----END RSA PRIVATE KEY-----\n";
+        let small = dir.join("small.key");
+        std::fs::write(&small, RSA_1024).unwrap();
+        let e = err(&cert, &small);
+        assert!(
+            e.starts_with(&format!("{}: unusable private key: ", small.display()))
+                && e.ends_with(
+                    "(keys taken: RSA of 2048 to 8192 bits, ECDSA P-256 or P-384, Ed25519)"
+                ),
+            "{e}"
+        );
         assert_eq!(err(&cert, &cert), format!("{cd}: no private key found"));
         let missing = dir.join("missing.pem");
         assert!(err(&missing, &key).starts_with(&format!("{}: cannot read: ", missing.display())));
