@@ -348,6 +348,9 @@ async fn serve_inner(
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     config.tenancy.warn_claimable();
+    for warning in certificate_warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     if let Some(warning) = config
         .transparency
         .as_ref()
@@ -469,11 +472,45 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
     (with(".key"), with(".pub"))
 }
 
+/// The listeners' certificates that expired, or expire within 14 days
+/// (clients refuse an expired one at the handshake): `check-config` warns,
+/// `serve` logs it at start.
+fn certificate_warnings(config: &Config) -> Vec<String> {
+    const SOON: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+    let now = std::time::SystemTime::now();
+    let mut warnings = Vec::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, c) in listener.certificates.iter().enumerate() {
+            let Some(end) = std::fs::read(&c.cert)
+                .ok()
+                .and_then(|pem| residency_tls::not_after(&pem))
+            else {
+                continue;
+            };
+            let key = format!("listeners[{i}].tls.certificates[{j}].cert");
+            let path = c.cert.display();
+            let date = httpdate::fmt_http_date(end);
+            match end.duration_since(now) {
+                Err(_) => warnings.push(format!(
+                    "{key}: {path} expired ({date}): clients refuse it at the handshake; install a renewed one (it is reloaded when its file changes)"
+                )),
+                Ok(left) if left < SOON => warnings.push(format!(
+                    "{key}: {path} expires in {} days ({date})",
+                    (left.as_secs() + 43_200) / 86_400
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+    warnings
+}
+
 fn check_config(path: PathBuf, offline: bool) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(report) => return config_error(report),
     };
+    let expiring = certificate_warnings(&config);
     let table = config.policy.routing_table();
     let listeners: Vec<String> = config
         .listeners
@@ -531,6 +568,9 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
         Ok(state) => {
             for l in listeners {
                 println!("{l}");
+            }
+            for warning in &expiring {
+                println!("warning: {warning}");
             }
             println!("admin {}", state.config.admin.address);
             println!(

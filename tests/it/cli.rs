@@ -152,6 +152,44 @@ fn an_unusable_client_ca_or_crl_is_named_by_its_key() {
     assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
 }
 
+/// A listener certificate that expired (clients refuse it), or expires
+/// within 14 days, is a `warning:` of `check-config` (it said
+/// "configuration OK" alone), and `serve` logs it at start.
+#[test]
+fn check_config_warns_of_a_certificate_that_expired_or_expires_soon() {
+    let (dir, config) = valid_config(None);
+    let write = |days: i64| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let now = std::time::SystemTime::now();
+        let span = std::time::Duration::from_secs(days.unsigned_abs() * 86_400);
+        let end = if days < 0 { now - span } else { now + span };
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = end.into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("a.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("a.key"), key.serialize_pem()).unwrap();
+    };
+    for (days, says) in [(-3, "expired ("), (5, "expires in 5 days (")] {
+        write(days);
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.contains("warning: listeners[0].tls.certificates[0].cert: ")
+                && stdout.contains(says),
+            "{days}: {stdout}"
+        );
+    }
+    write(400);
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    assert!(
+        !text(&out.stdout).contains("warning:"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn check_config_lists_every_problem() {
     let dir = TempDir::new("cli-bad");

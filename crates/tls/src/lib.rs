@@ -84,6 +84,15 @@ pub struct CertSource {
     pub label: String,
 }
 
+/// When the first certificate of a PEM chain (the server's own) stops
+/// being valid (its `notAfter`), if it parses.
+pub fn not_after(cert_pem: &[u8]) -> Option<std::time::SystemTime> {
+    use x509_cert::der::Decode as _;
+    let first = CertificateDer::pem_slice_iter(cert_pem).next()?.ok()?;
+    let cert = x509_cert::Certificate::from_der(first.as_ref()).ok()?;
+    Some(std::time::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
+}
+
 /// Reads a certificate chain and key from disk and checks that they parse and
 /// belong together, so that problems are reported with both file names.
 pub fn load_cert_source(cert: &Path, key: &Path) -> Result<CertSource, TlsError> {
@@ -770,6 +779,16 @@ mod tests {
                 assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
             }
         }
+    }
+
+    /// The server certificate's `notAfter`, as rcgen wrote it.
+    #[test]
+    fn a_certificate_s_end_of_validity_is_read() {
+        let (cert, _) = self_signed(&["ingest.example.com"]).unwrap();
+        let end = not_after(cert.as_bytes()).expect("a notAfter");
+        let now = std::time::SystemTime::now();
+        assert!(end > now, "a fresh certificate is valid");
+        assert_eq!(not_after(b"not a certificate"), None);
     }
 
     #[test]
