@@ -1054,6 +1054,70 @@ async fn a_replica_gives_no_acknowledged_index_again_before_any_checkpoint_cover
     assert!(log.contains("its sequence is at 2"), "{log}");
 }
 
+/// Records a replica acknowledged, and no checkpoint covers yet, lost by
+/// the database, and then another history sequenced and integrated past
+/// them (as replicas started after the loss would, here written by hand
+/// with the log's key): the replica that acknowledged them does not take
+/// the database as whole again though its sequence passed them — it
+/// keeps their leaves, and the stored checkpoint has other records at
+/// their indexes. It serves what it served and refuses uploads (it
+/// followed the other history, and its receipts no longer verified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_another_history_replaced_are_not_followed() {
+    // Replica 0 holds the lock and checkpoints once a minute: replica 1's
+    // uploads stay uncovered.
+    let fleet = two_replicas_at("replaced", ["60s", "250ms"], "", true).await;
+    let TwoReplicas { pg, replicas, .. } = &fleet;
+    for i in 0..3 {
+        let reply = replicas[1]
+            .client()
+            .upload_from(CH, &format!("acknowledged {i}"))
+            .await;
+        assert_eq!(reply.status, 201, "{i}: {:?}", reply.json());
+    }
+    let served = fleet.served(1).await.unwrap();
+    assert_eq!(served.0, 0, "nothing covered yet");
+    let mut tree = merkle::Tree::new();
+    let mut forged =
+        String::from("BEGIN; DELETE FROM residency_log_entries; DELETE FROM residency_log_tiles; ");
+    for i in 0..5u64 {
+        let data = format!("another {i}");
+        tree.push(merkle::leaf_hash(data.as_bytes()));
+        forged += &format!(
+            "INSERT INTO residency_log_entries VALUES ({i}, '\\x00', '\\x{}'); ",
+            residency_core::hex::encode(data.as_bytes())
+        );
+    }
+    let tile: String = (0..5)
+        .map(|i| residency_core::hex::encode(&tree.leaf(i).unwrap()))
+        .collect();
+    let note = Checkpoint {
+        origin: LOG_ORIGIN.into(),
+        size: 5,
+        root: tree.root(),
+        extensions: Vec::new(),
+    }
+    .sign(&fleet.signer())
+    .unwrap();
+    forged += &format!(
+        "UPDATE residency_log_sequence SET next = 5; \
+         INSERT INTO residency_log_tiles VALUES (0, 0, '\\x{tile}'); \
+         UPDATE residency_log_checkpoint SET size = 5, note = $note${note}$note$; COMMIT"
+    );
+    pg.psql("replaced", &forged).unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(fleet.served(1).await, Some(served), "replica 1");
+    }
+    let reply = replicas[1].client().upload_from(CH, "after").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.json());
+    let log = replicas[1].log();
+    assert!(
+        log.contains("its record at index 0, under its checkpoint of size 5, is not the one this replica acknowledged"),
+        "{log}"
+    );
+}
+
 /// Under steady uploads, every replica's checkpoint age stays about a
 /// tick: a follower takes the time of the newest tick whose sequence the
 /// followed checkpoint covers (a busy fleet's checkpoint never covers the

@@ -78,6 +78,10 @@ const INTEGRATE_STEPS: usize = 16;
 const CACHE_BYTES: u64 = 32 << 20;
 /// Ticks' sequence readings kept until a checkpoint covers them.
 const COVERAGE_KEPT: usize = 64;
+/// The most records acknowledged above the served checkpoint whose leaf
+/// hashes a replica keeps (~64 bytes each): a tick's worth normally.
+const ACKNOWLEDGED_KEPT: usize = 65_536;
+
 /// What a replica does while its database lost records it served.
 const LOST: &str = "Nothing is sequenced or integrated until the database holds them again, so no index is given twice and no second tree is signed; restore the lost records, or start a new log (a new origin) in a new database";
 
@@ -339,6 +343,13 @@ struct Shared {
     /// The database is behind what this replica served: it lost
     /// committed records. Nothing is sequenced or integrated meanwhile.
     lost: AtomicBool,
+    /// The leaf hash of each record this replica acknowledged (a receipt
+    /// signs its index and leaf) that its served checkpoint may not cover
+    /// yet, by index; at most [`ACKNOWLEDGED_KEPT`], the oldest let go
+    /// first. A stored checkpoint or entries that put another record at
+    /// one of these indexes are a loss ([`Shared::forked`]): the index
+    /// alone would take a history sequenced past them as whole.
+    acknowledged: std::sync::Mutex<std::collections::BTreeMap<u64, Hash>>,
     /// Connections the log API's reads may hold at once: one fewer than
     /// the pool, so readers never take every connection the tick needs
     /// (the sequencer has its own, [`Shared::writer`]).
@@ -450,6 +461,7 @@ impl Fleet {
             storing: tokio::sync::Mutex::new(()),
             store_failing: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            acknowledged: std::sync::Mutex::default(),
             reads: tokio::sync::Semaphore::new(pg.pool_size - 1),
             coverage: Default::default(),
             session: tokio::sync::Mutex::new(Session::default()),
@@ -709,6 +721,15 @@ impl Shared {
             u64::try_from(first).map_err(|_| LogError::Database("negative index".into()))?;
         self.sequenced
             .fetch_max(first + batch.len() as u64, Ordering::Relaxed);
+        {
+            let mut acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, p) in batch.iter().enumerate() {
+                acknowledged.insert(first + i as u64, merkle::leaf_hash(&p.data));
+            }
+            while acknowledged.len() > ACKNOWLEDGED_KEPT {
+                acknowledged.pop_first();
+            }
+        }
         Ok(first)
     }
 
@@ -970,22 +991,72 @@ impl Shared {
         stored: Option<&Published>,
     ) -> Result<Option<String>, LogError> {
         let served = self.latest.load_full();
-        if served.size == 0 || stored.is_none_or(|cp| cp.size <= served.size) {
+        let Some(cp) = stored.filter(|cp| cp.size > served.size) else {
+            return Ok(None);
+        };
+        if served.size > 0 {
+            let read = tokio::time::timeout(self.pg.timeout, edge_at(client, served.size)).await;
+            match read.unwrap_or_else(|_| Err(timeout_error(self.pg.timeout))) {
+                Ok(edge) if edge.root() == served.root => {}
+                Ok(_) => return Ok(Some(format!(
+                    "its tree at size {} (the checkpoint this replica served) has another root: another history was integrated over records it lost",
+                    served.size
+                ))),
+                Err(LogError::Corrupt { message, .. }) => return Ok(Some(format!(
+                    "its tree at size {} (the checkpoint this replica served) cannot be read: {message}",
+                    served.size
+                ))),
+                Err(e) => return Err(e),
+            }
+        }
+        // The records it acknowledged that the stored checkpoint covers:
+        // each its own leaf in the stored tiles.
+        let mine: Vec<(u64, Hash)> = {
+            let acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            acknowledged
+                .range(..cp.size)
+                .map(|(i, h)| (*i, *h))
+                .collect()
+        };
+        if mine.is_empty() {
             return Ok(None);
         }
-        let read = tokio::time::timeout(self.pg.timeout, edge_at(client, served.size)).await;
-        match read.unwrap_or_else(|_| Err(timeout_error(self.pg.timeout))) {
-            Ok(edge) if edge.root() == served.root => Ok(None),
-            Ok(_) => Ok(Some(format!(
-                "its tree at size {} (the checkpoint this replica served) has another root: another history was integrated over records it lost",
-                served.size
-            ))),
-            Err(LogError::Corrupt { message, .. }) => Ok(Some(format!(
-                "its tree at size {} (the checkpoint this replica served) cannot be read: {message}",
-                served.size
-            ))),
-            Err(e) => Err(e),
+        let mut tiles: Vec<i64> = mine.iter().map(|(i, _)| (*i / WIDTH) as i64).collect();
+        tiles.dedup();
+        let rows = timed(
+            self.pg.timeout,
+            client.query(
+                "SELECT idx, data FROM residency_log_tiles WHERE level = 0 AND idx = ANY($1)",
+                &[&tiles],
+            ),
+        )
+        .await?;
+        for (i, leaf) in mine {
+            let tile = (i / WIDTH) as i64;
+            let at = (i % WIDTH) as usize * 32;
+            let stored = rows
+                .iter()
+                .find(|r| r.get::<_, i64>(0) == tile)
+                .and_then(|r| r.get::<_, &[u8]>(1).get(at..at + 32).map(<[u8]>::to_vec));
+            if stored.as_deref() != Some(&leaf[..]) {
+                return Ok(Some(format!(
+                    "its record at index {i}, under its checkpoint of size {}, is not the one this replica acknowledged with a receipt: another history was integrated over records it lost",
+                    cp.size
+                )));
+            }
         }
+        Ok(None)
+    }
+
+    /// The first of `leaves` (from index `from` on) that is not the record
+    /// this replica acknowledged at its index, if any.
+    fn contradicts(&self, from: u64, leaves: &[Hash]) -> Option<u64> {
+        let acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+        let end = from + leaves.len() as u64;
+        acknowledged
+            .range(from..end)
+            .find(|(i, h)| leaves[(**i - from) as usize] != **h)
+            .map(|(i, _)| *i)
     }
 
     /// Why the database is behind or forked from what this replica
@@ -1189,9 +1260,19 @@ impl Shared {
             }
             let mut edge = integrator.edge.clone();
             let mut tiles: Vec<(i16, i64, Vec<u8>)> = Vec::new();
-            for row in &rows {
-                let data: &[u8] = row.get(1);
-                for full in edge.push(merkle::leaf_hash(data)) {
+            let leaves: Vec<Hash> = rows
+                .iter()
+                .map(|row| merkle::leaf_hash(row.get::<_, &[u8]>(1)))
+                .collect();
+            if let Some(i) = self.contradicts(from, &leaves) {
+                // Another record where this replica acknowledged one: the
+                // database lost it, and is not integrated over.
+                self.judge(Some(format!(
+                    "its entry at index {i} is not the record this replica acknowledged with a receipt"
+                )))?;
+            }
+            for leaf in leaves {
+                for full in edge.push(leaf) {
                     let tile = full.tile();
                     tiles.push((tile_level(tile), tile.index as i64, full.bytes()));
                 }
@@ -1289,6 +1370,12 @@ impl Shared {
         // A checkpoint covers records sequenced already, whichever order
         // the follower read the two in: proofs up to its size are served.
         self.sequenced.fetch_max(published.size, Ordering::Relaxed);
+        // Checked against it before it was published: held from now on
+        // by its root.
+        {
+            let mut acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            *acknowledged = acknowledged.split_off(&published.size);
+        }
         self.metrics.checkpoint_size.set(published.size as i64);
         self.latest.store(Arc::new(published));
     }
