@@ -146,7 +146,7 @@ impl Default for Timeouts {
             shutdown_grace: Duration::from_secs(30),
             shutdown_delay: Duration::ZERO,
             reload_poll: Duration::from_secs(2),
-            discard_body: Duration::from_secs(10),
+            discard_body: Duration::from_secs(30),
             upstream_send_idle: Duration::from_secs(30),
             upstream_response_idle: Duration::from_secs(30),
             client_send_idle: Duration::from_secs(60),
