@@ -49,6 +49,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::backend::{
     cosign, keep_cosignatures, sign_checkpoint, unix_now, LogError, LogMetrics, Published,
 };
+use crate::directory::lock;
 use crate::edge::Edge;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, Signer, Verifier};
@@ -722,7 +723,7 @@ impl Shared {
         self.sequenced
             .fetch_max(first + batch.len() as u64, Ordering::Relaxed);
         {
-            let mut acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            let mut acknowledged = lock(&self.acknowledged);
             for (i, p) in batch.iter().enumerate() {
                 acknowledged.insert(first + i as u64, merkle::leaf_hash(&p.data));
             }
@@ -995,8 +996,7 @@ impl Shared {
             return Ok(None);
         };
         if served.size > 0 {
-            let read = tokio::time::timeout(self.pg.timeout, edge_at(client, served.size)).await;
-            match read.unwrap_or_else(|_| Err(timeout_error(self.pg.timeout))) {
+            match edge_at(client, served.size, self.pg.timeout, false).await {
                 Ok(edge) if edge.root() == served.root => {}
                 Ok(_) => return Ok(Some(format!(
                     "its tree at size {} (the checkpoint this replica served) has another root: another history was integrated over records it lost",
@@ -1012,7 +1012,7 @@ impl Shared {
         // The records it acknowledged that the stored checkpoint covers:
         // each its own leaf in the stored tiles.
         let mine: Vec<(u64, Hash)> = {
-            let acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            let acknowledged = lock(&self.acknowledged);
             acknowledged
                 .range(..cp.size)
                 .map(|(i, h)| (*i, *h))
@@ -1051,7 +1051,7 @@ impl Shared {
     /// The first of `leaves` (from index `from` on) that is not the record
     /// this replica acknowledged at its index, if any.
     fn contradicts(&self, from: u64, leaves: &[Hash]) -> Option<u64> {
-        let acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+        let acknowledged = lock(&self.acknowledged);
         let end = from + leaves.len() as u64;
         acknowledged
             .range(from..end)
@@ -1157,11 +1157,8 @@ impl Shared {
         let (size, root) = stored
             .as_ref()
             .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
-        // Not through `timed_long`, which would make tiles found missing
-        // (`Corrupt`: the lock is kept) a database error (it is given up).
-        let edge = tokio::time::timeout(LONG * self.pg.timeout, edge_at(client, size))
-            .await
-            .map_err(|_| long_timeout_error(self.pg.timeout))??;
+        // Tiles found missing keep the lock (`Corrupt`).
+        let edge = edge_at(client, size, self.pg.timeout, true).await?;
         if edge.root() != root {
             return Err(LogError::Corrupt {
                 path: self.pg.url.clone(),
@@ -1373,7 +1370,7 @@ impl Shared {
         // Checked against it before it was published: held from now on
         // by its root.
         {
-            let mut acknowledged = self.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            let mut acknowledged = lock(&self.acknowledged);
             *acknowledged = acknowledged.split_off(&published.size);
         }
         self.metrics.checkpoint_size.set(published.size as i64);
@@ -1382,7 +1379,7 @@ impl Shared {
 
     /// Notes that every record sequenced as of `at` is below `sequence`.
     fn observe(&self, at: i64, sequence: u64) {
-        let mut seen = self.coverage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.coverage);
         if seen.len() >= COVERAGE_KEPT {
             seen.pop_front();
         }
@@ -1401,7 +1398,7 @@ impl Shared {
         self.metrics.integration_lag.set(lag as i64);
         let mut covered = None;
         {
-            let mut seen = self.coverage.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = lock(&self.coverage);
             while let Some(&(at, sequence)) = seen.front() {
                 if sequence > latest.size {
                     break;
@@ -1782,8 +1779,15 @@ pub async fn check(pg: &Postgres, origin: &str, vkey: &str) -> Result<String, Lo
 
 /// The right edge of the tree of `size` leaves from the stored tiles:
 /// each level's partial tile is a prefix of its stored row (read in one
-/// query).
-async fn edge_at(client: &Client, size: u64) -> Result<Edge, LogError> {
+/// query, within `transparency.postgres.timeout`, or [`LONG`] times it
+/// with `long`). Tiles found missing are [`LogError::Corrupt`], not a
+/// database error: a loss, not a moment's failure.
+async fn edge_at(
+    client: &Client,
+    size: u64,
+    timeout: Duration,
+    long: bool,
+) -> Result<Edge, LogError> {
     let mut wanted: Vec<(u8, u64, usize)> = Vec::new();
     let mut level = 0u8;
     while size.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
@@ -1796,14 +1800,17 @@ async fn edge_at(client: &Client, size: u64) -> Result<Edge, LogError> {
         .filter(|(_, _, width)| *width > 0)
         .map(|(level, index, _)| (i16::from(*level), *index as i64))
         .unzip();
-    let rows = client
-        .query(
-            "SELECT level, idx, data FROM residency_log_tiles \
-             WHERE (level, idx) IN (SELECT * FROM unnest($1::int2[], $2::int8[]))",
-            &[&levels, &indexes],
-        )
-        .await
-        .map_err(database_error)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&levels, &indexes];
+    let query = client.query(
+        "SELECT level, idx, data FROM residency_log_tiles \
+         WHERE (level, idx) IN (SELECT * FROM unnest($1::int2[], $2::int8[]))",
+        &params,
+    );
+    let rows = if long {
+        timed_long(timeout, query).await?
+    } else {
+        timed(timeout, query).await?
+    };
     let mut partials = Vec::with_capacity(wanted.len());
     for (level, index, width) in wanted {
         let mut hashes = Vec::with_capacity(width);

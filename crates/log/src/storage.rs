@@ -23,13 +23,13 @@ use std::path::PathBuf;
 #[cfg(test)]
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
 use crate::backend::{id_key, unix_now};
 pub use crate::backend::{LogError, LogMetrics, Published};
-use crate::directory::{self, Directory};
+use crate::directory::{self, lock, Directory};
 use crate::merkle::{self, Hash};
 use crate::note::{Signer, Verifier};
 use crate::postgres::Fleet;
@@ -992,10 +992,6 @@ impl Log {
             _ => panic!("not a writable directory log"),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
