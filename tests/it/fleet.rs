@@ -493,6 +493,24 @@ async fn three_replicas_share_one_log_through_a_killed_integrator_and_a_database
         "checkpoints grew while uploading: {:?}",
         sizes.keys()
     );
+    // Go's own tlog client (tests/clients/tlogcheck.go) reads the log from
+    // every live replica, tiles from PostgreSQL, grown from the first
+    // non-empty checkpoint any client saw.
+    let first = sizes.iter().find(|(size, _)| **size > 0).unwrap().1;
+    let first = Checkpoint::open(first, &verifier).unwrap();
+    for r in &live {
+        let ok = go_tlog_check(
+            &log_url(*r),
+            &key,
+            LOG_ORIGIN,
+            Some((first.size, first.root)),
+        )
+        .await;
+        assert!(
+            ok.starts_with(&format!("ok size={sequenced} ")),
+            "replica {r}: {ok}"
+        );
+    }
     for (size, note) in sizes {
         let path = keep.path().join(format!("seen-{size}.checkpoint"));
         std::fs::write(&path, note).unwrap();

@@ -1490,3 +1490,73 @@ pub fn drill_outcome(
         },
     }
 }
+
+// ---------------------------------------------------------------------------
+
+/// The Go checksum database's own tlog client, `tests/clients/tlogcheck.go`
+/// (golang.org/x/mod/sumdb/note and sumdb/tlog, from Debian's
+/// golang-golang-x-mod-dev), built once per test run in GOPATH mode.
+fn tlogcheck() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tlogcheck");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("tlogcheck");
+        let built = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/tlogcheck.go"
+            ))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .expect("go (Debian's golang-go, with golang-golang-x-mod-dev: see .ci/run)");
+        assert!(
+            built.status.success(),
+            "go build tests/clients/tlogcheck.go: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    })
+}
+
+/// Checks the log at `prefix` with Go's tlog client (see
+/// `tests/clients/tlogcheck.go`): the checkpoint opens with `vkey` and names
+/// `origin`, the tiles recompute its root, every entry hashes into its
+/// tile, inclusion proofs hold, and, given `older` (size, root), the log
+/// grew from that tree. Returns its `ok …` line; panics with what it said
+/// otherwise. At most 120 s.
+pub async fn go_tlog_check(
+    prefix: &str,
+    vkey: &str,
+    origin: &str,
+    older: Option<(u64, [u8; 32])>,
+) -> String {
+    use base64::Engine as _;
+    let mut args = vec![prefix.to_string(), vkey.to_string(), origin.to_string()];
+    if let Some((size, root)) = older {
+        args.push(size.to_string());
+        args.push(base64::engine::general_purpose::STANDARD.encode(root));
+    }
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(tlogcheck())
+            .args(&args)
+            .output()
+            .expect("run tlogcheck")
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("tlogcheck within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.starts_with("ok "),
+        "Go's tlog client refused the log at {prefix}: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -3,7 +3,9 @@
 //! records — the spec's example — fetched as hash tiles and entry bundles
 //! over the log listener, every entry hashed into its level-0 tile, every
 //! upper tile recomputed from the one below, and the root recomputed from
-//! the leaves against the signed checkpoint.
+//! the leaves against the signed checkpoint. And by Go's own checksum
+//! database packages (`tests/clients/tlogcheck.go`: golang.org/x/mod's
+//! sumdb/note and sumdb/tlog), an implementation this project did not write.
 
 use std::io::Read;
 
@@ -248,6 +250,19 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
         assert!(report.to_string().contains("inclusion proof"), "{report}");
     }
 
+    // Go's checksum-database client reads the same log the same way.
+    let ok = go_tlog_check(
+        &proxy.log_url(),
+        &log.current().signer().verifier_key(),
+        LOG_ORIGIN,
+        None,
+    )
+    .await;
+    assert!(
+        ok.starts_with(&format!("ok size={SIZE} entries={SIZE} ")),
+        "{ok}"
+    );
+
     // What no checkpoint covers, and names the spec does not allow: 404.
     for missing in [
         path("0", 273, 113),
@@ -261,6 +276,68 @@ async fn seventy_thousand_records_served_as_tiles_recompute_the_signed_root() {
         let (status, _, _) = client.get(&missing).await;
         assert_eq!(status, 404, "{missing}");
     }
+    proxy.stop().await;
+}
+
+/// Go's own tlog client (`tests/clients/tlogcheck.go`, on
+/// golang.org/x/mod/sumdb/note and sumdb/tlog) follows the log as it grows
+/// through the tile shapes: one entry; 600 (two full level-0 tiles, a
+/// partial of 88 and a level-1 partial of 2); 65,793 (a full level-1 tile,
+/// level-0, level-1 and level-2 partials of width 1). At each size it opens
+/// the checkpoint, recomputes the root from tiles it authenticates, hashes
+/// every entry into its tile, checks inclusion (its proofs and the log's
+/// `/proof/inclusion`) and consistency with the size before (its proof and
+/// the log's `/proof/consistency`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_s_tlog_client_follows_the_log_through_every_tile_shape() {
+    let proxy = Proxy::start(Setup {
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        ..Setup::default()
+    })
+    .await;
+    let log = proxy.instance.log.clone().expect("log configured");
+    let key = log.current().signer().verifier_key();
+    let mut older: Option<(u64, Hash)> = None;
+    let mut roots = Vec::new();
+    let mut appended = 0u64;
+    for size in [1u64, 600, 65_793] {
+        while appended < size {
+            let mut appends = tokio::task::JoinSet::new();
+            for i in appended..size.min(appended + 1000) {
+                let log = log.clone();
+                appends.spawn(async move { log.append(&record(i)).await.unwrap() });
+            }
+            appended += appends.join_all().await.len() as u64;
+        }
+        let signing = log.clone();
+        let checkpoint = tokio::task::spawn_blocking(move || signing.checkpoint().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(checkpoint.size, size);
+        let ok = go_tlog_check(&proxy.log_url(), &key, LOG_ORIGIN, older).await;
+        assert!(
+            ok.starts_with(&format!("ok size={size} entries={size} ")),
+            "{ok}"
+        );
+        older = Some((size, checkpoint.root));
+        roots.push(checkpoint.root);
+    }
+
+    // Go's client is no pushover: an older root the log did not have, or
+    // another key, is refused.
+    let mut root = roots[1];
+    root[0] ^= 1;
+    let refused = tokio::spawn({
+        let (url, key) = (proxy.log_url(), key.clone());
+        async move { go_tlog_check(&url, &key, LOG_ORIGIN, Some((600, root))).await }
+    });
+    assert!(refused.await.is_err(), "the root of size 600 flipped");
+    let other = residency_log::note::Signer::from_seed(LOG_ORIGIN, &[7; 32]).unwrap();
+    let refused = tokio::spawn({
+        let (url, key) = (proxy.log_url(), other.verifier_key());
+        async move { go_tlog_check(&url, &key, LOG_ORIGIN, None).await }
+    });
+    assert!(refused.await.is_err(), "another key");
     proxy.stop().await;
 }
 
