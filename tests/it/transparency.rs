@@ -1121,6 +1121,19 @@ async fn a_full_log_rolls_to_a_new_origin_and_old_receipts_still_verify() {
     }
     let (status, _) = proxy.log_get("/3/checkpoint").await;
     assert_eq!(status, 404);
+    // Each generation's prefix is a whole tlog-tiles log to Go's client.
+    for (prefix, key, origin, size) in [
+        ("/generations/1", &first_key, LOG_ORIGIN, 5),
+        ("/generations/2", &second_key, second.as_str(), 3),
+        ("/2", &second_key, second.as_str(), 3),
+    ] {
+        let url = format!("{}{prefix}", proxy.log_url());
+        let ok = go_tlog_check(&url, key, origin, None).await;
+        assert!(
+            ok.starts_with(&format!("ok size={size} entries={size} ")),
+            "{prefix}: {ok}"
+        );
+    }
     for (i, key) in [(2, &first_key), (6, &second_key)] {
         let mut a = args(key);
         a.receipt = Some(receipts[i].0.clone());
