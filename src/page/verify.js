@@ -41,8 +41,11 @@ function unhex32(text) {
   return out;
 }
 
-// Standard, padded base64 only (as Rust's STANDARD engine).
-export function unbase64(text) {
+// Standard, padded base64 only (as Rust's STANDARD engine); `loose` takes
+// non-zero unused bits in the last character, as Go's base64.StdEncoding
+// does for signature lines (a line from an unknown key is then ignored, not
+// taken for a malformed note).
+export function unbase64(text, loose = false) {
   if (!/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(text)) return null;
   let binary;
   try {
@@ -52,7 +55,7 @@ export function unbase64(text) {
   }
   const out = Uint8Array.from(binary, (c) => c.charCodeAt(0));
   // Canonical: the unused bits of the last character must be zero.
-  if (base64(out) !== text) return null;
+  if (!loose && base64(out) !== text) return null;
   return out;
 }
 
@@ -197,7 +200,7 @@ function parseSignatureLine(line, i) {
   if (space < 0) throw bad("has no space between the key name and the signature");
   const name = rest.slice(0, space);
   if (!checkName(name)) throw bad("has an invalid key name");
-  const payload = unbase64(rest.slice(space + 1));
+  const payload = unbase64(rest.slice(space + 1), true);
   if (payload === null) throw bad("signature is not standard base64");
   if (payload.length < 5) throw bad("signature is too short to hold a key id and a signature");
   return { name, payload };

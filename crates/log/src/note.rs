@@ -10,7 +10,9 @@
 //! or key id) are ignored, every line from our key must verify, and at least
 //! one must be present.
 
-use base64::{engine::general_purpose::STANDARD, Engine};
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::Engine;
 use ring::digest::{digest, SHA256};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
@@ -400,6 +402,17 @@ pub(crate) fn parse_vkey(
     Ok((name.to_owned(), computed, public_key))
 }
 
+/// Standard, padded base64 that takes non-zero unused bits in the last
+/// character, as Go's `base64.StdEncoding` does, with which
+/// golang.org/x/mod/sumdb/note decodes signature lines: a line another
+/// implementation reads, from a key this one does not know, is then
+/// ignored, not taken for a malformed note (signed-note: "Verifiers MUST
+/// ignore signatures from unknown keys").
+const SIGNATURE_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// Splits `— <name> <base64>` into the name and the decoded payload, which
 /// is at least a 4-byte key id plus one signature byte.
 pub(crate) fn parse_signature_line(line: &str) -> Result<(&str, Vec<u8>), &'static str> {
@@ -410,7 +423,7 @@ pub(crate) fn parse_signature_line(line: &str) -> Result<(&str, Vec<u8>), &'stat
         .split_once(' ')
         .ok_or("has no space between the key name and the signature")?;
     check_name(name).map_err(|_| "has an invalid key name")?;
-    let payload = STANDARD
+    let payload = SIGNATURE_BASE64
         .decode(b64)
         .map_err(|_| "signature is not standard base64")?;
     if payload.len() < 5 {
@@ -770,13 +783,20 @@ mod tests {
         let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
         let note = example_checkpoint().sign(&signer).unwrap();
         let bytes = note.as_bytes();
+        // The signature's base64, which may change in its last
+        // character's unused bits and decode to the same signature.
+        let b64 = note.rfind(' ').unwrap() + 1..note.len() - 1;
+        let payload = SIGNATURE_BASE64.decode(&note[b64.clone()]).unwrap();
         for i in 0..bytes.len() {
             for delta in [1u8, 0x20] {
                 let mut bad = bytes.to_vec();
                 bad[i] ^= delta;
                 if let Ok(bad) = std::str::from_utf8(&bad) {
-                    assert!(
-                        Checkpoint::open(bad, &verifier).is_err(),
+                    let same = b64.contains(&i)
+                        && SIGNATURE_BASE64.decode(&bad[b64.clone()]).ok() == Some(payload.clone());
+                    assert_eq!(
+                        Checkpoint::open(bad, &verifier).is_ok(),
+                        same,
                         "byte {i} ^ {delta}"
                     );
                 }
@@ -802,6 +822,26 @@ mod tests {
         let witness_first = note.replacen("\n\n", &format!("\n\n{ENOCH_SIG}"), 1);
         assert_eq!(
             Checkpoint::open(&witness_first, &verifier).unwrap(),
+            example_checkpoint()
+        );
+        // Base64 whose last character has unused bits set (Go's decoder
+        // takes it): from an unknown key ignored, from the log's own key
+        // the same signature.
+        let unknown = format!("— other.example/k {}B=\n", "A".repeat(90));
+        assert_eq!(
+            Checkpoint::open(&format!("{note}{unknown}"), &verifier).unwrap(),
+            example_checkpoint()
+        );
+        let line = note.lines().last().unwrap();
+        let b64 = line.rsplit(' ').next().unwrap();
+        // 68 bytes: one `=`, and the last character's low 2 bits unused.
+        let (data, last) = (&b64[..b64.len() - 2], b64.as_bytes()[b64.len() - 2]);
+        let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let at = abc.iter().position(|c| *c == last).unwrap();
+        let loose = note.replace(b64, &format!("{data}{}=", abc[at | 1] as char));
+        assert_ne!(loose, note);
+        assert_eq!(
+            Checkpoint::open(&loose, &verifier).unwrap(),
             example_checkpoint()
         );
     }

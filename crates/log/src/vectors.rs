@@ -468,6 +468,15 @@ pub fn generate() -> Vectors {
             Some(Step::Witnesses),
         ),
         v(
+            "unknown_signature_in_loose_base64",
+            "A signature line from an unknown key whose base64 has unused bits set in its last character (Go's decoder takes it): ignored, as signed-note has verifiers ignore unknown keys' signatures.",
+            Inputs {
+                checkpoint: Some(format!("{current}— other.example/k {}B=\n", "A".repeat(90))),
+                ..stored.clone()
+            },
+            None,
+        ),
+        v(
             "quorum_zero",
             "A quorum of 0: no set of witness keys meets it.",
             Inputs {
