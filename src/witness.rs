@@ -41,7 +41,9 @@ pub struct WitnessArgs {
     #[arg(long)]
     pub key: PathBuf,
     /// A log to witness: `ORIGIN=VKEY`, or `VKEY` alone when the key's name
-    /// is the origin; VKEY may also be a file holding the key. Repeatable.
+    /// is the origin; VKEY may also be a file holding the key. Repeatable;
+    /// an origin given with two keys is taken signed by either (a log
+    /// rotating its key).
     #[arg(long = "log", value_name = "ORIGIN=VKEY", required = true)]
     pub logs: Vec<String>,
     /// Where the latest cosigned size and root of each log are kept.
@@ -110,23 +112,46 @@ const MAX_CONNECTIONS: usize = 256;
 /// Time for a request head, and separately for its body.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Parses `--log` values into origin → log key.
-fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Verifier>> {
-    let mut logs = BTreeMap::new();
+/// Parses `--log` values into origin → the log's keys. A value is
+/// `ORIGIN=VKEY` (split at the first `=` after which a key, or a file
+/// holding one, follows: an origin may hold `=`, `+` or spaces, as
+/// tlog-checkpoint has clients assume nothing of its form), or a key alone
+/// for the origin its name gives. An origin given again with another key
+/// trusts both (a log rotating its key).
+fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Verifier>>> {
+    let mut logs: BTreeMap<String, Vec<Verifier>> = BTreeMap::new();
     for arg in args {
-        let (origin, key) = match arg.split_once('=') {
-            Some((origin, key)) if !origin.contains('+') => (Some(origin), key),
-            _ => (None, arg.as_str()),
+        let key = |text: &str| {
+            let text = std::fs::read_to_string(text).unwrap_or_else(|_| text.to_string());
+            Verifier::parse(text.trim())
         };
-        let text = std::fs::read_to_string(key).unwrap_or_else(|_| key.to_string());
-        let verifier = Verifier::parse(text.trim()).map_err(|e| anyhow!("{arg}: {e}"))?;
-        let origin = origin.unwrap_or(verifier.name()).to_string();
-        if !residency_log::settings::valid_origin(&origin) {
-            bail!("{arg}: origin `{origin}` must be non-empty, without spaces or '+'");
+        let split = arg
+            .match_indices('=')
+            .map(|(at, _)| (&arg[..at], &arg[at + 1..]))
+            .filter(|(origin, _)| !origin.is_empty())
+            .find_map(|(origin, text)| key(text).ok().map(|v| (origin.to_string(), v)));
+        let (origin, verifier) = match split {
+            Some(found) => found,
+            None => match key(arg) {
+                Ok(verifier) => (verifier.name().to_string(), verifier),
+                // `ORIGIN=` followed by what is not a key: say so of the
+                // key (a bare key has its `+` before any `=`).
+                Err(e) => match arg.split_once('=') {
+                    Some((origin, text)) if !origin.is_empty() && !origin.contains('+') => {
+                        bail!("{arg}: {}", key(text).err().unwrap_or(e))
+                    }
+                    _ => bail!("{arg}: {e}"),
+                },
+            },
+        };
+        if origin.chars().any(char::is_control) {
+            bail!("{arg}: origin `{origin}` holds a control character");
         }
-        if logs.insert(origin.clone(), verifier).is_some() {
-            bail!("origin {origin} is given twice");
+        let keys = logs.entry(origin.clone()).or_default();
+        if keys.iter().any(|k| k.public_key() == verifier.public_key()) {
+            bail!("origin {origin} is given twice with the same key");
         }
+        keys.push(verifier);
     }
     Ok(logs)
 }
@@ -274,7 +299,44 @@ async fn answer(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_prefix;
+    use super::{logs, parse_prefix};
+    use residency_log::note::Signer;
+
+    #[test]
+    fn a_log_is_any_origin_with_one_or_more_keys() {
+        let key =
+            |name: &str, seed: u8| Signer::from_seed(name, &[seed; 32]).unwrap().verifier_key();
+        let (a, b) = (key("log.example/a", 1), key("log.example/a", 2));
+        let args = [
+            a.clone(),
+            format!("log.example/a={b}"),
+            format!("with space={a}"),
+            format!("a+b={a}"),
+            format!("q?x=1={b}"),
+        ];
+        let parsed = logs(&args).unwrap();
+        let names: Vec<(&str, usize)> = parsed.iter().map(|(o, k)| (o.as_str(), k.len())).collect();
+        assert_eq!(
+            names,
+            [
+                ("a+b", 1),
+                ("log.example/a", 2),
+                ("q?x=1", 1),
+                ("with space", 1)
+            ]
+        );
+        // The same key twice for one origin; a control character; not a key.
+        let twice = logs(&[a.clone(), format!("log.example/a={a}")]).unwrap_err();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
+        assert!(logs(&[format!("a\tb={a}")]).is_err());
+        let bad = logs(&["log.example/a=AAAA".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("expected <name>+<key id>+<base64 key>"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn a_prefix_is_a_plain_path() {

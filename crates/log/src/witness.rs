@@ -458,7 +458,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Witness {
     cosigner: Cosigner,
-    logs: BTreeMap<String, Verifier>,
+    logs: BTreeMap<String, Vec<Verifier>>,
     state: Mutex<Guarded>,
 }
 
@@ -482,9 +482,11 @@ pub struct Accepted {
 }
 
 impl Witness {
-    /// `logs`: origin and the log's verifier key. Recorded state of logs no
-    /// longer configured is kept (and kept in the state file).
-    pub fn new(cosigner: Cosigner, logs: BTreeMap<String, Verifier>, state: State) -> Witness {
+    /// `logs`: origin and the log's verifier keys (more than one while a
+    /// log rotates its key: a checkpoint signed by any of them is taken).
+    /// Recorded state of logs no longer configured is kept (and kept in the
+    /// state file).
+    pub fn new(cosigner: Cosigner, logs: BTreeMap<String, Vec<Verifier>>, state: State) -> Witness {
         let last_timestamp = state.values().map(|r| r.timestamp).max().unwrap_or(0);
         Witness {
             cosigner,
@@ -530,16 +532,11 @@ impl Witness {
         // (tlog-witness: "If the checkpoint origin is unknown, the witness
         // MUST respond with a 404").
         let origin = request.note.split('\n').next().unwrap_or_default();
-        let verifier = self
+        let keys = self
             .logs
             .get(origin)
             .ok_or_else(|| Refusal::UnknownLog(origin.to_string()))?;
-        let checkpoint = Checkpoint::open(&request.note, verifier).map_err(|e| match e {
-            NoteError::InvalidSignature(_) | NoteError::NoSignature(_) => {
-                Refusal::Unverified(e.to_string())
-            }
-            e => Refusal::Malformed(format!("the checkpoint: {e}")),
-        })?;
+        let checkpoint = open_with_any(&request.note, keys)?;
         // What is cosigned: the checkpoint's text, as it came.
         let text = split_note(&request.note)
             .map_err(|e| Refusal::Malformed(format!("the checkpoint: {e}")))?
@@ -611,6 +608,32 @@ impl Witness {
     }
 }
 
+/// Opens a checkpoint with whichever of its log's keys signed it
+/// (tlog-witness: "against the public key(s) it trusts for the checkpoint
+/// origin"; a log rotating its key may sign with either, or both). A line
+/// from any of them that does not verify refuses it, as one from the only
+/// key would; lines from other keys are ignored.
+fn open_with_any(note: &str, keys: &[Verifier]) -> Result<Checkpoint, Refusal> {
+    let mut opened = None;
+    for key in keys {
+        match Checkpoint::open(note, key) {
+            Ok(checkpoint) => opened = Some(checkpoint),
+            Err(NoteError::NoSignature(_)) => {}
+            Err(e @ NoteError::InvalidSignature(_)) => {
+                return Err(Refusal::Unverified(e.to_string()))
+            }
+            Err(e) => return Err(Refusal::Malformed(format!("the checkpoint: {e}"))),
+        }
+    }
+    opened.ok_or_else(|| {
+        let labels: Vec<String> = keys
+            .iter()
+            .map(|k| crate::note::key_label(k.name(), k.key_id()))
+            .collect();
+        Refusal::Unverified(format!("no signature by key {}", labels.join(" or ")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,7 +676,7 @@ mod tests {
     fn witness(log: &Signer) -> Witness {
         let logs = BTreeMap::from([(
             log.name().to_owned(),
-            Verifier::parse(&log.verifier_key()).unwrap(),
+            vec![Verifier::parse(&log.verifier_key()).unwrap()],
         )]);
         Witness::new(witness_key(), logs, State::new())
     }
@@ -1062,6 +1085,74 @@ mod tests {
             .add_checkpoint(&request(0, vec![[0; 32]], checkpoint(&t, &log)), 1, ok)
             .unwrap_err();
         assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn a_log_rotating_its_key_is_taken_with_either() {
+        let (old_key, new_key) = (log_key(), log_key());
+        let keys = [&old_key, &new_key].map(|k| Verifier::parse(&k.verifier_key()).unwrap());
+        let w = Witness::new(
+            witness_key(),
+            BTreeMap::from([(ORIGIN.to_owned(), keys.to_vec())]),
+            State::new(),
+        );
+        let (t4, t6) = (tree(4), tree(6));
+        // Signed by the old key, then by both, then by the new key alone.
+        let accepted = w
+            .add_checkpoint(&request(0, vec![], checkpoint(&t4, &old_key)), 1, ok)
+            .unwrap();
+        assert_eq!(accepted.size, 4);
+        let both = format!(
+            "{}{}",
+            checkpoint(&t4, &old_key),
+            checkpoint(&t4, &new_key).split_once("\n\n").unwrap().1
+        );
+        assert_eq!(
+            w.add_checkpoint(&request(4, vec![], both), 2, ok)
+                .unwrap()
+                .size,
+            4
+        );
+        let proof = t6.consistency_proof(4, 6).unwrap();
+        let accepted = w
+            .add_checkpoint(&request(4, proof, checkpoint(&t6, &new_key)), 3, ok)
+            .unwrap();
+        assert_eq!(accepted.size, 6);
+        // A bad line from either key refuses it, though the other's holds.
+        let mut lines: Vec<String> = checkpoint(&t6, &new_key)
+            .lines()
+            .map(String::from)
+            .collect();
+        let old_line = checkpoint(&t6, &old_key)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        // The old key's line over another text: it names the old key and
+        // does not verify.
+        let t5 = tree(5);
+        let stale = checkpoint(&t5, &old_key)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        assert_ne!(stale, old_line);
+        lines.push(stale);
+        let note = lines.join("\n") + "\n";
+        let err = w
+            .add_checkpoint(&request(6, vec![], note), 4, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        // Neither key: 403 naming both.
+        let forged = Signer::from_seed(ORIGIN, &[3; 32]).unwrap();
+        let err = w
+            .add_checkpoint(&request(6, vec![], checkpoint(&t6, &forged)), 5, ok)
+            .unwrap_err();
+        assert_eq!(err.status(), 403);
+        for k in [&old_key, &new_key] {
+            let label = crate::note::key_label(ORIGIN, k.key_id());
+            assert!(err.to_string().contains(&label), "{err}");
+        }
     }
 
     #[test]
