@@ -181,11 +181,19 @@ fn answer_in(
                 Ok(latest) => latest,
                 Err(e) => return unavailable(&e),
             };
+            let record = match log.record(index) {
+                Ok(Some(record)) => record,
+                Ok(None) => return error(StatusCode::NOT_FOUND, "no such record"),
+                Err(e) => return unavailable(&e),
+            };
             match log.inclusion_proof(index, latest.size) {
                 Err(e) => unavailable(&e),
                 Ok(Some((_, hashes))) if index < latest.size => {
+                    // The record itself on the extra line (tlog-proof's
+                    // place for what reconstructs the leaf): one file holds
+                    // all a verifier needs but the key.
                     let proof = TlogProof {
-                        extra: None,
+                        extra: Some(record.to_vec()),
                         index,
                         path: hashes,
                         checkpoint: latest.note.clone(),

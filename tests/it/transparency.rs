@@ -958,9 +958,11 @@ async fn refusals_over_their_budget_become_summary_records() {
 }
 
 /// C2SP tlog-proof: `verify --export-proof` writes one once the receipt's
-/// inclusion is proven, the log serves one at `/proof/{id}.tlog-proof`, and
-/// `verify --proof-file --entry` checks either offline with the key alone;
-/// another entry, or an edited index, is INVALID.
+/// inclusion is proven, the log serves one at `/proof/{id}.tlog-proof`,
+/// both with the record on the `extra` line, and `verify --proof-file`
+/// checks either offline with the key alone, for that record or for
+/// `--entry`; another entry, another record on the extra line, or an
+/// edited index, is INVALID; a proof without a record needs `--entry`.
 #[tokio::test]
 async fn tlog_proofs_are_exported_served_and_checked_offline() {
     let proxy = with_log("").await;
@@ -982,9 +984,10 @@ async fn tlog_proofs_are_exported_served_and_checked_offline() {
     let report = check(&a).await;
     assert!(report.valid(), "{report}");
     let text = std::fs::read_to_string(&exported).unwrap();
+    let extra = base64::engine::general_purpose::STANDARD.encode(&receipt.record);
     assert!(
         text.starts_with(&format!(
-            "c2sp.org/tlog-proof@v1\nindex {}\n",
+            "c2sp.org/tlog-proof@v1\nextra {extra}\nindex {}\n",
             receipt.index
         )),
         "{text}"
@@ -995,14 +998,43 @@ async fn tlog_proofs_are_exported_served_and_checked_offline() {
     let served_path = dir.join("served.tlog-proof");
     std::fs::write(&served_path, &served).unwrap();
 
+    assert_eq!(served, text, "the same proof, served and exported");
+
     for proof in [&exported, &served_path] {
-        let mut offline = args(&key);
-        offline.proof_file = Some(proof.clone());
-        offline.entry = Some(entry.clone());
-        let report = check(&offline).await;
-        assert!(report.valid(), "{report}");
-        assert!(report.to_string().contains("tlog-proof"), "{report}");
+        for given in [Some(entry.clone()), None] {
+            let mut offline = args(&key);
+            offline.proof_file = Some(proof.clone());
+            offline.entry = given.clone();
+            let report = check(&offline).await;
+            assert!(report.valid(), "{report}");
+            let said = report.to_string();
+            assert!(said.contains("tlog-proof"), "{said}");
+            let from = if given.is_some() {
+                "--entry"
+            } else {
+                "the proof's extra line"
+            };
+            assert!(said.contains(&format!("(from {from})")), "{said}");
+            assert!(said.contains("Stored in data centre zurich"), "{said}");
+        }
     }
+
+    // Another record on the extra line: INVALID; with no extra line the
+    // record must be given.
+    let swapped = dir.join("swapped.tlog-proof");
+    let other_record = base64::engine::general_purpose::STANDARD.encode(b"{\"v\":1}");
+    std::fs::write(&swapped, text.replace(&extra, &other_record)).unwrap();
+    let mut offline = args(&key);
+    offline.proof_file = Some(swapped);
+    assert!(!check(&offline).await.valid());
+    let bare = dir.join("bare.tlog-proof");
+    std::fs::write(&bare, text.replace(&format!("extra {extra}\n"), "")).unwrap();
+    offline.proof_file = Some(bare.clone());
+    let report = check(&offline).await;
+    assert!(!report.valid());
+    assert!(report.to_string().contains("--entry"), "{report}");
+    offline.entry = Some(entry.clone());
+    assert!(check(&offline).await.valid());
 
     // Another entry, or the same proof with another index: INVALID.
     let other = dir.join("other.json");

@@ -22,6 +22,7 @@ use residency_log::api::{ConsistencyProof, Entry, GenerationInfo, Generations, I
 use residency_log::merkle::{self, Hash};
 use residency_log::note::Verifier;
 use residency_log::receipt::Receipt;
+use residency_log::record::Record;
 use residency_log::tiles::{Need, Proofs, Tile, WIDTH};
 use residency_log::tlog_proof::TlogProof;
 use residency_log::verdict::{self, FileDigest, Inputs};
@@ -65,18 +66,19 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// Once the receipt's inclusion is proven, write it as a C2SP
-    /// tlog-proof (`.tlog-proof`) to this file.
+    /// tlog-proof (`.tlog-proof`) to this file, the record on its `extra`
+    /// line.
     #[arg(long)]
     pub export_proof: Option<PathBuf>,
-    /// Check a C2SP tlog-proof offline (with `--entry`): the checkpoint's
-    /// signature and the entry's inclusion.
+    /// Check a C2SP tlog-proof offline: the checkpoint's signature and the
+    /// inclusion of the record on its `extra` line, or of `--entry`.
     #[arg(
         long,
-        requires = "entry",
         conflicts_with_all = ["receipt", "request_id", "log", "checkpoint", "previous", "file", "save_checkpoint", "export_proof"]
     )]
     pub proof_file: Option<PathBuf>,
-    /// The entry (the exact record bytes) a `--proof-file` is for.
+    /// The entry (the exact record bytes) a `--proof-file` is for, when it
+    /// carries none, or to check your own copy instead of the one it carries.
     #[arg(long, requires = "proof_file")]
     pub entry: Option<PathBuf>,
     /// A witness's cosigner key (`name+keyid+base64`, type 0x04), or a file
@@ -142,8 +144,8 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
     };
     let verifier = Verifier::parse(&key).map_err(|e| anyhow!("the key: {e}"))?;
     let witnesses = Witnesses::from_args(args)?;
-    if let (Some(proof), Some(entry)) = (&args.proof_file, &args.entry) {
-        return check_tlog_proof(proof, entry, &verifier, &witnesses, checks);
+    if let Some(proof) = &args.proof_file {
+        return check_tlog_proof(proof, args.entry.as_ref(), &verifier, &witnesses, checks);
     }
     if let (None, Some(id)) = (&args.receipt, &args.request_id) {
         // As the page takes one: it goes into the URL as it is.
@@ -333,7 +335,7 @@ async fn check_with(
         (&args.export_proof, &claimed, &inputs.inclusion)
     {
         let proof = TlogProof {
-            extra: None,
+            extra: Some(receipt.record.clone()),
             index: receipt.index,
             path: verdict::hashes(hashes).map_err(anyhow::Error::msg)?,
             checkpoint: note.clone(),
@@ -703,19 +705,32 @@ fn short(hash: &Hash) -> String {
     residency_core::hex::encode(&hash[..8])
 }
 
-/// `--proof-file` with `--entry`: a C2SP tlog-proof checked offline.
+/// `--proof-file`: a C2SP tlog-proof checked offline, for the record on
+/// its `extra` line or `--entry`.
 fn check_tlog_proof(
     proof: &PathBuf,
-    entry: &PathBuf,
+    entry: Option<&PathBuf>,
     verifier: &Verifier,
     witnesses: &Witnesses,
     checks: &mut Vec<String>,
 ) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(proof).with_context(|| format!("reading {}", proof.display()))?;
-    let entry = std::fs::read(entry).with_context(|| format!("reading {}", entry.display()))?;
     let parsed = TlogProof::parse(&text)
         .map_err(|e| anyhow!("{} is not a tlog-proof: {e}", proof.display()))?;
+    // The proof's extra line is not trusted for anything but a candidate:
+    // it counts only once it is proven to be the leaf.
+    let (entry, from) = match (entry, &parsed.extra) {
+        (Some(path), _) => (
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            "--entry",
+        ),
+        (None, Some(extra)) => (extra.clone(), "the proof's extra line"),
+        (None, None) => bail!(
+            "{} carries no record (no extra line): give the record's exact bytes with --entry",
+            proof.display()
+        ),
+    };
     let checkpoint = parsed
         .verify(&entry, verifier)
         .map_err(anyhow::Error::msg)?;
@@ -729,11 +744,14 @@ fn check_tlog_proof(
         checks.push(check);
     }
     checks.push(format!(
-        "record {} is leaf {} of the checkpointed tree (tlog-proof, {} hashes)",
+        "record {} (from {from}) is leaf {} of the checkpointed tree (tlog-proof, {} hashes)",
         short(&merkle::leaf_hash(&entry)),
         parsed.index,
         parsed.path.len()
     ));
+    if let Ok(record) = Record::from_bytes(&entry) {
+        checks.push(format!("the record: {}", verdict::sentence(&record)));
+    }
     Ok(format!(
         "entry {} of {} at tree size {}",
         parsed.index, checkpoint.origin, checkpoint.size
