@@ -1099,6 +1099,12 @@ impl Methods {
         self.allowed.contains(method)
     }
 
+    /// Whether a method is one the proxy knows (RFC 9110 §9.3, RFC 5789,
+    /// or `limits.methods`): one it does not is 501, not 405.
+    pub fn recognizes(&self, method: &http::Method) -> bool {
+        STANDARD_METHODS.contains(&method.as_str()) || self.allows(method)
+    }
+
     /// The `Allow` header value: the allowed methods, comma-separated.
     pub fn allow_header(&self) -> &http::HeaderValue {
         &self.allow

@@ -26,7 +26,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 21] = [
+pub const REJECTION_REASONS: [&str; 22] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -48,6 +48,7 @@ pub const REJECTION_REASONS: [&str; 21] = [
     "misdirected_request",
     "unsupported_transfer_coding",
     "request_head_too_large",
+    "method_not_implemented",
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.

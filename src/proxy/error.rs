@@ -64,13 +64,16 @@ pub enum Failure {
     /// An HTTP/2 request with more header fields than an HTTP/1.1 head may
     /// have (100; hyper refuses more itself, with a bare 431).
     HeadTooLarge,
+    /// A method neither in `limits.methods` nor one RFC 9110 or RFC 5789
+    /// defines: the proxy does not recognize it (RFC 9110 §15.6.2: 501).
+    MethodNotImplemented,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 21] = [
+    pub const ALL: [Failure; 22] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -94,6 +97,7 @@ impl Failure {
         Failure::Misdirected,
         Failure::UnsupportedTransferCoding,
         Failure::HeadTooLarge,
+        Failure::MethodNotImplemented,
     ];
 }
 
@@ -145,7 +149,9 @@ impl Failure {
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            Failure::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Failure::UnsupportedTransferCoding | Failure::MethodNotImplemented => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             Failure::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
@@ -173,6 +179,7 @@ impl Failure {
             Failure::Misdirected => "misdirected_request",
             Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Failure::HeadTooLarge => "request_head_too_large",
+            Failure::MethodNotImplemented => "method_not_implemented",
         }
     }
 
@@ -192,7 +199,8 @@ impl Failure {
             | Failure::TooManyRequests
             | Failure::Misdirected
             | Failure::UnsupportedTransferCoding
-            | Failure::HeadTooLarge => Culprit::Client,
+            | Failure::HeadTooLarge
+            | Failure::MethodNotImplemented => Culprit::Client,
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
@@ -268,6 +276,7 @@ mod tests {
             Failure::Misdirected => 18,
             Failure::UnsupportedTransferCoding => 19,
             Failure::HeadTooLarge => 20,
+            Failure::MethodNotImplemented => 21,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

@@ -419,7 +419,11 @@ fn admit<'a>(
 ) -> Result<(forward::Target<'a>, Option<Counted>), Failure> {
     let config = &state.config;
     if !config.methods.allows(req.method()) {
-        return Err(Failure::MethodNotAllowed);
+        return Err(if config.methods.recognizes(req.method()) {
+            Failure::MethodNotAllowed
+        } else {
+            Failure::MethodNotImplemented
+        });
     }
     // Read in one pass: each lookup by name would hash it.
     let fields = headers::Fields::of(req.headers());

@@ -594,7 +594,8 @@ async fn ambiguous_framing_reaches_no_upstream() {
 }
 
 /// Only `limits.methods` are forwarded (default POST and PUT): others,
-/// CONNECT and TRACE among them, get 405 with `Allow` and reach no upstream.
+/// CONNECT and TRACE among them, get 405 with `Allow` and reach no upstream;
+/// a method the proxy does not recognize gets 501 (RFC 9110 §15.6.2).
 #[tokio::test]
 async fn methods_outside_the_allow_list_get_405() {
     let proxy = Proxy::start(Setup::default()).await;
@@ -611,6 +612,18 @@ async fn methods_outside_the_allow_list_get_405() {
         );
         assert!(
             text.contains("\"error\":\"method_not_allowed\""),
+            "{method}: {text}"
+        );
+    }
+    for method in ["FOO", "PROPFIND", "post"] {
+        let request = format!(
+            "{method} /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_exchange(&proxy, request.as_bytes()).await;
+        let text = String::from_utf8_lossy(&raw).to_lowercase();
+        assert_eq!(raw_status(&raw), Some(501), "{method}: {text}");
+        assert!(
+            text.contains("\"error\":\"method_not_implemented\""),
             "{method}: {text}"
         );
     }
