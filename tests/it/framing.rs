@@ -196,8 +196,8 @@ fn cases() -> Vec<Case> {
         case("HTTP/1.2", raw("POST /v1/telemetry HTTP/1.2\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
         case("HTTP/2.0 in an HTTP/1 request line", raw("POST /v1/telemetry HTTP/2.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
         case("no version", raw("POST /v1/telemetry\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"), &[400], NONE),
-        case("lower-case method", raw("post /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[405], NONE),
-        case("unknown method", raw("BREW /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[405], NONE),
+        case("lower-case method", raw("post /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[501], NONE),
+        case("unknown method", raw("BREW /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"), &[501], NONE),
         case("TRACE", raw("TRACE /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n\r\n"), &[405], NONE),
         case("CONNECT", raw("CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nX-Forwarded-For: {CH}\r\nConnection: close\r\n\r\n"), &[405], NONE),
         case(
