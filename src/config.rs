@@ -134,6 +134,24 @@ pub struct Timeouts {
     pub connection_max_age: Duration,
 }
 
+impl Timeouts {
+    /// How long after a request's body ended the proxy may still deliver
+    /// it to a data centre: two attempts (a request is retried once), each
+    /// up to `upstream_connect` waiting for a connection, as long again
+    /// connecting, then `upstream_response` for the answer's head; and a
+    /// second to spare. A client that gave up sooner may still have its
+    /// upload stored until then (over HTTP/1.1 the proxy cannot tell its
+    /// close from a half close): the load test waits this long before it
+    /// reconciles such uploads.
+    pub fn late_delivery(&self) -> Duration {
+        self.upstream_connect
+            .saturating_mul(2)
+            .saturating_add(self.upstream_response)
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1))
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {

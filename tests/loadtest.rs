@@ -892,7 +892,12 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
         options: Box::new(args),
     };
     let policy = Config::load(&args.options.config).unwrap().policy;
-    let plan = Plan::from_args(&args, policy, Duration::ZERO).unwrap();
+    let plan = Plan::from_args(
+        &args,
+        policy,
+        residency_tools::loadtest::ProxyTimes::default(),
+    )
+    .unwrap();
     assert!(matches!(plan.trust, Trust::CaPem(_)));
     assert_eq!(plan.origins["ch"].len(), 2);
     let report = execute(plan, false).await.unwrap();
@@ -1041,6 +1046,69 @@ async fn a_drill_against_a_policy_that_leaks_ch_data_fails_in_every_report() {
     assert!(!junit.contains("failures=\"0\""), "{junit}");
     assert!(junit.contains("<failure message=\""), "{junit}");
     drill.stop().await;
+}
+
+/// Uploads the client gave up on that the proxy stores later, outside
+/// their jurisdiction: zurich hangs, each upload's client gives up after
+/// 1 s, and 4 s after sending it (`upstream_response`) the proxy replays it
+/// (it has an `Idempotency-Key`) to frankfurt, which a lax policy permits
+/// and the promise does not — seconds after the last answer, longer than
+/// the records take to agree twice. The run waits out the proxy's
+/// `late_delivery` (2 × (2 × 500 ms + 4 s) + 1 s) and counts every one of
+/// them (it said PASS with 0 violations: drill audit F1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stored_after_their_client_gave_up_are_counted() {
+    let sink = FakeSink::start().await;
+    let fx = Fixture::write(&sink.datacenters, "");
+    let strict = std::fs::read_to_string(&fx.config_path).unwrap();
+    let lax = strict
+        .replace(
+            "[jurisdictions.ch]\ncountries = [\"CH\"]\n",
+            "[jurisdictions.ch]\ncountries = [\"CH\"]\nstore_in = [\"ch\", \"eu\"]\n",
+        )
+        .replace(
+            "[timeouts]\nshutdown_grace = \"1s\"\n",
+            "[timeouts]\nshutdown_grace = \"1s\"\nupstream_connect = \"500ms\"\nupstream_response = \"4s\"\n",
+        )
+        // The replay goes to frankfurt, not geneva.
+        .replace("[datacenters.geneva]\njurisdiction = \"ch\"\npriority = 2", "[datacenters.geneva]\njurisdiction = \"ch\"\npriority = 4")
+        .replace("[datacenters.frankfurt]\njurisdiction = \"eu\"\npriority = 1", "[datacenters.frankfurt]\njurisdiction = \"eu\"\npriority = 3");
+    assert_eq!(lax.matches("priority = ").count(), 3);
+    assert!(lax.contains("priority = 4") && lax.contains("priority = 3") && lax.contains("4s"));
+    std::fs::write(&fx.config_path, lax).unwrap();
+    let late = Config::load(&fx.config_path)
+        .unwrap()
+        .timeouts
+        .late_delivery();
+    assert_eq!(late, Duration::from_secs(11));
+    let drill = Drill::start_fixture(fx).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.mix = "ch=1".parse::<Mix>().unwrap().0;
+    plan.rate = 40.0;
+    plan.duration = Duration::from_secs(2);
+    plan.request_timeout = Duration::from_secs(1);
+    plan.idempotency_key = true;
+    plan.late_delivery = late;
+    plan.chaos = vec!["1s:zurich=hang".parse().unwrap()];
+    let report = execute(plan, false).await.unwrap();
+    let text = report.render_text();
+
+    // What frankfurt holds once nothing more can come (the proxy is
+    // stopped: every request it had has ended).
+    drill.stop().await;
+    let in_frankfurt = sink
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["datacenter"] == "frankfurt")
+        .count() as u64;
+    assert!(
+        in_frankfurt >= 10,
+        "the replays were stored: {in_frankfurt}\n{text}"
+    );
+    assert_eq!(report.residency_violations, in_frankfurt, "{text}");
+    assert!(!report.passed(), "{text}");
 }
 
 /// The reference sink (`crate::sink`), the proxy's drain API and a refused
@@ -1268,6 +1336,7 @@ struct FakeSink {
     admin: SocketAddr,
     datacenters: Vec<(String, SocketAddr)>,
     modes: Modes,
+    records: Records,
 }
 
 impl FakeSink {
@@ -1287,6 +1356,7 @@ impl FakeSink {
             admin,
             datacenters,
             modes,
+            records,
         }
     }
 

@@ -348,6 +348,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let config = Config::load(&config_path)?;
     let policy = config.policy.clone();
     let recovery = config.health.recovery();
+    let late_delivery = config.timeouts.late_delivery();
     let cert = std::fs::read(dir.join("drill.pem"))?;
 
     let instance = Instance::new(Snapshot::build(config)?, Metrics::new()?)?;
@@ -365,6 +366,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     plan.rate = args.rate;
     plan.duration = args.duration;
     plan.recovery = recovery;
+    plan.late_delivery = late_delivery;
     plan.body_size = args.body_size;
     plan.idempotency_key = args.idempotency_key;
     plan.trust = loadtest::Trust::CaPem(cert);

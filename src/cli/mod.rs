@@ -220,11 +220,17 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Loadtest(args) => {
             init_tracing(format.unwrap_or_default(), &level);
-            let (policy, recovery) = match Config::load(&args.options.config) {
-                Ok(c) => (c.policy, c.health.recovery()),
+            let (policy, proxy) = match Config::load(&args.options.config) {
+                Ok(c) => (
+                    c.policy,
+                    residency_tools::loadtest::ProxyTimes {
+                        recovery: c.health.recovery(),
+                        late_delivery: c.timeouts.late_delivery(),
+                    },
+                ),
                 Err(report) => return config_error(report),
             };
-            block_on(residency_tools::loadtest::run(args, policy, recovery))
+            block_on(residency_tools::loadtest::run(args, policy, proxy))
         }
         Command::Drill(mut args) => {
             if let Err(report) = crate::cli::drill::check_load(&args) {

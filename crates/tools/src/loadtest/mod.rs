@@ -47,7 +47,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 
 pub use args::{LoadtestArgs, LoadtestOptions};
-pub use plan::{Plan, Trust};
+pub use plan::{Plan, ProxyTimes, Trust};
 pub use report::Report;
 pub use spec::{ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec};
 
@@ -66,14 +66,14 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// `--junit`); fails if any upload was stored outside its permitted data
 /// centres, an acknowledged upload is missing, the sinks could not be
 /// reconciled (or another check failed), or a report could not be written.
-/// `policy` is the residency policy of the configuration `--config` names.
-/// `recovery`: the proxy's [`Plan::recovery`], from its configuration.
+/// `policy` is the residency policy of the configuration `--config` names,
+/// `proxy` its times.
 pub async fn run(
     args: LoadtestArgs,
     policy: residency_core::policy::Policy,
-    recovery: std::time::Duration,
+    proxy: ProxyTimes,
 ) -> anyhow::Result<()> {
-    let plan = Plan::from_args(&args, policy, recovery)?;
+    let plan = Plan::from_args(&args, policy, proxy)?;
     let mut report = execute(plan, !args.options.no_progress).await?;
     if let Some(slo) = &args.options.slo {
         report.apply_slo(slo);
@@ -102,23 +102,40 @@ pub fn failed(what: &str, report: &Report, written: anyhow::Result<()>) -> anyho
 
 /// The sinks' records. With uploads the client gave up on (no answer), the
 /// proxy may still be delivering them — a replay after a timed-out attempt,
-/// or once a hung data centre was restored — so (at most [`SETTLE_MAX`])
-/// the records are read once the proxy's admin API (`--proxy-admin`)
-/// reports no request still running without its client
-/// (`residency_detached_requests` 0), or, without it, again every
-/// [`SETTLE_STEP`] until two reads agree: a late store, in a permitted data
-/// centre or not, is reconciled too.
+/// or once a hung data centre was restored — and need not know their
+/// client left (an HTTP/1.1 client's close is a half close to it): so the
+/// records are read only once [`Plan::late_delivery`] has passed since the
+/// last of them was sent (its answer's time bounds that), then again
+/// every [`SETTLE_STEP`] until two reads agree (at most [`SETTLE_MAX`]); a
+/// late store, in a permitted data centre or not, is reconciled too. With
+/// `--proxy-admin`, the wait also lasts while its
+/// `residency_detached_requests` (requests it knows run on without their
+/// client) is above 0.
 async fn settled_records(
     admin: &Admin,
-    sinks: &[http::Uri],
-    proxy_admin: Option<&http::Uri>,
-    unanswered: bool,
+    plan: &Plan,
+    last_unanswered: Option<Instant>,
+    progress: bool,
 ) -> Result<Vec<reconcile::SinkRecord>, String> {
-    if !unanswered {
+    let sinks = &plan.sink_admin;
+    let Some(last) = last_unanswered else {
         return reconcile::fetch_records(admin, sinks).await;
+    };
+    let late = last + plan.late_delivery;
+    if progress && late > Instant::now() {
+        eprintln!(
+            "waiting {:.0} s for late stores: uploads got no answer, and the proxy may still deliver them until {:.0} s after they were sent (2 × (2 × timeouts.upstream_connect + timeouts.upstream_response) + 1 s)",
+            late.saturating_duration_since(Instant::now()).as_secs_f64(),
+            plan.late_delivery.as_secs_f64()
+        );
     }
+    tokio::time::sleep_until(late).await;
     let deadline = Instant::now() + SETTLE_MAX;
-    if let Some(metrics) = proxy_admin.and_then(|p| chaos::join(p, "/metrics").ok()) {
+    if let Some(metrics) = plan
+        .proxy_admin
+        .as_ref()
+        .and_then(|p| chaos::join(p, "/metrics").ok())
+    {
         while Instant::now() < deadline {
             let answer = admin
                 .call(http::Method::GET, metrics.clone(), None, SETTLE_STEP)
@@ -191,19 +208,22 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         }
     }
 
-    let unanswered = generated.outcomes.iter().any(|o| match &o.result {
-        generator::Sent::Unfinished => true,
-        generator::Sent::Done { answer, .. } => answer.status.is_none(),
-        generator::Sent::NotSent => false,
-    });
-    let reconciled = settled_records(
-        &admin,
-        &plan.sink_admin,
-        plan.proxy_admin.as_ref(),
-        unanswered,
-    )
-    .await
-    .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
+    // When the last upload that got no answer was sent, at the latest:
+    // when its client gave up, or now for one still running.
+    let last_unanswered = generated
+        .outcomes
+        .iter()
+        .filter_map(|o| match &o.result {
+            generator::Sent::Unfinished => Some(Instant::now()),
+            generator::Sent::Done {
+                answer, finished, ..
+            } if answer.status.is_none() => Some(t0 + *finished),
+            _ => None,
+        })
+        .max();
+    let reconciled = settled_records(&admin, &plan, last_unanswered, progress)
+        .await
+        .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
     let residency_log = match &plan.log {
         Some(target) => {
             let no_records = std::collections::HashMap::new();

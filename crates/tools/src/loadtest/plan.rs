@@ -75,6 +75,11 @@ pub struct Plan {
     /// one repaired less than this before a fault is no alternative to
     /// fail over to.
     pub recovery: Duration,
+    /// How long after an upload was sent the proxy under test may still
+    /// deliver it, though its client gave up (its
+    /// `Timeouts::late_delivery`): uploads that got no answer are
+    /// reconciled only after that.
+    pub late_delivery: Duration,
     /// Sink admin base URLs (`/datacenters/{name}/mode`, `/records`).
     pub sink_admin: Vec<Uri>,
     /// Proxy admin base URL (`/datacenters/{name}/drain|undrain`).
@@ -86,6 +91,15 @@ pub struct Plan {
     pub restore_after: bool,
     /// Also prove the run from the proxy's transparency log.
     pub log: Option<LogTarget>,
+}
+
+/// What a plan takes from the configuration of the proxy under test.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProxyTimes {
+    /// [`Plan::recovery`].
+    pub recovery: Duration,
+    /// [`Plan::late_delivery`].
+    pub late_delivery: Duration,
 }
 
 /// The log the proxy under test writes to.
@@ -115,6 +129,8 @@ impl Plan {
             policy,
             chaos: Vec::new(),
             recovery: Duration::ZERO,
+            // The proxy's defaults: 2 × (2 × 3 s + 60 s) + 1 s.
+            late_delivery: Duration::from_secs(133),
             sink_admin: vec![Uri::from_static("http://127.0.0.1:9100")],
             proxy_admin: None,
             request_timeout: Duration::from_secs(15),
@@ -127,11 +143,11 @@ impl Plan {
 
     /// Reads the files the arguments name (CA) and validates the result
     /// against `policy`, the residency policy of the configuration
-    /// `--config` names (loaded by the caller, as its [`Plan::recovery`]).
+    /// `--config` names (loaded by the caller, as its `proxy` times).
     pub fn from_args(
         args: &LoadtestArgs,
         policy: Policy,
-        recovery: Duration,
+        proxy: ProxyTimes,
     ) -> anyhow::Result<Plan> {
         let args = &args.options;
         let trust = match (&args.ca, args.insecure) {
@@ -159,7 +175,8 @@ impl Plan {
             convey: args.convey,
             policy,
             chaos: args.chaos.clone(),
-            recovery,
+            recovery: proxy.recovery,
+            late_delivery: proxy.late_delivery,
             sink_admin: args
                 .sink_admin
                 .iter()
