@@ -55,10 +55,11 @@ impl Report {
         if let Some(e) = &self.reconcile_error {
             let _ = writeln!(o, "RECONCILIATION FAILED: {e}");
         }
+        let count = |n: Option<u64>| n.map_or_else(|| "not checked".to_string(), |n| n.to_string());
         let _ = writeln!(
             o,
             "residency violations:       {}",
-            self.residency_violations
+            count(self.residency_violations)
         );
         for v in &self.violation_samples {
             let _ = writeln!(
@@ -75,7 +76,7 @@ impl Report {
         let _ = writeln!(
             o,
             "acknowledged but missing:   {}",
-            self.acknowledged_missing
+            count(self.acknowledged_missing)
         );
         for id in &self.missing_samples {
             let _ = writeln!(o, "  {id}");

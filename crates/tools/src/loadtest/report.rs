@@ -53,11 +53,12 @@ pub struct Report {
     pub acknowledged_by_datacenter: BTreeMap<String, u64>,
     /// From the sinks' records of this run.
     pub stored_by_datacenter: BTreeMap<String, u64>,
-    /// Must be 0.
-    pub residency_violations: u64,
+    /// Must be 0 (or within its objective); `None` (JSON `null`): not
+    /// checked, the sinks' records could not be read.
+    pub residency_violations: Option<u64>,
     pub violation_samples: Vec<Violation>,
-    /// Must be 0.
-    pub acknowledged_missing: u64,
+    /// Must be 0 (or within its objective); `None`: not checked.
+    pub acknowledged_missing: Option<u64>,
     pub missing_samples: Vec<String>,
     pub duplicates: u64,
     pub checksum_mismatches: u64,
@@ -251,33 +252,35 @@ impl Report {
     pub fn checks(&self) -> Vec<(String, Option<String>)> {
         // Violations and missing uploads are judged by their objectives
         // (0 unless an SLO file says otherwise).
-        let within = |name: &str, measured: u64| {
-            self.slo
+        // Not counted (the sinks could not be read): not met, whatever
+        // the objective.
+        let judged = |name: &str, measured: Option<u64>, what: &str| match measured {
+            None => Some(format!(
+                "{what} not checked: could not reconcile with the sinks"
+            )),
+            Some(n) => (!self
+                .slo
                 .iter()
                 .find(|c| c.name == name)
-                .map_or(measured == 0, |c| c.passed)
+                .map_or(n == 0, |c| c.passed))
+            .then(|| format!("{n} {what}{}", self.objective(name))),
         };
-        let objective = |name: &str| self.objective(name);
         let mut cases: Vec<(String, Option<String>)> = vec![
             (
                 "no residency violations".into(),
-                (!within("residency violations", self.residency_violations)).then(|| {
-                    format!(
-                        "{} residency violation(s){}",
-                        self.residency_violations,
-                        objective("residency violations")
-                    )
-                }),
+                judged(
+                    "residency violations",
+                    self.residency_violations,
+                    "residency violation(s)",
+                ),
             ),
             (
                 "no acknowledged upload missing".into(),
-                (!within("acknowledged uploads missing", self.acknowledged_missing)).then(|| {
-                    format!(
-                        "{} acknowledged upload(s) missing from the sinks{}",
-                        self.acknowledged_missing,
-                        objective("acknowledged uploads missing")
-                    )
-                }),
+                judged(
+                    "acknowledged uploads missing",
+                    self.acknowledged_missing,
+                    "acknowledged upload(s) missing from the sinks",
+                ),
             ),
             (
                 "reconciled with the sinks".into(),
@@ -350,9 +353,9 @@ impl Report {
         }
         format!(
             "{word}: {} residency violation(s){}, {} acknowledged upload(s) missing{}",
-            self.residency_violations,
+            self.residency_violations.unwrap_or_default(),
             self.objective("residency violations"),
-            self.acknowledged_missing,
+            self.acknowledged_missing.unwrap_or_default(),
             self.objective("acknowledged uploads missing")
         )
     }
@@ -627,9 +630,11 @@ pub fn build(
         failure_examples,
         acknowledged_by_datacenter,
         stored_by_datacenter: reconciled.stored_by_datacenter,
-        residency_violations: reconciled.violations,
+        residency_violations: reconcile_error.is_none().then_some(reconciled.violations),
         violation_samples: reconciled.violation_samples,
-        acknowledged_missing: reconciled.acknowledged_missing,
+        acknowledged_missing: reconcile_error
+            .is_none()
+            .then_some(reconciled.acknowledged_missing),
         missing_samples: reconciled.missing_samples,
         duplicates: reconciled.duplicates,
         checksum_mismatches: reconciled.checksum_mismatches,

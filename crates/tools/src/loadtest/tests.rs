@@ -140,7 +140,11 @@ fn every_report_says(r: &Report, verdict: &str) {
     let json: serde_json::Value = serde_json::from_slice(&r.render_json().unwrap()).unwrap();
     assert_eq!(json["verdict"], verdict, "json");
     assert_eq!(json["passed"], r.passed(), "json");
-    assert_eq!(json["residency_violations"], r.residency_violations, "json");
+    assert_eq!(
+        json["residency_violations"],
+        serde_json::json!(r.residency_violations),
+        "json"
+    );
 }
 
 /// A run passed by an objective that allows violations or missing uploads
@@ -219,6 +223,36 @@ fn the_verdict_claims_no_count_when_the_sinks_were_not_reconciled() {
         &r,
         "FAIL: residency not checked (could not reconcile with the sinks)",
     );
+    // Nor do the counts, the objectives or JUnit (they said 0 and met).
+    let text = r.render_text();
+    assert!(
+        text.contains("residency violations:       not checked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("acknowledged but missing:   not checked"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&r.render_json().unwrap()).unwrap();
+    assert!(json["residency_violations"].is_null(), "{json}");
+    assert!(json["acknowledged_missing"].is_null(), "{json}");
+    for objective in ["residency violations", "acknowledged uploads missing"] {
+        let c = r.slo.iter().find(|c| c.name == objective).unwrap();
+        assert!(!c.passed, "{c:?}");
+        assert_eq!(c.measured, "not checked");
+    }
+    let html = r.render_html();
+    assert!(
+        html.contains("<tr class=\"fail\"><th scope=\"row\">residency violations</th><td>≤ 0</td><td>not checked</td><td>MISSED</td></tr>"),
+        "{html}"
+    );
+    let junit = r.render_junit();
+    for case in ["no residency violations", "no acknowledged upload missing"] {
+        let at = junit.find(&format!("name=\"{case}\"")).expect(case);
+        let rest = &junit[at..];
+        let end = rest.find("</testcase>").unwrap_or(rest.len());
+        assert!(rest[..end].contains("<failure"), "{case}: {junit}");
+    }
 }
 
 /// The D2 reproduction: frankfurt errors for 110 ms, inside one 250 ms
