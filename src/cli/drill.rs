@@ -416,6 +416,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
         args.chaos.clone()
     };
 
+    plan.interrupt = Some(crate::cli::interrupt_on_signal());
     let report = loadtest::execute(plan, !args.no_progress).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;

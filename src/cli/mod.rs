@@ -230,7 +230,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 ),
                 Err(report) => return config_error(report),
             };
-            block_on(residency_tools::loadtest::run(args, policy, proxy))
+            block_on(async {
+                let interrupt = Some(interrupt_on_signal());
+                residency_tools::loadtest::run(args, policy, proxy, interrupt).await
+            })
         }
         Command::Drill(mut args) => {
             if let Err(report) = crate::cli::drill::check_load(&args) {
@@ -836,6 +839,24 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Ctrl-C (or SIGTERM) during a load test or drill: the first ends the
+/// load — no upload or chaos event more; the answers are waited for, the
+/// chaos undone, what was sent reconciled and reported, and the run fails
+/// — a second exits at once (130), leaving all that undone.
+pub fn interrupt_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!(
+            "interrupted: no upload or chaos event more; waiting for the answers, undoing the chaos and reconciling what was sent (Ctrl-C again to quit at once, leaving them)"
+        );
+        let _ = tx.send(true);
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    rx
 }
 
 /// As [`init_tracing`], into `file` (no colours).

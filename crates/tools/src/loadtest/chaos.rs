@@ -110,10 +110,15 @@ pub async fn run_schedule(
     sinks: Vec<Uri>,
     proxy: Option<Uri>,
     t0: Instant,
+    mut interrupt: Interrupt,
 ) -> Vec<Applied> {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        tokio::time::sleep_until(t0 + event.at).await;
+        // Interrupted: no event more (what was applied is undone).
+        tokio::select! {
+            () = tokio::time::sleep_until(t0 + event.at) => {}
+            () = interrupted(&mut interrupt) => break,
+        }
         let result = apply(&admin, &event.action, &sinks, proxy.as_ref()).await;
         let at = t0.elapsed().as_secs_f64();
         let applied = match result {
@@ -193,28 +198,54 @@ fn refused(url: &str, status: StatusCode, body: &[u8]) -> String {
     format!("{url}: {status} {}", text.trim())
 }
 
-/// The actions that undo what `events` left behind: `normal` for every data
-/// centre whose last mode was not normal, `undrain` for every one left drained.
-pub fn restoring(events: &[ChaosEvent]) -> Vec<ChaosAction> {
-    let mut modes: Vec<(&str, DatacenterMode)> = Vec::new();
-    let mut drained: Vec<(&str, bool)> = Vec::new();
-    for e in events {
+/// A run's interruption (Ctrl-C): `true` once it is asked to stop; a
+/// sender dropped, or none, never interrupts.
+pub type Interrupt = Option<tokio::sync::watch::Receiver<bool>>;
+
+/// Resolves once `interrupt` says stop; never without one.
+pub async fn interrupted(interrupt: &mut Interrupt) {
+    match interrupt {
+        Some(rx) => {
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The actions that undo what `events` left behind, as far as `applied`
+/// (their results, in the same order; shorter when the run was
+/// interrupted) tells: `normal` for every data centre whose last mode was
+/// not normal, `undrain` for every one left drained — and for every one an
+/// event failed on, whose state is then unknown (a repair that failed
+/// leaves it broken). Events never attempted changed nothing.
+pub fn restoring(events: &[ChaosEvent], applied: &[Applied]) -> Vec<ChaosAction> {
+    // `None`: unknown (an event on it failed).
+    let mut modes: Vec<(&str, Option<DatacenterMode>)> = Vec::new();
+    let mut drained: Vec<(&str, Option<bool>)> = Vec::new();
+    for (e, result) in events.iter().zip(applied) {
+        let ok = result.ok;
         match &e.action {
-            ChaosAction::Mode { datacenter, mode } => set(&mut modes, datacenter, *mode),
-            ChaosAction::Drain { datacenter } => set(&mut drained, datacenter, true),
-            ChaosAction::Undrain { datacenter } => set(&mut drained, datacenter, false),
+            ChaosAction::Mode { datacenter, mode } => {
+                set(&mut modes, datacenter, ok.then_some(*mode));
+            }
+            ChaosAction::Drain { datacenter } => set(&mut drained, datacenter, ok.then_some(true)),
+            ChaosAction::Undrain { datacenter } => {
+                set(&mut drained, datacenter, ok.then_some(false));
+            }
         }
     }
     let modes = modes
         .into_iter()
-        .filter(|(_, m)| *m != DatacenterMode::Normal)
+        .filter(|(_, m)| *m != Some(DatacenterMode::Normal))
         .map(|(dc, _)| ChaosAction::Mode {
             datacenter: dc.to_string(),
             mode: DatacenterMode::Normal,
         });
     let undrains = drained
         .into_iter()
-        .filter(|(_, d)| *d)
+        .filter(|(_, d)| *d != Some(false))
         .map(|(dc, _)| ChaosAction::Undrain {
             datacenter: dc.to_string(),
         });

@@ -106,6 +106,8 @@ pub struct Generated {
     pub outcomes: Vec<Outcome>,
     /// From the start of the run until the drain ended.
     pub elapsed: Duration,
+    /// When the run was interrupted (Ctrl-C): no upload was sent after.
+    pub interrupted_at: Option<Duration>,
 }
 
 /// Runs the schedule of `plan` from `t0` and waits (bounded) for the uploads.
@@ -147,7 +149,8 @@ pub async fn run(
         ))
     });
 
-    drive(&schedule, t0, &limiter, |tick: Tick| {
+    let mut interrupt = plan.interrupt.clone();
+    let driven = drive(&schedule, t0, &limiter, |tick: Tick| {
         let scheduled = tick.scheduled.duration_since(t0);
         let Some((jurisdiction, origin)) =
             upload::choose_origin(&ctx.run, tick.index, &plan.mix, &addresses)
@@ -172,8 +175,12 @@ pub async fn run(
             let ctx = Arc::clone(&ctx);
             tokio::spawn(one(ctx, tick.index, origin, permit));
         }
-    })
-    .await;
+    });
+    // Interrupted: no upload more; those sent are waited for as ever.
+    let interrupted_at = tokio::select! {
+        () = driven => None,
+        () = super::chaos::interrupted(&mut interrupt) => Some(t0.elapsed()),
+    };
 
     let all = u32::try_from(plan.max_in_flight).unwrap_or(u32::MAX);
     let drained = tokio::time::timeout(plan.drain_timeout, limiter.acquire_many(all)).await;
@@ -190,7 +197,11 @@ pub async fn run(
     let elapsed = t0.elapsed();
     let outcomes = std::mem::take(&mut *ctx.outcomes());
     drop(stop_tx);
-    Generated { outcomes, elapsed }
+    Generated {
+        outcomes,
+        elapsed,
+        interrupted_at,
+    }
 }
 
 /// One upload task: holds its in-flight permit until it has an outcome.

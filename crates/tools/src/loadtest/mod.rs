@@ -51,6 +51,7 @@ pub use plan::{Plan, ProxyTimes, Trust};
 pub use report::Report;
 pub use spec::{ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec};
 
+pub use chaos::Interrupt;
 use chaos::{Admin, Applied};
 use upload::RunId;
 
@@ -67,13 +68,15 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// centres, an acknowledged upload is missing, the sinks could not be
 /// reconciled (or another check failed), or a report could not be written.
 /// `policy` is the residency policy of the configuration `--config` names,
-/// `proxy` its times.
+/// `proxy` its times; `interrupt` ends the run early ([`Plan::interrupt`]).
 pub async fn run(
     args: LoadtestArgs,
     policy: residency_core::policy::Policy,
     proxy: ProxyTimes,
+    interrupt: chaos::Interrupt,
 ) -> anyhow::Result<()> {
-    let plan = Plan::from_args(&args, policy, proxy)?;
+    let mut plan = Plan::from_args(&args, policy, proxy)?;
+    plan.interrupt = interrupt;
     let mut report = execute(plan, !args.options.no_progress).await?;
     if let Some(slo) = &args.options.slo {
         report.apply_slo(slo);
@@ -195,13 +198,14 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         plan.sink_admin.clone(),
         plan.proxy_admin.clone(),
         t0,
+        plan.interrupt.clone(),
     ));
     let generated = generator::run(Arc::clone(&plan), clients, run.clone(), t0, progress).await;
     let applied = chaos_task.await.context("chaos schedule task")?;
 
     let mut restored = Vec::new();
     if plan.restore_after {
-        for action in chaos::restoring(&plan.chaos) {
+        for action in chaos::restoring(&plan.chaos, &applied) {
             let result =
                 chaos::apply(&admin, &action, &plan.sink_admin, plan.proxy_admin.as_ref()).await;
             restored.push(restored_entry(&action, t0, result));

@@ -91,6 +91,10 @@ pub struct Plan {
     pub restore_after: bool,
     /// Also prove the run from the proxy's transparency log.
     pub log: Option<LogTarget>,
+    /// Set to `true` to end the run early (Ctrl-C): no upload or chaos
+    /// event more; the rest (waiting for answers, undoing the chaos,
+    /// reconciling, the report, which fails) as ever.
+    pub interrupt: super::chaos::Interrupt,
 }
 
 /// What a plan takes from the configuration of the proxy under test.
@@ -138,6 +142,7 @@ impl Plan {
             allow_remote: false,
             restore_after: true,
             log: None,
+            interrupt: None,
         }
     }
 
@@ -192,6 +197,7 @@ impl Plan {
             allow_remote: args.allow_remote,
             restore_after: !args.leave_chaos,
             log: None,
+            interrupt: None,
         };
         // Reports that could not be written at the end would be lost with
         // the run: found now, with the other problems.

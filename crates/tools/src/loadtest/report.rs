@@ -37,6 +37,9 @@ pub struct Report {
     pub body_size: usize,
     /// From the start of the run to the end of the drain.
     pub elapsed_s: f64,
+    /// When the run was interrupted (Ctrl-C), from its start: no upload
+    /// was sent after; the run fails.
+    pub interrupted_at_s: Option<f64>,
     pub scheduled: u64,
     pub sent: u64,
     /// 2xx, response read.
@@ -287,6 +290,15 @@ impl Report {
                 self.reconcile_error
                     .as_ref()
                     .map(|e| format!("could not reconcile with the sinks: {e}")),
+            ),
+            (
+                "ran to the end".into(),
+                self.interrupted_at_s.map(|at| {
+                    format!(
+                        "interrupted at {at:.1} s of {:.0} s: a partial run (what was sent is counted and reconciled)",
+                        self.duration_s
+                    )
+                }),
             ),
             (
                 "something acknowledged to check".into(),
@@ -620,6 +632,7 @@ pub fn build(
         duration_s: plan.duration.as_secs_f64(),
         body_size: plan.body_size,
         elapsed_s: generated.elapsed.as_secs_f64(),
+        interrupted_at_s: generated.interrupted_at.map(|d| d.as_secs_f64()),
         scheduled: c.scheduled,
         sent: c.sent,
         acknowledged: c.acknowledged,

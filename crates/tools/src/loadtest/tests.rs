@@ -102,6 +102,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>, applied: Vec<Applied>, sinks: Rec
     let generated = Generated {
         outcomes,
         elapsed: plan.duration,
+        interrupted_at: None,
     };
     let mut report = build(
         plan,
@@ -208,6 +209,7 @@ fn the_verdict_claims_no_count_when_the_sinks_were_not_reconciled() {
     let generated = Generated {
         outcomes: vec![outcome(0, 0, 0, 201, Some("zurich"))],
         elapsed: plan.duration,
+        interrupted_at: None,
     };
     let failed = Err("connection refused".to_string());
     let mut r = build(
@@ -426,4 +428,71 @@ fn report_files_are_checked_before_and_written_despite_one_failing() {
         .unwrap()
         .contains("<testsuite"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What is undone after a run follows what was applied: a repair that
+/// failed leaves its data centre to restore (it was left broken: drill
+/// audit F4), an event never attempted (an interrupted run) changed
+/// nothing, a drain undone stays undone.
+#[test]
+fn the_restore_follows_what_was_applied() {
+    use super::chaos::restoring;
+    use super::{ChaosAction, ChaosEvent, DatacenterMode};
+    let events: Vec<ChaosEvent> = [
+        "1s:zurich=refuse",
+        "2s:drain=frankfurt",
+        "3s:undrain=frankfurt",
+        "4s:zurich=normal",
+        "5s:geneva=hang",
+    ]
+    .iter()
+    .map(|e| e.parse().unwrap())
+    .collect();
+    let ok = |e: &str, at| applied(e, at);
+    let failed = |e: &str, at| Applied {
+        ok: false,
+        applied_at_s: None,
+        detail: Some("500 Address already in use".into()),
+        ..applied(e, at)
+    };
+    let normal = |dc: &str| ChaosAction::Mode {
+        datacenter: dc.into(),
+        mode: DatacenterMode::Normal,
+    };
+    // Everything applied: nothing but geneva's hang to undo.
+    let all: Vec<Applied> = events
+        .iter()
+        .map(|e| ok(&e.to_string(), e.at.as_secs_f64()))
+        .collect();
+    assert_eq!(restoring(&events, &all), [normal("geneva")]);
+    // zurich's repair failed: zurich too.
+    let mut repair_failed = all.clone();
+    repair_failed[3] = failed("4s:zurich=normal", 4.0);
+    assert_eq!(
+        restoring(&events, &repair_failed),
+        [normal("zurich"), normal("geneva")]
+    );
+    // The undrain failed: frankfurt may still be drained.
+    let mut undrain_failed = all.clone();
+    undrain_failed[2] = failed("3s:undrain=frankfurt", 3.0);
+    assert_eq!(
+        restoring(&events, &undrain_failed),
+        [
+            normal("geneva"),
+            ChaosAction::Undrain {
+                datacenter: "frankfurt".into()
+            }
+        ]
+    );
+    // Interrupted after the drain: zurich refused and frankfurt drained
+    // are undone; geneva was never touched.
+    assert_eq!(
+        restoring(&events, &all[..2]),
+        [
+            normal("zurich"),
+            ChaosAction::Undrain {
+                datacenter: "frankfurt".into()
+            }
+        ]
+    );
 }
