@@ -1241,6 +1241,11 @@ impl Activity {
         millis(self.epoch.elapsed())
     }
 
+    /// Whether a write to the client is blocked (it is not reading).
+    fn sending(&self) -> bool {
+        self.blocked_ms.load(Ordering::Relaxed) != NOT_BLOCKED
+    }
+
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_pending.store(false, Ordering::Relaxed);
@@ -1285,7 +1290,8 @@ impl Activity {
     }
 
     /// Resolves once a request has begun after the first `since`, and the
-    /// connection has then been idle (no head arriving either) for `after`:
+    /// connection has then been idle (no head arriving either, no write to
+    /// the client blocked) for `after`:
     /// HTTP/1 hyper is idle and may hand its stream back. Until a request
     /// begins it waits for one (no timer); then it re-checks on a timer:
     /// `after` past the connection going idle, and while a request is in
@@ -1309,7 +1315,12 @@ impl Activity {
                 continue;
             }
             let wait = match self.phase() {
-                Phase::Idle { since: idle } => {
+                // Not while a write to the client is blocked: hyper is then
+                // still sending answers (a client that pipelines and reads
+                // late), not idle between requests, and its graceful
+                // shutdown would end keep-alive with the rest of the
+                // burst unread.
+                Phase::Idle { since: idle } if !self.sending() => {
                     busy = after;
                     let quiet_for = self.now_ms().saturating_sub(idle);
                     if quiet_for >= after {

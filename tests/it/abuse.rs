@@ -760,3 +760,81 @@ async fn a_trickled_answer_reaches_the_client_within_one_idle_time() {
     drop(resp);
     proxy.stop().await;
 }
+
+/// A client that pipelines a burst and reads only once it has written it
+/// all (the audit's Python client: `sendall`, then `recv`): the answers back
+/// up, the proxy's writes block with no request in flight, and it must not
+/// take that for a connection idle between requests. It did: it ended
+/// keep-alive mid-burst and closed with the rest of the burst unread, and
+/// the kernel's reset destroyed thousands of answers already sent, 201s of
+/// stored uploads among them (abuse audit F1). Every request is answered,
+/// uploads included, and every upload the data centres stored was
+/// answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_burst_read_only_once_written_gets_every_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ROUNDS: usize = 200;
+    let proxy = Proxy::start(Setup::default()).await;
+    let get =
+        format!("GET /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n\r\n");
+    let post = format!(
+        "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    // 99 refused (405) and one upload, 200 times: about 1.3 MB of heads.
+    let burst = (get.repeat(99) + &post).repeat(ROUNDS);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window: the answers back up at once.
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(proxy.addr).await.unwrap();
+    let tls = proxy.client().handshake(tcp).await.unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(burst.as_bytes()).await;
+        let _ = write.flush().await;
+        write
+    });
+    // Read only once the burst is written and a second has passed (or
+    // after 3 s, if it cannot be written: the proxy reads no more while its
+    // answers back up): long past the 100 ms after which a connection with
+    // nothing in flight is handed back from hyper.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while !writer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let want = ROUNDS * 100;
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return "end of stream".to_string(),
+                Ok(n) => answers.extend_from_slice(&buf[..n]),
+                Err(e) => return e.to_string(),
+            }
+            let text = String::from_utf8_lossy(&answers);
+            if text.matches("HTTP/1.1 ").count() >= want {
+                return "all answered".to_string();
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "60 s".to_string());
+    let text = String::from_utf8_lossy(&answers);
+    let (refused, stored) = (
+        text.matches("HTTP/1.1 405").count(),
+        text.matches("HTTP/1.1 201").count(),
+    );
+    let uploads: usize = proxy.counts().values().sum();
+    assert_eq!(
+        (refused, stored),
+        (ROUNDS * 99, ROUNDS),
+        "{ended}: {} answers of {want}; the data centres stored {uploads}",
+        text.matches("HTTP/1.1 ").count()
+    );
+    assert_eq!(uploads, ROUNDS, "stored, each answered 201");
+    drop(writer);
+    proxy.stop().await;
+}
