@@ -373,9 +373,19 @@ async fn proxy_header(
             .with_label_values(&[reason])
             .inc();
     };
+    // Any client that reaches the listener can cause these: each is
+    // counted, and a warning said at most once a minute (each kind), the
+    // rest at debug.
+    static UNTRUSTED: AtomicU64 = AtomicU64::new(0);
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
     if !listener.trusted_proxies.contains(peer.ip()) {
         reject("proxy_untrusted_peer");
-        tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
+        if minute_passed(&UNTRUSTED) {
+            tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed (said at most once a minute; residency_connections_rejected_total counts them)");
+        } else {
+            tracing::debug!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
+        }
         return None;
     }
     match tokio::time::timeout_at(deadline, proxy_protocol::read_header(stream)).await {
@@ -385,12 +395,20 @@ async fn proxy_header(
         }
         Ok(Err(e)) => {
             reject(e.reason());
-            tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed");
+            if minute_passed(&REFUSED) {
+                tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed (said at most once a minute; residency_connections_rejected_total counts them)");
+            } else {
+                tracing::debug!(peer = %peer, error = %e, "PROXY header refused; connection closed");
+            }
             None
         }
         Err(_) => {
             reject("proxy_header_timeout");
-            tracing::warn!(peer = %peer, phase = "proxy_header", "timeout");
+            if minute_passed(&TIMED_OUT) {
+                tracing::warn!(peer = %peer, phase = "proxy_header", "timeout (said at most once a minute; residency_connections_rejected_total counts them)");
+            } else {
+                tracing::debug!(peer = %peer, phase = "proxy_header", "timeout");
+            }
             None
         }
     }
@@ -473,15 +491,21 @@ async fn handshake(
 /// refused for an expired CRL: with one, every such client is refused, and
 /// a warning each would flood the log.
 fn expired_crl_warning_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
+    minute_passed(&LAST)
+}
+
+/// Whether a minute has passed since `last` (Unix seconds; 0: never),
+/// which it then records: a warning any client can cause, logged each
+/// time, would let one flood the log.
+fn minute_passed(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    (last == 0 || now >= last + 60)
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+    let was = last.load(Ordering::Relaxed);
+    (was == 0 || now >= was + 60)
+        && last
+            .compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
 }
 
