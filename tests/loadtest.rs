@@ -898,7 +898,7 @@ async fn drill_over_proxy_protocol_v2_from_the_command_line() {
     let plan = Plan::from_args(
         &args,
         policy,
-        residency_tools::loadtest::ProxyTimes::default(),
+        residency_tools::loadtest::FromConfig::default(),
     )
     .unwrap();
     assert!(matches!(plan.trust, Trust::CaPem(_)));
@@ -1020,7 +1020,19 @@ async fn a_drill_against_a_policy_that_leaks_ch_data_fails_in_every_report() {
     let mut plan = drill.plan(Convey::Xff, sink.admin);
     plan.mix = "ch=1".parse::<Mix>().unwrap().0;
     plan.duration = Duration::from_secs(2);
+    // Told the promise's policy, the run warns that the proxy runs
+    // another (drill audit F5: nothing said so).
+    plan.proxy_admin = Some(format!("http://{}", drill.admin).parse().unwrap());
+    plan.routing_hash = Some(plan.policy.hash());
     let mut report = execute(plan, false).await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("runs another routing policy than --config")),
+        "{:?}",
+        report.warnings
+    );
     let slo = Slo {
         max_p99_ms: Some(0.001),
         ..Slo::default()
@@ -1168,6 +1180,8 @@ async fn drill_with_the_reference_sink_refuse_and_drain() {
     let drill = Drill::start(&sink.datacenters()).await;
     let mut plan = drill.plan(Convey::Xff, sink.admin_addr());
     plan.proxy_admin = Some(format!("http://{}", drill.admin).parse().unwrap());
+    // The policy it runs: no warning of another.
+    plan.routing_hash = Some(plan.policy.hash());
     plan.chaos = vec![
         "1s:zurich=refuse".parse().unwrap(),
         "2s:drain=frankfurt".parse().unwrap(),
@@ -1176,6 +1190,7 @@ async fn drill_with_the_reference_sink_refuse_and_drain() {
     let report = execute(plan, false).await.unwrap();
     assert_clean(&report);
     let text = report.render_text();
+    assert!(!text.contains("another routing policy"), "{text}");
     assert!(report.chaos.iter().all(|c| c.applied.ok), "{text}");
     let zurich = report.chaos[0].failover.as_ref().unwrap();
     assert_eq!(zurich.answered_by.as_deref(), Some("geneva"), "{text}");

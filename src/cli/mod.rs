@@ -221,13 +221,17 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Loadtest(args) => {
             init_tracing(format.unwrap_or_default(), &level);
             let (policy, proxy) = match Config::load(&args.options.config) {
-                Ok(c) => (
-                    c.policy,
-                    residency_tools::loadtest::ProxyTimes {
+                Ok(c) => {
+                    let proxy = residency_tools::loadtest::FromConfig {
                         recovery: c.health.recovery(),
                         late_delivery: c.timeouts.late_delivery(),
-                    },
-                ),
+                        routing_hash: Some(residency_core::tenant::routing_hash(
+                            &c.policy,
+                            &c.tenancy.tenants,
+                        )),
+                    };
+                    (c.policy, proxy)
+                }
                 Err(report) => return config_error(report),
             };
             block_on(async {

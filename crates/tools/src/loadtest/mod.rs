@@ -47,7 +47,7 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 
 pub use args::{LoadtestArgs, LoadtestOptions};
-pub use plan::{Plan, ProxyTimes, Trust};
+pub use plan::{FromConfig, Plan, Trust};
 pub use report::Report;
 pub use spec::{ChaosAction, ChaosEvent, Convey, DatacenterMode, Mix, MixEntry, OriginSpec};
 
@@ -72,7 +72,7 @@ const SETTLE_MAX: Duration = Duration::from_secs(30);
 pub async fn run(
     args: LoadtestArgs,
     policy: residency_core::policy::Policy,
-    proxy: ProxyTimes,
+    proxy: FromConfig,
     interrupt: chaos::Interrupt,
 ) -> anyhow::Result<()> {
     let mut plan = Plan::from_args(&args, policy, proxy)?;
@@ -188,6 +188,12 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         }
         None => None,
     };
+    // The policy the proxy under test runs, against the one uploads are
+    // judged by.
+    let policy_warning = match (&plan.proxy_admin, &plan.routing_hash) {
+        (Some(proxy), Some(ours)) => other_policy(&admin, proxy, ours).await,
+        _ => None,
+    };
     // After that setup (root certificates read, a request): the first
     // uploads are not due before the generator can send them.
     let t0 = Instant::now() + LEAD;
@@ -238,8 +244,31 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     };
     let mut report = report::build(&plan, &run, &generated, applied, restored, reconciled);
     report.residency_log = residency_log;
+    report.warnings.extend(policy_warning);
     report.apply_slo(&slo::Slo::default());
     Ok(report)
+}
+
+/// A warning when the proxy's admin API (`proxy`) reports another
+/// `residency_policy_info` hash than `ours` (the policy and tenant pins of
+/// `--config`): its uploads are then judged by a policy it does not run.
+async fn other_policy(admin: &Admin, proxy: &http::Uri, ours: &str) -> Option<String> {
+    let metrics = chaos::join(proxy, "/metrics").ok()?;
+    let (_, body) = admin
+        .call(http::Method::GET, metrics, None, SETTLE_STEP * 5)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let theirs = text.lines().find_map(|l| {
+        l.strip_prefix("residency_policy_info{hash=\"")?
+            .split_once('"')
+            .map(|(hash, _)| hash.to_string())
+    })?;
+    (theirs != ours).then(|| {
+        format!(
+            "the proxy under test runs another routing policy than --config: its residency_policy_info hash is {theirs}, --config's {ours}; uploads were judged by --config's policy"
+        )
+    })
 }
 
 fn restored_entry(action: &ChaosAction, t0: Instant, result: Result<String, String>) -> Applied {

@@ -80,6 +80,11 @@ pub struct Plan {
     /// `Timeouts::late_delivery`): uploads that got no answer are
     /// reconciled only after that.
     pub late_delivery: Duration,
+    /// The `hash` of `residency_policy_info` a proxy running `--config`
+    /// exports (its policy and tenant pins): with `proxy_admin`, a proxy
+    /// exporting another is running another policy than the one uploads
+    /// are judged by, and the report warns.
+    pub routing_hash: Option<String>,
     /// Sink admin base URLs (`/datacenters/{name}/mode`, `/records`).
     pub sink_admin: Vec<Uri>,
     /// Proxy admin base URL (`/datacenters/{name}/drain|undrain`).
@@ -98,12 +103,14 @@ pub struct Plan {
 }
 
 /// What a plan takes from the configuration of the proxy under test.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProxyTimes {
+#[derive(Debug, Clone, Default)]
+pub struct FromConfig {
     /// [`Plan::recovery`].
     pub recovery: Duration,
     /// [`Plan::late_delivery`].
     pub late_delivery: Duration,
+    /// [`Plan::routing_hash`].
+    pub routing_hash: Option<String>,
 }
 
 /// The log the proxy under test writes to.
@@ -135,6 +142,7 @@ impl Plan {
             recovery: Duration::ZERO,
             // The proxy's defaults: 2 × (2 × 3 s + 60 s) + 1 s.
             late_delivery: Duration::from_secs(133),
+            routing_hash: None,
             sink_admin: vec![Uri::from_static("http://127.0.0.1:9100")],
             proxy_admin: None,
             request_timeout: Duration::from_secs(15),
@@ -152,7 +160,7 @@ impl Plan {
     pub fn from_args(
         args: &LoadtestArgs,
         policy: Policy,
-        proxy: ProxyTimes,
+        proxy: FromConfig,
     ) -> anyhow::Result<Plan> {
         let args = &args.options;
         let trust = match (&args.ca, args.insecure) {
@@ -182,6 +190,7 @@ impl Plan {
             chaos: args.chaos.clone(),
             recovery: proxy.recovery,
             late_delivery: proxy.late_delivery,
+            routing_hash: proxy.routing_hash,
             sink_admin: args
                 .sink_admin
                 .iter()
