@@ -69,7 +69,7 @@ pub const CONNECTION_REJECTIONS: [&str; 10] = [
 /// deadline that passed (named as its `timeouts.*` key, or
 /// `response_body`), hyper's own answer to a head it would not read, or
 /// the HTTP/2 error the proxy ended the connection with (GOAWAY).
-pub const CONNECTION_CLOSES: [&str; 13] = [
+pub const CONNECTION_CLOSES: [&str; 14] = [
     "request_head",
     "keepalive_idle",
     "client_send_idle",
@@ -83,6 +83,7 @@ pub const CONNECTION_CLOSES: [&str; 13] = [
     "http2_enhance_your_calm",
     "http2_other_error",
     "http2_ping_timeout",
+    "client_cancels",
 ];
 
 /// The `reason` values of `residency_upstream_retries_total`.

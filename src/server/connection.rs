@@ -800,6 +800,7 @@ async fn serve_http2<S, I, D>(
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
+    let activity = Arc::clone(&io.activity);
     let mut served =
         Box::pin(h2.serve_connection(TokioIo::new(Prefixed::new(prefix, io)), service));
     let mut closing = false;
@@ -829,6 +830,14 @@ async fn serve_http2<S, I, D>(
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
+            // A client that cancels most of what it asks (see
+            // `Activity::cancelled`): GOAWAY.
+            () = activity.calm.notified(), if !closing => {
+                tracing::debug!(peer = %peer, phase = CLIENT_CANCELS, "GOAWAY");
+                phases.closing(CLIENT_CANCELS);
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
             // Idle with streams still open (their responses not taken: a
             // client that keeps their windows shut) ends with GOAWAY, and
             // the connection is dropped if they are still open after
@@ -853,6 +862,11 @@ async fn serve_http2<S, I, D>(
         }
     }
 }
+
+/// HTTP/2 requests a client may cancel (reset their stream before the
+/// answer) on one connection before it is ended, if they are more than half
+/// its requests (see [`Activity::cancelled`]).
+const CANCELS_MAX: u64 = 100;
 
 /// How long an HTTP/1 keep-alive connection with nothing in flight keeps
 /// hyper's read and write buffers (8 KiB each) before releasing them; it
@@ -880,6 +894,9 @@ const LINGER_READ: usize = 16 * 1024;
 /// is dropped at once (nothing more can be written to it, not even a
 /// GOAWAY or close_notify).
 const CLIENT_SEND: &str = "client_send_idle";
+/// The reason a connection whose client cancelled most of its requests
+/// was ended (see [`Activity::cancelled`]).
+const CLIENT_CANCELS: &str = "client_cancels";
 /// The timer of `connection_max_age` (boxed: [`Gated`] takes `Unpin`
 /// futures).
 type Aged = Pin<Box<tokio::time::Sleep>>;
@@ -1048,6 +1065,12 @@ struct Activity {
     in_flight: AtomicUsize,
     /// Requests begun on this connection.
     requests: AtomicU64,
+    /// HTTP/2 requests whose client reset their stream before the answer
+    /// (each may have cost a data centre a connection); past
+    /// [`CANCELS_MAX`] and half the requests, `calm` is notified and the
+    /// connection ends (GOAWAY).
+    cancelled: AtomicU64,
+    calm: tokio::sync::Notify,
     last_ms: AtomicU64,
     /// HTTP/1: bytes of a next request head arrived with nothing in
     /// flight, since `head_ms`; cleared when that request starts.
@@ -1214,6 +1237,8 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            calm: tokio::sync::Notify::new(),
             last_ms: AtomicU64::new(0),
             head_pending: AtomicBool::new(false),
             head_ms: AtomicU64::new(0),
@@ -1263,6 +1288,19 @@ impl Activity {
 
     fn now_ms(&self) -> u64 {
         millis(self.epoch.elapsed())
+    }
+
+    /// HTTP/2: a request whose client reset its stream before its answer.
+    /// h2's own guard counts only streams reset before the proxy took them;
+    /// one reset just after (a few milliseconds later) has already begun
+    /// its upload to a data centre, which then breaks off, connection and
+    /// all. A connection whose client does that more than [`CANCELS_MAX`]
+    /// times, and for more than half its requests, is ended.
+    fn cancelled(&self) {
+        let n = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > CANCELS_MAX && n.saturating_mul(2) > self.requests() {
+            self.calm.notify_one();
+        }
     }
 
     /// Whether a write to the client is blocked (it is not reading).
@@ -1741,6 +1779,9 @@ impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
         let Some(busy) = self.busy.take() else {
             return;
         };
+        if busy.0.http2.load(Ordering::Relaxed) {
+            busy.0.cancelled();
+        }
         match busy.detach() {
             Ok(detached) => drop(runtime.spawn(async move {
                 // (Never `None`: looked at above.)

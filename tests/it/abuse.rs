@@ -838,3 +838,83 @@ async fn a_pipelined_burst_read_only_once_written_gets_every_answer() {
     drop(writer);
     proxy.stop().await;
 }
+
+/// An HTTP/2 client that resets most of its streams just after the proxy
+/// took them (uploads begun, their data centre connections opened): h2's
+/// own guard counts only streams reset before they are taken, so one
+/// connection pushed 15,000 of them in 17 s, each costing a data centre a
+/// connection (abuse audit F2). Past 100 cancelled requests, and more than
+/// half its requests, the connection gets GOAWAY, counted as
+/// `client_cancels`; streams answered are not cancellations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_cancels_most_of_its_uploads_is_sent_away() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let tls = proxy.client().h2().connect().await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = |body: Body| {
+        http::Request::post("https://localhost/v1/telemetry")
+            .header("x-forwarded-for", CH)
+            .body(body)
+            .unwrap()
+    };
+    // Answered uploads first: they do not count.
+    for i in 0..20 {
+        let body = http_body_util::Full::new(Bytes::from(format!("upload {i}")))
+            .map_err(|e| match e {})
+            .boxed();
+        let resp = send.clone().send_request(request(body)).await.unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let closed = || async {
+        let (_, text) = proxy.admin_get("/metrics").await;
+        metric(
+            &text,
+            "residency_connections_closed_total{reason=\"client_cancels\"}",
+        )
+    };
+    assert_eq!(closed().await, Some(0.0));
+    // Then batches of 20 uploads whose bodies never end, reset once the
+    // proxy has taken them.
+    let mut cancelled = 0;
+    let mut refused = false;
+    while cancelled < 200 && !refused {
+        let mut batch = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..20 {
+            let (tx, body) = channel_body();
+            tx.send(Bytes::from_static(b"cpu=0.9\n")).await.unwrap();
+            senders.push(tx);
+            let mut send = send.clone();
+            let req = request(body);
+            batch.push(tokio::spawn(async move { send.send_request(req).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for task in &batch {
+            if task.is_finished() {
+                refused = true; // answered or refused: the GOAWAY came
+            }
+            task.abort();
+        }
+        cancelled += batch.len();
+        drop(senders);
+        if send.clone().ready().await.is_err() {
+            refused = true;
+        }
+    }
+    eventually(
+        "the connection counted as closed for client_cancels",
+        async || closed().await == Some(1.0),
+    )
+    .await;
+    assert!(cancelled <= 160, "sent away after {cancelled} cancelled");
+    // GOAWAY: the connection ends, and new streams are refused.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the client's connection ended");
+    proxy.stop().await;
+}
