@@ -165,18 +165,20 @@ async fn slow_bodies_in_flight_cost_less_than_a_wake_up_a_second_each() {
     proxy.stop().await;
 }
 
-/// HTTP/2 reset storm: 5,000 uploads sent and reset on one connection while
-/// their data centre takes 2 s to answer. A reset frees the stream's slot at
-/// once, so without a budget every one of them would run on upstream; with
-/// it, at most `h2_max_concurrent_streams` (here 50) run detached, the rest
-/// are cancelled and counted; and at most `max_connections_per_upstream`
-/// (here 40) connections are open to the data centre; and the process's
-/// memory grows by at most 32 MiB over the storm.
+/// HTTP/2 reset storm: 5,000 uploads sent and reset while their data
+/// centre takes 2 s to answer. A reset frees the stream's slot at once, so
+/// without a budget every one of them would run on upstream; with it, at
+/// most `limits.max_detached_requests` (here 50) run detached, the rest are
+/// cancelled and counted; and at most `max_connections_per_upstream` (here
+/// 40) connections are open to the data centre; and the process's memory
+/// grows by at most 32 MiB over the storm. A connection that cancels more
+/// than 100 of its uploads, most of its requests, is sent away (GOAWAY,
+/// `client_cancels`): the storm goes on over a new one each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_storm_is_bounded_by_the_detached_budget() {
     let _alone = ALONE.lock().await;
     let setup = Setup {
-        extra: "[limits]\nh2_max_concurrent_streams = 50\n[upstream]\nmax_connections_per_upstream = 40\n".into(),
+        extra: "[limits]\nh2_max_concurrent_streams = 50\nmax_detached_requests = 50\n[upstream]\nmax_connections_per_upstream = 40\n".into(),
         ..Setup::default()
     };
     let proxy = Proxy::start(setup).await;
@@ -187,17 +189,26 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
     let mut peak_connections: f64 = 0.0;
     let rss_before = rss();
     let mut rss_peak = rss_before;
-    let tls = proxy.client().h2().connect().await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let connect = || async {
+        let tls = proxy.client().h2().connect().await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    let mut send = connect().await;
+    let mut connections = 1;
     const STORM: usize = 5_000;
     let mut peak: f64 = 0.0;
     let started = std::time::Instant::now();
     for i in 0..STORM {
-        send.ready().await.expect("connection stays usable");
+        if send.ready().await.is_err() {
+            // Sent away: on with a new connection.
+            send = connect().await;
+            connections += 1;
+        }
         let body: Body = Full::new(Bytes::from_static(b"reset me"))
             .map_err(|e| match e {})
             .boxed();
@@ -216,6 +227,15 @@ async fn a_reset_storm_is_bounded_by_the_detached_budget() {
     }
     let storm = started.elapsed();
     let cancelled = metric_value(&proxy, "residency_detached_requests_cancelled_total").await;
+    let sent_away = metric_value(
+        &proxy,
+        "residency_connections_closed_total{reason=\"client_cancels\"}",
+    )
+    .await;
+    assert!(
+        connections > 1 && sent_away >= 1.0,
+        "{connections} connections, {sent_away} sent away"
+    );
     assert!(peak <= 50.0, "at most 50 detached at once, saw {peak}");
     let grown = rss_peak.saturating_sub(rss_before);
     eprintln!(
