@@ -727,5 +727,30 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
             "{cut} upload(s) lost their connection before an answer: over PROXY v2 each --origin address is one client to the proxy, which closes its connections past limits.max_connections_per_client before TLS (counted in residency_connections_rejected_total{{reason=\"client_connection_limit\"}}); if that is the cause, give more --origin addresses, or set the limit to 0 on the proxy under test"
         ));
     }
+    // What the schedule did not cause: no objective covers it (availability
+    // is measured during faults), but it is not a clean run either.
+    let outside: u64 = r
+        .jurisdictions
+        .values()
+        .map(|j| {
+            let sent = j.counts.sent.saturating_sub(j.during_faults.sent);
+            let acked = j
+                .counts
+                .acknowledged
+                .saturating_sub(j.during_faults.acknowledged);
+            sent.saturating_sub(acked)
+        })
+        .sum();
+    if outside > 0 {
+        w.push(format!(
+            "{outside} upload(s) sent outside every scheduled fault that struck their jurisdiction were not acknowledged: something the schedule did not cause failed (see failed by reason)"
+        ));
+    }
+    if r.stored_not_acknowledged > 0 {
+        w.push(format!(
+            "{} upload(s) stored but not acknowledged: their clients got no success (and no receipt) for data the data centres hold; a retry without an Idempotency-Key stores it twice",
+            r.stored_not_acknowledged
+        ));
+    }
     w
 }
