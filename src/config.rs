@@ -46,7 +46,8 @@ pub struct Config {
     pub policy: Policy,
     pub timeouts: Timeouts,
     pub limits: Limits,
-    /// The request methods forwarded (`limits.methods`); others get 405.
+    /// The request methods forwarded (`limits.methods`); others get 405,
+    /// or 501 when no RFC the proxy knows defines them.
     pub methods: Methods,
     pub upstream: UpstreamSettings,
     pub health: HealthSettings,
@@ -135,17 +136,25 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    /// How long after a request's body ended the proxy may still deliver
-    /// it to a data centre: two attempts (a request is retried once), each
-    /// up to `upstream_connect` waiting for a connection, as long again
-    /// connecting, then `upstream_response` for the answer's head; and a
-    /// second to spare. A client that gave up sooner may still have its
-    /// upload stored until then (over HTTP/1.1 the proxy cannot tell its
-    /// close from a half close): the load test waits this long before it
-    /// reconciles such uploads.
-    pub fn late_delivery(&self) -> Duration {
+    /// How long after a request's body of `body_bytes` ended the proxy may
+    /// still deliver it to a data centre: two attempts (a request is
+    /// retried once), each up to `upstream_connect` waiting for a
+    /// connection, as long again connecting, then — for a body over 16 KiB,
+    /// which a data centre that does not read may leave unsent —
+    /// `upstream_send_idle` sending it, and `upstream_response` for the
+    /// answer's head; and a second to spare. A client that gave up sooner
+    /// may still have its upload stored until then (over HTTP/1.1 the proxy
+    /// cannot tell its close from a half close): the load test waits this
+    /// long before it reconciles such uploads.
+    pub fn late_delivery(&self, body_bytes: usize) -> Duration {
+        let sending = if body_bytes > 16 * 1024 {
+            self.upstream_send_idle
+        } else {
+            Duration::ZERO
+        };
         self.upstream_connect
             .saturating_mul(2)
+            .saturating_add(sending)
             .saturating_add(self.upstream_response)
             .saturating_mul(2)
             .saturating_add(Duration::from_secs(1))

@@ -147,6 +147,11 @@ fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Verifier>>> {
         if origin.chars().any(char::is_control) {
             bail!("{arg}: origin `{origin}` holds a control character");
         }
+        // A checkpoint's origin line rarely starts or ends with a space;
+        // one here is likely a typo that would leave the log unknown (404).
+        if origin.trim() != origin {
+            bail!("{arg}: origin `{origin}` starts or ends with whitespace");
+        }
         let keys = logs.entry(origin.clone()).or_default();
         if keys.iter().any(|k| k.public_key() == verifier.public_key()) {
             bail!("origin {origin} is given twice with the same key");
@@ -329,6 +334,7 @@ mod tests {
         let twice = logs(&[a.clone(), format!("log.example/a={a}")]).unwrap_err();
         assert!(twice.to_string().contains("given twice"), "{twice}");
         assert!(logs(&[format!("a\tb={a}")]).is_err());
+        assert!(logs(&[format!("log.example/a ={a}")]).is_err());
         let bad = logs(&["log.example/a=AAAA".to_string()])
             .unwrap_err()
             .to_string();

@@ -1091,11 +1091,11 @@ async fn uploads_stored_after_their_client_gave_up_are_counted() {
     assert_eq!(lax.matches("priority = ").count(), 3);
     assert!(lax.contains("priority = 4") && lax.contains("priority = 3") && lax.contains("4s"));
     std::fs::write(&fx.config_path, lax).unwrap();
-    let late = Config::load(&fx.config_path)
-        .unwrap()
-        .timeouts
-        .late_delivery();
+    let timeouts = Config::load(&fx.config_path).unwrap().timeouts;
+    let late = timeouts.late_delivery(1024);
     assert_eq!(late, Duration::from_secs(11));
+    // A body over 16 KiB may wait upstream_send_idle (30 s) to be sent.
+    assert_eq!(timeouts.late_delivery(64 * 1024), Duration::from_secs(71));
     let drill = Drill::start_fixture(fx).await;
     let mut plan = drill.plan(Convey::Xff, sink.admin);
     plan.mix = "ch=1".parse::<Mix>().unwrap().0;
@@ -1166,6 +1166,48 @@ async fn an_interrupted_run_undoes_its_chaos_and_reports_what_it_sent() {
     // What was sent is reconciled: every acknowledged upload stored.
     assert_eq!(report.acknowledged_missing, Some(0), "{text}");
     assert_eq!(report.residency_violations, Some(0), "{text}");
+    drill.stop().await;
+}
+
+/// Ctrl-C after the schedule, while the run waits out late stores (here
+/// 300 s: uploads to a hung zurich got no answer), ends the wait: the run
+/// reports at once, interrupted (review: it printed that it was
+/// interrupted and waited on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_after_the_schedule_ends_the_wait_for_late_stores() {
+    let sink = FakeSink::start().await;
+    let drill = Drill::start(&sink.datacenters).await;
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.mix = "ch=1".parse::<Mix>().unwrap().0;
+    plan.duration = Duration::from_secs(1);
+    plan.rate = 20.0;
+    plan.request_timeout = Duration::from_millis(300);
+    plan.late_delivery = Duration::from_secs(300);
+    plan.chaos = vec!["100ms:zurich=hang".parse().unwrap()];
+    let (stop, interrupt) = tokio::sync::watch::channel(false);
+    plan.interrupt = Some(interrupt);
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let _ = stop.send(true);
+        stop
+    });
+    let report = tokio::time::timeout(Duration::from_secs(60), execute(plan, false))
+        .await
+        .expect("the interrupt ends the 300 s wait")
+        .unwrap();
+    drop(stopper.await);
+    let text = report.render_text();
+    let at = report.interrupted_at_s.expect("interrupted");
+    assert!(at >= 1.0, "after the schedule: {at}: {text}");
+    assert!(!report.passed(), "{text}");
+    assert!(
+        report
+            .problems()
+            .iter()
+            .any(|p| p.contains("late stores not waited for")),
+        "{text}"
+    );
+    assert_eq!(sink.mode("zurich"), "normal", "undone: {text}");
     drill.stop().await;
 }
 

@@ -211,7 +211,11 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<()> {
     let slo = args.slo.take();
     let dir = args.dir.clone();
     let kept = !args.dir_is_temporary;
-    let mut report = drill(args).await?;
+    // From the start, so that Ctrl-C during the setup ends the run as
+    // during it; a second one removes the temporary directory (its keys)
+    // before it exits.
+    let interrupt = crate::cli::interrupt_on_signal(dir.clone().filter(|_| !kept));
+    let mut report = drill(args, Some(interrupt)).await?;
     if let Some(slo) = &slo {
         report.apply_slo(slo);
     }
@@ -291,7 +295,7 @@ fn warning(line: &str) -> Option<String> {
 }
 
 /// Sets up sink and proxy, runs the load, tears everything down.
-pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
+pub async fn drill(args: DrillArgs, interrupt: loadtest::Interrupt) -> anyhow::Result<Report> {
     check_load(&args)?;
     // `--dir` (kept), or a private temporary directory removed at the end.
     let work = WorkDir::new(args.dir.as_deref(), "residency-proxy-drill")
@@ -348,7 +352,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
     let config = Config::load(&config_path)?;
     let policy = config.policy.clone();
     let recovery = config.health.recovery();
-    let late_delivery = config.timeouts.late_delivery();
+    let late_delivery = config.timeouts.late_delivery(args.body_size);
     let cert = std::fs::read(dir.join("drill.pem"))?;
 
     let instance = Instance::new(Snapshot::build(config)?, Metrics::new()?)?;
@@ -416,7 +420,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<Report> {
         args.chaos.clone()
     };
 
-    plan.interrupt = Some(crate::cli::interrupt_on_signal());
+    plan.interrupt = interrupt;
     let report = loadtest::execute(plan, !args.no_progress).await;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;

@@ -224,7 +224,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(c) => {
                     let proxy = residency_tools::loadtest::FromConfig {
                         recovery: c.health.recovery(),
-                        late_delivery: c.timeouts.late_delivery(),
+                        late_delivery: c.timeouts.late_delivery(args.options.body_size),
                         routing_hash: Some(residency_core::tenant::routing_hash(
                             &c.policy,
                             &c.tenancy.tenants,
@@ -235,7 +235,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(report) => return config_error(report),
             };
             block_on(async {
-                let interrupt = Some(interrupt_on_signal());
+                let interrupt = Some(interrupt_on_signal(None));
                 residency_tools::loadtest::run(args, policy, proxy, interrupt).await
             })
         }
@@ -846,18 +846,23 @@ pub async fn shutdown_signal() {
 }
 
 /// Ctrl-C (or SIGTERM) during a load test or drill: the first ends the
-/// load — no upload or chaos event more; the answers are waited for, the
-/// chaos undone, what was sent reconciled and reported, and the run fails
-/// — a second exits at once (130), leaving all that undone.
-pub fn interrupt_on_signal() -> tokio::sync::watch::Receiver<bool> {
+/// run — no upload or chaos event more, no wait for late stores (answers
+/// still due are waited for only if the schedule was running); the chaos
+/// undone, what was sent reconciled and reported, and the run fails — a
+/// second exits at once (130), leaving all that undone but removing
+/// `temporary` (the drill's directory, its keys with it).
+pub fn interrupt_on_signal(temporary: Option<PathBuf>) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!(
-            "interrupted: no upload or chaos event more; waiting for the answers, undoing the chaos and reconciling what was sent (Ctrl-C again to quit at once, leaving them)"
+            "interrupted: no upload or chaos event more; undoing the chaos, reconciling and reporting what was sent (Ctrl-C again to quit at once, leaving that undone)"
         );
         let _ = tx.send(true);
         shutdown_signal().await;
+        if let Some(dir) = temporary {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         std::process::exit(130);
     });
     rx

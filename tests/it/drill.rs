@@ -28,7 +28,7 @@ async fn killing_the_preferred_ch_datacenter_never_leaves_the_jurisdiction() {
         no_progress: true,
         ..DrillArgs::default()
     };
-    let report = tokio::time::timeout(Duration::from_secs(60), drill(args))
+    let report = tokio::time::timeout(Duration::from_secs(60), drill(args, None))
         .await
         .expect("the drill is bounded")
         .expect("the drill ran");

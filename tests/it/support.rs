@@ -1536,6 +1536,22 @@ pub async fn go_tlog_check(
     origin: &str,
     older: Option<(u64, [u8; 32])>,
 ) -> String {
+    let (ok, stdout, stderr) = go_tlog_run(prefix, vkey, origin, older).await;
+    assert!(
+        ok,
+        "Go's tlog client refused the log at {prefix}: {stderr}{stdout}"
+    );
+    stdout
+}
+
+/// [`go_tlog_check`]'s run: whether Go's client took the log, and what it
+/// printed (`ok …`) and said on stderr (what it refused).
+pub async fn go_tlog_run(
+    prefix: &str,
+    vkey: &str,
+    origin: &str,
+    older: Option<(u64, [u8; 32])>,
+) -> (bool, String, String) {
     use base64::Engine as _;
     let mut args = vec![prefix.to_string(), vkey.to_string(), origin.to_string()];
     if let Some((size, root)) = older {
@@ -1553,10 +1569,10 @@ pub async fn go_tlog_check(
         .expect("tlogcheck within 120 s")
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
         out.status.success() && stdout.starts_with("ok "),
-        "Go's tlog client refused the log at {prefix}: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+        stdout,
+        stderr,
+    )
 }

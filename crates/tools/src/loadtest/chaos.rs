@@ -116,8 +116,9 @@ pub async fn run_schedule(
     for event in events {
         // Interrupted: no event more (what was applied is undone).
         tokio::select! {
-            () = tokio::time::sleep_until(t0 + event.at) => {}
+            biased;
             () = interrupted(&mut interrupt) => break,
+            () = tokio::time::sleep_until(t0 + event.at) => {}
         }
         let result = apply(&admin, &event.action, &sinks, proxy.as_ref()).await;
         let at = t0.elapsed().as_secs_f64();

@@ -176,15 +176,31 @@ pub async fn run(
             tokio::spawn(one(ctx, tick.index, origin, permit));
         }
     });
-    // Interrupted: no upload more; those sent are waited for as ever.
-    let interrupted_at = tokio::select! {
-        () = driven => None,
+    // Interrupted: no upload more (not even one already due); those sent
+    // are waited for as ever.
+    let mut interrupted_at = tokio::select! {
+        biased;
         () = super::chaos::interrupted(&mut interrupt) => Some(t0.elapsed()),
+        () = driven => None,
     };
 
     let all = u32::try_from(plan.max_in_flight).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(plan.drain_timeout, limiter.acquire_many(all)).await;
-    if drained.is_err() {
+    let drain = tokio::time::timeout(plan.drain_timeout, limiter.acquire_many(all));
+    // Interrupted while waiting for the answers (and not before): the wait
+    // ends as at the drain timeout.
+    let drained = if interrupted_at.is_none() {
+        tokio::select! {
+            biased;
+            () = super::chaos::interrupted(&mut interrupt) => {
+                interrupted_at = Some(t0.elapsed());
+                false
+            }
+            drained = drain => drained.is_ok(),
+        }
+    } else {
+        drain.await.is_ok()
+    };
+    if !drained {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(STOP_GRACE, limiter.acquire_many(all)).await;
     }

@@ -62,6 +62,16 @@ const LEAD: Duration = Duration::from_millis(20);
 const SETTLE_STEP: Duration = Duration::from_secs(1);
 /// … for at most this long.
 const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// Failures of an upload that never reached the proxy: the proxy cannot
+/// deliver it late.
+const NEVER_SENT: [&str; 6] = [
+    "no_client",
+    "bad_request_built",
+    "connect_refused",
+    "connect_timeout",
+    "connect_error",
+    "tls_error",
+];
 
 /// Runs a load test, prints its report (and writes `--json`, `--html`,
 /// `--junit`); fails if any upload was stored outside its permitted data
@@ -125,14 +135,26 @@ async fn settled_records(
         return reconcile::fetch_records(admin, sinks).await;
     };
     let late = last + plan.late_delivery;
+    let mut interrupt = plan.interrupt.clone();
+    // Interrupted (before or during this wait): the records as they are
+    // now; the run fails as interrupted, late stores not waited for.
+    if interrupt.as_ref().is_some_and(|rx| *rx.borrow()) {
+        return reconcile::fetch_records(admin, sinks).await;
+    }
     if progress && late > Instant::now() {
         eprintln!(
-            "waiting {:.0} s for late stores: uploads got no answer, and the proxy may still deliver them until {:.0} s after they were sent (2 × (2 × timeouts.upstream_connect + timeouts.upstream_response) + 1 s)",
+            "waiting {:.0} s for late stores: uploads got no answer, and the proxy may still deliver them until {:.0} s after they were sent (2 × (2 × timeouts.upstream_connect + timeouts.upstream_response) + 1 s, and 2 × timeouts.upstream_send_idle for a body over 16 KiB)",
             late.saturating_duration_since(Instant::now()).as_secs_f64(),
             plan.late_delivery.as_secs_f64()
         );
     }
-    tokio::time::sleep_until(late).await;
+    tokio::select! {
+        biased;
+        () = chaos::interrupted(&mut interrupt) => {
+            return reconcile::fetch_records(admin, sinks).await;
+        }
+        () = tokio::time::sleep_until(late) => {}
+    }
     let deadline = Instant::now() + SETTLE_MAX;
     if let Some(metrics) = plan
         .proxy_admin
@@ -225,15 +247,31 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         .iter()
         .filter_map(|o| match &o.result {
             generator::Sent::Unfinished => Some(Instant::now()),
+            // (Not one that never reached the proxy: no connection, no
+            // TLS, no request built.)
             generator::Sent::Done {
                 answer, finished, ..
-            } if answer.status.is_none() => Some(t0 + *finished),
+            } if answer.status.is_none()
+                && !answer
+                    .failure
+                    .as_deref()
+                    .is_some_and(|f| NEVER_SENT.contains(&f)) =>
+            {
+                Some(t0 + *finished)
+            }
             _ => None,
         })
         .max();
-    let reconciled = settled_records(&admin, &plan, last_unanswered, progress)
-        .await
-        .map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
+    let reconciled = settled_records(&admin, &plan, last_unanswered, progress).await;
+    // Interrupted after the schedule (while waiting for answers or late
+    // stores): a partial run too.
+    let mut generated = generated;
+    if generated.interrupted_at.is_none() && plan.interrupt.as_ref().is_some_and(|rx| *rx.borrow())
+    {
+        generated.interrupted_at = Some(t0.elapsed());
+    }
+    let reconciled =
+        reconciled.map(|records| reconcile::reconcile(&plan, &run, &generated.outcomes, &records));
     let residency_log = match &plan.log {
         Some(target) => {
             let no_records = std::collections::HashMap::new();

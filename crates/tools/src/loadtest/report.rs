@@ -295,7 +295,7 @@ impl Report {
                 "ran to the end".into(),
                 self.interrupted_at_s.map(|at| {
                     format!(
-                        "interrupted at {at:.1} s of {:.0} s: a partial run (what was sent is counted and reconciled)",
+                        "interrupted at {at:.1} s of a {:.0} s run: what was sent by then is counted and reconciled, late stores not waited for",
                         self.duration_s
                     )
                 }),
