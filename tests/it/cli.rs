@@ -1101,6 +1101,20 @@ fn a_drill_s_bad_load_exits_2_before_starting() {
         stderr.contains("--duration 5s: the default schedule needs at least 15s"),
         "{stderr}"
     );
+    // A rate so low that no upload falls due: refused, not a run that
+    // fails for having nothing acknowledged (drill audit F10: exit 1).
+    let stderr = drill_refused(
+        &dir,
+        &[
+            "--rate",
+            "0.000000001",
+            "--duration",
+            "1s",
+            "--chaos",
+            "500ms:zurich=refuse",
+        ],
+    );
+    assert!(stderr.contains("no upload due"), "{stderr}");
 }
 
 /// `drill --slo` with a limit that is no limit — NaN, negative — exits 2

@@ -399,6 +399,11 @@ pub fn check_load(rate: f64, duration: Duration, body_size: usize, p: &mut Vec<S
             "rate × duration: {total} uploads; at most {MAX_UPLOADS} per run"
         ));
     }
+    if total == 0 && rate.is_finite() && rate > 0.0 && !duration.is_zero() {
+        p.push(format!(
+            "rate × duration: no upload due in {duration:?} at {rate}/s; raise either"
+        ));
+    }
     if !(MIN_BODY_SIZE..=MAX_BODY_SIZE).contains(&body_size) {
         p.push(format!(
             "body-size {body_size}: must be between {MIN_BODY_SIZE} and {MAX_BODY_SIZE}"
