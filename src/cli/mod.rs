@@ -222,6 +222,9 @@ pub fn run(cli: Cli) -> ExitCode {
             init_tracing(format.unwrap_or_default(), &level);
             let (policy, proxy) = match Config::load(&args.options.config) {
                 Ok(c) => {
+                    if let Err(report) = placed_origins(&c, &args.options.origins) {
+                        return config_error(report);
+                    }
                     let proxy = residency_tools::loadtest::FromConfig {
                         recovery: c.health.recovery(),
                         late_delivery: c.timeouts.late_delivery(args.options.body_size),
@@ -724,6 +727,67 @@ fn decide_offline(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Each `--origin` address against where the proxy of `config` places it
+/// (its GeoIP database, policy and tenant pins, as `decide`): an address
+/// placed in another jurisdiction than it is given for would have every
+/// upload from it counted a residency violation, though routed right.
+/// Jurisdictions the policy does not have are left to the plan's checks,
+/// and so is a GeoIP database that cannot be read (as the proxy's).
+fn placed_origins(
+    config: &Config,
+    origins: &[residency_tools::loadtest::OriginSpec],
+) -> Result<(), residency_core::report::ConfigReport> {
+    let Ok(geo) = crate::state::open_geo(&config.geoip) else {
+        return Ok(());
+    };
+    let mut report = residency_core::report::ConfigReport::new("loadtest");
+    for o in origins {
+        if !config
+            .policy
+            .jurisdictions
+            .iter()
+            .any(|j| j.name == o.jurisdiction)
+        {
+            continue;
+        }
+        let question = crate::explain::Question {
+            ip: Some(o.address),
+            sni: None,
+            tenant: None,
+        };
+        let Ok(explained) = crate::explain::answer(
+            &question,
+            &geo,
+            &config.policy,
+            &config.tenancy,
+            0,
+            |_| true,
+            |_| false,
+            |_| Default::default(),
+        ) else {
+            continue;
+        };
+        let placed = explained["jurisdiction"].as_str();
+        if placed != Some(o.jurisdiction.as_str()) {
+            let country = explained["country"]
+                .as_str()
+                .unwrap_or("not in the database");
+            report.push(
+                "--origin",
+                format!(
+                    "{}={}: the proxy places {} in {} (country {country}, by the GeoIP database of --config); give an address of {}",
+                    o.jurisdiction,
+                    o.address,
+                    o.address,
+                    placed.map_or("no jurisdiction".to_string(), |j| format!("jurisdiction {j}")),
+                    o.jurisdiction
+                ),
+            );
+        }
+    }
+    report.finish(Some(()))
 }
 
 fn config_error(report: residency_core::report::ConfigReport) -> ExitCode {

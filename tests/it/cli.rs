@@ -1258,3 +1258,49 @@ async fn serve_logs_a_tenant_any_client_can_claim() {
         "{log}"
     );
 }
+
+/// A load test whose `--origin` address the proxy would place in another
+/// jurisdiction (by `--config`'s GeoIP database) exits 2 before it starts,
+/// naming the address and where it goes: it ran, and counted every upload
+/// from it a residency violation though the proxy routed it right (drill
+/// audit F7). Addresses placed where they are given for pass the check.
+#[test]
+fn a_loadtest_origin_placed_elsewhere_exits_2_before_starting() {
+    let (_dir, config) = valid_config(None);
+    let base = [
+        "loadtest",
+        "--config",
+        path(&config),
+        "--target",
+        "https://127.0.0.1:9/v1/telemetry",
+        "--mix",
+        "ch=1,eu=1",
+        "--duration",
+        "1s",
+        "--rate",
+        "1",
+        "--sink-admin",
+        "http://127.0.0.1:9",
+        "--no-progress",
+    ];
+    let origins = [
+        "--origin",
+        "ch=198.51.100.20",
+        "--origin",
+        "eu=198.51.100.20",
+    ];
+    let out = run(&[&base[..], &origins[..]].concat(), &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--origin")
+            && stderr.contains(
+                "ch=198.51.100.20: the proxy places 198.51.100.20 in jurisdiction eu (country DE"
+            ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("eu=198.51.100.20"),
+        "placed right: {stderr}"
+    );
+}
