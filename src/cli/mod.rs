@@ -705,17 +705,7 @@ fn decide_offline(
             sni,
             tenant,
         };
-        let answer = crate::explain::answer(
-            &question,
-            &geo,
-            &config.policy,
-            &config.tenancy,
-            0,
-            |_| true,
-            |_| false,
-            |_| Default::default(),
-        );
-        match answer {
+        match offline_answer(&config, &geo, &question) {
             Ok(explained) => println!(
                 "{}",
                 serde_json::to_string_pretty(&explained).unwrap_or_default()
@@ -727,6 +717,25 @@ fn decide_offline(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// What the proxy of `config` decides for `question`, offline: every
+/// upstream taken as up, none drained (`decide`'s what-if).
+fn offline_answer(
+    config: &Config,
+    geo: &residency_core::geo::Geo,
+    question: &crate::explain::Question<'_>,
+) -> Result<serde_json::Value, String> {
+    crate::explain::answer(
+        question,
+        geo,
+        &config.policy,
+        &config.tenancy,
+        0,
+        |_| true,
+        |_| false,
+        |_| Default::default(),
+    )
 }
 
 /// Each `--origin` address against where the proxy of `config` places it
@@ -757,16 +766,7 @@ fn placed_origins(
             sni: None,
             tenant: None,
         };
-        let Ok(explained) = crate::explain::answer(
-            &question,
-            &geo,
-            &config.policy,
-            &config.tenancy,
-            0,
-            |_| true,
-            |_| false,
-            |_| Default::default(),
-        ) else {
+        let Ok(explained) = offline_answer(config, &geo, &question) else {
             continue;
         };
         let placed = explained["jurisdiction"].as_str();
