@@ -428,6 +428,17 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
         eprintln!("error: --name `{name}` must be non-empty, without spaces or '+'");
         return ExitCode::from(2);
     }
+    // Never overwrites either file: an input to change (exit 2), checked
+    // before the key is made (and again as each is created).
+    let (key, public) = key_paths(out);
+    if let Some(there) = [&key, &public].into_iter().find(|p| p.exists()) {
+        eprintln!(
+            "error: --out {}: {} exists; keygen never overwrites a key (choose another --out, or move it away)",
+            out.display(),
+            there.display()
+        );
+        return ExitCode::from(2);
+    }
     let written = (|| -> anyhow::Result<(PathBuf, PathBuf, String)> {
         let pkcs8 = Signer::generate_pkcs8()?;
         let vkey = if witness {
@@ -435,11 +446,6 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
         } else {
             Signer::from_pkcs8(name, &pkcs8)?.verifier_key()
         };
-        let (key, public) = key_paths(out);
-        // Never overwrites either file (checked before the key is made).
-        if public.exists() {
-            anyhow::bail!("{}: exists; keygen never overwrites", public.display());
-        }
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -453,7 +459,7 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
             .open(&public)
             .and_then(|mut f| f.write_all(format!("{vkey}\n").as_bytes()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", public.display()))?;
-        Ok((key, public, vkey))
+        Ok((key.clone(), public.clone(), vkey))
     })();
     match written {
         Ok((key, public, vkey)) => {

@@ -672,7 +672,13 @@ async fn keygen_and_verify_commands() {
         .arg(dir.path().join("k"))
         .output()
         .unwrap();
-    assert!(!again.status.success());
+    // An input to change: exit 2, naming the file.
+    assert_eq!(again.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("k.key exists; keygen never overwrites"),
+        "{said}"
+    );
     // Nor a public key alone: nothing is written then.
     std::fs::write(dir.path().join("p.pub"), "given to customers\n").unwrap();
     let over_pub = std::process::Command::new(bin)
@@ -680,8 +686,10 @@ async fn keygen_and_verify_commands() {
         .arg(dir.path().join("p"))
         .output()
         .unwrap();
-    assert!(!over_pub.status.success());
-    assert!(String::from_utf8_lossy(&over_pub.stderr).contains("never overwrites"));
+    assert_eq!(over_pub.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&over_pub.stderr).contains("p.pub exists; keygen never overwrites")
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("p.pub")).unwrap(),
         "given to customers\n"
