@@ -222,7 +222,19 @@ pub fn run(cli: Cli) -> ExitCode {
             init_tracing(format.unwrap_or_default(), &level);
             let (policy, proxy) = match Config::load(&args.options.config) {
                 Ok(c) => {
-                    if let Err(report) = placed_origins(&c, &args.options.origins) {
+                    // The target's host name is the server name the load's
+                    // TLS sends: a tenant by SNI recognises it.
+                    let sni = args
+                        .options
+                        .target
+                        .parse::<http::Uri>()
+                        .ok()
+                        .and_then(|u| {
+                            u.host()
+                                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                        })
+                        .filter(|h| h.parse::<IpAddr>().is_err() && !h.starts_with('['));
+                    if let Err(report) = placed_origins(&c, &args.options.origins, sni.as_deref()) {
                         return config_error(report);
                     }
                     let proxy = residency_tools::loadtest::FromConfig {
@@ -753,6 +765,7 @@ fn offline_answer(
 fn placed_origins(
     config: &Config,
     origins: &[residency_tools::loadtest::OriginSpec],
+    sni: Option<&str>,
 ) -> Result<(), residency_core::report::ConfigReport> {
     let Ok(geo) = crate::state::open_geo(&config.geoip) else {
         return Ok(());
@@ -769,7 +782,7 @@ fn placed_origins(
         }
         let question = crate::explain::Question {
             ip: Some(o.address),
-            sni: None,
+            sni,
             tenant: None,
         };
         let Ok(explained) = offline_answer(config, &geo, &question) else {
@@ -780,10 +793,17 @@ fn placed_origins(
             let country = explained["country"]
                 .as_str()
                 .unwrap_or("not in the database");
+            let by = match explained["decided_by"].as_str() {
+                Some("tenant") => format!(
+                    "by the pin of tenant {} of --config, whose server name the target is",
+                    explained["tenant"]["name"].as_str().unwrap_or("?")
+                ),
+                _ => "by the GeoIP database of --config".to_string(),
+            };
             report.push(
                 "--origin",
                 format!(
-                    "{}={}: the proxy places {} in {} (country {country}, by the GeoIP database of --config); give an address of {}",
+                    "{}={}: the proxy places {} in {} (country {country}, {by}); give an address of {}",
                     o.jurisdiction,
                     o.address,
                     o.address,

@@ -1303,4 +1303,28 @@ fn a_loadtest_origin_placed_elsewhere_exits_2_before_starting() {
         !stderr.contains("eu=198.51.100.20"),
         "placed right: {stderr}"
     );
+
+    // A tenant pinned by the target's server name places every address in
+    // its jurisdiction, as decide --sni explains (drill re-audit N3: the
+    // check asked without the server name, and the run counted 58
+    // violations for correct routing).
+    let base_toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base_toml}\n[[tenants]]\nname = \"globex\"\njurisdiction = \"eu\"\nsni = [\"globex.ingest.example\"]\nmismatch = \"allow\"\n"),
+    )
+    .unwrap();
+    let mut pinned = base.to_vec();
+    pinned[4] = "https://globex.ingest.example:9/v1/telemetry";
+    let origins = ["--origin", "ch=192.0.2.10", "--origin", "eu=198.51.100.20"];
+    let out = run(
+        &[&pinned[..], &origins[..], &["--allow-remote"]].concat(),
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ch=192.0.2.10: the proxy places 192.0.2.10 in jurisdiction eu (country CH, by the pin of tenant globex"),
+        "{stderr}"
+    );
 }

@@ -64,13 +64,13 @@ const SETTLE_STEP: Duration = Duration::from_secs(1);
 const SETTLE_MAX: Duration = Duration::from_secs(30);
 /// Failures of an upload that never reached the proxy: the proxy cannot
 /// deliver it late.
-const NEVER_SENT: [&str; 6] = [
+/// (Not `tls_error`: it may come after the request was written.)
+const NEVER_SENT: [&str; 5] = [
     "no_client",
     "bad_request_built",
     "connect_refused",
     "connect_timeout",
     "connect_error",
-    "tls_error",
 ];
 
 /// Runs a load test, prints its report (and writes `--json`, `--html`,
@@ -174,7 +174,13 @@ async fn settled_records(
                 })
             });
             match detached {
-                Some(n) if n > 0.0 => tokio::time::sleep(SETTLE_STEP / 4).await,
+                Some(n) if n > 0.0 => tokio::select! {
+                    biased;
+                    () = chaos::interrupted(&mut interrupt) => {
+                        return reconcile::fetch_records(admin, sinks).await;
+                    }
+                    () = tokio::time::sleep(SETTLE_STEP / 4) => {}
+                },
                 // None left; or not a residency-proxy, or not answering:
                 // by the records.
                 _ => break,
@@ -183,7 +189,11 @@ async fn settled_records(
     }
     let mut records = reconcile::fetch_records(admin, sinks).await?;
     while Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_STEP).await;
+        tokio::select! {
+            biased;
+            () = chaos::interrupted(&mut interrupt) => return Ok(records),
+            () = tokio::time::sleep(SETTLE_STEP) => {}
+        }
         let again = reconcile::fetch_records(admin, sinks).await?;
         if again.len() == records.len() {
             return Ok(again);
@@ -291,17 +301,27 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
 /// `residency_policy_info` hash than `ours` (the policy and tenant pins of
 /// `--config`): its uploads are then judged by a policy it does not run.
 async fn other_policy(admin: &Admin, proxy: &http::Uri, ours: &str) -> Option<String> {
+    let unread = |why: String| {
+        Some(format!(
+            "the policy of the proxy under test could not be compared with --config's: {why} (is --proxy-admin its admin listener?)"
+        ))
+    };
     let metrics = chaos::join(proxy, "/metrics").ok()?;
-    let (_, body) = admin
-        .call(http::Method::GET, metrics, None, SETTLE_STEP * 5)
+    let body = match admin
+        .call(http::Method::GET, metrics.clone(), None, SETTLE_STEP * 5)
         .await
-        .ok()?;
+    {
+        Ok((_, body)) => body,
+        Err(e) => return unread(e),
+    };
     let text = String::from_utf8_lossy(&body);
-    let theirs = text.lines().find_map(|l| {
+    let Some(theirs) = text.lines().find_map(|l| {
         l.strip_prefix("residency_policy_info{hash=\"")?
             .split_once('"')
             .map(|(hash, _)| hash.to_string())
-    })?;
+    }) else {
+        return unread(format!("{metrics} has no residency_policy_info"));
+    };
     (theirs != ours).then(|| {
         format!(
             "the proxy under test runs another routing policy than --config: its residency_policy_info hash is {theirs}, --config's {ours}; uploads were judged by --config's policy"

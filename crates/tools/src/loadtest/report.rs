@@ -295,7 +295,7 @@ impl Report {
                 "ran to the end".into(),
                 self.interrupted_at_s.map(|at| {
                     format!(
-                        "interrupted at {at:.1} s of a {:.0} s run: what was sent by then is counted and reconciled, late stores not waited for",
+                        "interrupted at {at:.1} s (the schedule: {:.0} s): what was sent by then is counted and reconciled, late stores not waited for",
                         self.duration_s
                     )
                 }),
@@ -700,10 +700,13 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
         ));
     }
     if let Some(n) = r.failed_by_reason.get("unfinished") {
-        w.push(format!(
-            "{n} upload(s) still in flight at the drain timeout ({:?})",
-            plan.drain_timeout
-        ));
+        w.push(match r.interrupted_at_s {
+            Some(_) => format!("{n} upload(s) still in flight when the run was interrupted"),
+            None => format!(
+                "{n} upload(s) still in flight at the drain timeout ({:?})",
+                plan.drain_timeout
+            ),
+        });
     }
     if r.jurisdiction_mismatches > 0 {
         w.push(format!(
