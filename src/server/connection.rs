@@ -669,6 +669,7 @@ where
     let mut releasing = false;
     let mut timed_out = false;
     let mut grace = None;
+    let mut stalled = false;
     let result = loop {
         tokio::select! {
             biased;
@@ -693,11 +694,17 @@ where
                 tracing::debug!(peer = %peer, phase, "timeout");
                 phases.closing(phase);
                 timed_out = true;
-                if phase == "request_head" || phase == CLIENT_SEND {
+                if phase == "request_head" {
                     // Nothing is in flight, and hyper's graceful
                     // shutdown waits for a head it has started
-                    // reading; or nothing can be written: just close.
+                    // reading: just close.
                     return None;
+                }
+                if phase == CLIENT_SEND {
+                    // Nothing more can be written: hyper is left, but
+                    // the answers already in the socket still go (below).
+                    stalled = true;
+                    break Ok(());
                 }
                 if !closing {
                     Pin::new(&mut *served).graceful_shutdown();
@@ -742,6 +749,18 @@ where
     }
     let parts = served.into_parts();
     let (rest, stream) = parts.io.into_inner().into_parts();
+    if stalled {
+        // A client whose reads did not free the socket's buffer for
+        // client_send_idle: a slow reader of a long pipelined burst may
+        // still be reading (the kernel wakes a writer only once a third
+        // of a full buffer has gone). The answers already in the socket
+        // are its stored uploads' 201s among them: the write side is shut
+        // behind them (no close_notify: nothing more can be written) and
+        // what the client still sends is read and dropped, so that the
+        // close sends no reset that would destroy them.
+        close_lingering(stream, false, phases.linger, phases.shutdown.as_mut()).await;
+        return None;
+    }
     // A broken answer ends without TLS close_notify: a response delimited
     // by the connection's close (no length: an HTTP/1.0 client) is
     // complete only when the close is a valid one (RFC 9112 §9.8), so a
