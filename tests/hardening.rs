@@ -172,7 +172,7 @@ async fn slow_bodies_in_flight_cost_less_than_a_wake_up_a_second_each() {
 /// cancelled and counted; and at most `max_connections_per_upstream` (here
 /// 40) connections are open to the data centre; and the process's memory
 /// grows by at most 32 MiB over the storm. A connection that cancels more
-/// than 100 of its uploads, most of its requests, is sent away (GOAWAY,
+/// than 100 of its uploads, over a quarter of its requests, is sent away (GOAWAY,
 /// `client_cancels`): the storm goes on over a new one each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_storm_is_bounded_by_the_detached_budget() {

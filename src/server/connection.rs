@@ -883,8 +883,8 @@ async fn serve_http2<S, I, D>(
 }
 
 /// HTTP/2 requests a client may cancel (reset their stream before the
-/// answer) on one connection before it is ended, if they are more than half
-/// its requests (see [`Activity::cancelled`]).
+/// answer) on one connection before it is ended, if they are more than a
+/// quarter of its requests (see [`Activity::cancelled`]).
 const CANCELS_MAX: u64 = 100;
 
 /// How long an HTTP/1 keep-alive connection with nothing in flight keeps
@@ -1314,10 +1314,12 @@ impl Activity {
     /// one reset just after (a few milliseconds later) has already begun
     /// its upload to a data centre, which then breaks off, connection and
     /// all. A connection whose client does that more than [`CANCELS_MAX`]
-    /// times, and for more than half its requests, is ended.
+    /// times, and for more than a quarter of its requests, is ended (half
+    /// let a client cancelling every other upload go on for ever; one that
+    /// cancels one in fifty is far from it).
     fn cancelled(&self) {
         let n = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > CANCELS_MAX && n.saturating_mul(2) > self.requests() {
+        if n > CANCELS_MAX && n.saturating_mul(4) > self.requests() {
             self.calm.notify_one();
         }
     }
