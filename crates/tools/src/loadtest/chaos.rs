@@ -115,10 +115,11 @@ pub async fn run_schedule(
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         // Interrupted: no event more (what was applied is undone).
-        tokio::select! {
-            biased;
-            () = interrupted(&mut interrupt) => break,
-            () = tokio::time::sleep_until(t0 + event.at) => {}
+        if unless_interrupted(&mut interrupt, tokio::time::sleep_until(t0 + event.at))
+            .await
+            .is_none()
+        {
+            break;
         }
         let result = apply(&admin, &event.action, &sinks, proxy.as_ref()).await;
         let at = t0.elapsed().as_secs_f64();
@@ -204,7 +205,7 @@ fn refused(url: &str, status: StatusCode, body: &[u8]) -> String {
 pub type Interrupt = Option<tokio::sync::watch::Receiver<bool>>;
 
 /// Resolves once `interrupt` says stop; never without one.
-pub async fn interrupted(interrupt: &mut Interrupt) {
+async fn interrupted(interrupt: &mut Interrupt) {
     match interrupt {
         Some(rx) => {
             if rx.wait_for(|stop| *stop).await.is_err() {
@@ -212,6 +213,20 @@ pub async fn interrupted(interrupt: &mut Interrupt) {
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+/// `fut`'s output, or `None` once `interrupt` says stop; the interrupt is
+/// looked at first, so one already given wins over a future already ready
+/// (an upload or chaos event due).
+pub async fn unless_interrupted<F: std::future::Future>(
+    interrupt: &mut Interrupt,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = interrupted(interrupt) => None,
+        out = fut => Some(out),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::chaos::unless_interrupted;
 use super::client::Clients;
 use super::plan::Plan;
 use super::schedule::{drive, Schedule, Tick};
@@ -178,24 +179,22 @@ pub async fn run(
     });
     // Interrupted: no upload more (not even one already due); those sent
     // are waited for as ever.
-    let mut interrupted_at = tokio::select! {
-        biased;
-        () = super::chaos::interrupted(&mut interrupt) => Some(t0.elapsed()),
-        () = driven => None,
-    };
+    let mut interrupted_at = unless_interrupted(&mut interrupt, driven)
+        .await
+        .is_none()
+        .then(|| t0.elapsed());
 
     let all = u32::try_from(plan.max_in_flight).unwrap_or(u32::MAX);
     let drain = tokio::time::timeout(plan.drain_timeout, limiter.acquire_many(all));
     // Interrupted while waiting for the answers (and not before): the wait
     // ends as at the drain timeout.
     let drained = if interrupted_at.is_none() {
-        tokio::select! {
-            biased;
-            () = super::chaos::interrupted(&mut interrupt) => {
+        match unless_interrupted(&mut interrupt, drain).await {
+            Some(drained) => drained.is_ok(),
+            None => {
                 interrupted_at = Some(t0.elapsed());
                 false
             }
-            drained = drain => drained.is_ok(),
         }
     } else {
         drain.await.is_ok()

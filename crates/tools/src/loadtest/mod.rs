@@ -148,12 +148,11 @@ async fn settled_records(
             plan.late_delivery.as_secs_f64()
         );
     }
-    tokio::select! {
-        biased;
-        () = chaos::interrupted(&mut interrupt) => {
-            return reconcile::fetch_records(admin, sinks).await;
-        }
-        () = tokio::time::sleep_until(late) => {}
+    if chaos::unless_interrupted(&mut interrupt, tokio::time::sleep_until(late))
+        .await
+        .is_none()
+    {
+        return reconcile::fetch_records(admin, sinks).await;
     }
     let deadline = Instant::now() + SETTLE_MAX;
     if let Some(metrics) = plan
@@ -174,13 +173,15 @@ async fn settled_records(
                 })
             });
             match detached {
-                Some(n) if n > 0.0 => tokio::select! {
-                    biased;
-                    () = chaos::interrupted(&mut interrupt) => {
+                Some(n) if n > 0.0 => {
+                    let pause = tokio::time::sleep(SETTLE_STEP / 4);
+                    if chaos::unless_interrupted(&mut interrupt, pause)
+                        .await
+                        .is_none()
+                    {
                         return reconcile::fetch_records(admin, sinks).await;
                     }
-                    () = tokio::time::sleep(SETTLE_STEP / 4) => {}
-                },
+                }
                 // None left; or not a residency-proxy, or not answering:
                 // by the records.
                 _ => break,
@@ -189,10 +190,12 @@ async fn settled_records(
     }
     let mut records = reconcile::fetch_records(admin, sinks).await?;
     while Instant::now() < deadline {
-        tokio::select! {
-            biased;
-            () = chaos::interrupted(&mut interrupt) => return Ok(records),
-            () = tokio::time::sleep(SETTLE_STEP) => {}
+        let pause = tokio::time::sleep(SETTLE_STEP);
+        if chaos::unless_interrupted(&mut interrupt, pause)
+            .await
+            .is_none()
+        {
+            return Ok(records);
         }
         let again = reconcile::fetch_records(admin, sinks).await?;
         if again.len() == records.len() {
