@@ -1086,7 +1086,7 @@ struct Activity {
     requests: AtomicU64,
     /// HTTP/2 requests whose client reset their stream before the answer
     /// (each may have cost a data centre a connection); past
-    /// [`CANCELS_MAX`] and half the requests, `calm` is notified and the
+    /// [`CANCELS_MAX`] and a quarter of the requests, `calm` is notified and the
     /// connection ends (GOAWAY).
     cancelled: AtomicU64,
     calm: tokio::sync::Notify,

@@ -84,11 +84,11 @@ impl Report {
         let _ = writeln!(
             o,
             "duplicates {}  checksum mismatches {}  stored but not acknowledged {}  jurisdiction mismatches {}  unknown ids {}",
-            self.duplicates,
-            self.checksum_mismatches,
-            self.stored_not_acknowledged,
-            self.jurisdiction_mismatches,
-            self.unknown_uploads
+            count(self.duplicates),
+            count(self.checksum_mismatches),
+            count(self.stored_not_acknowledged),
+            count(self.jurisdiction_mismatches),
+            count(self.unknown_uploads)
         );
         if !self.chaos.is_empty() {
             let _ = writeln!(o, "\nchaos:");

@@ -63,11 +63,12 @@ pub struct Report {
     /// Must be 0 (or within its objective); `None`: not checked.
     pub acknowledged_missing: Option<u64>,
     pub missing_samples: Vec<String>,
-    pub duplicates: u64,
-    pub checksum_mismatches: u64,
-    pub stored_not_acknowledged: u64,
-    pub jurisdiction_mismatches: u64,
-    pub unknown_uploads: u64,
+    /// These five, too: `None` when not checked.
+    pub duplicates: Option<u64>,
+    pub checksum_mismatches: Option<u64>,
+    pub stored_not_acknowledged: Option<u64>,
+    pub jurisdiction_mismatches: Option<u64>,
+    pub unknown_uploads: Option<u64>,
     /// Set when the sinks' records could not be read: nothing was verified.
     pub reconcile_error: Option<String>,
     pub chaos: Vec<ChaosReport>,
@@ -618,6 +619,8 @@ pub fn build(
         })
         .collect();
     let c = total.counts;
+    // Counted from the sinks' records: none when they could not be read.
+    let checked = |n: u64| reconcile_error.is_none().then_some(n);
     let mut report = Report {
         run_id: run.id.clone(),
         seed: format!("{:016x}", run.seed),
@@ -643,17 +646,15 @@ pub fn build(
         failure_examples,
         acknowledged_by_datacenter,
         stored_by_datacenter: reconciled.stored_by_datacenter,
-        residency_violations: reconcile_error.is_none().then_some(reconciled.violations),
+        residency_violations: checked(reconciled.violations),
         violation_samples: reconciled.violation_samples,
-        acknowledged_missing: reconcile_error
-            .is_none()
-            .then_some(reconciled.acknowledged_missing),
+        acknowledged_missing: checked(reconciled.acknowledged_missing),
         missing_samples: reconciled.missing_samples,
-        duplicates: reconciled.duplicates,
-        checksum_mismatches: reconciled.checksum_mismatches,
-        stored_not_acknowledged: reconciled.stored_not_acknowledged,
-        jurisdiction_mismatches: reconciled.jurisdiction_mismatches,
-        unknown_uploads: reconciled.unknown_uploads,
+        duplicates: checked(reconciled.duplicates),
+        checksum_mismatches: checked(reconciled.checksum_mismatches),
+        stored_not_acknowledged: checked(reconciled.stored_not_acknowledged),
+        jurisdiction_mismatches: checked(reconciled.jurisdiction_mismatches),
+        unknown_uploads: checked(reconciled.unknown_uploads),
         reconcile_error,
         chaos,
         restored,
@@ -708,10 +709,9 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
             ),
         });
     }
-    if r.jurisdiction_mismatches > 0 {
+    if let Some(n) = r.jurisdiction_mismatches.filter(|&n| n > 0) {
         w.push(format!(
-            "{} record(s) name another jurisdiction than the upload was sent for: check the --origin addresses against the proxy's GeoIP database",
-            r.jurisdiction_mismatches
+            "{n} record(s) name another jurisdiction than the upload was sent for: check the --origin addresses against the proxy's GeoIP database"
         ));
     }
     // Each --origin address is one client to the proxy, whose per-client
@@ -749,10 +749,9 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
             "{outside} upload(s) sent outside every scheduled fault that struck their jurisdiction were not acknowledged: something the schedule did not cause failed (see failed by reason)"
         ));
     }
-    if r.stored_not_acknowledged > 0 {
+    if let Some(n) = r.stored_not_acknowledged.filter(|&n| n > 0) {
         w.push(format!(
-            "{} upload(s) stored but not acknowledged: their clients got no success (and no receipt) for data the data centres hold; a retry without an Idempotency-Key stores it twice",
-            r.stored_not_acknowledged
+            "{n} upload(s) stored but not acknowledged: their clients got no success (and no receipt) for data the data centres hold; a retry without an Idempotency-Key stores it twice"
         ));
     }
     w

@@ -238,6 +238,20 @@ fn the_verdict_claims_no_count_when_the_sinks_were_not_reconciled() {
     let json: serde_json::Value = serde_json::from_slice(&r.render_json().unwrap()).unwrap();
     assert!(json["residency_violations"].is_null(), "{json}");
     assert!(json["acknowledged_missing"].is_null(), "{json}");
+    // Nor the other counts from the sinks (they said 0).
+    for field in [
+        "duplicates",
+        "checksum_mismatches",
+        "stored_not_acknowledged",
+        "jurisdiction_mismatches",
+        "unknown_uploads",
+    ] {
+        assert!(json[field].is_null(), "{field}: {json}");
+    }
+    assert!(
+        text.contains("duplicates not checked  checksum mismatches not checked  stored but not acknowledged not checked  jurisdiction mismatches not checked  unknown ids not checked"),
+        "{text}"
+    );
     for objective in ["residency violations", "acknowledged uploads missing"] {
         let c = r.slo.iter().find(|c| c.name == objective).unwrap();
         assert!(!c.passed, "{c:?}");
