@@ -354,15 +354,6 @@ impl State {
     fn broken(&self) -> bool {
         self.mode_breaks || self.drained
     }
-
-    /// After `events` (of any data centre), for `dc`.
-    fn after(events: &[ChaosEvent], dc: &str) -> State {
-        let mut state = State::default();
-        for e in events.iter().filter(|e| e.action.datacenter() == dc) {
-            state.apply(&e.action);
-        }
-        state
-    }
 }
 
 /// A repaired data centre getting uploads again.
@@ -376,24 +367,33 @@ pub struct Recovery {
 }
 
 /// One entry per event: `Some` for events that repair a data centre the
-/// events before had broken (`normal` after `refuse`/`hang`/`error`,
+/// events applied before had broken (`normal` after `refuse`/`hang`/`error`,
 /// `undrain` after `drain`, unless the other still holds: an `undrain` of a
-/// data centre that refuses repairs nothing).
+/// data centre that refuses repairs nothing). An event that was not applied
+/// changed nothing: a repair that failed is no recovery, and the next one
+/// that succeeded is (it was taken as repairing nothing, and its recovery
+/// went unmeasured).
 pub fn recoveries(
     events: &[ChaosEvent],
     applied: &[Applied],
     outcomes: &[Outcome],
     stored_in: &HashMap<u64, Vec<String>>,
 ) -> Vec<Option<Recovery>> {
+    let took = |k: usize| applied.get(k).is_some_and(|a| a.ok);
+    let mut states: HashMap<&str, State> = HashMap::new();
     events
         .iter()
         .enumerate()
         .map(|(k, event)| {
             let dc = event.action.datacenter();
+            if !took(k) {
+                return None;
+            }
+            let state = states.entry(dc).or_default();
             // Broken before the event, and not after it.
-            let repairs = State::after(&events[..k], dc).broken()
-                && !State::after(&events[..=k], dc).broken();
-            repairs.then(|| recovery(events, applied, k, outcomes, stored_in))
+            let before = state.broken();
+            state.apply(&event.action);
+            (before && !state.broken()).then(|| recovery(events, applied, k, outcomes, stored_in))
         })
         .collect()
 }

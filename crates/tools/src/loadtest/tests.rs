@@ -545,3 +545,44 @@ fn failures_outside_the_faults_and_unacknowledged_stores_are_warned_of() {
         .render_text()
         .contains("stored but not acknowledged: their clients"));
 }
+
+/// A repair that failed changed nothing: the one that followed and
+/// succeeded is the recovery, and is measured (the failed one counted as
+/// the repair, and the successful one as repairing nothing: no recovery
+/// time at all).
+#[test]
+fn a_repair_after_a_failed_one_is_the_recovery() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(5);
+    let events = ["1s:zurich=refuse", "2s:zurich=normal", "3s:zurich=normal"];
+    plan.chaos = events.iter().map(|e| e.parse().unwrap()).collect();
+    let applied = vec![
+        applied(events[0], 1.0),
+        Applied {
+            ok: false,
+            applied_at_s: None,
+            detail: Some("connection refused".into()),
+            ..applied(events[1], 2.0)
+        },
+        applied(events[2], 3.0),
+    ];
+    // ch every 100 ms: zurich's until it refuses, geneva's meanwhile,
+    // zurich's again from 3.2 s.
+    let outcomes = (0..50u64)
+        .map(|i| {
+            let at = i * 100;
+            let dc = if (1000..3200).contains(&at) {
+                "geneva"
+            } else {
+                "zurich"
+            };
+            outcome(i, 0, at, 201, Some(dc))
+        })
+        .collect();
+    let r = report(&plan, outcomes, applied, Reconciled::default());
+    assert!(r.chaos[1].recovery.is_none(), "{:?}", r.chaos[1]);
+    let recovery = r.chaos[2].recovery.as_ref().expect("the repair at 3 s");
+    assert_eq!(recovery.datacenter, "zurich");
+    // Upload 32, scheduled at 3.2 s, answered 5 ms later.
+    assert_eq!(recovery.time_to_recover_ms, Some(205.0), "{recovery:?}");
+}
