@@ -15,7 +15,7 @@
 //! loading, invalid states cannot be represented.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -657,6 +657,9 @@ impl Config {
             sockets.push(("transparency.address".to_string(), address));
         }
         sockets_apart(&sockets, r);
+        if let Some(policy) = &policy {
+            upstreams_not_ours(policy, &sockets, r);
+        }
         let worker_threads = raw.runtime.worker_threads.as_ref().and_then(|n| {
             n.check_is(
                 "runtime.worker_threads",
@@ -724,6 +727,54 @@ fn sockets_apart(sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
             r.push(
                 key.clone(),
                 format!("{b} overlaps {other} ({a}): two sockets cannot listen there"),
+            );
+        }
+    }
+}
+
+/// No upstream on one of this proxy's own sockets (an address copied from
+/// the listener): uploads would come back to the proxy, now from itself,
+/// or go to its admin or log endpoints. Those given by IP address or as
+/// `localhost` are compared: the same address and port, or a loopback one
+/// on the port of a socket listening on every address.
+fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
+    let mut index = std::collections::HashMap::new();
+    for u in &policy.upstreams {
+        let dc = policy.datacenter(u.datacenter);
+        let i = index.entry(u.datacenter).or_insert(0usize);
+        let key = format!("datacenters.{}.upstreams[{i}]", dc.name);
+        *i += 1;
+        let host = u.uri.host().unwrap_or_default();
+        let ips: Vec<IpAddr> = match host.trim_start_matches('[').trim_end_matches(']') {
+            h if h.eq_ignore_ascii_case("localhost") => {
+                vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+            }
+            h => h.parse().into_iter().collect(),
+        };
+        let port = u
+            .uri
+            .port_u16()
+            .unwrap_or(if u.uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let ours = sockets.iter().find(|(_, s)| {
+            s.port() == port
+                && ips.iter().any(|ip| {
+                    *ip == s.ip()
+                        || (s.ip().is_unspecified()
+                            && (ip.is_loopback() || ip.is_unspecified())
+                            && (s.is_ipv6() || ip.is_ipv4()))
+                })
+        });
+        if let Some((socket, addr)) = ours {
+            r.push(
+                key,
+                format!(
+                    "`{}` is this proxy's own {socket} ({addr}): an upstream is a data centre's ingestion server",
+                    u.uri
+                ),
             );
         }
     }
@@ -1632,6 +1683,48 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(
                 Config::from_toml(&text, &files.0).is_ok(),
                 "{listener} {admin}"
+            );
+        }
+    }
+
+    /// An upstream copied from the proxy's own listener (or admin or log
+    /// address) is refused by key: uploads would come back to the proxy.
+    #[test]
+    fn an_upstream_on_the_proxys_own_socket_is_refused() {
+        let with = |listener: &str, upstream: &str| {
+            MINIMAL
+                .replace("127.0.0.1:0", listener)
+                .replace("http://127.0.0.1:1", upstream)
+        };
+        for (listener, upstream) in [
+            ("127.0.0.1:8443", "https://127.0.0.1:8443"),
+            ("0.0.0.0:8443", "https://localhost:8443/v1"),
+            ("[::]:8443", "http://[::1]:8443"),
+            ("127.0.0.2:443", "https://127.0.0.2"),
+        ] {
+            let p = problems(&with(listener, upstream));
+            assert!(
+                p.contains("datacenters.zurich.upstreams[0]: `")
+                    && p.contains("is this proxy's own listeners[0].address"),
+                "{listener} {upstream}: {p}"
+            );
+        }
+        let p = problems(&with("127.0.0.1:8443", "http://127.0.0.1:9900"));
+        assert!(
+            p.contains("is this proxy's own admin.address (127.0.0.1:9900)"),
+            "{p}"
+        );
+        let files = Files::new("not-ours");
+        for (listener, upstream) in [
+            ("127.0.0.1:8443", "https://127.0.0.1:8444"),
+            ("127.0.0.1:8443", "https://127.0.0.2:8443"),
+            ("0.0.0.0:8443", "https://10.1.0.10:8443"),
+            ("127.0.0.1:8443", "https://ingest.example:8443"),
+        ] {
+            let text = with(listener, upstream);
+            assert!(
+                Config::from_toml(&text, &files.0).is_ok(),
+                "{listener} {upstream}"
             );
         }
     }

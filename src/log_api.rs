@@ -107,6 +107,18 @@ fn answer_in(
     covered_at: Option<i64>,
     fixed: bool,
 ) -> Response<Full<Bytes>> {
+    if !log.confirmed() && path != "/key" {
+        // A fleet replica that started while its commits could not be
+        // known to be replicated serves the empty tree's checkpoint: its
+        // readers may have seen the log larger.
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica has not yet confirmed the log's checkpoint (a commit after reading it must reach the database's synchronous standby); retry shortly",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let latest = log.latest();
     match path {
         "/checkpoint" => {

@@ -1328,11 +1328,16 @@ impl Fixture {
         }
     }
 
-    /// Config files only (upstreams that are never contacted).
+    /// Config files only (upstreams that are never contacted: ports 9,
+    /// 10 and 11 of loopback, one each, as the proxy wants).
     fn files() -> Fixture {
-        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let nowhere = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         Fixture::write(
-            &["zurich", "geneva", "frankfurt"].map(|n| (n.to_string(), nowhere)),
+            &[
+                ("zurich".to_string(), nowhere(9)),
+                ("geneva".to_string(), nowhere(10)),
+                ("frankfurt".to_string(), nowhere(11)),
+            ],
             "",
         )
     }

@@ -545,7 +545,7 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
         Err(report) => return config_error(report),
     };
     let expiring = certificate_warnings(&config);
-    let table = config.policy.routing_table();
+    let table = config.policy.routing_table() + &config.policy.upstream_table();
     let listeners: Vec<String> = config
         .listeners
         .iter()

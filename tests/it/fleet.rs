@@ -1432,17 +1432,32 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
     );
     assert!(log.contains("not publishing it yet"), "{log}");
 
-    // A replica started now may publish no stored checkpoint: it serves
-    // the empty tree's, signed (never an empty answer: tlog-tiles serves
-    // a checkpoint at /checkpoint, tlog-checkpoint has it three lines at
-    // least).
+    // A replica started now may publish no stored checkpoint: its log API
+    // answers 503, not the empty tree's checkpoint, signed — which readers
+    // who saw the checkpoint of 1 would take for the log shrinking (it
+    // did, before: `verify --previous` said INVALID, a witness 409). Its
+    // key is still served.
     let second_port = free_port();
     let second = fleet.start("fleet-syncrepcp-second", second_port).await;
     let second_addr = format!("127.0.0.1:{second_port}").parse().unwrap();
-    let (status, note) = plain_request(second_addr, "GET", "/checkpoint").await;
-    assert_eq!(status, 200, "{note}");
-    let empty = Checkpoint::open(&note, &verifier).unwrap_or_else(|e| panic!("{e}: {note:?}"));
-    assert_eq!((empty.size, empty.root), (0, merkle::empty_root()));
+    for path in [
+        "/checkpoint",
+        "/tile/0/000.p/1",
+        "/proof/consistency?from=1",
+    ] {
+        let (status, headers, body) = plain_exchange(second_addr, "GET", path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(headers["retry-after"], "1", "{path}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("has not yet confirmed the log's checkpoint")),
+            "{path}: {body}"
+        );
+    }
+    let (status, key) = plain_request(second_addr, "GET", "/key").await;
+    assert_eq!((status.as_u16(), key.trim()), (200, fleet.key.as_str()));
 
     // Replicated commits again: a checkpoint over the record is served, by
     // both (of 2, or of 3 once the refusal's summary is written: the

@@ -1092,7 +1092,15 @@ impl Binary {
              certificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n[admin]\naddress = \"{admin}\"\n\
              [geoip]\ndatabase = \"geo.mmdb\"\n{extra}\n{POLICY}\n"
         );
+        let mut used = std::collections::HashSet::new();
         for (name, jurisdiction, upstream) in datacenters {
+            // The proxy refuses one server named as two data centres: a
+            // test's shared upstream is reached through a relay of its own
+            // by each data centre after the first.
+            let upstream = match used.insert(*upstream) {
+                true => *upstream,
+                false => relay(*upstream),
+            };
             config.push_str(&format!(
                 "[datacenters.{name}]\njurisdiction = \"{jurisdiction}\"\nupstreams = [\"http://{upstream}\"]\n"
             ));
@@ -1575,4 +1583,38 @@ pub async fn go_tlog_run(
         stdout,
         stderr,
     )
+}
+
+/// A TCP relay on a port of its own to `to`, for as long as the test
+/// process lives: each connection is piped both ways (a half close passed
+/// on as one), on threads of its own.
+fn relay(to: SocketAddr) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                continue; // the client sees its connection closed
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || pipe(client, server2));
+            std::thread::spawn(move || pipe(server, client2));
+        }
+    });
+    addr
+}
+
+/// Copies `from` into `to` until `from` ends, then ends `to`'s writing.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let result = std::io::copy(&mut from, &mut to);
+    let how = match result {
+        Ok(_) => std::net::Shutdown::Write,
+        Err(_) => std::net::Shutdown::Both,
+    };
+    let _ = to.shutdown(how);
 }

@@ -15,7 +15,7 @@
 //! problem PRODUCT.md lists (countries in two jurisdictions, unknown codes,
 //! dangling `store_in`, a jurisdiction with nowhere to store, bad URLs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use http::Uri;
@@ -310,6 +310,29 @@ impl Policy {
         out
     }
 
+    /// Each data centre's upstreams, as `check-config` prints them after
+    /// the routing table (not part of [`Policy::canonical_text`], which
+    /// has them in its own form).
+    pub fn upstream_table(&self) -> String {
+        let mut out = String::new();
+        for dc in &self.datacenters {
+            let urls: Vec<String> = dc
+                .upstreams
+                .iter()
+                .map(|u| self.upstream(*u).uri.to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "datacenter {} ({}, priority {}): {}",
+                dc.name,
+                self.jurisdiction(dc.jurisdiction).name,
+                dc.priority,
+                urls.join(" ")
+            );
+        }
+        out
+    }
+
     /// Builds the policy, pushing every problem into `r`.
     pub fn from_raw(
         raw_j: &BTreeMap<String, RawJurisdiction>,
@@ -436,6 +459,7 @@ impl Policy {
 
         let mut datacenters = Vec::new();
         let mut upstreams = Vec::new();
+        let mut servers = Servers::default();
         for (d, (name, dc)) in raw_dc.iter().enumerate() {
             let key = table_key("datacenters", name);
             let jurisdiction = match dc.jurisdiction.as_deref() {
@@ -465,6 +489,7 @@ impl Policy {
             for (i, url) in dc.upstreams.iter().enumerate() {
                 match parse_upstream(url) {
                     Ok(uri) => {
+                        servers.check(&uri, format!("{key}.upstreams[{i}]"), d, r);
                         ids.push(UpstreamId(upstreams.len()));
                         upstreams.push(Upstream {
                             datacenter: DatacenterId(d),
@@ -560,6 +585,53 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The upstream URLs seen so far, by [`server_of`], with the key each
+/// was given at (`datacenters.zurich.upstreams[0]`) and its data centre.
+#[derive(Default)]
+struct Servers(HashMap<(String, String, u16, String), (String, usize)>);
+
+impl Servers {
+    /// An upstream URL given twice: in one data centre, or in two — which
+    /// the proxy would then name, answer and record as the data centre
+    /// that stored the other's uploads (a copy-paste that moves data into
+    /// another jurisdiction without a word). Compared as the server sees
+    /// them: scheme and host in any case, the port with its default, the
+    /// path prefix without a trailing `/`.
+    fn check(&mut self, uri: &Uri, key: String, d: usize, r: &mut ConfigReport) {
+        let Some(server) = server_of(uri) else {
+            return;
+        };
+        match self.0.get(&server) {
+            None => {
+                self.0.insert(server, (key, d));
+            }
+            Some((first, at)) if *at == d => r.push(
+                key,
+                format!("`{uri}` is {first} again: list each server once"),
+            ),
+            Some((first, _)) => r.push(
+                key,
+                format!(
+                    "`{uri}` is also {first}: two data centres cannot be one server (the proxy would name and record each as storing what the other's server stored)"
+                ),
+            ),
+        }
+    }
+}
+
+/// What identifies an upstream's server and place on it: scheme, host
+/// (lower case), port (with the scheme's default) and path prefix (without
+/// a trailing `/`).
+fn server_of(uri: &Uri) -> Option<(String, String, u16, String)> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let path = uri.path().trim_end_matches('/').to_string();
+    Some((scheme, host, port, path))
 }
 
 /// An upstream base URL: `http` or `https`, a host, an optional path prefix,

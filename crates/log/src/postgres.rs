@@ -364,6 +364,12 @@ struct Shared {
     /// ([`Fleet::catch_up`]), in milliseconds since the Unix epoch.
     caught_up_at: AtomicU64,
     is_integrator: AtomicBool,
+    /// The checkpoint served is the log's: a stored one was published, or
+    /// none is stored. Until then this replica serves the empty tree's,
+    /// which the log's readers may have seen it outgrow (a replica started
+    /// while commits cannot be known to be replicated): the log API then
+    /// answers 503 instead of signing that the log shrank.
+    confirmed: AtomicBool,
     /// Full tiles and entry bundles: immutable once complete.
     cache: quick_cache::sync::Cache<(i16, u64), Arc<Vec<u8>>, Weight>,
     metrics: LogMetrics,
@@ -468,6 +474,7 @@ impl Fleet {
             session: tokio::sync::Mutex::new(Session::default()),
             caught_up_at: AtomicU64::new(0),
             is_integrator: AtomicBool::new(false),
+            confirmed: AtomicBool::new(false),
             cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_BYTES, Weight),
             metrics,
         });
@@ -507,6 +514,11 @@ impl Fleet {
 
     pub fn is_integrator(&self) -> bool {
         self.shared.is_integrator.load(Ordering::Relaxed)
+    }
+
+    /// Whether the checkpoint served is the log's (see `Shared::confirmed`).
+    pub fn confirmed(&self) -> bool {
+        self.shared.confirmed.load(Ordering::Relaxed)
     }
 
     /// Queues `data` for the next batch and returns its index (and `data`)
@@ -1169,10 +1181,14 @@ impl Shared {
                 ),
             });
         }
-        if let Some(cp) = &stored {
-            let mut cp = cp.clone();
-            self.keep_ours(&mut cp);
-            self.publish(cp);
+        match &stored {
+            Some(cp) => {
+                let mut cp = cp.clone();
+                self.keep_ours(&mut cp);
+                self.publish(cp);
+            }
+            // Nothing signed yet: the empty tree's is the log's.
+            None => self.confirmed.store(true, Ordering::Relaxed),
         }
         tracing::info!(checkpoint = size, "took the integrator lock");
         session.held = Some(Integrated {
@@ -1350,13 +1366,20 @@ impl Shared {
         )?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
+        if stored.is_none() {
+            // Nothing signed yet: the empty tree's is the log's.
+            self.confirmed.store(true, Ordering::Relaxed);
+        }
         if let Some(mut cp) = stored {
             self.keep_ours(&mut cp);
             let newer = {
                 let latest = self.latest.load();
                 cp.size > latest.size || cp.note != latest.note
             };
-            if newer && publish == Publish::IfReplicated && self.publishable(&cp).await {
+            if !newer {
+                // Already the one served: this replica's is the log's.
+                self.confirmed.store(true, Ordering::Relaxed);
+            } else if publish == Publish::IfReplicated && self.publishable(&cp).await {
                 self.publish(cp);
             }
         }
@@ -1375,6 +1398,7 @@ impl Shared {
         }
         self.metrics.checkpoint_size.set(published.size as i64);
         self.latest.store(Arc::new(published));
+        self.confirmed.store(true, Ordering::Relaxed);
     }
 
     /// Notes that every record sequenced as of `at` is below `sequence`.

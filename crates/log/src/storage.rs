@@ -425,6 +425,16 @@ impl Generation {
         }
     }
 
+    /// Whether [`Generation::latest`] is the log's checkpoint: always, but
+    /// for a fleet replica that has not yet confirmed a stored checkpoint
+    /// replicated since it started (it serves the empty tree's until then).
+    pub fn confirmed(&self) -> bool {
+        match &self.backend {
+            Backend::Postgres(f) => f.confirmed(),
+            Backend::Directory(_) | Backend::Sealed(_) => true,
+        }
+    }
+
     /// The latest signed checkpoint.
     pub fn latest(&self) -> Arc<Published> {
         match &self.backend {

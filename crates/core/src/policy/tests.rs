@@ -282,6 +282,52 @@ upstreams = []
     assert!(report.problems.len() >= 11, "{text}");
 }
 
+/// One server named as two data centres' upstream — a copy-paste from
+/// frankfurt into virginia — is refused: the proxy would store US uploads
+/// in the EU and name, answer and record them as virginia's. So is one
+/// listed twice in a data centre. Spelt differently (case, default port,
+/// a trailing `/`), it is still the same server; another path prefix on
+/// it is another place.
+#[test]
+fn one_server_is_not_two_upstreams() {
+    let text = r#"
+[jurisdictions.eu]
+countries = ["DE"]
+[jurisdictions.us]
+countries = ["US"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["http://ingest.fra.example:80/v1", "https://Ingest.FRA.example/", "http://INGEST.fra.example/v1/"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://ingest.fra.example/v1", "https://ingest.fra.example:443", "https://ingest.fra.example/v2"]
+"#;
+    let report = build(text).unwrap_err();
+    let text = report.to_string();
+    for needle in [
+        "datacenters.frankfurt.upstreams[2]: `http://INGEST.fra.example/v1/` is datacenters.frankfurt.upstreams[0] again: list each server once",
+        "datacenters.virginia.upstreams[0]: `http://ingest.fra.example/v1` is also datacenters.frankfurt.upstreams[0]: two data centres cannot be one server",
+        "datacenters.virginia.upstreams[1]: `https://ingest.fra.example:443/` is also datacenters.frankfurt.upstreams[1]",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert_eq!(report.problems.len(), 3, "{text}");
+    // Each on its own server, or another path prefix on one: accepted.
+    let fixed = r#"
+[jurisdictions.eu]
+countries = ["DE"]
+[jurisdictions.us]
+countries = ["US"]
+[datacenters.frankfurt]
+jurisdiction = "eu"
+upstreams = ["http://ingest.fra.example/v1", "http://ingest.fra.example/v2"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://ingest.iad.example/v1"]
+"#;
+    assert!(build(fixed).is_ok());
+}
+
 #[test]
 fn routing_table_lists_everything() {
     let table = policy().routing_table();
@@ -289,4 +335,14 @@ fn routing_table_lists_everything() {
     assert!(table.contains("  priority 1: frankfurt (eu), paris (eu)"));
     assert!(table.contains("  priority 2: london (uk)"));
     assert!(table.contains("unknown origin: reject (451)"));
+    let upstreams = policy().upstream_table();
+    assert!(
+        upstreams.contains(
+            "datacenter zurich (ch, priority 1): http://127.0.0.1:1001/ http://127.0.0.1:1002/\n"
+        ),
+        "{upstreams}"
+    );
+    assert!(
+        upstreams.contains("datacenter london (uk, priority 2): https://ingest.lon.example.com/\n")
+    );
 }
