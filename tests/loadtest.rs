@@ -830,6 +830,28 @@ fn assert_clean(report: &residency_tools::loadtest::Report) {
     assert_eq!(report.acknowledged + report.failed, report.sent, "{text}");
 }
 
+/// A certificate the load's TLS client refuses ends the run before it
+/// starts, saying what to do: it failed every upload for the whole
+/// duration, each with rustls's words only. Here `--ca` is another
+/// certificate than the proxy's, over XFF and over PROXY v2 (whose
+/// header the handshake goes through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_certificate_ends_the_run_before_it_starts() {
+    let sink = FakeSink::start().await;
+    let drill = Drill::start(&sink.datacenters).await;
+    let (stranger, _) = residency_tls::self_signed(&["stranger.example"]).unwrap();
+    for convey in [Convey::Xff, Convey::ProxyV2] {
+        let mut plan = drill.plan(convey, sink.admin);
+        plan.trust = Trust::CaPem(stranger.clone().into_bytes());
+        let e = execute(plan, false).await.expect_err("refused").to_string();
+        assert!(
+            e.contains("its TLS certificate is refused")
+                && e.contains("not issued by a CA this client trusts"),
+            "{convey:?}: {e}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_over_x_forwarded_for() {
     let sink = FakeSink::start().await;

@@ -298,6 +298,8 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{report}");
             if report.valid() {
                 ExitCode::SUCCESS
+            } else if report.unchecked {
+                ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             }
@@ -376,7 +378,7 @@ async fn serve_inner(
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     config.tenancy.warn_claimable();
-    for warning in certificate_warnings(&config) {
+    for warning in start_warnings(&config) {
         tracing::warn!("{warning}");
     }
     if let Some(warning) = config
@@ -509,30 +511,84 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
 /// The listeners' certificates that expired, or expire within 14 days
 /// (clients refuse an expired one at the handshake): `check-config` warns,
 /// `serve` logs it at start.
+/// What loads but may not be meant, as `check-config` prints it and
+/// `serve` logs it at start: certificates clients refuse, and a
+/// `trusted_proxies` network so wide it holds clients (any of them could
+/// then name its own address, and so its jurisdiction).
+fn start_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = certificate_warnings(config);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, net) in listener.trusted_proxies.networks().iter().enumerate() {
+            let wide = match net {
+                ipnet::IpNet::V4(n) => n.prefix_len() < 8,
+                ipnet::IpNet::V6(n) => n.prefix_len() < 16,
+            };
+            if wide {
+                warnings.push(format!(
+                    "listeners[{i}].trusted_proxies[{j}]: {net} covers much of the Internet: every client in it may name its own address with X-Forwarded-For or PROXY, and so choose its jurisdiction; list the load balancers' addresses only"
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 fn certificate_warnings(config: &Config) -> Vec<String> {
     const SOON: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
     let now = std::time::SystemTime::now();
+    let date = |t| httpdate::fmt_http_date(t);
     let mut warnings = Vec::new();
     for (i, listener) in config.listeners.iter().enumerate() {
         for (j, c) in listener.certificates.iter().enumerate() {
-            let Some(end) = std::fs::read(&c.cert)
+            let Some(v) = std::fs::read(&c.cert)
                 .ok()
-                .and_then(|pem| residency_tls::not_after(&pem))
+                .and_then(|pem| residency_tls::validity(&pem).first().copied())
             else {
                 continue;
             };
             let key = format!("listeners[{i}].tls.certificates[{j}].cert");
             let path = c.cert.display();
-            let date = httpdate::fmt_http_date(end);
-            match end.duration_since(now) {
+            if v.not_before > now {
+                warnings.push(format!(
+                    "{key}: {path} is not valid before {}: clients refuse it at the handshake until then",
+                    date(v.not_before)
+                ));
+            }
+            match v.not_after.duration_since(now) {
                 Err(_) => warnings.push(format!(
-                    "{key}: {path} expired ({date}): clients refuse it at the handshake; install a renewed one (it is reloaded when its file changes)"
+                    "{key}: {path} expired ({}): clients refuse it at the handshake; install a renewed one (it is reloaded when its file changes)",
+                    date(v.not_after)
                 )),
                 Ok(left) if left < SOON => warnings.push(format!(
-                    "{key}: {path} expires in {} days ({date})",
-                    (left.as_secs() + 43_200) / 86_400
+                    "{key}: {path} expires in {} days ({})",
+                    (left.as_secs() + 43_200) / 86_400,
+                    date(v.not_after)
                 )),
                 Ok(_) => {}
+            }
+            if v.ca {
+                warnings.push(format!(
+                    "{key}: {path} is a CA's certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes by default): clients on rustls or webpki (this tool's loadtest and verify among them) refuse it as a server's; make it with `-addext basicConstraints=critical,CA:FALSE`, or have a CA issue it"
+                ));
+            }
+        }
+        // A client CA that expired: every client certificate it issued is
+        // refused at the handshake.
+        if let Some(ca) = &listener.client_ca {
+            let expired = std::fs::read(ca)
+                .map(|pem| residency_tls::validity(&pem))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|v| v.not_after < now)
+                .map(|v| date(v.not_after))
+                .collect::<Vec<_>>();
+            if !expired.is_empty() {
+                warnings.push(format!(
+                    "listeners[{i}].tls.client_ca: {} holds {} expired certificate(s) ({}): client certificates issued by it are refused at the handshake",
+                    ca.display(),
+                    expired.len(),
+                    expired.join(", ")
+                ));
             }
         }
     }
@@ -544,7 +600,7 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
         Ok(c) => c,
         Err(report) => return config_error(report),
     };
-    let expiring = certificate_warnings(&config);
+    let expiring = start_warnings(&config);
     let table = config.policy.routing_table() + &config.policy.upstream_table();
     let listeners: Vec<String> = config
         .listeners

@@ -190,6 +190,101 @@ fn check_config_warns_of_a_certificate_that_expired_or_expires_soon() {
     );
 }
 
+/// A listener certificate not valid yet, or a CA's (CA:TRUE: what
+/// `openssl req -x509` makes, which rustls clients refuse as a server's),
+/// and a `client_ca` that expired are warnings too: each loaded with
+/// "configuration OK" alone, and clients were refused.
+#[test]
+fn check_config_warns_of_certificates_clients_refuse() {
+    let (dir, config) = valid_config(None);
+    let write = |name: &str, later: bool, ca: bool, days: u64| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let now = std::time::SystemTime::now();
+        let span = std::time::Duration::from_secs(days * 86_400);
+        if later {
+            params.not_before = (now + span).into();
+            params.not_after = (now + span * 40).into();
+        } else {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = (now - span).into();
+        }
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    let check = || {
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        stdout
+    };
+    write("a", true, false, 10);
+    let stdout = check();
+    assert!(
+        stdout.contains("warning: listeners[0].tls.certificates[0].cert: ")
+            && stdout.contains("is not valid before "),
+        "{stdout}"
+    );
+    write("a", true, true, 0);
+    let stdout = check();
+    assert!(
+        stdout.contains("is a CA's certificate (basicConstraints CA:TRUE")
+            && !stdout.contains("is not valid before"),
+        "{stdout}"
+    );
+    // A client CA, expired three days ago.
+    write_cert(
+        &dir.path().join("a.pem"),
+        &dir.path().join("a.key"),
+        &["localhost"],
+    );
+    write("clients", false, true, 3);
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "certificates = [{ cert = \"a.pem\", key = \"a.key\" }]",
+        "certificates = [{ cert = \"a.pem\", key = \"a.key\" }]\nclient_ca = \"clients.pem\"",
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let stdout = check();
+    assert!(
+        stdout.contains("warning: listeners[0].tls.client_ca: ")
+            && stdout.contains("holds 1 expired certificate(s)"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("warning:").count(), 1, "{stdout}");
+}
+
+/// A `trusted_proxies` network that holds much of the Internet is a
+/// warning: every client in it may choose its jurisdiction (it loaded
+/// without a word). A load balancers' network is not.
+#[test]
+fn check_config_warns_of_trusted_proxies_that_hold_clients() {
+    let (_dir, config) = valid_config(None);
+    let with = |nets: &str| {
+        let toml = std::fs::read_to_string(&config).unwrap().replacen(
+            "address = \"127.0.0.1:8443\"\n",
+            &format!("address = \"127.0.0.1:8443\"\ntrusted_proxies = [{nets}]\n"),
+            1,
+        );
+        std::fs::write(&config, toml).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let stdout = with("\"10.0.0.0/8\", \"0.0.0.0/0\", \"::/0\"");
+    for want in [
+        "warning: listeners[0].trusted_proxies[1]: 0.0.0.0/0 covers much of the Internet",
+        "warning: listeners[0].trusted_proxies[2]: ::/0 covers much of the Internet",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    assert_eq!(stdout.matches("warning:").count(), 2, "{stdout}");
+}
+
 #[test]
 fn check_config_lists_every_problem() {
     let dir = TempDir::new("cli-bad");

@@ -84,13 +84,84 @@ pub struct CertSource {
     pub label: String,
 }
 
+/// What a certificate says of itself that decides whether peers take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+    /// `basicConstraints` says `cA`: a CA's certificate, which rustls
+    /// (webpki) refuses as a server's own.
+    pub ca: bool,
+}
+
+/// [`Validity`] of each certificate of a PEM bundle that parses, in order
+/// (a chain's first is the server's own).
+pub fn validity(pem: &[u8]) -> Vec<Validity> {
+    use x509_cert::der::Decode as _;
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .filter_map(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
+        .map(|cert| {
+            let tbs = &cert.tbs_certificate;
+            let at = |t: x509_cert::time::Time| std::time::UNIX_EPOCH + t.to_unix_duration();
+            let ca = tbs
+                .get::<x509_cert::ext::pkix::BasicConstraints>()
+                .ok()
+                .flatten()
+                .is_some_and(|(_, bc)| bc.ca);
+            Validity {
+                not_before: at(tbs.validity.not_before),
+                not_after: at(tbs.validity.not_after),
+                ca,
+            }
+        })
+        .collect()
+}
+
 /// When the first certificate of a PEM chain (the server's own) stops
 /// being valid (its `notAfter`), if it parses.
 pub fn not_after(cert_pem: &[u8]) -> Option<std::time::SystemTime> {
-    use x509_cert::der::Decode as _;
-    let first = CertificateDer::pem_slice_iter(cert_pem).next()?.ok()?;
-    let cert = x509_cert::Certificate::from_der(first.as_ref()).ok()?;
-    Some(std::time::UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
+    validity(cert_pem).first().map(|v| v.not_after)
+}
+
+/// [`refusal_hint`] for the first [`rustls::Error`] in `e`'s chain of
+/// sources (through the `io::Error`s that carry it).
+pub fn refusal_hint_in(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    fn next<'a>(
+        err: &&'a (dyn std::error::Error + 'static),
+    ) -> Option<&'a (dyn std::error::Error + 'static)> {
+        match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        }
+    }
+    std::iter::successors(Some(e), next)
+        .find_map(|err| err.downcast_ref::<rustls::Error>())
+        .and_then(refusal_hint)
+}
+
+/// What to do about a certificate a TLS client refused, when rustls's
+/// words (webpki's error names) do not say: `None` for the rest.
+pub fn refusal_hint(e: &rustls::Error) -> Option<&'static str> {
+    use rustls::CertificateError;
+    let rustls::Error::InvalidCertificate(e) = e else {
+        return None;
+    };
+    match e {
+        CertificateError::UnknownIssuer => Some(
+            "the server's certificate is not issued by a CA this client trusts: give the CA that issued it (or, for a self-signed one, the certificate itself) as the trusted CA file",
+        ),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => Some(
+            "the server's certificate does not name the host asked for: connect by a name (or IP address) in its subjectAltName",
+        ),
+        // webpki's CaUsedAsEndEntity, which rustls passes on as Other.
+        CertificateError::Other(other) if other.to_string() == "CaUsedAsEndEntity" => Some(
+            "the server's certificate is a CA's (basicConstraints CA:TRUE, as `openssl req -x509` makes by default), which rustls refuses as a server's own: make it with `-addext basicConstraints=critical,CA:FALSE`, or have a CA issue it and trust that CA",
+        ),
+        _ => None,
+    }
 }
 
 /// Reads a certificate chain and key from disk and checks that they parse and
@@ -779,6 +850,57 @@ mod tests {
                 assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
             }
         }
+    }
+
+    /// A self-signed certificate marked CA:TRUE (what `openssl req -x509`
+    /// makes) is read as a CA's, and the refusal of it by a rustls client
+    /// that trusts it comes with what to do (the error alone says
+    /// `Other(OtherError(CaUsedAsEndEntity))`); one for another name and
+    /// one from an unknown issuer are explained too.
+    #[tokio::test]
+    async fn a_refused_server_certificate_is_explained() {
+        let mut params = rcgen::CertificateParams::new(vec!["ingest.example.com".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        assert!(validity(pem.as_bytes())[0].ca);
+        let (plain, _) = self_signed(&["ingest.example.com"]).unwrap();
+        assert!(!validity(plain.as_bytes())[0].ca);
+        let server = server_config(
+            &[CertSource {
+                cert_pem: pem.clone().into(),
+                key_pem: key.serialize_pem().into(),
+                label: "ca.pem".into(),
+            }],
+            None,
+        )
+        .unwrap();
+        let refused = async |server: &Arc<ServerConfig>, client: ClientConfig, name: &str| {
+            let (c, _) = handshake(server, client, name).await;
+            let e = c.expect_err("refused");
+            let e = e
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .unwrap_or_else(|| panic!("not a rustls error: {e}"))
+                .clone();
+            refusal_hint(&e).unwrap_or_else(|| panic!("no hint for {e:?}"))
+        };
+        let trusting = client_config(Some(pem.as_bytes())).unwrap();
+        assert!(refused(&server, trusting, "ingest.example.com")
+            .await
+            .contains("basicConstraints CA:TRUE"));
+        let (leaf, der) = source(&["ingest.example.com"]);
+        let plain = server_config(&[leaf], None).unwrap();
+        let trusting = client(&[&der], &TLS13).with_no_client_auth();
+        assert!(refused(&plain, trusting, "other.example.com")
+            .await
+            .contains("does not name the host"));
+        let (_, other) = source(&["stranger.example.com"]);
+        let stranger = client(&[&other], &TLS13).with_no_client_auth();
+        assert!(refused(&plain, stranger, "ingest.example.com")
+            .await
+            .contains("not issued by a CA this client trusts"));
     }
 
     /// The server certificate's `notAfter`, as rcgen wrote it.

@@ -24,6 +24,24 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// The error of a GET of `url` that got this answer, not a 2xx:
+    /// [`Unavailable`] for a 5xx or 429 (the server could not say).
+    pub fn failed(&self, url: &str) -> anyhow::Error {
+        let why = format!(
+            "GET {url}: {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        let busy =
+            self.status.is_server_error() || self.status == http::StatusCode::TOO_MANY_REQUESTS;
+        match busy {
+            true => Unavailable(why).into(),
+            false => anyhow!(why),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Fetcher {
     base: String,
@@ -39,10 +57,25 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+/// A log, witness or admin API that did not answer, or answered that it
+/// could not (5xx, 429): nothing was learnt, so nothing is wrong yet. The
+/// root cause of the errors [`Fetcher`] returns for those.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Whether `e` is a [`Fetcher`]'s [`Unavailable`] (with context around it).
+pub fn unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.is::<Unavailable>())
+}
+
 impl Fetcher {
     /// For `base` (`http://` or `https://`, trailing `/` ignored); `ca`: a
     /// PEM bundle trusted for https instead of the system roots.
     pub fn new(base: &str, ca: Option<&PathBuf>) -> anyhow::Result<Fetcher> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("`{base}` is not an http:// or https:// URL (e.g. https://{base})");
+        }
         let ca = ca.map(std::fs::read).transpose().context("reading --ca")?;
         let tls = residency_tls::client_config(ca.as_deref())?;
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -77,11 +110,7 @@ impl Fetcher {
         let url = format!("{}{path}", self.base);
         let answer = self.answer(path).await?;
         if !answer.status.is_success() {
-            bail!(
-                "GET {url}: {}: {}",
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            );
+            return Err(answer.failed(&url));
         }
         Ok(answer.body)
     }
@@ -116,10 +145,16 @@ impl Fetcher {
         method: &str,
         url: &str,
     ) -> anyhow::Result<Answer> {
-        let resp = tokio::time::timeout(TIMEOUT, self.client.request(req))
-            .await
-            .with_context(|| format!("{method} {url}: timed out"))?
-            .with_context(|| format!("{method} {url}"))?;
+        let resp = match tokio::time::timeout(TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Err(_) => return Err(Unavailable(format!("{method} {url}: timed out")).into()),
+            // Not reached: as unavailable (the reason in full, with what to
+            // do about a refused certificate).
+            Ok(Err(e)) => {
+                let why = crate::loadtest::upload::describe(&e);
+                return Err(Unavailable(format!("{method} {url}: {why}")).into());
+            }
+        };
         let status = resp.status();
         let content_type = resp
             .headers()

@@ -45,7 +45,7 @@ pub struct VerifyArgs {
     pub request_id: Option<String>,
     /// The log's base URL (its `transparency.address`), to fetch the latest
     /// checkpoint and the proofs.
-    #[arg(long)]
+    #[arg(long, value_parser = http_url)]
     pub log: Option<String>,
     /// A saved checkpoint to verify against instead of fetching one.
     #[arg(long)]
@@ -97,11 +97,25 @@ pub struct VerifyArgs {
     pub quorum: Option<usize>,
 }
 
-/// The outcome: the checks that passed, then VALID or INVALID and why.
+/// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
+fn http_url(text: &str) -> Result<String, String> {
+    match text.starts_with("http://") || text.starts_with("https://") {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "not an http:// or https:// URL (e.g. https://{text})"
+        )),
+    }
+}
+
+/// The outcome: the checks that passed, then VALID or INVALID and why —
+/// or NOT CHECKED, when the log (or a witness) could not be read.
 #[derive(Debug)]
 pub struct Report {
     pub checks: Vec<String>,
     pub verdict: Result<String, String>,
+    /// The check could not be made: the log did not answer, or answered
+    /// that it could not (5xx, 429), so nothing was found wrong either.
+    pub unchecked: bool,
 }
 
 impl Report {
@@ -117,6 +131,9 @@ impl std::fmt::Display for Report {
         }
         match &self.verdict {
             Ok(summary) => writeln!(f, "VALID: {summary}"),
+            Err(why) if self.unchecked => {
+                writeln!(f, "NOT CHECKED: {why} (nothing was found wrong; try again)")
+            }
             Err(why) => writeln!(f, "INVALID: {why}"),
         }
     }
@@ -125,8 +142,13 @@ impl std::fmt::Display for Report {
 /// Runs every check the arguments ask for.
 pub async fn verify(args: &VerifyArgs) -> Report {
     let mut checks = Vec::new();
-    let verdict = run(args, &mut checks).await.map_err(|e| format!("{e:#}"));
-    Report { checks, verdict }
+    let result = run(args, &mut checks).await;
+    let unchecked = result.as_ref().is_err_and(crate::fetch::unavailable);
+    Report {
+        checks,
+        verdict: result.map_err(|e| format!("{e:#}")),
+        unchecked,
+    }
 }
 
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
@@ -430,11 +452,7 @@ impl Log {
                     .context("/generations: the log's list of generations is not one")?
                     .generations
             }
-            status => bail!(
-                "GET {}/generations: {status}: {}",
-                root.base(),
-                String::from_utf8_lossy(&answer.body)
-            ),
+            _ => return Err(answer.failed(&format!("{}/generations", root.base()))),
         };
         let own = match list.iter().find(|g| g.origin == verifier.name()) {
             Some(g) => {
@@ -660,12 +678,7 @@ async fn record_in(f: &Fetcher, id: &str) -> anyhow::Result<Option<Entry>> {
         return Ok(None);
     }
     if !answer.status.is_success() {
-        bail!(
-            "GET {}{path}: {}: {}",
-            f.base(),
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
+        return Err(answer.failed(&format!("{}{path}", f.base())));
     }
     serde_json::from_slice(&answer.body)
         .map(Some)
@@ -800,12 +813,7 @@ async fn fetch_tile(f: &Fetcher, tile: Tile) -> anyhow::Result<Bytes> {
             }
         }
     }
-    bail!(
-        "GET {}{path}: {}: {}",
-        f.base(),
-        answer.status,
-        String::from_utf8_lossy(&answer.body)
-    )
+    Err(answer.failed(&format!("{}{path}", f.base())))
 }
 
 /// `--witness` keys and `--quorum`: how many of them must have cosigned.
@@ -1048,8 +1056,73 @@ mod tests {
             log: Some(log),
             ..VerifyArgs::default()
         };
-        let why = verify(&args).await.verdict.unwrap_err();
+        let report = verify(&args).await;
+        assert!(report.unchecked, "{report}");
+        let why = report.verdict.as_ref().unwrap_err();
         assert!(why.contains("/generations: 500"), "{why}");
+    }
+
+    /// A log that cannot be reached, or answers that it cannot (5xx),
+    /// leaves the receipt NOT CHECKED (exit 3), not INVALID, which says a
+    /// check found something wrong (a forged receipt): a script can tell
+    /// a database blip from tampering. A 404 is the log's answer: INVALID.
+    #[tokio::test]
+    async fn a_log_that_does_not_answer_leaves_it_not_checked() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let failing = fake_log(vec![("/generations".into(), "500".into())]).await;
+        for log in [closed, failing] {
+            let args = VerifyArgs {
+                key: key(),
+                request_id: Some("abc".into()),
+                log: Some(log.clone()),
+                ..VerifyArgs::default()
+            };
+            let report = verify(&args).await;
+            assert!(report.unchecked, "{log}: {report}");
+            assert!(
+                report.to_string().starts_with("NOT CHECKED: GET "),
+                "{log}: {report}"
+            );
+        }
+        // Generations listed, no such record: the log says so.
+        let key = key();
+        let list = listing(&[(1, "verify.example/log", &key, "/generations/1/")]);
+        let log = fake_log(vec![("/generations".into(), list)]).await;
+        let args = VerifyArgs {
+            key,
+            request_id: Some("abc".into()),
+            log: Some(log),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(!report.unchecked, "{report}");
+        assert!(report.to_string().starts_with("INVALID: "), "{report}");
+    }
+
+    /// `--log` that is not an http(s) URL is a usage error (exit 2), not
+    /// an INVALID receipt.
+    #[test]
+    fn a_log_without_a_scheme_is_a_usage_error() {
+        let argv = [
+            "verify",
+            "--key",
+            "k",
+            "--request-id",
+            "a",
+            "--log",
+            "127.0.0.1:1",
+        ];
+        let Err(e) = Cli::try_parse_from(argv) else {
+            panic!("taken");
+        };
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().contains("not an http:// or https:// URL"),
+            "{e}"
+        );
     }
 
     /// `--proof-file` checks one offline proof: the options it would

@@ -80,6 +80,27 @@ impl Clients {
     }
 }
 
+/// One TLS handshake with the target, as the uploads will make it (from
+/// the first origin, through its PROXY header with `--convey proxy-v2`),
+/// before the run: a certificate the client refuses would fail every
+/// upload for the whole run. `Some(why, with what to do)` only for that;
+/// a target that cannot be reached is the run's to measure.
+pub async fn certificate_refused(plan: &Plan) -> anyhow::Result<Option<String>> {
+    use tower_service::Service as _;
+    let proxy_source = match plan.convey {
+        Convey::Xff => None,
+        Convey::ProxyV2 => plan.origins.values().flatten().next().copied(),
+    };
+    let tls = Arc::new(tls_config(&plan.trust)?);
+    let mut https = HttpsConnector::from((OriginConnector { proxy_source }, tls));
+    https.enforce_https();
+    let attempt = tokio::time::timeout(plan.request_timeout, https.call(plan.target.clone()));
+    let Ok(Err(e)) = attempt.await else {
+        return Ok(None);
+    };
+    Ok(residency_tls::refusal_hint_in(&*e).map(|hint| format!("{e}: {hint}")))
+}
+
 /// The client TLS configuration: TLS 1.2/1.3, ring, ALPN `http/1.1`.
 pub fn tls_config(trust: &Trust) -> anyhow::Result<ClientConfig> {
     let mut config = match trust {

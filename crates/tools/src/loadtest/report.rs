@@ -24,8 +24,10 @@ pub struct Report {
     pub run_id: String,
     /// The run's seed (upload bodies and ids derive from it), in hex.
     pub seed: String,
-    /// SHA-256 of the routing policy the run checked against (the proxy
-    /// exports its own as `residency_policy_info{hash}`).
+    /// SHA-256 of the routing policy the run checked against, as the
+    /// proxy exports it (`residency_policy_info{hash}`, receipts'
+    /// `policy_sha256`): with `--config`'s tenant pins (the policy alone
+    /// when the plan has no configuration's, [`Plan::routing_hash`]).
     pub policy_sha256: String,
     /// The version of the tool that ran it, and the commit it was built
     /// from when known (`RESIDENCY_PROXY_COMMIT` at build time).
@@ -624,7 +626,10 @@ pub fn build(
     let mut report = Report {
         run_id: run.id.clone(),
         seed: format!("{:016x}", run.seed),
-        policy_sha256: plan.policy.hash(),
+        policy_sha256: plan
+            .routing_hash
+            .clone()
+            .unwrap_or_else(|| plan.policy.hash()),
         version: match option_env!("RESIDENCY_PROXY_COMMIT") {
             Some(commit) => format!("{} ({commit})", env!("CARGO_PKG_VERSION")),
             None => env!("CARGO_PKG_VERSION").to_string(),

@@ -586,3 +586,19 @@ fn a_repair_after_a_failed_one_is_the_recovery() {
     // Upload 32, scheduled at 3.2 s, answered 5 ms later.
     assert_eq!(recovery.time_to_recover_ms, Some(205.0), "{recovery:?}");
 }
+
+/// The report names the hash the proxy exports for `--config` — its
+/// policy and tenant pins — not the policy's alone, which differs as soon
+/// as a tenant is pinned (an operator comparing the two found them apart).
+#[test]
+fn the_report_names_the_hash_the_proxy_exports() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(1);
+    let outcomes = vec![outcome(0, 0, 0, 201, Some("zurich"))];
+    let r = report(&plan, outcomes.clone(), Vec::new(), Reconciled::default());
+    assert_eq!(r.policy_sha256, plan.policy.hash(), "no configuration's");
+    plan.routing_hash = Some("7c57".repeat(16));
+    let r = report(&plan, outcomes, Vec::new(), Reconciled::default());
+    assert_eq!(r.policy_sha256, "7c57".repeat(16));
+    assert!(r.render_text().contains(&"7c57".repeat(16)));
+}

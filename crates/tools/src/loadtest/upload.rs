@@ -247,7 +247,8 @@ fn next_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError
     }
 }
 
-/// The whole error chain as one line, for the report's examples.
+/// The whole error chain as one line, for the report's examples, with
+/// what to do about a refused certificate when rustls's words do not say.
 pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for err in chain(e) {
@@ -256,7 +257,11 @@ pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
             parts.push(text);
         }
     }
-    parts.join(": ")
+    let mut text = parts.join(": ");
+    if let Some(hint) = residency_tls::refusal_hint_in(e) {
+        text = format!("{text} ({hint})");
+    }
+    text
 }
 
 /// A short, fixed reason for a transport failure.
