@@ -14,7 +14,7 @@
 //! deserialization; that one problem is reported under its key too. After
 //! loading, invalid states cannot be represented.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -738,7 +738,7 @@ fn sockets_apart(sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
 /// `localhost` are compared: the same address and port, or a loopback one
 /// on the port of a socket listening on every address.
 fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut ConfigReport) {
-    let mut index = std::collections::HashMap::new();
+    let mut index = HashMap::new();
     for u in &policy.upstreams {
         let dc = policy.datacenter(u.datacenter);
         let i = index.entry(u.datacenter).or_insert(0usize);
@@ -815,6 +815,31 @@ fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) 
             message = located.to_string();
         }
     }
+    // A TOML error located at a line: under the key written there.
+    let key = key.or_else(|| {
+        let line = message
+            .strip_prefix("TOML parse error at line ")?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        key_at_line(text?, line)
+    });
+    if message.contains("as i128, expected any valid TOML value") {
+        // A literal past what TOML's integers hold.
+        message = message.replace("invalid type: integer", "integer").replace(
+            "as i128, expected any valid TOML value",
+            "is too large: TOML integers go up to 9223372036854775807",
+        );
+    }
+    // serde names the type a table deserialises into (`struct RawAdmin`):
+    // a table of settings, to a person.
+    if let Some(at) = message.find("expected struct Raw") {
+        message.replace_range(at.., "expected a table of settings");
+        if let Some(k) = &key {
+            message.push_str(&format!(" ([{k}] with its keys)"));
+        }
+    }
     // One value where a list is wanted: show the list's form.
     if let (Some(k), true) = (&key, message.starts_with("invalid type: string")) {
         if message.ends_with("expected a sequence") {
@@ -825,6 +850,39 @@ fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) 
     let mut report = ConfigReport::new(source);
     report.push(key.unwrap_or_else(|| "config".into()), message);
     report
+}
+
+/// The key set on line `line` (1-based) of a TOML `text`, under the
+/// table header above it (`limits.max_body_bytes`, `listeners[1].address`
+/// for the second `[[listeners]]`); `None` when the line sets no key.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    for (n, raw) in text.lines().enumerate().take(line) {
+        let l = raw.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let i = arrays
+                .entry(name.clone())
+                .and_modify(|i| *i += 1)
+                .or_default();
+            table = format!("{name}[{i}]");
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        } else if n + 1 == line {
+            let (name, _) = l.split_once('=')?;
+            let name = name.trim();
+            let bare = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            return bare.then(|| match table.is_empty() {
+                true => name.to_string(),
+                false => format!("{table}.{name}"),
+            });
+        }
+    }
+    None
 }
 
 /// The key a `config` error concerns, and its message without the key.
@@ -1591,6 +1649,44 @@ countries = ["CH"]
 jurisdiction = "ch"
 upstreams = ["http://127.0.0.1:1"]
 "#;
+
+    /// A TOML error the parser locates is reported under the key on that
+    /// line (it was `config`), and an integer past TOML's says so (it said
+    /// "expected any valid TOML value").
+    #[test]
+    fn a_located_toml_error_names_the_key_on_its_line() {
+        let text = format!("{MINIMAL}[limits]\nmax_body_bytes = 99999999999999999999\n");
+        let e = problems(&text);
+        assert!(
+            e.contains("- limits.max_body_bytes: TOML parse error at line ")
+                && e.contains("integer `99999999999999999999` is too large: TOML integers go up to 9223372036854775807"),
+            "{e}"
+        );
+        let text = format!("{MINIMAL}[[listeners]]\naddress = \"127.0.0.1:1\n");
+        let e = problems(&text);
+        assert!(
+            e.contains("- listeners[1].address: TOML parse error"),
+            "{e}"
+        );
+        assert_eq!(
+            super::key_at_line("a = 1\n[t]\n# c\nb.c = 2\n", 4).as_deref(),
+            Some("t.b.c")
+        );
+        assert_eq!(super::key_at_line("a = 1\n[t]\n# c\n", 3), None);
+    }
+
+    /// A value where a table is wanted says so in a person's words, not
+    /// by the type it deserialises into (`expected struct RawAdmin`).
+    #[test]
+    fn a_value_for_a_table_says_a_table() {
+        let text = format!("admin = \"x\"\n{MINIMAL}");
+        let e = problems(&text);
+        assert!(
+            e.contains("admin: invalid type: string \"x\", expected a table of settings ([admin] with its keys)")
+                && !e.contains("Raw"),
+            "{e}"
+        );
+    }
 
     /// One string where a list is wanted says the list's form.
     #[test]

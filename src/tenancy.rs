@@ -830,6 +830,43 @@ file = "tenants file.toml"
         );
     }
 
+    /// A server name that is an IP address is refused: TLS never sends
+    /// one, so the tenant could never be recognised (it loaded, and
+    /// `/decide?sni=127.0.0.1` pinned a tenant no connection could have).
+    #[test]
+    fn a_server_name_that_is_an_address_is_refused() {
+        let dir = std::env::temp_dir().join(format!("rp-tenancy-ip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["c.pem", "c.key", "g.mmdb"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let toml = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "c.key" }]
+[geoip]
+database = "g.mmdb"
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:1"]
+[[tenants]]
+name = "a"
+jurisdiction = "ch"
+sni = ["127.0.0.1", "ingest.acme.example", "10.1.2"]
+"#;
+        let report = Config::from_toml(toml, &dir).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            report.contains("tenants[0].sni[0]: `127.0.0.1` is an IP address, which TLS never sends as a server name"),
+            "{report}"
+        );
+        assert!(!report.contains("sni[1]"), "{report}");
+        assert!(!report.contains("sni[2]"), "a name of digits: {report}");
+    }
+
     /// What a token brought reaches the log shortened to 64 characters.
     #[test]
     fn a_token_s_values_are_shortened_for_the_log() {

@@ -111,11 +111,19 @@ macro_rules! client_claims {
             "x-appengine-user-ip",
             "x-vercel-forwarded-for",
             "client-ip",
+            "forwarded-for",
+            "x-forwarded",
+            "x-originating-ip",
+            "x-remote-ip",
+            "x-remote-addr",
+            "x-proxyuser-ip",
+            "cf-pseudo-ipv4",
             "cf-ipcountry",
             "cloudfront-viewer-country",
             "x-appengine-country",
             "x-vercel-ip-country",
             "x-country-code",
+            "x-geo-country",
             "client-cert",
             "client-cert-chain",
             "x-forwarded-client-cert",
@@ -1540,6 +1548,9 @@ mod tests {
             ("x-real-ip", "192.0.2.66"),
             ("true-client-ip", "192.0.2.66"),
             ("cf-connecting-ip", "192.0.2.66"),
+            ("forwarded-for", "192.0.2.66"),
+            ("x-forwarded", "for=192.0.2.66"),
+            ("x-originating-ip", "192.0.2.66"),
         ]);
         let id = HeaderValue::from_static("abc");
         let f = Forwarded {
@@ -1564,6 +1575,9 @@ mod tests {
             "x-real-ip",
             "true-client-ip",
             "cf-connecting-ip",
+            "forwarded-for",
+            "x-forwarded",
+            "x-originating-ip",
         ] {
             assert!(h.get(name).is_none(), "{name} went upstream");
         }

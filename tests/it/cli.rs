@@ -488,6 +488,18 @@ fn example_config_validates() {
         public.display()
     );
     assert!(stdout.contains(&warning), "{stdout}");
+    // Something that is not a key at all is said to be that (it said "it
+    // names `garbage`").
+    std::fs::write(&public, "garbage\n").unwrap();
+    let out = run(&["check-config", "--config", path(&copy)], &[]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "warning: {}: it is not a verifier key (`name+keyid+base64`, as keygen writes), so receipts do not verify with it",
+            public.display()
+        )),
+        "{stdout}"
+    );
     std::fs::write(&public, kept).unwrap();
 
     // With a size limit: the origin and key it rolls to, for witnesses.

@@ -363,6 +363,16 @@ impl Tenants {
             for (j, pattern) in raw.sni.iter().enumerate() {
                 let k = format!("{key}.sni[{j}]");
                 let p = pattern.to_ascii_lowercase();
+                if p.parse::<std::net::Ipv4Addr>().is_ok() {
+                    // All digits and dots passes as a DNS name, but TLS
+                    // never sends an address as a server name (RFC 6066
+                    // §3): the tenant could never be recognised.
+                    r.push(
+                        k,
+                        format!("`{pattern}` is an IP address, which TLS never sends as a server name: give a host name clients connect by"),
+                    );
+                    continue;
+                }
                 if !valid_host_pattern(&p) {
                     r.push(
                         k,

@@ -956,7 +956,9 @@ impl Transparency {
             return None;
         }
         let named = given.split('+').next().unwrap_or_default();
-        let why = if named == self.origin {
+        let why = if crate::note::Verifier::parse(given).is_err() {
+            "it is not a verifier key (`name+keyid+base64`, as keygen writes)".to_string()
+        } else if named == self.origin {
             "it is not the public key of transparency.signing_key".to_string()
         } else {
             format!(

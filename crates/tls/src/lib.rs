@@ -48,6 +48,8 @@ pub enum TlsError {
     NoCertificate(String),
     #[error("{0}: no private key found")]
     NoPrivateKey(String),
+    #[error("{0}: the private key is encrypted, which is not supported: give it unencrypted, readable by the proxy only (`openssl pkey -in KEY -out KEY.plain`, then chmod 600)")]
+    EncryptedKey(String),
     /// (ring's signers: RSA of 2048 to 8192 bits, ECDSA P-256 and P-384,
     /// Ed25519.)
     #[error(
@@ -189,7 +191,19 @@ fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, T
     }
     let key = match PrivateKeyDer::from_pem_slice(&source.key_pem) {
         Ok(key) => key,
-        Err(pem::Error::NoItemsFound) => return Err(TlsError::NoPrivateKey(key_label)),
+        Err(pem::Error::NoItemsFound) => {
+            // PKCS#8's `ENCRYPTED PRIVATE KEY`, or an OpenSSL legacy key
+            // with `Proc-Type: 4,ENCRYPTED`: a key, just not one to read.
+            let text = String::from_utf8_lossy(&source.key_pem);
+            return Err(
+                match text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+                    || text.contains("Proc-Type: 4,ENCRYPTED")
+                {
+                    true => TlsError::EncryptedKey(key_label),
+                    false => TlsError::NoPrivateKey(key_label),
+                },
+            );
+        }
         Err(e) => return Err(TlsError::Pem(key_label, e)),
     };
     let signing_key = provider()
@@ -958,6 +972,20 @@ mod tests {
             "{e}"
         );
         assert_eq!(err(&cert, &cert), format!("{cd}: no private key found"));
+        // An encrypted key (`openssl pkey -aes256`) is said to be one.
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(
+            err(&cert, &key).starts_with(&format!(
+                "{}: the private key is encrypted, which is not supported",
+                key.display()
+            )),
+            "{}",
+            err(&cert, &key)
+        );
         let missing = dir.join("missing.pem");
         assert!(err(&missing, &key).starts_with(&format!("{}: cannot read: ", missing.display())));
         std::fs::write(&key, &a.key_pem).unwrap();
