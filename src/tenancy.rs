@@ -786,6 +786,10 @@ pub fn cert_names(der: &[u8]) -> CertNames {
 mod tests {
     use crate::config::Config;
 
+    /// A configuration without tenants (its files hold nothing: the
+    /// values are refused before they are read).
+    use crate::config::tests::MINIMAL as BASE;
+
     /// A tenant in the tenant file that overlaps one in the configuration:
     /// the problem names the file's entry, and the other side.
     #[test]
@@ -800,26 +804,11 @@ mod tests {
             "[[tenants]]\nname = \"b\"\njurisdiction = \"ch\"\nsni = [\"x.acme.example\"]\n",
         )
         .unwrap();
-        let toml = r#"
-[[listeners]]
-address = "127.0.0.1:0"
-[listeners.tls]
-certificates = [{ cert = "c.pem", key = "c.key" }]
-[geoip]
-database = "g.mmdb"
-[jurisdictions.ch]
-countries = ["CH"]
-[datacenters.zurich]
-jurisdiction = "ch"
-upstreams = ["http://127.0.0.1:1"]
-[[tenants]]
-name = "a"
-jurisdiction = "ch"
-sni = ["*.acme.example"]
-[tenancy]
-file = "tenants file.toml"
-"#;
-        let report = Config::from_toml(toml, &dir).unwrap_err().to_string();
+        let toml = format!(
+            "{BASE}[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nsni = [\"*.acme.example\"]\n\
+             [tenancy]\nfile = \"tenants file.toml\"\n"
+        );
+        let report = Config::from_toml(&toml, &dir).unwrap_err().to_string();
         let _ = std::fs::remove_dir_all(&dir);
         let file = dir.join("tenants file.toml").display().to_string();
         assert!(
@@ -840,24 +829,11 @@ file = "tenants file.toml"
         for f in ["c.pem", "c.key", "g.mmdb"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
-        let toml = r#"
-[[listeners]]
-address = "127.0.0.1:0"
-[listeners.tls]
-certificates = [{ cert = "c.pem", key = "c.key" }]
-[geoip]
-database = "g.mmdb"
-[jurisdictions.ch]
-countries = ["CH"]
-[datacenters.zurich]
-jurisdiction = "ch"
-upstreams = ["http://127.0.0.1:1"]
-[[tenants]]
-name = "a"
-jurisdiction = "ch"
-sni = ["127.0.0.1", "ingest.acme.example", "10.1.2"]
-"#;
-        let report = Config::from_toml(toml, &dir).unwrap_err().to_string();
+        let toml = format!(
+            "{BASE}[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\n\
+             sni = [\"127.0.0.1\", \"ingest.acme.example\", \"10.1.2\"]\n"
+        );
+        let report = Config::from_toml(&toml, &dir).unwrap_err().to_string();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             report.contains("tenants[0].sni[0]: `127.0.0.1` is an IP address, which TLS never sends as a server name"),
