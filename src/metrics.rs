@@ -26,7 +26,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 22] = [
+pub const REJECTION_REASONS: [&str; 23] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -49,6 +49,7 @@ pub const REJECTION_REASONS: [&str; 22] = [
     "unsupported_transfer_coding",
     "request_head_too_large",
     "method_not_implemented",
+    "shutdown",
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.

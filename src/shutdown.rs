@@ -2,6 +2,7 @@
 //! set once by `server::Bound::run` (its sender dropping counts as set), and
 //! the accept step every listener shares.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,5 +31,32 @@ pub async fn accept(
             },
             () = stopped(stop) => return None,
         }
+    }
+}
+
+/// Runs `fut` until it ends, or until `cut` is set (the end of
+/// `shutdown_grace`: [`crate::state::Instance::cut`]), when it is dropped.
+/// The cut is looked at only when it changes (`Gated`), not at each of the
+/// task's wake-ups.
+pub async fn until_cut<F: Future<Output = ()>>(fut: F, cut: watch::Receiver<bool>) {
+    let cut = crate::lazy::Gated::new(Box::pin(async move {
+        let mut cut = cut;
+        let _ = cut.wait_for(|c| *c).await;
+    }));
+    tokio::select! {
+        biased;
+        () = fut => {}
+        () = cut => {}
+    }
+}
+
+/// hyper's executor for an HTTP/2 connection's streams: each runs as a
+/// task of its own, [`until_cut`].
+#[derive(Clone)]
+pub struct CutExecutor(pub watch::Receiver<bool>);
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for CutExecutor {
+    fn execute(&self, fut: F) {
+        tokio::spawn(until_cut(fut, self.0.clone()));
     }
 }

@@ -249,6 +249,12 @@ pub struct Instance {
     /// Requests running detached from their departed client (see
     /// `server::connection::Detached`), against `limits.max_detached_requests`.
     pub detached: AtomicUsize,
+    /// Set when `timeouts.shutdown_grace` has run out: what still runs —
+    /// connections, HTTP/2 streams, detached requests, each under
+    /// [`crate::shutdown::until_cut`] — is dropped, and a request cut while
+    /// its upload was with a data centre records itself as a refusal
+    /// (`shutdown`), before the final checkpoint.
+    pub cut: tokio::sync::watch::Sender<bool>,
     /// Bytes of idempotent bodies held for replay, against
     /// `upstream.replay_budget_bytes` (sized from the first snapshot).
     pub replay_budget: Arc<tokio::sync::Semaphore>,
@@ -302,6 +308,7 @@ impl Instance {
             ids: RequestIds::new(),
             log,
             detached: AtomicUsize::new(0),
+            cut: tokio::sync::watch::Sender::new(false),
             replay_budget,
             replay_budget_bytes,
             clients: Default::default(),

@@ -67,13 +67,18 @@ pub enum Failure {
     /// A method neither in `limits.methods` nor one RFC 9110 or RFC 5789
     /// defines: the proxy does not recognize it (RFC 9110 §15.6.2: 501).
     MethodNotImplemented,
+    /// The proxy stopped (`timeouts.shutdown_grace` ran out) while the
+    /// upload was with a data centre: its connection is dropped, so no
+    /// client sees this; its record does (the data centre may have stored
+    /// it).
+    Shutdown,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 22] = [
+    pub const ALL: [Failure; 23] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -98,6 +103,7 @@ impl Failure {
         Failure::UnsupportedTransferCoding,
         Failure::HeadTooLarge,
         Failure::MethodNotImplemented,
+        Failure::Shutdown,
     ];
 }
 
@@ -141,7 +147,8 @@ impl Failure {
             Failure::TenantConflict => StatusCode::FORBIDDEN,
             Failure::NoHealthyDatacenter { .. }
             | Failure::LogUnavailable
-            | Failure::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
+            | Failure::UpstreamSaturated
+            | Failure::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -180,6 +187,7 @@ impl Failure {
             Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Failure::HeadTooLarge => "request_head_too_large",
             Failure::MethodNotImplemented => "method_not_implemented",
+            Failure::Shutdown => "shutdown",
         }
     }
 
@@ -205,7 +213,9 @@ impl Failure {
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
             | Failure::UpstreamTimeout => Culprit::Upstream,
-            Failure::LogUnavailable | Failure::UpstreamSaturated => Culprit::Proxy,
+            Failure::LogUnavailable | Failure::UpstreamSaturated | Failure::Shutdown => {
+                Culprit::Proxy
+            }
         }
     }
 
@@ -226,9 +236,10 @@ impl Failure {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         let retry_after = match self {
             Failure::NoHealthyDatacenter { retry_after } => Some(retry_after),
-            Failure::LogUnavailable | Failure::UpstreamSaturated | Failure::TooManyRequests => {
-                Some(Duration::from_secs(1))
-            }
+            Failure::LogUnavailable
+            | Failure::UpstreamSaturated
+            | Failure::TooManyRequests
+            | Failure::Shutdown => Some(Duration::from_secs(1)),
             _ => None,
         };
         if self == Failure::InvalidTenantToken {
@@ -277,6 +288,7 @@ mod tests {
             Failure::UnsupportedTransferCoding => 19,
             Failure::HeadTooLarge => 20,
             Failure::MethodNotImplemented => 21,
+            Failure::Shutdown => 22,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

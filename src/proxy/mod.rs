@@ -189,15 +189,24 @@ pub fn handle(
                         });
                     }
                 };
+            let cut = recording::Cut {
+                instance: &instance,
+                state: &state,
+                findings: &mut findings,
+                request_id: &id,
+                received,
+            };
             let mut forwarded = forward::forward(
                 &instance,
                 &state,
                 target,
                 req,
-                &mut findings.datacenter,
-                &mut findings.also_sent_to,
+                &mut cut.findings.datacenter,
+                &mut cut.findings.also_sent_to,
             )
             .await;
+            // Not dropped mid-forward: nothing to record here.
+            std::mem::forget(cut);
             // The client's count stays while the data centre's connection
             // is the request's: until the answer has been taken from it to
             // the end and the body is done (answered early, the rest of

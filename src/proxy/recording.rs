@@ -117,6 +117,53 @@ pub async fn refused(log: &Arc<Log>, context: &RecordContext<'_>) {
         .await;
 }
 
+/// Armed while an upload is with a data centre ([`super::handle`]'s
+/// forward): a request dropped then — cut at the end of `shutdown_grace`
+/// (`shutdown`), or whose client left when the detached-request budget was
+/// full (`client_aborted`) — leaves a refusal in its reason's summary
+/// record, naming the data centre, which may have stored it (it left no
+/// record at all). Disarmed by `std::mem::forget` once the forward ends.
+pub struct Cut<'a> {
+    pub instance: &'a crate::state::Instance,
+    pub state: &'a Snapshot,
+    pub findings: &'a mut Findings,
+    pub request_id: &'a HeaderValue,
+    pub received: SystemTime,
+}
+
+impl Drop for Cut<'_> {
+    fn drop(&mut self) {
+        let failure = match *self.instance.cut.borrow() {
+            true => Failure::Shutdown,
+            false => Failure::ClientAborted,
+        };
+        let reason = failure.reason();
+        self.findings.reason = Some(reason);
+        self.instance
+            .metrics
+            .rejections
+            .with_label_values(&[reason])
+            .inc();
+        let policy = &self.state.config.policy;
+        tracing::warn!(
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            reason,
+            datacenter = self
+                .findings
+                .datacenter
+                .map_or("none", |d| policy.datacenter(d).name.as_str()),
+            "request dropped while its upload was with a data centre (which may have stored it): recorded as refused"
+        );
+        if let Some(log) = &self.instance.log {
+            let context =
+                RecordContext::new(self.state, self.findings, self.request_id, self.received);
+            // Synchronous: the summary is written with the others (at
+            // shutdown, before the final checkpoint).
+            log.fold_refusal(&context.record(log, Outcome::Refused));
+        }
+    }
+}
+
 /// Records an upstream answer and returns the `Residency-Receipt` value for
 /// a 2xx (added after the upstream's own `Residency-*` headers are
 /// stripped). A 2xx whose record cannot be written becomes 503

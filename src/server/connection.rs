@@ -41,7 +41,9 @@ use hyper::body::Incoming;
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{service_fn, HttpService};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use crate::shutdown::CutExecutor;
 use prometheus::IntCounterVec;
 use residency_core::origin::Proxied;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -225,7 +227,8 @@ pub(super) async fn serve(
         }
     };
     activity.http2.store(true, Ordering::Relaxed);
-    serve_http2(io, prefix, service, limits, peer, phases).await;
+    let cut = instance.cut.subscribe();
+    serve_http2(io, prefix, service, limits, peer, phases, cut).await;
 }
 
 /// Bytes of response data one HTTP/2 stream may queue for sending.
@@ -794,10 +797,11 @@ async fn serve_http2<S, I, D>(
     limits: Limits,
     peer: SocketAddr,
     mut phases: Phases<'_, I, D>,
+    cut: tokio::sync::watch::Receiver<bool>,
 ) where
     S: HttpService<Incoming, ResBody = Served>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    TokioExecutor: Http2ServerConnExec<S::Future, Served>,
+    CutExecutor: Http2ServerConnExec<S::Future, Served>,
     I: Future<Output = &'static str>,
     D: Future<Output = ()>,
 {
@@ -806,7 +810,7 @@ async fn serve_http2<S, I, D>(
     // one window update per 64 KiB (an 8 MiB upload took 5.7 s; 0.26 s with
     // this). What a connection buffers stays bounded by the connection
     // window.
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    let mut h2 = http2::Builder::new(CutExecutor(cut));
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_request_head_bytes).unwrap_or(u32::MAX))
@@ -1803,18 +1807,27 @@ impl<F: Future<Output = Answer> + Send + 'static> Drop for Detached<F> {
         if busy.0.http2.load(Ordering::Relaxed) {
             busy.0.cancelled();
         }
+        // Cut at the end of shutdown_grace: dropped here (it records
+        // itself), not moved to a task that would outlive the final
+        // checkpoint.
+        let cut = busy.0.instance.cut.subscribe();
+        if *cut.borrow() {
+            return;
+        }
         match busy.detach() {
-            Ok(detached) => drop(runtime.spawn(async move {
-                // (Never `None`: looked at above.)
-                let out = std::future::poll_fn(|cx| {
-                    fut.as_mut()
-                        .as_pin_mut()
-                        .map_or(Poll::Pending, |inner| inner.poll(cx))
-                })
-                .await;
-                drop(detached);
-                out
-            })),
+            Ok(detached) => drop(runtime.spawn(crate::shutdown::until_cut(
+                async move {
+                    // (Never `None`: looked at above.)
+                    let _ = std::future::poll_fn(|cx| {
+                        fut.as_mut()
+                            .as_pin_mut()
+                            .map_or(Poll::Pending, |inner| inner.poll(cx))
+                    })
+                    .await;
+                    drop(detached);
+                },
+                cut,
+            ))),
             Err(busy) => {
                 busy.0.instance.metrics.detached_cancelled.inc();
                 tracing::debug!(

@@ -36,6 +36,10 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::admin;
 use crate::shutdown::{accept, stopped};
+
+/// How long what is cut at the end of `shutdown_grace` has to end (each
+/// task at its next poll) before the final checkpoint.
+const CUT_WAIT: Duration = Duration::from_secs(2);
 use crate::state::Instance;
 
 /// Sockets bound and ready to serve.
@@ -230,10 +234,22 @@ impl Bound {
         let drained = tokio::time::timeout(grace, permits.acquire_many(all)).await;
         match drained {
             Ok(_) => tracing::info!("all connections finished"),
-            Err(_) => tracing::warn!(
-                phase = "shutdown_grace",
-                "timeout: closing remaining connections"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    phase = "shutdown_grace",
+                    "timeout: closing remaining connections"
+                );
+                // Dropped now, not when the runtime ends: a request cut
+                // while its upload was with a data centre (which may have
+                // stored it) is folded into a summary record, written
+                // below before the final checkpoint. Each task ends at its
+                // next poll.
+                let cut = &self.instance.cut;
+                let _ = cut.send(true);
+                if tokio::time::timeout(CUT_WAIT, cut.closed()).await.is_err() {
+                    tracing::warn!("some tasks did not end after the cut");
+                }
+            }
         };
         if let Some(log) = self.instance.log.clone() {
             // Every record appended, summaries included, is covered by a
@@ -301,13 +317,10 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection::serve(
-            instance.clone(),
-            index,
-            stream,
-            peer,
-            permit,
-            stop.clone(),
+        let cut = instance.cut.subscribe();
+        tokio::spawn(crate::shutdown::until_cut(
+            connection::serve(instance.clone(), index, stream, peer, permit, stop.clone()),
+            cut,
         ));
     }
 }

@@ -1335,3 +1335,138 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
     );
     proxy.stop().await;
 }
+
+/// Uploads still with a data centre when `shutdown_grace` runs out are
+/// cut — the process must end — but not out of the log: each is a refusal
+/// (`shutdown`) in a summary record naming the data centre, which may have
+/// stored it, written before the final checkpoint. They left no record,
+/// though the data centre had read them whole (HTTP audit, stop 61). Here
+/// zurich reads each upload and never answers; one comes over HTTP/1.1,
+/// one over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
+    use tokio::io::AsyncReadExt;
+    let keep = TempDir::new("tlog-cut");
+    log_key(keep.path());
+    // Reads a request (head and its 5-byte body), keeps its request id,
+    // never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (ids_tx, mut ids) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = silent.accept().await {
+            let ids_tx = ids_tx.clone();
+            held.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        if body.len() >= 5 {
+                            let id = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("x-request-id: ")
+                                        .map(str::to_string)
+                                })
+                                .unwrap_or_default();
+                            let _ = ids_tx.send(id);
+                            got.clear();
+                        }
+                    }
+                }
+                // (held open: never answered)
+            }));
+        }
+    });
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", silent_addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let log_port = free_port();
+    let extra = section(keep.path(), log_port, "")
+        + "[timeouts]\nshutdown_delay = \"0s\"\nshutdown_grace = \"1s\"\nupstream_response = \"60s\"\n\
+           [health]\npath = \"off\"\n";
+    let mut proxy = Binary::start("tlog-cut", &dcs, &extra).await;
+    let mut uploads = Vec::new();
+    for client in [proxy.client(), proxy.client().h2()] {
+        uploads.push(tokio::spawn(async move {
+            let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                http_body_util::Full::new(bytes::Bytes::from_static(b"cut!!")),
+                |e| match e {},
+            ));
+            client
+                .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                .await
+        }));
+    }
+    let mut cut_ids = Vec::new();
+    for _ in 0..2 {
+        let id = tokio::time::timeout(Duration::from_secs(10), ids.recv())
+            .await
+            .expect("zurich reads both uploads")
+            .unwrap();
+        assert!(!id.is_empty());
+        cut_ids.push(id);
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not exit: {}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("request dropped while its upload was with a data centre")
+            .count(),
+        2,
+        "{log}"
+    );
+    for upload in uploads {
+        let reply = upload.await.unwrap();
+        assert!(reply.is_err(), "cut, not answered: {reply:?}");
+    }
+
+    // The log, reopened: the two are one summary of `shutdown`, naming
+    // zurich, in the signed tree.
+    let restarted = Binary::start("tlog-cut-2", &dcs, &section(keep.path(), log_port, "")).await;
+    let addr = format!("127.0.0.1:{log_port}").parse().unwrap();
+    let (_, checkpoint) = plain_request(addr, "GET", "/checkpoint").await;
+    let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    let mut found = None;
+    for i in 0..size {
+        let (status, body) = plain_request(addr, "GET", &format!("/entries/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        let entry: residency_log::api::Entry = serde_json::from_str(&body).unwrap();
+        let record = Record::from_bytes(entry.record.as_bytes()).unwrap();
+        if record.reason.as_deref() == Some("shutdown") {
+            let summary = record.summary.clone().expect("a summary");
+            assert_eq!(record.datacenter.as_deref(), Some("zurich"), "{body}");
+            assert!(summary.first <= summary.last, "{body}");
+            found = Some((summary.count, summary.request_ids_sha256.to_string()));
+        }
+    }
+    let (count, ids_sha256) =
+        found.unwrap_or_else(|| panic!("no shutdown summary in {size} records"));
+    assert_eq!(count, 2);
+    // In the order they were cut: either.
+    let hash = |a: &str, b: &str| sha256_hex(format!("{a}\n{b}\n").as_bytes());
+    assert!(
+        ids_sha256 == hash(&cut_ids[0], &cut_ids[1])
+            || ids_sha256 == hash(&cut_ids[1], &cut_ids[0]),
+        "{ids_sha256} for {cut_ids:?}"
+    );
+    drop(restarted);
+}

@@ -113,8 +113,17 @@ impl RefusalGate {
         folded.count += 1;
         folded.ids.update(record.request_id.as_bytes());
         folded.ids.update(b"\n");
-        folded.last.clear();
-        folded.last.push_str(&record.time);
+        // The earliest and latest time (RFC 3339 UTC of one width: they
+        // sort as text), whatever order they are folded in: requests cut
+        // together at shutdown end in no particular order.
+        let time: &str = &record.time;
+        if time < folded.first.as_str() {
+            folded.first = time.to_string();
+        }
+        if time > folded.last.as_str() {
+            folded.last.clear();
+            folded.last.push_str(time);
+        }
     }
 
     /// The summary records of everything folded since the last drain, one
