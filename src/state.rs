@@ -250,8 +250,9 @@ pub struct Instance {
     /// `server::connection::Detached`), against `limits.max_detached_requests`.
     pub detached: AtomicUsize,
     /// Set when `timeouts.shutdown_grace` has run out: what still runs —
-    /// connections, HTTP/2 streams, detached requests, each under
-    /// [`crate::shutdown::until_cut`] — is dropped, and a request cut while
+    /// connections (aborted by `server::Bound::run`), HTTP/2 streams and
+    /// detached requests (each under [`crate::shutdown::until_cut`]) — is
+    /// dropped, and a request cut while
     /// its upload was with a data centre records itself as a refusal
     /// (`shutdown`), before the final checkpoint.
     pub cut: tokio::sync::watch::Sender<bool>,

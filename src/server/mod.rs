@@ -33,6 +33,7 @@ use std::time::Duration;
 use crate::plain_http::TlsSource;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::admin;
 use crate::shutdown::{accept, stopped};
@@ -143,11 +144,13 @@ impl Bound {
         };
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let mut tasks = Vec::new();
+        // Each listener's connections, to be cut at the end of the grace.
+        let mut accepting = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let instance = self.instance.clone();
             let permits = permits.clone();
             let stop = stop_rx.clone();
-            tasks.push(tokio::spawn(accept_loop(
+            accepting.push(tokio::spawn(accept_loop(
                 instance, index, listener, permits, stop,
             )));
         }
@@ -227,6 +230,10 @@ impl Bound {
         }
         tracing::info!("shutting down: accepting stopped, draining connections");
         let _ = stop_tx.send(true);
+        let mut connections = Vec::new();
+        for t in accepting {
+            connections.extend(t.await);
+        }
         for t in tasks {
             let _ = t.await;
         }
@@ -246,7 +253,16 @@ impl Bound {
                 // next poll.
                 let cut = &self.instance.cut;
                 let _ = cut.send(true);
-                if tokio::time::timeout(CUT_WAIT, cut.closed()).await.is_err() {
+                let ended = async {
+                    for set in &mut connections {
+                        set.abort_all();
+                        while set.join_next().await.is_some() {}
+                    }
+                    // HTTP/2 streams and detached requests: under
+                    // `until_cut`, each holding a receiver until it ends.
+                    cut.closed().await;
+                };
+                if tokio::time::timeout(CUT_WAIT, ended).await.is_err() {
                     tracing::warn!("some tasks did not end after the cut");
                 }
             }
@@ -297,16 +313,21 @@ async fn checkpoints(
     }
 }
 
+/// Accepts until the stop flag, and returns the connections' tasks still
+/// running then: `run` cuts them (aborts them) if they outlast the grace.
+/// (A task set rather than a cut signal each connection's task would look
+/// at whenever it wakes: several times per request.)
 async fn accept_loop(
     instance: Arc<Instance>,
     index: usize,
     listener: TcpListener,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> JoinSet<()> {
+    let mut connections = JoinSet::new();
     loop {
         let Some((stream, peer)) = accept(&listener, &mut stop).await else {
-            return;
+            return connections;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             instance
@@ -317,10 +338,16 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let cut = instance.cut.subscribe();
-        tokio::spawn(crate::shutdown::until_cut(
-            connection::serve(instance.clone(), index, stream, peer, permit, stop.clone()),
-            cut,
+        // Reaped as connections are accepted: the set holds the live ones
+        // (and those ended since the last accept).
+        while connections.try_join_next().is_some() {}
+        connections.spawn(connection::serve(
+            instance.clone(),
+            index,
+            stream,
+            peer,
+            permit,
+            stop.clone(),
         ));
     }
 }

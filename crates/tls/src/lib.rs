@@ -129,6 +129,16 @@ pub fn not_after(cert_pem: &[u8]) -> Option<std::time::SystemTime> {
 /// [`refusal_hint`] for the first [`rustls::Error`] in `e`'s chain of
 /// sources (through the `io::Error`s that carry it).
 pub fn refusal_hint_in(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    error_chain(e)
+        .find_map(|err| err.downcast_ref::<rustls::Error>())
+        .and_then(refusal_hint)
+}
+
+/// The errors behind `e`, outermost first. An `io::Error` wrapping another
+/// error is followed into that error (its `source()` would skip it).
+pub fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     fn next<'a>(
         err: &&'a (dyn std::error::Error + 'static),
     ) -> Option<&'a (dyn std::error::Error + 'static)> {
@@ -140,8 +150,6 @@ pub fn refusal_hint_in(e: &(dyn std::error::Error + 'static)) -> Option<&'static
         }
     }
     std::iter::successors(Some(e), next)
-        .find_map(|err| err.downcast_ref::<rustls::Error>())
-        .and_then(refusal_hint)
 }
 
 /// What to do about a certificate a TLS client refused, when rustls's

@@ -57,6 +57,24 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
+/// The whole error chain as one line (for a report's examples, or why a
+/// fetch failed), with what to do about a refused certificate when
+/// rustls's words do not say.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in residency_tls::error_chain(e) {
+        let text = err.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    let mut text = parts.join(": ");
+    if let Some(hint) = residency_tls::refusal_hint_in(e) {
+        text = format!("{text} ({hint})");
+    }
+    text
+}
+
 /// A log, witness or admin API that did not answer, or answered that it
 /// could not (5xx, 429): nothing was learnt, so nothing is wrong yet. The
 /// root cause of the errors [`Fetcher`] returns for those.
@@ -151,7 +169,7 @@ impl Fetcher {
             // Not reached: as unavailable (the reason in full, with what to
             // do about a refused certificate).
             Ok(Err(e)) => {
-                let why = crate::loadtest::upload::describe(&e);
+                let why = describe(&e);
                 return Err(Unavailable(format!("{method} {url}: {why}")).into());
             }
         };

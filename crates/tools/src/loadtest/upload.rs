@@ -1,7 +1,6 @@
 //! One upload: its id, its unique body and SHA-256, its origin, the request,
 //! and how its outcome is classified.
 
-use std::error::Error as StdError;
 use std::io;
 use std::net::IpAddr;
 
@@ -12,6 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use super::client::UploadClient;
 use super::spec::{Convey, MixEntry};
+use crate::fetch::describe;
+use residency_tls::error_chain as chain;
 
 /// Most response-body bytes read (the proxy's answers are tiny).
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -230,38 +231,6 @@ fn refusal_reason(body: &[u8]) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     ok.then(|| reason.to_string())
-}
-
-/// The errors behind `e`, outermost first. An `io::Error` wrapping another
-/// error is followed into that error (its `source()` would skip it).
-fn chain<'a>(
-    e: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(e), |&err| next_error(err))
-}
-
-fn next_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
-    match err.downcast_ref::<io::Error>() {
-        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
-        None => err.source(),
-    }
-}
-
-/// The whole error chain as one line, for the report's examples, with
-/// what to do about a refused certificate when rustls's words do not say.
-pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for err in chain(e) {
-        let text = err.to_string();
-        if !parts.last().is_some_and(|last| last.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    let mut text = parts.join(": ");
-    if let Some(hint) = residency_tls::refusal_hint_in(e) {
-        text = format!("{text} ({hint})");
-    }
-    text
 }
 
 /// A short, fixed reason for a transport failure.
