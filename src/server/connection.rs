@@ -844,6 +844,15 @@ async fn serve_http2<S, I, D>(
                 return;
             }
             () = phases.shutdown.as_mut(), if !closing => {
+                if activity.requests() == 0 {
+                    // It never asked anything: closed now, as an idle
+                    // HTTP/1 connection is. hyper would send its GOAWAY
+                    // only after the client's preface, and end only once
+                    // the client acknowledged the PING after it: a client
+                    // that does neither held the shutdown for all of
+                    // request_head.
+                    return;
+                }
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -352,3 +352,45 @@ async fn http2_connections_end_after_connection_max_age() {
         .unwrap();
     proxy.stop().await;
 }
+
+/// An HTTP/2 connection that never asked anything does not hold up the
+/// shutdown: one silent after its handshake (hyper would send GOAWAY only
+/// after a preface), one that sent its preface and settings and never
+/// acknowledges the PING that follows GOAWAY. Both were closed only when
+/// `request_head` ended; here that is a minute, and so is the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_that_asked_nothing_do_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("up").await;
+    let extra =
+        "[timeouts]\nshutdown_delay = \"0s\"\nshutdown_grace = \"60s\"\nrequest_head = \"60s\"\n";
+    let mut proxy = Binary::start("h2-idle-stop", &datacenters_at(up.addr), extra).await;
+    let silent = proxy.client().h2().connect().await.unwrap();
+    let mut prefaced = proxy.client().h2().connect().await.unwrap();
+    prefaced
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    prefaced.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "still waiting on the idle connections: {}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        proxy.log().contains("all connections finished"),
+        "{}",
+        proxy.log()
+    );
+    drop((silent, prefaced));
+}
