@@ -745,11 +745,17 @@ fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut
         let key = format!("datacenters.{}.upstreams[{i}]", dc.name);
         *i += 1;
         let host = u.uri.host().unwrap_or_default();
-        let ips: Vec<IpAddr> = match host.trim_start_matches('[').trim_end_matches(']') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ips: Vec<IpAddr> = match host.trim_end_matches('.') {
             h if h.eq_ignore_ascii_case("localhost") => {
                 vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
             }
-            h => h.parse().into_iter().collect(),
+            // `::ffff:127.0.0.1` reaches 127.0.0.1.
+            h => h
+                .parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .into_iter()
+                .collect(),
         };
         let port = u
             .uri
@@ -759,12 +765,16 @@ fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut
             } else {
                 80
             });
+        // A connection to the unspecified address reaches a local socket
+        // (Linux); one to a loopback address, a socket on every address.
         let ours = sockets.iter().find(|(_, s)| {
+            let ours = s.ip().to_canonical();
             s.port() == port
                 && ips.iter().any(|ip| {
-                    *ip == s.ip()
-                        || (s.ip().is_unspecified()
-                            && (ip.is_loopback() || ip.is_unspecified())
+                    *ip == ours
+                        || ip.is_unspecified()
+                        || (ours.is_unspecified()
+                            && ip.is_loopback()
                             && (s.is_ipv6() || ip.is_ipv4()))
                 })
         });
@@ -856,28 +866,46 @@ fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) 
 /// table header above it (`limits.max_body_bytes`, `listeners[1].address`
 /// for the second `[[listeners]]`); `None` when the line sets no key.
 fn key_at_line(text: &str, line: usize) -> Option<String> {
+    // Dotted, each part without its quotes (`"virginia"`: virginia).
+    let clean = |name: &str| {
+        name.split('.')
+            .map(|part| part.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
     let mut table = String::new();
     let mut arrays: HashMap<String, usize> = HashMap::new();
+    // `[listeners.tls]` after the second `[[listeners]]`: `listeners[1].tls`.
+    let indexed = |name: String, arrays: &HashMap<String, usize>| {
+        let within = arrays
+            .iter()
+            .filter(|(a, _)| name == **a || name.starts_with(&format!("{a}.")))
+            .max_by_key(|(a, _)| a.len());
+        match within {
+            Some((a, i)) => format!("{a}[{i}]{}", &name[a.len()..]),
+            None => name,
+        }
+    };
     for (n, raw) in text.lines().enumerate().take(line) {
         let l = raw.trim();
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let i = arrays
+            let name = clean(name);
+            let i = *arrays
                 .entry(name.clone())
                 .and_modify(|i| *i += 1)
                 .or_default();
             table = format!("{name}[{i}]");
         } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
+            table = indexed(clean(name), &arrays);
         } else if n + 1 == line {
             let (name, _) = l.split_once('=')?;
-            let name = name.trim();
+            let name = clean(name);
             let bare = !name.is_empty()
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
             return bare.then(|| match table.is_empty() {
-                true => name.to_string(),
+                true => name,
                 false => format!("{table}.{name}"),
             });
         }
@@ -1673,6 +1701,16 @@ upstreams = ["http://127.0.0.1:1"]
             Some("t.b.c")
         );
         assert_eq!(super::key_at_line("a = 1\n[t]\n# c\n", 3), None);
+        let two = "[[listeners]]\n[listeners.tls]\n[[listeners]]\n[listeners.tls]\nclient_ca = x\n";
+        assert_eq!(
+            super::key_at_line(two, 5).as_deref(),
+            Some("listeners[1].tls.client_ca")
+        );
+        let quoted = "[datacenters.\"virginia\"]\n\"priority\" = x\n";
+        assert_eq!(
+            super::key_at_line(quoted, 2).as_deref(),
+            Some("datacenters.virginia.priority")
+        );
     }
 
     /// A value where a table is wanted says so in a person's words, not
@@ -1797,6 +1835,9 @@ upstreams = ["http://127.0.0.1:1"]
             ("0.0.0.0:8443", "https://localhost:8443/v1"),
             ("[::]:8443", "http://[::1]:8443"),
             ("127.0.0.2:443", "https://127.0.0.2"),
+            ("127.0.0.1:8443", "https://[::ffff:127.0.0.1]:8443"),
+            ("127.0.0.1:8443", "https://0.0.0.0:8443"),
+            ("127.0.0.1:8443", "https://localhost.:8443"),
         ] {
             let p = problems(&with(listener, upstream));
             assert!(

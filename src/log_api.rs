@@ -50,6 +50,10 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     let query = req.uri().query().unwrap_or("");
     if path == "/generations" {
+        // Its sizes are the checkpoints': not before this replica has one.
+        if !log.current().confirmed() {
+            return unconfirmed();
+        }
         return generations(log);
     }
     let current = log.current();
@@ -108,16 +112,7 @@ fn answer_in(
     fixed: bool,
 ) -> Response<Full<Bytes>> {
     if !log.confirmed() && path != "/key" {
-        // A fleet replica that started while its commits could not be
-        // known to be replicated serves the empty tree's checkpoint: its
-        // readers may have seen the log larger.
-        let mut resp = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this replica has not yet confirmed the log's checkpoint (a commit after reading it must reach the database's synchronous standby); retry shortly",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+        return unconfirmed();
     }
     let latest = log.latest();
     match path {
@@ -328,6 +323,19 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
 
 /// 503 for a read the log's storage (a fleet's database) did not answer:
 /// not a 404, which would tell a verifier its record does not exist.
+/// A fleet replica that started while its commits could not be known to
+/// be replicated has only the empty tree's checkpoint: its readers may have
+/// seen the log larger. 503 for all of it but its key.
+fn unconfirmed() -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this replica has not yet confirmed the log's checkpoint (a commit after reading it must reach the database's synchronous standby); retry shortly",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 fn unavailable(e: &LogError) -> Response<Full<Bytes>> {
     tracing::warn!(error = %e, "a transparency log read failed");
     let mut resp = error(

@@ -136,7 +136,8 @@ pub enum Command {
     /// Verify a receipt (its signature), its inclusion in the log against a
     /// signed checkpoint, and the log's consistency with a checkpoint seen
     /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
-    /// why; exits 0 or 1.
+    /// why, exit 0 or 1; NOT CHECKED and why, exit 3, when the log could
+    /// not be read (nothing was found wrong); usage errors exit 2.
     Verify(Box<residency_tools::verify::VerifyArgs>),
     /// Run a C2SP tlog-witness (HTTP/1.1, or HTTPS with --tls-cert): cosigns checkpoints of the
     /// given logs that are consistent with the last one it cosigned,

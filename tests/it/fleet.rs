@@ -1444,6 +1444,7 @@ async fn a_checkpoint_is_served_only_once_it_is_replicated() {
         "/checkpoint",
         "/tile/0/000.p/1",
         "/proof/consistency?from=1",
+        "/generations",
     ] {
         let (status, headers, body) = plain_exchange(second_addr, "GET", path).await;
         assert_eq!(status, 503, "{path}: {body}");

@@ -626,7 +626,14 @@ impl Servers {
 /// a trailing `/`).
 fn server_of(uri: &Uri) -> Option<(String, String, u16, String)> {
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri.host()?.to_ascii_lowercase();
+    let host = uri.host()?;
+    // An address in one form (`[0:0:0:0:0:0:0:1]` is `[::1]`); a name
+    // without its root's dot.
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match literal.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => host.trim_end_matches('.').to_ascii_lowercase(),
+    };
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });

@@ -260,6 +260,25 @@ mod tests {
 
     /// Refusals after a delivery attempt name where the body may be: folded,
     /// they keep it, one summary per reason and data centres.
+    /// A summary's `first` and `last` are the earliest and latest times,
+    /// in whatever order the refusals were folded (requests cut together
+    /// at shutdown end in no particular order: the first folded was taken
+    /// as the first).
+    #[test]
+    fn a_summary_spans_its_earliest_to_its_latest_refusal() {
+        let gate = RefusalGate::new(1, 1);
+        for i in [30, 10, 50, 20] {
+            gate.fold(&refusal(i, "shutdown"));
+        }
+        let summaries = gate.drain();
+        let s = summaries[0].summary.as_ref().unwrap();
+        assert_eq!(s.count, 4);
+        assert_eq!(
+            (s.first.as_ref(), s.last.as_ref()),
+            ("2026-12-02T10:00:10.000Z", "2026-12-02T10:00:50.000Z")
+        );
+    }
+
     #[test]
     fn summaries_keep_where_bodies_may_be() {
         let gate = RefusalGate::new(1, 1);

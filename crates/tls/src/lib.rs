@@ -197,21 +197,18 @@ fn certified_key(source: &CertSource, key_label: &str) -> Result<CertifiedKey, T
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(label));
     }
+    // PKCS#8's `ENCRYPTED PRIVATE KEY`, or an OpenSSL traditional key with
+    // `Proc-Type: 4,ENCRYPTED` (whose headers fail the PEM parse first): a
+    // key, just not one to read.
+    let text = String::from_utf8_lossy(&source.key_pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(TlsError::EncryptedKey(key_label));
+    }
     let key = match PrivateKeyDer::from_pem_slice(&source.key_pem) {
         Ok(key) => key,
-        Err(pem::Error::NoItemsFound) => {
-            // PKCS#8's `ENCRYPTED PRIVATE KEY`, or an OpenSSL legacy key
-            // with `Proc-Type: 4,ENCRYPTED`: a key, just not one to read.
-            let text = String::from_utf8_lossy(&source.key_pem);
-            return Err(
-                match text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-                    || text.contains("Proc-Type: 4,ENCRYPTED")
-                {
-                    true => TlsError::EncryptedKey(key_label),
-                    false => TlsError::NoPrivateKey(key_label),
-                },
-            );
-        }
+        Err(pem::Error::NoItemsFound) => return Err(TlsError::NoPrivateKey(key_label)),
         Err(e) => return Err(TlsError::Pem(key_label, e)),
     };
     let signing_key = provider()
@@ -980,20 +977,22 @@ mod tests {
             "{e}"
         );
         assert_eq!(err(&cert, &cert), format!("{cd}: no private key found"));
-        // An encrypted key (`openssl pkey -aes256`) is said to be one.
-        std::fs::write(
-            &key,
+        // An encrypted key (`openssl pkey -aes256`, or a traditional one
+        // with `Proc-Type`) is said to be one.
+        for encrypted in [
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
-        )
-        .unwrap();
-        assert!(
-            err(&cert, &key).starts_with(&format!(
-                "{}: the private key is encrypted, which is not supported",
-                key.display()
-            )),
-            "{}",
-            err(&cert, &key)
-        );
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+        ] {
+            std::fs::write(&key, encrypted).unwrap();
+            assert!(
+                err(&cert, &key).starts_with(&format!(
+                    "{}: the private key is encrypted, which is not supported",
+                    key.display()
+                )),
+                "{}",
+                err(&cert, &key)
+            );
+        }
         let missing = dir.join("missing.pem");
         assert!(err(&missing, &key).starts_with(&format!("{}: cannot read: ", missing.display())));
         std::fs::write(&key, &a.key_pem).unwrap();

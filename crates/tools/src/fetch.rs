@@ -33,8 +33,9 @@ impl Answer {
             self.status,
             String::from_utf8_lossy(&self.body)
         );
-        let busy =
-            self.status.is_server_error() || self.status == http::StatusCode::TOO_MANY_REQUESTS;
+        let busy = self.status.is_server_error()
+            || self.status == http::StatusCode::TOO_MANY_REQUESTS
+            || self.status == http::StatusCode::REQUEST_TIMEOUT;
         match busy {
             true => Unavailable(why).into(),
             false => anyhow!(why),
@@ -75,8 +76,9 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A log, witness or admin API that did not answer, or answered that it
-/// could not (5xx, 429): nothing was learnt, so nothing is wrong yet. The
+/// A log, witness or admin API that did not answer (not reached, timed
+/// out, its answer broke off), or answered that it could not (5xx, 408,
+/// 429): nothing was learnt, so nothing is wrong yet. The
 /// root cause of the errors [`Fetcher`] returns for those.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -181,13 +183,18 @@ impl Fetcher {
             .map(str::to_string);
         // Bounded: what a log or a witness answers is small.
         let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES);
-        let body = tokio::time::timeout(TIMEOUT, limited.collect())
-            .await
-            .with_context(|| format!("{method} {url}: timed out"))?
-            .map_err(|e| {
-                anyhow!("{method} {url}: {e} (at most {MAX_RESPONSE_BYTES} bytes are read)")
-            })?
-            .to_bytes();
+        // A body that stalls or breaks off is the server not answering; one
+        // over the limit is an answer no log gives.
+        let body = match tokio::time::timeout(TIMEOUT, limited.collect()).await {
+            Err(_) => return Err(Unavailable(format!("{method} {url}: timed out")).into()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                bail!("{method} {url}: {e} (at most {MAX_RESPONSE_BYTES} bytes are read)")
+            }
+            Ok(Err(e)) => {
+                return Err(Unavailable(format!("{method} {url}: {}", describe(&*e))).into())
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
         Ok(Answer {
             status,
             content_type,

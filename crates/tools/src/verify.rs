@@ -132,7 +132,7 @@ impl std::fmt::Display for Report {
         match &self.verdict {
             Ok(summary) => writeln!(f, "VALID: {summary}"),
             Err(why) if self.unchecked => {
-                writeln!(f, "NOT CHECKED: {why} (nothing was found wrong; try again)")
+                writeln!(f, "NOT CHECKED: {why} (nothing was found wrong)")
             }
             Err(why) => writeln!(f, "INVALID: {why}"),
         }
@@ -144,6 +144,26 @@ pub async fn verify(args: &VerifyArgs) -> Report {
     let mut checks = Vec::new();
     let result = run(args, &mut checks).await;
     let unchecked = result.as_ref().is_err_and(crate::fetch::unavailable);
+    if unchecked && args.receipt.is_some() {
+        // What needs no log is checked anyway: a receipt whose signature
+        // (or whose file) fails is INVALID, whether or not the log can be
+        // read — else blocking the log would turn a forgery into "not
+        // checked".
+        let offline = VerifyArgs {
+            key: args.key.clone(),
+            receipt: args.receipt.clone(),
+            file: args.file.clone(),
+            ..VerifyArgs::default()
+        };
+        let mut offline_checks = Vec::new();
+        if let Err(e) = run(&offline, &mut offline_checks).await {
+            return Report {
+                checks: offline_checks,
+                verdict: Err(format!("{e:#}")),
+                unchecked: false,
+            };
+        }
+    }
     Report {
         checks,
         verdict: result.map_err(|e| format!("{e:#}")),
@@ -929,7 +949,8 @@ mod tests {
     }
 
     /// A log on a socket answering `routes` (path → body, 200; a body
-    /// `"500"` is that status), else 404.
+    /// `"500"` is that status, `"cut"` an answer that breaks off), else
+    /// 404.
     async fn fake_log(routes: Vec<(String, String)>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -945,9 +966,10 @@ mod tests {
                     Some((_, body)) => ("200 OK", body.clone()),
                     None => ("404 Not Found", "{}".to_string()),
                 };
+                // `"cut"`: an answer that breaks off after its head.
+                let length = if body == "cut" { 1000 } else { body.len() };
                 let answer = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
                 );
                 let _ = tcp.write_all(answer.as_bytes()).await;
             }
@@ -1073,7 +1095,8 @@ mod tests {
             format!("http://{}", l.local_addr().unwrap())
         };
         let failing = fake_log(vec![("/generations".into(), "500".into())]).await;
-        for log in [closed, failing] {
+        let cut = fake_log(vec![("/generations".into(), "cut".into())]).await;
+        for log in [closed.clone(), failing, cut] {
             let args = VerifyArgs {
                 key: key(),
                 request_id: Some("abc".into()),
@@ -1087,6 +1110,26 @@ mod tests {
                 "{log}: {report}"
             );
         }
+        // What needs no log is checked all the same: a forged receipt is
+        // INVALID though the log cannot be read.
+        let forged = Receipt {
+            log: "verify.example/log".into(),
+            index: 0,
+            record: b"{}".to_vec(),
+            signature: Some([7; 64]),
+        };
+        let args = VerifyArgs {
+            key: key(),
+            receipt: Some(forged.encode()),
+            log: Some(closed),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(!report.unchecked, "{report}");
+        assert!(
+            report.to_string().starts_with("INVALID: the receipt's "),
+            "{report}"
+        );
         // Generations listed, no such record: the log says so.
         let key = key();
         let list = listing(&[(1, "verify.example/log", &key, "/generations/1/")]);

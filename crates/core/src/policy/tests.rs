@@ -301,6 +301,9 @@ upstreams = ["http://ingest.fra.example:80/v1", "https://Ingest.FRA.example/", "
 [datacenters.virginia]
 jurisdiction = "us"
 upstreams = ["http://ingest.fra.example/v1", "https://ingest.fra.example:443", "https://ingest.fra.example/v2"]
+[datacenters.geneva]
+jurisdiction = "eu"
+upstreams = ["https://ingest.fra.example./v2", "http://[::1]:9000", "http://[0:0:0:0:0:0:0:1]:9000"]
 "#;
     let report = build(text).unwrap_err();
     let text = report.to_string();
@@ -311,7 +314,13 @@ upstreams = ["http://ingest.fra.example/v1", "https://ingest.fra.example:443", "
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    assert_eq!(report.problems.len(), 3, "{text}");
+    for needle in [
+        "datacenters.virginia.upstreams[2]: `https://ingest.fra.example/v2` is also datacenters.geneva.upstreams[0]",
+        "datacenters.geneva.upstreams[2]: `http://[0:0:0:0:0:0:0:1]:9000/` is datacenters.geneva.upstreams[1] again",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert_eq!(report.problems.len(), 5, "{text}");
     // Each on its own server, or another path prefix on one: accepted.
     let fixed = r#"
 [jurisdictions.eu]
