@@ -323,25 +323,23 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
 
 /// 503 for a read the log's storage (a fleet's database) did not answer:
 /// not a 404, which would tell a verifier its record does not exist.
+fn unavailable(e: &LogError) -> Response<Full<Bytes>> {
+    tracing::warn!(error = %e, "a transparency log read failed");
+    retry_shortly("the log's storage did not answer; retry shortly")
+}
+
 /// A fleet replica that started while its commits could not be known to
 /// be replicated has only the empty tree's checkpoint: its readers may have
 /// seen the log larger. 503 for all of it but its key.
 fn unconfirmed() -> Response<Full<Bytes>> {
-    let mut resp = error(
-        StatusCode::SERVICE_UNAVAILABLE,
+    retry_shortly(
         "this replica has not yet confirmed the log's checkpoint (a commit after reading it must reach the database's synchronous standby); retry shortly",
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+    )
 }
 
-fn unavailable(e: &LogError) -> Response<Full<Bytes>> {
-    tracing::warn!(error = %e, "a transparency log read failed");
-    let mut resp = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the log's storage did not answer; retry shortly",
-    );
+/// 503 with `Retry-After: 1`.
+fn retry_shortly(message: &str) -> Response<Full<Bytes>> {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, message);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp
