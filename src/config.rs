@@ -745,15 +745,12 @@ fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut
         let key = format!("datacenters.{}.upstreams[{i}]", dc.name);
         *i += 1;
         let host = u.uri.host().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         let ips: Vec<IpAddr> = match host.trim_end_matches('.') {
             h if h.eq_ignore_ascii_case("localhost") => {
                 vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
             }
-            // `::ffff:127.0.0.1` reaches 127.0.0.1.
-            h => h
-                .parse::<IpAddr>()
-                .map(|ip| ip.to_canonical())
+            // `::ffff:127.0.0.1` and `127.1` reach 127.0.0.1.
+            h => residency_core::policy::host_address(h)
                 .into_iter()
                 .collect(),
         };
@@ -1838,6 +1835,8 @@ upstreams = ["http://127.0.0.1:1"]
             ("127.0.0.1:8443", "https://[::ffff:127.0.0.1]:8443"),
             ("127.0.0.1:8443", "https://0.0.0.0:8443"),
             ("127.0.0.1:8443", "https://localhost.:8443"),
+            ("127.0.0.1:8443", "https://127.1:8443"),
+            ("127.0.0.1:8443", "https://2130706433:8443"),
         ] {
             let p = problems(&with(listener, upstream));
             assert!(

@@ -629,16 +629,57 @@ fn server_of(uri: &Uri) -> Option<(String, String, u16, String)> {
     let host = uri.host()?;
     // An address in one form (`[0:0:0:0:0:0:0:1]` is `[::1]`); a name
     // without its root's dot.
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let host = match literal.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_canonical().to_string(),
-        Err(_) => host.trim_end_matches('.').to_ascii_lowercase(),
+    let host = match host_address(host) {
+        Some(ip) => ip.to_string(),
+        None => host.trim_end_matches('.').to_ascii_lowercase(),
     };
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
     let path = uri.path().trim_end_matches('/').to_string();
     Some((scheme, host, port, path))
+}
+
+/// The address a URL's host names without DNS, as the system's resolver
+/// reads it: an IPv6 literal (`[::ffff:127.0.0.1]` as `127.0.0.1`), or an
+/// IPv4 one in any form `inet_aton(3)` takes — `127.0.0.1`, `127.1`,
+/// `2130706433`, `0x7f.1`, `0177.0.0.1` (octal). `None` for a name.
+pub fn host_address(host: &str) -> Option<std::net::IpAddr> {
+    let host = host.trim_end_matches('.');
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| std::net::IpAddr::V6(ip).to_canonical());
+    }
+    let number = |part: &str| -> Option<u64> {
+        if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            u64::from_str_radix(hex, 16).ok()
+        } else if part.len() > 1 && part.starts_with('0') {
+            u64::from_str_radix(&part[1..], 8).ok()
+        } else {
+            part.parse().ok()
+        }
+    };
+    let parts: Vec<u64> = host.split('.').map(number).collect::<Option<_>>()?;
+    // a, a.b (b: 24 bits), a.b.c (c: 16 bits), a.b.c.d; each leading part
+    // a byte, the last what is left.
+    let (last, leading) = parts.split_last()?;
+    if leading.len() > 3 || leading.iter().any(|p| *p > 255) {
+        return None;
+    }
+    let room = 32 - 8 * leading.len() as u32;
+    if *last >= 1u64 << room {
+        return None;
+    }
+    let value = leading
+        .iter()
+        .fold(0u64, |acc, p| (acc << 8) | p)
+        .checked_shl(room)?
+        | last;
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+        u32::try_from(value).ok()?,
+    )))
 }
 
 /// An upstream base URL: `http` or `https`, a host, an optional path prefix,

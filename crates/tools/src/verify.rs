@@ -141,14 +141,30 @@ impl std::fmt::Display for Report {
 
 /// Runs every check the arguments ask for.
 pub async fn verify(args: &VerifyArgs) -> Report {
+    // The receipt read once: stdin (`-`) cannot be read twice.
+    let mut args = args.clone();
+    if let Some(r) = &args.receipt {
+        match read_receipt(r) {
+            Ok(text) => args.receipt = Some(text),
+            Err(e) => {
+                return Report {
+                    checks: Vec::new(),
+                    verdict: Err(format!("{e:#}")),
+                    unchecked: false,
+                }
+            }
+        }
+    }
+    let args = &args;
     let mut checks = Vec::new();
     let result = run(args, &mut checks).await;
     let unchecked = result.as_ref().is_err_and(crate::fetch::unavailable);
-    if unchecked && args.receipt.is_some() {
+    if unchecked && receipt_of_the_key(args) {
         // What needs no log is checked anyway: a receipt whose signature
         // (or whose file) fails is INVALID, whether or not the log can be
         // read — else blocking the log would turn a forgery into "not
-        // checked".
+        // checked". Only for a receipt of the key's own log: one of
+        // another generation is checked through the log's list of them.
         let offline = VerifyArgs {
             key: args.key.clone(),
             receipt: args.receipt.clone(),
@@ -169,6 +185,22 @@ pub async fn verify(args: &VerifyArgs) -> Report {
         verdict: result.map_err(|e| format!("{e:#}")),
         unchecked,
     }
+}
+
+/// Whether `--receipt` (as read) can be judged without the log: it names
+/// the log of `--key` (a key, or a file holding one), or is no receipt at
+/// all.
+fn receipt_of_the_key(args: &VerifyArgs) -> bool {
+    let Some(text) = args.receipt.as_deref() else {
+        return false;
+    };
+    let Ok(receipt) = Receipt::parse(text) else {
+        return true;
+    };
+    let key = std::fs::read_to_string(&args.key)
+        .map(|text| text.trim().to_string())
+        .unwrap_or_else(|_| args.key.clone());
+    Verifier::parse(&key).is_ok_and(|v| v.name() == receipt.log)
 }
 
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
@@ -1121,7 +1153,7 @@ mod tests {
         let args = VerifyArgs {
             key: key(),
             receipt: Some(forged.encode()),
-            log: Some(closed),
+            log: Some(closed.clone()),
             ..VerifyArgs::default()
         };
         let report = verify(&args).await;
@@ -1130,6 +1162,20 @@ mod tests {
             report.to_string().starts_with("INVALID: the receipt's "),
             "{report}"
         );
+        // A receipt of another generation is checked through the log's
+        // list of them: not judged without it.
+        let other = Receipt {
+            log: "verify.example/log/2".into(),
+            ..forged
+        };
+        let args = VerifyArgs {
+            key: key(),
+            receipt: Some(other.encode()),
+            log: Some(closed),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(report.unchecked, "{report}");
         // Generations listed, no such record: the log says so.
         let key = key();
         let list = listing(&[(1, "verify.example/log", &key, "/generations/1/")]);

@@ -337,6 +337,38 @@ upstreams = ["http://ingest.iad.example/v1"]
     assert!(build(fixed).is_ok());
 }
 
+/// A URL's host as an address, in the forms the system's resolver takes
+/// without DNS.
+#[test]
+fn host_addresses_in_every_form() {
+    use super::host_address;
+    for (host, want) in [
+        ("127.0.0.1", Some("127.0.0.1")),
+        ("127.1", Some("127.0.0.1")),
+        ("127.0.1", Some("127.0.0.1")),
+        ("2130706433", Some("127.0.0.1")),
+        ("0x7f.1", Some("127.0.0.1")),
+        ("0177.0.0.1", Some("127.0.0.1")),
+        ("0", Some("0.0.0.0")),
+        ("127.0.0.1.", Some("127.0.0.1")),
+        ("[::ffff:127.0.0.1]", Some("127.0.0.1")),
+        ("[0:0:0:0:0:0:0:1]", Some("::1")),
+        ("256.0.0.1", None),
+        ("127.0.0.256", None),
+        ("4294967296", None),
+        ("1.2.3.4.5", None),
+        ("ingest.example", None),
+        ("09.1", None),
+        ("", None),
+    ] {
+        assert_eq!(
+            host_address(host).map(|ip| ip.to_string()).as_deref(),
+            want,
+            "{host}"
+        );
+    }
+}
+
 #[test]
 fn routing_table_lists_everything() {
     let table = policy().routing_table();
