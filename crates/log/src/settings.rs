@@ -833,10 +833,22 @@ fn pem_certificates(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A PEM private key.
+/// A PEM private key, not encrypted (PKCS#8 `ENCRYPTED PRIVATE KEY`, or
+/// a traditional key with `Proc-Type: 4,ENCRYPTED`: said so, as the
+/// listeners' keys are).
 fn pem_key(path: &Path) -> Result<(), String> {
     use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(format!(
+            "{}: the private key is encrypted, which is not supported: give it unencrypted, readable by the proxy only (`openssl pkey -in KEY -out KEY.plain`, then chmod 600)",
+            path.display()
+        ));
+    }
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(text.as_bytes())
         .map(drop)
         .map_err(|e| format!("{}: no PEM private key in it ({e})", path.display()))
 }
@@ -1316,6 +1328,20 @@ mod tests {
             assert!(text.contains(key), "{key}: {text}");
         }
         assert!(text.contains("no PEM certificate"), "{text}");
+        // An encrypted key is named as one (it said "no PEM private key").
+        std::fs::write(
+            dir.join("junk.key"),
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let mut r = ConfigReport::new("test");
+        assert!(transparency(&raw, &dir, &mut r).is_none());
+        let text = r.to_string();
+        assert!(
+            text.contains("transparency.tls.certificates[0].key: ")
+                && text.contains("the private key is encrypted, which is not supported"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
