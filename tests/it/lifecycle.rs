@@ -373,20 +373,12 @@ async fn http2_connections_that_asked_nothing_do_not_hold_up_shutdown() {
         .unwrap();
     prefaced.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "still waiting on the idle connections: {}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    proxy
+        .terminate(
+            Duration::from_secs(20),
+            "still waiting on the idle connections",
+        )
+        .await;
     assert!(
         proxy.log().contains("all connections finished"),
         "{}",

@@ -1143,6 +1143,28 @@ impl Binary {
         self.child.0.id()
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit;
+    /// panics, with `what` and the log, if it does not.
+    pub async fn terminate(&mut self, within: Duration, what: &str) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.addr, &self.certs)
     }

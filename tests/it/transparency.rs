@@ -1417,16 +1417,9 @@ async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
         assert!(!id.is_empty());
         cut_ids.push(id);
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not exit: {}", proxy.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    proxy
+        .terminate(Duration::from_secs(20), "did not exit")
+        .await;
     let log = proxy.log();
     assert_eq!(
         log.matches("request dropped while its upload was with a data centre")
