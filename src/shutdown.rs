@@ -39,10 +39,12 @@ pub async fn accept(
 /// The cut is looked at only when it changes (`Gated`), not at each of the
 /// task's wake-ups.
 pub async fn until_cut<F: Future<Output = ()>>(fut: F, cut: watch::Receiver<bool>) {
-    let cut = crate::lazy::Gated::new(Box::pin(async move {
+    // Pinned in place, not boxed: one allocation less per HTTP/2 stream.
+    let waiting = std::pin::pin!(async move {
         let mut cut = cut;
         let _ = cut.wait_for(|c| *c).await;
-    }));
+    });
+    let cut = crate::lazy::Gated::new(waiting);
     tokio::select! {
         biased;
         () = fut => {}

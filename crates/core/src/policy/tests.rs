@@ -290,11 +290,10 @@ upstreams = []
 /// it is another place.
 #[test]
 fn one_server_is_not_two_upstreams() {
-    let text = r#"
-[jurisdictions.eu]
-countries = ["DE"]
-[jurisdictions.us]
-countries = ["US"]
+    const JURISDICTIONS: &str = "[jurisdictions.eu]\ncountries = [\"DE\"]\n\
+                                 [jurisdictions.us]\ncountries = [\"US\"]\n";
+    let text = JURISDICTIONS.to_string()
+        + r#"
 [datacenters.frankfurt]
 jurisdiction = "eu"
 upstreams = ["http://ingest.fra.example:80/v1", "https://Ingest.FRA.example/", "http://INGEST.fra.example/v1/"]
@@ -305,16 +304,12 @@ upstreams = ["http://ingest.fra.example/v1", "https://ingest.fra.example:443", "
 jurisdiction = "eu"
 upstreams = ["https://ingest.fra.example./v2", "http://[::1]:9000", "http://[0:0:0:0:0:0:0:1]:9000"]
 "#;
-    let report = build(text).unwrap_err();
+    let report = build(&text).unwrap_err();
     let text = report.to_string();
     for needle in [
         "datacenters.frankfurt.upstreams[2]: `http://INGEST.fra.example/v1/` is datacenters.frankfurt.upstreams[0] again: list each server once",
         "datacenters.virginia.upstreams[0]: `http://ingest.fra.example/v1` is also datacenters.frankfurt.upstreams[0]: two data centres cannot be one server",
         "datacenters.virginia.upstreams[1]: `https://ingest.fra.example:443/` is also datacenters.frankfurt.upstreams[1]",
-    ] {
-        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
-    }
-    for needle in [
         "datacenters.virginia.upstreams[2]: `https://ingest.fra.example/v2` is also datacenters.geneva.upstreams[0]",
         "datacenters.geneva.upstreams[2]: `http://[0:0:0:0:0:0:0:1]:9000/` is datacenters.geneva.upstreams[1] again",
     ] {
@@ -322,11 +317,8 @@ upstreams = ["https://ingest.fra.example./v2", "http://[::1]:9000", "http://[0:0
     }
     assert_eq!(report.problems.len(), 5, "{text}");
     // Each on its own server, or another path prefix on one: accepted.
-    let fixed = r#"
-[jurisdictions.eu]
-countries = ["DE"]
-[jurisdictions.us]
-countries = ["US"]
+    let fixed = JURISDICTIONS.to_string()
+        + r#"
 [datacenters.frankfurt]
 jurisdiction = "eu"
 upstreams = ["http://ingest.fra.example/v1", "http://ingest.fra.example/v2"]
@@ -334,7 +326,7 @@ upstreams = ["http://ingest.fra.example/v1", "http://ingest.fra.example/v2"]
 jurisdiction = "us"
 upstreams = ["http://ingest.iad.example/v1"]
 "#;
-    assert!(build(fixed).is_ok());
+    assert!(build(&fixed).is_ok());
 }
 
 /// A URL's host as an address, in the forms the system's resolver takes
