@@ -317,6 +317,7 @@ async fn respond(
     // The request body a refusal before forwarding left unread.
     let mut body_unread = None;
     let mut awaiting_continue = false;
+    let mut closing = false;
     // (answer, body bytes, receipt, whether a record was written)
     let (answered, bytes, receipt, recorded) = match routed {
         Ok((resp, slot)) => {
@@ -338,6 +339,10 @@ async fn respond(
                         .body_bytes(metrics, policy, findings.jurisdiction);
                 counter.clone()
             });
+            // A data centre that answered before the end of a body
+            // declared larger than the proxy discards: the connection may
+            // close when the rest is given up, so the answer says so.
+            closing = slot.rest_over_discard();
             match receipt {
                 Ok(receipt) => (Ok(resp), bytes, receipt, true),
                 Err(failure) => (Err(failure), bytes, None, true),
@@ -354,7 +359,6 @@ async fn respond(
             (Err(failure), bytes, None, false)
         }
     };
-    let mut closing = false;
     let resp = match answered {
         Ok(resp) => resp.map(|body| Either::Left(Gathered::new(body))),
         Err(failure) => {

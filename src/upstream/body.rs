@@ -531,19 +531,29 @@ impl BodySlot {
             }
             return;
         }
-        let held = self.done_reading();
-        let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
         let runtime = tokio::runtime::Handle::try_current();
-        match (shared, runtime) {
+        let ending = match (shared, runtime) {
             // With a length, the end came with the last byte (`complete`):
             // data is left.
             (Some(slot), Ok(runtime))
                 if self.failure().is_none() && self.hint.exact().is_none() =>
             {
-                drop(runtime.spawn(slot.clone().end_or_discard(source, held)));
+                Some((slot, runtime))
             }
+            // Marked before the reading ends: whoever sees it done sees
+            // it given up too (`rest_over_discard`).
             _ => {
                 self.abandoned.store(true, Ordering::Relaxed);
+                None
+            }
+        };
+        let held = self.done_reading();
+        let held = held.or_else(|| self.hold.as_ref().map(|hold| (hold.0)()));
+        match ending {
+            Some((slot, runtime)) => {
+                drop(runtime.spawn(slot.clone().end_or_discard(source, held)));
+            }
+            None => {
                 source.abandon(self.discard, held);
                 self.ended.notify_waiters();
             }
@@ -599,6 +609,17 @@ impl BodySlot {
         drop(slot);
         drop(self.done_reading());
         Some(source.rest)
+    }
+
+    /// Whether the body is still arriving with more of it declared
+    /// (`Content-Length`) than the proxy discards once nobody reads it: an
+    /// HTTP/1.1 connection answered now may not stay open (RFC 9112 §9.6:
+    /// the answer then says `close`).
+    pub fn rest_over_discard(&self) -> bool {
+        // Still read, or left unread (and being discarded) by an upstream.
+        let unfinished =
+            !self.read.load(Ordering::Acquire) || self.abandoned.load(Ordering::Relaxed);
+        unfinished && self.hint.lower().saturating_sub(self.bytes()) > self.discard.bytes
     }
 
     /// True while no upstream connection has asked for the body.

@@ -298,3 +298,60 @@ async fn an_http2_refusal_with_expect_still_reads_the_body() {
     assert!(reset.is_err(), "the stream was reset: {reset:?}");
     proxy.stop().await;
 }
+
+/// A data centre's early answer to an HTTP/1.1 upload declared larger than
+/// `limits.discard_body_bytes` says `Connection: close` (RFC 9112 §9.6), as
+/// the proxy's own refusals do: past that bound the rest is given up and
+/// the connection closed. One whose rest is discarded whole keeps the
+/// connection for the next request, and says nothing of closing.
+#[tokio::test]
+async fn an_early_answer_past_the_discard_bound_says_close() {
+    use tokio::io::AsyncWriteExt;
+    let proxy = Proxy::start(Setup {
+        extra: "[health]\npassive_failures = 1000000\n[limits]\ndiscard_body_bytes = 4096\n[timeouts]\ndiscard_body = \"1s\"\n"
+            .into(),
+        ..Setup::default()
+    })
+    .await;
+    let head = |refuse: bool, length: usize| {
+        let refuse = if refuse {
+            "X-Test-Refuse-Early: 413\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n{refuse}Content-Length: {length}\r\n\r\n"
+        )
+    };
+    // 1 MiB declared, 10 bytes sent: the answer comes at once, saying close.
+    let mut tls = proxy.client().connect().await.unwrap();
+    tls.write_all(head(true, 1 << 20).as_bytes()).await.unwrap();
+    tls.write_all(b"0123456789").await.unwrap();
+    tls.flush().await.unwrap();
+    let (raw, _) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert_eq!(raw_status(&raw), Some(413), "{text}");
+    assert!(
+        text.contains("\r\nconnection: close\r\n"),
+        "an early answer after which the connection closes says so: {text}"
+    );
+    // 1000 bytes declared and sent: discarded, the connection kept.
+    let mut tls = proxy.client().connect().await.unwrap();
+    let mut two = head(true, 1000).into_bytes();
+    two.extend_from_slice(&[b'x'; 1000]);
+    two.extend_from_slice(head(false, 100).as_bytes());
+    two.extend_from_slice(&[b'x'; 100]);
+    tls.write_all(&two).await.unwrap();
+    tls.flush().await.unwrap();
+    let text = read_answers(&mut tls, 2, Duration::from_secs(10), "both answers").await;
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["413", "201"], "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    proxy.stop().await;
+}

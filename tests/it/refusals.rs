@@ -40,35 +40,6 @@ fn assert_refused_unrouted(reply: &Reply, status: u16, error: &str, ctx: &str) {
     );
 }
 
-/// Reads until the peer closes (EOF or error) and returns what arrived and
-/// how long it took; panics if the connection is still open after `limit`.
-async fn read_until_closed<R: AsyncRead + Unpin>(
-    io: &mut R,
-    limit: Duration,
-) -> (Vec<u8>, Duration) {
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let read_all = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(limit, read_all)
-        .await
-        .unwrap_or_else(|_| panic!("connection still open after {limit:?}"));
-    (got, started.elapsed())
-}
-
-/// The status code of a raw HTTP/1.1 response, if one arrived.
-fn raw_status(raw: &[u8]) -> Option<u16> {
-    let text = std::str::from_utf8(raw.get(..12)?).ok()?;
-    text.strip_prefix("HTTP/1.1 ")?.parse().ok()
-}
-
 /// A raw HTTP/1.1 upload from CH (via the trusted peer's X-Forwarded-For)
 /// with `headers` (each ending in CRLF) and `body`.
 fn raw_upload(headers: &str, body: &[u8]) -> Vec<u8> {

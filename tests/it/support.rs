@@ -1326,6 +1326,36 @@ pub async fn read_answers(
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Reads until the peer closes (EOF or error) and returns what arrived and
+/// how long it took; panics if the connection is still open after `limit`.
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all)
+        .await
+        .unwrap_or_else(|_| panic!("connection still open after {limit:?}"));
+    (got, started.elapsed())
+}
+
+/// The status code of a raw HTTP/1.1 response, if one arrived.
+pub fn raw_status(raw: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(raw.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.parse().ok()
+}
+
 /// Everything read until the connection ends (closed, reset or cut).
 pub async fn read_to_close(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
