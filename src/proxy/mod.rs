@@ -325,7 +325,7 @@ async fn respond(
                 Some(log) => {
                     let context = recording::RecordContext::new(state, findings, id, received);
                     // Boxed: it would grow every request's future.
-                    Box::pin(recording::answered(log, &context, &resp, &slot)).await
+                    Box::pin(recording::answered(instance, log, &context, &resp, &slot)).await
                 }
                 None => Ok(None),
             };

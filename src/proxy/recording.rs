@@ -133,27 +133,13 @@ pub struct Cut<'a> {
 
 impl Drop for Cut<'_> {
     fn drop(&mut self) {
-        let failure = match *self.instance.cut.borrow() {
-            true => Failure::Shutdown,
-            false => Failure::ClientAborted,
-        };
-        let reason = failure.reason();
-        self.findings.reason = Some(reason);
-        self.instance
-            .metrics
-            .rejections
-            .with_label_values(&[reason])
-            .inc();
         let policy = &self.state.config.policy;
-        tracing::warn!(
-            request_id = self.request_id.to_str().unwrap_or_default(),
-            reason,
-            datacenter = self
-                .findings
-                .datacenter
-                .map_or("none", |d| policy.datacenter(d).name.as_str()),
-            "request dropped while its upload was with a data centre (which may have stored it): recorded as refused"
-        );
+        let datacenter = self
+            .findings
+            .datacenter
+            .map_or("none", |d| policy.datacenter(d).name.as_str());
+        let request_id = self.request_id.to_str().unwrap_or_default();
+        self.findings.reason = Some(dropped(self.instance, request_id, datacenter));
         if let Some(log) = &self.instance.log {
             let context =
                 RecordContext::new(self.state, self.findings, self.request_id, self.received);
@@ -164,11 +150,56 @@ impl Drop for Cut<'_> {
     }
 }
 
+/// The reason of a request dropped while a data centre had its upload —
+/// `shutdown` when cut at the end of `shutdown_grace`, else
+/// `client_aborted` — counted and logged.
+fn dropped(instance: &crate::state::Instance, request_id: &str, datacenter: &str) -> &'static str {
+    let failure = match *instance.cut.borrow() {
+        true => Failure::Shutdown,
+        false => Failure::ClientAborted,
+    };
+    let reason = failure.reason();
+    instance
+        .metrics
+        .rejections
+        .with_label_values(&[reason])
+        .inc();
+    tracing::warn!(
+        request_id,
+        reason,
+        datacenter,
+        "request dropped while its upload was with a data centre (which may have stored it): recorded as refused"
+    );
+    reason
+}
+
+/// Armed while a 2xx answered before the end of its body waits for that
+/// end ([`answered`]): a request dropped then leaves its refusal in a
+/// summary, as one dropped mid-forward does ([`Cut`]); its record was not
+/// written yet.
+struct Waiting<'r, 'a> {
+    instance: &'r crate::state::Instance,
+    log: &'r Log,
+    record: &'r Record<'a>,
+}
+
+impl Drop for Waiting<'_, '_> {
+    fn drop(&mut self) {
+        let mut record = self.record.clone();
+        let datacenter = record.datacenter.as_deref().unwrap_or("none");
+        let reason = dropped(self.instance, &record.request_id, datacenter);
+        record.outcome = Outcome::Refused;
+        record.reason = Some(Cow::Borrowed(reason));
+        self.log.fold_refusal(&record);
+    }
+}
+
 /// Records an upstream answer and returns the `Residency-Receipt` value for
 /// a 2xx (added after the upstream's own `Residency-*` headers are
 /// stripped). A 2xx whose record cannot be written becomes 503
 /// `log_unavailable` (by default).
 pub async fn answered<B>(
+    instance: &crate::state::Instance,
     log: &Arc<Log>,
     context: &RecordContext<'_>,
     resp: &Response<B>,
@@ -190,7 +221,14 @@ pub async fn answered<B>(
     // only if the body has already ended: it is not held for it.
     let idle = context.state.config.timeouts.request_body_idle;
     let sha256 = if stored {
-        slot.wait_sha256(idle).await
+        let waiting = Waiting {
+            instance,
+            log,
+            record: &record,
+        };
+        let sha256 = slot.wait_sha256(idle).await;
+        std::mem::forget(waiting);
+        sha256
     } else {
         slot.sha256()
     };

@@ -1342,7 +1342,9 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
 /// stored it, written before the final checkpoint. They left no record,
 /// though the data centre had read them whole (HTTP audit, stop 61). Here
 /// zurich reads each upload and never answers; one comes over HTTP/1.1,
-/// one over HTTP/2.
+/// one over HTTP/2. A third, to frankfurt, is answered 201 at its first
+/// bytes while the rest never comes: cut while its answer waits for the
+/// end of the body, it is recorded the same way (it was not, stop 62).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
     use tokio::io::AsyncReadExt;
@@ -1408,6 +1410,26 @@ async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
                 .await
         }));
     }
+    // 201 at its first bytes; the rest of the body never comes.
+    let first_bytes = others.first_bytes.notified();
+    let (more, body) = channel_body();
+    let early = proxy.client();
+    let stalled = tokio::spawn(async move {
+        early
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", DE), ("x-test-answer-early", "1")],
+                body,
+            )
+            .await
+    });
+    more.send(bytes::Bytes::from_static(b"cut")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first_bytes)
+        .await
+        .expect("frankfurt reads the first bytes");
+    // Its 201 reaches the proxy, which waits for the rest of the body.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut cut_ids = Vec::new();
     for _ in 0..2 {
         let id = tokio::time::timeout(Duration::from_secs(10), ids.recv())
@@ -1424,9 +1446,11 @@ async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
     assert_eq!(
         log.matches("request dropped while its upload was with a data centre")
             .count(),
-        2,
+        3,
         "{log}"
     );
+    assert!(stalled.await.unwrap().is_err(), "cut, not answered");
+    drop(more);
     for upload in uploads {
         let reply = upload.await.unwrap();
         assert!(reply.is_err(), "cut, not answered: {reply:?}");
@@ -1439,18 +1463,24 @@ async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
     let (_, checkpoint) = plain_request(addr, "GET", "/checkpoint").await;
     let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
     let mut found = None;
+    let mut early_cut = None;
     for i in 0..size {
         let (status, body) = plain_request(addr, "GET", &format!("/entries/{i}")).await;
         assert_eq!(status, 200, "{body}");
         let entry: residency_log::api::Entry = serde_json::from_str(&body).unwrap();
         let record = Record::from_bytes(entry.record.as_bytes()).unwrap();
-        if record.reason.as_deref() == Some("shutdown") {
+        if record.reason.as_deref() == Some("shutdown")
+            && record.datacenter.as_deref() == Some("frankfurt")
+        {
+            early_cut = record.summary.map(|s| s.count);
+        } else if record.reason.as_deref() == Some("shutdown") {
             let summary = record.summary.clone().expect("a summary");
             assert_eq!(record.datacenter.as_deref(), Some("zurich"), "{body}");
             assert!(summary.first <= summary.last, "{body}");
             found = Some((summary.count, summary.request_ids_sha256.to_string()));
         }
     }
+    assert_eq!(early_cut, Some(1), "frankfurt's cut upload is in a summary");
     let (count, ids_sha256) =
         found.unwrap_or_else(|| panic!("no shutdown summary in {size} records"));
     assert_eq!(count, 2);
