@@ -78,6 +78,9 @@ pub struct Tenancy {
     pub token: Option<Arc<TokenVerifier>>,
     /// Per tenant id, the name its records carry (the name, or its keyed hash).
     pub record_names: Vec<String>,
+    /// `record` was not set: the names go into the log in clear by default
+    /// (a warning at start, with tenants and a log).
+    pub record_by_default: bool,
     pub metrics_by_tenant: bool,
     /// Files to watch for reload (the tenants file, the JWKS).
     pub files: Vec<PathBuf>,
@@ -437,6 +440,7 @@ impl Tenancy {
             tenants,
             token,
             record_names,
+            record_by_default: raw.record.is_none(),
             metrics_by_tenant: raw.metrics_by_tenant.unwrap_or(false),
             files,
         })

@@ -513,11 +513,21 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
 /// (clients refuse an expired one at the handshake): `check-config` warns,
 /// `serve` logs it at start.
 /// What loads but may not be meant, as `check-config` prints it and
-/// `serve` logs it at start: certificates clients refuse, and a
+/// `serve` logs it at start: certificates clients refuse, a
 /// `trusted_proxies` network so wide it holds clients (any of them could
-/// then name its own address, and so its jurisdiction).
+/// then name its own address, and so its jurisdiction), and tenants' names
+/// published in the log by default.
 fn start_warnings(config: &Config) -> Vec<String> {
     let mut warnings = certificate_warnings(config);
+    let tenancy = &config.tenancy;
+    if config.transparency.is_some()
+        && tenancy.record_by_default
+        && !tenancy.record_names.is_empty()
+    {
+        warnings.push(
+            "tenancy.record: not set, so every record names its tenant in clear, and the transparency log is public: anyone who can read it (GET /entries/0, /entries/1, …) lists your tenants and when and how much each uploads; set record = \"hmac\" with record_hmac_key, or record = \"name\" to publish the names knowingly".to_string(),
+        );
+    }
     for (i, listener) in config.listeners.iter().enumerate() {
         for (j, net) in listener.trusted_proxies.networks().iter().enumerate() {
             let wide = match net {

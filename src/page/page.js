@@ -2,7 +2,7 @@
 // origin only), runs the verdict in the browser (verify.js) and says what
 // it found in plain words.
 
-import { check, cosignatures, generationKey, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
+import { byteCount, check, cosignatures, generationKey, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
 
 const STEP_NAMES = {
   key: "the log's key",
@@ -17,6 +17,12 @@ const STEP_NAMES = {
   consistency: "the log's history since this browser's last check",
   file: "your file",
 };
+
+// A step's name for a check of `inputs`: a request id's record is not a
+// receipt the customer gave.
+function stepName(step, inputs) {
+  return step === "receipt" && inputs.request_id != null ? "the log's record of that request" : STEP_NAMES[step];
+}
 
 const $ = (id) => document.getElementById(id);
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -631,11 +637,38 @@ async function inputsFor(text) {
   return { inputs, gen, own, refused };
 }
 
+// A check of what needs no log, as `verify` makes when the log cannot be
+// read: a signed receipt of the key's own log (the key pinned in the link,
+// or the one read from the log before), by its signature and its record,
+// and the file given. The verdict and its inputs; null when there is
+// nothing to judge so (a request id, an unsigned receipt, another log's).
+async function withoutLog(text) {
+  const vkey = logKey ?? pinnedKey;
+  if (vkey === null || !/record=/.test(text)) return null;
+  let key;
+  try {
+    key = await parseVkey(vkey, 0x01);
+  } catch {
+    return null;
+  }
+  let receipt = null;
+  try {
+    receipt = parseReceipt(text);
+  } catch {
+    // judged: the verdict says what is wrong with it
+  }
+  if (receipt !== null && (receipt.log !== key.name || !receipt.signature)) return null;
+  const inputs = { key: vkey, receipt: text };
+  const file = $("file").files[0];
+  if (file) inputs.file = { sha256: hex(await sha256(await file.arrayBuffer())), bytes: file.size };
+  return { verdict: await check(inputs), inputs };
+}
+
 function details(verdict, inputs) {
   const out = [];
   if (verdict.record) {
     const r = verdict.record;
-    const body = r.body ? `${r.body.bytes} bytes, SHA-256 ${r.body.sha256}` : "no body digest";
+    const body = r.body ? `${byteCount(r.body.bytes)}, SHA-256 ${r.body.sha256}` : "no body digest";
     out.push(el("p", {}, `Upload ${r.request_id} (${body}) from ${r.country ?? "an unknown country"} (${r.client?.address ?? "address not recorded"}), answered HTTP ${r.upstream_status ?? "?"} by the data centre.`));
     if (r.also_sent_to.length) {
       out.push(el("p", {}, `An earlier attempt sent it to ${r.also_sent_to.join(" and ")} (the data centre failed or did not answer in time, and the upload was replayed): ${r.also_sent_to.length > 1 ? "they" : "it"} may hold a copy too.`));
@@ -703,12 +736,22 @@ async function onSubmit(event) {
     } else {
       box.className = "bad";
       box.dataset.step = verdict.step;
-      say("verdict", el("strong", {}, `Not verified: ${STEP_NAMES[verdict.step]} failed.`), ` ${verdict.message}`, ...(where.length ? [".", ...where] : []));
+      say("verdict", el("strong", {}, `Not verified: ${stepName(verdict.step, inputs)} failed.`), ` ${verdict.message}`, ...(where.length ? [".", ...where] : []));
     }
     say("details", ...details(verdict, inputs));
   } catch (e) {
     box.className = "bad";
-    say("verdict", el("strong", {}, "Could not check: "), e.message);
+    // What needs no log is judged all the same, as `verify` does: the
+    // log's failure must not turn a forged receipt into "could not check".
+    const offline = await withoutLog(text).catch(() => null);
+    if (offline && !offline.verdict.valid) {
+      const { verdict, inputs } = offline;
+      box.dataset.step = verdict.step;
+      say("verdict", el("strong", {}, `Not verified: ${stepName(verdict.step, inputs)} failed.`), ` ${verdict.message}`);
+      say("details", ...details(verdict, inputs));
+    } else {
+      say("verdict", el("strong", {}, "Could not check: "), `${e.message} (nothing was found wrong)`);
+    }
   } finally {
     $("verify").disabled = false;
     box.focus();

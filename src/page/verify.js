@@ -704,7 +704,7 @@ async function checkReceipt(receipt, key, requestId, checks) {
     checks.push(`receipt signature by ${key.name} over leaf ${receipt.index}`);
   }
   if (record.outcome !== "stored") {
-    fail("outcome", `the record says the upload was ${record.outcome}, not stored`);
+    fail("outcome", `the record says the upload was ${record.outcome}${record.reason ? ` (${record.reason})` : ""}, not stored`);
   }
   return record;
 }
@@ -779,15 +779,20 @@ async function checkConsistency(old, current, proof) {
   }
 }
 
+// "1 byte", "2 bytes".
+export function byteCount(n) {
+  return `${n} byte${String(n) === "1" ? "" : "s"}`;
+}
+
 function checkFile(inputs, record, checks) {
   const file = inputs.file;
   if (!file) return;
   if (!record.body) fail("file", "the record holds no digest of the upload");
   if (BigInt(file.bytes) !== BigInt(record.body.bytes)) {
-    fail("file", `your file is ${file.bytes} bytes; the upload the record describes was ${record.body.bytes} bytes`);
+    fail("file", `your file is ${byteCount(file.bytes)}; the upload the record describes was ${byteCount(record.body.bytes)}`);
   }
   if (file.sha256.toLowerCase() !== record.body.sha256.toLowerCase()) {
     fail("file", `your file's SHA-256 is ${file.sha256}; the upload the record describes has ${record.body.sha256}`);
   }
-  checks.push(`your file is the upload the record describes (${file.bytes} bytes, SHA-256 ${file.sha256.slice(0, 16)})`);
+  checks.push(`your file is the upload the record describes (${byteCount(file.bytes)}, SHA-256 ${file.sha256.slice(0, 16)})`);
 }

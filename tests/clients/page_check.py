@@ -17,6 +17,8 @@ The scenario names a `phase`:
   key pinned (a receipt and a request id of it), then the current one's.
 - `generations_unavailable`: the sealed generation's key pinned while the
   log's `/generations` fails: the log panel and a receipt's verdict.
+- `log_down`: `key` pinned while the log's API fails: the log panel, and
+  the verdict on each of `texts` in turn.
 - `checks`: each of `checks` (a `pin` and `texts`): the page with that key
   pinned, what its key line says and the verdict on each text in turn; then
   each of `key_checks` (`key`, `listed`, `origin`) through verify.js's own
@@ -331,6 +333,21 @@ def generations_unavailable(s, driver, out):
     out["verdict"] = submit(driver, s["sealed_receipt"])
 
 
+def log_down(s, driver, out):
+    """`key` pinned while the log cannot be read: what the log panel
+    says, and the verdict on each of `texts`."""
+    driver.get(pinned(s["base"], s["key"]))
+    driver.refresh()
+    out["checkpoint"] = wait_for(
+        driver,
+        "the log section",
+        lambda: (lambda t: t if t not in ("", "loading…") else None)(
+            driver.find_element(By.ID, "log-checkpoint").text
+        ),
+    )
+    out["verdicts"] = [submit(driver, text) for text in s["texts"]]
+
+
 def checks(s, driver, out):
     """The page with each key pinned in turn, and a verdict on each text;
     then verify.js's generationKey on each of `key_checks`."""
@@ -377,6 +394,7 @@ def main() -> int:
             "witnessed": witnessed,
             "generations": generations,
             "generations_unavailable": generations_unavailable,
+            "log_down": log_down,
             "checks": checks,
             "visit": visit,
             "log_section": log_section,

@@ -1435,3 +1435,37 @@ fn a_loadtest_origin_placed_elsewhere_exits_2_before_starting() {
         "{stderr}"
     );
 }
+
+/// With tenants and a transparency log, `check-config` warns when
+/// `tenancy.record` is not set: the public log then names every tenant in
+/// clear (page audit, stop 62). Not once the operator chose either way.
+#[test]
+fn check_config_warns_that_the_log_names_tenants_by_default() {
+    let (dir, config) = valid_config(None);
+    log_key(dir.path());
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with = |tenancy: &str| {
+        let toml = format!(
+            "{base}\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n\
+             {tenancy}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:acme-uploader\"]\n"
+        );
+        std::fs::write(&config, toml).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let warnings = with("");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: tenancy.record: not set, so every record names its tenant in clear"
+        ),
+        "{warnings:?}"
+    );
+    assert!(with("[tenancy]\nrecord = \"name\"\n").is_empty());
+}

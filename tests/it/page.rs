@@ -864,6 +864,113 @@ async fn the_page_cannot_check_a_sealed_generation_it_cannot_find() {
     proxy.stop().await;
 }
 
+/// With the log unable to answer and its key pinned, the page judges what
+/// needs no log as `verify` does: a receipt whose signature fails is "Not
+/// verified", not "Could not check" (which a forger could get by blocking
+/// the log); a genuine receipt, an unsigned one and a request id could not
+/// be checked, nothing found wrong. A request id answered with another
+/// request's record is not called a receipt, and a refused upload is named
+/// with its reason.
+#[tokio::test]
+async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
+    let work = TempDir::new("page-log-down");
+    let pkcs8 = Signer::generate_pkcs8().unwrap();
+    let key = Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let proxy = log_proxy(&pkcs8, free_port()).await;
+    let (receipt, request_id) = upload(&proxy, DE, "cpu=0.93").await;
+    let refused = proxy.client().upload_from(UNKNOWN, "cpu=0.1").await;
+    assert_eq!(refused.status, 451, "{refused:?}");
+    let refused_id = refused.header("x-request-id").unwrap().to_string();
+    let forged = {
+        let r = Receipt::parse(&receipt).unwrap();
+        let record = String::from_utf8(r.record.clone())
+            .unwrap()
+            .replace("\"frankfurt\"", "\"zurich\"");
+        Receipt {
+            record: record.into_bytes(),
+            ..r
+        }
+        .encode()
+    };
+    let unsigned = Receipt {
+        signature: None,
+        ..Receipt::parse(&receipt).unwrap()
+    }
+    .encode();
+    let log = proxy.log_addr.unwrap();
+    let api = ["/key", "/checkpoint", "/generations", "/proof/inclusion"];
+    let front = front_failing(
+        log,
+        std::sync::Arc::new(std::sync::Mutex::new(api.to_vec())),
+    )
+    .await;
+    let seen = browse(
+        json!({
+            "phase": "log_down",
+            "base": format!("http://{front}/"),
+            "key": key,
+            "texts": [forged, receipt, unsigned, request_id],
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdicts = seen["verdicts"].as_array().unwrap();
+    let text = |i: usize| verdicts[i]["text"].as_str().unwrap();
+    assert!(
+        text(0).starts_with("Not verified: the receipt's signature failed."),
+        "{seen}"
+    );
+    assert_eq!(verdicts[0]["step"], "receipt_signature", "{seen}");
+    for i in 1..4 {
+        assert!(text(i).starts_with("Could not check: "), "{i}: {seen}");
+        assert!(
+            text(i).ends_with("(nothing was found wrong)"),
+            "{i}: {seen}"
+        );
+        assert_eq!(verdicts[i]["class"], "bad", "{seen}");
+    }
+
+    // The log back: another request's record for a request id, and a
+    // refusal's record.
+    let (status, other) = plain_request(log, "GET", &format!("/records/{refused_id}")).await;
+    assert_eq!(status, 200, "{other}");
+    let swapped: &'static str =
+        Box::leak(format!("answer:/records/{request_id} {other}").into_boxed_str());
+    let front = front_failing(
+        log,
+        std::sync::Arc::new(std::sync::Mutex::new(vec![swapped])),
+    )
+    .await;
+    let seen = browse(
+        json!({
+            "phase": "checks",
+            "base": format!("http://{front}/"),
+            "checks": [{"pin": key, "texts": [request_id, refused_id]}],
+            "profile": work.path().join("profile-2"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdicts = seen["pins"][0]["verdicts"].as_array().unwrap();
+    let text = |i: usize| verdicts[i]["text"].as_str().unwrap();
+    assert!(
+        text(0).starts_with(
+            "Not verified: the log's record of that request failed. the log answered request id"
+        ),
+        "{seen}"
+    );
+    assert!(
+        text(1).contains("the record says the upload was refused (origin_unknown), not stored"),
+        "{seen}"
+    );
+    proxy.stop().await;
+}
+
 /// The history this browser keeps is the key's, however the link spells
 /// it (a key id in upper case is the same key), and a log that does not
 /// prove it only grew since the checkpoint kept is warned about, the one

@@ -793,6 +793,15 @@ mod tests {
                 }
                 (Err(f), e) if !e.valid => {
                     assert_eq!(Some(f.step), e.step, "{}: {}", v.name, f.message);
+                    // A refusal is named with its reason.
+                    if v.name == "refused_upload" {
+                        assert!(
+                            f.message
+                                .starts_with("the record says the upload was refused ("),
+                            "{}",
+                            f.message
+                        );
+                    }
                 }
                 _ => panic!(
                     "{}: expected {:?}, got {:?}",

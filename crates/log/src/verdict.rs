@@ -318,8 +318,12 @@ fn check_receipt(
         return fail(
             Step::Outcome,
             format!(
-                "the record says the upload was {}, not stored",
-                record.outcome.as_str()
+                "the record says the upload was {}{}, not stored",
+                record.outcome.as_str(),
+                record
+                    .reason
+                    .as_deref()
+                    .map_or(String::new(), |r| format!(" ({r})"))
             ),
         );
     }
@@ -528,6 +532,11 @@ fn check_consistency(
         .or_else(|e| fail(Step::Consistency, format!("the log rewrote history: {e}")))
 }
 
+/// `1 byte`, `2 bytes`.
+fn bytes(n: u64) -> String {
+    format!("{n} byte{}", if n == 1 { "" } else { "s" })
+}
+
 fn check_file(inputs: &Inputs, record: &Record, checks: &mut Vec<String>) -> Result<(), Failure> {
     let Some(file) = &inputs.file else {
         return Ok(());
@@ -539,8 +548,9 @@ fn check_file(inputs: &Inputs, record: &Record, checks: &mut Vec<String>) -> Res
         return fail(
             Step::File,
             format!(
-                "your file is {} bytes; the upload the record describes was {} bytes",
-                file.bytes, body.bytes
+                "your file is {}; the upload the record describes was {}",
+                bytes(file.bytes),
+                bytes(body.bytes)
             ),
         );
     }
@@ -554,8 +564,8 @@ fn check_file(inputs: &Inputs, record: &Record, checks: &mut Vec<String>) -> Res
         );
     }
     checks.push(format!(
-        "your file is the upload the record describes ({} bytes, SHA-256 {})",
-        file.bytes,
+        "your file is the upload the record describes ({}, SHA-256 {})",
+        bytes(file.bytes),
         // Ours: hex we computed (the record's equals it).
         file.sha256.get(..16).unwrap_or(&file.sha256)
     ));

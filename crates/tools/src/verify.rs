@@ -187,9 +187,10 @@ pub async fn verify(args: &VerifyArgs) -> Report {
     }
 }
 
-/// Whether `--receipt` (as read) can be judged without the log: it names
-/// the log of `--key` (a key, or a file holding one), or is no receipt at
-/// all.
+/// Whether `--receipt` (as read) can be judged without the log: it is
+/// signed and names the log of `--key` (a key, or a file holding one), or
+/// is no receipt at all. (An unsigned one, `receipts = "log"`, is proven
+/// by the log alone.)
 fn receipt_of_the_key(args: &VerifyArgs) -> bool {
     let Some(text) = args.receipt.as_deref() else {
         return false;
@@ -197,6 +198,9 @@ fn receipt_of_the_key(args: &VerifyArgs) -> bool {
     let Ok(receipt) = Receipt::parse(text) else {
         return true;
     };
+    if receipt.signature.is_none() {
+        return false;
+    }
     let key = std::fs::read_to_string(&args.key)
         .map(|text| text.trim().to_string())
         .unwrap_or_else(|_| args.key.clone());
@@ -1162,6 +1166,21 @@ mod tests {
             report.to_string().starts_with("INVALID: the receipt's "),
             "{report}"
         );
+        // An unsigned receipt (`receipts = "log"`) has nothing to judge
+        // without the log: not checked, not INVALID for want of a
+        // signature.
+        let unsigned = Receipt {
+            signature: None,
+            ..forged.clone()
+        };
+        let args = VerifyArgs {
+            key: key(),
+            receipt: Some(unsigned.encode()),
+            log: Some(closed.clone()),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(report.unchecked, "{report}");
         // A receipt of another generation is checked through the log's
         // list of them: not judged without it.
         let other = Receipt {
