@@ -925,13 +925,13 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
         "{seen}"
     );
     assert_eq!(verdicts[0]["step"], "receipt_signature", "{seen}");
-    for i in 1..4 {
+    for (i, v) in verdicts.iter().enumerate().skip(1) {
         assert!(text(i).starts_with("Could not check: "), "{i}: {seen}");
         assert!(
             text(i).ends_with("(nothing was found wrong)"),
             "{i}: {seen}"
         );
-        assert_eq!(verdicts[i]["class"], "bad", "{seen}");
+        assert_eq!(v["class"], "bad", "{seen}");
     }
 
     // The log back: another request's record for a request id, and a
