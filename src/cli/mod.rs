@@ -440,7 +440,9 @@ fn keygen(name: &str, out: &std::path::Path, witness: bool) -> ExitCode {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if !residency_log::settings::valid_origin(name) {
-        eprintln!("error: --name `{name}` must be non-empty, without spaces or '+'");
+        eprintln!(
+            "error: --name {name:?} must be non-empty, without spaces, control characters or '+'"
+        );
         return ExitCode::from(2);
     }
     // Never overwrites either file: an input to change (exit 2), checked

@@ -114,9 +114,10 @@ export async function unsupported() {
 // --- signed notes (C2SP signed-note) ---------------------------------------
 
 // Unicode White_Space, as Rust's `char::is_whitespace` has it (JavaScript's
-// `\s` differs: it takes U+FEFF and leaves U+0085), and no '+'.
+// `\s` differs: it takes U+FEFF and leaves U+0085), no control character
+// (Rust's `char::is_control`: U+0000-001F, U+007F-009F) and no '+'.
 function checkName(name) {
-  return name.length > 0 && !/[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000+]/u.test(name);
+  return name.length > 0 && !/[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000+\u0000-\u001f\u007f-\u009f]/u.test(name);
 }
 
 // `<name>+<key id hex>+<base64(alg || 32-byte key)>`, key id checked;
@@ -129,7 +130,7 @@ export async function parseVkey(vkey, alg) {
   const [name, idHex] = parts;
   const b64 = parts.slice(2).join("+");
   if (!checkName(name)) {
-    throw new Error(`invalid key name ${JSON.stringify(name)}: it must be non-empty and contain no whitespace or '+'`);
+    throw new Error(`invalid key name ${JSON.stringify(name)}: it must be non-empty and contain no whitespace, control character or '+'`);
   }
   if (!/^[0-9a-fA-F]{8}$/.test(idHex)) throw malformed("key id must be 8 hex digits");
   const raw = unbase64(b64);

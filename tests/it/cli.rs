@@ -1114,6 +1114,18 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // A name with a control character would put it into every signed
+    // note (C2SP signed-note forbids them): invalid input.
+    let out = run(
+        &["keygen", "--name", "ctl\u{1f}name/log", "--out", path(&db)],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("control characters"),
+        "{}",
+        text(&out.stderr)
+    );
     // ... and a database built so is refused at load.
     let rows = residency_tools::geoip::parse_csv(GEOIP_CSV).unwrap();
     let bytes = residency_tools::geoip::build_country_db(&rows, future.parse().unwrap()).unwrap();

@@ -33,7 +33,7 @@ pub(crate) const SIGNATURE_PREFIX: &str = "— ";
 /// Why a key could not be loaded or a note could not be signed or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum NoteError {
-    #[error("invalid key name {0:?}: it must be non-empty and contain no whitespace or '+'")]
+    #[error("invalid key name {0:?}: it must be non-empty and contain no whitespace, control character or '+'")]
     InvalidKeyName(String),
     #[error("could not generate an Ed25519 key pair")]
     KeyGeneration,
@@ -79,9 +79,12 @@ pub(crate) fn key_label(name: &str, key_id: [u8; 4]) -> String {
 }
 
 /// Key names must be non-empty with no Unicode whitespace and no '+'
-/// (the separator in key strings).
+/// (the separator in key strings), and no control character: a signed
+/// note "MUST NOT contain any ASCII control characters" but newline
+/// (C2SP signed-note), and the name is written into every note signed
+/// or cosigned under it (DEL and C1 controls refused too).
 pub(crate) fn check_name(name: &str) -> Result<(), NoteError> {
-    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '+') {
+    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control() || c == '+') {
         return Err(NoteError::InvalidKeyName(name.to_owned()));
     }
     Ok(())
@@ -733,7 +736,16 @@ mod tests {
     #[test]
     fn signer_validates_names_and_text() {
         let pkcs8 = Signer::generate_pkcs8().unwrap();
-        for name in ["", "a b", "a+b", "a\u{2003}b"] {
+        for name in [
+            "",
+            "a b",
+            "a+b",
+            "a\u{2003}b",
+            "a\u{1f}b",
+            "a\u{1b}b",
+            "a\u{7f}b",
+            "a\u{85}b",
+        ] {
             assert!(Signer::from_pkcs8(name, &pkcs8).is_err(), "{name:?}");
         }
         assert!(Signer::from_pkcs8("ok", b"not a key").is_err());

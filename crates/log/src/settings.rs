@@ -384,7 +384,7 @@ pub fn transparency(
         Some(o) => {
             r.push(
                 k("origin"),
-                format!("`{o}` must be non-empty, without spaces or '+', e.g. \"ingest.example.com/residency-log\""),
+                format!("{o:?} must be non-empty, without spaces, control characters or '+', e.g. \"ingest.example.com/residency-log\""),
             );
             None
         }
@@ -697,7 +697,7 @@ pub fn witnesses(
             (Some(n), _) => {
                 r.push(
                     k("name"),
-                    format!("`{n}` must be non-empty, without spaces or '+'"),
+                    format!("{n:?} must be non-empty, without spaces, control characters or '+'"),
                 );
                 None
             }
@@ -936,9 +936,10 @@ fn client_address(
     }
 }
 
-/// A signed-note key name: non-empty, no whitespace, no '+'.
+/// A signed-note key name: non-empty, no whitespace, no control
+/// character, no '+'.
 pub fn valid_origin(name: &str) -> bool {
-    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+')
+    crate::note::check_name(name).is_ok()
 }
 
 impl Transparency {
@@ -1226,7 +1227,7 @@ mod tests {
         assert!(transparency(&raw, &std::env::temp_dir(), &mut r).is_none());
         let text = r.to_string();
         for line in [
-            "- transparency.origin: `has space` must be non-empty",
+            "- transparency.origin: \"has space\" must be non-empty",
             "- transparency.signing_key: required",
             "- transparency.receipts: `always` is not one of \"signed\", \"log\", \"off\"",
             "- transparency.checkpoint_interval: `1ms` is not a duration of at least 10ms",

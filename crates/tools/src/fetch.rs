@@ -138,7 +138,11 @@ impl Fetcher {
     /// GET `path`; any status is answered.
     pub async fn answer(&self, path: &str) -> anyhow::Result<Answer> {
         let url = format!("{}{path}", self.base);
+        // tlog-tiles: "Clients SHOULD include gzip and identity in their
+        // Accept-Encoding headers" (a log, or a CDN in front of it, may
+        // compress what it serves).
         let req = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT_ENCODING, "gzip, identity")
             .body(Full::default())
             .with_context(|| format!("bad URL {url}"))?;
         self.send(req, "GET", &url).await
@@ -176,6 +180,10 @@ impl Fetcher {
             }
         };
         let status = resp.status();
+        let encoding = resp
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
         let content_type = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -195,6 +203,11 @@ impl Fetcher {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
+        let body = match encoding.as_deref() {
+            None | Some("identity") => body,
+            Some("gzip") => gunzip(&body).with_context(|| format!("{method} {url}"))?,
+            Some(other) => bail!("{method} {url}: the answer is in content coding `{other}`, not gzip or identity as asked"),
+        };
         Ok(Answer {
             status,
             content_type,
@@ -212,5 +225,87 @@ impl Fetcher {
     pub async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let body = self.get(path).await?;
         serde_json::from_slice(&body).with_context(|| format!("{path}: unexpected answer"))
+    }
+}
+
+/// A gzip-encoded answer decoded, bounded as an answer is: past
+/// [`MAX_RESPONSE_BYTES`] decoded it is no answer a log gives.
+fn gunzip(body: &[u8]) -> anyhow::Result<Bytes> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_RESPONSE_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .context("the answer's gzip encoding does not decode")?;
+    if out.len() > MAX_RESPONSE_BYTES {
+        bail!("the answer decodes to more than {MAX_RESPONSE_BYTES} bytes");
+    }
+    Ok(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// Serves `body` with `Content-Encoding: gzip` to one request; returns
+    /// the base URL and what the request's head said.
+    async fn gzip_server(body: Vec<u8>) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.write_all(&body).await;
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A log (or a CDN in front of it) may gzip its tiles: asked for
+    /// (tlog-tiles: clients SHOULD accept gzip and identity) and decoded —
+    /// it was read as the tile itself, the wrong size (log audit, stop 62).
+    /// Decoded, it is bounded as any answer.
+    #[tokio::test]
+    async fn gzip_answers_are_asked_for_and_decoded_within_the_bound() {
+        let tile: Vec<u8> = (0..544u32).map(|i| (i % 7) as u8).collect();
+        let (base, head) = gzip_server(gzip(&tile)).await;
+        let got = Fetcher::new(&base, None)
+            .unwrap()
+            .get("/tile/1/001.p/17")
+            .await
+            .unwrap();
+        assert_eq!(got.as_ref(), &tile[..]);
+        assert!(
+            head.await
+                .unwrap()
+                .contains("\r\naccept-encoding: gzip, identity\r\n"),
+            "asked for gzip"
+        );
+        let bomb = vec![0u8; MAX_RESPONSE_BYTES + 1];
+        let (base, _) = gzip_server(gzip(&bomb)).await;
+        let err = Fetcher::new(&base, None)
+            .unwrap()
+            .get("/tile/0/000")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("decodes to more than"),
+            "{err:#}"
+        );
     }
 }
