@@ -506,7 +506,9 @@ fn failover_time_is_measured_from_the_fault() {
     assert_eq!(zurich.answered_by.as_deref(), Some("geneva"));
     assert_eq!(zurich.time_to_failover_ms, Some(310.0));
     assert_eq!(zurich.failed_before_failover, 3);
-    assert!(f[1].is_none(), "slow does not break");
+    // slow is a fault, without a failover required of it.
+    assert!(!f[1].as_ref().expect("slow is a fault").must_fail_over);
+    assert!(zurich.must_fail_over);
     let frankfurt = f[2].as_ref().unwrap();
     assert_eq!(frankfurt.time_to_failover_ms, None);
     assert!(frankfurt
@@ -874,10 +876,12 @@ async fn drill_over_x_forwarded_for() {
     assert!(report.stored_by_datacenter["frankfurt"] > 0);
     assert!(!report.stored_by_datacenter.contains_key("geneva"));
     assert_eq!(report.phases.len(), 3);
-    assert!(report
-        .chaos
-        .iter()
-        .all(|c| c.applied.ok && c.failover.is_none()));
+    // `slow` is a fault that need not fail over (the proxy kept
+    // frankfurt: every upload stored); `normal` repairs it.
+    assert!(report.chaos.iter().all(|c| c.applied.ok));
+    let slowed = report.chaos[0].failover.as_ref().expect("slow is a fault");
+    assert!(!slowed.must_fail_over);
+    assert!(report.chaos[1].failover.is_none() && report.chaos[1].recovery.is_some());
     let j = &report.jurisdictions;
     assert_eq!(j["ch"].counts.sent + j["eu"].counts.sent, 300);
     assert!(report.latency.count == 300 && report.latency.p50_us > 0);

@@ -303,6 +303,7 @@ async fn admin_stats_records_filter_and_reset() {
     );
     assert_eq!(zurich["connections"], 2);
     assert_eq!(zurich["address"], dc(&sink, "zurich").to_string());
+    let typed_before = stats.clone();
     let typed: Stats = serde_json::from_value(stats).expect("typed stats");
     assert_eq!(typed.datacenters["geneva"].uploads, 1);
 
@@ -321,6 +322,13 @@ async fn admin_stats_records_filter_and_reset() {
     let (status, after) = admin(&sink, Method::POST, "/reset", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(after["records"], 0);
+    // Its records begin anew: a load test that read the value before
+    // knows what it held is gone.
+    let since = |v: &serde_json::Value| v["records_since_ms"].as_u64().expect("records_since_ms");
+    assert!(
+        since(&after) > since(&typed_before),
+        "{after} {typed_before}"
+    );
     assert_eq!(after["datacenters"]["zurich"]["uploads"], 0);
     assert_eq!(after["datacenters"]["zurich"]["connections"], 0);
     assert!(sink.records().is_empty());

@@ -2,6 +2,7 @@
 //! repair to the data centre's first acknowledged upload.
 //!
 //! For a chaos event that breaks data centre D (refuse, hang, error, drain)
+//! or slows it down (`slow`: a failover is measured, not required)
 //! applied at T: the jurisdictions "going to D" are those D was storing
 //! when the event struck — one of a jurisdiction's last [`RECENT`]
 //! acknowledged uploads scheduled before T (and since D's previous chaos
@@ -57,10 +58,15 @@ pub struct Failover {
     /// Uploads of those jurisdictions scheduled after the event and before
     /// the failover (or D's next event) that were not acknowledged.
     pub failed_before_failover: u64,
+    /// Whether the fault breaks its data centre, so that the uploads going
+    /// there must fail over (checked); a `slow` one need not: the proxy
+    /// may keep it, as its timeouts allow.
+    pub must_fail_over: bool,
     pub note: Option<String>,
 }
 
-/// One entry per event: `None` for events that do not break a data centre.
+/// One entry per event: `None` for events that put no data centre at fault
+/// (`normal`, `undrain`).
 pub fn failovers(
     plan: &Plan,
     applied: &[Applied],
@@ -72,8 +78,8 @@ pub fn failovers(
         .iter()
         .enumerate()
         .map(|(k, event)| {
-            let breaks = event.action.breaks();
-            breaks.then(|| one(plan, events, applied, k, outcomes, stored_in))
+            let faults = event.action.faults();
+            faults.then(|| one(plan, events, applied, k, outcomes, stored_in))
         })
         .collect()
 }
@@ -111,6 +117,7 @@ fn one(
         alternatives: Vec::new(),
         answered_by: None,
         failed_before_failover: 0,
+        must_fail_over: event.action.breaks(),
         note: None,
     };
     let Some(t) = applied_at(applied, k) else {
@@ -217,7 +224,9 @@ fn one(
                 Some(e) => format!(" before {dc}'s next event at {:.1}s", e.as_secs_f64()),
                 None => " until the end of the run".into(),
             };
-            let elsewhere = if result.alternatives.is_empty() {
+            let elsewhere = if !result.must_fail_over {
+                format!(" (slowed down, not broken: the proxy kept {dc})")
+            } else if result.alternatives.is_empty() {
                 String::from(" (none other is permitted and up)")
             } else {
                 format!(
@@ -334,8 +343,9 @@ fn alternatives(
 }
 
 /// What the schedule has done to one data centre so far: its sink's mode
-/// and its drain are separate, and either breaks it (an `undrain` does not
-/// repair a data centre that still refuses).
+/// and its drain are separate, and either puts it at fault (an `undrain`
+/// does not repair a data centre that still refuses; `normal` repairs a
+/// slowed one too).
 #[derive(Default)]
 struct State {
     mode_breaks: bool,
@@ -345,7 +355,7 @@ struct State {
 impl State {
     fn apply(&mut self, action: &ChaosAction) {
         match action {
-            ChaosAction::Mode { .. } => self.mode_breaks = action.breaks(),
+            ChaosAction::Mode { .. } => self.mode_breaks = action.faults(),
             ChaosAction::Drain { .. } => self.drained = true,
             ChaosAction::Undrain { .. } => self.drained = false,
         }

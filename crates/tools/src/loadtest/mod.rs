@@ -113,7 +113,8 @@ pub fn failed(what: &str, report: &Report, written: anyhow::Result<()>) -> anyho
     }
 }
 
-/// The sinks' records. With uploads the client gave up on (no answer), the
+/// The sinks' records, read until two reads [`SETTLE_STEP`] apart agree
+/// (at most [`SETTLE_MAX`]). With uploads the client gave up on (no answer), the
 /// proxy may still be delivering them — a replay after a timed-out attempt,
 /// or once a hung data centre was restored — and need not know their
 /// client left (an HTTP/1.1 client's close is a half close to it): so the
@@ -127,19 +128,27 @@ pub fn failed(what: &str, report: &Report, written: anyhow::Result<()>) -> anyho
 async fn settled_records(
     admin: &Admin,
     plan: &Plan,
+    since: &[Option<u64>],
     last_unanswered: Option<Instant>,
     progress: bool,
 ) -> Result<Vec<reconcile::SinkRecord>, String> {
     let sinks = &plan.sink_admin;
+    let mut interrupt = plan.interrupt.clone();
     let Some(last) = last_unanswered else {
-        return reconcile::fetch_records(admin, sinks).await;
+        // Every upload answered; still, a data centre the proxy gave up on
+        // (a timeout answered 504, or replayed elsewhere) may store late
+        // what it was sent — one stopped and continued stores what waited
+        // in its socket right after it answers a read: read until two
+        // reads agree.
+        let records = reconcile::fetch_records(admin, sinks, since).await?;
+        let deadline = Instant::now() + SETTLE_MAX;
+        return settle(admin, sinks, since, records, &mut interrupt, deadline).await;
     };
     let late = last + plan.late_delivery;
-    let mut interrupt = plan.interrupt.clone();
     // Interrupted (before or during this wait): the records as they are
     // now; the run fails as interrupted, late stores not waited for.
     if interrupt.as_ref().is_some_and(|rx| *rx.borrow()) {
-        return reconcile::fetch_records(admin, sinks).await;
+        return reconcile::fetch_records(admin, sinks, since).await;
     }
     if progress && late > Instant::now() {
         eprintln!(
@@ -152,7 +161,7 @@ async fn settled_records(
         .await
         .is_none()
     {
-        return reconcile::fetch_records(admin, sinks).await;
+        return reconcile::fetch_records(admin, sinks, since).await;
     }
     let deadline = Instant::now() + SETTLE_MAX;
     if let Some(metrics) = plan
@@ -179,7 +188,7 @@ async fn settled_records(
                         .await
                         .is_none()
                     {
-                        return reconcile::fetch_records(admin, sinks).await;
+                        return reconcile::fetch_records(admin, sinks, since).await;
                     }
                 }
                 // None left; or not a residency-proxy, or not answering:
@@ -188,16 +197,29 @@ async fn settled_records(
             }
         }
     }
-    let mut records = reconcile::fetch_records(admin, sinks).await?;
+    let records = reconcile::fetch_records(admin, sinks, since).await?;
+    settle(admin, sinks, since, records, &mut interrupt, deadline).await
+}
+
+/// The sinks' records read again every [`SETTLE_STEP`] after `records`
+/// until two reads agree (at most until `deadline`), unless interrupted.
+async fn settle(
+    admin: &Admin,
+    sinks: &[http::Uri],
+    since: &[Option<u64>],
+    mut records: Vec<reconcile::SinkRecord>,
+    interrupt: &mut Option<tokio::sync::watch::Receiver<bool>>,
+    deadline: Instant,
+) -> Result<Vec<reconcile::SinkRecord>, String> {
+    if interrupt.as_ref().is_some_and(|rx| *rx.borrow()) {
+        return Ok(records);
+    }
     while Instant::now() < deadline {
         let pause = tokio::time::sleep(SETTLE_STEP);
-        if chaos::unless_interrupted(&mut interrupt, pause)
-            .await
-            .is_none()
-        {
+        if chaos::unless_interrupted(interrupt, pause).await.is_none() {
             return Ok(records);
         }
-        let again = reconcile::fetch_records(admin, sinks).await?;
+        let again = reconcile::fetch_records(admin, sinks, since).await?;
         if again.len() == records.len() {
             return Ok(again);
         }
@@ -232,6 +254,9 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
         (Some(proxy), Some(ours)) => other_policy(&admin, proxy, ours).await,
         _ => None,
     };
+    // When each sink's records began: one that restarts during the run
+    // has lost what it held (its records are in memory only).
+    let since = reconcile::records_since(&admin, &plan.sink_admin).await;
     // After that setup (root certificates read, a request): the first
     // uploads are not due before the generator can send them.
     let t0 = Instant::now() + LEAD;
@@ -278,7 +303,7 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
             _ => None,
         })
         .max();
-    let reconciled = settled_records(&admin, &plan, last_unanswered, progress).await;
+    let reconciled = settled_records(&admin, &plan, &since, last_unanswered, progress).await;
     // Interrupted after the schedule (while waiting for answers or late
     // stores): a partial run too.
     let mut generated = generated;
@@ -348,5 +373,82 @@ fn restored_entry(action: &ChaosAction, t0: Instant, result: Result<String, Stri
         ok,
         via,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod settling {
+    use super::*;
+
+    /// A sink whose `/records` holds one record more from its second read
+    /// on: a data centre, stopped while the run ended, that stored what
+    /// waited in its socket just after it answered the first read.
+    async fn late_storing_sink() -> http::Uri {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if head.starts_with("GET /records") {
+                    reads += 1;
+                    let record = |id: u32| {
+                        format!(
+                            r#"{{"datacenter":"zurich","upload_id":"u{id}","sha256":"00","bytes":1}}"#
+                        )
+                    };
+                    let records: Vec<String> = (0..reads.min(2)).map(record).collect();
+                    format!("[{}]", records.join(","))
+                } else {
+                    // `/stats`: its records began at 5 ms.
+                    r#"{"records_since_ms":5}"#.to_string()
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}").parse().unwrap()
+    }
+
+    /// Every upload answered (no late delivery to wait for), yet a store
+    /// that lands after the first read is counted: the records are read
+    /// until two reads agree (drill audit, stop 62: a SIGSTOPped sink's
+    /// late stores were missed, and with them duplicates).
+    #[tokio::test]
+    async fn records_are_read_until_two_reads_agree_when_all_were_answered() {
+        let mut plan = super::tests::plan();
+        plan.sink_admin = vec![late_storing_sink().await];
+        let records = settled_records(&Admin::new(), &plan, &[], None, false)
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+    }
+
+    /// A sink whose records began after the run began (it restarted, or
+    /// was reset, and keeps records in memory only) cannot rule out
+    /// missing uploads: the records are not reconciled (drill audit, stop
+    /// 62: a restarted sink's lost records were reported as 207 missing
+    /// uploads).
+    #[tokio::test]
+    async fn a_sink_that_restarted_during_the_run_is_not_reconciled() {
+        let sinks = [late_storing_sink().await];
+        let admin = Admin::new();
+        let err = reconcile::fetch_records(&admin, &sinks, &[Some(4)])
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("restarted or was reset during the run"),
+            "{err}"
+        );
+        assert!(reconcile::fetch_records(&admin, &sinks, &[Some(5)])
+            .await
+            .is_ok());
+        assert_eq!(reconcile::records_since(&admin, &sinks).await, [Some(5)]);
     }
 }

@@ -43,9 +43,13 @@ pub struct SinkRecord {
 /// Reads the records of every sink; identical records (the same sink
 /// listed twice) are counted once. Any sink that cannot be read is an
 /// error: nothing could then be proven missing.
-pub async fn fetch_records(admin: &Admin, sinks: &[Uri]) -> Result<Vec<SinkRecord>, String> {
+pub async fn fetch_records(
+    admin: &Admin,
+    sinks: &[Uri],
+    since: &[Option<u64>],
+) -> Result<Vec<SinkRecord>, String> {
     let mut all = Vec::new();
-    for sink in sinks {
+    for (i, sink) in sinks.iter().enumerate() {
         let url = join(sink, "/records")?;
         let shown = url.to_string();
         let (status, body) = admin
@@ -56,10 +60,21 @@ pub async fn fetch_records(admin: &Admin, sinks: &[Uri]) -> Result<Vec<SinkRecor
             return Err(format!("{shown}: {status}"));
         }
         all.extend(parse_records(&body).map_err(|e| format!("{shown}: {e}"))?);
-        let dropped = dropped_records(admin, sink).await;
+        let stats = stats(admin, sink).await;
+        let dropped = stats.as_ref().map_or(0, |s| s.dropped);
         if dropped > 0 {
             return Err(format!(
                 "{sink} dropped {dropped} record(s) (its record limit was reached): missing uploads cannot be ruled out"
+            ));
+        }
+        // The records it held when the run began are gone: a restart or a
+        // reset (it keeps them in memory only).
+        let before = since.get(i).copied().flatten();
+        let now = stats.and_then(|s| s.since_ms);
+        if let Some(before) = before.filter(|b| now != Some(*b)) {
+            return Err(format!(
+                "{sink} restarted or was reset during the run (its records began at {before} ms since the Unix epoch, now {}): it keeps records in memory only, so missing uploads cannot be ruled out",
+                now.map_or_else(|| "unknown".to_string(), |n| n.to_string())
             ));
         }
     }
@@ -68,21 +83,41 @@ pub async fn fetch_records(admin: &Admin, sinks: &[Uri]) -> Result<Vec<SinkRecor
     Ok(all)
 }
 
-/// `dropped_records` from the sink's `GET /stats`, where it has one (0 when
-/// the sink has no such endpoint).
-async fn dropped_records(admin: &Admin, sink: &Uri) -> u64 {
-    let Ok(url) = join(sink, "/stats") else {
-        return 0;
-    };
+/// What a sink's `GET /stats` says of its records, where it has one.
+pub struct SinkStats {
+    /// `dropped_records` (0 when not given).
+    pub dropped: u64,
+    /// `records_since_ms`: when the records it holds began.
+    pub since_ms: Option<u64>,
+}
+
+/// The sink's `GET /stats`, where it has one (`None` when it has no such
+/// endpoint, or does not answer it).
+async fn stats(admin: &Admin, sink: &Uri) -> Option<SinkStats> {
+    let url = join(sink, "/stats").ok()?;
     match admin.call(Method::GET, url, None, RECORDS_TIMEOUT).await {
         Ok((status, body)) if status.is_success() => {
-            serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("dropped_records")?.as_u64())
-                .unwrap_or(0)
+            let v = serde_json::from_slice::<serde_json::Value>(&body).ok()?;
+            Some(SinkStats {
+                dropped: v
+                    .get("dropped_records")
+                    .and_then(|d| d.as_u64())
+                    .unwrap_or(0),
+                since_ms: v.get("records_since_ms").and_then(|d| d.as_u64()),
+            })
         }
-        _ => 0,
+        _ => None,
     }
+}
+
+/// When each sink's records began (`records_since_ms`), read before a
+/// run: a sink that restarts meanwhile loses what it held.
+pub async fn records_since(admin: &Admin, sinks: &[Uri]) -> Vec<Option<u64>> {
+    let mut since = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        since.push(stats(admin, sink).await.and_then(|s| s.since_ms));
+    }
+    since
 }
 
 /// A JSON array of records (or `{"records": [...]}`).

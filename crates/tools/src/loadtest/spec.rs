@@ -166,8 +166,25 @@ impl ChaosAction {
         }
     }
 
+    /// Does this event put the data centre at fault: break it (below), or
+    /// slow it down — which may break it as the proxy sees it (an answer,
+    /// or a health check, slower than its timeouts ejects it) or not? Its
+    /// span, until the repair, is what `min_availability` is measured
+    /// over.
+    pub fn faults(&self) -> bool {
+        self.breaks()
+            || matches!(
+                self,
+                ChaosAction::Mode {
+                    mode: DatacenterMode::Slow,
+                    ..
+                }
+            )
+    }
+
     /// Does this event stop the data centre from storing uploads (so that
-    /// its traffic must fail over)? `slow` degrades but does not break.
+    /// its traffic must fail over)? `slow` degrades; whether the proxy
+    /// then keeps it or fails over is its timeouts' call.
     pub fn breaks(&self) -> bool {
         matches!(
             self,

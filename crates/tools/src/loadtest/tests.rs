@@ -19,7 +19,7 @@ use super::{Plan, Report};
 
 /// The drill's policy: ch in zurich (priority 1) or geneva (2), eu in
 /// frankfurt, us in virginia; the mix ch, eu, us (indexes 0, 1, 2).
-fn plan() -> Plan {
+pub(super) fn plan() -> Plan {
     let jurisdictions: BTreeMap<String, RawJurisdiction> =
         [("ch", "CH"), ("eu", "DE"), ("us", "US")]
             .into_iter()
@@ -321,6 +321,63 @@ fn availability_counts_every_upload_of_a_fault_shorter_than_a_chart_step() {
             .any(|p| p.starts_with("SLO eu: availability during faults")),
         "{:?}",
         r.problems()
+    );
+}
+
+/// A `slow` data centre the proxy ejected (a health check slower than
+/// its timeout) is a fault: the uploads it failed count against
+/// `min_availability`, not as "something the schedule did not cause"; its
+/// span ends at `normal` (a recovery). No failover is required of it, nor
+/// judged "exercised" (drill audit, stop 62: it passed at 0.13).
+#[test]
+fn a_slow_data_centre_is_a_fault_that_need_not_fail_over() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(8);
+    let chaos = [("3s:frankfurt=slow", 3.0), ("7s:frankfurt=normal", 7.0)];
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+    let outcomes = (0..800u64)
+        .map(|i| {
+            let at = i * 10;
+            match i % 3 {
+                0 => outcome(i, 0, at, 201, Some("zurich")),
+                1 if (3000..7000).contains(&at) => outcome(i, 1, at, 503, None),
+                1 => outcome(i, 1, at, 201, Some("frankfurt")),
+                _ => outcome(i, 2, at, 201, Some("virginia")),
+            }
+        })
+        .collect();
+    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    r.apply_slo(&Slo {
+        min_availability: Some(0.9),
+        max_time_to_failover_ms: Some(1000.0),
+        ..Slo::default()
+    });
+    let eu = &r.jurisdictions["eu"].during_faults;
+    assert!(eu.scheduled > 100 && eu.acknowledged == 0, "{eu:?}");
+    let failover = r.chaos[0].failover.as_ref().expect("slow is a fault");
+    assert!(!failover.must_fail_over);
+    assert!(r.chaos[1].recovery.is_some(), "normal repairs it");
+    let names: Vec<&str> = r.slo.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        !names.iter().any(|n| n.contains("failed over")
+            || n.contains("exercised")
+            || n.contains("time to failover")),
+        "{names:?}"
+    );
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.starts_with("SLO eu: availability during faults: 0.000")),
+        "{:?}",
+        r.problems()
+    );
+    assert!(
+        !r.warnings
+            .iter()
+            .any(|w| w.contains("something the schedule did not cause")),
+        "{:?}",
+        r.warnings
     );
 }
 

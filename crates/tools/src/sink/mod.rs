@@ -144,9 +144,9 @@ impl Shared {
     }
 
     fn stats(&self) -> Stats {
-        let (records, dropped_records) = {
+        let (records, dropped_records, records_since_ms) = {
             let store = self.store_lock();
-            (store.records.len() as u64, store.dropped)
+            (store.records.len() as u64, store.dropped, store.since_ms)
         };
         Stats {
             datacenters: self
@@ -156,6 +156,7 @@ impl Shared {
                 .collect(),
             records,
             dropped_records,
+            records_since_ms,
         }
     }
 
@@ -164,6 +165,9 @@ impl Shared {
             let mut store = self.store_lock();
             store.records = Vec::new();
             store.dropped = 0;
+            // Never the same value twice: a reader told apart a reset
+            // within the same millisecond too.
+            store.since_ms = model::unix_ms().max(store.since_ms + 1);
         }
         for dc in &self.datacenters {
             dc.reset();
@@ -221,6 +225,7 @@ impl Sink {
                 records: Vec::new(),
                 dropped: 0,
                 max: options.max_records,
+                since_ms: model::unix_ms(),
             }),
             options,
         });

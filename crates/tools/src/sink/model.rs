@@ -179,6 +179,10 @@ pub struct Stats {
     pub records: u64,
     /// Stored uploads not kept because `max_records` were already held.
     pub dropped_records: u64,
+    /// When the records held began (Unix milliseconds): the sink's start,
+    /// or its last `/reset`. Records are kept in memory only: a reader
+    /// that saw another value before has lost what was held then.
+    pub records_since_ms: u64,
 }
 
 /// Per-data-centre counters, cleared by `/reset` (except `open`).
@@ -230,6 +234,15 @@ pub(crate) struct RecordStore {
     pub records: Vec<Record>,
     pub dropped: u64,
     pub max: usize,
+    /// [`Stats::records_since_ms`].
+    pub since_ms: u64,
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl RecordStore {
