@@ -179,6 +179,9 @@ fn digest_bytes(d: digest::Digest) -> [u8; 32] {
 /// What is left of the client's body: chunks already read, then the stream.
 struct Source {
     prefix: VecDeque<Bytes>,
+    /// The last chunk of an HTTP/2 body of declared length, held until
+    /// its `END_STREAM` (see [`ForwardBody`]'s `poll_frame`).
+    last: Option<Bytes>,
     rest: Incoming,
     /// SHA-256 of everything read from the client so far, when wanted.
     digest: Option<Box<digest::Context>>,
@@ -303,6 +306,7 @@ impl BodySlot {
             hint: body.size_hint(),
             source: Mutex::new(Some(Box::new(Source {
                 prefix: VecDeque::new(),
+                last: None,
                 rest: body,
                 digest: hash.then(|| Box::new(digest::Context::new(&digest::SHA256))),
             }))),
@@ -519,7 +523,13 @@ impl BodySlot {
         // Nothing left to discard. (h2's `is_end_stream` means `END_STREAM`
         // came: the end was clean, see `ended_cleanly`.)
         if source.rest.is_end_stream() {
-            if self.failure().is_none() {
+            if source.last.is_some() {
+                // Its last chunk was held for the end and never sent: not
+                // complete, nothing left to discard.
+                self.abandoned.store(true, Ordering::Relaxed);
+                drop(self.done_reading());
+                self.ended.notify_waiters();
+            } else if self.failure().is_none() {
                 // Read to its end already (hyper took the last frame and
                 // was dropped before it asked for the end): the body is
                 // complete, and a 2xx answer's receipt waits for its
@@ -851,6 +861,9 @@ impl Body for ForwardBody {
         if let Some(chunk) = src.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        if src.last.is_some() {
+            return held_end(slot, src, timer, cx);
+        }
         let mut polled = Pin::new(&mut src.rest).poll_frame(cx);
         if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_trailers()) {
             // Trailer fields are not forwarded (README): the body goes on
@@ -868,8 +881,19 @@ impl Body for ForwardBody {
                     };
                     src.hash(data);
                     // With a known length, hyper stops polling once it has
-                    // sent that much: the end is now, not at `None`.
+                    // sent that much: the end is now, not at `None`. Over
+                    // HTTP/2 the end is `END_STREAM`, and more DATA may
+                    // still come before it, which makes the request
+                    // malformed (RFC 9113 §8.1.1: not to be forwarded):
+                    // the last chunk waits for it.
                     if slot.hint.exact() == Some(total) {
+                        if slot.h2 && !src.rest.is_end_stream() {
+                            src.last = frame.into_data().ok();
+                            if let Some(timer) = timer.as_mut() {
+                                timer.as_mut().reset(Instant::now() + slot.idle);
+                            }
+                            return held_end(slot, src, timer, cx);
+                        }
                         slot.complete(src);
                     }
                 }
@@ -926,6 +950,44 @@ impl Drop for ForwardBody {
                 Some(_) if client_stopped => drop(slot.done_reading()),
                 Some(source) => slot.abandon(*source, Some(slot)),
                 None => {}
+            }
+        }
+    }
+}
+
+/// The held last chunk of an HTTP/2 body of declared length, passed on
+/// once its stream ends cleanly (the body complete); anything else — more
+/// DATA, a reset, an end without `END_STREAM` — fails it (nothing more of
+/// it is forwarded: the upload is not passed on as complete), and silence
+/// past `request_body_idle` times it out.
+fn held_end(
+    slot: &BodySlot,
+    src: &mut Source,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    loop {
+        match Pin::new(&mut src.rest).poll_frame(cx) {
+            Poll::Ready(None) if slot.ended_cleanly(&src.rest) => {
+                let last = src.last.take().unwrap_or_default();
+                slot.complete(src);
+                return Poll::Ready(Some(Ok(Frame::data(last))));
+            }
+            // Trailers, or an empty DATA frame (an `END_STREAM` sent on
+            // its own): not data.
+            Poll::Ready(Some(Ok(frame)))
+                if frame.is_trailers() || frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Poll::Ready(Some(Ok(_)) | None) => {
+                return Poll::Ready(Some(Err(slot.fail(BodyError::Client))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(slot.fail(BodyError::of_client(&e)))))
+            }
+            Poll::Pending => {
+                let idle = slot.idle;
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                return Poll::Ready(Some(Err(slot.fail(BodyError::IdleTimeout))));
             }
         }
     }

@@ -1827,3 +1827,52 @@ async fn heads_hyper_refuses_count_as_closed_connections() {
     );
     proxy.stop().await;
 }
+
+/// HTTP/2 DATA beyond a request's declared `content-length` makes it
+/// malformed (RFC 9113 §8.1.1: an intermediary MUST NOT forward it), so
+/// the upload is not passed on as complete: the data centre stores
+/// nothing, and the client gets no 201 — whether the extra DATA follows
+/// at once or after a pause. The last chunk waits for `END_STREAM`
+/// (abuse audit, stop 62: the declared 10 bytes were stored, with a 201 and
+/// a receipt in the log, while the client's stream was reset). A body
+/// whose `END_STREAM` comes in a frame of its own after the declared
+/// bytes is stored as ever.
+#[tokio::test]
+async fn http2_data_beyond_its_content_length_is_not_stored() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let upload = |extra: Option<(u64, &'static [u8])>| {
+        let client = proxy.client().h2();
+        async move {
+            let tls = client.connect().await.unwrap();
+            let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::post("https://localhost/v1/telemetry")
+                .header("x-forwarded-for", CH)
+                .header("content-length", "10")
+                .body(())
+                .unwrap();
+            let (response, mut stream) = send.send_request(req, false).unwrap();
+            stream
+                .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+                .unwrap();
+            if let Some((pause, more)) = extra {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let _ = stream.send_data(bytes::Bytes::from_static(more), true);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), response).await {
+                Ok(Ok(r)) => Some(r.status().as_u16()),
+                Ok(Err(_)) => None,
+                Err(_) => panic!("no answer, nor a reset, within 10 s"),
+            }
+        }
+    };
+    for pause in [0, 300] {
+        let status = upload(Some((pause, b"EXTRA"))).await;
+        assert_ne!(status, Some(201), "pause {pause} ms");
+    }
+    assert_eq!(proxy.upstream("zurich").count(), 0, "nothing stored");
+    // END_STREAM on an empty frame of its own: complete.
+    assert_eq!(upload(Some((300, b""))).await, Some(201));
+    assert_eq!(proxy.upstream("zurich").count(), 1);
+    proxy.stop().await;
+}
