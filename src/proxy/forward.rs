@@ -694,6 +694,11 @@ fn judge(
             });
             let failure = if e.is_connect() {
                 Failure::UpstreamUnavailable
+            } else if kernel_timed_out(&e) {
+                // The kernel gave up on the connection (TCP_USER_TIMEOUT:
+                // the data centre took none of what was sent for twice
+                // `upstream_send_idle`): a timeout, as the proxy's own.
+                Failure::UpstreamTimeout
             } else {
                 Failure::UpstreamError
             };
@@ -705,6 +710,21 @@ fn judge(
             }
         }
     }
+}
+
+/// Whether an error was caused by the kernel's timing out the connection
+/// (`ETIMEDOUT`), anywhere in its chain.
+fn kernel_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Resolves with the name of the phase whose deadline passed: the send

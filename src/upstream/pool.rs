@@ -409,6 +409,18 @@ impl Pool {
         .map_err(|_| Error::Connect(timed_out()))?
         .map_err(Error::Connect)?;
         tcp.set_nodelay(true).map_err(Error::Connect)?;
+        // Bytes an upstream takes no more of are the kernel's to hold: a
+        // connection given up on (below, or a request's watchdog) still
+        // has them in its send buffer, up to 4 MiB, and a data centre
+        // whose kernel keeps acknowledging the window probes while it
+        // reads nothing keeps the closed socket, and them, for as long as
+        // it hangs (abuse audit, stop 62: 750 MB for 200 uploads). The
+        // kernel drops a connection whose sent data (or window probes)
+        // went unanswered past this — the proxy gave up on it by then.
+        let stalled = inner.send_idle.saturating_mul(2);
+        socket2::SockRef::from(&tcp)
+            .set_tcp_user_timeout(Some(stalled))
+            .map_err(Error::Connect)?;
         let io: Box<dyn Io> = match &target.tls {
             None => Box::new(tcp),
             Some(name) => {
@@ -433,7 +445,6 @@ impl Pool {
         // written after the answer came (an early answer), which no request
         // watches any more: a data centre that stops reading then cannot
         // keep the connection, its permit and the client's body forever.
-        let stalled = inner.send_idle.saturating_mul(2);
         let watched = progress.clone();
         tokio::spawn(async move {
             // The requests' response deadlines (`WriteProgress::due_in`),

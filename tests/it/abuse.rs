@@ -996,3 +996,68 @@ async fn a_slow_pipelining_reader_given_up_still_gets_the_answers_sent() {
     drop(writer);
     proxy.stop().await;
 }
+
+/// The proxy's sockets towards a data centre that hangs — its kernel
+/// acknowledges the window probes, its process reads nothing — go away
+/// once the proxy gives up on them: what they still held of the upload
+/// (megabytes each) is not left to the kernel for as long as the data
+/// centre hangs. They lingered in FIN-WAIT-1, holding about 4 MiB each,
+/// until the data centre's process died (abuse audit, stop 62); now the
+/// kernel drops them at twice `upstream_send_idle` of no progress
+/// (TCP_USER_TIMEOUT), and the client's answer is the same 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_to_a_hung_data_centre_do_not_outlive_the_proxy_giving_up() {
+    // Accepts and holds every connection, reading nothing.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        datacenters: vec![
+            ("frankfurt", "eu", 1, true),
+            ("london", "uk", 2, true),
+            ("virginia", "us", 1, true),
+        ],
+        extra: format!(
+            "[timeouts]\nupstream_send_idle = \"1s\"\n[health]\npath = \"off\"\n\
+             [datacenters.zurich]\njurisdiction = \"ch\"\npriority = 1\nupstreams = [\"http://127.0.0.1:{port}\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", CH)],
+            vec![b'x'; 24 << 20],
+        )
+        .await;
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.json()["error"], "upstream_timeout");
+    // The proxy's side of each connection to the hole: its remote port.
+    let towards_hole = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let suffix = format!(":{port:04X}");
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|remote| remote.ends_with(&suffix))
+            })
+            .count()
+    };
+    eventually(
+        "the proxy's sockets to the hung data centre gone",
+        async || towards_hole() == 0,
+    )
+    .await;
+    proxy.stop().await;
+}
