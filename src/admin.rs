@@ -23,6 +23,10 @@ use residency_core::policy::DatacenterId;
 /// operators need few; the rest of the process's file descriptors stay for
 /// uploads).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Of those, what one client address may hold: a local process that holds
+/// connections open cannot take the listener from the probes and the
+/// scraper, which come from other addresses (abuse audit, stop 62).
+const ADMIN_MAX_PER_CLIENT: u32 = 16;
 
 /// Serves the admin listener until `stop` turns true.
 pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::Receiver<bool>) {
@@ -30,8 +34,11 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
         max_connections: ADMIN_MAX_CONNECTIONS,
         rejected: (instance.metrics.connections_rejected)
             .with_label_values(&["admin_connection_limit"]),
-        // The operators' own tools and the cluster's probes.
-        per_client: None,
+        per_client: Some((
+            ADMIN_MAX_PER_CLIENT,
+            (instance.metrics.connections_rejected)
+                .with_label_values(&["admin_client_connection_limit"]),
+        )),
         blocking: false,
     };
     crate::plain_http::serve(listener, stop, cap, None, move |req| answer(&instance, req)).await;

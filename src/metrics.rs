@@ -53,10 +53,11 @@ pub const REJECTION_REASONS: [&str; 23] = [
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.
-pub const CONNECTION_REJECTIONS: [&str; 10] = [
+pub const CONNECTION_REJECTIONS: [&str; 11] = [
     "connection_limit",
     "client_connection_limit",
     "admin_connection_limit",
+    "admin_client_connection_limit",
     "log_connection_limit",
     "log_client_connection_limit",
     "proxy_untrusted_peer",

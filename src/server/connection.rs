@@ -943,9 +943,6 @@ const STREAMING: &str = "response_body";
 /// The h2 connection preface ("prior knowledge", RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether `bytes` start with the h2 preface: `None` while too short to tell.
-/// The answer to an h2 preface on a connection that negotiated http/1.1:
-/// what hyper answers a malformed request.
 /// The 400 for an HTTP/2 preface on a connection that negotiated
 /// `http/1.1`, written by hand (hyper never saw a request), with the `Date`
 /// RFC 9110 §6.6.1 asks of a 4xx.
@@ -957,6 +954,7 @@ fn h2_preface_refused() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Whether `bytes` start with the h2 preface: `None` while too short to tell.
 fn h2_preface(bytes: &[u8]) -> Option<bool> {
     let n = bytes.len().min(H2_PREFACE.len());
     if bytes[..n] != H2_PREFACE[..n] {

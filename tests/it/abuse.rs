@@ -86,6 +86,32 @@ async fn one_client_cannot_hold_the_log_listener() {
     proxy.stop().await;
 }
 
+/// One client address holds at most 16 of the admin listener's 64
+/// connections: a local process that opens and holds them cannot take the
+/// listener from the liveness probe and the scraper, which come from
+/// other addresses (abuse audit, stop 62: all 64 were taken, and
+/// `/healthz` refused).
+#[tokio::test]
+async fn one_client_cannot_hold_the_admin_listener() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let ask = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    assert_one_address_is_capped(proxy.admin, 16, ask, b"HTTP/1.1 200", async || {
+        // Read from another address: 127.0.0.1's places are held.
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = connect_from("127.0.0.2", proxy.admin).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let text = String::from_utf8(read_to_close(&mut tcp).await).unwrap();
+        let series =
+            "residency_connections_rejected_total{reason=\"admin_client_connection_limit\"}";
+        let rejected = metric(&text, series).unwrap_or(0.0);
+        assert!(rejected >= 1.0, "counted: {rejected}");
+    })
+    .await;
+    proxy.stop().await;
+}
+
 /// Idempotent uploads are held for replay only within
 /// `upstream.replay_budget_bytes`; with it spent they stream like any other
 /// upload (and are counted), they are not refused.
