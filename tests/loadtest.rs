@@ -847,11 +847,24 @@ async fn a_refused_certificate_ends_the_run_before_it_starts() {
         plan.trust = Trust::CaPem(stranger.clone().into_bytes());
         let e = execute(plan, false).await.expect_err("refused").to_string();
         assert!(
-            e.contains("its TLS certificate is refused")
+            e.contains("the TLS handshake failed")
                 && e.contains("not issued by a CA this client trusts"),
             "{convey:?}: {e}"
         );
     }
+    // A target that does not speak TLS (here a plain HTTP server, the
+    // sink's admin port) fails every handshake alike: the run ends before
+    // it starts too, saying what to check (drill audit, stop 62).
+    let mut plan = drill.plan(Convey::Xff, sink.admin);
+    plan.target = format!("https://{}/v1/telemetry", sink.admin)
+        .parse()
+        .unwrap();
+    let e = execute(plan, false).await.expect_err("not TLS").to_string();
+    assert!(
+        e.contains("the TLS handshake failed")
+            && e.contains("check that --target is the proxy's TLS listener"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1481,3 +1481,58 @@ fn check_config_warns_that_the_log_names_tenants_by_default() {
     );
     assert!(with("[tenancy]\nrecord = \"name\"\n").is_empty());
 }
+
+/// A `--ca` that holds no certificate, a `--ca` that cannot be read and a
+/// `--target` that is not a URL are invalid input, listed together (exit
+/// 2, each under its flag): they exited 1, `--ca` unnamed ("upstream CA
+/// bundle: no CA certificates"; drill audit, stop 62).
+#[test]
+fn loadtest_input_that_cannot_be_read_exits_2_naming_its_flag() {
+    let (dir, config) = valid_config(None);
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let load = |ca: &Path, target: &str| {
+        run(
+            &[
+                "loadtest",
+                "--config",
+                path(&config),
+                "--target",
+                target,
+                "--ca",
+                path(ca),
+                "--mix",
+                "ch=1",
+                "--origin",
+                "ch=192.0.2.10",
+                "--duration",
+                "1s",
+                "--rate",
+                "1",
+                "--sink-admin",
+                "http://127.0.0.1:9",
+                "--no-progress",
+            ],
+            &[],
+        )
+    };
+    let out = load(&not_pem, "not a url");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--ca {}: CA bundle: no CA certificates",
+            not_pem.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--target not a url"), "{stderr}");
+    let missing = dir.path().join("missing.pem");
+    let out = load(&missing, "https://127.0.0.1:9/v1/telemetry");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--ca {}: ", missing.display())),
+        "{stderr}"
+    );
+}

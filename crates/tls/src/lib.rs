@@ -497,7 +497,7 @@ pub fn server_config(
 /// skipped). ALPN is left empty for hyper-rustls to set.
 pub fn client_config(ca_pem: Option<&[u8]>) -> Result<ClientConfig, TlsError> {
     let roots = match ca_pem {
-        Some(pem) => ca_store(pem, "upstream CA bundle")?,
+        Some(pem) => ca_store(pem, "CA bundle")?,
         None => system_roots(),
     };
     Ok(ClientConfig::builder_with_provider(provider())
@@ -1027,7 +1027,7 @@ mod tests {
         assert!(c.is_err(), "trusted a certificate outside the CA bundle");
 
         let err = client_config(Some(b"not pem")).unwrap_err().to_string();
-        assert_eq!(err, "upstream CA bundle: no CA certificates");
+        assert_eq!(err, "CA bundle: no CA certificates");
         client_config(None).unwrap();
     }
 }

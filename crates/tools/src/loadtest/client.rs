@@ -98,7 +98,16 @@ pub async fn certificate_refused(plan: &Plan) -> anyhow::Result<Option<String>> 
     let Ok(Err(e)) = attempt.await else {
         return Ok(None);
     };
-    Ok(residency_tls::refusal_hint_in(&*e).map(|hint| format!("{e}: {hint}")))
+    // Not reached (refused, timed out): the run measures that. A TLS
+    // handshake that fails — a certificate refused, or a target that does
+    // not speak TLS — would fail every upload alike.
+    let tls = residency_tls::error_chain(&*e).find_map(|err| err.downcast_ref::<rustls::Error>());
+    Ok(tls.map(|t| match residency_tls::refusal_hint(t) {
+        Some(hint) => format!("{e}: {hint}"),
+        None => format!(
+            "{e}: check that --target is the proxy's TLS listener, and that --ca holds the CA that issued its certificate (--insecure accepts any, for test setups)"
+        ),
+    }))
 }
 
 /// The client TLS configuration: TLS 1.2/1.3, ring, ALPN `http/1.1`.

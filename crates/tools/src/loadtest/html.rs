@@ -85,7 +85,7 @@ impl Report {
         }
         let _ = write!(
             o,
-            "<p class=\"run\">run <code>{}</code> → <code>{}</code> (convey {:?}); {}/s for {:.0} s, {} bytes per upload; \
+            "<p class=\"run\">run <code>{}</code> → <code>{}</code> (convey {}); {}/s for {:.0} s, {} bytes per upload; \
              sent {}, acknowledged {}, failed {}, not sent {}; took {:.1} s. \
              Seed <code>{}</code>, policy SHA-256 <code>{}</code>, residency-proxy {}.</p></header>",
             esc(&self.run_id),
@@ -141,6 +141,7 @@ impl Report {
         o.push_str("</section>\n");
         self.fault_table(&mut o, &windows);
         self.slo_table(&mut o);
+        self.checks_table(&mut o);
         o.push_str("</body></html>\n");
         o
     }
@@ -436,6 +437,26 @@ impl Report {
                 esc(&c.threshold),
                 esc(&c.measured),
                 if c.passed { "met" } else { "MISSED" }
+            );
+        }
+        o.push_str("</tbody></table></section>\n");
+    }
+}
+
+impl Report {
+    /// Every check, as the text and JUnit reports list them.
+    fn checks_table(&self, o: &mut String) {
+        o.push_str(
+            "<section><h2>Checks</h2><table id=\"checks\"><thead><tr><th scope=\"col\">check</th>\
+            <th scope=\"col\">result</th></tr></thead><tbody>",
+        );
+        for (name, failure) in self.checks() {
+            let _ = write!(
+                o,
+                "<tr class=\"{}\"><th scope=\"row\">{}</th><td>{}</td></tr>",
+                if failure.is_none() { "pass" } else { "fail" },
+                esc(&name),
+                failure.map_or_else(|| "ok".to_string(), |f| format!("FAILED: {}", esc(&f)))
             );
         }
         o.push_str("</tbody></table></section>\n");

@@ -234,7 +234,7 @@ pub async fn execute(mut plan: Plan, progress: bool) -> anyhow::Result<Report> {
     plan.validate()?;
     let clients = client::Clients::build(&plan)?;
     if let Some(why) = client::certificate_refused(&plan).await? {
-        anyhow::bail!("{}: its TLS certificate is refused: {why}", plan.target);
+        anyhow::bail!("{}: the TLS handshake failed: {why}", plan.target);
     }
     let plan = Arc::new(plan);
     let run = RunId::new();

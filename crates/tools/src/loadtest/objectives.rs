@@ -55,10 +55,19 @@ impl Slo {
         let raw: RawSlo = match toml::from_str(&text) {
             Ok(raw) => raw,
             Err(e) => {
+                // Under the key on the line the parser points at, if it
+                // holds one (a value of the wrong type, a number too large).
                 match e.span() {
                     Some(s) => report.push(
                         "--slo",
-                        format!("line {}: {}", line_of(&text, s.start), e.message()),
+                        format!(
+                            "line {}: {}{}",
+                            line_of(&text, s.start),
+                            key_on_line(&text, s.start)
+                                .filter(|k| !e.message().contains(&format!("`{k}`")))
+                                .map_or(String::new(), |k| format!("{k}: ")),
+                            e.message()
+                        ),
                     ),
                     None => report.push("--slo", e.message()),
                 }
@@ -120,6 +129,15 @@ impl Slo {
 }
 
 /// The line of byte `offset` of `text`, from 1.
+/// The bare key the line holding byte `at` of `text` sets (`key = …`).
+fn key_on_line(text: &str, at: usize) -> Option<&str> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    (!key.is_empty() && key.chars().all(bare)).then_some(key)
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }

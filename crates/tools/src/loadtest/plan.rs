@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -163,11 +162,39 @@ impl Plan {
         proxy: FromConfig,
     ) -> anyhow::Result<Plan> {
         let args = &args.options;
+        // Input that cannot be read is listed with the rest (exit 2).
+        let mut problems = Vec::new();
         let trust = match (&args.ca, args.insecure) {
-            (Some(path), _) => Trust::CaPem(read(path, "--ca")?),
+            (Some(path), _) => match std::fs::read(path) {
+                Ok(pem) => {
+                    if let Err(e) = residency_tls::client_config(Some(&pem)) {
+                        problems.push(format!("--ca {}: {e}", path.display()));
+                    }
+                    Trust::CaPem(pem)
+                }
+                Err(e) => {
+                    problems.push(format!("--ca {}: {e}", path.display()));
+                    Trust::System
+                }
+            },
             (None, true) => Trust::InsecureAcceptAnyCertificate,
             (None, false) => Trust::System,
         };
+        // A URL that does not parse is listed; a loopback stand-in keeps
+        // the other checks from adding to it.
+        let mut url = |text: &str, flag: &str| {
+            parse_url(text, flag).unwrap_or_else(|e| {
+                problems.push(format!("{e:#}"));
+                Uri::from_static("https://127.0.0.1/")
+            })
+        };
+        let target = url(&args.target, "--target");
+        let sink_admin = args
+            .sink_admin
+            .iter()
+            .map(|u| url(u, "--sink-admin"))
+            .collect();
+        let proxy_admin = args.proxy_admin.as_deref().map(|u| url(u, "--proxy-admin"));
         let mut origins: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for o in &args.origins {
             let list = origins.entry(o.jurisdiction.clone()).or_default();
@@ -176,7 +203,7 @@ impl Plan {
             }
         }
         let mut plan = Plan {
-            target: parse_url(&args.target, "--target")?,
+            target,
             rate: args.rate,
             duration: args.duration,
             max_in_flight: args.max_in_flight,
@@ -191,16 +218,8 @@ impl Plan {
             recovery: proxy.recovery,
             late_delivery: proxy.late_delivery,
             routing_hash: proxy.routing_hash,
-            sink_admin: args
-                .sink_admin
-                .iter()
-                .map(|u| parse_url(u, "--sink-admin"))
-                .collect::<anyhow::Result<_>>()?,
-            proxy_admin: args
-                .proxy_admin
-                .as_deref()
-                .map(|u| parse_url(u, "--proxy-admin"))
-                .transpose()?,
+            sink_admin,
+            proxy_admin,
             request_timeout: args.request_timeout,
             drain_timeout: args.drain_timeout,
             allow_remote: args.allow_remote,
@@ -210,7 +229,6 @@ impl Plan {
         };
         // Reports that could not be written at the end would be lost with
         // the run: found now, with the other problems.
-        let mut problems = Vec::new();
         check_outputs(
             &[
                 ("--json", args.json.as_deref()),
@@ -377,10 +395,6 @@ fn parse_url(text: &str, flag: &str) -> anyhow::Result<Uri> {
         );
     }
     Ok(uri)
-}
-
-fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
 }
 
 /// What is wrong with a run's load, whatever it runs against (`drill`

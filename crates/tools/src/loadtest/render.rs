@@ -191,6 +191,18 @@ impl Report {
                 );
             }
         }
+        // The checks, as the HTML and JUnit reports list them.
+        let _ = writeln!(o, "\nchecks:");
+        for (name, failure) in self.checks() {
+            match failure {
+                None => {
+                    let _ = writeln!(o, "  ok     {name}");
+                }
+                Some(why) => {
+                    let _ = writeln!(o, "  FAILED {name}: {why}");
+                }
+            }
+        }
         // The verdict as the HTML heading states it, then (as the HTML
         // lists them) why it failed.
         let _ = writeln!(o, "\n{}", self.verdict());
@@ -243,7 +255,7 @@ impl Report {
         let _ = writeln!(o, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         let _ = writeln!(
             o,
-            "<testsuite name=\"residency-proxy drill {}\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+            "<testsuite name=\"residency-proxy load test {}\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
             xml(&self.run_id),
             cases.len(),
             self.elapsed_s
@@ -258,14 +270,14 @@ impl Report {
                 None => {
                     let _ = writeln!(
                         o,
-                        "  <testcase classname=\"drill\" name=\"{}\"/>",
+                        "  <testcase classname=\"loadtest\" name=\"{}\"/>",
                         xml(&name)
                     );
                 }
                 Some(f) => {
                     let _ = writeln!(
                         o,
-                        "  <testcase classname=\"drill\" name=\"{}\"><failure message=\"{}\"/></testcase>",
+                        "  <testcase classname=\"loadtest\" name=\"{}\"><failure message=\"{}\"/></testcase>",
                         xml(&name),
                         xml(&f)
                     );

@@ -751,7 +751,7 @@ fn warnings(r: &Report, plan: &Plan) -> Vec<String> {
         .sum();
     if outside > 0 {
         w.push(format!(
-            "{outside} upload(s) sent outside every scheduled fault that struck their jurisdiction were not acknowledged: something the schedule did not cause failed (see failed by reason)"
+            "{outside} upload(s) sent outside every scheduled fault that struck their jurisdiction were not acknowledged: something the schedule did not cause failed, or the proxy had not yet taken back a data centre just repaired (see failed by reason)"
         ));
     }
     if let Some(n) = r.stored_not_acknowledged.filter(|&n| n > 0) {

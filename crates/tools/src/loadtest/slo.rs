@@ -70,29 +70,38 @@ pub fn check(report: &Report, slo: &Slo) -> Vec<SloCheck> {
         // A slowed data centre need not fail over: its span counts for
         // availability only.
         if let Some(f) = c.failover.as_ref().filter(|f| f.must_fail_over) {
+            // Listed whether met or not: every report lists the same
+            // checks.
             let exercised = !f.jurisdictions.is_empty();
-            if !exercised {
-                push(
-                    format!("{event}: exercised"),
-                    if slo.allow_not_exercised {
-                        "allowed not to be".into()
-                    } else {
-                        "uploads going to the data centre when it struck".into()
-                    },
+            push(
+                format!("{event}: exercised"),
+                if slo.allow_not_exercised {
+                    "allowed not to be".into()
+                } else {
+                    "uploads going to the data centre when it struck".into()
+                },
+                if exercised {
+                    format!("exercised ({})", f.jurisdictions.join(", "))
+                } else {
                     format!(
                         "not exercised: {}",
                         f.note.as_deref().unwrap_or("nothing to fail over")
-                    ),
-                    slo.allow_not_exercised,
-                );
+                    )
+                },
+                exercised || slo.allow_not_exercised,
+            );
+            if !exercised {
                 continue;
             }
-            if f.time_to_failover_ms.is_none() && !f.alternatives.is_empty() {
+            if !f.alternatives.is_empty() {
                 push(
                     format!("{event}: failed over"),
                     format!("to {}", f.alternatives.join(" or ")),
-                    "no failover".into(),
-                    false,
+                    match (&f.answered_by, f.time_to_failover_ms) {
+                        (Some(by), Some(ms)) => format!("to {by} after {ms:.0} ms"),
+                        _ => "no failover".into(),
+                    },
+                    f.time_to_failover_ms.is_some(),
                 );
             }
             // Nowhere else to go: no failover is no failure, and it has

@@ -381,6 +381,65 @@ fn a_slow_data_centre_is_a_fault_that_need_not_fail_over() {
     );
 }
 
+/// The text, HTML and JUnit reports list the same checks, passed ones
+/// too: a fault's "exercised" and "failed over" appeared only when they
+/// failed, the text listed no check and the HTML only the objectives
+/// (drill audit, stop 62); a load test's JUnit suite is not named a drill.
+#[test]
+fn every_report_lists_the_same_checks() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(4);
+    let chaos = [("2s:zurich=error", 2.0)];
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+    let outcomes = (0..400u64)
+        .map(|i| {
+            let at = i * 10;
+            match i % 3 {
+                0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
+                0 => outcome(i, 0, at, 201, Some("geneva")),
+                1 => outcome(i, 1, at, 201, Some("frankfurt")),
+                _ => outcome(i, 2, at, 201, Some("virginia")),
+            }
+        })
+        .collect();
+    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    r.apply_slo(&Slo::default());
+    let checks = r.checks();
+    let names: Vec<&str> = checks.iter().map(|(n, _)| n.as_str()).collect();
+    for want in [
+        "objective: 2s:zurich=error: exercised",
+        "objective: 2s:zurich=error: failed over",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want}: {names:?}"
+        );
+    }
+    let text = r.render_text();
+    let html = r.render_html();
+    let junit = r.render_junit();
+    for (name, failure) in &checks {
+        assert!(failure.is_none(), "{name}: {failure:?}");
+        assert!(
+            text.contains(&format!("  ok     {name}\n")),
+            "{name}: {text}"
+        );
+        assert!(
+            html.contains(&format!("<th scope=\"row\">{name}</th><td>ok</td>")),
+            "{name}"
+        );
+        assert!(
+            junit.contains(&format!("name=\"{name}\"/>")),
+            "{name}: {junit}"
+        );
+    }
+    assert!(
+        junit.contains("<testsuite name=\"residency-proxy load test ")
+            && junit.contains("classname=\"loadtest\"")
+    );
+}
+
 /// A fresh directory for one test's files.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rp-loadtest-{name}-{}", std::process::id()));
@@ -431,6 +490,15 @@ fn every_slo_limit_out_of_range_is_named_by_its_key() {
             "min_availability = nan: a fraction",
         ),
         ("min_availability = 2\n", "min_availability = 2: a fraction"),
+        // What the parser refuses is named by its key too.
+        (
+            "max_p99_ms = \"3s\"\n",
+            "line 1: max_p99_ms: invalid type: string \"3s\"",
+        ),
+        (
+            "# why\nmax_time_to_detect_ms = 1e400\n",
+            "line 2: max_time_to_detect_ms: ",
+        ),
     ] {
         let e = load(&dir, text).unwrap_err();
         assert!(e.contains("--slo") && e.contains(says), "{text}: {e}");
