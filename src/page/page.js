@@ -98,13 +98,24 @@ async function bounded(response, path) {
   return { status: response.status, headers: response.headers, text: async () => text, json: async () => JSON.parse(text) };
 }
 
+// An error that says the log could not be read at the moment — not
+// reached, timed out, an answer that broke off, a 5xx, 408 or 429 — as
+// `verify` tells its NOT CHECKED from INVALID: nothing was found wrong.
+function unavailable(message) {
+  const error = new Error(message);
+  error.unavailable = true;
+  return error;
+}
+
 async function get(path) {
   let response;
   try {
     const signal = AbortSignal.timeout(ANSWER_TIMEOUT_MS);
     response = await bounded(await fetch(path, { cache: "no-store", credentials: "omit", signal }), path);
   } catch (e) {
-    if (e?.name === "TimeoutError") throw new Error(`${path}: the log did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
+    if (e?.name === "TimeoutError") throw unavailable(`${path}: the log did not answer within ${ANSWER_TIMEOUT_MS / 1000} s`);
+    // fetch's own failure (not reached, broken off): a TypeError.
+    if (e instanceof TypeError) throw unavailable(`${path}: ${e.message}`);
     throw e;
   }
   if (response.status < 200 || response.status > 299) {
@@ -114,8 +125,9 @@ async function get(path) {
     } catch {
       // not JSON: the status says enough
     }
-    const error = new Error(`${path}: ${why}`);
-    error.status = response.status;
+    const s = response.status;
+    const error = s >= 500 || s === 408 || s === 429 ? unavailable(`${path}: ${why}`) : new Error(`${path}: ${why}`);
+    error.status = s;
     throw error;
   }
   return response;
@@ -741,6 +753,12 @@ async function onSubmit(event) {
     say("details", ...details(verdict, inputs));
   } catch (e) {
     box.className = "bad";
+    // A log that answered, but not as a log does (a 404 for its
+    // checkpoint, an answer that does not parse): as `verify`'s INVALID.
+    if (!e?.unavailable) {
+      say("verdict", el("strong", {}, "Not verified: "), `the log's answer: ${e.message}`);
+      return;
+    }
     // What needs no log is judged all the same, as `verify` does: the
     // log's failure must not turn a forged receipt into "could not check".
     const offline = await withoutLog(text).catch(() => null);

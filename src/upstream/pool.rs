@@ -418,9 +418,7 @@ impl Pool {
         // kernel drops a connection whose sent data (or window probes)
         // went unanswered past this — the proxy gave up on it by then.
         let stalled = inner.send_idle.saturating_mul(2);
-        socket2::SockRef::from(&tcp)
-            .set_tcp_user_timeout(Some(stalled))
-            .map_err(Error::Connect)?;
+        user_timeout(&tcp, stalled);
         let io: Box<dyn Io> = match &target.tls {
             None => Box::new(tcp),
             Some(name) => {
@@ -911,6 +909,22 @@ impl Body {
         }));
     }
 }
+/// `TCP_USER_TIMEOUT` of `after` on an upstream socket (Linux reads it as
+/// a signed int of milliseconds: at most about 24.8 days). Not set where
+/// the platform has none, or the kernel refuses it: a warning, not a
+/// failed connection.
+fn user_timeout(tcp: &TcpStream, after: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let after = after.min(Duration::from_millis(i32::MAX as u64));
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(after)) {
+            tracing::warn!(error = %e, "TCP_USER_TIMEOUT not set on an upstream connection");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, after);
+}
+
 #[cfg(test)]
 mod tests {
     /// The response carrying a `Body` is moved whole several times on its

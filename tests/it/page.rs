@@ -709,7 +709,7 @@ async fn front_failing_generations(log: std::net::SocketAddr) -> std::net::Socke
 
 /// A front for the log listener at `log` that answers the paths in
 /// `failing` (as it is at each request) with 503, those given as
-/// `huge:<path>` with 64 MiB, passes those given as `sizes:<path>` on with
+/// `huge:<path>` with 64 MiB, those given as `404:<path>` with 404, passes those given as `sizes:<path>` on with
 /// every `size` in the answer's `generations` made 99, and every other
 /// request byte for byte.
 async fn front_failing(
@@ -739,6 +739,7 @@ async fn front_failing(
                         .iter()
                         .any(|f| f.strip_prefix("trickle:") == Some(&path));
                     let bom = faults.iter().any(|f| f.strip_prefix("bom:") == Some(&path));
+                    let gone = faults.iter().any(|f| f.strip_prefix("404:") == Some(&path));
                     // `answer:<path> <body>`: 200 with that JSON body.
                     let canned = faults.iter().copied().find_map(|f: &'static str| {
                         let (at, body) = f.strip_prefix("answer:")?.split_once(' ')?;
@@ -774,6 +775,16 @@ async fn front_failing(
                                 .status(200)
                                 .body(Either::Right(body.boxed()))
                                 .unwrap());
+                        }
+                        if gone {
+                            let body =
+                                Full::new(bytes::Bytes::from_static(b"{\"error\":\"not found\"}"));
+                            return Ok::<_, hyper::Error>(
+                                http::Response::builder()
+                                    .status(404)
+                                    .body(Either::Left(body))
+                                    .unwrap(),
+                            );
                         }
                         if fails {
                             let body = Full::new(bytes::Bytes::from_static(
@@ -933,6 +944,31 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
         );
         assert_eq!(v["class"], "bad", "{seen}");
     }
+
+    // A log that answers, but not as a log does (its checkpoint gone):
+    // not verified, as `verify` says INVALID — not "could not check".
+    let front = front_failing(
+        log,
+        std::sync::Arc::new(std::sync::Mutex::new(vec!["404:/checkpoint"])),
+    )
+    .await;
+    let seen = browse(
+        json!({
+            "phase": "log_down",
+            "base": format!("http://{front}/"),
+            "key": key,
+            "texts": [receipt],
+            "profile": work.path().join("profile-404"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let gone = seen["verdicts"][0]["text"].as_str().unwrap();
+    assert!(
+        gone.starts_with("Not verified: the log's answer: checkpoint: not found"),
+        "{seen}"
+    );
 
     // The log back: another request's record for a request id, and a
     // refusal's record.

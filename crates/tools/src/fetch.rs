@@ -205,8 +205,16 @@ impl Fetcher {
         };
         let body = match encoding.as_deref() {
             None | Some("identity") => body,
-            Some("gzip") => gunzip(&body).with_context(|| format!("{method} {url}"))?,
-            Some(other) => bail!("{method} {url}: the answer is in content coding `{other}`, not gzip or identity as asked"),
+            // RFC 9110 §8.4.1.3: `x-gzip` is gzip.
+            Some("gzip" | "x-gzip") => gunzip(&body).with_context(|| format!("{method} {url}"))?,
+            // Not the log's word on anything (a front that encodes what it
+            // was not asked to): the answer could not be read.
+            Some(other) => {
+                return Err(Unavailable(format!(
+                    "{method} {url}: the answer is in content coding `{other}`, not gzip or identity as asked"
+                ))
+                .into())
+            }
         };
         Ok(Answer {
             status,
@@ -233,7 +241,8 @@ impl Fetcher {
 fn gunzip(body: &[u8]) -> anyhow::Result<Bytes> {
     use std::io::Read as _;
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
+    // Every member (RFC 1952 allows several, one after the other).
+    flate2::read::MultiGzDecoder::new(body)
         .take(MAX_RESPONSE_BYTES as u64 + 1)
         .read_to_end(&mut out)
         .context("the answer's gzip encoding does not decode")?;
@@ -296,6 +305,15 @@ mod tests {
                 .contains("\r\naccept-encoding: gzip, identity\r\n"),
             "asked for gzip"
         );
+        // Two members, one after the other: both (RFC 1952).
+        let (a, b) = (&tile[..100], &tile[100..]);
+        let (base, _) = gzip_server([gzip(a), gzip(b)].concat()).await;
+        let got = Fetcher::new(&base, None)
+            .unwrap()
+            .get("/tile/1/001.p/17")
+            .await
+            .unwrap();
+        assert_eq!(got.as_ref(), &tile[..]);
         let bomb = vec![0u8; MAX_RESPONSE_BYTES + 1];
         let (base, _) = gzip_server(gzip(&bomb)).await;
         let err = Fetcher::new(&base, None)

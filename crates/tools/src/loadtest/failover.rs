@@ -349,20 +349,32 @@ fn alternatives(
 #[derive(Default)]
 struct State {
     mode_breaks: bool,
+    /// The mode breaks or slows it (`slow`).
+    mode_faults: bool,
     drained: bool,
 }
 
 impl State {
     fn apply(&mut self, action: &ChaosAction) {
         match action {
-            ChaosAction::Mode { .. } => self.mode_breaks = action.faults(),
+            ChaosAction::Mode { .. } => {
+                self.mode_breaks = action.breaks();
+                self.mode_faults = action.faults();
+            }
             ChaosAction::Drain { .. } => self.drained = true,
             ChaosAction::Undrain { .. } => self.drained = false,
         }
     }
 
+    /// It cannot take uploads (a slowed one still can: it stays an
+    /// alternative for another's fault).
     fn broken(&self) -> bool {
         self.mode_breaks || self.drained
+    }
+
+    /// It is at fault, slowed included: what a repair ends.
+    fn at_fault(&self) -> bool {
+        self.mode_faults || self.drained
     }
 }
 
@@ -400,10 +412,10 @@ pub fn recoveries(
                 return None;
             }
             let state = states.entry(dc).or_default();
-            // Broken before the event, and not after it.
-            let before = state.broken();
+            // At fault before the event, and not after it.
+            let before = state.at_fault();
             state.apply(&event.action);
-            (before && !state.broken()).then(|| recovery(events, applied, k, outcomes, stored_in))
+            (before && !state.at_fault()).then(|| recovery(events, applied, k, outcomes, stored_in))
         })
         .collect()
 }

@@ -69,13 +69,20 @@ pub async fn fetch_records(
         }
         // The records it held when the run began are gone: a restart or a
         // reset (it keeps them in memory only).
-        let before = since.get(i).copied().flatten();
-        let now = stats.and_then(|s| s.since_ms);
-        if let Some(before) = before.filter(|b| now != Some(*b)) {
-            return Err(format!(
-                "{sink} restarted or was reset during the run (its records began at {before} ms since the Unix epoch, now {}): it keeps records in memory only, so missing uploads cannot be ruled out",
-                now.map_or_else(|| "unknown".to_string(), |n| n.to_string())
-            ));
+        if let Some(before) = since.get(i).copied().flatten() {
+            match stats.and_then(|s| s.since_ms) {
+                Some(now) if now == before => {}
+                Some(now) => {
+                    return Err(format!(
+                        "{sink} restarted or was reset during the run (its records began at {before} ms since the Unix epoch, now at {now}): it keeps records in memory only, so missing uploads cannot be ruled out"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{sink}/stats could not be read to tell whether the sink restarted during the run (it keeps records in memory only): missing uploads cannot be ruled out"
+                    ))
+                }
+            }
         }
     }
     all.sort();

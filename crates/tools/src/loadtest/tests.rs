@@ -381,6 +381,40 @@ fn a_slow_data_centre_is_a_fault_that_need_not_fail_over() {
     );
 }
 
+/// A slowed data centre still takes uploads: it stays an alternative for
+/// another's fault, whose failover is still required (review, stop 62: a
+/// slow geneva left zurich's fault with nowhere to go, and no check).
+#[test]
+fn a_slowed_data_centre_is_still_somewhere_to_fail_over_to() {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(4);
+    let chaos = [("1s:geneva=slow", 1.0), ("2s:zurich=error", 2.0)];
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+    let outcomes = (0..400u64)
+        .map(|i| {
+            let at = i * 10;
+            match i % 3 {
+                0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
+                0 => outcome(i, 0, at, 503, None),
+                1 => outcome(i, 1, at, 201, Some("frankfurt")),
+                _ => outcome(i, 2, at, 201, Some("virginia")),
+            }
+        })
+        .collect();
+    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    r.apply_slo(&Slo::default());
+    let zurich = r.chaos[1].failover.as_ref().unwrap();
+    assert_eq!(zurich.alternatives, ["geneva"]);
+    assert!(
+        r.problems()
+            .iter()
+            .any(|p| p.contains("2s:zurich=error: failed over")),
+        "{:?}",
+        r.problems()
+    );
+}
+
 /// The text, HTML and JUnit reports list the same checks, passed ones
 /// too: a fault's "exercised" and "failed over" appeared only when they
 /// failed, the text listed no check and the HTML only the objectives
