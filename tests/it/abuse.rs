@@ -1087,3 +1087,19 @@ async fn sockets_to_a_hung_data_centre_do_not_outlive_the_proxy_giving_up() {
     .await;
     proxy.stop().await;
 }
+
+/// An `upstream_send_idle` longer than Linux's TCP_USER_TIMEOUT can hold
+/// (a signed int of milliseconds, about 24.8 days for twice it) still
+/// connects: every connection to a data centre failed with EINVAL, and
+/// every upload was refused (review, stop 62).
+#[tokio::test]
+async fn a_long_upstream_send_idle_still_connects() {
+    let proxy = Proxy::start(Setup {
+        extra: "[timeouts]\nupstream_send_idle = \"30days\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let reply = proxy.client().upload_from(CH, "cpu=0.93").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    proxy.stop().await;
+}
