@@ -104,18 +104,18 @@ def load(port, admin, work):
     wait("a good reload", lambda: (metric(admin, 'residency_reloads_total{result="success"}') or 0) >= 1)
     did["reloads"] = "failure, then success"
 
-    # Over the admin listener's 64 connections.
+    # Over the 16 admin connections one address may hold.
     held = []
-    for _ in range(72):
+    for _ in range(24):
         s = socket.create_connection(("127.0.0.1", admin), timeout=2)
         held.append(s)
     time.sleep(0.5)  # the listener accepts the ones over its limit and closes them
     for s in held:
         s.close()
     wait("admin connections rejected",
-         lambda: (metric_raw(admin, 'residency_connections_rejected_total{reason="admin_connection_limit"}') or 0) >= 1,
+         lambda: (metric_raw(admin, 'residency_connections_rejected_total{reason="admin_client_connection_limit"}') or 0) >= 1,
          seconds=10)
-    did["admin_connection_limit"] = "72 connections held"
+    did["admin_client_connection_limit"] = "24 connections held from one address"
 
     # A TLS handshake that fails: plain bytes on the TLS port.
     with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
