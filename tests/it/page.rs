@@ -30,6 +30,20 @@ async fn log_proxy(pkcs8: &[u8], port: u16) -> Proxy {
     .await
 }
 
+/// `receipt` altered to claim zurich instead of frankfurt, its signature
+/// kept: a forgery.
+fn moved_to_zurich(receipt: &str) -> String {
+    let r = Receipt::parse(receipt).unwrap();
+    let record = String::from_utf8(r.record.clone())
+        .unwrap()
+        .replace("\"frankfurt\"", "\"zurich\"");
+    Receipt {
+        record: record.into_bytes(),
+        ..r
+    }
+    .encode()
+}
+
 /// Uploads `body` from `origin`; returns the receipt and the request id.
 async fn upload(proxy: &Proxy, origin: &str, body: &str) -> (String, String) {
     let reply = proxy.client().upload_from(origin, body).await;
@@ -162,17 +176,7 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
     std::fs::write(work.path().join("other.txt"), format!("{body}x")).unwrap();
     // The receipt altered to claim another data centre, its signature
     // kept.
-    let tampered = {
-        let r = Receipt::parse(&receipt).unwrap();
-        let record = String::from_utf8(r.record.clone())
-            .unwrap()
-            .replace("\"frankfurt\"", "\"zurich\"");
-        Receipt {
-            record: record.into_bytes(),
-            ..r
-        }
-        .encode()
-    };
+    let tampered = moved_to_zurich(&receipt);
 
     let seen = browse(
         json!({
@@ -894,17 +898,7 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
     let refused = proxy.client().upload_from(UNKNOWN, "cpu=0.1").await;
     assert_eq!(refused.status, 451, "{refused:?}");
     let refused_id = refused.header("x-request-id").unwrap().to_string();
-    let forged = {
-        let r = Receipt::parse(&receipt).unwrap();
-        let record = String::from_utf8(r.record.clone())
-            .unwrap()
-            .replace("\"frankfurt\"", "\"zurich\"");
-        Receipt {
-            record: record.into_bytes(),
-            ..r
-        }
-        .encode()
-    };
+    let forged = moved_to_zurich(&receipt);
     let unsigned = Receipt {
         signature: None,
         ..Receipt::parse(&receipt).unwrap()

@@ -292,12 +292,9 @@ mod tests {
     #[tokio::test]
     async fn gzip_answers_are_asked_for_and_decoded_within_the_bound() {
         let tile: Vec<u8> = (0..544u32).map(|i| (i % 7) as u8).collect();
+        let get = async |base: &str, path: &str| Fetcher::new(base, None).unwrap().get(path).await;
         let (base, head) = gzip_server(gzip(&tile)).await;
-        let got = Fetcher::new(&base, None)
-            .unwrap()
-            .get("/tile/1/001.p/17")
-            .await
-            .unwrap();
+        let got = get(&base, "/tile/1/001.p/17").await.unwrap();
         assert_eq!(got.as_ref(), &tile[..]);
         assert!(
             head.await
@@ -308,19 +305,11 @@ mod tests {
         // Two members, one after the other: both (RFC 1952).
         let (a, b) = (&tile[..100], &tile[100..]);
         let (base, _) = gzip_server([gzip(a), gzip(b)].concat()).await;
-        let got = Fetcher::new(&base, None)
-            .unwrap()
-            .get("/tile/1/001.p/17")
-            .await
-            .unwrap();
+        let got = get(&base, "/tile/1/001.p/17").await.unwrap();
         assert_eq!(got.as_ref(), &tile[..]);
         let bomb = vec![0u8; MAX_RESPONSE_BYTES + 1];
         let (base, _) = gzip_server(gzip(&bomb)).await;
-        let err = Fetcher::new(&base, None)
-            .unwrap()
-            .get("/tile/0/000")
-            .await
-            .unwrap_err();
+        let err = get(&base, "/tile/0/000").await.unwrap_err();
         assert!(
             format!("{err:#}").contains("decodes to more than"),
             "{err:#}"

@@ -278,26 +278,16 @@ fn the_verdict_claims_no_count_when_the_sinks_were_not_reconciled() {
 /// ch and us, which the fault did not strike, are not measured over it.
 #[test]
 fn availability_counts_every_upload_of_a_fault_shorter_than_a_chart_step() {
-    let mut plan = plan();
-    plan.duration = Duration::from_secs(8);
     let chaos = [
         ("5130ms:frankfurt=error", 5.13),
         ("5240ms:frankfurt=normal", 5.24),
     ];
-    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-    let outcomes = (0..800u64)
-        .map(|i| {
-            let at = i * 10;
-            match i % 3 {
-                0 => outcome(i, 0, at, 201, Some("zurich")),
-                1 if (5130..5240).contains(&at) => outcome(i, 1, at, 503, None),
-                1 => outcome(i, 1, at, 201, Some("frankfurt")),
-                _ => outcome(i, 2, at, 201, Some("virginia")),
-            }
-        })
-        .collect();
-    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    let mut r = chaos_run(8, &chaos, 800, |i, at| match i % 3 {
+        0 => outcome(i, 0, at, 201, Some("zurich")),
+        1 if (5130..5240).contains(&at) => outcome(i, 1, at, 503, None),
+        1 => outcome(i, 1, at, 201, Some("frankfurt")),
+        _ => outcome(i, 2, at, 201, Some("virginia")),
+    });
     r.apply_slo(&Slo {
         min_availability: Some(0.9),
         ..Slo::default()
@@ -331,23 +321,13 @@ fn availability_counts_every_upload_of_a_fault_shorter_than_a_chart_step() {
 /// judged "exercised" (drill audit, stop 62: it passed at 0.13).
 #[test]
 fn a_slow_data_centre_is_a_fault_that_need_not_fail_over() {
-    let mut plan = plan();
-    plan.duration = Duration::from_secs(8);
     let chaos = [("3s:frankfurt=slow", 3.0), ("7s:frankfurt=normal", 7.0)];
-    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-    let outcomes = (0..800u64)
-        .map(|i| {
-            let at = i * 10;
-            match i % 3 {
-                0 => outcome(i, 0, at, 201, Some("zurich")),
-                1 if (3000..7000).contains(&at) => outcome(i, 1, at, 503, None),
-                1 => outcome(i, 1, at, 201, Some("frankfurt")),
-                _ => outcome(i, 2, at, 201, Some("virginia")),
-            }
-        })
-        .collect();
-    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    let mut r = chaos_run(8, &chaos, 800, |i, at| match i % 3 {
+        0 => outcome(i, 0, at, 201, Some("zurich")),
+        1 if (3000..7000).contains(&at) => outcome(i, 1, at, 503, None),
+        1 => outcome(i, 1, at, 201, Some("frankfurt")),
+        _ => outcome(i, 2, at, 201, Some("virginia")),
+    });
     r.apply_slo(&Slo {
         min_availability: Some(0.9),
         max_time_to_failover_ms: Some(1000.0),
@@ -386,23 +366,13 @@ fn a_slow_data_centre_is_a_fault_that_need_not_fail_over() {
 /// slow geneva left zurich's fault with nowhere to go, and no check).
 #[test]
 fn a_slowed_data_centre_is_still_somewhere_to_fail_over_to() {
-    let mut plan = plan();
-    plan.duration = Duration::from_secs(4);
     let chaos = [("1s:geneva=slow", 1.0), ("2s:zurich=error", 2.0)];
-    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-    let outcomes = (0..400u64)
-        .map(|i| {
-            let at = i * 10;
-            match i % 3 {
-                0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
-                0 => outcome(i, 0, at, 503, None),
-                1 => outcome(i, 1, at, 201, Some("frankfurt")),
-                _ => outcome(i, 2, at, 201, Some("virginia")),
-            }
-        })
-        .collect();
-    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    let mut r = chaos_run(4, &chaos, 400, |i, at| match i % 3 {
+        0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
+        0 => outcome(i, 0, at, 503, None),
+        1 => outcome(i, 1, at, 201, Some("frankfurt")),
+        _ => outcome(i, 2, at, 201, Some("virginia")),
+    });
     r.apply_slo(&Slo::default());
     let zurich = r.chaos[1].failover.as_ref().unwrap();
     assert_eq!(zurich.alternatives, ["geneva"]);
@@ -421,23 +391,13 @@ fn a_slowed_data_centre_is_still_somewhere_to_fail_over_to() {
 /// (drill audit, stop 62); a load test's JUnit suite is not named a drill.
 #[test]
 fn every_report_lists_the_same_checks() {
-    let mut plan = plan();
-    plan.duration = Duration::from_secs(4);
     let chaos = [("2s:zurich=error", 2.0)];
-    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
-    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
-    let outcomes = (0..400u64)
-        .map(|i| {
-            let at = i * 10;
-            match i % 3 {
-                0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
-                0 => outcome(i, 0, at, 201, Some("geneva")),
-                1 => outcome(i, 1, at, 201, Some("frankfurt")),
-                _ => outcome(i, 2, at, 201, Some("virginia")),
-            }
-        })
-        .collect();
-    let mut r = report(&plan, outcomes, applied, Reconciled::default());
+    let mut r = chaos_run(4, &chaos, 400, |i, at| match i % 3 {
+        0 if at < 2000 => outcome(i, 0, at, 201, Some("zurich")),
+        0 => outcome(i, 0, at, 201, Some("geneva")),
+        1 => outcome(i, 1, at, 201, Some("frankfurt")),
+        _ => outcome(i, 2, at, 201, Some("virginia")),
+    });
     r.apply_slo(&Slo::default());
     let checks = r.checks();
     let names: Vec<&str> = checks.iter().map(|(n, _)| n.as_str()).collect();
@@ -472,6 +432,22 @@ fn every_report_lists_the_same_checks() {
         junit.contains("<testsuite name=\"residency-proxy load test ")
             && junit.contains("classname=\"loadtest\"")
     );
+}
+
+/// The report of `n` uploads scheduled every 10 ms (`upload(i, at_ms)`
+/// each) over `duration_s`, under `chaos`, each event applied at its time.
+fn chaos_run(
+    duration_s: u64,
+    chaos: &[(&str, f64)],
+    n: u64,
+    upload: impl Fn(u64, u64) -> Outcome,
+) -> Report {
+    let mut plan = plan();
+    plan.duration = Duration::from_secs(duration_s);
+    plan.chaos = chaos.iter().map(|(e, _)| e.parse().unwrap()).collect();
+    let applied = chaos.iter().map(|(e, at)| applied(e, *at)).collect();
+    let outcomes = (0..n).map(|i| upload(i, i * 10)).collect();
+    report(&plan, outcomes, applied, Reconciled::default())
 }
 
 /// A fresh directory for one test's files.
