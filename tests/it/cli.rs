@@ -1527,6 +1527,30 @@ fn loadtest_input_that_cannot_be_read_exits_2_naming_its_flag() {
         "{stderr}"
     );
     assert!(stderr.contains("--target not a url"), "{stderr}");
+    // A sink admin URL that does not parse is the one problem said.
+    let out = run(
+        &[
+            "loadtest",
+            "--config",
+            path(&config),
+            "--target",
+            "https://127.0.0.1:9/v1/telemetry",
+            "--mix",
+            "ch=1",
+            "--origin",
+            "ch=192.0.2.10",
+            "--sink-admin",
+            "ht tp://y",
+            "--no-progress",
+        ],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1 problem") && stderr.contains("--sink-admin ht tp://y"),
+        "{stderr}"
+    );
     let missing = dir.path().join("missing.pem");
     let out = load(&missing, "https://127.0.0.1:9/v1/telemetry");
     let stderr = text(&out.stderr);

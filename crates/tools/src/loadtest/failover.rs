@@ -225,7 +225,7 @@ fn one(
                 None => " until the end of the run".into(),
             };
             let elsewhere = if !result.must_fail_over {
-                format!(" (slowed down, not broken: the proxy kept {dc})")
+                String::from(" (slowed down, not broken: no failover was required)")
             } else if result.alternatives.is_empty() {
                 String::from(" (none other is permitted and up)")
             } else {

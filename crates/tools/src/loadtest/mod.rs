@@ -430,6 +430,43 @@ mod settling {
         assert_eq!(records.len(), 2, "{records:?}");
     }
 
+    /// A sink whose first answer to `/records` is a connection closed
+    /// unanswered (a kept-alive connection to a sink that was stopped,
+    /// reset when it continues), then answers: the records are read.
+    #[tokio::test]
+    async fn a_records_read_cut_once_is_tried_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let records = String::from_utf8_lossy(&buf[..n]).starts_with("GET /records");
+                if records && std::mem::take(&mut first) {
+                    drop(tcp);
+                    continue;
+                }
+                let body = if records {
+                    r#"[{"datacenter":"zurich","upload_id":"u0","sha256":"00","bytes":1}]"#
+                } else {
+                    "{}"
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        let sinks = [format!("http://{addr}").parse().unwrap()];
+        let records = reconcile::fetch_records(&Admin::new(), &sinks, &[None])
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 1);
+    }
+
     /// A sink whose records began after the run began (it restarted, or
     /// was reset, and keeps records in memory only) cannot rule out
     /// missing uploads: the records are not reconciled (drill audit, stop

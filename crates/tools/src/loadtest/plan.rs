@@ -182,19 +182,22 @@ impl Plan {
         };
         // A URL that does not parse is listed; a loopback stand-in keeps
         // the other checks from adding to it.
-        let mut url = |text: &str, flag: &str| {
+        let mut url = |text: &str, flag: &str, stand_in: &'static str| {
             parse_url(text, flag).unwrap_or_else(|e| {
                 problems.push(format!("{e:#}"));
-                Uri::from_static("https://127.0.0.1/")
+                Uri::from_static(stand_in)
             })
         };
-        let target = url(&args.target, "--target");
+        let target = url(&args.target, "--target", "https://127.0.0.1/");
         let sink_admin = args
             .sink_admin
             .iter()
-            .map(|u| url(u, "--sink-admin"))
+            .map(|u| url(u, "--sink-admin", "http://127.0.0.1/"))
             .collect();
-        let proxy_admin = args.proxy_admin.as_deref().map(|u| url(u, "--proxy-admin"));
+        let proxy_admin = args
+            .proxy_admin
+            .as_deref()
+            .map(|u| url(u, "--proxy-admin", "http://127.0.0.1/"));
         let mut origins: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for o in &args.origins {
             let list = origins.entry(o.jurisdiction.clone()).or_default();
