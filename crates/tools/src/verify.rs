@@ -32,7 +32,7 @@ use residency_log::witness::CosignatureVerifier;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VerifyArgs {
     /// The log's verifier key (`name+keyid+base64`), or a file holding it.
-    #[arg(long)]
+    #[arg(long, value_parser = key_arg)]
     pub key: String,
     /// A receipt: the `Residency-Receipt` header value (or the whole header
     /// line), `@FILE` to read it from a file, or `-` for stdin.
@@ -98,6 +98,23 @@ pub struct VerifyArgs {
 }
 
 /// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
+/// `--key` as given, once it reads as a verifier key (itself, or a file
+/// holding one): a key that cannot be used is a usage error (exit 2), not
+/// a proof that failed (INVALID, exit 1).
+fn key_arg(text: &str) -> Result<String, String> {
+    let key = match std::fs::read_to_string(text) {
+        Ok(contents) => contents.trim().to_string(),
+        Err(e) if !text.contains('+') => {
+            return Err(format!(
+                "{e} (give the log's verifier key, or a file holding it)"
+            ))
+        }
+        Err(_) => text.to_string(),
+    };
+    Verifier::parse(&key).map_err(|e| format!("the key: {e}"))?;
+    Ok(text.to_string())
+}
+
 fn http_url(text: &str) -> Result<String, String> {
     match text.starts_with("http://") || text.starts_with("https://") {
         true => Ok(text.to_string()),
@@ -1214,10 +1231,11 @@ mod tests {
     /// an INVALID receipt.
     #[test]
     fn a_log_without_a_scheme_is_a_usage_error() {
+        let key = key();
         let argv = [
             "verify",
             "--key",
-            "k",
+            &key,
             "--request-id",
             "a",
             "--log",
@@ -1231,13 +1249,23 @@ mod tests {
             e.to_string().contains("not an http:// or https:// URL"),
             "{e}"
         );
+        // So is a key that cannot be used — no file, not a key — rather
+        // than an INVALID proof (verification, stop 62).
+        for bad in ["/nonexistent/log.pub", "a+b"] {
+            let argv = ["verify", "--key", bad, "--request-id", "a"];
+            let Err(e) = Cli::try_parse_from(argv) else {
+                panic!("{bad} taken");
+            };
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
     }
 
     /// `--proof-file` checks one offline proof: the options it would
     /// ignore are refused instead of skipped.
     #[test]
     fn a_proof_file_refuses_the_options_it_would_ignore() {
-        let base = ["verify", "--key", "k", "--proof-file", "p", "--entry", "e"];
+        let key = key();
+        let base = ["verify", "--key", &key, "--proof-file", "p", "--entry", "e"];
         assert!(Cli::try_parse_from(base).is_ok());
         for extra in [
             &["--file", "f"][..],
