@@ -164,6 +164,15 @@ fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Verifier>>> {
 /// Loads the key, the logs and the state: the witness, ready to serve.
 /// What is wrong with them is a [`ConfigReport`] naming the flag (exit 2).
 pub fn load(args: &WitnessArgs) -> anyhow::Result<Witness> {
+    if !residency_log::settings::valid_origin(&args.name) {
+        return Err(flag(
+            "--name",
+            format!(
+                "{:?} must be non-empty, without spaces, control characters or '+'",
+                args.name
+            ),
+        ));
+    }
     let key = || {
         let pkcs8 = std::fs::read(&args.key).map_err(|e| anyhow!("{e}"))?;
         Cosigner::from_pkcs8(&args.name, &pkcs8).map_err(|e| anyhow!("{e}"))

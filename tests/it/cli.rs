@@ -958,15 +958,18 @@ fn a_witness_s_unusable_arguments_exit_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let key = dir.path().join("w.key");
     let missing = dir.path().join("missing.key");
-    for (key, log, flag) in [
-        (&key, "garbage", "- --log: garbage: "),
-        (&missing, "garbage", "- --key: "),
+    for (name, key, log, flag) in [
+        ("w.example", &key, "garbage", "- --log: garbage: "),
+        ("w.example", &missing, "garbage", "- --key: "),
+        // A name with a control character is the name's fault, not the
+        // key's (verification, stop 62).
+        ("w\u{1}x.example", &key, "garbage", "- --name: "),
     ] {
         let out = run(
             &[
                 "witness",
                 "--name",
-                "w.example",
+                name,
                 "--key",
                 path(key),
                 "--log",
