@@ -120,23 +120,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// trusts both (a log rotating its key).
 fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Verifier>>> {
     let mut logs: BTreeMap<String, Vec<Verifier>> = BTreeMap::new();
-    for arg in args {
+    for raw in args {
+        // As shown in errors: a control character escaped, not printed.
+        let arg = raw.escape_debug();
         let key = |text: &str| {
             let text = std::fs::read_to_string(text).unwrap_or_else(|_| text.to_string());
             Verifier::parse(text.trim())
         };
-        let split = arg
+        let split = raw
             .match_indices('=')
-            .map(|(at, _)| (&arg[..at], &arg[at + 1..]))
+            .map(|(at, _)| (&raw[..at], &raw[at + 1..]))
             .filter(|(origin, _)| !origin.is_empty())
             .find_map(|(origin, text)| key(text).ok().map(|v| (origin.to_string(), v)));
         let (origin, verifier) = match split {
             Some(found) => found,
-            None => match key(arg) {
+            None => match key(raw) {
                 Ok(verifier) => (verifier.name().to_string(), verifier),
                 // `ORIGIN=` followed by what is not a key: say so of the
                 // key (a bare key has its `+` before any `=`).
-                Err(e) => match arg.split_once('=') {
+                Err(e) => match raw.split_once('=') {
                     Some((origin, text)) if !origin.is_empty() && !origin.contains('+') => {
                         bail!("{arg}: {}", key(text).err().unwrap_or(e))
                     }
@@ -145,7 +147,10 @@ fn logs(args: &[String]) -> anyhow::Result<BTreeMap<String, Vec<Verifier>>> {
             },
         };
         if origin.chars().any(char::is_control) {
-            bail!("{arg}: origin `{origin}` holds a control character");
+            bail!(
+                "{arg}: origin `{}` holds a control character",
+                origin.escape_debug()
+            );
         }
         // A checkpoint's origin line rarely starts or ends with a space;
         // one here is likely a typo that would leave the log unknown (404).

@@ -964,6 +964,8 @@ fn a_witness_s_unusable_arguments_exit_2_naming_the_flag() {
         // A name with a control character is the name's fault, not the
         // key's (verification, stop 62).
         ("w\u{1}x.example", &key, "garbage", "- --name: "),
+        // Shown escaped, not printed to the terminal as it is.
+        ("w.example", &key, "a\u{1b}b", "- --log: a\\u{1b}b: "),
     ] {
         let out = run(
             &[
