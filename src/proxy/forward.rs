@@ -715,16 +715,10 @@ fn judge(
 /// Whether an error was caused by the kernel's timing out the connection
 /// (`ETIMEDOUT`), anywhere in its chain.
 fn kernel_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
+    residency_tls::error_chain(e).any(|e| {
+        e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    })
 }
 
 /// Resolves with the name of the phase whose deadline passed: the send

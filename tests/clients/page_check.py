@@ -317,34 +317,32 @@ def generations(s, driver, out):
     full_shot(driver, Path(s["shots"]) / "page-sealed-generation.png", 1100)
 
 
-def generations_unavailable(s, driver, out):
-    """The sealed generation's key pinned while the log cannot list its
-    generations: what the log panel says, and the verdict on that
-    generation's receipt."""
-    driver.get(pinned(s["base"], s["sealed_key"]))
+def log_panel(driver, base, key):
+    """Opens the page with `key` pinned; returns what the log section says
+    of the checkpoint once it says anything (it may be an error)."""
+    driver.get(pinned(base, key))
     driver.refresh()
-    out["checkpoint"] = wait_for(
+    return wait_for(
         driver,
         "the log section",
         lambda: (lambda t: t if t not in ("", "loading…") else None)(
             driver.find_element(By.ID, "log-checkpoint").text
         ),
     )
+
+
+def generations_unavailable(s, driver, out):
+    """The sealed generation's key pinned while the log cannot list its
+    generations: what the log panel says, and the verdict on that
+    generation's receipt."""
+    out["checkpoint"] = log_panel(driver, s["base"], s["sealed_key"])
     out["verdict"] = submit(driver, s["sealed_receipt"])
 
 
 def log_down(s, driver, out):
     """`key` pinned while the log cannot be read: what the log panel
     says, and the verdict on each of `texts`."""
-    driver.get(pinned(s["base"], s["key"]))
-    driver.refresh()
-    out["checkpoint"] = wait_for(
-        driver,
-        "the log section",
-        lambda: (lambda t: t if t not in ("", "loading…") else None)(
-            driver.find_element(By.ID, "log-checkpoint").text
-        ),
-    )
+    out["checkpoint"] = log_panel(driver, s["base"], s["key"])
     out["verdicts"] = [submit(driver, text) for text in s["texts"]]
 
 

@@ -905,22 +905,28 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
     }
     .encode();
     let log = proxy.log_addr.unwrap();
-    let api = ["/key", "/checkpoint", "/generations", "/proof/inclusion"];
-    let front = front_failing(
-        log,
-        std::sync::Arc::new(std::sync::Mutex::new(api.to_vec())),
-    )
-    .await;
-    let seen = browse(
-        json!({
-            "phase": "log_down",
-            "base": format!("http://{front}/"),
-            "key": key,
-            "texts": [forged, receipt, unsigned, request_id],
-            "profile": work.path().join("profile"),
-            "shots": shots_dir(),
-        }),
-        work.path(),
+    // The page with `key` pinned, through a front to the log with
+    // `faults`, and its verdicts on `texts` (a fresh profile each).
+    let log_down = async |faults: Vec<&'static str>, texts: Value, profile: &str| {
+        let front = front_failing(log, std::sync::Arc::new(std::sync::Mutex::new(faults))).await;
+        browse(
+            json!({
+                "phase": "log_down",
+                "base": format!("http://{front}/"),
+                "key": key,
+                "texts": texts,
+                "profile": work.path().join(profile),
+                "shots": shots_dir(),
+            }),
+            work.path(),
+        )
+        .await
+    };
+    let api = vec!["/key", "/checkpoint", "/generations", "/proof/inclusion"];
+    let seen = log_down(
+        api,
+        json!([forged, receipt, unsigned, request_id]),
+        "profile",
     )
     .await;
     let verdicts = seen["verdicts"].as_array().unwrap();
@@ -941,23 +947,7 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
 
     // A log that answers, but not as a log does (its checkpoint gone):
     // not verified, as `verify` says INVALID — not "could not check".
-    let front = front_failing(
-        log,
-        std::sync::Arc::new(std::sync::Mutex::new(vec!["404:/checkpoint"])),
-    )
-    .await;
-    let seen = browse(
-        json!({
-            "phase": "log_down",
-            "base": format!("http://{front}/"),
-            "key": key,
-            "texts": [receipt],
-            "profile": work.path().join("profile-404"),
-            "shots": shots_dir(),
-        }),
-        work.path(),
-    )
-    .await;
+    let seen = log_down(vec!["404:/checkpoint"], json!([receipt]), "profile-404").await;
     let gone = seen["verdicts"][0]["text"].as_str().unwrap();
     assert!(
         gone.starts_with("Not verified: the log's answer: checkpoint: not found"),
