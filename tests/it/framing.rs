@@ -1064,7 +1064,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_after_keepalive_idle_fired() {
     let proxy =
-        proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"2s\"\nclient_send_idle = \"2s\"\n")
+        proxy_with_raw_zurich("[timeouts]\nkeepalive_idle = \"5s\"\nclient_send_idle = \"5s\"\n")
             .await;
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     let started = std::time::Instant::now();
@@ -1076,9 +1076,11 @@ async fn a_client_that_stops_reading_is_dropped_after_keepalive_idle_fired() {
         metric_value(&proxy, "residency_connections_active").await == 0.0
     })
     .await;
+    // Dropped at about 5 s; the grace would drop it at 10 s or later. The
+    // bound in between leaves room for a loaded machine.
     let took = started.elapsed();
     assert!(
-        took < Duration::from_millis(3500),
+        took < Duration::from_millis(8500),
         "dropped after {took:?}: keepalive_idle's grace, not client_send_idle"
     );
     drop(tls);
