@@ -21,6 +21,17 @@ use crate::tenancy::Tenancy;
 use residency_core::tenant::Recognized;
 pub use residency_log::storage::LogMetrics;
 
+/// What the process's log writer has dropped, once `serve` (or another
+/// server) has set it up: read into `residency_log_lines_dropped_total` at
+/// each scrape.
+static LOG_LINES_DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Exports `counter` (the process's log writer's) as
+/// `residency_log_lines_dropped_total`; the first call wins.
+pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = LOG_LINES_DROPPED.set(counter);
+}
+
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
 
@@ -123,6 +134,8 @@ pub struct Metrics {
     pub detached_cancelled: IntCounter,
     /// Idempotent uploads streamed without a replay copy: budget spent.
     pub replay_budget_exhausted: IntCounter,
+    /// Log lines the process's log writer dropped (see [`count_dropped_log_lines`]).
+    pub log_lines_dropped: IntCounter,
     pub connections_rejected: IntCounterVec,
     /// Client connections the proxy ended itself after their handshake.
     pub connections_closed: IntCounterVec,
@@ -274,6 +287,11 @@ impl Metrics {
             "Uploads with an Idempotency-Key streamed without a replay copy because upstream.replay_budget_bytes was in use.",
         )?;
         registry.register(Box::new(replay_budget_exhausted.clone()))?;
+        let log_lines_dropped = IntCounter::new(
+            "residency_log_lines_dropped_total",
+            "Lines of the proxy's own log (stderr) dropped because its reader did not take them: one that stopped reading, or fell 8192 lines behind. Requests never wait for the log's reader.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
             "Connections closed before any request was read, by reason (PROXY header missing, invalid, cut off, late or from an untrusted peer; the ingest listeners' limits.max_connections, a client's limits.max_connections_per_client; the admin listener's 64; the log listener's transparency.max_connections and a client's transparency.max_connections_per_client).",
@@ -349,6 +367,7 @@ impl Metrics {
             detached,
             detached_cancelled,
             replay_budget_exhausted,
+            log_lines_dropped,
             connections_rejected,
             connections_closed,
             upstream_retries,
@@ -444,13 +463,17 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every registered metric.
     /// The registry, for metrics registered after start (the witnesses').
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
+    /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(dropped) = LOG_LINES_DROPPED.get() {
+            let (now, had) = (dropped.dropped_lines() as u64, self.log_lines_dropped.get());
+            self.log_lines_dropped.inc_by(now.saturating_sub(had));
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
@@ -660,5 +683,49 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name}");
         }
+    }
+
+    /// What the log's writer drops while its reader is stuck is exported,
+    /// counted once however often it is scraped.
+    #[test]
+    fn dropped_log_lines_are_counted() {
+        use std::io::Write as _;
+        /// A reader of the log that takes nothing until told.
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl std::io::Write for Stuck {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (unstick, stuck) = std::sync::mpsc::channel();
+        let (mut log, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(1)
+            .finish(Stuck(stuck));
+        count_dropped_log_lines(log.error_counter());
+        for _ in 0..10 {
+            log.write_all(b"a line\n").unwrap();
+        }
+        let exported = |m: &Metrics| {
+            let text = String::from_utf8(m.render()).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("residency_log_lines_dropped_total "))
+                .expect("exported")
+                .to_string();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        let m = Metrics::new().unwrap();
+        // At most two lines are taken: the one the reader is stuck on, and
+        // one buffered.
+        let dropped = exported(&m);
+        assert!((8..=10).contains(&dropped), "{dropped}");
+        assert_eq!(exported(&m), dropped, "counted once");
+        drop(unstick);
+        drop(guard);
     }
 }

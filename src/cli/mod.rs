@@ -183,7 +183,7 @@ pub fn run(cli: Cli) -> ExitCode {
             log_port,
             dir,
         } => {
-            init_tracing(format.unwrap_or_default(), &level);
+            let _log = init_server_tracing(format.unwrap_or_default(), &level);
             // The demo reloads on SIGHUP as `serve` does.
             if let Err(e) = crate::reload::catch_hangup_early() {
                 tracing::error!(error = %e, "cannot handle SIGHUP");
@@ -202,7 +202,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(c) => c,
                 Err(report) => return config_error(report),
             };
-            init_tracing(format.unwrap_or(config.log_format), &level);
+            let _log = init_server_tracing(format.unwrap_or(config.log_format), &level);
             let workers = config.worker_threads;
             // Under systemd's `Type=notify`: started once serving, and
             // stopping from the signal on.
@@ -216,7 +216,7 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         }
         Command::Sink(args) => {
-            init_tracing(format.unwrap_or_default(), &level);
+            let _log = init_server_tracing(format.unwrap_or_default(), &level);
             block_on(residency_tools::sink::run(args, shutdown_signal()))
         }
         Command::Loadtest(args) => {
@@ -281,7 +281,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { config, offline } => check_config(config, offline),
         Command::Keygen { name, out, witness } => keygen(&name, &out, witness),
         Command::Witness(args) => {
-            init_tracing(format.unwrap_or_default(), &level);
+            let _log = init_server_tracing(format.unwrap_or_default(), &level);
             block_on(crate::witness::run(*args, shutdown_signal()))
         }
         Command::Verify(args) => {
@@ -1027,7 +1027,6 @@ pub fn interrupt_on_signal(temporary: Option<PathBuf>) -> tokio::sync::watch::Re
     rx
 }
 
-/// As [`init_tracing`], into `file` (no colours).
 /// The log filter: `--log-level`'s, else `RUST_LOG`'s, else the default.
 struct LogLevel {
     filter: String,
@@ -1035,6 +1034,7 @@ struct LogLevel {
     explicit: bool,
 }
 
+/// As [`init_tracing`], into `file` (no colours).
 fn init_tracing_to(format: LogFormat, level: &LogLevel, file: std::fs::File) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
@@ -1059,7 +1059,39 @@ fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
     chosen.unwrap_or_else(|| EnvFilter::new("info"))
 }
 
+/// Log lines a server's writer holds for stderr while its reader is slow;
+/// past them lines are dropped (a few MB at most).
+const LOG_LINES_BUFFERED: usize = 8192;
+
+/// Logs to stderr, written by the calling thread: the command-line tools.
 fn init_tracing(format: LogFormat, level: &LogLevel) {
+    init_tracing_with(format, level, std::io::stderr);
+}
+
+/// Logs to stderr for a server (`serve`, the demo, the sink, a witness),
+/// written by a thread of its own: a reader of stderr that stops (a hung
+/// log shipper or pipe) would otherwise stop every request at its log
+/// line, each thread in turn. Lines it cannot take are dropped and counted
+/// (`residency_log_lines_dropped_total`). The guard, held while the server
+/// runs, writes what is left when dropped (waiting a second at most).
+fn init_server_tracing(
+    format: LogFormat,
+    level: &LogLevel,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_BUFFERED)
+        .thread_name("residency-log")
+        .finish(std::io::stderr());
+    crate::metrics::count_dropped_log_lines(writer.error_counter());
+    init_tracing_with(format, level, writer);
+    guard
+}
+
+fn init_tracing_with<W>(format: LogFormat, level: &LogLevel, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = filter(level);
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which
@@ -1070,7 +1102,7 @@ fn init_tracing(format: LogFormat, level: &LogLevel) {
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

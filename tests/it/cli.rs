@@ -1383,6 +1383,37 @@ async fn serve_logs_a_tenant_any_client_can_claim() {
     );
 }
 
+/// A reader of the proxy's stderr that stops reading (a hung log shipper or
+/// pipe) does not stop the proxy: its log is written by a thread of its
+/// own, lines it cannot take dropped and counted. The pipe holds 64 KiB,
+/// about 200 request lines: every request stopped at its log line before
+/// (static audit, stop 63: with the process's stderr lock held, every
+/// listener stopped answering, timeouts too).
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_does_not_stop_the_proxy() {
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start_with_stderr_unread("stalled-log", &datacenters_at(up.addr), "").await;
+    let uploads = (0..8).map(|task| {
+        let client = proxy.client();
+        tokio::spawn(async move {
+            for i in 0..80 {
+                let reply = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    client.upload_from(CH, "x"),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("upload {i} of task {task} got no answer"));
+                assert_eq!(reply.status, 201, "{:?}", reply.body);
+            }
+        })
+    });
+    for task in uploads.collect::<Vec<_>>() {
+        task.await.unwrap();
+    }
+    let (status, _) = raw_get(proxy.admin, "/healthz");
+    assert!(status.contains("200"), "{status}");
+}
+
 /// A load test whose `--origin` address the proxy would place in another
 /// jurisdiction (by `--config`'s GeoIP database) exits 2 before it starts,
 /// naming the address and where it goes: it ran, and counted every upload

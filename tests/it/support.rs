@@ -1056,19 +1056,34 @@ impl Binary {
         wrapper: &[&str],
     ) -> Binary {
         let mut binary = Self::spawn_wrapped(tag, datacenters, extra, wrapper);
+        binary.wait_until_ready().await;
+        binary
+    }
+
+    /// As [`Binary::start`], its stderr a pipe nobody reads (kept open).
+    pub async fn start_with_stderr_unread(
+        tag: &str,
+        datacenters: &[(&str, &str, SocketAddr)],
+        extra: &str,
+    ) -> Binary {
+        let mut binary = Self::spawn_with(tag, datacenters, extra, &[], true);
+        binary.wait_until_ready().await;
+        binary
+    }
+
+    async fn wait_until_ready(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !ready(binary.admin) {
-            if let Ok(Some(status)) = binary.child.0.try_wait() {
-                panic!("proxy exited with {status}: {}", binary.log());
+        while !ready(self.admin) {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                panic!("proxy exited with {status}: {}", self.log());
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "not ready within 20 s: {}",
-                binary.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        binary
     }
 
     /// As [`Binary::start_wrapped`], without waiting for it to be ready.
@@ -1077,6 +1092,16 @@ impl Binary {
         datacenters: &[(&str, &str, SocketAddr)],
         extra: &str,
         wrapper: &[&str],
+    ) -> Binary {
+        Self::spawn_with(tag, datacenters, extra, wrapper, false)
+    }
+
+    fn spawn_with(
+        tag: &str,
+        datacenters: &[(&str, &str, SocketAddr)],
+        extra: &str,
+        wrapper: &[&str],
+        stderr_unread: bool,
     ) -> Binary {
         let dir = TempDir::new(tag);
         let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
@@ -1122,7 +1147,10 @@ impl Binary {
             .arg(&config_path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
+            .stderr(match stderr_unread {
+                true => std::process::Stdio::piped(),
+                false => std::fs::File::create(&log_path).unwrap().into(),
+            })
             .spawn()
             .expect("start residency-proxy serve");
         Binary {
