@@ -638,6 +638,15 @@ pub struct Appended {
     pub generation: Arc<Generation>,
 }
 
+/// Clears its flag when dropped.
+struct Cleared<'a>(&'a AtomicBool);
+
+impl Drop for Cleared<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The transparency log (see the module documentation).
 pub struct Log {
     /// The generation that takes appends.
@@ -648,6 +657,12 @@ pub struct Log {
     shelf: Arc<Shelf>,
     /// Held while rolling to a new generation.
     rolling: tokio::sync::Mutex<()>,
+    /// A roll has run past `transparency.write_timeout` (a disk that does
+    /// not answer): the log is failing until it ends.
+    roll_overdue: AtomicBool,
+    /// Tests: rolls wait while it says so (a disk that does not answer).
+    #[cfg(test)]
+    rolls_held: tokio::sync::watch::Sender<bool>,
     settings: Transparency,
     refusals: RefusalGate,
     failing: AtomicBool,
@@ -736,6 +751,9 @@ impl Log {
             sealed: Mutex::new(sealed),
             shelf,
             rolling: tokio::sync::Mutex::new(()),
+            roll_overdue: AtomicBool::new(false),
+            #[cfg(test)]
+            rolls_held: tokio::sync::watch::Sender::new(false),
             settings: settings.clone(),
             refusals: RefusalGate::new(
                 settings.refusal_records_per_second,
@@ -783,6 +801,12 @@ impl Log {
         }
     }
 
+    /// Tests: holds rolls before they start to seal, or lets them go.
+    #[cfg(test)]
+    pub(crate) fn hold_rolls(&self, hold: bool) {
+        self.rolls_held.send_replace(hold);
+    }
+
     /// True while appends fail: new uploads should not be accepted under
     /// `on_write_error = "refuse"`. Cleared by the next append that
     /// succeeds (a refusal's record), or a fleet's checkpoint tick once
@@ -792,6 +816,9 @@ impl Log {
     }
 
     pub(crate) fn backend_failing(&self) -> bool {
+        if self.roll_overdue.load(Ordering::Relaxed) {
+            return true;
+        }
         match &self.current.load().backend {
             Backend::Directory(d) => d.stalled(),
             Backend::Sealed(_) => false,
@@ -805,31 +832,27 @@ impl Log {
     /// out. Concurrent requests share one commit (group commit). A request
     /// dropped while it waits still has its record written. A directory
     /// log that holds `max_records` rolls to its next generation first.
-    pub async fn append(&self, record: &Record<'_>) -> Result<Appended, LogError> {
+    pub async fn append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         if bytes.len() > tiles::MAX_ENTRY {
             return Err(self.failed(LogError::EntryTooLarge(bytes.len()), &record.request_id));
         }
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
-        let (generation, appended) = loop {
-            let generation = self.current();
-            let appended = match &generation.backend {
-                Backend::Directory(d) => match d.append(&bytes, leaf, id).await {
-                    Err(LogError::Full(_)) => match self.roll(&generation, d).await {
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
-                    },
-                    r => r.map(|i| (i, bytes)),
-                },
-                // Never the current generation.
-                Backend::Sealed(s) => Err(LogError::Full(s.latest.load().size)),
-                Backend::Postgres(f) => f.append(bytes, id).await,
-            };
-            break (generation, appended);
+        let generation = self.current();
+        let appended = match &generation.backend {
+            Backend::Directory(d) => match d.append(&bytes, leaf, id).await {
+                Err(LogError::Full(_)) => {
+                    self.roll_and_append(&generation, d, bytes, leaf, id).await
+                }
+                r => r.map(|i| (generation, i, bytes)),
+            },
+            // Never the current generation.
+            Backend::Sealed(s) => Err(LogError::Full(s.latest.load().size)),
+            Backend::Postgres(f) => f.append(bytes, id).await.map(|(i, b)| (generation, i, b)),
         };
         match appended {
-            Ok((index, bytes)) => {
+            Ok((generation, index, bytes)) => {
                 self.failing.store(false, Ordering::Relaxed);
                 self.metrics.appended.inc();
                 Ok(Appended {
@@ -840,6 +863,54 @@ impl Log {
                 })
             }
             Err(e) => Err(self.failed(e, &record.request_id)),
+        }
+    }
+
+    /// The append of a record that found `full` (its directory `opened`)
+    /// full: the roll to the next generation and the append there run in a
+    /// task of their own, so that a request dropped meanwhile (its client
+    /// gone, the shutdown's cut) still has its record written, as one
+    /// dropped while its batch is written does. The request waits for
+    /// them `transparency.write_timeout` at most, as for any write: a roll
+    /// held by the disk past it is an error (503 `log_unavailable`), and
+    /// the log counts as failing until the roll ends (uploads are refused
+    /// before they are forwarded; refusals are folded into summaries).
+    async fn roll_and_append(
+        self: &Arc<Self>,
+        full: &Arc<Generation>,
+        opened: &Arc<Opened>,
+        bytes: Vec<u8>,
+        leaf: Hash,
+        id: u128,
+    ) -> Result<(Arc<Generation>, u64, Vec<u8>), LogError> {
+        let (log, mut full, mut opened) = (Arc::clone(self), Arc::clone(full), Arc::clone(opened));
+        let task = tokio::spawn(async move {
+            loop {
+                log.roll(&full, &opened).await?;
+                let next = log.current();
+                let Backend::Directory(d) = &next.backend else {
+                    // A roll makes a directory generation.
+                    return Err(LogError::Full(full.size()));
+                };
+                match d.append(&bytes, leaf, id).await {
+                    // Filled by others meanwhile (a small max_records).
+                    Err(LogError::Full(_)) => opened = Arc::clone(d),
+                    r => return r.map(|index| (next, index, bytes)),
+                }
+                full = next;
+            }
+        });
+        let timeout = self.settings.write_timeout;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(appended)) => appended,
+            Ok(Err(e)) => Err(LogError::Io {
+                path: self.settings.directory.display().to_string(),
+                error: std::io::Error::other(e.to_string()),
+            }),
+            Err(_) => {
+                self.roll_overdue.store(true, Ordering::Relaxed);
+                Err(LogError::Timeout(timeout))
+            }
         }
     }
 
@@ -854,6 +925,10 @@ impl Log {
         if !Arc::ptr_eq(&self.current.load(), full) {
             return Ok(()); // rolled while this request waited
         }
+        // However it ends, it is no longer late.
+        let _ends = Cleared(&self.roll_overdue);
+        #[cfg(test)]
+        let _ = self.rolls_held.subscribe().wait_for(|held| !held).await;
         let (old, settings, metrics) = (full.clone(), self.settings.clone(), self.metrics.clone());
         let (opened, shelf) = (opened.clone(), self.shelf.clone());
         let (next, sealed) = tokio::task::spawn_blocking(move || {
@@ -888,7 +963,10 @@ impl Log {
     /// While a fleet's database does not take writes, refusals are folded
     /// without waiting for it (the refused client gets its 503 at once) and
     /// their summaries are written once it does again.
-    pub async fn append_refusal(&self, record: &Record<'_>) -> Option<Result<Appended, LogError>> {
+    pub async fn append_refusal(
+        self: &Arc<Self>,
+        record: &Record<'_>,
+    ) -> Option<Result<Appended, LogError>> {
         if self.backend_failing() {
             self.fold_refusal(record);
         } else if self.refusals.admit(record) {
@@ -909,7 +987,7 @@ impl Log {
 
     /// Appends one summary record per reason for the refusals folded since
     /// the last call (the checkpoint task calls it before each checkpoint).
-    pub async fn write_summaries(&self) {
+    pub async fn write_summaries(self: &Arc<Self>) {
         if self.backend_failing() {
             return; // kept until the database answers again
         }
@@ -1047,6 +1125,7 @@ mod tests {
     use super::*;
     use crate::directory::tests::{metrics, record, setup};
     use crate::note::Checkpoint;
+    use std::time::Duration;
 
     /// Open file descriptors of this process (nextest runs each test in a
     /// process of its own).
@@ -1067,7 +1146,7 @@ mod tests {
     type Written = Vec<Vec<Vec<u8>>>;
 
     /// Appends `records` to a log that rolls every 2.
-    async fn roll_through(log: &Log, records: u64) -> Written {
+    async fn roll_through(log: &Arc<Log>, records: u64) -> Written {
         let mut written: Written = Vec::new();
         for i in 0..records {
             let a = log.append(&record(i)).await.unwrap();
@@ -1116,6 +1195,74 @@ mod tests {
         let proof = g.consistency_proof(1, n).unwrap().unwrap();
         let first = merkle::leaf_hash(&leaves[0]);
         merkle::verify_consistency(1, n, &first, &cp.root, &proof).unwrap();
+    }
+
+    /// A roll the disk holds past `transparency.write_timeout` fails the
+    /// append that waits for it (`Timeout`: its upload is answered 503) —
+    /// it waited for as long as the disk held before — and the log counts
+    /// as failing while it runs; a request dropped meanwhile still has its
+    /// record written once the roll ends, as do the timed-out ones (static
+    /// audit, stop 63).
+    #[tokio::test]
+    async fn a_roll_the_disk_holds_is_bounded_and_loses_no_record() {
+        let (_dir, mut settings) = setup("held-roll");
+        settings.max_records = 2;
+        settings.write_timeout = Duration::from_millis(300);
+        let log = Log::open(&settings, metrics()).unwrap();
+        log.append(&record(0)).await.unwrap();
+        log.append(&record(1)).await.unwrap();
+        log.hold_rolls(true);
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), log.append(&record(2)))
+            .await
+            .expect("answered within write_timeout")
+            .unwrap_err();
+        assert!(matches!(err, LogError::Timeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(log.failing(), "a late roll is a failing log");
+        // A request dropped while it waits for the roll.
+        let dropped = {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move { log.append(&record(3)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dropped.abort();
+        assert_eq!(log.current().number(), 1, "still held");
+        log.hold_rolls(false);
+        let next = async {
+            while log.current().number() == 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .unwrap();
+        let written = async {
+            while log.current().size() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), written)
+            .await
+            .unwrap();
+        assert!(!log.backend_failing(), "the roll ended");
+        let g = log.current();
+        let mut ids: Vec<String> = (0..2)
+            .map(|i| {
+                let bytes = g.record(i).unwrap().unwrap();
+                Record::from_bytes(&bytes).unwrap().request_id.to_string()
+            })
+            .collect();
+        ids.sort();
+        let mut want = vec![
+            record(2).request_id.to_string(),
+            record(3).request_id.to_string(),
+        ];
+        want.sort();
+        assert_eq!(ids, want, "both records written in the next generation");
+        // And it takes appends at once again.
+        assert_eq!(log.append(&record(4)).await.unwrap().index, 0);
+        assert!(!log.failing());
     }
 
     /// A log that rolled 39 times (max_records = 2) kept every sealed
