@@ -32,9 +32,11 @@ struct State {
     unwritten: Vec<Record<'static>>,
 }
 
-/// Summaries kept for the next attempt at most: a failing log adds a few
-/// per episode (it stops trying while it fails), so this is never reached
-/// in practice; beyond it the oldest go, with an error.
+/// Summaries kept for the next attempt at most: while the log fails, only
+/// the kept ones are tried again ([`RefusalGate::drain_kept`]) and new
+/// refusals stay folded by their key, so the kept ones are at most one
+/// drain's (one per reason and data centres); beyond it the oldest go,
+/// with an error.
 const UNWRITTEN_MAX: usize = 1024;
 
 struct Folded {
@@ -176,6 +178,17 @@ impl RefusalGate {
         unwritten.into_iter().chain(made).collect()
     }
 
+    /// The summaries given back by [`RefusalGate::keep`] alone, to try
+    /// again while the log fails: what is folded meanwhile stays folded,
+    /// each refusal into its key's summary, so a log that fails for long
+    /// adds no summary per attempt (static audit, stop 63: a log failing
+    /// with a full disk made one per key and checkpoint, and dropped the
+    /// oldest past 1024). Empty if none are kept.
+    pub fn drain_kept(&self) -> Vec<Record<'static>> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut state.unwritten)
+    }
+
     /// Gives back a summary [`RefusalGate::drain`] made that the log could
     /// not take, for the next drain: its refusals stay counted and their
     /// ids hashed until it is written.
@@ -256,6 +269,41 @@ mod tests {
         assert_eq!(count(&second[2]), 1);
         assert_eq!(second.iter().map(count).sum::<u64>(), 7, "no refusal lost");
         assert!(gate.drain().is_empty());
+    }
+
+    /// A log that keeps failing (a full disk) is tried with the kept
+    /// summaries alone: the refusals folded meanwhile wait in their key's
+    /// summary, and none is dropped however long it fails.
+    #[test]
+    fn a_log_that_keeps_failing_keeps_one_summary_per_key() {
+        let gate = RefusalGate::new(1, 1);
+        let reasons = ["origin_unknown", "bad_request"];
+        let mut folded = 0;
+        for attempt in 0..3000u32 {
+            gate.fold(&refusal(attempt, reasons[attempt as usize % 2]));
+            folded += 1;
+            // write_summaries while the last append failed: the kept ones
+            // if there are, else a drain; none is written.
+            let tried = match gate.drain_kept() {
+                kept if kept.is_empty() => gate.drain(),
+                kept => kept,
+            };
+            assert!(tried.len() <= reasons.len(), "{}", tried.len());
+            for summary in tried {
+                gate.keep(summary);
+            }
+        }
+        // The log takes writes again: everything, once.
+        let written = gate.drain();
+        let count = |r: &Record<'_>| r.summary.as_ref().unwrap().count;
+        assert_eq!(
+            written.iter().map(count).sum::<u64>(),
+            folded,
+            "no refusal lost"
+        );
+        // The ones kept from the first failed attempt, and one per key
+        // folded since.
+        assert!(written.len() <= 2 * reasons.len(), "{written:?}");
     }
 
     /// Refusals after a delivery attempt name where the body may be: folded,

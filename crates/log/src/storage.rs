@@ -991,7 +991,18 @@ impl Log {
         if self.backend_failing() {
             return; // kept until the database answers again
         }
-        let mut summaries = self.refusals.drain().into_iter();
+        // While the last append failed, the summaries not written are
+        // tried alone; the refusals folded since wait, folded, until one
+        // is written (a failing log adds no summary per checkpoint).
+        let kept = match self.failing.load(Ordering::Relaxed) {
+            true => self.refusals.drain_kept(),
+            false => Vec::new(),
+        };
+        let summaries = match kept.is_empty() {
+            true => self.refusals.drain(),
+            false => kept,
+        };
+        let mut summaries = summaries.into_iter();
         while let Some(summary) = summaries.next() {
             if self.append(&summary).await.is_ok() {
                 self.metrics.summary_records.inc();
