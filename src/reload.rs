@@ -43,7 +43,7 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
                 .with_label_values(&["success"])
                 .inc();
             tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
-            state.config.tenancy.warn_claimable();
+            state.config.tenancy.log_warnings();
         }
         Err(report) => {
             instance

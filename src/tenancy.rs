@@ -112,6 +112,9 @@ pub struct TokenVerifier {
     keys: Vec<Key>,
     /// The required `typ`, when one is (compared by [`same_media_type`]).
     typ: Option<String>,
+    /// What was left out of the key set, and why (said when `serve`
+    /// starts or a reload is taken, and by `check-config`).
+    pub warnings: Vec<String>,
 }
 
 struct Key {
@@ -449,12 +452,17 @@ impl Tenancy {
 
 impl Tenancy {
     /// Logs a warning for each tenant any client can claim (see
-    /// [`Tenants::claimable_by_server_name`]): when `serve` starts and when
-    /// a reload is taken (not at `Config::load`, which runs before the log
-    /// is set up, and also for a reload that is then refused).
-    pub fn warn_claimable(&self) {
+    /// [`Tenants::claimable_by_server_name`]) and each key the token key
+    /// set leaves out: when `serve` starts and when a reload is taken (not
+    /// at `Config::load`, which runs before the log is set up — the key
+    /// set's were lost so at start (config audit, stop 63) —, and also for
+    /// a reload that is then refused).
+    pub fn log_warnings(&self) {
         for (tenant, names) in self.tenants.claimable_by_server_name() {
             tracing::warn!(tenant, server_names = ?names, "{}", claimable_warning(tenant));
+        }
+        for warning in self.token.iter().flat_map(|t| &t.warnings) {
+            tracing::warn!("{warning}");
         }
     }
 }
@@ -532,6 +540,8 @@ fn token_verifier(
         typ.to_string()
     });
     let mut keys = Vec::new();
+    let mut warnings = Vec::new();
+    let mut skip_all = None;
     match raw.jwks.as_deref() {
         None => r.push(
             "tenancy.token.jwks",
@@ -551,11 +561,16 @@ fn token_verifier(
                     // are left out, not a reason to keep the old set (an
                     // issuer rotating in an RSA key, or emptying its set to
                     // revoke every key, must take effect).
-                    let skip = |i: usize, why: &str| {
-                        tracing::warn!(jwks = %resolved.display(), key = i, "{why}: the key is not used");
+                    let jwks = resolved.display();
+                    let mut skip = |i: usize, why: &str| {
+                        warnings.push(format!(
+                            "tenancy.token.jwks: {jwks}: key {i}: {why}: the key is not used"
+                        ));
                     };
                     if set.keys.is_empty() {
-                        tracing::warn!(jwks = %resolved.display(), "the key set is empty: every token is refused");
+                        skip_all = Some(format!(
+                            "tenancy.token.jwks: {jwks}: the key set is empty: every token is refused"
+                        ));
                     }
                     for (i, value) in set.keys.into_iter().enumerate() {
                         // One by one: a key of a type, curve or algorithm
@@ -639,11 +654,17 @@ fn token_verifier(
                     if keys.len() > 1 {
                         keys.retain(|k| {
                             if k.kid.is_none() {
-                                tracing::warn!(jwks = %resolved.display(), "a key without `kid` in a set of several: the key is not used");
+                                warnings.push(format!("tenancy.token.jwks: {jwks}: a key without `kid` in a set of several: the key is not used"));
                             }
                             k.kid.is_some()
                         });
                     }
+                    if keys.is_empty() && skip_all.is_none() {
+                        skip_all = Some(format!(
+                            "tenancy.token.jwks: {jwks}: no key in the set is usable: every token is refused"
+                        ));
+                    }
+                    warnings.extend(skip_all);
                 }
             }
         }
@@ -655,6 +676,7 @@ fn token_verifier(
         claim,
         keys,
         typ,
+        warnings,
     })
 }
 
@@ -862,6 +884,7 @@ mod tests {
             claim: "tenant".into(),
             keys: Vec::new(),
             typ: None,
+            warnings: Vec::new(),
         };
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

@@ -378,7 +378,7 @@ async fn serve_inner(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    config.tenancy.warn_claimable();
+    config.tenancy.log_warnings();
     for warning in start_warnings(&config) {
         tracing::warn!("{warning}");
     }
@@ -734,6 +734,9 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                         crate::tenancy::claimable_warning(tenant),
                         names.join(", ")
                     );
+                }
+                for warning in tenancy.token.iter().flat_map(|t| &t.warnings) {
+                    println!("warning: {warning}");
                 }
             }
             if let Some(line) = database {

@@ -1518,6 +1518,49 @@ fn check_config_warns_that_the_log_names_tenants_by_default() {
     assert!(with("[tenancy]\nrecord = \"name\"\n").is_empty());
 }
 
+/// What the token key set leaves out is said by `check-config` and when
+/// `serve` starts, not only on a reload: an issuer's RSA-only set, or an
+/// empty one, was "configuration OK" and a quiet start, every token then
+/// refused (config audit, stop 63).
+#[tokio::test]
+async fn keys_the_token_key_set_leaves_out_are_said_at_start() {
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    let rsa = r#"{"keys": [{"kty": "RSA", "kid": "rsa1", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}]}"#;
+    let section = "[tenancy.token]\njwks = \"jwks.json\"\nissuer = \"https://issuer.example\"\naudience = \"ingest\"\n\
+                   [[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n";
+    std::fs::write(&config, format!("{base}\n{section}")).unwrap();
+    for (set, said) in [
+        (rsa, "key 0: only Ed25519 (OKP, EdDSA) and P-256 (EC, ES256) keys are accepted: the key is not used"),
+        (rsa, "no key in the set is usable: every token is refused"),
+        (r#"{"keys": []}"#, "the key set is empty: every token is refused"),
+    ] {
+        std::fs::write(dir.path().join("jwks.json"), set).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.lines().any(|l| l.starts_with("warning: tenancy.token.jwks: ") && l.ends_with(said)),
+            "{said}: {stdout}"
+        );
+    }
+    let up = Upstream::start("zurich").await;
+    let keys = TempDir::new("jwks-at-start");
+    std::fs::write(keys.path().join("jwks.json"), rsa).unwrap();
+    let section = format!(
+        "[tenancy.token]\njwks = \"{}\"\nissuer = \"https://issuer.example\"\naudience = \"ingest\"\n\
+         [[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n",
+        keys.path().join("jwks.json").display()
+    );
+    let proxy = Binary::start("jwks-at-start", &datacenters_at(up.addr), &section).await;
+    let log = proxy.log();
+    let line = line_with(&log, "only Ed25519");
+    assert!(
+        line.contains("WARN") && line.contains("the key is not used"),
+        "{log}"
+    );
+}
+
 /// A `--ca` that holds no certificate, a `--ca` that cannot be read and a
 /// `--target` that is not a URL are invalid input, listed together (exit
 /// 2, each under its flag): they exited 1, `--ca` unnamed ("upstream CA

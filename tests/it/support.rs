@@ -1163,8 +1163,20 @@ impl Binary {
         }
     }
 
+    /// Its log so far, once no line has come for 30 ms (a thread of the
+    /// proxy's own writes it, a moment after the line was logged).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let read = || std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let mut last = read();
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_millis(30));
+            let now = read();
+            if now.len() == last.len() {
+                break;
+            }
+            last = now;
+        }
+        last
     }
 
     pub fn pid(&self) -> u32 {
