@@ -530,17 +530,34 @@ fn start_warnings(config: &Config) -> Vec<String> {
             "tenancy.record: not set, so every record names its tenant in clear, and the transparency log is public: anyone who can read it (GET /entries/0, /entries/1, …) lists your tenants and when and how much each uploads; set record = \"hmac\" with record_hmac_key, or record = \"name\" to publish the names knowingly".to_string(),
         );
     }
+    match &config.transparency {
+        None => warnings.push(
+            "transparency: not configured, so no upload or refusal is recorded and no receipt is given: where an upload went cannot be proven to anyone; configure [transparency] (origin, signing_key) to record them".to_string(),
+        ),
+        Some(t) if t.on_write_error == residency_log::settings::OnWriteError::Continue => warnings.push(
+            "transparency.on_write_error: \"continue\", so an upload whose record cannot be written is still acknowledged (2xx) without a record or receipt; \"refuse\" (the default) answers 503 log_unavailable instead".to_string(),
+        ),
+        Some(_) => {}
+    }
+    // Wider than this: much of the Internet.
+    let wide = |net: &ipnet::IpNet| match net {
+        ipnet::IpNet::V4(n) => n.prefix_len() < 8,
+        ipnet::IpNet::V6(n) => n.prefix_len() < 16,
+    };
     for (i, listener) in config.listeners.iter().enumerate() {
         for (j, net) in listener.trusted_proxies.networks().iter().enumerate() {
-            let wide = match net {
-                ipnet::IpNet::V4(n) => n.prefix_len() < 8,
-                ipnet::IpNet::V6(n) => n.prefix_len() < 16,
-            };
-            if wide {
+            if wide(net) {
                 warnings.push(format!(
                     "listeners[{i}].trusted_proxies[{j}]: {net} covers much of the Internet: every client in it may name its own address with X-Forwarded-For or PROXY, and so choose its jurisdiction; list the load balancers' addresses only"
                 ));
             }
+        }
+    }
+    for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
+        if wide(net) {
+            warnings.push(format!(
+                "geoip.overrides[{i}]: {net} covers much of the Internet: every client in it is placed in {country} whatever the GeoIP database says, and its uploads go where {country}'s may; list your own networks only"
+            ));
         }
     }
     warnings

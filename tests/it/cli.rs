@@ -27,6 +27,17 @@ pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run residency-proxy")
 }
 
+/// `check-config`'s `warning:` lines but the one of a configuration
+/// without a transparency log ([`valid_config`]'s).
+fn warnings(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("warning:") && !l.starts_with("warning: transparency: not configured")
+        })
+        .collect()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -184,7 +195,7 @@ fn check_config_warns_of_a_certificate_that_expired_or_expires_soon() {
     write(400);
     let out = run(&["check-config", "--config", path(&config)], &[]);
     assert!(
-        !text(&out.stdout).contains("warning:"),
+        warnings(&text(&out.stdout)).is_empty(),
         "{}",
         text(&out.stdout)
     );
@@ -255,7 +266,7 @@ fn check_config_warns_of_certificates_clients_refuse() {
             && stdout.contains("holds 1 expired certificate(s)"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("warning:").count(), 1, "{stdout}");
+    assert_eq!(warnings(&stdout).len(), 1, "{stdout}");
 }
 
 /// A `trusted_proxies` network that holds much of the Internet is a
@@ -282,7 +293,53 @@ fn check_config_warns_of_trusted_proxies_that_hold_clients() {
     ] {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
-    assert_eq!(stdout.matches("warning:").count(), 2, "{stdout}");
+    assert_eq!(warnings(&stdout).len(), 2, "{stdout}");
+}
+
+/// Settings that give up the proof of residency, or place most of the
+/// Internet in one country, load with a warning (config audit, stop 63:
+/// without a word): no transparency log at all; a log that acknowledges
+/// uploads it could not record; a GeoIP override of `0.0.0.0/0`. Your own
+/// network's override is not one.
+#[test]
+fn check_config_warns_of_settings_that_give_up_the_proof_or_place_everyone() {
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    let check = |extra: &str| {
+        std::fs::write(&config, format!("{base}\n{extra}")).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let stdout = check("");
+    assert!(
+        stdout
+            .contains("warning: transparency: not configured, so no upload or refusal is recorded"),
+        "{stdout}"
+    );
+    log_key(dir.path());
+    let log = format!(
+        "[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n"
+    );
+    let stdout = check(&log);
+    assert!(!stdout.contains("warning:"), "{stdout}");
+    let stdout = check(&format!("{log}on_write_error = \"continue\"\n"));
+    assert!(
+        stdout.contains("warning: transparency.on_write_error: \"continue\", so an upload whose record cannot be written is still acknowledged"),
+        "{stdout}"
+    );
+    let overrides = "[[geoip.overrides]]\nnetwork = \"0.0.0.0/0\"\ncountry = \"CH\"\n\
+                     [[geoip.overrides]]\nnetwork = \"198.51.100.0/24\"\ncountry = \"CH\"\n";
+    let stdout = check(&format!("{log}{overrides}"));
+    let said: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(
+        said,
+        ["warning: geoip.overrides[0]: 0.0.0.0/0 covers much of the Internet: every client in it is placed in CH whatever the GeoIP database says, and its uploads go where CH's may; list your own networks only"],
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -1353,10 +1410,7 @@ client_cert = ["cn:initech-uploader"]
     let out = run(&["check-config", "--config", path(&config)], &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
-    let warnings: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("warning:"))
-        .collect();
+    let warnings = warnings(&stdout);
     assert_eq!(warnings.len(), 1, "{stdout}");
     assert!(
         warnings[0].contains("tenant `acme`")
