@@ -206,6 +206,9 @@ fn listener_tls(
             _ => None,
         };
         let field = match (&e, label) {
+            // Also when it names client_ca's file (a CA bundle given as
+            // the CRLs: config audit, stop 63).
+            (E::NoCrl(_) | E::CrlWithoutNumber(..), _) => Some("client_crl"),
             (E::ClientVerifier(rustls::server::VerifierBuilderError::InvalidCrl(_)), _) => {
                 Some("client_crl")
             }

@@ -620,6 +620,22 @@ fn certificate_warnings(config: &Config) -> Vec<String> {
                     expired.join(", ")
                 ));
             }
+            // A leaf as the CA, CRLs past their nextUpdate or without the
+            // CA's: each loads, and then every client is refused (config
+            // audit, stop 63).
+            let crls: Vec<(String, Vec<u8>)> = listener
+                .client_crl
+                .iter()
+                .filter_map(|p| Some((p.display().to_string(), std::fs::read(p).ok()?)))
+                .collect();
+            if let Ok(pem) = std::fs::read(ca) {
+                warnings.extend(residency_tls::client_auth_warnings(
+                    &pem,
+                    &format!("listeners[{i}].tls.client_ca"),
+                    &crls,
+                    &format!("listeners[{i}].tls.client_crl"),
+                ));
+            }
         }
     }
     warnings

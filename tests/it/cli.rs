@@ -161,6 +161,21 @@ fn an_unusable_client_ca_or_crl_is_named_by_its_key() {
         dir.path().join("crl.pem").display()
     );
     assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+    // The CA's own file given as the CRLs: client_crl's fault, not
+    // client_ca's (config audit, stop 63).
+    let with_ca_as_crl = with_ca.replace(
+        "client_ca = \"ca.pem\"\n",
+        "client_ca = \"ca.pem\"\nclient_crl = \"ca.pem\"\n",
+    );
+    std::fs::write(&config, with_ca_as_crl).unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let want = format!(
+        "- listeners[0].tls.client_crl: {}: no CRL found",
+        ca_path.display()
+    );
+    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
 }
 
 /// A listener certificate that expired (clients refuse it), or expires

@@ -69,6 +69,8 @@ pub enum TlsError {
     BadCa(String, rustls::Error),
     #[error("{0}: no CRL found (PEM \"X509 CRL\" blocks expected)")]
     NoCrl(String),
+    #[error("{0}: a CRL of {1} has no CRL number, which RFC 5280 §5.2.3 requires and rustls needs (`openssl ca -gencrl` adds one when its configuration names a `crlnumber` file)")]
+    CrlWithoutNumber(String, String),
     #[error("client_ca: cannot build client certificate verifier: {0}")]
     ClientVerifier(VerifierBuilderError),
     #[error("TLS configuration: {0}")]
@@ -261,6 +263,12 @@ fn crls(
             // own error.
             let crl = Crl::parse(&der);
             if let Some(crl) = &crl {
+                if crl.number.is_none() {
+                    return Err(TlsError::CrlWithoutNumber(
+                        label.clone(),
+                        crl.issuer.to_string(),
+                    ));
+                }
                 warn_if_expired(label, crl);
             }
             let same = crl.as_ref().and_then(|crl| {
@@ -363,6 +371,73 @@ fn warn_if_expired(label: &str, crl: &Crl) -> bool {
         );
     }
     expired
+}
+
+/// What a listener's client authentication loads with but likely does
+/// not mean, for `check-config` (which has no log to warn in), each
+/// prefixed by the key it is about: a `ca` certificate that is not a CA's
+/// (client certificates are issued by a CA); a CRL past its `nextUpdate`
+/// (every certificate it covers is refused); with CRLs, a CA of `ca`
+/// without a CRL of its own among them (every certificate it issued is
+/// refused). Files that do not parse are left to the load's errors.
+pub fn client_auth_warnings(
+    ca_pem: &[u8],
+    ca_key: &str,
+    crls: &[(String, Vec<u8>)],
+    crl_key: &str,
+) -> Vec<String> {
+    use x509_cert::der::{Decode as _, Encode as _};
+    let mut warnings = Vec::new();
+    let anchors: Vec<x509_cert::Certificate> = CertificateDer::pem_slice_iter(ca_pem)
+        .filter_map(Result::ok)
+        .filter_map(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
+        .collect();
+    let issuers: Vec<Crl> = crls
+        .iter()
+        .flat_map(|(_, pem)| CertificateRevocationListDer::pem_slice_iter(pem))
+        .filter_map(Result::ok)
+        .filter_map(|der| Crl::parse(&der))
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    for (label, pem) in crls {
+        for crl in CertificateRevocationListDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .filter_map(|der| Crl::parse(&der))
+        {
+            let expired = crl.next_update.filter(|next| {
+                now.as_ref()
+                    .is_ok_and(|now| next.to_unix_duration() <= *now)
+            });
+            if let Some(next) = expired {
+                warnings.push(format!(
+                    "{crl_key}: {label}: the CRL of {} is past its nextUpdate ({next}): every client certificate it covers is refused until a fresh CRL is written over the file",
+                    crl.issuer
+                ));
+            }
+        }
+    }
+    for (i, cert) in anchors.iter().enumerate() {
+        let tbs = &cert.tbs_certificate;
+        let is_ca = tbs
+            .get::<x509_cert::ext::pkix::BasicConstraints>()
+            .ok()
+            .flatten()
+            .is_some_and(|(_, bc)| bc.ca);
+        if !is_ca {
+            warnings.push(format!(
+                "{ca_key}: certificate {i} ({}) is not a CA's (no basicConstraints CA:TRUE): client certificates are issued by a CA, so give the certificate of the CA that signs them",
+                tbs.subject
+            ));
+        }
+        let subject = tbs.subject.to_der().ok();
+        if !crls.is_empty() && !issuers.iter().any(|c| Some(&c.scope.0) == subject.as_ref()) {
+            warnings.push(format!(
+                "{crl_key}: no CRL of {} (certificate {i} of {ca_key}) is in it: every client certificate that CA issued is refused (each certificate's issuer needs its CRL in the file)",
+                tbs.subject
+            ));
+        }
+    }
+    warnings
 }
 
 /// Whether a failed handshake (as tokio-rustls reports it) was refused
@@ -869,6 +944,100 @@ mod tests {
                 assert_eq!(s.is_ok(), accept, "serial {serial}: {s:?}");
             }
         }
+    }
+
+    /// What loads and then refuses every client is said for check-config:
+    /// a leaf given as the client CA, a CRL past its nextUpdate, CRLs
+    /// without the CA's; and a CRL without a CRL number (which rustls
+    /// cannot parse: "ParseError") is refused saying so (config audit,
+    /// stop 63).
+    #[test]
+    fn client_authentication_that_refuses_every_client_is_said() {
+        use x509_cert::der::{Decode as _, Encode as _};
+        let authority = |name: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap()
+        };
+        let crl = |ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, next: (i32, u8)| {
+            rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2026, 1, 1),
+                next_update: rcgen::date_time_ymd(next.0, next.1, 1),
+                crl_number: 1u64.into(),
+                issuing_distribution_point: None,
+                revoked_certs: Vec::new(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(ca)
+            .unwrap()
+        };
+        let (ours, theirs) = (authority("our client CA"), authority("another CA"));
+        let warnings = |ca_pem: &str, crls: &[String]| {
+            let crls: Vec<(String, Vec<u8>)> = crls
+                .iter()
+                .map(|c| ("crl.pem".to_owned(), c.clone().into_bytes()))
+                .collect();
+            client_auth_warnings(ca_pem.as_bytes(), "client_ca", &crls, "client_crl")
+        };
+        let fresh = crl(&ours, (2036, 1)).pem().unwrap();
+        assert_eq!(warnings(&ours.pem(), &[]), Vec::<String>::new());
+        assert_eq!(
+            warnings(&ours.pem(), std::slice::from_ref(&fresh)),
+            Vec::<String>::new()
+        );
+        let stale = crl(&ours, (2026, 2)).pem().unwrap();
+        let said = warnings(&ours.pem(), &[stale]);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with(
+                "client_crl: crl.pem: the CRL of CN=our client CA is past its nextUpdate"
+            ),
+            "{said:?}"
+        );
+        let foreign = crl(&theirs, (2036, 1)).pem().unwrap();
+        let said = warnings(&ours.pem(), &[foreign]);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("client_crl: no CRL of CN=our client CA (certificate 0 of client_ca) is in it: every client certificate that CA issued is refused"),
+            "{said:?}"
+        );
+        let (leaf, _) = source(&["uploader.example"]);
+        let said = warnings(std::str::from_utf8(&leaf.cert_pem).unwrap(), &[]);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("is not a CA's"), "{said:?}");
+
+        // The fresh CRL without its extensions (the CRL number among them).
+        let der = crl(&ours, (2036, 1)).der().to_vec();
+        let mut list = x509_cert::crl::CertificateList::from_der(&der).unwrap();
+        list.tbs_cert_list.crl_extensions = None;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(list.to_der().unwrap());
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        let bare = format!(
+            "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+            lines.join("\n")
+        );
+        let crls = [("crl.pem".to_owned(), bare.into_bytes())];
+        let Err(e) = super::crls(&crls) else {
+            panic!("a CRL without a number was taken");
+        };
+        assert!(
+            e.to_string()
+                .starts_with("crl.pem: a CRL of CN=our client CA has no CRL number"),
+            "{e}"
+        );
     }
 
     /// A self-signed certificate marked CA:TRUE (what `openssl req -x509`
