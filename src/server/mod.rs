@@ -251,8 +251,12 @@ impl Bound {
                 // stored it) is folded into a summary record, written
                 // below before the final checkpoint. Each task ends at its
                 // next poll.
+                // Kept whoever listens: `send` keeps nothing when no one
+                // does (HTTP/1.1 connections alone), and the requests
+                // dropped below then waited for a cut that never came,
+                // past the final checkpoint.
                 let cut = &self.instance.cut;
-                let _ = cut.send(true);
+                cut.send_replace(true);
                 let ended = async {
                     for set in &mut connections {
                         set.abort_all();

@@ -1347,6 +1347,22 @@ async fn the_drill_s_log_check_ties_each_receipt_to_its_request() {
 /// end of the body, it is recorded the same way (it was not, stop 62).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
+    cut_at_the_end_of_shutdown_grace(true).await;
+}
+
+/// The same with every upload over HTTP/1.1: the cut was said to no one
+/// (no HTTP/2 connection listened for it), so it was not kept, and the
+/// requests dropped waited for it past the final checkpoint, their
+/// summary never written (lifecycle audit, stop 63).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_cut_at_the_end_of_shutdown_grace_over_http1_alone_are_recorded() {
+    cut_at_the_end_of_shutdown_grace(false).await;
+}
+
+/// Two uploads to a zurich that never answers (the second over HTTP/2
+/// with `h2`, else HTTP/1.1 too) and one answered early by frankfurt, cut
+/// at the end of `shutdown_grace`: each in a `shutdown` summary.
+async fn cut_at_the_end_of_shutdown_grace(h2: bool) {
     use tokio::io::AsyncReadExt;
     let keep = TempDir::new("tlog-cut");
     log_key(keep.path());
@@ -1399,7 +1415,11 @@ async fn uploads_cut_at_the_end_of_shutdown_grace_are_recorded() {
            [health]\npath = \"off\"\n";
     let mut proxy = Binary::start("tlog-cut", &dcs, &extra).await;
     let mut uploads = Vec::new();
-    for client in [proxy.client(), proxy.client().h2()] {
+    let second = match h2 {
+        true => proxy.client().h2(),
+        false => proxy.client(),
+    };
+    for client in [proxy.client(), second] {
         uploads.push(tokio::spawn(async move {
             let body: Body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
                 http_body_util::Full::new(bytes::Bytes::from_static(b"cut!!")),
