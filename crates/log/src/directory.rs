@@ -1929,12 +1929,27 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
                     // JSON was written whole, and was acknowledged if what
                     // follows it was: a record of another version (a
                     // rollback) must not be cut and its index reused.
+                    let path = if sealed { &full } else { &staging };
                     if serde_json::from_slice::<serde::de::IgnoredAny>(entry).is_ok() {
-                        let path = if sealed { &full } else { &staging };
                         return Err(corrupt(
                             path,
                             format!(
                                 "entry {i} is a record this version cannot read (JSON, but not in its format: written by a newer version?); nothing was cut: start the version that wrote it"
+                            ),
+                        ));
+                    }
+                    // Nor is one without a zero byte (a record holds none):
+                    // that is a record altered on disk — one flipped byte
+                    // — and it and the records after it may have been
+                    // acknowledged (lifecycle audit, stop 63: they were
+                    // cut, and their indexes given to new records).
+                    if !entry.contains(&0) {
+                        return Err(corrupt(
+                            path,
+                            format!(
+                                "entry {i} (leaf {}, at byte {kept_len}) is damaged: not a record, yet no torn write (whose unwritten bytes are zeros); it and the {} entries after it were written after the last checkpoint and may have been acknowledged, so nothing was cut: restore the file from a backup — or, accepting that their receipts stop verifying and their indexes go to new records, cut the file at byte {kept_len} yourself",
+                                st.size,
+                                entries.len() - i - 1
                             ),
                         ));
                     }
@@ -2788,6 +2803,50 @@ pub(crate) mod tests {
         let (entries, _) = crate::disk::complete_entries(&bytes);
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2], record(2).to_bytes().as_slice());
+    }
+
+    /// A record after the checkpoint altered on disk (one byte flipped, no
+    /// zero byte in it: not a torn write) stops the start: it and the
+    /// records after it may have been acknowledged, and were cut, their
+    /// indexes handed out again (lifecycle audit, stop 63). A torn one —
+    /// its unwritten part zeros — is still cut.
+    #[tokio::test]
+    async fn a_damaged_record_after_the_checkpoint_stops_the_start() {
+        use std::os::unix::fs::FileExt;
+        let (_dir, settings) = setup("damaged");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            log.append(&record(0)).await.unwrap();
+            log.checkpoint().unwrap();
+            log.append(&record(1)).await.unwrap();
+            log.append(&record(2)).await.unwrap();
+        }
+        let path = settings.directory.join("staging.0");
+        let bytes = std::fs::read(&path).unwrap();
+        let (entries, _) = crate::disk::complete_entries(&bytes);
+        assert_eq!(entries.len(), 3);
+        // Record 1's opening brace, flipped.
+        let at = 2 + entries[0].len() + 2;
+        assert_eq!(bytes[at], b'{');
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"[", at as u64).unwrap();
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(
+            e.contains("entry 1 (leaf 1, at byte")
+                && e.contains("is damaged")
+                && e.contains("1 entries after it"),
+            "{e}"
+        );
+        let after = std::fs::read(&path).unwrap();
+        let (entries, _) = crate::disk::complete_entries(&after);
+        assert_eq!(entries.len(), 3, "nothing was cut");
+        // Torn instead: its last bytes never written (zeros).
+        let (len, n) = (entries[1].len(), entries[1].len() / 2);
+        f.write_all_at(b"{", at as u64).unwrap();
+        f.write_all_at(&vec![0; len - n], (at + n) as u64).unwrap();
+        drop(f);
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 1, "the torn record and what follows it are cut");
     }
 
     /// A record after the checkpoint that is complete and valid JSON, but
