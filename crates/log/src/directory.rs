@@ -202,7 +202,7 @@ struct Core {
     /// Shared like `signer`: a sealed generation serves its checkpoint,
     /// and takes cosignatures, whether its directory is open or not.
     latest: Arc<ArcSwap<Published>>,
-    index: Index,
+    index: IndexSlot,
     checkpointing: Mutex<()>,
     metrics: LogMetrics,
     /// When the writer began the batch it is writing, in milliseconds
@@ -373,6 +373,64 @@ impl Index {
     }
 }
 
+/// The index, opened again after a failed write: redb refuses every
+/// transaction after an I/O error ("Previous I/O error occurred. Please
+/// close and re-open the database"), so one disk-full episode left the
+/// index unwritable — and its ids in memory — until a restart (lifecycle
+/// audit, stop 63).
+struct IndexSlot {
+    path: PathBuf,
+    /// `None` while opening it again failed (tried again at the next
+    /// update).
+    db: std::sync::RwLock<Option<Index>>,
+    /// Tests: the next update fails as redb's does after an I/O error.
+    #[cfg(test)]
+    fail_next: std::sync::atomic::AtomicBool,
+    /// Tests: how often it was opened again.
+    #[cfg(test)]
+    reopened: AtomicU64,
+}
+
+impl IndexSlot {
+    fn new(index: Index, path: PathBuf) -> IndexSlot {
+        IndexSlot {
+            path,
+            db: std::sync::RwLock::new(Some(index)),
+            #[cfg(test)]
+            fail_next: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            reopened: AtomicU64::new(0),
+        }
+    }
+
+    /// `f` on the index; an error while it could not be opened again.
+    fn read<T>(&self, f: impl FnOnce(&Index) -> Result<T, LogError>) -> Result<T, LogError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match db.as_ref() {
+            Some(index) => f(index),
+            None => Err(LogError::Corrupt {
+                path: self.path.display().to_string(),
+                message: "the request-id index could not be opened again after a failed write (tried again at the next checkpoint)".into(),
+            }),
+        }
+    }
+
+    /// Closes a writable index and opens it again (a sealed one, read
+    /// only, is left).
+    fn reopen(&self) -> Result<(), LogError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if matches!(*db, Some(Index::Sealed(_))) {
+            return Ok(());
+        }
+        // Closed first: redb takes a lock on its file.
+        *db = None;
+        *db = Some(Index::Writable(open_index(&self.path)?));
+        #[cfg(test)]
+        self.reopened.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// A sealed generation's index, read-only: opening and closing a writable
 /// redb database writes and syncs its header (some five `fdatasync`s),
 /// each time a sealed generation is opened to be read. One that is
@@ -530,7 +588,7 @@ impl Directory {
             indexing: Mutex::new(()),
             state: Mutex::new(state),
             latest: Arc::new(ArcSwap::from_pointee(latest)),
-            index,
+            index: IndexSlot::new(index, dir.join(INDEX)),
             checkpointing: Mutex::new(()),
             metrics,
             writing_since: AtomicU64::new(0),
@@ -671,7 +729,7 @@ impl Directory {
             indexing: Mutex::new(()),
             state: Mutex::new(state),
             latest,
-            index,
+            index: IndexSlot::new(index, dir.join(INDEX)),
             checkpointing: Mutex::new(()),
             metrics,
             writing_since: AtomicU64::new(0),
@@ -851,31 +909,46 @@ impl Directory {
     }
 
     /// The stored bytes of leaf `index` (blocking: one bundle read).
-    pub fn record(&self, index: u64) -> Option<Vec<u8>> {
-        let bundle = self.core.bundle(index / WIDTH)?;
+    pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+        let Some(bundle) = self.core.bundle(index / WIDTH)? else {
+            return Ok(None);
+        };
         // As far as its entries are complete (see `catch_up_index`).
         let (entries, _) = disk::complete_entries(&bundle);
-        entries
-            .get(usize::try_from(index % WIDTH).ok()?)
-            .map(|e| e.to_vec())
+        Ok(usize::try_from(index % WIDTH)
+            .ok()
+            .and_then(|i| entries.get(i))
+            .map(|e| e.to_vec()))
     }
 
     /// A tile of the durable tree, checkpointed or not (blocking: it
     /// reads a file).
-    pub fn any_tile(&self, tile: Tile) -> Option<Vec<u8>> {
+    pub fn any_tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
         self.core.tile(tile)
     }
 
     /// The leaf index recorded for request-id key `key` (blocking: it may
-    /// read the index).
-    pub fn indexes_of(&self, key: u128) -> Vec<u64> {
-        let recent = lock(&self.core.state).recent.get(&key).copied();
-        let index = recent.or_else(|| {
-            let txn = self.core.index.begin_read().ok()?;
-            let table = txn.open_table(BY_ID).ok()?;
-            table.get(key).ok()?.map(|v| v.value())
-        });
-        index.into_iter().collect()
+    /// read the index). An index that cannot be read is an error, not "no
+    /// such record".
+    pub fn indexes_of(&self, key: u128) -> Result<Vec<u64>, LogError> {
+        if let Some(index) = lock(&self.core.state).recent.get(&key).copied() {
+            return Ok(vec![index]);
+        }
+        let failed = index_failed(&self.core.index.path);
+        let index = self.core.index.read(|index| {
+            let txn = index.begin_read().map_err(|e| failed(e.into()))?;
+            let table = match txn.open_table(BY_ID) {
+                Ok(table) => table,
+                // Nothing indexed yet.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(failed(e.into())),
+            };
+            Ok(table
+                .get(key)
+                .map_err(|e| failed(e.into()))?
+                .map(|v| v.value()))
+        })?;
+        Ok(index.into_iter().collect())
     }
 
     /// Approximate memory held for the tree (its right edge) and the ids
@@ -1488,7 +1561,10 @@ impl Core {
         let width = (edge.size() % WIDTH) as u16;
         let index = edge.size() / WIDTH;
         // (No bundle to read when the edge is at a tile's end.)
-        if let Some(bundle) = (width > 0).then(|| self.bundle(index)).flatten() {
+        if let Some(bundle) = (width > 0)
+            .then(|| self.bundle(index).ok().flatten())
+            .flatten()
+        {
             for width in widths(width) {
                 if let Some(prefix) = disk::bundle_prefix(&bundle, usize::from(width)) {
                     let tile = Tile {
@@ -1504,11 +1580,9 @@ impl Core {
     }
 
     /// Moves the ids of records `[.., size)` from memory to the on-disk
-    /// index, in one durable transaction.
-    fn index_up_to(&self, size: u64) -> Result<(), redb::Error> {
-        let Index::Writable(index) = &self.index else {
-            return Ok(()); // sealed: every id is in it
-        };
+    /// index, in one durable transaction. One that fails leaves them in
+    /// memory, and the index is opened again for the next.
+    fn index_up_to(&self, size: u64) -> Result<(), LogError> {
         // One writer at a time (the checkpoint and the helper), so the
         // INDEXED mark never goes back.
         let _one = lock(&self.indexing);
@@ -1521,23 +1595,48 @@ impl Core {
         // In key order: the proxy's ids start with their time, so these
         // land at the B-tree's right edge, page after page.
         ids.sort_unstable();
-        let mut txn = index.begin_write()?;
-        txn.set_quick_repair(true);
-        {
-            let mut table = txn.open_table(BY_ID)?;
-            for (key, index) in &ids {
-                table.insert(*key, *index)?;
+        let failed = index_failed(&self.index.path);
+        let written = self.index.read(|index| {
+            let Index::Writable(index) = index else {
+                return Ok(false); // sealed: every id is in it
+            };
+            let write = || -> Result<(), redb::Error> {
+                #[cfg(test)]
+                if self.index.fail_next.swap(false, Ordering::Relaxed) {
+                    return Err(redb::Error::PreviousIo);
+                }
+                let mut txn = index.begin_write()?;
+                txn.set_quick_repair(true);
+                {
+                    let mut table = txn.open_table(BY_ID)?;
+                    for (key, index) in &ids {
+                        table.insert(*key, *index)?;
+                    }
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert(INDEXED, size)?;
+                }
+                txn.commit()?;
+                Ok(())
+            };
+            write().map(|()| true).map_err(&failed)
+        });
+        match written {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let mut st = lock(&self.state);
+                for (key, _) in ids {
+                    st.recent.remove(&key);
+                }
+                st.recent.shrink_to(4096);
+                Ok(())
             }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(INDEXED, size)?;
+            Err(e) => {
+                if let Err(again) = self.index.reopen() {
+                    tracing::warn!(error = %again, "cannot open the request-id index again");
+                }
+                Err(e)
+            }
         }
-        txn.commit()?;
-        let mut st = lock(&self.state);
-        for (key, _) in ids {
-            st.recent.remove(&key);
-        }
-        st.recent.shrink_to(4096);
-        Ok(())
     }
 
     /// The latest checkpoint, of `size`, covers every record as of now;
@@ -1549,55 +1648,71 @@ impl Core {
         self.metrics.integration_lag.set(lag as i64);
     }
 
-    /// The durable entries of bundle `index` (full, or the staging one).
-    fn bundle(&self, index: u64) -> Option<Vec<u8>> {
+    /// The durable entries of bundle `index` (full, or the staging one);
+    /// `None` past the records written. One the records written reach
+    /// that cannot be read, or is gone, is an error: its records were
+    /// committed, and a "no such record" would tell a verifier they do
+    /// not exist (lifecycle audit, stop 63).
+    fn bundle(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
         let (size, staging_index, staging_len) = {
             let st = lock(&self.state);
             (st.size, st.staging_index, st.staging_len)
         };
-        if index.checked_mul(WIDTH)? >= size {
-            return None;
+        if index.checked_mul(WIDTH).is_none_or(|first| first >= size) {
+            return Ok(None);
         }
         let full = self.disk.path(Tile {
             level: None,
             index,
             width: WIDTH as u16,
         });
+        let read = |path: &Path| self.disk.read(path).map_err(io_error(path));
+        let missing = || LogError::Corrupt {
+            path: full.display().to_string(),
+            message: format!("entry bundle {index} is missing, though it holds committed records"),
+        };
         if index < staging_index {
-            if let Some(bytes) = self.disk.read(&full).ok()? {
-                return Some(bytes);
+            if let Some(bytes) = read(&full)? {
+                return Ok(Some(bytes));
             }
             // Full, but not sealed yet (the helper cuts and renames it).
-            return match self.disk.read(&self.disk.staging(index)).ok()? {
-                Some(bytes) => disk::bundle_prefix(&bytes, WIDTH as usize).map(<[u8]>::to_vec),
-                None => self.disk.read(&full).ok()?,
+            let staging = self.disk.staging(index);
+            return match read(&staging)? {
+                Some(bytes) => disk::bundle_prefix(&bytes, WIDTH as usize)
+                    .map(|b| Some(b.to_vec()))
+                    .ok_or_else(missing),
+                None => read(&full)?.map(Some).ok_or_else(missing),
             };
         }
-        match File::open(self.disk.staging(index)) {
+        let staging = self.disk.staging(index);
+        match File::open(&staging) {
             Ok(f) => {
-                let mut buf = vec![0u8; usize::try_from(staging_len).ok()?];
-                f.read_exact_at(&mut buf, 0).ok()?;
-                Some(buf)
+                let mut buf = vec![0u8; usize::try_from(staging_len).unwrap_or(usize::MAX)];
+                f.read_exact_at(&mut buf, 0).map_err(io_error(&staging))?;
+                Ok(Some(buf))
             }
             // Sealed since we looked.
-            Err(_) => self.disk.read(&full).ok()?,
+            Err(_) => read(&full)?.map(Some).ok_or_else(missing),
         }
     }
 
-    /// A tile of the durable tree (any size up to the records written).
-    fn tile(&self, tile: Tile) -> Option<Vec<u8>> {
-        if tile.needs_size()? > lock(&self.state).size {
-            return None;
+    /// A tile of the durable tree (any size up to the records written);
+    /// an entry bundle that cannot be read is an error (see `bundle`).
+    fn tile(&self, tile: Tile) -> Result<Option<Vec<u8>>, LogError> {
+        if tile
+            .needs_size()
+            .is_none_or(|needs| needs > lock(&self.state).size)
+        {
+            return Ok(None);
         }
-        match tile.level {
-            None => {
-                let bundle = self.bundle(tile.index)?;
-                disk::prefix(tile, &bundle).map(<[u8]>::to_vec)
-            }
+        Ok(match tile.level {
+            None => self
+                .bundle(tile.index)?
+                .and_then(|bundle| disk::prefix(tile, &bundle).map(<[u8]>::to_vec)),
             Some(level) => {
                 // A full tile, or a prefix of one.
                 if let Ok(Some(bytes)) = self.disk.read_tile(tile) {
-                    return Some(bytes);
+                    return Ok(Some(bytes));
                 }
                 // The right edge's partial tile, from memory.
                 {
@@ -1606,19 +1721,19 @@ impl Core {
                     if Edge::index_at(st.size, level) == tile.index
                         && partial.len() >= usize::from(tile.width)
                     {
-                        return Some(partial[..usize::from(tile.width)].concat());
+                        return Ok(Some(partial[..usize::from(tile.width)].concat()));
                     }
                     // A full tile whose write failed (retried at the next
                     // checkpoint).
                     let same = |t: &Tile| t.level == tile.level && t.index == tile.index;
                     if let Some((_, bytes)) = st.unwritten.iter().find(|(t, _)| same(t)) {
-                        return disk::prefix(tile, bytes).map(<[u8]>::to_vec);
+                        return Ok(disk::prefix(tile, bytes).map(<[u8]>::to_vec));
                     }
                 }
                 // Filled and written since the first look.
-                self.disk.read_tile(tile).ok()?
+                self.disk.read_tile(tile).ok().flatten()
             }
-        }
+        })
     }
 }
 
@@ -2969,6 +3084,75 @@ pub(crate) mod tests {
         }
     }
 
+    /// A failed index update leaves its ids in memory and opens the index
+    /// again, and the next update takes them: redb refuses every
+    /// transaction after an I/O error until it is reopened, so one
+    /// disk-full episode left the index stuck until a restart (lifecycle
+    /// audit, stop 63).
+    #[tokio::test]
+    async fn a_failed_index_update_opens_the_index_again() {
+        let (_dir, settings) = setup("index-again");
+        let log = Directory::open(&settings, metrics()).unwrap();
+        let append = async |i: u64| {
+            let bytes = record(i).to_bytes();
+            let id = id_key(&record(i).request_id);
+            log.append(&bytes, merkle::leaf_hash(&bytes), id)
+                .await
+                .unwrap()
+        };
+        append(0).await;
+        log.checkpoint().unwrap();
+        log.core.index.fail_next.store(true, Ordering::Relaxed);
+        append(1).await;
+        log.checkpoint().unwrap();
+        assert_eq!(log.core.index.reopened.load(Ordering::Relaxed), 1);
+        let id1 = id_key(&record(1).request_id);
+        assert!(
+            lock(&log.core.state).recent.contains_key(&id1),
+            "kept in memory"
+        );
+        assert_eq!(log.indexes_of(id1).unwrap(), [1]);
+        append(2).await;
+        log.checkpoint().unwrap();
+        assert!(lock(&log.core.state).recent.is_empty(), "all indexed");
+        for i in 0..3 {
+            assert_eq!(log.indexes_of(id_key(&record(i).request_id)).unwrap(), [i]);
+        }
+    }
+
+    /// An entry bundle the records reach that is gone is an error (the
+    /// log answers 503, `verify` NOT CHECKED), not "no such record":
+    /// its records were committed (lifecycle audit, stop 63).
+    #[tokio::test]
+    async fn a_missing_committed_bundle_is_an_error_not_no_record() {
+        let (_dir, mut settings) = setup("bundle-gone");
+        settings.max_records = u64::MAX;
+        let log = Directory::open(&settings, metrics()).unwrap();
+        for i in 0..258 {
+            let bytes = record(i).to_bytes();
+            let id = id_key(&record(i).request_id);
+            log.append(&bytes, merkle::leaf_hash(&bytes), id)
+                .await
+                .unwrap();
+        }
+        log.checkpoint().unwrap();
+        let full = settings.directory.join("tile/entries/000");
+        assert!(full.is_file());
+        assert_eq!(log.record(3).unwrap().unwrap(), record(3).to_bytes());
+        std::fs::remove_file(&full).unwrap();
+        let e = log.record(3).unwrap_err().to_string();
+        assert!(e.contains("entry bundle 0 is missing"), "{e}");
+        let tile = Tile {
+            level: None,
+            index: 0,
+            width: WIDTH as u16,
+        };
+        assert!(log.any_tile(tile).is_err());
+        // Past the records written: none.
+        assert_eq!(log.record(258).unwrap(), None);
+        assert_eq!(log.record(257).unwrap().unwrap(), record(257).to_bytes());
+    }
+
     /// The writer answers the batch that fills a bundle without sealing
     /// it: the helper cuts and renames it later (here: held back), and
     /// meanwhile it is served from its staging file; the next checkpoint
@@ -3001,13 +3185,13 @@ pub(crate) mod tests {
         let full = dir.join("tile/entries/000");
         assert!(!full.exists() && dir.join("staging.0").is_file());
         assert!(dir.join("staging.1").is_file());
-        assert_eq!(log.record(255).unwrap(), record(255).to_bytes());
+        assert_eq!(log.record(255).unwrap().unwrap(), record(255).to_bytes());
         let tile = Tile {
             level: None,
             index: 0,
             width: WIDTH as u16,
         };
-        let served = log.any_tile(tile).unwrap();
+        let served = log.any_tile(tile).unwrap().unwrap();
         let entries = crate::tiles::entries(&served).unwrap();
         assert_eq!(entries.len(), 256);
         assert_eq!(entries[17], record(17).to_bytes().as_slice());
@@ -3017,7 +3201,7 @@ pub(crate) mod tests {
         assert_eq!(cp.size, 260);
         assert!(!dir.join("staging.0").exists());
         assert_eq!(std::fs::read(&full).unwrap(), served);
-        assert_eq!(log.record(256).unwrap(), record(256).to_bytes());
+        assert_eq!(log.record(256).unwrap().unwrap(), record(256).to_bytes());
     }
 
     /// A bundle whose seal fails keeps its partial bundles (a static server

@@ -525,30 +525,28 @@ impl Generation {
         if size > self.size() {
             return Ok(None);
         }
-        if let Some(d) = self.directory()? {
-            return Ok(tiles::prove(size, |t| d.any_tile(t), f));
-        }
-        match &self.backend {
-            Backend::Directory(_) | Backend::Sealed(_) => Ok(None),
-            Backend::Postgres(fleet) => {
-                let mut failed = None;
-                let fetch = |t| {
-                    fleet.any_tile(t).unwrap_or_else(|e| {
-                        failed = Some(e);
-                        None
-                    })
-                };
-                let proved = tiles::prove(size, fetch, f);
-                failed.map_or(Ok(proved), Err)
-            }
-        }
+        // A tile that cannot be read fails the proof (a 503), not "no
+        // proof".
+        let mut failed = None;
+        let mut kept = |read: Result<Option<Vec<u8>>, LogError>| {
+            read.unwrap_or_else(|e| {
+                failed = Some(e);
+                None
+            })
+        };
+        let proved = match (self.directory()?, &self.backend) {
+            (Some(d), _) => tiles::prove(size, |t| kept(d.any_tile(t)), f),
+            (None, Backend::Postgres(fleet)) => tiles::prove(size, |t| kept(fleet.any_tile(t)), f),
+            (None, _) => None,
+        };
+        failed.map_or(Ok(proved), Err)
     }
 
     /// The stored bytes of leaf `index` (blocking: one read).
     pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
         match &self.backend {
             Backend::Postgres(f) => f.record(index),
-            _ => Ok(self.directory()?.and_then(|d| d.record(index))),
+            _ => self.directory()?.map_or(Ok(None), |d| d.record(index)),
         }
     }
 
@@ -564,7 +562,7 @@ impl Generation {
         }
         match &self.backend {
             Backend::Postgres(f) => f.any_tile(tile),
-            _ => Ok(self.directory()?.and_then(|d| d.any_tile(tile))),
+            _ => self.directory()?.map_or(Ok(None), |d| d.any_tile(tile)),
         }
     }
 
@@ -576,7 +574,7 @@ impl Generation {
             Backend::Postgres(f) => f.indexes_of(key)?,
             _ => self
                 .directory()?
-                .map_or_else(Vec::new, |d| d.indexes_of(key)),
+                .map_or_else(|| Ok(Vec::new()), |d| d.indexes_of(key))?,
         };
         // Ids that are not 32 hex digits are hashed: confirm the match.
         for index in candidates {
@@ -1368,7 +1366,7 @@ mod tests {
         // without a second open.
         assert_eq!(log.open_sealed_directories(), OPEN_SEALED + 1);
         assert!(first.is_open());
-        assert_eq!(held.record(1), Some(written[0][1].clone()));
+        assert_eq!(held.record(1).unwrap(), Some(written[0][1].clone()));
         let opened = log.sealed_opens();
         serves(&first, &written[0]);
         assert_eq!(log.sealed_opens(), opened);
