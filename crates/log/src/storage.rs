@@ -965,10 +965,20 @@ impl Log {
         self: &Arc<Self>,
         record: &Record<'_>,
     ) -> Option<Result<Appended, LogError>> {
-        if self.backend_failing() {
+        // While the last append failed too (a full disk: not a stalled
+        // one), folded, not tried one by one — each failing, logging an
+        // error, and lost (lifecycle audit, stop 63: 672 of 673
+        // `log_unavailable` refusals left no trace); the summaries, tried
+        // at each checkpoint, are what finds the log writable again.
+        if self.failing() {
             self.fold_refusal(record);
         } else if self.refusals.admit(record) {
-            return Some(self.append(record).await);
+            let appended = self.append(record).await;
+            if appended.is_err() {
+                // Kept in its summary.
+                self.fold_refusal(record);
+            }
+            return Some(appended);
         } else {
             self.metrics.refusals_summarized.inc();
         }
@@ -1272,6 +1282,41 @@ mod tests {
         // And it takes appends at once again.
         assert_eq!(log.append(&record(4)).await.unwrap().index, 0);
         assert!(!log.failing());
+    }
+
+    /// Refusals while appends fail (not stalled: a full disk) are folded
+    /// into their summary, none lost, and the summary written at the next
+    /// checkpoint tick is what finds the log writable again (lifecycle
+    /// audit, stop 63: each was tried alone, failed, and was lost).
+    #[tokio::test]
+    async fn refusals_while_appends_fail_are_kept_in_their_summary() {
+        let (_dir, settings) = setup("refusals-failing");
+        let log = Log::open(&settings, metrics()).unwrap();
+        let refusal = |i: u64| Record {
+            outcome: crate::record::Outcome::Refused,
+            reason: Some("log_unavailable".into()),
+            upstream_status: None,
+            ..record(i)
+        };
+        // An append that fails (here: a record too large) makes the log
+        // failing.
+        let mut huge = record(0);
+        huge.reason = Some("x".repeat(tiles::MAX_ENTRY).into());
+        assert!(log.append(&huge).await.is_err());
+        assert!(log.failing());
+        for i in 1..=5 {
+            assert!(log.append_refusal(&refusal(i)).await.is_none(), "folded");
+        }
+        assert_eq!(log.size(), 0);
+        log.write_summaries().await;
+        assert!(!log.failing(), "the summary was written");
+        assert_eq!(log.size(), 1);
+        let g = log.current();
+        let bytes = g.record(0).unwrap().unwrap();
+        let summary = Record::from_bytes(&bytes).unwrap().summary.unwrap();
+        assert_eq!(summary.count, 5);
+        // Writable again: a refusal is a record of its own.
+        assert!(log.append_refusal(&refusal(6)).await.unwrap().is_ok());
     }
 
     /// A log that rolled 39 times (max_records = 2) kept every sealed
