@@ -1409,7 +1409,7 @@ struct Drill {
     proxy_v2: SocketAddr,
     admin: SocketAddr,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drill {
@@ -1478,7 +1478,8 @@ impl Drill {
         tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
             .expect("the proxy stops within 5 s of its stop signal")
-            .expect("the proxy's task ends without a panic");
+            .expect("the proxy's task ends without a panic")
+            .expect("the proxy stops cleanly");
     }
 }
 

@@ -423,7 +423,9 @@ pub async fn drill(args: DrillArgs, interrupt: loadtest::Interrupt) -> anyhow::R
     plan.interrupt = interrupt;
     let report = loadtest::execute(plan, !args.no_progress).await;
     let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), server).await {
+        tracing::error!(error = %e, "the proxy did not stop cleanly");
+    }
     sink.stop().await;
     report
 }

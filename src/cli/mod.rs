@@ -405,8 +405,7 @@ async fn serve_inner(
         tracing::info!(%addr, "transparency log listener ready: /checkpoint /key /proof/inclusion /proof/consistency /records/{{id}}");
     }
     ready();
-    bound.run(shutdown).await;
-    Ok(())
+    bound.run(shutdown).await
 }
 
 /// With a file-size limit (`ulimit -f`), a write past it raises SIGXFSZ,

@@ -135,7 +135,9 @@ impl Bound {
     }
 
     /// Serves until `shutdown` resolves, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown`, then drains and signs the final
+    /// checkpoint; an error if that failed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Read, not held: the first snapshot is freed once reloads replace it.
         let (limits, grace) = {
@@ -275,14 +277,27 @@ impl Bound {
             // Every record appended, summaries included, is covered by a
             // signed checkpoint.
             log.write_summaries().await;
-            match tokio::task::spawn_blocking(move || log.checkpoint()).await {
-                Ok(Ok(cp)) => tracing::info!(size = cp.size, "final checkpoint signed"),
-                Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
-                Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+            let failed = match tokio::task::spawn_blocking(move || log.checkpoint()).await {
+                Ok(Ok(cp)) => {
+                    tracing::info!(size = cp.size, "final checkpoint signed");
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                let _ = admin_stop_tx.send(true);
+                let _ = admin.await;
+                // Not a clean stop: the exit status says so (it was 0;
+                // lifecycle audit, stop 63).
+                anyhow::bail!(
+                    "the final checkpoint failed: {e}; the records written since the last one are signed at the next start"
+                );
             }
         }
         let _ = admin_stop_tx.send(true);
         let _ = admin.await;
+        Ok(())
     }
 }
 

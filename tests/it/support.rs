@@ -370,7 +370,7 @@ pub struct Proxy {
     /// The transparency log listener, when `Setup::transparency` is set.
     pub log_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// What a test proxy looks like. Data centres: (name, jurisdiction, priority, live).
@@ -624,7 +624,8 @@ database = "geo.mmdb"
             tokio::time::timeout(Duration::from_secs(10), task)
                 .await
                 .expect("the proxy stops within 10 s of its stop signal")
-                .expect("the proxy's task ends without a panic");
+                .expect("the proxy's task ends without a panic")
+                .expect("the proxy stops cleanly");
         }
     }
 }

@@ -2332,7 +2332,7 @@ fn read_checkpoint(
     };
     let cp = Checkpoint::open(&note, verifier).map_err(|e| {
         corrupt(format!(
-            "{e} (a log is tied to its key: keep the key, or start a new log in a new directory)"
+            "{e}: signed by another key, or damaged. A log is tied to its key: if the key changed, put the log's own back (a new key needs a new directory and origin); if the file is damaged, restore it from a backup, or remove it and the proxy signs the records it holds again at start"
         ))
     })?;
     if cp.origin != origin {
