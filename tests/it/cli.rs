@@ -1630,6 +1630,43 @@ async fn keys_the_token_key_set_leaves_out_are_said_at_start() {
     );
 }
 
+/// A `--log-level` the log cannot use is a usage error (exit 2, naming
+/// the flag), as a bad `--log-format` is: one that does not parse was
+/// ignored for `info`, and a misspelt level (`debugg`, a target to the
+/// filter) silenced every line (config audit, stop 63).
+#[test]
+fn a_log_level_the_log_cannot_use_exits_2() {
+    let (_dir, config) = valid_config(None);
+    for bad in ["nonsense[[[", "debugg", "warn,foo=bar=baz"] {
+        let out = run(
+            &[
+                "--log-level",
+                bad,
+                "check-config",
+                "--config",
+                path(&config),
+            ],
+            &[],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--log-level"), "{bad}: {stderr}");
+    }
+    for good in ["warn", "DEBUG", "residency_proxy=debug,info", "off"] {
+        let out = run(
+            &[
+                "--log-level",
+                good,
+                "check-config",
+                "--config",
+                path(&config),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+    }
+}
+
 /// A `--ca` that holds no certificate, a `--ca` that cannot be read and a
 /// `--target` that is not a URL are invalid input, listed together (exit
 /// 2, each under its flag): they exited 1, `--ca` unnamed ("upstream CA
