@@ -1514,7 +1514,16 @@ fn health(raw: &RawHealth, r: &mut ConfigReport) -> HealthSettings {
     };
     let path = match raw.path.as_deref() {
         None => d.path,
-        Some("" | "off") => None,
+        Some("off") => None,
+        // Not a quiet "off" (config audit, stop 63: an empty value — an
+        // unset variable in a template — turned the checks off unsaid).
+        Some("") => {
+            r.push(
+                "health.path",
+                "is empty: give a path starting with '/', or \"off\" to turn active checks off",
+            );
+            d.path
+        }
         // A path no request can carry (a space, a control character: an
         // easy paste) would fail every probe, silently, and take every data
         // centre down once the proxy runs.
@@ -1934,6 +1943,36 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(c.timeouts.reload_poll.is_zero() || c.timeouts.reload_poll == Duration::from_millis(100));
             assert!(c.health.interval >= Duration::from_millis(100));
         }
+    }
+
+    /// A tenant's `mismatch` that fits neither form says what is wrong
+    /// under its key: a typo in the table is an unknown key, a wrong type
+    /// says the forms (serde's untagged enum said "data did not match any
+    /// variant of untagged enum RawMismatch"; config audit, stop 63).
+    #[test]
+    fn a_mismatch_that_fits_no_form_says_what_is_wrong() {
+        for (value, said) in [
+            ("{ allow_country = [\"CH\"] }", "- tenants[0].mismatch.allow_country: unknown key, expected `allow_countries`"),
+            ("{}", "- tenants[0].mismatch.allow_countries: missing"),
+            ("5", "- tenants[0].mismatch: invalid type: integer `5`, expected \"allow\", \"refuse\" or { allow_countries = [\"CH\", …] }"),
+        ] {
+            let report = problems(&format!(
+                "{MINIMAL}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.example\"]\nmismatch = {value}\n"
+            ));
+            assert!(report.contains(said), "{value}: {report}");
+            assert!(!report.contains("untagged"), "{report}");
+        }
+    }
+
+    /// An empty `health.path` is refused: it turned active checks off
+    /// unsaid, where "off" is the word for it (config audit, stop 63).
+    #[test]
+    fn an_empty_health_path_is_refused() {
+        let report = problems(&format!("{MINIMAL}\n[health]\npath = \"\"\n"));
+        assert!(
+            report.contains("- health.path: is empty: give a path starting with '/', or \"off\" to turn active checks off"),
+            "{report}"
+        );
     }
 
     /// Settings that load but could not take effect are refused by key:

@@ -697,6 +697,15 @@ fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
     if uri.query().is_some() {
         return Err("a query string is not allowed");
     }
+    // A port given must be one a connection can be made to: 99999 was
+    // taken, and every upload to it refused (config audit, stop 63).
+    let text = authority.as_str();
+    let after_host = text.rfind(']').map_or(text, |i| &text[i + 1..]);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err("the port must be 1 to 65535");
+        }
+    }
     Ok(uri)
 }
 

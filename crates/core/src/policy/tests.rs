@@ -256,7 +256,7 @@ action = "maybe"
 [datacenters.zurich]
 jurisdiction = "ch"
 priority = "high"
-upstreams = ["ftp://x", "http://ok:80", "not a url"]
+upstreams = ["ftp://x", "http://ok:80", "not a url", "http://127.0.0.1:99999", "http://h:0"]
 [datacenters.moon]
 jurisdiction = "luna"
 upstreams = []
@@ -274,6 +274,9 @@ upstreams = []
         "datacenters.zurich.priority",
         "datacenters.zurich.upstreams[0]",
         "datacenters.zurich.upstreams[2]",
+        // A port nothing can be reached on (config audit, stop 63).
+        "datacenters.zurich.upstreams[3]: `http://127.0.0.1:99999`: the port must be 1 to 65535",
+        "datacenters.zurich.upstreams[4]: `http://h:0`: the port must be 1 to 65535",
         "datacenters.moon.jurisdiction: no jurisdiction named `luna`",
         "datacenters.moon.upstreams: at least one upstream URL",
     ] {
