@@ -636,6 +636,9 @@ pub struct Appended {
     pub generation: Arc<Generation>,
 }
 
+/// How often a refusal tries a log whose last append failed.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Clears its flag when dropped.
 struct Cleared<'a>(&'a AtomicBool);
 
@@ -658,6 +661,10 @@ pub struct Log {
     /// A roll has run past `transparency.write_timeout` (a disk that does
     /// not answer): the log is failing until it ends.
     roll_overdue: AtomicBool,
+    /// When a refusal last tried the log while it was failing (ms after
+    /// `epoch`, plus one; 0: never; see [`Log::append_refusal`]).
+    last_probe: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
     /// Tests: rolls wait while it says so (a disk that does not answer).
     #[cfg(test)]
     rolls_held: tokio::sync::watch::Sender<bool>,
@@ -750,6 +757,8 @@ impl Log {
             shelf,
             rolling: tokio::sync::Mutex::new(()),
             roll_overdue: AtomicBool::new(false),
+            last_probe: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             #[cfg(test)]
             rolls_held: tokio::sync::watch::Sender::new(false),
             settings: settings.clone(),
@@ -968,11 +977,13 @@ impl Log {
         // While the last append failed too (a full disk: not a stalled
         // one), folded, not tried one by one — each failing, logging an
         // error, and lost (lifecycle audit, stop 63: 672 of 673
-        // `log_unavailable` refusals left no trace); the summaries, tried
-        // at each checkpoint, are what finds the log writable again.
-        if self.failing() {
+        // `log_unavailable` refusals left no trace) — but for one every
+        // `PROBE_EVERY`, which finds the log writable again (as do the
+        // summaries at each checkpoint) without a checkpoint interval's
+        // uploads refused after a passing failure.
+        if self.backend_failing() || (self.failing() && !self.probe_due()) {
             self.fold_refusal(record);
-        } else if self.refusals.admit(record) {
+        } else if self.failing() || self.refusals.admit(record) {
             let appended = self.append(record).await;
             if appended.is_err() {
                 // Kept in its summary.
@@ -983,6 +994,19 @@ impl Log {
             self.metrics.refusals_summarized.inc();
         }
         None
+    }
+
+    /// Whether a refusal may try the failing log now: the first one after
+    /// [`PROBE_EVERY`] since the last try.
+    fn probe_due(&self) -> bool {
+        // (Plus one: 0 is "never".)
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last_probe.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64)
+            && self
+                .last_probe
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Folds a refusal into its summary whatever the budget: one whose own
@@ -1304,15 +1328,21 @@ mod tests {
         huge.reason = Some("x".repeat(tiles::MAX_ENTRY).into());
         assert!(log.append(&huge).await.is_err());
         assert!(log.failing());
+        // One tries now (not failing after all: it is written, and the
+        // log is writable again)...
+        assert!(log.append_refusal(&refusal(9)).await.unwrap().is_ok());
+        assert!(!log.failing());
+        assert!(log.append(&huge).await.is_err());
+        // ...the next ones within PROBE_EVERY are folded.
         for i in 1..=5 {
             assert!(log.append_refusal(&refusal(i)).await.is_none(), "folded");
         }
-        assert_eq!(log.size(), 0);
+        assert_eq!(log.size(), 1);
         log.write_summaries().await;
         assert!(!log.failing(), "the summary was written");
-        assert_eq!(log.size(), 1);
+        assert_eq!(log.size(), 2);
         let g = log.current();
-        let bytes = g.record(0).unwrap().unwrap();
+        let bytes = g.record(1).unwrap().unwrap();
         let summary = Record::from_bytes(&bytes).unwrap().summary.unwrap();
         assert_eq!(summary.count, 5);
         // Writable again: a refusal is a record of its own.
