@@ -552,6 +552,31 @@ fn start_warnings(config: &Config) -> Vec<String> {
             }
         }
     }
+    // Rules that can never match: no listener asks for a certificate.
+    if config.tenancy.tenants.by_certificate()
+        && config.listeners.iter().all(|l| l.client_ca.is_none())
+    {
+        warnings.push(
+            "tenants: some are recognised by client certificate (client_cert), but no listener asks clients for one (listeners.tls.client_ca): those rules never match".to_string(),
+        );
+    }
+    if let Some(t) = &config.transparency {
+        warnings.extend(t.cleartext_warning());
+        warnings.extend(exposed_file(
+            "transparency.signing_key",
+            &t.signing_key,
+            false,
+        ));
+        if t.postgres.is_none() {
+            warnings.extend(exposed_file("transparency.directory", &t.directory, true));
+        }
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, c) in listener.certificates.iter().enumerate() {
+            let key = format!("listeners[{i}].tls.certificates[{j}].key");
+            warnings.extend(exposed_file(&key, &c.key, false));
+        }
+    }
     for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
         if wide(net) {
             warnings.push(format!(
@@ -560,6 +585,31 @@ fn start_warnings(config: &Config) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// A private key any user on the machine can read, or a log directory any
+/// user can write (config audit, stop 63: loaded without a word, where
+/// `keygen` writes 0600 and the log makes its directory 0700).
+#[cfg(unix)]
+fn exposed_file(key: &str, path: &std::path::Path, directory: bool) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    match directory {
+        false if mode & 0o004 != 0 => Some(format!(
+            "{key}: {} is readable by every user on this machine (mode {mode:o}): chmod 600 (or 640 for the proxy's group)",
+            path.display()
+        )),
+        true if mode & 0o002 != 0 => Some(format!(
+            "{key}: {} is writable by every user on this machine (mode {mode:o}): anyone could alter or remove the log; chmod 700",
+            path.display()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(not(unix))]
+fn exposed_file(_: &str, _: &std::path::Path, _: bool) -> Option<String> {
+    None
 }
 
 fn certificate_warnings(config: &Config) -> Vec<String> {

@@ -54,6 +54,9 @@ fn write_cert(cert: &Path, key: &Path, names: &[&str]) {
     }
     std::fs::write(cert, c).unwrap();
     std::fs::write(key, k).unwrap();
+    // Private, as a key is kept (a world-readable one is a warning).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Writes a GeoIP database built from support's CSV.
@@ -309,6 +312,68 @@ fn check_config_warns_of_trusted_proxies_that_hold_clients() {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
     assert_eq!(warnings(&stdout).len(), 2, "{stdout}");
+}
+
+/// A private key every user can read, a log directory every user can
+/// write, and a fleet database reached in the clear off loopback load with
+/// a warning each (config audit, stop 63: without a word).
+#[test]
+fn check_config_warns_of_exposed_keys_and_a_cleartext_database() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    log_key(dir.path());
+    let mode = |name: &str, mode: u32| {
+        std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    };
+    std::fs::create_dir_all(dir.path().join("log")).unwrap();
+    mode("a.key", 0o644);
+    mode("log.key", 0o604);
+    mode("log", 0o777);
+    let log = format!(
+        "[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n"
+    );
+    std::fs::write(&config, format!("{base}\n{log}")).unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for want in [
+        "warning: listeners[0].tls.certificates[0].key: ",
+        "a.key is readable by every user on this machine (mode 644): chmod 600",
+        "warning: transparency.signing_key: ",
+        "warning: transparency.directory: ",
+        "is writable by every user on this machine (mode 777)",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    mode("a.key", 0o600);
+    mode("log.key", 0o640);
+    mode("log", 0o700);
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    assert!(
+        warnings(&text(&out.stdout)).is_empty(),
+        "{}",
+        text(&out.stdout)
+    );
+    // The fleet's database in the clear, off loopback (not checked online).
+    std::fs::write(&config, format!(
+        "{base}\n[transparency]\nstorage = \"postgres\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n\
+         [transparency.postgres]\nurl = \"postgres://u@db.example.com/log?sslmode=disable\"\n"
+    ))
+    .unwrap();
+    let out = run(
+        &["check-config", "--offline", "--config", path(&config)],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "warning: transparency.postgres.url: sslmode=disable to a database not on loopback"
+        ),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
 }
 
 /// Settings that give up the proof of residency, or place most of the
@@ -1426,10 +1491,16 @@ client_cert = ["cn:initech-uploader"]
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     let warnings = warnings(&stdout);
-    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert_eq!(warnings.len(), 2, "{stdout}");
     assert!(
-        warnings[0].contains("tenant `acme`")
-            && warnings[0].contains("sni *.acme.example, acme.ingest.example"),
+        warnings.iter().any(|w| w.contains("tenant `acme`")
+            && w.contains("sni *.acme.example, acme.ingest.example")),
+        "{stdout}"
+    );
+    // And initech's rule can never match: no listener asks for a
+    // certificate (config audit, stop 63).
+    assert!(
+        warnings.iter().any(|w| w.starts_with("warning: tenants: some are recognised by client certificate (client_cert), but no listener asks clients for one")),
         "{stdout}"
     );
 }
@@ -1564,7 +1635,7 @@ fn check_config_warns_that_the_log_names_tenants_by_default() {
     let with = |tenancy: &str| {
         let toml = format!(
             "{base}\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n\
-             {tenancy}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:acme-uploader\"]\n"
+             {tenancy}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.ingest.example\"]\nmismatch = \"refuse\"\n"
         );
         std::fs::write(&config, toml).unwrap();
         let out = run(&["check-config", "--config", path(&config)], &[]);

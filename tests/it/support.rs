@@ -399,6 +399,8 @@ pub fn log_key(dir: &Path) -> String {
     use residency_log::note::Signer;
     let pkcs8 = Signer::generate_pkcs8().unwrap();
     std::fs::write(dir.join("log.key"), &pkcs8).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.join("log.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
         .unwrap()
         .verifier_key()

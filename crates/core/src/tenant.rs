@@ -250,12 +250,12 @@ impl Tenants {
             .collect()
     }
 
-    /// Whether any tenant is recognised by its client certificate.
     /// Whether any tenant is recognised by the server name.
     pub fn by_server_name(&self) -> bool {
         !self.sni_exact.is_empty() || !self.sni_wildcard.is_empty()
     }
 
+    /// Whether any tenant is recognised by its client certificate.
     pub fn by_certificate(&self) -> bool {
         self.cert_exact.iter().any(|m| !m.is_empty())
             || !self.cert_dns_wildcard.is_empty()

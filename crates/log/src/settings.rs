@@ -562,7 +562,19 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
             }
             Err(e) => {
                 // Not echoed: it may hold a password, and reports are logged.
-                r.push(k("url"), format!("is not a PostgreSQL URL: {e}"));
+                // A libpq mode the driver lacks is named as such (it said
+                // "invalid connection string"; config audit, stop 63).
+                let mode = u
+                    .split(['?', '&'])
+                    .find_map(|p| p.strip_prefix("sslmode="))
+                    .filter(|m| !["disable", "prefer", "require"].contains(m));
+                match mode {
+                    Some(m) => r.push(
+                        k("url"),
+                        format!("sslmode={m} is not supported: use require (the server's certificate and name are verified, against transparency.postgres.ca or the system's roots), or disable for a database on loopback"),
+                    ),
+                    None => r.push(k("url"), format!("is not a PostgreSQL URL: {e}")),
+                }
                 None
             }
         },
@@ -599,9 +611,26 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
         (None, None) => Some(None),
     };
     let ca = raw.ca.as_deref().map(|c| base.join(c));
+    let mut ca_usable = true;
     if let Some(ca) = &ca {
-        if !ca.is_file() {
-            r.push(k("ca"), format!("{}: no such file", ca.display()));
+        // Read as the connection will: a file without a certificate made
+        // an empty trust store, and every connection failed later
+        // (config audit, stop 63).
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .map(|certs| certs.filter(Result::is_ok).count());
+        let problem = match certs {
+            _ if !ca.is_file() => Some(format!("{}: no such file", ca.display())),
+            Err(e) => Some(format!("{}: {e}", ca.display())),
+            Ok(0) => Some(format!(
+                "{}: holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+                ca.display()
+            )),
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
+            r.push(k("ca"), problem);
+            ca_usable = false;
         }
     }
     let timeout = raw.timeout.check_is_or(
@@ -627,7 +656,7 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
     if let Some(password) = password? {
         config.password(password);
     }
-    if ca.as_ref().is_some_and(|c| !c.is_file()) {
+    if !ca_usable {
         return None;
     }
     Some(Postgres {
@@ -952,6 +981,29 @@ impl Transparency {
         Some(signer.verifier_key())
     }
 
+    /// A warning when the fleet's database is reached in the clear
+    /// (`sslmode=disable`) at an address not on loopback (config audit,
+    /// stop 63: loaded without a word, README saying `disable` is for a
+    /// database on loopback).
+    pub fn cleartext_warning(&self) -> Option<String> {
+        use tokio_postgres::config::{Host, SslMode};
+        let pg = self.postgres.as_ref()?;
+        let remote = pg.config.0.get_hosts().iter().any(|h| match h {
+            Host::Tcp(name) => {
+                name != "localhost"
+                    && !name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            _ => false,
+        });
+        (remote && pg.config.0.get_ssl_mode() == SslMode::Disable).then(|| {
+            "transparency.postgres.url: sslmode=disable to a database not on loopback: the log's records, and the password, cross the network in the clear; use sslmode=require".to_string()
+        })
+    }
+
     /// A warning when the `.pub` file `keygen` wrote beside `signing_key`
     /// (`log.key` → `log.pub`) is not [`Transparency::verifier_key`]: made
     /// with another `--name` than `origin` (or for another key), it fails
@@ -1150,6 +1202,30 @@ mod tests {
             assert!(keys.is_empty(), "{text}");
             let p = t.unwrap().postgres.unwrap();
             assert_eq!(p.config.0.get_ssl_mode(), mode, "{query:?}");
+        }
+        // A libpq mode the driver lacks is named, and a CA file without a
+        // certificate is refused (it made an empty trust store; config
+        // audit, stop 63).
+        std::fs::write(dir.join("not-a-ca"), b"garbage\n").unwrap();
+        for (raw, says) in [
+            (
+                RawPostgres {
+                    url: Some("postgres://u@db/log?sslmode=allow".into()),
+                    ..RawPostgres::default()
+                },
+                "transparency.postgres.url: sslmode=allow is not supported: use require",
+            ),
+            (
+                RawPostgres {
+                    url: Some("postgres://u@db/log".into()),
+                    ca: Some("not-a-ca".into()),
+                    ..RawPostgres::default()
+                },
+                "not-a-ca: holds no PEM certificate",
+            ),
+        ] {
+            let (t, _, text) = problems(&pg(raw));
+            assert!(t.is_none() && text.contains(says), "{says}: {text}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
