@@ -136,6 +136,8 @@ pub struct Metrics {
     pub replay_budget_exhausted: IntCounter,
     /// Log lines the process's log writer dropped (see [`count_dropped_log_lines`]).
     pub log_lines_dropped: IntCounter,
+    /// How many of those it counts already.
+    log_lines_exported: std::sync::atomic::AtomicU64,
     pub connections_rejected: IntCounterVec,
     /// Client connections the proxy ended itself after their handshake.
     pub connections_closed: IntCounterVec,
@@ -368,6 +370,7 @@ impl Metrics {
             detached_cancelled,
             replay_budget_exhausted,
             log_lines_dropped,
+            log_lines_exported: std::sync::atomic::AtomicU64::new(0),
             connections_rejected,
             connections_closed,
             upstream_retries,
@@ -471,7 +474,11 @@ impl Metrics {
     /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> Vec<u8> {
         if let Some(dropped) = LOG_LINES_DROPPED.get() {
-            let (now, had) = (dropped.dropped_lines() as u64, self.log_lines_dropped.get());
+            // Each line once, however many scrapes run at once.
+            let now = dropped.dropped_lines() as u64;
+            let had = self
+                .log_lines_exported
+                .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
             self.log_lines_dropped.inc_by(now.saturating_sub(had));
         }
         let mut out = Vec::with_capacity(16 * 1024);

@@ -702,6 +702,9 @@ fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
     let text = authority.as_str();
     let after_host = text.rfind(']').map_or(text, |i| &text[i + 1..]);
     if let Some((_, port)) = after_host.rsplit_once(':') {
+        if port.is_empty() {
+            return Err("a ':' without a port after it");
+        }
         if !port.parse::<u16>().is_ok_and(|p| p > 0) {
             return Err("the port must be 1 to 65535");
         }

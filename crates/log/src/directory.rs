@@ -383,6 +383,9 @@ struct IndexSlot {
     /// `None` while opening it again failed (tried again at the next
     /// update).
     db: std::sync::RwLock<Option<Index>>,
+    /// When it was last opened again: at most once a second, however often
+    /// updates fail (each opening syncs the file's header).
+    reopened_at: Mutex<Option<Instant>>,
     /// Tests: the next update fails as redb's does after an I/O error.
     #[cfg(test)]
     fail_next: std::sync::atomic::AtomicBool,
@@ -396,6 +399,7 @@ impl IndexSlot {
         IndexSlot {
             path,
             db: std::sync::RwLock::new(Some(index)),
+            reopened_at: Mutex::new(None),
             #[cfg(test)]
             fail_next: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -418,6 +422,13 @@ impl IndexSlot {
     /// Closes a writable index and opens it again (a sealed one, read
     /// only, is left).
     fn reopen(&self) -> Result<(), LogError> {
+        {
+            let mut at = lock(&self.reopened_at);
+            if at.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            *at = Some(Instant::now());
+        }
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         if matches!(*db, Some(Index::Sealed(_))) {
             return Ok(());
@@ -913,12 +924,25 @@ impl Directory {
         let Some(bundle) = self.core.bundle(index / WIDTH)? else {
             return Ok(None);
         };
-        // As far as its entries are complete (see `catch_up_index`).
+        // As far as its entries are complete (see `catch_up_index`): one
+        // the records reach that is not there is gone (an error, not "no
+        // such record").
         let (entries, _) = disk::complete_entries(&bundle);
-        Ok(usize::try_from(index % WIDTH)
+        match usize::try_from(index % WIDTH)
             .ok()
             .and_then(|i| entries.get(i))
-            .map(|e| e.to_vec()))
+        {
+            Some(entry) => Ok(Some(entry.to_vec())),
+            None if index < self.size() => Err(LogError::Corrupt {
+                path: self.core.disk.dir().display().to_string(),
+                message: format!(
+                    "entry bundle {} holds {} records: record {index}, committed, is missing",
+                    index / WIDTH,
+                    entries.len()
+                ),
+            }),
+            None => Ok(None),
+        }
     }
 
     /// A tile of the durable tree, checkpointed or not (blocking: it
@@ -1730,8 +1754,20 @@ impl Core {
                         return Ok(disk::prefix(tile, bytes).map(<[u8]>::to_vec));
                     }
                 }
-                // Filled and written since the first look.
-                self.disk.read_tile(tile).ok().flatten()
+                // Filled and written since the first look; else a tile the
+                // records reach is gone: an error (the log's 503), not "no
+                // such tile" — a proof built without it would be refused
+                // as the log's word (review, stop 63).
+                let path = self.disk.path(tile);
+                match self.disk.read_tile(tile).map_err(io_error(&path))? {
+                    Some(bytes) => Some(bytes),
+                    None => {
+                        return Err(LogError::Corrupt {
+                            path: path.display().to_string(),
+                            message: "is missing, though the records reach it".into(),
+                        })
+                    }
+                }
             }
         })
     }
@@ -3151,6 +3187,17 @@ pub(crate) mod tests {
         // Past the records written: none.
         assert_eq!(log.record(258).unwrap(), None);
         assert_eq!(log.record(257).unwrap().unwrap(), record(257).to_bytes());
+        // A hash tile the records reach, gone: an error too (review, stop
+        // 63: a proof without it was "not found").
+        let hashes = Tile {
+            level: Some(0),
+            index: 0,
+            width: WIDTH as u16,
+        };
+        assert!(log.any_tile(hashes).unwrap().is_some());
+        std::fs::remove_file(settings.directory.join("tile/0/000")).unwrap();
+        let e = log.any_tile(hashes).unwrap_err().to_string();
+        assert!(e.contains("is missing, though the records reach it"), "{e}");
     }
 
     /// The writer answers the batch that fills a bundle without sealing

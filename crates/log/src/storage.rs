@@ -636,15 +636,20 @@ pub struct Appended {
     pub generation: Arc<Generation>,
 }
 
-/// How often a refusal tries a log whose last append failed.
-const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a refusal tries a log whose last append failed (in tests, a
+/// minute: a loaded machine must not make a test's refusals probe).
+const PROBE_EVERY: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_secs(60)
+} else {
+    std::time::Duration::from_millis(100)
+};
 
-/// Clears its flag when dropped.
-struct Cleared<'a>(&'a AtomicBool);
+/// Clears its mark when dropped.
+struct Cleared<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl Drop for Cleared<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -658,9 +663,13 @@ pub struct Log {
     shelf: Arc<Shelf>,
     /// Held while rolling to a new generation.
     rolling: tokio::sync::Mutex<()>,
-    /// A roll has run past `transparency.write_timeout` (a disk that does
-    /// not answer): the log is failing until it ends.
-    roll_overdue: AtomicBool,
+    /// When the roll running now began (ms after `epoch`, plus one; 0:
+    /// none): one running past `transparency.write_timeout` (a disk that
+    /// does not answer) makes the log failing until it ends — as a batch's
+    /// `writing_since` does; marked by the roll itself, so nothing can
+    /// leave it set (a waiter that marked it on its own timeout, after the
+    /// roll had ended, left the log failing for good: review, stop 63).
+    rolling_since: std::sync::atomic::AtomicU64,
     /// When a refusal last tried the log while it was failing (ms after
     /// `epoch`, plus one; 0: never; see [`Log::append_refusal`]).
     last_probe: std::sync::atomic::AtomicU64,
@@ -756,7 +765,7 @@ impl Log {
             sealed: Mutex::new(sealed),
             shelf,
             rolling: tokio::sync::Mutex::new(()),
-            roll_overdue: AtomicBool::new(false),
+            rolling_since: std::sync::atomic::AtomicU64::new(0),
             last_probe: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             #[cfg(test)]
@@ -823,7 +832,10 @@ impl Log {
     }
 
     pub(crate) fn backend_failing(&self) -> bool {
-        if self.roll_overdue.load(Ordering::Relaxed) {
+        let since = self.rolling_since.load(Ordering::Relaxed);
+        if since != 0
+            && self.millis().saturating_sub(since) > self.settings.write_timeout.as_millis() as u64
+        {
             return true;
         }
         match &self.current.load().backend {
@@ -914,10 +926,7 @@ impl Log {
                 path: self.settings.directory.display().to_string(),
                 error: std::io::Error::other(e.to_string()),
             }),
-            Err(_) => {
-                self.roll_overdue.store(true, Ordering::Relaxed);
-                Err(LogError::Timeout(timeout))
-            }
+            Err(_) => Err(LogError::Timeout(timeout)),
         }
     }
 
@@ -932,8 +941,9 @@ impl Log {
         if !Arc::ptr_eq(&self.current.load(), full) {
             return Ok(()); // rolled while this request waited
         }
-        // However it ends, it is no longer late.
-        let _ends = Cleared(&self.roll_overdue);
+        self.rolling_since.store(self.millis(), Ordering::Relaxed);
+        // However it ends, it is no longer running.
+        let _ends = Cleared(&self.rolling_since);
         #[cfg(test)]
         let _ = self.rolls_held.subscribe().wait_for(|held| !held).await;
         let (old, settings, metrics) = (full.clone(), self.settings.clone(), self.metrics.clone());
@@ -996,11 +1006,15 @@ impl Log {
         None
     }
 
+    /// Milliseconds since the log was opened, plus one (0 means "never").
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
     /// Whether a refusal may try the failing log now: the first one after
     /// [`PROBE_EVERY`] since the last try.
     fn probe_due(&self) -> bool {
-        // (Plus one: 0 is "never".)
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let now = self.millis();
         let last = self.last_probe.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64)
             && self
@@ -1024,29 +1038,32 @@ impl Log {
             return; // kept until the database answers again
         }
         // While the last append failed, the summaries not written are
-        // tried alone; the refusals folded since wait, folded, until one
-        // is written (a failing log adds no summary per checkpoint).
-        let kept = match self.failing.load(Ordering::Relaxed) {
-            true => self.refusals.drain_kept(),
-            false => Vec::new(),
-        };
-        let summaries = match kept.is_empty() {
-            true => self.refusals.drain(),
-            false => kept,
-        };
+        // tried first, alone; the refusals folded since wait, folded,
+        // until they are written (a failing log adds no summary per
+        // checkpoint), and then go too — at shutdown as at any tick.
+        if self.failing.load(Ordering::Relaxed) {
+            let kept = self.refusals.drain_kept();
+            if !self.write_each(kept).await {
+                return;
+            }
+        }
+        self.write_each(self.refusals.drain()).await;
+    }
+
+    /// Appends each summary; the first that fails is kept, with the rest,
+    /// for the next attempt. Whether all were written.
+    async fn write_each(self: &Arc<Self>, summaries: Vec<Record<'static>>) -> bool {
         let mut summaries = summaries.into_iter();
         while let Some(summary) = summaries.next() {
             if self.append(&summary).await.is_ok() {
                 self.metrics.summary_records.inc();
             } else {
-                // Kept, with the rest, for the next attempt: the log stops
-                // trying while it fails, and tries again once it takes
-                // writes.
                 self.refusals.keep(summary);
                 summaries.for_each(|rest| self.refusals.keep(rest));
-                return;
+                return false;
             }
         }
+        true
     }
 
     fn failed(&self, e: LogError, request_id: &str) -> LogError {
@@ -1263,6 +1280,10 @@ mod tests {
         assert!(matches!(err, LogError::Timeout(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(log.failing(), "a late roll is a failing log");
+        assert!(
+            log.backend_failing(),
+            "while it runs, marked by the roll itself"
+        );
         // A request dropped while it waits for the roll.
         let dropped = {
             let log = Arc::clone(&log);
@@ -1347,6 +1368,34 @@ mod tests {
         assert_eq!(summary.count, 5);
         // Writable again: a refusal is a record of its own.
         assert!(log.append_refusal(&refusal(6)).await.unwrap().is_ok());
+    }
+
+    /// With the last append failed, one call writes the summaries kept from
+    /// an earlier failed attempt and then the refusals folded since: it
+    /// wrote the kept ones alone, and at shutdown the rest were lost with
+    /// the process (review, stop 63).
+    #[tokio::test]
+    async fn kept_summaries_and_those_folded_since_are_written_together() {
+        let (_dir, settings) = setup("summaries-together");
+        let log = Log::open(&settings, metrics()).unwrap();
+        let refusal = |i: u64, reason: &'static str| Record {
+            outcome: crate::record::Outcome::Refused,
+            reason: Some(reason.into()),
+            upstream_status: None,
+            ..record(i)
+        };
+        log.fold_refusal(&refusal(1, "log_unavailable"));
+        for summary in log.refusals.drain() {
+            log.refusals.keep(summary); // as a failed attempt leaves it
+        }
+        log.fold_refusal(&refusal(2, "shutdown"));
+        let mut huge = record(0);
+        huge.reason = Some("x".repeat(tiles::MAX_ENTRY).into());
+        assert!(log.append(&huge).await.is_err());
+        assert!(log.failing());
+        log.write_summaries().await;
+        assert_eq!(log.size(), 2, "the kept one and the one folded since");
+        assert!(!log.failing());
     }
 
     /// A log that rolled 39 times (max_records = 2) kept every sealed

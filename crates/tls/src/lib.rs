@@ -69,7 +69,7 @@ pub enum TlsError {
     BadCa(String, rustls::Error),
     #[error("{0}: no CRL found (PEM \"X509 CRL\" blocks expected)")]
     NoCrl(String),
-    #[error("{0}: a CRL of {1} has no CRL number, which RFC 5280 §5.2.3 requires and rustls needs (`openssl ca -gencrl` adds one when its configuration names a `crlnumber` file)")]
+    #[error("{0}: a CRL of {1} has no extensions (a version 1 CRL, without the CRL number RFC 5280 §5.2.3 requires), which rustls cannot read (`openssl ca -gencrl` makes a version 2 one with a number when its configuration names a `crlnumber` file)")]
     CrlWithoutNumber(String, String),
     #[error("client_ca: cannot build client certificate verifier: {0}")]
     ClientVerifier(VerifierBuilderError),
@@ -263,7 +263,7 @@ fn crls(
             // own error.
             let crl = Crl::parse(&der);
             if let Some(crl) = &crl {
-                if crl.number.is_none() {
+                if crl.version_1 {
                     return Err(TlsError::CrlWithoutNumber(
                         label.clone(),
                         crl.issuer.to_string(),
@@ -308,6 +308,9 @@ struct Crl {
     scope: (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
     /// The cRLNumber extension's value, big-endian without leading zeros.
     number: Option<Vec<u8>>,
+    /// Without extensions at all (version 1): rustls refuses it with a
+    /// bare "ParseError" (one of version 2 without a number it takes).
+    version_1: bool,
     this_update: x509_cert::time::Time,
     next_update: Option<x509_cert::time::Time>,
 }
@@ -334,6 +337,7 @@ impl Crl {
             None => None,
         };
         Some(Crl {
+            version_1: tbs.crl_extensions.is_none(),
             scope: (tbs.issuer.to_der().ok()?, idp, aki),
             issuer: tbs.issuer,
             number,
@@ -1014,28 +1018,42 @@ mod tests {
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("is not a CA's"), "{said:?}");
 
-        // The fresh CRL without its extensions (the CRL number among them).
+        // The fresh CRL without its extensions (the CRL number among them):
+        // a version 1 CRL, as `openssl ca -gencrl` makes without a
+        // `crlnumber` file.
         let der = crl(&ours, (2036, 1)).der().to_vec();
+        let pem_of = |list: &x509_cert::crl::CertificateList| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(list.to_der().unwrap());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+                lines.join("\n")
+            )
+        };
+        // Version 2 without its CRL number (its other extensions kept):
+        // rustls takes it, so it loads (review, stop 63).
+        let mut list = x509_cert::crl::CertificateList::from_der(&der).unwrap();
+        if let Some(extensions) = list.tbs_cert_list.crl_extensions.as_mut() {
+            extensions.retain(|e| e.extn_id != x509_cert::der::oid::db::rfc5280::ID_CE_CRL_NUMBER);
+            assert!(!extensions.is_empty());
+        }
+        let unnumbered = [("crl.pem".to_owned(), pem_of(&list).into_bytes())];
+        assert_eq!(super::crls(&unnumbered).unwrap().len(), 1);
         let mut list = x509_cert::crl::CertificateList::from_der(&der).unwrap();
         list.tbs_cert_list.crl_extensions = None;
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(list.to_der().unwrap());
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
-        let bare = format!(
-            "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
-            lines.join("\n")
-        );
+        let bare = pem_of(&list);
         let crls = [("crl.pem".to_owned(), bare.into_bytes())];
         let Err(e) = super::crls(&crls) else {
             panic!("a CRL without a number was taken");
         };
         assert!(
             e.to_string()
-                .starts_with("crl.pem: a CRL of CN=our client CA has no CRL number"),
+                .starts_with("crl.pem: a CRL of CN=our client CA has no extensions"),
             "{e}"
         );
     }
