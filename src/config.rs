@@ -526,13 +526,10 @@ impl Config {
         env: Option<config::Map<String, String>>,
     ) -> Result<Config, ConfigReport> {
         let source = path.display().to_string();
-        if path.is_dir() {
-            // The `config` crate would say "not found".
+        // The `config` crate would say "not found" (also of `/dev/null`).
+        if let Some(problem) = residency_core::report::not_a_file(path) {
             let mut report = ConfigReport::new(&source);
-            report.push(
-                "--config",
-                format!("{source} is a directory: give the configuration file in it"),
-            );
+            report.push("--config", problem);
             return Err(report);
         }
         // The overrides' names, to say when a problem is one of theirs.
@@ -1748,7 +1745,10 @@ upstreams = ["http://127.0.0.1:1"]
         );
     }
 
-    /// `--config DIR` says it is a directory, not that it is not there.
+    /// `--config DIR` says it is a directory, not that it is not there;
+    /// `/dev/null` that it is not a regular file, as does a directory
+    /// given as `transparency.signing_key` or `tenancy.file` (they said
+    /// "no such file" and "not found": config audit, stop 63).
     #[test]
     fn a_directory_given_as_the_file_is_named() {
         let files = Files::new("dir");
@@ -1757,6 +1757,27 @@ upstreams = ["http://127.0.0.1:1"]
             e.contains("--config: ") && e.contains("is a directory"),
             "{e}"
         );
+        let e = Config::load(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--config: /dev/null is not a regular file"),
+            "{e}"
+        );
+        std::fs::create_dir_all(files.0.join("k")).unwrap();
+        for (extra, key) in [
+            (
+                "[transparency]\ndirectory = \"log\"\norigin = \"x.example/log\"\nsigning_key = \"k\"\n",
+                "- transparency.signing_key: ",
+            ),
+            ("[tenancy]\nfile = \"k\"\n", "- tenancy.file: "),
+        ] {
+            let e = Config::from_toml(&format!("{MINIMAL}{extra}"), &files.0)
+                .unwrap_err()
+                .to_string();
+            let line = e.lines().find(|l| l.contains(key)).unwrap_or_default();
+            assert!(line.contains("is a directory: give the file in it"), "{e}");
+        }
     }
 
     fn problems(toml: &str) -> String {

@@ -479,6 +479,10 @@ pub fn claimable_warning(tenant: &str) -> String {
 }
 
 fn load_tenants_file(path: &Path) -> Result<Vec<RawTenant>, String> {
+    // The `config` crate says "not found" of one that is there.
+    if let Some(problem) = residency_core::report::not_a_file(path) {
+        return Err(problem);
+    }
     let raw = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .build()

@@ -66,6 +66,25 @@ impl ConfigReport {
     }
 }
 
+/// What is wrong with `path` as a file to read, when it is there but is
+/// not a regular file (a directory, `/dev/null`): said as such, where a
+/// reader's "no such file" or "not found" would send a person looking for
+/// a file that is there (config audit, stop 63). `None` for a regular
+/// file, or one that is not there (the caller's own words).
+pub fn not_a_file(path: &std::path::Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        Some(format!(
+            "{} is a directory: give the file in it",
+            path.display()
+        ))
+    } else if !meta.is_file() {
+        Some(format!("{} is not a regular file", path.display()))
+    } else {
+        None
+    }
+}
+
 impl fmt::Display for ConfigReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
@@ -288,9 +307,11 @@ impl<'de, T: FromSetting> Visitor<'de> for SettingVisitor<T> {
 }
 
 macro_rules! unsigned_setting {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $max:literal),*) => {$(
         impl FromSetting for $t {
-            const EXPECTED: &'static str = "a non-negative integer";
+            // With its bound: past it, "not a non-negative integer" was
+            // said of one that is (config audit, stop 63).
+            const EXPECTED: &'static str = concat!("a non-negative integer up to ", $max);
 
             /// Surrounding spaces and `_` separators (`10_000`) are allowed.
             fn from_text(text: &str) -> Option<Self> {
@@ -304,7 +325,7 @@ macro_rules! unsigned_setting {
     )*};
 }
 
-unsigned_setting!(u8, u32, u64, usize);
+unsigned_setting!(u8 => "255", u32 => "4294967295", u64 => "18446744073709551615", usize => "18446744073709551615");
 
 impl FromSetting for Duration {
     const EXPECTED: &'static str = "a duration such as \"500ms\", \"10s\", \"2m\"";
@@ -472,7 +493,7 @@ mod tests {
             "test: 5 problems",
             "- t.count: `high` is not a non-negative integer",
             "- t.bytes: `-1` is not a non-negative integer",
-            "- t.bits: `256` is not a non-negative integer",
+            "- t.bits: `256` is not a non-negative integer up to 255",
             "- t.wait: `[…]` is not a duration such as \"500ms\", \"10s\", \"2m\"",
             "- t.other: `true` is not a duration",
         ] {
@@ -484,7 +505,10 @@ mod tests {
         let mut r = ConfigReport::new("env");
         assert_eq!(s.count.check_or(1, "t.count", &mut r), 1);
         assert_eq!(r.problems[0].key, "t.count");
-        assert_eq!(r.problems[0].message, "`5x` is not a non-negative integer");
+        assert_eq!(
+            r.problems[0].message,
+            "`5x` is not a non-negative integer up to 4294967295"
+        );
     }
 
     #[test]

@@ -399,7 +399,9 @@ pub fn transparency(
     let signing_key = match raw.signing_key.as_deref() {
         Some(p) => {
             let path = base.join(p);
-            if !path.is_file() {
+            if let Some(problem) = residency_core::report::not_a_file(&path) {
+                r.push(k("signing_key"), problem);
+            } else if !path.is_file() {
                 r.push(
                     k("signing_key"),
                     format!(
