@@ -276,6 +276,7 @@ impl Bound {
         if let Some(log) = self.instance.log.clone() {
             // Every record appended, summaries included, is covered by a
             // signed checkpoint.
+            log.settle().await;
             log.write_summaries().await;
             let fleet = log.settings().postgres.is_some();
             let failed = match tokio::task::spawn_blocking(move || log.checkpoint()).await {
