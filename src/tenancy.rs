@@ -339,8 +339,10 @@ pub enum Unrecognized {
     /// Two sources name different tenants.
     Conflict,
     /// The connection's server name names a tenant and the request's host
-    /// another: a client reusing a connection for another name its
-    /// certificate covers (421: it retries on a new connection).
+    /// another name (another tenant's, or none's), or the host names a
+    /// tenant the connection was not made for: a client reusing a
+    /// connection for another name its certificate covers (421: it
+    /// retries on a new connection).
     Misdirected,
 }
 
@@ -395,6 +397,20 @@ impl Tenancy {
                 if recognized.is_none_or(|r| r.tenant != by_host) {
                     return Err(Unrecognized::Misdirected);
                 }
+            } else if recognized.is_some_and(|r| r.source == tenant::Source::Sni)
+                && host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+            {
+                // And the mirror: a host name of no tenant on a connection
+                // whose server name alone named one — its pin must not
+                // decide for another name's uploads (spoofing review, stop
+                // 63: an honest client reusing the connection was routed by
+                // the pin, and its upload credited to the tenant). An
+                // address names nothing: the connection's name stands.
+                return Err(Unrecognized::Misdirected);
             }
         }
         Ok(recognized)

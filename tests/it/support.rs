@@ -909,10 +909,11 @@ impl Client {
             .map(|c| c.to_vec())
             .unwrap_or_default();
         let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
-        // `https://host/path`: for that host (`Host`, or `:authority`).
+        // `https://host/path`: for that host (`Host`, or `:authority`);
+        // else, as a client does, for the name it connected to.
         let (host, path) = match path.strip_prefix("https://") {
             Some(rest) => rest.split_at(rest.find('/').unwrap_or(rest.len())),
-            None => ("localhost", path),
+            None => (self.sni.as_deref().unwrap_or("localhost"), path),
         };
         let mut req = Request::builder().method(method);
         req = match self.version {

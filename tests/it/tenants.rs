@@ -235,8 +235,10 @@ jurisdiction = "eu"
 
     // A connection made for acme reused for globex (both names on one
     // certificate, as browsers coalesce): 421, so the client retries on a
-    // connection of its own, over either protocol; acme's own host, or a
-    // host that names no tenant, is acme's.
+    // connection of its own, over either protocol; so is one reused for a
+    // name no tenant has (acme's pin is not that name's: spoofing review,
+    // stop 63 — it was acme's); acme's own host, or an address (which
+    // names nothing), is acme's.
     // An upload on acme's connection, for `authority`, from `origin`.
     let on_acme = async |v: Http, authority: &str, origin: &str| {
         acme.clone()
@@ -261,11 +263,15 @@ jurisdiction = "eu"
             let reply = on_acme(v, host, CH).await;
             assert_eq!(reply.status, 421, "{v:?} {host}: {reply:?}");
         }
-        for host in ["acme.ingest.test", "localhost"] {
+        for host in ["acme.ingest.test", "127.0.0.1"] {
             let reply = on_acme(v, host, DE).await;
             assert_eq!(reply.status, 201, "{v:?} {host}: {reply:?}");
             assert_eq!(reply.header("residency-datacenter"), Some("zurich"));
         }
+        let before = proxy.counts();
+        let reply = on_acme(v, "localhost", DE).await;
+        assert_eq!(reply.status, 421, "{v:?}: {reply:?}");
+        assert_eq!(proxy.counts(), before, "{v:?}: nothing forwarded");
         // And a connection made for a name no tenant has, or for none (by
         // address), reused for acme's name: 421 too, not GeoIP's frankfurt.
         for client in [by_ip.clone(), proxy.client().sni(Some("localhost"))] {
@@ -459,7 +465,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"misdirected_request\"}"),
-        10.0
+        12.0
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"refused\"}"),
