@@ -1154,11 +1154,35 @@ fn log_filter(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// `RUST_LOG`: as [`log_filter`], but a bare word may be a target (the
+/// convention: `RUST_LOG=residency_proxy`), unless it reads as a misspelt
+/// level (`debugg`, `warning`, `inf`: a target to the filter, which
+/// silenced every line; verification, stop 63).
+fn env_filter(value: &str) -> Result<&str, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in value.split(',').map(str::trim) {
+        let word = directive.to_ascii_lowercase();
+        let misspelt = !word.contains(['=', '[', ':', '_'])
+            && !LEVELS.contains(&word.as_str())
+            && LEVELS
+                .iter()
+                .any(|l| word.len() >= 3 && (word.starts_with(l) || l.starts_with(word.as_str())));
+        if misspelt {
+            return Err(format!(
+                "`{directive}` reads as a misspelt level (trace, debug, info, warn, error, off)"
+            ));
+        }
+    }
+    Ok(value)
+}
+
 fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
+    // Held to `--log-level`'s rules (a misspelt level silenced every
+    // line: verification, stop 63).
     let from_env = || match std::env::var("RUST_LOG") {
-        Ok(value) => EnvFilter::builder()
-            .parse(&value)
+        Ok(value) => env_filter(&value)
+            .and_then(|v| EnvFilter::builder().parse(v).map_err(|e| e.to_string()))
             .inspect_err(|e| eprintln!("warning: RUST_LOG: {e}: not used"))
             .ok(),
         Err(_) => None,
@@ -1232,6 +1256,28 @@ fn now_epoch() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::runtime_choice;
+
+    /// A misspelt level in `RUST_LOG` is not used (it silenced every line:
+    /// verification, stop 63); a target, by the convention, is.
+    #[test]
+    fn rust_log_with_a_misspelt_level_is_not_used() {
+        for bad in ["debugg", "warning", "inf", "info,Errorr"] {
+            assert!(super::env_filter(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "debug",
+            "residency_proxy",
+            "residency_proxy=debug,warn",
+            "hyper::proto=trace",
+            "OFF",
+        ] {
+            assert!(super::env_filter(good).is_ok(), "{good}");
+        }
+        assert!(
+            super::log_filter("residency_proxy").is_err(),
+            "--log-level: levels alone as bare words"
+        );
+    }
 
     #[test]
     fn one_cpu_means_the_current_thread_scheduler_unless_configured() {
