@@ -848,7 +848,19 @@ fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) 
     if let (Some(k), true) = (&key, message.starts_with("invalid type: string")) {
         if message.ends_with("expected a sequence") {
             let last = k.rsplit('.').next().unwrap_or(k);
-            message.push_str(&format!(" (a list: {last} = [\"…\"])"));
+            // A list of tables is written as tables (it showed
+            // `listeners = ["…"]`: config audit, stop 63).
+            let tables = ["listeners", "tenants", "overrides", "canaries", "witnesses"];
+            let pairs = ["certificates"];
+            if tables.contains(&last) {
+                message.push_str(&format!(" (a list of tables: [[{k}]], each with its keys)"));
+            } else if pairs.contains(&last) {
+                message.push_str(&format!(
+                    " (a list of tables: {last} = [{{ cert = \"…\", key = \"…\" }}])"
+                ));
+            } else {
+                message.push_str(&format!(" (a list: {last} = [\"…\"])"));
+            }
         }
     }
     let mut report = ConfigReport::new(source);
@@ -1983,6 +1995,17 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(report.contains(said), "{value}: {report}");
             assert!(!report.contains("untagged"), "{report}");
         }
+    }
+
+    /// One value where a list of tables is wanted shows that list's form,
+    /// not a list of strings (config audit, stop 63).
+    #[test]
+    fn a_value_for_a_list_of_tables_shows_its_form() {
+        let report = problems(&format!("tenants = \"acme\"\n{MINIMAL}"));
+        assert!(
+            report.contains("(a list of tables: [[tenants]], each with its keys)"),
+            "{report}"
+        );
     }
 
     /// An empty `health.path` is refused: it turned active checks off
