@@ -278,6 +278,22 @@ impl Bound {
             // signed checkpoint.
             log.settle().await;
             log.write_summaries().await;
+            // What the log could not take goes with the process: said, each
+            // summary with where its bodies may be and the hash of its
+            // request ids, for reconciling with the data centres
+            // (verification, stop 63: lost without a word).
+            for lost in log.take_unwritten_summaries() {
+                let summary = lost.summary.as_ref();
+                tracing::error!(
+                    reason = lost.reason.as_deref().unwrap_or("refused"),
+                    datacenter = lost.datacenter.as_deref().unwrap_or("none"),
+                    count = summary.map_or(0, |s| s.count),
+                    first = summary.map_or("", |s| &s.first),
+                    last = summary.map_or("", |s| &s.last),
+                    request_ids_sha256 = summary.map_or("", |s| &s.request_ids_sha256),
+                    "a summary of refusals could not be written to the transparency log before exit: not recorded"
+                );
+            }
             let fleet = log.settings().postgres.is_some();
             let failed = match tokio::task::spawn_blocking(move || log.checkpoint()).await {
                 Ok(Ok(cp)) => {

@@ -1730,9 +1730,23 @@ impl Core {
             return Ok(None);
         }
         Ok(match tile.level {
-            None => self
-                .bundle(tile.index)?
-                .and_then(|bundle| disk::prefix(tile, &bundle).map(<[u8]>::to_vec)),
+            None => match self.bundle(tile.index)? {
+                // One the records reach, cut short: an error (a 404 told a
+                // client to wait for a checkpoint that covered it already:
+                // verification, stop 63).
+                Some(bundle) => Some(
+                    disk::prefix(tile, &bundle)
+                        .ok_or_else(|| LogError::Corrupt {
+                            path: self.disk.path(tile).display().to_string(),
+                            message: format!(
+                                "entry bundle {} holds fewer than the {} records the log wrote to it",
+                                tile.index, tile.width
+                            ),
+                        })?
+                        .to_vec(),
+                ),
+                None => None,
+            },
             Some(level) => {
                 // A full tile, or a prefix of one.
                 if let Ok(Some(bytes)) = self.disk.read_tile(tile) {
@@ -1764,7 +1778,7 @@ impl Core {
                     None => {
                         return Err(LogError::Corrupt {
                             path: path.display().to_string(),
-                            message: "is missing, though the records reach it".into(),
+                            message: "is missing or short, though the records reach it".into(),
                         })
                     }
                 }
@@ -3184,6 +3198,12 @@ pub(crate) mod tests {
             width: WIDTH as u16,
         };
         assert!(log.any_tile(tile).is_err());
+        // Cut short: an error too, for the record and for the bundle.
+        std::fs::write(&full, b"\x00\x05short").unwrap();
+        assert!(log.record(3).is_err());
+        let e = log.any_tile(tile).unwrap_err().to_string();
+        assert!(e.contains("holds fewer than the 256 records"), "{e}");
+        std::fs::remove_file(&full).unwrap();
         // Past the records written: none.
         assert_eq!(log.record(258).unwrap(), None);
         assert_eq!(log.record(257).unwrap().unwrap(), record(257).to_bytes());
@@ -3197,7 +3217,10 @@ pub(crate) mod tests {
         assert!(log.any_tile(hashes).unwrap().is_some());
         std::fs::remove_file(settings.directory.join("tile/0/000")).unwrap();
         let e = log.any_tile(hashes).unwrap_err().to_string();
-        assert!(e.contains("is missing, though the records reach it"), "{e}");
+        assert!(
+            e.contains("is missing or short, though the records reach it"),
+            "{e}"
+        );
     }
 
     /// The writer answers the batch that fills a bundle without sealing

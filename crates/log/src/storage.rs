@@ -1074,6 +1074,12 @@ impl Log {
             tokio::time::timeout(self.settings.write_timeout, rolls.wait_for(|n| *n == 0)).await;
     }
 
+    /// The summaries not written (kept from a failed attempt, and those
+    /// folded since), taken: at exit, to be said as lost.
+    pub fn take_unwritten_summaries(&self) -> Vec<Record<'static>> {
+        self.refusals.drain()
+    }
+
     /// Appends each summary; the first that fails is kept, with the rest,
     /// for the next attempt. Whether all were written.
     async fn write_each(self: &Arc<Self>, summaries: Vec<Record<'static>>) -> bool {
@@ -1409,6 +1415,16 @@ mod tests {
         log.write_summaries().await;
         assert_eq!(log.size(), 2, "the kept one and the one folded since");
         assert!(!log.failing());
+        assert!(log.take_unwritten_summaries().is_empty(), "all written");
+        // What exit finds unwritten is taken, to be said (kept and folded).
+        log.fold_refusal(&refusal(3, "log_unavailable"));
+        for summary in log.refusals.drain() {
+            log.refusals.keep(summary);
+        }
+        log.fold_refusal(&refusal(4, "shutdown"));
+        let lost = log.take_unwritten_summaries();
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(log.take_unwritten_summaries().is_empty());
     }
 
     /// A log that rolled 39 times (max_records = 2) kept every sealed
