@@ -1205,16 +1205,25 @@ fn init_tracing(format: LogFormat, level: &LogLevel) {
     init_tracing_with(format, level, std::io::stderr);
 }
 
-/// Logs to stderr for a server (`serve`, the demo, the sink, a witness),
-/// written by a thread of its own: a reader of stderr that stops (a hung
-/// log shipper or pipe) would otherwise stop every request at its log
-/// line, each thread in turn. Lines it cannot take are dropped and counted
+/// Logs to stderr for a server (`serve`, the demo, the sink, a witness).
+/// When stderr has a reader — a pipe, a socket, a terminal: journald, a
+/// container runtime, a log shipper — a thread of its own writes it: a
+/// reader that stops would otherwise stop every request at its log line,
+/// each thread in turn. Lines it cannot take are dropped and counted
 /// (`residency_log_lines_dropped_total`). The guard, held while the server
-/// runs, writes what is left when dropped (waiting a second at most).
+/// runs, writes what is left when dropped (waiting a second at most). To a
+/// file (or `/dev/null`) lines are written directly: no reader can stop,
+/// and a thread would make every system call of a single-threaded proxy
+/// take glibc's multi-threaded path (~200 instructions a request in
+/// `benches/compare`'s A).
 fn init_server_tracing(
     format: LogFormat,
     level: &LogLevel,
-) -> tracing_appender::non_blocking::WorkerGuard {
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    if !stderr_has_reader() {
+        init_tracing(format, level);
+        return None;
+    }
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_LINES_BUFFERED)
@@ -1222,7 +1231,34 @@ fn init_server_tracing(
         .finish(std::io::stderr());
     crate::metrics::count_dropped_log_lines(writer.error_counter());
     init_tracing_with(format, level, writer);
-    guard
+    Some(guard)
+}
+
+/// Whether stderr is a pipe, a socket or a terminal (whose reader can stop
+/// taking lines), rather than a file; unknown counts as one.
+#[cfg(unix)]
+fn stderr_has_reader() -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let stderr = std::io::stderr();
+    if std::io::IsTerminal::is_terminal(&stderr) {
+        return true;
+    }
+    let kind = stderr
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .map(|m| m.file_type());
+    match kind {
+        Ok(kind) => kind.is_fifo() || kind.is_socket(),
+        Err(_) => true,
+    }
+}
+
+#[cfg(not(unix))]
+fn stderr_has_reader() -> bool {
+    true
 }
 
 fn init_tracing_with<W>(format: LogFormat, level: &LogLevel, writer: W)
