@@ -35,6 +35,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod tenancy;
+pub mod throttle;
 pub mod upstream;
 pub mod witness;
 pub mod witnesses;

@@ -338,12 +338,16 @@ pub enum Unrecognized {
     Token(TokenError),
     /// Two sources name different tenants.
     Conflict,
-    /// The connection's server name names a tenant and the request's host
-    /// another name (another tenant's, or none's), or the host names a
-    /// tenant the connection was not made for: a client reusing a
-    /// connection for another name its certificate covers (421: it
-    /// retries on a new connection).
+    /// The request's host names a tenant the connection was not made for
+    /// (or another tenant's): a client reusing a connection for another
+    /// name its certificate covers (421: it retries on a new connection).
     Misdirected,
+    /// The connection's server name alone recognised a tenant, and the
+    /// request's host is another name, no tenant's (421 too). Said to the
+    /// operator: a front that connects with the tenant's name and passes
+    /// its public one gets this for every upload until that public name is
+    /// one of the tenant's `sni` (review, stop 63).
+    NotTheTenantsHost,
 }
 
 impl Tenancy {
@@ -410,7 +414,7 @@ impl Tenancy {
                 // 63: an honest client reusing the connection was routed by
                 // the pin, and its upload credited to the tenant). An
                 // address names nothing: the connection's name stands.
-                return Err(Unrecognized::Misdirected);
+                return Err(Unrecognized::NotTheTenantsHost);
             }
         }
         Ok(recognized)

@@ -497,6 +497,19 @@ fn admit<'a>(
                 Unrecognized::Token(_) => Failure::InvalidTenantToken,
                 Unrecognized::Conflict => Failure::TenantConflict,
                 Unrecognized::Misdirected => Failure::Misdirected,
+                Unrecognized::NotTheTenantsHost => {
+                    // Said at most once a minute: a client can cause it.
+                    static SAID: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    if crate::throttle::minute_passed(&SAID) {
+                        tracing::warn!(
+                            sni = conn.sni.as_deref().unwrap_or_default(),
+                            host = host.unwrap_or_default(),
+                            "421: a request whose host is not the name its connection was made for, which recognised a tenant; if a front connects with the tenant's name and passes this public one, add it to the tenant's sni (said at most once a minute)"
+                        );
+                    }
+                    Failure::Misdirected
+                }
             }
         });
     let recognized = recognized?;

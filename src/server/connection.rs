@@ -384,7 +384,7 @@ async fn proxy_header(
     static TIMED_OUT: AtomicU64 = AtomicU64::new(0);
     if !listener.trusted_proxies.contains(peer.ip()) {
         reject("proxy_untrusted_peer");
-        if minute_passed(&UNTRUSTED) {
+        if crate::throttle::minute_passed(&UNTRUSTED) {
             tracing::warn!(peer = %peer, "PROXY listener: connection from an untrusted peer closed (said at most once a minute; residency_connections_rejected_total counts them)");
         } else {
             tracing::debug!(peer = %peer, "PROXY listener: connection from an untrusted peer closed");
@@ -398,7 +398,7 @@ async fn proxy_header(
         }
         Ok(Err(e)) => {
             reject(e.reason());
-            if minute_passed(&REFUSED) {
+            if crate::throttle::minute_passed(&REFUSED) {
                 tracing::warn!(peer = %peer, error = %e, "PROXY header refused; connection closed (said at most once a minute; residency_connections_rejected_total counts them)");
             } else {
                 tracing::debug!(peer = %peer, error = %e, "PROXY header refused; connection closed");
@@ -407,7 +407,7 @@ async fn proxy_header(
         }
         Err(_) => {
             reject("proxy_header_timeout");
-            if minute_passed(&TIMED_OUT) {
+            if crate::throttle::minute_passed(&TIMED_OUT) {
                 tracing::warn!(peer = %peer, phase = "proxy_header", "timeout (said at most once a minute; residency_connections_rejected_total counts them)");
             } else {
                 tracing::debug!(peer = %peer, phase = "proxy_header", "timeout");
@@ -495,21 +495,7 @@ async fn handshake(
 /// a warning each would flood the log.
 fn expired_crl_warning_due() -> bool {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    minute_passed(&LAST)
-}
-
-/// Whether a minute has passed since `last` (Unix seconds; 0: never),
-/// which it then records: a warning any client can cause, logged each
-/// time, would let one flood the log.
-fn minute_passed(last: &AtomicU64) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let was = last.load(Ordering::Relaxed);
-    (was == 0 || now >= was + 60)
-        && last
-            .compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    crate::throttle::minute_passed(&LAST)
 }
 
 /// HTTP/1.1 until the connection ends (`None`), or, when its first bytes
