@@ -287,6 +287,7 @@ impl Bound {
                 tracing::error!(
                     reason = lost.reason.as_deref().unwrap_or("refused"),
                     datacenter = lost.datacenter.as_deref().unwrap_or("none"),
+                    also_sent_to = lost.also_sent_to.join(","),
                     count = summary.map_or(0, |s| s.count),
                     first = summary.map_or("", |s| &s.first),
                     last = summary.map_or("", |s| &s.last),

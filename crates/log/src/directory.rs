@@ -921,6 +921,10 @@ impl Directory {
 
     /// The stored bytes of leaf `index` (blocking: one bundle read).
     pub fn record(&self, index: u64) -> Result<Option<Vec<u8>>, LogError> {
+        // Read before the bundle: records only grow, so one below this
+        // size is in what is read next (a size read after could count a
+        // record appended meanwhile as missing).
+        let size = self.size();
         let Some(bundle) = self.core.bundle(index / WIDTH)? else {
             return Ok(None);
         };
@@ -933,7 +937,7 @@ impl Directory {
             .and_then(|i| entries.get(i))
         {
             Some(entry) => Ok(Some(entry.to_vec())),
-            None if index < self.size() => Err(LogError::Corrupt {
+            None if index < size => Err(LogError::Corrupt {
                 path: self.core.disk.dir().display().to_string(),
                 message: format!(
                     "entry bundle {} holds {} records: record {index}, committed, is missing",

@@ -619,16 +619,22 @@ fn postgres(raw: &RawPostgres, base: &Path, r: &mut ConfigReport) -> Option<Post
         // an empty trust store, and every connection failed later
         // (config audit, stop 63).
         use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
-            .map(|certs| certs.filter(Result::is_ok).count());
-        let problem = match certs {
-            _ if !ca.is_file() => Some(format!("{}: no such file", ca.display())),
-            Err(e) => Some(format!("{}: {e}", ca.display())),
-            Ok(0) => Some(format!(
-                "{}: holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
-                ca.display()
-            )),
-            Ok(_) => None,
+        // Not read unless a regular file (`/dev/zero` would never end).
+        let certs = || {
+            rustls_pki_types::CertificateDer::pem_file_iter(ca)
+                .map(|certs| certs.filter(Result::is_ok).count())
+        };
+        let problem = match residency_core::report::not_a_file(ca) {
+            Some(problem) => Some(problem),
+            None if !ca.is_file() => Some(format!("{}: no such file", ca.display())),
+            None => match certs() {
+                Ok(0) => Some(format!(
+                    "{}: holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+                    ca.display()
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!("{}: {e}", ca.display())),
+            },
         };
         if let Some(problem) = problem {
             r.push(k("ca"), problem);
