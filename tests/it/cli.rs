@@ -1554,6 +1554,33 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_proxy() {
     assert!(status.contains("200"), "{status}");
 }
 
+/// The 421 for a host of no tenant on a connection whose server name alone
+/// recognised one says, in the log, both names and the fix: a front that
+/// connects with the tenant's name and passes its public one would get it
+/// for every upload (review, stop 63).
+#[tokio::test]
+async fn a_host_of_no_tenant_on_a_tenant_s_connection_is_explained_in_the_log() {
+    let up = Upstream::start("zurich").await;
+    let tenant = "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"localhost\"]\nmismatch = \"refuse\"\n";
+    let proxy = Binary::start("not-the-host", &datacenters_at(up.addr), tenant).await;
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "https://uploads.example/v1/telemetry",
+            &[("x-forwarded-for", CH)],
+            "cpu=0.5",
+        )
+        .await;
+    assert_eq!(reply.status, 421, "{reply:?}");
+    let log = proxy.log();
+    let line = line_with(&log, "add it to the tenant's sni");
+    assert!(
+        line.contains("WARN") && line.contains("localhost") && line.contains("uploads.example"),
+        "{log}"
+    );
+}
+
 /// A load test whose `--origin` address the proxy would place in another
 /// jurisdiction (by `--config`'s GeoIP database) exits 2 before it starts,
 /// naming the address and where it goes: it ran, and counted every upload
