@@ -1132,12 +1132,14 @@ fn init_tracing_to(format: LogFormat, level: &LogLevel, file: std::fs::File) {
     };
 }
 
+/// The levels a log filter's bare word names.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 /// `--log-level`: a filter tracing-subscriber takes, whose bare words are
 /// levels (a bare word is a target for it: `debugg` silenced every line),
 /// else a usage error (exit 2). One it did not take was ignored for
 /// `info` (config audit, stop 63).
 fn log_filter(value: &str) -> Result<String, String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     tracing_subscriber::EnvFilter::builder()
         .parse(value)
         .map_err(|e| format!("{e} (a level — trace, debug, info, warn, error, off —, or target=level, comma-separated)"))?;
@@ -1159,7 +1161,6 @@ fn log_filter(value: &str) -> Result<String, String> {
 /// level (`debugg`, `warning`, `inf`: a target to the filter, which
 /// silenced every line; verification, stop 63).
 fn env_filter(value: &str) -> Result<&str, String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     for directive in value.split(',').map(str::trim) {
         let word = directive.to_ascii_lowercase();
         let misspelt = !word.contains(['=', '[', ':', '_'])

@@ -151,34 +151,27 @@ fn an_unusable_client_ca_or_crl_is_named_by_its_key() {
     // A usable CA, and a CRL file without a CRL.
     write_cert(&ca_path, &dir.path().join("ca.key"), &["client-ca.example"]);
     std::fs::write(dir.path().join("crl.pem"), "not a CRL\n").unwrap();
-    let with_crl = with_ca.replace(
-        "client_ca = \"ca.pem\"\n",
-        "client_ca = \"ca.pem\"\nclient_crl = \"crl.pem\"\n",
-    );
-    std::fs::write(&config, with_crl).unwrap();
-    let out = run(&["check-config", "--config", path(&config)], &[]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let want = format!(
-        "- listeners[0].tls.client_crl: {}: no CRL found",
-        dir.path().join("crl.pem").display()
-    );
-    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+    // With `client_crl` naming `file`: refused, the problem under
+    // client_crl with that file's path.
+    let crl_refused = |file: &str| {
+        let with_crl = with_ca.replace(
+            "client_ca = \"ca.pem\"\n",
+            &format!("client_ca = \"ca.pem\"\nclient_crl = \"{file}\"\n"),
+        );
+        std::fs::write(&config, with_crl).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+        let want = format!(
+            "- listeners[0].tls.client_crl: {}: no CRL found",
+            dir.path().join(file).display()
+        );
+        assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+    };
+    crl_refused("crl.pem");
     // The CA's own file given as the CRLs: client_crl's fault, not
     // client_ca's (config audit, stop 63).
-    let with_ca_as_crl = with_ca.replace(
-        "client_ca = \"ca.pem\"\n",
-        "client_ca = \"ca.pem\"\nclient_crl = \"ca.pem\"\n",
-    );
-    std::fs::write(&config, with_ca_as_crl).unwrap();
-    let out = run(&["check-config", "--config", path(&config)], &[]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let want = format!(
-        "- listeners[0].tls.client_crl: {}: no CRL found",
-        ca_path.display()
-    );
-    assert!(stderr.contains(&want), "{want:?} missing from:\n{stderr}");
+    crl_refused("ca.pem");
 }
 
 /// A listener certificate that expired (clients refuse it), or expires
