@@ -549,8 +549,13 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>());
         let overridden = |mut report: ConfigReport| {
+            let mut named = Vec::new();
+            let mut unexplained = false;
             for problem in &mut report.problems {
-                if let Some(var) = override_of(&problem.key, &overrides) {
+                let var = override_of(&problem.key, &overrides);
+                unexplained |= var.is_none();
+                if let Some(var) = var {
+                    named.push(var);
                     // A variable under an array (`…__LISTENERS__0__…`)
                     // makes it a table.
                     if problem.message.contains("expected a sequence") {
@@ -562,6 +567,20 @@ impl Config {
                         .message
                         .push_str(&format!(" (set by the environment: {var})"));
                 }
+            }
+            // A variable may be at fault under another key's name (a data
+            // centre's jurisdiction reported where a jurisdiction lists it).
+            let mut others: Vec<&str> = overrides
+                .iter()
+                .map(String::as_str)
+                .filter(|var| override_key(var).is_some() && !named.contains(var))
+                .collect();
+            others.sort_unstable();
+            if unexplained && !others.is_empty() {
+                report.notes.push(format!(
+                    "set by the environment, and possibly the cause of a problem above: {}",
+                    others.join(", ")
+                ));
             }
             report
         };
@@ -789,14 +808,8 @@ fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut
 /// `RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE`; `listeners`:
 /// `RESIDENCY_PROXY__LISTENERS__0__ADDRESS`).
 fn override_of<'a>(key: &str, vars: &'a [String]) -> Option<&'a str> {
-    let prefix = format!("{ENV_PREFIX}__");
     vars.iter().map(String::as_str).find(|var| {
-        // (The prefix is matched without case, as the `config` crate does.)
-        let Some(rest) = var
-            .get(..prefix.len())
-            .filter(|p| p.eq_ignore_ascii_case(&prefix))
-            .map(|_| &var[prefix.len()..])
-        else {
+        let Some(rest) = override_key(var) else {
             return false;
         };
         let dotted = rest.to_ascii_lowercase().replace("__", ".");
@@ -805,6 +818,16 @@ fn override_of<'a>(key: &str, vars: &'a [String]) -> Option<&'a str> {
                 .strip_prefix(key)
                 .is_some_and(|under| under.starts_with('.'))
     })
+}
+
+/// What follows `RESIDENCY_PROXY__` in an override's name (the prefix
+/// matched without case, as the `config` crate does); `None` for any other
+/// variable.
+fn override_key(var: &str) -> Option<&str> {
+    let prefix = format!("{ENV_PREFIX}__");
+    var.get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(&prefix))
+        .map(|_| &var[prefix.len()..])
 }
 
 /// The one problem that stops deserialization (a TOML syntax error, an
@@ -2188,6 +2211,34 @@ worker_threads = 2
                 "{var}: {report}"
             );
         }
+        // A variable whose fault is reported under another key: named after
+        // the problems (it went unsaid).
+        std::fs::write(
+            &path,
+            MINIMAL.replace(
+                "countries = [\"CH\"]",
+                "countries = [\"CH\"]\n[jurisdictions.us]\ncountries = [\"US\"]\nstore_in = [\"ch\"]",
+            ),
+        )
+        .unwrap();
+        let var = "RESIDENCY_PROXY__DATACENTERS__ZURICH__JURISDICTION";
+        Config::load_with_env(&path, env(&[])).unwrap();
+        let report = Config::load_with_env(
+            &path,
+            env(&[
+                (var, "us"),
+                ("RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS", "5"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(report.contains("- jurisdictions.ch.store_in: "), "{report}");
+        assert!(
+            report.ends_with(&format!(
+                "\n  set by the environment, and possibly the cause of a problem above: {var}, RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS"
+            )),
+            "{report}"
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
                 let problem = p.message.split_whitespace().collect::<Vec<_>>().join(" ");
                 tracing::error!(file = %report.file, key = %p.key, %problem, "reload failed; the previous state keeps serving");
             }
+            for note in &report.notes {
+                tracing::error!(file = %report.file, %note, "reload failed; the previous state keeps serving");
+            }
         }
     }
     result.map(|state| instance.replace(state))

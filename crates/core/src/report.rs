@@ -35,6 +35,9 @@ pub struct ConfigReport {
     /// Files the configuration names (those it could not read too), so a
     /// reload that failed is tried again when one of them changes.
     pub named: Vec<std::path::PathBuf>,
+    /// Said after the problems: what may explain those no key names alone
+    /// (environment overrides that a problem on another key may come from).
+    pub notes: Vec<String>,
 }
 
 impl ConfigReport {
@@ -43,6 +46,7 @@ impl ConfigReport {
             file: file.into(),
             problems: Vec::new(),
             named: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -96,6 +100,9 @@ impl fmt::Display for ConfigReport {
         )?;
         for p in &self.problems {
             write!(f, "\n  - {}: {}", p.key, p.message)?;
+        }
+        for note in &self.notes {
+            write!(f, "\n  {note}")?;
         }
         Ok(())
     }
