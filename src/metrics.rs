@@ -32,6 +32,15 @@ pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCou
     let _ = LOG_LINES_DROPPED.set(counter);
 }
 
+/// Log lines stderr refused (a full disk, a pipe whose reader has gone):
+/// counted by the writer, exported in `residency_log_lines_dropped_total`.
+static LOG_LINES_UNWRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a log line stderr did not take.
+pub fn count_unwritten_log_line() {
+    LOG_LINES_UNWRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
 
@@ -291,7 +300,7 @@ impl Metrics {
         registry.register(Box::new(replay_budget_exhausted.clone()))?;
         let log_lines_dropped = IntCounter::new(
             "residency_log_lines_dropped_total",
-            "Lines of the proxy's own log (stderr) dropped because its reader did not take them: one that stopped reading, or fell 8192 lines behind. Requests never wait for the log's reader.",
+            "Lines of the proxy's own log (stderr) dropped: its reader did not take them (one that stopped reading, or fell 8192 lines behind), or stderr refused them (a full disk, a pipe whose reader has gone). Requests never wait for the log's reader.",
         )?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
         let connections_rejected = counter(
@@ -473,14 +482,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of every registered metric.
     pub fn render(&self) -> Vec<u8> {
-        if let Some(dropped) = LOG_LINES_DROPPED.get() {
-            // Each line once, however many scrapes run at once.
-            let now = dropped.dropped_lines() as u64;
-            let had = self
-                .log_lines_exported
-                .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
-            self.log_lines_dropped.inc_by(now.saturating_sub(had));
-        }
+        let dropped = LOG_LINES_DROPPED
+            .get()
+            .map_or(0, |queue| queue.dropped_lines() as u64);
+        let now = dropped + LOG_LINES_UNWRITTEN.load(std::sync::atomic::Ordering::Relaxed);
+        // Each line once, however many scrapes run at once.
+        let had = self
+            .log_lines_exported
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        self.log_lines_dropped.inc_by(now.saturating_sub(had));
         let mut out = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {

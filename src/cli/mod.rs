@@ -1203,7 +1203,24 @@ const LOG_LINES_BUFFERED: usize = 8192;
 
 /// Logs to stderr, written by the calling thread: the command-line tools.
 fn init_tracing(format: LogFormat, level: &LogLevel) {
-    init_tracing_with(format, level, std::io::stderr);
+    init_tracing_with(format, level, || Stderr);
+}
+
+/// The process's stderr, counting the lines it refuses (a full disk, a pipe
+/// whose reader has gone) in `residency_log_lines_dropped_total`: they were
+/// lost unsaid.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write(buf).inspect_err(|_| {
+            crate::metrics::count_unwritten_log_line();
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Logs to stderr for a server (`serve`, the demo, the sink, a witness).
@@ -1229,7 +1246,7 @@ fn init_server_tracing(
         .lossy(true)
         .buffered_lines_limit(LOG_LINES_BUFFERED)
         .thread_name("residency-log")
-        .finish(std::io::stderr());
+        .finish(Stderr);
     crate::metrics::count_dropped_log_lines(writer.error_counter());
     init_tracing_with(format, level, writer);
     Some(guard)

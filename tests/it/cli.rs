@@ -1525,7 +1525,13 @@ async fn serve_logs_a_tenant_any_client_can_claim() {
 #[tokio::test]
 async fn a_log_reader_that_stops_reading_does_not_stop_the_proxy() {
     let up = Upstream::start("zurich").await;
-    let proxy = Binary::start_with_stderr_unread("stalled-log", &datacenters_at(up.addr), "").await;
+    let proxy = Binary::start_with_stderr(
+        "stalled-log",
+        &datacenters_at(up.addr),
+        "",
+        StderrTo::Unread,
+    )
+    .await;
     let uploads = (0..8).map(|task| {
         let client = proxy.client();
         tokio::spawn(async move {
@@ -1545,6 +1551,30 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_proxy() {
     }
     let (status, _) = raw_get(proxy.admin, "/healthz");
     assert!(status.contains("200"), "{status}");
+}
+
+/// A log line stderr refuses — a log file on a full disk (`/dev/full`,
+/// written directly), a pipe whose reader has gone (written by the log's
+/// thread) — is counted in `residency_log_lines_dropped_total`, and the
+/// uploads are answered: such lines were lost unsaid.
+#[tokio::test]
+async fn log_lines_stderr_refuses_are_counted() {
+    for to in [StderrTo::Full, StderrTo::Closed] {
+        let up = Upstream::start("zurich").await;
+        let proxy =
+            Binary::start_with_stderr("refused-log", &datacenters_at(up.addr), "", to).await;
+        for _ in 0..3 {
+            let reply = proxy.client().upload_from(CH, "x").await;
+            assert_eq!(reply.status, 201, "{to:?}: {:?}", reply.body);
+        }
+        // Three request lines at least (the start's lines come before the
+        // metrics exist).
+        eventually("three lines counted", async || {
+            let (_, metrics) = raw_get(proxy.admin, "/metrics");
+            metric(&metrics, "residency_log_lines_dropped_total").is_some_and(|n| n >= 3.0)
+        })
+        .await;
+    }
 }
 
 /// The 421 for a host of no tenant on a connection whose server name alone

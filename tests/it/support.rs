@@ -1045,6 +1045,20 @@ pub struct Binary {
     pub child: Killed,
 }
 
+/// Where a [`Binary`]'s stderr goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StderrTo {
+    /// A file, read by [`Binary::log`].
+    File,
+    /// A pipe nobody reads (kept open).
+    Unread,
+    /// A pipe whose reader has gone: every write fails (`EPIPE`).
+    Closed,
+    /// `/dev/full`: every write fails (`ENOSPC`), as to a log file on a
+    /// full disk.
+    Full,
+}
+
 impl Binary {
     /// Starts the binary with `datacenters` (name, jurisdiction, upstream)
     /// and `extra` TOML, and waits until `/readyz` answers 200.
@@ -1064,13 +1078,14 @@ impl Binary {
         binary
     }
 
-    /// As [`Binary::start`], its stderr a pipe nobody reads (kept open).
-    pub async fn start_with_stderr_unread(
+    /// As [`Binary::start`], its stderr `to` rather than a file.
+    pub async fn start_with_stderr(
         tag: &str,
         datacenters: &[(&str, &str, SocketAddr)],
         extra: &str,
+        to: StderrTo,
     ) -> Binary {
-        let mut binary = Self::spawn_with(tag, datacenters, extra, &[], true);
+        let mut binary = Self::spawn_with(tag, datacenters, extra, &[], to);
         binary.wait_until_ready().await;
         binary
     }
@@ -1097,7 +1112,7 @@ impl Binary {
         extra: &str,
         wrapper: &[&str],
     ) -> Binary {
-        Self::spawn_with(tag, datacenters, extra, wrapper, false)
+        Self::spawn_with(tag, datacenters, extra, wrapper, StderrTo::File)
     }
 
     fn spawn_with(
@@ -1105,7 +1120,7 @@ impl Binary {
         datacenters: &[(&str, &str, SocketAddr)],
         extra: &str,
         wrapper: &[&str],
-        stderr_unread: bool,
+        stderr: StderrTo,
     ) -> Binary {
         let dir = TempDir::new(tag);
         let (cert, key) = residency_tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
@@ -1146,17 +1161,25 @@ impl Binary {
                 c
             }
         };
-        let child = command
+        let mut child = command
             .args(["--log-level", "info", "serve", "--config"])
             .arg(&config_path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(match stderr_unread {
-                true => std::process::Stdio::piped(),
-                false => std::fs::File::create(&log_path).unwrap().into(),
+            .stderr(match stderr {
+                StderrTo::File => std::fs::File::create(&log_path).unwrap().into(),
+                StderrTo::Unread | StderrTo::Closed => std::process::Stdio::piped(),
+                StderrTo::Full => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap()
+                    .into(),
             })
             .spawn()
             .expect("start residency-proxy serve");
+        if stderr == StderrTo::Closed {
+            drop(child.stderr.take());
+        }
         Binary {
             dir,
             addr,
