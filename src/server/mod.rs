@@ -278,6 +278,8 @@ impl Bound {
             // signed checkpoint.
             log.settle().await;
             log.write_summaries().await;
+            // A summary may have started a roll: its record too.
+            log.settle().await;
             // What the log could not take goes with the process: said, each
             // summary with where its bodies may be and the hash of its
             // request ids, for reconciling with the data centres
