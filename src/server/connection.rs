@@ -659,6 +659,7 @@ where
     let mut timed_out = false;
     let mut grace = None;
     let mut stalled = false;
+    let mut head_late = false;
     let result = loop {
         tokio::select! {
             biased;
@@ -686,8 +687,13 @@ where
                 if phase == "request_head" {
                     // Nothing is in flight, and hyper's graceful
                     // shutdown waits for a head it has started
-                    // reading: just close.
-                    return None;
+                    // reading: a head begun is answered 408 (below), a
+                    // connection that sent none just closed.
+                    if !activity.head_pending.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    head_late = true;
+                    break Ok(());
                 }
                 if phase == CLIENT_SEND {
                     // Nothing more can be written: hyper is left, but
@@ -737,7 +743,16 @@ where
         broken = activity.broken.swap(false, Ordering::Relaxed);
     }
     let parts = served.into_parts();
-    let (rest, stream) = parts.io.into_inner().into_parts();
+    let (rest, mut stream) = parts.io.into_inner().into_parts();
+    if head_late {
+        // hyper wrote nothing of this request: the refusal is ours to
+        // send, then the connection closes as after any refusal (the
+        // rest of the head, if it comes, read and dropped).
+        let answer = head_timed_out();
+        let _ = tokio::time::timeout(CLOSE_GRACE, stream.write_all(&answer)).await;
+        close_lingering(stream, true, phases.linger, phases.shutdown.as_mut()).await;
+        return None;
+    }
     if stalled {
         // A client whose reads did not free the socket's buffer for
         // client_send_idle: a slow reader of a long pipelined burst may
@@ -936,6 +951,19 @@ fn h2_preface_refused() -> Vec<u8> {
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     format!(
         "HTTP/1.1 400 Bad Request\r\ndate: {date}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The 408 for an HTTP/1 request head begun and not complete within
+/// `timeouts.request_head`, written by hand (hyper never finished the
+/// head): `request_head_timeout`, with no request id (there is no request).
+fn head_timed_out() -> Vec<u8> {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let body = r#"{"error":"request_head_timeout"}"#;
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ndate: {date}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     )
     .into_bytes()
 }

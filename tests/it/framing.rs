@@ -1283,6 +1283,74 @@ async fn a_data_centres_answer_is_made_a_valid_final_answer() {
     proxy.stop().await;
 }
 
+/// An HTTP/1 request head begun and not complete within
+/// `timeouts.request_head` is answered 408 `request_head_timeout`, with
+/// its JSON, and the connection closed — the first head, and a later one
+/// on a kept-alive connection; it used to be closed without a word (as
+/// nginx does), a refusal that never reached the client. A connection that
+/// sends no head at all is still just closed.
+#[tokio::test]
+async fn a_head_not_complete_in_time_is_answered_408() {
+    let proxy = proxy_with_raw_zurich("[timeouts]\nrequest_head = \"500ms\"\n").await;
+    let half = raw("POST /v1/telemetry HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {CH}\r\n");
+    let answered = |got: Vec<u8>| {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(
+            text.contains("\r\ncontent-type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\n{\"error\":\"request_head_timeout\"}"),
+            "{text}"
+        );
+    };
+
+    // The first head.
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&half).await.unwrap();
+    tls.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("closed at request_head");
+    answered(got);
+
+    // A later head, after an upload answered on the same connection.
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&keep("Content-Length: 1\r\n", b"x"))
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    // (The raw data centre's 404 for the path: an answer, the
+    // connection kept alive.)
+    assert_eq!(
+        status_line(&mut tls, "the first answer").await,
+        "HTTP/1.1 404"
+    );
+    tls.write_all(&half).await.unwrap();
+    tls.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("closed at request_head");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let at = text
+        .find("HTTP/1.1 408")
+        .unwrap_or_else(|| panic!("no 408 in {text}"));
+    answered(got[at..].to_vec());
+
+    // No head at all: closed, nothing written.
+    let mut idle = proxy.client().connect().await.expect("TLS handshake");
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut idle))
+        .await
+        .expect("closed at request_head");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    proxy.stop().await;
+}
+
 /// A data centre that answers 201 as soon as it has the head and then
 /// reads the body still gets the whole body, however long the client takes
 /// to send it: those bytes are the request's, not a next request's head
