@@ -748,9 +748,15 @@ where
         // hyper wrote nothing of this request: the refusal is ours to
         // send, then the connection closes as after any refusal (the
         // rest of the head, if it comes, read and dropped).
+        // (Shutting down: without lingering, as below.)
         let answer = head_timed_out();
         let _ = tokio::time::timeout(CLOSE_GRACE, stream.write_all(&answer)).await;
-        close_lingering(stream, true, phases.linger, phases.shutdown.as_mut()).await;
+        let linger = if closing {
+            Duration::ZERO
+        } else {
+            phases.linger
+        };
+        close_lingering(stream, true, linger, phases.shutdown.as_mut()).await;
         return None;
     }
     if stalled {
