@@ -286,6 +286,10 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Verify(args) => {
             init_tracing(format.unwrap_or_default(), &level);
+            if let Err(e) = residency_tools::verify::usage(&args) {
+                eprintln!("error: {e}\n\nFor more information, try '--help'.");
+                return ExitCode::from(2);
+            }
             let report = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -1272,6 +1272,88 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
     assert!(stderr.contains("more than a day after now"), "{stderr}");
 }
 
+/// A `verify` command line no check can run — nothing to verify, a file
+/// it names that is not there, `--witness` keys or a `--quorum` that cannot
+/// be used — exits 2 with the flag at fault, as clap's own errors do: it
+/// printed INVALID and exited 1, which says the proof did not hold (README
+/// audit, stop 64). A receipt that is there and wrong is still INVALID.
+#[test]
+fn verify_usage_errors_exit_2_not_invalid() {
+    let dir = TempDir::new("verify-usage");
+    let pkcs8 = residency_log::note::Signer::generate_pkcs8().unwrap();
+    let key = residency_log::note::Signer::from_pkcs8("log.example/a", &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let witness = residency_log::witness::Cosigner::from_pkcs8(
+        "w.example/w1",
+        &residency_log::witness::Cosigner::generate_pkcs8().unwrap(),
+    )
+    .unwrap()
+    .verifier_key();
+    let missing = dir.path().join("missing");
+    let missing = path(&missing);
+    let receipt = format!("@{missing}");
+    let cases: [(&[&str], &str); 7] = [
+        (&[], "nothing to verify"),
+        (&["--receipt", &receipt], "--receipt @"),
+        (&["--proof-file", missing], "--proof-file "),
+        (&["--checkpoint", missing], "--checkpoint "),
+        (
+            &[
+                "--log",
+                "http://127.0.0.1:9",
+                "--witness",
+                &witness,
+                "--quorum",
+                "2",
+            ],
+            "--quorum 2 is more than the 1 --witness keys given",
+        ),
+        (
+            &[
+                "--log",
+                "http://127.0.0.1:9",
+                "--witness",
+                &witness,
+                "--witness",
+                &witness,
+            ],
+            "--witness",
+        ),
+        (
+            &[
+                "--log",
+                "http://127.0.0.1:9",
+                "--witness",
+                "w.example/w2+9f8e7d6c+BC…",
+            ],
+            "--witness w.example/w2+9f8e7d6c+BC…",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = run(&[&["verify", "--key", &key][..], args].concat(), &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!text(&out.stdout).contains("INVALID"), "{args:?}");
+    }
+    // There, and not a receipt: the proof did not hold.
+    let bad = dir.path().join("receipt.txt");
+    std::fs::write(&bad, "not a receipt").unwrap();
+    let out = run(
+        &[
+            "verify",
+            "--key",
+            &key,
+            "--receipt",
+            &format!("@{}", path(&bad)),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("INVALID"));
+}
+
 /// A `drill --chaos` value that is not an event is invalid input, refused
 /// with the other arguments (exit 2, naming it) before anything starts; it
 /// was parsed after the sinks and the proxy had started, and exited 1.

@@ -97,6 +97,54 @@ pub struct VerifyArgs {
     pub quorum: Option<usize>,
 }
 
+/// What makes the command line one no check can run — nothing to verify,
+/// a file it names that is not there, `--witness` keys or a `--quorum` that
+/// cannot be used — said before anything is read or fetched: a usage error
+/// (exit 2, as clap's own), not a proof that failed (INVALID, exit 1),
+/// which a script may take for "the log lied" (README audit, stop 64: each
+/// of these printed INVALID).
+pub fn usage(args: &VerifyArgs) -> Result<(), String> {
+    if args.receipt.is_none()
+        && args.request_id.is_none()
+        && args.log.is_none()
+        && args.checkpoint.is_none()
+        && args.proof_file.is_none()
+    {
+        return Err(
+            "nothing to verify: give --receipt, --request-id with --log, --log, --checkpoint or --proof-file"
+                .into(),
+        );
+    }
+    let receipt = args
+        .receipt
+        .as_deref()
+        .and_then(|r| r.strip_prefix('@'))
+        .map(PathBuf::from);
+    let files = [
+        ("--receipt @", receipt.as_ref()),
+        ("--checkpoint ", args.checkpoint.as_ref()),
+        ("--proof ", args.proof.as_ref()),
+        ("--previous ", args.previous.as_ref()),
+        ("--consistency-proof ", args.consistency_proof.as_ref()),
+        ("--proof-file ", args.proof_file.as_ref()),
+        ("--entry ", args.entry.as_ref()),
+        ("--file ", args.file.as_ref()),
+        ("--ca ", args.ca.as_ref()),
+    ];
+    for (flag, path) in files {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(format!("{flag}{}: {e}", path.display()));
+        }
+        if let Some(problem) = residency_core::report::not_a_file(path) {
+            return Err(format!("{flag}{}: {problem}", path.display()));
+        }
+    }
+    Witnesses::from_args(args)
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+}
+
 /// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
 /// `--key` as given, once it reads as a verifier key (itself, or a file
 /// holding one): a key that cannot be used is a usage error (exit 2), not
