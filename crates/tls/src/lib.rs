@@ -71,7 +71,7 @@ pub enum TlsError {
     NoCrl(String),
     #[error("{0}: a CRL of {1} has no extensions (a version 1 CRL, without the CRL number RFC 5280 §5.2.3 requires), which rustls cannot read (`openssl ca -gencrl` makes a version 2 one with a number when its configuration names a `crlnumber` file)")]
     CrlWithoutNumber(String, String),
-    #[error("client_ca: cannot build client certificate verifier: {0}")]
+    #[error("cannot build the client certificate verifier from client_ca and client_crl: {0}")]
     ClientVerifier(VerifierBuilderError),
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
@@ -260,8 +260,17 @@ fn crls(
         }
         for der in found {
             // One that does not parse here is refused by rustls with its
-            // own error.
+            // own error — but for a version 1 CRL, which has no version
+            // field x509-cert would read (audits, stop 64: "ParseError").
             let crl = Crl::parse(&der);
+            if crl.is_none() {
+                if let Some(issuer) = version_1_issuer(&der) {
+                    return Err(TlsError::CrlWithoutNumber(
+                        label.clone(),
+                        issuer.to_string(),
+                    ));
+                }
+            }
             if let Some(crl) = &crl {
                 if crl.version_1 {
                     return Err(TlsError::CrlWithoutNumber(
@@ -297,6 +306,25 @@ fn crls(
         }
     }
     Ok(kept.into_iter().map(|(_, der)| der).collect())
+}
+
+/// The issuer of a version 1 CRL (RFC 5280 §5.1: `tbsCertList` without its
+/// optional `version`, so opening with the `signature` algorithm's
+/// SEQUENCE rather than an INTEGER); `None` for any other DER.
+fn version_1_issuer(der: &[u8]) -> Option<x509_cert::name::Name> {
+    use x509_cert::der::{asn1::AnyRef, Decode as _, Reader as _, SliceReader, Tag, Tagged as _};
+    let list = AnyRef::from_der(der).ok()?;
+    let mut list = SliceReader::new(list.value()).ok()?;
+    let tbs = list.decode::<AnyRef<'_>>().ok()?;
+    if tbs.tag() != Tag::Sequence {
+        return None;
+    }
+    let mut tbs = SliceReader::new(tbs.value()).ok()?;
+    let signature = tbs.decode::<AnyRef<'_>>().ok()?;
+    if signature.tag() != Tag::Sequence {
+        return None;
+    }
+    tbs.decode::<x509_cert::name::Name>().ok()
 }
 
 /// What decides which of two CRLs is current.
@@ -1022,9 +1050,9 @@ mod tests {
         // a version 1 CRL, as `openssl ca -gencrl` makes without a
         // `crlnumber` file.
         let der = crl(&ours, (2036, 1)).der().to_vec();
-        let pem_of = |list: &x509_cert::crl::CertificateList| {
+        let pem_of = |der: &[u8]| {
             use base64::Engine as _;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(list.to_der().unwrap());
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
             let lines: Vec<&str> = b64
                 .as_bytes()
                 .chunks(64)
@@ -1042,11 +1070,14 @@ mod tests {
             extensions.retain(|e| e.extn_id != x509_cert::der::oid::db::rfc5280::ID_CE_CRL_NUMBER);
             assert!(!extensions.is_empty());
         }
-        let unnumbered = [("crl.pem".to_owned(), pem_of(&list).into_bytes())];
+        let unnumbered = [(
+            "crl.pem".to_owned(),
+            pem_of(&list.to_der().unwrap()).into_bytes(),
+        )];
         assert_eq!(super::crls(&unnumbered).unwrap().len(), 1);
         let mut list = x509_cert::crl::CertificateList::from_der(&der).unwrap();
         list.tbs_cert_list.crl_extensions = None;
-        let bare = pem_of(&list);
+        let bare = pem_of(&list.to_der().unwrap());
         let crls = [("crl.pem".to_owned(), bare.into_bytes())];
         let Err(e) = super::crls(&crls) else {
             panic!("a CRL without a number was taken");
@@ -1056,6 +1087,61 @@ mod tests {
                 .starts_with("crl.pem: a CRL of CN=our client CA has no extensions"),
             "{e}"
         );
+        // And as `openssl ca -gencrl` writes one: no version field either
+        // (which x509-cert cannot read; it went to rustls, whose error
+        // said "ParseError": audits, stop 64).
+        let tbs = list.tbs_cert_list.to_der().unwrap();
+        let (_, tbs_body) = der_split(&tbs);
+        let (_, after_version) = der_split_first(tbs_body);
+        let mut v1_tbs = vec![0x30];
+        v1_tbs.extend(der_len(after_version.len()));
+        v1_tbs.extend_from_slice(after_version);
+        let mut body = v1_tbs;
+        body.extend(list.signature_algorithm.to_der().unwrap());
+        body.extend(list.signature.to_der().unwrap());
+        let mut v1 = vec![0x30];
+        v1.extend(der_len(body.len()));
+        v1.extend(body);
+        assert!(x509_cert::crl::CertificateList::from_der(&v1).is_err());
+        let crls = [("v1.pem".to_owned(), pem_of(&v1).into_bytes())];
+        let Err(e) = super::crls(&crls) else {
+            panic!("a version 1 CRL was taken");
+        };
+        assert!(
+            e.to_string()
+                .starts_with("v1.pem: a CRL of CN=our client CA has no extensions"),
+            "{e}"
+        );
+    }
+
+    /// DER: a TLV's header and its contents.
+    fn der_split(tlv: &[u8]) -> (&[u8], &[u8]) {
+        let header = match tlv[1] {
+            n if n < 0x80 => 2,
+            n => 2 + usize::from(n & 0x7f),
+        };
+        (&tlv[..header], &tlv[header..])
+    }
+
+    /// DER: the first TLV of `body`, and what follows it.
+    fn der_split_first(body: &[u8]) -> (&[u8], &[u8]) {
+        let (header, contents) = der_split(body);
+        let len = match header.len() {
+            2 => usize::from(header[1]),
+            _ => header[2..].iter().fold(0, |n, b| n << 8 | usize::from(*b)),
+        };
+        let end = header.len() + len;
+        assert!(contents.len() >= len);
+        (&body[..end], &body[end..])
+    }
+
+    /// DER: a length's encoding.
+    fn der_len(n: usize) -> Vec<u8> {
+        match n {
+            0..0x80 => vec![n as u8],
+            0x80..0x100 => vec![0x81, n as u8],
+            _ => vec![0x82, (n >> 8) as u8, n as u8],
+        }
     }
 
     /// A self-signed certificate marked CA:TRUE (what `openssl req -x509`
