@@ -69,8 +69,9 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration (including certificates and the GeoIP
-    /// database) and print the routing table; exits 2 listing every error.
+    /// Validate a configuration (including certificates, the GeoIP
+    /// database and a log directory's checkpoints, read as `serve` reads
+    /// them) and print the routing table; exits 2 listing every error.
     CheckConfig {
         /// The configuration file to check, as `serve --config` takes it.
         #[arg(long, short)]
@@ -740,14 +741,22 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                 .map_err(|e| (pg.url.clone(), e)),
             ),
             (Some(_), true) => Some(Ok("not checked (--offline)".to_string())),
-            (None, _) => None,
+            // The directory's checkpoints, read as the start reads them.
+            (None, _) => Some(
+                residency_log::storage::check_directory(t)
+                    .map_err(|e| (t.directory.display().to_string(), e)),
+            ),
         },
         None => None,
     };
     let (built, database) = match (built, database) {
-        (Ok(_), Some(Err((url, e)))) => {
+        (Ok(state), Some(Err((place, e)))) => {
+            let key = match state.config.transparency.as_ref().map(|t| &t.postgres) {
+                Some(Some(_)) => "transparency.postgres.url",
+                _ => "transparency.directory",
+            };
             let mut report = residency_core::report::ConfigReport::new(path.display().to_string());
-            report.push("transparency.postgres.url", format!("{url}: {e}"));
+            report.push(key, format!("{place}: {e}"));
             (Err(report), None)
         }
         (built, Some(Ok(line))) => (built, Some(line)),
@@ -826,7 +835,13 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                 }
             }
             if let Some(line) = database {
-                println!("log database: {line}");
+                let fleet = state
+                    .config
+                    .transparency
+                    .as_ref()
+                    .is_some_and(|t| t.postgres.is_some());
+                let store = if fleet { "database" } else { "directory" };
+                println!("log {store}: {line}");
             }
             print!("{table}");
             println!("configuration OK");

@@ -415,6 +415,59 @@ fn check_config_warns_of_settings_that_give_up_the_proof_or_place_everyone() {
     );
 }
 
+/// `check-config` reads a log directory's checkpoint as `serve` does: one
+/// signed by another key (a key rotated, a directory restored from another
+/// log) is an error naming `transparency.directory`, where it said
+/// "configuration OK" and `serve` then refused to start (README audit,
+/// stop 64); one of the log's own key is said to be verified.
+#[test]
+fn check_config_reads_the_log_directory_s_checkpoint() {
+    use residency_log::note::{Checkpoint, Signer};
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    log_key(dir.path());
+    let log = format!(
+        "[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n"
+    );
+    std::fs::write(&config, format!("{base}\n{log}")).unwrap();
+    let check = || run(&["check-config", "--config", path(&config)], &[]);
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("log directory: no checkpoint yet (a new log)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let empty = Checkpoint {
+        origin: LOG_ORIGIN.to_string(),
+        size: 0,
+        root: residency_log::merkle::empty_root(),
+        extensions: Vec::new(),
+    };
+    std::fs::create_dir_all(dir.path().join("log")).unwrap();
+    let ours = std::fs::read(dir.path().join("log.key")).unwrap();
+    let ours = Signer::from_pkcs8(LOG_ORIGIN, &ours).unwrap();
+    let theirs = Signer::from_pkcs8(LOG_ORIGIN, &Signer::generate_pkcs8().unwrap()).unwrap();
+    let checkpoint = dir.path().join("log/checkpoint");
+    std::fs::write(&checkpoint, empty.sign(&theirs).unwrap()).unwrap();
+    let out = check();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("- transparency.directory: ") && stderr.contains("no signature by key"),
+        "{stderr}"
+    );
+    std::fs::write(&checkpoint, empty.sign(&ours).unwrap()).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("log directory: checkpoint at size 0 verified with the key"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn check_config_lists_every_problem() {
     let dir = TempDir::new("cli-bad");

@@ -256,6 +256,35 @@ pub fn generation_origin(origin: &str, number: u32) -> String {
 
 const GENERATIONS: &str = "generations";
 
+/// What `check-config` says of a directory log, without opening it (no
+/// lock taken, nothing written): each generation's checkpoint read and
+/// verified with the configured key and origin, as the start reads it —
+/// a log signed by another key, or of another origin, stops `serve`, and
+/// `check-config` said "configuration OK" (README audit, stop 64). What
+/// follows the checkpoint (the records written since) is read at start.
+pub fn check_directory(settings: &Transparency) -> Result<String, LogError> {
+    let numbers = generation_numbers(settings)?;
+    let pkcs8 = directory::read_key(settings)?;
+    let mut last = None;
+    for &n in &numbers {
+        let origin = generation_origin(&settings.origin, n);
+        let (_, verifier) = directory::keys(settings, &pkcs8, &origin)?;
+        last = directory::sealed_checkpoint(&generation_dir(settings, n), &verifier, &origin)?
+            .map(|p| (n, p.size));
+    }
+    Ok(match last {
+        Some((1, size)) => format!("checkpoint at size {size} verified with the key"),
+        Some((n, size)) => format!(
+            "{n} generations; generation {n}'s checkpoint at size {size} verified with the key"
+        ),
+        None if numbers.len() == 1 => "no checkpoint yet (a new log)".to_string(),
+        None => format!(
+            "{} generations; the last has no checkpoint yet",
+            numbers.len()
+        ),
+    })
+}
+
 /// The generations of the directory log in `settings`, oldest first (`[1]`
 /// for a log that never rolled, or does not exist yet). A gap or a stray
 /// name under `generations/` is an error.
