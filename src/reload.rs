@@ -44,6 +44,11 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
                 .inc();
             tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
             state.config.tenancy.log_warnings();
+            // A certificate swapped for one that expired loads, and every
+            // handshake then fails (TLS audit, stop 64: only "reloaded").
+            for warning in crate::config::certificate_warnings(&state.config) {
+                tracing::warn!("{warning}");
+            }
         }
         Err(report) => {
             instance

@@ -524,7 +524,7 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
 /// then name its own address, and so its jurisdiction), and tenants' names
 /// published in the log by default.
 fn start_warnings(config: &Config) -> Vec<String> {
-    let mut warnings = certificate_warnings(config);
+    let mut warnings = crate::config::certificate_warnings(config);
     let tenancy = &config.tenancy;
     if config.transparency.is_some()
         && tenancy.record_by_default
@@ -615,84 +615,6 @@ fn exposed_file(key: &str, path: &std::path::Path, directory: bool) -> Option<St
 #[cfg(not(unix))]
 fn exposed_file(_: &str, _: &std::path::Path, _: bool) -> Option<String> {
     None
-}
-
-fn certificate_warnings(config: &Config) -> Vec<String> {
-    const SOON: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
-    let now = std::time::SystemTime::now();
-    let date = |t| httpdate::fmt_http_date(t);
-    let mut warnings = Vec::new();
-    for (i, listener) in config.listeners.iter().enumerate() {
-        for (j, c) in listener.certificates.iter().enumerate() {
-            let Some(v) = std::fs::read(&c.cert)
-                .ok()
-                .and_then(|pem| residency_tls::validity(&pem).first().copied())
-            else {
-                continue;
-            };
-            let key = format!("listeners[{i}].tls.certificates[{j}].cert");
-            let path = c.cert.display();
-            if v.not_before > now {
-                warnings.push(format!(
-                    "{key}: {path} is not valid before {}: clients refuse it at the handshake until then",
-                    date(v.not_before)
-                ));
-            }
-            match v.not_after.duration_since(now) {
-                Err(_) => warnings.push(format!(
-                    "{key}: {path} expired ({}): clients refuse it at the handshake; install a renewed one (it is reloaded when its file changes)",
-                    date(v.not_after)
-                )),
-                Ok(left) if left < SOON => warnings.push(format!(
-                    "{key}: {path} expires in {} days ({})",
-                    (left.as_secs() + 43_200) / 86_400,
-                    date(v.not_after)
-                )),
-                Ok(_) => {}
-            }
-            if v.ca {
-                warnings.push(format!(
-                    "{key}: {path} is a CA's certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes by default): clients on rustls or webpki (this tool's loadtest and verify among them) refuse it as a server's; make it with `-addext basicConstraints=critical,CA:FALSE`, or have a CA issue it"
-                ));
-            }
-        }
-        // A client CA that expired: every client certificate it issued is
-        // refused at the handshake.
-        if let Some(ca) = &listener.client_ca {
-            let expired = std::fs::read(ca)
-                .map(|pem| residency_tls::validity(&pem))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|v| v.not_after < now)
-                .map(|v| date(v.not_after))
-                .collect::<Vec<_>>();
-            if !expired.is_empty() {
-                warnings.push(format!(
-                    "listeners[{i}].tls.client_ca: {} holds {} expired certificate(s) ({}): client certificates issued by it are refused at the handshake",
-                    ca.display(),
-                    expired.len(),
-                    expired.join(", ")
-                ));
-            }
-            // A leaf as the CA, CRLs past their nextUpdate or without the
-            // CA's: each loads, and then every client is refused (config
-            // audit, stop 63).
-            let crls: Vec<(String, Vec<u8>)> = listener
-                .client_crl
-                .iter()
-                .filter_map(|p| Some((p.display().to_string(), std::fs::read(p).ok()?)))
-                .collect();
-            if let Ok(pem) = std::fs::read(ca) {
-                warnings.extend(residency_tls::client_auth_warnings(
-                    &pem,
-                    &format!("listeners[{i}].tls.client_ca"),
-                    &crls,
-                    &format!("listeners[{i}].tls.client_crl"),
-                ));
-            }
-        }
-    }
-    warnings
 }
 
 fn check_config(path: PathBuf, offline: bool) -> ExitCode {

@@ -1688,6 +1688,37 @@ async fn a_log_reader_that_stops_reading_does_not_stop_the_proxy() {
     assert!(status.contains("200"), "{status}");
 }
 
+/// A reload that swaps in a certificate which expired is logged with the
+/// same warning as at start: it loads, and every handshake then fails —
+/// the log said only "reloaded" (TLS audit, stop 64).
+#[tokio::test]
+async fn a_reloaded_certificate_that_expired_is_warned_of() {
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start("expired-reload", &datacenters_at(up.addr), "").await;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(proxy.dir.path().join("a.key"), key.serialize_pem()).unwrap();
+    std::fs::write(proxy.dir.path().join("a.pem"), cert.pem()).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the reload is logged", async || {
+        proxy.log().contains("\"reloaded\"") || proxy.log().contains(" reloaded")
+    })
+    .await;
+    let log = proxy.log();
+    let line = line_with(&log, "a.pem expired (");
+    assert!(
+        line.contains("WARN") && line.contains("listeners[0].tls.certificates[0].cert"),
+        "{log}"
+    );
+}
+
 /// A log line stderr refuses — a log file on a full disk (`/dev/full`,
 /// written directly), a pipe whose reader has gone (written by the log's
 /// thread) — is counted in `residency_log_lines_dropped_total`, and the
