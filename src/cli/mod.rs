@@ -1126,17 +1126,32 @@ fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
         Ok(value) => env_filter(&value)
             .and_then(|v| EnvFilter::builder().parse(v).map_err(|e| e.to_string()))
             .inspect_err(|e| eprintln!("warning: RUST_LOG: {e}: not used"))
-            .ok(),
+            .ok()
+            .map(|f| (f, value)),
         Err(_) => None,
     };
-    let given = || EnvFilter::try_new(&level.filter).ok();
+    let given = || {
+        EnvFilter::try_new(&level.filter)
+            .ok()
+            .map(|f| (f, level.filter.clone()))
+    };
     let chosen = if level.explicit {
         given().or_else(from_env)
     } else {
         from_env().or_else(given)
     };
-    chosen.unwrap_or_else(|| EnvFilter::new("info"))
+    let (filter, text) = chosen.unwrap_or_else(|| (EnvFilter::new("info"), String::new()));
+    // rustls warns of what any client can send (an IP address as SNI, a
+    // renegotiation), a line per handshake: its errors only, unless the
+    // filter names it (TLS audit, stop 64).
+    match (text.contains("rustls"), RUSTLS_QUIET.parse()) {
+        (false, Ok(quiet)) => filter.add_directive(quiet),
+        _ => filter,
+    }
 }
+
+/// The level of rustls's own lines unless the filter names `rustls`.
+const RUSTLS_QUIET: &str = "rustls=error";
 
 /// Log lines a server's writer holds for stderr while its reader is slow;
 /// past them lines are dropped (a few MB at most).
@@ -1272,6 +1287,54 @@ mod tests {
             super::log_filter("residency_proxy").is_err(),
             "--log-level: levels alone as bare words"
         );
+    }
+
+    /// rustls's own lines below error — a line per handshake for what any
+    /// client can send (an IP address as SNI: TLS audit, stop 64) — are
+    /// left out unless the filter names rustls.
+    #[test]
+    fn rustls_warnings_are_left_out_unless_named() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logged = |filter: &str| {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let level = super::LogLevel {
+                filter: filter.to_string(),
+                explicit: true,
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(super::filter(&level))
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
+                tracing::error!(target: "rustls::conn", "a rustls error");
+                tracing::warn!(target: "residency_proxy::server", "ours");
+            });
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            text
+        };
+        for filter in ["info", "debug", "warn"] {
+            let text = logged(filter);
+            assert!(
+                text.contains("ours") && text.contains("a rustls error"),
+                "{filter}: {text}"
+            );
+            assert!(!text.contains("Illegal SNI"), "{filter}: {text}");
+        }
+        let text = logged("info,rustls=warn");
+        assert!(text.contains("Illegal SNI"), "{text}");
     }
 
     #[test]
