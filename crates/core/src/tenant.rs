@@ -351,15 +351,19 @@ impl Tenants {
         let mut origin: HashMap<String, String> = HashMap::new();
         for (i, raw) in raw.iter().enumerate() {
             let key = key_of(i);
-            let Some(name) = raw.name.as_deref().filter(|n| valid_tenant_name(n)) else {
+            // Without a valid name the rest is still checked (a bad name
+            // hid every other problem of its tenant: README audit, stop
+            // 64), named by its key; nothing is built then.
+            let valid = raw.name.as_deref().filter(|n| valid_tenant_name(n));
+            if valid.is_none() {
                 r.push(
                     format!("{key}.name"),
                     "required: 1 to 128 letters, digits, '.', '-' and '_'",
                 );
-                continue;
-            };
+            }
+            let name = valid.unwrap_or(&key);
             let id = TenantId(t.list.len() as u32);
-            if t.by_name.insert(name.to_string(), id).is_some() {
+            if valid.is_some() && t.by_name.insert(name.to_string(), id).is_some() {
                 r.push(
                     format!("{key}.name"),
                     format!("tenant `{name}` is defined twice"),

@@ -231,6 +231,16 @@ fn load_time_checks_name_the_key() {
     );
     let p = problems("[[tenants]]\njurisdiction = \"ch\"\n");
     assert!(p.contains("tenants[0].name: required"), "{p}");
+    // A bad name hides nothing else of its tenant (README audit, stop 64).
+    let p =
+        problems("[[tenants]]\nname = \"a b\"\njurisdiction = \"mars\"\nsni = [\"bad name\"]\n");
+    for says in [
+        "tenants[0].name: required",
+        "tenants[0].jurisdiction: no jurisdiction named `mars`",
+        "tenants[0].sni[0]: `bad name` is not a host name",
+    ] {
+        assert!(p.contains(says), "{says}: {p}");
+    }
     let p = problems(
         "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\n[[tenants]]\nname = \"a\"\njurisdiction = \"eu\"\n",
     );
