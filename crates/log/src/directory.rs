@@ -2092,28 +2092,42 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
         for (i, entry) in entries.iter().enumerate() {
             let record = Record::from_bytes(entry);
             if i >= skip {
-                let Ok(record) = record else {
-                    // A torn write leaves an entry that is not JSON (its
-                    // unwritten sectors are zeros): cut below. One that is
-                    // JSON was written whole, and was acknowledged if what
-                    // follows it was: a record of another version (a
-                    // rollback) must not be cut and its index reused.
-                    let path = if sealed { &full } else { &staging };
-                    if serde_json::from_slice::<serde::de::IgnoredAny>(entry).is_ok() {
-                        return Err(corrupt(
+                let record = match record {
+                    Ok(record) => record,
+                    Err(e) => {
+                        // A torn write leaves an entry that is not JSON (its
+                        // unwritten sectors are zeros): cut below. One that is
+                        // JSON was written whole, and was acknowledged if what
+                        // follows it was: a record of another version (a
+                        // rollback) must not be cut and its index reused, nor
+                        // one altered on disk (README audit, stop 64: that was
+                        // said to be a newer version's, without its byte).
+                        let path = if sealed { &full } else { &staging };
+                        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(entry) {
+                            let v = json.get("v").and_then(serde_json::Value::as_u64);
+                            return Err(corrupt(
                             path,
-                            format!(
-                                "entry {i} is a record this version cannot read (JSON, but not in its format: written by a newer version?); nothing was cut: start the version that wrote it"
-                            ),
+                            match v {
+                                Some(v) if v > u64::from(crate::record::VERSION) => format!(
+                                    "entry {i} (leaf {}, at byte {kept_len}) is a record of format version {v}, which this version (format {}) cannot read; nothing was cut: start the version that wrote it",
+                                    st.size,
+                                    crate::record::VERSION
+                                ),
+                                _ => format!(
+                                    "entry {i} (leaf {}, at byte {kept_len}) is damaged: JSON, written whole, but not a record ({e}) — altered on disk? It and the {} entries after it were written after the last checkpoint and may have been acknowledged, so nothing was cut: restore the file from a backup",
+                                    st.size,
+                                    entries.len() - i - 1
+                                ),
+                            },
                         ));
-                    }
-                    // Nor is one without a zero byte (a record holds none):
-                    // that is a record altered on disk — one flipped byte
-                    // — and it and the records after it may have been
-                    // acknowledged (lifecycle audit, stop 63: they were
-                    // cut, and their indexes given to new records).
-                    if !entry.contains(&0) {
-                        return Err(corrupt(
+                        }
+                        // Nor is one without a zero byte (a record holds none):
+                        // that is a record altered on disk — one flipped byte
+                        // — and it and the records after it may have been
+                        // acknowledged (lifecycle audit, stop 63: they were
+                        // cut, and their indexes given to new records).
+                        if !entry.contains(&0) {
+                            return Err(corrupt(
                             path,
                             format!(
                                 "entry {i} (leaf {}, at byte {kept_len}) is damaged: not a record, yet no torn write (whose unwritten bytes are zeros); it and the {} entries after it were written after the last checkpoint and may have been acknowledged, so nothing was cut: restore the file from a backup — or, accepting that their receipts stop verifying and their indexes go to new records, cut the file at byte {kept_len} yourself",
@@ -2121,8 +2135,9 @@ fn replay(disk: &Disk, st: &mut State, metrics: &LogMetrics) -> Result<Staging, 
                                 entries.len() - i - 1
                             ),
                         ));
+                        }
+                        break;
                     }
-                    break;
                 };
                 let leaf = merkle::leaf_hash(entry);
                 for full in st.edge.push(leaf) {
@@ -3023,37 +3038,49 @@ pub(crate) mod tests {
     /// before a rollback), stops the start: cut as a torn tail, it and the
     /// acknowledged records after it would be lost and their indexes
     /// handed out again.
+    /// So does one altered on disk that is still JSON (a value's letter
+    /// changed), said as damage with its byte, not as a newer version's
+    /// (README audit, stop 64).
     #[tokio::test]
     async fn a_record_this_version_cannot_read_stops_the_start() {
         use std::os::unix::fs::FileExt;
-        let (_dir, settings) = setup("newer");
-        {
-            let log = Log::open(&settings, metrics()).unwrap();
-            log.append(&record(0)).await.unwrap();
-            log.checkpoint().unwrap();
-            log.append(&record(1)).await.unwrap();
+        let written = String::from_utf8(record(2).to_bytes()).unwrap();
+        assert!(written.starts_with("{\"v\":1,"), "{written}");
+        let newer = written.replacen("{\"v\":1,", "{\"v\":2,\"shiny\":true,", 1);
+        let altered = written.replacen("\"stored\"", "\"stXred\"", 1);
+        assert_ne!(altered, written);
+        for (entry, says) in [
+            (newer, "is a record of format version 2, which this version (format 1) cannot read; nothing was cut"),
+            (altered, "is damaged: JSON, written whole, but not a record (unknown variant `stXred`"),
+        ] {
+            let (_dir, settings) = setup("newer");
+            {
+                let log = Log::open(&settings, metrics()).unwrap();
+                log.append(&record(0)).await.unwrap();
+                log.checkpoint().unwrap();
+                log.append(&record(1)).await.unwrap();
+            }
+            let path = settings.directory.join("staging.0");
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, end) = crate::disk::complete_entries(&bytes);
+            let mut tail = Vec::new();
+            for entry in [entry.as_bytes(), record(3).to_bytes().as_slice()] {
+                tail.extend((entry.len() as u16).to_be_bytes());
+                tail.extend_from_slice(entry);
+            }
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&tail, end as u64).unwrap();
+            drop(f);
+            let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+            assert!(
+                e.contains(&format!("entry 2 (leaf 2, at byte {end}) {says}")),
+                "{e}"
+            );
+            // Nothing was cut.
+            let bytes = std::fs::read(&path).unwrap();
+            let (entries, _) = crate::disk::complete_entries(&bytes);
+            assert_eq!(entries.len(), 4);
         }
-        let path = settings.directory.join("staging.0");
-        let bytes = std::fs::read(&path).unwrap();
-        let (_, end) = crate::disk::complete_entries(&bytes);
-        let newer =
-            String::from_utf8(record(2).to_bytes())
-                .unwrap()
-                .replacen('{', "{\"shiny\":true,", 1);
-        let mut tail = Vec::new();
-        for entry in [newer.as_bytes(), record(3).to_bytes().as_slice()] {
-            tail.extend((entry.len() as u16).to_be_bytes());
-            tail.extend_from_slice(entry);
-        }
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&tail, end as u64).unwrap();
-        drop(f);
-        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
-        assert!(e.contains("cannot read"), "{e}");
-        // Nothing was cut.
-        let bytes = std::fs::read(&path).unwrap();
-        let (entries, _) = crate::disk::complete_entries(&bytes);
-        assert_eq!(entries.len(), 4);
     }
 
     #[tokio::test]
