@@ -1201,13 +1201,16 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
     // range would panic at the first connection, not here. A year as the
     // duration syntax has it (`1y`: 365.25 days), so `1y` is one.
     let longest = Duration::from_secs(31_557_600);
+    // The deadlines count whole milliseconds: "500us" (meant "500ms"?)
+    // would be none at all, every connection ended at once.
+    let shortest = Duration::from_millis(1);
     let positive = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
         value.check_is_or(
             default,
             &format!("timeouts.{name}"),
             r,
-            "a positive duration of at most a year, such as \"500ms\", \"10s\", \"2m\"",
-            |d| !d.is_zero() && *d <= longest,
+            "a duration from 1ms to a year, such as \"500ms\", \"10s\", \"2m\"",
+            |d| *d >= shortest && *d <= longest,
         )
     };
     let or_off = |value: &Option<Setting<Duration>>, name: &str, default, r: &mut _| {
@@ -1215,8 +1218,8 @@ fn timeouts(raw: &RawTimeouts, r: &mut ConfigReport) -> Timeouts {
             default,
             &format!("timeouts.{name}"),
             r,
-            "a duration of at most a year such as \"5s\" (\"0s\" = off)",
-            |d| *d <= longest,
+            "\"0s\" (off) or a duration from 1ms to a year, such as \"5s\"",
+            |d| d.is_zero() || (*d >= shortest && *d <= longest),
         )
     };
     Timeouts {
@@ -2266,7 +2269,7 @@ worker_threads = 2
         .unwrap_err()
         .to_string();
         for line in [
-            "- timeouts.upstream_connect: `soon` is not a positive duration",
+            "- timeouts.upstream_connect: `soon` is not a duration from 1ms to a year",
             "- limits.max_connections: `many` is not a non-negative integer",
             "(set by the environment: RESIDENCY_PROXY__LIMITS__MAX_CONNECTIONS)",
         ] {
@@ -2331,6 +2334,8 @@ worker_threads = 2
 tls_handshake = "0s"
 request_head = "ten"
 reload_poll = "often"
+request_body_idle = "500us"
+discard_body = "10us"
 [limits]
 max_request_head_bytes = 10
 request_body_buffer_bytes = 4096
@@ -2354,8 +2359,10 @@ worker_threads = 0
 "#
         ));
         for line in [
-            "- timeouts.tls_handshake: `0s` is not a positive duration of at most a year, such as \"500ms\", \"10s\", \"2m\"",
-            "- timeouts.request_head: `ten` is not a positive duration",
+            "- timeouts.tls_handshake: `0s` is not a duration from 1ms to a year, such as \"500ms\", \"10s\", \"2m\"",
+            "- timeouts.request_head: `ten` is not a duration from 1ms",
+            "- timeouts.request_body_idle: `500us` is not a duration from 1ms",
+            "- timeouts.discard_body: `10us` is not \"0s\" (off) or a duration from 1ms to a year",
             "- timeouts.reload_poll: `often` is not \"0s\" (off) or a duration from 100ms to a year",
             "- limits.max_request_head_bytes: must be between 1024 and 1048576",
             "- limits.request_body_buffer_bytes: must be between 8192 and 1048576",
@@ -2374,7 +2381,7 @@ worker_threads = 0
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert!(text.contains(": 17 problems"), "{text}");
+        assert!(text.contains(": 19 problems"), "{text}");
     }
 
     #[test]

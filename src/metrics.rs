@@ -46,7 +46,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 23] = [
+pub const REJECTION_REASONS: [&str; 24] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -69,6 +69,7 @@ pub const REJECTION_REASONS: [&str; 23] = [
     "unsupported_transfer_coding",
     "request_head_too_large",
     "method_not_implemented",
+    "geoip_error",
     "shutdown",
 ];
 
@@ -218,7 +219,7 @@ impl Metrics {
         )?;
         let geoip_lookups = counter(
             "residency_geoip_lookups_total",
-            "GeoIP lookups by result: hit, miss, override.",
+            "GeoIP lookups by result: hit, miss, override, error (the database's record does not decode: the upload is refused, 503 geoip_error).",
             &["result"],
         )?;
         let geoip_build_timestamp = IntGauge::new(
@@ -409,6 +410,7 @@ impl Metrics {
             LookupResult::Hit,
             LookupResult::Miss,
             LookupResult::Override,
+            LookupResult::Error,
         ] {
             self.geoip_lookups.with_label_values(&[result.as_str()]);
         }
@@ -513,7 +515,7 @@ pub struct RequestMetrics {
     /// `[datacenter]` (its length is the number of data centres + 1)
     upstream_duration: Box<[OnceLock<Histogram>]>,
     /// `[LookupResult]`
-    geoip: [OnceLock<IntCounter>; 3],
+    geoip: [OnceLock<IntCounter>; 4],
     /// `[none, sni, client_cert, token]`
     tenant_source: [OnceLock<IntCounter>; 4],
     /// `[TenantId]`, with `tenancy.metrics_by_tenant`

@@ -67,6 +67,10 @@ pub enum Failure {
     /// A method neither in `limits.methods` nor one RFC 9110 or RFC 5789
     /// defines: the proxy does not recognize it (RFC 9110 §15.6.2: 501).
     MethodNotImplemented,
+    /// The GeoIP database's record for the client's address does not
+    /// decode (a damaged file): the client is not taken for one of no
+    /// country.
+    GeoipError,
     /// The proxy stopped (`timeouts.shutdown_grace` ran out) while the
     /// upload was with a data centre: its connection is dropped, so no
     /// client sees this; its record does (the data centre may have stored
@@ -78,7 +82,7 @@ impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 23] = [
+    pub const ALL: [Failure; 24] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -103,6 +107,7 @@ impl Failure {
         Failure::UnsupportedTransferCoding,
         Failure::HeadTooLarge,
         Failure::MethodNotImplemented,
+        Failure::GeoipError,
         Failure::Shutdown,
     ];
 }
@@ -130,6 +135,7 @@ impl From<Refusal> for Failure {
                 Failure::NoHealthyDatacenter { retry_after }
             }
             Refusal::TenantOriginMismatch => Failure::TenantOriginMismatch,
+            Refusal::GeoipError => Failure::GeoipError,
         }
     }
 }
@@ -148,6 +154,7 @@ impl Failure {
             Failure::NoHealthyDatacenter { .. }
             | Failure::LogUnavailable
             | Failure::UpstreamSaturated
+            | Failure::GeoipError
             | Failure::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -187,6 +194,7 @@ impl Failure {
             Failure::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Failure::HeadTooLarge => "request_head_too_large",
             Failure::MethodNotImplemented => "method_not_implemented",
+            Failure::GeoipError => "geoip_error",
             Failure::Shutdown => "shutdown",
         }
     }
@@ -213,9 +221,10 @@ impl Failure {
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
             | Failure::UpstreamTimeout => Culprit::Upstream,
-            Failure::LogUnavailable | Failure::UpstreamSaturated | Failure::Shutdown => {
-                Culprit::Proxy
-            }
+            Failure::LogUnavailable
+            | Failure::UpstreamSaturated
+            | Failure::GeoipError
+            | Failure::Shutdown => Culprit::Proxy,
         }
     }
 
@@ -288,7 +297,8 @@ mod tests {
             Failure::UnsupportedTransferCoding => 19,
             Failure::HeadTooLarge => 20,
             Failure::MethodNotImplemented => 21,
-            Failure::Shutdown => 22,
+            Failure::GeoipError => 22,
+            Failure::Shutdown => 23,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

@@ -47,6 +47,10 @@ pub enum Refusal {
     /// A pinned tenant's client is, by GeoIP, outside the pinned
     /// jurisdiction, and the tenant's `mismatch` policy refuses that.
     TenantOriginMismatch,
+    /// The GeoIP database's record for the address does not decode (a
+    /// damaged file): where the client is cannot be told, and it is not
+    /// taken for a client of no country.
+    GeoipError,
 }
 
 impl Refusal {
@@ -57,6 +61,7 @@ impl Refusal {
             Refusal::OriginNotPermitted => "origin_not_permitted",
             Refusal::NoHealthyDatacenter { .. } => "no_healthy_datacenter",
             Refusal::TenantOriginMismatch => "tenant_origin_mismatch",
+            Refusal::GeoipError => "geoip_error",
         }
     }
 }
@@ -82,6 +87,10 @@ pub fn decide(
         origin_jurisdiction: None,
         outcome: Outcome::Refuse(Refusal::OriginUnknown),
     };
+    if lookup == LookupResult::Error {
+        decision.outcome = Outcome::Refuse(Refusal::GeoipError);
+        return decision;
+    }
     let (j, assignment) = match policy.jurisdiction_for(country) {
         Ok(found) => found,
         Err(OriginRefusal::OriginUnknown) => return decision,
@@ -127,6 +136,11 @@ pub fn decide_pinned(
         outcome: Outcome::Refuse(Refusal::TenantOriginMismatch),
     };
     if placed != Some(pin) && !tenant.mismatch.allows(country) {
+        // Unless the mismatch policy would take any origin, one GeoIP
+        // could not tell is the database's fault, not the client's.
+        if lookup == LookupResult::Error {
+            decision.outcome = Outcome::Refuse(Refusal::GeoipError);
+        }
         return decision;
     }
     decision.outcome = pick(policy, pin, turn, is_up, retry_after);

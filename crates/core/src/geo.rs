@@ -35,6 +35,11 @@ pub enum LookupResult {
     Override,
     Hit,
     Miss,
+    /// The database holds a record for the address that does not decode
+    /// (a damaged file): nothing is known, and the client is not to be
+    /// taken for one of no country (whose uploads may go to
+    /// `[unknown_origin]`'s jurisdiction).
+    Error,
 }
 
 impl LookupResult {
@@ -43,6 +48,7 @@ impl LookupResult {
             LookupResult::Override => "override",
             LookupResult::Hit => "hit",
             LookupResult::Miss => "miss",
+            LookupResult::Error => "error",
         }
     }
 }
@@ -134,6 +140,22 @@ pub struct Geo {
     cache: RecordCache,
     /// An IPv4-only database: an IPv6 client has no country in it.
     ipv4_only: bool,
+    /// When a record that does not decode was last logged (seconds since
+    /// the Unix epoch, 0: never).
+    error_logged: AtomicU64,
+}
+
+/// Whether a line last logged at `last` (Unix seconds) may be logged again
+/// now: at most once a minute, however many callers race.
+fn once_a_minute(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs().max(1));
+    let then = last.load(Ordering::Relaxed);
+    (then == 0 || now >= then + 60)
+        && last
+            .compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// The country of recently seen database records, by data-section offset:
@@ -255,6 +277,7 @@ impl Geo {
             cache: RecordCache::new(),
             index,
             ipv4_only,
+            error_logged: AtomicU64::new(0),
         })
     }
 
@@ -334,8 +357,11 @@ impl Geo {
         match found {
             Ok(country) => Self::answer(country),
             Err(e) => {
-                tracing::warn!(error = %e, "GeoIP lookup failed; treating the origin as unknown");
-                (None, LookupResult::Miss)
+                // Any client in the range can cause it: once a minute.
+                if once_a_minute(&self.error_logged) {
+                    tracing::error!(error = %e, database = %self.sha256_hex, "GeoIP lookup failed: the database's record for this address does not decode (a damaged file?); uploads from such addresses are refused (503 geoip_error), not taken for unknown origins, until a good database is loaded");
+                }
+                (None, LookupResult::Error)
             }
         }
     }

@@ -387,6 +387,60 @@ fn a_pin_wins_over_geoip_and_mismatch_policies_apply() {
     );
 }
 
+/// A record the database holds for an address that does not decode (a
+/// damaged file) is no unknown origin: the upload is refused with
+/// `geoip_error`, never sent to `[unknown_origin]`'s jurisdiction (fuzz
+/// audit, stop 64: a Swiss client's upload was stored in virginia). A pin
+/// whose `mismatch` takes any origin still decides without the country.
+#[test]
+fn a_record_that_does_not_decode_is_refused_not_taken_for_an_unknown_origin() {
+    use residency_core::geo::LookupResult;
+    let (policy, t) = load(&format!(
+        "[unknown_origin]\naction = \"jurisdiction\"\njurisdiction = \"us\"\n{CH_PINS}"
+    ));
+    let t = t.unwrap();
+    let csv: String = COUNTRIES
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("10.0.{i}.0/24,{c}\n"))
+        .collect();
+    let rows = residency_tools::geoip::parse_csv(&csv).unwrap();
+    let mut db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
+    // CH's record, {country: {iso_code: "CH"}}: its inner map's marker made
+    // a 3-byte string, so the record no longer decodes.
+    let ch_code = db.windows(3).position(|w| w == b"BCH").unwrap();
+    let record = db[..ch_code]
+        .windows(9)
+        .rposition(|w| w == b"\xe1Gcountry")
+        .unwrap();
+    db[record + 9] = 0x43;
+    let geo = Geo::from_bytes(db, Vec::new()).unwrap();
+    let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
+    assert_eq!(geo.lookup(ch), (None, LookupResult::Error));
+    let dc = |d| where_to(&policy, d);
+    let d = decide(&geo, &policy, ch, 0, |_| true, |_| Duration::ZERO);
+    assert_eq!(d.lookup, LookupResult::Error);
+    assert_eq!(dc(d), Err(Refusal::GeoipError));
+    let d = decide(&geo, &policy, de, 0, |_| true, |_| Duration::ZERO);
+    assert_eq!(dc(d), Ok("frankfurt".into()));
+    let pinned = |name: &str| {
+        let tenant = t.get(t.by_name(name).unwrap());
+        dc(decide_pinned(
+            &geo,
+            &policy,
+            ch,
+            tenant,
+            0,
+            |_| true,
+            |_| Duration::ZERO,
+        ))
+    };
+    assert_eq!(pinned("allow"), Ok("zurich".into()));
+    assert_eq!(pinned("refuse"), Err(Refusal::GeoipError));
+    assert_eq!(pinned("some"), Err(Refusal::GeoipError));
+}
+
 /// `[unknown_origin]` sending the unplaced to the pin's own jurisdiction
 /// places no one there: a client GeoIP does not know, or whose country no
 /// jurisdiction lists, is still outside the pin for `mismatch`.
