@@ -388,7 +388,8 @@ fn a_pin_wins_over_geoip_and_mismatch_policies_apply() {
 }
 
 /// A record the database holds for an address that does not decode (a
-/// damaged file) is no unknown origin: the upload is refused with
+/// damaged file) refuses the database at load; and were one met by a
+/// lookup, it would be no unknown origin: the upload is refused with
 /// `geoip_error`, never sent to `[unknown_origin]`'s jurisdiction (fuzz
 /// audit, stop 64: a Swiss client's upload was stored in virginia). A pin
 /// whose `mismatch` takes any origin still decides without the country.
@@ -414,7 +415,17 @@ fn a_record_that_does_not_decode_is_refused_not_taken_for_an_unknown_origin() {
         .rposition(|w| w == b"\xe1Gcountry")
         .unwrap();
     db[record + 9] = 0x43;
-    let geo = Geo::from_bytes(db, Vec::new()).unwrap();
+    // Refused at load, naming the network (check-config, start, reload) …
+    let Err(e) = Geo::from_bytes(db.clone(), Vec::new()) else {
+        panic!("a damaged database loaded");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("<memory>: the record of 10.0.0.0/24 does not decode ("),
+        "{e}"
+    );
+    // … and a lookup that met such a record would be refused.
+    let geo = Geo::from_bytes_unverified(db, Vec::new()).unwrap();
     let ch = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
     let de = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 9));
     assert_eq!(geo.lookup(ch), (None, LookupResult::Error));
