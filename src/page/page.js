@@ -2,7 +2,7 @@
 // origin only), runs the verdict in the browser (verify.js) and says what
 // it found in plain words.
 
-import { byteCount, check, cosignatures, generationKey, hex, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
+import { byteCount, check, cosignatures, generationKey, hex, openCheckpoint, parseReceipt, parseVkey, plainTime, sha256, unsupported, unsignedReceipt } from "./verify.js";
 
 const STEP_NAMES = {
   key: "the log's key",
@@ -558,6 +558,16 @@ async function witnessed(note) {
 }
 
 // Whether every witness pinned in the link has validly cosigned `note`.
+// Whether `note` is a checkpoint signed with `vkey` (the log's key).
+async function signed(note, vkey) {
+  try {
+    await openCheckpoint(note, await parseVkey(vkey, 0x01));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function cosigned(note) {
   if (pinnedWitnesses.length === 0) return true;
   try {
@@ -626,6 +636,9 @@ async function inputsFor(text) {
   let note;
   for (let waited = 0; ; waited += 500) {
     note = await (await get(`${gen.base}checkpoint`)).text();
+    // One that does not verify is judged at once, as by `verify`: a log
+    // that served it has misbehaved, even if a good one came next.
+    if (!(await signed(note, gen.key))) break;
     const size = claimedSize(note);
     const covered = index === null || size === null || index < size;
     if ((covered && (await cosigned(note))) || waited >= 10000) break;

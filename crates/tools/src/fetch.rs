@@ -28,11 +28,10 @@ impl Answer {
     /// The error of a GET of `url` that got this answer, not a 2xx:
     /// [`Unavailable`] for a 5xx or 429 (the server could not say).
     pub fn failed(&self, url: &str) -> anyhow::Error {
-        let why = format!(
-            "GET {url}: {}: {}",
-            self.status,
-            String::from_utf8_lossy(&self.body)
-        );
+        // The server's words, at most 512 bytes of them.
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]);
+        let cut = if self.body.len() > 512 { "…" } else { "" };
+        let why = format!("GET {url}: {}: {}{cut}", self.status, body.trim_end());
         let busy = self.status.is_server_error()
             || self.status == http::StatusCode::TOO_MANY_REQUESTS
             || self.status == http::StatusCode::REQUEST_TIMEOUT;

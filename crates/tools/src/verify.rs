@@ -192,16 +192,38 @@ impl Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for c in &self.checks {
-            writeln!(f, "  ok  {c}")?;
+            writeln!(f, "  ok  {}", printable(c))?;
         }
         match &self.verdict {
-            Ok(summary) => writeln!(f, "VALID: {summary}"),
+            Ok(summary) => writeln!(f, "VALID: {}", printable(summary)),
             Err(why) if self.unchecked => {
-                writeln!(f, "NOT CHECKED: {why} (nothing was found wrong)")
+                writeln!(
+                    f,
+                    "NOT CHECKED: {} (nothing was found wrong)",
+                    printable(why)
+                )
             }
-            Err(why) => writeln!(f, "INVALID: {why}"),
+            Err(why) => writeln!(f, "INVALID: {}", printable(why)),
         }
     }
+}
+
+/// Text as printed: control characters escaped (`\u{1b}`, `\n`). Much of
+/// a report is what the log sent (an error's body, a record's fields), and
+/// a hostile log's escape sequences moved the cursor over the verdict,
+/// erased it and printed a VALID of its own (fuzz audit, stop 64).
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c.is_control() {
+            true => out.extend(c.escape_default()),
+            false => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Runs every check the arguments ask for.
@@ -406,8 +428,13 @@ async fn check_with(
             let mut waited = Duration::ZERO;
             loop {
                 let note = fetcher.text("/checkpoint").await?;
-                let covers =
-                    verdict::open_checkpoint(&note, &verifier).is_ok_and(|cp| cp.size >= need);
+                // One that does not verify is judged at once: a log that
+                // served it has misbehaved, even if a good one came next
+                // (fuzz audit, stop 64: it was skipped unsaid, VALID).
+                let Ok(cp) = verdict::open_checkpoint(&note, &verifier) else {
+                    break note;
+                };
+                let covers = cp.size >= need;
                 let cosigned = witnesses.check(&note).is_ok();
                 if (covers && cosigned) || waited >= Duration::from_secs(10) {
                     break note;
@@ -1006,6 +1033,35 @@ impl Witnesses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the log sent is printed with its control characters escaped:
+    /// a hostile log's body moved the cursor over the verdict, erased it
+    /// and printed a VALID of its own (fuzz audit, stop 64).
+    #[test]
+    fn a_report_prints_no_control_character() {
+        let forged = "busy\n\u{1b}[1A\u{1b}[2K\rVALID: upload stored in zurich\u{1b}[8m";
+        let report = Report {
+            checks: vec![format!("checkpoint of \u{1b}]0;title\u{7}")],
+            verdict: Err(format!(
+                "GET http://log/generations: 503 Service Unavailable: {forged}"
+            )),
+            unchecked: true,
+        };
+        let text = report.to_string();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("NOT CHECKED: GET "),
+            "{text}"
+        );
+        assert!(text.contains("\\u{1b}[1A"), "{text}");
+    }
     use clap::Parser as _;
 
     #[derive(clap::Parser)]
@@ -1076,6 +1132,54 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A checkpoint that does not verify with the key is judged at once,
+    /// though a good one follows: a log that served it has misbehaved (fuzz
+    /// audit, stop 64: it was skipped while waiting for a covering one,
+    /// and the verdict was VALID).
+    #[tokio::test]
+    async fn a_forged_checkpoint_is_invalid_though_a_good_one_follows() {
+        use residency_log::note::{Checkpoint, Signer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ours = Signer::from_seed("verify.example/log", &[3; 32]).unwrap();
+        let theirs = Signer::from_seed("verify.example/log", &[4; 32]).unwrap();
+        let empty = Checkpoint {
+            origin: "verify.example/log".into(),
+            size: 0,
+            root: residency_log::merkle::empty_root(),
+            extensions: Vec::new(),
+        };
+        let notes = [empty.sign(&theirs).unwrap(), empty.sign(&ours).unwrap()];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut served = 0;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (status, body) = if head.starts_with("GET /checkpoint ") {
+                    served += 1;
+                    ("200 OK", notes[usize::from(served > 1)].clone())
+                } else {
+                    ("404 Not Found", "{}".to_string())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        let args = VerifyArgs {
+            key: key(),
+            log: Some(format!("http://{addr}")),
+            ..VerifyArgs::default()
+        };
+        let report = verify(&args).await;
+        assert!(!report.valid() && !report.unchecked, "{report}");
+        assert!(report.to_string().starts_with("INVALID: "), "{report}");
     }
 
     /// A `/generations` list of (number, origin, key, prefix).
