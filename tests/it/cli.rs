@@ -1346,7 +1346,9 @@ fn verify_usage_errors_exit_2_not_invalid() {
     let missing = dir.path().join("missing");
     let missing = path(&missing);
     let receipt = format!("@{missing}");
-    let cases: [(&[&str], &str); 7] = [
+    // A directory where a file is meant.
+    let dir_path = path(dir.path()).to_string();
+    let cases: [(&[&str], &str); 11] = [
         (&[], "nothing to verify"),
         (&["--receipt", &receipt], "--receipt @"),
         (&["--proof-file", missing], "--proof-file "),
@@ -1382,6 +1384,27 @@ fn verify_usage_errors_exit_2_not_invalid() {
             ],
             "--witness w.example/w2+9f8e7d6c+BC…",
         ),
+        (
+            &["--receipt", "x", "--witness", &witness],
+            "--witness needs a checkpoint",
+        ),
+        (
+            &["--receipt", "x", "--file", &dir_path],
+            "a directory: give a file",
+        ),
+        (
+            &["--log", "http://127.0.0.1:9", "--request-id", "a/b"],
+            "--request-id \"a/b\": a request id is",
+        ),
+        (
+            &[
+                "--log",
+                "http://127.0.0.1:9",
+                "--export-proof",
+                "p.tlog-proof",
+            ],
+            "--export-proof needs a record",
+        ),
     ];
     for (args, says) in cases {
         let out = run(&[&["verify", "--key", &key][..], args].concat(), &[]);
@@ -1390,6 +1413,38 @@ fn verify_usage_errors_exit_2_not_invalid() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!text(&out.stdout).contains("INVALID"), "{args:?}");
     }
+    // `--previous` that is a file, without a newer checkpoint to compare.
+    let previous = dir.path().join("previous");
+    std::fs::write(&previous, "x").unwrap();
+    let out = run(
+        &[
+            "verify",
+            "--key",
+            &key,
+            "--receipt",
+            "x",
+            "--previous",
+            path(&previous),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--previous needs a newer checkpoint"));
+    // A pipe is a file to read (`--file <(…)`): not refused as a usage
+    // error (the receipt then fails to parse: INVALID).
+    let out = run(
+        &[
+            "verify",
+            "--key",
+            &key,
+            "--receipt",
+            "x",
+            "--file",
+            "/dev/stdin",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     // There, and not a receipt: the proof did not hold.
     let bad = dir.path().join("receipt.txt");
     std::fs::write(&bad, "not a receipt").unwrap();

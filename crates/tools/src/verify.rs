@@ -133,16 +133,49 @@ pub fn usage(args: &VerifyArgs) -> Result<(), String> {
     ];
     for (flag, path) in files {
         let Some(path) = path else { continue };
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(format!("{flag}{}: {e}", path.display()));
+        // A pipe is fine (`--file <(curl …)`, `/dev/stdin`); a directory
+        // is not.
+        match std::fs::metadata(path) {
+            Err(e) => return Err(format!("{flag}{}: {e}", path.display())),
+            Ok(meta) if meta.is_dir() => {
+                return Err(format!(
+                    "{flag}{}: a directory: give a file",
+                    path.display()
+                ))
+            }
+            Ok(_) => {}
         }
-        if let Some(problem) = residency_core::report::not_a_file(path) {
-            return Err(format!("{flag}{}: {problem}", path.display()));
-        }
+    }
+    let checkpoint_given =
+        args.log.is_some() || args.checkpoint.is_some() || args.proof_file.is_some();
+    if !args.witnesses.is_empty() && !checkpoint_given {
+        return Err(
+            "--witness needs a checkpoint: give --log, --checkpoint or --proof-file".into(),
+        );
+    }
+    if args.previous.is_some() && args.log.is_none() && args.checkpoint.is_none() {
+        return Err("--previous needs a newer checkpoint: give --log or --checkpoint".into());
+    }
+    if args.export_proof.is_some() && args.receipt.is_none() && args.request_id.is_none() {
+        return Err("--export-proof needs a record: give --receipt or --request-id".into());
+    }
+    if let (None, Some(id)) = (&args.receipt, &args.request_id) {
+        request_id_arg(id)?;
     }
     Witnesses::from_args(args)
         .map(|_| ())
         .map_err(|e| format!("{e:#}"))
+}
+
+/// `--request-id`, as the page takes one: it goes into the URL as it is.
+fn request_id_arg(id: &str) -> Result<(), String> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+    match !id.is_empty() && id.len() <= 128 && id.bytes().all(plain) {
+        true => Ok(()),
+        false => Err(format!(
+            "--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'"
+        )),
+    }
 }
 
 /// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
@@ -313,11 +346,7 @@ async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<Stri
         return check_tlog_proof(proof, args.entry.as_ref(), &verifier, &witnesses, checks);
     }
     if let (None, Some(id)) = (&args.receipt, &args.request_id) {
-        // As the page takes one: it goes into the URL as it is.
-        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
-        if id.is_empty() || id.len() > 128 || !id.bytes().all(plain) {
-            bail!("--request-id {id:?}: a request id is 1 to 128 letters, digits, '.', '_', '~' or '-'");
-        }
+        request_id_arg(id).map_err(|e| anyhow!(e))?;
     }
     let log = match &args.log {
         Some(url) => Some(Log::open(url, args.ca.as_ref(), &verifier).await?),
