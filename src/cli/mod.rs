@@ -1062,14 +1062,22 @@ struct LogLevel {
 
 /// As [`init_tracing`], into `file` (no colours).
 fn init_tracing_to(format: LogFormat, level: &LogLevel, file: std::fs::File) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (filter, quiet) = filter(level);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(level))
+        .with_env_filter(filter)
         .log_internal_errors(false)
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file));
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(rustls_cap(quiet))
+            .try_init(),
+        LogFormat::Text => builder.finish().with(rustls_cap(quiet)).try_init(),
     };
 }
 
@@ -1118,7 +1126,9 @@ fn env_filter(value: &str) -> Result<&str, String> {
     Ok(value)
 }
 
-fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
+/// The filter `--log-level` or `RUST_LOG` asks for, and whether it leaves
+/// rustls unnamed (see [`rustls_cap`]).
+fn filter(level: &LogLevel) -> (tracing_subscriber::EnvFilter, bool) {
     use tracing_subscriber::EnvFilter;
     // Held to `--log-level`'s rules (a misspelt level silenced every
     // line: verification, stop 63).
@@ -1141,17 +1151,22 @@ fn filter(level: &LogLevel) -> tracing_subscriber::EnvFilter {
         from_env().or_else(given)
     };
     let (filter, text) = chosen.unwrap_or_else(|| (EnvFilter::new("info"), String::new()));
-    // rustls warns of what any client can send (an IP address as SNI, a
-    // renegotiation), a line per handshake: its errors only, unless the
-    // filter names it (TLS audit, stop 64).
-    match (text.contains("rustls"), RUSTLS_QUIET.parse()) {
-        (false, Ok(quiet)) => filter.add_directive(quiet),
-        _ => filter,
-    }
+    (filter, !text.contains("rustls"))
 }
 
-/// The level of rustls's own lines unless the filter names `rustls`.
-const RUSTLS_QUIET: &str = "rustls=error";
+/// rustls warns of what any client can send (an IP address as SNI, a
+/// renegotiation), a line per handshake: with `quiet` (the filter does not
+/// name rustls), its lines below `error` are left out (TLS audit, stop
+/// 64). A cap on what the filter lets through, never a line it would not
+/// (a directive `rustls=error` turned rustls's errors on under `off`).
+fn rustls_cap(
+    quiet: bool,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(move |m| {
+        let rustls = m.target() == "rustls" || m.target().starts_with("rustls::");
+        !(quiet && rustls && *m.level() > tracing::Level::ERROR)
+    })
+}
 
 /// Log lines a server's writer holds for stderr while its reader is slow;
 /// past them lines are dropped (a few MB at most).
@@ -1239,7 +1254,9 @@ fn init_tracing_with<W>(format: LogFormat, level: &LogLevel, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = filter(level);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (filter, quiet) = filter(level);
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which
     // panics on the same broken stderr — inside a request.
@@ -1251,8 +1268,13 @@ where
         .with_ansi(ansi)
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(rustls_cap(quiet))
+            .try_init(),
+        LogFormat::Text => builder.finish().with(rustls_cap(quiet)).try_init(),
     };
 }
 
@@ -1313,10 +1335,14 @@ mod tests {
                 filter: filter.to_string(),
                 explicit: true,
             };
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter(super::filter(&level))
-                .with_writer(move || writer.clone())
-                .finish();
+            let (filter, quiet) = super::filter(&level);
+            let subscriber = tracing_subscriber::layer::SubscriberExt::with(
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_writer(move || writer.clone())
+                    .finish(),
+                super::rustls_cap(quiet),
+            );
             tracing::subscriber::with_default(subscriber, || {
                 tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
                 tracing::error!(target: "rustls::conn", "a rustls error");
@@ -1335,6 +1361,13 @@ mod tests {
         }
         let text = logged("info,rustls=warn");
         assert!(text.contains("Illegal SNI"), "{text}");
+        // A cap, not a directive: no rustls line where the filter lets
+        // none through (review, stop 64: `off` showed rustls's errors).
+        for filter in ["off", "residency_proxy=debug"] {
+            let text = logged(filter);
+            assert!(!text.contains("rustls"), "{filter}: {text}");
+        }
+        assert!(logged("residency_proxy=debug").contains("ours"));
     }
 
     #[test]

@@ -557,7 +557,6 @@ async function witnessed(note) {
   return (await check({ key: logKey, checkpoint: note, witnesses: pinnedWitnesses })).valid;
 }
 
-// Whether every witness pinned in the link has validly cosigned `note`.
 // Whether `note` is a checkpoint signed with `vkey` (the log's key).
 async function signed(note, vkey) {
   try {
@@ -568,6 +567,7 @@ async function signed(note, vkey) {
   }
 }
 
+// Whether every witness pinned in the link has validly cosigned `note`.
 async function cosigned(note) {
   if (pinnedWitnesses.length === 0) return true;
   try {

@@ -540,7 +540,11 @@ fn admit<'a>(
     };
     findings.origin_jurisdiction = decision.origin_jurisdiction;
     if let (Some(_), Some((pin, _))) = (recognized, decision.jurisdiction) {
-        if decision.origin_jurisdiction != Some(pin) {
+        // (A refusal because GeoIP could not tell is no mismatch either
+        // way: review, stop 64.)
+        if decision.origin_jurisdiction != Some(pin)
+            && decision.outcome != Outcome::Refuse(Refusal::GeoipError)
+        {
             let refused = decision.outcome == Outcome::Refuse(Refusal::TenantOriginMismatch);
             state
                 .request_metrics

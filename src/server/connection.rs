@@ -745,6 +745,18 @@ where
     let parts = served.into_parts();
     let (rest, mut stream) = parts.io.into_inner().into_parts();
     if head_late {
+        // Empty lines alone (a client's CRLF after a body: RFC 9112 §2.2
+        // has a server ignore them) begin no head: closed without a word,
+        // as an idle connection. Nor is a 408 sent behind an answer of
+        // hyper's own (its 400 or 431) the client is not reading.
+        let partial = parts.read_buf.iter().chain(rest.iter());
+        if partial.copied().all(|b| b == b'\r' || b == b'\n') {
+            close(stream).await;
+            return None;
+        }
+        if activity.sending() {
+            return None;
+        }
         // hyper wrote nothing of this request: the refusal is ours to
         // send, then the connection closes as after any refusal (the
         // rest of the head, if it comes, read and dropped).

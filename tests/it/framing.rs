@@ -1342,6 +1342,25 @@ async fn a_head_not_complete_in_time_is_answered_408() {
         .unwrap_or_else(|| panic!("no 408 in {text}"));
     answered(got[at..].to_vec());
 
+    // Empty lines after an answer (RFC 9112 §2.2: ignored) begin no head:
+    // closed without a 408 (review, stop 64).
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    tls.write_all(&keep("Content-Length: 1\r\n", b"x"))
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    assert_eq!(
+        status_line(&mut tls, "the first answer").await,
+        "HTTP/1.1 404"
+    );
+    tls.write_all(b"\r\n").await.unwrap();
+    tls.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut tls))
+        .await
+        .expect("closed at request_head");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(!text.contains("408"), "{text}");
+
     // No head at all: closed, nothing written.
     let mut idle = proxy.client().connect().await.expect("TLS handshake");
     let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut idle))

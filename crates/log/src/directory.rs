@@ -341,6 +341,21 @@ pub(crate) fn sealed_checkpoint(
     }))
 }
 
+/// The checkpoint stored in `dir`, verified with `verifier` and `origin`
+/// as a start verifies it — in either format, the one-file format still to
+/// convert included — without opening the log: for `check-config`.
+pub(crate) fn stored_checkpoint(
+    dir: &Path,
+    verifier: &Verifier,
+    origin: &str,
+) -> Result<Option<Published>, LogError> {
+    Ok(read_checkpoint(dir, verifier, origin)?.map(|c| Published {
+        note: c.note,
+        size: c.size,
+        root: c.root,
+    }))
+}
+
 /// Refuses a tree whose right edge, read from the tiles at the last
 /// checkpoint's `size`, does not hash to that checkpoint's `root`.
 fn check_edge(dir: &Path, edge: &Edge, size: u64, root: Hash) -> Result<(), LogError> {

@@ -269,7 +269,7 @@ pub fn check_directory(settings: &Transparency) -> Result<String, LogError> {
     for &n in &numbers {
         let origin = generation_origin(&settings.origin, n);
         let (_, verifier) = directory::keys(settings, &pkcs8, &origin)?;
-        last = directory::sealed_checkpoint(&generation_dir(settings, n), &verifier, &origin)?
+        last = directory::stored_checkpoint(&generation_dir(settings, n), &verifier, &origin)?
             .map(|p| (n, p.size));
     }
     Ok(match last {
@@ -1673,6 +1673,43 @@ mod tests {
         let log = Log::open(&settings, metrics()).unwrap();
         serves(&log.generation(1).unwrap(), &first);
         assert_eq!(log.open_sealed_directories(), 1);
+    }
+
+    /// `check-config`'s reading of a directory log: every generation's
+    /// checkpoint verified with the key, without a lock (the log is open
+    /// here) or a write; one altered, or a key that is not the log's, is
+    /// an error naming the file; a new directory has none yet.
+    #[tokio::test]
+    async fn check_directory_reads_every_generation_s_checkpoint() {
+        let (_dir, mut settings) = setup("check-directory");
+        assert_eq!(
+            check_directory(&settings).unwrap(),
+            "no checkpoint yet (a new log)"
+        );
+        settings.max_records = 2;
+        let log = Log::open(&settings, metrics()).unwrap();
+        roll_through(&log, 7).await;
+        log.checkpoint().unwrap();
+        let size = log.size();
+        let said = check_directory(&settings).unwrap();
+        assert_eq!(
+            said,
+            format!(
+                "4 generations; generation 4's checkpoint at size {size} verified with the key"
+            )
+        );
+        drop(log);
+        let checkpoint = settings.directory.join("generations/2/checkpoint");
+        let good = std::fs::read_to_string(&checkpoint).unwrap();
+        std::fs::write(&checkpoint, good.replacen('\n', "\n\n", 1)).unwrap();
+        let e = check_directory(&settings).unwrap_err().to_string();
+        assert!(e.contains(&checkpoint.display().to_string()), "{e}");
+        std::fs::write(&checkpoint, &good).unwrap();
+        let other = settings.directory.join("other.key");
+        std::fs::write(&other, crate::note::Signer::generate_pkcs8().unwrap()).unwrap();
+        settings.signing_key = other;
+        let e = check_directory(&settings).unwrap_err().to_string();
+        assert!(e.contains("no signature by key"), "{e}");
     }
 
     /// A second process on a rolled log's directory stops at the current
