@@ -1677,6 +1677,30 @@ fn file(path: &str, key: &str, base: &Path, r: &mut ConfigReport) -> Option<Path
     }
 }
 
+impl Config {
+    /// Each certificate file the proxy serves, by its key: the listeners'
+    /// and the log listener's.
+    pub fn served_certificates(&self) -> Vec<(String, &Path)> {
+        let listeners = self.listeners.iter().enumerate().flat_map(|(i, l)| {
+            l.certificates.iter().enumerate().map(move |(j, c)| {
+                (
+                    format!("listeners[{i}].tls.certificates[{j}]"),
+                    c.cert.as_path(),
+                )
+            })
+        });
+        let log = self.transparency.iter().flat_map(|t| {
+            t.tls.iter().enumerate().map(|(j, c)| {
+                (
+                    format!("transparency.tls.certificates[{j}]"),
+                    c.cert.as_path(),
+                )
+            })
+        });
+        listeners.chain(log).collect()
+    }
+}
+
 /// What makes the certificates of `config` fail at clients' handshakes
 /// though they load: expired or not yet valid, expiring within 14 days, a
 /// CA's as a server's, a client CA expired or CRLs that refuse everyone.

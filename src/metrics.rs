@@ -157,6 +157,9 @@ pub struct Metrics {
     pub tenant_requests_by_tenant: IntCounterVec,
     pub tenant_mismatches: IntCounterVec,
     pub policy_info: IntGaugeVec,
+    /// When each served certificate expires (its `notAfter`), by its key
+    /// in the configuration.
+    pub certificate_expiry: IntGaugeVec,
     pub geoip_age: IntGauge,
     /// The transparency log's (zero when it is not configured).
     pub log: LogMetrics,
@@ -347,6 +350,14 @@ impl Metrics {
             &["hash"],
         )?;
         registry.register(Box::new(policy_info.clone()))?;
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "residency_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate the proxy serves expires (its notAfter, Unix seconds), by its key in the configuration (listeners[i].tls.certificates[j], transparency.tls.certificates[j]): read at start and at each reload; clients refuse it at the handshake from then on.",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         let geoip_age = IntGauge::new(
             "residency_geoip_database_age_seconds",
             "Age of the loaded GeoIP database (now minus its build time).",
@@ -389,6 +400,7 @@ impl Metrics {
             tenant_requests_by_tenant,
             tenant_mismatches,
             policy_info,
+            certificate_expiry,
             geoip_age,
             log,
         })
@@ -432,6 +444,20 @@ impl Metrics {
         }
         for action in ["allowed", "refused"] {
             self.tenant_mismatches.with_label_values(&[action]);
+        }
+        // The certificates served now (a reload may have replaced any).
+        self.certificate_expiry.reset();
+        for (key, cert) in config.served_certificates() {
+            let expiry = std::fs::read(cert)
+                .ok()
+                .and_then(|pem| residency_tls::validity(&pem).first().copied());
+            if let Some(v) = expiry {
+                let secs = v
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                self.certificate_expiry.with_label_values(&[&key]).set(secs);
+            }
         }
         if config.tenancy.metrics_by_tenant {
             for t in config.tenancy.tenants.iter() {

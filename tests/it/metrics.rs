@@ -91,6 +91,20 @@ async fn every_family_in_the_readme_exists_at_start_with_its_zero_series() {
         "served but not in the README's metrics paragraph: {undocumented:?}"
     );
 
+    // Each served certificate's notAfter.
+    let not_after = residency_tls::validity(proxy.certs[0].as_bytes())[0]
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        metric(
+            &text,
+            "residency_tls_certificate_expiry_timestamp_seconds{certificate=\"listeners[0].tls.certificates[0]\"}"
+        ),
+        Some(not_after as f64),
+        "{text}"
+    );
     // The ones alerts are written against start at 0.
     for zero in [
         "residency_reloads_total{result=\"failure\"}",
