@@ -1062,23 +1062,7 @@ struct LogLevel {
 
 /// As [`init_tracing`], into `file` (no colours).
 fn init_tracing_to(format: LogFormat, level: &LogLevel, file: std::fs::File) {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let (filter, quiet) = filter(level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .log_internal_errors(false)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file));
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .finish()
-            .with(rustls_cap(quiet))
-            .try_init(),
-        LogFormat::Text => builder.finish().with(rustls_cap(quiet)).try_init(),
-    };
+    init_tracing_with(format, level, std::sync::Mutex::new(file), false);
 }
 
 /// The levels a log filter's bare word names.
@@ -1174,7 +1158,12 @@ const LOG_LINES_BUFFERED: usize = 8192;
 
 /// Logs to stderr, written by the calling thread: the command-line tools.
 fn init_tracing(format: LogFormat, level: &LogLevel) {
-    init_tracing_with(format, level, || Stderr);
+    init_tracing_with(format, level, || Stderr, stderr_is_terminal());
+}
+
+/// Colours only on a terminal: a log file or journald gets plain text.
+fn stderr_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 /// The process's stderr, counting the lines it refuses (a full disk, a pipe
@@ -1219,7 +1208,7 @@ fn init_server_tracing(
         .thread_name("residency-log")
         .finish(Stderr);
     crate::metrics::count_dropped_log_lines(writer.error_counter());
-    init_tracing_with(format, level, writer);
+    init_tracing_with(format, level, writer, stderr_is_terminal());
     Some(guard)
 }
 
@@ -1250,7 +1239,8 @@ fn stderr_has_reader() -> bool {
     true
 }
 
-fn init_tracing_with<W>(format: LogFormat, level: &LogLevel, writer: W)
+/// Logs through `writer`, with colours when `ansi` (stderr a terminal).
+fn init_tracing_with<W>(format: LogFormat, level: &LogLevel, writer: W, ansi: bool)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -1260,8 +1250,6 @@ where
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: the default reports it with `eprintln!`, which
     // panics on the same broken stderr — inside a request.
-    // Colours only on a terminal: a log file or journald gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)

@@ -309,14 +309,18 @@ fn load_time_checks_name_the_key() {
 /// A GeoIP database placing 10.0.C.0/24 in country C of `COUNTRIES`
 /// (10.0.5.0/24 and up: in no database).
 fn geo() -> Geo {
+    Geo::from_bytes(geo_db(), Vec::new()).unwrap()
+}
+
+/// The bytes of [`geo`]'s database.
+fn geo_db() -> Vec<u8> {
     let csv: String = COUNTRIES
         .iter()
         .enumerate()
         .map(|(i, c)| format!("10.0.{i}.0/24,{c}\n"))
         .collect();
     let rows = residency_tools::geoip::parse_csv(&csv).unwrap();
-    let db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
-    Geo::from_bytes(db, Vec::new()).unwrap()
+    residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap()
 }
 
 /// CH, DE, GB and US are in jurisdictions; JP is in none.
@@ -400,13 +404,7 @@ fn a_record_that_does_not_decode_is_refused_not_taken_for_an_unknown_origin() {
         "[unknown_origin]\naction = \"jurisdiction\"\njurisdiction = \"us\"\n{CH_PINS}"
     ));
     let t = t.unwrap();
-    let csv: String = COUNTRIES
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("10.0.{i}.0/24,{c}\n"))
-        .collect();
-    let rows = residency_tools::geoip::parse_csv(&csv).unwrap();
-    let mut db = residency_tools::geoip::build_country_db(&rows, 1_750_000_000).unwrap();
+    let mut db = geo_db();
     // CH's record, {country: {iso_code: "CH"}}: its inner map's marker made
     // a 3-byte string, so the record no longer decodes.
     let ch_code = db.windows(3).position(|w| w == b"BCH").unwrap();
