@@ -86,33 +86,58 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 const COUNTRY_PATH: [PathElement<'static>; 2] =
     [PathElement::Key("country"), PathElement::Key("iso_code")];
 
-/// Decodes the country of every record the database's networks point to,
-/// once each: one that does not decode (a damaged file) refuses the
+/// Decodes the country of every record the database's search tree points
+/// to, once each: one that does not decode (a damaged file) refuses the
 /// database at load (`check-config`, start, reload), rather than leaving
 /// its clients to a refusal at each upload (fuzz audit, stop 64: they were
-/// taken for clients of no country). A country database has a few hundred
-/// records behind its networks, a city one some hundred thousand.
-fn check_records(reader: &Reader<SharedBytes>, path: &str) -> Result<(), GeoError> {
+/// taken for clients of no country). The tree is walked visiting each node
+/// once ([`TreeIndex::records`]): listing its networks instead let a
+/// crafted 1 KB file with 2^128 of them hang the load, the reload and the
+/// shutdown behind it (verification, stop 64). A country database has a
+/// few hundred records, a city one some hundred thousand.
+fn check_records(
+    reader: &Reader<SharedBytes>,
+    bytes: &std::sync::Arc<[u8]>,
+    path: &str,
+) -> Result<(), GeoError> {
+    let meta = reader.metadata();
+    let ipv4 = meta.ip_version == 4;
     let damaged = |network: String, source| GeoError::Damaged {
         path: path.to_string(),
         network,
         source,
     };
-    let networks = reader
-        .networks(maxminddb::WithinOptions::default())
-        .map_err(|e| damaged("the search tree".into(), e))?;
-    let mut seen = std::collections::HashSet::new();
-    for found in networks {
-        let found = found.map_err(|e| damaged("a network".into(), e))?;
-        if found.offset().is_some_and(|o| !seen.insert(o)) {
-            continue;
-        }
-        if let Err(e) = found.decode_path::<Option<&str>>(&COUNTRY_PATH) {
-            let network = found
-                .network()
-                .map_or_else(|_| "a network".to_string(), |n| n.to_string());
-            return Err(damaged(network, e));
-        }
+    let records = TreeIndex::records(
+        bytes.clone(),
+        meta.node_count as usize,
+        meta.record_size,
+        meta.ip_version,
+    )
+    .map_err(|why| {
+        damaged(
+            "the search tree".into(),
+            maxminddb::MaxMindDbError::invalid_database(why),
+        )
+    })?;
+    for (bits, len) in records {
+        let (addr, network) = if ipv4 {
+            let a = std::net::Ipv4Addr::from(bits as u32);
+            (IpAddr::V4(a), format!("{a}/{len}"))
+        } else if bits >> 32 == 0 && len >= 96 {
+            // IPv4 under ::/96, as the database's own networks name it.
+            let a = std::net::Ipv4Addr::from(bits as u32);
+            (
+                IpAddr::V6(std::net::Ipv6Addr::from(bits)),
+                format!("{a}/{}", len - 96),
+            )
+        } else {
+            let a = std::net::Ipv6Addr::from(bits);
+            (IpAddr::V6(a), format!("{a}/{len}"))
+        };
+        reader
+            .lookup(addr)
+            .and_then(|found| found.decode_path::<Option<&str>>(&COUNTRY_PATH))
+            .map_err(|e| damaged(network, e))?;
     }
     Ok(())
 }
@@ -301,7 +326,7 @@ impl Geo {
             })?;
         let meta = reader.metadata();
         let index = TreeIndex::build(
-            bytes,
+            bytes.clone(),
             meta.node_count as usize,
             meta.record_size,
             meta.ip_version,
@@ -318,7 +343,7 @@ impl Geo {
             });
         }
         if verify {
-            check_records(&reader, &path)?;
+            check_records(&reader, &bytes, &path)?;
         }
         for (net, _) in &mut overrides {
             *net = canonical_net(*net);

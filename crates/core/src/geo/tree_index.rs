@@ -81,6 +81,73 @@ impl TreeIndex {
         Some(index)
     }
 
+    /// One network for each distinct data record the search tree points
+    /// to: the first path that reaches it, as the top `len` bits of a
+    /// 128-bit address (32-bit for an IPv4 tree), found by visiting every
+    /// node once — a tree whose nodes are shared (a crafted file of 1 KB
+    /// can hold 2^128 networks) costs what its node count does. `Err` for
+    /// a record past the file or a path longer than an address.
+    pub fn records(
+        buf: Arc<[u8]>,
+        node_count: usize,
+        record_size: u16,
+        ip_version: u16,
+    ) -> Result<Vec<(u128, u32)>, &'static str> {
+        if ![24, 28, 32].contains(&record_size) {
+            return Err("an unknown record size");
+        }
+        let tree = TreeIndex {
+            buf,
+            node_count,
+            record_size,
+            table: Box::new([]),
+            table6: Box::new([]),
+        };
+        let bits: u32 = if ip_version == 4 { 32 } else { 128 };
+        let mut visited = vec![0u64; node_count.div_ceil(64)];
+        let mut seen = std::collections::HashSet::new();
+        let mut found = Vec::new();
+        let mut stack: Vec<(usize, u128, u32)> = Vec::new();
+        if node_count > 0 {
+            visited[0] |= 1;
+            stack.push((0, 0, 0));
+        }
+        while let Some((node, prefix, depth)) = stack.pop() {
+            if depth >= bits {
+                return Err("a path longer than an address");
+            }
+            // Data in side order; children pushed right first, so that the
+            // left-most path, the lowest address (IPv4's ::/96 before its
+            // aliases), is the one that names a record.
+            let mut children = [None, None];
+            for side in 0..2u128 {
+                let record = tree
+                    .read(node, side as usize)
+                    .ok_or("a node past the file")?;
+                let path = prefix | side << (bits - 1 - depth);
+                if record < node_count {
+                    children[side as usize] = Some((record, path));
+                } else if record > node_count && seen.insert(record) {
+                    found.push((path, depth + 1));
+                }
+            }
+            // (Marked in side order: a child both sides share is the
+            // left one's.)
+            let mut fresh = [None, None];
+            for (side, child) in children.into_iter().enumerate() {
+                if let Some((record, path)) = child {
+                    let (word, bit) = (record / 64, 1u64 << (record % 64));
+                    if visited[word] & bit == 0 {
+                        visited[word] |= bit;
+                        fresh[side] = Some((record, path, depth + 1));
+                    }
+                }
+            }
+            stack.extend(fresh.into_iter().rev().flatten());
+        }
+        Ok(found)
+    }
+
     /// Where the walk from `start` stands after each 16-bit prefix (the
     /// address's bits from `skip` on).
     fn first_steps(&self, start: usize, skip: u32) -> Option<Box<[u32]>> {
@@ -157,5 +224,51 @@ impl TreeIndex {
                 u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree of `depth` nodes, each pointing to the next on both sides, the
+    /// last to one data record: 2^depth networks in `depth` nodes.
+    fn chain(depth: usize) -> (Arc<[u8]>, usize) {
+        let node_count = depth;
+        let mut buf = Vec::new();
+        for node in 0..node_count {
+            let next = if node + 1 < node_count {
+                node + 1
+            } else {
+                node_count + DATA_SECTION_SEPARATOR
+            };
+            for _ in 0..2 {
+                buf.extend_from_slice(&(next as u32).to_be_bytes());
+            }
+        }
+        (buf.into(), node_count)
+    }
+
+    /// Shared nodes are visited once: 2^100 networks through 100 nodes name
+    /// their one record once, at once (a listing of the networks hung the
+    /// load of such a file: verification, stop 64); a path longer than an
+    /// address is refused.
+    #[test]
+    fn records_visit_each_node_once() {
+        let (buf, node_count) = chain(100);
+        let found = TreeIndex::records(buf, node_count, 32, 6).unwrap();
+        assert_eq!(found, vec![(0, 100)]);
+        let (buf, node_count) = chain(129);
+        assert_eq!(
+            TreeIndex::records(buf, node_count, 32, 6),
+            Err("a path longer than an address")
+        );
+        let (buf, node_count) = chain(33);
+        assert!(TreeIndex::records(buf, node_count, 32, 4).is_err());
+        let (buf, node_count) = chain(32);
+        assert_eq!(
+            TreeIndex::records(buf, node_count, 32, 4).unwrap(),
+            vec![(0, 32)]
+        );
     }
 }
