@@ -558,7 +558,7 @@ where
             // buffers) until the next request's bytes arrive.
             let _parked = (!sniffing).then(|| Counted::new(&metrics.connections_idle));
             release();
-            prefix = park(&mut io, prefix, peer, phases).await?;
+            prefix = without_empty_lines(park(&mut io, prefix, peer, phases).await?);
             continue;
         }
         if sniffing {
@@ -576,6 +576,7 @@ where
         }
         let (stream, rest) =
             serve_until_quiet(&h1, prefix, io, service, activity, peer, phases).await?;
+        let rest = without_empty_lines(rest);
         if !rest.is_empty() {
             activity.head_read_while_busy();
         }
@@ -995,6 +996,22 @@ fn h2_preface(bytes: &[u8]) -> Option<bool> {
         Some(true)
     } else {
         None
+    }
+}
+
+/// `bytes` without the empty lines that open it: no head (RFC 9112 §2.2
+/// has a server ignore them; a client may send a CRLF after its body), so
+/// they neither wake a parked connection's hyper nor start a
+/// `request_head`.
+fn without_empty_lines(bytes: Bytes) -> Bytes {
+    let empty = bytes
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    match empty {
+        0 => bytes,
+        n if n == bytes.len() => Bytes::new(),
+        n => bytes.slice(n..),
     }
 }
 
@@ -1913,7 +1930,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &result {
-            if this.heads && buf.filled().len() > before {
+            // Empty lines before a head are no head (RFC 9112 §2.2: a
+            // client's CRLF after its body): they start no request_head.
+            let read = &buf.filled()[before..];
+            if this.heads && read.iter().any(|b| *b != b'\r' && *b != b'\n') {
                 this.activity.read();
             }
         }
