@@ -634,11 +634,13 @@ async function inputsFor(text) {
   // that covers a fresh receipt and carries the pinned witnesses'
   // cosignatures, which arrive after the log signs.
   let note;
+  let good = true;
   for (let waited = 0; ; waited += 500) {
     note = await (await get(`${gen.base}checkpoint`)).text();
     // One that does not verify is judged at once, as by `verify`: a log
     // that served it has misbehaved, even if a good one came next.
-    if (!(await signed(note, gen.key))) break;
+    good = await signed(note, gen.key);
+    if (!good) break;
     const size = claimedSize(note);
     const covered = index === null || size === null || index < size;
     if ((covered && (await cosigned(note))) || waited >= 10000) break;
@@ -646,14 +648,20 @@ async function inputsFor(text) {
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
   inputs.checkpoint = note;
-  const size = claimedSize(note);
-  if (index !== null && size !== null && index < size) {
-    inputs.inclusion = (await (await get(`${gen.base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
+  // Nothing more is asked of the log for a checkpoint that does not
+  // verify: the verdict says so (proofs for its claimed size would fail
+  // first, with another reason: verification, stop 64).
+  historyUnproven = null;
+  if (good) {
+    const size = claimedSize(note);
+    if (index !== null && size !== null && index < size) {
+      inputs.inclusion = (await (await get(`${gen.base}proof/inclusion?index=${index}&size=${size}`)).json()).hashes;
+    }
+    const { before, inputs: seen, unproven } = await history(gen.id, note, gen.base);
+    Object.assign(inputs, seen);
+    // Kept only when the log proved it grew from the one kept before.
+    historyUnproven = unproven === undefined ? null : { before, why: unproven };
   }
-  const { before, inputs: seen, unproven } = await history(gen.id, note, gen.base);
-  Object.assign(inputs, seen);
-  // Kept only when the log proved it grew from the one kept before.
-  historyUnproven = unproven === undefined ? null : { before, why: unproven };
   const file = $("file").files[0];
   if (file) {
     say("verdict", `Hashing ${file.name} in this browser…`);
