@@ -285,8 +285,9 @@ pub fn run(cli: Cli) -> ExitCode {
             let _log = init_server_tracing(format.unwrap_or_default(), &level);
             block_on(crate::witness::run(*args, shutdown_signal()))
         }
-        Command::Verify(args) => {
+        Command::Verify(mut args) => {
             init_tracing(format.unwrap_or_default(), &level);
+            residency_tools::verify::read_witness_files(&mut args);
             if let Err(e) = residency_tools::verify::usage(&args) {
                 eprintln!("error: {e}\n\nFor more information, try '--help'.");
                 return ExitCode::from(2);

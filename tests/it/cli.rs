@@ -1413,6 +1413,47 @@ fn verify_usage_errors_exit_2_not_invalid() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(!text(&out.stdout).contains("INVALID"), "{args:?}");
     }
+    // Flags that would be ignored, or a place the result cannot go.
+    let file = dir.path().join("some-file");
+    std::fs::write(&file, "x").unwrap();
+    let file = path(&file);
+    for (args, says) in [
+        (
+            vec!["--receipt", "x", "--checkpoint", file],
+            "--checkpoint with a --receipt needs its inclusion proof",
+        ),
+        (
+            vec!["--log", "http://127.0.0.1:9", "--proof", file],
+            "--proof is the inclusion proof of a --receipt",
+        ),
+        (
+            vec!["--log", "http://127.0.0.1:9", "--consistency-proof", file],
+            "--consistency-proof needs the --previous checkpoint",
+        ),
+        (
+            vec![
+                "--log",
+                "http://127.0.0.1:9",
+                "--save-checkpoint",
+                &dir_path,
+            ],
+            "--save-checkpoint",
+        ),
+        (
+            vec![
+                "--receipt",
+                "x",
+                "--export-proof",
+                "/nonexistent-dir/p.tlog-proof",
+            ],
+            "/nonexistent-dir is not a directory",
+        ),
+    ] {
+        let out = run(&[&["verify", "--key", &key][..], &args[..]].concat(), &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
     // `--previous` that is a file, without a newer checkpoint to compare.
     let previous = dir.path().join("previous");
     std::fs::write(&previous, "x").unwrap();

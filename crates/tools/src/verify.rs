@@ -159,6 +159,46 @@ pub fn usage(args: &VerifyArgs) -> Result<(), String> {
     if args.export_proof.is_some() && args.receipt.is_none() && args.request_id.is_none() {
         return Err("--export-proof needs a record: give --receipt or --request-id".into());
     }
+    if args.receipt.is_some()
+        && args.checkpoint.is_some()
+        && args.proof.is_none()
+        && args.log.is_none()
+    {
+        return Err(
+            "--checkpoint with a --receipt needs its inclusion proof: give --proof (or --log)"
+                .into(),
+        );
+    }
+    if args.proof.is_some() && args.receipt.is_none() {
+        return Err("--proof is the inclusion proof of a --receipt: give one".into());
+    }
+    if args.consistency_proof.is_some() && args.previous.is_none() {
+        return Err("--consistency-proof needs the --previous checkpoint it starts from".into());
+    }
+    // What is written after the checks: a place it can go.
+    for (flag, path) in [
+        ("--save-checkpoint", args.save_checkpoint.as_ref()),
+        ("--export-proof", args.export_proof.as_ref()),
+    ] {
+        let Some(path) = path else { continue };
+        if path.is_dir() {
+            return Err(format!(
+                "{flag} {}: a directory: give a file name",
+                path.display()
+            ));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(format!(
+                "{flag} {}: {} is not a directory",
+                path.display(),
+                parent.display()
+            ));
+        }
+    }
     if let (None, Some(id)) = (&args.receipt, &args.request_id) {
         request_id_arg(id)?;
     }
@@ -193,7 +233,19 @@ fn key_arg(text: &str) -> Result<String, String> {
         Err(_) => text.to_string(),
     };
     Verifier::parse(&key).map_err(|e| format!("the key: {e}"))?;
-    Ok(text.to_string())
+    // The key itself, read once: a pipe (`--key <(…)`) has nothing left
+    // for a second read (verification, stop 64).
+    Ok(key)
+}
+
+/// `--witness` values given as files (or pipes) replaced by the keys they
+/// hold, read once, before anything else reads them.
+pub fn read_witness_files(args: &mut VerifyArgs) {
+    for w in &mut args.witnesses {
+        if let Ok(text) = std::fs::read_to_string(&*w) {
+            *w = text.trim().to_string();
+        }
+    }
 }
 
 fn http_url(text: &str) -> Result<String, String> {
