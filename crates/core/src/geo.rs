@@ -134,9 +134,17 @@ fn check_records(
             let a = std::net::Ipv6Addr::from(bits);
             (IpAddr::V6(a), format!("{a}/{len}"))
         };
+        // The country, and the names of the keys on its path: a key whose
+        // bytes are not text (`coun\xffry`, damage) would make the record
+        // read as one without a country (verification, stop 64).
+        type Keys<'a> = std::collections::BTreeMap<&'a str, serde::de::IgnoredAny>;
         reader
             .lookup(addr)
-            .and_then(|found| found.decode_path::<Option<&str>>(&COUNTRY_PATH))
+            .and_then(|found| {
+                found.decode::<Keys<'_>>()?;
+                found.decode_path::<Option<Keys<'_>>>(&COUNTRY_PATH[..1])?;
+                found.decode_path::<Option<&str>>(&COUNTRY_PATH)
+            })
             .map_err(|e| damaged(network, e))?;
     }
     Ok(())

@@ -412,6 +412,18 @@ fn a_record_that_does_not_decode_is_refused_not_taken_for_an_unknown_origin() {
         .windows(9)
         .rposition(|w| w == b"\xe1Gcountry")
         .unwrap();
+    // A key whose bytes are not text reads as no key at all: the record
+    // would be one without a country (verification, stop 64).
+    let mut key_damaged = db.clone();
+    key_damaged[record + 5] = 0xff;
+    let Err(e) = Geo::from_bytes(key_damaged, Vec::new()) else {
+        panic!("a database with a damaged key loaded");
+    };
+    assert!(
+        e.to_string()
+            .starts_with("<memory>: the record of 10.0.0.0/24 does not decode ("),
+        "{e}"
+    );
     db[record + 9] = 0x43;
     // Refused at load, naming the network (check-config, start, reload) …
     let Err(e) = Geo::from_bytes(db.clone(), Vec::new()) else {
