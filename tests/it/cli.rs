@@ -1424,7 +1424,7 @@ fn verify_usage_errors_exit_2_not_invalid() {
         ),
         (
             vec!["--log", "http://127.0.0.1:9", "--proof", file],
-            "--proof is the inclusion proof of a --receipt",
+            "--proof is the inclusion proof of a record",
         ),
         (
             vec!["--log", "http://127.0.0.1:9", "--consistency-proof", file],
@@ -1454,6 +1454,23 @@ fn verify_usage_errors_exit_2_not_invalid() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // A request id's record takes a saved --proof too: no usage error (the
+    // log is not there: NOT CHECKED).
+    let out = run(
+        &[
+            "verify",
+            "--key",
+            &key,
+            "--request-id",
+            "abc",
+            "--log",
+            "http://127.0.0.1:9",
+            "--proof",
+            file,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     // `--previous` that is a file, without a newer checkpoint to compare.
     let previous = dir.path().join("previous");
     std::fs::write(&previous, "x").unwrap();

@@ -169,8 +169,10 @@ pub fn usage(args: &VerifyArgs) -> Result<(), String> {
                 .into(),
         );
     }
-    if args.proof.is_some() && args.receipt.is_none() {
-        return Err("--proof is the inclusion proof of a --receipt: give one".into());
+    if args.proof.is_some() && args.receipt.is_none() && args.request_id.is_none() {
+        return Err(
+            "--proof is the inclusion proof of a record: give --receipt or --request-id".into(),
+        );
     }
     if args.consistency_proof.is_some() && args.previous.is_none() {
         return Err("--consistency-proof needs the --previous checkpoint it starts from".into());
