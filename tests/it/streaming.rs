@@ -524,9 +524,11 @@ async fn an_answer_in_one_byte_chunks_to_a_client_that_stops_reading_stays_small
             got.extend_from_slice(&data);
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read)
+    // (Alone it takes ~2 s; under a whole suite's load it once passed
+    // 30 s, in the stop 64's last CI run: bounded, not timed.)
+    tokio::time::timeout(Duration::from_secs(120), read)
         .await
-        .expect("the rest of the answer within 30 s");
+        .expect("the rest of the answer within 120 s");
     assert_eq!(got.len(), CHUNKS);
     assert!(got.iter().all(|b| *b == b'x'));
     assert!(
