@@ -220,7 +220,6 @@ fn request_id_arg(id: &str) -> Result<(), String> {
     }
 }
 
-/// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
 /// `--key` as given, once it reads as a verifier key (itself, or a file
 /// holding one): a key that cannot be used is a usage error (exit 2), not
 /// a proof that failed (INVALID, exit 1).
@@ -250,6 +249,7 @@ pub fn read_witness_files(args: &mut VerifyArgs) {
     }
 }
 
+/// `--log`: an `http://` or `https://` URL (else a usage error, exit 2).
 fn http_url(text: &str) -> Result<String, String> {
     match text.starts_with("http://") || text.starts_with("https://") {
         true => Ok(text.to_string()),
@@ -313,8 +313,16 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Runs every check the arguments ask for.
+/// Runs every check the arguments ask for; a command line no check can
+/// run ([`usage`]) is the verdict's error, nothing read or fetched.
 pub async fn verify(args: &VerifyArgs) -> Report {
+    if let Err(e) = usage(args) {
+        return Report {
+            checks: Vec::new(),
+            verdict: Err(e),
+            unchecked: false,
+        };
+    }
     // The receipt read once: stdin (`-`) cannot be read twice.
     let mut args = args.clone();
     if let Some(r) = &args.receipt {
@@ -375,32 +383,18 @@ fn receipt_of_the_key(args: &VerifyArgs) -> bool {
     if receipt.signature.is_none() {
         return false;
     }
-    let key = std::fs::read_to_string(&args.key)
-        .map(|text| text.trim().to_string())
-        .unwrap_or_else(|_| args.key.clone());
-    Verifier::parse(&key).is_ok_and(|v| v.name() == receipt.log)
+    key_arg(&args.key)
+        .ok()
+        .and_then(|key| Verifier::parse(&key).ok())
+        .is_some_and(|v| v.name() == receipt.log)
 }
 
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
-    let key = match std::fs::read_to_string(&args.key) {
-        Ok(text) => text.trim().to_string(),
-        // A verifier key is `name+hash+key`: without a '+' it was meant
-        // as a file.
-        Err(e) if !args.key.contains('+') => {
-            bail!(
-                "--key {}: {e} (give the log's verifier key, or a file holding it)",
-                args.key
-            )
-        }
-        Err(_) => args.key.clone(),
-    };
+    let key = key_arg(&args.key).map_err(|e| anyhow!("--key {}: {e}", args.key))?;
     let verifier = Verifier::parse(&key).map_err(|e| anyhow!("the key: {e}"))?;
     let witnesses = Witnesses::from_args(args)?;
     if let Some(proof) = &args.proof_file {
         return check_tlog_proof(proof, args.entry.as_ref(), &verifier, &witnesses, checks);
-    }
-    if let (None, Some(id)) = (&args.receipt, &args.request_id) {
-        request_id_arg(id).map_err(|e| anyhow!(e))?;
     }
     let log = match &args.log {
         Some(url) => Some(Log::open(url, args.ca.as_ref(), &verifier).await?),
@@ -488,14 +482,8 @@ async fn check_with(
         ..Inputs::default()
     };
 
-    let wants_checkpoint = fetcher.is_some() || args.checkpoint.is_some();
-    if !wants_checkpoint {
-        if !witnesses.keys.is_empty() {
-            bail!("--witness needs a checkpoint: give --log, --checkpoint or --proof-file");
-        }
-        if args.previous.is_some() {
-            bail!("--previous needs a newer checkpoint: give --log or --checkpoint");
-        }
+    // `--witness` and `--previous` come with a checkpoint ([`usage`]).
+    if fetcher.is_none() && args.checkpoint.is_none() {
         return conclude(verdict::check(&inputs), checks);
     }
 
@@ -550,8 +538,6 @@ async fn check_with(
             let path = from_tiles(f, &mut tiles, |t| t.inclusion_proof(receipt.index)).await?;
             inputs.inclusion = Some(hexes(&path));
         }
-    } else if args.export_proof.is_some() && claimed.is_none() {
-        bail!("--export-proof needs a record: give --receipt or --request-id");
     }
 
     // The checkpoint seen before, and the consistency path to this one.
@@ -1179,6 +1165,7 @@ mod tests {
     async fn a_key_file_that_is_not_there_is_named() {
         let args = VerifyArgs {
             key: "/nonexistent/log.pub".into(),
+            receipt: Some("a receipt".into()),
             ..VerifyArgs::default()
         };
         let why = verify(&args).await.verdict.unwrap_err();
@@ -1186,6 +1173,27 @@ mod tests {
             why.starts_with("--key /nonexistent/log.pub: No such file"),
             "{why}"
         );
+    }
+
+    /// A caller of [`verify`] that skips [`usage`] meets its rules all
+    /// the same: they are stated once, there.
+    #[tokio::test]
+    async fn the_usage_rules_hold_for_callers_of_verify_too() {
+        let args = VerifyArgs {
+            key: "log+01020304+AAAA".into(),
+            receipt: Some("a receipt".into()),
+            witnesses: vec!["w+01020304+AAAA".into()],
+            ..VerifyArgs::default()
+        };
+        let why = verify(&args).await.verdict.unwrap_err();
+        assert!(why.starts_with("--witness needs a checkpoint"), "{why}");
+        let args = VerifyArgs {
+            export_proof: Some("out.tlog-proof".into()),
+            checkpoint: Some("/nonexistent/checkpoint".into()),
+            ..args
+        };
+        let why = verify(&args).await.verdict.unwrap_err();
+        assert!(why.starts_with("--checkpoint /nonexistent"), "{why}");
     }
 
     /// A log on a socket answering `routes` (path → body, 200; a body
