@@ -751,7 +751,7 @@ where
         // as an idle connection. Nor is a 408 sent behind an answer of
         // hyper's own (its 400 or 431) the client is not reading.
         let partial = parts.read_buf.iter().chain(rest.iter());
-        if partial.copied().all(|b| b == b'\r' || b == b'\n') {
+        if partial.copied().all(empty_line) {
             close(stream).await;
             return None;
         }
@@ -999,15 +999,20 @@ fn h2_preface(bytes: &[u8]) -> Option<bool> {
     }
 }
 
+/// A byte of an empty line (CR or LF), which a server ignores before a
+/// request line (RFC 9112 §2.2). The one statement of the rule: the
+/// [`Watched`] read, [`without_empty_lines`] and the `request_head`
+/// refusal's guard all ask it.
+fn empty_line(byte: u8) -> bool {
+    byte == b'\r' || byte == b'\n'
+}
+
 /// `bytes` without the empty lines that open it: no head (RFC 9112 §2.2
 /// has a server ignore them; a client may send a CRLF after its body), so
 /// they neither wake a parked connection's hyper nor start a
 /// `request_head`.
 fn without_empty_lines(bytes: Bytes) -> Bytes {
-    let empty = bytes
-        .iter()
-        .take_while(|b| **b == b'\r' || **b == b'\n')
-        .count();
+    let empty = bytes.iter().take_while(|b| empty_line(**b)).count();
     match empty {
         0 => bytes,
         n if n == bytes.len() => Bytes::new(),
@@ -1933,7 +1938,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             // Empty lines before a head are no head (RFC 9112 §2.2: a
             // client's CRLF after its body): they start no request_head.
             let read = &buf.filled()[before..];
-            if this.heads && read.iter().any(|b| *b != b'\r' && *b != b'\n') {
+            if this.heads && !read.iter().copied().all(empty_line) {
                 this.activity.read();
             }
         }
