@@ -352,6 +352,13 @@ def main():
                 if key[0] == "Deployment":  # the chart leaves replicas to the HPA
                     a.pop("replicas", None)
                     b.pop("replicas", None)
+                    # and rolls the pods when the [transparency] it renders
+                    # changes (kubectl apply of the plain ConfigMap does not).
+                    meta = a["template"]["metadata"]
+                    if not meta.get("annotations", {}).pop("checksum/transparency", None):
+                        errors.append("Deployment: the chart's pods carry no checksum/transparency annotation")
+                    if meta.get("annotations") == {}:
+                        meta.pop("annotations")
                 errors += [f"{key[0]}/{key[1]}: chart and plain manifests differ at {d}" for d in differences(a, b, "spec")]
             print(f"ok: chart defaults render the same {len(plain)} objects as {args.plain} (specs compared)")
         examples = [d for f in sorted(glob.glob(os.path.join(args.plain, "examples", "*.yaml")))

@@ -153,6 +153,12 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub reloads: IntCounterVec,
+    /// 1 unless the last reload failed (Prometheus's own
+    /// `prometheus_config_last_reload_successful`).
+    pub config_last_reload_successful: IntGauge,
+    /// 1 while the configuration last reloaded holds settings read at
+    /// start only that differ from the running ones.
+    pub config_restart_pending: IntGauge,
     pub tenant_requests: IntCounterVec,
     pub tenant_requests_by_tenant: IntCounterVec,
     pub tenant_mismatches: IntCounterVec,
@@ -327,6 +333,17 @@ impl Metrics {
             "Reloads of configuration, certificates and GeoIP database, by result: success, failure.",
             &["result"],
         )?;
+        let config_last_reload_successful = IntGauge::new(
+            "residency_config_last_reload_successful",
+            "1 unless the last reload failed (0: the previous state keeps serving, until a reload succeeds).",
+        )?;
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
+        config_last_reload_successful.set(1);
+        let config_restart_pending = IntGauge::new(
+            "residency_config_restart_pending",
+            "1 while the configuration last reloaded changes settings read at start only (listener or admin addresses, [transparency], limits.max_connections and the others the reload's warning names): they take effect at the next restart.",
+        )?;
+        registry.register(Box::new(config_restart_pending.clone()))?;
         let tenant_requests = counter(
             "residency_tenant_requests_total",
             "With tenants configured: requests by how their tenant was recognised (sni, client_cert, token; none: GeoIP decided).",
@@ -396,6 +413,8 @@ impl Metrics {
             connections_closed,
             upstream_retries,
             reloads,
+            config_last_reload_successful,
+            config_restart_pending,
             tenant_requests,
             tenant_requests_by_tenant,
             tenant_mismatches,

@@ -35,13 +35,16 @@ use residency_core::report::ConfigReport;
 /// Loads `path` and, if everything validates, makes it the current state.
 pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
     let result = build(instance, path);
+    let metrics = &instance.metrics;
+    metrics
+        .config_last_reload_successful
+        .set(i64::from(result.is_ok()));
     match &result {
-        Ok(state) => {
-            instance
-                .metrics
-                .reloads
-                .with_label_values(&["success"])
-                .inc();
+        Ok((state, restart_pending)) => {
+            metrics.reloads.with_label_values(&["success"]).inc();
+            metrics
+                .config_restart_pending
+                .set(i64::from(*restart_pending));
             tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
             state.config.tenancy.log_warnings();
             // A certificate swapped for one that expired loads, and every
@@ -51,11 +54,7 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
             }
         }
         Err(report) => {
-            instance
-                .metrics
-                .reloads
-                .with_label_values(&["failure"])
-                .inc();
+            metrics.reloads.with_label_values(&["failure"]).inc();
             // A line per problem, each on one line: a log shipper that
             // splits at newlines keeps each whole (a TOML parse error
             // spans several).
@@ -68,10 +67,12 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
             }
         }
     }
-    result.map(|state| instance.replace(state))
+    result.map(|(state, _)| instance.replace(state))
 }
 
-fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
+/// The new state, and whether the file holds settings read at start only
+/// that differ from the running ones (each warned of here).
+fn build(instance: &Instance, path: &Path) -> Result<(Snapshot, bool), ConfigReport> {
     let config = Config::load(path)?;
     let old = instance.snapshot();
     let mut report = ConfigReport::new(path.display().to_string());
@@ -86,14 +87,17 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
         );
         return Err(report);
     }
+    let mut restart_pending = false;
     let order = bound_order(&config.listeners, &old.config.listeners);
     for (i, bound) in old.config.listeners.iter().enumerate() {
         let new = &config.listeners[order[i]];
         if new.address != bound.address && !bound.address.port().eq(&0) {
+            restart_pending = true;
             tracing::warn!(listener = order[i], configured = %new.address, bound = %bound.address, "listener address changed: needs a restart, still serving on the bound address");
         }
     }
     if config.admin.address != old.config.admin.address && old.config.admin.address.port() != 0 {
+        restart_pending = true;
         tracing::warn!(configured = %config.admin.address, bound = %old.config.admin.address, "admin address changed: needs a restart");
     }
     let named = crate::files::named(&config);
@@ -114,6 +118,7 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     }
     state.config.admin.address = old.config.admin.address;
     if state.config.transparency != old.config.transparency {
+        restart_pending = true;
         tracing::warn!("[transparency] changed: needs a restart; the log keeps running with the settings it was opened with");
         // The listener's certificate files, when they are the same, are
         // still reloaded: renewed ones are served from the next handshake.
@@ -141,12 +146,15 @@ fn build(instance: &Instance, path: &Path) -> Result<Snapshot, ConfigReport> {
     }
     let restart_only = restart_only_changes(&old.config, &mut state.config);
     if !restart_only.is_empty() {
+        restart_pending = true;
         tracing::warn!(
             keys = %restart_only.join(", "),
             "changed settings that are read at start only: they need a restart; the rest of the reload applies"
         );
     }
-    report.finish(Some(state))
+    report
+        .finish(Some(state))
+        .map(|state| (state, restart_pending))
 }
 
 /// For each bound listener, in order, the index of the configured one whose

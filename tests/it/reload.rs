@@ -30,6 +30,11 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+async fn gauge(proxy: &Proxy, name: &str) -> f64 {
+    let (_, text) = proxy.admin_get("/metrics").await;
+    metric(&text, name).unwrap()
+}
+
 async fn reloads(proxy: &Proxy, result: &str) -> f64 {
     let (_, text) = proxy.admin_get("/metrics").await;
     metric(
@@ -191,6 +196,8 @@ async fn bad_reloads_keep_the_old_state_serving() {
         assert_eq!(reply.peer_cert, original_cert);
     };
     let mut failures = 0.0;
+    let last_successful = "residency_config_last_reload_successful";
+    assert_eq!(gauge(&proxy, last_successful).await, 1.0);
 
     // A corrupt database.
     replace(&dir.join("geo.mmdb"), b"this is not a MaxMind database");
@@ -200,6 +207,7 @@ async fn bad_reloads_keep_the_old_state_serving() {
     })
     .await;
     still_serving().await;
+    assert_eq!(gauge(&proxy, last_successful).await, 0.0);
 
     // A broken config (also restores nothing: the database is still corrupt,
     // so put a good one back first and let that reload succeed).
@@ -208,6 +216,7 @@ async fn bad_reloads_keep_the_old_state_serving() {
         reloads(&proxy, "success").await >= 1.0
     })
     .await;
+    assert_eq!(gauge(&proxy, last_successful).await, 1.0);
     replace(
         &proxy.config_path,
         good_config.replace("countries = [\"GB\"]", "countries = [\"UK\"]"),
@@ -364,6 +373,8 @@ async fn log_certificate_renewed(log_setting_changed_first: bool) {
         reply.peer_cert
     };
     assert_eq!(served().await, der(&old_cert));
+    let pending = "residency_config_restart_pending";
+    assert_eq!(gauge(&proxy, pending).await, 0.0);
     if log_setting_changed_first {
         let config = std::fs::read_to_string(&proxy.config_path).unwrap();
         assert!(config.contains("checkpoint_interval = \"50ms\""));
@@ -378,6 +389,8 @@ async fn log_certificate_renewed(log_setting_changed_first: bool) {
             reloads(&proxy, "success").await >= 1.0
         })
         .await;
+        // Not in effect until a restart, and said so.
+        assert_eq!(gauge(&proxy, pending).await, 1.0);
     }
 
     replace(&proxy.dir.path().join("b.key"), &new_key);
@@ -387,6 +400,8 @@ async fn log_certificate_renewed(log_setting_changed_first: bool) {
     })
     .await;
     assert!(reloads(&proxy, "success").await >= 1.0);
+    let want = if log_setting_changed_first { 1.0 } else { 0.0 };
+    assert_eq!(gauge(&proxy, pending).await, want);
     proxy.stop().await;
 }
 

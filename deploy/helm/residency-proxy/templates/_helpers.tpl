@@ -38,6 +38,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+The proxy's pods, as the Services, the PodDisruptionBudget, the
+NetworkPolicy and the spread select them: the component too, so that other
+pods of the release carrying the same two labels (a CloudNativePG Cluster
+passing its labels on) are never taken for the proxy's. (The Deployment's
+own selector keeps the two labels: a selector cannot change on upgrade.)
+*/}}
+{{- define "residency-proxy.podLabels" -}}
+{{ include "residency-proxy.selectorLabels" . }}
+app.kubernetes.io/component: proxy
+{{- end }}
+
+{{/*
 Common labels.
 */}}
 {{- define "residency-proxy.labels" -}}
