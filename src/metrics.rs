@@ -46,7 +46,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 24] = [
+pub const REJECTION_REASONS: [&str; 25] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -70,6 +70,7 @@ pub const REJECTION_REASONS: [&str; 24] = [
     "request_head_too_large",
     "method_not_implemented",
     "geoip_error",
+    "upstream_answered_early",
     "shutdown",
 ];
 

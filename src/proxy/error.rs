@@ -71,6 +71,9 @@ pub enum Failure {
     /// decode (a damaged file): the client is not taken for one of no
     /// country.
     GeoipError,
+    /// The data centre answered 2xx before the proxy had handed it the
+    /// whole upload: an answer about a body it did not have.
+    UpstreamAnsweredEarly,
     /// The proxy stopped (`timeouts.shutdown_grace` ran out) while the
     /// upload was with a data centre: its connection is dropped, so no
     /// client sees this; its record does (the data centre may have stored
@@ -82,7 +85,7 @@ impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 24] = [
+    pub const ALL: [Failure; 25] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -108,6 +111,7 @@ impl Failure {
         Failure::HeadTooLarge,
         Failure::MethodNotImplemented,
         Failure::GeoipError,
+        Failure::UpstreamAnsweredEarly,
         Failure::Shutdown,
     ];
 }
@@ -159,7 +163,9 @@ impl Failure {
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Failure::UpstreamUnavailable | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
+            Failure::UpstreamUnavailable
+            | Failure::UpstreamError
+            | Failure::UpstreamAnsweredEarly => StatusCode::BAD_GATEWAY,
             Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
@@ -195,6 +201,7 @@ impl Failure {
             Failure::HeadTooLarge => "request_head_too_large",
             Failure::MethodNotImplemented => "method_not_implemented",
             Failure::GeoipError => "geoip_error",
+            Failure::UpstreamAnsweredEarly => "upstream_answered_early",
             Failure::Shutdown => "shutdown",
         }
     }
@@ -220,6 +227,7 @@ impl Failure {
             Failure::NoHealthyDatacenter { .. }
             | Failure::UpstreamUnavailable
             | Failure::UpstreamError
+            | Failure::UpstreamAnsweredEarly
             | Failure::UpstreamTimeout => Culprit::Upstream,
             Failure::LogUnavailable
             | Failure::UpstreamSaturated
@@ -298,7 +306,8 @@ mod tests {
             Failure::HeadTooLarge => 20,
             Failure::MethodNotImplemented => 21,
             Failure::GeoipError => 22,
-            Failure::Shutdown => 23,
+            Failure::UpstreamAnsweredEarly => 23,
+            Failure::Shutdown => 24,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

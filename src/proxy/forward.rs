@@ -448,6 +448,26 @@ pub fn forward<'a>(
                 }
                 result
             };
+            // A 2xx that came before the data centre was handed the whole
+            // body (the flag is set before hyper writes its last bytes, so
+            // before any answer to them can be read) is about an upload it
+            // did not have: refused, and its request cut off mid-body, so
+            // that it does not complete behind the client's back (upstream
+            // audit, stop 65: a data centre answering 201 at the head and
+            // then resetting had its receipt VALID for a body it never
+            // read).
+            if let Ok(Ok(resp)) = &result {
+                if resp.status().is_success() && !watch.is_complete() {
+                    upload.slot.withdraw();
+                    tracing::warn!(
+                        request_id = id,
+                        datacenter = dc.as_str(),
+                        status = resp.status().as_u16(),
+                        "the data centre answered 2xx before it was sent the whole upload: refused, and its request cut off mid-body"
+                    );
+                    return Err(upload.refuse(Failure::UpstreamAnsweredEarly));
+                }
+            }
             let attempt = judge(state, upstream, result, &upload.slot, id, dc);
             state.request_metrics.upstream_duration(
                 &instance.metrics,

@@ -816,6 +816,7 @@ impl ForwardBody {
 
     fn finish(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(done) = self.done.take() {
+            done.body_complete();
             done.body_sent();
         }
         Poll::Ready(None)
@@ -838,7 +839,10 @@ impl Body for ForwardBody {
             Kind::Replay(body) => {
                 return match std::mem::take(&mut **body) {
                     b if b.is_empty() => this.finish(),
-                    b => Poll::Ready(Some(Ok(Frame::data(b)))),
+                    b => {
+                        handed_all(&this.done);
+                        Poll::Ready(Some(Ok(Frame::data(b))))
+                    }
                 };
             }
             Kind::Stream {
@@ -862,7 +866,7 @@ impl Body for ForwardBody {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if src.last.is_some() {
-            return held_end(slot, src, timer, cx);
+            return held_end(slot, src, timer, cx, &this.done);
         }
         let mut polled = Pin::new(&mut src.rest).poll_frame(cx);
         if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_trailers()) {
@@ -892,9 +896,10 @@ impl Body for ForwardBody {
                             if let Some(timer) = timer.as_mut() {
                                 timer.as_mut().reset(Instant::now() + slot.idle);
                             }
-                            return held_end(slot, src, timer, cx);
+                            return held_end(slot, src, timer, cx, &this.done);
                         }
                         slot.complete(src);
+                        handed_all(&this.done);
                     }
                 }
                 if let Some(timer) = timer.as_mut() {
@@ -938,6 +943,15 @@ impl Drop for ForwardBody {
     /// connection failed): the rest of the client's body is discarded.
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
+            // A body known to be empty is never asked for: hyper drops it
+            // as it writes the head.
+            let empty = match &self.kind {
+                Kind::Stream { slot, .. } => slot.hint.exact() == Some(0),
+                Kind::Replay(body) => body.is_empty(),
+            };
+            if empty {
+                done.body_complete();
+            }
             done.body_sent();
         }
         if let Kind::Stream { slot, source, .. } = &mut self.kind {
@@ -955,6 +969,15 @@ impl Drop for ForwardBody {
     }
 }
 
+/// The frame being returned is the body's last data: all of the body is
+/// handed to the connection (hyper writes it before it can read an answer
+/// to it).
+fn handed_all(done: &Option<Arc<Watch>>) {
+    if let Some(done) = done {
+        done.body_complete();
+    }
+}
+
 /// The held last chunk of an HTTP/2 body of declared length, passed on
 /// once its stream ends cleanly (the body complete); anything else — more
 /// DATA, a reset, an end without `END_STREAM` — fails it (nothing more of
@@ -965,12 +988,14 @@ fn held_end(
     src: &mut Source,
     timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     cx: &mut Context<'_>,
+    done: &Option<Arc<Watch>>,
 ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
     loop {
         match Pin::new(&mut src.rest).poll_frame(cx) {
             Poll::Ready(None) if slot.ended_cleanly(&src.rest) => {
                 let last = src.last.take().unwrap_or_default();
                 slot.complete(src);
+                handed_all(done);
                 return Poll::Ready(Some(Ok(Frame::data(last))));
             }
             // Trailers, or an empty DATA frame (an `END_STREAM` sent on

@@ -331,6 +331,10 @@ pub struct Watch {
     /// The body has been sent (a flag here instead of a oneshot channel:
     /// ~250 instructions fewer per request, issue 23).
     sent: AtomicBool,
+    /// All of the body has been handed to the connection (not merely
+    /// dropped): a 2xx that comes before this was given for an upload the
+    /// data centre did not have.
+    complete: AtomicBool,
     /// Woken when `progress` is set and when the body has been sent.
     woken: AtomicWaker,
 }
@@ -359,6 +363,17 @@ impl Watch {
     pub fn set(&self, progress: &Arc<WriteProgress>) {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
         self.woken.wake();
+    }
+
+    /// All of the body has been handed to the connection: set before its
+    /// last bytes are written, so before any answer to them can be read.
+    pub fn body_complete(&self) {
+        self.complete.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Self::body_complete`] was told.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
     }
 
     /// The body has been sent completely, or dropped.

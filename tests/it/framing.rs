@@ -544,7 +544,7 @@ async fn a_host_listed_in_connection_still_reaches_the_data_centre_as_its_own() 
 /// The body of `POST /big` from [`raw_datacenter`].
 const BIG: usize = 64 << 20;
 
-/// Body bytes [`raw_datacenter`] read after answering `POST /early-201`.
+/// Body bytes [`raw_datacenter`] read after answering `POST /early-NNN`.
 static EARLY_BODY_READ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A data centre that answers each request with the raw response its path
@@ -573,11 +573,15 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 };
-                if head.starts_with("post /early-201 ") {
-                    // 201 at once, then the body, counted as it comes.
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-                        .await;
+                let early = head
+                    .strip_prefix("post /early-")
+                    .and_then(|rest| rest.split_once(' '))
+                    .and_then(|(code, _)| code.parse::<u16>().ok());
+                if let Some(code) = early {
+                    // That status at once, then the body, counted as it
+                    // comes.
+                    let answer = format!("HTTP/1.1 {code} Early\r\nContent-Length: 0\r\n\r\n");
+                    let _ = stream.write_all(answer.as_bytes()).await;
                     let start = head.len() + 4;
                     loop {
                         let body = buf.len().min(length) - start;
@@ -1385,18 +1389,17 @@ async fn a_head_not_complete_in_time_is_answered_408() {
     proxy.stop().await;
 }
 
-/// A data centre that answers 201 as soon as it has the head and then
-/// reads the body still gets the whole body, however long the client takes
-/// to send it: those bytes are the request's, not a next request's head
-/// bound by `request_head` (the connection was dropped at it, cutting the
-/// upload the data centre had acknowledged).
+/// A data centre that answers (not 2xx) as soon as it has the head and
+/// then reads the body still gets the whole body, however long the client
+/// takes to send it: those bytes are the request's, not a next request's
+/// head bound by `request_head` (the connection was dropped at it).
 #[tokio::test]
 async fn an_early_answer_does_not_cut_the_rest_of_the_upload() {
     let proxy = proxy_with_raw_zurich("[timeouts]\nrequest_head = \"1s\"\n").await;
     let mut tls = proxy.client().connect().await.expect("TLS handshake");
     const LEN: usize = 20 * 1024;
     let head = raw(&format!(
-        "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+        "POST /early-409 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
     ));
     tls.write_all(&head).await.unwrap();
     tls.flush().await.unwrap();
@@ -1406,7 +1409,61 @@ async fn an_early_answer_does_not_cut_the_rest_of_the_upload() {
         EARLY_BODY_READ.load(std::sync::atomic::Ordering::SeqCst) == LEN
     })
     .await;
-    assert_eq!(status_line(&mut tls, "the answer").await, "HTTP/1.1 201");
+    assert_eq!(status_line(&mut tls, "the answer").await, "HTTP/1.1 409");
+    proxy.stop().await;
+}
+
+/// A data centre that answers 201 as soon as it has the head answers for
+/// an upload it does not have: the client gets 502
+/// `upstream_answered_early`, and the data centre's request is cut off
+/// mid-body, so it never completes (upstream audit, stop 65: the 201 stood,
+/// with a receipt VALID for a body the data centre never read).
+#[tokio::test]
+async fn an_early_2xx_is_refused_and_its_request_cut_off() {
+    let proxy = proxy_with_raw_zurich("").await;
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    const LEN: usize = 64 * 1024;
+    let head = raw(&format!(
+        "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+    ));
+    tls.write_all(&head).await.unwrap();
+    tls.write_all(&[b'x'; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    // The answer's head and its JSON body (the connection stays open to
+    // discard the rest of the body).
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"}") {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the answer within 10 s");
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(
+        answer.contains(r#""error":"upstream_answered_early""#),
+        "{answer}"
+    );
+    // The rest of the body goes nowhere: the data centre's request ended
+    // with what it had when it answered.
+    let _ = tls.write_all(&[b'y'; LEN - 1024]).await;
+    let _ = tls.flush().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = EARLY_BODY_READ.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(read < LEN, "the data centre read the whole body: {read}");
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "residency_rejections_total{reason=\"upstream_answered_early\"}"
+        ),
+        Some(1.0)
+    );
     proxy.stop().await;
 }
 
@@ -1426,14 +1483,14 @@ async fn the_next_upload_does_not_wait_for_a_body_still_sent_after_an_early_answ
     // handshake and new upstream connection on a loaded machine.
     const LEN: usize = 64 * 1024;
     let head = raw(&format!(
-        "POST /early-201 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
+        "POST /early-409 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {{CH}}\r\nContent-Length: {LEN}\r\n\r\n"
     ));
     tls.write_all(&head).await.unwrap();
     tls.write_all(&[b'x'; 1024]).await.unwrap();
     tls.flush().await.unwrap();
     assert_eq!(
         status_line(&mut tls, "the early answer").await,
-        "HTTP/1.1 201"
+        "HTTP/1.1 409"
     );
     // The rest of the body, in the background.
     let sent = std::sync::Arc::new(AtomicBool::new(false));

@@ -155,8 +155,9 @@ pub async fn eventually<F: AsyncFn() -> bool>(what: &str, check: F) {
 }
 
 /// A real HTTP/1.1 upstream that records every complete request and answers
-/// 201 after reading the whole body (with `x-test-answer-early`, at its
-/// first body bytes, reading and recording the rest after answering; with
+/// 201 after reading the whole body (with `x-test-answer-early: <status>`,
+/// at its first body bytes with that status — `1`: 201 —, reading and
+/// recording the rest after answering; with
 /// `x-test-refuse-early: <status>`, at once with that status, closing
 /// without reading the body; with `x-test-answer-chunked: <n>`, its
 /// answer of unknown length, sent chunked, `n` bytes of `x` after its text).
@@ -223,12 +224,16 @@ impl Upstream {
                 .insert(http::header::CONNECTION, "close".parse().unwrap());
             return Ok(r);
         }
-        if req.headers().contains_key("x-test-answer-early") {
+        if let Some(early) = req.headers().get("x-test-answer-early") {
+            let code = match early.to_str().ok().and_then(|v| v.parse::<u16>().ok()) {
+                Some(code) if code >= 100 => StatusCode::from_u16(code).unwrap(),
+                _ => StatusCode::CREATED,
+            };
             let req_chunked = req.headers().contains_key("x-test-answer-chunked");
             let (tx, rx) = oneshot::channel();
             tokio::spawn(self.clone().read_and_record(req, Some(tx)));
             let _ = rx.await;
-            let mut answer = status(StatusCode::CREATED, "answered early");
+            let mut answer = status(code, "answered early");
             answer.body_mut().chunked = req_chunked;
             return Ok(answer);
         }
@@ -1555,8 +1560,10 @@ pub async fn slow_upload(proxy: &Proxy, delay_ms: u64) -> tokio::task::JoinHandl
 }
 
 /// A data centre written by hand, at a new loopback port: on each
-/// connection it reads a request head (to its blank line), then hands the
-/// connection to `answer`. Returns its address.
+/// connection it reads a request — its head (to its blank line) and its
+/// body (by `Content-Length`, or chunked to its last chunk) — then hands
+/// the connection to `answer`. (A 2xx before the whole body is refused as
+/// `upstream_answered_early`.) Returns its address.
 pub async fn raw_upstream<F, A>(answer: F) -> SocketAddr
 where
     F: Fn(tokio::net::TcpStream) -> A + Send + Sync + 'static,
@@ -1570,12 +1577,27 @@ where
         while let Ok((mut tcp, _)) = listener.accept().await {
             let answer = answer.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let complete = |got: &[u8]| {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return false;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let body = &got[end + 4..];
+                    if head.contains("transfer-encoding: chunked") {
+                        return body.ends_with(b"0\r\n\r\n");
+                    }
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    body.len() >= length
+                };
+                while !complete(&got) {
                     match tcp.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
                 answer(tcp).await;
