@@ -1488,3 +1488,138 @@ async fn cut_at_the_end_of_shutdown_grace(h2: bool) {
     drop(restarted);
 }
 
+/// Out of file descriptors for a while (`prlimit` on the running proxy,
+/// soft limit at the descriptors it holds): the log refuses what it cannot
+/// write — 503 `log_unavailable`, never a 2xx without its record — and
+/// takes writes again, and signs checkpoints again, once descriptors are
+/// free, without a restart (exhaustion audit, stop 65: the helper stopped
+/// preparing bundles for good, the writer's own failed open poisoned the
+/// log, and a failed open before an fsync was taken for a failed fsync, no
+/// checkpoint signed until a restart).
+#[tokio::test]
+async fn the_log_comes_back_after_running_out_of_file_descriptors() {
+    use tokio::io::AsyncReadExt;
+    let keep = TempDir::new("tlog-fds");
+    log_key(keep.path());
+    let zurich = Upstream::start("zurich").await;
+    let others = Upstream::start("others").await;
+    let dcs = [
+        ("zurich", "ch", zurich.addr),
+        ("frankfurt", "eu", others.addr),
+        ("virginia", "us", others.addr),
+    ];
+    let log_port = free_port();
+    let extra = section(keep.path(), log_port, "") + "[health]\npath = \"off\"\n";
+    let proxy = Binary::start("tlog-fds", &dcs, &extra).await;
+    let pid = proxy.pid();
+    // One keep-alive connection for every upload: no descriptor needed.
+    let mut tls = proxy.client().connect().await.expect("TLS handshake");
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut upload = async |n: usize, statuses: &mut std::collections::BTreeMap<u16, usize>| {
+        for i in 0..n {
+            let body = format!("fd {i}");
+            let head = format!(
+                "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(head.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            // The head, then its body by Content-Length.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (status, end, length) = loop {
+                let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                    .await
+                    .expect("an answer within 10 s")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "connection closed: {}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&buf[..n]);
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..i]).to_ascii_lowercase();
+                    let status: u16 = head[9..12].parse().unwrap();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    break (status, i + 4, length);
+                }
+            };
+            while got.len() < end + length {
+                let n = tls.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            *statuses.entry(status).or_default() += 1;
+        }
+    };
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let limit = |soft: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "prlimit {soft}");
+    };
+    // The first bundle and a half, with descriptors to spare: the helper
+    // has the next bundle ready.
+    upload(300, &mut statuses).await;
+    assert_eq!(statuses.get(&201), Some(&300), "{statuses:?}");
+    // None to spare: the next bundle is taken as prepared, the helper's
+    // preparing the one after fails, and so does the writer's own open of
+    // it when that bundle fills; checkpoints cannot open what they fsync.
+    // (Below the count: a descriptor open for a moment when it was taken
+    // — a checkpoint's temporary file — is not one to spare.)
+    limit(&(fds() - 4).to_string());
+    upload(600, &mut statuses).await;
+    let refused = statuses.get(&503).copied().unwrap_or(0);
+    assert!(
+        refused > 0,
+        "nothing refused while out of descriptors: {statuses:?}"
+    );
+    // Descriptors again: uploads are taken again — at once, or once the
+    // log's next try of a write finds it takes writes (a refusal in
+    // between costs no write) — and a checkpoint covers them.
+    limit("4096");
+    let since = Instant::now();
+    loop {
+        let before = statuses.get(&201).copied().unwrap_or(0);
+        upload(1, &mut statuses).await;
+        if statuses.get(&201).copied().unwrap_or(0) > before {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "still refused 10 s after descriptors came back: {statuses:?}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = statuses[&201];
+    upload(20, &mut statuses).await;
+    assert_eq!(statuses[&201] - before, 20, "{statuses:?}\n{}", proxy.log());
+    let acknowledged = statuses[&201] as u64;
+    let addr = format!("127.0.0.1:{log_port}").parse().unwrap();
+    eventually(
+        "a checkpoint covers every acknowledged upload",
+        async || {
+            let (status, checkpoint) = plain_request(addr, "GET", "/checkpoint").await;
+            status == 200
+                && checkpoint
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.parse::<u64>().ok())
+                    .is_some_and(|size| size >= acknowledged)
+        },
+    )
+    .await;
+    drop(proxy);
+}

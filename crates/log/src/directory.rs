@@ -1104,6 +1104,15 @@ impl Core {
             if size >= self.settings.max_records {
                 return answer_all(items, Failure::Full(size));
             }
+            if staging.count == WIDTH {
+                // Full, its next not started (it could not be: out of file
+                // descriptors or space): tried again for each write, not
+                // taken for a log that can never write again.
+                if let Err(e) = self.start_next(staging) {
+                    tracing::error!(error = %e, "cannot start the next entry bundle; tried again at the next write");
+                    return answer_all(items, Failure::Io(e.to_string()));
+                }
+            }
             let room = (WIDTH - staging.count).min(self.settings.max_records - size);
             let chunk: Vec<Item> = items.by_ref().take(room as usize).collect();
             let to = chunk.last().map_or(from, |i| i.end);
@@ -1133,12 +1142,7 @@ impl Core {
             staging.len += bytes.len() as u64;
             staging.count += chunk.len() as u64;
             from = to;
-            let next = if fills {
-                Some(self.next_staging(staging.index + 1))
-            } else {
-                None
-            };
-            let indexes = self.commit(&chunk, staging, next.as_ref());
+            let indexes = self.commit(&chunk, staging);
             deliver(
                 chunk
                     .into_iter()
@@ -1146,28 +1150,37 @@ impl Core {
                     .map(|(item, index)| (item.reply, Ok(index)))
                     .collect(),
             );
-            match next {
-                Some(Ok(file)) => {
-                    let full = std::mem::replace(
-                        staging,
-                        Staging {
-                            file,
-                            index: staging.index + 1,
-                            len: 0,
-                            count: 0,
-                        },
-                    );
-                    lock(&self.spare).full.push(full);
-                    self.spare_wake.notify_all();
-                }
-                Some(Err(e)) => {
-                    lock(&self.state).poisoned = true;
-                    tracing::error!(error = %e, "cannot start the next entry bundle");
+            if fills {
+                if let Err(e) = self.start_next(staging) {
+                    tracing::error!(error = %e, "cannot start the next entry bundle; tried again at the next write");
                     return answer_all(items, Failure::Io(e.to_string()));
                 }
-                None => {}
             }
         }
+    }
+
+    /// Starts the bundle after the full `staging`, which goes to the helper
+    /// to be sealed. On failure nothing changes: `staging` stays the
+    /// current, full bundle, and the next write tries again.
+    fn start_next(&self, staging: &mut Staging) -> std::io::Result<()> {
+        let file = self.next_staging(staging.index + 1)?;
+        let full = std::mem::replace(
+            staging,
+            Staging {
+                file,
+                index: staging.index + 1,
+                len: 0,
+                count: 0,
+            },
+        );
+        {
+            let mut st = lock(&self.state);
+            st.staging_index = staging.index;
+            st.staging_len = 0;
+        }
+        lock(&self.spare).full.push(full);
+        self.spare_wake.notify_all();
+        Ok(())
     }
 
     /// Seals the full staging bundles waiting for it: each is cut to its
@@ -1280,13 +1293,16 @@ impl Core {
             Index,
             Prepare(u64),
         }
-        // Stops preparing after the first failure: the writer then
-        // preallocates (or grows) its own bundles.
-        let mut preallocating = true;
+        // After a failure (out of space, of file descriptors, a file-size
+        // limit) the writer makes its own bundles, and preparing them
+        // ahead is tried again a second later, at the next bundle: it
+        // stopped for the process's life (exhaustion audit, stop 65).
+        let mut retry_at: Option<Instant> = None;
         loop {
             let job = {
                 let mut spare = lock(&self.spare);
                 loop {
+                    let preallocating = retry_at.is_none_or(|at| Instant::now() >= at);
                     if !spare.full.is_empty() {
                         break Job::Seal;
                     }
@@ -1327,11 +1343,16 @@ impl Core {
                     let mut spare = lock(&self.spare);
                     spare.preparing = None;
                     match made {
-                        Ok(Some(file)) => spare.ready = Some((index, file)),
+                        Ok(Some(file)) => {
+                            retry_at = None;
+                            spare.ready = Some((index, file));
+                        }
                         Ok(None) | Err(_) => {
-                            tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full or a file-size limit?); the writer makes its own");
+                            if retry_at.is_none() {
+                                tracing::warn!(path = %path.display(), "cannot preallocate staging bundles ahead (disk full, out of file descriptors, a file-size limit?); the writer makes its own until it can");
+                            }
                             let _ = std::fs::remove_file(&path);
-                            preallocating = false;
+                            retry_at = Some(Instant::now() + Duration::from_secs(1));
                         }
                     }
                     drop(spare);
@@ -1344,12 +1365,7 @@ impl Core {
     /// Adds the durable records of `chunk` to the tree: their leaves to
     /// the right edge (writing the hash tiles they fill), their ids to the
     /// recent index. Returns their indexes.
-    fn commit(
-        &self,
-        chunk: &[Item],
-        staging: &Staging,
-        next: Option<&std::io::Result<File>>,
-    ) -> Vec<u64> {
+    fn commit(&self, chunk: &[Item], staging: &Staging) -> Vec<u64> {
         let mut st = lock(&self.state);
         st.batches += 1;
         let mut indexes = Vec::with_capacity(chunk.len());
@@ -1367,13 +1383,7 @@ impl Core {
             drop(lock(&self.spare));
             self.spare_wake.notify_all();
         }
-        match next {
-            Some(Ok(_)) => {
-                st.staging_index = staging.index + 1;
-                st.staging_len = 0;
-            }
-            _ => st.staging_len = staging.len,
-        }
+        st.staging_len = staging.len;
         self.metrics.size.set(st.size as i64);
         indexes
     }
@@ -1480,7 +1490,7 @@ impl Core {
             // is synced. Only after a failed write; a few fsyncs.
             let mut dir = path.parent();
             while let Some(d) = dir.filter(|d| d.starts_with(self.disk.dir())) {
-                disk::sync_path(d).map_err(|e| (io_error(d)(e), true))?;
+                disk::sync_path_said(d).map_err(|(e, synced)| (io_error(d)(e), synced))?;
                 dir = d.parent();
             }
         }
@@ -1490,7 +1500,7 @@ impl Core {
         // Files before the directories naming them.
         paths.sort_by_key(|p| p.is_dir());
         for path in paths {
-            disk::sync_path(path).map_err(|e| (io_error(path)(e), true))?;
+            disk::sync_path_said(path).map_err(|(e, synced)| (io_error(path)(e), synced))?;
         }
         Ok(())
     }

@@ -142,11 +142,21 @@ fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 
 /// fsyncs a file or directory by path.
 pub fn sync_path(path: &Path) -> std::io::Result<()> {
+    sync_path_said(path).map_err(|(e, _)| e)
+}
+
+/// [`sync_path`], its error saying whether the fsync itself failed
+/// (`true`: what it was to make durable may be lost) or the open before it
+/// (out of file descriptors, say: nothing lost, to be tried again; it was
+/// taken for a failed fsync, and no checkpoint was signed until a restart:
+/// exhaustion audit, stop 65).
+pub fn sync_path_said(path: &Path) -> Result<(), (std::io::Error, bool)> {
     #[cfg(test)]
     if failing::take(path) {
-        return Err(std::io::Error::other("injected fsync failure"));
+        return Err((std::io::Error::other("injected fsync failure"), true));
     }
-    File::open(path)?.sync_all()
+    let file = File::open(path).map_err(|e| (e, false))?;
+    file.sync_all().map_err(|e| (e, true))
 }
 
 /// The first `tile.width` hashes or entries of a full tile's bytes.
