@@ -101,7 +101,7 @@ fn build(instance: &Instance, path: &Path) -> Result<(Snapshot, bool), ConfigRep
         tracing::warn!(configured = %config.admin.address, bound = %old.config.admin.address, "admin address changed: needs a restart");
     }
     let named = crate::files::named(&config);
-    let mut state = Snapshot::build(config).map_err(|mut r| {
+    let mut state = Snapshot::build_after(config, Some(&old.geo)).map_err(|mut r| {
         r.file = path.display().to_string();
         r.named = named;
         r

@@ -57,6 +57,14 @@ impl Snapshot {
     /// Loads certificates and the GeoIP database named by `config`,
     /// reporting every failure at once.
     pub fn build(config: Config) -> Result<Snapshot, ConfigReport> {
+        Self::build_after(config, None)
+    }
+
+    /// [`Snapshot::build`] for a reload of `running`: its GeoIP database,
+    /// if the file still holds it, is not judged again by the clock (a
+    /// clock a day behind its build time refused every reload, whatever
+    /// file changed: time audit, stop 65).
+    pub fn build_after(config: Config, running: Option<&Geo>) -> Result<Snapshot, ConfigReport> {
         // Named as the file was given, as `check-config` names it.
         let file = config
             .source
@@ -64,7 +72,7 @@ impl Snapshot {
             .map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
         let mut report = ConfigReport::new(file);
         let files = crate::files::fingerprint(&config);
-        let geo = open_geo(&config.geoip)
+        let geo = open_geo_after(&config.geoip, running)
             .map_err(|e| report.push("geoip.database", e))
             .ok();
         if let Some(geo) = &geo {
@@ -558,6 +566,13 @@ impl RequestIds {
 
 /// Reads the GeoIP database file `geoip.database` names, with its overrides.
 pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
+    open_geo_after(geoip, None)
+}
+
+/// [`open_geo`]; a database that is `running`'s (the same bytes) is not
+/// refused for a build time ahead of the clock: it was taken when it
+/// loaded.
+fn open_geo_after(geoip: &crate::config::Geoip, running: Option<&Geo>) -> Result<Geo, GeoError> {
     let path = &geoip.database;
     let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
         path: path.display().to_string(),
@@ -568,7 +583,8 @@ pub fn open_geo(geoip: &crate::config::Geoip) -> Result<Geo, GeoError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     // A day of clock skew between the builder and this machine is allowed.
-    if geo.build_epoch() > now.saturating_add(86_400) {
+    let loaded = running.is_some_and(|r| r.sha256() == geo.sha256());
+    if geo.build_epoch() > now.saturating_add(86_400) && !loaded {
         return Err(GeoError::BuiltInTheFuture {
             path: path.display().to_string(),
             build_epoch: geo.build_epoch(),
@@ -617,6 +633,43 @@ impl PolicyValues {
 
 #[cfg(test)]
 mod tests {
+    /// A database built more than a day after the clock's now is refused
+    /// when it loads, but not the one running when a reload reads it
+    /// again: a clock a day behind refused every reload, whatever file
+    /// changed (a new CRL included: time audit, stop 65).
+    #[test]
+    fn the_running_database_is_not_judged_again_by_the_clock() {
+        let dir = std::env::temp_dir().join(format!("rp-geo-future-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("geo.mmdb");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let rows = residency_tools::geoip::parse_csv("192.0.2.0/24,CH\n").unwrap();
+        let bytes = residency_tools::geoip::build_country_db(&rows, now + 3 * 86_400).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let geoip = crate::config::Geoip {
+            database: path.clone(),
+            overrides: Vec::new(),
+            canaries: Vec::new(),
+            max_age: None,
+        };
+        let refused = super::open_geo(&geoip).unwrap_err();
+        assert!(
+            refused.to_string().contains("more than a day after now"),
+            "{refused}"
+        );
+        let running =
+            residency_core::geo::Geo::from_file(&path, bytes.clone(), Vec::new()).unwrap();
+        assert!(super::open_geo_after(&geoip, Some(&running)).is_ok());
+        // Another database as far ahead is still refused.
+        let other = residency_tools::geoip::build_country_db(&rows, now + 4 * 86_400).unwrap();
+        std::fs::write(&path, &other).unwrap();
+        assert!(super::open_geo_after(&geoip, Some(&running)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn request_ids_are_a_time_then_random_hex_and_distinct() {
         let ids = super::RequestIds::new();

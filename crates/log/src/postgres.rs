@@ -760,11 +760,11 @@ impl Shared {
             if latest.size >= size {
                 return Ok(latest);
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            // On the monotonic clock: on the wall clock, a step back held
+            // every catch-up off for its length (time audit, stop 65).
+            let now = monotonic_ms();
             let last = self.caught_up_at.load(Ordering::Relaxed);
-            if now < last.saturating_add(every) {
+            if last != 0 && now < last.saturating_add(every) {
                 let rest = last.saturating_add(every) - now;
                 tokio::time::sleep(Duration::from_millis(rest.min(every))).await;
                 continue;
@@ -1432,7 +1432,9 @@ impl Shared {
             }
         }
         if let Some(at) = covered {
-            let at = at.max(self.metrics.checkpoint_timestamp.get());
+            // As observed, not the largest ever: after the clock ran
+            // ahead, the largest stayed in the future and the age at 0,
+            // so a stale checkpoint raised no alert (time audit, stop 65).
             self.metrics.checkpoint_timestamp.set(at);
             self.metrics.checkpoint_age.set((unix_now() - at).max(0));
         }
@@ -2019,4 +2021,14 @@ fn timeout_error(limit: Duration) -> LogError {
 
 fn database_error(e: tokio_postgres::Error) -> LogError {
     LogError::Database(describe(&e))
+}
+
+/// Milliseconds on the process's monotonic clock, from 1 (0 is "never").
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }

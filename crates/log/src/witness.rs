@@ -462,9 +462,14 @@ pub struct Witness {
     state: Mutex<Guarded>,
 }
 
+/// How far behind the latest cosignature's time the clock may read and
+/// still be taken for a request that waited for the lock (seconds).
+const CLOCK_BEHIND: u64 = 60;
+
 /// What the lock guards: the recorded state, and the timestamp of the
-/// latest cosignature (so timestamps never go back as sizes grow, across
-/// restarts too: it starts from the latest one the state recorded).
+/// latest cosignature (so timestamps do not go back by the moments a
+/// request waits for another's, across restarts too: it starts from the
+/// latest one the state recorded).
 #[derive(Debug)]
 struct Guarded {
     state: State,
@@ -516,10 +521,16 @@ impl Witness {
     /// the state lock, so checking `old` and recording the new size are one
     /// step (no concurrent request can roll the state back in between), and
     /// nothing is cosigned unless it succeeded. The cosignature is made
-    /// under the lock too, timestamped no earlier than the one before it:
-    /// a larger size is never cosigned as of an earlier time than a
-    /// smaller one (tlog-cosignature's timestamp is the time as of which
-    /// the cosigned size is the largest the witness has seen).
+    /// under the lock too, timestamped no earlier than the one before it
+    /// when `now` is at most [`CLOCK_BEHIND`] earlier (a request that read
+    /// the clock, then waited for the lock): a larger size is not cosigned
+    /// as of an earlier time than a smaller one (tlog-cosignature's
+    /// timestamp is the time as of which the cosigned size is the largest
+    /// the witness has seen). A `now` further behind is a clock that ran
+    /// ahead then, or was set back: the cosignature is dated `now`, as the
+    /// spec's "the time at which the cosignature was generated" has it —
+    /// else one excursion into the future dated every later cosignature
+    /// there too, which verifiers may reject (time audit, stop 65).
     pub fn add_checkpoint(
         &self,
         body: &[u8],
@@ -583,7 +594,16 @@ impl Witness {
         // way. Timestamps are whole seconds and never go back, so a replay
         // writes at most once a second per log; within the same second
         // the record is unchanged and nothing is written.
-        let timestamp = now.max(guarded.last_timestamp);
+        let timestamp = if guarded.last_timestamp > now.saturating_add(CLOCK_BEHIND) {
+            tracing::warn!(
+                now,
+                latest = guarded.last_timestamp,
+                "the clock is behind the latest cosignature's time (the clock ran ahead then, or was set back): cosigning as of now"
+            );
+            now
+        } else {
+            now.max(guarded.last_timestamp)
+        };
         let record = Recorded {
             size: checkpoint.size,
             root: checkpoint.root,
@@ -596,7 +616,7 @@ impl Witness {
             persist(&next).map_err(Refusal::Storage)?;
         }
         guarded.state = next;
-        guarded.last_timestamp = guarded.last_timestamp.max(timestamp);
+        guarded.last_timestamp = timestamp;
         let mut line = self.cosigner.cosign(text, timestamp);
         drop(guarded);
         line.push('\n');
@@ -998,11 +1018,13 @@ mod tests {
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t15, &log), again.body);
         assert_eq!(wv.verify_note(&cosigned), Ok(500));
+
         let state = persisted.unwrap();
         assert_eq!((state[ORIGIN].size, state[ORIGIN].timestamp), (15, 500));
-        // Again within the same second, or with the clock gone back:
-        // as of 500 still, and nothing written.
-        for now in [500, 400] {
+        // Again within the same second, or with the clock gone back by
+        // less than CLOCK_BEHIND (a request that waited for the lock): as
+        // of 500 still, and nothing written.
+        for now in [500, 500 - CLOCK_BEHIND + 1] {
             let again = w
                 .add_checkpoint(&request(15, vec![], checkpoint(&t15, &log)), now, |_| {
                     Err("no write expected".into())
@@ -1013,11 +1035,12 @@ mod tests {
         }
 
         // Nor after a restart from the state it persisted, with a clock
-        // that went back (the 500 is in the state, not only in memory).
+        // that went back as far (the 500 is in the state, not only in
+        // memory).
         let mut persisted = None;
         let t16 = tree(16);
         let proof = t16.consistency_proof(15, 16).unwrap();
-        w.add_checkpoint(&request(15, proof, checkpoint(&t16, &log)), 50, |s| {
+        w.add_checkpoint(&request(15, proof, checkpoint(&t16, &log)), 450, |s| {
             persisted = Some(s.clone());
             Ok(())
         })
@@ -1028,11 +1051,40 @@ mod tests {
         let t17 = tree(17);
         let proof = t17.consistency_proof(16, 17).unwrap();
         let after = restarted
-            .add_checkpoint(&request(16, proof, checkpoint(&t17, &log)), 60, ok)
+            .add_checkpoint(&request(16, proof, checkpoint(&t17, &log)), 460, ok)
             .unwrap();
         let cosigned = format!("{}{}", checkpoint(&t17, &log), after.body);
         let rv = restarted.cosigner().verifier();
         assert_eq!(rv.verify_note(&cosigned), Ok(500));
+
+        // A clock that ran ahead (to 10^10), then came back: the
+        // cosignatures after it are dated now, not 10^10 for good, in
+        // memory and across a restart (time audit, stop 65).
+        let far = 10_000_000_000;
+        let ahead = restarted
+            .add_checkpoint(&request(17, vec![], checkpoint(&t17, &log)), far, ok)
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t17, &log), ahead.body);
+        assert_eq!(rv.verify_note(&cosigned), Ok(far));
+        let t18 = tree(18);
+        let proof = t18.consistency_proof(17, 18).unwrap();
+        let mut persisted = None;
+        let back = restarted
+            .add_checkpoint(&request(17, proof, checkpoint(&t18, &log)), 600, |s| {
+                persisted = Some(s.clone());
+                Ok(())
+            })
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t18, &log), back.body);
+        assert_eq!(rv.verify_note(&cosigned), Ok(600));
+        let mut state = persisted.unwrap();
+        state.get_mut(ORIGIN).unwrap().timestamp = far;
+        let third = Witness::new(witness_key(), w.logs.clone(), state);
+        let again = third
+            .add_checkpoint(&request(18, vec![], checkpoint(&t18, &log)), 700, ok)
+            .unwrap();
+        let cosigned = format!("{}{}", checkpoint(&t18, &log), again.body);
+        assert_eq!(third.cosigner().verifier().verify_note(&cosigned), Ok(700));
     }
 
     #[test]
