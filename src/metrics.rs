@@ -41,6 +41,20 @@ pub fn count_unwritten_log_line() {
     LOG_LINES_UNWRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Failed accepts on every listener (out of file descriptors and the
+/// like), process-wide: counted where the listeners accept, exported by
+/// every registry as `residency_accept_errors_total`.
+pub fn accept_errors() -> &'static IntCounter {
+    static COUNTER: OnceLock<IntCounter> = OnceLock::new();
+    COUNTER.get_or_init(|| {
+        IntCounter::new(
+            "residency_accept_errors_total",
+            "Failed accepts on the listeners (EMFILE: out of file descriptors, ENFILE, ENOBUFS…): the connections wait in the kernel's queue meanwhile; the warning says the error, at most once a minute.",
+        )
+        .expect("a valid metric")
+    })
+}
+
 /// Label value when a request never reached a jurisdiction or data centre.
 pub const NONE: &str = "none";
 
@@ -314,6 +328,7 @@ impl Metrics {
             "Lines of the proxy's own log (stderr) dropped: its reader did not take them (one that stopped reading, or fell 8192 lines behind), or stderr refused them (a full disk, a pipe whose reader has gone). Requests never wait for the log's reader.",
         )?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
+        registry.register(Box::new(accept_errors().clone()))?;
         let connections_rejected = counter(
             "residency_connections_rejected_total",
             "Connections closed before any request was read, by reason (PROXY header missing, invalid, cut off, late or from an untrusted peer; the ingest listeners' limits.max_connections, a client's limits.max_connections_per_client; the admin listener's 64; the log listener's transparency.max_connections and a client's transparency.max_connections_per_client).",

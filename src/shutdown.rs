@@ -15,7 +15,10 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// The next connection on `listener`, or `None` once the flag is set. A
-/// failed accept (EMFILE and friends) backs off 50 ms instead of spinning.
+/// failed accept (EMFILE and friends) backs off 50 ms instead of spinning,
+/// counted (`residency_accept_errors_total`) and said at most once a
+/// minute: out of file descriptors it failed 20 times a second per
+/// listener, each a warning (exhaustion audit, stop 65).
 pub async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
@@ -25,7 +28,11 @@ pub async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(a) => return Some(a),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    crate::metrics::accept_errors().inc();
+                    if crate::throttle::minute_passed(&SAID) {
+                        tracing::warn!(error = %e, "accept failed: new connections wait in the kernel's queue (out of file descriptors? see the open-files limit logged at start); said at most once a minute, counted in residency_accept_errors_total");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -388,6 +388,7 @@ async fn serve_inner(
     for warning in start_warnings(&config) {
         tracing::warn!("{warning}");
     }
+    open_files_limit(config.limits.max_connections);
     if let Some(warning) = config
         .transparency
         .as_ref()
@@ -412,6 +413,31 @@ async fn serve_inner(
     }
     ready();
     bound.run(shutdown).await
+}
+
+/// Raises the open-files soft limit to the hard one (as Go's runtime does:
+/// systemd gives services 1024 under a hard limit of 524288), logs it, and
+/// warns when it is below what `limits.max_connections` may need: a
+/// client's connection and its data centre's each, and some for the
+/// log's files and the other listeners. Past it, accepts fail and new
+/// clients wait in the kernel's queue (exhaustion audit, stop 65).
+fn open_files_limit(max_connections: usize) {
+    let wanted = 2 * max_connections as u64 + 256;
+    let soft = match rlimit::increase_nofile_limit(wanted.max(1 << 20)) {
+        Ok(soft) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            return;
+        }
+    };
+    tracing::info!(soft, "open-files limit");
+    if soft < wanted {
+        tracing::warn!(
+            limit = soft,
+            needed = wanted,
+            "limits.max_connections ({max_connections}) may need {wanted} open files (a client's connection and its data centre's each, and the log's files), above the open-files limit ({soft}): past it new connections wait unaccepted; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn) or lower limits.max_connections"
+        );
+    }
 }
 
 /// With a file-size limit (`ulimit -f`), a write past it raises SIGXFSZ,

@@ -983,6 +983,37 @@ fn the_demo_reloads_on_sighup_keeps_its_keys_private_and_cleans_up() {
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
+/// Started with an open-files soft limit of 1024 under a hard one of
+/// 4096, the proxy raises it to 4096 and says so, and warns that the
+/// default `limits.max_connections` (10000) may need more (exhaustion
+/// audit, stop 65: past the limit, new connections waited unaccepted).
+#[tokio::test]
+async fn the_open_files_limit_is_raised_and_a_short_one_named() {
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start_wrapped(
+        "nofile",
+        &[
+            ("zurich", "ch", up.addr),
+            ("frankfurt", "eu", up.addr),
+            ("virginia", "us", up.addr),
+        ],
+        "",
+        &["prlimit", "--nofile=1024:4096", "--"],
+    )
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let open_files = line_with(&limits, "Max open files");
+    assert!(open_files.contains(" 4096 "), "{open_files}");
+    let log = proxy.log();
+    let line = line_with(&log, "open-files limit");
+    assert!(line.contains("soft=4096"), "{line}");
+    let warning = line_with(
+        &log,
+        "limits.max_connections (10000) may need 20256 open files",
+    );
+    assert!(warning.contains("raise the hard limit"), "{warning}");
+}
+
 /// On one CPU (here: pinned with taskset) and without
 /// `runtime.worker_threads`, the proxy picks the current-thread scheduler,
 /// and says so at start.
