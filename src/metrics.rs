@@ -494,11 +494,32 @@ impl Metrics {
                 self.certificate_expiry.with_label_values(&[&key]).set(secs);
             }
         }
-        if config.tenancy.metrics_by_tenant {
-            for t in config.tenancy.tenants.iter() {
-                self.tenant_requests_by_tenant
-                    .with_label_values(&[t.name.as_str()]);
+        // A tenant no longer configured (or every one, with the setting
+        // off) has its series removed: with tenants coming and going they
+        // grew without bound until a restart, exporting the names of
+        // customers who had left (scale audit, stop 65).
+        let named: std::collections::HashSet<&str> = match config.tenancy.metrics_by_tenant {
+            true => config
+                .tenancy
+                .tenants
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect(),
+            false => std::collections::HashSet::new(),
+        };
+        for family in prometheus::core::Collector::collect(&self.tenant_requests_by_tenant) {
+            for series in family.get_metric() {
+                for label in series.get_label() {
+                    if !named.contains(label.value()) {
+                        let _ = self
+                            .tenant_requests_by_tenant
+                            .remove_label_values(&[label.value()]);
+                    }
+                }
             }
+        }
+        for name in &named {
+            self.tenant_requests_by_tenant.with_label_values(&[name]);
         }
         // A request refused before its jurisdiction was known.
         self.request_duration.with_label_values(&[NONE]);

@@ -280,8 +280,18 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
         // Off the async workers: building reads and hashes the GeoIP
         // database and parses certificates (with one worker thread, every
         // connection would wait for it).
+        // Not waited for at shutdown: a reload of a large configuration
+        // takes tens of seconds, and the process outlived shutdown_grace
+        // for it (scale audit, stop 65); the runtime does not wait for
+        // it either (`cli::block_on_with`).
         let (inst, p) = (instance.clone(), path.clone());
-        let reloaded = tokio::task::spawn_blocking(move || reload(&inst, &p)).await;
+        let reloaded = tokio::select! {
+            reloaded = tokio::task::spawn_blocking(move || reload(&inst, &p)) => reloaded,
+            () = stopped(&mut stop) => {
+                tracing::info!("shutting down: the reload under way is abandoned");
+                return;
+            }
+        };
         seen = match reloaded {
             // The files the new state was built from, each no newer than
             // it was before the reload read it: one changed while the

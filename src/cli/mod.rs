@@ -772,12 +772,8 @@ fn check_config(path: PathBuf, offline: bool) -> ExitCode {
                     pins.join(", "),
                     if tenancy.token.is_some() { "on" } else { "off" }
                 );
-                for (tenant, names) in tenancy.tenants.claimable_by_server_name() {
-                    println!(
-                        "warning: {} (sni {})",
-                        crate::tenancy::claimable_warning(tenant),
-                        names.join(", ")
-                    );
+                for warning in tenancy.claimable_warnings() {
+                    println!("warning: {warning}");
                 }
                 for warning in tenancy.token.iter().flat_map(|t| &t.warnings) {
                     println!("warning: {warning}");
@@ -1025,7 +1021,11 @@ fn block_on_with(
         Err(e) => return runtime_error(e.into()),
     };
     rt.block_on(async { ignore_file_size_signal() });
-    match rt.block_on(fut) {
+    let result = rt.block_on(fut);
+    // Blocking work still running (a reload of a large configuration) is
+    // not waited for: dropping the runtime would, past shutdown_grace.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast::<residency_core::report::ConfigReport>() {
             Ok(report) => config_error(report),

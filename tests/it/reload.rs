@@ -629,3 +629,41 @@ async fn a_reload_that_failed_for_a_missing_file_applies_when_it_appears() {
     assert_eq!(served, der(&cert));
     proxy.stop().await;
 }
+
+/// A tenant removed by a reload takes its `metrics_by_tenant` series with
+/// it (they stayed until a restart: with tenants coming and going, the
+/// series grew without bound and named customers who had left; scale
+/// audit, stop 65); one still configured keeps its count.
+#[tokio::test]
+async fn a_removed_tenant_s_series_goes_with_it() {
+    let tenants = "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.test\"]\n\
+                   [[tenants]]\nname = \"gone\"\njurisdiction = \"ch\"\nsni = [\"gone.test\"]\n";
+    let proxy = Proxy::start(Setup {
+        extra: format!("{FAST}{tenants}[tenancy]\nmetrics_by_tenant = true\n"),
+        second_cert: Some(vec!["acme.test"]),
+        ..Setup::default()
+    })
+    .await;
+    let series = |t: &str| format!("residency_tenant_requests_by_tenant_total{{tenant=\"{t}\"}}");
+    let reply = proxy
+        .client()
+        .sni(Some("acme.test"))
+        .upload_from(CH, "acme's")
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(metric(&text, &series("acme")), Some(1.0));
+    assert_eq!(metric(&text, &series("gone")), Some(0.0));
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let without = "[[tenants]]\nname = \"gone\"\njurisdiction = \"ch\"\nsni = [\"gone.test\"]\n";
+    assert!(config.contains(without));
+    replace(&proxy.config_path, config.replace(without, ""));
+    eventually("the reload", async || {
+        reloads(&proxy, "success").await >= 1.0
+    })
+    .await;
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(metric(&text, &series("gone")), None, "{text}");
+    assert_eq!(metric(&text, &series("acme")), Some(1.0));
+    proxy.stop().await;
+}
