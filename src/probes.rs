@@ -65,7 +65,16 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             Err(e) => e.id(),
         };
         of_task.remove(&id);
-        let Ok((_, (u, ok, state))) = done else {
+        let Ok((_, (u, verdict, state))) = done else {
+            continue;
+        };
+        let Some(ok) = verdict else {
+            // No probe was made: the proxy's own socket could not be.
+            static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if crate::throttle::minute_passed(&SAID) {
+                let uri = &state.config.policy.upstream(u).uri;
+                tracing::warn!(upstream = %uri, "health check not made: the proxy is out of file descriptors (or buffers); the upstream's state is left as it was");
+            }
             continue;
         };
         if let Some(t) = state.health.record_probe(u, ok) {
@@ -88,7 +97,9 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-type Probes = JoinSet<(UpstreamId, bool, Arc<Snapshot>)>;
+/// Each probe's upstream, its verdict (`None`: no probe could be made,
+/// see [`probe`]) and the snapshot it ran on.
+type Probes = JoinSet<(UpstreamId, Option<bool>, Arc<Snapshot>)>;
 
 /// Starts a probe of every upstream that is due (its `interval` passed, or
 /// it is down or ejected) and has none running, on the current snapshot.
@@ -133,8 +144,11 @@ fn start_due(
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
 /// One probe: true on a 2xx within the timeout (the answer's body is read,
-/// within the same timeout, so the connection can serve the next request).
-async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
+/// within the same timeout, so the connection can serve the next request);
+/// `None` when the proxy could not make its own socket (out of file
+/// descriptors): no verdict on the upstream, which was marked down with
+/// every other for the proxy's own shortage (exhaustion audit, stop 65).
+async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> Option<bool> {
     let prefix = state
         .config
         .policy
@@ -149,7 +163,7 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         Err(e) => {
             // The configuration refuses such a path (`health.path`).
             tracing::error!(path, error = %e, "health check path is not a request path");
-            return false;
+            return Some(false);
         }
     }
     req.headers_mut().insert(
@@ -160,7 +174,11 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         // One that is down or ejected is taken back only over a new
         // connection.
         let fresh = state.health.recovering(u);
-        let resp = state.pool.probe(u, req, fresh).await.ok()?;
+        let resp = match state.pool.probe(u, req, fresh).await {
+            Ok(resp) => resp,
+            Err(e) if e.is_local_exhaustion() => return None,
+            Err(_) => return Some(false),
+        };
         let ok = resp.status().is_success();
         // Read to its end so the connection can serve again, but only so
         // far: a data centre's endless (or huge) answer would else be
@@ -170,13 +188,12 @@ async fn probe(state: &Snapshot, u: UpstreamId, path: &str) -> bool {
         match body.collect().await {
             Ok(_) => {}
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {}
-            Err(_) => return None,
+            Err(_) => return Some(false),
         }
         Some(ok)
     };
     let timeout = state.health.settings().timeout;
-    matches!(
-        tokio::time::timeout(timeout, exchange).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Some(false))
 }

@@ -75,6 +75,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The proxy's own resources ran out (its socket could not be made:
+    /// out of file descriptors, EMFILE/ENFILE, or buffers, ENOBUFS): says
+    /// nothing of the upstream's health.
+    pub fn is_local_exhaustion(&self) -> bool {
+        // Linux's errno values (std has no ErrorKind for them).
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        const ENOBUFS: i32 = 105;
+        matches!(self, Error::Connect(e) if matches!(e.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS)))
+    }
+
     /// True when no connection was established (so nothing was sent).
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_) | Error::Tls(_))

@@ -534,3 +534,56 @@ async fn a_geoip_database_past_max_age_is_named_as_the_reason_for_not_ready() {
         "{out}"
     );
 }
+
+/// Out of file descriptors, a health check that cannot make its socket
+/// says nothing of the data centre: it stays up (every data centre went
+/// down for the proxy's own shortage, which would page "data centre down";
+/// exhaustion audit, stop 65). The data centre closes each connection, so
+/// every probe needs a new socket.
+#[tokio::test]
+async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
+    use tokio::io::AsyncWriteExt;
+    let dc = raw_upstream(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    let extra = "[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
+    let proxy = Binary::start("probe-fds", &datacenters_at(dc), extra).await;
+    let pid = proxy.pid().to_string();
+    let series =
+        format!("residency_upstream_up{{datacenter=\"zurich\",upstream=\"http://{dc}/\"}}");
+    let up = async || {
+        let (_, text) = plain_request(proxy.admin, "GET", "/metrics").await;
+        metric(&text, &series)
+    };
+    assert_eq!(up().await, Some(1.0));
+    // The admin listener's connection for the metrics, kept open below:
+    // no descriptor is free for anything else.
+    let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let limit = |soft: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    limit("3");
+    // Ten intervals: five times unhealthy_threshold.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    admin
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_until_closed(&mut admin, Duration::from_secs(10)).await;
+    limit("4096");
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(metric(&text, &series), Some(1.0), "{}", proxy.log());
+    assert!(
+        proxy.log().contains("health check not made"),
+        "{}",
+        proxy.log()
+    );
+}
