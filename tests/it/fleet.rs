@@ -1796,3 +1796,38 @@ async fn a_cosignature_the_database_refused_is_stored_when_it_takes_it() {
     eventually("the follower serves it", async || cosigned(1).await).await;
     drop((replicas, pg, upstream, witness));
 }
+
+/// A replica whose clock is an hour off the database's says so at start:
+/// its records carry its own time, out of order with the other replicas',
+/// which nothing else flags (time audit, stop 65). Run under libfaketime;
+/// the replica with the right clock says nothing.
+#[tokio::test]
+async fn a_replica_whose_clock_is_off_the_database_s_says_so() {
+    let keep = TempDir::new("fleet-clock");
+    log_key(keep.path());
+    let pg = postgres("clock", &["clock"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = datacenters_at(upstream.addr);
+    let section = fleet_section(keep.path(), &pg, "clock", free_port(), "250ms");
+    let said = "clock is off the log database's";
+    let right = Binary::start("fleet-clock-0", &dcs, &section).await;
+    assert!(!right.log().contains(said), "{}", right.log());
+    drop(right);
+    let section = fleet_section(keep.path(), &pg, "clock", free_port(), "250ms");
+    let off = Binary::start_wrapped(
+        "fleet-clock-1",
+        &dcs,
+        &section,
+        &["faketime", "-f", "+3600"],
+    )
+    .await;
+    let log = off.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(said))
+        .unwrap_or_else(|| panic!("no line says {said:?}: {log}"));
+    assert!(
+        line.contains("seconds=\"+3600") || line.contains("seconds=\"+359"),
+        "{line}"
+    );
+}

@@ -437,6 +437,7 @@ impl Fleet {
             let ready = async {
                 let version = migrate(&mut client).await?;
                 bind(&client, &settings.origin, &signer.verifier_key()).await?;
+                clock_against(&client).await;
                 Ok::<_, LogError>(version)
             };
             let version = tokio::time::timeout(LONG * pg.timeout, ready)
@@ -2032,3 +2033,32 @@ fn monotonic_ms() -> u64 {
         .as_millis() as u64
         + 1
 }
+
+/// Warns when this replica's clock is more than [`CLOCK_SKEW`] from the
+/// database's: records carry the replica's time, so a replica off by an
+/// hour writes its records an hour out of order with the others', which
+/// nothing else flags (time audit, stop 65). Said once, at start.
+async fn clock_against(client: &Client) {
+    let Ok(row) = client
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
+        .await
+    else {
+        return;
+    };
+    let Ok(database) = row.try_get::<_, f64>(0) else {
+        return;
+    };
+    let here = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let off = here - database;
+    if off.abs() > CLOCK_SKEW.as_secs_f64() {
+        tracing::warn!(
+            seconds = format!("{off:+.1}"),
+            "this replica's clock is off the log database's: records carry the replica's time, so they are out of order with other replicas'; check NTP on this host (or the database's)"
+        );
+    }
+}
+
+/// How far a replica's clock may be from the database's unsaid.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
