@@ -100,6 +100,13 @@ enum Attempt {
         /// The request's headers, when the pool handed the unsent request back.
         headers: Option<HeaderMap>,
     },
+    /// No connection could be made for the proxy's own want of resources
+    /// (its socket: out of file descriptors): nothing was sent, and the
+    /// upstream is not blamed (it was ejected for the proxy's shortage:
+    /// exhaustion audit, stop 65).
+    Unmade {
+        headers: Option<HeaderMap>,
+    },
 }
 
 /// What every delivery attempt of one upload shares.
@@ -593,6 +600,18 @@ fn settle(
             let ejected = health.record_server_error(upstream, sent_ms);
             (Ok(resp), None, ejected)
         }
+        // Our own shortage, not the upstream's health.
+        Attempt::Unmade { headers } => {
+            if headers.is_some() {
+                upload.headers = headers;
+                upload.host_of = upstream;
+            }
+            (
+                Err(Failure::UpstreamUnavailable),
+                Some("connect_failed"),
+                false,
+            )
+        }
         // Our own connection cap, not the upstream's health.
         Attempt::Failed {
             failure: failure @ Failure::UpstreamSaturated,
@@ -701,6 +720,15 @@ fn judge(
             Attempt::Failed {
                 failure: Failure::UpstreamSaturated,
                 unsent: Some("upstream_saturated"),
+                headers: returned.map(|r| r.into_parts().0.headers),
+            }
+        }
+        Err((e, returned)) if e.is_local_exhaustion() && slot.untouched() => {
+            static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if crate::throttle::minute_passed(&SAID) {
+                tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), "no connection to the data centre could be made: the proxy is out of file descriptors (or buffers); the data centre is not marked down for it");
+            }
+            Attempt::Unmade {
                 headers: returned.map(|r| r.into_parts().0.headers),
             }
         }

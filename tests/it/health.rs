@@ -560,9 +560,10 @@ async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
         metric(&text, &series)
     };
     assert_eq!(up().await, Some(1.0));
-    // The admin listener's connection for the metrics, kept open below:
-    // no descriptor is free for anything else.
+    // The admin listener's connection for the metrics, and a client's,
+    // kept open below: no descriptor is free for anything else.
     let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let mut client = proxy.client().connect().await.expect("TLS handshake");
     let limit = |soft: &str| {
         let status = std::process::Command::new("prlimit")
             .args(["--pid", &pid, &format!("--nofile={soft}:")])
@@ -573,6 +574,21 @@ async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
     limit("3");
     // Ten intervals: five times unhealthy_threshold.
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    // An upload now cannot reach the data centre (the proxy cannot make
+    // its socket): refused, and the data centre not ejected for it.
+    client
+        .write_all(
+            format!(
+                "POST /v1/telemetry HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {CH}\r\n\
+                 content-length: 2\r\n\r\nhi"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let refused = status_line(&mut client, "the refusal").await;
+    assert_eq!(refused, "HTTP/1.1 503", "{refused}");
     admin
         .write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
         .await
@@ -581,6 +597,9 @@ async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
     limit("4096");
     let text = String::from_utf8_lossy(&text);
     assert_eq!(metric(&text, &series), Some(1.0), "{}", proxy.log());
+    // Descriptors back: the next upload goes through at once.
+    let reply = proxy.client().upload_from(CH, "back").await;
+    assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, proxy.log());
     assert!(
         proxy.log().contains("health check not made"),
         "{}",
