@@ -464,7 +464,7 @@ pub fn forward<'a>(
             // then resetting had its receipt VALID for a body it never
             // read).
             if let Ok(Ok(resp)) = &result {
-                if resp.status().is_success() && !watch.is_complete() {
+                if resp.status().is_success() && watch.came_before_its_body() {
                     upload.slot.withdraw();
                     tracing::warn!(
                         request_id = id,

@@ -37,6 +37,9 @@ pub struct WriteProgress {
     unwanted: AtomicBool,
     /// A failed write is returned as it is, not held pending.
     pass_errors: bool,
+    /// When ([`order`]) bytes were last read from the connection: its
+    /// answer's head came in that read or before.
+    last_read: AtomicU64,
     /// The response deadline of the request waiting on the connection.
     due: Due,
 }
@@ -103,6 +106,13 @@ impl Drop for DueIn<'_> {
     }
 }
 
+/// A process-wide order of the events [`Watch::came_before_its_body`]
+/// compares (a body handed whole, bytes read from its connection): 1, 2, …
+fn order() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl WriteProgress {
     /// For an upstream connection: a failed write is held pending, see
     /// [`WriteProgress::note`].
@@ -123,6 +133,7 @@ impl WriteProgress {
             failed: AtomicBool::new(false),
             unwanted: AtomicBool::new(false),
             pass_errors,
+            last_read: AtomicU64::new(0),
             due: Due {
                 epoch: tokio::time::Instant::now(),
                 at: AtomicU64::new(NO_DUE),
@@ -331,10 +342,10 @@ pub struct Watch {
     /// The body has been sent (a flag here instead of a oneshot channel:
     /// ~250 instructions fewer per request, issue 23).
     sent: AtomicBool,
-    /// All of the body has been handed to the connection (not merely
-    /// dropped): a 2xx that comes before this was given for an upload the
-    /// data centre did not have.
-    complete: AtomicBool,
+    /// When ([`order`]) all of the body was handed to the connection (not
+    /// merely dropped); 0: not yet. A 2xx read before this was given for
+    /// an upload the data centre did not have.
+    complete: AtomicU64,
     /// Woken when `progress` is set and when the body has been sent.
     woken: AtomicWaker,
 }
@@ -368,12 +379,23 @@ impl Watch {
     /// All of the body has been handed to the connection: set before its
     /// last bytes are written, so before any answer to them can be read.
     pub fn body_complete(&self) {
-        self.complete.store(true, Ordering::Release);
+        let _ = self
+            .complete
+            .compare_exchange(0, order(), Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// Whether [`Self::body_complete`] was told.
-    pub fn is_complete(&self) -> bool {
-        self.complete.load(Ordering::Acquire)
+    /// Whether the answer just taken from the connection came before all
+    /// of the body was handed to it: not handed whole yet, or handed whole
+    /// only after the connection's last read, which brought the answer's
+    /// head (the connection's task goes on handing the body while the
+    /// request's task is woken for the answer: judged by the flag alone, a
+    /// fast client's body was often whole by then; verification, stop 65).
+    pub fn came_before_its_body(&self) -> bool {
+        let complete = self.complete.load(Ordering::Acquire);
+        complete == 0
+            || self
+                .progress()
+                .is_some_and(|p| p.last_read.load(Ordering::Acquire) < complete)
     }
 
     /// The body has been sent completely, or dropped.
@@ -421,6 +443,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &polled {
+            if buf.filled().len() > before {
+                self.progress.last_read.store(order(), Ordering::Release);
+            }
+        }
         match &polled {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
                 self.read_ended = true;
