@@ -552,7 +552,7 @@ async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
     .await;
     let extra = "[health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
     let proxy = Binary::start("probe-fds", &datacenters_at(dc), extra).await;
-    let pid = proxy.pid().to_string();
+    let pid = proxy.pid();
     let series =
         format!("residency_upstream_up{{datacenter=\"zurich\",upstream=\"http://{dc}/\"}}");
     let up = async || {
@@ -564,13 +564,7 @@ async fn a_probe_the_proxy_cannot_make_marks_nothing_down() {
     // kept open below: no descriptor is free for anything else.
     let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
     let mut client = proxy.client().connect().await.expect("TLS handshake");
-    let limit = |soft: &str| {
-        let status = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &format!("--nofile={soft}:")])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let limit = |soft: &str| open_files_limit(pid, soft);
     limit("3");
     // Ten intervals: five times unhealthy_threshold.
     tokio::time::sleep(Duration::from_millis(1000)).await;

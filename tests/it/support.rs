@@ -1759,3 +1759,15 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
     };
     let _ = to.shutdown(how);
 }
+
+/// Sets the open-files soft limit of the running process `pid` (`prlimit`,
+/// util-linux): `"3"` leaves it no descriptor to open (the kernel gives
+/// the lowest free one, and nothing below stdin, stdout and stderr is ever
+/// free).
+pub fn open_files_limit(pid: u32, soft: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit --nofile={soft}: on {pid}");
+}

@@ -1557,13 +1557,7 @@ async fn the_log_comes_back_after_running_out_of_file_descriptors() {
             *statuses.entry(status).or_default() += 1;
         }
     };
-    let limit = |soft: &str| {
-        let status = std::process::Command::new("prlimit")
-            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
-            .status()
-            .unwrap();
-        assert!(status.success(), "prlimit {soft}");
-    };
+    let limit = |soft: &str| open_files_limit(pid, soft);
     // The first bundle and a half, with descriptors to spare: the helper
     // has the next bundle ready.
     upload(300, &mut statuses).await;
