@@ -447,6 +447,18 @@ pub fn client_auth_warnings(
                     crl.issuer
                 ));
             }
+            // Dated ahead of this machine by more than a day: one of the
+            // two clocks is wrong (OpenSSL refuses such a CRL as not yet
+            // valid; rustls takes it: time audit, stop 65).
+            let ahead = now.as_ref().is_ok_and(|now| {
+                crl.this_update.to_unix_duration() > *now + std::time::Duration::from_secs(86_400)
+            });
+            if ahead {
+                warnings.push(format!(
+                    "{crl_key}: {label}: the CRL of {} is dated {}, more than a day after this machine's clock: check the clock here, or the CA's (OpenSSL refuses such a CRL as not yet valid; it is used here)",
+                    crl.issuer, crl.this_update
+                ));
+            }
         }
     }
     for (i, cert) in anchors.iter().enumerate() {
@@ -1117,6 +1129,27 @@ mod tests {
         assert!(
             said[0].starts_with(
                 "client_crl: crl.pem: the CRL of CN=our client CA is past its nextUpdate"
+            ),
+            "{said:?}"
+        );
+        // Dated years ahead of the clock (its nextUpdate after that).
+        let ahead = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2035, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ours)
+        .unwrap()
+        .pem()
+        .unwrap();
+        let said = warnings(&ours.pem(), &[ahead]);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with(
+                "client_crl: crl.pem: the CRL of CN=our client CA is dated 2035-01-01"
             ),
             "{said:?}"
         );
