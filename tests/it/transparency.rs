@@ -1501,13 +1501,8 @@ async fn the_log_comes_back_after_running_out_of_file_descriptors() {
     use tokio::io::AsyncReadExt;
     let keep = TempDir::new("tlog-fds");
     log_key(keep.path());
-    let zurich = Upstream::start("zurich").await;
-    let others = Upstream::start("others").await;
-    let dcs = [
-        ("zurich", "ch", zurich.addr),
-        ("frankfurt", "eu", others.addr),
-        ("virginia", "us", others.addr),
-    ];
+    let upstream = Upstream::start("zurich").await;
+    let dcs = datacenters_at(upstream.addr);
     let log_port = free_port();
     let extra = section(keep.path(), log_port, "") + "[health]\npath = \"off\"\n";
     let proxy = Binary::start("tlog-fds", &dcs, &extra).await;

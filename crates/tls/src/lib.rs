@@ -1097,17 +1097,21 @@ mod tests {
             rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
                 .unwrap()
         };
+        let crl_dated =
+            |ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, this: (i32, u8), next: (i32, u8)| {
+                rcgen::CertificateRevocationListParams {
+                    this_update: rcgen::date_time_ymd(this.0, this.1, 1),
+                    next_update: rcgen::date_time_ymd(next.0, next.1, 1),
+                    crl_number: 1u64.into(),
+                    issuing_distribution_point: None,
+                    revoked_certs: Vec::new(),
+                    key_identifier_method: rcgen::KeyIdMethod::Sha256,
+                }
+                .signed_by(ca)
+                .unwrap()
+            };
         let crl = |ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, next: (i32, u8)| {
-            rcgen::CertificateRevocationListParams {
-                this_update: rcgen::date_time_ymd(2026, 1, 1),
-                next_update: rcgen::date_time_ymd(next.0, next.1, 1),
-                crl_number: 1u64.into(),
-                issuing_distribution_point: None,
-                revoked_certs: Vec::new(),
-                key_identifier_method: rcgen::KeyIdMethod::Sha256,
-            }
-            .signed_by(ca)
-            .unwrap()
+            crl_dated(ca, (2026, 1), next)
         };
         let (ours, theirs) = (authority("our client CA"), authority("another CA"));
         let warnings = |ca_pem: &str, crls: &[String]| {
@@ -1133,18 +1137,7 @@ mod tests {
             "{said:?}"
         );
         // Dated years ahead of the clock (its nextUpdate after that).
-        let ahead = rcgen::CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2035, 1, 1),
-            next_update: rcgen::date_time_ymd(2036, 1, 1),
-            crl_number: 1u64.into(),
-            issuing_distribution_point: None,
-            revoked_certs: Vec::new(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&ours)
-        .unwrap()
-        .pem()
-        .unwrap();
+        let ahead = crl_dated(&ours, (2035, 1), (2036, 1)).pem().unwrap();
         let said = warnings(&ours.pem(), &[ahead]);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(
