@@ -9,7 +9,7 @@
 //! `X-Forwarded-For` (appended when it came from a trusted proxy, replaced
 //! otherwise), `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Request-Id`,
 //! `Residency-Origin-Country` and `Residency-Jurisdiction`. Responses lose
-//! hop-by-hop and upstream-sent `Residency-*` headers and gain `Residency-Jurisdiction`,
+//! hop-by-hop, `Alt-Svc` and upstream-sent `Residency-*` headers and gain `Residency-Jurisdiction`,
 //! `Residency-Datacenter` and `X-Request-Id`.
 
 use std::net::IpAddr;
@@ -239,10 +239,21 @@ fn claims_the_client_text(name: &str) -> bool {
     matches!(name, client_claims!())
 }
 
-/// Removes hop-by-hop and `Residency-*` headers. Scans first: most header
-/// sets have nothing to remove, and then nothing is hashed or moved.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, never_forwarded, false);
+/// [`never_forwarded`], or `Alt-Svc` (RFC 7838): a data centre's
+/// alternative services are its own endpoints, offered under the proxy's
+/// origin, and a client that took one up (a data centre holding a
+/// certificate for that name) would send its next uploads there, past the
+/// proxy's decision.
+fn not_to_client(name: &HeaderName) -> bool {
+    never_forwarded(name) || name == header::ALT_SVC
+}
+
+/// Removes what a data centre's response does not take to the client:
+/// hop-by-hop, `Residency-*` and `Alt-Svc` fields ([`not_to_client`]).
+/// Scans first: most header sets have nothing to remove, and then nothing
+/// is hashed or moved.
+fn strip_for_client(headers: &mut HeaderMap) {
+    strip(headers, not_to_client, false);
 }
 
 /// Removes the fields `goes` judges and those listed in `Connection`;
@@ -485,7 +496,7 @@ pub fn to_client(
 
 /// A data centre's response fields made the client's, in place, from one
 /// pass over them (issue 23): its framing ([`client_framing`]), then its
-/// hop-by-hop and `Residency-*` fields removed ([`strip_hop_by_hop`]; the
+/// hop-by-hop, `Residency-*` and `Alt-Svc` fields removed ([`strip_for_client`]; the
 /// framing reads `Transfer-Encoding` first). `Err` says why the response
 /// cannot be forwarded: a transfer coding beyond `chunked`, or fields over
 /// [`RESPONSE_HEAD_LIMIT`] (hyper reads a head up to that limit before
@@ -504,7 +515,7 @@ pub fn from_upstream(
         return Err("a transfer coding other than chunked");
     }
     if foreign {
-        strip_hop_by_hop(headers);
+        strip_for_client(headers);
     }
     Ok(())
 }
@@ -643,7 +654,7 @@ pub struct Fields<'a> {
 
 /// The names [`Fields::of`]'s `match` reads, besides the hop-by-hop ones
 /// and the claims of the client.
-const FIELDS_READ: [&str; 7] = [
+const FIELDS_READ: [&str; 8] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -651,6 +662,7 @@ const FIELDS_READ: [&str; 7] = [
     "idempotency-key",
     "expect",
     "via",
+    "alt-svc",
 ];
 
 /// A first test of a field's name for [`Fields::of`]: `false` for most
@@ -732,6 +744,8 @@ impl<'a> Fields<'a> {
                 "idempotency-key" => f.idempotency_key = true,
                 "expect" => f.expect = true,
                 "via" => f.via = true,
+                // Only a response's goes ([`from_upstream`]).
+                "alt-svc" => f.foreign = true,
                 // In the same `match` as the names above, not a pass of
                 // its own in `to_upstream` (issue 23).
                 #[allow(unreachable_patterns)] // transfer-encoding: above
@@ -1528,7 +1542,7 @@ mod tests {
         assert_eq!(h["forwarded_"], "kept");
         // From a data centre to the client only the dashed names go.
         let mut h = map(&[("residency_receipt", "kept"), ("x_custom_field", "kept")]);
-        strip_hop_by_hop(&mut h);
+        strip_for_client(&mut h);
         assert_eq!(
             h["residency_receipt"], "kept",
             "not judged towards the client"
@@ -1835,6 +1849,8 @@ mod proptests {
         "cookie",
         "via",
         "Via",
+        "alt-svc",
+        "Alt-Svc",
         "content-type",
         "x-secret",
     ];
@@ -2041,7 +2057,7 @@ mod proptests {
             HeaderValue::from_bytes(b"x-secret, \x80").unwrap(),
         );
         h.append("x-secret", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_for_client(&mut h);
         assert!(h.get("x-secret").is_none(), "{h:?}");
     }
 
@@ -2208,7 +2224,7 @@ mod proptests {
             let _ = ambiguous_framing(&h);
             let _ = bad_host(v, &u, &h);
             let mut s = h.clone();
-            strip_hop_by_hop(&mut s);
+            strip_for_client(&mut s);
             let mut c = h.clone();
             let value = |s: &str| HeaderValue::from_str(s).ok();
             to_client(&mut c, &hop.request_id, value(&hop.jurisdiction).as_ref(), value(&hop.country).as_ref());
@@ -2238,13 +2254,14 @@ mod proptests {
         /// (any with a `_` is looked at again by `strip`).
         #[test]
         fn fields_of_finds_every_foreign_name(h in header_map()) {
-            let foreign = h.keys().any(|n| not_upstream(n) || has_underscore(n.as_str().as_bytes()));
+            // (And `Alt-Svc`, which only a response loses.)
+            let foreign = h.keys().any(|n| not_upstream(n) || has_underscore(n.as_str().as_bytes()) || n == header::ALT_SVC);
             prop_assert_eq!(Fields::of(&h).foreign, foreign);
         }
 
         /// A data centre's answer after `from_upstream` (when it is to be
         /// forwarded): no hop-by-hop, listed or `Residency-*` field, as
-        /// after `strip_hop_by_hop`, whatever its framing needed.
+        /// after `strip_for_client`, whatever its framing needed.
         #[test]
         fn from_upstream_leaves_no_hop_by_hop(h in header_map()) {
             let listed = connection_names(&h);
@@ -2253,18 +2270,19 @@ mod proptests {
                 for name in r.keys() {
                     prop_assert!(!HOP_BY_HOP_NAMES.contains(&name.as_str()), "{} remains in {:?}", name, r);
                     prop_assert!(!name.as_str().starts_with("residency-"), "{} remains", name);
+                    prop_assert!(name != header::ALT_SVC, "alt-svc remains");
                     prop_assert!(!listed.contains(name), "{} is listed in Connection: {:?}", name, h);
                 }
             }
         }
 
-        /// After `strip_hop_by_hop`: no hop-by-hop, listed or `Residency-*`
+        /// After `strip_for_client`: no hop-by-hop, listed or `Residency-*`
         /// header remains, and every other field is untouched.
         #[test]
         fn strip_leaves_no_hop_by_hop(h in header_map()) {
             let listed = connection_names(&h);
             let mut s = h.clone();
-            strip_hop_by_hop(&mut s);
+            strip_for_client(&mut s);
             for name in s.keys() {
                 prop_assert!(!HOP_BY_HOP_NAMES.contains(&name.as_str()), "{} remains in {:?}", name, s);
                 prop_assert!(!name.as_str().starts_with("residency-"), "{} remains", name);
@@ -2273,6 +2291,7 @@ mod proptests {
             for name in h.keys() {
                 let gone = HOP_BY_HOP_NAMES.contains(&name.as_str())
                     || name.as_str().starts_with("residency-")
+                    || name == header::ALT_SVC
                     || listed.contains(name);
                 if !gone {
                     prop_assert!(h.get_all(name).iter().eq(s.get_all(name).iter()), "{} changed", name);
