@@ -57,7 +57,7 @@ pub struct RawToken {
     pub audience: Option<String>,
     /// The claim that names the tenant (default `tenant`).
     pub claim: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf` (default 60 s).
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (default 60 s).
     pub leeway: Option<Setting<Duration>>,
     /// The `typ` every token's header must carry (RFC 8725 §3.11,
     /// explicit typing), such as `at+jwt`; unset, any `typ` or none.
@@ -208,12 +208,12 @@ impl TokenVerifier {
         // same id, both published during the change) must not have its
         // newer key's tokens refused because the older one came first.
         let mut refused = None;
-        let claims = loop {
+        let (claims, leeway) = loop {
             let Some(key) = keys.next() else {
                 return Err(refused.unwrap_or(TokenError::UnknownKey(None)));
             };
             match jsonwebtoken::decode::<UniqueClaims>(token, &key.key, &key.validation) {
-                Ok(data) => break data.claims.0,
+                Ok(data) => break (data.claims.0, key.validation.leeway),
                 Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     refused.get_or_insert(TokenError::Invalid(described(&e)));
                 }
@@ -221,16 +221,30 @@ impl TokenVerifier {
             }
         };
         // What jsonwebtoken lets through: an `nbf` it cannot read (it then
-        // skips the check) and an `iss` given as a list.
-        let nbf = claims.get("nbf");
+        // skips the check), an `iat` it does not look at, and an `iss` given
+        // as a list.
         let numeric_date = |n: &serde_json::Value| {
             n.as_f64()
-                .is_some_and(|s| s.is_finite() && (0.0..u64::MAX as f64).contains(&s))
+                .filter(|s| s.is_finite() && (0.0..u64::MAX as f64).contains(s))
         };
-        if nbf.is_some_and(|n| !numeric_date(n)) {
-            return Err(TokenError::Invalid(
-                "nbf is not a NumericDate (seconds since 1970, not negative)".into(),
-            ));
+        for claim in ["nbf", "iat"] {
+            if claims.get(claim).is_some_and(|n| numeric_date(n).is_none()) {
+                return Err(TokenError::Invalid(format!(
+                    "{claim} is not a NumericDate (seconds since 1970, not negative)"
+                )));
+            }
+        }
+        // Issued ahead of this clock by more than the leeway: an issuer
+        // whose clock is wrong, or a token made to be used later (RFC 7519
+        // leaves `iat` to the application; `nbf` says "later" openly).
+        if let Some(iat) = claims.get("iat").and_then(numeric_date) {
+            let now = jsonwebtoken::get_current_timestamp();
+            if iat > (now + leeway) as f64 {
+                return Err(TokenError::Invalid(format!(
+                    "iat is {:.0} s ahead of this clock (leeway {leeway} s)",
+                    iat - now as f64
+                )));
+            }
         }
         if !claims.get("iss").is_some_and(serde_json::Value::is_string) {
             return Err(TokenError::Invalid("iss is not a string".into()));

@@ -361,6 +361,17 @@ jurisdiction = "eu"
     let nbf_text = with(json!({"nbf": "4102444800"}));
     let nbf_huge = with(json!({"nbf": 1e20}));
     let nbf_negative = with(json!({"nbf": -1}));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let iat_ahead = with(json!({"iat": now + 3600}));
+    let iat_text = with(json!({"iat": now.to_string()}));
+    for (what, iat) in [("now", now), ("30 s ahead, within the leeway", now + 30)] {
+        let token = with(json!({ "iat": iat }));
+        let reply = upload(&by_ip, DE, Some(&token)).await;
+        assert_eq!(reply.status, 201, "iat {what}: {reply:?}");
+    }
     let iss_list = with(json!({"iss": [ISSUER, "https://other.test"]}));
     let mut tampered = issuer.ed(&claims("initech"));
     let payload = URL_SAFE_NO_PAD.encode(claims("acme").to_string());
@@ -381,6 +392,8 @@ jurisdiction = "eu"
         ("nbf as text", &nbf_text),
         ("nbf beyond u64", &nbf_huge),
         ("nbf negative", &nbf_negative),
+        ("iat an hour ahead", &iat_ahead),
+        ("iat as text", &iat_text),
         ("iss as a list", &iss_list),
         ("tenant claim twice", &twice),
     ] {
@@ -453,7 +466,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"token\"}"),
-        5.0
+        7.0
     );
     assert_eq!(
         m("residency_tenant_requests_total{tenant_source=\"none\"}"),
@@ -461,7 +474,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_tenant_origin_mismatches_total{action=\"allowed\"}"),
-        11.0
+        13.0
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"misdirected_request\"}"),
@@ -473,7 +486,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
-        19.0
+        21.0
     );
     assert!(
         !metrics.contains("tenant=\"acme\""),
