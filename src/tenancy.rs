@@ -19,7 +19,9 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use residency_core::policy::Policy;
 use residency_core::report::{ConfigReport, OptionalSetting, Setting};
-use residency_core::tenant::{self, CertNames, Conflict, RawTenant, Recognized, Tenants};
+use residency_core::tenant::{
+    self, CertNames, Conflict, RawTenant, Recognized, Source, TenantId, Tenants,
+};
 use serde::Deserialize;
 
 /// A JWK Set (RFC 7517 §5) whose keys are read one by one.
@@ -76,8 +78,13 @@ struct RawTenantsFile {
 pub struct Tenancy {
     pub tenants: Tenants,
     pub token: Option<Arc<TokenVerifier>>,
-    /// Per tenant id, the name its records carry (the name, or its keyed hash).
+    /// Per tenant id, the name its records carry (the name, or its keyed
+    /// hash) — when a certificate or token recognised it; see
+    /// [`Tenancy::record_name`].
     pub record_names: Vec<String>,
+    /// The same, when its server name alone did: the name, or a keyed hash
+    /// of its own.
+    pub record_names_by_server_name: Vec<String>,
     /// `record` was not set: the names go into the log in clear by default
     /// (a warning at start, with tenants and a log).
     pub record_by_default: bool,
@@ -472,11 +479,12 @@ impl Tenancy {
         let none = Tenants::default();
         let record_names =
             record_names(raw, tenants.as_ref().unwrap_or(&none), base, r, &mut files);
-        let (tenants, record_names) = (tenants?, record_names?);
+        let (tenants, (record_names, record_names_by_server_name)) = (tenants?, record_names?);
         (r.problems.len() == before).then(|| Tenancy {
             tenants,
             token,
             record_names,
+            record_names_by_server_name,
             record_by_default: raw.record.is_none(),
             metrics_by_tenant: raw.metrics_by_tenant.unwrap_or(false),
             files,
@@ -746,13 +754,32 @@ fn token_verifier(
     })
 }
 
+impl Tenancy {
+    /// The name a record gives tenant `id`, recognised by `source`. Under
+    /// `record = "hmac"`, one recognised by its server name alone gets a
+    /// hash of its own: anyone can send that name (and so learn the hash
+    /// from the record of an upload of their own), and that must not name
+    /// the hash its certificate- and token-recognised records carry.
+    pub fn record_name(&self, id: TenantId, source: Source) -> &str {
+        let names = match source {
+            Source::Sni => &self.record_names_by_server_name,
+            Source::ClientCert | Source::Token => &self.record_names,
+        };
+        names.get(id.0 as usize).map_or("?", String::as_str)
+    }
+}
+
+/// Per tenant id, the names its records carry: when a certificate or token
+/// recognised it, and when its server name alone did.
+type RecordNames = (Vec<String>, Vec<String>);
+
 fn record_names(
     raw: &RawTenancy,
     tenants: &Tenants,
     base: &Path,
     r: &mut ConfigReport,
     files: &mut Vec<PathBuf>,
-) -> Option<Vec<String>> {
+) -> Option<RecordNames> {
     match raw.record.as_deref().unwrap_or("name") {
         // A key given for a mode not chosen would look like protection
         // that is not there: the names would go into the log in clear.
@@ -763,7 +790,10 @@ fn record_names(
             );
             None
         }
-        "name" => Some(tenants.iter().map(|t| t.name.clone()).collect()),
+        "name" => {
+            let names: Vec<String> = tenants.iter().map(|t| t.name.clone()).collect();
+            Some((names.clone(), names))
+        }
         "hmac" => {
             let Some(path) = raw.record_hmac_key.as_deref() else {
                 r.push(
@@ -777,18 +807,23 @@ fn record_names(
             match std::fs::read(&resolved) {
                 Ok(key) if key.len() >= 32 => {
                     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
-                    Some(
+                    let hashed = |prefix: &str| {
                         tenants
                             .iter()
                             .map(|t| {
-                                let tag = ring::hmac::sign(&key, t.name.as_bytes());
+                                // (A name has no `:`: the two inputs never meet.)
+                                let tag = ring::hmac::sign(
+                                    &key,
+                                    format!("{prefix}{}", t.name).as_bytes(),
+                                );
                                 format!(
                                     "hmac-sha256:{}",
                                     residency_core::hex::encode(&tag.as_ref()[..16])
                                 )
                             })
-                            .collect(),
-                    )
+                            .collect()
+                    };
+                    Some((hashed(""), hashed("sni:")))
                 }
                 Ok(_) => {
                     r.push(

@@ -89,14 +89,7 @@ impl<'a> RecordContext<'a> {
                 sha256: Cow::Borrowed(state.geo.sha256_hex()),
             },
             tenant: findings.tenant.map(|t| TenantRecord {
-                name: Cow::Borrowed(
-                    state
-                        .config
-                        .tenancy
-                        .record_names
-                        .get(t.tenant.0 as usize)
-                        .map_or("?", String::as_str),
-                ),
+                name: Cow::Borrowed(state.config.tenancy.record_name(t.tenant, t.source)),
                 source: Cow::Borrowed(t.source.as_str()),
                 origin_jurisdiction: findings
                     .origin_jurisdiction

@@ -699,7 +699,11 @@ async fn a_tenant_file_reload_under_load_changes_routing_without_a_failed_reques
 }
 
 /// A tenant recognised by its certificate's subject CN, recorded as a
-/// keyed hash of its name (`[tenancy] record = "hmac"`).
+/// keyed hash of its name (`[tenancy] record = "hmac"`); recognised by its
+/// server name alone, which anyone can send, by another hash (tenant
+/// audit, stop 66: anyone could learn the one hash from an upload of their
+/// own with that name, and pick out the tenant's certificate-recognised
+/// records in the public log).
 #[tokio::test]
 async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_hash() {
     let (ca, leaves) = client_ca_and_certs(&[None]);
@@ -709,9 +713,10 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     let hmac_key = files.path().join("tenant-hmac.key");
     std::fs::write(&hmac_key, [7u8; 32]).unwrap();
     let proxy = Proxy::start(Setup {
+        second_cert: Some(vec!["acme.ingest.test"]),
         transparency: Some(String::new()),
         extra: format!(
-            "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:device-7\"]\n\
+            "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:device-7\"]\nsni = [\"acme.ingest.test\"]\n\
              [tenancy]\nrecord = \"hmac\"\nrecord_hmac_key = \"{}\"\n",
             mtls_listener(0, &ca_path),
             hmac_key.display()
@@ -736,6 +741,15 @@ async fn a_subject_cn_recognises_the_tenant_and_the_record_names_it_by_keyed_has
     // The same key gives the same name: an auditor holding it can tell.
     let again = upload(&client, CH, None).await;
     assert_eq!(tenant_of(&again)["name"], name);
+    let by_name = upload(&proxy.client().sni(Some("acme.ingest.test")), DE, None).await;
+    assert_eq!(by_name.header("residency-datacenter"), Some("zurich"));
+    let tenant = tenant_of(&by_name);
+    assert_eq!(tenant["source"], "sni", "{tenant}");
+    let sni_name = tenant["name"].as_str().unwrap();
+    assert!(sni_name.starts_with("hmac-sha256:"), "{sni_name}");
+    assert_ne!(sni_name, name, "the server name's hash is its own");
+    let sni_again = upload(&proxy.client().sni(Some("acme.ingest.test")), CH, None).await;
+    assert_eq!(tenant_of(&sni_again)["name"], sni_name);
     proxy.stop().await;
 }
 
