@@ -697,6 +697,18 @@ fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
     if uri.query().is_some() {
         return Err("a query string is not allowed");
     }
+    // `0.0.0.0` or `[::]` (in any form): a listening address, which a
+    // connection takes for this host — so the same server as `127.0.0.1`
+    // (or this host's own address) at that port, which another data
+    // centre may be (IPv6 audit, stop 66: a US data centre at
+    // `0.0.0.0:P` stored in a Swiss one's server at `127.0.0.1:P`).
+    if uri
+        .host()
+        .and_then(host_address)
+        .is_some_and(|ip| ip.is_unspecified())
+    {
+        return Err("an unspecified address (0.0.0.0, [::]) is one to listen on, not to connect to: give the data centre's own address");
+    }
     // A port given must be one a connection can be made to: 99999 was
     // taken, and every upload to it refused (config audit, stop 63).
     let text = authority.as_str();

@@ -332,6 +332,42 @@ upstreams = ["http://ingest.iad.example/v1"]
     assert!(build(&fixed).is_ok());
 }
 
+/// An upstream at an unspecified address, in any of its forms, is refused:
+/// a connection to `0.0.0.0:P` or `[::]:P` reaches this host's `P`, which
+/// another data centre may be at as `127.0.0.1:P` (IPv6 audit, stop 66: a
+/// US upload was stored in the Swiss data centre's server).
+#[test]
+fn an_unspecified_address_is_no_upstream() {
+    let text = r#"
+[jurisdictions.ch]
+countries = ["CH"]
+[jurisdictions.us]
+countries = ["US"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://127.0.0.1:9000"]
+[datacenters.virginia]
+jurisdiction = "us"
+upstreams = ["http://0.0.0.0:9000", "http://[::]:9000", "http://[::ffff:0.0.0.0]:9000", "http://0:9000", "https://[0:0:0:0:0:0:0:0]/v1"]
+"#;
+    let report = build(text).unwrap_err();
+    let text = report.to_string();
+    for i in 0..5 {
+        let needle = format!("datacenters.virginia.upstreams[{i}]: ");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("missing {needle} in:\n{text}"));
+        assert!(
+            line.contains(
+                "an unspecified address (0.0.0.0, [::]) is one to listen on, not to connect to"
+            ),
+            "{line}"
+        );
+    }
+    assert_eq!(report.problems.len(), 5, "{text}");
+}
+
 /// A URL's host as an address, in the forms the system's resolver takes
 /// without DNS.
 #[test]
