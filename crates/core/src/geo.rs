@@ -176,21 +176,22 @@ impl Overrides {
         o
     }
 
-    fn find(&self, addr: IpAddr) -> Option<Country> {
+    /// The longest override matching `addr`, with its prefix length.
+    fn find(&self, addr: IpAddr) -> Option<(Country, u32)> {
         match addr {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
                 self.v4
                     .iter()
                     .find(|(net, mask, _)| a & mask == *net)
-                    .map(|o| o.2)
+                    .map(|o| (o.2, o.1.count_ones()))
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
                 self.v6
                     .iter()
                     .find(|(net, mask, _)| a & mask == *net)
-                    .map(|o| o.2)
+                    .map(|o| (o.2, o.1.count_ones()))
             }
         }
     }
@@ -373,8 +374,10 @@ impl Geo {
     /// The country of a (canonical) address. A database record without a
     /// `country` (anycast, satellite) is a miss: we never fall back to
     /// `registered_country`. A Teredo address is located by its client's
-    /// public IPv4 address ([`located`]); overrides match the address as it
-    /// came first, then that one. An IPv6 address that carries an IPv4
+    /// public IPv4 address ([`located`]); an override of the address as it
+    /// came and one of that IPv4 address are compared by how many of the
+    /// IPv6 address's bits each fixes ([`carried_at`]): the longer wins (a
+    /// tie, the IPv6 one). An IPv6 address that carries an IPv4
     /// address no packet from the internet comes from (private, loopback,
     /// link-local, shared, multicast, reserved: RFC 3056 has a 6to4
     /// site's be public) is unknown, unless an override matches the IPv6
@@ -383,18 +386,30 @@ impl Geo {
     pub fn lookup(&self, addr: IpAddr) -> (Option<Country>, LookupResult) {
         let canonical = addr.to_canonical();
         let addr = located(canonical);
-        if let Some(c) = self.overrides.find(canonical) {
-            return (Some(c), LookupResult::Override);
-        }
-        if addr != canonical {
-            if let IpAddr::V4(v4) = addr {
-                if !routable(v4) {
-                    return (None, LookupResult::Miss);
-                }
+        let own = self.overrides.find(canonical);
+        if let (IpAddr::V4(carried), IpAddr::V6(v6)) = (addr, canonical) {
+            if !routable(carried) {
+                return match own {
+                    Some((c, _)) => (Some(c), LookupResult::Override),
+                    None => (None, LookupResult::Miss),
+                };
             }
-            if let Some(c) = self.overrides.find(addr) {
+            // (IPv6 audit, stop 66: an IPv6 override won whatever its
+            // length — `::/0` over an IPv4 /24.)
+            let fixed = self
+                .overrides
+                .find(addr)
+                .map(|(c, len)| (c, carried_at(v6) + len));
+            let wins = match (own, fixed) {
+                (Some((c, own_len)), Some((_, fixed_len))) if own_len >= fixed_len => Some(c),
+                (_, Some((c, _))) | (Some((c, _)), None) => Some(c),
+                (None, None) => None,
+            };
+            if let Some(c) = wins {
                 return (Some(c), LookupResult::Override);
             }
+        } else if let Some((c, _)) = own {
+            return (Some(c), LookupResult::Override);
         }
         self.in_database_at(addr)
     }
@@ -534,6 +549,20 @@ pub fn located(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// How many of an IPv6 address's bits say that it carries an IPv4 address
+/// ([`located`]), before that address's own bits: a 6to4 address's prefix
+/// (16), a Teredo one's (32: the server's address between them is not the
+/// client's), the 96 of an IPv4-compatible or NAT64 one. An override of
+/// the carried address's `/n` fixes that many plus `n` of the IPv6
+/// address's bits.
+fn carried_at(v6: std::net::Ipv6Addr) -> u32 {
+    match v6.segments()[0] {
+        0x2002 => 16,
+        0x2001 => 32,
+        _ => 96,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +640,67 @@ mod tests {
                 "{addr}"
             );
         }
+    }
+
+    /// An override of an IPv6 address that carries an IPv4 one, against
+    /// one of that IPv4 address: the one fixing more of the IPv6 address's
+    /// bits wins, as for any two overrides (IPv6 audit, stop 66: `::/0` and
+    /// `2002::/16` won over an IPv4 /24 for every form of its addresses).
+    #[test]
+    fn the_longer_override_wins_for_an_address_carrying_an_ipv4_one() {
+        let rows = vec![Row {
+            network: "192.0.2.0/24".parse().unwrap(),
+            country: "CH".into(),
+        }];
+        let overrides = |list: &[(&str, &str)]| -> Vec<(IpNet, Country)> {
+            list.iter()
+                .map(|(n, c)| (n.parse().unwrap(), Country::parse(c).unwrap()))
+                .collect()
+        };
+        let db = || build_country_db(&rows, 1_700_000_000).unwrap();
+        let g = Geo::from_bytes(
+            db(),
+            overrides(&[
+                ("192.0.2.0/24", "JP"),
+                ("2002::/16", "US"),
+                ("2001::/32", "US"),
+                ("::/0", "US"),
+            ]),
+        )
+        .unwrap();
+        for addr in [
+            "192.0.2.45",
+            "2002:c000:22d::1",
+            "::192.0.2.45",
+            "64:ff9b::192.0.2.45",
+            "2001:0:cb00:7101:8000:f227:3fff:fdd2",
+        ] {
+            assert_eq!(
+                g.lookup(ip(addr)),
+                (Country::parse("JP"), LookupResult::Override),
+                "{addr}"
+            );
+        }
+        // Other IPv6 addresses: `::/0`'s.
+        assert_eq!(g.lookup(ip("2001:db8::1")).0, Country::parse("US"));
+        // A 6to4 site's /48 fixes more than its IPv4 /24 (16 + 24 bits);
+        // a NAT64 /96 fewer than the IPv4 /24 under it (96 + 24).
+        let g = Geo::from_bytes(
+            db(),
+            overrides(&[
+                ("192.0.2.0/24", "JP"),
+                ("2002:c000:22d::/48", "DE"),
+                ("64:ff9b::/96", "US"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(g.lookup(ip("2002:c000:22d::1")).0, Country::parse("DE"));
+        assert_eq!(g.lookup(ip("2002:c000:22e::1")).0, Country::parse("JP"));
+        assert_eq!(g.lookup(ip("64:ff9b::192.0.2.45")).0, Country::parse("JP"));
+        assert_eq!(
+            g.lookup(ip("64:ff9b::198.51.100.1")).0,
+            Country::parse("US")
+        );
     }
 
     #[test]
