@@ -120,6 +120,16 @@ fn host_allowed(headers: &http::HeaderMap, uri: &http::Uri, hosts: &[String]) ->
         return false;
     };
     let host = authority.host();
+    // Nothing after the host but a port: `http` reads the host of
+    // `[::1].evil` or `[::1]:abc` as `[::1]` (IPv6 audit, stop 66).
+    let rest = &authority.as_str()[host.len()..];
+    if !rest.is_empty()
+        && !rest
+            .strip_prefix(':')
+            .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.parse::<std::net::IpAddr>().is_ok()
         || host.eq_ignore_ascii_case("localhost")
@@ -331,6 +341,11 @@ mod tests {
             "127.0.0.1.nip.io",
             "",
             "a b",
+            // Read by `http` as `[::1]` and a port it does not check.
+            "[::1].evil",
+            "[::1]x.attacker.example",
+            "[::1]:abc",
+            "127.0.0.1:abc",
         ] {
             assert!(!allowed(Some(host), &[]), "{host}");
         }

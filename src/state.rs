@@ -81,9 +81,19 @@ impl Snapshot {
                 let (got, _) = geo.in_database(*addr);
                 if got != Some(*want) {
                     let got = got.map_or_else(|| "no country".to_string(), |c| c.to_string());
+                    // A 6to4, Teredo, NAT64 or IPv4-compatible address is
+                    // located, as a client's is, by the IPv4 address it
+                    // carries: say so, or the message misquotes the
+                    // database for the IPv6 address (IPv6 audit, stop 66).
+                    let located = residency_core::geo::located(*addr);
+                    let by = if located == addr.to_canonical() {
+                        String::new()
+                    } else {
+                        format!(" for {located}, the IPv4 address it carries,")
+                    };
                     report.push(
                         format!("geoip.canaries[{i}]"),
-                        format!("{addr} should be {want}, the database says {got}"),
+                        format!("{addr} should be {want}, the database says{by} {got}"),
                     );
                 }
             }

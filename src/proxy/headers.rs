@@ -118,6 +118,7 @@ macro_rules! client_claims {
             "x-remote-addr",
             "x-proxyuser-ip",
             "cf-pseudo-ipv4",
+            "cf-connecting-ipv6",
             "cf-ipcountry",
             "cloudfront-viewer-country",
             "x-appengine-country",

@@ -386,6 +386,10 @@ async fn accept_loop(
         // Reaped as connections are accepted: the set holds the live ones
         // (and those ended since the last accept).
         while connections.try_join_next().is_some() {}
+        // An IPv4 client of a dual-stack `[::]` listener as itself
+        // (`127.0.0.1`, not `[::ffff:127.0.0.1]`), in the log lines as in
+        // the decision and records (IPv6 audit, stop 66).
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         connections.spawn(connection::serve(
             instance.clone(),
             index,

@@ -412,13 +412,9 @@ impl Pool {
         let target = &inner.targets[u.0];
         let deadline = tokio::time::Instant::now() + inner.connect_timeout;
         let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
-        let tcp = tokio::time::timeout_at(
-            deadline,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| Error::Connect(timed_out()))?
-        .map_err(Error::Connect)?;
+        let tcp = connect_any(target.host.as_str(), target.port, deadline)
+            .await
+            .map_err(Error::Connect)?;
         tcp.set_nodelay(true).map_err(Error::Connect)?;
         // Bytes an upstream takes no more of are the kernel's to hold: a
         // connection given up on (below, or a request's watchdog) still
@@ -936,8 +932,89 @@ fn user_timeout(tcp: &TcpStream, after: Duration) {
     let _ = (tcp, after);
 }
 
+/// A TCP connection to one of `host`'s addresses by `deadline`, each
+/// address tried in the resolver's order with an equal share of the time
+/// left: one that drops the connection attempt silently (an IPv6 route
+/// that goes nowhere) took the whole `upstream_connect` before, and the
+/// upstream was marked down although its next address served (IPv6 audit,
+/// stop 66). One that refuses at once leaves its time to the rest.
+async fn connect_any(
+    host: &str,
+    port: u16,
+    deadline: tokio::time::Instant,
+) -> io::Result<TcpStream> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| timed_out())??
+            .collect();
+    connect_first(&addrs, deadline).await
+}
+
+/// [`connect_any`] of addresses already resolved.
+async fn connect_first(
+    addrs: &[std::net::SocketAddr],
+    deadline: tokio::time::Instant,
+) -> io::Result<TcpStream> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(timed_out()),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host name has no address")))
+}
+
 #[cfg(test)]
 mod tests {
+    /// An address that never answers a connection attempt takes its share
+    /// of `upstream_connect`, not all of it: the next one is tried in time.
+    /// The silent one is a loopback listener whose accept queue is full
+    /// (the kernel then drops further SYNs).
+    #[tokio::test]
+    async fn an_address_that_drops_the_attempt_leaves_time_for_the_next() {
+        let silent = tokio::net::TcpSocket::new_v4().unwrap();
+        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = silent.listen(0).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        // Fill its queue (never accepted) until an attempt hangs.
+        let mut held = Vec::new();
+        loop {
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(300),
+                tokio::net::TcpStream::connect(silent_addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => break,
+            }
+            assert!(held.len() < 64, "the queue never filled");
+        }
+        let serving = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let serving_addr = serving.local_addr().unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let tcp = super::connect_first(&[silent_addr, serving_addr], deadline)
+            .await
+            .expect("the second address, within the deadline");
+        assert_eq!(tcp.peer_addr().unwrap(), serving_addr);
+        // Alone, the silent one runs out of the time.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        let e = super::connect_first(&[silent_addr], deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        drop((held, silent));
+    }
+
     /// The response carrying a `Body` is moved whole several times on its
     /// way to the client; at 256 bytes or less glibc's `memcpy` copies it
     /// without its loop (issue 23: 272 bytes cost ~650 instructions a

@@ -1257,6 +1257,13 @@ fn geoip_settings_that_would_route_by_accident_are_refused() {
         "",
         &["- geoip.canaries[0]: 10.1.1.1 should be DE, the database says no country"],
     );
+    // A 6to4 address is looked up by the IPv4 address it carries, and
+    // the message says so.
+    refused(
+        "[[geoip.canaries]]\naddress = \"2002:a01:101::1\"\ncountry = \"DE\"\n",
+        "",
+        &["- geoip.canaries[0]: 2002:a01:101::1 should be DE, the database says for 10.1.1.1, the IPv4 address it carries, no country"],
+    );
 
     // geoip build: an unknown code, a build time in the future.
     let csv = dir.path().join("bad.csv");
