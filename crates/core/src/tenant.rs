@@ -13,7 +13,8 @@
 //! Lookups take borrowed, already-lowercased names and allocate nothing.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use serde::Deserialize;
 
@@ -204,8 +205,10 @@ pub struct Tenants {
     /// Exact certificate names, per [`Kind`].
     cert_exact: [HashMap<String, TenantId>; 3],
     cert_dns_wildcard: HashMap<String, TenantId>,
-    /// `uri:` and `cn:` patterns ending in `*`, by kind and prefix.
-    cert_prefix: Vec<(Kind, String, TenantId)>,
+    /// `uri:` and `cn:` patterns ending in `*`, per [`Kind`], by prefix:
+    /// sorted, so a name finds its one prefix at once ([`prefix_of`]; a
+    /// scan of every prefix per certificate before: scale audit, stop 65).
+    cert_prefix: [BTreeMap<String, TenantId>; 3],
 }
 
 impl Tenants {
@@ -259,7 +262,7 @@ impl Tenants {
     pub fn by_certificate(&self) -> bool {
         self.cert_exact.iter().any(|m| !m.is_empty())
             || !self.cert_dns_wildcard.is_empty()
-            || !self.cert_prefix.is_empty()
+            || self.cert_prefix.iter().any(|m| !m.is_empty())
     }
 
     pub fn by_name(&self, name: &str) -> Option<TenantId> {
@@ -326,12 +329,7 @@ impl Tenants {
 
     fn cert_lookup(&self, kind: Kind, name: &str) -> Option<TenantId> {
         let exact = self.cert_exact[kind.index()].get(name).copied();
-        exact.or_else(|| {
-            self.cert_prefix
-                .iter()
-                .find(|(k, prefix, _)| *k == kind && name.starts_with(prefix.as_str()))
-                .map(|(_, _, id)| *id)
-        })
+        exact.or_else(|| prefix_of(&self.cert_prefix[kind.index()], name).map(|(_, id)| id))
     }
 
     /// Builds the tenants from their entries, reporting every problem under
@@ -354,6 +352,9 @@ impl Tenants {
         // exact name: scale audit, stop 65).
         let mut sni_under: HashMap<String, Vec<String>> = HashMap::new();
         let mut dns_under: HashMap<String, Vec<String>> = HashMap::new();
+        // The exact `uri:` and `cn:` names, sorted, for a prefix to find
+        // those it starts.
+        let mut exact_sorted: [BTreeSet<String>; 3] = Default::default();
         for (i, raw) in raw.iter().enumerate() {
             let key = key_of(i);
             // Without a valid name the rest is still checked (a bad name
@@ -475,46 +476,51 @@ impl Tenants {
                             continue;
                         }
                         let label = kind.as_str();
+                        let prefixes = &t.cert_prefix[kind.index()];
                         if let Some(prefix) = value.strip_suffix('*') {
-                            // A prefix overlaps any name or prefix it starts, or that starts it.
-                            for n in t.cert_exact[kind.index()].keys() {
-                                if n.starts_with(prefix) {
-                                    r.push(
-                                        k.clone(),
-                                        format!(
-                                            "`{value}` also matches {label}:{n} of {}",
-                                            origin[&format!("{label} {n}")]
-                                        ),
-                                    );
-                                }
+                            // A prefix overlaps any name or prefix it starts
+                            // (sorted right after it), or the prefix that
+                            // starts it.
+                            let started = exact_sorted[kind.index()]
+                                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                                .take_while(|n| n.starts_with(prefix));
+                            for n in started {
+                                r.push(
+                                    k.clone(),
+                                    format!(
+                                        "`{value}` also matches {label}:{n} of {}",
+                                        origin[&format!("{label} {n}")]
+                                    ),
+                                );
                             }
-                            for (kk, p, _) in &t.cert_prefix {
-                                if *kk == kind
-                                    && (p.starts_with(prefix) || prefix.starts_with(p.as_str()))
-                                {
-                                    r.push(
-                                        k.clone(),
-                                        format!(
-                                            "`{value}` overlaps {label}:{p}* of {}",
-                                            origin[&format!("{label} {p}*")]
-                                        ),
-                                    );
-                                }
+                            let mut overlapped: BTreeSet<&String> = prefixes
+                                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                                .map(|(p, _)| p)
+                                .take_while(|p| p.starts_with(prefix))
+                                .collect();
+                            overlapped.extend(prefix_of(prefixes, prefix).map(|(p, _)| p));
+                            for p in overlapped {
+                                r.push(
+                                    k.clone(),
+                                    format!(
+                                        "`{value}` overlaps {label}:{p}* of {}",
+                                        origin[&format!("{label} {p}*")]
+                                    ),
+                                );
                             }
-                            t.cert_prefix.push((kind, prefix.to_string(), id));
+                            t.cert_prefix[kind.index()].insert(prefix.to_string(), id);
                         } else {
-                            for (kk, p, _) in &t.cert_prefix {
-                                if *kk == kind && value.starts_with(p.as_str()) {
-                                    r.push(
-                                        k.clone(),
-                                        format!(
-                                            "`{value}` is also matched by {label}:{p}* of {}",
-                                            origin[&format!("{label} {p}*")]
-                                        ),
-                                    );
-                                }
+                            if let Some((p, _)) = prefix_of(prefixes, value) {
+                                r.push(
+                                    k.clone(),
+                                    format!(
+                                        "`{value}` is also matched by {label}:{p}* of {}",
+                                        origin[&format!("{label} {p}*")]
+                                    ),
+                                );
                             }
                             t.cert_exact[kind.index()].insert(value.to_string(), id);
+                            exact_sorted[kind.index()].insert(value.to_string());
                         }
                         remember(&mut origin, format!("{label} {value}"), &k, here, r);
                     }
@@ -538,6 +544,21 @@ impl Tenants {
         }
         (r.problems.len() == before && policy.is_some()).then_some(t)
     }
+}
+
+/// The prefix among `prefixes` that `name` starts with, if any: the
+/// greatest one not after `name`. Among prefixes none of which starts
+/// another (checked at load), no other can come between that one and the
+/// name: it would start with it, or sort after the name.
+fn prefix_of<'a>(
+    prefixes: &'a BTreeMap<String, TenantId>,
+    name: &str,
+) -> Option<(&'a String, TenantId)> {
+    prefixes
+        .range::<str, _>((Bound::Unbounded, Bound::Included(name)))
+        .next_back()
+        .filter(|(p, _)| name.starts_with(p.as_str()))
+        .map(|(p, id)| (p, *id))
 }
 
 /// Records where a pattern came from; the same pattern twice is an overlap.
@@ -740,8 +761,10 @@ pub fn routing_hash(policy: &Policy, tenants: &Tenants) -> String {
         );
     }
     mine(&tenants.cert_dns_wildcard, "dns:*.");
-    for (k, p, v) in &tenants.cert_prefix {
-        per_tenant[v.0 as usize].push(format!("{}:{p}*", k.as_str()));
+    for kind in [Kind::Uri, Kind::Dns, Kind::Cn] {
+        for (p, v) in &tenants.cert_prefix[kind.index()] {
+            per_tenant[v.0 as usize].push(format!("{}:{p}*", kind.as_str()));
+        }
     }
     for (t, mut patterns) in tenants.list.iter().zip(per_tenant) {
         patterns.sort();

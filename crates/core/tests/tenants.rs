@@ -210,6 +210,70 @@ client_cert = ["uri:SPIFFE://Acme.Example/x"]
     );
 }
 
+/// Certificate-name prefixes (`cn:`/`uri:` ending in `*`) are kept
+/// sorted: among 2,000 of them each name finds its own one, a name between
+/// two finds none, and every overlap is still named at load — a prefix
+/// that starts another, or that another starts, or an exact name — in
+/// either order (scale audit, stop 65: each certificate scanned them all).
+#[test]
+fn certificate_prefixes_among_many_find_their_own() {
+    let mut text = String::new();
+    for i in 0..2000 {
+        text += &format!(
+            "[[tenants]]\nname = \"t{i}\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:dev-{i:05}-*\"]\n"
+        );
+    }
+    let (_, t) = load(&text);
+    let t = t.unwrap();
+    let by_cn = |cn: &str| {
+        t.by_cert(&CertNames {
+            cn: Some(cn.to_string()),
+            ..CertNames::default()
+        })
+    };
+    for i in [0, 1, 999, 1000, 1999] {
+        let want = Ok(Some(t.by_name(&format!("t{i}")).unwrap()));
+        assert_eq!(by_cn(&format!("dev-{i:05}-a")), want, "{i}");
+        assert_eq!(by_cn(&format!("dev-{i:05}-")), want, "{i}");
+        // Sorted right after the prefix, or right before it: none.
+        assert_eq!(by_cn(&format!("dev-{i:05}.")), Ok(None), "{i}");
+        assert_eq!(by_cn(&format!("dev-{i:05}")), Ok(None), "{i}");
+    }
+    assert_eq!(by_cn("dev-02000-a"), Ok(None));
+    assert_eq!(by_cn("dev"), Ok(None));
+    for (first, second, says) in [
+        (
+            "cn:dev-*",
+            "cn:dev-7*",
+            "`dev-7*` overlaps cn:dev-* of tenants[0]",
+        ),
+        (
+            "cn:dev-7*",
+            "cn:dev-*",
+            "`dev-*` overlaps cn:dev-7* of tenants[0]",
+        ),
+        (
+            "cn:dev-7",
+            "cn:dev-*",
+            "`dev-*` also matches cn:dev-7 of tenants[0]",
+        ),
+        (
+            "cn:dev-*",
+            "cn:dev-7",
+            "`dev-7` is also matched by cn:dev-* of tenants[0]",
+        ),
+    ] {
+        let p = problems(&format!(
+            "[[tenants]]\nname = \"a\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:zzz\", \"{first}\", \"cn:aaa*\"]\n\
+             [[tenants]]\nname = \"b\"\njurisdiction = \"eu\"\nclient_cert = [\"{second}\"]\n"
+        ));
+        assert!(
+            p.contains(&format!("tenants[1].client_cert[0]: {says}")),
+            "{first} {second}: {p}"
+        );
+    }
+}
+
 #[test]
 fn two_sources_naming_two_tenants_conflict() {
     let (a, b) = (TenantId(0), TenantId(1));
