@@ -1137,9 +1137,9 @@ fn env_filter(value: &str) -> Result<&str, String> {
     Ok(value)
 }
 
-/// The filter `--log-level` or `RUST_LOG` asks for, and whether it leaves
-/// rustls unnamed (see [`rustls_cap`]).
-fn filter(level: &LogLevel) -> (tracing_subscriber::EnvFilter, bool) {
+/// The filter `--log-level` or `RUST_LOG` asks for, and which of rustls
+/// and h2 it leaves unnamed (see [`rustls_cap`]).
+fn filter(level: &LogLevel) -> (tracing_subscriber::EnvFilter, Quiet) {
     use tracing_subscriber::EnvFilter;
     // Held to `--log-level`'s rules (a misspelt level silenced every
     // line: verification, stop 63).
@@ -1162,20 +1162,41 @@ fn filter(level: &LogLevel) -> (tracing_subscriber::EnvFilter, bool) {
         from_env().or_else(given)
     };
     let (filter, text) = chosen.unwrap_or_else(|| (EnvFilter::new("info"), String::new()));
-    (filter, !text.contains("rustls"))
+    let quiet = Quiet {
+        rustls: !text.contains("rustls"),
+        h2: !text.contains("h2"),
+    };
+    (filter, quiet)
+}
+
+/// Which libraries' lines below `error` [`rustls_cap`] leaves out: those
+/// the filter does not name.
+#[derive(Clone, Copy)]
+struct Quiet {
+    rustls: bool,
+    h2: bool,
 }
 
 /// rustls warns of what any client can send (an IP address as SNI, a
-/// renegotiation), a line per handshake: with `quiet` (the filter does not
-/// name rustls), its lines below `error` are left out (TLS audit, stop
-/// 64). A cap on what the filter lets through, never a line it would not
-/// (a directive `rustls=error` turned rustls's errors on under `off`).
+/// renegotiation), a line per handshake, and h2 of a client's rapid
+/// resets, a line per connection (soak audit, stop 66; the proxy counts
+/// the GOAWAY it sends in `residency_connections_closed_total`): the lines
+/// below `error` of each the filter does not name ([`Quiet`]) are left out
+/// (TLS audit, stop 64). A cap on what the filter lets through, never a
+/// line it would not (a directive `rustls=error` turned rustls's errors on
+/// under `off`).
 fn rustls_cap(
-    quiet: bool,
+    quiet: Quiet,
 ) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    let of = |target: &str, krate: &str| {
+        target
+            .strip_prefix(krate)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    };
     tracing_subscriber::filter::filter_fn(move |m| {
-        let rustls = m.target() == "rustls" || m.target().starts_with("rustls::");
-        !(quiet && rustls && *m.level() > tracing::Level::ERROR)
+        let capped =
+            (quiet.rustls && of(m.target(), "rustls")) || (quiet.h2 && of(m.target(), "h2"));
+        !(capped && *m.level() > tracing::Level::ERROR)
     })
 }
 
@@ -1361,6 +1382,8 @@ mod tests {
             tracing::subscriber::with_default(subscriber, || {
                 tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
                 tracing::error!(target: "rustls::conn", "a rustls error");
+                tracing::warn!(target: "h2::proto::streams::recv", "recv_reset; limit");
+                tracing::warn!(target: "h2x", "another crate");
                 tracing::warn!(target: "residency_proxy::server", "ours");
             });
             let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
@@ -1373,9 +1396,17 @@ mod tests {
                 "{filter}: {text}"
             );
             assert!(!text.contains("Illegal SNI"), "{filter}: {text}");
+            assert!(!text.contains("recv_reset"), "{filter}: {text}");
+            assert!(text.contains("another crate"), "{filter}: {text}");
         }
         let text = logged("info,rustls=warn");
         assert!(text.contains("Illegal SNI"), "{text}");
+        assert!(!text.contains("recv_reset"), "{text}");
+        let text = logged("info,h2=warn");
+        assert!(
+            text.contains("recv_reset") && !text.contains("Illegal SNI"),
+            "{text}"
+        );
         // A cap, not a directive: no rustls line where the filter lets
         // none through (review, stop 64: `off` showed rustls's errors).
         for filter in ["off", "residency_proxy=debug"] {

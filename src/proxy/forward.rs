@@ -734,7 +734,15 @@ fn judge(
         }
         Err((e, returned)) => {
             let tls = e.is_tls();
-            tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+            if slot.failure().is_some() {
+                // The client's body broke off (the caller refuses it as
+                // `client_aborted`): no fault of the data centre's, and
+                // one any client can cause at will, so not a warning each
+                // time (soak audit, stop 66).
+                tracing::debug!(request_id = id, datacenter = dc, error = %error_chain(&e), "upstream request ended: the client's body broke off");
+            } else {
+                tracing::warn!(request_id = id, datacenter = dc, error = %error_chain(&e), connect = e.is_connect(), "upstream request failed");
+            }
             let unsent = (e.is_connect() && slot.untouched()).then_some(if tls {
                 "tls_failed"
             } else {

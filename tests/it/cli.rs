@@ -1014,6 +1014,52 @@ async fn the_open_files_limit_is_raised_and_a_short_one_named() {
     assert!(warning.contains("raise the hard limit"), "{warning}");
 }
 
+/// An upload whose client leaves mid-body is its `request` line
+/// (`client_aborted`) alone: the data centre's request it cut short is no
+/// warning blaming the data centre (soak audit, stop 66: one each time,
+/// which any client could cause at will).
+#[tokio::test]
+async fn a_client_leaving_mid_upload_is_no_warning_about_the_data_centre() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start(
+        "aborted",
+        &[
+            ("zurich", "ch", up.addr),
+            ("frankfurt", "eu", up.addr),
+            ("virginia", "us", up.addr),
+        ],
+        "",
+    )
+    .await;
+    for _ in 0..3 {
+        let mut tls = proxy.client().version(Http::One).connect().await.unwrap();
+        let head = format!(
+            "POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {CH}\r\nContent-Length: 100000\r\n\r\nhello"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        // Until the data centre has the request's head and first bytes.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(tls);
+    }
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = proxy.log();
+        if log.matches("client_aborted").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(log.matches("client_aborted").count() >= 3, "{log}");
+    assert!(!log.contains("upstream request failed"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("residency_proxy::proxy")),
+        "{log}"
+    );
+}
+
 /// On one CPU (here: pinned with taskset) and without
 /// `runtime.worker_threads`, the proxy picks the current-thread scheduler,
 /// and says so at start.
