@@ -1064,6 +1064,35 @@ async fn tlog_proofs_are_exported_served_and_checked_offline() {
     offline.entry = Some(entry);
     let report = check(&offline).await;
     assert!(!report.valid(), "{report}");
+
+    // A refusal's record is in the log, and its proof holds, but it is no
+    // proof of storage: INVALID, as its receipt would be (crypto audit,
+    // stop 66: VALID, "Stored in data centre ?").
+    let refused = proxy.client().upload_from(UNKNOWN, "refused").await;
+    assert_eq!(refused.status, 451);
+    let id = refused.header("x-request-id").unwrap().to_string();
+    let mut served = String::new();
+    for _ in 0..100 {
+        let (status, body) = proxy.log_get(&format!("/proof/{id}.tlog-proof")).await;
+        if status == 200 {
+            served = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served.starts_with("c2sp.org/tlog-proof@v1\n"), "{served}");
+    let refusal = dir.join("refusal.tlog-proof");
+    std::fs::write(&refusal, &served).unwrap();
+    let mut offline = args(&key);
+    offline.proof_file = Some(refusal);
+    let report = check(&offline).await;
+    assert!(!report.valid(), "{report}");
+    assert!(
+        report.to_string().contains(
+            "INVALID: the record says the upload was refused (origin_unknown), not stored"
+        ),
+        "{report}"
+    );
     proxy.stop().await;
 }
 

@@ -314,20 +314,26 @@ fn check_receipt(
             receipt.index
         ));
     }
-    if record.outcome != Outcome::Stored {
-        return fail(
-            Step::Outcome,
-            format!(
-                "the record says the upload was {}{}, not stored",
-                record.outcome.as_str(),
-                record
-                    .reason
-                    .as_deref()
-                    .map_or(String::new(), |r| format!(" ({r})"))
-            ),
-        );
+    if let Some(why) = not_stored(&record) {
+        return fail(Step::Outcome, why);
     }
     Ok(record)
+}
+
+/// Why a record is no proof of storage: it says the upload was refused or
+/// rejected (`None`: it was stored). Every verifier stops there, a
+/// tlog-proof's too.
+pub fn not_stored(record: &Record) -> Option<String> {
+    (record.outcome != Outcome::Stored).then(|| {
+        format!(
+            "the record says the upload was {}{}, not stored",
+            record.outcome.as_str(),
+            record
+                .reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(" ({r})"))
+        )
+    })
 }
 
 fn summary(record: &Record) -> String {

@@ -980,6 +980,12 @@ fn check_tlog_proof(
         parsed.path.len()
     ));
     if let Ok(record) = Record::from_bytes(&entry) {
+        // Proven in the log, and still no proof of storage: a refusal's
+        // record is INVALID here as its receipt is (crypto audit, stop 66:
+        // a 503's record said "Stored in data centre zurich", VALID).
+        if let Some(why) = verdict::not_stored(&record) {
+            bail!(why);
+        }
         checks.push(format!("the record: {}", verdict::sentence(&record)));
     }
     Ok(format!(
