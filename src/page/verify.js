@@ -120,6 +120,25 @@ function checkName(name) {
   return name.length > 0 && !/[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000+\u0000-\u001f\u007f-\u009f]/u.test(name);
 }
 
+// Whether an Ed25519 public key is a point of small order, in any
+// encoding: as residency_log::note::small_order (libsodium's list of y,
+// the sign bit ignored). With one, R = identity and S = 0 verify any
+// message.
+const SMALL_ORDER_Y = [
+  "0000000000000000000000000000000000000000000000000000000000000000",
+  "0100000000000000000000000000000000000000000000000000000000000000",
+  "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+  "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+  "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+  "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+  "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+];
+function smallOrder(publicKey) {
+  const y = Uint8Array.from(publicKey);
+  y[31] &= 0x7f;
+  return SMALL_ORDER_Y.includes(hex(y));
+}
+
 // `<name>+<key id hex>+<base64(alg || 32-byte key)>`, key id checked;
 // errors worded as residency_log::note's.
 export async function parseVkey(vkey, alg) {
@@ -142,6 +161,9 @@ export async function parseVkey(vkey, alg) {
   }
   if (raw.length !== 33) throw malformed("an Ed25519 key must be 32 bytes");
   const publicKey = raw.slice(1);
+  if (smallOrder(publicKey)) {
+    throw malformed("a small-order Ed25519 point, for which signatures can be made without any private key: no key pair makes it");
+  }
   const id = (await sha256(concat(UTF8.encode(name + "\n"), [alg], publicKey))).slice(0, 4);
   if (hex(id) !== idHex.toLowerCase()) {
     throw new Error(`verifier key ${JSON.stringify(vkey)} claims key id ${idHex.toLowerCase()}, but its name and public key give ${hex(id)}`);
@@ -730,6 +752,10 @@ async function checkWitnesses(inputs, note) {
       fail("witnesses", b.vkey === a.vkey
         ? `witness key ${label(a)} is given twice`
         : `witness keys ${label(b)} and ${label(a)} have the same public key: one witness cannot count twice towards a quorum`);
+    }
+    const twin = keys.slice(0, i).find((k) => k.name === a.name && equal(k.keyId, a.keyId));
+    if (twin) {
+      fail("witnesses", `witness keys ${label(twin)} and ${label(a)} share a name and key ID: their cosignatures cannot be told apart`);
     }
   }
   const quorum = inputs.quorum ?? keys.length;

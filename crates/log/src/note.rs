@@ -394,6 +394,11 @@ pub(crate) fn parse_vkey(
             .map_err(|_| malformed("an Ed25519 key must be 32 bytes"))?,
         _ => return Err(malformed(wrong_type)),
     };
+    if small_order(&public_key) {
+        return Err(malformed(
+            "a small-order Ed25519 point, for which signatures can be made without any private key: no key pair makes it",
+        ));
+    }
     let computed = key_id(name, alg, &public_key);
     if computed != claimed {
         return Err(NoteError::KeyIdMismatch {
@@ -403,6 +408,58 @@ pub(crate) fn parse_vkey(
         });
     }
     Ok((name.to_owned(), computed, public_key))
+}
+
+/// Whether an Ed25519 public key is a point of small order (1, 2, 4 or 8),
+/// in any encoding: its `y` one of the eight torsion points', or `p` or
+/// `p + 1` (non-canonical 0 and 1), whatever the sign bit. With such a key
+/// `R` = the identity and `S` = 0 is a valid signature of every message
+/// (crypto audit, stop 66: a receipt and a checkpoint forged that way
+/// were VALID), and no key pair produces one: libsodium's list, each y
+/// checked to have order dividing 8.
+pub(crate) fn small_order(public_key: &[u8; 32]) -> bool {
+    const SMALL_ORDER_Y: [[u8; 32]; 7] = [
+        // 0 (order 4)
+        [0; 32],
+        // 1 (the identity)
+        [
+            1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0,
+        ],
+        // Order 8.
+        [
+            0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef,
+            0x98, 0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88,
+            0x6d, 0x53, 0xfc, 0x05,
+        ],
+        // Order 8.
+        [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ],
+        // p - 1 (order 2)
+        [
+            0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0x7f,
+        ],
+        // p (0, non-canonical)
+        [
+            0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0x7f,
+        ],
+        // p + 1 (1, non-canonical)
+        [
+            0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0x7f,
+        ],
+    ];
+    let mut y = *public_key;
+    y[31] &= 0x7f; // the sign of x
+    SMALL_ORDER_Y.contains(&y)
 }
 
 /// Standard, padded base64 that takes non-zero unused bits in the last
@@ -639,6 +696,61 @@ mod tests {
             Verifier::parse(ENOCH_VKEY).unwrap().key_id(),
             [0xaf, 0x0c, 0xfe, 0x78]
         );
+    }
+
+    /// A small-order public key verifies `R` = identity, `S` = 0 for every
+    /// message (ring's verification takes it), so such a key is refused
+    /// as a log's or a witness's, in each of its encodings (crypto audit,
+    /// stop 66); a real key is not.
+    #[test]
+    fn small_order_keys_are_refused() {
+        use base64::engine::general_purpose::STANDARD;
+        let identity = {
+            let mut k = [0u8; 32];
+            k[0] = 1;
+            k
+        };
+        let mut forged = [0u8; 64];
+        forged[0] = 1; // R: the identity's encoding; S = 0
+        assert!(
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, identity)
+                .verify(b"any message at all", &forged)
+                .is_ok(),
+            "the weakness this guards against"
+        );
+        let hexes = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ];
+        for hex_key in hexes {
+            for sign in [0u8, 0x80] {
+                let mut key: [u8; 32] = hex::decode(hex_key).unwrap().try_into().unwrap();
+                key[31] |= sign;
+                let log = |v: &str| Verifier::parse(v).map(|_| ());
+                let witness = |v: &str| crate::witness::CosignatureVerifier::parse(v).map(|_| ());
+                type Parse<'a> = &'a dyn Fn(&str) -> Result<(), NoteError>;
+                let parsers: [(u8, Parse); 2] = [
+                    (ALG_ED25519, &log),
+                    (crate::witness::ALG_COSIGNATURE_V1, &witness),
+                ];
+                for (alg, parse) in parsers {
+                    let id = key_id("example.com/log", alg, &key);
+                    let vkey = format!(
+                        "example.com/log+{}+{}",
+                        hex::encode(&id),
+                        STANDARD.encode([&[alg][..], &key[..]].concat())
+                    );
+                    let err = parse(&vkey).unwrap_err().to_string();
+                    assert!(err.contains("small-order"), "{vkey}: {err}");
+                }
+            }
+        }
+        assert!(Verifier::parse(PETER_VKEY).is_ok());
     }
 
     #[test]
