@@ -932,52 +932,97 @@ fn user_timeout(tcp: &TcpStream, after: Duration) {
     let _ = (tcp, after);
 }
 
-/// A TCP connection to one of `host`'s addresses by `deadline`, each
-/// address tried in the resolver's order with an equal share of the time
-/// left: one that drops the connection attempt silently (an IPv6 route
-/// that goes nowhere) took the whole `upstream_connect` before, and the
+/// A TCP connection to one of `host`'s addresses by `deadline`: the
+/// resolver's first address is tried, and while no attempt has succeeded
+/// the next starts [`CONNECT_STAGGER`] later (or at once when one fails),
+/// the earlier ones kept running; the first connection made wins (RFC 8305,
+/// "Happy Eyeballs", without its reordering). A first address that drops
+/// the attempt silently took the whole `upstream_connect` before, and the
 /// upstream was marked down although its next address served (IPv6 audit,
-/// stop 66). One that refuses at once leaves its time to the rest.
+/// stop 66). An unspecified address (`0.0.0.0`, `::`: a DNS filter's
+/// answer for a blocked name) is never connected to: it reaches this host,
+/// which may be another data centre.
 async fn connect_any(
     host: &str,
     port: u16,
     deadline: tokio::time::Instant,
 ) -> io::Result<TcpStream> {
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
-    let addrs: Vec<std::net::SocketAddr> =
+    let resolved: Vec<std::net::SocketAddr> =
         tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
             .await
             .map_err(|_| timed_out())??
             .collect();
+    let addrs: Vec<std::net::SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|a| !a.ip().is_unspecified())
+        .collect();
+    if addrs.is_empty() && !resolved.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{host} resolves only to an unspecified address (0.0.0.0, ::), which would reach this host: not connected"),
+        ));
+    }
     connect_first(&addrs, deadline).await
 }
+
+/// How long an attempt runs alone before the next address's starts
+/// (RFC 8305's recommended Connection Attempt Delay).
+const CONNECT_STAGGER: Duration = Duration::from_millis(250);
 
 /// [`connect_any`] of addresses already resolved.
 async fn connect_first(
     addrs: &[std::net::SocketAddr],
     deadline: tokio::time::Instant,
 ) -> io::Result<TcpStream> {
+    use futures_util::StreamExt as _;
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
-    let mut last = None;
-    for (i, addr) in addrs.iter().enumerate() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
-        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => return Ok(tcp),
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => last = Some(timed_out()),
+    let mut pending = addrs.iter().copied();
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
+    match pending.next() {
+        Some(first) => attempts.push(TcpStream::connect(first)),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host name has no address",
+            ))
         }
     }
-    Err(last
-        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host name has no address")))
+    let mut stagger = std::pin::pin!(tokio::time::sleep(CONNECT_STAGGER));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            Some(result) = attempts.next() => match result {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => {
+                    match pending.next() {
+                        Some(next) => {
+                            attempts.push(TcpStream::connect(next));
+                            stagger.as_mut().reset(tokio::time::Instant::now() + CONNECT_STAGGER);
+                        }
+                        None if attempts.is_empty() => return Err(e),
+                        None => {}
+                    }
+                }
+            },
+            () = &mut stagger, if pending.len() > 0 => {
+                if let Some(next) = pending.next() {
+                    attempts.push(TcpStream::connect(next));
+                }
+                stagger.as_mut().reset(tokio::time::Instant::now() + CONNECT_STAGGER);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    /// An address that never answers a connection attempt takes its share
-    /// of `upstream_connect`, not all of it: the next one is tried in time.
-    /// The silent one is a loopback listener whose accept queue is full
-    /// (the kernel then drops further SYNs).
+    /// An address that never answers a connection attempt does not hold up
+    /// the next: it starts a stagger later, within a health probe's
+    /// default 1 s though `upstream_connect` is 3 s; alone, the silent one
+    /// runs out of time. The silent one is a loopback listener whose
+    /// accept queue is full (the kernel then drops further SYNs).
     #[tokio::test]
     async fn an_address_that_drops_the_attempt_leaves_time_for_the_next() {
         let silent = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1001,10 +1046,14 @@ mod tests {
         }
         let serving = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let serving_addr = serving.local_addr().unwrap();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        let tcp = super::connect_first(&[silent_addr, serving_addr], deadline)
-            .await
-            .expect("the second address, within the deadline");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            super::connect_first(&[silent_addr, serving_addr], deadline),
+        )
+        .await
+        .expect("within a probe's 1 s")
+        .expect("the second address");
         assert_eq!(tcp.peer_addr().unwrap(), serving_addr);
         // Alone, the silent one runs out of the time.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
@@ -1012,7 +1061,35 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        // A refused address gives way at once, and the last error is said.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let e = super::connect_first(&[closed], deadline).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        let tcp = super::connect_first(&[closed, serving_addr], deadline)
+            .await
+            .unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), serving_addr);
         drop((held, silent));
+    }
+
+    /// A name that resolves only to an unspecified address (a DNS filter's
+    /// `0.0.0.0` for a blocked name) is not connected to: it would reach
+    /// this host, where another data centre may listen.
+    #[tokio::test]
+    async fn an_unspecified_resolved_address_is_never_connected_to() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        for host in ["0.0.0.0", "::"] {
+            let e = super::connect_any(host, 9, deadline).await.unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AddrNotAvailable,
+                "{host}: {e}"
+            );
+        }
     }
 
     /// The response carrying a `Body` is moved whole several times on its
