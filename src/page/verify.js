@@ -309,19 +309,26 @@ export async function cosignatures(note, keys) {
 // --- receipts and records --------------------------------------------------
 
 // The `Residency-Receipt` header value (or the whole header line).
+// ASCII whitespace trimmed from both ends, as Rust's `trim_ascii` (the
+// Rust parser's): `trim` also takes U+FEFF, and Rust's `trim` U+0085.
+function trimAscii(s) {
+  return s.replace(/^[\t\n\f\r ]+|[\t\n\f\r ]+$/g, "");
+}
+
 export function parseReceipt(text) {
   const bad = (m) => new Error(`the receipt: not a receipt: ${m}`);
-  text = text.trim();
+  text = trimAscii(text);
   const colon = text.indexOf(":");
-  if (colon >= 0 && text.slice(0, colon).trim().toLowerCase() === "residency-receipt") {
-    text = text.slice(colon + 1).trim();
+  if (colon >= 0 && trimAscii(text.slice(0, colon)).toLowerCase() === "residency-receipt") {
+    text = trimAscii(text.slice(colon + 1));
   }
   let version = null, log = null, index = null, record = null, signature = null;
   for (const member of text.split(",")) {
-    const eq = member.trim().indexOf("=");
+    const trimmed = trimAscii(member);
+    const eq = trimmed.indexOf("=");
     if (eq < 0) throw bad("expected key=value members");
-    const key = member.trim().slice(0, eq);
-    const value = member.trim().slice(eq + 1);
+    const key = trimmed.slice(0, eq);
+    const value = trimmed.slice(eq + 1);
     const bytes = () => {
       if (!value.startsWith(":") || !value.endsWith(":") || value.length < 2) return null;
       return unbase64(value.slice(1, -1));

@@ -73,12 +73,15 @@ impl Receipt {
     }
 
     /// Parses a header value. Also accepts a whole header line
-    /// (`Residency-Receipt: …`), as people paste it from `curl -i`.
+    /// (`Residency-Receipt: …`), as people paste it from `curl -i`. Only
+    /// ASCII whitespace is trimmed, as the page's verifier trims it
+    /// (crypto audit, stop 66: `trim` and JavaScript's differ on U+0085
+    /// and U+FEFF, and one receipt got two verdicts).
     pub fn parse(text: &str) -> Result<Receipt, ReceiptError> {
-        let mut text = text.trim();
+        let mut text = text.trim_ascii();
         if let Some((name, value)) = text.split_once(':') {
-            if name.trim().eq_ignore_ascii_case(HEADER) {
-                text = value.trim();
+            if name.trim_ascii().eq_ignore_ascii_case(HEADER) {
+                text = value.trim_ascii();
             }
         }
         let bad = |m: &str| ReceiptError::Malformed(m.to_string());
@@ -86,7 +89,7 @@ impl Receipt {
             (None, None, None, None, None);
         for member in text.split(',') {
             let (key, value) = member
-                .trim()
+                .trim_ascii()
                 .split_once('=')
                 .ok_or_else(|| bad("expected key=value members"))?;
             match key {

@@ -380,6 +380,16 @@ pub fn transparency(
         (StorageKind::Directory, None) => Some(None),
     };
     let origin = match raw.origin.as_deref() {
+        // Receipts carry it as `log="…"`, and a receipt's fields are
+        // split at `,` (crypto audit, stop 66: every receipt of such a
+        // log was INVALID, "not a receipt").
+        Some(o) if valid_origin(o) && o.contains(['"', '\\', ',']) => {
+            r.push(
+                k("origin"),
+                format!("{o:?} has a '\"', '\\' or ',', which the Residency-Receipt header (log=\"…\", fields split at ',') cannot carry: leave them out"),
+            );
+            None
+        }
         Some(o) if valid_origin(o) => Some(o.to_string()),
         Some(o) => {
             r.push(
@@ -1080,6 +1090,34 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An origin with a character the receipt header cannot carry is
+    /// refused at load (every receipt was "not a receipt" to verifiers).
+    #[test]
+    fn an_origin_a_receipt_cannot_carry_is_refused() {
+        let dir = std::env::temp_dir();
+        for (origin, refused) in [
+            ("ingest.example.com/residency-log", false),
+            ("ingest.example.com/a,b", true),
+            ("ingest.example.com/\"quoted\"", true),
+            ("ingest.example.com/back\\slash", true),
+        ] {
+            let raw = RawTransparency {
+                origin: Some(origin.into()),
+                signing_key: Some("key".into()),
+                directory: Some("log".into()),
+                ..RawTransparency::default()
+            };
+            let mut r = ConfigReport::new("test");
+            transparency(&raw, &dir, &mut r);
+            let text = r.to_string();
+            let said = r.problems.iter().any(|p| p.key == "transparency.origin");
+            assert_eq!(said, refused, "{origin}: {text}");
+            if refused {
+                assert!(text.contains("Residency-Receipt header"), "{text}");
+            }
+        }
     }
 
     #[test]

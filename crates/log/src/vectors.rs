@@ -727,6 +727,15 @@ pub fn generate() -> Vectors {
             Some(Step::Key),
         ),
         v(
+            "receipt_members_after_unicode_spaces",
+            "The signed receipt with members after U+0085 and U+FEFF, which neither verifier trims (only ASCII whitespace is): they are unknown members, ignored, and the receipt's own index holds.",
+            Inputs {
+                receipt: Some(format!("{signed},\u{85}index=5,\u{feff}index=6")),
+                ..stored.clone()
+            },
+            None,
+        ),
+        v(
             "small_order_key",
             "A key that is the identity point, its key id right: with it the signature R = identity, S = 0 verifies any message, so this receipt's forged signature would; the key is refused.",
             Inputs {
