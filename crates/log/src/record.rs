@@ -84,8 +84,11 @@ pub struct Summary<'a> {
     pub last: Cow<'a, str>,
 }
 
+/// Read from a string only: serde's derive also takes a unit variant as
+/// a map (`{"stored": null}`), which the page's verifier refuses (crypto
+/// audit, stop 66: one record, two verdicts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "Cow<'_, str>")]
 pub enum Outcome {
     /// The data centre answered 2xx.
     Stored,
@@ -93,6 +96,22 @@ pub enum Outcome {
     Rejected,
     /// The proxy answered: a residency refusal or a failed delivery.
     Refused,
+}
+
+impl TryFrom<Cow<'_, str>> for Outcome {
+    type Error = String;
+
+    fn try_from(text: Cow<'_, str>) -> Result<Outcome, String> {
+        match &*text {
+            "stored" => Ok(Outcome::Stored),
+            "rejected" => Ok(Outcome::Rejected),
+            "refused" => Ok(Outcome::Refused),
+            // serde's own words for an enum.
+            other => Err(format!(
+                "unknown variant `{other}`, expected one of `stored`, `rejected`, `refused`"
+            )),
+        }
+    }
 }
 
 impl Outcome {

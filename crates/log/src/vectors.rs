@@ -736,6 +736,15 @@ pub fn generate() -> Vectors {
             None,
         ),
         v(
+            "record_outcome_as_a_map",
+            "A record whose outcome is {\"stored\": null}, a form serde's enums would take as stored: not a decision record, for both verifiers.",
+            Inputs {
+                receipt: Some(altered(b"\"outcome\":\"stored\"", b"\"outcome\":{\"stored\":null}")),
+                ..stored.clone()
+            },
+            Some(Step::Receipt),
+        ),
+        v(
             "small_order_key",
             "A key that is the identity point, its key id right: with it the signature R = identity, S = 0 verifies any message, so this receipt's forged signature would; the key is refused.",
             Inputs {
