@@ -537,15 +537,34 @@ impl Metrics {
         let datacenters: HashSet<&str> =
             policy.datacenters.iter().map(|d| d.name.as_str()).collect();
         let uris: Vec<String> = policy.upstreams.iter().map(|u| u.uri.to_string()).collect();
-        let upstreams: HashSet<&str> = uris.iter().map(String::as_str).collect();
-        prune(&self.requests, "jurisdiction", &jurisdictions);
-        prune(&self.requests, "datacenter", &datacenters);
+        // And a pair that no longer holds: a data centre no longer
+        // permitted to a jurisdiction (a `store_in` changed), an upstream
+        // moved to another data centre (verification, stop 66).
+        let mut permitted: HashSet<(&str, &str)> = HashSet::new();
+        for (i, j) in policy.jurisdictions.iter().enumerate() {
+            for g in policy.permitted(residency_core::policy::JurisdictionId(i)) {
+                for d in &g.datacenters {
+                    permitted.insert((j.name.as_str(), policy.datacenter(*d).name.as_str()));
+                }
+            }
+        }
+        let placed: HashSet<(&str, &str)> = policy
+            .upstreams
+            .iter()
+            .zip(&uris)
+            .map(|(u, uri)| (policy.datacenter(u.datacenter).name.as_str(), uri.as_str()))
+            .collect();
+        prune_by(&self.requests, |l| {
+            let (j, dc) = (label(l, "jurisdiction"), label(l, "datacenter"));
+            (j == NONE || jurisdictions.contains(j)) && (dc == NONE || permitted.contains(&(j, dc)))
+        });
         prune(&self.request_duration, "jurisdiction", &jurisdictions);
         prune(&self.request_body_bytes, "jurisdiction", &jurisdictions);
         prune(&self.upstream_duration, "datacenter", &datacenters);
         for vec in [&self.upstream_saturated, &self.upstream_hung] {
-            prune(vec, "datacenter", &datacenters);
-            prune(vec, "upstream", &upstreams);
+            prune_by(vec, |l| {
+                placed.contains(&(label(l, "datacenter"), label(l, "upstream")))
+            });
         }
         for (i, j) in policy.jurisdictions.iter().enumerate() {
             let name = j.name.as_str();
@@ -781,17 +800,35 @@ fn prune<T: prometheus::core::MetricVecBuilder>(
     label: &str,
     kept: &HashSet<&str>,
 ) {
+    let name = label;
+    prune_by(vec, |l| {
+        let v = self::label(l, name);
+        v == NONE || kept.contains(v)
+    });
+}
+
+/// Labels by name, as [`prune_by`] hands them over.
+type Labels<'a> = HashMap<&'a str, &'a str>;
+
+/// A series' label `name` (`""` when it has none).
+fn label<'a>(labels: &Labels<'a>, name: &str) -> &'a str {
+    labels.get(name).copied().unwrap_or_default()
+}
+
+/// Removes each series of `vec` that `keep`, given its labels, does not
+/// keep.
+fn prune_by<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    keep: impl Fn(&Labels<'_>) -> bool,
+) {
     for family in prometheus::core::Collector::collect(vec) {
         for series in family.get_metric() {
-            let labels: HashMap<&str, &str> = series
+            let labels: Labels<'_> = series
                 .get_label()
                 .iter()
                 .map(|l| (l.name(), l.value()))
                 .collect();
-            if labels
-                .get(label)
-                .is_some_and(|v| *v != NONE && !kept.contains(v))
-            {
+            if !keep(&labels) {
                 let _ = vec.remove(&labels);
             }
         }

@@ -611,8 +611,15 @@ fn start_warnings(config: &Config) -> Vec<String> {
     }
     for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
         if wide(net) {
+            // An IPv6 network holds IPv6 clients only (and those carrying
+            // an IPv4 address, unless an IPv4 override fixes more of it).
+            let clients = if net.addr().is_ipv6() {
+                "every IPv6 client in it"
+            } else {
+                "every client in it"
+            };
             warnings.push(format!(
-                "geoip.overrides[{i}]: {net} covers much of the Internet: every client in it is placed in {country} whatever the GeoIP database says, and its uploads go where {country}'s may; list your own networks only"
+                "geoip.overrides[{i}]: {net} covers much of the Internet: {clients} is placed in {country} whatever the GeoIP database says, and its uploads go where {country}'s may; list your own networks only"
             ));
         }
     }
@@ -1163,10 +1170,26 @@ fn filter(level: &LogLevel) -> (tracing_subscriber::EnvFilter, Quiet) {
     };
     let (filter, text) = chosen.unwrap_or_else(|| (EnvFilter::new("info"), String::new()));
     let quiet = Quiet {
-        rustls: !text.contains("rustls"),
-        h2: !text.contains("h2"),
+        rustls: !names(&text, "rustls"),
+        h2: !names(&text, "h2"),
     };
     (filter, quiet)
+}
+
+/// Whether a filter's directives name `krate` or a module of it as their
+/// target (`h2=debug`, `h2::proto[conn]=trace`; not `oauth2=debug`, which
+/// merely holds the letters: verification, stop 66).
+fn names(filter: &str, krate: &str) -> bool {
+    filter.split(',').any(|directive| {
+        let target = directive
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        target
+            .strip_prefix(krate)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 /// Which libraries' lines below `error` [`rustls_cap`] leaves out: those
@@ -1405,6 +1428,14 @@ mod tests {
         let text = logged("info,h2=warn");
         assert!(
             text.contains("recv_reset") && !text.contains("Illegal SNI"),
+            "{text}"
+        );
+        let text = logged("info,h2::proto[conn]=warn");
+        assert!(text.contains("recv_reset"), "{text}");
+        // Letters in another target's name are not the crate's.
+        let text = logged("info,oauth2=debug,myrustls=debug");
+        assert!(
+            !text.contains("recv_reset") && !text.contains("Illegal SNI"),
             "{text}"
         );
         // A cap, not a directive: no rustls line where the filter lets

@@ -240,13 +240,13 @@ fn claims_the_client_text(name: &str) -> bool {
     matches!(name, client_claims!())
 }
 
-/// [`never_forwarded`], or `Alt-Svc` (RFC 7838): a data centre's
-/// alternative services are its own endpoints, offered under the proxy's
-/// origin, and a client that took one up (a data centre holding a
-/// certificate for that name) would send its next uploads there, past the
-/// proxy's decision.
+/// [`never_forwarded`], or `Alt-Svc` (RFC 7838; and `Alternate-Protocol`,
+/// its forerunner): a data centre's alternative services are its own
+/// endpoints, offered under the proxy's origin, and a client that took one
+/// up (a data centre holding a certificate for that name) would send its
+/// next uploads there, past the proxy's decision.
 fn not_to_client(name: &HeaderName) -> bool {
-    never_forwarded(name) || name == header::ALT_SVC
+    never_forwarded(name) || name == header::ALT_SVC || name.as_str() == "alternate-protocol"
 }
 
 /// Removes what a data centre's response does not take to the client:
@@ -655,7 +655,7 @@ pub struct Fields<'a> {
 
 /// The names [`Fields::of`]'s `match` reads, besides the hop-by-hop ones
 /// and the claims of the client.
-const FIELDS_READ: [&str; 8] = [
+const FIELDS_READ: [&str; 9] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -664,6 +664,7 @@ const FIELDS_READ: [&str; 8] = [
     "expect",
     "via",
     "alt-svc",
+    "alternate-protocol",
 ];
 
 /// A first test of a field's name for [`Fields::of`]: `false` for most
@@ -746,7 +747,7 @@ impl<'a> Fields<'a> {
                 "expect" => f.expect = true,
                 "via" => f.via = true,
                 // Only a response's goes ([`from_upstream`]).
-                "alt-svc" => f.foreign = true,
+                "alt-svc" | "alternate-protocol" => f.foreign = true,
                 // In the same `match` as the names above, not a pass of
                 // its own in `to_upstream` (issue 23).
                 #[allow(unreachable_patterns)] // transfer-encoding: above
@@ -1852,6 +1853,7 @@ mod proptests {
         "Via",
         "alt-svc",
         "Alt-Svc",
+        "alternate-protocol",
         "content-type",
         "x-secret",
     ];
@@ -2255,8 +2257,9 @@ mod proptests {
         /// (any with a `_` is looked at again by `strip`).
         #[test]
         fn fields_of_finds_every_foreign_name(h in header_map()) {
-            // (And `Alt-Svc`, which only a response loses.)
-            let foreign = h.keys().any(|n| not_upstream(n) || has_underscore(n.as_str().as_bytes()) || n == header::ALT_SVC);
+            // (And `Alt-Svc` and `Alternate-Protocol`, which only a
+            // response loses.)
+            let foreign = h.keys().any(|n| not_upstream(n) || has_underscore(n.as_str().as_bytes()) || n == header::ALT_SVC || n.as_str() == "alternate-protocol");
             prop_assert_eq!(Fields::of(&h).foreign, foreign);
         }
 
@@ -2271,7 +2274,7 @@ mod proptests {
                 for name in r.keys() {
                     prop_assert!(!HOP_BY_HOP_NAMES.contains(&name.as_str()), "{} remains in {:?}", name, r);
                     prop_assert!(!name.as_str().starts_with("residency-"), "{} remains", name);
-                    prop_assert!(name != header::ALT_SVC, "alt-svc remains");
+                    prop_assert!(name != header::ALT_SVC && name.as_str() != "alternate-protocol", "{} remains", name);
                     prop_assert!(!listed.contains(name), "{} is listed in Connection: {:?}", name, h);
                 }
             }
@@ -2293,6 +2296,7 @@ mod proptests {
                 let gone = HOP_BY_HOP_NAMES.contains(&name.as_str())
                     || name.as_str().starts_with("residency-")
                     || name == header::ALT_SVC
+                    || name.as_str() == "alternate-protocol"
                     || listed.contains(name);
                 if !gone {
                     prop_assert!(h.get_all(name).iter().eq(s.get_all(name).iter()), "{} changed", name);

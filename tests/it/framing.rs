@@ -665,7 +665,7 @@ async fn raw_datacenter() -> std::net::SocketAddr {
                 } else if head.starts_with("post /trailers ") {
                     b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nTrailer: Residency-Receipt, Connection\r\n\r\n5\r\nhello\r\n0\r\nResidency-Receipt: forged\r\nConnection: x\r\n\r\n"
                 } else if head.starts_with("post /alt-svc ") {
-                    b"HTTP/1.1 201 Created\r\nAlt-Svc: h2=\"dc.internal:443\"; ma=86400\r\nAlt-Svc: h3=\":443\"\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+                    b"HTTP/1.1 201 Created\r\nAlt-Svc: h2=\"dc.internal:443\"; ma=86400\r\nAlt-Svc: h3=\":443\"\r\nAlternate-Protocol: 443:quic\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
                 } else if head.starts_with("post /switch ") {
                     b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n"
                 } else if head.starts_with("post /status-999 ") {
@@ -1278,6 +1278,7 @@ async fn a_data_centres_answer_is_made_a_valid_final_answer() {
         let reply = send("/alt-svc").await.expect("an answer");
         assert_eq!(reply.status, 201, "{v:?}");
         assert_eq!(reply.header("alt-svc"), None, "{v:?}");
+        assert_eq!(reply.header("alternate-protocol"), None, "{v:?}");
         assert_eq!(reply.header("x-kept"), Some("yes"), "{v:?}");
         let reply = send("/switch").await.expect("an answer");
         assert_eq!(reply.status, 502, "{v:?}");

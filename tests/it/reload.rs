@@ -671,7 +671,8 @@ async fn a_removed_tenant_s_series_goes_with_it() {
 /// A data centre a reload renames takes its series with it — requests,
 /// attempt durations, its upstreams' saturation and hang counters — and
 /// the new name has its own from the reload on (soak audit, stop 66: each
-/// renamed data centre left 29 series behind for good).
+/// renamed data centre left 29 series behind for good); so does a data
+/// centre a jurisdiction may no longer store in (verification, stop 66).
 #[tokio::test]
 async fn a_renamed_data_centre_s_series_go_with_it() {
     let proxy = Proxy::start(Setup {
@@ -691,11 +692,16 @@ async fn a_renamed_data_centre_s_series_go_with_it() {
     for s in series("virginia") {
         assert_eq!(metric(&text, &s), Some(1.0), "{s}: {text}");
     }
+    let uk_in_frankfurt = "residency_requests_total{datacenter=\"frankfurt\",jurisdiction=\"uk\",status_class=\"2xx\"}";
+    assert_eq!(metric(&text, uk_in_frankfurt), Some(0.0), "{text}");
     let config = std::fs::read_to_string(&proxy.config_path).unwrap();
     assert!(config.contains("[datacenters.virginia]"));
+    assert!(config.contains("store_in = [\"uk\", \"eu\"]"));
     replace(
         &proxy.config_path,
-        config.replace("[datacenters.virginia]", "[datacenters.richmond]"),
+        config
+            .replace("[datacenters.virginia]", "[datacenters.richmond]")
+            .replace("store_in = [\"uk\", \"eu\"]", "store_in = [\"uk\"]"),
     );
     eventually("the reload", async || {
         reloads(&proxy, "success").await >= 1.0
@@ -703,6 +709,7 @@ async fn a_renamed_data_centre_s_series_go_with_it() {
     .await;
     let (_, text) = proxy.admin_get("/metrics").await;
     assert!(!text.contains("\"virginia\""), "{text}");
+    assert_eq!(metric(&text, uk_in_frankfurt), None, "{text}");
     for s in series("richmond") {
         assert_eq!(metric(&text, &s), Some(0.0), "{s}: {text}");
     }
