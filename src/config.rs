@@ -666,6 +666,22 @@ impl Config {
             .transparency
             .as_ref()
             .map(|t| residency_log::settings::witnesses(t, base, r));
+        // A witness whose key is the log's own: its "cosignature" is the
+        // log vouching for itself (crypto audit, stop 66: accepted).
+        if let (Some(Some(t)), Some(Some(list))) = (&transparency, &witnesses) {
+            let log_key = t
+                .verifier_key()
+                .and_then(|v| residency_log::note::Verifier::parse(&v).ok())
+                .map(|v| v.public_key());
+            for (i, w) in list.iter().enumerate() {
+                if log_key == Some(w.key.public_key()) {
+                    r.push(
+                        format!("transparency.witnesses[{i}].key"),
+                        "is the log's own public key (transparency.signing_key's): a witness must sign with a key of its own, or its cosignature vouches for nothing",
+                    );
+                }
+            }
+        }
         if let Some(Some(address)) = transparency
             .as_ref()
             .map(|t| t.as_ref().and_then(|t| t.address))
@@ -2171,6 +2187,38 @@ upstreams = ["http://127.0.0.1:1"]
             report.contains("- health.path: is empty: give a path starting with '/', or \"off\" to turn active checks off"),
             "{report}"
         );
+    }
+
+    /// A witness key that is the log's own public key (as a cosigner key)
+    /// is refused by key: its cosignature would be the log vouching for
+    /// itself (crypto audit, stop 66). Another key loads.
+    #[test]
+    fn a_witness_key_that_is_the_log_s_own_is_refused() {
+        use residency_log::witness::Cosigner;
+        let files = Files::new("witness-self");
+        let pkcs8 = residency_log::note::Signer::generate_pkcs8().unwrap();
+        std::fs::write(files.0.join("log.key"), &pkcs8).unwrap();
+        let own = Cosigner::from_pkcs8("w.example/w", &pkcs8)
+            .unwrap()
+            .verifier_key();
+        let other = Cosigner::from_pkcs8("w.example/w", &Cosigner::generate_pkcs8().unwrap())
+            .unwrap()
+            .verifier_key();
+        for (key, refused) in [(own, true), (other, false)] {
+            let toml = format!(
+                "{MINIMAL}\n[transparency]\ndirectory = \"log\"\norigin = \"o.example/log\"\nsigning_key = \"log.key\"\n\
+                 [[transparency.witnesses]]\nurl = \"http://127.0.0.1:9\"\nkey = \"{key}\"\n"
+            );
+            let result = Config::from_toml(&toml, &files.0);
+            assert_eq!(result.is_err(), refused, "{key}");
+            if let Err(report) = result {
+                let report = report.to_string();
+                assert!(
+                    report.contains("transparency.witnesses[0].key: is the log's own public key"),
+                    "{report}"
+                );
+            }
+        }
     }
 
     /// Settings that load but could not take effect are refused by key:

@@ -174,6 +174,11 @@ impl CosignatureVerifier {
         cosigner_vkey(&self.name, self.key_id, &self.public_key)
     }
 
+    /// The Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
     /// Whether `other` has the same public key, whatever its name.
     pub fn same_public_key(&self, other: &CosignatureVerifier) -> bool {
         self.public_key == other.public_key
