@@ -956,7 +956,8 @@ async fn connect_any(
     let addrs: Vec<std::net::SocketAddr> = resolved
         .iter()
         .copied()
-        .filter(|a| !a.ip().is_unspecified())
+        // (`::ffff:0.0.0.0` too, which Linux connects to this host.)
+        .filter(|a| !a.ip().to_canonical().is_unspecified())
         .collect();
     if addrs.is_empty() && !resolved.is_empty() {
         return Err(io::Error::new(
@@ -1082,7 +1083,7 @@ mod tests {
     #[tokio::test]
     async fn an_unspecified_resolved_address_is_never_connected_to() {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-        for host in ["0.0.0.0", "::"] {
+        for host in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
             let e = super::connect_any(host, 9, deadline).await.unwrap_err();
             assert_eq!(
                 e.kind(),

@@ -383,10 +383,10 @@ pub fn transparency(
         // Receipts carry it as `log="…"`, and a receipt's fields are
         // split at `,` (crypto audit, stop 66: every receipt of such a
         // log was INVALID, "not a receipt").
-        Some(o) if valid_origin(o) && o.contains(['"', '\\', ',']) => {
+        Some(o) if valid_origin(o) && (o.contains(['"', '\\', ',']) || !o.is_ascii()) => {
             r.push(
                 k("origin"),
-                format!("{o:?} has a '\"', '\\' or ',', which the Residency-Receipt header (log=\"…\", fields split at ',') cannot carry: leave them out"),
+                format!("{o:?} has a '\"', '\\', ',' or a character outside ASCII, which the Residency-Receipt header (log=\"…\", a structured field's string, fields split at ',') cannot carry: leave them out"),
             );
             None
         }
@@ -1102,6 +1102,7 @@ mod tests {
             ("ingest.example.com/a,b", true),
             ("ingest.example.com/\"quoted\"", true),
             ("ingest.example.com/back\\slash", true),
+            ("ingest.example.com/résidency", true),
         ] {
             let raw = RawTransparency {
                 origin: Some(origin.into()),
