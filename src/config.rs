@@ -710,6 +710,29 @@ impl Config {
             policy.as_ref(),
             r,
         );
+        // One key for both HMACs: a tenant's name and a client's address
+        // that are the same bytes (`acme` is 97.99.109.101) would get one
+        // pseudonym (crypto audit, stop 66).
+        if let (Some(Some(t)), Some(path)) = (
+            &transparency,
+            raw.tenancy
+                .as_ref()
+                .filter(|t| t.record.as_deref() == Some("hmac"))
+                .and_then(|t| t.record_hmac_key.as_deref()),
+        ) {
+            let same = match &t.client_address {
+                residency_log::settings::ClientAddress::Hmac { key } => {
+                    std::fs::read(base.join(path)).is_ok_and(|record_key| &record_key == key)
+                }
+                _ => false,
+            };
+            if same {
+                r.push(
+                    "tenancy.record_hmac_key",
+                    "the same key as transparency.client_hmac_key: a tenant's name and a client's address that are the same bytes would get one pseudonym in the log; give each its own key",
+                );
+            }
+        }
 
         let config = (|| {
             Some(Config {
@@ -2215,6 +2238,36 @@ upstreams = ["http://127.0.0.1:1"]
                 let report = report.to_string();
                 assert!(
                     report.contains("transparency.witnesses[0].key: is the log's own public key"),
+                    "{report}"
+                );
+            }
+        }
+    }
+
+    /// One key for the client-address HMAC and the tenant HMAC is refused
+    /// by key: `acme` and 97.99.109.101 would share a pseudonym. Two keys
+    /// load.
+    #[test]
+    fn one_hmac_key_for_addresses_and_tenants_is_refused() {
+        let files = Files::new("hmac-twice");
+        let pkcs8 = residency_log::note::Signer::generate_pkcs8().unwrap();
+        std::fs::write(files.0.join("log.key"), &pkcs8).unwrap();
+        std::fs::write(files.0.join("a.key"), [7u8; 32]).unwrap();
+        std::fs::write(files.0.join("b.key"), [8u8; 32]).unwrap();
+        for (record_key, refused) in [("a.key", true), ("b.key", false)] {
+            let toml = format!(
+                "{MINIMAL}\n[tenancy]\nrecord = \"hmac\"\nrecord_hmac_key = \"{record_key}\"\n\
+                 [transparency]\ndirectory = \"log\"\norigin = \"o.example/log\"\nsigning_key = \"log.key\"\n\
+                 client_address = \"hmac\"\nclient_hmac_key = \"a.key\"\n"
+            );
+            let result = Config::from_toml(&toml, &files.0);
+            assert_eq!(result.is_err(), refused, "{record_key}");
+            if let Err(report) = result {
+                let report = report.to_string();
+                assert!(
+                    report.contains(
+                        "tenancy.record_hmac_key: the same key as transparency.client_hmac_key"
+                    ),
                     "{report}"
                 );
             }
