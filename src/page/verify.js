@@ -681,7 +681,7 @@ async function run(inputs, checks) {
     fail("checkpoint", e.message);
   }
   checks.push(`checkpoint signed by ${key.name}: tree size ${checkpoint.size}, root ${short(checkpoint.root)}`);
-  const witnessCheck = await checkWitnesses(inputs, inputs.checkpoint);
+  const witnessCheck = await checkWitnesses(inputs, inputs.checkpoint, key);
   if (witnessCheck) checks.push(witnessCheck);
 
   if (receipt) {
@@ -739,7 +739,7 @@ async function checkReceipt(receipt, key, requestId, checks) {
   return record;
 }
 
-async function checkWitnesses(inputs, note) {
+async function checkWitnesses(inputs, note, logKey) {
   const given = inputs.witnesses ?? [];
   if (given.length === 0) return null;
   const keys = [];
@@ -759,6 +759,9 @@ async function checkWitnesses(inputs, note) {
       fail("witnesses", b.vkey === a.vkey
         ? `witness key ${label(a)} is given twice`
         : `witness keys ${label(b)} and ${label(a)} have the same public key: one witness cannot count twice towards a quorum`);
+    }
+    if (equal(a.publicKey, logKey.publicKey)) {
+      fail("witnesses", `witness key ${label(a)} is the log's own public key: its cosignature would be the log vouching for itself`);
     }
     const twin = keys.slice(0, i).find((k) => k.name === a.name && equal(k.keyId, a.keyId));
     if (twin) {

@@ -745,6 +745,17 @@ pub fn generate() -> Vectors {
             Some(Step::Receipt),
         ),
         v(
+            "witness_key_is_the_log_key",
+            "A witness key that is the log's own public key (as a cosigner key): its cosignature would be the log vouching for itself.",
+            Inputs {
+                witnesses: vec![Cosigner::from_seed("witness.example/self", &[7; 32])
+                    .expect("a key")
+                    .verifier_key()],
+                ..stored.clone()
+            },
+            Some(Step::Witnesses),
+        ),
+        v(
             "small_order_key",
             "A key that is the identity point, its key id right: with it the signature R = identity, S = 0 verifies any message, so this receipt's forged signature would; the key is refused.",
             Inputs {

@@ -424,6 +424,10 @@ fn check_witnesses(inputs: &Inputs, note: &str) -> Result<Option<String>, Failur
         keys.push(key);
     }
     CosignatureVerifier::check_distinct(&keys).or_else(|e| fail(Step::Witnesses, e))?;
+    if let Ok(log) = Verifier::parse(&inputs.key) {
+        CosignatureVerifier::check_not_the_log(&keys, &log.public_key())
+            .or_else(|e| fail(Step::Witnesses, e))?;
+    }
     let quorum = inputs.quorum.unwrap_or(keys.len());
     if quorum == 0 || quorum > keys.len() {
         return fail(

@@ -219,6 +219,22 @@ impl CosignatureVerifier {
         Ok(())
     }
 
+    /// Refuses a witness key that is the log's own public key: its
+    /// cosignature would be the log vouching for itself (crypto audit,
+    /// stop 66: accepted).
+    pub fn check_not_the_log(
+        keys: &[CosignatureVerifier],
+        log_public_key: &[u8; 32],
+    ) -> Result<(), String> {
+        match keys.iter().find(|k| &k.public_key == log_public_key) {
+            Some(k) => Err(format!(
+                "witness key {} is the log's own public key: its cosignature would be the log vouching for itself",
+                k.label()
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Checks one signature line (without its newline) against the note
     /// text `body`: `Ok(None)` if it is another key's line (to be
     /// ignored), `Ok(Some(timestamp))` if it is a valid cosignature by

@@ -204,7 +204,10 @@ pub fn usage(args: &VerifyArgs) -> Result<(), String> {
     if let (None, Some(id)) = (&args.receipt, &args.request_id) {
         request_id_arg(id)?;
     }
-    Witnesses::from_args(args)
+    let log = key_arg(&args.key)
+        .ok()
+        .and_then(|key| Verifier::parse(&key).ok());
+    Witnesses::from_args(args, log.as_ref())
         .map(|_| ())
         .map_err(|e| format!("{e:#}"))
 }
@@ -392,7 +395,7 @@ fn receipt_of_the_key(args: &VerifyArgs) -> bool {
 async fn run(args: &VerifyArgs, checks: &mut Vec<String>) -> anyhow::Result<String> {
     let key = key_arg(&args.key).map_err(|e| anyhow!("--key {}: {e}", args.key))?;
     let verifier = Verifier::parse(&key).map_err(|e| anyhow!("the key: {e}"))?;
-    let witnesses = Witnesses::from_args(args)?;
+    let witnesses = Witnesses::from_args(args, Some(&verifier))?;
     if let Some(proof) = &args.proof_file {
         return check_tlog_proof(proof, args.entry.as_ref(), &verifier, &witnesses, checks);
     }
@@ -1046,7 +1049,8 @@ struct Witnesses {
 }
 
 impl Witnesses {
-    fn from_args(args: &VerifyArgs) -> anyhow::Result<Witnesses> {
+    /// `log`: the log's key, which no witness key may be (when it parses).
+    fn from_args(args: &VerifyArgs, log: Option<&Verifier>) -> anyhow::Result<Witnesses> {
         let mut keys: Vec<CosignatureVerifier> = Vec::new();
         for arg in &args.witnesses {
             let text = std::fs::read_to_string(arg).unwrap_or_else(|_| arg.clone());
@@ -1055,6 +1059,10 @@ impl Witnesses {
             keys.push(key);
         }
         CosignatureVerifier::check_distinct(&keys).map_err(|e| anyhow!("--witness: {e}"))?;
+        if let Some(log) = log {
+            CosignatureVerifier::check_not_the_log(&keys, &log.public_key())
+                .map_err(|e| anyhow!("--witness: {e}"))?;
+        }
         let quorum = args.quorum.unwrap_or(keys.len());
         if quorum > keys.len() {
             bail!(
