@@ -364,7 +364,14 @@ impl Client {
     /// cosignature by the configured key (others' lines are ignored).
     fn accept(&self, text: &str, body: &str) -> (Outcome, Option<String>) {
         match cosignature_by(&self.settings.key, text, body) {
-            Ok(Some(line)) => (Outcome::Ok, Some(line.to_string())),
+            // Dated far ahead of this clock, it would stay on every later
+            // checkpoint as a claim of a time not yet come (crypto audit,
+            // stop 66: a cosignature of the year 2200 was published).
+            Ok(Some((_, timestamp))) if too_far_ahead(timestamp, unix_now()) => {
+                tracing::warn!(witness = %self.name(), timestamp, "witness answered a cosignature dated more than a day ahead of this clock: not published (one of the clocks is wrong)");
+                (Outcome::InvalidCosignature, None)
+            }
+            Ok(Some((line, _))) => (Outcome::Ok, Some(line.to_string())),
             Ok(None) => {
                 tracing::warn!(witness = %self.name(), key = %self.settings.key.label(), "witness answered no cosignature by its configured key");
                 (Outcome::InvalidCosignature, None)
@@ -377,11 +384,28 @@ impl Client {
     }
 }
 
+/// How far ahead of this clock a cosignature may be dated and still be
+/// published.
+const AHEAD_AT_MOST: u64 = 24 * 3600;
+
+/// Whether a cosignature dated `timestamp` is more than [`AHEAD_AT_MOST`]
+/// ahead of `now` (Unix seconds).
+fn too_far_ahead(timestamp: u64, now: u64) -> bool {
+    timestamp > now.saturating_add(AHEAD_AT_MOST)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The most signature lines a witness's answer may hold (a signed note's
 /// verifiers accept 100 signatures at most; the error says 100).
 const MAX_ANSWER_LINES: usize = 100;
 
-/// The first valid cosignature by `key` among a witness's answer lines.
+/// The first valid cosignature by `key` among a witness's answer lines,
+/// with its timestamp.
 /// Lines of other keys are ignored (tlog-witness: "The client MUST ignore
 /// any cosignatures from unknown keys"), and so are lines that are no
 /// signature line at all, which cannot be `key`'s; a line of `key` that
@@ -390,7 +414,7 @@ fn cosignature_by<'a>(
     key: &CosignatureVerifier,
     text: &'a str,
     body: &str,
-) -> Result<Option<&'a str>, CosignatureError> {
+) -> Result<Option<(&'a str, u64)>, CosignatureError> {
     let mut ours = None;
     // Bounded: each line of `key` costs a signature check, on the runtime.
     if text.split_terminator('\n').nth(MAX_ANSWER_LINES).is_some() {
@@ -398,8 +422,8 @@ fn cosignature_by<'a>(
     }
     for line in text.split_terminator('\n') {
         match key.check_line(body, line) {
-            Ok(Some(_)) => {
-                ours.get_or_insert(line);
+            Ok(Some(timestamp)) => {
+                ours.get_or_insert((line, timestamp));
             }
             Ok(None) | Err(CosignatureError::Malformed(_)) => {}
             Err(e) => return Err(e),
@@ -447,6 +471,21 @@ mod tests {
         assert_eq!(recorded_size(None, "42\n"), None);
     }
 
+    /// A cosignature dated more than a day ahead of the clock is not
+    /// published; one a little ahead (a witness's clock a few seconds
+    /// fast), or behind, is.
+    #[test]
+    fn a_cosignature_dated_far_ahead_is_not_published() {
+        let now = 1_800_000_000;
+        assert!(!too_far_ahead(now, now));
+        assert!(!too_far_ahead(now + 30, now));
+        assert!(!too_far_ahead(now + AHEAD_AT_MOST, now));
+        assert!(too_far_ahead(now + AHEAD_AT_MOST + 1, now));
+        assert!(too_far_ahead(7_258_118_400, now), "the year 2200");
+        assert!(!too_far_ahead(0, now));
+        assert!(!too_far_ahead(u64::MAX, u64::MAX));
+    }
+
     #[test]
     fn an_answer_is_searched_for_the_configured_keys_cosignature() {
         use residency_log::witness::Cosigner;
@@ -460,7 +499,10 @@ mod tests {
         // (no name, bad base64, a payload too short for a key id), are
         // passed over.
         let text = format!("{elsewhere}\n— witness.example/w9\n— x !!!\n— y AAAA\n{line}\n");
-        assert_eq!(cosignature_by(&key, &text, body), Ok(Some(line.as_str())));
+        assert_eq!(
+            cosignature_by(&key, &text, body),
+            Ok(Some((line.as_str(), 1_700_000_000)))
+        );
         // No line of ours: none.
         let text = format!("{elsewhere}\n— x !!!\n");
         assert_eq!(cosignature_by(&key, &text, body), Ok(None));
@@ -478,7 +520,10 @@ mod tests {
         // Bounded: each line of ours costs a signature check, so an answer
         // of more lines than a note may carry signatures is refused unread.
         let text = format!("{line}\n").repeat(MAX_ANSWER_LINES);
-        assert_eq!(cosignature_by(&key, &text, body), Ok(Some(line.as_str())));
+        assert_eq!(
+            cosignature_by(&key, &text, body),
+            Ok(Some((line.as_str(), 1_700_000_000)))
+        );
         let text = format!("{line}\n").repeat(MAX_ANSWER_LINES + 1);
         assert!(matches!(
             cosignature_by(&key, &text, body),
