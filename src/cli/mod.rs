@@ -994,6 +994,11 @@ pub fn runtime_choice(configured: Option<usize>, parallelism: usize) -> RuntimeC
     }
 }
 
+/// Threads for blocking work at most: the log listener's answers (32 at
+/// once), the log's own (checkpoints, cosignatures, reloads' loading) and
+/// name lookups, with room to spare.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 /// Runs `fut` on the runtime [`runtime_choice`] picks.
 fn block_on_with(
     workers: Option<usize>,
@@ -1023,6 +1028,13 @@ fn block_on_with(
         reason = choice.why,
         "runtime"
     );
+    // Blocking threads bounded well below tokio's 512: the log listener's
+    // answers (at most `BLOCKING_ANSWERS` at once) free their slot just
+    // before their thread is idle again, so under a flood of reads each
+    // next answer found none idle and started one more — 200 threads and
+    // 0.9 GB (mimalloc keeps a heap per thread) from one anonymous client
+    // (log API audit, stop 66). Beyond the cap, blocking work queues.
+    builder.max_blocking_threads(MAX_BLOCKING_THREADS);
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return runtime_error(e.into()),

@@ -1638,3 +1638,100 @@ async fn the_log_comes_back_after_running_out_of_file_descriptors() {
     .await;
     drop(proxy);
 }
+
+/// A flood of reads of the public log from one client (32 keep-alive
+/// connections asking for an entry bundle, gzipped anew each time) keeps
+/// the proxy's threads bounded: each answer's slot was freed just before
+/// its blocking thread was idle again, so the next started one more thread
+/// — 14 → 126 threads and 0.9 GB with mimalloc's heap per thread (log API
+/// audit, stop 66). Bounded by count and time.
+#[tokio::test]
+async fn a_flood_of_log_reads_keeps_the_threads_bounded() {
+    use tokio::io::AsyncReadExt;
+    let keep = TempDir::new("tlog-threads");
+    log_key(keep.path());
+    let upstream = Upstream::start("zurich").await;
+    let log_port = free_port();
+    let extra = section(keep.path(), log_port, "") + "[health]\npath = \"off\"\n";
+    let proxy = Binary::start("tlog-threads", &datacenters_at(upstream.addr), &extra).await;
+    let client = proxy.client();
+    for i in 0..300 {
+        let reply = client.upload_from(CH, &format!("record {i}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    let threads = |pid: u32| -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        line_value(&status, "Threads:")
+    };
+    let pid = proxy.pid();
+    let before = threads(pid);
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut readers = Vec::new();
+    for _ in 0..32 {
+        readers.push(tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", log_port))
+                .await
+                .unwrap();
+            let mut answered = 0usize;
+            let mut buf = vec![0u8; 64 << 10];
+            while Instant::now() < until && answered < 5_000 {
+                tcp.write_all(b"GET /tile/entries/000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                // The head, then the body by its Content-Length.
+                let mut got = Vec::new();
+                let (end, length) = loop {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed");
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..i]).to_ascii_lowercase();
+                        assert!(head.starts_with("http/1.1 200"), "{head}");
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .unwrap()
+                            .trim()
+                            .parse()
+                            .unwrap();
+                        break (i + 4, length);
+                    }
+                };
+                while got.len() < end + length {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed mid-body");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    let mut most = before;
+    while readers.iter().any(|r| !r.is_finished()) {
+        most = most.max(threads(pid));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut answered = 0;
+    for r in readers {
+        answered += r.await.unwrap();
+    }
+    assert!(answered > 100, "{answered} answers");
+    // The runtime's workers, the log's own threads, and at most 64
+    // blocking ones.
+    assert!(
+        most <= before + 64,
+        "{most} threads at most during {answered} answers, {before} before"
+    );
+}
+
+/// The number after `key` on its line of a /proc status file.
+fn line_value(status: &str, key: &str) -> usize {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
