@@ -1814,11 +1814,22 @@ async fn a_replica_whose_clock_is_off_the_database_s_says_so() {
     assert!(!right.log().contains(said), "{}", right.log());
     drop(right);
     let section = fleet_section(keep.path(), &pg, "clock", free_port(), "250ms");
+    // libfaketime through `env`, which execs the proxy: the `faketime`
+    // program forks it and waits, so killing the child the test holds left
+    // the proxy running after each run.
+    let library = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libfaketime (Debian's faketime package)");
+    let preload = format!("LD_PRELOAD={library}");
     let off = Binary::start_wrapped(
         "fleet-clock-1",
         &dcs,
         &section,
-        &["faketime", "-f", "+3600"],
+        &["env", &preload, "FAKETIME=+3600"],
     )
     .await;
     let log = off.log();
