@@ -674,7 +674,14 @@ impl Config {
                 .and_then(|v| residency_log::note::Verifier::parse(&v).ok())
                 .map(|v| v.public_key());
             for (i, w) in list.iter().enumerate() {
-                if log_key == Some(w.key.public_key()) {
+                let own = log_key.is_some_and(|log| {
+                    residency_log::witness::CosignatureVerifier::check_not_the_log(
+                        std::slice::from_ref(&w.key),
+                        &log,
+                    )
+                    .is_err()
+                });
+                if own {
                     r.push(
                         format!("transparency.witnesses[{i}].key"),
                         "is the log's own public key (transparency.signing_key's): a witness must sign with a key of its own, or its cosignature vouches for nothing",

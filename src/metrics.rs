@@ -793,16 +793,15 @@ fn status_index(status: http::StatusCode) -> usize {
     }
 }
 
-/// Removes each series of `vec` whose `label` is neither [`NONE`] nor one
+/// Removes each series of `vec` whose label `name` is neither [`NONE`] nor one
 /// of `kept`.
 fn prune<T: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<T>,
-    label: &str,
+    name: &str,
     kept: &HashSet<&str>,
 ) {
-    let name = label;
     prune_by(vec, |l| {
-        let v = self::label(l, name);
+        let v = label(l, name);
         v == NONE || kept.contains(v)
     });
 }

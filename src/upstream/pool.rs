@@ -411,7 +411,6 @@ impl Pool {
         let inner = &self.inner;
         let target = &inner.targets[u.0];
         let deadline = tokio::time::Instant::now() + inner.connect_timeout;
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
         let tcp = connect_any(target.host.as_str(), target.port, deadline)
             .await
             .map_err(Error::Connect)?;
@@ -431,7 +430,7 @@ impl Pool {
             Some(name) => {
                 let tls = tokio::time::timeout_at(deadline, inner.tls.connect(name.clone(), tcp))
                     .await
-                    .map_err(|_| Error::Tls(timed_out()))?
+                    .map_err(|_| Error::Tls(connect_elapsed()))?
                     .map_err(Error::Tls)?;
                 Box::new(tls)
             }
@@ -947,11 +946,10 @@ async fn connect_any(
     port: u16,
     deadline: tokio::time::Instant,
 ) -> io::Result<TcpStream> {
-    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
     let resolved: Vec<std::net::SocketAddr> =
         tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
             .await
-            .map_err(|_| timed_out())??
+            .map_err(|_| connect_elapsed())??
             .collect();
     let addrs: Vec<std::net::SocketAddr> = resolved
         .iter()
@@ -968,6 +966,11 @@ async fn connect_any(
     connect_first(&addrs, deadline).await
 }
 
+/// `upstream_connect` ran out (TCP, the name's lookup, or TLS).
+fn connect_elapsed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed")
+}
+
 /// How long an attempt runs alone before the next address's starts
 /// (RFC 8305's recommended Connection Attempt Delay).
 const CONNECT_STAGGER: Duration = Duration::from_millis(250);
@@ -978,7 +981,6 @@ async fn connect_first(
     deadline: tokio::time::Instant,
 ) -> io::Result<TcpStream> {
     use futures_util::StreamExt as _;
-    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "upstream_connect elapsed");
     let mut pending = addrs.iter().copied();
     let mut attempts = futures_util::stream::FuturesUnordered::new();
     match pending.next() {
@@ -993,7 +995,7 @@ async fn connect_first(
     let mut stagger = std::pin::pin!(tokio::time::sleep(CONNECT_STAGGER));
     loop {
         tokio::select! {
-            () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+            () = tokio::time::sleep_until(deadline) => return Err(connect_elapsed()),
             Some(result) = attempts.next() => match result {
                 Ok(tcp) => return Ok(tcp),
                 Err(e) => {
