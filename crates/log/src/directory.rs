@@ -259,6 +259,17 @@ const SPARE: &str = "staging.spare";
 /// The file a process holds an exclusive lock on while the log is open.
 const LOCK: &str = "lock";
 
+/// In a sealed generation's directory from its seal until its partial
+/// tiles are repaired ([`Directory::repair_sealed`], after the roll): a
+/// stop between the two has the next start repair them.
+const UNREPAIRED: &str = "partials.unrepaired";
+
+/// Whether the sealed generation in `dir` still has its partial tiles to
+/// repair (see [`UNREPAIRED`]).
+pub fn unrepaired(dir: &Path) -> bool {
+    dir.join(UNREPAIRED).exists()
+}
+
 impl Drop for Directory {
     fn drop(&mut self) {
         self.stop_threads(false);
@@ -629,7 +640,7 @@ impl Directory {
         // the partials of every checkpoint it produced. The log serves
         // partials from memory; these are for static file servers.
         if size > 0 {
-            core.restore_partials(&checkpointed);
+            core.repair(&checkpointed);
         }
         // And those of the tiles filled last, in case the process stopped
         // between a checkpoint and their removal.
@@ -780,18 +791,36 @@ impl Directory {
         if let Some((index, _)) = lock(&self.core.spare).ready.take() {
             let _ = std::fs::remove_file(self.core.disk.staging(index));
         }
-        // What a start repairs of the current generation, done once now
-        // for good: a sealed one is not opened at start, and
-        // `open_sealed` repairs nothing. Full bundles left as staging
-        // files are cut and renamed, and the partial tiles of its last
-        // checkpoint (written without an fsync) are written again,
-        // synced, where wrong — static file servers serve them.
+        // What a start repairs of the current generation, done once for
+        // good: a sealed one is not opened at start, and `open_sealed`
+        // repairs nothing. Full bundles left as staging files are cut and
+        // renamed now; the partial tiles of its checkpoints (written
+        // without an fsync) are written again, synced, where wrong, by
+        // `repair_sealed` — after the roll, for they are hundreds of files
+        // and only static file servers serve them (log API audit, stop
+        // 66: written here, they held every upload of a roll ~2 s). Marked
+        // first, durably, so that a stop in between leaves it to the next
+        // start.
         let edge = lock(&self.core.state).edge.clone();
         if let Err(e) = seal_leftovers(&self.core.disk, edge.size() / WIDTH) {
             tracing::warn!(error = %e, "cannot seal the full bundles of a sealed generation");
         }
         if edge.size() > 0 {
-            self.core.restore_partials(&edge);
+            let mark = self.core.disk.dir().join(UNREPAIRED);
+            if let Err(e) = disk::replace_durably(&mark, b"") {
+                tracing::warn!(error = %e, path = %mark.display(), "cannot mark a sealed generation's partial tiles as to repair");
+            }
+        }
+    }
+
+    /// The repair [`Directory::seal`] leaves: the partial tiles (and
+    /// bundles) of the sealed generation's unfinished tiles written again,
+    /// synced, where missing or wrong, and the mark removed. Nothing
+    /// without the mark. Blocking.
+    pub fn repair_sealed(&self) {
+        if unrepaired(self.core.disk.dir()) {
+            let edge = lock(&self.core.state).edge.clone();
+            self.core.repair(&edge);
         }
     }
 
@@ -1494,15 +1523,7 @@ impl Core {
                 dir = d.parent();
             }
         }
-        let mut paths: Vec<&PathBuf> = unsynced.iter().collect();
-        paths.sort();
-        paths.dedup();
-        // Files before the directories naming them.
-        paths.sort_by_key(|p| p.is_dir());
-        for path in paths {
-            disk::sync_path_said(path).map_err(|(e, synced)| (io_error(path)(e), synced))?;
-        }
-        Ok(())
+        disk::sync_each(unsynced).map_err(|(path, e, synced)| (io_error(path)(e), synced))
     }
 
     /// Removes the partial tiles (`<tile>.p/`) of the tiles that were
@@ -1568,23 +1589,50 @@ impl Core {
     /// every width up to the edge's (a width no checkpoint had is
     /// harmless: tlog-tiles lets a log serve more partials than it must):
     /// each file that does not hold what it must is written, synced.
-    fn restore_partials(&self, edge: &Edge) {
-        let mut rewritten = 0;
+    /// Written first, then synced once each ([`disk::sync_each`]): one
+    /// commit, not two fsyncs per file. True when all of it is durable.
+    fn restore_partials(&self, edge: &Edge) -> bool {
+        let (mut rewritten, mut touched, mut whole) = (0, Vec::new(), true);
         for (tile, bytes) in self.partial_files(edge, true) {
             let path = self.disk.path(tile);
             if self.disk.read(&path).ok().flatten().as_deref() == Some(&bytes[..]) {
                 continue;
             }
-            rewritten += 1;
-            if let Err(e) = self.disk.write(&path, &bytes, true) {
-                tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
+            match self.disk.write(&path, &bytes, false) {
+                Ok(t) => {
+                    rewritten += 1;
+                    touched.extend(t);
+                }
+                Err(e) => {
+                    whole = false;
+                    tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
+                }
             }
+        }
+        if let Err((path, e, _)) = disk::sync_each(&touched) {
+            whole = false;
+            tracing::warn!(error = %e, path = %path.display(), "cannot sync the partial tiles written again");
         }
         if rewritten > 0 {
             tracing::info!(
                 rewritten,
                 "partial tiles that were missing or wrong written again"
             );
+        }
+        whole
+    }
+
+    /// [`Core::restore_partials`], and the mark of a sealed generation
+    /// whose repair it was ([`UNREPAIRED`]) removed once it is whole.
+    fn repair(&self, edge: &Edge) {
+        if !self.restore_partials(edge) {
+            return;
+        }
+        let mark = self.disk.dir().join(UNREPAIRED);
+        if let Err(e) = std::fs::remove_file(&mark) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, path = %mark.display(), "cannot remove the mark of a repaired sealed generation");
+            }
         }
     }
 
@@ -1991,12 +2039,7 @@ fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogErro
         )));
     }
     write(disk.staging(edge.size() / WIDTH), &bundle, &mut touched)?;
-    touched.sort();
-    touched.dedup();
-    touched.sort_by_key(|p| p.is_dir());
-    for path in &touched {
-        disk::sync_path(path).map_err(io_error(path))?;
-    }
+    disk::sync_each(&touched).map_err(|(path, e, _)| io_error(path)(e))?;
     let imported = dir.join(format!("{LEGACY_RECORDS}.imported"));
     std::fs::rename(&legacy, &imported).map_err(io_error(&imported))?;
     disk::sync_path(dir).map_err(io_error(dir))?;
@@ -3631,6 +3674,8 @@ pub(crate) mod tests {
         check(&log);
         let id = format!("{:032x}", 305);
         let index = log.current().index_of(&id).unwrap().unwrap();
+        // As a shutdown does: the sealed generation's repair ends first.
+        log.settle().await;
         drop((log, appended));
         let log = Log::open(&settings, metrics()).unwrap();
         check(&log);

@@ -159,6 +159,26 @@ pub fn sync_path_said(path: &Path) -> Result<(), (std::io::Error, bool)> {
     file.sync_all().map_err(|e| (e, true))
 }
 
+/// Fsyncs each of `paths` once — the files and directories that a run of
+/// writes without a sync touched ([`Disk::write`]) — files before the
+/// directories naming them. On a journalling file system the first fsync
+/// commits what the others would, so a run of writes costs about one
+/// commit, not one per file. The error names the path and says whether
+/// the fsync itself failed (see [`sync_path_said`]).
+pub fn sync_each<'a>(
+    paths: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<(), (&'a Path, std::io::Error, bool)> {
+    let mut paths: Vec<&PathBuf> = paths.into_iter().collect();
+    paths.sort();
+    paths.dedup();
+    // (Stable: the sorted order kept within files and directories.)
+    paths.sort_by_cached_key(|p| p.is_dir());
+    for path in paths {
+        sync_path_said(path).map_err(|(e, synced)| (path.as_path(), e, synced))?;
+    }
+    Ok(())
+}
+
 /// The first `tile.width` hashes or entries of a full tile's bytes.
 pub fn prefix(tile: Tile, full: &[u8]) -> Option<&[u8]> {
     match tile.level {

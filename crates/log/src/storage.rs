@@ -379,15 +379,18 @@ impl Generation {
         let dir = generation_dir(settings, number);
         let origin = generation_origin(&settings.origin, number);
         let (signer, verifier) = directory::keys(settings, pkcs8, &origin)?;
-        let latest = match directory::sealed_checkpoint(&dir, &verifier, &origin)? {
-            Some(latest) => Arc::new(latest),
+        let (latest, unrepaired) = match directory::sealed_checkpoint(&dir, &verifier, &origin)? {
+            Some(latest) => (Arc::new(latest), directory::unrepaired(&dir)),
             None => {
                 let recovered = Generation::open(settings, number, shelf.metrics.clone())?;
                 recovered.seal();
-                recovered.latest()
+                if let Backend::Directory(d) = &recovered.backend {
+                    d.repair_sealed();
+                }
+                (recovered.latest(), false)
             }
         };
-        Ok(Generation {
+        let generation = Generation {
             number,
             origin,
             backend: Backend::Sealed(Sealed {
@@ -397,7 +400,15 @@ impl Generation {
                 slot: Arc::new(Slot::default()),
                 shelf: shelf.clone(),
             }),
-        })
+        };
+        // Sealed by a roll whose repair a stop cut short: done now (a
+        // generation that cannot be opened is named when it is read).
+        if unrepaired {
+            if let Ok(Some(d)) = generation.directory() {
+                d.repair_sealed();
+            }
+        }
+        Ok(generation)
     }
 
     /// This generation, just rolled (its directory sealed), as a sealed
@@ -702,6 +713,9 @@ pub struct Log {
     /// Records appending through a roll, each in a task of its own
     /// ([`Log::roll_and_append`]): waited for by [`Log::settle`].
     rolls_in_flight: tokio::sync::watch::Sender<usize>,
+    /// Sealed generations' repairs running after their rolls: waited for
+    /// by [`Log::settle`] too.
+    repairs_in_flight: tokio::sync::watch::Sender<usize>,
     /// When a refusal last tried the log while it was failing (ms after
     /// `epoch`, plus one; 0: never; see [`Log::append_refusal`]).
     last_probe: std::sync::atomic::AtomicU64,
@@ -709,10 +723,22 @@ pub struct Log {
     /// Tests: rolls wait while it says so (a disk that does not answer).
     #[cfg(test)]
     rolls_held: tokio::sync::watch::Sender<bool>,
+    /// Tests: a sealed generation's repair waits while it says so.
+    #[cfg(test)]
+    repairs_held: tokio::sync::watch::Sender<bool>,
     settings: Transparency,
     refusals: RefusalGate,
     failing: AtomicBool,
     metrics: LogMetrics,
+}
+
+/// Counts a task out of its count however it ends.
+struct Out<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Out<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Log {
@@ -799,10 +825,13 @@ impl Log {
             rolling: tokio::sync::Mutex::new(()),
             rolling_since: std::sync::atomic::AtomicU64::new(0),
             rolls_in_flight: tokio::sync::watch::Sender::new(0),
+            repairs_in_flight: tokio::sync::watch::Sender::new(0),
             last_probe: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             #[cfg(test)]
             rolls_held: tokio::sync::watch::Sender::new(false),
+            #[cfg(test)]
+            repairs_held: tokio::sync::watch::Sender::new(false),
             settings: settings.clone(),
             refusals: RefusalGate::new(
                 settings.refusal_records_per_second,
@@ -848,6 +877,13 @@ impl Log {
         if let Backend::Directory(d) = &self.current().backend {
             d.hold_writer(hold);
         }
+    }
+
+    /// Tests: holds a sealed generation's repair after its roll, or lets
+    /// it go.
+    #[cfg(test)]
+    pub(crate) fn hold_repairs(&self, hold: bool) {
+        self.repairs_held.send_replace(hold);
     }
 
     /// Tests: holds rolls before they start to seal, or lets them go.
@@ -938,13 +974,6 @@ impl Log {
         let (log, mut full, mut opened) = (Arc::clone(self), Arc::clone(full), Arc::clone(opened));
         self.rolls_in_flight.send_modify(|n| *n += 1);
         let task = tokio::spawn(async move {
-            /// Counts the task out however it ends.
-            struct Out<'a>(&'a tokio::sync::watch::Sender<usize>);
-            impl Drop for Out<'_> {
-                fn drop(&mut self) {
-                    self.0.send_modify(|n| *n = n.saturating_sub(1));
-                }
-            }
             let _out = Out(&log.rolls_in_flight);
             loop {
                 log.roll(&full, &opened).await?;
@@ -989,6 +1018,7 @@ impl Log {
         #[cfg(test)]
         let _ = self.rolls_held.subscribe().wait_for(|held| !held).await;
         let (old, settings, metrics) = (full.clone(), self.settings.clone(), self.metrics.clone());
+        let repair = Arc::clone(opened);
         let (opened, shelf) = (opened.clone(), self.shelf.clone());
         let (next, sealed) = tokio::task::spawn_blocking(move || {
             old.checkpoint()?;
@@ -1013,6 +1043,19 @@ impl Log {
         self.metrics.generation.set(i64::from(next.number));
         lock(&self.sealed).push(Arc::new(sealed));
         self.current.store(Arc::new(next));
+        // The sealed generation's partial tiles, repaired once uploads go
+        // to the next (see `Directory::seal`); its directory stays open
+        // until then.
+        #[cfg(test)]
+        let mut held = self.repairs_held.subscribe();
+        let repairs = self.repairs_in_flight.clone();
+        repairs.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            let _out = Out(&repairs);
+            #[cfg(test)]
+            let _ = held.wait_for(|held| !held).await;
+            let _ = tokio::task::spawn_blocking(move || repair.repair_sealed()).await;
+        });
         Ok(())
     }
 
@@ -1096,11 +1139,16 @@ impl Log {
     /// appending through a roll (their requests may be gone): before the
     /// final checkpoint, which then covers them (review, stop 63: a
     /// shutdown during a roll could end the process before they were
-    /// written).
+    /// written). And for the repair of a generation a roll sealed, so a
+    /// stop leaves none to the next start.
     pub async fn settle(&self) {
         let mut rolls = self.rolls_in_flight.subscribe();
-        let _ =
-            tokio::time::timeout(self.settings.write_timeout, rolls.wait_for(|n| *n == 0)).await;
+        let mut repairs = self.repairs_in_flight.subscribe();
+        let settled = async {
+            let _ = rolls.wait_for(|n| *n == 0).await;
+            let _ = repairs.wait_for(|n| *n == 0).await;
+        };
+        let _ = tokio::time::timeout(self.settings.write_timeout, settled).await;
     }
 
     /// The summaries not written (kept from a failed attempt, and those
@@ -1274,6 +1322,9 @@ mod tests {
             assert_eq!(a.index, written[number - 1].len() as u64);
             written[number - 1].push(a.bytes);
         }
+        // The sealed generations' repairs ended, as at a shutdown: a test
+        // that opens the log again finds their directories closed.
+        log.settle().await;
         written
     }
 
@@ -1383,6 +1434,73 @@ mod tests {
         // And it takes appends at once again.
         assert_eq!(log.append(&record(4)).await.unwrap().index, 0);
         assert!(!log.failing());
+    }
+
+    /// A roll does not wait for the sealed generation's partial tiles
+    /// (every width of its unfinished tiles: hundreds of files, each
+    /// synced): they are written after it, while the next generation takes
+    /// appends and the sealed one is served (log API audit, stop 66:
+    /// written in the roll, they held each of its uploads ~2 s). A stop
+    /// before that repair ends leaves it marked, and the next start does
+    /// it.
+    #[tokio::test]
+    async fn a_roll_leaves_the_sealed_partial_tiles_to_a_repair_after_it() {
+        let (_dir, mut settings) = setup("repair");
+        settings.max_records = 300;
+        let log = Log::open(&settings, metrics()).unwrap();
+        for i in 0..300 {
+            log.append(&record(i)).await.unwrap();
+        }
+        log.hold_repairs(true);
+        let appended = tokio::time::timeout(Duration::from_secs(10), log.append(&record(300)))
+            .await
+            .expect("the roll waits for no repair")
+            .unwrap();
+        assert_eq!((appended.generation.number(), appended.index), (2, 0));
+        // Generation 1 is the log's directory itself; 300 records leave
+        // tile 1 (of level 0, and its bundle) 44 wide.
+        let sealed = settings.directory.clone();
+        let partial = |level: Option<u8>, width: u16| {
+            sealed.join(
+                Tile {
+                    level,
+                    index: 1,
+                    width,
+                }
+                .path(),
+            )
+        };
+        let repaired = || {
+            (1..=44).all(|width| {
+                std::fs::read(partial(Some(0), width)).is_ok_and(|b| b.len() == 32 * width as usize)
+                    && partial(None, width).is_file()
+            })
+        };
+        assert!(directory::unrepaired(&sealed), "marked");
+        // Its last checkpoint's partials are there (the roll's checkpoint
+        // wrote them), not yet those of widths no checkpoint had.
+        assert!(partial(Some(0), 44).is_file() && partial(None, 44).is_file());
+        assert!(!partial(Some(0), 1).exists() && !partial(None, 1).exists());
+        assert!(log.generations()[0]
+            .inclusion_proof(299, 300)
+            .unwrap()
+            .is_some());
+        log.hold_repairs(false);
+        log.settle().await;
+        assert!(!directory::unrepaired(&sealed), "repaired");
+        assert!(repaired());
+
+        // A stop cut the repair short (and the files it had not synced
+        // went with a power cut): the next start does it.
+        drop((log, appended));
+        for level in [Some(0), None] {
+            std::fs::remove_dir_all(partial(level, 1).parent().unwrap()).unwrap();
+        }
+        std::fs::write(sealed.join("partials.unrepaired"), b"").unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert!(!directory::unrepaired(&sealed), "repaired at start");
+        assert!(repaired());
+        assert_eq!(log.current().number(), 2);
     }
 
     /// Refusals while appends fail (not stalled: a full disk) are folded
