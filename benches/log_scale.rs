@@ -76,6 +76,8 @@ fn main() {
         max_connections: 256,
         max_connections_per_client: 32,
         refusal_records_per_second: 100,
+        requests_per_second_per_client: 0,
+        requests_burst_per_client: 1,
         refusal_records_burst: 1000,
         tls: Vec::new(),
     };

@@ -147,6 +147,7 @@ def expected_transparency(values, fullname):
         "signing_key": f"{CONFIG_DIR}/log/signing.key",
         "address": f"0.0.0.0:{t['port']}",
         "max_connections_per_client": int(t["maxConnectionsPerClient"]),
+        "requests_per_second_per_client": int(t["requestsPerSecondPerClient"]),
         "checkpoint_interval": t["checkpointInterval"],
         "receipts": t["receipts"],
         "on_write_error": t["onWriteError"],

@@ -40,6 +40,7 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener, stop: watch::
                 .with_label_values(&["admin_client_connection_limit"]),
         )),
         blocking: false,
+        rate: None,
     };
     crate::plain_http::serve(listener, stop, cap, None, move |req| answer(&instance, req)).await;
 }

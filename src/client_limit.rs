@@ -106,9 +106,139 @@ impl Drop for Counted {
     }
 }
 
+/// Requests one client may make a second, with a burst (the log
+/// listener's `transparency.requests_per_second_per_client`): GCRA, the
+/// token bucket kept as one time per client — when its bucket is full
+/// again. Clients are grouped as by [`key`]. At most [`RATE_CLIENTS`]
+/// are remembered: those whose bucket is full again are forgotten when the
+/// table is full (at most once a second); one more client then is not
+/// limited until they are.
+pub struct Rate {
+    /// Nanoseconds one request costs: a second over the rate.
+    interval: u64,
+    /// How far past now a client's full-again time may be: the burst's
+    /// requests.
+    tolerance: u64,
+    epoch: std::time::Instant,
+    state: Mutex<RateState>,
+}
+
+struct RateState {
+    /// Per client, in ns after `epoch`: when its bucket is full again.
+    full_at: HashMap<u128, u64, foldhash::fast::RandomState>,
+    /// When the table was last swept of clients full again.
+    swept: u64,
+}
+
+/// Clients a [`Rate`] remembers at once (~3 MiB of table at most).
+const RATE_CLIENTS: usize = 65_536;
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+impl Rate {
+    /// `per_second` requests a second for each client, `burst` at once
+    /// (both at least 1).
+    pub fn new(per_second: u32, burst: u32) -> Rate {
+        let interval = SECOND_NS / u64::from(per_second.max(1));
+        Rate {
+            interval,
+            tolerance: interval * u64::from(burst.max(1)),
+            epoch: std::time::Instant::now(),
+            state: Mutex::new(RateState {
+                full_at: HashMap::default(),
+                swept: 0,
+            }),
+        }
+    }
+
+    /// Whether `client` may make a request now (it is counted if so).
+    pub fn admit(&self, client: IpAddr) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.admit_at(client, now)
+    }
+
+    fn admit_at(&self, client: IpAddr, now: u64) -> bool {
+        let key = key(client);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let full_at = match state.full_at.get(&key) {
+            Some(&t) => t.max(now),
+            None => {
+                if state.full_at.len() >= RATE_CLIENTS {
+                    if now.saturating_sub(state.swept) >= SECOND_NS {
+                        state.swept = now;
+                        state.full_at.retain(|_, t| *t > now);
+                    }
+                    if state.full_at.len() >= RATE_CLIENTS {
+                        return true;
+                    }
+                }
+                now
+            }
+        };
+        let next = full_at.saturating_add(self.interval);
+        if next > now.saturating_add(self.tolerance) {
+            return false;
+        }
+        state.full_at.insert(key, next);
+        true
+    }
+
+    /// Clients remembered.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.state.lock().unwrap().full_at.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_gets_its_burst_then_its_rate() {
+        let rate = Rate::new(10, 3);
+        let (a, b) = (ip("192.0.2.1"), ip("2001:db8::1"));
+        for _ in 0..3 {
+            assert!(rate.admit_at(a, 0));
+        }
+        assert!(!rate.admit_at(a, 0), "past its burst");
+        assert!(!rate.admit_at(a, SECOND_NS / 10 - 1));
+        // Another client (an IPv6 client's /64) has its own.
+        for _ in 0..3 {
+            assert!(rate.admit_at(b, 0));
+        }
+        assert!(!rate.admit_at(ip("2001:db8::2"), 0), "the same /64");
+        // One more each 100 ms, and no more.
+        assert!(rate.admit_at(a, SECOND_NS / 10));
+        assert!(!rate.admit_at(a, SECOND_NS / 10));
+        // Idle for the burst's time: the whole burst again.
+        let later = SECOND_NS;
+        for _ in 0..3 {
+            assert!(rate.admit_at(a, later));
+        }
+        assert!(!rate.admit_at(a, later));
+    }
+
+    #[test]
+    fn the_table_of_clients_is_bounded() {
+        let rate = Rate::new(1, 1);
+        let client = |n: usize| IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        for n in 0..RATE_CLIENTS {
+            assert!(rate.admit_at(client(n), 0));
+        }
+        // Full of clients still limited: one more is let through, not
+        // remembered, and the table does not grow.
+        let extra = client(RATE_CLIENTS);
+        assert!(rate.admit_at(extra, 1));
+        assert!(rate.admit_at(extra, 2));
+        assert_eq!(rate.clients(), RATE_CLIENTS);
+        assert!(!rate.admit_at(client(0), 3), "those remembered still are");
+        // Once their buckets are full again they are forgotten (a sweep
+        // at most once a second).
+        assert!(rate.admit_at(extra, 2 * SECOND_NS));
+        assert_eq!(rate.clients(), 1);
+        assert!(!rate.admit_at(extra, 2 * SECOND_NS));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -165,6 +165,9 @@ pub struct Metrics {
     /// How many of those it counts already.
     log_lines_exported: std::sync::atomic::AtomicU64,
     pub connections_rejected: IntCounterVec,
+    /// Log listener requests answered 429 for
+    /// `transparency.requests_per_second_per_client`.
+    pub log_requests_limited: IntCounter,
     /// Client connections the proxy ended itself after their handshake.
     pub connections_closed: IntCounterVec,
     pub upstream_retries: IntCounterVec,
@@ -335,6 +338,11 @@ impl Metrics {
             "Connections closed before any request was read, by reason (PROXY header missing, invalid, cut off, late or from an untrusted peer; the ingest listeners' limits.max_connections, a client's limits.max_connections_per_client; the admin listener's 64; the log listener's transparency.max_connections and a client's transparency.max_connections_per_client).",
             &["reason"],
         )?;
+        let log_requests_limited = IntCounter::new(
+            "residency_log_requests_limited_total",
+            "Requests to the transparency log's listener answered 429: their client address (an IPv6 client's /64) had made more than transparency.requests_per_second_per_client (with its burst, transparency.requests_burst_per_client).",
+        )?;
+        registry.register(Box::new(log_requests_limited.clone()))?;
         let connections_closed = counter(
             "residency_connections_closed_total",
             "Client connections the proxy ended itself after their TLS handshake, by reason: a deadline (timeouts.request_head, keepalive_idle, client_send_idle; response_body: an HTTP/2 response body still sent keepalive_idle after its head while other requests keep the connection busy), hyper's own 400 (bad_request) or 431 (head_too_large) for an HTTP/1 head it would not read, or the HTTP/2 error code of the GOAWAY the proxy sent (http2_*; http2_ping_timeout: a client that stopped answering pings).",
@@ -427,6 +435,7 @@ impl Metrics {
             log_lines_dropped,
             log_lines_exported: std::sync::atomic::AtomicU64::new(0),
             connections_rejected,
+            log_requests_limited,
             connections_closed,
             upstream_retries,
             reloads,

@@ -45,6 +45,9 @@ pub struct Cap {
     pub per_client: Option<(u32, prometheus::IntCounter)>,
     /// `answer` does blocking I/O: run it on a blocking thread ([`serve`]).
     pub blocking: bool,
+    /// Requests one client address may make a second, and the count of
+    /// those answered 429 for it (`None`: no limit).
+    pub rate: Option<(Arc<crate::client_limit::Rate>, prometheus::IntCounter)>,
 }
 
 /// Where a listener's TLS server config comes from, asked at each
@@ -157,9 +160,26 @@ pub async fn serve_async<F, Fut>(
         let answer = answer.clone();
         let mut stop = stop.clone();
         let tls = tls.as_ref().map(|source| TlsAcceptor::from(source()));
+        let rate = cap
+            .rate
+            .clone()
+            .map(|(rate, limited)| (rate, limited, peer.ip()));
         connections.spawn(async move {
             let _permit = permit;
             let _client = client;
+            let answer = move |req: Request<Incoming>| {
+                let limited = rate
+                    .as_ref()
+                    .filter(|(rate, _, client)| !rate.admit(*client))
+                    .map(|(_, limited, _)| limited.inc());
+                let answer = limited.is_none().then(|| answer(req));
+                async move {
+                    match answer {
+                        Some(answer) => answer.await,
+                        None => too_many_requests(),
+                    }
+                }
+            };
             let Some(tls) = tls else {
                 return connection(stream, answer, stop).await;
             };
@@ -178,6 +198,21 @@ pub async fn serve_async<F, Fut>(
     }
     // Stopped: each connection finishes its current response (at most 5 s).
     while connections.join_next().await.is_some() {}
+}
+
+/// 429 for a client past `transparency.requests_per_second_per_client`
+/// (only the log listener has a rate), with `Retry-After`.
+fn too_many_requests() -> Response<Full<Bytes>> {
+    let mut resp = crate::log_api::respond(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "application/json",
+        br#"{"error":"too many requests from this client address (transparency.requests_per_second_per_client): retry after a second"}"#.to_vec(),
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// One connection: its requests until it ends or `stop` turns true.

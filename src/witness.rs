@@ -236,6 +236,7 @@ pub async fn run(args: WitnessArgs, shutdown: impl Future<Output = ()>) -> anyho
             })
             .transpose()?,
         blocking: false,
+        rate: None,
     };
     let answer = move |req| answer(req, endpoint.clone(), witness.clone(), state.clone());
     let server = tokio::spawn(crate::plain_http::serve_async(

@@ -201,6 +201,16 @@ impl Bound {
                     },
                     // Tiles, records and proofs are read from disk.
                     blocking: true,
+                    rate: match log.settings().requests_per_second_per_client {
+                        0 => None,
+                        per_second => Some((
+                            Arc::new(crate::client_limit::Rate::new(
+                                per_second,
+                                log.settings().requests_burst_per_client,
+                            )),
+                            self.instance.metrics.log_requests_limited.clone(),
+                        )),
+                    },
                 };
                 tasks.push(tokio::spawn(crate::plain_http::serve(
                     listener,

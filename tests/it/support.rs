@@ -660,6 +660,30 @@ pub async fn plain_exchange_with(
     fields: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange_on(stream, addr, method, path, fields).await
+}
+
+/// As [`plain_exchange`], from the loopback address `source` (another
+/// client address than 127.0.0.1).
+pub async fn plain_exchange_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    exchange_on(stream, addr, method, path, &[]).await
+}
+
+async fn exchange_on(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();

@@ -1639,6 +1639,63 @@ async fn the_log_comes_back_after_running_out_of_file_descriptors() {
     drop(proxy);
 }
 
+/// One client address may make `transparency.requests_per_second_per_client`
+/// requests a second of the log listener (its burst at once); the next is
+/// answered 429 with `Retry-After` and a JSON body naming the setting, and
+/// counted, while another address is answered as before (log API audit,
+/// stop 66: one client reading entry bundles as fast as it could kept more
+/// than a core busy).
+#[tokio::test]
+async fn a_client_reading_the_log_too_fast_is_answered_429() {
+    let keep = TempDir::new("tlog-rate");
+    log_key(keep.path());
+    let upstream = Upstream::start("zurich").await;
+    let log_port = free_port();
+    let extra = section(
+        keep.path(),
+        log_port,
+        "requests_per_second_per_client = 1\nrequests_burst_per_client = 10",
+    );
+    let proxy = Binary::start("tlog-rate", &datacenters_at(upstream.addr), &extra).await;
+    let log = std::net::SocketAddr::from(([127, 0, 0, 1], log_port));
+    // The burst, then one a second: until the first 429 (bounded).
+    let started = Instant::now();
+    let mut answered = 0u64;
+    let (headers, body) = loop {
+        let (status, headers, body) = plain_exchange(log, "GET", "/checkpoint").await;
+        if status == 429 {
+            break (headers, body);
+        }
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+        assert!(answered <= 40, "never limited");
+    };
+    let seconds = started.elapsed().as_secs();
+    assert!(
+        (10..=10 + seconds + 1).contains(&answered),
+        "{answered} answered in {seconds} s"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["content-type"], "application/json");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("transparency.requests_per_second_per_client"),
+        "{body}"
+    );
+    // Another client address is not limited by this one's requests.
+    let other = "127.0.0.2".parse().unwrap();
+    let (status, _, body) = plain_exchange_from(other, log, "GET", "/checkpoint").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, metrics) = plain_exchange(proxy.admin, "GET", "/metrics").await;
+    assert!(
+        metric(&metrics, "residency_log_requests_limited_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+}
+
 /// A flood of reads of the public log from one client (32 keep-alive
 /// connections asking for an entry bundle, gzipped anew each time) keeps
 /// the proxy's threads bounded: each answer's slot was freed just before
@@ -1652,7 +1709,9 @@ async fn a_flood_of_log_reads_keeps_the_threads_bounded() {
     log_key(keep.path());
     let upstream = Upstream::start("zurich").await;
     let log_port = free_port();
-    let extra = section(keep.path(), log_port, "") + "[health]\npath = \"off\"\n";
+    // (No rate per client: the flood is what this test is about.)
+    let extra = section(keep.path(), log_port, "requests_per_second_per_client = 0")
+        + "[health]\npath = \"off\"\n";
     let proxy = Binary::start("tlog-threads", &datacenters_at(upstream.addr), &extra).await;
     let client = proxy.client();
     for i in 0..300 {

@@ -163,6 +163,7 @@ origin = {{ required "transparency.origin is required (the log's name)" .Values.
 signing_key = "/etc/residency-proxy/log/signing.key"
 address = "0.0.0.0:{{ .Values.transparency.port }}"
 max_connections_per_client = {{ .Values.transparency.maxConnectionsPerClient | int }}
+requests_per_second_per_client = {{ .Values.transparency.requestsPerSecondPerClient | int }}
 checkpoint_interval = {{ .Values.transparency.checkpointInterval | quote }}
 receipts = {{ .Values.transparency.receipts | quote }}
 on_write_error = {{ .Values.transparency.onWriteError | quote }}
