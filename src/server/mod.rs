@@ -290,6 +290,9 @@ impl Bound {
             log.write_summaries().await;
             // A summary may have started a roll: its record too.
             log.settle().await;
+            // And the repairs of the generations rolls sealed (once: one
+            // cut short is left to the next start).
+            log.settle_repairs().await;
             // What the log could not take goes with the process: said, each
             // summary with where its bodies may be and the hash of its
             // request ids, for reconciling with the data centres

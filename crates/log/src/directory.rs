@@ -808,7 +808,9 @@ impl Directory {
         if edge.size() > 0 {
             let mark = self.core.disk.dir().join(UNREPAIRED);
             if let Err(e) = disk::replace_durably(&mark, b"") {
-                tracing::warn!(error = %e, path = %mark.display(), "cannot mark a sealed generation's partial tiles as to repair");
+                // Unmarked, no start would see to it: done now.
+                tracing::warn!(error = %e, path = %mark.display(), "cannot mark a sealed generation's partial tiles as to repair: repaired in the roll");
+                self.core.restore_partials(&edge, true);
             }
         }
     }
@@ -1590,12 +1592,24 @@ impl Core {
     /// harmless: tlog-tiles lets a log serve more partials than it must):
     /// each file that does not hold what it must is written, synced.
     /// Written first, then synced once each ([`disk::sync_each`]): one
-    /// commit, not two fsyncs per file. True when all of it is durable.
-    fn restore_partials(&self, edge: &Edge) -> bool {
-        let (mut rewritten, mut touched, mut whole) = (0, Vec::new(), true);
-        for (tile, bytes) in self.partial_files(edge, true) {
+    /// commit, not two fsyncs per file. With `sync_all`, those that held
+    /// what they must are synced too (with their directories): a sealed
+    /// generation's, never checked again, may hold it only in the page
+    /// cache — written unsynced by a checkpoint, or by a repair a stop cut
+    /// short before its syncs (concurrency audit, stop 67). True when all
+    /// of it is durable.
+    fn restore_partials(&self, edge: &Edge, sync_all: bool) -> bool {
+        let (files, mut whole) = self.partial_files(edge, true);
+        let (mut rewritten, mut touched) = (0, Vec::new());
+        for (tile, bytes) in files {
             let path = self.disk.path(tile);
             if self.disk.read(&path).ok().flatten().as_deref() == Some(&bytes[..]) {
+                if sync_all {
+                    if let Some(dir) = path.parent() {
+                        touched.push(dir.to_path_buf());
+                    }
+                    touched.push(path);
+                }
                 continue;
             }
             match self.disk.write(&path, &bytes, false) {
@@ -1622,10 +1636,12 @@ impl Core {
         whole
     }
 
-    /// [`Core::restore_partials`], and the mark of a sealed generation
-    /// whose repair it was ([`UNREPAIRED`]) removed once it is whole.
+    /// [`Core::restore_partials`]; for a sealed generation whose repair it
+    /// is ([`UNREPAIRED`]), every file synced, and the mark removed once
+    /// all of it is durable.
     fn repair(&self, edge: &Edge) {
-        if !self.restore_partials(edge) {
+        let marked = unrepaired(self.disk.dir());
+        if !self.restore_partials(edge, marked) || !marked {
             return;
         }
         let mark = self.disk.dir().join(UNREPAIRED);
@@ -1639,7 +1655,7 @@ impl Core {
     /// The edge's partial tiles and bundle, written for static file servers
     /// without an fsync.
     fn write_partials(&self, edge: &Edge) {
-        for (tile, bytes) in self.partial_files(edge, false) {
+        for (tile, bytes) in self.partial_files(edge, false).0 {
             let path = self.disk.path(tile);
             if let Err(e) = self.disk.write(&path, &bytes, false) {
                 tracing::warn!(error = %e, tile = %tile.path(), "cannot write a partial tile");
@@ -1649,8 +1665,9 @@ impl Core {
 
     /// The partial tiles (and entry bundle) of the edge's unfinished
     /// tiles, with their contents: at the edge's widths, or with
-    /// `every_width` at each width from 1 up to them.
-    fn partial_files(&self, edge: &Edge, every_width: bool) -> Vec<(Tile, Vec<u8>)> {
+    /// `every_width` at each width from 1 up to them. And whether that is
+    /// all of them (`false`: the bundle could not be read).
+    fn partial_files(&self, edge: &Edge, every_width: bool) -> (Vec<(Tile, Vec<u8>)>, bool) {
         let widths = |width: u16| (if every_width { 1 } else { width })..=width;
         let mut files = Vec::new();
         for (tile, hashes) in edge.partials() {
@@ -1662,10 +1679,15 @@ impl Core {
         let width = (edge.size() % WIDTH) as u16;
         let index = edge.size() / WIDTH;
         // (No bundle to read when the edge is at a tile's end.)
-        if let Some(bundle) = (width > 0)
-            .then(|| self.bundle(index).ok().flatten())
-            .flatten()
-        {
+        let bundle = match (width > 0).then(|| self.bundle(index)) {
+            None => None,
+            Some(Ok(bundle)) => bundle,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the entry bundle of the partial tiles");
+                return (files, false);
+            }
+        };
+        if let Some(bundle) = bundle {
             for width in widths(width) {
                 if let Some(prefix) = disk::bundle_prefix(&bundle, usize::from(width)) {
                     let tile = Tile {
@@ -1677,7 +1699,7 @@ impl Core {
                 }
             }
         }
-        files
+        (files, true)
     }
 
     /// Moves the ids of records `[.., size)` from memory to the on-disk
@@ -3677,7 +3699,7 @@ pub(crate) mod tests {
         let id = format!("{:032x}", 305);
         let index = log.current().index_of(&id).unwrap().unwrap();
         // As a shutdown does: the sealed generation's repair ends first.
-        log.settle().await;
+        log.settle_repairs().await;
         drop((log, appended));
         let log = Log::open(&settings, metrics()).unwrap();
         check(&log);
