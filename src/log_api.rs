@@ -73,13 +73,13 @@ pub fn answer<B>(log: &Log, req: &Request<B>) -> Response<Full<Bytes>> {
         };
         // A sealed generation's last checkpoint covers it for good.
         let covered_at = (generation.number() == current.number()).then(|| log.covered_at());
-        return answer_in(&generation, rest, query, covered_at, true);
+        return answer_in(&generation, rest, query, covered_at, true, req);
     }
     // The root serves the current generation: after a roll its tiles are
     // the next generation's, so they are fixed only for a log that never
     // rolls.
     let fixed = log.settings().max_records == u64::MAX;
-    answer_in(&current, path, query, Some(log.covered_at()), fixed)
+    answer_in(&current, path, query, Some(log.covered_at()), fixed, req)
 }
 
 /// `GET /generations`.
@@ -104,12 +104,13 @@ fn generations(log: &Log) -> Response<Full<Bytes>> {
 /// Answers `path` from one generation of the log.
 /// `fixed`: what is served at this prefix never changes (its tiles may be
 /// cached for good).
-fn answer_in(
+fn answer_in<B>(
     log: &Generation,
     path: &str,
     query: &str,
     covered_at: Option<i64>,
     fixed: bool,
+    req: &Request<B>,
 ) -> Response<Full<Bytes>> {
     if !log.confirmed() && path != "/key" {
         return unconfirmed();
@@ -176,7 +177,10 @@ fn answer_in(
                 ),
             }
         }
-        _ if path.starts_with("/tile/") => tile(log, &path[1..], latest.size, fixed),
+        _ if path.starts_with("/tile/") => {
+            let known = req.headers().get(header::IF_NONE_MATCH);
+            tile(log, &path[1..], latest.size, fixed, known)
+        }
         _ if path.starts_with("/proof/") && path.ends_with(".tlog-proof") => {
             let id = &path["/proof/".len()..path.len() - ".tlog-proof".len()];
             let index = match log.index_of(id) {
@@ -240,14 +244,35 @@ fn answer_in(
 }
 
 /// A hash tile or entry bundle; 404 for a name the spec does not allow or
-/// a tile the latest checkpoint does not cover.
-fn tile(log: &Generation, path: &str, signed: u64, fixed: bool) -> Response<Full<Bytes>> {
+/// a tile the latest checkpoint does not cover. 304, read from nothing,
+/// for a client that has it (`If-None-Match` with its entity tag, or `*`).
+fn tile(
+    log: &Generation,
+    path: &str,
+    signed: u64,
+    fixed: bool,
+    known: Option<&HeaderValue>,
+) -> Response<Full<Bytes>> {
     let Some(t) = Tile::parse(path) else {
         return error(
             StatusCode::NOT_FOUND,
             "not a tlog-tiles path: tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]",
         );
     };
+    // A tile's bytes are fixed by its path and its generation (its
+    // origin and key: the key ID covers both), so a generation's key ID
+    // tags every tile of it: the same path at the root of a log that
+    // rolled is another generation's tile, with another tag. Weak: the
+    // bytes of a gzipped bundle may differ between versions of the proxy.
+    let etag = entity_tag(log);
+    let covered = t.needs_size().is_some_and(|needs| needs <= signed);
+    if covered && known.is_some_and(|k| none_match_has(k.as_bytes(), &etag)) {
+        let mut resp = respond(StatusCode::NOT_MODIFIED, "", Vec::new());
+        // (No representation's metadata: RFC 9110 §15.4.5.)
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        tile_fields(resp.headers_mut(), fixed, &etag);
+        return resp;
+    }
     let bytes = match log.tile(t) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
@@ -265,8 +290,19 @@ fn tile(log: &Generation, path: &str, signed: u64, fixed: bool) -> Response<Full
     };
     let mut resp = respond(StatusCode::OK, "application/octet-stream", body);
     let h = resp.headers_mut();
-    // A tile's content is fixed by its name, within one generation: at the
-    // root of a log that rolls, revalidated (a roll changes it).
+    tile_fields(h, fixed, &etag);
+    if gzipped {
+        // The spec allows gzip without negotiation for entry bundles.
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+/// A tile's validator and caching, on its 200 and its 304 alike (RFC 9110
+/// §15.4.5): a tile's content is fixed by its name, within one
+/// generation; at the root of a log that rolls it is revalidated (a roll
+/// changes it).
+fn tile_fields(h: &mut http::HeaderMap, fixed: bool, etag: &str) {
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(if fixed {
@@ -275,11 +311,28 @@ fn tile(log: &Generation, path: &str, signed: u64, fixed: bool) -> Response<Full
             "no-cache"
         }),
     );
-    if gzipped {
-        // The spec allows gzip without negotiation for entry bundles.
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
     }
-    resp
+}
+
+/// The weak entity tag of every tile of `log`'s generation: its key ID.
+fn entity_tag(log: &Generation) -> String {
+    format!(
+        "W/\"{}\"",
+        residency_core::hex::encode(&log.verifier().key_id())
+    )
+}
+
+/// Whether an `If-None-Match` list names `etag` (weak comparison, RFC 9110
+/// §8.8.3.2: `W/` ignored on both) or is `*`.
+fn none_match_has(list: &[u8], etag: &str) -> bool {
+    let opaque = |tag: &[u8]| -> Vec<u8> {
+        let tag = tag.trim_ascii();
+        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
+    };
+    let ours = opaque(etag.as_bytes());
+    list.trim_ascii() == b"*" || list.split(|b| *b == b',').any(|tag| opaque(tag) == ours)
 }
 
 fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {

@@ -1096,6 +1096,80 @@ async fn tlog_proofs_are_exported_served_and_checked_offline() {
     proxy.stop().await;
 }
 
+/// A tile carries a weak entity tag, its generation's key ID: a client
+/// that has it asks with `If-None-Match` (weakly compared, in a list, or
+/// `*`) and is answered 304 without a body or a content type, with the
+/// tag and the caching of the 200; a tile not yet covered is still a 404.
+/// After a roll the root's same path is the next generation's tile, with
+/// another tag, and a client holding the old one gets it whole; under
+/// `/generations/1/` the old tag still holds.
+#[tokio::test]
+async fn a_tile_the_client_has_is_answered_304_until_a_roll_changes_it() {
+    let proxy = with_log("max_records = 5").await;
+    let log = proxy.log_addr.unwrap();
+    let first_key = proxy.log_key();
+    for i in 0..3 {
+        let reply = proxy.client().upload_from(CH, &format!("upload {i}")).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    proxy.checkpoint_covers(&first_key, 3).await;
+    let path = "/tile/0/000.p/1";
+    let (status, headers, body) = plain_exchange(log, "GET", path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-cache", "a log that rolls");
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with("W/\"") && etag.ends_with('"'), "{etag}");
+    let strong = etag.trim_start_matches("W/").to_string();
+    let listed = format!("\"elsewhere\", {etag}");
+    for known in [etag.as_str(), &strong, &listed, "*"] {
+        let (status, h, body) =
+            plain_exchange_with(log, "GET", path, &[("if-none-match", known)]).await;
+        assert_eq!(status, 304, "{known}");
+        assert!(body.is_empty(), "{known}: {body}");
+        assert_eq!(h["etag"], etag.as_str());
+        assert_eq!(h["cache-control"], "no-cache");
+        assert!(h.get("content-type").is_none(), "{h:?}");
+    }
+    // An entry bundle's tag is its generation's too.
+    let (status, _, _) = plain_exchange_with(
+        log,
+        "GET",
+        "/tile/entries/000.p/3",
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(status, 304);
+    let (status, _, again) =
+        plain_exchange_with(log, "GET", path, &[("if-none-match", "\"elsewhere\"")]).await;
+    assert_eq!((status, again), (http::StatusCode::OK, body.clone()));
+    let (status, _, _) =
+        plain_exchange_with(log, "GET", "/tile/0/000.p/4", &[("if-none-match", "*")]).await;
+    assert_eq!(status, 404, "not covered yet");
+
+    // Rolled (5 records), and one in the next generation.
+    for i in 3..6 {
+        let reply = proxy.client().upload_from(CH, &format!("upload {i}")).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    let second_key = proxy.log_key();
+    assert_ne!(second_key, first_key);
+    proxy.checkpoint_covers(&second_key, 1).await;
+    let (status, h, now) = plain_exchange_with(log, "GET", path, &[("if-none-match", &etag)]).await;
+    assert_eq!(status, 200, "another generation's tile at the root");
+    assert_ne!(h["etag"], etag.as_str());
+    assert_ne!(now, body);
+    let (status, h, _) = plain_exchange_with(
+        log,
+        "GET",
+        &format!("/generations/1{path}"),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(status, 304);
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    proxy.stop().await;
+}
+
 /// `max_records` is a generation's size: at it the log seals its origin
 /// (a last checkpoint covers every record) and rolls to `<origin>/2`
 /// instead of refusing. Receipts name the origin of their generation;
