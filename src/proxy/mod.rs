@@ -488,11 +488,20 @@ fn admit<'a>(
             req.headers(),
         )
         .map_err(|why| {
-            tracing::info!(
-                request_id = id.to_str().unwrap_or_default(),
-                reason = ?why,
-                "tenant not recognised"
-            );
+            // The access line names the refusal. Why a token was refused
+            // is said at most once a minute (any client can cause it; an
+            // INFO line per refusal was one more line per request:
+            // observability audit, stop 67), each one at debug.
+            static SAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let request_id = id.to_str().unwrap_or_default();
+            match &why {
+                Unrecognized::Token(e) if crate::throttle::minute_passed(&SAID) => tracing::info!(
+                    request_id,
+                    error = %e,
+                    "a tenant token was refused (said at most once a minute; each at debug level)"
+                ),
+                _ => tracing::debug!(request_id, reason = ?why, "tenant not recognised"),
+            }
             match why {
                 Unrecognized::Token(_) => Failure::InvalidTenantToken,
                 Unrecognized::Conflict => Failure::TenantConflict,

@@ -927,9 +927,18 @@ impl Log {
     /// dropped while it waits still has its record written. A directory
     /// log that holds `max_records` rolls to its next generation first.
     pub async fn append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
+        self.try_append(record)
+            .await
+            .map_err(|e| self.failed(e, &record.request_id))
+    }
+
+    /// [`Log::append`], its failure neither counted nor said (the caller
+    /// does), but the log marked failing.
+    async fn try_append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         if bytes.len() > tiles::MAX_ENTRY {
-            return Err(self.failed(LogError::EntryTooLarge(bytes.len()), &record.request_id));
+            self.failing.store(true, Ordering::Relaxed);
+            return Err(LogError::EntryTooLarge(bytes.len()));
         }
         let leaf = merkle::leaf_hash(&bytes);
         let id = id_key(&record.request_id);
@@ -956,7 +965,10 @@ impl Log {
                     generation,
                 })
             }
-            Err(e) => Err(self.failed(e, &record.request_id)),
+            Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
+                Err(e)
+            }
         }
     }
 
@@ -1151,11 +1163,11 @@ impl Log {
         // checkpoint), and then go too — at shutdown as at any tick.
         if self.failing.load(Ordering::Relaxed) {
             let kept = self.refusals.drain_kept();
-            if !self.write_each(kept).await {
+            if !self.write_each(kept, true).await {
                 return;
             }
         }
-        self.write_each(self.refusals.drain()).await;
+        self.write_each(self.refusals.drain(), false).await;
     }
 
     /// Waits, `transparency.write_timeout` at most, for the records still
@@ -1186,10 +1198,20 @@ impl Log {
 
     /// Appends each summary; the first that fails is kept, with the rest,
     /// for the next attempt. Whether all were written.
-    async fn write_each(self: &Arc<Self>, summaries: Vec<Record<'static>>) -> bool {
+    /// `again`: they failed before, were counted and said then: a failure
+    /// now is neither (observability audit, stop 67: a summary the log
+    /// could not take was counted in `write_errors` and logged as an
+    /// error at every checkpoint tick, ~3,600 an hour with no upload).
+    async fn write_each(self: &Arc<Self>, summaries: Vec<Record<'static>>, again: bool) -> bool {
         let mut summaries = summaries.into_iter();
         while let Some(summary) = summaries.next() {
-            if self.append(&summary).await.is_ok() {
+            let written = match again {
+                false => self.append(&summary).await,
+                true => self.try_append(&summary).await.inspect_err(|e| {
+                    tracing::debug!(error = %e, "a summary of refusals still cannot be written");
+                }),
+            };
+            if written.is_ok() {
                 self.metrics.summary_records.inc();
             } else {
                 self.refusals.keep(summary);
@@ -1577,6 +1599,33 @@ mod tests {
         assert_eq!(summary.count, 5);
         // Writable again: a refusal is a record of its own.
         assert!(log.append_refusal(&refusal(6)).await.unwrap().is_ok());
+    }
+
+    /// A summary the log cannot take is counted and said once, when it
+    /// first fails, not again at each checkpoint tick that tries it again
+    /// (observability audit, stop 67: ~3,600 write errors and ERROR lines
+    /// an hour with no upload).
+    #[tokio::test]
+    async fn a_summary_tried_again_while_the_log_fails_is_counted_once() {
+        let (_dir, settings) = setup("summary-once");
+        let m = metrics();
+        let log = Log::open(&settings, m.clone()).unwrap();
+        // One the log cannot take: here, too large for an entry.
+        log.fold_refusal(&Record {
+            outcome: crate::record::Outcome::Refused,
+            reason: Some("x".repeat(tiles::MAX_ENTRY).into()),
+            upstream_status: None,
+            ..record(1)
+        });
+        log.write_summaries().await;
+        assert!(log.failing());
+        assert_eq!(m.write_errors.get(), 1, "counted when it first fails");
+        for _ in 0..3 {
+            log.write_summaries().await;
+        }
+        assert_eq!(m.write_errors.get(), 1, "tried again, not failed anew");
+        assert!(log.failing());
+        assert_eq!(log.take_unwritten_summaries().len(), 1, "still kept");
     }
 
     /// With the last append failed, one call writes the summaries kept from
