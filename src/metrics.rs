@@ -407,9 +407,7 @@ impl Metrics {
         registry.register(Box::new(geoip_age.clone()))?;
         let log = LogMetrics::register(&registry)?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(ProcessMetrics::new()?))?;
 
         Ok(Metrics {
             registry,
@@ -843,6 +841,129 @@ fn prune_by<T: prometheus::core::MetricVecBuilder>(
     }
 }
 
+/// The standard `process_*` metrics of Prometheus's clients, read from
+/// `/proc/self` at each scrape. The prometheus crate's own collector
+/// exports the CPU time in whole seconds (an `IntCounter`): `rate()` of a
+/// lightly loaded proxy read 0, then a spike (observability audit, stop
+/// 67). Here it is in seconds with the kernel's tick as resolution.
+#[cfg(target_os = "linux")]
+struct ProcessMetrics {
+    cpu: prometheus::Counter,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+    virtual_memory: IntGauge,
+    resident_memory: IntGauge,
+    start_time: prometheus::Gauge,
+    threads: IntGauge,
+    descs: Vec<prometheus::core::Desc>,
+    /// One scrape at a time: the CPU counter is raised by the difference.
+    scraping: std::sync::Mutex<()>,
+}
+
+#[cfg(target_os = "linux")]
+impl ProcessMetrics {
+    fn new() -> prometheus::Result<ProcessMetrics> {
+        use prometheus::core::Collector;
+        let cpu = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+        )?;
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
+        let start_time = prometheus::Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+        )?;
+        if let (Ok(boot), Ok(stat)) = (
+            procfs::boot_time_secs(),
+            procfs::process::Process::myself().and_then(|p| p.stat()),
+        ) {
+            start_time.set(boot as f64 + stat.starttime as f64 / procfs::ticks_per_second() as f64);
+        }
+        let mut m = ProcessMetrics {
+            cpu,
+            open_fds: gauge("process_open_fds", "Number of open file descriptors.")?,
+            max_fds: gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+            )?,
+            virtual_memory: gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            )?,
+            resident_memory: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            )?,
+            start_time,
+            threads: gauge("process_threads", "Number of OS threads in the process.")?,
+            descs: Vec::new(),
+            scraping: std::sync::Mutex::new(()),
+        };
+        let descs: Vec<prometheus::core::Desc> = [
+            m.cpu.desc(),
+            m.open_fds.desc(),
+            m.max_fds.desc(),
+            m.virtual_memory.desc(),
+            m.resident_memory.desc(),
+            m.start_time.desc(),
+            m.threads.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        m.descs = descs;
+        Ok(m)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Vec::new();
+        };
+        if let Ok(n) = me.fd_count() {
+            self.open_fds.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                self.max_fds.set(i64::try_from(max).unwrap_or(i64::MAX));
+            }
+        }
+        if let Ok(stat) = me.stat() {
+            self.virtual_memory
+                .set(i64::try_from(stat.vsize).unwrap_or(i64::MAX));
+            self.resident_memory.set(
+                i64::try_from(stat.rss.saturating_mul(procfs::page_size())).unwrap_or(i64::MAX),
+            );
+            let cpu = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+            let past = self.cpu.get();
+            if cpu > past {
+                self.cpu.inc_by(cpu - past);
+            }
+            self.threads.set(stat.num_threads);
+        }
+        [
+            self.cpu.collect(),
+            self.open_fds.collect(),
+            self.max_fds.collect(),
+            self.virtual_memory.collect(),
+            self.resident_memory.collect(),
+            self.start_time.collect(),
+            self.threads.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,5 +1041,45 @@ mod tests {
         assert_eq!(exported(&m), dropped, "counted once");
         drop(unstick);
         drop(guard);
+    }
+
+    /// `process_cpu_seconds_total` in seconds with the kernel tick's
+    /// resolution (the prometheus crate's collector truncated it to whole
+    /// seconds: 0 for a process under a second of CPU).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_cpu_time_is_not_whole_seconds() {
+        use prometheus::core::Collector;
+        let process = ProcessMetrics::new().unwrap();
+        // Some CPU of this process's own (well under a second in all).
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let families = process.collect();
+        let cpu = families
+            .iter()
+            .find(|f| f.name() == "process_cpu_seconds_total")
+            .unwrap();
+        let seconds = cpu.get_metric()[0].get_counter().get_value();
+        let stat = procfs::process::Process::myself().unwrap().stat().unwrap();
+        let kernel = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
+        assert!(seconds > 0.0, "{seconds}");
+        assert!(
+            (kernel - seconds).abs() <= 0.05,
+            "{seconds} against {kernel}"
+        );
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        for name in [
+            "process_open_fds",
+            "process_max_fds",
+            "process_virtual_memory_bytes",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(names.contains(&name), "{names:?}");
+        }
     }
 }
