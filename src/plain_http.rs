@@ -172,11 +172,23 @@ pub async fn serve_async<F, Fut>(
                     .as_ref()
                     .filter(|(rate, _, client)| !rate.admit(*client))
                     .map(|(_, limited, _)| limited.inc());
+                // A body left unread ends the connection after the 429
+                // (hyper reads at most a little of it): said so.
+                let closing = limited.is_some() && !hyper::body::Body::is_end_stream(req.body());
                 let answer = limited.is_none().then(|| answer(req));
                 async move {
                     match answer {
                         Some(answer) => answer.await,
-                        None => too_many_requests(),
+                        None => {
+                            let mut resp = too_many_requests();
+                            if closing {
+                                resp.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
+                            resp
+                        }
                     }
                 }
             };

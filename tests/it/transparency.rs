@@ -1749,6 +1749,31 @@ async fn a_client_reading_the_log_too_fast_is_answered_429() {
         (10..=10 + seconds + 1).contains(&answered),
         "{answered} answered in {seconds} s"
     );
+    // One with a body it does not read says it closes the connection
+    // (tried again should a second's token have come meanwhile).
+    let mut closing = None;
+    for _ in 0..3 {
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tokio::net::TcpStream::connect(log).await.unwrap();
+        tcp.write_all(b"POST /checkpoint HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(&[b'x'; 1000]).await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if head.starts_with("http/1.1 429") {
+            closing = Some(head);
+            break;
+        }
+    }
+    let closing = closing.expect("a 429");
+    assert!(closing.contains("\r\nconnection: close\r\n"), "{closing}");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(headers["content-type"], "application/json");
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -1603,11 +1603,18 @@ impl Core {
         let (mut rewritten, mut touched) = (0, Vec::new());
         for (tile, bytes) in files {
             let path = self.disk.path(tile);
+            if sync_all {
+                // And every directory up to the log's own: made by
+                // checkpoints without a sync, so a name in them may not be
+                // durable (verification, stop 67).
+                let mut dir = path.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(self.disk.dir())) {
+                    touched.push(d.to_path_buf());
+                    dir = d.parent();
+                }
+            }
             if self.disk.read(&path).ok().flatten().as_deref() == Some(&bytes[..]) {
                 if sync_all {
-                    if let Some(dir) = path.parent() {
-                        touched.push(dir.to_path_buf());
-                    }
                     touched.push(path);
                 }
                 continue;

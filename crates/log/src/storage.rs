@@ -379,18 +379,18 @@ impl Generation {
         let dir = generation_dir(settings, number);
         let origin = generation_origin(&settings.origin, number);
         let (signer, verifier) = directory::keys(settings, pkcs8, &origin)?;
-        let (latest, unrepaired) = match directory::sealed_checkpoint(&dir, &verifier, &origin)? {
-            Some(latest) => (Arc::new(latest), directory::unrepaired(&dir)),
+        let latest = match directory::sealed_checkpoint(&dir, &verifier, &origin)? {
+            Some(latest) => Arc::new(latest),
             None => {
                 let recovered = Generation::open(settings, number, shelf.metrics.clone())?;
                 recovered.seal();
                 if let Backend::Directory(d) = &recovered.backend {
                     d.repair_sealed();
                 }
-                (recovered.latest(), false)
+                recovered.latest()
             }
         };
-        let generation = Generation {
+        Ok(Generation {
             number,
             origin,
             backend: Backend::Sealed(Sealed {
@@ -400,15 +400,7 @@ impl Generation {
                 slot: Arc::new(Slot::default()),
                 shelf: shelf.clone(),
             }),
-        };
-        // Sealed by a roll whose repair a stop cut short: done now (a
-        // generation that cannot be opened is named when it is read).
-        if unrepaired {
-            if let Ok(Some(d)) = generation.directory() {
-                d.repair_sealed();
-            }
-        }
-        Ok(generation)
+        })
     }
 
     /// This generation, just rolled (its directory sealed), as a sealed
@@ -776,10 +768,21 @@ impl Log {
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
+        // Sealed by a roll whose repair a stop cut short: repaired once
+        // the log serves, as after a roll (at start, one after another,
+        // they held the listeners back ~3 s each on a slow disk:
+        // verification, stop 67).
+        let marked: Vec<_> = sealed
+            .iter()
+            .filter(|g| directory::unrepaired(&generation_dir(settings, g.number)))
+            .cloned()
+            .collect();
         let current = Arc::new(Generation::open(settings, last, metrics.clone())?);
-        Ok(Arc::new(Log::new(
-            current, sealed, shelf, settings, metrics,
-        )))
+        let log = Arc::new(Log::new(current, sealed, shelf, settings, metrics));
+        for generation in marked {
+            log.repair_later(generation);
+        }
+        Ok(log)
     }
 
     /// Opens the log where `settings` keep it: a directory (as
@@ -1068,30 +1071,40 @@ impl Log {
             self.current.store(Arc::new(next));
         }
         // The sealed generation's partial tiles, repaired once uploads go
-        // to the next (see `Directory::seal`), one generation at a time
-        // (rolls in quick succession left a directory open and a blocking
-        // thread per repair: concurrency audit, stop 67), its directory
-        // opened as a reader's would be.
+        // to the next (see `Directory::seal`).
+        self.repair_later(sealed);
+        Ok(())
+    }
+
+    /// Repairs `sealed`'s partial tiles (see `Directory::seal`) in a task
+    /// of its own, one generation at a time (rolls in quick succession
+    /// left a directory open and a blocking thread per repair: concurrency
+    /// audit, stop 67), its directory opened as a reader's would be.
+    /// Outside a Tokio runtime, now.
+    fn repair_later(&self, sealed: Arc<Generation>) {
+        let repair = move || {
+            // (One that cannot be opened is said so; its mark stays.)
+            if let Ok(Some(d)) = sealed.directory() {
+                d.repair_sealed();
+            }
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            repair();
+            return;
+        };
         #[cfg(test)]
         let mut held = self.repairs_held.subscribe();
         let (repairs, one) = (self.repairs_in_flight.clone(), self.repairing.clone());
         repairs.send_modify(|n| *n += 1);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _out = Out(&repairs);
             #[cfg(test)]
             let _ = held.wait_for(|held| !held).await;
             let Ok(_one) = one.acquire_owned().await else {
                 return;
             };
-            let _ = tokio::task::spawn_blocking(move || {
-                // (One that cannot be opened is said so; its mark stays.)
-                if let Ok(Some(d)) = sealed.directory() {
-                    d.repair_sealed();
-                }
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(repair).await;
         });
-        Ok(())
     }
 
     /// Appends a refusal's record if the refusal budget allows (`Some`);
@@ -1555,9 +1568,19 @@ mod tests {
         }
         std::fs::write(sealed.join("partials.unrepaired"), b"").unwrap();
         let log = Log::open(&settings, metrics()).unwrap();
+        // Once it serves, as after a roll.
+        log.settle_repairs().await;
         assert!(!directory::unrepaired(&sealed), "repaired at start");
         assert!(repaired());
         assert_eq!(log.current().number(), 2);
+        // The directories up to the log's own are synced too (checkpoints
+        // made them without a sync): one whose sync fails keeps the mark.
+        drop(log);
+        std::fs::write(sealed.join("partials.unrepaired"), b"").unwrap();
+        crate::disk::failing::once(&sealed.join("tile"));
+        let log = Log::open(&settings, metrics()).unwrap();
+        log.settle_repairs().await;
+        assert!(directory::unrepaired(&sealed), "a directory's sync failed");
     }
 
     /// Refusals while appends fail (not stalled: a full disk) are folded
