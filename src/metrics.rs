@@ -863,7 +863,6 @@ struct ProcessMetrics {
 #[cfg(target_os = "linux")]
 impl ProcessMetrics {
     fn new() -> prometheus::Result<ProcessMetrics> {
-        use prometheus::core::Collector;
         let cpu = prometheus::Counter::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
@@ -899,21 +898,21 @@ impl ProcessMetrics {
             descs: Vec::new(),
             scraping: std::sync::Mutex::new(()),
         };
-        let descs: Vec<prometheus::core::Desc> = [
-            m.cpu.desc(),
-            m.open_fds.desc(),
-            m.max_fds.desc(),
-            m.virtual_memory.desc(),
-            m.resident_memory.desc(),
-            m.start_time.desc(),
-            m.threads.desc(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+        let descs = m.parts().iter().flat_map(|c| c.desc()).cloned().collect();
         m.descs = descs;
         Ok(m)
+    }
+
+    fn parts(&self) -> [&dyn prometheus::core::Collector; 7] {
+        [
+            &self.cpu,
+            &self.open_fds,
+            &self.max_fds,
+            &self.virtual_memory,
+            &self.resident_memory,
+            &self.start_time,
+            &self.threads,
+        ]
     }
 }
 
@@ -949,18 +948,7 @@ impl prometheus::core::Collector for ProcessMetrics {
             }
             self.threads.set(stat.num_threads);
         }
-        [
-            self.cpu.collect(),
-            self.open_fds.collect(),
-            self.max_fds.collect(),
-            self.virtual_memory.collect(),
-            self.resident_memory.collect(),
-            self.start_time.collect(),
-            self.threads.collect(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        self.parts().iter().flat_map(|c| c.collect()).collect()
     }
 }
 

@@ -103,13 +103,6 @@ fn options_here(
     body: Incoming,
     hold: Option<&Hold>,
 ) -> Response<ProxyBody> {
-    tracing::info!(
-        target: "residency_proxy::access",
-        request_id = id.to_str().unwrap_or_default(),
-        method = "OPTIONS",
-        status = 200,
-        "answered here (Max-Forwards: 0, or OPTIONS *)"
-    );
     let refusal = RefusalBody::new(
         http_body_util::Full::new(bytes::Bytes::new()),
         Some(body),
@@ -157,15 +150,34 @@ pub fn handle(
         };
         if method == http::Method::OPTIONS && state.config.methods.allows(&method) && here(&req) {
             let resp = options_here(&state, &id, req.into_body(), conn.hold.as_ref());
-            // Answered by the proxy itself: counted with no jurisdiction.
+            // Answered by the proxy itself: counted with no jurisdiction,
+            // and its access line the same as any request's (a pipeline
+            // selecting `request` lines missed it: observability audit,
+            // stop 67).
+            let elapsed = started.elapsed();
             state.request_metrics.answered(
                 &instance.metrics,
                 &state.config.policy,
                 None,
                 None,
                 resp.status(),
-                started.elapsed().as_secs_f64(),
+                elapsed.as_secs_f64(),
                 0,
+            );
+            tracing::info!(
+                target: "residency_proxy::access",
+                request_id = id.to_str().unwrap_or_default(),
+                method = %method,
+                path = %path.as_deref().unwrap_or_default(),
+                client_source = NONE,
+                country = NONE,
+                jurisdiction = NONE,
+                datacenter = NONE,
+                status = resp.status().as_u16(),
+                reason = "",
+                bytes = 0u64,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
             );
             return Ok(resp);
         }
