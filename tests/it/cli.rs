@@ -1091,6 +1091,36 @@ async fn one_pinned_cpu_gets_the_current_thread_scheduler() {
     assert!(access.contains("method=POST"), "{access}");
 }
 
+/// An `OPTIONS` the proxy answers itself (`Max-Forwards: 0`) writes the
+/// same `request` access line as any request, with its path and duration
+/// (observability audit, stop 67: a message of its own, which a pipeline
+/// selecting `request` lines missed).
+#[tokio::test]
+async fn an_options_answered_here_writes_a_request_line() {
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start(
+        "options-line",
+        &datacenters_at(up.addr),
+        "[limits]\nmethods = [\"POST\", \"OPTIONS\"]\n[log]\nformat = \"json\"\n",
+    )
+    .await;
+    let reply = proxy
+        .client()
+        .send("OPTIONS", "/v1/telemetry", &[("max-forwards", "0")], "")
+        .await;
+    assert_eq!(reply.status, 200);
+    let id = reply.header("x-request-id").unwrap().to_string();
+    let log = proxy.log();
+    let line = line_with(&log, &id);
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["message"], "request", "{line}");
+    assert_eq!(line["method"], "OPTIONS", "{line}");
+    assert_eq!(line["path"], "/v1/telemetry", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["jurisdiction"], "none", "{line}");
+    assert!(line["duration_ms"].is_number(), "{line}");
+}
+
 /// The first line of `log` containing `needle` (the test fails without one).
 fn line_with<'a>(log: &'a str, needle: &str) -> &'a str {
     log.lines()
