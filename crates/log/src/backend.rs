@@ -99,7 +99,7 @@ impl LogMetrics {
                 "Records written per group commit (one fsync, or one PostgreSQL transaction).",
             )
             .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ]),
         )?;
         registry.register(Box::new(batch_records.clone()))?;
