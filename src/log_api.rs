@@ -327,10 +327,10 @@ fn entity_tag(log: &Generation) -> String {
 /// Whether an `If-None-Match` list names `etag` (weak comparison, RFC 9110
 /// §8.8.3.2: `W/` ignored on both) or is `*`.
 fn none_match_has(list: &[u8], etag: &str) -> bool {
-    let opaque = |tag: &[u8]| -> Vec<u8> {
+    fn opaque(tag: &[u8]) -> &[u8] {
         let tag = tag.trim_ascii();
-        tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
-    };
+        tag.strip_prefix(b"W/").unwrap_or(tag)
+    }
     let ours = opaque(etag.as_bytes());
     list.trim_ascii() == b"*" || list.split(|b| *b == b',').any(|tag| opaque(tag) == ours)
 }

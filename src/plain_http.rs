@@ -174,21 +174,12 @@ pub async fn serve_async<F, Fut>(
                     .map(|(_, limited, _)| limited.inc());
                 // A body left unread ends the connection after the 429
                 // (hyper reads at most a little of it): said so.
-                let closing = limited.is_some() && !hyper::body::Body::is_end_stream(req.body());
+                let closing = !hyper::body::Body::is_end_stream(req.body());
                 let answer = limited.is_none().then(|| answer(req));
                 async move {
                     match answer {
                         Some(answer) => answer.await,
-                        None => {
-                            let mut resp = too_many_requests();
-                            if closing {
-                                resp.headers_mut().insert(
-                                    http::header::CONNECTION,
-                                    http::HeaderValue::from_static("close"),
-                                );
-                            }
-                            resp
-                        }
+                        None => too_many_requests(closing),
                     }
                 }
             };
@@ -213,17 +204,25 @@ pub async fn serve_async<F, Fut>(
 }
 
 /// 429 for a client past `transparency.requests_per_second_per_client`
-/// (only the log listener has a rate), with `Retry-After`.
-fn too_many_requests() -> Response<Full<Bytes>> {
+/// (only the log listener has a rate), with `Retry-After`, and
+/// `Connection: close` when `closing`.
+fn too_many_requests(closing: bool) -> Response<Full<Bytes>> {
     let mut resp = crate::log_api::respond(
         http::StatusCode::TOO_MANY_REQUESTS,
         "application/json",
         br#"{"error":"too many requests from this client address (transparency.requests_per_second_per_client): retry after a second"}"#.to_vec(),
     );
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),
     );
+    if closing {
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     resp
 }
 

@@ -164,20 +164,15 @@ pub fn handle(
                 elapsed.as_secs_f64(),
                 0,
             );
-            tracing::info!(
-                target: "residency_proxy::access",
-                request_id = id.to_str().unwrap_or_default(),
-                method = %method,
-                path = %path.as_deref().unwrap_or_default(),
-                client_source = NONE,
-                country = NONE,
-                jurisdiction = NONE,
-                datacenter = NONE,
-                status = resp.status().as_u16(),
-                reason = "",
-                bytes = 0u64,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
+            access_line(
+                &id,
+                &method,
+                path.as_deref(),
+                &findings,
+                [None, None],
+                resp.status(),
+                0,
+                elapsed,
             );
             return Ok(resp);
         }
@@ -290,24 +285,49 @@ pub fn handle(
             elapsed.as_secs_f64(),
             bytes,
         );
-        let j_label = jurisdiction.unwrap_or(NONE);
-        tracing::info!(
-            target: "residency_proxy::access",
-            request_id = id.to_str().unwrap_or_default(),
-            method = %method,
-            path = %path.as_deref().unwrap_or_default(),
-            client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
-            country = findings.country.as_ref().map_or(NONE, Country::as_str),
-            jurisdiction = j_label,
-            datacenter = datacenter.unwrap_or(NONE),
-            status = status.as_u16(),
-            reason = findings.reason.unwrap_or(""),
+        access_line(
+            &id,
+            &method,
+            path.as_deref(),
+            &findings,
+            [jurisdiction, datacenter],
+            status,
             bytes,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
+            elapsed,
         );
         Ok(resp)
     }
+}
+
+/// A request's access line (`residency_proxy::access`, "request"), the
+/// same fields for every request; `[jurisdiction, datacenter]` by name.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn access_line(
+    id: &HeaderValue,
+    method: &http::Method,
+    path: Option<&str>,
+    findings: &Findings,
+    [jurisdiction, datacenter]: [Option<&str>; 2],
+    status: http::StatusCode,
+    bytes: u64,
+    elapsed: std::time::Duration,
+) {
+    tracing::info!(
+        target: "residency_proxy::access",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %method,
+        path = %path.unwrap_or_default(),
+        client_source = findings.source.map(AddressSource::as_str).unwrap_or(NONE),
+        country = findings.country.as_ref().map_or(NONE, Country::as_str),
+        jurisdiction = jurisdiction.unwrap_or(NONE),
+        datacenter = datacenter.unwrap_or(NONE),
+        status = status.as_u16(),
+        reason = findings.reason.unwrap_or(""),
+        bytes,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
 }
 
 /// The client's response for what the decision and forwarding produced, after

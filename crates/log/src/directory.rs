@@ -640,7 +640,7 @@ impl Directory {
         // the partials of every checkpoint it produced. The log serves
         // partials from memory; these are for static file servers.
         if size > 0 {
-            core.repair(&checkpointed);
+            core.repair(&checkpointed, unrepaired(&dir));
         }
         // And those of the tiles filled last, in case the process stopped
         // between a checkpoint and their removal.
@@ -822,7 +822,7 @@ impl Directory {
     pub fn repair_sealed(&self) {
         if unrepaired(self.core.disk.dir()) {
             let edge = lock(&self.core.state).edge.clone();
-            self.core.repair(&edge);
+            self.core.repair(&edge, true);
         }
     }
 
@@ -1644,10 +1644,9 @@ impl Core {
     }
 
     /// [`Core::restore_partials`]; for a sealed generation whose repair it
-    /// is ([`UNREPAIRED`]), every file synced, and the mark removed once
-    /// all of it is durable.
-    fn repair(&self, edge: &Edge) {
-        let marked = unrepaired(self.disk.dir());
+    /// is (`marked`: [`UNREPAIRED`] is there), every file synced, and the
+    /// mark removed once all of it is durable.
+    fn repair(&self, edge: &Edge, marked: bool) {
         if !self.restore_partials(edge, marked) || !marked {
             return;
         }

@@ -935,12 +935,11 @@ impl Log {
             .map_err(|e| self.failed(e, &record.request_id))
     }
 
-    /// [`Log::append`], its failure neither counted nor said (the caller
-    /// does), but the log marked failing.
+    /// [`Log::append`] without what a failure does (counted, said, the log
+    /// marked failing): the caller's.
     async fn try_append(self: &Arc<Self>, record: &Record<'_>) -> Result<Appended, LogError> {
         let bytes = record.to_bytes();
         if bytes.len() > tiles::MAX_ENTRY {
-            self.failing.store(true, Ordering::Relaxed);
             return Err(LogError::EntryTooLarge(bytes.len()));
         }
         let leaf = merkle::leaf_hash(&bytes);
@@ -968,10 +967,7 @@ impl Log {
                     generation,
                 })
             }
-            Err(e) => {
-                self.failing.store(true, Ordering::Relaxed);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -1221,6 +1217,7 @@ impl Log {
             let written = match again {
                 false => self.append(&summary).await,
                 true => self.try_append(&summary).await.inspect_err(|e| {
+                    self.failing.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "a summary of refusals still cannot be written");
                 }),
             };
