@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod drill;
+mod log_text;
 pub mod workdir;
 
 use std::future::Future;
@@ -1345,7 +1346,12 @@ where
             .finish()
             .with(rustls_cap(quiet))
             .try_init(),
-        LogFormat::Text => builder.finish().with(rustls_cap(quiet)).try_init(),
+        // Escaped: a value a client chose cannot forge a line.
+        LogFormat::Text => builder
+            .fmt_fields(log_text::fields())
+            .finish()
+            .with(rustls_cap(quiet))
+            .try_init(),
     };
 }
 

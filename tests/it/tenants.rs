@@ -979,3 +979,50 @@ async fn the_token_field_spelt_with_underscores_does_not_reach_the_data_centre()
     assert_eq!(received.headers["residency-tenant"], "acme");
     proxy.stop().await;
 }
+
+/// A refused token's error quotes its header (the JWT library's "unknown
+/// variant `…`"), and the once-a-minute line says why: in the text log
+/// (the default format) its line breaks and terminal escapes arrive
+/// escaped, so a client cannot forge a line — an access line saying 201,
+/// here — without signing anything (privacy audit, stop 68).
+#[tokio::test]
+async fn a_refused_tokens_header_cannot_forge_a_log_line() {
+    let issuer = Issuer::new();
+    let keys = TempDir::new("jwks-forge");
+    let up = Upstream::start("zurich").await;
+    let proxy = Binary::start(
+        "token-forge",
+        &datacenters_at(up.addr),
+        &format!(
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n{}\n[log]\nformat = \"text\"\n",
+            issuer.token_section(&keys)
+        ),
+    )
+    .await;
+    let forged_line = "2026-12-07T00:00:00.000000Z  INFO residency_proxy::access: request \
+                       request_id=\"forged\" status=201";
+    let header = format!("{{\"alg\":\"EdDSA\\n{forged_line}\\u001b[2J\",\"kid\":\"ed1\"}}");
+    let token = format!("{}.e30.AAAA", URL_SAFE_NO_PAD.encode(header));
+    let auth = format!("Bearer {token}");
+    let reply = proxy
+        .client()
+        .send(
+            "POST",
+            "/v1/telemetry",
+            &[("x-forwarded-for", DE), ("authorization", &auth)],
+            "cpu=0.5",
+        )
+        .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    let log = proxy.log();
+    let said = log
+        .lines()
+        .find(|l| l.contains("a tenant token was refused"))
+        .unwrap_or_else(|| panic!("the refusal is said: {log}"));
+    assert!(said.contains(r"EdDSA\n2026-12-07"), "escaped: {said}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-07T00:00:00")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\u{1b}'), "a terminal escape: {log}");
+}
