@@ -252,6 +252,7 @@ fn replica() {
         requests_burst_per_client: 1,
         refusal_records_burst: 1000,
         tls: Vec::new(),
+        secret_files: Vec::new(),
     };
     let is_postgres = settings.postgres.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -80,6 +80,7 @@ fn main() {
         requests_burst_per_client: 1,
         refusal_records_burst: 1000,
         tls: Vec::new(),
+        secret_files: Vec::new(),
     };
     if open_only {
         let before = rss_kib();

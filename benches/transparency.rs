@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         requests_burst_per_client: 1,
         refusal_records_burst: 1000,
         tls: Vec::new(),
+        secret_files: Vec::new(),
     };
     let log = Log::open(&settings, Metrics::new().unwrap().log).unwrap();
     let signer = Signer::from_pkcs8("bench.example/log", &pkcs8).unwrap();

@@ -1759,6 +1759,96 @@ impl Config {
     }
 }
 
+/// What loads but may not be meant, in the parts a reload applies:
+/// certificates clients refuse, a `trusted_proxies` network so wide it
+/// holds clients (any of them could then name its own address, and so its
+/// jurisdiction), tenants' names published in the log (`recording`: a log
+/// is on) by default, rules that never match, private keys every user can
+/// read, overrides that move much of the Internet. `serve` logs them at
+/// start and at each reload taken (a reload that dropped `tenancy.record`
+/// published names without a word: privacy audit, stop 68), `check-config`
+/// prints them.
+pub fn live_warnings(config: &Config, recording: bool) -> Vec<String> {
+    let mut warnings = certificate_warnings(config);
+    let tenancy = &config.tenancy;
+    if recording && tenancy.record_by_default && !tenancy.record_names.is_empty() {
+        warnings.push(
+            "tenancy.record: not set, so every record names its tenant in clear, and the transparency log is public: anyone who can read it (GET /entries/0, /entries/1, …) lists your tenants and when and how much each uploads; set record = \"hmac\" with record_hmac_key, or record = \"name\" to publish the names knowingly".to_string(),
+        );
+    }
+    // Wider than this: much of the Internet.
+    let wide = |net: &ipnet::IpNet| match net {
+        ipnet::IpNet::V4(n) => n.prefix_len() < 8,
+        ipnet::IpNet::V6(n) => n.prefix_len() < 16,
+    };
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, net) in listener.trusted_proxies.networks().iter().enumerate() {
+            if wide(net) {
+                warnings.push(format!(
+                    "listeners[{i}].trusted_proxies[{j}]: {net} covers much of the Internet: every client in it may name its own address with X-Forwarded-For or PROXY, and so choose its jurisdiction; list the load balancers' addresses only"
+                ));
+            }
+        }
+    }
+    // Rules that can never match: no listener asks for a certificate.
+    if config.tenancy.tenants.by_certificate()
+        && config.listeners.iter().all(|l| l.client_ca.is_none())
+    {
+        warnings.push(
+            "tenants: some are recognised by client certificate (client_cert), but no listener asks clients for one (listeners.tls.client_ca): those rules never match".to_string(),
+        );
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        for (j, c) in listener.certificates.iter().enumerate() {
+            let key = format!("listeners[{i}].tls.certificates[{j}].key");
+            warnings.extend(exposed_file(&key, &c.key, false));
+        }
+    }
+    if let Some(path) = &config.tenancy.record_hmac_key_file {
+        warnings.extend(exposed_file("tenancy.record_hmac_key", path, false));
+    }
+    for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
+        if wide(net) {
+            // An IPv6 network holds IPv6 clients only (and those carrying
+            // an IPv4 address, unless an IPv4 override fixes more of it).
+            let clients = if net.addr().is_ipv6() {
+                "every IPv6 client in it"
+            } else {
+                "every client in it"
+            };
+            warnings.push(format!(
+                "geoip.overrides[{i}]: {net} covers much of the Internet: {clients} is placed in {country} whatever the GeoIP database says, and its uploads go where {country}'s may; list your own networks only"
+            ));
+        }
+    }
+    warnings
+}
+
+/// A private key any user on the machine can read, or a log directory any
+/// user can write (config audit, stop 63: loaded without a word, where
+/// `keygen` writes 0600 and the log makes its directory 0700).
+#[cfg(unix)]
+pub fn exposed_file(key: &str, path: &std::path::Path, directory: bool) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    match directory {
+        false if mode & 0o004 != 0 => Some(format!(
+            "{key}: {} is readable by every user on this machine (mode {mode:o}): chmod 600 (or 640 for the proxy's group)",
+            path.display()
+        )),
+        true if mode & 0o002 != 0 => Some(format!(
+            "{key}: {} is writable by every user on this machine (mode {mode:o}): anyone could alter or remove the log; chmod 700",
+            path.display()
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(not(unix))]
+pub fn exposed_file(_: &str, _: &std::path::Path, _: bool) -> Option<String> {
+    None
+}
+
 /// What makes the certificates of `config` fail at clients' handshakes
 /// though they load: expired or not yet valid, expiring within 14 days, a
 /// CA's as a server's, a client CA expired or CRLs that refuse everyone.

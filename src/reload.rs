@@ -47,9 +47,11 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
                 .set(i64::from(*restart_pending));
             tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
             state.config.tenancy.log_warnings();
-            // A certificate swapped for one that expired loads, and every
-            // handshake then fails (TLS audit, stop 64: only "reloaded").
-            for warning in crate::config::certificate_warnings(&state.config) {
+            // What the reload made live that may not be meant, as at
+            // start: a certificate swapped for one that expired (every
+            // handshake then fails: TLS audit, stop 64), tenant names the
+            // log now publishes (privacy audit, stop 68), ….
+            for warning in crate::config::live_warnings(&state.config, instance.log.is_some()) {
                 tracing::warn!("{warning}");
             }
         }

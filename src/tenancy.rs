@@ -91,6 +91,9 @@ pub struct Tenancy {
     pub metrics_by_tenant: bool,
     /// Files to watch for reload (the tenants file, the JWKS).
     pub files: Vec<PathBuf>,
+    /// `record_hmac_key`'s file (for the warning about files every user
+    /// can read).
+    pub record_hmac_key_file: Option<PathBuf>,
 }
 
 /// Why a token did not recognise a tenant (logged; the client gets 401
@@ -488,6 +491,7 @@ impl Tenancy {
             record_by_default: raw.record.is_none(),
             metrics_by_tenant: raw.metrics_by_tenant.unwrap_or(false),
             files,
+            record_hmac_key_file: raw.record_hmac_key.as_deref().map(|p| base.join(p)),
         })
     }
 }

@@ -543,25 +543,13 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
     (with(".key"), with(".pub"))
 }
 
-/// The listeners' certificates that expired, or expire within 14 days
-/// (clients refuse an expired one at the handshake): `check-config` warns,
-/// `serve` logs it at start.
 /// What loads but may not be meant, as `check-config` prints it and
-/// `serve` logs it at start: certificates clients refuse, a
-/// `trusted_proxies` network so wide it holds clients (any of them could
-/// then name its own address, and so its jurisdiction), and tenants' names
-/// published in the log by default.
+/// `serve` logs it at start: what a reload would also say
+/// ([`crate::config::live_warnings`]), and of `[transparency]`, which a
+/// restart applies: no log, an acknowledgement without a record, a
+/// cleartext database connection, secret files every user can read.
 fn start_warnings(config: &Config) -> Vec<String> {
-    let mut warnings = crate::config::certificate_warnings(config);
-    let tenancy = &config.tenancy;
-    if config.transparency.is_some()
-        && tenancy.record_by_default
-        && !tenancy.record_names.is_empty()
-    {
-        warnings.push(
-            "tenancy.record: not set, so every record names its tenant in clear, and the transparency log is public: anyone who can read it (GET /entries/0, /entries/1, …) lists your tenants and when and how much each uploads; set record = \"hmac\" with record_hmac_key, or record = \"name\" to publish the names knowingly".to_string(),
-        );
-    }
+    let mut warnings = crate::config::live_warnings(config, config.transparency.is_some());
     match &config.transparency {
         None => warnings.push(
             "transparency: not configured, so no upload or refusal is recorded and no receipt is given: where an upload went cannot be proven to anyone; configure [transparency] (origin, signing_key) to record them".to_string(),
@@ -571,85 +559,22 @@ fn start_warnings(config: &Config) -> Vec<String> {
         ),
         Some(_) => {}
     }
-    // Wider than this: much of the Internet.
-    let wide = |net: &ipnet::IpNet| match net {
-        ipnet::IpNet::V4(n) => n.prefix_len() < 8,
-        ipnet::IpNet::V6(n) => n.prefix_len() < 16,
-    };
-    for (i, listener) in config.listeners.iter().enumerate() {
-        for (j, net) in listener.trusted_proxies.networks().iter().enumerate() {
-            if wide(net) {
-                warnings.push(format!(
-                    "listeners[{i}].trusted_proxies[{j}]: {net} covers much of the Internet: every client in it may name its own address with X-Forwarded-For or PROXY, and so choose its jurisdiction; list the load balancers' addresses only"
-                ));
-            }
-        }
-    }
-    // Rules that can never match: no listener asks for a certificate.
-    if config.tenancy.tenants.by_certificate()
-        && config.listeners.iter().all(|l| l.client_ca.is_none())
-    {
-        warnings.push(
-            "tenants: some are recognised by client certificate (client_cert), but no listener asks clients for one (listeners.tls.client_ca): those rules never match".to_string(),
-        );
-    }
     if let Some(t) = &config.transparency {
         warnings.extend(t.cleartext_warning());
-        warnings.extend(exposed_file(
-            "transparency.signing_key",
-            &t.signing_key,
-            false,
-        ));
+        let exposed = crate::config::exposed_file;
+        warnings.extend(exposed("transparency.signing_key", &t.signing_key, false));
+        for (i, c) in t.tls.iter().enumerate() {
+            let key = format!("transparency.tls.certificates[{i}].key");
+            warnings.extend(exposed(&key, &c.key, false));
+        }
+        for (key, path) in &t.secret_files {
+            warnings.extend(exposed(key, path, false));
+        }
         if t.postgres.is_none() {
-            warnings.extend(exposed_file("transparency.directory", &t.directory, true));
-        }
-    }
-    for (i, listener) in config.listeners.iter().enumerate() {
-        for (j, c) in listener.certificates.iter().enumerate() {
-            let key = format!("listeners[{i}].tls.certificates[{j}].key");
-            warnings.extend(exposed_file(&key, &c.key, false));
-        }
-    }
-    for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
-        if wide(net) {
-            // An IPv6 network holds IPv6 clients only (and those carrying
-            // an IPv4 address, unless an IPv4 override fixes more of it).
-            let clients = if net.addr().is_ipv6() {
-                "every IPv6 client in it"
-            } else {
-                "every client in it"
-            };
-            warnings.push(format!(
-                "geoip.overrides[{i}]: {net} covers much of the Internet: {clients} is placed in {country} whatever the GeoIP database says, and its uploads go where {country}'s may; list your own networks only"
-            ));
+            warnings.extend(exposed("transparency.directory", &t.directory, true));
         }
     }
     warnings
-}
-
-/// A private key any user on the machine can read, or a log directory any
-/// user can write (config audit, stop 63: loaded without a word, where
-/// `keygen` writes 0600 and the log makes its directory 0700).
-#[cfg(unix)]
-fn exposed_file(key: &str, path: &std::path::Path, directory: bool) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    match directory {
-        false if mode & 0o004 != 0 => Some(format!(
-            "{key}: {} is readable by every user on this machine (mode {mode:o}): chmod 600 (or 640 for the proxy's group)",
-            path.display()
-        )),
-        true if mode & 0o002 != 0 => Some(format!(
-            "{key}: {} is writable by every user on this machine (mode {mode:o}): anyone could alter or remove the log; chmod 700",
-            path.display()
-        )),
-        _ => None,
-    }
-}
-
-#[cfg(not(unix))]
-fn exposed_file(_: &str, _: &std::path::Path, _: bool) -> Option<String> {
-    None
 }
 
 fn check_config(path: PathBuf, offline: bool) -> ExitCode {

@@ -321,11 +321,19 @@ fn check_config_warns_of_exposed_keys_and_a_cleartext_database() {
             .unwrap();
     };
     std::fs::create_dir_all(dir.path().join("log")).unwrap();
+    std::fs::write(dir.path().join("client.key"), [7u8; 32]).unwrap();
+    std::fs::copy(dir.path().join("a.key"), dir.path().join("t.key")).unwrap();
     mode("a.key", 0o644);
     mode("log.key", 0o604);
     mode("log", 0o777);
+    // The secrets the log's section names but keeps only what it read
+    // from, and the log listener's key (privacy audit, stop 68: no word).
+    mode("client.key", 0o644);
+    mode("t.key", 0o644);
     let log = format!(
-        "[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n"
+        "[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n\
+         address = \"127.0.0.1:1\"\nclient_address = \"hmac\"\nclient_hmac_key = \"client.key\"\n\
+         [transparency.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"t.key\" }}]\n"
     );
     std::fs::write(&config, format!("{base}\n{log}")).unwrap();
     let out = run(&["check-config", "--config", path(&config)], &[]);
@@ -337,12 +345,16 @@ fn check_config_warns_of_exposed_keys_and_a_cleartext_database() {
         "warning: transparency.signing_key: ",
         "warning: transparency.directory: ",
         "is writable by every user on this machine (mode 777)",
+        "warning: transparency.client_hmac_key: ",
+        "warning: transparency.tls.certificates[0].key: ",
     ] {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
     mode("a.key", 0o600);
     mode("log.key", 0o640);
     mode("log", 0o700);
+    mode("client.key", 0o600);
+    mode("t.key", 0o600);
     let out = run(&["check-config", "--config", path(&config)], &[]);
     assert!(
         warnings(&text(&out.stdout)).is_empty(),
@@ -2258,4 +2270,55 @@ fn loadtest_input_that_cannot_be_read_exits_2_naming_its_flag() {
         stderr.contains(&format!("--ca {}: ", missing.display())),
         "{stderr}"
     );
+}
+
+/// A reload that leaves `tenancy.record` unset — the tenants' names then go
+/// into the public log in clear from the next record — is warned of as the
+/// start is (privacy audit, stop 68: it logged only "reloaded"); and a
+/// `record_hmac_key` every user can read is warned of (undoing the
+/// pseudonyms takes only that file).
+#[tokio::test]
+async fn a_reload_that_publishes_tenant_names_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let up = Upstream::start("zurich").await;
+    let keys = TempDir::new("record-reload");
+    log_key(keys.path());
+    let hmac = keys.path().join("record.key");
+    std::fs::write(&hmac, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&hmac, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let record = format!("record = \"hmac\"\nrecord_hmac_key = \"{}\"\n", path(&hmac));
+    let extra = format!(
+        "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nsni = [\"acme.test\"]\n\
+         [tenancy]\n{record}\
+         [transparency]\ndirectory = \"{}\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"{}\"\n",
+        path(&keys.path().join("log")),
+        path(&keys.path().join("log.key")),
+    );
+    let mut proxy = Binary::start("record-reload", &datacenters_at(up.addr), &extra).await;
+    let log = proxy.log();
+    let line = line_with(&log, "tenancy.record_hmac_key: ");
+    assert!(
+        line.contains("WARN") && line.contains("readable by every user"),
+        "{log}"
+    );
+    assert!(!log.contains("tenancy.record: not set"), "{log}");
+    let config = proxy.dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(text.matches(&record).count(), 1);
+    std::fs::write(&config, text.replace(&record, "")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the reload is logged", async || {
+        proxy.log().contains(" reloaded")
+    })
+    .await;
+    let log = proxy.log();
+    let line = line_with(&log, "tenancy.record: not set");
+    assert!(line.contains("WARN"), "{log}");
+    let _ = proxy
+        .terminate(std::time::Duration::from_secs(10), "stops")
+        .await;
 }

@@ -2561,6 +2561,7 @@ pub(crate) mod tests {
             requests_burst_per_client: 1,
             refusal_records_burst: 1000,
             tls: Vec::new(),
+            secret_files: Vec::new(),
         };
         (Dir(dir), settings)
     }

@@ -154,6 +154,10 @@ pub struct Transparency {
     /// certificates (chosen by SNI, the first the default); empty: plain
     /// HTTP/1.1.
     pub tls: Vec<CertPair>,
+    /// The secret files the section names but keeps only what it read from
+    /// (`client_hmac_key`, `postgres.password_file`), by key: for the
+    /// start's warning about files every user can read.
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 /// Where the log keeps its records and tiles.
@@ -543,6 +547,21 @@ pub fn transparency(
         |n| *n <= 1_000_000,
     );
     let tls = log_tls(raw.tls.as_ref(), address.is_some(), base, r);
+    let secret_files = [
+        (
+            "transparency.client_hmac_key",
+            raw.client_hmac_key.as_deref(),
+        ),
+        (
+            "transparency.postgres.password_file",
+            raw.postgres
+                .as_ref()
+                .and_then(|p| p.password_file.as_deref()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, file)| Some((key.to_string(), base.join(file?))))
+    .collect();
     Some(Transparency {
         directory: directory?,
         postgres: postgres?,
@@ -566,6 +585,7 @@ pub fn transparency(
         refusal_records_per_second,
         refusal_records_burst,
         tls: tls?,
+        secret_files,
     })
 }
 
