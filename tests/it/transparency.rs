@@ -1893,3 +1893,35 @@ fn line_value(status: &str, key: &str) -> usize {
         .parse()
         .unwrap()
 }
+
+/// A proof's size, index, `from` or `to` that is not an integer is a 400
+/// naming it; it was read as absent — the latest size — and answered 200
+/// (privacy audit, stop 68). Absent, the latest size is still the default.
+#[tokio::test]
+async fn a_proof_parameter_that_is_not_a_number_is_a_400() {
+    let proxy = with_log("").await;
+    let key = proxy.log_key();
+    for i in 0..3 {
+        proxy.client().upload_from(CH, &format!("u{i}")).await;
+    }
+    proxy.checkpoint_covers(&key, 3).await;
+    for (path, name) in [
+        ("/proof/inclusion?index=1&size=abc", "size"),
+        ("/proof/inclusion?index=x&size=3", "index"),
+        ("/proof/inclusion?index=1&size=", "size"),
+        ("/proof/consistency?from=1&to=abc", "to"),
+        ("/proof/consistency?from=-1&to=3", "from"),
+    ] {
+        let (status, body) = proxy.log_get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body.contains(&format!("{name}: not a non-negative integer")),
+            "{path}: {body}"
+        );
+    }
+    for path in ["/proof/inclusion?index=1", "/proof/consistency?from=1"] {
+        let (status, body) = proxy.log_get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    proxy.stop().await;
+}
