@@ -129,7 +129,7 @@ fn answer_in<B>(
         "/proof/inclusion" => {
             let (index, size) = match (param(query, "index"), param(query, "size")) {
                 (Ok(Some(index)), Ok(size)) => (index, size.unwrap_or(latest.size)),
-                (Err(bad), _) | (_, Err(bad)) => return bad,
+                (Err(bad), _) | (_, Err(bad)) => return error(StatusCode::BAD_REQUEST, &bad),
                 (Ok(None), _) => return error(StatusCode::BAD_REQUEST, "index=N is required"),
             };
             let latest = match log.signed_for(size) {
@@ -156,7 +156,7 @@ fn answer_in<B>(
         "/proof/consistency" => {
             let (from, to) = match (param(query, "from"), param(query, "to")) {
                 (Ok(Some(from)), Ok(to)) => (from, to.unwrap_or(latest.size)),
-                (Err(bad), _) | (_, Err(bad)) => return bad,
+                (Err(bad), _) | (_, Err(bad)) => return error(StatusCode::BAD_REQUEST, &bad),
                 (Ok(None), _) => return error(StatusCode::BAD_REQUEST, "from=A is required"),
             };
             let latest = match log.signed_for(to) {
@@ -357,7 +357,7 @@ fn hexes(path: &[Hash]) -> Vec<String> {
 /// `name=value` from a query string, as an integer; `None` without it, a
 /// 400 naming it when its value is not one (it was read as absent: the
 /// latest size, a 200 for `size=abc`: privacy audit, stop 68).
-fn param(query: &str, name: &str) -> Result<Option<u64>, Response<Full<Bytes>>> {
+fn param(query: &str, name: &str) -> Result<Option<u64>, String> {
     let Some((_, value)) = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -365,12 +365,10 @@ fn param(query: &str, name: &str) -> Result<Option<u64>, Response<Full<Bytes>>> 
     else {
         return Ok(None);
     };
-    value.parse().map(Some).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            &format!("{name}: not a non-negative integer"),
-        )
-    })
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{name}: not a non-negative integer"))
 }
 
 fn text(body: String) -> Response<Full<Bytes>> {

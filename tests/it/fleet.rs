@@ -1585,6 +1585,122 @@ async fn a_follower_that_cannot_catch_up_answers_503_not_404() {
     drop((integrator, follower, pg));
 }
 
+/// A follower whose link to the database stalls while its own tick holds
+/// its session — the tick waits on the database, up to `timeout` — does
+/// not tell a reader 404 for a checkpoint another replica signed in the
+/// meantime: it could not read the stored one, so 503 with `Retry-After`;
+/// once the link moves again, the proof (PostgreSQL chaos audit, stop 68:
+/// the read gave up waiting for the session after 100 ms and answered
+/// from the checkpoint it had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_tick_waits_on_a_stalled_database_answers_503_not_404() {
+    let keep = TempDir::new("fleet-stalled");
+    let key = log_key(keep.path());
+    let pg = postgres("stalled", &["stalled"]).await;
+    let upstream = Upstream::start("zurich").await;
+    let dcs = datacenters_at(upstream.addr);
+    let ports = [free_port(), free_port()];
+    let section = fleet_section(keep.path(), &pg, "stalled", ports[0], "10ms");
+    let integrator = Binary::start("fleet-stalled-0", &dcs, &section).await;
+    eventually("replica 0 integrates", async || {
+        admin_metric(integrator.admin, "residency_log_integrator").await == Some(1.0)
+    })
+    .await;
+    let (relay, stalled) = stalling_relay(([127, 0, 0, 1], pg.port()).into());
+    let section = fleet_section(keep.path(), &pg, "stalled", ports[1], "200ms")
+        .replace(&format!("127.0.0.1:{}/", pg.port()), &format!("{relay}/"));
+    let follower = Binary::start("fleet-stalled-1", &dcs, &section).await;
+    let get = async |r: usize, path: &str| {
+        let addr = format!("127.0.0.1:{}", ports[r]).parse().unwrap();
+        plain_exchange(addr, "GET", path).await
+    };
+    let verifier = Verifier::parse(&key).unwrap();
+    let signed = async |r: usize, size: u64| {
+        eventually(&format!("replica {r} serves size {size}"), async || {
+            let (_, _, note) = get(r, "/checkpoint").await;
+            Checkpoint::open(&note, &verifier).is_ok_and(|c| c.size == size)
+        })
+        .await;
+    };
+    for i in 0..3 {
+        let reply = integrator.client().upload_from(CH, &format!("{i}")).await;
+        assert_eq!(reply.status, 201);
+    }
+    signed(0, 3).await;
+    signed(1, 3).await;
+    stalled.store(true, Ordering::SeqCst);
+    // A tick of the follower's starts and waits on the stalled link.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reply = integrator.client().upload_from(CH, "3").await;
+    assert_eq!(reply.status, 201);
+    signed(0, 4).await;
+    for path in [
+        "/tile/entries/000.p/4",
+        "/proof/inclusion?index=3&size=4",
+        "/proof/consistency?from=3&to=4",
+    ] {
+        let (status, headers, body) = get(1, path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(headers.contains_key("retry-after"), "{path}: {headers:?}");
+    }
+    stalled.store(false, Ordering::SeqCst);
+    eventually("the follower serves the proof", async || {
+        get(1, "/proof/inclusion?index=3&size=4").await.0 == 200
+    })
+    .await;
+    drop((integrator, follower, pg));
+}
+
+/// A TCP relay to `to` that holds every byte while the flag is set (a
+/// stalled network path: nothing is refused or reset).
+fn stalling_relay(to: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            for (from, to) in [(client, server2), (server, client2)] {
+                let flag = flag.clone();
+                std::thread::spawn(move || copy_unless_stalled(from, to, &flag));
+            }
+        }
+    });
+    (addr, stalled)
+}
+
+fn copy_unless_stalled(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    stalled: &AtomicBool,
+) {
+    use std::io::{Read as _, Write as _};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Bounded: the test clears the flag within seconds.
+        let mut waited = 0;
+        while stalled.load(Ordering::SeqCst) && waited < 6_000 {
+            std::thread::sleep(Duration::from_millis(5));
+            waited += 5;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
 /// A backlog larger than one tick's 16 steps of 16,384 entries is
 /// integrated at once, not 262,144 records per `checkpoint_interval`
 /// (with a long interval, a steady rate above that grew the checkpoint's

@@ -363,6 +363,10 @@ struct Shared {
     /// When a read last made this replica follow out of turn
     /// ([`Fleet::catch_up`]), in milliseconds since the Unix epoch.
     caught_up_at: AtomicU64,
+    /// When the last follow that read the stored checkpoint and serves it
+    /// began, on [`monotonic_us`]'s clock: a read asked before then knows
+    /// the log's latest checkpoint from what is published.
+    followed_from: AtomicU64,
     is_integrator: AtomicBool,
     /// The checkpoint served is the log's: a stored one was published, or
     /// none is stored. Until then this replica serves the empty tree's,
@@ -474,6 +478,7 @@ impl Fleet {
             coverage: Default::default(),
             session: tokio::sync::Mutex::new(Session::default()),
             caught_up_at: AtomicU64::new(0),
+            followed_from: AtomicU64::new(0),
             is_integrator: AtomicBool::new(false),
             confirmed: AtomicBool::new(false),
             cache: quick_cache::sync::Cache::with_weighter(4096, CACHE_BYTES, Weight),
@@ -752,13 +757,25 @@ impl Shared {
     /// for the window to pass (or the tick to end) rather than answer from
     /// a checkpoint that may predate one stored meanwhile: a reader is not
     /// told 404 for what the log signed. Bounded: after about three
-    /// windows it answers from what it has (a size nobody signed stays a
-    /// 404), and the database is still read at most once a window.
+    /// windows it gives up. A size nobody signed stays a 404 once the
+    /// stored checkpoint was read after the read was asked (by this read,
+    /// another, or a tick); when it was not — the tick held the session
+    /// through a slow or stalled database — the reader is told to come
+    /// back (`Err`: a 503), not that the log never signed it (PostgreSQL
+    /// chaos audit, stop 68: 404s for tiles and proofs another replica had
+    /// just signed).
     async fn catch_up(&self, size: u64) -> Result<Arc<Published>, LogError> {
         let every = CATCH_UP_EVERY.as_millis() as u64;
-        for _ in 0..3 {
+        let asked = monotonic_us();
+        // The latest checkpoint, when it covers `size` or is known to be
+        // the stored one as of the read's asking.
+        let known = || {
             let latest = self.latest.load_full();
-            if latest.size >= size {
+            (latest.size >= size || self.followed_from.load(Ordering::Relaxed) >= asked)
+                .then_some(latest)
+        };
+        for _ in 0..3 {
+            if let Some(latest) = known() {
                 return Ok(latest);
             }
             // On the monotonic clock: on the wall clock, a step back held
@@ -778,22 +795,26 @@ impl Shared {
                 continue; // another read is catching up
             }
             // While the tick runs it publishes what it finds itself.
-            if let Ok(session) = tokio::time::timeout(CATCH_UP_EVERY, self.session.lock()).await {
-                if session.held.is_none() {
-                    // Not knowing whether the log signed it, the reader is
-                    // told to come back (503), not that it did not (404).
-                    if let Err(e) = self.follow(Publish::IfReplicated).await {
-                        tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
-                        let latest = self.latest.load_full();
-                        if latest.size < size {
-                            return Err(e);
-                        }
-                    }
-                }
+            let Ok(session) = tokio::time::timeout(CATCH_UP_EVERY, self.session.lock()).await
+            else {
+                continue;
+            };
+            if session.held.is_some() {
+                // The integrator: what it published is the log's.
+                return Ok(self.latest.load_full());
+            }
+            // Not knowing whether the log signed it, the reader is told
+            // to come back (503), not that it did not (404).
+            if let Err(e) = self.follow(Publish::IfReplicated).await {
+                tracing::debug!(error = %e, "following the stored checkpoint for a read failed");
+                return known().ok_or(e);
             }
             break;
         }
-        Ok(self.latest.load_full())
+        known().ok_or_else(|| LogError::Database(format!(
+            "no stored checkpoint read since the request came (within {}ms) says whether one covers size {size}: the database is slow, or a stored checkpoint is not yet known to be replicated",
+            3 * every
+        )))
     }
 
     /// One checkpoint tick: take the integrator lock if free; integrate if
@@ -1354,6 +1375,7 @@ impl Shared {
     /// not integrate), and publishes a newer stored checkpoint if `publish`
     /// allows and it is known to be replicated.
     async fn follow(&self, publish: Publish) -> Result<Arc<Published>, LogError> {
+        let began = monotonic_us();
         let client = self.client().await?;
         let now = unix_now();
         let known = self.known();
@@ -1367,6 +1389,9 @@ impl Shared {
         )?;
         self.sequenced.fetch_max(sequenced, Ordering::Relaxed);
         self.observe(now, sequenced);
+        // Whether what is served now is the stored checkpoint (as of
+        // `began`, for [`Shared::catch_up`]).
+        let mut serves_stored = true;
         if stored.is_none() {
             // Nothing signed yet: the empty tree's is the log's.
             self.confirmed.store(true, Ordering::Relaxed);
@@ -1382,7 +1407,12 @@ impl Shared {
                 self.confirmed.store(true, Ordering::Relaxed);
             } else if publish == Publish::IfReplicated && self.publishable(&cp).await {
                 self.publish(cp);
+            } else {
+                serves_stored = false;
             }
+        }
+        if serves_stored {
+            self.followed_from.fetch_max(began, Ordering::Relaxed);
         }
         Ok(self.confirm())
     }
@@ -2026,11 +2056,16 @@ fn database_error(e: tokio_postgres::Error) -> LogError {
 
 /// Milliseconds on the process's monotonic clock, from 1 (0 is "never").
 fn monotonic_ms() -> u64 {
+    monotonic_us() / 1000 + 1
+}
+
+/// Microseconds on the monotonic clock, from the first call on (at least 1).
+fn monotonic_us() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)
         .elapsed()
-        .as_millis() as u64
+        .as_micros() as u64
         + 1
 }
 
