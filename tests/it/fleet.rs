@@ -1788,6 +1788,65 @@ async fn a_database_down_between_uploads_refuses_the_next_before_forwarding() {
     drop((replicas, pg));
 }
 
+/// While the entries table takes no insert — held by another session's
+/// exclusive lock, as a `REINDEX` or an `ALTER TABLE` holds it — though
+/// the sequence row takes its update, a replica keeps refusing uploads
+/// before it forwards them: its tick's write probe inserts (no row) into
+/// the entries as a batch does. The probe updated the sequence row alone,
+/// which passed, and each tick let the next upload be forwarded and then
+/// refused (PostgreSQL chaos audit, stop 68: 78 % of the refusals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_before_forwarding_while_the_entries_take_no_insert() {
+    let TwoReplicas {
+        replicas,
+        pg,
+        _upstream: upstream,
+        keep: _keep,
+        ..
+    } = two_replicas("entries-locked").await;
+    let replica = &replicas[1];
+    let reply = replica.client().upload_from(CH, "before").await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let pg = Arc::new(pg);
+    let locker = {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            pg.psql(
+                "entries-locked",
+                "BEGIN; LOCK TABLE residency_log_entries IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(6); COMMIT;",
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first finds it: forwarded, then refused when its record fails.
+    let reply = replica.client().upload_from(CH, "finds it").await;
+    assert_eq!(reply.status, 503, "{:?}", reply.json());
+    // Several ticks later, still refused, and before forwarding.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let forwarded = upstream.count();
+    for i in 0..3 {
+        let reply = replica
+            .client()
+            .upload_from(CH, &format!("locked {i}"))
+            .await;
+        assert_eq!(reply.status, 503, "{:?}", reply.json());
+        assert_eq!(reply.json()["error"], "log_unavailable");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        upstream.count(),
+        forwarded,
+        "forwarded while the entries took no insert"
+    );
+    locker.await.unwrap().unwrap();
+    eventually("uploads are stored again", async || {
+        replica.client().upload_from(CH, "after").await.status == 201
+    })
+    .await;
+    drop(replicas);
+}
+
 /// A witness's cosignature that the database refused to store is served
 /// by the replica that signs (the one that asks witnesses) and stored
 /// once the database takes it, so that every replica serves it. It used

@@ -162,6 +162,20 @@ WITH seq AS (
 )
 SELECT first, (SELECT count(*) FROM ins) FROM seq";
 
+/// Whether a batch could be written, without writing one: a no-op update
+/// of the sequence row and an insert of no row into the entries, which
+/// takes the same lock on the table and needs the same privilege as a
+/// batch's. (The sequence row alone passed while the entries could take
+/// no insert — a `REINDEX`, an `ALTER TABLE`, a revoked privilege — and
+/// every tick let uploads be forwarded, then refused: PostgreSQL chaos
+/// audit, stop 68.)
+const PROBE: &str = "
+WITH ins AS (
+    INSERT INTO residency_log_entries (idx, request_key, data)
+    SELECT 0, ''::bytea, ''::bytea WHERE false
+)
+UPDATE residency_log_sequence SET next = next";
+
 /// Stores tiles, keeping the longest (a partial tile only ever grows into
 /// the full one: each is a prefix of the next).
 const STORE_TILES: &str = "
@@ -880,16 +894,16 @@ impl Shared {
     }
 
     /// While writes fail, or after a tick whose reads failed, one write
-    /// per tick says whether writes work: a no-op update of the sequence
-    /// row, committed as a batch is. So a database that went down while
-    /// no upload was written is found by the next tick, and uploads are
-    /// refused before they are forwarded, not each sent to a data centre
-    /// first and then refused when its record fails.
+    /// per tick says whether writes work: [`PROBE`], committed as a batch
+    /// is. So a database that went down while no upload was written is
+    /// found by the next tick, and uploads are refused before they are
+    /// forwarded, not each sent to a data centre first and then refused
+    /// when its record fails.
     async fn probe_writes(&self, tick_failed: bool) {
         if !tick_failed && !self.unreachable.load(Ordering::Relaxed) {
             return;
         }
-        let probe = "UPDATE residency_log_sequence SET next = next";
+        let probe = PROBE;
         let commits = self.commits.load(Ordering::Relaxed);
         match self.replicated(probe, "writes still fail").await {
             Ok(()) => {
