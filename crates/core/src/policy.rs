@@ -496,7 +496,10 @@ impl Policy {
                             uri,
                         });
                     }
-                    Err(why) => r.push(format!("{key}.upstreams[{i}]"), format!("`{url}`: {why}")),
+                    Err(why) => r.push(
+                        format!("{key}.upstreams[{i}]"),
+                        format!("`{}`: {why}", shown_url(url)),
+                    ),
                 }
             }
             if let Some(jurisdiction) = jurisdiction {
@@ -684,6 +687,22 @@ pub fn host_address(host: &str) -> Option<std::net::IpAddr> {
 
 /// An upstream base URL: `http` or `https`, a host, an optional path prefix,
 /// no query, no user info.
+/// `url` as a message may show it: user info in its authority
+/// (`user:password@`) replaced by `…@`, so that a URL refused for holding a
+/// password does not repeat it to a terminal or a log pipeline (privacy
+/// audit, stop 68).
+pub fn shown_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = url.find("://") else {
+        return url.into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}://…@{}", &url[..scheme_end], &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
     let uri: Uri = url.trim().parse().map_err(|_| "not a URL")?;
     match uri.scheme_str() {

@@ -765,11 +765,26 @@ pub fn witnesses(
     for (i, w) in raw.iter().enumerate() {
         let k = |name: &str| format!("transparency.witnesses[{i}].{name}");
         let url = match w.url.as_deref().map(str::trim) {
-            Some(u) if valid_url(u) => Some(u.trim_end_matches('/').to_string()),
+            Some(u) if valid_url(u) && !has_userinfo(u) => {
+                Some(u.trim_end_matches('/').to_string())
+            }
+            Some(u) if valid_url(u) => {
+                r.push(
+                    k("url"),
+                    format!(
+                        "`{}`: user info is not allowed (a witness is asked without credentials)",
+                        residency_core::policy::shown_url(u)
+                    ),
+                );
+                None
+            }
             Some(u) => {
                 r.push(
                     k("url"),
-                    format!("`{u}` is not an http:// or https:// URL, e.g. \"https://witness.example/w1\""),
+                    format!(
+                        "`{}` is not an http:// or https:// URL, e.g. \"https://witness.example/w1\"",
+                        residency_core::policy::shown_url(u)
+                    ),
                 );
                 None
             }
@@ -855,6 +870,11 @@ pub fn witnesses(
         out.push(WitnessSettings { name, url, key, ca });
     }
     complete.then_some(out)
+}
+
+/// Whether `url` (a [`valid_url`]) names user info before its host.
+fn has_userinfo(url: &str) -> bool {
+    residency_core::policy::shown_url(url) != url
 }
 
 fn valid_url(url: &str) -> bool {
@@ -1557,6 +1577,23 @@ mod tests {
         assert_eq!(w[0].name, "w1.example");
         assert_eq!(w[0].url, "https://w1.example");
         assert_eq!(w[0].key.verifier_key(), key);
+
+        // Credentials in the URL: refused, and not repeated (privacy
+        // audit, stop 68).
+        let raw = RawTransparency {
+            witnesses: Some(vec![witness("https://w:S3CRET@w1.example/", &key)]),
+            ..raw
+        };
+        let mut r = ConfigReport::new("test");
+        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
+        let text = r.to_string();
+        assert!(
+            text.contains(
+                "transparency.witnesses[0].url: `https://…@w1.example/`: user info is not allowed"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("S3CRET"), "{text}");
 
         // A note key (type 0x01) is not a witness key.
         let raw = RawTransparency {

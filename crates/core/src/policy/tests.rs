@@ -368,6 +368,39 @@ upstreams = ["http://0.0.0.0:9000", "http://[::]:9000", "http://[::ffff:0.0.0.0]
     assert_eq!(report.problems.len(), 5, "{text}");
 }
 
+/// An upstream URL with user info is refused without repeating it: the
+/// password went into `check-config`'s output and a failed reload's error
+/// line (privacy audit, stop 68).
+#[test]
+fn an_upstream_with_a_password_is_refused_without_repeating_it() {
+    let text = r#"
+[jurisdictions.ch]
+countries = ["CH"]
+[datacenters.zurich]
+jurisdiction = "ch"
+upstreams = ["http://admin:S3CRET@127.0.0.1:9000/v1"]
+"#;
+    let report = build(text).unwrap_err();
+    let text = report.to_string();
+    assert!(
+        text.contains("datacenters.zurich.upstreams[0]: `http://…@127.0.0.1:9000/v1`: user info is not allowed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("S3CRET") && !text.contains("admin"),
+        "{text}"
+    );
+    use super::shown_url;
+    for (url, shown) in [
+        ("https://u:p@h.example/a@b", "https://…@h.example/a@b"),
+        ("https://h.example/x?u=a@b", "https://h.example/x?u=a@b"),
+        ("https://u@[::1]:8/", "https://…@[::1]:8/"),
+        ("h.example", "h.example"),
+    ] {
+        assert_eq!(shown_url(url), shown, "{url}");
+    }
+}
+
 /// A URL's host as an address, in the forms the system's resolver takes
 /// without DNS.
 #[test]
