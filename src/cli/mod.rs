@@ -560,6 +560,18 @@ fn start_warnings(config: &Config) -> Vec<String> {
         Some(_) => {}
     }
     if let Some(t) = &config.transparency {
+        use residency_log::settings::ClientAddress;
+        let whole = match t.client_address {
+            ClientAddress::Full => Some("client_address = \"full\""),
+            ClientAddress::Prefix { v4: 32, .. } => Some("client_prefix_v4 = 32"),
+            ClientAddress::Prefix { v6: 128, .. } => Some("client_prefix_v6 = 128"),
+            _ => None,
+        };
+        if let Some(setting) = whole {
+            warnings.push(format!(
+                "transparency.{setting}: records carry whole client addresses, and the transparency log is public: anyone who can read it learns where each upload came from, to the address; \"prefix\" (the default, /24 and /48) or \"hmac\" keep them out"
+            ));
+        }
         warnings.extend(t.cleartext_warning());
         let exposed = crate::config::exposed_file;
         warnings.extend(exposed("transparency.signing_key", &t.signing_key, false));

@@ -381,6 +381,34 @@ fn check_config_warns_of_exposed_keys_and_a_cleartext_database() {
     );
 }
 
+/// A log whose records carry whole client addresses — `client_address =
+/// "full"`, or a prefix of every bit — loads with a warning: the log is
+/// public (privacy audit, stop 68: without a word). The default does not.
+#[test]
+fn check_config_warns_of_whole_client_addresses_in_the_log() {
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    log_key(dir.path());
+    for (setting, want) in [
+        ("client_address = \"full\"", Some("warning: transparency.client_address = \"full\": records carry whole client addresses")),
+        ("client_prefix_v4 = 32", Some("warning: transparency.client_prefix_v4 = 32: records carry whole client addresses")),
+        ("client_prefix_v6 = 128", Some("warning: transparency.client_prefix_v6 = 128: ")),
+        ("client_prefix_v4 = 24", None),
+    ] {
+        std::fs::write(&config, format!(
+            "{base}\n[transparency]\ndirectory = \"log\"\norigin = \"{LOG_ORIGIN}\"\nsigning_key = \"log.key\"\n{setting}\n"
+        ))
+        .unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{setting}: {stdout}{}", text(&out.stderr));
+        match want {
+            Some(want) => assert!(stdout.contains(want), "{setting}: {stdout}"),
+            None => assert!(warnings(&stdout).is_empty(), "{setting}: {stdout}"),
+        }
+    }
+}
+
 /// Settings that give up the proof of residency, or place most of the
 /// Internet in one country, load with a warning (config audit, stop 63:
 /// without a word): no transparency log at all; a log that acknowledges
