@@ -650,7 +650,21 @@ fn token_verifier(
                             "tenancy.token.jwks: {jwks}: the key set is empty: every token is refused"
                         ));
                     }
+                    let mut secrets = Vec::new();
                     for (i, value) in set.keys.into_iter().enumerate() {
+                        // A private or secret key in a set meant to hold
+                        // public ones: the issuer's signing key is then on
+                        // this host, and whoever reads the file can sign a
+                        // token for any tenant (privacy audit, stop 68:
+                        // taken, or left out, without a word).
+                        if let Some(secret) = ["d", "k", "p", "q"]
+                            .into_iter()
+                            .find(|m| value.get(m).is_some())
+                        {
+                            secrets.push(format!(
+                                "tenancy.token.jwks: {jwks}: key {i} holds private or secret key material (`{secret}`): anyone who can read this file can sign tokens for every tenant; give the proxy the public keys only"
+                            ));
+                        }
                         // One by one: a key of a type, curve or algorithm
                         // the JWK reader does not know (an X25519 or
                         // ECDH-ES key) fails alone (RFC 7517 §5: ignored).
@@ -727,6 +741,7 @@ fn token_verifier(
                             Err(e) => skip(i, &format!("its key material does not decode ({e})")),
                         }
                     }
+                    warnings.extend(secrets);
                     // With several keys, one without `kid` is never chosen
                     // (`verify`): left out, saying so.
                     if keys.len() > 1 {

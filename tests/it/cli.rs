@@ -2157,6 +2157,16 @@ async fn keys_the_token_key_set_leaves_out_are_said_at_start() {
         (rsa, "key 0: only Ed25519 (OKP, EdDSA) and P-256 (EC, ES256) keys are accepted: the key is not used"),
         (rsa, "no key in the set is usable: every token is refused"),
         (r#"{"keys": []}"#, "the key set is empty: every token is refused"),
+        // The issuer's private key, or a shared secret, in the set: said
+        // (privacy audit, stop 68: taken or left out without a word).
+        (
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "d": "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}]}"#,
+            "key 0 holds private or secret key material (`d`): anyone who can read this file can sign tokens for every tenant; give the proxy the public keys only",
+        ),
+        (
+            r#"{"keys": [{"kty": "oct", "kid": "s1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+            "key 0 holds private or secret key material (`k`): anyone who can read this file can sign tokens for every tenant; give the proxy the public keys only",
+        ),
     ] {
         std::fs::write(dir.path().join("jwks.json"), set).unwrap();
         let out = run(&["check-config", "--config", path(&config)], &[]);
