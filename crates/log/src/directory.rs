@@ -360,6 +360,13 @@ pub(crate) fn stored_checkpoint(
     verifier: &Verifier,
     origin: &str,
 ) -> Result<Option<Published>, LogError> {
+    // A `records.log` the start would convert, or refuse: checked as it
+    // would (`check-config` said OK where `serve` then refused).
+    let legacy = dir.join(LEGACY_RECORDS);
+    if legacy.exists() {
+        let text = std::fs::read(&legacy).map_err(io_error(&legacy))?;
+        legacy_records(dir, &text, verifier, origin)?;
+    }
     Ok(read_checkpoint(dir, verifier, origin)?.map(|c| Published {
         note: c.note,
         size: c.size,
@@ -1992,26 +1999,87 @@ fn edge_at(disk: &Disk, size: u64) -> Result<Edge, LogError> {
     Edge::from_partials(size, partials).map_err(corrupt)
 }
 
-/// Converts a log of the earlier format — `records.log`, one record per
-/// line, leaf `i` being line `i` — into tiles. The tree is the same (the
-/// leaves are the same bytes), so the existing checkpoint stays valid and
-/// must match: the records it covers must hash to its root, or nothing is
-/// converted. Lines after it are kept up to a torn or unreadable tail, as
-/// the old format's replay did. Tiles are written and fsynced first, then
-/// `records.log` is renamed to `records.log.imported` (kept: it is the
-/// operator's to archive); a crash in between converts again from scratch.
-fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogError> {
-    let started = Instant::now();
-    let dir = disk.dir();
+/// The records of a log of the one-file format (`records.log`) and the
+/// tree they make, checked against the directory's last checkpoint before
+/// anything in the directory changes: the records it covers must hash to
+/// its root, and all be there. Lines after it are kept up to a torn or
+/// unreadable tail, as the old format's replay did. A `records.log` beside
+/// `records.log.imported` is refused outright: the log was converted, and
+/// an older version started on it since (a downgrade) left the file —
+/// converting it again removed the tiles written after the conversion,
+/// acknowledged records with them (upgrade audit, stop 68).
+fn legacy_records<'a>(
+    dir: &Path,
+    text: &'a [u8],
+    verifier: &Verifier,
+    origin: &str,
+) -> Result<Vec<&'a [u8]>, LogError> {
     let legacy = dir.join(LEGACY_RECORDS);
     let corrupt = |message: String| LogError::Corrupt {
         path: legacy.display().to_string(),
         message,
     };
+    let imported = dir.join(format!("{LEGACY_RECORDS}.imported"));
+    if imported.exists() {
+        return Err(corrupt(format!(
+            "the log was converted to tiles already ({} is the file it was converted from): this records.log was left since by a version of the one-file format started on the directory (a downgrade), and holds none of the records written after the conversion; move it aside to open the log from its tiles (nothing was changed)",
+            imported.display()
+        )));
+    }
+    // Tiles beside it that no conversion of it can have written: a log
+    // that never had the one-file format.
+    let tiles_too = dir.join("tile").exists() || dir.join("generations").exists();
+    let hint = if tiles_too {
+        " (the directory also holds tiles: if this log was written by a version that keeps tiles, this records.log was left by an older version started on it; move it aside to open the log from its tiles)"
+    } else {
+        ""
+    };
     let committed = read_checkpoint(dir, verifier, origin)?;
     let (size, root) = committed
         .as_ref()
         .map_or((0, merkle::empty_root()), |c| (c.size, c.root));
+    let mut records = Vec::new();
+    let mut tree = Edge::new();
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        let Some(record) = line.strip_suffix(b"\n") else {
+            break;
+        };
+        // One an entry bundle cannot hold ends it as an unreadable line.
+        if Record::from_bytes(record).is_err() || u16::try_from(record.len()).is_err() {
+            break;
+        }
+        let _ = tree.push(merkle::leaf_hash(record));
+        records.push(record);
+        if tree.size() == size && tree.root() != root {
+            return Err(corrupt(format!(
+                "the first {size} records hash to {} but the last checkpoint says {}: committed records were altered; nothing was converted{hint}",
+                residency_core::hex::encode(&tree.root()),
+                residency_core::hex::encode(&root)
+            )));
+        }
+    }
+    if tree.size() < size {
+        return Err(corrupt(format!(
+            "holds {} readable records but the last checkpoint covers {size}: committed records are missing; nothing was converted{hint}",
+            tree.size()
+        )));
+    }
+    Ok(records)
+}
+
+/// Converts a log of the earlier format — `records.log`, one record per
+/// line, leaf `i` being line `i` — into tiles. The tree is the same (the
+/// leaves are the same bytes), so the existing checkpoint stays valid and
+/// must match ([`legacy_records`], before anything is removed or written).
+/// Tiles are written and fsynced first, then `records.log` is renamed to
+/// `records.log.imported` (kept: it is the operator's to archive); a crash
+/// in between converts again from scratch.
+fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogError> {
+    let started = Instant::now();
+    let dir = disk.dir();
+    let legacy = dir.join(LEGACY_RECORDS);
+    let text = std::fs::read(&legacy).map_err(io_error(&legacy))?;
+    let records = legacy_records(dir, &text, verifier, origin)?;
     // What an interrupted conversion left.
     let tiles_dir = dir.join("tile");
     if tiles_dir.exists() {
@@ -2024,7 +2092,6 @@ fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogErro
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let text = std::fs::read(&legacy).map_err(io_error(&legacy))?;
     let mut edge = Edge::new();
     let mut bundle = Vec::new();
     let mut touched = Vec::new();
@@ -2033,13 +2100,9 @@ fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogErro
             .map(|t| touched.extend(t))
             .map_err(io_error(&path))
     };
-    for line in text.split_inclusive(|b| *b == b'\n') {
-        let Some(record) = line.strip_suffix(b"\n") else {
-            break;
-        };
-        if Record::from_bytes(record).is_err() || !tiles::push_entry(&mut bundle, record) {
-            break;
-        }
+    for record in records {
+        // (Each fits: checked above.)
+        tiles::push_entry(&mut bundle, record);
         for full in edge.push(merkle::leaf_hash(record)) {
             write(disk.path(full.tile()), &full.bytes(), &mut touched)?;
         }
@@ -2052,19 +2115,6 @@ fn migrate(disk: &Disk, verifier: &Verifier, origin: &str) -> Result<(), LogErro
             write(disk.path(tile), &bundle, &mut touched)?;
             bundle.clear();
         }
-        if edge.size() == size && edge.root() != root {
-            return Err(corrupt(format!(
-                "the first {size} records hash to {} but the last checkpoint says {}: committed records were altered; nothing was converted",
-                residency_core::hex::encode(&edge.root()),
-                residency_core::hex::encode(&root)
-            )));
-        }
-    }
-    if edge.size() < size {
-        return Err(corrupt(format!(
-            "holds {} readable records but the last checkpoint covers {size}: committed records are missing; nothing was converted",
-            edge.size()
-        )));
     }
     write(disk.staging(edge.size() / WIDTH), &bundle, &mut touched)?;
     disk::sync_each(&touched).map_err(|(path, e, _)| io_error(path)(e))?;
@@ -3506,6 +3556,56 @@ pub(crate) mod tests {
             Some(7)
         );
         assert_eq!(log.append(&record(300)).await.unwrap().index, 300);
+        log.checkpoint().unwrap();
+        drop(log);
+
+        // An older version started on the converted log (a downgrade)
+        // leaves an empty records.log: the next start refuses it and
+        // changes nothing — converting it again removed the tiles, and
+        // record 300 with them (upgrade audit, stop 68).
+        let listing = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        std::fs::write(dir.join(LEGACY_RECORDS), b"").unwrap();
+        let before = listing(&dir);
+        let verifier = Verifier::parse(&signer.verifier_key()).unwrap();
+        for e in [
+            Log::open(&settings, metrics()).err().unwrap().to_string(),
+            stored_checkpoint(&dir, &verifier, &settings.origin)
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(e.contains("the log was converted to tiles already"), "{e}");
+            assert!(e.contains("move it aside"), "{e}");
+        }
+        assert_eq!(listing(&dir), before);
+        assert!(dir.join("tile").is_dir());
+        std::fs::remove_file(dir.join(LEGACY_RECORDS)).unwrap();
+        let log = Log::open(&settings, metrics()).unwrap();
+        assert_eq!(log.size(), 301);
+        assert_eq!(
+            log.current().record(300).unwrap().unwrap(),
+            record(300).to_bytes()
+        );
+        drop(log);
+
+        // A log that never had the one-file format, with a stray empty
+        // records.log: refused as missing records, with the hint, and
+        // nothing removed.
+        std::fs::remove_file(dir.join("records.log.imported")).unwrap();
+        std::fs::write(dir.join(LEGACY_RECORDS), b"").unwrap();
+        let before = listing(&dir);
+        let e = Log::open(&settings, metrics()).err().unwrap().to_string();
+        assert!(e.contains("committed records are missing"), "{e}");
+        assert!(e.contains("the directory also holds tiles"), "{e}");
+        assert_eq!(listing(&dir), before);
+        std::fs::remove_file(dir.join(LEGACY_RECORDS)).unwrap();
+        assert_eq!(Log::open(&settings, metrics()).unwrap().size(), 301);
     }
 
     #[tokio::test]
