@@ -61,7 +61,7 @@ pub const NONE: &str = "none";
 
 /// The `reason` values of `residency_rejections_total`: every
 /// `proxy::error::Failure` (a test holds them equal).
-pub const REJECTION_REASONS: [&str; 25] = [
+pub const REJECTION_REASONS: [&str; 26] = [
     "bad_request",
     "method_not_allowed",
     "bad_forwarded_header",
@@ -87,6 +87,7 @@ pub const REJECTION_REASONS: [&str; 25] = [
     "geoip_error",
     "upstream_answered_early",
     "shutdown",
+    "policy_changed",
 ];
 
 /// The `reason` values of `residency_connections_rejected_total`.

@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub policy_hash: String,
     /// The files this state was built from, as they were before reading.
     pub files: crate::files::Fingerprint,
+    /// Its place among the snapshots installed ([`Instance::installed`]):
+    /// 0 for the first, one more at each reload.
+    pub installed: u64,
     turn: AtomicUsize,
 }
 
@@ -163,6 +166,7 @@ impl Snapshot {
                 health,
                 policy_hash,
                 files,
+                installed: 0,
                 turn: AtomicUsize::new(0),
             }),
             _ => None,
@@ -258,6 +262,9 @@ fn certificates<'a>(
 /// the transparency log.
 pub struct Instance {
     current: ArcSwap<Snapshot>,
+    /// The `installed` of the current snapshot: a request whose snapshot's
+    /// differs was decided before a reload.
+    installed: AtomicU64,
     pub metrics: Metrics,
     ready: AtomicBool,
     /// The GeoIP database was found older than `geoip.max_age` when last
@@ -324,6 +331,7 @@ impl Instance {
         let replay_budget = Arc::new(tokio::sync::Semaphore::new(replay_budget_bytes));
         let instance = Arc::new(Instance {
             current: ArcSwap::from_pointee(state),
+            installed: AtomicU64::new(0),
             metrics,
             ready: AtomicBool::new(false),
             geoip_stale: AtomicBool::new(false),
@@ -343,6 +351,13 @@ impl Instance {
         instance.refresh_gauges();
         instance.ready.store(true, Ordering::Release);
         instance
+    }
+
+    /// Which snapshot is current (its `installed`): one load, for a
+    /// request to tell whether a reload came since it was decided.
+    #[inline]
+    pub fn installed(&self) -> u64 {
+        self.installed.load(Ordering::Acquire)
     }
 
     /// The current snapshot; hold it for the whole connection or request.
@@ -386,7 +401,10 @@ impl Instance {
         if !state.pool.inherit(&old.pool) {
             tracing::warn!("the new configuration's upstream pool was in use before it was installed: its connection limits start from nothing");
         }
+        state.installed = old.installed + 1;
+        let installed = state.installed;
         self.current.store(Arc::new(state));
+        self.installed.store(installed, Ordering::Release);
         drop(swapping);
         let _writing = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;

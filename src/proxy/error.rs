@@ -79,13 +79,18 @@ pub enum Failure {
     /// client sees this; its record does (the data centre may have stored
     /// it).
     Shutdown,
+    /// A reload took the data centre the upload was decided for out of its
+    /// jurisdiction's permitted set before the upload was sent there (a
+    /// first attempt after a long buffering, or a retry): refused, for its
+    /// client to retry under the policy now in force.
+    PolicyChanged,
 }
 
 impl Failure {
     /// Every failure, once (`NoHealthyDatacenter` with no delay); their
     /// reasons are `metrics::REJECTION_REASONS`.
     #[cfg(test)]
-    pub const ALL: [Failure; 25] = [
+    pub const ALL: [Failure; 26] = [
         Failure::BadRequest,
         Failure::MethodNotAllowed,
         Failure::BadForwardedHeader,
@@ -113,6 +118,7 @@ impl Failure {
         Failure::GeoipError,
         Failure::UpstreamAnsweredEarly,
         Failure::Shutdown,
+        Failure::PolicyChanged,
     ];
 }
 
@@ -159,7 +165,8 @@ impl Failure {
             | Failure::LogUnavailable
             | Failure::UpstreamSaturated
             | Failure::GeoipError
-            | Failure::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+            | Failure::Shutdown
+            | Failure::PolicyChanged => StatusCode::SERVICE_UNAVAILABLE,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -203,6 +210,7 @@ impl Failure {
             Failure::GeoipError => "geoip_error",
             Failure::UpstreamAnsweredEarly => "upstream_answered_early",
             Failure::Shutdown => "shutdown",
+            Failure::PolicyChanged => "policy_changed",
         }
     }
 
@@ -232,7 +240,8 @@ impl Failure {
             Failure::LogUnavailable
             | Failure::UpstreamSaturated
             | Failure::GeoipError
-            | Failure::Shutdown => Culprit::Proxy,
+            | Failure::Shutdown
+            | Failure::PolicyChanged => Culprit::Proxy,
         }
     }
 
@@ -256,7 +265,8 @@ impl Failure {
             Failure::LogUnavailable
             | Failure::UpstreamSaturated
             | Failure::TooManyRequests
-            | Failure::Shutdown => Some(Duration::from_secs(1)),
+            | Failure::Shutdown
+            | Failure::PolicyChanged => Some(Duration::from_secs(1)),
             _ => None,
         };
         if self == Failure::InvalidTenantToken {
@@ -308,6 +318,7 @@ mod tests {
             Failure::GeoipError => 22,
             Failure::UpstreamAnsweredEarly => 23,
             Failure::Shutdown => 24,
+            Failure::PolicyChanged => 25,
         };
         for (i, f) in Failure::ALL.iter().enumerate() {
             assert_eq!(place(*f), i, "{f:?}");

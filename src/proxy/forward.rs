@@ -399,6 +399,21 @@ pub fn forward<'a>(
             }
             let dc_id = policy.upstream(upstream).datacenter;
             let dc = &policy.datacenter(dc_id).name;
+            // Decided before a reload that no longer lets this data centre
+            // store the jurisdiction's uploads: not sent there (reload
+            // audit, stop 68: a first attempt after seconds or hours of
+            // buffering for replay, or a retry, went to a data centre the
+            // policy in force had removed). One load when nothing changed.
+            if instance.installed() != state.installed
+                && !still_permitted(instance, state, j, dc_id)
+            {
+                tracing::warn!(
+                    request_id = target.request_id.to_str().unwrap_or_default(),
+                    datacenter = dc.as_str(),
+                    "a reload took this upload's data centre out of its jurisdiction's permitted set before it was sent there: refused, for the client to retry under the new policy"
+                );
+                return Err(upload.refuse(Failure::PolicyChanged));
+            }
             *datacenter = Some(dc_id);
             let (request, watch) = match upload.attempt(upstream, state) {
                 Ok(attempt) => attempt,
@@ -552,6 +567,29 @@ pub fn forward<'a>(
             }
         }
     }
+}
+
+/// Whether the policy now in force still lets data centre `dc` of the
+/// request's snapshot store uploads of jurisdiction `j`, both by name (a
+/// reload renumbers them).
+#[cold]
+fn still_permitted(
+    instance: &Instance,
+    state: &Snapshot,
+    j: JurisdictionId,
+    dc: DatacenterId,
+) -> bool {
+    let (then, now) = (&state.config.policy, &instance.snapshot().config.policy);
+    let (j, dc) = (&then.jurisdiction(j).name, &then.datacenter(dc).name);
+    let (Some(j), Some(dc)) = (
+        now.jurisdictions.iter().position(|x| x.name == *j),
+        now.datacenters.iter().position(|x| x.name == *dc),
+    ) else {
+        return false;
+    };
+    now.permitted(JurisdictionId(j))
+        .iter()
+        .any(|group| group.datacenters.contains(&DatacenterId(dc)))
 }
 
 fn count_retry(instance: &Instance, request_id: &HeaderValue, from: &str, reason: &'static str) {

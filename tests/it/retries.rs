@@ -586,3 +586,88 @@ async fn the_drill_s_log_check_passes_an_upload_its_record_names_both_copies_of(
     assert_eq!(check(&["frankfurt", "geneva"]).await, (0, 1));
     proxy.stop().await;
 }
+
+/// An upload decided for a data centre that a reload then takes out of its
+/// jurisdiction's permitted set — here while the upload, carrying an
+/// `Idempotency-Key`, is still being read whole for replay — is not sent
+/// there: 503 `policy_changed` with `Retry-After`, and nothing reaches the
+/// data centre (here removed: zurich's server is named geneva by the
+/// reload) (reload audit, stop 68: it was stored there, seconds after
+/// the reload; with a large `replay_limit_bytes`, hours). Uploads decided
+/// after the reload take the new policy; those a reload leaves permitted
+/// are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let start = |key: &'static str| {
+        let client = proxy.client();
+        let (tx, body) = channel_body();
+        let reply = tokio::spawn(async move {
+            client
+                .send_body(
+                    "POST",
+                    "/v1/telemetry",
+                    &[("x-forwarded-for", CH), ("idempotency-key", key)],
+                    body,
+                )
+                .await
+                .unwrap()
+        });
+        (tx, reply)
+    };
+    let (to_zurich, moved) = start("moved-1");
+    let (to_frankfurt, kept) = {
+        let client = proxy.client();
+        let (tx, body) = channel_body();
+        let reply = tokio::spawn(async move {
+            client
+                .send_body(
+                    "POST",
+                    "/v1/telemetry",
+                    &[("x-forwarded-for", DE), ("idempotency-key", "kept-1")],
+                    body,
+                )
+                .await
+                .unwrap()
+        });
+        (tx, reply)
+    };
+    for tx in [&to_zurich, &to_frankfurt] {
+        tx.send(bytes::Bytes::from_static(b"first half, "))
+            .await
+            .unwrap();
+    }
+    // Both decided (their heads read) before the reload.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let moved_config = config.replacen(
+        "[datacenters.zurich]\njurisdiction = \"ch\"",
+        "[datacenters.geneva]\njurisdiction = \"ch\"",
+        1,
+    );
+    assert_ne!(moved_config, config);
+    std::fs::write(&proxy.config_path, moved_config).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    for tx in [to_zurich, to_frankfurt] {
+        tx.send(bytes::Bytes::from_static(b"second half"))
+            .await
+            .unwrap();
+    }
+    let reply = moved.await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.json()["error"], "policy_changed");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        0,
+        "sent where no longer permitted"
+    );
+    let reply = kept.await.unwrap();
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    // Decided after it: the Swiss data centre at that server is geneva now.
+    let reply = proxy.client().upload_from(CH, "after").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
+    proxy.stop().await;
+}
