@@ -256,6 +256,9 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
         poll
     });
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Files seen changed at the last poll, waiting to be seen the same at
+    // this one.
+    let mut changing = None;
     loop {
         let by_signal = std::mem::take(&mut early)
             || tokio::select! {
@@ -270,8 +273,19 @@ pub async fn run(instance: Arc<Instance>, path: PathBuf, mut stop: watch::Receiv
             }
             let files = seen.again();
             if files == seen {
+                changing = None;
                 continue;
             }
+            // A change is taken once it has stood for a poll: a file
+            // written in place in several steps is not read half-written
+            // (reload audit, stop 68: a tenants file written in two steps
+            // was taken without its tenant's `mismatch = "refuse"` between
+            // them, and a Swiss client's uploads were stored in the US).
+            if changing.as_ref() != Some(&files) {
+                changing = Some(files);
+                continue;
+            }
+            changing = None;
             now = Some(files);
             tracing::info!(trigger = "files", "reloading");
         } else {
