@@ -1807,6 +1807,14 @@ pub fn live_warnings(config: &Config, recording: bool) -> Vec<String> {
     if let Some(path) = &config.tenancy.record_hmac_key_file {
         warnings.extend(exposed_file("tenancy.record_hmac_key", path, false));
     }
+    // Every pin the file held gone at once, without an error: a file
+    // emptied, or read while written in place (reload audit, stop 68).
+    if let Some(path) = &config.tenancy.empty_file {
+        warnings.push(format!(
+            "tenancy.file: {} holds no tenant: no upload is recognised as a tenant's by it, and none is pinned to a tenant's jurisdiction; if it was emptied by mistake, or is being written, restore it (replace it atomically: write aside, then rename)",
+            path.display()
+        ));
+    }
     for (i, (net, country)) in config.geoip.overrides.iter().enumerate() {
         if wide(net) {
             // An IPv6 network holds IPv6 clients only (and those carrying

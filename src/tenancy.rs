@@ -94,6 +94,9 @@ pub struct Tenancy {
     /// `record_hmac_key`'s file (for the warning about files every user
     /// can read).
     pub record_hmac_key_file: Option<PathBuf>,
+    /// `tenancy.file`, when it holds no tenant (a warning: emptied, or
+    /// read while being written).
+    pub empty_file: Option<PathBuf>,
 }
 
 /// Why a token did not recognise a tenant (logged; the client gets 401
@@ -459,11 +462,15 @@ impl Tenancy {
         let mut files = Vec::new();
         let mut all: Vec<RawTenant> = inline.to_vec();
         let mut keys: Vec<String> = (0..inline.len()).map(|i| format!("tenants[{i}]")).collect();
+        let mut empty_file = None;
         if let Some(path) = &raw.file {
             let resolved = base.join(path);
             files.push(resolved.clone());
             match load_tenants_file(&resolved) {
                 Ok(more) => {
+                    if more.is_empty() {
+                        empty_file = Some(resolved.clone());
+                    }
                     let file = resolved.display().to_string();
                     keys.extend((0..more.len()).map(|i| format!("{file}: tenants[{i}]")));
                     all.extend(more);
@@ -492,6 +499,7 @@ impl Tenancy {
             metrics_by_tenant: raw.metrics_by_tenant.unwrap_or(false),
             files,
             record_hmac_key_file: raw.record_hmac_key.as_deref().map(|p| base.join(p)),
+            empty_file,
         })
     }
 }

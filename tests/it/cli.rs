@@ -2360,3 +2360,36 @@ async fn a_reload_that_publishes_tenant_names_is_warned_of() {
         .terminate(std::time::Duration::from_secs(10), "stops")
         .await;
 }
+
+/// A `tenancy.file` that holds no tenant loads — emptying it is how every
+/// tenant is removed — but with a warning, at `check-config`, at start and
+/// at each reload: a file emptied by mistake, or read while written in
+/// place, removed every pin without a word (reload audit, stop 68).
+#[test]
+fn an_empty_tenants_file_is_warned_of() {
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &config,
+        format!("{base}\n[tenancy]\nfile = \"tenants.toml\"\nrecord = \"name\"\n"),
+    )
+    .unwrap();
+    for (file, warned) in [
+        ("", true),
+        ("# none yet\n", true),
+        (
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\nclient_cert = [\"cn:acme\"]\n",
+            false,
+        ),
+    ] {
+        std::fs::write(&tenants, file).unwrap();
+        let out = run(&["check-config", "--config", path(&config)], &[]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        let said = stdout
+            .lines()
+            .any(|l| l.starts_with("warning: tenancy.file: ") && l.contains("holds no tenant"));
+        assert_eq!(said, warned, "{file:?}: {stdout}");
+    }
+}
