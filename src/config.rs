@@ -1759,6 +1759,25 @@ impl Config {
     }
 }
 
+/// The SHA-256 records carry as `policy_sha256`: of the routing policy
+/// and the tenants' pins ([`residency_core::tenant::routing_hash`]), and,
+/// with `geoip.overrides`, of that hash followed by each override (network
+/// and country, one a line, in order): an override decides a client's
+/// country before the GeoIP database, and a record named a hash that did
+/// not change when an override moved a network to another jurisdiction
+/// (reload audit, stop 68). Unchanged without overrides.
+pub fn policy_hash(config: &Config) -> String {
+    let routing = residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
+    if config.geoip.overrides.is_empty() {
+        return routing;
+    }
+    let mut text = format!("{routing}\n");
+    for (net, country) in &config.geoip.overrides {
+        text.push_str(&format!("override {net} {}\n", country.as_str()));
+    }
+    residency_core::policy::sha256_hex(&text)
+}
+
 /// What loads but may not be meant, in the parts a reload applies:
 /// certificates clients refuse, a `trusted_proxies` network so wide it
 /// holds clients (any of them could then name its own address, and so its
@@ -2083,6 +2102,31 @@ upstreams = ["http://127.0.0.1:1"]
     fn problems(toml: &str) -> String {
         let files = Files::new("bad");
         Config::from_toml(toml, &files.0).unwrap_err().to_string()
+    }
+
+    /// The records' `policy_sha256` covers `geoip.overrides`: an override
+    /// moves a network's uploads to another jurisdiction, and the hash did
+    /// not change with it (reload audit, stop 68). Without overrides it is
+    /// the routing policy's, as before.
+    #[test]
+    fn the_policy_hash_covers_the_overrides() {
+        let files = Files::new("policy-hash");
+        let hash = |extra: &str| {
+            let c = Config::from_toml(&format!("{MINIMAL}{extra}"), &files.0).unwrap();
+            (
+                policy_hash(&c),
+                residency_core::tenant::routing_hash(&c.policy, &c.tenancy.tenants),
+            )
+        };
+        let (plain, routing) = hash("");
+        assert_eq!(plain, routing);
+        let one = "[[geoip.overrides]]\nnetwork = \"198.51.100.0/24\"\ncountry = \"CH\"\n";
+        let other = "[[geoip.overrides]]\nnetwork = \"198.51.100.0/24\"\ncountry = \"DE\"\n";
+        let (with_one, _) = hash(one);
+        let (with_other, _) = hash(other);
+        assert_ne!(with_one, plain);
+        assert_ne!(with_one, with_other);
+        assert_eq!(hash(one).0, with_one);
     }
 
     /// `limits.request_body_buffer_bytes` takes 8192 to 1048576, both

@@ -150,8 +150,7 @@ impl Snapshot {
             }
         }
         let health = Health::new(&config.policy, config.health.clone());
-        let policy_hash =
-            residency_core::tenant::routing_hash(&config.policy, &config.tenancy.tenants);
+        let policy_hash = crate::config::policy_hash(&config);
         let request_metrics = crate::metrics::RequestMetrics::new(&config.policy, &config.tenancy);
         let header_values = PolicyValues::new(&config.policy, &config.tenancy.tenants);
         let state = match (geo, pool) {

@@ -243,10 +243,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     let proxy = residency_tools::loadtest::FromConfig {
                         recovery: c.health.recovery(),
                         late_delivery: c.timeouts.late_delivery(args.options.body_size),
-                        routing_hash: Some(residency_core::tenant::routing_hash(
-                            &c.policy,
-                            &c.tenancy.tenants,
-                        )),
+                        routing_hash: Some(crate::config::policy_hash(&c)),
                     };
                     (c.policy, proxy)
                 }
