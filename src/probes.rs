@@ -77,6 +77,19 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             }
             continue;
         };
+        // A reload came while the probe ran: its verdict is the upstream's
+        // in the state now in force (the same data centre and URL), whose
+        // health the reload copied before the verdict came; recorded on
+        // the superseded state it was lost, and with reloads every half
+        // second a hung data centre was never taken down (reload audit,
+        // stop 68).
+        let (state, u) = match instance.snapshot() {
+            now if Arc::ptr_eq(&now, &state) => (state, u),
+            now => match same_upstream(&state, u, &now) {
+                Some(u) => (now, u),
+                None => continue, // removed by the reload
+            },
+        };
         if let Some(t) = state.health.record_probe(u, ok) {
             let policy = &state.config.policy;
             let dc = &policy.datacenter_of(u).name;
@@ -95,6 +108,16 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             instance.refresh_gauges();
         }
     }
+}
+
+/// Upstream `u` of `then` in `now`: the one of the same data centre (by
+/// name) and URL.
+fn same_upstream(then: &Snapshot, u: UpstreamId, now: &Snapshot) -> Option<UpstreamId> {
+    let (was, policy) = (&then.config.policy, &now.config.policy);
+    let (uri, dc) = (&was.upstream(u).uri, &was.datacenter_of(u).name);
+    (0..policy.upstreams.len())
+        .map(UpstreamId)
+        .find(|&v| policy.upstream(v).uri == *uri && policy.datacenter_of(v).name == *dc)
 }
 
 /// Each probe's upstream, its verdict (`None`: no probe could be made,

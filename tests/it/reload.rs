@@ -724,3 +724,51 @@ async fn a_renamed_data_centre_s_series_go_with_it() {
     );
     proxy.stop().await;
 }
+
+/// Active checks that span a reload count: a check's verdict is recorded
+/// on the upstream (same data centre and URL) of the state in force when
+/// it ends, not on the state it started in, which the reload had copied
+/// already. With reloads more frequent than a check's timeout, a hung data
+/// centre was never taken down (reload audit, stop 68).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_span_reloads_still_take_a_hung_upstream_down() {
+    // Accepts, and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = hung.accept().await {
+            conns.push(c);
+        }
+    });
+    let proxy = Proxy::start(Setup {
+        extra: format!(
+            "[health]\ninterval = \"300ms\"\ntimeout = \"300ms\"\nrecovery_interval = \"100ms\"\n\
+             [datacenters.geneva]\njurisdiction = \"ch\"\nupstreams = [\"http://{hung_addr}\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let up =
+        format!("residency_upstream_up{{datacenter=\"geneva\",upstream=\"http://{hung_addr}/\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0u32;
+    loop {
+        // A reload every 100 ms: each check (300 ms to its timeout) spans
+        // some.
+        let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+        n += 1;
+        std::fs::write(&proxy.config_path, format!("{config}\n# reload {n}\n")).unwrap();
+        residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+        if gauge(&proxy, &up).await == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "geneva never went down across {n} reloads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.stop().await;
+    held.abort();
+}
