@@ -3182,6 +3182,57 @@ pub(crate) mod tests {
         assert_eq!(log.size(), 1, "the torn record and what follows it are cut");
     }
 
+    /// A record looked up by request id that this version cannot read (a
+    /// newer version's, in a fleet rolling out or after a rollback) is an
+    /// error, not "no such record": a verifier told 404 calls a genuine
+    /// receipt INVALID (upgrade audit, stop 68).
+    #[tokio::test]
+    async fn a_record_this_version_cannot_read_is_not_taken_for_none() {
+        use std::os::unix::fs::FileExt;
+        let (_dir, settings) = setup("unreadable");
+        {
+            let log = Log::open(&settings, metrics()).unwrap();
+            let log = Arc::new(log);
+            let mut appending = tokio::task::JoinSet::new();
+            for i in 0..257 {
+                let log = log.clone();
+                appending.spawn(async move { log.append(&record(i)).await.map(|_| ()) });
+            }
+            while let Some(appended) = appending.join_next().await {
+                appended.unwrap().unwrap();
+            }
+            log.checkpoint().unwrap();
+        }
+        // Record 1 with a field this version does not know, as a newer
+        // version's (same length), in a
+        // full bundle (whose tree a start does not hash again).
+        let path = settings.directory.join("tile/entries/000");
+        let bytes = std::fs::read(&path).unwrap();
+        let written = record(1).to_bytes();
+        let at = bytes
+            .windows(written.len())
+            .position(|w| w == written.as_slice())
+            .unwrap();
+        let newer =
+            String::from_utf8(written.clone())
+                .unwrap()
+                .replacen("\"time\":", "\"tyme\":", 1);
+        assert_eq!(newer.len(), written.len());
+        assert!(Record::from_bytes(newer.as_bytes()).is_err());
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(newer.as_bytes(), at as u64).unwrap();
+        drop(f);
+        let log = Log::open(&settings, metrics()).unwrap();
+        let gen = log.current();
+        assert_eq!(gen.index_of(&format!("{:032x}", 0)).unwrap(), Some(0));
+        let e = gen
+            .index_of(&format!("{:032x}", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a record this version cannot read"), "{e}");
+        assert_eq!(gen.index_of(&format!("{:032x}", 999)).unwrap(), None);
+    }
+
     /// A record after the checkpoint that is complete and valid JSON, but
     /// not a record this version reads (one written by a newer version,
     /// before a rollback), stops the start: cut as a torn tail, it and the

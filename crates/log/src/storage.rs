@@ -609,16 +609,30 @@ impl Generation {
                 .map_or_else(|| Ok(Vec::new()), |d| d.indexes_of(key))?,
         };
         // Ids that are not 32 hex digits are hashed: confirm the match.
+        let mut unreadable = None;
         for index in candidates {
-            let bytes = self.record(index)?;
-            let matches = bytes.is_some_and(|bytes| {
-                Record::from_bytes(&bytes).is_ok_and(|r| r.request_id == request_id)
-            });
-            if matches {
-                return Ok(Some(index));
+            let Some(bytes) = self.record(index)? else {
+                continue;
+            };
+            match Record::from_bytes(&bytes) {
+                Ok(r) if r.request_id == request_id => return Ok(Some(index)),
+                Ok(_) => {}
+                Err(e) => unreadable = Some((index, e)),
             }
         }
-        Ok(None)
+        // A candidate this version cannot read (a newer version's record,
+        // in a fleet rolling out or after a rollback) may be the one: not
+        // "no such record", which a verifier takes for INVALID (upgrade
+        // audit, stop 68).
+        match unreadable {
+            Some((index, e)) => Err(LogError::Corrupt {
+                path: format!("{} entry {index}", self.origin),
+                message: format!(
+                    "a record this version cannot read ({e}): written by a newer version of the proxy? Upgrade this one"
+                ),
+            }),
+            None => Ok(None),
+        }
     }
 
     fn memory_bytes(&self) -> usize {
