@@ -1327,18 +1327,7 @@ mod tests {
     /// left out unless the filter names rustls.
     #[test]
     fn rustls_warnings_are_left_out_unless_named() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
+        use super::log_text::tests::Lines;
         let logged = |filter: &str| {
             let lines = Lines::default();
             let writer = lines.clone();

@@ -599,7 +599,8 @@ async fn the_drill_s_log_check_passes_an_upload_its_record_names_both_copies_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
     let proxy = Proxy::start(Setup::default()).await;
-    let start = |key: &'static str| {
+    // An upload from `origin` whose body comes when the test sends it.
+    let start = |origin: &'static str, key: &'static str| {
         let client = proxy.client();
         let (tx, body) = channel_body();
         let reply = tokio::spawn(async move {
@@ -607,7 +608,7 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
                 .send_body(
                     "POST",
                     "/v1/telemetry",
-                    &[("x-forwarded-for", CH), ("idempotency-key", key)],
+                    &[("x-forwarded-for", origin), ("idempotency-key", key)],
                     body,
                 )
                 .await
@@ -615,23 +616,8 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
         });
         (tx, reply)
     };
-    let (to_zurich, moved) = start("moved-1");
-    let (to_frankfurt, kept) = {
-        let client = proxy.client();
-        let (tx, body) = channel_body();
-        let reply = tokio::spawn(async move {
-            client
-                .send_body(
-                    "POST",
-                    "/v1/telemetry",
-                    &[("x-forwarded-for", DE), ("idempotency-key", "kept-1")],
-                    body,
-                )
-                .await
-                .unwrap()
-        });
-        (tx, reply)
-    };
+    let (to_zurich, moved) = start(CH, "moved-1");
+    let (to_frankfurt, kept) = start(DE, "kept-1");
     for tx in [&to_zurich, &to_frankfurt] {
         tx.send(bytes::Bytes::from_static(b"first half, "))
             .await
