@@ -1762,7 +1762,7 @@ impl Config {
 /// The SHA-256 records carry as `policy_sha256`: of the routing policy
 /// and the tenants' pins ([`residency_core::tenant::routing_hash`]), and,
 /// with `geoip.overrides`, of that hash followed by each override (network
-/// and country, one a line, in order): an override decides a client's
+/// and country, one a line, sorted): an override decides a client's
 /// country before the GeoIP database, and a record named a hash that did
 /// not change when an override moved a network to another jurisdiction
 /// (reload audit, stop 68). Unchanged without overrides.
@@ -1771,11 +1771,15 @@ pub fn policy_hash(config: &Config) -> String {
     if config.geoip.overrides.is_empty() {
         return routing;
     }
-    let mut text = format!("{routing}\n");
-    for (net, country) in &config.geoip.overrides {
-        text.push_str(&format!("override {net} {}\n", country.as_str()));
-    }
-    residency_core::policy::sha256_hex(&text)
+    // Sorted: the longest prefix wins whatever their order.
+    let mut lines: Vec<String> = config
+        .geoip
+        .overrides
+        .iter()
+        .map(|(net, country)| format!("override {net} {}\n", country.as_str()))
+        .collect();
+    lines.sort();
+    residency_core::policy::sha256_hex(&format!("{routing}\n{}", lines.concat()))
 }
 
 /// What loads but may not be meant, in the parts a reload applies:
@@ -2127,6 +2131,12 @@ upstreams = ["http://127.0.0.1:1"]
         assert_ne!(with_one, plain);
         assert_ne!(with_one, with_other);
         assert_eq!(hash(one).0, with_one);
+        // Their order does not route: it does not change the hash.
+        let two = "[[geoip.overrides]]\nnetwork = \"203.0.113.0/24\"\ncountry = \"US\"\n";
+        assert_eq!(
+            hash(&format!("{one}{two}")).0,
+            hash(&format!("{two}{one}")).0
+        );
     }
 
     /// `limits.request_body_buffer_bytes` takes 8192 to 1048576, both

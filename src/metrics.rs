@@ -388,7 +388,7 @@ impl Metrics {
         let policy_info = IntGaugeVec::new(
             Opts::new(
                 "residency_policy_info",
-                "Always 1; `hash` is the SHA-256 of the active routing policy and tenant pins.",
+                "Always 1; `hash` is the SHA-256 of the active routing policy, tenant pins and GeoIP overrides (the records' policy_sha256).",
             ),
             &["hash"],
         )?;

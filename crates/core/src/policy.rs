@@ -687,17 +687,18 @@ pub fn host_address(host: &str) -> Option<std::net::IpAddr> {
 
 /// An upstream base URL: `http` or `https`, a host, an optional path prefix,
 /// no query, no user info.
-/// `url` as a message may show it: user info in its authority
-/// (`user:password@`) replaced by `…@`, so that a URL refused for holding a
-/// password does not repeat it to a terminal or a log pipeline (privacy
-/// audit, stop 68).
+/// `url` as a message may show it: everything between `://` and its last
+/// `@` replaced by `…`, so that a URL refused for holding a password does
+/// not repeat it to a terminal or a log pipeline (privacy audit, stop 68)
+/// — also a password holding `/`, `?` or `#`, which ends the authority
+/// where a parser looks (verification, stop 68). A path holding an `@` is
+/// shown cut too: the message is about the URL, not its path.
 pub fn shown_url(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(scheme_end) = url.find("://") else {
         return url.into();
     };
     let rest = &url[scheme_end + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
+    match rest.rfind('@') {
         Some(at) => format!("{}://…@{}", &url[..scheme_end], &rest[at + 1..]).into(),
         None => url.into(),
     }
@@ -710,8 +711,10 @@ fn parse_upstream(url: &str) -> Result<Uri, &'static str> {
         _ => return Err("scheme must be http or https"),
     }
     let authority = uri.authority().ok_or("missing host")?;
-    if authority.as_str().contains('@') {
-        return Err("user info is not allowed");
+    // Anywhere: a password holding `/` made `user:pa` the host and the
+    // rest of it a path (verification, stop 68).
+    if authority.as_str().contains('@') || url.contains('@') {
+        return Err("user info (or any `@`) is not allowed");
     }
     if uri.query().is_some() {
         return Err("a query string is not allowed");

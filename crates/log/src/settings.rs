@@ -872,9 +872,10 @@ pub fn witnesses(
     complete.then_some(out)
 }
 
-/// Whether `url` (a [`valid_url`]) names user info before its host.
+/// Whether `url` (a [`valid_url`]) may name user info: any `@` (a password
+/// holding `/` ends the authority where a parser looks).
 fn has_userinfo(url: &str) -> bool {
-    residency_core::policy::shown_url(url) != url
+    url.contains('@')
 }
 
 fn valid_url(url: &str) -> bool {
