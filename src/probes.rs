@@ -85,7 +85,7 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
         // stop 68).
         let (state, u) = match instance.snapshot() {
             now if Arc::ptr_eq(&now, &state) => (state, u),
-            now => match same_upstream(&state, u, &now) {
+            now => match state.config.policy.same_upstream_in(u, &now.config.policy) {
                 Some(u) => (now, u),
                 None => continue, // removed by the reload
             },
@@ -108,16 +108,6 @@ pub async fn run(instance: Arc<Instance>, mut stop: watch::Receiver<bool>) {
             instance.refresh_gauges();
         }
     }
-}
-
-/// Upstream `u` of `then` in `now`: the one of the same data centre (by
-/// name) and URL.
-fn same_upstream(then: &Snapshot, u: UpstreamId, now: &Snapshot) -> Option<UpstreamId> {
-    let (was, policy) = (&then.config.policy, &now.config.policy);
-    let (uri, dc) = (&was.upstream(u).uri, &was.datacenter_of(u).name);
-    (0..policy.upstreams.len())
-        .map(UpstreamId)
-        .find(|&v| policy.upstream(v).uri == *uri && policy.datacenter_of(v).name == *dc)
 }
 
 /// Each probe's upstream, its verdict (`None`: no probe could be made,

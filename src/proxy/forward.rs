@@ -580,16 +580,9 @@ fn still_permitted(
     dc: DatacenterId,
 ) -> bool {
     let (then, now) = (&state.config.policy, &instance.snapshot().config.policy);
-    let (j, dc) = (&then.jurisdiction(j).name, &then.datacenter(dc).name);
-    let (Some(j), Some(dc)) = (
-        now.jurisdictions.iter().position(|x| x.name == *j),
-        now.datacenters.iter().position(|x| x.name == *dc),
-    ) else {
-        return false;
-    };
-    now.permitted(JurisdictionId(j))
-        .iter()
-        .any(|group| group.datacenters.contains(&DatacenterId(dc)))
+    let j = now.jurisdiction_named(&then.jurisdiction(j).name);
+    let dc = now.datacenter_named(&then.datacenter(dc).name);
+    j.zip(dc).is_some_and(|(j, dc)| now.permits(j, dc))
 }
 
 fn count_retry(instance: &Instance, request_id: &HeaderValue, from: &str, reason: &'static str) {

@@ -305,20 +305,12 @@ impl Health {
         let old_now = old.now_ms();
         let now = self.now_ms();
         for (i, dc) in policy.datacenters.iter().enumerate() {
-            let Some(j) = old_policy
-                .datacenters
-                .iter()
-                .position(|d| d.name == dc.name)
-            else {
+            let Some(j) = old_policy.datacenter_named(&dc.name) else {
                 continue;
             };
-            self.set_drained(DatacenterId(i), old.is_drained(DatacenterId(j)));
+            self.set_drained(DatacenterId(i), old.is_drained(j));
             for u in &dc.upstreams {
-                let uri = &policy.upstream(*u).uri;
-                let same = old_policy.datacenters[j]
-                    .upstreams
-                    .iter()
-                    .find(|o| old_policy.upstream(**o).uri == *uri);
+                let same = policy.same_upstream_in(*u, old_policy);
                 let (Some(o), Some(x)) = (
                     same.and_then(|o| old.upstreams.get(o.0)),
                     self.upstreams.get(u.0),

@@ -223,10 +223,43 @@ impl Policy {
 
     /// True when `u` belongs to a data centre permitted for `j`.
     pub fn is_permitted(&self, j: JurisdictionId, u: UpstreamId) -> bool {
-        let dc = self.upstreams[u.0].datacenter;
+        self.permits(j, self.upstreams[u.0].datacenter)
+    }
+
+    /// True when data centre `dc` may store uploads of `j`.
+    pub fn permits(&self, j: JurisdictionId, dc: DatacenterId) -> bool {
         self.permitted(j)
             .iter()
             .any(|g| g.datacenters.contains(&dc))
+    }
+
+    /// The jurisdiction named `name`.
+    pub fn jurisdiction_named(&self, name: &str) -> Option<JurisdictionId> {
+        self.jurisdictions
+            .iter()
+            .position(|x| x.name == name)
+            .map(JurisdictionId)
+    }
+
+    /// The data centre named `name`.
+    pub fn datacenter_named(&self, name: &str) -> Option<DatacenterId> {
+        self.datacenters
+            .iter()
+            .position(|x| x.name == name)
+            .map(DatacenterId)
+    }
+
+    /// Upstream `u` of this policy in `other` (another configuration's: a
+    /// reload renumbers them): the upstream of the data centre of the same
+    /// name at the same URL.
+    pub fn same_upstream_in(&self, u: UpstreamId, other: &Policy) -> Option<UpstreamId> {
+        let uri = &self.upstream(u).uri;
+        let dc = other.datacenter_named(&self.datacenter_of(u).name)?;
+        other.datacenters[dc.0]
+            .upstreams
+            .iter()
+            .copied()
+            .find(|o| other.upstream(*o).uri == *uri)
     }
 
     pub fn jurisdiction(&self, j: JurisdictionId) -> &Jurisdiction {

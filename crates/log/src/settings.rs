@@ -1566,6 +1566,12 @@ mod tests {
             signing_key: Some("no-such-key".into()),
             ..RawTransparency::default()
         };
+        // The problems of a witness list that is refused.
+        let refused = |raw: &RawTransparency| {
+            let mut r = ConfigReport::new("test");
+            assert!(witnesses(raw, Path::new("."), &mut r).is_none());
+            r.to_string()
+        };
 
         let raw = RawTransparency {
             witnesses: Some(vec![witness("https://w1.example/", &key)]),
@@ -1585,9 +1591,7 @@ mod tests {
             witnesses: Some(vec![witness("https://w:S3CRET@w1.example/", &key)]),
             ..raw
         };
-        let mut r = ConfigReport::new("test");
-        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
-        let text = r.to_string();
+        let text = refused(&raw);
         assert!(
             text.contains(
                 "transparency.witnesses[0].url: `https://…@w1.example/`: user info is not allowed"
@@ -1601,9 +1605,7 @@ mod tests {
             witnesses: Some(vec![witness("http://127.0.0.1:9", &log_key)]),
             ..raw
         };
-        let mut r = ConfigReport::new("test");
-        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
-        let text = r.to_string();
+        let text = refused(&raw);
         assert!(
             text.contains("- transparency.witnesses[0].key: malformed verifier key"),
             "{text}"
@@ -1648,9 +1650,7 @@ mod tests {
             ]),
             ..raw
         };
-        let mut r = ConfigReport::new("test");
-        assert!(witnesses(&raw, Path::new("."), &mut r).is_none());
-        let text = r.to_string();
+        let text = refused(&raw);
         assert!(
             text.contains(
                 "- transparency.witnesses[1].key: the same public key as transparency.witnesses[0]"
