@@ -379,6 +379,10 @@ pub fn forward<'a>(
         let health = &state.health;
         let j = target.jurisdiction;
         let (mut upload, budget) = prepare(instance, state, &target, req);
+        // Sent in the decision's poll, an upload is in flight on the state
+        // it started with; one that waits (for its body, or to be retried)
+        // may see a reload first.
+        let waited = budget.is_some();
         if let Some(budget) = budget {
             // Boxed, as every rarely taken await here: the request's future is
             // moved whole when hyper boxes it, so it is kept small.
@@ -404,13 +408,14 @@ pub fn forward<'a>(
             // audit, stop 68: a first attempt after seconds or hours of
             // buffering for replay, or a retry, went to a data centre the
             // policy in force had removed). One load when nothing changed.
-            if instance.installed() != state.installed
-                && !still_permitted(instance, state, j, dc_id)
+            if (waited || attempts > 1)
+                && instance.installed() != state.installed
+                && !still_permitted(instance, state, &target, dc_id)
             {
                 tracing::warn!(
                     request_id = target.request_id.to_str().unwrap_or_default(),
                     datacenter = dc.as_str(),
-                    "a reload took this upload's data centre out of its jurisdiction's permitted set before it was sent there: refused, for the client to retry under the new policy"
+                    "a reload made this upload's data centre one the policy in force does not permit for its client before it was sent there: refused, for the client to retry under the new policy"
                 );
                 return Err(upload.refuse(Failure::PolicyChanged));
             }
@@ -569,20 +574,44 @@ pub fn forward<'a>(
     }
 }
 
-/// Whether the policy now in force still lets data centre `dc` of the
-/// request's snapshot store uploads of jurisdiction `j`, both by name (a
-/// reload renumbers them).
+/// Whether the configuration now in force still lets data centre `dc` of
+/// the request's snapshot (by name: a reload renumbers them) store this
+/// upload: a reload may have removed the data centre or moved it, or moved
+/// the client to another jurisdiction (its override, the GeoIP database's
+/// answer, its country's jurisdiction, its tenant's pin: stop 68's
+/// verification found those sent where the old decision said).
 #[cold]
 fn still_permitted(
     instance: &Instance,
     state: &Snapshot,
-    j: JurisdictionId,
+    target: &Target,
     dc: DatacenterId,
 ) -> bool {
-    let (then, now) = (&state.config.policy, &instance.snapshot().config.policy);
-    let j = now.jurisdiction_named(&then.jurisdiction(j).name);
-    let dc = now.datacenter_named(&then.datacenter(dc).name);
-    j.zip(dc).is_some_and(|(j, dc)| now.permits(j, dc))
+    use residency_core::decision::{decide, decide_pinned, Outcome};
+    let now = instance.snapshot();
+    let policy = &now.config.policy;
+    let Some(dc) = policy.datacenter_named(&state.config.policy.datacenter(dc).name) else {
+        return false;
+    };
+    // The decision again, under the policy, overrides, GeoIP database and
+    // tenants in force, every upstream taken as up: only the jurisdiction
+    // is wanted. A tenant is the same by name; one the reload removed is
+    // not recognised now.
+    let (up, soon) = (|_| true, |_| std::time::Duration::ZERO);
+    let decision = match target.tenant {
+        Some(t) => {
+            let tenants = &now.config.tenancy.tenants;
+            let Some(t) = tenants.by_name(&state.config.tenancy.tenants.get(t).name) else {
+                return false;
+            };
+            decide_pinned(&now.geo, policy, target.client, tenants.get(t), 0, up, soon)
+        }
+        None => decide(&now.geo, policy, target.client, 0, up, soon),
+    };
+    matches!(decision.outcome, Outcome::Forward(_))
+        && decision
+            .jurisdiction
+            .is_some_and(|(j, _)| policy.permits(j, dc))
 }
 
 fn count_retry(instance: &Instance, request_id: &HeaderValue, from: &str, reason: &'static str) {

@@ -587,6 +587,70 @@ async fn the_drill_s_log_check_passes_an_upload_its_record_names_both_copies_of(
     proxy.stop().await;
 }
 
+/// An upload from `origin`, buffered for replay (it has an
+/// `Idempotency-Key`), whose body comes when the test sends it.
+fn waiting_upload(
+    proxy: &Proxy,
+    origin: &'static str,
+    key: &'static str,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<Reply>,
+) {
+    let client = proxy.client();
+    let (tx, body) = channel_body();
+    let reply = tokio::spawn(async move {
+        client
+            .send_body(
+                "POST",
+                "/v1/telemetry",
+                &[("x-forwarded-for", origin), ("idempotency-key", key)],
+                body,
+            )
+            .await
+            .unwrap()
+    });
+    (tx, reply)
+}
+
+/// A reload that moves the client, not the data centre: an override
+/// placing the Swiss client in Germany. Its upload, decided for zurich
+/// before the reload, is not sent there after it (stop 68's verification:
+/// it was).
+#[tokio::test]
+async fn an_upload_is_not_sent_where_a_reload_no_longer_places_its_client() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let (to_zurich, moved) = waiting_upload(&proxy, CH, "moved-2");
+    to_zurich
+        .send(bytes::Bytes::from_static(b"first half, "))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let moved_config =
+        format!("{config}\n[[geoip.overrides]]\nnetwork = \"{CH}/32\"\ncountry = \"DE\"\n");
+    std::fs::write(&proxy.config_path, moved_config).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    to_zurich
+        .send(bytes::Bytes::from_static(b"second half"))
+        .await
+        .unwrap();
+    drop(to_zurich);
+    let reply = moved.await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.json()["error"], "policy_changed");
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        0,
+        "sent where the client is no longer placed"
+    );
+    // Decided after it: Germany's data centre.
+    let reply = proxy.client().upload_from(CH, "after").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.header("residency-datacenter"), Some("frankfurt"));
+    proxy.stop().await;
+}
+
 /// An upload decided for a data centre that a reload then takes out of its
 /// jurisdiction's permitted set — here while the upload, carrying an
 /// `Idempotency-Key`, is still being read whole for replay — is not sent
@@ -599,25 +663,8 @@ async fn the_drill_s_log_check_passes_an_upload_its_record_names_both_copies_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
     let proxy = Proxy::start(Setup::default()).await;
-    // An upload from `origin` whose body comes when the test sends it.
-    let start = |origin: &'static str, key: &'static str| {
-        let client = proxy.client();
-        let (tx, body) = channel_body();
-        let reply = tokio::spawn(async move {
-            client
-                .send_body(
-                    "POST",
-                    "/v1/telemetry",
-                    &[("x-forwarded-for", origin), ("idempotency-key", key)],
-                    body,
-                )
-                .await
-                .unwrap()
-        });
-        (tx, reply)
-    };
-    let (to_zurich, moved) = start(CH, "moved-1");
-    let (to_frankfurt, kept) = start(DE, "kept-1");
+    let (to_zurich, moved) = waiting_upload(&proxy, CH, "moved-1");
+    let (to_frankfurt, kept) = waiting_upload(&proxy, DE, "kept-1");
     for tx in [&to_zurich, &to_frankfurt] {
         tx.send(bytes::Bytes::from_static(b"first half, "))
             .await
