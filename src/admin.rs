@@ -219,14 +219,23 @@ fn drain(instance: &Instance, rest: &str) -> Response<Full<Bytes>> {
 }
 
 fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
-    let param = |name: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(percent_decode)
+    let usage = "/decide?ip=<address>[&sni=<server name>][&tenant=<name>]";
+    let refuse = |e: String| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": e, "usage": usage}),
+        )
     };
-    let ip = param("ip").and_then(|s| s.parse::<IpAddr>().ok());
-    let (sni, tenant) = (param("sni"), param("tenant"));
+    let param = |name| crate::query::get(query, name);
+    let (ip, sni, tenant) = match (param("ip"), param("sni"), param("tenant")) {
+        (Ok(ip), Ok(sni), Ok(tenant)) => (ip, sni, tenant),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return refuse(e),
+    };
+    let ip = match ip.map(|s| s.parse::<IpAddr>().map_err(|_| s)) {
+        Some(Err(s)) => return refuse(format!("ip: `{s}` is not an IPv4 or IPv6 address")),
+        Some(Ok(ip)) => Some(ip),
+        None => None,
+    };
     let question = crate::explain::Question {
         ip,
         sni: sni.as_deref(),
@@ -248,34 +257,8 @@ fn explain_decision(instance: &Instance, query: &str) -> Response<Full<Bytes>> {
     );
     match answer {
         Ok(explained) => json(StatusCode::OK, &explained),
-        Err(e) => json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": e, "usage": "/decide?ip=<address>[&sni=<server name>][&tenant=<name>]"}),
-        ),
+        Err(e) => refuse(e),
     }
-}
-
-/// Decodes `%3A`-style escapes (IPv6 colons); invalid escapes stay as they are.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// 405 with the `Allow` header RFC 9110 §15.5.6 requires.
@@ -354,12 +337,5 @@ mod tests {
         assert!(allowed(Some("proxy-admin.internal:9900"), &listed));
         assert!(allowed(Some("Proxy-Admin.Internal"), &listed));
         assert!(!allowed(Some("other.internal"), &listed));
-    }
-
-    #[test]
-    fn decodes_escapes() {
-        assert_eq!(percent_decode("2001%3Adb8%3A%3A1"), "2001:db8::1");
-        assert_eq!(percent_decode("1.2.3.4"), "1.2.3.4");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

@@ -30,6 +30,7 @@ pub mod plain_http;
 pub mod probes;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod query;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

@@ -127,7 +127,10 @@ fn answer_in<B>(
         }
         "/key" => text(format!("{}\n", log.signer().verifier_key())),
         "/proof/inclusion" => {
-            let (index, size) = match (param(query, "index"), param(query, "size")) {
+            let (index, size) = match (
+                crate::query::integer(query, "index"),
+                crate::query::integer(query, "size"),
+            ) {
                 (Ok(Some(index)), Ok(size)) => (index, size.unwrap_or(latest.size)),
                 (Err(bad), _) | (_, Err(bad)) => return error(StatusCode::BAD_REQUEST, &bad),
                 (Ok(None), _) => return error(StatusCode::BAD_REQUEST, "index=N is required"),
@@ -154,7 +157,10 @@ fn answer_in<B>(
             }
         }
         "/proof/consistency" => {
-            let (from, to) = match (param(query, "from"), param(query, "to")) {
+            let (from, to) = match (
+                crate::query::integer(query, "from"),
+                crate::query::integer(query, "to"),
+            ) {
                 (Ok(Some(from)), Ok(to)) => (from, to.unwrap_or(latest.size)),
                 (Err(bad), _) | (_, Err(bad)) => return error(StatusCode::BAD_REQUEST, &bad),
                 (Ok(None), _) => return error(StatusCode::BAD_REQUEST, "from=A is required"),
@@ -352,23 +358,6 @@ fn hexes(path: &[Hash]) -> Vec<String> {
     path.iter()
         .map(|h| residency_core::hex::encode(h))
         .collect()
-}
-
-/// `name=value` from a query string, as an integer; `None` without it, a
-/// 400 naming it when its value is not one (it was read as absent: the
-/// latest size, a 200 for `size=abc`: privacy audit, stop 68).
-fn param(query: &str, name: &str) -> Result<Option<u64>, String> {
-    let Some((_, value)) = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-    else {
-        return Ok(None);
-    };
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| format!("{name}: not a non-negative integer"))
 }
 
 fn text(body: String) -> Response<Full<Bytes>> {

@@ -524,6 +524,32 @@ jurisdiction = "eu"
     let d: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(d["decided_by"], "geoip");
     assert_eq!(d["datacenter"], "frankfurt");
+    // An address that is none, or a parameter given twice, is said (the
+    // first was taken, a bad address read as none given).
+    for (path, said) in [
+        (
+            "/decide?ip=192.0.2.300".to_string(),
+            "ip: `192.0.2.300` is not an IPv4 or IPv6 address",
+        ),
+        (
+            format!("/decide?ip={DE}&tenant=acme&tenant=globex"),
+            "tenant: given more than once",
+        ),
+    ] {
+        let (status, body) = proxy.admin_get(&path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(d["error"], said, "{path}");
+    }
+    let (status, body) = proxy
+        .admin_get("/decide?ip=%3A%3Affff%3A198.51.100.20")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        d["datacenter"], "frankfurt",
+        "an escaped mapped address: {body}"
+    );
     proxy.stop().await;
 }
 

@@ -1911,6 +1911,9 @@ async fn a_proof_parameter_that_is_not_a_number_is_a_400() {
         ("/proof/inclusion?index=1&size=", "size"),
         ("/proof/consistency?from=1&to=abc", "to"),
         ("/proof/consistency?from=-1&to=3", "from"),
+        // A sign is no digit (Rust's parser takes `+5`: verification, stop 68).
+        ("/proof/inclusion?index=1&size=+3", "size"),
+        ("/proof/inclusion?index=%2B1&size=3", "index"),
     ] {
         let (status, body) = proxy.log_get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -1919,6 +1922,17 @@ async fn a_proof_parameter_that_is_not_a_number_is_a_400() {
             "{path}: {body}"
         );
     }
+    // Given twice, neither is guessed (the first was taken).
+    let (status, body) = proxy
+        .log_get("/proof/inclusion?index=1&size=3&size=2")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("size: given more than once"), "{body}");
+    // Escaped digits are digits (the query was not decoded: 400).
+    let (status, body) = proxy.log_get("/proof/inclusion?index=%31&size=%33").await;
+    assert_eq!(status, 200, "{body}");
+    let proof: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(proof["index"], 1);
     for path in ["/proof/inclusion?index=1", "/proof/consistency?from=1"] {
         let (status, body) = proxy.log_get(path).await;
         assert_eq!(status, 200, "{path}: {body}");
