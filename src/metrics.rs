@@ -393,6 +393,22 @@ impl Metrics {
             &["hash"],
         )?;
         registry.register(Box::new(policy_info.clone()))?;
+        // Which build each replica of a fleet runs (a rolling upgrade's
+        // progress, a replica left behind): Prometheus's `*_build_info`.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "residency_build_info",
+                "Always 1; `version` is the proxy's version and `commit` the commit it was built from (empty when unknown: no git checkout and no RESIDENCY_PROXY_COMMIT at build time).",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                residency_tools::COMMIT.unwrap_or_default(),
+            ])
+            .set(1);
+        registry.register(Box::new(build_info))?;
         let certificate_expiry = IntGaugeVec::new(
             Opts::new(
                 "residency_tls_certificate_expiry_timestamp_seconds",

@@ -23,7 +23,7 @@ use crate::state::{Instance, Snapshot};
 #[derive(Debug, Parser)]
 #[command(
     name = "residency-proxy",
-    version,
+    version = residency_tools::VERSION,
     about = "TLS reverse proxy that stores each upload only in a jurisdiction its origin permits"
 )]
 pub struct Cli {

@@ -950,7 +950,23 @@ fn every_subcommand_has_help() {
     }
     let out = run(&["--version"], &[]);
     assert!(out.status.success());
-    assert!(text(&out.stdout).starts_with("residency-proxy "));
+    // Built from a git checkout: the commit is named (a fleet's replicas
+    // told apart; `residency_build_info` has it too).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let version = match head {
+        Some(head) => format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            text(&head.stdout).trim()
+        ),
+        None => env!("CARGO_PKG_VERSION").to_string(),
+    };
+    assert_eq!(text(&out.stdout), format!("residency-proxy {version}\n"));
     let out = run(&["no-such-command"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }

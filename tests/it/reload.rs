@@ -84,6 +84,13 @@ async fn certificate_database_and_policy_reload_under_load_without_a_failed_requ
         })
     };
     let (_, before) = proxy.admin_get("/metrics").await;
+    // Which build runs, for a fleet in a rolling upgrade.
+    let build = format!(
+        "residency_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+        residency_tools::COMMIT.unwrap_or_default(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(before.lines().any(|l| l == build), "{build}");
     let hash_before = before
         .lines()
         .find(|l| l.starts_with("residency_policy_info"))

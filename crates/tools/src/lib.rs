@@ -9,6 +9,11 @@
 //! the residency core (to know the policy they check against), the log's
 //! data structures and the TLS settings.
 
+/// The version, with the commit built from when known: `0.1.0 (abc123def456)`.
+pub const VERSION: &str = env!("RESIDENCY_PROXY_VERSION");
+/// The commit built from (12 hex digits), when known.
+pub const COMMIT: Option<&str> = option_env!("RESIDENCY_PROXY_COMMIT");
+
 pub mod fetch;
 pub mod geoip;
 pub mod loadtest;

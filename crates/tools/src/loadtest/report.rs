@@ -630,10 +630,7 @@ pub fn build(
             .routing_hash
             .clone()
             .unwrap_or_else(|| plan.policy.hash()),
-        version: match option_env!("RESIDENCY_PROXY_COMMIT") {
-            Some(commit) => format!("{} ({commit})", env!("CARGO_PKG_VERSION")),
-            None => env!("CARGO_PKG_VERSION").to_string(),
-        },
+        version: crate::VERSION.to_string(),
         target: plan.target.to_string(),
         convey: plan.convey,
         rate_per_s: plan.rate,
