@@ -490,6 +490,103 @@ mod tests {
         assert_eq!(n, 20);
     }
 
+    /// Readers of a version refuse a field they do not know (the
+    /// verifiers, the page's, a replica reading a record back): a field
+    /// added without raising [`VERSION`] makes every older reader call the
+    /// record invalid (upgrade audit, stop 68: `also_sent_to` was). This
+    /// list is version 1's; a change to it must raise `VERSION`.
+    #[test]
+    fn the_fields_of_version_1_are_fixed() {
+        const VERSION_1: &[&str] = &[
+            "also_sent_to",
+            "body",
+            "body.bytes",
+            "body.sha256",
+            "client",
+            "client.address",
+            "client.source",
+            "country",
+            "datacenter",
+            "geoip",
+            "geoip.build_epoch",
+            "geoip.sha256",
+            "jurisdiction",
+            "outcome",
+            "policy_sha256",
+            "reason",
+            "request_id",
+            "summary",
+            "summary.count",
+            "summary.first",
+            "summary.last",
+            "summary.request_ids_sha256",
+            "tenant",
+            "tenant.name",
+            "tenant.origin_jurisdiction",
+            "tenant.source",
+            "time",
+            "upstream_status",
+            "v",
+        ];
+        let every = Record {
+            v: VERSION,
+            request_id: "r".into(),
+            time: "t".into(),
+            outcome: Outcome::Refused,
+            reason: Some("r".into()),
+            client: Client {
+                source: Some("peer".into()),
+                address: Some("a".into()),
+            },
+            country: Some("CH".into()),
+            jurisdiction: Some("ch".into()),
+            datacenter: Some("d".into()),
+            also_sent_to: vec!["e".into()],
+            upstream_status: Some(201),
+            body: Some(BodyDigest {
+                sha256: "s".into(),
+                bytes: 1,
+            }),
+            policy_sha256: "p".into(),
+            geoip: Database {
+                build_epoch: 1,
+                sha256: "g".into(),
+            },
+            tenant: Some(TenantRecord {
+                name: "n".into(),
+                source: "sni".into(),
+                origin_jurisdiction: Some("eu".into()),
+            }),
+            summary: Some(Summary {
+                count: 2,
+                request_ids_sha256: "h".into(),
+                first: "f".into(),
+                last: "l".into(),
+            }),
+        };
+        fn paths(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            if let Some(object) = value.as_object() {
+                for (key, value) in object {
+                    let path = format!("{prefix}{key}");
+                    paths(&format!("{path}."), value, out);
+                    out.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        paths(
+            "",
+            &serde_json::from_slice(&every.to_bytes()).unwrap(),
+            &mut found,
+        );
+        found.sort();
+        assert_eq!(VERSION, 1, "a new version: list its fields here");
+        assert_eq!(
+            found, VERSION_1,
+            "a record's fields changed: raise record::VERSION (and teach both verifiers, `verify` and the page's verify.js, the new version)"
+        );
+    }
+
     #[test]
     fn records_round_trip() {
         let r = Record {
