@@ -169,7 +169,18 @@ impl TokenVerifier {
         }
         let value = value.trim();
         let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(token.trim());
+        }
+        // A JWT without its scheme, or with `Bearer` run into it
+        // (`Bearer,eyJ…`): a token that is there, unreadable — not another
+        // scheme's credentials, which leave the decision to GeoIP (JOSE
+        // audit, stop 69: such uploads went by GeoIP, past their tenant's pin).
+        let run_into = scheme
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|b| b.eq_ignore_ascii_case(b"bearer"));
+        (run_into || looks_like_a_jws(value)).then_some("")
     }
 
     /// The field the token is read from.
@@ -275,6 +286,61 @@ impl TokenVerifier {
 /// head bounds it, but a 401's log line need not repeat kilobytes of it.
 fn shortened(text: &str) -> String {
     shortened_to(text, 64)
+}
+
+/// A JWS in compact form, as a JWT is: three base64url parts, the first a
+/// JSON object's (`eyJ` is `{"`).
+fn looks_like_a_jws(value: &str) -> bool {
+    value.starts_with("eyJ")
+        && value.bytes().filter(|b| *b == b'.').count() == 2
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Why a key's public point cannot be trusted to verify: an Ed25519 `x`
+/// of another length than 32 bytes, or one of the small-order points
+/// (under one, a forged signature verifies for any message: anyone could
+/// sign a token for any tenant — ring verifies it; JOSE audit, stop 69),
+/// or a P-256 point of another size or not on the curve (nothing verifies:
+/// the key was taken silently). `None` for a point that is fine, or whose
+/// text does not decode (`DecodingKey::from_jwk` says so). An Ed25519
+/// encoding that is no point at all verifies nothing and is not found here.
+fn unusable_point(params: &AlgorithmParameters) -> Option<String> {
+    use base64::Engine as _;
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    };
+    match params {
+        AlgorithmParameters::OctetKeyPair(p) => {
+            let Ok(x) = <[u8; 32]>::try_from(decode(&p.x)?) else {
+                return Some("its `x` is not 32 bytes".into());
+            };
+            residency_log::note::small_order(&x).then(|| {
+                "its `x` is a small-order point, under which a forged signature verifies: anyone could sign a token for any tenant".into()
+            })
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (x, y) = (decode(&p.x)?, decode(&p.y)?);
+            if x.len() != 32 || y.len() != 32 {
+                return Some("its `x` and `y` are not 32 bytes each".into());
+            }
+            // ECDH checks the peer's point as the signature check does not
+            // say: on the curve, not the point at infinity.
+            use ring::agreement::{
+                agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256,
+            };
+            let point = [&[4u8][..], &x, &y].concat();
+            let ours =
+                EphemeralPrivateKey::generate(&ECDH_P256, &ring::rand::SystemRandom::new()).ok()?;
+            agree_ephemeral(ours, &UnparsedPublicKey::new(&ECDH_P256, &point), |_| ())
+                .is_err()
+                .then(|| "its point is not on the P-256 curve: no token verifies under it".into())
+        }
+        _ => None,
+    }
 }
 
 /// A JWT library's error, whose text may quote the token's (serde's
@@ -728,6 +794,10 @@ fn token_verifier(
                             skip(i, "its `alg` is not its curve's algorithm");
                             continue;
                         }
+                        if let Some(why) = unusable_point(&jwk.algorithm) {
+                            skip(i, &why);
+                            continue;
+                        }
                         match DecodingKey::from_jwk(jwk) {
                             Ok(key) => {
                                 let mut validation = Validation::new(alg);
@@ -1024,6 +1094,74 @@ mod tests {
             let why = format!("{:?}", verifier.verify(&token).unwrap_err());
             assert!(why.len() < 400, "{} characters: {why}", why.len());
         }
+    }
+
+    /// A key whose point cannot be trusted is found before it is used:
+    /// Ed25519's small-order points (a forged signature verifies: JOSE
+    /// audit, stop 69) and wrong lengths, P-256 points off the curve.
+    #[test]
+    fn a_key_whose_point_cannot_be_trusted_is_found() {
+        use jsonwebtoken::jwk::{
+            AlgorithmParameters, EllipticCurve, EllipticCurveKeyParameters, OctetKeyPairParameters,
+            OctetKeyPairType,
+        };
+        let ed = |x: &str| {
+            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: x.into(),
+            })
+        };
+        let ec = |x: &str, y: &str| {
+            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: jsonwebtoken::jwk::EllipticCurveKeyType::EC,
+                curve: EllipticCurve::P256,
+                x: x.into(),
+                y: y.into(),
+            })
+        };
+        for (x, why) in [
+            ("AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "small-order"), // identity
+            ("7P_______________________________________38", "small-order"), // order 2
+            ("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not 32 bytes"),
+        ] {
+            let said = super::unusable_point(&ed(x)).unwrap();
+            assert!(said.contains(why), "{x}: {said}");
+        }
+        assert_eq!(
+            super::unusable_point(&ed("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")),
+            None
+        );
+        assert_eq!(
+            super::unusable_point(&ed("not base64!")),
+            None,
+            "said by from_jwk"
+        );
+        // A real P-256 key's point, and one off the curve.
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let point = pair.public_key().as_ref();
+        let (x, y) = (b64(&point[1..33]), b64(&point[33..]));
+        assert_eq!(super::unusable_point(&ec(&x, &y)), None);
+        let mut off = point[33..].to_vec();
+        off[31] ^= 1;
+        let said = super::unusable_point(&ec(&x, &b64(&off))).unwrap();
+        assert!(said.contains("not on the P-256 curve"), "{said}");
+        let said = super::unusable_point(&ec(&x, &b64(&off[1..]))).unwrap();
+        assert!(said.contains("not 32 bytes each"), "{said}");
     }
 
     /// `typ` values name media types: `application/` is implied without

@@ -2183,6 +2183,16 @@ async fn keys_the_token_key_set_leaves_out_are_said_at_start() {
             r#"{"keys": [{"kty": "oct", "kid": "s1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
             "key 0 holds private or secret key material (`k`): anyone who can read this file can sign tokens for every tenant; give the proxy the public keys only",
         ),
+        // The identity point: a forged signature verifies under it (JOSE
+        // audit, stop 69: a token for any tenant was taken).
+        (
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#,
+            "key 0: its `x` is a small-order point, under which a forged signature verifies: anyone could sign a token for any tenant: the key is not used",
+        ),
+        (
+            r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE", "y": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAI"}]}"#,
+            "key 0: its point is not on the P-256 curve: no token verifies under it: the key is not used",
+        ),
     ] {
         std::fs::write(dir.path().join("jwks.json"), set).unwrap();
         let out = run(&["check-config", "--config", path(&config)], &[]);

@@ -597,7 +597,18 @@ fn waiting_upload(
     tokio::sync::mpsc::Sender<bytes::Bytes>,
     tokio::task::JoinHandle<Reply>,
 ) {
-    let client = proxy.client();
+    waiting_upload_by(proxy.client(), origin, key)
+}
+
+/// As [`waiting_upload`], by `client`.
+fn waiting_upload_by(
+    client: Client,
+    origin: &'static str,
+    key: &'static str,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<Reply>,
+) {
     let (tx, body) = channel_body();
     let reply = tokio::spawn(async move {
         client
@@ -702,5 +713,61 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_permits_it() {
     let reply = proxy.client().upload_from(CH, "after").await;
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_eq!(reply.header("residency-datacenter"), Some("geneva"));
+    proxy.stop().await;
+}
+
+/// A reload that re-pins the tenant an upload was recognised as, or
+/// removes it: its upload, decided for the old pin's data centre, is not
+/// sent there after the reload.
+#[tokio::test]
+async fn an_upload_is_not_sent_where_a_reload_no_longer_pins_its_tenant() {
+    let tenant = |j: &str| {
+        format!(
+            "[[tenants]]\nname = \"acme\"\njurisdiction = \"{j}\"\nsni = [\"acme.ingest.test\"]\n"
+        )
+    };
+    let proxy = Proxy::start(Setup {
+        second_cert: Some(vec!["acme.ingest.test"]),
+        extra: tenant("eu"),
+        ..Setup::default()
+    })
+    .await;
+    let acme = || proxy.client().sni(Some("acme.ingest.test"));
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    for (round, after) in [(1, tenant("ch")), (2, String::new())] {
+        // Pinned to eu from Switzerland: frankfurt.
+        std::fs::write(&proxy.config_path, &config).unwrap();
+        residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+        let key = if round == 1 { "repinned" } else { "removed" };
+        let (tx, reply) = waiting_upload_by(acme(), CH, key);
+        tx.send(bytes::Bytes::from_static(b"first half, "))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let changed = config.replacen(&tenant("eu"), &after, 1);
+        assert_ne!(changed, config);
+        std::fs::write(&proxy.config_path, changed).unwrap();
+        residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+        tx.send(bytes::Bytes::from_static(b"second half"))
+            .await
+            .unwrap();
+        drop(tx);
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status, 503, "{key}: {reply:?}");
+        assert_eq!(reply.json()["error"], "policy_changed", "{key}");
+        assert_eq!(
+            proxy.upstream("frankfurt").count(),
+            0,
+            "{key}: sent where the tenant is no longer pinned"
+        );
+        // Decided after it: Switzerland's data centre, by the pin or by GeoIP.
+        let reply = acme().upload_from(CH, "after").await;
+        assert_eq!(reply.status, 201, "{key}: {reply:?}");
+        assert_eq!(
+            reply.header("residency-datacenter"),
+            Some("zurich"),
+            "{key}"
+        );
+    }
     proxy.stop().await;
 }

@@ -409,8 +409,21 @@ jurisdiction = "eu"
     // Present but unreadable: the same 401, not GeoIP.
     let valid = format!("Bearer {}", issuer.ed(&claims("acme")));
     let expired_bearer = format!("Bearer {expired}");
+    // A valid token without its scheme, or `Bearer` run into it (JOSE
+    // audit, stop 69: GeoIP decided, past the pin).
+    let bare = issuer.ed(&claims("acme"));
+    let (run_into, comma) = (format!("Bearer{bare}"), format!("bearer,{bare}"));
     for (what, headers) in [
         ("Bearer alone", vec![("authorization", "Bearer")]),
+        ("no scheme", vec![("authorization", bare.as_str())]),
+        (
+            "Bearer run into it",
+            vec![("authorization", run_into.as_str())],
+        ),
+        (
+            "Bearer and a comma",
+            vec![("authorization", comma.as_str())],
+        ),
         ("non-ASCII", vec![("authorization", "Bearer eyJ\u{e9}")]),
         (
             "two Authorization fields",
@@ -486,7 +499,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
-        21.0
+        24.0
     );
     assert!(
         !metrics.contains("tenant=\"acme\""),

@@ -417,7 +417,7 @@ pub(crate) fn parse_vkey(
 /// (crypto audit, stop 66: a receipt and a checkpoint forged that way
 /// were VALID), and no key pair produces one: libsodium's list, each y
 /// checked to have order dividing 8.
-pub(crate) fn small_order(public_key: &[u8; 32]) -> bool {
+pub fn small_order(public_key: &[u8; 32]) -> bool {
     let mut y = *public_key;
     y[31] &= 0x7f; // the sign of x
     SMALL_ORDER_Y.contains(&hex::encode(&y).as_str())
