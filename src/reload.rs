@@ -34,28 +34,11 @@ use residency_core::report::ConfigReport;
 
 /// Loads `path` and, if everything validates, makes it the current state.
 pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
-    let result = build(instance, path);
     let metrics = &instance.metrics;
-    metrics
-        .config_last_reload_successful
-        .set(i64::from(result.is_ok()));
-    match &result {
-        Ok((state, restart_pending)) => {
-            metrics.reloads.with_label_values(&["success"]).inc();
-            metrics
-                .config_restart_pending
-                .set(i64::from(*restart_pending));
-            tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
-            state.config.tenancy.log_warnings();
-            // What the reload made live that may not be meant, as at
-            // start: a certificate swapped for one that expired (every
-            // handshake then fails: TLS audit, stop 64), tenant names the
-            // log now publishes (privacy audit, stop 68), ….
-            for warning in crate::config::live_warnings(&state.config, instance.log.is_some()) {
-                tracing::warn!("{warning}");
-            }
-        }
+    let (state, restart_pending) = match build(instance, path) {
+        Ok(built) => built,
         Err(report) => {
+            metrics.config_last_reload_successful.set(0);
             metrics.reloads.with_label_values(&["failure"]).inc();
             // A line per problem, each on one line: a log shipper that
             // splits at newlines keeps each whole (a TOML parse error
@@ -67,9 +50,30 @@ pub fn reload(instance: &Instance, path: &Path) -> Result<(), ConfigReport> {
             for note in &report.notes {
                 tracing::error!(file = %report.file, %note, "reload failed; the previous state keeps serving");
             }
+            return Err(report);
         }
+    };
+    // In force first, then said: the counter, the gauge and the
+    // `reloaded` line came before the swap, and automation waiting on them
+    // sent uploads decided under the old policy for some milliseconds
+    // (verification, stop 69).
+    instance.replace(state);
+    let state = instance.snapshot();
+    metrics.config_last_reload_successful.set(1);
+    metrics.reloads.with_label_values(&["success"]).inc();
+    metrics
+        .config_restart_pending
+        .set(i64::from(restart_pending));
+    tracing::info!(policy = %state.policy_hash, geoip_build_epoch = state.geo.build_epoch(), "reloaded");
+    state.config.tenancy.log_warnings();
+    // What the reload made live that may not be meant, as at start: a
+    // certificate swapped for one that expired (every handshake then
+    // fails: TLS audit, stop 64), tenant names the log now publishes
+    // (privacy audit, stop 68), ….
+    for warning in crate::config::live_warnings(&state.config, instance.log.is_some()) {
+        tracing::warn!("{warning}");
     }
-    result.map(|(state, _)| instance.replace(state))
+    Ok(())
 }
 
 /// The new state, and whether the file holds settings read at start only

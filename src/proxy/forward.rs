@@ -410,7 +410,7 @@ pub fn forward<'a>(
             // policy in force had removed). One load when nothing changed.
             if (waited || attempts > 1)
                 && instance.installed() != state.installed
-                && !still_permitted(instance, state, &target, dc_id)
+                && !still_permitted(instance, state, &target, upstream)
             {
                 tracing::warn!(
                     request_id = target.request_id.to_str().unwrap_or_default(),
@@ -574,9 +574,10 @@ pub fn forward<'a>(
     }
 }
 
-/// Whether the configuration now in force still lets data centre `dc` of
-/// the request's snapshot (by name: a reload renumbers them) store this
-/// upload: a reload may have removed the data centre or moved it, or moved
+/// Whether the configuration now in force still lets `upstream` of the
+/// request's snapshot (by data centre name and URL: a reload renumbers
+/// them) store this upload: a reload may have removed it or moved it, or
+/// its data centre, or moved
 /// the client to another jurisdiction (its override, the GeoIP database's
 /// answer, its country's jurisdiction, its tenant's pin: stop 68's
 /// verification found those sent where the old decision said).
@@ -585,14 +586,18 @@ fn still_permitted(
     instance: &Instance,
     state: &Snapshot,
     target: &Target,
-    dc: DatacenterId,
+    upstream: UpstreamId,
 ) -> bool {
     use residency_core::decision::{decide, decide_pinned, Outcome};
     let now = instance.snapshot();
     let policy = &now.config.policy;
-    let Some(dc) = policy.datacenter_named(&state.config.policy.datacenter(dc).name) else {
+    // The same upstream: its data centre's name and its URL (verification,
+    // stop 69: by the name alone, an address a reload gave to another
+    // jurisdiction's data centre still took the upload).
+    let Some(upstream) = state.config.policy.same_upstream_in(upstream, policy) else {
         return false;
     };
+    let dc = policy.upstream(upstream).datacenter;
     // The decision again, under the policy, overrides, GeoIP database and
     // tenants in force, every upstream taken as up: only the jurisdiction
     // is wanted. A tenant is the same by name; one the reload removed is

@@ -771,3 +771,40 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_pins_its_tenant() {
     }
     proxy.stop().await;
 }
+
+/// A reload that gives the data centre another address: an upload decided
+/// for the old address is not sent there (verification, stop 69: the
+/// check by name let it go to an address the new configuration gives to
+/// no one, or to another jurisdiction's data centre).
+#[tokio::test]
+async fn an_upload_is_not_sent_to_an_address_a_reload_took_from_its_data_centre() {
+    let proxy = Proxy::start(Setup::default()).await;
+    let (tx, reply) = waiting_upload(&proxy, CH, "readdressed");
+    tx.send(bytes::Bytes::from_static(b"first half, "))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let new_zurich = Upstream::start("zurich").await;
+    let old = format!("http://{}", proxy.upstream("zurich").addr);
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let moved = config.replacen(&old, &format!("http://{}", new_zurich.addr), 1);
+    assert_ne!(moved, config);
+    std::fs::write(&proxy.config_path, moved).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    tx.send(bytes::Bytes::from_static(b"second half"))
+        .await
+        .unwrap();
+    drop(tx);
+    let reply = reply.await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.json()["error"], "policy_changed");
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        0,
+        "sent to the old address"
+    );
+    let reply = proxy.client().upload_from(CH, "after").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(new_zurich.count(), 1, "decided after it: the new address");
+    proxy.stop().await;
+}
