@@ -490,6 +490,49 @@ mod tests {
         assert_eq!(n, 20);
     }
 
+    /// The field names `T`'s derived `Deserialize` asks for: a deserializer
+    /// that only answers `deserialize_struct`, with them.
+    fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{self, Visitor};
+        struct Fields;
+        #[derive(Debug)]
+        struct Found(&'static [&'static str]);
+        impl std::fmt::Display for Found {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+        impl std::error::Error for Found {}
+        impl de::Error for Found {
+            fn custom<M: std::fmt::Display>(_: M) -> Found {
+                Found(&[])
+            }
+        }
+        impl<'de> de::Deserializer<'de> for Fields {
+            type Error = Found;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+                Err(Found(&[]))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Found> {
+                Err(Found(fields))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        match T::deserialize(Fields) {
+            Err(Found(fields)) => fields,
+            Ok(_) => unreachable!("nothing to deserialize from"),
+        }
+    }
+
     /// Readers of a version refuse a field they do not know (the
     /// verifiers, the page's, a replica reading a record back): a field
     /// added without raising [`VERSION`] makes every older reader call the
@@ -580,6 +623,32 @@ mod tests {
             &mut found,
         );
         found.sort();
+        // And every field each struct reads, as serde's derive lists them:
+        // one the sample above leaves out (a new optional field, `None`)
+        // is counted too (verification, stop 69).
+        let mut read: Vec<String> = fields_of::<Record>()
+            .iter()
+            .map(|f| f.to_string())
+            .chain(fields_of::<Client>().iter().map(|f| format!("client.{f}")))
+            .chain(
+                fields_of::<BodyDigest>()
+                    .iter()
+                    .map(|f| format!("body.{f}")),
+            )
+            .chain(fields_of::<Database>().iter().map(|f| format!("geoip.{f}")))
+            .chain(
+                fields_of::<TenantRecord>()
+                    .iter()
+                    .map(|f| format!("tenant.{f}")),
+            )
+            .chain(
+                fields_of::<Summary>()
+                    .iter()
+                    .map(|f| format!("summary.{f}")),
+            )
+            .collect();
+        read.sort();
+        assert_eq!(read, found, "a field the sample record leaves out");
         assert_eq!(VERSION, 1, "a new version: list its fields here");
         assert_eq!(
             found, VERSION_1,
