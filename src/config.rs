@@ -11,8 +11,9 @@
 //! defaults and ranges, and collects *every* problem into one
 //! [`ConfigReport`], each naming its key, so an operator fixes a broken file
 //! in one pass. Only an unknown key or a section of the wrong shape stops
-//! deserialization; that one problem is reported under its key too. After
-//! loading, invalid states cannot be represented.
+//! deserialization; that problem is reported under its key too (and with an
+//! unknown key, every other unknown key in the file: `deserialize_failed`).
+//! After loading, invalid states cannot be represented.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -586,7 +587,7 @@ impl Config {
         };
         let raw = merged.map_err(|e| {
             let text = std::fs::read_to_string(path).ok();
-            overridden(deserialize_error(&source, text.as_deref(), &e))
+            overridden(deserialize_failed(&source, text.as_deref(), &e))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_raw(raw, base, &source).map_err(overridden)?;
@@ -600,7 +601,7 @@ impl Config {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>())
-            .map_err(|e| deserialize_error("config", Some(text), &e))?;
+            .map_err(|e| deserialize_failed("config", Some(text), &e))?;
         Self::from_raw(raw, base, "config")
     }
 
@@ -880,6 +881,89 @@ fn override_key(var: &str) -> Option<&str> {
     var.get(..prefix.len())
         .filter(|p| p.eq_ignore_ascii_case(&prefix))
         .map(|_| &var[prefix.len()..])
+}
+
+/// The problem that stops deserialization and, when it is an unknown key,
+/// every other unknown key of the file after it: serde stops at the first,
+/// and a file with three misspelt keys took three runs of `check-config`
+/// (stop 68's config lows). Each is found by deserializing the file again
+/// without the keys already found (at most 32; in the error path only).
+fn deserialize_failed(source: &str, text: Option<&str>, e: &config::ConfigError) -> ConfigReport {
+    let mut report = deserialize_error(source, text, e);
+    let unknown = |r: &ConfigReport| {
+        r.problems
+            .first()
+            .filter(|p| r.problems.len() == 1 && p.message.starts_with("unknown key"))
+            .map(|p| p.key.clone())
+    };
+    let (Some(mut key), Some(Ok(mut table))) =
+        (unknown(&report), text.map(str::parse::<toml::Table>))
+    else {
+        return report;
+    };
+    for _ in 0..32 {
+        if !remove_key(&mut table, &key) {
+            break;
+        }
+        let Ok(rest) = toml::to_string(&table) else {
+            break;
+        };
+        let Err(e) = config::Config::builder()
+            .add_source(config::File::from_str(&rest, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize::<RawConfig>())
+        else {
+            break;
+        };
+        let next = deserialize_error(source, Some(&rest), &e);
+        match unknown(&next) {
+            Some(found) if !report.problems.iter().any(|p| p.key == found) => {
+                report.problems.extend(next.problems);
+                key = found;
+            }
+            _ => break,
+        }
+    }
+    // In the order of their keys, not of a hash map's.
+    report.problems.sort_by(|a, b| a.key.cmp(&b.key));
+    report
+}
+
+/// Removes `key` (`admin.adress`, `listeners[0].tls.certs`) from `table`;
+/// whether it was there.
+fn remove_key(table: &mut toml::Table, key: &str) -> bool {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut at = table;
+    for part in parts {
+        let (name, indices) = match part.split_once('[') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (part, None),
+        };
+        let mut value = match at.get_mut(name) {
+            Some(value) => value,
+            None => return false,
+        };
+        for index in indices.into_iter().flat_map(|rest| rest.split('[')) {
+            let Some(i) = index
+                .strip_suffix(']')
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                return false;
+            };
+            value = match value.as_array_mut().and_then(|a| a.get_mut(i)) {
+                Some(value) => value,
+                None => return false,
+            };
+        }
+        at = match value.as_table_mut() {
+            Some(table) => table,
+            None => return false,
+        };
+    }
+    at.remove(last).is_some()
 }
 
 /// The one problem that stops deserialization (a TOML syntax error, an
@@ -2347,6 +2431,28 @@ upstreams = ["http://127.0.0.1:1"]
             assert!(report.contains(said), "{value}: {report}");
             assert!(!report.contains("untagged"), "{report}");
         }
+    }
+
+    /// Every misspelt key of a file is named in one report, under its key,
+    /// with what was expected (serde stops at the first: three typos took
+    /// three runs).
+    #[test]
+    fn every_unknown_key_is_named_at_once() {
+        let report = problems(&format!(
+            "{MINIMAL}\n[admin]\nadress = \"127.0.0.1:1\"\n[health]\nintervall = \"1s\"\n"
+        ));
+        let mut typos = MINIMAL.replacen("address", "adress", 1);
+        typos.push_str("\n[admin]\nadress = \"127.0.0.1:1\"\n[health]\nintervall = \"1s\"\n");
+        let all = problems(&typos);
+        for said in [
+            "- admin.adress: unknown key, expected `address` or `hosts`",
+            "- health.intervall: unknown key, expected one of",
+            "- listeners[0].adress: unknown key, expected one of",
+        ] {
+            assert!(all.contains(said), "{said}: {all}");
+        }
+        assert!(all.contains("3 problems"), "{all}");
+        assert!(report.contains("2 problems"), "{report}");
     }
 
     /// One value where a list of tables is wanted shows that list's form,
