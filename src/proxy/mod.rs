@@ -475,7 +475,7 @@ fn admit<'a>(
     if headers::malformed_with(req, &fields, false) {
         return Err(Failure::BadRequest);
     }
-    if headers::too_many_h2_fields(req.version(), req.headers()) {
+    if headers::too_many_fields(req.version(), req.headers()) {
         return Err(Failure::HeadTooLarge);
     }
     if fields.unsupported_coding() {
