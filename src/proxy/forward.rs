@@ -415,7 +415,7 @@ pub fn forward<'a>(
                 tracing::warn!(
                     request_id = target.request_id.to_str().unwrap_or_default(),
                     datacenter = dc.as_str(),
-                    "a reload made this upload's data centre one the policy in force does not permit for its client before it was sent there: refused, for the client to retry under the new policy"
+                    "a reload made where this upload was decided to go (its data centre, or the upstream's address) one the configuration in force does not permit for it before it was sent there: refused, for the client to retry under the new policy"
                 );
                 return Err(upload.refuse(Failure::PolicyChanged));
             }
@@ -446,7 +446,17 @@ pub fn forward<'a>(
             // ends. Polled by hand: `select!` would move both futures into a
             // tuple, a copy of ~1 KiB per request (issue 23).
             let result = {
-                let mut sending = pin!(state.pool.send_or_return(upstream, request, &watch));
+                // Asked once a new connection is made (a wait of up to
+                // `upstream_connect`): an upload that waited is not sent
+                // where a reload meanwhile stopped permitting it.
+                let rechecked = attempts > 1 || waited;
+                let still = || {
+                    !rechecked
+                        || instance.installed() == state.installed
+                        || still_permitted(instance, state, &target, upstream)
+                };
+                let mut sending =
+                    pin!(state.pool.send_or_return(upstream, request, &watch, &still));
                 // Gated: polled only when the body is sent, the connection's
                 // progress or its timer wakes it, not each time the response
                 // side does.
@@ -504,6 +514,15 @@ pub fn forward<'a>(
             );
             if let Some(e) = upload.slot.failure() {
                 return Err(upload.refuse(Failure::from(e)));
+            }
+            // Not the data centre's fault, and no other is tried: the
+            // client retries under the configuration in force.
+            if let Attempt::Failed {
+                failure: Failure::PolicyChanged,
+                ..
+            } = attempt
+            {
+                return Err(upload.refuse(Failure::PolicyChanged));
             }
             if let Attempt::Failed {
                 failure: Failure::UpstreamSaturated,
@@ -774,6 +793,18 @@ fn judge(
                 }
                 None if status.is_server_error() => Attempt::ServerError(resp),
                 None => Attempt::Answered(resp),
+            }
+        }
+        Err((PoolError::Withdrawn, _)) => {
+            tracing::warn!(
+                request_id = id,
+                datacenter = dc,
+                "a reload while this upload waited for a connection made where it was decided to go (its data centre, or the upstream's address) one the configuration in force does not permit for it: refused before it was sent, for the client to retry under the new policy"
+            );
+            Attempt::Failed {
+                failure: Failure::PolicyChanged,
+                unsent: Some("policy_changed"),
+                headers: None,
             }
         }
         Err((PoolError::Saturated, returned)) => {

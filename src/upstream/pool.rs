@@ -72,6 +72,11 @@ pub enum Error {
     /// of `upstream_connect`: nothing was sent.
     #[error("max_connections_per_upstream connections busy for upstream_connect")]
     Saturated,
+    /// The caller's `still` said no once a connection was made for the
+    /// request (a reload meanwhile changed where it may go): nothing was
+    /// sent; the connection is kept for the next request.
+    #[error("withdrawn before it was sent: the configuration changed while a connection was made")]
+    Withdrawn,
 }
 
 impl Error {
@@ -255,7 +260,7 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, true, true)
+        self.send_with(u, self.hosted(u, req), &watch, true, true, &|| true)
             .await
             .map_err(|(e, _)| e)
     }
@@ -274,7 +279,7 @@ impl Pool {
         fresh: bool,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, false, !fresh)
+        self.send_with(u, self.hosted(u, req), &watch, false, !fresh, &|| true)
             .await
             .map_err(|(e, _)| e)
     }
@@ -289,14 +294,22 @@ impl Pool {
     /// (Not an `async fn`, nor is `send_with`: an `async fn`'s future keeps
     /// each argument twice, and the request is 256 bytes; every level of
     /// the request's future is copied when it is created, issue 23.)
+    ///
+    /// `still` is asked once a connection is in hand after a wait — a new
+    /// one (made within `upstream_connect`, after any wait for room under
+    /// the cap), or an idle one freed while the request waited at the cap
+    /// — before anything is written: `false` gives the request back unsent
+    /// ([`Error::Withdrawn`]). An idle connection at hand is used without
+    /// asking.
     pub fn send_or_return<'a>(
         &'a self,
         u: UpstreamId,
         req: Request<ForwardBody>,
         watch: &'a Watch,
+        still: &'a (dyn Fn() -> bool + Sync),
     ) -> impl Future<Output = Sent> + 'a {
         debug_assert!(req.headers().contains_key(header::HOST), "no Host");
-        self.send_with(u, req, watch, true, true)
+        self.send_with(u, req, watch, true, true, still)
     }
 
     /// `capped`: wait for the connection cap (else open an unpooled
@@ -310,6 +323,7 @@ impl Pool {
         watch: &'a Watch,
         capped: bool,
         reuse: bool,
+        still: &'a (dyn Fn() -> bool + Sync),
     ) -> impl Future<Output = Sent> + 'a {
         async move {
             let inner = &self.inner;
@@ -319,6 +333,12 @@ impl Pool {
             let permit = loop {
                 let idle = if reuse { self.checkout(u).await } else { None };
                 if let Some((mut tx, progress)) = idle {
+                    // Freed while it waited at the cap (a deadline is set
+                    // then): asked as after connecting.
+                    if deadline.is_some() && !still() {
+                        self.put(u, tx, progress);
+                        return Err((Error::Withdrawn, Some(req)));
+                    }
                     set(watch, &progress);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),
@@ -367,6 +387,14 @@ impl Pool {
                 Ok(connected) => connected,
                 Err(e) => return Err((e, Some(req))),
             };
+            // Connecting (and any wait for room) took time: the caller may
+            // no longer want it sent there (reload audit, stop 69).
+            if !still() {
+                if pooled {
+                    self.put(u, tx, progress);
+                }
+                return Err((Error::Withdrawn, Some(req)));
+            }
             set(watch, &progress);
             match tx.send_request(req).await {
                 Ok(resp) => Ok(self.wrap(u, tx, progress, resp, pooled)),

@@ -282,7 +282,10 @@ async fn the_connection_cap_queues_then_refuses() {
     hosted
         .headers_mut()
         .insert(http::header::HOST, pool.host(U).clone());
-    match pool.send_or_return(U, hosted, &Default::default()).await {
+    match pool
+        .send_or_return(U, hosted, &Default::default(), &|| true)
+        .await
+    {
         Err((Error::Saturated, Some(_unsent))) => {}
         other => panic!("expected Saturated with the request back, got {other:?}"),
     }

@@ -808,3 +808,62 @@ async fn an_upload_is_not_sent_to_an_address_a_reload_took_from_its_data_centre(
     assert_eq!(new_zurich.count(), 1, "decided after it: the new address");
     proxy.stop().await;
 }
+
+/// An upload that waited for a connection — the cap of one held by
+/// another upload — is asked again once the connection is its own: a
+/// reload meanwhile that took the address it was decided for sends it
+/// nowhere (verification, stop 69: the check ran before the wait, and it
+/// was stored at the old address after the reload).
+#[tokio::test]
+async fn an_upload_that_waited_for_a_connection_is_not_sent_where_a_reload_took_it() {
+    let proxy = Proxy::start(Setup {
+        extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"5s\"\n[health]\npath = \"off\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    // Holds zurich's one connection until its second half.
+    let (holder, held) = {
+        let client = proxy.client();
+        let (tx, body) = channel_body();
+        let reply = tokio::spawn(async move {
+            client
+                .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                .await
+                .unwrap()
+        });
+        (tx, reply)
+    };
+    holder
+        .send(bytes::Bytes::from_static(b"first half, "))
+        .await
+        .unwrap();
+    proxy.upstream("zurich").first_bytes.notified().await;
+    // Read whole for replay, then waits for the connection.
+    let (tx, waiting) = waiting_upload(&proxy, CH, "waited");
+    tx.send(bytes::Bytes::from_static(b"whole")).await.unwrap();
+    drop(tx);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let new_zurich = Upstream::start("zurich").await;
+    let old = format!("http://{}", proxy.upstream("zurich").addr);
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let moved = config.replacen(&old, &format!("http://{}", new_zurich.addr), 1);
+    assert_ne!(moved, config);
+    std::fs::write(&proxy.config_path, moved).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    // The holder, streamed and decided before the reload, finishes there.
+    holder
+        .send(bytes::Bytes::from_static(b"second half"))
+        .await
+        .unwrap();
+    drop(holder);
+    assert_eq!(held.await.unwrap().status, 201);
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.json()["error"], "policy_changed");
+    assert_eq!(
+        proxy.upstream("zurich").count(),
+        1,
+        "only the holder at the old address"
+    );
+    proxy.stop().await;
+}
