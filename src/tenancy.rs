@@ -288,14 +288,23 @@ fn shortened(text: &str) -> String {
     shortened_to(text, 64)
 }
 
-/// A JWS in compact form, as a JWT is: three base64url parts, the first a
-/// JSON object's (`eyJ` is `{"`).
+/// A JWS in compact form, as a JWT is: three base64url parts (padding and
+/// a trailing `;` or `,` aside), the first a JSON object's (`eyJ` is
+/// `{"`; a header may start with white space, verification, stop 69).
 fn looks_like_a_jws(value: &str) -> bool {
-    value.starts_with("eyJ")
-        && value.bytes().filter(|b| *b == b'.').count() == 2
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    use base64::Engine as _;
+    let value = value.trim_end_matches([';', ',']);
+    let mut parts = value.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let base64url = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.');
+    value.bytes().all(base64url)
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .is_ok_and(|json| json.trim_ascii_start().starts_with(b"{"))
 }
 
 /// Why a key's public point cannot be trusted to verify: an Ed25519 `x`
@@ -1162,6 +1171,36 @@ mod tests {
         assert!(said.contains("not on the P-256 curve"), "{said}");
         let said = super::unusable_point(&ec(&x, &b64(&off[1..]))).unwrap();
         assert!(said.contains("not 32 bytes each"), "{said}");
+    }
+
+    /// What a JWT sent without its scheme looks like, and what another
+    /// scheme's credentials do not.
+    #[test]
+    fn a_bare_jws_is_told_from_other_credentials() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jws = |header: &str| format!("{}.{}.c2ln", b64(header), b64("{}"));
+        for bare in [
+            jws(r#"{"alg":"EdDSA"}"#),
+            jws(r#" { "alg":"EdDSA"}"#),
+            format!("{};", jws(r#"{"alg":"EdDSA"}"#)),
+            format!("{}=", jws(r#"{"alg":"EdDSA"}"#)),
+        ] {
+            assert!(super::looks_like_a_jws(&bare), "{bare}");
+        }
+        for other in [
+            "Basic dXM6cHc=",
+            "abc.def.ghi",
+            "Digest realm=\"a.b.c\"",
+            "a.b",
+            "",
+        ] {
+            assert!(!super::looks_like_a_jws(other), "{other}");
+        }
+        assert!(
+            !super::looks_like_a_jws(&format!("{}.x", jws("{}"))),
+            "four parts"
+        );
     }
 
     /// `typ` values name media types: `application/` is implied without

@@ -413,6 +413,7 @@ jurisdiction = "eu"
     // audit, stop 69: GeoIP decided, past the pin).
     let bare = issuer.ed(&claims("acme"));
     let (run_into, comma) = (format!("Bearer{bare}"), format!("bearer,{bare}"));
+    let trailing = format!("{bare};");
     for (what, headers) in [
         ("Bearer alone", vec![("authorization", "Bearer")]),
         ("no scheme", vec![("authorization", bare.as_str())]),
@@ -423,6 +424,10 @@ jurisdiction = "eu"
         (
             "Bearer and a comma",
             vec![("authorization", comma.as_str())],
+        ),
+        (
+            "no scheme, a trailing ;",
+            vec![("authorization", trailing.as_str())],
         ),
         ("non-ASCII", vec![("authorization", "Bearer eyJ\u{e9}")]),
         (
@@ -499,7 +504,7 @@ jurisdiction = "eu"
     );
     assert_eq!(
         m("residency_rejections_total{reason=\"invalid_tenant_token\"}"),
-        24.0
+        25.0
     );
     assert!(
         !metrics.contains("tenant=\"acme\""),
