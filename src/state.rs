@@ -373,6 +373,11 @@ impl Instance {
         if !self.ready.load(Ordering::Acquire) {
             return Err("shutting down".into());
         }
+        // Every upload would get 503 until a restart (README audit, stop
+        // 69: it stayed ready): traffic goes to the other replicas.
+        if let Some(why) = self.log.as_ref().and_then(|log| log.needs_restart()) {
+            return Err(why.into());
+        }
         let state = self.snapshot();
         let stale = geoip_too_old(&state);
         if self.geoip_stale.swap(stale.is_some(), Ordering::AcqRel) == stale.is_some() {

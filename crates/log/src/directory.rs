@@ -932,6 +932,12 @@ impl Directory {
         }
     }
 
+    /// The log writes nothing more until a restart: a failed batch could
+    /// not be cut off, or its directory was replaced (`Disk::replaced`).
+    pub fn poisoned(&self) -> bool {
+        lock(&self.core.state).poisoned
+    }
+
     /// The writer has been on one batch for longer than
     /// `transparency.write_timeout`: the disk does not answer. Appends
     /// made meanwhile would only wait for their timeout; the log refuses
@@ -1177,6 +1183,15 @@ impl Core {
                 answer_all(chunk.into_iter(), Failure::Io(message.clone()));
                 return answer_all(items, Failure::Io(message));
             }
+            // Durable in the file the log opened, but that is no longer
+            // in the log's directory: not acknowledged, nothing more
+            // written (see `Disk::replaced`).
+            if let Some(why) = self.disk.replaced() {
+                lock(&self.state).poisoned = true;
+                tracing::error!("{why}");
+                answer_all(chunk.into_iter(), Failure::Io(why.clone()));
+                return answer_all(items, Failure::Io(why));
+            }
             staging.len += bytes.len() as u64;
             staging.count += chunk.len() as u64;
             from = to;
@@ -1201,6 +1216,10 @@ impl Core {
     /// to be sealed. On failure nothing changes: `staging` stays the
     /// current, full bundle, and the next write tries again.
     fn start_next(&self, staging: &mut Staging) -> std::io::Result<()> {
+        if let Some(why) = self.disk.replaced() {
+            lock(&self.state).poisoned = true;
+            return Err(std::io::Error::other(why));
+        }
         let file = self.next_staging(staging.index + 1)?;
         let full = std::mem::replace(
             staging,
@@ -1229,6 +1248,10 @@ impl Core {
     /// `staging.<N>`, which the next start finishes.
     fn seal_full(&self, retry_failed: bool) {
         let _one = lock(&self.sealing);
+        // Renamed by path: not into another directory.
+        if self.disk.replaced().is_some() {
+            return;
+        }
         let (retried, full) = {
             let mut spare = lock(&self.spare);
             let retried = if retry_failed {
@@ -1445,6 +1468,13 @@ impl Core {
 
     fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         let _one = lock(&self.checkpointing);
+        if let Some(why) = self.disk.replaced() {
+            lock(&self.state).poisoned = true;
+            return Err(LogError::Corrupt {
+                path: "transparency.directory".into(),
+                message: why,
+            });
+        }
         // Full bundles still under their staging names are sealed first,
         // so a checkpoint finds the spec's files in place (and durable).
         self.seal_full(true);
@@ -3186,6 +3216,35 @@ pub(crate) mod tests {
     /// newer version's, in a fleet rolling out or after a rollback) is an
     /// error, not "no such record": a verifier told 404 calls a genuine
     /// receipt INVALID (upgrade audit, stop 68).
+    /// A log whose directory's path comes to name another directory (a
+    /// volume mounted over it, here the directory moved aside and a new
+    /// one made in its place) writes nothing more: no record is
+    /// acknowledged, no checkpoint signed, nothing lands in the new one
+    /// (disk audit, stop 69: the running log's checkpoint overwrote the
+    /// volume's, whose receipts all became INVALID).
+    #[tokio::test]
+    async fn a_log_whose_directory_is_replaced_writes_nothing_more() {
+        let (_dir, settings) = setup("replaced");
+        let log = Log::open(&settings, metrics()).unwrap();
+        log.append(&record(0)).await.unwrap();
+        log.checkpoint().unwrap();
+        let aside = settings.directory.with_extension("aside");
+        std::fs::rename(&settings.directory, &aside).unwrap();
+        std::fs::create_dir(&settings.directory).unwrap();
+        let refused = log.append(&record(1)).await.unwrap_err().to_string();
+        assert!(refused.contains("no longer the one it opened"), "{refused}");
+        assert!(log.checkpoint().is_err());
+        assert!(log.append(&record(2)).await.is_err(), "stays refused");
+        assert!(log.needs_restart().is_some(), "the replica is not ready");
+        assert_eq!(
+            std::fs::read_dir(&settings.directory).unwrap().count(),
+            0,
+            "nothing written into the directory now at its path"
+        );
+        drop(log);
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+
     #[tokio::test]
     async fn a_record_this_version_cannot_read_is_not_taken_for_none() {
         use std::os::unix::fs::FileExt;

@@ -15,11 +15,38 @@ use crate::tiles::{self, Tile, WIDTH};
 #[derive(Debug, Clone)]
 pub struct Disk {
     dir: PathBuf,
+    /// The directory's device and inode when the log opened it (after
+    /// taking its lock): [`Disk::replaced`] compares.
+    identity: Option<(u64, u64)>,
+}
+
+/// A directory's device and inode, `None` when it cannot be read.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Disk {
     pub fn new(dir: PathBuf) -> Disk {
-        Disk { dir }
+        let identity = identity(&dir);
+        Disk { dir, identity }
+    }
+
+    /// Whether the path of the log's directory no longer names the
+    /// directory the log opened — a volume mounted over it, the directory
+    /// moved or removed — and why. Every file but the open staging bundle
+    /// and index is written by path: the rest of the log would go to
+    /// another directory, whose own checkpoint it overwrites (disk audit,
+    /// stop 69: a volume mounted over a running log's directory; the
+    /// volume's receipts all became INVALID). One `stat(2)`.
+    pub fn replaced(&self) -> Option<String> {
+        let now = identity(&self.dir);
+        (now != self.identity).then(|| {
+            format!(
+                "{}: the log's directory is no longer the one it opened (a volume mounted over it, or the directory moved or removed): nothing more is written; restart the proxy on the right directory",
+                self.dir.display()
+            )
+        })
     }
 
     pub fn dir(&self) -> &Path {

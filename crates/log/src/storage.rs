@@ -919,6 +919,18 @@ impl Log {
     /// `on_write_error = "refuse"`. Cleared by the next append that
     /// succeeds (a refusal's record), or a fleet's checkpoint tick once
     /// its database takes writes again.
+    /// Why the log takes no write until the process restarts, if so (a
+    /// directory log poisoned: `Directory::poisoned`): the replica is not
+    /// ready.
+    pub fn needs_restart(&self) -> Option<&'static str> {
+        match &self.current.load().backend {
+            Backend::Directory(d) if d.poisoned() => Some(
+                "the transparency log takes no write until a restart (a failed write could not be undone, or its directory was replaced; its log says which)",
+            ),
+            _ => None,
+        }
+    }
+
     pub fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed) || self.backend_failing()
     }
