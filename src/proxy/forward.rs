@@ -107,6 +107,11 @@ enum Attempt {
     Unmade {
         headers: Option<HeaderMap>,
     },
+    /// Handed back unsent after waiting for its connection (`recheck`),
+    /// to be looked at again: not an attempt.
+    Waited {
+        headers: Option<HeaderMap>,
+    },
 }
 
 /// What every delivery attempt of one upload shares.
@@ -391,6 +396,9 @@ pub fn forward<'a>(
         }
         let mut upstream = target.upstream;
         let mut attempts = 0;
+        // Handed back by the pool after waiting for a connection, and
+        // found still permitted: sent the next time without.
+        let mut looked_again = false;
         loop {
             attempts += 1;
             // Defence in depth: the pick already guarantees this.
@@ -446,17 +454,13 @@ pub fn forward<'a>(
             // ends. Polled by hand: `select!` would move both futures into a
             // tuple, a copy of ~1 KiB per request (issue 23).
             let result = {
-                // Asked once a new connection is made (a wait of up to
-                // `upstream_connect`): an upload that waited is not sent
-                // where a reload meanwhile stopped permitting it.
-                let rechecked = attempts > 1 || waited;
-                let still = || {
-                    !rechecked
-                        || instance.installed() == state.installed
-                        || still_permitted(instance, state, &target, upstream)
-                };
-                let mut sending =
-                    pin!(state.pool.send_or_return(upstream, request, &watch, &still));
+                // An upload that waited is handed back once a connection
+                // it waited for (up to `upstream_connect`) is in hand, to be
+                // looked at again (below) before it is sent.
+                let recheck = (attempts > 1 || waited) && !looked_again;
+                let mut sending = pin!(state
+                    .pool
+                    .send_or_return(upstream, request, &watch, recheck));
                 // Gated: polled only when the body is sent, the connection's
                 // progress or its timer wakes it, not each time the response
                 // side does.
@@ -506,6 +510,24 @@ pub fn forward<'a>(
                 }
             }
             let attempt = judge(state, upstream, result, &upload.slot, id, dc);
+            if let Attempt::Waited { headers } = attempt {
+                if instance.installed() != state.installed
+                    && !still_permitted(instance, state, &target, upstream)
+                {
+                    tracing::warn!(
+                        request_id = id,
+                        datacenter = dc.as_str(),
+                        "a reload while this upload waited for a connection made where it was decided to go (its data centre, or the upstream's address) one the configuration in force does not permit for it: refused before it was sent, for the client to retry under the new policy"
+                    );
+                    return Err(upload.refuse(Failure::PolicyChanged));
+                }
+                // The same upstream, on the connection it waited for.
+                upload.headers = headers;
+                upload.host_of = upstream;
+                looked_again = true;
+                attempts -= 1;
+                continue;
+            }
             state.request_metrics.upstream_duration(
                 &instance.metrics,
                 policy,
@@ -514,15 +536,6 @@ pub fn forward<'a>(
             );
             if let Some(e) = upload.slot.failure() {
                 return Err(upload.refuse(Failure::from(e)));
-            }
-            // Not the data centre's fault, and no other is tried: the
-            // client retries under the configuration in force.
-            if let Attempt::Failed {
-                failure: Failure::PolicyChanged,
-                ..
-            } = attempt
-            {
-                return Err(upload.refuse(Failure::PolicyChanged));
             }
             if let Attempt::Failed {
                 failure: Failure::UpstreamSaturated,
@@ -684,8 +697,9 @@ fn settle(
             let ejected = health.record_server_error(upstream, sent_ms);
             (Ok(resp), None, ejected)
         }
-        // Our own shortage, not the upstream's health.
-        Attempt::Unmade { headers } => {
+        // Our own shortage, not the upstream's health. (`Waited` is
+        // looked at before.)
+        Attempt::Unmade { headers } | Attempt::Waited { headers } => {
             if headers.is_some() {
                 upload.headers = headers;
                 upload.host_of = upstream;
@@ -795,18 +809,9 @@ fn judge(
                 None => Attempt::Answered(resp),
             }
         }
-        Err((PoolError::Withdrawn, _)) => {
-            tracing::warn!(
-                request_id = id,
-                datacenter = dc,
-                "a reload while this upload waited for a connection made where it was decided to go (its data centre, or the upstream's address) one the configuration in force does not permit for it: refused before it was sent, for the client to retry under the new policy"
-            );
-            Attempt::Failed {
-                failure: Failure::PolicyChanged,
-                unsent: Some("policy_changed"),
-                headers: None,
-            }
-        }
+        Err((PoolError::Waited, returned)) => Attempt::Waited {
+            headers: returned.map(|r| r.into_parts().0.headers),
+        },
         Err((PoolError::Saturated, returned)) => {
             tracing::warn!(
                 request_id = id,

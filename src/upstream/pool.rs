@@ -72,11 +72,11 @@ pub enum Error {
     /// of `upstream_connect`: nothing was sent.
     #[error("max_connections_per_upstream connections busy for upstream_connect")]
     Saturated,
-    /// The caller's `still` said no once a connection was made for the
-    /// request (a reload meanwhile changed where it may go): nothing was
-    /// sent; the connection is kept for the next request.
-    #[error("withdrawn before it was sent: the configuration changed while a connection was made")]
-    Withdrawn,
+    /// The request waited for its connection and its caller asked to
+    /// look again before it is sent (`recheck`): nothing was sent; the
+    /// connection is kept for the next request.
+    #[error("handed back unsent after waiting for a connection, for its caller to look again")]
+    Waited,
 }
 
 impl Error {
@@ -260,7 +260,7 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, true, true, &|| true)
+        self.send_with(u, self.hosted(u, req), &watch, true, true, false)
             .await
             .map_err(|(e, _)| e)
     }
@@ -279,7 +279,7 @@ impl Pool {
         fresh: bool,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, false, !fresh, &|| true)
+        self.send_with(u, self.hosted(u, req), &watch, false, !fresh, false)
             .await
             .map_err(|(e, _)| e)
     }
@@ -295,21 +295,22 @@ impl Pool {
     /// each argument twice, and the request is 256 bytes; every level of
     /// the request's future is copied when it is created, issue 23.)
     ///
-    /// `still` is asked once a connection is in hand after a wait — a new
-    /// one (made within `upstream_connect`, after any wait for room under
-    /// the cap), or an idle one freed while the request waited at the cap
-    /// — before anything is written: `false` gives the request back unsent
-    /// ([`Error::Withdrawn`]). An idle connection at hand is used without
-    /// asking.
+    /// `recheck`: a request that waits for its connection — a new one
+    /// (made within `upstream_connect`, after any wait for room under the
+    /// cap), or an idle one freed while it waited at the cap — is handed
+    /// back unsent once the connection is in hand ([`Error::Waited`]; the
+    /// connection is kept), for the caller to look again before sending it
+    /// again without. One at hand is used at once. (A flag, not a
+    /// callback: the request's future is moved whole, issue 23.)
     pub fn send_or_return<'a>(
         &'a self,
         u: UpstreamId,
         req: Request<ForwardBody>,
         watch: &'a Watch,
-        still: &'a (dyn Fn() -> bool + Sync),
+        recheck: bool,
     ) -> impl Future<Output = Sent> + 'a {
         debug_assert!(req.headers().contains_key(header::HOST), "no Host");
-        self.send_with(u, req, watch, true, true, still)
+        self.send_with(u, req, watch, true, true, recheck)
     }
 
     /// `capped`: wait for the connection cap (else open an unpooled
@@ -323,7 +324,7 @@ impl Pool {
         watch: &'a Watch,
         capped: bool,
         reuse: bool,
-        still: &'a (dyn Fn() -> bool + Sync),
+        recheck: bool,
     ) -> impl Future<Output = Sent> + 'a {
         async move {
             let inner = &self.inner;
@@ -335,9 +336,9 @@ impl Pool {
                 if let Some((mut tx, progress)) = idle {
                     // Freed while it waited at the cap (a deadline is set
                     // then): asked as after connecting.
-                    if deadline.is_some() && !still() {
+                    if recheck && deadline.is_some() {
                         self.put(u, tx, progress);
-                        return Err((Error::Withdrawn, Some(req)));
+                        return Err((Error::Waited, Some(req)));
                     }
                     set(watch, &progress);
                     match tx.try_send_request(req).await {
@@ -389,11 +390,11 @@ impl Pool {
             };
             // Connecting (and any wait for room) took time: the caller may
             // no longer want it sent there (reload audit, stop 69).
-            if !still() {
+            if recheck {
                 if pooled {
                     self.put(u, tx, progress);
                 }
-                return Err((Error::Withdrawn, Some(req)));
+                return Err((Error::Waited, Some(req)));
             }
             set(watch, &progress);
             match tx.send_request(req).await {

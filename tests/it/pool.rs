@@ -283,7 +283,7 @@ async fn the_connection_cap_queues_then_refuses() {
         .headers_mut()
         .insert(http::header::HOST, pool.host(U).clone());
     match pool
-        .send_or_return(U, hosted, &Default::default(), &|| true)
+        .send_or_return(U, hosted, &Default::default(), false)
         .await
     {
         Err((Error::Saturated, Some(_unsent))) => {}
