@@ -1493,6 +1493,10 @@ impl Core {
         let (size, edge, unsynced, unwritten) = {
             let mut st = lock(&self.state);
             if let Some(why) = &st.unsyncable {
+                // The lag keeps growing, as README says (disk audit, stop
+                // 69: it stayed at the first failure's).
+                let lag = st.size.saturating_sub(self.latest.load().size);
+                self.metrics.integration_lag.set(lag as i64);
                 return Err(LogError::Unsyncable(why.clone()));
             }
             (
@@ -1550,9 +1554,11 @@ impl Core {
         let root = edge.root();
         let note = sign_checkpoint(&self.settings, &self.signer, size, root)?;
         let path = self.disk.dir().join(CHECKPOINT);
-        self.disk
-            .write(&path, note.as_bytes(), true)
-            .map_err(io_error(&path))?;
+        if let Err(e) = self.disk.write(&path, note.as_bytes(), true) {
+            let lag = lock(&self.state).size.saturating_sub(latest.size);
+            self.metrics.integration_lag.set(lag as i64);
+            return Err(io_error(&path)(e));
+        }
         let published = Arc::new(Published { note, size, root });
         self.latest.store(published.clone());
         self.remove_filled_partials(filled_from, size);
@@ -2842,7 +2848,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_failed_tile_fsync_stops_checkpoints_until_a_restart() {
         let (_dir, settings) = setup("unsyncable");
-        let log = Log::open(&settings, metrics()).unwrap();
+        let m = metrics();
+        let log = Log::open(&settings, m.clone()).unwrap();
         for i in 0..256 {
             log.append(&record(i)).await.unwrap();
         }
@@ -2853,6 +2860,10 @@ pub(crate) mod tests {
         assert!(again.contains("restart"), "{again}");
         assert!(log.latest().size < 256, "nothing signed over the tile");
         log.append(&record(256)).await.unwrap();
+        // The lag grows with what is appended (disk audit, stop 69: it
+        // stayed at the first failure's).
+        assert!(log.checkpoint().is_err());
+        assert_eq!(m.integration_lag.get(), 257 - log.latest().size as i64);
         drop(log);
         let log = Log::open(&settings, metrics()).unwrap();
         assert_eq!(log.latest().size, 257);
