@@ -295,13 +295,13 @@ impl Pool {
     /// each argument twice, and the request is 256 bytes; every level of
     /// the request's future is copied when it is created, issue 23.)
     ///
-    /// `recheck`: a request that waits for its connection — a new one
-    /// (made within `upstream_connect`, after any wait for room under the
-    /// cap), or an idle one freed while it waited at the cap — is handed
-    /// back unsent once the connection is in hand ([`Error::Waited`]; the
-    /// connection is kept), for the caller to look again before sending it
-    /// again without. One at hand is used at once. (A flag, not a
-    /// callback: the request's future is moved whole, issue 23.)
+    /// `recheck`: a request that waits for its connection is handed back
+    /// unsent ([`Error::Waited`]) once it has — woken while it waited at
+    /// the cap (room made, or a connection freed), or a new connection
+    /// made (within `upstream_connect`; kept for the next request) — for
+    /// the caller to look again before sending it again without. One at
+    /// hand is used at once. (A flag, not a callback: the request's future
+    /// is moved whole, issue 23.)
     pub fn send_or_return<'a>(
         &'a self,
         u: UpstreamId,
@@ -334,12 +334,6 @@ impl Pool {
             let permit = loop {
                 let idle = if reuse { self.checkout(u).await } else { None };
                 if let Some((mut tx, progress)) = idle {
-                    // Freed while it waited at the cap (a deadline is set
-                    // then): asked as after connecting.
-                    if recheck && deadline.is_some() {
-                        self.put(u, tx, progress);
-                        return Err((Error::Waited, Some(req)));
-                    }
                     set(watch, &progress);
                     match tx.try_send_request(req).await {
                         Ok(resp) => return Ok(self.wrap(u, tx, progress, resp, true)),
@@ -370,12 +364,20 @@ impl Pool {
                 }
                 let deadline = *deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
+                // Woken after waiting at the cap: handed back at once with
+                // `recheck` (the caller sends it again, without, to take
+                // what was freed).
                 tokio::select! {
                     permit = room.permits.clone().acquire_owned() => match permit {
+                        Ok(_) if recheck => return Err((Error::Waited, Some(req))),
                         Ok(permit) => break Some(permit),
                         Err(_) => return Err((Error::Saturated, Some(req))),
                     },
-                    () = &mut freed => {}
+                    () = &mut freed => {
+                        if recheck {
+                            return Err((Error::Waited, Some(req)));
+                        }
+                    }
                     () = tokio::time::sleep_until(deadline) => {
                         return Err((Error::Saturated, Some(req)));
                     }
