@@ -624,6 +624,26 @@ fn waiting_upload_by(
     (tx, reply)
 }
 
+/// Writes `config` and reloads it while the upload `(tx, reply)` waits,
+/// then sends the rest of its body: it must be refused, `policy_changed`.
+async fn reload_then_refused(
+    proxy: &Proxy,
+    config: String,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    reply: tokio::task::JoinHandle<Reply>,
+    what: &str,
+) {
+    std::fs::write(&proxy.config_path, config).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    tx.send(bytes::Bytes::from_static(b"second half"))
+        .await
+        .unwrap();
+    drop(tx);
+    let reply = reply.await.unwrap();
+    assert_eq!(reply.status, 503, "{what}: {reply:?}");
+    assert_eq!(reply.json()["error"], "policy_changed", "{what}");
+}
+
 /// A reload that moves the client, not the data centre: an override
 /// placing the Swiss client in Germany. Its upload, decided for zurich
 /// before the reload, is not sent there after it (stop 68's verification:
@@ -640,16 +660,7 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_places_its_client() {
     let config = std::fs::read_to_string(&proxy.config_path).unwrap();
     let moved_config =
         format!("{config}\n[[geoip.overrides]]\nnetwork = \"{CH}/32\"\ncountry = \"DE\"\n");
-    std::fs::write(&proxy.config_path, moved_config).unwrap();
-    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
-    to_zurich
-        .send(bytes::Bytes::from_static(b"second half"))
-        .await
-        .unwrap();
-    drop(to_zurich);
-    let reply = moved.await.unwrap();
-    assert_eq!(reply.status, 503, "{reply:?}");
-    assert_eq!(reply.json()["error"], "policy_changed");
+    reload_then_refused(&proxy, moved_config, to_zurich, moved, "overridden").await;
     assert_eq!(
         proxy.upstream("zurich").count(),
         0,
@@ -746,15 +757,7 @@ async fn an_upload_is_not_sent_where_a_reload_no_longer_pins_its_tenant() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let changed = config.replacen(&tenant("eu"), &after, 1);
         assert_ne!(changed, config);
-        std::fs::write(&proxy.config_path, changed).unwrap();
-        residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
-        tx.send(bytes::Bytes::from_static(b"second half"))
-            .await
-            .unwrap();
-        drop(tx);
-        let reply = reply.await.unwrap();
-        assert_eq!(reply.status, 503, "{key}: {reply:?}");
-        assert_eq!(reply.json()["error"], "policy_changed", "{key}");
+        reload_then_refused(&proxy, changed, tx, reply, key).await;
         assert_eq!(
             proxy.upstream("frankfurt").count(),
             0,
@@ -789,15 +792,7 @@ async fn an_upload_is_not_sent_to_an_address_a_reload_took_from_its_data_centre(
     let config = std::fs::read_to_string(&proxy.config_path).unwrap();
     let moved = config.replacen(&old, &format!("http://{}", new_zurich.addr), 1);
     assert_ne!(moved, config);
-    std::fs::write(&proxy.config_path, moved).unwrap();
-    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
-    tx.send(bytes::Bytes::from_static(b"second half"))
-        .await
-        .unwrap();
-    drop(tx);
-    let reply = reply.await.unwrap();
-    assert_eq!(reply.status, 503, "{reply:?}");
-    assert_eq!(reply.json()["error"], "policy_changed");
+    reload_then_refused(&proxy, moved, tx, reply, "readdressed").await;
     assert_eq!(
         proxy.upstream("zurich").count(),
         0,
