@@ -197,6 +197,9 @@ struct Core {
     sealing: Mutex<()>,
     /// [`INDEX_BATCH`] ids wait in memory: the helper should index them.
     index_due: AtomicBool,
+    /// `State::poisoned`, read without the state's lock: each upload asks
+    /// ([`Directory::poisoned`]).
+    poisoned: AtomicBool,
     indexing: Mutex<()>,
     state: Mutex<State>,
     /// Shared like `signer`: a sealed generation serves its checkpoint,
@@ -629,6 +632,7 @@ impl Directory {
             spare_wake: Condvar::new(),
             sealing: Mutex::new(()),
             index_due: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             indexing: Mutex::new(()),
             state: Mutex::new(state),
             latest: Arc::new(ArcSwap::from_pointee(latest)),
@@ -770,6 +774,7 @@ impl Directory {
             spare_wake: Condvar::new(),
             sealing: Mutex::new(()),
             index_due: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             indexing: Mutex::new(()),
             state: Mutex::new(state),
             latest,
@@ -935,7 +940,7 @@ impl Directory {
     /// The log writes nothing more until a restart: a failed batch could
     /// not be cut off, or its directory was replaced (`Disk::replaced`).
     pub fn poisoned(&self) -> bool {
-        lock(&self.core.state).poisoned
+        self.core.poisoned.load(Ordering::Relaxed)
     }
 
     /// The writer has been on one batch for longer than
@@ -1073,6 +1078,27 @@ impl Directory {
 }
 
 impl Core {
+    /// Nothing more is written until a restart.
+    fn poison(&self) {
+        lock(&self.state).poisoned = true;
+        self.poisoned.store(true, Ordering::Relaxed);
+    }
+
+    /// An error, and the log poisoned, when its directory's path names
+    /// another directory now ([`Disk::replaced`]).
+    fn in_place(&self) -> Result<(), LogError> {
+        match self.disk.replaced() {
+            None => Ok(()),
+            Some(why) => {
+                self.poison();
+                Err(LogError::Corrupt {
+                    path: "transparency.directory".into(),
+                    message: why,
+                })
+            }
+        }
+    }
+
     /// The writer thread: takes the queued records and writes them, batch
     /// after batch, until the log is dropped.
     ///
@@ -1178,7 +1204,7 @@ impl Core {
                 let cut = staging.file.set_len(staging.len);
                 let message = e.to_string();
                 if cut.is_err() {
-                    lock(&self.state).poisoned = true;
+                    self.poison();
                 }
                 answer_all(chunk.into_iter(), Failure::Io(message.clone()));
                 return answer_all(items, Failure::Io(message));
@@ -1187,7 +1213,7 @@ impl Core {
             // in the log's directory: not acknowledged, nothing more
             // written (see `Disk::replaced`).
             if let Some(why) = self.disk.replaced() {
-                lock(&self.state).poisoned = true;
+                self.poison();
                 tracing::error!("{why}");
                 answer_all(chunk.into_iter(), Failure::Io(why.clone()));
                 return answer_all(items, Failure::Io(why));
@@ -1217,7 +1243,7 @@ impl Core {
     /// current, full bundle, and the next write tries again.
     fn start_next(&self, staging: &mut Staging) -> std::io::Result<()> {
         if let Some(why) = self.disk.replaced() {
-            lock(&self.state).poisoned = true;
+            self.poison();
             return Err(std::io::Error::other(why));
         }
         let file = self.next_staging(staging.index + 1)?;
@@ -1480,13 +1506,7 @@ impl Core {
 
     fn checkpoint(&self) -> Result<Arc<Published>, LogError> {
         let _one = lock(&self.checkpointing);
-        if let Some(why) = self.disk.replaced() {
-            lock(&self.state).poisoned = true;
-            return Err(LogError::Corrupt {
-                path: "transparency.directory".into(),
-                message: why,
-            });
-        }
+        self.in_place()?;
         // Full bundles still under their staging names are sealed first,
         // so a checkpoint finds the spec's files in place (and durable).
         self.seal_full(true);
@@ -1545,6 +1565,7 @@ impl Core {
             self.confirmed(size);
             return Ok(latest);
         }
+        self.in_place()?;
         self.write_partials(&edge);
         let filled_from = if latest.size == u64::MAX {
             0
@@ -1554,6 +1575,11 @@ impl Core {
         let root = edge.root();
         let note = sign_checkpoint(&self.settings, &self.signer, size, root)?;
         let path = self.disk.dir().join(CHECKPOINT);
+        // Again just before the checkpoint is written by path: the tiles'
+        // fsyncs take time, and a volume mounted over the directory
+        // meanwhile must not have its checkpoint overwritten
+        // (verification, stop 69). A window remains between the two.
+        self.in_place()?;
         if let Err(e) = self.disk.write(&path, note.as_bytes(), true) {
             let lag = lock(&self.state).size.saturating_sub(latest.size);
             self.metrics.integration_lag.set(lag as i64);
@@ -3280,9 +3306,13 @@ pub(crate) mod tests {
         let aside = settings.directory.with_extension("aside");
         std::fs::rename(&settings.directory, &aside).unwrap();
         std::fs::create_dir(&settings.directory).unwrap();
-        let refused = log.append(&record(1)).await.unwrap_err().to_string();
-        assert!(refused.contains("no longer the one it opened"), "{refused}");
+        // Found by the checkpoint tick, with no upload: the next one is
+        // refused before it is forwarded (verification, stop 69: it was
+        // stored, then 503).
         assert!(log.checkpoint().is_err());
+        assert!(log.failing(), "uploads refused before they are forwarded");
+        let refused = log.append(&record(1)).await.unwrap_err().to_string();
+        assert!(refused.contains("restart"), "{refused}");
         assert!(log.append(&record(2)).await.is_err(), "stays refused");
         assert!(log.needs_restart().is_some(), "the replica is not ready");
         assert_eq!(

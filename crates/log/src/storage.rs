@@ -943,7 +943,9 @@ impl Log {
             return true;
         }
         match &self.current.load().backend {
-            Backend::Directory(d) => d.stalled(),
+            // Poisoned: refused before forwarding, not after (verification,
+            // stop 69: the first upload after it was stored, then 503).
+            Backend::Directory(d) => d.stalled() || d.poisoned(),
             Backend::Sealed(_) => false,
             Backend::Postgres(f) => f.refusing_writes(),
         }
