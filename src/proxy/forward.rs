@@ -511,17 +511,9 @@ pub fn forward<'a>(
             }
             let attempt = judge(state, upstream, result, &upload.slot, id, dc);
             if let Attempt::Waited { headers } = attempt {
-                if instance.installed() != state.installed
-                    && !still_permitted(instance, state, &target, upstream)
-                {
-                    tracing::warn!(
-                        request_id = id,
-                        datacenter = dc.as_str(),
-                        "a reload while this upload waited for a connection made where it was decided to go (its data centre, or the upstream's address) one the configuration in force does not permit for it: refused before it was sent, for the client to retry under the new policy"
-                    );
-                    return Err(upload.refuse(Failure::PolicyChanged));
-                }
-                // The same upstream, on the connection it waited for.
+                // Looked at again by the loop's own check (it waited, so
+                // that check runs), then sent on the connection it waited
+                // for.
                 upload.headers = headers;
                 upload.host_of = upstream;
                 looked_again = true;

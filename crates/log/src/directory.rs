@@ -1212,8 +1212,8 @@ impl Core {
             // Durable in the file the log opened, but that is no longer
             // in the log's directory: not acknowledged, nothing more
             // written (see `Disk::replaced`).
-            if let Some(why) = self.disk.replaced() {
-                self.poison();
+            if let Err(e) = self.in_place() {
+                let why = e.to_string();
                 tracing::error!("{why}");
                 answer_all(chunk.into_iter(), Failure::Io(why.clone()));
                 return answer_all(items, Failure::Io(why));
@@ -1242,10 +1242,8 @@ impl Core {
     /// to be sealed. On failure nothing changes: `staging` stays the
     /// current, full bundle, and the next write tries again.
     fn start_next(&self, staging: &mut Staging) -> std::io::Result<()> {
-        if let Some(why) = self.disk.replaced() {
-            self.poison();
-            return Err(std::io::Error::other(why));
-        }
+        self.in_place()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let file = self.next_staging(staging.index + 1)?;
         let full = std::mem::replace(
             staging,
@@ -1275,7 +1273,7 @@ impl Core {
     fn seal_full(&self, retry_failed: bool) {
         let _one = lock(&self.sealing);
         // Renamed by path: not into another directory.
-        if self.disk.replaced().is_some() {
+        if self.in_place().is_err() {
             return;
         }
         let (retried, full) = {
