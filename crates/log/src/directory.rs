@@ -518,6 +518,17 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError {
     }
 }
 
+/// Removes a full tile's `.p/` directory; one already gone is no error, and
+/// one that cannot be removed is logged and left (it costs only disk
+/// space: the log serves every partial from the full tile).
+fn remove_partials_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, path = %dir.display(), "cannot remove the partial tiles of a full tile");
+        }
+    }
+}
+
 const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The META key: records `[0, indexed)` are in BY_ID.
@@ -1618,25 +1629,31 @@ impl Core {
         disk::sync_each(unsynced).map_err(|(path, e, synced)| (io_error(path)(e), synced))
     }
 
-    /// Removes the partial tiles (`<tile>.p/`) of the tiles that were
-    /// partial at the checkpoint of `from` records and are full at `to`:
-    /// tlog-tiles lets a log delete them once the full tile exists (clients
-    /// take a prefix of it). Without this every checkpoint would leave a
-    /// file per level on disk for good; with it, at most the up-to-255
-    /// widths of each level's one unfinished tile stay.
+    /// Removes the partial tiles (`<tile>.p/`) of every tile that is full
+    /// at `to` and may have had partials written since the checkpoint of
+    /// `from` records, the last one published: tlog-tiles lets a log delete
+    /// them once the full tile exists (clients take a prefix of it). Those
+    /// are the tiles in `[index_at(from), index_at(to))` at each level —
+    /// the one `from` left unfinished, and any that a checkpoint which
+    /// failed since (its partials written, its checkpoint file not: a full
+    /// disk, say) left partials of (disk audit: only the first was removed,
+    /// so the others stayed beside their full tiles for good). Without
+    /// this every checkpoint would leave a file per level on disk; with it,
+    /// at most the up-to-255 widths of each level's one unfinished tile
+    /// stay. One `stat(2)` a tile in the range (usually one or none a
+    /// level), and a removal only where a `.p/` directory is.
     fn remove_filled_partials(&self, from: u64, to: u64) {
         let mut level = 0u8;
-        while to.checked_shr(8 * u32::from(level)).unwrap_or(0) > 0 {
-            let was = Edge::index_at(from, level);
-            if Edge::index_at(to, level) > was && Edge::width_at(from, level) > 0 {
-                self.remove_partials(level, was);
+        while Edge::index_at(to, level) > 0 {
+            for index in Edge::index_at(from, level)..Edge::index_at(to, level) {
+                self.remove_partials(level, index);
             }
             level += 1;
         }
     }
 
     /// Removes the `.p/` directory of tile `index` at hash level `level`
-    /// (and, at level 0, of entry bundle `index`).
+    /// (and, at level 0, of entry bundle `index`), where there is one.
     fn remove_partials(&self, level: u8, index: u64) {
         let levels = if level == 0 {
             [None, Some(0)].as_slice()
@@ -1644,6 +1661,9 @@ impl Core {
             &[Some(level)]
         };
         for &level in levels {
+            let Some(dir) = self.partials_dir(level, index).filter(|d| d.is_dir()) else {
+                continue;
+            };
             let full = Tile {
                 level,
                 index,
@@ -1654,23 +1674,26 @@ impl Core {
             if level.is_none() && !self.disk.path(full).is_file() {
                 continue;
             }
-            self.remove_partials_of(level, index);
+            remove_partials_dir(&dir);
         }
     }
 
-    fn remove_partials_of(&self, level: Option<u8>, index: u64) {
+    /// The `.p/` directory of tile `index` at `level` (entry bundles at
+    /// `None`).
+    fn partials_dir(&self, level: Option<u8>, index: u64) -> Option<PathBuf> {
         let tile = Tile {
             level,
             index,
             width: 1,
         };
-        let Some(dir) = self.disk.path(tile).parent().map(Path::to_path_buf) else {
-            return;
-        };
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, path = %dir.display(), "cannot remove the partial tiles of a full tile");
-            }
+        self.disk.path(tile).parent().map(Path::to_path_buf)
+    }
+
+    /// Removes the `.p/` directory of tile `index` at `level` (entry
+    /// bundles at `None`), the caller knowing its full tile is there.
+    fn remove_partials_of(&self, level: Option<u8>, index: u64) {
+        if let Some(dir) = self.partials_dir(level, index) {
+            remove_partials_dir(&dir);
         }
     }
 
@@ -3685,6 +3708,94 @@ pub(crate) mod tests {
         assert!(full.is_file());
         assert!(!partial.exists());
         assert!(!dir.join("staging.0").exists());
+    }
+
+    /// A checkpoint that fails after writing its partial tiles (its
+    /// checkpoint file not written: a full disk, say) leaves them for
+    /// tiles the last published checkpoint never reached; the next
+    /// checkpoint that is written deletes the partials of every tile full
+    /// at its size since the last published one, not only of the tile that
+    /// one left unfinished (disk audit: they stayed beside the full tiles).
+    #[tokio::test]
+    async fn partials_of_failed_checkpoints_go_once_their_tiles_are_full() {
+        let (_dir, mut settings) = setup("failed-checkpoints");
+        settings.max_records = u64::MAX;
+        let log = Arc::new(Directory::open(&settings, metrics()).unwrap());
+        // Concurrent appends, so they share fsyncs.
+        let append = async |range: std::ops::Range<u64>| {
+            let appends: Vec<_> = range
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let bytes = record(i).to_bytes();
+                        let id = id_key(&record(i).request_id);
+                        log.append(&bytes, merkle::leaf_hash(&bytes), id)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            for a in appends {
+                a.await.unwrap();
+            }
+        };
+        let dir = settings.directory.clone();
+        // A directory in the way of the checkpoint's temporary file: its
+        // write fails, as it would on a full disk, after the partials.
+        let blocker = dir.join(".checkpoint.tmp");
+        let fail_at = async |range: std::ops::Range<u64>| {
+            std::fs::create_dir_all(blocker.join("blocker")).unwrap();
+            let size = range.end;
+            append(range).await;
+            assert!(log.checkpoint().is_err(), "the checkpoint at {size}");
+            std::fs::remove_dir_all(&blocker).unwrap();
+        };
+        let partials = |level: &str, index: u64| dir.join(format!("tile/{level}/{index:03}.p"));
+        let left = |indexes: std::ops::Range<u64>| {
+            let mut left = Vec::new();
+            for index in indexes {
+                for level in ["0", "entries"] {
+                    if partials(level, index).exists() {
+                        left.push(format!("tile/{level}/{index:03}.p"));
+                    }
+                }
+            }
+            left
+        };
+
+        append(0..100).await;
+        assert_eq!(log.checkpoint().unwrap().size, 100);
+        // Tiles 1 and 2 get partials no published checkpoint had.
+        fail_at(100..300).await;
+        fail_at(300..600).await;
+        for path in [
+            "tile/0/001.p/44",
+            "tile/entries/001.p/44",
+            "tile/0/002.p/88",
+        ] {
+            assert!(dir.join(path).is_file(), "{path} was not written");
+        }
+        append(600..1100).await;
+        assert_eq!(log.checkpoint().unwrap().size, 1100);
+        assert_eq!(left(0..4), Vec::<String>::new(), "beside full tiles");
+        for path in ["tile/0/004.p/76", "tile/entries/004.p/76", "tile/1/000.p/4"] {
+            assert!(dir.join(path).is_file(), "{path} is missing");
+        }
+
+        // From a checkpoint at a tile's end (no partial of its own there).
+        append(1100..1280).await;
+        assert_eq!(log.checkpoint().unwrap().size, 1280);
+        fail_at(1280..1300).await;
+        assert!(dir.join("tile/0/005.p/20").is_file());
+        append(1300..1600).await;
+        assert_eq!(log.checkpoint().unwrap().size, 1600);
+        assert_eq!(left(0..6), Vec::<String>::new(), "beside full tiles");
+        assert!(dir.join("tile/0/006.p/64").is_file());
+
+        // The tree the partials came from is still whole.
+        drop(log);
+        let log = Directory::open(&settings, metrics()).unwrap();
+        assert_eq!(log.checkpoint().unwrap().size, 1600);
     }
 
     /// A log of the one-file format (`records.log`) is converted to tiles
