@@ -958,10 +958,11 @@ fn record_names(
 }
 
 /// The names in a client certificate (DER): SAN URIs and DNS names
-/// (lowercased) and the subject's CN. Read once per connection. A
-/// certificate (verified by the TLS stack, which reads its names only under
-/// a name constraint) whose subject alternative names or CN do not decode
-/// here is marked `unreadable`, not taken for one without names.
+/// (lowercased, without trailing dots) and the subject's CN. Read once per
+/// connection. A certificate (verified by the TLS stack, which reads its
+/// names only under a name constraint) whose subject alternative names or
+/// CN do not decode here is marked `unreadable`, not taken for one without
+/// names.
 pub fn cert_names(der: &[u8]) -> CertNames {
     use x509_cert::der::Decode as _;
     use x509_cert::ext::pkix::name::GeneralName;
@@ -977,8 +978,14 @@ pub fn cert_names(der: &[u8]) -> CertNames {
             for name in san.0 {
                 match name {
                     GeneralName::UniformResourceIdentifier(uri) => names.uris.push(uri.to_string()),
+                    // Compared as a server name is (`Tenants::by_host`):
+                    // without case, and without trailing dots — a fully
+                    // qualified `name.` is the name (a CA may write it so).
                     GeneralName::DnsName(dns) => {
-                        names.dns.push(dns.to_string().to_ascii_lowercase())
+                        let dns = dns.to_string();
+                        names
+                            .dns
+                            .push(dns.trim_end_matches('.').to_ascii_lowercase());
                     }
                     _ => {}
                 }

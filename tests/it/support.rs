@@ -1303,6 +1303,22 @@ pub struct ClientPki {
 impl ClientPki {
     /// One client certificate per entry of `uris`, with that SAN URI if any.
     pub fn new(uris: &[Option<&str>]) -> ClientPki {
+        let leaves: Vec<_> = uris
+            .iter()
+            .map(|uri| ("device-7.clients.test", *uri))
+            .collect();
+        ClientPki::issuing(&leaves)
+    }
+
+    /// One client certificate per entry of `dns`, whose only SAN is that DNS
+    /// name, written as given (case, trailing dot).
+    pub fn with_dns_names(dns: &[&str]) -> ClientPki {
+        let leaves: Vec<_> = dns.iter().map(|name| (*name, None)).collect();
+        ClientPki::issuing(&leaves)
+    }
+
+    /// A client certificate per `(SAN DNS name, SAN URI)`, CN `device-7`.
+    fn issuing(leaves: &[(&str, Option<&str>)]) -> ClientPki {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose, SanType,
@@ -1315,12 +1331,11 @@ impl ClientPki {
         let ca_key = KeyPair::generate().unwrap();
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
-        let leaves = uris
+        let leaves = leaves
             .iter()
             .zip(1u64..)
-            .map(|(uri, serial)| {
-                let mut leaf =
-                    CertificateParams::new(vec!["device-7.clients.test".to_string()]).unwrap();
+            .map(|((dns, uri), serial)| {
+                let mut leaf = CertificateParams::new(vec![dns.to_string()]).unwrap();
                 if let Some(uri) = uri {
                     leaf.subject_alt_names
                         .push(SanType::URI((*uri).try_into().unwrap()));

@@ -656,6 +656,58 @@ async fn a_client_certificate_recognises_the_tenant() {
     proxy.stop().await;
 }
 
+/// A certificate's DNS name written fully qualified (`name.`, as some CAs
+/// issue them) and in another case is the name, as a server name is: exact
+/// and `*.suffix` patterns recognise it (it named no one before).
+#[tokio::test]
+async fn a_certificate_dns_name_with_a_trailing_dot_recognises_the_tenant() {
+    let pki = ClientPki::with_dns_names(&[
+        "Device-7.Clients.Test.",
+        "unit-1.globex.test.",
+        "unit-1.other.test.",
+    ]);
+    let files = TempDir::new("tenant-dns-dot");
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca).unwrap();
+    let proxy = Proxy::start(Setup {
+        transparency: Some(String::new()),
+        extra: format!(
+            "{}\n[[tenants]]\nname = \"acme\"\njurisdiction = \"ch\"\n\
+             client_cert = [\"dns:device-7.clients.test\"]\n\
+             [[tenants]]\nname = \"globex\"\njurisdiction = \"us\"\n\
+             client_cert = [\"dns:*.globex.test\"]\n",
+            mtls_listener(0, &ca_path)
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let mtls = proxy.addrs[1];
+    let expected = [
+        (
+            "zurich",
+            json!({"name": "acme", "source": "client_cert", "origin_jurisdiction": "eu"}),
+        ),
+        (
+            "virginia",
+            json!({"name": "globex", "source": "client_cert", "origin_jurisdiction": "eu"}),
+        ),
+        // No tenant's name: GeoIP decides.
+        ("frankfurt", serde_json::Value::Null),
+    ];
+    for ((cert, key), (datacenter, tenant)) in pki.leaves.iter().zip(expected) {
+        let client = Client::new(mtls, &proxy.certs).client_cert(cert, key);
+        let reply = upload(&client, DE, None).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        assert_eq!(
+            reply.header("residency-datacenter"),
+            Some(datacenter),
+            "{tenant}"
+        );
+        assert_eq!(tenant_of(&reply), tenant);
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_tenant_file_reload_under_load_changes_routing_without_a_failed_request() {
     let files = TempDir::new("tenant-file");

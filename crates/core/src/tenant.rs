@@ -148,8 +148,9 @@ impl Source {
     }
 }
 
-/// The names a client certificate carries, lowercased where DNS: read
-/// once per connection.
+/// The names a client certificate carries, DNS names lowercased and
+/// without trailing dots (as [`Tenants::by_host`] takes a server name):
+/// read once per connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CertNames {
     pub uris: Vec<String>,
