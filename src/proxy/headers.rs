@@ -336,8 +336,9 @@ fn spelt_with_underscores(name: &HeaderName, dashed: &HeaderName) -> bool {
 /// data centre's (`forward::prepare` does it in the same operation that
 /// takes the client's, for `f.host`).
 pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    // Room for one IPv4 hop without growing; a chain grows once.
-    let mut chain = String::with_capacity(24);
+    // Only a trusted peer's chain is kept (allocated then): most requests
+    // send just the hop, written on the stack.
+    let mut chain = String::new();
     if f.xff_trusted {
         walked_chain(headers, f.client, &mut chain);
     }
@@ -360,9 +361,19 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         headers.remove(header::EXPECT);
     }
     headers.reserve(7);
-    push_ip(&mut chain, f.hop);
-    // From a `String`, its buffer becomes the value's (no copy).
-    match HeaderValue::try_from(chain) {
+    let forwarded_for = if chain.is_empty() {
+        // Copied once into a value of its exact length: one allocation,
+        // where a `String`'s spare capacity made `Bytes` add a second (its
+        // shared header; issue 23).
+        let mut hop = IpText::default();
+        push_ip(&mut hop, f.hop);
+        HeaderValue::from_bytes(hop.as_bytes())
+    } else {
+        // From a `String`, its buffer becomes the value's (no copy).
+        push_ip(&mut chain, f.hop);
+        HeaderValue::try_from(chain)
+    };
+    match forwarded_for {
         Ok(v) => headers.insert(X_FORWARDED_FOR, v),
         Err(_) => headers.remove(X_FORWARDED_FOR),
     };
@@ -384,6 +395,47 @@ pub fn to_upstream(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     }
     if let Some(v) = &f.tenant {
         headers.insert(RESIDENCY_TENANT, v.clone());
+    }
+}
+
+/// An address's text, on the stack: the longest IPv6 form
+/// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`) is 45 bytes.
+struct IpText {
+    text: [u8; 45],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> IpText {
+        IpText {
+            text: [0; 45],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    // IPv4's digits and dots, a byte each (the default encodes each
+    // `char` first).
+    fn write_char(&mut self, c: char) -> std::fmt::Result {
+        let to = self.text.get_mut(self.len).ok_or(std::fmt::Error)?;
+        *to = u8::try_from(c).map_err(|_| std::fmt::Error)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let to = self.text.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        to.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -1674,7 +1726,30 @@ mod tests {
             let mut s = String::new();
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string());
+            let mut text = IpText::default();
+            push_ip(&mut text, ip);
+            assert_eq!(text.as_bytes(), s.as_bytes());
         }
+    }
+
+    #[test]
+    fn the_longest_address_fits_on_the_stack() {
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        // Displayed as eight groups (39 bytes): a mapped IPv4 one is
+        // shorter. The buffer takes the longest text form either way.
+        let mut text = IpText::default();
+        push_ip(&mut text, longest);
+        assert_eq!(text.as_bytes(), longest.to_string().as_bytes());
+        let mapped: IpAddr = "::ffff:255.255.255.255".parse().unwrap();
+        let mut text = IpText::default();
+        push_ip(&mut text, mapped);
+        assert_eq!(text.as_bytes(), mapped.to_string().as_bytes());
+        use std::fmt::Write;
+        let mut text = IpText::default();
+        assert!(text.write_str(&"f".repeat(45)).is_ok());
+        assert!(text.write_str("f").is_err(), "bounded, never past the end");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! Every address is canonicalised (`::ffff:a.b.c.d` → `a.b.c.d`) before any
 //! lookup or CIDR match.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::HeaderValue;
@@ -170,21 +170,21 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 }
 
 /// Appends `ip` in its usual text form; IPv4 without `fmt` machinery (this
-/// runs for every upload).
-pub fn push_ip(out: &mut String, ip: IpAddr) {
+/// runs for every upload). Into a `String`, or a buffer on the stack.
+pub fn push_ip(out: &mut impl Write, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    let _ = out.write_char('.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    let _ = out.write_char(char::from(b'0' + octet / 100));
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    let _ = out.write_char(char::from(b'0' + octet / 10 % 10));
                 }
-                out.push(char::from(b'0' + octet % 10));
+                let _ = out.write_char(char::from(b'0' + octet % 10));
             }
         }
         IpAddr::V6(v6) => {
