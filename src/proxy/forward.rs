@@ -385,8 +385,8 @@ pub fn forward<'a>(
         let j = target.jurisdiction;
         let (mut upload, budget) = prepare(instance, state, &target, req);
         // Sent in the decision's poll, an upload is in flight on the state
-        // it started with; one that waits (for its body, or to be retried)
-        // may see a reload first.
+        // it started with; one that waits (for its body, for a connection,
+        // or to be retried) may see a reload first.
         let waited = budget.is_some();
         if let Some(budget) = budget {
             // Boxed, as every rarely taken await here: the request's future is
@@ -416,7 +416,7 @@ pub fn forward<'a>(
             // audit, stop 68: a first attempt after seconds or hours of
             // buffering for replay, or a retry, went to a data centre the
             // policy in force had removed). One load when nothing changed.
-            if (waited || attempts > 1)
+            if (waited || attempts > 1 || looked_again)
                 && instance.installed() != state.installed
                 && !still_permitted(instance, state, &target, upstream)
             {
@@ -454,10 +454,13 @@ pub fn forward<'a>(
             // ends. Polled by hand: `select!` would move both futures into a
             // tuple, a copy of ~1 KiB per request (issue 23).
             let result = {
-                // An upload that waited is handed back once a connection
-                // it waited for (up to `upstream_connect`) is in hand, to be
-                // looked at again (below) before it is sent.
-                let recheck = (attempts > 1 || waited) && !looked_again;
+                // Any upload, streamed or read whole, that waits for a
+                // connection (up to `upstream_connect`: room under the cap,
+                // or a new one made) is handed back once it is in hand, to
+                // be looked at again (above) before it is sent on it; one
+                // at hand goes at once (reload audit, stop 70: a streamed
+                // upload went where the reload took its data centre from).
+                let recheck = !looked_again;
                 let mut sending = pin!(state
                     .pool
                     .send_or_return(upstream, request, &watch, recheck));

@@ -394,7 +394,7 @@ impl Pool {
             // no longer want it sent there (reload audit, stop 69).
             if recheck {
                 if pooled {
-                    self.put(u, tx, progress);
+                    self.keep_for_resend(u, tx, progress);
                 }
                 return Err((Error::Waited, Some(req)));
             }
@@ -536,6 +536,30 @@ impl Pool {
             progress: Some(progress),
             slot: None,
         })
+    }
+
+    /// A new connection made for a request handed back to be looked at
+    /// again ([`Error::Waited`]): idle for it to take when it is sent
+    /// again, the next thing its task does — even with pooling off
+    /// (`pool_max_idle_per_host = 0`) or the idle list full, which [`put`]
+    /// would refuse, and the request would connect a second time.
+    /// (`max_idle` bounds what stays idle; this does not stay.)
+    ///
+    /// [`put`]: Pool::put
+    #[cold]
+    fn keep_for_resend(
+        &self,
+        u: UpstreamId,
+        tx: SendRequest<ForwardBody>,
+        progress: Arc<WriteProgress>,
+    ) {
+        if let Ok(mut idle) = self.inner.idle[u.0].lock() {
+            idle.push(Idle {
+                tx,
+                progress,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Keeps `tx` for the next request to `u`, if there is room.

@@ -811,6 +811,22 @@ async fn an_upload_is_not_sent_to_an_address_a_reload_took_from_its_data_centre(
 /// was stored at the old address after the reload).
 #[tokio::test]
 async fn an_upload_that_waited_for_a_connection_is_not_sent_where_a_reload_took_it() {
+    waited_for_a_connection_across_a_reload(Some("waited")).await;
+}
+
+/// As above, streamed (no `Idempotency-Key`: not read whole first). It
+/// waits for its connection with nothing of its body read, so it is asked
+/// again too (reload audit, stop 70: it was stored at the old address).
+#[tokio::test]
+async fn a_streamed_upload_that_waited_for_a_connection_is_not_sent_where_a_reload_took_it() {
+    waited_for_a_connection_across_a_reload(None).await;
+}
+
+/// Holds zurich's one connection with one upload while a second
+/// (`idempotency_key`: read whole for replay first; `None`: streamed) waits
+/// for it, moves zurich to a new address, then lets the first finish: the
+/// second must be refused, `policy_changed`, and go nowhere.
+async fn waited_for_a_connection_across_a_reload(idempotency_key: Option<&'static str>) {
     let proxy = Proxy::start(Setup {
         extra: "[upstream]\nmax_connections_per_upstream = 1\n[timeouts]\nupstream_connect = \"5s\"\n[health]\npath = \"off\"\n".into(),
         ..Setup::default()
@@ -833,8 +849,22 @@ async fn an_upload_that_waited_for_a_connection_is_not_sent_where_a_reload_took_
         .await
         .unwrap();
     proxy.upstream("zurich").first_bytes.notified().await;
-    // Read whole for replay, then waits for the connection.
-    let (tx, waiting) = waiting_upload(&proxy, CH, "waited");
+    let (tx, waiting) = match idempotency_key {
+        // Read whole for replay, then waits for the connection.
+        Some(key) => waiting_upload(&proxy, CH, key),
+        // Waits for the connection before its body is read.
+        None => {
+            let client = proxy.client();
+            let (tx, body) = channel_body();
+            let reply = tokio::spawn(async move {
+                client
+                    .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
+                    .await
+                    .unwrap()
+            });
+            (tx, reply)
+        }
+    };
     tx.send(bytes::Bytes::from_static(b"whole")).await.unwrap();
     drop(tx);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -860,5 +890,55 @@ async fn an_upload_that_waited_for_a_connection_is_not_sent_where_a_reload_took_
         1,
         "only the holder at the old address"
     );
+    proxy.stop().await;
+}
+
+/// With pooling off (`pool_max_idle_per_host = 0`), an upload that made a
+/// new connection is still handed back to be looked at again — and sent
+/// on that connection, not on a second one (the pool keeps it for the
+/// resend though it keeps none idle). Counted by a relay in front of the
+/// data centre.
+#[tokio::test]
+async fn an_upload_handed_back_after_connecting_uses_that_connection_with_pooling_off() {
+    let proxy = Proxy::start(Setup {
+        extra: "[upstream]\npool_max_idle_per_host = 0\n[health]\npath = \"off\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let zurich = proxy.upstream("zurich").addr;
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    let relaying = tokio::spawn(async move {
+        while let Ok((mut from, _)) = relay.accept().await {
+            counting.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut to) = tokio::net::TcpStream::connect(zurich).await {
+                    let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                }
+            });
+        }
+    });
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let relayed = config.replacen(
+        &format!("http://{zurich}"),
+        &format!("http://{relay_addr}"),
+        1,
+    );
+    assert_ne!(relayed, config);
+    std::fs::write(&proxy.config_path, relayed).unwrap();
+    residency_proxy::reload::reload(&proxy.instance, &proxy.config_path).unwrap();
+    for (i, origin) in ["first", "second"].into_iter().enumerate() {
+        let reply = proxy.client().upload_from(CH, origin).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            i + 1,
+            "one connection an upload (none pooled), not two"
+        );
+    }
+    assert_eq!(proxy.upstream("zurich").count(), 2);
+    relaying.abort();
     proxy.stop().await;
 }
