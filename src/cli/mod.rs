@@ -2,7 +2,8 @@
 //! build`, `sink`, `loadtest`, `drill`, `keygen`, `verify`, `witness`.
 //!
 //! Each command maps its outcome to an exit code: 0 success, 1 a runtime
-//! failure, 2 an invalid configuration or input.
+//! failure, 2 an invalid configuration or input (`verify`: 1 INVALID, 3
+//! NOT CHECKED).
 
 pub mod demo;
 pub mod drill;
@@ -139,7 +140,8 @@ pub enum Command {
     /// signed checkpoint, and the log's consistency with a checkpoint seen
     /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
     /// why, exit 0 or 1; NOT CHECKED and why, exit 3, when the log could
-    /// not be read (nothing was found wrong); usage errors exit 2.
+    /// not be read or its checkpoint does not cover the receipt yet
+    /// (nothing was found wrong: retry); usage errors exit 2.
     Verify(Box<residency_tools::verify::VerifyArgs>),
     /// Run a C2SP tlog-witness (HTTP/1.1, or HTTPS with --tls-cert): cosigns checkpoints of the
     /// given logs that are consistent with the last one it cosigned,

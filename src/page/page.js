@@ -766,6 +766,12 @@ async function onSubmit(event) {
       box.className = "ok";
       say("verdict", el("strong", {}, `${verdict.sentence} — verified`), ...(where.length ? [".", ...where] : []));
       remember(gen.id, inputs.checkpoint);
+    } else if (verdict.notChecked) {
+      // Nothing was found wrong (a checkpoint that does not cover the
+      // record yet): as `verify`'s NOT CHECKED, not "Not verified".
+      box.className = "bad";
+      box.dataset.step = verdict.step;
+      say("verdict", el("strong", {}, "Could not check: "), `${verdict.message} (nothing was found wrong)`, ...(where.length ? [".", ...where] : []));
     } else {
       box.className = "bad";
       box.dataset.step = verdict.step;

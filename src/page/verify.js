@@ -17,6 +17,11 @@ export const STEPS = [
   "coverage", "inclusion", "previous_checkpoint", "consistency", "file",
 ];
 
+// The steps whose failure leaves the receipt NOT CHECKED, not INVALID:
+// nothing was found wrong, the check cannot be made yet (a checkpoint that
+// does not cover the receipt's index). As Step::not_checked in Rust.
+export const NOT_CHECKED = ["coverage"];
+
 class Failure extends Error {
   constructor(step, message) {
     super(message);
@@ -636,14 +641,17 @@ function hashes(list, step) {
 
 // inputs: { key, receipt?, checkpoint?, inclusion?, previous?, consistency?,
 //           witnesses?, quorum?, file?: { sha256, bytes } }
-// Returns { valid: true, checks, sentence, checkpoint, record } or
-// { valid: false, step, message, checks }.
+// Returns { valid: true, notChecked: false, checks, sentence, checkpoint,
+// record } or { valid: false, notChecked, step, message, checks }: with
+// notChecked, NOT CHECKED (nothing was found wrong), else INVALID.
 export async function check(inputs) {
   const checks = [];
   try {
-    return { valid: true, checks, ...(await run(inputs, checks)) };
+    return { valid: true, notChecked: false, checks, ...(await run(inputs, checks)) };
   } catch (e) {
-    if (e instanceof Failure) return { valid: false, step: e.step, message: e.message, checks };
+    if (e instanceof Failure) {
+      return { valid: false, notChecked: NOT_CHECKED.includes(e.step), step: e.step, message: e.message, checks };
+    }
     throw e;
   }
 }
@@ -686,7 +694,7 @@ async function run(inputs, checks) {
 
   if (receipt) {
     if (receipt.index >= checkpoint.size) {
-      fail("coverage", `the checkpoint (tree size ${checkpoint.size}) does not cover the receipt's index ${receipt.index} yet; retry after the next checkpoint`);
+      fail("coverage", `the checkpoint (tree size ${checkpoint.size}) does not cover the receipt's index ${receipt.index} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record`);
     }
     if (inputs.inclusion == null) fail("inclusion", "no inclusion proof: give --proof or --log");
     const path = hashes(inputs.inclusion, "inclusion");

@@ -140,7 +140,7 @@ def vectors(driver, path):
             const [inputs, done] = arguments;
             import("./verify.js")
               .then((m) => m.check(inputs))
-              .then((r) => done({ valid: r.valid, step: r.step ?? null, sentence: r.sentence ?? null, message: r.message ?? null }))
+              .then((r) => done({ valid: r.valid, not_checked: r.notChecked ?? null, step: r.step ?? null, sentence: r.sentence ?? null, message: r.message ?? null }))
               .catch((e) => done({ error: String(e) }));
             """,
             v["inputs"],
@@ -340,8 +340,9 @@ def generations_unavailable(s, driver, out):
 
 
 def log_down(s, driver, out):
-    """`key` pinned while the log cannot be read: what the log panel
-    says, and the verdict on each of `texts`."""
+    """`key` pinned while the log cannot be read (or while its checkpoint
+    does not cover a receipt yet): what the log panel says, and the
+    verdict on each of `texts`."""
     out["checkpoint"] = log_panel(driver, s["base"], s["key"])
     out["verdicts"] = [submit(driver, text) for text in s["texts"]]
 

@@ -300,6 +300,11 @@ async fn a_customer_checks_a_receipt_in_a_real_browser() {
         let rust = residency_log::verdict::check(&v.inputs);
         assert_eq!(got["valid"], v.expect.valid, "{}: {got}", v.name);
         assert_eq!(
+            got["not_checked"], v.expect.not_checked,
+            "{}: NOT CHECKED (true) or not (false): {got}",
+            v.name
+        );
+        assert_eq!(
             got["step"],
             json!(v.expect.step.map(|s| s.as_str())),
             "{}: {got}",
@@ -988,6 +993,55 @@ async fn the_page_judges_what_needs_no_log_when_the_log_is_down() {
         text(1).contains("the record says the upload was refused (origin_unknown), not stored"),
         "{seen}"
     );
+    proxy.stop().await;
+}
+
+/// An honest log that has not signed a checkpoint since the upload (its
+/// `checkpoint_interval` an hour, as a log whose disk was out for a
+/// while): once the page has waited its 10 s for a covering checkpoint,
+/// it could not check — nothing was found wrong — and says to retry; not
+/// "Not verified", as `verify` exits 3 with NOT CHECKED.
+#[tokio::test]
+async fn the_page_could_not_check_a_receipt_no_checkpoint_covers_yet() {
+    let work = TempDir::new("page-not-covered");
+    let pkcs8 = Signer::generate_pkcs8().unwrap();
+    let key = Signer::from_pkcs8(LOG_ORIGIN, &pkcs8)
+        .unwrap()
+        .verifier_key();
+    let proxy = Proxy::start(Setup {
+        transparency: Some("checkpoint_interval = \"1h\"".into()),
+        log_pkcs8: Some(pkcs8.to_vec()),
+        log_port: Some(free_port()),
+        ..Setup::default()
+    })
+    .await;
+    let (receipt, _) = upload(&proxy, DE, "cpu=0.93").await;
+    let index = Receipt::parse(&receipt).unwrap().index;
+    let seen = browse(
+        json!({
+            "phase": "log_down",
+            "base": format!("{}/", proxy.log_url()),
+            "key": key,
+            "texts": [receipt],
+            "profile": work.path().join("profile"),
+            "shots": shots_dir(),
+        }),
+        work.path(),
+    )
+    .await;
+    let verdict = &seen["verdicts"][0];
+    let text = verdict["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Could not check: the checkpoint (tree size ")
+            && text.contains(&format!(
+                "does not cover the receipt's index {index} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record"
+            ))
+            && text.ends_with("(nothing was found wrong)"),
+        "{seen}"
+    );
+    assert_eq!(verdict["step"], "coverage", "{seen}");
+    same_origin_only(&seen, &proxy.log_url());
+    clean_console(&seen, None);
     proxy.stop().await;
 }
 

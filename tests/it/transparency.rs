@@ -752,6 +752,50 @@ async fn keygen_and_verify_commands() {
     proxy.stop().await;
 }
 
+/// An honest log that has not signed a checkpoint since the upload (as
+/// when its disk was out for a while; here its `checkpoint_interval` is an
+/// hour): `verify --log`, having waited its 10 s for a covering
+/// checkpoint, says NOT CHECKED (exit 3) and what to do — not INVALID
+/// (exit 1), which says something was found wrong.
+#[tokio::test]
+async fn a_receipt_no_checkpoint_covers_yet_is_not_checked() {
+    let bin = env!("CARGO_BIN_EXE_residency-proxy");
+    let proxy = with_log("checkpoint_interval = \"1h\"").await;
+    let dir = TempDir::new("verify-not-covered");
+    let key = dir.path().join("log.pub");
+    std::fs::write(&key, proxy.log_key()).unwrap();
+    let reply = proxy.client().upload_from(CH, "cpu=0.93").await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let receipt = reply.header("residency-receipt").unwrap().to_string();
+    let index = Receipt::parse(&receipt).unwrap().index;
+    let (_, note) = proxy.log_get("/checkpoint").await;
+    let size = Checkpoint::open(&note, &Verifier::parse(&proxy.log_key()).unwrap())
+        .unwrap()
+        .size;
+    assert!(size <= index, "the checkpoint covers {index}: {note}");
+    let url = proxy.log_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .arg("verify")
+            .arg("--key")
+            .arg(&key)
+            .args(["--receipt", &receipt, "--log", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "NOT CHECKED: the checkpoint (tree size {size}) does not cover the receipt's index {index} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record (nothing was found wrong)\n"
+        )
+    );
+    proxy.stop().await;
+}
+
 /// An auditor without network access: saved checkpoint and proof files.
 #[tokio::test]
 async fn saved_proof_files_verify_offline() {

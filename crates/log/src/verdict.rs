@@ -5,9 +5,12 @@
 //! [`Inputs`] — the key, the receipt, the signed checkpoint, the inclusion
 //! path, the checkpoint seen before with its consistency path, optionally
 //! the digest of the customer's own copy of the file — and run the same
-//! [`Step`]s in the same order. The first step that fails is the verdict.
-//! The shared vectors (`crates/log/vectors/verify.json`, written by
-//! [`crate::vectors`]) hold both to it.
+//! [`Step`]s in the same order. The first step that fails is the verdict:
+//! INVALID, something was found wrong, or — for [`Step::Coverage`] alone
+//! ([`Step::not_checked`]) — NOT CHECKED, the check cannot be made yet and
+//! nothing was found wrong. The shared vectors
+//! (`crates/log/vectors/verify.json`, written by [`crate::vectors`]) hold
+//! both to it.
 //!
 //! Nothing here does I/O: callers fetch, this decides.
 
@@ -36,7 +39,8 @@ pub enum Step {
     Checkpoint,
     /// The required witnesses did not cosign the checkpoint.
     Witnesses,
-    /// The checkpoint does not cover the receipt's index yet.
+    /// The checkpoint does not cover the receipt's index yet: NOT CHECKED,
+    /// not INVALID ([`Step::not_checked`]).
     Coverage,
     /// The record is not at its index in the checkpointed tree.
     Inclusion,
@@ -63,6 +67,18 @@ impl Step {
             Step::Consistency => "consistency",
             Step::File => "file",
         }
+    }
+
+    /// Whether failing here leaves the receipt NOT CHECKED rather than
+    /// INVALID: nothing was found wrong, the check cannot be made yet. Only
+    /// [`Step::Coverage`] is such: an honest log that could not sign a
+    /// checkpoint for a while (its disk was out) has receipts no checkpoint
+    /// covers, and they were called INVALID. The checks still stop there
+    /// (no inclusion is checked against a tree without the index); a log
+    /// that never covers the index within its checkpoint interval broke the
+    /// receipt's promise, which the message says.
+    pub fn not_checked(self) -> bool {
+        matches!(self, Step::Coverage)
     }
 }
 
@@ -133,6 +149,13 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// NOT CHECKED rather than INVALID: see [`Step::not_checked`].
+    pub fn not_checked(&self) -> bool {
+        self.step.not_checked()
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
@@ -197,7 +220,7 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
             return fail(
                 Step::Coverage,
                 format!(
-                    "the checkpoint (tree size {}) does not cover the receipt's index {} yet; retry after the next checkpoint",
+                    "the checkpoint (tree size {}) does not cover the receipt's index {} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record",
                     checkpoint.size, receipt.index
                 ),
             );

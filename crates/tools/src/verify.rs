@@ -5,7 +5,9 @@
 //!
 //! Everything is checked against the log's public key alone; nothing the
 //! log serves is trusted until a signature or a proof says so. The answer is
-//! one `VALID: …` or `INVALID: …` line after the individual checks. This
+//! one `VALID: …`, `INVALID: …` or `NOT CHECKED: …` line after the
+//! individual checks (NOT CHECKED: the log could not be read, or its
+//! checkpoint does not cover the receipt yet; nothing was found wrong). This
 //! module only gathers the inputs; the decision is
 //! [`residency_log::verdict::check`], the same steps the log's web page
 //! runs in the browser, held to the same shared vectors.
@@ -263,14 +265,36 @@ fn http_url(text: &str) -> Result<String, String> {
 }
 
 /// The outcome: the checks that passed, then VALID or INVALID and why —
-/// or NOT CHECKED, when the log (or a witness) could not be read.
+/// or NOT CHECKED, when the log (or a witness) could not be read, or the
+/// checkpoint does not cover the receipt yet.
 #[derive(Debug)]
 pub struct Report {
     pub checks: Vec<String>,
     pub verdict: Result<String, String>,
     /// The check could not be made: the log did not answer, or answered
-    /// that it could not (5xx, 429), so nothing was found wrong either.
+    /// that it could not (5xx, 429), or its checkpoint does not cover the
+    /// receipt's index yet ([`verdict::Step::not_checked`]), so nothing was
+    /// found wrong either.
     pub unchecked: bool,
+}
+
+/// A verdict that is NOT CHECKED ([`verdict::Failure::not_checked`]), as
+/// an error: [`verify`] tells it from INVALID by this type.
+#[derive(Debug)]
+struct NotChecked(String);
+
+impl std::fmt::Display for NotChecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotChecked {}
+
+/// Whether `e` is a verdict that could not be checked yet (with context
+/// around it).
+fn not_checked(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.is::<NotChecked>())
 }
 
 impl Report {
@@ -343,8 +367,8 @@ pub async fn verify(args: &VerifyArgs) -> Report {
     let args = &args;
     let mut checks = Vec::new();
     let result = run(args, &mut checks).await;
-    let unchecked = result.as_ref().is_err_and(crate::fetch::unavailable);
-    if unchecked && receipt_of_the_key(args) {
+    let unavailable = result.as_ref().is_err_and(crate::fetch::unavailable);
+    if unavailable && receipt_of_the_key(args) {
         // What needs no log is checked anyway: a receipt whose signature
         // (or whose file) fails is INVALID, whether or not the log can be
         // read — else blocking the log would turn a forgery into "not
@@ -365,6 +389,12 @@ pub async fn verify(args: &VerifyArgs) -> Report {
             };
         }
     }
+    // A checkpoint that does not cover the receipt yet is the verdict's
+    // NOT CHECKED: every step before it passed (the receipt's signature
+    // and record, the checkpoint's signature and cosignatures), and the
+    // checks stop there, as on the page (nothing is judged without the log
+    // here: it was read).
+    let unchecked = unavailable || result.as_ref().is_err_and(not_checked);
     Report {
         checks,
         verdict: result.map_err(|e| format!("{e:#}")),
@@ -591,7 +621,8 @@ async fn check_with(
     Ok(summary)
 }
 
-/// The verdict's checks, and its summary or the failure.
+/// The verdict's checks, and its summary or the failure (a [`NotChecked`]
+/// one when the verdict says nothing was found wrong).
 fn conclude(
     verdict: Result<verdict::Verified, verdict::Failure>,
     checks: &mut Vec<String>,
@@ -601,6 +632,7 @@ fn conclude(
             checks.extend(v.checks);
             Ok(v.summary)
         }
+        Err(f) if f.not_checked() => Err(NotChecked(f.message).into()),
         Err(f) => Err(anyhow!(f.message)),
     }
 }
