@@ -140,8 +140,8 @@ pub enum Command {
     /// signed checkpoint, and the log's consistency with a checkpoint seen
     /// before, or a C2SP tlog-proof offline. Prints VALID or INVALID and
     /// why, exit 0 or 1; NOT CHECKED and why, exit 3, when the log could
-    /// not be read or its checkpoint does not cover the receipt yet
-    /// (nothing was found wrong: retry); usage errors exit 2.
+    /// not be read or its checkpoint does not cover the receipt yet and
+    /// nothing else was found wrong (retry); usage errors exit 2.
     Verify(Box<residency_tools::verify::VerifyArgs>),
     /// Run a C2SP tlog-witness (HTTP/1.1, or HTTPS with --tls-cert): cosigns checkpoints of the
     /// given logs that are consistent with the last one it cosigned,

@@ -714,7 +714,10 @@ function details(verdict, inputs) {
     out.push(el("p", { class: "ok-text" }, `Your file ${$("file").files[0]?.name ?? ""} is the upload the record describes (same SHA-256 and length).`));
   }
   if (verdict.checks.length) {
-    out.push(el("p", {}, verdict.valid ? "Checks passed:" : "Checks passed before that:"));
+    // A record not covered yet is judged on the log's history after the
+    // coverage step (which found nothing wrong): those checks passed, not
+    // "before that".
+    out.push(el("p", {}, verdict.valid || verdict.notChecked ? "Checks passed:" : "Checks passed before that:"));
     out.push(el("ol", { id: "checks" }, ...verdict.checks.map((c) => el("li", {}, c))));
   }
   return out;

@@ -19,7 +19,10 @@ export const STEPS = [
 
 // The steps whose failure leaves the receipt NOT CHECKED, not INVALID:
 // nothing was found wrong, the check cannot be made yet (a checkpoint that
-// does not cover the receipt's index). As Step::not_checked in Rust.
+// does not cover the receipt's index). As Step::not_checked in Rust. Such a
+// failure does not stop the history steps (previous_checkpoint,
+// consistency), which need no inclusion: one that fails is the verdict,
+// INVALID (see run).
 export const NOT_CHECKED = ["coverage"];
 
 class Failure extends Error {
@@ -692,10 +695,15 @@ async function run(inputs, checks) {
   const witnessCheck = await checkWitnesses(inputs, inputs.checkpoint, key);
   if (witnessCheck) checks.push(witnessCheck);
 
-  if (receipt) {
-    if (receipt.index >= checkpoint.size) {
-      fail("coverage", `the checkpoint (tree size ${checkpoint.size}) does not cover the receipt's index ${receipt.index} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record`);
-    }
+  // A checkpoint that does not cover the receipt's index cannot hold its
+  // inclusion: NOT CHECKED, but only once the history below, which needs
+  // no inclusion, found nothing wrong — a log that rolled its tree back
+  // below the receipt, or forked, is INVALID, not "not checked". As the
+  // Rust verdict.
+  let uncovered = null;
+  if (receipt && receipt.index >= checkpoint.size) {
+    uncovered = new Failure("coverage", `the checkpoint (tree size ${checkpoint.size}) does not cover the receipt's index ${receipt.index} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record`);
+  } else if (receipt) {
     if (inputs.inclusion == null) fail("inclusion", "no inclusion proof: give --proof or --log");
     const path = hashes(inputs.inclusion, "inclusion");
     const leaf = await leafHash(receipt.record);
@@ -717,6 +725,9 @@ async function run(inputs, checks) {
     await checkConsistency(old, checkpoint, inputs.consistency);
     checks.push(`the log grew from ${old.size} to ${checkpoint.size} without rewriting history (consistency proof)`);
   }
+  // The history passed (or was not given): nothing was found wrong. The
+  // file waits for a checkpoint that covers the receipt, as inclusion does.
+  if (uncovered) throw uncovered;
   if (record) checkFile(inputs, record, checks);
   return { sentence: record ? sentence(record) : null, record, checkpoint };
 }

@@ -1,9 +1,11 @@
 //! The shared verification vectors: one valid receipt and the ways a
 //! verdict must go wrong (a flipped byte, another key, another index, a
 //! truncated proof, a rewritten history, a checkpoint that does not cover
-//! the receipt yet, …), each with the [`Step`] that must fail and whether
-//! that leaves it NOT CHECKED rather than INVALID. `residency-proxy verify` (through [`crate::verdict`]) and the
-//! log's web page must both give each vector its expected verdict.
+//! the receipt yet, with a history that holds or one that does not, …),
+//! each with the [`Step`] that must fail and whether that leaves it NOT
+//! CHECKED rather than INVALID. `residency-proxy verify` (through
+//! [`crate::verdict`]) and the log's web page must both give each vector
+//! its expected verdict.
 //!
 //! The vectors are generated here from fixed seeds (Ed25519 signatures are
 //! deterministic), so the committed file `crates/log/vectors/verify.json`
@@ -552,7 +554,7 @@ pub fn generate() -> Vectors {
             "not_yet_covered_stops_the_checks",
             "Coverage still stops the checks: with another file than the upload, a checkpoint that does not cover index 4 is NOT CHECKED; the file is judged once one covers it.",
             Inputs {
-                checkpoint: Some(short_tree),
+                checkpoint: Some(short_tree.clone()),
                 inclusion: Some(vec![]),
                 previous: None,
                 consistency: None,
@@ -562,6 +564,68 @@ pub fn generate() -> Vectors {
                 }),
                 ..stored.clone()
             },
+        ),
+        // Coverage does not stop the history: what needs no inclusion is
+        // still judged, and a log proven wrong by it is INVALID, not NOT
+        // CHECKED (which must mean nothing was found wrong).
+        not_checked(
+            "not_yet_covered_history_proven",
+            "The checkpoint (4 records) does not cover index 4 yet, and the log proves it grew from the checkpoint seen before (3 records): nothing was found wrong, NOT CHECKED.",
+            Inputs {
+                checkpoint: Some(short_tree.clone()),
+                inclusion: Some(vec![]),
+                previous: Some(previous.clone()),
+                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
+                ..stored.clone()
+            },
+        ),
+        v(
+            "not_yet_covered_previous_of_another_key",
+            "The checkpoint (4 records) does not cover index 4 yet, and the checkpoint seen before is not signed by the key: INVALID at the previous checkpoint, not NOT CHECKED.",
+            Inputs {
+                checkpoint: Some(short_tree.clone()),
+                inclusion: Some(vec![]),
+                previous: Some(checkpoint(&other_key, &tree, 3)),
+                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
+                ..stored.clone()
+            },
+            Some(Step::PreviousCheckpoint),
+        ),
+        v(
+            "not_yet_covered_rewritten_history",
+            "The checkpoint (4 records) does not cover index 4 yet, and the checkpoint seen before (3 records) is of another history: INVALID at consistency, not NOT CHECKED.",
+            Inputs {
+                checkpoint: Some(short_tree.clone()),
+                inclusion: Some(vec![]),
+                previous: Some(checkpoint(&log_key, &rewritten, 3)),
+                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
+            "not_yet_covered_forked_history",
+            "The checkpoint (4 records) does not cover index 4 yet, and the checkpoint seen before has the same size and another root: the log forked, INVALID at consistency.",
+            Inputs {
+                checkpoint: Some(short_tree.clone()),
+                inclusion: Some(vec![]),
+                previous: Some(checkpoint(&log_key, &rewritten, 4)),
+                consistency: Some(vec![]),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
+        ),
+        v(
+            "rolled_back_below_the_receipt",
+            "The checkpoint seen before (7 records) covered index 4; the current one (4 records) does not: the log shrank below a receipt it had covered, INVALID at consistency, not NOT CHECKED.",
+            Inputs {
+                checkpoint: Some(short_tree.clone()),
+                inclusion: Some(vec![]),
+                previous: Some(current.clone()),
+                consistency: Some(vec![]),
+                ..stored.clone()
+            },
+            Some(Step::Consistency),
         ),
         v(
             "refused_upload",
@@ -922,6 +986,11 @@ mod tests {
                             "{}",
                             f.message
                         );
+                    }
+                    // A log that shrank below a receipt it had covered is
+                    // caught by consistency, though coverage failed first.
+                    if v.name == "rolled_back_below_the_receipt" {
+                        assert!(f.message.starts_with("the log shrank: "), "{}", f.message);
                     }
                     // A refusal is named with its reason.
                     if v.name == "refused_upload" {

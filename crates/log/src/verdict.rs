@@ -5,10 +5,17 @@
 //! [`Inputs`] — the key, the receipt, the signed checkpoint, the inclusion
 //! path, the checkpoint seen before with its consistency path, optionally
 //! the digest of the customer's own copy of the file — and run the same
-//! [`Step`]s in the same order. The first step that fails is the verdict:
-//! INVALID, something was found wrong, or — for [`Step::Coverage`] alone
-//! ([`Step::not_checked`]) — NOT CHECKED, the check cannot be made yet and
-//! nothing was found wrong. The shared vectors
+//! [`Step`]s in the same order. The first step that fails is the verdict,
+//! INVALID: something was found wrong. [`Step::Coverage`] alone
+//! ([`Step::not_checked`]) is NOT CHECKED instead — the checkpoint does not
+//! cover the receipt's index yet, nothing was found wrong — and it does not
+//! stop the steps that need no inclusion: the checkpoint seen before
+//! ([`Step::PreviousCheckpoint`]) and the log's consistency with it
+//! ([`Step::Consistency`]) still run, and one that fails is the verdict,
+//! INVALID (a log that rolled its tree back below the receipt, or forked,
+//! is proven wrong, not "not checked"). Only when they pass, or were not
+//! given, is the verdict NOT CHECKED; inclusion and the file are not judged
+//! then (they need a tree that holds the index). The shared vectors
 //! (`crates/log/vectors/verify.json`, written by [`crate::vectors`]) hold
 //! both to it.
 //!
@@ -23,7 +30,8 @@ use crate::record::{Outcome, Record};
 use crate::witness::CosignatureVerifier;
 
 /// The checks, in the order they run; the first that fails names the
-/// verdict.
+/// verdict, but a failed [`Step::Coverage`] names it only if the history
+/// steps after it pass (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
@@ -73,10 +81,12 @@ impl Step {
     /// INVALID: nothing was found wrong, the check cannot be made yet. Only
     /// [`Step::Coverage`] is such: an honest log that could not sign a
     /// checkpoint for a while (its disk was out) has receipts no checkpoint
-    /// covers, and they were called INVALID. The checks still stop there
-    /// (no inclusion is checked against a tree without the index); a log
-    /// that never covers the index within its checkpoint interval broke the
-    /// receipt's promise, which the message says.
+    /// covers, and they were called INVALID. No inclusion (nor file) is
+    /// checked against a tree without the index, but the history steps
+    /// still are: NOT CHECKED must mean nothing was found wrong, so a
+    /// history that fails is the verdict instead, INVALID. A log that never
+    /// covers the index within its checkpoint interval broke the receipt's
+    /// promise, which the message says.
     pub fn not_checked(self) -> bool {
         matches!(self, Step::Coverage)
     }
@@ -215,39 +225,23 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
         checks.push(line);
     }
 
+    // A checkpoint that does not cover the receipt's index cannot hold its
+    // inclusion: NOT CHECKED, but only once the history below, which needs
+    // no inclusion, found nothing wrong — a log that rolled its tree back
+    // below the receipt, or forked, is INVALID, not "not checked".
+    let mut uncovered = None;
     if let Some((receipt, _)) = &stored {
-        if receipt.index >= checkpoint.size {
-            return fail(
-                Step::Coverage,
-                format!(
+        if receipt.index < checkpoint.size {
+            check_inclusion(inputs, receipt, &checkpoint, &mut checks)?;
+        } else {
+            uncovered = Some(Failure {
+                step: Step::Coverage,
+                message: format!(
                     "the checkpoint (tree size {}) does not cover the receipt's index {} yet: retry after the log's next checkpoint; if none covers it after the log's checkpoint interval, the log has not included the record",
                     checkpoint.size, receipt.index
                 ),
-            );
+            });
         }
-        let Some(path) = &inputs.inclusion else {
-            return fail(Step::Inclusion, "no inclusion proof: give --proof or --log");
-        };
-        let path = hashes(path).or_else(|e| fail(Step::Inclusion, e))?;
-        let leaf = receipt.leaf_hash();
-        if let Err(e) = merkle::verify_inclusion(
-            &leaf,
-            receipt.index,
-            checkpoint.size,
-            &path,
-            &checkpoint.root,
-        ) {
-            return fail(
-                Step::Inclusion,
-                format!("the record is not in the log: {e}"),
-            );
-        }
-        checks.push(format!(
-            "record {} is leaf {} of the checkpointed tree (inclusion proof, {} hashes)",
-            short(&leaf),
-            receipt.index,
-            path.len()
-        ));
     }
 
     if let Some(old_note) = &inputs.previous {
@@ -262,6 +256,13 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
             "the log grew from {} to {} without rewriting history (consistency proof)",
             old.size, checkpoint.size
         ));
+    }
+    // The history passed (or was not given): nothing was found wrong. The
+    // file waits for a checkpoint that covers the receipt, as inclusion
+    // does (coverage still stops the checks that need the record in the
+    // tree).
+    if let Some(failure) = uncovered {
+        return Err(failure);
     }
     if let Some((_, record)) = &stored {
         check_file(inputs, record, &mut checks)?;
@@ -289,6 +290,40 @@ fn finish(
         sentence,
         checkpoint,
     }
+}
+
+/// The receipt's record is leaf `receipt.index` of the checkpoint's tree,
+/// which covers that index.
+fn check_inclusion(
+    inputs: &Inputs,
+    receipt: &Receipt,
+    checkpoint: &Checkpoint,
+    checks: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let Some(path) = &inputs.inclusion else {
+        return fail(Step::Inclusion, "no inclusion proof: give --proof or --log");
+    };
+    let path = hashes(path).or_else(|e| fail(Step::Inclusion, e))?;
+    let leaf = receipt.leaf_hash();
+    if let Err(e) = merkle::verify_inclusion(
+        &leaf,
+        receipt.index,
+        checkpoint.size,
+        &path,
+        &checkpoint.root,
+    ) {
+        return fail(
+            Step::Inclusion,
+            format!("the record is not in the log: {e}"),
+        );
+    }
+    checks.push(format!(
+        "record {} is leaf {} of the checkpointed tree (inclusion proof, {} hashes)",
+        short(&leaf),
+        receipt.index,
+        path.len()
+    ));
+    Ok(())
 }
 
 /// The receipt's log name, record (the request's, when looked up by

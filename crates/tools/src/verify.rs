@@ -7,7 +7,8 @@
 //! log serves is trusted until a signature or a proof says so. The answer is
 //! one `VALID: …`, `INVALID: …` or `NOT CHECKED: …` line after the
 //! individual checks (NOT CHECKED: the log could not be read, or its
-//! checkpoint does not cover the receipt yet; nothing was found wrong). This
+//! checkpoint does not cover the receipt yet and its history since
+//! `--previous` holds; nothing was found wrong). This
 //! module only gathers the inputs; the decision is
 //! [`residency_log::verdict::check`], the same steps the log's web page
 //! runs in the browser, held to the same shared vectors.
@@ -266,7 +267,8 @@ fn http_url(text: &str) -> Result<String, String> {
 
 /// The outcome: the checks that passed, then VALID or INVALID and why —
 /// or NOT CHECKED, when the log (or a witness) could not be read, or the
-/// checkpoint does not cover the receipt yet.
+/// checkpoint does not cover the receipt yet (and nothing else was found
+/// wrong).
 #[derive(Debug)]
 pub struct Report {
     pub checks: Vec<String>,
@@ -391,9 +393,10 @@ pub async fn verify(args: &VerifyArgs) -> Report {
     }
     // A checkpoint that does not cover the receipt yet is the verdict's
     // NOT CHECKED: every step before it passed (the receipt's signature
-    // and record, the checkpoint's signature and cosignatures), and the
-    // checks stop there, as on the page (nothing is judged without the log
-    // here: it was read).
+    // and record, the checkpoint's signature and cosignatures), and so did
+    // the history since `--previous` (one that fails is the verdict,
+    // INVALID); inclusion and `--file` wait for a covering checkpoint, as
+    // on the page (nothing is judged without the log here: it was read).
     let unchecked = unavailable || result.as_ref().is_err_and(not_checked);
     Report {
         checks,
@@ -1424,6 +1427,92 @@ mod tests {
         assert!(report.unchecked, "{report}");
         let why = report.verdict.as_ref().unwrap_err();
         assert!(why.contains("/generations: 500"), "{why}");
+    }
+
+    /// Saved files for a checkpoint that does not cover the receipt: the
+    /// history since `--previous` still decides. A log that rolled its tree
+    /// back below a receipt its earlier checkpoint covered is INVALID (exit
+    /// 1), not NOT CHECKED (exit 3, "nothing was found wrong"); one that
+    /// proves it only grew leaves it NOT CHECKED. The shared vectors' inputs,
+    /// through `verify`'s own reading of the files.
+    #[tokio::test]
+    async fn a_log_rolled_back_below_the_receipt_is_invalid_not_unchecked() {
+        let vectors = residency_log::vectors::generate();
+        let vector = |name: &str| {
+            vectors
+                .vectors
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap_or_else(|| panic!("vector {name}"))
+                .inputs
+                .clone()
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "residency-verify-rolled-back-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let size_of = |note: &str| note.lines().nth(1).unwrap().parse::<u64>().unwrap();
+        let files = |name: &str| {
+            let inputs = vector(name);
+            let receipt = inputs.receipt.clone().unwrap();
+            let index = Receipt::parse(&receipt).unwrap().index;
+            let note = inputs.checkpoint.clone().unwrap();
+            let old = inputs.previous.clone().unwrap();
+            let at = |file: &str| dir.join(format!("{name}.{file}"));
+            std::fs::write(at("checkpoint"), &note).unwrap();
+            std::fs::write(at("previous"), &old).unwrap();
+            let proof = InclusionProof {
+                index,
+                size: size_of(&note),
+                leaf_hash: String::new(),
+                hashes: inputs.inclusion.clone().unwrap(),
+            };
+            std::fs::write(at("proof"), serde_json::to_string(&proof).unwrap()).unwrap();
+            let consistency = ConsistencyProof {
+                from: size_of(&old),
+                to: size_of(&note),
+                hashes: inputs.consistency.clone().unwrap(),
+            };
+            std::fs::write(
+                at("consistency"),
+                serde_json::to_string(&consistency).unwrap(),
+            )
+            .unwrap();
+            VerifyArgs {
+                key: inputs.key,
+                receipt: Some(receipt),
+                checkpoint: Some(at("checkpoint")),
+                proof: Some(at("proof")),
+                previous: Some(at("previous")),
+                consistency_proof: Some(at("consistency")),
+                ..VerifyArgs::default()
+            }
+        };
+
+        let report = verify(&files("rolled_back_below_the_receipt")).await;
+        assert!(!report.unchecked, "INVALID, not NOT CHECKED: {report}");
+        let why = report.verdict.as_ref().unwrap_err();
+        assert!(
+            why.starts_with(
+                "the log shrank: the previous checkpoint has 7 records, the current one 4"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.to_string().starts_with("INVALID: the log shrank"),
+            "{report}"
+        );
+
+        let report = verify(&files("not_yet_covered_history_proven")).await;
+        assert!(report.unchecked, "NOT CHECKED: {report}");
+        assert!(
+            report
+                .to_string()
+                .starts_with("NOT CHECKED: the checkpoint (tree size 4) does not cover the receipt's index 4 yet"),
+            "{report}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A log that cannot be reached, or answers that it cannot (5xx),
