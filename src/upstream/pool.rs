@@ -364,12 +364,15 @@ impl Pool {
                 }
                 let deadline = *deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
-                // Woken after waiting at the cap: handed back at once with
-                // `recheck` (the caller sends it again, without, to take
-                // what was freed).
+                // Woken after waiting at the cap. Room made: the
+                // connection is made with it, then (with `recheck`) handed
+                // back below, its permit held by the connection kept for
+                // the resend (dropped here, another waiter could take it
+                // and the resend wait again). A connection freed: handed
+                // back at once with `recheck` (the caller sends it again,
+                // without, to take it).
                 tokio::select! {
                     permit = room.permits.clone().acquire_owned() => match permit {
-                        Ok(_) if recheck => return Err((Error::Waited, Some(req))),
                         Ok(permit) => break Some(permit),
                         Err(_) => return Err((Error::Saturated, Some(req))),
                     },
