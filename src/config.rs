@@ -12,7 +12,8 @@
 //! [`ConfigReport`], each naming its key, so an operator fixes a broken file
 //! in one pass. Only an unknown key or a section of the wrong shape stops
 //! deserialization; that problem is reported under its key too (and with an
-//! unknown key, every other unknown key in the file: `deserialize_failed`).
+//! unknown key, every other unknown key in the file and the environment:
+//! [`crate::config_source::deserialize_failed`]).
 //! After loading, invalid states cannot be represented.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,8 +32,8 @@ use residency_core::report::{
 };
 use residency_log::settings::{RawTransparency, Transparency, WitnessSettings};
 
-/// Prefix of environment variables that override config keys.
-pub const ENV_PREFIX: &str = "RESIDENCY_PROXY";
+pub use crate::config_source::ENV_PREFIX;
+use crate::config_source::{deserialize_failed, override_key, override_of};
 
 // ---------------------------------------------------------------------------
 // Typed configuration
@@ -533,20 +534,16 @@ impl Config {
             report.push("--config", problem);
             return Err(report);
         }
-        // The overrides' names, to say when a problem is one of theirs.
-        let overrides: Vec<String> = match &env {
-            Some(map) => map.keys().cloned().collect(),
-            None => std::env::vars_os()
-                .filter_map(|(k, _)| k.into_string().ok())
-                .collect(),
-        };
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .source(env);
+        // The overrides: their names, to say when a problem is one of
+        // theirs; the variables, to deserialize again without an unknown key
+        // one of them sets.
+        let vars = env
+            .clone()
+            .unwrap_or_else(crate::config_source::process_overrides);
+        let overrides: Vec<String> = vars.keys().cloned().collect();
         let merged = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(environment)
+            .add_source(crate::config_source::environment(env))
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>());
         let overridden = |mut report: ConfigReport| {
@@ -554,7 +551,9 @@ impl Config {
             let mut unexplained = false;
             for problem in &mut report.problems {
                 let var = override_of(&problem.key, &overrides);
-                unexplained |= var.is_none();
+                // A variable makes an unknown key under its own name: one
+                // no variable names is the file's alone.
+                unexplained |= var.is_none() && !problem.message.starts_with("unknown key");
                 if let Some(var) = var {
                     named.push(var);
                     // A variable under an array (`…__LISTENERS__0__…`)
@@ -587,7 +586,13 @@ impl Config {
         };
         let raw = merged.map_err(|e| {
             let text = std::fs::read_to_string(path).ok();
-            overridden(deserialize_failed(&source, text.as_deref(), &e))
+            overridden(deserialize_failed::<RawConfig>(
+                &source,
+                "config",
+                text.as_deref(),
+                Some(&vars),
+                &e,
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::from_raw(raw, base, &source).map_err(overridden)?;
@@ -601,7 +606,9 @@ impl Config {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize::<RawConfig>())
-            .map_err(|e| deserialize_failed("config", Some(text), &e))?;
+            .map_err(|e| {
+                deserialize_failed::<RawConfig>("config", "config", Some(text), None, &e)
+            })?;
         Self::from_raw(raw, base, "config")
     }
 
@@ -854,287 +861,6 @@ fn upstreams_not_ours(policy: &Policy, sockets: &[(String, SocketAddr)], r: &mut
             );
         }
     }
-}
-
-/// The `RESIDENCY_PROXY__…` variable among `vars` that sets `key` or
-/// something under it (`limits.max_body_byte`:
-/// `RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE`; `listeners`:
-/// `RESIDENCY_PROXY__LISTENERS__0__ADDRESS`).
-fn override_of<'a>(key: &str, vars: &'a [String]) -> Option<&'a str> {
-    vars.iter().map(String::as_str).find(|var| {
-        let Some(rest) = override_key(var) else {
-            return false;
-        };
-        let dotted = rest.to_ascii_lowercase().replace("__", ".");
-        dotted == key
-            || dotted
-                .strip_prefix(key)
-                .is_some_and(|under| under.starts_with('.'))
-    })
-}
-
-/// What follows `RESIDENCY_PROXY__` in an override's name (the prefix
-/// matched without case, as the `config` crate does); `None` for any other
-/// variable.
-fn override_key(var: &str) -> Option<&str> {
-    let prefix = format!("{ENV_PREFIX}__");
-    var.get(..prefix.len())
-        .filter(|p| p.eq_ignore_ascii_case(&prefix))
-        .map(|_| &var[prefix.len()..])
-}
-
-/// The problem that stops deserialization and, when it is an unknown key,
-/// every other unknown key of the file after it: serde stops at the first,
-/// and a file with three misspelt keys took three runs of `check-config`
-/// (stop 68's config lows). Each is found by deserializing the file again
-/// without the keys already found (at most 32; in the error path only).
-fn deserialize_failed(source: &str, text: Option<&str>, e: &config::ConfigError) -> ConfigReport {
-    let mut report = deserialize_error(source, text, e);
-    let unknown = |r: &ConfigReport| {
-        r.problems
-            .first()
-            .filter(|p| r.problems.len() == 1 && p.message.starts_with("unknown key"))
-            .map(|p| p.key.clone())
-    };
-    let (Some(mut key), Some(Ok(mut table))) =
-        (unknown(&report), text.map(str::parse::<toml::Table>))
-    else {
-        return report;
-    };
-    for _ in 0..32 {
-        if !remove_key(&mut table, &key) {
-            break;
-        }
-        let Ok(rest) = toml::to_string(&table) else {
-            break;
-        };
-        let Err(e) = config::Config::builder()
-            .add_source(config::File::from_str(&rest, config::FileFormat::Toml))
-            .build()
-            .and_then(|c| c.try_deserialize::<RawConfig>())
-        else {
-            break;
-        };
-        let next = deserialize_error(source, Some(&rest), &e);
-        match unknown(&next) {
-            Some(found) if !report.problems.iter().any(|p| p.key == found) => {
-                report.problems.extend(next.problems);
-                key = found;
-            }
-            _ => break,
-        }
-    }
-    // In the order of their keys, not of a hash map's.
-    report.problems.sort_by(|a, b| a.key.cmp(&b.key));
-    report
-}
-
-/// Removes `key` (`admin.adress`, `listeners[0].tls.certs`) from `table`;
-/// whether it was there.
-fn remove_key(table: &mut toml::Table, key: &str) -> bool {
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let Some(last) = parts.pop() else {
-        return false;
-    };
-    let mut at = table;
-    for part in parts {
-        let (name, indices) = match part.split_once('[') {
-            Some((name, rest)) => (name, Some(rest)),
-            None => (part, None),
-        };
-        let mut value = match at.get_mut(name) {
-            Some(value) => value,
-            None => return false,
-        };
-        for index in indices.into_iter().flat_map(|rest| rest.split('[')) {
-            let Some(i) = index
-                .strip_suffix(']')
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
-                return false;
-            };
-            value = match value.as_array_mut().and_then(|a| a.get_mut(i)) {
-                Some(value) => value,
-                None => return false,
-            };
-        }
-        at = match value.as_table_mut() {
-            Some(table) => table,
-            None => return false,
-        };
-    }
-    at.remove(last).is_some()
-}
-
-/// The one problem that stops deserialization (a TOML syntax error, an
-/// unknown key, a section of the wrong shape), under the key it concerns when
-/// the `config` crate names it, else under `config`.
-fn deserialize_error(source: &str, text: Option<&str>, e: &config::ConfigError) -> ConfigReport {
-    let (key, mut message) = error_key(e);
-    if key.is_none() && !message.contains("TOML parse error") {
-        // Some malformed values (`1_0F`) come from the `config` crate
-        // without where they are; the TOML parser names the line.
-        if let Some(Err(located)) = text.map(str::parse::<toml::Table>) {
-            message = located.to_string();
-        }
-    }
-    // A TOML error located at a line: under the key written there.
-    let key = key.or_else(|| {
-        let line = message
-            .strip_prefix("TOML parse error at line ")?
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()?;
-        key_at_line(text?, line)
-    });
-    if message.contains("as i128, expected any valid TOML value") {
-        // A literal past what TOML's integers hold.
-        message = message.replace("invalid type: integer", "integer").replace(
-            "as i128, expected any valid TOML value",
-            "is too large: TOML integers go up to 9223372036854775807",
-        );
-    }
-    // serde names the type a table deserialises into (`struct RawAdmin`):
-    // a table of settings, to a person.
-    if let Some(at) = message.find("expected struct Raw") {
-        message.replace_range(at.., "expected a table of settings");
-        if let Some(k) = &key {
-            message.push_str(&format!(" ([{k}] with its keys)"));
-        }
-    }
-    // One value where a list is wanted: show the list's form.
-    if let (Some(k), true) = (&key, message.starts_with("invalid type: string")) {
-        if message.ends_with("expected a sequence") {
-            let last = k.rsplit('.').next().unwrap_or(k);
-            // A list of tables is written as tables (it showed
-            // `listeners = ["…"]`: config audit, stop 63).
-            let tables = ["listeners", "tenants", "overrides", "canaries", "witnesses"];
-            let pairs = ["certificates"];
-            if tables.contains(&last) {
-                message.push_str(&format!(" (a list of tables: [[{k}]], each with its keys)"));
-            } else if pairs.contains(&last) {
-                message.push_str(&format!(
-                    " (a list of tables: {last} = [{{ cert = \"…\", key = \"…\" }}])"
-                ));
-            } else {
-                message.push_str(&format!(" (a list: {last} = [\"…\"])"));
-            }
-        }
-    }
-    let mut report = ConfigReport::new(source);
-    report.push(key.unwrap_or_else(|| "config".into()), message);
-    report
-}
-
-/// The key set on line `line` (1-based) of a TOML `text`, under the
-/// table header above it (`limits.max_body_bytes`, `listeners[1].address`
-/// for the second `[[listeners]]`); `None` when the line sets no key.
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    // Dotted, each part without its quotes (`"virginia"`: virginia).
-    let clean = |name: &str| {
-        name.split('.')
-            .map(|part| part.trim().trim_matches('"'))
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let mut table = String::new();
-    let mut arrays: HashMap<String, usize> = HashMap::new();
-    // `[listeners.tls]` after the second `[[listeners]]`: `listeners[1].tls`.
-    let indexed = |name: String, arrays: &HashMap<String, usize>| {
-        let within = arrays
-            .iter()
-            .filter(|(a, _)| name == **a || name.starts_with(&format!("{a}.")))
-            .max_by_key(|(a, _)| a.len());
-        match within {
-            Some((a, i)) => format!("{a}[{i}]{}", &name[a.len()..]),
-            None => name,
-        }
-    };
-    for (n, raw) in text.lines().enumerate().take(line) {
-        let l = raw.trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = clean(name);
-            let i = *arrays
-                .entry(name.clone())
-                .and_modify(|i| *i += 1)
-                .or_default();
-            table = format!("{name}[{i}]");
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = indexed(clean(name), &arrays);
-        } else if n + 1 == line {
-            let (name, _) = l.split_once('=')?;
-            let name = clean(name);
-            let bare = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            return bare.then(|| match table.is_empty() {
-                true => name,
-                false => format!("{table}.{name}"),
-            });
-        }
-    }
-    None
-}
-
-/// The key a `config` error concerns, and its message without the key.
-fn error_key(e: &config::ConfigError) -> (Option<String>, String) {
-    use config::ConfigError;
-    match e {
-        ConfigError::Type {
-            unexpected,
-            expected,
-            key,
-            ..
-        } => (
-            key.as_deref().map(dotted),
-            format!("invalid type: {unexpected}, expected {expected}"),
-        ),
-        ConfigError::At {
-            error,
-            key: Some(key),
-            ..
-        } => {
-            let (inner, message) = error_key(error);
-            let key = dotted(key);
-            let key = match inner {
-                Some(inner) if inner.starts_with('[') => format!("{key}{inner}"),
-                Some(inner) => format!("{key}.{inner}"),
-                None => key,
-            };
-            (Some(key), message)
-        }
-        ConfigError::NotFound(key) => (Some(dotted(key)), "missing".into()),
-        ConfigError::Message(message) => match unknown_field(message) {
-            Some((field, rest)) => (Some(field.into()), format!("unknown key{rest}")),
-            None => (None, message.clone()),
-        },
-        other => (None, other.to_string()),
-    }
-}
-
-/// serde's "unknown field `foo`, expected one of `a`, `b`": the field and
-/// what follows it (", expected one of `a`, `b`").
-fn unknown_field(message: &str) -> Option<(&str, &str)> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let end = rest.find('`')?;
-    Some((&rest[..end], &rest[end + 1..]))
-}
-
-/// The `config` crate writes `a[0]b` for the key `b` of the first element of
-/// `a`; the report writes `a[0].b`.
-fn dotted(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 2);
-    let mut after_bracket = false;
-    for c in key.chars() {
-        if after_bracket && c != '.' && c != '[' {
-            out.push('.');
-        }
-        after_bracket = c == ']';
-        out.push(c);
-    }
-    out
 }
 
 /// Whether a CIDR network is written with bits set past its prefix
@@ -2106,21 +1832,6 @@ upstreams = ["http://127.0.0.1:1"]
             e.contains("- listeners[1].address: TOML parse error"),
             "{e}"
         );
-        assert_eq!(
-            super::key_at_line("a = 1\n[t]\n# c\nb.c = 2\n", 4).as_deref(),
-            Some("t.b.c")
-        );
-        assert_eq!(super::key_at_line("a = 1\n[t]\n# c\n", 3), None);
-        let two = "[[listeners]]\n[listeners.tls]\n[[listeners]]\n[listeners.tls]\nclient_ca = x\n";
-        assert_eq!(
-            super::key_at_line(two, 5).as_deref(),
-            Some("listeners[1].tls.client_ca")
-        );
-        let quoted = "[datacenters.\"virginia\"]\n\"priority\" = x\n";
-        assert_eq!(
-            super::key_at_line(quoted, 2).as_deref(),
-            Some("datacenters.virginia.priority")
-        );
     }
 
     /// A value where a table is wanted says so in a person's words, not
@@ -2901,16 +2612,6 @@ upstreams = ["http://127.0.0.1:1"]
         );
         let line = "- listeners[0].tls.client_crl: needs client_ca";
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
-    }
-
-    #[test]
-    fn config_keys_are_dotted() {
-        assert_eq!(
-            dotted("listeners[0]tls.certificates[1]key"),
-            "listeners[0].tls.certificates[1].key"
-        );
-        assert_eq!(dotted("a[0][1]"), "a[0][1]");
-        assert_eq!(dotted("timeouts"), "timeouts");
     }
 }
 

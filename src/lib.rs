@@ -19,6 +19,7 @@ pub mod admin;
 pub mod cli;
 pub mod client_limit;
 pub mod config;
+pub mod config_source;
 pub mod explain;
 pub mod files;
 pub mod lazy;

@@ -541,16 +541,13 @@ impl Tenancy {
         if let Some(path) = &raw.file {
             let resolved = base.join(path);
             files.push(resolved.clone());
-            match load_tenants_file(&resolved) {
-                Ok(more) => {
-                    if more.is_empty() {
-                        empty_file = Some(resolved.clone());
-                    }
-                    let file = resolved.display().to_string();
-                    keys.extend((0..more.len()).map(|i| format!("{file}: tenants[{i}]")));
-                    all.extend(more);
+            if let Some(more) = load_tenants_file(&resolved, r) {
+                if more.is_empty() {
+                    empty_file = Some(resolved.clone());
                 }
-                Err(e) => r.push("tenancy.file", format!("{}: {e}", resolved.display())),
+                let file = resolved.display().to_string();
+                keys.extend((0..more.len()).map(|i| format!("{file}: tenants[{i}]")));
+                all.extend(more);
             }
         }
         // Keys per entry: the inline ones are `tenants[i]`; the file's are
@@ -635,17 +632,44 @@ pub fn claimable_warning(tenant: &str) -> String {
     )
 }
 
-fn load_tenants_file(path: &Path) -> Result<Vec<RawTenant>, String> {
+/// The tenants of the file `tenancy.file` names, or its problems in `r`:
+/// every unknown key of it at once, each named as its entries are (`FILE:
+/// tenants[1].jurisdictoin: unknown key, expected one of …`), as the
+/// configuration's are (a file with three misspelt keys took three runs of
+/// `check-config`: config audit); what concerns the whole file (it cannot
+/// be read, it is not TOML) under `tenancy.file`.
+fn load_tenants_file(path: &Path, r: &mut ConfigReport) -> Option<Vec<RawTenant>> {
+    let file = path.display().to_string();
     // The `config` crate says "not found" of one that is there.
     if let Some(problem) = residency_core::report::not_a_file(path) {
-        return Err(problem);
+        r.push("tenancy.file", format!("{file}: {problem}"));
+        return None;
     }
-    let raw = config::Config::builder()
+    let loaded = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .build()
-        .and_then(|c| c.try_deserialize::<RawTenantsFile>())
-        .map_err(|e| e.to_string())?;
-    Ok(raw.tenants)
+        .and_then(|c| c.try_deserialize::<RawTenantsFile>());
+    match loaded {
+        Ok(raw) => Some(raw.tenants),
+        Err(e) => {
+            let text = std::fs::read_to_string(path).ok();
+            let report = crate::config_source::deserialize_failed::<RawTenantsFile>(
+                &file,
+                "tenancy.file",
+                text.as_deref(),
+                None,
+                &e,
+            );
+            for problem in report.problems {
+                if problem.key == "tenancy.file" {
+                    r.push("tenancy.file", format!("{file}: {}", problem.message));
+                } else {
+                    r.push(format!("{file}: {}", problem.key), problem.message);
+                }
+            }
+            None
+        }
+    }
 }
 
 fn token_verifier(

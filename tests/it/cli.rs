@@ -1000,6 +1000,104 @@ fn environment_overrides_the_file() {
     );
 }
 
+/// Every unknown key is named in one run, the file's and the
+/// environment's together, each where it came from: serde stops at the
+/// first, met in a hash map's order, and only the file was read again for
+/// more — so one set by a variable either hid the file's (reported alone)
+/// or was never named (the file's were, with the variable as "possibly the
+/// cause"), whichever came first (config audit).
+#[test]
+fn check_config_names_the_unknown_keys_of_the_file_and_the_environment() {
+    let (_dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    let typos = base.replace("[admin]\naddress", "[admin]\nadress");
+    assert_ne!(typos, base);
+    std::fs::write(&config, format!("{typos}\n[health]\nintervall = \"1s\"\n")).unwrap();
+    let env = [
+        ("RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE", "5"),
+        ("RESIDENCY_PROXY__COLOUR", "blue"),
+        // Valid: neither named nor suspected.
+        ("RESIDENCY_PROXY__TIMEOUTS__UPSTREAM_CONNECT", "2s"),
+    ];
+    // Which key serde meets first changes from run to run: a few runs.
+    for _ in 0..4 {
+        let out = run(&["check-config", "--config", path(&config)], &env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let line = |key: &str| {
+            stderr
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("- {key}: ")))
+                .unwrap_or_else(|| panic!("no problem reported for {key}:\n{stderr}"))
+        };
+        for (key, said, var) in [
+            (
+                "admin.adress",
+                "unknown key, expected `address` or `hosts`",
+                None,
+            ),
+            ("health.intervall", "unknown key, expected one of", None),
+            (
+                "limits.max_body_byte",
+                "unknown key, expected one of",
+                Some("RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE"),
+            ),
+            (
+                "colour",
+                "unknown key, expected one of",
+                Some("RESIDENCY_PROXY__COLOUR"),
+            ),
+        ] {
+            let line = line(key);
+            assert!(line.contains(said), "{key}: {line}");
+            match var {
+                Some(var) => assert!(
+                    line.ends_with(&format!(" (set by the environment: {var})")),
+                    "{key}: {line}"
+                ),
+                None => assert!(!line.contains("set by the environment"), "{key}: {line}"),
+            }
+        }
+        assert!(stderr.contains(": 4 problems"), "{stderr}");
+        assert!(!stderr.contains("possibly the cause"), "{stderr}");
+    }
+}
+
+/// Every unknown key of the tenants file (`tenancy.file`) is named in one
+/// run, under the file and its key as the file's other problems are, with
+/// the keys expected there: it said only the first serde met, so three
+/// typos took three runs (config audit).
+#[test]
+fn check_config_names_every_unknown_key_of_the_tenants_file() {
+    let (dir, config) = valid_config(None);
+    let base = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{base}\n[tenancy]\nfile = \"tenants.toml\"\nrecord = \"name\"\n"),
+    )
+    .unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        "[[tenants]]\nname = \"acme\"\njurisdictoin = \"ch\"\nclient_cert = [\"cn:acme\"]\n\
+         [[tenants]]\nname = \"globex\"\njurisdiction = \"eu\"\nsnis = [\"ingest.globex.example\"]\n\
+         [[tenant]]\nname = \"initech\"\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", path(&config)], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let file = tenants.display();
+    for said in [
+        format!("- {file}: tenant: unknown key, expected `tenants`"),
+        format!("- {file}: tenants[0].jurisdictoin: unknown key, expected one of `name`, `jurisdiction`"),
+        format!("- {file}: tenants[1].snis: unknown key, expected one of `name`, `jurisdiction`"),
+    ] {
+        assert!(stderr.contains(&said), "missing {said:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains(": 3 problems"), "{stderr}");
+}
+
 /// The demo as a new operator runs it: SIGHUP reloads it (it does not
 /// die), its keys are 0600 in a 0700 directory, and that directory is gone
 /// after Ctrl-C (SIGINT) unless `--dir` was given.
