@@ -609,15 +609,35 @@ fn waiting_upload_by(
     tokio::sync::mpsc::Sender<bytes::Bytes>,
     tokio::task::JoinHandle<Reply>,
 ) {
+    channel_upload(
+        client,
+        [("x-forwarded-for", origin), ("idempotency-key", key)],
+    )
+}
+
+/// An upload from `origin` streamed as it is sent (no `Idempotency-Key`):
+/// the sender sends its body, dropped it ends.
+fn streamed_upload(
+    client: Client,
+    origin: &'static str,
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<Reply>,
+) {
+    channel_upload(client, [("x-forwarded-for", origin)])
+}
+
+fn channel_upload<const N: usize>(
+    client: Client,
+    headers: [(&'static str, &'static str); N],
+) -> (
+    tokio::sync::mpsc::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<Reply>,
+) {
     let (tx, body) = channel_body();
     let reply = tokio::spawn(async move {
         client
-            .send_body(
-                "POST",
-                "/v1/telemetry",
-                &[("x-forwarded-for", origin), ("idempotency-key", key)],
-                body,
-            )
+            .send_body("POST", "/v1/telemetry", &headers, body)
             .await
             .unwrap()
     });
@@ -833,17 +853,7 @@ async fn waited_for_a_connection_across_a_reload(idempotency_key: Option<&'stati
     })
     .await;
     // Holds zurich's one connection until its second half.
-    let (holder, held) = {
-        let client = proxy.client();
-        let (tx, body) = channel_body();
-        let reply = tokio::spawn(async move {
-            client
-                .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
-                .await
-                .unwrap()
-        });
-        (tx, reply)
-    };
+    let (holder, held) = streamed_upload(proxy.client(), CH);
     holder
         .send(bytes::Bytes::from_static(b"first half, "))
         .await
@@ -853,17 +863,7 @@ async fn waited_for_a_connection_across_a_reload(idempotency_key: Option<&'stati
         // Read whole for replay, then waits for the connection.
         Some(key) => waiting_upload(&proxy, CH, key),
         // Waits for the connection before its body is read.
-        None => {
-            let client = proxy.client();
-            let (tx, body) = channel_body();
-            let reply = tokio::spawn(async move {
-                client
-                    .send_body("POST", "/v1/telemetry", &[("x-forwarded-for", CH)], body)
-                    .await
-                    .unwrap()
-            });
-            (tx, reply)
-        }
+        None => streamed_upload(proxy.client(), CH),
     };
     tx.send(bytes::Bytes::from_static(b"whole")).await.unwrap();
     drop(tx);
