@@ -35,6 +35,37 @@ pub fn process_overrides() -> config::Map<String, String> {
         .collect()
 }
 
+/// Warnings for the process's variables that look meant for the proxy but
+/// are not read: named `RESIDENCY_PROXY` then anything but `__` (one
+/// underscore, `RESIDENCY_PROXY_ADMIN__ADDRESS`, or none). The `config`
+/// crate passes them over without a word, so a setting the operator
+/// believes made was not (config audit, stop 70).
+pub fn unread_variables() -> Vec<String> {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    unread_among(&names)
+}
+
+fn unread_among(names: &[String]) -> Vec<String> {
+    let mut unread: Vec<String> = names
+        .iter()
+        .filter(|name| {
+            name.get(..ENV_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                && override_key(name).is_none()
+        })
+        .map(|name| {
+            let rest = name[ENV_PREFIX.len()..].trim_start_matches('_');
+            format!(
+                "environment: {name} is not read: an override is named {ENV_PREFIX}__ and then the key's levels joined by __ ({ENV_PREFIX}__{rest}?)"
+            )
+        })
+        .collect();
+    unread.sort();
+    unread
+}
+
 /// The `RESIDENCY_PROXY__…` variable among `vars` that sets `key` or
 /// something under it (`limits.max_body_byte`:
 /// `RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTE`; `listeners`:
@@ -350,6 +381,30 @@ fn dotted(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_named_almost_as_overrides_are_warned_of() {
+        let names = [
+            "RESIDENCY_PROXY_ADMIN__ADDRESS",
+            "residency_proxyLIMITS__MAX_BODY_BYTES",
+            "RESIDENCY_PROXY",
+            // Read: an override (a wrong key there is an error instead).
+            "RESIDENCY_PROXY__ADMIN__ADDRESS",
+            "Residency_Proxy__health__path",
+            // Not the proxy's.
+            "RESIDENCY_PROX_ADMIN",
+            "PATH",
+        ]
+        .map(String::from);
+        assert_eq!(
+            unread_among(&names),
+            [
+                "environment: RESIDENCY_PROXY is not read: an override is named RESIDENCY_PROXY__ and then the key's levels joined by __ (RESIDENCY_PROXY__?)",
+                "environment: RESIDENCY_PROXY_ADMIN__ADDRESS is not read: an override is named RESIDENCY_PROXY__ and then the key's levels joined by __ (RESIDENCY_PROXY__ADMIN__ADDRESS?)",
+                "environment: residency_proxyLIMITS__MAX_BODY_BYTES is not read: an override is named RESIDENCY_PROXY__ and then the key's levels joined by __ (RESIDENCY_PROXY__LIMITS__MAX_BODY_BYTES?)",
+            ]
+        );
+    }
 
     #[test]
     fn the_key_on_a_line_is_found_under_its_table() {

@@ -549,6 +549,8 @@ fn key_paths(prefix: &std::path::Path) -> (PathBuf, PathBuf) {
 /// cleartext database connection, secret files every user can read.
 fn start_warnings(config: &Config) -> Vec<String> {
     let mut warnings = crate::config::live_warnings(config, config.transparency.is_some());
+    // The environment is the process's own: read once, at start.
+    warnings.extend(crate::config_source::unread_variables());
     match &config.transparency {
         None => warnings.push(
             "transparency: not configured, so no upload or refusal is recorded and no receipt is given: where an upload went cannot be proven to anyone; configure [transparency] (origin, signing_key) to record them".to_string(),

@@ -1000,6 +1000,26 @@ fn environment_overrides_the_file() {
     );
 }
 
+/// A variable named almost as an override — one underscore after the
+/// prefix — is not read by the `config` crate, without a word: `check-config`
+/// warns of it, with the name it was likely meant to have (config audit,
+/// stop 70).
+#[test]
+fn check_config_warns_of_a_variable_named_almost_as_an_override() {
+    let (_dir, config) = valid_config(None);
+    let out = run(
+        &["check-config", "--config", path(&config)],
+        &[("RESIDENCY_PROXY_ADMIN__ADDRESS", "127.0.0.1:1")],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        warnings(&stdout),
+        ["warning: environment: RESIDENCY_PROXY_ADMIN__ADDRESS is not read: an override is named RESIDENCY_PROXY__ and then the key's levels joined by __ (RESIDENCY_PROXY__ADMIN__ADDRESS?)"],
+        "{stdout}"
+    );
+}
+
 /// Every unknown key is named in one run, the file's and the
 /// environment's together, each where it came from: serde stops at the
 /// first, met in a hash map's order, and only the file was read again for
