@@ -107,8 +107,8 @@ enum Attempt {
     Unmade {
         headers: Option<HeaderMap>,
     },
-    /// Handed back unsent after waiting for its connection (`recheck`),
-    /// to be looked at again: not an attempt.
+    /// Handed back unsent after waiting for its connection
+    /// (`Pool::send_or_return`), to be looked at again: not an attempt.
     Waited {
         headers: Option<HeaderMap>,
     },
@@ -396,9 +396,12 @@ pub fn forward<'a>(
         }
         let mut upstream = target.upstream;
         let mut attempts = 0;
-        // Handed back by the pool after waiting for a connection, and
-        // found still permitted: sent the next time without.
+        // Handed back by the pool after waiting for a connection: looked
+        // at again before it is sent again.
         let mut looked_again = false;
+        // When its waiting for a connection to this upstream ends, once it
+        // has waited (kept across the pool's hand-backs).
+        let mut waited_until = None;
         loop {
             attempts += 1;
             // Defence in depth: the pick already guarantees this.
@@ -455,15 +458,17 @@ pub fn forward<'a>(
             // tuple, a copy of ~1 KiB per request (issue 23).
             let result = {
                 // Any upload, streamed or read whole, that waits for a
-                // connection (up to `upstream_connect`: room under the cap,
-                // or a new one made) is handed back once it is in hand, to
-                // be looked at again (above) before it is sent on it; one
+                // connection (up to `upstream_connect` in all: room under
+                // the cap, or a new one made) is handed back each time it
+                // has, to be looked at again (above) before it is sent; one
                 // at hand goes at once (reload audit, stop 70: a streamed
-                // upload went where the reload took its data centre from).
-                let recheck = !looked_again;
-                let mut sending = pin!(state
-                    .pool
-                    .send_or_return(upstream, request, &watch, recheck));
+                // upload went where the reload took its data centre from;
+                // verification: so did one whose connection was taken by
+                // another request before its resend, which waited again).
+                let mut sending =
+                    pin!(state
+                        .pool
+                        .send_or_return(upstream, request, &watch, &mut waited_until));
                 // Gated: polled only when the body is sent, the connection's
                 // progress or its timer wakes it, not each time the response
                 // side does.
@@ -579,6 +584,7 @@ pub fn forward<'a>(
                     }
                     count_retry(instance, target.request_id, dc, reason);
                     upstream = next;
+                    waited_until = None;
                 }
                 (None, _) if matches!(fallback, Err(Failure::UpstreamSaturated)) => {
                     return Err(upload.refuse(Failure::UpstreamSaturated));

@@ -73,8 +73,8 @@ pub enum Error {
     #[error("max_connections_per_upstream connections busy for upstream_connect")]
     Saturated,
     /// The request waited for its connection and its caller asked to
-    /// look again before it is sent (`recheck`): nothing was sent; the
-    /// connection is kept for the next request.
+    /// look again before it is sent ([`Pool::send_or_return`]): nothing
+    /// was sent; a connection made is kept for the resend.
     #[error("handed back unsent after waiting for a connection, for its caller to look again")]
     Waited,
 }
@@ -260,7 +260,7 @@ impl Pool {
         req: Request<ForwardBody>,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, true, true, false)
+        self.send_with(u, self.hosted(u, req), &watch, true, true, None)
             .await
             .map_err(|(e, _)| e)
     }
@@ -279,7 +279,7 @@ impl Pool {
         fresh: bool,
     ) -> Result<Response<Body>, Error> {
         let watch = Watch::default();
-        self.send_with(u, self.hosted(u, req), &watch, false, !fresh, false)
+        self.send_with(u, self.hosted(u, req), &watch, false, !fresh, None)
             .await
             .map_err(|(e, _)| e)
     }
@@ -295,27 +295,35 @@ impl Pool {
     /// each argument twice, and the request is 256 bytes; every level of
     /// the request's future is copied when it is created, issue 23.)
     ///
-    /// `recheck`: a request that waits for its connection is handed back
-    /// unsent ([`Error::Waited`]) once it has — woken while it waited at
-    /// the cap (room made, or a connection freed), or a new connection
-    /// made (within `upstream_connect`; kept for the next request) — for
-    /// the caller to look again before sending it again without. One at
-    /// hand is used at once. (A flag, not a callback: the request's future
-    /// is moved whole, issue 23.)
+    /// A request that waits for its connection is handed back unsent
+    /// ([`Error::Waited`]) each time it has — woken while it waited at the
+    /// cap by a connection freed, or a new connection made (kept for the
+    /// resend) — for the caller to look again before sending it again: it
+    /// may find what it waited for taken by another request meanwhile, and
+    /// wait again. One at hand is used at once. `waited` is the caller's,
+    /// kept across the resends to one upstream: when its waiting ends
+    /// (`upstream_connect` after it first waited), so that the resends of
+    /// one request wait no longer than one would (an upload woken at the
+    /// cap and handed back waited up to twice as long, and a resend that
+    /// had to wait again was sent without being looked at again:
+    /// verification, stop 70). (Not a callback: the request's future is
+    /// moved whole, issue 23.)
     pub fn send_or_return<'a>(
         &'a self,
         u: UpstreamId,
         req: Request<ForwardBody>,
         watch: &'a Watch,
-        recheck: bool,
+        waited: &'a mut Option<tokio::time::Instant>,
     ) -> impl Future<Output = Sent> + 'a {
         debug_assert!(req.headers().contains_key(header::HOST), "no Host");
-        self.send_with(u, req, watch, true, true, recheck)
+        self.send_with(u, req, watch, true, true, Some(waited))
     }
 
     /// `capped`: wait for the connection cap (else open an unpooled
     /// connection beyond it when it is full). `reuse`: take an idle
-    /// connection when there is one (else always a new one).
+    /// connection when there is one (else always a new one). `recheck`:
+    /// hand the request back after each wait, its waiting's end kept there
+    /// ([`Pool::send_or_return`]).
     #[allow(clippy::manual_async_fn)] // its arguments once, not twice
     fn send_with<'a>(
         &'a self,
@@ -324,13 +332,14 @@ impl Pool {
         watch: &'a Watch,
         capped: bool,
         reuse: bool,
-        recheck: bool,
+        mut recheck: Option<&'a mut Option<tokio::time::Instant>>,
     ) -> impl Future<Output = Sent> + 'a {
         async move {
             let inner = &self.inner;
             let room = &inner.rooms[u.0];
-            // From when the cap is first met (read then: rarely needed).
-            let mut deadline = None;
+            // From when the cap is first met (read then: rarely needed),
+            // or when a resend's waiting began.
+            let mut deadline = recheck.as_deref().copied().flatten();
             let permit = loop {
                 let idle = if reuse { self.checkout(u).await } else { None };
                 if let Some((mut tx, progress)) = idle {
@@ -362,22 +371,31 @@ impl Pool {
                 if idle > 0 || room.permits.available_permits() > 0 {
                     continue;
                 }
-                let deadline = *deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + inner.connect_timeout);
+                let deadline = *deadline.get_or_insert_with(|| {
+                    let until = tokio::time::Instant::now() + inner.connect_timeout;
+                    if let Some(waited) = recheck.as_deref_mut() {
+                        *waited = Some(until);
+                    }
+                    until
+                });
                 // Woken after waiting at the cap. Room made: the
                 // connection is made with it, then (with `recheck`) handed
                 // back below, its permit held by the connection kept for
                 // the resend (dropped here, another waiter could take it
                 // and the resend wait again). A connection freed: handed
-                // back at once with `recheck` (the caller sends it again,
-                // without, to take it).
+                // back at once with `recheck` (the caller sends it again
+                // to take it; taken by another first, it waits again, and
+                // is handed back again, until the same deadline).
                 tokio::select! {
                     permit = room.permits.clone().acquire_owned() => match permit {
                         Ok(permit) => break Some(permit),
                         Err(_) => return Err((Error::Saturated, Some(req))),
                     },
                     () = &mut freed => {
-                        if recheck {
+                        // (Not for a notification left from before it
+                        // waited, with nothing idle.)
+                        let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
+                        if recheck.is_some() && idle > 0 {
                             return Err((Error::Waited, Some(req)));
                         }
                     }
@@ -388,14 +406,23 @@ impl Pool {
             };
             // Only a connection within the cap is pooled afterwards.
             let pooled = permit.is_some();
+            // A resend whose waiting has run out (what it waited for taken
+            // by others each time): not a connection more.
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Err((Error::Saturated, Some(req)));
+            }
             // Boxed: connecting is rare, and its TLS state is large.
             let (mut tx, progress) = match Box::pin(self.connect(u, permit)).await {
                 Ok(connected) => connected,
                 Err(e) => return Err((e, Some(req))),
             };
             // Connecting (and any wait for room) took time: the caller may
-            // no longer want it sent there (reload audit, stop 69).
-            if recheck {
+            // no longer want it sent there (reload audit, stop 69). Its
+            // waiting began, if not before.
+            if let Some(waited) = recheck {
+                if waited.is_none() {
+                    *waited = Some(tokio::time::Instant::now() + inner.connect_timeout);
+                }
                 if pooled {
                     self.keep_for_resend(u, tx, progress);
                 }

@@ -282,19 +282,111 @@ async fn the_connection_cap_queues_then_refuses() {
     hosted
         .headers_mut()
         .insert(http::header::HOST, pool.host(U).clone());
+    let mut waited = None;
     match pool
-        .send_or_return(U, hosted, &Default::default(), false)
+        .send_or_return(U, hosted, &Default::default(), &mut waited)
         .await
     {
         Err((Error::Saturated, Some(_unsent))) => {}
         other => panic!("expected Saturated with the request back, got {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(waited.is_some(), "the waiting's end is kept for a resend");
     assert_eq!(server.accepted(), 1);
     drop(held);
     // Closing the busy connection frees its permit.
     assert_eq!(exchange(&pool).await, "ok");
     assert_eq!(server.accepted(), 2);
+}
+
+/// A request the pool handed back after a wait, sent again, is handed back
+/// again each time it waits again (what it waited for taken by another
+/// request before its resend: verification, stop 70, a resend that waited
+/// again was sent without its caller looking again), with the connection
+/// made kept for it; and its waiting, kept across the resends, ends
+/// `upstream_connect` after it first began: a resend past it is refused at
+/// once, not given a wait of its own (it was: twice `upstream_connect` in
+/// all).
+#[tokio::test]
+async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
+    let server = Server::start(Mode::Length).await;
+    let tls = residency_tls::client_config(None).unwrap();
+    let pool = Pool::new(
+        [format!("http://{}", server.addr).parse::<Uri>().unwrap()],
+        tls,
+        PoolSettings {
+            connect_timeout: Duration::from_millis(1000),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_upstream: 4,
+            response_idle: Duration::from_secs(30),
+            send_idle: Duration::from_secs(30),
+            max_connections_per_upstream: 1,
+        },
+    )
+    .unwrap();
+    let hosted = || {
+        let mut req = request();
+        req.headers_mut()
+            .insert(http::header::HOST, pool.host(U).clone());
+        req
+    };
+    // The one connection, busy (its response body unread).
+    let held = pool.send(U, request()).await.unwrap();
+    assert_eq!(server.accepted(), 1);
+    // A resend: it waited before, its waiting ends in 5 s.
+    let mut waited = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+    let until = waited;
+    let resend = async {
+        pool.send_or_return(U, hosted(), &Default::default(), &mut waited)
+            .await
+    };
+    let freeing = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Dropped unread: the connection closes, and its room is the
+        // waiting request's.
+        drop(held);
+    };
+    let (result, ()) = tokio::join!(resend, freeing);
+    match result {
+        Err((Error::Waited, Some(_unsent))) => {}
+        other => panic!("expected the resend handed back again, got {other:?}"),
+    }
+    assert_eq!(waited, until, "the waiting's end is kept, not renewed");
+    // (Counted once the server's task has taken it in.)
+    for _ in 0..100 {
+        if server.accepted() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.accepted(), 2, "a connection was made for it");
+    // Sent again, it takes the connection kept for it.
+    let resp = pool
+        .send_or_return(U, hosted(), &Default::default(), &mut waited)
+        .await
+        .expect("sent on the connection kept for it");
+    assert_eq!(resp.status(), 201);
+    drop(resp);
+    assert_eq!(
+        server.accepted(),
+        2,
+        "on the connection kept, not a new one"
+    );
+
+    // Its waiting over, with room to connect: refused at once, nothing made.
+    let accepted = server.accepted();
+    let mut over = Some(tokio::time::Instant::now() - Duration::from_millis(1));
+    let _busy = pool.send(U, request()).await.unwrap();
+    let started = std::time::Instant::now();
+    match pool
+        .send_or_return(U, hosted(), &Default::default(), &mut over)
+        .await
+    {
+        Err((Error::Saturated, Some(_unsent))) => {}
+        other => panic!("expected Saturated at once, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(server.accepted() <= accepted + 1, "no connection for it");
 }
 
 /// A probe that may take an upstream back opens a new connection: one
