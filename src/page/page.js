@@ -769,6 +769,21 @@ async function onSubmit(event) {
       box.className = "ok";
       say("verdict", el("strong", {}, `${verdict.sentence} — verified`), ...(where.length ? [".", ...where] : []));
       remember(gen.id, inputs.checkpoint);
+    } else if (verdict.notChecked && historyUnproven) {
+      // Not covered yet, and the log would not prove its checkpoint
+      // extends the one this browser saw: "nothing was found wrong" would
+      // hide that (verification, stop 70), as a covered record says "Not
+      // verified" then.
+      const { before, why } = historyUnproven;
+      box.className = "bad";
+      box.dataset.step = "consistency";
+      say("verdict", el("strong", {}, "Not verified: "),
+        `${verdict.message}; and the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so its checkpoint may be of another history. Try again later.`, ...where);
+      if (!gen.elsewhere) {
+        $("history").className = "bad";
+        say("history", el("strong", {}, "Could not check that this log only grew"),
+          ` since this browser last saw it on ${seenOn(before)}: ${why}. This browser keeps the checkpoint it saw before.`);
+      }
     } else if (verdict.notChecked) {
       // Nothing was found wrong (a checkpoint that does not cover the
       // record yet): as `verify`'s NOT CHECKED, not "Not verified".

@@ -725,9 +725,14 @@ async function run(inputs, checks) {
     await checkConsistency(old, checkpoint, inputs.consistency);
     checks.push(`the log grew from ${old.size} to ${checkpoint.size} without rewriting history (consistency proof)`);
   }
-  // The history passed (or was not given): nothing was found wrong. The
-  // file waits for a checkpoint that covers the receipt, as inclusion does.
-  if (uncovered) throw uncovered;
+  // The history passed (or was not given). A signed receipt's file is
+  // judged now (its record is the log's word without the tree); one looked
+  // up by request id waits for a checkpoint that covers it. As the Rust
+  // verdict.
+  if (uncovered) {
+    if (record && receipt.signature != null) checkFile(inputs, record, checks);
+    throw uncovered;
+  }
   if (record) checkFile(inputs, record, checks);
   return { sentence: record ? sentence(record) : null, record, checkpoint };
 }

@@ -550,12 +550,35 @@ pub fn generate() -> Vectors {
                 ..stored.clone()
             },
         ),
-        not_checked(
-            "not_yet_covered_stops_the_checks",
-            "Coverage still stops the checks: with another file than the upload, a checkpoint that does not cover index 4 is NOT CHECKED; the file is judged once one covers it.",
+        // A signed receipt's record is the log's word without the tree: a
+        // file that is not the one it describes is INVALID whether or not a
+        // checkpoint covers it (verification, stop 70: NOT CHECKED while
+        // the log kept its checkpoint stale, INVALID when it could not be
+        // read).
+        v(
+            "not_yet_covered_signed_receipt_of_another_file",
+            "With another file than the upload, a signed receipt whose index 4 the checkpoint does not cover yet: INVALID at the file (the receipt's signed record describes another file), not NOT CHECKED.",
             Inputs {
                 checkpoint: Some(short_tree.clone()),
                 inclusion: Some(vec![]),
+                previous: None,
+                consistency: None,
+                file: Some(FileDigest {
+                    sha256: sha256_hex(b"another file"),
+                    bytes: 12,
+                }),
+                ..stored.clone()
+            },
+            Some(Step::File),
+        ),
+        not_checked(
+            "not_yet_covered_stops_the_checks",
+            "Coverage still stops the checks of a record looked up by request id (the log's word only through inclusion): with another file than the upload, a checkpoint that does not cover index 4 is NOT CHECKED; the file is judged once one covers it.",
+            Inputs {
+                receipt: Some(unsigned.clone()),
+                request_id: Some(id_of(leaf)),
+                checkpoint: Some(short_tree.clone()),
+                inclusion: None,
                 previous: None,
                 consistency: None,
                 file: Some(FileDigest {

@@ -257,11 +257,19 @@ pub fn check(inputs: &Inputs) -> Result<Verified, Failure> {
             old.size, checkpoint.size
         ));
     }
-    // The history passed (or was not given): nothing was found wrong. The
-    // file waits for a checkpoint that covers the receipt, as inclusion
-    // does (coverage still stops the checks that need the record in the
-    // tree).
+    // The history passed (or was not given). A signed receipt's record is
+    // the log's word without the tree: a file that is not the one it
+    // describes is found wrong now (verification, stop 70: it was NOT
+    // CHECKED while a log kept its checkpoint stale, INVALID when the log
+    // could not be read). A record looked up by request id is the log's
+    // word only through inclusion: its file waits for a checkpoint that
+    // covers it.
     if let Some(failure) = uncovered {
+        if let Some((receipt, record)) = &stored {
+            if receipt.signature.is_some() {
+                check_file(inputs, record, &mut checks)?;
+            }
+        }
         return Err(failure);
     }
     if let Some((_, record)) = &stored {
