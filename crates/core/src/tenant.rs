@@ -289,8 +289,7 @@ impl Tenants {
         if let Some(id) = self.sni_exact.get(host) {
             return Some(*id);
         }
-        let (_, parent) = host.split_once('.')?;
-        self.sni_wildcard.get(parent).copied()
+        self.sni_wildcard.get(wildcard_parent(host)?).copied()
     }
 
     /// The tenant a certificate's names match; a conflict if they match
@@ -318,7 +317,7 @@ impl Tenants {
         }
         for dns in &names.dns {
             note(self.cert_lookup(Kind::Dns, dns))?;
-            if let Some((_, parent)) = dns.split_once('.') {
+            if let Some(parent) = wildcard_parent(dns) {
                 note(self.cert_dns_wildcard.get(parent).copied())?;
             }
         }
@@ -814,4 +813,14 @@ pub fn combine(
         }
     }
     Ok(winner)
+}
+
+/// What a wildcard `*.parent` of `name` would be: `name` without its first
+/// label, which must not be empty (`.globex.test` is no name under
+/// `*.globex.test`, which takes exactly one more label: verification,
+/// stop 70).
+fn wildcard_parent(name: &str) -> Option<&str> {
+    name.split_once('.')
+        .filter(|(label, _)| !label.is_empty())
+        .map(|(_, parent)| parent)
 }

@@ -112,6 +112,7 @@ mismatch = { allow_countries = ["US"] }
     assert_eq!(t.by_sni("ingest.acme.example"), Some(acme));
     assert_eq!(t.by_sni("eu-1.acme.test"), Some(acme));
     assert_eq!(t.by_sni("a.b.acme.test"), None, "a wildcard is one label");
+    assert_eq!(t.by_sni(".acme.test"), None, "an empty label is none");
     assert_eq!(t.by_sni("acme.test"), None);
     assert_eq!(
         t.by_sni("globex.example"),
@@ -138,6 +139,11 @@ mismatch = { allow_countries = ["US"] }
         Ok(Some(acme))
     );
     assert_eq!(t.by_cert(&cert(&[], &[], Some("acme-uploader2"))), Ok(None));
+    assert_eq!(
+        t.by_cert(&cert(&[], &[".devices.acme.example"], None)),
+        Ok(None),
+        "an empty label is none"
+    );
     // Names that could not be read might have named a tenant: refused,
     // whatever was read besides.
     let unreadable = CertNames {
