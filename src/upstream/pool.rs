@@ -378,16 +378,17 @@ impl Pool {
                     }
                     until
                 });
-                // Woken after waiting at the cap. Room made: the
-                // connection is made with it, then (with `recheck`) handed
-                // back below, its permit held by the connection kept for
-                // the resend (dropped here, another waiter could take it
-                // and the resend wait again). A connection freed: handed
-                // back at once with `recheck` (the caller sends it again
-                // to take it; taken by another first, it waits again, and
-                // is handed back again, until the same deadline).
+                // Woken after waiting at the cap (room made, or a
+                // connection freed): handed back at once with `recheck`,
+                // the room let go — not used to connect first: an upload
+                // then refused would keep that connection, and its room,
+                // in a pool a reload replaced (verification, stop 70).
+                // The caller sends it again to take what was freed;
+                // taken by another first, it waits again, and is handed
+                // back again, until the same deadline.
                 tokio::select! {
                     permit = room.permits.clone().acquire_owned() => match permit {
+                        Ok(_) if recheck.is_some() => return Err((Error::Waited, Some(req))),
                         Ok(permit) => break Some(permit),
                         Err(_) => return Err((Error::Saturated, Some(req))),
                     },

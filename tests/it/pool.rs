@@ -352,6 +352,16 @@ async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
         other => panic!("expected the resend handed back again, got {other:?}"),
     }
     assert_eq!(waited, until, "the waiting's end is kept, not renewed");
+    // Woken by the room made, it let it go: sent again, it connects, and
+    // is handed back once more with the connection kept for it.
+    match pool
+        .send_or_return(U, hosted(), &Default::default(), &mut waited)
+        .await
+    {
+        Err((Error::Waited, Some(_unsent))) => {}
+        other => panic!("expected it handed back after connecting, got {other:?}"),
+    }
+    assert_eq!(waited, until);
     // (Counted once the server's task has taken it in.)
     for _ in 0..100 {
         if server.accepted() == 2 {
