@@ -750,15 +750,18 @@ async function onSubmit(event) {
     const where = gen.elsewhere ? [" ", elsewhereText(gen, own)]
       : refused && !verdict.valid ? [` The log lists ${refused.log} as its generation ${refused.n}, but ${refused.why}: this page does not take that generation's key from the log's list of generations, which is not signed.`]
         : [];
-    if (verdict.valid && historyUnproven) {
-      // Proven against a checkpoint that the log would not prove extends
-      // the one this browser saw: perhaps another history (a fork), as
-      // `verify --previous` refuses it.
+    if ((verdict.valid || verdict.notChecked) && historyUnproven) {
+      // Proven (or not covered yet) against a checkpoint that the log would
+      // not prove extends the one this browser saw: perhaps another history
+      // (a fork), as `verify --previous` refuses it. Not covered yet,
+      // "nothing was found wrong" would hide that (verification, stop 70).
       const { before, why } = historyUnproven;
       box.className = "bad";
       box.dataset.step = "consistency";
-      say("verdict", el("strong", {}, "Not verified: "),
-        `the record ("${verdict.sentence}") is in the log's latest checkpoint, but the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so that checkpoint may be of another history. Try again later.`, ...where);
+      const unproven = `the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why})`;
+      say("verdict", el("strong", {}, "Not verified: "), verdict.valid
+        ? `the record ("${verdict.sentence}") is in the log's latest checkpoint, but ${unproven}, so that checkpoint may be of another history. Try again later.`
+        : `${verdict.message}; and ${unproven}, so its checkpoint may be of another history. Try again later.`, ...where);
       // The line about history is the key in use's generation's.
       if (!gen.elsewhere) {
         $("history").className = "bad";
@@ -769,21 +772,6 @@ async function onSubmit(event) {
       box.className = "ok";
       say("verdict", el("strong", {}, `${verdict.sentence} — verified`), ...(where.length ? [".", ...where] : []));
       remember(gen.id, inputs.checkpoint);
-    } else if (verdict.notChecked && historyUnproven) {
-      // Not covered yet, and the log would not prove its checkpoint
-      // extends the one this browser saw: "nothing was found wrong" would
-      // hide that (verification, stop 70), as a covered record says "Not
-      // verified" then.
-      const { before, why } = historyUnproven;
-      box.className = "bad";
-      box.dataset.step = "consistency";
-      say("verdict", el("strong", {}, "Not verified: "),
-        `${verdict.message}; and the log did not prove that it only grew since this browser last saw it on ${seenOn(before)} (${why}), so its checkpoint may be of another history. Try again later.`, ...where);
-      if (!gen.elsewhere) {
-        $("history").className = "bad";
-        say("history", el("strong", {}, "Could not check that this log only grew"),
-          ` since this browser last saw it on ${seenOn(before)}: ${why}. This browser keeps the checkpoint it saw before.`);
-      }
     } else if (verdict.notChecked) {
       // Nothing was found wrong (a checkpoint that does not cover the
       // record yet): as `verify`'s NOT CHECKED, not "Not verified".

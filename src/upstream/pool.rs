@@ -367,8 +367,7 @@ impl Pool {
                 let freed = room.freed.notified();
                 tokio::pin!(freed);
                 freed.as_mut().enable();
-                let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
-                if idle > 0 || room.permits.available_permits() > 0 {
+                if self.idle(u) > 0 || room.permits.available_permits() > 0 {
                     continue;
                 }
                 let deadline = *deadline.get_or_insert_with(|| {
@@ -395,8 +394,7 @@ impl Pool {
                     () = &mut freed => {
                         // (Not for a notification left from before it
                         // waited, with nothing idle.)
-                        let idle = inner.idle[u.0].lock().map_or(0, |idle| idle.len());
-                        if recheck.is_some() && idle > 0 {
+                        if recheck.is_some() && self.idle(u) > 0 {
                             return Err((Error::Waited, Some(req)));
                         }
                     }

@@ -146,6 +146,34 @@ fn new_pool(uri: &str, idle_timeout: Duration, max_idle: usize) -> Pool {
     .unwrap()
 }
 
+/// A pool of `server` with one connection allowed, waited for up to 1 s
+/// (`upstream_connect`).
+fn one_connection_pool(server: &Server) -> Pool {
+    let tls = residency_tls::client_config(None).unwrap();
+    Pool::new(
+        [format!("http://{}", server.addr).parse::<Uri>().unwrap()],
+        tls,
+        PoolSettings {
+            connect_timeout: Duration::from_millis(1000),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_upstream: 4,
+            response_idle: Duration::from_secs(30),
+            send_idle: Duration::from_secs(30),
+            max_connections_per_upstream: 1,
+        },
+    )
+    .unwrap()
+}
+
+/// A request carrying `pool`'s `Host`, as the forwarding's do
+/// (`send_or_return` does not add one).
+fn hosted(pool: &Pool) -> Request<ForwardBody> {
+    let mut req = request();
+    req.headers_mut()
+        .insert(http::header::HOST, pool.host(U).clone());
+    req
+}
+
 const U: UpstreamId = UpstreamId(0);
 
 fn request() -> Request<ForwardBody> {
@@ -253,20 +281,7 @@ async fn failures_to_connect_are_told_apart() {
 #[tokio::test]
 async fn the_connection_cap_queues_then_refuses() {
     let server = Server::start(Mode::Slow).await;
-    let tls = residency_tls::client_config(None).unwrap();
-    let pool = Pool::new(
-        [format!("http://{}", server.addr).parse::<Uri>().unwrap()],
-        tls,
-        PoolSettings {
-            connect_timeout: Duration::from_millis(1000),
-            idle_timeout: Duration::from_secs(30),
-            max_idle_per_upstream: 4,
-            response_idle: Duration::from_secs(30),
-            send_idle: Duration::from_secs(30),
-            max_connections_per_upstream: 1,
-        },
-    )
-    .unwrap();
+    let pool = one_connection_pool(&server);
     // Waits for the slow (200 ms) first exchange, then shares its connection.
     let (a, b) = tokio::join!(exchange(&pool), exchange(&pool));
     assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
@@ -276,15 +291,9 @@ async fn the_connection_cap_queues_then_refuses() {
     // The only connection stays busy (its response body unread).
     let held = pool.send(U, request()).await.unwrap();
     let started = std::time::Instant::now();
-    // The forwarding's requests carry their `Host` (`send_or_return`
-    // does not add one).
-    let mut hosted = request();
-    hosted
-        .headers_mut()
-        .insert(http::header::HOST, pool.host(U).clone());
     let mut waited = None;
     match pool
-        .send_or_return(U, hosted, &Default::default(), &mut waited)
+        .send_or_return(U, hosted(&pool), &Default::default(), &mut waited)
         .await
     {
         Err((Error::Saturated, Some(_unsent))) => {}
@@ -310,26 +319,7 @@ async fn the_connection_cap_queues_then_refuses() {
 #[tokio::test]
 async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
     let server = Server::start(Mode::Length).await;
-    let tls = residency_tls::client_config(None).unwrap();
-    let pool = Pool::new(
-        [format!("http://{}", server.addr).parse::<Uri>().unwrap()],
-        tls,
-        PoolSettings {
-            connect_timeout: Duration::from_millis(1000),
-            idle_timeout: Duration::from_secs(30),
-            max_idle_per_upstream: 4,
-            response_idle: Duration::from_secs(30),
-            send_idle: Duration::from_secs(30),
-            max_connections_per_upstream: 1,
-        },
-    )
-    .unwrap();
-    let hosted = || {
-        let mut req = request();
-        req.headers_mut()
-            .insert(http::header::HOST, pool.host(U).clone());
-        req
-    };
+    let pool = one_connection_pool(&server);
     // The one connection, busy (its response body unread).
     let held = pool.send(U, request()).await.unwrap();
     assert_eq!(server.accepted(), 1);
@@ -337,7 +327,7 @@ async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
     let mut waited = Some(tokio::time::Instant::now() + Duration::from_secs(5));
     let until = waited;
     let resend = async {
-        pool.send_or_return(U, hosted(), &Default::default(), &mut waited)
+        pool.send_or_return(U, hosted(&pool), &Default::default(), &mut waited)
             .await
     };
     let freeing = async {
@@ -355,7 +345,7 @@ async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
     // Woken by the room made, it let it go: sent again, it connects, and
     // is handed back once more with the connection kept for it.
     match pool
-        .send_or_return(U, hosted(), &Default::default(), &mut waited)
+        .send_or_return(U, hosted(&pool), &Default::default(), &mut waited)
         .await
     {
         Err((Error::Waited, Some(_unsent))) => {}
@@ -372,7 +362,7 @@ async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
     assert_eq!(server.accepted(), 2, "a connection was made for it");
     // Sent again, it takes the connection kept for it.
     let resp = pool
-        .send_or_return(U, hosted(), &Default::default(), &mut waited)
+        .send_or_return(U, hosted(&pool), &Default::default(), &mut waited)
         .await
         .expect("sent on the connection kept for it");
     assert_eq!(resp.status(), 201);
@@ -389,7 +379,7 @@ async fn a_resend_that_waits_again_is_handed_back_again_within_one_wait() {
     let _busy = pool.send(U, request()).await.unwrap();
     let started = std::time::Instant::now();
     match pool
-        .send_or_return(U, hosted(), &Default::default(), &mut over)
+        .send_or_return(U, hosted(&pool), &Default::default(), &mut over)
         .await
     {
         Err((Error::Saturated, Some(_unsent))) => {}

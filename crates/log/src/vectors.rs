@@ -260,6 +260,15 @@ pub fn generate() -> Vectors {
     let altered_checkpoint = current.replacen("\n7\n", "\n8\n", 1);
     let short_tree = checkpoint(&log_key, &tree, 4);
     let shrunk = checkpoint(&log_key, &tree, 5);
+    // The stored receipt, not covered by the 4-record checkpoint, with a
+    // checkpoint seen before (`previous`) and the consistency proof from 3.
+    let uncovered_since = |previous: String| Inputs {
+        checkpoint: Some(short_tree.clone()),
+        inclusion: Some(vec![]),
+        previous: Some(previous),
+        consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
+        ..stored.clone()
+    };
 
     let v = |name: &str, description: &str, inputs: Inputs, step: Option<Step>| Vector {
         name: name.to_string(),
@@ -594,36 +603,18 @@ pub fn generate() -> Vectors {
         not_checked(
             "not_yet_covered_history_proven",
             "The checkpoint (4 records) does not cover index 4 yet, and the log proves it grew from the checkpoint seen before (3 records): nothing was found wrong, NOT CHECKED.",
-            Inputs {
-                checkpoint: Some(short_tree.clone()),
-                inclusion: Some(vec![]),
-                previous: Some(previous.clone()),
-                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
-                ..stored.clone()
-            },
+            uncovered_since(previous.clone()),
         ),
         v(
             "not_yet_covered_previous_of_another_key",
             "The checkpoint (4 records) does not cover index 4 yet, and the checkpoint seen before is not signed by the key: INVALID at the previous checkpoint, not NOT CHECKED.",
-            Inputs {
-                checkpoint: Some(short_tree.clone()),
-                inclusion: Some(vec![]),
-                previous: Some(checkpoint(&other_key, &tree, 3)),
-                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
-                ..stored.clone()
-            },
+            uncovered_since(checkpoint(&other_key, &tree, 3)),
             Some(Step::PreviousCheckpoint),
         ),
         v(
             "not_yet_covered_rewritten_history",
             "The checkpoint (4 records) does not cover index 4 yet, and the checkpoint seen before (3 records) is of another history: INVALID at consistency, not NOT CHECKED.",
-            Inputs {
-                checkpoint: Some(short_tree.clone()),
-                inclusion: Some(vec![]),
-                previous: Some(checkpoint(&log_key, &rewritten, 3)),
-                consistency: Some(hexes(&tree.consistency_proof(3, 4).expect("a proof"))),
-                ..stored.clone()
-            },
+            uncovered_since(checkpoint(&log_key, &rewritten, 3)),
             Some(Step::Consistency),
         ),
         v(
